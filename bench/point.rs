@@ -1,0 +1,93 @@
+//! Point branch benches: FPS (1024 of 50 000, one core; the plain O(N·M) loop beside it),
+//! kNN grouping (1024 × 128), and the point feature alignment at full size.
+//! Run: `cargo bench --bench point`. FPS and grouping are memory/branch bound, not GEMM
+//! bound, so they are reported as times and as the speed-up over the plain algorithm.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use miad::config::{PointConfig, PreprocessConfig};
+use miad::cpu::fps::{farthest_point_sample, fps_plain, fps_scratch_len};
+use miad::cpu::knn::{group_knn, knn_scratch_len};
+use miad::cpu::pfa::{pfa_scratch_len, point_feature_align};
+use miad::cpu::pool::Pool;
+use miad::util::rng::Rng;
+
+/// A smooth organized surface: 50 000 points on a 224×224 grid (a typical part covers
+/// about this many pixels), row-major like the preprocessed point set.
+fn surface(n: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = Rng::new(1);
+    let mut pts = Vec::with_capacity(3 * n);
+    let mut pix = Vec::with_capacity(n);
+    let s = 224usize;
+    let skip = s * s - n;
+    let mut i = 0usize;
+    while pix.len() < n {
+        if i >= skip / 2 {
+            let (r, c) = (i / s, i % s);
+            let (x, y) = (c as f32 / 224.0, r as f32 / 224.0);
+            let z = 0.1 * (6.0 * x).sin() * (4.0 * y).cos() + 0.001 * rng.uniform();
+            pts.extend([x * 0.1, y * 0.1, 0.5 + z * 0.1]);
+            pix.push(i as u32);
+        }
+        i += 1;
+    }
+    (pts, pix)
+}
+
+fn benches(c: &mut Criterion) {
+    let cfg = PointConfig::m3dm();
+    let pre = PreprocessConfig::default();
+    let n = 50_000;
+    let (m, k) = (cfg.num_groups as usize, cfg.group_size as usize);
+    let (pts, pix) = surface(n);
+    let mut centers = vec![0u32; m];
+    let mut scratch = vec![0f32; fps_scratch_len(n)];
+    let mut g = c.benchmark_group("point");
+    g.sample_size(10);
+    g.bench_function("fps_1024_of_50000_tree", |b| {
+        b.iter(|| farthest_point_sample(&pts, n, m, &mut centers, &mut scratch))
+    });
+    let mut plain = vec![0u32; m];
+    let mut dist = vec![0f32; n];
+    g.bench_function("fps_1024_of_50000_plain", |b| {
+        b.iter(|| fps_plain(&pts, &mut plain, &mut dist))
+    });
+    assert_eq!(plain, centers, "tree FPS differs from plain FPS");
+    for threads in [1usize, 2] {
+        let pool = Pool::new(threads);
+        let mut groups = vec![0u32; m * k];
+        let mut ks = vec![0f32; knn_scratch_len(n, k, threads)];
+        g.bench_function(format!("knn_1024x128_of_50000_{threads}t"), |b| {
+            b.iter(|| group_knn(&pool, &pts, n, &centers, k, &mut groups, &mut ks))
+        });
+        let f = cfg.feature_dim();
+        let gs = pre.xyz_grid as usize;
+        let center_xyz: Vec<f32> = centers
+            .iter()
+            .flat_map(|&i| pts[3 * i as usize..3 * i as usize + 3].to_vec())
+            .collect();
+        let mut rng = Rng::new(3);
+        let feats: Vec<f32> = (0..m * f).map(|_| rng.normal()).collect();
+        let mut out = vec![0f32; gs * gs * f];
+        let mut ps = vec![0f32; pfa_scratch_len(&pre, m, n, threads)];
+        g.bench_function(format!("pfa_56x56x1152_{threads}t"), |b| {
+            b.iter(|| {
+                point_feature_align(
+                    &pool,
+                    &pre,
+                    &pts,
+                    n,
+                    &pix,
+                    &center_xyz,
+                    &feats,
+                    f,
+                    &mut out,
+                    &mut ps,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(point, benches);
+criterion_main!(point);

@@ -1,0 +1,68 @@
+//! The `miad` command. Each subcommand lives in its own file with its arguments and a `run`.
+
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod eval;
+mod extract;
+mod fit;
+mod inspect;
+mod model;
+mod synth;
+
+#[derive(Parser)]
+#[command(
+    name = "miad",
+    version,
+    about = "Multimodal (RGB + 3-D) industrial anomaly detection"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Model and bank files: info, random, convert.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Same as `miad model convert`: published checkpoints → one model file.
+    Convert(model::ConvertArgs),
+    /// Write the stage outputs of one part to a safetensors file.
+    Extract(extract::Args),
+    /// Build the memory banks and decision layers of one product category.
+    Fit(fit::Args),
+    /// Inspect parts: score, verdict, regions, heatmap.
+    Inspect(inspect::Args),
+    /// Evaluate on a dataset: I-AUROC, P-AUROC, AUPRO.
+    Eval(eval::Args),
+    /// Write a synthetic dataset in the MVTec 3D-AD layout.
+    Synth(synth::Args),
+    /// Latency report: per-stage percentiles, histogram, JSON and PNG.
+    Bench(bench::Args),
+    /// Synthesise data, make a small model, fit, evaluate, print metrics and timings.
+    Demo(demo::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(c) => model::run(c),
+        Command::Convert(a) => model::run(model::ModelCommand::Convert(a)),
+        Command::Extract(a) => extract::run(a),
+        Command::Fit(a) => fit::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Synth(a) => synth::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("miad: error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Scoring one part against one memory bank (SPEC §7).
+//!
+//! Exact nearest neighbour of every query row among the bank rows by blocked GEMM:
+//! `‖x−b‖² = ‖x‖² − 2x·b + ‖b‖²`, with the bank's squared norms precomputed (they are
+//! stored in the bank file). Work is split into fixed blocks of [`QUERY_BLOCK`] queries
+//! (one pool task each); a task walks the bank in blocks of [`BANK_BLOCK`] rows, computes
+//! the `QUERY_BLOCK × BANK_BLOCK` dot-product tile with faer into its own slice of the
+//! scratch, and folds it into a running minimum per query. The full distance matrix is
+//! never formed; every query's result depends only on its own row, so the bits do not
+//! depend on the thread count. Ties go to the lowest bank index (strict `<` in bank order).
+//!
+//! Then the PatchCore re-weighting (PatchCore eq. 7, `n_reweight = 3`) of the image score.
+
+use super::pool::{Pool, SharedMut};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// Queries per task.
+pub const QUERY_BLOCK: usize = 64;
+/// Bank rows per tile.
+pub const BANK_BLOCK: usize = 512;
+/// Bank rows per task of the k-nearest scan used by the re-weighting.
+pub const KNN_BLOCK: usize = 4096;
+
+/// A bank: `n × dim` row-major features (already normalised) and their squared norms.
+#[derive(Clone, Copy, Debug)]
+pub struct BankView<'a> {
+    pub data: &'a [f32],
+    pub sq_norms: &'a [f32],
+    pub n: usize,
+    pub dim: usize,
+}
+
+impl<'a> BankView<'a> {
+    pub fn new(data: &'a [f32], sq_norms: &'a [f32], dim: usize) -> Self {
+        assert!(dim > 0 && data.len().is_multiple_of(dim), "bank: ragged rows");
+        let n = data.len() / dim;
+        assert_eq!(sq_norms.len(), n, "bank: one norm per row");
+        BankView {
+            data,
+            sq_norms,
+            n,
+            dim,
+        }
+    }
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// Squared L2 norm of each `dim`-row (what the bank file stores as `bank.*_norms`).
+pub fn sq_norms(rows: &[f32], dim: usize, out: &mut [f32]) {
+    for (r, o) in rows.chunks_exact(dim).zip(out.iter_mut()) {
+        *o = r.iter().map(|v| v * v).sum();
+    }
+}
+
+/// Floats of scratch [`nearest`] needs with a pool of `threads` threads.
+pub fn nearest_scratch_len(threads: usize) -> usize {
+    threads.max(1) * (QUERY_BLOCK * BANK_BLOCK + QUERY_BLOCK)
+}
+
+/// Floats of scratch [`knn_scan`] needs for a bank of `n` rows (`k` neighbours).
+pub fn knn_scratch_len(n: usize, k: usize) -> usize {
+    n.div_ceil(KNN_BLOCK).max(1) * k * 2
+}
+
+/// For each of the `queries.len() / bank.dim` query rows: the Euclidean distance to its
+/// nearest bank row (`sqrt` of the squared distance clamped at 0) and that row's index.
+///
+/// `exclude`, when given as `(origin, id)`, skips bank rows with `origin[b] == id` (used
+/// at fit time to score a training part against a bank without its own features).
+pub fn nearest(
+    pool: &Pool,
+    queries: &[f32],
+    bank: BankView<'_>,
+    exclude: Option<(&[u32], u32)>,
+    dist: &mut [f32],
+    index: &mut [u32],
+    scratch: &mut [f32],
+) {
+    let dim = bank.dim;
+    assert_eq!(queries.len() % dim, 0, "nearest: ragged queries");
+    let nq = queries.len() / dim;
+    assert!(dist.len() >= nq && index.len() >= nq, "nearest: outputs");
+    let per = QUERY_BLOCK * BANK_BLOCK + QUERY_BLOCK;
+    assert!(
+        scratch.len() >= pool.threads() * per,
+        "nearest: scratch too small"
+    );
+    if let Some((origin, _)) = exclude {
+        assert_eq!(origin.len(), bank.n, "nearest: one origin per bank row");
+    }
+    let tasks = nq.div_ceil(QUERY_BLOCK);
+    let (dp, ip, sp) = (
+        SharedMut::new(dist),
+        SharedMut::new(index),
+        SharedMut::new(scratch),
+    );
+    pool.run(tasks, &|task, worker| {
+        let q0 = task * QUERY_BLOCK;
+        let qn = QUERY_BLOCK.min(nq - q0);
+        // SAFETY: each worker owns its scratch slice; each task its output range.
+        let (tile, qnorm) =
+            unsafe { sp.slice(worker * per, per) }.split_at_mut(QUERY_BLOCK * BANK_BLOCK);
+        let d_out = unsafe { dp.slice(q0, qn) };
+        let i_out = unsafe { ip.slice(q0, qn) };
+        let q = &queries[q0 * dim..(q0 + qn) * dim];
+        for (i, r) in q.chunks_exact(dim).enumerate() {
+            qnorm[i] = r.iter().map(|v| v * v).sum();
+        }
+        d_out.fill(f32::INFINITY);
+        i_out.fill(u32::MAX);
+        let lhs = MatRef::from_row_major_slice(q, qn, dim);
+        let mut b0 = 0;
+        while b0 < bank.n {
+            let bn = BANK_BLOCK.min(bank.n - b0);
+            let rhs = MatRef::from_row_major_slice(&bank.data[b0 * dim..(b0 + bn) * dim], bn, dim)
+                .transpose();
+            // SAFETY: the view covers `qn × bn` of `tile` with row stride `bn`.
+            let dst = unsafe {
+                MatMut::from_raw_parts_mut(tile.as_mut_ptr(), qn, bn, bn as isize, 1isize)
+            };
+            matmul(
+                dst,
+                Accum::Replace,
+                lhs.as_dyn_stride(),
+                rhs.as_dyn_stride(),
+                1.0f32,
+                Par::Seq,
+            );
+            let norms = &bank.sq_norms[b0..b0 + bn];
+            for i in 0..qn {
+                let row = &tile[i * bn..(i + 1) * bn];
+                let (mut best, mut arg) = (d_out[i], i_out[i]);
+                for (j, (&dot, &bnorm)) in row.iter().zip(norms).enumerate() {
+                    let d2 = qnorm[i] - 2.0 * dot + bnorm;
+                    if d2 < best {
+                        if let Some((origin, id)) = exclude {
+                            if origin[b0 + j] == id {
+                                continue;
+                            }
+                        }
+                        best = d2;
+                        arg = (b0 + j) as u32;
+                    }
+                }
+                d_out[i] = best;
+                i_out[i] = arg;
+            }
+            b0 += bn;
+        }
+        for v in d_out.iter_mut() {
+            *v = v.max(0.0).sqrt();
+        }
+    });
+}
+
+/// Squared Euclidean distance, summed in order.
+#[inline]
+pub fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// The `k` bank rows nearest to `query` by direct squared distance, nearest first, ties
+/// to the lowest index; skips rows excluded as in [`nearest`]. Writes `k` indices into
+/// `out` and returns how many were found (fewer when the bank is smaller). Fixed
+/// partition: blocks of [`KNN_BLOCK`] rows, each keeps its own top `k`, merged in order.
+pub fn knn_scan(
+    pool: &Pool,
+    query: &[f32],
+    bank: BankView<'_>,
+    exclude: Option<(&[u32], u32)>,
+    k: usize,
+    out: &mut [u32],
+    scratch: &mut [f32],
+) -> usize {
+    let blocks = bank.n.div_ceil(KNN_BLOCK).max(1);
+    assert!(
+        scratch.len() >= blocks * k * 2,
+        "knn_scan: scratch too small"
+    );
+    assert!(out.len() >= k);
+    let sp = SharedMut::new(scratch);
+    pool.run(blocks, &|blk, _| {
+        // SAFETY: one block's top-k slot per task.
+        let slot = unsafe { sp.slice(blk * k * 2, k * 2) };
+        let (dd, ii) = slot.split_at_mut(k);
+        dd.fill(f32::INFINITY);
+        ii.fill(f32::from_bits(u32::MAX));
+        let start = blk * KNN_BLOCK;
+        let end = (start + KNN_BLOCK).min(bank.n);
+        for b in start..end {
+            if let Some((origin, id)) = exclude {
+                if origin[b] == id {
+                    continue;
+                }
+            }
+            let d = sq_dist(query, bank.row(b));
+            insert_top(dd, ii, d, b as u32);
+        }
+    });
+    // Merge block results in block order: ties keep the earlier (lower) index.
+    let mut best_d = [f32::INFINITY; 8];
+    let mut best_i = [u32::MAX; 8];
+    assert!(k <= 8, "knn_scan: k at most 8");
+    let mut bd = [0f32; 8];
+    let mut bi = [0f32; 8];
+    for blk in 0..blocks {
+        let slot = &scratch[blk * k * 2..(blk + 1) * k * 2];
+        bd[..k].copy_from_slice(&slot[..k]);
+        bi[..k].copy_from_slice(&slot[k..2 * k]);
+        for t in 0..k {
+            let idx = bi[t].to_bits();
+            if idx != u32::MAX {
+                insert_top_u(&mut best_d[..k], &mut best_i[..k], bd[t], idx);
+            }
+        }
+    }
+    let mut found = 0;
+    for &i in &best_i[..k] {
+        if i != u32::MAX {
+            out[found] = i;
+            found += 1;
+        }
+    }
+    found
+}
+
+/// Inserts `(d, i)` into the ascending top list (indices stored as f32 bits).
+fn insert_top(dd: &mut [f32], ii: &mut [f32], d: f32, i: u32) {
+    let k = dd.len();
+    if d >= dd[k - 1] {
+        return;
+    }
+    let mut p = k - 1;
+    while p > 0 && d < dd[p - 1] {
+        dd[p] = dd[p - 1];
+        ii[p] = ii[p - 1];
+        p -= 1;
+    }
+    dd[p] = d;
+    ii[p] = f32::from_bits(i);
+}
+
+fn insert_top_u(dd: &mut [f32], ii: &mut [u32], d: f32, i: u32) {
+    let k = dd.len();
+    if d > dd[k - 1] || (d == dd[k - 1] && i >= ii[k - 1]) {
+        return;
+    }
+    let mut p = k - 1;
+    while p > 0 && (d < dd[p - 1] || (d == dd[p - 1] && i < ii[p - 1])) {
+        dd[p] = dd[p - 1];
+        ii[p] = ii[p - 1];
+        p -= 1;
+    }
+    dd[p] = d;
+    ii[p] = i;
+}
+
+/// A part's score against one bank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BankScore {
+    /// Image score `s = w · s*`.
+    pub score: f32,
+    /// `s* = max_j d_j`.
+    pub s_star: f32,
+    /// The re-weighting factor `w`.
+    pub weight: f32,
+    /// Patch `j*` and its nearest bank row `m*`.
+    pub patch: usize,
+    pub nearest: u32,
+}
+
+/// Scratch for [`score_part`]: the nearest-neighbour tiles and the k-nearest scan.
+pub fn score_scratch_len(threads: usize, bank_rows: usize) -> usize {
+    nearest_scratch_len(threads) + knn_scratch_len(bank_rows, 3)
+}
+
+/// Scores a part's (normalised) patch features `x` against `bank`: fills `dmap` (one
+/// distance per patch, the segmentation map on the patch grid) and `nn` (nearest rows),
+/// and returns the re-weighted image score (SPEC §7, D = sqrt(feature dim)).
+#[allow(clippy::too_many_arguments)]
+pub fn score_part(
+    pool: &Pool,
+    x: &[f32],
+    bank: BankView<'_>,
+    exclude: Option<(&[u32], u32)>,
+    dmap: &mut [f32],
+    nn: &mut [u32],
+    scratch: &mut [f32],
+) -> BankScore {
+    let dim = bank.dim;
+    let n = x.len() / dim;
+    let (s_near, s_knn) = scratch.split_at_mut(nearest_scratch_len(pool.threads()));
+    nearest(pool, x, bank, exclude, &mut dmap[..n], &mut nn[..n], s_near);
+    // s* and j*: first maximum.
+    let mut j_star = 0;
+    for j in 1..n {
+        if dmap[j] > dmap[j_star] {
+            j_star = j;
+        }
+    }
+    let s_star = dmap[j_star];
+    let m_star = nn[j_star];
+    if m_star == u32::MAX {
+        return BankScore {
+            score: s_star,
+            s_star,
+            weight: 1.0,
+            patch: j_star,
+            nearest: m_star,
+        };
+    }
+    let mut knn = [0u32; 3];
+    let found = knn_scan(
+        pool,
+        bank.row(m_star as usize),
+        bank,
+        exclude,
+        3,
+        &mut knn,
+        s_knn,
+    );
+    let d_sqrt = (dim as f64).sqrt();
+    let xj = &x[j_star * dim..(j_star + 1) * dim];
+    let denom: f64 = knn[1..found.max(1)]
+        .iter()
+        .map(|&b| ((sq_dist(xj, bank.row(b as usize)) as f64).sqrt() / d_sqrt).exp())
+        .sum();
+    let weight = if denom > 0.0 {
+        (1.0 - (s_star as f64 / d_sqrt).exp() / denom) as f32
+    } else {
+        1.0
+    };
+    BankScore {
+        score: weight * s_star,
+        s_star,
+        weight,
+        patch: j_star,
+        nearest: m_star,
+    }
+}

@@ -1,0 +1,16 @@
+//! The CPU backend: the reference implementation of every stage of SPEC.md.
+
+pub mod bank_search;
+pub mod coreset;
+pub mod fps;
+pub mod fusion;
+pub mod gemm;
+pub mod knn;
+pub mod maps;
+pub mod pfa;
+pub mod point_block;
+pub mod point_kdtree;
+pub mod point_mae;
+pub mod pool;
+pub mod transformer;
+pub mod vit;

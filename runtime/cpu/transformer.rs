@@ -1,0 +1,649 @@
+//! The pre-norm transformer block shared by the ViT (SPEC §2) and Point-MAE (SPEC §3):
+//! `x ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x))`, plus the LayerNorm used by final norms.
+//!
+//! Every dense layer goes through [`linear`] (faer inside a fixed tile grid). Attention is
+//! computed block by block: a task is one (head, block of query rows) pair; it computes
+//! the scores of its query rows against all keys into per-worker scratch, exponentiates
+//! them (with the row maximum subtracted), multiplies by V straight into the output and
+//! divides each output row by its softmax sum. So attention scratch is
+//! `QUERY_BLOCK × tokens` floats per worker, never `tokens²` per head, and each task's
+//! bits depend only on its task number (not on the thread count).
+//!
+//! Fusions: bias and exact GELU run in the GEMM epilogue of fc1; the residual additions
+//! of the attention projection and of fc2 accumulate directly into `x`; the softmax
+//! normalisation is applied to the `QUERY_BLOCK × head_dim` output instead of to the
+//! `QUERY_BLOCK × tokens` probabilities.
+
+use super::gemm::{linear, Epilogue, Mat};
+use super::pool::{Pool, SharedMut};
+use crate::format::TensorSource;
+use crate::Result;
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// Query rows per attention task.
+pub const QUERY_BLOCK: usize = 64;
+/// Rows per LayerNorm task.
+const LN_ROWS: usize = 16;
+
+/// The sizes of one block.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockShape {
+    pub tokens: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub mlp_dim: usize,
+    pub ln_eps: f32,
+}
+
+impl BlockShape {
+    pub fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+    /// Floating-point operations of one block forward (2·m·n·k per product, attention
+    /// products included), for throughput reports.
+    pub fn flops(&self) -> f64 {
+        let (t, d, h) = (self.tokens as f64, self.dim as f64, self.mlp_dim as f64);
+        let linears = 2.0 * t * (3.0 * d * d + d * d + 2.0 * d * h);
+        let attention = 2.0 * 2.0 * t * t * d;
+        linears + attention
+    }
+}
+
+/// The weights of one block, borrowed from a [`TensorSource`], PyTorch shapes.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockWeights<'a> {
+    pub norm1_w: &'a [f32],
+    pub norm1_b: &'a [f32],
+    /// `[3·dim, dim]`: q, k, v stacked, heads contiguous within each.
+    pub qkv_w: &'a [f32],
+    /// `[3·dim]`; Point-MAE has none.
+    pub qkv_b: Option<&'a [f32]>,
+    pub proj_w: &'a [f32],
+    pub proj_b: &'a [f32],
+    pub norm2_w: &'a [f32],
+    pub norm2_b: &'a [f32],
+    /// `[mlp_dim, dim]`
+    pub fc1_w: &'a [f32],
+    pub fc1_b: &'a [f32],
+    /// `[dim, mlp_dim]`
+    pub fc2_w: &'a [f32],
+    pub fc2_b: &'a [f32],
+}
+
+impl<'a> BlockWeights<'a> {
+    /// Finds the block's tensors under `prefix` (e.g. `"vit.blocks.3."`) with timm names
+    /// (`norm1`, `attn.qkv`, `attn.proj`, `norm2`, `mlp.fc1`, `mlp.fc2`), checking every
+    /// shape against `shape`.
+    pub fn load<S: TensorSource + ?Sized>(
+        src: &'a S,
+        prefix: &str,
+        shape: &BlockShape,
+        qkv_bias: bool,
+    ) -> Result<Self> {
+        check_shape(shape)?;
+        let (d, h) = (shape.dim, shape.mlp_dim);
+        let get = move |name: &str, dims: &[usize]| src.f32(&format!("{prefix}{name}"), dims);
+        Ok(BlockWeights {
+            norm1_w: get("norm1.weight", &[d])?,
+            norm1_b: get("norm1.bias", &[d])?,
+            qkv_w: get("attn.qkv.weight", &[3 * d, d])?,
+            qkv_b: if qkv_bias {
+                Some(get("attn.qkv.bias", &[3 * d])?)
+            } else {
+                None
+            },
+            proj_w: get("attn.proj.weight", &[d, d])?,
+            proj_b: get("attn.proj.bias", &[d])?,
+            norm2_w: get("norm2.weight", &[d])?,
+            norm2_b: get("norm2.bias", &[d])?,
+            fc1_w: get("mlp.fc1.weight", &[h, d])?,
+            fc1_b: get("mlp.fc1.bias", &[h])?,
+            fc2_w: get("mlp.fc2.weight", &[d, h])?,
+            fc2_b: get("mlp.fc2.bias", &[d])?,
+        })
+    }
+}
+
+/// Refuses shapes the block cannot run (a user can reach these through a model file).
+pub fn check_shape(shape: &BlockShape) -> Result<()> {
+    if shape.dim == 0 || shape.heads == 0 || shape.mlp_dim == 0 || shape.tokens == 0 {
+        return Err(crate::Error::Config(format!(
+            "transformer block with a zero size: {shape:?}"
+        )));
+    }
+    if !shape.dim.is_multiple_of(shape.heads) {
+        return Err(crate::Error::Config(format!(
+            "width {} is not a multiple of the head count {}",
+            shape.dim, shape.heads
+        )));
+    }
+    if !(shape.ln_eps > 0.0 && shape.ln_eps.is_finite()) {
+        return Err(crate::Error::Config(format!(
+            "LayerNorm eps {} must be positive",
+            shape.ln_eps
+        )));
+    }
+    Ok(())
+}
+
+/// Per-worker attention scratch: scores of one query block plus its row sums.
+fn attn_worker_len(tokens: usize) -> usize {
+    QUERY_BLOCK * tokens + QUERY_BLOCK
+}
+
+/// Scratch floats [`block_forward`] needs for a pool of `threads` threads.
+pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
+    let (t, d) = (shape.tokens, shape.dim);
+    let big = t * (4 * d).max(shape.mlp_dim);
+    t * d + big + threads.max(1) * attn_worker_len(t)
+}
+
+/// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
+/// Performs no allocation. `scratch` needs [`block_scratch_len`]`(shape, pool.threads())`.
+pub fn block_forward(
+    pool: &Pool,
+    shape: &BlockShape,
+    w: &BlockWeights<'_>,
+    x: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let (t, d, hid) = (shape.tokens, shape.dim, shape.mlp_dim);
+    assert!(x.len() >= t * d, "block_forward: x too short");
+    assert!(
+        scratch.len() >= block_scratch_len(shape, pool.threads()),
+        "block_forward: scratch too short"
+    );
+    let (xn, rest) = scratch.split_at_mut(t * d);
+    let (big, attn_scratch) = rest.split_at_mut(t * (4 * d).max(hid));
+    let x = &mut x[..t * d];
+
+    // Attention half.
+    layer_norm(pool, t, d, x, xn, w.norm1_w, w.norm1_b, shape.ln_eps);
+    {
+        let (qkv, rest) = big.split_at_mut(t * 3 * d);
+        let attn_out = &mut rest[..t * d];
+        linear(
+            pool,
+            Mat::new(xn, t, d),
+            Mat::new(w.qkv_w, 3 * d, d),
+            w.qkv_b,
+            qkv,
+            3 * d,
+            Epilogue::None,
+        );
+        attention(pool, t, d, shape.heads, qkv, attn_out, attn_scratch);
+        linear(
+            pool,
+            Mat::new(attn_out, t, d),
+            Mat::new(w.proj_w, d, d),
+            Some(w.proj_b),
+            x,
+            d,
+            Epilogue::Accumulate,
+        );
+    }
+
+    // MLP half.
+    layer_norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
+    let hidden = &mut big[..t * hid];
+    linear(
+        pool,
+        Mat::new(xn, t, d),
+        Mat::new(w.fc1_w, hid, d),
+        Some(w.fc1_b),
+        hidden,
+        hid,
+        Epilogue::Gelu,
+    );
+    linear(
+        pool,
+        Mat::new(hidden, t, hid),
+        Mat::new(w.fc2_w, d, hid),
+        Some(w.fc2_b),
+        x,
+        d,
+        Epilogue::Accumulate,
+    );
+}
+
+/// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
+/// within each, as timm's qkv layer lays them out); `out` is `tokens × dim` with head `h`
+/// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_worker_len`] floats per worker.
+fn attention(
+    pool: &Pool,
+    t: usize,
+    d: usize,
+    heads: usize,
+    qkv: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let hd = d / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    let per_worker = attn_worker_len(t);
+    assert!(scratch.len() >= pool.threads() * per_worker);
+    let out_ptr = SharedMut::new(out);
+    let scratch_ptr = SharedMut::new(scratch);
+    let stride = 3 * d;
+    pool.run(heads * blocks, &|task, worker| {
+        let (h, b) = (task / blocks, task % blocks);
+        let q0 = b * QUERY_BLOCK;
+        let rows = QUERY_BLOCK.min(t - q0);
+        // SAFETY: each worker owns its own scratch slot.
+        let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
+        let (scores, sums) = ws.split_at_mut(QUERY_BLOCK * t);
+        let q = MatRef::from_row_major_slice_with_stride(
+            &qkv[q0 * stride + h * hd..],
+            rows,
+            hd,
+            stride,
+        );
+        let k = MatRef::from_row_major_slice_with_stride(&qkv[d + h * hd..], t, hd, stride);
+        let v = MatRef::from_row_major_slice_with_stride(&qkv[2 * d + h * hd..], t, hd, stride);
+        // SAFETY: `scores` has at least rows·t floats; runtime strides as in gemm.rs.
+        let s = unsafe { MatMut::from_raw_parts_mut(scores.as_mut_ptr(), rows, t, t as isize, 1) };
+        matmul(
+            s,
+            Accum::Replace,
+            q.as_dyn_stride(),
+            k.transpose().as_dyn_stride(),
+            scale,
+            Par::Seq,
+        );
+        for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
+            *sum = exp_shifted_row(row);
+        }
+        // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
+        let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
+        let o = unsafe { MatMut::from_raw_parts_mut(dst.as_mut_ptr(), rows, hd, d as isize, 1) };
+        let p = MatRef::from_row_major_slice_with_stride(&scores[..], rows, t, t);
+        matmul(
+            o,
+            Accum::Replace,
+            p.as_dyn_stride(),
+            v.as_dyn_stride(),
+            1.0f32,
+            Par::Seq,
+        );
+        for (r, sum) in sums.iter().enumerate().take(rows) {
+            let inv = 1.0 / sum;
+            dst[r * d..r * d + hd].iter_mut().for_each(|v| *v *= inv);
+        }
+    });
+}
+
+/// Lanes of the fixed-shape partial sums; the same for every instruction set, so the
+/// bits do not depend on which vector path runs.
+const LANES: usize = 16;
+
+/// `row ← exp(row − max(row))`; returns the sum of the new row.
+fn exp_shifted_row(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            return unsafe { exp_shifted_row_avx512(row) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was just detected.
+            return unsafe { exp_shifted_row_avx2(row) };
+        }
+    }
+    exp_shifted_row_generic(row)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_row_avx512(row: &mut [f32]) -> f32 {
+    exp_shifted_row_generic(row)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_shifted_row_avx2(row: &mut [f32]) -> f32 {
+    exp_shifted_row_generic(row)
+}
+
+#[inline(always)]
+fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in mx.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let mut m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &v in chunks.remainder() {
+        m = m.max(v);
+    }
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            let e = exp_f32(*v - m);
+            *v = e;
+            *a += e;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        let e = exp_f32(*v - m);
+        *v = e;
+        sum += e;
+    }
+    acc.iter().sum::<f32>() + sum
+}
+
+/// exp(x) in f32, within about 2 ulp on the range softmax uses (x ≤ 0), branch free so it
+/// vectorises; no fused multiply-add, so every instruction set gives the same bits.
+/// Inputs below −87.3 give ≈1e-38 instead of an underflowing value (irrelevant next to
+/// the row maximum's 1).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.3, 88.3);
+    // n = round(x·log2 e) through the 1.5·2²³ trick (round to nearest even).
+    let shifter = 12_582_912.0f32;
+    let n = x * LOG2E + shifter - shifter;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    // Cephes expf polynomial on |r| ≤ ln2/2.
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    e * f32::from_bits(bits)
+}
+
+/// Row-wise LayerNorm with affine: `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b`,
+/// biased variance, computed in two passes (mean, then variance of the centred row) with
+/// f64 accumulation. `x` and `out` are `rows × dim` row-major.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm(
+    pool: &Pool,
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    out: &mut [f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) {
+    assert!(x.len() >= rows * dim && out.len() >= rows * dim);
+    assert!(w.len() == dim && b.len() == dim);
+    let out_ptr = SharedMut::new(out);
+    pool.run(rows.div_ceil(LN_ROWS), &|task, _| {
+        let r0 = task * LN_ROWS;
+        let n = LN_ROWS.min(rows - r0);
+        // SAFETY: each task writes its own rows.
+        let o = unsafe { out_ptr.slice(r0 * dim, n * dim) };
+        for r in 0..n {
+            layer_norm_row(
+                &x[(r0 + r) * dim..(r0 + r + 1) * dim],
+                &mut o[r * dim..(r + 1) * dim],
+                w,
+                b,
+                eps,
+            );
+        }
+    });
+}
+
+/// One row of [`layer_norm`].
+pub fn layer_norm_row(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let dim = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / dim;
+    let var = x
+        .iter()
+        .map(|&v| {
+            let c = v as f64 - mean;
+            c * c
+        })
+        .sum::<f64>()
+        / dim;
+    let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let mean = mean as f32;
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * rstd * w + b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::OwnedTensors;
+    use crate::util::rng::Rng;
+
+    #[test]
+    fn exp_matches_std_within_a_few_ulp() {
+        let mut worst = 0f64;
+        for i in 0..200_000 {
+            let x = -87.0 + 88.0 * (i as f32 / 200_000.0);
+            let got = exp_f32(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_row_paths_agree_bitwise() {
+        let mut rng = Rng::new(3);
+        let mut row = vec![0f32; 785];
+        rng.fill_normal(&mut row, 4.0);
+        let mut a = row.clone();
+        let mut b = row.clone();
+        let sa = exp_shifted_row(&mut a);
+        let sb = exp_shifted_row_generic(&mut b);
+        assert_eq!(sa.to_bits(), sb.to_bits());
+        assert_eq!(a, b);
+    }
+
+    /// f64 reference of one block, written plainly from the definition.
+    fn block_reference(shape: &BlockShape, w: &BlockWeights<'_>, x: &[f32]) -> Vec<f64> {
+        let (t, d, hid, heads) = (shape.tokens, shape.dim, shape.mlp_dim, shape.heads);
+        let hd = d / heads;
+        let ln = |x: &[f64], g: &[f32], b: &[f32]| -> Vec<f64> {
+            let mut out = vec![0f64; t * d];
+            for r in 0..t {
+                let row = &x[r * d..(r + 1) * d];
+                let mean = row.iter().sum::<f64>() / d as f64;
+                let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+                for c in 0..d {
+                    out[r * d + c] = (row[c] - mean) / (var + shape.ln_eps as f64).sqrt()
+                        * g[c] as f64
+                        + b[c] as f64;
+                }
+            }
+            out
+        };
+        let lin = |a: &[f64], m: usize, k: usize, wt: &[f32], bias: Option<&[f32]>, n: usize| {
+            let mut out = vec![0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = bias.map_or(0.0, |b| b[j] as f64);
+                    for p in 0..k {
+                        s += a[i * k + p] * wt[j * k + p] as f64;
+                    }
+                    out[i * n + j] = s;
+                }
+            }
+            out
+        };
+        let mut x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let xn = ln(&x, w.norm1_w, w.norm1_b);
+        let qkv = lin(&xn, t, d, w.qkv_w, w.qkv_b, 3 * d);
+        let mut att = vec![0f64; t * d];
+        for h in 0..heads {
+            for i in 0..t {
+                let mut s: Vec<f64> = (0..t)
+                    .map(|j| {
+                        (0..hd)
+                            .map(|c| qkv[i * 3 * d + h * hd + c] * qkv[j * 3 * d + d + h * hd + c])
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                s.iter_mut().for_each(|v| *v = (*v - m).exp());
+                let z: f64 = s.iter().sum();
+                for c in 0..hd {
+                    att[i * d + h * hd + c] = (0..t)
+                        .map(|j| s[j] * qkv[j * 3 * d + 2 * d + h * hd + c])
+                        .sum::<f64>()
+                        / z;
+                }
+            }
+        }
+        let p = lin(&att, t, d, w.proj_w, Some(w.proj_b), d);
+        x.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+        let xn = ln(&x, w.norm2_w, w.norm2_b);
+        let mut hdn = lin(&xn, t, d, w.fc1_w, Some(w.fc1_b), hid);
+        hdn.iter_mut().for_each(|v| {
+            *v = 0.5 * *v * (1.0 + libm::erf(*v / std::f64::consts::SQRT_2));
+        });
+        let f = lin(&hdn, t, hid, w.fc2_w, Some(w.fc2_b), d);
+        x.iter_mut().zip(&f).for_each(|(a, b)| *a += b);
+        x
+    }
+
+    fn random_block(shape: &BlockShape, qkv_bias: bool, seed: u64) -> OwnedTensors {
+        let (d, h) = (shape.dim, shape.mlp_dim);
+        let mut rng = Rng::new(seed);
+        let mut src = OwnedTensors::default();
+        let mut add = |name: &str, dims: Vec<usize>, std: f32, mean: f32| {
+            let mut v = vec![0f32; dims.iter().product()];
+            rng.fill_normal(&mut v, std);
+            v.iter_mut().for_each(|x| *x += mean);
+            src.insert(format!("b.{name}"), dims, v);
+        };
+        add("norm1.weight", vec![d], 0.2, 1.0);
+        add("norm1.bias", vec![d], 0.1, 0.0);
+        add("attn.qkv.weight", vec![3 * d, d], 0.1, 0.0);
+        if qkv_bias {
+            add("attn.qkv.bias", vec![3 * d], 0.1, 0.0);
+        }
+        add("attn.proj.weight", vec![d, d], 0.1, 0.0);
+        add("attn.proj.bias", vec![d], 0.1, 0.0);
+        add("norm2.weight", vec![d], 0.2, 1.0);
+        add("norm2.bias", vec![d], 0.1, 0.0);
+        add("mlp.fc1.weight", vec![h, d], 0.1, 0.0);
+        add("mlp.fc1.bias", vec![h], 0.1, 0.0);
+        add("mlp.fc2.weight", vec![d, h], 0.05, 0.0);
+        add("mlp.fc2.bias", vec![d], 0.1, 0.0);
+        src
+    }
+
+    #[test]
+    fn block_matches_f64_reference() {
+        for (qkv_bias, tokens) in [(true, 130), (false, 65)] {
+            let shape = BlockShape {
+                tokens,
+                dim: 48,
+                heads: 3,
+                mlp_dim: 96,
+                ln_eps: 1e-6,
+            };
+            let src = random_block(&shape, qkv_bias, 9);
+            let w = BlockWeights::load(&src, "b.", &shape, qkv_bias).expect("weights");
+            let mut x = vec![0f32; tokens * shape.dim];
+            Rng::new(4).fill_normal(&mut x, 1.0);
+            let want = block_reference(&shape, &w, &x);
+            let pool = Pool::new(2);
+            let mut scratch = vec![f32::NAN; block_scratch_len(&shape, 2)];
+            block_forward(&pool, &shape, &w, &mut x, &mut scratch);
+            let scale = want.iter().fold(0f64, |a, b| a.max(b.abs()));
+            let err = x
+                .iter()
+                .zip(&want)
+                .fold(0f64, |a, (g, r)| a.max((*g as f64 - r).abs()));
+            assert!(
+                err <= 1e-5 * scale,
+                "qkv_bias {qkv_bias}: err {err}, scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn block_bits_do_not_depend_on_threads() {
+        let shape = BlockShape {
+            tokens: 150,
+            dim: 64,
+            heads: 4,
+            mlp_dim: 128,
+            ln_eps: 1e-5,
+        };
+        let src = random_block(&shape, false, 2);
+        let w = BlockWeights::load(&src, "b.", &shape, false).expect("weights");
+        let mut x0 = vec![0f32; shape.tokens * shape.dim];
+        Rng::new(1).fill_normal(&mut x0, 1.0);
+        let run = |threads: usize| {
+            let pool = Pool::new(threads);
+            let mut x = x0.clone();
+            let mut scratch = vec![0f32; block_scratch_len(&shape, threads)];
+            block_forward(&pool, &shape, &w, &mut x, &mut scratch);
+            x
+        };
+        let one = run(1);
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
+    }
+
+    #[test]
+    fn load_reports_missing_and_misshapen_tensors() {
+        let shape = BlockShape {
+            tokens: 4,
+            dim: 8,
+            heads: 2,
+            mlp_dim: 16,
+            ln_eps: 1e-6,
+        };
+        let src = random_block(&shape, false, 1);
+        assert!(BlockWeights::load(&src, "b.", &shape, true).is_err());
+        let wider = BlockShape { dim: 10, ..shape };
+        assert!(BlockWeights::load(&src, "b.", &wider, false).is_err());
+        let bad_heads = BlockShape { heads: 3, ..shape };
+        assert!(BlockWeights::load(&src, "b.", &bad_heads, false).is_err());
+        assert!(BlockWeights::load(&src, "b.", &shape, false).is_ok());
+    }
+
+    #[test]
+    fn layer_norm_matches_definition() {
+        let (rows, dim) = (37, 50);
+        let mut rng = Rng::new(8);
+        let mut x = vec![0f32; rows * dim];
+        let mut w = vec![0f32; dim];
+        let mut b = vec![0f32; dim];
+        rng.fill_normal(&mut x, 3.0);
+        x.iter_mut().for_each(|v| *v += 100.0);
+        rng.fill_normal(&mut w, 1.0);
+        rng.fill_normal(&mut b, 1.0);
+        let mut out = vec![0f32; rows * dim];
+        layer_norm(&Pool::new(2), rows, dim, &x, &mut out, &w, &b, 1e-5);
+        for r in 0..rows {
+            let row: Vec<f64> = x[r * dim..(r + 1) * dim]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let mean = row.iter().sum::<f64>() / dim as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+            for c in 0..dim {
+                let want = (row[c] - mean) / (var + 1e-5).sqrt() * w[c] as f64 + b[c] as f64;
+                assert!((out[r * dim + c] as f64 - want).abs() < 1e-4, "{r},{c}");
+            }
+        }
+    }
+}

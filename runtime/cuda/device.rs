@@ -1,0 +1,344 @@
+//! The CUDA device: driver detection, context, stream, launches.
+
+use std::ffi::{c_int, c_uint, c_void};
+
+use cudarc::driver::sys;
+
+use crate::{Error, Result};
+
+/// A driver call's error as a miad error naming the call.
+pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Cuda(format!("{what}: {r:?}")))
+    }
+}
+
+/// A kernel argument: the address of a value that lives until the launch call returns
+/// (the driver copies the argument values during `cuLaunchKernel`).
+#[inline(always)]
+pub fn kptr<T>(v: &T) -> *mut c_void {
+    v as *const T as *mut c_void
+}
+
+/// One CUDA device with the engine's context and stream.
+pub struct Device {
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    pub sm_count: i32,
+    /// Largest dynamic shared memory a block may opt in to, bytes.
+    pub max_smem_optin: i32,
+    pub name: String,
+}
+
+// The context and stream are used from one thread at a time (the engine's), and CUDA
+// handles may move between threads.
+unsafe impl Send for Device {}
+
+impl Device {
+    /// Opens device `ordinal`. Returns `Error::Cuda` (never panics) when the driver library
+    /// is missing, no device is present, or any setup call fails.
+    pub fn new(ordinal: usize) -> Result<Device> {
+        // SAFETY: is_culib_present only tries to open the library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::Cuda(
+                "no CUDA driver library (libcuda.so) on this machine".into(),
+            ));
+        }
+        unsafe {
+            check(sys::cuInit(0), "cuInit")?;
+            let mut count: c_int = 0;
+            check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")?;
+            if ordinal as c_int >= count {
+                return Err(Error::Cuda(format!(
+                    "device {ordinal} requested, {count} present"
+                )));
+            }
+            let mut dev: sys::CUdevice = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal as c_int), "cuDeviceGet")?;
+            let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
+                let mut v: c_int = 0;
+                check(
+                    sys::cuDeviceGetAttribute(&mut v, a, dev),
+                    "cuDeviceGetAttribute",
+                )?;
+                Ok(v)
+            };
+            use sys::CUdevice_attribute as A;
+            let cc = (
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            );
+            let sm_count = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+            let max_smem_optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+            let mut buf = [0 as std::ffi::c_char; 128];
+            check(
+                sys::cuDeviceGetName(buf.as_mut_ptr(), 128, dev),
+                "cuDeviceGetName",
+            )?;
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            let mut ctx: sys::CUcontext = std::ptr::null_mut();
+            check(
+                sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            if let Err(e) = check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent") {
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+                return Err(e);
+            }
+            let mut stream: sys::CUstream = std::ptr::null_mut();
+            if let Err(e) = check(
+                sys::cuStreamCreate(
+                    &mut stream,
+                    sys::CUstream_flags::CU_STREAM_NON_BLOCKING as c_uint,
+                ),
+                "cuStreamCreate",
+            ) {
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+                return Err(e);
+            }
+            Ok(Device {
+                dev,
+                ctx,
+                stream,
+                cc,
+                sm_count,
+                max_smem_optin,
+                name,
+            })
+        }
+    }
+
+    /// Makes this device's context current on the calling thread (needed once per thread
+    /// before any other call when the engine moves between threads).
+    pub fn bind(&self) -> Result<()> {
+        unsafe { check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent") }
+    }
+
+    pub fn stream(&self) -> sys::CUstream {
+        self.stream
+    }
+
+    pub fn context(&self) -> sys::CUcontext {
+        self.ctx
+    }
+
+    /// Compute capability as one number: 87, 90, ...
+    pub fn sm(&self) -> u32 {
+        (self.cc.0 * 10 + self.cc.1) as u32
+    }
+
+    /// Launches `f` on the engine's stream. `args` holds one pointer per kernel parameter
+    /// (see [`kptr`]); nothing is allocated.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number and types, and every device
+    /// pointer among them must be valid for what the kernel accesses.
+    #[inline]
+    pub unsafe fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        check(
+            sys::cuLaunchKernel(
+                f,
+                grid.0,
+                grid.1,
+                grid.2,
+                block.0,
+                block.1,
+                block.2,
+                smem,
+                self.stream,
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel",
+        )
+    }
+
+    /// Launches `f` as thread-block clusters of `cluster` blocks along x (sm_90+).
+    ///
+    /// # Safety
+    /// As [`Device::launch`].
+    #[inline]
+    pub unsafe fn launch_cluster(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        cluster: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = cluster;
+        attr.value.clusterDim.y = 1;
+        attr.value.clusterDim.z = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: smem,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        check(
+            sys::cuLaunchKernelEx(&cfg, f, args.as_mut_ptr(), std::ptr::null_mut()),
+            "cuLaunchKernelEx",
+        )
+    }
+
+    /// Allows `f` up to `bytes` of dynamic shared memory (needed above 48 KiB).
+    pub fn set_max_dynamic_smem(&self, f: sys::CUfunction, bytes: u32) -> Result<()> {
+        if bytes as i64 > self.max_smem_optin as i64 {
+            return Err(Error::Cuda(format!(
+                "a kernel needs {bytes} bytes of shared memory, the device allows {}",
+                self.max_smem_optin
+            )));
+        }
+        unsafe {
+            check(
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as c_int,
+                ),
+                "cuFuncSetAttribute(max dynamic shared memory)",
+            )
+        }
+    }
+
+    /// Waits for all work on the engine's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        unsafe { check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize") }
+    }
+
+    /// Synchronous copy host → device (creation time: weights, banks; and tests).
+    pub fn upload<T: bytemuck::Pod>(&self, dst: sys::CUdeviceptr, src: &[T]) -> Result<()> {
+        let bytes = std::mem::size_of_val(src);
+        unsafe {
+            check(
+                sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, bytes, self.stream),
+                "cuMemcpyHtoDAsync",
+            )?;
+        }
+        self.synchronize()
+    }
+
+    /// Synchronous copy device → host.
+    pub fn download<T: bytemuck::Pod>(&self, dst: &mut [T], src: sys::CUdeviceptr) -> Result<()> {
+        let bytes = std::mem::size_of_val(dst);
+        unsafe {
+            check(
+                sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut c_void, src, bytes, self.stream),
+                "cuMemcpyDtoHAsync",
+            )?;
+        }
+        self.synchronize()
+    }
+
+    /// Fills `bytes` bytes at `dst` with `value` (asynchronous, on the stream).
+    pub fn memset_u8(&self, dst: sys::CUdeviceptr, value: u8, bytes: usize) -> Result<()> {
+        unsafe {
+            check(
+                sys::cuMemsetD8Async(dst, value, bytes, self.stream),
+                "cuMemsetD8Async",
+            )
+        }
+    }
+
+    /// Device-to-device copy on the stream.
+    pub fn copy_dtod(
+        &self,
+        dst: sys::CUdeviceptr,
+        src: sys::CUdeviceptr,
+        bytes: usize,
+    ) -> Result<()> {
+        unsafe {
+            check(
+                sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream),
+                "cuMemcpyDtoDAsync",
+            )
+        }
+    }
+
+    /// Creates a timing event pair.
+    pub fn timer(&self) -> Result<Timer> {
+        let mut a: sys::CUevent = std::ptr::null_mut();
+        let mut b: sys::CUevent = std::ptr::null_mut();
+        unsafe {
+            check(sys::cuEventCreate(&mut a, 0), "cuEventCreate")?;
+            if let Err(e) = check(sys::cuEventCreate(&mut b, 0), "cuEventCreate") {
+                sys::cuEventDestroy_v2(a);
+                return Err(e);
+            }
+        }
+        Ok(Timer {
+            start: a,
+            end: b,
+            stream: self.stream,
+        })
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        unsafe {
+            sys::cuCtxSetCurrent(self.ctx);
+            sys::cuStreamSynchronize(self.stream);
+            sys::cuStreamDestroy_v2(self.stream);
+            sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+        }
+    }
+}
+
+/// Two events on the engine's stream, for timing device work.
+pub struct Timer {
+    start: sys::CUevent,
+    end: sys::CUevent,
+    stream: sys::CUstream,
+}
+
+impl Timer {
+    pub fn start(&self) -> Result<()> {
+        unsafe { check(sys::cuEventRecord(self.start, self.stream), "cuEventRecord") }
+    }
+    /// Records the end, waits for it, returns milliseconds since `start`.
+    pub fn stop_ms(&self) -> Result<f32> {
+        let mut ms = 0f32;
+        unsafe {
+            check(sys::cuEventRecord(self.end, self.stream), "cuEventRecord")?;
+            check(sys::cuEventSynchronize(self.end), "cuEventSynchronize")?;
+            check(
+                sys::cuEventElapsedTime(&mut ms, self.start, self.end),
+                "cuEventElapsedTime",
+            )?;
+        }
+        Ok(ms)
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        unsafe {
+            sys::cuEventDestroy_v2(self.start);
+            sys::cuEventDestroy_v2(self.end);
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! CUDA backend (feature `cuda`).
+//!
+//! Shared plumbing for every CUDA stage (kernels in `kernels/*.cu`):
+//! - [`device::Device`]: driver detection without panicking ([`device::Device::new`]
+//!   returns [`crate::Error::Cuda`] when there is no driver or GPU, so the engine can fall
+//!   back to the CPU and log why), one context and one stream per engine, device facts
+//!   (compute capability, multiprocessors, shared-memory limit), events for timing,
+//!   synchronous upload/download helpers for creation time, and the launch helpers:
+//!   [`device::Device::launch`] (raw `cuLaunchKernel` on the engine's stream with a fixed
+//!   argument array, no heap allocation) and [`device::Device::launch_cluster`]
+//!   (`cuLaunchKernelEx` with a thread-block-cluster dimension, sm_90).
+//! - [`module::Module`]: one loaded kernel module. build.rs generates
+//!   [`module::KERNEL_MODULES`], one entry per `kernels/*.cu` (name, inlined source,
+//!   cubins for sm_87/sm_90/sm_90a when NVRTC was available at build time). A new `.cu`
+//!   file needs no edit here: `Module::load(&dev, "name")` picks the cubin for the device's
+//!   compute capability or compiles the source with NVRTC (at engine creation only), and
+//!   `module.function("kernel_name")` looks a kernel up once, to be kept in a fixed struct.
+//! - [`arena::ArenaPlan`] / [`arena::Arena`]: one device allocation per engine, planned
+//!   from typed slots ([`arena::Slot`]); `arena.ptr(slot)` gives a typed [`arena::DevPtr`]
+//!   that is passed to kernels by address (`arg!`-style `&ptr as *const _ as *mut c_void`).
+//! - [`point`]: the point-branch kernels (preprocess, FPS, kNN grouping, group encoder,
+//!   feature alignment) with their launch functions.
+//!
+//! Lifetimes: drop every `Module` and `Arena` before the `Device` that made them (struct
+//! fields drop in declaration order: put the device last).
+//!
+//! Launch pattern (no allocation on the hot path):
+//! ```ignore
+//! let mut args = [kptr(&src), kptr(&dst), kptr(&n)];
+//! unsafe { dev.launch(func, (blocks, 1, 1), (256, 1, 1), 0, &mut args)? };
+//! ```
+
+pub mod arena;
+pub mod bank;
+pub mod device;
+pub mod module;
+pub mod point;
+pub mod transformer;

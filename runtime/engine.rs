@@ -1,0 +1,1 @@
+//! The engine: open files, plan the workspace, inspect parts.

@@ -1,0 +1,8 @@
+//! Evaluation: dataset readers and writers, metrics (I-AUROC, P-AUROC, AUPRO), the
+//! synthetic dataset, the modality-incomplete protocol, pictures.
+
+pub mod io;
+pub mod metrics;
+pub mod missing;
+pub mod picture;
+pub mod synth;

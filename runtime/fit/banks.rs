@@ -1,0 +1,465 @@
+//! `fit`: from the features of defect-free training parts to a bank file (SPEC §6–8).
+//!
+//! 1. Extract every part's patch features (through a [`FeatureExtractor`]: the pipeline's
+//!    extractor in the product, fake features in tests) and stream them to a memory-mapped
+//!    scratch file: RAM holds one part at a time, whatever the category's size.
+//! 2. Per bank, one scalar mean and standard deviation (unbiased, as `torch.std`) over all
+//!    of that bank's training features (the xyz bank: over its non-background rows).
+//! 3. Coreset per bank (SPEC §6): the normalised rows are projected (JL dimension for
+//!    ε = 0.9, seeded sparse matrix) into a second scratch file, then the greedy
+//!    farthest-first selection keeps `ratio · rows` of them; the bank stores the selected
+//!    *unprojected* normalised rows and their squared norms. The xyz bank drops rows that
+//!    are all zero (patches without points) and appends exactly one row that is the
+//!    normalised image of the zero feature, `(0 − mean)/std` — the "all-zero row" of
+//!    SPEC §6 expressed after normalisation, so background patches match it at distance 0.
+//! 4. Training scores, leave-one-out style: every training part is scored against the
+//!    finished banks with the bank rows that came from that part masked out (the bank file
+//!    never stores origins; the fit keeps them in memory). This uses every part for the
+//!    banks and still gives honest defect-free scores; no separate coreset per fold.
+//! 5. The two linear one-class SVMs are trained on the part score vectors and on a
+//!    deterministic subsample of pixel vectors (every k-th pixel, at most
+//!    `pixel_samples`), through the caller's trainer (`fit::ocsvm`).
+//! 6. Thresholds (see [`super::calibrate`]).
+//!
+//! Progress goes through a callback; the library never draws progress bars itself.
+
+use super::calibrate;
+use super::decision::{BankSet, Scorer, BANK_NAMES, FUSED, RGB, XYZ};
+use super::scratch::{peak_rss_kib, ScratchFile};
+use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
+use crate::cpu::bank_search::{sq_norms, BankView};
+use crate::cpu::coreset;
+use crate::cpu::pool::Pool;
+use crate::format::Writer;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Shapes of one part's patch features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeatureLayout {
+    pub rgb_grid: usize,
+    pub rgb_dim: usize,
+    pub xyz_grid: usize,
+    pub xyz_dim: usize,
+    pub fused_dim: usize,
+}
+
+impl FeatureLayout {
+    /// (rows, dim) per bank in score-vector order (xyz, rgb, fused).
+    pub fn bank_shapes(&self) -> [(usize, usize); 3] {
+        let x = self.xyz_grid * self.xyz_grid;
+        [
+            (x, self.xyz_dim),
+            (self.rgb_grid * self.rgb_grid, self.rgb_dim),
+            (x, self.fused_dim),
+        ]
+    }
+    fn part_len(&self) -> usize {
+        self.bank_shapes().iter().map(|(r, d)| r * d).sum()
+    }
+    fn offsets(&self) -> [usize; 3] {
+        let s = self.bank_shapes();
+        [0, s[0].0 * s[0].1, s[0].0 * s[0].1 + s[1].0 * s[1].1]
+    }
+}
+
+/// Where the fit gets each training part's patch features.
+pub trait FeatureExtractor {
+    fn layout(&self) -> FeatureLayout;
+    /// Number of training parts.
+    fn parts(&self) -> usize;
+    /// Writes part `part`'s raw patch features: `xyz` (`xyz_grid² × xyz_dim`), `rgb`
+    /// (`rgb_grid² × rgb_dim`), `fused` (`xyz_grid² × fused_dim`), row-major grids.
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> Result<()>;
+}
+
+/// Options of a fit.
+#[derive(Clone, Debug)]
+pub struct FitOptions {
+    pub variant: BankVariant,
+    pub coreset_ratio: f64,
+    pub coreset_eps: f64,
+    pub seed: u64,
+    /// False-reject rate the thresholds are calibrated at (0.01 by default).
+    pub frr: f32,
+    pub score_weights: [f32; 3],
+    pub map_size: usize,
+    pub blur_sigma: f32,
+    /// At most this many pixel vectors train the pixel SVM.
+    pub pixel_samples: usize,
+    /// Directory of the scratch files.
+    pub scratch_dir: PathBuf,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            variant: BankVariant::Full,
+            coreset_ratio: 0.1,
+            coreset_eps: 0.9,
+            seed: 0x6d69_6164,
+            frr: 0.01,
+            score_weights: [1.0, 0.1, 1.0],
+            map_size: 224,
+            blur_sigma: 4.0,
+            pixel_samples: 200_000,
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// What the fit is doing, for progress reports.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress {
+    Extract {
+        done: usize,
+        total: usize,
+    },
+    Coreset {
+        bank: &'static str,
+        done: usize,
+        total: usize,
+    },
+    Score {
+        done: usize,
+        total: usize,
+    },
+    Done,
+}
+
+/// A trainer of linear one-class SVMs over 3-vectors (scikit-learn SGDOneClassSVM, ν=0.5).
+pub type SvmTrainer<'a> = dyn Fn(&[[f32; 3]]) -> Result<LinearSvm> + 'a;
+
+/// A finished fit: the bank configuration and tensors, ready to write.
+pub struct Fitted {
+    pub config: BankConfig,
+    /// `(name, shape, data)`.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// Leave-one-out part scores of the training parts (after the part SVM).
+    pub train_scores: Vec<f32>,
+    /// Peak resident memory of the process after the fit, KiB (where known).
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Fitted {
+    /// Writes the bank file.
+    pub fn write(&self, path: &Path) -> Result<[u8; 16]> {
+        let mut w = Writer::bank(self.config.clone());
+        w.provenance("fit.scoring", self.config.fit.scoring.clone());
+        for (name, shape, data) in &self.tensors {
+            w.add_f32(name.clone(), shape, data);
+        }
+        Ok(w.write(path)?)
+    }
+}
+
+/// Runs the fit (module doc). `base` carries the model identity and category.
+pub fn fit(
+    pool: &Pool,
+    ex: &mut dyn FeatureExtractor,
+    base: BankConfig,
+    opts: &FitOptions,
+    svm: &SvmTrainer<'_>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Fitted> {
+    let layout = ex.layout();
+    let parts = ex.parts();
+    if parts == 0 {
+        return Err(Error::Config("fit: no training parts".into()));
+    }
+    if !(opts.coreset_ratio > 0.0 && opts.coreset_ratio <= 1.0) {
+        return Err(Error::Config(format!(
+            "coreset ratio {} is not in (0, 1]",
+            opts.coreset_ratio
+        )));
+    }
+    if !(0.0..1.0).contains(&opts.frr) {
+        return Err(Error::Config(format!(
+            "false-reject rate {} is not in [0, 1)",
+            opts.frr
+        )));
+    }
+    let used = opts.variant.banks();
+    let shapes = layout.bank_shapes();
+    let offsets = layout.offsets();
+    let plen = layout.part_len();
+    let tag = format!("miad-fit-{}", std::process::id());
+
+    // 1. Extract to the scratch file.
+    let mut feats =
+        ScratchFile::create(&opts.scratch_dir, &format!("{tag}.features"), parts * plen)?;
+    {
+        let all = feats.as_mut_slice();
+        for p in 0..parts {
+            let part = &mut all[p * plen..(p + 1) * plen];
+            let (xyz, rest) = part.split_at_mut(offsets[1]);
+            let (rgb, fused) = rest.split_at_mut(offsets[2] - offsets[1]);
+            ex.extract(p, xyz, rgb, fused)?;
+            progress(Progress::Extract {
+                done: p + 1,
+                total: parts,
+            });
+        }
+    }
+    let all = feats.as_slice();
+    let row = |b: usize, p: usize, r: usize| -> &[f32] {
+        let (_, d) = shapes[b];
+        let s = p * plen + offsets[b] + r * d;
+        &all[s..s + d]
+    };
+
+    let mut cfg = base;
+    cfg.variant = opts.variant;
+    cfg.rgb_grid = layout.rgb_grid as u32;
+    cfg.xyz_grid = layout.xyz_grid as u32;
+    cfg.map_size = opts.map_size as u32;
+    cfg.blur_sigma = opts.blur_sigma;
+    cfg.score_weights = opts.score_weights;
+
+    // 2–3. Normalisation and coreset per bank.
+    let mut norms = [FeatureNorm::default(); 3];
+    let mut bank_data: [Vec<f32>; 3] = Default::default();
+    let mut origins: [Vec<u32>; 3] = Default::default();
+    for b in 0..3 {
+        if !used[b] {
+            continue;
+        }
+        let (rows, d) = shapes[b];
+        let keep = |p: usize, r: usize| b != XYZ || row(b, p, r).iter().any(|v| *v != 0.0);
+        // Candidate rows (part, row) in order.
+        let mut cand: Vec<(u32, u32)> = Vec::new();
+        let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0u64);
+        for p in 0..parts {
+            for r in 0..rows {
+                if keep(p, r) {
+                    cand.push((p as u32, r as u32));
+                    for &v in row(b, p, r) {
+                        sum += v as f64;
+                        sum2 += (v as f64) * (v as f64);
+                    }
+                    count += d as u64;
+                }
+            }
+        }
+        let norm = if count > 1 {
+            let mean = sum / count as f64;
+            let var = ((sum2 - count as f64 * mean * mean) / (count - 1) as f64).max(0.0);
+            let std = var.sqrt();
+            FeatureNorm {
+                mean: mean as f32,
+                std: if std > 0.0 { std as f32 } else { 1.0 },
+            }
+        } else {
+            FeatureNorm::default()
+        };
+        norms[b] = norm;
+        let n = cand.len();
+        let m = ((n as f64 * opts.coreset_ratio - 1e-9).ceil() as usize).clamp(n.min(1), n.max(1));
+        let selected: Vec<u32> = if n == 0 {
+            Vec::new()
+        } else {
+            let k = coreset::jl_min_dim(n, opts.coreset_eps);
+            let (pd, r) = if k > 0 && k < d {
+                (
+                    k,
+                    Some(coreset::projection_matrix(k, d, opts.seed ^ b as u64)),
+                )
+            } else {
+                (d, None)
+            };
+            let mut proj =
+                ScratchFile::create(&opts.scratch_dir, &format!("{tag}.proj{b}"), n * pd)?;
+            let out = proj.as_mut_slice();
+            let chunk = 4096;
+            let mut buf = vec![0f32; chunk.min(n) * d];
+            let inv = 1.0 / norm.std;
+            let mut c0 = 0;
+            while c0 < n {
+                let cn = chunk.min(n - c0);
+                for (i, &(p, r)) in cand[c0..c0 + cn].iter().enumerate() {
+                    for (o, v) in buf[i * d..(i + 1) * d]
+                        .iter_mut()
+                        .zip(row(b, p as usize, r as usize))
+                    {
+                        *o = (v - norm.mean) * inv;
+                    }
+                }
+                let dst = &mut out[c0 * pd..(c0 + cn) * pd];
+                match &r {
+                    Some(r) => coreset::project_rows(pool, &buf[..cn * d], d, r, pd, dst),
+                    None => dst.copy_from_slice(&buf[..cn * d]),
+                }
+                c0 += cn;
+                progress(Progress::Coreset {
+                    bank: BANK_NAMES[b],
+                    done: c0,
+                    total: n,
+                });
+            }
+            coreset::greedy(pool, proj.as_slice(), pd, m)
+        };
+        let extra = usize::from(b == XYZ);
+        let mut data = Vec::with_capacity((selected.len() + extra) * d);
+        let mut org = Vec::with_capacity(selected.len() + extra);
+        let inv = 1.0 / norm.std;
+        for &s in &selected {
+            let (p, r) = cand[s as usize];
+            data.extend(
+                row(b, p as usize, r as usize)
+                    .iter()
+                    .map(|v| (v - norm.mean) * inv),
+            );
+            org.push(p);
+        }
+        if b == XYZ {
+            data.extend(std::iter::repeat_n(-norm.mean * inv, d));
+            org.push(u32::MAX);
+        }
+        bank_data[b] = data;
+        origins[b] = org;
+    }
+    cfg.xyz_norm = norms[XYZ];
+    cfg.rgb_norm = norms[RGB];
+    cfg.fused_norm = norms[FUSED];
+    let mut bank_norms: [Vec<f32>; 3] = Default::default();
+    for b in 0..3 {
+        let d = shapes[b].1;
+        let rows = bank_data[b].len() / d;
+        bank_norms[b] = vec![0f32; rows];
+        sq_norms(&bank_data[b], d, &mut bank_norms[b]);
+    }
+    cfg.xyz_rows = (bank_data[XYZ].len() / shapes[XYZ].1) as u32;
+    cfg.rgb_rows = (bank_data[RGB].len() / shapes[RGB].1) as u32;
+    cfg.fused_rows = (bank_data[FUSED].len() / shapes[FUSED].1) as u32;
+    cfg.xyz_dim = shapes[XYZ].1 as u32;
+    cfg.rgb_dim = shapes[RGB].1 as u32;
+    cfg.fused_dim = shapes[FUSED].1 as u32;
+
+    // 4. Leave-one-out training scores.
+    let set = BankSet {
+        banks: std::array::from_fn(|b| {
+            (!bank_data[b].is_empty())
+                .then(|| BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1))
+        }),
+        norms,
+        grids: [layout.xyz_grid, layout.rgb_grid, layout.xyz_grid],
+    };
+    let mut scorer = Scorer::new(&cfg, &set, pool.threads());
+    scorer.set_svms([1.0; 3], [1.0; 3]);
+    let s2 = opts.map_size * opts.map_size;
+    let mut scratch = vec![0f32; scorer.scratch_len()];
+    let mut bank_maps = vec![0f32; 3 * s2];
+    let mut vectors = Vec::with_capacity(parts);
+    let stride = ((parts * s2) / opts.pixel_samples.max(1)).max(1);
+    let mut pixels: Vec<[f32; 3]> = Vec::new();
+    let w = opts.score_weights;
+    for p in 0..parts {
+        let f: [&[f32]; 3] = std::array::from_fn(|b| {
+            if used[b] {
+                let (rows, d) = shapes[b];
+                let s = p * plen + offsets[b];
+                &all[s..s + rows * d]
+            } else {
+                &all[0..0]
+            }
+        });
+        let excl: [Option<(&[u32], u32)>; 3] =
+            std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)));
+        let sc = scorer.score(pool, &set, f, excl, &mut bank_maps, None, &mut scratch);
+        vectors.push(sc.vector);
+        for px in 0..s2 {
+            let v: [f32; 3] = std::array::from_fn(|b| w[b] * bank_maps[b * s2 + px]);
+            if (p * s2 + px).is_multiple_of(stride) {
+                pixels.push(v);
+            }
+        }
+        progress(Progress::Score {
+            done: p + 1,
+            total: parts,
+        });
+    }
+
+    // 5. Decision layers.
+    cfg.part_svm = svm(&vectors)?;
+    cfg.pixel_svm = svm(&pixels)?;
+    let dot = |w: &[f32; 3], v: &[f32; 3]| w[0] * v[0] + w[1] * v[1] + w[2] * v[2];
+    let train_scores: Vec<f32> = vectors.iter().map(|v| dot(&cfg.part_svm.w, v)).collect();
+
+    // 6. Thresholds. The pixel threshold uses each part's final map maximum (after the
+    // pixel SVM), so the training parts are scored once more with the trained layers.
+    let mut pixel_max = Vec::with_capacity(parts);
+    let mut map = vec![0f32; s2];
+    scorer.set_svms(cfg.part_svm.w, cfg.pixel_svm.w);
+    for p in 0..parts {
+        let f: [&[f32]; 3] = std::array::from_fn(|b| {
+            if used[b] {
+                let (rows, d) = shapes[b];
+                let s = p * plen + offsets[b];
+                &all[s..s + rows * d]
+            } else {
+                &all[0..0]
+            }
+        });
+        let excl: [Option<(&[u32], u32)>; 3] =
+            std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)));
+        scorer.score(
+            pool,
+            &set,
+            f,
+            excl,
+            &mut bank_maps,
+            Some(&mut map),
+            &mut scratch,
+        );
+        pixel_max.push(map.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+    }
+    let (mean, std, max) = calibrate::stats(&train_scores);
+    cfg.thresholds = Thresholds {
+        part: calibrate::reject_quantile(&train_scores, opts.frr),
+        pixel: calibrate::reject_quantile(&pixel_max, opts.frr),
+        grey_band: None,
+        false_reject_rate: opts.frr,
+        train_score_mean: mean,
+        train_score_std: std,
+        train_score_max: max,
+        train_parts: parts as u32,
+    };
+    cfg.fit = FitInfo {
+        parts: parts as u32,
+        coreset_ratio: opts.coreset_ratio as f32,
+        coreset_seed: opts.seed,
+        scoring: "leave-one-out (own bank rows masked)".into(),
+        extra: Vec::new(),
+    };
+    let mut tensors = Vec::new();
+    for b in 0..3 {
+        if bank_data[b].is_empty() {
+            continue;
+        }
+        let d = shapes[b].1;
+        let rows = bank_data[b].len() / d;
+        tensors.push((
+            format!("bank.{}_norms", BANK_NAMES[b]),
+            vec![rows],
+            std::mem::take(&mut bank_norms[b]),
+        ));
+        tensors.push((
+            format!("bank.{}", BANK_NAMES[b]),
+            vec![rows, d],
+            std::mem::take(&mut bank_data[b]),
+        ));
+    }
+    progress(Progress::Done);
+    Ok(Fitted {
+        config: cfg,
+        tensors,
+        train_scores,
+        peak_rss_kib: peak_rss_kib(),
+    })
+}

@@ -1,0 +1,196 @@
+//! Scoring one part against all banks of a bank file and fusing the decisions
+//! (SPEC §6–8): normalise each modality's patch features with its bank's scalars, search
+//! the bank (re-weighted image score and patch-grid distance map), upsample and blur the
+//! map, then the score vector `a = (w_x·s_xyz, w_r·s_rgb, w_f·s_fused)`, the part score
+//! `part_svm.w · a` and the pixel map `pixel_svm.w · (w_x·m_xyz, w_r·m_rgb, w_f·m_fused)`.
+//!
+//! Used by `fit` (with the part's own bank rows excluded) and by inspection/evaluation.
+//! Planned: [`Scorer::scratch_len`] floats, no allocation per part.
+
+use crate::config::{BankConfig, FeatureNorm};
+use crate::cpu::bank_search::{self, BankScore, BankView};
+use crate::cpu::maps;
+use crate::cpu::pool::Pool;
+use crate::format::{BankFile, FormatError};
+
+/// Bank indices in score-vector order.
+pub const XYZ: usize = 0;
+pub const RGB: usize = 1;
+pub const FUSED: usize = 2;
+/// Names of the banks' tensors, in score-vector order.
+pub const BANK_NAMES: [&str; 3] = ["xyz", "rgb", "fused"];
+
+/// The banks of one bank file (any of them may be absent), borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct BankSet<'a> {
+    pub banks: [Option<BankView<'a>>; 3],
+    pub norms: [FeatureNorm; 3],
+    /// Patch grid side of each bank's features.
+    pub grids: [usize; 3],
+}
+
+impl<'a> BankSet<'a> {
+    /// Views of `bank.{xyz,rgb,fused}` and `bank.*_norms` in a bank file.
+    pub fn from_file(file: &'a BankFile) -> Result<Self, FormatError> {
+        let c = file.config();
+        let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
+        let dims = [c.xyz_dim, c.rgb_dim, c.fused_dim];
+        let mut banks = [None; 3];
+        for b in 0..3 {
+            if rows[b] > 0 {
+                let (n, d) = (rows[b] as usize, dims[b] as usize);
+                let data = file.typed::<f32>(&format!("bank.{}", BANK_NAMES[b]), Some(&[n, d]))?;
+                let norms =
+                    file.typed::<f32>(&format!("bank.{}_norms", BANK_NAMES[b]), Some(&[n]))?;
+                banks[b] = Some(BankView::new(data, norms, d));
+            }
+        }
+        Ok(BankSet {
+            banks,
+            norms: [c.xyz_norm, c.rgb_norm, c.fused_norm],
+            grids: [
+                c.xyz_grid as usize,
+                c.rgb_grid as usize,
+                c.xyz_grid as usize,
+            ],
+        })
+    }
+}
+
+/// One part's scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PartScores {
+    /// Per bank (xyz, rgb, fused): the re-weighted image score, 0 when absent.
+    pub bank: [f32; 3],
+    /// The weighted score vector `a`.
+    pub vector: [f32; 3],
+    /// Final part score `part_svm.w · a`.
+    pub score: f32,
+}
+
+/// Plans and runs the scoring of parts against a [`BankSet`].
+#[derive(Clone, Debug)]
+pub struct Scorer {
+    map_size: usize,
+    sigma: f32,
+    weights: [f32; 3],
+    part_w: [f32; 3],
+    pixel_w: [f32; 3],
+    threads: usize,
+    max_rows: usize,
+    max_feat: usize,
+    max_patches: usize,
+}
+
+impl Scorer {
+    pub fn new(cfg: &BankConfig, set: &BankSet<'_>, threads: usize) -> Self {
+        let mut max_rows = 1;
+        let mut max_feat = 1;
+        let mut max_patches = 1;
+        for b in 0..3 {
+            if let Some(v) = &set.banks[b] {
+                max_rows = max_rows.max(v.n);
+                let p = set.grids[b] * set.grids[b];
+                max_patches = max_patches.max(p);
+                max_feat = max_feat.max(p * v.dim);
+            }
+        }
+        Scorer {
+            map_size: cfg.map_size as usize,
+            sigma: cfg.blur_sigma,
+            weights: cfg.score_weights,
+            part_w: cfg.part_svm.w,
+            pixel_w: cfg.pixel_svm.w,
+            threads,
+            max_rows,
+            max_feat,
+            max_patches,
+        }
+    }
+
+    /// Uses these decision layers instead of the configuration's (fit trains them after
+    /// scoring).
+    pub fn set_svms(&mut self, part_w: [f32; 3], pixel_w: [f32; 3]) {
+        self.part_w = part_w;
+        self.pixel_w = pixel_w;
+    }
+
+    /// Floats of scratch [`Scorer::score`] needs.
+    pub fn scratch_len(&self) -> usize {
+        self.max_feat
+            + 2 * self.max_patches
+            + bank_search::score_scratch_len(self.threads, self.max_rows)
+            + maps::map_scratch_len(self.map_size)
+    }
+
+    pub fn map_size(&self) -> usize {
+        self.map_size
+    }
+
+    /// Scores one part. `feats` holds the raw (unnormalised) patch features per bank in
+    /// score-vector order (xyz, rgb, fused); an entry may be empty when its bank is absent.
+    /// `bank_maps` receives the three per-bank `S×S` maps (absent banks: zeros), `map`
+    /// the fused pixel map. `exclude` skips bank rows of origin `id` (fit only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        &self,
+        pool: &Pool,
+        set: &BankSet<'_>,
+        feats: [&[f32]; 3],
+        exclude: [Option<(&[u32], u32)>; 3],
+        bank_maps: &mut [f32],
+        map: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) -> PartScores {
+        let s2 = self.map_size * self.map_size;
+        let (norm_buf, rest) = scratch.split_at_mut(self.max_feat);
+        let (dmap, rest) = rest.split_at_mut(self.max_patches);
+        let (nn_f, rest) = rest.split_at_mut(self.max_patches);
+        let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
+        let (search, map_scratch) =
+            rest.split_at_mut(bank_search::score_scratch_len(self.threads, self.max_rows));
+        let mut out = PartScores::default();
+        for b in 0..3 {
+            let m = &mut bank_maps[b * s2..(b + 1) * s2];
+            let Some(view) = set.banks[b] else {
+                m.fill(0.0);
+                continue;
+            };
+            let f = feats[b];
+            let n = f.len() / view.dim;
+            let xb = &mut norm_buf[..f.len()];
+            let FeatureNorm { mean, std } = set.norms[b];
+            let inv = 1.0 / std;
+            for (o, v) in xb.iter_mut().zip(f) {
+                *o = (v - mean) * inv;
+            }
+            let BankScore { score, .. } = bank_search::score_part(
+                pool,
+                xb,
+                view,
+                exclude[b],
+                &mut dmap[..n],
+                &mut nn[..n],
+                search,
+            );
+            maps::anomaly_map(
+                &dmap[..n],
+                set.grids[b],
+                self.map_size,
+                self.sigma,
+                m,
+                map_scratch,
+            );
+            out.bank[b] = score;
+            out.vector[b] = self.weights[b] * score;
+        }
+        out.score = (0..3).map(|b| self.part_w[b] * out.vector[b]).sum();
+        if let Some(map) = map {
+            let c: [f32; 3] = std::array::from_fn(|b| self.pixel_w[b] * self.weights[b]);
+            for (p, o) in map[..s2].iter_mut().enumerate() {
+                *o = c[0] * bank_maps[p] + c[1] * bank_maps[s2 + p] + c[2] * bank_maps[2 * s2 + p];
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,143 @@
+//! Training features from files: a directory of safetensors files, one per part (sorted
+//! by file name), each holding `xyz_features`, `rgb_features` and `fused_features` as
+//! `[grid, grid, dim]` or `[grid², dim]` f32 tensors — what `miad extract` writes. Lets
+//! `miad fit` run on features extracted elsewhere (or by another backend), and tests run
+//! the fit without a model.
+
+use super::banks::{FeatureExtractor, FeatureLayout};
+use crate::format::OwnedTensors;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Tensor names per bank in score-vector order (xyz, rgb, fused).
+pub const FEATURE_NAMES: [&str; 3] = ["xyz_features", "rgb_features", "fused_features"];
+
+/// Per-part feature files of one directory.
+pub struct DirFeatures {
+    files: Vec<PathBuf>,
+    layout: FeatureLayout,
+}
+
+fn grid_dim(shape: &[usize], what: &str, path: &Path) -> Result<(usize, usize)> {
+    let bad = || {
+        Error::Input(format!(
+            "{}: {what} has shape {shape:?}, not [g, g, d] or [g², d]",
+            path.display()
+        ))
+    };
+    match *shape {
+        [g, g2, d] if g == g2 && g > 0 && d > 0 => Ok((g, d)),
+        [p, d] if d > 0 => {
+            let g = (p as f64).sqrt().round() as usize;
+            if g * g == p && g > 0 {
+                Ok((g, d))
+            } else {
+                Err(bad())
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+impl DirFeatures {
+    /// Lists `dir/*.safetensors`; the first file fixes the layout, every other file is
+    /// checked against it when read.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        let first = files.first().ok_or_else(|| {
+            Error::Input(format!("{}: no .safetensors feature files", dir.display()))
+        })?;
+        let t = OwnedTensors::from_safetensors_file(first)?;
+        let mut gd = [(0usize, 0usize); 3];
+        for (b, name) in FEATURE_NAMES.iter().enumerate() {
+            let (shape, _) = t
+                .tensors
+                .get(*name)
+                .ok_or_else(|| Error::Input(format!("{}: no tensor {name}", first.display())))?;
+            gd[b] = grid_dim(shape, name, first)?;
+        }
+        if gd[0].0 != gd[2].0 {
+            return Err(Error::Input(format!(
+                "{}: xyz grid {} and fused grid {} differ",
+                first.display(),
+                gd[0].0,
+                gd[2].0
+            )));
+        }
+        Ok(DirFeatures {
+            files,
+            layout: FeatureLayout {
+                xyz_grid: gd[0].0,
+                xyz_dim: gd[0].1,
+                rgb_grid: gd[1].0,
+                rgb_dim: gd[1].1,
+                fused_dim: gd[2].1,
+            },
+        })
+    }
+}
+
+impl FeatureExtractor for DirFeatures {
+    fn layout(&self) -> FeatureLayout {
+        self.layout
+    }
+    fn parts(&self) -> usize {
+        self.files.len()
+    }
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> Result<()> {
+        let path = &self.files[part];
+        let t = OwnedTensors::from_safetensors_file(path)?;
+        for (b, out) in [xyz, rgb, fused].into_iter().enumerate() {
+            let name = FEATURE_NAMES[b];
+            let (_, data) = t
+                .tensors
+                .get(name)
+                .ok_or_else(|| Error::Input(format!("{}: no tensor {name}", path.display())))?;
+            if data.len() != out.len() {
+                return Err(Error::Input(format!(
+                    "{}: {name} has {} values, the first part had {}",
+                    path.display(),
+                    data.len(),
+                    out.len()
+                )));
+            }
+            out.copy_from_slice(data);
+        }
+        Ok(())
+    }
+}
+
+/// The first `max` parts of another extractor (`--max-parts`, `--shots`).
+pub struct Capped<E> {
+    pub inner: E,
+    pub max: usize,
+}
+
+impl<E: FeatureExtractor> FeatureExtractor for Capped<E> {
+    fn layout(&self) -> FeatureLayout {
+        self.inner.layout()
+    }
+    fn parts(&self) -> usize {
+        self.inner.parts().min(self.max)
+    }
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> Result<()> {
+        self.inner.extract(part, xyz, rgb, fused)
+    }
+}

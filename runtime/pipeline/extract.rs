@@ -1,0 +1,332 @@
+//! Feature extraction of one part, SPEC §1–5 in order: preprocess, RGB branch (ViT),
+//! point branch (FPS, grouping, Point-MAE), point feature alignment, fusion.
+//!
+//! [`Extractor`] plans every buffer when it is created (for a declared maximum input
+//! size) and allocates nothing afterwards. A modality that is missing or unusable is
+//! replaced by the features of a constant pseudo input (SPEC §9), computed once here:
+//! - RGB: the network input of all ones (3×S×S), through the ViT;
+//! - cloud: every point at (1, 1, 1). All groups are then the same point repeated, so
+//!   every group token, and after alignment every patch, carries the same feature:
+//!   one Point-MAE pass over a single repeated point gives it, without FPS or grouping.
+
+use crate::config::ModelConfig;
+use crate::cpu::fps::{farthest_point_sample, fps_scratch_len};
+use crate::cpu::fusion::{fuse, fusion_scratch_len, FusionWeights};
+use crate::cpu::knn::{group_knn, knn_scratch_len};
+use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};
+use crate::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
+use crate::cpu::pool::Pool;
+use crate::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
+use crate::fit::banks::FeatureLayout;
+use crate::format::ModelFile;
+use crate::pipeline::input::{CloudView, RgbView};
+use crate::pipeline::preprocess::{
+    preprocess, preprocess_scratch_len, ModalityStatus, PreprocessMode, PreprocessOutput,
+};
+use crate::{Error, Result};
+
+/// Features of the constant pseudo inputs (computed once).
+#[derive(Clone, Debug)]
+struct PseudoFeatures {
+    /// `rgb_grid² × rgb_dim`
+    rgb: Vec<f32>,
+    /// `xyz_grid² × xyz_dim`
+    xyz: Vec<f32>,
+}
+
+/// The weights of the three networks, borrowed from the model file.
+struct Networks<'m> {
+    vit: VitWeights<'m>,
+    point: PointMaeWeights<'m>,
+    fusion: FusionWeights<'m>,
+}
+
+/// Plans and runs the feature extraction of parts (module doc).
+pub struct Extractor<'m> {
+    cfg: ModelConfig,
+    nets: Networks<'m>,
+    mode: PreprocessMode,
+    max_width: usize,
+    max_height: usize,
+    pre: PreprocessOutput,
+    pre_scratch: Vec<f32>,
+    centers: Vec<u32>,
+    center_xyz: Vec<f32>,
+    groups: Vec<u32>,
+    /// `num_groups × point feature dim`: the Point-MAE output.
+    pub group_features: Vec<f32>,
+    /// `rgb_grid² × rgb_dim`
+    pub rgb: Vec<f32>,
+    /// `xyz_grid² × xyz_dim`
+    pub xyz: Vec<f32>,
+    /// `xyz_grid² × (xyz_dim + rgb_dim)`
+    pub fused: Vec<f32>,
+    scratch: Vec<f32>,
+    pseudo: PseudoFeatures,
+    /// Which modalities the last part had, and why one was not used.
+    pub status: ModalityStatus,
+}
+
+impl<'m> Extractor<'m> {
+    /// Loads the networks of `model`, plans the buffers for inputs up to
+    /// `max_width × max_height`, and computes the pseudo-input features.
+    pub fn new(
+        pool: &Pool,
+        model: &'m ModelFile,
+        max_width: usize,
+        max_height: usize,
+        mode: PreprocessMode,
+    ) -> Result<Self> {
+        let cfg = model.config().clone();
+        let (Some(vc), Some(pc), Some(fc)) = (&cfg.vit, &cfg.point, &cfg.fusion) else {
+            return Err(Error::Config(format!(
+                "{}: the inspection pipeline needs the ViT, Point-MAE and fusion networks; \
+                 this model has vit={}, point={}, fusion={}",
+                model.path().display(),
+                cfg.vit.is_some(),
+                cfg.point.is_some(),
+                cfg.fusion.is_some()
+            )));
+        };
+        if max_width == 0 || max_height == 0 || max_width > 16384 || max_height > 16384 {
+            return Err(Error::Config(format!(
+                "maximum input size {max_width}×{max_height} is not in 1..=16384"
+            )));
+        }
+        let pre_cfg = &cfg.preprocess;
+        check_pfa_config(pre_cfg)?;
+        let s = pre_cfg.image_size as usize;
+        if vc.image_size as usize != s {
+            return Err(Error::Config(format!(
+                "ViT input {} differs from the preprocessing size {s}",
+                vc.image_size
+            )));
+        }
+        let rgb_grid = vc.grid();
+        let xyz_grid = pre_cfg.xyz_grid as usize;
+        if !xyz_grid.is_multiple_of(rgb_grid) {
+            return Err(Error::Config(format!(
+                "xyz grid {xyz_grid} is not a multiple of the RGB grid {rgb_grid}"
+            )));
+        }
+        let (rgb_dim, xyz_dim) = (vc.dim as usize, pc.feature_dim());
+        if fc.rgb_dim as usize != rgb_dim || fc.xyz_dim as usize != xyz_dim {
+            return Err(Error::Config(format!(
+                "fusion expects rgb {} / xyz {} features, the networks give {rgb_dim} / {xyz_dim}",
+                fc.rgb_dim, fc.xyz_dim
+            )));
+        }
+        let nets = Networks {
+            vit: VitWeights::load(model, vc)?,
+            point: PointMaeWeights::load(model, pc)?,
+            fusion: FusionWeights::load(model, fc)?,
+        };
+        let threads = pool.threads();
+        let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
+        let max_points = s * s;
+        let scratch_len = vit_scratch_len(vc, threads)
+            .max(fps_scratch_len(max_points))
+            .max(knn_scratch_len(max_points, k, threads))
+            .max(point_mae_scratch_len(pc, threads))
+            .max(pfa_scratch_len(pre_cfg, m, max_points, threads))
+            .max(fusion_scratch_len(fc, rgb_grid, xyz_grid));
+        let mut ex = Extractor {
+            mode,
+            max_width,
+            max_height,
+            pre: PreprocessOutput::for_point_branch(pre_cfg, pc),
+            pre_scratch: vec![0.0; preprocess_scratch_len(pre_cfg, max_width, max_height)],
+            centers: vec![0; m],
+            center_xyz: vec![0.0; 3 * m],
+            groups: vec![0; m * k],
+            group_features: vec![0.0; m * xyz_dim],
+            rgb: vec![0.0; rgb_grid * rgb_grid * rgb_dim],
+            xyz: vec![0.0; xyz_grid * xyz_grid * xyz_dim],
+            fused: vec![0.0; xyz_grid * xyz_grid * (xyz_dim + rgb_dim)],
+            scratch: vec![0.0; scratch_len],
+            pseudo: PseudoFeatures {
+                rgb: Vec::new(),
+                xyz: Vec::new(),
+            },
+            status: ModalityStatus {
+                rgb: None,
+                cloud: None,
+            },
+            nets,
+            cfg,
+        };
+        // Also warms every worker thread of the pool on the networks' code paths.
+        ex.pseudo = ex.pseudo_features(pool)?;
+        Ok(ex)
+    }
+
+    fn pseudo_features(&mut self, pool: &Pool) -> Result<PseudoFeatures> {
+        let vc = self.cfg.vit.as_ref().expect("checked in new");
+        let pc = self.cfg.point.as_ref().expect("checked in new");
+        let ones = vec![1.0f32; self.pre.rgb_input.len()];
+        let mut rgb = vec![0.0; self.rgb.len()];
+        vit_forward(pool, vc, &self.nets.vit, &ones, &mut rgb, &mut self.scratch)?;
+        let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
+        let one_point = [1.0f32; 3];
+        let zeros_m = vec![0u32; m];
+        let zeros_mk = vec![0u32; m * k];
+        point_mae_forward(
+            pool,
+            pc,
+            &self.nets.point,
+            &one_point,
+            1,
+            &zeros_m,
+            &zeros_mk,
+            &mut self.group_features,
+            &mut self.scratch,
+        );
+        let f = pc.feature_dim();
+        let token = self.group_features[..f].to_vec();
+        let patches = self.xyz.len() / f;
+        let xyz = token.repeat(patches);
+        Ok(PseudoFeatures { rgb, xyz })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The declared maximum input size.
+    pub fn max_input(&self) -> (usize, usize) {
+        (self.max_width, self.max_height)
+    }
+
+    /// Shapes of the features this extractor writes.
+    pub fn layout(&self) -> FeatureLayout {
+        let vc = self.cfg.vit.as_ref().expect("checked in new");
+        let pc = self.cfg.point.as_ref().expect("checked in new");
+        FeatureLayout {
+            rgb_grid: vc.grid(),
+            rgb_dim: vc.dim as usize,
+            xyz_grid: self.cfg.preprocess.xyz_grid as usize,
+            xyz_dim: pc.feature_dim(),
+            fused_dim: pc.feature_dim() + vc.dim as usize,
+        }
+    }
+
+    /// The preprocessed part of the last [`Extractor::run`].
+    pub fn preprocessed(&self) -> &PreprocessOutput {
+        &self.pre
+    }
+
+    /// Center indices (into the preprocessed points) of the last part's groups.
+    pub fn centers(&self) -> &[u32] {
+        &self.centers
+    }
+
+    /// Features of one part into [`Extractor::rgb`], [`Extractor::xyz`] and
+    /// [`Extractor::fused`]. A missing or unusable modality gets the pseudo-input
+    /// features; the returned status says which. Both unusable is not an error here
+    /// (the features are then all pseudo); the engine refuses such parts.
+    /// No allocation.
+    pub fn run(
+        &mut self,
+        pool: &Pool,
+        rgb: Option<RgbView<'_>>,
+        cloud: Option<CloudView<'_>>,
+    ) -> Result<ModalityStatus> {
+        for (w, h) in [
+            rgb.map(|v| (v.width, v.height)),
+            cloud.map(|v| (v.width, v.height)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if w > self.max_width || h > self.max_height {
+                return Err(Error::Input(format!(
+                    "input of {w}×{h} is larger than the {}×{} the engine was planned for",
+                    self.max_width, self.max_height
+                )));
+            }
+        }
+        let status = preprocess(
+            &self.cfg.preprocess,
+            rgb,
+            cloud,
+            self.mode,
+            &mut self.pre,
+            &mut self.pre_scratch,
+        )?;
+        self.status = status;
+        let vc = self.cfg.vit.as_ref().expect("checked in new");
+        if status.rgb_usable() {
+            vit_forward(
+                pool,
+                vc,
+                &self.nets.vit,
+                &self.pre.rgb_input,
+                &mut self.rgb,
+                &mut self.scratch,
+            )?;
+        } else {
+            self.rgb.copy_from_slice(&self.pseudo.rgb);
+        }
+        if status.cloud_usable() {
+            self.point_branch(pool);
+        } else {
+            self.xyz.copy_from_slice(&self.pseudo.xyz);
+        }
+        let rgb_grid = self.cfg.vit.as_ref().expect("checked in new").grid();
+        fuse(
+            pool,
+            &self.nets.fusion,
+            &self.rgb,
+            rgb_grid,
+            &self.xyz,
+            self.cfg.preprocess.xyz_grid as usize,
+            &mut self.fused,
+            &mut self.scratch,
+        );
+        Ok(status)
+    }
+
+    fn point_branch(&mut self, pool: &Pool) {
+        let pc = self.cfg.point.as_ref().expect("checked in new");
+        let n = self.pre.n_points;
+        let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
+        let points = &self.pre.points;
+        farthest_point_sample(points, n, m, &mut self.centers, &mut self.scratch);
+        group_knn(
+            pool,
+            points,
+            n,
+            &self.centers,
+            k,
+            &mut self.groups,
+            &mut self.scratch,
+        );
+        for (c, &i) in self.center_xyz.chunks_exact_mut(3).zip(&self.centers) {
+            let i = i as usize;
+            c.copy_from_slice(&points[3 * i..3 * i + 3]);
+        }
+        point_mae_forward(
+            pool,
+            pc,
+            &self.nets.point,
+            points,
+            n,
+            &self.centers,
+            &self.groups,
+            &mut self.group_features,
+            &mut self.scratch,
+        );
+        point_feature_align(
+            pool,
+            &self.cfg.preprocess,
+            points,
+            n,
+            &self.pre.point_pixels,
+            &self.center_xyz,
+            &self.group_features,
+            pc.feature_dim(),
+            &mut self.xyz,
+            &mut self.scratch,
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The machine's peak single-precision FMA rate, measured: independent chains of fused
+//! multiply-adds on the widest SIMD registers the CPU has (AVX-512, else AVX2+FMA,
+//! detected at run time; a scalar fallback elsewhere). Benches report their throughput
+//! as a fraction of this number.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Independent accumulator chains: enough to cover FMA latency × FMA ports.
+const CHAINS: usize = 16;
+
+/// Runs `iters` iterations of `CHAINS` dependent FMAs per chain; returns FLOPs done.
+fn kernel(iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: feature detected.
+            unsafe { x86::fma512(iters) };
+            return iters as f64 * (CHAINS * 16 * 2) as f64;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: features detected.
+            unsafe { x86::fma256(iters) };
+            return iters as f64 * (CHAINS * 8 * 2) as f64;
+        }
+    }
+    scalar(iters);
+    iters as f64 * (CHAINS * 2) as f64
+}
+
+fn scalar(iters: u64) {
+    let mut acc = [0f32; CHAINS];
+    let (a, b) = (black_box(0.999_999f32), black_box(1e-7f32));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = v.mul_add(a, b);
+        }
+    }
+    black_box(acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::CHAINS;
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: u64) {
+        let a = _mm512_set1_ps(black_box(0.999_999));
+        let b = _mm512_set1_ps(black_box(1e-7));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        black_box(acc);
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: u64) {
+        let a = _mm256_set1_ps(black_box(0.999_999));
+        let b = _mm256_set1_ps(black_box(1e-7));
+        let mut acc = [_mm256_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        black_box(acc);
+    }
+}
+
+/// Peak single-precision GFLOP/s (an FMA counts 2) of `threads` threads running FMA
+/// chains at once; the best of a few ≈50 ms runs.
+pub fn measure_peak_gflops(threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let iters = 20_000_000u64;
+    kernel(iters / 10); // warm up clocks and the dispatch
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let barrier = std::sync::Barrier::new(threads);
+        let start = Instant::now();
+        let flops: f64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        kernel(iters)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        best = best.max(flops / secs / 1e9);
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peak_is_positive_and_plausible() {
+        let g = super::measure_peak_gflops(1);
+        // A core does at least one scalar FMA per ns and at most 2×16-lane FMAs at 6 GHz.
+        assert!(g > 1.0 && g < 400.0, "{g}");
+    }
+}

@@ -1,0 +1,83 @@
+//! Coreset: the accelerated farthest-first selection returns exactly the plain one's
+//! indices; the projection follows scikit-learn's JL dimension and Li's density.
+
+use miad::cpu::coreset::{coreset, greedy, greedy_plain, jl_min_dim, projection_matrix};
+use miad::cpu::pool::Pool;
+use miad::util::rng::Rng;
+use proptest::prelude::*;
+
+fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    // Clusters make pruning effective and near-ties likely.
+    let mut rng = Rng::new(seed);
+    let centres: Vec<f32> = (0..8 * dim).map(|_| rng.normal() * 5.0).collect();
+    let mut x = vec![0f32; n * dim];
+    for i in 0..n {
+        let c = rng.below(8) as usize;
+        for k in 0..dim {
+            x[i * dim + k] = centres[c * dim + k] + rng.normal() * 0.3;
+        }
+    }
+    x
+}
+
+#[test]
+fn accelerated_equals_plain_on_several_sizes() {
+    let pool = Pool::new(2);
+    for (n, dim, m) in [
+        (1, 3, 1),
+        (10, 2, 10),
+        (500, 3, 60),
+        (3000, 16, 300),
+        (2100, 64, 150),
+    ] {
+        let x = clustered(n, dim, n as u64);
+        let plain = greedy_plain(&x, dim, m);
+        assert_eq!(plain[0], 0);
+        assert_eq!(greedy(&pool, &x, dim, m), plain, "n {n} dim {dim}");
+        assert_eq!(greedy(&Pool::new(1), &x, dim, m), plain);
+    }
+}
+
+#[test]
+fn ties_go_to_the_lowest_index() {
+    // Points on a line at 0, 1, 2, 3, 4, 4 (duplicate), -4: after 0, the farthest are
+    // 4 (index 4, 5) and -4 (index 6), all at distance 4: index 4 wins.
+    let x = [0.0f32, 1.0, 2.0, 3.0, 4.0, 4.0, -4.0];
+    assert_eq!(greedy_plain(&x, 1, 3), vec![0, 4, 6]);
+    assert_eq!(greedy(&Pool::new(2), &x, 1, 3), vec![0, 4, 6]);
+}
+
+#[test]
+fn jl_dimension_matches_scikit_learn() {
+    // sklearn.random_projection.johnson_lindenstrauss_min_dim(n, eps=0.9)
+    assert_eq!(jl_min_dim(1000, 0.9), 170);
+    assert_eq!(jl_min_dim(200_000, 0.9), 301);
+    assert_eq!(jl_min_dim(1_250_000, 0.9), 346);
+}
+
+#[test]
+fn projection_is_sparse_with_the_right_scale_and_coreset_is_seeded() {
+    let (k, d) = (300, 1152);
+    let r = projection_matrix(k, d, 42);
+    let nz = r.iter().filter(|v| **v != 0.0).count() as f64;
+    let density = 1.0 / (d as f64).sqrt();
+    assert!((nz / (k * d) as f64 - density).abs() < 0.1 * density);
+    let v = (1.0 / (density * k as f64)).sqrt() as f32;
+    assert!(r.iter().all(|&e| e == 0.0 || e == v || e == -v));
+    assert_eq!(r, projection_matrix(k, d, 42));
+    let x = clustered(400, 200, 1);
+    let pool = Pool::new(2);
+    let a = coreset(&pool, &x, 200, 40, 0.9, 7);
+    assert_eq!(a, coreset(&Pool::new(1), &x, 200, 40, 0.9, 7));
+    assert_eq!(a.len(), 40);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn accelerated_equals_plain_property(n in 1usize..1500, dim in 1usize..24, frac in 0.01f64..0.5, seed in 0u64..1000) {
+        let x = clustered(n, dim, seed);
+        let m = ((n as f64 * frac) as usize).max(1);
+        prop_assert_eq!(greedy(&Pool::new(2), &x, dim, m), greedy_plain(&x, dim, m));
+    }
+}

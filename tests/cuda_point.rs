@@ -1,0 +1,840 @@
+//! CUDA point-branch kernels against independent CPU references (feature `cuda`).
+//!
+//! Without a driver or GPU every GPU test prints a skip message and passes; the tests that
+//! need no GPU (driver detection, module table) always run. Run on a GPU machine with
+//! `cargo test --release --features cuda --test cuda_point -- --nocapture`, and the timing
+//! report with `-- --ignored bench_point_branch --nocapture`.
+#![cfg(feature = "cuda")]
+
+use miad::config::PointConfig;
+use miad::cuda::point::{PointKernels, PointPlan};
+use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot, KERNEL_MODULES};
+use miad::util::rng::Rng;
+
+const SIDE: usize = 224;
+const GRID: usize = 56;
+
+fn device() -> Option<Device> {
+    match Device::new(0) {
+        Ok(d) => {
+            eprintln!("cuda_point: {} (sm_{})", d.name, d.sm());
+            Some(d)
+        }
+        Err(e) => {
+            eprintln!("cuda_point: SKIP, no usable GPU: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn driver_detection_never_panics() {
+    // Either a device or a clear error; an absurd ordinal is always an error.
+    match Device::new(0) {
+        Ok(_) => assert!(Device::new(1 << 20).is_err()),
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
+
+#[test]
+fn module_table_lists_every_kernel_file() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    if !dir.is_dir() {
+        eprintln!("module table: SKIP, source tree not present (test binary copied elsewhere)");
+        return;
+    }
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "cu").then(|| p.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    files.sort();
+    let mut names: Vec<String> = KERNEL_MODULES.iter().map(|m| m.name.to_string()).collect();
+    names.sort();
+    assert_eq!(files, names);
+    for m in KERNEL_MODULES {
+        assert!(
+            !m.source
+                .lines()
+                .any(|l| l.trim_start().starts_with("#include \"")),
+            "{}: local include not inlined",
+            m.name
+        );
+        assert!(
+            m.source.contains("miad_sq_dist"),
+            "{}: common.cuh missing",
+            m.name
+        );
+        // Either no cubin (no NVRTC at build time) or all three architectures.
+        assert!(
+            m.cubins.is_empty() || m.cubins.len() == 3,
+            "{}: {} cubins",
+            m.name,
+            m.cubins.len()
+        );
+    }
+}
+
+// ---------- references ----------
+
+fn sq(a: [f32; 3], b: [f32; 3]) -> f32 {
+    let (dx, dy, dz) = (a[0] - b[0], a[1] - b[1], a[2] - b[2]);
+    dx * dx + dy * dy + dz * dz
+}
+
+fn p3(p: &[f32], i: usize) -> [f32; 3] {
+    [p[3 * i], p[3 * i + 1], p[3 * i + 2]]
+}
+
+fn fps_ref(pts: &[f32], m: usize) -> Vec<u32> {
+    let n = pts.len() / 3;
+    let mut dist = vec![f32::INFINITY; n];
+    let mut out = vec![0u32; m];
+    let mut c = 0usize;
+    for slot in out.iter_mut().skip(1) {
+        let cp = p3(pts, c);
+        let (mut best, mut bi) = (-1.0f32, 0usize);
+        for (i, d) in dist.iter_mut().enumerate() {
+            *d = d.min(sq(p3(pts, i), cp));
+            if *d > best {
+                best = *d;
+                bi = i;
+            }
+        }
+        c = bi;
+        *slot = c as u32;
+    }
+    out
+}
+
+fn knn_ref(pts: &[f32], center: [f32; 3], k: usize) -> Vec<u32> {
+    let n = pts.len() / 3;
+    let mut v: Vec<(f32, u32)> = (0..n).map(|i| (sq(p3(pts, i), center), i as u32)).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    v[..k].iter().map(|x| x.1).collect()
+}
+
+/// f64 group encoder of one group; weights in PyTorch layout [out][in].
+fn encoder_ref(rel: &[f32], s: usize, w: &Weights) -> Vec<f64> {
+    let [c1, c2, c3, d] = w.dims;
+    let lin = |x: &[f64], wt: &[f32], b: &[f32], o: usize, i: usize| -> Vec<f64> {
+        (0..o)
+            .map(|r| b[r] as f64 + (0..i).map(|k| wt[r * i + k] as f64 * x[k]).sum::<f64>())
+            .collect()
+    };
+    let mut f = vec![];
+    for p in 0..s {
+        let x: Vec<f64> = rel[3 * p..3 * p + 3].iter().map(|&v| v as f64).collect();
+        let h: Vec<f64> = lin(&x, &w.w[0], &w.w[1], c1, 3)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        f.push(lin(&h, &w.w[2], &w.w[3], c2, c1));
+    }
+    let g: Vec<f64> = (0..c2)
+        .map(|o| f.iter().map(|r| r[o]).fold(f64::MIN, f64::max))
+        .collect();
+    let mut out = vec![f64::MIN; d];
+    for fp in &f {
+        let cat: Vec<f64> = g.iter().chain(fp.iter()).copied().collect();
+        let h: Vec<f64> = lin(&cat, &w.w[4], &w.w[5], c3, 2 * c2)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let o = lin(&h, &w.w[6], &w.w[7], d, c3);
+        for (a, b) in out.iter_mut().zip(o) {
+            *a = a.max(b);
+        }
+    }
+    out
+}
+
+struct Weights {
+    dims: [usize; 4],
+    /// w1 b1 w2 b2 w3 b3 w4 b4, PyTorch layout.
+    w: Vec<Vec<f32>>,
+}
+
+fn random_weights(rng: &mut Rng, pc: &PointConfig) -> Weights {
+    let [c1, c2, c3] = pc.encoder_widths.map(|x| x as usize);
+    let d = pc.dim as usize;
+    let shapes = [(c1, 3), (c2, c1), (c3, 2 * c2), (d, c3)];
+    let mut w = vec![];
+    for (o, i) in shapes {
+        let mut m = vec![0f32; o * i];
+        rng.fill_normal(&mut m, (1.0 / i as f32).sqrt());
+        let mut b = vec![0f32; o];
+        rng.fill_normal(&mut b, 0.1);
+        w.push(m);
+        w.push(b);
+    }
+    Weights {
+        dims: [c1, c2, c3, d],
+        w,
+    }
+}
+
+fn transpose(w: &[f32], o: usize, i: usize) -> Vec<f32> {
+    let mut t = vec![0f32; o * i];
+    for r in 0..o {
+        for k in 0..i {
+            t[k * o + r] = w[r * i + k];
+        }
+    }
+    t
+}
+
+/// Alignment reference in f64 the long way: 3-NN weights, the side×side map, 3×3 average
+/// pooling, adaptive average pooling.
+fn pfa_ref(pts: &[f32], pix: &[i32], centers: &[f32], g: &[f32], f: usize) -> Vec<f64> {
+    let n = pix.len();
+    let m = centers.len() / 3;
+    let mut map = vec![0f64; SIDE * SIDE * f];
+    for j in 0..n {
+        let mut d: Vec<(f32, usize)> = (0..m)
+            .map(|c| (sq(p3(pts, j), p3(centers, c)), c))
+            .collect();
+        d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let w: Vec<f64> = d[..3].iter().map(|x| 1.0 / (x.0 as f64 + 1e-8)).collect();
+        let s: f64 = w.iter().sum();
+        let q = pix[j] as usize;
+        for k in 0..3 {
+            for c in 0..f {
+                map[q * f + c] += w[k] / s * g[d[k].1 * f + c] as f64;
+            }
+        }
+    }
+    let ps = SIDE - 2;
+    let mut pooled = vec![0f64; ps * ps * f];
+    for y in 0..ps {
+        for x in 0..ps {
+            for dy in 0..3 {
+                for dx in 0..3 {
+                    for c in 0..f {
+                        pooled[(y * ps + x) * f + c] +=
+                            map[((y + dy) * SIDE + x + dx) * f + c] / 9.0;
+                    }
+                }
+            }
+        }
+    }
+    let mut out = vec![0f64; GRID * GRID * f];
+    for i in 0..GRID {
+        let (r0, r1) = (i * ps / GRID, ((i + 1) * ps).div_ceil(GRID));
+        for j in 0..GRID {
+            let (c0, c1) = (j * ps / GRID, ((j + 1) * ps).div_ceil(GRID));
+            let area = ((r1 - r0) * (c1 - c0)) as f64;
+            for y in r0..r1 {
+                for x in c0..c1 {
+                    for c in 0..f {
+                        out[(i * GRID + j) * f + c] += pooled[(y * ps + x) * f + c] / area;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+struct Pre {
+    pts: Vec<f32>,
+    pix: Vec<i32>,
+    p2p: Vec<i32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn preprocess_ref(
+    cloud: &[f32],
+    (h, w): (usize, usize),
+    plane: [f32; 4],
+    thr: f32,
+    keep: &[u8],
+    pad: usize,
+    (or, oc): (usize, usize),
+) -> Pre {
+    let scale = pad as f32 / SIDE as f32;
+    let mut r = Pre {
+        pts: vec![],
+        pix: vec![],
+        p2p: vec![-1; SIDE * SIDE],
+    };
+    for q in 0..SIDE * SIDE {
+        let (y, x) = (q / SIDE, q % SIDE);
+        let sr = ((y as f32 * scale).floor() as i64).min(pad as i64 - 1) - or as i64;
+        let sc = ((x as f32 * scale).floor() as i64).min(pad as i64 - 1) - oc as i64;
+        if sr < 0 || sc < 0 || sr >= h as i64 || sc >= w as i64 {
+            continue;
+        }
+        let i = sr as usize * w + sc as usize;
+        let p = p3(cloud, i);
+        if p == [0.0; 3] || keep[i] == 0 {
+            continue;
+        }
+        let dist = (((plane[0] * p[0] + plane[1] * p[1]) + plane[2] * p[2]) + plane[3]).abs();
+        if dist < thr {
+            continue;
+        }
+        r.p2p[q] = r.pix.len() as i32;
+        r.pix.push(q as i32);
+        r.pts.extend_from_slice(&p);
+    }
+    r
+}
+
+// ---------- the device side ----------
+
+struct Bufs {
+    cloud: Slot<f32>,
+    plane: Slot<f32>,
+    keep: Slot<u8>,
+    pts: Slot<f32>,
+    pix: Slot<i32>,
+    p2p: Slot<i32>,
+    n: Slot<i32>,
+    work: Slot<[f32; 4]>,
+    c_idx: Slot<u32>,
+    c_xyz: Slot<f32>,
+    g_idx: Slot<u32>,
+    g_rel: Slot<f32>,
+    w: [Slot<f32>; 8],
+    tokens: Slot<f32>,
+    nn_idx: Slot<i32>,
+    nn_w: Slot<f32>,
+    feat: Slot<f32>,
+    out: Slot<f32>,
+}
+
+const CLOUD_MAX: usize = 600 * 600;
+const FEAT: usize = 1152;
+
+fn plan_bufs(pc: &PointConfig) -> (ArenaPlan, Bufs) {
+    let mut p = ArenaPlan::new();
+    let np = SIDE * SIDE;
+    let (m, s) = (pc.num_groups as usize, pc.group_size as usize);
+    let [c1, c2, c3] = pc.encoder_widths.map(|x| x as usize);
+    let d = pc.dim as usize;
+    let b = Bufs {
+        cloud: p.add(CLOUD_MAX * 3),
+        plane: p.add(4),
+        keep: p.add(CLOUD_MAX),
+        pts: p.add(np * 3),
+        pix: p.add(np),
+        p2p: p.add(np),
+        n: p.add(1),
+        work: p.add(np),
+        c_idx: p.add(m),
+        c_xyz: p.add(m * 3),
+        g_idx: p.add(m * s),
+        g_rel: p.add(m * s * 3),
+        w: [
+            p.add(3 * c1),
+            p.add(c1),
+            p.add(c1 * c2),
+            p.add(c2),
+            p.add(2 * c2 * c3),
+            p.add(c3),
+            p.add(c3 * d),
+            p.add(d),
+        ],
+        tokens: p.add(m * d),
+        nn_idx: p.add(np * 3),
+        nn_w: p.add(np * 3),
+        feat: p.add(m * FEAT),
+        out: p.add(GRID * GRID * FEAT),
+    };
+    (p, b)
+}
+
+/// Field order matters: the modules and the arena are released before the device (fields
+/// drop in declaration order).
+struct Gpu {
+    k: PointKernels,
+    arena: Arena,
+    b: Bufs,
+    pc: PointConfig,
+    dev: Device,
+}
+
+fn gpu() -> Option<Gpu> {
+    let dev = device()?;
+    let pc = PointConfig::m3dm();
+    let k = PointKernels::new(&dev, PointPlan::new(&pc, SIDE, GRID).unwrap()).unwrap();
+    let (plan, b) = plan_bufs(&pc);
+    let arena = Arena::new(&dev, &plan).unwrap();
+    eprintln!(
+        "modules loaded; arena {} MiB; fps cluster {}",
+        arena.bytes() >> 20,
+        k.fps_cluster
+    );
+    Some(Gpu {
+        k,
+        arena,
+        b,
+        pc,
+        dev,
+    })
+}
+
+impl Gpu {
+    fn p<T>(&self, s: Slot<T>) -> DevPtr<T> {
+        self.arena.ptr(s)
+    }
+    fn poison<T>(&self, s: Slot<T>) {
+        self.dev
+            .memset_u8(self.p(s).raw(), 0xff, s.bytes())
+            .unwrap();
+    }
+    fn get<T: bytemuck::Pod + Default + Clone>(&self, s: Slot<T>, n: usize) -> Vec<T> {
+        let mut v = vec![T::default(); n];
+        self.arena.download(&self.dev, s, &mut v).unwrap();
+        v
+    }
+    fn put_points(&self, pts: &[f32]) {
+        self.arena.upload(&self.dev, self.b.pts, pts).unwrap();
+        self.arena
+            .upload(&self.dev, self.b.n, &[(pts.len() / 3) as i32])
+            .unwrap();
+    }
+    fn fps(&self) {
+        let b = &self.b;
+        self.poison(b.c_idx);
+        self.poison(b.c_xyz);
+        unsafe {
+            self.k
+                .fps(
+                    &self.dev,
+                    self.p(b.pts),
+                    self.p(b.n),
+                    self.p(b.work),
+                    self.p(b.c_idx),
+                    self.p(b.c_xyz),
+                )
+                .unwrap()
+        };
+        self.dev.synchronize().unwrap();
+    }
+    fn knn(&self) {
+        let b = &self.b;
+        self.poison(b.g_idx);
+        self.poison(b.g_rel);
+        unsafe {
+            self.k
+                .knn(
+                    &self.dev,
+                    self.p(b.pts),
+                    self.p(b.n),
+                    self.p(b.c_xyz),
+                    self.p(b.g_idx),
+                    self.p(b.g_rel),
+                )
+                .unwrap()
+        };
+        self.dev.synchronize().unwrap();
+    }
+    fn encoder(&self) {
+        let b = &self.b;
+        self.poison(b.tokens);
+        let w = b.w.map(|s| self.p(s));
+        unsafe {
+            self.k
+                .encoder(&self.dev, self.p(b.g_rel), w, self.p(b.tokens))
+                .unwrap()
+        };
+        self.dev.synchronize().unwrap();
+    }
+    fn pfa(&self, f: usize) {
+        let b = &self.b;
+        self.poison(b.out);
+        unsafe {
+            self.k
+                .nn3(
+                    &self.dev,
+                    self.p(b.pts),
+                    self.p(b.n),
+                    self.p(b.c_xyz),
+                    self.p(b.nn_idx),
+                    self.p(b.nn_w),
+                )
+                .unwrap();
+            self.k
+                .project(
+                    &self.dev,
+                    self.p(b.p2p),
+                    self.p(b.nn_idx),
+                    self.p(b.nn_w),
+                    self.p(b.feat),
+                    f as i32,
+                    self.p(b.out),
+                )
+                .unwrap();
+        }
+        self.dev.synchronize().unwrap();
+    }
+    fn upload_weights(&self, w: &Weights) {
+        let [c1, c2, c3, d] = w.dims;
+        let t = [
+            transpose(&w.w[0], c1, 3),
+            w.w[1].clone(),
+            transpose(&w.w[2], c2, c1),
+            w.w[3].clone(),
+            transpose(&w.w[4], c3, 2 * c2),
+            w.w[5].clone(),
+            transpose(&w.w[6], d, c3),
+            w.w[7].clone(),
+        ];
+        for (s, v) in self.b.w.iter().zip(t.iter()) {
+            self.arena.upload(&self.dev, *s, v).unwrap();
+        }
+    }
+}
+
+/// Random points on a wavy surface patch (like a scanned part), n of them.
+fn surface_points(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(3 * n);
+    for _ in 0..n {
+        let (x, y) = (rng.uniform() * 0.1, rng.uniform() * 0.1);
+        let z = 0.5 + 0.01 * (40.0 * x).sin() * (30.0 * y).cos() + 0.0005 * rng.uniform();
+        v.extend_from_slice(&[x, y, z]);
+    }
+    v
+}
+
+/// Points on an integer lattice (many exact distance ties).
+fn lattice_points(n: usize) -> Vec<f32> {
+    let side = (n as f64).cbrt().ceil() as usize;
+    (0..n)
+        .flat_map(|i| {
+            [
+                (i % side) as f32,
+                ((i / side) % side) as f32,
+                (i / side / side) as f32,
+            ]
+        })
+        .collect()
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den).sqrt()
+}
+
+#[test]
+fn fps_and_knn_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let m = g.pc.num_groups as usize;
+    let k = g.pc.group_size as usize;
+    let mut rng = Rng::new(11);
+    let mut cases = vec![
+        ("surface 3000", surface_points(&mut rng, 3000)),
+        ("lattice 4096 (ties)", lattice_points(4096)),
+    ];
+    // Under compute-sanitizer (MIAD_SANITIZE set) only the small cases run.
+    if std::env::var_os("MIAD_SANITIZE").is_none() {
+        cases.push(("lattice 20000 (ties)", lattice_points(20_000)));
+        cases.push(("surface 50000", surface_points(&mut rng, 50_000)));
+        cases.push(("surface 50176", surface_points(&mut rng, 50_176)));
+    }
+    for (what, pts) in cases {
+        g.put_points(&pts);
+        g.fps();
+        let got = g.get(g.b.c_idx, m);
+        let want = fps_ref(&pts, m);
+        assert_eq!(got, want, "{what}: FPS indices");
+        let xyz = g.get(g.b.c_xyz, 3 * m);
+        for (i, &c) in want.iter().enumerate() {
+            assert_eq!(
+                p3(&xyz, i),
+                p3(&pts, c as usize),
+                "{what}: center {i} coordinates"
+            );
+        }
+        g.fps();
+        assert_eq!(g.get(g.b.c_idx, m), want, "{what}: FPS run twice");
+        g.knn();
+        let idx = g.get(g.b.g_idx, m * k);
+        let rel = g.get(g.b.g_rel, m * k * 3);
+        for c in (0..m).step_by(7).chain([m - 1]) {
+            let cp = p3(&xyz, c);
+            let want = knn_ref(&pts, cp, k);
+            assert_eq!(&idx[c * k..(c + 1) * k], &want[..], "{what}: group {c}");
+            for (t, &j) in want.iter().enumerate() {
+                let p = p3(&pts, j as usize);
+                let r = p3(&rel, c * k + t);
+                assert_eq!(
+                    r,
+                    [p[0] - cp[0], p[1] - cp[1], p[2] - cp[2]],
+                    "{what}: rel {c} {t}"
+                );
+            }
+        }
+        eprintln!("{what}: FPS and kNN identical to the reference");
+    }
+}
+
+#[test]
+fn group_encoder_matches_f64() {
+    let Some(g) = gpu() else { return };
+    let (m, s) = (g.pc.num_groups as usize, g.pc.group_size as usize);
+    let d = g.pc.dim as usize;
+    let mut rng = Rng::new(5);
+    let w = random_weights(&mut rng, &g.pc);
+    g.upload_weights(&w);
+    let mut rel = vec![0f32; m * s * 3];
+    rng.fill_normal(&mut rel, 0.05);
+    g.arena.upload(&g.dev, g.b.g_rel, &rel).unwrap();
+    g.encoder();
+    let out = g.get(g.b.tokens, m * d);
+    let mut worst = 0f64;
+    for grp in (0..m).step_by(61).chain([m - 1]) {
+        let want = encoder_ref(&rel[grp * s * 3..(grp + 1) * s * 3], s, &w);
+        let e = rel_err(&out[grp * d..(grp + 1) * d], &want);
+        worst = worst.max(e);
+        assert!(e < 1e-4, "group {grp}: relative error {e:e}");
+    }
+    g.encoder();
+    assert_eq!(g.get(g.b.tokens, m * d), out, "encoder run twice");
+    eprintln!("group encoder: worst relative error {worst:.2e} vs f64");
+}
+
+#[test]
+fn preprocess_and_alignment_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let m = g.pc.num_groups as usize;
+    let mut rng = Rng::new(9);
+    let (h, w) = (480usize, 560usize);
+    let pad = 600usize;
+    let off = ((pad - h) / 2, (pad - w) / 2);
+    let mut cloud = vec![0f32; h * w * 3];
+    let mut keep = vec![1u8; h * w];
+    for r in 0..h {
+        for c in 0..w {
+            let i = r * w + c;
+            if rng.uniform() < 0.1 {
+                continue; // hole
+            }
+            let (x, y) = (c as f32 * 2e-4, r as f32 * 2e-4);
+            let z = if rng.uniform() < 0.3 {
+                0.3 + 0.003 * rng.uniform()
+            } else {
+                0.31 + 0.02 * rng.uniform()
+            };
+            cloud[3 * i..3 * i + 3].copy_from_slice(&[x, y, z]);
+            keep[i] = (rng.uniform() > 0.05) as u8;
+        }
+    }
+    let plane = [0.0f32, 0.0, 1.0, -0.3];
+    let thr = 0.005f32;
+    let b = &g.b;
+    g.arena.upload(&g.dev, b.cloud, &cloud).unwrap();
+    g.arena.upload(&g.dev, b.keep, &keep).unwrap();
+    g.arena.upload(&g.dev, b.plane, &plane).unwrap();
+    for s in [b.pts, b.nn_w] {
+        g.poison(s);
+    }
+    g.poison(b.pix);
+    g.poison(b.p2p);
+    unsafe {
+        g.k.preprocess(
+            &g.dev,
+            g.p(b.cloud),
+            (h as i32, w as i32, (3 * w) as i32),
+            g.p(b.plane),
+            thr,
+            g.p(b.keep),
+            (pad as i32, off.0 as i32, off.1 as i32),
+            g.p(b.pts),
+            g.p(b.pix),
+            g.p(b.p2p),
+            g.p(b.n),
+        )
+        .unwrap()
+    };
+    g.dev.synchronize().unwrap();
+    let want = preprocess_ref(&cloud, (h, w), plane, thr, &keep, pad, off);
+    let n = g.get(b.n, 1)[0] as usize;
+    assert_eq!(n, want.pix.len(), "point count");
+    assert!(n > m);
+    assert_eq!(g.get(b.pix, n), want.pix);
+    assert_eq!(g.get(b.p2p, SIDE * SIDE), want.p2p);
+    let pts = g.get(b.pts, 3 * n);
+    assert_eq!(pts, want.pts);
+    eprintln!("preprocess: {n} points, identical to the reference");
+
+    // Alignment of random group features over these points and their FPS centers.
+    g.fps();
+    let centers = g.get(b.c_xyz, 3 * m);
+    let f = 48usize;
+    let mut feat = vec![0f32; m * f];
+    rng.fill_normal(&mut feat, 1.0);
+    g.arena.upload(&g.dev, b.feat, &feat).unwrap();
+    g.pfa(f);
+    let got = g.get(b.out, GRID * GRID * f);
+    let want = pfa_ref(&pts, &want.pix, &centers, &feat, f);
+    let e = rel_err(&got, &want);
+    assert!(e < 1e-4, "alignment relative error {e:e}");
+    g.pfa(f);
+    assert_eq!(g.get(b.out, GRID * GRID * f), got, "alignment run twice");
+    eprintln!("alignment: relative error {e:.2e} vs f64");
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    v.sort_by(f32::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Timings on the device (ignored by default): each kernel and the whole point branch
+/// without the transformer, with the device's copy bandwidth as the ceiling.
+#[test]
+#[ignore]
+fn bench_point_branch() {
+    let Some(g) = gpu() else { return };
+    let dev = &g.dev;
+    let t = dev.timer().unwrap();
+    let time = |f: &dyn Fn(), reps: usize| -> f32 {
+        for _ in 0..3 {
+            f();
+        }
+        dev.synchronize().unwrap();
+        median(
+            (0..reps)
+                .map(|_| {
+                    t.start().unwrap();
+                    f();
+                    t.stop_ms().unwrap()
+                })
+                .collect(),
+        )
+    };
+    // Peak: a 1 GiB device-to-device copy, bytes read + written.
+    let big = 1usize << 30;
+    let mut bp = ArenaPlan::new();
+    let src: Slot<u8> = bp.add(big);
+    let dst: Slot<u8> = bp.add(big);
+    let ba = Arena::new(dev, &bp).unwrap();
+    dev.memset_u8(ba.ptr(src).raw(), 1, big).unwrap();
+    let ms = time(
+        &|| {
+            dev.copy_dtod(ba.ptr(dst).raw(), ba.ptr(src).raw(), big)
+                .unwrap()
+        },
+        10,
+    );
+    let peak = 2.0 * big as f64 / (ms as f64 * 1e-3) / 1e9;
+    drop(ba);
+    println!(
+        "device: {} sm_{} ({} SMs)",
+        dev.name,
+        dev.sm(),
+        dev.sm_count
+    );
+    println!("peak copy bandwidth: {peak:.0} GB/s (1 GiB dtod, read+write)");
+
+    let mut rng = Rng::new(3);
+    let pts = surface_points(&mut rng, 50_000);
+    g.put_points(&pts);
+    let w = random_weights(&mut rng, &g.pc);
+    g.upload_weights(&w);
+    let mut feat = vec![0f32; g.pc.num_groups as usize * FEAT];
+    rng.fill_normal(&mut feat, 1.0);
+    g.arena.upload(dev, g.b.feat, &feat).unwrap();
+    let b = &g.b;
+    let k = &g.k;
+    let fps = || unsafe {
+        k.fps(
+            dev,
+            g.p(b.pts),
+            g.p(b.n),
+            g.p(b.work),
+            g.p(b.c_idx),
+            g.p(b.c_xyz),
+        )
+        .unwrap()
+    };
+    let knn = || unsafe {
+        k.knn(
+            dev,
+            g.p(b.pts),
+            g.p(b.n),
+            g.p(b.c_xyz),
+            g.p(b.g_idx),
+            g.p(b.g_rel),
+        )
+        .unwrap()
+    };
+    let wp = b.w.map(|s| g.p(s));
+    let enc = || unsafe { k.encoder(dev, g.p(b.g_rel), wp, g.p(b.tokens)).unwrap() };
+    let nn3 = || unsafe {
+        k.nn3(
+            dev,
+            g.p(b.pts),
+            g.p(b.n),
+            g.p(b.c_xyz),
+            g.p(b.nn_idx),
+            g.p(b.nn_w),
+        )
+        .unwrap()
+    };
+    let proj = || unsafe {
+        k.project(
+            dev,
+            g.p(b.p2p),
+            g.p(b.nn_idx),
+            g.p(b.nn_w),
+            g.p(b.feat),
+            FEAT as i32,
+            g.p(b.out),
+        )
+        .unwrap()
+    };
+    // pixel map for 50 000 points: pixels 0..n
+    let p2p: Vec<i32> = (0..(SIDE * SIDE) as i32)
+        .map(|q| if q < 50_000 { q } else { -1 })
+        .collect();
+    g.arena.upload(dev, b.p2p, &p2p).unwrap();
+    let (m, s) = (g.pc.num_groups as f64, g.pc.group_size as f64);
+    let [c1, c2, c3, d] = [128.0, 256.0, 512.0, 384.0];
+    let enc_flop = 2.0 * m * s * (3.0 * c1 + c1 * c2 + c2 * c3 + c3 * d) + 2.0 * m * c2 * c3;
+    let rows: Vec<(&str, f32, String)> = vec![
+        ("fps 1024 of 50000", time(&fps, 20), String::new()),
+        ("knn 1024 x 128", time(&knn, 10), String::new()),
+        ("group encoder", time(&enc, 10), String::new()),
+        ("pfa nn3", time(&nn3, 20), String::new()),
+        ("pfa project (1152)", time(&proj, 20), String::new()),
+        (
+            "point branch (fps+knn+enc+nn3+proj)",
+            time(
+                &|| {
+                    fps();
+                    knn();
+                    enc();
+                    nn3();
+                    proj();
+                },
+                10,
+            ),
+            String::new(),
+        ),
+    ];
+    for (name, ms, _) in &rows {
+        let extra = match *name {
+            "group encoder" => format!("{:.1} TFLOP/s f32", enc_flop / (*ms as f64 * 1e-3) / 1e12),
+            "pfa project (1152)" => {
+                let bytes = (GRID * GRID * FEAT * 4 + 1024 * FEAT * 4) as f64;
+                format!(
+                    "{:.1}% of copy peak (compulsory bytes)",
+                    100.0 * bytes / (*ms as f64 * 1e-3) / 1e9 / peak
+                )
+            }
+            "fps 1024 of 50000" => format!("{:.2} us/iteration", *ms as f64 * 1e3 / 1023.0),
+            _ => String::new(),
+        };
+        println!("{name:40} {ms:8.4} ms  {extra}");
+    }
+}
