@@ -230,6 +230,48 @@ impl ModelConfig {
             preprocess: PreprocessConfig::default(),
         }
     }
+    /// The demo's sizes: small networks (ViT depth 4, width 192, 8×8 patches; Point-MAE
+    /// 256 groups of 32, depth 4, width 192) at 112×112, fast on two cores.
+    pub fn demo() -> Self {
+        let vit = VitConfig {
+            image_size: 112,
+            dim: 192,
+            depth: 4,
+            heads: 3,
+            mlp_dim: 768,
+            ..VitConfig::small()
+        };
+        let point = PointConfig {
+            num_groups: 256,
+            group_size: 32,
+            encoder_widths: [64, 128, 192],
+            pos_hidden: 64,
+            dim: 192,
+            depth: 4,
+            heads: 3,
+            mlp_dim: 768,
+            out_layers: vec![1, 3],
+            ..PointConfig::small()
+        };
+        let fusion = FusionConfig {
+            rgb_dim: vit.dim,
+            xyz_dim: point.feature_dim() as u32,
+            mlp_ratio: 4,
+            ln_eps: 1e-5,
+            head_dim: 64,
+        };
+        ModelConfig {
+            name: "demo".into(),
+            vit: Some(vit),
+            point: Some(point),
+            fusion: Some(fusion),
+            preprocess: PreprocessConfig {
+                image_size: 112,
+                xyz_grid: 28,
+                ..PreprocessConfig::default()
+            },
+        }
+    }
     /// Small test sizes: every branch present, 64×64 RGB input, 64 groups of 16.
     pub fn small() -> Self {
         let vit = VitConfig::small();

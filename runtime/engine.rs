@@ -1,1 +1,722 @@
-//! The engine: open files, plan the workspace, inspect parts.
+//! The engine: opens a model file and a bank file, checks that they belong together,
+//! plans every buffer for a declared maximum input size, and inspects parts one at a
+//! time with no heap allocation (SPEC §1–9 on the CPU backend).
+//!
+//! ```text
+//! part ─ preprocess ─┬─ ViT ──────────────────────────┐
+//!                    └─ FPS ─ kNN ─ Point-MAE ─ PFA ──┴─ fusion ─ 3 banks ─ decision ─ map, regions
+//! ```
+//!
+//! A missing or unusable modality is replaced by its pseudo-input features (computed once
+//! in [`Engine::open`]); the part is then decided with the statistics of its modality
+//! case (RADAR, SPEC §9) when the bank file has them, else with the complete-data
+//! decision layers, and the result says so.
+
+use crate::config::BankConfig;
+use crate::cpu::pool::Pool;
+use crate::fit::decision::{BankSet, PartScores, Scorer};
+use crate::format::{BankFile, ModelFile, OpenOptions};
+use crate::pipeline::extract::{Extractor, StageTimes};
+use crate::pipeline::input::{CloudView, RgbView};
+use crate::pipeline::preprocess::{padded_side, ModalityStatus, PreprocessMode, Unusable};
+use crate::{Error, Result};
+use std::path::Path;
+use std::time::Instant;
+
+/// Most defect regions one result reports (the largest by peak score first).
+pub const MAX_REGIONS: usize = 64;
+
+/// How an engine is created.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Worker threads (the calling thread included); 0 = one per available core.
+    pub threads: usize,
+    /// Largest input (width, height) that `inspect` will accept; buffers are planned for it.
+    pub max_width: usize,
+    pub max_height: usize,
+    /// The inputs are already cleaned (plane removed, padded, largest cluster kept), as
+    /// MVTec 3D-AD is after the reference implementation's offline preprocessing:
+    /// only resizing applies.
+    pub preprocessed: bool,
+    /// Verify every tensor checksum of both files when opening (slower boot).
+    pub verify_checksums: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: 0,
+            max_width: 1024,
+            max_height: 1024,
+            preprocessed: false,
+            verify_checksums: true,
+        }
+    }
+}
+
+/// Per-call options of [`Engine::inspect`].
+#[derive(Clone, Copy, Debug)]
+pub struct InspectOptions {
+    /// Overrides the bank file's part threshold.
+    pub part_threshold: Option<f32>,
+    /// Overrides the bank file's pixel threshold (regions).
+    pub pixel_threshold: Option<f32>,
+    /// Scores in `[lo, hi)` are "uncertain"; otherwise a score strictly above the part
+    /// threshold fails (overrides the bank file's grey band).
+    pub grey_band: Option<[f32; 2]>,
+    /// Produce the anomaly map (otherwise only the per-bank maps' maxima are used).
+    pub map: bool,
+    /// Extract defect regions (needs the map).
+    pub regions: bool,
+}
+
+impl Default for InspectOptions {
+    fn default() -> Self {
+        InspectOptions {
+            part_threshold: None,
+            pixel_threshold: None,
+            grey_band: None,
+            map: true,
+            regions: true,
+        }
+    }
+}
+
+/// The decision on a part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Verdict {
+    Pass = 0,
+    Fail = 1,
+    /// Inside the grey band.
+    Uncertain = 2,
+}
+
+/// Which modalities a part was decided with (RADAR's cases).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Case {
+    Complete = 0,
+    RgbOnly = 1,
+    CloudOnly = 2,
+}
+
+impl Case {
+    pub const ALL: [Case; 3] = [Case::Complete, Case::RgbOnly, Case::CloudOnly];
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::Complete => "complete",
+            Case::RgbOnly => "rgb_only",
+            Case::CloudOnly => "cloud_only",
+        }
+    }
+}
+
+/// One defect region: an 8-connected component of map pixels above the pixel threshold,
+/// in map coordinates (`map_size × map_size`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(C)]
+pub struct Region {
+    /// Inclusive bounding box.
+    pub x0: u32,
+    pub y0: u32,
+    pub x1: u32,
+    pub y1: u32,
+    pub area: u32,
+    pub max: f32,
+    pub mean: f32,
+}
+
+/// The decision statistics of one modality case (RADAR, SPEC §9), from the bank file's
+/// `radar.<case>.*` tensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CaseDecision {
+    /// Mean of the training score vectors of this case.
+    pub mean: [f32; 3],
+    /// Inverse of their (regularised) covariance, row-major.
+    pub precision: [f32; 9],
+    /// Part threshold on the Mahalanobis distance.
+    pub threshold: f32,
+    /// Pixel OCSVM weights of this case.
+    pub pixel_w: [f32; 3],
+    pub pixel_threshold: f32,
+}
+
+impl CaseDecision {
+    /// Mahalanobis distance of a score vector to the case's distribution.
+    pub fn distance(&self, v: &[f32; 3]) -> f32 {
+        let d: [f64; 3] = std::array::from_fn(|i| (v[i] - self.mean[i]) as f64);
+        let mut q = 0.0f64;
+        for i in 0..3 {
+            for j in 0..3 {
+                q += d[i] * self.precision[3 * i + j] as f64 * d[j];
+            }
+        }
+        q.max(0.0).sqrt() as f32
+    }
+
+    /// Tensor names of a case in a bank file.
+    pub fn tensor_names(case: Case) -> [String; 5] {
+        let c = case.name();
+        [
+            format!("radar.{c}.mean"),
+            format!("radar.{c}.precision"),
+            format!("radar.{c}.threshold"),
+            format!("radar.{c}.pixel_w"),
+            format!("radar.{c}.pixel_threshold"),
+        ]
+    }
+
+    fn load(bank: &BankFile, case: Case) -> Result<Option<Self>> {
+        let [mean, precision, threshold, pixel_w, pixel_threshold] = Self::tensor_names(case);
+        if bank.container().entry(&mean).is_none() {
+            return Ok(None);
+        }
+        let get = |name: &str, n: usize| -> Result<Vec<f32>> {
+            Ok(bank.typed::<f32>(name, Some(&[n]))?.to_vec())
+        };
+        let m = get(&mean, 3)?;
+        let p = bank.typed::<f32>(&precision, Some(&[3, 3]))?;
+        let w = get(&pixel_w, 3)?;
+        Ok(Some(CaseDecision {
+            mean: [m[0], m[1], m[2]],
+            precision: std::array::from_fn(|i| p[i]),
+            threshold: get(&threshold, 1)?[0],
+            pixel_w: [w[0], w[1], w[2]],
+            pixel_threshold: get(&pixel_threshold, 1)?[0],
+        }))
+    }
+}
+
+/// The result of one inspection, borrowing the engine's buffers until the next call.
+#[derive(Clone, Copy, Debug)]
+pub struct Inspection<'e> {
+    /// The final part score (higher = more anomalous).
+    pub score: f32,
+    pub verdict: Verdict,
+    /// The threshold the verdict used.
+    pub part_threshold: f32,
+    pub pixel_threshold: f32,
+    /// Per bank (xyz, rgb, fused) re-weighted image scores.
+    pub bank_scores: [f32; 3],
+    /// The modality case, and why a modality was not used.
+    pub case: Case,
+    pub status: ModalityStatus,
+    /// Whether the case had its own fitted decision statistics (false: an incomplete part
+    /// decided with the complete-data layers on pseudo-input features).
+    pub case_calibrated: bool,
+    /// `map_size × map_size` anomaly map (when asked for).
+    pub map: Option<&'e [f32]>,
+    pub map_size: usize,
+    /// Regions, largest peak first, at most [`MAX_REGIONS`].
+    pub regions: &'e [Region],
+    /// Regions found in all (may exceed `regions.len()`).
+    pub regions_found: usize,
+    /// Stage times of this part, seconds.
+    pub times: StageTimes,
+    pub score_time: f64,
+    pub total_time: f64,
+}
+
+/// The opened files (the owner of everything the planned pipeline borrows).
+struct Files {
+    model: ModelFile,
+    bank: BankFile,
+}
+
+/// Everything planned once, borrowing the mapped files.
+struct Planned<'f> {
+    extractor: Extractor<'f>,
+    set: BankSet<'f>,
+    scorer: Scorer,
+    cases: [Option<CaseDecision>; 3],
+    bank_maps: Vec<f32>,
+    map: Vec<f32>,
+    scratch: Vec<f32>,
+    labels: Vec<u32>,
+    queue: Vec<u32>,
+    regions: Vec<Region>,
+}
+
+self_cell::self_cell!(
+    struct EngineCell {
+        owner: Files,
+        #[covariant]
+        dependent: Planned,
+    }
+);
+
+/// An inspection engine (module doc). Not `Sync`: one inspection at a time per engine;
+/// create one engine per line/thread.
+pub struct Engine {
+    cell: EngineCell,
+    pool: Pool,
+    options: EngineOptions,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.cell.borrow_owner().model.path())
+            .field("bank", &self.cell.borrow_owner().bank.path())
+            .field("threads", &self.pool.threads())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens and validates both files, checks that the bank was built with this model,
+    /// plans the workspace and computes the pseudo-input features.
+    pub fn open(model: &Path, bank: &Path, options: &EngineOptions) -> Result<Self> {
+        let open = OpenOptions {
+            verify_checksums: options.verify_checksums,
+        };
+        let model = ModelFile::open(model, &open)?;
+        let bank = BankFile::open(bank, &open, Some(&model))?;
+        let pool = if options.threads == 0 {
+            Pool::with_available_cores()
+        } else {
+            Pool::new(options.threads)
+        };
+        let mode = if options.preprocessed {
+            PreprocessMode::AlreadyClean
+        } else {
+            PreprocessMode::Full
+        };
+        let cell = EngineCell::try_new(Files { model, bank }, |files| {
+            plan(&pool, files, options, mode)
+        })?;
+        Ok(Engine {
+            cell,
+            pool,
+            options: options.clone(),
+        })
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+    pub fn bank_config(&self) -> &BankConfig {
+        self.cell.borrow_owner().bank.config()
+    }
+    pub fn model_file(&self) -> &ModelFile {
+        &self.cell.borrow_owner().model
+    }
+    pub fn bank_file(&self) -> &BankFile {
+        &self.cell.borrow_owner().bank
+    }
+    /// Side of the anomaly map.
+    pub fn map_size(&self) -> usize {
+        self.cell.borrow_dependent().scorer.map_size()
+    }
+    /// The RADAR statistics of each case found in the bank file.
+    pub fn case_decisions(&self) -> [Option<CaseDecision>; 3] {
+        self.cell.borrow_dependent().cases
+    }
+
+    /// The patch features of the last inspected part (xyz, rgb, fused), for `extract`.
+    pub fn features(&self) -> [&[f32]; 3] {
+        let ex = &self.cell.borrow_dependent().extractor;
+        [&ex.xyz, &ex.rgb, &ex.fused]
+    }
+
+    /// The extractor, for `extract` (preprocessed points, groups).
+    pub fn extractor(&self) -> &Extractor<'_> {
+        &self.cell.borrow_dependent().extractor
+    }
+
+    /// Inspects one part. Either input may be absent (`None`): that modality is then
+    /// replaced by its pseudo input. Both absent or unusable is
+    /// [`Error::NoUsableModality`]. No heap allocation.
+    pub fn inspect(
+        &mut self,
+        rgb: Option<RgbView<'_>>,
+        cloud: Option<CloudView<'_>>,
+        opts: &InspectOptions,
+    ) -> Result<Inspection<'_>> {
+        let t0 = Instant::now();
+        let pool = &self.pool;
+        self.cell.with_dependent_mut(|files, p| {
+            let status = p.extractor.run(pool, rgb, cloud)?;
+            if !status.rgb_usable() && !status.cloud_usable() {
+                return Err(Error::NoUsableModality(format!(
+                    "RGB {}, point cloud {}",
+                    unusable_name(status.rgb),
+                    unusable_name(status.cloud)
+                )));
+            }
+            decide(pool, files.bank.config(), p, opts, t0)
+        })
+    }
+
+    /// The last part's anomaly map (`map_size²`; computed when the map or regions were
+    /// asked for).
+    pub fn last_map(&self) -> &[f32] {
+        &self.cell.borrow_dependent().map
+    }
+
+    /// The last part as the network saw it, `S×S×3` bytes, for pictures: the
+    /// preprocessed RGB image, or the depth of the preprocessed cloud in grey when the
+    /// image was not usable. Allocates (offline use).
+    pub fn preview_image(&self) -> Vec<u8> {
+        let ex = &self.cell.borrow_dependent().extractor;
+        let pre = ex.preprocessed();
+        let cfg = &ex.config().preprocess;
+        let s = pre.size;
+        let mut out = vec![0u8; 3 * s * s];
+        if ex.status.rgb_usable() {
+            for ch in 0..3 {
+                for i in 0..s * s {
+                    let v = pre.rgb_input[ch * s * s + i] * cfg.rgb_std[ch] + cfg.rgb_mean[ch];
+                    out[3 * i + ch] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                }
+            }
+        } else {
+            let z = |i: usize| pre.cloud[3 * i + 2];
+            let valid = |i: &usize| pre.cloud[3 * i..3 * i + 3] != [0.0; 3];
+            let (lo, hi) = (0..s * s)
+                .filter(valid)
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), i| {
+                    (lo.min(z(i)), hi.max(z(i)))
+                });
+            for i in (0..s * s).filter(valid) {
+                let t = if hi > lo { (z(i) - lo) / (hi - lo) } else { 0.5 };
+                let g = (40.0 + 200.0 * (1.0 - t)).round() as u8;
+                out[3 * i..3 * i + 3].fill(g);
+            }
+        }
+        out
+    }
+
+    /// The last part's anomaly map resampled (bilinear) to the input's `width × height`
+    /// pixels, undoing the padding of full preprocessing. `out` has `width·height`
+    /// values. No allocation.
+    pub fn map_at_input(&self, width: usize, height: usize, out: &mut [f32]) -> Result<()> {
+        if width == 0 || height == 0 || out.len() < width * height {
+            return Err(Error::Input(format!(
+                "map buffer of {} values for a {width}×{height} input",
+                out.len()
+            )));
+        }
+        let p = self.cell.borrow_dependent();
+        let s = p.scorer.map_size();
+        let pre = &self.cell.borrow_owner().model.config().preprocess;
+        let (side_w, side_h) = if self.options.preprocessed {
+            (width, height)
+        } else {
+            let side = padded_side(pre, width, height);
+            (side, side)
+        };
+        let (top, left) = ((side_h - height) / 2, (side_w - width) / 2);
+        let map = &p.map[..s * s];
+        let coord = |v: usize, side: usize| -> (usize, usize, f32) {
+            // align_corners = false: source = (dst + 0.5)·s/side − 0.5, clamped.
+            let x = ((v as f32 + 0.5) * s as f32 / side as f32 - 0.5).clamp(0.0, (s - 1) as f32);
+            let i0 = x.floor() as usize;
+            (i0, (i0 + 1).min(s - 1), x - i0 as f32)
+        };
+        for r in 0..height {
+            let (y0, y1, fy) = coord(r + top, side_h);
+            for c in 0..width {
+                let (x0, x1, fx) = coord(c + left, side_w);
+                let a = map[y0 * s + x0] * (1.0 - fx) + map[y0 * s + x1] * fx;
+                let b = map[y1 * s + x0] * (1.0 - fx) + map[y1 * s + x1] * fx;
+                out[r * width + c] = a * (1.0 - fy) + b * fy;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scores the extracted part against the banks and decides (see [`Engine::inspect`]).
+fn decide<'e>(
+    pool: &Pool,
+    cfg: &BankConfig,
+    p: &'e mut Planned<'_>,
+    opts: &InspectOptions,
+    t0: Instant,
+) -> Result<Inspection<'e>> {
+let t1 = Instant::now();
+let status = p.extractor.status;
+    let case = match (status.rgb_usable(), status.cloud_usable()) {
+        (true, true) => Case::Complete,
+        (true, false) => Case::RgbOnly,
+        _ => Case::CloudOnly,
+    };
+    let ex = &p.extractor;
+    let scores: PartScores = p.scorer.score(
+        pool,
+        &p.set,
+        [&ex.xyz, &ex.rgb, &ex.fused],
+        [None; 3],
+        &mut p.bank_maps,
+        None,
+        &mut p.scratch,
+    );
+    let th = &cfg.thresholds;
+    let case_decision = match case {
+        Case::Complete => None,
+        c => p.cases[c as usize],
+    };
+    let (score, mut part_t, pixel_w, mut pixel_t) = match &case_decision {
+        Some(d) => (
+            d.distance(&scores.vector),
+            d.threshold,
+            d.pixel_w,
+            d.pixel_threshold,
+        ),
+        None => (scores.score, th.part, cfg.pixel_svm.w, th.pixel),
+    };
+    if let Some(t) = opts.part_threshold {
+        part_t = t;
+    }
+    if let Some(t) = opts.pixel_threshold {
+        pixel_t = t;
+    }
+    let band = opts.grey_band.or(th.grey_band);
+    let verdict = match band {
+        Some([lo, hi]) if score >= lo && score < hi => Verdict::Uncertain,
+        _ if score > part_t => Verdict::Fail,
+        _ => Verdict::Pass,
+    };
+    let s = p.scorer.map_size();
+    let s2 = s * s;
+    let want_map = opts.map || opts.regions;
+    let mut found = 0;
+    if want_map {
+        let c: [f32; 3] = std::array::from_fn(|b| pixel_w[b] * cfg.score_weights[b]);
+        let bm = &p.bank_maps;
+        for (i, o) in p.map[..s2].iter_mut().enumerate() {
+            *o = c[0] * bm[i] + c[1] * bm[s2 + i] + c[2] * bm[2 * s2 + i];
+        }
+    }
+    if opts.regions {
+        found = find_regions(
+            &p.map[..s2],
+            s,
+            pixel_t,
+            &mut p.labels,
+            &mut p.queue,
+            &mut p.regions,
+        );
+    } else {
+        p.regions.clear();
+    }
+    let t2 = Instant::now();
+    Ok(Inspection {
+        score,
+        verdict,
+        part_threshold: part_t,
+        pixel_threshold: pixel_t,
+        bank_scores: scores.bank,
+        case,
+        status,
+        case_calibrated: case == Case::Complete || case_decision.is_some(),
+        map: opts.map.then_some(&p.map[..s2]),
+        map_size: s,
+        regions: &p.regions,
+        regions_found: found,
+        times: p.extractor.times,
+        score_time: (t2 - t1).as_secs_f64(),
+        total_time: (t2 - t0).as_secs_f64(),
+    })
+}
+
+fn unusable_name(u: Option<Unusable>) -> &'static str {
+    match u {
+        None => "usable",
+        Some(Unusable::Missing) => "missing",
+        Some(Unusable::Blank) => "blank",
+        Some(Unusable::AllZero) => "has no point",
+        Some(Unusable::NonFinite) => "has non-finite coordinates",
+        Some(Unusable::EmptyAfterCleaning) => "empty after cleaning",
+        Some(Unusable::TooFewPoints) => "has too few points",
+    }
+}
+
+fn plan<'f>(
+    pool: &Pool,
+    files: &'f Files,
+    options: &EngineOptions,
+    mode: PreprocessMode,
+) -> Result<Planned<'f>> {
+    let extractor = Extractor::new(
+        pool,
+        &files.model,
+        options.max_width,
+        options.max_height,
+        mode,
+    )?;
+    let bank = &files.bank;
+    let cfg = bank.config();
+    let layout = extractor.layout();
+    let set = BankSet::from_file(bank)?;
+    let expect = [
+        (layout.xyz_grid, layout.xyz_dim),
+        (layout.rgb_grid, layout.rgb_dim),
+        (layout.xyz_grid, layout.fused_dim),
+    ];
+    for (b, view) in set.banks.iter().enumerate() {
+        if let Some(v) = view {
+            if (set.grids[b], v.dim) != expect[b] {
+                return Err(Error::Config(format!(
+                    "{}: bank {} holds {}-d features on a {}² grid, the model gives {}-d on {}²",
+                    bank.path().display(),
+                    crate::fit::decision::BANK_NAMES[b],
+                    v.dim,
+                    set.grids[b],
+                    expect[b].1,
+                    expect[b].0
+                )));
+            }
+        }
+    }
+    if set.banks.iter().all(Option::is_none) {
+        return Err(Error::Config(format!(
+            "{}: the bank file holds no memory bank",
+            bank.path().display()
+        )));
+    }
+    let scorer = Scorer::new(cfg, &set, pool.threads());
+    let s = scorer.map_size();
+    let mut cases = [None; 3];
+    for c in Case::ALL {
+        cases[c as usize] = CaseDecision::load(bank, c)?;
+    }
+    Ok(Planned {
+        scratch: vec![0.0; scorer.scratch_len()],
+        bank_maps: vec![0.0; 3 * s * s],
+        map: vec![0.0; s * s],
+        labels: vec![0; s * s],
+        queue: vec![0; s * s],
+        regions: Vec::with_capacity(MAX_REGIONS),
+        extractor,
+        set,
+        scorer,
+        cases,
+    })
+}
+
+/// 8-connected components of `map > threshold` into `regions` (largest peak first, at
+/// most its capacity); returns how many were found. Uses only the given buffers.
+pub fn find_regions(
+    map: &[f32],
+    s: usize,
+    threshold: f32,
+    labels: &mut [u32],
+    queue: &mut [u32],
+    regions: &mut Vec<Region>,
+) -> usize {
+    regions.clear();
+    let cap = regions.capacity();
+    labels[..s * s].fill(0);
+    let mut found = 0;
+    for start in 0..s * s {
+        if labels[start] != 0 || map[start].is_nan() || map[start] <= threshold {
+            continue;
+        }
+        found += 1;
+        labels[start] = 1;
+        queue[0] = start as u32;
+        let (mut head, mut tail) = (0usize, 1usize);
+        let (x, y) = ((start % s) as u32, (start / s) as u32);
+        let mut r = Region {
+            x0: x,
+            y0: y,
+            x1: x,
+            y1: y,
+            area: 0,
+            max: f32::NEG_INFINITY,
+            mean: 0.0,
+        };
+        let mut sum = 0f64;
+        while head < tail {
+            let i = queue[head] as usize;
+            head += 1;
+            let (x, y) = (i % s, i / s);
+            r.x0 = r.x0.min(x as u32);
+            r.x1 = r.x1.max(x as u32);
+            r.y0 = r.y0.min(y as u32);
+            r.y1 = r.y1.max(y as u32);
+            r.area += 1;
+            r.max = r.max.max(map[i]);
+            sum += map[i] as f64;
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    if nx < 0 || ny < 0 || nx >= s as i64 || ny >= s as i64 {
+                        continue;
+                    }
+                    let j = ny as usize * s + nx as usize;
+                    if labels[j] == 0 && map[j] > threshold {
+                        labels[j] = 1;
+                        queue[tail] = j as u32;
+                        tail += 1;
+                    }
+                }
+            }
+        }
+        r.mean = (sum / r.area as f64) as f32;
+        if regions.len() < cap {
+            regions.push(r);
+        } else if let Some(weakest) = regions
+            .iter_mut()
+            .min_by(|a, b| a.max.total_cmp(&b.max))
+            .filter(|w| w.max < r.max)
+        {
+            *weakest = r;
+        }
+    }
+    regions.sort_unstable_by(|a, b| b.max.total_cmp(&a.max));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_8_connected_components_sorted_by_peak() {
+        let s = 8;
+        let mut map = vec![0f32; s * s];
+        // a diagonal pair (one region by 8-connectivity) and a lone stronger pixel
+        map[s + 1] = 2.0;
+        map[2 * s + 2] = 3.0;
+        map[6 * s + 6] = 5.0;
+        let (mut labels, mut queue) = (vec![0; s * s], vec![0; s * s]);
+        let mut regions = Vec::with_capacity(4);
+        let n = find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut regions);
+        assert_eq!(n, 2);
+        assert_eq!(regions[0].area, 1);
+        assert_eq!(regions[0].max, 5.0);
+        assert_eq!(
+            (regions[1].x0, regions[1].y0, regions[1].x1, regions[1].y1),
+            (1, 1, 2, 2)
+        );
+        assert_eq!(regions[1].area, 2);
+        assert_eq!(regions[1].mean, 2.5);
+        // capacity 1 keeps the strongest
+        let mut one = Vec::with_capacity(1);
+        assert_eq!(
+            find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut one),
+            2
+        );
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].max, 5.0);
+    }
+
+    #[test]
+    fn mahalanobis_with_identity_precision_is_euclidean() {
+        let d = CaseDecision {
+            mean: [1.0, 2.0, 3.0],
+            precision: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            threshold: 0.0,
+            pixel_w: [1.0; 3],
+            pixel_threshold: 0.0,
+        };
+        assert!((d.distance(&[4.0, 6.0, 3.0]) - 5.0).abs() < 1e-6);
+    }
+}

@@ -22,6 +22,9 @@ pub enum Error {
     /// A configuration value contradicts another or is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Neither the RGB image nor the point cloud of a part can be used.
+    #[error("no usable modality: {0}")]
+    NoUsableModality(String),
     /// A data file (image, cloud, mask) is not what it claims to be.
     #[error("{path}: {message}")]
     Decode { path: PathBuf, message: String },

@@ -9,6 +9,7 @@ mod extract;
 mod fit;
 mod inspect;
 mod model;
+mod progress;
 mod synth;
 
 #[derive(Parser)]

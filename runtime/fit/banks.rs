@@ -26,6 +26,7 @@
 use super::calibrate;
 use super::decision::{BankSet, Scorer, BANK_NAMES, FUSED, RGB, XYZ};
 use super::scratch::{peak_rss_kib, ScratchFile};
+use crate::eval::missing::Drop;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
 use crate::cpu::bank_search::{sq_norms, BankView};
 use crate::cpu::coreset;
@@ -77,6 +78,18 @@ pub trait FeatureExtractor {
         rgb: &mut [f32],
         fused: &mut [f32],
     ) -> Result<()>;
+    /// The same part's features with `drop` removed (replaced by the pseudo input), for
+    /// RADAR's per-case statistics. `Ok(false)`: this extractor cannot (no RADAR stats).
+    fn extract_without(
+        &mut self,
+        _part: usize,
+        _drop: Drop,
+        _xyz: &mut [f32],
+        _rgb: &mut [f32],
+        _fused: &mut [f32],
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Options of a fit.
@@ -95,6 +108,11 @@ pub struct FitOptions {
     pub pixel_samples: usize,
     /// Directory of the scratch files.
     pub scratch_dir: PathBuf,
+    /// Fit RADAR's decision statistics for the rgb-only and cloud-only cases (SPEC §9),
+    /// when the extractor can remove a modality.
+    pub radar: bool,
+    /// Ridge of the per-case covariances, relative to their mean diagonal.
+    pub radar_ridge: f64,
 }
 
 impl Default for FitOptions {
@@ -110,6 +128,8 @@ impl Default for FitOptions {
             blur_sigma: 4.0,
             pixel_samples: 200_000,
             scratch_dir: std::env::temp_dir(),
+            radar: true,
+            radar_ridge: 1e-3,
         }
     }
 }
@@ -127,6 +147,12 @@ pub enum Progress {
         total: usize,
     },
     Score {
+        done: usize,
+        total: usize,
+    },
+    /// RADAR's per-case statistics: parts re-extracted with a modality removed.
+    Case {
+        case: &'static str,
         done: usize,
         total: usize,
     },
@@ -438,6 +464,82 @@ pub fn fit(
         extra: Vec::new(),
     };
     let mut tensors = Vec::new();
+
+    // 7. RADAR: per-case statistics from the training parts with a modality removed,
+    // scored leave-one-out like the complete parts.
+    if opts.radar {
+        let mut buf = vec![0f32; plen];
+        let mut case_maps =
+            ScratchFile::create(&opts.scratch_dir, &format!("{tag}.casemaps"), parts * 3 * s2)?;
+        'cases: for (case, drop) in [("rgb_only", Drop::Cloud), ("cloud_only", Drop::Rgb)] {
+            let mut vecs: Vec<f64> = Vec::with_capacity(3 * parts);
+            let mut case_pixels: Vec<[f32; 3]> = Vec::new();
+            for p in 0..parts {
+                {
+                    let (xyz, rest) = buf.split_at_mut(offsets[1]);
+                    let (rgb, fused) = rest.split_at_mut(offsets[2] - offsets[1]);
+                    if !ex.extract_without(p, drop, xyz, rgb, fused)? {
+                        break 'cases;
+                    }
+                }
+                let f: [&[f32]; 3] = std::array::from_fn(|b| {
+                    if used[b] {
+                        let (rows, d) = shapes[b];
+                        &buf[offsets[b]..offsets[b] + rows * d]
+                    } else {
+                        &buf[0..0]
+                    }
+                });
+                let excl: [Option<(&[u32], u32)>; 3] =
+                    std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)));
+                scorer.set_svms([1.0; 3], [1.0; 3]);
+                let stored = &mut case_maps.as_mut_slice()[p * 3 * s2..(p + 1) * 3 * s2];
+                let sc = scorer.score(pool, &set, f, excl, stored, None, &mut scratch);
+                vecs.extend(sc.vector.iter().map(|&v| v as f64));
+                for px in (0..s2).filter(|px| (p * s2 + px) % stride == 0) {
+                    case_pixels.push(std::array::from_fn(|b| w[b] * stored[b * s2 + px]));
+                }
+                progress(Progress::Case {
+                    case,
+                    done: p + 1,
+                    total: parts,
+                });
+            }
+            let stats = super::radar::CaseStats::fit(&vecs, 3, opts.radar_ridge)
+                .map_err(|e| Error::Config(format!("RADAR {case} statistics: {e}")))?;
+            let dists: Vec<f32> = vecs
+                .chunks_exact(3)
+                .map(|v| stats.mahalanobis(v) as f32)
+                .collect();
+            let pixel = svm(&case_pixels)?;
+            let maps = case_maps.as_slice();
+            let c: [f32; 3] = std::array::from_fn(|b| pixel.w[b] * w[b]);
+            let maxima: Vec<f32> = (0..parts)
+                .map(|p| {
+                    let m = &maps[p * 3 * s2..(p + 1) * 3 * s2];
+                    (0..s2)
+                        .map(|i| c[0] * m[i] + c[1] * m[s2 + i] + c[2] * m[2 * s2 + i])
+                        .fold(f32::NEG_INFINITY, f32::max)
+                })
+                .collect();
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            let name = |field: &str| format!("radar.{case}.{field}");
+            tensors.push((name("mean"), vec![3], f32s(&stats.mean)));
+            tensors.push((name("precision"), vec![3, 3], f32s(&stats.inv_cov)));
+            tensors.push((
+                name("threshold"),
+                vec![1],
+                vec![calibrate::reject_quantile(&dists, opts.frr)],
+            ));
+            tensors.push((name("pixel_w"), vec![3], pixel.w.to_vec()));
+            tensors.push((
+                name("pixel_threshold"),
+                vec![1],
+                vec![calibrate::reject_quantile(&maxima, opts.frr)],
+            ));
+        }
+    }
+
     for b in 0..3 {
         if bank_data[b].is_empty() {
             continue;

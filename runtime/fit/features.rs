@@ -5,6 +5,7 @@
 //! the fit without a model.
 
 use super::banks::{FeatureExtractor, FeatureLayout};
+use crate::eval::missing::Drop;
 use crate::format::OwnedTensors;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -139,5 +140,73 @@ impl<E: FeatureExtractor> FeatureExtractor for Capped<E> {
         fused: &mut [f32],
     ) -> Result<()> {
         self.inner.extract(part, xyz, rgb, fused)
+    }
+}
+
+/// Training features computed by the inspection pipeline from the parts' files: what
+/// `miad fit` uses. Reads one part at a time.
+pub struct PipelineFeatures<'p, 'm> {
+    pub pool: &'p crate::cpu::pool::Pool,
+    pub extractor: crate::pipeline::extract::Extractor<'m>,
+    pub parts: Vec<crate::eval::dataset::PartFiles>,
+}
+
+impl PipelineFeatures<'_, '_> {
+    fn run(
+        &mut self,
+        part: usize,
+        drop: Option<Drop>,
+        out: [&mut [f32]; 3],
+    ) -> Result<crate::pipeline::preprocess::ModalityStatus> {
+        let files = &self.parts[part];
+        let p = files.load()?;
+        let keep_rgb = !matches!(drop, Some(Drop::Rgb | Drop::Both));
+        let keep_cloud = !matches!(drop, Some(Drop::Cloud | Drop::Both));
+        let rgb_view = p.rgb.as_ref().filter(|_| keep_rgb).map(|r| r.view());
+        let cloud_view = p.cloud.as_ref().filter(|_| keep_cloud).map(|c| c.view());
+        let status = self.extractor.run(self.pool, rgb_view, cloud_view)?;
+        let [xyz, rgb, fused] = out;
+        xyz.copy_from_slice(&self.extractor.xyz);
+        rgb.copy_from_slice(&self.extractor.rgb);
+        fused.copy_from_slice(&self.extractor.fused);
+        Ok(status)
+    }
+}
+
+impl FeatureExtractor for PipelineFeatures<'_, '_> {
+    fn layout(&self) -> FeatureLayout {
+        self.extractor.layout()
+    }
+    fn parts(&self) -> usize {
+        self.parts.len()
+    }
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> Result<()> {
+        let status = self.run(part, None, [xyz, rgb, fused])?;
+        if !status.rgb_usable() || !status.cloud_usable() {
+            // Not an error: that modality's features are the pseudo input's, as in
+            // inspection. Said per part so that a bad training set is visible.
+            eprintln!(
+                "miad: warning: training part {} is incomplete (rgb {:?}, cloud {:?})",
+                self.parts[part].name, status.rgb, status.cloud
+            );
+        }
+        Ok(())
+    }
+    fn extract_without(
+        &mut self,
+        part: usize,
+        drop: Drop,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> Result<bool> {
+        self.run(part, Some(drop), [xyz, rgb, fused])?;
+        Ok(true)
     }
 }

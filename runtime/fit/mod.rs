@@ -3,6 +3,7 @@
 
 pub mod banks;
 pub mod calibrate;
+pub mod category;
 pub mod decision;
 pub mod features;
 pub mod ocsvm;

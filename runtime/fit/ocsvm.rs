@@ -101,6 +101,17 @@ impl OcSvm {
     }
 }
 
+/// The decision-layer trainer of `fit` (SPEC §8): a linear OCSVM with scikit-learn's
+/// defaults over 3-vectors (part score vectors or pixel map vectors).
+pub fn train_linear3(vectors: &[[f32; 3]]) -> Result<crate::config::LinearSvm> {
+    let flat: &[f32] = bytemuck::cast_slice(vectors);
+    let m = fit(flat, 3, &OcSvmParams::default())?;
+    Ok(crate::config::LinearSvm {
+        w: [m.w[0], m.w[1], m.w[2]],
+        offset: m.offset,
+    })
+}
+
 /// Trains on `samples` (row-major, `dim` values per sample).
 pub fn fit(samples: &[f32], dim: usize, params: &OcSvmParams) -> Result<OcSvm> {
     fit_with_report(samples, dim, params).map(|(m, _)| m)

@@ -16,4 +16,4 @@ pub use model::{
     hex, model_tensor_specs, random_model, validate_model_config, write_model, BankFile, ModelFile,
     TensorSpec,
 };
-pub use source::{OwnedTensors, TensorSource};
+pub use source::{write_safetensors, OwnedTensors, StTensor, TensorSource};

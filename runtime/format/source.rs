@@ -94,3 +94,33 @@ impl TensorSource for OwnedTensors {
         self.tensors.contains_key(name)
     }
 }
+
+/// One tensor to write with [`write_safetensors`]: name, shape and its data.
+pub enum StTensor<'a> {
+    F32(&'a str, Vec<usize>, &'a [f32]),
+    U32(&'a str, Vec<usize>, &'a [u32]),
+    U8(&'a str, Vec<usize>, &'a [u8]),
+}
+
+/// Writes a safetensors file (`miad extract`, `miad eval --save-predictions`).
+pub fn write_safetensors(path: &Path, tensors: &[StTensor<'_>]) -> Result<(), FormatError> {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype as D;
+    let io_err = |reason: String| FormatError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(reason),
+    };
+    let mut views = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let (name, dtype, shape, bytes): (&str, D, &Vec<usize>, &[u8]) = match t {
+            StTensor::F32(n, s, d) => (n, D::F32, s, bytemuck::cast_slice(d)),
+            StTensor::U32(n, s, d) => (n, D::U32, s, bytemuck::cast_slice(d)),
+            StTensor::U8(n, s, d) => (n, D::U8, s, d),
+        };
+        let view = TensorView::new(dtype, shape.clone(), bytes)
+            .map_err(|e| io_err(format!("tensor {name}: {e}")))?;
+        views.push((name.to_string(), view));
+    }
+    safetensors::tensor::serialize_to_file(views, &None, path)
+        .map_err(|e| io_err(format!("writing safetensors: {e}")))
+}

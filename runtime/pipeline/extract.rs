@@ -24,6 +24,7 @@ use crate::pipeline::preprocess::{
     preprocess, preprocess_scratch_len, ModalityStatus, PreprocessMode, PreprocessOutput,
 };
 use crate::{Error, Result};
+use std::time::Instant;
 
 /// Features of the constant pseudo inputs (computed once).
 #[derive(Clone, Debug)]
@@ -39,6 +40,15 @@ struct Networks<'m> {
     vit: VitWeights<'m>,
     point: PointMaeWeights<'m>,
     fusion: FusionWeights<'m>,
+}
+
+/// Wall-clock time of each stage of the last part, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StageTimes {
+    pub preprocess: f64,
+    pub rgb: f64,
+    pub point: f64,
+    pub fusion: f64,
 }
 
 /// Plans and runs the feature extraction of parts (module doc).
@@ -65,6 +75,8 @@ pub struct Extractor<'m> {
     pseudo: PseudoFeatures,
     /// Which modalities the last part had, and why one was not used.
     pub status: ModalityStatus,
+    /// Stage times of the last part.
+    pub times: StageTimes,
 }
 
 impl<'m> Extractor<'m> {
@@ -152,6 +164,7 @@ impl<'m> Extractor<'m> {
                 rgb: None,
                 cloud: None,
             },
+            times: StageTimes::default(),
             nets,
             cfg,
         };
@@ -215,6 +228,12 @@ impl<'m> Extractor<'m> {
         &self.pre
     }
 
+    /// Member indices (into the preprocessed points) of the last part's groups,
+    /// `num_groups × group_size`, each group sorted by distance to its center.
+    pub fn groups(&self) -> &[u32] {
+        &self.groups
+    }
+
     /// Center indices (into the preprocessed points) of the last part's groups.
     pub fn centers(&self) -> &[u32] {
         &self.centers
@@ -245,6 +264,7 @@ impl<'m> Extractor<'m> {
                 )));
             }
         }
+        let t0 = Instant::now();
         let status = preprocess(
             &self.cfg.preprocess,
             rgb,
@@ -254,6 +274,7 @@ impl<'m> Extractor<'m> {
             &mut self.pre_scratch,
         )?;
         self.status = status;
+        let t1 = Instant::now();
         let vc = self.cfg.vit.as_ref().expect("checked in new");
         if status.rgb_usable() {
             vit_forward(
@@ -267,11 +288,13 @@ impl<'m> Extractor<'m> {
         } else {
             self.rgb.copy_from_slice(&self.pseudo.rgb);
         }
+        let t2 = Instant::now();
         if status.cloud_usable() {
             self.point_branch(pool);
         } else {
             self.xyz.copy_from_slice(&self.pseudo.xyz);
         }
+        let t3 = Instant::now();
         let rgb_grid = self.cfg.vit.as_ref().expect("checked in new").grid();
         fuse(
             pool,
@@ -283,6 +306,13 @@ impl<'m> Extractor<'m> {
             &mut self.fused,
             &mut self.scratch,
         );
+        let t4 = Instant::now();
+        self.times = StageTimes {
+            preprocess: (t1 - t0).as_secs_f64(),
+            rgb: (t2 - t1).as_secs_f64(),
+            point: (t3 - t2).as_secs_f64(),
+            fusion: (t4 - t3).as_secs_f64(),
+        };
         Ok(status)
     }
 

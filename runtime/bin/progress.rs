@@ -1,0 +1,54 @@
+//! Progress bars for long work (fit, evaluation, benches), drawn on stderr.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar with rate and time left; hidden when stderr is not a terminal.
+pub fn bar(total: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>14} [{bar:32}] {pos}/{len} {per_sec} eta {eta} ({elapsed})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// One bar per phase of a fit, reused as the phases change.
+pub struct FitBars {
+    current: Option<(String, ProgressBar)>,
+}
+
+impl FitBars {
+    pub fn new() -> Self {
+        FitBars { current: None }
+    }
+
+    pub fn update(&mut self, p: miad::fit::banks::Progress) {
+        use miad::fit::banks::Progress;
+        let (name, done, total) = match p {
+            Progress::Extract { done, total } => ("features".to_string(), done, total),
+            Progress::Coreset { bank, done, total } => (format!("coreset {bank}"), done, total),
+            Progress::Score { done, total } => ("scoring".to_string(), done, total),
+            Progress::Case { case, done, total } => (format!("case {case}"), done, total),
+            Progress::Done => {
+                if let Some((_, pb)) = self.current.take() {
+                    pb.finish();
+                }
+                return;
+            }
+        };
+        if self.current.as_ref().map(|(n, _)| n != &name).unwrap_or(true) {
+            if let Some((_, pb)) = self.current.take() {
+                pb.finish();
+            }
+            self.current = Some((name.clone(), bar(total, &name)));
+        }
+        if let Some((_, pb)) = &self.current {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Evaluation of one category's test split through an [`Engine`] (SPEC §10): part
+//! scores and maps of every test part, I-AUROC, P-AUROC and AUPRO, verdict counts,
+//! latency, and optionally heatmap pictures and RADAR's missing-modality protocol.
+
+use super::dataset::{list_test, PartFiles};
+use super::metrics::{i_auroc, Aupro, MetricsRow, PixelAuroc};
+use super::missing::{sample_missing, Availability, Drop};
+use super::picture::heatmap_panel_range;
+use crate::engine::{Case, Engine, InspectOptions, Verdict};
+use crate::pipeline::preprocess::{preprocess_mask, PreprocessMode};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Options of [`evaluate`].
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    /// Drop a modality from a fraction of the test parts (RADAR protocol): (rate, what, seed).
+    pub missing: Option<(f64, Drop, u64)>,
+    /// Write one heatmap PNG per test part here.
+    pub heatmaps: Option<PathBuf>,
+    /// Evaluate at most this many test parts (the first by name, good ones first).
+    pub max_parts: Option<usize>,
+}
+
+/// One test part's outcome.
+#[derive(Clone, Debug)]
+pub struct PartOutcome {
+    pub name: String,
+    pub defective: bool,
+    pub score: f32,
+    pub verdict: Verdict,
+    pub case: Case,
+    pub seconds: f64,
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Clone, Debug)]
+pub struct EvalReport {
+    pub row: MetricsRow,
+    pub parts: Vec<PartOutcome>,
+}
+
+impl EvalReport {
+    /// (false rejects of good parts, good parts, escapes of defective parts, defective parts).
+    pub fn verdict_counts(&self) -> (usize, usize, usize, usize) {
+        let good = self.parts.iter().filter(|p| !p.defective).count();
+        let fr = self
+            .parts
+            .iter()
+            .filter(|p| !p.defective && p.verdict == Verdict::Fail)
+            .count();
+        let bad = self.parts.len() - good;
+        let esc = self
+            .parts
+            .iter()
+            .filter(|p| p.defective && p.verdict == Verdict::Pass)
+            .count();
+        (fr, good, esc, bad)
+    }
+
+    /// Inspection times in seconds, sorted.
+    pub fn sorted_times(&self) -> Vec<f64> {
+        let mut t: Vec<f64> = self.parts.iter().map(|p| p.seconds).collect();
+        t.sort_by(f64::total_cmp);
+        t
+    }
+}
+
+/// Evaluates the test split of `category` (a folder with `test/`). `progress(done, total)`.
+pub fn evaluate(
+    engine: &mut Engine,
+    category: &Path,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let mut parts: Vec<PartFiles> = list_test(category)?;
+    if let Some(m) = opts.max_parts {
+        parts.truncate(m);
+    }
+    if parts.is_empty() {
+        return Err(Error::Input(format!(
+            "{}: no test parts (expected test/<kind>/rgb|xyz)",
+            category.display()
+        )));
+    }
+    let availability = match opts.missing {
+        Some((rate, drop, seed)) => {
+            sample_missing(parts.len(), rate, drop, seed).map_err(Error::Config)?
+        }
+        None => vec![Availability::Complete; parts.len()],
+    };
+    if let Some(dir) = &opts.heatmaps {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let s = engine.map_size();
+    let mode = if engine.options().preprocessed {
+        PreprocessMode::AlreadyClean
+    } else {
+        PreprocessMode::Full
+    };
+    let pre = engine.model_file().config().preprocess.clone();
+    let color_range = (0.0, 2.0 * engine.bank_config().thresholds.pixel.max(1e-6));
+    let mut pixel_auroc = PixelAuroc::new();
+    let mut aupro = Aupro::new(s, s);
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    let mut outcomes = Vec::new();
+    let mut mask_s = vec![0u8; s * s];
+    let opts_inspect = InspectOptions {
+        regions: false,
+        ..InspectOptions::default()
+    };
+    for (i, (files, avail)) in parts.iter().zip(&availability).enumerate() {
+        let p = files.load()?;
+        let rgb = p.rgb.as_ref().filter(|_| avail.has_rgb()).map(|r| r.view());
+        let cloud = p.cloud.as_ref().filter(|_| avail.has_cloud()).map(|c| c.view());
+        let r = match engine.inspect(rgb, cloud, &opts_inspect) {
+            Ok(r) => r,
+            Err(e) => return Err(Error::Input(format!("{}: {e}", files.name))),
+        };
+        let map = r.map.expect("asked for the map");
+        match &p.mask {
+            Some(m) => preprocess_mask(&pre, &m.data, m.width, m.height, mode, &mut mask_s)?,
+            None => mask_s.fill(0),
+        }
+        if files.is_defective() && p.mask.is_none() {
+            return Err(Error::Input(format!(
+                "{}: a defective test part without a gt/ mask",
+                files.name
+            )));
+        }
+        pixel_auroc.push(map, &mask_s)?;
+        aupro.push(map, &mask_s)?;
+        scores.push(r.score);
+        labels.push(files.is_defective());
+        outcomes.push(PartOutcome {
+            name: files.name.clone(),
+            defective: files.is_defective(),
+            score: r.score,
+            verdict: r.verdict,
+            case: r.case,
+            seconds: r.total_time,
+        });
+        if let Some(dir) = &opts.heatmaps {
+            let title = format!(
+                "{} score {:.3} {:?} ({})",
+                files.name,
+                r.score,
+                r.verdict,
+                r.case.name()
+            );
+            let has_mask = p.mask.is_some();
+            let rgb8 = engine.preview_image();
+            let map = engine.last_map();
+            let panel = heatmap_panel_range(
+                &rgb8,
+                map,
+                has_mask.then_some(&mask_s[..]),
+                &title,
+                color_range,
+            )?;
+            let file = dir.join(format!("{}.png", files.name.replace('/', "_")));
+            panel.save_png(&file)?;
+        }
+        progress(i + 1, parts.len());
+    }
+    let has_both = labels.iter().any(|&l| l) && labels.iter().any(|&l| !l);
+    let category_name = category
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("category")
+        .to_string();
+    let row = MetricsRow {
+        category: category_name,
+        i_auroc: if has_both {
+            Some(i_auroc(&scores, &labels)?)
+        } else {
+            None
+        },
+        p_auroc: pixel_auroc.finish().ok(),
+        aupro: aupro.finish().ok(),
+    };
+    Ok(EvalReport {
+        row,
+        parts: outcomes,
+    })
+}
