@@ -14,7 +14,8 @@
 
 use crate::config::BankConfig;
 use crate::cpu::pool::Pool;
-use crate::fit::decision::{BankSet, PartScores, Scorer};
+use crate::fit::decision::{BankSet, PartScores, Scorer, RGB, XYZ};
+use crate::fit::radar::informative;
 use crate::format::{BankFile, ModelFile, OpenOptions};
 use crate::pipeline::extract::{Extractor, StageTimes};
 use crate::pipeline::input::{CloudView, RgbView};
@@ -135,11 +136,17 @@ pub struct CaseDecision {
     pub mean: [f32; 3],
     /// Inverse of their (regularised) covariance, row-major.
     pub precision: [f32; 9],
-    /// Part threshold on the Mahalanobis distance.
+    /// Part threshold, in aligned units (see `score_affine`).
     pub threshold: f32,
-    /// Pixel OCSVM weights of this case.
+    /// Pixel OCSVM weights of this case (0 for the dropped modality's bank).
     pub pixel_w: [f32; 3],
+    /// Pixel threshold, in aligned units.
     pub pixel_threshold: f32,
+    /// `score = a·distance + b`: maps the case's training distances onto the mean and
+    /// spread of the complete parts' training scores, so that scores of all cases compare.
+    pub score_affine: [f32; 2],
+    /// The same alignment for the case's pixel map.
+    pub map_affine: [f32; 2],
 }
 
 impl CaseDecision {
@@ -156,7 +163,7 @@ impl CaseDecision {
     }
 
     /// Tensor names of a case in a bank file.
-    pub fn tensor_names(case: Case) -> [String; 5] {
+    pub fn tensor_names(case: Case) -> [String; 7] {
         let c = case.name();
         [
             format!("radar.{c}.mean"),
@@ -164,11 +171,19 @@ impl CaseDecision {
             format!("radar.{c}.threshold"),
             format!("radar.{c}.pixel_w"),
             format!("radar.{c}.pixel_threshold"),
+            format!("radar.{c}.score_affine"),
+            format!("radar.{c}.map_affine"),
         ]
     }
 
+    /// The aligned part score of a score vector.
+    pub fn score(&self, v: &[f32; 3]) -> f32 {
+        self.score_affine[0] * self.distance(v) + self.score_affine[1]
+    }
+
     fn load(bank: &BankFile, case: Case) -> Result<Option<Self>> {
-        let [mean, precision, threshold, pixel_w, pixel_threshold] = Self::tensor_names(case);
+        let [mean, precision, threshold, pixel_w, pixel_threshold, score_affine, map_affine] =
+            Self::tensor_names(case);
         if bank.container().entry(&mean).is_none() {
             return Ok(None);
         }
@@ -178,7 +193,11 @@ impl CaseDecision {
         let m = get(&mean, 3)?;
         let p = bank.typed::<f32>(&precision, Some(&[3, 3]))?;
         let w = get(&pixel_w, 3)?;
+        let sa = get(&score_affine, 2)?;
+        let ma = get(&map_affine, 2)?;
         Ok(Some(CaseDecision {
+            score_affine: [sa[0], sa[1]],
+            map_affine: [ma[0], ma[1]],
             mean: [m[0], m[1], m[2]],
             precision: std::array::from_fn(|i| p[i]),
             threshold: get(&threshold, 1)?[0],
@@ -383,7 +402,11 @@ impl Engine {
                     (lo.min(z(i)), hi.max(z(i)))
                 });
             for i in (0..s * s).filter(valid) {
-                let t = if hi > lo { (z(i) - lo) / (hi - lo) } else { 0.5 };
+                let t = if hi > lo {
+                    (z(i) - lo) / (hi - lo)
+                } else {
+                    0.5
+                };
                 let g = (40.0 + 200.0 * (1.0 - t)).round() as u8;
                 out[3 * i..3 * i + 3].fill(g);
             }
@@ -439,8 +462,8 @@ fn decide<'e>(
     opts: &InspectOptions,
     t0: Instant,
 ) -> Result<Inspection<'e>> {
-let t1 = Instant::now();
-let status = p.extractor.status;
+    let t1 = Instant::now();
+    let status = p.extractor.status;
     let case = match (status.rgb_usable(), status.cloud_usable()) {
         (true, true) => Case::Complete,
         (true, false) => Case::RgbOnly,
@@ -461,14 +484,19 @@ let status = p.extractor.status;
         Case::Complete => None,
         c => p.cases[c as usize],
     };
-    let (score, mut part_t, pixel_w, mut pixel_t) = match &case_decision {
+    let dropped_bank = match case {
+        Case::RgbOnly => XYZ,
+        _ => RGB,
+    };
+    let (score, mut part_t, pixel_w, mut pixel_t, [ma, mb]) = match &case_decision {
         Some(d) => (
-            d.distance(&scores.vector),
+            d.score(&informative(dropped_bank, scores.vector)),
             d.threshold,
             d.pixel_w,
             d.pixel_threshold,
+            d.map_affine,
         ),
-        None => (scores.score, th.part, cfg.pixel_svm.w, th.pixel),
+        None => (scores.score, th.part, cfg.pixel_svm.w, th.pixel, [1.0, 0.0]),
     };
     if let Some(t) = opts.part_threshold {
         part_t = t;
@@ -490,7 +518,7 @@ let status = p.extractor.status;
         let c: [f32; 3] = std::array::from_fn(|b| pixel_w[b] * cfg.score_weights[b]);
         let bm = &p.bank_maps;
         for (i, o) in p.map[..s2].iter_mut().enumerate() {
-            *o = c[0] * bm[i] + c[1] * bm[s2 + i] + c[2] * bm[2 * s2 + i];
+            *o = ma * (c[0] * bm[i] + c[1] * bm[s2 + i] + c[2] * bm[2 * s2 + i]) + mb;
         }
     }
     if opts.regions {
@@ -716,7 +744,10 @@ mod tests {
             threshold: 0.0,
             pixel_w: [1.0; 3],
             pixel_threshold: 0.0,
+            score_affine: [2.0, 1.0],
+            map_affine: [1.0, 0.0],
         };
         assert!((d.distance(&[4.0, 6.0, 3.0]) - 5.0).abs() < 1e-6);
+        assert!((d.score(&[4.0, 6.0, 3.0]) - 11.0).abs() < 1e-5);
     }
 }

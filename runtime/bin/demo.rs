@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Training parts per category.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 40)]
     pub train: usize,
     /// Defect-free and defective test parts per category (each).
     #[arg(long, default_value_t = 10)]

@@ -66,7 +66,10 @@ pub fn run(a: Args) -> miad::Result<()> {
     )?;
     let mut settings: Vec<(String, Option<(f64, Drop, u64)>)> = vec![("complete".into(), None)];
     for &r in &a.missing_rate {
-        settings.push((format!("{drop:?} {:.0}%", 100.0 * r), Some((r, drop, a.seed))));
+        settings.push((
+            format!("{drop:?} {:.0}%", 100.0 * r),
+            Some((r, drop, a.seed)),
+        ));
     }
     let mut rows = Vec::new();
     for (name, missing) in settings {

@@ -60,7 +60,11 @@ pub fn run(a: Args) -> miad::Result<()> {
     let pre = ex.preprocessed();
     let s = pre.size;
     let n = pre.n_points;
-    let cfg = ex.config().point.clone().expect("the extractor checked the point branch");
+    let cfg = ex
+        .config()
+        .point
+        .clone()
+        .expect("the extractor checked the point branch");
     let (m, k) = (cfg.num_groups as usize, cfg.group_size as usize);
     let mut tensors = vec![StTensor::F32("rgb_input", vec![3, s, s], &pre.rgb_input)];
     tensors.push(StTensor::F32(
@@ -70,7 +74,11 @@ pub fn run(a: Args) -> miad::Result<()> {
     ));
     if status.cloud_usable() {
         tensors.push(StTensor::F32("points", vec![n, 3], pre.points()));
-        tensors.push(StTensor::U32("point_pixels", vec![n], &pre.point_pixels[..n]));
+        tensors.push(StTensor::U32(
+            "point_pixels",
+            vec![n],
+            &pre.point_pixels[..n],
+        ));
         tensors.push(StTensor::U32("center_indices", vec![m], ex.centers()));
         tensors.push(StTensor::U32("group_indices", vec![m, k], ex.groups()));
         tensors.push(StTensor::F32(

@@ -93,7 +93,10 @@ pub fn run(a: Args) -> miad::Result<()> {
         c.thresholds.pixel,
         fitted
             .peak_rss_kib
-            .map_or("unknown".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+            .map_or("unknown".to_string(), |k| format!(
+                "{:.0} MiB",
+                k as f64 / 1024.0
+            ))
     );
     println!("wrote {}", a.out.display());
     Ok(())

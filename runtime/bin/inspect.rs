@@ -125,6 +125,15 @@ pub fn run(a: Args) -> miad::Result<()> {
             r.bank_scores[2],
             1e3 * r.total_time
         );
+        let t = r.times;
+        println!(
+            "  stages: preprocess {:.1} ms, rgb {:.1} ms, point {:.1} ms, fusion {:.1} ms, banks+decision {:.1} ms",
+            1e3 * t.preprocess,
+            1e3 * t.rgb,
+            1e3 * t.point,
+            1e3 * t.fusion,
+            1e3 * r.score_time
+        );
         for (i, g) in r.regions.iter().enumerate() {
             println!(
                 "  region {i}: box ({},{})–({},{}) area {} px, max {:.3}, mean {:.3}",

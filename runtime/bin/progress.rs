@@ -40,7 +40,12 @@ impl FitBars {
                 return;
             }
         };
-        if self.current.as_ref().map(|(n, _)| n != &name).unwrap_or(true) {
+        if self
+            .current
+            .as_ref()
+            .map(|(n, _)| n != &name)
+            .unwrap_or(true)
+        {
             if let Some((_, pb)) = self.current.take() {
                 pb.finish();
             }

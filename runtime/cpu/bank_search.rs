@@ -33,7 +33,10 @@ pub struct BankView<'a> {
 
 impl<'a> BankView<'a> {
     pub fn new(data: &'a [f32], sq_norms: &'a [f32], dim: usize) -> Self {
-        assert!(dim > 0 && data.len().is_multiple_of(dim), "bank: ragged rows");
+        assert!(
+            dim > 0 && data.len().is_multiple_of(dim),
+            "bank: ragged rows"
+        );
         let n = data.len() / dim;
         assert_eq!(sq_norms.len(), n, "bank: one norm per row");
         BankView {

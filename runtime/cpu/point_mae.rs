@@ -60,7 +60,11 @@ pub fn check_config(cfg: &PointConfig) -> Result<()> {
             cfg.out_layers, cfg.depth
         )));
     }
-    if !cfg.dim.is_multiple_of(cfg.heads.max(1)) || cfg.heads == 0 || cfg.mlp_dim == 0 || cfg.depth == 0 {
+    if !cfg.dim.is_multiple_of(cfg.heads.max(1))
+        || cfg.heads == 0
+        || cfg.mlp_dim == 0
+        || cfg.depth == 0
+    {
         return Err(Error::Config(format!(
             "point encoder: width {} with {} heads, mlp {}, depth {}",
             cfg.dim, cfg.heads, cfg.mlp_dim, cfg.depth

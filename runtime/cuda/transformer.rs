@@ -40,7 +40,11 @@ pub fn load_cubin_module(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaM
             super::module::KERNEL_MODULES
                 .iter()
                 .find(|m| m.name == name)
-                .and_then(|m| wanted.iter().find_map(|w| m.cubins.iter().find(|(a, _)| a == w)))
+                .and_then(|m| {
+                    wanted
+                        .iter()
+                        .find_map(|w| m.cubins.iter().find(|(a, _)| a == w))
+                })
                 .map(|(_, bytes)| bytes.to_vec())
                 .ok_or_else(|| {
                     Error::Config(format!(

@@ -112,7 +112,11 @@ pub fn evaluate(
     for (i, (files, avail)) in parts.iter().zip(&availability).enumerate() {
         let p = files.load()?;
         let rgb = p.rgb.as_ref().filter(|_| avail.has_rgb()).map(|r| r.view());
-        let cloud = p.cloud.as_ref().filter(|_| avail.has_cloud()).map(|c| c.view());
+        let cloud = p
+            .cloud
+            .as_ref()
+            .filter(|_| avail.has_cloud())
+            .map(|c| c.view());
         let r = match engine.inspect(rgb, cloud, &opts_inspect) {
             Ok(r) => r,
             Err(e) => return Err(Error::Input(format!("{}: {e}", files.name))),

@@ -26,11 +26,11 @@
 use super::calibrate;
 use super::decision::{BankSet, Scorer, BANK_NAMES, FUSED, RGB, XYZ};
 use super::scratch::{peak_rss_kib, ScratchFile};
-use crate::eval::missing::Drop;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
 use crate::cpu::bank_search::{sq_norms, BankView};
 use crate::cpu::coreset;
 use crate::cpu::pool::Pool;
+use crate::eval::missing::Drop;
 use crate::format::Writer;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -469,9 +469,29 @@ pub fn fit(
     // scored leave-one-out like the complete parts.
     if opts.radar {
         let mut buf = vec![0f32; plen];
-        let mut case_maps =
-            ScratchFile::create(&opts.scratch_dir, &format!("{tag}.casemaps"), parts * 3 * s2)?;
-        'cases: for (case, drop) in [("rgb_only", Drop::Cloud), ("cloud_only", Drop::Rgb)] {
+        let mut case_maps = ScratchFile::create(
+            &opts.scratch_dir,
+            &format!("{tag}.casemaps"),
+            parts * 3 * s2,
+        )?;
+        // Scores and maps of an incomplete part are mapped affinely onto the complete
+        // parts' training distribution (same mean and spread), so that one table of
+        // scores, and one metric over all parts, compares parts of different cases.
+        let affine = |from: (f32, f32), to: (f32, f32)| -> [f32; 2] {
+            let a = if from.1 > 0.0 { to.1 / from.1 } else { 1.0 };
+            [a, to.0 - a * from.0]
+        };
+        let (ref_mean, ref_std, _) = calibrate::stats(&train_scores);
+        let pc: [f32; 3] = std::array::from_fn(|b| cfg.pixel_svm.w[b]);
+        let ref_pixels: Vec<f32> = pixels
+            .iter()
+            .map(|v| pc[0] * v[0] + pc[1] * v[1] + pc[2] * v[2])
+            .collect();
+        let (ref_pmean, ref_pstd, _) = calibrate::stats(&ref_pixels);
+        'cases: for (case, drop, dropped_bank) in [
+            ("rgb_only", Drop::Cloud, XYZ),
+            ("cloud_only", Drop::Rgb, RGB),
+        ] {
             let mut vecs: Vec<f64> = Vec::with_capacity(3 * parts);
             let mut case_pixels: Vec<[f32; 3]> = Vec::new();
             for p in 0..parts {
@@ -495,9 +515,13 @@ pub fn fit(
                 scorer.set_svms([1.0; 3], [1.0; 3]);
                 let stored = &mut case_maps.as_mut_slice()[p * 3 * s2..(p + 1) * 3 * s2];
                 let sc = scorer.score(pool, &set, f, excl, stored, None, &mut scratch);
-                vecs.extend(sc.vector.iter().map(|&v| v as f64));
+                let v = super::radar::informative(dropped_bank, sc.vector);
+                vecs.extend(v.iter().map(|&x| x as f64));
+                // The dropped modality's own bank only sees the constant pseudo input:
+                // its map carries no information about this part, so it gets no weight.
+                let wk = super::radar::informative(dropped_bank, w);
                 for px in (0..s2).filter(|px| (p * s2 + px) % stride == 0) {
-                    case_pixels.push(std::array::from_fn(|b| w[b] * stored[b * s2 + px]));
+                    case_pixels.push(std::array::from_fn(|b| wk[b] * stored[b * s2 + px]));
                 }
                 progress(Progress::Case {
                     case,
@@ -511,9 +535,18 @@ pub fn fit(
                 .chunks_exact(3)
                 .map(|v| stats.mahalanobis(v) as f32)
                 .collect();
-            let pixel = svm(&case_pixels)?;
+            let mut pixel = svm(&case_pixels)?;
+            pixel.w = super::radar::informative(dropped_bank, pixel.w);
             let maps = case_maps.as_slice();
             let c: [f32; 3] = std::array::from_fn(|b| pixel.w[b] * w[b]);
+            let sampled: Vec<f32> = case_pixels
+                .iter()
+                .map(|v| pixel.w[0] * v[0] + pixel.w[1] * v[1] + pixel.w[2] * v[2])
+                .collect();
+            let (pm, ps, _) = calibrate::stats(&sampled);
+            let (dm, ds, _) = calibrate::stats(&dists);
+            let score_affine = affine((dm, ds), (ref_mean, ref_std));
+            let map_affine = affine((pm, ps), (ref_pmean, ref_pstd));
             let maxima: Vec<f32> = (0..parts)
                 .map(|p| {
                     let m = &maps[p * 3 * s2..(p + 1) * 3 * s2];
@@ -526,17 +559,26 @@ pub fn fit(
             let name = |field: &str| format!("radar.{case}.{field}");
             tensors.push((name("mean"), vec![3], f32s(&stats.mean)));
             tensors.push((name("precision"), vec![3, 3], f32s(&stats.inv_cov)));
+            let aligned = |v: f32, [a, b]: [f32; 2]| a * v + b;
             tensors.push((
                 name("threshold"),
                 vec![1],
-                vec![calibrate::reject_quantile(&dists, opts.frr)],
+                vec![aligned(
+                    calibrate::reject_quantile(&dists, opts.frr),
+                    score_affine,
+                )],
             ));
             tensors.push((name("pixel_w"), vec![3], pixel.w.to_vec()));
             tensors.push((
                 name("pixel_threshold"),
                 vec![1],
-                vec![calibrate::reject_quantile(&maxima, opts.frr)],
+                vec![aligned(
+                    calibrate::reject_quantile(&maxima, opts.frr),
+                    map_affine,
+                )],
             ));
+            tensors.push((name("score_affine"), vec![2], score_affine.to_vec()));
+            tensors.push((name("map_affine"), vec![2], map_affine.to_vec()));
         }
     }
 

@@ -458,8 +458,9 @@ pub fn convert(
         // unless the given grid already fits this ViT. It must be a multiple of the ViT grid
         // (the RGB features are upsampled onto it) and fit in the image; else 2 × the grid.
         let grid = v.image_size / v.patch_size.max(1);
-        let fits =
-            |g: u32| g > 0 && grid > 0 && g.is_multiple_of(grid) && g.saturating_add(2) <= v.image_size;
+        let fits = |g: u32| {
+            g > 0 && grid > 0 && g.is_multiple_of(grid) && g.saturating_add(2) <= v.image_size
+        };
         if !fits(preprocess.xyz_grid) {
             let scaled = u64::from(preprocess.xyz_grid) * u64::from(v.image_size)
                 / u64::from(preprocess.image_size.max(1));
