@@ -189,17 +189,16 @@ fn transpose(w: &[f32], o: usize, i: usize) -> Vec<f32> {
 /// Alignment reference in f64 the long way: 3-NN weights, the side×side map, 3×3 average
 /// pooling, adaptive average pooling.
 fn pfa_ref(pts: &[f32], pix: &[i32], centers: &[f32], g: &[f32], f: usize) -> Vec<f64> {
-    let n = pix.len();
     let m = centers.len() / 3;
     let mut map = vec![0f64; SIDE * SIDE * f];
-    for j in 0..n {
+    for (j, &q) in pix.iter().enumerate() {
         let mut d: Vec<(f32, usize)> = (0..m)
             .map(|c| (sq(p3(pts, j), p3(centers, c)), c))
             .collect();
         d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let w: Vec<f64> = d[..3].iter().map(|x| 1.0 / (x.0 as f64 + 1e-8)).collect();
         let s: f64 = w.iter().sum();
-        let q = pix[j] as usize;
+        let q = q as usize;
         for k in 0..3 {
             for c in 0..f {
                 map[q * f + c] += w[k] / s * g[d[k].1 * f + c] as f64;

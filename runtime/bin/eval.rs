@@ -64,7 +64,8 @@ pub fn run(a: Args) -> miad::Result<()> {
             ..EngineOptions::default()
         },
     )?;
-    let mut settings: Vec<(String, Option<(f64, Drop, u64)>)> = vec![("complete".into(), None)];
+    type Setting = (String, Option<(f64, Drop, u64)>);
+    let mut settings: Vec<Setting> = vec![("complete".into(), None)];
     for &r in &a.missing_rate {
         settings.push((
             format!("{drop:?} {:.0}%", 100.0 * r),

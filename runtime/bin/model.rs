@@ -18,7 +18,8 @@ pub enum ModelCommand {
     },
     /// Write a model with seeded random weights (tests, benches, the demo).
     Random {
-        /// `m3dm` (ViT-B/8, Point-MAE 1024×128, fusion) or `small` (test sizes).
+        /// `m3dm` (ViT-B/8, Point-MAE 1024×128, fusion), `demo` (the demo's sizes) or
+        /// `small` (test sizes).
         #[arg(long, default_value = "small")]
         preset: String,
         #[arg(long, default_value_t = 0)]
@@ -62,8 +63,9 @@ pub fn preset(name: &str) -> miad::Result<ModelConfig> {
     match name {
         "m3dm" => Ok(ModelConfig::m3dm()),
         "small" => Ok(ModelConfig::small()),
+        "demo" => Ok(ModelConfig::demo()),
         other => Err(miad::Error::Config(format!(
-            "unknown preset '{other}' (m3dm, small)"
+            "unknown preset '{other}' (m3dm, demo, small)"
         ))),
     }
 }

@@ -53,7 +53,7 @@ impl<T> DevPtr<T> {
         DevPtr(0, PhantomData)
     }
     /// Pointer `n` elements further.
-    pub fn add(self, n: usize) -> Self {
+    pub fn offset(self, n: usize) -> Self {
         DevPtr(self.0 + (n * std::mem::size_of::<T>()) as u64, PhantomData)
     }
 }

@@ -205,6 +205,8 @@ impl Device {
     }
 
     /// Allows `f` up to `bytes` of dynamic shared memory (needed above 48 KiB).
+    /// `f` must be a function handle of a module loaded in this device's context.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
     pub fn set_max_dynamic_smem(&self, f: sys::CUfunction, bytes: u32) -> Result<()> {
         if bytes as i64 > self.max_smem_optin as i64 {
             return Err(Error::Cuda(format!(

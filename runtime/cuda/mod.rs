@@ -36,3 +36,7 @@ pub mod device;
 pub mod module;
 pub mod point;
 pub mod transformer;
+
+pub use arena::{Arena, ArenaPlan, DevPtr, Slot};
+pub use device::Device;
+pub use module::KERNEL_MODULES;

@@ -284,7 +284,7 @@ impl Elementwise {
         bias: &CudaSlice<f32>,
     ) -> Result<()> {
         let cols = bias.len();
-        if cols == 0 || y.len() % cols != 0 {
+        if cols == 0 || !y.len().is_multiple_of(cols) {
             return Err(Error::Config(
                 "bias_gelu: y is not whole rows of the bias".into(),
             ));

@@ -520,7 +520,7 @@ pub fn fit(
                 // The dropped modality's own bank only sees the constant pseudo input:
                 // its map carries no information about this part, so it gets no weight.
                 let wk = super::radar::informative(dropped_bank, w);
-                for px in (0..s2).filter(|px| (p * s2 + px) % stride == 0) {
+                for px in (0..s2).filter(|px| (p * s2 + px).is_multiple_of(stride)) {
                     case_pixels.push(std::array::from_fn(|b| wk[b] * stored[b * s2 + px]));
                 }
                 progress(Progress::Case {
