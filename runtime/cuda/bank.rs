@@ -46,7 +46,12 @@ pub struct SearchPlan {
 impl SearchPlan {
     /// Plans a search: about `waves` blocks per multiprocessor over the whole grid.
     pub fn new(nq: usize, nb: usize, dim: usize, path: SearchPath, sms: usize) -> Result<Self> {
-        if nq == 0 || nb == 0 || dim == 0 || !dim.is_multiple_of(DIM_MULTIPLE) || nb > i32::MAX as usize {
+        if nq == 0
+            || nb == 0
+            || dim == 0
+            || !dim.is_multiple_of(DIM_MULTIPLE)
+            || nb > i32::MAX as usize
+        {
             return Err(Error::Config(format!(
                 "bank search: unsupported shape {nq} queries, {nb} x {dim} bank (dim must be a positive multiple of {DIM_MULTIPLE})"
             )));

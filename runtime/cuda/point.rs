@@ -41,7 +41,10 @@ impl PointPlan {
         let s = pc.group_size as usize;
         let [c1, c2, c3] = pc.encoder_widths.map(|w| w as usize);
         let d = pc.dim as usize;
-        let chunk = [32, 16, 8].into_iter().find(|c| s.is_multiple_of(*c)).unwrap_or(0);
+        let chunk = [32, 16, 8]
+            .into_iter()
+            .find(|c| s.is_multiple_of(*c))
+            .unwrap_or(0);
         if chunk == 0 || [c1, c2, c3, d].iter().any(|w| w % 8 != 0) {
             return Err(Error::Config(format!(
                 "CUDA group encoder needs group size and widths that are multiples of 8 (S {s}, widths {c1} {c2} {c3} {d})"
