@@ -69,6 +69,9 @@ pub struct InspectOptions {
     pub map: bool,
     /// Extract defect regions (needs the map).
     pub regions: bool,
+    /// Decide incomplete parts with their case's statistics (RADAR) when the bank file
+    /// has them; false decides them with the complete-data layers (for comparisons).
+    pub case_statistics: bool,
 }
 
 impl Default for InspectOptions {
@@ -79,6 +82,7 @@ impl Default for InspectOptions {
             grey_band: None,
             map: true,
             regions: true,
+            case_statistics: true,
         }
     }
 }
@@ -482,6 +486,7 @@ fn decide<'e>(
     let th = &cfg.thresholds;
     let case_decision = match case {
         Case::Complete => None,
+        _ if !opts.case_statistics => None,
         c => p.cases[c as usize],
     };
     let dropped_bank = match case {

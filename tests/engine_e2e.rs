@@ -6,55 +6,16 @@ use miad::config::ModelConfig;
 use miad::engine::{Case, Engine, EngineOptions, InspectOptions, Verdict};
 use miad::eval::dataset::{list_test, list_train};
 use miad::eval::run::{evaluate, EvalOptions};
-use miad::eval::synth::{write_dataset, Category, SynthOptions};
-use miad::fit::banks::FitOptions;
-use miad::fit::category::{fit_category, CategoryFit};
+use miad::eval::synth::Category;
 use miad::format::{random_model, write_model};
 use miad::Error;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-struct Fixture {
-    dir: PathBuf,
-    model: PathBuf,
-    bank: PathBuf,
-    category: PathBuf,
-}
+mod common;
+use common::{fitted, Fixture};
 
 fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("miad-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    write_dataset(&SynthOptions {
-        out: dir.join("data"),
-        seed: 3,
-        categories: vec![Category::Disc],
-        train: 6,
-        validation: 0,
-        test_good: 2,
-        test_bad: 2,
-        size: 96,
-    })
-    .unwrap();
-    let cfg = ModelConfig::small();
-    let model = dir.join("model.miad");
-    write_model(&cfg, &random_model(&cfg, 1), &[], &model).unwrap();
-    let category = dir.join("data/disc");
-    let bank = dir.join("disc.bank");
-    let opts = FitOptions {
-        scratch_dir: dir.clone(),
-        ..FitOptions::default()
-    };
-    let cat = CategoryFit {
-        threads: 2,
-        ..CategoryFit::default()
-    };
-    fit_category(&model, &category, &bank, &cat, &opts, &mut |_| {}).unwrap();
-    Fixture {
-        dir,
-        model,
-        bank,
-        category,
-    }
+    fitted(name, Category::Disc, 3, 6, 2)
 }
 
 fn engine(f: &Fixture) -> Engine {
@@ -184,6 +145,30 @@ fn fit_inspect_evaluate_and_missing_modalities() {
         .unwrap();
     assert_eq!(r.score.to_bits(), score.to_bits());
 
+    // A second engine (one thread) gives the same bits.
+    {
+        let mut e1 = Engine::open(
+            &f.model,
+            &f.bank,
+            &EngineOptions {
+                threads: 1,
+                max_width: 128,
+                max_height: 128,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap();
+        let r = e1
+            .inspect(Some(rgb.view()), Some(cloud.view()), &opts)
+            .unwrap();
+        assert_eq!(r.score.to_bits(), score.to_bits());
+        assert!(r
+            .map
+            .unwrap()
+            .iter()
+            .zip(&map)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
     // The map at input resolution has the input's size and the map's range.
     let mut at_input = vec![0f32; rgb.width * rgb.height];
     e.map_at_input(rgb.width, rgb.height, &mut at_input)
@@ -208,6 +193,7 @@ fn fit_inspect_evaluate_and_missing_modalities() {
             missing: Some((0.5, miad::eval::missing::Drop::Both, 1)),
             heatmaps: Some(heat.clone()),
             max_parts: None,
+            complete_decision_only: false,
         },
         &mut |_, _| {},
     )
@@ -215,7 +201,6 @@ fn fit_inspect_evaluate_and_missing_modalities() {
     let cases: Vec<Case> = radar.parts.iter().map(|p| p.case).collect();
     assert_eq!(cases.iter().filter(|c| **c != Case::Complete).count(), 2);
     assert_eq!(std::fs::read_dir(&heat).unwrap().count(), 4);
-    let _ = std::fs::remove_dir_all(&f.dir);
 }
 
 #[test]
@@ -226,7 +211,7 @@ fn a_bank_of_another_model_is_refused_by_name() {
     write_model(&cfg, &random_model(&cfg, 99), &[], &other).unwrap();
     let err = Engine::open(&other, &f.bank, &EngineOptions::default()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("disc.bank"), "{msg}");
+    assert!(msg.contains("category.bank"), "{msg}");
     let missing = Engine::open(
         &f.model,
         &f.dir.join("nope.bank"),
@@ -235,5 +220,4 @@ fn a_bank_of_another_model_is_refused_by_name() {
     .unwrap_err()
     .to_string();
     assert!(missing.contains("nope.bank"), "{missing}");
-    let _ = std::fs::remove_dir_all(&f.dir);
 }

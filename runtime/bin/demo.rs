@@ -135,6 +135,7 @@ pub fn run(a: Args) -> miad::Result<()> {
                     missing,
                     heatmaps: heat,
                     max_parts: None,
+                    complete_decision_only: false,
                 },
                 &mut |d, t| {
                     pb.set_length(t as u64);

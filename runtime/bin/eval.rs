@@ -83,6 +83,7 @@ pub fn run(a: Args) -> miad::Result<()> {
                 None
             },
             max_parts: a.max_parts,
+            complete_decision_only: false,
         };
         let report = evaluate(&mut engine, &a.data, &opts, &mut |d, t| {
             pb.set_length(t as u64);

@@ -10,6 +10,7 @@ mod fit;
 mod inspect;
 mod model;
 mod progress;
+mod radar;
 mod synth;
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Evaluate on a dataset: I-AUROC, P-AUROC, AUPRO.
     Eval(eval::Args),
+    /// RADAR study: missing modalities in training and testing, per-case vs complete-case decisions.
+    Radar(radar::Args),
     /// Write a synthetic dataset in the MVTec 3D-AD layout.
     Synth(synth::Args),
     /// Latency report: per-stage percentiles, histogram, JSON and PNG.
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Fit(a) => fit::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Radar(a) => radar::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo(a) => demo::run(a),

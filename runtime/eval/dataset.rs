@@ -29,6 +29,21 @@ pub struct LoadedPart {
     pub mask: Option<Mask>,
 }
 
+impl LoadedPart {
+    /// Borrowed views of the part's image and cloud, as the engine takes them.
+    pub fn views(
+        &self,
+    ) -> (
+        Option<crate::pipeline::input::RgbView<'_>>,
+        Option<crate::pipeline::input::CloudView<'_>>,
+    ) {
+        (
+            self.rgb.as_ref().map(|r| r.view()),
+            self.cloud.as_ref().map(|c| c.view()),
+        )
+    }
+}
+
 impl PartFiles {
     pub fn is_defective(&self) -> bool {
         self.defect.is_some()

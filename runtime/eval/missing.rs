@@ -45,6 +45,14 @@ impl Availability {
     pub fn has_cloud(self) -> bool {
         self != Availability::RgbOnly
     }
+    /// The modality this availability removes, if any.
+    pub fn removed(self) -> Option<Drop> {
+        match self {
+            Availability::Complete => None,
+            Availability::RgbOnly => Some(Drop::Cloud),
+            Availability::CloudOnly => Some(Drop::Rgb),
+        }
+    }
     pub fn name(self) -> &'static str {
         match self {
             Availability::Complete => "complete",

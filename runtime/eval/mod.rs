@@ -3,6 +3,7 @@
 
 pub mod dataset;
 pub mod io;
+pub mod latency;
 pub mod metrics;
 pub mod missing;
 pub mod picture;

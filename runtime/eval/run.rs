@@ -20,6 +20,9 @@ pub struct EvalOptions {
     pub heatmaps: Option<PathBuf>,
     /// Evaluate at most this many test parts (the first by name, good ones first).
     pub max_parts: Option<usize>,
+    /// Decide incomplete parts with the complete-data decision layers instead of their
+    /// case's statistics (the baseline RADAR's per-case layers are compared with).
+    pub complete_decision_only: bool,
 }
 
 /// One test part's outcome.
@@ -107,6 +110,7 @@ pub fn evaluate(
     let mut mask_s = vec![0u8; s * s];
     let opts_inspect = InspectOptions {
         regions: false,
+        case_statistics: !opts.complete_decision_only,
         ..InspectOptions::default()
     };
     for (i, (files, avail)) in parts.iter().zip(&availability).enumerate() {

@@ -23,6 +23,9 @@ pub struct CategoryFit {
     pub threads: usize,
     /// Largest input side the extractor is planned for.
     pub max_side: usize,
+    /// Remove a modality from a fraction of the training parts (RADAR's protocol):
+    /// (rate, what, seed).
+    pub missing: Option<(f64, crate::eval::missing::Drop, u64)>,
 }
 
 impl Default for CategoryFit {
@@ -32,6 +35,7 @@ impl Default for CategoryFit {
             preprocessed: false,
             threads: 0,
             max_side: 1024,
+            missing: None,
         }
     }
 }
@@ -70,10 +74,21 @@ pub fn fit_category(
     let mut opts = opts.clone();
     // The anomaly map covers the network input, so that masks compare pixel for pixel.
     opts.map_size = model.config().preprocess.image_size as usize;
+    let missing = match cat.missing {
+        Some((rate, drop, seed)) => {
+            crate::eval::missing::sample_missing(parts.len(), rate, drop, seed)
+                .map_err(crate::Error::Config)?
+                .into_iter()
+                .map(|a| a.removed())
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let mut features = PipelineFeatures {
         pool: &pool,
         extractor,
         parts,
+        missing,
     };
     let fitted = fit(
         &pool,

@@ -149,6 +149,9 @@ pub struct PipelineFeatures<'p, 'm> {
     pub pool: &'p crate::cpu::pool::Pool,
     pub extractor: crate::pipeline::extract::Extractor<'m>,
     pub parts: Vec<crate::eval::dataset::PartFiles>,
+    /// Per part: modalities removed before extraction (RADAR's missing training data);
+    /// empty = every part complete.
+    pub missing: Vec<Option<Drop>>,
 }
 
 impl PipelineFeatures<'_, '_> {
@@ -187,8 +190,9 @@ impl FeatureExtractor for PipelineFeatures<'_, '_> {
         rgb: &mut [f32],
         fused: &mut [f32],
     ) -> Result<()> {
-        let status = self.run(part, None, [xyz, rgb, fused])?;
-        if !status.rgb_usable() || !status.cloud_usable() {
+        let drop = self.missing.get(part).copied().flatten();
+        let status = self.run(part, drop, [xyz, rgb, fused])?;
+        if drop.is_none() && (!status.rgb_usable() || !status.cloud_usable()) {
             // Not an error: that modality's features are the pseudo input's, as in
             // inspection. Said per part so that a bad training set is visible.
             eprintln!(

@@ -1,0 +1,278 @@
+//! The latency report of `miad bench`: N inspections after a warm-up, per stage and in
+//! total p50 / p90 / p99 / p99.9 / max and max/p50, a histogram of the totals, the
+//! allocations counted during the timed run (when the process counts them), and the RGB
+//! branch's compute rate as a fraction of the machine's measured peak. Written as JSON
+//! (schema in [`LatencyReport::to_json`]) and as a PNG a certification engineer can file.
+
+use super::dataset::LoadedPart;
+use super::picture::{histogram_plot, Canvas};
+use crate::engine::{Engine, InspectOptions};
+use crate::{Error, Result};
+use std::fmt::Write as _;
+
+/// Percentiles of one stage, milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageStats {
+    pub name: &'static str,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    /// max / p50: how far the worst part strays from the typical one.
+    pub max_over_p50: f64,
+}
+
+impl StageStats {
+    /// Stats of `ms` (any order).
+    pub fn of(name: &'static str, ms: &[f64]) -> Self {
+        let mut s = ms.to_vec();
+        s.sort_by(f64::total_cmp);
+        let p50 = percentile(&s, 0.5);
+        let max = s.last().copied().unwrap_or(0.0);
+        StageStats {
+            name,
+            mean: s.iter().sum::<f64>() / s.len().max(1) as f64,
+            p50,
+            p90: percentile(&s, 0.9),
+            p99: percentile(&s, 0.99),
+            p999: percentile(&s, 0.999),
+            max,
+            max_over_p50: if p50 > 0.0 { max / p50 } else { 0.0 },
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted values: the smallest value with at least `q` of the
+/// values at or below it (the max for q = 1; p99.9 of fewer than 1000 values is the max).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The report (see the module doc).
+#[derive(Clone, Debug)]
+pub struct LatencyReport {
+    pub model: String,
+    pub backend: &'static str,
+    pub threads: usize,
+    pub parts: usize,
+    pub warmup: usize,
+    pub stages: Vec<StageStats>,
+    /// Totals of every timed inspection, milliseconds, in run order.
+    pub totals_ms: Vec<f64>,
+    /// Heap allocations during the timed run (None when the process does not count).
+    pub allocations: Option<u64>,
+    /// GFLOP/s of the RGB branch at its p50 time, and the machine's measured peak.
+    pub rgb_gflops: f64,
+    pub peak_gflops: f64,
+}
+
+/// Runs `warmup` untimed then `n` timed inspections over `parts` (cycled).
+/// `count_allocations` reads a process-wide allocation counter, when there is one.
+pub fn run(
+    engine: &mut Engine,
+    parts: &[LoadedPart],
+    n: usize,
+    warmup: usize,
+    count_allocations: Option<&dyn Fn() -> u64>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LatencyReport> {
+    if parts.is_empty() || n == 0 {
+        return Err(Error::Input("a latency run needs parts and n ≥ 1".into()));
+    }
+    let opts = InspectOptions::default();
+    for i in 0..warmup {
+        let (r, c) = parts[i % parts.len()].views();
+        engine.inspect(r, c, &opts)?;
+    }
+    let names = ["preprocess", "rgb", "point", "fusion", "score", "total"];
+    let mut ms: Vec<Vec<f64>> = (0..names.len()).map(|_| Vec::with_capacity(n)).collect();
+    let before = count_allocations.map(|f| f());
+    for i in 0..n {
+        let (r, c) = parts[i % parts.len()].views();
+        let res = engine.inspect(r, c, &opts)?;
+        let t = res.times;
+        for (k, v) in [
+            t.preprocess,
+            t.rgb,
+            t.point,
+            t.fusion,
+            res.score_time,
+            res.total_time,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Capacity reserved above: no allocation inside the timed loop.
+            ms[k].push(v * 1e3);
+        }
+        progress(i + 1, n);
+    }
+    let allocations = match (before, count_allocations) {
+        (Some(b), Some(f)) => Some(f() - b),
+        _ => None,
+    };
+    let stages: Vec<StageStats> = names
+        .iter()
+        .zip(&ms)
+        .map(|(name, v)| StageStats::of(name, v))
+        .collect();
+    let cfg = engine.model_file().config();
+    let rgb_flops = cfg.vit.as_ref().map_or(0.0, crate::cpu::vit::vit_flops);
+    let rgb_p50_s = stages[1].p50 / 1e3;
+    Ok(LatencyReport {
+        model: cfg.name.clone(),
+        backend: "cpu",
+        threads: engine.threads(),
+        parts: n,
+        warmup,
+        totals_ms: ms[5].clone(),
+        stages,
+        allocations,
+        rgb_gflops: if rgb_p50_s > 0.0 {
+            rgb_flops / rgb_p50_s / 1e9
+        } else {
+            0.0
+        },
+        peak_gflops: crate::util::peak::measure_peak_gflops(engine.threads()),
+    })
+}
+
+impl LatencyReport {
+    /// The report as JSON: `{"model", "backend", "threads", "parts", "warmup",
+    /// "allocations" (number or null), "rgb_gflops", "peak_gflops", "rgb_fraction_of_peak",
+    /// "stages": [{"name", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms",
+    /// "max_over_p50"}], "histogram": {"lo_ms", "hi_ms", "counts": [...]}, "totals_ms": [...]}`.
+    pub fn to_json(&self) -> String {
+        let num = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.6}")
+            } else {
+                "null".into()
+            }
+        };
+        let mut j = String::from("{\n");
+        let _ = writeln!(j, "  \"model\": \"{}\",", self.model.replace('"', "'"));
+        let _ = writeln!(j, "  \"backend\": \"{}\",", self.backend);
+        let _ = writeln!(j, "  \"threads\": {},", self.threads);
+        let _ = writeln!(j, "  \"parts\": {},", self.parts);
+        let _ = writeln!(j, "  \"warmup\": {},", self.warmup);
+        let _ = writeln!(
+            j,
+            "  \"allocations\": {},",
+            self.allocations.map_or("null".into(), |a| a.to_string())
+        );
+        let _ = writeln!(j, "  \"rgb_gflops\": {},", num(self.rgb_gflops));
+        let _ = writeln!(j, "  \"peak_gflops\": {},", num(self.peak_gflops));
+        let _ = writeln!(
+            j,
+            "  \"rgb_fraction_of_peak\": {},",
+            num(self.rgb_gflops / self.peak_gflops)
+        );
+        j.push_str("  \"stages\": [\n");
+        for (i, s) in self.stages.iter().enumerate() {
+            let _ = write!(
+                j,
+                "    {{\"name\": \"{}\", \"mean_ms\": {}, \"p50_ms\": {}, \"p90_ms\": {}, \"p99_ms\": {}, \
+                 \"p99_9_ms\": {}, \"max_ms\": {}, \"max_over_p50\": {}}}",
+                s.name,
+                num(s.mean),
+                num(s.p50),
+                num(s.p90),
+                num(s.p99),
+                num(s.p999),
+                num(s.max),
+                num(s.max_over_p50)
+            );
+            j.push_str(if i + 1 < self.stages.len() {
+                ",\n"
+            } else {
+                "\n"
+            });
+        }
+        j.push_str("  ],\n");
+        let (lo, hi, counts) = self.histogram(20);
+        let list = |v: &mut dyn Iterator<Item = String>| v.collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            j,
+            "  \"histogram\": {{\"lo_ms\": {}, \"hi_ms\": {}, \"counts\": [{}]}},",
+            num(lo),
+            num(hi),
+            list(&mut counts.iter().map(|c| c.to_string()))
+        );
+        let _ = writeln!(
+            j,
+            "  \"totals_ms\": [{}]",
+            list(&mut self.totals_ms.iter().map(|&v| num(v)))
+        );
+        j.push_str("}\n");
+        j
+    }
+
+    /// Equal-width histogram of the totals between their min and max.
+    pub fn histogram(&self, bins: usize) -> (f64, f64, Vec<usize>) {
+        let lo = self.totals_ms.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = self
+            .totals_ms
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut counts = vec![0; bins.max(1)];
+        let width = (hi - lo).max(1e-9);
+        for &v in &self.totals_ms {
+            let k = (((v - lo) / width) * counts.len() as f64) as usize;
+            let last = counts.len() - 1;
+            counts[k.min(last)] += 1;
+        }
+        (lo, hi, counts)
+    }
+
+    /// A table of the stages, for the terminal.
+    pub fn table(&self) -> String {
+        let mut t = format!(
+            "{:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}\n",
+            "stage (ms)", "p50", "p90", "p99", "p99.9", "max", "max/p50"
+        );
+        for s in &self.stages {
+            let _ = writeln!(
+                t,
+                "{:<11} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>8.3}",
+                s.name, s.p50, s.p90, s.p99, s.p999, s.max, s.max_over_p50
+            );
+        }
+        t
+    }
+
+    /// The histogram of total latency as a picture, with the key figures in its title.
+    pub fn plot(&self) -> Canvas {
+        let total = self.stages.last().expect("stages");
+        let title = format!(
+            "{} {} x{} N={} P50 {:.2} P99 {:.2} MAX {:.2} MS",
+            self.model, self.backend, self.threads, self.parts, total.p50, total.p99, total.max
+        );
+        histogram_plot(&self.totals_ms, 30, &title, "TOTAL LATENCY (MS)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.9), 90.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 0.999), 100.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&[7.0], 0.5), 7.0);
+        let s = StageStats::of("x", &[2.0, 1.0, 4.0]);
+        assert_eq!((s.p50, s.max, s.max_over_p50), (2.0, 4.0, 2.0));
+    }
+}

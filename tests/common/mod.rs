@@ -1,0 +1,63 @@
+//! A tiny fitted category for the engine tests: a synthetic dataset, a small model with
+//! seeded random weights, and a bank fitted on it, in a fresh temp folder.
+
+#![allow(dead_code)]
+
+use miad::config::ModelConfig;
+use miad::eval::synth::{write_dataset, Category, SynthOptions};
+use miad::fit::banks::FitOptions;
+use miad::fit::category::{fit_category, CategoryFit};
+use miad::format::{random_model, write_model};
+use std::path::PathBuf;
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub model: PathBuf,
+    pub bank: PathBuf,
+    pub category: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `train` training parts and `test` good plus `test` defective test parts of one
+/// category at 96×96, fitted with [`ModelConfig::small`].
+pub fn fitted(name: &str, category: Category, seed: u64, train: usize, test: usize) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("miad-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_dataset(&SynthOptions {
+        out: dir.join("data"),
+        seed,
+        categories: vec![category],
+        train,
+        validation: 0,
+        test_good: test,
+        test_bad: test,
+        size: 96,
+    })
+    .unwrap();
+    let cfg = ModelConfig::small();
+    let model = dir.join("model.miad");
+    write_model(&cfg, &random_model(&cfg, seed), &[], &model).unwrap();
+    let category = dir.join("data").join(category.name());
+    let bank = dir.join("category.bank");
+    let opts = FitOptions {
+        scratch_dir: dir.clone(),
+        ..FitOptions::default()
+    };
+    let cat = CategoryFit {
+        threads: 2,
+        ..CategoryFit::default()
+    };
+    fit_category(&model, &category, &bank, &cat, &opts, &mut |_| {}).unwrap();
+    Fixture {
+        dir,
+        model,
+        bank,
+        category,
+    }
+}
