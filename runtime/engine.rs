@@ -24,6 +24,9 @@ use crate::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
 
+/// Most worker threads an engine may ask for.
+pub const MAX_THREADS: usize = 256;
+
 /// Most defect regions one result reports (the largest by peak score first).
 pub const MAX_REGIONS: usize = 64;
 
@@ -259,6 +262,8 @@ struct Planned<'f> {
     labels: Vec<u32>,
     queue: Vec<u32>,
     regions: Vec<Region>,
+    /// Whether `map` holds the last part's map.
+    map_valid: bool,
 }
 
 self_cell::self_cell!(
@@ -294,6 +299,12 @@ impl Engine {
         let open = OpenOptions {
             verify_checksums: options.verify_checksums,
         };
+        if options.threads > MAX_THREADS {
+            return Err(Error::Config(format!(
+                "{} threads requested, at most {MAX_THREADS}",
+                options.threads
+            )));
+        }
         let model = ModelFile::open(model, &open)?;
         let bank = BankFile::open(bank, &open, Some(&model))?;
         let pool = if options.threads == 0 {
@@ -375,10 +386,10 @@ impl Engine {
         })
     }
 
-    /// The last part's anomaly map (`map_size²`; computed when the map or regions were
-    /// asked for).
-    pub fn last_map(&self) -> &[f32] {
-        &self.cell.borrow_dependent().map
+    /// The last part's anomaly map (`map_size²`), when the last inspection made one.
+    pub fn last_map(&self) -> Option<&[f32]> {
+        let p = self.cell.borrow_dependent();
+        p.map_valid.then_some(&p.map[..])
     }
 
     /// The last part as the network saw it, `S×S×3` bytes, for pictures: the
@@ -422,13 +433,21 @@ impl Engine {
     /// pixels, undoing the padding of full preprocessing. `out` has `width·height`
     /// values. No allocation.
     pub fn map_at_input(&self, width: usize, height: usize, out: &mut [f32]) -> Result<()> {
-        if width == 0 || height == 0 || out.len() < width * height {
+        let fits = width
+            .checked_mul(height)
+            .is_some_and(|n| n > 0 && out.len() >= n);
+        if !fits {
             return Err(Error::Input(format!(
                 "map buffer of {} values for a {width}×{height} input",
                 out.len()
             )));
         }
         let p = self.cell.borrow_dependent();
+        if !p.map_valid {
+            return Err(Error::Input(
+                "the last inspection made no anomaly map (ask for the map or the regions)".into(),
+            ));
+        }
         let s = p.scorer.map_size();
         let pre = &self.cell.borrow_owner().model.config().preprocess;
         let (side_w, side_h) = if self.options.preprocessed {
@@ -503,14 +522,17 @@ fn decide<'e>(
         ),
         None => (scores.score, th.part, cfg.pixel_svm.w, th.pixel, [1.0, 0.0]),
     };
-    if let Some(t) = opts.part_threshold {
+    // A NaN override is no override (the bank file's value stays).
+    if let Some(t) = opts.part_threshold.filter(|t| !t.is_nan()) {
         part_t = t;
     }
-    if let Some(t) = opts.pixel_threshold {
+    if let Some(t) = opts.pixel_threshold.filter(|t| !t.is_nan()) {
         pixel_t = t;
     }
     let band = opts.grey_band.or(th.grey_band);
     let verdict = match band {
+        // A score that is not a number never passes.
+        _ if score.is_nan() => Verdict::Fail,
         Some([lo, hi]) if score >= lo && score < hi => Verdict::Uncertain,
         _ if score > part_t => Verdict::Fail,
         _ => Verdict::Pass,
@@ -519,6 +541,7 @@ fn decide<'e>(
     let s2 = s * s;
     let want_map = opts.map || opts.regions;
     let mut found = 0;
+    p.map_valid = want_map;
     if want_map {
         let c: [f32; 3] = std::array::from_fn(|b| pixel_w[b] * cfg.score_weights[b]);
         let bm = &p.bank_maps;
@@ -534,6 +557,7 @@ fn decide<'e>(
             &mut p.labels,
             &mut p.queue,
             &mut p.regions,
+            MAX_REGIONS,
         );
     } else {
         p.regions.clear();
@@ -626,6 +650,7 @@ fn plan<'f>(
         labels: vec![0; s * s],
         queue: vec![0; s * s],
         regions: Vec::with_capacity(MAX_REGIONS),
+        map_valid: false,
         extractor,
         set,
         scorer,
@@ -634,7 +659,8 @@ fn plan<'f>(
 }
 
 /// 8-connected components of `map > threshold` into `regions` (largest peak first, at
-/// most its capacity); returns how many were found. Uses only the given buffers.
+/// most `limit`, which must not exceed the capacity reserved in `regions` for the call
+/// to stay allocation-free); returns how many were found. Uses only the given buffers.
 pub fn find_regions(
     map: &[f32],
     s: usize,
@@ -642,9 +668,10 @@ pub fn find_regions(
     labels: &mut [u32],
     queue: &mut [u32],
     regions: &mut Vec<Region>,
+    limit: usize,
 ) -> usize {
     regions.clear();
-    let cap = regions.capacity();
+    let cap = limit;
     labels[..s * s].fill(0);
     let mut found = 0;
     for start in 0..s * s {
@@ -721,7 +748,7 @@ mod tests {
         map[6 * s + 6] = 5.0;
         let (mut labels, mut queue) = (vec![0; s * s], vec![0; s * s]);
         let mut regions = Vec::with_capacity(4);
-        let n = find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut regions);
+        let n = find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut regions, 4);
         assert_eq!(n, 2);
         assert_eq!(regions[0].area, 1);
         assert_eq!(regions[0].max, 5.0);
@@ -734,7 +761,7 @@ mod tests {
         // capacity 1 keeps the strongest
         let mut one = Vec::with_capacity(1);
         assert_eq!(
-            find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut one),
+            find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut one, 1),
             2
         );
         assert_eq!(one.len(), 1);

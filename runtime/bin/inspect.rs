@@ -163,7 +163,7 @@ pub fn run(a: Args) -> miad::Result<()> {
             };
             let panel = heatmap_panel_range(
                 &engine.preview_image(),
-                engine.last_map(),
+                engine.last_map().expect("inspect asks for the map"),
                 mask.as_deref(),
                 &title,
                 (0.0, 2.0 * pixel_t.max(1e-6)),

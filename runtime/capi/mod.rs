@@ -283,7 +283,7 @@ pub struct miad_engine_info {
 // The same numbers as the MIAD_STATIC_ASSERT lines of miad.h.
 const _: () = {
     assert!(size_of::<miad_engine_options>() == 20);
-    assert!(size_of::<miad_part>() == 8 * size_of::<usize>());
+    assert!(size_of::<miad_part>() == size_of::<[usize; 8]>());
     assert!(size_of::<miad_inspect_options>() == 24 + 4 * size_of::<usize>());
     assert!(size_of::<miad_region>() == 28);
     assert!(size_of::<miad_result>() == 1912);
@@ -476,7 +476,7 @@ fn encode(index: usize, generation: usize) -> *mut miad_engine {
 }
 
 /// The live slot a handle names, if any.
-fn find(table: &mut [Slot], handle: *const miad_engine) -> Result<usize, Fail> {
+fn find(table: &[Slot], handle: *const miad_engine) -> Result<usize, Fail> {
     if handle.is_null() {
         return Err(Fail::new(Status::NullArgument, "engine handle is NULL"));
     }
@@ -518,11 +518,12 @@ impl Drop for Claim {
 }
 
 fn claim(handle: *const miad_engine) -> Result<Claim, Fail> {
-    let mut t = table();
-    let index = find(&mut t, handle)?;
-    let entry: &Entry = t[index].entry.as_deref().ok_or_else(|| {
-        Fail::new(Status::InvalidHandle, "engine handle is not open")
-    })?;
+    let t = table();
+    let index = find(&t, handle)?;
+    let entry: &Entry = t[index]
+        .entry
+        .as_deref()
+        .ok_or_else(|| Fail::new(Status::InvalidHandle, "engine handle is not open"))?;
     match entry
         .state
         .compare_exchange(IDLE, BUSY, Ordering::Acquire, Ordering::Relaxed)
@@ -556,7 +557,10 @@ fn path_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a Path, Fail> 
         )
     })?;
     if s.is_empty() {
-        return Err(Fail::new(Status::InvalidArgument, format!("{what} is empty")));
+        return Err(Fail::new(
+            Status::InvalidArgument,
+            format!("{what} is empty"),
+        ));
     }
     Ok(Path::new(s))
 }
@@ -653,6 +657,7 @@ fn inspect_options(o: &miad_inspect_options) -> Result<InspectOptions, Fail> {
         grey_band,
         map: o.want_map != 0,
         regions: o.want_regions != 0,
+        ..InspectOptions::default()
     })
 }
 
@@ -681,7 +686,10 @@ fn view_len(
     (height - 1)
         .checked_mul(stride)
         .and_then(|v| v.checked_add(row))
-        .filter(|&n| n.checked_mul(elem).is_some_and(|b| b <= isize::MAX as usize))
+        .filter(|&n| {
+            n.checked_mul(elem)
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
         .ok_or_else(|| {
             bad(format!(
                 "{what}: {width}×{height} with stride {stride} {unit} overflows the address space"
@@ -764,17 +772,22 @@ fn too_small(what: &str, have: usize, need: usize, shape: fmt::Arguments<'_>) ->
 /// The library version, a static NUL-terminated string (never freed).
 #[no_mangle]
 pub extern "C" fn miad_version() -> *const c_char {
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+    // Nothing here can panic; the boundary is there so that no export lacks one.
+    catch_unwind(|| concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
+        .unwrap_or(c"?".as_ptr())
 }
 
 /// The name of a status code (`"MIAD_OK"`, …), or `"MIAD_UNKNOWN_STATUS"`: static.
 #[no_mangle]
 pub extern "C" fn miad_status_name(status: miad_status) -> *const c_char {
-    let name = Status::ALL
-        .iter()
-        .find(|s| **s as miad_status == status)
-        .map_or(c"MIAD_UNKNOWN_STATUS", |s| s.name());
-    name.as_ptr()
+    catch_unwind(|| {
+        Status::ALL
+            .iter()
+            .find(|s| **s as miad_status == status)
+            .map_or(c"MIAD_UNKNOWN_STATUS", |s| s.name())
+    })
+    .unwrap_or(c"MIAD_UNKNOWN_STATUS")
+    .as_ptr()
 }
 
 /// Writes the version and the compiled-in backends into `buf`.
@@ -823,9 +836,7 @@ pub unsafe extern "C" fn miad_build_info(buf: *mut c_char, len: usize) -> miad_s
 /// # Safety
 /// `out` is null or points to a writable `miad_engine_options`.
 #[no_mangle]
-pub unsafe extern "C" fn miad_engine_options_default(
-    out: *mut miad_engine_options,
-) -> miad_status {
+pub unsafe extern "C" fn miad_engine_options_default(out: *mut miad_engine_options) -> miad_status {
     export_quiet(|| {
         if out.is_null() {
             return Status::NullArgument;
@@ -928,7 +939,7 @@ pub extern "C" fn miad_engine_close(engine: *mut miad_engine) -> miad_status {
         }
         let entry = {
             let mut t = table();
-            let index = match find(&mut t, engine) {
+            let index = match find(&t, engine) {
                 Ok(i) => i,
                 Err(f) => return f.status(),
             };
@@ -954,7 +965,7 @@ pub extern "C" fn miad_engine_close(engine: *mut miad_engine) -> miad_status {
 /// # Safety
 /// `out` is null or writable; `err_buf` is null or valid for `err_len` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn miad_engine_info(
+pub unsafe extern "C" fn miad_engine_get_info(
     engine: *mut miad_engine,
     out: *mut miad_engine_info,
     err_buf: *mut c_char,
@@ -1128,4 +1139,130 @@ pub unsafe extern "C" fn miad_inspect(
     };
     // SAFETY: the caller's contract on err_buf.
     unsafe { export(err_buf, err_len, body) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(buf: &[c_char]) -> &str {
+        // SAFETY: MsgBuf always terminates what it writes.
+        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap()
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_character_boundary_and_terminated() {
+        let msg = "size 0×120 ok";
+        for len in 1..=msg.len() + 3 {
+            let mut buf = [0x55 as c_char; 32];
+            // SAFETY: buf holds 32 ≥ len bytes.
+            let mut m = unsafe { MsgBuf::new(buf.as_mut_ptr(), len) }.unwrap();
+            m.write_str(msg).unwrap();
+            let t = text(&buf);
+            assert!(msg.starts_with(t) && t.len() < len, "{len}: {t:?}");
+            assert!(
+                t.len() + 2 >= (len - 1).min(msg.len()),
+                "{len}: {t:?} too short"
+            );
+            assert_eq!(m.truncated, len <= msg.len());
+            assert!(buf[len..].iter().all(|&b| b == 0x55), "wrote past {len}");
+        }
+        // SAFETY: null and zero length are refused before any write.
+        assert!(unsafe { MsgBuf::new(std::ptr::null_mut(), 10) }.is_none());
+        let mut one = [0x55 as c_char; 1];
+        assert!(unsafe { MsgBuf::new(one.as_mut_ptr(), 0) }.is_none());
+        assert_eq!(one[0], 0x55);
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let mut buf = [0 as c_char; 128];
+        // SAFETY: buf is 128 bytes.
+        let st = unsafe {
+            export(buf.as_mut_ptr(), buf.len(), || {
+                panic!("stage {} broke", 3);
+            })
+        };
+        assert_eq!(st, Status::Panic as miad_status);
+        assert!(text(&buf).contains("stage 3 broke"), "{}", text(&buf));
+        assert_eq!(
+            export_quiet(|| panic!("quiet")),
+            Status::Panic as miad_status
+        );
+        // Success clears an old message.
+        let st = unsafe { export(buf.as_mut_ptr(), buf.len(), || Ok(())) };
+        assert_eq!((st, text(&buf)), (0, ""));
+    }
+
+    #[test]
+    fn every_error_variant_has_its_status() {
+        let p = || std::path::PathBuf::from("f");
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cases = [
+            (Error::io(p(), io()), Status::Io),
+            (
+                Error::Format(FormatError::Io {
+                    path: p(),
+                    source: io(),
+                }),
+                Status::Io,
+            ),
+            (
+                Error::Format(FormatError::BadMagic { path: p() }),
+                Status::FileFormat,
+            ),
+            (
+                Error::Format(FormatError::ModelMismatch {
+                    path: p(),
+                    model_path: p(),
+                    model_name: "m".into(),
+                    expected: "a".into(),
+                    found: "b".into(),
+                }),
+                Status::ModelMismatch,
+            ),
+            (Error::Input("x".into()), Status::InvalidInput),
+            (Error::Config("x".into()), Status::Config),
+            (
+                Error::NoUsableModality("x".into()),
+                Status::NoUsableModality,
+            ),
+            (
+                Error::Decode {
+                    path: p(),
+                    message: "x".into(),
+                },
+                Status::Decode,
+            ),
+            (Error::Cuda("x".into()), Status::Cuda),
+        ];
+        for (e, s) in cases {
+            assert_eq!(Status::of(&e), s, "{e}");
+        }
+        for (i, s) in Status::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i, "codes are dense and in order");
+        }
+    }
+
+    #[test]
+    fn handles_that_were_never_issued_are_refused() {
+        let t = vec![Slot {
+            generation: 4,
+            entry: None,
+        }];
+        for h in [
+            encode(0, 4),
+            encode(0, 3),
+            encode(5, 0),
+            0x10000 as *mut miad_engine,
+        ] {
+            let e = find(&t, h).err().map(|f| f.status());
+            assert_eq!(e, Some(Status::InvalidHandle), "{h:p}");
+        }
+        assert_eq!(
+            find(&t, std::ptr::null()).err().map(|f| f.status()),
+            Some(Status::NullArgument)
+        );
+        assert_eq!(encode(0, 0) as usize, 1, "handles are never NULL");
+    }
 }

@@ -158,7 +158,7 @@ pub fn evaluate(
             );
             let has_mask = p.mask.is_some();
             let rgb8 = engine.preview_image();
-            let map = engine.last_map();
+            let map = engine.last_map().expect("evaluation asks for the map");
             let panel = heatmap_panel_range(
                 &rgb8,
                 map,

@@ -352,8 +352,8 @@ miad_status miad_engine_close(miad_engine *engine);
 
 /* Fills *out with what the engine was opened with (map_size is the side the map buffer
  * needs). */
-miad_status miad_engine_info(miad_engine *engine, miad_engine_info *out, char *err_buf,
-                             size_t err_len);
+miad_status miad_engine_get_info(miad_engine *engine, miad_engine_info *out, char *err_buf,
+                                 size_t err_len);
 
 /* Inspects one part. options may be NULL (defaults: bank thresholds, map and regions
  * computed, no map buffers). On MIAD_OK *out holds the result and the requested map

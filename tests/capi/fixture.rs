@@ -1,10 +1,11 @@
 //! Files and parts shared by the C ABI tests: a small random model, a bank file of random
-//! features for it (the engine only needs the right shapes), a second model the bank does
-//! not belong to, and a synthetic part.
+//! features for it (the engine only needs the right shapes) with RADAR statistics for the
+//! RGB-only case, a second model the bank does not belong to, and a synthetic part.
 
 #![allow(dead_code)]
 
 use miad::config::{BankConfig, ModelConfig, PointConfig, VitConfig};
+use miad::engine::{Case, CaseDecision};
 use miad::format::{random_model, write_model, Writer};
 use miad::util::rng::Rng;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,10 @@ pub struct Files {
     pub other_model: PathBuf,
 }
 
-/// A fresh directory per test binary and tag.
+/// A directory per tag under cargo's target/tmp (reused by the next run, so nothing
+/// piles up).
 pub fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("miad-capi-{}-{tag}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("miad-capi-{tag}"));
     std::fs::create_dir_all(&d).expect("temporary directory");
     d
 }
@@ -70,6 +72,18 @@ pub fn write_bank(model_id: [u8; 16], path: &Path) {
         w.add_f32(format!("bank.{name}"), &[rows, dim], &data);
         w.add_f32(format!("bank.{name}_norms"), &[rows], &norms);
     }
+    // RADAR statistics for the RGB-only case (not for cloud-only): the distance to the
+    // origin with identity precision, no re-scaling.
+    let [mean, precision, threshold, pixel_w, pixel_threshold, score_affine, map_affine] =
+        CaseDecision::tensor_names(Case::RgbOnly);
+    let identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    w.add_f32(mean, &[3], &[0.0; 3])
+        .add_f32(precision, &[3, 3], &identity)
+        .add_f32(threshold, &[1], &[1.0])
+        .add_f32(pixel_w, &[3], &[0.0, 1.0, 1.0])
+        .add_f32(pixel_threshold, &[1], &[1.0])
+        .add_f32(score_affine, &[2], &[1.0, 0.0])
+        .add_f32(map_affine, &[2], &[1.0, 0.0]);
     w.write(path).expect("write the bank file");
 }
 
