@@ -194,6 +194,8 @@ fn fit_inspect_evaluate_and_missing_modalities() {
             heatmaps: Some(heat.clone()),
             max_parts: None,
             complete_decision_only: false,
+            worst: None,
+            save_predictions: Some(f.dir.join("pred")),
         },
         &mut |_, _| {},
     )
@@ -201,6 +203,27 @@ fn fit_inspect_evaluate_and_missing_modalities() {
     let cases: Vec<Case> = radar.parts.iter().map(|p| p.case).collect();
     assert_eq!(cases.iter().filter(|c| **c != Case::Complete).count(), 2);
     assert_eq!(std::fs::read_dir(&heat).unwrap().count(), 4);
+    // Saved predictions: a CSV line per part and its map and mask.
+    let csv = std::fs::read_to_string(f.dir.join("pred/predictions.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(csv.starts_with("name,label,defect,score,verdict,case\n"));
+    let first = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .replace('/', "_");
+    let bytes = std::fs::read(f.dir.join(format!("pred/{first}.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("map").unwrap().shape(), &[64, 64]);
+    let mask = st.tensor("mask").unwrap();
+    assert_eq!(mask.dtype(), safetensors::Dtype::U8);
+    assert!(mask.data().iter().all(|&v| v <= 1));
+    let worst = miad::eval::run::worst_parts(&radar.parts, 3);
+    assert_eq!(worst.len(), 3);
+    assert!(radar.parts[worst[0]].defective && !radar.parts[worst[1]].defective);
 }
 
 #[test]

@@ -4,13 +4,13 @@
 //! writes heatmaps. Random weights are not the published networks: the demo shows the
 //! machinery and its speed; accuracy on real parts needs the real checkpoints.
 
-use crate::eval::print_summary;
-use crate::progress::{bar, FitBars};
+use crate::eval::{evaluate_with_bar, print_summary};
+use crate::progress::FitBars;
 use miad::config::ModelConfig;
 use miad::engine::{Engine, EngineOptions};
 use miad::eval::metrics::{format_table, MetricsRow};
 use miad::eval::missing::Drop;
-use miad::eval::run::{evaluate, EvalOptions};
+use miad::eval::run::EvalOptions;
 use miad::eval::synth::{write_dataset, Category, SynthOptions};
 use miad::fit::banks::FitOptions;
 use miad::fit::category::{fit_category, CategoryFit};
@@ -127,8 +127,7 @@ pub fn run(a: Args) -> miad::Result<()> {
             settings.push((Some((a.missing_rate, Drop::Both, a.seed)), None));
         }
         for (missing, heat) in settings {
-            let pb = bar(0, &format!("eval {}", cat.name()));
-            let report = evaluate(
+            let report = evaluate_with_bar(
                 &mut engine,
                 &dir,
                 &EvalOptions {
@@ -136,13 +135,11 @@ pub fn run(a: Args) -> miad::Result<()> {
                     heatmaps: heat,
                     max_parts: None,
                     complete_decision_only: false,
+                    worst: None,
+                    save_predictions: None,
                 },
-                &mut |d, t| {
-                    pb.set_length(t as u64);
-                    pb.set_position(d as u64);
-                },
+                &format!("eval {}", cat.name()),
             )?;
-            pb.finish_and_clear();
             print_summary(&report);
             match missing {
                 None => rows.push(report.row),

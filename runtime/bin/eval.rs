@@ -29,6 +29,13 @@ pub struct Args {
     /// Write heatmaps into this folder.
     #[arg(long)]
     pub heatmaps: Option<PathBuf>,
+    /// With --heatmaps: only the N worst parts (missed defects and false alarms first).
+    #[arg(long)]
+    pub worst: Option<usize>,
+    /// Write every test part's label, score, map and mask here (format: see
+    /// `miad::eval::run`), to recompute the metrics elsewhere.
+    #[arg(long)]
+    pub save_predictions: Option<PathBuf>,
     /// Evaluate at most this many test parts.
     #[arg(long)]
     pub max_parts: Option<usize>,
@@ -36,6 +43,22 @@ pub struct Args {
     pub preprocessed: bool,
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+}
+
+/// [`evaluate`] with a progress bar labelled `label`.
+pub fn evaluate_with_bar(
+    engine: &mut Engine,
+    data: &std::path::Path,
+    opts: &EvalOptions,
+    label: &str,
+) -> miad::Result<EvalReport> {
+    let pb = bar(0, label);
+    let report = evaluate(engine, data, opts, &mut |d, t| {
+        pb.set_length(t as u64);
+        pb.set_position(d as u64);
+    });
+    pb.finish_and_clear();
+    report
 }
 
 /// Prints the verdict counts and latency of a report.
@@ -74,7 +97,6 @@ pub fn run(a: Args) -> miad::Result<()> {
     }
     let mut rows = Vec::new();
     for (name, missing) in settings {
-        let pb = bar(0, &name);
         let opts = EvalOptions {
             missing,
             heatmaps: if missing.is_none() {
@@ -84,12 +106,14 @@ pub fn run(a: Args) -> miad::Result<()> {
             },
             max_parts: a.max_parts,
             complete_decision_only: false,
+            worst: a.worst,
+            save_predictions: if missing.is_none() {
+                a.save_predictions.clone()
+            } else {
+                None
+            },
         };
-        let report = evaluate(&mut engine, &a.data, &opts, &mut |d, t| {
-            pb.set_length(t as u64);
-            pb.set_position(d as u64);
-        })?;
-        pb.finish_and_clear();
+        let report = evaluate_with_bar(&mut engine, &a.data, &opts, &name)?;
         print_summary(&report);
         let mut row = report.row;
         row.category = format!("{} ({name})", row.category);

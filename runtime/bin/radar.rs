@@ -3,10 +3,11 @@
 //! fitted on that training set, and the test set is scored twice: incomplete parts decided
 //! with their case's statistics (SPEC §9) and with the complete-data decision layers.
 
-use crate::progress::{bar, FitBars};
+use crate::eval::evaluate_with_bar;
+use crate::progress::FitBars;
 use miad::engine::{Engine, EngineOptions};
 use miad::eval::missing::Drop;
-use miad::eval::run::{evaluate, EvalOptions};
+use miad::eval::run::EvalOptions;
 use miad::fit::banks::FitOptions;
 use miad::fit::category::{fit_category, CategoryFit};
 use std::path::PathBuf;
@@ -78,8 +79,7 @@ pub fn run(a: Args) -> miad::Result<()> {
             &[(false, "complete data")]
         };
         for &(complete_only, name) in deciders {
-            let pb = bar(0, &format!("{:.0}% {name}", 100.0 * rate));
-            let r = evaluate(
+            let r = evaluate_with_bar(
                 &mut engine,
                 &a.data,
                 &EvalOptions {
@@ -87,13 +87,11 @@ pub fn run(a: Args) -> miad::Result<()> {
                     heatmaps: None,
                     max_parts: None,
                     complete_decision_only: complete_only,
+                    worst: None,
+                    save_predictions: None,
                 },
-                &mut |d, t| {
-                    pb.set_length(t as u64);
-                    pb.set_position(d as u64);
-                },
+                &format!("{:.0}% {name}", 100.0 * rate),
             )?;
-            pb.finish_and_clear();
             if rate > 0.0 {
                 let k = usize::from(complete_only);
                 sums[k][0] += r.row.i_auroc.unwrap_or(f64::NAN);

@@ -1,6 +1,13 @@
 //! Evaluation of one category's test split through an [`Engine`] (SPEC §10): part
 //! scores and maps of every test part, I-AUROC, P-AUROC and AUPRO, verdict counts,
 //! latency, and optionally heatmap pictures and RADAR's missing-modality protocol.
+//!
+//! Saved predictions (`miad eval --save-predictions DIR`), for recomputing the metrics
+//! elsewhere: `DIR/predictions.csv` with one line per test part
+//! `name,label,defect,score,verdict,case` (label 1 = defective; name as
+//! `test/<kind>/<stem>`), and per part `DIR/<name with / as _>.safetensors` holding
+//! `map` (S×S f32, the anomaly map over the network input, row-major) and `mask`
+//! (S×S u8, the ground truth resized like the input, 1 = defect).
 
 use super::dataset::{list_test, PartFiles};
 use super::metrics::{i_auroc, Aupro, MetricsRow, PixelAuroc};
@@ -16,8 +23,13 @@ use std::path::{Path, PathBuf};
 pub struct EvalOptions {
     /// Drop a modality from a fraction of the test parts (RADAR protocol): (rate, what, seed).
     pub missing: Option<(f64, Drop, u64)>,
-    /// Write one heatmap PNG per test part here.
+    /// Write heatmap PNGs here: of every test part, or of the `worst` ones.
     pub heatmaps: Option<PathBuf>,
+    /// Only the heatmaps of this many worst parts: the defective parts with the lowest
+    /// scores and the good parts with the highest, alternately.
+    pub worst: Option<usize>,
+    /// Write every part's score, map and mask here (module doc).
+    pub save_predictions: Option<PathBuf>,
     /// Evaluate at most this many test parts (the first by name, good ones first).
     pub max_parts: Option<usize>,
     /// Decide incomplete parts with the complete-data decision layers instead of their
@@ -69,6 +81,32 @@ impl EvalReport {
     }
 }
 
+/// Indices of the `n` worst parts: defective parts by ascending score and good parts by
+/// descending score, taken alternately (the misses and false alarms first).
+pub fn worst_parts(outcomes: &[PartOutcome], n: usize) -> Vec<usize> {
+    let mut bad: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes[i].defective)
+        .collect();
+    let mut good: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| !outcomes[i].defective)
+        .collect();
+    bad.sort_by(|&a, &b| outcomes[a].score.total_cmp(&outcomes[b].score));
+    good.sort_by(|&a, &b| outcomes[b].score.total_cmp(&outcomes[a].score));
+    let mut out = Vec::with_capacity(n);
+    let (mut b, mut g) = (bad.into_iter(), good.into_iter());
+    while out.len() < n {
+        let before = out.len();
+        out.extend(b.next());
+        if out.len() < n {
+            out.extend(g.next());
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out
+}
+
 /// Evaluates the test split of `category` (a folder with `test/`). `progress(done, total)`.
 pub fn evaluate(
     engine: &mut Engine,
@@ -92,9 +130,14 @@ pub fn evaluate(
         }
         None => vec![Availability::Complete; parts.len()],
     };
-    if let Some(dir) = &opts.heatmaps {
+    for dir in [&opts.heatmaps, &opts.save_predictions]
+        .into_iter()
+        .flatten()
+    {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
+    let mut csv = String::from("name,label,defect,score,verdict,case\n");
+
     let s = engine.map_size();
     let mode = if engine.options().preprocessed {
         PreprocessMode::AlreadyClean
@@ -148,7 +191,28 @@ pub fn evaluate(
             case: r.case,
             seconds: r.total_time,
         });
-        if let Some(dir) = &opts.heatmaps {
+        if let Some(dir) = &opts.save_predictions {
+            use crate::format::{write_safetensors, StTensor};
+            let file = dir.join(format!("{}.safetensors", files.name.replace('/', "_")));
+            write_safetensors(
+                &file,
+                &[
+                    StTensor::F32("map", vec![s, s], map),
+                    StTensor::U8("mask", vec![s, s], &mask_s),
+                ],
+            )?;
+            let o = outcomes.last().expect("pushed above");
+            csv.push_str(&format!(
+                "{},{},{},{},{:?},{}\n",
+                files.name,
+                u8::from(o.defective),
+                files.defect.as_deref().unwrap_or("good"),
+                o.score,
+                o.verdict,
+                o.case.name()
+            ));
+        }
+        if let (Some(dir), None) = (&opts.heatmaps, opts.worst) {
             let title = format!(
                 "{} score {:.3} {:?} ({})",
                 files.name,
@@ -170,6 +234,37 @@ pub fn evaluate(
             panel.save_png(&file)?;
         }
         progress(i + 1, parts.len());
+    }
+    if let Some(dir) = &opts.save_predictions {
+        let f = dir.join("predictions.csv");
+        std::fs::write(&f, csv).map_err(|e| Error::io(&f, e))?;
+    }
+    if let (Some(dir), Some(n)) = (&opts.heatmaps, opts.worst) {
+        for i in worst_parts(&outcomes, n) {
+            let files = &parts[i];
+            let p = files.load()?;
+            let avail = availability[i];
+            let rgb = p.rgb.as_ref().filter(|_| avail.has_rgb()).map(|r| r.view());
+            let cloud = p
+                .cloud
+                .as_ref()
+                .filter(|_| avail.has_cloud())
+                .map(|c| c.view());
+            let r = engine.inspect(rgb, cloud, &opts_inspect)?;
+            let title = format!("{} score {:.3} {:?}", files.name, r.score, r.verdict);
+            match &p.mask {
+                Some(m) => preprocess_mask(&pre, &m.data, m.width, m.height, mode, &mut mask_s)?,
+                None => mask_s.fill(0),
+            }
+            let panel = heatmap_panel_range(
+                &engine.preview_image(),
+                engine.last_map().expect("evaluation asks for the map"),
+                p.mask.is_some().then_some(&mask_s[..]),
+                &title,
+                color_range,
+            )?;
+            panel.save_png(dir.join(format!("{}.png", files.name.replace('/', "_"))))?;
+        }
     }
     let has_both = labels.iter().any(|&l| l) && labels.iter().any(|&l| !l);
     let category_name = category

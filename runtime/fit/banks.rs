@@ -185,6 +185,24 @@ impl Fitted {
     }
 }
 
+/// One part's feature slice per bank (empty for an unused bank) within its `part`
+/// buffer, laid out as [`FeatureLayout`] offsets.
+fn bank_slices(
+    part: &[f32],
+    used: [bool; 3],
+    shapes: [(usize, usize); 3],
+    offsets: [usize; 3],
+) -> [&[f32]; 3] {
+    std::array::from_fn(|b| {
+        if used[b] {
+            let (rows, d) = shapes[b];
+            &part[offsets[b]..offsets[b] + rows * d]
+        } else {
+            &part[0..0]
+        }
+    })
+}
+
 /// Runs the fit (module doc). `base` carries the model identity and category.
 pub fn fit(
     pool: &Pool,
@@ -376,6 +394,10 @@ pub fn fit(
         norms,
         grids: [layout.xyz_grid, layout.rgb_grid, layout.xyz_grid],
     };
+    // Leave-one-out: part `p`'s own bank rows are masked when it is scored.
+    let own_rows = |p: usize| -> [Option<(&[u32], u32)>; 3] {
+        std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)))
+    };
     let mut scorer = Scorer::new(&cfg, &set, pool.threads());
     scorer.set_svms([1.0; 3], [1.0; 3]);
     let s2 = opts.map_size * opts.map_size;
@@ -386,17 +408,8 @@ pub fn fit(
     let mut pixels: Vec<[f32; 3]> = Vec::new();
     let w = opts.score_weights;
     for p in 0..parts {
-        let f: [&[f32]; 3] = std::array::from_fn(|b| {
-            if used[b] {
-                let (rows, d) = shapes[b];
-                let s = p * plen + offsets[b];
-                &all[s..s + rows * d]
-            } else {
-                &all[0..0]
-            }
-        });
-        let excl: [Option<(&[u32], u32)>; 3] =
-            std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)));
+        let f = bank_slices(&all[p * plen..(p + 1) * plen], used, shapes, offsets);
+        let excl = own_rows(p);
         let sc = scorer.score(pool, &set, f, excl, &mut bank_maps, None, &mut scratch);
         vectors.push(sc.vector);
         for px in 0..s2 {
@@ -423,17 +436,8 @@ pub fn fit(
     let mut map = vec![0f32; s2];
     scorer.set_svms(cfg.part_svm.w, cfg.pixel_svm.w);
     for p in 0..parts {
-        let f: [&[f32]; 3] = std::array::from_fn(|b| {
-            if used[b] {
-                let (rows, d) = shapes[b];
-                let s = p * plen + offsets[b];
-                &all[s..s + rows * d]
-            } else {
-                &all[0..0]
-            }
-        });
-        let excl: [Option<(&[u32], u32)>; 3] =
-            std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)));
+        let f = bank_slices(&all[p * plen..(p + 1) * plen], used, shapes, offsets);
+        let excl = own_rows(p);
         scorer.score(
             pool,
             &set,
@@ -502,16 +506,8 @@ pub fn fit(
                         break 'cases;
                     }
                 }
-                let f: [&[f32]; 3] = std::array::from_fn(|b| {
-                    if used[b] {
-                        let (rows, d) = shapes[b];
-                        &buf[offsets[b]..offsets[b] + rows * d]
-                    } else {
-                        &buf[0..0]
-                    }
-                });
-                let excl: [Option<(&[u32], u32)>; 3] =
-                    std::array::from_fn(|b| used[b].then(|| (origins[b].as_slice(), p as u32)));
+                let f = bank_slices(&buf, used, shapes, offsets);
+                let excl = own_rows(p);
                 scorer.set_svms([1.0; 3], [1.0; 3]);
                 let stored = &mut case_maps.as_mut_slice()[p * 3 * s2..(p + 1) * 3 * s2];
                 let sc = scorer.score(pool, &set, f, excl, stored, None, &mut scratch);
