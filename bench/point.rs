@@ -1,14 +1,20 @@
 //! Point branch benches: FPS (1024 of 50 000, one core; the plain O(N·M) loop beside it),
 //! kNN grouping (1024 × 128), and the point feature alignment at full size.
-//! Run: `cargo bench --bench point`. FPS and grouping are memory/branch bound, not GEMM
+//! The full Point-MAE encoder is reported as GFLOP/s and its fraction of the machine's
+//! measured FMA peak. Run: `cargo bench --bench point`. FPS and grouping are memory/branch bound, not GEMM
 //! bound, so they are reported as times and as the speed-up over the plain algorithm.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use miad::config::{PointConfig, PreprocessConfig};
+use miad::config::{ModelConfig, PointConfig, PreprocessConfig};
 use miad::cpu::fps::{farthest_point_sample, fps_plain, fps_scratch_len};
 use miad::cpu::knn::{group_knn, knn_scratch_len};
 use miad::cpu::pfa::{pfa_scratch_len, point_feature_align};
+use miad::cpu::point_mae::{
+    point_mae_flops, point_mae_forward, point_mae_scratch_len, PointMaeWeights,
+};
 use miad::cpu::pool::Pool;
+use miad::format::random_model;
+use miad::util::peak::measure_peak_gflops;
 use miad::util::rng::Rng;
 
 /// A smooth organized surface: 50 000 points on a 224×224 grid (a typical part covers
@@ -85,6 +91,40 @@ fn benches(c: &mut Criterion) {
                 )
             })
         });
+        // The full Point-MAE encoder (random weights), timed by hand to report its
+        // compute rate as a fraction of the machine's measured FMA peak.
+        let model_cfg = ModelConfig::m3dm();
+        let weights = random_model(&model_cfg, 7);
+        let w = PointMaeWeights::load(&weights, &cfg).expect("random weights match");
+        let mut feats_out = vec![0f32; m * f];
+        let mut ms = vec![0f32; point_mae_scratch_len(&cfg, threads)];
+        let mut run = || {
+            point_mae_forward(
+                &pool,
+                &cfg,
+                &w,
+                &pts,
+                n,
+                &centers,
+                &groups,
+                &mut feats_out,
+                &mut ms,
+            )
+        };
+        run();
+        let reps = 5;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            run();
+        }
+        let secs = t.elapsed().as_secs_f64() / reps as f64;
+        let gflops = point_mae_flops(&cfg) / secs / 1e9;
+        let peak = measure_peak_gflops(threads);
+        println!(
+            "point_mae_encoder_{threads}t: {:.1} ms, {gflops:.1} GFLOP/s = {:.2} of the measured peak {peak:.1} GFLOP/s",
+            secs * 1e3,
+            gflops / peak
+        );
     }
     g.finish();
 }

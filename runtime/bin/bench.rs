@@ -2,17 +2,14 @@
 //! max/p50, histogram, allocations during the run; JSON and PNG.
 
 use crate::progress::bar;
-use miad::engine::{Engine, EngineOptions};
 use miad::eval::dataset::{list_good, list_test};
 use miad::eval::latency::run as run_latency;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long)]
-    pub bank: PathBuf,
+    #[command(flatten)]
+    pub engine: crate::args::EngineArgs,
     /// Category folder whose test (or else train) parts are inspected in turn.
     #[arg(long)]
     pub data: PathBuf,
@@ -25,22 +22,10 @@ pub struct Args {
     /// Folder of latency.json and latency.png.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    #[arg(long)]
-    pub preprocessed: bool,
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
-    let mut engine = Engine::open(
-        &a.model,
-        &a.bank,
-        &EngineOptions {
-            threads: a.threads,
-            preprocessed: a.preprocessed,
-            ..EngineOptions::default()
-        },
-    )?;
+    let mut engine = a.engine.open()?;
     let mut files = list_test(&a.data).unwrap_or_default();
     if files.is_empty() {
         files = list_good(&a.data, "train")?;

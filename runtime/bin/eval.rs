@@ -2,7 +2,7 @@
 //! missing-modality protocol (a fraction of the test parts without RGB or cloud).
 
 use crate::progress::bar;
-use miad::engine::{Engine, EngineOptions};
+use miad::engine::Engine;
 use miad::eval::metrics::format_table;
 use miad::eval::missing::Drop;
 use miad::eval::run::{evaluate, EvalOptions, EvalReport};
@@ -10,10 +10,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long)]
-    pub bank: PathBuf,
+    #[command(flatten)]
+    pub engine: crate::args::EngineArgs,
     /// Category folder (holds test/).
     #[arg(long)]
     pub data: PathBuf,
@@ -39,10 +37,6 @@ pub struct Args {
     /// Evaluate at most this many test parts.
     #[arg(long)]
     pub max_parts: Option<usize>,
-    #[arg(long)]
-    pub preprocessed: bool,
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
 }
 
 /// [`evaluate`] with a progress bar labelled `label`.
@@ -65,7 +59,7 @@ pub fn evaluate_with_bar(
 pub fn print_summary(r: &EvalReport) {
     let (fr, good, esc, bad) = r.verdict_counts();
     let t = r.sorted_times();
-    let q = |p: f64| t[((p * (t.len() - 1) as f64).round() as usize).min(t.len() - 1)] * 1e3;
+    let q = |p: f64| miad::eval::latency::percentile(&t, p) * 1e3;
     println!(
         "{}: {fr}/{good} good parts rejected, {esc}/{bad} defective parts passed; \
          latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -78,15 +72,7 @@ pub fn print_summary(r: &EvalReport) {
 
 pub fn run(a: Args) -> miad::Result<()> {
     let drop: Drop = a.drop.parse().map_err(miad::Error::Config)?;
-    let mut engine = Engine::open(
-        &a.model,
-        &a.bank,
-        &EngineOptions {
-            threads: a.threads,
-            preprocessed: a.preprocessed,
-            ..EngineOptions::default()
-        },
-    )?;
+    let mut engine = a.engine.open()?;
     type Setting = (String, Option<(f64, Drop, u64)>);
     let mut settings: Vec<Setting> = vec![("complete".into(), None)];
     for &r in &a.missing_rate {

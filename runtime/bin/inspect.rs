@@ -1,6 +1,6 @@
 //! `miad inspect`: score, verdict, per-bank scores, defect regions and a heatmap per part.
 
-use miad::engine::{Engine, EngineOptions, InspectOptions};
+use miad::engine::InspectOptions;
 use miad::eval::io::{read_mask_png, read_rgb_png, read_xyz_tiff};
 use miad::eval::picture::heatmap_panel_range;
 use miad::pipeline::preprocess::{preprocess_mask, PreprocessMode};
@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long)]
-    pub bank: PathBuf,
+    #[command(flatten)]
+    pub engine: crate::args::EngineArgs,
     /// Parts: an `.png` image, a `.tiff` cloud, or a part folder of the MVTec layout
     /// (`rgb/NNN.png` is paired with `xyz/NNN.tiff` and `gt/NNN.png` automatically).
     #[arg(required = true)]
@@ -31,11 +29,6 @@ pub struct Args {
     /// Write heatmaps (image | map overlay | mask) into this folder.
     #[arg(long)]
     pub heatmaps: Option<PathBuf>,
-    /// The data are already cleaned: only resize.
-    #[arg(long)]
-    pub preprocessed: bool,
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
 }
 
 /// The RGB, cloud and mask files of a part given by any one of them.
@@ -68,12 +61,7 @@ fn part_files(p: &Path) -> (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>) {
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
-    let opts = EngineOptions {
-        threads: a.threads,
-        preprocessed: a.preprocessed,
-        ..EngineOptions::default()
-    };
-    let mut engine = Engine::open(&a.model, &a.bank, &opts)?;
+    let mut engine = a.engine.open()?;
     let inspect = InspectOptions {
         part_threshold: a.threshold,
         pixel_threshold: a.pixel_threshold,
@@ -83,7 +71,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         std::fs::create_dir_all(d).map_err(|e| miad::Error::io(d, e))?;
     }
     let pre = engine.model_file().config().preprocess.clone();
-    let mode = if a.preprocessed {
+    let mode = if a.engine.preprocessed {
         PreprocessMode::AlreadyClean
     } else {
         PreprocessMode::Full

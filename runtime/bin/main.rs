@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod args;
 mod bench;
 mod demo;
 mod eval;

@@ -8,7 +8,6 @@ pub mod gemm;
 pub mod knn;
 pub mod maps;
 pub mod pfa;
-pub mod point_block;
 pub mod point_kdtree;
 pub mod point_mae;
 pub mod pool;

@@ -9,11 +9,8 @@
 //! per task, added per group with the ReLU), so the 2·C2-wide concatenation is never built.
 
 use super::gemm::{linear, Epilogue, Mat};
-use super::point_block::{
-    point_block_forward as block_forward, point_block_scratch_len as block_scratch_len,
-    point_layer_norm, PointBlockShape as BlockShape, PointBlockWeights as BlockWeights,
-};
 use super::pool::{Pool, SharedMut};
+use super::transformer::{block_forward, block_scratch_len, layer_norm, BlockShape, BlockWeights};
 use crate::config::PointConfig;
 use crate::format::TensorSource;
 use crate::{Error, Result};
@@ -92,7 +89,7 @@ impl<'a> PointMaeWeights<'a> {
         };
         let shape = block_shape(cfg);
         let blocks = (0..cfg.depth)
-            .map(|i| BlockWeights::load(src, &format!("point.blocks.{i}."), &shape))
+            .map(|i| BlockWeights::load(src, &format!("point.blocks.{i}."), &shape, false))
             .collect::<Result<Vec<_>>>()?;
         Ok(PointMaeWeights {
             conv: [
@@ -321,7 +318,7 @@ pub fn point_mae_forward(
         }
         block_forward(pool, &shape, bw, x, bscratch);
         if let Some(slot) = cfg.out_layers.iter().position(|&l| l as usize == i) {
-            point_layer_norm(m, d, x, normed, w.norm.0, w.norm.1, cfg.ln_eps);
+            layer_norm(pool, m, d, x, normed, w.norm.0, w.norm.1, cfg.ln_eps);
             for (g, row) in normed.chunks_exact(d).enumerate() {
                 out[g * fd + slot * d..g * fd + (slot + 1) * d].copy_from_slice(row);
             }

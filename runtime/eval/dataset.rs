@@ -44,6 +44,23 @@ impl LoadedPart {
     }
 }
 
+impl LoadedPart {
+    /// [`LoadedPart::views`] with the modalities `avail` lacks removed (RADAR protocol).
+    pub fn views_as(
+        &self,
+        avail: super::missing::Availability,
+    ) -> (
+        Option<crate::pipeline::input::RgbView<'_>>,
+        Option<crate::pipeline::input::CloudView<'_>>,
+    ) {
+        let (rgb, cloud) = self.views();
+        (
+            rgb.filter(|_| avail.has_rgb()),
+            cloud.filter(|_| avail.has_cloud()),
+        )
+    }
+}
+
 impl PartFiles {
     pub fn is_defective(&self) -> bool {
         self.defect.is_some()

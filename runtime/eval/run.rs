@@ -158,12 +158,7 @@ pub fn evaluate(
     };
     for (i, (files, avail)) in parts.iter().zip(&availability).enumerate() {
         let p = files.load()?;
-        let rgb = p.rgb.as_ref().filter(|_| avail.has_rgb()).map(|r| r.view());
-        let cloud = p
-            .cloud
-            .as_ref()
-            .filter(|_| avail.has_cloud())
-            .map(|c| c.view());
+        let (rgb, cloud) = p.views_as(*avail);
         let r = match engine.inspect(rgb, cloud, &opts_inspect) {
             Ok(r) => r,
             Err(e) => return Err(Error::Input(format!("{}: {e}", files.name))),
@@ -243,13 +238,7 @@ pub fn evaluate(
         for i in worst_parts(&outcomes, n) {
             let files = &parts[i];
             let p = files.load()?;
-            let avail = availability[i];
-            let rgb = p.rgb.as_ref().filter(|_| avail.has_rgb()).map(|r| r.view());
-            let cloud = p
-                .cloud
-                .as_ref()
-                .filter(|_| avail.has_cloud())
-                .map(|c| c.view());
+            let (rgb, cloud) = p.views_as(availability[i]);
             let r = engine.inspect(rgb, cloud, &opts_inspect)?;
             let title = format!("{} score {:.3} {:?}", files.name, r.score, r.verdict);
             match &p.mask {
