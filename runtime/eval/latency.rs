@@ -252,8 +252,8 @@ impl LatencyReport {
     pub fn plot(&self) -> Canvas {
         let total = self.stages.last().expect("stages");
         let title = format!(
-            "{} {} x{} N={} P50 {:.2} P99 {:.2} MAX {:.2} MS",
-            self.model, self.backend, self.threads, self.parts, total.p50, total.p99, total.max
+            "{} N={} P50 {:.1} P99 {:.1} MAX {:.1} MS",
+            self.model, self.parts, total.p50, total.p99, total.max
         );
         histogram_plot(&self.totals_ms, 30, &title, "TOTAL LATENCY (MS)")
     }
