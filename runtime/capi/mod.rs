@@ -224,17 +224,8 @@ pub struct miad_inspect_options {
     pub input_map_len: usize,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct miad_region {
-    pub x0: u32,
-    pub y0: u32,
-    pub x1: u32,
-    pub y1: u32,
-    pub area: u32,
-    pub max: f32,
-    pub mean: f32,
-}
+/// The engine's region, already `#[repr(C)]`: the C struct `miad_region`.
+pub type miad_region = crate::engine::Region;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1111,15 +1102,7 @@ pub unsafe extern "C" fn miad_inspect(
             regions: [miad_region::default(); MAX_REGIONS],
         };
         for (d, g) in res.regions.iter_mut().zip(r.regions) {
-            *d = miad_region {
-                x0: g.x0,
-                y0: g.y0,
-                x1: g.x1,
-                y1: g.y1,
-                area: g.area,
-                max: g.max,
-                mean: g.mean,
-            };
+            *d = *g;
         }
         if let (Some(map), false) = (r.map, o.map.is_null()) {
             // SAFETY: map_len ≥ s² checked above; the caller's contract on the buffer.
