@@ -300,6 +300,9 @@ pub fn heatmap_panel(rgb: &[u8], map: &[f32], mask: Option<&[u8]>, title: &str) 
     heatmap_panel_range(rgb, map, mask, title, range)
 }
 
+/// Panels narrower than this are drawn with whole-number pixel repetition.
+const MIN_PANEL: usize = 224;
+
 /// [`heatmap_panel`] with the map scaled over a fixed `(min, max)` range, so that panels
 /// of different parts compare (for example 0 to the image threshold × 2).
 pub fn heatmap_panel_range(
@@ -325,6 +328,25 @@ pub fn heatmap_panel_range(
                 map.len()
             )));
         }
+    }
+    // Small maps (models below 224×224) are drawn with each pixel repeated, so that a
+    // panel is at least 224 pixels wide and its defects can be seen.
+    let k = (MIN_PANEL / s).max(1);
+    if k > 1 {
+        let up = |src_px: usize| -> usize {
+            let (y, x) = (src_px / (s * k), src_px % (s * k));
+            (y / k) * s + x / k
+        };
+        let n = s * s * k * k;
+        let rgb_up: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                let j = up(i);
+                [rgb[3 * j], rgb[3 * j + 1], rgb[3 * j + 2]]
+            })
+            .collect();
+        let map_up: Vec<f32> = (0..n).map(|i| map[up(i)]).collect();
+        let mask_up: Option<Vec<u8>> = mask.map(|m| (0..n).map(|i| m[up(i)]).collect());
+        return heatmap_panel_range(&rgb_up, &map_up, mask_up.as_deref(), title, range);
     }
     let (lo, hi) = range;
     let span = if hi > lo { hi - lo } else { 1.0 };
