@@ -153,6 +153,22 @@ fn synth_fit_inspect_eval_extract_bench() {
     assert!(Path::new(&p("bench/latency.json")).is_file());
     assert!(Path::new(&p("bench/latency.png")).is_file());
 
+    // Training with half of the clouds missing (RADAR's protocol, in training).
+    let out = ok(&[
+        "fit",
+        "--model",
+        &model,
+        "--data",
+        &cat,
+        "--out",
+        &p("half.bank"),
+        "--missing-rate",
+        "0.5",
+        "--drop",
+        "cloud",
+    ]);
+    assert!(out.contains("fitted block from 4 parts"), "{out}");
+
     // Errors name the problem.
     let (ok_, _, err) = miad(&[
         "fit",

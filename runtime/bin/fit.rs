@@ -44,6 +44,15 @@ pub struct Args {
     /// Skip RADAR's per-case statistics (rgb-only, cloud-only).
     #[arg(long)]
     pub no_radar: bool,
+    /// Remove a modality from this fraction of the training parts (RADAR's protocol).
+    #[arg(long)]
+    pub missing_rate: Option<f64>,
+    /// What those parts lack: cloud, rgb or both (half each).
+    #[arg(long, default_value = "cloud")]
+    pub drop: String,
+    /// Seed of the choice of incomplete training parts.
+    #[arg(long, default_value_t = 0)]
+    pub missing_seed: u64,
     /// Folder of the scratch files (default: the system temp folder).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
@@ -65,7 +74,9 @@ pub fn run(a: Args) -> miad::Result<()> {
         scratch_dir: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
         ..FitOptions::default()
     };
+    let drop: miad::eval::missing::Drop = a.drop.parse().map_err(miad::Error::Config)?;
     let cat = CategoryFit {
+        missing: a.missing_rate.map(|r| (r, drop, a.missing_seed)),
         max_parts: a.max_parts.or(a.shots),
         preprocessed: a.preprocessed,
         threads: a.threads,
