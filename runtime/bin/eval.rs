@@ -3,7 +3,7 @@
 
 use crate::progress::bar;
 use miad::engine::Engine;
-use miad::eval::metrics::format_table;
+use miad::eval::metrics::format_rows;
 use miad::eval::missing::Drop;
 use miad::eval::run::{evaluate, EvalOptions, EvalReport};
 use std::path::PathBuf;
@@ -105,6 +105,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         row.category = format!("{} ({name})", row.category);
         rows.push(row);
     }
-    print!("{}", format_table(&rows));
+    // One category under several settings: no mean row across settings.
+    print!("{}", format_rows(&rows, rows.len() == 1));
     Ok(())
 }

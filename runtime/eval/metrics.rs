@@ -361,6 +361,12 @@ pub struct MetricsRow {
 /// A table shaped like the paper's: one row per category, then the mean over categories
 /// (of the values present), columns I-AUROC, P-AUROC, AUPRO, three decimals.
 pub fn format_table(rows: &[MetricsRow]) -> String {
+    format_rows(rows, true)
+}
+
+/// [`format_table`], with the mean row only when `with_mean` (rows of different settings
+/// of one category have no meaningful mean).
+pub fn format_rows(rows: &[MetricsRow], with_mean: bool) -> String {
     fn cell(v: Option<f64>) -> String {
         v.map_or_else(|| "-".to_string(), |x| format!("{x:.3}"))
     }
@@ -402,8 +408,10 @@ pub fn format_table(rows: &[MetricsRow]) -> String {
     for r in rows {
         out.push_str(&line(r));
     }
-    out.push_str(&rule);
-    out.push('\n');
-    out.push_str(&line(&mean_row));
+    if with_mean {
+        out.push_str(&rule);
+        out.push('\n');
+        out.push_str(&line(&mean_row));
+    }
     out
 }
