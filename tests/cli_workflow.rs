@@ -104,6 +104,8 @@ fn synth_fit_inspect_eval_extract_bench() {
         out.contains("I-AUROC") && out.contains("block (complete)"),
         "{out}"
     );
+    // Two settings of one category: no mean row across them.
+    assert!(!out.contains("\nmean "), "{out}");
     assert!(Path::new(&p("pred/predictions.csv")).is_file());
 
     let xyz = p("data/block/test/good/xyz/000.tiff");
