@@ -10,6 +10,8 @@
 // attention_f32:  exact f32 path (one query per thread, scores in registers).
 // attention_bf16: bf16 tensor cores (mma.sync m16n8k16, f32 accumulation), bf16 in/out.
 
+#include "common.cuh"
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

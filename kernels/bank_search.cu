@@ -12,6 +12,8 @@
 // re-ranks the `rerank` best split winners in exact f32 against the f32 bank.
 // No atomics anywhere.
 
+#include "common.cuh"
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

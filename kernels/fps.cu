@@ -159,3 +159,362 @@ MIAD_EXTERN void __launch_bounds__(1024, 1)
   if (in_smem) fps_cluster_sync();
 #endif
 }
+
+// ======================================================================================
+// FPS v2 (sm_90): one thread-block cluster of 8 or 16 blocks of FPS2_THREADS threads, the
+// points in registers. Same result as fps_f32 (the same total order: squared distance in
+// miad_sq_dist bits, ties to the lowest index) for every input.
+//
+// Layout: block r of the cluster owns the r-th contiguous chunk of ceil(n / nb) points and
+// stages it once in shared memory (float4 x, y, z, 0: only to look up the coordinates of the
+// block's winner). Thread t owns qn = ceil(len / FPS2_THREADS) *contiguous* points
+// [t·qn, t·qn + qn) of the chunk in registers (x, y, z, running min distance) and their
+// bounding box. Because every level (slot in a thread, lane in a warp, warp in a block, block
+// in the cluster) owns an ascending, disjoint index range, "ties to the lowest index" is
+// "the lowest slot / lane / warp / rank among those holding the maximum": one max-reduction
+// and one ballot per level, no index reduction.
+//
+// One step (it = 1 .. m-1), q = it - 1, buffers s = q & 1:
+//  1. Each thread skips its update when the lower bound of the squared distance from the
+//     new center to its bounding box is >= its current maximum running distance: then no
+//     min changes, so the thread's (max, argmax) stays. The bound is computed with the same
+//     rounded operations as miad_sq_dist on per-axis gaps (round-to-nearest is monotone and
+//     sign-symmetric, so lb <= miad_sq_dist(p, c) for every p in the box): exact, and on
+//     organized clouds (row-major pixel order: a thread's points are neighbouring pixels)
+//     most threads skip most steps. Otherwise it updates its qn points and recomputes its
+//     argmax (strict > in ascending slot order).
+//  2. Warp: __reduce_max_sync of the distance bits, ballot of the lanes holding it, lowest
+//     such lane; lane 0 writes (bits, index) to the warp's slot. One __syncthreads.
+//  3. Warp 0 reduces the warp slots the same way, looks the winner's coordinates up in the
+//     staged chunk, and lanes r < nb push (bits, index, x, y, z) into slot [rank] of the
+//     receive buffer s of block r (distributed shared memory).
+//  4. Exchange (xmode 0): one cluster barrier, barrier.cluster.arrive (release in warp 0,
+//     the writer; relaxed elsewhere) / wait.acquire, orders the remote stores before every
+//     reader. (xmode 1): the pushes to other blocks are st.async with mbarrier complete_tx
+//     on the receiver's mbarrier s, the block's own message a local store + mbarrier arrive
+//     (release), and every thread waits on its own block's mbarrier
+//     (try_wait.parity.acquire.cluster): no cluster-wide barrier and no fence, the data
+//     arrives with its signal. Each phase needs 2 arrivals (thread 0's re-arm with the
+//     (nb-1)·20 remote bytes, the own message) and those bytes.
+//  5. Every warp reads the nb messages from its *local* receive buffer (one lane each),
+//     reduces them the same way (block ranks own ascending ranges) and takes the winner's
+//     coordinates by shuffle: the next center, with no global load.
+// Double-buffering is safe with one exchange per step: block A writes buffer s of block B
+// for step q+2 only after A completed step q+1, which needs B's step-q+1 message, which B
+// sends after its __syncthreads of step q+1, which all of B's threads reach after reading
+// buffer s of step q. The same argument covers the warp slots and (xmode 1) the re-arming
+// of mbarrier s by thread 0 right after its step-q wait: no step-q+2 transaction or own
+// arrival can come before it, so the phase cannot complete early.
+// ======================================================================================
+#define FPS2_THREADS 512
+#define FPS2_WARPS (FPS2_THREADS / 32)
+#define FPS2_MAXCL 16
+// Payload per message and receiver: bits, index, x, y (16 bytes) + z (4 bytes).
+#define FPS2_MSG_BYTES 20
+
+struct __align__(16) Fps2Msg {
+  u32 bits;
+  u32 idx;
+  float x, y, z;
+  u32 pad[3];
+};
+
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 fps2_smem_addr(const void *p) {
+  return (u32)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ u32 fps2_mapa(u32 local, u32 rank) {
+  u32 r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
+  return r;
+}
+__device__ __forceinline__ u32 fps2_dyn_smem_bytes() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+}
+// Remote weak stores; ordered for readers by the following cluster barrier (release).
+__device__ __forceinline__ void fps2_put(u32 raddr, u32 b, u32 i, float x, float y, float z) {
+  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(raddr), "r"(b), "r"(i),
+               "r"(__float_as_uint(x)), "r"(__float_as_uint(y))
+               : "memory");
+  asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(raddr + 16), "r"(__float_as_uint(z))
+               : "memory");
+}
+// Remote stores that complete FPS2_MSG_BYTES transaction bytes on the receiver's mbarrier.
+__device__ __forceinline__ void fps2_put_async(u32 raddr, u32 rbar, u32 b, u32 i, float x,
+                                               float y, float z) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, "
+      "[%5];" ::"r"(raddr),
+      "r"(b), "r"(i), "r"(__float_as_uint(x)), "r"(__float_as_uint(y)), "r"(rbar)
+      : "memory");
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(raddr +
+                                                                                        16),
+      "r"(__float_as_uint(z)), "r"(rbar)
+      : "memory");
+}
+// Two arrivals per phase: thread 0's arm (with the remote bytes) and the block's own message.
+__device__ __forceinline__ void fps2_mbar_init(u32 bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 2;" ::"r"(bar) : "memory");
+}
+// The block's own message is written with ordinary stores, then this arrival (release)
+// publishes it to the local waiters; st.async only ever targets other blocks.
+__device__ __forceinline__ void fps2_mbar_arrive(u32 bar) {
+  asm volatile(
+      "{\n\t.reg .b64 st;\n\tmbarrier.arrive.release.cta.shared::cta.b64 st, [%0];\n\t}" ::"r"(
+          bar)
+      : "memory");
+}
+// Thread 0's arrival of a phase, announcing `bytes` of incoming transactions.
+__device__ __forceinline__ void fps2_mbar_arm(u32 bar, u32 bytes) {
+  asm volatile(
+      "{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(
+          bar),
+      "r"(bytes)
+      : "memory");
+}
+__device__ __forceinline__ bool fps2_mbar_try(u32 bar, u32 parity) {
+  u32 ok;
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], "
+      "%2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(ok)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ok != 0;
+}
+// Cluster barrier in two halves. Only threads that wrote distributed shared memory need
+// the release (it compiles to MEMBAR.ALL.GPU, which also waits for the thread's pending
+// global stores); the others arrive relaxed: everything they did before is ordered before
+// the releasing warp's arrive by the __syncthreads in between (release is cumulative).
+__device__ __forceinline__ void fps2_cluster_arrive(bool release) {
+  if (release) {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  } else {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  }
+}
+__device__ __forceinline__ void fps2_cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// Waits for the phase of `parity` to complete. A protocol bug would hang the GPU: after
+// ~2^26 unsuccessful polls (seconds) trap instead, so the host sees a launch error.
+__device__ __forceinline__ void fps2_mbar_wait(u32 bar, u32 parity) {
+  u32 spins = 0;
+  while (!fps2_mbar_try(bar, parity)) {
+    if (++spins == (1u << 26)) __trap();
+  }
+}
+#endif
+
+template <int PPT>
+__device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
+                                          const int *__restrict__ n_ptr, int m, int xmode,
+                                          u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
+#if __CUDA_ARCH__ >= 900
+  extern __shared__ float4 fps2_pts[];
+  __shared__ Fps2Msg recv[2][FPS2_MAXCL];
+  __shared__ uint2 wslot[2][FPS2_WARPS];
+  __shared__ __align__(8) u64 mbar[2];
+  const u32 full = 0xffffffffu;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int rank = (int)fps_cluster_rank(), nb = (int)fps_cluster_size();
+  if (nb > FPS2_MAXCL) __trap();
+  // Points a block can hold: registers and the staged chunk. n beyond nb·cap is a caller
+  // bug (the host plans cap for max_points); clamp so nothing is accessed out of bounds.
+  const int cap = min(PPT * FPS2_THREADS, (int)(fps2_dyn_smem_bytes() / 16));
+  const int n = min(*n_ptr, nb * cap);
+  if (n <= 0 || m <= 0) return;  // uniform over the cluster; no remote access happened
+  const int chunk = (n + nb - 1) / nb;
+  const int start = min(n, rank * chunk), len = min(n, start + chunk) - start;
+  const int qn = (len + FPS2_THREADS - 1) / FPS2_THREADS;
+  const float inf = __int_as_float(0x7f800000);
+
+#pragma unroll 4
+  for (int l = tid; l < len; l += FPS2_THREADS) {
+    const int j = start + l;
+    fps2_pts[l] = make_float4(pts[3 * j], pts[3 * j + 1], pts[3 * j + 2], 0.f);
+  }
+  const u32 bar0 = fps2_smem_addr(&mbar[0]);
+  if (xmode != 0 && tid == 0) {
+    fps2_mbar_init(bar0);
+    fps2_mbar_init(bar0 + 8);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    // Phases of steps 0 and 1 (buffers 0 and 1): one message from every other block.
+    fps2_mbar_arm(bar0, (u32)(nb - 1) * FPS2_MSG_BYTES);
+    fps2_mbar_arm(bar0 + 8, (u32)(nb - 1) * FPS2_MSG_BYTES);
+  }
+  __syncthreads();
+
+  float px[PPT], py[PPT], pz[PPT], pd[PPT];
+  float lox = inf, loy = inf, loz = inf, hix = -inf, hiy = -inf, hiz = -inf;
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int l = tid * qn + j;
+    if (j < qn && l < len) {
+      const float4 p = fps2_pts[l];
+      px[j] = p.x;
+      py[j] = p.y;
+      pz[j] = p.z;
+      pd[j] = inf;
+      lox = fminf(lox, p.x);
+      loy = fminf(loy, p.y);
+      loz = fminf(loz, p.z);
+      hix = fmaxf(hix, p.x);
+      hiy = fmaxf(hiy, p.y);
+      hiz = fmaxf(hiz, p.z);
+    } else {
+      px[j] = 0.f;
+      py[j] = 0.f;
+      pz[j] = 0.f;
+      pd[j] = -inf;  // never the argmax, never changed by fminf
+    }
+  }
+  const bool has = tid * qn < len;
+  const u32 base = (u32)(start + tid * qn);
+  // Thread state: max running distance and its slot (-1: no points). Before the first
+  // update every point is at +inf, the argmax is the first slot.
+  float best = has ? inf : -1.f;
+  int bj = has ? 0 : -1;
+
+  // Remote addresses for the pushing lanes of warp 0: slot [rank] of block `lane`.
+  u32 r_recv = 0, r_bar = 0;
+  if (lane < nb) {
+    r_recv = fps2_mapa(fps2_smem_addr(&recv[0][rank]), (u32)lane);
+    r_bar = fps2_mapa(bar0, (u32)lane);
+  }
+  const u32 recv_stride = (u32)sizeof(recv[0]);
+
+  float cx = pts[0], cy = pts[1], cz = pts[2];
+  if (rank == 0 && tid == 0) {
+    out_idx[0] = 0;
+    out_xyz[0] = cx;
+    out_xyz[1] = cy;
+    out_xyz[2] = cz;
+  }
+  // Every block has started and (xmode 1) initialised its mbarriers before any push.
+  fps_cluster_sync();
+
+  for (int it = 1; it < m; ++it) {
+    const int q = it - 1, s = q & 1;
+    // 1. Update (or skip) this thread's points.
+    const float gx = fmaxf(fmaxf(__fsub_rn(lox, cx), __fsub_rn(cx, hix)), 0.f);
+    const float gy = fmaxf(fmaxf(__fsub_rn(loy, cy), __fsub_rn(cy, hiy)), 0.f);
+    const float gz = fmaxf(fmaxf(__fsub_rn(loz, cz), __fsub_rn(cz, hiz)), 0.f);
+    const float lb =
+        __fadd_rn(__fadd_rn(__fmul_rn(gx, gx), __fmul_rn(gy, gy)), __fmul_rn(gz, gz));
+    if (!(lb >= best)) {
+      best = -1.f;
+      bj = -1;
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        if (j < qn) {
+          const float nd = fminf(pd[j], miad_sq_dist(px[j], py[j], pz[j], cx, cy, cz));
+          pd[j] = nd;
+          if (nd > best) {
+            best = nd;
+            bj = j;
+          }
+        }
+      }
+    }
+    // 2. Warp argmax: lowest lane among those with the largest distance.
+    {
+      const u32 bits = bj >= 0 ? __float_as_uint(best) : 0u;
+      const u32 mx = __reduce_max_sync(full, bits);
+      const u32 bal = __ballot_sync(full, bj >= 0 && bits == mx);
+      const int src = bal ? __ffs(bal) - 1 : 0;
+      const u32 widx = __shfl_sync(full, base + (u32)bj, src);
+      if (lane == 0) wslot[s][warp] = make_uint2(mx, bal ? widx : FPS_NONE);
+    }
+    __syncthreads();
+    // 3. Block argmax by warp 0, pushed to every block of the cluster.
+    if (warp == 0) {
+      const uint2 e = lane < FPS2_WARPS ? wslot[s][lane] : make_uint2(0u, FPS_NONE);
+      const bool h = e.y != FPS_NONE;
+      const u32 mx = __reduce_max_sync(full, h ? e.x : 0u);
+      const u32 bal = __ballot_sync(full, h && e.x == mx);
+      const int src = bal ? __ffs(bal) - 1 : 0;
+      const u32 bidx = __shfl_sync(full, e.y, src);
+      float4 p = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (bidx != FPS_NONE) p = fps2_pts[bidx - (u32)start];
+      if (lane < nb) {
+        const u32 dst = r_recv + (u32)s * recv_stride;
+        if (xmode == 0) {
+          fps2_put(dst, mx, bidx, p.x, p.y, p.z);
+        } else if (lane != rank) {
+          fps2_put_async(dst, r_bar + 8u * (u32)s, mx, bidx, p.x, p.y, p.z);
+        } else {
+          Fps2Msg &own = recv[s][rank];
+          own.bits = mx;
+          own.idx = bidx;
+          own.x = p.x;
+          own.y = p.y;
+          own.z = p.z;
+          fps2_mbar_arrive(bar0 + 8u * (u32)s);
+        }
+      }
+      __syncwarp();
+    }
+    // 4. Exchange.
+    if (xmode == 0) {
+      fps2_cluster_arrive(warp == 0);
+      fps2_cluster_wait();
+    } else {
+      fps2_mbar_wait(bar0 + 8u * (u32)s, (u32)(q >> 1) & 1u);
+      if (tid == 0) fps2_mbar_arm(bar0 + 8u * (u32)s, (u32)(nb - 1) * FPS2_MSG_BYTES);
+      __syncwarp();
+    }
+    // 5. Cluster argmax from the local receive buffer; every warp does it.
+    {
+      u32 eb = 0u, ei = FPS_NONE;
+      float ex = 0.f, ey = 0.f, ez = 0.f;
+      if (lane < nb) {
+        const uint4 v = *reinterpret_cast<const uint4 *>(&recv[s][lane]);
+        eb = v.x;
+        ei = v.y;
+        ex = __uint_as_float(v.z);
+        ey = __uint_as_float(v.w);
+        ez = recv[s][lane].z;
+      }
+      const bool h = ei != FPS_NONE;
+      const u32 mx = __reduce_max_sync(full, h ? eb : 0u);
+      const u32 bal = __ballot_sync(full, h && eb == mx);
+      const int src = bal ? __ffs(bal) - 1 : 0;  // never 0 with n >= 1: block 0 holds point 0
+      cx = __shfl_sync(full, ex, src);
+      cy = __shfl_sync(full, ey, src);
+      cz = __shfl_sync(full, ez, src);
+      const u32 ci = __shfl_sync(full, ei, src);
+      // Written by warp 1 (FPS2_WARPS >= 2), not by the releasing warp 0: its pending
+      // global stores would delay the next step's release.
+      if (rank == 0 && tid == 32) {
+        out_idx[it] = ci;
+        out_xyz[3 * it] = cx;
+        out_xyz[3 * it + 1] = cy;
+        out_xyz[3 * it + 2] = cz;
+      }
+    }
+  }
+  // No block leaves while a remote store to it, or from it, may be in flight.
+  fps_cluster_sync();
+#else
+  __trap();  // the host launches v2 only on sm_90+
+#endif
+}
+
+// pts: n×3 (n = *n_ptr); m centers out: out_idx[m], out_xyz[m×3]. Launch: one cluster of
+// gridDim.x = 8 or 16 blocks (cluster dimension = grid) of FPS2_THREADS threads, dynamic
+// shared memory ceil(n_max / nb) × 16 bytes; n <= nb × PPT × FPS2_THREADS.
+// xmode 0: exchange by cluster barrier; 1: by st.async + mbarrier.
+MIAD_EXTERN void __launch_bounds__(FPS2_THREADS, 1)
+    fps2_p8_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, int xmode,
+                u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
+  fps2_body<8>(pts, n_ptr, m, xmode, out_idx, out_xyz);
+}
+MIAD_EXTERN void __launch_bounds__(FPS2_THREADS, 1)
+    fps2_p16_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, int xmode,
+                 u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
+  fps2_body<16>(pts, n_ptr, m, xmode, out_idx, out_xyz);
+}

@@ -12,9 +12,10 @@
 //! case (RADAR, SPEC §9) when the bank file has them, else with the complete-data
 //! decision layers, and the result says so.
 
+use crate::backend::{Backend, BackendChoice};
 use crate::config::BankConfig;
 use crate::cpu::pool::Pool;
-use crate::fit::decision::{BankSet, PartScores, Scorer, RGB, XYZ};
+use crate::fit::decision::{BankSet, NearestSearch, PartScores, Scorer, RGB, XYZ};
 use crate::fit::radar::informative;
 use crate::format::{BankFile, ModelFile, OpenOptions};
 use crate::pipeline::extract::{Extractor, StageTimes};
@@ -44,6 +45,11 @@ pub struct EngineOptions {
     pub preprocessed: bool,
     /// Verify every tensor checksum of both files when opening (slower boot).
     pub verify_checksums: bool,
+    /// Compute backend (see [`crate::backend`]); without a usable GPU the engine runs on
+    /// the CPU and [`Engine::backend`] says why.
+    pub backend: Backend,
+    /// CUDA device ordinal, when the CUDA backend is used.
+    pub device: usize,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +60,8 @@ impl Default for EngineOptions {
             max_height: 1024,
             preprocessed: false,
             verify_checksums: true,
+            backend: Backend::Cpu,
+            device: 0,
         }
     }
 }
@@ -264,6 +272,9 @@ struct Planned<'f> {
     regions: Vec<Region>,
     /// Whether `map` holds the last part's map.
     map_valid: bool,
+    /// The bank search on the device (CUDA backend), planned at creation.
+    device_search: Option<Box<dyn NearestSearch + Send>>,
+    backend: BackendChoice,
 }
 
 self_cell::self_cell!(
@@ -345,6 +356,10 @@ impl Engine {
     /// Side of the anomaly map.
     pub fn map_size(&self) -> usize {
         self.cell.borrow_dependent().scorer.map_size()
+    }
+    /// The backend this engine runs on and, when CUDA was asked for but not used, why.
+    pub fn backend(&self) -> &BackendChoice {
+        &self.cell.borrow_dependent().backend
     }
     /// The RADAR statistics of each case found in the bank file.
     pub fn case_decisions(&self) -> [Option<CaseDecision>; 3] {
@@ -493,15 +508,18 @@ fn decide<'e>(
         _ => Case::CloudOnly,
     };
     let ex = &p.extractor;
-    let scores: PartScores = p.scorer.score(
+    let scores: PartScores = p.scorer.score_with(
         pool,
+        p.device_search
+            .as_deref_mut()
+            .map(|d| d as &mut dyn NearestSearch),
         &p.set,
         [&ex.xyz, &ex.rgb, &ex.fused],
         [None; 3],
         &mut p.bank_maps,
         None,
         &mut p.scratch,
-    );
+    )?;
     let th = &cfg.thresholds;
     let case_decision = match case {
         Case::Complete => None,
@@ -600,7 +618,7 @@ fn plan<'f>(
     options: &EngineOptions,
     mode: PreprocessMode,
 ) -> Result<Planned<'f>> {
-    let extractor = Extractor::new(
+    let mut extractor = Extractor::new(
         pool,
         &files.model,
         options.max_width,
@@ -639,6 +657,7 @@ fn plan<'f>(
     }
     let scorer = Scorer::new(cfg, &set, pool.threads());
     let s = scorer.map_size();
+    let (device_search, backend) = open_backend(options, &files.model, &set, &mut extractor, pool);
     let mut cases = [None; 3];
     for c in Case::ALL {
         cases[c as usize] = CaseDecision::load(bank, c)?;
@@ -655,7 +674,60 @@ fn plan<'f>(
         set,
         scorer,
         cases,
+        device_search,
+        backend,
     })
+}
+
+/// Resolves the backend: on CUDA, the device bank search, then the device ViT, each
+/// used only when it opens and passes its self-check against the CPU; without the bank
+/// search the engine runs on the CPU (see [`crate::backend`]), without the ViT the RGB
+/// branch stays on the CPU and the choice says why.
+#[allow(clippy::type_complexity)]
+fn open_backend(
+    options: &EngineOptions,
+    model: &ModelFile,
+    set: &BankSet<'_>,
+    extractor: &mut Extractor<'_>,
+    pool: &Pool,
+) -> (Option<Box<dyn NearestSearch + Send>>, BackendChoice) {
+    let requested = options.backend;
+    if requested == Backend::Cpu {
+        return (None, BackendChoice::cpu());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use crate::cuda::{rgb::DeviceRgb, scoring::DeviceBankSearch};
+        let search = match DeviceBankSearch::new(options.device, set, pool) {
+            Ok(s) => s,
+            Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
+        };
+        let mut choice = BackendChoice {
+            requested,
+            used: Backend::Cuda,
+            device: Some(search.device_name()),
+            fallback: None,
+            device_stages: vec!["bank search"],
+        };
+        match DeviceRgb::new(options.device, model)
+            .and_then(|vit| extractor.use_rgb_network(Box::new(vit)))
+        {
+            Ok(_) => choice.device_stages.insert(0, "rgb branch"),
+            Err(e) => choice.fallback = Some(format!("rgb branch: {e}")),
+        }
+        (Some(Box::new(search)), choice)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (model, set, extractor, pool);
+        (
+            None,
+            BackendChoice::fell_back(
+                requested,
+                "this miad was built without the `cuda` feature".into(),
+            ),
+        )
+    }
 }
 
 /// 8-connected components of `map > threshold` into `regions` (largest peak first, at

@@ -6,6 +6,7 @@
 //! `SPEC.md`; the data flow is in [`pipeline`]; the CPU backend in [`cpu`] is the
 //! reference for every other backend.
 
+pub mod backend;
 pub mod capi;
 pub mod config;
 pub mod cpu;

@@ -275,6 +275,15 @@ fn open_errors_name_the_problem() {
         &["no-such-file.miad"],
     );
 
+    // An unknown backend value.
+    let mut bad = opts;
+    bad.backend = 7;
+    expect(
+        open_with(&model, &bank, Some(&bad)),
+        Status::InvalidArgument,
+        &["backend = 7", "MIAD_BACKEND_CPU"],
+    );
+
     // Bad files.
     let bytes = std::fs::read(&f.model).unwrap();
     let cut = f.dir.join("cut.miad");
@@ -378,6 +387,8 @@ fn inspection_succeeds_repeats_bit_for_bit_and_fills_buffers() {
     );
     assert_eq!((info.part_threshold, info.pixel_threshold), (1.0, 1.0));
     assert!(info.grey_band_low.is_nan() && info.grey_band_high.is_nan());
+    assert_eq!(info.backend_used, MIAD_BACKEND_CPU);
+    assert_eq!(c_text(&info.backend_note), "cpu");
     assert_eq!(
         info.cases_calibrated,
         (1 << MIAD_CASE_COMPLETE) | (1 << MIAD_CASE_RGB_ONLY)
@@ -1184,4 +1195,42 @@ proptest::proptest! {
             proptest::prop_assert!(!msg.is_empty());
         }
     }
+}
+
+fn c_text(buf: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn cuda_without_a_usable_gpu_runs_on_the_cpu_and_says_why() {
+    let f = files();
+    let mut opts = engine_options();
+    opts.backend = MIAD_BACKEND_CUDA;
+    let (st, e, msg) = open_with(&cstr(&f.model), &cstr(&f.bank), Some(&opts));
+    assert_eq!(st, OK, "{msg}");
+    let mut info: miad_engine_info = unsafe { std::mem::zeroed() };
+    let mut m = Msg::new();
+    assert_eq!(
+        unsafe { miad_engine_get_info(e, &mut info, m.ptr(), 1024) },
+        OK
+    );
+    let note = c_text(&info.backend_note);
+    if info.backend_used == MIAD_BACKEND_CUDA {
+        assert!(note.starts_with("cuda on "), "{note}");
+    } else {
+        assert_eq!(info.backend_used, MIAD_BACKEND_CPU);
+        assert!(note.starts_with("cpu (cuda asked for: "), "{note}");
+        if cfg!(not(feature = "cuda")) {
+            assert!(note.contains("without the `cuda` feature"), "{note}");
+        }
+    }
+    // It inspects either way.
+    let (st, _, msg) = inspect(e, &full_part(), Some(&inspect_options()));
+    assert_eq!(st, OK, "{msg}");
+    close(e);
 }

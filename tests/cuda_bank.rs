@@ -1,50 +1,32 @@
 //! Bank search on the GPU against an exact f64 CPU search: f32 path distances within 1e-5
 //! relative and the same index (except near-ties), ties to the lower index, the fast f16
 //! path's index agreement >= 99.9%. Skips (and says why) without a CUDA driver (kernels:
-//! embedded cubins or `MIAD_CUBIN_DIR`). With `MIAD_BENCH=1` it also times both paths
-//! on a 150 000 x 1920 bank.
+//! `Module::load`, i.e. `MIAD_CUBIN_DIR`, the embedded cubins or NVRTC). With
+//! `MIAD_BENCH=1` it also times both paths on a 150 000 x 1920 bank.
 #![cfg(feature = "cuda")]
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
-use miad::cuda::bank::{BankSearch, Partials, SearchPath, SearchPlan};
-use miad::cuda::transformer::{driver_present, load_cubin_module};
+use miad::cuda::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
+use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::util::rng::Rng;
 
 struct Gpu {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
     bs: BankSearch,
     sms: usize,
+    // Declared last: dropped after the kernels.
+    dev: Device,
 }
 
 fn setup() -> Option<Gpu> {
-    if !driver_present() {
-        eprintln!("skipped: no CUDA driver on this machine");
-        return None;
-    }
-    let ctx = match CudaContext::new(0) {
-        Ok(c) => c,
+    let dev = match Device::new(0) {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("skipped: no usable CUDA device ({e})");
+            eprintln!("cuda_bank: SKIP, no usable GPU: {e}");
             return None;
         }
     };
-    let stream = ctx.default_stream();
-    let module = load_cubin_module(&ctx, "bank_search").expect("bank kernels load");
-    let bs = BankSearch::new(&module).expect("bank kernels found");
-    let sms = ctx
-        .attribute(
-            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-        )
-        .unwrap() as usize;
-    Some(Gpu {
-        ctx,
-        stream,
-        bs,
-        sms,
-    })
+    let bs = BankSearch::new(&dev).expect("bank kernels load");
+    let sms = dev.sm_count as usize;
+    Some(Gpu { bs, sms, dev })
 }
 
 /// Exact search in f64: (best index, best distance, second-best distance) per query.
@@ -99,108 +81,129 @@ fn f16_bits(x: &[f32]) -> Vec<u16> {
         .collect()
 }
 
+/// The device buffers of one search, in one arena.
+struct Bufs {
+    arena: Arena,
+    q: Slot<f32>,
+    b: Slot<f32>,
+    q16: Slot<u16>,
+    b16: Slot<u16>,
+    qn: Slot<f32>,
+    bn: Slot<f32>,
+    pd: Slot<f32>,
+    pi: Slot<i32>,
+    od: Slot<f32>,
+    oi: Slot<i32>,
+    od16: Slot<f32>,
+    oi16: Slot<i32>,
+    td: Slot<f32>,
+    ti: Slot<i32>,
+}
+
+impl Bufs {
+    fn p<T>(&self, s: Slot<T>) -> DevPtr<T> {
+        self.arena.ptr(s)
+    }
+    fn get<T: bytemuck::Pod>(&self, dev: &Device, s: Slot<T>) -> Vec<T> {
+        let mut v = vec![T::zeroed(); s.len];
+        dev.synchronize().unwrap();
+        self.arena.download(dev, s, &mut v).unwrap();
+        v
+    }
+}
+
 /// Runs both paths; with `reps > 0` also times them (mean over reps, after a warm-up).
 fn run_both(g: &Gpu, q: &[f32], bank: &[f32], dim: usize, rerank: usize, reps: usize) -> Results {
     let (nq, nb) = (q.len() / dim, bank.len() / dim);
-    let s = &g.stream;
-    let dq = s.clone_htod(q).unwrap();
-    let db = s.clone_htod(bank).unwrap();
-    let mut dq16 = s.alloc_zeros::<u16>(q.len()).unwrap();
-    let mut db16 = s.alloc_zeros::<u16>(bank.len()).unwrap();
-    g.bs.to_f16(s, &dq, &mut dq16).unwrap();
-    g.bs.to_f16(s, &db, &mut db16).unwrap();
-    // The conversion kernel must agree with the host's round-to-nearest-even.
-    if q.len() <= 1 << 20 {
-        assert_eq!(
-            s.clone_dtoh(&dq16).unwrap(),
-            f16_bits(q),
-            "f16 conversion differs"
-        );
-    }
-    let mut qn = s.alloc_zeros::<f32>(nq).unwrap();
-    let mut bn = s.alloc_zeros::<f32>(nb).unwrap();
-    g.bs.row_sqnorms(s, &dq, nq, dim, &mut qn).unwrap();
-    g.bs.row_sqnorms(s, &db, nb, dim, &mut bn).unwrap();
-
+    let dev = &g.dev;
     let p32 = SearchPlan::new(nq, nb, dim, SearchPath::F32, g.sms).unwrap();
     let p16 = SearchPlan::new(nq, nb, dim, SearchPath::F16, g.sms).unwrap();
-    let mut pd: CudaSlice<f32> = s.alloc_zeros(p32.part_len().max(p16.part_len())).unwrap();
-    let mut pi: CudaSlice<i32> = s.alloc_zeros(p32.part_len().max(p16.part_len())).unwrap();
-    let mut od = s.clone_htod(&vec![f32::NAN; nq]).unwrap();
-    let mut oi = s.clone_htod(&vec![-1i32; nq]).unwrap();
-    let mut od16 = s.clone_htod(&vec![f32::NAN; nq]).unwrap();
-    let mut oi16 = s.clone_htod(&vec![-1i32; nq]).unwrap();
-
-    let run32 = |od: &mut CudaSlice<f32>,
-                 oi: &mut CudaSlice<i32>,
-                 pd: &mut CudaSlice<f32>,
-                 pi: &mut CudaSlice<i32>| {
-        g.bs.search_f32(
-            s,
-            &p32,
-            &dq,
-            &db,
-            Partials {
-                dist: pd,
-                index: pi,
-            },
-            od,
-            oi,
-        )
-        .unwrap();
+    let part = p32.part_len().max(p16.part_len());
+    let mut ap = ArenaPlan::new();
+    let (qs, bs) = (ap.add::<f32>(q.len()), ap.add::<f32>(bank.len()));
+    let (q16, b16) = (ap.add::<u16>(q.len()), ap.add::<u16>(bank.len()));
+    let (qn, bn) = (ap.add::<f32>(nq), ap.add::<f32>(nb));
+    let (pd, pi) = (ap.add::<f32>(part), ap.add::<i32>(part));
+    let (od, oi) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
+    let (od16, oi16) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
+    let (td, ti) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
+    let u = Bufs {
+        arena: Arena::new(dev, &ap).unwrap(),
+        q: qs,
+        b: bs,
+        q16,
+        b16,
+        qn,
+        bn,
+        pd,
+        pi,
+        od,
+        oi,
+        od16,
+        oi16,
+        td,
+        ti,
     };
-    run32(&mut od, &mut oi, &mut pd, &mut pi);
-    let run16 = |od: &mut CudaSlice<f32>,
-                 oi: &mut CudaSlice<i32>,
-                 pd: &mut CudaSlice<f32>,
-                 pi: &mut CudaSlice<i32>| {
-        g.bs.search_f16(
-            s,
-            &p16,
-            &dq,
-            &dq16,
-            &qn,
-            &db,
-            &db16,
-            &bn,
-            rerank,
-            Partials {
-                dist: pd,
-                index: pi,
-            },
-            od,
-            oi,
-        )
-        .unwrap();
+    let a = &u.arena;
+    a.upload(dev, u.q, q).unwrap();
+    a.upload(dev, u.b, bank).unwrap();
+    a.upload(dev, u.od, &vec![f32::NAN; nq]).unwrap();
+    a.upload(dev, u.oi, &vec![-1i32; nq]).unwrap();
+    a.upload(dev, u.od16, &vec![f32::NAN; nq]).unwrap();
+    a.upload(dev, u.oi16, &vec![-1i32; nq]).unwrap();
+    unsafe {
+        g.bs.to_f16(dev, u.p(u.q), u.p(u.q16), q.len()).unwrap();
+        g.bs.to_f16(dev, u.p(u.b), u.p(u.b16), bank.len()).unwrap();
+    }
+    // The conversion kernel must agree with the host's round-to-nearest-even.
+    if q.len() <= 1 << 20 {
+        assert_eq!(u.get(dev, u.q16), f16_bits(q), "f16 conversion differs");
+    }
+    unsafe {
+        g.bs.row_sqnorms(dev, u.p(u.q), nq, dim, u.p(u.qn)).unwrap();
+        g.bs.row_sqnorms(dev, u.p(u.b), nb, dim, u.p(u.bn)).unwrap();
+    }
+    let parts = Partials {
+        dist: u.p(u.pd),
+        index: u.p(u.pi),
     };
-    run16(&mut od16, &mut oi16, &mut pd, &mut pi);
-    s.synchronize().unwrap();
-    let time = |f: &mut dyn FnMut()| -> f64 {
+    let inputs = F16Inputs {
+        q32: u.p(u.q),
+        q16: u.p(u.q16),
+        qnorm: u.p(u.qn),
+        bank32: u.p(u.b),
+        bank16: u.p(u.b16),
+        bnorm: u.p(u.bn),
+    };
+    let run32 = |od: DevPtr<f32>, oi: DevPtr<i32>| unsafe {
+        g.bs.search_f32(dev, &p32, u.p(u.q), u.p(u.b), parts, od, oi)
+            .unwrap();
+    };
+    let run16 = |od: DevPtr<f32>, oi: DevPtr<i32>| unsafe {
+        g.bs.search_f16(dev, &p16, &inputs, rerank, parts, od, oi)
+            .unwrap();
+    };
+    run32(u.p(u.od), u.p(u.oi));
+    run16(u.p(u.od16), u.p(u.oi16));
+    dev.synchronize().unwrap();
+    let time = |f: &dyn Fn()| -> f64 {
         if reps == 0 {
             return 0.0;
         }
-        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let a = g.ctx.new_event(flags).unwrap();
-        let b = g.ctx.new_event(flags).unwrap();
-        a.record(s).unwrap();
+        let t = dev.timer().unwrap();
+        t.start().unwrap();
         for _ in 0..reps {
             f();
         }
-        b.record(s).unwrap();
-        s.synchronize().unwrap();
-        a.elapsed_ms(&b).unwrap() as f64 / reps as f64
+        t.stop_ms().unwrap() as f64 / reps as f64
     };
-    let (mut td, mut ti) = (
-        s.alloc_zeros::<f32>(nq).unwrap(),
-        s.alloc_zeros::<i32>(nq).unwrap(),
-    );
-    let f32_ms = time(&mut || run32(&mut td, &mut ti, &mut pd, &mut pi));
-    let f16_ms = time(&mut || run16(&mut td, &mut ti, &mut pd, &mut pi));
+    let f32_ms = time(&|| run32(u.p(u.td), u.p(u.ti)));
+    let f16_ms = time(&|| run16(u.p(u.td), u.p(u.ti)));
     Results {
-        f32_d: s.clone_dtoh(&od).unwrap(),
-        f32_i: s.clone_dtoh(&oi).unwrap(),
-        f16_d: s.clone_dtoh(&od16).unwrap(),
-        f16_i: s.clone_dtoh(&oi16).unwrap(),
+        f32_d: u.get(dev, u.od),
+        f32_i: u.get(dev, u.oi),
+        f16_d: u.get(dev, u.od16),
+        f16_i: u.get(dev, u.oi16),
         f32_ms,
         f16_ms,
     }
@@ -302,6 +305,43 @@ fn bank_search_rejects_bad_shapes() {
     let p = SearchPlan::new(784, 150_000, 1920, SearchPath::F16, 132).unwrap();
     assert!(p.splits * p.tiles_per_split * 128 >= 150_000);
     assert!((p.splits - 1) * p.tiles_per_split * 128 < 150_000);
+    assert!(miad::cuda::bank::check_rerank(0).is_err());
+    assert!(miad::cuda::bank::check_rerank(miad::cuda::bank::MAX_RERANK + 1).is_err());
+    let Some(g) = setup() else { return };
+    // Wrong path and bad rerank counts are refused before any launch.
+    let p32 = SearchPlan::new(64, 64, 32, SearchPath::F32, g.sms).unwrap();
+    let p16 = SearchPlan::new(64, 64, 32, SearchPath::F16, g.sms).unwrap();
+    let null = Partials {
+        dist: DevPtr::null(),
+        index: DevPtr::null(),
+    };
+    let inputs = F16Inputs {
+        q32: DevPtr::null(),
+        q16: DevPtr::null(),
+        qnorm: DevPtr::null(),
+        bank32: DevPtr::null(),
+        bank16: DevPtr::null(),
+        bnorm: DevPtr::null(),
+    };
+    unsafe {
+        let n = DevPtr::null();
+        assert!(g
+            .bs
+            .search_f32(&g.dev, &p16, n, n, null, n, DevPtr::null())
+            .is_err());
+        assert!(g
+            .bs
+            .search_f16(&g.dev, &p32, &inputs, 8, null, n, DevPtr::null())
+            .is_err());
+        assert!(g
+            .bs
+            .search_f16(&g.dev, &p16, &inputs, 0, null, n, DevPtr::null())
+            .is_err());
+        assert!(g
+            .bs
+            .search_f16(&g.dev, &p16, &inputs, 33, null, n, DevPtr::null())
+            .is_err());
+    }
 }
 
 #[test]

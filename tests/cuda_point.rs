@@ -7,7 +7,7 @@
 #![cfg(feature = "cuda")]
 
 use miad::config::PointConfig;
-use miad::cuda::point::{PointKernels, PointPlan};
+use miad::cuda::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot, KERNEL_MODULES};
 use miad::util::rng::Rng;
 
@@ -350,6 +350,8 @@ fn plan_bufs(pc: &PointConfig) -> (ArenaPlan, Bufs) {
 /// drop in declaration order).
 struct Gpu {
     k: PointKernels,
+    /// FPS v2 with a cluster of 8 when `k` got 16 (both cluster sizes get tested).
+    alt: Option<PointKernels>,
     arena: Arena,
     b: Bufs,
     pc: PointConfig,
@@ -359,16 +361,31 @@ struct Gpu {
 fn gpu() -> Option<Gpu> {
     let dev = device()?;
     let pc = PointConfig::m3dm();
-    let k = PointKernels::new(&dev, PointPlan::new(&pc, SIDE, GRID).unwrap()).unwrap();
+    let pplan = PointPlan::new(&pc, SIDE, GRID).unwrap();
+    let k = PointKernels::new(&dev, pplan.clone()).unwrap();
+    let alt = match k.fps2_geometry() {
+        Some(g) if g.cluster != 8 => {
+            let opts = PointOptions {
+                fps2_cluster: Some(8),
+                ..PointOptions::default()
+            };
+            Some(PointKernels::with_options(&dev, pplan, opts).unwrap())
+        }
+        _ => None,
+    };
     let (plan, b) = plan_bufs(&pc);
     let arena = Arena::new(&dev, &plan).unwrap();
     eprintln!(
-        "modules loaded; arena {} MiB; fps cluster {}",
+        "modules loaded; arena {} MiB; fps v1 cluster {}; fps v2 {:?}; defaults {:?} / {:?}",
         arena.bytes() >> 20,
-        k.fps_cluster
+        k.fps_cluster,
+        k.fps2_geometry(),
+        k.fps_kernel,
+        k.knn_kernel
     );
     Some(Gpu {
         k,
+        alt,
         arena,
         b,
         pc,
@@ -397,30 +414,47 @@ impl Gpu {
             .unwrap();
     }
     fn fps(&self) {
+        self.fps_as(&self.k, self.k.fps_kernel);
+    }
+    /// FPS with kernel `kind` of kernel set `k` (outputs poisoned first).
+    fn fps_as(&self, k: &PointKernels, kind: FpsKernel) {
         let b = &self.b;
         self.poison(b.c_idx);
         self.poison(b.c_xyz);
         unsafe {
-            self.k
-                .fps(
-                    &self.dev,
-                    self.p(b.pts),
-                    self.p(b.n),
-                    self.p(b.work),
-                    self.p(b.c_idx),
-                    self.p(b.c_xyz),
-                )
-                .unwrap()
+            k.fps_with(
+                kind,
+                &self.dev,
+                self.p(b.pts),
+                self.p(b.n),
+                self.p(b.work),
+                self.p(b.c_idx),
+                self.p(b.c_xyz),
+            )
+            .unwrap()
         };
         self.dev.synchronize().unwrap();
     }
-    fn knn(&self) {
+    /// Every (kernel set, FPS kind) this device can run, named.
+    fn fps_variants(&self) -> Vec<(String, &PointKernels, FpsKernel)> {
+        let mut v = vec![("fps v1".to_string(), &self.k, FpsKernel::V1)];
+        for k in [Some(&self.k), self.alt.as_ref()].into_iter().flatten() {
+            if let Some(g) = k.fps2_geometry() {
+                for kind in [FpsKernel::V2Barrier, FpsKernel::V2Mbarrier] {
+                    v.push((format!("{kind:?} cluster {}", g.cluster), k, kind));
+                }
+            }
+        }
+        v
+    }
+    fn knn_as(&self, kind: KnnKernel) {
         let b = &self.b;
         self.poison(b.g_idx);
         self.poison(b.g_rel);
         unsafe {
             self.k
-                .knn(
+                .knn_with(
+                    kind,
                     &self.dev,
                     self.p(b.pts),
                     self.p(b.n),
@@ -431,6 +465,12 @@ impl Gpu {
                 .unwrap()
         };
         self.dev.synchronize().unwrap();
+    }
+    fn knn_variants(&self) -> Vec<KnnKernel> {
+        [KnnKernel::V1, KnnKernel::V2]
+            .into_iter()
+            .filter(|&k| self.k.knn_available(k))
+            .collect()
     }
     fn encoder(&self) {
         let b = &self.b;
@@ -500,6 +540,18 @@ fn surface_points(rng: &mut Rng, n: usize) -> Vec<f32> {
     v
 }
 
+/// Points of an organized scan in row-major pixel order (what preprocessing produces):
+/// pixel (r, c) of a 224-wide grid, a wavy surface, n of them.
+fn scan_points(n: usize) -> Vec<f32> {
+    (0..n)
+        .flat_map(|q| {
+            let (r, c) = ((q / SIDE) as f32, (q % SIDE) as f32);
+            let (x, y) = (c * 4.5e-4, r * 4.5e-4);
+            [x, y, 0.5 + 0.01 * (40.0 * x).sin() * (30.0 * y).cos()]
+        })
+        .collect()
+}
+
 /// Points on an integer lattice (many exact distance ties).
 fn lattice_points(n: usize) -> Vec<f32> {
     let side = (n as f64).cbrt().ceil() as usize;
@@ -524,11 +576,83 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     (num / den).sqrt()
 }
 
+/// FPS of every kind against the reference: indices, coordinates, determinism.
+fn check_fps(g: &Gpu, what: &str, pts: &[f32]) -> Vec<f32> {
+    let m = g.pc.num_groups as usize;
+    let want = fps_ref(pts, m);
+    let mut first: Option<Vec<f32>> = None;
+    for (name, k, kind) in g.fps_variants() {
+        g.fps_as(k, kind);
+        let got = g.get(g.b.c_idx, m);
+        assert_eq!(got, want, "{what}: {name}: FPS indices");
+        let xyz = g.get(g.b.c_xyz, 3 * m);
+        for (i, &c) in want.iter().enumerate() {
+            assert_eq!(
+                p3(&xyz, i),
+                p3(pts, c as usize),
+                "{what}: {name}: center {i} coordinates"
+            );
+        }
+        g.fps_as(k, kind);
+        assert_eq!(g.get(g.b.c_idx, m), want, "{what}: {name}: FPS run twice");
+        eprintln!("{what}: {name} identical to the reference");
+        first.get_or_insert(xyz);
+    }
+    first.unwrap()
+}
+
+/// kNN of every kind for the centers in `c_xyz`: the groups in `check` against the
+/// reference, and every kind identical to v1 on all groups.
+fn check_knn(g: &Gpu, what: &str, pts: &[f32], check: &[usize]) {
+    let m = g.pc.num_groups as usize;
+    let k = g.pc.group_size as usize;
+    let n = pts.len() / 3;
+    let xyz = g.get(g.b.c_xyz, 3 * m);
+    let mut v1: Option<(Vec<u32>, Vec<f32>)> = None;
+    for kind in g.knn_variants() {
+        g.knn_as(kind);
+        let idx = g.get(g.b.g_idx, m * k);
+        let rel = g.get(g.b.g_rel, m * k * 3);
+        for &c in check {
+            let cp = p3(&xyz, c);
+            let want = knn_ref(pts, cp, k.min(n));
+            assert_eq!(
+                &idx[c * k..c * k + want.len()],
+                &want[..],
+                "{what}: kNN {kind:?}: group {c}"
+            );
+            for (t, &j) in want.iter().enumerate() {
+                let p = p3(pts, j as usize);
+                let r = p3(&rel, c * k + t);
+                assert_eq!(
+                    r,
+                    [p[0] - cp[0], p[1] - cp[1], p[2] - cp[2]],
+                    "{what}: kNN {kind:?}: rel {c} {t}"
+                );
+            }
+        }
+        g.knn_as(kind);
+        assert_eq!(
+            g.get(g.b.g_idx, m * k),
+            idx,
+            "{what}: kNN {kind:?} run twice"
+        );
+        match &v1 {
+            None => v1 = Some((idx, rel)),
+            Some((i1, r1)) => {
+                assert!(idx == *i1, "{what}: kNN {kind:?} indices differ from v1");
+                let same = rel.iter().zip(r1).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{what}: kNN {kind:?} coordinates differ from v1");
+            }
+        }
+        eprintln!("{what}: kNN {kind:?} identical to the reference (and to v1)");
+    }
+}
+
 #[test]
 fn fps_and_knn_match_the_cpu() {
     let Some(g) = gpu() else { return };
     let m = g.pc.num_groups as usize;
-    let k = g.pc.group_size as usize;
     let mut rng = Rng::new(11);
     let mut cases = vec![
         ("surface 3000", surface_points(&mut rng, 3000)),
@@ -539,41 +663,75 @@ fn fps_and_knn_match_the_cpu() {
         cases.push(("lattice 20000 (ties)", lattice_points(20_000)));
         cases.push(("surface 50000", surface_points(&mut rng, 50_000)));
         cases.push(("surface 50176", surface_points(&mut rng, 50_176)));
+        cases.push(("scan order 50176", scan_points(50_176)));
     }
     for (what, pts) in cases {
         g.put_points(&pts);
-        g.fps();
-        let got = g.get(g.b.c_idx, m);
-        let want = fps_ref(&pts, m);
-        assert_eq!(got, want, "{what}: FPS indices");
-        let xyz = g.get(g.b.c_xyz, 3 * m);
-        for (i, &c) in want.iter().enumerate() {
-            assert_eq!(
-                p3(&xyz, i),
-                p3(&pts, c as usize),
-                "{what}: center {i} coordinates"
-            );
-        }
-        g.fps();
-        assert_eq!(g.get(g.b.c_idx, m), want, "{what}: FPS run twice");
-        g.knn();
-        let idx = g.get(g.b.g_idx, m * k);
-        let rel = g.get(g.b.g_rel, m * k * 3);
-        for c in (0..m).step_by(7).chain([m - 1]) {
-            let cp = p3(&xyz, c);
-            let want = knn_ref(&pts, cp, k);
-            assert_eq!(&idx[c * k..(c + 1) * k], &want[..], "{what}: group {c}");
-            for (t, &j) in want.iter().enumerate() {
-                let p = p3(&pts, j as usize);
-                let r = p3(&rel, c * k + t);
-                assert_eq!(
-                    r,
-                    [p[0] - cp[0], p[1] - cp[1], p[2] - cp[2]],
-                    "{what}: rel {c} {t}"
-                );
+        let xyz = check_fps(&g, what, &pts);
+        g.arena.upload(&g.dev, g.b.c_xyz, &xyz).unwrap();
+        let sample: Vec<usize> = (0..m).step_by(7).chain([m - 1]).collect();
+        check_knn(&g, what, &pts, &sample);
+    }
+}
+
+/// Inputs off the main path: fewer points than centers or than k, a single point, exact
+/// duplicates (kNN v2 overflow and re-scan), sizes that leave partial warps and blocks,
+/// centers that are not points of the cloud.
+#[test]
+fn fps_and_knn_edge_cases() {
+    let Some(g) = gpu() else { return };
+    let m = g.pc.num_groups as usize;
+    let mut rng = Rng::new(23);
+    let small = std::env::var_os("MIAD_SANITIZE").is_some();
+    let mut fps_cases = vec![
+        ("1 point", surface_points(&mut rng, 1)),
+        ("100 points (< centers, < k)", surface_points(&mut rng, 100)),
+        ("513 points", surface_points(&mut rng, 513)),
+        ("2000 identical points", vec![0.25f32; 6000]),
+    ];
+    if !small {
+        fps_cases.push(("40961 points", surface_points(&mut rng, 40_961)));
+    }
+    for (what, pts) in &fps_cases {
+        g.put_points(pts);
+        check_fps(&g, what, pts);
+    }
+
+    // kNN with centers drawn freely (not points of the cloud) and from the cloud.
+    let mut knn_cases: Vec<(&str, Vec<f32>)> = vec![
+        ("kNN 100 points (< k)", surface_points(&mut rng, 100)),
+        ("kNN 128 points (= k)", surface_points(&mut rng, 128)),
+        ("kNN 3000 identical points (overflow)", vec![0.5f32; 9000]),
+    ];
+    // Duplicated lattice: every point 12 times, so thousands of equal distances.
+    let dup: Vec<f32> = lattice_points(1000)
+        .chunks(3)
+        .flat_map(|p| std::iter::repeat_n([p[0], p[1], p[2]], 12).flatten())
+        .collect();
+    knn_cases.push(("kNN lattice 1000 x 12 duplicates", dup));
+    if !small {
+        knn_cases.push((
+            "kNN surface 50176, free centers",
+            surface_points(&mut rng, 50_176),
+        ));
+    }
+    for (what, pts) in &knn_cases {
+        g.put_points(pts);
+        let n = pts.len() / 3;
+        let mut centers = vec![0f32; 3 * m];
+        for (i, c) in centers.chunks_mut(3).enumerate() {
+            if i % 2 == 0 {
+                c.copy_from_slice(&p3(pts, (i * 7919) % n));
+            } else {
+                let base = p3(pts, (i * 104_729) % n);
+                for (a, b) in c.iter_mut().zip(base) {
+                    *a = b + 0.01 * (rng.uniform() - 0.5);
+                }
             }
         }
-        eprintln!("{what}: FPS and kNN identical to the reference");
+        g.arena.upload(&g.dev, g.b.c_xyz, &centers).unwrap();
+        let sample: Vec<usize> = (0..m).step_by(61).chain([1, m - 1]).collect();
+        check_knn(&g, what, pts, &sample);
     }
 }
 
@@ -688,28 +846,41 @@ fn median(mut v: Vec<f32>) -> f32 {
     v[v.len() / 2]
 }
 
-/// Timings on the device (ignored by default): each kernel and the whole point branch
-/// without the transformer, with the device's copy bandwidth as the ceiling.
+/// Median and spread (min, max) of `reps` event-timed runs after 3 warm-ups.
+struct Timing {
+    med: f32,
+    lo: f32,
+    hi: f32,
+}
+
+/// Timings on the device (ignored by default): each kernel, v1 and v2 side by side in this
+/// process, and the whole point branch without the transformer, with the device's copy
+/// bandwidth as the ceiling.
 #[test]
 #[ignore]
 fn bench_point_branch() {
     let Some(g) = gpu() else { return };
     let dev = &g.dev;
     let t = dev.timer().unwrap();
-    let time = |f: &dyn Fn(), reps: usize| -> f32 {
+    let time = |f: &dyn Fn(), reps: usize| -> Timing {
         for _ in 0..3 {
             f();
         }
         dev.synchronize().unwrap();
-        median(
-            (0..reps)
-                .map(|_| {
-                    t.start().unwrap();
-                    f();
-                    t.stop_ms().unwrap()
-                })
-                .collect(),
-        )
+        let v: Vec<f32> = (0..reps)
+            .map(|_| {
+                t.start().unwrap();
+                f();
+                t.stop_ms().unwrap()
+            })
+            .collect();
+        let lo = v.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = v.iter().copied().fold(0f32, f32::max);
+        Timing {
+            med: median(v),
+            lo,
+            hi,
+        }
     };
     // Peak: a 1 GiB device-to-device copy, bytes read + written.
     let big = 1usize << 30;
@@ -718,26 +889,25 @@ fn bench_point_branch() {
     let dst: Slot<u8> = bp.add(big);
     let ba = Arena::new(dev, &bp).unwrap();
     dev.memset_u8(ba.ptr(src).raw(), 1, big).unwrap();
-    let ms = time(
+    let copy = time(
         &|| {
             dev.copy_dtod(ba.ptr(dst).raw(), ba.ptr(src).raw(), big)
                 .unwrap()
         },
         10,
     );
-    let peak = 2.0 * big as f64 / (ms as f64 * 1e-3) / 1e9;
+    let peak = 2.0 * big as f64 / (copy.med as f64 * 1e-3) / 1e9;
     drop(ba);
     println!(
-        "device: {} sm_{} ({} SMs)",
+        "device: {} sm_{} ({} SMs); fps v2 {:?}",
         dev.name,
         dev.sm(),
-        dev.sm_count
+        dev.sm_count,
+        g.k.fps2_geometry()
     );
     println!("peak copy bandwidth: {peak:.0} GB/s (1 GiB dtod, read+write)");
 
     let mut rng = Rng::new(3);
-    let pts = surface_points(&mut rng, 50_000);
-    g.put_points(&pts);
     let w = random_weights(&mut rng, &g.pc);
     g.upload_weights(&w);
     let mut feat = vec![0f32; g.pc.num_groups as usize * FEAT];
@@ -745,8 +915,10 @@ fn bench_point_branch() {
     g.arena.upload(dev, g.b.feat, &feat).unwrap();
     let b = &g.b;
     let k = &g.k;
-    let fps = || unsafe {
-        k.fps(
+    let (m, s) = (g.pc.num_groups as usize, g.pc.group_size as usize);
+    let fps = |kind: FpsKernel| unsafe {
+        k.fps_with(
+            kind,
             dev,
             g.p(b.pts),
             g.p(b.n),
@@ -756,8 +928,9 @@ fn bench_point_branch() {
         )
         .unwrap()
     };
-    let knn = || unsafe {
-        k.knn(
+    let knn = |kind: KnnKernel| unsafe {
+        k.knn_with(
+            kind,
             dev,
             g.p(b.pts),
             g.p(b.n),
@@ -797,43 +970,127 @@ fn bench_point_branch() {
         .map(|q| if q < 50_000 { q } else { -1 })
         .collect();
     g.arena.upload(dev, b.p2p, &p2p).unwrap();
-    let (m, s) = (g.pc.num_groups as f64, g.pc.group_size as f64);
     let [c1, c2, c3, d] = [128.0, 256.0, 512.0, 384.0];
-    let enc_flop = 2.0 * m * s * (3.0 * c1 + c1 * c2 + c2 * c3 + c3 * d) + 2.0 * m * c2 * c3;
-    let rows: Vec<(&str, f32, String)> = vec![
-        ("fps 1024 of 50000", time(&fps, 20), String::new()),
-        ("knn 1024 x 128", time(&knn, 10), String::new()),
-        ("group encoder", time(&enc, 10), String::new()),
-        ("pfa nn3", time(&nn3, 20), String::new()),
-        ("pfa project (1152)", time(&proj, 20), String::new()),
-        (
-            "point branch (fps+knn+enc+nn3+proj)",
-            time(
+    let (mf, sf) = (m as f64, s as f64);
+    let enc_flop = 2.0 * mf * sf * (3.0 * c1 + c1 * c2 + c2 * c3 + c3 * d) + 2.0 * mf * c2 * c3;
+    let fps_kinds: Vec<FpsKernel> = [FpsKernel::V1, FpsKernel::V2Barrier, FpsKernel::V2Mbarrier]
+        .into_iter()
+        .filter(|&x| k.fps_available(x))
+        .collect();
+    let knn_kinds: Vec<KnnKernel> = [KnnKernel::V1, KnnKernel::V2]
+        .into_iter()
+        .filter(|&x| k.knn_available(x))
+        .collect();
+    let row = |name: &str, tm: &Timing, extra: String| {
+        println!(
+            "{name:44} {:8.4} ms  [{:.4} .. {:.4}]  {extra}",
+            tm.med, tm.lo, tm.hi
+        );
+    };
+
+    let n = 50_000usize;
+    for (order, pts) in [
+        ("random order", surface_points(&mut rng, n)),
+        ("scan order", scan_points(n)),
+    ] {
+        g.put_points(&pts);
+        println!("-- {n} points, {order}");
+        let mut fps_v1 = None;
+        let mut reference = None;
+        for &kind in &fps_kinds {
+            // Same output as v1, checked here too (the bench may run alone).
+            fps(kind);
+            dev.synchronize().unwrap();
+            let idx = g.get(b.c_idx, m);
+            match &reference {
+                None => reference = Some(idx),
+                Some(r) => assert_eq!(&idx, r, "{order}: {kind:?} differs from v1"),
+            }
+            let tm = time(&|| fps(kind), 20);
+            let v1: f32 = *fps_v1.get_or_insert(tm.med);
+            row(
+                &format!("fps {kind:?} 1024 of {n}"),
+                &tm,
+                format!(
+                    "{:.3} us/step, v1/this {:.1}x",
+                    tm.med as f64 * 1e3 / (m - 1) as f64,
+                    v1 / tm.med
+                ),
+            );
+        }
+        // kNN on these centers. Compulsory bytes: points once, centers, indices and
+        // relative coordinates out.
+        let knn_bytes = (n * 12 + m * 12 + m * s * 16) as f64;
+        let mut knn_v1 = None;
+        let mut reference = None;
+        for &kind in &knn_kinds {
+            knn(kind);
+            dev.synchronize().unwrap();
+            let idx = g.get(b.g_idx, m * s);
+            match &reference {
+                None => reference = Some(idx),
+                Some(r) => assert!(&idx == r, "{order}: kNN {kind:?} differs from v1"),
+            }
+            let tm = time(&|| knn(kind), 10);
+            let v1: f32 = *knn_v1.get_or_insert(tm.med);
+            let gbs = knn_bytes / (tm.med as f64 * 1e-3) / 1e9;
+            row(
+                &format!("knn {kind:?} {m} x {s}"),
+                &tm,
+                format!(
+                    "{gbs:.1} GB/s = {:.2}% of copy peak (compulsory {:.1} MB), v1/this {:.1}x",
+                    100.0 * gbs / peak,
+                    knn_bytes / 1e6,
+                    v1 / tm.med
+                ),
+            );
+        }
+        if matches!(order, "scan order") {
+            continue;
+        }
+        let t_enc = time(&enc, 10);
+        row(
+            "group encoder",
+            &t_enc,
+            format!(
+                "{:.1} TFLOP/s f32",
+                enc_flop / (t_enc.med as f64 * 1e-3) / 1e12
+            ),
+        );
+        row("pfa nn3", &time(&nn3, 20), String::new());
+        let t_proj = time(&proj, 20);
+        let bytes = (GRID * GRID * FEAT * 4 + 1024 * FEAT * 4) as f64;
+        row(
+            "pfa project (1152)",
+            &t_proj,
+            format!(
+                "{:.1}% of copy peak (compulsory bytes)",
+                100.0 * bytes / (t_proj.med as f64 * 1e-3) / 1e9 / peak
+            ),
+        );
+        for (fk, kk) in [
+            (FpsKernel::V1, KnnKernel::V1),
+            (k.fps_kernel, k.knn_kernel),
+            (FpsKernel::V2Mbarrier, k.knn_kernel),
+        ] {
+            if !k.fps_available(fk) || !k.knn_available(kk) {
+                continue;
+            }
+            let tm = time(
                 &|| {
-                    fps();
-                    knn();
+                    fps(fk);
+                    knn(kk);
                     enc();
                     nn3();
                     proj();
                 },
                 10,
-            ),
-            String::new(),
-        ),
-    ];
-    for (name, ms, _) in &rows {
-        let extra = match *name {
-            "group encoder" => format!("{:.1} TFLOP/s f32", enc_flop / (*ms as f64 * 1e-3) / 1e12),
-            "pfa project (1152)" => {
-                let bytes = (GRID * GRID * FEAT * 4 + 1024 * FEAT * 4) as f64;
-                format!(
-                    "{:.1}% of copy peak (compulsory bytes)",
-                    100.0 * bytes / (*ms as f64 * 1e-3) / 1e9 / peak
-                )
-            }
-            "fps 1024 of 50000" => format!("{:.2} us/iteration", *ms as f64 * 1e3 / 1023.0),
-            _ => String::new(),
-        };
-        println!("{name:40} {ms:8.4} ms  {extra}");
+            );
+            row(
+                &format!("point branch {fk:?}+{kk:?} (+enc+nn3+proj)"),
+                &tm,
+                String::new(),
+            );
+        }
     }
 }

@@ -1,33 +1,50 @@
 //! Fused attention on the GPU against an f64 reference: exact f32 path within 1e-4
 //! relative, bf16 tensor-core path within 1e-2, every output written, same bits on a
-//! second run. Skips (and says why) without a CUDA driver. Kernels: embedded cubins, or
-//! `MIAD_CUBIN_DIR/<name>.cubin` when set.
+//! second run. Skips (and says why) without a CUDA driver. Kernels: `Module::load`
+//! (`MIAD_CUBIN_DIR/<name>.cubin` when set, else the embedded cubin, else NVRTC).
 //! With `MIAD_BENCH=1` it also times both paths at ViT-B/8 and Point-MAE sizes.
 #![cfg(feature = "cuda")]
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaContext, CudaStream};
 use miad::config::{PointConfig, VitConfig};
-use miad::cuda::transformer::{driver_present, load_cubin_module, Attention, ATTENTION_HEAD_DIM};
+use miad::cuda::transformer::{Attention, Elementwise, ATTENTION_HEAD_DIM};
+use miad::cuda::{Arena, ArenaPlan, Device, Slot};
 use miad::util::rng::Rng;
 
-fn setup() -> Option<(Arc<CudaContext>, Arc<CudaStream>, Attention)> {
-    if !driver_present() {
-        eprintln!("skipped: no CUDA driver on this machine");
-        return None;
-    }
-    let ctx = match CudaContext::new(0) {
-        Ok(c) => c,
+fn setup() -> Option<(Device, Attention)> {
+    let dev = match Device::new(0) {
+        Ok(d) => d,
         Err(e) => {
-            eprintln!("skipped: no usable CUDA device ({e})");
+            eprintln!("cuda_transformer: SKIP, no usable GPU: {e}");
             return None;
         }
     };
-    let stream = ctx.default_stream();
-    let module = load_cubin_module(&ctx, "attention").expect("attention kernels load");
-    let att = Attention::new(&module).expect("attention kernels found");
-    Some((ctx, stream, att))
+    let att = Attention::new(&dev).expect("attention kernels load");
+    Some((dev, att))
+}
+
+/// A device copy of `data` (one arena per buffer; tests only).
+struct Buf<T> {
+    arena: Arena,
+    slot: Slot<T>,
+}
+
+impl<T: bytemuck::Pod> Buf<T> {
+    fn new(dev: &Device, data: &[T]) -> Self {
+        let mut p = ArenaPlan::new();
+        let slot = p.add::<T>(data.len());
+        let arena = Arena::new(dev, &p).unwrap();
+        arena.upload(dev, slot, data).unwrap();
+        Buf { arena, slot }
+    }
+    fn ptr(&self) -> miad::cuda::DevPtr<T> {
+        self.arena.ptr(self.slot)
+    }
+    fn read(&self, dev: &Device) -> Vec<T> {
+        let mut v = vec![T::zeroed(); self.slot.len];
+        dev.synchronize().unwrap();
+        self.arena.download(dev, self.slot, &mut v).unwrap();
+        v
+    }
 }
 
 /// f64 reference attention, same layout as the kernels.
@@ -96,29 +113,28 @@ fn bf16_bits(x: &[f32]) -> Vec<u16> {
         .collect()
 }
 
-fn check_shape(stream: &Arc<CudaStream>, att: &Attention, n: usize, heads: usize, seed: u64) {
+fn check_shape(dev: &Device, att: &Attention, n: usize, heads: usize, seed: u64) {
     let w = heads * ATTENTION_HEAD_DIM;
     let mut rng = Rng::new(seed);
     let mut qkv = vec![0.0f32; n * 3 * w];
     rng.fill_normal(&mut qkv, 1.5);
     let scale = (ATTENTION_HEAD_DIM as f32).powf(-0.5);
+    Attention::check_buffers(n, heads, qkv.len(), n * w).unwrap();
 
     // f32 path.
     let want = reference(&qkv, n, heads, scale as f64);
-    let d_qkv = stream.clone_htod(&qkv).unwrap();
-    let mut d_out = stream.clone_htod(&vec![f32::NAN; n * w]).unwrap();
-    att.run_f32(stream, &d_qkv, &mut d_out, n, heads, scale)
-        .unwrap();
-    let got = stream.clone_dtoh(&d_out).unwrap();
+    let d_qkv = Buf::new(dev, &qkv);
+    let d_out = Buf::new(dev, &vec![f32::NAN; n * w]);
+    unsafe { att.run_f32(dev, d_qkv.ptr(), d_out.ptr(), n, heads, scale) }.unwrap();
+    let got = d_out.read(dev);
     let (rel, maxrel) = rel_err(&got, &want);
     eprintln!("attention f32  n={n} heads={heads}: rel {rel:.2e}, max/maxref {maxrel:.2e}");
     assert!(
         rel < 1e-5 && maxrel < 1e-4,
         "f32 attention off: {rel:e} {maxrel:e}"
     );
-    att.run_f32(stream, &d_qkv, &mut d_out, n, heads, scale)
-        .unwrap();
-    let again = stream.clone_dtoh(&d_out).unwrap();
+    unsafe { att.run_f32(dev, d_qkv.ptr(), d_out.ptr(), n, heads, scale) }.unwrap();
+    let again = d_out.read(dev);
     assert!(
         got.iter()
             .zip(&again)
@@ -134,13 +150,11 @@ fn check_shape(stream: &Arc<CudaStream>, att: &Attention, n: usize, heads: usize
         .map(|b| half::bf16::from_bits(*b).to_f32())
         .collect();
     let want_r = reference(&qkv_r, n, heads, scale as f64);
-    let d_qkv16 = stream.clone_htod(&qkv16).unwrap();
-    let mut d_out16 = stream.clone_htod(&vec![0x7fc0u16; n * w]).unwrap();
-    att.run_bf16(stream, &d_qkv16, &mut d_out16, n, heads, scale)
-        .unwrap();
-    let got16: Vec<f32> = stream
-        .clone_dtoh(&d_out16)
-        .unwrap()
+    let d_qkv16 = Buf::new(dev, &qkv16);
+    let d_out16 = Buf::new(dev, &vec![0x7fc0u16; n * w]);
+    unsafe { att.run_bf16(dev, d_qkv16.ptr(), d_out16.ptr(), n, heads, scale) }.unwrap();
+    let got16: Vec<f32> = d_out16
+        .read(dev)
         .iter()
         .map(|b| half::bf16::from_bits(*b).to_f32())
         .collect();
@@ -153,11 +167,9 @@ fn check_shape(stream: &Arc<CudaStream>, att: &Attention, n: usize, heads: usize
         rel_r < 1e-2 && rel_f < 1e-2,
         "bf16 attention off: {rel_r:e} {rel_f:e}"
     );
-    att.run_bf16(stream, &d_qkv16, &mut d_out16, n, heads, scale)
-        .unwrap();
-    let again16: Vec<f32> = stream
-        .clone_dtoh(&d_out16)
-        .unwrap()
+    unsafe { att.run_bf16(dev, d_qkv16.ptr(), d_out16.ptr(), n, heads, scale) }.unwrap();
+    let again16: Vec<f32> = d_out16
+        .read(dev)
         .iter()
         .map(|b| half::bf16::from_bits(*b).to_f32())
         .collect();
@@ -172,32 +184,37 @@ fn check_shape(stream: &Arc<CudaStream>, att: &Attention, n: usize, heads: usize
 
 #[test]
 fn attention_matches_f64_reference() {
-    let Some((_ctx, stream, att)) = setup() else {
+    let Some((dev, att)) = setup() else {
         return;
     };
     let vit = VitConfig::base8();
     let point = PointConfig::m3dm();
     // ViT-B/8 (785 x 12), Point-MAE (1024 x 6 per the point config), and a ragged size.
-    check_shape(&stream, &att, vit.tokens(), vit.heads as usize, 1);
+    check_shape(&dev, &att, vit.tokens(), vit.heads as usize, 1);
     check_shape(
-        &stream,
+        &dev,
         &att,
         point.num_groups as usize,
         point.heads as usize,
         2,
     );
-    check_shape(&stream, &att, 77, 3, 3);
+    check_shape(&dev, &att, 77, 3, 3);
 }
 
 #[test]
 fn attention_rejects_bad_sizes() {
-    let Some((_ctx, stream, att)) = setup() else {
+    // Host-side checks: no GPU needed.
+    assert!(Attention::check_buffers(4, 2, 10, 10).is_err());
+    assert!(Attention::check_buffers(0, 2, 10, 10).is_err());
+    assert!(Attention::check_shape(0, 2).is_err());
+    assert!(Attention::check_shape(4, 0).is_err());
+    let Some((dev, att)) = setup() else {
         return;
     };
-    let qkv = stream.alloc_zeros::<f32>(10).unwrap();
-    let mut out = stream.alloc_zeros::<f32>(10).unwrap();
-    assert!(att.run_f32(&stream, &qkv, &mut out, 4, 2, 0.125).is_err());
-    assert!(att.run_f32(&stream, &qkv, &mut out, 0, 2, 0.125).is_err());
+    // A launch with an invalid shape is refused before it reaches the device.
+    let buf = Buf::new(&dev, &[0.0f32; 10]);
+    assert!(unsafe { att.run_f32(&dev, buf.ptr(), buf.ptr(), 0, 2, 0.125) }.is_err());
+    assert!(unsafe { att.run_f32(&dev, buf.ptr(), buf.ptr(), 4, 0, 0.125) }.is_err());
 }
 
 #[test]
@@ -206,7 +223,7 @@ fn attention_bench() {
         eprintln!("skipped: set MIAD_BENCH=1 to time the kernels");
         return;
     }
-    let Some((ctx, stream, att)) = setup() else {
+    let Some((dev, att)) = setup() else {
         return;
     };
     let scale = 0.125f32;
@@ -214,34 +231,27 @@ fn attention_bench() {
         let w = heads * ATTENTION_HEAD_DIM;
         let mut qkv = vec![0.0f32; n * 3 * w];
         Rng::new(9).fill_normal(&mut qkv, 1.0);
-        let d32 = stream.clone_htod(&qkv).unwrap();
-        let mut o32 = stream.alloc_zeros::<f32>(n * w).unwrap();
-        let d16 = stream.clone_htod(&bf16_bits(&qkv)).unwrap();
-        let mut o16 = stream.alloc_zeros::<u16>(n * w).unwrap();
+        let d32 = Buf::new(&dev, &qkv);
+        let o32 = Buf::new(&dev, &vec![0.0f32; n * w]);
+        let d16 = Buf::new(&dev, &bf16_bits(&qkv));
+        let o16 = Buf::new(&dev, &vec![0u16; n * w]);
         let reps = 200;
         let flop = Attention::flops(n, heads);
+        let timer = dev.timer().unwrap();
         for path in ["f32", "bf16"] {
             let mut times = Vec::new();
             for _ in 0..5 {
-                let start = ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .unwrap();
-                let stop = ctx
-                    .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                    .unwrap();
-                start.record(&stream).unwrap();
+                timer.start().unwrap();
                 for _ in 0..reps {
                     if path == "f32" {
-                        att.run_f32(&stream, &d32, &mut o32, n, heads, scale)
+                        unsafe { att.run_f32(&dev, d32.ptr(), o32.ptr(), n, heads, scale) }
                             .unwrap();
                     } else {
-                        att.run_bf16(&stream, &d16, &mut o16, n, heads, scale)
+                        unsafe { att.run_bf16(&dev, d16.ptr(), o16.ptr(), n, heads, scale) }
                             .unwrap();
                     }
                 }
-                stop.record(&stream).unwrap();
-                stream.synchronize().unwrap();
-                times.push(start.elapsed_ms(&stop).unwrap() as f64 / reps as f64);
+                times.push(timer.stop_ms().unwrap() as f64 / reps as f64);
             }
             times.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let t = times[2];
@@ -255,70 +265,43 @@ fn attention_bench() {
 }
 
 #[test]
-fn layernorm_add_gelu_match_f64() {
-    let Some((ctx, stream, _att)) = setup() else {
+fn bias_gelu_matches_f64() {
+    let Some((dev, _att)) = setup() else {
         return;
     };
-    let module = load_cubin_module(&ctx, "layernorm").expect("layernorm kernels load");
-    let ew = miad::cuda::transformer::Elementwise::new(&module).unwrap();
+    let ew = Elementwise::new(&dev).expect("gelu kernel loads");
     let vit = VitConfig::base8();
-    let (rows, cols) = (vit.tokens(), vit.dim as usize);
+    let (rows, cols) = (vit.tokens(), vit.mlp_dim as usize);
     let mut rng = Rng::new(5);
-    let mut x = vec![0.0f32; rows * cols];
-    rng.fill_normal(&mut x, 2.0);
-    for (i, v) in x.iter_mut().enumerate() {
-        *v += (i % 7) as f32; // non-zero mean per row
-    }
-    let mut gamma = vec![0.0f32; cols];
-    let mut beta = vec![0.0f32; cols];
-    rng.fill_normal(&mut gamma, 1.0);
-    rng.fill_normal(&mut beta, 1.0);
-    let eps = vit.ln_eps;
-    let mut want = vec![0.0f64; rows * cols];
-    for r in 0..rows {
-        let row = &x[r * cols..][..cols];
-        let mean = row.iter().map(|v| *v as f64).sum::<f64>() / cols as f64;
-        let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / cols as f64;
-        for c in 0..cols {
-            want[r * cols + c] = (row[c] as f64 - mean) / (var + eps as f64).sqrt()
-                * gamma[c] as f64
-                + beta[c] as f64;
-        }
-    }
-    let dx = stream.clone_htod(&x).unwrap();
-    let dg = stream.clone_htod(&gamma).unwrap();
-    let db = stream.clone_htod(&beta).unwrap();
-    let mut dy = stream.clone_htod(&vec![f32::NAN; rows * cols]).unwrap();
-    ew.layernorm_f32(&stream, &dx, &dg, &db, &mut dy, rows, cols, eps)
-        .unwrap();
-    let got = stream.clone_dtoh(&dy).unwrap();
-    let (rel, maxrel) = rel_err(&got, &want);
-    eprintln!("layernorm f32: rel {rel:.2e}, max {maxrel:.2e}");
-    assert!(rel < 1e-6 && maxrel < 1e-5);
-    let mut dy16 = stream.clone_htod(&vec![0x7fc0u16; rows * cols]).unwrap();
-    ew.layernorm_bf16(&stream, &dx, &dg, &db, &mut dy16, rows, cols, eps)
-        .unwrap();
-    let got16: Vec<f32> = stream
-        .clone_dtoh(&dy16)
-        .unwrap()
+    let mut y = vec![0.0f32; rows * cols];
+    rng.fill_normal(&mut y, 2.0);
+    let mut bias = vec![0.0f32; cols];
+    rng.fill_normal(&mut bias, 1.0);
+    let want: Vec<f64> = y
         .iter()
-        .map(|b| half::bf16::from_bits(*b).to_f32())
+        .enumerate()
+        .map(|(i, v)| {
+            let v = *v as f64 + bias[i % cols] as f64;
+            0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))
+        })
         .collect();
-    let (rel16, _) = rel_err(&got16, &want);
-    eprintln!("layernorm bf16 out: rel {rel16:.2e}");
-    assert!(rel16 < 1e-2);
+    let dy = Buf::new(&dev, &y);
+    let db = Buf::new(&dev, &bias);
+    unsafe { ew.bias_gelu_f32(&dev, dy.ptr(), db.ptr(), rows, cols) }.unwrap();
+    let got = dy.read(&dev);
+    let (rel, maxrel) = rel_err(&got, &want);
+    eprintln!("bias+gelu f32: rel {rel:.2e}, max {maxrel:.2e}");
+    assert!(rel < 1e-6 && maxrel < 1e-5);
+}
 
-    // y = gelu(y + bias) then y += x.
-    let bias: Vec<f32> = beta.clone();
-    let mut want2 = vec![0.0f64; rows * cols];
-    for i in 0..rows * cols {
-        let v = got[i] as f64 + bias[i % cols] as f64;
-        want2[i] = 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)) + x[i] as f64;
-    }
-    ew.bias_gelu_f32(&stream, &mut dy, &db).unwrap();
-    ew.add_f32(&stream, &mut dy, &dx).unwrap();
-    let got2 = stream.clone_dtoh(&dy).unwrap();
-    let (rel2, max2) = rel_err(&got2, &want2);
-    eprintln!("bias+gelu+residual f32: rel {rel2:.2e}, max {max2:.2e}");
-    assert!(rel2 < 1e-6 && max2 < 1e-5);
+#[test]
+fn elementwise_rejects_bad_sizes() {
+    let Some((dev, _att)) = setup() else {
+        return;
+    };
+    let ew = Elementwise::new(&dev).expect("gelu kernel loads");
+    let b = Buf::new(&dev, &[0.0f32; 16]);
+    let p = b.ptr();
+    assert!(unsafe { ew.bias_gelu_f32(&dev, p, p, 4, 0) }.is_err());
+    assert!(unsafe { ew.bias_gelu_f32(&dev, p, p, 0, 4) }.is_err());
 }

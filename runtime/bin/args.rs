@@ -1,5 +1,6 @@
 //! Arguments shared by the commands that open an engine (inspect, eval, bench).
 
+use miad::backend::Backend;
 use miad::engine::{Engine, EngineOptions};
 use std::path::PathBuf;
 
@@ -17,18 +18,32 @@ pub struct EngineArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Compute backend: cpu, cuda (falls back to the CPU, saying why, when no GPU can be
+    /// used) or auto.
+    #[arg(long, default_value = "cpu")]
+    pub backend: Backend,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
 }
 
 impl EngineArgs {
     pub fn open(&self) -> miad::Result<Engine> {
-        Engine::open(
+        let engine = Engine::open(
             &self.model,
             &self.bank,
             &EngineOptions {
                 threads: self.threads,
                 preprocessed: self.preprocessed,
+                backend: self.backend,
+                device: self.device,
                 ..EngineOptions::default()
             },
-        )
+        )?;
+        let choice = engine.backend();
+        if choice.used == Backend::Cuda || choice.requested == Backend::Auto {
+            eprintln!("backend: {}", choice.describe());
+        }
+        Ok(engine)
     }
 }

@@ -45,6 +45,7 @@ pub fn run(a: Args) -> miad::Result<()> {
     std::fs::write(&json, report.to_json()).map_err(|e| miad::Error::io(&json, e))?;
     let png = a.out.join("latency.png");
     report.plot().save_png(&png)?;
+    println!("backend: {}", report.backend);
     print!("{}", report.table());
     println!(
         "RGB branch {:.1} GFLOP/s = {:.2} of the measured peak {:.1} GFLOP/s ({} threads)",

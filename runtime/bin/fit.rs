@@ -56,6 +56,10 @@ pub struct Args {
     /// Folder of the scratch files (default: the system temp folder).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Where the coreset selection runs: cpu, cuda (falls back to the CPU, saying why) or
+    /// auto.
+    #[arg(long, default_value = "cpu")]
+    pub backend: miad::backend::Backend,
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
@@ -72,6 +76,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         seed: a.seed,
         radar: !a.no_radar,
         scratch_dir: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
+        backend: a.backend,
         ..FitOptions::default()
     };
     let drop: miad::eval::missing::Drop = a.drop.parse().map_err(miad::Error::Config)?;

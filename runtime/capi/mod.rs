@@ -13,6 +13,7 @@
 
 #![allow(non_camel_case_types)]
 
+use crate::backend::Backend;
 use crate::engine::{Case, Engine, EngineOptions, InspectOptions, Verdict, MAX_REGIONS};
 use crate::format::FormatError;
 use crate::pipeline::input::{CloudView, RgbView};
@@ -141,6 +142,12 @@ pub const MIAD_MAX_THREADS: u32 = 256;
 pub const MIAD_ERR_BUF_LEN: u32 = 1024;
 const CATEGORY_LEN: usize = 64;
 pub const MIAD_CATEGORY_LEN: u32 = CATEGORY_LEN as u32;
+const BACKEND_NOTE_LEN: usize = 256;
+pub const MIAD_BACKEND_NOTE_LEN: u32 = BACKEND_NOTE_LEN as u32;
+/// `miad_engine_options.backend` values (see [`crate::backend::Backend`]).
+pub const MIAD_BACKEND_CPU: u32 = 0;
+pub const MIAD_BACKEND_CUDA: u32 = 1;
+pub const MIAD_BACKEND_AUTO: u32 = 2;
 
 /// Every numeric constant the header must define, with its value (the drift test reads
 /// the header and compares both ways).
@@ -173,6 +180,10 @@ pub const HEADER_CONSTANTS: &[(&str, i64)] = &[
     ("MIAD_MAX_THREADS", MIAD_MAX_THREADS as i64),
     ("MIAD_ERR_BUF_LEN", MIAD_ERR_BUF_LEN as i64),
     ("MIAD_CATEGORY_LEN", MIAD_CATEGORY_LEN as i64),
+    ("MIAD_BACKEND_NOTE_LEN", MIAD_BACKEND_NOTE_LEN as i64),
+    ("MIAD_BACKEND_CPU", MIAD_BACKEND_CPU as i64),
+    ("MIAD_BACKEND_CUDA", MIAD_BACKEND_CUDA as i64),
+    ("MIAD_BACKEND_AUTO", MIAD_BACKEND_AUTO as i64),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -192,6 +203,8 @@ pub struct miad_engine_options {
     pub max_height: u32,
     pub preprocessed: u32,
     pub verify_checksums: u32,
+    pub backend: u32,
+    pub device: u32,
 }
 
 #[repr(C)]
@@ -269,11 +282,13 @@ pub struct miad_engine_info {
     pub grey_band_high: f32,
     pub cases_calibrated: u32,
     pub category: [c_char; CATEGORY_LEN],
+    pub backend_used: u32,
+    pub backend_note: [c_char; BACKEND_NOTE_LEN],
 }
 
 // The same numbers as the MIAD_STATIC_ASSERT lines of miad.h.
 const _: () = {
-    assert!(size_of::<miad_engine_options>() == 20);
+    assert!(size_of::<miad_engine_options>() == 28);
     assert!(size_of::<miad_part>() == size_of::<[usize; 8]>());
     assert!(size_of::<miad_inspect_options>() == 24 + 4 * size_of::<usize>());
     assert!(size_of::<miad_region>() == 28);
@@ -282,8 +297,9 @@ const _: () = {
     assert!(offset_of!(miad_result, regions_count) == 68);
     assert!(offset_of!(miad_result, time_preprocess_s) == 72);
     assert!(offset_of!(miad_result, regions) == 120);
-    assert!(size_of::<miad_engine_info>() == 104);
+    assert!(size_of::<miad_engine_info>() == 364);
     assert!(offset_of!(miad_engine_info, category) == 40);
+    assert!(offset_of!(miad_engine_info, backend_note) == 108);
     assert!(MAX_REGIONS == 64);
 };
 // The slot table moves engines between threads.
@@ -574,12 +590,28 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
             ),
         ));
     }
+    let backend = match o.backend {
+        MIAD_BACKEND_CPU => Backend::Cpu,
+        MIAD_BACKEND_CUDA => Backend::Cuda,
+        MIAD_BACKEND_AUTO => Backend::Auto,
+        other => {
+            return Err(Fail::new(
+                Status::InvalidArgument,
+                format!(
+                    "engine option backend = {other} is none of MIAD_BACKEND_CPU (0), \
+                     MIAD_BACKEND_CUDA (1), MIAD_BACKEND_AUTO (2)"
+                ),
+            ))
+        }
+    };
     Ok(EngineOptions {
         threads: o.threads as usize,
         max_width: o.max_width as usize,
         max_height: o.max_height as usize,
         preprocessed: o.preprocessed != 0,
         verify_checksums: o.verify_checksums != 0,
+        backend,
+        device: o.device as usize,
     })
 }
 
@@ -591,6 +623,8 @@ fn default_engine_options() -> miad_engine_options {
         max_height: d.max_height as u32,
         preprocessed: d.preprocessed as u32,
         verify_checksums: d.verify_checksums as u32,
+        backend: MIAD_BACKEND_CPU,
+        device: d.device as u32,
     }
 }
 
@@ -987,6 +1021,11 @@ pub unsafe extern "C" fn miad_engine_get_info(
                     .filter(|&&k| cases[k as usize].is_some())
                     .fold(0, |bits, &k| bits | 1 << k as u32),
             category: [0; CATEGORY_LEN],
+            backend_used: match e.backend().used {
+                Backend::Cuda => MIAD_BACKEND_CUDA,
+                _ => MIAD_BACKEND_CPU,
+            },
+            backend_note: [0; BACKEND_NOTE_LEN],
         };
         let mut m = MsgBuf {
             ptr: info.category.as_mut_ptr().cast(),
@@ -995,6 +1034,13 @@ pub unsafe extern "C" fn miad_engine_get_info(
             truncated: false,
         };
         let _ = m.write_str(&cfg.category);
+        let mut note = MsgBuf {
+            ptr: info.backend_note.as_mut_ptr().cast(),
+            cap: BACKEND_NOTE_LEN - 1,
+            len: 0,
+            truncated: false,
+        };
+        let _ = note.write_str(&e.backend().describe());
         // SAFETY: checked non-null; the caller's contract.
         unsafe { out.write(info) };
         Ok(())

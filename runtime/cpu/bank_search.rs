@@ -293,10 +293,26 @@ pub fn score_part(
     nn: &mut [u32],
     scratch: &mut [f32],
 ) -> BankScore {
-    let dim = bank.dim;
-    let n = x.len() / dim;
+    let n = x.len() / bank.dim;
     let (s_near, s_knn) = scratch.split_at_mut(nearest_scratch_len(pool.threads()));
     nearest(pool, x, bank, exclude, &mut dmap[..n], &mut nn[..n], s_near);
+    reweighted_score(pool, x, bank, exclude, &dmap[..n], &nn[..n], s_knn)
+}
+
+/// The re-weighted image score (SPEC §7) from a finished nearest-neighbour search
+/// (`dmap`, `nn` as [`nearest`] fills them, by any backend). `scratch`:
+/// [`knn_scratch_len`]`(bank rows, 3)` floats.
+pub fn reweighted_score(
+    pool: &Pool,
+    x: &[f32],
+    bank: BankView<'_>,
+    exclude: Option<(&[u32], u32)>,
+    dmap: &[f32],
+    nn: &[u32],
+    s_knn: &mut [f32],
+) -> BankScore {
+    let dim = bank.dim;
+    let n = dmap.len();
     // s* and j*: first maximum.
     let mut j_star = 0;
     for j in 1..n {

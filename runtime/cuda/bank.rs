@@ -7,14 +7,19 @@
 //! - exact f32: sums of squared differences;
 //! - fast: f16 tensor cores on `||q||^2 - 2 q.b + ||b||^2` with f32 norms and accumulation,
 //!   then the `rerank` best split winners of each query are re-scored exactly in f32.
+//!
+//! Raw-driver style (see [`super`]): the module is loaded once, launches take [`DevPtr`]s
+//! and a [`SearchPlan`] made at creation, run on the [`Device`]'s stream with fixed
+//! argument arrays and allocate nothing. Buffer sizes come from the plan
+//! ([`SearchPlan::query_len`], [`SearchPlan::bank_len`], [`SearchPlan::part_len`]).
 
-use std::sync::Arc;
+use std::ffi::c_void;
 
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::sys::CUfunction;
 
-use super::transformer::cuda_err;
+use super::arena::DevPtr;
+use super::device::{kptr, Device};
+use super::module::Module;
 use crate::{Error, Result};
 
 const F32_TILE_Q: usize = 64;
@@ -22,6 +27,7 @@ const F32_TILE_B: usize = 64;
 const F16_TILE_Q: usize = 64;
 const F16_TILE_B: usize = 128;
 const DIM_MULTIPLE: usize = 32;
+const MAX_GRID_Y: usize = 65_535;
 /// Most split winners the fast path re-ranks per query.
 pub const MAX_RERANK: usize = 32;
 
@@ -44,13 +50,15 @@ pub struct SearchPlan {
 }
 
 impl SearchPlan {
-    /// Plans a search: about `waves` blocks per multiprocessor over the whole grid.
+    /// Plans a search: about 8 blocks per multiprocessor over the whole grid.
     pub fn new(nq: usize, nb: usize, dim: usize, path: SearchPath, sms: usize) -> Result<Self> {
         if nq == 0
             || nb == 0
             || dim == 0
             || !dim.is_multiple_of(DIM_MULTIPLE)
             || nb > i32::MAX as usize
+            || nq > i32::MAX as usize
+            || dim > i32::MAX as usize
         {
             return Err(Error::Config(format!(
                 "bank search: unsupported shape {nq} queries, {nb} x {dim} bank (dim must be a positive multiple of {DIM_MULTIPLE})"
@@ -62,7 +70,7 @@ impl SearchPlan {
         };
         let q_tiles = nq.div_ceil(tq);
         let b_tiles = nb.div_ceil(tb);
-        let target_splits = (8 * sms.max(1)).div_ceil(q_tiles).max(1);
+        let target_splits = (8 * sms.max(1)).div_ceil(q_tiles).clamp(1, MAX_GRID_Y);
         let tiles_per_split = b_tiles.div_ceil(target_splits).max(1);
         let splits = b_tiles.div_ceil(tiles_per_split);
         Ok(Self {
@@ -79,195 +87,282 @@ impl SearchPlan {
     pub fn part_len(&self) -> usize {
         self.nq * self.splits
     }
-}
 
-/// The bank-search kernels of one module.
-pub struct BankSearch {
-    norm: CudaFunction,
-    convert: CudaFunction,
-    search_f32: CudaFunction,
-    search_f16: CudaFunction,
-    reduce: CudaFunction,
-    rerank: CudaFunction,
-}
+    /// Elements of the query matrix (and of its f16 copy).
+    pub fn query_len(&self) -> usize {
+        self.nq * self.dim
+    }
 
-/// Device buffers of a search's partial results.
-pub struct Partials<'a> {
-    pub dist: &'a mut CudaSlice<f32>,
-    pub index: &'a mut CudaSlice<i32>,
-}
+    /// Elements of the bank matrix (and of its f16 copy).
+    pub fn bank_len(&self) -> usize {
+        self.nb * self.dim
+    }
 
-fn cfg(grid: (u32, u32), block: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0, grid.1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+    fn search_grid(&self) -> (u32, u32, u32) {
+        let tq = match self.path {
+            SearchPath::F32 => F32_TILE_Q,
+            SearchPath::F16 => F16_TILE_Q,
+        };
+        (self.nq.div_ceil(tq) as u32, self.splits as u32, 1)
+    }
+
+    fn expect(&self, path: SearchPath) -> Result<()> {
+        if self.path != path {
+            return Err(Error::Config(format!(
+                "bank search: plan is for the {:?} path, not {path:?}",
+                self.path
+            )));
+        }
+        Ok(())
     }
 }
 
-fn need(what: &str, have: usize, want: usize) -> Result<()> {
-    if have < want {
+/// Checks a fast-path re-rank count.
+pub fn check_rerank(rerank: usize) -> Result<()> {
+    if rerank == 0 || rerank > MAX_RERANK {
         return Err(Error::Config(format!(
-            "bank search: {what} holds {have} elements, needs {want}"
+            "bank search: rerank {rerank} outside 1..={MAX_RERANK}"
         )));
     }
     Ok(())
 }
 
+/// Device buffers of a search's partial results, [`SearchPlan::part_len`] each.
+#[derive(Debug, Clone, Copy)]
+pub struct Partials {
+    pub dist: DevPtr<f32>,
+    pub index: DevPtr<i32>,
+}
+
+/// The inputs of the fast path: f32 originals, their f16 copies ([`BankSearch::to_f16`])
+/// and f32 squared row norms ([`BankSearch::row_sqnorms`]).
+#[derive(Debug, Clone, Copy)]
+pub struct F16Inputs {
+    pub q32: DevPtr<f32>,
+    pub q16: DevPtr<u16>,
+    pub qnorm: DevPtr<f32>,
+    pub bank32: DevPtr<f32>,
+    pub bank16: DevPtr<u16>,
+    pub bnorm: DevPtr<f32>,
+}
+
+/// The bank-search kernels (`kernels/bank_search.cu`).
+pub struct BankSearch {
+    norm: CUfunction,
+    convert: CUfunction,
+    search_f32: CUfunction,
+    search_f16: CUfunction,
+    reduce: CUfunction,
+    rerank: CUfunction,
+    // Declared last: the functions above belong to it.
+    _module: Module,
+}
+
+// SAFETY: driver handles used from the engine's thread; they may move between threads.
+unsafe impl Send for BankSearch {}
+
+fn launch_dims(what: &str, blocks: usize) -> Result<(u32, u32, u32)> {
+    if blocks == 0 || blocks > i32::MAX as usize {
+        return Err(Error::Config(format!(
+            "bank search: {what} needs {blocks} blocks"
+        )));
+    }
+    Ok((blocks as u32, 1, 1))
+}
+
 impl BankSearch {
-    /// Looks up the kernels in a module built from `kernels/bank_search.cu`.
-    pub fn new(module: &Arc<CudaModule>) -> Result<Self> {
-        let f = |n: &str| module.load_function(n).map_err(cuda_err);
+    /// Loads `bank_search` for `dev` and looks its kernels up (creation time).
+    pub fn new(dev: &Device) -> Result<Self> {
+        let module = Module::load(dev, "bank_search")?;
         Ok(Self {
-            norm: f("row_sqnorm_f32")?,
-            convert: f("convert_f32_f16")?,
-            search_f32: f("bank_search_f32")?,
-            search_f16: f("bank_search_f16")?,
-            reduce: f("bank_reduce_f32")?,
-            rerank: f("bank_rerank_f32")?,
+            norm: module.function("row_sqnorm_f32")?,
+            convert: module.function("convert_f32_f16")?,
+            search_f32: module.function("bank_search_f32")?,
+            search_f16: module.function("bank_search_f16")?,
+            reduce: module.function("bank_reduce_f32")?,
+            rerank: module.function("bank_rerank_f32")?,
+            _module: module,
         })
     }
 
     /// Squared norms of `rows` rows of width `dim`.
-    pub fn row_sqnorms(
+    ///
+    /// # Safety
+    /// `x` must hold rows x dim and `out` rows f32 values on `dev`.
+    pub unsafe fn row_sqnorms(
         &self,
-        stream: &CudaStream,
-        x: &CudaSlice<f32>,
+        dev: &Device,
+        x: DevPtr<f32>,
         rows: usize,
         dim: usize,
-        out: &mut CudaSlice<f32>,
+        out: DevPtr<f32>,
     ) -> Result<()> {
-        need("x", x.len(), rows * dim)?;
-        need("norms", out.len(), rows)?;
+        if rows > i32::MAX as usize || dim == 0 || dim > i32::MAX as usize {
+            return Err(Error::Config(format!(
+                "bank search: norms of {rows} x {dim}"
+            )));
+        }
+        let grid = launch_dims("row norms", rows.div_ceil(8))?;
         let (r, d) = (rows as i32, dim as i32);
-        let mut b = stream.launch_builder(&self.norm);
-        b.arg(x).arg(out).arg(&r).arg(&d);
-        // SAFETY: sizes checked; the signature is (const float*, float*, int, int).
-        unsafe { b.launch(cfg((rows.div_ceil(8) as u32, 1), 256)) }.map_err(cuda_err)?;
-        Ok(())
+        let mut a: [*mut c_void; 4] = [kptr(&x), kptr(&out), kptr(&r), kptr(&d)];
+        dev.launch(self.norm, grid, (256, 1, 1), 0, &mut a)
     }
 
-    /// Rounds f32 values to f16 bit patterns.
-    pub fn to_f16(
+    /// Rounds `n` f32 values to f16 bit patterns (round to nearest even).
+    ///
+    /// # Safety
+    /// `x` and `y` must hold `n` elements on `dev`.
+    pub unsafe fn to_f16(
         &self,
-        stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        y: &mut CudaSlice<u16>,
+        dev: &Device,
+        x: DevPtr<f32>,
+        y: DevPtr<u16>,
+        n: usize,
     ) -> Result<()> {
-        need("f16 copy", y.len(), x.len())?;
-        let n = x.len() as i64;
-        let mut b = stream.launch_builder(&self.convert);
-        b.arg(x).arg(y).arg(&n);
-        // SAFETY: sizes checked; the signature is (const float*, half*, long).
-        unsafe { b.launch(cfg((x.len().div_ceil(256) as u32, 1), 256)) }.map_err(cuda_err)?;
-        Ok(())
+        let grid = launch_dims("f16 conversion", n.div_ceil(256))?;
+        let n = n as i64;
+        let mut a: [*mut c_void; 3] = [kptr(&x), kptr(&y), kptr(&n)];
+        dev.launch(self.convert, grid, (256, 1, 1), 0, &mut a)
     }
 
     /// Exact f32 search: nearest index and squared distance for every query.
+    ///
+    /// # Safety
+    /// `queries`/`bank` must hold the plan's [`SearchPlan::query_len`] /
+    /// [`SearchPlan::bank_len`] elements, `parts` [`SearchPlan::part_len`] each, `out_d` and
+    /// `out_i` `nq` each, all on `dev`.
     #[allow(clippy::too_many_arguments)]
-    pub fn search_f32(
+    pub unsafe fn search_f32(
         &self,
-        stream: &CudaStream,
+        dev: &Device,
         plan: &SearchPlan,
-        queries: &CudaSlice<f32>,
-        bank: &CudaSlice<f32>,
-        parts: Partials<'_>,
-        out_d: &mut CudaSlice<f32>,
-        out_i: &mut CudaSlice<i32>,
+        queries: DevPtr<f32>,
+        bank: DevPtr<f32>,
+        parts: Partials,
+        out_d: DevPtr<f32>,
+        out_i: DevPtr<i32>,
     ) -> Result<()> {
-        if plan.path != SearchPath::F32 {
-            return Err(Error::Config(
-                "bank search: plan is not for the f32 path".into(),
-            ));
-        }
-        need("queries", queries.len(), plan.nq * plan.dim)?;
-        need("bank", bank.len(), plan.nb * plan.dim)?;
-        need(
-            "partials",
-            parts.dist.len().min(parts.index.len()),
-            plan.part_len(),
-        )?;
-        need("outputs", out_d.len().min(out_i.len()), plan.nq)?;
+        plan.expect(SearchPath::F32)?;
         let (nq, nb, dim) = (plan.nq as i32, plan.nb as i32, plan.dim as i32);
         let tps = plan.tiles_per_split as i32;
-        let mut b = stream.launch_builder(&self.search_f32);
-        b.arg(queries)
-            .arg(bank)
-            .arg(&nq)
-            .arg(&nb)
-            .arg(&dim)
-            .arg(&tps);
-        b.arg(&mut *parts.dist).arg(&mut *parts.index);
-        let grid = (plan.nq.div_ceil(F32_TILE_Q) as u32, plan.splits as u32);
-        // SAFETY: sizes checked against the plan; the signature matches bank_search_f32.
-        unsafe { b.launch(cfg(grid, 256)) }.map_err(cuda_err)?;
+        let mut a: [*mut c_void; 8] = [
+            kptr(&queries),
+            kptr(&bank),
+            kptr(&nq),
+            kptr(&nb),
+            kptr(&dim),
+            kptr(&tps),
+            kptr(&parts.dist),
+            kptr(&parts.index),
+        ];
+        dev.launch(self.search_f32, plan.search_grid(), (256, 1, 1), 0, &mut a)?;
         let splits = plan.splits as i32;
-        let mut r = stream.launch_builder(&self.reduce);
-        r.arg(&*parts.dist).arg(&*parts.index).arg(&nq).arg(&splits);
-        r.arg(out_d).arg(out_i);
-        // SAFETY: as above, bank_reduce_f32.
-        unsafe { r.launch(cfg((plan.nq.div_ceil(128) as u32, 1), 128)) }.map_err(cuda_err)?;
-        Ok(())
+        let mut r: [*mut c_void; 6] = [
+            kptr(&parts.dist),
+            kptr(&parts.index),
+            kptr(&nq),
+            kptr(&splits),
+            kptr(&out_d),
+            kptr(&out_i),
+        ];
+        let grid = launch_dims("reduce", plan.nq.div_ceil(128))?;
+        dev.launch(self.reduce, grid, (128, 1, 1), 0, &mut r)
     }
 
     /// Fast search: f16 tensor cores, then exact f32 re-ranking of the `rerank` best split
-    /// winners. `q16`/`bank16` are f16 copies and `qnorm`/`bnorm` the f32 squared norms of
-    /// `q32`/`bank32`.
+    /// winners (1..=[`MAX_RERANK`]).
+    ///
+    /// # Safety
+    /// As [`Self::search_f32`]; the f16 copies hold as many elements as their originals and
+    /// the norms `nq` / `nb` values.
     #[allow(clippy::too_many_arguments)]
-    pub fn search_f16(
+    pub unsafe fn search_f16(
         &self,
-        stream: &CudaStream,
+        dev: &Device,
         plan: &SearchPlan,
-        q32: &CudaSlice<f32>,
-        q16: &CudaSlice<u16>,
-        qnorm: &CudaSlice<f32>,
-        bank32: &CudaSlice<f32>,
-        bank16: &CudaSlice<u16>,
-        bnorm: &CudaSlice<f32>,
+        inputs: &F16Inputs,
         rerank: usize,
-        parts: Partials<'_>,
-        out_d: &mut CudaSlice<f32>,
-        out_i: &mut CudaSlice<i32>,
+        parts: Partials,
+        out_d: DevPtr<f32>,
+        out_i: DevPtr<i32>,
     ) -> Result<()> {
-        if plan.path != SearchPath::F16 {
-            return Err(Error::Config(
-                "bank search: plan is not for the f16 path".into(),
-            ));
-        }
-        if rerank == 0 || rerank > MAX_RERANK {
-            return Err(Error::Config(format!(
-                "bank search: rerank {rerank} outside 1..={MAX_RERANK}"
-            )));
-        }
-        need("queries", q32.len().min(q16.len()), plan.nq * plan.dim)?;
-        need("bank", bank32.len().min(bank16.len()), plan.nb * plan.dim)?;
-        need("query norms", qnorm.len(), plan.nq)?;
-        need("bank norms", bnorm.len(), plan.nb)?;
-        need(
-            "partials",
-            parts.dist.len().min(parts.index.len()),
-            plan.part_len(),
-        )?;
-        need("outputs", out_d.len().min(out_i.len()), plan.nq)?;
+        plan.expect(SearchPath::F16)?;
+        check_rerank(rerank)?;
         let (nq, nb, dim) = (plan.nq as i32, plan.nb as i32, plan.dim as i32);
         let tps = plan.tiles_per_split as i32;
-        let mut b = stream.launch_builder(&self.search_f16);
-        b.arg(q16).arg(bank16).arg(qnorm).arg(bnorm);
-        b.arg(&nq).arg(&nb).arg(&dim).arg(&tps);
-        b.arg(&mut *parts.dist).arg(&mut *parts.index);
-        let grid = (plan.nq.div_ceil(F16_TILE_Q) as u32, plan.splits as u32);
-        // SAFETY: sizes checked against the plan; the signature matches bank_search_f16.
-        unsafe { b.launch(cfg(grid, 128)) }.map_err(cuda_err)?;
+        let mut a: [*mut c_void; 10] = [
+            kptr(&inputs.q16),
+            kptr(&inputs.bank16),
+            kptr(&inputs.qnorm),
+            kptr(&inputs.bnorm),
+            kptr(&nq),
+            kptr(&nb),
+            kptr(&dim),
+            kptr(&tps),
+            kptr(&parts.dist),
+            kptr(&parts.index),
+        ];
+        dev.launch(self.search_f16, plan.search_grid(), (128, 1, 1), 0, &mut a)?;
         let (splits, rr) = (plan.splits as i32, rerank as i32);
-        let mut r = stream.launch_builder(&self.rerank);
-        r.arg(q32)
-            .arg(bank32)
-            .arg(&dim)
-            .arg(&*parts.dist)
-            .arg(&*parts.index);
-        r.arg(&nq).arg(&splits).arg(&rr).arg(out_d).arg(out_i);
-        // SAFETY: as above, bank_rerank_f32 (one warp per query, 8 warps per block).
-        unsafe { r.launch(cfg((plan.nq.div_ceil(8) as u32, 1), 256)) }.map_err(cuda_err)?;
-        Ok(())
+        let mut r: [*mut c_void; 10] = [
+            kptr(&inputs.q32),
+            kptr(&inputs.bank32),
+            kptr(&dim),
+            kptr(&parts.dist),
+            kptr(&parts.index),
+            kptr(&nq),
+            kptr(&splits),
+            kptr(&rr),
+            kptr(&out_d),
+            kptr(&out_i),
+        ];
+        // One warp per query, 8 warps per block.
+        let grid = launch_dims("rerank", plan.nq.div_ceil(8))?;
+        dev.launch(self.rerank, grid, (256, 1, 1), 0, &mut r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_rejects_bad_shapes() {
+        assert!(SearchPlan::new(10, 10, 33, SearchPath::F32, 1).is_err());
+        assert!(SearchPlan::new(0, 10, 32, SearchPath::F16, 1).is_err());
+        assert!(SearchPlan::new(10, 0, 32, SearchPath::F16, 1).is_err());
+        assert!(SearchPlan::new(10, 10, 0, SearchPath::F32, 1).is_err());
+        assert!(SearchPlan::new(10, i32::MAX as usize + 1, 32, SearchPath::F32, 1).is_err());
+    }
+
+    #[test]
+    fn plan_covers_the_bank_exactly_once() {
+        for (nq, nb, path, tb) in [
+            (784, 150_000, SearchPath::F16, F16_TILE_B),
+            (784, 150_000, SearchPath::F32, F32_TILE_B),
+            (3136, 40_000, SearchPath::F16, F16_TILE_B),
+            (1, 1, SearchPath::F32, F32_TILE_B),
+            (70, 333, SearchPath::F32, F32_TILE_B),
+        ] {
+            let p = SearchPlan::new(nq, nb, 64, path, 132).unwrap();
+            assert!(p.splits >= 1 && p.splits <= MAX_GRID_Y);
+            assert!(p.splits * p.tiles_per_split * tb >= nb);
+            assert!((p.splits - 1) * p.tiles_per_split * tb < nb);
+            assert_eq!(p.part_len(), nq * p.splits);
+            assert_eq!(p.query_len(), nq * 64);
+            assert_eq!(p.bank_len(), nb * 64);
+        }
+        let p = SearchPlan::new(784, 150_000, 1920, SearchPath::F16, 132).unwrap();
+        assert_eq!(p.search_grid().0, 13);
+        assert!(p.expect(SearchPath::F32).is_err());
+        assert!(p.expect(SearchPath::F16).is_ok());
+    }
+
+    #[test]
+    fn rerank_bounds() {
+        assert!(check_rerank(0).is_err());
+        assert!(check_rerank(1).is_ok());
+        assert!(check_rerank(MAX_RERANK).is_ok());
+        assert!(check_rerank(MAX_RERANK + 1).is_err());
     }
 }

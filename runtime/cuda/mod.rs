@@ -18,8 +18,18 @@
 //! - [`arena::ArenaPlan`] / [`arena::Arena`]: one device allocation per engine, planned
 //!   from typed slots ([`arena::Slot`]); `arena.ptr(slot)` gives a typed [`arena::DevPtr`]
 //!   that is passed to kernels by address (`arg!`-style `&ptr as *const _ as *mut c_void`).
-//! - [`point`]: the point-branch kernels (preprocess, FPS, kNN grouping, group encoder,
-//!   feature alignment) with their launch functions.
+//! - [`graph::Graph`] / [`graph::Pinned`]: per-part work recorded once into a CUDA graph
+//!   and replayed, reading and writing pinned host buffers.
+//! - Stages, each a struct of kernels looked up once plus `unsafe` launch methods on
+//!   [`arena::DevPtr`]s, with a GPU parity test in `tests/cuda_<stage>.rs`:
+//!   [`point`] (preprocess, FPS, kNN grouping, group encoder, feature alignment),
+//!   [`embed`] (RGB input, patch and position embeddings, LayerNorm, output layout),
+//!   [`gemm`] (cuBLASLt dense layers), [`transformer`] (fused attention, elementwise),
+//!   [`bank`] (nearest bank rows), [`maps`] (re-weighting, upsampling, blur, decision,
+//!   regions), [`coreset`] (fit-time greedy selection).
+//! - The engine's device stages today, each self-checked against the CPU when the engine
+//!   is created: [`rgb`] (the ViT) and [`scoring`] (bank search); see [`crate::backend`]
+//!   for how an engine chooses and falls back.
 //!
 //! Lifetimes: drop every `Module` and `Arena` before the `Device` that made them (struct
 //! fields drop in declaration order: put the device last).
@@ -32,11 +42,20 @@
 
 pub mod arena;
 pub mod bank;
+pub mod coreset;
 pub mod device;
+pub mod embed;
+pub mod forward;
+pub mod gemm;
+pub mod graph;
+pub mod maps;
 pub mod module;
 pub mod point;
+pub mod rgb;
+pub mod scoring;
 pub mod transformer;
 
 pub use arena::{Arena, ArenaPlan, DevPtr, Slot};
 pub use device::Device;
+pub use graph::{Graph, Pinned};
 pub use module::KERNEL_MODULES;

@@ -3,6 +3,7 @@
 //! lookup.
 
 use std::ffi::{c_char, c_int, CString};
+use std::path::Path;
 
 use cudarc::driver::sys;
 use cudarc::nvrtc::sys as nvrtc;
@@ -39,21 +40,23 @@ pub struct Module {
 }
 
 impl Module {
-    /// Loads module `name` for `dev`: the embedded cubin for the device's architecture when
-    /// there is one (sm_90a preferred on 9.0), otherwise the source compiled with NVRTC.
+    /// Loads module `name` for `dev`, from the first of:
+    /// 1. the folder `$MIAD_CUBIN_DIR` when that environment variable is set (kernels
+    ///    compiled apart from the crate): `<name>.cubin`, or the `<name>.sm_XX.cubin` that
+    ///    `kernels/compile.py --out` writes (see [`read_cubin_override`]); a missing or
+    ///    unreadable file is an error;
+    /// 2. the cubin embedded for the device's architecture (sm_90a preferred on 9.0);
+    /// 3. the embedded source compiled with NVRTC.
     pub fn load(dev: &Device, name: &str) -> Result<Module> {
         let km = find_module(name)?;
         dev.bind()?;
         let sm = dev.sm();
-        let pick = |code: u32| km.cubins.iter().find(|(a, _)| *a == code).map(|(_, b)| *b);
-        let cubin = if sm == 90 {
-            pick(900).or_else(|| pick(90))
-        } else {
-            pick(sm)
-        };
-        let (image, origin): (Vec<u8>, String) = match cubin {
-            Some(b) => (b.to_vec(), format!("cubin sm_{sm}")),
-            None => (nvrtc_cubin(km, sm)?, format!("nvrtc sm_{sm}")),
+        let (image, origin): (Vec<u8>, String) = match std::env::var_os(CUBIN_DIR_VAR) {
+            Some(dir) => read_cubin_override(Path::new(&dir), km.name, sm)?,
+            None => match embedded_cubin(km, sm) {
+                Some(b) => (b.to_vec(), format!("cubin sm_{sm}")),
+                None => (nvrtc_cubin(km, sm)?, format!("nvrtc sm_{sm}")),
+            },
         };
         let mut module: sys::CUmodule = std::ptr::null_mut();
         unsafe {
@@ -89,6 +92,51 @@ impl Drop for Module {
             sys::cuModuleUnload(self.module);
         }
     }
+}
+
+/// Environment variable naming a folder of separately compiled `<module>.cubin` files that
+/// [`Module::load`] uses instead of the embedded ones.
+pub const CUBIN_DIR_VAR: &str = "MIAD_CUBIN_DIR";
+
+/// The embedded cubin of `km` for compute capability `sm` (90 takes sm_90a, then sm_90).
+pub fn embedded_cubin(km: &KernelModule, sm: u32) -> Option<&'static [u8]> {
+    let pick = |code: u32| km.cubins.iter().find(|(a, _)| *a == code).map(|(_, b)| *b);
+    if sm == 90 {
+        pick(900).or_else(|| pick(90))
+    } else {
+        pick(sm)
+    }
+}
+
+/// Reads the image of module `name` for compute capability `sm` from `dir` (host only):
+/// `<name>.cubin`, else the file `kernels/compile.py --out` writes for the architecture
+/// (`<name>.sm_90a.cubin` then `<name>.sm_90.cubin` on 9.0, `<name>.sm_<sm>.cubin`
+/// otherwise). A text image (PTX) gets the terminating NUL that `cuModuleLoadData` needs;
+/// an ELF cubin is used as it is.
+pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, String)> {
+    let mut names = vec![format!("{name}.cubin")];
+    if sm == 90 {
+        names.push(format!("{name}.sm_90a.cubin"));
+    }
+    names.push(format!("{name}.sm_{sm}.cubin"));
+    let Some(path) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) else {
+        return Err(Error::Cuda(format!(
+            "{CUBIN_DIR_VAR}={}: none of {} found",
+            dir.display(),
+            names.join(", ")
+        )));
+    };
+    let mut image = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if image.is_empty() {
+        return Err(Error::Cuda(format!(
+            "{}: empty kernel image ({CUBIN_DIR_VAR})",
+            path.display()
+        )));
+    }
+    if !image.starts_with(b"\x7fELF") && image.last() != Some(&0) {
+        image.push(0);
+    }
+    Ok((image, format!("file {}", path.display())))
 }
 
 /// Compiles the module's source for `sm` with the NVRTC found at run time. Headers beyond
@@ -161,5 +209,64 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
         };
         nvrtc::nvrtcDestroyProgram(&mut prog);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cubin_override_reads_the_named_file() {
+        let dir = std::env::temp_dir().join(format!("miad-cubin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Missing file: an error that names what was looked for.
+        let e = read_cubin_override(&dir, "nothere", 87).unwrap_err();
+        assert!(
+            e.to_string().contains("nothere.cubin") && e.to_string().contains("nothere.sm_87"),
+            "{e}"
+        );
+        // ELF image: unchanged.
+        let elf = b"\x7fELF\x02\x01rest".to_vec();
+        std::fs::write(dir.join("a.cubin"), &elf).unwrap();
+        let (img, origin) = read_cubin_override(&dir, "a", 90).unwrap();
+        assert_eq!(img, elf);
+        assert!(origin.contains("a.cubin"));
+        // Text (PTX): NUL-terminated.
+        std::fs::write(dir.join("b.cubin"), b".version 8.0").unwrap();
+        let (img, _) = read_cubin_override(&dir, "b", 87).unwrap();
+        assert_eq!(img.last(), Some(&0));
+        // Empty: an error.
+        std::fs::write(dir.join("c.cubin"), b"").unwrap();
+        assert!(read_cubin_override(&dir, "c", 87).is_err());
+        // compile.py names: the device's architecture, sm_90a first on 9.0.
+        std::fs::write(dir.join("d.sm_90.cubin"), b"\x7fELF90").unwrap();
+        std::fs::write(dir.join("d.sm_90a.cubin"), b"\x7fELF90a").unwrap();
+        std::fs::write(dir.join("d.sm_87.cubin"), b"\x7fELF87").unwrap();
+        assert_eq!(read_cubin_override(&dir, "d", 90).unwrap().0, b"\x7fELF90a");
+        assert_eq!(read_cubin_override(&dir, "d", 87).unwrap().0, b"\x7fELF87");
+        assert!(read_cubin_override(&dir, "d", 80).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn embedded_cubin_prefers_sm90a() {
+        const A: &[u8] = &[1];
+        const B: &[u8] = &[2];
+        const C: &[u8] = &[3];
+        let km = KernelModule {
+            name: "t",
+            source: "",
+            cubins: &[(87, A), (90, B), (900, C)],
+        };
+        assert_eq!(embedded_cubin(&km, 90), Some(C));
+        assert_eq!(embedded_cubin(&km, 87), Some(A));
+        assert_eq!(embedded_cubin(&km, 80), None);
+        let km = KernelModule {
+            name: "t",
+            source: "",
+            cubins: &[(90, B)],
+        };
+        assert_eq!(embedded_cubin(&km, 90), Some(B));
     }
 }

@@ -1,67 +1,35 @@
 //! Transformer kernels on the device: fused multi-head attention (exact f32 and bf16
-//! tensor-core paths). Kernels live in `kernels/attention.cu`.
+//! tensor-core paths, `kernels/attention.cu`) and the bias + exact GELU after the fc1 GEMM
+//! (`kernels/gelu.cu`). LayerNorm is [`super::embed::EmbedKernels::layernorm`]; residual
+//! adds are accumulating GEMMs.
+//!
+//! Raw-driver style (see [`super`]): each struct loads its module once and keeps the
+//! function handles; the launch methods take [`DevPtr`]s, launch on the [`Device`]'s stream
+//! with a fixed argument array and allocate nothing, so they can be recorded into a CUDA
+//! graph. Sizes are validated on the host before any launch; buffer extents cannot be seen
+//! through a `DevPtr`, so callers size their arena slots with the `*_len` helpers.
 //!
 //! Layout contract (timm): `qkv` is `[n_tokens, 3 * heads * 64]` (token, {q,k,v}, head,
 //! dim), the output `[n_tokens, heads * 64]` with heads concatenated. The head dimension is
 //! 64 (ViT-B/8 and Point-MAE); token and head counts come from the model configuration.
 
-use std::sync::Arc;
+use std::ffi::c_void;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
-    PushKernelArg,
-};
+use cudarc::driver::sys::CUfunction;
 
+use super::arena::DevPtr;
+use super::device::{kptr, Device};
+use super::module::Module;
 use crate::{Error, Result};
 
 /// The head dimension the attention kernels are built for.
 pub const ATTENTION_HEAD_DIM: usize = 64;
 const ATTENTION_TILE: usize = 64;
-
-/// Maps a driver error into the crate error.
-pub fn cuda_err(e: DriverError) -> Error {
-    Error::Config(format!("cuda: {e}"))
-}
-
-/// Loads kernel module `name`: from `<MIAD_CUBIN_DIR>/<name>.cubin` when that environment
-/// variable is set (kernels compiled apart from the crate), otherwise the cubin that
-/// `build.rs` embedded for this device's architecture.
-pub fn load_cubin_module(ctx: &Arc<CudaContext>, name: &str) -> Result<Arc<CudaModule>> {
-    let image = match std::env::var_os("MIAD_CUBIN_DIR") {
-        Some(dir) => {
-            let path = std::path::Path::new(&dir).join(format!("{name}.cubin"));
-            std::fs::read(&path).map_err(|e| Error::io(&path, e))?
-        }
-        None => {
-            let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
-            // build.rs tags cubins 87, 90 and 900 (sm_90a, which runs on every 9.0 device).
-            let arch = (major * 10 + minor) as u32;
-            let wanted: &[u32] = if arch == 90 { &[900, 90] } else { &[arch] };
-            super::module::KERNEL_MODULES
-                .iter()
-                .find(|m| m.name == name)
-                .and_then(|m| {
-                    wanted
-                        .iter()
-                        .find_map(|w| m.cubins.iter().find(|(a, _)| a == w))
-                })
-                .map(|(_, bytes)| bytes.to_vec())
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "no embedded {arch} cubin for kernel module {name}; set MIAD_CUBIN_DIR"
-                    ))
-                })?
-        }
-    };
-    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(image))
-        .map_err(cuda_err)
-}
-
-/// Whether a CUDA driver library can be loaded on this machine.
-pub fn driver_present() -> bool {
-    // SAFETY: only probes whether the shared library loads.
-    unsafe { cudarc::driver::sys::is_culib_present() }
-}
+/// Largest grid y/z dimension.
+const MAX_GRID_YZ: usize = 65_535;
+/// Largest grid x dimension.
+const MAX_GRID_X: usize = i32::MAX as usize;
+const FLAT_THREADS: usize = 256;
 
 /// Element type of a precision path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,41 +40,36 @@ pub enum Precision {
     Bf16,
 }
 
-/// The fused attention kernels of one module.
+impl Precision {
+    /// Bytes of one stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+}
+
+/// The fused attention kernels (`kernels/attention.cu`).
 pub struct Attention {
-    f32_kernel: CudaFunction,
-    bf16_kernel: CudaFunction,
+    f32_kernel: CUfunction,
+    bf16_kernel: CUfunction,
+    // Declared last: the functions above belong to it.
+    _module: Module,
 }
 
-fn check_shape(n_tokens: usize, heads: usize, qkv_len: usize, out_len: usize) -> Result<()> {
-    if n_tokens == 0 || heads == 0 || n_tokens > i32::MAX as usize / 4 {
-        return Err(Error::Config(format!(
-            "attention: invalid size {n_tokens} tokens x {heads} heads"
-        )));
-    }
-    let width = heads * ATTENTION_HEAD_DIM;
-    if qkv_len < n_tokens * 3 * width || out_len < n_tokens * width {
-        return Err(Error::Config(format!(
-            "attention: buffers too small ({qkv_len}, {out_len}) for {n_tokens} x {heads} x 64"
-        )));
-    }
-    Ok(())
-}
-
-fn launch_config(n_tokens: usize, heads: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n_tokens.div_ceil(ATTENTION_TILE) as u32, heads as u32, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
+// SAFETY: the handles are driver objects used from the engine's thread; CUDA handles may
+// move between threads (the context is made current with `Device::bind`).
+unsafe impl Send for Attention {}
 
 impl Attention {
-    /// Looks up the kernels in a module built from `kernels/attention.cu`.
-    pub fn new(module: &Arc<CudaModule>) -> Result<Self> {
+    /// Loads `attention` for `dev` and looks its kernels up (creation time).
+    pub fn new(dev: &Device) -> Result<Self> {
+        let module = Module::load(dev, "attention")?;
         Ok(Self {
-            f32_kernel: module.load_function("attention_f32").map_err(cuda_err)?,
-            bf16_kernel: module.load_function("attention_bf16").map_err(cuda_err)?,
+            f32_kernel: module.function("attention_f32")?,
+            bf16_kernel: module.function("attention_bf16")?,
+            _module: module,
         })
     }
 
@@ -115,186 +78,216 @@ impl Attention {
         4.0 * (n_tokens as f64).powi(2) * (ATTENTION_HEAD_DIM * heads) as f64
     }
 
+    /// Elements of the `qkv` input of `n_tokens` x `heads`.
+    pub fn qkv_len(n_tokens: usize, heads: usize) -> usize {
+        n_tokens * 3 * heads * ATTENTION_HEAD_DIM
+    }
+
+    /// Elements of the output of `n_tokens` x `heads`.
+    pub fn out_len(n_tokens: usize, heads: usize) -> usize {
+        n_tokens * heads * ATTENTION_HEAD_DIM
+    }
+
+    /// Checks a launch shape: non-zero, within the kernels' index range and grid limits.
+    pub fn check_shape(n_tokens: usize, heads: usize) -> Result<()> {
+        if n_tokens == 0
+            || heads == 0
+            || heads > MAX_GRID_YZ
+            || n_tokens > i32::MAX as usize / 4
+            || heads > i32::MAX as usize / (3 * ATTENTION_HEAD_DIM)
+        {
+            return Err(Error::Config(format!(
+                "attention: invalid size {n_tokens} tokens x {heads} heads"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a shape against buffer sizes (elements), as an engine does with its slots.
+    pub fn check_buffers(
+        n_tokens: usize,
+        heads: usize,
+        qkv_len: usize,
+        out_len: usize,
+    ) -> Result<()> {
+        Self::check_shape(n_tokens, heads)?;
+        if qkv_len < Self::qkv_len(n_tokens, heads) || out_len < Self::out_len(n_tokens, heads) {
+            return Err(Error::Config(format!(
+                "attention: buffers too small ({qkv_len}, {out_len}) for {n_tokens} x {heads} x {ATTENTION_HEAD_DIM}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn grid(n_tokens: usize, heads: usize) -> (u32, u32, u32) {
+        (n_tokens.div_ceil(ATTENTION_TILE) as u32, heads as u32, 1)
+    }
+
     /// Exact f32 attention with softmax scale `scale` (normally 64^-0.5).
-    pub fn run_f32(
+    ///
+    /// # Safety
+    /// `qkv` must hold [`Self::qkv_len`] and `out` [`Self::out_len`] elements on `dev`.
+    pub unsafe fn run_f32(
         &self,
-        stream: &CudaStream,
-        qkv: &CudaSlice<f32>,
-        out: &mut CudaSlice<f32>,
+        dev: &Device,
+        qkv: DevPtr<f32>,
+        out: DevPtr<f32>,
         n_tokens: usize,
         heads: usize,
         scale: f32,
     ) -> Result<()> {
-        check_shape(n_tokens, heads, qkv.len(), out.len())?;
+        Self::check_shape(n_tokens, heads)?;
         let (n, h) = (n_tokens as i32, heads as i32);
-        let mut b = stream.launch_builder(&self.f32_kernel);
-        b.arg(qkv).arg(out).arg(&n).arg(&h).arg(&scale);
-        // SAFETY: argument types and buffer sizes match the kernel's signature (checked above).
-        unsafe { b.launch(launch_config(n_tokens, heads, 64)) }.map_err(cuda_err)?;
-        Ok(())
+        let mut a: [*mut c_void; 5] = [kptr(&qkv), kptr(&out), kptr(&n), kptr(&h), kptr(&scale)];
+        dev.launch(
+            self.f32_kernel,
+            Self::grid(n_tokens, heads),
+            (64, 1, 1),
+            0,
+            &mut a,
+        )
     }
 
     /// bf16 attention on tensor cores; buffers hold bf16 bit patterns.
-    pub fn run_bf16(
+    ///
+    /// # Safety
+    /// As [`Self::run_f32`].
+    pub unsafe fn run_bf16(
         &self,
-        stream: &CudaStream,
-        qkv: &CudaSlice<u16>,
-        out: &mut CudaSlice<u16>,
+        dev: &Device,
+        qkv: DevPtr<u16>,
+        out: DevPtr<u16>,
         n_tokens: usize,
         heads: usize,
         scale: f32,
     ) -> Result<()> {
-        check_shape(n_tokens, heads, qkv.len(), out.len())?;
+        Self::check_shape(n_tokens, heads)?;
         let (n, h) = (n_tokens as i32, heads as i32);
-        let mut b = stream.launch_builder(&self.bf16_kernel);
-        b.arg(qkv).arg(out).arg(&n).arg(&h).arg(&scale);
-        // SAFETY: as in `run_f32`; bf16 values are passed as their u16 bit patterns.
-        unsafe { b.launch(launch_config(n_tokens, heads, 128)) }.map_err(cuda_err)?;
-        Ok(())
+        let mut a: [*mut c_void; 5] = [kptr(&qkv), kptr(&out), kptr(&n), kptr(&h), kptr(&scale)];
+        dev.launch(
+            self.bf16_kernel,
+            Self::grid(n_tokens, heads),
+            (128, 1, 1),
+            0,
+            &mut a,
+        )
     }
 }
 
-/// LayerNorm, residual add and bias + GELU (`kernels/layernorm.cu`).
+/// Bias + exact GELU (`kernels/gelu.cu`).
 pub struct Elementwise {
-    layernorm: CudaFunction,
-    layernorm_bf16: CudaFunction,
-    add: CudaFunction,
-    bias_gelu: CudaFunction,
+    bias_gelu: CUfunction,
+    // Declared last: the functions above belong to it.
+    _module: Module,
 }
 
-fn flat_cfg(n: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (n.div_ceil(256) as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
+// SAFETY: as for `Attention`.
+unsafe impl Send for Elementwise {}
 
-fn ln_check(rows: usize, cols: usize, x: usize, g: usize, b: usize, y: usize) -> Result<()> {
-    if rows == 0 || cols == 0 || x < rows * cols || y < rows * cols || g < cols || b < cols {
+/// Grid of a flat kernel over `n` elements (one thread each).
+fn flat_grid(what: &str, n: usize) -> Result<(u32, u32, u32)> {
+    let blocks = n.div_ceil(FLAT_THREADS);
+    if n == 0 || blocks > MAX_GRID_X || n > i64::MAX as usize {
         return Err(Error::Config(format!(
-            "layernorm: buffers ({x}, {g}, {b}, {y}) do not fit {rows} x {cols}"
+            "{what}: {n} elements is not a launchable size"
         )));
     }
+    Ok((blocks as u32, 1, 1))
+}
+
+/// Checks a bias + GELU shape: `rows` x `cols` with a bias of `cols`.
+pub fn bias_gelu_check(rows: usize, cols: usize) -> Result<()> {
+    if rows == 0 || cols == 0 || cols > i32::MAX as usize {
+        return Err(Error::Config(format!(
+            "bias_gelu: invalid shape {rows} x {cols}"
+        )));
+    }
+    rows.checked_mul(cols)
+        .ok_or_else(|| Error::Config(format!("bias_gelu: {rows} x {cols} overflows")))?;
     Ok(())
 }
 
+/// Launches `bias_gelu_f32` (function `f` of `kernels/gelu.cu`) on `y`, `rows` x
+/// `cols`: `y = gelu(y + bias)`, exact erf GELU. Shared with the GEMM plans.
+///
+/// # Safety
+/// `f` must be `bias_gelu_f32` of a live module; `y` must hold rows x cols and `bias` cols
+/// f32 values on `dev`.
+pub(crate) unsafe fn launch_bias_gelu(
+    dev: &Device,
+    f: CUfunction,
+    y: DevPtr<f32>,
+    bias: DevPtr<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    bias_gelu_check(rows, cols)?;
+    let n = rows * cols;
+    let grid = flat_grid("bias_gelu", n)?;
+    let (n, c) = (n as i64, cols as i32);
+    let mut a: [*mut c_void; 4] = [kptr(&y), kptr(&bias), kptr(&n), kptr(&c)];
+    dev.launch(f, grid, (FLAT_THREADS as u32, 1, 1), 0, &mut a)
+}
+
 impl Elementwise {
-    /// Looks up the kernels in a module built from `kernels/layernorm.cu`.
-    pub fn new(module: &Arc<CudaModule>) -> Result<Self> {
-        let f = |n: &str| module.load_function(n).map_err(cuda_err);
+    /// Loads `gelu` for `dev` and looks its kernel up (creation time).
+    pub fn new(dev: &Device) -> Result<Self> {
+        let module = Module::load(dev, "gelu")?;
         Ok(Self {
-            layernorm: f("layernorm_f32")?,
-            layernorm_bf16: f("layernorm_f32_bf16")?,
-            add: f("add_f32")?,
-            bias_gelu: f("bias_gelu_f32")?,
+            bias_gelu: module.function("bias_gelu_f32")?,
+            _module: module,
         })
     }
 
-    /// `y = layernorm(x) * gamma + beta` over rows of `cols`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_f32(
+    /// The `bias_gelu_f32` handle, for plans that launch it after a GEMM. Valid while
+    /// `self` lives.
+    pub fn bias_gelu_function(&self) -> CUfunction {
+        self.bias_gelu
+    }
+
+    /// `y = gelu(y + bias)` (exact erf GELU), `y` `rows` x `cols`, `bias` `cols`.
+    ///
+    /// # Safety
+    /// `y` must hold rows x cols and `bias` cols f32 values on `dev`.
+    pub unsafe fn bias_gelu_f32(
         &self,
-        stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        y: &mut CudaSlice<f32>,
+        dev: &Device,
+        y: DevPtr<f32>,
+        bias: DevPtr<f32>,
         rows: usize,
         cols: usize,
-        eps: f32,
     ) -> Result<()> {
-        ln_check(rows, cols, x.len(), gamma.len(), beta.len(), y.len())?;
-        let (r, c) = (rows as i32, cols as i32);
-        let mut b = stream.launch_builder(&self.layernorm);
-        b.arg(x)
-            .arg(gamma)
-            .arg(beta)
-            .arg(y)
-            .arg(&r)
-            .arg(&c)
-            .arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: sizes checked; the signature matches layernorm_f32.
-        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-        Ok(())
+        launch_bias_gelu(dev, self.bias_gelu, y, bias, rows, cols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_shapes_are_checked_on_the_host() {
+        assert!(Attention::check_shape(785, 12).is_ok());
+        assert!(Attention::check_shape(0, 12).is_err());
+        assert!(Attention::check_shape(10, 0).is_err());
+        assert!(Attention::check_shape(10, MAX_GRID_YZ + 1).is_err());
+        assert!(Attention::check_shape(i32::MAX as usize, 1).is_err());
+        assert_eq!(Attention::qkv_len(785, 12), 785 * 2304);
+        assert_eq!(Attention::out_len(785, 12), 785 * 768);
+        assert!(Attention::check_buffers(4, 2, 10, 10).is_err());
+        assert!(Attention::check_buffers(4, 2, 4 * 384, 4 * 128).is_ok());
+        assert!(Attention::check_buffers(4, 2, 4 * 384 - 1, 4 * 128).is_err());
+        assert!(Attention::check_buffers(4, 2, 4 * 384, 4 * 128 - 1).is_err());
     }
 
-    /// As [`Self::layernorm_f32`], writing bf16 bit patterns (fast path GEMM input).
-    #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_bf16(
-        &self,
-        stream: &CudaStream,
-        x: &CudaSlice<f32>,
-        gamma: &CudaSlice<f32>,
-        beta: &CudaSlice<f32>,
-        y: &mut CudaSlice<u16>,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<()> {
-        ln_check(rows, cols, x.len(), gamma.len(), beta.len(), y.len())?;
-        let (r, c) = (rows as i32, cols as i32);
-        let mut b = stream.launch_builder(&self.layernorm_bf16);
-        b.arg(x)
-            .arg(gamma)
-            .arg(beta)
-            .arg(y)
-            .arg(&r)
-            .arg(&c)
-            .arg(&eps);
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: sizes checked; the signature matches layernorm_f32_bf16.
-        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-        Ok(())
-    }
-
-    /// Residual add `y += x` over the whole of `y`.
-    pub fn add_f32(
-        &self,
-        stream: &CudaStream,
-        y: &mut CudaSlice<f32>,
-        x: &CudaSlice<f32>,
-    ) -> Result<()> {
-        if x.len() < y.len() {
-            return Err(Error::Config("add: x shorter than y".into()));
-        }
-        let n = y.len() as i64;
-        let cfg = flat_cfg(y.len());
-        let mut b = stream.launch_builder(&self.add);
-        b.arg(y).arg(x).arg(&n);
-        // SAFETY: x covers y; the signature matches add_f32.
-        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-        Ok(())
-    }
-
-    /// `y = gelu(y + bias)` (exact erf GELU), `y` rows of `bias.len()` columns.
-    pub fn bias_gelu_f32(
-        &self,
-        stream: &CudaStream,
-        y: &mut CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
-    ) -> Result<()> {
-        let cols = bias.len();
-        if cols == 0 || !y.len().is_multiple_of(cols) {
-            return Err(Error::Config(
-                "bias_gelu: y is not whole rows of the bias".into(),
-            ));
-        }
-        let (n, c) = (y.len() as i64, cols as i32);
-        let cfg = flat_cfg(y.len());
-        let mut b = stream.launch_builder(&self.bias_gelu);
-        b.arg(y).arg(bias).arg(&n).arg(&c);
-        // SAFETY: shape checked; the signature matches bias_gelu_f32.
-        unsafe { b.launch(cfg) }.map_err(cuda_err)?;
-        Ok(())
+    #[test]
+    fn elementwise_shapes_are_checked_on_the_host() {
+        assert!(bias_gelu_check(785, 3072).is_ok());
+        assert!(bias_gelu_check(785, 0).is_err());
+        assert!(bias_gelu_check(usize::MAX, 2).is_err());
+        assert!(flat_grid("t", 0).is_err());
+        assert_eq!(flat_grid("t", 257).unwrap(), (2, 1, 1));
+        assert_eq!(Attention::grid(785, 12), (13, 12, 1));
+        assert_eq!(Precision::Bf16.bytes(), 2);
     }
 }

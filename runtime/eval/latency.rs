@@ -58,7 +58,9 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
 #[derive(Clone, Debug)]
 pub struct LatencyReport {
     pub model: String,
-    pub backend: &'static str,
+    /// What ran where: `cpu`, `cuda on <device>: <stages>`, or the CPU with the reason
+    /// CUDA was not used.
+    pub backend: String,
     pub threads: usize,
     pub parts: usize,
     pub warmup: usize,
@@ -127,7 +129,7 @@ pub fn run(
     let rgb_p50_s = stages[1].p50 / 1e3;
     Ok(LatencyReport {
         model: cfg.name.clone(),
-        backend: "cpu",
+        backend: engine.backend().describe(),
         threads: engine.threads(),
         parts: n,
         warmup,
@@ -158,7 +160,11 @@ impl LatencyReport {
         };
         let mut j = String::from("{\n");
         let _ = writeln!(j, "  \"model\": \"{}\",", self.model.replace('"', "'"));
-        let _ = writeln!(j, "  \"backend\": \"{}\",", self.backend);
+        let _ = writeln!(
+            j,
+            "  \"backend\": \"{}\",",
+            self.backend.replace('\\', "/").replace('"', "'")
+        );
         let _ = writeln!(j, "  \"threads\": {},", self.threads);
         let _ = writeln!(j, "  \"parts\": {},", self.parts);
         let _ = writeln!(j, "  \"warmup\": {},", self.warmup);

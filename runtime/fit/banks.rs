@@ -26,6 +26,7 @@
 use super::calibrate;
 use super::decision::{BankSet, Scorer, BANK_NAMES, FUSED, RGB, XYZ};
 use super::scratch::{peak_rss_kib, ScratchFile};
+use crate::backend::Backend;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
 use crate::cpu::bank_search::{sq_norms, BankView};
 use crate::cpu::coreset;
@@ -113,6 +114,10 @@ pub struct FitOptions {
     pub radar: bool,
     /// Ridge of the per-case covariances, relative to their mean diagonal.
     pub radar_ridge: f64,
+    /// Where the greedy coreset selection runs: [`Backend::Cuda`] / [`Backend::Auto`] use
+    /// CUDA device 0 (feature `cuda`; same indices as the CPU); without a usable device it
+    /// runs on the CPU (and, for `Cuda`, says why on stderr).
+    pub backend: Backend,
 }
 
 impl Default for FitOptions {
@@ -130,6 +135,7 @@ impl Default for FitOptions {
             scratch_dir: std::env::temp_dir(),
             radar: true,
             radar_ridge: 1e-3,
+            backend: Backend::Cpu,
         }
     }
 }
@@ -201,6 +207,24 @@ fn bank_slices(
             &part[0..0]
         }
     })
+}
+
+/// The coreset's greedy selection: on the GPU when asked for and possible, else the CPU
+/// (identical indices either way).
+fn greedy_selection(pool: &Pool, backend: Backend, x: &[f32], dim: usize, m: usize) -> Vec<u32> {
+    if backend != Backend::Cpu {
+        #[cfg(feature = "cuda")]
+        let why = match crate::cuda::coreset::greedy_on_first_device(x, dim, m) {
+            Ok(idx) => return idx,
+            Err(e) => e.to_string(),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let why = "this miad was built without the `cuda` feature";
+        if backend == Backend::Cuda {
+            eprintln!("miad: GPU coreset not used: {why}; selecting on the CPU");
+        }
+    }
+    coreset::greedy(pool, x, dim, m)
 }
 
 /// Runs the fit (module doc). `base` carries the model identity and category.
@@ -346,7 +370,7 @@ pub fn fit(
                     total: n,
                 });
             }
-            coreset::greedy(pool, proj.as_slice(), pd, m)
+            greedy_selection(pool, opts.backend, proj.as_slice(), pd, m)
         };
         let extra = usize::from(b == XYZ);
         let mut data = Vec::with_capacity((selected.len() + extra) * d);

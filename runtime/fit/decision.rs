@@ -68,6 +68,20 @@ pub struct PartScores {
     pub score: f32,
 }
 
+/// A nearest-bank-row search that runs outside the CPU backend (the CUDA backend's bank
+/// search). For bank `bank` (score-vector order) and the part's normalised patch
+/// features `x` (`n × dim`), fills `dist[..n]` with the Euclidean distance to the nearest
+/// bank row and `index[..n]` with that row, exactly as [`bank_search::nearest`] does.
+pub trait NearestSearch {
+    fn nearest(
+        &mut self,
+        bank: usize,
+        x: &[f32],
+        dist: &mut [f32],
+        index: &mut [u32],
+    ) -> crate::Result<()>;
+}
+
 /// Plans and runs the scoring of parts against a [`BankSet`].
 #[derive(Clone, Debug)]
 pub struct Scorer {
@@ -142,12 +156,30 @@ impl Scorer {
         map: Option<&mut [f32]>,
         scratch: &mut [f32],
     ) -> PartScores {
+        let cpu_only = self.score_with(pool, None, set, feats, exclude, bank_maps, map, scratch);
+        cpu_only.expect("the CPU search cannot fail")
+    }
+
+    /// [`Scorer::score`] with the nearest-row search of every bank done by `search` when
+    /// given (the CUDA backend); its error, if any, is returned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_with(
+        &self,
+        pool: &Pool,
+        mut search: Option<&mut dyn NearestSearch>,
+        set: &BankSet<'_>,
+        feats: [&[f32]; 3],
+        exclude: [Option<(&[u32], u32)>; 3],
+        bank_maps: &mut [f32],
+        map: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) -> crate::Result<PartScores> {
         let s2 = self.map_size * self.map_size;
         let (norm_buf, rest) = scratch.split_at_mut(self.max_feat);
         let (dmap, rest) = rest.split_at_mut(self.max_patches);
         let (nn_f, rest) = rest.split_at_mut(self.max_patches);
         let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
-        let (search, map_scratch) =
+        let (cpu_search, map_scratch) =
             rest.split_at_mut(bank_search::score_scratch_len(self.threads, self.max_rows));
         let mut out = PartScores::default();
         for b in 0..3 {
@@ -164,15 +196,31 @@ impl Scorer {
             for (o, v) in xb.iter_mut().zip(f) {
                 *o = (v - mean) * inv;
             }
-            let BankScore { score, .. } = bank_search::score_part(
-                pool,
-                xb,
-                view,
-                exclude[b],
-                &mut dmap[..n],
-                &mut nn[..n],
-                search,
-            );
+            let BankScore { score, .. } = match search.as_deref_mut() {
+                Some(device) if exclude[b].is_none() => {
+                    device.nearest(b, xb, &mut dmap[..n], &mut nn[..n])?;
+                    let (_, knn_scratch) =
+                        cpu_search.split_at_mut(bank_search::nearest_scratch_len(self.threads));
+                    bank_search::reweighted_score(
+                        pool,
+                        xb,
+                        view,
+                        None,
+                        &dmap[..n],
+                        &nn[..n],
+                        knn_scratch,
+                    )
+                }
+                _ => bank_search::score_part(
+                    pool,
+                    xb,
+                    view,
+                    exclude[b],
+                    &mut dmap[..n],
+                    &mut nn[..n],
+                    cpu_search,
+                ),
+            };
             maps::anomaly_map(
                 &dmap[..n],
                 set.grids[b],
@@ -191,6 +239,6 @@ impl Scorer {
                 *o = c[0] * bank_maps[p] + c[1] * bank_maps[s2 + p] + c[2] * bank_maps[2 * s2 + p];
             }
         }
-        out
+        Ok(out)
     }
 }

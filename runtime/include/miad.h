@@ -158,7 +158,21 @@ enum {
     /* A message buffer of this size holds every message in practice. */
     MIAD_ERR_BUF_LEN = 1024,
     /* Size of miad_engine_info.category, NUL included. */
-    MIAD_CATEGORY_LEN = 64
+    MIAD_CATEGORY_LEN = 64,
+    /* Size of miad_engine_info.backend_note, NUL included. */
+    MIAD_BACKEND_NOTE_LEN = 256
+};
+
+/* miad_engine_options.backend and miad_engine_info.backend_used. */
+enum {
+    /* The CPU backend (the reference; the default). */
+    MIAD_BACKEND_CPU = 0,
+    /* The CUDA backend. Never fails the open for want of a GPU: without a usable driver,
+     * device or kernel the engine runs on the CPU, says why in
+     * miad_engine_info.backend_note, and prints the reason once to stderr. */
+    MIAD_BACKEND_CUDA = 1,
+    /* CUDA when a usable GPU is present, else the CPU (no message). */
+    MIAD_BACKEND_AUTO = 2
 };
 
 /* ---- Types ------------------------------------------------------------------------- */
@@ -181,6 +195,10 @@ typedef struct miad_engine_options {
     uint32_t preprocessed;
     /* Verify every tensor checksum of both files when opening. Default 1. */
     uint32_t verify_checksums;
+    /* MIAD_BACKEND_CPU (default), MIAD_BACKEND_CUDA or MIAD_BACKEND_AUTO. */
+    uint32_t backend;
+    /* CUDA device ordinal, for the CUDA backend. Default 0. */
+    uint32_t device;
 } miad_engine_options;
 
 /* One part. Either modality may be missing: pass NULL (its sizes are then ignored).
@@ -298,6 +316,10 @@ typedef struct miad_engine_info {
     uint32_t cases_calibrated;
     /* The product category of the bank file, NUL-terminated (truncated). */
     char category[MIAD_CATEGORY_LEN];
+    /* MIAD_BACKEND_CPU or MIAD_BACKEND_CUDA: what the engine runs on. */
+    uint32_t backend_used;
+    /* What runs where, and why CUDA is not used when it was asked for, NUL-terminated. */
+    char backend_note[MIAD_BACKEND_NOTE_LEN];
 } miad_engine_info;
 
 /* Layout checks; runtime/capi/mod.rs asserts the same numbers. */
@@ -308,7 +330,7 @@ typedef struct miad_engine_info {
 #else
 #define MIAD_STATIC_ASSERT(cond, name) typedef char miad_static_assert_##name[(cond) ? 1 : -1]
 #endif
-MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 20, engine_options_size);
+MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 28, engine_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_part) == 8 * sizeof(size_t), part_size);
 MIAD_STATIC_ASSERT(sizeof(miad_inspect_options) == 24 + 4 * sizeof(size_t), inspect_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_region) == 28, region_size);
@@ -316,8 +338,9 @@ MIAD_STATIC_ASSERT(sizeof(miad_result) == 1912, result_size);
 MIAD_STATIC_ASSERT(offsetof(miad_result, regions_count) == 68, result_regions_count);
 MIAD_STATIC_ASSERT(offsetof(miad_result, time_preprocess_s) == 72, result_times);
 MIAD_STATIC_ASSERT(offsetof(miad_result, regions) == 120, result_regions);
-MIAD_STATIC_ASSERT(sizeof(miad_engine_info) == 104, engine_info_size);
+MIAD_STATIC_ASSERT(sizeof(miad_engine_info) == 364, engine_info_size);
 MIAD_STATIC_ASSERT(offsetof(miad_engine_info, category) == 40, engine_info_category);
+MIAD_STATIC_ASSERT(offsetof(miad_engine_info, backend_note) == 108, engine_info_backend_note);
 
 /* ---- Functions --------------------------------------------------------------------- */
 

@@ -51,6 +51,17 @@ pub struct StageTimes {
     pub fusion: f64,
 }
 
+/// The RGB network run by another backend (the CUDA backend's ViT): from the normalised
+/// network input (`3 × S × S`, as [`PreprocessOutput::rgb_input`]) to the patch features
+/// (`rgb_grid² × rgb_dim`), exactly what the CPU ViT computes.
+pub trait RgbNetwork {
+    fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()>;
+}
+
+/// Largest relative difference (max |Δ| over max |reference|) between another backend's
+/// RGB features and the CPU's that [`Extractor::use_rgb_network`] accepts.
+pub const RGB_NETWORK_TOLERANCE: f32 = 1e-4;
+
 /// Plans and runs the feature extraction of parts (module doc).
 pub struct Extractor<'m> {
     cfg: ModelConfig,
@@ -73,6 +84,8 @@ pub struct Extractor<'m> {
     pub fused: Vec<f32>,
     scratch: Vec<f32>,
     pseudo: PseudoFeatures,
+    /// Runs the ViT instead of the CPU when set ([`Extractor::use_rgb_network`]).
+    rgb_network: Option<Box<dyn RgbNetwork + Send>>,
     /// Which modalities the last part had, and why one was not used.
     pub status: ModalityStatus,
     /// Stage times of the last part.
@@ -156,6 +169,7 @@ impl<'m> Extractor<'m> {
             xyz: vec![0.0; xyz_grid * xyz_grid * xyz_dim],
             fused: vec![0.0; xyz_grid * xyz_grid * (xyz_dim + rgb_dim)],
             scratch: vec![0.0; scratch_len],
+            rgb_network: None,
             pseudo: PseudoFeatures {
                 rgb: Vec::new(),
                 xyz: Vec::new(),
@@ -199,6 +213,37 @@ impl<'m> Extractor<'m> {
         let patches = self.xyz.len() / f;
         let xyz = token.repeat(patches);
         Ok(PseudoFeatures { rgb, xyz })
+    }
+
+    /// Runs the RGB branch on `network` from now on, after checking it against the CPU
+    /// ViT on the pseudo input (whose CPU features were computed at creation). Returns the
+    /// relative difference found; a network that differs by more than
+    /// [`RGB_NETWORK_TOLERANCE`] (or fails) is refused and the CPU ViT stays in use.
+    pub fn use_rgb_network(&mut self, mut network: Box<dyn RgbNetwork + Send>) -> Result<f32> {
+        let ones = vec![1.0f32; self.pre.rgb_input.len()];
+        let mut got = vec![0.0f32; self.rgb.len()];
+        network.forward(&ones, &mut got)?;
+        if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Cuda(format!(
+                "self-check of the RGB network failed: feature {i} is {} (NaN or infinite)",
+                got[i]
+            )));
+        }
+        let want = &self.pseudo.rgb;
+        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = want
+            .iter()
+            .zip(&got)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let rel = worst / peak.max(f32::MIN_POSITIVE);
+        if rel > RGB_NETWORK_TOLERANCE {
+            return Err(Error::Cuda(format!(
+                "self-check of the RGB network failed: its features differ from the CPU ViT's \
+                 by {rel:.2e} of their peak (tolerance {RGB_NETWORK_TOLERANCE:.0e})"
+            )));
+        }
+        self.rgb_network = Some(network);
+        Ok(rel)
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -276,7 +321,9 @@ impl<'m> Extractor<'m> {
         self.status = status;
         let t1 = Instant::now();
         let vc = self.cfg.vit.as_ref().expect("checked in new");
-        if status.rgb_usable() {
+        if let (true, Some(net)) = (status.rgb_usable(), self.rgb_network.as_mut()) {
+            net.forward(&self.pre.rgb_input, &mut self.rgb)?;
+        } else if status.rgb_usable() {
             vit_forward(
                 pool,
                 vc,

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds every CUDA test executable here (no GPU needed) into .gpu/bin/, to be carried to
+# the device machine and run there by bench/gpu/all.sh:
+#
+#   bash bench/gpu/build.sh
+#   device run, carry [".gpu"], command: bash bench/gpu/all.sh
+#
+# The kernels are embedded as cubins for sm_87/sm_90/sm_90a (NVRTC from .venv-ci, which
+# .ci/run installs), so the device machine needs only its driver.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ ! -x .venv-ci/bin/python ]; then
+  python3 -m venv .venv-ci
+  .venv-ci/bin/pip install -q nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
+fi
+rm -rf .gpu/bin && mkdir -p .gpu/bin
+targets=$(ls tests/cuda_*.rs | xargs -n1 basename | sed 's/\.rs$//')
+args=()
+for t in $targets; do args+=(--test "$t"); done
+cargo test --release --features cuda --no-run --message-format=json "${args[@]}" \
+  | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        dst = ".gpu/bin/" + m["target"]["name"]
+        shutil.copy(m["executable"], dst)
+        print("built", dst)
+'
+strip .gpu/bin/* 2>/dev/null || true
+# Compressed, so that the executables and the working tree stay under the 64 MiB a call
+# carries; all.sh unpacks them.
+tar -C .gpu -czf .gpu/bin.tar.gz bin && rm -rf .gpu/bin
+du -sh .gpu/bin.tar.gz

@@ -1,0 +1,151 @@
+//! Which compute backend an engine runs on, and why.
+//!
+//! The CPU backend ([`crate::cpu`]) is complete and is the reference. The CUDA backend
+//! (feature `cuda`) is chosen per engine: [`Backend::Cuda`] asks for it, [`Backend::Auto`]
+//! takes it when a usable GPU is present. Neither ever fails the engine for want of a GPU:
+//! when the driver, the device or a kernel module is missing, the engine runs on the CPU
+//! and [`BackendChoice::fallback`] says why (also printed once to stderr when the caller
+//! asked for CUDA explicitly).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::Error;
+
+/// The backend an engine is asked to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The CPU backend (the reference).
+    #[default]
+    Cpu,
+    /// The CUDA backend; falls back to the CPU (with the reason) when no GPU can be used.
+    Cuda,
+    /// CUDA when a usable GPU is present, otherwise the CPU, silently.
+    Auto,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Backend::Cpu),
+            "cuda" | "gpu" => Ok(Backend::Cuda),
+            "auto" => Ok(Backend::Auto),
+            other => Err(Error::Config(format!(
+                "unknown backend {other:?}: expected cpu, cuda or auto"
+            ))),
+        }
+    }
+}
+
+/// What an engine ended up with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub requested: Backend,
+    /// [`Backend::Cpu`] or [`Backend::Cuda`], never `Auto`.
+    pub used: Backend,
+    /// The GPU, when one is used: name and compute capability.
+    pub device: Option<String>,
+    /// Why CUDA was not used although it was asked for (`Cuda` or `Auto`), or, on the
+    /// CUDA backend, why a stage that could run on the device stays on the CPU.
+    pub fallback: Option<String>,
+    /// The pipeline stages that run on the device (empty on the CPU backend).
+    pub device_stages: Vec<&'static str>,
+}
+
+impl BackendChoice {
+    /// The CPU backend, as asked.
+    pub fn cpu() -> Self {
+        BackendChoice {
+            requested: Backend::Cpu,
+            used: Backend::Cpu,
+            device: None,
+            fallback: None,
+            device_stages: Vec::new(),
+        }
+    }
+
+    /// The CPU backend because CUDA could not be used; logs the reason when CUDA was
+    /// asked for explicitly.
+    pub fn fell_back(requested: Backend, reason: String) -> Self {
+        if requested == Backend::Cuda {
+            eprintln!("miad: CUDA backend not used: {reason}; running on the CPU backend");
+        }
+        BackendChoice {
+            requested,
+            used: Backend::Cpu,
+            device: None,
+            fallback: Some(reason),
+            device_stages: Vec::new(),
+        }
+    }
+
+    /// One line for reports: `cpu`, `cuda on NVIDIA H100 (sm_90): bank search`, or
+    /// `cpu (cuda asked for: no CUDA driver ...)`.
+    pub fn describe(&self) -> String {
+        match (&self.device, &self.fallback) {
+            (Some(dev), None) => format!("cuda on {dev}: {}", self.device_stages.join(", ")),
+            (Some(dev), Some(why)) => format!(
+                "cuda on {dev}: {} (the rest on the CPU: {why})",
+                self.device_stages.join(", ")
+            ),
+            (None, Some(why)) => format!("cpu ({} asked for: {why})", self.requested),
+            (None, None) => "cpu".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_unknown_names_are_refused() {
+        for b in [Backend::Cpu, Backend::Cuda, Backend::Auto] {
+            assert_eq!(b.name().parse::<Backend>().unwrap(), b);
+            assert_eq!(b.to_string().to_uppercase().parse::<Backend>().unwrap(), b);
+        }
+        let e = "tpu".parse::<Backend>().unwrap_err().to_string();
+        assert!(e.contains("tpu") && e.contains("cpu, cuda or auto"), "{e}");
+    }
+
+    #[test]
+    fn descriptions_say_what_runs_where_and_why() {
+        assert_eq!(BackendChoice::cpu().describe(), "cpu");
+        let f = BackendChoice::fell_back(Backend::Auto, "no driver".into());
+        assert_eq!(f.used, Backend::Cpu);
+        assert_eq!(f.describe(), "cpu (auto asked for: no driver)");
+        let g = BackendChoice {
+            requested: Backend::Cuda,
+            used: Backend::Cuda,
+            device: Some("GPU (sm_90)".into()),
+            fallback: None,
+            device_stages: vec!["bank search"],
+        };
+        assert_eq!(g.describe(), "cuda on GPU (sm_90): bank search");
+        let h = BackendChoice {
+            fallback: Some("no ViT".into()),
+            ..g
+        };
+        assert_eq!(
+            h.describe(),
+            "cuda on GPU (sm_90): bank search (the rest on the CPU: no ViT)"
+        );
+    }
+}

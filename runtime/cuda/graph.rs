@@ -1,0 +1,186 @@
+//! CUDA graphs and pinned host buffers (issue 10, item 3).
+//!
+//! The per-part work of the CUDA backend is a fixed sequence of copies and launches on the
+//! engine's stream with fixed buffers, so it is recorded once at engine creation
+//! ([`Graph::capture`]) and replayed per part ([`Graph::replay`]: one driver call, no
+//! allocation, no per-launch CPU overhead). The part's inputs are written into pinned
+//! host buffers ([`Pinned`]) that the recorded copies read, and the results come back into
+//! pinned buffers the recorded copies write: a replay sees whatever the buffers hold when
+//! it runs.
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use cudarc::driver::sys;
+
+use super::arena::DevPtr;
+use super::device::{check, Device};
+use crate::{Error, Result};
+
+/// Page-locked host memory of `len` values of `T`, zeroed; freed on drop. Drop it before
+/// the [`Device`] whose context allocated it.
+pub struct Pinned<T: bytemuck::Pod> {
+    ptr: *mut T,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+// The buffer is plain memory owned by this value.
+unsafe impl<T: bytemuck::Pod + Send> Send for Pinned<T> {}
+
+impl<T: bytemuck::Pod> Pinned<T> {
+    /// Allocates (creation time only).
+    pub fn new(dev: &Device, len: usize) -> Result<Self> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .filter(|&b| b > 0)
+            .ok_or_else(|| Error::Cuda(format!("pinned buffer of {len} values")))?;
+        dev.bind()?;
+        let mut p: *mut c_void = std::ptr::null_mut();
+        unsafe {
+            check(
+                sys::cuMemHostAlloc(&mut p, bytes, 0),
+                &format!("cuMemHostAlloc({bytes} bytes)"),
+            )?;
+            std::ptr::write_bytes(p as *mut u8, 0, bytes);
+        }
+        Ok(Pinned {
+            ptr: p as *mut T,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: `len` zero-initialised values of a Pod type, owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as above, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Enqueues a copy of the first `n` values to `dst` on the device's stream (recorded
+    /// into a graph when issued during [`Graph::capture`]).
+    pub fn copy_to(&self, dev: &Device, dst: DevPtr<T>, n: usize) -> Result<()> {
+        self.check_len(n)?;
+        let bytes = n * std::mem::size_of::<T>();
+        unsafe {
+            check(
+                sys::cuMemcpyHtoDAsync_v2(
+                    dst.raw(),
+                    self.ptr as *const c_void,
+                    bytes,
+                    dev.stream(),
+                ),
+                "cuMemcpyHtoDAsync (pinned)",
+            )
+        }
+    }
+
+    /// Enqueues a copy of `n` values from `src` into the first `n` values of this buffer.
+    pub fn copy_from(&mut self, dev: &Device, src: DevPtr<T>, n: usize) -> Result<()> {
+        self.check_len(n)?;
+        let bytes = n * std::mem::size_of::<T>();
+        unsafe {
+            check(
+                sys::cuMemcpyDtoHAsync_v2(self.ptr as *mut c_void, src.raw(), bytes, dev.stream()),
+                "cuMemcpyDtoHAsync (pinned)",
+            )
+        }
+    }
+
+    fn check_len(&self, n: usize) -> Result<()> {
+        if n > self.len {
+            return Err(Error::Cuda(format!(
+                "copy of {n} values through a pinned buffer of {}",
+                self.len
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<T: bytemuck::Pod> Drop for Pinned<T> {
+    fn drop(&mut self) {
+        unsafe {
+            sys::cuMemFreeHost(self.ptr as *mut c_void);
+        }
+    }
+}
+
+/// A recorded, instantiated sequence of stream work. Drop it before its [`Device`].
+pub struct Graph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+// Driver handles, used from the engine's thread.
+unsafe impl Send for Graph {}
+
+impl Graph {
+    /// Records everything `record` enqueues on `dev`'s stream (nothing executes while
+    /// recording) and instantiates it. A failure inside `record` ends the capture and is
+    /// returned; the stream is usable afterwards.
+    pub fn capture(dev: &Device, record: impl FnOnce(&Device) -> Result<()>) -> Result<Graph> {
+        dev.bind()?;
+        let stream = dev.stream();
+        unsafe {
+            check(
+                sys::cuStreamBeginCapture_v2(
+                    stream,
+                    sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                ),
+                "cuStreamBeginCapture",
+            )?;
+        }
+        let recorded = record(dev);
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        let ended = unsafe {
+            check(
+                sys::cuStreamEndCapture(stream, &mut graph),
+                "cuStreamEndCapture",
+            )
+        };
+        if let Err(e) = recorded.and(ended) {
+            if !graph.is_null() {
+                unsafe { sys::cuGraphDestroy(graph) };
+            }
+            return Err(e);
+        }
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        if let Err(e) = unsafe {
+            check(
+                sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+                "cuGraphInstantiate",
+            )
+        } {
+            unsafe { sys::cuGraphDestroy(graph) };
+            return Err(e);
+        }
+        Ok(Graph { graph, exec })
+    }
+
+    /// Enqueues one replay on `dev`'s stream (asynchronous; synchronise to read results).
+    pub fn replay(&self, dev: &Device) -> Result<()> {
+        unsafe { check(sys::cuGraphLaunch(self.exec, dev.stream()), "cuGraphLaunch") }
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        unsafe {
+            sys::cuGraphExecDestroy(self.exec);
+            sys::cuGraphDestroy(self.graph);
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The engine's RGB branch on the device: the ViT of [`super::forward::DeviceVit`] (f32,
+//! the parity path) recorded once into a CUDA graph: copy the CPU-preprocessed network
+//! input from a pinned buffer, the whole forward, copy the patch features back. Per part,
+//! [`RgbNetwork::forward`] fills the pinned input, replays and waits: no allocation.
+//! The extractor accepts it only after checking it against the CPU ViT
+//! ([`crate::pipeline::extract::Extractor::use_rgb_network`]).
+
+use super::device::Device;
+use super::forward::DeviceVit;
+use super::graph::{Graph, Pinned};
+use super::transformer::Precision;
+use crate::format::ModelFile;
+use crate::pipeline::extract::RgbNetwork;
+use crate::{Error, Result};
+
+/// The ViT on the device, with its recorded graph (module doc).
+pub struct DeviceRgb {
+    // Field order is drop order: the graph and buffers, the model, the device last.
+    graph: Graph,
+    host_input: Pinned<f32>,
+    host_features: Pinned<f32>,
+    vit: DeviceVit,
+    dev: Device,
+}
+
+impl DeviceRgb {
+    /// Opens device `ordinal` and uploads the ViT of `model` (f32).
+    pub fn new(ordinal: usize, model: &ModelFile) -> Result<Self> {
+        let dev = Device::new(ordinal)?;
+        let side = model.config().preprocess.image_size as usize;
+        let vit = DeviceVit::new(&dev, model, side, side, Precision::F32)?;
+        let (n_in, n_out) = (vit.plan().input_len(), vit.plan().features_len());
+        let host_input = Pinned::<f32>::new(&dev, n_in)?;
+        let mut host_features = Pinned::<f32>::new(&dev, n_out)?;
+        let graph = Graph::capture(&dev, |d| {
+            host_input.copy_to(d, vit.input_ptr(), n_in)?;
+            // SAFETY: the model's own input and output buffers, sized by its plan.
+            unsafe { vit.record_input(d, vit.input_ptr(), vit.output_ptr())? };
+            host_features.copy_from(d, vit.output_ptr(), n_out)
+        })?;
+        Ok(DeviceRgb {
+            graph,
+            host_input,
+            host_features,
+            vit,
+            dev,
+        })
+    }
+}
+
+impl RgbNetwork for DeviceRgb {
+    fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()> {
+        let (n_in, n_out) = (self.host_input.len(), self.host_features.len());
+        if input.len() != n_in || features.len() != n_out {
+            return Err(Error::Cuda(format!(
+                "device ViT: {} input and {} feature values for a plan of {n_in} and {n_out}",
+                input.len(),
+                features.len()
+            )));
+        }
+        self.host_input.as_mut_slice().copy_from_slice(input);
+        self.dev.bind()?;
+        self.graph.replay(&self.dev)?;
+        self.dev.synchronize()?;
+        features.copy_from_slice(self.host_features.as_slice());
+        let _ = &self.vit;
+        Ok(())
+    }
+}

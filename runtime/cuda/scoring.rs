@@ -1,0 +1,222 @@
+//! The engine's bank search on the device: the CUDA backend's first stage in `inspect`.
+//!
+//! At engine creation the three banks are uploaded once into one arena, the search kernels
+//! are looked up, and for each bank one CUDA graph is recorded: copy the part's
+//! normalised patch features from a pinned buffer, exact f32 search
+//! ([`super::bank::BankSearch::search_f32`]), copy the nearest squared distances and rows
+//! back into pinned buffers. Per part and bank, [`NearestSearch::nearest`] fills the
+//! pinned input, replays the graph and waits: one driver call, no allocation. The CPU
+//! then finishes the bank's score (re-weighting, maps), exactly as on the CPU backend.
+//!
+//! Before the engine accepts the device, [`DeviceBankSearch::new`] checks it against the
+//! CPU search on probe queries near the bank's own rows; a device that disagrees is not
+//! used (the engine falls back to the CPU and says why).
+
+use super::arena::{Arena, ArenaPlan, Slot};
+use super::bank::{BankSearch, Partials, SearchPath, SearchPlan};
+use super::device::Device;
+use super::graph::{Graph, Pinned};
+use crate::cpu::bank_search::{self, BankView};
+use crate::cpu::pool::Pool;
+use crate::fit::decision::{BankSet, NearestSearch, BANK_NAMES};
+use crate::util::rng::Rng;
+use crate::{Error, Result};
+
+/// One bank's search on the device.
+struct DeviceBank {
+    plan: SearchPlan,
+    graph: Graph,
+}
+
+/// Device memory and recorded work of the bank search (see the module doc).
+pub struct DeviceBankSearch {
+    // Field order is drop order: graphs and buffers before the module, the device last.
+    banks: [Option<DeviceBank>; 3],
+    host_queries: Pinned<f32>,
+    host_dist: Pinned<f32>,
+    host_index: Pinned<i32>,
+    _arena: Arena,
+    _search: BankSearch,
+    device_name: String,
+    dev: Device,
+}
+
+/// The arena slots of one bank.
+struct BankSlots {
+    rows: Slot<f32>,
+}
+
+impl DeviceBankSearch {
+    /// Opens device `ordinal`, uploads every bank of `set` and records the searches.
+    /// Errors (no driver, no device, a bank width the kernels do not support, too little
+    /// device memory) name the problem; the engine then runs on the CPU.
+    pub fn new(ordinal: usize, set: &BankSet<'_>, pool: &Pool) -> Result<Self> {
+        let dev = Device::new(ordinal)?;
+        let search = BankSearch::new(&dev)?;
+        let sms = dev.sm_count.max(1) as usize;
+        let mut plans = [None; 3];
+        for b in 0..3 {
+            if let Some(view) = &set.banks[b] {
+                let patches = set.grids[b] * set.grids[b];
+                let plan = SearchPlan::new(patches, view.n, view.dim, SearchPath::F32, sms)
+                    .map_err(|e| Error::Cuda(format!("bank {}: {e}", BANK_NAMES[b])))?;
+                plans[b] = Some(plan);
+            }
+        }
+        let max = |f: fn(&SearchPlan) -> usize| plans.iter().flatten().map(f).max().unwrap_or(1);
+        let (max_query, max_part, max_nq) = (
+            max(SearchPlan::query_len),
+            max(SearchPlan::part_len),
+            max(|p| p.nq),
+        );
+        let mut layout = ArenaPlan::new();
+        let slots: [Option<BankSlots>; 3] = std::array::from_fn(|b| {
+            plans[b].map(|p| BankSlots {
+                rows: layout.add::<f32>(p.bank_len()),
+            })
+        });
+        let queries = layout.add::<f32>(max_query);
+        let part_dist = layout.add::<f32>(max_part);
+        let part_index = layout.add::<i32>(max_part);
+        let out_dist = layout.add::<f32>(max_nq);
+        let out_index = layout.add::<i32>(max_nq);
+        let arena = Arena::new(&dev, &layout)?;
+        for (s, view) in slots.iter().zip(&set.banks) {
+            if let (Some(s), Some(view)) = (s, view) {
+                arena.upload(&dev, s.rows, view.data)?;
+            }
+        }
+        let host_queries = Pinned::<f32>::new(&dev, max_query)?;
+        let mut host_dist = Pinned::<f32>::new(&dev, max_nq)?;
+        let mut host_index = Pinned::<i32>::new(&dev, max_nq)?;
+        let parts = Partials {
+            dist: arena.ptr(part_dist),
+            index: arena.ptr(part_index),
+        };
+        let mut banks: [Option<DeviceBank>; 3] = [None, None, None];
+        for b in 0..3 {
+            let (Some(plan), Some(s)) = (plans[b], &slots[b]) else {
+                continue;
+            };
+            let graph = Graph::capture(&dev, |dev| {
+                host_queries.copy_to(dev, arena.ptr(queries), plan.query_len())?;
+                // SAFETY: every buffer was planned above for this plan's sizes.
+                unsafe {
+                    search.search_f32(
+                        dev,
+                        &plan,
+                        arena.ptr(queries),
+                        arena.ptr(s.rows),
+                        parts,
+                        arena.ptr(out_dist),
+                        arena.ptr(out_index),
+                    )?;
+                }
+                host_dist.copy_from(dev, arena.ptr(out_dist), plan.nq)?;
+                host_index.copy_from(dev, arena.ptr(out_index), plan.nq)
+            })?;
+            banks[b] = Some(DeviceBank { plan, graph });
+        }
+        let mut search_on_device = DeviceBankSearch {
+            banks,
+            host_queries,
+            host_dist,
+            host_index,
+            _arena: arena,
+            _search: search,
+            device_name: format!("{} (sm_{})", dev.name, dev.sm()),
+            dev,
+        };
+        for b in 0..3 {
+            if let Some(view) = set.banks[b] {
+                search_on_device.self_check(b, view, pool)?;
+            }
+        }
+        Ok(search_on_device)
+    }
+
+    /// Compares the device search with the CPU search on probe queries: bank rows plus
+    /// noise of half the features' unit scale, so that distances are well above the
+    /// rounding of either method. Distances must agree to 1e-4 relative; a different
+    /// nearest row is accepted only at such a tie.
+    fn self_check(&mut self, bank: usize, view: BankView<'_>, pool: &Pool) -> Result<()> {
+        let Some(Some(d)) = self.banks.get(bank) else {
+            return Ok(());
+        };
+        let (nq, dim) = (d.plan.nq, view.dim);
+        let mut rng = Rng::new(0x5e1f_c4ec + bank as u64);
+        let mut probe = vec![0f32; nq * dim];
+        for (j, q) in probe.chunks_exact_mut(dim).enumerate() {
+            let row = view.row(j * 7919 % view.n);
+            for (v, &r) in q.iter_mut().zip(row) {
+                *v = r + 0.5 * rng.normal();
+            }
+        }
+        let (mut cpu_d, mut cpu_i) = (vec![0f32; nq], vec![0u32; nq]);
+        let mut scratch = vec![0f32; bank_search::nearest_scratch_len(pool.threads())];
+        bank_search::nearest(
+            pool,
+            &probe,
+            view,
+            None,
+            &mut cpu_d,
+            &mut cpu_i,
+            &mut scratch,
+        );
+        let (mut dev_d, mut dev_i) = (vec![0f32; nq], vec![0u32; nq]);
+        self.nearest(bank, &probe, &mut dev_d, &mut dev_i)?;
+        for j in 0..nq {
+            let tol = 1e-4 * cpu_d[j].abs().max(1.0);
+            // Written so that a NaN fails.
+            let agrees = (dev_d[j] - cpu_d[j]).abs() <= tol;
+            if !agrees || dev_i[j] as usize >= view.n {
+                return Err(Error::Cuda(format!(
+                    "self-check of the device bank search failed (bank {}, probe {j}): \
+                     device distance {} to row {}, CPU {} to row {}",
+                    BANK_NAMES[bank], dev_d[j], dev_i[j], cpu_d[j], cpu_i[j]
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The GPU's name and compute capability.
+    pub fn device_name(&self) -> String {
+        self.device_name.clone()
+    }
+}
+
+impl NearestSearch for DeviceBankSearch {
+    fn nearest(
+        &mut self,
+        bank: usize,
+        x: &[f32],
+        dist: &mut [f32],
+        index: &mut [u32],
+    ) -> Result<()> {
+        let Some(Some(d)) = self.banks.get(bank) else {
+            return Err(Error::Cuda(format!(
+                "no device bank {bank} (the bank file has no such bank)"
+            )));
+        };
+        let (nq, len) = (d.plan.nq, d.plan.query_len());
+        if x.len() != len || dist.len() < nq || index.len() < nq {
+            return Err(Error::Cuda(format!(
+                "device bank search {}: {} feature values for a plan of {len}",
+                BANK_NAMES[bank],
+                x.len()
+            )));
+        }
+        self.host_queries.as_mut_slice()[..len].copy_from_slice(x);
+        self.dev.bind()?;
+        d.graph.replay(&self.dev)?;
+        self.dev.synchronize()?;
+        let (sq, rows) = (self.host_dist.as_slice(), self.host_index.as_slice());
+        for j in 0..nq {
+            // As the CPU search: the Euclidean distance of the clamped squared distance.
+            dist[j] = sq[j].max(0.0).sqrt();
+            index[j] = rows[j] as u32;
+        }
+        Ok(())
+    }
+}
