@@ -679,10 +679,10 @@ fn plan<'f>(
     })
 }
 
-/// Resolves the backend: on CUDA, the device bank search, then the device ViT, each
-/// used only when it opens and passes its self-check against the CPU; without the bank
-/// search the engine runs on the CPU (see [`crate::backend`]), without the ViT the RGB
-/// branch stays on the CPU and the choice says why.
+/// Resolves the backend: on CUDA, the device bank search, then the device ViT and point
+/// branch, each used only when it opens and passes its self-check against the CPU;
+/// without the bank search the engine runs on the CPU (see [`crate::backend`]), without
+/// a branch that branch stays on the CPU and the choice says why.
 #[allow(clippy::type_complexity)]
 fn open_backend(
     options: &EngineOptions,
@@ -697,7 +697,9 @@ fn open_backend(
     }
     #[cfg(feature = "cuda")]
     {
-        use crate::cuda::{rgb::DeviceRgb, scoring::DeviceBankSearch};
+        use crate::cuda::{
+            point_branch::DevicePointBranch, rgb::DeviceRgb, scoring::DeviceBankSearch,
+        };
         let search = match DeviceBankSearch::new(options.device, set, pool) {
             Ok(s) => s,
             Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
@@ -709,11 +711,21 @@ fn open_backend(
             fallback: None,
             device_stages: vec!["bank search"],
         };
+        let mut on_cpu = Vec::new();
         match DeviceRgb::new(options.device, model)
             .and_then(|vit| extractor.use_rgb_network(Box::new(vit)))
         {
             Ok(_) => choice.device_stages.insert(0, "rgb branch"),
-            Err(e) => choice.fallback = Some(format!("rgb branch: {e}")),
+            Err(e) => on_cpu.push(format!("rgb branch: {e}")),
+        }
+        match DevicePointBranch::new(options.device, model)
+            .and_then(|branch| extractor.use_point_network(pool, Box::new(branch)))
+        {
+            Ok(_) => choice.device_stages.insert(0, "point branch"),
+            Err(e) => on_cpu.push(format!("point branch: {e}")),
+        }
+        if !on_cpu.is_empty() {
+            choice.fallback = Some(on_cpu.join("; "));
         }
         (Some(Box::new(search)), choice)
     }

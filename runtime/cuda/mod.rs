@@ -51,6 +51,7 @@ pub mod graph;
 pub mod maps;
 pub mod module;
 pub mod point;
+pub mod point_branch;
 pub mod rgb;
 pub mod scoring;
 pub mod transformer;

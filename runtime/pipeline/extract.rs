@@ -62,6 +62,33 @@ pub trait RgbNetwork {
 /// RGB features and the CPU's that [`Extractor::use_rgb_network`] accepts.
 pub const RGB_NETWORK_TOLERANCE: f32 = 1e-4;
 
+/// Where the point branch writes one part's results.
+pub struct PointOutputs<'a> {
+    /// `num_groups` center indices into the points (farthest point sampling).
+    pub centers: &'a mut [u32],
+    /// `num_groups × group_size` member indices, each group sorted by (distance, index).
+    pub groups: &'a mut [u32],
+    /// `xyz_grid² × xyz_dim` patch features after the point feature alignment.
+    pub xyz: &'a mut [f32],
+}
+
+/// The point branch run by another backend (the CUDA backend): FPS, kNN grouping,
+/// Point-MAE and the feature alignment of SPEC §3–4, from the preprocessed valid points
+/// (`n × 3`) and their pixel indices (row·S + column), exactly what the CPU computes.
+pub trait PointNetwork {
+    fn forward(
+        &mut self,
+        points: &[f32],
+        n: usize,
+        pixels: &[u32],
+        out: PointOutputs<'_>,
+    ) -> Result<()>;
+}
+
+/// Largest relative difference of the xyz features that [`Extractor::use_point_network`]
+/// accepts (centers and groups must be identical).
+pub const POINT_NETWORK_TOLERANCE: f32 = 1e-4;
+
 /// Plans and runs the feature extraction of parts (module doc).
 pub struct Extractor<'m> {
     cfg: ModelConfig,
@@ -86,6 +113,9 @@ pub struct Extractor<'m> {
     pseudo: PseudoFeatures,
     /// Runs the ViT instead of the CPU when set ([`Extractor::use_rgb_network`]).
     rgb_network: Option<Box<dyn RgbNetwork + Send>>,
+    /// Runs the point branch instead of the CPU when set
+    /// ([`Extractor::use_point_network`]).
+    point_network: Option<Box<dyn PointNetwork + Send>>,
     /// Which modalities the last part had, and why one was not used.
     pub status: ModalityStatus,
     /// Stage times of the last part.
@@ -170,6 +200,7 @@ impl<'m> Extractor<'m> {
             fused: vec![0.0; xyz_grid * xyz_grid * (xyz_dim + rgb_dim)],
             scratch: vec![0.0; scratch_len],
             rgb_network: None,
+            point_network: None,
             pseudo: PseudoFeatures {
                 rgb: Vec::new(),
                 xyz: Vec::new(),
@@ -244,6 +275,100 @@ impl<'m> Extractor<'m> {
         }
         self.rgb_network = Some(network);
         Ok(rel)
+    }
+
+    /// Runs the point branch on `network` from now on, after checking it against the CPU
+    /// on a probe cloud (a smooth surface over the image grid): the same centers and
+    /// groups, and xyz features within [`POINT_NETWORK_TOLERANCE`] of their peak. Returns
+    /// the relative difference found; a network that fails or disagrees is refused and
+    /// the CPU point branch stays in use.
+    pub fn use_point_network(
+        &mut self,
+        pool: &Pool,
+        mut network: Box<dyn PointNetwork + Send>,
+    ) -> Result<f32> {
+        self.write_probe_cloud();
+        self.point_branch(pool);
+        let n = self.pre.n_points;
+        let (mut centers, mut groups) = (
+            vec![0u32; self.centers.len()],
+            vec![0u32; self.groups.len()],
+        );
+        let mut xyz = vec![0f32; self.xyz.len()];
+        let outputs = PointOutputs {
+            centers: &mut centers,
+            groups: &mut groups,
+            xyz: &mut xyz,
+        };
+        let ran = network.forward(
+            &self.pre.points[..3 * n],
+            n,
+            &self.pre.point_pixels[..n],
+            outputs,
+        );
+        self.pre.n_points = 0;
+        ran?;
+        let fail = |what: String| {
+            Err(Error::Cuda(format!(
+                "self-check of the point network failed: {what}"
+            )))
+        };
+        if let Some(i) = (0..centers.len()).find(|&i| centers[i] != self.centers[i]) {
+            return fail(format!(
+                "center {i} is point {}, the CPU's is {}",
+                centers[i], self.centers[i]
+            ));
+        }
+        if let Some(i) = (0..groups.len()).find(|&i| groups[i] != self.groups[i]) {
+            return fail(format!(
+                "group member {i} is point {}, the CPU's is {}",
+                groups[i], self.groups[i]
+            ));
+        }
+        if let Some(i) = xyz.iter().position(|v| !v.is_finite()) {
+            return fail(format!("xyz feature {i} is {}", xyz[i]));
+        }
+        let peak = self.xyz.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = self
+            .xyz
+            .iter()
+            .zip(&xyz)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let rel = worst / peak.max(f32::MIN_POSITIVE);
+        if rel > POINT_NETWORK_TOLERANCE {
+            return fail(format!(
+                "its xyz features differ from the CPU's by {rel:.2e} of their peak \
+                 (tolerance {POINT_NETWORK_TOLERANCE:.0e})"
+            ));
+        }
+        self.point_network = Some(network);
+        Ok(rel)
+    }
+
+    /// Writes the probe cloud of [`Extractor::use_point_network`] into the preprocessed
+    /// points: a smooth, non-planar surface over a disk of the S×S grid (the whole grid
+    /// when the disk holds too few points for the branch), in pixel order.
+    fn write_probe_cloud(&mut self) {
+        let s = self.pre.size;
+        let need = self.pre.min_points.max(1);
+        // The disk (radius 0.9 of the half side) covers about 64% of the grid.
+        let disk = 0.6 * (s * s) as f32 >= 2.0 * need as f32;
+        let mut n = 0;
+        for r in 0..s {
+            for c in 0..s {
+                let x = (c as f32 + 0.5) / s as f32 * 2.0 - 1.0;
+                let y = (r as f32 + 0.5) / s as f32 * 2.0 - 1.0;
+                if disk && x * x + y * y > 0.81 {
+                    continue;
+                }
+                let z =
+                    0.1 * (3.0 * x).sin() * (2.0 * y).cos() + 0.05 * (-8.0 * (x * x + y * y)).exp();
+                self.pre.points[3 * n..3 * n + 3].copy_from_slice(&[x, y, 1.0 + z]);
+                self.pre.point_pixels[n] = (r * s + c) as u32;
+                n += 1;
+            }
+        }
+        self.pre.n_points = n;
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -336,7 +461,20 @@ impl<'m> Extractor<'m> {
             self.rgb.copy_from_slice(&self.pseudo.rgb);
         }
         let t2 = Instant::now();
-        if status.cloud_usable() {
+        if let (true, Some(net)) = (status.cloud_usable(), self.point_network.as_mut()) {
+            let n = self.pre.n_points;
+            let outputs = PointOutputs {
+                centers: &mut self.centers,
+                groups: &mut self.groups,
+                xyz: &mut self.xyz,
+            };
+            net.forward(
+                &self.pre.points[..3 * n],
+                n,
+                &self.pre.point_pixels[..n],
+                outputs,
+            )?;
+        } else if status.cloud_usable() {
             self.point_branch(pool);
         } else {
             self.xyz.copy_from_slice(&self.pseudo.xyz);
