@@ -54,6 +54,61 @@ impl FromStr for Backend {
     }
 }
 
+/// Arithmetic of the device networks (the CPU backend is always f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everywhere: the parity path (features within 1e-4 of the CPU's).
+    #[default]
+    F32,
+    /// bf16 storage, f32 accumulation: the fast path (features within 1e-2).
+    Bf16,
+}
+
+impl Precision {
+    /// Bytes of one stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Largest relative difference (max |Δ| over max |reference|) between a device
+    /// network's features and the CPU's that the engine accepts at creation.
+    pub const fn feature_tolerance(self) -> f32 {
+        match self {
+            Precision::F32 => 1e-4,
+            Precision::Bf16 => 1e-2,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::Config(format!(
+                "unknown precision {other:?}: expected f32 or bf16"
+            ))),
+        }
+    }
+}
+
 /// What an engine ended up with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendChoice {
@@ -62,6 +117,8 @@ pub struct BackendChoice {
     pub used: Backend,
     /// The GPU, when one is used: name and compute capability.
     pub device: Option<String>,
+    /// Arithmetic of the device networks.
+    pub precision: Precision,
     /// Why CUDA was not used although it was asked for (`Cuda` or `Auto`), or, on the
     /// CUDA backend, why a stage that could run on the device stays on the CPU.
     pub fallback: Option<String>,
@@ -76,6 +133,7 @@ impl BackendChoice {
             requested: Backend::Cpu,
             used: Backend::Cpu,
             device: None,
+            precision: Precision::F32,
             fallback: None,
             device_stages: Vec::new(),
         }
@@ -91,6 +149,7 @@ impl BackendChoice {
             requested,
             used: Backend::Cpu,
             device: None,
+            precision: Precision::F32,
             fallback: Some(reason),
             device_stages: Vec::new(),
         }
@@ -100,9 +159,14 @@ impl BackendChoice {
     /// `cpu (cuda asked for: no CUDA driver ...)`.
     pub fn describe(&self) -> String {
         match (&self.device, &self.fallback) {
-            (Some(dev), None) => format!("cuda on {dev}: {}", self.device_stages.join(", ")),
+            (Some(dev), None) => format!(
+                "cuda on {dev}, {}: {}",
+                self.precision,
+                self.device_stages.join(", ")
+            ),
             (Some(dev), Some(why)) => format!(
-                "cuda on {dev}: {} (the rest on the CPU: {why})",
+                "cuda on {dev}, {}: {} (the rest on the CPU: {why})",
+                self.precision,
                 self.device_stages.join(", ")
             ),
             (None, Some(why)) => format!("cpu ({} asked for: {why})", self.requested),
@@ -135,17 +199,23 @@ mod tests {
             requested: Backend::Cuda,
             used: Backend::Cuda,
             device: Some("GPU (sm_90)".into()),
+            precision: Precision::F32,
             fallback: None,
             device_stages: vec!["bank search"],
         };
-        assert_eq!(g.describe(), "cuda on GPU (sm_90): bank search");
+        assert_eq!(g.describe(), "cuda on GPU (sm_90), f32: bank search");
         let h = BackendChoice {
             fallback: Some("no ViT".into()),
             ..g
         };
         assert_eq!(
             h.describe(),
-            "cuda on GPU (sm_90): bank search (the rest on the CPU: no ViT)"
+            "cuda on GPU (sm_90), f32: bank search (the rest on the CPU: no ViT)"
         );
+        for p in [Precision::F32, Precision::Bf16] {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+        assert!("f8".parse::<Precision>().is_err());
+        assert!(Precision::F32.feature_tolerance() < Precision::Bf16.feature_tolerance());
     }
 }

@@ -12,7 +12,7 @@
 //! case (RADAR, SPEC §9) when the bank file has them, else with the complete-data
 //! decision layers, and the result says so.
 
-use crate::backend::{Backend, BackendChoice};
+use crate::backend::{Backend, BackendChoice, Precision};
 use crate::config::BankConfig;
 use crate::cpu::pool::Pool;
 use crate::fit::decision::{BankSet, NearestSearch, PartScores, Scorer, RGB, XYZ};
@@ -50,6 +50,9 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// CUDA device ordinal, when the CUDA backend is used.
     pub device: usize,
+    /// Arithmetic of the device networks on the CUDA backend: f32 (the parity path) or
+    /// bf16 (the fast path). The CPU backend is always f32.
+    pub precision: Precision,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +65,7 @@ impl Default for EngineOptions {
             verify_checksums: true,
             backend: Backend::Cpu,
             device: 0,
+            precision: Precision::F32,
         }
     }
 }
@@ -697,9 +701,8 @@ fn open_backend(
     }
     #[cfg(feature = "cuda")]
     {
-        use crate::cuda::{
-            point_branch::DevicePointBranch, rgb::DeviceRgb, scoring::DeviceBankSearch,
-        };
+        use crate::cuda::point_branch::{BranchOptions, DevicePointBranch};
+        use crate::cuda::{rgb::DeviceRgb, scoring::DeviceBankSearch};
         let search = match DeviceBankSearch::new(options.device, set, pool) {
             Ok(s) => s,
             Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
@@ -708,18 +711,24 @@ fn open_backend(
             requested,
             used: Backend::Cuda,
             device: Some(search.device_name()),
+            precision: options.precision,
             fallback: None,
             device_stages: vec!["bank search"],
         };
         let mut on_cpu = Vec::new();
-        match DeviceRgb::new(options.device, model)
-            .and_then(|vit| extractor.use_rgb_network(Box::new(vit)))
+        let tolerance = options.precision.feature_tolerance();
+        match DeviceRgb::new(options.device, model, options.precision)
+            .and_then(|vit| extractor.use_rgb_network(Box::new(vit), tolerance))
         {
             Ok(_) => choice.device_stages.insert(0, "rgb branch"),
             Err(e) => on_cpu.push(format!("rgb branch: {e}")),
         }
-        match DevicePointBranch::new(options.device, model)
-            .and_then(|branch| extractor.use_point_network(pool, Box::new(branch)))
+        let branch = BranchOptions {
+            precision: options.precision,
+            ..BranchOptions::default()
+        };
+        match DevicePointBranch::with_options(options.device, model, branch)
+            .and_then(|b| extractor.use_point_network(pool, Box::new(b), tolerance))
         {
             Ok(_) => choice.device_stages.insert(0, "point branch"),
             Err(e) => on_cpu.push(format!("point branch: {e}")),

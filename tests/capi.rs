@@ -283,6 +283,13 @@ fn open_errors_name_the_problem() {
         Status::InvalidArgument,
         &["backend = 7", "MIAD_BACKEND_CPU"],
     );
+    let mut bad = opts;
+    bad.precision = 2;
+    expect(
+        open_with(&model, &bank, Some(&bad)),
+        Status::InvalidArgument,
+        &["precision = 2", "MIAD_PRECISION_BF16"],
+    );
 
     // Bad files.
     let bytes = std::fs::read(&f.model).unwrap();

@@ -2,7 +2,7 @@
 //! point branch of `Extractor` (FPS, kNN grouping, Point-MAE, feature alignment), on
 //! synthetic parts through `pipeline::preprocess`, with a seeded random model
 //! (`ModelConfig::demo()`: Point-MAE heads of 64):
-//! - centers and groups identical, xyz features within `POINT_NETWORK_TOLERANCE`
+//! - centers and groups identical, xyz features within `Precision::F32.feature_tolerance()`
 //!   (max |Δ| / max |ref|), for graph replay, direct launches and the v1 kernels;
 //! - the same bits on a second run, and graph replay = direct launches;
 //! - bad calls (too few or too many points, short buffers, wrong output lengths, bad
@@ -19,6 +19,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use miad::backend::Precision;
 use miad::config::ModelConfig;
 use miad::cpu::fps::{farthest_point_sample, fps_scratch_len};
 use miad::cpu::knn::{group_knn, knn_scratch_len};
@@ -31,7 +32,9 @@ use miad::cuda::point_branch::{BranchOptions, DevicePointBranch};
 use miad::cuda::Device;
 use miad::eval::synth::{synth_part, Category, Defect};
 use miad::format::{random_model, write_model, ModelFile, OpenOptions};
-use miad::pipeline::extract::{Extractor, PointNetwork, PointOutputs, POINT_NETWORK_TOLERANCE};
+use miad::pipeline::extract::{Extractor, PointNetwork, PointOutputs};
+
+const POINT_NETWORK_TOLERANCE: f32 = Precision::F32.feature_tolerance();
 use miad::pipeline::input::{CloudView, RgbView};
 use miad::pipeline::preprocess::{
     preprocess, preprocess_scratch_len, PreprocessMode, PreprocessOutput,
@@ -381,7 +384,7 @@ fn parity(model: &ModelFile, inputs: &[Input], pool: &Pool) {
             knn: Some(KnnKernel::V1),
             fps2_cluster: None,
         },
-        graph: true,
+        ..BranchOptions::default()
     };
     let mut nets = vec![
         (

@@ -3,6 +3,7 @@
 //! the pseudo input, the point branch on a probe cloud), and then it is what `run` uses.
 //! Checked here with stand-in networks on the CPU (no GPU needed).
 
+use miad::backend::Precision;
 use miad::config::ModelConfig;
 use miad::cpu::fps::{farthest_point_sample, fps_scratch_len};
 use miad::cpu::knn::{group_knn, knn_scratch_len};
@@ -11,10 +12,11 @@ use miad::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWei
 use miad::cpu::pool::Pool;
 use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
 use miad::format::{random_model, OwnedTensors};
-use miad::pipeline::extract::{
-    Extractor, PointNetwork, PointOutputs, RgbNetwork, POINT_NETWORK_TOLERANCE,
-    RGB_NETWORK_TOLERANCE,
-};
+use miad::pipeline::extract::{Extractor, PointNetwork, PointOutputs, RgbNetwork};
+
+/// The parity path's tolerance, which the engine passes to the gates.
+const RGB_NETWORK_TOLERANCE: f32 = Precision::F32.feature_tolerance();
+const POINT_NETWORK_TOLERANCE: f32 = RGB_NETWORK_TOLERANCE;
 use miad::pipeline::input::RgbView;
 use miad::pipeline::preprocess::PreprocessMode;
 use miad::{Error, Result};
@@ -101,7 +103,10 @@ fn a_network_is_used_only_when_it_reproduces_the_cpu_vit() {
         (0.0, false, true, "stand-in device lost"),
     ] {
         let (net, _) = stand_in(shift, nan, fail);
-        let e = ex.use_rgb_network(net).unwrap_err().to_string();
+        let e = ex
+            .use_rgb_network(net, RGB_NETWORK_TOLERANCE)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{e}");
     }
 
@@ -114,7 +119,7 @@ fn a_network_is_used_only_when_it_reproduces_the_cpu_vit() {
 
     // Within tolerance: accepted, and from then on it computes the RGB features.
     let (net, calls) = stand_in(0.1 * RGB_NETWORK_TOLERANCE, false, false);
-    let rel = ex.use_rgb_network(net).unwrap();
+    let rel = ex.use_rgb_network(net, RGB_NETWORK_TOLERANCE).unwrap();
     assert!(rel > 0.0 && rel <= RGB_NETWORK_TOLERANCE, "{rel}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one self-check pass");
     ex.run(&pool, Some(view()), None).unwrap();
@@ -242,7 +247,10 @@ fn a_point_network_is_used_only_when_it_reproduces_the_cpu_point_branch() {
         (PointFault::Error, "stand-in point branch lost"),
     ] {
         let (net, _) = stand_in(fault);
-        let e = ex.use_point_network(&pool, net).unwrap_err().to_string();
+        let e = ex
+            .use_point_network(&pool, net, POINT_NETWORK_TOLERANCE)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{e}");
     }
 
@@ -262,7 +270,9 @@ fn a_point_network_is_used_only_when_it_reproduces_the_cpu_point_branch() {
     let (xyz, centers, groups) = (ex.xyz.clone(), ex.centers().to_vec(), ex.groups().to_vec());
 
     let (net, calls) = stand_in(PointFault::Shift(0.1 * POINT_NETWORK_TOLERANCE));
-    let rel = ex.use_point_network(&pool, net).unwrap();
+    let rel = ex
+        .use_point_network(&pool, net, POINT_NETWORK_TOLERANCE)
+        .unwrap();
     assert!(rel > 0.0 && rel <= POINT_NETWORK_TOLERANCE, "{rel}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one self-check pass");
     ex.run(&pool, None, Some(view())).unwrap();

@@ -1,6 +1,6 @@
 //! Arguments shared by the commands that open an engine (inspect, eval, bench).
 
-use miad::backend::Backend;
+use miad::backend::{Backend, Precision};
 use miad::engine::{Engine, EngineOptions};
 use std::path::PathBuf;
 
@@ -25,6 +25,9 @@ pub struct EngineArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
+    /// Arithmetic of the device networks: f32 (the parity path) or bf16 (the fast path).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
 }
 
 impl EngineArgs {
@@ -37,6 +40,7 @@ impl EngineArgs {
                 preprocessed: self.preprocessed,
                 backend: self.backend,
                 device: self.device,
+                precision: self.precision,
                 ..EngineOptions::default()
             },
         )?;

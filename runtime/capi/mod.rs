@@ -13,7 +13,7 @@
 
 #![allow(non_camel_case_types)]
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Precision};
 use crate::engine::{Case, Engine, EngineOptions, InspectOptions, Verdict, MAX_REGIONS};
 use crate::format::FormatError;
 use crate::pipeline::input::{CloudView, RgbView};
@@ -148,6 +148,9 @@ pub const MIAD_BACKEND_NOTE_LEN: u32 = BACKEND_NOTE_LEN as u32;
 pub const MIAD_BACKEND_CPU: u32 = 0;
 pub const MIAD_BACKEND_CUDA: u32 = 1;
 pub const MIAD_BACKEND_AUTO: u32 = 2;
+/// `miad_engine_options.precision` values (see [`crate::backend::Precision`]).
+pub const MIAD_PRECISION_F32: u32 = 0;
+pub const MIAD_PRECISION_BF16: u32 = 1;
 
 /// Every numeric constant the header must define, with its value (the drift test reads
 /// the header and compares both ways).
@@ -184,6 +187,8 @@ pub const HEADER_CONSTANTS: &[(&str, i64)] = &[
     ("MIAD_BACKEND_CPU", MIAD_BACKEND_CPU as i64),
     ("MIAD_BACKEND_CUDA", MIAD_BACKEND_CUDA as i64),
     ("MIAD_BACKEND_AUTO", MIAD_BACKEND_AUTO as i64),
+    ("MIAD_PRECISION_F32", MIAD_PRECISION_F32 as i64),
+    ("MIAD_PRECISION_BF16", MIAD_PRECISION_BF16 as i64),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -205,6 +210,7 @@ pub struct miad_engine_options {
     pub verify_checksums: u32,
     pub backend: u32,
     pub device: u32,
+    pub precision: u32,
 }
 
 #[repr(C)]
@@ -288,7 +294,7 @@ pub struct miad_engine_info {
 
 // The same numbers as the MIAD_STATIC_ASSERT lines of miad.h.
 const _: () = {
-    assert!(size_of::<miad_engine_options>() == 28);
+    assert!(size_of::<miad_engine_options>() == 32);
     assert!(size_of::<miad_part>() == size_of::<[usize; 8]>());
     assert!(size_of::<miad_inspect_options>() == 24 + 4 * size_of::<usize>());
     assert!(size_of::<miad_region>() == 28);
@@ -604,6 +610,19 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
             ))
         }
     };
+    let precision = match o.precision {
+        MIAD_PRECISION_F32 => Precision::F32,
+        MIAD_PRECISION_BF16 => Precision::Bf16,
+        other => {
+            return Err(Fail::new(
+                Status::InvalidArgument,
+                format!(
+                    "engine option precision = {other} is neither MIAD_PRECISION_F32 (0) \
+                     nor MIAD_PRECISION_BF16 (1)"
+                ),
+            ))
+        }
+    };
     Ok(EngineOptions {
         threads: o.threads as usize,
         max_width: o.max_width as usize,
@@ -612,6 +631,7 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
         verify_checksums: o.verify_checksums != 0,
         backend,
         device: o.device as usize,
+        precision,
     })
 }
 
@@ -625,6 +645,7 @@ fn default_engine_options() -> miad_engine_options {
         verify_checksums: d.verify_checksums as u32,
         backend: MIAD_BACKEND_CPU,
         device: d.device as u32,
+        precision: MIAD_PRECISION_F32,
     }
 }
 

@@ -383,6 +383,8 @@ pub struct BranchOptions {
     pub kernels: PointOptions,
     /// Replay the per-part work as a CUDA graph (default) rather than launching it.
     pub graph: bool,
+    /// Arithmetic of Point-MAE (FPS, kNN, the group encoder and the alignment are f32).
+    pub precision: Precision,
 }
 
 impl Default for BranchOptions {
@@ -390,6 +392,7 @@ impl Default for BranchOptions {
         BranchOptions {
             kernels: PointOptions::default(),
             graph: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -479,7 +482,7 @@ impl DevicePointBranch {
         // Locals drop in reverse declaration order on an early return, all before `dev`.
         let plan = PointPlan::new(pc, sizes.side, sizes.grid)?;
         let kernels = PointKernels::with_options(&dev, plan, opts.kernels)?;
-        let mae = DevicePointMae::new(&dev, model, Precision::F32)?;
+        let mae = DevicePointMae::new(&dev, model, opts.precision)?;
         let mut layout = ArenaPlan::new();
         let slots = BranchSlots::plan(&sizes, &mut layout);
         let arena = Arena::new(&dev, &layout)?;

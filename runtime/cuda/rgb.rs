@@ -1,5 +1,5 @@
 //! The engine's RGB branch on the device: the ViT of [`super::forward::DeviceVit`] (f32,
-//! the parity path) recorded once into a CUDA graph: copy the CPU-preprocessed network
+//! the parity path, or bf16, the fast path) recorded once into a CUDA graph: copy the CPU-preprocessed network
 //! input from a pinned buffer, the whole forward, copy the patch features back. Per part,
 //! [`RgbNetwork::forward`] fills the pinned input, replays and waits: no allocation.
 //! The extractor accepts it only after checking it against the CPU ViT
@@ -24,11 +24,11 @@ pub struct DeviceRgb {
 }
 
 impl DeviceRgb {
-    /// Opens device `ordinal` and uploads the ViT of `model` (f32).
-    pub fn new(ordinal: usize, model: &ModelFile) -> Result<Self> {
+    /// Opens device `ordinal` and uploads the ViT of `model` for `precision`.
+    pub fn new(ordinal: usize, model: &ModelFile, precision: Precision) -> Result<Self> {
         let dev = Device::new(ordinal)?;
         let side = model.config().preprocess.image_size as usize;
-        let vit = DeviceVit::new(&dev, model, side, side, Precision::F32)?;
+        let vit = DeviceVit::new(&dev, model, side, side, precision)?;
         let (n_in, n_out) = (vit.plan().input_len(), vit.plan().features_len());
         let host_input = Pinned::<f32>::new(&dev, n_in)?;
         let mut host_features = Pinned::<f32>::new(&dev, n_out)?;

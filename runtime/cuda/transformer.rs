@@ -31,24 +31,7 @@ const MAX_GRID_YZ: usize = 65_535;
 const MAX_GRID_X: usize = i32::MAX as usize;
 const FLAT_THREADS: usize = 256;
 
-/// Element type of a precision path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 everywhere (the parity path).
-    F32,
-    /// bf16 storage, f32 accumulation (the fast path).
-    Bf16,
-}
-
-impl Precision {
-    /// Bytes of one stored element.
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        }
-    }
-}
+pub use crate::backend::Precision;
 
 /// The fused attention kernels (`kernels/attention.cu`).
 pub struct Attention {

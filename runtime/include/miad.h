@@ -175,6 +175,15 @@ enum {
     MIAD_BACKEND_AUTO = 2
 };
 
+/* miad_engine_options.precision: arithmetic of the networks on the CUDA backend (the CPU
+ * backend is always f32). */
+enum {
+    /* f32: the parity path, features within 1e-4 of the CPU's (the default). */
+    MIAD_PRECISION_F32 = 0,
+    /* bf16 storage with f32 accumulation: the fast path, features within 1e-2. */
+    MIAD_PRECISION_BF16 = 1
+};
+
 /* ---- Types ------------------------------------------------------------------------- */
 
 /* An engine: a model file and a bank file, opened and planned. Opaque; the pointer value
@@ -199,6 +208,8 @@ typedef struct miad_engine_options {
     uint32_t backend;
     /* CUDA device ordinal, for the CUDA backend. Default 0. */
     uint32_t device;
+    /* MIAD_PRECISION_F32 (default) or MIAD_PRECISION_BF16. */
+    uint32_t precision;
 } miad_engine_options;
 
 /* One part. Either modality may be missing: pass NULL (its sizes are then ignored).
@@ -330,7 +341,7 @@ typedef struct miad_engine_info {
 #else
 #define MIAD_STATIC_ASSERT(cond, name) typedef char miad_static_assert_##name[(cond) ? 1 : -1]
 #endif
-MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 28, engine_options_size);
+MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 32, engine_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_part) == 8 * sizeof(size_t), part_size);
 MIAD_STATIC_ASSERT(sizeof(miad_inspect_options) == 24 + 4 * sizeof(size_t), inspect_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_region) == 28, region_size);

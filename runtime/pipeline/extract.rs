@@ -58,10 +58,6 @@ pub trait RgbNetwork {
     fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()>;
 }
 
-/// Largest relative difference (max |Δ| over max |reference|) between another backend's
-/// RGB features and the CPU's that [`Extractor::use_rgb_network`] accepts.
-pub const RGB_NETWORK_TOLERANCE: f32 = 1e-4;
-
 /// Where the point branch writes one part's results.
 pub struct PointOutputs<'a> {
     /// `num_groups` center indices into the points (farthest point sampling).
@@ -84,10 +80,6 @@ pub trait PointNetwork {
         out: PointOutputs<'_>,
     ) -> Result<()>;
 }
-
-/// Largest relative difference of the xyz features that [`Extractor::use_point_network`]
-/// accepts (centers and groups must be identical).
-pub const POINT_NETWORK_TOLERANCE: f32 = 1e-4;
 
 /// Plans and runs the feature extraction of parts (module doc).
 pub struct Extractor<'m> {
@@ -248,9 +240,13 @@ impl<'m> Extractor<'m> {
 
     /// Runs the RGB branch on `network` from now on, after checking it against the CPU
     /// ViT on the pseudo input (whose CPU features were computed at creation). Returns the
-    /// relative difference found; a network that differs by more than
-    /// [`RGB_NETWORK_TOLERANCE`] (or fails) is refused and the CPU ViT stays in use.
-    pub fn use_rgb_network(&mut self, mut network: Box<dyn RgbNetwork + Send>) -> Result<f32> {
+    /// relative difference found (max |Δ| over max |CPU|); a network that differs by more
+    /// than `tolerance` (or fails) is refused and the CPU ViT stays in use.
+    pub fn use_rgb_network(
+        &mut self,
+        mut network: Box<dyn RgbNetwork + Send>,
+        tolerance: f32,
+    ) -> Result<f32> {
         let ones = vec![1.0f32; self.pre.rgb_input.len()];
         let mut got = vec![0.0f32; self.rgb.len()];
         network.forward(&ones, &mut got)?;
@@ -267,10 +263,10 @@ impl<'m> Extractor<'m> {
             .zip(&got)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         let rel = worst / peak.max(f32::MIN_POSITIVE);
-        if rel > RGB_NETWORK_TOLERANCE {
+        if rel > tolerance {
             return Err(Error::Cuda(format!(
                 "self-check of the RGB network failed: its features differ from the CPU ViT's \
-                 by {rel:.2e} of their peak (tolerance {RGB_NETWORK_TOLERANCE:.0e})"
+                 by {rel:.2e} of their peak (tolerance {tolerance:.0e})"
             )));
         }
         self.rgb_network = Some(network);
@@ -279,13 +275,14 @@ impl<'m> Extractor<'m> {
 
     /// Runs the point branch on `network` from now on, after checking it against the CPU
     /// on a probe cloud (a smooth surface over the image grid): the same centers and
-    /// groups, and xyz features within [`POINT_NETWORK_TOLERANCE`] of their peak. Returns
-    /// the relative difference found; a network that fails or disagrees is refused and
-    /// the CPU point branch stays in use.
+    /// groups, and xyz features within `tolerance` of their peak. Returns the relative
+    /// difference found; a network that fails or disagrees is refused and the CPU point
+    /// branch stays in use.
     pub fn use_point_network(
         &mut self,
         pool: &Pool,
         mut network: Box<dyn PointNetwork + Send>,
+        tolerance: f32,
     ) -> Result<f32> {
         self.write_probe_cloud();
         self.point_branch(pool);
@@ -335,10 +332,10 @@ impl<'m> Extractor<'m> {
             .zip(&xyz)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         let rel = worst / peak.max(f32::MIN_POSITIVE);
-        if rel > POINT_NETWORK_TOLERANCE {
+        if rel > tolerance {
             return fail(format!(
                 "its xyz features differ from the CPU's by {rel:.2e} of their peak \
-                 (tolerance {POINT_NETWORK_TOLERANCE:.0e})"
+                 (tolerance {tolerance:.0e})"
             ));
         }
         self.point_network = Some(network);
