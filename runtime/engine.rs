@@ -703,7 +703,7 @@ fn open_backend(
     {
         use crate::cuda::point_branch::{BranchOptions, DevicePointBranch};
         use crate::cuda::{rgb::DeviceRgb, scoring::DeviceBankSearch};
-        let search = match DeviceBankSearch::new(options.device, set, pool) {
+        let search = match DeviceBankSearch::new(options.device, set, pool, options.precision) {
             Ok(s) => s,
             Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
         };

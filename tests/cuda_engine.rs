@@ -9,27 +9,46 @@
 mod common;
 
 use common::fitted;
-use miad::backend::Backend;
+use miad::backend::{Backend, Precision};
 use miad::cuda::{Arena, ArenaPlan, Device, Graph, Pinned};
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
 use miad::eval::synth::Category;
 
-fn options(backend: Backend) -> EngineOptions {
+fn options(backend: Backend, precision: Precision) -> EngineOptions {
     EngineOptions {
         threads: 2,
         max_width: 128,
         max_height: 128,
         backend,
+        precision,
         ..EngineOptions::default()
     }
 }
 
 #[test]
 fn cuda_engine_matches_the_cpu_engine_or_falls_back_with_the_reason() {
-    let fx = fitted("cuda-engine", Category::Disc, 41, 6, 3);
-    let mut cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu)).unwrap();
-    let mut gpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cuda)).unwrap();
+    compare_engines(Precision::F32, 1e-4);
+}
+
+/// The fast path (bf16 networks, f16 bank search with exact re-ranking): part scores
+/// within 1e-3 (issue 10); the small test model's networks stay on the CPU, so this
+/// checks the fast bank search inside the engine.
+#[test]
+fn cuda_engine_fast_path_scores_match_the_cpu_engine_or_fall_back() {
+    compare_engines(Precision::Bf16, 1e-3);
+}
+
+fn compare_engines(precision: Precision, tolerance: f32) {
+    let fx = fitted(
+        &format!("cuda-engine-{precision}"),
+        Category::Disc,
+        41,
+        6,
+        3,
+    );
+    let mut cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, precision)).unwrap();
+    let mut gpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cuda, precision)).unwrap();
     let choice = gpu.backend().clone();
     eprintln!("cuda_engine: {}", choice.describe());
     if choice.used != Backend::Cuda {
@@ -63,10 +82,10 @@ fn cuda_engine_matches_the_cpu_engine_or_falls_back_with_the_reason() {
         let b = gpu.inspect(rgb, cloud, &opts).unwrap();
         let (sb, bb) = (b.score, b.bank_scores);
         let rel = |x: f32, y: f32| (x - y).abs() / x.abs().max(y.abs()).max(1e-6);
-        assert!(rel(sa, sb) < 1e-4, "part score cpu {sa} gpu {sb}");
+        assert!(rel(sa, sb) < tolerance, "part score cpu {sa} gpu {sb}");
         for k in 0..3 {
             assert!(
-                rel(ba[k], bb[k]) < 1e-4,
+                rel(ba[k], bb[k]) < tolerance,
                 "bank {k}: cpu {} gpu {}",
                 ba[k],
                 bb[k]
@@ -79,7 +98,7 @@ fn cuda_engine_matches_the_cpu_engine_or_falls_back_with_the_reason() {
             .zip(map_b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
         assert!(
-            worst <= 1e-4 * peak.max(1e-6),
+            worst <= tolerance * peak.max(1e-6),
             "map differs by {worst} (peak {peak})"
         );
         // Replays are deterministic.

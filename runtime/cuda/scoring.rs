@@ -2,8 +2,9 @@
 //!
 //! At engine creation the three banks are uploaded once into one arena, the search kernels
 //! are looked up, and for each bank one CUDA graph is recorded: copy the part's
-//! normalised patch features from a pinned buffer, exact f32 search
-//! ([`super::bank::BankSearch::search_f32`]), copy the nearest squared distances and rows
+//! normalised patch features from a pinned buffer, search (exact f32,
+//! [`super::bank::BankSearch::search_f32`], or the fast path,
+//! [`super::bank::BankSearch::search_f16`]), copy the nearest squared distances and rows
 //! back into pinned buffers. Per part and bank, [`NearestSearch::nearest`] fills the
 //! pinned input, replays the graph and waits: one driver call, no allocation. The CPU
 //! then finishes the bank's score (re-weighting, maps), exactly as on the CPU backend.
@@ -13,9 +14,10 @@
 //! used (the engine falls back to the CPU and says why).
 
 use super::arena::{Arena, ArenaPlan, Slot};
-use super::bank::{BankSearch, Partials, SearchPath, SearchPlan};
+use super::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
 use super::device::Device;
 use super::graph::{Graph, Pinned};
+use crate::backend::Precision;
 use crate::cpu::bank_search::{self, BankView};
 use crate::cpu::pool::Pool;
 use crate::fit::decision::{BankSet, NearestSearch, BANK_NAMES};
@@ -41,24 +43,41 @@ pub struct DeviceBankSearch {
     dev: Device,
 }
 
-/// The arena slots of one bank.
+/// The arena slots of one bank: its rows, and for the fast path their f16 copy and
+/// squared norms.
 struct BankSlots {
     rows: Slot<f32>,
+    rows16: Slot<u16>,
+    norms: Slot<f32>,
 }
 
+/// Split winners the fast path re-scores exactly in f32 per query.
+const FAST_RERANK: usize = 8;
+
 impl DeviceBankSearch {
-    /// Opens device `ordinal`, uploads every bank of `set` and records the searches.
-    /// Errors (no driver, no device, a bank width the kernels do not support, too little
-    /// device memory) name the problem; the engine then runs on the CPU.
-    pub fn new(ordinal: usize, set: &BankSet<'_>, pool: &Pool) -> Result<Self> {
+    /// Opens device `ordinal`, uploads every bank of `set` and records the searches:
+    /// exact f32 for [`Precision::F32`]; for [`Precision::Bf16`] the fast path (f16 tensor
+    /// cores, then the best split winners re-scored exactly in f32). Errors (no driver, no
+    /// device, a bank width the kernels do not support, too little device memory, a
+    /// failed self-check) name the problem; the engine then runs on the CPU.
+    pub fn new(
+        ordinal: usize,
+        set: &BankSet<'_>,
+        pool: &Pool,
+        precision: Precision,
+    ) -> Result<Self> {
         let dev = Device::new(ordinal)?;
         let search = BankSearch::new(&dev)?;
         let sms = dev.sm_count.max(1) as usize;
+        let (path, fast) = match precision {
+            Precision::F32 => (SearchPath::F32, 0),
+            Precision::Bf16 => (SearchPath::F16, 1),
+        };
         let mut plans = [None; 3];
         for b in 0..3 {
             if let Some(view) = &set.banks[b] {
                 let patches = set.grids[b] * set.grids[b];
-                let plan = SearchPlan::new(patches, view.n, view.dim, SearchPath::F32, sms)
+                let plan = SearchPlan::new(patches, view.n, view.dim, path, sms)
                     .map_err(|e| Error::Cuda(format!("bank {}: {e}", BANK_NAMES[b])))?;
                 plans[b] = Some(plan);
             }
@@ -73,9 +92,13 @@ impl DeviceBankSearch {
         let slots: [Option<BankSlots>; 3] = std::array::from_fn(|b| {
             plans[b].map(|p| BankSlots {
                 rows: layout.add::<f32>(p.bank_len()),
+                rows16: layout.add::<u16>(fast * p.bank_len()),
+                norms: layout.add::<f32>(fast * p.nb),
             })
         });
         let queries = layout.add::<f32>(max_query);
+        let queries16 = layout.add::<u16>(fast * max_query);
+        let query_norms = layout.add::<f32>(fast * max_nq);
         let part_dist = layout.add::<f32>(max_part);
         let part_index = layout.add::<i32>(max_part);
         let out_dist = layout.add::<f32>(max_nq);
@@ -84,8 +107,21 @@ impl DeviceBankSearch {
         for (s, view) in slots.iter().zip(&set.banks) {
             if let (Some(s), Some(view)) = (s, view) {
                 arena.upload(&dev, s.rows, view.data)?;
+                if fast == 1 {
+                    arena.upload(&dev, s.norms, view.sq_norms)?;
+                    // SAFETY: both slots hold the bank's rows × dim values.
+                    unsafe {
+                        search.to_f16(
+                            &dev,
+                            arena.ptr(s.rows),
+                            arena.ptr(s.rows16),
+                            view.data.len(),
+                        )?
+                    };
+                }
             }
         }
+        dev.synchronize()?;
         let host_queries = Pinned::<f32>::new(&dev, max_query)?;
         let mut host_dist = Pinned::<f32>::new(&dev, max_nq)?;
         let mut host_index = Pinned::<i32>::new(&dev, max_nq)?;
@@ -100,17 +136,45 @@ impl DeviceBankSearch {
             };
             let graph = Graph::capture(&dev, |dev| {
                 host_queries.copy_to(dev, arena.ptr(queries), plan.query_len())?;
+                let (q, out_d, out_i) = (
+                    arena.ptr(queries),
+                    arena.ptr(out_dist),
+                    arena.ptr(out_index),
+                );
                 // SAFETY: every buffer was planned above for this plan's sizes.
                 unsafe {
-                    search.search_f32(
-                        dev,
-                        &plan,
-                        arena.ptr(queries),
-                        arena.ptr(s.rows),
-                        parts,
-                        arena.ptr(out_dist),
-                        arena.ptr(out_index),
-                    )?;
+                    match plan.path {
+                        SearchPath::F32 => search.search_f32(
+                            dev,
+                            &plan,
+                            q,
+                            arena.ptr(s.rows),
+                            parts,
+                            out_d,
+                            out_i,
+                        )?,
+                        SearchPath::F16 => {
+                            let inputs = F16Inputs {
+                                q32: q,
+                                q16: arena.ptr(queries16),
+                                qnorm: arena.ptr(query_norms),
+                                bank32: arena.ptr(s.rows),
+                                bank16: arena.ptr(s.rows16),
+                                bnorm: arena.ptr(s.norms),
+                            };
+                            search.to_f16(dev, q, inputs.q16, plan.query_len())?;
+                            search.row_sqnorms(dev, q, plan.nq, plan.dim, inputs.qnorm)?;
+                            search.search_f16(
+                                dev,
+                                &plan,
+                                &inputs,
+                                FAST_RERANK,
+                                parts,
+                                out_d,
+                                out_i,
+                            )?
+                        }
+                    }
                 }
                 host_dist.copy_from(dev, arena.ptr(out_dist), plan.nq)?;
                 host_index.copy_from(dev, arena.ptr(out_index), plan.nq)
