@@ -383,10 +383,13 @@ __device__ __forceinline__ int maps_reflect(int i, int n) {
   return m >= n ? period - 1 - m : m;
 }
 
+// One pass of the separable blur: out[y][x] = Σ_t w[t]·in[y][reflect(x + t − r)] along
+// rows (horizontal) or the same along columns, summed in t order.
 // grid: (ceil(s²/MAPS_THREADS), 3). present: bit b set when bank b exists (absent: zeros).
-// Horizontal pass: out[y][x] = Σ_t w[t]·in[y][reflect(x + t − r)], summed in t order.
-MIAD_EXTERN void maps_blur_h(int present, int s, const BlurWeights wts, const float *__restrict__ in,
-                             float *__restrict__ out) {
+__device__ __forceinline__ void maps_blur_pass(bool horizontal, int present, int s,
+                                               const BlurWeights &wts,
+                                               const float *__restrict__ in,
+                                               float *__restrict__ out) {
   __shared__ float w[2 * MAPS_MAX_RADIUS + 1];
   const int r = wts.radius;
   for (int k = threadIdx.x; k <= 2 * r; k += blockDim.x) w[k] = wts.w[k];
@@ -400,33 +403,24 @@ MIAD_EXTERN void maps_blur_h(int present, int s, const BlurWeights wts, const fl
     return;
   }
   const int y = i / s, x = i % s;
-  const float *row = in + off + (size_t)y * s;
+  // The line through this pixel, its position on it, and the step between its values.
+  const float *line = horizontal ? in + off + (size_t)y * s : in + off + x;
+  const int pos = horizontal ? x : y;
+  const size_t step = horizontal ? 1 : (size_t)s;
   float acc = 0.0f;
-  for (int k = 0; k <= 2 * r; ++k) acc = __fadd_rn(acc, __fmul_rn(w[k], row[maps_reflect(x + k - r, s)]));
+  for (int k = 0; k <= 2 * r; ++k)
+    acc = __fadd_rn(acc, __fmul_rn(w[k], line[(size_t)maps_reflect(pos + k - r, s) * step]));
   out[off + i] = acc;
 }
 
-// Vertical pass, as maps_blur_h along columns.
+MIAD_EXTERN void maps_blur_h(int present, int s, const BlurWeights wts, const float *__restrict__ in,
+                             float *__restrict__ out) {
+  maps_blur_pass(true, present, s, wts, in, out);
+}
+
 MIAD_EXTERN void maps_blur_v(int present, int s, const BlurWeights wts, const float *__restrict__ in,
                              float *__restrict__ out) {
-  __shared__ float w[2 * MAPS_MAX_RADIUS + 1];
-  const int r = wts.radius;
-  for (int k = threadIdx.x; k <= 2 * r; k += blockDim.x) w[k] = wts.w[k];
-  __syncthreads();
-  const int b = blockIdx.y;
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= s * s) return;
-  const size_t off = (size_t)b * s * s;
-  if (!((present >> b) & 1)) {
-    out[off + i] = 0.0f;
-    return;
-  }
-  const int y = i / s, x = i % s;
-  const float *col = in + off + x;
-  float acc = 0.0f;
-  for (int k = 0; k <= 2 * r; ++k)
-    acc = __fadd_rn(acc, __fmul_rn(w[k], col[(size_t)maps_reflect(y + k - r, s) * s]));
-  out[off + i] = acc;
+  maps_blur_pass(false, present, s, wts, in, out);
 }
 
 // grid: ceil(s2/MAPS_THREADS). map = a·((c0·m0 + c1·m1) + c2·m2) + b. With `labels` (and
