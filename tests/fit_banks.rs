@@ -175,15 +175,17 @@ fn fit_builds_banks_calibrates_and_round_trips() {
         let mut r = vec![0f32; 16 * 12];
         let mut f = vec![0f32; 64 * 32];
         test.extract(p, &mut x, &mut r, &mut f).unwrap();
-        let s = scorer.score(
-            &pool,
-            &set,
-            [&x, &r, &f],
-            [None; 3],
-            &mut maps,
-            Some(&mut map),
-            &mut scratch,
-        );
+        let s = scorer
+            .score(
+                &pool,
+                &set,
+                [&x, &r, &f],
+                [None; 3],
+                &mut maps,
+                Some(&mut map),
+                &mut scratch,
+            )
+            .unwrap();
         scores.push(s.score);
         if p >= 16 {
             // The map peaks inside the blob (cells 4..6 of 8 → pixels 16..24 of 32).

@@ -19,7 +19,8 @@ pub struct DeviceRgb {
     graph: Graph,
     host_input: Pinned<f32>,
     host_features: Pinned<f32>,
-    vit: DeviceVit,
+    /// Owns the weights and buffers the graph reads and writes.
+    _vit: DeviceVit,
     dev: Device,
 }
 
@@ -42,7 +43,7 @@ impl DeviceRgb {
             graph,
             host_input,
             host_features,
-            vit,
+            _vit: vit,
             dev,
         })
     }
@@ -63,7 +64,6 @@ impl RgbNetwork for DeviceRgb {
         self.graph.replay(&self.dev)?;
         self.dev.synchronize()?;
         features.copy_from_slice(self.host_features.as_slice());
-        let _ = &self.vit;
         Ok(())
     }
 }

@@ -434,7 +434,7 @@ pub fn fit(
     for p in 0..parts {
         let f = bank_slices(&all[p * plen..(p + 1) * plen], used, shapes, offsets);
         let excl = own_rows(p);
-        let sc = scorer.score(pool, &set, f, excl, &mut bank_maps, None, &mut scratch);
+        let sc = scorer.score(pool, &set, f, excl, &mut bank_maps, None, &mut scratch)?;
         vectors.push(sc.vector);
         for px in 0..s2 {
             let v: [f32; 3] = std::array::from_fn(|b| w[b] * bank_maps[b * s2 + px]);
@@ -470,7 +470,7 @@ pub fn fit(
             &mut bank_maps,
             Some(&mut map),
             &mut scratch,
-        );
+        )?;
         pixel_max.push(map.iter().copied().fold(f32::NEG_INFINITY, f32::max));
     }
     let (mean, std, max) = calibrate::stats(&train_scores);
@@ -534,7 +534,7 @@ pub fn fit(
                 let excl = own_rows(p);
                 scorer.set_svms([1.0; 3], [1.0; 3]);
                 let stored = &mut case_maps.as_mut_slice()[p * 3 * s2..(p + 1) * 3 * s2];
-                let sc = scorer.score(pool, &set, f, excl, stored, None, &mut scratch);
+                let sc = scorer.score(pool, &set, f, excl, stored, None, &mut scratch)?;
                 let v = super::radar::informative(dropped_bank, sc.vector);
                 vecs.extend(v.iter().map(|&x| x as f64));
                 // The dropped modality's own bank only sees the constant pseudo input:

@@ -155,9 +155,8 @@ impl Scorer {
         bank_maps: &mut [f32],
         map: Option<&mut [f32]>,
         scratch: &mut [f32],
-    ) -> PartScores {
-        let cpu_only = self.score_with(pool, None, set, feats, exclude, bank_maps, map, scratch);
-        cpu_only.expect("the CPU search cannot fail")
+    ) -> crate::Result<PartScores> {
+        self.score_with(pool, None, set, feats, exclude, bank_maps, map, scratch)
     }
 
     /// [`Scorer::score`] with the nearest-row search of every bank done by `search` when
