@@ -18,6 +18,7 @@ pub mod eval;
 pub mod fit;
 pub mod format;
 pub mod pipeline;
+pub mod types;
 pub mod util;
 
 pub use error::{Error, Result};

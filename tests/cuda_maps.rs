@@ -24,12 +24,13 @@ use miad::config::BankConfig;
 use miad::cpu::bank_search::{score_part, score_scratch_len, sq_dist, sq_norms, BankView};
 use miad::cpu::maps::{anomaly_map, gaussian_blur, map_scratch_len, upsample_bilinear};
 use miad::cpu::pool::Pool;
+use miad::cpu::regions::find_regions;
 use miad::cuda::maps::{
     BankInput, BankScoreRec, BankShape, DecisionParams, MapBuffers, MapKernels, MapPlan, MapSlots,
     PartDecisionRec, PixelParams, RegionRec,
 };
 use miad::cuda::{Arena, ArenaPlan, Device, Slot};
-use miad::engine::{find_regions, Case, CaseDecision, InspectOptions, Region, MAX_REGIONS};
+use miad::engine::{Case, CaseDecision, InspectOptions, Region, MAX_REGIONS};
 use miad::fit::radar::informative;
 use miad::util::rng::Rng;
 

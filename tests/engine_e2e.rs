@@ -190,7 +190,7 @@ fn fit_inspect_evaluate_and_missing_modalities() {
         &mut e,
         &f.category,
         &EvalOptions {
-            missing: Some((0.5, miad::eval::missing::Drop::Both, 1)),
+            missing: Some((0.5, miad::eval::missing::MissingModality::Both, 1)),
             heatmaps: Some(heat.clone()),
             max_parts: None,
             complete_decision_only: false,

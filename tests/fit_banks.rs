@@ -6,8 +6,8 @@ use miad::config::{BankConfig, BankVariant, LinearSvm};
 use miad::cpu::pool::Pool;
 use miad::fit::banks::{fit, FeatureExtractor, FeatureLayout, FitOptions, Progress};
 use miad::fit::calibrate::reject_quantile;
-use miad::fit::decision::{BankSet, Scorer};
 use miad::format::{BankFile, OpenOptions};
+use miad::pipeline::score::{BankSet, Scorer};
 use miad::util::rng::Rng;
 
 /// Parts whose patch features are smooth random fields around a shared pattern; the

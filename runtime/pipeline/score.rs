@@ -4,21 +4,17 @@
 //! map, then the score vector `a = (w_x·s_xyz, w_r·s_rgb, w_f·s_fused)`, the part score
 //! `part_svm.w · a` and the pixel map `pixel_svm.w · (w_x·m_xyz, w_r·m_rgb, w_f·m_fused)`.
 //!
-//! Used by `fit` (with the part's own bank rows excluded) and by inspection/evaluation.
+//! Used by inspection and evaluation, and by `fit` (with the part's own bank rows
+//! excluded). The decision rules themselves live in [`super::decide`].
 //! Planned: [`Scorer::scratch_len`] floats, no allocation per part.
 
+use super::decide::{fuse_map, linear_part_score};
 use crate::config::{BankConfig, FeatureNorm};
 use crate::cpu::bank_search::{self, BankScore, BankView};
 use crate::cpu::maps;
 use crate::cpu::pool::Pool;
 use crate::format::{BankFile, FormatError};
-
-/// Bank indices in score-vector order.
-pub const XYZ: usize = 0;
-pub const RGB: usize = 1;
-pub const FUSED: usize = 2;
-/// Names of the banks' tensors, in score-vector order.
-pub const BANK_NAMES: [&str; 3] = ["xyz", "rgb", "fused"];
+pub use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
 
 /// The banks of one bank file (any of them may be absent), borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -231,12 +227,10 @@ impl Scorer {
             out.bank[b] = score;
             out.vector[b] = self.weights[b] * score;
         }
-        out.score = (0..3).map(|b| self.part_w[b] * out.vector[b]).sum();
+        out.score = linear_part_score(&self.part_w, &out.vector);
         if let Some(map) = map {
             let c: [f32; 3] = std::array::from_fn(|b| self.pixel_w[b] * self.weights[b]);
-            for (p, o) in map[..s2].iter_mut().enumerate() {
-                *o = c[0] * bank_maps[p] + c[1] * bank_maps[s2 + p] + c[2] * bank_maps[2 * s2 + p];
-            }
+            fuse_map(&c, [1.0, 0.0], bank_maps, &mut map[..s2]);
         }
         Ok(out)
     }
