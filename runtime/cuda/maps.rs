@@ -17,7 +17,7 @@
 //! and [`crate::cpu::regions::find_regions`]. The kernels round every operation as the CPU does
 //! (no fused multiply-adds), so grids, maps and scores are the CPU's bits, up to the f64
 //! `exp` of the re-weighting and the f64 sum of a region's mean (summed in a fixed tree
-//! here, in flood-fill order on the CPU): see tests/cuda_maps.rs for the tolerances.
+//! here, in flood-fill order on the CPU): see tests/cuda/maps.rs for the tolerances.
 //!
 //! Regions: the root of each component is its first pixel in raster order (the CPU's
 //! discovery order). Kept regions are the best [`MAX_REGIONS`] by (peak desc, first pixel

@@ -3,7 +3,6 @@
 //! second run. Skips (and says why) without a CUDA driver. Kernels: `Module::load`
 //! (`MIAD_CUBIN_DIR/<name>.cubin` when set, else the embedded cubin, else NVRTC).
 //! With `MIAD_BENCH=1` it also times both paths at ViT-B/8 and Point-MAE sizes.
-#![cfg(feature = "cuda")]
 
 use miad::config::{PointConfig, VitConfig};
 use miad::cuda::transformer::{Attention, Elementwise, ATTENTION_HEAD_DIM};

@@ -1,19 +1,19 @@
 //! `Engine::inspect` performs no heap allocation after the first part (complete and
-//! incomplete parts alike). Its own test binary with one test, so that the counting
-//! allocator sees only this code.
+//! incomplete parts alike). Run alone in a child process
+//! (`common::alone_in_process`), so that the counting allocator sees only this code.
 
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
 use miad::eval::synth::Category;
 
-mod common;
-use miad::util::alloc_counter::{total_counts, CountingAlloc};
-
-#[global_allocator]
-static A: CountingAlloc = CountingAlloc;
+use crate::common;
+use miad::util::alloc_counter::total_counts;
 
 #[test]
 fn inspect_allocates_nothing_after_the_first_part() {
+    if !common::alone_in_process!(inspect_allocates_nothing_after_the_first_part) {
+        return;
+    }
     let f = common::fitted("alloc", Category::Torus, 5, 4, 1);
     let (model, bank, cat) = (&f.model, &f.bank, &f.category);
     let parts: Vec<_> = list_test(cat)

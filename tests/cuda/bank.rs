@@ -3,7 +3,6 @@
 //! path's index agreement >= 99.9%. Skips (and says why) without a CUDA driver (kernels:
 //! `Module::load`, i.e. `MIAD_CUBIN_DIR`, the embedded cubins or NVRTC). With
 //! `MIAD_BENCH=1` it also times both paths on a 150 000 x 1920 bank.
-#![cfg(feature = "cuda")]
 
 use miad::cuda::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};

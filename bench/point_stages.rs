@@ -1,6 +1,5 @@
 //! Rough timings of the point branch stages at full size, printed, not asserted (the
-//! machine is shared). `cargo test --release --test point_timing -- --ignored --nocapture`
-//! (or the test profile, which is optimised here). The criterion bench is bench/point.rs.
+//! machine is shared). `cargo bench --bench point_stages`. The criterion bench is bench/point.rs.
 
 use miad::config::{PointConfig, PreprocessConfig};
 use miad::cpu::fps::{farthest_point_sample, fps_plain, fps_scratch_len};
@@ -23,9 +22,7 @@ fn best_ms(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-#[test]
-#[ignore]
-fn timings_at_full_size() {
+fn main() {
     let cfg = PointConfig::m3dm();
     let pre = PreprocessConfig::default();
     let n = 50_000;

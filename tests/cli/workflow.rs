@@ -2,7 +2,6 @@
 //! synth → model random → fit → inspect (with heatmaps and a missing cloud) → eval (with
 //! saved predictions and the RADAR protocol) → extract → bench, and errors that name
 //! the problem.
-#![cfg(feature = "cli")]
 
 use std::path::Path;
 use std::process::Command;

@@ -1,6 +1,6 @@
-//! Timings (ignored by default; run with
-//! `cargo test --test bank_throughput -- --ignored --nocapture`): bank search GFLOP/s at
-//! M3DM sizes and coreset plain vs accelerated. The criterion version is `bench/bank.rs`.
+//! Bank search GFLOP/s at M3DM sizes and coreset plain vs accelerated, printed
+//! (`cargo bench --bench bank_throughput`; sizes from `MIAD_BANK_Q/N/D`). The criterion
+//! version is `bench/bank.rs`.
 
 use miad::cpu::bank_search::{nearest, nearest_scratch_len, sq_norms, BankView};
 use miad::cpu::coreset::{greedy, greedy_plain};
@@ -15,8 +15,6 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-#[test]
-#[ignore]
 fn bank_search_throughput() {
     let (nq, nb, d) = (
         env("MIAD_BANK_Q", 3136),
@@ -48,8 +46,6 @@ fn bank_search_throughput() {
     }
 }
 
-#[test]
-#[ignore]
 fn coreset_plain_vs_accelerated() {
     let n = env("MIAD_CORESET_N", 20_000);
     let d = env("MIAD_CORESET_D", 301);
@@ -73,4 +69,9 @@ fn coreset_plain_vs_accelerated() {
             plain / acc
         );
     }
+}
+
+fn main() {
+    bank_search_throughput();
+    coreset_plain_vs_accelerated();
 }

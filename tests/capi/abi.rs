@@ -3,8 +3,7 @@
 //! bit and is driven by its options; handles are checked; the header compiles as C99, C11
 //! and C++ and matches the exports; and a real C program links the library and runs.
 
-#[path = "capi/fixture.rs"]
-mod fixture;
+use crate::fixture;
 
 use fixture::{Files, H, MAP, W};
 use miad::capi::*;

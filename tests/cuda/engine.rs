@@ -3,10 +3,9 @@
 //!
 //! Without a driver or GPU, the engine must fall back to the CPU and say why; the GPU
 //! checks print SKIP. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda_engine -- --nocapture`.
-#![cfg(feature = "cuda")]
+//! `cargo test --release --features cuda --test cuda engine:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use common::fitted;
 use miad::backend::{Backend, Precision};

@@ -1,20 +1,21 @@
 //! The ViT forward pass allocates nothing once its buffers exist: after one warm-up pass
 //! on a pool, 20 more passes perform zero heap allocations (on any thread), and every
-//! pass gives the warm-up's bits. Its own test binary with a single test, so
-//! `total_counts` sees only this code.
+//! pass gives the warm-up's bits. Run alone in a child process
+//! (`common::alone_in_process`), so `total_counts` sees only this code.
 
+use crate::common;
 use miad::config::{ModelConfig, VitConfig};
 use miad::cpu::pool::Pool;
 use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
 use miad::format::random_model;
-use miad::util::alloc_counter::{total_counts, CountingAlloc};
+use miad::util::alloc_counter::total_counts;
 use miad::util::rng::Rng;
-
-#[global_allocator]
-static A: CountingAlloc = CountingAlloc;
 
 #[test]
 fn vit_forward_allocates_nothing_after_warm_up() {
+    if !common::alone_in_process!(vit_forward_allocates_nothing_after_warm_up) {
+        return;
+    }
     let cfg = VitConfig::small();
     let model = ModelConfig {
         vit: Some(cfg.clone()),

@@ -11,7 +11,7 @@ use miad::format::{random_model, write_model};
 use miad::Error;
 use std::path::Path;
 
-mod common;
+use crate::common;
 use common::{fitted, Fixture};
 
 fn fixture(name: &str) -> Fixture {

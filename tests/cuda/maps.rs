@@ -17,8 +17,7 @@
 //! buffers are poisoned (0xff bytes: NaN) before every run and must be fully written.
 //!
 //! Without a driver or GPU every GPU test prints a SKIP line and passes. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda_maps -- --nocapture`.
-#![cfg(feature = "cuda")]
+//! `cargo test --release --features cuda --test cuda maps:: -- --nocapture`.
 
 use miad::config::BankConfig;
 use miad::cpu::bank_search::{score_part, score_scratch_len, sq_dist, sq_norms, BankView};

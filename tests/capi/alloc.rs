@@ -1,21 +1,18 @@
 //! `miad_inspect` allocates nothing and frees nothing once the engine is open: repeated
 //! inspections through the C ABI, after the first, with map buffers, regions and both
-//! modalities, counted by a global allocator. Its own test binary with a single test, so
+//! modalities, counted by a global allocator. Run alone in a child process (`common::alone_in_process`), so
 //! the counts see only this code (the engine's worker threads included).
 //!
 //! 1 000 parts by default, the acceptance count (about 25 s on 2 cores);
 //! `MIAD_ALLOC_PARTS=N` changes it.
 
-#[path = "capi/fixture.rs"]
-mod fixture;
+use crate::fixture;
 
+use crate::common;
 use miad::capi::*;
-use miad::util::alloc_counter::{total_counts, CountingAlloc};
+use miad::util::alloc_counter::total_counts;
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::null_mut;
-
-#[global_allocator]
-static A: CountingAlloc = CountingAlloc;
 
 fn msg(err: &[c_char]) -> String {
     unsafe { CStr::from_ptr(err.as_ptr()) }
@@ -25,6 +22,9 @@ fn msg(err: &[c_char]) -> String {
 
 #[test]
 fn inspect_through_the_c_abi_allocates_nothing() {
+    if !common::alone_in_process!(inspect_through_the_c_abi_allocates_nothing) {
+        return;
+    }
     let f = fixture::files("alloc");
     let (rgb, cloud) = fixture::part();
     let model = CString::new(f.model.to_str().unwrap()).unwrap();

@@ -2,9 +2,8 @@
 //!
 //! Without a driver or GPU every GPU test prints a skip message and passes; the tests that
 //! need no GPU (driver detection, module table) always run. Run on a GPU machine with
-//! `cargo test --release --features cuda --test cuda_point -- --nocapture`, and the timing
+//! `cargo test --release --features cuda --test cuda point:: -- --nocapture`, and the timing
 //! report with `-- --ignored bench_point_branch --nocapture`.
-#![cfg(feature = "cuda")]
 
 use miad::config::PointConfig;
 use miad::cuda::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};

@@ -9,8 +9,7 @@
 //! The host-side checks (shape validation, layouts) always run. The GPU tests print a SKIP
 //! line and pass without a driver, a GPU or the cuBLASLt library. With `MIAD_BENCH=1` the
 //! bench reports TFLOP/s of every shape and precision:
-//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda_gemm gemm_bench -- --nocapture`.
-#![cfg(feature = "cuda")]
+//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda gemm::gemm_bench -- --nocapture`.
 
 use miad::cuda::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
 use miad::cuda::transformer::{Elementwise, Precision};

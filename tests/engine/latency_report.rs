@@ -5,15 +5,15 @@ use miad::engine::{Engine, EngineOptions};
 use miad::eval::dataset::list_test;
 use miad::eval::latency::run;
 use miad::eval::synth::Category;
-use miad::util::alloc_counter::{total_counts, CountingAlloc};
+use miad::util::alloc_counter::total_counts;
 
-#[global_allocator]
-static A: CountingAlloc = CountingAlloc;
-
-mod common;
+use crate::common;
 
 #[test]
 fn latency_report_has_every_field_and_no_allocation() {
+    if !common::alone_in_process!(latency_report_has_every_field_and_no_allocation) {
+        return;
+    }
     let f = common::fitted("latency", Category::Block, 7, 4, 1);
     let mut e = Engine::open(&f.model, &f.bank, &EngineOptions::default()).unwrap();
     let parts: Vec<_> = list_test(&f.category)

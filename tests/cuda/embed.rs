@@ -3,7 +3,7 @@
 //!
 //! Without a driver or GPU every GPU test prints a SKIP line and passes; the module-table
 //! test needs no GPU. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda_embed -- --nocapture`.
+//! `cargo test --release --features cuda --test cuda embed:: -- --nocapture`.
 //!
 //! Tolerances (stated per check):
 //! - bitwise: resize + normalisation vs `pipeline::preprocess`, im2col, token assembly,
@@ -18,7 +18,6 @@
 //!   (with neutral blocks): 1e-6 / 1e-5 relative (values below 1: absolute), because the
 //!   CPU's dense layers use faer's summation order, which the host GEMM in this test
 //!   reproduces for the ViT but not for the Point-MAE position MLP's first layer.
-#![cfg(feature = "cuda")]
 
 use bytemuck::Pod;
 use half::bf16;

@@ -1,7 +1,9 @@
 //! The point branch (preprocess, FPS, grouping, Point-MAE, alignment) allocates nothing once its
 //! buffers are planned, and gives identical bits on every run and for 1 or 2 threads.
-//! Its own test binary: one test, so `total_counts` sees only this code.
+//! Run alone in a child process (`common::alone_in_process`), so `total_counts` sees
+//! only this code.
 
+use crate::common;
 use miad::config::ModelConfig;
 use miad::cpu::fps::{farthest_point_sample, fps_scratch_len};
 use miad::cpu::knn::{group_knn, knn_scratch_len};
@@ -11,11 +13,8 @@ use miad::cpu::pool::Pool;
 use miad::format::OwnedTensors;
 use miad::pipeline::input::{CloudView, RgbView};
 use miad::pipeline::preprocess::*;
-use miad::util::alloc_counter::{total_counts, CountingAlloc};
+use miad::util::alloc_counter::total_counts;
 use miad::util::rng::Rng;
-
-#[global_allocator]
-static A: CountingAlloc = CountingAlloc;
 
 const W: usize = 150;
 const H: usize = 120;
@@ -93,6 +92,9 @@ fn run_branch(
 
 #[test]
 fn point_branch_allocates_nothing_and_repeats_bit_for_bit() {
+    if !common::alone_in_process!(point_branch_allocates_nothing_and_repeats_bit_for_bit) {
+        return;
+    }
     let cfg = ModelConfig::small();
     let pre = &cfg.preprocess;
     let point = cfg.point.as_ref().unwrap();

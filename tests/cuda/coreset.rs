@@ -5,11 +5,10 @@
 //!
 //! Without a driver or GPU the GPU tests print a SKIP line and pass; the plan checks need
 //! no GPU and always run. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda_coreset -- --nocapture`; with
+//! `cargo test --release --features cuda --test cuda coreset:: -- --nocapture`; with
 //! `MIAD_BENCH=1` it also times projection + selection at the scale
 //! (1.25 M × 1920 → JL dim, 10 % kept; `MIAD_CORESET_ROWS` overrides the rows) and compares
 //! GPU and CPU selection on a 50 000-row slice.
-#![cfg(feature = "cuda")]
 
 use std::time::Instant;
 

@@ -6,11 +6,8 @@ use miad::cpu::bank_search::{
     sq_norms, BankView,
 };
 use miad::cpu::pool::Pool;
-use miad::util::alloc_counter::{counts, CountingAlloc};
+use miad::util::alloc_counter::counts;
 use miad::util::rng::Rng;
-
-#[global_allocator]
-static A: CountingAlloc = CountingAlloc;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut v = vec![0f32; n];

@@ -11,10 +11,9 @@
 //!
 //! Without a driver, a GPU or the cuBLASLt library every GPU test prints a SKIP line and
 //! passes. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda_point_branch -- --nocapture`; the bench
+//! `cargo test --release --features cuda --test cuda point_branch:: -- --nocapture`; the bench
 //! (M3DM sizes, ~50 000 points, device and CPU in this process):
-//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda_point_branch bench -- --nocapture`.
-#![cfg(feature = "cuda")]
+//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda point_branch::bench -- --nocapture`.
 
 use std::path::PathBuf;
 use std::time::Instant;

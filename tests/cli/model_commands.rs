@@ -1,5 +1,4 @@
 //! `miad model random | info` and `miad convert` as a user runs them.
-#![cfg(feature = "cli")]
 
 use miad::config::BankConfig;
 use miad::format::{hex, ModelFile, OpenOptions, Writer};

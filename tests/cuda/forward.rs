@@ -17,11 +17,10 @@
 //!
 //! Without a driver, a GPU or the cuBLASLt library every GPU test prints a SKIP line and
 //! passes. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda_forward -- --nocapture`; the bench
+//! `cargo test --release --features cuda --test cuda forward:: -- --nocapture`; the bench
 //! (full ViT-B/8 at 224×224 and Point-MAE with 1024 groups, graph-replayed, both
 //! precisions, GEMM and attention shares, error vs the CPU at full size):
-//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda_forward bench_forwards -- --nocapture`.
-#![cfg(feature = "cuda")]
+//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda forward::bench_forwards -- --nocapture`.
 
 use miad::config::{FusionConfig, ModelConfig, PointConfig, PreprocessConfig, VitConfig};
 use miad::cpu::gemm::{linear, Epilogue, Mat};
