@@ -14,7 +14,9 @@ pub mod cpu;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
+#[cfg(feature = "fit")]
 pub mod fit;
 pub mod format;
 pub mod pipeline;
