@@ -19,7 +19,9 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
+// The runtime itself is built without instrumentation (it is the hot path); with
+// MIAD_SIM_ASAN it uses the preloaded ASan runtime's fiber and poisoning interfaces.
+#if defined(MIAD_SIM_ASAN)
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define MIAD_ASAN 1
@@ -130,6 +132,7 @@ struct Block {
   std::vector<Fiber *> fibers;
   std::vector<Fiber *> runnable;
   int exited = 0;
+  std::vector<uint32_t> warp_exited;  // lanes that have exited, by warp
   int bar_count = 0, bar_line = 0;
   bool done = false;
   char *tls = nullptr;  // this block's copy of the module's thread_local block
@@ -163,7 +166,7 @@ struct Worker {
     return stacks[i];
   }
 };
-thread_local Worker t_worker;
+__attribute__((tls_model("initial-exec"))) thread_local Worker t_worker;
 
 using ModuleTls = void (*)(void **base, size_t *size, void **dyn);
 using Tramp = void (*)(void **args);
@@ -305,6 +308,7 @@ void fiber_entry() {
   warp_exit_check(f);
   cluster_thread_exit(L, f);
   ++b->exited;
+  b->warp_exited[(size_t)f->warp] |= 1u << f->lane;
   f->st = St::Done;
   for (;;) to_scheduler();
 }
@@ -342,7 +346,7 @@ struct WarpGroup {
 struct WarpState {
   std::vector<WarpGroup> groups;
 };
-thread_local std::vector<WarpState> t_warps;  // of the block this OS thread runs
+__attribute__((tls_model("initial-exec"))) thread_local std::vector<WarpState> t_warps;  // of the block this OS thread runs
 
 unsigned lanes_of(Block *b, int warp) {
   int n = (int)b->fibers.size() - warp * 32;
@@ -413,13 +417,9 @@ void collective(Op op, unsigned mask, const void *in, void *out, int a0, int wid
   if (mask & ~exists)
     fiber_fail(fmt("%s (line %d) with mask %08x naming lanes the block does not have (%08x)",
                    op_name(op), line, mask, exists));
-  for (int l = 0; l < 32; ++l) {
-    if (!(mask >> l & 1u)) continue;
-    Fiber *o = b->fibers[f->warp * 32 + l];
-    if (o->st == St::Done)
-      fiber_fail(fmt("%s (line %d): lane %d of the mask %08x has exited", op_name(op), line, l,
-                     mask));
-  }
+  if (unsigned gone = mask & b->warp_exited[(size_t)f->warp])
+    fiber_fail(fmt("%s (line %d): lanes %08x of the mask %08x have exited", op_name(op), line,
+                   gone, mask));
   auto &groups = t_warps[f->warp].groups;
   WarpGroup *g = nullptr;
   for (auto &x : groups) {
@@ -845,6 +845,7 @@ bool setup_block(Launch *L, Block *b, std::vector<Fiber> &store) {
   b->fibers.resize((size_t)n);
   b->runnable.clear();
   t_warps.assign((size_t)(n + 31) / 32, WarpState());
+  b->warp_exited.assign((size_t)(n + 31) / 32, 0u);
   int i = 0;
   for (unsigned z = 0; z < L->block.z; ++z)
     for (unsigned y = 0; y < L->block.y; ++y)
@@ -991,7 +992,7 @@ void run_cluster(Launch *L, const std::vector<uint3> &bids) {
   for (auto &t : threads) t.join();
 }
 
-thread_local Launch *t_report_launch = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local Launch *t_report_launch = nullptr;
 
 #if defined(MIAD_ASAN)
 void asan_report(const char *report) {

@@ -8,6 +8,7 @@
 //!
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
+mod fps;
 mod knn;
 mod sim;
 mod util;
@@ -22,6 +23,7 @@ pub type Test = (&'static str, fn() -> Result<(), String>);
 fn all_tests() -> Vec<Test> {
     let mut v: Vec<Test> = Vec::new();
     v.extend(knn::TESTS);
+    v.extend(fps::TESTS);
     v
 }
 

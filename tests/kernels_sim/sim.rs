@@ -205,6 +205,17 @@ const FLAGS: &[&str] = &[
     "-w",
 ];
 
+/// The runtime: optimised, not instrumented, using the preloaded ASan runtime's interfaces.
+const RT_FLAGS: &[&str] = &[
+    "-std=gnu++17",
+    "-O2",
+    "-g0",
+    "-fPIC",
+    "-shared",
+    "-DMIAD_SIM_ASAN=1",
+    "-w",
+];
+
 pub struct Sim {
     pub dir: PathBuf,
     libs: HashMap<String, libloading::Library>,
@@ -251,7 +262,7 @@ fn build(dir: &Path, sources: &[(PathBuf, String)]) -> Result<(), String> {
         let sim = sim.clone();
         std::thread::spawn(move || {
             run(Command::new("g++")
-                .args(FLAGS)
+                .args(RT_FLAGS)
                 .arg("-o")
                 .arg(&rt)
                 .arg(sim.join("simt.cpp"))
@@ -347,7 +358,7 @@ impl Sim {
     fn new() -> Result<Sim, String> {
         let mut sources = Vec::new();
         let mut h = 0xcbf29ce484222325u64;
-        for f in FLAGS {
+        for f in FLAGS.iter().chain(RT_FLAGS) {
             fnv(&mut h, f.as_bytes());
         }
         for p in kernel_files() {
