@@ -8,8 +8,10 @@
 //!
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
+mod coreset;
 mod fps;
 mod knn;
+mod misc;
 mod sim;
 mod util;
 
@@ -24,6 +26,8 @@ fn all_tests() -> Vec<Test> {
     let mut v: Vec<Test> = Vec::new();
     v.extend(knn::TESTS);
     v.extend(fps::TESTS);
+    v.extend(coreset::TESTS);
+    v.extend(misc::TESTS);
     v
 }
 
