@@ -12,6 +12,8 @@ mod coreset;
 mod fps;
 mod knn;
 mod misc;
+mod selftest;
+mod signatures;
 mod sim;
 mod util;
 
@@ -24,6 +26,8 @@ pub type Test = (&'static str, fn() -> Result<(), String>);
 
 fn all_tests() -> Vec<Test> {
     let mut v: Vec<Test> = Vec::new();
+    v.extend(selftest::TESTS);
+    v.extend(signatures::TESTS);
     v.extend(knn::TESTS);
     v.extend(fps::TESTS);
     v.extend(coreset::TESTS);

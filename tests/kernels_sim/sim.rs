@@ -248,142 +248,176 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     Ok(())
 }
 
-fn build(dir: &Path, sources: &[(PathBuf, String)]) -> Result<(), String> {
-    let sim = root().join("kernels/sim");
-    let kdir = root().join("kernels");
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    if dir.join("ok").exists() {
-        return Ok(());
+fn hash_of(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf29ce484222325u64;
+    for p in parts {
+        fnv(&mut h, p);
+        fnv(&mut h, &[0xff]);
     }
-    let rt = dir.join("libmiadsim.so");
-    // The runtime and the modules build in parallel; the modules need the runtime to link.
-    let rt_job = {
-        let rt = rt.clone();
-        let sim = sim.clone();
+    h
+}
+
+fn read(rel: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(root().join(rel)).map_err(|e| format!("{rel}: {e}"))
+}
+
+/// One module to build: its source, the generated registration file's text and the
+/// dynamic-shared-memory aliases.
+struct Job {
+    stem: String,
+    so: PathBuf,
+    gen: String,
+    aliases: String,
+}
+
+fn build_module(dir: &Path, rt: &Path, job: &Job) -> Result<(), String> {
+    let sim = root().join("kernels/sim");
+    let tmp = dir.join(format!("{}.tmp", job.stem));
+    std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let gen = tmp.join(format!("gen_{}.cpp", job.stem));
+    std::fs::write(&gen, &job.gen).map_err(|e| e.to_string())?;
+    let (obj, tls, so) = (tmp.join("k.o"), tmp.join("tls.o"), tmp.join("k.so"));
+    run(Command::new("g++")
+        .args(FLAGS)
+        .arg("-c")
+        .arg("-include")
+        .arg(sim.join("simt.h"))
+        .arg("-I")
+        .arg(sim.join("include"))
+        .arg("-I")
+        .arg(root().join("kernels"))
+        .arg("-o")
+        .arg(&obj)
+        .arg(&gen))?;
+    run(Command::new("g++")
+        .args(FLAGS)
+        .arg("-c")
+        .arg(format!("-DMIAD_SIM_DYN_ALIASES={}", job.aliases))
+        .arg("-o")
+        .arg(&tls)
+        .arg(sim.join("module_tls.cpp")))?;
+    let rtdir = rt.parent().unwrap();
+    run(Command::new("g++")
+        .args(FLAGS)
+        .arg("-o")
+        .arg(&so)
+        .arg(&obj)
+        .arg(&tls)
+        .arg(format!("-L{}", rtdir.display()))
+        .arg("-lmiadsim")
+        .arg(format!("-Wl,-rpath,{}", rtdir.display()))
+        .arg("-ldl"))?;
+    std::fs::rename(&so, &job.so).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// Builds what is missing: the runtime, then every module, `jobs` at a time. Modules are
+/// cached by a hash of their own source and of everything they include, so editing one
+/// .cu file rebuilds one module.
+fn build(dir: &Path, rt: &Path, jobs: Vec<Job>) -> Result<(), String> {
+    std::fs::create_dir_all(rt.parent().unwrap()).map_err(|e| e.to_string())?;
+    let rt_job = (!rt.exists()).then(|| {
+        let rt = rt.to_path_buf();
         std::thread::spawn(move || {
+            let tmp = rt.with_extension("tmp");
             run(Command::new("g++")
                 .args(RT_FLAGS)
                 .arg("-o")
-                .arg(&rt)
-                .arg(sim.join("simt.cpp"))
+                .arg(&tmp)
+                .arg(root().join("kernels/sim/simt.cpp"))
                 .arg("-lpthread"))
+            .and_then(|_| std::fs::rename(&tmp, &rt).map_err(|e| e.to_string()))
         })
-    };
-    let mut gens = Vec::new();
-    for (path, src) in sources {
-        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
-        let mut g = format!(
-            "#include \"{}\"\n#include \"{}\"\n",
-            path.display(),
-            sim.join("simt_register.h").display()
-        );
-        for p in prototypes(src) {
-            let b = p.bounds.clone().unwrap_or_else(|| "0".into());
-            g.push_str(&format!("MIAD_SIM_KERNEL({}, ({}))\n", p.name, b));
-        }
-        let gen = dir.join(format!("gen_{stem}.cpp"));
-        std::fs::write(&gen, g).map_err(|e| e.to_string())?;
-        let aliases: String = dyn_shared_names(src)
-            .iter()
-            .map(|n| format!("MIAD_SIM_DYN({n})"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        gens.push((stem, gen, aliases));
+    });
+    let todo: Vec<Job> = jobs.into_iter().filter(|j| !j.so.exists()).collect();
+    if let Some(t) = rt_job {
+        // Modules link against the runtime: it comes first (it builds while g++ warms up).
+        t.join()
+            .map_err(|_| "runtime build panicked".to_string())??;
     }
-    // Compile objects in parallel (2 at a time by default), then link after the runtime.
-    let jobs: usize = std::thread::available_parallelism()
+    let threads: usize = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let queue = Mutex::new(gens.clone());
+    let queue = Mutex::new(todo);
     let errors = Mutex::new(Vec::<String>::new());
     std::thread::scope(|s| {
-        for _ in 0..jobs {
+        for _ in 0..threads {
             s.spawn(|| loop {
-                let Some((stem, gen, aliases)) = queue.lock().unwrap().pop() else {
+                let Some(job) = queue.lock().unwrap().pop() else {
                     break;
                 };
-                let obj = dir.join(format!("{stem}.o"));
-                let tls = dir.join(format!("{stem}_tls.o"));
-                let r = run(Command::new("g++")
-                    .args(FLAGS)
-                    .arg("-c")
-                    .arg("-include")
-                    .arg(sim.join("simt.h"))
-                    .arg("-I")
-                    .arg(sim.join("include"))
-                    .arg("-I")
-                    .arg(&kdir)
-                    .arg("-o")
-                    .arg(&obj)
-                    .arg(&gen))
-                .and_then(|_| {
-                    run(Command::new("g++")
-                        .args(FLAGS)
-                        .arg("-c")
-                        .arg(format!("-DMIAD_SIM_DYN_ALIASES={aliases}"))
-                        .arg("-o")
-                        .arg(&tls)
-                        .arg(sim.join("module_tls.cpp")))
-                });
-                if let Err(e) = r {
-                    errors.lock().unwrap().push(e);
+                if let Err(e) = build_module(dir, rt, &job) {
+                    errors.lock().unwrap().push(format!("{}: {e}", job.stem));
                 }
             });
         }
     });
-    rt_job
-        .join()
-        .map_err(|_| "runtime build panicked".to_string())??;
     let errs = errors.into_inner().unwrap();
-    if !errs.is_empty() {
-        return Err(errs.join("\n"));
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("\n"))
     }
-    for (stem, _, _) in &gens {
-        run(Command::new("g++")
-            .args(FLAGS)
-            .arg("-o")
-            .arg(dir.join(format!("{stem}.so")))
-            .arg(dir.join(format!("{stem}.o")))
-            .arg(dir.join(format!("{stem}_tls.o")))
-            .arg(format!("-L{}", dir.display()))
-            .arg("-lmiadsim")
-            .arg(format!("-Wl,-rpath,{}", dir.display()))
-            .arg("-ldl"))?;
-    }
-    std::fs::write(dir.join("ok"), b"").map_err(|e| e.to_string())?;
-    Ok(())
+}
+
+/// The .cu files the emulator builds: kernels/*.cu and its own self-test kernels.
+fn module_sources() -> Vec<PathBuf> {
+    let mut v = kernel_files();
+    v.push(root().join("kernels/sim/selftest.cu"));
+    v
 }
 
 impl Sim {
     fn new() -> Result<Sim, String> {
-        let mut sources = Vec::new();
-        let mut h = 0xcbf29ce484222325u64;
-        for f in FLAGS.iter().chain(RT_FLAGS) {
-            fnv(&mut h, f.as_bytes());
-        }
-        for p in kernel_files() {
-            let src = std::fs::read_to_string(&p).map_err(|e| e.to_string())?;
-            fnv(&mut h, p.to_string_lossy().as_bytes());
-            fnv(&mut h, src.as_bytes());
-            sources.push((p, src));
-        }
-        for extra in [
-            "kernels/common.cuh",
-            "kernels/sim/simt.h",
-            "kernels/sim/simt.cpp",
-            "kernels/sim/simt_register.h",
-            "kernels/sim/module_tls.cpp",
-        ] {
-            let t = std::fs::read(root().join(extra)).map_err(|e| e.to_string())?;
-            fnv(&mut h, &t);
-        }
+        let flags = |f: &[&str]| f.join(" ").into_bytes();
+        let simt_h = read("kernels/sim/simt.h")?;
+        let rt_hash = hash_of(&[&flags(RT_FLAGS), &simt_h, &read("kernels/sim/simt.cpp")?]);
         // CARGO_TARGET_TMPDIR lies under the target dir of this build.
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("kernels-sim")
-            .join(format!("{h:016x}"));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernels-sim");
+        let rt = dir.join(format!("rt-{rt_hash:016x}")).join("libmiadsim.so");
+        let common = [
+            flags(FLAGS),
+            rt_hash.to_le_bytes().to_vec(),
+            read("kernels/common.cuh")?,
+            simt_h,
+            read("kernels/sim/simt_register.h")?,
+            read("kernels/sim/module_tls.cpp")?,
+        ];
+        let mut sources = Vec::new();
+        let mut jobs = Vec::new();
+        for p in module_sources() {
+            let src = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+            let mut parts: Vec<&[u8]> = common.iter().map(|c| c.as_slice()).collect();
+            parts.push(src.as_bytes());
+            let h = hash_of(&parts);
+            let mut gen = format!(
+                "#include \"{}\"\n#include \"{}\"\n",
+                p.display(),
+                root().join("kernels/sim/simt_register.h").display()
+            );
+            for pr in prototypes(&src) {
+                let b = pr.bounds.clone().unwrap_or_else(|| "0".into());
+                gen.push_str(&format!("MIAD_SIM_KERNEL({}, ({}))\n", pr.name, b));
+            }
+            let aliases = dyn_shared_names(&src)
+                .iter()
+                .map(|n| format!("MIAD_SIM_DYN({n})"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let so = dir.join(format!("{stem}-{h:016x}.so"));
+            jobs.push(Job {
+                stem: stem.clone(),
+                so: so.clone(),
+                gen,
+                aliases,
+            });
+            sources.push((stem, so, src));
+        }
         let t0 = std::time::Instant::now();
-        let fresh = !dir.join("ok").exists();
-        build(&dir, &sources)?;
+        let fresh = !rt.exists() || jobs.iter().any(|j| !j.so.exists());
+        build(&dir, &rt, jobs)?;
         if fresh {
             eprintln!(
                 "kernels_sim: built the emulated kernels in {:.1} s ({})",
@@ -391,16 +425,13 @@ impl Sim {
                 dir.display()
             );
         }
-        let rt = unsafe { libloading::Library::new(dir.join("libmiadsim.so")) }
-            .map_err(|e| e.to_string())?;
+        let rt = unsafe { libloading::Library::new(&rt) }.map_err(|e| e.to_string())?;
         let launch = unsafe { *rt.get(b"miad_sim_launch\0").map_err(|e| e.to_string())? };
         let mut libs = HashMap::new();
         let mut kernels = HashMap::new();
         let mut protos = Vec::new();
-        for (p, src) in &sources {
-            let stem = p.file_stem().unwrap().to_string_lossy().to_string();
-            let lib = unsafe { libloading::Library::new(dir.join(format!("{stem}.so"))) }
-                .map_err(|e| e.to_string())?;
+        for (stem, so, src) in &sources {
+            let lib = unsafe { libloading::Library::new(so) }.map_err(|e| e.to_string())?;
             libs.insert(stem.clone(), lib);
             for pr in prototypes(src) {
                 kernels.insert(pr.name.clone(), stem.clone());
