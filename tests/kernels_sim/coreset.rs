@@ -63,6 +63,19 @@ fn select(x: &[f32], k: usize, m: usize, seed: u64) -> Result<Vec<u32>, String> 
                 .buf(&cc);
             let cfg = Cfg::new(step.div_ceil(256), 256);
             s.launch("coreset_cc_f32", &cfg, &mut a, seed + step as u64)?;
+            // cc[j] = |centre j - newest centre|², summed in dimension order (the CPU's
+            // squared distance): bit-identical.
+            let row = |i: u32| &x[i as usize * k..i as usize * k + k];
+            let q = row(out.get()[step as usize]);
+            let want: Vec<f32> = out.get()[..step as usize]
+                .iter()
+                .map(|&c| row(c).iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum())
+                .collect();
+            crate::util::same_bits(
+                &format!("cc at step {step}"),
+                &cc.get()[..step as usize],
+                &want,
+            )?;
         }
         let mut a = Args::new()
             .buf(&rows)
@@ -112,6 +125,17 @@ fn coreset() -> Result<(), String> {
             &greedy_plain(&x, k, m),
         )?;
     }
+    // More dimensions than coreset_cc_f32's 256-wide query chunk (two chunks).
+    let (n2, k2) = (1100usize, 300usize);
+    let x2: Vec<f32> = (0..n2 * k2)
+        .map(|i| ((i / k2) % 13) as f32 + 0.1 * g.normal())
+        .collect();
+    let got = select(&x2, k2, 12, 2).map_err(|e| format!("k {k2}: {e}"))?;
+    same(
+        &format!("n {n2} k {k2} m 12"),
+        &got,
+        &greedy_plain(&x2, k2, 12),
+    )?;
     let small: Vec<f32> = [0.0f32, 1.0, 1.0, 0.0, 2.0, 2.0, 0.0, 1.0, 1.0, 0.0].repeat(3);
     let got = select(&small, 3, 10, 3)?;
     same("10 rows, m = n, ties", &got, &greedy_plain(&small, 3, 10))

@@ -217,7 +217,6 @@ const RT_FLAGS: &[&str] = &[
 ];
 
 pub struct Sim {
-    pub dir: PathBuf,
     libs: HashMap<String, libloading::Library>,
     /// kernel name -> module (file stem)
     pub kernels: HashMap<String, String>,
@@ -439,7 +438,6 @@ impl Sim {
             }
         }
         Ok(Sim {
-            dir,
             libs,
             kernels,
             protos,
@@ -560,10 +558,6 @@ impl Cfg {
             smem: 0,
         }
     }
-    pub fn grid2(mut self, y: u32) -> Cfg {
-        self.grid[1] = y;
-        self
-    }
     pub fn smem(mut self, bytes: u32) -> Cfg {
         self.smem = bytes;
         self
@@ -604,10 +598,6 @@ impl Args {
     pub fn buf<T: Copy>(self, b: &Buf<T>) -> Args {
         self.val(b.ptr())
     }
-    /// A null device pointer.
-    pub fn null(self) -> Args {
-        self.val(std::ptr::null_mut::<c_void>())
-    }
     fn ptrs(&mut self) -> Vec<*mut c_void> {
         self.store
             .iter_mut()
@@ -638,8 +628,5 @@ impl<T: Copy> Buf<T> {
     }
     pub fn get(&self) -> &[T] {
         &self.data
-    }
-    pub fn set(&mut self, v: &[T]) {
-        self.data.copy_from_slice(v);
     }
 }
