@@ -25,6 +25,8 @@ use crate::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
 
+mod guard;
+
 /// Most worker threads an engine may ask for.
 pub const MAX_THREADS: usize = 256;
 
@@ -53,6 +55,11 @@ pub struct EngineOptions {
     /// Arithmetic of the device networks on the CUDA backend: f32 (the parity path) or
     /// bf16 (the fast path). The CPU backend is always f32.
     pub precision: Precision,
+    /// Read both files into the engine's own memory instead of mapping them: later
+    /// changes to the files, even in place, cannot affect the engine (costs their size
+    /// in memory). Mapped files (the default) must be replaced by renaming a new file
+    /// over them; a change in place is detected before each inspection where possible.
+    pub in_memory: bool,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +73,7 @@ impl Default for EngineOptions {
             backend: Backend::Cpu,
             device: 0,
             precision: Precision::F32,
+            in_memory: false,
         }
     }
 }
@@ -295,6 +303,8 @@ pub struct Engine {
     cell: EngineCell,
     pool: Pool,
     options: EngineOptions,
+    /// The process that opened the engine (see `guard::check_process`).
+    pid: u32,
 }
 
 impl std::fmt::Debug for Engine {
@@ -313,6 +323,7 @@ impl Engine {
     pub fn open(model: &Path, bank: &Path, options: &EngineOptions) -> Result<Self> {
         let open = OpenOptions {
             verify_checksums: options.verify_checksums,
+            in_memory: options.in_memory,
         };
         if options.threads > MAX_THREADS {
             return Err(Error::Config(format!(
@@ -339,6 +350,7 @@ impl Engine {
             cell,
             pool,
             options: options.clone(),
+            pid: guard::current_pid(),
         })
     }
 
@@ -391,6 +403,8 @@ impl Engine {
         opts: &InspectOptions,
     ) -> Result<Inspection<'_>> {
         let t0 = Instant::now();
+        guard::check_process(self.pid)?;
+        guard::check_files(self.cell.borrow_owner())?;
         let pool = &self.pool;
         self.cell.with_dependent_mut(|files, p| {
             let status = p.extractor.run(pool, rgb, cloud)?;
@@ -401,7 +415,9 @@ impl Engine {
                     unusable_name(status.cloud)
                 )));
             }
-            decide(pool, files.bank.config(), p, opts, t0)
+            let r = decide(pool, files.bank.config(), p, opts, t0)?;
+            guard::check_finite(&r)?;
+            Ok(r)
         })
     }
 
@@ -584,6 +600,9 @@ fn decide<'e>(
     } else {
         p.regions.clear();
     }
+    if want_map {
+        guard::check_map(&p.map[..s2], s)?;
+    }
     let t2 = Instant::now();
     Ok(Inspection {
         score,
@@ -610,7 +629,7 @@ fn unusable_name(u: Option<Unusable>) -> &'static str {
         Some(Unusable::Missing) => "missing",
         Some(Unusable::Blank) => "blank",
         Some(Unusable::AllZero) => "has no point",
-        Some(Unusable::NonFinite) => "has non-finite coordinates",
+        Some(Unusable::NonFinite) => "has no valid point (only non-finite or missing ones)",
         Some(Unusable::EmptyAfterCleaning) => "empty after cleaning",
         Some(Unusable::TooFewPoints) => "has too few points",
     }
@@ -665,6 +684,7 @@ fn plan<'f>(
     let mut cases = [None; 3];
     for c in Case::ALL {
         cases[c as usize] = CaseDecision::load(bank, c)?;
+        guard::check_case(bank.path(), c, cases[c as usize].as_ref())?;
     }
     Ok(Planned {
         scratch: vec![0.0; scorer.scratch_len()],

@@ -152,6 +152,7 @@ fn info(path: &std::path::Path, verify: bool) -> miad::Result<()> {
         path,
         &OpenOptions {
             verify_checksums: verify,
+            ..OpenOptions::default()
         },
     )?;
     let m = c.manifest();
