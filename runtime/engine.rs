@@ -15,23 +15,21 @@
 use crate::backend::{Backend, BackendChoice, Precision};
 use crate::config::BankConfig;
 use crate::cpu::pool::Pool;
-use crate::fit::decision::{BankSet, NearestSearch, PartScores, Scorer, RGB, XYZ};
-use crate::fit::radar::informative;
+use crate::cpu::regions::find_regions;
 use crate::format::{BankFile, ModelFile, OpenOptions};
+pub use crate::pipeline::decide::CaseDecision;
+use crate::pipeline::decide::Decision;
 use crate::pipeline::extract::{Extractor, StageTimes};
 use crate::pipeline::input::{CloudView, RgbView};
 use crate::pipeline::preprocess::{padded_side, ModalityStatus, PreprocessMode, Unusable};
+use crate::pipeline::score::{BankSet, NearestSearch, PartScores, Scorer};
+use crate::types::BANK_NAMES;
+pub use crate::types::{Case, InspectOptions, Region, Verdict, MAX_REGIONS, MAX_THREADS};
 use crate::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
 
 mod guard;
-
-/// Most worker threads an engine may ask for.
-pub const MAX_THREADS: usize = 256;
-
-/// Most defect regions one result reports (the largest by peak score first).
-pub const MAX_REGIONS: usize = 64;
 
 /// How an engine is created.
 #[derive(Clone, Debug)]
@@ -75,162 +73,6 @@ impl Default for EngineOptions {
             precision: Precision::F32,
             in_memory: false,
         }
-    }
-}
-
-/// Per-call options of [`Engine::inspect`].
-#[derive(Clone, Copy, Debug)]
-pub struct InspectOptions {
-    /// Overrides the bank file's part threshold.
-    pub part_threshold: Option<f32>,
-    /// Overrides the bank file's pixel threshold (regions).
-    pub pixel_threshold: Option<f32>,
-    /// Scores in `[lo, hi)` are "uncertain"; otherwise a score strictly above the part
-    /// threshold fails (overrides the bank file's grey band).
-    pub grey_band: Option<[f32; 2]>,
-    /// Produce the anomaly map (otherwise only the per-bank maps' maxima are used).
-    pub map: bool,
-    /// Extract defect regions (needs the map).
-    pub regions: bool,
-    /// Decide incomplete parts with their case's statistics (RADAR) when the bank file
-    /// has them; false decides them with the complete-data layers (for comparisons).
-    pub case_statistics: bool,
-}
-
-impl Default for InspectOptions {
-    fn default() -> Self {
-        InspectOptions {
-            part_threshold: None,
-            pixel_threshold: None,
-            grey_band: None,
-            map: true,
-            regions: true,
-            case_statistics: true,
-        }
-    }
-}
-
-/// The decision on a part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Verdict {
-    Pass = 0,
-    Fail = 1,
-    /// Inside the grey band.
-    Uncertain = 2,
-}
-
-/// Which modalities a part was decided with (RADAR's cases).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Case {
-    Complete = 0,
-    RgbOnly = 1,
-    CloudOnly = 2,
-}
-
-impl Case {
-    pub const ALL: [Case; 3] = [Case::Complete, Case::RgbOnly, Case::CloudOnly];
-    pub fn name(self) -> &'static str {
-        match self {
-            Case::Complete => "complete",
-            Case::RgbOnly => "rgb_only",
-            Case::CloudOnly => "cloud_only",
-        }
-    }
-}
-
-/// One defect region: an 8-connected component of map pixels above the pixel threshold,
-/// in map coordinates (`map_size × map_size`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-#[repr(C)]
-pub struct Region {
-    /// Inclusive bounding box.
-    pub x0: u32,
-    pub y0: u32,
-    pub x1: u32,
-    pub y1: u32,
-    pub area: u32,
-    pub max: f32,
-    pub mean: f32,
-}
-
-/// The decision statistics of one modality case (RADAR, SPEC §9), from the bank file's
-/// `radar.<case>.*` tensors.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct CaseDecision {
-    /// Mean of the training score vectors of this case.
-    pub mean: [f32; 3],
-    /// Inverse of their (regularised) covariance, row-major.
-    pub precision: [f32; 9],
-    /// Part threshold, in aligned units (see `score_affine`).
-    pub threshold: f32,
-    /// Pixel OCSVM weights of this case (0 for the dropped modality's bank).
-    pub pixel_w: [f32; 3],
-    /// Pixel threshold, in aligned units.
-    pub pixel_threshold: f32,
-    /// `score = a·distance + b`: maps the case's training distances onto the mean and
-    /// spread of the complete parts' training scores, so that scores of all cases compare.
-    pub score_affine: [f32; 2],
-    /// The same alignment for the case's pixel map.
-    pub map_affine: [f32; 2],
-}
-
-impl CaseDecision {
-    /// Mahalanobis distance of a score vector to the case's distribution.
-    pub fn distance(&self, v: &[f32; 3]) -> f32 {
-        let d: [f64; 3] = std::array::from_fn(|i| (v[i] - self.mean[i]) as f64);
-        let mut q = 0.0f64;
-        for i in 0..3 {
-            for j in 0..3 {
-                q += d[i] * self.precision[3 * i + j] as f64 * d[j];
-            }
-        }
-        q.max(0.0).sqrt() as f32
-    }
-
-    /// Tensor names of a case in a bank file.
-    pub fn tensor_names(case: Case) -> [String; 7] {
-        let c = case.name();
-        [
-            format!("radar.{c}.mean"),
-            format!("radar.{c}.precision"),
-            format!("radar.{c}.threshold"),
-            format!("radar.{c}.pixel_w"),
-            format!("radar.{c}.pixel_threshold"),
-            format!("radar.{c}.score_affine"),
-            format!("radar.{c}.map_affine"),
-        ]
-    }
-
-    /// The aligned part score of a score vector.
-    pub fn score(&self, v: &[f32; 3]) -> f32 {
-        self.score_affine[0] * self.distance(v) + self.score_affine[1]
-    }
-
-    fn load(bank: &BankFile, case: Case) -> Result<Option<Self>> {
-        let [mean, precision, threshold, pixel_w, pixel_threshold, score_affine, map_affine] =
-            Self::tensor_names(case);
-        if bank.container().entry(&mean).is_none() {
-            return Ok(None);
-        }
-        let get = |name: &str, n: usize| -> Result<Vec<f32>> {
-            Ok(bank.typed::<f32>(name, Some(&[n]))?.to_vec())
-        };
-        let m = get(&mean, 3)?;
-        let p = bank.typed::<f32>(&precision, Some(&[3, 3]))?;
-        let w = get(&pixel_w, 3)?;
-        let sa = get(&score_affine, 2)?;
-        let ma = get(&map_affine, 2)?;
-        Ok(Some(CaseDecision {
-            score_affine: [sa[0], sa[1]],
-            map_affine: [ma[0], ma[1]],
-            mean: [m[0], m[1], m[2]],
-            precision: std::array::from_fn(|i| p[i]),
-            threshold: get(&threshold, 1)?[0],
-            pixel_w: [w[0], w[1], w[2]],
-            pixel_threshold: get(&pixel_threshold, 1)?[0],
-        }))
     }
 }
 
@@ -522,11 +364,7 @@ fn decide<'e>(
 ) -> Result<Inspection<'e>> {
     let t1 = Instant::now();
     let status = p.extractor.status;
-    let case = match (status.rgb_usable(), status.cloud_usable()) {
-        (true, true) => Case::Complete,
-        (true, false) => Case::RgbOnly,
-        _ => Case::CloudOnly,
-    };
+    let case = Case::of(status.rgb_usable(), status.cloud_usable());
     let ex = &p.extractor;
     let scores: PartScores = p.scorer.score_with(
         pool,
@@ -540,58 +378,22 @@ fn decide<'e>(
         None,
         &mut p.scratch,
     )?;
-    let th = &cfg.thresholds;
-    let case_decision = match case {
-        Case::Complete => None,
-        _ if !opts.case_statistics => None,
-        c => p.cases[c as usize],
-    };
-    let dropped_bank = match case {
-        Case::RgbOnly => XYZ,
-        _ => RGB,
-    };
-    let (score, mut part_t, pixel_w, mut pixel_t, [ma, mb]) = match &case_decision {
-        Some(d) => (
-            d.score(&informative(dropped_bank, scores.vector)),
-            d.threshold,
-            d.pixel_w,
-            d.pixel_threshold,
-            d.map_affine,
-        ),
-        None => (scores.score, th.part, cfg.pixel_svm.w, th.pixel, [1.0, 0.0]),
-    };
-    // A NaN override is no override (the bank file's value stays).
-    if let Some(t) = opts.part_threshold.filter(|t| !t.is_nan()) {
-        part_t = t;
-    }
-    if let Some(t) = opts.pixel_threshold.filter(|t| !t.is_nan()) {
-        pixel_t = t;
-    }
-    let band = opts.grey_band.or(th.grey_band);
-    let verdict = match band {
-        // A score that is not a number never passes.
-        _ if score.is_nan() => Verdict::Fail,
-        Some([lo, hi]) if score >= lo && score < hi => Verdict::Uncertain,
-        _ if score > part_t => Verdict::Fail,
-        _ => Verdict::Pass,
-    };
+    let decision = Decision::resolve(cfg, case, &p.cases, opts);
+    let score = decision.part_score(&scores.vector);
+    let verdict = decision.verdict(score);
     let s = p.scorer.map_size();
     let s2 = s * s;
     let want_map = opts.map || opts.regions;
     let mut found = 0;
     p.map_valid = want_map;
     if want_map {
-        let c: [f32; 3] = std::array::from_fn(|b| pixel_w[b] * cfg.score_weights[b]);
-        let bm = &p.bank_maps;
-        for (i, o) in p.map[..s2].iter_mut().enumerate() {
-            *o = ma * (c[0] * bm[i] + c[1] * bm[s2 + i] + c[2] * bm[2 * s2 + i]) + mb;
-        }
+        decision.pixel_map(&p.bank_maps, &mut p.map[..s2]);
     }
     if opts.regions {
         found = find_regions(
             &p.map[..s2],
             s,
-            pixel_t,
+            decision.pixel_threshold,
             &mut p.labels,
             &mut p.queue,
             &mut p.regions,
@@ -607,12 +409,12 @@ fn decide<'e>(
     Ok(Inspection {
         score,
         verdict,
-        part_threshold: part_t,
-        pixel_threshold: pixel_t,
+        part_threshold: decision.part_threshold,
+        pixel_threshold: decision.pixel_threshold,
         bank_scores: scores.bank,
         case,
         status,
-        case_calibrated: case == Case::Complete || case_decision.is_some(),
+        case_calibrated: decision.case_calibrated,
         map: opts.map.then_some(&p.map[..s2]),
         map_size: s,
         regions: &p.regions,
@@ -663,7 +465,7 @@ fn plan<'f>(
                 return Err(Error::Config(format!(
                     "{}: bank {} holds {}-d features on a {}² grid, the model gives {}-d on {}²",
                     bank.path().display(),
-                    crate::fit::decision::BANK_NAMES[b],
+                    BANK_NAMES[b],
                     v.dim,
                     set.grids[b],
                     expect[b].1,
@@ -768,131 +570,5 @@ fn open_backend(
                 "this miad was built without the `cuda` feature".into(),
             ),
         )
-    }
-}
-
-/// 8-connected components of `map > threshold` into `regions` (largest peak first, at
-/// most `limit`, which must not exceed the capacity reserved in `regions` for the call
-/// to stay allocation-free); returns how many were found. Uses only the given buffers.
-pub fn find_regions(
-    map: &[f32],
-    s: usize,
-    threshold: f32,
-    labels: &mut [u32],
-    queue: &mut [u32],
-    regions: &mut Vec<Region>,
-    limit: usize,
-) -> usize {
-    regions.clear();
-    let cap = limit;
-    labels[..s * s].fill(0);
-    let mut found = 0;
-    for start in 0..s * s {
-        if labels[start] != 0 || map[start].is_nan() || map[start] <= threshold {
-            continue;
-        }
-        found += 1;
-        labels[start] = 1;
-        queue[0] = start as u32;
-        let (mut head, mut tail) = (0usize, 1usize);
-        let (x, y) = ((start % s) as u32, (start / s) as u32);
-        let mut r = Region {
-            x0: x,
-            y0: y,
-            x1: x,
-            y1: y,
-            area: 0,
-            max: f32::NEG_INFINITY,
-            mean: 0.0,
-        };
-        let mut sum = 0f64;
-        while head < tail {
-            let i = queue[head] as usize;
-            head += 1;
-            let (x, y) = (i % s, i / s);
-            r.x0 = r.x0.min(x as u32);
-            r.x1 = r.x1.max(x as u32);
-            r.y0 = r.y0.min(y as u32);
-            r.y1 = r.y1.max(y as u32);
-            r.area += 1;
-            r.max = r.max.max(map[i]);
-            sum += map[i] as f64;
-            for dy in -1i64..=1 {
-                for dx in -1i64..=1 {
-                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
-                    if nx < 0 || ny < 0 || nx >= s as i64 || ny >= s as i64 {
-                        continue;
-                    }
-                    let j = ny as usize * s + nx as usize;
-                    if labels[j] == 0 && map[j] > threshold {
-                        labels[j] = 1;
-                        queue[tail] = j as u32;
-                        tail += 1;
-                    }
-                }
-            }
-        }
-        r.mean = (sum / r.area as f64) as f32;
-        if regions.len() < cap {
-            regions.push(r);
-        } else if let Some(weakest) = regions
-            .iter_mut()
-            .min_by(|a, b| a.max.total_cmp(&b.max))
-            .filter(|w| w.max < r.max)
-        {
-            *weakest = r;
-        }
-    }
-    regions.sort_unstable_by(|a, b| b.max.total_cmp(&a.max));
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn regions_are_8_connected_components_sorted_by_peak() {
-        let s = 8;
-        let mut map = vec![0f32; s * s];
-        // a diagonal pair (one region by 8-connectivity) and a lone stronger pixel
-        map[s + 1] = 2.0;
-        map[2 * s + 2] = 3.0;
-        map[6 * s + 6] = 5.0;
-        let (mut labels, mut queue) = (vec![0; s * s], vec![0; s * s]);
-        let mut regions = Vec::with_capacity(4);
-        let n = find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut regions, 4);
-        assert_eq!(n, 2);
-        assert_eq!(regions[0].area, 1);
-        assert_eq!(regions[0].max, 5.0);
-        assert_eq!(
-            (regions[1].x0, regions[1].y0, regions[1].x1, regions[1].y1),
-            (1, 1, 2, 2)
-        );
-        assert_eq!(regions[1].area, 2);
-        assert_eq!(regions[1].mean, 2.5);
-        // capacity 1 keeps the strongest
-        let mut one = Vec::with_capacity(1);
-        assert_eq!(
-            find_regions(&map, s, 1.0, &mut labels, &mut queue, &mut one, 1),
-            2
-        );
-        assert_eq!(one.len(), 1);
-        assert_eq!(one[0].max, 5.0);
-    }
-
-    #[test]
-    fn mahalanobis_with_identity_precision_is_euclidean() {
-        let d = CaseDecision {
-            mean: [1.0, 2.0, 3.0],
-            precision: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
-            threshold: 0.0,
-            pixel_w: [1.0; 3],
-            pixel_threshold: 0.0,
-            score_affine: [2.0, 1.0],
-            map_affine: [1.0, 0.0],
-        };
-        assert!((d.distance(&[4.0, 6.0, 3.0]) - 5.0).abs() < 1e-6);
-        assert!((d.score(&[4.0, 6.0, 3.0]) - 11.0).abs() < 1e-5);
     }
 }

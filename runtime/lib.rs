@@ -14,10 +14,13 @@ pub mod cpu;
 pub mod cuda;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
+#[cfg(feature = "fit")]
 pub mod fit;
 pub mod format;
 pub mod pipeline;
+pub mod types;
 pub mod util;
 
 pub use error::{Error, Result};

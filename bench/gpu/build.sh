@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds every CUDA test executable here (no GPU needed) into .gpu/bin/, to be carried to
+# Builds the CUDA test executable (tests/cuda/) here (no GPU needed) into .gpu/bin/, to be carried to
 # the device machine and run there by bench/gpu/all.sh:
 #
 #   bash bench/gpu/build.sh
@@ -14,10 +14,7 @@ if [ ! -x .venv-ci/bin/python ]; then
   .venv-ci/bin/pip install -q nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12
 fi
 rm -rf .gpu/bin && mkdir -p .gpu/bin
-targets=$(ls tests/cuda_*.rs | xargs -n1 basename | sed 's/\.rs$//')
-args=()
-for t in $targets; do args+=(--test "$t"); done
-cargo test --release --features cuda --no-run --message-format=json "${args[@]}" \
+cargo test --release --features cuda --no-run --message-format=json --test cuda \
   | python3 -c '
 import json, sys, shutil
 for line in sys.stdin:

@@ -9,7 +9,7 @@ use crate::progress::FitBars;
 use miad::config::ModelConfig;
 use miad::engine::{Engine, EngineOptions};
 use miad::eval::metrics::{format_table, MetricsRow};
-use miad::eval::missing::Drop;
+use miad::eval::missing::MissingModality;
 use miad::eval::run::EvalOptions;
 use miad::eval::synth::{write_dataset, Category, SynthOptions};
 use miad::fit::banks::FitOptions;
@@ -124,7 +124,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         )?;
         let mut settings = vec![(None, Some(heatmaps.join(cat.name())))];
         if a.missing_rate > 0.0 {
-            settings.push((Some((a.missing_rate, Drop::Both, a.seed)), None));
+            settings.push((Some((a.missing_rate, MissingModality::Both, a.seed)), None));
         }
         for (missing, heat) in settings {
             let report = evaluate_with_bar(

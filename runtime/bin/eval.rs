@@ -4,7 +4,7 @@
 use crate::progress::bar;
 use miad::engine::Engine;
 use miad::eval::metrics::format_rows;
-use miad::eval::missing::Drop;
+use miad::eval::missing::MissingModality;
 use miad::eval::run::{evaluate, EvalOptions, EvalReport};
 use std::path::PathBuf;
 
@@ -71,9 +71,9 @@ pub fn print_summary(r: &EvalReport) {
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
-    let drop: Drop = a.drop.parse().map_err(miad::Error::Config)?;
+    let drop: MissingModality = a.drop.parse().map_err(miad::Error::Config)?;
     let mut engine = a.engine.open()?;
-    type Setting = (String, Option<(f64, Drop, u64)>);
+    type Setting = (String, Option<(f64, MissingModality, u64)>);
     let mut settings: Vec<Setting> = vec![("complete".into(), None)];
     for &r in &a.missing_rate {
         settings.push((

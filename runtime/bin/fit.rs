@@ -79,7 +79,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         backend: a.backend,
         ..FitOptions::default()
     };
-    let drop: miad::eval::missing::Drop = a.drop.parse().map_err(miad::Error::Config)?;
+    let drop: miad::eval::missing::MissingModality = a.drop.parse().map_err(miad::Error::Config)?;
     let cat = CategoryFit {
         missing: a.missing_rate.map(|r| (r, drop, a.missing_seed)),
         max_parts: a.max_parts.or(a.shots),

@@ -6,7 +6,7 @@
 use crate::eval::evaluate_with_bar;
 use crate::progress::FitBars;
 use miad::engine::{Engine, EngineOptions};
-use miad::eval::missing::Drop;
+use miad::eval::missing::MissingModality;
 use miad::eval::run::EvalOptions;
 use miad::fit::banks::FitOptions;
 use miad::fit::category::{fit_category, CategoryFit};
@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
-    let drop: Drop = a.drop.parse().map_err(miad::Error::Config)?;
+    let drop: MissingModality = a.drop.parse().map_err(miad::Error::Config)?;
     std::fs::create_dir_all(&a.out).map_err(|e| miad::Error::io(&a.out, e))?;
     let mut lines = Vec::new();
     // (I-AUROC, P-AUROC) sums and counts per decider over the missing rates.
@@ -112,9 +112,9 @@ pub fn run(a: Args) -> miad::Result<()> {
     println!(
         "RADAR study, {} missing in training and testing ({}):",
         match drop {
-            Drop::Cloud => "point clouds",
-            Drop::Rgb => "RGB images",
-            Drop::Both => "point clouds or RGB images (half each)",
+            MissingModality::Cloud => "point clouds",
+            MissingModality::Rgb => "RGB images",
+            MissingModality::Both => "point clouds or RGB images (half each)",
         },
         a.data.display()
     );

@@ -14,10 +14,11 @@
 #![allow(non_camel_case_types)]
 
 use crate::backend::{Backend, Precision};
-use crate::engine::{Case, Engine, EngineOptions, InspectOptions, Verdict, MAX_REGIONS};
+use crate::engine::{Engine, EngineOptions};
 use crate::format::FormatError;
 use crate::pipeline::input::{CloudView, RgbView};
 use crate::pipeline::preprocess::Unusable;
+use crate::types::{Case, InspectOptions, Verdict, MAX_INPUT_SIDE, MAX_REGIONS, MAX_THREADS};
 use crate::Error;
 use std::borrow::Cow;
 use std::cell::UnsafeCell;
@@ -150,8 +151,8 @@ pub const MIAD_WROTE_INPUT_MAP: u32 = 2;
 pub const MIAD_MAX_REGIONS: u32 = MAX_REGIONS as u32;
 /// Largest `max_width` / `max_height` an engine may be planned for: the workspace grows
 /// with their product and a failed allocation at planning would abort the process.
-pub const MIAD_MAX_SIDE: u32 = 8192;
-pub const MIAD_MAX_THREADS: u32 = 256;
+pub const MIAD_MAX_SIDE: u32 = MAX_INPUT_SIDE as u32;
+pub const MIAD_MAX_THREADS: u32 = MAX_THREADS as u32;
 /// A message buffer this long holds every message miad writes in practice.
 pub const MIAD_ERR_BUF_LEN: u32 = 1024;
 const CATEGORY_LEN: usize = 64;
@@ -263,7 +264,7 @@ pub struct miad_inspect_options {
 }
 
 /// The engine's region, already `#[repr(C)]`: the C struct `miad_region`.
-pub type miad_region = crate::engine::Region;
+pub type miad_region = crate::types::Region;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -11,5 +11,6 @@ pub mod pfa;
 pub mod point_kdtree;
 pub mod point_mae;
 pub mod pool;
+pub mod regions;
 pub mod transformer;
 pub mod vit;

@@ -49,7 +49,7 @@ pub const POS_ROWS: usize = 8;
 /// Most taps of one resampling kernel (the CPU's cap).
 pub const MAX_TAPS: usize = 64;
 /// Largest declared input side (as the extractor).
-pub const MAX_INPUT_SIDE: usize = 16384;
+pub use crate::types::MAX_INPUT_SIDE;
 /// Shared memory `pos_embed_f32` may use without opting in.
 const POS_SMEM_LIMIT: usize = 48 * 1024;
 

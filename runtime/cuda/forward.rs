@@ -1,4 +1,4 @@
-//! The full ViT and Point-MAE forwards on the device (issue 9): the pre-norm transformer
+//! The full ViT and Point-MAE forwards on the device: the pre-norm transformer
 //! of `cpu::transformer` built from this backend's pieces — cuBLASLt GEMMs
 //! ([`super::gemm`]), fused attention ([`Attention`]) and the embed kernels
 //! ([`super::embed`]: RGB input, patch unfold, token assembly, LayerNorm, position

@@ -1,4 +1,4 @@
-//! CUDA graphs and pinned host buffers (issue 10, item 3).
+//! CUDA graphs and pinned host buffers.
 //!
 //! The per-part work of the CUDA backend is a fixed sequence of copies and launches on the
 //! engine's stream with fixed buffers, so it is recorded once at engine creation

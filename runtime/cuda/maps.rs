@@ -2,7 +2,7 @@
 //! per-bank PatchCore image score with re-weighting (SPEC §7), bilinear upsampling and
 //! Gaussian blur of the three patch-distance grids, the pixel map and part decision of
 //! the decision layer (SPEC §8, RADAR's per-case statistics of §9), and the defect regions
-//! (8-connected components of the thresholded map, as [`crate::engine::find_regions`]).
+//! (8-connected components of the thresholded map, as [`crate::cpu::regions::find_regions`]).
 //!
 //! Same shape as [`super::point`]: a [`MapPlan`] (sizes from the bank configuration,
 //! validated with clear errors), the arena slots it needs ([`MapSlots`]), and
@@ -11,12 +11,13 @@
 //!
 //! CPU oracles: [`crate::cpu::bank_search::score_part`] (first maximum, `knn_scan`,
 //! re-weighting in f64), [`crate::cpu::maps::upsample_bilinear`] and
-//! [`crate::cpu::maps::gaussian_blur`], the decision of `engine::decide` (linear OCSVM,
-//! [`CaseDecision::score`], map affine, thresholds, grey band) and
-//! [`crate::engine::find_regions`]. The kernels round every operation as the CPU does
+//! [`crate::cpu::maps::gaussian_blur`], the decision policy of
+//! [`crate::pipeline::decide::Decision`] (linear OCSVM, [`CaseDecision::score`], map
+//! affine, thresholds, grey band; [`DecisionParams`] only lays it out for the kernels)
+//! and [`crate::cpu::regions::find_regions`]. The kernels round every operation as the CPU does
 //! (no fused multiply-adds), so grids, maps and scores are the CPU's bits, up to the f64
 //! `exp` of the re-weighting and the f64 sum of a region's mean (summed in a fixed tree
-//! here, in flood-fill order on the CPU): see tests/cuda_maps.rs for the tolerances.
+//! here, in flood-fill order on the CPU): see tests/cuda/maps.rs for the tolerances.
 //!
 //! Regions: the root of each component is its first pixel in raster order (the CPU's
 //! discovery order). Kept regions are the best [`MAX_REGIONS`] by (peak desc, first pixel
@@ -33,8 +34,8 @@ use super::device::{kptr, Device};
 use super::module::Module;
 use crate::config::BankConfig;
 use crate::cpu::maps::{gaussian_radius, MAX_RADIUS};
-use crate::engine::{Case, CaseDecision, InspectOptions, Region, MAX_REGIONS};
-use crate::fit::decision::{RGB, XYZ};
+use crate::pipeline::decide::{CaseDecision, Decision};
+use crate::types::{Case, InspectOptions, Region, MAX_REGIONS};
 use crate::{Error, Result};
 
 /// Threads per block of every kernel but the region selection.
@@ -79,7 +80,7 @@ pub struct BankScoreRec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Pod, Zeroable)]
 pub struct PartDecisionRec {
     pub score: f32,
-    /// 0 pass, 1 fail, 2 uncertain ([`crate::engine::Verdict`] as `u32`).
+    /// 0 pass, 1 fail, 2 uncertain ([`crate::types::Verdict`] as `u32`).
     pub verdict: i32,
     pub part_threshold: f32,
     pub pixel_threshold: f32,
@@ -166,7 +167,7 @@ pub struct PixelParams {
 pub struct PartParams {
     /// 0: linear part OCSVM `part_w · a`; 1: the case's Mahalanobis score.
     pub kind: i32,
-    /// Bank zeroed with the fused one by `fit::radar::informative` (kind 1).
+    /// Bank zeroed with the fused one by [`crate::pipeline::decide::informative`] (kind 1).
     pub dropped: i32,
     pub weights: [f32; 3],
     pub part_w: [f32; 3],
@@ -191,70 +192,51 @@ pub struct DecisionParams {
 }
 
 impl DecisionParams {
-    /// The decision layers `engine::decide` uses for a part of modality `case`: the
-    /// case's statistics (`cases`, RADAR) for an incomplete part when present and asked
-    /// for, else the complete-data layers; the per-call overrides of `opts` (a NaN
-    /// override is no override).
+    /// The kernels' layout of the decision [`Decision::resolve`] makes for a part of
+    /// modality `case` (the policy itself lives there, once for every backend).
     pub fn new(
         cfg: &BankConfig,
         case: Case,
         cases: &[Option<CaseDecision>; 3],
         opts: &InspectOptions,
     ) -> DecisionParams {
-        let th = &cfg.thresholds;
-        let decision = match case {
-            Case::Complete => None,
-            _ if !opts.case_statistics => None,
-            c => cases[c as usize],
-        };
-        let dropped = match case {
-            Case::RgbOnly => XYZ,
-            _ => RGB,
-        };
+        DecisionParams::from_decision(cfg, &Decision::resolve(cfg, case, cases, opts))
+    }
+
+    /// Lays a resolved decision out as the kernels' parameter blocks.
+    pub fn from_decision(cfg: &BankConfig, d: &Decision) -> DecisionParams {
         let mut part = PartParams {
             kind: 0,
-            dropped: dropped as i32,
+            dropped: d.dropped_bank as i32,
             weights: cfg.score_weights,
-            part_w: cfg.part_svm.w,
+            part_w: d.part_w,
             mean: [0.0; 3],
             precision: [0.0; 9],
             affine: [1.0, 0.0],
-            part_threshold: th.part,
-            pixel_threshold: th.pixel,
+            part_threshold: d.part_threshold,
+            pixel_threshold: d.pixel_threshold,
             band: 0,
             band_lo: 0.0,
             band_hi: 0.0,
         };
-        let (pixel_w, map_affine) = match &decision {
-            Some(d) => {
-                part.kind = 1;
-                part.mean = d.mean;
-                part.precision = d.precision;
-                part.affine = d.score_affine;
-                part.part_threshold = d.threshold;
-                part.pixel_threshold = d.pixel_threshold;
-                (d.pixel_w, d.map_affine)
-            }
-            None => (cfg.pixel_svm.w, [1.0, 0.0]),
-        };
-        if let Some(t) = opts.part_threshold.filter(|t| !t.is_nan()) {
-            part.part_threshold = t;
+        if let Some(stats) = &d.statistics {
+            part.kind = 1;
+            part.mean = stats.mean;
+            part.precision = stats.precision;
+            part.affine = stats.score_affine;
         }
-        if let Some(t) = opts.pixel_threshold.filter(|t| !t.is_nan()) {
-            part.pixel_threshold = t;
-        }
-        if let Some([lo, hi]) = opts.grey_band.or(th.grey_band) {
+        if let Some([lo, hi]) = d.grey_band {
             (part.band, part.band_lo, part.band_hi) = (1, lo, hi);
         }
         let pixel = PixelParams {
-            c: std::array::from_fn(|b| pixel_w[b] * cfg.score_weights[b]),
-            affine: map_affine,
-            threshold: part.pixel_threshold,
+            c: d.pixel_c,
+            affine: d.map_affine,
+            threshold: d.pixel_threshold,
         };
         DecisionParams {
             part,
             pixel,
-            case_calibrated: case == Case::Complete || decision.is_some(),
+            case_calibrated: d.case_calibrated,
         }
     }
 }
@@ -829,6 +811,7 @@ impl MapKernels {
 mod tests {
     use super::*;
     use crate::cpu::maps::{gaussian_blur, map_scratch_len};
+    use crate::types::{RGB, XYZ};
 
     fn m3dm(rows: [usize; 3]) -> [Option<BankShape>; 3] {
         let grid = [56, 28, 56];

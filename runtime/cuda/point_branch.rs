@@ -1,4 +1,4 @@
-//! The engine's point branch on the device (issue 8): everything
+//! The engine's point branch on the device: everything
 //! `Extractor::point_branch` computes on the CPU (SPEC §3–4), from the preprocessed valid
 //! points and their pixels to the centers, the groups and the xyz patch features, as one
 //! [`PointNetwork`].

@@ -20,7 +20,8 @@ use super::graph::{Graph, Pinned};
 use crate::backend::Precision;
 use crate::cpu::bank_search::{self, BankView};
 use crate::cpu::pool::Pool;
-use crate::fit::decision::{BankSet, NearestSearch, BANK_NAMES};
+use crate::pipeline::score::{BankSet, NearestSearch};
+use crate::types::BANK_NAMES;
 use crate::util::rng::Rng;
 use crate::{Error, Result};
 

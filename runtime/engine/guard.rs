@@ -42,7 +42,7 @@ pub(super) fn check_finite(r: &Inspection<'_>) -> Result<()> {
     }
     for (b, &s) in r.bank_scores.iter().enumerate() {
         if !s.is_finite() {
-            let name = crate::fit::decision::BANK_NAMES[b];
+            let name = crate::types::BANK_NAMES[b];
             return non_finite(&format!("the {name} bank score"), s);
         }
     }

@@ -7,7 +7,7 @@ use crate::util::rng::Rng;
 
 /// Which modality the protocol removes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Drop {
+pub enum MissingModality {
     /// Point clouds missing at rate η.
     Cloud,
     /// RGB images missing at rate η.
@@ -16,13 +16,13 @@ pub enum Drop {
     Both,
 }
 
-impl std::str::FromStr for Drop {
+impl std::str::FromStr for MissingModality {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "cloud" | "xyz" | "3d" => Ok(Drop::Cloud),
-            "rgb" | "image" => Ok(Drop::Rgb),
-            "both" => Ok(Drop::Both),
+            "cloud" | "xyz" | "3d" => Ok(MissingModality::Cloud),
+            "rgb" | "image" => Ok(MissingModality::Rgb),
+            "both" => Ok(MissingModality::Both),
             other => Err(format!(
                 "unknown modality to drop '{other}' (cloud, rgb, both)"
             )),
@@ -46,11 +46,11 @@ impl Availability {
         self != Availability::RgbOnly
     }
     /// The modality this availability removes, if any.
-    pub fn removed(self) -> Option<Drop> {
+    pub fn removed(self) -> Option<MissingModality> {
         match self {
             Availability::Complete => None,
-            Availability::RgbOnly => Some(Drop::Cloud),
-            Availability::CloudOnly => Some(Drop::Rgb),
+            Availability::RgbOnly => Some(MissingModality::Cloud),
+            Availability::CloudOnly => Some(MissingModality::Rgb),
         }
     }
     pub fn name(self) -> &'static str {
@@ -68,7 +68,7 @@ impl Availability {
 pub fn sample_missing(
     parts: usize,
     rate: f64,
-    drop: Drop,
+    drop: MissingModality,
     seed: u64,
 ) -> Result<Vec<Availability>, String> {
     if !(0.0..=1.0).contains(&rate) {
@@ -83,10 +83,10 @@ pub fn sample_missing(
     let mut out = vec![Availability::Complete; parts];
     for (k, &p) in order.iter().take(missing).enumerate() {
         out[p] = match drop {
-            Drop::Cloud => Availability::RgbOnly,
-            Drop::Rgb => Availability::CloudOnly,
-            Drop::Both if k < missing / 2 => Availability::CloudOnly,
-            Drop::Both => Availability::RgbOnly,
+            MissingModality::Cloud => Availability::RgbOnly,
+            MissingModality::Rgb => Availability::CloudOnly,
+            MissingModality::Both if k < missing / 2 => Availability::CloudOnly,
+            MissingModality::Both => Availability::RgbOnly,
         };
     }
     Ok(out)
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn rates_and_halves_are_exact_and_seeded() {
-        let a = sample_missing(100, 0.3, Drop::Cloud, 1).unwrap();
+        let a = sample_missing(100, 0.3, MissingModality::Cloud, 1).unwrap();
         assert_eq!(
             a.iter().filter(|&&x| x == Availability::RgbOnly).count(),
             30
@@ -107,7 +107,7 @@ mod tests {
             a.iter().filter(|&&x| x == Availability::Complete).count(),
             70
         );
-        let b = sample_missing(100, 0.7, Drop::Both, 2).unwrap();
+        let b = sample_missing(100, 0.7, MissingModality::Both, 2).unwrap();
         assert_eq!(
             b.iter().filter(|&&x| x == Availability::CloudOnly).count(),
             35
@@ -116,14 +116,22 @@ mod tests {
             b.iter().filter(|&&x| x == Availability::RgbOnly).count(),
             35
         );
-        assert_eq!(b, sample_missing(100, 0.7, Drop::Both, 2).unwrap());
-        assert_ne!(b, sample_missing(100, 0.7, Drop::Both, 3).unwrap());
-        let r = sample_missing(10, 0.5, Drop::Rgb, 0).unwrap();
+        assert_eq!(
+            b,
+            sample_missing(100, 0.7, MissingModality::Both, 2).unwrap()
+        );
+        assert_ne!(
+            b,
+            sample_missing(100, 0.7, MissingModality::Both, 3).unwrap()
+        );
+        let r = sample_missing(10, 0.5, MissingModality::Rgb, 0).unwrap();
         assert_eq!(
             r.iter().filter(|&&x| x == Availability::CloudOnly).count(),
             5
         );
-        assert!(sample_missing(10, 1.5, Drop::Rgb, 0).is_err());
-        assert!(sample_missing(0, 0.5, Drop::Rgb, 0).unwrap().is_empty());
+        assert!(sample_missing(10, 1.5, MissingModality::Rgb, 0).is_err());
+        assert!(sample_missing(0, 0.5, MissingModality::Rgb, 0)
+            .unwrap()
+            .is_empty());
     }
 }

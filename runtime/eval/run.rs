@@ -11,7 +11,7 @@
 
 use super::dataset::{list_test, PartFiles};
 use super::metrics::{i_auroc, Aupro, MetricsRow, PixelAuroc};
-use super::missing::{sample_missing, Availability, Drop};
+use super::missing::{sample_missing, Availability, MissingModality};
 use super::picture::heatmap_panel_range;
 use crate::engine::{Case, Engine, InspectOptions, Verdict};
 use crate::pipeline::preprocess::{preprocess_mask, PreprocessMode};
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 /// Options of [`evaluate`].
 #[derive(Clone, Debug, Default)]
 pub struct EvalOptions {
-    /// Drop a modality from a fraction of the test parts (RADAR protocol): (rate, what, seed).
-    pub missing: Option<(f64, Drop, u64)>,
+    /// Removes a modality from a fraction of the test parts (RADAR protocol): (rate, what, seed).
+    pub missing: Option<(f64, MissingModality, u64)>,
     /// Write heatmap PNGs here: of every test part, or of the `worst` ones.
     pub heatmaps: Option<PathBuf>,
     /// Only the heatmaps of this many worst parts: the defective parts with the lowest

@@ -24,46 +24,19 @@
 //! Progress goes through a callback; the library never draws progress bars itself.
 
 use super::calibrate;
-use super::decision::{BankSet, Scorer, BANK_NAMES, FUSED, RGB, XYZ};
 use super::scratch::{peak_rss_kib, ScratchFile};
 use crate::backend::Backend;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
 use crate::cpu::bank_search::{sq_norms, BankView};
 use crate::cpu::coreset;
 use crate::cpu::pool::Pool;
-use crate::eval::missing::Drop;
+use crate::eval::missing::MissingModality;
 use crate::format::Writer;
+use crate::pipeline::score::{BankSet, Scorer};
+pub use crate::types::FeatureLayout;
+use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
-
-/// Shapes of one part's patch features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FeatureLayout {
-    pub rgb_grid: usize,
-    pub rgb_dim: usize,
-    pub xyz_grid: usize,
-    pub xyz_dim: usize,
-    pub fused_dim: usize,
-}
-
-impl FeatureLayout {
-    /// (rows, dim) per bank in score-vector order (xyz, rgb, fused).
-    pub fn bank_shapes(&self) -> [(usize, usize); 3] {
-        let x = self.xyz_grid * self.xyz_grid;
-        [
-            (x, self.xyz_dim),
-            (self.rgb_grid * self.rgb_grid, self.rgb_dim),
-            (x, self.fused_dim),
-        ]
-    }
-    fn part_len(&self) -> usize {
-        self.bank_shapes().iter().map(|(r, d)| r * d).sum()
-    }
-    fn offsets(&self) -> [usize; 3] {
-        let s = self.bank_shapes();
-        [0, s[0].0 * s[0].1, s[0].0 * s[0].1 + s[1].0 * s[1].1]
-    }
-}
 
 /// Where the fit gets each training part's patch features.
 pub trait FeatureExtractor {
@@ -84,7 +57,7 @@ pub trait FeatureExtractor {
     fn extract_without(
         &mut self,
         _part: usize,
-        _drop: Drop,
+        _drop: MissingModality,
         _xyz: &mut [f32],
         _rgb: &mut [f32],
         _fused: &mut [f32],
@@ -517,8 +490,8 @@ pub fn fit(
             .collect();
         let (ref_pmean, ref_pstd, _) = calibrate::stats(&ref_pixels);
         'cases: for (case, drop, dropped_bank) in [
-            ("rgb_only", Drop::Cloud, XYZ),
-            ("cloud_only", Drop::Rgb, RGB),
+            ("rgb_only", MissingModality::Cloud, XYZ),
+            ("cloud_only", MissingModality::Rgb, RGB),
         ] {
             let mut vecs: Vec<f64> = Vec::with_capacity(3 * parts);
             let mut case_pixels: Vec<[f32; 3]> = Vec::new();

@@ -25,7 +25,7 @@ pub struct CategoryFit {
     pub max_side: usize,
     /// Remove a modality from a fraction of the training parts (RADAR's protocol):
     /// (rate, what, seed).
-    pub missing: Option<(f64, crate::eval::missing::Drop, u64)>,
+    pub missing: Option<(f64, crate::eval::missing::MissingModality, u64)>,
 }
 
 impl Default for CategoryFit {

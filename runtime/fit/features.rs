@@ -5,7 +5,7 @@
 //! the fit without a model.
 
 use super::banks::{FeatureExtractor, FeatureLayout};
-use crate::eval::missing::Drop;
+use crate::eval::missing::MissingModality;
 use crate::format::OwnedTensors;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -151,20 +151,20 @@ pub struct PipelineFeatures<'p, 'm> {
     pub parts: Vec<crate::eval::dataset::PartFiles>,
     /// Per part: modalities removed before extraction (RADAR's missing training data);
     /// empty = every part complete.
-    pub missing: Vec<Option<Drop>>,
+    pub missing: Vec<Option<MissingModality>>,
 }
 
 impl PipelineFeatures<'_, '_> {
     fn run(
         &mut self,
         part: usize,
-        drop: Option<Drop>,
+        drop: Option<MissingModality>,
         out: [&mut [f32]; 3],
     ) -> Result<crate::pipeline::preprocess::ModalityStatus> {
         let files = &self.parts[part];
         let p = files.load()?;
-        let keep_rgb = !matches!(drop, Some(Drop::Rgb | Drop::Both));
-        let keep_cloud = !matches!(drop, Some(Drop::Cloud | Drop::Both));
+        let keep_rgb = !matches!(drop, Some(MissingModality::Rgb | MissingModality::Both));
+        let keep_cloud = !matches!(drop, Some(MissingModality::Cloud | MissingModality::Both));
         let rgb_view = p.rgb.as_ref().filter(|_| keep_rgb).map(|r| r.view());
         let cloud_view = p.cloud.as_ref().filter(|_| keep_cloud).map(|c| c.view());
         let status = self.extractor.run(self.pool, rgb_view, cloud_view)?;
@@ -205,7 +205,7 @@ impl FeatureExtractor for PipelineFeatures<'_, '_> {
     fn extract_without(
         &mut self,
         part: usize,
-        drop: Drop,
+        drop: MissingModality,
         xyz: &mut [f32],
         rgb: &mut [f32],
         fused: &mut [f32],

@@ -4,7 +4,6 @@
 pub mod banks;
 pub mod calibrate;
 pub mod category;
-pub mod decision;
 pub mod features;
 pub mod ocsvm;
 pub mod radar;

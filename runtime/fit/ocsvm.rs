@@ -36,7 +36,7 @@
 //!
 //! Shuffling uses [`Rng`] (a Fisher–Yates shuffle per epoch), so the exact iterates differ
 //! from scikit-learn's; the optimum and the ranking of scores agree (see
-//! `tests/ocsvm_sklearn.rs`).
+//! `tests/cpu/ocsvm_sklearn.rs`).
 
 use crate::util::rng::Rng;
 use crate::{Error, Result};

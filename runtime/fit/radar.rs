@@ -5,21 +5,7 @@
 
 use nalgebra::{DMatrix, DVector};
 
-use super::decision::FUSED;
-
-/// The part of a score vector (xyz, rgb, fused) that carries information when the
-/// modality of bank `dropped_bank` is missing: that bank and the fused bank see the
-/// constant pseudo input (wholly or half), so only the kept modality's own bank remains.
-/// Used for the per-case score vectors and pixel vectors, at fit and at inspection.
-pub fn informative(dropped_bank: usize, v: [f32; 3]) -> [f32; 3] {
-    std::array::from_fn(|b| {
-        if b == dropped_bank || b == FUSED {
-            0.0
-        } else {
-            v[b]
-        }
-    })
-}
+pub use crate::pipeline::decide::informative;
 
 /// Mean and inverse covariance of one case's score vectors.
 #[derive(Clone, Debug, PartialEq)]

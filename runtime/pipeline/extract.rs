@@ -17,12 +17,12 @@ use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};
 use crate::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
 use crate::cpu::pool::Pool;
 use crate::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
-use crate::fit::banks::FeatureLayout;
 use crate::format::ModelFile;
 use crate::pipeline::input::{CloudView, RgbView};
 use crate::pipeline::preprocess::{
     preprocess, preprocess_scratch_len, ModalityStatus, PreprocessMode, PreprocessOutput,
 };
+use crate::types::{FeatureLayout, MAX_INPUT_SIDE};
 use crate::{Error, Result};
 use std::time::Instant;
 
@@ -135,9 +135,10 @@ impl<'m> Extractor<'m> {
                 cfg.fusion.is_some()
             )));
         };
-        if max_width == 0 || max_height == 0 || max_width > 16384 || max_height > 16384 {
+        if !(1..=MAX_INPUT_SIDE).contains(&max_width) || !(1..=MAX_INPUT_SIDE).contains(&max_height)
+        {
             return Err(Error::Config(format!(
-                "maximum input size {max_width}×{max_height} is not in 1..=16384"
+                "maximum input size {max_width}×{max_height} is not in 1..={MAX_INPUT_SIDE}"
             )));
         }
         let pre_cfg = &cfg.preprocess;

@@ -1,5 +1,6 @@
 //! Small helpers shared by every part of the crate.
 
+#[cfg(feature = "eval")]
 pub mod alloc_counter;
 pub mod peak;
 pub mod rng;

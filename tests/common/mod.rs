@@ -61,3 +61,41 @@ pub fn fitted(name: &str, category: Category, seed: u64, train: usize, test: usi
         category,
     }
 }
+
+/// For a test that reads process-wide counters (allocations on worker threads): in the
+/// test binary's own run it re-runs just that test in a child process of the same
+/// binary, where nothing else runs beside it, checks that the child ran exactly that one
+/// test and passed, and returns false; in the child it returns true (run the body).
+/// `test` is the test's path as `module_path!()` gives it (see `alone_in_process!`).
+pub fn rerun_alone(test: &str) -> bool {
+    const CHILD: &str = "MIAD_TEST_ALONE";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    // libtest names tests without the crate (binary) name that `module_path!` starts with.
+    let name = test.split_once("::").map_or(test, |(_, rest)| rest);
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .expect("re-running the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} alone in a child process: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+/// `alone_in_process!(test_fn)`: [`rerun_alone`] with the test's path filled in.
+#[allow(unused_macros)]
+macro_rules! alone_in_process {
+    ($test:ident) => {
+        $crate::common::rerun_alone(concat!(module_path!(), "::", stringify!($test)))
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use alone_in_process;

@@ -1,4 +1,4 @@
-"""Reference for tests/ocsvm_sklearn.rs: fits scikit-learn's SGDOneClassSVM (defaults,
+"""Reference for tests/cpu/ocsvm_sklearn.rs: fits scikit-learn's SGDOneClassSVM (defaults,
 nu=0.5, linear) on M3DM-like 3-D score vectors and writes the fixture
 tests/fixtures/ocsvm_sklearn.safetensors (train and test samples, sklearn's coef, offset and
 decision scores on the test samples).

@@ -10,7 +10,7 @@ Two sizes:
   reference used).
 - `--full [PATH]`: ViT-B/8 at 224×224 (`VitConfig::base8()`), weights stored as f32, into
   PATH (default /tmp/miad_vit_full.safetensors, ≈350 MB, never committed). Point
-  `MIAD_VIT_FULL_FIXTURE` at it and run `cargo test --test vit_parity -- --nocapture` to
+  `MIAD_VIT_FULL_FIXTURE` at it and run `cargo test --test cpu vit_parity -- --nocapture` to
   see miad's error at full size.
 
 File contents: the weights under miad's names (`vit.cls_token` [1,1,d], `vit.pos_embed`

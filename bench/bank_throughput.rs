@@ -1,0 +1,77 @@
+//! Bank search GFLOP/s at M3DM sizes and coreset plain vs accelerated, printed
+//! (`cargo bench --bench bank_throughput`; sizes from `MIAD_BANK_Q/N/D`). The criterion
+//! version is `bench/bank.rs`.
+
+use miad::cpu::bank_search::{nearest, nearest_scratch_len, sq_norms, BankView};
+use miad::cpu::coreset::{greedy, greedy_plain};
+use miad::cpu::pool::Pool;
+use miad::util::rng::Rng;
+use std::time::Instant;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn bank_search_throughput() {
+    let (nq, nb, d) = (
+        env("MIAD_BANK_Q", 3136),
+        env("MIAD_BANK_N", 40_000),
+        env("MIAD_BANK_D", 1152),
+    );
+    let mut rng = Rng::new(1);
+    let mut q = vec![0f32; nq * d];
+    let mut b = vec![0f32; nb * d];
+    rng.fill_normal(&mut q, 1.0);
+    rng.fill_normal(&mut b, 1.0);
+    let mut norms = vec![0f32; nb];
+    sq_norms(&b, d, &mut norms);
+    let bank = BankView::new(&b, &norms, d);
+    for threads in [1, 2] {
+        let pool = Pool::new(threads);
+        let mut dist = vec![0f32; nq];
+        let mut idx = vec![0u32; nq];
+        let mut s = vec![0f32; nearest_scratch_len(threads)];
+        nearest(&pool, &q, bank, None, &mut dist, &mut idx, &mut s);
+        let t = Instant::now();
+        let reps = 2;
+        for _ in 0..reps {
+            nearest(&pool, &q, bank, None, &mut dist, &mut idx, &mut s);
+        }
+        let sec = t.elapsed().as_secs_f64() / reps as f64;
+        let gflops = 2.0 * (nq * nb * d) as f64 / sec / 1e9;
+        println!("bank search {nq}x{nb}x{d} threads {threads}: {sec:.3} s, {gflops:.1} GFLOP/s");
+    }
+}
+
+fn coreset_plain_vs_accelerated() {
+    let n = env("MIAD_CORESET_N", 20_000);
+    let d = env("MIAD_CORESET_D", 301);
+    let m = env("MIAD_CORESET_M", n / 10);
+    let mut rng = Rng::new(2);
+    let centres: Vec<f32> = (0..64 * d).map(|_| rng.normal() * 3.0).collect();
+    let x: Vec<f32> = (0..n * d)
+        .map(|i| centres[((i / d) % 64) * d + i % d] + rng.normal())
+        .collect();
+    let t = Instant::now();
+    let a = greedy_plain(&x, d, m);
+    let plain = t.elapsed().as_secs_f64();
+    for threads in [1, 2] {
+        let pool = Pool::new(threads);
+        let t = Instant::now();
+        let b = greedy(&pool, &x, d, m);
+        let acc = t.elapsed().as_secs_f64();
+        assert_eq!(a, b);
+        println!(
+            "coreset {n}x{d} m {m}: plain {plain:.2} s, accelerated ({threads} threads) {acc:.2} s, x{:.1}",
+            plain / acc
+        );
+    }
+}
+
+fn main() {
+    bank_search_throughput();
+    coreset_plain_vs_accelerated();
+}

@@ -1,0 +1,237 @@
+//! Scoring one part against all banks of a bank file and fusing the decisions
+//! (SPEC §6–8): normalise each modality's patch features with its bank's scalars, search
+//! the bank (re-weighted image score and patch-grid distance map), upsample and blur the
+//! map, then the score vector `a = (w_x·s_xyz, w_r·s_rgb, w_f·s_fused)`, the part score
+//! `part_svm.w · a` and the pixel map `pixel_svm.w · (w_x·m_xyz, w_r·m_rgb, w_f·m_fused)`.
+//!
+//! Used by inspection and evaluation, and by `fit` (with the part's own bank rows
+//! excluded). The decision rules themselves live in [`super::decide`].
+//! Planned: [`Scorer::scratch_len`] floats, no allocation per part.
+
+use super::decide::{fuse_map, linear_part_score};
+use crate::config::{BankConfig, FeatureNorm};
+use crate::cpu::bank_search::{self, BankScore, BankView};
+use crate::cpu::maps;
+use crate::cpu::pool::Pool;
+use crate::format::{BankFile, FormatError};
+pub use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
+
+/// The banks of one bank file (any of them may be absent), borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct BankSet<'a> {
+    pub banks: [Option<BankView<'a>>; 3],
+    pub norms: [FeatureNorm; 3],
+    /// Patch grid side of each bank's features.
+    pub grids: [usize; 3],
+}
+
+impl<'a> BankSet<'a> {
+    /// Views of `bank.{xyz,rgb,fused}` and `bank.*_norms` in a bank file.
+    pub fn from_file(file: &'a BankFile) -> Result<Self, FormatError> {
+        let c = file.config();
+        let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
+        let dims = [c.xyz_dim, c.rgb_dim, c.fused_dim];
+        let mut banks = [None; 3];
+        for b in 0..3 {
+            if rows[b] > 0 {
+                let (n, d) = (rows[b] as usize, dims[b] as usize);
+                let data = file.typed::<f32>(&format!("bank.{}", BANK_NAMES[b]), Some(&[n, d]))?;
+                let norms =
+                    file.typed::<f32>(&format!("bank.{}_norms", BANK_NAMES[b]), Some(&[n]))?;
+                banks[b] = Some(BankView::new(data, norms, d));
+            }
+        }
+        Ok(BankSet {
+            banks,
+            norms: [c.xyz_norm, c.rgb_norm, c.fused_norm],
+            grids: [
+                c.xyz_grid as usize,
+                c.rgb_grid as usize,
+                c.xyz_grid as usize,
+            ],
+        })
+    }
+}
+
+/// One part's scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PartScores {
+    /// Per bank (xyz, rgb, fused): the re-weighted image score, 0 when absent.
+    pub bank: [f32; 3],
+    /// The weighted score vector `a`.
+    pub vector: [f32; 3],
+    /// Final part score `part_svm.w · a`.
+    pub score: f32,
+}
+
+/// A nearest-bank-row search that runs outside the CPU backend (the CUDA backend's bank
+/// search). For bank `bank` (score-vector order) and the part's normalised patch
+/// features `x` (`n × dim`), fills `dist[..n]` with the Euclidean distance to the nearest
+/// bank row and `index[..n]` with that row, exactly as [`bank_search::nearest`] does.
+pub trait NearestSearch {
+    fn nearest(
+        &mut self,
+        bank: usize,
+        x: &[f32],
+        dist: &mut [f32],
+        index: &mut [u32],
+    ) -> crate::Result<()>;
+}
+
+/// Plans and runs the scoring of parts against a [`BankSet`].
+#[derive(Clone, Debug)]
+pub struct Scorer {
+    map_size: usize,
+    sigma: f32,
+    weights: [f32; 3],
+    part_w: [f32; 3],
+    pixel_w: [f32; 3],
+    threads: usize,
+    max_rows: usize,
+    max_feat: usize,
+    max_patches: usize,
+}
+
+impl Scorer {
+    pub fn new(cfg: &BankConfig, set: &BankSet<'_>, threads: usize) -> Self {
+        let mut max_rows = 1;
+        let mut max_feat = 1;
+        let mut max_patches = 1;
+        for b in 0..3 {
+            if let Some(v) = &set.banks[b] {
+                max_rows = max_rows.max(v.n);
+                let p = set.grids[b] * set.grids[b];
+                max_patches = max_patches.max(p);
+                max_feat = max_feat.max(p * v.dim);
+            }
+        }
+        Scorer {
+            map_size: cfg.map_size as usize,
+            sigma: cfg.blur_sigma,
+            weights: cfg.score_weights,
+            part_w: cfg.part_svm.w,
+            pixel_w: cfg.pixel_svm.w,
+            threads,
+            max_rows,
+            max_feat,
+            max_patches,
+        }
+    }
+
+    /// Uses these decision layers instead of the configuration's (fit trains them after
+    /// scoring).
+    pub fn set_svms(&mut self, part_w: [f32; 3], pixel_w: [f32; 3]) {
+        self.part_w = part_w;
+        self.pixel_w = pixel_w;
+    }
+
+    /// Floats of scratch [`Scorer::score`] needs.
+    pub fn scratch_len(&self) -> usize {
+        self.max_feat
+            + 2 * self.max_patches
+            + bank_search::score_scratch_len(self.threads, self.max_rows)
+            + maps::map_scratch_len(self.map_size)
+    }
+
+    pub fn map_size(&self) -> usize {
+        self.map_size
+    }
+
+    /// Scores one part. `feats` holds the raw (unnormalised) patch features per bank in
+    /// score-vector order (xyz, rgb, fused); an entry may be empty when its bank is absent.
+    /// `bank_maps` receives the three per-bank `S×S` maps (absent banks: zeros), `map`
+    /// the fused pixel map. `exclude` skips bank rows of origin `id` (fit only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn score(
+        &self,
+        pool: &Pool,
+        set: &BankSet<'_>,
+        feats: [&[f32]; 3],
+        exclude: [Option<(&[u32], u32)>; 3],
+        bank_maps: &mut [f32],
+        map: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) -> crate::Result<PartScores> {
+        self.score_with(pool, None, set, feats, exclude, bank_maps, map, scratch)
+    }
+
+    /// [`Scorer::score`] with the nearest-row search of every bank done by `search` when
+    /// given (the CUDA backend); its error, if any, is returned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn score_with(
+        &self,
+        pool: &Pool,
+        mut search: Option<&mut dyn NearestSearch>,
+        set: &BankSet<'_>,
+        feats: [&[f32]; 3],
+        exclude: [Option<(&[u32], u32)>; 3],
+        bank_maps: &mut [f32],
+        map: Option<&mut [f32]>,
+        scratch: &mut [f32],
+    ) -> crate::Result<PartScores> {
+        let s2 = self.map_size * self.map_size;
+        let (norm_buf, rest) = scratch.split_at_mut(self.max_feat);
+        let (dmap, rest) = rest.split_at_mut(self.max_patches);
+        let (nn_f, rest) = rest.split_at_mut(self.max_patches);
+        let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
+        let (cpu_search, map_scratch) =
+            rest.split_at_mut(bank_search::score_scratch_len(self.threads, self.max_rows));
+        let mut out = PartScores::default();
+        for b in 0..3 {
+            let m = &mut bank_maps[b * s2..(b + 1) * s2];
+            let Some(view) = set.banks[b] else {
+                m.fill(0.0);
+                continue;
+            };
+            let f = feats[b];
+            let n = f.len() / view.dim;
+            let xb = &mut norm_buf[..f.len()];
+            let FeatureNorm { mean, std } = set.norms[b];
+            let inv = 1.0 / std;
+            for (o, v) in xb.iter_mut().zip(f) {
+                *o = (v - mean) * inv;
+            }
+            let BankScore { score, .. } = match search.as_deref_mut() {
+                Some(device) if exclude[b].is_none() => {
+                    device.nearest(b, xb, &mut dmap[..n], &mut nn[..n])?;
+                    let (_, knn_scratch) =
+                        cpu_search.split_at_mut(bank_search::nearest_scratch_len(self.threads));
+                    bank_search::reweighted_score(
+                        pool,
+                        xb,
+                        view,
+                        None,
+                        &dmap[..n],
+                        &nn[..n],
+                        knn_scratch,
+                    )
+                }
+                _ => bank_search::score_part(
+                    pool,
+                    xb,
+                    view,
+                    exclude[b],
+                    &mut dmap[..n],
+                    &mut nn[..n],
+                    cpu_search,
+                ),
+            };
+            maps::anomaly_map(
+                &dmap[..n],
+                set.grids[b],
+                self.map_size,
+                self.sigma,
+                m,
+                map_scratch,
+            );
+            out.bank[b] = score;
+            out.vector[b] = self.weights[b] * score;
+        }
+        out.score = linear_part_score(&self.part_w, &out.vector);
+        if let Some(map) = map {
+            let c: [f32; 3] = std::array::from_fn(|b| self.pixel_w[b] * self.weights[b]);
+            fuse_map(&c, [1.0, 0.0], bank_maps, &mut map[..s2]);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,4 @@
+//! The `miad` command: the fit/eval/inspect workflow and the model commands.
+
+mod model_commands;
+mod workflow;

@@ -1,0 +1,220 @@
+//! Bank search (SPEC §7) against brute force in f64, ties, exclusion, re-weighting,
+//! thread-count independence and zero allocations.
+
+use miad::cpu::bank_search::{
+    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, score_part, score_scratch_len,
+    sq_norms, BankView,
+};
+use miad::cpu::pool::Pool;
+use miad::util::alloc_counter::counts;
+use miad::util::rng::Rng;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    Rng::new(seed).fill_normal(&mut v, 1.0);
+    v
+}
+
+fn brute(q: &[f32], b: &[f32], dim: usize) -> Vec<(f64, usize)> {
+    q.chunks_exact(dim)
+        .map(|x| {
+            let mut best = (f64::INFINITY, 0);
+            for (i, r) in b.chunks_exact(dim).enumerate() {
+                let d: f64 = x
+                    .iter()
+                    .zip(r)
+                    .map(|(a, c)| (*a as f64 - *c as f64).powi(2))
+                    .sum();
+                if d < best.0 {
+                    best = (d, i);
+                }
+            }
+            (best.0.sqrt(), best.1)
+        })
+        .collect()
+}
+
+fn run_nearest(pool: &Pool, q: &[f32], bank: &[f32], dim: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut norms = vec![0f32; bank.len() / dim];
+    sq_norms(bank, dim, &mut norms);
+    let bv = BankView::new(bank, &norms, dim);
+    let nq = q.len() / dim;
+    let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+    let mut s = vec![0f32; nearest_scratch_len(pool.threads())];
+    nearest(pool, q, bv, None, &mut d, &mut i, &mut s);
+    (d, i)
+}
+
+#[test]
+fn nearest_equals_brute_force() {
+    let pool = Pool::new(2);
+    for (nq, nb, dim) in [(1, 1, 3), (70, 1100, 37), (130, 513, 64), (5, 2000, 200)] {
+        let q = random(nq * dim, nq as u64);
+        let b = random(nb * dim, nb as u64 + 7);
+        let (d, i) = run_nearest(&pool, &q, &b, dim);
+        for (k, (wd, wi)) in brute(&q, &b, dim).into_iter().enumerate() {
+            assert!(
+                (d[k] as f64 - wd).abs() < 1e-3 * (1.0 + wd),
+                "{nq} {nb} {dim}: {} vs {wd}",
+                d[k]
+            );
+            // Random normal data: the nearest is well separated from the runner-up.
+            assert_eq!(i[k] as usize, wi);
+        }
+    }
+}
+
+#[test]
+fn ties_go_to_the_lowest_index_and_threads_do_not_matter() {
+    // Small integers: every dot product and norm is exact in f32, so ties are exact.
+    let dim = 8;
+    let mut rng = Rng::new(3);
+    let mut b: Vec<f32> = (0..1500 * dim).map(|_| rng.below(5) as f32).collect();
+    // Rows 10, 700 and 1400 identical; queries equal to them.
+    let row: Vec<f32> = b[10 * dim..11 * dim].to_vec();
+    b[700 * dim..701 * dim].copy_from_slice(&row);
+    b[1400 * dim..1401 * dim].copy_from_slice(&row);
+    let mut q = row.clone();
+    q.extend((0..200 * dim).map(|_| rng.below(5) as f32));
+    let (d1, i1) = run_nearest(&Pool::new(1), &q, &b, dim);
+    let (d3, i3) = run_nearest(&Pool::new(3), &q, &b, dim);
+    assert_eq!((d1.clone(), i1.clone()), (d3, i3));
+    assert_eq!(d1[0], 0.0);
+    for (k, x) in q.chunks_exact(dim).enumerate() {
+        // The lowest index at the minimal (exact, integer) squared distance.
+        let dists: Vec<i64> = b
+            .chunks_exact(dim)
+            .map(|r| x.iter().zip(r).map(|(a, c)| ((a - c) as i64).pow(2)).sum())
+            .collect();
+        let min = *dists.iter().min().unwrap();
+        let first = dists.iter().position(|&v| v == min).unwrap();
+        assert_eq!(i1[k] as usize, first, "query {k}");
+        assert_eq!(d1[k], (min as f32).sqrt());
+    }
+}
+
+#[test]
+fn exclusion_skips_rows_of_one_origin() {
+    let dim = 16;
+    let b = random(300 * dim, 5);
+    let q = b[42 * dim..43 * dim].to_vec();
+    let mut norms = vec![0f32; 300];
+    sq_norms(&b, dim, &mut norms);
+    let bv = BankView::new(&b, &norms, dim);
+    let origin: Vec<u32> = (0..300).map(|i| (i / 50) as u32).collect();
+    let pool = Pool::new(2);
+    let (mut d, mut i) = ([0f32; 1], [0u32; 1]);
+    let mut s = vec![0f32; nearest_scratch_len(2)];
+    nearest(&pool, &q, bv, Some((&origin, 0)), &mut d, &mut i, &mut s);
+    let others: Vec<f32> = b[50 * dim..].to_vec();
+    let want = brute(&q, &others, dim)[0];
+    assert_eq!(i[0] as usize, want.1 + 50);
+    assert!(d[0] > 0.0);
+}
+
+#[test]
+fn knn_scan_and_reweighting_follow_patchcore() {
+    let dim = 32;
+    let pool = Pool::new(2);
+    let b = random(9000 * dim, 11);
+    let x = random(50 * dim, 12);
+    let mut norms = vec![0f32; 9000];
+    sq_norms(&b, dim, &mut norms);
+    let bv = BankView::new(&b, &norms, dim);
+    // k nearest of a bank row: itself first, then brute-force order.
+    let mut out = [0u32; 3];
+    let mut s = vec![0f32; knn_scratch_len(9000, 3)];
+    let found = knn_scan(&pool, bv.row(4100), bv, None, 3, &mut out, &mut s);
+    assert_eq!(found, 3);
+    let mut order: Vec<(f64, usize)> = b
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                r.iter()
+                    .zip(bv.row(4100))
+                    .map(|(a, c)| (*a as f64 - *c as f64).powi(2))
+                    .sum(),
+                i,
+            )
+        })
+        .collect();
+    order.sort_by(|a, c| a.partial_cmp(c).unwrap());
+    assert_eq!(
+        out.map(|v| v as usize),
+        [order[0].1, order[1].1, order[2].1]
+    );
+    assert_eq!(out[0], 4100);
+
+    let mut dmap = vec![0f32; 50];
+    let mut nn = vec![0u32; 50];
+    let mut sc = vec![0f32; score_scratch_len(2, 9000)];
+    let r = score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    // Reference in f64.
+    let bf = brute(&x, &b, dim);
+    let (j_star, (s_star, m_star)) =
+        bf.iter()
+            .enumerate()
+            .fold((0, (f64::NEG_INFINITY, 0)), |acc, (j, v)| {
+                if v.0 > acc.1 .0 {
+                    (j, *v)
+                } else {
+                    acc
+                }
+            });
+    assert_eq!(r.patch, j_star);
+    assert_eq!(r.nearest as usize, m_star);
+    let mut order: Vec<(f64, usize)> = b
+        .chunks_exact(dim)
+        .enumerate()
+        .map(|(i, row)| {
+            (
+                row.iter()
+                    .zip(bv.row(m_star))
+                    .map(|(a, c)| (*a as f64 - *c as f64).powi(2))
+                    .sum(),
+                i,
+            )
+        })
+        .collect();
+    order.sort_by(|a, c| a.partial_cmp(c).unwrap());
+    let dd = (dim as f64).sqrt();
+    let xj = &x[j_star * dim..(j_star + 1) * dim];
+    let denom: f64 = order[1..3]
+        .iter()
+        .map(|&(_, k)| {
+            let d: f64 = xj
+                .iter()
+                .zip(bv.row(k))
+                .map(|(a, c)| (*a as f64 - *c as f64).powi(2))
+                .sum();
+            (d.sqrt() / dd).exp()
+        })
+        .sum();
+    let w = 1.0 - (s_star / dd).exp() / denom;
+    assert!((r.weight as f64 - w).abs() < 1e-4, "{} vs {w}", r.weight);
+    assert!((r.score as f64 - w * s_star).abs() < 1e-3);
+    for (a, b) in dmap.iter().zip(&bf) {
+        assert!((*a as f64 - b.0).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn scoring_does_not_allocate() {
+    let dim = 24;
+    let pool = Pool::new(1);
+    let b = random(2000 * dim, 1);
+    let x = random(100 * dim, 2);
+    let mut norms = vec![0f32; 2000];
+    sq_norms(&b, dim, &mut norms);
+    let bv = BankView::new(&b, &norms, dim);
+    let mut dmap = vec![0f32; 100];
+    let mut nn = vec![0u32; 100];
+    let mut sc = vec![0f32; score_scratch_len(1, 2000)];
+    score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    let before = counts();
+    for _ in 0..5 {
+        score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    }
+    assert_eq!(counts(), before);
+}

@@ -1,0 +1,689 @@
+//! The engine's point branch on the device (`miad::cuda::point_branch`) against the CPU
+//! point branch of `Extractor` (FPS, kNN grouping, Point-MAE, feature alignment), on
+//! synthetic parts through `pipeline::preprocess`, with a seeded random model
+//! (`ModelConfig::demo()`: Point-MAE heads of 64):
+//! - centers and groups identical, xyz features within `Precision::F32.feature_tolerance()`
+//!   (max |Δ| / max |ref|), for graph replay, direct launches and the v1 kernels;
+//! - the same bits on a second run, and graph replay = direct launches;
+//! - bad calls (too few or too many points, short buffers, wrong output lengths, bad
+//!   pixels, non-finite points) refused with an error, the branch usable afterwards;
+//! - models the kernels cannot run refused at creation, before the device is opened.
+//!
+//! Without a driver, a GPU or the cuBLASLt library every GPU test prints a SKIP line and
+//! passes. On a GPU machine:
+//! `cargo test --release --features cuda --test cuda point_branch:: -- --nocapture`; the bench
+//! (M3DM sizes, ~50 000 points, device and CPU in this process):
+//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda point_branch::bench -- --nocapture`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use miad::backend::Precision;
+use miad::config::ModelConfig;
+use miad::cpu::fps::{farthest_point_sample, fps_scratch_len};
+use miad::cpu::knn::{group_knn, knn_scratch_len};
+use miad::cpu::pfa::{pfa_scratch_len, point_feature_align};
+use miad::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
+use miad::cpu::pool::Pool;
+use miad::cuda::gemm::cublaslt_present;
+use miad::cuda::point::{FpsKernel, KnnKernel, PointOptions};
+use miad::cuda::point_branch::{BranchOptions, DevicePointBranch};
+use miad::cuda::Device;
+use miad::eval::synth::{synth_part, Category, Defect};
+use miad::format::{random_model, write_model, ModelFile, OpenOptions};
+use miad::pipeline::extract::{Extractor, PointNetwork, PointOutputs};
+
+const POINT_NETWORK_TOLERANCE: f32 = Precision::F32.feature_tolerance();
+use miad::pipeline::input::{CloudView, RgbView};
+use miad::pipeline::preprocess::{
+    preprocess, preprocess_scratch_len, PreprocessMode, PreprocessOutput,
+};
+use miad::Error;
+
+/// Whether a GPU with cuBLASLt is here; prints the SKIP line when not.
+fn gpu(test: &str) -> bool {
+    match Device::new(0) {
+        Ok(d) if cublaslt_present() => {
+            eprintln!("cuda_point_branch {test}: {} (sm_{})", d.name, d.sm());
+            true
+        }
+        Ok(d) => {
+            eprintln!(
+                "cuda_point_branch {test}: SKIP, {} has a driver but the cuBLASLt library cannot be loaded",
+                d.name
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("cuda_point_branch {test}: SKIP, no usable GPU: {e}");
+            false
+        }
+    }
+}
+
+/// A model file in a temp folder, removed on drop.
+struct TempModel {
+    dir: PathBuf,
+    model: ModelFile,
+}
+
+impl Drop for TempModel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn temp_model(name: &str, cfg: &ModelConfig, seed: u64) -> TempModel {
+    let dir = std::env::temp_dir().join(format!(
+        "miad-cuda-point-branch-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.miad");
+    write_model(cfg, &random_model(cfg, seed), &[], &path).unwrap();
+    let model = ModelFile::open(&path, &OpenOptions::default()).unwrap();
+    TempModel { dir, model }
+}
+
+/// One part's point-branch results.
+#[derive(Clone, Debug, PartialEq)]
+struct Branch {
+    centers: Vec<u32>,
+    groups: Vec<u32>,
+    xyz: Vec<f32>,
+}
+
+impl Branch {
+    fn zeros(cfg: &ModelConfig) -> Branch {
+        let pc = cfg.point.as_ref().unwrap();
+        let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
+        let g = cfg.preprocess.xyz_grid as usize;
+        Branch {
+            centers: vec![0; m],
+            groups: vec![0; m * k],
+            xyz: vec![0.0; g * g * pc.feature_dim()],
+        }
+    }
+    fn outputs(&mut self) -> PointOutputs<'_> {
+        PointOutputs {
+            centers: &mut self.centers,
+            groups: &mut self.groups,
+            xyz: &mut self.xyz,
+        }
+    }
+}
+
+/// The CPU point branch, the calls of `Extractor::point_branch` in its order.
+fn cpu_branch(pool: &Pool, model: &ModelFile, points: &[f32], n: usize, pixels: &[u32]) -> Branch {
+    let cfg = model.config();
+    let pc = cfg.point.as_ref().unwrap();
+    let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
+    let s = cfg.preprocess.image_size as usize;
+    let threads = pool.threads();
+    let len = fps_scratch_len(s * s)
+        .max(knn_scratch_len(s * s, k, threads))
+        .max(point_mae_scratch_len(pc, threads))
+        .max(pfa_scratch_len(&cfg.preprocess, m, s * s, threads));
+    let mut scratch = vec![0f32; len];
+    let w = PointMaeWeights::load(model, pc).unwrap();
+    let mut out = Branch::zeros(cfg);
+    farthest_point_sample(points, n, m, &mut out.centers, &mut scratch);
+    group_knn(
+        pool,
+        points,
+        n,
+        &out.centers,
+        k,
+        &mut out.groups,
+        &mut scratch,
+    );
+    let center_xyz: Vec<f32> = out
+        .centers
+        .iter()
+        .flat_map(|&i| points[3 * i as usize..3 * i as usize + 3].to_vec())
+        .collect();
+    let mut features = vec![0f32; m * pc.feature_dim()];
+    point_mae_forward(
+        pool,
+        pc,
+        &w,
+        points,
+        n,
+        &out.centers,
+        &out.groups,
+        &mut features,
+        &mut scratch,
+    );
+    point_feature_align(
+        pool,
+        &cfg.preprocess,
+        points,
+        n,
+        pixels,
+        &center_xyz,
+        &features,
+        pc.feature_dim(),
+        &mut out.xyz,
+        &mut scratch,
+    );
+    out
+}
+
+/// max |Δ| / max |ref|; panics on a non-finite value.
+fn rel_max(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let (mut d, mut r) = (0f32, 0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "xyz feature {i} is {g}");
+        d = d.max((g - w).abs());
+        r = r.max(w.abs());
+    }
+    assert!(r > 0.0, "all-zero reference");
+    d / r
+}
+
+fn check(what: &str, got: &Branch, want: &Branch) -> f32 {
+    assert!(got.centers == want.centers, "{what}: centers differ");
+    if got.groups != want.groups {
+        let i = got
+            .groups
+            .iter()
+            .zip(&want.groups)
+            .position(|(a, b)| a != b)
+            .unwrap();
+        let k = got.groups.len() / got.centers.len();
+        panic!(
+            "{what}: groups differ first at group {} member {}: {} vs {}",
+            i / k,
+            i % k,
+            got.groups[i],
+            want.groups[i]
+        );
+    }
+    let rel = rel_max(&got.xyz, &want.xyz);
+    println!("{what}: centers and groups identical, xyz max|Δ|/max|ref| {rel:.3e}");
+    assert!(
+        rel <= POINT_NETWORK_TOLERANCE,
+        "{what}: xyz features differ by {rel:.3e} (tolerance {POINT_NETWORK_TOLERANCE:e})"
+    );
+    rel
+}
+
+/// A synthetic part preprocessed as the extractor does (`size` × `size`).
+struct Part {
+    rgb: Vec<u8>,
+    cloud: Vec<f32>,
+    size: usize,
+    pre: PreprocessOutput,
+}
+
+fn part(cfg: &ModelConfig, cat: Category, defect: Option<Defect>, size: usize, seed: u64) -> Part {
+    let p = synth_part(cat, defect, size, seed).unwrap();
+    let pc = cfg.point.as_ref().unwrap();
+    let mut pre = PreprocessOutput::for_point_branch(&cfg.preprocess, pc);
+    let mut scratch = vec![0f32; preprocess_scratch_len(&cfg.preprocess, size, size)];
+    let status = preprocess(
+        &cfg.preprocess,
+        Some(RgbView::packed(&p.rgb, size, size)),
+        Some(CloudView::packed(&p.xyz, size, size)),
+        PreprocessMode::Full,
+        &mut pre,
+        &mut scratch,
+    )
+    .unwrap();
+    assert!(status.cloud_usable(), "{cat:?}: cloud {:?}", status.cloud);
+    Part {
+        rgb: p.rgb,
+        cloud: p.xyz,
+        size,
+        pre,
+    }
+}
+
+fn run(net: &mut DevicePointBranch, cfg: &ModelConfig, pre: &PreprocessOutput) -> Branch {
+    let mut out = Branch::zeros(cfg);
+    net.forward(&pre.points, pre.n_points, &pre.point_pixels, out.outputs())
+        .unwrap();
+    out
+}
+
+#[test]
+fn unsupported_models_are_refused_before_the_device() {
+    // No point branch.
+    let mut cfg = ModelConfig::demo();
+    cfg.point = None;
+    cfg.fusion = None;
+    let t = temp_model("no-point", &cfg, 1);
+    let e = DevicePointBranch::new(0, &t.model).err().unwrap();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(e.to_string().contains("no point branch"), "{e}");
+    drop(t);
+    // Heads of 32.
+    let t = temp_model("small", &ModelConfig::small(), 2);
+    let e = DevicePointBranch::new(0, &t.model).err().unwrap();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+    assert!(e.to_string().contains("head dimension"), "{e}");
+}
+
+#[test]
+fn creation_without_a_device_is_an_error_not_a_panic() {
+    let t = temp_model("create", &ModelConfig::demo(), 3);
+    match DevicePointBranch::new(0, &t.model) {
+        Ok(b) => {
+            assert!(b.uses_graph());
+            eprintln!(
+                "created on {}: kernels {:?}, {} MiB of device memory",
+                b.device().name,
+                b.kernel_choice(),
+                b.device_bytes() >> 20
+            );
+        }
+        Err(e) => {
+            assert!(matches!(e, Error::Cuda(_)), "{e}");
+            eprintln!("cuda_point_branch create: SKIP, {e}");
+        }
+    }
+}
+
+const PART_SIZE: usize = 160;
+
+/// Three synthetic parts of the demo model, good and defective.
+fn parts(cfg: &ModelConfig) -> [Part; 3] {
+    [
+        part(cfg, Category::Disc, None, PART_SIZE, 101),
+        part(cfg, Category::Torus, Some(Defect::Dent), PART_SIZE, 102),
+        part(cfg, Category::Block, Some(Defect::Hole), PART_SIZE, 103),
+    ]
+}
+
+fn cpu_ref(pool: &Pool, model: &ModelFile, p: &Part) -> Branch {
+    let pre = &p.pre;
+    cpu_branch(pool, model, &pre.points, pre.n_points, &pre.point_pixels)
+}
+
+/// The reference of the GPU tests is what the extractor computes (no GPU needed).
+#[test]
+fn cpu_reference_is_the_extractor() {
+    let cfg = ModelConfig::demo();
+    let t = temp_model("reference", &cfg, 11);
+    let pool = Pool::with_available_cores();
+    let mut ex =
+        Extractor::new(&pool, &t.model, PART_SIZE, PART_SIZE, PreprocessMode::Full).unwrap();
+    for (i, p) in parts(&cfg).iter().enumerate() {
+        let want = cpu_ref(&pool, &t.model, p);
+        ex.run(
+            &pool,
+            Some(RgbView::packed(&p.rgb, p.size, p.size)),
+            Some(CloudView::packed(&p.cloud, p.size, p.size)),
+        )
+        .unwrap();
+        let n = ex.preprocessed().n_points;
+        assert_eq!(n, p.pre.n_points, "part {i}");
+        assert!(n > 2 * ex.centers().len(), "part {i}: {n} points");
+        assert_eq!(ex.centers(), &want.centers[..], "part {i}");
+        assert_eq!(ex.groups(), &want.groups[..], "part {i}");
+        assert_eq!(ex.xyz, want.xyz, "part {i}: xyz features");
+        assert!(want.xyz.iter().any(|&v| v != 0.0));
+        eprintln!("part {i}: {n} points, CPU reference = extractor");
+    }
+}
+
+/// One input of the point branch.
+struct Input {
+    what: String,
+    points: Vec<f32>,
+    n: usize,
+    pixels: Vec<u32>,
+}
+
+impl Input {
+    fn of_part(i: usize, p: &Part) -> Input {
+        Input {
+            what: format!("part {i}"),
+            points: p.pre.points.clone(),
+            n: p.pre.n_points,
+            pixels: p.pre.point_pixels.clone(),
+        }
+    }
+    /// A point at every pixel of the `side`×`side` map (the capacity).
+    fn full_map(side: usize) -> Input {
+        let (points, pixels) = scan_points(side * side, side);
+        Input {
+            what: format!("full {side}×{side} map"),
+            points,
+            n: side * side,
+            pixels,
+        }
+    }
+    fn cpu(&self, pool: &Pool, model: &ModelFile) -> Branch {
+        cpu_branch(pool, model, &self.points, self.n, &self.pixels)
+    }
+    fn device(&self, net: &mut DevicePointBranch, cfg: &ModelConfig) -> Branch {
+        let mut out = Branch::zeros(cfg);
+        net.forward(&self.points, self.n, &self.pixels, out.outputs())
+            .unwrap();
+        out
+    }
+}
+
+/// Every input through each variant (graph, direct launches, v1 kernels): the CPU's
+/// centers and groups, its xyz features within the tolerance, the same bits on a second
+/// run, graph = direct.
+fn parity(model: &ModelFile, inputs: &[Input], pool: &Pool) {
+    let cfg = model.config();
+    let refs: Vec<Branch> = inputs.iter().map(|x| x.cpu(pool, model)).collect();
+    let direct = BranchOptions {
+        graph: false,
+        ..BranchOptions::default()
+    };
+    let v1 = BranchOptions {
+        kernels: PointOptions {
+            fps: Some(FpsKernel::V1),
+            knn: Some(KnnKernel::V1),
+            fps2_cluster: None,
+        },
+        ..BranchOptions::default()
+    };
+    let mut nets = vec![
+        (
+            "graph",
+            DevicePointBranch::with_options(0, model, BranchOptions::default()).unwrap(),
+        ),
+        (
+            "direct",
+            DevicePointBranch::with_options(0, model, direct).unwrap(),
+        ),
+    ];
+    if nets[0].1.kernel_choice() != (FpsKernel::V1, KnnKernel::V1) {
+        nets.push((
+            "v1 kernels",
+            DevicePointBranch::with_options(0, model, v1).unwrap(),
+        ));
+    }
+    let mut first: Option<Vec<Branch>> = None;
+    let mut worst = 0f32;
+    for (name, net) in nets.iter_mut() {
+        assert_eq!(net.uses_graph(), *name != "direct");
+        let mut outs = vec![];
+        for (x, want) in inputs.iter().zip(&refs) {
+            let what = format!(
+                "'{}' {name} {:?}, {}, {} points",
+                cfg.name,
+                net.kernel_choice(),
+                x.what,
+                x.n
+            );
+            let got = x.device(net, cfg);
+            worst = worst.max(check(&what, &got, want));
+            outs.push(got);
+        }
+        // Second pass, inputs in reverse order: the same bits.
+        for (i, x) in inputs.iter().enumerate().rev() {
+            let again = x.device(net, cfg);
+            assert!(
+                again == outs[i],
+                "{name}: {} differs on a second run",
+                x.what
+            );
+        }
+        match &first {
+            None => first = Some(outs),
+            Some(f) if *name == "direct" => {
+                assert!(*f == outs, "graph replay and direct launches differ")
+            }
+            Some(_) => {}
+        }
+    }
+    println!(
+        "'{}': worst xyz difference {worst:.3e} (tolerance {POINT_NETWORK_TOLERANCE:e})",
+        cfg.name
+    );
+}
+
+#[test]
+fn matches_the_cpu_point_branch() {
+    if !gpu("parity") {
+        return;
+    }
+    let cfg = ModelConfig::demo();
+    let t = temp_model("parity", &cfg, 11);
+    let pool = Pool::with_available_cores();
+    let mut inputs: Vec<Input> = parts(&cfg)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input::of_part(i, p))
+        .collect();
+    inputs.push(Input::full_map(cfg.preprocess.image_size as usize));
+    parity(&t.model, &inputs, &pool);
+}
+
+/// M3DM sizes (1024 groups of 128, Point-MAE 12 × 384, 224×224 map, 56×56 grid): a
+/// scan of ~50 000 points and the full map. The model has only the point branch.
+#[test]
+fn matches_the_cpu_point_branch_at_m3dm_sizes() {
+    if !gpu("parity m3dm") {
+        return;
+    }
+    let cfg = m3dm_point();
+    let t = temp_model("parity-m3dm", &cfg, 12);
+    let pool = Pool::with_available_cores();
+    let side = cfg.preprocess.image_size as usize;
+    let (points, pixels) = scan_points(50_000, side);
+    let inputs = [
+        Input {
+            what: "scan".into(),
+            points,
+            n: 50_000,
+            pixels,
+        },
+        Input::full_map(side),
+    ];
+    parity(&t.model, &inputs, &pool);
+}
+
+/// `ModelConfig::m3dm()` without the ViT and the fusion (a smaller file).
+fn m3dm_point() -> ModelConfig {
+    ModelConfig {
+        name: "m3dm-point".into(),
+        vit: None,
+        fusion: None,
+        ..ModelConfig::m3dm()
+    }
+}
+
+#[test]
+fn bad_calls_are_refused() {
+    if !gpu("errors") {
+        return;
+    }
+    let cfg = ModelConfig::demo();
+    let t = temp_model("errors", &cfg, 12);
+    let pool = Pool::new(2);
+    let p = part(&cfg, Category::Disc, None, 128, 201);
+    let pre = &p.pre;
+    let n = pre.n_points;
+    let want = cpu_branch(&pool, &t.model, &pre.points, n, &pre.point_pixels);
+    let mut net = DevicePointBranch::new(0, &t.model).unwrap();
+    let sizes = net.sizes().clone();
+    let min = sizes.min_points();
+    assert!(n > min, "{n} points");
+    let mut out = Branch::zeros(&cfg);
+    let pts = &pre.points;
+    let pix = &pre.point_pixels;
+    refused(&mut net, pts, min - 1, pix, out.outputs(), "at least");
+    refused(&mut net, pts, 0, pix, out.outputs(), "at least");
+    let big = vec![0.5f32; 3 * (sizes.max_points() + 1)];
+    let big_pix: Vec<u32> = (0..sizes.max_points() as u32 + 1).collect();
+    refused(
+        &mut net,
+        &big,
+        sizes.max_points() + 1,
+        &big_pix,
+        out.outputs(),
+        "at most",
+    );
+    refused(
+        &mut net,
+        &pts[..3 * n - 1],
+        n,
+        pix,
+        out.outputs(),
+        "coordinates",
+    );
+    refused(
+        &mut net,
+        pts,
+        n,
+        &pix[..n - 1],
+        out.outputs(),
+        "pixel indices",
+    );
+    let mut short = vec![0u32; out.centers.len() - 1];
+    let o = PointOutputs {
+        centers: &mut short,
+        groups: &mut out.groups,
+        xyz: &mut out.xyz,
+    };
+    refused(&mut net, pts, n, pix, o, "center");
+    let mut short = vec![0f32; out.xyz.len() - 1];
+    let o = PointOutputs {
+        centers: &mut out.centers,
+        groups: &mut out.groups,
+        xyz: &mut short,
+    };
+    refused(&mut net, pts, n, pix, o, "xyz feature");
+    let mut bad_pix = pix[..n].to_vec();
+    bad_pix[n / 2] = sizes.max_points() as u32;
+    refused(&mut net, pts, n, &bad_pix, out.outputs(), "outside");
+    bad_pix[n / 2] = bad_pix[0];
+    refused(&mut net, pts, n, &bad_pix, out.outputs(), "same pixel");
+    let mut nan = pts[..3 * n].to_vec();
+    nan[3 * (n - 1) + 2] = f32::NAN;
+    refused(&mut net, &nan, n, pix, out.outputs(), "non-finite");
+    // Still usable, and exactly the buffers' start is read: trimmed inputs give the same.
+    let a = run(&mut net, &cfg, pre);
+    check("after refused calls", &a, &want);
+    let mut b = Branch::zeros(&cfg);
+    net.forward(&pts[..3 * n], n, &pix[..n], b.outputs())
+        .unwrap();
+    assert!(a == b, "trimmed inputs give other results");
+    // The smallest accepted part: a prefix of the points.
+    let want = cpu_branch(&pool, &t.model, pts, min, pix);
+    let mut c = Branch::zeros(&cfg);
+    net.forward(pts, min, pix, c.outputs()).unwrap();
+    check(&format!("{min} points (the minimum)"), &c, &want);
+}
+
+fn refused(
+    net: &mut DevicePointBranch,
+    points: &[f32],
+    n: usize,
+    pixels: &[u32],
+    out: PointOutputs<'_>,
+    needle: &str,
+) {
+    let e = net.forward(points, n, pixels, out).unwrap_err();
+    assert!(matches!(e, Error::Input(_)), "{e}");
+    assert!(e.to_string().contains(needle), "{e} (wanted {needle:?})");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Points of an organized scan in row-major pixel order, pixels 0..n of a `side`-wide
+/// map: a wavy surface (what preprocessing produces for a large part).
+fn scan_points(n: usize, side: usize) -> (Vec<f32>, Vec<u32>) {
+    let pts = (0..n)
+        .flat_map(|q| {
+            let (r, c) = ((q / side) as f32, (q % side) as f32);
+            let (x, y) = (c * 4.5e-4, r * 4.5e-4);
+            [x, y, 0.5 + 0.01 * (40.0 * x).sin() * (30.0 * y).cos()]
+        })
+        .collect();
+    (pts, (0..n as u32).collect())
+}
+
+/// The whole branch at M3DM sizes (1024 groups of 128, Point-MAE 12 × 384, 56×56 grid),
+/// ~50 000 points: device (graph and direct, wall clock per part including the copies)
+/// next to the CPU in this process. Runs only with MIAD_BENCH set.
+#[test]
+fn bench() {
+    if std::env::var_os("MIAD_BENCH").is_none() {
+        eprintln!("cuda_point_branch bench: SKIP, set MIAD_BENCH=1 to run it");
+        return;
+    }
+    let cfg = m3dm_point();
+    let t = temp_model("bench", &cfg, 31);
+    let side = cfg.preprocess.image_size as usize;
+    let n = 50_000;
+    let (pts, pix) = scan_points(n, side);
+    let pool = Pool::with_available_cores();
+    let time = |f: &mut dyn FnMut(), reps: usize| -> (f64, f64, f64) {
+        f();
+        let v: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                f();
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0f64, f64::max);
+        (median(v), lo, hi)
+    };
+    let mut want = None;
+    let cpu = time(
+        &mut || want = Some(cpu_branch(&pool, &t.model, &pts, n, &pix)),
+        3,
+    );
+    let want = want.unwrap();
+    println!(
+        "point branch, M3DM sizes, {n} points ({} CPU threads)",
+        pool.threads()
+    );
+    println!(
+        "{:28} {:9.3} ms  [{:.3} .. {:.3}]",
+        "CPU", cpu.0, cpu.1, cpu.2
+    );
+    // The CPU time is printed also without a GPU.
+    if !gpu("bench") {
+        return;
+    }
+    for graph in [true, false] {
+        let opts = BranchOptions {
+            graph,
+            ..BranchOptions::default()
+        };
+        let t0 = Instant::now();
+        let mut net = DevicePointBranch::with_options(0, &t.model, opts).unwrap();
+        let created = t0.elapsed().as_secs_f64();
+        let mut out = Branch::zeros(&cfg);
+        net.forward(&pts, n, &pix, out.outputs()).unwrap();
+        let rel = check("bench output", &out, &want);
+        let dev = time(
+            &mut || net.forward(&pts, n, &pix, out.outputs()).unwrap(),
+            20,
+        );
+        let name = format!(
+            "{} {:?}",
+            if graph {
+                "device graph"
+            } else {
+                "device direct"
+            },
+            net.kernel_choice()
+        );
+        println!(
+            "{name:28} {:9.3} ms  [{:.3} .. {:.3}]  CPU/device {:.1}x, xyz error {rel:.2e}, created in {created:.2} s, {} MiB on {}",
+            dev.0,
+            dev.1,
+            dev.2,
+            cpu.0 / dev.0,
+            net.device_bytes() >> 20,
+            net.device().name
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! `Engine::inspect` performs no heap allocation after the first part (complete and
+//! incomplete parts alike). Run alone in a child process
+//! (`common::alone_in_process`), so that the counting allocator sees only this code.
+
+use miad::engine::{Engine, EngineOptions, InspectOptions};
+use miad::eval::dataset::list_test;
+use miad::eval::synth::Category;
+
+use crate::common;
+use miad::util::alloc_counter::total_counts;
+
+#[test]
+fn inspect_allocates_nothing_after_the_first_part() {
+    if !common::alone_in_process!(inspect_allocates_nothing_after_the_first_part) {
+        return;
+    }
+    let f = common::fitted("alloc", Category::Torus, 5, 4, 1);
+    let (model, bank, cat) = (&f.model, &f.bank, &f.category);
+    let parts: Vec<_> = list_test(cat)
+        .unwrap()
+        .iter()
+        .map(|p| p.load().unwrap())
+        .collect();
+    for threads in [1, 2] {
+        let mut e = Engine::open(
+            model,
+            bank,
+            &EngineOptions {
+                threads,
+                max_width: 96,
+                max_height: 96,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap();
+        let opts = InspectOptions::default();
+        let (r0, c0) = parts[0].views();
+        e.inspect(r0, c0, &opts).unwrap();
+        let mut scores = Vec::with_capacity(64);
+        let before = total_counts();
+        for round in 0..3 {
+            for p in &parts {
+                let (r, c) = p.views();
+                // complete, then each modality missing
+                let (r, c) = match round {
+                    0 => (r, c),
+                    1 => (r, None),
+                    _ => (None, c),
+                };
+                scores.push(e.inspect(r, c, &opts).unwrap().score);
+            }
+        }
+        let after = total_counts();
+        assert_eq!(
+            after, before,
+            "inspect allocated (allocations, bytes) with {threads} threads"
+        );
+        assert!(scores.iter().all(|s| s.is_finite()));
+    }
+}

@@ -1,0 +1,266 @@
+//! The fit on fake features: bank sizes, normalisation, the xyz background row,
+//! leave-one-out scores, calibration, the bank file round trip, and that an anomalous
+//! part scores above every defect-free one.
+
+use miad::config::{BankConfig, BankVariant, LinearSvm};
+use miad::cpu::pool::Pool;
+use miad::fit::banks::{fit, FeatureExtractor, FeatureLayout, FitOptions, Progress};
+use miad::fit::calibrate::reject_quantile;
+use miad::format::{BankFile, OpenOptions};
+use miad::pipeline::score::{BankSet, Scorer};
+use miad::util::rng::Rng;
+
+/// Parts whose patch features are smooth random fields around a shared pattern; the
+/// xyz features of a border of cells are all zero (background).
+struct Fake {
+    layout: FeatureLayout,
+    parts: usize,
+    seed: u64,
+    /// Parts at or above this index get an anomalous blob.
+    anomalous_from: usize,
+}
+
+impl FeatureExtractor for Fake {
+    fn layout(&self) -> FeatureLayout {
+        self.layout
+    }
+    fn parts(&self) -> usize {
+        self.parts
+    }
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> miad::Result<()> {
+        let l = self.layout;
+        let mut base = Rng::new(self.seed);
+        let mut rng = Rng::new(self.seed + 1000 + part as u64);
+        let fill = |out: &mut [f32],
+                    grid: usize,
+                    dim: usize,
+                    base: &mut Rng,
+                    rng: &mut Rng,
+                    zero_border: bool,
+                    bad: bool| {
+            for c in 0..grid * grid {
+                let (y, x) = (c / grid, c % grid);
+                let border = zero_border && (y == 0 || x == 0 || y == grid - 1 || x == grid - 1);
+                let blob =
+                    bad && y >= grid / 2 && y < grid / 2 + 2 && x >= grid / 2 && x < grid / 2 + 2;
+                for k in 0..dim {
+                    let pattern = base.normal() + 3.0;
+                    let v = pattern + 0.1 * rng.normal() + if blob { 3.0 } else { 0.0 };
+                    out[c * dim + k] = if border { 0.0 } else { v };
+                }
+            }
+        };
+        let bad = part >= self.anomalous_from;
+        fill(xyz, l.xyz_grid, l.xyz_dim, &mut base, &mut rng, true, bad);
+        fill(rgb, l.rgb_grid, l.rgb_dim, &mut base, &mut rng, false, bad);
+        fill(
+            fused,
+            l.xyz_grid,
+            l.fused_dim,
+            &mut base,
+            &mut rng,
+            false,
+            bad,
+        );
+        Ok(())
+    }
+}
+
+fn layout() -> FeatureLayout {
+    FeatureLayout {
+        rgb_grid: 4,
+        rgb_dim: 12,
+        xyz_grid: 8,
+        xyz_dim: 20,
+        fused_dim: 32,
+    }
+}
+
+fn svm(v: &[[f32; 3]]) -> miad::Result<LinearSvm> {
+    assert!(!v.is_empty());
+    Ok(LinearSvm {
+        w: [1.0, 1.0, 1.0],
+        offset: 0.0,
+    })
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("miad-fit-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn fit_builds_banks_calibrates_and_round_trips() {
+    let dir = tmpdir("full");
+    let pool = Pool::new(2);
+    let parts = 12;
+    let mut ex = Fake {
+        layout: layout(),
+        parts,
+        seed: 5,
+        anomalous_from: usize::MAX,
+    };
+    let opts = FitOptions {
+        map_size: 32,
+        scratch_dir: dir.clone(),
+        frr: 0.1,
+        ..FitOptions::default()
+    };
+    let mut events = 0usize;
+    let base = BankConfig::empty([7; 16], "fake", "widget");
+    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |p| {
+        events += 1;
+        if let Progress::Extract { done, total } = p {
+            assert!(done <= total);
+        }
+    })
+    .unwrap();
+    assert!(events >= parts);
+    let c = &fitted.config;
+    // Coreset sizes: ceil(0.1 · candidates); xyz has 36 non-border cells per part plus
+    // the appended background row.
+    assert_eq!(c.rgb_rows as usize, (16 * parts).div_ceil(10));
+    assert_eq!(c.fused_rows as usize, (64 * parts).div_ceil(10));
+    assert_eq!(c.xyz_rows as usize, (36 * parts).div_ceil(10) + 1);
+    // Normalisation: the rgb values are ~N(3, 1) per cell: mean ≈ 3, std ≈ 1.
+    assert!((c.rgb_norm.mean - 3.0).abs() < 0.5, "{:?}", c.rgb_norm);
+    assert!((c.rgb_norm.std - 1.0).abs() < 0.3, "{:?}", c.rgb_norm);
+    // The xyz background row is the normalised zero feature.
+    let (_, _, xyz) = fitted.tensors.iter().find(|t| t.0 == "bank.xyz").unwrap();
+    let last = &xyz[xyz.len() - 20..];
+    let want = -c.xyz_norm.mean / c.xyz_norm.std;
+    assert!(last.iter().all(|v| (v - want).abs() < 1e-6));
+    // Calibration: at most floor(frr · n) training scores above the part threshold.
+    let above = fitted
+        .train_scores
+        .iter()
+        .filter(|s| **s > c.thresholds.part)
+        .count();
+    assert!(above <= 1, "{above}");
+    assert_eq!(
+        c.thresholds.part,
+        reject_quantile(&fitted.train_scores, 0.1)
+    );
+    // No scratch file left behind.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+
+    // Bank file round trip, then score unseen parts: anomalous above every normal one.
+    let path = dir.join("widget.bank");
+    fitted.write(&path).unwrap();
+    let file = BankFile::open(&path, &OpenOptions::default(), None).unwrap();
+    assert_eq!(file.config(), c);
+    let set = BankSet::from_file(&file).unwrap();
+    let scorer = Scorer::new(file.config(), &set, pool.threads());
+    let mut scratch = vec![0f32; scorer.scratch_len()];
+    let s2 = 32 * 32;
+    let mut maps = vec![0f32; 3 * s2];
+    let mut map = vec![0f32; s2];
+    let l = layout();
+    let mut test = Fake {
+        layout: l,
+        parts: 20,
+        seed: 5,
+        anomalous_from: 16,
+    };
+    let mut scores = Vec::new();
+    for p in 12..20 {
+        let mut x = vec![0f32; 64 * 20];
+        let mut r = vec![0f32; 16 * 12];
+        let mut f = vec![0f32; 64 * 32];
+        test.extract(p, &mut x, &mut r, &mut f).unwrap();
+        let s = scorer
+            .score(
+                &pool,
+                &set,
+                [&x, &r, &f],
+                [None; 3],
+                &mut maps,
+                Some(&mut map),
+                &mut scratch,
+            )
+            .unwrap();
+        scores.push(s.score);
+        if p >= 16 {
+            // The map peaks inside the blob (cells 4..6 of 8 → pixels 16..24 of 32).
+            let arg = map
+                .iter()
+                .enumerate()
+                .fold(0, |a, (i, v)| if *v > map[a] { i } else { a });
+            let (y, x) = (arg / 32, arg % 32);
+            assert!(
+                (12..28).contains(&y) && (12..28).contains(&x),
+                "peak at {y},{x}"
+            );
+        }
+    }
+    let normal_max = scores[..4].iter().copied().fold(f32::MIN, f32::max);
+    let bad_min = scores[4..].iter().copied().fold(f32::MAX, f32::min);
+    assert!(bad_min > normal_max, "{scores:?}");
+    assert!(bad_min > c.thresholds.part);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn variants_keep_only_their_banks_and_bad_options_are_errors() {
+    let dir = tmpdir("variants");
+    let pool = Pool::new(1);
+    let opts = FitOptions {
+        map_size: 16,
+        scratch_dir: dir.clone(),
+        variant: BankVariant::Rgb,
+        ..FitOptions::default()
+    };
+    let mut ex = Fake {
+        layout: layout(),
+        parts: 3,
+        seed: 1,
+        anomalous_from: usize::MAX,
+    };
+    let f = fit(
+        &pool,
+        &mut ex,
+        BankConfig::empty([0; 16], "m", "c"),
+        &opts,
+        &svm,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(f.config.rgb_rows > 0 && f.config.xyz_rows == 0 && f.config.fused_rows == 0);
+    assert_eq!(f.tensors.len(), 2);
+    let bad = FitOptions {
+        coreset_ratio: 0.0,
+        ..opts.clone()
+    };
+    assert!(fit(
+        &pool,
+        &mut ex,
+        BankConfig::empty([0; 16], "m", "c"),
+        &bad,
+        &svm,
+        &mut |_| {}
+    )
+    .is_err());
+    let mut empty = Fake {
+        layout: layout(),
+        parts: 0,
+        seed: 1,
+        anomalous_from: 0,
+    };
+    assert!(fit(
+        &pool,
+        &mut empty,
+        BankConfig::empty([0; 16], "m", "c"),
+        &opts,
+        &svm,
+        &mut |_| {}
+    )
+    .is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,6 @@
+//! Offline: fitting banks and decision layers, metrics, the synthetic dataset and its pictures.
+
+mod fit_banks;
+mod metrics_cases;
+mod synth_dataset;
+mod synth_pictures;

@@ -1,0 +1,5 @@
+//! The container format: model and bank files, checkpoint conversion, validation of every field.
+
+mod checkpoints;
+mod convert;
+mod files;
