@@ -31,8 +31,8 @@ pub const MAX_EXTRA: usize = 1024;
 /// Padding multiple of preprocessing (`pad_multiple`): bounds the padded square.
 pub const MAX_PAD_MULTIPLE: u32 = 1024;
 /// RANSAC work per part: iterations and points per hypothesis.
-pub const MAX_RANSAC_ITERATIONS: u32 = 100_000;
-pub const MAX_RANSAC_POINTS: u32 = 10_000;
+pub const MAX_RANSAC_ITERATIONS: u32 = 10_000;
+pub const MAX_RANSAC_POINTS: u32 = 1_000;
 /// Width of the border frame the plane is fitted on.
 pub const MAX_BORDER: u32 = 4096;
 /// Largest distance-like preprocessing constant (in the cloud's units).

@@ -12,4 +12,5 @@ static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
 
 mod abi;
 mod alloc;
+mod manifest_fuzz;
 mod reliability;
