@@ -389,7 +389,9 @@ fn decide<'e>(
     if want_map {
         decision.pixel_map(&p.bank_maps, &mut p.map[..s2]);
     }
-    if opts.regions {
+    // A case the bank cannot decide has no regions either (its thresholds are not this
+    // case's): see `Decision::lacks_statistics`.
+    if opts.regions && !decision.lacks_statistics {
         found = find_regions(
             &p.map[..s2],
             s,

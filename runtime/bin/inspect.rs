@@ -107,7 +107,12 @@ pub fn run(a: Args) -> miad::Result<()> {
             r.part_threshold,
             r.verdict,
             r.case.name(),
-            if r.case_calibrated { "" } else { ", uncalibrated case" },
+            if r.case_calibrated {
+                ""
+            } else {
+                ", the bank file has no statistics for this case (fitted with --no-radar): \
+                 it cannot decide it"
+            },
             r.bank_scores[0],
             r.bank_scores[1],
             r.bank_scores[2],

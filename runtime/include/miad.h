@@ -37,6 +37,10 @@
  * Results: when a function returns MIAD_OK, every number it wrote is finite (score,
  *   bank scores, map values, region statistics). A result that would hold NaN or
  *   infinity is MIAD_NON_FINITE instead, with a message.
+ * Units: times in seconds. Point coordinates in the units of the training data (metres
+ *   for MVTec 3D-AD). Scores and thresholds in the bank file's score units (higher =
+ *   more anomalous). Map and region coordinates in map pixels (map_size x map_size)
+ *   unless named "input".
  *
  * Files (model and bank)
  * ----------------------
@@ -62,10 +66,6 @@
  * MIAD_FORKED at once (no hang); miad_engine_close() releases the
  * handle without joining threads (MIAD_OK). Open new engines in the child (or fork
  * before opening any engine); the parent's engines are unaffected.
- * Units: times in seconds. Point coordinates in the units of the training data (metres
- *   for MVTec 3D-AD). Scores and thresholds in the bank file's score units (higher =
- *   more anomalous). Map and region coordinates in map pixels (map_size x map_size)
- *   unless named "input".
  *
  * Threading
  * ---------
@@ -152,7 +152,9 @@ typedef enum miad_verdict {
     MIAD_VERDICT_PASS = 0,
     /* score > part threshold */
     MIAD_VERDICT_FAIL = 1,
-    /* grey_band_low <= score < grey_band_high (checked before the threshold) */
+    /* grey_band_low <= score < grey_band_high (checked before the threshold), or an
+     * incomplete part whose case the bank file has no statistics for (it was fitted
+     * without RADAR): case_calibrated = 0 says so, and no region is reported. */
     MIAD_VERDICT_UNCERTAIN = 2
 } miad_verdict;
 
@@ -341,7 +343,8 @@ typedef struct miad_result {
     uint32_t rgb_status;
     uint32_t cloud_status;
     /* 1 when the case had its own fitted decision statistics; 0 for an incomplete part
-     * decided with the complete-data layers (less reliable). */
+     * whose case the bank file cannot decide: the verdict is then MIAD_VERDICT_UNCERTAIN
+     * (never pass or fail from another case's thresholds) and there are no regions. */
     uint32_t case_calibrated;
     /* Side of the anomaly map. */
     uint32_t map_size;

@@ -585,3 +585,90 @@ fn the_shared_library_has_the_soname_libmiad_so_0() {
         lib.display()
     );
 }
+
+#[test]
+fn a_case_the_bank_has_no_statistics_for_is_uncertain_without_regions() {
+    // The fixture bank has RGB-only statistics but none for the cloud-only case.
+    let f = copies("uncalibrated");
+    let (st, e, msg) = c_open(&f.model, &f.bank, &engine_options());
+    assert_eq!(st, 0, "{msg}");
+    let (_, cloud) = fixture::part();
+    let (st, r, msg) = c_inspect(e, &c_part(None, Some(&cloud)));
+    miad_engine_close(e);
+    assert_eq!(st, 0, "{msg}");
+    assert_eq!(r.modality_case, MIAD_CASE_CLOUD_ONLY);
+    assert_eq!(
+        (r.verdict, r.case_calibrated, r.regions_found),
+        (MIAD_VERDICT_UNCERTAIN, 0, 0)
+    );
+}
+
+#[test]
+fn an_engine_with_its_files_in_memory_is_immune_to_changes_in_place() {
+    let f = copies("in_memory");
+    let mut o = engine_options();
+    o.in_memory = 1;
+    let (st, e, msg) = c_open(&f.model, &f.bank, &o);
+    assert_eq!(st, 0, "{msg}");
+    let (rgb, cloud) = fixture::part();
+    let part = c_part(Some(&rgb), Some(&cloud));
+    let (st, before, msg) = c_inspect(e, &part);
+    assert_eq!(st, 0, "{msg}");
+    for p in [&f.model, &f.bank] {
+        let file = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        file.set_len(0).unwrap();
+    }
+    let (st, after, msg) = c_inspect(e, &part);
+    miad_engine_close(e);
+    assert_eq!(st, 0, "{msg}");
+    assert_eq!(after.score.to_bits(), before.score.to_bits());
+}
+
+#[test]
+fn option_structs_carry_their_size() {
+    let f = copies("sized");
+    // A zeroed struct never filled by the default function.
+    let mut o: miad_engine_options = unsafe { std::mem::zeroed() };
+    o.max_width = 256;
+    o.max_height = 256;
+    let (st, e, msg) = c_open(&f.model, &f.bank, &o);
+    assert!(e.is_null());
+    assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT");
+    assert!(msg.contains("struct_size is 0"), "{msg}");
+    // A newer, larger struct: fine while the fields this library does not know are 0.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Newer {
+        base: miad_engine_options,
+        extra: [u32; 4],
+    }
+    let mut n = Newer {
+        base: engine_options(),
+        extra: [0; 4],
+    };
+    n.base.struct_size = std::mem::size_of::<Newer>() as u32;
+    let (st, e, msg) = c_open(&f.model, &f.bank, &n.base);
+    assert_eq!(st, 0, "{msg}");
+    miad_engine_close(e);
+    n.extra[2] = 1;
+    let (st, _, msg) = c_open(&f.model, &f.bank, &n.base);
+    assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT");
+    assert!(msg.contains("does not know"), "{msg}");
+    // An older, smaller one.
+    let mut small = engine_options();
+    small.struct_size = 16;
+    let (st, _, msg) = c_open(&f.model, &f.bank, &small);
+    assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT", "{msg}");
+    // Inspect options too.
+    let (st, e, msg) = c_open(&f.model, &f.bank, &engine_options());
+    assert_eq!(st, 0, "{msg}");
+    let (rgb, cloud) = fixture::part();
+    let part = c_part(Some(&rgb), Some(&cloud));
+    let io: miad_inspect_options = unsafe { std::mem::zeroed() };
+    let mut r: Box<miad_result> = Box::new(unsafe { std::mem::zeroed() });
+    let mut buf = [0 as c_char; 1024];
+    let st = unsafe { miad_inspect(e, &part, &io, &mut *r, buf.as_mut_ptr(), 1024) };
+    miad_engine_close(e);
+    assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT");
+    assert!(text(&buf).contains("miad_inspect_options.struct_size"));
+}
