@@ -121,3 +121,110 @@ fn model_info_is_a_readable_summary_and_json() {
         );
     }
 }
+
+/// A tiny synthetic category; returns its first good test part (rgb, xyz).
+fn synth_part(dir: &std::path::Path) -> (String, String) {
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let (ok, out, err) = miad(&[
+        "synth",
+        "--out",
+        data.to_str().unwrap(),
+        "--categories",
+        "block",
+        "--train",
+        "1",
+        "--validation",
+        "0",
+        "--test-good",
+        "1",
+        "--test-bad",
+        "0",
+        "--size",
+        "96",
+    ]);
+    assert!(ok, "{out}{err}");
+    let good = data.join("block/test/good");
+    (
+        good.join("rgb/000.png").to_str().unwrap().into(),
+        good.join("xyz/000.tiff").to_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn convert_and_extract_take_a_model_without_all_three_networks() {
+    use miad::config::ModelConfig;
+    use miad::format::{random_model, write_safetensors, StTensor, Writer};
+    let dir = fixture::tmpdir("cli-partial");
+    let (rgb, xyz) = synth_part(&dir);
+    let full = random_model(&ModelConfig::small(), 3);
+    // A ViT checkpoint under its timm names, converted alone.
+    let vit: Vec<(String, Vec<usize>, Vec<f32>)> = full
+        .tensors
+        .iter()
+        .filter_map(|(n, (shape, data))| {
+            n.strip_prefix("vit.")
+                .map(|s| (s.to_string(), shape.clone(), data.clone()))
+        })
+        .collect();
+    let st: Vec<StTensor<'_>> = vit
+        .iter()
+        .map(|(n, s, d)| StTensor::F32(n, s.clone(), d))
+        .collect();
+    let ckpt = dir.join("vit.safetensors");
+    write_safetensors(&ckpt, &st).unwrap();
+    let vit_model = dir.join("vit.miad");
+    let (ok, out, err) = miad(&[
+        "convert",
+        "--vit",
+        ckpt.to_str().unwrap(),
+        "--vit-heads",
+        "3",
+        "--out",
+        vit_model.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let x = dir.join("vit-x.safetensors");
+    let (ok, out, err) = miad(&[
+        "extract",
+        "--model",
+        vit_model.to_str().unwrap(),
+        "--rgb",
+        &rgb,
+        "--out",
+        x.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("without Point-MAE, fusion"), "{out}");
+    let bytes = std::fs::read(&x).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(t.tensor("rgb_features").unwrap().shape(), &[8, 8, 96]);
+    // A Point-MAE-only model file.
+    let mut cfg = ModelConfig::small();
+    cfg.vit = None;
+    cfg.fusion = None;
+    let mut w = Writer::model(cfg);
+    for (n, (shape, data)) in &full.tensors {
+        if n.starts_with("point.") {
+            w.add_f32(n.clone(), shape, data);
+        }
+    }
+    let point_model = dir.join("point.miad");
+    w.write(&point_model).unwrap();
+    let x = dir.join("point-x.safetensors");
+    let (ok, out, err) = miad(&[
+        "extract",
+        "--model",
+        point_model.to_str().unwrap(),
+        "--xyz",
+        &xyz,
+        "--out",
+        x.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let bytes = std::fs::read(&x).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f = t.tensor("xyz_features").unwrap();
+    assert_eq!(f.shape(), &[16, 16, 192]);
+    assert!(t.tensor("group_features").is_ok() && t.tensor("rgb_features").is_err());
+}
