@@ -12,5 +12,6 @@ static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
 
 mod abi;
 mod alloc;
+mod install;
 mod manifest_fuzz;
 mod reliability;
