@@ -328,8 +328,8 @@ impl Container {
     pub fn path(&self) -> &Path {
         &self.path
     }
-    /// Fails when the mapped file was changed in place since it was opened (size, time
-    /// stamps or inode differ): reading the mapping then could fault (SIGBUS) or give
+    /// Fails when the mapped file was changed in place since it was opened (size,
+    /// modification time or inode differ): reading the mapping then could fault (SIGBUS) or give
     /// other data. One `fstat`, no allocation on success. Always passes for a container
     /// read into memory.
     pub fn check_unchanged(&self) -> Result<(), FormatError> {

@@ -13,8 +13,9 @@ pub struct Stat {
     pub len: u64,
     dev: u64,
     ino: u64,
+    /// Modification time (s, ns). Not the change time: renaming a new file over this
+    /// one (the supported replacement) unlinks it, which changes its ctime only.
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Stat {
@@ -24,7 +25,6 @@ impl Stat {
             dev: m.dev(),
             ino: m.ino(),
             mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
         }
     }
 }
@@ -126,7 +126,6 @@ impl Watch {
             dev: st.st_dev,
             ino: st.st_ino,
             mtime: (st.st_mtime, st.st_mtime_nsec),
-            ctime: (st.st_ctime, st.st_ctime_nsec),
         };
         if now == self.at_open {
             return Ok(());
@@ -137,7 +136,7 @@ impl Watch {
                 self.at_open.len, now.len
             )
         } else {
-            "it was modified in place".to_string()
+            "it was modified in place (its modification time changed)".to_string()
         };
         Err(FormatError::Changed {
             path: path.to_path_buf(),

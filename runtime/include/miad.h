@@ -50,7 +50,7 @@
  *   writing a new one and renaming it over the old (what miad's writers do): an open
  *   engine keeps using the old contents, a new engine gets the new file. Never rewrite
  *   or truncate a file in place while an engine has it open: before each inspection the
- *   engine compares the file's size, time stamps and inode with those at open and
+ *   engine compares the file's size, modification time and inode with those at open and
  *   returns MIAD_FILE_CHANGED when they differ (reopen the engine), but a change in the
  *   middle of a call cannot be detected and may crash the process (SIGBUS).
  * - miad_engine_options.in_memory = 1 reads both files into the engine's own memory
@@ -137,7 +137,7 @@ typedef enum miad_status_code {
     /* Internal error (a bug: please report it with the message). */
     MIAD_PANIC = 14,
     /* A mapped model or bank file was changed in place since the engine opened it
-     * (size, time stamps or inode differ): reopen the engine. See "Files" above. */
+     * (size, modification time or inode differ): reopen the engine. See "Files" above. */
     MIAD_FILE_CHANGED = 15,
     /* The result would hold NaN or infinity (a faulty bank file or an overflow): nothing
      * is reported as a success; the message says which value. */

@@ -46,7 +46,7 @@ fn options() -> EngineOptions {
 /// Writes `dst` as `src` with its configuration changed by `edit` and every tensor
 /// copied (through `tensor`, which may change its bytes): the writer recomputes every
 /// checksum, as a buggy writer would.
-fn rewrite_bank(
+pub fn rewrite_bank(
     src: &Path,
     dst: &Path,
     edit: impl FnOnce(&mut BankConfig),
