@@ -13,7 +13,8 @@
 #   --libdir   library directory (default PREFIX/lib)
 #   --destdir  staging root prepended to every path (packaging), as DESTDIR
 #   --from     a directory holding an already built libmiad.so and libmiad.a; without
-#              it the library is built with `cargo build --release --lib`
+#              it the runtime-only library is built with
+#              `cargo build --release --no-default-features --lib`
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 prefix=/usr/local
@@ -39,7 +40,7 @@ rest="${version#*.}"
 minor="${rest%%.*}"
 
 if [ -z "$from" ]; then
-  (cd "$root" && cargo build --release --lib)
+  (cd "$root" && cargo build --release --no-default-features --lib)
   from="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
 for f in libmiad.so libmiad.a; do
