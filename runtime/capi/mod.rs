@@ -1440,7 +1440,7 @@ mod tests {
             encode(0, 3),
             encode(5, 0),
             0x10000 as *mut miad_engine,
-            1 as *mut miad_engine,
+            0x1_0001 as *mut miad_engine,
         ] {
             let e = find(&t, h).err().map(|f| f.status());
             assert_eq!(e, Some(Status::InvalidHandle), "{h:p}");

@@ -224,7 +224,8 @@ mod tests {
         let good = BankConfig::empty([0; 16], "m", "c");
         check_bank_config(&good).unwrap();
         check_model_numbers(&ModelConfig::small()).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut BankConfig)>)> = vec![
+        type Edit = Box<dyn Fn(&mut BankConfig)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("map_size", Box::new(|c| c.map_size = 65600)),
             ("map_size", Box::new(|c| c.map_size = 0)),
             ("xyz_norm.std", Box::new(|c| c.xyz_norm.std = 1e-40)),

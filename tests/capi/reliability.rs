@@ -380,7 +380,8 @@ fn an_engine_used_in_a_forked_child_returns_an_error() {
 fn non_finite_or_denormal_bank_values_are_refused_naming_the_field() {
     let f = copies("nan");
     let bad = f.dir.join("bad.bank");
-    let cases: [(&str, Box<dyn Fn(&mut BankConfig)>); 5] = [
+    type Edit = Box<dyn Fn(&mut BankConfig)>;
+    let cases: [(&str, Edit); 5] = [
         ("pixel_svm.w[1]", Box::new(|c| c.pixel_svm.w[1] = f32::NAN)),
         ("xyz_norm.std", Box::new(|c| c.xyz_norm.std = 1e-30)),
         ("fused_norm.mean", Box::new(|c| c.fused_norm.mean = 1e-40)),
