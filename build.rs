@@ -16,6 +16,11 @@ const ARCHS: [(&str, u32); 3] = [("sm_87", 87), ("sm_90", 90), ("sm_90a", 900)];
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=MIAD_NVRTC_VENV");
+    // The C library's SONAME: programs link against libmiad.so.0 (the ABI major version),
+    // so an incompatible libmiad.so.1 can be installed beside it.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libmiad.so.0");
+    }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

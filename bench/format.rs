@@ -32,6 +32,7 @@ fn bench_format(c: &mut Criterion) {
     );
     let no_verify = OpenOptions {
         verify_checksums: false,
+        ..OpenOptions::default()
     };
 
     let mut g = c.benchmark_group("format");

@@ -6,7 +6,8 @@
 //
 // Source pixel of output pixel (r, c) in the padded square: floor(r · scale) with
 // scale = (float)pad_side / out_side in f32 (PyTorch's nearest); then minus the padding
-// offset; outside the cloud → no point. A point is valid when it is not (0,0,0), its keep
+// offset; outside the cloud → no point. A point is valid when its three coordinates are
+// all non-zero and finite (SPEC §1.5-1.6: M3DM's np.all(pc != 0, axis=1)), its keep
 // flag is set (when `keep` is given) and |a·x + b·y + c·z + d| ≥ plane_dist (when `plane`
 // is given; ((a·x + b·y) + c·z) + d, no fused multiply-add).
 #include "common.cuh"
@@ -41,7 +42,9 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     x = p[0];
     y = p[1];
     z = p[2];
-    if (x == 0.f && y == 0.f && z == 0.f) return false;
+    // SPEC §1.5-1.6: a point needs all three coordinates non-zero and finite.
+    if (x == 0.f || y == 0.f || z == 0.f) return false;
+    if (!isfinite(x) || !isfinite(y) || !isfinite(z)) return false;
     if (keep && !keep[(size_t)sr * w + sc]) return false;
     if (plane) {
       const float dist =

@@ -139,12 +139,10 @@ impl BackendChoice {
         }
     }
 
-    /// The CPU backend because CUDA could not be used; logs the reason when CUDA was
-    /// asked for explicitly.
+    /// The CPU backend because CUDA could not be used. The library prints nothing: the
+    /// reason is in `fallback` (`describe`, the C ABI's `backend_note`), and the command
+    /// line prints it.
     pub fn fell_back(requested: Backend, reason: String) -> Self {
-        if requested == Backend::Cuda {
-            eprintln!("miad: CUDA backend not used: {reason}; running on the CPU backend");
-        }
         BackendChoice {
             requested,
             used: Backend::Cpu,

@@ -29,6 +29,8 @@ use crate::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
 
+mod guard;
+
 /// How an engine is created.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -51,6 +53,11 @@ pub struct EngineOptions {
     /// Arithmetic of the device networks on the CUDA backend: f32 (the parity path) or
     /// bf16 (the fast path). The CPU backend is always f32.
     pub precision: Precision,
+    /// Read both files into the engine's own memory instead of mapping them: later
+    /// changes to the files, even in place, cannot affect the engine (costs their size
+    /// in memory). Mapped files (the default) must be replaced by renaming a new file
+    /// over them; a change in place is detected before each inspection where possible.
+    pub in_memory: bool,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +71,7 @@ impl Default for EngineOptions {
             backend: Backend::Cpu,
             device: 0,
             precision: Precision::F32,
+            in_memory: false,
         }
     }
 }
@@ -137,6 +145,8 @@ pub struct Engine {
     cell: EngineCell,
     pool: Pool,
     options: EngineOptions,
+    /// The process that opened the engine (see `guard::check_process`).
+    pid: u32,
 }
 
 impl std::fmt::Debug for Engine {
@@ -155,6 +165,7 @@ impl Engine {
     pub fn open(model: &Path, bank: &Path, options: &EngineOptions) -> Result<Self> {
         let open = OpenOptions {
             verify_checksums: options.verify_checksums,
+            in_memory: options.in_memory,
         };
         if options.threads > MAX_THREADS {
             return Err(Error::Config(format!(
@@ -181,6 +192,7 @@ impl Engine {
             cell,
             pool,
             options: options.clone(),
+            pid: guard::current_pid(),
         })
     }
 
@@ -233,6 +245,8 @@ impl Engine {
         opts: &InspectOptions,
     ) -> Result<Inspection<'_>> {
         let t0 = Instant::now();
+        guard::check_process(self.pid)?;
+        guard::check_files(self.cell.borrow_owner())?;
         let pool = &self.pool;
         self.cell.with_dependent_mut(|files, p| {
             let status = p.extractor.run(pool, rgb, cloud)?;
@@ -243,7 +257,9 @@ impl Engine {
                     unusable_name(status.cloud)
                 )));
             }
-            decide(pool, files.bank.config(), p, opts, t0)
+            let r = decide(pool, files.bank.config(), p, opts, t0)?;
+            guard::check_finite(&r)?;
+            Ok(r)
         })
     }
 
@@ -373,7 +389,9 @@ fn decide<'e>(
     if want_map {
         decision.pixel_map(&p.bank_maps, &mut p.map[..s2]);
     }
-    if opts.regions {
+    // A case the bank cannot decide has no regions either (its thresholds are not this
+    // case's): see `Decision::lacks_statistics`.
+    if opts.regions && !decision.lacks_statistics {
         found = find_regions(
             &p.map[..s2],
             s,
@@ -385,6 +403,9 @@ fn decide<'e>(
         );
     } else {
         p.regions.clear();
+    }
+    if want_map {
+        guard::check_map(&p.map[..s2], s)?;
     }
     let t2 = Instant::now();
     Ok(Inspection {
@@ -412,7 +433,7 @@ fn unusable_name(u: Option<Unusable>) -> &'static str {
         Some(Unusable::Missing) => "missing",
         Some(Unusable::Blank) => "blank",
         Some(Unusable::AllZero) => "has no point",
-        Some(Unusable::NonFinite) => "has non-finite coordinates",
+        Some(Unusable::NonFinite) => "has no valid point (only non-finite or missing ones)",
         Some(Unusable::EmptyAfterCleaning) => "empty after cleaning",
         Some(Unusable::TooFewPoints) => "has too few points",
     }
@@ -467,6 +488,7 @@ fn plan<'f>(
     let mut cases = [None; 3];
     for c in Case::ALL {
         cases[c as usize] = CaseDecision::load(bank, c)?;
+        guard::check_case(bank.path(), c, cases[c as usize].as_ref())?;
     }
     Ok(Planned {
         scratch: vec![0.0; scorer.scratch_len()],

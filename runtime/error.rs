@@ -32,6 +32,12 @@ pub enum Error {
     /// CPU when this happens at creation).
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// A result would hold NaN or infinity (never reported as a success).
+    #[error("non-finite result: {0}")]
+    NonFinite(String),
+    /// The engine is used in a process other than the one that opened it (after fork).
+    #[error("engine used after fork: {0}")]
+    Forked(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -45,7 +45,7 @@ impl EngineArgs {
             },
         )?;
         let choice = engine.backend();
-        if choice.used == Backend::Cuda || choice.requested == Backend::Auto {
+        if choice.used == Backend::Cuda || choice.requested != Backend::Cpu {
             eprintln!("backend: {}", choice.describe());
         }
         Ok(engine)

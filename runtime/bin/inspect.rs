@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 pub struct Args {
     #[command(flatten)]
     pub engine: crate::args::EngineArgs,
-    /// Parts: an `.png` image, a `.tiff` cloud, or a part folder of the MVTec layout
-    /// (`rgb/NNN.png` is paired with `xyz/NNN.tiff` and `gt/NNN.png` automatically).
+    /// Parts: `.png` images, `.tiff` clouds, or folders of the MVTec layout holding
+    /// `rgb/` and/or `xyz/` (every part in them). `rgb/NNN.png` is paired with
+    /// `xyz/NNN.tiff` and `gt/NNN.png` automatically.
     #[arg(required = true)]
     pub parts: Vec<PathBuf>,
     /// Inspect without the RGB image (RADAR).
@@ -29,6 +30,41 @@ pub struct Args {
     /// Write heatmaps (image | map overlay | mask) into this folder.
     #[arg(long)]
     pub heatmaps: Option<PathBuf>,
+}
+
+/// The parts named on the command line: files as given; a folder of the MVTec layout
+/// (`rgb/*.png`, else `xyz/*.tiff`) as its parts, in name order.
+fn expand_parts(parts: &[PathBuf]) -> miad::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in parts {
+        if !p.is_dir() {
+            out.push(p.clone());
+            continue;
+        }
+        let list = |sub: &str, ext: &str| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p.join(sub))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.extension().and_then(|e| e.to_str()) == Some(ext))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        let mut found = list("rgb", "png");
+        if found.is_empty() {
+            found = list("xyz", "tiff");
+        }
+        if found.is_empty() {
+            return Err(miad::Error::Input(format!(
+                "{}: a folder without rgb/*.png or xyz/*.tiff parts",
+                p.display()
+            )));
+        }
+        out.extend(found);
+    }
+    Ok(out)
 }
 
 /// The RGB, cloud and mask files of a part given by any one of them.
@@ -77,7 +113,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         PreprocessMode::Full
     };
     let mut failed = 0;
-    for p in &a.parts {
+    for p in &expand_parts(&a.parts)? {
         let (rgb_p, xyz_p, gt_p) = part_files(p);
         if rgb_p.is_none() && xyz_p.is_none() {
             return Err(miad::Error::Input(format!(
@@ -107,7 +143,12 @@ pub fn run(a: Args) -> miad::Result<()> {
             r.part_threshold,
             r.verdict,
             r.case.name(),
-            if r.case_calibrated { "" } else { ", uncalibrated case" },
+            if r.case_calibrated {
+                ""
+            } else {
+                ", the bank file has no statistics for this case (fitted with --no-radar): \
+                 it cannot decide it"
+            },
             r.bank_scores[0],
             r.bank_scores[1],
             r.bank_scores[2],

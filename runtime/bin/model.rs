@@ -15,6 +15,9 @@ pub enum ModelCommand {
         /// Skip checksum verification.
         #[arg(long)]
         no_verify: bool,
+        /// Print one JSON object (for scripts) instead of the readable summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a model with seeded random weights (tests, benches, the demo).
     Random {
@@ -72,7 +75,11 @@ pub fn preset(name: &str) -> miad::Result<ModelConfig> {
 
 pub fn run(c: ModelCommand) -> miad::Result<()> {
     match c {
-        ModelCommand::Info { file, no_verify } => info(&file, !no_verify),
+        ModelCommand::Info {
+            file,
+            no_verify,
+            json,
+        } => info(&file, !no_verify, json),
         ModelCommand::Random {
             preset: p,
             seed,
@@ -147,14 +154,65 @@ pub fn run(c: ModelCommand) -> miad::Result<()> {
     }
 }
 
-fn info(path: &std::path::Path, verify: bool) -> miad::Result<()> {
+fn info(path: &std::path::Path, verify: bool, json: bool) -> miad::Result<()> {
     let c = Container::open(
         path,
         &OpenOptions {
             verify_checksums: verify,
+            ..OpenOptions::default()
         },
     )?;
     let m = c.manifest();
+    let summary = match &m.config {
+        FileConfig::Model(cfg) => model_summary(cfg),
+        FileConfig::Bank(cfg) => bank_summary(cfg, &c),
+    };
+    let file_len = std::fs::metadata(path).map_or(0, |m| m.len());
+    let total: u64 = m.tensors.iter().map(|t| t.nbytes).sum();
+    if json {
+        let mut o = String::from("{");
+        let field = |o: &mut String, k: &str, v: String| {
+            if o.len() > 1 {
+                o.push_str(", ");
+            }
+            o.push_str(&format!("{}: {v}", json_str(k)));
+        };
+        field(&mut o, "file", json_str(&path.display().to_string()));
+        field(&mut o, "kind", json_str(m.config.kind_name()));
+        field(&mut o, "id", json_str(&hex(&c.id())));
+        field(&mut o, "checksums_verified", verify.to_string());
+        let cfg: Vec<String> = summary
+            .iter()
+            .map(|(k, v)| format!("{}: {}", json_str(k), v.json()))
+            .collect();
+        field(&mut o, "config", format!("{{{}}}", cfg.join(", ")));
+        let prov: Vec<String> = m
+            .provenance
+            .iter()
+            .map(|(k, v)| format!("[{}, {}]", json_str(k), json_str(v)))
+            .collect();
+        field(&mut o, "provenance", format!("[{}]", prov.join(", ")));
+        let tensors: Vec<String> = m
+            .tensors
+            .iter()
+            .map(|t| {
+                format!(
+                    "{{\"name\": {}, \"dtype\": \"{}\", \"shape\": {:?}, \"bytes\": {}, \"xxh3_64\": \"{:016x}\"}}",
+                    json_str(&t.name),
+                    t.dtype.name(),
+                    t.shape,
+                    t.nbytes,
+                    t.checksum
+                )
+            })
+            .collect();
+        field(&mut o, "tensors", format!("[{}]", tensors.join(", ")));
+        field(&mut o, "tensor_bytes", total.to_string());
+        field(&mut o, "file_bytes", file_len.to_string());
+        o.push('}');
+        println!("{o}");
+        return Ok(());
+    }
     println!("file: {}", path.display());
     println!("kind: {}", m.config.kind_name());
     println!("id: {}", hex(&c.id()));
@@ -162,9 +220,8 @@ fn info(path: &std::path::Path, verify: bool) -> miad::Result<()> {
         "checksums: {}",
         if verify { "verified" } else { "not verified" }
     );
-    match &m.config {
-        FileConfig::Model(cfg) => println!("configuration: {cfg:#?}"),
-        FileConfig::Bank(cfg) => println!("configuration: {cfg:#?}"),
+    for (k, v) in &summary {
+        println!("{k}: {}", v.text());
     }
     for (k, v) in &m.provenance {
         println!("provenance: {k} = {v}");
@@ -173,9 +230,7 @@ fn info(path: &std::path::Path, verify: bool) -> miad::Result<()> {
         "{:<48} {:>5} {:>20} {:>12} {:>16}",
         "tensor", "dtype", "shape", "bytes", "xxh3-64"
     );
-    let mut total = 0u64;
     for t in &m.tensors {
-        total += t.nbytes;
         println!(
             "{:<48} {:>5} {:>20} {:>12} {:016x}",
             t.name,
@@ -185,7 +240,6 @@ fn info(path: &std::path::Path, verify: bool) -> miad::Result<()> {
             t.checksum
         );
     }
-    let file_len = std::fs::metadata(path).map_or(0, |m| m.len());
     println!(
         "{} tensors, {} bytes ({:.1} MB) of tensor data, file {} bytes",
         m.tensors.len(),
@@ -194,4 +248,173 @@ fn info(path: &std::path::Path, verify: bool) -> miad::Result<()> {
         file_len
     );
     Ok(())
+}
+
+/// A value of the readable summary (also written as JSON).
+enum Val {
+    Text(String),
+    Num(f64),
+    Nums(Vec<f64>),
+    Absent,
+}
+
+impl Val {
+    fn text(&self) -> String {
+        match self {
+            Val::Text(s) => s.clone(),
+            Val::Num(v) => format!("{v}"),
+            Val::Nums(v) => v
+                .iter()
+                .map(|x| format!("{x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Val::Absent => "none".into(),
+        }
+    }
+    fn json(&self) -> String {
+        let num = |v: f64| {
+            if v.is_finite() {
+                format!("{v}")
+            } else {
+                "null".into()
+            }
+        };
+        match self {
+            Val::Text(s) => json_str(s),
+            Val::Num(v) => num(*v),
+            Val::Nums(v) => format!(
+                "[{}]",
+                v.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ")
+            ),
+            Val::Absent => "null".into(),
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn t(s: impl Into<String>) -> Val {
+    Val::Text(s.into())
+}
+fn n(v: impl Into<f64>) -> Val {
+    Val::Num(v.into())
+}
+
+fn model_summary(c: &ModelConfig) -> Vec<(&'static str, Val)> {
+    let p = &c.preprocess;
+    vec![
+        ("name", t(c.name.clone())),
+        (
+            "vit",
+            c.vit.as_ref().map_or(Val::Absent, |v| {
+                t(format!(
+                    "image {} patch {} width {} depth {} heads {} mlp {}",
+                    v.image_size, v.patch_size, v.dim, v.depth, v.heads, v.mlp_dim
+                ))
+            }),
+        ),
+        (
+            "point",
+            c.point.as_ref().map_or(Val::Absent, |v| {
+                t(format!(
+                    "{} groups of {} points, width {} depth {} heads {}, output layers {:?} ({}-d features)",
+                    v.num_groups,
+                    v.group_size,
+                    v.dim,
+                    v.depth,
+                    v.heads,
+                    v.out_layers,
+                    v.feature_dim()
+                ))
+            }),
+        ),
+        (
+            "fusion",
+            c.fusion.as_ref().map_or(Val::Absent, |f| {
+                t(format!(
+                    "rgb {} + xyz {} features, MLP ratio {}",
+                    f.rgb_dim, f.xyz_dim, f.mlp_ratio
+                ))
+            }),
+        ),
+        ("image_size", n(p.image_size)),
+        ("xyz_grid", n(p.xyz_grid)),
+        ("plane_distance", n(p.plane_distance)),
+        ("ransac", t(format!("{} iterations of {} points, inlier distance {}", p.ransac_iterations, p.ransac_points, p.ransac_threshold))),
+        ("pad_multiple", n(p.pad_multiple)),
+        ("cluster", t(format!("eps {} min {} points", p.cluster_eps, p.cluster_min_points))),
+    ]
+}
+
+fn bank_summary(c: &miad::config::BankConfig, file: &Container) -> Vec<(&'static str, Val)> {
+    let bank = |rows: u32, dim: u32, grid: u32| {
+        if rows == 0 {
+            Val::Absent
+        } else {
+            t(format!("{rows} rows × {dim}, grid {grid}²"))
+        }
+    };
+    let cases: Vec<&str> = ["complete", "rgb_only", "cloud_only"]
+        .into_iter()
+        .filter(|k| file.entry(&format!("radar.{k}.mean")).is_some())
+        .collect();
+    let th = &c.thresholds;
+    vec![
+        ("model_id", t(hex(&c.model_id))),
+        ("model_name", t(c.model_name.clone())),
+        ("category", t(c.category.clone())),
+        ("variant", t(c.variant.name())),
+        ("xyz_bank", bank(c.xyz_rows, c.xyz_dim, c.xyz_grid)),
+        ("rgb_bank", bank(c.rgb_rows, c.rgb_dim, c.rgb_grid)),
+        ("fused_bank", bank(c.fused_rows, c.fused_dim, c.xyz_grid)),
+        ("map_size", n(c.map_size)),
+        ("blur_sigma", n(c.blur_sigma)),
+        (
+            "score_weights",
+            Val::Nums(c.score_weights.map(f64::from).to_vec()),
+        ),
+        (
+            "part_svm_w",
+            Val::Nums(c.part_svm.w.map(f64::from).to_vec()),
+        ),
+        (
+            "pixel_svm_w",
+            Val::Nums(c.pixel_svm.w.map(f64::from).to_vec()),
+        ),
+        ("part_threshold", n(th.part)),
+        ("pixel_threshold", n(th.pixel)),
+        (
+            "grey_band",
+            th.grey_band
+                .map_or(Val::Absent, |b| Val::Nums(b.map(f64::from).to_vec())),
+        ),
+        ("false_reject_rate", n(th.false_reject_rate)),
+        (
+            "fit",
+            t(format!(
+                "{} parts, coreset ratio {}, scoring {}",
+                c.fit.parts, c.fit.coreset_ratio, c.fit.scoring
+            )),
+        ),
+        (
+            "radar_cases",
+            if cases.is_empty() {
+                t("none (fitted without RADAR: incomplete parts are uncertain)")
+            } else {
+                t(cases.join(" "))
+            },
+        ),
+    ]
 }

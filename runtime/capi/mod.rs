@@ -55,10 +55,13 @@ pub enum Status {
     InvalidHandle = 12,
     Busy = 13,
     Panic = 14,
+    FileChanged = 15,
+    NonFinite = 16,
+    Forked = 17,
 }
 
 impl Status {
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::NullArgument,
         Status::InvalidArgument,
@@ -74,6 +77,9 @@ impl Status {
         Status::InvalidHandle,
         Status::Busy,
         Status::Panic,
+        Status::FileChanged,
+        Status::NonFinite,
+        Status::Forked,
     ];
 
     pub fn name(self) -> &'static CStr {
@@ -93,6 +99,9 @@ impl Status {
             Status::InvalidHandle => c"MIAD_INVALID_HANDLE",
             Status::Busy => c"MIAD_BUSY",
             Status::Panic => c"MIAD_PANIC",
+            Status::FileChanged => c"MIAD_FILE_CHANGED",
+            Status::NonFinite => c"MIAD_NON_FINITE",
+            Status::Forked => c"MIAD_FORKED",
         }
     }
 
@@ -100,7 +109,10 @@ impl Status {
     /// code here before the crate compiles.
     pub fn of(e: &Error) -> Status {
         match e {
-            Error::Format(FormatError::Io { .. }) | Error::Io { .. } => Status::Io,
+            Error::Format(FormatError::Io { .. })
+            | Error::Format(FormatError::NotRegular { .. })
+            | Error::Io { .. } => Status::Io,
+            Error::Format(FormatError::Changed { .. }) => Status::FileChanged,
             Error::Format(FormatError::ModelMismatch { .. }) => Status::ModelMismatch,
             Error::Format(_) => Status::FileFormat,
             Error::Input(_) => Status::InvalidInput,
@@ -108,6 +120,8 @@ impl Status {
             Error::NoUsableModality(_) => Status::NoUsableModality,
             Error::Decode { .. } => Status::Decode,
             Error::Cuda(_) => Status::Cuda,
+            Error::NonFinite(_) => Status::NonFinite,
+            Error::Forked(_) => Status::Forked,
         }
     }
 }
@@ -204,6 +218,8 @@ pub struct miad_engine {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct miad_engine_options {
+    /// sizeof(miad_engine_options) as the caller compiled it (set by the default).
+    pub struct_size: u32,
     pub threads: u32,
     pub max_width: u32,
     pub max_height: u32,
@@ -212,6 +228,7 @@ pub struct miad_engine_options {
     pub backend: u32,
     pub device: u32,
     pub precision: u32,
+    pub in_memory: u32,
 }
 
 #[repr(C)]
@@ -232,6 +249,8 @@ pub struct miad_part {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct miad_inspect_options {
+    /// sizeof(miad_inspect_options) as the caller compiled it (set by the default).
+    pub struct_size: u32,
     pub part_threshold: f32,
     pub pixel_threshold: f32,
     pub grey_band_low: f32,
@@ -295,9 +314,10 @@ pub struct miad_engine_info {
 
 // The same numbers as the MIAD_STATIC_ASSERT lines of miad.h.
 const _: () = {
-    assert!(size_of::<miad_engine_options>() == 32);
+    assert!(size_of::<miad_engine_options>() == 40);
     assert!(size_of::<miad_part>() == size_of::<[usize; 8]>());
-    assert!(size_of::<miad_inspect_options>() == 24 + 4 * size_of::<usize>());
+    assert!(size_of::<usize>() != 8 || offset_of!(miad_inspect_options, map) == 32);
+    assert!(size_of::<usize>() != 8 || size_of::<miad_inspect_options>() == 64);
     assert!(size_of::<miad_region>() == 28);
     assert!(size_of::<miad_result>() == 1912);
     assert!(align_of::<miad_result>() == 8);
@@ -420,7 +440,7 @@ unsafe fn export(
     err_len: usize,
     body: impl FnOnce() -> Result<(), Fail>,
 ) -> miad_status {
-    let outcome = catch_unwind(AssertUnwindSafe(body));
+    let outcome = quietly(body);
     // SAFETY: the caller's contract on err_buf.
     let mut msg = unsafe { MsgBuf::new(err_buf, err_len) };
     let status = match &outcome {
@@ -447,7 +467,41 @@ unsafe fn export(
 
 /// The panic boundary of exports without a message buffer.
 fn export_quiet(body: impl FnOnce() -> Status) -> miad_status {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(Status::Panic) as miad_status
+    quietly(body).unwrap_or(Status::Panic) as miad_status
+}
+
+thread_local! {
+    /// Set while this thread runs inside an export.
+    static IN_EXPORT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `body` behind the panic boundary without the standard panic hook printing to
+/// stderr: the library never writes to the caller's stdout or stderr (the message goes
+/// to the caller's buffer). A hook is installed once; it stays silent for panics on a
+/// thread inside an export and on miad's worker threads, and hands every other panic
+/// of the process to the hook that was there before.
+fn quietly<R>(body: impl FnOnce() -> R) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let ours = IN_EXPORT.with(|f| f.get())
+                || std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("miad-worker-"));
+            if !ours {
+                previous(info);
+            }
+        }));
+    });
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_EXPORT.with(|f| f.set(self.0));
+        }
+    }
+    let _reset = Reset(IN_EXPORT.with(|f| f.replace(true)));
+    catch_unwind(AssertUnwindSafe(body))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -465,6 +519,8 @@ const GENERATION_MASK: usize = usize::MAX >> INDEX_BITS;
 
 struct Entry {
     state: AtomicU8,
+    /// The process that opened the engine: a forked child must not join its threads.
+    pid: u32,
     /// Accessed only by the call that moved `state` from IDLE to BUSY.
     engine: UnsafeCell<Engine>,
 }
@@ -485,8 +541,26 @@ fn table() -> MutexGuard<'static, Vec<Slot>> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A per-process random key mixed into every handle (its low `INDEX_BITS` are zero, so
+/// a handle is never NULL): handles are neither small integers nor predictable from one
+/// process to the next, and a forged value is refused unless it guesses both the key
+/// and the slot's generation.
+fn handle_key() -> usize {
+    static KEY: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| random_word() & !INDEX_MASK)
+}
+
+/// A random word from the standard library's OS-seeded hasher keys (no dependency).
+fn random_word() -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(&h as *const _ as usize);
+    h.finish() as usize
+}
+
 fn encode(index: usize, generation: usize) -> *mut miad_engine {
-    (((generation & GENERATION_MASK) << INDEX_BITS) | (index + 1)) as *mut miad_engine
+    ((((generation & GENERATION_MASK) << INDEX_BITS) | (index + 1)) ^ handle_key())
+        as *mut miad_engine
 }
 
 /// The live slot a handle names, if any.
@@ -494,7 +568,7 @@ fn find(table: &[Slot], handle: *const miad_engine) -> Result<usize, Fail> {
     if handle.is_null() {
         return Err(Fail::new(Status::NullArgument, "engine handle is NULL"));
     }
-    let raw = handle as usize;
+    let raw = handle as usize ^ handle_key();
     let index = (raw & INDEX_MASK).wrapping_sub(1);
     let generation = raw >> INDEX_BITS;
     match table.get(index) {
@@ -579,6 +653,51 @@ fn path_arg<'a>(p: *const c_char, what: &'static str) -> Result<&'a Path, Fail> 
     Ok(Path::new(s))
 }
 
+/// Largest `struct_size` accepted (a newer header's struct, with room to grow).
+const MAX_STRUCT_SIZE: usize = 4096;
+
+/// Reads a caller's option struct whose first field is its own size (`struct_size`):
+/// refuses a size of 0 (not filled by the `_default` function), a size smaller than this
+/// library's struct (an older layout: none exists yet), and a larger struct (a newer
+/// header) that sets fields this library does not know (non-zero bytes past ours).
+///
+/// # Safety
+/// `p` is non-null, aligned, and readable for `struct_size` bytes (the caller's contract).
+unsafe fn read_sized<T: Copy>(p: *const T, what: &str) -> Result<T, Fail> {
+    let ours = size_of::<T>();
+    // SAFETY: every option struct starts with a u32 `struct_size`; `p` is aligned for T.
+    let size = unsafe { p.cast::<u32>().read() } as usize;
+    let bad = |m: String| Err(Fail::new(Status::InvalidArgument, m));
+    if size == 0 {
+        return bad(format!(
+            "{what}.struct_size is 0: fill the struct with {what}_default() before setting fields"
+        ));
+    }
+    if size < ours {
+        return bad(format!(
+            "{what}.struct_size is {size}, smaller than this library's {ours} bytes \
+             (rebuild against this miad.h and fill it with {what}_default())"
+        ));
+    }
+    if size > MAX_STRUCT_SIZE {
+        return bad(format!(
+            "{what}.struct_size is {size}, not a struct size (at most {MAX_STRUCT_SIZE})"
+        ));
+    }
+    if size > ours {
+        // SAFETY: the caller declares `size` readable bytes.
+        let tail = unsafe { std::slice::from_raw_parts(p.cast::<u8>().add(ours), size - ours) };
+        if tail.iter().any(|&b| b != 0) {
+            return bad(format!(
+                "{what} sets fields past byte {ours} that this library ({}) does not know",
+                env!("CARGO_PKG_VERSION")
+            ));
+        }
+    }
+    // SAFETY: as above; T is plain data.
+    Ok(unsafe { p.read() })
+}
+
 fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
     for (name, v) in [("max_width", o.max_width), ("max_height", o.max_height)] {
         if v == 0 || v > MIAD_MAX_SIDE {
@@ -633,12 +752,14 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
         backend,
         device: o.device as usize,
         precision,
+        in_memory: o.in_memory != 0,
     })
 }
 
 fn default_engine_options() -> miad_engine_options {
     let d = EngineOptions::default();
     miad_engine_options {
+        struct_size: size_of::<miad_engine_options>() as u32,
         threads: d.threads as u32,
         max_width: d.max_width as u32,
         max_height: d.max_height as u32,
@@ -647,12 +768,14 @@ fn default_engine_options() -> miad_engine_options {
         backend: MIAD_BACKEND_CPU,
         device: d.device as u32,
         precision: MIAD_PRECISION_F32,
+        in_memory: d.in_memory as u32,
     }
 }
 
 fn default_inspect_options() -> miad_inspect_options {
     let d = InspectOptions::default();
     miad_inspect_options {
+        struct_size: size_of::<miad_inspect_options>() as u32,
         part_threshold: f32::NAN,
         pixel_threshold: f32::NAN,
         grey_band_low: f32::NAN,
@@ -941,11 +1064,12 @@ pub unsafe extern "C" fn miad_engine_open(
             default_engine_options()
         } else {
             // SAFETY: the caller's contract.
-            unsafe { options.read() }
+            unsafe { read_sized(options, "miad_engine_options")? }
         };
         let engine = Engine::open(model, bank, &engine_options(&opts)?)?;
         let entry = Box::new(Entry {
             state: AtomicU8::new(IDLE),
+            pid: std::process::id(),
             engine: UnsafeCell::new(engine),
         });
         let mut t = table();
@@ -953,7 +1077,9 @@ pub unsafe extern "C" fn miad_engine_open(
             Some(i) => i,
             None if t.len() < INDEX_MASK => {
                 t.push(Slot {
-                    generation: 0,
+                    // A random first generation: a stale or forged handle of a fresh slot
+                    // is no more predictable than one of an old slot.
+                    generation: random_word() & GENERATION_MASK,
                     entry: None,
                 });
                 t.len() - 1
@@ -1001,8 +1127,14 @@ pub extern "C" fn miad_engine_close(engine: *mut miad_engine) -> miad_status {
             slot.generation = (slot.generation + 1) & GENERATION_MASK;
             slot.entry.take()
         };
-        // Dropped outside the lock: joining worker threads takes a while.
-        drop(entry);
+        match entry {
+            // In a child after fork() the worker threads do not exist: joining them would
+            // hang. The child's copy of the engine is left as it is (its memory is the
+            // child's to lose at exit); the handle is closed.
+            Some(e) if e.pid != std::process::id() => std::mem::forget(e),
+            // Dropped outside the lock: joining worker threads takes a while.
+            other => drop(other),
+        }
         Status::Ok
     })
 }
@@ -1102,7 +1234,7 @@ pub unsafe extern "C" fn miad_inspect(
             default_inspect_options()
         } else {
             // SAFETY: the caller's contract.
-            unsafe { options.read() }
+            unsafe { read_sized(options, "miad_inspect_options")? }
         };
         let opts = inspect_options(&o)?;
         let (rgb, cloud) = part_views(part)?;
@@ -1301,11 +1433,14 @@ mod tests {
             generation: 4,
             entry: None,
         }];
+        let k = handle_key();
+        assert_ne!(k, 0, "the key is random (zero has odds 2^-48)");
         for h in [
             encode(0, 4),
             encode(0, 3),
             encode(5, 0),
             0x10000 as *mut miad_engine,
+            0x1_0001 as *mut miad_engine,
         ] {
             let e = find(&t, h).err().map(|f| f.status());
             assert_eq!(e, Some(Status::InvalidHandle), "{h:p}");
@@ -1314,6 +1449,12 @@ mod tests {
             find(&t, std::ptr::null()).err().map(|f| f.status()),
             Some(Status::NullArgument)
         );
-        assert_eq!(encode(0, 0) as usize, 1, "handles are never NULL");
+        for g in [0, 1, GENERATION_MASK] {
+            assert_ne!(encode(0, g) as usize, 0, "handles are never NULL");
+            assert!(
+                encode(0, g) as usize > 1 << 20,
+                "handles are not small integers"
+            );
+        }
     }
 }

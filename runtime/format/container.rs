@@ -139,12 +139,17 @@ pub struct Manifest {
 pub struct OpenOptions {
     /// Verify every tensor's checksum (default). Skipping it boots faster.
     pub verify_checksums: bool,
+    /// Read the whole file into memory owned by the container instead of mapping it:
+    /// later changes to the file (even in place) cannot affect it. Costs the file's size
+    /// in memory.
+    pub in_memory: bool,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             verify_checksums: true,
+            in_memory: false,
         }
     }
 }
@@ -153,6 +158,9 @@ impl Default for OpenOptions {
 pub struct Container {
     path: PathBuf,
     map: memmap2::Mmap,
+    /// The open file and what it was when opened (mapped files only), to detect a file
+    /// changed in place under the mapping.
+    watch: Option<super::file::Watch>,
     manifest: Manifest,
     by_name: BTreeMap<String, usize>,
     id: [u8; 16],
@@ -182,12 +190,8 @@ impl Container {
     /// overlaps, sizes) and, unless skipped, every tensor's checksum.
     pub fn open(path: &Path, opts: &OpenOptions) -> Result<Self, FormatError> {
         let p = || path.to_path_buf();
-        let file =
-            std::fs::File::open(path).map_err(|source| FormatError::Io { path: p(), source })?;
-        let file_len = file
-            .metadata()
-            .map_err(|source| FormatError::Io { path: p(), source })?
-            .len();
+        let (file, stat) = super::file::open_regular(path)?;
+        let file_len = stat.len;
         if file_len < MANIFEST_OFFSET {
             return Err(FormatError::Truncated {
                 path: p(),
@@ -196,11 +200,27 @@ impl Container {
                 actual: file_len,
             });
         }
-        // SAFETY: the file is mapped read-only. miad's files are written once (to a temporary
-        // name, then renamed) and never modified in place; a user truncating a mapped file
-        // under a running engine is outside what any mapping can defend against.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|source| FormatError::Io { path: p(), source })?;
+        let (map, watch) = if opts.in_memory {
+            (super::file::read_owned(path, &file, file_len)?, None)
+        } else {
+            // SAFETY: the file is mapped read-only. miad's files are written once (to a
+            // temporary name, then renamed) and never modified in place; a file changed in
+            // place under a running engine is detected before each inspection where the
+            // size or time stamp shows it (`Container::check_unchanged`), and
+            // `in_memory` avoids the mapping altogether.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|source| FormatError::Io { path: p(), source })?;
+            (map, Some(super::file::Watch::new(file, stat)))
+        };
+        if map.len() as u64 != file_len {
+            return Err(FormatError::Changed {
+                path: p(),
+                what: format!(
+                    "it was {file_len} bytes when opened and {} bytes when read",
+                    map.len()
+                ),
+            });
+        }
         let b = &map[..];
         if b[..8] != MAGIC {
             return Err(FormatError::BadMagic { path: p() });
@@ -231,6 +251,13 @@ impl Container {
                 path: p(),
                 what: "the file",
                 needed: recorded_len,
+                actual: file_len,
+            });
+        }
+        if recorded_len < file_len {
+            return Err(FormatError::TrailingBytes {
+                path: p(),
+                recorded: recorded_len,
                 actual: file_len,
             });
         }
@@ -269,6 +296,7 @@ impl Container {
         let container = Container {
             path: p(),
             map,
+            watch,
             manifest,
             by_name,
             id,
@@ -299,6 +327,20 @@ impl Container {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+    /// Fails when the mapped file was changed in place since it was opened (size,
+    /// modification time or inode differ): reading the mapping then could fault (SIGBUS) or give
+    /// other data. One `fstat`, no allocation on success. Always passes for a container
+    /// read into memory.
+    pub fn check_unchanged(&self) -> Result<(), FormatError> {
+        match &self.watch {
+            Some(w) => w.check(&self.path),
+            None => Ok(()),
+        }
+    }
+    /// Whether the file was read into memory (`OpenOptions::in_memory`).
+    pub fn is_in_memory(&self) -> bool {
+        self.watch.is_none()
     }
     pub fn manifest(&self) -> &Manifest {
         &self.manifest

@@ -100,6 +100,16 @@ pub enum FormatError {
         expected: String,
         found: String,
     },
+    #[error("{path}: {kind}, not a regular file (model and bank files must be regular files)")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{path}: {recorded} bytes recorded in the header but the file has {actual}: trailing bytes after the last tensor")]
+    TrailingBytes {
+        path: PathBuf,
+        recorded: u64,
+        actual: u64,
+    },
+    #[error("{path}: the file changed under the open engine ({what}); files must be replaced by renaming a new file over them, never rewritten in place; reopen the engine")]
+    Changed { path: PathBuf, what: String },
     #[error("{0}")]
     Invalid(String),
 }

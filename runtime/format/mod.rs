@@ -5,6 +5,8 @@
 pub mod container;
 pub mod convert;
 pub mod error;
+pub mod file;
+pub mod limits;
 pub mod model;
 pub mod source;
 

@@ -252,6 +252,7 @@ pub fn validate_model_config(cfg: &ModelConfig) -> Result<(), String> {
             ));
         }
     }
+    super::limits::check_model_numbers(cfg)?;
     let pre = &cfg.preprocess;
     if pre.image_size == 0
         || pre.xyz_grid == 0
@@ -408,6 +409,12 @@ impl BankFile {
                 })
             }
         };
+        super::limits::check_bank_config(&config).map_err(|reason| {
+            FormatError::InvalidManifest {
+                path: path.to_path_buf(),
+                reason,
+            }
+        })?;
         if let Some(m) = model {
             if m.id() != config.model_id {
                 return Err(FormatError::ModelMismatch {

@@ -27,10 +27,45 @@
  * Panics: an internal error inside the library never unwinds into the caller: it is
  *   returned as MIAD_PANIC, and the engine involved is then unusable (close it).
  *   (This needs the library built with panic=unwind, the default.)
+ * Output: the library never writes to stdout or stderr. Everything it has to say is in
+ *   the message buffers and in miad_engine_get_info() (backend_note).
+ * Option structs: miad_engine_options and miad_inspect_options start with struct_size,
+ *   set by their _default() function to the size this header declares. Always fill them
+ *   with the _default() function, then set fields. A struct_size of 0 (a zeroed struct
+ *   never filled) or smaller than the library's is MIAD_INVALID_ARGUMENT; a larger one
+ *   (a newer header) is accepted when the fields this library does not know are zero.
+ * Results: when a function returns MIAD_OK, every number it wrote is finite (score,
+ *   bank scores, map values, region statistics). A result that would hold NaN or
+ *   infinity is MIAD_NON_FINITE instead, with a message.
  * Units: times in seconds. Point coordinates in the units of the training data (metres
  *   for MVTec 3D-AD). Scores and thresholds in the bank file's score units (higher =
  *   more anomalous). Map and region coordinates in map pixels (map_size x map_size)
  *   unless named "input".
+ *
+ * Files (model and bank)
+ * ----------------------
+ * - They must be regular files: a directory, FIFO, socket or device is refused
+ *   (MIAD_IO, naming what it is) without blocking.
+ * - By default they are memory-mapped for the life of the engine. Replace a file by
+ *   writing a new one and renaming it over the old (what miad's writers do): an open
+ *   engine keeps using the old contents, a new engine gets the new file. Never rewrite
+ *   or truncate a file in place while an engine has it open: before each inspection the
+ *   engine compares the file's size, modification time and inode with those at open and
+ *   returns MIAD_FILE_CHANGED when they differ (reopen the engine), but a change in the
+ *   middle of a call cannot be detected and may crash the process (SIGBUS).
+ * - miad_engine_options.in_memory = 1 reads both files into the engine's own memory
+ *   instead: later changes to the files cannot affect it (costs their size in memory).
+ * - A file with bytes after its recorded end is refused (MIAD_FILE_FORMAT), and so is a
+ *   configuration value outside the range the engine can plan for (the message names
+ *   the field).
+ *
+ * fork()
+ * ------
+ * An engine belongs to the process that opened it: its worker threads do not exist in a
+ * child created by fork(). In the child, miad_inspect() on an inherited engine returns
+ * MIAD_FORKED at once (no hang); miad_engine_close() releases the
+ * handle without joining threads (MIAD_OK). Open new engines in the child (or fork
+ * before opening any engine); the parent's engines are unaffected.
  *
  * Threading
  * ---------
@@ -44,7 +79,8 @@
  *   it open.
  * - Handles are checked: a closed handle, or a value that never came from
  *   miad_engine_open(), gives MIAD_INVALID_HANDLE (also for a second close), even
- *   after other engines were opened since.
+ *   after other engines were opened since. Handles carry a generation and a per-process
+ *   random key: they are not small integers and not predictable.
  * - The stateless functions (miad_version, miad_build_info, miad_status_name,
  *   miad_*_default) may be called from any thread at any time.
  */
@@ -99,7 +135,15 @@ typedef enum miad_status_code {
     /* Another call on the same engine is running. */
     MIAD_BUSY = 13,
     /* Internal error (a bug: please report it with the message). */
-    MIAD_PANIC = 14
+    MIAD_PANIC = 14,
+    /* A mapped model or bank file was changed in place since the engine opened it
+     * (size, modification time or inode differ): reopen the engine. See "Files" above. */
+    MIAD_FILE_CHANGED = 15,
+    /* The result would hold NaN or infinity (a faulty bank file or an overflow): nothing
+     * is reported as a success; the message says which value. */
+    MIAD_NON_FINITE = 16,
+    /* The engine was opened by another process (this is a child after fork()). */
+    MIAD_FORKED = 17
 } miad_status_code;
 
 /* ---- Result codes ------------------------------------------------------------------ */
@@ -108,7 +152,9 @@ typedef enum miad_verdict {
     MIAD_VERDICT_PASS = 0,
     /* score > part threshold */
     MIAD_VERDICT_FAIL = 1,
-    /* grey_band_low <= score < grey_band_high (checked before the threshold) */
+    /* grey_band_low <= score < grey_band_high (checked before the threshold), or an
+     * incomplete part whose case the bank file has no statistics for (it was fitted
+     * without RADAR): case_calibrated = 0 says so, and no region is reported. */
     MIAD_VERDICT_UNCERTAIN = 2
 } miad_verdict;
 
@@ -132,9 +178,9 @@ typedef enum miad_modality_status {
     MIAD_MODALITY_MISSING = 1,
     /* An image of a single colour. */
     MIAD_MODALITY_BLANK = 2,
-    /* Every point is (0, 0, 0). */
+    /* No valid point: every pixel has a zero coordinate. */
     MIAD_MODALITY_NO_POINTS = 3,
-    /* NaN or infinite coordinates. */
+    /* No valid point, and some pixels have NaN or infinite coordinates. */
     MIAD_MODALITY_NON_FINITE = 4,
     /* Nothing left after plane removal and clustering. */
     MIAD_MODALITY_EMPTY_AFTER_CLEANING = 5,
@@ -168,8 +214,8 @@ enum {
     /* The CPU backend (the reference; the default). */
     MIAD_BACKEND_CPU = 0,
     /* The CUDA backend. Never fails the open for want of a GPU: without a usable driver,
-     * device or kernel the engine runs on the CPU, says why in
-     * miad_engine_info.backend_note, and prints the reason once to stderr. */
+     * device or kernel the engine runs on the CPU and says why in
+     * miad_engine_info.backend_note (nothing is printed). */
     MIAD_BACKEND_CUDA = 1,
     /* CUDA when a usable GPU is present, else the CPU (no message). */
     MIAD_BACKEND_AUTO = 2
@@ -193,6 +239,8 @@ typedef struct miad_engine miad_engine;
 /* How an engine is created. Start from miad_engine_options_default(). Booleans: 0 = no,
  * anything else = yes. */
 typedef struct miad_engine_options {
+    /* sizeof(miad_engine_options); set by miad_engine_options_default(). */
+    uint32_t struct_size;
     /* Worker threads, the calling thread included; 0 = one per available core. */
     uint32_t threads;
     /* Largest part (pixels) miad_inspect() will accept; buffers are planned for it.
@@ -210,12 +258,17 @@ typedef struct miad_engine_options {
     uint32_t device;
     /* MIAD_PRECISION_F32 (default) or MIAD_PRECISION_BF16. */
     uint32_t precision;
+    /* Read both files into the engine's own memory instead of mapping them (immune to
+     * later changes of the files; costs their size in memory). Default 0. */
+    uint32_t in_memory;
 } miad_engine_options;
 
 /* One part. Either modality may be missing: pass NULL (its sizes are then ignored).
  * RGB: 8-bit, height x width x 3 (R, G, B), rows rgb_stride BYTES apart.
  * Cloud: organised, height x width x 3 floats (x, y, z), rows cloud_stride FLOATS apart;
- *   (0, 0, 0) means "no point"; the pointer must be aligned for float.
+ *   a pixel is a point only when its three coordinates are all non-zero and finite:
+ *   (0, 0, 0), a zero coordinate, NaN or infinity mean "no point" (what most 3-D
+ *   cameras send for "no return"); the pointer must be aligned for float.
  * Strides must be at least 3 x width. The library reads (height - 1) x stride + 3 x width
  * elements from each pointer and nothing else. When both are given they must have the
  * same width and height. */
@@ -232,6 +285,8 @@ typedef struct miad_part {
 
 /* Per-call options. Start from miad_inspect_options_default(). */
 typedef struct miad_inspect_options {
+    /* sizeof(miad_inspect_options); set by miad_inspect_options_default(). */
+    uint32_t struct_size;
     /* Override the bank file's part / pixel threshold; NaN = use the bank file's. */
     float part_threshold;
     float pixel_threshold;
@@ -288,7 +343,8 @@ typedef struct miad_result {
     uint32_t rgb_status;
     uint32_t cloud_status;
     /* 1 when the case had its own fitted decision statistics; 0 for an incomplete part
-     * decided with the complete-data layers (less reliable). */
+     * whose case the bank file cannot decide: the verdict is then MIAD_VERDICT_UNCERTAIN
+     * (never pass or fail from another case's thresholds) and there are no regions. */
     uint32_t case_calibrated;
     /* Side of the anomaly map. */
     uint32_t map_size;
@@ -341,9 +397,9 @@ typedef struct miad_engine_info {
 #else
 #define MIAD_STATIC_ASSERT(cond, name) typedef char miad_static_assert_##name[(cond) ? 1 : -1]
 #endif
-MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 32, engine_options_size);
+MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 40, engine_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_part) == 8 * sizeof(size_t), part_size);
-MIAD_STATIC_ASSERT(sizeof(miad_inspect_options) == 24 + 4 * sizeof(size_t), inspect_options_size);
+MIAD_STATIC_ASSERT(sizeof(size_t) != 8 || sizeof(miad_inspect_options) == 64, inspect_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_region) == 28, region_size);
 MIAD_STATIC_ASSERT(sizeof(miad_result) == 1912, result_size);
 MIAD_STATIC_ASSERT(offsetof(miad_result, regions_count) == 68, result_regions_count);
@@ -370,7 +426,8 @@ const char *miad_status_name(miad_status status);
 miad_status miad_engine_options_default(miad_engine_options *out);
 miad_status miad_inspect_options_default(miad_inspect_options *out);
 
-/* Opens a model file and a bank file (UTF-8 paths, memory-mapped), checks that the bank
+/* Opens a model file and a bank file (UTF-8 paths, regular files, memory-mapped unless
+ * options->in_memory; see "Files" above), checks that the bank
  * was built with this model, and plans every buffer for the maximum part size.
  * options may be NULL (defaults). On success *out is a new engine, owned by the caller
  * until miad_engine_close(); on failure *out is NULL. May take a while (checksums,

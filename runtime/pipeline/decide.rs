@@ -145,6 +145,11 @@ pub struct Decision {
     /// Whether the part is decided with layers fitted for its case (false: an incomplete
     /// part decided with the complete-data layers on pseudo-input features).
     pub case_calibrated: bool,
+    /// The part is incomplete, statistics were asked for and the bank file has none for
+    /// its case (fitted with `--no-radar`): the bank cannot decide it, so the verdict is
+    /// uncertain (never pass or fail from the complete-data thresholds) and no region
+    /// is reported.
+    pub lacks_statistics: bool,
 }
 
 impl Decision {
@@ -184,6 +189,9 @@ impl Decision {
             pixel_c: std::array::from_fn(|b| pixel_w[b] * cfg.score_weights[b]),
             map_affine,
             case_calibrated: case == Case::Complete || statistics.is_some(),
+            lacks_statistics: case != Case::Complete
+                && opts.case_statistics
+                && statistics.is_none(),
         }
     }
 
@@ -195,10 +203,12 @@ impl Decision {
         }
     }
 
-    /// Pass, fail (strictly above the threshold) or uncertain (inside the grey band). A
-    /// score that is not a number never passes.
+    /// Pass, fail (strictly above the threshold) or uncertain (inside the grey band, or a
+    /// case the bank file has no statistics for). A score that is not a number never
+    /// passes.
     pub fn verdict(&self, score: f32) -> Verdict {
         match self.grey_band {
+            _ if self.lacks_statistics => Verdict::Uncertain,
             _ if score.is_nan() => Verdict::Fail,
             Some([lo, hi]) if score >= lo && score < hi => Verdict::Uncertain,
             _ if score > self.part_threshold => Verdict::Fail,

@@ -47,9 +47,10 @@ pub enum Unusable {
     Missing,
     /// An image with one colour everywhere.
     Blank,
-    /// No point at all (every pixel (0,0,0)).
+    /// No point at all (every pixel has a zero coordinate: (0,0,0) or partly zero).
     AllZero,
-    /// NaN or infinite coordinates.
+    /// No valid point, and some pixels had NaN or infinite coordinates (SPEC §1.6: such
+    /// a pixel is a missing point; only a cloud without any valid point is unusable).
     NonFinite,
     /// Nothing left after plane removal, or the largest cluster is below the minimum.
     EmptyAfterCleaning,
@@ -233,7 +234,15 @@ pub fn preprocess(
         for r in 0..h {
             let src = &c.data[r * c.stride..r * c.stride + 3 * w];
             let d0 = 3 * ((r + top) * ww + left);
-            wcloud[d0..d0 + 3 * w].copy_from_slice(src);
+            let dst = &mut wcloud[d0..d0 + 3 * w];
+            dst.copy_from_slice(src);
+            // SPEC §1.5–1.6: a point missing a coordinate (0) or with a non-finite one
+            // is no point; from here on "no point" is (0, 0, 0) in every step.
+            for p in dst.chunks_exact_mut(3) {
+                if !is_valid_point(p) {
+                    p.fill(0.0);
+                }
+            }
         }
         if status.cloud.is_some() {
             wcloud.fill(0.0);
@@ -322,17 +331,30 @@ fn is_blank(r: &RgbView<'_>) -> bool {
     })
 }
 
+/// Whether a cloud pixel is a point (SPEC §1.5–1.6): all three coordinates non-zero
+/// (M3DM's `np.all(pc != 0, axis=1)`) and finite (sensors mark "no return" with NaN).
+#[inline]
+pub fn is_valid_point(p: &[f32]) -> bool {
+    p.iter().all(|&v| v != 0.0 && v.is_finite())
+}
+
+/// `None` when the cloud has a valid point; otherwise why not: `NonFinite` when some
+/// pixel had a NaN or infinite coordinate, else `AllZero`.
 fn cloud_content_issue(c: &CloudView<'_>) -> Option<Unusable> {
-    let mut any = false;
+    let mut non_finite = false;
     for y in 0..c.height {
-        for &v in &c.data[y * c.stride..y * c.stride + 3 * c.width] {
-            if !v.is_finite() {
-                return Some(Unusable::NonFinite);
+        for p in c.data[y * c.stride..y * c.stride + 3 * c.width].chunks_exact(3) {
+            if is_valid_point(p) {
+                return None;
             }
-            any |= v != 0.0;
+            non_finite |= p.iter().any(|v| !v.is_finite());
         }
     }
-    (!any).then_some(Unusable::AllZero)
+    Some(if non_finite {
+        Unusable::NonFinite
+    } else {
+        Unusable::AllZero
+    })
 }
 
 /// Least-squares plane (unit normal n, offset d with n·p + d = 0) of `pts` (k×3), in f64.

@@ -709,8 +709,13 @@ fn inspect_errors_name_the_problem() {
     );
 
     // One modality unusable or missing: decided with the other, and said so.
+    // (A cloud without a single finite point: one NaN or infinite pixel is only a
+    // missing point, SPEC §1.6.)
     let mut bad_cloud = cloud.clone();
-    bad_cloud[3 * (W * 60 + 75) + 2] = f32::INFINITY;
+    bad_cloud
+        .iter_mut()
+        .step_by(3)
+        .for_each(|v| *v = f32::INFINITY);
     let (st, r, msg) = inspect(e, &packed_part(Some(rgb), Some(&bad_cloud), W, H), None);
     assert_eq!(st, OK, "{msg}");
     assert_eq!(
@@ -989,7 +994,12 @@ fn header_compiles_alone_as_c_and_cxx() {
 fn libraries(dir: &Path) -> PathBuf {
     use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
     freeze(dir, STATIC_LIB);
-    freeze(dir, &format!("{DLL_PREFIX}miad{DLL_SUFFIX}"))
+    let lib = freeze(dir, &format!("{DLL_PREFIX}miad{DLL_SUFFIX}"));
+    // Programs record the SONAME (libmiad.so.0) and look for it at run time.
+    let soname = dir.join(format!("{DLL_PREFIX}miad{DLL_SUFFIX}.0"));
+    let _ = std::fs::remove_file(&soname);
+    std::os::unix::fs::symlink(lib.file_name().unwrap(), &soname).unwrap();
+    lib
 }
 
 /// The static library's name (the test drives a Unix C toolchain).

@@ -12,3 +12,7 @@ static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
 
 mod abi;
 mod alloc;
+mod hostile;
+mod install;
+mod manifest_fuzz;
+mod reliability;

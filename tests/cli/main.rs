@@ -1,4 +1,7 @@
 //! The `miad` command: the fit/eval/inspect workflow and the model commands.
 
+#[path = "../capi/fixture.rs"]
+mod fixture;
 mod model_commands;
+mod reliability;
 mod workflow;

@@ -273,7 +273,8 @@ fn each_bad_file_gets_its_own_error() {
     assert!(ModelFile::open(
         &p,
         &OpenOptions {
-            verify_checksums: false
+            verify_checksums: false,
+            ..OpenOptions::default()
         }
     )
     .is_ok());
@@ -343,7 +344,10 @@ proptest! {
         let p = tmp(&format!("fuzz-{}.miad", std::thread::current().name().unwrap_or("t").replace("::", "_")));
         std::fs::write(&p, &b).unwrap();
         let _ = ModelFile::open(&p, &OpenOptions::default());
-        let _ = BankFile::open(&p, &OpenOptions { verify_checksums: false }, None);
+        let _ = BankFile::open(&p, &OpenOptions {
+            verify_checksums: false,
+            ..OpenOptions::default()
+        }, None);
     }
 }
 
@@ -414,7 +418,10 @@ proptest! {
         reseal_header(&mut b);
         let p = tmp(&format!("fuzz-reseal-{}.miad", std::thread::current().name().unwrap_or("t").replace("::", "_")));
         std::fs::write(&p, &b).unwrap();
-        if let Ok(m) = ModelFile::open(&p, &OpenOptions { verify_checksums: false }) {
+        if let Ok(m) = ModelFile::open(&p, &OpenOptions {
+            verify_checksums: false,
+            ..OpenOptions::default()
+        }) {
             // Whatever opened must serve every tensor it promises without panicking.
             for s in model_tensor_specs(m.config()) {
                 let _ = m.f32(&s.name, &s.shape);
