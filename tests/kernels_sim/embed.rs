@@ -12,12 +12,16 @@
 //! - pos_fc1_gelu_f32: a host emulation of the kernel's order with `cpu::gemm::gelu`,
 //!   1e-6 relative to the GELU input (the device's erff vs libm's); _bf16: the f32
 //!   output rounded, bitwise; pos_embed_f32: the fma chain on the kernel's hidden layer,
-//!   bitwise, and the CPU's two `linear` layers (point_mae.rs) within 1e-5;
+//!   bitwise, and the CPU's two `linear` layers (point_mae.rs, faer's order) within 1e-5;
 //! - layernorm_rows_f32: `cpu::transformer::layer_norm_row`, 1e-6 absolute + relative
-//!   (f64 statistics summed in another order; nearly all bit-equal), x + pos stored back
-//!   bitwise; layernorm_rows_bf16: the f32 kernel's output rounded, bitwise;
+//!   (f64 statistics summed in another order), x + pos stored back bitwise;
+//!   layernorm_rows_bf16: the f32 kernel's output rounded, bitwise;
 //! - adaptive_pool_f32: `cpu::fusion::adaptive_avg_pool`, bitwise; copy_rows_f32: the
 //!   source rows, bitwise.
+//!
+//! Tightened: where only a tolerance is promised (LayerNorm, the ViT chain, fc1's erff),
+//! the emulator gives the CPU's bits on every element here, so at least 99.9% must be
+//! bit-equal as well.
 //!
 //! Every output buffer is exactly the size the kernel may write (AddressSanitizer) and
 //! starts as NaN, so an element not written, or written outside its columns, shows.
@@ -96,6 +100,25 @@ fn same_bf16(what: &str, got: &[u16], f32_out: &[f32]) -> Result<(), String> {
         })
         .collect();
     same(what, &got, &want)
+}
+
+/// Elements bit-equal to `want` (NaN equal to NaN).
+fn bit_equal(got: &[f32], want: &[f32]) -> usize {
+    got.iter()
+        .zip(want)
+        .filter(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))
+        .count()
+}
+
+/// At most one element in a thousand may differ from `want` in its bits. Where a kernel
+/// is only promised within a tolerance (another summation order, another erff), the
+/// emulator shows it bit-equal on these inputs: this is the tightened check.
+fn mostly_bit_equal(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
+    let exact = bit_equal(got, want);
+    if exact * 1000 < got.len() * 999 {
+        return Err(format!("{what}: only {exact} of {} bit-equal", got.len()));
+    }
+    Ok(())
 }
 
 fn normals(g: &mut Gen, n: usize, scale: f32, offset: f32) -> Vec<f32> {
@@ -544,7 +567,8 @@ fn vit_chain() -> Result<(), String> {
         let x = run_tokens(&gemm, d, Some(&pb), &pos, &cls, (np, d), true, s)?;
         let xb = Buf::from(&x);
         let got = run_layernorm(&xb, d, d, None, (&nw, &nb), (np, d), d, 0, vc.ln_eps, s)?;
-        close("ViT features vs vit_forward", &got.0, &want, 1e-6, 1e-6)
+        close("ViT features vs vit_forward", &got.0, &want, 1e-6, 1e-6)?;
+        mostly_bit_equal("ViT features vs vit_forward", &got.0, &want)
     })
 }
 
@@ -625,6 +649,10 @@ fn position_case(m: usize, ph: usize, d: usize, seed: u64) -> Result<(), String>
             }
         }
     }
+    let host: Vec<f32> = (0..m * ph)
+        .map(|i| fc1_host(&centers[3 * (i / ph)..3 * (i / ph) + 3], &w1, &b1, i % ph).1)
+        .collect();
+    mostly_bit_equal("pos_fc1_gelu_f32 vs the host", h, &host)?;
     same_bf16("pos_fc1_gelu_bf16 (rounded f32)", hb.get(), h)?;
     // fc2 on the kernel's own h: an fma chain over k from 0, then + b2: bit-exact.
     let mut want = vec![0f32; m * d];
@@ -802,17 +830,7 @@ fn layernorm_case(
         )
         .map_err(|e| format!("{what}, seed {s}: {e}"))?;
         close(&format!("{what}, seed {s}"), &y, &want, 1e-6, 1e-6)?;
-        let exact = y
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))
-            .count();
-        if exact * 100 < y.len() * 99 {
-            return Err(format!(
-                "{what}, seed {s}: only {exact} of {} bit-equal (f64 statistics)",
-                y.len()
-            ));
-        }
+        mostly_bit_equal(&format!("{what}, seed {s}"), &y, &want)?;
         // x + pos stored back (packed rows), the rest of x untouched.
         let mut xw = x.clone();
         if pos.is_some() {
