@@ -73,6 +73,14 @@ MUTANTS = [
      "im2col: patch rows transposed (gx, gy swapped)", "embed_im2col"),
     ("embed.cu", "y1 = ((oy + 1) * gi + go - 1) / go;", "y1 = ((oy + 1) * gi) / go;", 0,
      "adaptive_pool_f32: a bin's end rounded down instead of up", "embed_adaptive"),
+    ("embed.cu", "v = __fadd_rn(cls[j], pos[j]);", "v = cls[j];", 0,
+     "vit_tokens_f32: the class token without its position embedding", "embed_vit_tokens"),
+    ("embed.cu", "  float acc = __fmul_rn(c[0], wr[0]);\n  acc = __fmaf_rn(c[1], wr[1], acc);\n  acc = __fmaf_rn(c[2], wr[2], acc);",
+     "  float acc = __fmul_rn(c[2], wr[2]);\n  acc = __fmaf_rn(c[1], wr[1], acc);\n  acc = __fmaf_rn(c[0], wr[0], acc);", 0,
+     "pos fc1: the three products summed in reverse order (a few ulp)", "embed_position"),
+    ("embed.cu", "dst[(long long)r * ld_dst + c] = src[(long long)r * ld_src + c];",
+     "dst[(long long)r * ld_dst + c] = src[(long long)r * ld_dst + c];", 0,
+     "copy_rows_f32: source rows at the destination's stride", "embed_copy"),
 ]
 
 
