@@ -142,3 +142,9 @@ MIAD_EXTERN void ok_mma(const unsigned short *a, const unsigned short *bt,
   d[(g + 8) * 8 + 2 * t] = acc[2];
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
+
+// isfinite / isnan / isinf (device functions in CUDA's math library): bit 0, 1, 2.
+MIAD_EXTERN void ok_classify(const float *in, int *out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = (isfinite(in[i]) ? 1 : 0) | (isnan(in[i]) ? 2 : 0) | (isinf(in[i]) ? 4 : 0);
+}

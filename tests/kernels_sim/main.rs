@@ -9,6 +9,7 @@
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
 mod coreset;
+mod embed;
 mod fps;
 mod knn;
 mod misc;
@@ -32,6 +33,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(fps::TESTS);
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
+    v.extend(embed::TESTS);
     v
 }
 

@@ -19,6 +19,7 @@ pub const TESTS: &[Test] = &[
     ("emulator_reports_missing_mbarrier_arrive", mbarrier),
     ("emulator_collectives_match_ptx", collectives),
     ("emulator_mma_fragments_match_ptx", mma),
+    ("emulator_float_classification", classify),
 ];
 
 /// Launches `kernel` with one int buffer of `threads` and expects an error containing `want`.
@@ -198,4 +199,31 @@ fn mma() -> Result<(), String> {
         close(&format!("mma (bf16 {bf})"), d.get(), &want, 0.0, 1e-6)?;
     }
     Ok(())
+}
+
+/// isfinite, isnan and isinf as CUDA's math library defines them (preprocess.cu uses them).
+fn classify() -> Result<(), String> {
+    let v = [
+        0.0f32,
+        -0.0,
+        1.5,
+        f32::MAX,
+        f32::MIN_POSITIVE / 4.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ];
+    let want: Vec<i32> = v
+        .iter()
+        .map(|x| {
+            i32::from(x.is_finite())
+                | (i32::from(x.is_nan()) << 1)
+                | (i32::from(x.is_infinite()) << 2)
+        })
+        .collect();
+    let (inb, out) = (Buf::from(&v), Buf::filled(v.len(), -1i32));
+    let mut a = Args::new().buf(&inb).buf(&out).val(v.len() as i32);
+    sim().launch("ok_classify", &Cfg::new(1, 32), &mut a, 1)?;
+    same("classification", out.get(), &want)
 }

@@ -23,19 +23,6 @@ const PENDING: &[&str] = &[
     "bank_reduce_f32",
     "bank_search_f16",
     "bank_rerank_f32",
-    "pil_coeffs_f32",
-    "rgb_resize_h_f32",
-    "rgb_resize_v_f32",
-    "im2col_f32",
-    "im2col_bf16",
-    "vit_tokens_f32",
-    "pos_fc1_gelu_f32",
-    "pos_fc1_gelu_bf16",
-    "pos_embed_f32",
-    "layernorm_rows_f32",
-    "layernorm_rows_bf16",
-    "adaptive_pool_f32",
-    "copy_rows_f32",
     "group_encoder_f32",
     "maps_bank_argmax",
     "maps_bank_knn",
@@ -60,6 +47,7 @@ const TEST_SOURCES: &[&str] = &[
     include_str!("fps.rs"),
     include_str!("coreset.rs"),
     include_str!("misc.rs"),
+    include_str!("embed.rs"),
 ];
 
 fn coverage() -> Result<(), String> {
