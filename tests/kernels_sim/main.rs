@@ -8,6 +8,8 @@
 //!
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
+mod attention;
+mod bank;
 mod coreset;
 mod fps;
 mod knn;
@@ -32,6 +34,8 @@ fn all_tests() -> Vec<Test> {
     v.extend(fps::TESTS);
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
+    v.extend(bank::TESTS);
+    v.extend(attention::TESTS);
     v
 }
 
