@@ -3,10 +3,11 @@
 //! tests/cuda/transformer.rs (the CPU stage, `miad::cpu::transformer`'s attention, is
 //! private; it computes the same function with the same qkv layout). Tolerances (Frobenius
 //! relative error, and largest error over the largest reference value):
-//! - f32: 2e-6 and 1e-5 (the GPU test allows 1e-5 and 1e-4; glibc's expf differs from
-//!   CUDA's by a few ulps);
-//! - bf16: 5e-3 against the reference on the bf16-rounded inputs and on the f32 inputs
-//!   (the GPU test allows 1e-2; tensor-core accumulation order is not modelled exactly).
+//! - f32: 5e-6 and 1e-5 (the GPU test allows 1e-5 and 1e-4; the emulator shows 2e-6 and
+//!   3e-6 at most, with scores up to 24; glibc's expf differs from CUDA's by a few ulps);
+//! - bf16: 5e-3 and 1e-2 against the reference on the bf16-rounded inputs, 8e-3 and 2e-2
+//!   on the f32 inputs (the GPU test allows 1e-2 on both; the emulator shows 2.2e-3 and
+//!   4.6e-3; tensor-core accumulation order is not modelled exactly).
 //!
 //! Every output is written (the buffers start as NaN), and the bits are the same for every
 //! scheduling seed (no atomics: one writer per element).
@@ -169,7 +170,7 @@ fn att_f32() -> Result<(), String> {
             .map(f32::from_bits)
             .collect();
         let want = reference(&qkv, n, heads, scale() as f64);
-        rel_err(&what, &got, &want, 2e-6, 1e-5)?;
+        rel_err(&what, &got, &want, 5e-6, 1e-5)?;
         if n == 1 {
             // One key: the softmax weight is exactly 1, the output exactly v.
             let w = heads * HEAD_DIM;
@@ -191,9 +192,9 @@ fn att_bf16() -> Result<(), String> {
             .map(|b| bf16::from_bits(b).to_f32())
             .collect();
         let want_r = reference(&rounded, n, heads, scale() as f64);
-        rel_err(&format!("{what} (bf16 inputs)"), &got, &want_r, 5e-3, 2e-2)?;
+        rel_err(&format!("{what} (bf16 inputs)"), &got, &want_r, 5e-3, 1e-2)?;
         let want = reference(&qkv, n, heads, scale() as f64);
-        rel_err(&format!("{what} (f32 inputs)"), &got, &want, 5e-3, 5e-2)?;
+        rel_err(&format!("{what} (f32 inputs)"), &got, &want, 8e-3, 2e-2)?;
     }
     Ok(())
 }
