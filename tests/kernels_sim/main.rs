@@ -8,6 +8,8 @@
 //!
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
+mod attention;
+mod bank;
 mod coreset;
 mod embed;
 mod fps;
@@ -34,6 +36,8 @@ fn all_tests() -> Vec<Test> {
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
     v.extend(embed::TESTS);
+    v.extend(bank::TESTS);
+    v.extend(attention::TESTS);
     v
 }
 
