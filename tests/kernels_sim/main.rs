@@ -11,6 +11,7 @@
 mod coreset;
 mod fps;
 mod knn;
+mod maps;
 mod misc;
 mod selftest;
 mod signatures;
@@ -32,6 +33,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(fps::TESTS);
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
+    v.extend(maps::TESTS);
     v
 }
 

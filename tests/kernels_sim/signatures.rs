@@ -37,18 +37,6 @@ const PENDING: &[&str] = &[
     "adaptive_pool_f32",
     "copy_rows_f32",
     "group_encoder_f32",
-    "maps_bank_argmax",
-    "maps_bank_knn",
-    "maps_bank_finish",
-    "maps_upsample",
-    "maps_blur_h",
-    "maps_blur_v",
-    "maps_pixels",
-    "maps_part",
-    "maps_label_merge",
-    "maps_label_resolve",
-    "maps_regions_select",
-    "maps_regions_stats",
     "pfa_nn3_f32",
     "pfa_project_f32",
     "preprocess_cloud_f32",
@@ -60,6 +48,7 @@ const TEST_SOURCES: &[&str] = &[
     include_str!("fps.rs"),
     include_str!("coreset.rs"),
     include_str!("misc.rs"),
+    include_str!("maps.rs"),
 ];
 
 fn coverage() -> Result<(), String> {
