@@ -13,6 +13,7 @@ mod fps;
 mod knn;
 mod maps;
 mod misc;
+mod point;
 mod selftest;
 mod signatures;
 mod sim;
@@ -34,6 +35,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
     v.extend(maps::TESTS);
+    v.extend(point::TESTS);
     v
 }
 
