@@ -422,14 +422,18 @@ fn bank_scores() -> Result<(), String> {
                     b.rows[(i + k) * dim..(i + k + 1) * dim].copy_from_slice(&src);
                 }
             }
-            // A row repeated at the far end (another split) as well.
-            let src = b.rows[..dim].to_vec();
-            b.rows[(n - 1) * dim..].copy_from_slice(&src);
+            // m* is a row repeated at the last row of the first split, the first of the
+            // second and the bank's last row (the 3 nearest cross splits, all ties).
+            let far: Vec<f32> = (0..dim).map(|i| 50.0 + i as f32).collect();
+            let m = (KNN_CHUNK - 1).min(n / 2);
+            for r in [m, KNN_CHUNK.min(n - 2), n - 1] {
+                b.rows[r * dim..(r + 1) * dim].copy_from_slice(&far);
+            }
             let p = b.dist.len();
             let top = b.dist.iter().copied().fold(0f32, f32::max) + 1.0;
             for j in [p / 3, p / 2, p - 1] {
                 b.dist[j] = top;
-                b.nn[j] = 0;
+                b.nn[j] = m as i32;
             }
         }
         run_bank_scores(&banks, false, seed, &pool).map_err(|e| format!("ties: {e}"))?;
@@ -562,13 +566,13 @@ fn decision() -> Result<(), String> {
         }
         let bank: [f32; 3] = std::array::from_fn(|b| match (round, b) {
             (6, 1) | (7, 1) => f32::NAN,
-            (10, 0) => 1.0, // on the grey band's lower bound
-            (11, 0) => 3.0, // on its upper bound
+            (9, 0) => 1.0, // on the grey band's lower bound (complete part, linear score)
+            (12, 0) => 3.0, // on its upper bound
             _ => 4.0 * g.f32(),
         });
         let case = Case::ALL[round % 3];
         let mut cfg = cfg.clone();
-        if round % 4 == 1 || round == 10 || round == 11 {
+        if round % 4 == 1 || round == 9 || round == 12 {
             cfg.thresholds.grey_band = Some([1.0, 3.0]);
             cfg.part_svm.w = [1.0, 0.0, 0.0];
         }
