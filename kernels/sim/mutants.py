@@ -90,6 +90,8 @@ MUTANTS = [
      "group_encoder_f32: barrier between conv3 and conv4 removed", "group_encoder"),
     ("group_encoder.cu", "for (int q0 = 0; q0 < s; q0 += pc)", "for (int q0 = 0; q0 + pc < s; q0 += pc)", 0,
      "group_encoder_f32: last point chunk skipped", "group_encoder"),
+    ("maps.cu", "const int js = (v0 != v0) ? 0 : (int)", "const int js = (int)", 0,
+     "maps_bank_argmax: a NaN at patch 0 no longer wins (the CPU's first maximum by `>`)", "maps_bank"),
 ]
 
 
