@@ -80,7 +80,7 @@ struct PreCase<'a> {
 
 fn pre_ref(c: &PreCase) -> (Vec<f32>, Vec<i32>, Vec<i32>) {
     let (mut pts, mut pix, mut p2p) = (vec![], vec![], vec![-1; c.side * c.side]);
-    for q in 0..c.side * c.side {
+    for (q, slot) in p2p.iter_mut().enumerate() {
         let sr = nearest_src(q / c.side, c.pad, c.side) as i64 - c.off.0 as i64;
         let sc = nearest_src(q % c.side, c.pad, c.side) as i64 - c.off.1 as i64;
         if sr < 0 || sc < 0 || sr >= c.h as i64 || sc >= c.w as i64 {
@@ -96,7 +96,7 @@ fn pre_ref(c: &PreCase) -> (Vec<f32>, Vec<i32>, Vec<i32>) {
                 continue;
             }
         }
-        p2p[q] = pix.len() as i32;
+        *slot = pix.len() as i32;
         pix.push(q as i32);
         pts.extend_from_slice(p);
     }
@@ -428,7 +428,10 @@ fn run_encoder(
 ) -> Result<(), String> {
     let [c1, c2, c3, d] = dims;
     // PointPlan::new: the chunk is the largest of 32, 16, 8 dividing the group size.
-    let pc = [32, 16, 8].into_iter().find(|c| s % c == 0).unwrap();
+    let pc = [32, 16, 8]
+        .into_iter()
+        .find(|&c| s.is_multiple_of(c))
+        .unwrap();
     let mut g = Gen::new(seed + 600);
     let mut w = vec![];
     for (o, i) in [(c1, 3), (c2, c1), (c3, 2 * c2), (d, c3)] {
@@ -471,7 +474,7 @@ fn run_encoder(
         let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
         for (k, (&a, &b)) in got.iter().zip(&want).enumerate() {
             let e = (a as f64 - b).abs() / scale;
-            if !(e <= tol) {
+            if e.is_nan() || e > tol {
                 return Err(format!(
                     "group {grp} channel {k}: {a} vs {b} (relative to the scale {e:.2e})"
                 ));
