@@ -472,12 +472,14 @@ fn bank_scores() -> Result<(), String> {
 
 fn upsample_blur() -> Result<(), String> {
     // (grid sides, 0 = absent; map side; sigma): M3DM sizes, ragged sides, a radius
-    // larger than the map (reflection over several periods), σ 16 (radius 64).
-    let cases: [([usize; 3], usize, f32); 4] = [
+    // larger than the map (reflection over several periods), σ 16 (radius 64), grids
+    // larger than the map (downsampling) with a small radius.
+    let cases: [([usize; 3], usize, f32); 5] = [
         ([56, 28, 56], 224, 4.0),
         ([8, 0, 8], 37, 1.5),
         ([3, 5, 0], 10, 4.0),
         ([0, 28, 0], 131, 16.0),
+        ([56, 28, 0], 23, 0.4),
     ];
     for (i, (gs, s, sigma)) in cases.into_iter().enumerate() {
         let seed = crate::util::SEEDS[i % 3];
@@ -941,6 +943,10 @@ fn regions() -> Result<(), String> {
     let mut signed = smooth_map(&mut g, s, 19);
     signed[3] = -0.0;
     maps.push(("threshold 0, -0 pixel".into(), signed, 0.0));
+    // M3DM's 224 × 224 map: smooth, many regions.
+    let big = smooth_map(&mut g, 224, 56);
+    let t = quantile(&big, 0.8);
+    run_regions(&big, 224, t, limit, 2).map_err(|e| format!("224, seed 2: {e}"))?;
     for (i, (what, m, t)) in maps.iter().enumerate() {
         let seed = crate::util::SEEDS[i % 3];
         run_regions(m, s, *t, limit, seed).map_err(|e| format!("{what}, seed {seed}: {e}"))?;
