@@ -143,8 +143,12 @@ MIAD_EXTERN void ok_mma(const unsigned short *a, const unsigned short *bt,
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
 
-// isfinite / isnan / isinf (device functions in CUDA's math library): bit 0, 1, 2.
-MIAD_EXTERN void ok_classify(const float *in, int *out, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = (isfinite(in[i]) ? 1 : 0) | (isnan(in[i]) ? 2 : 0) | (isinf(in[i]) ? 4 : 0);
+// CUDA's global classification functions (isfinite / isnan / isinf), float and double.
+MIAD_EXTERN void ok_classify(const float *in, int n, int *out) {
+  const int i = threadIdx.x;
+  if (i >= n) return;
+  const float f = in[i];
+  const double d = (double)f;
+  out[i] = (isfinite(f) ? 1 : 0) | (isnan(f) ? 2 : 0) | (isinf(f) ? 4 : 0) |
+           (isfinite(d) ? 8 : 0) | (isnan(d) ? 16 : 0) | (isinf(d) ? 32 : 0);
 }

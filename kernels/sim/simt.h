@@ -187,7 +187,7 @@ inline float __double2float_rn(double a) { return (float)a; }
 inline float __int2float_rn(int a) { return (float)a; }
 using std::erf;
 using std::fma;
-// CUDA's math library has the classification macros as device functions.
+// CUDA declares the classification functions in the global namespace (<cmath>: std::).
 using std::isfinite;
 using std::isinf;
 using std::isnan;

@@ -14,7 +14,9 @@ mod coreset;
 mod embed;
 mod fps;
 mod knn;
+mod maps;
 mod misc;
+mod point;
 mod selftest;
 mod signatures;
 mod sim;
@@ -38,6 +40,8 @@ fn all_tests() -> Vec<Test> {
     v.extend(embed::TESTS);
     v.extend(bank::TESTS);
     v.extend(attention::TESTS);
+    v.extend(maps::TESTS);
+    v.extend(point::TESTS);
     v
 }
 
