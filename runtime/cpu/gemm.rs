@@ -145,6 +145,35 @@ pub fn linear(
     });
 }
 
+/// Gives the calling thread faer's per-thread packing buffers, which faer allocates on a
+/// thread's first packed product (one allocation, whatever the shape, measured with the
+/// counting allocator). The pool calls this on every thread it runs tasks on, so that with
+/// dynamic task assignment no product inside `inspect` allocates, whichever thread runs
+/// it. Cheap after the first call (one thread-local flag).
+pub fn warm_up_thread() {
+    thread_local! {
+        static WARM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if WARM.get() {
+        return;
+    }
+    WARM.set(true);
+    // The smallest shape measured to take faer's packed path.
+    const M: usize = 64;
+    const K: usize = 64;
+    const N: usize = 256;
+    let (a, b, mut out) = (vec![0f32; M * K], vec![0f32; N * K], vec![0f32; M * N]);
+    matmul_seq(
+        &mut out,
+        N,
+        Mat::new(&a, M, K),
+        Mat::new(&b, N, K),
+        true,
+        1.0,
+        false,
+    );
+}
+
 /// `out[m×n] = alpha · a[m×k] · b` on the calling thread, where `b` is `[k×n]` or, with
 /// `b_transposed`, `[n×k]` read as its transpose. For use inside pool tasks.
 pub fn matmul_seq(

@@ -98,6 +98,8 @@ impl Pool {
         if tasks == 0 {
             return;
         }
+        // Whichever thread a task lands on, its first matrix product must not allocate.
+        super::gemm::warm_up_thread();
         if self.workers.is_empty() || tasks == 1 || INSIDE_POOL.with(|f| f.get()) {
             (0..tasks).for_each(|t| body(t, 0));
             return;
@@ -160,6 +162,7 @@ fn drain(body: &TaskFn<'_>, tasks: usize, next: &AtomicUsize, worker: usize) {
 
 fn worker_loop(shared: &Shared, worker: usize) {
     INSIDE_POOL.with(|f| f.set(true));
+    super::gemm::warm_up_thread();
     let mut seen = 0u64;
     loop {
         let (body, tasks, next) = {

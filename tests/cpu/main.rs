@@ -17,6 +17,7 @@ mod ocsvm_sklearn;
 mod point_alloc;
 mod point_mae_parity;
 mod point_parity;
+mod pool_gemm;
 mod preprocess_synthetic;
 mod vit_alloc;
 mod vit_parity;

@@ -14,8 +14,7 @@ pub const TESTS: &[Test] = &[
 
 /// Kernels without an emulated test yet. This list may only shrink: the coverage test
 /// fails when a kernel is neither tested nor listed, and when a listed one has a test.
-const PENDING: &[&str] = &[
-];
+const PENDING: &[&str] = &[];
 
 /// The test sources that launch kernels (the self-tests and the runner do not count).
 const TEST_SOURCES: &[&str] = &[
