@@ -105,22 +105,14 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 
 __device__ __forceinline__ void mma_bf16_16816(float c[4], const unsigned a[4], unsigned b0,
                                                unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    miad_mma_bf16_16816(c, a, b0, b1);
 }
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pred) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    const int n = pred ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+    miad_cp_async16((u32)__cvta_generic_to_shared(smem), gmem, pred ? 16u : 0u);
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+__device__ __forceinline__ void cp_async_commit() { miad_cp_async_commit(); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { miad_cp_async_wait<N>(); }
 
 extern "C" __global__ void __launch_bounds__(128)
     attention_bf16(const __nv_bfloat16 *__restrict__ qkv, __nv_bfloat16 *__restrict__ out,
@@ -258,11 +250,9 @@ extern "C" __global__ void __launch_bounds__(128)
                 const int r = kk * 16 + (mi & 1) * 8 + (lane % 8);
                 const int c = (j + (mi >> 1)) * 8;
                 const unsigned addr = (unsigned)__cvta_generic_to_shared(&vs[stage][r][c]);
-                unsigned b0, b1, b2, b3;
-                asm volatile(
-                    "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                    : "=r"(b0), "=r"(b1), "=r"(b2), "=r"(b3)
-                    : "r"(addr));
+                unsigned b[4];
+                miad_ldmatrix_x4_trans(b, addr);
+                const unsigned b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
                 mma_bf16_16816(o[j], pa[kk], b0, b1);
                 mma_bf16_16816(o[j + 1], pa[kk], b2, b3);
             }

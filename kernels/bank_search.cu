@@ -175,24 +175,16 @@ extern "C" __global__ void bank_reduce_f32(const float *__restrict__ part_d,
 #define H_PAD 40
 
 __device__ __forceinline__ void hcp_async16(void *smem, const void *gmem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+    miad_cp_async16((u32)__cvta_generic_to_shared(smem), gmem, 16u);
 }
 
 __device__ __forceinline__ void ldsm_x4(unsigned r[4], const void *p) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
+    miad_ldmatrix_x4(r, (u32)__cvta_generic_to_shared(p));
 }
 
 __device__ __forceinline__ void mma_f16_16816(float c[4], const unsigned a[4], unsigned b0,
                                               unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-        "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    miad_mma_f16_16816(c, a, b0, b1);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -255,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(128)
             const int br = min(b0 + r, nb - 1);
             hcp_async16(&bs[stage][r][col], bank + (long)br * dim + k0 + col);
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        miad_cp_async_commit();
     };
 
     const int total = (t_end - t_begin) * k_chunks;
@@ -275,9 +267,9 @@ extern "C" __global__ void __launch_bounds__(128)
         if (step + 1 < total) {
             const int nstep = step + 1;
             load(stage ^ 1, (t_begin + nstep / k_chunks) * H_TB, (nstep % k_chunks) * H_KC);
-            asm volatile("cp.async.wait_group 1;\n" ::);
+            miad_cp_async_wait<1>();
         } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
+            miad_cp_async_wait<0>();
         }
         __syncthreads();
 #pragma unroll

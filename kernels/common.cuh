@@ -31,3 +31,277 @@ __device__ __forceinline__ void miad_warp_argmax(float &d, u32 &i) {
   i = __reduce_min_sync(0xffffffffu, cand);
   d = __uint_as_float(m);
 }
+
+// ======================================================================================
+// Inline PTX lives only here, each instruction in a small function with a branch for the
+// SIMT emulator (kernels/sim: MIAD_SIM), so every .cu file compiles for the CPU unchanged.
+// Shared-memory operands are 32-bit shared-window addresses (__cvta_generic_to_shared).
+// ======================================================================================
+// Lanes below the calling one (%lanemask_lt).
+__device__ __forceinline__ u32 miad_lanemask_lt() {
+#ifdef MIAD_SIM
+  return (1u << (threadIdx.x & 31u)) - 1u;
+#else
+  u32 r;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(r));
+  return r;
+#endif
+}
+
+// cp.async of 16 bytes, global -> shared, bypassing L1; src_bytes < 16 zero-fills the rest.
+__device__ __forceinline__ void miad_cp_async16(u32 smem, const void *gmem, u32 src_bytes) {
+#ifdef MIAD_SIM
+  miad_sim::cp_async(smem, gmem, 16, src_bytes);
+#else
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem),
+               "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void miad_cp_async_commit() {
+#ifdef MIAD_SIM
+  miad_sim::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N committed cp.async groups of this thread are pending.
+template <int N> __device__ __forceinline__ void miad_cp_async_wait() {
+#ifdef MIAD_SIM
+  miad_sim::cp_async_wait(N);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// ldmatrix .x4 (b16): lanes 8i..8i+7 give the row addresses of matrix i.
+__device__ __forceinline__ void miad_ldmatrix_x4(u32 r[4], u32 addr) {
+#ifdef MIAD_SIM
+  miad_sim::collective(miad_sim::LDMATRIX_X4, 0xffffffffu, &addr, r, 0, 32, __LINE__);
+#else
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+__device__ __forceinline__ void miad_ldmatrix_x4_trans(u32 r[4], u32 addr) {
+#ifdef MIAD_SIM
+  miad_sim::collective(miad_sim::LDMATRIX_X4_T, 0xffffffffu, &addr, r, 0, 32, __LINE__);
+#else
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+
+// D = A B + C, m16n8k16, A row-major, B column-major, f32 accumulators (in place in c).
+#ifdef MIAD_SIM
+__device__ __forceinline__ void miad_sim_mma(miad_sim::Op op, float c[4], const u32 a[4],
+                                             u32 b0, u32 b1) {
+  u32 in[10] = {a[0], a[1], a[2], a[3], b0, b1, __float_as_uint(c[0]), __float_as_uint(c[1]),
+                __float_as_uint(c[2]), __float_as_uint(c[3])};
+  miad_sim::collective(op, 0xffffffffu, in, c, 0, 32, __LINE__);
+}
+#endif
+__device__ __forceinline__ void miad_mma_f16_16816(float c[4], const u32 a[4], u32 b0, u32 b1) {
+#ifdef MIAD_SIM
+  miad_sim_mma(miad_sim::MMA_F16, c, a, b0, b1);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+__device__ __forceinline__ void miad_mma_bf16_16816(float c[4], const u32 a[4], u32 b0,
+                                                    u32 b1) {
+#ifdef MIAD_SIM
+  miad_sim_mma(miad_sim::MMA_BF16, c, a, b0, b1);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+      "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+#if __CUDA_ARCH__ >= 900
+// ---- thread-block clusters (sm_90)
+__device__ __forceinline__ u32 miad_cluster_rank() {
+#ifdef MIAD_SIM
+  return miad_sim::cluster_rank();
+#else
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+#endif
+}
+__device__ __forceinline__ u32 miad_cluster_size() {
+#ifdef MIAD_SIM
+  return miad_sim::cluster_size();
+#else
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
+  return r;
+#endif
+}
+__device__ __forceinline__ u32 miad_dynamic_smem_size() {
+#ifdef MIAD_SIM
+  return miad_sim::dynamic_smem_size();
+#else
+  u32 r;
+  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+#endif
+}
+// Cluster barrier halves: arrive (release, or relaxed) and wait (acquire).
+__device__ __forceinline__ void miad_cluster_arrive_release() {
+#ifdef MIAD_SIM
+  miad_sim::cluster_arrive();
+#else
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void miad_cluster_arrive_relaxed() {
+#ifdef MIAD_SIM
+  miad_sim::cluster_arrive();
+#else
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void miad_cluster_wait() {
+#ifdef MIAD_SIM
+  miad_sim::cluster_wait();
+#else
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void miad_cluster_sync() {
+#ifdef MIAD_SIM
+  miad_sim::cluster_arrive();
+  miad_sim::cluster_wait();
+#else
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
+                   : "memory");
+#endif
+}
+// The shared::cluster address of `addr` (a shared::cta address) in block `rank`.
+__device__ __forceinline__ u32 miad_mapa(u32 addr, u32 rank) {
+#ifdef MIAD_SIM
+  return miad_sim::mapa(addr, rank);
+#else
+  u32 r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+#endif
+}
+__device__ __forceinline__ u32 miad_ld_cluster_u32(u32 addr) {
+#ifdef MIAD_SIM
+  miad_sim::yield();
+  return *(const u32 *)miad_sim::shared_ptr(addr, 4);
+#else
+  u32 v;
+  asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+#endif
+}
+__device__ __forceinline__ void miad_st_cluster_v4(u32 addr, u32 a, u32 b, u32 c, u32 d) {
+#ifdef MIAD_SIM
+  miad_sim::yield();
+  u32 *p = (u32 *)miad_sim::shared_ptr(addr, 16);
+  p[0] = a;
+  p[1] = b;
+  p[2] = c;
+  p[3] = d;
+#else
+  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(a), "r"(b),
+               "r"(c), "r"(d)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void miad_st_cluster_u32(u32 addr, u32 v) {
+#ifdef MIAD_SIM
+  miad_sim::yield();
+  *(u32 *)miad_sim::shared_ptr(addr, 4) = v;
+#else
+  asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+#endif
+}
+// st.async with mbarrier::complete_tx::bytes on the receiver's mbarrier `bar`.
+__device__ __forceinline__ void miad_st_async_v4(u32 addr, u32 bar, u32 a, u32 b, u32 c,
+                                                 u32 d) {
+#ifdef MIAD_SIM
+  const u32 v[4] = {a, b, c, d};
+  miad_sim::st_async(addr, v, 16, bar);
+#else
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, "
+      "[%5];" ::"r"(addr),
+      "r"(a), "r"(b), "r"(c), "r"(d), "r"(bar)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void miad_st_async_u32(u32 addr, u32 bar, u32 v) {
+#ifdef MIAD_SIM
+  miad_sim::st_async(addr, &v, 4, bar);
+#else
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
+                   addr),
+               "r"(v), "r"(bar)
+               : "memory");
+#endif
+}
+// ---- mbarrier (shared::cta addresses)
+__device__ __forceinline__ void miad_mbar_init(u32 bar, u32 count) {
+#ifdef MIAD_SIM
+  miad_sim::mbar_init(bar, count);
+#else
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void miad_fence_mbarrier_init() {
+#ifdef MIAD_SIM
+  miad_sim::yield();
+#else
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void miad_mbar_arrive_release(u32 bar) {
+#ifdef MIAD_SIM
+  miad_sim::mbar_arrive(bar, 0);
+#else
+  asm volatile(
+      "{\n\t.reg .b64 st;\n\tmbarrier.arrive.release.cta.shared::cta.b64 st, [%0];\n\t}" ::"r"(
+          bar)
+      : "memory");
+#endif
+}
+// One arrival that also announces `bytes` of incoming transactions for the phase.
+__device__ __forceinline__ void miad_mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+#ifdef MIAD_SIM
+  miad_sim::mbar_arrive(bar, bytes);
+#else
+  asm volatile(
+      "{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(
+          bar),
+      "r"(bytes)
+      : "memory");
+#endif
+}
+// Whether the phase of `parity` has completed (acquire at cluster scope).
+__device__ __forceinline__ bool miad_mbar_try_wait_parity(u32 bar, u32 parity) {
+#ifdef MIAD_SIM
+  return miad_sim::mbar_wait_parity(bar, parity);
+#else
+  u32 ok;
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], "
+      "%2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(ok)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ok != 0;
+#endif
+}
+#endif  // __CUDA_ARCH__ >= 900

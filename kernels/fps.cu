@@ -13,27 +13,13 @@
 // Other archs (sm_87): the same code with one block, the points in the global `work` buffer.
 #include "common.cuh"
 #if __CUDA_ARCH__ >= 900
-// Thread-block-cluster primitives in PTX (NVRTC's cooperative_groups needs libcu++ headers).
-__device__ __forceinline__ u32 fps_cluster_rank() {
-  u32 r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ u32 fps_cluster_size() {
-  u32 r;
-  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
-  return r;
-}
-__device__ __forceinline__ void fps_cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
-                   : "memory");
-}
+// Thread-block-cluster primitives (common.cuh; NVRTC's cooperative_groups needs libcu++).
+__device__ __forceinline__ u32 fps_cluster_rank() { return miad_cluster_rank(); }
+__device__ __forceinline__ u32 fps_cluster_size() { return miad_cluster_size(); }
+__device__ __forceinline__ void fps_cluster_sync() { miad_cluster_sync(); }
 // Reads word `i` of a shared-memory object of block `rank` of the cluster.
 __device__ __forceinline__ u32 fps_remote_u32(const void *local, u32 rank) {
-  u32 a = (u32)__cvta_generic_to_shared(local), ra, v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
-  asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(ra) : "memory");
-  return v;
+  return miad_ld_cluster_u32(miad_mapa((u32)__cvta_generic_to_shared(local), rank));
 }
 #endif
 
@@ -223,67 +209,30 @@ struct __align__(16) Fps2Msg {
 __device__ __forceinline__ u32 fps2_smem_addr(const void *p) {
   return (u32)__cvta_generic_to_shared(p);
 }
-__device__ __forceinline__ u32 fps2_mapa(u32 local, u32 rank) {
-  u32 r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(local), "r"(rank));
-  return r;
-}
-__device__ __forceinline__ u32 fps2_dyn_smem_bytes() {
-  u32 r;
-  asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
-  return r;
-}
+__device__ __forceinline__ u32 fps2_mapa(u32 local, u32 rank) { return miad_mapa(local, rank); }
+__device__ __forceinline__ u32 fps2_dyn_smem_bytes() { return miad_dynamic_smem_size(); }
 // Remote weak stores; ordered for readers by the following cluster barrier (release).
 __device__ __forceinline__ void fps2_put(u32 raddr, u32 b, u32 i, float x, float y, float z) {
-  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(raddr), "r"(b), "r"(i),
-               "r"(__float_as_uint(x)), "r"(__float_as_uint(y))
-               : "memory");
-  asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(raddr + 16), "r"(__float_as_uint(z))
-               : "memory");
+  miad_st_cluster_v4(raddr, b, i, __float_as_uint(x), __float_as_uint(y));
+  miad_st_cluster_u32(raddr + 16, __float_as_uint(z));
 }
 // Remote stores that complete FPS2_MSG_BYTES transaction bytes on the receiver's mbarrier.
 __device__ __forceinline__ void fps2_put_async(u32 raddr, u32 rbar, u32 b, u32 i, float x,
                                                float y, float z) {
-  asm volatile(
-      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, "
-      "[%5];" ::"r"(raddr),
-      "r"(b), "r"(i), "r"(__float_as_uint(x)), "r"(__float_as_uint(y)), "r"(rbar)
-      : "memory");
-  asm volatile(
-      "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(raddr +
-                                                                                        16),
-      "r"(__float_as_uint(z)), "r"(rbar)
-      : "memory");
+  miad_st_async_v4(raddr, rbar, b, i, __float_as_uint(x), __float_as_uint(y));
+  miad_st_async_u32(raddr + 16, rbar, __float_as_uint(z));
 }
 // Two arrivals per phase: thread 0's arm (with the remote bytes) and the block's own message.
-__device__ __forceinline__ void fps2_mbar_init(u32 bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 2;" ::"r"(bar) : "memory");
-}
+__device__ __forceinline__ void fps2_mbar_init(u32 bar) { miad_mbar_init(bar, 2); }
 // The block's own message is written with ordinary stores, then this arrival (release)
 // publishes it to the local waiters; st.async only ever targets other blocks.
-__device__ __forceinline__ void fps2_mbar_arrive(u32 bar) {
-  asm volatile(
-      "{\n\t.reg .b64 st;\n\tmbarrier.arrive.release.cta.shared::cta.b64 st, [%0];\n\t}" ::"r"(
-          bar)
-      : "memory");
-}
+__device__ __forceinline__ void fps2_mbar_arrive(u32 bar) { miad_mbar_arrive_release(bar); }
 // Thread 0's arrival of a phase, announcing `bytes` of incoming transactions.
 __device__ __forceinline__ void fps2_mbar_arm(u32 bar, u32 bytes) {
-  asm volatile(
-      "{\n\t.reg .b64 st;\n\tmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n\t}" ::"r"(
-          bar),
-      "r"(bytes)
-      : "memory");
+  miad_mbar_arrive_expect_tx(bar, bytes);
 }
 __device__ __forceinline__ bool fps2_mbar_try(u32 bar, u32 parity) {
-  u32 ok;
-  asm volatile(
-      "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], "
-      "%2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
-      : "=r"(ok)
-      : "r"(bar), "r"(parity)
-      : "memory");
-  return ok != 0;
+  return miad_mbar_try_wait_parity(bar, parity);
 }
 // Cluster barrier in two halves. Only threads that wrote distributed shared memory need
 // the release (it compiles to MEMBAR.ALL.GPU, which also waits for the thread's pending
@@ -291,14 +240,12 @@ __device__ __forceinline__ bool fps2_mbar_try(u32 bar, u32 parity) {
 // the releasing warp's arrive by the __syncthreads in between (release is cumulative).
 __device__ __forceinline__ void fps2_cluster_arrive(bool release) {
   if (release) {
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    miad_cluster_arrive_release();
   } else {
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+    miad_cluster_arrive_relaxed();
   }
 }
-__device__ __forceinline__ void fps2_cluster_wait() {
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
+__device__ __forceinline__ void fps2_cluster_wait() { miad_cluster_wait(); }
 // Waits for the phase of `parity` to complete. A protocol bug would hang the GPU: after
 // ~2^26 unsuccessful polls (seconds) trap instead, so the host sees a launch error.
 __device__ __forceinline__ void fps2_mbar_wait(u32 bar, u32 parity) {
@@ -341,7 +288,7 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
   if (xmode != 0 && tid == 0) {
     fps2_mbar_init(bar0);
     fps2_mbar_init(bar0 + 8);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    miad_fence_mbarrier_init();
     // Phases of steps 0 and 1 (buffers 0 and 1): one message from every other block.
     fps2_mbar_arm(bar0, (u32)(nb - 1) * FPS2_MSG_BYTES);
     fps2_mbar_arm(bar0 + 8, (u32)(nb - 1) * FPS2_MSG_BYTES);

@@ -144,12 +144,6 @@ MIAD_EXTERN void __launch_bounds__(KNN_WARPS * 32)
 #define KNN2_U 2
 #define KNN2_NONE 0xffffffffu
 
-__device__ __forceinline__ u32 knn2_lanemask_lt() {
-  u32 r;
-  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(r));
-  return r;
-}
-
 // One scan: append to buf[c] every key (d, j) <= (tb[c], ti[c]) (tb < 0: none).
 __device__ __forceinline__ void knn2_collect(const float *__restrict__ pts, int n,
                                              const float (&cx)[KNN2_C],
@@ -189,7 +183,7 @@ __device__ __forceinline__ void knn2_collect(const float *__restrict__ pts, int 
             if (lane == leader) at = atomicAdd(&cnt[c], __popc(bal));
             at = __shfl_sync(full, at, leader);
             if (cand) {
-              const int pos = at + __popc(bal & knn2_lanemask_lt());
+              const int pos = at + __popc(bal & miad_lanemask_lt());
               if (pos < KNN2_CAP) buf[c * KNN2_CAP + pos] = ((u64)(u32)db << 32) | (u64)j;
             }
           }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every CUDA check of miad in one device call (see build.sh): parity tests, benches
-# (MIAD_BENCH=1) and compute-sanitizer memcheck/racecheck on the small cases
+# (MIAD_BENCH=1) and compute-sanitizer memcheck/racecheck/synccheck on the small cases
 # (MIAD_SANITIZE=1). Logs go to $OUT (or ./gpu-out); a summary table is printed last.
 # Each step has its own time limit; a phase may be named to split the work over calls:
 #   bash bench/gpu/all.sh [tests] [bench] [sanitize]     (default: all three)
+# The same kernels run on the CPU in CI (cargo test --test kernels_sim, kernels/sim): that
+# emulator cannot see memory-ordering races, which racecheck/synccheck here can.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-out}
@@ -52,7 +54,7 @@ if ! has sanitize; then
   :
 elif [ -n "$CS" ]; then
   for n in $modules; do
-    for tool in memcheck racecheck; do
+    for tool in memcheck racecheck synccheck; do
       step "cuda_$n.$tool" 90 env MIAD_SANITIZE=1 "$CS" --tool $tool --error-exitcode 9 "$bin/cuda" \
         --test-threads=1 "$n::"
     done

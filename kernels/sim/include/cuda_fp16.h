@@ -1,0 +1,2 @@
+// Emulator stand-in: the f16 type comes from simt.h.
+#pragma once
