@@ -12,6 +12,7 @@ mod coreset;
 mod fps;
 mod knn;
 mod misc;
+mod preprocess;
 mod selftest;
 mod signatures;
 mod sim;
@@ -32,6 +33,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(fps::TESTS);
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
+    v.extend(preprocess::TESTS);
     v
 }
 

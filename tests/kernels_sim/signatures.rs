@@ -51,7 +51,6 @@ const PENDING: &[&str] = &[
     "maps_regions_stats",
     "pfa_nn3_f32",
     "pfa_project_f32",
-    "preprocess_cloud_f32",
 ];
 
 /// The test sources that launch kernels (the self-tests and the runner do not count).
@@ -60,6 +59,7 @@ const TEST_SOURCES: &[&str] = &[
     include_str!("fps.rs"),
     include_str!("coreset.rs"),
     include_str!("misc.rs"),
+    include_str!("preprocess.rs"),
 ];
 
 fn coverage() -> Result<(), String> {
