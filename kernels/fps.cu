@@ -49,7 +49,7 @@ __device__ __forceinline__ void fps_warp_pick(u32 &bits, u32 &idx, float &x, flo
 // in_smem != 0: dynamic shared memory holds ceil(n / gridDim.x) float4 per block (cluster
 // launch). in_smem == 0: single block, `work` holds n float4.
 MIAD_EXTERN void __launch_bounds__(1024, 1)
-    fps_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, float4 *work,
+    fps_smem_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, float4 *work,
             int in_smem, u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
   extern __shared__ float4 fps_dsm[];
   __shared__ FpsCand warp_best[32];
@@ -147,13 +147,13 @@ MIAD_EXTERN void __launch_bounds__(1024, 1)
 }
 
 // ======================================================================================
-// FPS v2 (sm_90): one thread-block cluster of 8 or 16 blocks of FPS2_THREADS threads, the
-// points in registers. Same result as fps_f32 (the same total order: squared distance in
+// register FPS (sm_90): one thread-block cluster of 8 or 16 blocks of FPS_REGS_THREADS threads, the
+// points in registers. Same result as fps_smem_f32 (the same total order: squared distance in
 // miad_sq_dist bits, ties to the lowest index) for every input.
 //
 // Layout: block r of the cluster owns the r-th contiguous chunk of ceil(n / nb) points and
 // stages it once in shared memory (float4 x, y, z, 0: only to look up the coordinates of the
-// block's winner). Thread t owns qn = ceil(len / FPS2_THREADS) *contiguous* points
+// block's winner). Thread t owns qn = ceil(len / FPS_REGS_THREADS) *contiguous* points
 // [t·qn, t·qn + qn) of the chunk in registers (x, y, z, running min distance) and their
 // bounding box. Because every level (slot in a thread, lane in a warp, warp in a block, block
 // in the cluster) owns an ascending, disjoint index range, "ties to the lowest index" is
@@ -192,11 +192,11 @@ MIAD_EXTERN void __launch_bounds__(1024, 1)
 // of mbarrier s by thread 0 right after its step-q wait: no step-q+2 transaction or own
 // arrival can come before it, so the phase cannot complete early.
 // ======================================================================================
-#define FPS2_THREADS 512
-#define FPS2_WARPS (FPS2_THREADS / 32)
-#define FPS2_MAXCL 16
+#define FPS_REGS_THREADS 512
+#define FPS_REGS_WARPS (FPS_REGS_THREADS / 32)
+#define FPS_REGS_MAXCL 16
 // Payload per message and receiver: bits, index, x, y (16 bytes) + z (4 bytes).
-#define FPS2_MSG_BYTES 20
+#define FPS_REGS_MSG_BYTES 20
 
 struct __align__(16) Fps2Msg {
   u32 bits;
@@ -206,92 +206,92 @@ struct __align__(16) Fps2Msg {
 };
 
 #if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ u32 fps2_smem_addr(const void *p) {
+__device__ __forceinline__ u32 fps_regs_smem_addr(const void *p) {
   return (u32)__cvta_generic_to_shared(p);
 }
-__device__ __forceinline__ u32 fps2_mapa(u32 local, u32 rank) { return miad_mapa(local, rank); }
-__device__ __forceinline__ u32 fps2_dyn_smem_bytes() { return miad_dynamic_smem_size(); }
+__device__ __forceinline__ u32 fps_regs_mapa(u32 local, u32 rank) { return miad_mapa(local, rank); }
+__device__ __forceinline__ u32 fps_regs_dyn_smem_bytes() { return miad_dynamic_smem_size(); }
 // Remote weak stores; ordered for readers by the following cluster barrier (release).
-__device__ __forceinline__ void fps2_put(u32 raddr, u32 b, u32 i, float x, float y, float z) {
+__device__ __forceinline__ void fps_regs_put(u32 raddr, u32 b, u32 i, float x, float y, float z) {
   miad_st_cluster_v4(raddr, b, i, __float_as_uint(x), __float_as_uint(y));
   miad_st_cluster_u32(raddr + 16, __float_as_uint(z));
 }
-// Remote stores that complete FPS2_MSG_BYTES transaction bytes on the receiver's mbarrier.
-__device__ __forceinline__ void fps2_put_async(u32 raddr, u32 rbar, u32 b, u32 i, float x,
+// Remote stores that complete FPS_REGS_MSG_BYTES transaction bytes on the receiver's mbarrier.
+__device__ __forceinline__ void fps_regs_put_async(u32 raddr, u32 rbar, u32 b, u32 i, float x,
                                                float y, float z) {
   miad_st_async_v4(raddr, rbar, b, i, __float_as_uint(x), __float_as_uint(y));
   miad_st_async_u32(raddr + 16, rbar, __float_as_uint(z));
 }
 // Two arrivals per phase: thread 0's arm (with the remote bytes) and the block's own message.
-__device__ __forceinline__ void fps2_mbar_init(u32 bar) { miad_mbar_init(bar, 2); }
+__device__ __forceinline__ void fps_regs_mbar_init(u32 bar) { miad_mbar_init(bar, 2); }
 // The block's own message is written with ordinary stores, then this arrival (release)
 // publishes it to the local waiters; st.async only ever targets other blocks.
-__device__ __forceinline__ void fps2_mbar_arrive(u32 bar) { miad_mbar_arrive_release(bar); }
+__device__ __forceinline__ void fps_regs_mbar_arrive(u32 bar) { miad_mbar_arrive_release(bar); }
 // Thread 0's arrival of a phase, announcing `bytes` of incoming transactions.
-__device__ __forceinline__ void fps2_mbar_arm(u32 bar, u32 bytes) {
+__device__ __forceinline__ void fps_regs_mbar_arm(u32 bar, u32 bytes) {
   miad_mbar_arrive_expect_tx(bar, bytes);
 }
-__device__ __forceinline__ bool fps2_mbar_try(u32 bar, u32 parity) {
+__device__ __forceinline__ bool fps_regs_mbar_try(u32 bar, u32 parity) {
   return miad_mbar_try_wait_parity(bar, parity);
 }
 // Cluster barrier in two halves. Only threads that wrote distributed shared memory need
 // the release (it compiles to MEMBAR.ALL.GPU, which also waits for the thread's pending
 // global stores); the others arrive relaxed: everything they did before is ordered before
 // the releasing warp's arrive by the __syncthreads in between (release is cumulative).
-__device__ __forceinline__ void fps2_cluster_arrive(bool release) {
+__device__ __forceinline__ void fps_regs_cluster_arrive(bool release) {
   if (release) {
     miad_cluster_arrive_release();
   } else {
     miad_cluster_arrive_relaxed();
   }
 }
-__device__ __forceinline__ void fps2_cluster_wait() { miad_cluster_wait(); }
+__device__ __forceinline__ void fps_regs_cluster_wait() { miad_cluster_wait(); }
 // Waits for the phase of `parity` to complete. A protocol bug would hang the GPU: after
 // ~2^26 unsuccessful polls (seconds) trap instead, so the host sees a launch error.
-__device__ __forceinline__ void fps2_mbar_wait(u32 bar, u32 parity) {
+__device__ __forceinline__ void fps_regs_mbar_wait(u32 bar, u32 parity) {
   u32 spins = 0;
-  while (!fps2_mbar_try(bar, parity)) {
+  while (!fps_regs_mbar_try(bar, parity)) {
     if (++spins == (1u << 26)) __trap();
   }
 }
 #endif
 
 template <int PPT>
-__device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
+__device__ __forceinline__ void fps_regs_body(const float *__restrict__ pts,
                                           const int *__restrict__ n_ptr, int m, int xmode,
                                           u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
 #if __CUDA_ARCH__ >= 900
-  extern __shared__ float4 fps2_pts[];
-  __shared__ Fps2Msg recv[2][FPS2_MAXCL];
-  __shared__ uint2 wslot[2][FPS2_WARPS];
+  extern __shared__ float4 fps_regs_pts[];
+  __shared__ Fps2Msg recv[2][FPS_REGS_MAXCL];
+  __shared__ uint2 wslot[2][FPS_REGS_WARPS];
   __shared__ __align__(8) u64 mbar[2];
   const u32 full = 0xffffffffu;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int rank = (int)fps_cluster_rank(), nb = (int)fps_cluster_size();
-  if (nb > FPS2_MAXCL) __trap();
+  if (nb > FPS_REGS_MAXCL) __trap();
   // Points a block can hold: registers and the staged chunk. n beyond nb·cap is a caller
   // bug (the host plans cap for max_points); clamp so nothing is accessed out of bounds.
-  const int cap = min(PPT * FPS2_THREADS, (int)(fps2_dyn_smem_bytes() / 16));
+  const int cap = min(PPT * FPS_REGS_THREADS, (int)(fps_regs_dyn_smem_bytes() / 16));
   const int n = min(*n_ptr, nb * cap);
   if (n <= 0 || m <= 0) return;  // uniform over the cluster; no remote access happened
   const int chunk = (n + nb - 1) / nb;
   const int start = min(n, rank * chunk), len = min(n, start + chunk) - start;
-  const int qn = (len + FPS2_THREADS - 1) / FPS2_THREADS;
+  const int qn = (len + FPS_REGS_THREADS - 1) / FPS_REGS_THREADS;
   const float inf = __int_as_float(0x7f800000);
 
 #pragma unroll 4
-  for (int l = tid; l < len; l += FPS2_THREADS) {
+  for (int l = tid; l < len; l += FPS_REGS_THREADS) {
     const int j = start + l;
-    fps2_pts[l] = make_float4(pts[3 * j], pts[3 * j + 1], pts[3 * j + 2], 0.f);
+    fps_regs_pts[l] = make_float4(pts[3 * j], pts[3 * j + 1], pts[3 * j + 2], 0.f);
   }
-  const u32 bar0 = fps2_smem_addr(&mbar[0]);
+  const u32 bar0 = fps_regs_smem_addr(&mbar[0]);
   if (xmode != 0 && tid == 0) {
-    fps2_mbar_init(bar0);
-    fps2_mbar_init(bar0 + 8);
+    fps_regs_mbar_init(bar0);
+    fps_regs_mbar_init(bar0 + 8);
     miad_fence_mbarrier_init();
     // Phases of steps 0 and 1 (buffers 0 and 1): one message from every other block.
-    fps2_mbar_arm(bar0, (u32)(nb - 1) * FPS2_MSG_BYTES);
-    fps2_mbar_arm(bar0 + 8, (u32)(nb - 1) * FPS2_MSG_BYTES);
+    fps_regs_mbar_arm(bar0, (u32)(nb - 1) * FPS_REGS_MSG_BYTES);
+    fps_regs_mbar_arm(bar0 + 8, (u32)(nb - 1) * FPS_REGS_MSG_BYTES);
   }
   __syncthreads();
 
@@ -301,7 +301,7 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
   for (int j = 0; j < PPT; ++j) {
     const int l = tid * qn + j;
     if (j < qn && l < len) {
-      const float4 p = fps2_pts[l];
+      const float4 p = fps_regs_pts[l];
       px[j] = p.x;
       py[j] = p.y;
       pz[j] = p.z;
@@ -329,8 +329,8 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
   // Remote addresses for the pushing lanes of warp 0: slot [rank] of block `lane`.
   u32 r_recv = 0, r_bar = 0;
   if (lane < nb) {
-    r_recv = fps2_mapa(fps2_smem_addr(&recv[0][rank]), (u32)lane);
-    r_bar = fps2_mapa(bar0, (u32)lane);
+    r_recv = fps_regs_mapa(fps_regs_smem_addr(&recv[0][rank]), (u32)lane);
+    r_bar = fps_regs_mapa(bar0, (u32)lane);
   }
   const u32 recv_stride = (u32)sizeof(recv[0]);
 
@@ -379,20 +379,20 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
     __syncthreads();
     // 3. Block argmax by warp 0, pushed to every block of the cluster.
     if (warp == 0) {
-      const uint2 e = lane < FPS2_WARPS ? wslot[s][lane] : make_uint2(0u, FPS_NONE);
+      const uint2 e = lane < FPS_REGS_WARPS ? wslot[s][lane] : make_uint2(0u, FPS_NONE);
       const bool h = e.y != FPS_NONE;
       const u32 mx = __reduce_max_sync(full, h ? e.x : 0u);
       const u32 bal = __ballot_sync(full, h && e.x == mx);
       const int src = bal ? __ffs(bal) - 1 : 0;
       const u32 bidx = __shfl_sync(full, e.y, src);
       float4 p = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (bidx != FPS_NONE) p = fps2_pts[bidx - (u32)start];
+      if (bidx != FPS_NONE) p = fps_regs_pts[bidx - (u32)start];
       if (lane < nb) {
         const u32 dst = r_recv + (u32)s * recv_stride;
         if (xmode == 0) {
-          fps2_put(dst, mx, bidx, p.x, p.y, p.z);
+          fps_regs_put(dst, mx, bidx, p.x, p.y, p.z);
         } else if (lane != rank) {
-          fps2_put_async(dst, r_bar + 8u * (u32)s, mx, bidx, p.x, p.y, p.z);
+          fps_regs_put_async(dst, r_bar + 8u * (u32)s, mx, bidx, p.x, p.y, p.z);
         } else {
           Fps2Msg &own = recv[s][rank];
           own.bits = mx;
@@ -400,18 +400,18 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
           own.x = p.x;
           own.y = p.y;
           own.z = p.z;
-          fps2_mbar_arrive(bar0 + 8u * (u32)s);
+          fps_regs_mbar_arrive(bar0 + 8u * (u32)s);
         }
       }
       __syncwarp();
     }
     // 4. Exchange.
     if (xmode == 0) {
-      fps2_cluster_arrive(warp == 0);
-      fps2_cluster_wait();
+      fps_regs_cluster_arrive(warp == 0);
+      fps_regs_cluster_wait();
     } else {
-      fps2_mbar_wait(bar0 + 8u * (u32)s, (u32)(q >> 1) & 1u);
-      if (tid == 0) fps2_mbar_arm(bar0 + 8u * (u32)s, (u32)(nb - 1) * FPS2_MSG_BYTES);
+      fps_regs_mbar_wait(bar0 + 8u * (u32)s, (u32)(q >> 1) & 1u);
+      if (tid == 0) fps_regs_mbar_arm(bar0 + 8u * (u32)s, (u32)(nb - 1) * FPS_REGS_MSG_BYTES);
       __syncwarp();
     }
     // 5. Cluster argmax from the local receive buffer; every warp does it.
@@ -434,7 +434,7 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
       cy = __shfl_sync(full, ey, src);
       cz = __shfl_sync(full, ez, src);
       const u32 ci = __shfl_sync(full, ei, src);
-      // Written by warp 1 (FPS2_WARPS >= 2), not by the releasing warp 0: its pending
+      // Written by warp 1 (FPS_REGS_WARPS >= 2), not by the releasing warp 0: its pending
       // global stores would delay the next step's release.
       if (rank == 0 && tid == 32) {
         out_idx[it] = ci;
@@ -447,21 +447,21 @@ __device__ __forceinline__ void fps2_body(const float *__restrict__ pts,
   // No block leaves while a remote store to it, or from it, may be in flight.
   fps_cluster_sync();
 #else
-  __trap();  // the host launches v2 only on sm_90+
+  __trap();  // the host launches register FPS only on sm_90+
 #endif
 }
 
 // pts: n×3 (n = *n_ptr); m centers out: out_idx[m], out_xyz[m×3]. Launch: one cluster of
-// gridDim.x = 8 or 16 blocks (cluster dimension = grid) of FPS2_THREADS threads, dynamic
-// shared memory ceil(n_max / nb) × 16 bytes; n <= nb × PPT × FPS2_THREADS.
+// gridDim.x = 8 or 16 blocks (cluster dimension = grid) of FPS_REGS_THREADS threads, dynamic
+// shared memory ceil(n_max / nb) × 16 bytes; n <= nb × PPT × FPS_REGS_THREADS.
 // xmode 0: exchange by cluster barrier; 1: by st.async + mbarrier.
-MIAD_EXTERN void __launch_bounds__(FPS2_THREADS, 1)
-    fps2_p8_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, int xmode,
+MIAD_EXTERN void __launch_bounds__(FPS_REGS_THREADS, 1)
+    fps_regs_p8_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, int xmode,
                 u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
-  fps2_body<8>(pts, n_ptr, m, xmode, out_idx, out_xyz);
+  fps_regs_body<8>(pts, n_ptr, m, xmode, out_idx, out_xyz);
 }
-MIAD_EXTERN void __launch_bounds__(FPS2_THREADS, 1)
-    fps2_p16_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, int xmode,
+MIAD_EXTERN void __launch_bounds__(FPS_REGS_THREADS, 1)
+    fps_regs_p16_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr, int m, int xmode,
                  u32 *__restrict__ out_idx, float *__restrict__ out_xyz) {
-  fps2_body<16>(pts, n_ptr, m, xmode, out_idx, out_xyz);
+  fps_regs_body<16>(pts, n_ptr, m, xmode, out_idx, out_xyz);
 }

@@ -42,7 +42,7 @@ __device__ __forceinline__ void knn_sift_down(u64 *h, int size, u64 key, int pos
 // pts: n×3 (n = *n_ptr, n >= k); centers: m×3. out_idx: m×k; out_rel: m×k×3 (p − center).
 // Dynamic shared memory: KNN_WARPS·32·k·8 bytes of heaps + KNN_TILE·12 bytes of points.
 MIAD_EXTERN void __launch_bounds__(KNN_WARPS * 32)
-    knn_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr,
+    knn_heap_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr,
             const float *__restrict__ centers, int m, int k, u32 *__restrict__ out_idx,
             float *__restrict__ out_rel) {
   extern __shared__ u64 knn_dsm[];
@@ -112,52 +112,52 @@ MIAD_EXTERN void __launch_bounds__(KNN_WARPS * 32)
 }
 
 // ======================================================================================
-// kNN v2: exact k nearest (k <= KNN2_T) per center, sorted by (distance bits, index), for
-// KNN2_C centers per block of KNN2_T threads.
+// select kNN: exact k nearest (k <= KNN_SELECT_T) per center, sorted by (distance bits, index), for
+// KNN_SELECT_C centers per block of KNN_SELECT_T threads.
 //
 // Why this design (exact and deterministic by construction, no spatial structure to
 // build): the answer is the unique set of the k smallest 64-bit keys (distance bits << 32 |
 // index), so any candidate filter that provably keeps those k keys, followed by an exact
 // sort of the survivors, gives the same bits as the CPU, whatever the order in which the
 // survivors were gathered.
-//  pass 1: thread t scans the points j ≡ t (mod KNN2_T) and keeps, per center, the minimum
-//          distance of its slice. The k-th smallest of the KNN2_T slice minima, τ, is an
+//  pass 1: thread t scans the points j ≡ t (mod KNN_SELECT_T) and keeps, per center, the minimum
+//          distance of its slice. The k-th smallest of the KNN_SELECT_T slice minima, τ, is an
 //          upper bound of the k-th smallest distance (k distinct points, one per slice, lie
 //          at <= τ). One warp per center finds it exactly by a bitwise radix select on the
 //          float bits (non-negative floats order like their bits).
 //  pass 2: the same scan appends every key with distance <= τ to the center's buffer in
-//          shared memory (warp-aggregated atomics). With KNN2_T slices the bound is tight
+//          shared memory (warp-aggregated atomics). With KNN_SELECT_T slices the bound is tight
 //          (≈ k·(1 + a few %) survivors for clouds in random or scan order).
-//  overflow (more than KNN2_CAP survivors, e.g. massive exact ties): sort the full buffer;
+//  overflow (more than KNN_SELECT_CAP survivors, e.g. massive exact ties): sort the full buffer;
 //          its k-th key is a smaller valid bound (k actual keys are <= it, and the
-//          KNN2_CAP - k larger buffer keys are now excluded), rescan with it; repeats until
-//          the survivors fit (at most n / (KNN2_CAP - k) rounds, one in practice).
+//          KNN_SELECT_CAP - k larger buffer keys are now excluded), rescan with it; repeats until
+//          the survivors fit (at most n / (KNN_SELECT_CAP - k) rounds, one in practice).
 //  final:  bitonic sort of each buffer (padded with the maximum key to a power of two, the
 //          same size for the block's centers), the first k keys are the answer.
-// Cost: 2 scans of n points per block of KNN2_C centers (each point load serves KNN2_C
+// Cost: 2 scans of n points per block of KNN_SELECT_C centers (each point load serves KNN_SELECT_C
 // distance computations), ~10 instructions per (center, point) and pass; 128 blocks for
 // 1024 centers (one per SM on H100).
 // ======================================================================================
-#define KNN2_C 8
-#define KNN2_T 512
-#define KNN2_CAP 1024
-#define KNN2_U 2
-#define KNN2_NONE 0xffffffffu
+#define KNN_SELECT_C 8
+#define KNN_SELECT_T 512
+#define KNN_SELECT_CAP 1024
+#define KNN_SELECT_U 2
+#define KNN_SELECT_NONE 0xffffffffu
 
 // One scan: append to buf[c] every key (d, j) <= (tb[c], ti[c]) (tb < 0: none).
-__device__ __forceinline__ void knn2_collect(const float *__restrict__ pts, int n,
-                                             const float (&cx)[KNN2_C],
-                                             const float (&cy)[KNN2_C],
-                                             const float (&cz)[KNN2_C], const int (&tb)[KNN2_C],
-                                             const u32 (&ti)[KNN2_C], u64 *buf, int *cnt) {
+__device__ __forceinline__ void knn_select_collect(const float *__restrict__ pts, int n,
+                                             const float (&cx)[KNN_SELECT_C],
+                                             const float (&cy)[KNN_SELECT_C],
+                                             const float (&cz)[KNN_SELECT_C], const int (&tb)[KNN_SELECT_C],
+                                             const u32 (&ti)[KNN_SELECT_C], u64 *buf, int *cnt) {
   const u32 full = 0xffffffffu;
   const int tid = threadIdx.x, lane = tid & 31;
   const float qnan = __int_as_float(0x7fffffff);
-  for (int j0 = tid - lane; j0 < n; j0 += KNN2_U * KNN2_T) {
-    float qx[KNN2_U], qy[KNN2_U], qz[KNN2_U];
+  for (int j0 = tid - lane; j0 < n; j0 += KNN_SELECT_U * KNN_SELECT_T) {
+    float qx[KNN_SELECT_U], qy[KNN_SELECT_U], qz[KNN_SELECT_U];
 #pragma unroll
-    for (int u = 0; u < KNN2_U; ++u) {
-      const int j = j0 + lane + u * KNN2_T;
+    for (int u = 0; u < KNN_SELECT_U; ++u) {
+      const int j = j0 + lane + u * KNN_SELECT_T;
       qx[u] = qy[u] = qz[u] = qnan;
       if (j < n) {
         qx[u] = __ldg(pts + 3 * j);
@@ -166,11 +166,11 @@ __device__ __forceinline__ void knn2_collect(const float *__restrict__ pts, int 
       }
     }
 #pragma unroll
-    for (int u = 0; u < KNN2_U; ++u) {
-      const u32 j = (u32)(j0 + lane + u * KNN2_T);
+    for (int u = 0; u < KNN_SELECT_U; ++u) {
+      const u32 j = (u32)(j0 + lane + u * KNN_SELECT_T);
       const bool ok = j < (u32)n;
 #pragma unroll
-      for (int c = 0; c < KNN2_C; ++c) {
+      for (int c = 0; c < KNN_SELECT_C; ++c) {
         const float d = miad_sq_dist(qx[u], qy[u], qz[u], cx[c], cy[c], cz[c]);
         const int db = __float_as_int(d);  // d >= 0: its bits order like the values
         const bool pre = ok && db <= tb[c];
@@ -184,7 +184,7 @@ __device__ __forceinline__ void knn2_collect(const float *__restrict__ pts, int 
             at = __shfl_sync(full, at, leader);
             if (cand) {
               const int pos = at + __popc(bal & miad_lanemask_lt());
-              if (pos < KNN2_CAP) buf[c * KNN2_CAP + pos] = ((u64)(u32)db << 32) | (u64)j;
+              if (pos < KNN_SELECT_CAP) buf[c * KNN_SELECT_CAP + pos] = ((u64)(u32)db << 32) | (u64)j;
             }
           }
         }
@@ -195,16 +195,16 @@ __device__ __forceinline__ void knn2_collect(const float *__restrict__ pts, int 
 
 // Ascending bitonic sort of buf[c][0, p) for the centers in `mask`; p a power of two >= 2.
 // Ends with a barrier.
-__device__ __forceinline__ void knn2_sort(u64 *buf, u32 mask, int p, int logp) {
-  const int half = p >> 1, total = KNN2_C * half;
+__device__ __forceinline__ void knn_select_sort(u64 *buf, u32 mask, int p, int logp) {
+  const int half = p >> 1, total = KNN_SELECT_C * half;
   for (int size = 2; size <= p; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int t = threadIdx.x; t < total; t += KNN2_T) {
+      for (int t = threadIdx.x; t < total; t += KNN_SELECT_T) {
         const int c = t >> (logp - 1), i = t & (half - 1);
         if ((mask >> c) & 1u) {
           const int lo = ((i & ~(stride - 1)) << 1) | (i & (stride - 1));
           const int hi = lo + stride;
-          u64 *b = buf + c * KNN2_CAP;
+          u64 *b = buf + c * KNN_SELECT_CAP;
           const u64 a = b[lo], v = b[hi];
           if ((a > v) == ((lo & size) == 0)) {
             b[lo] = v;
@@ -218,33 +218,33 @@ __device__ __forceinline__ void knn2_sort(u64 *buf, u32 mask, int p, int logp) {
 }
 
 // pts: n×3 (n = *n_ptr, n >= k); centers: m×3. out_idx: m×k; out_rel: m×k×3 (p − center).
-// Launch: ceil(m / KNN2_C) blocks of KNN2_T threads, dynamic shared memory
-// KNN2_C·KNN2_CAP·8 bytes. 1 <= k <= KNN2_T (else the block returns without writing).
-MIAD_EXTERN void __launch_bounds__(KNN2_T, 1)
-    knn2_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr,
+// Launch: ceil(m / KNN_SELECT_C) blocks of KNN_SELECT_T threads, dynamic shared memory
+// KNN_SELECT_C·KNN_SELECT_CAP·8 bytes. 1 <= k <= KNN_SELECT_T (else the block returns without writing).
+MIAD_EXTERN void __launch_bounds__(KNN_SELECT_T, 1)
+    knn_select_f32(const float *__restrict__ pts, const int *__restrict__ n_ptr,
              const float *__restrict__ centers, int m, int k, u32 *__restrict__ out_idx,
              float *__restrict__ out_rel) {
-  extern __shared__ u64 knn2_buf[];  // [KNN2_C][KNN2_CAP]; pass 1 keeps its minima here
-  __shared__ int cnt[KNN2_C];
-  __shared__ int tbs[KNN2_C];
-  __shared__ u32 tis[KNN2_C];
-  __shared__ float cen[KNN2_C][3];
+  extern __shared__ u64 knn_select_buf[];  // [KNN_SELECT_C][KNN_SELECT_CAP]; pass 1 keeps its minima here
+  __shared__ int cnt[KNN_SELECT_C];
+  __shared__ int tbs[KNN_SELECT_C];
+  __shared__ u32 tis[KNN_SELECT_C];
+  __shared__ float cen[KNN_SELECT_C][3];
   const u32 full = 0xffffffffu;
   const int n = *n_ptr;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int c0 = blockIdx.x * KNN2_C;
-  const int nc = min(KNN2_C, m - c0);
-  if (k < 1 || k > KNN2_T || nc <= 0) return;
+  const int c0 = blockIdx.x * KNN_SELECT_C;
+  const int nc = min(KNN_SELECT_C, m - c0);
+  if (k < 1 || k > KNN_SELECT_T || nc <= 0) return;
 
-  float cx[KNN2_C], cy[KNN2_C], cz[KNN2_C];
+  float cx[KNN_SELECT_C], cy[KNN_SELECT_C], cz[KNN_SELECT_C];
 #pragma unroll
-  for (int c = 0; c < KNN2_C; ++c) {
+  for (int c = 0; c < KNN_SELECT_C; ++c) {
     const int cc = c0 + min(c, nc - 1);  // inactive centers repeat the last one
     cx[c] = centers[3 * cc];
     cy[c] = centers[3 * cc + 1];
     cz[c] = centers[3 * cc + 2];
   }
-  if (tid < KNN2_C) {
+  if (tid < KNN_SELECT_C) {
     const int cc = c0 + min(tid, nc - 1);
     cen[tid][0] = centers[3 * cc];
     cen[tid][1] = centers[3 * cc + 1];
@@ -253,15 +253,15 @@ MIAD_EXTERN void __launch_bounds__(KNN2_T, 1)
 
   // Pass 1: per-thread slice minima.
   {
-    float mn[KNN2_C];
+    float mn[KNN_SELECT_C];
     const float inf = __int_as_float(0x7f800000), qnan = __int_as_float(0x7fffffff);
 #pragma unroll
-    for (int c = 0; c < KNN2_C; ++c) mn[c] = inf;
-    for (int j0 = tid - lane; j0 < n; j0 += KNN2_U * KNN2_T) {
-      float qx[KNN2_U], qy[KNN2_U], qz[KNN2_U];
+    for (int c = 0; c < KNN_SELECT_C; ++c) mn[c] = inf;
+    for (int j0 = tid - lane; j0 < n; j0 += KNN_SELECT_U * KNN_SELECT_T) {
+      float qx[KNN_SELECT_U], qy[KNN_SELECT_U], qz[KNN_SELECT_U];
 #pragma unroll
-      for (int u = 0; u < KNN2_U; ++u) {
-        const int j = j0 + lane + u * KNN2_T;
+      for (int u = 0; u < KNN_SELECT_U; ++u) {
+        const int j = j0 + lane + u * KNN_SELECT_T;
         qx[u] = qy[u] = qz[u] = qnan;
         if (j < n) {
           qx[u] = __ldg(pts + 3 * j);
@@ -270,32 +270,32 @@ MIAD_EXTERN void __launch_bounds__(KNN2_T, 1)
         }
       }
 #pragma unroll
-      for (int u = 0; u < KNN2_U; ++u) {
+      for (int u = 0; u < KNN_SELECT_U; ++u) {
 #pragma unroll
-        for (int c = 0; c < KNN2_C; ++c) {
+        for (int c = 0; c < KNN_SELECT_C; ++c) {
           // fminf returns the other operand for a NaN (no point).
           mn[c] = fminf(mn[c], miad_sq_dist(qx[u], qy[u], qz[u], cx[c], cy[c], cz[c]));
         }
       }
     }
-    u32 *mins = reinterpret_cast<u32 *>(knn2_buf);
+    u32 *mins = reinterpret_cast<u32 *>(knn_select_buf);
 #pragma unroll
-    for (int c = 0; c < KNN2_C; ++c) mins[c * KNN2_T + tid] = __float_as_uint(mn[c]);
+    for (int c = 0; c < KNN_SELECT_C; ++c) mins[c * KNN_SELECT_T + tid] = __float_as_uint(mn[c]);
   }
   __syncthreads();
   // Radix select of the k-th smallest minimum (rank k-1), one warp per center.
-  if (warp < KNN2_C) {
-    const u32 *mins = reinterpret_cast<const u32 *>(knn2_buf) + warp * KNN2_T;
-    u32 v[KNN2_T / 32];
+  if (warp < KNN_SELECT_C) {
+    const u32 *mins = reinterpret_cast<const u32 *>(knn_select_buf) + warp * KNN_SELECT_T;
+    u32 v[KNN_SELECT_T / 32];
 #pragma unroll
-    for (int i = 0; i < KNN2_T / 32; ++i) v[i] = mins[lane + 32 * i];
+    for (int i = 0; i < KNN_SELECT_T / 32; ++i) v[i] = mins[lane + 32 * i];
     u32 prefix = 0u;
     int r = k - 1;
     for (int b = 31; b >= 0; --b) {
       const u32 mask = ~0u << b;  // the bits decided so far and bit b
       int c = 0;
 #pragma unroll
-      for (int i = 0; i < KNN2_T / 32; ++i) c += (v[i] & mask) == prefix;
+      for (int i = 0; i < KNN_SELECT_T / 32; ++i) c += (v[i] & mask) == prefix;
       c = (int)__reduce_add_sync(full, (u32)c);
       if (r >= c) {  // fewer than r+1 values with bit b = 0 under this prefix
         r -= c;
@@ -304,32 +304,32 @@ MIAD_EXTERN void __launch_bounds__(KNN2_T, 1)
     }
     if (lane == 0) {
       tbs[warp] = warp < nc ? (int)prefix : -1;
-      tis[warp] = KNN2_NONE;
+      tis[warp] = KNN_SELECT_NONE;
       cnt[warp] = 0;
     }
   }
   __syncthreads();  // also: the minima are dead from here on, the buffers take their place
 
-  int tb[KNN2_C];
-  u32 ti[KNN2_C];
+  int tb[KNN_SELECT_C];
+  u32 ti[KNN_SELECT_C];
 #pragma unroll
-  for (int c = 0; c < KNN2_C; ++c) {
+  for (int c = 0; c < KNN_SELECT_C; ++c) {
     tb[c] = tbs[c];
     ti[c] = tis[c];
   }
-  knn2_collect(pts, n, cx, cy, cz, tb, ti, knn2_buf, cnt);
+  knn_select_collect(pts, n, cx, cy, cz, tb, ti, knn_select_buf, cnt);
   __syncthreads();
 
   // Overflow: tighten the bound of the overflowing centers and rescan for them only.
   for (;;) {
     u32 over = 0u;
 #pragma unroll
-    for (int c = 0; c < KNN2_C; ++c) over |= (cnt[c] > KNN2_CAP ? 1u : 0u) << c;
+    for (int c = 0; c < KNN_SELECT_C; ++c) over |= (cnt[c] > KNN_SELECT_CAP ? 1u : 0u) << c;
     if (over == 0u) break;  // uniform: every thread read the same counts
-    knn2_sort(knn2_buf, over, KNN2_CAP, 10);
-    if (tid < KNN2_C) {
+    knn_select_sort(knn_select_buf, over, KNN_SELECT_CAP, 10);
+    if (tid < KNN_SELECT_C) {
       if ((over >> tid) & 1u) {
-        const u64 key = knn2_buf[tid * KNN2_CAP + (k - 1)];
+        const u64 key = knn_select_buf[tid * KNN_SELECT_CAP + (k - 1)];
         tbs[tid] = (int)(u32)(key >> 32);
         tis[tid] = (u32)key;
         cnt[tid] = 0;
@@ -339,33 +339,33 @@ MIAD_EXTERN void __launch_bounds__(KNN2_T, 1)
     }
     __syncthreads();
 #pragma unroll
-    for (int c = 0; c < KNN2_C; ++c) {
+    for (int c = 0; c < KNN_SELECT_C; ++c) {
       tb[c] = tbs[c];
       ti[c] = tis[c];
     }
-    knn2_collect(pts, n, cx, cy, cz, tb, ti, knn2_buf, cnt);
+    knn_select_collect(pts, n, cx, cy, cz, tb, ti, knn_select_buf, cnt);
     __syncthreads();
   }
 
   // Final sort: pad each buffer to p with the maximum key.
   int most = k;
 #pragma unroll
-  for (int c = 0; c < KNN2_C; ++c) most = max(most, cnt[c]);
+  for (int c = 0; c < KNN_SELECT_C; ++c) most = max(most, cnt[c]);
   int logp = 1;
   while ((1 << logp) < most) ++logp;
-  const int p = 1 << logp;  // <= KNN2_CAP: counts are <= KNN2_CAP here, k <= KNN2_T
-  for (int t = tid; t < KNN2_C * p; t += KNN2_T) {
+  const int p = 1 << logp;  // <= KNN_SELECT_CAP: counts are <= KNN_SELECT_CAP here, k <= KNN_SELECT_T
+  for (int t = tid; t < KNN_SELECT_C * p; t += KNN_SELECT_T) {
     const int c = t >> logp, i = t & (p - 1);
-    if (i >= cnt[c]) knn2_buf[c * KNN2_CAP + i] = 0xffffffffffffffffull;
+    if (i >= cnt[c]) knn_select_buf[c * KNN_SELECT_CAP + i] = 0xffffffffffffffffull;
   }
   __syncthreads();
-  knn2_sort(knn2_buf, (1u << KNN2_C) - 1u, p, logp);
+  knn_select_sort(knn_select_buf, (1u << KNN_SELECT_C) - 1u, p, logp);
 
-  // Write. n < k leaves maximum keys: clamp the index as knn_f32 does.
+  // Write. n < k leaves maximum keys: clamp the index as knn_heap_f32 does.
   const u32 last = (u32)max(n - 1, 0);
-  for (int t = tid; t < nc * k; t += KNN2_T) {
+  for (int t = tid; t < nc * k; t += KNN_SELECT_T) {
     const int c = t / k, r = t - c * k;
-    const u64 key = knn2_buf[c * KNN2_CAP + r];
+    const u64 key = knn_select_buf[c * KNN_SELECT_CAP + r];
     const u32 j = min((u32)key, last);
     const size_t o = (size_t)(c0 + c) * k + r;
     out_idx[o] = j;

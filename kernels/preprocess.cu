@@ -44,10 +44,7 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     z = p[2];
     // SPEC §1.5-1.6: a point needs all three coordinates non-zero and finite.
     if (x == 0.f || y == 0.f || z == 0.f) return false;
-    // Finite: |v| <= FLT_MAX is false for NaN and infinity (no isfinite: the SIMT
-    // emulator compiles this file as host C++).
-    const float fmax = __int_as_float(0x7f7fffff);
-    if (!(fabsf(x) <= fmax && fabsf(y) <= fmax && fabsf(z) <= fmax)) return false;
+    if (!isfinite(x) || !isfinite(y) || !isfinite(z)) return false;
     if (keep && !keep[(size_t)sr * w + sc]) return false;
     if (plane) {
       const float dist =

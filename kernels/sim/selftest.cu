@@ -142,3 +142,13 @@ MIAD_EXTERN void ok_mma(const unsigned short *a, const unsigned short *bt,
   d[(g + 8) * 8 + 2 * t] = acc[2];
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
+
+// CUDA's global classification functions (isfinite / isnan / isinf), float and double.
+MIAD_EXTERN void ok_classify(const float *in, int n, int *out) {
+  const int i = threadIdx.x;
+  if (i >= n) return;
+  const float f = in[i];
+  const double d = (double)f;
+  out[i] = (isfinite(f) ? 1 : 0) | (isnan(f) ? 2 : 0) | (isinf(f) ? 4 : 0) |
+           (isfinite(d) ? 8 : 0) | (isnan(d) ? 16 : 0) | (isinf(d) ? 32 : 0);
+}

@@ -187,6 +187,10 @@ inline float __double2float_rn(double a) { return (float)a; }
 inline float __int2float_rn(int a) { return (float)a; }
 using std::erf;
 using std::fma;
+// CUDA declares the classification functions in the global namespace (<cmath>: std::).
+using std::isfinite;
+using std::isinf;
+using std::isnan;
 
 template <class T> inline T __ldg(const T *p) { return *p; }
 template <class T> inline T __ldcg(const T *p) { return *p; }

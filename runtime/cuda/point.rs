@@ -20,38 +20,38 @@ const KNN_TILE: u32 = 1024;
 const ENC_THREADS: u32 = 256;
 const PRE_THREADS: u32 = 1024;
 
-/// Threads per block of the v2 FPS kernels (`FPS2_THREADS` in kernels/fps.cu).
-pub const FPS2_THREADS: u32 = 512;
-/// Register-resident points per thread of the v2 FPS instances `fps2_p{8,16}_f32`.
-pub const FPS2_PPT: [u32; 2] = [8, 16];
-/// Cluster sizes tried for FPS v2, in order: 16 needs the non-portable cluster size (sm_90
+/// Threads per block of the register FPS kernels (`FPS_REGS_THREADS` in kernels/fps.cu).
+pub const FPS_REGS_THREADS: u32 = 512;
+/// Register-resident points per thread of the register FPS instances `fps_regs_p{8,16}_f32`.
+pub const FPS_REGS_PPT: [u32; 2] = [8, 16];
+/// Cluster sizes tried for register FPS, in order: 16 needs the non-portable cluster size (sm_90
 /// allows it when a GPC can hold 16 blocks), 8 is portable.
-pub const FPS2_CLUSTERS: [u32; 2] = [16, 8];
-/// Centers per block, threads per block and candidate capacity per center of kNN v2
-/// (`KNN2_C`, `KNN2_T`, `KNN2_CAP` in kernels/knn.cu).
-pub const KNN2_CENTERS: u32 = 8;
-pub const KNN2_THREADS: u32 = 512;
-pub const KNN2_CAP: u32 = 1024;
+pub const FPS_REGS_CLUSTERS: [u32; 2] = [16, 8];
+/// Centers per block, threads per block and candidate capacity per center of select kNN
+/// (`KNN_SELECT_C`, `KNN_SELECT_T`, `KNN_SELECT_CAP` in kernels/knn.cu).
+pub const KNN_SELECT_CENTERS: u32 = 8;
+pub const KNN_SELECT_THREADS: u32 = 512;
+pub const KNN_SELECT_CAP: u32 = 1024;
 
 /// Which FPS kernel a launch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FpsKernel {
-    /// `fps_f32`: points in shared memory (cluster of 8 on sm_90, one block before).
-    V1,
-    /// `fps2_*`: points in registers, winners exchanged with one cluster barrier per step.
-    V2Barrier,
-    /// `fps2_*`: winners pushed with `st.async` and awaited on an mbarrier (no cluster
+    /// `fps_smem_f32`: points in shared memory (cluster of 8 on sm_90, one block before).
+    SharedMemory,
+    /// `fps_regs_*`: points in registers, winners exchanged with one cluster barrier per step.
+    RegistersBarrier,
+    /// `fps_regs_*`: winners pushed with `st.async` and awaited on an mbarrier (no cluster
     /// barrier in the loop).
-    V2Mbarrier,
+    RegistersMbarrier,
 }
 
 /// Which kNN grouping kernel a launch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KnnKernel {
-    /// `knn_f32`: a lane per center with shared-memory heaps.
-    V1,
-    /// `knn2_f32`: 8 centers per block, bound from slice minima, filter, bitonic sort.
-    V2,
+    /// `knn_heap_f32`: a lane per center with shared-memory heaps.
+    LaneHeaps,
+    /// `knn_select_f32`: 8 centers per block, bound from slice minima, filter, bitonic sort.
+    BoundSelect,
 }
 
 /// Kernel choices for [`PointKernels::with_options`]; `None` takes the device default
@@ -60,35 +60,36 @@ pub enum KnnKernel {
 pub struct PointOptions {
     pub fps: Option<FpsKernel>,
     pub knn: Option<KnnKernel>,
-    /// Cluster size of FPS v2 (8 or 16); `None`: 16 when the device can co-schedule it,
+    /// Cluster size of register FPS (8 or 16); `None`: 16 when the device can co-schedule it,
     /// else 8.
-    pub fps2_cluster: Option<u32>,
+    pub fps_regs_cluster: Option<u32>,
 }
 
-/// The default kernels for compute capability `sm` (87, 90, ...): v2 on sm_90 and later
-/// (FPS v2 needs thread-block clusters), v1 before.
+/// The default kernels for compute capability `sm` (87, 90, ...): register FPS and
+/// bound-select kNN on sm_90 and later (register FPS needs thread-block clusters), the
+/// shared-memory FPS and heap kNN before.
 pub fn default_kernels(sm: u32) -> (FpsKernel, KnnKernel) {
     if sm >= 90 {
-        (FpsKernel::V2Barrier, KnnKernel::V2)
+        (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect)
     } else {
-        (FpsKernel::V1, KnnKernel::V1)
+        (FpsKernel::SharedMemory, KnnKernel::LaneHeaps)
     }
 }
 
-/// Launch geometry of FPS v2 for one cluster size.
+/// Launch geometry of register FPS for one cluster size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fps2Geometry {
     /// Blocks in the cluster (= the grid).
     pub cluster: u32,
-    /// Points per thread of the instance to use (one of [`FPS2_PPT`]).
+    /// Points per thread of the instance to use (one of [`FPS_REGS_PPT`]).
     pub ppt: u32,
     /// Dynamic shared memory per block: the block's chunk of points as float4.
     pub smem: u32,
 }
 
-/// The v2 FPS launch chosen at creation.
+/// The register FPS launch chosen at creation.
 #[derive(Clone, Copy, Debug)]
-struct Fps2 {
+struct FpsRegs {
     f: CUfunction,
     geo: Fps2Geometry,
 }
@@ -143,36 +144,36 @@ impl PointPlan {
     pub fn knn_smem(&self) -> u32 {
         (KNN_WARPS as usize * 32 * self.group_size * 8 + KNN_TILE as usize * 12) as u32
     }
-    /// FPS v2 geometry for a cluster of `cluster` blocks, or `None` when that cluster size is
-    /// not one of [`FPS2_CLUSTERS`] or cannot hold `max_points` in registers.
-    pub fn fps2_geometry(&self, cluster: u32) -> Option<Fps2Geometry> {
-        if !FPS2_CLUSTERS.contains(&cluster) || self.max_points == 0 {
+    /// register FPS geometry for a cluster of `cluster` blocks, or `None` when that cluster size is
+    /// not one of [`FPS_REGS_CLUSTERS`] or cannot hold `max_points` in registers.
+    pub fn fps_regs_geometry(&self, cluster: u32) -> Option<Fps2Geometry> {
+        if !FPS_REGS_CLUSTERS.contains(&cluster) || self.max_points == 0 {
             return None;
         }
         let chunk = self.max_points.div_ceil(cluster as usize);
-        let ppt = FPS2_PPT
+        let ppt = FPS_REGS_PPT
             .into_iter()
-            .find(|&p| chunk <= (p * FPS2_THREADS) as usize)?;
+            .find(|&p| chunk <= (p * FPS_REGS_THREADS) as usize)?;
         Some(Fps2Geometry {
             cluster,
             ppt,
             smem: (chunk * 16) as u32,
         })
     }
-    /// Whether kNN v2 can serve this plan: k within one slice minimum per thread, and the
+    /// Whether select kNN can serve this plan: k within one slice minimum per thread, and the
     /// candidate buffer at least twice k (so each overflow round drops >= k candidates).
-    pub fn knn2_supported(&self) -> bool {
+    pub fn knn_select_supported(&self) -> bool {
         self.group_size >= 1
-            && self.group_size <= KNN2_THREADS as usize
-            && 2 * self.group_size <= KNN2_CAP as usize
+            && self.group_size <= KNN_SELECT_THREADS as usize
+            && 2 * self.group_size <= KNN_SELECT_CAP as usize
     }
-    /// Dynamic shared memory of kNN v2: the candidate buffers (u64 keys).
-    pub fn knn2_smem(&self) -> u32 {
-        KNN2_CENTERS * KNN2_CAP * 8
+    /// Dynamic shared memory of select kNN: the candidate buffers (u64 keys).
+    pub fn knn_select_smem(&self) -> u32 {
+        KNN_SELECT_CENTERS * KNN_SELECT_CAP * 8
     }
-    /// Blocks of a kNN v2 launch.
-    pub fn knn2_blocks(&self) -> u32 {
-        self.groups.div_ceil(KNN2_CENTERS as usize) as u32
+    /// Blocks of a select kNN launch.
+    pub fn knn_select_blocks(&self) -> u32 {
+        self.groups.div_ceil(KNN_SELECT_CENTERS as usize) as u32
     }
     pub fn encoder_smem(&self) -> u32 {
         let [c1, c2, c3, d] = self.widths;
@@ -188,26 +189,26 @@ impl PointPlan {
     }
 }
 
-/// Looks the FPS v2 instance up and picks its cluster size: the requested one, else the
-/// first of [`FPS2_CLUSTERS`] that the device can co-schedule (checked with
-/// `cuOccupancyMaxActiveClusters`). `Ok(None)`: no cluster size fits (v2 unavailable).
-fn setup_fps2(
+/// Looks the register FPS instance up and picks its cluster size: the requested one, else the
+/// first of [`FPS_REGS_CLUSTERS`] that the device can co-schedule (checked with
+/// `cuOccupancyMaxActiveClusters`). `Ok(None)`: no cluster size fits (register FPS unavailable).
+fn setup_fps_regs(
     dev: &Device,
     module: &Module,
     plan: &PointPlan,
     want: Option<u32>,
-) -> Result<Option<Fps2>> {
+) -> Result<Option<FpsRegs>> {
     let tries: &[u32] = match &want {
         Some(c) => std::slice::from_ref(c),
-        None => &FPS2_CLUSTERS,
+        None => &FPS_REGS_CLUSTERS,
     };
     for &c in tries {
-        let Some(geo) = plan.fps2_geometry(c) else {
+        let Some(geo) = plan.fps_regs_geometry(c) else {
             continue;
         };
-        let f = module.function(&format!("fps2_p{}_f32", geo.ppt))?;
-        match fps2_fits(dev, f, geo) {
-            Ok(true) => return Ok(Some(Fps2 { f, geo })),
+        let f = module.function(&format!("fps_regs_p{}_f32", geo.ppt))?;
+        match fps_regs_fits(dev, f, geo) {
+            Ok(true) => return Ok(Some(FpsRegs { f, geo })),
             Ok(false) => {}
             Err(e) if want.is_some() => return Err(e),
             Err(_) => {}
@@ -215,7 +216,7 @@ fn setup_fps2(
     }
     match want {
         Some(c) => Err(Error::Cuda(format!(
-            "FPS v2 with a cluster of {c} blocks cannot run here ({} points)",
+            "register FPS with a cluster of {c} blocks cannot run here ({} points)",
             plan.max_points
         ))),
         None => Ok(None),
@@ -224,7 +225,7 @@ fn setup_fps2(
 
 /// Sets `f`'s shared-memory limit (and the non-portable cluster size when above 8) and asks
 /// the driver whether one cluster of `geo` can be resident.
-fn fps2_fits(dev: &Device, f: CUfunction, geo: Fps2Geometry) -> Result<bool> {
+fn fps_regs_fits(dev: &Device, f: CUfunction, geo: Fps2Geometry) -> Result<bool> {
     dev.set_max_dynamic_smem(f, geo.smem)?;
     unsafe {
         if geo.cluster > 8 {
@@ -246,7 +247,7 @@ fn fps2_fits(dev: &Device, f: CUfunction, geo: Fps2Geometry) -> Result<bool> {
             gridDimX: geo.cluster,
             gridDimY: 1,
             gridDimZ: 1,
-            blockDimX: FPS2_THREADS,
+            blockDimX: FPS_REGS_THREADS,
             blockDimY: 1,
             blockDimZ: 1,
             sharedMemBytes: geo.smem,
@@ -278,8 +279,8 @@ pub struct PointKernels {
     /// between launches to any available kind, see [`PointKernels::fps_available`]).
     pub fps_kernel: FpsKernel,
     pub knn_kernel: KnnKernel,
-    fps2: Option<Fps2>,
-    knn2: Option<CUfunction>,
+    fps_regs: Option<FpsRegs>,
+    knn_select: Option<CUfunction>,
     pub plan: PointPlan,
 }
 
@@ -289,7 +290,7 @@ impl PointKernels {
         Self::with_options(dev, plan, PointOptions::default())
     }
 
-    /// The kernels with explicit choices; asking for a v2 kernel the device or plan cannot
+    /// The kernels with explicit choices; asking for a register FPS or bound-select kNN kernel the device or plan cannot
     /// run is an error.
     pub fn with_options(dev: &Device, plan: PointPlan, opts: PointOptions) -> Result<PointKernels> {
         let pre = Module::load(dev, "preprocess")?;
@@ -297,14 +298,14 @@ impl PointKernels {
         let knn_m = Module::load(dev, "knn")?;
         let enc_m = Module::load(dev, "group_encoder")?;
         let pfa_m = Module::load(dev, "pfa")?;
-        let fps2 = if dev.cc.0 >= 9 {
-            setup_fps2(dev, &fps_m, &plan, opts.fps2_cluster)?
+        let fps_regs = if dev.cc.0 >= 9 {
+            setup_fps_regs(dev, &fps_m, &plan, opts.fps_regs_cluster)?
         } else {
             None
         };
-        let knn2 = if plan.knn2_supported() {
-            let f = knn_m.function("knn2_f32")?;
-            dev.set_max_dynamic_smem(f, plan.knn2_smem())?;
+        let knn_select = if plan.knn_select_supported() {
+            let f = knn_m.function("knn_select_f32")?;
+            dev.set_max_dynamic_smem(f, plan.knn_select_smem())?;
             Some(f)
         } else {
             None
@@ -312,26 +313,26 @@ impl PointKernels {
         let (dfps, dknn) = default_kernels(dev.sm());
         let fps_kernel = match opts.fps {
             Some(k) => k,
-            None if fps2.is_none() => FpsKernel::V1,
+            None if fps_regs.is_none() => FpsKernel::SharedMemory,
             None => dfps,
         };
         let knn_kernel = match opts.knn {
             Some(k) => k,
-            None if knn2.is_none() => KnnKernel::V1,
+            None if knn_select.is_none() => KnnKernel::LaneHeaps,
             None => dknn,
         };
         let k = PointKernels {
             preprocess: pre.function("preprocess_cloud_f32")?,
-            fps: fps_m.function("fps_f32")?,
-            knn: knn_m.function("knn_f32")?,
+            fps: fps_m.function("fps_smem_f32")?,
+            knn: knn_m.function("knn_heap_f32")?,
             encoder: enc_m.function("group_encoder_f32")?,
             nn3: pfa_m.function("pfa_nn3_f32")?,
             project: pfa_m.function("pfa_project_f32")?,
             fps_cluster: if dev.cc.0 >= 9 { FPS_CLUSTER } else { 0 },
             fps_kernel,
             knn_kernel,
-            fps2,
-            knn2,
+            fps_regs,
+            knn_select,
             _modules: vec![pre, fps_m, knn_m, enc_m, pfa_m],
             plan,
         };
@@ -396,19 +397,19 @@ impl PointKernels {
 
     /// Whether FPS kind `k` can be launched by these kernels.
     pub fn fps_available(&self, k: FpsKernel) -> bool {
-        k == FpsKernel::V1 || self.fps2.is_some()
+        k == FpsKernel::SharedMemory || self.fps_regs.is_some()
     }
     /// Whether kNN kind `k` can be launched by these kernels.
     pub fn knn_available(&self, k: KnnKernel) -> bool {
-        k == KnnKernel::V1 || self.knn2.is_some()
+        k == KnnKernel::LaneHeaps || self.knn_select.is_some()
     }
-    /// The FPS v2 launch geometry chosen at creation (`None`: v2 unavailable).
-    pub fn fps2_geometry(&self) -> Option<Fps2Geometry> {
-        self.fps2.map(|f| f.geo)
+    /// The register FPS launch geometry chosen at creation (`None`: register FPS unavailable).
+    pub fn fps_regs_geometry(&self) -> Option<Fps2Geometry> {
+        self.fps_regs.map(|f| f.geo)
     }
 
     /// FPS of `groups` centers over `*n` points with [`PointKernels::fps_kernel`]. `work`
-    /// (max_points float4) is used only by v1 on the single-block path.
+    /// (max_points float4) is used only by the shared-memory FPS on the single-block path.
     ///
     /// # Safety
     /// Pointers valid for max_points points and `groups` centers; `*n ≥ groups`.
@@ -440,11 +441,11 @@ impl PointKernels {
         out_xyz: DevPtr<f32>,
     ) -> Result<()> {
         let m = self.plan.groups as i32;
-        if kind != FpsKernel::V1 {
-            let Some(f2) = self.fps2 else {
+        if kind != FpsKernel::SharedMemory {
+            let Some(f2) = self.fps_regs else {
                 return Err(Error::Cuda(format!("{kind:?} is not available here")));
             };
-            let xmode: i32 = (kind == FpsKernel::V2Mbarrier) as i32;
+            let xmode: i32 = (kind == FpsKernel::RegistersMbarrier) as i32;
             let mut a: [*mut c_void; 6] = [
                 kptr(&pts),
                 kptr(&n),
@@ -457,7 +458,7 @@ impl PointKernels {
             return dev.launch_cluster(
                 f2.f,
                 (c, 1, 1),
-                (FPS2_THREADS, 1, 1),
+                (FPS_REGS_THREADS, 1, 1),
                 f2.geo.smem,
                 c,
                 &mut a,
@@ -516,9 +517,11 @@ impl PointKernels {
     ) -> Result<()> {
         let m = self.plan.groups as i32;
         let k = self.plan.group_size as i32;
-        if kind == KnnKernel::V2 {
-            let Some(f) = self.knn2 else {
-                return Err(Error::Cuda("kNN v2 is not available for this plan".into()));
+        if kind == KnnKernel::BoundSelect {
+            let Some(f) = self.knn_select else {
+                return Err(Error::Cuda(
+                    "select kNN is not available for this plan".into(),
+                ));
             };
             let mut a: [*mut c_void; 7] = [
                 kptr(&pts),
@@ -529,12 +532,12 @@ impl PointKernels {
                 kptr(&out_idx),
                 kptr(&out_rel),
             ];
-            let blocks = self.plan.knn2_blocks();
+            let blocks = self.plan.knn_select_blocks();
             return dev.launch(
                 f,
                 (blocks, 1, 1),
-                (KNN2_THREADS, 1, 1),
-                self.plan.knn2_smem(),
+                (KNN_SELECT_THREADS, 1, 1),
+                self.plan.knn_select_smem(),
                 &mut a,
             );
         }
@@ -684,12 +687,12 @@ mod tests {
     }
 
     #[test]
-    fn fps2_geometry_fits_the_default_cloud() {
+    fn fps_regs_geometry_fits_the_default_cloud() {
         let p = plan(224, 128);
         assert_eq!(p.max_points, 50_176);
         // 16 blocks: 3136 points per block, 7 per thread -> the 8-point instance.
         assert_eq!(
-            p.fps2_geometry(16),
+            p.fps_regs_geometry(16),
             Some(Fps2Geometry {
                 cluster: 16,
                 ppt: 8,
@@ -698,7 +701,7 @@ mod tests {
         );
         // 8 blocks: 6272 per block, 13 per thread -> the 16-point instance.
         assert_eq!(
-            p.fps2_geometry(8),
+            p.fps_regs_geometry(8),
             Some(Fps2Geometry {
                 cluster: 8,
                 ppt: 16,
@@ -707,30 +710,30 @@ mod tests {
         );
         // Only the sizes the kernels are written for.
         for c in [0, 1, 4, 12, 32] {
-            assert_eq!(p.fps2_geometry(c), None, "cluster {c}");
+            assert_eq!(p.fps_regs_geometry(c), None, "cluster {c}");
         }
     }
 
     #[test]
-    fn fps2_geometry_capacity_limits() {
+    fn fps_regs_geometry_capacity_limits() {
         // 16 blocks hold up to 16 * 512 * 16 = 131072 points; 8 blocks half of that.
         let p = plan(362, 128); // 131044 points
-        assert_eq!(p.fps2_geometry(16).map(|g| g.ppt), Some(16));
-        assert_eq!(p.fps2_geometry(8), None);
+        assert_eq!(p.fps_regs_geometry(16).map(|g| g.ppt), Some(16));
+        assert_eq!(p.fps_regs_geometry(8), None);
         let p = plan(363, 128); // 131769 points: too many for either
-        assert_eq!(p.fps2_geometry(16), None);
+        assert_eq!(p.fps_regs_geometry(16), None);
         // Every geometry fits the register capacity and a 227 KiB shared-memory block.
         for side in [3usize, 10, 100, 224, 256, 362] {
             let p = plan(side, 128);
-            for c in FPS2_CLUSTERS {
-                if let Some(g) = p.fps2_geometry(c) {
+            for c in FPS_REGS_CLUSTERS {
+                if let Some(g) = p.fps_regs_geometry(c) {
                     let chunk = p.max_points.div_ceil(c as usize);
-                    assert!(chunk <= (g.ppt * FPS2_THREADS) as usize);
+                    assert!(chunk <= (g.ppt * FPS_REGS_THREADS) as usize);
                     assert_eq!(g.smem as usize, chunk * 16);
                     assert!(g.smem <= 227 * 1024);
                     // The smallest instance that fits.
-                    if g.ppt > FPS2_PPT[0] {
-                        assert!(chunk > (FPS2_PPT[0] * FPS2_THREADS) as usize);
+                    if g.ppt > FPS_REGS_PPT[0] {
+                        assert!(chunk > (FPS_REGS_PPT[0] * FPS_REGS_THREADS) as usize);
                     }
                 }
             }
@@ -738,39 +741,54 @@ mod tests {
     }
 
     #[test]
-    fn knn2_plan() {
+    fn knn_select_plan() {
         let p = plan(224, 128);
-        assert!(p.knn2_supported());
-        assert_eq!(p.knn2_blocks(), 128);
-        assert_eq!(p.knn2_smem(), 65_536);
-        assert!(plan(224, 512).knn2_supported());
-        assert!(!plan(224, 520).knn2_supported());
+        assert!(p.knn_select_supported());
+        assert_eq!(p.knn_select_blocks(), 128);
+        assert_eq!(p.knn_select_smem(), 65_536);
+        assert!(plan(224, 512).knn_select_supported());
+        assert!(!plan(224, 520).knn_select_supported());
         let mut q = plan(224, 128);
         q.groups = 1001;
-        assert_eq!(q.knn2_blocks(), 126);
+        assert_eq!(q.knn_select_blocks(), 126);
     }
 
     #[test]
     fn default_kernels_by_arch() {
-        assert_eq!(default_kernels(87), (FpsKernel::V1, KnnKernel::V1));
-        assert_eq!(default_kernels(90), (FpsKernel::V2Barrier, KnnKernel::V2));
-        assert_eq!(default_kernels(100), (FpsKernel::V2Barrier, KnnKernel::V2));
+        assert_eq!(
+            default_kernels(87),
+            (FpsKernel::SharedMemory, KnnKernel::LaneHeaps)
+        );
+        assert_eq!(
+            default_kernels(90),
+            (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect)
+        );
+        assert_eq!(
+            default_kernels(100),
+            (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect)
+        );
         assert_eq!(PointOptions::default().fps, None);
     }
 
     #[test]
     fn host_constants_match_the_kernels() {
         let fps = find_module("fps").unwrap().source;
-        assert!(fps.contains(&format!("#define FPS2_THREADS {FPS2_THREADS}\n")));
-        assert!(fps.contains(&format!("#define FPS2_MAXCL {}\n", FPS2_CLUSTERS[0])));
-        for p in FPS2_PPT {
-            assert!(fps.contains(&format!("fps2_p{p}_f32(")), "instance {p}");
-            assert!(fps.contains(&format!("fps2_body<{p}>(")), "instance {p}");
+        assert!(fps.contains(&format!("#define FPS_REGS_THREADS {FPS_REGS_THREADS}\n")));
+        assert!(fps.contains(&format!(
+            "#define FPS_REGS_MAXCL {}\n",
+            FPS_REGS_CLUSTERS[0]
+        )));
+        for p in FPS_REGS_PPT {
+            assert!(fps.contains(&format!("fps_regs_p{p}_f32(")), "instance {p}");
+            assert!(
+                fps.contains(&format!("fps_regs_body<{p}>(")),
+                "instance {p}"
+            );
         }
         let knn = find_module("knn").unwrap().source;
-        assert!(knn.contains(&format!("#define KNN2_C {KNN2_CENTERS}\n")));
-        assert!(knn.contains(&format!("#define KNN2_T {KNN2_THREADS}\n")));
-        assert!(knn.contains(&format!("#define KNN2_CAP {KNN2_CAP}\n")));
-        assert!(knn.contains("knn2_f32("));
+        assert!(knn.contains(&format!("#define KNN_SELECT_C {KNN_SELECT_CENTERS}\n")));
+        assert!(knn.contains(&format!("#define KNN_SELECT_T {KNN_SELECT_THREADS}\n")));
+        assert!(knn.contains(&format!("#define KNN_SELECT_CAP {KNN_SELECT_CAP}\n")));
+        assert!(knn.contains("knn_select_f32("));
     }
 }

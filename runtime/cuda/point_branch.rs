@@ -235,7 +235,7 @@ pub struct BranchSlots {
     pub count: Slot<i32>,
     /// S² pixel → point map.
     pub pixel_map: Slot<i32>,
-    /// S² float4: FPS v1's work buffer on the single-block path.
+    /// S² float4: shared-memory FPS's work buffer on the single-block path.
     pub fps_work: Slot<[f32; 4]>,
     /// M center indices.
     pub centers: Slot<u32>,

@@ -349,7 +349,7 @@ fn plan_bufs(pc: &PointConfig) -> (ArenaPlan, Bufs) {
 /// drop in declaration order).
 struct Gpu {
     k: PointKernels,
-    /// FPS v2 with a cluster of 8 when `k` got 16 (both cluster sizes get tested).
+    /// register FPS with a cluster of 8 when `k` got 16 (both cluster sizes get tested).
     alt: Option<PointKernels>,
     arena: Arena,
     b: Bufs,
@@ -362,10 +362,10 @@ fn gpu() -> Option<Gpu> {
     let pc = PointConfig::m3dm();
     let pplan = PointPlan::new(&pc, SIDE, GRID).unwrap();
     let k = PointKernels::new(&dev, pplan.clone()).unwrap();
-    let alt = match k.fps2_geometry() {
+    let alt = match k.fps_regs_geometry() {
         Some(g) if g.cluster != 8 => {
             let opts = PointOptions {
-                fps2_cluster: Some(8),
+                fps_regs_cluster: Some(8),
                 ..PointOptions::default()
             };
             Some(PointKernels::with_options(&dev, pplan, opts).unwrap())
@@ -375,10 +375,10 @@ fn gpu() -> Option<Gpu> {
     let (plan, b) = plan_bufs(&pc);
     let arena = Arena::new(&dev, &plan).unwrap();
     eprintln!(
-        "modules loaded; arena {} MiB; fps v1 cluster {}; fps v2 {:?}; defaults {:?} / {:?}",
+        "modules loaded; arena {} MiB; shared-memory fps cluster {}; register fps {:?}; defaults {:?} / {:?}",
         arena.bytes() >> 20,
         k.fps_cluster,
-        k.fps2_geometry(),
+        k.fps_regs_geometry(),
         k.fps_kernel,
         k.knn_kernel
     );
@@ -436,10 +436,14 @@ impl Gpu {
     }
     /// Every (kernel set, FPS kind) this device can run, named.
     fn fps_variants(&self) -> Vec<(String, &PointKernels, FpsKernel)> {
-        let mut v = vec![("fps v1".to_string(), &self.k, FpsKernel::V1)];
+        let mut v = vec![(
+            "shared-memory fps".to_string(),
+            &self.k,
+            FpsKernel::SharedMemory,
+        )];
         for k in [Some(&self.k), self.alt.as_ref()].into_iter().flatten() {
-            if let Some(g) = k.fps2_geometry() {
-                for kind in [FpsKernel::V2Barrier, FpsKernel::V2Mbarrier] {
+            if let Some(g) = k.fps_regs_geometry() {
+                for kind in [FpsKernel::RegistersBarrier, FpsKernel::RegistersMbarrier] {
                     v.push((format!("{kind:?} cluster {}", g.cluster), k, kind));
                 }
             }
@@ -466,7 +470,7 @@ impl Gpu {
         self.dev.synchronize().unwrap();
     }
     fn knn_variants(&self) -> Vec<KnnKernel> {
-        [KnnKernel::V1, KnnKernel::V2]
+        [KnnKernel::LaneHeaps, KnnKernel::BoundSelect]
             .into_iter()
             .filter(|&k| self.k.knn_available(k))
             .collect()
@@ -601,13 +605,13 @@ fn check_fps(g: &Gpu, what: &str, pts: &[f32]) -> Vec<f32> {
 }
 
 /// kNN of every kind for the centers in `c_xyz`: the groups in `check` against the
-/// reference, and every kind identical to v1 on all groups.
+/// reference, and every kind identical to the first (heap) kernel on all groups.
 fn check_knn(g: &Gpu, what: &str, pts: &[f32], check: &[usize]) {
     let m = g.pc.num_groups as usize;
     let k = g.pc.group_size as usize;
     let n = pts.len() / 3;
     let xyz = g.get(g.b.c_xyz, 3 * m);
-    let mut v1: Option<(Vec<u32>, Vec<f32>)> = None;
+    let mut first: Option<(Vec<u32>, Vec<f32>)> = None;
     for kind in g.knn_variants() {
         g.knn_as(kind);
         let idx = g.get(g.b.g_idx, m * k);
@@ -636,15 +640,21 @@ fn check_knn(g: &Gpu, what: &str, pts: &[f32], check: &[usize]) {
             idx,
             "{what}: kNN {kind:?} run twice"
         );
-        match &v1 {
-            None => v1 = Some((idx, rel)),
+        match &first {
+            None => first = Some((idx, rel)),
             Some((i1, r1)) => {
-                assert!(idx == *i1, "{what}: kNN {kind:?} indices differ from v1");
+                assert!(
+                    idx == *i1,
+                    "{what}: kNN {kind:?} indices differ from the first kernel"
+                );
                 let same = rel.iter().zip(r1).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{what}: kNN {kind:?} coordinates differ from v1");
+                assert!(
+                    same,
+                    "{what}: kNN {kind:?} coordinates differ from the first kernel"
+                );
             }
         }
-        eprintln!("{what}: kNN {kind:?} identical to the reference (and to v1)");
+        eprintln!("{what}: kNN {kind:?} identical to the reference (and to the first kernel)");
     }
 }
 
@@ -674,7 +684,7 @@ fn fps_and_knn_match_the_cpu() {
 }
 
 /// Inputs off the main path: fewer points than centers or than k, a single point, exact
-/// duplicates (kNN v2 overflow and re-scan), sizes that leave partial warps and blocks,
+/// duplicates (select kNN overflow and re-scan), sizes that leave partial warps and blocks,
 /// centers that are not points of the cloud.
 #[test]
 fn fps_and_knn_edge_cases() {
@@ -852,7 +862,7 @@ struct Timing {
     hi: f32,
 }
 
-/// Timings on the device (ignored by default): each kernel, v1 and v2 side by side in this
+/// Timings on the device (ignored by default): each kernel variant side by side in this
 /// process, and the whole point branch without the transformer, with the device's copy
 /// bandwidth as the ceiling.
 #[test]
@@ -898,11 +908,11 @@ fn bench_point_branch() {
     let peak = 2.0 * big as f64 / (copy.med as f64 * 1e-3) / 1e9;
     drop(ba);
     println!(
-        "device: {} sm_{} ({} SMs); fps v2 {:?}",
+        "device: {} sm_{} ({} SMs); register fps {:?}",
         dev.name,
         dev.sm(),
         dev.sm_count,
-        g.k.fps2_geometry()
+        g.k.fps_regs_geometry()
     );
     println!("peak copy bandwidth: {peak:.0} GB/s (1 GiB dtod, read+write)");
 
@@ -972,11 +982,15 @@ fn bench_point_branch() {
     let [c1, c2, c3, d] = [128.0, 256.0, 512.0, 384.0];
     let (mf, sf) = (m as f64, s as f64);
     let enc_flop = 2.0 * mf * sf * (3.0 * c1 + c1 * c2 + c2 * c3 + c3 * d) + 2.0 * mf * c2 * c3;
-    let fps_kinds: Vec<FpsKernel> = [FpsKernel::V1, FpsKernel::V2Barrier, FpsKernel::V2Mbarrier]
-        .into_iter()
-        .filter(|&x| k.fps_available(x))
-        .collect();
-    let knn_kinds: Vec<KnnKernel> = [KnnKernel::V1, KnnKernel::V2]
+    let fps_kinds: Vec<FpsKernel> = [
+        FpsKernel::SharedMemory,
+        FpsKernel::RegistersBarrier,
+        FpsKernel::RegistersMbarrier,
+    ]
+    .into_iter()
+    .filter(|&x| k.fps_available(x))
+    .collect();
+    let knn_kinds: Vec<KnnKernel> = [KnnKernel::LaneHeaps, KnnKernel::BoundSelect]
         .into_iter()
         .filter(|&x| k.knn_available(x))
         .collect();
@@ -994,33 +1008,33 @@ fn bench_point_branch() {
     ] {
         g.put_points(&pts);
         println!("-- {n} points, {order}");
-        let mut fps_v1 = None;
+        let mut fps_first = None;
         let mut reference = None;
         for &kind in &fps_kinds {
-            // Same output as v1, checked here too (the bench may run alone).
+            // Same output as the first kernel, checked here too (the bench may run alone).
             fps(kind);
             dev.synchronize().unwrap();
             let idx = g.get(b.c_idx, m);
             match &reference {
                 None => reference = Some(idx),
-                Some(r) => assert_eq!(&idx, r, "{order}: {kind:?} differs from v1"),
+                Some(r) => assert_eq!(&idx, r, "{order}: {kind:?} differs from the first kernel"),
             }
             let tm = time(&|| fps(kind), 20);
-            let v1: f32 = *fps_v1.get_or_insert(tm.med);
+            let first: f32 = *fps_first.get_or_insert(tm.med);
             row(
                 &format!("fps {kind:?} 1024 of {n}"),
                 &tm,
                 format!(
-                    "{:.3} us/step, v1/this {:.1}x",
+                    "{:.3} us/step, first/this {:.1}x",
                     tm.med as f64 * 1e3 / (m - 1) as f64,
-                    v1 / tm.med
+                    first / tm.med
                 ),
             );
         }
         // kNN on these centers. Compulsory bytes: points once, centers, indices and
         // relative coordinates out.
         let knn_bytes = (n * 12 + m * 12 + m * s * 16) as f64;
-        let mut knn_v1 = None;
+        let mut knn_first = None;
         let mut reference = None;
         for &kind in &knn_kinds {
             knn(kind);
@@ -1028,19 +1042,22 @@ fn bench_point_branch() {
             let idx = g.get(b.g_idx, m * s);
             match &reference {
                 None => reference = Some(idx),
-                Some(r) => assert!(&idx == r, "{order}: kNN {kind:?} differs from v1"),
+                Some(r) => assert!(
+                    &idx == r,
+                    "{order}: kNN {kind:?} differs from the first kernel"
+                ),
             }
             let tm = time(&|| knn(kind), 10);
-            let v1: f32 = *knn_v1.get_or_insert(tm.med);
+            let first: f32 = *knn_first.get_or_insert(tm.med);
             let gbs = knn_bytes / (tm.med as f64 * 1e-3) / 1e9;
             row(
                 &format!("knn {kind:?} {m} x {s}"),
                 &tm,
                 format!(
-                    "{gbs:.1} GB/s = {:.2}% of copy peak (compulsory {:.1} MB), v1/this {:.1}x",
+                    "{gbs:.1} GB/s = {:.2}% of copy peak (compulsory {:.1} MB), first/this {:.1}x",
                     100.0 * gbs / peak,
                     knn_bytes / 1e6,
-                    v1 / tm.med
+                    first / tm.med
                 ),
             );
         }
@@ -1068,9 +1085,9 @@ fn bench_point_branch() {
             ),
         );
         for (fk, kk) in [
-            (FpsKernel::V1, KnnKernel::V1),
+            (FpsKernel::SharedMemory, KnnKernel::LaneHeaps),
             (k.fps_kernel, k.knn_kernel),
-            (FpsKernel::V2Mbarrier, k.knn_kernel),
+            (FpsKernel::RegistersMbarrier, k.knn_kernel),
         ] {
             if !k.fps_available(fk) || !k.knn_available(kk) {
                 continue;

@@ -3,7 +3,7 @@
 //! synthetic parts through `pipeline::preprocess`, with a seeded random model
 //! (`ModelConfig::demo()`: Point-MAE heads of 64):
 //! - centers and groups identical, xyz features within `Precision::F32.feature_tolerance()`
-//!   (max |Δ| / max |ref|), for graph replay, direct launches and the v1 kernels;
+//!   (max |Δ| / max |ref|), for graph replay, direct launches and the shared-memory FPS / heap kNN kernels;
 //! - the same bits on a second run, and graph replay = direct launches;
 //! - bad calls (too few or too many points, short buffers, wrong output lengths, bad
 //!   pixels, non-finite points) refused with an error, the branch usable afterwards;
@@ -367,7 +367,7 @@ impl Input {
     }
 }
 
-/// Every input through each variant (graph, direct launches, v1 kernels): the CPU's
+/// Every input through each variant (graph, direct launches, shared-memory FPS / heap kNN kernels): the CPU's
 /// centers and groups, its xyz features within the tolerance, the same bits on a second
 /// run, graph = direct.
 fn parity(model: &ModelFile, inputs: &[Input], pool: &Pool) {
@@ -377,11 +377,11 @@ fn parity(model: &ModelFile, inputs: &[Input], pool: &Pool) {
         graph: false,
         ..BranchOptions::default()
     };
-    let v1 = BranchOptions {
+    let first_kernels = BranchOptions {
         kernels: PointOptions {
-            fps: Some(FpsKernel::V1),
-            knn: Some(KnnKernel::V1),
-            fps2_cluster: None,
+            fps: Some(FpsKernel::SharedMemory),
+            knn: Some(KnnKernel::LaneHeaps),
+            fps_regs_cluster: None,
         },
         ..BranchOptions::default()
     };
@@ -395,10 +395,10 @@ fn parity(model: &ModelFile, inputs: &[Input], pool: &Pool) {
             DevicePointBranch::with_options(0, model, direct).unwrap(),
         ),
     ];
-    if nets[0].1.kernel_choice() != (FpsKernel::V1, KnnKernel::V1) {
+    if nets[0].1.kernel_choice() != (FpsKernel::SharedMemory, KnnKernel::LaneHeaps) {
         nets.push((
-            "v1 kernels",
-            DevicePointBranch::with_options(0, model, v1).unwrap(),
+            "shared-memory FPS / heap kNN kernels",
+            DevicePointBranch::with_options(0, model, first_kernels).unwrap(),
         ));
     }
     let mut first: Option<Vec<Branch>> = None;

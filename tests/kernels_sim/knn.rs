@@ -1,4 +1,4 @@
-//! kNN grouping (kernels/knn.cu: knn_f32, knn2_f32) against `miad::cpu::knn::group_knn`:
+//! kNN grouping (kernels/knn.cu: knn_heap_f32, knn_select_f32) against `miad::cpu::knn::group_knn`:
 //! indices identical, relative coordinates bit-identical.
 
 use miad::cpu::knn::{group_knn, knn_scratch_len};
@@ -9,16 +9,16 @@ use crate::util::{clouds, for_seeds, same, same_bits, Gen, SEEDS};
 use crate::Test;
 
 pub const TESTS: &[Test] = &[
-    ("knn_f32_matches_cpu", knn_v1),
-    ("knn2_f32_matches_cpu", knn_v2),
-    ("knn2_f32_overflow_rounds_match_cpu", knn_v2_overflow),
+    ("knn_heap_f32_matches_cpu", knn_v1),
+    ("knn_select_f32_matches_cpu", knn_v2),
+    ("knn_select_f32_overflow_rounds_match_cpu", knn_v2_overflow),
 ];
 
 const KNN_WARPS: u32 = 4;
 const KNN_TILE: u32 = 1024;
-const KNN2_C: u32 = 8;
-const KNN2_T: u32 = 512;
-const KNN2_CAP: u32 = 1024;
+const KNN_SELECT_C: u32 = 8;
+const KNN_SELECT_T: u32 = 512;
+const KNN_SELECT_CAP: u32 = 1024;
 
 /// Centers: a seeded choice of point indices (with repeats), as FPS would give.
 fn centers(n: usize, m: usize, seed: u64) -> Vec<u32> {
@@ -49,7 +49,14 @@ fn reference(pts: &[f32], n: usize, cidx: &[u32], k: usize) -> (Vec<u32>, Vec<f3
     (idx, rel)
 }
 
-fn run(v2: bool, pts: &[f32], n: usize, cidx: &[u32], k: usize, seed: u64) -> Result<(), String> {
+fn run(
+    select: bool,
+    pts: &[f32],
+    n: usize,
+    cidx: &[u32],
+    k: usize,
+    seed: u64,
+) -> Result<(), String> {
     let m = cidx.len();
     let cxyz: Vec<f32> = cidx
         .iter()
@@ -68,13 +75,14 @@ fn run(v2: bool, pts: &[f32], n: usize, cidx: &[u32], k: usize, seed: u64) -> Re
         .val(k as i32)
         .buf(&oi)
         .buf(&or);
-    let (name, cfg) = if v2 {
-        let c = Cfg::new(m.div_ceil(KNN2_C as usize) as u32, KNN2_T).smem(KNN2_C * KNN2_CAP * 8);
-        ("knn2_f32", c)
+    let (name, cfg) = if select {
+        let c = Cfg::new(m.div_ceil(KNN_SELECT_C as usize) as u32, KNN_SELECT_T)
+            .smem(KNN_SELECT_C * KNN_SELECT_CAP * 8);
+        ("knn_select_f32", c)
     } else {
         let smem = KNN_WARPS * 32 * k as u32 * 8 + KNN_TILE * 12;
         (
-            "knn_f32",
+            "knn_heap_f32",
             Cfg::new(m.div_ceil(32) as u32, KNN_WARPS * 32).smem(smem),
         )
     };
@@ -84,18 +92,18 @@ fn run(v2: bool, pts: &[f32], n: usize, cidx: &[u32], k: usize, seed: u64) -> Re
     same_bits(&format!("{name} relative coordinates"), or.get(), &wr)
 }
 
-fn cases(v2: bool) -> Result<(), String> {
+fn cases(select: bool) -> Result<(), String> {
     // Ragged sizes: n not a multiple of the tile or of the thread count, m not of 32 or 8.
     for (n, m, k) in [(1500usize, 37usize, 32usize), (2100, 70, 100)] {
         for (i, (what, pts)) in clouds(n, n as u64).into_iter().enumerate() {
             let s = SEEDS[i % SEEDS.len()];
-            run(v2, &pts, n, &centers(n, m, s + n as u64), k, s)
+            run(select, &pts, n, &centers(n, m, s + n as u64), k, s)
                 .map_err(|e| format!("{what} cloud, n {n} m {m} k {k}, seed {s}: {e}"))?;
         }
     }
     // k = n: every point, and m = 1.
     let (_, pts) = clouds(64, 7).remove(0);
-    run(v2, &pts, 64, &[5], 64, 1)
+    run(select, &pts, 64, &[5], 64, 1)
 }
 
 fn knn_v1() -> Result<(), String> {
@@ -106,7 +114,7 @@ fn knn_v2() -> Result<(), String> {
     cases(true)
 }
 
-/// More than KNN2_CAP points at the bound (a lattice with large shells of equal distance,
+/// More than KNN_SELECT_CAP points at the bound (a lattice with large shells of equal distance,
 /// identical points): the overflow rounds, with a large k.
 fn knn_v2_overflow() -> Result<(), String> {
     let n = 3000;

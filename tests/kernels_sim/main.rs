@@ -8,10 +8,15 @@
 //!
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
+mod attention;
+mod bank;
 mod coreset;
+mod embed;
 mod fps;
 mod knn;
+mod maps;
 mod misc;
+mod point;
 mod preprocess;
 mod selftest;
 mod signatures;
@@ -33,6 +38,11 @@ fn all_tests() -> Vec<Test> {
     v.extend(fps::TESTS);
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
+    v.extend(embed::TESTS);
+    v.extend(bank::TESTS);
+    v.extend(attention::TESTS);
+    v.extend(maps::TESTS);
+    v.extend(point::TESTS);
     v.extend(preprocess::TESTS);
     v
 }

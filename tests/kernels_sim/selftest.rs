@@ -19,6 +19,7 @@ pub const TESTS: &[Test] = &[
     ("emulator_reports_missing_mbarrier_arrive", mbarrier),
     ("emulator_collectives_match_ptx", collectives),
     ("emulator_mma_fragments_match_ptx", mma),
+    ("emulator_classification_functions", classify),
 ];
 
 /// Launches `kernel` with one int buffer of `threads` and expects an error containing `want`.
@@ -198,4 +199,33 @@ fn mma() -> Result<(), String> {
         close(&format!("mma (bf16 {bf})"), d.get(), &want, 0.0, 1e-6)?;
     }
     Ok(())
+}
+
+/// `isfinite`, `isnan`, `isinf` are global functions in CUDA (preprocess.cu uses them).
+fn classify() -> Result<(), String> {
+    let v = [
+        0.0f32,
+        -0.0,
+        1.5,
+        f32::MIN_POSITIVE / 4.0,
+        f32::MAX,
+        f32::INFINITY,
+    ];
+    let v: Vec<f32> = v
+        .iter()
+        .chain(&[f32::NEG_INFINITY, f32::NAN, -f32::NAN])
+        .copied()
+        .collect();
+    let want: Vec<i32> = v
+        .iter()
+        .map(|f| {
+            let b = f.is_finite() as i32 | (f.is_nan() as i32) << 1 | (f.is_infinite() as i32) << 2;
+            b | b << 3
+        })
+        .collect();
+    let inb = Buf::from(&v);
+    let out = Buf::filled(v.len(), -1i32);
+    let mut a = Args::new().buf(&inb).val(v.len() as i32).buf(&out);
+    sim().launch("ok_classify", &Cfg::new(1, 32), &mut a, 1)?;
+    same("isfinite/isnan/isinf", out.get(), &want)
 }

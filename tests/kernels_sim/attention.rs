@@ -1,0 +1,200 @@
+//! Fused attention (kernels/attention.cu: attention_f32, attention_bf16), launched as
+//! runtime/cuda/transformer.rs does, against the f64 softmax attention of
+//! tests/cuda/transformer.rs (the CPU stage, `miad::cpu::transformer`'s attention, is
+//! private; it computes the same function with the same qkv layout). Tolerances (Frobenius
+//! relative error, and largest error over the largest reference value):
+//! - f32: 5e-6 and 1e-5 (the GPU test allows 1e-5 and 1e-4; the emulator shows 2e-6 and
+//!   3e-6 at most, with scores up to 24; glibc's expf differs from CUDA's by a few ulps);
+//! - bf16: 5e-3 and 1e-2 against the reference on the bf16-rounded inputs, 8e-3 and 2e-2
+//!   on the f32 inputs (the GPU test allows 1e-2 on both; the emulator shows 2.2e-3 and
+//!   4.6e-3; tensor-core accumulation order is not modelled exactly).
+//!
+//! Every output is written (the buffers start as NaN), and the bits are the same for every
+//! scheduling seed (no atomics: one writer per element).
+
+use half::bf16;
+
+use crate::sim::{sim, Args, Buf, Cfg};
+use crate::util::{same, Gen, SEEDS};
+use crate::Test;
+
+pub const TESTS: &[Test] = &[
+    ("attention_f32_matches_f64_reference", att_f32),
+    ("attention_bf16_matches_f64_reference", att_bf16),
+];
+
+// runtime/cuda/transformer.rs
+const HEAD_DIM: usize = 64;
+const TILE: usize = 64;
+
+/// Inputs `n` x 3·heads·64 (token, {q,k,v}, head, dim). `peaked`: the scores grow with
+/// the key index (the running maximum changes in every tile: the online softmax rescales)
+/// and some keys/values repeat 64 tokens later (exact score ties across tiles).
+fn inputs(n: usize, heads: usize, peaked: bool, seed: u64) -> Vec<f32> {
+    let w = heads * HEAD_DIM;
+    let mut g = Gen::new(seed);
+    let mut x: Vec<f32> = (0..n * 3 * w).map(|_| 1.5 * g.normal()).collect();
+    if peaked {
+        for j in 0..n {
+            for c in 0..w {
+                x[j * 3 * w + c] = x[j * 3 * w + c].abs() * 0.5 + 0.5;
+                x[j * 3 * w + w + c] += 3.0 * j as f32 / n as f32;
+            }
+        }
+        for j in (0..n.saturating_sub(TILE)).step_by(7) {
+            let (src, dst) = (j * 3 * w + w, (j + TILE) * 3 * w + w);
+            x.copy_within(src..src + 2 * w, dst);
+        }
+    }
+    x
+}
+
+/// f64 softmax attention, the layout of the kernels.
+fn reference(qkv: &[f32], n: usize, heads: usize, scale: f64) -> Vec<f64> {
+    let d = HEAD_DIM;
+    let w = heads * d;
+    let mut out = vec![0.0f64; n * w];
+    let mut p = vec![0.0f64; n];
+    for i in 0..n {
+        for h in 0..heads {
+            let q = &qkv[i * 3 * w + h * d..][..d];
+            let mut mx = f64::NEG_INFINITY;
+            for (j, pj) in p.iter_mut().enumerate() {
+                let k = &qkv[j * 3 * w + w + h * d..][..d];
+                let s: f64 = q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                *pj = s * scale;
+                mx = mx.max(*pj);
+            }
+            let mut sum = 0.0;
+            for pj in p.iter_mut() {
+                *pj = (*pj - mx).exp();
+                sum += *pj;
+            }
+            let o = &mut out[i * w + h * d..][..d];
+            for (j, pj) in p.iter().enumerate() {
+                let v = &qkv[j * 3 * w + 2 * w + h * d..][..d];
+                for (oc, vc) in o.iter_mut().zip(v) {
+                    *oc += pj / sum * *vc as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (Frobenius relative error, largest error / largest reference value); an unwritten
+/// (NaN) or non-finite output is an error.
+fn rel_err(what: &str, got: &[f32], want: &[f64], fro: f64, max: f64) -> Result<(), String> {
+    let (mut num, mut den, mut max_abs, mut max_ref) = (0.0, 0.0, 0.0f64, 0.0f64);
+    let mut worst = 0;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() {
+            return Err(format!("{what}: output [{i}] is {g} (unwritten?)"));
+        }
+        let e = *g as f64 - w;
+        num += e * e;
+        den += w * w;
+        if e.abs() > max_abs {
+            max_abs = e.abs();
+            worst = i;
+        }
+        max_ref = max_ref.max(w.abs());
+    }
+    let (r, m) = ((num / den).sqrt(), max_abs / max_ref);
+    if r > fro || m > max {
+        return Err(format!(
+            "{what}: relative error {r:.2e} (limit {fro:.0e}), max {m:.2e} (limit {max:.0e}); worst [{worst}] {} vs {}",
+            got[worst], want[worst]
+        ));
+    }
+    Ok(())
+}
+
+fn cfg(n: usize, heads: usize, block: u32) -> Cfg {
+    let mut c = Cfg::new(n.div_ceil(TILE) as u32, block);
+    c.grid[1] = heads as u32;
+    c
+}
+
+fn scale() -> f32 {
+    (HEAD_DIM as f32).powf(-0.5)
+}
+
+/// Runs `kernel` (f32 or bf16 bit patterns, `T`) for every seed; the outputs must agree
+/// bit for bit across seeds. Returns them.
+fn launch<T: Copy + PartialEq + std::fmt::Debug>(
+    kernel: &str,
+    qkv: &[T],
+    out_init: T,
+    n: usize,
+    heads: usize,
+    block: u32,
+) -> Result<Vec<T>, String> {
+    let mut first: Option<Vec<T>> = None;
+    for s in SEEDS {
+        let x = Buf::from(qkv);
+        let o = Buf::filled(n * heads * HEAD_DIM, out_init);
+        let mut a = Args::new()
+            .buf(&x)
+            .buf(&o)
+            .val(n as i32)
+            .val(heads as i32)
+            .val(scale());
+        sim().launch(kernel, &cfg(n, heads, block), &mut a, s)?;
+        match &first {
+            None => first = Some(o.get().to_vec()),
+            Some(f) => same(&format!("{kernel}: seed {s} vs seed 1"), o.get(), f)?,
+        }
+    }
+    Ok(first.unwrap())
+}
+
+/// (tokens, heads, peaked): ragged (77: one full and one partial tile), a tile multiple,
+/// a single token, Point-MAE's 6 heads over several tiles with growing scores.
+const SHAPES: [(usize, usize, bool); 5] = [
+    (77, 3, false),
+    (64, 2, false),
+    (1, 1, false),
+    (200, 2, true),
+    (300, 6, false),
+];
+
+fn att_f32() -> Result<(), String> {
+    for (i, &(n, heads, peaked)) in SHAPES.iter().enumerate() {
+        let qkv = inputs(n, heads, peaked, 50 + i as u64);
+        let what = format!("attention_f32 n {n} heads {heads}");
+        let bits: Vec<u32> = qkv.iter().map(|v| v.to_bits()).collect();
+        let got: Vec<f32> = launch("attention_f32", &bits, f32::NAN.to_bits(), n, heads, 64)
+            .map_err(|e| format!("{what}: {e}"))?
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        let want = reference(&qkv, n, heads, scale() as f64);
+        rel_err(&what, &got, &want, 5e-6, 1e-5)?;
+        if n == 1 {
+            // One key: the softmax weight is exactly 1, the output exactly v.
+            let w = heads * HEAD_DIM;
+            crate::util::same_bits(&what, &got, &qkv[2 * w..3 * w])?;
+        }
+    }
+    Ok(())
+}
+
+fn att_bf16() -> Result<(), String> {
+    for (i, &(n, heads, peaked)) in SHAPES.iter().enumerate() {
+        let qkv = inputs(n, heads, peaked, 60 + i as u64);
+        let what = format!("attention_bf16 n {n} heads {heads}");
+        let q16: Vec<u16> = qkv.iter().map(|v| bf16::from_f32(*v).to_bits()).collect();
+        let rounded: Vec<f32> = q16.iter().map(|b| bf16::from_bits(*b).to_f32()).collect();
+        let got: Vec<f32> = launch("attention_bf16", &q16, 0x7fc0u16, n, heads, 128)
+            .map_err(|e| format!("{what}: {e}"))?
+            .into_iter()
+            .map(|b| bf16::from_bits(b).to_f32())
+            .collect();
+        let want_r = reference(&rounded, n, heads, scale() as f64);
+        rel_err(&format!("{what} (bf16 inputs)"), &got, &want_r, 5e-3, 1e-2)?;
+        let want = reference(&qkv, n, heads, scale() as f64);
+        rel_err(&format!("{what} (f32 inputs)"), &got, &want, 8e-3, 2e-2)?;
+    }
+    Ok(())
+}
