@@ -28,6 +28,10 @@ pub struct EngineArgs {
     /// Arithmetic of the device networks: f32 (the parity path) or bf16 (the fast path).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Read the model and bank files into memory instead of mapping them (immune to the
+    /// files being changed in place while the command runs).
+    #[arg(long)]
+    pub in_memory: bool,
 }
 
 impl EngineArgs {
@@ -41,6 +45,7 @@ impl EngineArgs {
                 backend: self.backend,
                 device: self.device,
                 precision: self.precision,
+                in_memory: self.in_memory,
                 ..EngineOptions::default()
             },
         )?;

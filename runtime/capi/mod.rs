@@ -1377,6 +1377,56 @@ mod tests {
         assert_eq!((st, text(&buf)), (0, ""));
     }
 
+    /// A panic inside an export prints nothing (the default hook would write its message
+    /// and a backtrace to stderr); a panic elsewhere in the process still reaches the
+    /// process's hook. Run in a child process (this test binary, this test only) so that
+    /// its stderr can be read and no other test's panic interferes.
+    #[test]
+    fn a_panic_inside_an_export_writes_nothing_to_stderr() {
+        if std::env::var_os("MIAD_QUIET_PANIC_CHILD").is_some() {
+            let mut buf = [0 as c_char; 64];
+            // SAFETY: buf is 64 bytes.
+            let st = unsafe {
+                export(buf.as_mut_ptr(), buf.len(), || {
+                    panic!("inside-export-{}", 7);
+                })
+            };
+            assert_eq!(st, Status::Panic as miad_status);
+            assert_eq!(
+                export_quiet(|| panic!("quiet-export-8")),
+                Status::Panic as i32
+            );
+            let outside = catch_unwind(|| panic!("outside-export-{}", 9));
+            assert!(outside.is_err());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "capi::tests::a_panic_inside_an_export_writes_nothing_to_stderr",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MIAD_QUIET_PANIC_CHILD", "1")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            !err.contains("inside-export-7"),
+            "export panic printed:\n{err}"
+        );
+        assert!(
+            !err.contains("quiet-export-8"),
+            "export panic printed:\n{err}"
+        );
+        assert!(
+            err.contains("outside-export-9"),
+            "the host's hook was lost:\n{err}"
+        );
+    }
+
     #[test]
     fn every_error_variant_has_its_status() {
         let p = || std::path::PathBuf::from("f");
@@ -1418,6 +1468,30 @@ mod tests {
                 Status::Decode,
             ),
             (Error::Cuda("x".into()), Status::Cuda),
+            (Error::NonFinite("x".into()), Status::NonFinite),
+            (Error::Forked("x".into()), Status::Forked),
+            (
+                Error::Format(FormatError::Changed {
+                    path: p(),
+                    what: "x".into(),
+                }),
+                Status::FileChanged,
+            ),
+            (
+                Error::Format(FormatError::NotRegular {
+                    path: p(),
+                    kind: "a FIFO",
+                }),
+                Status::Io,
+            ),
+            (
+                Error::Format(FormatError::TrailingBytes {
+                    path: p(),
+                    recorded: 1,
+                    actual: 2,
+                }),
+                Status::FileFormat,
+            ),
         ];
         for (e, s) in cases {
             assert_eq!(Status::of(&e), s, "{e}");

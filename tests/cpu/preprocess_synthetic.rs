@@ -132,16 +132,17 @@ fn already_clean_mode_only_resizes() {
     .unwrap();
     assert!(st.cloud_usable());
     assert_eq!(st.rgb, Some(Unusable::Missing));
-    // nearest resize of the unpadded 120×100 cloud: every output pixel is a source pixel
-    assert_eq!(out.n_points, 2500);
+    // nearest resize of the unpadded 120×100 cloud: every output pixel is a source pixel;
+    // the scene's row 0 (y = 0) and column 0 (x = 0) are no points (SPEC §1.5: all three
+    // coordinates must be non-zero), so 50 + 50 - 1 output pixels are empty.
+    assert_eq!(out.n_points, 2500 - 99);
     for oy in 0..50 {
         for ox in 0..50 {
             let (sy, sx) = (nearest_src(oy, H, 50), nearest_src(ox, W, 50));
             let o = 3 * (oy * 50 + ox);
-            assert_eq!(
-                &out.cloud[o..o + 3],
-                &cloud[3 * (sy * W + sx)..3 * (sy * W + sx) + 3]
-            );
+            let src = &cloud[3 * (sy * W + sx)..3 * (sy * W + sx) + 3];
+            let want: &[f32] = if src.contains(&0.0) { &[0.0; 3] } else { src };
+            assert_eq!(&out.cloud[o..o + 3], want);
         }
     }
 }
@@ -175,8 +176,10 @@ fn bad_inputs_mark_the_modality_or_fail_typed() {
     assert!(st.rgb_usable());
     assert_eq!(out.n_points, 0);
 
+    // One NaN or infinite pixel is a missing point (SPEC §1.6), not a broken cloud...
     let mut nan = cloud.clone();
     nan[3 * 500 + 1] = f32::NAN;
+    nan[7] = f32::INFINITY;
     let st = run(
         &cfg,
         None,
@@ -185,9 +188,10 @@ fn bad_inputs_mark_the_modality_or_fail_typed() {
         &mut out,
     )
     .unwrap();
-    assert_eq!(st.cloud, Some(Unusable::NonFinite));
-    let mut inf = cloud.clone();
-    inf[7] = f32::INFINITY;
+    assert!(st.cloud_usable(), "{st:?}");
+    assert!(out.points().iter().all(|v| v.is_finite()));
+    // ... and a cloud without one finite point is a missing modality.
+    let inf = vec![f32::INFINITY; W * H * 3];
     let st = run(
         &cfg,
         None,

@@ -17,6 +17,7 @@ mod knn;
 mod maps;
 mod misc;
 mod point;
+mod preprocess;
 mod selftest;
 mod signatures;
 mod sim;
@@ -42,6 +43,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(attention::TESTS);
     v.extend(maps::TESTS);
     v.extend(point::TESTS);
+    v.extend(preprocess::TESTS);
     v
 }
 

@@ -27,6 +27,7 @@ const TEST_SOURCES: &[&str] = &[
     include_str!("attention.rs"),
     include_str!("maps.rs"),
     include_str!("point.rs"),
+    include_str!("preprocess.rs"),
 ];
 
 fn coverage() -> Result<(), String> {

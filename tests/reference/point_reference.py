@@ -93,7 +93,10 @@ def block(x, p, pre):
 def main():
     cloud = organized_cloud()
     flat = cloud.reshape(-1, 3)
-    valid = (flat != 0).any(dim=1)
+    # SPEC §1.5–1.6: a point has three non-zero, finite coordinates (M3DM's
+    # np.all(pc != 0, axis=1)). This cloud has no partly-zero pixel (u, v are never 0), so
+    # the fixture is the same under the older "not all zero" rule.
+    valid = (flat != 0).all(dim=1) & torch.isfinite(flat).all(dim=1)
     pixels = torch.nonzero(valid).flatten()
     points = flat[pixels].contiguous()
     n = points.shape[0]
