@@ -353,3 +353,98 @@ fn adamw_and_schedule_follow_pytorch() {
     assert!(lr(749) < 1e-6 && lr(749) > 0.0);
     assert!((1..750).all(|s| s <= 250 || lr(s) <= lr(s - 1)));
 }
+
+/// The fixture of tests/reference/infonce_reference.py: a tiny fusion, 300 patch pairs,
+/// PyTorch's loss, gradients and one AdamW step.
+fn torch_fixture() -> (miad::format::OwnedTensors, FusionConfig) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/infonce_uff.safetensors"
+    );
+    let t = miad::format::OwnedTensors::from_safetensors_file(std::path::Path::new(path)).unwrap();
+    let cfg = FusionConfig {
+        rgb_dim: 5,
+        xyz_dim: 7,
+        mlp_ratio: 2,
+        ln_eps: 1e-5,
+        head_dim: 4,
+    };
+    (t, cfg)
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * scale,
+            "{what}[{i}]: miad {g}, torch {w} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn infonce_loss_gradient_and_adamw_match_pytorch() {
+    let (t, cfg) = torch_fixture();
+    let pool = Pool::new(2);
+    let p = UffParams::from_source(&t, &cfg).unwrap();
+    let (xyz, rgb) = (&t.tensors["xyz"].1, &t.tensors["rgb"].1);
+    let n = t.tensors["xyz"].0[0];
+    assert!(
+        n > miad::fit::infonce::BLOCK_ROWS,
+        "the fixture spans two logit blocks"
+    );
+    let mut grad = vec![0f32; p.len()];
+    let mut ws = Workspace::default();
+    let loss = uff_loss_and_grad(&pool, &p, xyz, rgb, n, 1.0, Some(&mut grad), &mut ws);
+    let want = t.tensors["loss"].1[0] as f64;
+    assert!(
+        (loss - want).abs() < 2e-6 * want,
+        "loss: miad {loss}, torch {want}"
+    );
+    let mut stepped = p.clone();
+    AdamW::new(p.len(), 0.9, 0.95, 1e-8, 0.01).step(&mut stepped.data, &grad, 0.01);
+    for (i, (spec, off)) in p.specs.iter().enumerate() {
+        let len: usize = spec.shape.iter().product();
+        close(
+            &format!("grad {}", spec.name),
+            &grad[*off..off + len],
+            &t.tensors[&format!("grad.{}", spec.name)].1,
+            2e-4,
+        );
+        close(
+            &format!("AdamW step {}", spec.name),
+            stepped.tensor(i),
+            &t.tensors[&format!("step.{}", spec.name)].1,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn trained_fusion_round_trips_through_the_authors_layout() {
+    use miad::format::convert::{convert, ConvertOptions};
+    let cfg = small_cfg();
+    let (p, _) = train_linked(2, 5);
+    let dir = std::env::temp_dir().join(format!("miad-uff-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("uff_checkpoint.safetensors");
+    miad::fit::train_fusion::export_reference(&p, &path).unwrap();
+    // Named as the authors' checkpoint: under `model.`, no `fusion.` prefix.
+    let ck = miad::format::OwnedTensors::from_safetensors_file(&path).unwrap();
+    assert!(ck.tensors.contains_key("model.xyz_mlp.fc1.weight"));
+    assert!(ck.tensors.contains_key("model.rgb_head.bias"));
+    assert!(ck
+        .tensors
+        .keys()
+        .all(|k| k.starts_with("model.") && !k.contains("fusion")));
+    let conv = convert(None, None, Some(&ck), &ConvertOptions::default()).unwrap();
+    assert!(conv.unknown.is_empty() && conv.ignored.is_empty());
+    assert_eq!(conv.config.fusion.as_ref(), Some(&cfg));
+    let back = UffParams::from_source(&conv.tensors, &cfg).unwrap();
+    assert!(
+        back.data == p.data,
+        "the converter changed the trained weights"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
