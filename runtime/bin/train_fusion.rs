@@ -57,6 +57,10 @@ pub struct Args {
     /// Folder of the scratch files (default: the system temp folder).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Also write the trained fusion as the authors' UFF checkpoint lays it out
+    /// (safetensors; `miad model convert --fusion` reads it).
+    #[arg(long)]
+    pub export_checkpoint: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
@@ -82,6 +86,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         preprocessed: a.preprocessed,
         threads: a.threads,
         scratch_dir: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
+        export: a.export_checkpoint.clone(),
         ..CategoryTrain::default()
     };
     let mut bar = TrainBar::new();
@@ -89,11 +94,19 @@ pub fn run(a: Args) -> miad::Result<()> {
         bar.update(p)
     })?;
     println!(
-        "trained uff on {} parts: {} steps in {:.1} s ({:.3} s/step)",
+        "trained uff on {} parts: features {:.1} s; {} steps ({} patch pairs) in {:.2} s = {:.3} s/step, {:.1} GFLOP/s on {} threads",
         r.parts,
+        r.extract_seconds,
         r.steps,
-        r.seconds,
-        r.seconds / r.steps.max(1) as f64
+        r.rows,
+        r.train_seconds,
+        r.train_seconds / r.steps.max(1) as f64,
+        r.flops / r.train_seconds.max(1e-9) / 1e9,
+        if a.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            a.threads
+        }
     );
     println!(
         "mean loss first epoch {:.4}, last epoch {:.4}; fixed batch of {} patches: {:.4} -> {:.4}",
@@ -104,5 +117,8 @@ pub fn run(a: Args) -> miad::Result<()> {
         r.eval_after
     );
     println!("wrote {}", a.out.display());
+    if let Some(p) = &a.export_checkpoint {
+        println!("wrote {} (the authors' checkpoint layout)", p.display());
+    }
     Ok(())
 }

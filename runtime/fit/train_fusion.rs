@@ -586,7 +586,14 @@ pub struct TrainReport {
     pub eval_after: f64,
     /// Rows of the evaluation batch.
     pub eval_rows: usize,
+    /// Wall time of the whole run, of the feature extraction, and of the steps alone.
     pub seconds: f64,
+    pub extract_seconds: f64,
+    pub train_seconds: f64,
+    /// Patch pairs over all steps, and the floating-point operations of the steps'
+    /// forward and backward passes (GEMMs and logits, 2 per multiply-add).
+    pub rows: usize,
+    pub flops: f64,
 }
 
 /// Every training part's raw features, extracted once, with its non-empty xyz cells.
@@ -739,6 +746,7 @@ pub fn train_uff(
         )));
     }
     let cache = FeatureCache::build(features, scratch_dir, progress)?;
+    let extract_seconds = t0.elapsed().as_secs_f64();
     let parts = cache.nonempty.len();
     if cache.nonempty.iter().all(|v| v.is_empty()) {
         return Err(Error::Input(
@@ -781,6 +789,12 @@ pub fn train_uff(
     let mut order: Vec<usize> = (0..parts).collect();
     let mut epoch_losses = Vec::with_capacity(opts.epochs);
     let mut step = 0;
+    let (mut rows_total, mut flops) = (0usize, 0f64);
+    let (dx, dr) = (cache.xyz_dim as f64, cache.rgb_dim as f64);
+    let (ratio, e) = (params.cfg.mlp_ratio as f64, params.cfg.head_dim as f64);
+    // Per row: forward MLPs + heads; backward computes two products per forward one.
+    let per_row = 3.0 * 2.0 * (2.0 * ratio * (dx * dx + dr * dr) + e * (dx + dr));
+    let t_train = std::time::Instant::now();
     for epoch in 0..opts.epochs {
         for i in (1..parts).rev() {
             let j = shuffle_rng.below(i as u64 + 1) as usize;
@@ -797,6 +811,9 @@ pub fn train_uff(
                 &mut rb,
             );
             let lr = learning_rate(opts.lr, step, total, warmup);
+            rows_total += n;
+            // + logits and their two backward products
+            flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
             let loss = if n > 0 {
                 let loss =
                     uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
@@ -822,6 +839,7 @@ pub fn train_uff(
         }
         epoch_losses.push(sum / steps_per_epoch as f64);
     }
+    let train_seconds = t_train.elapsed().as_secs_f64();
     let eval_after = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
     progress(TrainProgress::Done);
     Ok(TrainReport {
@@ -832,6 +850,10 @@ pub fn train_uff(
         eval_after,
         eval_rows,
         seconds: t0.elapsed().as_secs_f64(),
+        extract_seconds,
+        train_seconds,
+        rows: rows_total,
+        flops,
     })
 }
 
@@ -843,6 +865,9 @@ pub struct CategoryTrain {
     pub threads: usize,
     pub max_side: usize,
     pub scratch_dir: PathBuf,
+    /// Also write the trained fusion in the authors' checkpoint layout
+    /// ([`export_reference`]) to this safetensors file.
+    pub export: Option<PathBuf>,
 }
 
 impl Default for CategoryTrain {
@@ -853,6 +878,7 @@ impl Default for CategoryTrain {
             threads: 0,
             max_side: 1024,
             scratch_dir: std::env::temp_dir(),
+            export: None,
         }
     }
 }
@@ -930,6 +956,9 @@ pub fn train_fusion_category(
     let prov = provenance(model_path, &model, data, opts, &report);
     let prov_ref: Vec<(&str, &str)> = prov.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     write_model(&out_cfg, &tensors, &prov_ref, out)?;
+    if let Some(path) = &cat.export {
+        export_reference(&params, path)?;
+    }
     Ok(report)
 }
 
