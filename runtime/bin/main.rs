@@ -13,6 +13,7 @@ mod model;
 mod progress;
 mod radar;
 mod synth;
+mod train_fusion;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,8 @@ enum Command {
     Extract(extract::Args),
     /// Build the memory banks and decision layers of one product category.
     Fit(fit::Args),
+    /// Train the learned fusion (M3DM's UFF) on a category and write a new model file.
+    TrainFusion(train_fusion::Args),
     /// Inspect parts: score, verdict, regions, heatmap.
     Inspect(inspect::Args),
     /// Evaluate on a dataset: I-AUROC, P-AUROC, AUPRO.
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Convert(a) => model::run(model::ModelCommand::Convert(a)),
         Command::Extract(a) => extract::run(a),
         Command::Fit(a) => fit::run(a),
+        Command::TrainFusion(a) => train_fusion::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Radar(a) => radar::run(a),

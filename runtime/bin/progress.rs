@@ -57,3 +57,65 @@ impl FitBars {
         }
     }
 }
+
+/// The bar of `miad train-fusion`: features, then steps with loss, learning rate and rate.
+pub struct TrainBar {
+    current: Option<(&'static str, ProgressBar)>,
+}
+
+impl TrainBar {
+    pub fn new() -> Self {
+        TrainBar { current: None }
+    }
+
+    fn phase(&mut self, name: &'static str, total: usize) -> &ProgressBar {
+        if self
+            .current
+            .as_ref()
+            .map(|(n, _)| *n != name)
+            .unwrap_or(true)
+        {
+            if let Some((_, pb)) = self.current.take() {
+                pb.finish();
+            }
+            let pb = bar(total, name);
+            if name == "training" {
+                pb.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>14} [{bar:32}] {pos}/{len} {per_sec} eta {eta} {msg}",
+                    )
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+                );
+                pb.set_prefix(name);
+            }
+            self.current = Some((name, pb));
+        }
+        &self.current.as_ref().expect("just set").1
+    }
+
+    pub fn update(&mut self, p: miad::fit::train_fusion::TrainProgress) {
+        use miad::fit::train_fusion::TrainProgress;
+        match p {
+            TrainProgress::Extract { done, total } => {
+                self.phase("features", total).set_position(done as u64)
+            }
+            TrainProgress::Step {
+                epoch,
+                step,
+                total,
+                loss,
+                lr,
+            } => {
+                let pb = self.phase("training", total);
+                pb.set_position(step as u64);
+                pb.set_message(format!("epoch {} loss {loss:.4} lr {lr:.2e}", epoch + 1));
+            }
+            TrainProgress::Done => {
+                if let Some((_, pb)) = self.current.take() {
+                    pb.finish();
+                }
+            }
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! Offline fitting: features of the training parts, coreset, banks, decision layers,
-//! calibration, RADAR's per-case statistics.
+//! calibration, RADAR's per-case statistics, training of the learned fusion.
 
 pub mod banks;
 pub mod calibrate;
 pub mod category;
 pub mod features;
+pub mod infonce;
 pub mod ocsvm;
 pub mod radar;
 pub mod scratch;
+pub mod train_fusion;

@@ -4,3 +4,4 @@ mod fit_banks;
 mod metrics_cases;
 mod synth_dataset;
 mod synth_pictures;
+mod train_fusion;
