@@ -142,3 +142,16 @@ MIAD_EXTERN void ok_mma(const unsigned short *a, const unsigned short *bt,
   d[(g + 8) * 8 + 2 * t] = acc[2];
   d[(g + 8) * 8 + 2 * t + 1] = acc[3];
 }
+
+// Write-after-read hazard: each thread reads its partner warp's value, then overwrites its
+// own without a barrier in between. Under the run-ahead orders one warp finishes before the
+// other starts, so the later warp reads -1 in every lane.
+MIAD_EXTERN void bad_war(int *out) {
+  __shared__ int s[64];
+  const int t = threadIdx.x;
+  s[t] = t;
+  __syncthreads();
+  const int v = s[t ^ 32];
+  s[t] = -1;  // bug: the partner may not have read it yet
+  out[t] = v;
+}

@@ -19,6 +19,7 @@ pub const TESTS: &[Test] = &[
     ("emulator_reports_missing_mbarrier_arrive", mbarrier),
     ("emulator_collectives_match_ptx", collectives),
     ("emulator_mma_fragments_match_ptx", mma),
+    ("emulator_run_ahead_orders_expose_war_hazard", run_ahead),
 ];
 
 /// Launches `kernel` with one int buffer of `threads` and expects an error containing `want`.
@@ -196,6 +197,22 @@ fn mma() -> Result<(), String> {
             .val(bf);
         sim().launch("ok_mma", &Cfg::new(1, 32), &mut args, 1)?;
         close(&format!("mma (bf16 {bf})"), d.get(), &want, 0.0, 1e-6)?;
+    }
+    Ok(())
+}
+
+/// Seed bits 32 and 33 run the lowest- / highest-numbered ready thread first: one warp
+/// completes a phase before the other starts, so a write-after-read hazard with no barrier
+/// in between is seen by every lane of the later warp.
+fn run_ahead() -> Result<(), String> {
+    for (seed, first) in [(1u64 << 32, 0usize), (2 << 32, 1)] {
+        let out = Buf::filled(64, 0i32);
+        let mut a = Args::new().buf(&out);
+        sim().launch("bad_war", &Cfg::new(1, 64), &mut a, seed | 5)?;
+        let want: Vec<i32> = (0..64)
+            .map(|t| if t / 32 == first { (t ^ 32) as i32 } else { -1 })
+            .collect();
+        same(&format!("run-ahead order {}", seed >> 32), out.get(), &want)?;
     }
     Ok(())
 }
