@@ -155,3 +155,18 @@ MIAD_EXTERN void bad_war(int *out) {
   s[t] = -1;  // bug: the partner may not have read it yet
   out[t] = v;
 }
+
+// The same hazard with cp.async: the slot is refilled while the partner warp may still read
+// it. The copy's destination is undefined from issue to wait, so the late reader sees NaN.
+MIAD_EXTERN void bad_cp_async_war(const float4 *in, float4 *out) {
+  __shared__ __align__(16) float4 st_war[64];
+  const int t = threadIdx.x;
+  st_war[t] = make_float4((float)t, (float)t, (float)t, (float)t);
+  __syncthreads();
+  const float4 v = st_war[t ^ 32];
+  miad_cp_async16((u32)__cvta_generic_to_shared(&st_war[t]), in + t, 16);  // bug: no barrier
+  miad_cp_async_commit();
+  __syncthreads();
+  miad_cp_async_wait<0>();
+  out[t] = v;
+}

@@ -773,6 +773,10 @@ void cp_async(uint32_t smem, const void *gmem, unsigned bytes, unsigned src_byte
     fiber_fail(fmt("cp.async of %u bytes with misaligned addresses", bytes));
   if (src_bytes > bytes) fiber_fail("cp.async with src-size above cp-size");
   f->cp.push_back(CpCopy{shared_ptr(smem, bytes), gmem, bytes, src_bytes});
+  // Until the wait the destination is undefined (the hardware may land the copy at any
+  // time): all-ones bytes (NaN), so a stage refilled while another warp still reads it
+  // shows up, as well as a read before the wait.
+  std::memset(shared_ptr(smem, bytes), 0xff, bytes);
 }
 
 void cp_async_commit() {

@@ -203,7 +203,8 @@ fn mma() -> Result<(), String> {
 
 /// Seed bits 32 and 33 run the lowest- / highest-numbered ready thread first: one warp
 /// completes a phase before the other starts, so a write-after-read hazard with no barrier
-/// in between is seen by every lane of the later warp.
+/// in between is seen by every lane of the later warp, also when the write is a cp.async
+/// (its destination is NaN from issue to wait).
 fn run_ahead() -> Result<(), String> {
     for (seed, first) in [(1u64 << 32, 0usize), (2 << 32, 1)] {
         let out = Buf::filled(64, 0i32);
@@ -213,6 +214,24 @@ fn run_ahead() -> Result<(), String> {
             .map(|t| if t / 32 == first { (t ^ 32) as i32 } else { -1 })
             .collect();
         same(&format!("run-ahead order {}", seed >> 32), out.get(), &want)?;
+        // With cp.async refilling the slot: NaN from issue to wait.
+        let inp = Buf::filled(4 * 64, 100f32);
+        let out = Buf::filled(4 * 64, 0f32);
+        let mut a = Args::new().buf(&inp).buf(&out);
+        sim().launch("bad_cp_async_war", &Cfg::new(1, 64), &mut a, seed | 5)?;
+        for (t, v) in out.get().chunks(4).enumerate() {
+            let ok = if t / 32 == first {
+                v.iter().all(|x| *x == (t ^ 32) as f32)
+            } else {
+                v.iter().all(|x| x.is_nan())
+            };
+            if !ok {
+                return Err(format!(
+                    "cp.async refill, order {}: [{t}] {v:?}",
+                    seed >> 32
+                ));
+            }
+        }
     }
     Ok(())
 }
