@@ -135,7 +135,9 @@ fn launch<T: Copy + PartialEq + std::fmt::Debug>(
     block: u32,
 ) -> Result<Vec<T>, String> {
     let mut first: Option<Vec<T>> = None;
-    for s in SEEDS.into_iter().chain(RUN_AHEAD) {
+    // The run-ahead orders on the smaller shapes (time).
+    let orders: &[u64] = if n <= 200 { &RUN_AHEAD } else { &[] };
+    for s in SEEDS.iter().chain(orders).copied() {
         let x = Buf::from(qkv);
         let o = Buf::filled(n * heads * HEAD_DIM, out_init);
         let mut a = Args::new()
