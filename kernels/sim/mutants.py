@@ -76,6 +76,12 @@ MUTANTS = [
      "bank_search_f32: barrier before the tile is overwritten removed", "bank_search_f32"),
     ("attention.cu", "k0 += ATT_TILE) {\n        __syncthreads();\n", "k0 += ATT_TILE) {\n", 0,
      "attention_f32: barrier before the K/V tile is overwritten removed", "attention_f32"),
+    ("bank_search.cu", "if (pair_less(red_d[x][r], red_i[x][r], d, id))", "if (red_d[x][r] <= d)", 0,
+     "bank_search_f32: ties across a query row's threads to the higher index", "bank_search_f32"),
+    ("bank_search.cu", "                if (pair_less(od, oi, d, id)) {", "                if (od <= d) {", 0,
+     "bank_search_f16: ties within a quad to the higher index", "bank_search_f16"),
+    ("bank_search.cu", "if (pair_less(red_d[1][r], red_i[1][r], d, id))", "if (red_d[1][r] <= d)", 0,
+     "bank_search_f16: ties across the two warp halves to the higher bank half", "bank_search_f16"),
 ]
 
 

@@ -126,6 +126,33 @@ fn exact(q: &[f32], bank: &[f32], dim: usize) -> Vec<(usize, f64, f64)> {
         .collect()
 }
 
+/// A split winner must be the first of its exact copies in the split (copies tie exactly
+/// in any arithmetic; ties go to the lower index at every level of the reduction).
+fn first_copy(d: &Data, lo: usize, gi: usize, at: &str) -> Result<(), String> {
+    let row = |j: usize| &d.bank[j * d.dim..][..d.dim];
+    match (lo..gi).find(|&j| row(j) == row(gi)) {
+        Some(j) => Err(format!("{at}: winner {gi}, but row {j} is the same")),
+        None => Ok(()),
+    }
+}
+
+/// Copies of query k at offset + k for each offset: exact ties (distance 0) within one
+/// thread, across threads/quads, across warps of a block and across splits.
+fn plant_copies(d: &mut Data, offsets: &[usize]) {
+    let dim = d.dim;
+    for k in 0..d.nq() {
+        let row = d.q[k * dim..][..dim].to_vec();
+        for o in offsets {
+            d.bank[(o + k) * dim..][..dim].copy_from_slice(&row);
+        }
+    }
+}
+
+/// Offsets for [`plant_copies`], all copies of a query in different roles: 20+k and
+/// 80+k.. in different bank tiles (f32) or warp halves (f16); 80+k and 96+k in the same
+/// thread's columns; 100+k in another thread's; 900+k in another split.
+const COPIES: [usize; 5] = [900, 100, 96, 80, 20];
+
 fn near_tie(bd: f64, sd: f64) -> bool {
     sd - bd <= 1e-5 * bd
 }
@@ -372,6 +399,18 @@ fn run_f32(d: &Data, sms: usize, seed: u64) -> Result<(Vec<f32>, Vec<i32>), Stri
         &mut a,
         seed,
     )?;
+    for k in 0..nq {
+        for s in 0..splits {
+            let lo = s * tps * F32_TILE_B;
+            let gi = pi.get()[k * splits + s];
+            if gi < lo as i32 || gi as usize >= nb.min(lo + tps * F32_TILE_B) {
+                return Err(format!(
+                    "query {k} split {s}: winner {gi} outside the split"
+                ));
+            }
+            first_copy(d, lo, gi as usize, &format!("query {k} split {s}"))?;
+        }
+    }
     reduce(pd.get(), pi.get(), nq, splits, seed)
 }
 
@@ -474,21 +513,19 @@ fn search_f32() -> Result<(), String> {
 fn search_f32_ties() -> Result<(), String> {
     let dim = 64;
     for_seeds(|s| {
-        // Each query's exact copy at 100+k and 900+k (different splits with sms 132):
-        // distance 0 and the lower index; near-copies and copies elsewhere.
+        // Exact copies of each query (distance 0, the lowest copy wins; one split per
+        // tile with sms 132, one split with sms 1), near-copies and copies elsewhere.
         let mut d = data(10, 1000, dim, false, true, 21 + s);
-        for k in 0..10 {
-            let row = d.q[k * dim..][..dim].to_vec();
-            d.bank[(900 + k) * dim..][..dim].copy_from_slice(&row);
-            d.bank[(100 + k) * dim..][..dim].copy_from_slice(&row);
-        }
+        plant_copies(&mut d, &COPIES);
         // A NaN row: its distance is NaN and never taken (as the CPU's strict `<`).
         d.bank[5 * dim + 3] = f32::NAN;
-        let (od, oi) = run_f32(&d, 132, s)?;
-        let want: Vec<i32> = (100..110).collect();
-        same("exact copies: index", &oi, &want)?;
-        same_bits("exact copies: distance", &od, &[0.0; 10])?;
-        check_f32(&d, &od, &oi)?;
+        let want: Vec<i32> = (20..30).collect();
+        for sms in [132, 1] {
+            let (od, oi) = run_f32(&d, sms, s)?;
+            same(&format!("exact copies, sms {sms}: index"), &oi, &want)?;
+            same_bits("exact copies: distance", &od, &[0.0; 10])?;
+            check_f32(&d, &od, &oi)?;
+        }
         // All bank rows identical: every distance ties, index 0.
         let mut g = Gen::new(s);
         let row: Vec<f32> = (0..dim).map(|_| g.normal()).collect();
@@ -659,6 +696,7 @@ fn check_winners(d: &Data, r: &F16Run, what: &str) -> Result<(), String> {
             if ad > best + 2.0 * t {
                 return Err(format!("{at}: winner {gi} at {ad}, best {best}"));
             }
+            first_copy(d, lo, gi as usize, &at)?;
         }
     }
     Ok(())
@@ -694,23 +732,20 @@ fn search_f16() -> Result<(), String> {
             }
         }
     }
-    // Exact copies of each query at 100+k and 900+k (as the GPU test): the lower index.
+    // Exact copies of each query (the GPU test has 100+k and 900+k): the lowest copy, in
+    // every split (sms 132: one tile each) and with one split (sms 1).
     let dim = 64;
     let mut d = data(10, 1000, dim, false, false, 21);
-    for k in 0..10 {
-        let row = d.q[k * dim..][..dim].to_vec();
-        d.bank[(900 + k) * dim..][..dim].copy_from_slice(&row);
-        d.bank[(100 + k) * dim..][..dim].copy_from_slice(&row);
-    }
+    plant_copies(&mut d, &COPIES);
     for_seeds(|s| {
-        let r = run_f16(&d, 132, 8, s)?;
-        same(
-            "f16 exact copies: index",
-            &r.oi,
-            &(100..110).collect::<Vec<_>>(),
-        )?;
-        same_bits("f16 exact copies: distance", &r.od, &[0.0; 10])?;
-        check_winners(&d, &r, "exact copies")
+        for sms in [132, 1] {
+            let r = run_f16(&d, sms, 8, s)?;
+            let what = format!("f16 exact copies, sms {sms}");
+            same(&what, &r.oi, &(20..30).collect::<Vec<_>>())?;
+            same_bits(&what, &r.od, &[0.0; 10])?;
+            check_winners(&d, &r, &what)?;
+        }
+        Ok(())
     })
 }
 
