@@ -152,3 +152,31 @@ MIAD_EXTERN void ok_classify(const float *in, int n, int *out) {
   out[i] = (isfinite(f) ? 1 : 0) | (isnan(f) ? 2 : 0) | (isinf(f) ? 4 : 0) |
            (isfinite(d) ? 8 : 0) | (isnan(d) ? 16 : 0) | (isinf(d) ? 32 : 0);
 }
+
+// Write-after-read hazard: each thread reads its partner warp's value, then overwrites its
+// own without a barrier in between. Under the run-ahead orders one warp finishes before the
+// other starts, so the later warp reads -1 in every lane.
+MIAD_EXTERN void bad_war(int *out) {
+  __shared__ int s[64];
+  const int t = threadIdx.x;
+  s[t] = t;
+  __syncthreads();
+  const int v = s[t ^ 32];
+  s[t] = -1;  // bug: the partner may not have read it yet
+  out[t] = v;
+}
+
+// The same hazard with cp.async: the slot is refilled while the partner warp may still read
+// it. The copy's destination is undefined from issue to wait, so the late reader sees NaN.
+MIAD_EXTERN void bad_cp_async_war(const float4 *in, float4 *out) {
+  __shared__ __align__(16) float4 st_war[64];
+  const int t = threadIdx.x;
+  st_war[t] = make_float4((float)t, (float)t, (float)t, (float)t);
+  __syncthreads();
+  const float4 v = st_war[t ^ 32];
+  miad_cp_async16((u32)__cvta_generic_to_shared(&st_war[t]), in + t, 16);  // bug: no barrier
+  miad_cp_async_commit();
+  __syncthreads();
+  miad_cp_async_wait<0>();
+  out[t] = v;
+}

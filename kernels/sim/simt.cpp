@@ -180,6 +180,11 @@ struct Launch {
   int nthreads = 0, cl_blocks = 1;
   Rng rng{0};
   uint64_t poison_seed = 0;
+  // Fiber order within a block: 0 seeded random; 1 (seed bit 32) the lowest-numbered ready
+  // thread first, 2 (bit 33) the highest first. The warps then drift a whole phase apart,
+  // which random order almost never does: a missing write-after-read barrier (a stage of
+  // a pipeline refilled while another warp still reads it) shows up.
+  int order = 0;
   std::string error;
   std::mutex err_mu;
   std::atomic<bool> has_error{false};
@@ -768,6 +773,10 @@ void cp_async(uint32_t smem, const void *gmem, unsigned bytes, unsigned src_byte
     fiber_fail(fmt("cp.async of %u bytes with misaligned addresses", bytes));
   if (src_bytes > bytes) fiber_fail("cp.async with src-size above cp-size");
   f->cp.push_back(CpCopy{shared_ptr(smem, bytes), gmem, bytes, src_bytes});
+  // Until the wait the destination is undefined (the hardware may land the copy at any
+  // time): all-ones bytes (NaN), so a stage refilled while another warp still reads it
+  // shows up, as well as a read before the wait.
+  std::memset(shared_ptr(smem, bytes), 0xff, bytes);
 }
 
 void cp_async_commit() {
@@ -872,7 +881,13 @@ bool setup_block(Launch *L, Block *b, std::vector<Fiber> &store) {
 void run_ready(Launch *L, Block *b) {
   Worker &w = t_worker;
   while (!b->runnable.empty() && !L->failed()) {
-    size_t k = L->rng.below(b->runnable.size());
+    size_t k = 0;
+    if (L->order == 0) {
+      k = L->rng.below(b->runnable.size());
+    } else {
+      for (size_t i = 1; i < b->runnable.size(); ++i)
+        if ((b->runnable[i]->linear < b->runnable[k]->linear) == (L->order == 1)) k = i;
+    }
     Fiber *f = b->runnable[k];
     b->runnable[k] = b->runnable.back();
     b->runnable.pop_back();
@@ -1025,6 +1040,7 @@ __attribute__((visibility("default"))) int miad_sim_launch(
   L.dyn = dyn_smem;
   L.rng = Rng{seed * 0x9e3779b97f4a7c15ull + 12345};
   L.poison_seed = seed;
+  L.order = (int)((seed >> 32) & 3) % 3;
   auto fail_now = [&](const std::string &m) {
     snprintf(err, err_len, "%s", m.c_str());
     return 1;

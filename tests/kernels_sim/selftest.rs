@@ -20,6 +20,7 @@ pub const TESTS: &[Test] = &[
     ("emulator_collectives_match_ptx", collectives),
     ("emulator_mma_fragments_match_ptx", mma),
     ("emulator_classification_functions", classify),
+    ("emulator_run_ahead_orders_expose_war_hazard", run_ahead),
 ];
 
 /// Launches `kernel` with one int buffer of `threads` and expects an error containing `want`.
@@ -228,4 +229,39 @@ fn classify() -> Result<(), String> {
     let mut a = Args::new().buf(&inb).val(v.len() as i32).buf(&out);
     sim().launch("ok_classify", &Cfg::new(1, 32), &mut a, 1)?;
     same("isfinite/isnan/isinf", out.get(), &want)
+}
+
+/// Seed bits 32 and 33 run the lowest- / highest-numbered ready thread first: one warp
+/// completes a phase before the other starts, so a write-after-read hazard with no barrier
+/// in between is seen by every lane of the later warp, also when the write is a cp.async
+/// (its destination is NaN from issue to wait).
+fn run_ahead() -> Result<(), String> {
+    for (seed, first) in [(1u64 << 32, 0usize), (2 << 32, 1)] {
+        let out = Buf::filled(64, 0i32);
+        let mut a = Args::new().buf(&out);
+        sim().launch("bad_war", &Cfg::new(1, 64), &mut a, seed | 5)?;
+        let want: Vec<i32> = (0..64)
+            .map(|t| if t / 32 == first { (t ^ 32) as i32 } else { -1 })
+            .collect();
+        same(&format!("run-ahead order {}", seed >> 32), out.get(), &want)?;
+        // With cp.async refilling the slot: NaN from issue to wait.
+        let inp = Buf::filled(4 * 64, 100f32);
+        let out = Buf::filled(4 * 64, 0f32);
+        let mut a = Args::new().buf(&inp).buf(&out);
+        sim().launch("bad_cp_async_war", &Cfg::new(1, 64), &mut a, seed | 5)?;
+        for (t, v) in out.get().chunks(4).enumerate() {
+            let ok = if t / 32 == first {
+                v.iter().all(|x| *x == (t ^ 32) as f32)
+            } else {
+                v.iter().all(|x| x.is_nan())
+            };
+            if !ok {
+                return Err(format!(
+                    "cp.async refill, order {}: [{t}] {v:?}",
+                    seed >> 32
+                ));
+            }
+        }
+    }
+    Ok(())
 }
