@@ -5,12 +5,13 @@
 //!
 //! `cargo bench --bench format`
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+mod timing;
+
 use miad::config::ModelConfig;
 use miad::format::{random_model, write_model, ModelFile, OpenOptions};
-use std::time::Duration;
+use timing::time_runs;
 
-fn bench_format(c: &mut Criterion) {
+fn main() {
     let dir = std::env::temp_dir().join(format!("miad-bench-format-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir_all(&dir) {
         eprintln!("cannot create {}: {e}", dir.display());
@@ -35,13 +36,10 @@ fn bench_format(c: &mut Criterion) {
         ..OpenOptions::default()
     };
 
-    let mut g = c.benchmark_group("format");
-    g.sample_size(20)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
-    g.bench_function("open_m3dm_no_verify", |b| {
-        b.iter(|| ModelFile::open(&path, &no_verify).map(|m| m.id()))
-    });
+    time_runs(20, || {
+        let _ = ModelFile::open(&path, &no_verify).map(|m| m.id());
+    })
+    .print("open m3dm model, no checksum verification", None);
     let model = match ModelFile::open(&path, &no_verify) {
         Ok(m) => m,
         Err(e) => {
@@ -56,14 +54,13 @@ fn bench_format(c: &mut Criterion) {
         .iter()
         .map(|t| t.nbytes)
         .sum();
-    g.throughput(Throughput::Bytes(data_bytes));
-    g.bench_function("verify_checksums_m3dm", |b| {
-        b.iter(|| model.container().verify_checksums())
-    });
-    g.finish();
+    time_runs(10, || {
+        let _ = model.container().verify_checksums();
+    })
+    .print(
+        "verify checksums of the m3dm model",
+        Some((data_bytes as f64 / 1e9, "GB")),
+    );
     drop(model);
     let _ = std::fs::remove_dir_all(&dir);
 }
-
-criterion_group!(benches, bench_format);
-criterion_main!(benches);

@@ -1,10 +1,11 @@
 //! Point branch benches: FPS (1024 of 50 000, one core; the plain O(N·M) loop beside it),
 //! kNN grouping (1024 × 128), and the point feature alignment at full size.
 //! The full Point-MAE encoder is reported as GFLOP/s and its fraction of the machine's
-//! measured FMA peak. Run: `cargo bench --bench point`. FPS and grouping are memory/branch bound, not GEMM
-//! bound, so they are reported as times and as the speed-up over the plain algorithm.
+//! measured FMA peak. Run: `cargo bench --bench point`. FPS and grouping are memory/branch
+//! bound, not GEMM bound, so they are reported as times and as the speed-up over the plain
+//! algorithm.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+mod timing;
 use miad::config::{ModelConfig, PointConfig, PreprocessConfig};
 use miad::cpu::fps::{farthest_point_sample, fps_plain, fps_scratch_len};
 use miad::cpu::knn::{group_knn, knn_scratch_len};
@@ -16,6 +17,7 @@ use miad::cpu::pool::Pool;
 use miad::format::random_model;
 use miad::util::peak::measure_peak_gflops;
 use miad::util::rng::Rng;
+use timing::time_runs;
 
 /// A smooth organized surface: 50 000 points on a 224×224 grid (a typical part covers
 /// about this many pixels), row-major like the preprocessed point set.
@@ -39,7 +41,7 @@ fn surface(n: usize) -> (Vec<f32>, Vec<u32>) {
     (pts, pix)
 }
 
-fn benches(c: &mut Criterion) {
+fn main() {
     let cfg = PointConfig::m3dm();
     let pre = PreprocessConfig::default();
     let n = 50_000;
@@ -47,24 +49,27 @@ fn benches(c: &mut Criterion) {
     let (pts, pix) = surface(n);
     let mut centers = vec![0u32; m];
     let mut scratch = vec![0f32; fps_scratch_len(n)];
-    let mut g = c.benchmark_group("point");
-    g.sample_size(10);
-    g.bench_function("fps_1024_of_50000_tree", |b| {
-        b.iter(|| farthest_point_sample(&pts, n, m, &mut centers, &mut scratch))
+    let tree = time_runs(5, || {
+        farthest_point_sample(&pts, n, m, &mut centers, &mut scratch)
     });
+    tree.print("fps 1024 of 50000, tree", None);
     let mut plain = vec![0u32; m];
     let mut dist = vec![0f32; n];
-    g.bench_function("fps_1024_of_50000_plain", |b| {
-        b.iter(|| fps_plain(&pts, &mut plain, &mut dist))
-    });
+    let plain_t = time_runs(2, || fps_plain(&pts, &mut plain, &mut dist));
+    plain_t.print("fps 1024 of 50000, plain", None);
     assert_eq!(plain, centers, "tree FPS differs from plain FPS");
+    println!(
+        "fps speed-up over plain: {:.1}x",
+        plain_t.median / tree.median
+    );
     for threads in [1usize, 2] {
         let pool = Pool::new(threads);
         let mut groups = vec![0u32; m * k];
         let mut ks = vec![0f32; knn_scratch_len(n, k, threads)];
-        g.bench_function(format!("knn_1024x128_of_50000_{threads}t"), |b| {
-            b.iter(|| group_knn(&pool, &pts, n, &centers, k, &mut groups, &mut ks))
-        });
+        time_runs(3, || {
+            group_knn(&pool, &pts, n, &centers, k, &mut groups, &mut ks)
+        })
+        .print(&format!("knn 1024x128 of 50000, {threads} thread(s)"), None);
         let f = cfg.feature_dim();
         let gs = pre.xyz_grid as usize;
         let center_xyz: Vec<f32> = centers
@@ -75,30 +80,29 @@ fn benches(c: &mut Criterion) {
         let feats: Vec<f32> = (0..m * f).map(|_| rng.normal()).collect();
         let mut out = vec![0f32; gs * gs * f];
         let mut ps = vec![0f32; pfa_scratch_len(&pre, m, n, threads)];
-        g.bench_function(format!("pfa_56x56x1152_{threads}t"), |b| {
-            b.iter(|| {
-                point_feature_align(
-                    &pool,
-                    &pre,
-                    &pts,
-                    n,
-                    &pix,
-                    &center_xyz,
-                    &feats,
-                    f,
-                    &mut out,
-                    &mut ps,
-                )
-            })
-        });
-        // The full Point-MAE encoder (random weights), timed by hand to report its
-        // compute rate as a fraction of the machine's measured FMA peak.
+        time_runs(3, || {
+            point_feature_align(
+                &pool,
+                &pre,
+                &pts,
+                n,
+                &pix,
+                &center_xyz,
+                &feats,
+                f,
+                &mut out,
+                &mut ps,
+            )
+        })
+        .print(&format!("pfa 56x56x1152, {threads} thread(s)"), None);
+        // The full Point-MAE encoder (random weights): its compute rate as a fraction of
+        // the machine's FMA peak measured right after it.
         let model_cfg = ModelConfig::m3dm();
         let weights = random_model(&model_cfg, 7);
         let w = PointMaeWeights::load(&weights, &cfg).expect("random weights match");
         let mut feats_out = vec![0f32; m * f];
         let mut ms = vec![0f32; point_mae_scratch_len(&cfg, threads)];
-        let mut run = || {
+        let secs = time_runs(5, || {
             point_mae_forward(
                 &pool,
                 &cfg,
@@ -110,14 +114,8 @@ fn benches(c: &mut Criterion) {
                 &mut feats_out,
                 &mut ms,
             )
-        };
-        run();
-        let reps = 5;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            run();
-        }
-        let secs = t.elapsed().as_secs_f64() / reps as f64;
+        })
+        .median;
         let gflops = point_mae_flops(&cfg) / secs / 1e9;
         let peak = measure_peak_gflops(threads);
         println!(
@@ -126,8 +124,4 @@ fn benches(c: &mut Criterion) {
             gflops / peak
         );
     }
-    g.finish();
 }
-
-criterion_group!(point, benches);
-criterion_main!(point);

@@ -1,19 +1,17 @@
 //! The RGB branch on the CPU: one full ViT-B/8 forward pass at 224×224 (SPEC §2) with
-//! seeded random weights, on a pool of every core. Criterion times it (its throughput line
-//! is in FLOP/s: one "element" is one floating-point operation of `vit_flops`); then a
-//! plain timed loop prints the achieved GFLOP/s next to the machine's peak FMA rate
-//! measured by `measure_peak_gflops` in the same run, and their ratio (target ≥ 0.7).
+//! seeded random weights, on a pool of every core: the achieved GFLOP/s next to the
+//! machine's peak FMA rate measured by `measure_peak_gflops` in the same run, and their
+//! ratio (target ≥ 0.7).
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+mod timing;
 use miad::config::{ModelConfig, VitConfig};
 use miad::cpu::pool::Pool;
 use miad::cpu::vit::{vit_flops, vit_forward, vit_scratch_len, VitWeights};
 use miad::format::random_model;
 use miad::util::peak::measure_peak_gflops;
 use miad::util::rng::Rng;
-use std::time::{Duration, Instant};
 
 fn threads() -> usize {
     std::env::var("MIAD_BENCH_THREADS")
@@ -23,7 +21,7 @@ fn threads() -> usize {
         .max(1)
 }
 
-fn bench_vit(c: &mut Criterion) {
+fn main() {
     let cfg = VitConfig::base8();
     // Only the ViT's tensors: the point and fusion branches are not needed here.
     let model = ModelConfig {
@@ -41,38 +39,17 @@ fn bench_vit(c: &mut Criterion) {
     let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
     let flops = vit_flops(&cfg);
-    let mut run = || {
-        vit_forward(&pool, &cfg, &w, &input, &mut out, &mut scratch).expect("forward pass");
-    };
-    run();
-
-    let mut g = c.benchmark_group("vit");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_secs(2))
-        .measurement_time(Duration::from_secs(20))
-        .throughput(Throughput::Elements(flops as u64));
-    g.bench_function(format!("vit_b8_224_forward_{threads}t"), |b| {
-        b.iter(&mut run)
-    });
-    g.finish();
-
-    // The same pass timed by hand, so the ratio to the peak is printed in one line. The
-    // peak is measured just before and just after (the higher counts): on a shared
+    // The peak is measured just before and just after (the higher counts): on a shared
     // machine, other load lowers both numbers alike only when they are taken close together.
     let peak_before = measure_peak_gflops(threads);
-    let reps = 5;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let t = Instant::now();
-        run();
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[reps / 2];
+    let t = timing::time_runs(5, || {
+        vit_forward(&pool, &cfg, &w, &input, &mut out, &mut scratch).expect("forward pass");
+    });
+    let (median, reps) = (t.median, t.runs);
     let gflops = flops / median / 1e9;
-    let best = flops / times[0] / 1e9;
+    let best = flops / t.best / 1e9;
     let peak = measure_peak_gflops(threads).max(peak_before);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = timing::load_average();
     println!(
         "vit_b8_224_forward_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
@@ -81,12 +58,6 @@ fn bench_vit(c: &mut Criterion) {
         flops / 1e9,
         gflops / peak,
         best / peak,
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load
     );
 }
-
-criterion_group!(vit, bench_vit);
-criterion_main!(vit);
