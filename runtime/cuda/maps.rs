@@ -811,7 +811,6 @@ impl MapKernels {
 mod tests {
     use super::*;
     use crate::cpu::maps::{gaussian_blur, map_scratch_len};
-    use crate::types::{RGB, XYZ};
 
     fn m3dm(rows: [usize; 3]) -> [Option<BankShape>; 3] {
         let grid = [56, 28, 56];
@@ -974,15 +973,14 @@ mod tests {
     }
 
     #[test]
-    fn decision_params_follow_the_engine() {
+    fn decision_params_lay_out_the_resolved_decision() {
+        // The policy itself is tested in `pipeline::decide`; here: every field of the
+        // kernels' blocks comes from the `Decision` (or the configuration's weights).
         let mut cfg = BankConfig::empty([0; 16], "m", "c");
         cfg.score_weights = [1.0, 0.1, 1.0];
         cfg.part_svm.w = [0.5, 2.0, 0.25];
-        cfg.pixel_svm.w = [0.3, 0.7, 1.5];
-        cfg.thresholds.part = 1.25;
-        cfg.thresholds.pixel = 0.5;
         cfg.thresholds.grey_band = Some([1.0, 1.5]);
-        let case = CaseDecision {
+        let stats = CaseDecision {
             mean: [1.0, 2.0, 3.0],
             precision: [2.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
             threshold: 7.0,
@@ -991,36 +989,34 @@ mod tests {
             score_affine: [2.0, 1.0],
             map_affine: [3.0, -1.0],
         };
-        let cases = [None, Some(case), None];
-        let opts = InspectOptions::default();
-        let d = DecisionParams::new(&cfg, Case::Complete, &cases, &opts);
-        assert_eq!(d.part.kind, 0);
-        assert!(d.case_calibrated);
-        assert_eq!((d.part.part_threshold, d.part.pixel_threshold), (1.25, 0.5));
-        assert_eq!((d.part.band, d.part.band_lo, d.part.band_hi), (1, 1.0, 1.5));
-        assert_eq!(d.pixel.c, [0.3 * 1.0, 0.7 * 0.1, 1.5 * 1.0]);
-        assert_eq!(d.pixel.affine, [1.0, 0.0]);
-        let d = DecisionParams::new(&cfg, Case::RgbOnly, &cases, &opts);
-        assert_eq!((d.part.kind, d.part.dropped), (1, XYZ as i32));
-        assert_eq!((d.part.part_threshold, d.pixel.threshold), (7.0, 0.9));
-        assert_eq!(d.pixel.c, [0.0, 4.0 * 0.1, 0.0]);
-        assert_eq!(d.pixel.affine, [3.0, -1.0]);
-        assert_eq!(d.part.affine, [2.0, 1.0]);
-        // No statistics for cloud-only: the complete-data layers, not calibrated.
-        let d = DecisionParams::new(&cfg, Case::CloudOnly, &cases, &opts);
-        assert_eq!((d.part.kind, d.part.dropped), (0, RGB as i32));
-        assert!(!d.case_calibrated);
-        // Overrides (a NaN override is none); statistics switched off.
-        let o = InspectOptions {
-            part_threshold: Some(f32::NAN),
-            pixel_threshold: Some(0.1),
-            grey_band: Some([2.0, 3.0]),
-            case_statistics: false,
-            ..InspectOptions::default()
-        };
-        let d = DecisionParams::new(&cfg, Case::RgbOnly, &cases, &o);
-        assert_eq!(d.part.kind, 0);
-        assert_eq!((d.part.part_threshold, d.pixel.threshold), (1.25, 0.1));
-        assert_eq!((d.part.band_lo, d.part.band_hi), (2.0, 3.0));
+        let cases = [None, Some(stats), None];
+        for case in Case::ALL {
+            let d = Decision::resolve(&cfg, case, &cases, &InspectOptions::default());
+            let p = DecisionParams::from_decision(&cfg, &d);
+            assert_eq!(
+                p,
+                DecisionParams::new(&cfg, case, &cases, &InspectOptions::default())
+            );
+            assert_eq!(p.part.kind, d.statistics.is_some() as i32);
+            assert_eq!(p.part.dropped, d.dropped_bank as i32);
+            assert_eq!(
+                (p.part.weights, p.part.part_w),
+                (cfg.score_weights, d.part_w)
+            );
+            assert_eq!(p.part.part_threshold, d.part_threshold);
+            assert_eq!(
+                (p.part.pixel_threshold, p.pixel.threshold),
+                (d.pixel_threshold, d.pixel_threshold)
+            );
+            assert_eq!((p.part.band, p.part.band_lo, p.part.band_hi), (1, 1.0, 1.5));
+            assert_eq!((p.pixel.c, p.pixel.affine), (d.pixel_c, d.map_affine));
+            assert_eq!(p.case_calibrated, d.case_calibrated);
+            if let Some(st) = d.statistics {
+                assert_eq!(
+                    (p.part.mean, p.part.precision, p.part.affine),
+                    (st.mean, st.precision, st.score_affine)
+                );
+            }
+        }
     }
 }

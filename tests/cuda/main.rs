@@ -4,6 +4,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[path = "../common/oracles.rs"]
+mod oracles;
+
 mod bank;
 mod coreset;
 mod embed;

@@ -8,6 +8,9 @@
 //!
 //! Usage as usual: `cargo test --test kernels_sim [-- FILTER...] [--list]`.
 
+#[path = "../common/oracles.rs"]
+mod oracles;
+
 mod attention;
 mod bank;
 mod coreset;
