@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use cudarc::driver::sys;
 
 use super::device::{check, Device};
+use super::sim::HostMem;
 use crate::Result;
 
 /// Alignment of every slot, bytes (enough for 16-byte vector access and TMA).
@@ -87,12 +88,22 @@ impl ArenaPlan {
 pub struct Arena {
     base: sys::CUdeviceptr,
     size: usize,
+    /// The host memory standing for it on the simulated device.
+    sim: Option<HostMem>,
 }
 
 impl Arena {
     pub fn new(dev: &Device, plan: &ArenaPlan) -> Result<Arena> {
-        dev.bind()?;
         let size = plan.bytes();
+        if dev.is_simulated() {
+            let mem = HostMem::device(size)?;
+            return Ok(Arena {
+                base: mem.addr(),
+                size,
+                sim: Some(mem),
+            });
+        }
+        dev.bind()?;
         let mut base: sys::CUdeviceptr = 0;
         unsafe {
             check(
@@ -100,7 +111,11 @@ impl Arena {
                 &format!("cuMemAlloc({size} bytes)"),
             )?
         };
-        Ok(Arena { base, size })
+        Ok(Arena {
+            base,
+            size,
+            sim: None,
+        })
     }
     pub fn ptr<T>(&self, s: Slot<T>) -> DevPtr<T> {
         debug_assert!(s.offset + s.bytes() <= self.size);
@@ -140,6 +155,9 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if self.sim.is_some() {
+            return; // the host memory frees itself
+        }
         unsafe {
             sys::cuMemFree_v2(self.base);
         }

@@ -27,10 +27,10 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::sys::{self, CUfunction};
+use cudarc::driver::sys::CUfunction;
 
 use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::{check, kptr, Device};
+use super::device::{kptr, Device};
 use super::module::Module;
 use crate::cpu::coreset as cpu;
 use crate::cpu::pool::Pool;
@@ -172,10 +172,7 @@ impl CoresetPlan {
 
 /// Free and total memory of `dev`, bytes.
 pub fn device_memory(dev: &Device) -> Result<(usize, usize)> {
-    dev.bind()?;
-    let (mut free, mut total) = (0usize, 0usize);
-    unsafe { check(sys::cuMemGetInfo_v2(&mut free, &mut total), "cuMemGetInfo")? };
-    Ok((free, total))
+    dev.mem_info()
 }
 
 /// The coreset kernels, looked up once. Drop before the [`Device`] that made them.

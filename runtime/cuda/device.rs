@@ -1,10 +1,18 @@
-//! The CUDA device: driver detection, context, stream, launches.
+//! The CUDA device: driver detection, context, stream, launches; or the simulated device
+//! ([`Device::simulated`], backend `cuda-sim`: see [`super::sim`]), behind the same
+//! methods, so the stages cannot tell them apart.
 
 use std::ffi::{c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::sys;
 
+use super::sim::{self, CopyKind, SimStream};
 use crate::{Error, Result};
+
+/// Devices (contexts with their stream) opened in this process, real or simulated: one
+/// per engine (tests read it).
+pub static DEVICES_OPENED: AtomicUsize = AtomicUsize::new(0);
 
 /// A driver call's error as a miad error naming the call.
 pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
@@ -22,11 +30,19 @@ pub fn kptr<T>(v: &T) -> *mut c_void {
     v as *const T as *mut c_void
 }
 
-/// One CUDA device with the engine's context and stream.
+/// What stands behind a [`Device`].
+enum Inner {
+    Driver {
+        dev: sys::CUdevice,
+        ctx: sys::CUcontext,
+        stream: sys::CUstream,
+    },
+    Sim(SimStream),
+}
+
+/// One CUDA device with the engine's context and stream, real or simulated.
 pub struct Device {
-    dev: sys::CUdevice,
-    ctx: sys::CUcontext,
-    stream: sys::CUstream,
+    inner: Inner,
     /// Compute capability (major, minor).
     pub cc: (i32, i32),
     pub sm_count: i32,
@@ -35,9 +51,10 @@ pub struct Device {
     pub name: String,
 }
 
-// The context and stream are used from one thread at a time (the engine's), and CUDA
-// handles may move between threads.
+// The context and stream are used from one thread at a time (the engine's, which owns the
+// stages that share the device), and CUDA handles may move between threads.
 unsafe impl Send for Device {}
+unsafe impl Sync for Device {}
 
 impl Device {
     /// Opens device `ordinal`. Returns `Error::Cuda` (never panics) when the driver library
@@ -103,10 +120,9 @@ impl Device {
                 sys::cuDevicePrimaryCtxRelease_v2(dev);
                 return Err(e);
             }
+            DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
             Ok(Device {
-                dev,
-                ctx,
-                stream,
+                inner: Inner::Driver { dev, ctx, stream },
                 cc,
                 sm_count,
                 max_smem_optin,
@@ -115,18 +131,69 @@ impl Device {
         }
     }
 
+    /// The simulated device: an sm_90 whose kernels run in the SIMT emulator (feature
+    /// `cuda-sim`; an error naming the feature without it).
+    pub fn simulated() -> Result<Device> {
+        let stream = SimStream::new()?;
+        DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
+        Ok(Device {
+            inner: Inner::Sim(stream),
+            cc: (9, 0),
+            sm_count: 132,
+            max_smem_optin: sim::MAX_DYN_SMEM,
+            name: "simulated device (SIMT emulator)".into(),
+        })
+    }
+
+    /// Whether this is the simulated device.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.inner, Inner::Sim(_))
+    }
+
+    /// The simulated stream (device layer only).
+    pub(crate) fn sim(&self) -> Option<&SimStream> {
+        match &self.inner {
+            Inner::Sim(s) => Some(s),
+            Inner::Driver { .. } => None,
+        }
+    }
+
     /// Makes this device's context current on the calling thread (needed once per thread
     /// before any other call when the engine moves between threads).
     pub fn bind(&self) -> Result<()> {
-        unsafe { check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent") }
+        match &self.inner {
+            Inner::Driver { ctx, .. } => unsafe {
+                check(sys::cuCtxSetCurrent(*ctx), "cuCtxSetCurrent")
+            },
+            Inner::Sim(_) => Ok(()),
+        }
     }
 
+    /// The driver stream (null on the simulated device).
     pub fn stream(&self) -> sys::CUstream {
-        self.stream
+        match &self.inner {
+            Inner::Driver { stream, .. } => *stream,
+            Inner::Sim(_) => std::ptr::null_mut(),
+        }
     }
 
+    /// The driver context (null on the simulated device).
     pub fn context(&self) -> sys::CUcontext {
-        self.ctx
+        match &self.inner {
+            Inner::Driver { ctx, .. } => *ctx,
+            Inner::Sim(_) => std::ptr::null_mut(),
+        }
+    }
+
+    /// Free and total device memory, bytes (the simulated device reports 16 GiB free).
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        if self.is_simulated() {
+            return Ok((16 << 30, 16 << 30));
+        }
+        self.bind()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        unsafe { check(sys::cuMemGetInfo_v2(&mut free, &mut total), "cuMemGetInfo")? };
+        Ok((free, total))
     }
 
     /// Compute capability as one number: 87, 90, ...
@@ -149,6 +216,9 @@ impl Device {
         smem: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        if let Some(s) = self.sim() {
+            return s.launch(f as *const c_void, grid, block, 1, smem, args);
+        }
         check(
             sys::cuLaunchKernel(
                 f,
@@ -159,7 +229,7 @@ impl Device {
                 block.1,
                 block.2,
                 smem,
-                self.stream,
+                self.stream(),
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             ),
@@ -181,6 +251,9 @@ impl Device {
         cluster: u32,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        if let Some(s) = self.sim() {
+            return s.launch(f as *const c_void, grid, block, cluster, smem, args);
+        }
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
         attr.value.clusterDim.x = cluster;
@@ -194,7 +267,7 @@ impl Device {
             blockDimY: block.1,
             blockDimZ: block.2,
             sharedMemBytes: smem,
-            hStream: self.stream,
+            hStream: self.stream(),
             attrs: &mut attr,
             numAttrs: 1,
         };
@@ -214,6 +287,10 @@ impl Device {
                 self.max_smem_optin
             )));
         }
+        if self.is_simulated() {
+            // SAFETY: a handle from this device's modules (the function's contract).
+            return unsafe { sim::set_max_dyn(f as *const c_void, bytes) };
+        }
         unsafe {
             check(
                 sys::cuFuncSetAttribute(
@@ -226,42 +303,72 @@ impl Device {
         }
     }
 
-    /// Waits for all work on the engine's stream.
+    /// Waits for all work on the engine's stream (the simulated stream runs work as it is
+    /// issued).
     pub fn synchronize(&self) -> Result<()> {
-        unsafe { check(sys::cuStreamSynchronize(self.stream), "cuStreamSynchronize") }
+        match &self.inner {
+            Inner::Driver { stream, .. } => unsafe {
+                check(sys::cuStreamSynchronize(*stream), "cuStreamSynchronize")
+            },
+            Inner::Sim(_) => Ok(()),
+        }
     }
 
     /// Synchronous copy host → device (creation time: weights, banks; and tests).
     pub fn upload<T: bytemuck::Pod>(&self, dst: sys::CUdeviceptr, src: &[T]) -> Result<()> {
         let bytes = std::mem::size_of_val(src);
-        unsafe {
-            check(
-                sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, bytes, self.stream),
-                "cuMemcpyHtoDAsync",
-            )?;
-        }
+        self.copy_async(dst, src.as_ptr() as u64, bytes, CopyKind::HostToDevice)?;
         self.synchronize()
     }
 
     /// Synchronous copy device → host.
     pub fn download<T: bytemuck::Pod>(&self, dst: &mut [T], src: sys::CUdeviceptr) -> Result<()> {
         let bytes = std::mem::size_of_val(dst);
-        unsafe {
-            check(
-                sys::cuMemcpyDtoHAsync_v2(dst.as_mut_ptr() as *mut c_void, src, bytes, self.stream),
-                "cuMemcpyDtoHAsync",
-            )?;
-        }
+        self.copy_async(dst.as_mut_ptr() as u64, src, bytes, CopyKind::DeviceToHost)?;
         self.synchronize()
+    }
+
+    /// An asynchronous copy on the stream (recorded into a graph while capturing). Host
+    /// ends must stay valid until the copy ran (pinned buffers for graphs).
+    pub(crate) fn copy_async(
+        &self,
+        dst: u64,
+        src: u64,
+        bytes: usize,
+        kind: CopyKind,
+    ) -> Result<()> {
+        let stream = match &self.inner {
+            Inner::Sim(s) => return s.copy(dst, src, bytes, kind),
+            Inner::Driver { stream, .. } => *stream,
+        };
+        unsafe {
+            match kind {
+                CopyKind::HostToDevice => check(
+                    sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, stream),
+                    "cuMemcpyHtoDAsync",
+                ),
+                CopyKind::DeviceToHost => check(
+                    sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, stream),
+                    "cuMemcpyDtoHAsync",
+                ),
+                CopyKind::DeviceToDevice => check(
+                    sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, stream),
+                    "cuMemcpyDtoDAsync",
+                ),
+            }
+        }
     }
 
     /// Fills `bytes` bytes at `dst` with `value` (asynchronous, on the stream).
     pub fn memset_u8(&self, dst: sys::CUdeviceptr, value: u8, bytes: usize) -> Result<()> {
-        unsafe {
-            check(
-                sys::cuMemsetD8Async(dst, value, bytes, self.stream),
-                "cuMemsetD8Async",
-            )
+        match &self.inner {
+            Inner::Sim(s) => s.memset(dst, value, bytes),
+            Inner::Driver { stream, .. } => unsafe {
+                check(
+                    sys::cuMemsetD8Async(dst, value, bytes, *stream),
+                    "cuMemsetD8Async",
+                )
+            },
         }
     }
 
@@ -272,16 +379,72 @@ impl Device {
         src: sys::CUdeviceptr,
         bytes: usize,
     ) -> Result<()> {
+        self.copy_async(dst, src, bytes, CopyKind::DeviceToDevice)
+    }
+
+    /// Whether one thread-block cluster of `cluster` blocks of `threads` threads with
+    /// `smem` bytes of dynamic shared memory each can be resident (sets `f`'s shared
+    /// memory limit, and the non-portable cluster size above 8).
+    #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
+    pub fn cluster_fits(
+        &self,
+        f: sys::CUfunction,
+        cluster: u32,
+        threads: u32,
+        smem: u32,
+    ) -> Result<bool> {
+        self.set_max_dynamic_smem(f, smem)?;
+        if self.is_simulated() {
+            // The emulator runs clusters of up to 16 blocks, all resident.
+            return Ok(cluster <= 16);
+        }
         unsafe {
+            if cluster > 8 {
+                check(
+                    sys::cuFuncSetAttribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                        1,
+                    ),
+                    "cuFuncSetAttribute(non-portable cluster size)",
+                )?;
+            }
+            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attr.value.clusterDim.x = cluster;
+            attr.value.clusterDim.y = 1;
+            attr.value.clusterDim.z = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: cluster,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: threads,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: self.stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            let mut clusters: c_int = 0;
             check(
-                sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream),
-                "cuMemcpyDtoDAsync",
-            )
+                sys::cuOccupancyMaxActiveClusters(&mut clusters, f, &cfg),
+                "cuOccupancyMaxActiveClusters",
+            )?;
+            Ok(clusters >= 1)
         }
     }
 
     /// Creates a timing event pair.
     pub fn timer(&self) -> Result<Timer> {
+        if self.is_simulated() {
+            return Ok(Timer {
+                start: std::ptr::null_mut(),
+                end: std::ptr::null_mut(),
+                stream: std::ptr::null_mut(),
+                host: Some(std::cell::Cell::new(None)),
+            });
+        }
         let mut a: sys::CUevent = std::ptr::null_mut();
         let mut b: sys::CUevent = std::ptr::null_mut();
         unsafe {
@@ -294,35 +457,50 @@ impl Device {
         Ok(Timer {
             start: a,
             end: b,
-            stream: self.stream,
+            stream: self.stream(),
+            host: None,
         })
     }
 }
 
 impl Drop for Device {
     fn drop(&mut self) {
-        unsafe {
-            sys::cuCtxSetCurrent(self.ctx);
-            sys::cuStreamSynchronize(self.stream);
-            sys::cuStreamDestroy_v2(self.stream);
-            sys::cuDevicePrimaryCtxRelease_v2(self.dev);
+        if let Inner::Driver { dev, ctx, stream } = self.inner {
+            unsafe {
+                sys::cuCtxSetCurrent(ctx);
+                sys::cuStreamSynchronize(stream);
+                sys::cuStreamDestroy_v2(stream);
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+            }
         }
     }
 }
 
-/// Two events on the engine's stream, for timing device work.
+/// Two events on the engine's stream, for timing device work (the host clock on the
+/// simulated device, whose stream runs work as it is issued).
 pub struct Timer {
     start: sys::CUevent,
     end: sys::CUevent,
     stream: sys::CUstream,
+    host: Option<std::cell::Cell<Option<std::time::Instant>>>,
 }
 
 impl Timer {
     pub fn start(&self) -> Result<()> {
+        if let Some(h) = &self.host {
+            h.set(Some(std::time::Instant::now()));
+            return Ok(());
+        }
         unsafe { check(sys::cuEventRecord(self.start, self.stream), "cuEventRecord") }
     }
     /// Records the end, waits for it, returns milliseconds since `start`.
     pub fn stop_ms(&self) -> Result<f32> {
+        if let Some(h) = &self.host {
+            let t0 = h
+                .get()
+                .ok_or_else(|| Error::Cuda("timer stopped before it started".into()))?;
+            return Ok(t0.elapsed().as_secs_f32() * 1e3);
+        }
         let mut ms = 0f32;
         unsafe {
             check(sys::cuEventRecord(self.end, self.stream), "cuEventRecord")?;
@@ -338,6 +516,9 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
+        if self.host.is_some() {
+            return;
+        }
         unsafe {
             sys::cuEventDestroy_v2(self.start);
             sys::cuEventDestroy_v2(self.end);

@@ -54,6 +54,7 @@ pub mod point;
 pub mod point_branch;
 pub mod rgb;
 pub mod scoring;
+pub mod sim;
 pub mod transformer;
 
 pub use arena::{Arena, ArenaPlan, DevPtr, Slot};

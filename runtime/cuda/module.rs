@@ -9,6 +9,7 @@ use cudarc::driver::sys;
 use cudarc::nvrtc::sys as nvrtc;
 
 use super::device::{check, Device};
+use super::sim::SimModule;
 use crate::{Error, Result};
 
 /// One `kernels/<name>.cu` as embedded by build.rs.
@@ -19,6 +20,8 @@ pub struct KernelModule {
     pub source: &'static str,
     /// (arch, cubin): arch 87 = sm_87, 90 = sm_90, 900 = sm_90a.
     pub cubins: &'static [(u32, &'static [u8])],
+    /// The module built for the SIMT emulator (feature `cuda-sim`; empty without it).
+    pub sim: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -34,6 +37,8 @@ pub fn find_module(name: &str) -> Result<&'static KernelModule> {
 /// A loaded module; unloaded on drop.
 pub struct Module {
     module: sys::CUmodule,
+    /// The emulated module on the simulated device.
+    sim: Option<SimModule>,
     pub name: &'static str,
     /// How it was obtained: "cubin sm_90a", "nvrtc sm_87", ...
     pub origin: String,
@@ -49,6 +54,14 @@ impl Module {
     /// 3. the embedded source compiled with NVRTC.
     pub fn load(dev: &Device, name: &str) -> Result<Module> {
         let km = find_module(name)?;
+        if dev.is_simulated() {
+            return Ok(Module {
+                module: std::ptr::null_mut(),
+                sim: Some(SimModule::load(km.name, km.sim)?),
+                name: km.name,
+                origin: "SIMT emulator".into(),
+            });
+        }
         dev.bind()?;
         let sm = dev.sm();
         let (image, origin): (Vec<u8>, String) = match std::env::var_os(CUBIN_DIR_VAR) {
@@ -67,6 +80,7 @@ impl Module {
         }
         Ok(Module {
             module,
+            sim: None,
             name: km.name,
             origin,
         })
@@ -74,6 +88,10 @@ impl Module {
 
     /// Looks a kernel up (creation time only).
     pub fn function(&self, kernel: &str) -> Result<sys::CUfunction> {
+        if let Some(m) = &self.sim {
+            // The emulated kernel's address stands for the function handle.
+            return Ok(m.function(kernel)? as sys::CUfunction);
+        }
         let c = CString::new(kernel).map_err(|_| Error::Cuda("kernel name with NUL".into()))?;
         let mut f: sys::CUfunction = std::ptr::null_mut();
         unsafe {
@@ -88,6 +106,9 @@ impl Module {
 
 impl Drop for Module {
     fn drop(&mut self) {
+        if self.sim.is_some() {
+            return;
+        }
         unsafe {
             sys::cuModuleUnload(self.module);
         }
@@ -258,6 +279,7 @@ mod tests {
             name: "t",
             source: "",
             cubins: &[(87, A), (90, B), (900, C)],
+            sim: "",
         };
         assert_eq!(embedded_cubin(&km, 90), Some(C));
         assert_eq!(embedded_cubin(&km, 87), Some(A));
@@ -266,6 +288,7 @@ mod tests {
             name: "t",
             source: "",
             cubins: &[(90, B)],
+            sim: "",
         };
         assert_eq!(embedded_cubin(&km, 90), Some(B));
     }
