@@ -255,6 +255,8 @@ struct Job {
     so: PathBuf,
     gen: String,
     aliases: String,
+    /// `MIAD_SIM_TLS_INIT(_ZTH<mangled name>)` for every alias.
+    inits: String,
 }
 
 fn build_module(cfg: &BuildConfig<'_>, rt: &Path, job: &Job) -> Result<(), String> {
@@ -280,6 +282,7 @@ fn build_module(cfg: &BuildConfig<'_>, rt: &Path, job: &Job) -> Result<(), Strin
         .args(&cfg.flags)
         .arg("-c")
         .arg(format!("-DMIAD_SIM_DYN_ALIASES={}", job.aliases))
+        .arg(format!("-DMIAD_SIM_DYN_INITS={}", job.inits))
         .arg("-o")
         .arg(&tls)
         .arg(sim.join("module_tls.cpp")))?;
@@ -383,9 +386,16 @@ pub fn build_all(cfg: &BuildConfig<'_>, sources: &[PathBuf]) -> Result<Built, St
             let b = pr.bounds.clone().unwrap_or_else(|| "0".into());
             gen.push_str(&format!("MIAD_SIM_KERNEL({}, ({}))\n", pr.name, b));
         }
-        let aliases = dyn_shared_names(&src)
+        let names = dyn_shared_names(&src);
+        let aliases = names
             .iter()
             .map(|n| format!("MIAD_SIM_DYN({n})"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        // Itanium mangling of a global name: its length, then the name.
+        let inits = names
+            .iter()
+            .map(|n| format!("MIAD_SIM_TLS_INIT(_ZTH{}{n})", n.len()))
             .collect::<Vec<_>>()
             .join(" ");
         let so = cfg.dir.join(format!("{stem}-{h:016x}.so"));
@@ -394,6 +404,7 @@ pub fn build_all(cfg: &BuildConfig<'_>, sources: &[PathBuf]) -> Result<Built, St
             so: so.clone(),
             gen,
             aliases,
+            inits,
         });
         modules.push(BuiltModule { stem, so, src });
     }

@@ -13,6 +13,8 @@
 //! CPU search on probe queries near the bank's own rows; a device that disagrees is not
 //! used (the engine falls back to the CPU and says why).
 
+use std::sync::Arc;
+
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
 use super::device::Device;
@@ -41,7 +43,7 @@ pub struct DeviceBankSearch {
     _arena: Arena,
     _search: BankSearch,
     device_name: String,
-    dev: Device,
+    dev: Arc<Device>,
 }
 
 /// The arena slots of one bank: its rows, and for the fast path their f16 copy and
@@ -67,7 +69,16 @@ impl DeviceBankSearch {
         pool: &Pool,
         precision: Precision,
     ) -> Result<Self> {
-        let dev = Device::new(ordinal)?;
+        Self::on_device(Arc::new(Device::new(ordinal)?), set, pool, precision)
+    }
+
+    /// The search on the engine's device (shared with its other device stages).
+    pub fn on_device(
+        dev: Arc<Device>,
+        set: &BankSet<'_>,
+        pool: &Pool,
+        precision: Precision,
+    ) -> Result<Self> {
         let search = BankSearch::new(&dev)?;
         let sms = dev.sm_count.max(1) as usize;
         let (path, fast) = match precision {
