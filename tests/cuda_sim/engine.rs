@@ -23,6 +23,10 @@ pub fn options(backend: Backend, precision: Precision) -> EngineOptions {
     }
 }
 
+/// Scores and maps (relative) on the f32 path: they are distances to bank rows, see
+/// `parity`.
+const DISTANCE_TOLERANCE_F32: f32 = 2e-3;
+
 /// The device stages an engine on the simulated device must use: all of them.
 pub const STAGES: [&str; 3] = ["point branch", "rgb branch", "bank search"];
 
@@ -52,9 +56,10 @@ fn rel_max(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Parity on every test part, complete and with each modality missing. `tol` bounds
-/// scores, maps and features (relative); `exact_decisions` asks for identical verdicts
-/// and regions (the f32 path), else only where the score is clear of the threshold.
-fn parity(precision: Precision, tol: f32, exact_decisions: bool) {
+/// features and (with at least `dist_tol`) scores, `map_tol` maps, all relative;
+/// `exact_decisions` asks for identical verdicts and regions (the f32 path), else
+/// verdicts only where the score is clear of the threshold.
+fn parity(precision: Precision, tol: f32, dist_tol: f32, map_tol: f32, exact_decisions: bool) {
     let fx = common::fitted_with(
         common::small_hd64(),
         &format!("sim-{precision}"),
@@ -78,6 +83,7 @@ fn parity(precision: Precision, tol: f32, exact_decisions: bool) {
         .map(|p| (p.name.clone(), p.load().unwrap()))
         .collect();
     assert!(parts.len() >= 2);
+    let dist_tol = tol.max(dist_tol);
     let mut checked = 0;
     for (name, p) in &parts {
         let (r, c) = p.views();
@@ -115,16 +121,16 @@ fn parity(precision: Precision, tol: f32, exact_decisions: bool) {
             assert_eq!(ca, case, "{what}");
             assert_eq!(cb, ca, "{what}: case");
             assert_eq!(cal_b, cal_a, "{what}: calibration");
-            assert!(rel(sa, sb) <= tol, "{what}: score cpu {sa} sim {sb}");
+            assert!(rel(sa, sb) <= dist_tol, "{what}: score cpu {sa} sim {sb}");
             for k in 0..3 {
                 assert!(
-                    rel(ba[k], bb[k]) <= tol,
+                    rel(ba[k], bb[k]) <= dist_tol,
                     "{what}: bank {k} cpu {} sim {}",
                     ba[k],
                     bb[k]
                 );
             }
-            let clear = (sa - tha).abs() > 2.0 * tol * sa.abs().max(tha.abs());
+            let clear = (sa - tha).abs() > 2.0 * dist_tol * sa.abs().max(tha.abs());
             if exact_decisions || clear {
                 assert_eq!(vb, va, "{what}: verdict (score {sa}, threshold {tha})");
             }
@@ -142,50 +148,42 @@ fn parity(precision: Precision, tol: f32, exact_decisions: bool) {
                 let e = rel_max(fa, fb);
                 assert!(e <= tol, "{what}: features {k} differ by {e}");
             }
-            // Maps are distances to the banks, which the device computes as
-            // |q|² + |b|² − 2q·b: near zero that cancels, so the bank self-check's bound
-            // applies, tol · max(distance, 1), here over the map.
-            let peak = map_a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let (wi, _) =
-                map_a
-                    .iter()
-                    .zip(&map_b)
-                    .enumerate()
-                    .fold((0, 0f32), |(bi, bm), (i, (x, y))| {
-                        if (x - y).abs() > bm {
-                            (i, (x - y).abs())
-                        } else {
-                            (bi, bm)
-                        }
-                    });
-            eprintln!(
-                "worst at {wi}: {} vs {}; min {}",
-                map_a[wi],
-                map_b[wi],
-                map_a.iter().fold(f32::MAX, |m, v| m.min(*v))
-            );
-            let worst = rel_max(&map_a, &map_b) * peak.max(1e-6);
-            assert!(
-                worst <= tol * peak.max(1.0),
-                "{what}: map differs by {worst} (peak {peak})"
-            );
+            // Maps and scores are patch distances to the banks, which both searches compute in f32 as
+            // |q|² + |b|² − 2q·b with different summation orders: a distance d carries an
+            // error of about √dim·ε·(|q|² + |b|²)/2d, ~1e-3 of d for the normalised
+            // 256-wide xyz features of this model (measured 6.4e-4 on a cloud-only part,
+            // whose map is the xyz bank's, 1.1e-4 on an xyz bank score), while the features
+            // agree to 1e-6.
+            let e = rel_max(&map_a, &map_b);
+            assert!(e <= map_tol, "{what}: map differs by {e} of its peak");
             checked += 1;
         }
     }
     assert_eq!(checked, 3 * parts.len());
 }
 
-/// The f32 path: within the tolerance the creation self-checks use for features (1e-4),
-/// identical verdicts, cases and regions.
+/// The f32 path: features within the tolerance the creation self-checks use (1e-4;
+/// measured 1e-6), scores and maps within the distances' rounding (2e-3), identical
+/// verdicts, cases and regions.
 #[test]
 fn f32_engine_on_the_simulated_device_matches_the_cpu() {
-    parity(Precision::F32, Precision::F32.feature_tolerance(), true);
+    parity(
+        Precision::F32,
+        Precision::F32.feature_tolerance(),
+        DISTANCE_TOLERANCE_F32,
+        DISTANCE_TOLERANCE_F32,
+        true,
+    );
 }
 
-/// The bf16 path: within its stated feature tolerance (1e-2).
+/// The bf16 path: features within its stated tolerance (1e-2; measured 6e-3), scores
+/// within the same, maps within 5e-2 of their peak (a map is per-patch distances, which
+/// carry their features' error unaveraged: measured 3e-2 on a cloud-only part), the
+/// same cases, and the same verdicts where the score is clear of the threshold.
 #[test]
 fn bf16_engine_on_the_simulated_device_matches_the_cpu() {
-    parity(Precision::Bf16, Precision::Bf16.feature_tolerance(), false);
+    let tol = Precision::Bf16.feature_tolerance();
+    parity(Precision::Bf16, tol, tol, 5e-2, false);
 }
 
 /// One device (context and stream) per engine, shared by its three device stages.
