@@ -324,13 +324,14 @@ fn build(cfg: &BuildConfig<'_>, rt: &Path, jobs: Vec<Job>) -> Result<(), String>
     let errors = Mutex::new(Vec::<String>::new());
     std::thread::scope(|s| {
         for _ in 0..cfg.jobs.max(1) {
-            s.spawn(|| loop {
-                let Some(job) = queue.lock().map(|mut q| q.pop()).ok().flatten() else {
-                    break;
-                };
-                if let Err(e) = build_module(cfg, rt, &job) {
-                    if let Ok(mut errs) = errors.lock() {
-                        errs.push(format!("{}: {e}", job.stem));
+            s.spawn(|| {
+                // The queue's lock is released inside `next`, before the job runs.
+                let next = || queue.lock().ok().and_then(|mut q| q.pop());
+                while let Some(job) = next() {
+                    if let Err(e) = build_module(cfg, rt, &job) {
+                        if let Ok(mut errs) = errors.lock() {
+                            errs.push(format!("{}: {e}", job.stem));
+                        }
                     }
                 }
             });

@@ -100,7 +100,9 @@ pub struct SimKernel {
 
 /// A loaded emulated module (one `kernels/<name>.cu`).
 pub struct SimModule {
-    // Boxed: the kernels' addresses are handed out as function handles.
+    // Boxed: the kernels' addresses are handed out as function handles and must not move
+    // when the list grows.
+    #[allow(clippy::vec_box)]
     kernels: Mutex<Vec<Box<SimKernel>>>,
     lib: libloading::Library,
 }
@@ -685,13 +687,14 @@ impl SimStream {
     }
 
     pub fn begin_capture(&self) -> Result<()> {
-        self.capturing(|c| c.is_some())?
-            .then(|| Err(err("a capture is already under way")))
-            .unwrap_or(Ok(()))?;
-        *self
+        let mut c = self
             .capture
             .lock()
-            .map_err(|_| err("stream lock poisoned"))? = Some(Vec::new());
+            .map_err(|_| err("stream lock poisoned"))?;
+        if c.is_some() {
+            return Err(err("a capture is already under way"));
+        }
+        *c = Some(Vec::new());
         Ok(())
     }
 
