@@ -5,7 +5,8 @@
 //! takes it when a usable GPU is present. Neither ever fails the engine for want of a GPU:
 //! when the driver, the device or a kernel module is missing, the engine runs on the CPU
 //! and [`BackendChoice::fallback`] says why (also printed once to stderr when the caller
-//! asked for CUDA explicitly).
+//! asked for CUDA explicitly). [`Backend::CudaSim`] runs the same CUDA stages on the
+//! simulated device (feature `cuda-sim`), for tests and CI without a GPU.
 
 use std::fmt;
 use std::str::FromStr;

@@ -31,6 +31,15 @@
 //!   is created: [`rgb`] (the ViT) and [`scoring`] (bank search); see [`crate::backend`]
 //!   for how an engine chooses and falls back.
 //!
+//! - [`sim`]: the simulated device behind [`device::Device::simulated`] (backend
+//!   `cuda-sim`; its kernels are built by build.rs with the `cuda-sim` feature): the same
+//!   methods run the kernels in the SIMT emulator (`kernels/sim`), the GEMMs on the CPU,
+//!   and check bounds, reads of never-written memory and graph replays after re-planning.
+//!   Only the device layer (`device`, `arena`, `graph`, `module`, `gemm`) knows the
+//!   difference; the stages are the same code on both.
+//! - One device per engine: the engine opens one [`device::Device`] (context and stream)
+//!   and shares it (`Arc`) with its device stages (`*::on_device`).
+//!
 //! Lifetimes: drop every `Module` and `Arena` before the `Device` that made them (struct
 //! fields drop in declaration order: put the device last).
 //!

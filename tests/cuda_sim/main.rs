@@ -13,3 +13,4 @@ static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
 mod alloc;
 mod device;
 mod engine;
+mod eval;
