@@ -525,8 +525,9 @@ fn open_backend(
     }
     #[cfg(feature = "cuda")]
     {
-        use crate::cuda::point_branch::{BranchOptions, DevicePointBranch};
-        use crate::cuda::{rgb::DeviceRgb, scoring::DeviceBankSearch, Device};
+        use crate::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
+        use crate::cuda::stages::{bank_search::DeviceBankSearch, vit::DeviceRgb};
+        use crate::cuda::Device;
         use std::sync::Arc;
         // One device (context and stream) for the engine, shared by every device stage.
         let opened = match requested {

@@ -983,7 +983,7 @@ pub unsafe extern "C" fn miad_build_info(buf: *mut c_char, len: usize) -> miad_s
             let _ = m.write_str(",cuda cuda_cubins=");
             let mut first = true;
             for (code, name) in [(87, "sm_87"), (90, "sm_90"), (900, "sm_90a")] {
-                let built = crate::cuda::module::KERNEL_MODULES
+                let built = crate::cuda::device::module::KERNEL_MODULES
                     .iter()
                     .any(|k| k.cubins.iter().any(|(a, _)| *a == code));
                 if built {

@@ -2,9 +2,9 @@
 //! reference for every plan kind the engine uses, graphs that replay what they recorded,
 //! and each misuse check provoked.
 
-use miad::cuda::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace};
-use miad::cuda::graph::{Graph, Pinned};
-use miad::cuda::transformer::{Elementwise, Precision};
+use miad::cuda::device::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace};
+use miad::cuda::device::graph::{Graph, Pinned};
+use miad::cuda::ops::transformer::{Elementwise, Precision};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device};
 use miad::util::rng::Rng;
 
@@ -332,7 +332,7 @@ fn graph_replay_after_replanning_is_refused() {
 #[test]
 fn kernel_argument_misuse_is_refused() {
     let d = dev();
-    let m = miad::cuda::module::Module::load(&d, "gelu").unwrap();
+    let m = miad::cuda::device::module::Module::load(&d, "gelu").unwrap();
     let f = m.function("bias_gelu_f32").unwrap();
     let mut plan = ArenaPlan::new();
     let s = plan.add::<f32>(8);

@@ -6,10 +6,10 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys::CUfunction;
 
-use super::arena::DevPtr;
-use super::device::{kptr, Device};
-use super::module::Module;
 use crate::config::PointConfig;
+use crate::cuda::device::arena::DevPtr;
+use crate::cuda::device::module::Module;
+use crate::cuda::device::{kptr, Device};
 use crate::{Error, Result};
 
 /// Blocks in the FPS thread-block cluster on sm_90+ (portable cluster size).
@@ -643,7 +643,7 @@ impl PointKernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::module::find_module;
+    use crate::cuda::device::module::find_module;
 
     fn plan(side: usize, k: u32) -> PointPlan {
         let mut pc = PointConfig::m3dm();

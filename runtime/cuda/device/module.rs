@@ -8,7 +8,7 @@ use std::path::Path;
 use cudarc::driver::sys;
 use cudarc::nvrtc::sys as nvrtc;
 
-use super::device::{check, Device};
+use super::context::{check, Device};
 use super::sim::SimModule;
 use crate::{Error, Result};
 

@@ -32,15 +32,15 @@
 
 use std::sync::Arc;
 
-use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::Device;
 use super::forward::{DevicePointMae, EncoderDims};
-use super::graph::{Graph, Pinned};
-use super::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
-use super::transformer::Precision;
 use crate::config::ModelConfig;
 use crate::cpu::pfa::check_pfa_config;
 use crate::cpu::point_mae::PointMaeWeights;
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::graph::{Graph, Pinned};
+use crate::cuda::device::Device;
+use crate::cuda::ops::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
+use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::{PointNetwork, PointOutputs};
 use crate::{Error, Result};

@@ -19,7 +19,7 @@
 //! `nn.Linear`.
 //!
 //! Mixed output and accumulation (for the residual stream of the transformer forwards,
-//! `cuda::forward`): a bf16 plan may write an f32 `Y` ([`GemmShape::with_output`];
+//! `cuda::stages::forward`): a bf16 plan may write an f32 `Y` ([`GemmShape::with_output`];
 //! A/B bf16, C/D f32, f32 compute, one of cuBLASLt's supported type combinations; the bias
 //! then has `Y`'s type, cuBLASLt's default), and a plan may accumulate,
 //! `Y += X·W^T (+ bias)` ([`GemmShape::accumulating`]: beta = 1 with C = D = Y, in place).
@@ -38,9 +38,9 @@ use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::sys::CUfunction;
 
 use super::arena::DevPtr;
-use super::device::Device;
+use super::context::Device;
 use super::sim;
-use super::transformer::{launch_bias_gelu, Elementwise, Precision};
+use crate::cuda::ops::transformer::{launch_bias_gelu, Elementwise, Precision};
 use crate::{Error, Result};
 
 /// Workspace a plan is allowed to use, bytes: reserve this in the engine's arena.

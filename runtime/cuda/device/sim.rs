@@ -1,4 +1,4 @@
-//! The simulated device behind [`super::device::Device`] (backend `cuda-sim`): device
+//! The simulated device behind [`super::context::Device`] (backend `cuda-sim`): device
 //! memory is host memory, copies are `memcpy`, launches run the real `kernels/*.cu` in the
 //! SIMT emulator (`kernels/sim`, built by build.rs with the `cuda-sim` feature), the
 //! stream executes in order at once, graph capture records the work and replay re-runs it,

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use super::device::Device;
 use super::forward::DeviceVit;
-use super::graph::{Graph, Pinned};
-use super::transformer::Precision;
+use crate::cuda::device::graph::{Graph, Pinned};
+use crate::cuda::device::Device;
+use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::RgbNetwork;
 use crate::{Error, Result};

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 
 use cudarc::driver::sys;
 
-use super::device::{check, Device};
+use super::context::{check, Device};
 use super::sim::HostMem;
 use crate::Result;
 

@@ -14,7 +14,7 @@ use std::marker::PhantomData;
 use cudarc::driver::sys;
 
 use super::arena::DevPtr;
-use super::device::{check, Device};
+use super::context::{check, Device};
 use super::sim::{CopyKind, HostMem, SimGraph};
 use crate::{Error, Result};
 
