@@ -119,7 +119,7 @@ impl Status {
             Error::Config(_) => Status::Config,
             Error::NoUsableModality(_) => Status::NoUsableModality,
             Error::Decode { .. } => Status::Decode,
-            Error::Cuda(_) => Status::Cuda,
+            Error::Cuda(_) | Error::Device(_) => Status::Cuda,
             Error::NonFinite(_) => Status::NonFinite,
             Error::Forked(_) => Status::Forked,
         }

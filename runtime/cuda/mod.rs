@@ -2,7 +2,7 @@
 //!
 //! - [`device`]: the only code that talks to the driver, and its simulated twin.
 //!   [`device::Device`]: driver detection without panicking ([`device::Device::new`]
-//!   returns [`crate::Error::Cuda`] when there is no driver or GPU, so the engine can fall
+//!   returns [`crate::Error::Device`] when there is no driver or GPU, so the engine can fall
 //!   back to the CPU and say why), one context and one stream per engine, device facts
 //!   (compute capability, multiprocessors, shared-memory limit), timers, synchronous
 //!   upload/download helpers for creation time, and the launches:

@@ -7,6 +7,7 @@ use miad::cuda::device::graph::{Graph, Pinned};
 use miad::cuda::ops::transformer::{Elementwise, Precision};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device};
 use miad::util::rng::Rng;
+use miad::{DeviceError, Error, Misuse};
 
 fn dev() -> Device {
     Device::simulated().expect("the simulated device opens (feature cuda-sim)")
@@ -243,11 +244,17 @@ fn graphs_replay_recorded_work_on_new_inputs() {
     }
 }
 
-fn expect_err<T>(r: miad::Result<T>, words: &[&str]) -> String {
+/// The error must be the simulated device's `kind` of misuse, its message naming `words`.
+fn expect_err<T>(r: miad::Result<T>, kind: Misuse, words: &[&str]) -> String {
     let e = match r {
-        Ok(_) => panic!("expected an error with {words:?}"),
-        Err(e) => e.to_string(),
+        Ok(_) => panic!("expected a {kind:?} error with {words:?}"),
+        Err(e) => e,
     };
+    assert!(
+        matches!(&e, Error::Device(DeviceError::Misuse { kind: k, .. }) if *k == kind),
+        "{e:?} is not a {kind:?} misuse"
+    );
+    let e = e.to_string();
     for w in words {
         assert!(e.contains(w), "{e:?} lacks {w:?}");
     }
@@ -263,14 +270,20 @@ fn out_of_bounds_copies_are_refused() {
     let bytes = arena.bytes() / 4;
     // One element past the allocation's end.
     let past = arena.ptr(s).offset(bytes - 8);
-    expect_err(d.upload(past.raw(), &[1f32; 9]), &["out of bounds by 4"]);
+    expect_err(
+        d.upload(past.raw(), &[1f32; 9]),
+        Misuse::OutOfBounds,
+        &["out of bounds by 4"],
+    );
     let mut host = [0f32; 4];
     expect_err(
         d.download(&mut host, DevPtr::<f32>::null().raw() + 64),
+        Misuse::OutOfBounds,
         &["outside every device allocation"],
     );
     expect_err(
         d.memset_u8(arena.ptr(s).raw(), 0, arena.bytes() + 1),
+        Misuse::OutOfBounds,
         &["memset", "out of bounds"],
     );
     // In bounds is fine.
@@ -291,12 +304,17 @@ fn reads_of_never_written_memory_are_reported() {
     arena.download(&d, sa, &mut out[..8]).unwrap();
     expect_err(
         arena.download(&d, sa, &mut out),
+        Misuse::NeverWritten,
         &["never written", "offset 32"],
     );
     // A device-to-device copy carries the poison; the download of its target reports it.
     d.copy_dtod(arena.ptr(sb).raw(), arena.ptr(sa).raw(), 64)
         .unwrap();
-    expect_err(arena.download(&d, sb, &mut out), &["never written"]);
+    expect_err(
+        arena.download(&d, sb, &mut out),
+        Misuse::NeverWritten,
+        &["never written"],
+    );
     // A GEMM whose weights were never uploaded.
     arena.upload(&d, sx, &[1f32; 4]).unwrap();
     let s = GemmShape::new(1, 1, 4, Precision::F32, Epilogue::None).unwrap();
@@ -310,7 +328,7 @@ fn reads_of_never_written_memory_are_reported() {
             arena.ptr(sy),
         )
     };
-    expect_err(r, &["gemm A", "never written"]);
+    expect_err(r, Misuse::NeverWritten, &["gemm A", "never written"]);
 }
 
 #[test]
@@ -326,7 +344,11 @@ fn graph_replay_after_replanning_is_refused() {
     // at the same address).
     drop(arena);
     let _new = Arena::new(&d, &plan).unwrap();
-    expect_err(g.replay(&d), &["replay after re-planning"]);
+    expect_err(
+        g.replay(&d),
+        Misuse::StaleGraph,
+        &["replay after re-planning"],
+    );
 }
 
 #[test]
@@ -345,7 +367,11 @@ fn kernel_argument_misuse_is_refused() {
         miad::cuda::device::kptr(&n),
     ];
     let r = unsafe { d.launch(f, (1, 1, 1), (32, 1, 1), 0, &mut args) };
-    expect_err(r, &["3 arguments given", "4 parameters"]);
+    expect_err(
+        r,
+        Misuse::LaunchArguments,
+        &["3 arguments given", "4 parameters"],
+    );
     let mut args = [
         miad::cuda::device::kptr(&y),
         miad::cuda::device::kptr(&y),
@@ -354,6 +380,25 @@ fn kernel_argument_misuse_is_refused() {
     ];
     // Dynamic shared memory above 48 KiB without the opt-in.
     let r = unsafe { d.launch(f, (1, 1, 1), (32, 1, 1), 64 << 10, &mut args) };
-    expect_err(r, &["set_max_dynamic_smem"]);
+    expect_err(r, Misuse::LaunchConfig, &["set_max_dynamic_smem"]);
     assert!(m.function("no_such_kernel").is_err());
+}
+
+#[test]
+fn nested_capture_is_refused_and_the_stream_stays_usable() {
+    let d = dev();
+    let mut plan = ArenaPlan::new();
+    let s = plan.add::<f32>(4);
+    let arena = Arena::new(&d, &plan).unwrap();
+    let host = Pinned::<f32>::new(&d, 4).unwrap();
+    let r = Graph::capture(&d, |d| {
+        host.copy_to(d, arena.ptr(s), 4)?;
+        Graph::capture(d, |_| Ok(())).map(|_| ())
+    });
+    expect_err(r, Misuse::Capture, &["capture is already under way"]);
+    // The failed capture was abandoned: work runs again at once.
+    d.upload(arena.ptr(s).raw(), &[3f32; 4]).unwrap();
+    let mut out = [0f32; 4];
+    arena.download(&d, s, &mut out).unwrap();
+    assert_eq!(out, [3.0; 4]);
 }

@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 
 use cudarc::driver::sys;
 
+use super::context::dev_err;
 use super::context::{check, Device};
 use super::sim::HostMem;
 use crate::Result;
@@ -127,7 +128,7 @@ impl Arena {
     /// Copies `src` into slot `s` (creation time and tests); `src` may be shorter.
     pub fn upload<T: bytemuck::Pod>(&self, dev: &Device, s: Slot<T>, src: &[T]) -> Result<()> {
         if src.len() > s.len {
-            return Err(crate::Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "upload of {} elements into a slot of {}",
                 src.len(),
                 s.len
@@ -143,7 +144,7 @@ impl Arena {
         dst: &mut [T],
     ) -> Result<()> {
         if dst.len() > s.len {
-            return Err(crate::Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "download of {} elements from a slot of {}",
                 dst.len(),
                 s.len

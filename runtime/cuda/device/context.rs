@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cudarc::driver::sys;
 
 use super::sim::{self, CopyKind, SimStream};
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// Devices (contexts with their stream) opened in this process, real or simulated: one
 /// per engine (tests read it).
@@ -19,8 +19,17 @@ pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
     if r == sys::CUresult::CUDA_SUCCESS {
         Ok(())
     } else {
-        Err(Error::Cuda(format!("{what}: {r:?}")))
+        Err(DeviceError::Call {
+            call: what.into(),
+            code: format!("{r:?}"),
+        }
+        .into())
     }
+}
+
+/// A device-layer failure that is neither a driver call's nor a missing device's.
+pub(crate) fn dev_err(msg: String) -> Error {
+    DeviceError::Other(msg).into()
 }
 
 /// A kernel argument: the address of a value that lives until the launch call returns
@@ -57,23 +66,25 @@ unsafe impl Send for Device {}
 unsafe impl Sync for Device {}
 
 impl Device {
-    /// Opens device `ordinal`. Returns `Error::Cuda` (never panics) when the driver library
+    /// Opens device `ordinal`. Returns `Error::Device` (never panics) when the driver library
     /// is missing, no device is present, or any setup call fails.
     pub fn new(ordinal: usize) -> Result<Device> {
         // SAFETY: is_culib_present only tries to open the library.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::Cuda(
+            return Err(DeviceError::Unavailable(
                 "no CUDA driver library (libcuda.so) on this machine".into(),
-            ));
+            )
+            .into());
         }
         unsafe {
             check(sys::cuInit(0), "cuInit")?;
             let mut count: c_int = 0;
             check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")?;
             if ordinal as c_int >= count {
-                return Err(Error::Cuda(format!(
+                return Err(DeviceError::Unavailable(format!(
                     "device {ordinal} requested, {count} present"
-                )));
+                ))
+                .into());
             }
             let mut dev: sys::CUdevice = 0;
             check(sys::cuDeviceGet(&mut dev, ordinal as c_int), "cuDeviceGet")?;
@@ -282,7 +293,7 @@ impl Device {
     #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
     pub fn set_max_dynamic_smem(&self, f: sys::CUfunction, bytes: u32) -> Result<()> {
         if bytes as i64 > self.max_smem_optin as i64 {
-            return Err(Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "a kernel needs {bytes} bytes of shared memory, the device allows {}",
                 self.max_smem_optin
             )));
@@ -498,7 +509,7 @@ impl Timer {
         if let Some(h) = &self.host {
             let t0 = h
                 .get()
-                .ok_or_else(|| Error::Cuda("timer stopped before it started".into()))?;
+                .ok_or_else(|| dev_err("timer stopped before it started".into()))?;
             return Ok(t0.elapsed().as_secs_f32() * 1e3);
         }
         let mut ms = 0f32;

@@ -3,7 +3,7 @@
 //! `nn.Linear`: `[out, in]` row-major).
 //!
 //! - [`CublasLt`]: the library handle, one per device, created at engine creation. When the
-//!   cuBLASLt library cannot be loaded, creation returns [`Error::Cuda`] naming it (cudarc
+//!   cuBLASLt library cannot be loaded, creation returns [`Error::Device`] naming it (cudarc
 //!   would panic on the first call; we probe first).
 //! - [`GemmPlan`]: one shape and precision, made once: matmul descriptor, matrix layouts,
 //!   preference and the heuristic's algorithm. [`GemmPlan::run`] issues one `cublasLtMatmul`
@@ -38,10 +38,11 @@ use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::sys::CUfunction;
 
 use super::arena::DevPtr;
+use super::context::dev_err;
 use super::context::Device;
 use super::sim;
 use crate::cuda::ops::transformer::{launch_bias_gelu, Elementwise, Precision};
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// Workspace a plan is allowed to use, bytes: reserve this in the engine's arena.
 pub const GEMM_WORKSPACE_BYTES: usize = 32 << 20;
@@ -384,7 +385,11 @@ impl Workspace {
 }
 
 fn lt_err(what: &str, e: lt::CublasError) -> Error {
-    Error::Cuda(format!("{what}: {:?}", e.0))
+    DeviceError::Call {
+        call: what.into(),
+        code: format!("{:?}", e.0),
+    }
+    .into()
 }
 
 /// Whether the cuBLASLt library can be loaded (no driver needed).
@@ -405,7 +410,7 @@ pub struct CublasLt {
 unsafe impl Send for CublasLt {}
 
 impl CublasLt {
-    /// Creates the handle in `dev`'s context. Returns [`Error::Cuda`] naming the library
+    /// Creates the handle in `dev`'s context. Returns [`Error::Device`] naming the library
     /// when cuBLASLt cannot be loaded.
     pub fn new(dev: &Device) -> Result<Self> {
         if dev.is_simulated() {
@@ -416,9 +421,10 @@ impl CublasLt {
             });
         }
         if !cublaslt_present() {
-            return Err(Error::Cuda(
+            return Err(DeviceError::Unavailable(
                 "the cuBLASLt library (libcublasLt.so, libcublasLt.so.12, ...) could not be loaded: install CUDA's cuBLAS or add its lib folder to LD_LIBRARY_PATH".into(),
-            ));
+            )
+            .into());
         }
         dev.bind()?;
         let handle = lt::create_handle().map_err(|e| lt_err("cublasLtCreate", e))?;
@@ -496,7 +502,7 @@ impl GemmPlan {
             }
         };
         if lt.simulated != dev.is_simulated() {
-            return Err(Error::Cuda(
+            return Err(dev_err(
                 "gemm: a cuBLASLt handle of another kind of device than the plan's".into(),
             ));
         }
@@ -584,13 +590,13 @@ impl GemmPlan {
             )
         }
         .map_err(|e| {
-            Error::Cuda(format!(
+            dev_err(format!(
                 "gemm: cuBLASLt has no algorithm for {} x {} x {} {:?} {:?} with {} bytes of workspace: {:?}",
                 shape.m, shape.n, shape.k, shape.precision, shape.epilogue, workspace.bytes, e.0
             ))
         })?;
         if h.workspaceSize > workspace.bytes {
-            return Err(Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "gemm: the chosen algorithm wants {} bytes of workspace, {} given",
                 h.workspaceSize, workspace.bytes
             )));

@@ -14,9 +14,10 @@ use std::marker::PhantomData;
 use cudarc::driver::sys;
 
 use super::arena::DevPtr;
+use super::context::dev_err;
 use super::context::{check, Device};
 use super::sim::{CopyKind, HostMem, SimGraph};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Page-locked host memory of `len` values of `T`, zeroed; freed on drop. Drop it before
 /// the [`Device`] whose context allocated it.
@@ -37,7 +38,7 @@ impl<T: bytemuck::Pod> Pinned<T> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .filter(|&b| b > 0)
-            .ok_or_else(|| Error::Cuda(format!("pinned buffer of {len} values")))?;
+            .ok_or_else(|| dev_err(format!("pinned buffer of {len} values")))?;
         if dev.is_simulated() {
             let mem = HostMem::pinned(bytes)?;
             return Ok(Pinned {
@@ -99,7 +100,7 @@ impl<T: bytemuck::Pod> Pinned<T> {
 
     fn check_len(&self, n: usize) -> Result<()> {
         if n > self.len {
-            return Err(Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "copy of {n} values through a pinned buffer of {}",
                 self.len
             )));
@@ -195,7 +196,7 @@ impl Graph {
             (Some(g), Some(s)) => return s.replay(g),
             (None, None) => {}
             _ => {
-                return Err(Error::Cuda(
+                return Err(dev_err(
                     "graph replayed on a device of another kind than it was recorded on".into(),
                 ))
             }

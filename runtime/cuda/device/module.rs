@@ -8,6 +8,7 @@ use std::path::Path;
 use cudarc::driver::sys;
 use cudarc::nvrtc::sys as nvrtc;
 
+use super::context::dev_err;
 use super::context::{check, Device};
 use super::sim::SimModule;
 use crate::{Error, Result};
@@ -31,7 +32,7 @@ pub fn find_module(name: &str) -> Result<&'static KernelModule> {
     KERNEL_MODULES
         .iter()
         .find(|m| m.name == name)
-        .ok_or_else(|| Error::Cuda(format!("no kernel module {name:?} was built in")))
+        .ok_or_else(|| dev_err(format!("no kernel module {name:?} was built in")))
 }
 
 /// A loaded module; unloaded on drop.
@@ -92,7 +93,7 @@ impl Module {
             // The emulated kernel's address stands for the function handle.
             return Ok(m.function(kernel)? as sys::CUfunction);
         }
-        let c = CString::new(kernel).map_err(|_| Error::Cuda("kernel name with NUL".into()))?;
+        let c = CString::new(kernel).map_err(|_| dev_err("kernel name with NUL".into()))?;
         let mut f: sys::CUfunction = std::ptr::null_mut();
         unsafe {
             check(
@@ -141,7 +142,7 @@ pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, 
     }
     names.push(format!("{name}.sm_{sm}.cubin"));
     let Some(path) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) else {
-        return Err(Error::Cuda(format!(
+        return Err(dev_err(format!(
             "{CUBIN_DIR_VAR}={}: none of {} found",
             dir.display(),
             names.join(", ")
@@ -149,7 +150,7 @@ pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, 
     };
     let mut image = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     if image.is_empty() {
-        return Err(Error::Cuda(format!(
+        return Err(dev_err(format!(
             "{}: empty kernel image ({CUBIN_DIR_VAR})",
             path.display()
         )));
@@ -165,13 +166,13 @@ pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, 
 /// `$CUDA_HOME/include`, then `/usr/local/cuda/include`.
 fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
     if !unsafe { nvrtc::is_culib_present() } {
-        return Err(Error::Cuda(format!(
+        return Err(dev_err(format!(
             "module {}: no cubin for sm_{sm} was built in and no NVRTC library is present",
             km.name
         )));
     }
-    let src = CString::new(km.source).map_err(|_| Error::Cuda("kernel source with NUL".into()))?;
-    let fname = CString::new(format!("{}.cu", km.name)).map_err(|_| Error::Cuda("name".into()))?;
+    let src = CString::new(km.source).map_err(|_| dev_err("kernel source with NUL".into()))?;
+    let fname = CString::new(format!("{}.cu", km.name)).map_err(|_| dev_err("name".into()))?;
     let include = std::env::var("MIAD_CUDA_INCLUDE")
         .ok()
         .or_else(|| {
@@ -201,10 +202,7 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
             std::ptr::null(),
         );
         if r != nvrtc::nvrtcResult::NVRTC_SUCCESS {
-            return Err(Error::Cuda(format!(
-                "nvrtcCreateProgram({}): {r:?}",
-                km.name
-            )));
+            return Err(dev_err(format!("nvrtcCreateProgram({}): {r:?}", km.name)));
         }
         let r = nvrtc::nvrtcCompileProgram(prog, optp.len() as c_int, optp.as_ptr());
         let result = if r != nvrtc::nvrtcResult::NVRTC_SUCCESS {
@@ -212,7 +210,7 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
             nvrtc::nvrtcGetProgramLogSize(prog, &mut n);
             let mut log = vec![0u8; n.max(1)];
             nvrtc::nvrtcGetProgramLog(prog, log.as_mut_ptr() as *mut c_char);
-            Err(Error::Cuda(format!(
+            Err(dev_err(format!(
                 "NVRTC compile of {} for sm_{sm} failed: {}",
                 km.name,
                 String::from_utf8_lossy(&log).trim_end_matches('\0')
@@ -225,7 +223,7 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
             if r == nvrtc::nvrtcResult::NVRTC_SUCCESS {
                 Ok(bin)
             } else {
-                Err(Error::Cuda(format!("nvrtcGetCUBIN({}): {r:?}", km.name)))
+                Err(dev_err(format!("nvrtcGetCUBIN({}): {r:?}", km.name)))
             }
         };
         nvrtc::nvrtcDestroyProgram(&mut prog);

@@ -6,7 +6,8 @@
 //! `arena`, `graph`, `module`, `gemm`) calls in here: stage code is the same for a GPU and
 //! for the simulator.
 //!
-//! Misuse the simulated device reports (each an `Error::Cuda` naming it):
+//! Misuse the simulated device reports (each an [`crate::DeviceError::Misuse`] of a
+//! [`crate::Misuse`] kind, naming it):
 //! - a copy, memset or GEMM operand outside every live device allocation (bounds);
 //! - reading device memory that nothing wrote: every allocation starts filled with the
 //!   NaN word [`POISON`] (a quiet NaN whose payload x86 arithmetic propagates), and every
@@ -22,7 +23,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Misuse, Result};
 
 /// The word every new simulated allocation is filled with (f32: a quiet NaN).
 pub const POISON: u32 = 0x7FF4_DEAD;
@@ -33,8 +34,23 @@ pub const DEFAULT_DYN_SMEM: u32 = 48 * 1024;
 /// Largest dynamic shared memory of a block on the simulated sm_90 (the emulator's window).
 pub const MAX_DYN_SMEM: i32 = 232_448;
 
+/// The simulated device is missing or cannot load a module.
+fn unavailable(msg: impl Into<String>) -> Error {
+    DeviceError::Unavailable(format!("simulated device: {}", msg.into())).into()
+}
+
+/// Internal state the simulated device cannot use (a poisoned lock, no memory).
 fn err(msg: impl Into<String>) -> Error {
-    Error::Cuda(format!("simulated device: {}", msg.into()))
+    DeviceError::Other(format!("simulated device: {}", msg.into())).into()
+}
+
+/// A misuse the simulated device caught.
+fn misuse(kind: Misuse, msg: impl Into<String>) -> Error {
+    DeviceError::Misuse {
+        kind,
+        detail: msg.into(),
+    }
+    .into()
 }
 
 type KernelFn = unsafe extern "C" fn(*mut *mut c_void);
@@ -73,7 +89,7 @@ fn runtime() -> Result<&'static Runtime> {
             .map_err(|e| format!("{path}: {e}"))?;
         Ok(Runtime { launch, _lib: lib })
     });
-    rt.as_ref().map_err(|e| err(e.clone()))
+    rt.as_ref().map_err(|e| unavailable(e.clone()))
 }
 
 /// Whether the simulated device can be opened (the feature was on at build time and the
@@ -111,11 +127,11 @@ impl SimModule {
     pub fn load(name: &str, path: &str) -> Result<SimModule> {
         runtime()?;
         if path.is_empty() {
-            return Err(err(format!("module {name}: no emulated build")));
+            return Err(unavailable(format!("module {name}: no emulated build")));
         }
         // SAFETY: a module built by build.rs against the emulator.
         let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| err(format!("module {name}: {e}")))?;
+            .map_err(|e| unavailable(format!("module {name}: {e}")))?;
         Ok(SimModule {
             kernels: Mutex::new(Vec::new()),
             lib,
@@ -125,7 +141,7 @@ impl SimModule {
     /// The kernel's handle (valid while this module lives).
     pub fn function(&self, kernel: &str) -> Result<*const SimKernel> {
         let sym = |prefix: &str| format!("miad_sim_{prefix}_{kernel}\0");
-        let missing = |e: libloading::Error| err(format!("no kernel {kernel}: {e}"));
+        let missing = |e: libloading::Error| unavailable(format!("no kernel {kernel}: {e}"));
         // SAFETY: the registration file defines these with these signatures
         // (kernels/sim/simt_register.h).
         let (run, sizes_fn, bounds_fn, tls) = unsafe {
@@ -287,17 +303,21 @@ pub fn check_range(addr: u64, bytes: usize, what: &str) -> Result<(u64, u64)> {
             return Ok((base, id));
         }
         if addr < base + len as u64 {
-            return Err(err(format!(
-                "{what}: {bytes} bytes at offset {} of an allocation of {len} bytes \
+            return Err(misuse(
+                Misuse::OutOfBounds,
+                format!(
+                    "{what}: {bytes} bytes at offset {} of an allocation of {len} bytes \
                  (out of bounds by {})",
-                addr - base,
-                addr + bytes as u64 - base - len as u64
-            )));
+                    addr - base,
+                    addr + bytes as u64 - base - len as u64
+                ),
+            ));
         }
     }
-    Err(err(format!(
-        "{what}: {bytes} bytes at {addr:#x}, outside every device allocation"
-    )))
+    Err(misuse(
+        Misuse::OutOfBounds,
+        format!("{what}: {bytes} bytes at {addr:#x}, outside every device allocation"),
+    ))
 }
 
 /// Fails when `[addr, addr + bytes)` (device memory, bounds already checked) holds a
@@ -313,11 +333,14 @@ pub fn check_written(addr: u64, bytes: usize, what: &str) -> Result<()> {
     let s = unsafe { std::slice::from_raw_parts(first as *const u32, words) };
     if let Some(i) = s.iter().position(|&w| w == POISON) {
         let (base, _) = check_range(addr, bytes, what)?;
-        return Err(err(format!(
-            "{what}: reads device memory that was never written (offset {} of the \
+        return Err(misuse(
+            Misuse::NeverWritten,
+            format!(
+                "{what}: reads device memory that was never written (offset {} of the \
              allocation at {base:#x}, word {i} of {words})",
-            first + 4 * i as u64 - base
-        )));
+                first + 4 * i as u64 - base
+            ),
+        ));
     }
     Ok(())
 }
@@ -393,14 +416,20 @@ fn run_gemm(g: &GemmCall) -> Result<()> {
         (g.b.rows, g.b.cols)
     };
     if ac != br || g.d.rows != ar || g.d.cols != bc {
-        return Err(err(format!(
-            "gemm: op(A) {ar}x{ac} · op(B) {br}x{bc} into D {}x{}",
-            g.d.rows, g.d.cols
-        )));
+        return Err(misuse(
+            Misuse::GemmLayout,
+            format!(
+                "gemm: op(A) {ar}x{ac} · op(B) {br}x{bc} into D {}x{}",
+                g.d.rows, g.d.cols
+            ),
+        ));
     }
     for (what, m) in [("gemm A", &g.a), ("gemm B", &g.b)] {
         if m.ld < m.rows as i64 {
-            return Err(err(format!("{what}: ld {} < rows {}", m.ld, m.rows)));
+            return Err(misuse(
+                Misuse::GemmLayout,
+                format!("{what}: ld {} < rows {}", m.ld, m.rows),
+            ));
         }
         check_range(m.ptr, m.bytes(), what)?;
         check_written(m.ptr, m.bytes(), what)?;
@@ -552,12 +581,15 @@ impl SimStream {
     ) -> Result<()> {
         let k = kernel(f)?;
         if args.len() != k.sizes.len() {
-            return Err(err(format!(
-                "{}: {} arguments given, the kernel has {} parameters",
-                k.name,
-                args.len(),
-                k.sizes.len()
-            )));
+            return Err(misuse(
+                Misuse::LaunchArguments,
+                format!(
+                    "{}: {} arguments given, the kernel has {} parameters",
+                    k.name,
+                    args.len(),
+                    k.sizes.len()
+                ),
+            ));
         }
         let (grid, block, cluster) = (
             [grid.0, grid.1, grid.2],
@@ -578,7 +610,10 @@ impl SimStream {
         let mut bytes = vec![0u64; at];
         for (i, (&a, &s)) in args.iter().zip(&k.sizes).enumerate() {
             if a.is_null() {
-                return Err(err(format!("{}: argument {i} is a null pointer", k.name)));
+                return Err(misuse(
+                    Misuse::LaunchArguments,
+                    format!("{}: argument {i} is a null pointer", k.name),
+                ));
             }
             std::ptr::copy_nonoverlapping(
                 a as *const u8,
@@ -613,18 +648,24 @@ impl SimStream {
     ) -> Result<()> {
         let threads = block[0] * block[1] * block[2];
         if k.bounds > 0 && threads > k.bounds {
-            return Err(err(format!(
-                "{}: block of {threads} threads above __launch_bounds__({})",
-                k.name, k.bounds
-            )));
+            return Err(misuse(
+                Misuse::LaunchConfig,
+                format!(
+                    "{}: block of {threads} threads above __launch_bounds__({})",
+                    k.name, k.bounds
+                ),
+            ));
         }
         let allowed = k.max_dyn.load(Ordering::Relaxed);
         if smem > allowed {
-            return Err(err(format!(
-                "{}: {smem} bytes of dynamic shared memory, {allowed} allowed \
+            return Err(misuse(
+                Misuse::LaunchConfig,
+                format!(
+                    "{}: {smem} bytes of dynamic shared memory, {allowed} allowed \
                  (set_max_dynamic_smem first)",
-                k.name
-            )));
+                    k.name
+                ),
+            ));
         }
         let rt = runtime()?;
         let mut e = self.err.lock().map_err(|_| err("stream lock poisoned"))?;
@@ -642,7 +683,7 @@ impl SimStream {
         );
         if rc != 0 {
             let msg = CStr::from_ptr(e.as_ptr()).to_string_lossy().into_owned();
-            return Err(err(format!("{}: {msg}", k.name)));
+            return Err(misuse(Misuse::Kernel, format!("{}: {msg}", k.name)));
         }
         Ok(())
     }
@@ -692,7 +733,7 @@ impl SimStream {
             .lock()
             .map_err(|_| err("stream lock poisoned"))?;
         if c.is_some() {
-            return Err(err("a capture is already under way"));
+            return Err(misuse(Misuse::Capture, "a capture is already under way"));
         }
         *c = Some(Vec::new());
         Ok(())
@@ -705,7 +746,7 @@ impl SimStream {
             .lock()
             .map_err(|_| err("stream lock poisoned"))?
             .take()
-            .ok_or_else(|| err("end of a capture that was not begun"))?;
+            .ok_or_else(|| misuse(Misuse::Capture, "end of a capture that was not begun"))?;
         let mut memory: Vec<(u64, u64)> = Vec::new();
         fn add(memory: &mut Vec<(u64, u64)>, m: (u64, u64)) {
             if !memory.contains(&m) {
@@ -766,16 +807,19 @@ impl SimStream {
     /// Re-runs a recorded graph in order, with the recorded arguments.
     pub fn replay(&self, g: &SimGraph) -> Result<()> {
         if self.capturing(|c| c.is_some())? {
-            return Err(err("graph replay while capturing"));
+            return Err(misuse(Misuse::Capture, "graph replay while capturing"));
         }
         {
             let r = REGISTRY.lock().map_err(|_| err("registry lock poisoned"))?;
             for &(base, id) in &g.memory {
                 if r.get(&base).map(|&(_, i)| i) != Some(id) {
-                    return Err(err(format!(
-                        "graph replay after re-planning: the device memory at {base:#x} \
+                    return Err(misuse(
+                        Misuse::StaleGraph,
+                        format!(
+                            "graph replay after re-planning: the device memory at {base:#x} \
                          it was recorded with has been freed"
-                    )));
+                        ),
+                    ));
                 }
             }
         }
@@ -792,7 +836,10 @@ impl SimStream {
                 } => {
                     let mut ptrs = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
                     if offsets.len() > MAX_ARGS {
-                        return Err(err("more than 64 kernel arguments"));
+                        return Err(misuse(
+                            Misuse::LaunchArguments,
+                            "more than 64 kernel arguments",
+                        ));
                     }
                     for (p, &o) in ptrs.iter_mut().zip(offsets) {
                         *p = bytes[o..].as_ptr() as *mut c_void;
