@@ -223,6 +223,17 @@ mod tests {
             h.describe(),
             "cuda on GPU (sm_90), f32: bank search (the rest on the CPU: no ViT)"
         );
+        let sim = BackendChoice {
+            requested: Backend::CudaSim,
+            used: Backend::CudaSim,
+            device: Some("simulated device (SIMT emulator) (sm_90)".into()),
+            fallback: None,
+            ..h
+        };
+        assert_eq!(
+            sim.describe(),
+            "cuda-sim on simulated device (SIMT emulator) (sm_90), f32: bank search"
+        );
         for p in [Precision::F32, Precision::Bf16] {
             assert_eq!(p.name().parse::<Precision>().unwrap(), p);
         }
