@@ -5,7 +5,8 @@
 //! takes it when a usable GPU is present. Neither ever fails the engine for want of a GPU:
 //! when the driver, the device or a kernel module is missing, the engine runs on the CPU
 //! and [`BackendChoice::fallback`] says why (also printed once to stderr when the caller
-//! asked for CUDA explicitly).
+//! asked for CUDA explicitly). [`Backend::CudaSim`] runs the same CUDA stages on the
+//! simulated device (feature `cuda-sim`), for tests and CI without a GPU.
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,6 +23,10 @@ pub enum Backend {
     Cuda,
     /// CUDA when a usable GPU is present, otherwise the CPU, silently.
     Auto,
+    /// The CUDA backend on the simulated device (feature `cuda-sim`): the same device
+    /// stages, with the kernels in the SIMT emulator and the GEMMs on the CPU. For tests
+    /// and CI; falls back to the CPU, saying why, in a build without the feature.
+    CudaSim,
 }
 
 impl Backend {
@@ -30,6 +35,7 @@ impl Backend {
             Backend::Cpu => "cpu",
             Backend::Cuda => "cuda",
             Backend::Auto => "auto",
+            Backend::CudaSim => "cuda-sim",
         }
     }
 }
@@ -47,8 +53,9 @@ impl FromStr for Backend {
             "cpu" => Ok(Backend::Cpu),
             "cuda" | "gpu" => Ok(Backend::Cuda),
             "auto" => Ok(Backend::Auto),
+            "cuda-sim" | "cuda_sim" => Ok(Backend::CudaSim),
             other => Err(Error::Config(format!(
-                "unknown backend {other:?}: expected cpu, cuda or auto"
+                "unknown backend {other:?}: expected cpu, cuda, auto or cuda-sim"
             ))),
         }
     }
@@ -113,9 +120,9 @@ impl FromStr for Precision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendChoice {
     pub requested: Backend,
-    /// [`Backend::Cpu`] or [`Backend::Cuda`], never `Auto`.
+    /// [`Backend::Cpu`], [`Backend::Cuda`] or [`Backend::CudaSim`], never `Auto`.
     pub used: Backend,
-    /// The GPU, when one is used: name and compute capability.
+    /// The GPU (or the simulated device), when one is used: name and compute capability.
     pub device: Option<String>,
     /// Arithmetic of the device networks.
     pub precision: Precision,
@@ -153,17 +160,20 @@ impl BackendChoice {
         }
     }
 
-    /// One line for reports: `cpu`, `cuda on NVIDIA H100 (sm_90): bank search`, or
+    /// One line for reports: `cpu`, `cuda on NVIDIA H100 (sm_90): bank search`,
+    /// `cuda-sim on simulated device (SIMT emulator) (sm_90), f32: ...`, or
     /// `cpu (cuda asked for: no CUDA driver ...)`.
     pub fn describe(&self) -> String {
         match (&self.device, &self.fallback) {
             (Some(dev), None) => format!(
-                "cuda on {dev}, {}: {}",
+                "{} on {dev}, {}: {}",
+                self.used,
                 self.precision,
                 self.device_stages.join(", ")
             ),
             (Some(dev), Some(why)) => format!(
-                "cuda on {dev}, {}: {} (the rest on the CPU: {why})",
+                "{} on {dev}, {}: {} (the rest on the CPU: {why})",
+                self.used,
                 self.precision,
                 self.device_stages.join(", ")
             ),
@@ -179,12 +189,15 @@ mod tests {
 
     #[test]
     fn names_parse_back_and_unknown_names_are_refused() {
-        for b in [Backend::Cpu, Backend::Cuda, Backend::Auto] {
+        for b in [Backend::Cpu, Backend::Cuda, Backend::Auto, Backend::CudaSim] {
             assert_eq!(b.name().parse::<Backend>().unwrap(), b);
             assert_eq!(b.to_string().to_uppercase().parse::<Backend>().unwrap(), b);
         }
         let e = "tpu".parse::<Backend>().unwrap_err().to_string();
-        assert!(e.contains("tpu") && e.contains("cpu, cuda or auto"), "{e}");
+        assert!(
+            e.contains("tpu") && e.contains("cpu, cuda, auto or cuda-sim"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -209,6 +222,17 @@ mod tests {
         assert_eq!(
             h.describe(),
             "cuda on GPU (sm_90), f32: bank search (the rest on the CPU: no ViT)"
+        );
+        let sim = BackendChoice {
+            requested: Backend::CudaSim,
+            used: Backend::CudaSim,
+            device: Some("simulated device (SIMT emulator) (sm_90)".into()),
+            fallback: None,
+            ..h
+        };
+        assert_eq!(
+            sim.describe(),
+            "cuda-sim on simulated device (SIMT emulator) (sm_90), f32: bank search"
         );
         for p in [Precision::F32, Precision::Bf16] {
             assert_eq!(p.name().parse::<Precision>().unwrap(), p);

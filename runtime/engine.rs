@@ -525,15 +525,31 @@ fn open_backend(
     }
     #[cfg(feature = "cuda")]
     {
-        use crate::cuda::point_branch::{BranchOptions, DevicePointBranch};
-        use crate::cuda::{rgb::DeviceRgb, scoring::DeviceBankSearch};
-        let search = match DeviceBankSearch::new(options.device, set, pool, options.precision) {
+        use crate::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
+        use crate::cuda::stages::{bank_search::DeviceBankSearch, vit::DeviceRgb};
+        use crate::cuda::Device;
+        use std::sync::Arc;
+        // One device (context and stream) for the engine, shared by every device stage.
+        let opened = match requested {
+            Backend::CudaSim => Device::simulated(),
+            _ => Device::new(options.device),
+        };
+        let dev = match opened {
+            Ok(d) => Arc::new(d),
+            Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
+        };
+        let used = if dev.is_simulated() {
+            Backend::CudaSim
+        } else {
+            Backend::Cuda
+        };
+        let search = match DeviceBankSearch::on_device(dev.clone(), set, pool, options.precision) {
             Ok(s) => s,
             Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
         };
         let mut choice = BackendChoice {
             requested,
-            used: Backend::Cuda,
+            used,
             device: Some(search.device_name()),
             precision: options.precision,
             fallback: None,
@@ -541,7 +557,7 @@ fn open_backend(
         };
         let mut on_cpu = Vec::new();
         let tolerance = options.precision.feature_tolerance();
-        match DeviceRgb::new(options.device, model, options.precision)
+        match DeviceRgb::on_device(dev.clone(), model, options.precision)
             .and_then(|vit| extractor.use_rgb_network(Box::new(vit), tolerance))
         {
             Ok(_) => choice.device_stages.insert(0, "rgb branch"),
@@ -551,7 +567,7 @@ fn open_backend(
             precision: options.precision,
             ..BranchOptions::default()
         };
-        match DevicePointBranch::with_options(options.device, model, branch)
+        match DevicePointBranch::on_device(dev, model, branch)
             .and_then(|b| extractor.use_point_network(pool, Box::new(b), tolerance))
         {
             Ok(_) => choice.device_stages.insert(0, "point branch"),

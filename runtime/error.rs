@@ -32,6 +32,10 @@ pub enum Error {
     /// CPU when this happens at creation).
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// The device layer (driver, libraries, or the simulated device) failed or refused a
+    /// call; see [`DeviceError`].
+    #[error("CUDA: {0}")]
+    Device(#[from] DeviceError),
     /// A result would hold NaN or infinity (never reported as a success).
     #[error("non-finite result: {0}")]
     NonFinite(String),
@@ -41,6 +45,45 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the CUDA device layer reports (`runtime/cuda/device/`).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// No usable driver, device, library, or simulated device (a build without the
+    /// feature): the engine runs on the CPU and says why.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A driver or library call returned an error code.
+    #[error("{call}: {code}")]
+    Call { call: String, code: String },
+    /// The simulated device caught a misuse a GPU might not report (see [`Misuse`]).
+    #[error("simulated device: {detail}")]
+    Misuse { kind: Misuse, detail: String },
+    /// Anything else the device layer refuses (wrong kind of device, internal state).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Kinds of misuse the simulated device detects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misuse {
+    /// A copy, memset or GEMM operand outside every live device allocation.
+    OutOfBounds,
+    /// Device memory read (downloaded, or a GEMM input) before anything wrote it.
+    NeverWritten,
+    /// A graph replayed after memory it was recorded with was freed (re-planning).
+    StaleGraph,
+    /// Kernel arguments that do not match the kernel's parameters, or a bad handle.
+    LaunchArguments,
+    /// Block size above `__launch_bounds__`, shared memory above the opt-in.
+    LaunchConfig,
+    /// GEMM operands whose shapes or leading dimensions contradict each other.
+    GemmLayout,
+    /// Capture begun twice, ended unbegun, or a replay during a capture.
+    Capture,
+    /// The kernel failed in the emulator (barrier, warp mask, deadlock, trap).
+    Kernel,
+}
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -23,4 +23,4 @@ pub mod pipeline;
 pub mod types;
 pub mod util;
 
-pub use error::{Error, Result};
+pub use error::{DeviceError, Error, Misuse, Result};

@@ -16,6 +16,15 @@ alignas(256) thread_local unsigned char miad_sim_dyn_window[232448];
 MIAD_SIM_DYN_ALIASES
 #endif
 
+// The TLS init function of each alias (`_ZTH<name>`), a no-op: the window needs no dynamic
+// initialisation. Kernel code reaches an `extern thread_local` through a wrapper that
+// calls it only when the weak symbol exists, but g++ -O2 without sanitizers may hoist the
+// call out of that check (seen in fps.cu), which then jumps to address 0.
+#define MIAD_SIM_TLS_INIT(sym) extern "C" __attribute__((visibility("default"))) void sym() {}
+#ifdef MIAD_SIM_DYN_INITS
+MIAD_SIM_DYN_INITS
+#endif
+
 namespace {
 struct Find {
   uintptr_t addr;

@@ -19,7 +19,8 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Compute backend: cpu, cuda (falls back to the CPU, saying why, when no GPU can be
-    /// used) or auto.
+    /// used), auto, or cuda-sim (the CUDA path on the simulated device; a build with the
+    /// `cuda-sim` feature).
     #[arg(long, default_value = "cpu")]
     pub backend: Backend,
     /// CUDA device ordinal.
@@ -50,7 +51,7 @@ impl EngineArgs {
             },
         )?;
         let choice = engine.backend();
-        if choice.used == Backend::Cuda || choice.requested != Backend::Cpu {
+        if choice.used != Backend::Cpu || choice.requested != Backend::Cpu {
             eprintln!("backend: {}", choice.describe());
         }
         Ok(engine)

@@ -119,7 +119,7 @@ impl Status {
             Error::Config(_) => Status::Config,
             Error::NoUsableModality(_) => Status::NoUsableModality,
             Error::Decode { .. } => Status::Decode,
-            Error::Cuda(_) => Status::Cuda,
+            Error::Cuda(_) | Error::Device(_) => Status::Cuda,
             Error::NonFinite(_) => Status::NonFinite,
             Error::Forked(_) => Status::Forked,
         }
@@ -163,6 +163,7 @@ pub const MIAD_BACKEND_NOTE_LEN: u32 = BACKEND_NOTE_LEN as u32;
 pub const MIAD_BACKEND_CPU: u32 = 0;
 pub const MIAD_BACKEND_CUDA: u32 = 1;
 pub const MIAD_BACKEND_AUTO: u32 = 2;
+pub const MIAD_BACKEND_CUDA_SIM: u32 = 3;
 /// `miad_engine_options.precision` values (see [`crate::backend::Precision`]).
 pub const MIAD_PRECISION_F32: u32 = 0;
 pub const MIAD_PRECISION_BF16: u32 = 1;
@@ -202,6 +203,7 @@ pub const HEADER_CONSTANTS: &[(&str, i64)] = &[
     ("MIAD_BACKEND_CPU", MIAD_BACKEND_CPU as i64),
     ("MIAD_BACKEND_CUDA", MIAD_BACKEND_CUDA as i64),
     ("MIAD_BACKEND_AUTO", MIAD_BACKEND_AUTO as i64),
+    ("MIAD_BACKEND_CUDA_SIM", MIAD_BACKEND_CUDA_SIM as i64),
     ("MIAD_PRECISION_F32", MIAD_PRECISION_F32 as i64),
     ("MIAD_PRECISION_BF16", MIAD_PRECISION_BF16 as i64),
 ];
@@ -720,12 +722,13 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
         MIAD_BACKEND_CPU => Backend::Cpu,
         MIAD_BACKEND_CUDA => Backend::Cuda,
         MIAD_BACKEND_AUTO => Backend::Auto,
+        MIAD_BACKEND_CUDA_SIM => Backend::CudaSim,
         other => {
             return Err(Fail::new(
                 Status::InvalidArgument,
                 format!(
                     "engine option backend = {other} is none of MIAD_BACKEND_CPU (0), \
-                     MIAD_BACKEND_CUDA (1), MIAD_BACKEND_AUTO (2)"
+                     MIAD_BACKEND_CUDA (1), MIAD_BACKEND_AUTO (2), MIAD_BACKEND_CUDA_SIM (3)"
                 ),
             ))
         }
@@ -980,7 +983,7 @@ pub unsafe extern "C" fn miad_build_info(buf: *mut c_char, len: usize) -> miad_s
             let _ = m.write_str(",cuda cuda_cubins=");
             let mut first = true;
             for (code, name) in [(87, "sm_87"), (90, "sm_90"), (900, "sm_90a")] {
-                let built = crate::cuda::module::KERNEL_MODULES
+                let built = crate::cuda::device::module::KERNEL_MODULES
                     .iter()
                     .any(|k| k.cubins.iter().any(|(a, _)| *a == code));
                 if built {
@@ -1177,6 +1180,7 @@ pub unsafe extern "C" fn miad_engine_get_info(
             category: [0; CATEGORY_LEN],
             backend_used: match e.backend().used {
                 Backend::Cuda => MIAD_BACKEND_CUDA,
+                Backend::CudaSim => MIAD_BACKEND_CUDA_SIM,
                 _ => MIAD_BACKEND_CPU,
             },
             backend_note: [0; BACKEND_NOTE_LEN],

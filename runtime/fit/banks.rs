@@ -187,7 +187,7 @@ fn bank_slices(
 fn greedy_selection(pool: &Pool, backend: Backend, x: &[f32], dim: usize, m: usize) -> Vec<u32> {
     if backend != Backend::Cpu {
         #[cfg(feature = "cuda")]
-        let why = match crate::cuda::coreset::greedy_on_first_device(x, dim, m) {
+        let why = match crate::cuda::ops::coreset::greedy_on_first_device(x, dim, m) {
             Ok(idx) => return idx,
             Err(e) => e.to_string(),
         };

@@ -218,7 +218,11 @@ enum {
      * miad_engine_info.backend_note (nothing is printed). */
     MIAD_BACKEND_CUDA = 1,
     /* CUDA when a usable GPU is present, else the CPU (no message). */
-    MIAD_BACKEND_AUTO = 2
+    MIAD_BACKEND_AUTO = 2,
+    /* The CUDA backend on the simulated device (a library built with the cuda-sim
+     * feature): the kernels run in the SIMT emulator on the CPU. For tests; otherwise
+     * the engine runs on the CPU and says why in backend_note. */
+    MIAD_BACKEND_CUDA_SIM = 3
 };
 
 /* miad_engine_options.precision: arithmetic of the networks on the CUDA backend (the CPU
@@ -252,7 +256,8 @@ typedef struct miad_engine_options {
     uint32_t preprocessed;
     /* Verify every tensor checksum of both files when opening. Default 1. */
     uint32_t verify_checksums;
-    /* MIAD_BACKEND_CPU (default), MIAD_BACKEND_CUDA or MIAD_BACKEND_AUTO. */
+    /* MIAD_BACKEND_CPU (default), MIAD_BACKEND_CUDA, MIAD_BACKEND_AUTO or
+     * MIAD_BACKEND_CUDA_SIM. */
     uint32_t backend;
     /* CUDA device ordinal, for the CUDA backend. Default 0. */
     uint32_t device;
@@ -383,7 +388,8 @@ typedef struct miad_engine_info {
     uint32_t cases_calibrated;
     /* The product category of the bank file, NUL-terminated (truncated). */
     char category[MIAD_CATEGORY_LEN];
-    /* MIAD_BACKEND_CPU or MIAD_BACKEND_CUDA: what the engine runs on. */
+    /* MIAD_BACKEND_CPU, MIAD_BACKEND_CUDA or MIAD_BACKEND_CUDA_SIM: what the engine runs
+     * on. */
     uint32_t backend_used;
     /* What runs where, and why CUDA is not used when it was asked for, NUL-terminated. */
     char backend_note[MIAD_BACKEND_NOTE_LEN];

@@ -26,6 +26,46 @@ impl Drop for Fixture {
 /// `train` training parts and `test` good plus `test` defective test parts of one
 /// category at 96×96, fitted with [`ModelConfig::small`].
 pub fn fitted(name: &str, category: Category, seed: u64, train: usize, test: usize) -> Fixture {
+    fitted_with(ModelConfig::small(), name, category, seed, train, test)
+}
+
+/// A reduced M3DM-shaped model for the device path: [`ModelConfig::small`] with the real
+/// head dimension 64 in both transformers (the device attention kernels' size): ViT and
+/// Point-MAE width 128 with 2 heads, 2 blocks each.
+pub fn small_hd64() -> ModelConfig {
+    let mut cfg = ModelConfig::small();
+    cfg.name = "small-hd64".into();
+    if let Some(v) = cfg.vit.as_mut() {
+        v.dim = 128;
+        v.heads = 2;
+        v.mlp_dim = 512;
+    }
+    if let Some(p) = cfg.point.as_mut() {
+        p.dim = 128;
+        p.heads = 2;
+        p.mlp_dim = 512;
+    }
+    let (rgb, xyz) = (
+        cfg.vit.as_ref().map_or(0, |v| v.dim),
+        cfg.point.as_ref().map_or(0, |p| p.feature_dim() as u32),
+    );
+    if let Some(f) = cfg.fusion.as_mut() {
+        f.rgb_dim = rgb;
+        f.xyz_dim = xyz;
+        f.head_dim = 64;
+    }
+    cfg
+}
+
+/// [`fitted`] with the model configuration `cfg`.
+pub fn fitted_with(
+    cfg: ModelConfig,
+    name: &str,
+    category: Category,
+    seed: u64,
+    train: usize,
+    test: usize,
+) -> Fixture {
     let dir = std::env::temp_dir().join(format!("miad-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -40,7 +80,6 @@ pub fn fitted(name: &str, category: Category, seed: u64, train: usize, test: usi
         size: 96,
     })
     .unwrap();
-    let cfg = ModelConfig::small();
     let model = dir.join("model.miad");
     write_model(&cfg, &random_model(&cfg, seed), &[], &model).unwrap();
     let category = dir.join("data").join(category.name());

@@ -16,7 +16,7 @@ use miad::config::{BankConfig, LinearSvm};
 use miad::cpu::coreset::projection_matrix;
 use miad::cpu::coreset::{coreset, greedy, greedy_plain, jl_min_dim, project_rows};
 use miad::cpu::pool::Pool;
-use miad::cuda::coreset::{coreset_on_device, device_memory, CoresetPlan, GpuCoreset};
+use miad::cuda::ops::coreset::{coreset_on_device, device_memory, CoresetPlan, GpuCoreset};
 use miad::cuda::Device;
 use miad::fit::banks::{fit, FeatureExtractor, FeatureLayout, FitOptions};
 use miad::util::rng::Rng;

@@ -28,7 +28,7 @@ use miad::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWei
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{layer_norm_row, BlockWeights};
 use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
-use miad::cuda::embed::{EmbedKernels, EmbedPlan, ResizeSlots};
+use miad::cuda::ops::embed::{EmbedKernels, EmbedPlan, ResizeSlots};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot, KERNEL_MODULES};
 use miad::pipeline::input::RgbView;
 use miad::pipeline::preprocess::{

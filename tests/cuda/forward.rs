@@ -1,4 +1,4 @@
-//! The full ViT and Point-MAE forwards on the device (`miad::cuda::forward`) against the
+//! The full ViT and Point-MAE forwards on the device (`miad::cuda::stages::forward`) against the
 //! CPU backend, with the same seeded random model (`format::random_model`):
 //! - f32 path vs `cpu::vit::vit_forward` / the Point-MAE blocks of
 //!   `cpu::point_mae::point_mae_forward`: within 1e-4 relative, both as ‖Δ‖/‖ref‖ and as
@@ -30,9 +30,9 @@ use miad::cpu::point_mae::{
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{block_forward, block_scratch_len, layer_norm};
 use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
-use miad::cuda::forward::{DevicePointMae, DeviceVit, EncoderDims, Kinds};
-use miad::cuda::gemm::cublaslt_present;
-use miad::cuda::transformer::Precision;
+use miad::cuda::device::gemm::cublaslt_present;
+use miad::cuda::ops::transformer::Precision;
+use miad::cuda::stages::forward::{DevicePointMae, DeviceVit, EncoderDims, Kinds};
 use miad::cuda::{Device, Graph, Pinned};
 use miad::format::{random_model, write_model, ModelFile, OpenOptions, OwnedTensors};
 use miad::pipeline::input::RgbView;

@@ -1,4 +1,4 @@
-//! Dense layers through cuBLASLt (`miad::cuda::gemm`) against an f64 host reference:
+//! Dense layers through cuBLASLt (`miad::cuda::device::gemm`) against an f64 host reference:
 //! - f32 plans (full f32, exact erf GELU) within 1e-5 relative (Frobenius, and largest
 //!   error over largest value) at ViT-B/8 and Point-MAE shapes, with bias, with bias + GELU
 //!   and without bias; every output written (outputs start as NaN);
@@ -11,8 +11,10 @@
 //! bench reports TFLOP/s of every shape and precision:
 //! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda gemm::gemm_bench -- --nocapture`.
 
-use miad::cuda::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
-use miad::cuda::transformer::{Elementwise, Precision};
+use miad::cuda::device::gemm::{
+    CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES,
+};
+use miad::cuda::ops::transformer::{Elementwise, Precision};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::util::rng::Rng;
 
@@ -208,7 +210,11 @@ impl<T: bytemuck::Pod> Bufs<T> {
 }
 
 /// Runs `plan` on `bufs` once.
-fn run<T: miad::cuda::gemm::GemmElement + bytemuck::Pod>(g: &Gpu, plan: &GemmPlan, bufs: &Bufs<T>) {
+fn run<T: miad::cuda::device::gemm::GemmElement + bytemuck::Pod>(
+    g: &Gpu,
+    plan: &GemmPlan,
+    bufs: &Bufs<T>,
+) {
     let [x, w, b, y] = bufs.ptrs();
     unsafe { plan.run(&g.dev, x, w, b, y) }.unwrap();
 }

@@ -1,4 +1,4 @@
-//! CUDA post-search stages (kernels/maps.cu, runtime/cuda/maps.rs) against the CPU
+//! CUDA post-search stages (kernels/maps.cu, runtime/cuda/ops/maps.rs) against the CPU
 //! backend (feature `cuda`).
 //!
 //! Oracles: `cpu::bank_search::score_part` (grid, j*, m*, re-weighted score),
@@ -24,7 +24,7 @@ use miad::cpu::bank_search::{score_part, score_scratch_len, sq_dist, sq_norms, B
 use miad::cpu::maps::{anomaly_map, gaussian_blur, map_scratch_len, upsample_bilinear};
 use miad::cpu::pool::Pool;
 use miad::cpu::regions::find_regions;
-use miad::cuda::maps::{
+use miad::cuda::ops::maps::{
     BankInput, BankScoreRec, BankShape, DecisionParams, MapBuffers, MapKernels, MapPlan, MapSlots,
     PartDecisionRec, PixelParams, RegionRec,
 };

@@ -1,5 +1,5 @@
 //! Greedy coreset (kernels/coreset.cu: coreset_init_f32, coreset_cc_f32, coreset_update_f32,
-//! launched per step as runtime/cuda/coreset.rs does) against
+//! launched per step as runtime/cuda/ops/coreset.rs does) against
 //! `miad::cpu::coreset::greedy_plain`: the selected rows identical.
 
 use miad::cpu::coreset::greedy_plain;
@@ -13,7 +13,7 @@ pub const TESTS: &[Test] = &[("coreset_kernels_match_cpu_greedy", coreset)];
 const SEGMENT: usize = 1024;
 const THREADS: u32 = 256;
 const PAD: usize = 32;
-/// `1 + PRUNE_MARGIN` of the CPU (runtime/cuda/coreset.rs PRUNE_FACTOR).
+/// `1 + PRUNE_MARGIN` of the CPU (runtime/cuda/ops/coreset.rs PRUNE_FACTOR).
 const FACTOR: f32 = 1.0 + 1e-3;
 
 fn select(x: &[f32], k: usize, m: usize, seed: u64) -> Result<Vec<u32>, String> {

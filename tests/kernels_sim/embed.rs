@@ -1,4 +1,4 @@
-//! The embed kernels (kernels/embed.cu), launched with runtime/cuda/embed.rs's geometry
+//! The embed kernels (kernels/embed.cu), launched with runtime/cuda/ops/embed.rs's geometry
 //! (256 threads and one element per thread; LayerNorm one warp per row; pos_embed_f32
 //! eight centers per block with their hidden layer in dynamic shared memory), against the
 //! CPU stages they replace, with tests/cuda/embed.rs's oracles and tolerances:
@@ -56,7 +56,7 @@ pub const TESTS: &[Test] = &[
     ("embed_copy_rows_f32_copies_and_broadcasts", copy_rows),
 ];
 
-/// runtime/cuda/embed.rs: threads per block, LayerNorm rows per block, centers per block
+/// runtime/cuda/ops/embed.rs: threads per block, LayerNorm rows per block, centers per block
 /// of pos_embed_f32, most taps of a resampling kernel.
 const THREADS: u32 = 256;
 const LN_ROWS: usize = THREADS as usize / 32;
@@ -127,7 +127,7 @@ fn normals(g: &mut Gen, n: usize, scale: f32, offset: f32) -> Vec<f32> {
 
 // ---------- RGB input ----------
 
-/// Taps of PIL's bicubic kernel for `input → out` (runtime/cuda/embed.rs `resize_taps`).
+/// Taps of PIL's bicubic kernel for `input → out` (runtime/cuda/ops/embed.rs `resize_taps`).
 fn resize_taps(input: usize, out: usize) -> usize {
     let scale = (input as f64 / out as f64).max(1.0);
     ((2.0 * 2.0 * scale).ceil() as usize + 3).min(MAX_TAPS)
@@ -174,7 +174,7 @@ fn rgb_case(c: &RgbCase, seed: u64) -> Result<(), String> {
     let mut g = Gen::new(seed + 100 * w as u64 + h as u64);
     let img = image(&mut g, w, h, stride, c.stripes);
     let mask: Vec<u8> = (0..w * h).map(|_| u8::from(g.below(10) == 0)).collect();
-    // runtime/cuda/embed.rs rgb_geometry.
+    // runtime/cuda/ops/embed.rs rgb_geometry.
     let (ww, wh) = match c.mode {
         PreprocessMode::Full => {
             let p = padded_side(&c.pre, w, h);

@@ -1,4 +1,4 @@
-//! The post-search stages (kernels/maps.cu), launched as runtime/cuda/maps.rs does:
+//! The post-search stages (kernels/maps.cu), launched as runtime/cuda/ops/maps.rs does:
 //!
 //! * maps_bank_argmax → maps_bank_knn → maps_bank_finish against
 //!   `cpu::bank_search::reweighted_score` (the second half of `score_part`): grid, j*, m*,
@@ -35,7 +35,7 @@ pub const TESTS: &[Test] = &[
     ("maps_regions_match_cpu", regions),
 ];
 
-// runtime/cuda/maps.rs
+// runtime/cuda/ops/maps.rs
 const THREADS: u32 = 256;
 const SELECT_THREADS: u32 = 1024;
 const KNN_CHUNK: usize = 1024;
@@ -95,7 +95,7 @@ struct BlurWeights {
     w: [f32; 2 * KERNEL_MAX_RADIUS + 1],
 }
 
-/// `BlurWeights::new` of runtime/cuda/maps.rs: the CPU blur's taps, computed its way.
+/// `BlurWeights::new` of runtime/cuda/ops/maps.rs: the CPU blur's taps, computed its way.
 fn blur_weights(sigma: f32) -> BlurWeights {
     let r = gaussian_radius(sigma, 4.0);
     let mut w = [0f32; 2 * KERNEL_MAX_RADIUS + 1];
@@ -151,7 +151,7 @@ struct PartDecisionRec {
     vector: [f32; 3],
 }
 
-/// `DecisionParams::from_decision` of runtime/cuda/maps.rs (the cuda module is not built
+/// `DecisionParams::from_decision` of runtime/cuda/ops/maps.rs (the cuda module is not built
 /// here): the kernels' layout of a resolved decision.
 fn layout(cfg: &BankConfig, d: &Decision) -> (PartParams, PixelParams) {
     let mut part = PartParams {

@@ -4,12 +4,12 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::sys::{self, CUfunction};
+use cudarc::driver::sys::CUfunction;
 
-use super::arena::DevPtr;
-use super::device::{check, kptr, Device};
-use super::module::Module;
 use crate::config::PointConfig;
+use crate::cuda::device::arena::DevPtr;
+use crate::cuda::device::module::Module;
+use crate::cuda::device::{kptr, Device};
 use crate::{Error, Result};
 
 /// Blocks in the FPS thread-block cluster on sm_90+ (portable cluster size).
@@ -224,44 +224,9 @@ fn setup_fps_regs(
 }
 
 /// Sets `f`'s shared-memory limit (and the non-portable cluster size when above 8) and asks
-/// the driver whether one cluster of `geo` can be resident.
+/// the device whether one cluster of `geo` can be resident.
 fn fps_regs_fits(dev: &Device, f: CUfunction, geo: Fps2Geometry) -> Result<bool> {
-    dev.set_max_dynamic_smem(f, geo.smem)?;
-    unsafe {
-        if geo.cluster > 8 {
-            check(
-                sys::cuFuncSetAttribute(
-                    f,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                    1,
-                ),
-                "cuFuncSetAttribute(non-portable cluster size)",
-            )?;
-        }
-        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = geo.cluster;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = 1;
-        let cfg = sys::CUlaunchConfig {
-            gridDimX: geo.cluster,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: FPS_REGS_THREADS,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: geo.smem,
-            hStream: dev.stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        let mut clusters: std::ffi::c_int = 0;
-        check(
-            sys::cuOccupancyMaxActiveClusters(&mut clusters, f, &cfg),
-            "cuOccupancyMaxActiveClusters",
-        )?;
-        Ok(clusters >= 1)
-    }
+    dev.cluster_fits(f, geo.cluster, FPS_REGS_THREADS, geo.smem)
 }
 
 /// The point kernels of one engine.
@@ -678,7 +643,7 @@ impl PointKernels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::module::find_module;
+    use crate::cuda::device::module::find_module;
 
     fn plan(side: usize, k: u32) -> PointPlan {
         let mut pc = PointConfig::m3dm();

@@ -3,7 +3,7 @@
 //! `nn.Linear`: `[out, in]` row-major).
 //!
 //! - [`CublasLt`]: the library handle, one per device, created at engine creation. When the
-//!   cuBLASLt library cannot be loaded, creation returns [`Error::Cuda`] naming it (cudarc
+//!   cuBLASLt library cannot be loaded, creation returns [`Error::Device`] naming it (cudarc
 //!   would panic on the first call; we probe first).
 //! - [`GemmPlan`]: one shape and precision, made once: matmul descriptor, matrix layouts,
 //!   preference and the heuristic's algorithm. [`GemmPlan::run`] issues one `cublasLtMatmul`
@@ -19,7 +19,7 @@
 //! `nn.Linear`.
 //!
 //! Mixed output and accumulation (for the residual stream of the transformer forwards,
-//! `cuda::forward`): a bf16 plan may write an f32 `Y` ([`GemmShape::with_output`];
+//! `cuda::stages::forward`): a bf16 plan may write an f32 `Y` ([`GemmShape::with_output`];
 //! A/B bf16, C/D f32, f32 compute, one of cuBLASLt's supported type combinations; the bias
 //! then has `Y`'s type, cuBLASLt's default), and a plan may accumulate,
 //! `Y += X·W^T (+ bias)` ([`GemmShape::accumulating`]: beta = 1 with C = D = Y, in place).
@@ -38,9 +38,11 @@ use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::sys::CUfunction;
 
 use super::arena::DevPtr;
-use super::device::Device;
-use super::transformer::{launch_bias_gelu, Elementwise, Precision};
-use crate::{Error, Result};
+use super::context::dev_err;
+use super::context::Device;
+use super::sim;
+use crate::cuda::ops::transformer::{launch_bias_gelu, Elementwise, Precision};
+use crate::{DeviceError, Error, Result};
 
 /// Workspace a plan is allowed to use, bytes: reserve this in the engine's arena.
 pub const GEMM_WORKSPACE_BYTES: usize = 32 << 20;
@@ -383,7 +385,11 @@ impl Workspace {
 }
 
 fn lt_err(what: &str, e: lt::CublasError) -> Error {
-    Error::Cuda(format!("{what}: {:?}", e.0))
+    DeviceError::Call {
+        call: what.into(),
+        code: format!("{:?}", e.0),
+    }
+    .into()
 }
 
 /// Whether the cuBLASLt library can be loaded (no driver needed).
@@ -392,29 +398,43 @@ pub fn cublaslt_present() -> bool {
     unsafe { ltsys::is_culib_present() }
 }
 
-/// The cuBLASLt handle of one device.
+/// The cuBLASLt handle of one device (on the simulated device: none, the plans run the
+/// CPU GEMM of [`super::sim`]).
 pub struct CublasLt {
     handle: ltsys::cublasLtHandle_t,
     version: usize,
+    simulated: bool,
 }
 
 // SAFETY: the handle is used from one thread at a time (the engine's).
 unsafe impl Send for CublasLt {}
 
 impl CublasLt {
-    /// Creates the handle in `dev`'s context. Returns [`Error::Cuda`] naming the library
+    /// Creates the handle in `dev`'s context. Returns [`Error::Device`] naming the library
     /// when cuBLASLt cannot be loaded.
     pub fn new(dev: &Device) -> Result<Self> {
+        if dev.is_simulated() {
+            return Ok(CublasLt {
+                handle: std::ptr::null_mut(),
+                version: 0,
+                simulated: true,
+            });
+        }
         if !cublaslt_present() {
-            return Err(Error::Cuda(
+            return Err(DeviceError::Unavailable(
                 "the cuBLASLt library (libcublasLt.so, libcublasLt.so.12, ...) could not be loaded: install CUDA's cuBLAS or add its lib folder to LD_LIBRARY_PATH".into(),
-            ));
+            )
+            .into());
         }
         dev.bind()?;
         let handle = lt::create_handle().map_err(|e| lt_err("cublasLtCreate", e))?;
         // SAFETY: the library is loaded; a plain query.
         let version = unsafe { ltsys::cublasLtGetVersion() };
-        Ok(CublasLt { handle, version })
+        Ok(CublasLt {
+            handle,
+            version,
+            simulated: false,
+        })
     }
 
     /// The library version (e.g. 120602 for 12.6.2).
@@ -425,6 +445,9 @@ impl CublasLt {
 
 impl Drop for CublasLt {
     fn drop(&mut self) {
+        if self.simulated {
+            return;
+        }
         // SAFETY: created in `new`, destroyed once.
         unsafe {
             let _ = lt::destroy_handle(self.handle);
@@ -478,6 +501,11 @@ impl GemmPlan {
                 ))
             }
         };
+        if lt.simulated != dev.is_simulated() {
+            return Err(dev_err(
+                "gemm: a cuBLASLt handle of another kind of device than the plan's".into(),
+            ));
+        }
         dev.bind()?;
         let mut plan = GemmPlan {
             shape,
@@ -495,6 +523,10 @@ impl GemmPlan {
             alpha: 1.0,
             beta: if shape.accumulate { 1.0 } else { 0.0 },
         };
+        if lt.simulated {
+            // The CPU GEMM reads the shape's layouts at each run: nothing to create.
+            return Ok(plan);
+        }
         // On any error below, dropping `plan` destroys what was created.
         let (dtype, compute) = shape.lt_types();
         let scale = ltsys::cudaDataType::CUDA_R_32F;
@@ -558,13 +590,13 @@ impl GemmPlan {
             )
         }
         .map_err(|e| {
-            Error::Cuda(format!(
+            dev_err(format!(
                 "gemm: cuBLASLt has no algorithm for {} x {} x {} {:?} {:?} with {} bytes of workspace: {:?}",
                 shape.m, shape.n, shape.k, shape.precision, shape.epilogue, workspace.bytes, e.0
             ))
         })?;
         if h.workspaceSize > workspace.bytes {
-            return Err(Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "gemm: the chosen algorithm wants {} bytes of workspace, {} given",
                 h.workspaceSize, workspace.bytes
             )));
@@ -632,34 +664,11 @@ impl GemmPlan {
             bias.raw(),
             y.raw(),
         )?;
-        if self.epi.lt_bias {
-            let p = bias.raw();
-            set_desc(
-                self.desc,
-                ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                &p,
-            )?;
+        if let Some(s) = dev.sim() {
+            s.gemm(self.sim_call(w.raw(), x.raw(), bias.raw(), y.raw()))?;
+        } else {
+            self.run_lt(dev, w.raw(), x.raw(), bias.raw(), y.raw())?;
         }
-        // C = D: with beta = 0 C is not read; an accumulating plan (beta = 1) adds to it.
-        lt::matmul(
-            self.handle,
-            self.desc,
-            &self.alpha as *const f32 as *const c_void,
-            &self.beta as *const f32 as *const c_void,
-            w.raw() as *const c_void,
-            self.a,
-            x.raw() as *const c_void,
-            self.b,
-            y.raw() as *const c_void,
-            self.d,
-            y.raw() as *mut c_void,
-            self.d,
-            &self.algo,
-            self.workspace.ptr.raw() as *mut c_void,
-            self.workspace.bytes,
-            dev.stream() as ltsys::cudaStream_t,
-        )
-        .map_err(|e| lt_err("cublasLtMatmul", e))?;
         if let Some(f) = self.gelu {
             // Only on f32 plans (checked above: T and O are f32 here).
             let (mut yf, mut bf) = (DevPtr::<f32>::null(), DevPtr::<f32>::null());
@@ -668,6 +677,68 @@ impl GemmPlan {
             launch_bias_gelu(dev, f, yf, bf, self.shape.m, self.shape.n)?;
         }
         Ok(())
+    }
+
+    /// The matmul exactly as the plan's descriptors state it, for the simulated device's
+    /// CPU GEMM: the same layouts, transposes, types, epilogue and alpha/beta that
+    /// [`GemmPlan::new`] gives cuBLASLt (A = W^T stored, B = X^T, C = D = Y^T).
+    pub fn sim_call(&self, w: u64, x: u64, bias: u64, y: u64) -> sim::GemmCall {
+        let l = self.shape.layouts();
+        let in_bf16 = self.shape.precision == Precision::Bf16;
+        let out_bf16 = self.shape.output == Precision::Bf16;
+        let op = |ptr: u64, m: MatLayout, trans: bool, bf16: bool| sim::GemmOperand {
+            ptr,
+            rows: m.rows,
+            cols: m.cols,
+            ld: m.ld,
+            trans,
+            bf16,
+        };
+        use ltsys::cublasLtEpilogue_t as E;
+        sim::GemmCall {
+            a: op(w, l.a, l.trans_a, in_bf16),
+            b: op(x, l.b, l.trans_b, in_bf16),
+            d: op(y, l.d, false, out_bf16),
+            alpha: self.alpha,
+            beta: self.beta,
+            bias: if self.epi.lt_bias { bias } else { 0 },
+            gelu_tanh: self.epi.lt == E::CUBLASLT_EPILOGUE_GELU_BIAS,
+        }
+    }
+
+    /// One `cublasLtMatmul` on the driver.
+    fn run_lt(&self, dev: &Device, w: u64, x: u64, bias: u64, y: u64) -> Result<()> {
+        // SAFETY: the plan's live descriptors and handle; the pointers were checked by
+        // `check_run_mixed` and are valid by `run`'s contract.
+        unsafe {
+            if self.epi.lt_bias {
+                set_desc(
+                    self.desc,
+                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bias,
+                )?;
+            }
+            // C = D: with beta = 0 C is not read; an accumulating plan (beta = 1) adds to it.
+            lt::matmul(
+                self.handle,
+                self.desc,
+                &self.alpha as *const f32 as *const c_void,
+                &self.beta as *const f32 as *const c_void,
+                w as *const c_void,
+                self.a,
+                x as *const c_void,
+                self.b,
+                y as *const c_void,
+                self.d,
+                y as *mut c_void,
+                self.d,
+                &self.algo,
+                self.workspace.ptr.raw() as *mut c_void,
+                self.workspace.bytes,
+                dev.stream() as ltsys::cudaStream_t,
+            )
+            .map_err(|e| lt_err("cublasLtMatmul", e))
+        }
     }
 }
 

@@ -53,17 +53,19 @@
 
 use half::bf16;
 
-use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::Device;
-use super::embed::{
-    EmbedKernels, EmbedPlan, PointEmbedPlan, ResizeBuffers, ResizeSlots, RgbGeometry, VitEmbedPlan,
-};
-use super::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
-use super::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIM};
 use crate::config::{ModelConfig, PointConfig, VitConfig};
 use crate::cpu::point_mae::PointMaeWeights;
 use crate::cpu::transformer::BlockWeights;
 use crate::cpu::vit::VitWeights;
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::gemm::{
+    CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES,
+};
+use crate::cuda::device::Device;
+use crate::cuda::ops::embed::{
+    EmbedKernels, EmbedPlan, PointEmbedPlan, ResizeBuffers, ResizeSlots, RgbGeometry, VitEmbedPlan,
+};
+use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIM};
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::preprocess::PreprocessMode;
 use crate::{Error, Result};

@@ -14,14 +14,18 @@ use std::marker::PhantomData;
 use cudarc::driver::sys;
 
 use super::arena::DevPtr;
-use super::device::{check, Device};
-use crate::{Error, Result};
+use super::context::dev_err;
+use super::context::{check, Device};
+use super::sim::{CopyKind, HostMem, SimGraph};
+use crate::Result;
 
 /// Page-locked host memory of `len` values of `T`, zeroed; freed on drop. Drop it before
 /// the [`Device`] whose context allocated it.
 pub struct Pinned<T: bytemuck::Pod> {
     ptr: *mut T,
     len: usize,
+    /// Plain aligned host memory on the simulated device.
+    sim: Option<HostMem>,
     _t: PhantomData<T>,
 }
 
@@ -34,7 +38,16 @@ impl<T: bytemuck::Pod> Pinned<T> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .filter(|&b| b > 0)
-            .ok_or_else(|| Error::Cuda(format!("pinned buffer of {len} values")))?;
+            .ok_or_else(|| dev_err(format!("pinned buffer of {len} values")))?;
+        if dev.is_simulated() {
+            let mem = HostMem::pinned(bytes)?;
+            return Ok(Pinned {
+                ptr: mem.as_ptr() as *mut T,
+                len,
+                sim: Some(mem),
+                _t: PhantomData,
+            });
+        }
         dev.bind()?;
         let mut p: *mut c_void = std::ptr::null_mut();
         unsafe {
@@ -47,6 +60,7 @@ impl<T: bytemuck::Pod> Pinned<T> {
         Ok(Pinned {
             ptr: p as *mut T,
             len,
+            sim: None,
             _t: PhantomData,
         })
     }
@@ -74,34 +88,19 @@ impl<T: bytemuck::Pod> Pinned<T> {
     pub fn copy_to(&self, dev: &Device, dst: DevPtr<T>, n: usize) -> Result<()> {
         self.check_len(n)?;
         let bytes = n * std::mem::size_of::<T>();
-        unsafe {
-            check(
-                sys::cuMemcpyHtoDAsync_v2(
-                    dst.raw(),
-                    self.ptr as *const c_void,
-                    bytes,
-                    dev.stream(),
-                ),
-                "cuMemcpyHtoDAsync (pinned)",
-            )
-        }
+        dev.copy_async(dst.raw(), self.ptr as u64, bytes, CopyKind::HostToDevice)
     }
 
     /// Enqueues a copy of `n` values from `src` into the first `n` values of this buffer.
     pub fn copy_from(&mut self, dev: &Device, src: DevPtr<T>, n: usize) -> Result<()> {
         self.check_len(n)?;
         let bytes = n * std::mem::size_of::<T>();
-        unsafe {
-            check(
-                sys::cuMemcpyDtoHAsync_v2(self.ptr as *mut c_void, src.raw(), bytes, dev.stream()),
-                "cuMemcpyDtoHAsync (pinned)",
-            )
-        }
+        dev.copy_async(self.ptr as u64, src.raw(), bytes, CopyKind::DeviceToHost)
     }
 
     fn check_len(&self, n: usize) -> Result<()> {
         if n > self.len {
-            return Err(Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "copy of {n} values through a pinned buffer of {}",
                 self.len
             )));
@@ -112,6 +111,9 @@ impl<T: bytemuck::Pod> Pinned<T> {
 
 impl<T: bytemuck::Pod> Drop for Pinned<T> {
     fn drop(&mut self) {
+        if self.sim.is_some() {
+            return; // the host memory frees itself
+        }
         unsafe {
             sys::cuMemFreeHost(self.ptr as *mut c_void);
         }
@@ -122,6 +124,8 @@ impl<T: bytemuck::Pod> Drop for Pinned<T> {
 pub struct Graph {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
+    /// The recorded work on the simulated device.
+    sim: Option<SimGraph>,
 }
 
 // Driver handles, used from the engine's thread.
@@ -132,6 +136,18 @@ impl Graph {
     /// recording) and instantiates it. A failure inside `record` ends the capture and is
     /// returned; the stream is usable afterwards.
     pub fn capture(dev: &Device, record: impl FnOnce(&Device) -> Result<()>) -> Result<Graph> {
+        if let Some(s) = dev.sim() {
+            s.begin_capture()?;
+            if let Err(e) = record(dev) {
+                s.abort_capture();
+                return Err(e);
+            }
+            return Ok(Graph {
+                graph: std::ptr::null_mut(),
+                exec: std::ptr::null_mut(),
+                sim: Some(s.end_capture()?),
+            });
+        }
         dev.bind()?;
         let stream = dev.stream();
         unsafe {
@@ -167,17 +183,33 @@ impl Graph {
             unsafe { sys::cuGraphDestroy(graph) };
             return Err(e);
         }
-        Ok(Graph { graph, exec })
+        Ok(Graph {
+            graph,
+            exec,
+            sim: None,
+        })
     }
 
     /// Enqueues one replay on `dev`'s stream (asynchronous; synchronise to read results).
     pub fn replay(&self, dev: &Device) -> Result<()> {
+        match (&self.sim, dev.sim()) {
+            (Some(g), Some(s)) => return s.replay(g),
+            (None, None) => {}
+            _ => {
+                return Err(dev_err(
+                    "graph replayed on a device of another kind than it was recorded on".into(),
+                ))
+            }
+        }
         unsafe { check(sys::cuGraphLaunch(self.exec, dev.stream()), "cuGraphLaunch") }
     }
 }
 
 impl Drop for Graph {
     fn drop(&mut self) {
+        if self.sim.is_some() {
+            return;
+        }
         unsafe {
             sys::cuGraphExecDestroy(self.exec);
             sys::cuGraphDestroy(self.graph);

@@ -17,9 +17,9 @@ use std::ffi::c_void;
 
 use cudarc::driver::sys::CUfunction;
 
-use super::arena::DevPtr;
-use super::device::{kptr, Device};
-use super::module::Module;
+use crate::cuda::device::arena::DevPtr;
+use crate::cuda::device::module::Module;
+use crate::cuda::device::{kptr, Device};
 use crate::{Error, Result};
 
 const F32_TILE_Q: usize = 64;

@@ -30,15 +30,17 @@
 //! more groups than the 3-NN kernel's shared memory holds, more groups or a larger group
 //! than a part can have points.
 
-use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::Device;
+use std::sync::Arc;
+
 use super::forward::{DevicePointMae, EncoderDims};
-use super::graph::{Graph, Pinned};
-use super::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
-use super::transformer::Precision;
 use crate::config::ModelConfig;
 use crate::cpu::pfa::check_pfa_config;
 use crate::cpu::point_mae::PointMaeWeights;
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::graph::{Graph, Pinned};
+use crate::cuda::device::Device;
+use crate::cuda::ops::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
+use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::{PointNetwork, PointOutputs};
 use crate::{Error, Result};
@@ -453,7 +455,7 @@ pub struct DevicePointBranch {
     arena: Arena,
     bufs: DevBufs,
     sizes: BranchSizes,
-    dev: Device,
+    dev: Arc<Device>,
 }
 
 // SAFETY: the branch owns driver handles (context, stream, modules, functions, graph,
@@ -471,6 +473,13 @@ impl DevicePointBranch {
 
     /// [`DevicePointBranch::new`] with explicit kernel and launch choices.
     pub fn with_options(ordinal: usize, model: &ModelFile, opts: BranchOptions) -> Result<Self> {
+        // Refuse a model the kernels cannot run before touching the device.
+        BranchSizes::new(model.config())?;
+        Self::on_device(Arc::new(Device::new(ordinal)?), model, opts)
+    }
+
+    /// The branch on the engine's device (shared with its other device stages).
+    pub fn on_device(dev: Arc<Device>, model: &ModelFile, opts: BranchOptions) -> Result<Self> {
         let cfg = model.config();
         let sizes = BranchSizes::new(cfg)?;
         let Some(pc) = cfg.point.as_ref() else {
@@ -478,7 +487,6 @@ impl DevicePointBranch {
         };
         let weights = PointMaeWeights::load(model, pc)?;
         let enc = encoder_tensors(&sizes, &weights)?;
-        let dev = Device::new(ordinal)?;
         // Locals drop in reverse declaration order on an early return, all before `dev`.
         let plan = PointPlan::new(pc, sizes.side, sizes.grid)?;
         let kernels = PointKernels::with_options(&dev, plan, opts.kernels)?;

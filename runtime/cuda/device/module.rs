@@ -8,7 +8,9 @@ use std::path::Path;
 use cudarc::driver::sys;
 use cudarc::nvrtc::sys as nvrtc;
 
-use super::device::{check, Device};
+use super::context::dev_err;
+use super::context::{check, Device};
+use super::sim::SimModule;
 use crate::{Error, Result};
 
 /// One `kernels/<name>.cu` as embedded by build.rs.
@@ -19,6 +21,8 @@ pub struct KernelModule {
     pub source: &'static str,
     /// (arch, cubin): arch 87 = sm_87, 90 = sm_90, 900 = sm_90a.
     pub cubins: &'static [(u32, &'static [u8])],
+    /// The module built for the SIMT emulator (feature `cuda-sim`; empty without it).
+    pub sim: &'static str,
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -28,12 +32,14 @@ pub fn find_module(name: &str) -> Result<&'static KernelModule> {
     KERNEL_MODULES
         .iter()
         .find(|m| m.name == name)
-        .ok_or_else(|| Error::Cuda(format!("no kernel module {name:?} was built in")))
+        .ok_or_else(|| dev_err(format!("no kernel module {name:?} was built in")))
 }
 
 /// A loaded module; unloaded on drop.
 pub struct Module {
     module: sys::CUmodule,
+    /// The emulated module on the simulated device.
+    sim: Option<SimModule>,
     pub name: &'static str,
     /// How it was obtained: "cubin sm_90a", "nvrtc sm_87", ...
     pub origin: String,
@@ -49,6 +55,14 @@ impl Module {
     /// 3. the embedded source compiled with NVRTC.
     pub fn load(dev: &Device, name: &str) -> Result<Module> {
         let km = find_module(name)?;
+        if dev.is_simulated() {
+            return Ok(Module {
+                module: std::ptr::null_mut(),
+                sim: Some(SimModule::load(km.name, km.sim)?),
+                name: km.name,
+                origin: "SIMT emulator".into(),
+            });
+        }
         dev.bind()?;
         let sm = dev.sm();
         let (image, origin): (Vec<u8>, String) = match std::env::var_os(CUBIN_DIR_VAR) {
@@ -67,6 +81,7 @@ impl Module {
         }
         Ok(Module {
             module,
+            sim: None,
             name: km.name,
             origin,
         })
@@ -74,7 +89,11 @@ impl Module {
 
     /// Looks a kernel up (creation time only).
     pub fn function(&self, kernel: &str) -> Result<sys::CUfunction> {
-        let c = CString::new(kernel).map_err(|_| Error::Cuda("kernel name with NUL".into()))?;
+        if let Some(m) = &self.sim {
+            // The emulated kernel's address stands for the function handle.
+            return Ok(m.function(kernel)? as sys::CUfunction);
+        }
+        let c = CString::new(kernel).map_err(|_| dev_err("kernel name with NUL".into()))?;
         let mut f: sys::CUfunction = std::ptr::null_mut();
         unsafe {
             check(
@@ -88,6 +107,9 @@ impl Module {
 
 impl Drop for Module {
     fn drop(&mut self) {
+        if self.sim.is_some() {
+            return;
+        }
         unsafe {
             sys::cuModuleUnload(self.module);
         }
@@ -120,7 +142,7 @@ pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, 
     }
     names.push(format!("{name}.sm_{sm}.cubin"));
     let Some(path) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) else {
-        return Err(Error::Cuda(format!(
+        return Err(dev_err(format!(
             "{CUBIN_DIR_VAR}={}: none of {} found",
             dir.display(),
             names.join(", ")
@@ -128,7 +150,7 @@ pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, 
     };
     let mut image = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     if image.is_empty() {
-        return Err(Error::Cuda(format!(
+        return Err(dev_err(format!(
             "{}: empty kernel image ({CUBIN_DIR_VAR})",
             path.display()
         )));
@@ -144,13 +166,13 @@ pub fn read_cubin_override(dir: &Path, name: &str, sm: u32) -> Result<(Vec<u8>, 
 /// `$CUDA_HOME/include`, then `/usr/local/cuda/include`.
 fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
     if !unsafe { nvrtc::is_culib_present() } {
-        return Err(Error::Cuda(format!(
+        return Err(dev_err(format!(
             "module {}: no cubin for sm_{sm} was built in and no NVRTC library is present",
             km.name
         )));
     }
-    let src = CString::new(km.source).map_err(|_| Error::Cuda("kernel source with NUL".into()))?;
-    let fname = CString::new(format!("{}.cu", km.name)).map_err(|_| Error::Cuda("name".into()))?;
+    let src = CString::new(km.source).map_err(|_| dev_err("kernel source with NUL".into()))?;
+    let fname = CString::new(format!("{}.cu", km.name)).map_err(|_| dev_err("name".into()))?;
     let include = std::env::var("MIAD_CUDA_INCLUDE")
         .ok()
         .or_else(|| {
@@ -180,10 +202,7 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
             std::ptr::null(),
         );
         if r != nvrtc::nvrtcResult::NVRTC_SUCCESS {
-            return Err(Error::Cuda(format!(
-                "nvrtcCreateProgram({}): {r:?}",
-                km.name
-            )));
+            return Err(dev_err(format!("nvrtcCreateProgram({}): {r:?}", km.name)));
         }
         let r = nvrtc::nvrtcCompileProgram(prog, optp.len() as c_int, optp.as_ptr());
         let result = if r != nvrtc::nvrtcResult::NVRTC_SUCCESS {
@@ -191,7 +210,7 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
             nvrtc::nvrtcGetProgramLogSize(prog, &mut n);
             let mut log = vec![0u8; n.max(1)];
             nvrtc::nvrtcGetProgramLog(prog, log.as_mut_ptr() as *mut c_char);
-            Err(Error::Cuda(format!(
+            Err(dev_err(format!(
                 "NVRTC compile of {} for sm_{sm} failed: {}",
                 km.name,
                 String::from_utf8_lossy(&log).trim_end_matches('\0')
@@ -204,7 +223,7 @@ fn nvrtc_cubin(km: &KernelModule, sm: u32) -> Result<Vec<u8>> {
             if r == nvrtc::nvrtcResult::NVRTC_SUCCESS {
                 Ok(bin)
             } else {
-                Err(Error::Cuda(format!("nvrtcGetCUBIN({}): {r:?}", km.name)))
+                Err(dev_err(format!("nvrtcGetCUBIN({}): {r:?}", km.name)))
             }
         };
         nvrtc::nvrtcDestroyProgram(&mut prog);
@@ -258,6 +277,7 @@ mod tests {
             name: "t",
             source: "",
             cubins: &[(87, A), (90, B), (900, C)],
+            sim: "",
         };
         assert_eq!(embedded_cubin(&km, 90), Some(C));
         assert_eq!(embedded_cubin(&km, 87), Some(A));
@@ -266,6 +286,7 @@ mod tests {
             name: "t",
             source: "",
             cubins: &[(90, B)],
+            sim: "",
         };
         assert_eq!(embedded_cubin(&km, 90), Some(B));
     }

@@ -27,13 +27,13 @@
 
 use std::ffi::c_void;
 
-use cudarc::driver::sys::{self, CUfunction};
+use cudarc::driver::sys::CUfunction;
 
-use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::{check, kptr, Device};
-use super::module::Module;
 use crate::cpu::coreset as cpu;
 use crate::cpu::pool::Pool;
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::module::Module;
+use crate::cuda::device::{kptr, Device};
 use crate::{Error, Result};
 
 /// Rows per block of `coreset_update_f32` (`CS_SEG` in kernels/coreset.cu).
@@ -172,10 +172,7 @@ impl CoresetPlan {
 
 /// Free and total memory of `dev`, bytes.
 pub fn device_memory(dev: &Device) -> Result<(usize, usize)> {
-    dev.bind()?;
-    let (mut free, mut total) = (0usize, 0usize);
-    unsafe { check(sys::cuMemGetInfo_v2(&mut free, &mut total), "cuMemGetInfo")? };
-    Ok((free, total))
+    dev.mem_info()
 }
 
 /// The coreset kernels, looked up once. Drop before the [`Device`] that made them.
@@ -432,7 +429,7 @@ mod tests {
         }
         assert!(spans
             .iter()
-            .all(|(o, _)| o % super::super::arena::ALIGN == 0));
+            .all(|(o, _)| o % crate::cuda::device::arena::ALIGN == 0));
         let last = spans[spans.len() - 1];
         assert!(last.0 + last.1 <= p.device_bytes());
         assert_eq!((p.ld, p.ldc), (k.div_ceil(32) * 32, m.div_ceil(32) * 32));

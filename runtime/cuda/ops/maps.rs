@@ -29,11 +29,11 @@ use std::ffi::c_void;
 use bytemuck::{Pod, Zeroable};
 use cudarc::driver::sys::CUfunction;
 
-use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::{kptr, Device};
-use super::module::Module;
 use crate::config::BankConfig;
 use crate::cpu::maps::{gaussian_radius, MAX_RADIUS};
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::module::Module;
+use crate::cuda::device::{kptr, Device};
 use crate::pipeline::decide::{CaseDecision, Decision};
 use crate::types::{Case, InspectOptions, Region, MAX_REGIONS};
 use crate::{Error, Result};
@@ -866,7 +866,7 @@ mod tests {
         ];
         for w in spans.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0);
-            assert!(w[1].0.is_multiple_of(crate::cuda::arena::ALIGN));
+            assert!(w[1].0.is_multiple_of(crate::cuda::device::arena::ALIGN));
         }
         assert!(a.bytes() >= spans[11].0 + spans[11].1);
     }

@@ -5,10 +5,12 @@
 //! The extractor accepts it only after checking it against the CPU ViT
 //! ([`crate::pipeline::extract::Extractor::use_rgb_network`]).
 
-use super::device::Device;
+use std::sync::Arc;
+
 use super::forward::DeviceVit;
-use super::graph::{Graph, Pinned};
-use super::transformer::Precision;
+use crate::cuda::device::graph::{Graph, Pinned};
+use crate::cuda::device::Device;
+use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::RgbNetwork;
 use crate::{Error, Result};
@@ -21,13 +23,17 @@ pub struct DeviceRgb {
     host_features: Pinned<f32>,
     /// Owns the weights and buffers the graph reads and writes.
     _vit: DeviceVit,
-    dev: Device,
+    dev: Arc<Device>,
 }
 
 impl DeviceRgb {
     /// Opens device `ordinal` and uploads the ViT of `model` for `precision`.
     pub fn new(ordinal: usize, model: &ModelFile, precision: Precision) -> Result<Self> {
-        let dev = Device::new(ordinal)?;
+        Self::on_device(Arc::new(Device::new(ordinal)?), model, precision)
+    }
+
+    /// The ViT on the engine's device (shared with its other device stages).
+    pub fn on_device(dev: Arc<Device>, model: &ModelFile, precision: Precision) -> Result<Self> {
         let side = model.config().preprocess.image_size as usize;
         let vit = DeviceVit::new(&dev, model, side, side, precision)?;
         let (n_in, n_out) = (vit.plan().input_len(), vit.plan().features_len());

@@ -4,7 +4,9 @@ use std::marker::PhantomData;
 
 use cudarc::driver::sys;
 
-use super::device::{check, Device};
+use super::context::dev_err;
+use super::context::{check, Device};
+use super::sim::HostMem;
 use crate::Result;
 
 /// Alignment of every slot, bytes (enough for 16-byte vector access and TMA).
@@ -87,12 +89,22 @@ impl ArenaPlan {
 pub struct Arena {
     base: sys::CUdeviceptr,
     size: usize,
+    /// The host memory standing for it on the simulated device.
+    sim: Option<HostMem>,
 }
 
 impl Arena {
     pub fn new(dev: &Device, plan: &ArenaPlan) -> Result<Arena> {
-        dev.bind()?;
         let size = plan.bytes();
+        if dev.is_simulated() {
+            let mem = HostMem::device(size)?;
+            return Ok(Arena {
+                base: mem.addr(),
+                size,
+                sim: Some(mem),
+            });
+        }
+        dev.bind()?;
         let mut base: sys::CUdeviceptr = 0;
         unsafe {
             check(
@@ -100,7 +112,11 @@ impl Arena {
                 &format!("cuMemAlloc({size} bytes)"),
             )?
         };
-        Ok(Arena { base, size })
+        Ok(Arena {
+            base,
+            size,
+            sim: None,
+        })
     }
     pub fn ptr<T>(&self, s: Slot<T>) -> DevPtr<T> {
         debug_assert!(s.offset + s.bytes() <= self.size);
@@ -112,7 +128,7 @@ impl Arena {
     /// Copies `src` into slot `s` (creation time and tests); `src` may be shorter.
     pub fn upload<T: bytemuck::Pod>(&self, dev: &Device, s: Slot<T>, src: &[T]) -> Result<()> {
         if src.len() > s.len {
-            return Err(crate::Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "upload of {} elements into a slot of {}",
                 src.len(),
                 s.len
@@ -128,7 +144,7 @@ impl Arena {
         dst: &mut [T],
     ) -> Result<()> {
         if dst.len() > s.len {
-            return Err(crate::Error::Cuda(format!(
+            return Err(dev_err(format!(
                 "download of {} elements from a slot of {}",
                 dst.len(),
                 s.len
@@ -140,6 +156,9 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if self.sim.is_some() {
+            return; // the host memory frees itself
+        }
         unsafe {
             sys::cuMemFree_v2(self.base);
         }

@@ -33,10 +33,10 @@ use std::ffi::c_void;
 use cudarc::driver::sys::CUfunction;
 use half::bf16;
 
-use super::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use super::device::{kptr, Device};
-use super::module::Module;
 use crate::config::{ModelConfig, PointConfig, PreprocessConfig, VitConfig};
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::module::Module;
+use crate::cuda::device::{kptr, Device};
 use crate::pipeline::preprocess::{padded_side, PreprocessMode};
 use crate::{Error, Result};
 

@@ -1,0 +1,538 @@
+//! The CUDA device: driver detection, context, stream, launches; or the simulated device
+//! ([`Device::simulated`], backend `cuda-sim`: see [`super::sim`]), behind the same
+//! methods, so the stages cannot tell them apart.
+
+use std::ffi::{c_int, c_uint, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cudarc::driver::sys;
+
+use super::sim::{self, CopyKind, SimStream};
+use crate::{DeviceError, Error, Result};
+
+/// Devices (contexts with their stream) opened in this process, real or simulated: one
+/// per engine (tests read it).
+pub static DEVICES_OPENED: AtomicUsize = AtomicUsize::new(0);
+
+/// A driver call's error as a miad error naming the call.
+pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(DeviceError::Call {
+            call: what.into(),
+            code: format!("{r:?}"),
+        }
+        .into())
+    }
+}
+
+/// A device-layer failure that is neither a driver call's nor a missing device's.
+pub(crate) fn dev_err(msg: String) -> Error {
+    DeviceError::Other(msg).into()
+}
+
+/// A kernel argument: the address of a value that lives until the launch call returns
+/// (the driver copies the argument values during `cuLaunchKernel`).
+#[inline(always)]
+pub fn kptr<T>(v: &T) -> *mut c_void {
+    v as *const T as *mut c_void
+}
+
+/// What stands behind a [`Device`].
+enum Inner {
+    Driver {
+        dev: sys::CUdevice,
+        ctx: sys::CUcontext,
+        stream: sys::CUstream,
+    },
+    Sim(SimStream),
+}
+
+/// One CUDA device with the engine's context and stream, real or simulated.
+pub struct Device {
+    inner: Inner,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    pub sm_count: i32,
+    /// Largest dynamic shared memory a block may opt in to, bytes.
+    pub max_smem_optin: i32,
+    pub name: String,
+}
+
+// The context and stream are used from one thread at a time (the engine's, which owns the
+// stages that share the device), and CUDA handles may move between threads.
+unsafe impl Send for Device {}
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// Opens device `ordinal`. Returns `Error::Device` (never panics) when the driver library
+    /// is missing, no device is present, or any setup call fails.
+    pub fn new(ordinal: usize) -> Result<Device> {
+        // SAFETY: is_culib_present only tries to open the library.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(DeviceError::Unavailable(
+                "no CUDA driver library (libcuda.so) on this machine".into(),
+            )
+            .into());
+        }
+        unsafe {
+            check(sys::cuInit(0), "cuInit")?;
+            let mut count: c_int = 0;
+            check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")?;
+            if ordinal as c_int >= count {
+                return Err(DeviceError::Unavailable(format!(
+                    "device {ordinal} requested, {count} present"
+                ))
+                .into());
+            }
+            let mut dev: sys::CUdevice = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal as c_int), "cuDeviceGet")?;
+            let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
+                let mut v: c_int = 0;
+                check(
+                    sys::cuDeviceGetAttribute(&mut v, a, dev),
+                    "cuDeviceGetAttribute",
+                )?;
+                Ok(v)
+            };
+            use sys::CUdevice_attribute as A;
+            let cc = (
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            );
+            let sm_count = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+            let max_smem_optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+            let mut buf = [0 as std::ffi::c_char; 128];
+            check(
+                sys::cuDeviceGetName(buf.as_mut_ptr(), 128, dev),
+                "cuDeviceGetName",
+            )?;
+            let name = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            let mut ctx: sys::CUcontext = std::ptr::null_mut();
+            check(
+                sys::cuDevicePrimaryCtxRetain(&mut ctx, dev),
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            if let Err(e) = check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent") {
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+                return Err(e);
+            }
+            let mut stream: sys::CUstream = std::ptr::null_mut();
+            if let Err(e) = check(
+                sys::cuStreamCreate(
+                    &mut stream,
+                    sys::CUstream_flags::CU_STREAM_NON_BLOCKING as c_uint,
+                ),
+                "cuStreamCreate",
+            ) {
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+                return Err(e);
+            }
+            DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
+            Ok(Device {
+                inner: Inner::Driver { dev, ctx, stream },
+                cc,
+                sm_count,
+                max_smem_optin,
+                name,
+            })
+        }
+    }
+
+    /// The simulated device: an sm_90 whose kernels run in the SIMT emulator (feature
+    /// `cuda-sim`; an error naming the feature without it).
+    pub fn simulated() -> Result<Device> {
+        let stream = SimStream::new()?;
+        DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
+        Ok(Device {
+            inner: Inner::Sim(stream),
+            cc: (9, 0),
+            sm_count: 132,
+            max_smem_optin: sim::MAX_DYN_SMEM,
+            name: "simulated device (SIMT emulator)".into(),
+        })
+    }
+
+    /// Whether this is the simulated device.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.inner, Inner::Sim(_))
+    }
+
+    /// The simulated stream (device layer only).
+    pub(crate) fn sim(&self) -> Option<&SimStream> {
+        match &self.inner {
+            Inner::Sim(s) => Some(s),
+            Inner::Driver { .. } => None,
+        }
+    }
+
+    /// Makes this device's context current on the calling thread (needed once per thread
+    /// before any other call when the engine moves between threads).
+    pub fn bind(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Driver { ctx, .. } => unsafe {
+                check(sys::cuCtxSetCurrent(*ctx), "cuCtxSetCurrent")
+            },
+            Inner::Sim(_) => Ok(()),
+        }
+    }
+
+    /// The driver stream (null on the simulated device).
+    pub fn stream(&self) -> sys::CUstream {
+        match &self.inner {
+            Inner::Driver { stream, .. } => *stream,
+            Inner::Sim(_) => std::ptr::null_mut(),
+        }
+    }
+
+    /// The driver context (null on the simulated device).
+    pub fn context(&self) -> sys::CUcontext {
+        match &self.inner {
+            Inner::Driver { ctx, .. } => *ctx,
+            Inner::Sim(_) => std::ptr::null_mut(),
+        }
+    }
+
+    /// Free and total device memory, bytes (the simulated device reports 16 GiB free).
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        if self.is_simulated() {
+            return Ok((16 << 30, 16 << 30));
+        }
+        self.bind()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        unsafe { check(sys::cuMemGetInfo_v2(&mut free, &mut total), "cuMemGetInfo")? };
+        Ok((free, total))
+    }
+
+    /// Compute capability as one number: 87, 90, ...
+    pub fn sm(&self) -> u32 {
+        (self.cc.0 * 10 + self.cc.1) as u32
+    }
+
+    /// Launches `f` on the engine's stream. `args` holds one pointer per kernel parameter
+    /// (see [`kptr`]); nothing is allocated.
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number and types, and every device
+    /// pointer among them must be valid for what the kernel accesses.
+    #[inline]
+    pub unsafe fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        if let Some(s) = self.sim() {
+            return s.launch(f as *const c_void, grid, block, 1, smem, args);
+        }
+        check(
+            sys::cuLaunchKernel(
+                f,
+                grid.0,
+                grid.1,
+                grid.2,
+                block.0,
+                block.1,
+                block.2,
+                smem,
+                self.stream(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel",
+        )
+    }
+
+    /// Launches `f` as thread-block clusters of `cluster` blocks along x (sm_90+).
+    ///
+    /// # Safety
+    /// As [`Device::launch`].
+    #[inline]
+    pub unsafe fn launch_cluster(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        cluster: u32,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
+        if let Some(s) = self.sim() {
+            return s.launch(f as *const c_void, grid, block, cluster, smem, args);
+        }
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attr.value.clusterDim.x = cluster;
+        attr.value.clusterDim.y = 1;
+        attr.value.clusterDim.z = 1;
+        let cfg = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: smem,
+            hStream: self.stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        check(
+            sys::cuLaunchKernelEx(&cfg, f, args.as_mut_ptr(), std::ptr::null_mut()),
+            "cuLaunchKernelEx",
+        )
+    }
+
+    /// Allows `f` up to `bytes` of dynamic shared memory (needed above 48 KiB).
+    /// `f` must be a function handle of a module loaded in this device's context.
+    #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
+    pub fn set_max_dynamic_smem(&self, f: sys::CUfunction, bytes: u32) -> Result<()> {
+        if bytes as i64 > self.max_smem_optin as i64 {
+            return Err(dev_err(format!(
+                "a kernel needs {bytes} bytes of shared memory, the device allows {}",
+                self.max_smem_optin
+            )));
+        }
+        if self.is_simulated() {
+            // SAFETY: a handle from this device's modules (the function's contract).
+            return unsafe { sim::set_max_dyn(f as *const c_void, bytes) };
+        }
+        unsafe {
+            check(
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as c_int,
+                ),
+                "cuFuncSetAttribute(max dynamic shared memory)",
+            )
+        }
+    }
+
+    /// Waits for all work on the engine's stream (the simulated stream runs work as it is
+    /// issued).
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Driver { stream, .. } => unsafe {
+                check(sys::cuStreamSynchronize(*stream), "cuStreamSynchronize")
+            },
+            Inner::Sim(_) => Ok(()),
+        }
+    }
+
+    /// Synchronous copy host → device (creation time: weights, banks; and tests).
+    pub fn upload<T: bytemuck::Pod>(&self, dst: sys::CUdeviceptr, src: &[T]) -> Result<()> {
+        let bytes = std::mem::size_of_val(src);
+        self.copy_async(dst, src.as_ptr() as u64, bytes, CopyKind::HostToDevice)?;
+        self.synchronize()
+    }
+
+    /// Synchronous copy device → host.
+    pub fn download<T: bytemuck::Pod>(&self, dst: &mut [T], src: sys::CUdeviceptr) -> Result<()> {
+        let bytes = std::mem::size_of_val(dst);
+        self.copy_async(dst.as_mut_ptr() as u64, src, bytes, CopyKind::DeviceToHost)?;
+        self.synchronize()
+    }
+
+    /// An asynchronous copy on the stream (recorded into a graph while capturing). Host
+    /// ends must stay valid until the copy ran (pinned buffers for graphs).
+    pub(crate) fn copy_async(
+        &self,
+        dst: u64,
+        src: u64,
+        bytes: usize,
+        kind: CopyKind,
+    ) -> Result<()> {
+        let stream = match &self.inner {
+            Inner::Sim(s) => return s.copy(dst, src, bytes, kind),
+            Inner::Driver { stream, .. } => *stream,
+        };
+        unsafe {
+            match kind {
+                CopyKind::HostToDevice => check(
+                    sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, stream),
+                    "cuMemcpyHtoDAsync",
+                ),
+                CopyKind::DeviceToHost => check(
+                    sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, stream),
+                    "cuMemcpyDtoHAsync",
+                ),
+                CopyKind::DeviceToDevice => check(
+                    sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, stream),
+                    "cuMemcpyDtoDAsync",
+                ),
+            }
+        }
+    }
+
+    /// Fills `bytes` bytes at `dst` with `value` (asynchronous, on the stream).
+    pub fn memset_u8(&self, dst: sys::CUdeviceptr, value: u8, bytes: usize) -> Result<()> {
+        match &self.inner {
+            Inner::Sim(s) => s.memset(dst, value, bytes),
+            Inner::Driver { stream, .. } => unsafe {
+                check(
+                    sys::cuMemsetD8Async(dst, value, bytes, *stream),
+                    "cuMemsetD8Async",
+                )
+            },
+        }
+    }
+
+    /// Device-to-device copy on the stream.
+    pub fn copy_dtod(
+        &self,
+        dst: sys::CUdeviceptr,
+        src: sys::CUdeviceptr,
+        bytes: usize,
+    ) -> Result<()> {
+        self.copy_async(dst, src, bytes, CopyKind::DeviceToDevice)
+    }
+
+    /// Whether one thread-block cluster of `cluster` blocks of `threads` threads with
+    /// `smem` bytes of dynamic shared memory each can be resident (sets `f`'s shared
+    /// memory limit, and the non-portable cluster size above 8).
+    #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
+    pub fn cluster_fits(
+        &self,
+        f: sys::CUfunction,
+        cluster: u32,
+        threads: u32,
+        smem: u32,
+    ) -> Result<bool> {
+        self.set_max_dynamic_smem(f, smem)?;
+        if self.is_simulated() {
+            // The emulator runs clusters of up to 16 blocks, all resident.
+            return Ok(cluster <= 16);
+        }
+        unsafe {
+            if cluster > 8 {
+                check(
+                    sys::cuFuncSetAttribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                        1,
+                    ),
+                    "cuFuncSetAttribute(non-portable cluster size)",
+                )?;
+            }
+            let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attr.value.clusterDim.x = cluster;
+            attr.value.clusterDim.y = 1;
+            attr.value.clusterDim.z = 1;
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: cluster,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: threads,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: self.stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            let mut clusters: c_int = 0;
+            check(
+                sys::cuOccupancyMaxActiveClusters(&mut clusters, f, &cfg),
+                "cuOccupancyMaxActiveClusters",
+            )?;
+            Ok(clusters >= 1)
+        }
+    }
+
+    /// Creates a timing event pair.
+    pub fn timer(&self) -> Result<Timer> {
+        if self.is_simulated() {
+            return Ok(Timer {
+                start: std::ptr::null_mut(),
+                end: std::ptr::null_mut(),
+                stream: std::ptr::null_mut(),
+                host: Some(std::cell::Cell::new(None)),
+            });
+        }
+        let mut a: sys::CUevent = std::ptr::null_mut();
+        let mut b: sys::CUevent = std::ptr::null_mut();
+        unsafe {
+            check(sys::cuEventCreate(&mut a, 0), "cuEventCreate")?;
+            if let Err(e) = check(sys::cuEventCreate(&mut b, 0), "cuEventCreate") {
+                sys::cuEventDestroy_v2(a);
+                return Err(e);
+            }
+        }
+        Ok(Timer {
+            start: a,
+            end: b,
+            stream: self.stream(),
+            host: None,
+        })
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Inner::Driver { dev, ctx, stream } = self.inner {
+            unsafe {
+                sys::cuCtxSetCurrent(ctx);
+                sys::cuStreamSynchronize(stream);
+                sys::cuStreamDestroy_v2(stream);
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+            }
+        }
+    }
+}
+
+/// Two events on the engine's stream, for timing device work (the host clock on the
+/// simulated device, whose stream runs work as it is issued).
+pub struct Timer {
+    start: sys::CUevent,
+    end: sys::CUevent,
+    stream: sys::CUstream,
+    host: Option<std::cell::Cell<Option<std::time::Instant>>>,
+}
+
+impl Timer {
+    pub fn start(&self) -> Result<()> {
+        if let Some(h) = &self.host {
+            h.set(Some(std::time::Instant::now()));
+            return Ok(());
+        }
+        unsafe { check(sys::cuEventRecord(self.start, self.stream), "cuEventRecord") }
+    }
+    /// Records the end, waits for it, returns milliseconds since `start`.
+    pub fn stop_ms(&self) -> Result<f32> {
+        if let Some(h) = &self.host {
+            let t0 = h
+                .get()
+                .ok_or_else(|| dev_err("timer stopped before it started".into()))?;
+            return Ok(t0.elapsed().as_secs_f32() * 1e3);
+        }
+        let mut ms = 0f32;
+        unsafe {
+            check(sys::cuEventRecord(self.end, self.stream), "cuEventRecord")?;
+            check(sys::cuEventSynchronize(self.end), "cuEventSynchronize")?;
+            check(
+                sys::cuEventElapsedTime(&mut ms, self.start, self.end),
+                "cuEventElapsedTime",
+            )?;
+        }
+        Ok(ms)
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if self.host.is_some() {
+            return;
+        }
+        unsafe {
+            sys::cuEventDestroy_v2(self.start);
+            sys::cuEventDestroy_v2(self.end);
+        }
+    }
+}

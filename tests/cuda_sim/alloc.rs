@@ -1,0 +1,59 @@
+//! `Engine::inspect` on the simulated device performs no heap allocation after the first
+//! part: graph replays, copies through pinned buffers and the CPU GEMM allocate nothing
+//! on the Rust side (the emulator's C++ runtime is outside the counting allocator, as a
+//! GPU driver would be). Run alone in a child process (`common::alone_in_process`).
+
+use crate::common;
+use crate::engine::{assert_on_the_simulated_device, options};
+
+use miad::backend::{Backend, Precision};
+use miad::engine::{Engine, InspectOptions};
+use miad::eval::dataset::list_test;
+use miad::eval::synth::Category;
+use miad::util::alloc_counter::total_counts;
+
+#[test]
+fn inspect_on_the_simulated_device_allocates_nothing_after_the_first_part() {
+    if !common::alone_in_process!(
+        inspect_on_the_simulated_device_allocates_nothing_after_the_first_part
+    ) {
+        return;
+    }
+    let f = common::fitted_with(common::small_hd64(), "sim-alloc", Category::Torus, 5, 4, 1);
+    let parts: Vec<_> = list_test(&f.category)
+        .unwrap()
+        .iter()
+        .map(|p| p.load().unwrap())
+        .collect();
+    let mut e = Engine::open(
+        &f.model,
+        &f.bank,
+        &options(Backend::CudaSim, Precision::F32),
+    )
+    .unwrap();
+    assert_on_the_simulated_device(&e);
+    let opts = InspectOptions {
+        map: true,
+        regions: true,
+        ..InspectOptions::default()
+    };
+    let (r0, c0) = parts[0].views();
+    e.inspect(r0, c0, &opts).unwrap();
+    let mut scores = Vec::with_capacity(64);
+    let before = total_counts();
+    for round in 0..3 {
+        for p in &parts {
+            let (r, c) = p.views();
+            // complete, then each modality missing
+            let (r, c) = match round {
+                0 => (r, c),
+                1 => (r, None),
+                _ => (None, c),
+            };
+            scores.push(e.inspect(r, c, &opts).unwrap().score);
+        }
+    }
+    let after = total_counts();
+    assert_eq!(after, before, "inspect allocated (allocations, bytes)");
+    assert!(scores.iter().all(|s| s.is_finite()));
+}
