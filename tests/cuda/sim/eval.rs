@@ -10,7 +10,7 @@ use miad::eval::missing::MissingModality;
 use miad::eval::run::{evaluate, EvalOptions};
 use miad::eval::synth::Category;
 
-use crate::engine::{assert_on_the_simulated_device, options};
+use super::engine::{assert_on_the_simulated_device, options};
 
 fn metrics(backend: Backend, fx: &common::Fixture, missing: Option<f64>) -> [Option<f64>; 3] {
     let mut e = Engine::open(&fx.model, &fx.bank, &options(backend, Precision::F32)).unwrap();

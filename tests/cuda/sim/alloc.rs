@@ -3,8 +3,8 @@
 //! on the Rust side (the emulator's C++ runtime is outside the counting allocator, as a
 //! GPU driver would be). Run alone in a child process (`common::alone_in_process`).
 
+use super::engine::{assert_on_the_simulated_device, options};
 use crate::common;
-use crate::engine::{assert_on_the_simulated_device, options};
 
 use miad::backend::{Backend, Precision};
 use miad::engine::{Engine, InspectOptions};
