@@ -3,7 +3,7 @@
 //! scored with that case's modalities removed; a part's image score is the Mahalanobis
 //! distance of its score vector to its case's distribution.
 
-use nalgebra::{DMatrix, DVector};
+use crate::util::linalg::invert_spd;
 
 pub use crate::pipeline::decide::informative;
 
@@ -36,23 +36,23 @@ impl CaseStats {
                 .zip(row)
                 .for_each(|(m, v)| *m += v / n as f64);
         }
-        let mut cov = DMatrix::<f64>::zeros(dim, dim);
+        let mut cov = vec![0.0; dim * dim];
+        let denom = (n.max(2) - 1) as f64;
         for row in vectors.chunks_exact(dim) {
-            let d = DVector::from_iterator(dim, row.iter().zip(&mean).map(|(v, m)| v - m));
-            cov += &d * d.transpose() / (n.max(2) - 1) as f64;
+            for r in 0..dim {
+                let dr = row[r] - mean[r];
+                for c in 0..dim {
+                    cov[r * dim + c] += dr * (row[c] - mean[c]) / denom;
+                }
+            }
         }
-        let mean_diag = (0..dim).map(|i| cov[(i, i)]).sum::<f64>() / dim as f64;
+        let mean_diag = (0..dim).map(|i| cov[i * dim + i]).sum::<f64>() / dim as f64;
         let add = ridge * mean_diag + 1e-12;
         for i in 0..dim {
-            cov[(i, i)] += add;
+            cov[i * dim + i] += add;
         }
-        let inv = cov
-            .try_inverse()
-            .ok_or("covariance is not invertible after regularisation")?;
-        let inv_cov = (0..dim)
-            .flat_map(|r| (0..dim).map(move |c| (r, c)))
-            .map(|(r, c)| inv[(r, c)])
-            .collect();
+        let inv_cov =
+            invert_spd(&cov, dim).ok_or("covariance is not invertible after regularisation")?;
         Ok(CaseStats { mean, inv_cov })
     }
 

@@ -28,6 +28,7 @@
 
 use crate::config::PreprocessConfig;
 use crate::pipeline::input::{CloudView, RgbView};
+use crate::util::linalg::symmetric_eigen3;
 use crate::util::rng::Rng;
 use crate::{Error, Result};
 
@@ -370,25 +371,29 @@ fn fit_plane(pts: &[f32]) -> Option<([f64; 3], f64)> {
         }
     }
     mean.iter_mut().for_each(|m| *m /= k as f64);
-    let mut cov = nalgebra::Matrix3::<f64>::zeros();
+    let mut cov = [[0f64; 3]; 3];
     for p in pts.chunks_exact(3) {
-        let d = nalgebra::Vector3::new(
+        let d = [
             p[0] as f64 - mean[0],
             p[1] as f64 - mean[1],
             p[2] as f64 - mean[2],
-        );
-        cov += d * d.transpose();
+        ];
+        for (r, row) in cov.iter_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v += d[r] * d[c];
+            }
+        }
     }
-    let eig = nalgebra::SymmetricEigen::new(cov);
+    // The normal is the eigenvector of the smallest eigenvalue (the first one on ties).
+    let (values, vectors) = symmetric_eigen3(cov);
     let (mut best, mut val) = (0usize, f64::INFINITY);
-    for i in 0..3 {
-        if eig.eigenvalues[i] < val {
-            val = eig.eigenvalues[i];
+    for (i, &v) in values.iter().enumerate() {
+        if v < val {
+            val = v;
             best = i;
         }
     }
-    let nvec = eig.eigenvectors.column(best);
-    let n = [nvec[0], nvec[1], nvec[2]];
+    let n = vectors[best];
     let norm = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
     if !(norm > 0.0 && norm.is_finite()) {
         return None;

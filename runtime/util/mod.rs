@@ -2,5 +2,6 @@
 
 #[cfg(feature = "eval")]
 pub mod alloc_counter;
+pub mod linalg;
 pub mod peak;
 pub mod rng;
