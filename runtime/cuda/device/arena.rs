@@ -1,4 +1,6 @@
-//! One device allocation per engine, carved into typed slots planned at creation.
+//! One device allocation per engine, carved into typed slots planned at creation: the
+//! engine plans every stage's needs into one arena ([`super::Device::plan_engine_arena`])
+//! and each stage works in its region, an [`Arena`] that does not own its memory.
 
 use std::marker::PhantomData;
 
@@ -61,7 +63,7 @@ impl<T> DevPtr<T> {
 }
 
 /// Offsets computed once, before the single allocation.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ArenaPlan {
     size: usize,
 }
@@ -85,23 +87,35 @@ impl ArenaPlan {
     }
 }
 
-/// The device memory of a plan; freed on drop.
+/// Who frees an arena's memory.
+enum Owner {
+    /// A driver allocation, freed on drop.
+    Driver,
+    /// The host memory standing for it on the simulated device (freed when dropped).
+    Sim { _memory: HostMem },
+    /// A region of another arena (the engine's), which the device owns.
+    Region,
+}
+
+/// The device memory of a plan: an allocation freed on drop, or a region of the engine's
+/// arena.
 pub struct Arena {
     base: sys::CUdeviceptr,
     size: usize,
-    /// The host memory standing for it on the simulated device.
-    sim: Option<HostMem>,
+    owner: Owner,
 }
 
 impl Arena {
+    /// Allocates the memory of `plan` (counted on `dev`: one per engine).
     pub fn new(dev: &Device, plan: &ArenaPlan) -> Result<Arena> {
         let size = plan.bytes();
+        dev.count_arena();
         if dev.is_simulated() {
             let mem = HostMem::device(size)?;
             return Ok(Arena {
                 base: mem.addr(),
                 size,
-                sim: Some(mem),
+                owner: Owner::Sim { _memory: mem },
             });
         }
         dev.bind()?;
@@ -115,8 +129,18 @@ impl Arena {
         Ok(Arena {
             base,
             size,
-            sim: None,
+            owner: Owner::Driver,
         })
+    }
+    /// Slot `s` of this arena as an arena of its own that does not own its memory (valid
+    /// while this arena lives: the device keeps the engine's).
+    pub(crate) fn region(&self, s: Slot<u8>) -> Arena {
+        debug_assert!(s.offset + s.len <= self.size);
+        Arena {
+            base: self.base + s.offset as u64,
+            size: s.len,
+            owner: Owner::Region,
+        }
     }
     pub fn ptr<T>(&self, s: Slot<T>) -> DevPtr<T> {
         debug_assert!(s.offset + s.bytes() <= self.size);
@@ -156,11 +180,11 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        if self.sim.is_some() {
-            return; // the host memory frees itself
-        }
-        unsafe {
-            sys::cuMemFree_v2(self.base);
+        // The host memory frees itself; a region belongs to the engine's arena.
+        if let Owner::Driver = self.owner {
+            unsafe {
+                sys::cuMemFree_v2(self.base);
+            }
         }
     }
 }

@@ -57,29 +57,27 @@ struct BankSlots {
 /// Split winners the fast path re-scores exactly in f32 per query.
 const FAST_RERANK: usize = 8;
 
-impl DeviceBankSearch {
-    /// Opens device `ordinal`, uploads every bank of `set` and records the searches:
-    /// exact f32 for [`Precision::F32`]; for [`Precision::Bf16`] the fast path (f16 tensor
-    /// cores, then the best split winners re-scored exactly in f32). Errors (no driver, no
-    /// device, a bank width the kernels do not support, too little device memory, a
-    /// failed self-check) name the problem; the engine then runs on the CPU.
-    pub fn new(
-        ordinal: usize,
-        set: &BankSet<'_>,
-        pool: &Pool,
-        precision: Precision,
-    ) -> Result<Self> {
-        Self::on_device(Arc::new(Device::new(ordinal)?), set, pool, precision)
-    }
+/// The searches' plans and device memory, planned on the host.
+struct BankLayout {
+    plans: [Option<SearchPlan>; 3],
+    slots: [Option<BankSlots>; 3],
+    queries: Slot<f32>,
+    queries16: Slot<u16>,
+    query_norms: Slot<f32>,
+    part_dist: Slot<f32>,
+    part_index: Slot<i32>,
+    out_dist: Slot<f32>,
+    out_index: Slot<i32>,
+    max_query: usize,
+    max_nq: usize,
+    /// 1 on the fast path (f16 copies and norms planned), else 0.
+    fast: usize,
+    layout: ArenaPlan,
+}
 
-    /// The search on the engine's device (shared with its other device stages).
-    pub fn on_device(
-        dev: Arc<Device>,
-        set: &BankSet<'_>,
-        pool: &Pool,
-        precision: Precision,
-    ) -> Result<Self> {
-        let search = BankSearch::new(&dev)?;
+impl BankLayout {
+    /// Plans every bank's search for `dev` (its multiprocessor count sets the split).
+    fn plan(dev: &Device, set: &BankSet<'_>, precision: Precision) -> Result<Self> {
         let sms = dev.sm_count.max(1) as usize;
         let (path, fast) = match precision {
             Precision::F32 => (SearchPath::F32, 0),
@@ -108,14 +106,79 @@ impl DeviceBankSearch {
                 norms: layout.add::<f32>(fast * p.nb),
             })
         });
-        let queries = layout.add::<f32>(max_query);
-        let queries16 = layout.add::<u16>(fast * max_query);
-        let query_norms = layout.add::<f32>(fast * max_nq);
-        let part_dist = layout.add::<f32>(max_part);
-        let part_index = layout.add::<i32>(max_part);
-        let out_dist = layout.add::<f32>(max_nq);
-        let out_index = layout.add::<i32>(max_nq);
-        let arena = Arena::new(&dev, &layout)?;
+        Ok(BankLayout {
+            plans,
+            slots,
+            queries: layout.add::<f32>(max_query),
+            queries16: layout.add::<u16>(fast * max_query),
+            query_norms: layout.add::<f32>(fast * max_nq),
+            part_dist: layout.add::<f32>(max_part),
+            part_index: layout.add::<i32>(max_part),
+            out_dist: layout.add::<f32>(max_nq),
+            out_index: layout.add::<i32>(max_nq),
+            max_query,
+            max_nq,
+            fast,
+            layout,
+        })
+    }
+}
+
+impl DeviceBankSearch {
+    /// The name of the search's region in the engine's arena.
+    pub const ARENA_REGION: &'static str = "bank search";
+
+    /// The device memory the search of `set` needs on `dev`, per arena region (nothing is
+    /// allocated: the engine plans its arena from it).
+    pub fn arena_needs(
+        dev: &Device,
+        set: &BankSet<'_>,
+        precision: Precision,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        Ok(vec![(
+            Self::ARENA_REGION,
+            BankLayout::plan(dev, set, precision)?.layout,
+        )])
+    }
+
+    /// Opens device `ordinal`, uploads every bank of `set` and records the searches:
+    /// exact f32 for [`Precision::F32`]; for [`Precision::Bf16`] the fast path (f16 tensor
+    /// cores, then the best split winners re-scored exactly in f32). Errors (no driver, no
+    /// device, a bank width the kernels do not support, too little device memory, a
+    /// failed self-check) name the problem; the engine then runs on the CPU.
+    pub fn new(
+        ordinal: usize,
+        set: &BankSet<'_>,
+        pool: &Pool,
+        precision: Precision,
+    ) -> Result<Self> {
+        Self::on_device(Arc::new(Device::new(ordinal)?), set, pool, precision)
+    }
+
+    /// The search on the engine's device (shared with its other device stages).
+    pub fn on_device(
+        dev: Arc<Device>,
+        set: &BankSet<'_>,
+        pool: &Pool,
+        precision: Precision,
+    ) -> Result<Self> {
+        let search = BankSearch::new(&dev)?;
+        let BankLayout {
+            plans,
+            slots,
+            queries,
+            queries16,
+            query_norms,
+            part_dist,
+            part_index,
+            out_dist,
+            out_index,
+            max_query,
+            max_nq,
+            fast,
+            layout,
+        } = BankLayout::plan(&dev, set, precision)?;
+        let arena = dev.stage_arena(Self::ARENA_REGION, &layout)?;
         for (s, view) in slots.iter().zip(&set.banks) {
             if let (Some(s), Some(view)) = (s, view) {
                 arena.upload(&dev, s.rows, view.data)?;

@@ -478,6 +478,28 @@ impl DevicePointBranch {
         Self::on_device(Arc::new(Device::new(ordinal)?), model, opts)
     }
 
+    /// The name of the branch's own region in the engine's arena (its encoder has
+    /// [`DevicePointMae::ARENA_REGION`]).
+    pub const ARENA_REGION: &'static str = "point branch";
+
+    /// The device memory the branch of `model` needs, per arena region (host only: the
+    /// engine plans its arena from it).
+    pub fn arena_needs(
+        model: &ModelFile,
+        opts: BranchOptions,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        let sizes = BranchSizes::new(model.config())?;
+        let mut layout = ArenaPlan::new();
+        BranchSlots::plan(&sizes, &mut layout);
+        Ok(vec![
+            (
+                DevicePointMae::ARENA_REGION,
+                DevicePointMae::arena_plan(model, opts.precision)?,
+            ),
+            (Self::ARENA_REGION, layout),
+        ])
+    }
+
     /// The branch on the engine's device (shared with its other device stages).
     pub fn on_device(dev: Arc<Device>, model: &ModelFile, opts: BranchOptions) -> Result<Self> {
         let cfg = model.config();
@@ -493,7 +515,7 @@ impl DevicePointBranch {
         let mae = DevicePointMae::new(&dev, model, opts.precision)?;
         let mut layout = ArenaPlan::new();
         let slots = BranchSlots::plan(&sizes, &mut layout);
-        let arena = Arena::new(&dev, &layout)?;
+        let arena = dev.stage_arena(Self::ARENA_REGION, &layout)?;
         dev.memset_u8(arena.ptr(slots.points).raw(), 0, arena.bytes())?;
         for (slot, data) in slots.encoder.iter().zip(&enc) {
             arena.upload(&dev, *slot, data)?;

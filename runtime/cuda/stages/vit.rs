@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::forward::DeviceVit;
+use crate::cuda::device::arena::ArenaPlan;
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
 use crate::cuda::ops::transformer::Precision;
@@ -30,6 +31,19 @@ impl DeviceRgb {
     /// Opens device `ordinal` and uploads the ViT of `model` for `precision`.
     pub fn new(ordinal: usize, model: &ModelFile, precision: Precision) -> Result<Self> {
         Self::on_device(Arc::new(Device::new(ordinal)?), model, precision)
+    }
+
+    /// The device memory the ViT of `model` needs, per arena region (host only: the
+    /// engine plans its arena from it).
+    pub fn arena_needs(
+        model: &ModelFile,
+        precision: Precision,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        let side = model.config().preprocess.image_size as usize;
+        Ok(vec![(
+            DeviceVit::ARENA_REGION,
+            DeviceVit::arena_plan(model, side, side, precision)?,
+        )])
     }
 
     /// The ViT on the engine's device (shared with its other device stages).

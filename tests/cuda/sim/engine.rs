@@ -203,3 +203,16 @@ fn one_device_per_engine() {
     assert_on_the_simulated_device(&e);
     assert_eq!(DEVICES_OPENED.load(Ordering::Relaxed) - before, 1);
 }
+
+/// One arena, one stream, one cuBLASLt handle and each kernel module once per engine, on
+/// the f32 and the bf16 path (the same check runs on a GPU: `engine::`).
+#[test]
+fn one_device_object_per_engine() {
+    for p in [Precision::F32, Precision::Bf16] {
+        assert!(crate::engine::assert_one_device_object(
+            Backend::CudaSim,
+            p,
+            &format!("sim-one-{p}")
+        ));
+    }
+}
