@@ -25,7 +25,7 @@ use crate::cuda::ops::bank::{BankSearch, F16Inputs, Partials, SearchPath, Search
 use crate::pipeline::score::{BankSet, NearestSearch};
 use crate::types::BANK_NAMES;
 use crate::util::rng::Rng;
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// One bank's search on the device.
 struct DeviceBank {
@@ -87,8 +87,12 @@ impl BankLayout {
         for b in 0..3 {
             if let Some(view) = &set.banks[b] {
                 let patches = set.grids[b] * set.grids[b];
-                let plan = SearchPlan::new(patches, view.n, view.dim, path, sms)
-                    .map_err(|e| Error::Cuda(format!("bank {}: {e}", BANK_NAMES[b])))?;
+                let plan = SearchPlan::new(patches, view.n, view.dim, path, sms).map_err(|e| {
+                    Error::Device(DeviceError::Unsupported(format!(
+                        "bank {}: {e}",
+                        BANK_NAMES[b]
+                    )))
+                })?;
                 plans[b] = Some(plan);
             }
         }
@@ -316,11 +320,11 @@ impl DeviceBankSearch {
             // Written so that a NaN fails.
             let agrees = (dev_d[j] - cpu_d[j]).abs() <= tol;
             if !agrees || dev_i[j] as usize >= view.n {
-                return Err(Error::Cuda(format!(
+                return Err(Error::Device(DeviceError::SelfCheck(format!(
                     "self-check of the device bank search failed (bank {}, probe {j}): \
                      device distance {} to row {}, CPU {} to row {}",
                     BANK_NAMES[bank], dev_d[j], dev_i[j], cpu_d[j], cpu_i[j]
-                )));
+                ))));
             }
         }
         Ok(())
@@ -341,17 +345,17 @@ impl NearestSearch for DeviceBankSearch {
         index: &mut [u32],
     ) -> Result<()> {
         let Some(Some(d)) = self.banks.get(bank) else {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::BadCall(format!(
                 "no device bank {bank} (the bank file has no such bank)"
-            )));
+            ))));
         };
         let (nq, len) = (d.plan.nq, d.plan.query_len());
         if x.len() != len || dist.len() < nq || index.len() < nq {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::BadCall(format!(
                 "device bank search {}: {} feature values for a plan of {len}",
                 BANK_NAMES[bank],
                 x.len()
-            )));
+            ))));
         }
         self.host_queries.as_mut_slice()[..len].copy_from_slice(x);
         self.dev.bind()?;

@@ -14,7 +14,7 @@ use crate::cuda::device::Device;
 use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::RgbNetwork;
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// The ViT on the device, with its recorded graph (module doc).
 pub struct DeviceRgb {
@@ -73,11 +73,11 @@ impl RgbNetwork for DeviceRgb {
     fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()> {
         let (n_in, n_out) = (self.host_input.len(), self.host_features.len());
         if input.len() != n_in || features.len() != n_out {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::BadCall(format!(
                 "device ViT: {} input and {} feature values for a plan of {n_in} and {n_out}",
                 input.len(),
                 features.len()
-            )));
+            ))));
         }
         self.host_input.as_mut_slice().copy_from_slice(input);
         self.dev.bind()?;
