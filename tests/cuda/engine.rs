@@ -65,7 +65,7 @@ fn compare_engines(precision: Precision, tolerance: f32) {
     }
     assert!(choice.device_stages.contains(&"bank search"));
     if !choice.device_stages.contains(&"rgb branch") {
-        // The small test model's ViT has heads of 32, which the device ViT refuses.
+        // A stage that fails its self-check stays on the CPU and says why.
         let why = choice.fallback.as_deref().unwrap_or_default();
         assert!(why.starts_with("rgb branch: "), "{why}");
     }

@@ -14,7 +14,8 @@
 //!   norm, concatenated), as the transformer part of `cpu::point_mae::point_mae_forward`.
 //!
 //! Creation (once, from a [`ModelFile`] or any [`TensorSource`]): the configuration is
-//! validated ([`EncoderDims`]: head dimension 64, the attention kernels' only one), one
+//! validated ([`EncoderDims`]: a head dimension the attention kernels are built for, 64 or
+//! 32), one
 //! arena is planned on the host (weights, activations, the cuBLASLt workspace unless the
 //! device shares one), taken from the device ([`Device::stage_arena`]), zeroed and filled
 //! (bf16 copies of every GEMM weight on the fast path), the kernel modules are obtained
@@ -64,7 +65,7 @@ use crate::cuda::device::Device;
 use crate::cuda::ops::embed::{
     EmbedKernels, EmbedPlan, PointEmbedPlan, ResizeBuffers, ResizeSlots, RgbGeometry, VitEmbedPlan,
 };
-use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIM};
+use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIMS};
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::preprocess::PreprocessMode;
 use crate::{Error, Result};
@@ -180,14 +181,15 @@ impl EncoderDims {
                 "{what} with a zero size: {tokens} tokens, width {dim}, {heads} heads, mlp {mlp}, depth {depth}"
             )));
         }
-        if dim != heads * ATTENTION_HEAD_DIM {
+        if !dim.is_multiple_of(heads) || !ATTENTION_HEAD_DIMS.contains(&(dim / heads)) {
             let hd = if dim.is_multiple_of(heads) {
                 format!("a head dimension of {}", dim / heads)
             } else {
                 "not a whole head dimension".to_string()
             };
             return Err(cfg_err(format!(
-                "{what}: width {dim} over {heads} heads is {hd}; the CUDA attention kernels need a head dimension of {ATTENTION_HEAD_DIM} (width = {ATTENTION_HEAD_DIM} × heads)"
+                "{what}: width {dim} over {heads} heads is {hd}; the CUDA attention kernels need a head dimension of {}",
+                ATTENTION_HEAD_DIMS.map(|d| d.to_string()).join(" or ")
             )));
         }
         if !(ln_eps > 0.0 && ln_eps.is_finite()) {
@@ -230,7 +232,7 @@ impl EncoderDims {
 
     /// Floating-point operations of the blocks' attention (all blocks).
     pub fn attention_flops(&self) -> f64 {
-        self.depth as f64 * Attention::flops(self.tokens, self.heads)
+        self.depth as f64 * Attention::flops_with_head_dim(self.tokens, self.heads, self.head_dim())
     }
 }
 
@@ -540,7 +542,7 @@ impl Encoder {
         dev.memset_u8(arena.ptr(stage.st.base).raw(), 0, arena.bytes())?;
         stage.st.upload(dev, &arena)?;
         let embed = EmbedKernels::new(dev, embed_plan)?;
-        let attention = Attention::new(dev)?;
+        let attention = Attention::with_head_dim(dev, stage.dims.head_dim())?;
         let ew = match stage.precision {
             Precision::F32 => Some(Elementwise::new(dev)?),
             Precision::Bf16 => None,
@@ -618,7 +620,7 @@ impl Encoder {
         mut after: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
         let (t, heads) = (self.dims.tokens, self.dims.heads);
-        let scale = 1.0 / (ATTENTION_HEAD_DIM as f32).sqrt();
+        let scale = 1.0 / (self.dims.head_dim() as f32).sqrt();
         let [qkv, proj, fc1, fc2] = &self.plans;
         let x = self.x.raw();
         for (i, w) in self.weights.iter().enumerate() {
@@ -1274,12 +1276,28 @@ mod tests {
 
     #[test]
     fn unsupported_configs_are_named() {
-        // The small test presets have 32-wide heads.
-        let e = EncoderDims::vit(&VitConfig::small()).unwrap_err();
+        // The small test presets have 32-wide heads: accepted.
+        assert_eq!(
+            EncoderDims::vit(&VitConfig::small()).unwrap().head_dim(),
+            32
+        );
+        assert_eq!(
+            EncoderDims::point(&PointConfig::small())
+                .unwrap()
+                .head_dim(),
+            32
+        );
+        // 48-wide heads: no kernel.
+        let mut c = VitConfig::small();
+        c.dim = 144;
+        c.mlp_dim = 576;
+        let e = EncoderDims::vit(&c).unwrap_err();
         assert!(matches!(e, Error::Config(_)), "{e}");
-        assert!(e.to_string().contains("head dimension of 32"), "{e}");
-        let e = EncoderDims::point(&PointConfig::small()).unwrap_err();
-        assert!(e.to_string().contains("need a head dimension of 64"), "{e}");
+        assert!(e.to_string().contains("head dimension of 48"), "{e}");
+        assert!(
+            e.to_string().contains("need a head dimension of 32 or 64"),
+            "{e}"
+        );
         let mut c = VitConfig::base8();
         c.heads = 7;
         assert!(EncoderDims::vit(&c)
@@ -1436,8 +1454,9 @@ mod tests {
         let mut cfg = ModelConfig::demo();
         cfg.vit.as_mut().unwrap().mlp_dim = 512;
         assert!(stage_vit(&cfg, &t, 64, 64, Precision::Bf16, WorkspacePlace::Own).is_err());
-        // The small preset: refused for its head dimension before any weight is read.
-        let cfg = ModelConfig::small();
+        // A head dimension without a kernel: refused before any weight is read.
+        let mut cfg = ModelConfig::small();
+        cfg.vit.as_mut().unwrap().heads = 2;
         let e = stage_vit(&cfg, &t, 64, 64, Precision::F32, WorkspacePlace::Own)
             .err()
             .unwrap();

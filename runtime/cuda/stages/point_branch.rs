@@ -25,7 +25,7 @@
 //! point upload, whose size changes, is issued directly before each replay.
 //!
 //! Creation refuses, before touching the device, models the kernels cannot run
-//! ([`BranchSizes::new`]): no point branch, a head dimension other than 64, encoder widths
+//! ([`BranchSizes::new`]): no point branch, a head dimension other than 32 or 64, encoder widths
 //! or group sizes that are not multiples of 8, an alignment grid that does not fit the map,
 //! more groups than the 3-NN kernel's shared memory holds, more groups or a larger group
 //! than a part can have points.
@@ -717,8 +717,10 @@ mod tests {
         let mut cfg = ModelConfig::demo();
         cfg.point = None;
         refuse(&cfg, "no point branch");
-        // The small preset's heads are 32 wide.
-        refuse(&ModelConfig::small(), "head dimension");
+        // Heads 48 wide: no attention kernel.
+        let mut cfg = ModelConfig::small();
+        cfg.point.as_mut().unwrap().heads = 2;
+        refuse(&cfg, "head dimension of 48");
         let mut cfg = ModelConfig::demo();
         cfg.point.as_mut().unwrap().group_size = 20;
         refuse(&cfg, "multiples of 8");
