@@ -8,7 +8,7 @@ use cudarc::driver::sys;
 
 use super::context::dev_err;
 use super::context::{check, Device};
-use super::sim::HostMem;
+use super::sim::{self, HostMem};
 use crate::Result;
 
 /// Alignment of every slot, bytes (enough for 16-byte vector access and TMA).
@@ -93,8 +93,9 @@ enum Owner {
     Driver,
     /// The host memory standing for it on the simulated device (freed when dropped).
     Sim { _memory: HostMem },
-    /// A region of another arena (the engine's), which the device owns.
-    Region,
+    /// A region of another arena (the engine's), which the device owns; on the simulated
+    /// device registered as a region of its own, so that bounds checks stop at its end.
+    Region { simulated: bool },
 }
 
 /// The device memory of a plan: an allocation freed on drop, or a region of the engine's
@@ -134,13 +135,23 @@ impl Arena {
     }
     /// Slot `s` of this arena as an arena of its own that does not own its memory (valid
     /// while this arena lives: the device keeps the engine's).
-    pub(crate) fn region(&self, s: Slot<u8>) -> Arena {
-        debug_assert!(s.offset + s.len <= self.size);
-        Arena {
-            base: self.base + s.offset as u64,
-            size: s.len,
-            owner: Owner::Region,
+    pub(crate) fn region(&self, s: Slot<u8>) -> Result<Arena> {
+        if s.offset + s.len > self.size {
+            return Err(dev_err(format!(
+                "arena region of {} bytes at {} in an arena of {}",
+                s.len, s.offset, self.size
+            )));
         }
+        let base = self.base + s.offset as u64;
+        let simulated = matches!(self.owner, Owner::Sim { .. });
+        if simulated {
+            sim::register_region(base, s.len)?;
+        }
+        Ok(Arena {
+            base,
+            size: s.len,
+            owner: Owner::Region { simulated },
+        })
     }
     pub fn ptr<T>(&self, s: Slot<T>) -> DevPtr<T> {
         debug_assert!(s.offset + s.bytes() <= self.size);
@@ -181,10 +192,12 @@ impl Arena {
 impl Drop for Arena {
     fn drop(&mut self) {
         // The host memory frees itself; a region belongs to the engine's arena.
-        if let Owner::Driver = self.owner {
-            unsafe {
+        match self.owner {
+            Owner::Driver => unsafe {
                 sys::cuMemFree_v2(self.base);
-            }
+            },
+            Owner::Region { simulated: true } => sim::unregister_region(self.base),
+            Owner::Region { simulated: false } | Owner::Sim { .. } => {}
         }
     }
 }

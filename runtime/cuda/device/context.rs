@@ -324,8 +324,9 @@ impl Device {
                 region.slot.len
             )));
         }
+        let arena = engine.arena.region(region.slot)?;
         region.taken = true;
-        Ok(engine.arena.region(region.slot))
+        Ok(arena)
     }
 
     /// The GEMM workspace of the engine's arena (`None` before the engine planned one: a

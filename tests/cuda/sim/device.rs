@@ -529,3 +529,36 @@ fn the_engine_arena_hands_each_region_out_once() {
 fn small_slot() -> miad::cuda::Slot<u8> {
     ArenaPlan::new().add::<u8>(0)
 }
+
+/// A stage's region of the engine's arena is bounded on the simulated device: a copy that
+/// runs past its end is out of bounds, though the engine's allocation continues.
+#[test]
+fn copies_past_a_stage_region_are_out_of_bounds() {
+    let d = dev();
+    let mut plan = ArenaPlan::new();
+    let s = plan.add::<f32>(64);
+    d.plan_engine_arena(&[("a", plan.clone()), ("b", plan.clone())])
+        .unwrap();
+    let a = d.stage_arena("a", &plan).unwrap();
+    let b = d.stage_arena("b", &plan).unwrap();
+    let words = a.bytes() / 4;
+    // The whole region: fine; one word more: into region b, refused.
+    a.upload(&d, s, &[1f32; 64]).unwrap();
+    d.upload(a.ptr(s).raw(), &vec![1f32; words]).unwrap();
+    expect_err(
+        d.upload(a.ptr(s).raw(), &vec![1f32; words + 1]),
+        Misuse::OutOfBounds,
+        &["out of bounds by 4"],
+    );
+    expect_err(
+        d.memset_u8(b.ptr(s).raw(), 0, b.bytes() + 4),
+        Misuse::OutOfBounds,
+        &["memset", "out of bounds by 4"],
+    );
+    // A graph recorded on a region replays while the region lives.
+    let host = Pinned::<f32>::new(&d, 64).unwrap();
+    let g = Graph::capture(&d, |d| host.copy_to(d, b.ptr(s), 64)).unwrap();
+    g.replay(&d).unwrap();
+    drop(b);
+    expect_err(g.replay(&d), Misuse::StaleGraph, &["re-planning"]);
+}
