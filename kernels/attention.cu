@@ -1,14 +1,17 @@
 // Fused multi-head self-attention (flash-attention style).
 //
-// Input: the output of the fused QKV projection, row-major [n_tokens, 3 * n_heads * 64]
-// with the timm layout (token, {q,k,v}, head, dim). Output: [n_tokens, n_heads * 64],
+// Input: the output of the fused QKV projection, row-major [n_tokens, 3 * n_heads * D]
+// with the timm layout (token, {q,k,v}, head, dim). Output: [n_tokens, n_heads * D],
 // heads concatenated (timm's `transpose(1, 2).reshape`). The score matrix never leaves
 // the chip: keys and values stream through shared memory in tiles of 64, with an online
-// softmax. Head dimension is fixed at 64 (ViT-B and Point-MAE); token and head counts are
-// arguments. No atomics: every output element is written by exactly one thread.
+// softmax. The head dimension D is a compile-time constant: 64 (ViT-B and Point-MAE) or
+// 32 (the small test models), one kernel each; token and head counts are arguments. No
+// atomics: every output element is written by exactly one thread.
 //
-// attention_f32:  exact f32 path (one query per thread, scores in registers).
-// attention_bf16: bf16 tensor cores (mma.sync m16n8k16, f32 accumulation), bf16 in/out.
+// attention_f32, attention_f32_d32:   exact f32 path (one query per thread, scores in
+//                                     registers).
+// attention_bf16, attention_bf16_d32: bf16 tensor cores (mma.sync m16n8k16, f32
+//                                     accumulation), bf16 in/out.
 
 #include "common.cuh"
 
@@ -17,15 +20,14 @@
 #endif
 #include <cuda_bf16.h>
 
-#define ATT_D 64
 #define ATT_TILE 64
 
 // ---------------------------------------------------------------------------------------
 // Exact f32 path. Block: 64 threads, 64 queries of one head. grid = (ceil(n/64), heads).
-extern "C" __global__ void __launch_bounds__(64) attention_f32(const float *__restrict__ qkv,
-                                                               float *__restrict__ out,
-                                                               int n_tokens, int n_heads,
-                                                               float scale) {
+template <int ATT_D>
+__device__ __forceinline__ void attention_f32_body(const float *__restrict__ qkv,
+                                                   float *__restrict__ out, int n_tokens,
+                                                   int n_heads, float scale) {
     __shared__ float ks[ATT_TILE][ATT_D];
     __shared__ float vs[ATT_TILE][ATT_D];
     const int head = blockIdx.y;
@@ -91,12 +93,24 @@ extern "C" __global__ void __launch_bounds__(64) attention_f32(const float *__re
     }
 }
 
+extern "C" __global__ void __launch_bounds__(64) attention_f32(const float *__restrict__ qkv,
+                                                               float *__restrict__ out,
+                                                               int n_tokens, int n_heads,
+                                                               float scale) {
+    attention_f32_body<64>(qkv, out, n_tokens, n_heads, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(64)
+    attention_f32_d32(const float *__restrict__ qkv, float *__restrict__ out, int n_tokens,
+                      int n_heads, float scale) {
+    attention_f32_body<32>(qkv, out, n_tokens, n_heads, scale);
+}
+
 // ---------------------------------------------------------------------------------------
 // bf16 tensor-core path. Block: 4 warps, 64 queries (16 per warp) of one head.
-// Shared rows are padded to 72 halves (144 bytes) so that fragment loads and ldmatrix
-// hit distinct banks.
-
-#define ATT_PAD 72
+// Shared rows are padded by 8 halves (D + 8: 144 bytes for D = 64, 80 for D = 32; 16-byte
+// multiples, as cp.async and ldmatrix need) so that fragment loads and ldmatrix hit
+// distinct banks.
 
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -114,9 +128,14 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pr
 __device__ __forceinline__ void cp_async_commit() { miad_cp_async_commit(); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { miad_cp_async_wait<N>(); }
 
-extern "C" __global__ void __launch_bounds__(128)
-    attention_bf16(const __nv_bfloat16 *__restrict__ qkv, __nv_bfloat16 *__restrict__ out,
-                   int n_tokens, int n_heads, float scale) {
+template <int ATT_D>
+__device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restrict__ qkv,
+                                                    __nv_bfloat16 *__restrict__ out,
+                                                    int n_tokens, int n_heads, float scale) {
+    constexpr int ATT_PAD = ATT_D + 8;
+    constexpr int KSTEPS = ATT_D / 16;  // k16 steps of Q K^T over the head dimension
+    constexpr int DTILES = ATT_D / 8;   // n8 tiles of the output over the head dimension
+    constexpr int ROW_CHUNKS = ATT_D / 8;  // 16-byte chunks per K or V row
     // Two stages of K and V.
     __shared__ __align__(16) __nv_bfloat16 ks[2][ATT_TILE][ATT_PAD];
     __shared__ __align__(16) __nv_bfloat16 vs[2][ATT_TILE][ATT_PAD];
@@ -130,12 +149,12 @@ extern "C" __global__ void __launch_bounds__(128)
     const int q0 = blockIdx.x * ATT_TILE + warp * 16;
 
     auto load_tile = [&](int stage, int k0) {
-        // 64 rows x 64 halves = 512 chunks of 16 bytes per matrix; 128 threads x 4.
+        // 64 rows x D halves = 8·D chunks of 16 bytes per matrix; 128 threads x D/16.
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < ATT_TILE * ROW_CHUNKS / 128; i++) {
             const int chunk = threadIdx.x + i * 128;
-            const int r = chunk / 8;
-            const int c = (chunk % 8) * 8;
+            const int r = chunk / ROW_CHUNKS;
+            const int c = (chunk % ROW_CHUNKS) * 8;
             const bool ok = k0 + r < n_tokens;
             const long rr = ok ? (k0 + r) : 0;
             const __nv_bfloat16 *base = qkv + rr * row_stride + head * ATT_D + c;
@@ -147,15 +166,15 @@ extern "C" __global__ void __launch_bounds__(128)
 
     load_tile(0, 0);
 
-    // Q fragments (A operand), 4 k-steps of 16 over the head dimension.
-    unsigned qa[4][4];
+    // Q fragments (A operand), D/16 k-steps of 16 over the head dimension.
+    unsigned qa[KSTEPS][4];
     {
         const int r0 = min(q0 + g, n_tokens - 1);
         const int r1 = min(q0 + g + 8, n_tokens - 1);
         const __nv_bfloat16 *p0 = qkv + (long)r0 * row_stride + head * ATT_D;
         const __nv_bfloat16 *p1 = qkv + (long)r1 * row_stride + head * ATT_D;
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
+        for (int kk = 0; kk < KSTEPS; kk++) {
             qa[kk][0] = *reinterpret_cast<const unsigned *>(p0 + kk * 16 + 2 * t);
             qa[kk][1] = *reinterpret_cast<const unsigned *>(p1 + kk * 16 + 2 * t);
             qa[kk][2] = *reinterpret_cast<const unsigned *>(p0 + kk * 16 + 8 + 2 * t);
@@ -164,9 +183,9 @@ extern "C" __global__ void __launch_bounds__(128)
     }
 
     const float sl2 = scale * 1.4426950408889634f;  // scores in log2 units
-    float o[8][4];
+    float o[DTILES][4];
 #pragma unroll
-    for (int j = 0; j < 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    for (int j = 0; j < DTILES; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY;  // rows g and g + 8
     float l0 = 0.f, l1 = 0.f;              // this thread's partial row sums
 
@@ -189,7 +208,7 @@ extern "C" __global__ void __launch_bounds__(128)
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
             const __nv_bfloat16 *krow = &ks[stage][j * 8 + g][0];
 #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
+            for (int kk = 0; kk < KSTEPS; kk++) {
                 const unsigned b0 = *reinterpret_cast<const unsigned *>(krow + kk * 16 + 2 * t);
                 const unsigned b1 =
                     *reinterpret_cast<const unsigned *>(krow + kk * 16 + 8 + 2 * t);
@@ -220,7 +239,7 @@ extern "C" __global__ void __launch_bounds__(128)
         l0 *= c0;
         l1 *= c1;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
+        for (int j = 0; j < DTILES; j++) {
             o[j][0] *= c0;
             o[j][1] *= c0;
             o[j][2] *= c1;
@@ -243,7 +262,7 @@ extern "C" __global__ void __launch_bounds__(128)
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
 #pragma unroll
-            for (int j = 0; j < 8; j += 2) {
+            for (int j = 0; j < DTILES; j += 2) {
                 // x4: matrices (keys kk*16+0..7, d j*8), (keys +8..15, d j*8),
                 //     (keys 0..7, d (j+1)*8), (keys 8..15, d (j+1)*8).
                 const int mi = lane / 8;
@@ -269,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(128)
     const int r0 = q0 + g;
     const int r1 = q0 + g + 8;
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
+    for (int j = 0; j < DTILES; j++) {
         const int col = head * ATT_D + j * 8 + 2 * t;
         if (r0 < n_tokens)
             *reinterpret_cast<unsigned *>(out + (long)r0 * hd + col) =
@@ -278,4 +297,16 @@ extern "C" __global__ void __launch_bounds__(128)
             *reinterpret_cast<unsigned *>(out + (long)r1 * hd + col) =
                 pack_bf16(o[j][2] * inv1, o[j][3] * inv1);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_bf16(const __nv_bfloat16 *__restrict__ qkv, __nv_bfloat16 *__restrict__ out,
+                   int n_tokens, int n_heads, float scale) {
+    attention_bf16_body<64>(qkv, out, n_tokens, n_heads, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attention_bf16_d32(const __nv_bfloat16 *__restrict__ qkv, __nv_bfloat16 *__restrict__ out,
+                       int n_tokens, int n_heads, float scale) {
+    attention_bf16_body<32>(qkv, out, n_tokens, n_heads, scale);
 }

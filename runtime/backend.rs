@@ -131,6 +131,23 @@ pub struct BackendChoice {
     pub fallback: Option<String>,
     /// The pipeline stages that run on the device (empty on the CPU backend).
     pub device_stages: Vec<&'static str>,
+    /// What the engine's one device object created (CUDA backends only).
+    pub device_counts: Option<DeviceCounts>,
+}
+
+/// What one device object (one per engine) created, counted where it is created: a test
+/// asserts one arena, one stream, one cuBLASLt handle and each kernel module once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceCounts {
+    /// Device allocations made for arenas: the engine's one (a stage used alone makes its
+    /// own).
+    pub arenas: usize,
+    /// Streams created: the engine's one (no stage forks a stream today).
+    pub streams: usize,
+    /// cuBLASLt handles created (the simulated device counts its stand-in too).
+    pub cublaslt_handles: usize,
+    /// Kernel modules loaded, per `kernels/*.cu` name, in load order.
+    pub modules: Vec<(&'static str, usize)>,
 }
 
 impl BackendChoice {
@@ -143,6 +160,7 @@ impl BackendChoice {
             precision: Precision::F32,
             fallback: None,
             device_stages: Vec::new(),
+            device_counts: None,
         }
     }
 
@@ -157,6 +175,7 @@ impl BackendChoice {
             precision: Precision::F32,
             fallback: Some(reason),
             device_stages: Vec::new(),
+            device_counts: None,
         }
     }
 
@@ -213,6 +232,7 @@ mod tests {
             precision: Precision::F32,
             fallback: None,
             device_stages: vec!["bank search"],
+            device_counts: None,
         };
         assert_eq!(g.describe(), "cuda on GPU (sm_90), f32: bank search");
         let h = BackendChoice {

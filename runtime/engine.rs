@@ -543,7 +543,29 @@ fn open_backend(
         } else {
             Backend::Cuda
         };
-        let search = match DeviceBankSearch::on_device(dev.clone(), set, pool, options.precision) {
+        let precision = options.precision;
+        let branch = BranchOptions {
+            precision,
+            ..BranchOptions::default()
+        };
+        // Every stage states its memory first; the engine's one arena holds them all. A
+        // branch that cannot state its needs stays on the CPU (and gets no region).
+        let mut on_cpu = Vec::new();
+        let mut needs = match DeviceBankSearch::arena_needs(&dev, set, precision) {
+            Ok(n) => n,
+            Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
+        };
+        let rgb_needs = DeviceRgb::arena_needs(model, precision)
+            .map_err(|e| on_cpu.push(format!("rgb branch: {e}")));
+        let point_needs = DevicePointBranch::arena_needs(model, branch)
+            .map_err(|e| on_cpu.push(format!("point branch: {e}")));
+        for n in [&rgb_needs, &point_needs].into_iter().flatten() {
+            needs.extend(n.iter().cloned());
+        }
+        if let Err(e) = dev.plan_engine_arena(&needs) {
+            return (None, BackendChoice::fell_back(requested, e.to_string()));
+        }
+        let search = match DeviceBankSearch::on_device(dev.clone(), set, pool, precision) {
             Ok(s) => s,
             Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
         };
@@ -551,31 +573,32 @@ fn open_backend(
             requested,
             used,
             device: Some(search.device_name()),
-            precision: options.precision,
+            precision,
             fallback: None,
             device_stages: vec!["bank search"],
+            device_counts: None,
         };
-        let mut on_cpu = Vec::new();
-        let tolerance = options.precision.feature_tolerance();
-        match DeviceRgb::on_device(dev.clone(), model, options.precision)
-            .and_then(|vit| extractor.use_rgb_network(Box::new(vit), tolerance))
-        {
-            Ok(_) => choice.device_stages.insert(0, "rgb branch"),
-            Err(e) => on_cpu.push(format!("rgb branch: {e}")),
+        let tolerance = precision.feature_tolerance();
+        if rgb_needs.is_ok() {
+            match DeviceRgb::on_device(dev.clone(), model, precision)
+                .and_then(|vit| extractor.use_rgb_network(Box::new(vit), tolerance))
+            {
+                Ok(_) => choice.device_stages.insert(0, "rgb branch"),
+                Err(e) => on_cpu.push(format!("rgb branch: {e}")),
+            }
         }
-        let branch = BranchOptions {
-            precision: options.precision,
-            ..BranchOptions::default()
-        };
-        match DevicePointBranch::on_device(dev, model, branch)
-            .and_then(|b| extractor.use_point_network(pool, Box::new(b), tolerance))
-        {
-            Ok(_) => choice.device_stages.insert(0, "point branch"),
-            Err(e) => on_cpu.push(format!("point branch: {e}")),
+        if point_needs.is_ok() {
+            match DevicePointBranch::on_device(dev.clone(), model, branch)
+                .and_then(|b| extractor.use_point_network(pool, Box::new(b), tolerance))
+            {
+                Ok(_) => choice.device_stages.insert(0, "point branch"),
+                Err(e) => on_cpu.push(format!("point branch: {e}")),
+            }
         }
         if !on_cpu.is_empty() {
             choice.fallback = Some(on_cpu.join("; "));
         }
+        choice.device_counts = Some(dev.counts());
         (Some(Box::new(search)), choice)
     }
     #[cfg(not(feature = "cuda"))]

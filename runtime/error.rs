@@ -28,12 +28,9 @@ pub enum Error {
     /// A data file (image, cloud, mask) is not what it claims to be.
     #[error("{path}: {message}")]
     Decode { path: PathBuf, message: String },
-    /// The CUDA backend is unavailable or a CUDA call failed (the engine falls back to the
-    /// CPU when this happens at creation).
-    #[error("CUDA: {0}")]
-    Cuda(String),
-    /// The device layer (driver, libraries, or the simulated device) failed or refused a
-    /// call; see [`DeviceError`].
+    /// The CUDA backend (the device layer, a kernel wrapper or a device stage, on a GPU or
+    /// the simulated device) is unavailable, failed or refused a call; see [`DeviceError`]
+    /// (the engine falls back to the CPU when this happens at creation).
     #[error("CUDA: {0}")]
     Device(#[from] DeviceError),
     /// A result would hold NaN or infinity (never reported as a success).
@@ -59,6 +56,22 @@ pub enum DeviceError {
     /// The simulated device caught a misuse a GPU might not report (see [`Misuse`]).
     #[error("simulated device: {detail}")]
     Misuse { kind: Misuse, detail: String },
+    /// This device or this plan cannot run a kernel variant that was asked for.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Not enough free device memory for a plan.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// A device stage disagreed with the CPU (or gave non-finite values) in its creation
+    /// self-check: the engine keeps that stage on the CPU.
+    #[error("{0}")]
+    SelfCheck(String),
+    /// A kernel produced an impossible result (an index out of range).
+    #[error("{0}")]
+    Fault(String),
+    /// A device stage called with sizes, or a bank, that its plan does not have.
+    #[error("{0}")]
+    BadCall(String),
     /// Anything else the device layer refuses (wrong kind of device, internal state).
     #[error("{0}")]
     Other(String),

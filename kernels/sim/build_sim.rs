@@ -287,6 +287,7 @@ fn build_module(cfg: &BuildConfig<'_>, rt: &Path, job: &Job) -> Result<(), Strin
         .arg(&tls)
         .arg(sim.join("module_tls.cpp")))?;
     let rtdir = rt.parent().ok_or("runtime path without a folder")?;
+    let rt_name = rtdir.file_name().ok_or("runtime folder without a name")?;
     run(Command::new("g++")
         .args(&cfg.flags)
         .arg("-o")
@@ -295,7 +296,10 @@ fn build_module(cfg: &BuildConfig<'_>, rt: &Path, job: &Job) -> Result<(), Strin
         .arg(&tls)
         .arg(format!("-L{}", rtdir.display()))
         .arg("-lmiadsim")
-        .arg(format!("-Wl,-rpath,{}", rtdir.display()))
+        // Relative to the module, so a copied target folder still finds its own runtime
+        // (an absolute path would load another tree's runtime beside this one: two
+        // emulators, and kernels that see no current thread).
+        .arg(format!("-Wl,-rpath,$ORIGIN/{}", rt_name.to_string_lossy()))
         .arg("-ldl"))?;
     std::fs::rename(&so, &job.so).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -345,6 +349,10 @@ fn build(cfg: &BuildConfig<'_>, rt: &Path, jobs: Vec<Job>) -> Result<(), String>
     }
 }
 
+/// How a module finds its runtime (part of the modules' cache key, so that modules linked
+/// with an absolute path are rebuilt).
+const MODULE_RPATH: &str = "$ORIGIN/rt-<hash>";
+
 /// Builds (or finds cached) the runtime and one shared object per source in `sources`,
 /// under `cfg.dir`: `rt-<hash>/libmiadsim.so` and `<stem>-<hash>.so`.
 pub fn build_all(cfg: &BuildConfig<'_>, sources: &[PathBuf]) -> Result<Built, String> {
@@ -366,6 +374,7 @@ pub fn build_all(cfg: &BuildConfig<'_>, sources: &[PathBuf]) -> Result<Built, St
         simt_h,
         read_rel(cfg.root, "kernels/sim/simt_register.h")?,
         read_rel(cfg.root, "kernels/sim/module_tls.cpp")?,
+        MODULE_RPATH.as_bytes().to_vec(),
     ];
     let mut modules = Vec::new();
     let mut jobs = Vec::new();

@@ -119,7 +119,7 @@ impl Status {
             Error::Config(_) => Status::Config,
             Error::NoUsableModality(_) => Status::NoUsableModality,
             Error::Decode { .. } => Status::Decode,
-            Error::Cuda(_) | Error::Device(_) => Status::Cuda,
+            Error::Device(_) => Status::Cuda,
             Error::NonFinite(_) => Status::NonFinite,
             Error::Forked(_) => Status::Forked,
         }
@@ -1471,7 +1471,10 @@ mod tests {
                 },
                 Status::Decode,
             ),
-            (Error::Cuda("x".into()), Status::Cuda),
+            (
+                Error::Device(crate::DeviceError::Other("x".into())),
+                Status::Cuda,
+            ),
             (Error::NonFinite("x".into()), Status::NonFinite),
             (Error::Forked("x".into()), Status::Forked),
             (

@@ -30,11 +30,22 @@
 //!   self-checked against the CPU when the engine is created: [`stages::vit`] (the RGB
 //!   branch), [`stages::point_branch`], [`stages::bank_search`], and the transformer
 //!   forwards they run ([`stages::forward`]); see [`crate::backend`] for how an engine
-//!   chooses and falls back. The engine opens one [`Device`] and shares it (`Arc`) with
-//!   every stage (`*::on_device`). Stage code is the same for a GPU and the simulator.
+//!   chooses and falls back. Stage code is the same for a GPU and the simulator.
 //!
-//! Lifetimes: drop every `Module` and `Arena` before the `Device` that made them (struct
-//! fields drop in declaration order: put the device last).
+//! One device object per engine: the engine opens one [`Device`] (context and stream) and
+//! shares it (`Arc`) with every stage (`*::on_device`). The device owns what the stages
+//! share: the module table ([`Device::module`]: each `kernels/*.cu` loaded at most once;
+//! `Module::load` asks it), the cuBLASLt handle ([`Device::cublaslt`]), and the engine's
+//! one arena: every stage states its memory (`*::arena_needs`, host only), the engine
+//! plans them together ([`Device::plan_engine_arena`], with one GEMM workspace for all)
+//! and each stage takes its region ([`Device::stage_arena`]). A stage used alone (tests,
+//! tools) allocates its own arena. [`Device::counts`] says what was created (arenas,
+//! streams, cuBLASLt handles, module loads); `BackendChoice::device_counts` reports it.
+//!
+//! Lifetimes: drop every `Arena` of its own, graph and pinned buffer before the `Device`
+//! that made them (struct fields drop in declaration order: put the device last); the
+//! device unloads its modules, destroys its cuBLASLt handle and frees the engine's arena
+//! before its context.
 //!
 //! Launch pattern (no allocation on the hot path):
 //! ```ignore

@@ -23,7 +23,7 @@ use crate::pipeline::preprocess::{
     preprocess, preprocess_scratch_len, ModalityStatus, PreprocessMode, PreprocessOutput,
 };
 use crate::types::{FeatureLayout, MAX_INPUT_SIDE};
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 use std::time::Instant;
 
 /// Features of the constant pseudo inputs (computed once).
@@ -252,10 +252,10 @@ impl<'m> Extractor<'m> {
         let mut got = vec![0.0f32; self.rgb.len()];
         network.forward(&ones, &mut got)?;
         if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::SelfCheck(format!(
                 "self-check of the RGB network failed: feature {i} is {} (NaN or infinite)",
                 got[i]
-            )));
+            ))));
         }
         let want = &self.pseudo.rgb;
         let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -265,10 +265,10 @@ impl<'m> Extractor<'m> {
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         let rel = worst / peak.max(f32::MIN_POSITIVE);
         if rel > tolerance {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::SelfCheck(format!(
                 "self-check of the RGB network failed: its features differ from the CPU ViT's \
                  by {rel:.2e} of their peak (tolerance {tolerance:.0e})"
-            )));
+            ))));
         }
         self.rgb_network = Some(network);
         Ok(rel)
@@ -307,9 +307,9 @@ impl<'m> Extractor<'m> {
         self.pre.n_points = 0;
         ran?;
         let fail = |what: String| {
-            Err(Error::Cuda(format!(
+            Err(Error::Device(DeviceError::SelfCheck(format!(
                 "self-check of the point network failed: {what}"
-            )))
+            ))))
         };
         if let Some(i) = (0..centers.len()).find(|&i| centers[i] != self.centers[i]) {
             return fail(format!(

@@ -30,8 +30,9 @@ pub fn fitted(name: &str, category: Category, seed: u64, train: usize, test: usi
 }
 
 /// A reduced M3DM-shaped model for the device path: [`ModelConfig::small`] with the real
-/// head dimension 64 in both transformers (the device attention kernels' size): ViT and
-/// Point-MAE width 128 with 2 heads, 2 blocks each.
+/// head dimension 64 in both transformers (M3DM's, and the device attention kernels'
+/// main size; the small preset's heads are 32): ViT and Point-MAE width 128 with 2 heads,
+/// 2 blocks each.
 pub fn small_hd64() -> ModelConfig {
     let mut cfg = ModelConfig::small();
     cfg.name = "small-hd64".into();

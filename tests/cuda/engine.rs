@@ -65,7 +65,7 @@ fn compare_engines(precision: Precision, tolerance: f32) {
     }
     assert!(choice.device_stages.contains(&"bank search"));
     if !choice.device_stages.contains(&"rgb branch") {
-        // The small test model's ViT has heads of 32, which the device ViT refuses.
+        // A stage that fails its self-check stays on the CPU and says why.
         let why = choice.fallback.as_deref().unwrap_or_default();
         assert!(why.starts_with("rgb branch: "), "{why}");
     }
@@ -141,4 +141,69 @@ fn a_recorded_graph_reads_and_writes_the_pinned_buffers_at_replay() {
     graph.replay(&dev).unwrap();
     dev.synchronize().unwrap();
     drop((graph, short, input, output, arena));
+}
+
+/// The kernel modules an engine with every device stage loads: the bank search, the
+/// point branch's own, and the transformers' (the f32 path adds the exact GELU).
+fn engine_modules(precision: Precision) -> Vec<&'static str> {
+    let mut m = vec![
+        "bank_search",
+        "embed",
+        "attention",
+        "preprocess",
+        "fps",
+        "knn",
+        "group_encoder",
+        "pfa",
+    ];
+    if precision == Precision::F32 {
+        m.push("gelu");
+    }
+    m.sort_unstable();
+    m
+}
+
+/// An engine on `backend` with every device stage makes one device object and, on it, one
+/// arena, one stream (no stage forks one today), one cuBLASLt handle, and loads each
+/// kernel module once: the ViT and the point encoder share `embed`, `attention` and
+/// `gelu`. Returns false (after saying SKIP) when `backend` cannot be used here.
+pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &str) -> bool {
+    let fx = common::fitted_with(common::small_hd64(), name, Category::Disc, 12, 4, 1);
+    let e = Engine::open(&fx.model, &fx.bank, &options(backend, precision)).unwrap();
+    let c = e.backend();
+    if c.used != backend {
+        eprintln!("one device object: SKIP on {backend}: {}", c.describe());
+        assert!(
+            backend != Backend::CudaSim,
+            "the simulated device is always there: {}",
+            c.describe()
+        );
+        return false;
+    }
+    assert_eq!(c.fallback, None, "a stage fell back: {}", c.describe());
+    for s in ["point branch", "rgb branch", "bank search"] {
+        assert!(c.device_stages.contains(&s), "{s}: {}", c.describe());
+    }
+    let counts = c
+        .device_counts
+        .as_ref()
+        .expect("device counts on a CUDA backend");
+    assert_eq!(counts.arenas, 1, "{counts:?}");
+    assert_eq!(counts.streams, 1, "{counts:?}");
+    assert_eq!(counts.cublaslt_handles, 1, "{counts:?}");
+    let mut names: Vec<&str> = counts.modules.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
+    assert_eq!(names, engine_modules(precision), "{counts:?}");
+    assert!(counts.modules.iter().all(|(_, n)| *n == 1), "{counts:?}");
+    true
+}
+
+/// [`assert_one_device_object`] on a real GPU, f32 and bf16 (SKIP without one).
+#[test]
+fn one_device_object_per_engine_on_the_gpu() {
+    for p in [Precision::F32, Precision::Bf16] {
+        if !assert_one_device_object(Backend::Cuda, p, &format!("gpu-one-{p}")) {
+            return;
+        }
+    }
 }

@@ -11,9 +11,9 @@
 //!   `vit_forward`; a model file gives the same model as its tensors.
 //!
 //! Sizes: `ModelConfig::demo()` (ViT 112×112 → 197 tokens, Point-MAE 256 groups, heads of
-//! 64) and a ragged preset (26 tokens, 100 groups, mlp 320, out_layers out of order). The
-//! `small()` preset has 32-wide heads, which the attention kernels refuse (checked here
-//! without a GPU).
+//! 64) and a ragged preset (26 tokens, 100 groups, mlp 320, out_layers out of order).
+//! Heads 48 wide have no attention kernel and are refused (checked here without a GPU);
+//! the `small()` preset's 32-wide heads run (the engine tests on the simulated device).
 //!
 //! Without a driver, a GPU or the cuBLASLt library every GPU test prints a SKIP line and
 //! passes. On a GPU machine:
@@ -248,19 +248,26 @@ fn random_image(rng: &mut Rng, w: usize, h: usize, stride: usize) -> Vec<u8> {
 
 #[test]
 fn configs_the_kernels_cannot_run_are_refused_on_the_host() {
+    // Heads 48 wide (the small preset's widths over 2 heads).
+    let mut cfg = ModelConfig::small();
+    cfg.vit.as_mut().unwrap().heads = 2;
+    cfg.point.as_mut().unwrap().heads = 2;
     for e in [
-        EncoderDims::vit(&VitConfig::small()).unwrap_err(),
-        EncoderDims::point(&PointConfig::small()).unwrap_err(),
+        EncoderDims::vit(cfg.vit.as_ref().unwrap()).unwrap_err(),
+        EncoderDims::point(cfg.point.as_ref().unwrap()).unwrap_err(),
     ] {
         assert!(matches!(e, Error::Config(_)), "{e}");
-        assert!(e.to_string().contains("head dimension of 64"), "{e}");
+        assert!(e.to_string().contains("head dimension of 48"), "{e}");
+        assert!(
+            e.to_string().contains("need a head dimension of 32 or 64"),
+            "{e}"
+        );
     }
     let v = EncoderDims::vit(&VitConfig::base8()).unwrap();
     assert_eq!((v.tokens, v.heads), (785, 12));
     let Some(dev) = device("refusals") else {
         return;
     };
-    let cfg = ModelConfig::small();
     let t = random_model(&cfg, 1);
     for p in PRECISIONS {
         let e = DeviceVit::from_source(&dev, &cfg, &t, 64, 64, p)

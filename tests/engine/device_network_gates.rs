@@ -19,7 +19,7 @@ const RGB_NETWORK_TOLERANCE: f32 = Precision::F32.feature_tolerance();
 const POINT_NETWORK_TOLERANCE: f32 = RGB_NETWORK_TOLERANCE;
 use miad::pipeline::input::RgbView;
 use miad::pipeline::preprocess::PreprocessMode;
-use miad::{Error, Result};
+use miad::{DeviceError, Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -38,7 +38,9 @@ impl RgbNetwork for StandIn {
     fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fail {
-            return Err(Error::Cuda("stand-in device lost".into()));
+            return Err(Error::Device(DeviceError::Other(
+                "stand-in device lost".into(),
+            )));
         }
         let vc = self.cfg.vit.as_ref().unwrap();
         let w = VitWeights::load(&self.tensors, vc)?;
@@ -103,10 +105,11 @@ fn a_network_is_used_only_when_it_reproduces_the_cpu_vit() {
         (0.0, false, true, "stand-in device lost"),
     ] {
         let (net, _) = stand_in(shift, nan, fail);
-        let e = ex
-            .use_rgb_network(net, RGB_NETWORK_TOLERANCE)
-            .unwrap_err()
-            .to_string();
+        let e = ex.use_rgb_network(net, RGB_NETWORK_TOLERANCE).unwrap_err();
+        // A disagreement is a self-check failure; the network's own error passes through.
+        let self_check = matches!(e, Error::Device(DeviceError::SelfCheck(_)));
+        assert_eq!(self_check, !fail, "{e}");
+        let e = e.to_string();
         assert!(e.contains(needle), "{e}");
     }
 
@@ -163,7 +166,9 @@ impl PointNetwork for PointStandIn {
     ) -> Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if self.fault == PointFault::Error {
-            return Err(Error::Cuda("stand-in point branch lost".into()));
+            return Err(Error::Device(DeviceError::Other(
+                "stand-in point branch lost".into(),
+            )));
         }
         let pc = self.cfg.point.as_ref().unwrap();
         let pre = &self.cfg.preprocess;
@@ -249,8 +254,10 @@ fn a_point_network_is_used_only_when_it_reproduces_the_cpu_point_branch() {
         let (net, _) = stand_in(fault);
         let e = ex
             .use_point_network(&pool, net, POINT_NETWORK_TOLERANCE)
-            .unwrap_err()
-            .to_string();
+            .unwrap_err();
+        let self_check = matches!(e, Error::Device(DeviceError::SelfCheck(_)));
+        assert_eq!(self_check, !matches!(fault, PointFault::Error), "{e}");
+        let e = e.to_string();
         assert!(e.contains(needle), "{e}");
     }
 

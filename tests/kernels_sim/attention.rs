@@ -1,4 +1,5 @@
-//! Fused attention (kernels/attention.cu: attention_f32, attention_bf16), launched as
+//! Fused attention (kernels/attention.cu: attention_f32, attention_bf16 for heads of 64,
+//! attention_f32_d32, attention_bf16_d32 for heads of 32), launched as
 //! runtime/cuda/ops/transformer.rs does, against the f64 softmax attention of
 //! tests/cuda/transformer.rs (the CPU stage, `miad::cpu::transformer`'s attention, is
 //! private; it computes the same function with the same qkv layout). Tolerances (Frobenius
@@ -19,23 +20,32 @@ use crate::util::{same, Gen, SEEDS};
 use crate::Test;
 
 pub const TESTS: &[Test] = &[
-    ("attention_f32_matches_f64_reference", att_f32),
-    ("attention_bf16_matches_f64_reference", att_bf16),
+    ("attention_f32_matches_f64_reference", || {
+        att_f32("attention_f32", 64)
+    }),
+    ("attention_bf16_matches_f64_reference", || {
+        att_bf16("attention_bf16", 64)
+    }),
+    ("attention_f32_d32_matches_f64_reference", || {
+        att_f32("attention_f32_d32", 32)
+    }),
+    ("attention_bf16_d32_matches_f64_reference", || {
+        att_bf16("attention_bf16_d32", 32)
+    }),
 ];
 
 // runtime/cuda/ops/transformer.rs
-const HEAD_DIM: usize = 64;
 const TILE: usize = 64;
 /// Seeds that run the lowest- (bit 32) or highest-numbered (bit 33) ready thread first:
 /// one warp finishes a K/V tile before the others start it, exposing a stage that is
 /// refilled while still being read.
 const RUN_AHEAD: [u64; 2] = [1 << 32 | 1, 2 << 32 | 2];
 
-/// Inputs `n` x 3·heads·64 (token, {q,k,v}, head, dim). `peaked`: the scores grow with
+/// Inputs `n` x 3·heads·d (token, {q,k,v}, head, dim). `peaked`: the scores grow with
 /// the key index (the running maximum changes in every tile: the online softmax rescales)
 /// and some keys/values repeat 64 tokens later (exact score ties across tiles).
-fn inputs(n: usize, heads: usize, peaked: bool, seed: u64) -> Vec<f32> {
-    let w = heads * HEAD_DIM;
+fn inputs(n: usize, heads: usize, d: usize, peaked: bool, seed: u64) -> Vec<f32> {
+    let w = heads * d;
     let mut g = Gen::new(seed);
     let mut x: Vec<f32> = (0..n * 3 * w).map(|_| 1.5 * g.normal()).collect();
     if peaked {
@@ -54,8 +64,7 @@ fn inputs(n: usize, heads: usize, peaked: bool, seed: u64) -> Vec<f32> {
 }
 
 /// f64 softmax attention, the layout of the kernels.
-fn reference(qkv: &[f32], n: usize, heads: usize, scale: f64) -> Vec<f64> {
-    let d = HEAD_DIM;
+fn reference(qkv: &[f32], n: usize, heads: usize, d: usize, scale: f64) -> Vec<f64> {
     let w = heads * d;
     let mut out = vec![0.0f64; n * w];
     let mut p = vec![0.0f64; n];
@@ -120,8 +129,8 @@ fn cfg(n: usize, heads: usize, block: u32) -> Cfg {
     c
 }
 
-fn scale() -> f32 {
-    (HEAD_DIM as f32).powf(-0.5)
+fn scale(d: usize) -> f32 {
+    (d as f32).powf(-0.5)
 }
 
 /// Runs `kernel` (f32 or bf16 bit patterns, `T`) for every seed and run-ahead order; the
@@ -132,6 +141,7 @@ fn launch<T: Copy + PartialEq + std::fmt::Debug>(
     out_init: T,
     n: usize,
     heads: usize,
+    d: usize,
     block: u32,
 ) -> Result<Vec<T>, String> {
     let mut first: Option<Vec<T>> = None;
@@ -145,13 +155,13 @@ fn launch<T: Copy + PartialEq + std::fmt::Debug>(
     };
     for s in seeds.iter().chain(orders).copied() {
         let x = Buf::from(qkv);
-        let o = Buf::filled(n * heads * HEAD_DIM, out_init);
+        let o = Buf::filled(n * heads * d, out_init);
         let mut a = Args::new()
             .buf(&x)
             .buf(&o)
             .val(n as i32)
             .val(heads as i32)
-            .val(scale());
+            .val(scale(d));
         sim().launch(kernel, &cfg(n, heads, block), &mut a, s)?;
         match &first {
             None => first = Some(o.get().to_vec()),
@@ -173,41 +183,43 @@ const SHAPES: [(usize, usize, bool); 6] = [
     (785, 1, false),
 ];
 
-fn att_f32() -> Result<(), String> {
+/// Kernel `name` (heads of `d`) on every shape.
+fn att_f32(name: &str, d: usize) -> Result<(), String> {
     for (i, &(n, heads, peaked)) in SHAPES.iter().enumerate() {
-        let qkv = inputs(n, heads, peaked, 50 + i as u64);
-        let what = format!("attention_f32 n {n} heads {heads}");
+        let qkv = inputs(n, heads, d, peaked, 50 + i as u64);
+        let what = format!("{name} n {n} heads {heads}");
         let bits: Vec<u32> = qkv.iter().map(|v| v.to_bits()).collect();
-        let got: Vec<f32> = launch("attention_f32", &bits, f32::NAN.to_bits(), n, heads, 64)
+        let got: Vec<f32> = launch(name, &bits, f32::NAN.to_bits(), n, heads, d, 64)
             .map_err(|e| format!("{what}: {e}"))?
             .into_iter()
             .map(f32::from_bits)
             .collect();
-        let want = reference(&qkv, n, heads, scale() as f64);
+        let want = reference(&qkv, n, heads, d, scale(d) as f64);
         rel_err(&what, &got, &want, 5e-6, 1e-5)?;
         if n == 1 {
             // One key: the softmax weight is exactly 1, the output exactly v.
-            let w = heads * HEAD_DIM;
+            let w = heads * d;
             crate::util::same_bits(&what, &got, &qkv[2 * w..3 * w])?;
         }
     }
     Ok(())
 }
 
-fn att_bf16() -> Result<(), String> {
+/// Kernel `name` (heads of `d`) on every shape.
+fn att_bf16(name: &str, d: usize) -> Result<(), String> {
     for (i, &(n, heads, peaked)) in SHAPES.iter().enumerate() {
-        let qkv = inputs(n, heads, peaked, 60 + i as u64);
-        let what = format!("attention_bf16 n {n} heads {heads}");
+        let qkv = inputs(n, heads, d, peaked, 60 + i as u64);
+        let what = format!("{name} n {n} heads {heads}");
         let q16: Vec<u16> = qkv.iter().map(|v| bf16::from_f32(*v).to_bits()).collect();
         let rounded: Vec<f32> = q16.iter().map(|b| bf16::from_bits(*b).to_f32()).collect();
-        let got: Vec<f32> = launch("attention_bf16", &q16, 0x7fc0u16, n, heads, 128)
+        let got: Vec<f32> = launch(name, &q16, 0x7fc0u16, n, heads, d, 128)
             .map_err(|e| format!("{what}: {e}"))?
             .into_iter()
             .map(|b| bf16::from_bits(b).to_f32())
             .collect();
-        let want_r = reference(&rounded, n, heads, scale() as f64);
+        let want_r = reference(&rounded, n, heads, d, scale(d) as f64);
         rel_err(&format!("{what} (bf16 inputs)"), &got, &want_r, 5e-3, 1e-2)?;
-        let want = reference(&qkv, n, heads, scale() as f64);
+        let want = reference(&qkv, n, heads, d, scale(d) as f64);
         rel_err(&format!("{what} (f32 inputs)"), &got, &want, 8e-3, 2e-2)?;
     }
     Ok(())

@@ -1,4 +1,6 @@
-//! One device allocation per engine, carved into typed slots planned at creation.
+//! One device allocation per engine, carved into typed slots planned at creation: the
+//! engine plans every stage's needs into one arena ([`super::Device::plan_engine_arena`])
+//! and each stage works in its region, an [`Arena`] that does not own its memory.
 
 use std::marker::PhantomData;
 
@@ -6,7 +8,7 @@ use cudarc::driver::sys;
 
 use super::context::dev_err;
 use super::context::{check, Device};
-use super::sim::HostMem;
+use super::sim::{self, HostMem};
 use crate::Result;
 
 /// Alignment of every slot, bytes (enough for 16-byte vector access and TMA).
@@ -61,7 +63,7 @@ impl<T> DevPtr<T> {
 }
 
 /// Offsets computed once, before the single allocation.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ArenaPlan {
     size: usize,
 }
@@ -85,23 +87,36 @@ impl ArenaPlan {
     }
 }
 
-/// The device memory of a plan; freed on drop.
+/// Who frees an arena's memory.
+enum Owner {
+    /// A driver allocation, freed on drop.
+    Driver,
+    /// The host memory standing for it on the simulated device (freed when dropped).
+    Sim { _memory: HostMem },
+    /// A region of another arena (the engine's), which the device owns; on the simulated
+    /// device registered as a region of its own, so that bounds checks stop at its end.
+    Region { simulated: bool },
+}
+
+/// The device memory of a plan: an allocation freed on drop, or a region of the engine's
+/// arena.
 pub struct Arena {
     base: sys::CUdeviceptr,
     size: usize,
-    /// The host memory standing for it on the simulated device.
-    sim: Option<HostMem>,
+    owner: Owner,
 }
 
 impl Arena {
+    /// Allocates the memory of `plan` (counted on `dev`: one per engine).
     pub fn new(dev: &Device, plan: &ArenaPlan) -> Result<Arena> {
         let size = plan.bytes();
+        dev.count_arena();
         if dev.is_simulated() {
             let mem = HostMem::device(size)?;
             return Ok(Arena {
                 base: mem.addr(),
                 size,
-                sim: Some(mem),
+                owner: Owner::Sim { _memory: mem },
             });
         }
         dev.bind()?;
@@ -115,7 +130,27 @@ impl Arena {
         Ok(Arena {
             base,
             size,
-            sim: None,
+            owner: Owner::Driver,
+        })
+    }
+    /// Slot `s` of this arena as an arena of its own that does not own its memory (valid
+    /// while this arena lives: the device keeps the engine's).
+    pub(crate) fn region(&self, s: Slot<u8>) -> Result<Arena> {
+        if s.offset + s.len > self.size {
+            return Err(dev_err(format!(
+                "arena region of {} bytes at {} in an arena of {}",
+                s.len, s.offset, self.size
+            )));
+        }
+        let base = self.base + s.offset as u64;
+        let simulated = matches!(self.owner, Owner::Sim { .. });
+        if simulated {
+            sim::register_region(base, s.len)?;
+        }
+        Ok(Arena {
+            base,
+            size: s.len,
+            owner: Owner::Region { simulated },
         })
     }
     pub fn ptr<T>(&self, s: Slot<T>) -> DevPtr<T> {
@@ -156,11 +191,13 @@ impl Arena {
 
 impl Drop for Arena {
     fn drop(&mut self) {
-        if self.sim.is_some() {
-            return; // the host memory frees itself
-        }
-        unsafe {
-            sys::cuMemFree_v2(self.base);
+        // The host memory frees itself; a region belongs to the engine's arena.
+        match self.owner {
+            Owner::Driver => unsafe {
+                sys::cuMemFree_v2(self.base);
+            },
+            Owner::Region { simulated: true } => sim::unregister_region(self.base),
+            Owner::Region { simulated: false } | Owner::Sim { .. } => {}
         }
     }
 }

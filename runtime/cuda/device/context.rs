@@ -4,10 +4,15 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys;
 
+use super::arena::{Arena, ArenaPlan, Slot};
+use super::gemm::{CublasLt, Workspace, GEMM_WORKSPACE_BYTES};
+use super::module::Module;
 use super::sim::{self, CopyKind, SimStream};
+use crate::backend::DeviceCounts;
 use crate::{DeviceError, Error, Result};
 
 /// Devices (contexts with their stream) opened in this process, real or simulated: one
@@ -49,9 +54,38 @@ enum Inner {
     Sim(SimStream),
 }
 
-/// One CUDA device with the engine's context and stream, real or simulated.
+/// The engine's one arena: each stage's region, handed out once, and the shared GEMM
+/// workspace.
+struct EngineArena {
+    arena: Arena,
+    regions: Vec<Region>,
+    workspace: Slot<u8>,
+}
+
+struct Region {
+    stage: &'static str,
+    slot: Slot<u8>,
+    taken: bool,
+}
+
+/// What the device owns on behalf of every stage: the module table, the cuBLASLt handle,
+/// the engine's arena, and the counters.
+#[derive(Default)]
+struct Shared {
+    modules: Mutex<Vec<Module>>,
+    cublaslt: OnceLock<CublasLt>,
+    engine_arena: Mutex<Option<EngineArena>>,
+    arenas: AtomicUsize,
+    streams: AtomicUsize,
+    cublaslt_handles: AtomicUsize,
+    module_loads: Mutex<Vec<(&'static str, usize)>>,
+}
+
+/// One CUDA device with the engine's context and stream, real or simulated, and what the
+/// engine's stages share on it: one arena, one module table, one cuBLASLt handle.
 pub struct Device {
     inner: Inner,
+    shared: Shared,
     /// Compute capability (major, minor).
     pub cc: (i32, i32),
     pub sm_count: i32,
@@ -132,8 +166,11 @@ impl Device {
                 return Err(e);
             }
             DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
+            let shared = Shared::default();
+            shared.streams.fetch_add(1, Ordering::Relaxed);
             Ok(Device {
                 inner: Inner::Driver { dev, ctx, stream },
+                shared,
                 cc,
                 sm_count,
                 max_smem_optin,
@@ -147,13 +184,163 @@ impl Device {
     pub fn simulated() -> Result<Device> {
         let stream = SimStream::new()?;
         DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
+        let shared = Shared::default();
+        shared.streams.fetch_add(1, Ordering::Relaxed);
         Ok(Device {
             inner: Inner::Sim(stream),
+            shared,
             cc: (9, 0),
             sm_count: 132,
             max_smem_optin: sim::MAX_DYN_SMEM,
             name: "simulated device (SIMT emulator)".into(),
         })
+    }
+
+    /// What this device created so far (see [`DeviceCounts`]).
+    pub fn counts(&self) -> DeviceCounts {
+        DeviceCounts {
+            arenas: self.shared.arenas.load(Ordering::Relaxed),
+            streams: self.shared.streams.load(Ordering::Relaxed),
+            cublaslt_handles: self.shared.cublaslt_handles.load(Ordering::Relaxed),
+            modules: self
+                .shared
+                .module_loads
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn count_arena(&self) {
+        self.shared.arenas.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_cublaslt_handle(&self) {
+        self.shared.cublaslt_handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_module_load(&self, name: &'static str) {
+        if let Ok(mut loads) = self.shared.module_loads.lock() {
+            match loads.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => *c += 1,
+                None => loads.push((name, 1)),
+            }
+        }
+    }
+
+    /// Kernel module `name` from this device's module table: loaded the first time a
+    /// stage asks for it, shared afterwards (unloaded with the device).
+    pub fn module(&self, name: &str) -> Result<Module> {
+        let mut table = self
+            .shared
+            .modules
+            .lock()
+            .map_err(|_| dev_err("module table lock poisoned".into()))?;
+        if let Some(m) = table.iter().find(|m| m.name == name) {
+            return Ok(m.clone());
+        }
+        let m = Module::load_new(self, name)?;
+        table.push(m.clone());
+        Ok(m)
+    }
+
+    /// This device's cuBLASLt handle, created on first use.
+    pub fn cublaslt(&self) -> Result<&CublasLt> {
+        if let Some(lt) = self.shared.cublaslt.get() {
+            return Ok(lt);
+        }
+        let lt = CublasLt::new(self)?;
+        // One thread at a time uses the device (see the `Sync` note), so the cell is empty.
+        let _ = self.shared.cublaslt.set(lt);
+        self.shared
+            .cublaslt
+            .get()
+            .ok_or_else(|| dev_err("cuBLASLt handle cell left empty".into()))
+    }
+
+    /// Plans and allocates the engine's one arena: a region per stage need (`(stage,
+    /// plan)`, stage names unique) and one GEMM workspace that every stage's GEMMs share
+    /// (they run one after the other on the one stream). Once per device.
+    pub fn plan_engine_arena(&self, needs: &[(&'static str, ArenaPlan)]) -> Result<()> {
+        let mut cell = self
+            .shared
+            .engine_arena
+            .lock()
+            .map_err(|_| dev_err("arena lock poisoned".into()))?;
+        if cell.is_some() {
+            return Err(dev_err(
+                "the engine's arena is planned once per device".into(),
+            ));
+        }
+        let mut whole = ArenaPlan::new();
+        let mut regions: Vec<Region> = Vec::with_capacity(needs.len());
+        for (stage, plan) in needs {
+            if regions.iter().any(|r| r.stage == *stage) {
+                return Err(dev_err(format!("two arena regions for stage {stage:?}")));
+            }
+            regions.push(Region {
+                stage,
+                slot: whole.add::<u8>(plan.bytes()),
+                taken: false,
+            });
+        }
+        let workspace = whole.add::<u8>(GEMM_WORKSPACE_BYTES);
+        let arena = Arena::new(self, &whole)?;
+        *cell = Some(EngineArena {
+            arena,
+            regions,
+            workspace,
+        });
+        Ok(())
+    }
+
+    /// The memory of `stage` for `plan`: its region of the engine's arena when the engine
+    /// planned one (handed out once; an error when the engine did not plan this stage or
+    /// planned it smaller), else a new arena of its own (a stage used alone).
+    pub fn stage_arena(&self, stage: &'static str, plan: &ArenaPlan) -> Result<Arena> {
+        let mut cell = self
+            .shared
+            .engine_arena
+            .lock()
+            .map_err(|_| dev_err("arena lock poisoned".into()))?;
+        let Some(engine) = cell.as_mut() else {
+            drop(cell);
+            return Arena::new(self, plan);
+        };
+        let Some(region) = engine.regions.iter_mut().find(|r| r.stage == stage) else {
+            return Err(dev_err(format!(
+                "stage {stage:?} asks for device memory the engine did not plan"
+            )));
+        };
+        if region.taken {
+            return Err(dev_err(format!(
+                "stage {stage:?} asks for its arena region a second time"
+            )));
+        }
+        if plan.bytes() > region.slot.len {
+            return Err(dev_err(format!(
+                "stage {stage:?} needs {} bytes, the engine planned {}",
+                plan.bytes(),
+                region.slot.len
+            )));
+        }
+        let arena = engine.arena.region(region.slot)?;
+        region.taken = true;
+        Ok(arena)
+    }
+
+    /// The GEMM workspace of the engine's arena (`None` before the engine planned one: a
+    /// stage used alone plans its own).
+    pub fn shared_gemm_workspace(&self) -> Result<Option<Workspace>> {
+        let cell = self
+            .shared
+            .engine_arena
+            .lock()
+            .map_err(|_| dev_err("arena lock poisoned".into()))?;
+        Ok(cell.as_ref().map(|e| Workspace {
+            ptr: e.arena.ptr(e.workspace),
+            bytes: e.workspace.len,
+        }))
     }
 
     /// Whether this is the simulated device.
@@ -476,10 +663,28 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        if let Inner::Driver { dev, ctx, stream } = self.inner {
+        if let Inner::Driver { ctx, stream, .. } = self.inner {
             unsafe {
                 sys::cuCtxSetCurrent(ctx);
                 sys::cuStreamSynchronize(stream);
+            }
+        }
+        // What the device owns goes before its context: modules, the cuBLASLt handle, the
+        // engine's arena.
+        let modules = match self.shared.modules.get_mut() {
+            Ok(m) => std::mem::take(m),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        for m in modules {
+            m.unload();
+        }
+        drop(self.shared.cublaslt.take());
+        if let Ok(a) = self.shared.engine_arena.get_mut() {
+            drop(a.take());
+        }
+        if let Inner::Driver { dev, ctx, stream } = self.inner {
+            unsafe {
+                sys::cuCtxSetCurrent(ctx);
                 sys::cuStreamDestroy_v2(stream);
                 sys::cuDevicePrimaryCtxRelease_v2(dev);
             }

@@ -410,10 +410,12 @@ pub struct CublasLt {
 unsafe impl Send for CublasLt {}
 
 impl CublasLt {
-    /// Creates the handle in `dev`'s context. Returns [`Error::Device`] naming the library
-    /// when cuBLASLt cannot be loaded.
+    /// Creates a handle in `dev`'s context (counted on `dev`; stages use the device's
+    /// one, [`Device::cublaslt`]). Returns [`Error::Device`] naming the library when
+    /// cuBLASLt cannot be loaded.
     pub fn new(dev: &Device) -> Result<Self> {
         if dev.is_simulated() {
+            dev.count_cublaslt_handle();
             return Ok(CublasLt {
                 handle: std::ptr::null_mut(),
                 version: 0,
@@ -428,6 +430,7 @@ impl CublasLt {
         }
         dev.bind()?;
         let handle = lt::create_handle().map_err(|e| lt_err("cublasLtCreate", e))?;
+        dev.count_cublaslt_handle();
         // SAFETY: the library is loaded; a plain query.
         let version = unsafe { ltsys::cublasLtGetVersion() };
         Ok(CublasLt {

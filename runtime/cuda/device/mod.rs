@@ -9,4 +9,5 @@ pub mod graph;
 pub mod module;
 pub mod sim;
 
+pub use crate::backend::DeviceCounts;
 pub use context::{kptr, Device, Timer, DEVICES_OPENED};

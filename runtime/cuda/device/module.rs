@@ -4,6 +4,7 @@
 
 use std::ffi::{c_char, c_int, CString};
 use std::path::Path;
+use std::sync::Arc;
 
 use cudarc::driver::sys;
 use cudarc::nvrtc::sys as nvrtc;
@@ -35,30 +36,41 @@ pub fn find_module(name: &str) -> Result<&'static KernelModule> {
         .ok_or_else(|| dev_err(format!("no kernel module {name:?} was built in")))
 }
 
-/// A loaded module; unloaded on drop.
+/// A module of a device's module table: a handle that any number of kernel wrappers may
+/// hold; the device unloads its modules when it is dropped.
+#[derive(Clone)]
 pub struct Module {
     module: sys::CUmodule,
     /// The emulated module on the simulated device.
-    sim: Option<SimModule>,
+    sim: Option<Arc<SimModule>>,
     pub name: &'static str,
     /// How it was obtained: "cubin sm_90a", "nvrtc sm_87", ...
     pub origin: String,
 }
 
 impl Module {
-    /// Loads module `name` for `dev`, from the first of:
+    /// Module `name` of `dev`'s module table ([`Device::module`]: loaded at most once per
+    /// device).
+    pub fn load(dev: &Device, name: &str) -> Result<Module> {
+        dev.module(name)
+    }
+
+    /// Loads module `name` for `dev` (the module table's loader, counted on `dev`), from
+    /// the first of:
     /// 1. the folder `$MIAD_CUBIN_DIR` when that environment variable is set (kernels
     ///    compiled apart from the crate): `<name>.cubin`, or the `<name>.sm_XX.cubin` that
     ///    `kernels/compile.py --out` writes (see [`read_cubin_override`]); a missing or
     ///    unreadable file is an error;
     /// 2. the cubin embedded for the device's architecture (sm_90a preferred on 9.0);
     /// 3. the embedded source compiled with NVRTC.
-    pub fn load(dev: &Device, name: &str) -> Result<Module> {
+    pub(crate) fn load_new(dev: &Device, name: &str) -> Result<Module> {
         let km = find_module(name)?;
         if dev.is_simulated() {
+            let sim = SimModule::load(km.name, km.sim)?;
+            dev.count_module_load(km.name);
             return Ok(Module {
                 module: std::ptr::null_mut(),
-                sim: Some(SimModule::load(km.name, km.sim)?),
+                sim: Some(Arc::new(sim)),
                 name: km.name,
                 origin: "SIMT emulator".into(),
             });
@@ -79,6 +91,7 @@ impl Module {
                 &format!("cuModuleLoadData({name}, {origin})"),
             )?;
         }
+        dev.count_module_load(km.name);
         Ok(Module {
             module,
             sim: None,
@@ -105,13 +118,14 @@ impl Module {
     }
 }
 
-impl Drop for Module {
-    fn drop(&mut self) {
-        if self.sim.is_some() {
-            return;
-        }
-        unsafe {
-            sys::cuModuleUnload(self.module);
+impl Module {
+    /// Unloads a driver module (the device's table, when the device is dropped; an
+    /// emulated module goes with its last handle).
+    pub(crate) fn unload(self) {
+        if self.sim.is_none() && !self.module.is_null() {
+            unsafe {
+                sys::cuModuleUnload(self.module);
+            }
         }
     }
 }

@@ -213,9 +213,14 @@ pub unsafe fn set_max_dyn(f: *const c_void, bytes: u32) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Memory.
 
-/// Live device allocations: base → (bytes, id). Ids are never reused, so a graph can tell
-/// an allocation from a later one at the same address.
-static REGISTRY: Mutex<BTreeMap<u64, (usize, u64)>> = Mutex::new(BTreeMap::new());
+/// Live device allocations and, inside them, the regions stages work in (the engine's
+/// arena): (base, [`ALLOCATION`] or [`REGION`]) → (bytes, id). Ids are never reused, so a
+/// graph can tell an allocation from a later one at the same address. Bounds are checked
+/// against the innermost entry holding an address: a stage's copy that runs past its
+/// region is out of bounds, though the engine's arena continues.
+static REGISTRY: Mutex<BTreeMap<(u64, u8), (usize, u64)>> = Mutex::new(BTreeMap::new());
+const ALLOCATION: u8 = 0;
+const REGION: u8 = 1;
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Alignment of simulated allocations (the driver's `cuMemAlloc` gives at least 256).
@@ -245,7 +250,7 @@ impl HostMem {
         REGISTRY
             .lock()
             .map_err(|_| err("registry lock poisoned"))?
-            .insert(m.ptr as u64, (bytes, id));
+            .insert((m.ptr as u64, ALLOCATION), (bytes, id));
         m.id = Some(id);
         Ok(m)
     }
@@ -286,7 +291,7 @@ impl Drop for HostMem {
     fn drop(&mut self) {
         if self.id.is_some() {
             if let Ok(mut r) = REGISTRY.lock() {
-                r.remove(&(self.ptr as u64));
+                r.remove(&(self.ptr as u64, ALLOCATION));
             }
         }
         // SAFETY: allocated in `alloc` with this layout.
@@ -294,25 +299,51 @@ impl Drop for HostMem {
     }
 }
 
-/// The live allocation holding `[addr, addr + bytes)`: (base, id), or an error naming
-/// `what` (bounds check).
+/// Registers `[addr, addr + bytes)`, inside a live allocation, as a region of its own (a
+/// stage's part of the engine's arena): bounds checks stop at its end. Returns its id.
+pub fn register_region(addr: u64, bytes: usize) -> Result<u64> {
+    check_range(addr, bytes, "arena region")?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    REGISTRY
+        .lock()
+        .map_err(|_| err("registry lock poisoned"))?
+        .insert((addr, REGION), (bytes, id));
+    Ok(id)
+}
+
+/// Ends the region registered at `addr` (its allocation stays).
+pub fn unregister_region(addr: u64) {
+    if let Ok(mut r) = REGISTRY.lock() {
+        r.remove(&(addr, REGION));
+    }
+}
+
+/// The innermost live allocation or region holding `[addr, addr + bytes)`: (base, id),
+/// or an error naming `what` (bounds check).
 pub fn check_range(addr: u64, bytes: usize, what: &str) -> Result<(u64, u64)> {
     let r = REGISTRY.lock().map_err(|_| err("registry lock poisoned"))?;
-    if let Some((&base, &(len, id))) = r.range(..=addr).next_back() {
+    // From the nearest base down (a region before its allocation at the same base): the
+    // first entry that holds `addr` is the innermost.
+    let holding = r
+        .range(..=(addr, REGION))
+        .rev()
+        .find(|(&(base, _), &(len, _))| {
+            let end = base + len as u64;
+            addr < end || (bytes == 0 && addr == end)
+        });
+    if let Some((&(base, _), &(len, id))) = holding {
         if addr + bytes as u64 <= base + len as u64 {
             return Ok((base, id));
         }
-        if addr < base + len as u64 {
-            return Err(misuse(
-                Misuse::OutOfBounds,
-                format!(
-                    "{what}: {bytes} bytes at offset {} of an allocation of {len} bytes \
+        return Err(misuse(
+            Misuse::OutOfBounds,
+            format!(
+                "{what}: {bytes} bytes at offset {} of an allocation of {len} bytes \
                  (out of bounds by {})",
-                    addr - base,
-                    addr + bytes as u64 - base - len as u64
-                ),
-            ));
-        }
+                addr - base,
+                addr + bytes as u64 - base - len as u64
+            ),
+        ));
     }
     Err(misuse(
         Misuse::OutOfBounds,
@@ -812,7 +843,10 @@ impl SimStream {
         {
             let r = REGISTRY.lock().map_err(|_| err("registry lock poisoned"))?;
             for &(base, id) in &g.memory {
-                if r.get(&base).map(|&(_, i)| i) != Some(id) {
+                let live = r
+                    .range((base, ALLOCATION)..=(base, REGION))
+                    .any(|(_, &(_, i))| i == id);
+                if !live {
                     return Err(misuse(
                         Misuse::StaleGraph,
                         format!(

@@ -34,7 +34,7 @@ use crate::cpu::pool::Pool;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::module::Module;
 use crate::cuda::device::{kptr, Device};
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// Rows per block of `coreset_update_f32` (`CS_SEG` in kernels/coreset.cu).
 pub const SEGMENT: usize = 1024;
@@ -154,7 +154,7 @@ impl CoresetPlan {
         let need = self.device_bytes();
         if need.saturating_add(HEADROOM) > free {
             let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::OutOfMemory(format!(
                 "GPU coreset of {} rows × {} dimensions keeping {} needs {:.2} GiB of device \
                  memory (+{} MiB headroom); {:.2} GiB of {:.2} GiB are free",
                 self.n,
@@ -164,7 +164,7 @@ impl CoresetPlan {
                 HEADROOM >> 20,
                 gib(free),
                 gib(total)
-            )));
+            ))));
         }
         Ok(())
     }
@@ -296,9 +296,9 @@ impl GpuCoreset {
         let mut idx = vec![0u32; plan.m];
         arena.download(dev, plan.out, &mut idx)?;
         if let Some(bad) = idx.iter().find(|&&i| i >= n) {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::Fault(format!(
                 "GPU coreset returned row {bad} of {n} (kernel fault)"
-            )));
+            ))));
         }
         Ok(idx)
     }
@@ -449,7 +449,7 @@ mod tests {
         assert!(p.check_fits(need + HEADROOM, 1 << 34).is_ok());
         let e = p.check_fits(need + HEADROOM - 1, 1 << 34).unwrap_err();
         let s = e.to_string();
-        assert!(matches!(e, Error::Cuda(_)));
+        assert!(matches!(e, Error::Device(DeviceError::OutOfMemory(_))));
         assert!(s.contains("1000 rows × 64 dimensions keeping 100"), "{s}");
         assert!(
             s.contains("GiB of device memory") && s.contains("free"),

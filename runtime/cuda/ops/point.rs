@@ -10,7 +10,7 @@ use crate::config::PointConfig;
 use crate::cuda::device::arena::DevPtr;
 use crate::cuda::device::module::Module;
 use crate::cuda::device::{kptr, Device};
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// Blocks in the FPS thread-block cluster on sm_90+ (portable cluster size).
 pub const FPS_CLUSTER: u32 = 8;
@@ -215,10 +215,10 @@ fn setup_fps_regs(
         }
     }
     match want {
-        Some(c) => Err(Error::Cuda(format!(
+        Some(c) => Err(Error::Device(DeviceError::Unsupported(format!(
             "register FPS with a cluster of {c} blocks cannot run here ({} points)",
             plan.max_points
-        ))),
+        )))),
         None => Ok(None),
     }
 }
@@ -302,12 +302,12 @@ impl PointKernels {
             plan,
         };
         if !k.fps_available(fps_kernel) || !k.knn_available(knn_kernel) {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::Unsupported(format!(
                 "point kernels {fps_kernel:?} / {knn_kernel:?} not available on sm_{} for {} points, k {}",
                 dev.sm(),
                 k.plan.max_points,
                 k.plan.group_size
-            )));
+            ))));
         }
         if k.fps_cluster > 0 {
             dev.set_max_dynamic_smem(k.fps, k.plan.fps_smem(k.fps_cluster))?;
@@ -408,7 +408,9 @@ impl PointKernels {
         let m = self.plan.groups as i32;
         if kind != FpsKernel::SharedMemory {
             let Some(f2) = self.fps_regs else {
-                return Err(Error::Cuda(format!("{kind:?} is not available here")));
+                return Err(Error::Device(DeviceError::Unsupported(format!(
+                    "{kind:?} is not available here"
+                ))));
             };
             let xmode: i32 = (kind == FpsKernel::RegistersMbarrier) as i32;
             let mut a: [*mut c_void; 6] = [
@@ -484,9 +486,9 @@ impl PointKernels {
         let k = self.plan.group_size as i32;
         if kind == KnnKernel::BoundSelect {
             let Some(f) = self.knn_select else {
-                return Err(Error::Cuda(
+                return Err(Error::Device(DeviceError::Unsupported(
                     "select kNN is not available for this plan".into(),
-                ));
+                )));
             };
             let mut a: [*mut c_void; 7] = [
                 kptr(&pts),

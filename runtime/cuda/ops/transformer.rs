@@ -9,9 +9,11 @@
 //! graph. Sizes are validated on the host before any launch; buffer extents cannot be seen
 //! through a `DevPtr`, so callers size their arena slots with the `*_len` helpers.
 //!
-//! Layout contract (timm): `qkv` is `[n_tokens, 3 * heads * 64]` (token, {q,k,v}, head,
-//! dim), the output `[n_tokens, heads * 64]` with heads concatenated. The head dimension is
-//! 64 (ViT-B/8 and Point-MAE); token and head counts come from the model configuration.
+//! Layout contract (timm): `qkv` is `[n_tokens, 3 * heads * d]` (token, {q,k,v}, head,
+//! dim), the output `[n_tokens, heads * d]` with heads concatenated. The head dimension `d`
+//! is 64 (ViT-B/8 and Point-MAE; [`Attention::new`], and the `*_len` helpers) or 32 (the
+//! small test models; [`Attention::with_head_dim`]); token and head counts come from the
+//! model configuration.
 
 use std::ffi::c_void;
 
@@ -22,8 +24,10 @@ use crate::cuda::device::module::Module;
 use crate::cuda::device::{kptr, Device};
 use crate::{Error, Result};
 
-/// The head dimension the attention kernels are built for.
+/// The head dimension of the default attention kernels.
 pub const ATTENTION_HEAD_DIM: usize = 64;
+/// Every head dimension an attention kernel is built for (`kernels/attention.cu`).
+pub const ATTENTION_HEAD_DIMS: [usize; 2] = [32, 64];
 const ATTENTION_TILE: usize = 64;
 /// Largest grid y/z dimension.
 const MAX_GRID_YZ: usize = 65_535;
@@ -37,6 +41,7 @@ pub use crate::backend::Precision;
 pub struct Attention {
     f32_kernel: CUfunction,
     bf16_kernel: CUfunction,
+    head_dim: usize,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
@@ -48,17 +53,43 @@ unsafe impl Send for Attention {}
 impl Attention {
     /// Loads `attention` for `dev` and looks its kernels up (creation time).
     pub fn new(dev: &Device) -> Result<Self> {
+        Self::with_head_dim(dev, ATTENTION_HEAD_DIM)
+    }
+
+    /// The kernels for heads of `head_dim` (one of [`ATTENTION_HEAD_DIMS`]).
+    pub fn with_head_dim(dev: &Device, head_dim: usize) -> Result<Self> {
+        let suffix = match head_dim {
+            64 => "",
+            32 => "_d32",
+            _ => {
+                return Err(Error::Config(format!(
+                    "attention: no kernel for a head dimension of {head_dim} (built for {ATTENTION_HEAD_DIMS:?})"
+                )))
+            }
+        };
         let module = Module::load(dev, "attention")?;
         Ok(Self {
-            f32_kernel: module.function("attention_f32")?,
-            bf16_kernel: module.function("attention_bf16")?,
+            f32_kernel: module.function(&format!("attention_f32{suffix}"))?,
+            bf16_kernel: module.function(&format!("attention_bf16{suffix}"))?,
+            head_dim,
             _module: module,
         })
     }
 
-    /// Floating-point operations of one attention call (QK^T and PV), for rate reports.
+    /// The head dimension these kernels are built for.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// Floating-point operations of one attention call (QK^T and PV) with heads of 64,
+    /// for rate reports.
     pub fn flops(n_tokens: usize, heads: usize) -> f64 {
-        4.0 * (n_tokens as f64).powi(2) * (ATTENTION_HEAD_DIM * heads) as f64
+        Self::flops_with_head_dim(n_tokens, heads, ATTENTION_HEAD_DIM)
+    }
+
+    /// [`Self::flops`] for heads of `head_dim`.
+    pub fn flops_with_head_dim(n_tokens: usize, heads: usize, head_dim: usize) -> f64 {
+        4.0 * (n_tokens as f64).powi(2) * (head_dim * heads) as f64
     }
 
     /// Elements of the `qkv` input of `n_tokens` x `heads`.

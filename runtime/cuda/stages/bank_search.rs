@@ -25,7 +25,7 @@ use crate::cuda::ops::bank::{BankSearch, F16Inputs, Partials, SearchPath, Search
 use crate::pipeline::score::{BankSet, NearestSearch};
 use crate::types::BANK_NAMES;
 use crate::util::rng::Rng;
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// One bank's search on the device.
 struct DeviceBank {
@@ -57,7 +57,94 @@ struct BankSlots {
 /// Split winners the fast path re-scores exactly in f32 per query.
 const FAST_RERANK: usize = 8;
 
+/// The searches' plans and device memory, planned on the host.
+struct BankLayout {
+    plans: [Option<SearchPlan>; 3],
+    slots: [Option<BankSlots>; 3],
+    queries: Slot<f32>,
+    queries16: Slot<u16>,
+    query_norms: Slot<f32>,
+    part_dist: Slot<f32>,
+    part_index: Slot<i32>,
+    out_dist: Slot<f32>,
+    out_index: Slot<i32>,
+    max_query: usize,
+    max_nq: usize,
+    /// 1 on the fast path (f16 copies and norms planned), else 0.
+    fast: usize,
+    layout: ArenaPlan,
+}
+
+impl BankLayout {
+    /// Plans every bank's search for `dev` (its multiprocessor count sets the split).
+    fn plan(dev: &Device, set: &BankSet<'_>, precision: Precision) -> Result<Self> {
+        let sms = dev.sm_count.max(1) as usize;
+        let (path, fast) = match precision {
+            Precision::F32 => (SearchPath::F32, 0),
+            Precision::Bf16 => (SearchPath::F16, 1),
+        };
+        let mut plans = [None; 3];
+        for b in 0..3 {
+            if let Some(view) = &set.banks[b] {
+                let patches = set.grids[b] * set.grids[b];
+                let plan = SearchPlan::new(patches, view.n, view.dim, path, sms).map_err(|e| {
+                    Error::Device(DeviceError::Unsupported(format!(
+                        "bank {}: {e}",
+                        BANK_NAMES[b]
+                    )))
+                })?;
+                plans[b] = Some(plan);
+            }
+        }
+        let max = |f: fn(&SearchPlan) -> usize| plans.iter().flatten().map(f).max().unwrap_or(1);
+        let (max_query, max_part, max_nq) = (
+            max(SearchPlan::query_len),
+            max(SearchPlan::part_len),
+            max(|p| p.nq),
+        );
+        let mut layout = ArenaPlan::new();
+        let slots: [Option<BankSlots>; 3] = std::array::from_fn(|b| {
+            plans[b].map(|p| BankSlots {
+                rows: layout.add::<f32>(p.bank_len()),
+                rows16: layout.add::<u16>(fast * p.bank_len()),
+                norms: layout.add::<f32>(fast * p.nb),
+            })
+        });
+        Ok(BankLayout {
+            plans,
+            slots,
+            queries: layout.add::<f32>(max_query),
+            queries16: layout.add::<u16>(fast * max_query),
+            query_norms: layout.add::<f32>(fast * max_nq),
+            part_dist: layout.add::<f32>(max_part),
+            part_index: layout.add::<i32>(max_part),
+            out_dist: layout.add::<f32>(max_nq),
+            out_index: layout.add::<i32>(max_nq),
+            max_query,
+            max_nq,
+            fast,
+            layout,
+        })
+    }
+}
+
 impl DeviceBankSearch {
+    /// The name of the search's region in the engine's arena.
+    pub const ARENA_REGION: &'static str = "bank search";
+
+    /// The device memory the search of `set` needs on `dev`, per arena region (nothing is
+    /// allocated: the engine plans its arena from it).
+    pub fn arena_needs(
+        dev: &Device,
+        set: &BankSet<'_>,
+        precision: Precision,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        Ok(vec![(
+            Self::ARENA_REGION,
+            BankLayout::plan(dev, set, precision)?.layout,
+        )])
+    }
+
     /// Opens device `ordinal`, uploads every bank of `set` and records the searches:
     /// exact f32 for [`Precision::F32`]; for [`Precision::Bf16`] the fast path (f16 tensor
     /// cores, then the best split winners re-scored exactly in f32). Errors (no driver, no
@@ -80,42 +167,22 @@ impl DeviceBankSearch {
         precision: Precision,
     ) -> Result<Self> {
         let search = BankSearch::new(&dev)?;
-        let sms = dev.sm_count.max(1) as usize;
-        let (path, fast) = match precision {
-            Precision::F32 => (SearchPath::F32, 0),
-            Precision::Bf16 => (SearchPath::F16, 1),
-        };
-        let mut plans = [None; 3];
-        for b in 0..3 {
-            if let Some(view) = &set.banks[b] {
-                let patches = set.grids[b] * set.grids[b];
-                let plan = SearchPlan::new(patches, view.n, view.dim, path, sms)
-                    .map_err(|e| Error::Cuda(format!("bank {}: {e}", BANK_NAMES[b])))?;
-                plans[b] = Some(plan);
-            }
-        }
-        let max = |f: fn(&SearchPlan) -> usize| plans.iter().flatten().map(f).max().unwrap_or(1);
-        let (max_query, max_part, max_nq) = (
-            max(SearchPlan::query_len),
-            max(SearchPlan::part_len),
-            max(|p| p.nq),
-        );
-        let mut layout = ArenaPlan::new();
-        let slots: [Option<BankSlots>; 3] = std::array::from_fn(|b| {
-            plans[b].map(|p| BankSlots {
-                rows: layout.add::<f32>(p.bank_len()),
-                rows16: layout.add::<u16>(fast * p.bank_len()),
-                norms: layout.add::<f32>(fast * p.nb),
-            })
-        });
-        let queries = layout.add::<f32>(max_query);
-        let queries16 = layout.add::<u16>(fast * max_query);
-        let query_norms = layout.add::<f32>(fast * max_nq);
-        let part_dist = layout.add::<f32>(max_part);
-        let part_index = layout.add::<i32>(max_part);
-        let out_dist = layout.add::<f32>(max_nq);
-        let out_index = layout.add::<i32>(max_nq);
-        let arena = Arena::new(&dev, &layout)?;
+        let BankLayout {
+            plans,
+            slots,
+            queries,
+            queries16,
+            query_norms,
+            part_dist,
+            part_index,
+            out_dist,
+            out_index,
+            max_query,
+            max_nq,
+            fast,
+            layout,
+        } = BankLayout::plan(&dev, set, precision)?;
+        let arena = dev.stage_arena(Self::ARENA_REGION, &layout)?;
         for (s, view) in slots.iter().zip(&set.banks) {
             if let (Some(s), Some(view)) = (s, view) {
                 arena.upload(&dev, s.rows, view.data)?;
@@ -253,11 +320,11 @@ impl DeviceBankSearch {
             // Written so that a NaN fails.
             let agrees = (dev_d[j] - cpu_d[j]).abs() <= tol;
             if !agrees || dev_i[j] as usize >= view.n {
-                return Err(Error::Cuda(format!(
+                return Err(Error::Device(DeviceError::SelfCheck(format!(
                     "self-check of the device bank search failed (bank {}, probe {j}): \
                      device distance {} to row {}, CPU {} to row {}",
                     BANK_NAMES[bank], dev_d[j], dev_i[j], cpu_d[j], cpu_i[j]
-                )));
+                ))));
             }
         }
         Ok(())
@@ -278,17 +345,17 @@ impl NearestSearch for DeviceBankSearch {
         index: &mut [u32],
     ) -> Result<()> {
         let Some(Some(d)) = self.banks.get(bank) else {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::BadCall(format!(
                 "no device bank {bank} (the bank file has no such bank)"
-            )));
+            ))));
         };
         let (nq, len) = (d.plan.nq, d.plan.query_len());
         if x.len() != len || dist.len() < nq || index.len() < nq {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::BadCall(format!(
                 "device bank search {}: {} feature values for a plan of {len}",
                 BANK_NAMES[bank],
                 x.len()
-            )));
+            ))));
         }
         self.host_queries.as_mut_slice()[..len].copy_from_slice(x);
         self.dev.bind()?;

@@ -14,10 +14,12 @@
 //!   norm, concatenated), as the transformer part of `cpu::point_mae::point_mae_forward`.
 //!
 //! Creation (once, from a [`ModelFile`] or any [`TensorSource`]): the configuration is
-//! validated ([`EncoderDims`]: head dimension 64, the attention kernels' only one), one
-//! arena is planned on the host (weights, activations, the cuBLASLt workspace), allocated,
-//! zeroed and filled (bf16 copies of every GEMM weight on the fast path), the kernel
-//! modules are loaded, the cuBLASLt handle is created and every GEMM planned, and one
+//! validated ([`EncoderDims`]: a head dimension the attention kernels are built for, 64 or
+//! 32), one
+//! arena is planned on the host (weights, activations, the cuBLASLt workspace unless the
+//! device shares one), taken from the device ([`Device::stage_arena`]), zeroed and filled
+//! (bf16 copies of every GEMM weight on the fast path), the kernel modules are obtained
+//! from the device's table, every GEMM planned on the device's cuBLASLt handle, and one
 //! forward runs on the zeroed buffers: cuBLASLt and the driver finish loading on first use,
 //! so a later `Graph::capture` records launches only.
 //!
@@ -46,10 +48,10 @@
 //! first the patch matrix).
 //!
 //! Ownership and drop order: a model owns its `Encoder`, whose fields drop in declaration
-//! order: the GEMM plans, then the cuBLASLt handle they were made on, then the arena
-//! (weights, activations, the plans' workspace), then the kernel modules (the f32 plans'
-//! GELU kernel belongs to the elementwise module, dropped after the plans). The
-//! [`Device`] is not owned: drop every model before the device that made it.
+//! order: the GEMM plans, then the arena (weights, activations, and the plans' workspace
+//! when the model is used alone; in an engine a region of the engine's arena and the
+//! device's shared workspace). The cuBLASLt handle and the kernel modules are the
+//! device's. The [`Device`] is not owned: drop every model before the device that made it.
 
 use half::bf16;
 
@@ -58,14 +60,12 @@ use crate::cpu::point_mae::PointMaeWeights;
 use crate::cpu::transformer::BlockWeights;
 use crate::cpu::vit::VitWeights;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use crate::cuda::device::gemm::{
-    CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES,
-};
+use crate::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
 use crate::cuda::device::Device;
 use crate::cuda::ops::embed::{
     EmbedKernels, EmbedPlan, PointEmbedPlan, ResizeBuffers, ResizeSlots, RgbGeometry, VitEmbedPlan,
 };
-use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIM};
+use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIMS};
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::preprocess::PreprocessMode;
 use crate::{Error, Result};
@@ -181,14 +181,15 @@ impl EncoderDims {
                 "{what} with a zero size: {tokens} tokens, width {dim}, {heads} heads, mlp {mlp}, depth {depth}"
             )));
         }
-        if dim != heads * ATTENTION_HEAD_DIM {
+        if !dim.is_multiple_of(heads) || !ATTENTION_HEAD_DIMS.contains(&(dim / heads)) {
             let hd = if dim.is_multiple_of(heads) {
                 format!("a head dimension of {}", dim / heads)
             } else {
                 "not a whole head dimension".to_string()
             };
             return Err(cfg_err(format!(
-                "{what}: width {dim} over {heads} heads is {hd}; the CUDA attention kernels need a head dimension of {ATTENTION_HEAD_DIM} (width = {ATTENTION_HEAD_DIM} × heads)"
+                "{what}: width {dim} over {heads} heads is {hd}; the CUDA attention kernels need a head dimension of {}",
+                ATTENTION_HEAD_DIMS.map(|d| d.to_string()).join(" or ")
             )));
         }
         if !(ln_eps > 0.0 && ln_eps.is_finite()) {
@@ -231,7 +232,7 @@ impl EncoderDims {
 
     /// Floating-point operations of the blocks' attention (all blocks).
     pub fn attention_flops(&self) -> f64 {
-        self.depth as f64 * Attention::flops(self.tokens, self.heads)
+        self.depth as f64 * Attention::flops_with_head_dim(self.tokens, self.heads, self.head_dim())
     }
 }
 
@@ -291,20 +292,44 @@ pub struct ActivationSlots {
     pub small: OpSlot,
     /// qkv / MLP hidden layer (/ ViT patch matrix).
     pub big: OpSlot,
-    /// The GEMM plans' workspace.
-    pub workspace: Slot<u8>,
+    /// The GEMM plans' workspace; `None` when the device's shared one is used.
+    pub workspace: Option<Slot<u8>>,
+}
+
+/// Where an encoder's GEMM workspace lives: in its own arena (a model used alone), or the
+/// device's one that the engine planned for all its stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkspacePlace {
+    Own,
+    Device,
+}
+
+impl WorkspacePlace {
+    /// The device's shared workspace when the engine planned one, else the model's own.
+    fn on(dev: &Device) -> Result<Self> {
+        Ok(match dev.shared_gemm_workspace()? {
+            Some(_) => WorkspacePlace::Device,
+            None => WorkspacePlace::Own,
+        })
+    }
 }
 
 impl ActivationSlots {
     /// Plans the activations of `dims` in precision `p`; `big` holds at least `big_min`
     /// elements besides the qkv matrix and the hidden layer.
-    pub fn plan(dims: &EncoderDims, p: Precision, big_min: usize, arena: &mut ArenaPlan) -> Self {
+    pub fn plan(
+        dims: &EncoderDims,
+        p: Precision,
+        big_min: usize,
+        workspace: WorkspacePlace,
+        arena: &mut ArenaPlan,
+    ) -> Self {
         let (t, d) = (dims.tokens, dims.dim);
         ActivationSlots {
             x: arena.add(t * d),
             small: OpSlot::add(arena, p, t * d),
             big: OpSlot::add(arena, p, (t * 3 * d).max(t * dims.mlp).max(big_min)),
-            workspace: arena.add(GEMM_WORKSPACE_BYTES),
+            workspace: (workspace == WorkspacePlace::Own).then(|| arena.add(GEMM_WORKSPACE_BYTES)),
         }
     }
 }
@@ -438,6 +463,7 @@ impl<'a> EncoderStage<'a> {
         weights: &[BlockWeights<'a>],
         big_min: usize,
         extra: Option<GemmShape>,
+        workspace: WorkspacePlace,
     ) -> Result<Self> {
         if weights.len() != dims.depth {
             return Err(cfg_err(format!(
@@ -454,7 +480,7 @@ impl<'a> EncoderStage<'a> {
             .iter()
             .map(|w| BlockSlots::stage(&mut st, w, precision))
             .collect();
-        let act = ActivationSlots::plan(&dims, precision, big_min, &mut st.arena);
+        let act = ActivationSlots::plan(&dims, precision, big_min, workspace, &mut st.arena);
         Ok(EncoderStage {
             st,
             dims,
@@ -472,7 +498,6 @@ impl<'a> EncoderStage<'a> {
 struct Encoder {
     plans: [GemmPlan; 4],
     extra: Option<GemmPlan>,
-    _lt: CublasLt,
     arena: Arena,
     embed: EmbedKernels,
     attention: Attention,
@@ -503,25 +528,36 @@ unsafe fn gemm(plan: &GemmPlan, dev: &Device, x: u64, w: u64, bias: u64, y: u64)
 }
 
 impl Encoder {
-    /// Allocates and fills the arena, loads the kernels, plans the GEMMs.
-    fn build(dev: &Device, stage: &EncoderStage<'_>, embed_plan: EmbedPlan) -> Result<Encoder> {
+    /// Takes the model's memory (`region` of the engine's arena, or its own), fills it,
+    /// obtains the kernels, plans the GEMMs on the device's cuBLASLt handle.
+    fn build(
+        dev: &Device,
+        region: &'static str,
+        stage: &EncoderStage<'_>,
+        embed_plan: EmbedPlan,
+    ) -> Result<Encoder> {
         dev.bind()?;
-        // Locals drop in reverse order on an early return: plans, handle, modules, arena.
-        let arena = Arena::new(dev, &stage.st.arena)?;
+        // Locals drop in reverse order on an early return: plans, modules, arena.
+        let arena = dev.stage_arena(region, &stage.st.arena)?;
         dev.memset_u8(arena.ptr(stage.st.base).raw(), 0, arena.bytes())?;
         stage.st.upload(dev, &arena)?;
         let embed = EmbedKernels::new(dev, embed_plan)?;
-        let attention = Attention::new(dev)?;
+        let attention = Attention::with_head_dim(dev, stage.dims.head_dim())?;
         let ew = match stage.precision {
             Precision::F32 => Some(Elementwise::new(dev)?),
             Precision::Bf16 => None,
         };
-        let lt = CublasLt::new(dev)?;
-        let ws = Workspace {
-            ptr: arena.ptr(stage.act.workspace),
-            bytes: stage.act.workspace.len,
+        let lt = dev.cublaslt()?;
+        let ws = match stage.act.workspace {
+            Some(own) => Workspace {
+                ptr: arena.ptr(own),
+                bytes: own.len,
+            },
+            None => dev.shared_gemm_workspace()?.ok_or_else(|| {
+                cfg_err("planned for the device's GEMM workspace, which the engine did not plan")
+            })?,
         };
-        let plan = |s: GemmShape| GemmPlan::new(dev, &lt, s, ws, ew.as_ref());
+        let plan = |s: GemmShape| GemmPlan::new(dev, lt, s, ws, ew.as_ref());
         let [qkv, proj, fc1, fc2] = stage.gemms;
         let plans = [plan(qkv)?, plan(proj)?, plan(fc1)?, plan(fc2)?];
         let extra = stage.extra.map(plan).transpose()?;
@@ -534,7 +570,6 @@ impl Encoder {
         Ok(Encoder {
             plans,
             extra,
-            _lt: lt,
             arena,
             embed,
             attention,
@@ -585,7 +620,7 @@ impl Encoder {
         mut after: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
         let (t, heads) = (self.dims.tokens, self.dims.heads);
-        let scale = 1.0 / (ATTENTION_HEAD_DIM as f32).sqrt();
+        let scale = 1.0 / (self.dims.head_dim() as f32).sqrt();
         let [qkv, proj, fc1, fc2] = &self.plans;
         let x = self.x.raw();
         for (i, w) in self.weights.iter().enumerate() {
@@ -657,6 +692,7 @@ fn stage_vit<'a, S: TensorSource + ?Sized>(
     max_width: usize,
     max_height: usize,
     p: Precision,
+    workspace: WorkspacePlace,
 ) -> Result<VitStage<'a>> {
     let vc = cfg
         .vit
@@ -679,7 +715,15 @@ fn stage_vit<'a, S: TensorSource + ?Sized>(
     // Patch embedding: [patches, C·p·p] · [dim, C·p·p]ᵀ into the token rows 1.. (f32).
     let patch =
         GemmShape::new(vp.patches, vp.dim, vp.k, p, Epilogue::None)?.with_output(Precision::F32)?;
-    let enc = EncoderStage::new(dims, p, st, &w.blocks, vp.patch_matrix_len(), Some(patch))?;
+    let enc = EncoderStage::new(
+        dims,
+        p,
+        st,
+        &w.blocks,
+        vp.patch_matrix_len(),
+        Some(patch),
+        workspace,
+    )?;
     Ok(VitStage {
         enc,
         embed,
@@ -716,6 +760,28 @@ pub struct DeviceVit {
 unsafe impl Send for DeviceVit {}
 
 impl DeviceVit {
+    /// The name of the ViT's region in the engine's arena.
+    pub const ARENA_REGION: &'static str = "vit";
+
+    /// The device memory the ViT of `model` needs (host only: the engine plans its arena
+    /// from it; the GEMM workspace is the device's).
+    pub fn arena_plan(
+        model: &ModelFile,
+        max_width: usize,
+        max_height: usize,
+        precision: Precision,
+    ) -> Result<ArenaPlan> {
+        let s = stage_vit(
+            model.config(),
+            model,
+            max_width,
+            max_height,
+            precision,
+            WorkspacePlace::Device,
+        )?;
+        Ok(s.enc.st.arena)
+    }
+
     /// The ViT of a model file, for RGB inputs up to `max_width × max_height`, running in
     /// `precision`.
     pub fn new(
@@ -737,8 +803,9 @@ impl DeviceVit {
         max_height: usize,
         precision: Precision,
     ) -> Result<Self> {
-        let s = stage_vit(cfg, src, max_width, max_height, precision)?;
-        let enc = Encoder::build(dev, &s.enc, s.embed.clone())?;
+        let place = WorkspacePlace::on(dev)?;
+        let s = stage_vit(cfg, src, max_width, max_height, precision, place)?;
+        let enc = Encoder::build(dev, Self::ARENA_REGION, &s.enc, s.embed.clone())?;
         let a = &enc.arena;
         let vit = DeviceVit {
             plan: s.embed.vit()?.clone(),
@@ -949,6 +1016,7 @@ fn stage_point<'a, S: TensorSource + ?Sized>(
     cfg: &ModelConfig,
     src: &'a S,
     p: Precision,
+    workspace: WorkspacePlace,
 ) -> Result<PointStage<'a>> {
     let pc = cfg
         .point
@@ -966,7 +1034,7 @@ fn stage_point<'a, S: TensorSource + ?Sized>(
     let tokens = st.arena.add(pp.tokens_len());
     let centers = st.arena.add(3 * pp.groups);
     let out = st.arena.add(pp.output_len());
-    let enc = EncoderStage::new(dims, p, st, &w.blocks, 0, None)?;
+    let enc = EncoderStage::new(dims, p, st, &w.blocks, 0, None, workspace)?;
     Ok(PointStage {
         enc,
         embed,
@@ -998,6 +1066,16 @@ pub struct DevicePointMae {
 unsafe impl Send for DevicePointMae {}
 
 impl DevicePointMae {
+    /// The name of the encoder's region in the engine's arena.
+    pub const ARENA_REGION: &'static str = "point-mae";
+
+    /// The device memory the point encoder of `model` needs (host only, as
+    /// [`DeviceVit::arena_plan`]).
+    pub fn arena_plan(model: &ModelFile, precision: Precision) -> Result<ArenaPlan> {
+        let s = stage_point(model.config(), model, precision, WorkspacePlace::Device)?;
+        Ok(s.enc.st.arena)
+    }
+
     /// The point encoder of a model file, running in `precision`.
     pub fn new(dev: &Device, model: &ModelFile, precision: Precision) -> Result<Self> {
         Self::from_source(dev, model.config(), model, precision)
@@ -1010,8 +1088,8 @@ impl DevicePointMae {
         src: &S,
         precision: Precision,
     ) -> Result<Self> {
-        let s = stage_point(cfg, src, precision)?;
-        let enc = Encoder::build(dev, &s.enc, s.embed.clone())?;
+        let s = stage_point(cfg, src, precision, WorkspacePlace::on(dev)?)?;
+        let enc = Encoder::build(dev, Self::ARENA_REGION, &s.enc, s.embed.clone())?;
         let a = &enc.arena;
         let pm = DevicePointMae {
             plan: s.embed.point()?.clone(),
@@ -1198,12 +1276,28 @@ mod tests {
 
     #[test]
     fn unsupported_configs_are_named() {
-        // The small test presets have 32-wide heads.
-        let e = EncoderDims::vit(&VitConfig::small()).unwrap_err();
+        // The small test presets have 32-wide heads: accepted.
+        assert_eq!(
+            EncoderDims::vit(&VitConfig::small()).unwrap().head_dim(),
+            32
+        );
+        assert_eq!(
+            EncoderDims::point(&PointConfig::small())
+                .unwrap()
+                .head_dim(),
+            32
+        );
+        // 48-wide heads: no kernel.
+        let mut c = VitConfig::small();
+        c.dim = 144;
+        c.mlp_dim = 576;
+        let e = EncoderDims::vit(&c).unwrap_err();
         assert!(matches!(e, Error::Config(_)), "{e}");
-        assert!(e.to_string().contains("head dimension of 32"), "{e}");
-        let e = EncoderDims::point(&PointConfig::small()).unwrap_err();
-        assert!(e.to_string().contains("need a head dimension of 64"), "{e}");
+        assert!(e.to_string().contains("head dimension of 48"), "{e}");
+        assert!(
+            e.to_string().contains("need a head dimension of 32 or 64"),
+            "{e}"
+        );
         let mut c = VitConfig::base8();
         c.heads = 7;
         assert!(EncoderDims::vit(&c)
@@ -1234,19 +1328,24 @@ mod tests {
     fn activations_share_the_big_buffer() {
         let v = EncoderDims::vit(&VitConfig::base8()).unwrap();
         let mut a = ArenaPlan::new();
-        let s = ActivationSlots::plan(&v, Precision::Bf16, 784 * 192, &mut a);
+        let s = ActivationSlots::plan(&v, Precision::Bf16, 784 * 192, WorkspacePlace::Own, &mut a);
         assert_eq!(s.x.len, 785 * 768);
         assert_eq!(s.small.elements(), 785 * 768);
         assert_eq!(s.big.elements(), 785 * 3072);
         assert_eq!(s.big.precision(), Precision::Bf16);
         assert_eq!(s.big.bytes(), 785 * 3072 * 2);
-        assert_eq!(s.workspace.len, GEMM_WORKSPACE_BYTES);
+        assert_eq!(s.workspace.unwrap().len, GEMM_WORKSPACE_BYTES);
         // A patch matrix larger than both: big grows to it.
         let mut a = ArenaPlan::new();
-        let s = ActivationSlots::plan(&v, Precision::F32, 785 * 4000, &mut a);
+        let s = ActivationSlots::plan(&v, Precision::F32, 785 * 4000, WorkspacePlace::Own, &mut a);
         assert_eq!(s.big.elements(), 785 * 4000);
         assert_eq!(s.big.bytes(), 785 * 4000 * 4);
-        assert!(a.bytes() >= s.workspace.offset + s.workspace.bytes());
+        let ws = s.workspace.unwrap();
+        assert!(a.bytes() >= ws.offset + ws.bytes());
+        // On the device's shared workspace: none of its own.
+        let mut b = ArenaPlan::new();
+        let s = ActivationSlots::plan(&v, Precision::F32, 0, WorkspacePlace::Device, &mut b);
+        assert!(s.workspace.is_none());
     }
 
     /// Every planned slot: (offset, bytes), sorted, must not overlap.
@@ -1271,7 +1370,7 @@ mod tests {
             (a.x.offset, a.x.bytes()),
             (a.small.offset(), a.small.bytes()),
             (a.big.offset(), a.big.bytes()),
-            (a.workspace.offset, a.workspace.bytes()),
+            (a.workspace.unwrap().offset, a.workspace.unwrap().bytes()),
         ]);
         v
     }
@@ -1283,7 +1382,7 @@ mod tests {
         let vc = cfg.vit.as_ref().unwrap();
         let mut bytes = Vec::new();
         for p in [Precision::F32, Precision::Bf16] {
-            let s = stage_vit(&cfg, &t, 320, 240, p).unwrap();
+            let s = stage_vit(&cfg, &t, 320, 240, p, WorkspacePlace::Own).unwrap();
             let depth = vc.depth as usize;
             // patch w/b, pos, cls, final norm (2), 12 per block (qkv has a bias).
             assert_eq!(s.enc.st.uploads.len(), 6 + 12 * depth);
@@ -1313,7 +1412,7 @@ mod tests {
             assert_eq!(s.enc.st.base.offset, 0);
             bytes.push(s.enc.st.arena.bytes());
 
-            let s = stage_point(&cfg, &t, p).unwrap();
+            let s = stage_point(&cfg, &t, p, WorkspacePlace::Own).unwrap();
             let pc = cfg.point.as_ref().unwrap();
             // pos fc1/fc2 (4), final norm (2), 11 per block (no qkv bias).
             assert_eq!(s.enc.st.uploads.len(), 6 + 11 * pc.depth as usize);
@@ -1343,17 +1442,24 @@ mod tests {
         let t = random_model(&cfg, 4);
         cfg.vit = None;
         cfg.point = None;
-        let e = stage_vit(&cfg, &t, 64, 64, Precision::F32).err().unwrap();
+        let e = stage_vit(&cfg, &t, 64, 64, Precision::F32, WorkspacePlace::Own)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("has no ViT"), "{e}");
-        let e = stage_point(&cfg, &t, Precision::F32).err().unwrap();
+        let e = stage_point(&cfg, &t, Precision::F32, WorkspacePlace::Own)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("no point encoder"), "{e}");
         // Weights of another shape.
         let mut cfg = ModelConfig::demo();
         cfg.vit.as_mut().unwrap().mlp_dim = 512;
-        assert!(stage_vit(&cfg, &t, 64, 64, Precision::Bf16).is_err());
-        // The small preset: refused for its head dimension before any weight is read.
-        let cfg = ModelConfig::small();
-        let e = stage_vit(&cfg, &t, 64, 64, Precision::F32).err().unwrap();
+        assert!(stage_vit(&cfg, &t, 64, 64, Precision::Bf16, WorkspacePlace::Own).is_err());
+        // A head dimension without a kernel: refused before any weight is read.
+        let mut cfg = ModelConfig::small();
+        cfg.vit.as_mut().unwrap().heads = 2;
+        let e = stage_vit(&cfg, &t, 64, 64, Precision::F32, WorkspacePlace::Own)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("head dimension"), "{e}");
     }
 

@@ -25,7 +25,7 @@
 //! point upload, whose size changes, is issued directly before each replay.
 //!
 //! Creation refuses, before touching the device, models the kernels cannot run
-//! ([`BranchSizes::new`]): no point branch, a head dimension other than 64, encoder widths
+//! ([`BranchSizes::new`]): no point branch, a head dimension other than 32 or 64, encoder widths
 //! or group sizes that are not multiples of 8, an alignment grid that does not fit the map,
 //! more groups than the 3-NN kernel's shared memory holds, more groups or a larger group
 //! than a part can have points.
@@ -478,6 +478,28 @@ impl DevicePointBranch {
         Self::on_device(Arc::new(Device::new(ordinal)?), model, opts)
     }
 
+    /// The name of the branch's own region in the engine's arena (its encoder has
+    /// [`DevicePointMae::ARENA_REGION`]).
+    pub const ARENA_REGION: &'static str = "point branch";
+
+    /// The device memory the branch of `model` needs, per arena region (host only: the
+    /// engine plans its arena from it).
+    pub fn arena_needs(
+        model: &ModelFile,
+        opts: BranchOptions,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        let sizes = BranchSizes::new(model.config())?;
+        let mut layout = ArenaPlan::new();
+        BranchSlots::plan(&sizes, &mut layout);
+        Ok(vec![
+            (
+                DevicePointMae::ARENA_REGION,
+                DevicePointMae::arena_plan(model, opts.precision)?,
+            ),
+            (Self::ARENA_REGION, layout),
+        ])
+    }
+
     /// The branch on the engine's device (shared with its other device stages).
     pub fn on_device(dev: Arc<Device>, model: &ModelFile, opts: BranchOptions) -> Result<Self> {
         let cfg = model.config();
@@ -493,7 +515,7 @@ impl DevicePointBranch {
         let mae = DevicePointMae::new(&dev, model, opts.precision)?;
         let mut layout = ArenaPlan::new();
         let slots = BranchSlots::plan(&sizes, &mut layout);
-        let arena = Arena::new(&dev, &layout)?;
+        let arena = dev.stage_arena(Self::ARENA_REGION, &layout)?;
         dev.memset_u8(arena.ptr(slots.points).raw(), 0, arena.bytes())?;
         for (slot, data) in slots.encoder.iter().zip(&enc) {
             arena.upload(&dev, *slot, data)?;
@@ -695,8 +717,10 @@ mod tests {
         let mut cfg = ModelConfig::demo();
         cfg.point = None;
         refuse(&cfg, "no point branch");
-        // The small preset's heads are 32 wide.
-        refuse(&ModelConfig::small(), "head dimension");
+        // Heads 48 wide: no attention kernel.
+        let mut cfg = ModelConfig::small();
+        cfg.point.as_mut().unwrap().heads = 2;
+        refuse(&cfg, "head dimension of 48");
         let mut cfg = ModelConfig::demo();
         cfg.point.as_mut().unwrap().group_size = 20;
         refuse(&cfg, "multiples of 8");

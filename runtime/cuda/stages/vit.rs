@@ -8,12 +8,13 @@
 use std::sync::Arc;
 
 use super::forward::DeviceVit;
+use crate::cuda::device::arena::ArenaPlan;
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
 use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::RgbNetwork;
-use crate::{Error, Result};
+use crate::{DeviceError, Error, Result};
 
 /// The ViT on the device, with its recorded graph (module doc).
 pub struct DeviceRgb {
@@ -30,6 +31,19 @@ impl DeviceRgb {
     /// Opens device `ordinal` and uploads the ViT of `model` for `precision`.
     pub fn new(ordinal: usize, model: &ModelFile, precision: Precision) -> Result<Self> {
         Self::on_device(Arc::new(Device::new(ordinal)?), model, precision)
+    }
+
+    /// The device memory the ViT of `model` needs, per arena region (host only: the
+    /// engine plans its arena from it).
+    pub fn arena_needs(
+        model: &ModelFile,
+        precision: Precision,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        let side = model.config().preprocess.image_size as usize;
+        Ok(vec![(
+            DeviceVit::ARENA_REGION,
+            DeviceVit::arena_plan(model, side, side, precision)?,
+        )])
     }
 
     /// The ViT on the engine's device (shared with its other device stages).
@@ -59,11 +73,11 @@ impl RgbNetwork for DeviceRgb {
     fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()> {
         let (n_in, n_out) = (self.host_input.len(), self.host_features.len());
         if input.len() != n_in || features.len() != n_out {
-            return Err(Error::Cuda(format!(
+            return Err(Error::Device(DeviceError::BadCall(format!(
                 "device ViT: {} input and {} feature values for a plan of {n_in} and {n_out}",
                 input.len(),
                 features.len()
-            )));
+            ))));
         }
         self.host_input.as_mut_slice().copy_from_slice(input);
         self.dev.bind()?;

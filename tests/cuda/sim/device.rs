@@ -402,3 +402,163 @@ fn nested_capture_is_refused_and_the_stream_stays_usable() {
     arena.download(&d, s, &mut out).unwrap();
     assert_eq!(out, [3.0; 4]);
 }
+
+#[test]
+fn gemm_operands_whose_layouts_contradict_each_other_are_refused() {
+    use miad::cuda::device::sim::{GemmCall, GemmOperand, HostMem, SimStream};
+    let stream = SimStream::new().unwrap();
+    let mem = HostMem::device(1024).unwrap();
+    let op = |rows: u64, cols: u64, ld: i64| GemmOperand {
+        ptr: mem.addr(),
+        rows,
+        cols,
+        ld,
+        trans: false,
+        bf16: false,
+    };
+    let call = |a, b, d| GemmCall {
+        a,
+        b,
+        d,
+        alpha: 1.0,
+        beta: 0.0,
+        bias: 0,
+        gelu_tanh: false,
+    };
+    // op(A) 2x3 · op(B) 4x2: the inner sizes differ.
+    expect_err(
+        stream.gemm(call(op(2, 3, 2), op(4, 2, 4), op(2, 2, 2))),
+        Misuse::GemmLayout,
+        &["op(A) 2x3", "op(B) 4x2"],
+    );
+    // D of the wrong shape.
+    expect_err(
+        stream.gemm(call(op(2, 3, 2), op(3, 2, 3), op(3, 2, 3))),
+        Misuse::GemmLayout,
+        &["into D 3x2"],
+    );
+    // A leading dimension shorter than a column.
+    expect_err(
+        stream.gemm(call(op(2, 3, 1), op(3, 2, 3), op(2, 2, 2))),
+        Misuse::GemmLayout,
+        &["gemm A", "ld 1 < rows 2"],
+    );
+}
+
+#[test]
+fn a_kernel_the_emulator_stops_is_reported_with_its_name() {
+    let d = dev();
+    let att = miad::cuda::ops::transformer::Attention::new(&d).unwrap();
+    let m = d.module("attention").unwrap();
+    let f = m.function("attention_bf16").unwrap();
+    let mut plan = ArenaPlan::new();
+    let (sq, so) = (plan.add::<u16>(3 * 64), plan.add::<u16>(64));
+    let arena = Arena::new(&d, &plan).unwrap();
+    arena.upload(&d, sq, &[bf16(0.5); 3 * 64]).unwrap();
+    let (q, o) = (arena.ptr(sq), arena.ptr(so));
+    let (n, heads, scale) = (1i32, 1i32, 0.125f32);
+    let mut args = [
+        miad::cuda::device::kptr(&q),
+        miad::cuda::device::kptr(&o),
+        miad::cuda::device::kptr(&n),
+        miad::cuda::device::kptr(&heads),
+        miad::cuda::device::kptr(&scale),
+    ];
+    // Half a warp: the tensor-core instructions need all 32 lanes.
+    let r = unsafe { d.launch(f, (1, 1, 1), (16, 1, 1), 0, &mut args) };
+    expect_err(r, Misuse::Kernel, &["attention_bf16"]);
+    // The stream stays usable: the full block runs.
+    unsafe { att.run_bf16(&d, q, o, 1, 1, 0.125) }.unwrap();
+    let mut out = [0u16; 64];
+    arena.download(&d, so, &mut out).unwrap();
+    // One key: the output is its value row.
+    assert!(out.iter().all(|&v| v == bf16(0.5)), "{out:?}");
+}
+
+#[test]
+fn the_engine_arena_hands_each_region_out_once() {
+    let d = dev();
+    let mut small = ArenaPlan::new();
+    small.add::<f32>(100);
+    let mut big = ArenaPlan::new();
+    big.add::<f32>(10_000);
+    // Before the engine plans: a stage used alone gets an arena of its own.
+    let own = d.stage_arena("alone", &small).unwrap();
+    assert_eq!(d.counts().arenas, 1);
+    drop(own);
+    assert!(d.shared_gemm_workspace().unwrap().is_none());
+    d.plan_engine_arena(&[("a", small.clone()), ("b", big.clone())])
+        .unwrap();
+    assert_eq!(d.counts().arenas, 2);
+    assert!(d
+        .plan_engine_arena(&[("c", small.clone())])
+        .unwrap_err()
+        .to_string()
+        .contains("planned once"));
+    let ws = d.shared_gemm_workspace().unwrap().unwrap();
+    assert!(ws.bytes > 0);
+    let a = d.stage_arena("a", &small).unwrap();
+    let b = d.stage_arena("b", &big).unwrap();
+    // Regions of the one allocation, disjoint, and no new arena.
+    assert_eq!(d.counts().arenas, 2);
+    let (pa, pb) = (
+        a.ptr::<u8>(small_slot()).raw(),
+        b.ptr::<u8>(small_slot()).raw(),
+    );
+    assert!(
+        pa + a.bytes() as u64 <= pb,
+        "{pa:#x} + {} > {pb:#x}",
+        a.bytes()
+    );
+    assert!(pb + b.bytes() as u64 <= ws.ptr.raw());
+    for (r, words) in [
+        (d.stage_arena("a", &small), "second time"),
+        (d.stage_arena("x", &small), "did not plan"),
+    ] {
+        let e = r.err().unwrap().to_string();
+        assert!(e.contains(words), "{e}");
+    }
+    // A stage that needs more than the engine planned for it.
+    let dev2 = dev();
+    dev2.plan_engine_arena(&[("a", small)]).unwrap();
+    let e = dev2.stage_arena("a", &big).err().unwrap().to_string();
+    assert!(e.contains("needs") && e.contains("planned"), "{e}");
+}
+
+/// A slot at the start of an arena (its base address).
+fn small_slot() -> miad::cuda::Slot<u8> {
+    ArenaPlan::new().add::<u8>(0)
+}
+
+/// A stage's region of the engine's arena is bounded on the simulated device: a copy that
+/// runs past its end is out of bounds, though the engine's allocation continues.
+#[test]
+fn copies_past_a_stage_region_are_out_of_bounds() {
+    let d = dev();
+    let mut plan = ArenaPlan::new();
+    let s = plan.add::<f32>(64);
+    d.plan_engine_arena(&[("a", plan.clone()), ("b", plan.clone())])
+        .unwrap();
+    let a = d.stage_arena("a", &plan).unwrap();
+    let b = d.stage_arena("b", &plan).unwrap();
+    let words = a.bytes() / 4;
+    // The whole region: fine; one word more: into region b, refused.
+    a.upload(&d, s, &[1f32; 64]).unwrap();
+    d.upload(a.ptr(s).raw(), &vec![1f32; words]).unwrap();
+    expect_err(
+        d.upload(a.ptr(s).raw(), &vec![1f32; words + 1]),
+        Misuse::OutOfBounds,
+        &["out of bounds by 4"],
+    );
+    expect_err(
+        d.memset_u8(b.ptr(s).raw(), 0, b.bytes() + 4),
+        Misuse::OutOfBounds,
+        &["memset", "out of bounds by 4"],
+    );
+    // A graph recorded on a region replays while the region lives.
+    let host = Pinned::<f32>::new(&d, 64).unwrap();
+    let g = Graph::capture(&d, |d| host.copy_to(d, b.ptr(s), 64)).unwrap();
+    g.replay(&d).unwrap();
+    drop(b);
+    expect_err(g.replay(&d), Misuse::StaleGraph, &["re-planning"]);
+}
