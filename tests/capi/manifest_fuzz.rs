@@ -5,7 +5,8 @@
 //! Nothing may abort, panic (`MIAD_PANIC`), hang, or report a non-finite number as
 //! `MIAD_OK`.
 //!
-//! Seeded and bounded in time: `MIAD_FUZZ_SECS` (default 20) and `MIAD_FUZZ_SEED`.
+//! Seeded and bounded: `MIAD_FUZZ_CASES` (default 120; 0 = no case limit), `MIAD_FUZZ_SECS`
+//! (default 20) and `MIAD_FUZZ_SEED`.
 
 use crate::fixture;
 use miad::capi::*;
@@ -202,6 +203,12 @@ fn mutated_manifests_never_crash_panic_or_report_non_finite_ok() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    // A case budget too, so CI runs the same cases on every machine (about 10 s on the
+    // 2-core one); MIAD_FUZZ_CASES=0 with MIAD_FUZZ_SECS=N fuzzes for N seconds.
+    let max_cases: u64 = std::env::var("MIAD_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
     let seed: u64 = std::env::var("MIAD_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -224,7 +231,7 @@ fn mutated_manifests_never_crash_panic_or_report_non_finite_ok() {
     let t0 = Instant::now();
     let (mut cases, mut opened, mut ok) = (0, 0, 0);
     let mut refusals = std::collections::BTreeMap::<String, usize>::new();
-    while t0.elapsed() < Duration::from_secs(secs) {
+    while t0.elapsed() < Duration::from_secs(secs) && (max_cases == 0 || cases < max_cases) {
         cases += 1;
         let mut mc = model_cfg.clone();
         let mut bc = bank_cfg.clone();
