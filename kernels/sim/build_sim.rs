@@ -287,6 +287,10 @@ fn build_module(cfg: &BuildConfig<'_>, rt: &Path, job: &Job) -> Result<(), Strin
         .arg(&tls)
         .arg(sim.join("module_tls.cpp")))?;
     let rtdir = rt.parent().ok_or("runtime path without a folder")?;
+    let rtname = rtdir
+        .file_name()
+        .ok_or("runtime folder without a name")?
+        .to_string_lossy();
     run(Command::new("g++")
         .args(&cfg.flags)
         .arg("-o")
@@ -295,7 +299,10 @@ fn build_module(cfg: &BuildConfig<'_>, rt: &Path, job: &Job) -> Result<(), Strin
         .arg(&tls)
         .arg(format!("-L{}", rtdir.display()))
         .arg("-lmiadsim")
-        .arg(format!("-Wl,-rpath,{}", rtdir.display()))
+        // Relative to the module: a cache copied to another target dir (a new worktree)
+        // still finds its own runtime, never the original's (a second runtime would have
+        // its own thread state, and every kernel would crash).
+        .arg(format!("-Wl,-rpath,$ORIGIN/{rtname}"))
         .arg("-ldl"))?;
     std::fs::rename(&so, &job.so).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -361,6 +368,8 @@ pub fn build_all(cfg: &BuildConfig<'_>, sources: &[PathBuf]) -> Result<Built, St
         .join("libmiadsim.so");
     let common = [
         flags(&cfg.flags),
+        // How a module finds the runtime (changing it must rebuild cached modules).
+        b"rpath $ORIGIN/rt-<hash>".to_vec(),
         rt_hash.to_le_bytes().to_vec(),
         read_rel(cfg.root, "kernels/common.cuh")?,
         simt_h,

@@ -6,9 +6,13 @@
 //!   back to the CPU and say why), one context and one stream per engine, device facts
 //!   (compute capability, multiprocessors, shared-memory limit), timers, synchronous
 //!   upload/download helpers for creation time, and the launches:
-//!   [`device::Device::launch`] (`cuLaunchKernel` on the engine's stream with a fixed
-//!   argument array, no heap allocation) and [`device::Device::launch_cluster`]
-//!   (`cuLaunchKernelEx` with a thread-block-cluster dimension, sm_90).
+//!   [`device::Device::launch`] (`cuLaunchKernel` on the engine's stream, no heap
+//!   allocation) and [`device::Device::launch_cluster`] (`cuLaunchKernelEx` with a
+//!   thread-block-cluster dimension, sm_90). [`device::kernel`]: the parsed prototype of
+//!   every `__global__` function, kernels looked up with their prototype
+//!   ([`device::Kernel`]) and typed argument lists ([`device::KernelArgs`],
+//!   [`crate::kernel_args!`]); every launch checks the count and kind of its arguments
+//!   against the prototype, on a GPU and on the simulated device.
 //!   [`device::module`]: kernel modules; build.rs generates [`KERNEL_MODULES`], one entry
 //!   per `kernels/*.cu` (name, inlined source, cubins for sm_87/sm_90/sm_90a when NVRTC
 //!   was available at build time, and the emulated build with `cuda-sim`); a new `.cu`
@@ -38,8 +42,10 @@
 //!
 //! Launch pattern (no allocation on the hot path):
 //! ```ignore
-//! let mut args = [kptr(&src), kptr(&dst), kptr(&n)];
-//! unsafe { dev.launch(func, (blocks, 1, 1), (256, 1, 1), 0, &mut args)? };
+//! let kernel = Kernel::find(&module, "row_sqnorm_f32")?; // creation time
+//! let (rows, dim) = (rows as i32, dim as i32);
+//! let mut args = kernel_args![x, out, rows, dim];
+//! unsafe { dev.launch(kernel, (blocks, 1, 1), (256, 1, 1), 0, &mut args)? };
 //! ```
 
 pub mod device;

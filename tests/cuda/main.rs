@@ -16,6 +16,7 @@ mod embed;
 mod engine;
 mod forward;
 mod gemm;
+mod launch;
 mod maps;
 mod point;
 mod point_branch;

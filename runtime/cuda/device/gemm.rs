@@ -35,11 +35,11 @@
 use std::ffi::c_void;
 
 use cudarc::cublaslt::{result as lt, sys as ltsys};
-use cudarc::driver::sys::CUfunction;
 
 use super::arena::DevPtr;
 use super::context::dev_err;
 use super::context::Device;
+use super::kernel::Kernel;
 use super::sim;
 use crate::cuda::ops::transformer::{launch_bias_gelu, Elementwise, Precision};
 use crate::{DeviceError, Error, Result};
@@ -469,7 +469,7 @@ pub struct GemmPlan {
     algo_workspace: usize,
     waves: f32,
     workspace: Workspace,
-    gelu: Option<CUfunction>,
+    gelu: Option<Kernel>,
     alpha: f32,
     beta: f32,
 }

@@ -6,7 +6,9 @@ pub mod arena;
 mod context;
 pub mod gemm;
 pub mod graph;
+pub mod kernel;
 pub mod module;
 pub mod sim;
 
-pub use context::{kptr, Device, Timer, DEVICES_OPENED};
+pub use context::{Device, Timer, DEVICES_OPENED};
+pub use kernel::{Kernel, KernelArgs};

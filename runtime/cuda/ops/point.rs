@@ -1,15 +1,12 @@
 //! The point-branch kernels (preprocess, FPS, kNN grouping, group encoder, feature
 //! alignment): modules loaded and functions looked up once, shared-memory limits set once,
-//! launches with fixed argument arrays (no allocation).
-
-use std::ffi::c_void;
-
-use cudarc::driver::sys::CUfunction;
+//! launches with typed argument lists (no allocation).
 
 use crate::config::PointConfig;
 use crate::cuda::device::arena::DevPtr;
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::{Error, Result};
 
 /// Blocks in the FPS thread-block cluster on sm_90+ (portable cluster size).
@@ -90,7 +87,7 @@ pub struct Fps2Geometry {
 /// The register FPS launch chosen at creation.
 #[derive(Clone, Copy, Debug)]
 struct FpsRegs {
-    f: CUfunction,
+    f: Kernel,
     geo: Fps2Geometry,
 }
 
@@ -206,7 +203,16 @@ fn setup_fps_regs(
         let Some(geo) = plan.fps_regs_geometry(c) else {
             continue;
         };
-        let f = module.function(&format!("fps_regs_p{}_f32", geo.ppt))?;
+        // One instance per entry of FPS_REGS_PPT.
+        let f = match geo.ppt {
+            8 => Kernel::find(module, "fps_regs_p8_f32")?,
+            16 => Kernel::find(module, "fps_regs_p16_f32")?,
+            other => {
+                return Err(Error::Cuda(format!(
+                    "no register FPS instance for {other} points per thread"
+                )))
+            }
+        };
         match fps_regs_fits(dev, f, geo) {
             Ok(true) => return Ok(Some(FpsRegs { f, geo })),
             Ok(false) => {}
@@ -225,19 +231,19 @@ fn setup_fps_regs(
 
 /// Sets `f`'s shared-memory limit (and the non-portable cluster size when above 8) and asks
 /// the device whether one cluster of `geo` can be resident.
-fn fps_regs_fits(dev: &Device, f: CUfunction, geo: Fps2Geometry) -> Result<bool> {
+fn fps_regs_fits(dev: &Device, f: Kernel, geo: Fps2Geometry) -> Result<bool> {
     dev.cluster_fits(f, geo.cluster, FPS_REGS_THREADS, geo.smem)
 }
 
 /// The point kernels of one engine.
 pub struct PointKernels {
     _modules: Vec<Module>,
-    pub preprocess: CUfunction,
-    pub fps: CUfunction,
-    pub knn: CUfunction,
-    pub encoder: CUfunction,
-    pub nn3: CUfunction,
-    pub project: CUfunction,
+    pub preprocess: Kernel,
+    pub fps: Kernel,
+    pub knn: Kernel,
+    pub encoder: Kernel,
+    pub nn3: Kernel,
+    pub project: Kernel,
     /// FPS cluster size (0: the single-block path, before sm_90).
     pub fps_cluster: u32,
     /// Kernels that [`PointKernels::fps`] and [`PointKernels::knn`] launch (may be changed
@@ -245,7 +251,7 @@ pub struct PointKernels {
     pub fps_kernel: FpsKernel,
     pub knn_kernel: KnnKernel,
     fps_regs: Option<FpsRegs>,
-    knn_select: Option<CUfunction>,
+    knn_select: Option<Kernel>,
     pub plan: PointPlan,
 }
 
@@ -269,7 +275,7 @@ impl PointKernels {
             None
         };
         let knn_select = if plan.knn_select_supported() {
-            let f = knn_m.function("knn_select_f32")?;
+            let f = Kernel::find(&knn_m, "knn_select_f32")?;
             dev.set_max_dynamic_smem(f, plan.knn_select_smem())?;
             Some(f)
         } else {
@@ -287,12 +293,12 @@ impl PointKernels {
             None => dknn,
         };
         let k = PointKernels {
-            preprocess: pre.function("preprocess_cloud_f32")?,
-            fps: fps_m.function("fps_smem_f32")?,
-            knn: knn_m.function("knn_heap_f32")?,
-            encoder: enc_m.function("group_encoder_f32")?,
-            nn3: pfa_m.function("pfa_nn3_f32")?,
-            project: pfa_m.function("pfa_project_f32")?,
+            preprocess: Kernel::find(&pre, "preprocess_cloud_f32")?,
+            fps: Kernel::find(&fps_m, "fps_smem_f32")?,
+            knn: Kernel::find(&knn_m, "knn_heap_f32")?,
+            encoder: Kernel::find(&enc_m, "group_encoder_f32")?,
+            nn3: Kernel::find(&pfa_m, "pfa_nn3_f32")?,
+            project: Kernel::find(&pfa_m, "pfa_project_f32")?,
             fps_cluster: if dev.cc.0 >= 9 { FPS_CLUSTER } else { 0 },
             fps_kernel,
             knn_kernel,
@@ -340,22 +346,22 @@ impl PointKernels {
         count: DevPtr<i32>,
     ) -> Result<()> {
         let side = self.plan.side as i32;
-        let mut a: [*mut c_void; 15] = [
-            kptr(&cloud),
-            kptr(&h),
-            kptr(&w),
-            kptr(&stride),
-            kptr(&plane),
-            kptr(&plane_dist),
-            kptr(&keep),
-            kptr(&pad_side),
-            kptr(&off_r),
-            kptr(&off_c),
-            kptr(&side),
-            kptr(&pts),
-            kptr(&pix),
-            kptr(&pix_to_point),
-            kptr(&count),
+        let mut a = kernel_args![
+            cloud,
+            h,
+            w,
+            stride,
+            plane,
+            plane_dist,
+            keep,
+            pad_side,
+            off_r,
+            off_c,
+            side,
+            pts,
+            pix,
+            pix_to_point,
+            count,
         ];
         dev.launch(self.preprocess, (1, 1, 1), (PRE_THREADS, 1, 1), 0, &mut a)
     }
@@ -411,14 +417,7 @@ impl PointKernels {
                 return Err(Error::Cuda(format!("{kind:?} is not available here")));
             };
             let xmode: i32 = (kind == FpsKernel::RegistersMbarrier) as i32;
-            let mut a: [*mut c_void; 6] = [
-                kptr(&pts),
-                kptr(&n),
-                kptr(&m),
-                kptr(&xmode),
-                kptr(&out_idx),
-                kptr(&out_xyz),
-            ];
+            let mut a = kernel_args![pts, n, m, xmode, out_idx, out_xyz,];
             let c = f2.geo.cluster;
             return dev.launch_cluster(
                 f2.f,
@@ -430,15 +429,7 @@ impl PointKernels {
             );
         }
         let in_smem: i32 = (self.fps_cluster > 0) as i32;
-        let mut a: [*mut c_void; 7] = [
-            kptr(&pts),
-            kptr(&n),
-            kptr(&m),
-            kptr(&work),
-            kptr(&in_smem),
-            kptr(&out_idx),
-            kptr(&out_xyz),
-        ];
+        let mut a = kernel_args![pts, n, m, work, in_smem, out_idx, out_xyz,];
         if self.fps_cluster > 0 {
             let c = self.fps_cluster;
             let smem = self.plan.fps_smem(c);
@@ -488,15 +479,7 @@ impl PointKernels {
                     "select kNN is not available for this plan".into(),
                 ));
             };
-            let mut a: [*mut c_void; 7] = [
-                kptr(&pts),
-                kptr(&n),
-                kptr(&centers),
-                kptr(&m),
-                kptr(&k),
-                kptr(&out_idx),
-                kptr(&out_rel),
-            ];
+            let mut a = kernel_args![pts, n, centers, m, k, out_idx, out_rel,];
             let blocks = self.plan.knn_select_blocks();
             return dev.launch(
                 f,
@@ -506,15 +489,7 @@ impl PointKernels {
                 &mut a,
             );
         }
-        let mut a: [*mut c_void; 7] = [
-            kptr(&pts),
-            kptr(&n),
-            kptr(&centers),
-            kptr(&m),
-            kptr(&k),
-            kptr(&out_idx),
-            kptr(&out_rel),
-        ];
+        let mut a = kernel_args![pts, n, centers, m, k, out_idx, out_rel,];
         let blocks = self.plan.groups.div_ceil(32) as u32;
         dev.launch(
             self.knn,
@@ -541,23 +516,8 @@ impl PointKernels {
         let s = self.plan.group_size as i32;
         let [c1, c2, c3, d] = self.plan.widths.map(|x| x as i32);
         let pc = self.plan.chunk as i32;
-        let mut a: [*mut c_void; 16] = [
-            kptr(&rel),
-            kptr(&s),
-            kptr(&c1),
-            kptr(&c2),
-            kptr(&c3),
-            kptr(&d),
-            kptr(&pc),
-            kptr(&w[0]),
-            kptr(&w[1]),
-            kptr(&w[2]),
-            kptr(&w[3]),
-            kptr(&w[4]),
-            kptr(&w[5]),
-            kptr(&w[6]),
-            kptr(&w[7]),
-            kptr(&out),
+        let mut a = kernel_args![
+            rel, s, c1, c2, c3, d, pc, w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], out,
         ];
         dev.launch(
             self.encoder,
@@ -582,14 +542,7 @@ impl PointKernels {
         nn_w: DevPtr<f32>,
     ) -> Result<()> {
         let m = self.plan.groups as i32;
-        let mut a: [*mut c_void; 6] = [
-            kptr(&pts),
-            kptr(&n),
-            kptr(&centers),
-            kptr(&m),
-            kptr(&nn_idx),
-            kptr(&nn_w),
-        ];
+        let mut a = kernel_args![pts, n, centers, m, nn_idx, nn_w,];
         let blocks = self.plan.max_points.div_ceil(256) as u32;
         dev.launch(
             self.nn3,
@@ -618,17 +571,7 @@ impl PointKernels {
         let side = self.plan.side as i32;
         let grid = self.plan.grid as i32;
         let field = self.plan.field() as i32;
-        let mut a: [*mut c_void; 9] = [
-            kptr(&pix_to_point),
-            kptr(&nn_idx),
-            kptr(&nn_w),
-            kptr(&g),
-            kptr(&f),
-            kptr(&side),
-            kptr(&grid),
-            kptr(&field),
-            kptr(&out),
-        ];
+        let mut a = kernel_args![pix_to_point, nn_idx, nn_w, g, f, side, grid, field, out,];
         let cells = (self.plan.grid * self.plan.grid) as u32;
         dev.launch(
             self.project,

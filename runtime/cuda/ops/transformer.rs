@@ -5,7 +5,7 @@
 //!
 //! Raw-driver style (see [`super`]): each struct loads its module once and keeps the
 //! function handles; the launch methods take [`DevPtr`]s, launch on the [`Device`]'s stream
-//! with a fixed argument array and allocate nothing, so they can be recorded into a CUDA
+//! with a typed argument list and allocate nothing, so they can be recorded into a CUDA
 //! graph. Sizes are validated on the host before any launch; buffer extents cannot be seen
 //! through a `DevPtr`, so callers size their arena slots with the `*_len` helpers.
 //!
@@ -13,13 +13,10 @@
 //! dim), the output `[n_tokens, heads * 64]` with heads concatenated. The head dimension is
 //! 64 (ViT-B/8 and Point-MAE); token and head counts come from the model configuration.
 
-use std::ffi::c_void;
-
-use cudarc::driver::sys::CUfunction;
-
 use crate::cuda::device::arena::DevPtr;
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::{Error, Result};
 
 /// The head dimension the attention kernels are built for.
@@ -35,8 +32,8 @@ pub use crate::backend::Precision;
 
 /// The fused attention kernels (`kernels/attention.cu`).
 pub struct Attention {
-    f32_kernel: CUfunction,
-    bf16_kernel: CUfunction,
+    f32_kernel: Kernel,
+    bf16_kernel: Kernel,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
@@ -50,8 +47,8 @@ impl Attention {
     pub fn new(dev: &Device) -> Result<Self> {
         let module = Module::load(dev, "attention")?;
         Ok(Self {
-            f32_kernel: module.function("attention_f32")?,
-            bf16_kernel: module.function("attention_bf16")?,
+            f32_kernel: Kernel::find(&module, "attention_f32")?,
+            bf16_kernel: Kernel::find(&module, "attention_bf16")?,
             _module: module,
         })
     }
@@ -121,7 +118,7 @@ impl Attention {
     ) -> Result<()> {
         Self::check_shape(n_tokens, heads)?;
         let (n, h) = (n_tokens as i32, heads as i32);
-        let mut a: [*mut c_void; 5] = [kptr(&qkv), kptr(&out), kptr(&n), kptr(&h), kptr(&scale)];
+        let mut a = kernel_args![qkv, out, n, h, scale];
         dev.launch(
             self.f32_kernel,
             Self::grid(n_tokens, heads),
@@ -146,7 +143,8 @@ impl Attention {
     ) -> Result<()> {
         Self::check_shape(n_tokens, heads)?;
         let (n, h) = (n_tokens as i32, heads as i32);
-        let mut a: [*mut c_void; 5] = [kptr(&qkv), kptr(&out), kptr(&n), kptr(&h), kptr(&scale)];
+        let (qkv, out) = (qkv.cast::<half::bf16>(), out.cast::<half::bf16>());
+        let mut a = kernel_args![qkv, out, n, h, scale];
         dev.launch(
             self.bf16_kernel,
             Self::grid(n_tokens, heads),
@@ -159,7 +157,7 @@ impl Attention {
 
 /// Bias + exact GELU (`kernels/gelu.cu`).
 pub struct Elementwise {
-    bias_gelu: CUfunction,
+    bias_gelu: Kernel,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
@@ -198,7 +196,7 @@ pub fn bias_gelu_check(rows: usize, cols: usize) -> Result<()> {
 /// f32 values on `dev`.
 pub(crate) unsafe fn launch_bias_gelu(
     dev: &Device,
-    f: CUfunction,
+    f: Kernel,
     y: DevPtr<f32>,
     bias: DevPtr<f32>,
     rows: usize,
@@ -208,7 +206,7 @@ pub(crate) unsafe fn launch_bias_gelu(
     let n = rows * cols;
     let grid = flat_grid("bias_gelu", n)?;
     let (n, c) = (n as i64, cols as i32);
-    let mut a: [*mut c_void; 4] = [kptr(&y), kptr(&bias), kptr(&n), kptr(&c)];
+    let mut a = kernel_args![y, bias, n, c];
     dev.launch(f, grid, (FLAT_THREADS as u32, 1, 1), 0, &mut a)
 }
 
@@ -217,14 +215,14 @@ impl Elementwise {
     pub fn new(dev: &Device) -> Result<Self> {
         let module = Module::load(dev, "gelu")?;
         Ok(Self {
-            bias_gelu: module.function("bias_gelu_f32")?,
+            bias_gelu: Kernel::find(&module, "bias_gelu_f32")?,
             _module: module,
         })
     }
 
     /// The `bias_gelu_f32` handle, for plans that launch it after a GEMM. Valid while
     /// `self` lives.
-    pub fn bias_gelu_function(&self) -> CUfunction {
+    pub fn bias_gelu_function(&self) -> Kernel {
         self.bias_gelu
     }
 

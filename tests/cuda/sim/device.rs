@@ -4,6 +4,7 @@
 
 use miad::cuda::device::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace};
 use miad::cuda::device::graph::{Graph, Pinned};
+use miad::cuda::device::Kernel;
 use miad::cuda::ops::transformer::{Elementwise, Precision};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device};
 use miad::util::rng::Rng;
@@ -355,33 +356,30 @@ fn graph_replay_after_replanning_is_refused() {
 fn kernel_argument_misuse_is_refused() {
     let d = dev();
     let m = miad::cuda::device::module::Module::load(&d, "gelu").unwrap();
-    let f = m.function("bias_gelu_f32").unwrap();
+    let f = Kernel::find(&m, "bias_gelu_f32").unwrap();
     let mut plan = ArenaPlan::new();
     let s = plan.add::<f32>(8);
     let arena = Arena::new(&d, &plan).unwrap();
     let y = arena.ptr(s);
     let (n, cols) = (8i64, 8i32);
-    let mut args = [
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&n),
-    ];
+    let mut args = miad::kernel_args![y, y, n];
     let r = unsafe { d.launch(f, (1, 1, 1), (32, 1, 1), 0, &mut args) };
-    expect_err(
-        r,
-        Misuse::LaunchArguments,
-        &["3 arguments given", "4 parameters"],
+    assert!(
+        matches!(
+            r,
+            Err(Error::Device(DeviceError::ArgumentCount {
+                kernel: "bias_gelu_f32",
+                expected: 4,
+                passed: 3
+            }))
+        ),
+        "{r:?}"
     );
-    let mut args = [
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&n),
-        miad::cuda::device::kptr(&cols),
-    ];
+    let mut args = miad::kernel_args![y, y, n, cols];
     // Dynamic shared memory above 48 KiB without the opt-in.
     let r = unsafe { d.launch(f, (1, 1, 1), (32, 1, 1), 64 << 10, &mut args) };
     expect_err(r, Misuse::LaunchConfig, &["set_max_dynamic_smem"]);
-    assert!(m.function("no_such_kernel").is_err());
+    assert!(Kernel::find(&m, "no_such_kernel").is_err());
 }
 
 #[test]
