@@ -23,13 +23,15 @@
 //!   `cuda-sim`): the same methods run the kernels in the SIMT emulator (`kernels/sim`)
 //!   and the GEMMs on the CPU, and check bounds, reads of never-written memory and graph
 //!   replays after re-planning.
-//! - [`ops`]: the launch wrappers of the kernels, each a struct of kernels looked up once
-//!   plus `unsafe` launch methods on [`DevPtr`]s, with a GPU parity test in `tests/cuda/`:
-//!   [`ops::point`] (preprocess, FPS, kNN grouping, group encoder, feature alignment),
+//! - [`ops`]: the launch wrappers of the kernels, one file per `kernels/*.cu` file of the
+//!   same name, each a struct of kernels looked up once plus `unsafe` launch methods on
+//!   [`DevPtr`]s, with a parity test in `tests/cuda/` (on a GPU, or on the simulated
+//!   device): [`ops::preprocess`], [`ops::fps`], [`ops::knn`], [`ops::group_encoder`],
+//!   [`ops::pfa`] (the point branch, whose kernel set and plan are [`ops::point`]),
 //!   [`ops::embed`] (RGB input, patch and position embeddings, LayerNorm, output layout),
-//!   [`ops::transformer`] (fused attention, elementwise), [`ops::bank`] (nearest bank
-//!   rows), [`ops::maps`] (re-weighting, upsampling, blur, decision, regions),
-//!   [`ops::coreset`] (fit-time greedy selection).
+//!   [`ops::attention`] (fused attention), [`ops::gelu`] (bias + GELU),
+//!   [`ops::bank_search`] (nearest bank rows), [`ops::maps`] (re-weighting, upsampling,
+//!   blur, decision, regions), [`ops::coreset`] (fit-time greedy selection).
 //! - [`stages`]: the engine's device stages, named like their CPU counterparts, each
 //!   self-checked against the CPU when the engine is created: [`stages::vit`] (the RGB
 //!   branch), [`stages::point_branch`], [`stages::bank_search`], and the transformer

@@ -4,7 +4,7 @@
 //! `Module::load`, i.e. `MIAD_CUBIN_DIR`, the embedded cubins or NVRTC). With
 //! `MIAD_BENCH=1` it also times both paths on a 150 000 x 1920 bank.
 
-use miad::cuda::ops::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
+use miad::cuda::ops::bank_search::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::util::rng::Rng;
 
@@ -304,8 +304,11 @@ fn bank_search_rejects_bad_shapes() {
     let p = SearchPlan::new(784, 150_000, 1920, SearchPath::F16, 132).unwrap();
     assert!(p.splits * p.tiles_per_split * 128 >= 150_000);
     assert!((p.splits - 1) * p.tiles_per_split * 128 < 150_000);
-    assert!(miad::cuda::ops::bank::check_rerank(0).is_err());
-    assert!(miad::cuda::ops::bank::check_rerank(miad::cuda::ops::bank::MAX_RERANK + 1).is_err());
+    assert!(miad::cuda::ops::bank_search::check_rerank(0).is_err());
+    assert!(miad::cuda::ops::bank_search::check_rerank(
+        miad::cuda::ops::bank_search::MAX_RERANK + 1
+    )
+    .is_err());
     let Some(g) = setup() else { return };
     // Wrong path and bad rerank counts are refused before any launch.
     let p32 = SearchPlan::new(64, 64, 32, SearchPath::F32, g.sms).unwrap();

@@ -6,7 +6,9 @@
 //! report with `-- --ignored bench_point_branch --nocapture`.
 
 use miad::config::PointConfig;
-use miad::cuda::ops::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
+use miad::cuda::ops::fps::FpsKernel;
+use miad::cuda::ops::knn::KnnKernel;
+use miad::cuda::ops::point::{PointKernels, PointOptions, PointPlan};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot, KERNEL_MODULES};
 use miad::util::rng::Rng;
 

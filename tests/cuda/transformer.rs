@@ -5,7 +5,8 @@
 //! With `MIAD_BENCH=1` it also times both paths at ViT-B/8 and Point-MAE sizes.
 
 use miad::config::{PointConfig, VitConfig};
-use miad::cuda::ops::transformer::{Attention, Elementwise, ATTENTION_HEAD_DIM};
+use miad::cuda::ops::attention::{Attention, ATTENTION_HEAD_DIM};
+use miad::cuda::ops::gelu::Elementwise;
 use miad::cuda::{Arena, ArenaPlan, Device, Slot};
 use miad::util::rng::Rng;
 

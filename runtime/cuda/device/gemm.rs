@@ -41,7 +41,8 @@ use super::context::dev_err;
 use super::context::Device;
 use super::kernel::Kernel;
 use super::sim;
-use crate::cuda::ops::transformer::{launch_bias_gelu, Elementwise, Precision};
+use crate::backend::Precision;
+use crate::cuda::ops::gelu::{launch_bias_gelu, Elementwise};
 use crate::{DeviceError, Error, Result};
 
 /// Workspace a plan is allowed to use, bytes: reserve this in the engine's arena.

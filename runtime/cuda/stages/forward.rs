@@ -53,6 +53,7 @@
 
 use half::bf16;
 
+use crate::backend::Precision;
 use crate::config::{ModelConfig, PointConfig, VitConfig};
 use crate::cpu::point_mae::PointMaeWeights;
 use crate::cpu::transformer::BlockWeights;
@@ -62,10 +63,11 @@ use crate::cuda::device::gemm::{
     CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES,
 };
 use crate::cuda::device::Device;
+use crate::cuda::ops::attention::{Attention, ATTENTION_HEAD_DIM};
 use crate::cuda::ops::embed::{
     EmbedKernels, EmbedPlan, PointEmbedPlan, ResizeBuffers, ResizeSlots, RgbGeometry, VitEmbedPlan,
 };
-use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIM};
+use crate::cuda::ops::gelu::Elementwise;
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::preprocess::PreprocessMode;
 use crate::{Error, Result};

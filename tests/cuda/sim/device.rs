@@ -2,10 +2,11 @@
 //! reference for every plan kind the engine uses, graphs that replay what they recorded,
 //! and each misuse check provoked.
 
+use miad::backend::Precision;
 use miad::cuda::device::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace};
 use miad::cuda::device::graph::{Graph, Pinned};
 use miad::cuda::device::Kernel;
-use miad::cuda::ops::transformer::{Elementwise, Precision};
+use miad::cuda::ops::gelu::Elementwise;
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device};
 use miad::util::rng::Rng;
 use miad::{DeviceError, Error, Misuse};

@@ -1,10 +1,10 @@
-//! Transformer kernels on the device: fused multi-head attention (exact f32 and bf16
-//! tensor-core paths, `kernels/attention.cu`) and the bias + exact GELU after the fc1 GEMM
-//! (`kernels/gelu.cu`). LayerNorm is [`super::embed::EmbedKernels::layernorm`]; residual
-//! adds are accumulating GEMMs.
+//! Launch wrappers of `kernels/attention.cu`: fused multi-head attention, the exact f32
+//! path and the bf16 tensor-core path. The bias + GELU after fc1 is [`super::gelu`],
+//! LayerNorm [`super::embed::EmbedKernels::layernorm`]; residual adds are accumulating
+//! GEMMs.
 //!
-//! Raw-driver style (see [`super`]): each struct loads its module once and keeps the
-//! function handles; the launch methods take [`DevPtr`]s, launch on the [`Device`]'s stream
+//! Raw-driver style (see [`super`]): the struct loads its module once and keeps the
+//! kernels; the launch methods take [`DevPtr`]s, launch on the [`Device`]'s stream
 //! with a typed argument list and allocate nothing, so they can be recorded into a CUDA
 //! graph. Sizes are validated on the host before any launch; buffer extents cannot be seen
 //! through a `DevPtr`, so callers size their arena slots with the `*_len` helpers.
@@ -24,12 +24,6 @@ pub const ATTENTION_HEAD_DIM: usize = 64;
 const ATTENTION_TILE: usize = 64;
 /// Largest grid y/z dimension.
 const MAX_GRID_YZ: usize = 65_535;
-/// Largest grid x dimension.
-const MAX_GRID_X: usize = i32::MAX as usize;
-const FLAT_THREADS: usize = 256;
-
-pub use crate::backend::Precision;
-
 /// The fused attention kernels (`kernels/attention.cu`).
 pub struct Attention {
     f32_kernel: Kernel,
@@ -155,93 +149,6 @@ impl Attention {
     }
 }
 
-/// Bias + exact GELU (`kernels/gelu.cu`).
-pub struct Elementwise {
-    bias_gelu: Kernel,
-    // Declared last: the functions above belong to it.
-    _module: Module,
-}
-
-// SAFETY: as for `Attention`.
-unsafe impl Send for Elementwise {}
-
-/// Grid of a flat kernel over `n` elements (one thread each).
-fn flat_grid(what: &str, n: usize) -> Result<(u32, u32, u32)> {
-    let blocks = n.div_ceil(FLAT_THREADS);
-    if n == 0 || blocks > MAX_GRID_X || n > i64::MAX as usize {
-        return Err(Error::Config(format!(
-            "{what}: {n} elements is not a launchable size"
-        )));
-    }
-    Ok((blocks as u32, 1, 1))
-}
-
-/// Checks a bias + GELU shape: `rows` x `cols` with a bias of `cols`.
-pub fn bias_gelu_check(rows: usize, cols: usize) -> Result<()> {
-    if rows == 0 || cols == 0 || cols > i32::MAX as usize {
-        return Err(Error::Config(format!(
-            "bias_gelu: invalid shape {rows} x {cols}"
-        )));
-    }
-    rows.checked_mul(cols)
-        .ok_or_else(|| Error::Config(format!("bias_gelu: {rows} x {cols} overflows")))?;
-    Ok(())
-}
-
-/// Launches `bias_gelu_f32` (function `f` of `kernels/gelu.cu`) on `y`, `rows` x
-/// `cols`: `y = gelu(y + bias)`, exact erf GELU. Shared with the GEMM plans.
-///
-/// # Safety
-/// `f` must be `bias_gelu_f32` of a live module; `y` must hold rows x cols and `bias` cols
-/// f32 values on `dev`.
-pub(crate) unsafe fn launch_bias_gelu(
-    dev: &Device,
-    f: Kernel,
-    y: DevPtr<f32>,
-    bias: DevPtr<f32>,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    bias_gelu_check(rows, cols)?;
-    let n = rows * cols;
-    let grid = flat_grid("bias_gelu", n)?;
-    let (n, c) = (n as i64, cols as i32);
-    let mut a = kernel_args![y, bias, n, c];
-    dev.launch(f, grid, (FLAT_THREADS as u32, 1, 1), 0, &mut a)
-}
-
-impl Elementwise {
-    /// Loads `gelu` for `dev` and looks its kernel up (creation time).
-    pub fn new(dev: &Device) -> Result<Self> {
-        let module = Module::load(dev, "gelu")?;
-        Ok(Self {
-            bias_gelu: Kernel::find(&module, "bias_gelu_f32")?,
-            _module: module,
-        })
-    }
-
-    /// The `bias_gelu_f32` handle, for plans that launch it after a GEMM. Valid while
-    /// `self` lives.
-    pub fn bias_gelu_function(&self) -> Kernel {
-        self.bias_gelu
-    }
-
-    /// `y = gelu(y + bias)` (exact erf GELU), `y` `rows` x `cols`, `bias` `cols`.
-    ///
-    /// # Safety
-    /// `y` must hold rows x cols and `bias` cols f32 values on `dev`.
-    pub unsafe fn bias_gelu_f32(
-        &self,
-        dev: &Device,
-        y: DevPtr<f32>,
-        bias: DevPtr<f32>,
-        rows: usize,
-        cols: usize,
-    ) -> Result<()> {
-        launch_bias_gelu(dev, self.bias_gelu, y, bias, rows, cols)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,16 +166,6 @@ mod tests {
         assert!(Attention::check_buffers(4, 2, 4 * 384, 4 * 128).is_ok());
         assert!(Attention::check_buffers(4, 2, 4 * 384 - 1, 4 * 128).is_err());
         assert!(Attention::check_buffers(4, 2, 4 * 384, 4 * 128 - 1).is_err());
-    }
-
-    #[test]
-    fn elementwise_shapes_are_checked_on_the_host() {
-        assert!(bias_gelu_check(785, 3072).is_ok());
-        assert!(bias_gelu_check(785, 0).is_err());
-        assert!(bias_gelu_check(usize::MAX, 2).is_err());
-        assert!(flat_grid("t", 0).is_err());
-        assert_eq!(flat_grid("t", 257).unwrap(), (2, 1, 1));
         assert_eq!(Attention::grid(785, 12), (13, 12, 1));
-        assert_eq!(Precision::Bf16.bytes(), 2);
     }
 }
