@@ -16,13 +16,7 @@ struct Gpu {
 }
 
 fn setup() -> Option<Gpu> {
-    let dev = match Device::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("cuda_bank: SKIP, no usable GPU: {e}");
-            return None;
-        }
-    };
+    let dev = crate::test_device("cuda_bank")?;
     let bs = BankSearch::new(&dev).expect("bank kernels load");
     let sms = dev.sm_count as usize;
     Some(Gpu { bs, sms, dev })
@@ -270,9 +264,16 @@ fn check(g: &Gpu, nq: usize, nb: usize, dim: usize, clustered: bool, seed: u64) 
 #[test]
 fn bank_search_matches_exact_search() {
     let Some(g) = setup() else { return };
-    // Bank sizes that are not multiples of the tiles; dim of the fused features.
-    check(&g, 300, 20_011, 1920, false, 11);
-    check(&g, 300, 20_011, 1920, true, 12);
+    // Bank sizes that are not multiples of the tiles; dim of the fused features. The
+    // simulated device (the kernels emulated on the CPU) gets fewer queries and rows,
+    // still several splits of ragged tiles.
+    let (nq, nb) = if g.dev.is_simulated() {
+        (20, 1_411)
+    } else {
+        (300, 20_011)
+    };
+    check(&g, nq, nb, 1920, false, 11);
+    check(&g, nq, nb, 1920, true, 12);
     check(&g, 70, 333, 64, true, 13);
 }
 
@@ -353,6 +354,9 @@ fn bank_search_bench() {
         return;
     }
     let Some(g) = setup() else { return };
+    if !crate::timeable(&g.dev, "bank_search_bench") {
+        return;
+    }
     let (nq, nb, dim) = (784, 150_000, 1920);
     for clustered in [false, true] {
         let (q, bank) = data(nq, nb, dim, clustered, 31);
