@@ -72,6 +72,22 @@ pub enum DeviceError {
     /// A device stage called with sizes, or a bank, that its plan does not have.
     #[error("{0}")]
     BadCall(String),
+    /// A launch whose argument list has another length than the kernel's prototype.
+    #[error("kernel {kernel}: {passed} arguments passed, its prototype has {expected}")]
+    ArgumentCount {
+        kernel: &'static str,
+        expected: usize,
+        passed: usize,
+    },
+    /// A launch argument of another kind than the kernel's prototype says, named by its
+    /// index and both kinds as C spells them (`float*`, `int`, `MapBanks`).
+    #[error("kernel {kernel}: argument {index} is {passed}, its prototype says {expected}")]
+    ArgumentKind {
+        kernel: &'static str,
+        index: usize,
+        expected: String,
+        passed: String,
+    },
     /// Anything else the device layer refuses (wrong kind of device, internal state).
     #[error("{0}")]
     Other(String),

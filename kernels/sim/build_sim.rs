@@ -369,6 +369,8 @@ pub fn build_all(cfg: &BuildConfig<'_>, sources: &[PathBuf]) -> Result<Built, St
         .join("libmiadsim.so");
     let common = [
         flags(&cfg.flags),
+        // How a module finds the runtime (changing it must rebuild cached modules).
+        b"rpath $ORIGIN/rt-<hash>".to_vec(),
         rt_hash.to_le_bytes().to_vec(),
         read_rel(cfg.root, "kernels/common.cuh")?,
         simt_h,

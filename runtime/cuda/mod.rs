@@ -6,9 +6,13 @@
 //!   back to the CPU and say why), one context and one stream per engine, device facts
 //!   (compute capability, multiprocessors, shared-memory limit), timers, synchronous
 //!   upload/download helpers for creation time, and the launches:
-//!   [`device::Device::launch`] (`cuLaunchKernel` on the engine's stream with a fixed
-//!   argument array, no heap allocation) and [`device::Device::launch_cluster`]
-//!   (`cuLaunchKernelEx` with a thread-block-cluster dimension, sm_90).
+//!   [`device::Device::launch`] (`cuLaunchKernel` on the engine's stream, no heap
+//!   allocation) and [`device::Device::launch_cluster`] (`cuLaunchKernelEx` with a
+//!   thread-block-cluster dimension, sm_90). [`device::kernel`]: the parsed prototype of
+//!   every `__global__` function, kernels looked up with their prototype
+//!   ([`device::Kernel`]) and typed argument lists ([`device::KernelArgs`],
+//!   [`crate::kernel_args!`]); every launch checks the count and kind of its arguments
+//!   against the prototype, on a GPU and on the simulated device.
 //!   [`device::module`]: kernel modules; build.rs generates [`KERNEL_MODULES`], one entry
 //!   per `kernels/*.cu` (name, inlined source, cubins for sm_87/sm_90/sm_90a when NVRTC
 //!   was available at build time, and the emulated build with `cuda-sim`); a new `.cu`
@@ -19,13 +23,15 @@
 //!   `cuda-sim`): the same methods run the kernels in the SIMT emulator (`kernels/sim`)
 //!   and the GEMMs on the CPU, and check bounds, reads of never-written memory and graph
 //!   replays after re-planning.
-//! - [`ops`]: the launch wrappers of the kernels, each a struct of kernels looked up once
-//!   plus `unsafe` launch methods on [`DevPtr`]s, with a GPU parity test in `tests/cuda/`:
-//!   [`ops::point`] (preprocess, FPS, kNN grouping, group encoder, feature alignment),
+//! - [`ops`]: the launch wrappers of the kernels, one file per `kernels/*.cu` file of the
+//!   same name, each a struct of kernels looked up once plus `unsafe` launch methods on
+//!   [`DevPtr`]s, with a parity test in `tests/cuda/` (on a GPU, or on the simulated
+//!   device): [`ops::preprocess`], [`ops::fps`], [`ops::knn`], [`ops::group_encoder`],
+//!   [`ops::pfa`] (the point branch, whose kernel set and plan are [`ops::point`]),
 //!   [`ops::embed`] (RGB input, patch and position embeddings, LayerNorm, output layout),
-//!   [`ops::transformer`] (fused attention, elementwise), [`ops::bank`] (nearest bank
-//!   rows), [`ops::maps`] (re-weighting, upsampling, blur, decision, regions),
-//!   [`ops::coreset`] (fit-time greedy selection).
+//!   [`ops::attention`] (fused attention), [`ops::gelu`] (bias + GELU),
+//!   [`ops::bank_search`] (nearest bank rows), [`ops::maps`] (re-weighting, upsampling,
+//!   blur, decision, regions), [`ops::coreset`] (fit-time greedy selection).
 //! - [`stages`]: the engine's device stages, named like their CPU counterparts, each
 //!   self-checked against the CPU when the engine is created: [`stages::vit`] (the RGB
 //!   branch), [`stages::point_branch`], [`stages::bank_search`], and the transformer
@@ -49,8 +55,10 @@
 //!
 //! Launch pattern (no allocation on the hot path):
 //! ```ignore
-//! let mut args = [kptr(&src), kptr(&dst), kptr(&n)];
-//! unsafe { dev.launch(func, (blocks, 1, 1), (256, 1, 1), 0, &mut args)? };
+//! let kernel = Kernel::find(&module, "row_sqnorm_f32")?; // creation time
+//! let (rows, dim) = (rows as i32, dim as i32);
+//! let mut args = kernel_args![x, out, rows, dim];
+//! unsafe { dev.launch(kernel, (blocks, 1, 1), (256, 1, 1), 0, &mut args)? };
 //! ```
 
 pub mod device;

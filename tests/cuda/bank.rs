@@ -4,7 +4,7 @@
 //! `Module::load`, i.e. `MIAD_CUBIN_DIR`, the embedded cubins or NVRTC). With
 //! `MIAD_BENCH=1` it also times both paths on a 150 000 x 1920 bank.
 
-use miad::cuda::ops::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
+use miad::cuda::ops::bank_search::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::util::rng::Rng;
 
@@ -16,13 +16,7 @@ struct Gpu {
 }
 
 fn setup() -> Option<Gpu> {
-    let dev = match Device::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("cuda_bank: SKIP, no usable GPU: {e}");
-            return None;
-        }
-    };
+    let dev = crate::test_device("cuda_bank")?;
     let bs = BankSearch::new(&dev).expect("bank kernels load");
     let sms = dev.sm_count as usize;
     Some(Gpu { bs, sms, dev })
@@ -270,9 +264,16 @@ fn check(g: &Gpu, nq: usize, nb: usize, dim: usize, clustered: bool, seed: u64) 
 #[test]
 fn bank_search_matches_exact_search() {
     let Some(g) = setup() else { return };
-    // Bank sizes that are not multiples of the tiles; dim of the fused features.
-    check(&g, 300, 20_011, 1920, false, 11);
-    check(&g, 300, 20_011, 1920, true, 12);
+    // Bank sizes that are not multiples of the tiles; dim of the fused features. The
+    // simulated device (the kernels emulated on the CPU) gets fewer queries and rows,
+    // still several splits of ragged tiles.
+    let (nq, nb) = if g.dev.is_simulated() {
+        (20, 1_411)
+    } else {
+        (300, 20_011)
+    };
+    check(&g, nq, nb, 1920, false, 11);
+    check(&g, nq, nb, 1920, true, 12);
     check(&g, 70, 333, 64, true, 13);
 }
 
@@ -304,8 +305,11 @@ fn bank_search_rejects_bad_shapes() {
     let p = SearchPlan::new(784, 150_000, 1920, SearchPath::F16, 132).unwrap();
     assert!(p.splits * p.tiles_per_split * 128 >= 150_000);
     assert!((p.splits - 1) * p.tiles_per_split * 128 < 150_000);
-    assert!(miad::cuda::ops::bank::check_rerank(0).is_err());
-    assert!(miad::cuda::ops::bank::check_rerank(miad::cuda::ops::bank::MAX_RERANK + 1).is_err());
+    assert!(miad::cuda::ops::bank_search::check_rerank(0).is_err());
+    assert!(miad::cuda::ops::bank_search::check_rerank(
+        miad::cuda::ops::bank_search::MAX_RERANK + 1
+    )
+    .is_err());
     let Some(g) = setup() else { return };
     // Wrong path and bad rerank counts are refused before any launch.
     let p32 = SearchPlan::new(64, 64, 32, SearchPath::F32, g.sms).unwrap();
@@ -350,6 +354,9 @@ fn bank_search_bench() {
         return;
     }
     let Some(g) = setup() else { return };
+    if !crate::timeable(&g.dev, "bank_search_bench") {
+        return;
+    }
     let (nq, nb, dim) = (784, 150_000, 1920);
     for clustered in [false, true] {
         let (q, bank) = data(nq, nb, dim, clustered, 31);

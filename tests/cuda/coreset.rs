@@ -22,16 +22,14 @@ use miad::fit::banks::{fit, FeatureExtractor, FeatureLayout, FitOptions};
 use miad::util::rng::Rng;
 
 fn device() -> Option<Device> {
-    match Device::new(0) {
-        Ok(d) => {
-            eprintln!("cuda_coreset: {} (sm_{})", d.name, d.sm());
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("cuda_coreset: SKIP, no usable GPU: {e}");
-            None
-        }
-    }
+    crate::test_device("cuda_coreset")
+}
+
+/// Whether a selection of `work` = rows × dim × steps distance terms runs in seconds on
+/// `dev`: always on a GPU; on the simulated device (the kernels emulated on the CPU) the
+/// small cases only, which still cover single-block and multi-block grids, ties and m = n.
+fn fits_the_device(dev: &Device, work: usize) -> bool {
+    !dev.is_simulated() || work <= 4_000_000
 }
 
 /// Clusters make the pruning effective and near-ties likely.
@@ -98,7 +96,7 @@ fn same_indices_as_cpu_on_ties_and_duplicates() {
     let Some(dev) = device() else { return };
     let gpu = GpuCoreset::new(&dev).unwrap();
     let pool = Pool::new(2);
-    for (n, dim, m) in [
+    let cases: &[(usize, usize, usize)] = &[
         (1, 3, 1),
         (2, 1, 5),
         (7, 1, 7),
@@ -110,7 +108,11 @@ fn same_indices_as_cpu_on_ties_and_duplicates() {
         (3000, 1, 3000),
         (5000, 33, 700),
         (20_000, 64, 2000),
-    ] {
+    ];
+    for &(n, dim, m) in cases
+        .iter()
+        .filter(|c| fits_the_device(&dev, c.0 * c.1 * c.2))
+    {
         check_same(&gpu, &dev, &pool, &with_ties(n, dim, n as u64 + 7), dim, m);
     }
     // The example of the CPU test: ties go to the lowest index.
@@ -123,14 +125,20 @@ fn same_indices_as_cpu_on_clustered_data() {
     let Some(dev) = device() else { return };
     let gpu = GpuCoreset::new(&dev).unwrap();
     let pool = Pool::new(2);
-    for (n, dim, clusters, m) in [
+    let cases: &[(usize, usize, usize, usize)] = &[
         (500, 3, 8, 60),
+        (1100, 16, 8, 100),
+        (600, 64, 8, 50),
         (3000, 16, 8, 300),
         (2100, 64, 8, 150),
         (10_000, 128, 64, 1000),
         (30_000, 346, 256, 3000),
         (70_001, 24, 512, 7001),
-    ] {
+    ];
+    for &(n, dim, clusters, m) in cases
+        .iter()
+        .filter(|c| fits_the_device(&dev, c.0 * c.1 * c.3))
+    {
         check_same(
             &gpu,
             &dev,
@@ -174,11 +182,18 @@ fn projected_coreset_matches_cpu_coreset() {
     let Some(dev) = device() else { return };
     let pool = Pool::new(2);
     // (n, d): projected (JL dim < d) and unprojected (JL dim ≥ d).
-    for (n, d, m, seed) in [
-        (6000, 512, 600, 11u64),
+    let cases: &[(usize, usize, usize, u64)] = &[
+        (6000, 512, 600, 11),
         (3000, 64, 300, 12),
         (9000, 768, 900, 13),
-    ] {
+    ];
+    // On the simulated device one projected and one unprojected case.
+    let cases = if dev.is_simulated() {
+        &cases[..2]
+    } else {
+        cases
+    };
+    for &(n, d, m, seed) in cases {
         let x = clustered(n, d, 32, seed);
         let want = coreset(&pool, &x, d, m, 0.9, seed);
         let got = coreset_on_device(&dev, &pool, &x, d, m, 0.9, seed).unwrap();
@@ -218,6 +233,9 @@ fn coreset_bench() {
         return;
     }
     let Some(dev) = device() else { return };
+    if !crate::timeable(&dev, "coreset_bench") {
+        return;
+    }
     let pool = Pool::with_available_cores();
     let d = 1920;
     let mut n: usize = std::env::var("MIAD_CORESET_ROWS")

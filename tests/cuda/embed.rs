@@ -37,16 +37,7 @@ use miad::pipeline::preprocess::{
 use miad::util::rng::Rng;
 
 fn device() -> Option<Device> {
-    match Device::new(0) {
-        Ok(d) => {
-            eprintln!("cuda_embed: {} (sm_{})", d.name, d.sm());
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("cuda_embed: SKIP, no usable GPU: {e}");
-            None
-        }
-    }
+    crate::test_device("cuda_embed")
 }
 
 #[test]

@@ -22,6 +22,7 @@
 //! precisions, GEMM and attention shares, error vs the CPU at full size):
 //! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda forward::bench_forwards -- --nocapture`.
 
+use miad::backend::Precision;
 use miad::config::{FusionConfig, ModelConfig, PointConfig, PreprocessConfig, VitConfig};
 use miad::cpu::gemm::{linear, Epilogue, Mat};
 use miad::cpu::point_mae::{
@@ -31,7 +32,6 @@ use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{block_forward, block_scratch_len, layer_norm};
 use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
 use miad::cuda::device::gemm::cublaslt_present;
-use miad::cuda::ops::transformer::Precision;
 use miad::cuda::stages::forward::{DevicePointMae, DeviceVit, EncoderDims, Kinds};
 use miad::cuda::{Device, Graph, Pinned};
 use miad::format::{random_model, write_model, ModelFile, OpenOptions, OwnedTensors};

@@ -11,10 +11,11 @@
 //! bench reports TFLOP/s of every shape and precision:
 //! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda gemm::gemm_bench -- --nocapture`.
 
+use miad::backend::Precision;
 use miad::cuda::device::gemm::{
     CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES,
 };
-use miad::cuda::ops::transformer::{Elementwise, Precision};
+use miad::cuda::ops::gelu::Elementwise;
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::util::rng::Rng;
 

@@ -16,6 +16,7 @@ mod embed;
 mod engine;
 mod forward;
 mod gemm;
+mod launch;
 mod maps;
 mod point;
 mod point_branch;
@@ -24,8 +25,44 @@ mod transformer;
 #[cfg(feature = "cuda-sim")]
 mod sim;
 
+use miad::cuda::Device;
+
+/// The device the kernel tests run on: a GPU when one is present; without one, in a build
+/// with `cuda-sim`, the simulated device; else `None`, and the test passes after a SKIP
+/// line. `who` names the test file in that line.
+pub fn test_device(who: &str) -> Option<Device> {
+    let gpu_error = match Device::new(0) {
+        Ok(d) => {
+            eprintln!("{who}: {} (sm_{})", d.name, d.sm());
+            return Some(d);
+        }
+        Err(e) => e,
+    };
+    if cfg!(feature = "cuda-sim") {
+        match Device::simulated() {
+            Ok(d) => {
+                eprintln!("{who}: no GPU ({gpu_error}), on the {}", d.name);
+                return Some(d);
+            }
+            Err(e) => eprintln!("{who}: the simulated device does not open: {e}"),
+        }
+    }
+    eprintln!("{who}: SKIP, no usable GPU: {gpu_error}");
+    None
+}
+
 // Counts allocations for the zero-allocation test of `sim` (process-wide: it runs alone in
 // a child process, see `common::alone_in_process`).
 #[global_allocator]
 static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
     miad::util::alloc_counter::CountingAlloc;
+
+/// Whether a benchmark may time `dev`: not on the simulated device, whose kernels run in
+/// the emulator (a benchmark there would take hours and measure nothing).
+pub fn timeable(dev: &Device, who: &str) -> bool {
+    if dev.is_simulated() {
+        eprintln!("{who}: skipped, timings need a GPU");
+        return false;
+    }
+    true
+}

@@ -36,16 +36,7 @@ use miad::util::rng::Rng;
 use crate::oracles::regions_ref;
 
 fn device() -> Option<Device> {
-    match Device::new(0) {
-        Ok(d) => {
-            eprintln!("cuda_maps: {} (sm_{})", d.name, d.sm());
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("cuda_maps: SKIP, no usable GPU: {e}");
-            None
-        }
-    }
+    crate::test_device("cuda_maps")
 }
 
 /// One bank's input slots (empty for an absent bank).
@@ -451,14 +442,14 @@ fn bank_scores_match_the_cpu() {
     drop(g);
 
     // Absent banks; tiny banks (1 row: no neighbour term; 2 rows: one term).
-    let dev = Device::new(0).unwrap();
+    let dev = device().expect("the device opened before");
     let plan = MapPlan::from_shapes([None, shape(4, 1, 16), shape(4, 2, 16)], 16, 1.0).unwrap();
     let g = Gpu::new(dev, plan);
     check_bank_scores(&g, &pool, &mut rng, "tiny", &|_, _| {});
     drop(g);
 
     // M3DM widths.
-    let dev = Device::new(0).unwrap();
+    let dev = device().expect("the device opened before");
     let plan = MapPlan::from_shapes(
         [
             shape(56, 3000, 1152),
@@ -491,7 +482,9 @@ fn anomaly_maps_match_the_cpu() {
         ([None, shape(28, 1, 8), None], 300, 16.0),
     ];
     for (banks, s, sigma) in cases {
-        let d = dev.take().unwrap_or_else(|| Device::new(0).unwrap());
+        let d = dev
+            .take()
+            .unwrap_or_else(|| device().expect("the device opened before"));
         let g = Gpu::new(d, MapPlan::from_shapes(banks, s, sigma).unwrap());
         let plan = g.k.plan.clone();
         let mut grids = vec![0f32; 3 * plan.stride];
@@ -906,7 +899,7 @@ fn regions_match_the_cpu() {
     drop(g);
 
     // A NaN threshold: the CPU starts a region at every non-NaN pixel and joins none.
-    let dev = Device::new(0).unwrap();
+    let dev = device().expect("the device opened before");
     let s = 16usize;
     let g = Gpu::new(
         dev,

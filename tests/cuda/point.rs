@@ -6,7 +6,9 @@
 //! report with `-- --ignored bench_point_branch --nocapture`.
 
 use miad::config::PointConfig;
-use miad::cuda::ops::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
+use miad::cuda::ops::fps::FpsKernel;
+use miad::cuda::ops::knn::KnnKernel;
+use miad::cuda::ops::point::{PointKernels, PointOptions, PointPlan};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot, KERNEL_MODULES};
 use miad::util::rng::Rng;
 
@@ -14,16 +16,7 @@ const SIDE: usize = 224;
 const GRID: usize = 56;
 
 fn device() -> Option<Device> {
-    match Device::new(0) {
-        Ok(d) => {
-            eprintln!("cuda_point: {} (sm_{})", d.name, d.sm());
-            Some(d)
-        }
-        Err(e) => {
-            eprintln!("cuda_point: SKIP, no usable GPU: {e}");
-            None
-        }
-    }
+    crate::test_device("cuda_point")
 }
 
 #[test]
@@ -359,7 +352,14 @@ struct Gpu {
 
 fn gpu() -> Option<Gpu> {
     let dev = device()?;
-    let pc = PointConfig::m3dm();
+    let mut pc = PointConfig::m3dm();
+    if dev.is_simulated() {
+        // The emulator runs every CUDA thread as a fiber: 1024 FPS steps over a cluster
+        // of 8192 threads take minutes. 33 centers keep every kernel, the cluster
+        // geometry (sized by the cloud), k = 128 and a partial last block of select kNN
+        // (8 centers per block).
+        pc.num_groups = 33;
+    }
     let pplan = PointPlan::new(&pc, SIDE, GRID).unwrap();
     let k = PointKernels::new(&dev, pplan.clone()).unwrap();
     let alt = match k.fps_regs_geometry() {
@@ -658,6 +658,12 @@ fn check_knn(g: &Gpu, what: &str, pts: &[f32], check: &[usize]) {
     }
 }
 
+/// Whether only the small clouds run: under compute-sanitizer (`MIAD_SANITIZE` set) and on
+/// the simulated device, where the kernels run in the emulator on the CPU.
+fn small_cases(dev: &Device) -> bool {
+    std::env::var_os("MIAD_SANITIZE").is_some() || dev.is_simulated()
+}
+
 #[test]
 fn fps_and_knn_match_the_cpu() {
     let Some(g) = gpu() else { return };
@@ -667,8 +673,9 @@ fn fps_and_knn_match_the_cpu() {
         ("surface 3000", surface_points(&mut rng, 3000)),
         ("lattice 4096 (ties)", lattice_points(4096)),
     ];
-    // Under compute-sanitizer (MIAD_SANITIZE set) only the small cases run.
-    if std::env::var_os("MIAD_SANITIZE").is_none() {
+    // Under compute-sanitizer (MIAD_SANITIZE set) and on the simulated device (the
+    // kernels emulated on the CPU) only the small cases run.
+    if !small_cases(&g.dev) {
         cases.push(("lattice 20000 (ties)", lattice_points(20_000)));
         cases.push(("surface 50000", surface_points(&mut rng, 50_000)));
         cases.push(("surface 50176", surface_points(&mut rng, 50_176)));
@@ -691,7 +698,7 @@ fn fps_and_knn_edge_cases() {
     let Some(g) = gpu() else { return };
     let m = g.pc.num_groups as usize;
     let mut rng = Rng::new(23);
-    let small = std::env::var_os("MIAD_SANITIZE").is_some();
+    let small = small_cases(&g.dev);
     let mut fps_cases = vec![
         ("1 point", surface_points(&mut rng, 1)),
         ("100 points (< centers, < k)", surface_points(&mut rng, 100)),
@@ -869,6 +876,9 @@ struct Timing {
 #[ignore]
 fn bench_point_branch() {
     let Some(g) = gpu() else { return };
+    if !crate::timeable(&g.dev, "bench_point_branch") {
+        return;
+    }
     let dev = &g.dev;
     let t = dev.timer().unwrap();
     let time = |f: &dyn Fn(), reps: usize| -> Timing {

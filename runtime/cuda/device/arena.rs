@@ -56,6 +56,11 @@ impl<T> DevPtr<T> {
     pub fn null() -> Self {
         DevPtr(0, PhantomData)
     }
+    /// The same address read as elements of `U` (bit patterns stored as `u16` passed to a
+    /// kernel's `__half*` or `__nv_bfloat16*` parameter).
+    pub fn cast<U>(self) -> DevPtr<U> {
+        DevPtr(self.0, PhantomData)
+    }
     /// Pointer `n` elements further.
     pub fn offset(self, n: usize) -> Self {
         DevPtr(self.0 + (n * std::mem::size_of::<T>()) as u64, PhantomData)

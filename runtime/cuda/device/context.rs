@@ -10,6 +10,7 @@ use cudarc::driver::sys;
 
 use super::arena::{Arena, ArenaPlan, Slot};
 use super::gemm::{CublasLt, Workspace, GEMM_WORKSPACE_BYTES};
+use super::kernel::{Kernel, KernelArgs};
 use super::module::Module;
 use super::sim::{self, CopyKind, SimStream};
 use crate::backend::DeviceCounts;
@@ -35,13 +36,6 @@ pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
 /// A device-layer failure that is neither a driver call's nor a missing device's.
 pub(crate) fn dev_err(msg: String) -> Error {
     DeviceError::Other(msg).into()
-}
-
-/// A kernel argument: the address of a value that lives until the launch call returns
-/// (the driver copies the argument values during `cuLaunchKernel`).
-#[inline(always)]
-pub fn kptr<T>(v: &T) -> *mut c_void {
-    v as *const T as *mut c_void
 }
 
 /// What stands behind a [`Device`].
@@ -399,27 +393,28 @@ impl Device {
         (self.cc.0 * 10 + self.cc.1) as u32
     }
 
-    /// Launches `f` on the engine's stream. `args` holds one pointer per kernel parameter
-    /// (see [`kptr`]); nothing is allocated.
+    /// Launches kernel `k` on the engine's stream, after checking the count and kind of
+    /// every argument against its prototype (a typed error naming the argument, before
+    /// anything runs); nothing is allocated.
     ///
     /// # Safety
-    /// `args` must match the kernel's parameter list in number and types, and every device
-    /// pointer among them must be valid for what the kernel accesses.
+    /// Every device pointer among `args` must be valid for what the kernel accesses.
     #[inline]
     pub unsafe fn launch(
         &self,
-        f: sys::CUfunction,
+        k: Kernel,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         smem: u32,
-        args: &mut [*mut c_void],
+        args: &mut KernelArgs<'_>,
     ) -> Result<()> {
+        k.check_args(args)?;
         if let Some(s) = self.sim() {
-            return s.launch(f as *const c_void, grid, block, 1, smem, args);
+            return s.launch(k.function() as *const c_void, grid, block, 1, smem, args);
         }
         check(
             sys::cuLaunchKernel(
-                f,
+                k.function(),
                 grid.0,
                 grid.1,
                 grid.2,
@@ -428,29 +423,38 @@ impl Device {
                 block.2,
                 smem,
                 self.stream(),
-                args.as_mut_ptr(),
+                args.pointers().as_mut_ptr(),
                 std::ptr::null_mut(),
             ),
             "cuLaunchKernel",
         )
     }
 
-    /// Launches `f` as thread-block clusters of `cluster` blocks along x (sm_90+).
+    /// Launches kernel `k` as thread-block clusters of `cluster` blocks along x (sm_90+),
+    /// after the same argument check as [`Device::launch`].
     ///
     /// # Safety
     /// As [`Device::launch`].
     #[inline]
     pub unsafe fn launch_cluster(
         &self,
-        f: sys::CUfunction,
+        k: Kernel,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         smem: u32,
         cluster: u32,
-        args: &mut [*mut c_void],
+        args: &mut KernelArgs<'_>,
     ) -> Result<()> {
+        k.check_args(args)?;
         if let Some(s) = self.sim() {
-            return s.launch(f as *const c_void, grid, block, cluster, smem, args);
+            return s.launch(
+                k.function() as *const c_void,
+                grid,
+                block,
+                cluster,
+                smem,
+                args,
+            );
         }
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
@@ -470,15 +474,20 @@ impl Device {
             numAttrs: 1,
         };
         check(
-            sys::cuLaunchKernelEx(&cfg, f, args.as_mut_ptr(), std::ptr::null_mut()),
+            sys::cuLaunchKernelEx(
+                &cfg,
+                k.function(),
+                args.pointers().as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
             "cuLaunchKernelEx",
         )
     }
 
-    /// Allows `f` up to `bytes` of dynamic shared memory (needed above 48 KiB).
-    /// `f` must be a function handle of a module loaded in this device's context.
-    #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
-    pub fn set_max_dynamic_smem(&self, f: sys::CUfunction, bytes: u32) -> Result<()> {
+    /// Allows kernel `k` up to `bytes` of dynamic shared memory (needed above 48 KiB).
+    /// `k` must belong to a module loaded for this device.
+    pub fn set_max_dynamic_smem(&self, k: Kernel, bytes: u32) -> Result<()> {
+        let f = k.function();
         if bytes as i64 > self.max_smem_optin as i64 {
             return Err(dev_err(format!(
                 "a kernel needs {bytes} bytes of shared memory, the device allows {}",
@@ -583,15 +592,9 @@ impl Device {
     /// Whether one thread-block cluster of `cluster` blocks of `threads` threads with
     /// `smem` bytes of dynamic shared memory each can be resident (sets `f`'s shared
     /// memory limit, and the non-portable cluster size above 8).
-    #[allow(clippy::not_unsafe_ptr_arg_deref)] // a driver handle, not dereferenced here
-    pub fn cluster_fits(
-        &self,
-        f: sys::CUfunction,
-        cluster: u32,
-        threads: u32,
-        smem: u32,
-    ) -> Result<bool> {
-        self.set_max_dynamic_smem(f, smem)?;
+    pub fn cluster_fits(&self, k: Kernel, cluster: u32, threads: u32, smem: u32) -> Result<bool> {
+        self.set_max_dynamic_smem(k, smem)?;
+        let f = k.function();
         if self.is_simulated() {
             // The emulator runs clusters of up to 16 blocks, all resident.
             return Ok(cluster <= 16);

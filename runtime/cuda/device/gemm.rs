@@ -35,13 +35,14 @@
 use std::ffi::c_void;
 
 use cudarc::cublaslt::{result as lt, sys as ltsys};
-use cudarc::driver::sys::CUfunction;
 
 use super::arena::DevPtr;
 use super::context::dev_err;
 use super::context::Device;
+use super::kernel::Kernel;
 use super::sim;
-use crate::cuda::ops::transformer::{launch_bias_gelu, Elementwise, Precision};
+use crate::backend::Precision;
+use crate::cuda::ops::gelu::{launch_bias_gelu, Elementwise};
 use crate::{DeviceError, Error, Result};
 
 /// Workspace a plan is allowed to use, bytes: reserve this in the engine's arena.
@@ -472,7 +473,7 @@ pub struct GemmPlan {
     algo_workspace: usize,
     waves: f32,
     workspace: Workspace,
-    gelu: Option<CUfunction>,
+    gelu: Option<Kernel>,
     alpha: f32,
     beta: f32,
 }

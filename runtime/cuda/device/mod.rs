@@ -6,8 +6,10 @@ pub mod arena;
 mod context;
 pub mod gemm;
 pub mod graph;
+pub mod kernel;
 pub mod module;
 pub mod sim;
 
 pub use crate::backend::DeviceCounts;
-pub use context::{kptr, Device, Timer, DEVICES_OPENED};
+pub use context::{Device, Timer, DEVICES_OPENED};
+pub use kernel::{Kernel, KernelArgs};

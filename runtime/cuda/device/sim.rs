@@ -13,8 +13,9 @@
 //!   NaN word [`POISON`] (a quiet NaN whose payload x86 arithmetic propagates), and every
 //!   download and GEMM input is scanned for it;
 //! - replaying a graph after memory it recorded was freed (the engine re-planned);
-//! - a kernel argument array that does not match the kernel's parameters (count, sizes
-//!   from the emulator's registration), more threads than `__launch_bounds__`, dynamic
+//! - a kernel argument list whose sizes do not match the kernel's parameters as g++
+//!   compiled them (the emulator's registration; count and kinds are checked against the
+//!   prototype for every device), more threads than `__launch_bounds__`, dynamic
 //!   shared memory above 48 KiB without `set_max_dynamic_smem`, and everything the
 //!   emulator itself checks (barriers, warp masks, deadlocks, `__trap`).
 
@@ -23,6 +24,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use super::kernel::KernelArgs;
 use crate::{DeviceError, Error, Misuse, Result};
 
 /// The word every new simulated allocation is filled with (f32: a quiet NaN).
@@ -600,7 +602,6 @@ impl SimStream {
 
     /// # Safety
     /// As `Device::launch`.
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch(
         &self,
         f: *const c_void,
@@ -608,20 +609,21 @@ impl SimStream {
         block: (u32, u32, u32),
         cluster: u32,
         smem: u32,
-        args: &mut [*mut c_void],
+        args: &mut KernelArgs<'_>,
     ) -> Result<()> {
         let k = kernel(f)?;
-        if args.len() != k.sizes.len() {
+        if args.sizes() != k.sizes.as_slice() {
             return Err(misuse(
                 Misuse::LaunchArguments,
                 format!(
-                    "{}: {} arguments given, the kernel has {} parameters",
+                    "{}: argument sizes {:?} passed, the compiled kernel's are {:?}",
                     k.name,
-                    args.len(),
-                    k.sizes.len()
+                    args.sizes(),
+                    k.sizes
                 ),
             ));
         }
+        let args = args.pointers();
         let (grid, block, cluster) = (
             [grid.0, grid.1, grid.2],
             [block.0, block.1, block.2],

@@ -25,15 +25,12 @@
 //! faer's and this CPU's, which a GPU cannot reproduce bit for bit, and identical indices
 //! need identical projected rows.
 
-use std::ffi::c_void;
-
-use cudarc::driver::sys::CUfunction;
-
 use crate::cpu::coreset as cpu;
 use crate::cpu::pool::Pool;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::{DeviceError, Error, Result};
 
 /// Rows per block of `coreset_update_f32` (`CS_SEG` in kernels/coreset.cu).
@@ -177,9 +174,9 @@ pub fn device_memory(dev: &Device) -> Result<(usize, usize)> {
 
 /// The coreset kernels, looked up once. Drop before the [`Device`] that made them.
 pub struct GpuCoreset {
-    init: CUfunction,
-    cc: CUfunction,
-    update: CUfunction,
+    init: Kernel,
+    cc: Kernel,
+    update: Kernel,
     _module: Module,
 }
 
@@ -187,9 +184,9 @@ impl GpuCoreset {
     pub fn new(dev: &Device) -> Result<GpuCoreset> {
         let module = Module::load(dev, "coreset")?;
         Ok(GpuCoreset {
-            init: module.function("coreset_init_f32")?,
-            cc: module.function("coreset_cc_f32")?,
-            update: module.function("coreset_update_f32")?,
+            init: Kernel::find(&module, "coreset_init_f32")?,
+            cc: Kernel::find(&module, "coreset_cc_f32")?,
+            update: Kernel::find(&module, "coreset_update_f32")?,
             _module: module,
         })
     }
@@ -242,51 +239,19 @@ impl GpuCoreset {
         // SAFETY: every pointer is a slot of `arena`, sized by `plan` for n, k and m; the
         // argument lists match the kernels' parameter lists in kernels/coreset.cu.
         unsafe {
-            let mut a: [*mut c_void; 9] = [
-                kptr(&rows),
-                kptr(&n),
-                kptr(&k),
-                kptr(&min_d),
-                kptr(&owner),
-                kptr(&centres),
-                kptr(&ldc),
-                kptr(&out),
-                kptr(&state),
-            ];
+            let mut a = kernel_args![rows, n, k, min_d, owner, centres, ldc, out, state,];
             let grid = plan.n.div_ceil(INIT_THREADS as usize) as u32;
             dev.launch(self.init, (grid, 1, 1), (INIT_THREADS, 1, 1), 0, &mut a)?;
             // The update of the last step would only choose a centre nobody keeps.
             for step in 0..m - 1 {
                 if step > 0 {
-                    let mut a: [*mut c_void; 8] = [
-                        kptr(&rows),
-                        kptr(&k),
-                        kptr(&ld),
-                        kptr(&centres),
-                        kptr(&ldc),
-                        kptr(&state),
-                        kptr(&step),
-                        kptr(&cc),
-                    ];
+                    let mut a = kernel_args![rows, k, ld, centres, ldc, state, step, cc,];
                     let grid = step.div_ceil(CC_THREADS);
                     dev.launch(self.cc, (grid, 1, 1), (CC_THREADS, 1, 1), 0, &mut a)?;
                 }
-                let mut a: [*mut c_void; 15] = [
-                    kptr(&rows),
-                    kptr(&n),
-                    kptr(&k),
-                    kptr(&ld),
-                    kptr(&step),
-                    kptr(&m),
-                    kptr(&cc),
-                    kptr(&factor),
-                    kptr(&min_d),
-                    kptr(&owner),
-                    kptr(&centres),
-                    kptr(&ldc),
-                    kptr(&out),
-                    kptr(&keys),
-                    kptr(&state),
+                let mut a = kernel_args![
+                    rows, n, k, ld, step, m, cc, factor, min_d, owner, centres, ldc, out, keys,
+                    state,
                 ];
                 let grid = plan.blocks as u32;
                 dev.launch(self.update, (grid, 1, 1), (UPDATE_THREADS, 1, 1), 0, &mut a)?;

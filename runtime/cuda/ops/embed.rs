@@ -28,15 +28,14 @@
 //! the [`EmbedPlan`] (an error, never undefined behaviour, for a size the plan does not
 //! cover); the pointers themselves are the caller's responsibility (hence `unsafe`).
 
-use std::ffi::c_void;
-
-use cudarc::driver::sys::CUfunction;
 use half::bf16;
 
 use crate::config::{ModelConfig, PointConfig, PreprocessConfig, VitConfig};
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::kernel::DeviceElem;
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::pipeline::preprocess::{padded_side, PreprocessMode};
 use crate::{Error, Result};
 
@@ -459,19 +458,19 @@ fn check_matrix(rows: usize, cols: usize, ld: usize, what: &str) -> Result<()> {
 /// The embed kernels of one engine, looked up once.
 pub struct EmbedKernels {
     _module: Module,
-    pil_coeffs: CUfunction,
-    resize_h: CUfunction,
-    resize_v: CUfunction,
-    im2col_f32: CUfunction,
-    im2col_bf16: CUfunction,
-    vit_tokens: CUfunction,
-    pos_fc1_f32: CUfunction,
-    pos_fc1_bf16: CUfunction,
-    pos_embed: CUfunction,
-    ln_f32: CUfunction,
-    ln_bf16: CUfunction,
-    pool: CUfunction,
-    copy: CUfunction,
+    pil_coeffs: Kernel,
+    resize_h: Kernel,
+    resize_v: Kernel,
+    im2col_f32: Kernel,
+    im2col_bf16: Kernel,
+    vit_tokens: Kernel,
+    pos_fc1_f32: Kernel,
+    pos_fc1_bf16: Kernel,
+    pos_embed: Kernel,
+    ln_f32: Kernel,
+    ln_bf16: Kernel,
+    pool: Kernel,
+    copy: Kernel,
     pub plan: EmbedPlan,
 }
 
@@ -480,19 +479,19 @@ impl EmbedKernels {
     pub fn new(dev: &Device, plan: EmbedPlan) -> Result<EmbedKernels> {
         let m = Module::load(dev, "embed")?;
         Ok(EmbedKernels {
-            pil_coeffs: m.function("pil_coeffs_f32")?,
-            resize_h: m.function("rgb_resize_h_f32")?,
-            resize_v: m.function("rgb_resize_v_f32")?,
-            im2col_f32: m.function("im2col_f32")?,
-            im2col_bf16: m.function("im2col_bf16")?,
-            vit_tokens: m.function("vit_tokens_f32")?,
-            pos_fc1_f32: m.function("pos_fc1_gelu_f32")?,
-            pos_fc1_bf16: m.function("pos_fc1_gelu_bf16")?,
-            pos_embed: m.function("pos_embed_f32")?,
-            ln_f32: m.function("layernorm_rows_f32")?,
-            ln_bf16: m.function("layernorm_rows_bf16")?,
-            pool: m.function("adaptive_pool_f32")?,
-            copy: m.function("copy_rows_f32")?,
+            pil_coeffs: Kernel::find(&m, "pil_coeffs_f32")?,
+            resize_h: Kernel::find(&m, "rgb_resize_h_f32")?,
+            resize_v: Kernel::find(&m, "rgb_resize_v_f32")?,
+            im2col_f32: Kernel::find(&m, "im2col_f32")?,
+            im2col_bf16: Kernel::find(&m, "im2col_bf16")?,
+            vit_tokens: Kernel::find(&m, "vit_tokens_f32")?,
+            pos_fc1_f32: Kernel::find(&m, "pos_fc1_gelu_f32")?,
+            pos_fc1_bf16: Kernel::find(&m, "pos_fc1_gelu_bf16")?,
+            pos_embed: Kernel::find(&m, "pos_embed_f32")?,
+            ln_f32: Kernel::find(&m, "layernorm_rows_f32")?,
+            ln_bf16: Kernel::find(&m, "layernorm_rows_bf16")?,
+            pool: Kernel::find(&m, "adaptive_pool_f32")?,
+            copy: Kernel::find(&m, "copy_rows_f32")?,
             _module: m,
             plan,
         })
@@ -533,16 +532,16 @@ impl EmbedKernels {
                 vp.max_taps
             )));
         }
-        let mut a: [*mut c_void; 9] = [
-            kptr(&geo.work_w),
-            kptr(&geo.taps_x),
-            kptr(&buf.first_x),
-            kptr(&buf.w_x),
-            kptr(&geo.work_h),
-            kptr(&geo.taps_y),
-            kptr(&buf.first_y),
-            kptr(&buf.w_y),
-            kptr(&s),
+        let mut a = kernel_args![
+            geo.work_w,
+            geo.taps_x,
+            buf.first_x,
+            buf.w_x,
+            geo.work_h,
+            geo.taps_y,
+            buf.first_y,
+            buf.w_y,
+            s,
         ];
         dev.launch(
             self.pil_coeffs,
@@ -551,21 +550,21 @@ impl EmbedKernels {
             0,
             &mut a,
         )?;
-        let mut a: [*mut c_void; 14] = [
-            kptr(&image),
-            kptr(&geo.height),
-            kptr(&geo.width),
-            kptr(&geo.stride),
-            kptr(&zero_mask),
-            kptr(&geo.top),
-            kptr(&geo.left),
-            kptr(&geo.work_w),
-            kptr(&geo.work_h),
-            kptr(&s),
-            kptr(&geo.taps_x),
-            kptr(&buf.first_x),
-            kptr(&buf.w_x),
-            kptr(&buf.tmp),
+        let mut a = kernel_args![
+            image,
+            geo.height,
+            geo.width,
+            geo.stride,
+            zero_mask,
+            geo.top,
+            geo.left,
+            geo.work_w,
+            geo.work_h,
+            s,
+            geo.taps_x,
+            buf.first_x,
+            buf.w_x,
+            buf.tmp,
         ];
         let n = geo.work_h as usize * vp.side;
         dev.launch(
@@ -577,20 +576,20 @@ impl EmbedKernels {
         )?;
         let [m0, m1, m2] = vp.pre.rgb_mean;
         let [s0, s1, s2] = vp.pre.rgb_std;
-        let mut a: [*mut c_void; 13] = [
-            kptr(&buf.tmp),
-            kptr(&geo.work_h),
-            kptr(&s),
-            kptr(&geo.taps_y),
-            kptr(&buf.first_y),
-            kptr(&buf.w_y),
-            kptr(&m0),
-            kptr(&m1),
-            kptr(&m2),
-            kptr(&s0),
-            kptr(&s1),
-            kptr(&s2),
-            kptr(&out),
+        let mut a = kernel_args![
+            buf.tmp,
+            geo.work_h,
+            s,
+            geo.taps_y,
+            buf.first_y,
+            buf.w_y,
+            m0,
+            m1,
+            m2,
+            s0,
+            s1,
+            s2,
+            out,
         ];
         dev.launch(
             self.resize_v,
@@ -601,16 +600,16 @@ impl EmbedKernels {
         )
     }
 
-    unsafe fn im2col_any<T>(
+    unsafe fn im2col_any<T: DeviceElem>(
         &self,
         dev: &Device,
-        f: CUfunction,
+        f: Kernel,
         img: DevPtr<f32>,
         out: DevPtr<T>,
     ) -> Result<()> {
         let vp = self.plan.vit()?;
         let (c, s, p) = (vp.chans as i32, vp.side as i32, vp.patch as i32);
-        let mut a: [*mut c_void; 5] = [kptr(&img), kptr(&c), kptr(&s), kptr(&p), kptr(&out)];
+        let mut a = kernel_args![img, c, s, p, out];
         dev.launch(
             f,
             (blocks(vp.patch_matrix_len())?, 1, 1),
@@ -666,16 +665,7 @@ impl EmbedKernels {
         let vp = self.plan.vit()?;
         check_matrix(vp.patches, vp.dim, ldg, "patch GEMM output")?;
         let (ldg, p, d) = (ldg as i32, vp.patches as i32, vp.dim as i32);
-        let mut a: [*mut c_void; 8] = [
-            kptr(&g),
-            kptr(&ldg),
-            kptr(&bias),
-            kptr(&pos),
-            kptr(&cls),
-            kptr(&x),
-            kptr(&p),
-            kptr(&d),
-        ];
+        let mut a = kernel_args![g, ldg, bias, pos, cls, x, p, d,];
         dev.launch(
             self.vit_tokens,
             (blocks(vp.tokens_len())?, 1, 1),
@@ -714,24 +704,17 @@ impl EmbedKernels {
         )
     }
 
-    unsafe fn pos_fc1_any<T>(
+    unsafe fn pos_fc1_any<T: DeviceElem>(
         &self,
         dev: &Device,
-        f: CUfunction,
+        f: Kernel,
         centers: DevPtr<f32>,
         (w1, b1): (DevPtr<f32>, DevPtr<f32>),
         h: DevPtr<T>,
     ) -> Result<()> {
         let pp = self.plan.point()?;
         let (m, ph) = (pp.groups as i32, pp.pos_hidden as i32);
-        let mut a: [*mut c_void; 6] = [
-            kptr(&centers),
-            kptr(&m),
-            kptr(&w1),
-            kptr(&b1),
-            kptr(&ph),
-            kptr(&h),
-        ];
+        let mut a = kernel_args![centers, m, w1, b1, ph, h,];
         dev.launch(
             f,
             (blocks(pp.pos_hidden_len())?, 1, 1),
@@ -789,17 +772,7 @@ impl EmbedKernels {
     ) -> Result<()> {
         let pp = self.plan.point()?;
         let (m, ph, d) = (pp.groups as i32, pp.pos_hidden as i32, pp.dim as i32);
-        let mut a: [*mut c_void; 9] = [
-            kptr(&centers),
-            kptr(&m),
-            kptr(&w1),
-            kptr(&b1),
-            kptr(&ph),
-            kptr(&w2),
-            kptr(&b2),
-            kptr(&d),
-            kptr(&pos),
-        ];
+        let mut a = kernel_args![centers, m, w1, b1, ph, w2, b2, d, pos,];
         let grid = pp.groups.div_ceil(POS_ROWS) as u32;
         dev.launch(
             self.pos_embed,
@@ -883,10 +856,10 @@ impl EmbedKernels {
     }
 
     #[allow(clippy::too_many_arguments)]
-    unsafe fn layernorm_any<T>(
+    unsafe fn layernorm_any<T: DeviceElem>(
         &self,
         dev: &Device,
-        f: CUfunction,
+        f: Kernel,
         (rows, cols): (usize, usize),
         x: DevPtr<f32>,
         ldx: usize,
@@ -900,18 +873,7 @@ impl EmbedKernels {
         check_matrix(rows, cols, ldy, "LayerNorm output")?;
         check_eps(eps, "requested")?;
         let (ldx, ldy, r, c) = (ldx as i32, ldy as i32, rows as i32, cols as i32);
-        let mut a: [*mut c_void; 10] = [
-            kptr(&x),
-            kptr(&ldx),
-            kptr(&pos),
-            kptr(&gamma),
-            kptr(&beta),
-            kptr(&y),
-            kptr(&ldy),
-            kptr(&r),
-            kptr(&c),
-            kptr(&eps),
-        ];
+        let mut a = kernel_args![x, ldx, pos, gamma, beta, y, ldy, r, c, eps,];
         let grid = rows.div_ceil(LN_ROWS as usize) as u32;
         dev.launch(f, (grid, 1, 1), (THREADS, 1, 1), 0, &mut a)
     }
@@ -980,15 +942,7 @@ impl EmbedKernels {
         check_matrix(go * go, d, ld_dst, "pooling output")?;
         arg((go + 1) * gi.max(go), "pooling grid")?;
         let (gi, ls, go, di, ld) = (gi as i32, ld_src as i32, go as i32, d as i32, ld_dst as i32);
-        let mut a: [*mut c_void; 7] = [
-            kptr(&src),
-            kptr(&gi),
-            kptr(&ls),
-            kptr(&go),
-            kptr(&di),
-            kptr(&dst),
-            kptr(&ld),
-        ];
+        let mut a = kernel_args![src, gi, ls, go, di, dst, ld,];
         let n = (go * go) as usize * d;
         dev.launch(self.pool, (blocks(n)?, 1, 1), (THREADS, 1, 1), 0, &mut a)
     }
@@ -1015,14 +969,7 @@ impl EmbedKernels {
         }
         check_matrix(rows, cols, ld_dst, "copy destination")?;
         let (ls, ld, r, c) = (ld_src as i32, ld_dst as i32, rows as i32, cols as i32);
-        let mut a: [*mut c_void; 6] = [
-            kptr(&src),
-            kptr(&ls),
-            kptr(&dst),
-            kptr(&ld),
-            kptr(&r),
-            kptr(&c),
-        ];
+        let mut a = kernel_args![src, ls, dst, ld, r, c,];
         dev.launch(
             self.copy,
             (blocks(rows * cols)?, 1, 1),

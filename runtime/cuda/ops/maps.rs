@@ -7,7 +7,7 @@
 //! Same shape as [`super::point`]: a [`MapPlan`] (sizes from the bank configuration,
 //! validated with clear errors), the arena slots it needs ([`MapSlots`]), and
 //! [`MapKernels`] (module loaded and functions looked up once; `unsafe` launch methods
-//! taking [`DevPtr`]s with fixed argument arrays: nothing is allocated on the hot path).
+//! taking [`DevPtr`]s with typed argument lists: nothing is allocated on the hot path).
 //!
 //! CPU oracles: [`crate::cpu::bank_search::score_part`] (first maximum, `knn_scan`,
 //! re-weighting in f64), [`crate::cpu::maps::upsample_bilinear`] and
@@ -24,16 +24,15 @@
 //! asc), in that order; the CPU sorts by peak only (`sort_unstable`), so only regions with
 //! equal peaks may be listed in another order than the CPU lists them.
 
-use std::ffi::c_void;
-
 use bytemuck::{Pod, Zeroable};
-use cudarc::driver::sys::CUfunction;
 
 use crate::config::BankConfig;
 use crate::cpu::maps::{gaussian_radius, MAX_RADIUS};
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
+use crate::cuda::device::kernel::{ArgKind, CType, DeviceElem, KernelArg};
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::pipeline::decide::{CaseDecision, Decision};
 use crate::types::{Case, InspectOptions, Region, MAX_REGIONS};
 use crate::{Error, Result};
@@ -262,6 +261,31 @@ struct MapBankArg {
 #[derive(Clone, Copy, Debug, Default)]
 struct MapBanksArg {
     b: [MapBankArg; 3],
+}
+
+// The structs the kernels take by value or point to, by their names in kernels/maps.cu.
+// SAFETY: each is `repr(C)` with the C struct's fields in order (sizes asserted below; the
+// simulated device also compares every argument's size with the compiled kernel's).
+unsafe impl KernelArg for MapBanksArg {
+    const KIND: ArgKind = ArgKind::Value(CType::Struct("MapBanks"));
+}
+unsafe impl KernelArg for BlurWeights {
+    const KIND: ArgKind = ArgKind::Value(CType::Struct("BlurWeights"));
+}
+unsafe impl KernelArg for PixelParams {
+    const KIND: ArgKind = ArgKind::Value(CType::Struct("PixelParams"));
+}
+unsafe impl KernelArg for PartParams {
+    const KIND: ArgKind = ArgKind::Value(CType::Struct("PartParams"));
+}
+unsafe impl DeviceElem for BankScoreRec {
+    const C_TYPE: CType = CType::Struct("BankScoreRec");
+}
+unsafe impl DeviceElem for PartDecisionRec {
+    const C_TYPE: CType = CType::Struct("PartDecisionRec");
+}
+unsafe impl DeviceElem for RegionRec {
+    const C_TYPE: CType = CType::Struct("RegionRec");
 }
 
 static_assertions::const_assert_eq!(std::mem::size_of::<MapBankArg>(), 56);
@@ -538,18 +562,18 @@ pub struct MapBuffers {
 /// The map kernels of one engine.
 pub struct MapKernels {
     _module: Module,
-    pub bank_argmax: CUfunction,
-    pub bank_knn: CUfunction,
-    pub bank_finish: CUfunction,
-    pub upsample: CUfunction,
-    pub blur_h: CUfunction,
-    pub blur_v: CUfunction,
-    pub pixels: CUfunction,
-    pub part: CUfunction,
-    pub label_merge: CUfunction,
-    pub label_resolve: CUfunction,
-    pub regions_select: CUfunction,
-    pub regions_stats: CUfunction,
+    pub bank_argmax: Kernel,
+    pub bank_knn: Kernel,
+    pub bank_finish: Kernel,
+    pub upsample: Kernel,
+    pub blur_h: Kernel,
+    pub blur_v: Kernel,
+    pub pixels: Kernel,
+    pub part: Kernel,
+    pub label_merge: Kernel,
+    pub label_resolve: Kernel,
+    pub regions_select: Kernel,
+    pub regions_stats: Kernel,
     pub plan: MapPlan,
 }
 
@@ -561,18 +585,18 @@ impl MapKernels {
     pub fn new(dev: &Device, plan: MapPlan) -> Result<MapKernels> {
         let m = Module::load(dev, "maps")?;
         let k = MapKernels {
-            bank_argmax: m.function("maps_bank_argmax")?,
-            bank_knn: m.function("maps_bank_knn")?,
-            bank_finish: m.function("maps_bank_finish")?,
-            upsample: m.function("maps_upsample")?,
-            blur_h: m.function("maps_blur_h")?,
-            blur_v: m.function("maps_blur_v")?,
-            pixels: m.function("maps_pixels")?,
-            part: m.function("maps_part")?,
-            label_merge: m.function("maps_label_merge")?,
-            label_resolve: m.function("maps_label_resolve")?,
-            regions_select: m.function("maps_regions_select")?,
-            regions_stats: m.function("maps_regions_stats")?,
+            bank_argmax: Kernel::find(&m, "maps_bank_argmax")?,
+            bank_knn: Kernel::find(&m, "maps_bank_knn")?,
+            bank_finish: Kernel::find(&m, "maps_bank_finish")?,
+            upsample: Kernel::find(&m, "maps_upsample")?,
+            blur_h: Kernel::find(&m, "maps_blur_h")?,
+            blur_v: Kernel::find(&m, "maps_blur_v")?,
+            pixels: Kernel::find(&m, "maps_pixels")?,
+            part: Kernel::find(&m, "maps_part")?,
+            label_merge: Kernel::find(&m, "maps_label_merge")?,
+            label_resolve: Kernel::find(&m, "maps_label_resolve")?,
+            regions_select: Kernel::find(&m, "maps_regions_select")?,
+            regions_stats: Kernel::find(&m, "maps_regions_stats")?,
             _module: m,
             plan,
         };
@@ -600,15 +624,9 @@ impl MapKernels {
         let sq = squared as i32;
         let stride = self.plan.stride as i32;
         let max_splits = self.plan.max_splits as i32;
-        let mut a: [*mut c_void; 5] = [
-            kptr(&banks),
-            kptr(&sq),
-            kptr(&stride),
-            kptr(&grids),
-            kptr(&scores),
-        ];
+        let mut a = kernel_args![banks, sq, stride, grids, scores,];
         dev.launch(self.bank_argmax, (3, 1, 1), (THREADS, 1, 1), 0, &mut a)?;
-        let mut a: [*mut c_void; 4] = [kptr(&banks), kptr(&max_splits), kptr(&scores), kptr(&knn)];
+        let mut a = kernel_args![banks, max_splits, scores, knn];
         dev.launch(
             self.bank_knn,
             self.plan.knn_grid(),
@@ -616,7 +634,7 @@ impl MapKernels {
             self.plan.knn_smem(),
             &mut a,
         )?;
-        let mut a: [*mut c_void; 4] = [kptr(&banks), kptr(&max_splits), kptr(&knn), kptr(&scores)];
+        let mut a = kernel_args![banks, max_splits, knn, scores];
         dev.launch(self.bank_finish, (3, 1, 1), (THREADS, 1, 1), 0, &mut a)
     }
 
@@ -634,15 +652,7 @@ impl MapKernels {
         let g = [0, 1, 2].map(|b| self.plan.grid(b) as i32);
         let s = self.plan.map_size as i32;
         let stride = self.plan.stride as i32;
-        let mut a: [*mut c_void; 7] = [
-            kptr(&g[0]),
-            kptr(&g[1]),
-            kptr(&g[2]),
-            kptr(&s),
-            kptr(&grids),
-            kptr(&stride),
-            kptr(&maps),
-        ];
+        let mut a = kernel_args![g[0], g[1], g[2], s, grids, stride, maps,];
         let grid = (self.plan.pixel_blocks(), 3, 1);
         dev.launch(self.upsample, grid, (THREADS, 1, 1), 0, &mut a)
     }
@@ -657,9 +667,9 @@ impl MapKernels {
         let s = self.plan.map_size as i32;
         let w = &self.plan.blur;
         let grid = (self.plan.pixel_blocks(), 3, 1);
-        let mut a: [*mut c_void; 5] = [kptr(&present), kptr(&s), kptr(w), kptr(&maps), kptr(&tmp)];
+        let mut a = kernel_args![present, s, *w, maps, tmp];
         dev.launch(self.blur_h, grid, (THREADS, 1, 1), 0, &mut a)?;
-        let mut a: [*mut c_void; 5] = [kptr(&present), kptr(&s), kptr(w), kptr(&tmp), kptr(&maps)];
+        let mut a = kernel_args![present, s, *w, tmp, maps];
         dev.launch(self.blur_v, grid, (THREADS, 1, 1), 0, &mut a)
     }
 
@@ -674,7 +684,7 @@ impl MapKernels {
         scores: DevPtr<BankScoreRec>,
         out: DevPtr<PartDecisionRec>,
     ) -> Result<()> {
-        let mut a: [*mut c_void; 3] = [kptr(params), kptr(&scores), kptr(&out)];
+        let mut a = kernel_args![*params, scores, out];
         dev.launch(self.part, (1, 1, 1), (32, 1, 1), 0, &mut a)
     }
 
@@ -693,14 +703,7 @@ impl MapKernels {
     ) -> Result<()> {
         let s2 = self.plan.pixels() as i32;
         let (l, p) = labels.unwrap_or((DevPtr::null(), DevPtr::null()));
-        let mut a: [*mut c_void; 6] = [
-            kptr(params),
-            kptr(&s2),
-            kptr(&bank_maps),
-            kptr(&map),
-            kptr(&l),
-            kptr(&p),
-        ];
+        let mut a = kernel_args![*params, s2, bank_maps, map, l, p,];
         dev.launch(
             self.pixels,
             (self.plan.pixel_blocks(), 1, 1),
@@ -733,18 +736,11 @@ impl MapKernels {
         let s2 = self.plan.pixels() as i32;
         let limit = self.plan.max_regions as i32;
         let blocks = (self.plan.pixel_blocks(), 1, 1);
-        let mut a: [*mut c_void; 3] = [kptr(&s), kptr(&threshold), kptr(&labels)];
+        let mut a = kernel_args![s, threshold, labels];
         dev.launch(self.label_merge, blocks, (THREADS, 1, 1), 0, &mut a)?;
-        let mut a: [*mut c_void; 4] = [kptr(&s), kptr(&map), kptr(&labels), kptr(&peak)];
+        let mut a = kernel_args![s, map, labels, peak];
         dev.launch(self.label_resolve, blocks, (THREADS, 1, 1), 0, &mut a)?;
-        let mut a: [*mut c_void; 6] = [
-            kptr(&s2),
-            kptr(&limit),
-            kptr(&labels),
-            kptr(&peak),
-            kptr(&sel),
-            kptr(&count),
-        ];
+        let mut a = kernel_args![s2, limit, labels, peak, sel, count,];
         dev.launch(
             self.regions_select,
             (1, 1, 1),
@@ -752,14 +748,7 @@ impl MapKernels {
             0,
             &mut a,
         )?;
-        let mut a: [*mut c_void; 6] = [
-            kptr(&s),
-            kptr(&map),
-            kptr(&labels),
-            kptr(&sel),
-            kptr(&count),
-            kptr(&regions),
-        ];
+        let mut a = kernel_args![s, map, labels, sel, count, regions,];
         dev.launch(
             self.regions_stats,
             (self.plan.max_regions as u32, 1, 1),

@@ -3,8 +3,8 @@
 //! At engine creation the three banks are uploaded once into one arena, the search kernels
 //! are looked up, and for each bank one CUDA graph is recorded: copy the part's
 //! normalised patch features from a pinned buffer, search (exact f32,
-//! [`crate::cuda::ops::bank::BankSearch::search_f32`], or the fast path,
-//! [`crate::cuda::ops::bank::BankSearch::search_f16`]), copy the nearest squared distances and rows
+//! [`crate::cuda::ops::bank_search::BankSearch::search_f32`], or the fast path,
+//! [`crate::cuda::ops::bank_search::BankSearch::search_f16`]), copy the nearest squared distances and rows
 //! back into pinned buffers. Per part and bank, [`NearestSearch::nearest`] fills the
 //! pinned input, replays the graph and waits: one driver call, no allocation. The CPU
 //! then finishes the bank's score (re-weighting, maps), exactly as on the CPU backend.
@@ -21,7 +21,7 @@ use crate::cpu::pool::Pool;
 use crate::cuda::device::arena::{Arena, ArenaPlan, Slot};
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
-use crate::cuda::ops::bank::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
+use crate::cuda::ops::bank_search::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
 use crate::pipeline::score::{BankSet, NearestSearch};
 use crate::types::BANK_NAMES;
 use crate::util::rng::Rng;

@@ -55,6 +55,7 @@
 
 use half::bf16;
 
+use crate::backend::Precision;
 use crate::config::{ModelConfig, PointConfig, VitConfig};
 use crate::cpu::point_mae::PointMaeWeights;
 use crate::cpu::transformer::BlockWeights;
@@ -62,10 +63,11 @@ use crate::cpu::vit::VitWeights;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
 use crate::cuda::device::Device;
+use crate::cuda::ops::attention::{Attention, ATTENTION_HEAD_DIMS};
 use crate::cuda::ops::embed::{
     EmbedKernels, EmbedPlan, PointEmbedPlan, ResizeBuffers, ResizeSlots, RgbGeometry, VitEmbedPlan,
 };
-use crate::cuda::ops::transformer::{Attention, Elementwise, Precision, ATTENTION_HEAD_DIMS};
+use crate::cuda::ops::gelu::Elementwise;
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::preprocess::PreprocessMode;
 use crate::{Error, Result};

@@ -33,14 +33,16 @@
 use std::sync::Arc;
 
 use super::forward::{DevicePointMae, EncoderDims};
+use crate::backend::Precision;
 use crate::config::ModelConfig;
 use crate::cpu::pfa::check_pfa_config;
 use crate::cpu::point_mae::PointMaeWeights;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
-use crate::cuda::ops::point::{FpsKernel, KnnKernel, PointKernels, PointOptions, PointPlan};
-use crate::cuda::ops::transformer::Precision;
+use crate::cuda::ops::fps::FpsKernel;
+use crate::cuda::ops::knn::KnnKernel;
+use crate::cuda::ops::point::{PointKernels, PointOptions, PointPlan};
 use crate::format::ModelFile;
 use crate::pipeline::extract::{PointNetwork, PointOutputs};
 use crate::{Error, Result};

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use super::forward::DeviceVit;
+use crate::backend::Precision;
 use crate::cuda::device::arena::ArenaPlan;
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
-use crate::cuda::ops::transformer::Precision;
 use crate::format::ModelFile;
 use crate::pipeline::extract::RgbNetwork;
 use crate::{DeviceError, Error, Result};

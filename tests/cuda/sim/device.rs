@@ -2,9 +2,11 @@
 //! reference for every plan kind the engine uses, graphs that replay what they recorded,
 //! and each misuse check provoked.
 
+use miad::backend::Precision;
 use miad::cuda::device::gemm::{CublasLt, Epilogue, GemmPlan, GemmShape, Workspace};
 use miad::cuda::device::graph::{Graph, Pinned};
-use miad::cuda::ops::transformer::{Elementwise, Precision};
+use miad::cuda::device::Kernel;
+use miad::cuda::ops::gelu::Elementwise;
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device};
 use miad::util::rng::Rng;
 use miad::{DeviceError, Error, Misuse};
@@ -355,33 +357,30 @@ fn graph_replay_after_replanning_is_refused() {
 fn kernel_argument_misuse_is_refused() {
     let d = dev();
     let m = miad::cuda::device::module::Module::load(&d, "gelu").unwrap();
-    let f = m.function("bias_gelu_f32").unwrap();
+    let f = Kernel::find(&m, "bias_gelu_f32").unwrap();
     let mut plan = ArenaPlan::new();
     let s = plan.add::<f32>(8);
     let arena = Arena::new(&d, &plan).unwrap();
     let y = arena.ptr(s);
     let (n, cols) = (8i64, 8i32);
-    let mut args = [
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&n),
-    ];
+    let mut args = miad::kernel_args![y, y, n];
     let r = unsafe { d.launch(f, (1, 1, 1), (32, 1, 1), 0, &mut args) };
-    expect_err(
-        r,
-        Misuse::LaunchArguments,
-        &["3 arguments given", "4 parameters"],
+    assert!(
+        matches!(
+            r,
+            Err(Error::Device(DeviceError::ArgumentCount {
+                kernel: "bias_gelu_f32",
+                expected: 4,
+                passed: 3
+            }))
+        ),
+        "{r:?}"
     );
-    let mut args = [
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&y),
-        miad::cuda::device::kptr(&n),
-        miad::cuda::device::kptr(&cols),
-    ];
+    let mut args = miad::kernel_args![y, y, n, cols];
     // Dynamic shared memory above 48 KiB without the opt-in.
     let r = unsafe { d.launch(f, (1, 1, 1), (32, 1, 1), 64 << 10, &mut args) };
     expect_err(r, Misuse::LaunchConfig, &["set_max_dynamic_smem"]);
-    assert!(m.function("no_such_kernel").is_err());
+    assert!(Kernel::find(&m, "no_such_kernel").is_err());
 }
 
 #[test]
@@ -448,22 +447,17 @@ fn gemm_operands_whose_layouts_contradict_each_other_are_refused() {
 #[test]
 fn a_kernel_the_emulator_stops_is_reported_with_its_name() {
     let d = dev();
-    let att = miad::cuda::ops::transformer::Attention::new(&d).unwrap();
+    let att = miad::cuda::ops::attention::Attention::new(&d).unwrap();
     let m = d.module("attention").unwrap();
-    let f = m.function("attention_bf16").unwrap();
+    let f = Kernel::find(&m, "attention_bf16").unwrap();
     let mut plan = ArenaPlan::new();
     let (sq, so) = (plan.add::<u16>(3 * 64), plan.add::<u16>(64));
     let arena = Arena::new(&d, &plan).unwrap();
     arena.upload(&d, sq, &[bf16(0.5); 3 * 64]).unwrap();
     let (q, o) = (arena.ptr(sq), arena.ptr(so));
     let (n, heads, scale) = (1i32, 1i32, 0.125f32);
-    let mut args = [
-        miad::cuda::device::kptr(&q),
-        miad::cuda::device::kptr(&o),
-        miad::cuda::device::kptr(&n),
-        miad::cuda::device::kptr(&heads),
-        miad::cuda::device::kptr(&scale),
-    ];
+    let (qb, ob) = (q.cast::<half::bf16>(), o.cast::<half::bf16>());
+    let mut args = miad::kernel_args![qb, ob, n, heads, scale];
     // Half a warp: the tensor-core instructions need all 32 lanes.
     let r = unsafe { d.launch(f, (1, 1, 1), (16, 1, 1), 0, &mut args) };
     expect_err(r, Misuse::Kernel, &["attention_bf16"]);

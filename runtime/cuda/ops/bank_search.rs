@@ -9,17 +9,14 @@
 //!   then the `rerank` best split winners of each query are re-scored exactly in f32.
 //!
 //! Raw-driver style (see [`super`]): the module is loaded once, launches take [`DevPtr`]s
-//! and a [`SearchPlan`] made at creation, run on the [`Device`]'s stream with fixed
-//! argument arrays and allocate nothing. Buffer sizes come from the plan
+//! and a [`SearchPlan`] made at creation, run on the [`Device`]'s stream with typed
+//! argument lists and allocate nothing. Buffer sizes come from the plan
 //! ([`SearchPlan::query_len`], [`SearchPlan::bank_len`], [`SearchPlan::part_len`]).
-
-use std::ffi::c_void;
-
-use cudarc::driver::sys::CUfunction;
 
 use crate::cuda::device::arena::DevPtr;
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::{Error, Result};
 
 const F32_TILE_Q: usize = 64;
@@ -148,12 +145,12 @@ pub struct F16Inputs {
 
 /// The bank-search kernels (`kernels/bank_search.cu`).
 pub struct BankSearch {
-    norm: CUfunction,
-    convert: CUfunction,
-    search_f32: CUfunction,
-    search_f16: CUfunction,
-    reduce: CUfunction,
-    rerank: CUfunction,
+    norm: Kernel,
+    convert: Kernel,
+    search_f32: Kernel,
+    search_f16: Kernel,
+    reduce: Kernel,
+    rerank: Kernel,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
@@ -175,12 +172,12 @@ impl BankSearch {
     pub fn new(dev: &Device) -> Result<Self> {
         let module = Module::load(dev, "bank_search")?;
         Ok(Self {
-            norm: module.function("row_sqnorm_f32")?,
-            convert: module.function("convert_f32_f16")?,
-            search_f32: module.function("bank_search_f32")?,
-            search_f16: module.function("bank_search_f16")?,
-            reduce: module.function("bank_reduce_f32")?,
-            rerank: module.function("bank_rerank_f32")?,
+            norm: Kernel::find(&module, "row_sqnorm_f32")?,
+            convert: Kernel::find(&module, "convert_f32_f16")?,
+            search_f32: Kernel::find(&module, "bank_search_f32")?,
+            search_f16: Kernel::find(&module, "bank_search_f16")?,
+            reduce: Kernel::find(&module, "bank_reduce_f32")?,
+            rerank: Kernel::find(&module, "bank_rerank_f32")?,
             _module: module,
         })
     }
@@ -204,7 +201,7 @@ impl BankSearch {
         }
         let grid = launch_dims("row norms", rows.div_ceil(8))?;
         let (r, d) = (rows as i32, dim as i32);
-        let mut a: [*mut c_void; 4] = [kptr(&x), kptr(&out), kptr(&r), kptr(&d)];
+        let mut a = kernel_args![x, out, r, d];
         dev.launch(self.norm, grid, (256, 1, 1), 0, &mut a)
     }
 
@@ -220,8 +217,8 @@ impl BankSearch {
         n: usize,
     ) -> Result<()> {
         let grid = launch_dims("f16 conversion", n.div_ceil(256))?;
-        let n = n as i64;
-        let mut a: [*mut c_void; 3] = [kptr(&x), kptr(&y), kptr(&n)];
+        let (n, y) = (n as i64, y.cast::<half::f16>());
+        let mut a = kernel_args![x, y, n];
         dev.launch(self.convert, grid, (256, 1, 1), 0, &mut a)
     }
 
@@ -245,26 +242,10 @@ impl BankSearch {
         plan.expect(SearchPath::F32)?;
         let (nq, nb, dim) = (plan.nq as i32, plan.nb as i32, plan.dim as i32);
         let tps = plan.tiles_per_split as i32;
-        let mut a: [*mut c_void; 8] = [
-            kptr(&queries),
-            kptr(&bank),
-            kptr(&nq),
-            kptr(&nb),
-            kptr(&dim),
-            kptr(&tps),
-            kptr(&parts.dist),
-            kptr(&parts.index),
-        ];
+        let mut a = kernel_args![queries, bank, nq, nb, dim, tps, parts.dist, parts.index,];
         dev.launch(self.search_f32, plan.search_grid(), (256, 1, 1), 0, &mut a)?;
         let splits = plan.splits as i32;
-        let mut r: [*mut c_void; 6] = [
-            kptr(&parts.dist),
-            kptr(&parts.index),
-            kptr(&nq),
-            kptr(&splits),
-            kptr(&out_d),
-            kptr(&out_i),
-        ];
+        let mut r = kernel_args![parts.dist, parts.index, nq, splits, out_d, out_i,];
         let grid = launch_dims("reduce", plan.nq.div_ceil(128))?;
         dev.launch(self.reduce, grid, (128, 1, 1), 0, &mut r)
     }
@@ -290,31 +271,35 @@ impl BankSearch {
         check_rerank(rerank)?;
         let (nq, nb, dim) = (plan.nq as i32, plan.nb as i32, plan.dim as i32);
         let tps = plan.tiles_per_split as i32;
-        let mut a: [*mut c_void; 10] = [
-            kptr(&inputs.q16),
-            kptr(&inputs.bank16),
-            kptr(&inputs.qnorm),
-            kptr(&inputs.bnorm),
-            kptr(&nq),
-            kptr(&nb),
-            kptr(&dim),
-            kptr(&tps),
-            kptr(&parts.dist),
-            kptr(&parts.index),
+        let (q16, bank16) = (
+            inputs.q16.cast::<half::f16>(),
+            inputs.bank16.cast::<half::f16>(),
+        );
+        let mut a = kernel_args![
+            q16,
+            bank16,
+            inputs.qnorm,
+            inputs.bnorm,
+            nq,
+            nb,
+            dim,
+            tps,
+            parts.dist,
+            parts.index,
         ];
         dev.launch(self.search_f16, plan.search_grid(), (128, 1, 1), 0, &mut a)?;
         let (splits, rr) = (plan.splits as i32, rerank as i32);
-        let mut r: [*mut c_void; 10] = [
-            kptr(&inputs.q32),
-            kptr(&inputs.bank32),
-            kptr(&dim),
-            kptr(&parts.dist),
-            kptr(&parts.index),
-            kptr(&nq),
-            kptr(&splits),
-            kptr(&rr),
-            kptr(&out_d),
-            kptr(&out_i),
+        let mut r = kernel_args![
+            inputs.q32,
+            inputs.bank32,
+            dim,
+            parts.dist,
+            parts.index,
+            nq,
+            splits,
+            rr,
+            out_d,
+            out_i,
         ];
         // One warp per query, 8 warps per block.
         let grid = launch_dims("rerank", plan.nq.div_ceil(8))?;

@@ -1,11 +1,11 @@
-//! Transformer kernels on the device: fused multi-head attention (exact f32 and bf16
-//! tensor-core paths, `kernels/attention.cu`) and the bias + exact GELU after the fc1 GEMM
-//! (`kernels/gelu.cu`). LayerNorm is [`super::embed::EmbedKernels::layernorm`]; residual
-//! adds are accumulating GEMMs.
+//! Launch wrappers of `kernels/attention.cu`: fused multi-head attention, the exact f32
+//! path and the bf16 tensor-core path. The bias + GELU after fc1 is [`super::gelu`],
+//! LayerNorm [`super::embed::EmbedKernels::layernorm`]; residual adds are accumulating
+//! GEMMs.
 //!
-//! Raw-driver style (see [`super`]): each struct loads its module once and keeps the
-//! function handles; the launch methods take [`DevPtr`]s, launch on the [`Device`]'s stream
-//! with a fixed argument array and allocate nothing, so they can be recorded into a CUDA
+//! Raw-driver style (see [`super`]): the struct loads its module once and keeps the
+//! kernels; the launch methods take [`DevPtr`]s, launch on the [`Device`]'s stream
+//! with a typed argument list and allocate nothing, so they can be recorded into a CUDA
 //! graph. Sizes are validated on the host before any launch; buffer extents cannot be seen
 //! through a `DevPtr`, so callers size their arena slots with the `*_len` helpers.
 //!
@@ -15,13 +15,10 @@
 //! small test models; [`Attention::with_head_dim`]); token and head counts come from the
 //! model configuration.
 
-use std::ffi::c_void;
-
-use cudarc::driver::sys::CUfunction;
-
 use crate::cuda::device::arena::DevPtr;
 use crate::cuda::device::module::Module;
-use crate::cuda::device::{kptr, Device};
+use crate::cuda::device::{Device, Kernel};
+use crate::kernel_args;
 use crate::{Error, Result};
 
 /// The head dimension of the default attention kernels.
@@ -31,16 +28,10 @@ pub const ATTENTION_HEAD_DIMS: [usize; 2] = [32, 64];
 const ATTENTION_TILE: usize = 64;
 /// Largest grid y/z dimension.
 const MAX_GRID_YZ: usize = 65_535;
-/// Largest grid x dimension.
-const MAX_GRID_X: usize = i32::MAX as usize;
-const FLAT_THREADS: usize = 256;
-
-pub use crate::backend::Precision;
-
 /// The fused attention kernels (`kernels/attention.cu`).
 pub struct Attention {
-    f32_kernel: CUfunction,
-    bf16_kernel: CUfunction,
+    f32_kernel: Kernel,
+    bf16_kernel: Kernel,
     head_dim: usize,
     // Declared last: the functions above belong to it.
     _module: Module,
@@ -58,19 +49,27 @@ impl Attention {
 
     /// The kernels for heads of `head_dim` (one of [`ATTENTION_HEAD_DIMS`]).
     pub fn with_head_dim(dev: &Device, head_dim: usize) -> Result<Self> {
-        let suffix = match head_dim {
-            64 => "",
-            32 => "_d32",
-            _ => {
-                return Err(Error::Config(format!(
-                    "attention: no kernel for a head dimension of {head_dim} (built for {ATTENTION_HEAD_DIMS:?})"
-                )))
-            }
-        };
+        if !ATTENTION_HEAD_DIMS.contains(&head_dim) {
+            return Err(Error::Config(format!(
+                "attention: no kernel for a head dimension of {head_dim} (built for {ATTENTION_HEAD_DIMS:?})"
+            )));
+        }
         let module = Module::load(dev, "attention")?;
+        // Literal names: tests/cuda/launch.rs checks every lookup against the prototypes.
+        let (f32_kernel, bf16_kernel) = if head_dim == 32 {
+            (
+                Kernel::find(&module, "attention_f32_d32")?,
+                Kernel::find(&module, "attention_bf16_d32")?,
+            )
+        } else {
+            (
+                Kernel::find(&module, "attention_f32")?,
+                Kernel::find(&module, "attention_bf16")?,
+            )
+        };
         Ok(Self {
-            f32_kernel: module.function(&format!("attention_f32{suffix}"))?,
-            bf16_kernel: module.function(&format!("attention_bf16{suffix}"))?,
+            f32_kernel,
+            bf16_kernel,
             head_dim,
             _module: module,
         })
@@ -152,7 +151,7 @@ impl Attention {
     ) -> Result<()> {
         Self::check_shape(n_tokens, heads)?;
         let (n, h) = (n_tokens as i32, heads as i32);
-        let mut a: [*mut c_void; 5] = [kptr(&qkv), kptr(&out), kptr(&n), kptr(&h), kptr(&scale)];
+        let mut a = kernel_args![qkv, out, n, h, scale];
         dev.launch(
             self.f32_kernel,
             Self::grid(n_tokens, heads),
@@ -177,7 +176,8 @@ impl Attention {
     ) -> Result<()> {
         Self::check_shape(n_tokens, heads)?;
         let (n, h) = (n_tokens as i32, heads as i32);
-        let mut a: [*mut c_void; 5] = [kptr(&qkv), kptr(&out), kptr(&n), kptr(&h), kptr(&scale)];
+        let (qkv, out) = (qkv.cast::<half::bf16>(), out.cast::<half::bf16>());
+        let mut a = kernel_args![qkv, out, n, h, scale];
         dev.launch(
             self.bf16_kernel,
             Self::grid(n_tokens, heads),
@@ -185,93 +185,6 @@ impl Attention {
             0,
             &mut a,
         )
-    }
-}
-
-/// Bias + exact GELU (`kernels/gelu.cu`).
-pub struct Elementwise {
-    bias_gelu: CUfunction,
-    // Declared last: the functions above belong to it.
-    _module: Module,
-}
-
-// SAFETY: as for `Attention`.
-unsafe impl Send for Elementwise {}
-
-/// Grid of a flat kernel over `n` elements (one thread each).
-fn flat_grid(what: &str, n: usize) -> Result<(u32, u32, u32)> {
-    let blocks = n.div_ceil(FLAT_THREADS);
-    if n == 0 || blocks > MAX_GRID_X || n > i64::MAX as usize {
-        return Err(Error::Config(format!(
-            "{what}: {n} elements is not a launchable size"
-        )));
-    }
-    Ok((blocks as u32, 1, 1))
-}
-
-/// Checks a bias + GELU shape: `rows` x `cols` with a bias of `cols`.
-pub fn bias_gelu_check(rows: usize, cols: usize) -> Result<()> {
-    if rows == 0 || cols == 0 || cols > i32::MAX as usize {
-        return Err(Error::Config(format!(
-            "bias_gelu: invalid shape {rows} x {cols}"
-        )));
-    }
-    rows.checked_mul(cols)
-        .ok_or_else(|| Error::Config(format!("bias_gelu: {rows} x {cols} overflows")))?;
-    Ok(())
-}
-
-/// Launches `bias_gelu_f32` (function `f` of `kernels/gelu.cu`) on `y`, `rows` x
-/// `cols`: `y = gelu(y + bias)`, exact erf GELU. Shared with the GEMM plans.
-///
-/// # Safety
-/// `f` must be `bias_gelu_f32` of a live module; `y` must hold rows x cols and `bias` cols
-/// f32 values on `dev`.
-pub(crate) unsafe fn launch_bias_gelu(
-    dev: &Device,
-    f: CUfunction,
-    y: DevPtr<f32>,
-    bias: DevPtr<f32>,
-    rows: usize,
-    cols: usize,
-) -> Result<()> {
-    bias_gelu_check(rows, cols)?;
-    let n = rows * cols;
-    let grid = flat_grid("bias_gelu", n)?;
-    let (n, c) = (n as i64, cols as i32);
-    let mut a: [*mut c_void; 4] = [kptr(&y), kptr(&bias), kptr(&n), kptr(&c)];
-    dev.launch(f, grid, (FLAT_THREADS as u32, 1, 1), 0, &mut a)
-}
-
-impl Elementwise {
-    /// Loads `gelu` for `dev` and looks its kernel up (creation time).
-    pub fn new(dev: &Device) -> Result<Self> {
-        let module = Module::load(dev, "gelu")?;
-        Ok(Self {
-            bias_gelu: module.function("bias_gelu_f32")?,
-            _module: module,
-        })
-    }
-
-    /// The `bias_gelu_f32` handle, for plans that launch it after a GEMM. Valid while
-    /// `self` lives.
-    pub fn bias_gelu_function(&self) -> CUfunction {
-        self.bias_gelu
-    }
-
-    /// `y = gelu(y + bias)` (exact erf GELU), `y` `rows` x `cols`, `bias` `cols`.
-    ///
-    /// # Safety
-    /// `y` must hold rows x cols and `bias` cols f32 values on `dev`.
-    pub unsafe fn bias_gelu_f32(
-        &self,
-        dev: &Device,
-        y: DevPtr<f32>,
-        bias: DevPtr<f32>,
-        rows: usize,
-        cols: usize,
-    ) -> Result<()> {
-        launch_bias_gelu(dev, self.bias_gelu, y, bias, rows, cols)
     }
 }
 
@@ -292,16 +205,6 @@ mod tests {
         assert!(Attention::check_buffers(4, 2, 4 * 384, 4 * 128).is_ok());
         assert!(Attention::check_buffers(4, 2, 4 * 384 - 1, 4 * 128).is_err());
         assert!(Attention::check_buffers(4, 2, 4 * 384, 4 * 128 - 1).is_err());
-    }
-
-    #[test]
-    fn elementwise_shapes_are_checked_on_the_host() {
-        assert!(bias_gelu_check(785, 3072).is_ok());
-        assert!(bias_gelu_check(785, 0).is_err());
-        assert!(bias_gelu_check(usize::MAX, 2).is_err());
-        assert!(flat_grid("t", 0).is_err());
-        assert_eq!(flat_grid("t", 257).unwrap(), (2, 1, 1));
         assert_eq!(Attention::grid(785, 12), (13, 12, 1));
-        assert_eq!(Precision::Bf16.bytes(), 2);
     }
 }
