@@ -1,5 +1,5 @@
 //! Fused attention (kernels/attention.cu: attention_f32, attention_bf16), launched as
-//! runtime/cuda/ops/transformer.rs does, against the f64 softmax attention of
+//! runtime/cuda/ops/attention.rs does, against the f64 softmax attention of
 //! tests/cuda/transformer.rs (the CPU stage, `miad::cpu::transformer`'s attention, is
 //! private; it computes the same function with the same qkv layout). Tolerances (Frobenius
 //! relative error, and largest error over the largest reference value):
@@ -23,7 +23,7 @@ pub const TESTS: &[Test] = &[
     ("attention_bf16_matches_f64_reference", att_bf16),
 ];
 
-// runtime/cuda/ops/transformer.rs
+// runtime/cuda/ops/attention.rs
 const HEAD_DIM: usize = 64;
 const TILE: usize = 64;
 /// Seeds that run the lowest- (bit 32) or highest-numbered (bit 33) ready thread first:
