@@ -1,6 +1,7 @@
 //! Bank search on the GPU against an exact f64 CPU search: f32 path distances within 1e-5
 //! relative and the same index (except near-ties), ties to the lower index, the fast f16
-//! path's index agreement >= 99.9%. Skips (and says why) without a CUDA driver (kernels:
+//! path's index agreement >= 99.9%. Without a GPU it runs on the simulated device (feature
+//! `cuda-sim`, a smaller bank) or skips and says why (kernels:
 //! `Module::load`, i.e. `MIAD_CUBIN_DIR`, the embedded cubins or NVRTC). With
 //! `MIAD_BENCH=1` it also times both paths on a 150 000 x 1920 bank.
 

@@ -3,8 +3,9 @@
 //! on random data with duplicated rows and exact ties, clustered data (pruning active),
 //! constant data, rows with NaN/inf, sizes around the 1024-row block boundary.
 //!
-//! Without a driver or GPU the GPU tests print a SKIP line and pass; the plan checks need
-//! no GPU and always run. On a GPU machine:
+//! Without a GPU the device tests run on the simulated device (feature `cuda-sim`, smaller
+//! cases), or print a SKIP line and pass; the plan checks need no device and always run.
+//! On a GPU machine:
 //! `cargo test --release --features cuda --test cuda coreset:: -- --nocapture`; with
 //! `MIAD_BENCH=1` it also times projection + selection at the scale
 //! (1.25 M × 1920 → JL dim, 10 % kept; `MIAD_CORESET_ROWS` overrides the rows) and compares

@@ -1,8 +1,8 @@
 //! CUDA embed kernels (`kernels/embed.cu`, `miad::cuda::embed`) against the CPU backend
 //! (feature `cuda`).
 //!
-//! Without a driver or GPU every GPU test prints a SKIP line and passes; the module-table
-//! test needs no GPU. On a GPU machine:
+//! Without a GPU every device test runs on the simulated device (feature `cuda-sim`), or
+//! prints a SKIP line and passes; the module-table test needs no device. On a GPU machine:
 //! `cargo test --release --features cuda --test cuda embed:: -- --nocapture`.
 //!
 //! Tolerances (stated per check):

@@ -1,6 +1,8 @@
-//! The CUDA backend (feature `cuda`): on a real GPU, every kernel and device stage against
-//! the CPU stage it replaces (each test skips, saying why, without a driver or device); on
-//! the simulated device (feature `cuda-sim`, module `sim`), the device layer and the whole
+//! The CUDA backend (feature `cuda`): every kernel and device stage against the CPU stage
+//! it replaces, on a GPU when one is present, else on the simulated device (feature
+//! `cuda-sim`: the kernel tests through [`test_device`], with smaller cases where the
+//! emulator would take minutes), else skipped with a line saying why; the launch checks
+//! (`launch`); and on the simulated device (module `sim`) the device layer and the whole
 //! engine against the CPU engine.
 #![cfg(feature = "cuda")]
 

@@ -16,7 +16,8 @@
 //! regions and the whole post-search sequence run again must give identical bits; output
 //! buffers are poisoned (0xff bytes: NaN) before every run and must be fully written.
 //!
-//! Without a driver or GPU every GPU test prints a SKIP line and passes. On a GPU machine:
+//! Without a GPU every device test runs on the simulated device (feature `cuda-sim`), or
+//! prints a SKIP line and passes. On a GPU machine:
 //! `cargo test --release --features cuda --test cuda maps:: -- --nocapture`.
 
 use miad::config::BankConfig;

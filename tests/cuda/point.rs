@@ -1,7 +1,8 @@
 //! CUDA point-branch kernels against independent CPU references (feature `cuda`).
 //!
-//! Without a driver or GPU every GPU test prints a skip message and passes; the tests that
-//! need no GPU (driver detection, module table) always run. Run on a GPU machine with
+//! Without a GPU every device test runs on the simulated device (feature `cuda-sim`: 33
+//! groups, the small clouds), or prints a skip message and passes; the tests that need no
+//! device (driver detection, module table) always run. Run on a GPU machine with
 //! `cargo test --release --features cuda --test cuda point:: -- --nocapture`, and the timing
 //! report with `-- --ignored bench_point_branch --nocapture`.
 

@@ -1,6 +1,7 @@
 //! Fused attention on the GPU against an f64 reference: exact f32 path within 1e-4
 //! relative, bf16 tensor-core path within 1e-2, every output written, same bits on a
-//! second run. Skips (and says why) without a CUDA driver. Kernels: `Module::load`
+//! second run. Without a GPU it runs on the simulated device (feature `cuda-sim`, two
+//! heads) or skips and says why. Kernels: `Module::load`
 //! (`MIAD_CUBIN_DIR/<name>.cubin` when set, else the embedded cubin, else NVRTC).
 //! With `MIAD_BENCH=1` it also times both paths at ViT-B/8 and Point-MAE sizes.
 

@@ -1,6 +1,6 @@
 //! Fused attention (kernels/attention.cu: attention_f32, attention_bf16 for heads of 64,
 //! attention_f32_d32, attention_bf16_d32 for heads of 32), launched as
-//! runtime/cuda/ops/transformer.rs does, against the f64 softmax attention of
+//! runtime/cuda/ops/attention.rs does, against the f64 softmax attention of
 //! tests/cuda/transformer.rs (the CPU stage, `miad::cpu::transformer`'s attention, is
 //! private; it computes the same function with the same qkv layout). Tolerances (Frobenius
 //! relative error, and largest error over the largest reference value):
@@ -34,7 +34,7 @@ pub const TESTS: &[Test] = &[
     }),
 ];
 
-// runtime/cuda/ops/transformer.rs
+// runtime/cuda/ops/attention.rs
 const TILE: usize = 64;
 /// Seeds that run the lowest- (bit 32) or highest-numbered (bit 33) ready thread first:
 /// one warp finishes a K/V tile before the others start it, exposing a stage that is

@@ -1,5 +1,5 @@
-//! Bank search (kernels/bank_search.cu), launched as runtime/cuda/ops/bank.rs does, against an
-//! exact f64 search and `miad::cpu::bank_search::nearest`:
+//! Bank search (kernels/bank_search.cu), launched as runtime/cuda/ops/bank_search.rs does,
+//! against an exact f64 search and `miad::cpu::bank_search::nearest`:
 //! - row_sqnorm_f32 and the re-rank's exact distances: bit-identical with a host model of
 //!   their fixed order (per-lane fma, then the xor butterfly);
 //! - convert_f32_f16: bit-identical with `half` (round to nearest even; NaN stays NaN);
@@ -40,7 +40,7 @@ pub const TESTS: &[Test] = &[
     ("bank_rerank_f32_selects_the_best_winners", rerank_only),
 ];
 
-// runtime/cuda/ops/bank.rs
+// runtime/cuda/ops/bank_search.rs
 const F32_TILE_Q: usize = 64;
 const F32_TILE_B: usize = 64;
 const F16_TILE_Q: usize = 64;

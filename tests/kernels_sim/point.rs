@@ -1,4 +1,5 @@
-//! The point-branch kernels around FPS and kNN, launched as runtime/cuda/ops/point.rs does:
+//! The point-branch kernels around FPS and kNN, launched as runtime/cuda/ops/ does
+//! (preprocess.rs, pfa.rs, group_encoder.rs):
 //!
 //! * preprocess_cloud_f32 (kernels/preprocess.cu) against the CPU preprocessing's rules
 //!   (`pipeline::preprocess::{is_valid_point, nearest_src}`: SPEC §1.5–1.6, a point needs
@@ -31,7 +32,7 @@ pub const TESTS: &[Test] = &[
     ("group_encoder_f32_matches_f64", encoder),
 ];
 
-// runtime/cuda/ops/point.rs
+// runtime/cuda/ops/preprocess.rs and group_encoder.rs
 const PRE_THREADS: u32 = 1024;
 const ENC_THREADS: u32 = 256;
 
