@@ -51,6 +51,7 @@ fn fusion_specs(cfg: &FusionConfig) -> Vec<TensorSpec> {
         vit: None,
         point: None,
         fusion: Some(cfg.clone()),
+        radar: None,
         preprocess: crate::config::PreprocessConfig::default(),
     };
     model_tensor_specs(&model)
@@ -597,10 +598,10 @@ pub struct TrainReport {
 }
 
 /// Every training part's raw features, extracted once, with its non-empty xyz cells.
-struct FeatureCache {
+pub(super) struct FeatureCache {
     xyz: ScratchFile,
     rgb: ScratchFile,
-    nonempty: Vec<Vec<u32>>,
+    pub(super) nonempty: Vec<Vec<u32>>,
     xyz_rows: usize,
     rgb_rows: usize,
     xyz_dim: usize,
@@ -610,7 +611,7 @@ struct FeatureCache {
 }
 
 impl FeatureCache {
-    fn build(
+    pub(super) fn build(
         features: &mut dyn FeatureExtractor,
         scratch_dir: &Path,
         progress: &mut dyn FnMut(TrainProgress),
@@ -675,6 +676,41 @@ impl FeatureCache {
         })
     }
 
+    /// Draws `patches` of `part`'s non-empty cells (all when 0 or more than there are)
+    /// into the first entries of `draw`; returns how many.
+    pub(super) fn draw(
+        &self,
+        part: usize,
+        patches: usize,
+        rng: &mut Rng,
+        draw: &mut Vec<u32>,
+    ) -> usize {
+        draw.clear();
+        draw.extend_from_slice(&self.nonempty[part]);
+        let take = if patches == 0 {
+            draw.len()
+        } else {
+            patches.min(draw.len())
+        };
+        if take < draw.len() {
+            // Partial Fisher–Yates: the first `take` entries are a uniform draw.
+            for i in 0..take {
+                let j = i + rng.below((draw.len() - i) as u64) as usize;
+                draw.swap(i, j);
+            }
+        }
+        take
+    }
+
+    /// Part `part`'s raw features: xyz (`xyz_rows × xyz_dim`), rgb (`rgb_rows × rgb_dim`).
+    pub(super) fn part(&self, part: usize) -> (&[f32], &[f32]) {
+        let (xn, rn) = (self.xyz_rows * self.xyz_dim, self.rgb_rows * self.rgb_dim);
+        (
+            &self.xyz.as_slice()[part * xn..(part + 1) * xn],
+            &self.rgb.as_slice()[part * rn..(part + 1) * rn],
+        )
+    }
+
     /// Gathers the rows of `parts` into `xyz_out`/`rgb_out`, drawing `patches` non-empty
     /// cells per part (all when 0 or more than there are). Returns the row count.
     fn gather(
@@ -692,20 +728,7 @@ impl FeatureCache {
         let (xs, rs) = (self.xyz.as_slice(), self.rgb.as_slice());
         let mut n = 0;
         for &part in parts {
-            draw.clear();
-            draw.extend_from_slice(&self.nonempty[part]);
-            let take = if patches == 0 {
-                draw.len()
-            } else {
-                patches.min(draw.len())
-            };
-            if take < draw.len() {
-                // Partial Fisher–Yates: the first `take` entries are a uniform draw.
-                for i in 0..take {
-                    let j = i + rng.below((draw.len() - i) as u64) as usize;
-                    draw.swap(i, j);
-                }
-            }
+            let take = self.draw(part, patches, rng, draw);
             for &j in &draw[..take] {
                 let j = j as usize;
                 let xo = (part * self.xyz_rows + j) * dx;
