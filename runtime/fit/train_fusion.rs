@@ -916,17 +916,71 @@ pub fn train_fusion_category(
     opts: &UffTrainOptions,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
-    use super::features::PipelineFeatures;
-    use crate::pipeline::extract::Extractor;
-    use crate::pipeline::preprocess::PreprocessMode;
-    let model = ModelFile::open(model_path, &OpenOptions::default())?;
-    let cfg = model.config().clone();
-    let fcfg = cfg.fusion.clone().ok_or_else(|| {
+    with_category(model_path, data, cat, &mut |pool, model, features| {
+        let cfg = model.config();
+        let fcfg = fusion_config(model_path, cfg)?;
+        let mut params = match opts.init {
+            Init::Random => UffParams::init(&fcfg, opts.seed),
+            Init::Model => UffParams::from_source(model, &fcfg)?,
+        };
+        let report = train_uff(
+            pool,
+            features,
+            &mut params,
+            opts,
+            &cat.scratch_dir,
+            progress,
+        )?;
+        let mut out_cfg = cfg.clone();
+        out_cfg.name = format!("{} + UFF trained on {}", cfg.name, category_name(data));
+        out_cfg.radar = None;
+        let settings = TrainSettings {
+            method: "uff",
+            seed: opts.seed,
+            epochs: opts.epochs,
+            batch: opts.batch,
+            patches: opts.patches,
+            lr: opts.lr.to_string(),
+            init: opts.init,
+        };
+        let prov = provenance(model_path, model, data, &settings, &report);
+        write_trained(
+            model_path,
+            model,
+            &out_cfg,
+            &params.to_tensors(),
+            &prov,
+            out,
+        )?;
+        if let Some(path) = &cat.export {
+            export_reference(&params, path)?;
+        }
+        Ok(report)
+    })
+}
+
+pub(super) fn fusion_config(model_path: &Path, cfg: &ModelConfig) -> Result<FusionConfig> {
+    cfg.fusion.clone().ok_or_else(|| {
         Error::Config(format!(
             "{}: the model has no fusion module",
             model_path.display()
         ))
-    })?;
+    })
+}
+
+/// Opens the model and the category's training parts and runs `train` on their
+/// features (computed by the inspection pipeline of that model).
+pub(super) fn with_category(
+    model_path: &Path,
+    data: &Path,
+    cat: &CategoryTrain,
+    train: &mut dyn FnMut(&Pool, &ModelFile, &mut dyn FeatureExtractor) -> Result<TrainReport>,
+) -> Result<TrainReport> {
+    use super::features::PipelineFeatures;
+    use crate::pipeline::extract::Extractor;
+    use crate::pipeline::preprocess::PreprocessMode;
+    let model = ModelFile::open(model_path, &OpenOptions::default())?;
+    fusion_config(model_path, model.config())?;
     let pool = if cat.threads == 0 {
         Pool::with_available_cores()
     } else {
@@ -948,61 +1002,67 @@ pub fn train_fusion_category(
         parts,
         missing: Vec::new(),
     };
-    let mut params = match opts.init {
-        Init::Random => UffParams::init(&fcfg, opts.seed),
-        Init::Model => UffParams::from_source(&model, &fcfg)?,
-    };
-    let report = train_uff(
-        &pool,
-        &mut features,
-        &mut params,
-        opts,
-        &cat.scratch_dir,
-        progress,
-    )?;
-    // Every tensor of the input model, the fusion replaced.
+    train(&pool, &model, &mut features)
+}
+
+/// Writes `out`: every tensor of the input model except its fusion (`fusion.*`,
+/// `radar.*`), then the `trained` ones, under `cfg` (written to a temporary name, then
+/// renamed: an interrupted run leaves no file).
+pub(super) fn write_trained(
+    model_path: &Path,
+    model: &ModelFile,
+    cfg: &ModelConfig,
+    trained: &OwnedTensors,
+    prov: &[(String, String)],
+    out: &Path,
+) -> Result<()> {
     let mut tensors = OwnedTensors {
         origin: format!("{} + trained fusion", model_path.display()),
         ..Default::default()
     };
-    for s in model_tensor_specs(&cfg) {
-        if !s.name.starts_with("fusion.") {
+    for s in model_tensor_specs(model.config()) {
+        if !s.name.starts_with("fusion.") && !s.name.starts_with("radar.") {
             let d = model.f32(&s.name, &s.shape)?;
             tensors.insert(s.name, s.shape, d.to_vec());
         }
     }
-    for (name, (shape, d)) in params.to_tensors().tensors {
-        tensors.insert(name, shape, d);
+    for (name, (shape, d)) in &trained.tensors {
+        tensors.insert(name.clone(), shape.clone(), d.clone());
     }
-    let mut out_cfg = cfg.clone();
-    out_cfg.name = format!("{} + UFF trained on {}", cfg.name, category_name(data));
-    let prov = provenance(model_path, &model, data, opts, &report);
     let prov_ref: Vec<(&str, &str)> = prov.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    write_model(&out_cfg, &tensors, &prov_ref, out)?;
-    if let Some(path) = &cat.export {
-        export_reference(&params, path)?;
-    }
-    Ok(report)
+    write_model(cfg, &tensors, &prov_ref, out)?;
+    Ok(())
 }
 
-fn category_name(data: &Path) -> String {
+/// What the provenance says about the options of a training.
+pub(super) struct TrainSettings {
+    pub method: &'static str,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch: usize,
+    pub patches: usize,
+    pub lr: String,
+    pub init: Init,
+}
+
+pub(super) fn category_name(data: &Path) -> String {
     data.file_name()
         .and_then(|s| s.to_str())
         .unwrap_or("category")
         .to_string()
 }
 
-fn provenance(
+pub(super) fn provenance(
     model_path: &Path,
     model: &ModelFile,
     data: &Path,
-    opts: &UffTrainOptions,
+    opts: &TrainSettings,
     r: &TrainReport,
 ) -> Vec<(String, String)> {
     let f = |v: f64| format!("{v:.6}");
     vec![
         ("source".into(), "train-fusion".into()),
-        ("train.method".into(), "uff".into()),
+        ("train.method".into(), opts.method.into()),
         ("train.data".into(), data.display().to_string()),
         ("train.parts".into(), r.parts.to_string()),
         ("train.seed".into(), opts.seed.to_string()),
@@ -1010,7 +1070,7 @@ fn provenance(
         ("train.steps".into(), r.steps.to_string()),
         ("train.batch".into(), opts.batch.to_string()),
         ("train.patches".into(), opts.patches.to_string()),
-        ("train.lr".into(), opts.lr.to_string()),
+        ("train.lr".into(), opts.lr.clone()),
         (
             "train.init".into(),
             match opts.init {

@@ -13,7 +13,10 @@
 
 use super::banks::FeatureExtractor;
 use super::infonce::{info_nce, BLOCK_ROWS};
-use super::train_fusion::{learning_rate, AdamW, FeatureCache, Init, TrainProgress, TrainReport};
+use super::train_fusion::{
+    category_name, fusion_config, learning_rate, provenance, with_category, write_trained, AdamW,
+    CategoryTrain, FeatureCache, Init, TrainProgress, TrainReport, TrainSettings,
+};
 use crate::config::{FusionConfig, RadarConfig};
 use crate::cpu::pool::Pool;
 use crate::cpu::radar_fusion::{
@@ -539,6 +542,17 @@ pub fn train_radar(
     let mut epoch_losses = Vec::with_capacity(opts.epochs);
     let mut step = 0;
     let mut rows_total = 0usize;
+    let mut flops = 0f64;
+    // Multiply-adds × 2 of one part's token network and of one loss row's MLPs + heads;
+    // a training step runs the forward twice and the backward (two products per forward
+    // one) once: × 4.
+    let dm = ws.dims;
+    let (tk, d) = (dm.tokens() as f64, dm.d as f64);
+    let part_flops = 2.0 * dm.depth as f64 * (tk * 12.0 * d * d + 2.0 * tk * tk * d)
+        + 2.0 * dm.g as f64 * d * (dm.dx + dm.dr) as f64;
+    let row_flops = 2.0
+        * ((2 * dm.hx * dm.dx + 2 * dm.hr * dm.dr) as f64
+            + (dm.dx + dm.dr) as f64 * (d + dm.e as f64));
     let t_train = std::time::Instant::now();
     for epoch in 0..opts.epochs {
         for i in (1..parts).rev() {
@@ -551,6 +565,7 @@ pub fn train_radar(
             let samples = b.samples(&cache, &pseudo, batch);
             let n: usize = samples.iter().map(|s| s.cells.len()).sum();
             rows_total += n;
+            flops += 4.0 * (samples.len() as f64 * part_flops + n as f64 * row_flops);
             let factor = learning_rate(1.0, step, total, warmup);
             let loss = if n > 0 {
                 let loss = radar_loss_and_grad(pool, params, &samples, t, Some(&mut grad), &mut ws);
@@ -593,6 +608,69 @@ pub fn train_radar(
         extract_seconds,
         train_seconds,
         rows: rows_total,
-        flops: 0.0,
+        flops,
+    })
+}
+
+/// Trains a RADAR fusion on the training parts of `data` and writes a new model file
+/// (every other tensor of `model_path` copied) whose configuration gains `radar`:
+/// `radar_cfg` (default: §9b's sizes on the model's RGB grid; a RADAR model keeps its
+/// own). With `Init::Model` training starts from the model's fusion tensors (a UFF's
+/// `fusion.*`, or all of a RADAR model's).
+pub fn train_radar_category(
+    model_path: &Path,
+    data: &Path,
+    out: &Path,
+    cat: &CategoryTrain,
+    opts: &RadarTrainOptions,
+    radar_cfg: Option<RadarConfig>,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<TrainReport> {
+    with_category(model_path, data, cat, &mut |pool, model, features| {
+        let cfg = model.config();
+        let fcfg = fusion_config(model_path, cfg)?;
+        let grid = features.layout().rgb_grid as u32;
+        let rcfg = radar_cfg
+            .clone()
+            .or_else(|| cfg.radar.clone())
+            .unwrap_or_else(|| RadarConfig::paper(grid));
+        let mut params = RadarParams::init(&fcfg, &rcfg, opts.seed);
+        if opts.init == Init::Model {
+            params.load_from(model)?;
+        }
+        let report = train_radar(
+            pool,
+            features,
+            &mut params,
+            opts,
+            &cat.scratch_dir,
+            progress,
+        )?;
+        let mut out_cfg = cfg.clone();
+        out_cfg.name = format!(
+            "{} + RADAR fusion trained on {}",
+            cfg.name,
+            category_name(data)
+        );
+        out_cfg.radar = Some(rcfg.clone());
+        let settings = TrainSettings {
+            method: "radar",
+            seed: opts.seed,
+            epochs: opts.epochs,
+            batch: opts.batch,
+            patches: opts.patches,
+            lr: format!("{} (instructions {})", opts.lr, opts.lr_instructions),
+            init: opts.init,
+        };
+        let prov = provenance(model_path, model, data, &settings, &report);
+        write_trained(
+            model_path,
+            model,
+            &out_cfg,
+            &params.to_tensors(),
+            &prov,
+            out,
+        )?;
+        Ok(report)
     })
 }

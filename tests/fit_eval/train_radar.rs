@@ -106,3 +106,300 @@ fn gradient_of_every_tensor_matches_finite_differences() {
         specs.len()
     );
 }
+
+/// Parts whose xyz cells are a fixed linear image of the RGB cell above them plus noise,
+/// with a zero border (background); the pseudo input's features are fixed rows, the same
+/// for every part (as the all-ones image and cloud give).
+struct Linked {
+    layout: FeatureLayout,
+    parts: usize,
+    seed: u64,
+}
+
+impl FeatureExtractor for Linked {
+    fn layout(&self) -> FeatureLayout {
+        self.layout
+    }
+    fn parts(&self) -> usize {
+        self.parts
+    }
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> miad::Result<()> {
+        let l = self.layout;
+        let mut fixed = Rng::new(self.seed);
+        let map: Vec<f32> = (0..l.xyz_dim * l.rgb_dim).map(|_| fixed.normal()).collect();
+        let mut rng = Rng::new(self.seed + 100 + part as u64);
+        rgb.iter_mut().for_each(|v| *v = rng.normal());
+        let s = l.xyz_grid / l.rgb_grid;
+        for j in 0..l.xyz_grid * l.xyz_grid {
+            let (y, x) = (j / l.xyz_grid, j % l.xyz_grid);
+            let c = (y / s) * l.rgb_grid + x / s;
+            let border = y == 0 || x == 0 || y + 1 == l.xyz_grid || x + 1 == l.xyz_grid;
+            for k in 0..l.xyz_dim {
+                let lin: f32 = (0..l.rgb_dim)
+                    .map(|i| map[k * l.rgb_dim + i] * rgb[c * l.rgb_dim + i])
+                    .sum();
+                xyz[j * l.xyz_dim + k] = if border {
+                    0.0
+                } else {
+                    lin + 0.3 * rng.normal() + 0.01
+                };
+            }
+        }
+        fused.fill(0.0);
+        Ok(())
+    }
+    fn extract_without(
+        &mut self,
+        part: usize,
+        drop: miad::eval::missing::MissingModality,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> miad::Result<bool> {
+        use miad::eval::missing::MissingModality as M;
+        self.extract(part, xyz, rgb, fused)?;
+        let mut pseudo = Rng::new(self.seed + 7);
+        match drop {
+            M::Cloud => xyz
+                .iter_mut()
+                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
+            M::Rgb => rgb
+                .iter_mut()
+                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
+            M::Both => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+fn small() -> (FusionConfig, RadarConfig) {
+    (
+        FusionConfig {
+            rgb_dim: 12,
+            xyz_dim: 16,
+            mlp_ratio: 2,
+            ln_eps: 1e-5,
+            head_dim: 8,
+        },
+        RadarConfig {
+            dim: 16,
+            depth: 2,
+            heads: 2,
+            instruction_len: 4,
+            hyper_dim: 8,
+            token_grid: 4,
+            ln_eps: 1e-5,
+        },
+    )
+}
+
+fn linked(f: &FusionConfig, parts: usize, seed: u64) -> Linked {
+    Linked {
+        layout: FeatureLayout {
+            rgb_grid: 4,
+            rgb_dim: f.rgb_dim as usize,
+            xyz_grid: 8,
+            xyz_dim: f.xyz_dim as usize,
+            fused_dim: f.fused_dim(),
+        },
+        parts,
+        seed,
+    }
+}
+
+#[test]
+fn loss_decreases_on_linked_features() {
+    let (f, r) = small();
+    let pool = Pool::new(2);
+    let mut feats = linked(&f, 12, 5);
+    let opts = RadarTrainOptions {
+        epochs: 30,
+        batch: 4,
+        patches: 16,
+        lr: 3e-3,
+        seed: 1,
+        ..RadarTrainOptions::default()
+    };
+    let mut p = RadarParams::init(&f, &r, opts.seed);
+    let rep = train_radar(
+        &pool,
+        &mut feats,
+        &mut p,
+        &opts,
+        &std::env::temp_dir(),
+        &mut |_| {},
+    )
+    .unwrap();
+    eprintln!(
+        "epochs {:?}\nfixed batch {} rows: {:.4} -> {:.4}",
+        rep.epoch_losses, rep.eval_rows, rep.eval_before, rep.eval_after
+    );
+    assert_eq!(rep.steps, 90);
+    assert!(rep.eval_after < rep.eval_before - 0.5);
+}
+
+fn train_linked(threads: usize, seed: u64) -> (RadarParams, Vec<f64>) {
+    let (f, r) = small();
+    let pool = Pool::new(threads);
+    let mut feats = linked(&f, 6, 8);
+    let opts = RadarTrainOptions {
+        epochs: 2,
+        batch: 4,
+        patches: 8,
+        seed,
+        ..RadarTrainOptions::default()
+    };
+    let mut p = RadarParams::init(&f, &r, seed);
+    let rep = train_radar(
+        &pool,
+        &mut feats,
+        &mut p,
+        &opts,
+        &std::env::temp_dir(),
+        &mut |_| {},
+    )
+    .unwrap();
+    (p, rep.epoch_losses)
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed_whatever_the_thread_count() {
+    let (a, la) = train_linked(2, 21);
+    let (b, lb) = train_linked(2, 21);
+    let (c, lc) = train_linked(1, 21);
+    let (d, _) = train_linked(2, 22);
+    assert!(
+        a.data == b.data && la == lb,
+        "two runs with one seed differ"
+    );
+    assert!(a.data == c.data && la == lc, "1 and 2 threads differ");
+    assert!(a.data != d.data, "another seed gives the same weights");
+}
+
+fn small_radar() -> RadarConfig {
+    RadarConfig {
+        dim: 32,
+        depth: 2,
+        heads: 2,
+        instruction_len: 4,
+        hyper_dim: 16,
+        token_grid: 8,
+        ln_eps: 1e-5,
+    }
+}
+
+#[test]
+fn trains_on_a_synthetic_category_and_writes_a_radar_model() {
+    use miad::fit::train_fusion::CategoryTrain;
+    use miad::fit::train_radar::train_radar_category;
+    use miad::format::{Container, ModelFile, OpenOptions, TensorSource};
+    let s = super::train_fusion::synth_category("radar", 8);
+    let opts = RadarTrainOptions {
+        epochs: 6,
+        batch: 4,
+        patches: 32,
+        lr: 3e-3,
+        seed: 3,
+        ..RadarTrainOptions::default()
+    };
+    let cat = CategoryTrain {
+        threads: 2,
+        scratch_dir: s.dir.clone(),
+        ..CategoryTrain::default()
+    };
+    let out = s.dir.join("radar.miad");
+    let r = train_radar_category(
+        &s.model,
+        &s.category,
+        &out,
+        &cat,
+        &opts,
+        Some(small_radar()),
+        &mut |_| {},
+    )
+    .unwrap();
+    eprintln!(
+        "synthetic disc, {} parts, {} steps in {:.2} s: epoch losses {:?}; fixed batch of {} rows {:.4} -> {:.4}",
+        r.parts, r.steps, r.seconds, r.epoch_losses, r.eval_rows, r.eval_before, r.eval_after
+    );
+    assert_eq!((r.parts, r.steps), (8, 12));
+    assert!(
+        r.eval_after < r.eval_before - 0.05,
+        "loss {:.4} -> {:.4}",
+        r.eval_before,
+        r.eval_after
+    );
+    let before = ModelFile::open(&s.model, &OpenOptions::default()).unwrap();
+    let after = ModelFile::open(&out, &OpenOptions::default()).unwrap();
+    assert_eq!(after.config().radar.as_ref(), Some(&small_radar()));
+    for spec in miad::format::model_tensor_specs(before.config()) {
+        if !spec.name.starts_with("fusion.") {
+            let a = before.f32(&spec.name, &spec.shape).unwrap();
+            let b = after.f32(&spec.name, &spec.shape).unwrap();
+            assert_eq!(a, b, "{} must be copied unchanged", spec.name);
+        }
+    }
+    assert!(after.contains("radar.instructions") && after.contains("radar.blocks.1.mlp.fc2.bias"));
+    let c = Container::open(&out, &OpenOptions::default()).unwrap();
+    let prov: std::collections::BTreeMap<_, _> = c.manifest().provenance.iter().cloned().collect();
+    assert_eq!(prov["train.method"], "radar");
+    assert_eq!(prov["train.seed"], "3");
+    assert_eq!(prov["train.epochs"], "6");
+    assert_eq!(prov["train.data"], s.category.display().to_string());
+    let last: f64 = prov["train.loss_final"].parse().unwrap();
+    assert!((last - r.epoch_losses[5]).abs() < 1e-5);
+}
+
+#[test]
+fn an_interrupted_training_leaves_the_previous_output_intact() {
+    use miad::fit::train_fusion::{CategoryTrain, TrainProgress};
+    use miad::fit::train_radar::train_radar_category;
+    let s = super::train_fusion::synth_category("radar-interrupt", 4);
+    let out = s.dir.join("out.miad");
+    // A previous output (here: a copy of the input model) must survive the interruption.
+    std::fs::copy(&s.model, &out).unwrap();
+    let old = std::fs::read(&out).unwrap();
+    let cat = CategoryTrain {
+        threads: 2,
+        scratch_dir: s.dir.clone(),
+        ..CategoryTrain::default()
+    };
+    let opts = RadarTrainOptions {
+        epochs: 3,
+        batch: 2,
+        patches: 8,
+        ..RadarTrainOptions::default()
+    };
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_radar_category(
+            &s.model,
+            &s.category,
+            &out,
+            &cat,
+            &opts,
+            Some(small_radar()),
+            &mut |p| {
+                if let TrainProgress::Step { step: 3, .. } = p {
+                    panic!("interrupted at step 3");
+                }
+            },
+        )
+    }));
+    assert!(run.is_err(), "the run was not interrupted");
+    assert_eq!(std::fs::read(&out).unwrap(), old, "the old output changed");
+    let names: Vec<String> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("tmp")),
+        "temporary files left: {names:?}"
+    );
+}
