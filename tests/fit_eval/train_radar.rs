@@ -403,3 +403,117 @@ fn an_interrupted_training_leaves_the_previous_output_intact() {
         "temporary files left: {names:?}"
     );
 }
+
+/// Inspection-time RADAR fusion (`RadarScratch::fuse`): with the context projections and
+/// the HyperNetwork's outputs at their zero initialisation it is exactly M3DM's fusion of
+/// the same `fusion.*` tensors (the independent `cpu::fusion::fuse`), whatever the
+/// instructions; trained-like (jittered) weights make it depend on the case, and the
+/// chunked inspection path equals the training path's rows.
+#[test]
+fn inspection_fusion_reduces_to_uff_and_follows_the_case() {
+    use miad::cpu::fusion::{fuse, fusion_scratch_len, FusionWeights};
+    use miad::cpu::radar_fusion::{gather_rows, BranchActs, Dims, RadarScratch};
+    let (f, r) = small();
+    let pool = Pool::new(2);
+    let grid_x = 8;
+    let mut rng = Rng::new(9);
+    let xyz = normal_rows(grid_x * grid_x * 16, &mut rng);
+    let rgb = normal_rows(16 * 12, &mut rng);
+    let fd = f.fused_dim();
+    let mut p = RadarParams::init(&f, &r, 4);
+    // Non-trivial UFF tensors and instructions; context and HyperNetwork outputs stay 0.
+    for (s, off) in p.specs.clone() {
+        if !(s.name.contains("_ctx.") || s.name.contains("hyper.out_")) {
+            let n: usize = s.shape.iter().product();
+            p.data[off..off + n]
+                .iter_mut()
+                .for_each(|v| *v += 0.1 * rng.normal());
+        }
+    }
+    let dims = Dims::new(&f, &r, grid_x);
+    let mut rs = RadarScratch::new(dims);
+    let mut radar_out = vec![0f32; grid_x * grid_x * fd];
+    rs.fuse(
+        &pool,
+        &p.weights(),
+        &xyz,
+        &rgb,
+        Case::RgbOnly,
+        &mut radar_out,
+    );
+    let tensors = p.to_tensors();
+    let uff = FusionWeights::load(&tensors, &f).unwrap();
+    let mut uff_out = vec![0f32; grid_x * grid_x * fd];
+    let mut scratch = vec![0f32; fusion_scratch_len(&f, 4, grid_x)];
+    fuse(
+        &pool,
+        &uff,
+        &rgb,
+        4,
+        &xyz,
+        grid_x,
+        &mut uff_out,
+        &mut scratch,
+    );
+    let diff = radar_out
+        .iter()
+        .zip(&uff_out)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff < 1e-5,
+        "RADAR with zero context differs from UFF by {diff}"
+    );
+
+    for v in p.data.iter_mut() {
+        *v += 0.1 * rng.normal();
+    }
+    let w = p.weights();
+    let mut by_case = Vec::new();
+    for case in [Case::Complete, Case::RgbOnly, Case::CloudOnly] {
+        let mut out = vec![0f32; grid_x * grid_x * fd];
+        rs.fuse(&pool, &w, &xyz, &rgb, case, &mut out);
+        assert!(out.iter().all(|v| v.is_finite()));
+        by_case.push(out);
+    }
+    assert!(by_case[0] != by_case[1] && by_case[1] != by_case[2] && by_case[0] != by_case[2]);
+    // The training path's rows for a few cells equal the inspection output.
+    let cells: Vec<u32> = vec![0, 9, 27, 63];
+    let mut bx = BranchActs::new(cells.len(), 16, 32, 16, 8);
+    let mut br = BranchActs::new(cells.len(), 12, 24, 16, 8);
+    rs.tokens.forward(&pool, &w, &xyz, &rgb, Case::CloudOnly);
+    gather_rows(&rs.tokens, &xyz, &rgb, &cells, &mut bx, &mut br);
+    let sc = &rs.tokens.scale;
+    bx.forward(
+        &pool,
+        &w.xyz,
+        w.pc_ctx,
+        &sc[0],
+        &sc[1],
+        cells.len(),
+        &dims,
+        false,
+    );
+    br.forward(
+        &pool,
+        &w.rgb,
+        w.rgb_ctx,
+        &sc[2],
+        &sc[3],
+        cells.len(),
+        &dims,
+        false,
+    );
+    for (i, &j) in cells.iter().enumerate() {
+        let row = &by_case[2][j as usize * fd..(j as usize + 1) * fd];
+        assert_eq!(
+            &row[..16],
+            &bx.y[i * 16..(i + 1) * 16],
+            "xyz half of cell {j}"
+        );
+        assert_eq!(
+            &row[16..],
+            &br.y[i * 12..(i + 1) * 12],
+            "rgb half of cell {j}"
+        );
+    }
+}
