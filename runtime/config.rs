@@ -175,6 +175,9 @@ pub struct RadarConfig {
     /// Side of the token grid: the RGB feature grid (28 for ViT-B/8 at 224).
     pub token_grid: u32,
     pub ln_eps: f32,
+    /// The Real-Pseudo Hybrid Module (§9c): one more block, attention masked between
+    /// real and pseudo tokens, before the split.
+    pub hybrid: bool,
 }
 
 impl RadarConfig {
@@ -188,6 +191,7 @@ impl RadarConfig {
             hyper_dim: 64,
             token_grid,
             ln_eps: 1e-5,
+            hybrid: true,
         }
     }
     /// Tokens of the sequence: the instructions, then the cloud and RGB tokens.

@@ -50,6 +50,9 @@ pub struct Args {
     /// radar: instruction tokens per case and layer (default 16).
     #[arg(long)]
     pub instruction_len: Option<u32>,
+    /// radar: without the Real-Pseudo Hybrid Module (docs/RADAR-FUSION.md §9c).
+    #[arg(long)]
+    pub no_hybrid: bool,
     /// Warm-up steps (default: a third of all steps).
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -173,6 +176,7 @@ fn radar_sizes(a: &Args) -> miad::Result<Option<RadarConfig>> {
         && a.radar_depth.is_none()
         && a.radar_heads.is_none()
         && a.instruction_len.is_none()
+        && !a.no_hybrid
     {
         return Ok(None);
     }
@@ -188,6 +192,7 @@ fn radar_sizes(a: &Args) -> miad::Result<Option<RadarConfig>> {
         depth: a.radar_depth.unwrap_or(base.depth),
         heads: a.radar_heads.unwrap_or(base.heads),
         instruction_len: a.instruction_len.unwrap_or(base.instruction_len),
+        hybrid: base.hybrid && !a.no_hybrid,
         ..base
     }))
 }

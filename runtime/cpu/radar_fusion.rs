@@ -78,6 +78,8 @@ pub struct RadarNet<T> {
     pub rgb_norm: Lin<T>,
     pub rgb_proj: Lin<T>,
     pub blocks: Vec<Block<T>>,
+    /// The Real-Pseudo Hybrid Module's block (§9c), when the model has it.
+    pub hybrid: Option<Block<T>>,
     /// Context projections `[D, d]` (no bias).
     pub pc_ctx: T,
     pub rgb_ctx: T,
@@ -91,7 +93,11 @@ pub struct RadarNet<T> {
 
 impl<T> RadarNet<T> {
     /// Builds the net from `take(name)`, called once for every tensor name.
-    pub fn build<E>(depth: usize, take: &mut dyn FnMut(&str) -> Result<T, E>) -> Result<Self, E> {
+    pub fn build<E>(
+        depth: usize,
+        hybrid: bool,
+        take: &mut dyn FnMut(&str) -> Result<T, E>,
+    ) -> Result<Self, E> {
         let mut lin = |p: &str| -> Result<Lin<T>, E> {
             Ok(Lin {
                 w: take(&format!("{p}.weight"))?,
@@ -108,18 +114,25 @@ impl<T> RadarNet<T> {
         };
         let xyz = uff("xyz")?;
         let rgb = uff("rgb")?;
-        let mut blocks = Vec::with_capacity(depth);
-        for i in 0..depth {
-            let p = format!("radar.blocks.{i}");
-            blocks.push(Block {
+        let mut block = |p: &str| -> Result<Block<T>, E> {
+            Ok(Block {
                 norm1: lin(&format!("{p}.norm1"))?,
                 qkv: lin(&format!("{p}.attn.qkv"))?,
                 proj: lin(&format!("{p}.attn.proj"))?,
                 norm2: lin(&format!("{p}.norm2"))?,
                 fc1: lin(&format!("{p}.mlp.fc1"))?,
                 fc2: lin(&format!("{p}.mlp.fc2"))?,
-            });
+            })
+        };
+        let mut blocks = Vec::with_capacity(depth);
+        for i in 0..depth {
+            blocks.push(block(&format!("radar.blocks.{i}"))?);
         }
+        let hybrid = if hybrid {
+            Some(block("radar.hybrid")?)
+        } else {
+            None
+        };
         let pc_norm = lin("radar.pc_in.norm")?;
         let pc_proj = lin("radar.pc_in.proj")?;
         let rgb_norm = lin("radar.rgb_in.norm")?;
@@ -148,6 +161,7 @@ impl<T> RadarNet<T> {
             rgb_norm,
             rgb_proj,
             blocks,
+            hybrid,
             pc_ctx: take("radar.pc_ctx.weight")?,
             rgb_ctx: take("radar.rgb_ctx.weight")?,
             enc,
@@ -170,7 +184,7 @@ pub fn load_weights<'a, S: TensorSource + ?Sized>(
         .into_iter()
         .map(|s| (s.name, s.shape))
         .collect();
-    RadarNet::build(r.depth as usize, &mut |name| {
+    RadarNet::build(r.depth as usize, r.hybrid, &mut |name| {
         let shape = shapes.get(name).map_or(&[][..], |s| s.as_slice());
         src.f32(name, shape)
     })
@@ -209,6 +223,7 @@ pub struct Dims {
     pub grid_x: usize,
     pub uff_eps: f32,
     pub eps: f32,
+    pub hybrid: bool,
 }
 
 impl Dims {
@@ -231,6 +246,7 @@ impl Dims {
             grid_x,
             uff_eps: f.ln_eps,
             eps: r.ln_eps,
+            hybrid: r.hybrid,
         }
     }
     /// Tokens of the sequence.
@@ -304,6 +320,8 @@ pub struct TokenActs {
     rgb_rstd: Vec<f32>,
     rgb_a: Vec<f32>,
     blocks: Vec<BlockActs>,
+    /// The hybrid block over the `2G` modality tokens (§9c).
+    hybrid: Option<BlockActs>,
     /// Token means `e_pc`, `e_rgb` (2 × d).
     mean: Vec<f32>,
     /// Per generated layer: encoding ξ^h (hyper), shared layer output (hyper).
@@ -328,6 +346,7 @@ impl TokenActs {
             blocks: (0..dims.depth)
                 .map(|_| BlockActs::new(t, d, dims.heads))
                 .collect(),
+            hybrid: dims.hybrid.then(|| BlockActs::new(2 * g, d, dims.heads)),
             mean: zeros(2 * d),
             hh: std::array::from_fn(|_| zeros(dims.hyper)),
             vv: std::array::from_fn(|_| zeros(dims.hyper)),
@@ -337,15 +356,22 @@ impl TokenActs {
         }
     }
 
-    /// `f̂_pc` (`G × d`) after the last block.
-    pub fn f_pc(&self) -> &[f32] {
+    /// `[f̂_pc; f̂_rgb]` (`2G × d`): the hybrid block's output, else the last block's
+    /// without its instruction rows.
+    fn modality_tokens(&self) -> &[f32] {
         let (l, g, d) = (self.dims.len, self.dims.g, self.dims.d);
-        &self.blocks[self.dims.depth - 1].out[l * d..(l + g) * d]
+        match &self.hybrid {
+            Some(h) => &h.out,
+            None => &self.blocks[self.dims.depth - 1].out[l * d..(l + 2 * g) * d],
+        }
+    }
+    /// `f̂_pc` (`G × d`).
+    pub fn f_pc(&self) -> &[f32] {
+        &self.modality_tokens()[..self.dims.g * self.dims.d]
     }
     /// `f̂_rgb` (`G × d`).
     pub fn f_rgb(&self) -> &[f32] {
-        let (l, g, d) = (self.dims.len, self.dims.g, self.dims.d);
-        &self.blocks[self.dims.depth - 1].out[(l + g) * d..(l + 2 * g) * d]
+        &self.modality_tokens()[self.dims.g * self.dims.d..]
     }
 
     /// Tokens, blocks and HyperNetwork for one part: `xyz` (`grid_x² × Dx`) and `rgb`
@@ -414,18 +440,28 @@ impl TokenActs {
             }
             let instr = instruction(w.instructions, &dm, self.case, j);
             self.blocks[j].input[..l * d].copy_from_slice(instr);
-            block_forward(pool, &w.blocks[j], &dm, &mut self.blocks[j]);
+            block_forward(pool, &w.blocks[j], t, None, &dm, &mut self.blocks[j]);
+        }
+        if let (Some(hw), Some(ha)) = (&w.hybrid, self.hybrid.as_mut()) {
+            // §9c: real and pseudo tokens attend within their own group only.
+            ha.input
+                .copy_from_slice(&self.blocks[dm.depth - 1].out[l * d..t * d]);
+            let split = (case != Case::Complete).then_some(g);
+            block_forward(pool, hw, 2 * g, split, &dm, ha);
         }
         // HyperNetwork (eq. 6): e_b → ξ^h → shared layer → generated scales 1 + w.
-        let last = &self.blocks[dm.depth - 1].out;
-        let (e_pc, e_rgb) = self.mean.split_at_mut(d);
-        for (e, first) in [(e_pc, l), (e_rgb, l + g)] {
+        let mut mean = std::mem::take(&mut self.mean);
+        for (e, rows) in mean
+            .chunks_exact_mut(d)
+            .zip(self.modality_tokens().chunks_exact(g * d))
+        {
             e.fill(0.0);
-            for row in last[first * d..(first + g) * d].chunks_exact(d) {
+            for row in rows.chunks_exact(d) {
                 e.iter_mut().zip(row).for_each(|(a, b)| *a += b);
             }
             e.iter_mut().for_each(|v| *v /= g as f32);
         }
+        self.mean = mean;
         for i in 0..4 {
             let e = &self.mean[(i / 2) * d..(i / 2 + 1) * d];
             matvec(&w.enc[i], e, &mut self.hh[i]);
@@ -539,8 +575,17 @@ fn cols(data: &[f32], rows: usize, stride: usize, c0: usize, cols: usize) -> Mat
     }
 }
 
-fn block_forward(pool: &Pool, w: &Block<&[f32]>, dm: &Dims, a: &mut BlockActs) {
-    let (t, d, h) = (dm.tokens(), dm.d, dm.heads);
+/// One block over `t` tokens. With `split`, tokens `..split` and `split..` attend only
+/// within their own group (eq. 7's mask; probabilities across groups are exactly 0).
+fn block_forward(
+    pool: &Pool,
+    w: &Block<&[f32]>,
+    t: usize,
+    split: Option<usize>,
+    dm: &Dims,
+    a: &mut BlockActs,
+) {
+    let (d, h) = (dm.d, dm.heads);
     let hd = d / h;
     ln_forward(
         &a.input,
@@ -568,11 +613,23 @@ fn block_forward(pool: &Pool, w: &Block<&[f32]>, dm: &Dims, a: &mut BlockActs) {
         let k = cols(&a.qkv, t, 3 * d, d + head * hd, hd);
         let v = cols(&a.qkv, t, 3 * d, 2 * d + head * hd, hd);
         mm(pool, p, t, q, k, true, scale, false);
-        for row in p.chunks_exact_mut(t) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (i, row) in p.chunks_exact_mut(t).enumerate() {
+            let group = match split {
+                Some(s) if i < s => 0..s,
+                Some(s) => s..t,
+                None => 0..t,
+            };
+            let max = row[group.clone()]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0f32;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = if group.contains(&j) {
+                    (*v - max).exp()
+                } else {
+                    0.0
+                };
                 sum += *v;
             }
             let inv = 1.0 / sum;
@@ -975,15 +1032,18 @@ fn branch_backward(
 }
 
 /// Backward of one block: `dout` (T × d) in `s.seq`, leaves `d input` in `s.seq`.
+/// (Over `t` tokens. A mask needs nothing here: masked probabilities are 0, so are their
+/// gradients.)
 fn block_backward(
     pool: &Pool,
     w: &Block<&[f32]>,
     gw: &mut Block<&mut [f32]>,
+    t: usize,
     dm: &Dims,
     a: &BlockActs,
     s: &mut BackScratch,
 ) {
-    let (t, d, h) = (dm.tokens(), dm.d, dm.heads);
+    let (d, h) = (dm.d, dm.heads);
     let hd = d / h;
     // MLP: out = x1 + fc2(GELU(fc1(LN2(x1))))
     let dout = &s.seq[..t * d];
@@ -1258,16 +1318,22 @@ pub fn part_backward(
                 .for_each(|(a, b)| *a += b * inv);
         }
     }
-    // Blocks, last to first; instruction rows get no gradient from the output.
-    let seq = &mut s.seq[..t * d];
-    seq[..l * d].fill(0.0);
-    seq[l * d..(l + g) * d].copy_from_slice(&s.df_pc);
-    seq[(l + g) * d..].copy_from_slice(&s.df_rgb);
+    // The hybrid block, then the blocks, last to first; instruction rows get no
+    // gradient from the output.
+    let at = if w.hybrid.is_some() { 0 } else { l };
+    s.seq[at * d..(at + g) * d].copy_from_slice(&s.df_pc);
+    s.seq[(at + g) * d..(at + 2 * g) * d].copy_from_slice(&s.df_rgb);
+    if let (Some(wh), Some(gh), Some(ah)) = (&w.hybrid, gw.hybrid.as_mut(), &tok.hybrid) {
+        block_backward(pool, wh, gh, 2 * g, &dm, ah, s);
+        s.seq.copy_within(0..2 * g * d, l * d);
+    }
+    s.seq[..l * d].fill(0.0);
     for j in (0..dm.depth).rev() {
         block_backward(
             pool,
             &w.blocks[j],
             &mut gw.blocks[j],
+            t,
             &dm,
             &tok.blocks[j],
             s,

@@ -138,7 +138,7 @@ impl RadarParams {
 
     /// The weights as the network reads them.
     pub fn weights(&self) -> RadarWeights<'_> {
-        RadarNet::build::<FormatError>(self.radar.depth as usize, &mut |name| {
+        RadarNet::build::<FormatError>(self.radar.depth as usize, self.radar.hybrid, &mut |name| {
             self.tensor(name).ok_or_else(|| FormatError::MissingTensor {
                 path: "trained RADAR fusion".into(),
                 tensor: name.to_string(),
@@ -174,7 +174,7 @@ fn grad_view<'a>(p: &RadarParams, grad: &'a mut [f32]) -> RadarNet<&'a mut [f32]
         by_name.insert(s.name.as_str(), head);
         rest = tail;
     }
-    RadarNet::build::<()>(p.radar.depth as usize, &mut |name| {
+    RadarNet::build::<()>(p.radar.depth as usize, p.radar.hybrid, &mut |name| {
         by_name.remove(name).ok_or(())
     })
     .expect("the layout lists every tensor the network takes")

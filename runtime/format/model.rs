@@ -44,14 +44,18 @@ fn blocks(
     qkv_bias: bool,
 ) {
     for i in 0..depth {
-        let b = format!("{prefix}blocks.{i}.");
-        norm(out, &format!("{b}norm1."), d);
-        linear(out, &format!("{b}attn.qkv."), 3 * d, d, qkv_bias);
-        linear(out, &format!("{b}attn.proj."), d, d, true);
-        norm(out, &format!("{b}norm2."), d);
-        linear(out, &format!("{b}mlp.fc1."), mlp, d, true);
-        linear(out, &format!("{b}mlp.fc2."), d, mlp, true);
+        block(out, &format!("{prefix}blocks.{i}."), d, mlp, qkv_bias);
     }
+}
+
+/// One pre-norm transformer block under `b` (ViT names).
+fn block(out: &mut Vec<TensorSpec>, b: &str, d: usize, mlp: usize, qkv_bias: bool) {
+    norm(out, &format!("{b}norm1."), d);
+    linear(out, &format!("{b}attn.qkv."), 3 * d, d, qkv_bias);
+    linear(out, &format!("{b}attn.proj."), d, d, true);
+    norm(out, &format!("{b}norm2."), d);
+    linear(out, &format!("{b}mlp.fc1."), mlp, d, true);
+    linear(out, &format!("{b}mlp.fc2."), d, mlp, true);
 }
 
 /// Every tensor a model file of this configuration holds, in file order. The single
@@ -150,6 +154,9 @@ pub fn radar_tensor_specs(f: &FusionConfig, r: &RadarConfig) -> Vec<TensorSpec> 
         linear(&mut out, &format!("radar.{b}_in.proj."), d, din, true);
     }
     blocks(&mut out, "radar.", depth, d, 4 * d, true);
+    if r.hybrid {
+        block(&mut out, "radar.hybrid.", d, 4 * d, true);
+    }
     linear(&mut out, "radar.pc_ctx.", dx, d, false);
     linear(&mut out, "radar.rgb_ctx.", dr, d, false);
     for e in ["pc_1", "pc_2", "rgb_1", "rgb_2"] {

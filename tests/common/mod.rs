@@ -71,6 +71,7 @@ pub fn small_radar() -> ModelConfig {
         hyper_dim: 16,
         token_grid: grid,
         ln_eps: 1e-5,
+        hybrid: true,
     });
     cfg
 }

@@ -60,9 +60,27 @@ fn rel_max(a: &[f32], b: &[f32]) -> f32 {
 /// `exact_decisions` asks for identical verdicts and regions (the f32 path), else
 /// verdicts only where the score is clear of the threshold.
 fn parity(precision: Precision, tol: f32, dist_tol: f32, map_tol: f32, exact_decisions: bool) {
-    let fx = common::fitted_with(
+    parity_of(
         common::small_hd64(),
-        &format!("sim-{precision}"),
+        precision,
+        tol,
+        dist_tol,
+        map_tol,
+        exact_decisions,
+    );
+}
+
+fn parity_of(
+    cfg: miad::config::ModelConfig,
+    precision: Precision,
+    tol: f32,
+    dist_tol: f32,
+    map_tol: f32,
+    exact_decisions: bool,
+) {
+    let fx = common::fitted_with(
+        cfg.clone(),
+        &format!("sim-{}-{precision}", cfg.name),
         Category::Disc,
         11,
         4,
@@ -168,6 +186,23 @@ fn parity(precision: Precision, tol: f32, dist_tol: f32, map_tol: f32, exact_dec
 #[test]
 fn f32_engine_on_the_simulated_device_matches_the_cpu() {
     parity(
+        Precision::F32,
+        Precision::F32.feature_tolerance(),
+        DISTANCE_TOLERANCE_F32,
+        DISTANCE_TOLERANCE_F32,
+        true,
+    );
+}
+
+/// A model with RADAR's fusion (which stays on the CPU, as UFF does): the f32 path as
+/// above, each case's instruction in use.
+#[test]
+fn f32_radar_engine_on_the_simulated_device_matches_the_cpu() {
+    let mut cfg = common::small_hd64();
+    cfg.name = "small-hd64-radar".into();
+    cfg.radar = common::small_radar().radar;
+    parity_of(
+        cfg,
         Precision::F32,
         Precision::F32.feature_tolerance(),
         DISTANCE_TOLERANCE_F32,
