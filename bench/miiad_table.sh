@@ -13,8 +13,8 @@ MIAD=${MIAD:-target/release/miad}
 OUT=${1:-miiad-out}
 THREADS=${THREADS:-2}
 mkdir -p "$OUT"
-"$MIAD" synth --out "$OUT/data" --categories disc --train 16 --validation 0 \
-    --test-good 10 --test-bad 10 --size 96 --seed 1
+"$MIAD" synth --out "$OUT/data" --categories disc --train 24 --validation 0 \
+    --test-good 20 --test-bad 20 --size 96 --seed 1
 "$MIAD" model random --preset small --seed 9 --out "$OUT/random.miad"
 "$MIAD" train-fusion --model "$OUT/random.miad" --data "$OUT/data/disc" --method uff \
     --out "$OUT/uff.miad" --epochs 20 --batch 4 --patches 64 --seed 1 --threads "$THREADS" \
