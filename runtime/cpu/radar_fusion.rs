@@ -1258,14 +1258,7 @@ pub fn part_backward(
         dk,
         s,
     );
-    for (i, &c) in cells.iter().enumerate() {
-        let r = dm.cell(c as usize);
-        let src = &s.c[i * d..(i + 1) * d];
-        s.df_pc[r * d..(r + 1) * d]
-            .iter_mut()
-            .zip(src)
-            .for_each(|(a, b)| *a += b);
-    }
+    scatter_add_contexts(&dm, cells, &s.c, &mut s.df_pc);
     branch_backward(
         pool,
         rgb,
@@ -1282,26 +1275,13 @@ pub fn part_backward(
         dq,
         s,
     );
-    for (i, &c) in cells.iter().enumerate() {
-        let r = dm.cell(c as usize);
-        let src = &s.c[i * d..(i + 1) * d];
-        s.df_rgb[r * d..(r + 1) * d]
-            .iter_mut()
-            .zip(src)
-            .for_each(|(a, b)| *a += b);
-    }
+    scatter_add_contexts(&dm, cells, &s.c, &mut s.df_rgb);
     // HyperNetwork: ds → out_i → fc1 → enc_i → e_b, spread over the G tokens.
     let [dv, dh, de] = &mut s.vec;
-    for i in 0..4 {
+    for (i, ds) in dscale.iter().enumerate() {
         let e = &tok.mean[(i / 2) * d..(i / 2 + 1) * d];
         let hyp = dm.hyper;
-        matvec_backward(
-            &w.out[i],
-            &mut gw.out[i],
-            &tok.vv[i],
-            &dscale[i],
-            &mut dv[..hyp],
-        );
+        matvec_backward(&w.out[i], &mut gw.out[i], &tok.vv[i], ds, &mut dv[..hyp]);
         matvec_backward(
             &w.hyper_fc1,
             &mut gw.hyper_fc1,
@@ -1378,6 +1358,19 @@ pub fn part_backward(
             false,
         );
         ln_backward(da, u, rstd, norm.w, dim, gnorm.w, gnorm.b, None);
+    }
+}
+
+/// Adds each loss row's context gradient (`dctx`, row `i` for xyz cell `cells[i]`) to
+/// the token of its RGB cell, rows in order.
+fn scatter_add_contexts(dm: &Dims, cells: &[u32], dctx: &[f32], df: &mut [f32]) {
+    let d = dm.d;
+    for (i, &c) in cells.iter().enumerate() {
+        let r = dm.cell(c as usize);
+        df[r * d..(r + 1) * d]
+            .iter_mut()
+            .zip(&dctx[i * d..(i + 1) * d])
+            .for_each(|(a, b)| *a += b);
     }
 }
 
