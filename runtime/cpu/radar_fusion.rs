@@ -333,7 +333,18 @@ pub struct TokenActs {
 }
 
 impl TokenActs {
+    /// For training: every block's activations are kept for the backward pass.
     pub fn new(dims: Dims) -> Self {
+        Self::with_blocks(dims, dims.depth)
+    }
+
+    /// For inspection: one block's buffers, reused by every block (a quarter of the
+    /// memory at depth 4; no backward pass).
+    pub fn for_inference(dims: Dims) -> Self {
+        Self::with_blocks(dims, 1)
+    }
+
+    fn with_blocks(dims: Dims, kept: usize) -> Self {
         let (t, d, g) = (dims.tokens(), dims.d, dims.g);
         TokenActs {
             xbar: zeros(g * dims.dx),
@@ -343,7 +354,7 @@ impl TokenActs {
             rgb_u: zeros(g * dims.dr),
             rgb_rstd: zeros(g),
             rgb_a: zeros(g * dims.dr),
-            blocks: (0..dims.depth)
+            blocks: (0..kept)
                 .map(|_| BlockActs::new(t, d, dims.heads))
                 .collect(),
             hybrid: dims.hybrid.then(|| BlockActs::new(2 * g, d, dims.heads)),
@@ -362,9 +373,13 @@ impl TokenActs {
         let (l, g, d) = (self.dims.len, self.dims.g, self.dims.d);
         match &self.hybrid {
             Some(h) => &h.out,
-            None => &self.blocks[self.dims.depth - 1].out[l * d..(l + 2 * g) * d],
+            None => &self.last_block().out[l * d..(l + 2 * g) * d],
         }
     }
+    fn last_block(&self) -> &BlockActs {
+        self.blocks.last().expect("at least one block")
+    }
+
     /// `f̂_pc` (`G × d`).
     pub fn f_pc(&self) -> &[f32] {
         &self.modality_tokens()[..self.dims.g * self.dims.d]
@@ -434,18 +449,25 @@ impl TokenActs {
             }
         }
         for j in 0..dm.depth {
+            // Block j's buffers: its own when training, the shared ones at inspection.
+            let k = j.min(self.blocks.len() - 1);
             if j > 0 {
-                let (before, after) = self.blocks.split_at_mut(j);
-                after[0].input[l * d..].copy_from_slice(&before[j - 1].out[l * d..t * d]);
+                if k == j {
+                    let (before, after) = self.blocks.split_at_mut(j);
+                    after[0].input[l * d..].copy_from_slice(&before[j - 1].out[l * d..t * d]);
+                } else {
+                    let b = &mut self.blocks[k];
+                    b.input[l * d..].copy_from_slice(&b.out[l * d..t * d]);
+                }
             }
             let instr = instruction(w.instructions, &dm, self.case, j);
-            self.blocks[j].input[..l * d].copy_from_slice(instr);
-            block_forward(pool, &w.blocks[j], t, None, &dm, &mut self.blocks[j]);
+            self.blocks[k].input[..l * d].copy_from_slice(instr);
+            block_forward(pool, &w.blocks[j], t, None, &dm, &mut self.blocks[k]);
         }
         if let (Some(hw), Some(ha)) = (&w.hybrid, self.hybrid.as_mut()) {
             // §9c: real and pseudo tokens attend within their own group only.
             ha.input
-                .copy_from_slice(&self.blocks[dm.depth - 1].out[l * d..t * d]);
+                .copy_from_slice(&self.blocks[self.blocks.len() - 1].out[l * d..t * d]);
             let split = (case != Case::Complete).then_some(g);
             block_forward(pool, hw, 2 * g, split, &dm, ha);
         }
@@ -1232,6 +1254,11 @@ pub fn part_backward(
     s: &mut BackScratch,
 ) {
     let dm = tok.dims;
+    assert_eq!(
+        tok.blocks.len(),
+        dm.depth,
+        "the backward pass needs every block's activations (TokenActs::new)"
+    );
     let (d, g, l, t) = (dm.d, dm.g, dm.len, dm.tokens());
     let n = cells.len();
     s.df_pc.fill(0.0);
@@ -1409,7 +1436,7 @@ impl RadarScratch {
     pub fn new(dm: Dims) -> Self {
         let rows = CHUNK_ROWS;
         RadarScratch {
-            tokens: TokenActs::new(dm),
+            tokens: TokenActs::for_inference(dm),
             xyz: BranchActs::new(rows, dm.dx, dm.hx, dm.d, dm.e),
             rgb: BranchActs::new(rows, dm.dr, dm.hr, dm.d, dm.e),
         }

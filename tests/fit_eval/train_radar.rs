@@ -411,7 +411,8 @@ fn an_interrupted_training_leaves_the_previous_output_intact() {
 /// the HyperNetwork's outputs at their zero initialisation it is exactly M3DM's fusion of
 /// the same `fusion.*` tensors (the independent `cpu::fusion::fuse`), whatever the
 /// instructions; trained-like (jittered) weights make it depend on the case, and the
-/// chunked inspection path equals the training path's rows.
+/// chunked inspection path (one block's buffers reused) equals the training path's rows
+/// (every block's activations kept), bit for bit.
 #[test]
 fn inspection_fusion_reduces_to_uff_and_follows_the_case() {
     use miad::cpu::fusion::{fuse, fusion_scratch_len, FusionWeights};
@@ -483,9 +484,11 @@ fn inspection_fusion_reduces_to_uff_and_follows_the_case() {
     let cells: Vec<u32> = vec![0, 9, 27, 63];
     let mut bx = BranchActs::new(cells.len(), 16, 32, 16, 8);
     let mut br = BranchActs::new(cells.len(), 12, 24, 16, 8);
-    rs.tokens.forward(&pool, &w, &xyz, &rgb, Case::CloudOnly);
-    gather_rows(&rs.tokens, &xyz, &rgb, &cells, &mut bx, &mut br);
-    let sc = &rs.tokens.scale;
+    // (Training keeps every block's activations, inspection reuses one block's buffers.)
+    let mut train_tokens = miad::cpu::radar_fusion::TokenActs::new(dims);
+    train_tokens.forward(&pool, &w, &xyz, &rgb, Case::CloudOnly);
+    gather_rows(&train_tokens, &xyz, &rgb, &cells, &mut bx, &mut br);
+    let sc = &train_tokens.scale;
     bx.forward(
         &pool,
         &w.xyz,
