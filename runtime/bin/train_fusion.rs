@@ -53,6 +53,13 @@ pub struct Args {
     /// radar: without the Real-Pseudo Hybrid Module (docs/RADAR-FUSION.md §9c).
     #[arg(long)]
     pub no_hybrid: bool,
+    /// radar: this fraction of the training parts loses a modality for the whole
+    /// training (RADAR's protocol, as `miad fit --missing-rate`).
+    #[arg(long)]
+    pub missing_rate: Option<f64>,
+    /// What the incomplete training parts lack: cloud, rgb or both (half each).
+    #[arg(long, default_value = "cloud")]
+    pub drop: String,
     /// Warm-up steps (default: a third of all steps).
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -113,6 +120,10 @@ pub fn run(a: Args) -> miad::Result<()> {
         threads: a.threads,
         scratch_dir: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
         export: a.export_checkpoint.clone(),
+        missing: match a.missing_rate {
+            Some(rate) => Some((rate, a.drop.parse().map_err(miad::Error::Config)?, a.seed)),
+            None => None,
+        },
         ..CategoryTrain::default()
     };
     let mut bar = TrainBar::new();

@@ -891,6 +891,10 @@ pub struct CategoryTrain {
     /// Also write the trained fusion in the authors' checkpoint layout
     /// ([`export_reference`]) to this safetensors file.
     pub export: Option<PathBuf>,
+    /// RADAR's missing-modality protocol on the training parts (rate, what is dropped,
+    /// seed), as `miad fit`: those parts stay in their case for the whole training
+    /// (`--method radar` only).
+    pub missing: Option<(f64, crate::eval::missing::MissingModality, u64)>,
 }
 
 impl Default for CategoryTrain {
@@ -902,6 +906,7 @@ impl Default for CategoryTrain {
             max_side: 1024,
             scratch_dir: std::env::temp_dir(),
             export: None,
+            missing: None,
         }
     }
 }
@@ -916,7 +921,12 @@ pub fn train_fusion_category(
     opts: &UffTrainOptions,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
-    with_category(model_path, data, cat, &mut |pool, model, features| {
+    if cat.missing.is_some() {
+        return Err(Error::Config(
+            "UFF trains on complete parts (M3DM); a missing rate is for --method radar".into(),
+        ));
+    }
+    with_category(model_path, data, cat, &mut |pool, model, features, _| {
         let cfg = model.config();
         let fcfg = fusion_config(model_path, cfg)?;
         let mut params = match opts.init {
@@ -969,12 +979,18 @@ pub(super) fn fusion_config(model_path: &Path, cfg: &ModelConfig) -> Result<Fusi
 }
 
 /// Opens the model and the category's training parts and runs `train` on their
-/// features (computed by the inspection pipeline of that model).
+/// features (computed by the inspection pipeline of that model) and each part's
+/// availability (`cat.missing` applied).
 pub(super) fn with_category(
     model_path: &Path,
     data: &Path,
     cat: &CategoryTrain,
-    train: &mut dyn FnMut(&Pool, &ModelFile, &mut dyn FeatureExtractor) -> Result<TrainReport>,
+    train: &mut dyn FnMut(
+        &Pool,
+        &ModelFile,
+        &mut dyn FeatureExtractor,
+        &[crate::eval::missing::Availability],
+    ) -> Result<TrainReport>,
 ) -> Result<TrainReport> {
     use super::features::PipelineFeatures;
     use crate::pipeline::extract::Extractor;
@@ -995,14 +1011,21 @@ pub(super) fn with_category(
     } else {
         PreprocessMode::Full
     };
+    let availability = match cat.missing {
+        Some((rate, drop, seed)) => {
+            crate::eval::missing::sample_missing(parts.len(), rate, drop, seed)
+                .map_err(Error::Config)?
+        }
+        None => vec![crate::eval::missing::Availability::Complete; parts.len()],
+    };
     let extractor = Extractor::new(&pool, &model, cat.max_side, cat.max_side, mode)?;
     let mut features = PipelineFeatures {
         pool: &pool,
         extractor,
         parts,
-        missing: Vec::new(),
+        missing: availability.iter().map(|a| a.removed()).collect(),
     };
-    train(&pool, &model, &mut features)
+    train(&pool, &model, &mut features, &availability)
 }
 
 /// Writes `out`: every tensor of the input model except its fusion (`fusion.*`,

@@ -330,6 +330,10 @@ pub struct RadarTrainOptions {
     pub seed: u64,
     /// `Model`: start from the input model's fusion tensors (UFF or RADAR).
     pub init: Init,
+    /// Per training part, the case its data are in (a modality missing in the data);
+    /// empty: every part complete. Such a part plays its own case in every step; a part
+    /// without a cloud has every patch in the loss (§9b "Training protocol").
+    pub part_cases: Vec<Case>,
 }
 
 impl Default for RadarTrainOptions {
@@ -347,6 +351,7 @@ impl Default for RadarTrainOptions {
             temperature: 1.0,
             seed: 0,
             init: Init::Random,
+            part_cases: Vec::new(),
         }
     }
 }
@@ -412,6 +417,7 @@ impl StepBatch {
     fn draw(
         cache: &FeatureCache,
         parts: &[usize],
+        part_cases: &[Case],
         patches: usize,
         case_rng: &mut Rng,
         patch_rng: &mut Rng,
@@ -420,7 +426,11 @@ impl StepBatch {
         let mut cells = Vec::with_capacity(parts.len());
         let mut cases = Vec::with_capacity(parts.len());
         for &part in parts {
-            cases.push(draw_case(case_rng));
+            let drawn = draw_case(case_rng);
+            cases.push(match part_cases.get(part) {
+                Some(&c) if c != Case::Complete => c,
+                _ => drawn,
+            });
             let take = cache.draw(part, patches, patch_rng, &mut draw);
             cells.push(draw[..take].to_vec());
         }
@@ -488,8 +498,22 @@ pub fn train_radar(
             "learning rates and temperature must be positive".into(),
         ));
     }
+    if !(opts.part_cases.is_empty() || opts.part_cases.len() == features.parts()) {
+        return Err(Error::Config(format!(
+            "{} part cases for {} training parts",
+            opts.part_cases.len(),
+            features.parts()
+        )));
+    }
     let pseudo = Pseudo::extract(features)?;
-    let cache = FeatureCache::build(features, scratch_dir, progress)?;
+    let mut cache = FeatureCache::build(features, scratch_dir, progress)?;
+    let cells = l.xyz_grid * l.xyz_grid;
+    for (part, &case) in opts.part_cases.iter().enumerate() {
+        if case == Case::RgbOnly {
+            // No cloud: the pseudo features stand everywhere, every patch counts.
+            cache.nonempty[part] = (0..cells as u32).collect();
+        }
+    }
     let extract_seconds = t0.elapsed().as_secs_f64();
     let parts = cache.nonempty.len();
     if cache.nonempty.iter().all(|v| v.is_empty()) {
@@ -497,7 +521,6 @@ pub fn train_radar(
             "no training part has a patch with a non-zero xyz feature: nothing to train on".into(),
         ));
     }
-    let cells = l.xyz_grid * l.xyz_grid;
     let rows = if opts.patches == 0 {
         cells
     } else {
@@ -526,6 +549,7 @@ pub fn train_radar(
     let eval = StepBatch::draw(
         &cache,
         &eval_parts,
+        &opts.part_cases,
         opts.patches,
         &mut Rng::new(opts.seed ^ 0x6361_7365),
         &mut Rng::new(opts.seed ^ 0x6576_616c),
@@ -561,7 +585,14 @@ pub fn train_radar(
         }
         let mut sum = 0.0;
         for batch in order.chunks(opts.batch) {
-            let b = StepBatch::draw(&cache, batch, opts.patches, &mut case_rng, &mut patch_rng);
+            let b = StepBatch::draw(
+                &cache,
+                batch,
+                &opts.part_cases,
+                opts.patches,
+                &mut case_rng,
+                &mut patch_rng,
+            );
             let samples = b.samples(&cache, &pseudo, batch);
             let n: usize = samples.iter().map(|s| s.cells.len()).sum();
             rows_total += n;
@@ -626,51 +657,73 @@ pub fn train_radar_category(
     radar_cfg: Option<RadarConfig>,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
-    with_category(model_path, data, cat, &mut |pool, model, features| {
-        let cfg = model.config();
-        let fcfg = fusion_config(model_path, cfg)?;
-        let grid = features.layout().rgb_grid as u32;
-        let rcfg = radar_cfg
-            .clone()
-            .or_else(|| cfg.radar.clone())
-            .unwrap_or_else(|| RadarConfig::paper(grid));
-        let mut params = RadarParams::init(&fcfg, &rcfg, opts.seed);
-        if opts.init == Init::Model {
-            params.load_from(model)?;
-        }
-        let report = train_radar(
-            pool,
-            features,
-            &mut params,
-            opts,
-            &cat.scratch_dir,
-            progress,
-        )?;
-        let mut out_cfg = cfg.clone();
-        out_cfg.name = format!(
-            "{} + RADAR fusion trained on {}",
-            cfg.name,
-            category_name(data)
-        );
-        out_cfg.radar = Some(rcfg.clone());
-        let settings = TrainSettings {
-            method: "radar",
-            seed: opts.seed,
-            epochs: opts.epochs,
-            batch: opts.batch,
-            patches: opts.patches,
-            lr: format!("{} (instructions {})", opts.lr, opts.lr_instructions),
-            init: opts.init,
-        };
-        let prov = provenance(model_path, model, data, &settings, &report);
-        write_trained(
-            model_path,
-            model,
-            &out_cfg,
-            &params.to_tensors(),
-            &prov,
-            out,
-        )?;
-        Ok(report)
-    })
+    with_category(
+        model_path,
+        data,
+        cat,
+        &mut |pool, model, features, avail| {
+            use crate::eval::missing::Availability;
+            let cfg = model.config();
+            let mut opts = opts.clone();
+            opts.part_cases = avail
+                .iter()
+                .map(|a| match a {
+                    Availability::Complete => Case::Complete,
+                    Availability::RgbOnly => Case::RgbOnly,
+                    Availability::CloudOnly => Case::CloudOnly,
+                })
+                .collect();
+            let opts = &opts;
+            let fcfg = fusion_config(model_path, cfg)?;
+            let grid = features.layout().rgb_grid as u32;
+            let rcfg = radar_cfg
+                .clone()
+                .or_else(|| cfg.radar.clone())
+                .unwrap_or_else(|| RadarConfig::paper(grid));
+            let mut params = RadarParams::init(&fcfg, &rcfg, opts.seed);
+            if opts.init == Init::Model {
+                params.load_from(model)?;
+            }
+            let report = train_radar(
+                pool,
+                features,
+                &mut params,
+                opts,
+                &cat.scratch_dir,
+                progress,
+            )?;
+            let mut out_cfg = cfg.clone();
+            out_cfg.name = format!(
+                "{} + RADAR fusion trained on {}",
+                cfg.name,
+                category_name(data)
+            );
+            out_cfg.radar = Some(rcfg.clone());
+            let settings = TrainSettings {
+                method: "radar",
+                seed: opts.seed,
+                epochs: opts.epochs,
+                batch: opts.batch,
+                patches: opts.patches,
+                lr: format!("{} (instructions {})", opts.lr, opts.lr_instructions),
+                init: opts.init,
+            };
+            let mut prov = provenance(model_path, model, data, &settings, &report);
+            if let Some((rate, drop, seed)) = cat.missing {
+                prov.push((
+                    "train.missing".into(),
+                    format!("rate {rate}, drop {drop:?}, seed {seed}"),
+                ));
+            }
+            write_trained(
+                model_path,
+                model,
+                &out_cfg,
+                &params.to_tensors(),
+                &prov,
+                out,
+            )?;
+            Ok(report)
+        },
+    )
 }

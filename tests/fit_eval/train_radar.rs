@@ -567,3 +567,90 @@ fn hybrid_module_keeps_real_tokens_away_from_pseudo_ones() {
     let open = (f_rgb(&xyz_a, Case::Complete), f_rgb(&xyz_b, Case::Complete));
     assert_ne!(open.0, open.1, "without the mask the cloud must matter");
 }
+
+/// RADAR's protocol on the training data: half the parts of a synthetic category lose a
+/// modality (a quarter the cloud, a quarter the image) for the whole training; the run
+/// trains, says so in the provenance, and gives other weights than complete data. UFF
+/// refuses such data, and a wrong number of part cases is an error.
+#[test]
+fn trains_on_parts_that_miss_a_modality() {
+    use miad::eval::missing::MissingModality;
+    use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, UffTrainOptions};
+    use miad::fit::train_radar::train_radar_category;
+    use miad::format::{Container, OpenOptions, TensorSource};
+    let s = super::train_fusion::synth_category("radar-missing", 8);
+    let opts = RadarTrainOptions {
+        epochs: 2,
+        batch: 4,
+        patches: 16,
+        seed: 2,
+        ..RadarTrainOptions::default()
+    };
+    let mut cat = CategoryTrain {
+        threads: 2,
+        scratch_dir: s.dir.clone(),
+        ..CategoryTrain::default()
+    };
+    let complete = s.dir.join("complete.miad");
+    train_radar_category(
+        &s.model,
+        &s.category,
+        &complete,
+        &cat,
+        &opts,
+        Some(small_radar()),
+        &mut |_| {},
+    )
+    .unwrap();
+    cat.missing = Some((0.5, MissingModality::Both, 7));
+    let out = s.dir.join("missing.miad");
+    let r = train_radar_category(
+        &s.model,
+        &s.category,
+        &out,
+        &cat,
+        &opts,
+        Some(small_radar()),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(r.epoch_losses.iter().all(|l| l.is_finite()));
+    let c = Container::open(&out, &OpenOptions::default()).unwrap();
+    let prov: std::collections::BTreeMap<_, _> = c.manifest().provenance.iter().cloned().collect();
+    assert_eq!(prov["train.missing"], "rate 0.5, drop Both, seed 7");
+    let open =
+        |p: &std::path::Path| miad::format::ModelFile::open(p, &OpenOptions::default()).unwrap();
+    let (a, b) = (open(&complete), open(&out));
+    let shape = [3, 2, 4, 32];
+    assert_ne!(
+        a.f32("radar.instructions", &shape).unwrap(),
+        b.f32("radar.instructions", &shape).unwrap(),
+        "the missing parts changed nothing"
+    );
+    let uff = train_fusion_category(
+        &s.model,
+        &s.category,
+        &out,
+        &cat,
+        &UffTrainOptions::default(),
+        &mut |_| {},
+    );
+    assert!(uff.is_err_and(|e| e.to_string().contains("--method radar")));
+
+    let (f, rc) = small();
+    let mut feats = linked(&f, 3, 1);
+    let mut p = RadarParams::init(&f, &rc, 1);
+    let bad = RadarTrainOptions {
+        part_cases: vec![Case::Complete; 2],
+        ..RadarTrainOptions::default()
+    };
+    let e = train_radar(
+        &Pool::new(1),
+        &mut feats,
+        &mut p,
+        &bad,
+        &std::env::temp_dir(),
+        &mut |_| {},
+    );
+    assert!(e.is_err_and(|e| e.to_string().contains("2 part cases for 3")));
+}
