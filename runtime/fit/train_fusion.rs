@@ -978,6 +978,16 @@ pub(super) fn fusion_config(model_path: &Path, cfg: &ModelConfig) -> Result<Fusi
     })
 }
 
+/// A training run given the pool, the model, the features of the training parts and
+/// each part's availability.
+pub(super) type TrainOnCategory<'a> = dyn FnMut(
+        &Pool,
+        &ModelFile,
+        &mut dyn FeatureExtractor,
+        &[crate::eval::missing::Availability],
+    ) -> Result<TrainReport>
+    + 'a;
+
 /// Opens the model and the category's training parts and runs `train` on their
 /// features (computed by the inspection pipeline of that model) and each part's
 /// availability (`cat.missing` applied).
@@ -985,12 +995,7 @@ pub(super) fn with_category(
     model_path: &Path,
     data: &Path,
     cat: &CategoryTrain,
-    train: &mut dyn FnMut(
-        &Pool,
-        &ModelFile,
-        &mut dyn FeatureExtractor,
-        &[crate::eval::missing::Availability],
-    ) -> Result<TrainReport>,
+    train: &mut TrainOnCategory<'_>,
 ) -> Result<TrainReport> {
     use super::features::PipelineFeatures;
     use crate::pipeline::extract::Extractor;
