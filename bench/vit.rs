@@ -27,6 +27,7 @@ fn main() {
     let model = ModelConfig {
         point: None,
         fusion: None,
+        radar: None,
         ..ModelConfig::m3dm()
     };
     let tensors = random_model(&model, 1);

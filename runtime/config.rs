@@ -157,6 +157,51 @@ impl FusionConfig {
     }
 }
 
+/// RADAR's Stage 1, adaptive instruction fusion (docs/RADAR-FUSION.md §9b): a small
+/// transformer over the concatenated patch tokens with one instruction per case, whose
+/// output conditions the UFF-shaped MLPs. A model with it keeps the fused bank layout.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RadarConfig {
+    /// Token width `d` (256 in §9b).
+    pub dim: u32,
+    /// Transformer blocks; each takes its own instructions (layers 0..depth).
+    pub depth: u32,
+    pub heads: u32,
+    /// Instruction tokens per case and layer (16).
+    pub instruction_len: u32,
+    /// Width of the HyperNetwork's layer encodings (64).
+    pub hyper_dim: u32,
+    /// Side of the token grid: the RGB feature grid (28 for ViT-B/8 at 224).
+    pub token_grid: u32,
+    pub ln_eps: f32,
+    /// The Real-Pseudo Hybrid Module (§9c): one more block, attention masked between
+    /// real and pseudo tokens, before the split.
+    pub hybrid: bool,
+}
+
+impl RadarConfig {
+    /// The sizes of docs/RADAR-FUSION.md §9b on a `token_grid`² RGB grid.
+    pub fn paper(token_grid: u32) -> Self {
+        RadarConfig {
+            dim: 256,
+            depth: 4,
+            heads: 4,
+            instruction_len: 16,
+            hyper_dim: 64,
+            token_grid,
+            ln_eps: 1e-5,
+            hybrid: true,
+        }
+    }
+    /// Tokens of the sequence: the instructions, then the cloud and RGB tokens.
+    pub fn tokens(&self) -> usize {
+        self.instruction_len as usize + 2 * (self.token_grid * self.token_grid) as usize
+    }
+    /// Cases with an instruction: complete, rgb-only (cloud missing), cloud-only.
+    pub const CASES: usize = 3;
+}
+
 /// Preprocessing of a part (SPEC §1). All of it is per product, so it lives in the model file.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
@@ -216,6 +261,8 @@ pub struct ModelConfig {
     pub vit: Option<VitConfig>,
     pub point: Option<PointConfig>,
     pub fusion: Option<FusionConfig>,
+    /// RADAR's adaptive instruction fusion on top of `fusion` (absent: M3DM's UFF).
+    pub radar: Option<RadarConfig>,
     pub preprocess: PreprocessConfig,
 }
 
@@ -227,6 +274,7 @@ impl ModelConfig {
             vit: Some(VitConfig::base8()),
             point: Some(PointConfig::m3dm()),
             fusion: Some(FusionConfig::m3dm()),
+            radar: None,
             preprocess: PreprocessConfig::default(),
         }
     }
@@ -265,6 +313,7 @@ impl ModelConfig {
             vit: Some(vit),
             point: Some(point),
             fusion: Some(fusion),
+            radar: None,
             preprocess: PreprocessConfig {
                 image_size: 112,
                 xyz_grid: 28,
@@ -288,6 +337,7 @@ impl ModelConfig {
             vit: Some(vit),
             point: Some(point),
             fusion: Some(fusion),
+            radar: None,
             preprocess: PreprocessConfig {
                 image_size: 64,
                 xyz_grid: 16,

@@ -2,7 +2,9 @@
 //! parts and write a new model file (docs/RADAR-FUSION.md §5b).
 
 use crate::progress::TrainBar;
+use miad::config::RadarConfig;
 use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, Init, UffTrainOptions};
+use miad::fit::train_radar::{train_radar_category, RadarTrainOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -13,8 +15,8 @@ pub struct Args {
     /// Category folder in the MVTec 3D-AD layout (holds train/good).
     #[arg(long)]
     pub data: PathBuf,
-    /// Fusion to train: uff (M3DM). radar is specified in docs/RADAR-FUSION.md §9b but
-    /// not implemented yet.
+    /// Fusion to train: uff (M3DM's, §5b) or radar (RADAR's adaptive instruction fusion,
+    /// docs/RADAR-FUSION.md §9b; the output model gains the `radar` configuration).
     #[arg(long, default_value = "uff")]
     pub method: String,
     /// Model file to write (the input model with the trained fusion).
@@ -29,9 +31,35 @@ pub struct Args {
     /// Non-empty patches drawn per part and step (0 = all, as the reference code).
     #[arg(long, default_value_t = 64)]
     pub patches: usize,
-    /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 0.003)]
-    pub lr: f32,
+    /// Peak learning rate (AdamW); default 0.003 for uff, 0.001 for radar (everything
+    /// but the instructions).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// radar: peak learning rate of the instructions.
+    #[arg(long, default_value_t = 0.01)]
+    pub lr_instructions: f32,
+    /// radar: token width (default 256, or the input RADAR model's).
+    #[arg(long)]
+    pub radar_dim: Option<u32>,
+    /// radar: transformer blocks, one instruction set each (default 4).
+    #[arg(long)]
+    pub radar_depth: Option<u32>,
+    /// radar: attention heads (default 4).
+    #[arg(long)]
+    pub radar_heads: Option<u32>,
+    /// radar: instruction tokens per case and layer (default 16).
+    #[arg(long)]
+    pub instruction_len: Option<u32>,
+    /// radar: without the Real-Pseudo Hybrid Module (docs/RADAR-FUSION.md §9c).
+    #[arg(long)]
+    pub no_hybrid: bool,
+    /// radar: this fraction of the training parts loses a modality for the whole
+    /// training (RADAR's protocol, as `miad fit --missing-rate`).
+    #[arg(long)]
+    pub missing_rate: Option<f64>,
+    /// What the incomplete training parts lack: cloud, rgb or both (half each).
+    #[arg(long, default_value = "cloud")]
+    pub drop: String,
     /// Warm-up steps (default: a third of all steps).
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -64,17 +92,22 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> miad::Result<()> {
-    if a.method != "uff" {
+    if a.method != "uff" && a.method != "radar" {
         return Err(miad::Error::Config(format!(
-            "--method {}: only uff is implemented (radar: docs/RADAR-FUSION.md §9b, not yet)",
+            "--method {}: uff or radar",
             a.method
         )));
+    }
+    if a.method == "radar" && a.export_checkpoint.is_some() {
+        return Err(miad::Error::Config(
+            "--export-checkpoint writes the authors' UFF layout: --method uff only".into(),
+        ));
     }
     let opts = UffTrainOptions {
         epochs: a.epochs,
         batch: a.batch,
         patches: a.patches,
-        lr: a.lr,
+        lr: a.lr.unwrap_or(0.003),
         warmup: a.warmup,
         weight_decay: a.weight_decay,
         seed: a.seed,
@@ -87,14 +120,38 @@ pub fn run(a: Args) -> miad::Result<()> {
         threads: a.threads,
         scratch_dir: a.scratch.clone().unwrap_or_else(std::env::temp_dir),
         export: a.export_checkpoint.clone(),
+        missing: match a.missing_rate {
+            Some(rate) => Some((rate, a.drop.parse().map_err(miad::Error::Config)?, a.seed)),
+            None => None,
+        },
         ..CategoryTrain::default()
     };
     let mut bar = TrainBar::new();
-    let r = train_fusion_category(&a.model, &a.data, &a.out, &cat, &opts, &mut |p| {
-        bar.update(p)
-    })?;
+    let r = if a.method == "radar" {
+        let ropts = RadarTrainOptions {
+            epochs: a.epochs,
+            batch: a.batch,
+            patches: a.patches,
+            lr: a.lr.unwrap_or(0.001),
+            lr_instructions: a.lr_instructions,
+            warmup: a.warmup,
+            weight_decay: a.weight_decay,
+            seed: a.seed,
+            init: a.init,
+            ..RadarTrainOptions::default()
+        };
+        let sizes = radar_sizes(&a)?;
+        train_radar_category(&a.model, &a.data, &a.out, &cat, &ropts, sizes, &mut |p| {
+            bar.update(p)
+        })?
+    } else {
+        train_fusion_category(&a.model, &a.data, &a.out, &cat, &opts, &mut |p| {
+            bar.update(p)
+        })?
+    };
     println!(
-        "trained uff on {} parts: features {:.1} s; {} steps ({} patch pairs) in {:.2} s = {:.3} s/step, {:.1} GFLOP/s on {} threads",
+        "trained {} on {} parts: features {:.1} s; {} steps ({} patch pairs) in {:.2} s = {:.3} s/step, {:.1} GFLOP/s on {} threads",
+        a.method,
         r.parts,
         r.extract_seconds,
         r.steps,
@@ -121,4 +178,32 @@ pub fn run(a: Args) -> miad::Result<()> {
         println!("wrote {} (the authors' checkpoint layout)", p.display());
     }
     Ok(())
+}
+
+/// The RADAR sizes asked for on the command line (§9b's for the rest; `None` when none
+/// is given: the input model's, or §9b's).
+fn radar_sizes(a: &Args) -> miad::Result<Option<RadarConfig>> {
+    if a.radar_dim.is_none()
+        && a.radar_depth.is_none()
+        && a.radar_heads.is_none()
+        && a.instruction_len.is_none()
+        && !a.no_hybrid
+    {
+        return Ok(None);
+    }
+    let model = miad::format::ModelFile::open(&a.model, &Default::default())?;
+    let grid = model.config().vit.as_ref().map_or(0, |v| v.grid() as u32);
+    let base = model
+        .config()
+        .radar
+        .clone()
+        .unwrap_or_else(|| RadarConfig::paper(grid));
+    Ok(Some(RadarConfig {
+        dim: a.radar_dim.unwrap_or(base.dim),
+        depth: a.radar_depth.unwrap_or(base.depth),
+        heads: a.radar_heads.unwrap_or(base.heads),
+        instruction_len: a.instruction_len.unwrap_or(base.instruction_len),
+        hybrid: base.hybrid && !a.no_hybrid,
+        ..base
+    }))
 }

@@ -11,6 +11,7 @@ pub mod pfa;
 pub mod point_kdtree;
 pub mod point_mae;
 pub mod pool;
+pub mod radar_fusion;
 pub mod regions;
 pub mod transformer;
 pub mod vit;

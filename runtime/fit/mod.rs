@@ -10,3 +10,4 @@ pub mod ocsvm;
 pub mod radar;
 pub mod scratch;
 pub mod train_fusion;
+pub mod train_radar;

@@ -51,6 +51,7 @@ fn fusion_specs(cfg: &FusionConfig) -> Vec<TensorSpec> {
         vit: None,
         point: None,
         fusion: Some(cfg.clone()),
+        radar: None,
         preprocess: crate::config::PreprocessConfig::default(),
     };
     model_tensor_specs(&model)
@@ -597,10 +598,10 @@ pub struct TrainReport {
 }
 
 /// Every training part's raw features, extracted once, with its non-empty xyz cells.
-struct FeatureCache {
+pub(super) struct FeatureCache {
     xyz: ScratchFile,
     rgb: ScratchFile,
-    nonempty: Vec<Vec<u32>>,
+    pub(super) nonempty: Vec<Vec<u32>>,
     xyz_rows: usize,
     rgb_rows: usize,
     xyz_dim: usize,
@@ -610,7 +611,7 @@ struct FeatureCache {
 }
 
 impl FeatureCache {
-    fn build(
+    pub(super) fn build(
         features: &mut dyn FeatureExtractor,
         scratch_dir: &Path,
         progress: &mut dyn FnMut(TrainProgress),
@@ -675,6 +676,41 @@ impl FeatureCache {
         })
     }
 
+    /// Draws `patches` of `part`'s non-empty cells (all when 0 or more than there are)
+    /// into the first entries of `draw`; returns how many.
+    pub(super) fn draw(
+        &self,
+        part: usize,
+        patches: usize,
+        rng: &mut Rng,
+        draw: &mut Vec<u32>,
+    ) -> usize {
+        draw.clear();
+        draw.extend_from_slice(&self.nonempty[part]);
+        let take = if patches == 0 {
+            draw.len()
+        } else {
+            patches.min(draw.len())
+        };
+        if take < draw.len() {
+            // Partial Fisher–Yates: the first `take` entries are a uniform draw.
+            for i in 0..take {
+                let j = i + rng.below((draw.len() - i) as u64) as usize;
+                draw.swap(i, j);
+            }
+        }
+        take
+    }
+
+    /// Part `part`'s raw features: xyz (`xyz_rows × xyz_dim`), rgb (`rgb_rows × rgb_dim`).
+    pub(super) fn part(&self, part: usize) -> (&[f32], &[f32]) {
+        let (xn, rn) = (self.xyz_rows * self.xyz_dim, self.rgb_rows * self.rgb_dim);
+        (
+            &self.xyz.as_slice()[part * xn..(part + 1) * xn],
+            &self.rgb.as_slice()[part * rn..(part + 1) * rn],
+        )
+    }
+
     /// Gathers the rows of `parts` into `xyz_out`/`rgb_out`, drawing `patches` non-empty
     /// cells per part (all when 0 or more than there are). Returns the row count.
     fn gather(
@@ -692,20 +728,7 @@ impl FeatureCache {
         let (xs, rs) = (self.xyz.as_slice(), self.rgb.as_slice());
         let mut n = 0;
         for &part in parts {
-            draw.clear();
-            draw.extend_from_slice(&self.nonempty[part]);
-            let take = if patches == 0 {
-                draw.len()
-            } else {
-                patches.min(draw.len())
-            };
-            if take < draw.len() {
-                // Partial Fisher–Yates: the first `take` entries are a uniform draw.
-                for i in 0..take {
-                    let j = i + rng.below((draw.len() - i) as u64) as usize;
-                    draw.swap(i, j);
-                }
-            }
+            let take = self.draw(part, patches, rng, draw);
             for &j in &draw[..take] {
                 let j = j as usize;
                 let xo = (part * self.xyz_rows + j) * dx;
@@ -868,6 +891,10 @@ pub struct CategoryTrain {
     /// Also write the trained fusion in the authors' checkpoint layout
     /// ([`export_reference`]) to this safetensors file.
     pub export: Option<PathBuf>,
+    /// RADAR's missing-modality protocol on the training parts (rate, what is dropped,
+    /// seed), as `miad fit`: those parts stay in their case for the whole training
+    /// (`--method radar` only).
+    pub missing: Option<(f64, crate::eval::missing::MissingModality, u64)>,
 }
 
 impl Default for CategoryTrain {
@@ -879,6 +906,7 @@ impl Default for CategoryTrain {
             max_side: 1024,
             scratch_dir: std::env::temp_dir(),
             export: None,
+            missing: None,
         }
     }
 }
@@ -893,17 +921,87 @@ pub fn train_fusion_category(
     opts: &UffTrainOptions,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<TrainReport> {
-    use super::features::PipelineFeatures;
-    use crate::pipeline::extract::Extractor;
-    use crate::pipeline::preprocess::PreprocessMode;
-    let model = ModelFile::open(model_path, &OpenOptions::default())?;
-    let cfg = model.config().clone();
-    let fcfg = cfg.fusion.clone().ok_or_else(|| {
+    if cat.missing.is_some() {
+        return Err(Error::Config(
+            "UFF trains on complete parts (M3DM); a missing rate is for --method radar".into(),
+        ));
+    }
+    with_category(model_path, data, cat, &mut |pool, model, features, _| {
+        let cfg = model.config();
+        let fcfg = fusion_config(model_path, cfg)?;
+        let mut params = match opts.init {
+            Init::Random => UffParams::init(&fcfg, opts.seed),
+            Init::Model => UffParams::from_source(model, &fcfg)?,
+        };
+        let report = train_uff(
+            pool,
+            features,
+            &mut params,
+            opts,
+            &cat.scratch_dir,
+            progress,
+        )?;
+        let mut out_cfg = cfg.clone();
+        out_cfg.name = format!("{} + UFF trained on {}", cfg.name, category_name(data));
+        out_cfg.radar = None;
+        let settings = TrainSettings {
+            method: "uff",
+            seed: opts.seed,
+            epochs: opts.epochs,
+            batch: opts.batch,
+            patches: opts.patches,
+            lr: opts.lr.to_string(),
+            init: opts.init,
+        };
+        let prov = provenance(model_path, model, data, &settings, &report);
+        write_trained(
+            model_path,
+            model,
+            &out_cfg,
+            &params.to_tensors(),
+            &prov,
+            out,
+        )?;
+        if let Some(path) = &cat.export {
+            export_reference(&params, path)?;
+        }
+        Ok(report)
+    })
+}
+
+pub(super) fn fusion_config(model_path: &Path, cfg: &ModelConfig) -> Result<FusionConfig> {
+    cfg.fusion.clone().ok_or_else(|| {
         Error::Config(format!(
             "{}: the model has no fusion module",
             model_path.display()
         ))
-    })?;
+    })
+}
+
+/// A training run given the pool, the model, the features of the training parts and
+/// each part's availability.
+pub(super) type TrainOnCategory<'a> = dyn FnMut(
+        &Pool,
+        &ModelFile,
+        &mut dyn FeatureExtractor,
+        &[crate::eval::missing::Availability],
+    ) -> Result<TrainReport>
+    + 'a;
+
+/// Opens the model and the category's training parts and runs `train` on their
+/// features (computed by the inspection pipeline of that model) and each part's
+/// availability (`cat.missing` applied).
+pub(super) fn with_category(
+    model_path: &Path,
+    data: &Path,
+    cat: &CategoryTrain,
+    train: &mut TrainOnCategory<'_>,
+) -> Result<TrainReport> {
+    use super::features::PipelineFeatures;
+    use crate::pipeline::extract::Extractor;
+    use crate::pipeline::preprocess::PreprocessMode;
+    let model = ModelFile::open(model_path, &OpenOptions::default())?;
+    fusion_config(model_path, model.config())?;
     let pool = if cat.threads == 0 {
         Pool::with_available_cores()
     } else {
@@ -918,68 +1016,81 @@ pub fn train_fusion_category(
     } else {
         PreprocessMode::Full
     };
+    let availability = match cat.missing {
+        Some((rate, drop, seed)) => {
+            crate::eval::missing::sample_missing(parts.len(), rate, drop, seed)
+                .map_err(Error::Config)?
+        }
+        None => vec![crate::eval::missing::Availability::Complete; parts.len()],
+    };
     let extractor = Extractor::new(&pool, &model, cat.max_side, cat.max_side, mode)?;
     let mut features = PipelineFeatures {
         pool: &pool,
         extractor,
         parts,
-        missing: Vec::new(),
+        missing: availability.iter().map(|a| a.removed()).collect(),
     };
-    let mut params = match opts.init {
-        Init::Random => UffParams::init(&fcfg, opts.seed),
-        Init::Model => UffParams::from_source(&model, &fcfg)?,
-    };
-    let report = train_uff(
-        &pool,
-        &mut features,
-        &mut params,
-        opts,
-        &cat.scratch_dir,
-        progress,
-    )?;
-    // Every tensor of the input model, the fusion replaced.
+    train(&pool, &model, &mut features, &availability)
+}
+
+/// Writes `out`: every tensor of the input model except its fusion (`fusion.*`,
+/// `radar.*`), then the `trained` ones, under `cfg` (written to a temporary name, then
+/// renamed: an interrupted run leaves no file).
+pub(super) fn write_trained(
+    model_path: &Path,
+    model: &ModelFile,
+    cfg: &ModelConfig,
+    trained: &OwnedTensors,
+    prov: &[(String, String)],
+    out: &Path,
+) -> Result<()> {
     let mut tensors = OwnedTensors {
         origin: format!("{} + trained fusion", model_path.display()),
         ..Default::default()
     };
-    for s in model_tensor_specs(&cfg) {
-        if !s.name.starts_with("fusion.") {
+    for s in model_tensor_specs(model.config()) {
+        if !s.name.starts_with("fusion.") && !s.name.starts_with("radar.") {
             let d = model.f32(&s.name, &s.shape)?;
             tensors.insert(s.name, s.shape, d.to_vec());
         }
     }
-    for (name, (shape, d)) in params.to_tensors().tensors {
-        tensors.insert(name, shape, d);
+    for (name, (shape, d)) in &trained.tensors {
+        tensors.insert(name.clone(), shape.clone(), d.clone());
     }
-    let mut out_cfg = cfg.clone();
-    out_cfg.name = format!("{} + UFF trained on {}", cfg.name, category_name(data));
-    let prov = provenance(model_path, &model, data, opts, &report);
     let prov_ref: Vec<(&str, &str)> = prov.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    write_model(&out_cfg, &tensors, &prov_ref, out)?;
-    if let Some(path) = &cat.export {
-        export_reference(&params, path)?;
-    }
-    Ok(report)
+    write_model(cfg, &tensors, &prov_ref, out)?;
+    Ok(())
 }
 
-fn category_name(data: &Path) -> String {
+/// What the provenance says about the options of a training.
+pub(super) struct TrainSettings {
+    pub method: &'static str,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch: usize,
+    pub patches: usize,
+    pub lr: String,
+    pub init: Init,
+}
+
+pub(super) fn category_name(data: &Path) -> String {
     data.file_name()
         .and_then(|s| s.to_str())
         .unwrap_or("category")
         .to_string()
 }
 
-fn provenance(
+pub(super) fn provenance(
     model_path: &Path,
     model: &ModelFile,
     data: &Path,
-    opts: &UffTrainOptions,
+    opts: &TrainSettings,
     r: &TrainReport,
 ) -> Vec<(String, String)> {
     let f = |v: f64| format!("{v:.6}");
     vec![
         ("source".into(), "train-fusion".into()),
-        ("train.method".into(), "uff".into()),
+        ("train.method".into(), opts.method.into()),
         ("train.data".into(), data.display().to_string()),
         ("train.parts".into(), r.parts.to_string()),
         ("train.seed".into(), opts.seed.to_string()),
@@ -987,7 +1098,7 @@ fn provenance(
         ("train.steps".into(), r.steps.to_string()),
         ("train.batch".into(), opts.batch.to_string()),
         ("train.patches".into(), opts.patches.to_string()),
-        ("train.lr".into(), opts.lr.to_string()),
+        ("train.lr".into(), opts.lr.clone()),
         (
             "train.init".into(),
             match opts.init {

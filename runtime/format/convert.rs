@@ -476,6 +476,7 @@ pub fn convert(
         vit: vit_cfg,
         point: point_cfg,
         fusion: fusion_cfg,
+        radar: None,
         preprocess,
     };
     super::model::validate_model_config(&config).map_err(|e| {

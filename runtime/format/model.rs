@@ -4,7 +4,7 @@
 use super::container::{Container, Dtype, Element, FileConfig, OpenOptions, TensorEntry, Writer};
 use super::error::FormatError;
 use super::source::{OwnedTensors, TensorSource};
-use crate::config::{BankConfig, ModelConfig};
+use crate::config::{BankConfig, FusionConfig, ModelConfig, RadarConfig};
 use crate::util::rng::Rng;
 use std::path::Path;
 
@@ -44,14 +44,18 @@ fn blocks(
     qkv_bias: bool,
 ) {
     for i in 0..depth {
-        let b = format!("{prefix}blocks.{i}.");
-        norm(out, &format!("{b}norm1."), d);
-        linear(out, &format!("{b}attn.qkv."), 3 * d, d, qkv_bias);
-        linear(out, &format!("{b}attn.proj."), d, d, true);
-        norm(out, &format!("{b}norm2."), d);
-        linear(out, &format!("{b}mlp.fc1."), mlp, d, true);
-        linear(out, &format!("{b}mlp.fc2."), d, mlp, true);
+        block(out, &format!("{prefix}blocks.{i}."), d, mlp, qkv_bias);
     }
+}
+
+/// One pre-norm transformer block under `b` (ViT names).
+fn block(out: &mut Vec<TensorSpec>, b: &str, d: usize, mlp: usize, qkv_bias: bool) {
+    norm(out, &format!("{b}norm1."), d);
+    linear(out, &format!("{b}attn.qkv."), 3 * d, d, qkv_bias);
+    linear(out, &format!("{b}attn.proj."), d, d, true);
+    norm(out, &format!("{b}norm2."), d);
+    linear(out, &format!("{b}mlp.fc1."), mlp, d, true);
+    linear(out, &format!("{b}mlp.fc2."), d, mlp, true);
 }
 
 /// Every tensor a model file of this configuration holds, in file order. The single
@@ -119,6 +123,53 @@ pub fn model_tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
         linear(&mut out, "fusion.rgb_mlp.fc2.", r, m * r, true);
         linear(&mut out, "fusion.rgb_head.", f.head_dim as usize, r, true);
         linear(&mut out, "fusion.xyz_head.", f.head_dim as usize, x, true);
+        if let Some(r) = &cfg.radar {
+            out.extend(radar_tensor_specs(f, r));
+        }
+    }
+    out
+}
+
+/// The tensors of RADAR's adaptive instruction fusion (docs/RADAR-FUSION.md §9b, "Stored
+/// tensors"), in file order; the UFF tensors (`fusion.*`) it builds on are listed apart.
+pub fn radar_tensor_specs(f: &FusionConfig, r: &RadarConfig) -> Vec<TensorSpec> {
+    let mut out = Vec::new();
+    let (dx, dr, m) = (f.xyz_dim as usize, f.rgb_dim as usize, f.mlp_ratio as usize);
+    let (d, depth, len, hd) = (
+        r.dim as usize,
+        r.depth as usize,
+        r.instruction_len as usize,
+        r.hyper_dim as usize,
+    );
+    spec(
+        &mut out,
+        "radar.instructions".into(),
+        &[RadarConfig::CASES, depth, len, d],
+    );
+    let grid = r.token_grid as usize;
+    spec(&mut out, "radar.pos_embed".into(), &[grid * grid, d]);
+    spec(&mut out, "radar.type_embed".into(), &[2, d]);
+    for (b, din) in [("pc", dx), ("rgb", dr)] {
+        norm(&mut out, &format!("radar.{b}_in.norm."), din);
+        linear(&mut out, &format!("radar.{b}_in.proj."), d, din, true);
+    }
+    blocks(&mut out, "radar.", depth, d, 4 * d, true);
+    if r.hybrid {
+        block(&mut out, "radar.hybrid.", d, 4 * d, true);
+    }
+    linear(&mut out, "radar.pc_ctx.", dx, d, false);
+    linear(&mut out, "radar.rgb_ctx.", dr, d, false);
+    for e in ["pc_1", "pc_2", "rgb_1", "rgb_2"] {
+        linear(&mut out, &format!("radar.hyper.enc_{e}."), hd, d, true);
+    }
+    linear(&mut out, "radar.hyper.fc1.", hd, hd, true);
+    for (e, n) in [
+        ("pc_1", m * dx),
+        ("pc_2", dx),
+        ("rgb_1", m * dr),
+        ("rgb_2", dr),
+    ] {
+        linear(&mut out, &format!("radar.hyper.out_{e}."), n, hd, true);
     }
     out
 }
@@ -194,6 +245,33 @@ pub fn validate_model_config(cfg: &ModelConfig) -> Result<(), String> {
                     "fusion xyz width {} differs from the Point-MAE feature width {}",
                     f.xyz_dim,
                     p.feature_dim()
+                ));
+            }
+        }
+    }
+    if let Some(r) = &cfg.radar {
+        if cfg.fusion.is_none() {
+            return Err("RADAR fusion without the UFF tensors it builds on".into());
+        }
+        within("RADAR width", r.dim, MAX_WIDTH)?;
+        within("RADAR depth", r.depth, 64)?;
+        within("RADAR heads", r.heads, MAX_WIDTH)?;
+        within("RADAR instruction length", r.instruction_len, 1024)?;
+        within("RADAR hypernetwork width", r.hyper_dim, MAX_WIDTH)?;
+        within("RADAR token grid", r.token_grid, 1024)?;
+        eps("RADAR", r.ln_eps)?;
+        if r.dim % r.heads != 0 {
+            return Err(format!(
+                "RADAR width {} is not a multiple of its {} heads",
+                r.dim, r.heads
+            ));
+        }
+        if let Some(v) = &cfg.vit {
+            if r.token_grid as usize != v.grid() {
+                return Err(format!(
+                    "RADAR token grid {} differs from the ViT grid {}",
+                    r.token_grid,
+                    v.grid()
                 ));
             }
         }

@@ -16,6 +16,7 @@ use crate::cpu::knn::{group_knn, knn_scratch_len};
 use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};
 use crate::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
 use crate::cpu::pool::Pool;
+use crate::cpu::radar_fusion;
 use crate::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
 use crate::format::ModelFile;
 use crate::pipeline::input::{CloudView, RgbView};
@@ -81,10 +82,18 @@ pub trait PointNetwork {
     ) -> Result<()>;
 }
 
+/// RADAR's fusion: its weights and planned buffers.
+struct RadarFusion<'m> {
+    weights: radar_fusion::RadarWeights<'m>,
+    scratch: radar_fusion::RadarScratch,
+}
+
 /// Plans and runs the feature extraction of parts (module doc).
 pub struct Extractor<'m> {
     cfg: ModelConfig,
     nets: Networks<'m>,
+    /// RADAR's adaptive instruction fusion instead of UFF (models with `radar`).
+    radar: Option<RadarFusion<'m>>,
     mode: PreprocessMode,
     max_width: usize,
     max_height: usize,
@@ -169,6 +178,17 @@ impl<'m> Extractor<'m> {
             point: PointMaeWeights::load(model, pc)?,
             fusion: FusionWeights::load(model, fc)?,
         };
+        let radar = match &cfg.radar {
+            Some(rc) => Some(RadarFusion {
+                weights: radar_fusion::load_weights(model, fc, rc)?,
+                scratch: radar_fusion::RadarScratch::new(radar_fusion::Dims::new(
+                    fc,
+                    rc,
+                    cfg.preprocess.xyz_grid as usize,
+                )),
+            }),
+            None => None,
+        };
         let threads = pool.threads();
         let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
         let max_points = s * s;
@@ -204,6 +224,7 @@ impl<'m> Extractor<'m> {
             },
             times: StageTimes::default(),
             nets,
+            radar,
             cfg,
         };
         // Also warms every worker thread of the pool on the networks' code paths.
@@ -479,16 +500,34 @@ impl<'m> Extractor<'m> {
         }
         let t3 = Instant::now();
         let rgb_grid = self.cfg.vit.as_ref().expect("checked in new").grid();
-        fuse(
-            pool,
-            &self.nets.fusion,
-            &self.rgb,
-            rgb_grid,
-            &self.xyz,
-            self.cfg.preprocess.xyz_grid as usize,
-            &mut self.fused,
-            &mut self.scratch,
-        );
+        if let Some(r) = self.radar.as_mut() {
+            // The instruction of the part's case; a missing modality's features are
+            // already the pseudo input's.
+            let case = match (status.rgb_usable(), status.cloud_usable()) {
+                (true, false) => radar_fusion::Case::RgbOnly,
+                (false, true) => radar_fusion::Case::CloudOnly,
+                _ => radar_fusion::Case::Complete,
+            };
+            r.scratch.fuse(
+                pool,
+                &r.weights,
+                &self.xyz,
+                &self.rgb,
+                case,
+                &mut self.fused,
+            );
+        } else {
+            fuse(
+                pool,
+                &self.nets.fusion,
+                &self.rgb,
+                rgb_grid,
+                &self.xyz,
+                self.cfg.preprocess.xyz_grid as usize,
+                &mut self.fused,
+                &mut self.scratch,
+            );
+        }
         let t4 = Instant::now();
         self.times = StageTimes {
             preprocess: (t1 - t0).as_secs_f64(),

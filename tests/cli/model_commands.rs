@@ -108,3 +108,90 @@ fn convert_alias_reports_missing_inputs() {
     ]);
     assert!(!ok && err.contains("/nonexistent/vit.safetensors"), "{err}");
 }
+
+/// `miad train-fusion --method radar` as a user runs it: a model with the asked RADAR
+/// sizes (the hybrid module left out with --no-hybrid) and its provenance; wrong
+/// combinations are refused.
+#[test]
+fn train_fusion_radar_writes_a_radar_model() {
+    let dir = tmp("radar-cli");
+    let data = dir.join("data");
+    let d = data.to_str().unwrap();
+    let (ok, out, err) = miad(&[
+        "synth",
+        "--out",
+        d,
+        "--categories",
+        "disc",
+        "--train",
+        "4",
+        "--validation",
+        "0",
+        "--test-good",
+        "0",
+        "--test-bad",
+        "0",
+        "--size",
+        "96",
+    ]);
+    assert!(ok, "{out}{err}");
+    let model = dir.join("small.miad");
+    let m = model.to_str().unwrap();
+    let (ok, out, err) = miad(&["model", "random", "--preset", "small", "--out", m]);
+    assert!(ok, "{out}{err}");
+    let radar = dir.join("radar.miad");
+    let cat = data.join("disc");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train-fusion",
+            "--model",
+            m,
+            "--data",
+            cat.to_str().unwrap(),
+            "--out",
+            radar.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch",
+            "2",
+            "--patches",
+            "8",
+            "--threads",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        miad(&args)
+    };
+    let (ok, out, err) = train(&[
+        "--method",
+        "radar",
+        "--radar-dim",
+        "16",
+        "--radar-depth",
+        "1",
+        "--radar-heads",
+        "2",
+        "--instruction-len",
+        "2",
+        "--no-hybrid",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("trained radar on 4 parts"), "{out}");
+    let opened = ModelFile::open(&radar, &OpenOptions::default()).unwrap();
+    let r = opened.config().radar.clone().expect("a RADAR model");
+    assert_eq!(
+        (r.dim, r.depth, r.heads, r.instruction_len, r.hybrid),
+        (16, 1, 2, 2, false)
+    );
+    let (ok, _, err) = train(&["--method", "bogus"]);
+    assert!(!ok && err.contains("uff or radar"), "{err}");
+    let ck = dir.join("ck.safetensors");
+    let (ok, _, err) = train(&[
+        "--method",
+        "radar",
+        "--export-checkpoint",
+        ck.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--method uff only"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

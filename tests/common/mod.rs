@@ -58,6 +58,37 @@ pub fn small_hd64() -> ModelConfig {
     cfg
 }
 
+/// [`ModelConfig::small`] with a small RADAR fusion (docs/RADAR-FUSION.md §9b: width 32,
+/// 2 blocks of 2 heads, 4 instruction tokens), seeded random weights.
+pub fn small_radar() -> ModelConfig {
+    let mut cfg = ModelConfig::small();
+    cfg.name = "small-radar".into();
+    let grid = cfg.vit.as_ref().map_or(0, |v| v.grid() as u32);
+    cfg.radar = Some(miad::config::RadarConfig {
+        dim: 32,
+        depth: 2,
+        heads: 2,
+        instruction_len: 4,
+        hyper_dim: 16,
+        token_grid: grid,
+        ln_eps: 1e-5,
+        hybrid: true,
+    });
+    cfg
+}
+
+/// [`fitted`] with [`small_radar`]: banks and RADAR's per-case statistics (on by
+/// default) fitted through the RADAR fusion.
+pub fn fitted_radar(
+    name: &str,
+    category: Category,
+    seed: u64,
+    train: usize,
+    test: usize,
+) -> Fixture {
+    fitted_with(small_radar(), name, category, seed, train, test)
+}
+
 /// [`fitted`] with the model configuration `cfg`.
 pub fn fitted_with(
     cfg: ModelConfig,

@@ -21,6 +21,7 @@ fn vit_forward_allocates_nothing_after_warm_up() {
         vit: Some(cfg.clone()),
         point: None,
         fusion: None,
+        radar: None,
         ..ModelConfig::small()
     };
     let tensors = random_model(&model, 11);

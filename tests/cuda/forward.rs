@@ -141,6 +141,7 @@ fn ragged() -> ModelConfig {
         vit: Some(vit),
         point: Some(point),
         fusion: Some(fusion),
+        radar: None,
         preprocess: PreprocessConfig {
             image_size: 40,
             xyz_grid: 10,

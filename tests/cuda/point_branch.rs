@@ -492,6 +492,7 @@ fn m3dm_point() -> ModelConfig {
         name: "m3dm-point".into(),
         vit: None,
         fusion: None,
+        radar: None,
         ..ModelConfig::m3dm()
     }
 }

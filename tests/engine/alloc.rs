@@ -1,5 +1,6 @@
 //! `Engine::inspect` performs no heap allocation after the first part (complete and
-//! incomplete parts alike). Run alone in a child process
+//! incomplete parts alike), with M3DM's fusion and with RADAR's (a model with `radar`,
+//! banks and per-case statistics fitted through it, each case's instruction in use). Run alone in a child process
 //! (`common::alone_in_process`), so that the counting allocator sees only this code.
 
 use miad::engine::{Engine, EngineOptions, InspectOptions};
@@ -15,6 +16,17 @@ fn inspect_allocates_nothing_after_the_first_part() {
         return;
     }
     let f = common::fitted("alloc", Category::Torus, 5, 4, 1);
+    check_no_allocation(&f);
+    let radar = common::fitted_radar("alloc-radar", Category::Torus, 5, 4, 1);
+    let m = miad::format::ModelFile::open(&radar.model, &Default::default()).unwrap();
+    assert!(
+        m.config().radar.is_some(),
+        "the fixture must use RADAR's fusion"
+    );
+    check_no_allocation(&radar);
+}
+
+fn check_no_allocation(f: &common::Fixture) {
     let (model, bank, cat) = (&f.model, &f.bank, &f.category);
     let parts: Vec<_> = list_test(cat)
         .unwrap()

@@ -5,3 +5,4 @@ mod metrics_cases;
 mod synth_dataset;
 mod synth_pictures;
 mod train_fusion;
+mod train_radar;

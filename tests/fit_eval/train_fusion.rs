@@ -175,10 +175,10 @@ fn loss_decreases_on_linked_features() {
 /// direction (measured: the LayerNormed xyz patch features of `ModelConfig::small` vary
 /// across patches by < 1 % of their norm), which leaves a fusion nothing to align; a
 /// pretrained backbone, or these near-identity blocks, keep the geometry of the groups.
-struct SynthCategory {
-    dir: std::path::PathBuf,
-    model: std::path::PathBuf,
-    category: std::path::PathBuf,
+pub(crate) struct SynthCategory {
+    pub dir: std::path::PathBuf,
+    pub model: std::path::PathBuf,
+    pub category: std::path::PathBuf,
 }
 
 impl Drop for SynthCategory {
@@ -187,7 +187,7 @@ impl Drop for SynthCategory {
     }
 }
 
-fn synth_category(name: &str, train: usize) -> SynthCategory {
+pub(crate) fn synth_category(name: &str, train: usize) -> SynthCategory {
     use miad::config::ModelConfig;
     use miad::eval::synth::{write_dataset, Category, SynthOptions};
     use miad::format::{random_model, write_model};

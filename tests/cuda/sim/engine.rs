@@ -186,6 +186,23 @@ fn f32_engine_on_the_simulated_device_matches_the_cpu() {
     );
 }
 
+/// A model with RADAR's fusion (which stays on the CPU, as UFF does): the f32 path as
+/// above, each case's instruction in use.
+#[test]
+fn f32_radar_engine_on_the_simulated_device_matches_the_cpu() {
+    let mut cfg = common::small_hd64();
+    cfg.name = "small-hd64-radar".into();
+    cfg.radar = common::small_radar().radar;
+    parity(
+        cfg,
+        Precision::F32,
+        Precision::F32.feature_tolerance(),
+        DISTANCE_TOLERANCE_F32,
+        DISTANCE_TOLERANCE_F32,
+        true,
+    );
+}
+
 /// The bf16 path: features within its stated tolerance (1e-2; measured 6e-3), scores
 /// within the same, maps within 5e-2 of their peak (a map is per-patch distances, which
 /// carry their features' error unaveraged: measured 3e-2 on a cloud-only part), the
