@@ -1,7 +1,7 @@
 //! The pre-norm transformer block shared by the ViT (SPEC §2) and Point-MAE (SPEC §3):
 //! `x ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x))`, plus the LayerNorm used by final norms.
 //!
-//! Every dense layer goes through [`linear`] (faer inside a fixed tile grid). Attention is
+//! Every dense layer goes through [`linear`] (our GEMM on a fixed tile grid). Attention is
 //! computed block by block: a task is one (head, block of query rows) pair; it computes
 //! the scores of its query rows against all keys into per-worker scratch, exponentiates
 //! them (with the row maximum subtracted), multiplies by V straight into the output and
@@ -14,12 +14,10 @@
 //! normalisation is applied to the `QUERY_BLOCK × head_dim` output instead of to the
 //! `QUERY_BLOCK × tokens` probabilities.
 
-use super::gemm::{linear, Epilogue, Mat};
+use super::gemm::{linear, matmul_seq, Epilogue, Mat};
 use super::pool::{Pool, SharedMut};
 use crate::format::TensorSource;
 use crate::Result;
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
 
 /// Query rows per attention task.
 pub const QUERY_BLOCK: usize = 64;
@@ -132,6 +130,11 @@ fn attn_worker_len(tokens: usize) -> usize {
     QUERY_BLOCK * tokens + QUERY_BLOCK
 }
 
+/// Attention scratch for a pool of `threads` threads.
+pub fn attn_scratch_len(tokens: usize, threads: usize) -> usize {
+    threads.max(1) * attn_worker_len(tokens)
+}
+
 /// Scratch floats [`block_forward`] needs for a pool of `threads` threads.
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
@@ -209,8 +212,8 @@ pub fn block_forward(
 
 /// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
 /// within each, as timm's qkv layer lays them out); `out` is `tokens × dim` with head `h`
-/// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_worker_len`] floats per worker.
-fn attention(
+/// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_scratch_len`] floats.
+pub fn attention(
     pool: &Pool,
     t: usize,
     d: usize,
@@ -234,38 +237,38 @@ fn attention(
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
         let (scores, sums) = ws.split_at_mut(QUERY_BLOCK * t);
-        let q = MatRef::from_row_major_slice_with_stride(
-            &qkv[q0 * stride + h * hd..],
+        let q = Mat {
+            data: &qkv[q0 * stride + h * hd..],
             rows,
-            hd,
+            cols: hd,
             stride,
-        );
-        let k = MatRef::from_row_major_slice_with_stride(&qkv[d + h * hd..], t, hd, stride);
-        let v = MatRef::from_row_major_slice_with_stride(&qkv[2 * d + h * hd..], t, hd, stride);
-        // SAFETY: `scores` has at least rows·t floats; runtime strides as in gemm.rs.
-        let s = unsafe { MatMut::from_raw_parts_mut(scores.as_mut_ptr(), rows, t, t as isize, 1) };
-        matmul(
-            s,
-            Accum::Replace,
-            q.as_dyn_stride(),
-            k.transpose().as_dyn_stride(),
-            scale,
-            Par::Seq,
-        );
+        };
+        let k = Mat {
+            data: &qkv[d + h * hd..],
+            rows: t,
+            cols: hd,
+            stride,
+        };
+        let v = Mat {
+            data: &qkv[2 * d + h * hd..],
+            rows: t,
+            cols: hd,
+            stride,
+        };
+        matmul_seq(scores, t, q, k, true, scale, false);
         for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
             *sum = exp_shifted_row(row);
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
-        let o = unsafe { MatMut::from_raw_parts_mut(dst.as_mut_ptr(), rows, hd, d as isize, 1) };
-        let p = MatRef::from_row_major_slice_with_stride(&scores[..], rows, t, t);
-        matmul(
-            o,
-            Accum::Replace,
-            p.as_dyn_stride(),
-            v.as_dyn_stride(),
-            1.0f32,
-            Par::Seq,
+        matmul_seq(
+            dst,
+            d,
+            Mat::new(&scores[..rows * t], rows, t),
+            v,
+            false,
+            1.0,
+            false,
         );
         for (r, sum) in sums.iter().enumerate().take(rows) {
             let inv = 1.0 / sum;

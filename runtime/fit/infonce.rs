@@ -6,15 +6,16 @@
 //! 2T`, one direction, as the reference code. Computed in blocks of [`BLOCK_ROWS`] queries
 //! so the logits never take more than `BLOCK_ROWS × N` floats.
 //!
-//! Every product goes through faer on fixed output tiles inside the [`Pool`] (as
-//! `cpu::gemm`): a tile's bits depend on its position only, so results do not depend on
+//! Every product goes through `cpu::gemm` on fixed output tiles inside the [`Pool`]: a tile's bits depend on its position only, so results do not depend on
 //! the thread count; reductions over rows happen inside one tile's sequential matmul or
 //! in a fixed order on the calling thread.
 
-use crate::cpu::gemm::{self, Epilogue, Mat, TILE_COLS, TILE_ROWS};
+use crate::cpu::gemm::{self, Epilogue, Kernel, Mat, Operand};
 use crate::cpu::pool::{Pool, SharedMut};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+
+/// Rows and columns of the output per task of the products below.
+const TILE_ROWS: usize = 64;
+const TILE_COLS: usize = 256;
 
 /// Queries per block of logits.
 pub const BLOCK_ROWS: usize = 256;
@@ -71,25 +72,20 @@ pub fn matmul_tn(pool: &Pool, a: Mat<'_>, b: Mat<'_>, out: &mut [f32], accumulat
         let cols = TILE_COLS.min(q - c0);
         // SAFETY: disjoint tiles of `out`, as in `matmul_nn`.
         let tile = unsafe { ptr.slice(r0 * q + c0, (rows - 1) * q + cols) };
-        // aᵀ restricted to rows r0..r0+rows: columns r0.. of a, viewed transposed.
-        let lhs =
-            MatRef::from_row_major_slice_with_stride(&a.data[r0..], m, rows, a.stride).transpose();
-        let rhs = MatRef::from_row_major_slice_with_stride(&b.data[c0..], m, cols, b.stride);
-        // SAFETY: the view covers exactly `tile` (runtime strides: see `cpu::gemm`).
-        let dst =
-            unsafe { MatMut::from_raw_parts_mut(tile.as_mut_ptr(), rows, cols, q as isize, 1) };
-        matmul(
-            dst,
-            if accumulate {
-                Accum::Add
-            } else {
-                Accum::Replace
-            },
-            lhs.as_dyn_stride(),
-            rhs.as_dyn_stride(),
-            1.0f32,
-            Par::Seq,
-        );
+        // aᵀ restricted to rows r0..r0+rows: columns r0.. of a, read transposed.
+        let lhs = Operand::transposed(Mat {
+            data: &a.data[r0..],
+            rows: m,
+            cols: rows,
+            stride: a.stride,
+        });
+        let rhs = Operand::plain(Mat {
+            data: &b.data[c0..],
+            rows: m,
+            cols,
+            stride: b.stride,
+        });
+        gemm::product_seq(Kernel::best(), tile, q, lhs, rhs, 1.0, accumulate);
     });
 }
 
