@@ -127,7 +127,7 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     let mut att = vec![0f32; t * d];
     let mut hidden = vec![0f32; t * hid];
     let mut acc = x.clone();
-    let mut attn_scratch = vec![0f32; attn_scratch_len(t, threads)];
+    let mut attn_scratch = vec![0f32; attn_scratch_len(t, d, heads, threads)];
     let mut parts: Vec<(&str, f64)> = Vec::new();
     let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
     parts.push((

@@ -478,15 +478,50 @@ impl Finish<'_> {
     }
 }
 
+/// The right-hand operand of [`gemm_region`]: packed block by block as the product goes,
+/// or packed once beforehand ([`pack_rhs_whole`]) and shared.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    Operand(Operand<'a>),
+    /// `k × n` packed by [`pack_rhs_whole`] for this kernel's `nr` (with `alpha` applied).
+    Packed {
+        data: &'a [f32],
+        n: usize,
+    },
+}
+
+/// Floats that [`pack_rhs_whole`] writes for a `k × n` operand (any kernel).
+pub fn packed_rhs_len(k: usize, n: usize) -> usize {
+    k * n.div_ceil(NR_MAX) * NR_MAX
+}
+
+/// Packs the whole `k × n` operand `alpha · b` for `ker`, in the `KC` blocks the product
+/// uses: block `kb` starts at `p0 · n_pad` (`n_pad` = `n` rounded up to `nr`).
+pub fn pack_rhs_whole(ker: Kernel, b: Operand<'_>, alpha: f32, dst: &mut [f32]) {
+    let (k, n) = (b.rows(), b.cols());
+    let n_pad = n.div_ceil(ker.nr) * ker.nr;
+    assert!(dst.len() >= k * n_pad, "pack_rhs_whole: buffer");
+    let (kblocks, kc_step) = k_blocks(k);
+    for kb in 0..kblocks {
+        let p0 = kb * kc_step;
+        let kc = kc_step.min(k - p0.min(k));
+        pack_rhs(b, p0, kc, 0, n, ker.nr, alpha, &mut dst[p0 * n_pad..]);
+    }
+}
+
 /// `c[rows, cols] (+)= a[rows, :] · alpha·b[:, cols]`, then `finish`, on the calling
 /// thread. `c` points at element (0, 0) of an output with rows `ldc` apart; the caller
 /// guarantees the region is inside it and that no one else touches the region.
+///
+/// The `MR` rows of `a` a micro-tile needs are copied into a contiguous buffer first:
+/// a plain copy (cheap next to the `NC`-wide product that reuses them), and rows whose
+/// stride is a multiple of 4 KiB (k = 1024, 3072...) would otherwise share a few L1 sets.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_region(
     ker: Kernel,
     bufs: &mut Buffers,
     a: Operand<'_>,
-    b: Operand<'_>,
+    b: Rhs<'_>,
     alpha: f32,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
@@ -498,7 +533,6 @@ unsafe fn gemm_region(
     let k = a.cols();
     let (kblocks, kc_step) = k_blocks(k);
     let (mr, nr) = (ker.mr, ker.nr);
-    let in_place_a = !a.transposed;
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k - p0.min(k));
@@ -507,32 +541,41 @@ unsafe fn gemm_region(
         let mut jc = cols.start;
         while jc < cols.end {
             let nc = NC.min(cols.end - jc);
-            pack_rhs(b, p0, kc, jc, nc, nr, alpha, &mut bufs.b);
+            // The packed strips of columns jc..jc+nc, `kc · nr` floats each.
+            let strips: &[f32] = match b {
+                Rhs::Operand(op) => {
+                    pack_rhs(op, p0, kc, jc, nc, nr, alpha, &mut bufs.b);
+                    &bufs.b
+                }
+                Rhs::Packed { data, n } => {
+                    let n_pad = n.div_ceil(nr) * nr;
+                    &data[p0 * n_pad + jc * kc..]
+                }
+            };
             let mut ir = rows.start;
             while ir < rows.end {
                 let rows_here = mr.min(rows.end - ir);
-                let (ap, lda) = if in_place_a && rows_here == mr && kc > 0 {
-                    (a.mat.data[ir * a.mat.stride + p0..].as_ptr(), a.mat.stride)
-                } else {
-                    for i in 0..mr {
-                        let dst = &mut bufs.a[i * kc..(i + 1) * kc];
-                        if i < rows_here {
-                            for (p, d) in dst.iter_mut().enumerate() {
-                                *d = a.at(ir + i, p0 + p);
-                            }
-                        } else {
-                            dst.fill(0.0);
+                for i in 0..mr {
+                    let dst = &mut bufs.a[i * kc..(i + 1) * kc];
+                    if i >= rows_here {
+                        dst.fill(0.0);
+                    } else if a.transposed {
+                        for (p, d) in dst.iter_mut().enumerate() {
+                            *d = a.at(ir + i, p0 + p);
                         }
+                    } else {
+                        let start = (ir + i) * a.mat.stride + p0;
+                        dst.copy_from_slice(&a.mat.data[start..start + kc]);
                     }
-                    (bufs.a.as_ptr(), kc)
-                };
+                }
+                let ap = bufs.a.as_ptr();
                 for s in 0..nc.div_ceil(nr) {
                     let j = jc + s * nr;
                     let cols_here = nr.min(cols.end - j);
-                    let bp = bufs.b[s * kc * nr..].as_ptr();
+                    let bp = strips[s * kc * nr..].as_ptr();
                     // SAFETY (all below): the tile is inside the caller's region.
                     if rows_here == mr && cols_here == nr {
-                        unsafe { ker.run(kc, ap, lda, bp, c.add(ir * ldc + j), ldc, load_c) };
+                        unsafe { ker.run(kc, ap, kc, bp, c.add(ir * ldc + j), ldc, load_c) };
                     } else {
                         let mut tmp = [0f32; MR_MAX * NR_MAX];
                         if load_c {
@@ -543,7 +586,7 @@ unsafe fn gemm_region(
                                 }
                             }
                         }
-                        unsafe { ker.run(kc, ap, lda, bp, tmp.as_mut_ptr(), nr, load_c) };
+                        unsafe { ker.run(kc, ap, kc, bp, tmp.as_mut_ptr(), nr, load_c) };
                         for i in 0..rows_here {
                             let dst = unsafe { c.add((ir + i) * ldc + j) };
                             for jj in 0..cols_here {
@@ -621,7 +664,7 @@ pub fn linear(
                     ker,
                     bufs,
                     Operand::plain(a),
-                    Operand::transposed(w),
+                    Rhs::Operand(Operand::transposed(w)),
                     1.0,
                     r0..(r0 + rows_per).min(m),
                     c0..(c0 + NC).min(n),
@@ -688,8 +731,49 @@ pub fn product_seq(
                 ker,
                 bufs,
                 a,
-                b,
+                Rhs::Operand(b),
                 alpha,
+                0..m,
+                0..n,
+                out.as_mut_ptr(),
+                out_stride,
+                accumulate,
+                Finish::NONE,
+            )
+        }
+    });
+}
+
+/// `out[m×n] (+)= a[m×k] · b` on the calling thread, `b` packed beforehand by
+/// [`pack_rhs_whole`] with the same kernel (its `alpha` already applied).
+pub fn product_seq_packed(
+    ker: Kernel,
+    out: &mut [f32],
+    out_stride: usize,
+    a: Mat<'_>,
+    b_packed: &[f32],
+    n: usize,
+    accumulate: bool,
+) {
+    a.check("matmul lhs");
+    let (m, k) = (a.rows, a.cols);
+    assert!(
+        b_packed.len() >= k * n.div_ceil(ker.nr) * ker.nr,
+        "matmul: packed rhs"
+    );
+    assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    with_buffers(|bufs| {
+        // SAFETY: the region is the checked `out`, borrowed mutably here.
+        unsafe {
+            gemm_region(
+                ker,
+                bufs,
+                Operand::plain(a),
+                Rhs::Packed { data: b_packed, n },
+                1.0,
                 0..m,
                 0..n,
                 out.as_mut_ptr(),
@@ -845,6 +929,14 @@ mod tests {
                         let stride = n + 3;
                         let mut out = vec![1.5f32; m * stride];
                         product_seq(ker, &mut out, stride, oa, ob, 0.5, true);
+                        // The same product from a whole packed operand (as attention).
+                        let mut packed = vec![f32::NAN; packed_rhs_len(k, n)];
+                        pack_rhs_whole(ker, ob, 0.5, &mut packed);
+                        let mut out2 = vec![1.5f32; m * stride];
+                        if !oa.transposed {
+                            product_seq_packed(ker, &mut out2, stride, oa.mat, &packed, n, true);
+                            assert_eq!(out, out2, "{isa:?}: packed once vs block by block");
+                        }
                         for i in 0..m {
                             for j in 0..n {
                                 let (g, w) = (out[i * stride + j] as f64, want[i * n + j]);

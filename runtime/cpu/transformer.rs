@@ -14,7 +14,9 @@
 //! normalisation is applied to the `QUERY_BLOCK × head_dim` output instead of to the
 //! `QUERY_BLOCK × tokens` probabilities.
 
-use super::gemm::{linear, matmul_seq, Epilogue, Mat};
+use super::gemm::{
+    linear, pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
+};
 use super::pool::{Pool, SharedMut};
 use crate::format::TensorSource;
 use crate::Result;
@@ -130,16 +132,21 @@ fn attn_worker_len(tokens: usize) -> usize {
     QUERY_BLOCK * tokens + QUERY_BLOCK
 }
 
-/// Attention scratch for a pool of `threads` threads.
-pub fn attn_scratch_len(tokens: usize, threads: usize) -> usize {
-    threads.max(1) * attn_worker_len(tokens)
+/// Floats of one head's packed keys and values (see [`attention`]).
+fn packed_head_len(tokens: usize, head_dim: usize) -> usize {
+    packed_rhs_len(head_dim, tokens) + packed_rhs_len(tokens, head_dim)
+}
+
+/// Attention scratch for `heads` heads of `dim / heads` and a pool of `threads` threads.
+pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize) -> usize {
+    heads * packed_head_len(tokens, dim / heads.max(1)) + threads.max(1) * attn_worker_len(tokens)
 }
 
 /// Scratch floats [`block_forward`] needs for a pool of `threads` threads.
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
     let big = t * (4 * d).max(shape.mlp_dim);
-    t * d + big + threads.max(1) * attn_worker_len(t)
+    t * d + big + attn_scratch_len(t, d, shape.heads, threads)
 }
 
 /// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
@@ -213,6 +220,10 @@ pub fn block_forward(
 /// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
 /// within each, as timm's qkv layer lays them out); `out` is `tokens × dim` with head `h`
 /// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_scratch_len`] floats.
+///
+/// First each head's `scale · Kᵀ` and `V` are packed once as GEMM right-hand operands
+/// (one task per head), so that the query blocks of a head share them instead of each
+/// packing them again.
 pub fn attention(
     pool: &Pool,
     t: usize,
@@ -226,10 +237,29 @@ pub fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = t.div_ceil(QUERY_BLOCK);
     let per_worker = attn_worker_len(t);
-    assert!(scratch.len() >= pool.threads() * per_worker);
-    let out_ptr = SharedMut::new(out);
-    let scratch_ptr = SharedMut::new(scratch);
+    let per_head = packed_head_len(t, hd);
+    let k_len = packed_rhs_len(hd, t);
+    assert!(scratch.len() >= attn_scratch_len(t, d, heads, pool.threads()));
+    let (packed, worker_scratch) = scratch.split_at_mut(heads * per_head);
+    let ker = Kernel::best();
     let stride = 3 * d;
+    let head_mat = |which: usize, h: usize| Mat {
+        data: &qkv[which * d + h * hd..],
+        rows: t,
+        cols: hd,
+        stride,
+    };
+    let packed_ptr = SharedMut::new(packed);
+    pool.run(heads, &|h, _| {
+        // SAFETY: task h writes head h's slot only.
+        let slot = unsafe { packed_ptr.slice(h * per_head, per_head) };
+        let (k_packed, v_packed) = slot.split_at_mut(k_len);
+        pack_rhs_whole(ker, Operand::transposed(head_mat(1, h)), scale, k_packed);
+        pack_rhs_whole(ker, Operand::plain(head_mat(2, h)), 1.0, v_packed);
+    });
+    let packed = &*packed;
+    let out_ptr = SharedMut::new(out);
+    let scratch_ptr = SharedMut::new(worker_scratch);
     pool.run(heads * blocks, &|task, worker| {
         let (h, b) = (task / blocks, task % blocks);
         let q0 = b * QUERY_BLOCK;
@@ -237,39 +267,21 @@ pub fn attention(
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
         let (scores, sums) = ws.split_at_mut(QUERY_BLOCK * t);
+        let (k_packed, v_packed) = packed[h * per_head..(h + 1) * per_head].split_at(k_len);
         let q = Mat {
             data: &qkv[q0 * stride + h * hd..],
             rows,
             cols: hd,
             stride,
         };
-        let k = Mat {
-            data: &qkv[d + h * hd..],
-            rows: t,
-            cols: hd,
-            stride,
-        };
-        let v = Mat {
-            data: &qkv[2 * d + h * hd..],
-            rows: t,
-            cols: hd,
-            stride,
-        };
-        matmul_seq(scores, t, q, k, true, scale, false);
+        product_seq_packed(ker, scores, t, q, k_packed, t, false);
         for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
             *sum = exp_shifted_row(row);
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
-        matmul_seq(
-            dst,
-            d,
-            Mat::new(&scores[..rows * t], rows, t),
-            v,
-            false,
-            1.0,
-            false,
-        );
+        let p = Mat::new(&scores[..rows * t], rows, t);
+        product_seq_packed(ker, dst, d, p, v_packed, hd, false);
         for (r, sum) in sums.iter().enumerate().take(rows) {
             let inv = 1.0 / sum;
             dst[r * d..r * d + hd].iter_mut().for_each(|v| *v *= inv);
