@@ -398,6 +398,7 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
 /// product inside `inspect` allocates, whichever thread runs it.
 pub fn warm_up_thread() {
     with_buffers(|_| ());
+    super::gemm_bf16::warm_up_thread();
 }
 
 /// The fixed split of `k` into blocks: (blocks, elements per block but the last).
@@ -449,9 +450,9 @@ pub fn pack_rhs(
 
 /// Bias and activation of a finished tile.
 #[derive(Clone, Copy)]
-struct Finish<'a> {
-    bias: Option<&'a [f32]>,
-    epilogue: Epilogue,
+pub(super) struct Finish<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub epilogue: Epilogue,
 }
 
 impl Finish<'_> {
@@ -459,12 +460,12 @@ impl Finish<'_> {
         bias: None,
         epilogue: Epilogue::None,
     };
-    fn is_none(&self) -> bool {
+    pub fn is_none(&self) -> bool {
         self.bias.is_none() && matches!(self.epilogue, Epilogue::None | Epilogue::Accumulate)
     }
     /// Applies to `row` (the output columns `j0..j0 + row.len()`).
     #[inline]
-    fn apply(&self, row: &mut [f32], j0: usize) {
+    pub fn apply(&self, row: &mut [f32], j0: usize) {
         if let Some(b) = self.bias {
             for (v, b) in row.iter_mut().zip(&b[j0..]) {
                 *v += b;
@@ -611,7 +612,7 @@ unsafe fn gemm_region(
 }
 
 /// The fixed row split of a [`linear`] of `m × n`: (row blocks, rows per block).
-fn row_split(m: usize, n: usize) -> (usize, usize) {
+pub(super) fn row_split(m: usize, n: usize) -> (usize, usize) {
     let col_blocks = n.div_ceil(NC);
     // Enough tasks to balance the threads, but blocks of at least ~96 rows so that each
     // packed weight block is reused over many rows.

@@ -17,6 +17,7 @@
 use super::gemm::{
     linear, pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
+use super::gemm_bf16::{linear_bf16, PackedBf16};
 use super::pool::{Pool, SharedMut};
 use crate::format::TensorSource;
 use crate::Result;
@@ -105,6 +106,46 @@ impl<'a> BlockWeights<'a> {
     }
 }
 
+/// A block's four dense weights converted to bf16 and packed once (the bf16 path,
+/// [`super::gemm_bf16`]); LayerNorm, attention and biases stay f32.
+pub struct BlockBf16 {
+    pub qkv: PackedBf16,
+    pub proj: PackedBf16,
+    pub fc1: PackedBf16,
+    pub fc2: PackedBf16,
+}
+
+impl BlockBf16 {
+    /// `None` where the CPU has no AVX512-BF16.
+    pub fn new(shape: &BlockShape, w: &BlockWeights<'_>) -> Option<BlockBf16> {
+        let (d, h) = (shape.dim, shape.mlp_dim);
+        Some(BlockBf16 {
+            qkv: PackedBf16::new(Mat::new(w.qkv_w, 3 * d, d))?,
+            proj: PackedBf16::new(Mat::new(w.proj_w, d, d))?,
+            fc1: PackedBf16::new(Mat::new(w.fc1_w, h, d))?,
+            fc2: PackedBf16::new(Mat::new(w.fc2_w, d, h))?,
+        })
+    }
+}
+
+/// A dense layer on the f32 path, or on the bf16 path when its packed weight is given.
+#[allow(clippy::too_many_arguments)]
+fn dense(
+    pool: &Pool,
+    a: Mat<'_>,
+    w: Mat<'_>,
+    packed: Option<&PackedBf16>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    match packed {
+        Some(p) => linear_bf16(pool, a, p, bias, out, out_stride, epilogue),
+        None => linear(pool, a, w, bias, out, out_stride, epilogue),
+    }
+}
+
 /// Refuses shapes the block cannot run (a user can reach these through a model file).
 pub fn check_shape(shape: &BlockShape) -> Result<()> {
     if shape.dim == 0 || shape.heads == 0 || shape.mlp_dim == 0 || shape.tokens == 0 {
@@ -158,6 +199,18 @@ pub fn block_forward(
     x: &mut [f32],
     scratch: &mut [f32],
 ) {
+    block_forward_with(pool, shape, w, None, x, scratch)
+}
+
+/// [`block_forward`], with the dense layers on the bf16 path when `bf16` is given.
+pub fn block_forward_with(
+    pool: &Pool,
+    shape: &BlockShape,
+    w: &BlockWeights<'_>,
+    bf16: Option<&BlockBf16>,
+    x: &mut [f32],
+    scratch: &mut [f32],
+) {
     let (t, d, hid) = (shape.tokens, shape.dim, shape.mlp_dim);
     assert!(x.len() >= t * d, "block_forward: x too short");
     assert!(
@@ -173,20 +226,22 @@ pub fn block_forward(
     {
         let (qkv, rest) = big.split_at_mut(t * 3 * d);
         let attn_out = &mut rest[..t * d];
-        linear(
+        dense(
             pool,
             Mat::new(xn, t, d),
             Mat::new(w.qkv_w, 3 * d, d),
+            bf16.map(|b| &b.qkv),
             w.qkv_b,
             qkv,
             3 * d,
             Epilogue::None,
         );
         attention(pool, t, d, shape.heads, qkv, attn_out, attn_scratch);
-        linear(
+        dense(
             pool,
             Mat::new(attn_out, t, d),
             Mat::new(w.proj_w, d, d),
+            bf16.map(|b| &b.proj),
             Some(w.proj_b),
             x,
             d,
@@ -197,19 +252,21 @@ pub fn block_forward(
     // MLP half.
     layer_norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
     let hidden = &mut big[..t * hid];
-    linear(
+    dense(
         pool,
         Mat::new(xn, t, d),
         Mat::new(w.fc1_w, hid, d),
+        bf16.map(|b| &b.fc1),
         Some(w.fc1_b),
         hidden,
         hid,
         Epilogue::Gelu,
     );
-    linear(
+    dense(
         pool,
         Mat::new(hidden, t, hid),
         Mat::new(w.fc2_w, d, hid),
+        bf16.map(|b| &b.fc2),
         Some(w.fc2_b),
         x,
         d,

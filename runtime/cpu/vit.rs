@@ -10,14 +10,14 @@
 use super::gemm::{linear, Epilogue, Mat};
 use super::pool::{Pool, SharedMut};
 use super::transformer::{
-    block_forward, block_scratch_len, check_shape, layer_norm, BlockShape, BlockWeights,
+    block_forward_with, block_scratch_len, check_shape, layer_norm, BlockBf16, BlockShape,
+    BlockWeights,
 };
 use crate::config::VitConfig;
 use crate::format::TensorSource;
 use crate::{Error, Result};
 
 /// The ViT's weights, borrowed from a [`TensorSource`] (names `vit.*`, timm layout).
-#[derive(Clone, Debug)]
 pub struct VitWeights<'a> {
     /// `[dim]`
     pub cls_token: &'a [f32],
@@ -29,6 +29,9 @@ pub struct VitWeights<'a> {
     pub blocks: Vec<BlockWeights<'a>>,
     pub norm_w: &'a [f32],
     pub norm_b: &'a [f32],
+    /// The blocks' dense weights in bf16 after [`VitWeights::convert_to_bf16`] (one per
+    /// block), else empty: the f32 path.
+    pub bf16: Vec<BlockBf16>,
 }
 
 /// The shape of every block of the ViT.
@@ -73,7 +76,27 @@ impl<'a> VitWeights<'a> {
             blocks,
             norm_w: src.f32("vit.norm.weight", &[d])?,
             norm_b: src.f32("vit.norm.bias", &[d])?,
+            bf16: Vec::new(),
         })
+    }
+
+    /// Puts the blocks' dense layers on the bf16 path (weights converted once, here).
+    /// Returns false, and stays f32, where the CPU has no AVX512-BF16. The patch
+    /// embedding stays f32 (one small GEMM; the input pixels keep their precision).
+    pub fn convert_to_bf16(&mut self, cfg: &VitConfig) -> bool {
+        let shape = block_shape(cfg);
+        let converted: Option<Vec<BlockBf16>> = self
+            .blocks
+            .iter()
+            .map(|b| BlockBf16::new(&shape, b))
+            .collect();
+        match converted {
+            Some(v) => {
+                self.bf16 = v;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -164,8 +187,8 @@ pub fn vit_forward(
     }
 
     let shape = block_shape(cfg);
-    for bw in &w.blocks {
-        block_forward(pool, &shape, bw, x, rest);
+    for (i, bw) in w.blocks.iter().enumerate() {
+        block_forward_with(pool, &shape, bw, w.bf16.get(i), x, rest);
     }
     layer_norm(
         pool,

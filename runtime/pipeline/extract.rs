@@ -211,6 +211,15 @@ impl<'m> Extractor<'m> {
         Ok(ex)
     }
 
+    /// Puts the CPU ViT's dense layers on the bf16 path (`--precision bf16` on the CPU
+    /// backend; error bound in `cpu::gemm_bf16`). The pseudo-input features stay those
+    /// of the f32 path computed at creation. Returns false, staying f32, where the CPU
+    /// has no AVX512-BF16.
+    pub fn use_cpu_bf16(&mut self) -> bool {
+        let vc = self.cfg.vit.as_ref().expect("checked in new");
+        self.nets.vit.convert_to_bf16(vc)
+    }
+
     fn pseudo_features(&mut self, pool: &Pool) -> Result<PseudoFeatures> {
         let vc = self.cfg.vit.as_ref().expect("checked in new");
         let pc = self.cfg.point.as_ref().expect("checked in new");

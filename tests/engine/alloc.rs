@@ -2,6 +2,7 @@
 //! incomplete parts alike). Run alone in a child process
 //! (`common::alone_in_process`), so that the counting allocator sees only this code.
 
+use miad::backend::Precision;
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
 use miad::eval::synth::Category;
@@ -21,7 +22,12 @@ fn inspect_allocates_nothing_after_the_first_part() {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
-    for threads in [1, 2] {
+    // bf16 on the CPU too (its kernels where the CPU has AVX512-BF16, else f32).
+    for (threads, precision) in [
+        (1, Precision::F32),
+        (2, Precision::F32),
+        (2, Precision::Bf16),
+    ] {
         let mut e = Engine::open(
             model,
             bank,
@@ -29,6 +35,7 @@ fn inspect_allocates_nothing_after_the_first_part() {
                 threads,
                 max_width: 96,
                 max_height: 96,
+                precision,
                 ..EngineOptions::default()
             },
         )
@@ -53,7 +60,7 @@ fn inspect_allocates_nothing_after_the_first_part() {
         let after = total_counts();
         assert_eq!(
             after, before,
-            "inspect allocated (allocations, bytes) with {threads} threads"
+            "inspect allocated (allocations, bytes) with {threads} threads, {precision}"
         );
         assert!(scores.iter().all(|s| s.is_finite()));
     }
