@@ -6,11 +6,13 @@
 //! shape of the method as a fraction of the peak measured right before it.
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
-//! `MIAD_BENCH_PARTS=ops` skips the full forward pass).
+//! `MIAD_BENCH_PARTS=ops` skips the full forward passes). The bf16 path (AVX512-BF16,
+//! where the CPU has it) is timed beside f32: the forward pass and each GEMM shape.
 
 mod timing;
 use miad::config::{ModelConfig, VitConfig};
 use miad::cpu::gemm::{linear, Epilogue, Mat};
+use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_scratch_len, VitWeights};
@@ -32,7 +34,7 @@ fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
     v
 }
 
-fn full_forward(threads: usize, pool: &Pool) {
+fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     let cfg = VitConfig::base8();
     // Only the ViT's tensors: the point and fusion branches are not needed here.
     let model = ModelConfig {
@@ -41,8 +43,21 @@ fn full_forward(threads: usize, pool: &Pool) {
         ..ModelConfig::m3dm()
     };
     let tensors = random_model(&model, 1);
-    let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
+    let mut w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let s = cfg.image_size as usize;
+    let mut f32_out = Vec::new();
+    if bf16 {
+        // The f32 features first, for the bf16 path's relative difference.
+        f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
+        let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
+        let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
+        vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
+        if !w.convert_to_bf16(&cfg) {
+            println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
+            return;
+        }
+    }
+    let precision = if bf16 { "bf16" } else { "f32" };
     let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
     let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
@@ -59,7 +74,7 @@ fn full_forward(threads: usize, pool: &Pool) {
     let peak = measure_peak_gflops(threads).max(peak_before);
     let load = timing::load_average();
     println!(
-        "vit_b8_224_forward_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
+        "vit_b8_224_forward_{precision}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
          (best pass: {:.2}); load average {}",
         median,
@@ -68,6 +83,17 @@ fn full_forward(threads: usize, pool: &Pool) {
         best / peak,
         load
     );
+    if bf16 {
+        let ref_max = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = out
+            .iter()
+            .zip(&f32_out)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!(
+            "  bf16 vs f32 features: max |Δ| {err:.3e} = {:.2e} of max |f32| {ref_max:.3}",
+            err / ref_max
+        );
+    }
 }
 
 /// Median seconds of `f` and the peak measured right before (for a ratio on a shared
@@ -209,7 +235,8 @@ fn main() {
     let threads = threads();
     let pool = Pool::new(threads);
     if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("ops") {
-        full_forward(threads, &pool);
+        full_forward(threads, &pool, false);
+        full_forward(threads, &pool, true);
     }
     block_breakdown(threads, &pool);
     gemm_shapes(threads, &pool);
