@@ -130,10 +130,24 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
             )
         });
         let g = 2.0 * (m * k * n) as f64 / secs / 1e9;
+        let bf16 = PackedBf16::new(Mat::new(&w, n, k)).map(|packed| {
+            let secs = timing::time_runs(7, || {
+                let a = Mat::new(&a, m, k);
+                linear_bf16(pool, a, &packed, None, &mut out, n, Epilogue::None)
+            })
+            .median;
+            let g16 = 2.0 * (m * k * n) as f64 / secs / 1e9;
+            format!(
+                "; bf16 {:.3} ms, {g16:.1} GFLOP/s = {:.2} of the f32 FMA peak",
+                secs * 1e3,
+                g16 / peak
+            )
+        });
         println!(
-            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}",
+            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}{}",
             secs * 1e3,
-            g / peak
+            g / peak,
+            bf16.unwrap_or_default()
         );
     }
 }
