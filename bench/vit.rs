@@ -15,7 +15,7 @@ use miad::cpu::gemm::{linear, Epilogue, Mat};
 use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
-use miad::cpu::vit::{vit_flops, vit_forward, vit_scratch_len, VitWeights};
+use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
 use miad::util::peak::measure_peak_gflops;
 use miad::util::rng::Rng;
@@ -43,19 +43,21 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
         ..ModelConfig::m3dm()
     };
     let tensors = random_model(&model, 1);
-    let mut w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
+    let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let s = cfg.image_size as usize;
     let mut f32_out = Vec::new();
+    let mut bf16_blocks = Vec::new();
     if bf16 {
         // The f32 features first, for the bf16 path's relative difference.
         f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
         let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
         let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
         vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
-        if !w.convert_to_bf16(&cfg) {
+        let Some(blocks) = w.to_bf16(&cfg) else {
             println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
             return;
-        }
+        };
+        bf16_blocks = blocks;
     }
     let precision = if bf16 { "bf16" } else { "f32" };
     let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
@@ -66,7 +68,8 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     // machine, other load lowers both numbers alike only when they are taken close together.
     let peak_before = measure_peak_gflops(threads);
     let t = timing::time_runs(5, || {
-        vit_forward(pool, &cfg, &w, &input, &mut out, &mut scratch).expect("forward pass");
+        vit_forward_with(pool, &cfg, &w, &bf16_blocks, &input, &mut out, &mut scratch)
+            .expect("forward pass");
     });
     let (median, reps) = (t.median, t.runs);
     let gflops = flops / median / 1e9;

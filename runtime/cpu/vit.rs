@@ -29,9 +29,6 @@ pub struct VitWeights<'a> {
     pub blocks: Vec<BlockWeights<'a>>,
     pub norm_w: &'a [f32],
     pub norm_b: &'a [f32],
-    /// The blocks' dense weights in bf16 after [`VitWeights::convert_to_bf16`] (one per
-    /// block), else empty: the f32 path.
-    pub bf16: Vec<BlockBf16>,
 }
 
 /// The shape of every block of the ViT.
@@ -76,27 +73,18 @@ impl<'a> VitWeights<'a> {
             blocks,
             norm_w: src.f32("vit.norm.weight", &[d])?,
             norm_b: src.f32("vit.norm.bias", &[d])?,
-            bf16: Vec::new(),
         })
     }
 
-    /// Puts the blocks' dense layers on the bf16 path (weights converted once, here).
-    /// Returns false, and stays f32, where the CPU has no AVX512-BF16. The patch
-    /// embedding stays f32 (one small GEMM; the input pixels keep their precision).
-    pub fn convert_to_bf16(&mut self, cfg: &VitConfig) -> bool {
+    /// The blocks' dense layers converted to bf16 once, for [`vit_forward_with`]; `None`
+    /// where the CPU has no AVX512-BF16. The patch embedding stays f32 (one small GEMM;
+    /// the input pixels keep their precision).
+    pub fn to_bf16(&self, cfg: &VitConfig) -> Option<Vec<BlockBf16>> {
         let shape = block_shape(cfg);
-        let converted: Option<Vec<BlockBf16>> = self
-            .blocks
+        self.blocks
             .iter()
             .map(|b| BlockBf16::new(&shape, b))
-            .collect();
-        match converted {
-            Some(v) => {
-                self.bf16 = v;
-                true
-            }
-            None => false,
-        }
+            .collect()
     }
 }
 
@@ -124,6 +112,20 @@ pub fn vit_forward(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<()> {
+    vit_forward_with(pool, cfg, w, &[], input, out, scratch)
+}
+
+/// [`vit_forward`] with the blocks' dense layers on the bf16 path when `bf16` holds one
+/// entry per block ([`VitWeights::to_bf16`]); empty: f32.
+pub fn vit_forward_with(
+    pool: &Pool,
+    cfg: &VitConfig,
+    w: &VitWeights<'_>,
+    bf16: &[BlockBf16],
+    input: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
     let d = cfg.dim as usize;
     let (c, p, side) = (
         cfg.in_chans as usize,
@@ -143,7 +145,9 @@ pub fn vit_forward(
             out.len()
         )));
     }
-    if scratch.len() < vit_scratch_len(cfg, pool.threads()) || w.blocks.len() != cfg.depth as usize
+    if scratch.len() < vit_scratch_len(cfg, pool.threads())
+        || w.blocks.len() != cfg.depth as usize
+        || !(bf16.is_empty() || bf16.len() == w.blocks.len())
     {
         return Err(Error::Input(
             "ViT scratch or weights do not match the configuration".into(),
@@ -188,7 +192,7 @@ pub fn vit_forward(
 
     let shape = block_shape(cfg);
     for (i, bw) in w.blocks.iter().enumerate() {
-        block_forward_with(pool, &shape, bw, w.bf16.get(i), x, rest);
+        block_forward_with(pool, &shape, bw, bf16.get(i), x, rest);
     }
     layer_norm(
         pool,

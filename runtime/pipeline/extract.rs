@@ -16,7 +16,8 @@ use crate::cpu::knn::{group_knn, knn_scratch_len};
 use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};
 use crate::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
 use crate::cpu::pool::Pool;
-use crate::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
+use crate::cpu::transformer::BlockBf16;
+use crate::cpu::vit::{vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use crate::format::ModelFile;
 use crate::pipeline::input::{CloudView, RgbView};
 use crate::pipeline::preprocess::{
@@ -38,6 +39,8 @@ struct PseudoFeatures {
 /// The weights of the three networks, borrowed from the model file.
 struct Networks<'m> {
     vit: VitWeights<'m>,
+    /// The ViT blocks' dense layers in bf16 (`use_cpu_bf16`), else empty.
+    vit_bf16: Vec<BlockBf16>,
     point: PointMaeWeights<'m>,
     fusion: FusionWeights<'m>,
 }
@@ -166,6 +169,7 @@ impl<'m> Extractor<'m> {
         }
         let nets = Networks {
             vit: VitWeights::load(model, vc)?,
+            vit_bf16: Vec::new(),
             point: PointMaeWeights::load(model, pc)?,
             fusion: FusionWeights::load(model, fc)?,
         };
@@ -217,7 +221,13 @@ impl<'m> Extractor<'m> {
     /// has no AVX512-BF16.
     pub fn use_cpu_bf16(&mut self) -> bool {
         let vc = self.cfg.vit.as_ref().expect("checked in new");
-        self.nets.vit.convert_to_bf16(vc)
+        match self.nets.vit.to_bf16(vc) {
+            Some(blocks) => {
+                self.nets.vit_bf16 = blocks;
+                true
+            }
+            None => false,
+        }
     }
 
     fn pseudo_features(&mut self, pool: &Pool) -> Result<PseudoFeatures> {
@@ -456,10 +466,11 @@ impl<'m> Extractor<'m> {
         if let (true, Some(net)) = (status.rgb_usable(), self.rgb_network.as_mut()) {
             net.forward(&self.pre.rgb_input, &mut self.rgb)?;
         } else if status.rgb_usable() {
-            vit_forward(
+            vit_forward_with(
                 pool,
                 vc,
                 &self.nets.vit,
+                &self.nets.vit_bf16,
                 &self.pre.rgb_input,
                 &mut self.rgb,
                 &mut self.scratch,
