@@ -13,7 +13,7 @@
 //!
 //! Then the PatchCore re-weighting (PatchCore eq. 7, `n_reweight = 3`) of the image score.
 
-use super::gemm::{pack_rhs, Kernel, Mat, Operand};
+use super::gemm::{pack_rhs, Kernel, Mat, Operand, Start};
 use super::pool::{Pool, SharedMut};
 
 /// Most queries per task.
@@ -213,7 +213,7 @@ fn search_packed(
                     pack[s * dim * nr..(s + 1) * dim * nr].as_ptr(),
                     tile.as_mut_ptr(),
                     nr,
-                    false,
+                    Start::Zero,
                 )
             };
             let (best, arg) = (&mut d_out[j0..j0 + cols], &mut i_out[j0..j0 + cols]);

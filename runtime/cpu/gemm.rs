@@ -17,8 +17,9 @@
 //! first product ([`warm_up_thread`], which the pool runs on each of its threads).
 //!
 //! The epilogue (bias, GELU, ReLU) runs on each micro-tile right after its last `KC`
-//! block, while the tile is in L1; the residual add (`Epilogue::Accumulate`) starts the
-//! accumulators from `out` instead of zero.
+//! block, while the tile is in L1; the residual add (`Epilogue::Accumulate`) adds `out`
+//! to the first `KC` block's sums as they are stored (so for `k ≤ KC_MAX` the result is
+//! `(out + product) + bias`, the order the CUDA kernels reproduce bit for bit).
 
 use super::pool::{Pool, SharedMut};
 use std::cell::RefCell;
@@ -161,7 +162,19 @@ pub fn isa() -> Isa {
 }
 
 /// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]`: `a` rows `lda` apart, `b` one packed strip
-/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `load_c` starts from `c`, else from 0.
+/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `start` says what the sums start from.
+/// What a micro-kernel's sums start from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Zero: `c ← a·b`.
+    Zero,
+    /// The tile in `c` (the partial sums of earlier `k` blocks): `c ← c + a·b` term by term.
+    FromC,
+    /// Zero, with `c` added once at the end: `c ← c + (a·b)`, the residual add of
+    /// [`Epilogue::Accumulate`] in the order `out + product` (its first `k` block).
+    ZeroThenAddC,
+}
+
 type KernelFn = unsafe fn(
     kc: usize,
     a: *const f32,
@@ -169,7 +182,7 @@ type KernelFn = unsafe fn(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    load_c: bool,
+    start: Start,
 );
 
 /// A micro-kernel and its tile.
@@ -197,9 +210,9 @@ impl Kernel {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        load_c: bool,
+        start: Start,
     ) {
-        unsafe { (self.func)(kc, a, lda, b, c, ldc, load_c) }
+        unsafe { (self.func)(kc, a, lda, b, c, ldc, start) }
     }
 
     /// The kernel of `isa`; `None` when this CPU cannot run it.
@@ -257,10 +270,10 @@ unsafe fn kernel_4x8(
     b: *const f32,
     c: *mut f32,
     ldc: usize,
-    load_c: bool,
+    start: Start,
 ) {
     let mut acc = [[0f32; 8]; 4];
-    if load_c {
+    if start == Start::FromC {
         for (i, row) in acc.iter_mut().enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
                 *v = unsafe { *c.add(i * ldc + j) };
@@ -278,13 +291,19 @@ unsafe fn kernel_4x8(
     }
     for (i, row) in acc.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
-            unsafe { *c.add(i * ldc + j) = *v };
+            let dst = unsafe { &mut *c.add(i * ldc + j) };
+            *dst = if start == Start::ZeroThenAddC {
+                *dst + v
+            } else {
+                *v
+            };
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::Start;
     use std::arch::x86_64::*;
 
     /// # Safety
@@ -297,12 +316,12 @@ mod x86 {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        load_c: bool,
+        start: Start,
     ) {
         unsafe {
             let mut lo = [_mm512_setzero_ps(); 12];
             let mut hi = [_mm512_setzero_ps(); 12];
-            if load_c {
+            if start == Start::FromC {
                 for i in 0..12 {
                     lo[i] = _mm512_loadu_ps(c.add(i * ldc));
                     hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
@@ -321,6 +340,12 @@ mod x86 {
                 bp = bp.add(32);
                 ap = ap.add(1);
             }
+            if start == Start::ZeroThenAddC {
+                for i in 0..12 {
+                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
+                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
+                }
+            }
             for i in 0..12 {
                 _mm512_storeu_ps(c.add(i * ldc), lo[i]);
                 _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
@@ -338,12 +363,12 @@ mod x86 {
         b: *const f32,
         c: *mut f32,
         ldc: usize,
-        load_c: bool,
+        start: Start,
     ) {
         unsafe {
             let mut lo = [_mm256_setzero_ps(); 6];
             let mut hi = [_mm256_setzero_ps(); 6];
-            if load_c {
+            if start == Start::FromC {
                 for i in 0..6 {
                     lo[i] = _mm256_loadu_ps(c.add(i * ldc));
                     hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
@@ -361,6 +386,12 @@ mod x86 {
                 }
                 bp = bp.add(16);
                 ap = ap.add(1);
+            }
+            if start == Start::ZeroThenAddC {
+                for i in 0..6 {
+                    lo[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc)), lo[i]);
+                    hi[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc + 8)), hi[i]);
+                }
             }
             for i in 0..6 {
                 _mm256_storeu_ps(c.add(i * ldc), lo[i]);
@@ -537,7 +568,11 @@ unsafe fn gemm_region(
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k - p0.min(k));
-        let load_c = accumulate || kb > 0;
+        let start = match (kb, accumulate) {
+            (0, false) => Start::Zero,
+            (0, true) => Start::ZeroThenAddC,
+            _ => Start::FromC,
+        };
         let last = kb + 1 == kblocks;
         let mut jc = cols.start;
         while jc < cols.end {
@@ -576,10 +611,10 @@ unsafe fn gemm_region(
                     let bp = strips[s * kc * nr..].as_ptr();
                     // SAFETY (all below): the tile is inside the caller's region.
                     if rows_here == mr && cols_here == nr {
-                        unsafe { ker.run(kc, ap, kc, bp, c.add(ir * ldc + j), ldc, load_c) };
+                        unsafe { ker.run(kc, ap, kc, bp, c.add(ir * ldc + j), ldc, start) };
                     } else {
                         let mut tmp = [0f32; MR_MAX * NR_MAX];
-                        if load_c {
+                        if start != Start::Zero {
                             for i in 0..rows_here {
                                 let src = unsafe { c.add((ir + i) * ldc + j) };
                                 for jj in 0..cols_here {
@@ -587,7 +622,7 @@ unsafe fn gemm_region(
                                 }
                             }
                         }
-                        unsafe { ker.run(kc, ap, kc, bp, tmp.as_mut_ptr(), nr, load_c) };
+                        unsafe { ker.run(kc, ap, kc, bp, tmp.as_mut_ptr(), nr, start) };
                         for i in 0..rows_here {
                             let dst = unsafe { c.add((ir + i) * ldc + j) };
                             for jj in 0..cols_here {

@@ -13,7 +13,7 @@
 //!
 //! Determinism as in [`super::gemm`]: a fixed task grid and `k` blocks fixed by the shape.
 
-use super::gemm::{row_split, Epilogue, Finish, Mat, NC};
+use super::gemm::{row_split, Epilogue, Finish, Mat, Start, NC};
 use super::pool::{Pool, SharedMut};
 use std::cell::RefCell;
 
@@ -190,7 +190,11 @@ unsafe fn region(
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
         let pairs = kc.div_ceil(2);
-        let load_c = accumulate || kb > 0;
+        let start = match (kb, accumulate) {
+            (0, false) => Start::Zero,
+            (0, true) => Start::ZeroThenAddC,
+            _ => Start::FromC,
+        };
         let last = kb + 1 == kblocks;
         let block = &w.data[p0 * n_pad..];
         let mut ir = rows.start;
@@ -223,12 +227,12 @@ unsafe fn region(
                             bp,
                             c.add(ir * ldc + j),
                             ldc,
-                            load_c,
+                            start,
                         )
                     };
                 } else {
                     let mut tmp = [0f32; MR * NR];
-                    if load_c {
+                    if start != Start::Zero {
                         for i in 0..rows_here {
                             for jj in 0..cols_here {
                                 tmp[i * NR + jj] = unsafe { *c.add((ir + i) * ldc + j + jj) };
@@ -236,7 +240,7 @@ unsafe fn region(
                         }
                     }
                     unsafe {
-                        x86_bf16::kernel_12x32(pairs, ap, pairs, bp, tmp.as_mut_ptr(), NR, load_c)
+                        x86_bf16::kernel_12x32(pairs, ap, pairs, bp, tmp.as_mut_ptr(), NR, start)
                     };
                     for i in 0..rows_here {
                         for jj in 0..cols_here {
@@ -273,7 +277,7 @@ mod x86_bf16 {
         _: *const u16,
         _: *mut f32,
         _: usize,
-        _: bool,
+        _: super::Start,
     ) {
         unreachable!("bf16 kernels need x86-64")
     }
@@ -281,6 +285,7 @@ mod x86_bf16 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16 {
+    use super::Start;
     use std::arch::x86_64::*;
 
     /// `dst` ← nearest-even bf16 of `src`, zero padded to `dst.len()` (≥ `src.len()`).
@@ -321,12 +326,12 @@ mod x86_bf16 {
         b: *const u16,
         c: *mut f32,
         ldc: usize,
-        load_c: bool,
+        start: Start,
     ) {
         unsafe {
             let mut lo = [_mm512_setzero_ps(); 12];
             let mut hi = [_mm512_setzero_ps(); 12];
-            if load_c {
+            if start == Start::FromC {
                 for i in 0..12 {
                     lo[i] = _mm512_loadu_ps(c.add(i * ldc));
                     hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
@@ -345,6 +350,12 @@ mod x86_bf16 {
                 }
                 bp = bp.add(64);
                 ap = ap.add(1);
+            }
+            if start == Start::ZeroThenAddC {
+                for i in 0..12 {
+                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
+                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
+                }
             }
             for i in 0..12 {
                 _mm512_storeu_ps(c.add(i * ldc), lo[i]);
