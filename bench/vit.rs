@@ -1,14 +1,21 @@
 //! The RGB branch on the CPU: one full ViT-B/8 forward pass at 224×224 (SPEC §2) with
 //! seeded random weights, on a pool of every core: the achieved GFLOP/s next to the
 //! machine's peak FMA rate measured by `measure_peak_gflops` in the same run, and their
-//! ratio (target ≥ 0.7).
+//! ratio (target ≥ 0.75). Then where the time of one block goes (LayerNorm, each GEMM,
+//! attention, GELU as the difference between fc1 with and without it), and each GEMM
+//! shape of the method as a fraction of the peak measured right before it.
 //!
-//! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count).
+//! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
+//! `MIAD_BENCH_PARTS=ops` skips the full forward passes). The bf16 path (AVX512-BF16,
+//! where the CPU has it) is timed beside f32: the forward pass and each GEMM shape.
 
 mod timing;
 use miad::config::{ModelConfig, VitConfig};
+use miad::cpu::gemm::{linear, Epilogue, Mat};
+use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
 use miad::cpu::pool::Pool;
-use miad::cpu::vit::{vit_flops, vit_forward, vit_scratch_len, VitWeights};
+use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
+use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
 use miad::util::peak::measure_peak_gflops;
 use miad::util::rng::Rng;
@@ -21,7 +28,13 @@ fn threads() -> usize {
         .max(1)
 }
 
-fn main() {
+fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    Rng::new(seed).fill_normal(&mut v, std);
+    v
+}
+
+fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     let cfg = VitConfig::base8();
     // Only the ViT's tensors: the point and fusion branches are not needed here.
     let model = ModelConfig {
@@ -33,10 +46,22 @@ fn main() {
     let tensors = random_model(&model, 1);
     let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let s = cfg.image_size as usize;
-    let mut input = vec![0f32; cfg.in_chans as usize * s * s];
-    Rng::new(2).fill_normal(&mut input, 1.0);
-    let threads = threads();
-    let pool = Pool::new(threads);
+    let mut f32_out = Vec::new();
+    let mut bf16_blocks = Vec::new();
+    if bf16 {
+        // The f32 features first, for the bf16 path's relative difference.
+        f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
+        let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
+        let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
+        vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
+        let Some(blocks) = w.to_bf16(&cfg) else {
+            println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
+            return;
+        };
+        bf16_blocks = blocks;
+    }
+    let precision = if bf16 { "bf16" } else { "f32" };
+    let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
     let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
     let flops = vit_flops(&cfg);
@@ -44,7 +69,8 @@ fn main() {
     // machine, other load lowers both numbers alike only when they are taken close together.
     let peak_before = measure_peak_gflops(threads);
     let t = timing::time_runs(5, || {
-        vit_forward(&pool, &cfg, &w, &input, &mut out, &mut scratch).expect("forward pass");
+        vit_forward_with(pool, &cfg, &w, &bf16_blocks, &input, &mut out, &mut scratch)
+            .expect("forward pass");
     });
     let (median, reps) = (t.median, t.runs);
     let gflops = flops / median / 1e9;
@@ -52,7 +78,7 @@ fn main() {
     let peak = measure_peak_gflops(threads).max(peak_before);
     let load = timing::load_average();
     println!(
-        "vit_b8_224_forward_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
+        "vit_b8_224_forward_{precision}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
          (best pass: {:.2}); load average {}",
         median,
@@ -61,4 +87,175 @@ fn main() {
         best / peak,
         load
     );
+    if bf16 {
+        let ref_max = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = out
+            .iter()
+            .zip(&f32_out)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!(
+            "  bf16 vs f32 features: max |Δ| {err:.3e} = {:.2e} of max |f32| {ref_max:.3}",
+            err / ref_max
+        );
+    }
+}
+
+/// Median seconds of `f` and the peak measured right before (for a ratio on a shared
+/// machine).
+fn timed(threads: usize, f: impl FnMut()) -> (f64, f64) {
+    let peak = measure_peak_gflops(threads);
+    (timing::time_runs(7, f).median, peak)
+}
+
+fn gemm_shapes(threads: usize, pool: &Pool) {
+    // (what, m, k, n): ViT-B/8 (785 tokens), Point-MAE (1025 tokens of 384), UFF-like.
+    let shapes = [
+        ("vit qkv", 785, 768, 2304),
+        ("vit proj", 785, 768, 768),
+        ("vit fc1", 785, 768, 3072),
+        ("vit fc2", 785, 3072, 768),
+        ("point qkv", 1025, 384, 1152),
+        ("point fc1", 1025, 384, 1536),
+        ("point fc2", 1025, 1536, 384),
+    ];
+    for (what, m, k, n) in shapes {
+        let a = random(m * k, 3, 1.0);
+        let w = random(n * k, 4, 0.05);
+        let mut out = vec![0f32; m * n];
+        let (secs, peak) = timed(threads, || {
+            linear(
+                pool,
+                Mat::new(&a, m, k),
+                Mat::new(&w, n, k),
+                None,
+                &mut out,
+                n,
+                Epilogue::None,
+            )
+        });
+        let g = 2.0 * (m * k * n) as f64 / secs / 1e9;
+        let bf16 = PackedBf16::new(Mat::new(&w, n, k)).map(|packed| {
+            let secs = timing::time_runs(7, || {
+                let a = Mat::new(&a, m, k);
+                linear_bf16(pool, a, &packed, None, &mut out, n, Epilogue::None)
+            })
+            .median;
+            let g16 = 2.0 * (m * k * n) as f64 / secs / 1e9;
+            format!(
+                "; bf16 {:.3} ms, {g16:.1} GFLOP/s = {:.2} of the f32 FMA peak",
+                secs * 1e3,
+                g16 / peak
+            )
+        });
+        println!(
+            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}{}",
+            secs * 1e3,
+            g / peak,
+            bf16.unwrap_or_default()
+        );
+    }
+}
+
+fn block_breakdown(threads: usize, pool: &Pool) {
+    let (t, d, heads, hid) = (785, 768, 12, 3072);
+    let x = random(t * d, 5, 1.0);
+    let mut xn = vec![0f32; t * d];
+    let (g, b) = (random(d, 6, 0.1), random(d, 7, 0.1));
+    let qkv_w = random(3 * d * d, 8, 0.05);
+    let qkv_b = random(3 * d, 9, 0.05);
+    let proj_w = random(d * d, 10, 0.05);
+    let fc1_w = random(hid * d, 11, 0.05);
+    let fc1_b = random(hid, 12, 0.05);
+    let fc2_w = random(d * hid, 13, 0.05);
+    let mut qkv = vec![0f32; t * 3 * d];
+    let mut att = vec![0f32; t * d];
+    let mut hidden = vec![0f32; t * hid];
+    let mut acc = x.clone();
+    let mut attn_scratch = vec![0f32; attn_scratch_len(t, d, heads, threads)];
+    let mut parts: Vec<(&str, f64)> = Vec::new();
+    let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
+    parts.push((
+        "layer_norm x2",
+        2.0 * run(&mut || layer_norm(pool, t, d, &x, &mut xn, &g, &b, 1e-6)),
+    ));
+    parts.push((
+        "qkv gemm",
+        run(&mut || {
+            linear(
+                pool,
+                Mat::new(&xn, t, d),
+                Mat::new(&qkv_w, 3 * d, d),
+                Some(&qkv_b),
+                &mut qkv,
+                3 * d,
+                Epilogue::None,
+            )
+        }),
+    ));
+    parts.push((
+        "attention",
+        run(&mut || attention(pool, t, d, heads, &qkv, &mut att, &mut attn_scratch)),
+    ));
+    parts.push((
+        "proj gemm",
+        run(&mut || {
+            linear(
+                pool,
+                Mat::new(&att, t, d),
+                Mat::new(&proj_w, d, d),
+                Some(&b),
+                &mut acc,
+                d,
+                Epilogue::Accumulate,
+            )
+        }),
+    ));
+    let fc1 = |epi: Epilogue, hidden: &mut [f32]| {
+        linear(
+            pool,
+            Mat::new(&xn, t, d),
+            Mat::new(&fc1_w, hid, d),
+            Some(&fc1_b),
+            hidden,
+            hid,
+            epi,
+        )
+    };
+    let fc1_plain = run(&mut || fc1(Epilogue::None, &mut hidden));
+    let fc1_gelu = run(&mut || fc1(Epilogue::Gelu, &mut hidden));
+    parts.push(("fc1 gemm", fc1_plain));
+    parts.push(("gelu (fc1 with − without)", fc1_gelu - fc1_plain));
+    parts.push((
+        "fc2 gemm",
+        run(&mut || {
+            linear(
+                pool,
+                Mat::new(&hidden, t, hid),
+                Mat::new(&fc2_w, d, hid),
+                Some(&b),
+                &mut acc,
+                d,
+                Epilogue::Accumulate,
+            )
+        }),
+    ));
+    let total: f64 = parts.iter().map(|p| p.1).sum();
+    println!(
+        "one ViT-B/8 block, {threads}t: {:.2} ms in all",
+        total * 1e3
+    );
+    for (what, secs) in parts {
+        println!("  {what}: {:.2} ms = {:.2}", secs * 1e3, secs / total);
+    }
+}
+
+fn main() {
+    let threads = threads();
+    let pool = Pool::new(threads);
+    if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("ops") {
+        full_forward(threads, &pool, false);
+        full_forward(threads, &pool, true);
+    }
+    block_breakdown(threads, &pool);
+    gemm_shapes(threads, &pool);
 }

@@ -50,8 +50,9 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// CUDA device ordinal, when the CUDA backend is used.
     pub device: usize,
-    /// Arithmetic of the device networks on the CUDA backend: f32 (the parity path) or
-    /// bf16 (the fast path). The CPU backend is always f32.
+    /// Arithmetic of the networks: f32 (the parity path) or bf16 (the fast path). On the
+    /// CPU backend bf16 runs the ViT's dense layers through AVX512-BF16 where the CPU has
+    /// it (f32 elsewhere, said in the backend choice); the bank search stays f32.
     pub precision: Precision,
     /// Read both files into the engine's own memory instead of mapping them: later
     /// changes to the files, even in place, cannot affect the engine (costs their size
@@ -521,7 +522,16 @@ fn open_backend(
 ) -> (Option<Box<dyn NearestSearch + Send>>, BackendChoice) {
     let requested = options.backend;
     if requested == Backend::Cpu {
-        return (None, BackendChoice::cpu());
+        let mut choice = BackendChoice::cpu();
+        if options.precision == Precision::Bf16 {
+            if extractor.use_cpu_bf16() {
+                choice.precision = Precision::Bf16;
+            } else {
+                choice.fallback =
+                    Some("bf16 asked for, but this CPU has no AVX512-BF16: f32 is used".into());
+            }
+        }
+        return (None, choice);
     }
     #[cfg(feature = "cuda")]
     {

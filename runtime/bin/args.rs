@@ -26,7 +26,8 @@ pub struct EngineArgs {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
-    /// Arithmetic of the device networks: f32 (the parity path) or bf16 (the fast path).
+    /// Arithmetic of the networks: f32 (the parity path) or bf16 (the fast path: on the
+    /// CPU through AVX512-BF16 where the CPU has it, else f32).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
     /// Read the model and bank files into memory instead of mapping them (immune to the

@@ -1,24 +1,28 @@
 //! Scoring one part against one memory bank (SPEC §7).
 //!
-//! Exact nearest neighbour of every query row among the bank rows by blocked GEMM:
-//! `‖x−b‖² = ‖x‖² − 2x·b + ‖b‖²`, with the bank's squared norms precomputed (they are
-//! stored in the bank file). Work is split into fixed blocks of [`QUERY_BLOCK`] queries
-//! (one pool task each); a task walks the bank in blocks of [`BANK_BLOCK`] rows, computes
-//! the `QUERY_BLOCK × BANK_BLOCK` dot-product tile with faer into its own slice of the
-//! scratch, and folds it into a running minimum per query. The full distance matrix is
-//! never formed; every query's result depends only on its own row, so the bits do not
-//! depend on the thread count. Ties go to the lowest bank index (strict `<` in bank order).
+//! Exact nearest neighbour of every query row among the bank rows, fused into the GEMM
+//! micro-kernel of [`super::gemm`]: `‖x−b‖² = ‖x‖² − 2x·b + ‖b‖²`, with the bank's squared
+//! norms precomputed (they are stored in the bank file). A pool task takes a fixed block
+//! of queries (as many as fit [`QUERY_PACK_FLOATS`], at most [`QUERY_BLOCK`]), packs them
+//! once as the kernel's right-hand operand, and walks the whole bank `MR` rows at a time,
+//! read in place: the kernel writes one `MR × NR` tile of dot products into a small array
+//! in L1, and the tile is folded into each query's running minimum at once. No distance
+//! matrix is formed; every query's result depends only on its own row and the shape, so
+//! the bits do not depend on the thread count. Ties go to the lowest bank index (strict
+//! `<` in bank order).
 //!
 //! Then the PatchCore re-weighting (PatchCore eq. 7, `n_reweight = 3`) of the image score.
 
+use super::gemm::{pack_rhs, Kernel, Mat, Operand, Start};
 use super::pool::{Pool, SharedMut};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
 
-/// Queries per task.
-pub const QUERY_BLOCK: usize = 64;
-/// Bank rows per tile.
-pub const BANK_BLOCK: usize = 512;
+/// Most queries per task.
+pub const QUERY_BLOCK: usize = 128;
+/// Floats of packed queries per worker: 128 queries of M3DM's xyz width (1152) fit, and
+/// stay in a Zen 5 core's 1 MiB L2 next to the bank rows streaming by.
+pub const QUERY_PACK_FLOATS: usize = 128 * 1152;
+/// Queries are blocked in multiples of this (every kernel's `NR` divides it).
+const QUERY_QUANTUM: usize = 32;
 /// Bank rows per task of the k-nearest scan used by the re-weighting.
 pub const KNN_BLOCK: usize = 4096;
 
@@ -58,9 +62,16 @@ pub fn sq_norms(rows: &[f32], dim: usize, out: &mut [f32]) {
     }
 }
 
-/// Floats of scratch [`nearest`] needs with a pool of `threads` threads.
+/// Floats of scratch [`nearest`] needs with a pool of `threads` threads: each worker's
+/// packed queries.
 pub fn nearest_scratch_len(threads: usize) -> usize {
-    threads.max(1) * (QUERY_BLOCK * BANK_BLOCK + QUERY_BLOCK)
+    threads.max(1) * QUERY_PACK_FLOATS
+}
+
+/// Queries per task for rows of `dim` values (fixed by the shape).
+pub fn query_block(dim: usize) -> usize {
+    (QUERY_PACK_FLOATS / dim.max(1) / QUERY_QUANTUM * QUERY_QUANTUM)
+        .clamp(QUERY_QUANTUM, QUERY_BLOCK)
 }
 
 /// Floats of scratch [`knn_scan`] needs for a bank of `n` rows (`k` neighbours).
@@ -86,77 +97,152 @@ pub fn nearest(
     assert_eq!(queries.len() % dim, 0, "nearest: ragged queries");
     let nq = queries.len() / dim;
     assert!(dist.len() >= nq && index.len() >= nq, "nearest: outputs");
-    let per = QUERY_BLOCK * BANK_BLOCK + QUERY_BLOCK;
     assert!(
-        scratch.len() >= pool.threads() * per,
+        scratch.len() >= nearest_scratch_len(pool.threads()),
         "nearest: scratch too small"
     );
     if let Some((origin, _)) = exclude {
         assert_eq!(origin.len(), bank.n, "nearest: one origin per bank row");
     }
-    let tasks = nq.div_ceil(QUERY_BLOCK);
+    if nq == 0 {
+        return;
+    }
+    let qb = query_block(dim);
+    // A dimension so wide that even QUERY_QUANTUM queries overflow the pack: the
+    // plain search (no such model exists; kept correct rather than fast).
+    let packed = qb * dim <= QUERY_PACK_FLOATS;
+    let ker = Kernel::best();
+    let tasks = nq.div_ceil(qb);
     let (dp, ip, sp) = (
         SharedMut::new(dist),
         SharedMut::new(index),
         SharedMut::new(scratch),
     );
     pool.run(tasks, &|task, worker| {
-        let q0 = task * QUERY_BLOCK;
-        let qn = QUERY_BLOCK.min(nq - q0);
+        let q0 = task * qb;
+        let qn = qb.min(nq - q0);
         // SAFETY: each worker owns its scratch slice; each task its output range.
-        let (tile, qnorm) =
-            unsafe { sp.slice(worker * per, per) }.split_at_mut(QUERY_BLOCK * BANK_BLOCK);
+        let pack = unsafe { sp.slice(worker * QUERY_PACK_FLOATS, QUERY_PACK_FLOATS) };
         let d_out = unsafe { dp.slice(q0, qn) };
         let i_out = unsafe { ip.slice(q0, qn) };
         let q = &queries[q0 * dim..(q0 + qn) * dim];
-        for (i, r) in q.chunks_exact(dim).enumerate() {
-            qnorm[i] = r.iter().map(|v| v * v).sum();
+        let mut qnorm = [0f32; QUERY_BLOCK];
+        for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
+            *n = r.iter().map(|v| v * v).sum();
         }
         d_out.fill(f32::INFINITY);
         i_out.fill(u32::MAX);
-        let lhs = MatRef::from_row_major_slice(q, qn, dim);
-        let mut b0 = 0;
-        while b0 < bank.n {
-            let bn = BANK_BLOCK.min(bank.n - b0);
-            let rhs = MatRef::from_row_major_slice(&bank.data[b0 * dim..(b0 + bn) * dim], bn, dim)
-                .transpose();
-            // SAFETY: the view covers `qn × bn` of `tile` with row stride `bn`.
-            let dst = unsafe {
-                MatMut::from_raw_parts_mut(tile.as_mut_ptr(), qn, bn, bn as isize, 1isize)
-            };
-            matmul(
-                dst,
-                Accum::Replace,
-                lhs.as_dyn_stride(),
-                rhs.as_dyn_stride(),
-                1.0f32,
-                Par::Seq,
-            );
-            let norms = &bank.sq_norms[b0..b0 + bn];
-            for i in 0..qn {
-                let row = &tile[i * bn..(i + 1) * bn];
-                let (mut best, mut arg) = (d_out[i], i_out[i]);
-                for (j, (&dot, &bnorm)) in row.iter().zip(norms).enumerate() {
-                    let d2 = qnorm[i] - 2.0 * dot + bnorm;
-                    if d2 < best {
-                        if let Some((origin, id)) = exclude {
-                            if origin[b0 + j] == id {
-                                continue;
-                            }
-                        }
-                        best = d2;
-                        arg = (b0 + j) as u32;
-                    }
+        if packed && bank.n >= ker.mr {
+            search_packed(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
+        } else {
+            for (i, x) in q.chunks_exact(dim).enumerate() {
+                for b in 0..bank.n {
+                    let dot: f32 = x.iter().zip(bank.row(b)).map(|(a, c)| a * c).sum();
+                    fold(
+                        &mut d_out[i],
+                        &mut i_out[i],
+                        qnorm[i] - 2.0 * dot + bank.sq_norms[b],
+                        b,
+                        exclude,
+                    );
                 }
-                d_out[i] = best;
-                i_out[i] = arg;
             }
-            b0 += bn;
         }
         for v in d_out.iter_mut() {
             *v = v.max(0.0).sqrt();
         }
     });
+}
+
+/// One step of the running minimum: strict `<`, so the earlier (lower) row wins a tie.
+#[inline(always)]
+fn fold(best: &mut f32, arg: &mut u32, d2: f32, row: usize, exclude: Option<(&[u32], u32)>) {
+    if d2 < *best {
+        if let Some((origin, id)) = exclude {
+            if origin[row] == id {
+                return;
+            }
+        }
+        *best = d2;
+        *arg = row as u32;
+    }
+}
+
+/// The fused search of one query block (`qn` queries, `bank.n ≥ ker.mr`): queries packed
+/// once, the bank walked `mr` rows at a time; the last group of rows is the bank's last
+/// `mr` rows, overlapping rows already folded (folding a row twice changes nothing: its
+/// second distance is not strictly below the minimum it already took part in).
+#[allow(clippy::too_many_arguments)]
+fn search_packed(
+    ker: Kernel,
+    q: &[f32],
+    qn: usize,
+    qnorm: &[f32],
+    bank: BankView<'_>,
+    exclude: Option<(&[u32], u32)>,
+    pack: &mut [f32],
+    d_out: &mut [f32],
+    i_out: &mut [u32],
+) {
+    let (dim, mr, nr) = (bank.dim, ker.mr, ker.nr);
+    let strips = qn.div_ceil(nr);
+    pack_rhs(
+        Operand::transposed(Mat::new(q, qn, dim)),
+        0,
+        dim,
+        0,
+        qn,
+        nr,
+        1.0,
+        pack,
+    );
+    let mut tile = [0f32; 12 * 32];
+    let mut r0 = 0;
+    loop {
+        let start = r0.min(bank.n - mr);
+        for s in 0..strips {
+            let j0 = s * nr;
+            let cols = nr.min(qn - j0);
+            // SAFETY: rows start..start+mr of the bank hold mr·dim floats read in place;
+            // the strip holds dim·nr packed floats; the tile holds mr·nr floats.
+            unsafe {
+                ker.run(
+                    dim,
+                    bank.data[start * dim..].as_ptr(),
+                    dim,
+                    pack[s * dim * nr..(s + 1) * dim * nr].as_ptr(),
+                    tile.as_mut_ptr(),
+                    nr,
+                    Start::Zero,
+                )
+            };
+            let (best, arg) = (&mut d_out[j0..j0 + cols], &mut i_out[j0..j0 + cols]);
+            let qn_here = &qnorm[j0..j0 + cols];
+            for i in 0..mr {
+                let row = start + i;
+                if let Some((origin, id)) = exclude {
+                    if origin[row] == id {
+                        continue;
+                    }
+                }
+                let bn = bank.sq_norms[row];
+                let dots = &tile[i * nr..i * nr + cols];
+                for (((b, a), &qq), &dot) in
+                    best.iter_mut().zip(arg.iter_mut()).zip(qn_here).zip(dots)
+                {
+                    let d2 = qq - 2.0 * dot + bn;
+                    if d2 < *b {
+                        *b = d2;
+                        *a = row as u32;
+                    }
+                }
+            }
+        }
+        r0 = start + mr;
+        if r0 >= bank.n {
+            break;
+        }
+    }
 }
 
 /// Squared Euclidean distance, summed in order.

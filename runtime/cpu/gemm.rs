@@ -1,22 +1,43 @@
-//! Dense layers on the CPU: `out = a · wᵀ + bias`, then an optional epilogue, with the
-//! weight in PyTorch's `[out_features, in_features]` row-major layout.
+//! Dense products on the CPU: `out = a · wᵀ + bias`, then an optional epilogue, with the
+//! weight in PyTorch's `[out_features, in_features]` row-major layout ([`linear`]), and a
+//! plain sequential product for use inside pool tasks ([`matmul_seq`]).
 //!
-//! GEMM crate: `faer` (0.24) `matmul` with `Par::Seq`. Measured on the project's 2-core
-//! machine (ARCHITECTURE.md): 0 allocations per call after warm-up and ≈186 GFLOP/s per
-//! core; `gemm` 0.19 allocates on every call and faer's own rayon mode allocates too.
-//! So faer runs sequentially inside our own pre-started [`Pool`], over a fixed grid of
-//! output tiles: a tile's bits depend only on its position, never on the thread count.
-//! The epilogue (bias, GELU, ReLU, residual add) runs on each tile right after it is
-//! computed, while it is still in cache, instead of as a separate pass.
+//! Our own GEMM (no external crate): the classic packed-panel design. The right-hand
+//! operand is packed, `KC` inner elements at a time, into strips of `NR` columns
+//! (`p`-major inside a strip), scaled by `alpha` while packing; the left-hand rows are
+//! read in place (`MR` rows × `KC`, stays in L1 while the strips of one `NC`-wide block go
+//! by). A register-blocked micro-kernel computes an `MR × NR` tile of the output from one
+//! strip; the instruction set is chosen once at run time: AVX-512F (12 × 32), AVX2+FMA
+//! (6 × 16), or a portable kernel (4 × 8) that every target builds.
+//!
+//! Determinism: the sum of an output element runs over `k` in `KC` blocks fixed by the
+//! shape, and inside a block in order; a task's tile grid is fixed by the shape, never by
+//! the thread count. So the bits depend only on the shape and the instruction set.
+//! No allocation per call: each thread owns packing buffers of fixed size, made on its
+//! first product ([`warm_up_thread`], which the pool runs on each of its threads).
+//!
+//! The epilogue (bias, GELU, ReLU) runs on each micro-tile right after its last `KC`
+//! block, while the tile is in L1; the residual add (`Epilogue::Accumulate`) adds `out`
+//! to the first `KC` block's sums as they are stored (so for `k ≤ KC_MAX` the result is
+//! `(out + product) + bias`, the order the CUDA kernels reproduce bit for bit).
 
 use super::pool::{Pool, SharedMut};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
-/// Rows of the output per tile.
-pub const TILE_ROWS: usize = 64;
-/// Columns of the output per tile.
-pub const TILE_COLS: usize = 256;
+/// Inner (`k`) elements per packed block; a shape's `k` is split into equal blocks of at
+/// most this many.
+pub const KC_MAX: usize = 384;
+/// Output columns per packed block of the right-hand operand (a multiple of every `NR`).
+pub const NC: usize = 128;
+/// The largest `MR` and `NR` of the kernels.
+const MR_MAX: usize = 12;
+const NR_MAX: usize = 32;
+/// Row blocks of [`linear`] tasks are multiples of this (every kernel's `MR` divides it),
+/// so the task grid does not depend on the instruction set.
+const ROW_QUANTUM: usize = 12;
+/// [`linear`] splits rows too when the columns give fewer tasks than this.
+const MIN_TASKS: usize = 16;
 
 /// What happens to a tile after `a · wᵀ + bias`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,10 +83,577 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// A product operand: a [`Mat`] read as it is or as its transpose.
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
+    pub mat: Mat<'a>,
+    pub transposed: bool,
+}
+
+impl<'a> Operand<'a> {
+    pub fn plain(mat: Mat<'a>) -> Self {
+        Operand {
+            mat,
+            transposed: false,
+        }
+    }
+    pub fn transposed(mat: Mat<'a>) -> Self {
+        Operand {
+            mat,
+            transposed: true,
+        }
+    }
+    /// Rows of the operand as the product reads it.
+    pub fn rows(&self) -> usize {
+        if self.transposed {
+            self.mat.cols
+        } else {
+            self.mat.rows
+        }
+    }
+    pub fn cols(&self) -> usize {
+        if self.transposed {
+            self.mat.rows
+        } else {
+            self.mat.cols
+        }
+    }
+    #[inline]
+    fn at(&self, r: usize, c: usize) -> f32 {
+        if self.transposed {
+            self.mat.data[c * self.mat.stride + r]
+        } else {
+            self.mat.data[r * self.mat.stride + c]
+        }
+    }
+}
+
 /// Exact GELU: x · Φ(x) with Φ through erf, as PyTorch's default `nn.GELU()`.
 #[inline]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// The instruction set of the micro-kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The widest instruction set this CPU runs (detected once).
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    })
+}
+
+/// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]`: `a` rows `lda` apart, `b` one packed strip
+/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `start` says what the sums start from.
+/// What a micro-kernel's sums start from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Zero: `c ← a·b`.
+    Zero,
+    /// The tile in `c` (the partial sums of earlier `k` blocks): `c ← c + a·b` term by term.
+    FromC,
+    /// Zero, with `c` added once at the end: `c ← c + (a·b)`, the residual add of
+    /// [`Epilogue::Accumulate`] in the order `out + product` (its first `k` block).
+    ZeroThenAddC,
+}
+
+type KernelFn = unsafe fn(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+);
+
+/// A micro-kernel and its tile.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub mr: usize,
+    pub nr: usize,
+    pub isa: Isa,
+    func: KernelFn,
+}
+
+impl Kernel {
+    /// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]` (see [`KernelFn`]).
+    ///
+    /// # Safety
+    /// `a` holds `mr` rows of `kc` floats, `lda` apart; `b` one packed strip of `kc · nr`
+    /// floats ([`pack_rhs`]); `c` `mr` rows of `nr` floats, `ldc` apart.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn run(
+        &self,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        start: Start,
+    ) {
+        unsafe { (self.func)(kc, a, lda, b, c, ldc, start) }
+    }
+
+    /// The kernel of `isa`; `None` when this CPU cannot run it.
+    pub fn for_isa(isa: Isa) -> Option<Kernel> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => Some(Kernel {
+                mr: 12,
+                nr: 32,
+                isa,
+                func: x86::kernel_12x32,
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma") =>
+            {
+                Some(Kernel {
+                    mr: 6,
+                    nr: 16,
+                    isa,
+                    func: x86::kernel_6x16,
+                })
+            }
+            Isa::Portable => Some(Kernel {
+                mr: 4,
+                nr: 8,
+                isa,
+                func: kernel_4x8,
+            }),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+    /// The kernel of the widest instruction set here.
+    pub fn best() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| Kernel::for_isa(isa()).unwrap_or(PORTABLE))
+    }
+}
+
+const PORTABLE: Kernel = Kernel {
+    mr: 4,
+    nr: 8,
+    isa: Isa::Portable,
+    func: kernel_4x8,
+};
+
+/// # Safety
+/// `a`, `b`, `c` cover the tile as [`KernelFn`] says.
+unsafe fn kernel_4x8(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+) {
+    let mut acc = [[0f32; 8]; 4];
+    if start == Start::FromC {
+        for (i, row) in acc.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = unsafe { *c.add(i * ldc + j) };
+            }
+        }
+    }
+    for p in 0..kc {
+        let bp = unsafe { std::slice::from_raw_parts(b.add(p * 8), 8) };
+        for (i, row) in acc.iter_mut().enumerate() {
+            let ai = unsafe { *a.add(i * lda + p) };
+            for (v, &bv) in row.iter_mut().zip(bp) {
+                *v += ai * bv;
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            let dst = unsafe { &mut *c.add(i * ldc + j) };
+            *dst = if start == Start::ZeroThenAddC {
+                *dst + v
+            } else {
+                *v
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Start;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F present; pointers as [`super::KernelFn`] says.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn kernel_12x32(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        start: Start,
+    ) {
+        unsafe {
+            let mut lo = [_mm512_setzero_ps(); 12];
+            let mut hi = [_mm512_setzero_ps(); 12];
+            if start == Start::FromC {
+                for i in 0..12 {
+                    lo[i] = _mm512_loadu_ps(c.add(i * ldc));
+                    hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
+                }
+            }
+            let mut bp = b;
+            let mut ap = a;
+            for _ in 0..kc {
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                for i in 0..12 {
+                    let ai = _mm512_set1_ps(*ap.add(i * lda));
+                    lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
+                    hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
+                }
+                bp = bp.add(32);
+                ap = ap.add(1);
+            }
+            if start == Start::ZeroThenAddC {
+                for i in 0..12 {
+                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
+                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
+                }
+            }
+            for i in 0..12 {
+                _mm512_storeu_ps(c.add(i * ldc), lo[i]);
+                _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA present; pointers as [`super::KernelFn`] says.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_6x16(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        start: Start,
+    ) {
+        unsafe {
+            let mut lo = [_mm256_setzero_ps(); 6];
+            let mut hi = [_mm256_setzero_ps(); 6];
+            if start == Start::FromC {
+                for i in 0..6 {
+                    lo[i] = _mm256_loadu_ps(c.add(i * ldc));
+                    hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
+                }
+            }
+            let mut bp = b;
+            let mut ap = a;
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for i in 0..6 {
+                    let ai = _mm256_set1_ps(*ap.add(i * lda));
+                    lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
+                    hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
+                }
+                bp = bp.add(16);
+                ap = ap.add(1);
+            }
+            if start == Start::ZeroThenAddC {
+                for i in 0..6 {
+                    lo[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc)), lo[i]);
+                    hi[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc + 8)), hi[i]);
+                }
+            }
+            for i in 0..6 {
+                _mm256_storeu_ps(c.add(i * ldc), lo[i]);
+                _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
+            }
+        }
+    }
+}
+
+/// Per-thread packing buffers (fixed sizes, made once per thread).
+struct Buffers {
+    /// One packed block of the right-hand operand: `KC_MAX × NC`.
+    b: Vec<f32>,
+    /// Left-hand rows copied when they cannot be read in place: `MR_MAX × KC_MAX`.
+    a: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Option<Buffers>> = const { RefCell::new(None) };
+}
+
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    BUFFERS.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let bufs = slot.get_or_insert_with(|| Buffers {
+            b: vec![0.0; KC_MAX * NC],
+            a: vec![0.0; MR_MAX * KC_MAX],
+        });
+        f(bufs)
+    })
+}
+
+/// Gives the calling thread its packing buffers (the only allocation the products make,
+/// once per thread). The pool calls this on every thread it runs tasks on, so that no
+/// product inside `inspect` allocates, whichever thread runs it.
+pub fn warm_up_thread() {
+    with_buffers(|_| ());
+    super::gemm_bf16::warm_up_thread();
+}
+
+/// The fixed split of `k` into blocks: (blocks, elements per block but the last).
+fn k_blocks(k: usize) -> (usize, usize) {
+    let blocks = k.div_ceil(KC_MAX).max(1);
+    (blocks, k.div_ceil(blocks))
+}
+
+/// Packs `alpha · b[p0..p0+kc, j0..j0+nc]` into strips of `nr` columns (zero padded),
+/// `p`-major inside a strip: the right-hand operand of [`Kernel::run`].
+#[allow(clippy::too_many_arguments)]
+pub fn pack_rhs(
+    b: Operand<'_>,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    nr: usize,
+    alpha: f32,
+    dst: &mut [f32],
+) {
+    for s in 0..nc.div_ceil(nr) {
+        let strip = &mut dst[s * kc * nr..(s + 1) * kc * nr];
+        let jn = nr.min(nc - s * nr);
+        let js = j0 + s * nr;
+        let m = b.mat;
+        if b.transposed {
+            for jj in 0..jn {
+                let src = &m.data[(js + jj) * m.stride + p0..][..kc];
+                for (p, &v) in src.iter().enumerate() {
+                    strip[p * nr + jj] = alpha * v;
+                }
+            }
+        } else {
+            for p in 0..kc {
+                let src = &m.data[(p0 + p) * m.stride + js..][..jn];
+                for (d, &v) in strip[p * nr..p * nr + jn].iter_mut().zip(src) {
+                    *d = alpha * v;
+                }
+            }
+        }
+        if jn < nr {
+            for p in 0..kc {
+                strip[p * nr + jn..(p + 1) * nr].fill(0.0);
+            }
+        }
+    }
+}
+
+/// Bias and activation of a finished tile.
+#[derive(Clone, Copy)]
+pub(super) struct Finish<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub epilogue: Epilogue,
+}
+
+impl Finish<'_> {
+    const NONE: Finish<'static> = Finish {
+        bias: None,
+        epilogue: Epilogue::None,
+    };
+    pub fn is_none(&self) -> bool {
+        self.bias.is_none() && matches!(self.epilogue, Epilogue::None | Epilogue::Accumulate)
+    }
+    /// Applies to `row` (the output columns `j0..j0 + row.len()`).
+    #[inline]
+    pub fn apply(&self, row: &mut [f32], j0: usize) {
+        if let Some(b) = self.bias {
+            for (v, b) in row.iter_mut().zip(&b[j0..]) {
+                *v += b;
+            }
+        }
+        match self.epilogue {
+            Epilogue::Gelu => row.iter_mut().for_each(|v| *v = gelu(*v)),
+            Epilogue::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Epilogue::None | Epilogue::Accumulate => {}
+        }
+    }
+}
+
+/// The right-hand operand of [`gemm_region`]: packed block by block as the product goes,
+/// or packed once beforehand ([`pack_rhs_whole`]) and shared.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    Operand(Operand<'a>),
+    /// `k × n` packed by [`pack_rhs_whole`] for this kernel's `nr` (with `alpha` applied).
+    Packed {
+        data: &'a [f32],
+        n: usize,
+    },
+}
+
+/// Floats that [`pack_rhs_whole`] writes for a `k × n` operand (any kernel).
+pub fn packed_rhs_len(k: usize, n: usize) -> usize {
+    k * n.div_ceil(NR_MAX) * NR_MAX
+}
+
+/// Packs the whole `k × n` operand `alpha · b` for `ker`, in the `KC` blocks the product
+/// uses: block `kb` starts at `p0 · n_pad` (`n_pad` = `n` rounded up to `nr`).
+pub fn pack_rhs_whole(ker: Kernel, b: Operand<'_>, alpha: f32, dst: &mut [f32]) {
+    let (k, n) = (b.rows(), b.cols());
+    let n_pad = n.div_ceil(ker.nr) * ker.nr;
+    assert!(dst.len() >= k * n_pad, "pack_rhs_whole: buffer");
+    let (kblocks, kc_step) = k_blocks(k);
+    for kb in 0..kblocks {
+        let p0 = kb * kc_step;
+        let kc = kc_step.min(k - p0.min(k));
+        pack_rhs(b, p0, kc, 0, n, ker.nr, alpha, &mut dst[p0 * n_pad..]);
+    }
+}
+
+/// `c[rows, cols] (+)= a[rows, :] · alpha·b[:, cols]`, then `finish`, on the calling
+/// thread. `c` points at element (0, 0) of an output with rows `ldc` apart; the caller
+/// guarantees the region is inside it and that no one else touches the region.
+///
+/// The `MR` rows of `a` a micro-tile needs are copied into a contiguous buffer first:
+/// a plain copy (cheap next to the `NC`-wide product that reuses them), and rows whose
+/// stride is a multiple of 4 KiB (k = 1024, 3072...) would otherwise share a few L1 sets.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_region(
+    ker: Kernel,
+    bufs: &mut Buffers,
+    a: Operand<'_>,
+    b: Rhs<'_>,
+    alpha: f32,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    finish: Finish<'_>,
+) {
+    let k = a.cols();
+    let (kblocks, kc_step) = k_blocks(k);
+    let (mr, nr) = (ker.mr, ker.nr);
+    for kb in 0..kblocks {
+        let p0 = kb * kc_step;
+        let kc = kc_step.min(k - p0.min(k));
+        let start = match (kb, accumulate) {
+            (0, false) => Start::Zero,
+            (0, true) => Start::ZeroThenAddC,
+            _ => Start::FromC,
+        };
+        let last = kb + 1 == kblocks;
+        let mut jc = cols.start;
+        while jc < cols.end {
+            let nc = NC.min(cols.end - jc);
+            // The packed strips of columns jc..jc+nc, `kc · nr` floats each.
+            let strips: &[f32] = match b {
+                Rhs::Operand(op) => {
+                    pack_rhs(op, p0, kc, jc, nc, nr, alpha, &mut bufs.b);
+                    &bufs.b
+                }
+                Rhs::Packed { data, n } => {
+                    let n_pad = n.div_ceil(nr) * nr;
+                    &data[p0 * n_pad + jc * kc..]
+                }
+            };
+            let mut ir = rows.start;
+            while ir < rows.end {
+                let rows_here = mr.min(rows.end - ir);
+                for i in 0..mr {
+                    let dst = &mut bufs.a[i * kc..(i + 1) * kc];
+                    if i >= rows_here {
+                        dst.fill(0.0);
+                    } else if a.transposed {
+                        for (p, d) in dst.iter_mut().enumerate() {
+                            *d = a.at(ir + i, p0 + p);
+                        }
+                    } else {
+                        let start = (ir + i) * a.mat.stride + p0;
+                        dst.copy_from_slice(&a.mat.data[start..start + kc]);
+                    }
+                }
+                let ap = bufs.a.as_ptr();
+                for s in 0..nc.div_ceil(nr) {
+                    let j = jc + s * nr;
+                    let cols_here = nr.min(cols.end - j);
+                    let bp = strips[s * kc * nr..].as_ptr();
+                    // SAFETY (all below): the tile is inside the caller's region.
+                    if rows_here == mr && cols_here == nr {
+                        unsafe { ker.run(kc, ap, kc, bp, c.add(ir * ldc + j), ldc, start) };
+                    } else {
+                        let mut tmp = [0f32; MR_MAX * NR_MAX];
+                        if start != Start::Zero {
+                            for i in 0..rows_here {
+                                let src = unsafe { c.add((ir + i) * ldc + j) };
+                                for jj in 0..cols_here {
+                                    tmp[i * nr + jj] = unsafe { *src.add(jj) };
+                                }
+                            }
+                        }
+                        unsafe { ker.run(kc, ap, kc, bp, tmp.as_mut_ptr(), nr, start) };
+                        for i in 0..rows_here {
+                            let dst = unsafe { c.add((ir + i) * ldc + j) };
+                            for jj in 0..cols_here {
+                                unsafe { *dst.add(jj) = tmp[i * nr + jj] };
+                            }
+                        }
+                    }
+                    if last && !finish.is_none() {
+                        for i in 0..rows_here {
+                            let row = unsafe {
+                                std::slice::from_raw_parts_mut(c.add((ir + i) * ldc + j), cols_here)
+                            };
+                            finish.apply(row, j);
+                        }
+                    }
+                }
+                ir += rows_here;
+            }
+            jc += nc;
+        }
+    }
+}
+
+/// The fixed row split of a [`linear`] of `m × n`: (row blocks, rows per block).
+pub(super) fn row_split(m: usize, n: usize) -> (usize, usize) {
+    let col_blocks = n.div_ceil(NC);
+    // Enough tasks to balance the threads, but blocks of at least ~96 rows so that each
+    // packed weight block is reused over many rows.
+    let blocks = MIN_TASKS.div_ceil(col_blocks).min(m.div_ceil(96)).max(1);
+    let per = m.div_ceil(blocks).div_ceil(ROW_QUANTUM) * ROW_QUANTUM;
+    (m.div_ceil(per), per)
 }
 
 /// `out[rows × w.rows]` (row stride `out_stride`) ⟵ epilogue(a · wᵀ + bias).
@@ -93,88 +681,100 @@ pub fn linear(
         assert_eq!(b.len(), n, "linear: bias length");
     }
     assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
-    let tiles_m = m.div_ceil(TILE_ROWS);
-    let tiles_n = n.div_ceil(TILE_COLS);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (row_blocks, rows_per) = row_split(m, n);
+    let col_blocks = n.div_ceil(NC);
+    let ker = Kernel::best();
     let out_ptr = SharedMut::new(out);
-    pool.run(tiles_m * tiles_n, &|task, _| {
-        let (tm, tn) = (task / tiles_n, task % tiles_n);
-        let r0 = tm * TILE_ROWS;
-        let c0 = tn * TILE_COLS;
-        let rows = TILE_ROWS.min(m - r0);
-        let cols = TILE_COLS.min(n - c0);
-        let lhs =
-            MatRef::from_row_major_slice_with_stride(&a.data[r0 * a.stride..], rows, k, a.stride);
-        // wᵀ restricted to columns c0..c0+cols: rows of w, viewed transposed.
-        let rhs =
-            MatRef::from_row_major_slice_with_stride(&w.data[c0 * w.stride..], cols, k, w.stride)
-                .transpose();
-        // SAFETY: tiles are disjoint; the tile spans rows r0..r0+rows, columns c0..c0+cols.
-        let tile = unsafe { out_ptr.slice(r0 * out_stride + c0, (rows - 1) * out_stride + cols) };
-        let accumulate = epilogue == Epilogue::Accumulate;
-        // SAFETY: the view covers exactly `tile`. Runtime (isize) strides on purpose:
-        // faer 0.24's contiguous-stride destination path crashed in its AVX-512 store
-        // kernel for row-major outputs (seen with 64×96·96×256).
-        let dst = unsafe {
-            MatMut::from_raw_parts_mut(tile.as_mut_ptr(), rows, cols, out_stride as isize, 1isize)
-        };
-        matmul(
-            dst,
-            if accumulate {
-                Accum::Add
-            } else {
-                Accum::Replace
-            },
-            lhs.as_dyn_stride(),
-            rhs.as_dyn_stride(),
-            1.0f32,
-            Par::Seq,
-        );
-        for r in 0..rows {
-            let row = &mut tile[r * out_stride..r * out_stride + cols];
-            if let Some(b) = bias {
-                for (v, b) in row.iter_mut().zip(&b[c0..c0 + cols]) {
-                    *v += b;
-                }
+    let finish = Finish { bias, epilogue };
+    pool.run(row_blocks * col_blocks, &|task, _| {
+        let (rb, cb) = (task / col_blocks, task % col_blocks);
+        let r0 = rb * rows_per;
+        let c0 = cb * NC;
+        with_buffers(|bufs| {
+            // SAFETY: tasks cover disjoint regions of the checked output.
+            unsafe {
+                gemm_region(
+                    ker,
+                    bufs,
+                    Operand::plain(a),
+                    Rhs::Operand(Operand::transposed(w)),
+                    1.0,
+                    r0..(r0 + rows_per).min(m),
+                    c0..(c0 + NC).min(n),
+                    out_ptr.ptr(),
+                    out_stride,
+                    epilogue == Epilogue::Accumulate,
+                    finish,
+                )
             }
-            match epilogue {
-                Epilogue::Gelu => row.iter_mut().for_each(|v| *v = gelu(*v)),
-                Epilogue::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
-                Epilogue::None | Epilogue::Accumulate => {}
-            }
-        }
+        });
     });
 }
 
-/// Gives the calling thread faer's per-thread packing buffers, which faer allocates on a
-/// thread's first packed product (one allocation, whatever the shape, measured with the
-/// counting allocator). The pool calls this on every thread it runs tasks on, so that with
-/// dynamic task assignment no product inside `inspect` allocates, whichever thread runs
-/// it. Cheap after the first call (one thread-local flag).
-pub fn warm_up_thread() {
-    thread_local! {
-        static WARM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    if WARM.get() {
+/// Output rows and columns per task of [`matmul_tiled`]: a grid fixed by the shape, so
+/// the result does not depend on the thread count.
+pub const TASK_ROWS: usize = 64;
+pub const TASK_COLS: usize = 256;
+
+/// [`matmul_seq`] spread over the pool in tiles of [`TASK_ROWS`] × [`TASK_COLS`] of
+/// `out` (rows × columns `out_stride` apart): the products of training and of the small
+/// fusion networks, whose operands change every call (no packed weights).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_tiled(
+    pool: &Pool,
+    out: &mut [f32],
+    out_stride: usize,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    b_transposed: bool,
+    alpha: f32,
+    accumulate: bool,
+) {
+    let m = a.rows;
+    let n = if b_transposed { b.rows } else { b.cols };
+    if m == 0 || n == 0 {
         return;
     }
-    WARM.set(true);
-    // The smallest shape measured to take faer's packed path.
-    const M: usize = 64;
-    const K: usize = 64;
-    const N: usize = 256;
-    let (a, b, mut out) = (vec![0f32; M * K], vec![0f32; N * K], vec![0f32; M * N]);
-    matmul_seq(
-        &mut out,
-        N,
-        Mat::new(&a, M, K),
-        Mat::new(&b, N, K),
-        true,
-        1.0,
-        false,
+    assert!(
+        out.len() >= (m - 1) * out_stride + n,
+        "matmul_tiled: output"
     );
+    let (tiles_m, tiles_n) = (m.div_ceil(TASK_ROWS), n.div_ceil(TASK_COLS));
+    let ptr = SharedMut::new(out);
+    pool.run(tiles_m * tiles_n, &|task, _| {
+        let (r0, c0) = ((task / tiles_n) * TASK_ROWS, (task % tiles_n) * TASK_COLS);
+        let (rows, cols) = (TASK_ROWS.min(m - r0), TASK_COLS.min(n - c0));
+        // SAFETY: tiles are disjoint; this one spans rows r0.., columns c0.. of `out`.
+        let tile = unsafe { ptr.slice(r0 * out_stride + c0, (rows - 1) * out_stride + cols) };
+        let lhs = Mat {
+            data: &a.data[r0 * a.stride..],
+            rows,
+            cols: a.cols,
+            stride: a.stride,
+        };
+        let rhs = if b_transposed {
+            Mat {
+                data: &b.data[c0 * b.stride..],
+                rows: cols,
+                cols: b.cols,
+                stride: b.stride,
+            }
+        } else {
+            Mat {
+                data: &b.data[c0..],
+                rows: b.rows,
+                cols,
+                stride: b.stride,
+            }
+        };
+        matmul_seq(tile, out_stride, lhs, rhs, b_transposed, alpha, accumulate);
+    });
 }
 
-/// `out[m×n] = alpha · a[m×k] · b` on the calling thread, where `b` is `[k×n]` or, with
+/// `out[m×n] (+)= alpha · a[m×k] · b` on the calling thread, where `b` is `[k×n]` or, with
 /// `b_transposed`, `[n×k]` read as its transpose. For use inside pool tasks.
 pub fn matmul_seq(
     out: &mut [f32],
@@ -185,43 +785,100 @@ pub fn matmul_seq(
     alpha: f32,
     accumulate: bool,
 ) {
+    let b = if b_transposed {
+        Operand::transposed(b)
+    } else {
+        Operand::plain(b)
+    };
+    product_seq(
+        Kernel::best(),
+        out,
+        out_stride,
+        Operand::plain(a),
+        b,
+        alpha,
+        accumulate,
+    );
+}
+
+/// `out[m×n] (+)= alpha · a · b` for operands read plain or transposed, on the calling
+/// thread with the given kernel.
+pub fn product_seq(
+    ker: Kernel,
+    out: &mut [f32],
+    out_stride: usize,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    alpha: f32,
+    accumulate: bool,
+) {
+    a.mat.check("matmul lhs");
+    b.mat.check("matmul rhs");
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    assert_eq!(b.rows(), k, "matmul: inner sizes");
+    assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    with_buffers(|bufs| {
+        // SAFETY: the region is the checked `out`, borrowed mutably here.
+        unsafe {
+            gemm_region(
+                ker,
+                bufs,
+                a,
+                Rhs::Operand(b),
+                alpha,
+                0..m,
+                0..n,
+                out.as_mut_ptr(),
+                out_stride,
+                accumulate,
+                Finish::NONE,
+            )
+        }
+    });
+}
+
+/// `out[m×n] (+)= a[m×k] · b` on the calling thread, `b` packed beforehand by
+/// [`pack_rhs_whole`] with the same kernel (its `alpha` already applied).
+pub fn product_seq_packed(
+    ker: Kernel,
+    out: &mut [f32],
+    out_stride: usize,
+    a: Mat<'_>,
+    b_packed: &[f32],
+    n: usize,
+    accumulate: bool,
+) {
     a.check("matmul lhs");
-    b.check("matmul rhs");
     let (m, k) = (a.rows, a.cols);
-    let n = if b_transposed { b.rows } else { b.cols };
-    assert_eq!(
-        if b_transposed { b.cols } else { b.rows },
-        k,
-        "matmul: inner sizes"
+    assert!(
+        b_packed.len() >= k * n.div_ceil(ker.nr) * ker.nr,
+        "matmul: packed rhs"
     );
     assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
     if m == 0 || n == 0 {
         return;
     }
-    let lhs = MatRef::from_row_major_slice_with_stride(a.data, m, k, a.stride);
-    let rhs = if b_transposed {
-        MatRef::from_row_major_slice_with_stride(b.data, n, k, b.stride)
-            .transpose()
-            .as_dyn_stride()
-    } else {
-        MatRef::from_row_major_slice_with_stride(b.data, k, n, b.stride).as_dyn_stride()
-    };
-    // SAFETY: the view covers rows 0..m of `out` with the checked stride (see `linear`
-    // for why runtime strides).
-    let dst =
-        unsafe { MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, out_stride as isize, 1isize) };
-    matmul(
-        dst,
-        if accumulate {
-            Accum::Add
-        } else {
-            Accum::Replace
-        },
-        lhs.as_dyn_stride(),
-        rhs,
-        alpha,
-        Par::Seq,
-    );
+    with_buffers(|bufs| {
+        // SAFETY: the region is the checked `out`, borrowed mutably here.
+        unsafe {
+            gemm_region(
+                ker,
+                bufs,
+                Operand::plain(a),
+                Rhs::Packed { data: b_packed, n },
+                1.0,
+                0..m,
+                0..n,
+                out.as_mut_ptr(),
+                out_stride,
+                accumulate,
+                Finish::NONE,
+            )
+        }
+    });
 }
 
 #[cfg(test)]
@@ -320,6 +977,77 @@ mod tests {
         ];
         for (x, w) in [-1.0f32, 0.5, 2.0].iter().zip(want) {
             assert!((gelu(*x) as f64 - w).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_f64_for_every_layout_and_edge() {
+        let mut rng = Rng::new(21);
+        // Shapes with edges in every direction, k split into several blocks, k = 0.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (13, 5, 33),
+            (25, 800, 70),
+            (12, 384, 32),
+            (7, 0, 9),
+        ] {
+            let mut a = vec![0f32; m * k];
+            let mut b = vec![0f32; k * n];
+            rng.fill_normal(&mut a, 1.0);
+            rng.fill_normal(&mut b, 1.0);
+            // The transposed copies hold the same logical operands.
+            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let mut want = vec![0f64; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * n + j] = 1.5
+                        + 0.5
+                            * (0..k)
+                                .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                                .sum::<f64>();
+                }
+            }
+            for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+                let Some(ker) = Kernel::for_isa(isa) else {
+                    continue;
+                };
+                let ops_a = [
+                    Operand::plain(Mat::new(&a, m, k)),
+                    Operand::transposed(Mat::new(&at, k, m)),
+                ];
+                let ops_b = [
+                    Operand::plain(Mat::new(&b, k, n)),
+                    Operand::transposed(Mat::new(&bt, n, k)),
+                ];
+                for oa in ops_a {
+                    for ob in ops_b {
+                        let stride = n + 3;
+                        let mut out = vec![1.5f32; m * stride];
+                        product_seq(ker, &mut out, stride, oa, ob, 0.5, true);
+                        // The same product from a whole packed operand (as attention).
+                        let mut packed = vec![f32::NAN; packed_rhs_len(k, n)];
+                        pack_rhs_whole(ker, ob, 0.5, &mut packed);
+                        let mut out2 = vec![1.5f32; m * stride];
+                        if !oa.transposed {
+                            product_seq_packed(ker, &mut out2, stride, oa.mat, &packed, n, true);
+                            assert_eq!(out, out2, "{isa:?}: packed once vs block by block");
+                        }
+                        for i in 0..m {
+                            for j in 0..n {
+                                let (g, w) = (out[i * stride + j] as f64, want[i * n + j]);
+                                assert!(
+                                    (g - w).abs() < 1e-4 * (1.0 + w.abs()),
+                                    "{isa:?} {m}x{k}x{n}: {g} vs {w}"
+                                );
+                            }
+                            assert!(out[i * stride + n..(i + 1) * stride]
+                                .iter()
+                                .all(|&v| v == 1.5));
+                        }
+                    }
+                }
+            }
         }
     }
 }

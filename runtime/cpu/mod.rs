@@ -5,6 +5,7 @@ pub mod coreset;
 pub mod fps;
 pub mod fusion;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod knn;
 pub mod maps;
 pub mod pfa;

@@ -212,6 +212,10 @@ impl<T> SharedMut<T> {
     pub fn new(slice: &mut [T]) -> Self {
         SharedMut(slice.as_mut_ptr())
     }
+    /// The start of the slice (a method, so closures capture the whole `Sync` wrapper).
+    pub fn ptr(&self) -> *mut T {
+        self.0
+    }
     /// # Safety
     /// `start..start + len` must lie inside the original slice and no other task may
     /// access it at the same time.

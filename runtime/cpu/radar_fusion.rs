@@ -14,8 +14,8 @@
 //! depend on the thread count.
 
 use super::fusion::adaptive_avg_pool;
-use super::gemm::{self, gelu, Epilogue, Mat, TILE_COLS, TILE_ROWS};
-use super::pool::{Pool, SharedMut};
+use super::gemm::{self, gelu, Epilogue, Mat};
+use super::pool::Pool;
 use crate::config::{FusionConfig, RadarConfig};
 use crate::fit::infonce::{matmul_tn, normalize_rows, normalize_rows_backward};
 use crate::format::{FormatError, TensorSource};
@@ -536,57 +536,6 @@ fn ln_forward(
     }
 }
 
-/// `out[m×n] (+)= alpha · a · b` (or `a · bᵀ` with `b_t`), `out` rows `out_stride` apart,
-/// on fixed tiles of the pool.
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    pool: &Pool,
-    out: &mut [f32],
-    out_stride: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    b_t: bool,
-    alpha: f32,
-    accumulate: bool,
-) {
-    let m = a.rows;
-    let n = if b_t { b.rows } else { b.cols };
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(out.len() >= (m - 1) * out_stride + n, "mm: output");
-    let (tiles_m, tiles_n) = (m.div_ceil(TILE_ROWS), n.div_ceil(TILE_COLS));
-    let ptr = SharedMut::new(out);
-    pool.run(tiles_m * tiles_n, &|task, _| {
-        let (r0, c0) = ((task / tiles_n) * TILE_ROWS, (task % tiles_n) * TILE_COLS);
-        let (rows, cols) = (TILE_ROWS.min(m - r0), TILE_COLS.min(n - c0));
-        // SAFETY: tiles are disjoint; this one spans rows r0.., columns c0.. of `out`.
-        let tile = unsafe { ptr.slice(r0 * out_stride + c0, (rows - 1) * out_stride + cols) };
-        let lhs = Mat {
-            data: &a.data[r0 * a.stride..],
-            rows,
-            cols: a.cols,
-            stride: a.stride,
-        };
-        let rhs = if b_t {
-            Mat {
-                data: &b.data[c0 * b.stride..],
-                rows: cols,
-                cols: b.cols,
-                stride: b.stride,
-            }
-        } else {
-            Mat {
-                data: &b.data[c0..],
-                rows: b.rows,
-                cols,
-                stride: b.stride,
-            }
-        };
-        gemm::matmul_seq(tile, out_stride, lhs, rhs, b_t, alpha, accumulate);
-    });
-}
-
 /// A column block of a row-major matrix: columns `c0..c0+cols` of `rows × stride`.
 fn cols(data: &[f32], rows: usize, stride: usize, c0: usize, cols: usize) -> Mat<'_> {
     Mat {
@@ -634,7 +583,7 @@ fn block_forward(
         let q = cols(&a.qkv, t, 3 * d, head * hd, hd);
         let k = cols(&a.qkv, t, 3 * d, d + head * hd, hd);
         let v = cols(&a.qkv, t, 3 * d, 2 * d + head * hd, hd);
-        mm(pool, p, t, q, k, true, scale, false);
+        gemm::matmul_tiled(pool, p, t, q, k, true, scale, false);
         for (i, row) in p.chunks_exact_mut(t).enumerate() {
             let group = match split {
                 Some(s) if i < s => 0..s,
@@ -657,7 +606,7 @@ fn block_forward(
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|v| *v *= inv);
         }
-        mm(
+        gemm::matmul_tiled(
             pool,
             &mut a.o[head * hd..],
             d,
@@ -958,7 +907,7 @@ fn branch_backward(
     );
     add_col_sums(dp, e, gw.head.b);
     let dy = &mut s.b[..n * dim];
-    mm(
+    gemm::matmul_tiled(
         pool,
         dy,
         dim,
@@ -984,7 +933,7 @@ fn branch_backward(
     );
     add_col_sums(dy, dim, gw.fc2.b);
     let dg = &mut s.a[..n * hidden];
-    mm(
+    gemm::matmul_tiled(
         pool,
         dg,
         hidden,
@@ -1014,7 +963,7 @@ fn branch_backward(
     );
     add_col_sums(dg, hidden, gw.fc1.b);
     let du = &mut s.b[..n * dim];
-    mm(
+    gemm::matmul_tiled(
         pool,
         du,
         dim,
@@ -1041,7 +990,7 @@ fn branch_backward(
         gctx_w,
         true,
     );
-    mm(
+    gemm::matmul_tiled(
         pool,
         &mut s.c[..n * d],
         d,
@@ -1078,7 +1027,7 @@ fn block_backward(
     );
     add_col_sums(dout, d, gw.fc2.b);
     let dz = &mut s.c[..t * 4 * d];
-    mm(
+    gemm::matmul_tiled(
         pool,
         dz,
         4 * d,
@@ -1100,7 +1049,7 @@ fn block_backward(
     );
     add_col_sums(dz, 4 * d, gw.fc1.b);
     let da2 = &mut s.th[..t * d];
-    mm(
+    gemm::matmul_tiled(
         pool,
         da2,
         d,
@@ -1132,7 +1081,7 @@ fn block_backward(
     );
     add_col_sums(dx1, d, gw.proj.b);
     let d_o = &mut s.th[..t * d];
-    mm(
+    gemm::matmul_tiled(
         pool,
         d_o,
         d,
@@ -1156,7 +1105,7 @@ fn block_backward(
         scatter_cols(tmp, hd, dqkv, 3 * d, 2 * d + head * hd);
         // dP = do vᵀ ; dS = P ⊙ (dP − rowsum(dP ⊙ P)) · scale
         let ds = &mut s.tt[..t * t];
-        mm(pool, ds, t, do_h, v, true, 1.0, false);
+        gemm::matmul_tiled(pool, ds, t, do_h, v, true, 1.0, false);
         for (dr, pr) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
             let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
             for (x, &pv) in dr.iter_mut().zip(pr) {
@@ -1164,7 +1113,7 @@ fn block_backward(
             }
         }
         // dq = dS k ; dk = dSᵀ q
-        mm(
+        gemm::matmul_tiled(
             pool,
             &mut dqkv[head * hd..],
             3 * d,
@@ -1186,7 +1135,7 @@ fn block_backward(
     );
     add_col_sums(dqkv, 3 * d, gw.qkv.b);
     let da1 = &mut s.th[..t * d];
-    mm(
+    gemm::matmul_tiled(
         pool,
         da1,
         d,
@@ -1374,7 +1323,7 @@ pub fn part_backward(
         matmul_tn(pool, Mat::new(dt, g, d), Mat::new(a, g, dim), gproj.w, true);
         add_col_sums(dt, d, gproj.b);
         let da = &mut s.a[..g * dim];
-        mm(
+        gemm::matmul_tiled(
             pool,
             da,
             dim,

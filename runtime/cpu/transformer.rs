@@ -1,7 +1,7 @@
 //! The pre-norm transformer block shared by the ViT (SPEC §2) and Point-MAE (SPEC §3):
 //! `x ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x))`, plus the LayerNorm used by final norms.
 //!
-//! Every dense layer goes through [`linear`] (faer inside a fixed tile grid). Attention is
+//! Every dense layer goes through [`linear`] (our GEMM on a fixed tile grid). Attention is
 //! computed block by block: a task is one (head, block of query rows) pair; it computes
 //! the scores of its query rows against all keys into per-worker scratch, exponentiates
 //! them (with the row maximum subtracted), multiplies by V straight into the output and
@@ -14,12 +14,13 @@
 //! normalisation is applied to the `QUERY_BLOCK × head_dim` output instead of to the
 //! `QUERY_BLOCK × tokens` probabilities.
 
-use super::gemm::{linear, Epilogue, Mat};
+use super::gemm::{
+    linear, pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
+};
+use super::gemm_bf16::{linear_bf16, PackedBf16};
 use super::pool::{Pool, SharedMut};
 use crate::format::TensorSource;
 use crate::Result;
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
 
 /// Query rows per attention task.
 pub const QUERY_BLOCK: usize = 64;
@@ -105,6 +106,46 @@ impl<'a> BlockWeights<'a> {
     }
 }
 
+/// A block's four dense weights converted to bf16 and packed once (the bf16 path,
+/// [`super::gemm_bf16`]); LayerNorm, attention and biases stay f32.
+pub struct BlockBf16 {
+    pub qkv: PackedBf16,
+    pub proj: PackedBf16,
+    pub fc1: PackedBf16,
+    pub fc2: PackedBf16,
+}
+
+impl BlockBf16 {
+    /// `None` where the CPU has no AVX512-BF16.
+    pub fn new(shape: &BlockShape, w: &BlockWeights<'_>) -> Option<BlockBf16> {
+        let (d, h) = (shape.dim, shape.mlp_dim);
+        Some(BlockBf16 {
+            qkv: PackedBf16::new(Mat::new(w.qkv_w, 3 * d, d))?,
+            proj: PackedBf16::new(Mat::new(w.proj_w, d, d))?,
+            fc1: PackedBf16::new(Mat::new(w.fc1_w, h, d))?,
+            fc2: PackedBf16::new(Mat::new(w.fc2_w, d, h))?,
+        })
+    }
+}
+
+/// A dense layer on the f32 path, or on the bf16 path when its packed weight is given.
+#[allow(clippy::too_many_arguments)]
+fn dense(
+    pool: &Pool,
+    a: Mat<'_>,
+    w: Mat<'_>,
+    packed: Option<&PackedBf16>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    match packed {
+        Some(p) => linear_bf16(pool, a, p, bias, out, out_stride, epilogue),
+        None => linear(pool, a, w, bias, out, out_stride, epilogue),
+    }
+}
+
 /// Refuses shapes the block cannot run (a user can reach these through a model file).
 pub fn check_shape(shape: &BlockShape) -> Result<()> {
     if shape.dim == 0 || shape.heads == 0 || shape.mlp_dim == 0 || shape.tokens == 0 {
@@ -132,11 +173,21 @@ fn attn_worker_len(tokens: usize) -> usize {
     QUERY_BLOCK * tokens + QUERY_BLOCK
 }
 
+/// Floats of one head's packed keys and values (see [`attention`]).
+fn packed_head_len(tokens: usize, head_dim: usize) -> usize {
+    packed_rhs_len(head_dim, tokens) + packed_rhs_len(tokens, head_dim)
+}
+
+/// Attention scratch for `heads` heads of `dim / heads` and a pool of `threads` threads.
+pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize) -> usize {
+    heads * packed_head_len(tokens, dim / heads.max(1)) + threads.max(1) * attn_worker_len(tokens)
+}
+
 /// Scratch floats [`block_forward`] needs for a pool of `threads` threads.
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
     let big = t * (4 * d).max(shape.mlp_dim);
-    t * d + big + threads.max(1) * attn_worker_len(t)
+    t * d + big + attn_scratch_len(t, d, shape.heads, threads)
 }
 
 /// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
@@ -145,6 +196,18 @@ pub fn block_forward(
     pool: &Pool,
     shape: &BlockShape,
     w: &BlockWeights<'_>,
+    x: &mut [f32],
+    scratch: &mut [f32],
+) {
+    block_forward_with(pool, shape, w, None, x, scratch)
+}
+
+/// [`block_forward`], with the dense layers on the bf16 path when `bf16` is given.
+pub fn block_forward_with(
+    pool: &Pool,
+    shape: &BlockShape,
+    w: &BlockWeights<'_>,
+    bf16: Option<&BlockBf16>,
     x: &mut [f32],
     scratch: &mut [f32],
 ) {
@@ -163,20 +226,22 @@ pub fn block_forward(
     {
         let (qkv, rest) = big.split_at_mut(t * 3 * d);
         let attn_out = &mut rest[..t * d];
-        linear(
+        dense(
             pool,
             Mat::new(xn, t, d),
             Mat::new(w.qkv_w, 3 * d, d),
+            bf16.map(|b| &b.qkv),
             w.qkv_b,
             qkv,
             3 * d,
             Epilogue::None,
         );
         attention(pool, t, d, shape.heads, qkv, attn_out, attn_scratch);
-        linear(
+        dense(
             pool,
             Mat::new(attn_out, t, d),
             Mat::new(w.proj_w, d, d),
+            bf16.map(|b| &b.proj),
             Some(w.proj_b),
             x,
             d,
@@ -187,19 +252,21 @@ pub fn block_forward(
     // MLP half.
     layer_norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
     let hidden = &mut big[..t * hid];
-    linear(
+    dense(
         pool,
         Mat::new(xn, t, d),
         Mat::new(w.fc1_w, hid, d),
+        bf16.map(|b| &b.fc1),
         Some(w.fc1_b),
         hidden,
         hid,
         Epilogue::Gelu,
     );
-    linear(
+    dense(
         pool,
         Mat::new(hidden, t, hid),
         Mat::new(w.fc2_w, d, hid),
+        bf16.map(|b| &b.fc2),
         Some(w.fc2_b),
         x,
         d,
@@ -209,8 +276,12 @@ pub fn block_forward(
 
 /// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
 /// within each, as timm's qkv layer lays them out); `out` is `tokens × dim` with head `h`
-/// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_worker_len`] floats per worker.
-fn attention(
+/// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_scratch_len`] floats.
+///
+/// First each head's `scale · Kᵀ` and `V` are packed once as GEMM right-hand operands
+/// (one task per head), so that the query blocks of a head share them instead of each
+/// packing them again.
+pub fn attention(
     pool: &Pool,
     t: usize,
     d: usize,
@@ -223,10 +294,29 @@ fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = t.div_ceil(QUERY_BLOCK);
     let per_worker = attn_worker_len(t);
-    assert!(scratch.len() >= pool.threads() * per_worker);
-    let out_ptr = SharedMut::new(out);
-    let scratch_ptr = SharedMut::new(scratch);
+    let per_head = packed_head_len(t, hd);
+    let k_len = packed_rhs_len(hd, t);
+    assert!(scratch.len() >= attn_scratch_len(t, d, heads, pool.threads()));
+    let (packed, worker_scratch) = scratch.split_at_mut(heads * per_head);
+    let ker = Kernel::best();
     let stride = 3 * d;
+    let head_mat = |which: usize, h: usize| Mat {
+        data: &qkv[which * d + h * hd..],
+        rows: t,
+        cols: hd,
+        stride,
+    };
+    let packed_ptr = SharedMut::new(packed);
+    pool.run(heads, &|h, _| {
+        // SAFETY: task h writes head h's slot only.
+        let slot = unsafe { packed_ptr.slice(h * per_head, per_head) };
+        let (k_packed, v_packed) = slot.split_at_mut(k_len);
+        pack_rhs_whole(ker, Operand::transposed(head_mat(1, h)), scale, k_packed);
+        pack_rhs_whole(ker, Operand::plain(head_mat(2, h)), 1.0, v_packed);
+    });
+    let packed = &*packed;
+    let out_ptr = SharedMut::new(out);
+    let scratch_ptr = SharedMut::new(worker_scratch);
     pool.run(heads * blocks, &|task, worker| {
         let (h, b) = (task / blocks, task % blocks);
         let q0 = b * QUERY_BLOCK;
@@ -234,39 +324,21 @@ fn attention(
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
         let (scores, sums) = ws.split_at_mut(QUERY_BLOCK * t);
-        let q = MatRef::from_row_major_slice_with_stride(
-            &qkv[q0 * stride + h * hd..],
+        let (k_packed, v_packed) = packed[h * per_head..(h + 1) * per_head].split_at(k_len);
+        let q = Mat {
+            data: &qkv[q0 * stride + h * hd..],
             rows,
-            hd,
+            cols: hd,
             stride,
-        );
-        let k = MatRef::from_row_major_slice_with_stride(&qkv[d + h * hd..], t, hd, stride);
-        let v = MatRef::from_row_major_slice_with_stride(&qkv[2 * d + h * hd..], t, hd, stride);
-        // SAFETY: `scores` has at least rows·t floats; runtime strides as in gemm.rs.
-        let s = unsafe { MatMut::from_raw_parts_mut(scores.as_mut_ptr(), rows, t, t as isize, 1) };
-        matmul(
-            s,
-            Accum::Replace,
-            q.as_dyn_stride(),
-            k.transpose().as_dyn_stride(),
-            scale,
-            Par::Seq,
-        );
+        };
+        product_seq_packed(ker, scores, t, q, k_packed, t, false);
         for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
             *sum = exp_shifted_row(row);
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
-        let o = unsafe { MatMut::from_raw_parts_mut(dst.as_mut_ptr(), rows, hd, d as isize, 1) };
-        let p = MatRef::from_row_major_slice_with_stride(&scores[..], rows, t, t);
-        matmul(
-            o,
-            Accum::Replace,
-            p.as_dyn_stride(),
-            v.as_dyn_stride(),
-            1.0f32,
-            Par::Seq,
-        );
+        let p = Mat::new(&scores[..rows * t], rows, t);
+        product_seq_packed(ker, dst, d, p, v_packed, hd, false);
         for (r, sum) in sums.iter().enumerate().take(rows) {
             let inv = 1.0 / sum;
             dst[r * d..r * d + hd].iter_mut().for_each(|v| *v *= inv);

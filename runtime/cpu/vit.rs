@@ -10,14 +10,14 @@
 use super::gemm::{linear, Epilogue, Mat};
 use super::pool::{Pool, SharedMut};
 use super::transformer::{
-    block_forward, block_scratch_len, check_shape, layer_norm, BlockShape, BlockWeights,
+    block_forward_with, block_scratch_len, check_shape, layer_norm, BlockBf16, BlockShape,
+    BlockWeights,
 };
 use crate::config::VitConfig;
 use crate::format::TensorSource;
 use crate::{Error, Result};
 
 /// The ViT's weights, borrowed from a [`TensorSource`] (names `vit.*`, timm layout).
-#[derive(Clone, Debug)]
 pub struct VitWeights<'a> {
     /// `[dim]`
     pub cls_token: &'a [f32],
@@ -75,6 +75,17 @@ impl<'a> VitWeights<'a> {
             norm_b: src.f32("vit.norm.bias", &[d])?,
         })
     }
+
+    /// The blocks' dense layers converted to bf16 once, for [`vit_forward_with`]; `None`
+    /// where the CPU has no AVX512-BF16. The patch embedding stays f32 (one small GEMM;
+    /// the input pixels keep their precision).
+    pub fn to_bf16(&self, cfg: &VitConfig) -> Option<Vec<BlockBf16>> {
+        let shape = block_shape(cfg);
+        self.blocks
+            .iter()
+            .map(|b| BlockBf16::new(&shape, b))
+            .collect()
+    }
 }
 
 /// Scratch floats [`vit_forward`] needs for a pool of `threads` threads.
@@ -101,6 +112,20 @@ pub fn vit_forward(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<()> {
+    vit_forward_with(pool, cfg, w, &[], input, out, scratch)
+}
+
+/// [`vit_forward`] with the blocks' dense layers on the bf16 path when `bf16` holds one
+/// entry per block ([`VitWeights::to_bf16`]); empty: f32.
+pub fn vit_forward_with(
+    pool: &Pool,
+    cfg: &VitConfig,
+    w: &VitWeights<'_>,
+    bf16: &[BlockBf16],
+    input: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<()> {
     let d = cfg.dim as usize;
     let (c, p, side) = (
         cfg.in_chans as usize,
@@ -120,7 +145,9 @@ pub fn vit_forward(
             out.len()
         )));
     }
-    if scratch.len() < vit_scratch_len(cfg, pool.threads()) || w.blocks.len() != cfg.depth as usize
+    if scratch.len() < vit_scratch_len(cfg, pool.threads())
+        || w.blocks.len() != cfg.depth as usize
+        || !(bf16.is_empty() || bf16.len() == w.blocks.len())
     {
         return Err(Error::Input(
             "ViT scratch or weights do not match the configuration".into(),
@@ -164,8 +191,8 @@ pub fn vit_forward(
     }
 
     let shape = block_shape(cfg);
-    for bw in &w.blocks {
-        block_forward(pool, &shape, bw, x, rest);
+    for (i, bw) in w.blocks.iter().enumerate() {
+        block_forward_with(pool, &shape, bw, bf16.get(i), x, rest);
     }
     layer_norm(
         pool,

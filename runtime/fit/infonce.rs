@@ -6,15 +6,15 @@
 //! 2T`, one direction, as the reference code. Computed in blocks of [`BLOCK_ROWS`] queries
 //! so the logits never take more than `BLOCK_ROWS × N` floats.
 //!
-//! Every product goes through faer on fixed output tiles inside the [`Pool`] (as
-//! `cpu::gemm`): a tile's bits depend on its position only, so results do not depend on
+//! Every product goes through `cpu::gemm` on fixed output tiles inside the [`Pool`]: a tile's bits depend on its position only, so results do not depend on
 //! the thread count; reductions over rows happen inside one tile's sequential matmul or
 //! in a fixed order on the calling thread.
 
-use crate::cpu::gemm::{self, Epilogue, Mat, TILE_COLS, TILE_ROWS};
+use crate::cpu::gemm::{self, Epilogue, Kernel, Mat, Operand};
 use crate::cpu::pool::{Pool, SharedMut};
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+
+/// Rows and columns of the output per task of the products below.
+use crate::cpu::gemm::{TASK_COLS as TILE_COLS, TASK_ROWS as TILE_ROWS};
 
 /// Queries per block of logits.
 pub const BLOCK_ROWS: usize = 256;
@@ -24,30 +24,7 @@ pub fn matmul_nn(pool: &Pool, a: Mat<'_>, b: Mat<'_>, out: &mut [f32], accumulat
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul_nn: inner sizes");
     assert!(out.len() >= m * n, "matmul_nn: output");
-    let tiles_m = m.div_ceil(TILE_ROWS);
-    let tiles_n = n.div_ceil(TILE_COLS);
-    let ptr = SharedMut::new(out);
-    pool.run(tiles_m * tiles_n, &|task, _| {
-        let (tm, tn) = (task / tiles_n, task % tiles_n);
-        let (r0, c0) = (tm * TILE_ROWS, tn * TILE_COLS);
-        let rows = TILE_ROWS.min(m - r0);
-        let cols = TILE_COLS.min(n - c0);
-        // SAFETY: tiles are disjoint; this one spans rows r0.., columns c0.. of `out`.
-        let tile = unsafe { ptr.slice(r0 * n + c0, (rows - 1) * n + cols) };
-        let lhs = Mat {
-            data: &a.data[r0 * a.stride..],
-            rows,
-            cols: k,
-            stride: a.stride,
-        };
-        let rhs = Mat {
-            data: &b.data[c0..],
-            rows: k,
-            cols,
-            stride: b.stride,
-        };
-        gemm::matmul_seq(tile, n, lhs, rhs, false, 1.0, accumulate);
-    });
+    gemm::matmul_tiled(pool, out, n, a, b, false, 1.0, accumulate);
 }
 
 /// `out[p×q] (+)= aᵀ · b` for `a[m×p]`, `b[m×q]` (row-major): weight gradients `δᵀ x`.
@@ -71,25 +48,20 @@ pub fn matmul_tn(pool: &Pool, a: Mat<'_>, b: Mat<'_>, out: &mut [f32], accumulat
         let cols = TILE_COLS.min(q - c0);
         // SAFETY: disjoint tiles of `out`, as in `matmul_nn`.
         let tile = unsafe { ptr.slice(r0 * q + c0, (rows - 1) * q + cols) };
-        // aᵀ restricted to rows r0..r0+rows: columns r0.. of a, viewed transposed.
-        let lhs =
-            MatRef::from_row_major_slice_with_stride(&a.data[r0..], m, rows, a.stride).transpose();
-        let rhs = MatRef::from_row_major_slice_with_stride(&b.data[c0..], m, cols, b.stride);
-        // SAFETY: the view covers exactly `tile` (runtime strides: see `cpu::gemm`).
-        let dst =
-            unsafe { MatMut::from_raw_parts_mut(tile.as_mut_ptr(), rows, cols, q as isize, 1) };
-        matmul(
-            dst,
-            if accumulate {
-                Accum::Add
-            } else {
-                Accum::Replace
-            },
-            lhs.as_dyn_stride(),
-            rhs.as_dyn_stride(),
-            1.0f32,
-            Par::Seq,
-        );
+        // aᵀ restricted to rows r0..r0+rows: columns r0.. of a, read transposed.
+        let lhs = Operand::transposed(Mat {
+            data: &a.data[r0..],
+            rows: m,
+            cols: rows,
+            stride: a.stride,
+        });
+        let rhs = Operand::plain(Mat {
+            data: &b.data[c0..],
+            rows: m,
+            cols,
+            stride: b.stride,
+        });
+        gemm::product_seq(Kernel::best(), tile, q, lhs, rhs, 1.0, accumulate);
     });
 }
 

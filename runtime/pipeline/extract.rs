@@ -17,7 +17,8 @@ use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};
 use crate::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
 use crate::cpu::pool::Pool;
 use crate::cpu::radar_fusion;
-use crate::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
+use crate::cpu::transformer::BlockBf16;
+use crate::cpu::vit::{vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use crate::format::ModelFile;
 use crate::pipeline::input::{CloudView, RgbView};
 use crate::pipeline::preprocess::{
@@ -39,6 +40,8 @@ struct PseudoFeatures {
 /// The weights of the three networks, borrowed from the model file.
 struct Networks<'m> {
     vit: VitWeights<'m>,
+    /// The ViT blocks' dense layers in bf16 (`use_cpu_bf16`), else empty.
+    vit_bf16: Vec<BlockBf16>,
     point: PointMaeWeights<'m>,
     fusion: FusionWeights<'m>,
 }
@@ -175,6 +178,7 @@ impl<'m> Extractor<'m> {
         }
         let nets = Networks {
             vit: VitWeights::load(model, vc)?,
+            vit_bf16: Vec::new(),
             point: PointMaeWeights::load(model, pc)?,
             fusion: FusionWeights::load(model, fc)?,
         };
@@ -230,6 +234,21 @@ impl<'m> Extractor<'m> {
         // Also warms every worker thread of the pool on the networks' code paths.
         ex.pseudo = ex.pseudo_features(pool)?;
         Ok(ex)
+    }
+
+    /// Puts the CPU ViT's dense layers on the bf16 path (`--precision bf16` on the CPU
+    /// backend; error bound in `cpu::gemm_bf16`). The pseudo-input features stay those
+    /// of the f32 path computed at creation. Returns false, staying f32, where the CPU
+    /// has no AVX512-BF16.
+    pub fn use_cpu_bf16(&mut self) -> bool {
+        let vc = self.cfg.vit.as_ref().expect("checked in new");
+        match self.nets.vit.to_bf16(vc) {
+            Some(blocks) => {
+                self.nets.vit_bf16 = blocks;
+                true
+            }
+            None => false,
+        }
     }
 
     fn pseudo_features(&mut self, pool: &Pool) -> Result<PseudoFeatures> {
@@ -468,10 +487,11 @@ impl<'m> Extractor<'m> {
         if let (true, Some(net)) = (status.rgb_usable(), self.rgb_network.as_mut()) {
             net.forward(&self.pre.rgb_input, &mut self.rgb)?;
         } else if status.rgb_usable() {
-            vit_forward(
+            vit_forward_with(
                 pool,
                 vc,
                 &self.nets.vit,
+                &self.nets.vit_bf16,
                 &self.pre.rgb_input,
                 &mut self.rgb,
                 &mut self.scratch,

@@ -218,3 +218,58 @@ fn scoring_does_not_allocate() {
     }
     assert_eq!(counts(), before);
 }
+
+#[test]
+fn near_duplicate_rows_pick_a_nearest_within_the_bound_and_exact_copies_the_lowest() {
+    // Exact copies of a row and copies nudged by 1e-6 in one value, on both sides of the
+    // kernels' row groups (12, 6, 4 rows) and of the overlapping last group. The search
+    // evaluates ‖x‖² − 2x·b + ‖b‖² in f32, so among rows closer than its rounding it may
+    // pick any; what must hold: (1) the picked row's exact distance is within that
+    // rounding bound of the exact minimum, (2) of exact copies, the lowest index wins
+    // (their computed distances are the same bits), (3) threads do not matter.
+    let dim = 40;
+    let exact = |x: &[f32], r: &[f32]| -> f64 {
+        x.iter()
+            .zip(r)
+            .map(|(a, c)| (*a as f64 - *c as f64).powi(2))
+            .sum()
+    };
+    for nb in [12usize, 13, 25, 37, 101] {
+        let mut b = random(nb * dim, 30 + nb as u64);
+        let r0: Vec<f32> = b[..dim].to_vec();
+        let copies = [0usize, 5, nb - 1];
+        for &c in &copies[1..] {
+            b[c * dim..(c + 1) * dim].copy_from_slice(&r0);
+        }
+        let r1: Vec<f32> = b[dim..2 * dim].to_vec();
+        for (row, nudge) in [(3usize, 1e-6f32), (nb - 2, -1e-6)] {
+            if !copies.contains(&row) && row != 1 {
+                b[row * dim..(row + 1) * dim].copy_from_slice(&r1);
+                b[row * dim + 7] += nudge;
+            }
+        }
+        let mut q = r0.clone();
+        q.extend_from_slice(&r1);
+        let mut r1_far = r1.clone();
+        r1_far[7] += 1e-3;
+        q.extend_from_slice(&r1_far);
+        let (d, i) = run_nearest(&Pool::new(2), &q, &b, dim);
+        let (d1, i1) = run_nearest(&Pool::new(1), &q, &b, dim);
+        assert_eq!((d.clone(), i.clone()), (d1, i1), "{nb}: threads");
+        for (k, x) in q.chunks_exact(dim).enumerate() {
+            let rows: Vec<f64> = b.chunks_exact(dim).map(|r| exact(x, r)).collect();
+            let min = rows.iter().cloned().fold(f64::INFINITY, f64::min);
+            // f32 rounding of the three-term formula: a few ulp of its largest terms.
+            let xn: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum();
+            let bound = 4.0 * (dim as f64 + 3.0) * f32::EPSILON as f64 * 4.0 * xn.max(1.0);
+            let got = i[k] as usize;
+            assert!(rows[got] <= min + bound, "{nb} query {k}: row {got}");
+            if copies.contains(&got) {
+                assert_eq!(
+                    got, 0,
+                    "{nb} query {k}: exact copies go to the lowest index"
+                );
+            }
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! faer allocates per-thread packing buffers on a thread's first packed product; the pool
+//! `cpu::gemm` allocates per-thread packing buffers on a thread's first product; the pool
 //! gives each of its threads those buffers before it runs a task there, so the first
 //! product on any pool thread allocates nothing (dynamic task assignment would otherwise
 //! let a thread meet its first product, and allocate, on some later part).

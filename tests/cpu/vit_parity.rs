@@ -10,7 +10,7 @@
 
 use miad::config::VitConfig;
 use miad::cpu::pool::Pool;
-use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
+use miad::cpu::vit::{vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::{OwnedTensors, TensorSource};
 use std::path::Path;
 
@@ -109,5 +109,49 @@ fn full_vit_b8_matches_timm_when_the_fixture_is_given() {
     println!(
         "ViT-B/8 224×224: max abs error {err:.3e}, max |ref| {ref_max:.4}, ratio {:.3e}",
         err / ref_max
+    );
+}
+
+/// The bf16 path (`--precision bf16` on the CPU: the blocks' dense layers through
+/// AVX512-BF16) against the float64 timm reference: max abs error within the bf16
+/// feature tolerance (`Precision::Bf16.feature_tolerance()`, 1e-2 × max |reference|, the
+/// bound the CUDA bf16 path is held to), identical bits for 1 and 2 threads, and further
+/// from the reference than the f32 path (so the bf16 kernels did run).
+#[test]
+fn small_vit_bf16_path_is_within_its_tolerance_and_deterministic() {
+    if !miad::cpu::gemm_bf16::available() {
+        println!("no AVX512-BF16 on this CPU: the bf16 path is not built, nothing to check");
+        return;
+    }
+    let cfg = VitConfig::small();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_small.safetensors");
+    let t = OwnedTensors::from_safetensors_file(&path).expect("fixture");
+    let w = VitWeights::load(&t, &cfg).expect("fixture weights");
+    let bf16 = w.to_bf16(&cfg).expect("AVX512-BF16 present");
+    let (input, want) = (get(&t, "input"), get(&t, "output"));
+    let forward_bf16 = |pool: &Pool| {
+        let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
+        let mut scratch = vec![0f32; vit_scratch_len(&cfg, pool.threads())];
+        vit_forward_with(pool, &cfg, &w, &bf16, input, &mut out, &mut scratch).unwrap();
+        out
+    };
+    let pool1 = Pool::new(1);
+    let got = forward_bf16(&pool1);
+    let (err, ref_max, at) = max_error(&got, want);
+    let tol = miad::backend::Precision::Bf16.feature_tolerance();
+    assert!(
+        err <= tol * ref_max,
+        "bf16: max abs error {err} at {at} exceeds {tol} × max|ref| {ref_max}"
+    );
+    let (f32_err, _, _) = max_error(&forward(&pool1, &cfg, &w, input), want);
+    assert!(
+        err > f32_err,
+        "bf16 error {err} not above the f32 path's {f32_err}"
+    );
+    assert_eq!(got, forward_bf16(&Pool::new(2)), "threads");
+    println!(
+        "small ViT bf16: max abs error {err:.3e}, max |ref| {ref_max:.4}, ratio {:.3e} (f32 path {:.3e})",
+        err / ref_max,
+        f32_err / ref_max
     );
 }

@@ -3,6 +3,7 @@
 //! banks and per-case statistics fitted through it, each case's instruction in use). Run alone in a child process
 //! (`common::alone_in_process`), so that the counting allocator sees only this code.
 
+use miad::backend::Precision;
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
 use miad::eval::synth::Category;
@@ -33,7 +34,12 @@ fn check_no_allocation(f: &common::Fixture) {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
-    for threads in [1, 2] {
+    // bf16 on the CPU too (its kernels where the CPU has AVX512-BF16, else f32).
+    for (threads, precision) in [
+        (1, Precision::F32),
+        (2, Precision::F32),
+        (2, Precision::Bf16),
+    ] {
         let mut e = Engine::open(
             model,
             bank,
@@ -41,6 +47,7 @@ fn check_no_allocation(f: &common::Fixture) {
                 threads,
                 max_width: 96,
                 max_height: 96,
+                precision,
                 ..EngineOptions::default()
             },
         )
@@ -65,7 +72,7 @@ fn check_no_allocation(f: &common::Fixture) {
         let after = total_counts();
         assert_eq!(
             after, before,
-            "inspect allocated (allocations, bytes) with {threads} threads"
+            "inspect allocated (allocations, bytes) with {threads} threads, {precision}"
         );
         assert!(scores.iter().all(|s| s.is_finite()));
     }

@@ -10,6 +10,7 @@ static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
     miad::util::alloc_counter::CountingAlloc;
 
 mod alloc;
+mod cpu_bf16;
 mod device_network_gates;
 mod e2e;
 mod latency_report;

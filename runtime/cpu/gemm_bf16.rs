@@ -1,0 +1,451 @@
+//! The bf16 path of the dense layers: bf16 operands, f32 accumulation, through the
+//! AVX512-BF16 dot product (`vdpbf16ps`: each f32 lane adds the products of one pair of
+//! bf16 values). Weights are converted and packed once ([`PackedBf16::new`], at engine
+//! creation); activations are rounded to bf16 row by row as each micro-panel is loaded.
+//! Where the CPU has no AVX512-BF16, [`PackedBf16::new`] returns `None` and callers stay
+//! on the f32 path.
+//!
+//! Error against exact arithmetic, per output element `y = Σ_p a_p w_p` (+ bias): both
+//! operands rounded to nearest bf16 (unit roundoff u = 2⁻⁸), products exact in f32,
+//! sums in f32 over `k` terms:
+//! `|ŷ − y| ≤ (2u + u² + k·2⁻²⁴) · Σ_p |a_p w_p|` (f32 accumulation bound γ_k ≈ k·2⁻²⁴).
+//! [`error_bound`] computes it; the tests check every element against it.
+//!
+//! Determinism as in [`super::gemm`]: a fixed task grid and `k` blocks fixed by the shape.
+
+use super::gemm::{row_split, Epilogue, Finish, Mat, Start, NC};
+use super::pool::{Pool, SharedMut};
+use std::cell::RefCell;
+
+/// Inner elements per block (even: blocks are split in pairs).
+const KC: usize = 384;
+const MR: usize = 12;
+const NR: usize = 32;
+
+/// Whether this CPU runs the bf16 kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The error bound of the module doc for a dot product with `Σ|a_p w_p| = abs_sum`
+/// over `k` terms.
+pub fn error_bound(k: usize, abs_sum: f64) -> f64 {
+    let u = 2f64.powi(-8);
+    (2.0 * u + u * u + k as f64 * 2f64.powi(-24)) * abs_sum
+}
+
+/// Nearest-even bf16 bits of `x` (NaN kept a NaN).
+#[inline]
+fn to_bf16(x: f32) -> u16 {
+    half::bf16::from_f32(x).to_bits()
+}
+
+/// The fixed split of `k` into blocks of an even size: (blocks, elements per block).
+fn k_blocks(k: usize) -> (usize, usize) {
+    let blocks = k.div_ceil(KC).max(1);
+    (blocks, k.div_ceil(blocks).div_ceil(2) * 2)
+}
+
+/// A weight `[n, k]` (PyTorch layout) converted to bf16 and packed for the kernel: per
+/// `k` block, strips of `NR` outputs, pairs of inner elements interleaved per output.
+pub struct PackedBf16 {
+    data: Vec<u16>,
+    n: usize,
+    k: usize,
+}
+
+impl PackedBf16 {
+    /// Converts and packs `w` (`n × k`); `None` without AVX512-BF16.
+    pub fn new(w: Mat<'_>) -> Option<PackedBf16> {
+        if !available() {
+            return None;
+        }
+        let (n, k) = (w.rows, w.cols);
+        let (kblocks, kc_step) = k_blocks(k);
+        let n_pad = n.div_ceil(NR) * NR;
+        // The last block is padded to an even length.
+        let last_p0 = (kblocks - 1) * kc_step;
+        let k_pad = last_p0 + k.saturating_sub(last_p0).div_ceil(2) * 2;
+        let mut data = vec![0u16; k_pad * n_pad];
+        for kb in 0..kblocks {
+            let p0 = kb * kc_step;
+            let kc = kc_step.min(k.saturating_sub(p0));
+            let pairs = kc.div_ceil(2);
+            let block = &mut data[p0 * n_pad..];
+            for j in 0..n {
+                let (s, jj) = (j / NR, j % NR);
+                let row = &w.data[j * w.stride + p0..j * w.stride + p0 + kc];
+                for (p, &v) in row.iter().enumerate() {
+                    block[s * pairs * 2 * NR + (p / 2) * 2 * NR + jj * 2 + p % 2] = to_bf16(v);
+                }
+            }
+        }
+        Some(PackedBf16 { data, n, k })
+    }
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+}
+
+thread_local! {
+    /// One micro-panel of activations in bf16 pairs: `MR × KC / 2`.
+    static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gives the calling thread its activation panel (called by `gemm::warm_up_thread`).
+pub fn warm_up_thread() {
+    if available() {
+        PANEL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.is_empty() {
+                *p = vec![0u32; MR * KC / 2];
+            }
+        });
+    }
+}
+
+/// `out[m × w.rows] ⟵ epilogue(a · wᵀ + bias)` with bf16 operands, as
+/// [`super::gemm::linear`] (the same epilogues, the same task grid).
+pub fn linear_bf16(
+    pool: &Pool,
+    a: Mat<'_>,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    let (m, k, n) = (a.rows, a.cols, w.n);
+    assert_eq!(w.k, k, "linear_bf16: inner sizes");
+    assert!(
+        m == 0 || a.data.len() >= (m - 1) * a.stride + k,
+        "linear_bf16: input"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "linear_bf16: bias length");
+    }
+    assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (row_blocks, rows_per) = row_split(m, n);
+    let col_blocks = n.div_ceil(NC);
+    let out_ptr = SharedMut::new(out);
+    let finish = Finish { bias, epilogue };
+    pool.run(row_blocks * col_blocks, &|task, _| {
+        let (rb, cb) = (task / col_blocks, task % col_blocks);
+        let r0 = rb * rows_per;
+        let c0 = cb * NC;
+        PANEL.with(|panel| {
+            let mut panel = panel.borrow_mut();
+            if panel.is_empty() {
+                *panel = vec![0u32; MR * KC / 2];
+            }
+            // SAFETY: tasks cover disjoint regions of the checked output.
+            unsafe {
+                region(
+                    &mut panel,
+                    a,
+                    w,
+                    r0..(r0 + rows_per).min(m),
+                    c0..(c0 + NC).min(n),
+                    out_ptr.ptr(),
+                    out_stride,
+                    epilogue == Epilogue::Accumulate,
+                    finish,
+                )
+            }
+        });
+    });
+}
+
+/// One task's region of [`linear_bf16`] (see `gemm::gemm_region`).
+#[allow(clippy::too_many_arguments)]
+unsafe fn region(
+    panel: &mut [u32],
+    a: Mat<'_>,
+    w: &PackedBf16,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    finish: Finish<'_>,
+) {
+    let k = a.cols;
+    let (kblocks, kc_step) = k_blocks(k);
+    let n_pad = w.n.div_ceil(NR) * NR;
+    for kb in 0..kblocks {
+        let p0 = kb * kc_step;
+        let kc = kc_step.min(k.saturating_sub(p0));
+        let pairs = kc.div_ceil(2);
+        let start = match (kb, accumulate) {
+            (0, false) => Start::Zero,
+            (0, true) => Start::ZeroThenAddC,
+            _ => Start::FromC,
+        };
+        let last = kb + 1 == kblocks;
+        let block = &w.data[p0 * n_pad..];
+        let mut ir = rows.start;
+        while ir < rows.end {
+            let rows_here = MR.min(rows.end - ir);
+            for i in 0..MR {
+                let dst: &mut [u16] =
+                    bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
+                if i < rows_here {
+                    let start = (ir + i) * a.stride + p0;
+                    // SAFETY: `available()` held when the weight was packed.
+                    unsafe { x86_bf16::convert(&a.data[start..start + kc], dst) };
+                } else {
+                    dst.fill(0);
+                }
+            }
+            let mut j = cols.start;
+            while j < cols.end {
+                let cols_here = NR.min(cols.end - j);
+                let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
+                let ap = panel.as_ptr();
+                // SAFETY (all below): the tile is inside the caller's region; the panel
+                // holds MR rows of `pairs` pairs; the strip `pairs · NR` pairs.
+                if rows_here == MR && cols_here == NR {
+                    unsafe {
+                        x86_bf16::kernel_12x32(
+                            pairs,
+                            ap,
+                            pairs,
+                            bp,
+                            c.add(ir * ldc + j),
+                            ldc,
+                            start,
+                        )
+                    };
+                } else {
+                    let mut tmp = [0f32; MR * NR];
+                    if start != Start::Zero {
+                        for i in 0..rows_here {
+                            for jj in 0..cols_here {
+                                tmp[i * NR + jj] = unsafe { *c.add((ir + i) * ldc + j + jj) };
+                            }
+                        }
+                    }
+                    unsafe {
+                        x86_bf16::kernel_12x32(pairs, ap, pairs, bp, tmp.as_mut_ptr(), NR, start)
+                    };
+                    for i in 0..rows_here {
+                        for jj in 0..cols_here {
+                            unsafe { *c.add((ir + i) * ldc + j + jj) = tmp[i * NR + jj] };
+                        }
+                    }
+                }
+                if last && !finish.is_none() {
+                    for i in 0..rows_here {
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(c.add((ir + i) * ldc + j), cols_here)
+                        };
+                        finish.apply(row, j);
+                    }
+                }
+                j += cols_here;
+            }
+            ir += rows_here;
+        }
+    }
+}
+
+/// Never called: no [`PackedBf16`] exists without AVX512-BF16 (see [`available`]).
+#[cfg(not(target_arch = "x86_64"))]
+mod x86_bf16 {
+    pub unsafe fn convert(_: &[f32], _: &mut [u16]) {
+        unreachable!("bf16 kernels need x86-64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_12x32(
+        _: usize,
+        _: *const u32,
+        _: usize,
+        _: *const u16,
+        _: *mut f32,
+        _: usize,
+        _: super::Start,
+    ) {
+        unreachable!("bf16 kernels need x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_bf16 {
+    use super::Start;
+    use std::arch::x86_64::*;
+
+    /// `dst` ← nearest-even bf16 of `src`, zero padded to `dst.len()` (≥ `src.len()`).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512-BF16 present.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn convert(src: &[f32], dst: &mut [u16]) {
+        let mut chunks = src.chunks_exact(32);
+        let mut o = 0;
+        for ch in &mut chunks {
+            unsafe {
+                let lo = _mm512_loadu_ps(ch.as_ptr());
+                let hi = _mm512_loadu_ps(ch.as_ptr().add(16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(o) as *mut _, v);
+            }
+            o += 32;
+        }
+        for &v in chunks.remainder() {
+            dst[o] = super::to_bf16(v);
+            o += 1;
+        }
+        dst[o..].fill(0);
+    }
+
+    /// `c[12 × 32] (+)= a · b` over `pairs` pairs of inner elements: `a` 12 rows of
+    /// `pairs` u32 (bf16 pairs), `lda` apart; `b` one packed strip.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512-BF16 present; pointers cover the tile.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_12x32(
+        pairs: usize,
+        a: *const u32,
+        lda: usize,
+        b: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        start: Start,
+    ) {
+        unsafe {
+            let mut lo = [_mm512_setzero_ps(); 12];
+            let mut hi = [_mm512_setzero_ps(); 12];
+            if start == Start::FromC {
+                for i in 0..12 {
+                    lo[i] = _mm512_loadu_ps(c.add(i * ldc));
+                    hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
+                }
+            }
+            let mut bp = b;
+            let mut ap = a;
+            for _ in 0..pairs {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(32) as *const _));
+                for i in 0..12 {
+                    let ai: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(*ap.add(i * lda) as i32));
+                    lo[i] = _mm512_dpbf16_ps(lo[i], ai, b0);
+                    hi[i] = _mm512_dpbf16_ps(hi[i], ai, b1);
+                }
+                bp = bp.add(64);
+                ap = ap.add(1);
+            }
+            if start == Start::ZeroThenAddC {
+                for i in 0..12 {
+                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
+                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
+                }
+            }
+            for i in 0..12 {
+                _mm512_storeu_ps(c.add(i * ldc), lo[i]);
+                _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::gemm::linear;
+    use crate::util::rng::Rng;
+
+    #[test]
+    fn every_element_is_within_the_stated_bound_and_threads_do_not_matter() {
+        if !available() {
+            eprintln!("no AVX512-BF16 here: the bf16 path is not built");
+            return;
+        }
+        let mut rng = Rng::new(31);
+        for (m, k, n, epi) in [
+            (1, 1, 1, Epilogue::None),
+            (13, 5, 33, Epilogue::Accumulate),
+            (30, 801, 70, Epilogue::None),
+            (25, 768, 130, Epilogue::Relu),
+        ] {
+            let mut a = vec![0f32; m * k];
+            let mut w = vec![0f32; n * k];
+            let mut bias = vec![0f32; n];
+            rng.fill_normal(&mut a, 1.0);
+            rng.fill_normal(&mut w, 0.1);
+            rng.fill_normal(&mut bias, 0.1);
+            let packed = PackedBf16::new(Mat::new(&w, n, k)).expect("available");
+            let run = |threads| {
+                let mut out = vec![0.5f32; m * n];
+                let pool = Pool::new(threads);
+                linear_bf16(
+                    &pool,
+                    Mat::new(&a, m, k),
+                    &packed,
+                    Some(&bias),
+                    &mut out,
+                    n,
+                    epi,
+                );
+                out
+            };
+            let out = run(2);
+            assert_eq!(out, run(1), "{m}x{k}x{n}: threads");
+            let mut f32_out = vec![0.5f32; m * n];
+            linear(
+                &Pool::new(2),
+                Mat::new(&a, m, k),
+                Mat::new(&w, n, k),
+                Some(&bias),
+                &mut f32_out,
+                n,
+                epi,
+            );
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut y, mut abs) = (bias[j] as f64, 0f64);
+                    for p in 0..k {
+                        let t = a[i * k + p] as f64 * w[j * k + p] as f64;
+                        y += t;
+                        abs += t.abs();
+                    }
+                    let want = match epi {
+                        Epilogue::Accumulate => y + 0.5,
+                        Epilogue::Relu => y.max(0.0),
+                        _ => y,
+                    };
+                    // The bias and residual adds round once more in f32.
+                    let bound =
+                        error_bound(k, abs) + 4.0 * f32::EPSILON as f64 * (1.0 + want.abs());
+                    let got = out[i * n + j] as f64;
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{m}x{k}x{n} ({i},{j}): {got} vs {want}, bound {bound}"
+                    );
+                    // And against the f32 path: the f32 path's own error is far smaller.
+                    let f = f32_out[i * n + j] as f64;
+                    assert!(
+                        (got - f).abs() <= 2.0 * bound,
+                        "vs f32 ({i},{j}): {got} vs {f}"
+                    );
+                }
+            }
+        }
+    }
+}
