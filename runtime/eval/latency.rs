@@ -74,8 +74,8 @@ pub struct LatencyReport {
     pub peak_gflops: f64,
     /// The banks searched (present ones, score-vector order): the score stage's size.
     pub banks: Vec<BankSize>,
-    /// How the banks were made: `fitted`, or the provenance of banks synthesised at a
-    /// larger size (see [`super::scaled_bank`]).
+    /// How the banks were made: `fitted`, or the provenance of banks synthesised at
+    /// other sizes (`miad bench --bank-rows`, see [`super::scaled_bank`]).
     pub banks_origin: String,
 }
 
