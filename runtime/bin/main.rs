@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod args;
 mod bench;
+mod bench_reference;
 mod demo;
 mod eval;
 mod extract;

@@ -72,6 +72,48 @@ pub struct LatencyReport {
     /// GFLOP/s of the RGB branch at its p50 time, and the machine's measured peak.
     pub rgb_gflops: f64,
     pub peak_gflops: f64,
+    /// The banks searched (present ones, score-vector order): the score stage's size.
+    pub banks: Vec<BankSize>,
+    /// How the banks were made: `fitted`, or the provenance of banks synthesised at
+    /// other sizes (`miad bench --bank-rows`, see [`super::scaled_bank`]).
+    pub banks_origin: String,
+}
+
+/// Rows and width of one bank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BankSize {
+    pub name: &'static str,
+    pub rows: usize,
+    pub dim: usize,
+}
+
+/// The present banks of the engine's bank file and where they came from.
+fn bank_sizes(engine: &Engine) -> (Vec<BankSize>, String) {
+    let c = engine.bank_config();
+    let sizes = [
+        (c.xyz_rows, c.xyz_dim),
+        (c.rgb_rows, c.rgb_dim),
+        (c.fused_rows, c.fused_dim),
+    ];
+    let banks = crate::types::BANK_NAMES
+        .iter()
+        .zip(sizes)
+        .filter(|(_, (rows, _))| *rows > 0)
+        .map(|(&name, (rows, dim))| BankSize {
+            name,
+            rows: rows as usize,
+            dim: dim as usize,
+        })
+        .collect();
+    let origin = engine
+        .bank_file()
+        .container()
+        .manifest()
+        .provenance
+        .iter()
+        .find(|(k, _)| k == super::scaled_bank::PROVENANCE_KEY)
+        .map_or_else(|| "fitted".to_string(), |(_, v)| v.clone());
+    (banks, origin)
 }
 
 /// Runs `warmup` untimed then `n` timed inspections over `parts` (cycled).
@@ -127,6 +169,7 @@ pub fn run(
     let cfg = engine.model_file().config();
     let rgb_flops = cfg.vit.as_ref().map_or(0.0, crate::cpu::vit::vit_flops);
     let rgb_p50_s = stages[1].p50 / 1e3;
+    let (banks, banks_origin) = bank_sizes(engine);
     Ok(LatencyReport {
         model: cfg.name.clone(),
         backend: engine.backend().describe(),
@@ -142,12 +185,15 @@ pub fn run(
             0.0
         },
         peak_gflops: crate::util::peak::measure_peak_gflops(engine.threads()),
+        banks,
+        banks_origin,
     })
 }
 
 impl LatencyReport {
     /// The report as JSON: `{"model", "backend", "threads", "parts", "warmup",
     /// "allocations" (number or null), "rgb_gflops", "peak_gflops", "rgb_fraction_of_peak",
+    /// "banks": [{"name", "rows", "dim"}], "banks_origin",
     /// "stages": [{"name", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms",
     /// "max_over_p50"}], "histogram": {"lo_ms", "hi_ms", "counts": [...]}, "totals_ms": [...]}`.
     pub fn to_json(&self) -> String {
@@ -179,6 +225,22 @@ impl LatencyReport {
             j,
             "  \"rgb_fraction_of_peak\": {},",
             num(self.rgb_gflops / self.peak_gflops)
+        );
+        let banks: Vec<String> = self
+            .banks
+            .iter()
+            .map(|b| {
+                format!(
+                    "{{\"name\": \"{}\", \"rows\": {}, \"dim\": {}}}",
+                    b.name, b.rows, b.dim
+                )
+            })
+            .collect();
+        let _ = writeln!(j, "  \"banks\": [{}],", banks.join(", "));
+        let _ = writeln!(
+            j,
+            "  \"banks_origin\": \"{}\",",
+            self.banks_origin.replace('\\', "/").replace('"', "'")
         );
         j.push_str("  \"stages\": [\n");
         for (i, s) in self.stages.iter().enumerate() {

@@ -8,4 +8,5 @@ pub mod metrics;
 pub mod missing;
 pub mod picture;
 pub mod run;
+pub mod scaled_bank;
 pub mod synth;

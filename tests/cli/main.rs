@@ -1,5 +1,6 @@
-//! The `miad` command: the fit/eval/inspect workflow and the model commands.
+//! The `miad` command: the fit/eval/inspect workflow, the model commands, the bench options.
 
+mod bench_options;
 #[path = "../capi/fixture.rs"]
 mod fixture;
 mod model_commands;

@@ -1,0 +1,220 @@
+//! Banks at the size of a large category without fitting one: `miad bench --bank-rows`.
+//!
+//! Fitting a 300-part category takes over an hour on a small machine, yet the score
+//! stage's cost is set by the bank sizes. This writes a copy of a fitted bank file whose
+//! banks have the requested row counts:
+//! - fewer rows than fitted: the first rows (the coreset keeps its rows in farthest-first
+//!   order, so a prefix is itself a coreset);
+//! - more rows: every fitted row, then rows drawn uniformly from the fitted ones plus
+//!   Gaussian noise. The noise is scaled so that a drawn row lies about half the bank's
+//!   typical nearest-row spacing from its source: the new rows fill the gaps between
+//!   fitted rows as the rows of a larger fit would, and a part's nearest distances stay
+//!   realistic (slightly below those against the fitted bank).
+//!
+//! The xyz bank's last row (the background row, SPEC §6) stays last and is never drawn.
+//! Everything else in the file (normalisation, decision layers, thresholds) is copied, so
+//! the engine runs exactly as with the fitted file; only the search is larger.
+
+use crate::cpu::bank_search::sq_norms;
+use crate::format::{BankFile, Writer};
+use crate::types::{BANK_NAMES, RGB, XYZ};
+use crate::util::rng::Rng;
+use crate::{Error, Result};
+use std::path::Path;
+
+/// Provenance key of a synthesised bank file (the latency report shows its value).
+pub const PROVENANCE_KEY: &str = "bench.scaled_bank";
+/// A drawn row lies about this fraction of the typical nearest-row spacing from its source.
+const NOISE_FRACTION: f32 = 0.5;
+/// Fitted rows whose nearest-row distance estimates the spacing.
+const SPACING_SAMPLE: usize = 64;
+
+/// What was written for one bank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaledBankInfo {
+    pub name: &'static str,
+    pub fitted_rows: usize,
+    pub rows: usize,
+    /// Median distance of a sample of fitted rows to their nearest other row.
+    pub spacing: f32,
+    /// Standard deviation of the noise per value.
+    pub noise_std: f32,
+}
+
+/// Writes `src` to `path` with the banks resized to `rows` (xyz, rgb, fused; `None` keeps
+/// the fitted size). Deterministic in `seed`. Refuses a size for a bank the file lacks,
+/// and an xyz size of 1 (only the background row) or 0.
+pub fn write_scaled_bank(
+    src: &BankFile,
+    rows: [Option<usize>; 3],
+    seed: u64,
+    path: &Path,
+) -> Result<Vec<ScaledBankInfo>> {
+    let mut cfg = src.config().clone();
+    let fitted = [cfg.xyz_rows, cfg.rgb_rows, cfg.fused_rows].map(|r| r as usize);
+    let dims = [cfg.xyz_dim, cfg.rgb_dim, cfg.fused_dim].map(|d| d as usize);
+    let mut rng = Rng::new(seed);
+    let mut banks: Vec<(usize, Vec<f32>, Vec<f32>)> = Vec::new();
+    let mut infos = Vec::new();
+    for b in 0..3 {
+        let Some(want) = rows[b] else { continue };
+        let name = BANK_NAMES[b];
+        if fitted[b] == 0 {
+            return Err(Error::Input(format!(
+                "the bank file has no {name} bank to resize"
+            )));
+        }
+        let background = usize::from(b == XYZ);
+        if want <= background {
+            return Err(Error::Input(format!(
+                "{name} bank: {want} rows is too few (at least {})",
+                background + 1
+            )));
+        }
+        let d = dims[b];
+        let data = src.typed::<f32>(&format!("bank.{name}"), Some(&[fitted[b], d]))?;
+        let (features, tail) = data.split_at((fitted[b] - background) * d);
+        let (scaled, spacing, noise_std) = scale_rows(features, d, want - background, &mut rng);
+        let mut all = scaled;
+        all.extend_from_slice(tail);
+        let mut norms = vec![0.0; want];
+        sq_norms(&all, d, &mut norms);
+        infos.push(ScaledBankInfo {
+            name,
+            fitted_rows: fitted[b],
+            rows: want,
+            spacing,
+            noise_std,
+        });
+        banks.push((b, all, norms));
+        match b {
+            XYZ => cfg.xyz_rows = want as u32,
+            RGB => cfg.rgb_rows = want as u32,
+            _ => cfg.fused_rows = want as u32,
+        }
+    }
+
+    let resized = |name: &str| {
+        banks.iter().any(|(b, _, _)| {
+            let bank = BANK_NAMES[*b];
+            name == format!("bank.{bank}") || name == format!("bank.{bank}_norms")
+        })
+    };
+    let mut w = Writer::bank(cfg);
+    for (key, value) in &src.container().manifest().provenance {
+        if key != "writer" && key != PROVENANCE_KEY {
+            w.provenance(key.clone(), value.clone());
+        }
+    }
+    let summary: Vec<String> = infos
+        .iter()
+        .map(|i| format!("{} {} -> {}", i.name, i.fitted_rows, i.rows))
+        .collect();
+    w.provenance(
+        PROVENANCE_KEY,
+        format!(
+            "synthesised from {} (seed {seed}): {}",
+            src.path().display(),
+            summary.join(", ")
+        ),
+    );
+    for entry in &src.container().manifest().tensors {
+        if resized(&entry.name) {
+            continue;
+        }
+        let (e, bytes) = src.container().raw(&entry.name)?;
+        w.add(e.name.clone(), e.dtype, &e.shape_usize(), bytes);
+    }
+    for (b, data, norms) in banks {
+        let name = BANK_NAMES[b];
+        let n = norms.len();
+        w.add_f32(format!("bank.{name}_norms"), &[n], &norms);
+        w.add_f32(format!("bank.{name}"), &[n, data.len() / n], &data);
+    }
+    w.write(path)?;
+    Ok(infos)
+}
+
+/// `want` rows of width `d` from the `rows` (row-major): a prefix, or all of them then
+/// noisy copies. Returns the rows, the spacing estimate and the noise std.
+fn scale_rows(rows: &[f32], d: usize, want: usize, rng: &mut Rng) -> (Vec<f32>, f32, f32) {
+    let n = rows.len() / d;
+    if want <= n {
+        return (rows[..want * d].to_vec(), 0.0, 0.0);
+    }
+    let spacing = nearest_row_spacing(rows, d);
+    let noise_std = NOISE_FRACTION * spacing / (d as f32).sqrt();
+    let mut out = Vec::with_capacity(want * d);
+    out.extend_from_slice(rows);
+    let mut noise = vec![0.0; d];
+    for _ in n..want {
+        let j = rng.below(n as u64) as usize;
+        rng.fill_normal(&mut noise, noise_std);
+        out.extend(
+            rows[j * d..(j + 1) * d]
+                .iter()
+                .zip(&noise)
+                .map(|(v, e)| v + e),
+        );
+    }
+    (out, spacing, noise_std)
+}
+
+/// Median, over up to [`SPACING_SAMPLE`] evenly spread rows, of the Euclidean distance to
+/// the nearest other row (0 for a single row).
+fn nearest_row_spacing(rows: &[f32], d: usize) -> f32 {
+    let n = rows.len() / d;
+    if n < 2 {
+        return 0.0;
+    }
+    let step = n.div_ceil(SPACING_SAMPLE);
+    let mut nearest: Vec<f32> = (0..n)
+        .step_by(step)
+        .map(|i| {
+            let a = &rows[i * d..(i + 1) * d];
+            (0..n)
+                .filter(|&j| j != i)
+                .map(|j| {
+                    let b = &rows[j * d..(j + 1) * d];
+                    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min)
+                .sqrt()
+        })
+        .collect();
+    nearest.sort_by(f32::total_cmp);
+    nearest[nearest.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_when_shrinking_noisy_copies_when_growing() {
+        // Four rows on a line, 1 apart: spacing 1.
+        let rows: Vec<f32> = (0..4).flat_map(|i| [i as f32, 0.0]).collect();
+        let mut rng = Rng::new(1);
+        let (small, _, _) = scale_rows(&rows, 2, 3, &mut rng);
+        assert_eq!(small, rows[..6]);
+        let (big, spacing, std) = scale_rows(&rows, 2, 400, &mut rng);
+        assert_eq!(spacing, 1.0);
+        assert_eq!(std, NOISE_FRACTION / 2f32.sqrt());
+        assert_eq!(big.len(), 800);
+        assert_eq!(big[..8], rows[..]);
+        // Every drawn row is near some fitted row, and not a verbatim copy.
+        for r in big[8..].chunks_exact(2) {
+            let nearest = (0..4)
+                .map(|i| ((r[0] - i as f32).powi(2) + r[1].powi(2)).sqrt())
+                .fold(f32::INFINITY, f32::min);
+            assert!(nearest > 0.0 && nearest < 3.0, "{r:?}");
+        }
+        // The y value of a drawn row is its noise alone: mean |N(0, σ)| = σ·√(2/π).
+        let mean_offset: f32 = big[8..].chunks_exact(2).map(|r| r[1].abs()).sum::<f32>() / 396.0;
+        let expected = std * (2.0 / std::f32::consts::PI).sqrt();
+        assert!(
+            (mean_offset - expected).abs() < 0.2 * expected,
+            "{mean_offset} vs {expected}"
+        );
+    }
+}
