@@ -10,6 +10,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::Error;
 
@@ -133,7 +135,51 @@ pub struct BackendChoice {
     pub device_stages: Vec<&'static str>,
     /// What the engine's one device object created (CUDA backends only).
     pub device_counts: Option<DeviceCounts>,
+    /// The device's running counts of graph launches and host synchronisations (CUDA
+    /// backends only): read before and after inspections for the per-part figures.
+    pub device_activity: Option<ActivityProbe>,
 }
+
+/// The stages of one inspection, in SPEC order, as [`BackendChoice::device_stages`] and
+/// [`BackendChoice::cpu_stages`] name them.
+pub const PIPELINE_STAGES: [&str; 6] = [
+    "preprocessing",
+    "rgb branch",
+    "point branch",
+    "fusion",
+    "bank search",
+    "maps and decision",
+];
+
+/// Counts of what the host asks of a device while inspecting: graph launches and host
+/// synchronisations (waits for the stream). The target is one of each per part.
+#[derive(Debug, Default)]
+pub struct DeviceActivity {
+    pub graph_launches: AtomicU64,
+    pub host_syncs: AtomicU64,
+}
+
+/// A shared handle to a device's [`DeviceActivity`]; two probes are equal when they read
+/// the same device.
+#[derive(Clone, Debug, Default)]
+pub struct ActivityProbe(pub Arc<DeviceActivity>);
+
+impl ActivityProbe {
+    /// (graph launches, host synchronisations) so far.
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.0.graph_launches.load(Ordering::Relaxed),
+            self.0.host_syncs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl PartialEq for ActivityProbe {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for ActivityProbe {}
 
 /// What one device object (one per engine) created, counted where it is created: a test
 /// asserts one arena, one stream, one cuBLASLt handle and each kernel module once.
@@ -161,6 +207,7 @@ impl BackendChoice {
             fallback: None,
             device_stages: Vec::new(),
             device_counts: None,
+            device_activity: None,
         }
     }
 
@@ -176,7 +223,17 @@ impl BackendChoice {
             fallback: Some(reason),
             device_stages: Vec::new(),
             device_counts: None,
+            device_activity: None,
         }
+    }
+
+    /// The stages that run on the CPU: every stage of [`PIPELINE_STAGES`] not on the device.
+    pub fn cpu_stages(&self) -> Vec<&'static str> {
+        PIPELINE_STAGES
+            .iter()
+            .copied()
+            .filter(|s| !self.device_stages.contains(s))
+            .collect()
     }
 
     /// One line for reports: `cpu`, `cuda on NVIDIA H100 (sm_90): bank search`,
@@ -233,6 +290,7 @@ mod tests {
             fallback: None,
             device_stages: vec!["bank search"],
             device_counts: None,
+            device_activity: None,
         };
         assert_eq!(g.describe(), "cuda on GPU (sm_90), f32: bank search");
         let h = BackendChoice {

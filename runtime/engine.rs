@@ -587,6 +587,7 @@ fn open_backend(
             fallback: None,
             device_stages: vec!["bank search"],
             device_counts: None,
+            device_activity: None,
         };
         let tolerance = precision.feature_tolerance();
         if rgb_needs.is_ok() {
@@ -609,6 +610,7 @@ fn open_backend(
             choice.fallback = Some(on_cpu.join("; "));
         }
         choice.device_counts = Some(dev.counts());
+        choice.device_activity = Some(dev.activity());
         (Some(Box::new(search)), choice)
     }
     #[cfg(not(feature = "cuda"))]

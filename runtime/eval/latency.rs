@@ -77,6 +77,12 @@ pub struct LatencyReport {
     /// How the banks were made: `fitted`, or the provenance of banks synthesised at
     /// other sizes (`miad bench --bank-rows`, see [`super::scaled_bank`]).
     pub banks_origin: String,
+    /// What the host asks of the device per timed part: graph launches and host
+    /// synchronisations (CUDA backends; None on the CPU).
+    pub graph_launches_per_part: Option<f64>,
+    pub host_syncs_per_part: Option<f64>,
+    /// The stages that run on the CPU (all of them on the CPU backend).
+    pub cpu_stages: Vec<&'static str>,
 }
 
 /// Rows and width of one bank.
@@ -137,6 +143,8 @@ pub fn run(
     let names = ["preprocess", "rgb", "point", "fusion", "score", "total"];
     let mut ms: Vec<Vec<f64>> = (0..names.len()).map(|_| Vec::with_capacity(n)).collect();
     let before = count_allocations.map(|f| f());
+    let activity = engine.backend().device_activity.clone();
+    let activity_before = activity.as_ref().map(|a| a.read());
     for i in 0..n {
         let (r, c) = parts[i % parts.len()].views();
         let res = engine.inspect(r, c, &opts)?;
@@ -157,6 +165,12 @@ pub fn run(
         }
         progress(i + 1, n);
     }
+    let per_part = |count: fn((u64, u64)) -> u64| {
+        let (a, b) = (activity.as_ref()?, activity_before?);
+        Some((count(a.read()) - count(b)) as f64 / n as f64)
+    };
+    let graph_launches_per_part = per_part(|c| c.0);
+    let host_syncs_per_part = per_part(|c| c.1);
     let allocations = match (before, count_allocations) {
         (Some(b), Some(f)) => Some(f() - b),
         _ => None,
@@ -187,13 +201,17 @@ pub fn run(
         peak_gflops: crate::util::peak::measure_peak_gflops(engine.threads()),
         banks,
         banks_origin,
+        graph_launches_per_part,
+        host_syncs_per_part,
+        cpu_stages: engine.backend().cpu_stages(),
     })
 }
 
 impl LatencyReport {
     /// The report as JSON: `{"model", "backend", "threads", "parts", "warmup",
     /// "allocations" (number or null), "rgb_gflops", "peak_gflops", "rgb_fraction_of_peak",
-    /// "banks": [{"name", "rows", "dim"}], "banks_origin",
+    /// "banks": [{"name", "rows", "dim"}], "banks_origin", "graph_launches_per_part" and
+    /// "host_syncs_per_part" (numbers, null on the CPU), "cpu_stages": [names],
     /// "stages": [{"name", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms",
     /// "max_over_p50"}], "histogram": {"lo_ms", "hi_ms", "counts": [...]}, "totals_ms": [...]}`.
     pub fn to_json(&self) -> String {
@@ -242,6 +260,19 @@ impl LatencyReport {
             "  \"banks_origin\": \"{}\",",
             self.banks_origin.replace('\\', "/").replace('"', "'")
         );
+        let opt = |v: Option<f64>| v.map_or("null".into(), num);
+        let _ = writeln!(
+            j,
+            "  \"graph_launches_per_part\": {},",
+            opt(self.graph_launches_per_part)
+        );
+        let _ = writeln!(
+            j,
+            "  \"host_syncs_per_part\": {},",
+            opt(self.host_syncs_per_part)
+        );
+        let cpu: Vec<String> = self.cpu_stages.iter().map(|s| format!("\"{s}\"")).collect();
+        let _ = writeln!(j, "  \"cpu_stages\": [{}],", cpu.join(", "));
         j.push_str("  \"stages\": [\n");
         for (i, s) in self.stages.iter().enumerate() {
             let _ = write!(
@@ -313,6 +344,10 @@ impl LatencyReport {
                 s.name, s.p50, s.p90, s.p99, s.p999, s.max, s.max_over_p50
             );
         }
+        if let (Some(g), Some(h)) = (self.graph_launches_per_part, self.host_syncs_per_part) {
+            let _ = writeln!(t, "per part: {g} graph launches, {h} host synchronisations");
+        }
+        let _ = writeln!(t, "on the CPU: {}", self.cpu_stages.join(", "));
         t
     }
 

@@ -13,7 +13,7 @@ use super::gemm::{CublasLt, Workspace, GEMM_WORKSPACE_BYTES};
 use super::kernel::{Kernel, KernelArgs};
 use super::module::Module;
 use super::sim::{self, CopyKind, SimStream};
-use crate::backend::DeviceCounts;
+use crate::backend::{ActivityProbe, DeviceCounts};
 use crate::{DeviceError, Error, Result};
 
 /// Devices (contexts with their stream) opened in this process, real or simulated: one
@@ -73,6 +73,7 @@ struct Shared {
     streams: AtomicUsize,
     cublaslt_handles: AtomicUsize,
     module_loads: Mutex<Vec<(&'static str, usize)>>,
+    activity: ActivityProbe,
 }
 
 /// One CUDA device with the engine's context and stream, real or simulated, and what the
@@ -203,6 +204,16 @@ impl Device {
                 .map(|m| m.clone())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The running counts of graph launches and host synchronisations on this device.
+    pub fn activity(&self) -> ActivityProbe {
+        self.shared.activity.clone()
+    }
+
+    pub(crate) fn count_graph_launch(&self) {
+        let a = &self.shared.activity.0;
+        a.graph_launches.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_arena(&self) {
@@ -513,6 +524,9 @@ impl Device {
     /// Waits for all work on the engine's stream (the simulated stream runs work as it is
     /// issued).
     pub fn synchronize(&self) -> Result<()> {
+        // Counted on the simulated device too: it is where a GPU's host would wait.
+        let a = &self.shared.activity.0;
+        a.host_syncs.fetch_add(1, Ordering::Relaxed);
         match &self.inner {
             Inner::Driver { stream, .. } => unsafe {
                 check(sys::cuStreamSynchronize(*stream), "cuStreamSynchronize")

@@ -192,6 +192,7 @@ impl Graph {
 
     /// Enqueues one replay on `dev`'s stream (asynchronous; synchronise to read results).
     pub fn replay(&self, dev: &Device) -> Result<()> {
+        dev.count_graph_launch();
         match (&self.sim, dev.sim()) {
             (Some(g), Some(s)) => return s.replay(g),
             (None, None) => {}

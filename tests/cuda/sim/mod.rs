@@ -2,6 +2,7 @@
 //! misuse checks, and the engine's whole CUDA path against the CPU backend. These run in
 //! CI (`cargo test --features cuda-sim`); the modules beside this one need a real GPU.
 
+mod activity;
 mod alloc;
 mod device;
 mod engine;
