@@ -1,5 +1,7 @@
 //! The `miad` command: the fit/eval/inspect workflow and the model commands.
 
+#[path = "../common/mod.rs"]
+mod common;
 #[path = "../capi/fixture.rs"]
 mod fixture;
 mod model_commands;

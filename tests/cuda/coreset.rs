@@ -254,8 +254,7 @@ impl FeatureExtractor for FakeParts {
 fn fit_with_gpu_coreset_gives_the_cpu_banks() {
     // On a GPU the selection runs there; without one the fit falls back to the CPU (and
     // says why). Either way the banks are the CPU's.
-    let dir = std::env::temp_dir().join(format!("miad-cuda-coreset-fit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch_dir("cuda-coreset-fit");
     let layout = FeatureLayout {
         rgb_grid: 8,
         rgb_dim: 48,

@@ -423,8 +423,7 @@ fn a_model_file_gives_the_model_of_its_tensors() {
     };
     let cfg = ModelConfig::demo();
     let t = random_model(&cfg, 31);
-    let dir = std::env::temp_dir().join(format!("miad-cuda-forward-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch_dir("cuda-forward");
     let path = dir.join("demo.miad");
     write_model(&cfg, &t, &[], &path).unwrap();
     let file = ModelFile::open(&path, &OpenOptions::default()).unwrap();

@@ -35,11 +35,11 @@ use crate::shared::point_branch::{
 };
 
 fn temp_model(name: &str, cfg: &ModelConfig, seed: u64) -> TempModel {
-    let dir = std::env::temp_dir().join(format!(
-        "miad-cuda-point-branch-{}-{name}",
-        std::process::id()
-    ));
-    TempModel::new(dir, cfg, seed)
+    TempModel::new(
+        crate::common::scratch_dir(&format!("cuda-point-branch-{name}")),
+        cfg,
+        seed,
+    )
 }
 
 /// A synthetic part preprocessed as the extractor does (`size` × `size`).
