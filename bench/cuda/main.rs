@@ -18,6 +18,7 @@ mod coreset;
 mod forwards;
 mod gemm;
 mod point_branch;
+mod point_kernels;
 
 use miad::cuda::Device;
 
@@ -25,13 +26,14 @@ use miad::cuda::Device;
 type Bench = fn() -> bool;
 
 /// Every benchmark, by the name that selects it on the command line.
-const BENCHES: [(&str, Bench); 6] = [
+const BENCHES: [(&str, Bench); 7] = [
     ("attention", attention::attention),
     ("bank_search", bank_search::bank_search),
     ("coreset", coreset::coreset),
     ("forwards", forwards::forwards),
     ("gemm", gemm::gemm),
     ("point_branch", point_branch::point_branch),
+    ("point_kernels", point_kernels::point_kernels),
 ];
 
 /// GPU 0, or `None` after a SKIP line naming the benchmark `who`. A GPU only: on the

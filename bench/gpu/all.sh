@@ -47,7 +47,6 @@ fi
 if has bench; then
   # Every benchmark of bench/cuda/ in one step (`$bin/cuda-bench NAME...` runs a few).
   step "cuda.bench" 600 "$bin/cuda-bench"
-  step "cuda.ignored" 300 "$bin/cuda" --test-threads=1 --nocapture --ignored
 fi
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if ! has sanitize; then

@@ -4,5 +4,6 @@
 pub mod bank;
 pub mod forward;
 pub mod gemm;
+pub mod point;
 pub mod point_branch;
 pub mod transformer;
