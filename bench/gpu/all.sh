@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every CUDA check of miad in one device call (see build.sh): parity tests, benches
-# (MIAD_BENCH=1) and compute-sanitizer memcheck/racecheck/synccheck on the small cases
-# (MIAD_SANITIZE=1). Logs go to $OUT (or ./gpu-out); a summary table is printed last.
+# Every CUDA check of miad in one device call (see build.sh): parity tests, the bench
+# program (bench/cuda/) and compute-sanitizer memcheck/racecheck/synccheck on the small
+# cases (MIAD_SANITIZE=1). Logs go to $OUT (or ./gpu-out); a summary table is printed last.
 # Each step has its own time limit; a phase may be named to split the work over calls:
 #   bash bench/gpu/all.sh [tests] [bench] [sanitize]     (default: all three)
 # The same kernels run on the CPU in CI (cargo test --test kernels_sim, kernels/sim): that
@@ -18,7 +18,7 @@ step() { # name, limit_s, command...
   local t0=$(date +%s)
   timeout "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$? t1=$(date +%s)
-  local res=$(grep -E '^test result|ERROR SUMMARY|RACECHECK SUMMARY' "$out/$name.log" | tail -1)
+  local res=$(grep -E '^test result|^bench result|ERROR SUMMARY|RACECHECK SUMMARY' "$out/$name.log" | tail -1)
   summary+=("$(printf '%-34s rc=%-3s %5ss  %s' "$name" "$rc" "$((t1 - t0))" "$res")")
 }
 # cudarc (built for CUDA 12) looks cuBLASLt up as libcublasLt.so / .so.12; the device image
@@ -45,9 +45,8 @@ if has tests; then
   done
 fi
 if has bench; then
-  # libtest's filters are alternatives, so the benches run as one step over every module.
-  step "cuda.bench" 600 env MIAD_BENCH=1 "$bin/cuda" --test-threads=1 --nocapture bench
-  step "cuda.ignored" 300 env MIAD_BENCH=1 "$bin/cuda" --test-threads=1 --nocapture --ignored
+  # Every benchmark of bench/cuda/ in one step (`$bin/cuda-bench NAME...` runs a few).
+  step "cuda.bench" 600 "$bin/cuda-bench"
 fi
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if ! has sanitize; then

@@ -218,29 +218,45 @@ pub fn write_mask_png(path: &Path, w: usize, h: usize, mask: &[u8]) -> Result<()
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("miad-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok();
-        dir.join(name)
+    /// A folder of one test under the system's temp folder, removed when dropped (unit
+    /// tests have no `CARGO_TARGET_TMPDIR`).
+    struct TmpDir(std::path::PathBuf);
+
+    impl TmpDir {
+        fn new(test: &str) -> TmpDir {
+            let dir = std::env::temp_dir().join(format!("miad-io-{}-{test}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TmpDir(dir)
+        }
+        fn file(&self, name: &str) -> std::path::PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
     fn cloud_rgb_and_mask_round_trip() {
+        let tmp = TmpDir::new("round_trip");
         let (w, h) = (7, 5);
         let cloud: Vec<f32> = (0..w * h * 3).map(|i| i as f32 * 0.125 - 3.0).collect();
-        let p = tmp("c.tiff");
+        let p = tmp.file("c.tiff");
         write_xyz_tiff(&p, w, h, &cloud).unwrap();
         let c = read_xyz_tiff(&p).unwrap();
         assert_eq!((c.width, c.height), (w, h));
         assert_eq!(c.data, cloud);
 
         let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 256) as u8).collect();
-        let p = tmp("r.png");
+        let p = tmp.file("r.png");
         write_rgb_png(&p, w, h, &rgb).unwrap();
         assert_eq!(read_rgb_png(&p).unwrap().data, rgb);
 
         let mask: Vec<u8> = (0..w * h).map(|i| u8::from(i % 3 == 0)).collect();
-        let p = tmp("m.png");
+        let p = tmp.file("m.png");
         write_mask_png(&p, w, h, &mask).unwrap();
         assert_eq!(read_mask_png(&p).unwrap().data, mask);
         // a mask PNG is grey, not a 3-channel float cloud
@@ -249,7 +265,8 @@ mod tests {
 
     #[test]
     fn wrong_files_give_errors_naming_the_file() {
-        let p = tmp("junk.tiff");
+        let tmp = TmpDir::new("wrong_files");
+        let p = tmp.file("junk.tiff");
         std::fs::write(&p, b"this is not an image").unwrap();
         for r in [
             read_xyz_tiff(&p).map(|_| ()),
@@ -260,10 +277,10 @@ mod tests {
             assert!(matches!(e, Error::Decode { .. }));
             assert!(e.to_string().contains("junk.tiff"), "{e}");
         }
-        let missing = tmp("missing.png");
+        let missing = tmp.file("missing.png");
         assert!(matches!(read_rgb_png(&missing), Err(Error::Io { .. })));
         // an 8-bit RGB TIFF is not a cloud
-        let p = tmp("u8.tiff");
+        let p = tmp.file("u8.tiff");
         let f = File::create(&p).unwrap();
         let mut enc = tiff::encoder::TiffEncoder::new(f).unwrap();
         enc.write_image::<tiff::encoder::colortype::RGB8>(2, 2, &[0u8; 12])

@@ -23,12 +23,9 @@ pub struct Files {
     pub other_model: PathBuf,
 }
 
-/// A directory per tag under cargo's target/tmp (reused by the next run, so nothing
-/// piles up).
+/// The scratch folder of the tag (see `common::scratch`).
 pub fn tmpdir(tag: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("miad-capi-{tag}"));
-    std::fs::create_dir_all(&d).expect("temporary directory");
-    d
+    crate::common::scratch_dir(&format!("capi-{tag}"))
 }
 
 /// Random normalised rows and their squared norms.

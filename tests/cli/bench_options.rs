@@ -34,8 +34,7 @@ fn reference_json(threads: usize, rows: [usize; 3], point_ms: &str) -> String {
 
 #[test]
 fn scaled_banks_and_reference_table() {
-    let dir = std::env::temp_dir().join(format!("miad-cli-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::common::scratch_dir("cli-bench");
     let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
     let (data, model, bank) = (p("data"), p("m.miad"), p("b.bank"));
     ok(&[

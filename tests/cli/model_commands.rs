@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("miad-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    crate::common::scratch_dir("cli-model-commands").join(name)
 }
 
 fn miad(args: &[&str]) -> (bool, String, String) {

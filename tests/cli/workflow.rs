@@ -26,8 +26,7 @@ fn ok(args: &[&str]) -> String {
 
 #[test]
 fn synth_fit_inspect_eval_extract_bench() {
-    let dir = std::env::temp_dir().join(format!("miad-cli-flow-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crate::common::scratch_dir("cli-flow");
     let p = |s: &str| dir.join(s).to_str().unwrap().to_string();
     let (data, model, bank) = (p("data"), p("m.miad"), p("b.bank"));
     ok(&[

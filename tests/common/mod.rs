@@ -1,5 +1,6 @@
 //! A tiny fitted category for the engine tests: a synthetic dataset, a small model with
-//! seeded random weights, and a bank fitted on it, in a fresh temp folder.
+//! seeded random weights, and a bank fitted on it, in a fresh scratch folder
+//! ([`scratch_dir`], the folder helper of every test binary).
 
 #![allow(dead_code)]
 
@@ -9,6 +10,9 @@ use miad::fit::banks::FitOptions;
 use miad::fit::category::{fit_category, CategoryFit};
 use miad::format::{random_model, write_model};
 use std::path::PathBuf;
+
+pub mod scratch;
+pub use scratch::scratch_dir;
 
 pub struct Fixture {
     pub dir: PathBuf,
@@ -98,9 +102,7 @@ pub fn fitted_with(
     train: usize,
     test: usize,
 ) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("miad-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir(name);
     write_dataset(&SynthOptions {
         out: dir.join("data"),
         seed,

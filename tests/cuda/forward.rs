@@ -17,24 +17,16 @@
 //!
 //! Without a driver, a GPU or the cuBLASLt library every GPU test prints a SKIP line and
 //! passes. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda forward:: -- --nocapture`; the bench
-//! (full ViT-B/8 at 224×224 and Point-MAE with 1024 groups, graph-replayed, both
-//! precisions, GEMM and attention shares, error vs the CPU at full size):
-//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda forward::bench_forwards -- --nocapture`.
+//! `cargo test --release --features cuda --test cuda forward:: -- --nocapture`. The timing at
+//! full size is `forwards` in bench/cuda/.
 
 use miad::backend::Precision;
 use miad::config::{FusionConfig, ModelConfig, PointConfig, PreprocessConfig, VitConfig};
-use miad::cpu::gemm::{linear, Epilogue, Mat};
-use miad::cpu::point_mae::{
-    block_shape as point_block_shape, point_mae_forward, point_mae_scratch_len, PointMaeWeights,
-};
+use miad::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
 use miad::cpu::pool::Pool;
-use miad::cpu::transformer::{block_forward, block_scratch_len, layer_norm};
-use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
-use miad::cuda::device::gemm::cublaslt_present;
-use miad::cuda::stages::forward::{DevicePointMae, DeviceVit, EncoderDims, Kinds};
-use miad::cuda::{Device, Graph, Pinned};
-use miad::format::{random_model, write_model, ModelFile, OpenOptions, OwnedTensors};
+use miad::cuda::stages::forward::{DevicePointMae, DeviceVit, EncoderDims};
+use miad::cuda::{Graph, Pinned};
+use miad::format::{random_model, write_model, ModelFile, OpenOptions};
 use miad::pipeline::input::RgbView;
 use miad::pipeline::preprocess::{
     preprocess, preprocess_scratch_len, PreprocessMode, PreprocessOutput,
@@ -42,56 +34,17 @@ use miad::pipeline::preprocess::{
 use miad::util::rng::Rng;
 use miad::Error;
 
-const F32_TOL: f64 = 1e-4;
-const BF16_TOL: f64 = 1e-2;
-const PRECISIONS: [Precision; 2] = [Precision::F32, Precision::Bf16];
+use crate::shared::forward::{
+    cpu_point_blocks, cpu_vit, device, errors, normal, F32_TOL, PRECISIONS,
+};
 
-fn device(test: &str) -> Option<Device> {
-    let dev = match Device::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("cuda_forward {test}: SKIP, no usable GPU: {e}");
-            return None;
-        }
-    };
-    if !cublaslt_present() {
-        eprintln!(
-            "cuda_forward {test}: SKIP, {} has a driver but the cuBLASLt library (libcublasLt.so.12) cannot be loaded",
-            dev.name
-        );
-        return None;
-    }
-    eprintln!("cuda_forward {test}: {} (sm_{})", dev.name, dev.sm());
-    Some(dev)
-}
+const BF16_TOL: f64 = 1e-2;
 
 fn tol(p: Precision) -> f64 {
     match p {
         Precision::F32 => F32_TOL,
         Precision::Bf16 => BF16_TOL,
     }
-}
-
-fn normal(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
-    let mut v = vec![0f32; n];
-    rng.fill_normal(&mut v, std);
-    v
-}
-
-/// (‖Δ‖/‖ref‖, max |Δ| / max |ref|); panics on a non-finite output.
-fn errors(got: &[f32], want: &[f32]) -> (f64, f64) {
-    assert_eq!(got.len(), want.len(), "output length");
-    let (mut num, mut den, mut max_d, mut max_r) = (0f64, 0f64, 0f64, 0f64);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "non-finite output at {i}: {g}");
-        let d = (g as f64 - w as f64).abs();
-        num += d * d;
-        den += (w as f64) * (w as f64);
-        max_d = max_d.max(d);
-        max_r = max_r.max((w as f64).abs());
-    }
-    assert!(den > 0.0, "all-zero reference");
-    ((num / den).sqrt(), max_d / max_r)
 }
 
 fn check(what: &str, p: Precision, got: &[f32], want: &[f32]) {
@@ -151,69 +104,6 @@ fn ragged() -> ModelConfig {
 }
 
 // ---------- CPU references ----------
-
-fn cpu_vit(pool: &Pool, vc: &VitConfig, t: &OwnedTensors, input: &[f32]) -> Vec<f32> {
-    let w = VitWeights::load(t, vc).unwrap();
-    let mut out = vec![0f32; vc.patches() * vc.dim as usize];
-    let mut scratch = vec![0f32; vit_scratch_len(vc, pool.threads())];
-    vit_forward(pool, vc, &w, input, &mut out, &mut scratch).unwrap();
-    out
-}
-
-/// The transformer part of `point_mae_forward` (position MLP, `x = Block_i(x + pos)`,
-/// selected outputs through the final norm) on given tokens, from the CPU's public pieces,
-/// in the same order.
-fn cpu_point_blocks(
-    pool: &Pool,
-    pc: &PointConfig,
-    t: &OwnedTensors,
-    tokens: &[f32],
-    centers: &[f32],
-) -> Vec<f32> {
-    let w = PointMaeWeights::load(t, pc).unwrap();
-    let (m, d, ph, fd) = (
-        pc.num_groups as usize,
-        pc.dim as usize,
-        pc.pos_hidden as usize,
-        pc.feature_dim(),
-    );
-    let mut pos_h = vec![0f32; m * ph];
-    linear(
-        pool,
-        Mat::new(centers, m, 3),
-        Mat::new(w.pos1.0, ph, 3),
-        Some(w.pos1.1),
-        &mut pos_h,
-        ph,
-        Epilogue::Gelu,
-    );
-    let mut pos = vec![0f32; m * d];
-    linear(
-        pool,
-        Mat::new(&pos_h, m, ph),
-        Mat::new(w.pos2.0, d, ph),
-        Some(w.pos2.1),
-        &mut pos,
-        d,
-        Epilogue::None,
-    );
-    let shape = point_block_shape(pc);
-    let mut scratch = vec![0f32; block_scratch_len(&shape, pool.threads())];
-    let mut x = tokens.to_vec();
-    let mut normed = vec![0f32; m * d];
-    let mut out = vec![f32::NAN; m * fd];
-    for (i, bw) in w.blocks.iter().enumerate() {
-        x.iter_mut().zip(&pos).for_each(|(a, p)| *a += p);
-        block_forward(pool, &shape, bw, &mut x, &mut scratch);
-        if let Some(slot) = pc.out_layers.iter().position(|&l| l as usize == i) {
-            layer_norm(pool, m, d, &x, &mut normed, w.norm.0, w.norm.1, pc.ln_eps);
-            for (g, row) in normed.chunks_exact(d).enumerate() {
-                out[g * fd + slot * d..][..d].copy_from_slice(row);
-            }
-        }
-    }
-    out
-}
 
 fn cpu_rgb_input(
     pre: &PreprocessConfig,
@@ -534,8 +424,7 @@ fn a_model_file_gives_the_model_of_its_tensors() {
     };
     let cfg = ModelConfig::demo();
     let t = random_model(&cfg, 31);
-    let dir = std::env::temp_dir().join(format!("miad-cuda-forward-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch_dir("cuda-forward");
     let path = dir.join("demo.miad");
     write_model(&cfg, &t, &[], &path).unwrap();
     let file = ModelFile::open(&path, &OpenOptions::default()).unwrap();
@@ -569,113 +458,4 @@ fn a_model_file_gives_the_model_of_its_tensors() {
     }
     drop(file);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Milliseconds per replay of `graph`: warm replays, then the median of 5 rounds.
-fn time_graph(dev: &Device, graph: &Graph, reps: usize) -> f64 {
-    for _ in 0..3 {
-        graph.replay(dev).unwrap();
-    }
-    dev.synchronize().unwrap();
-    let timer = dev.timer().unwrap();
-    let mut times: Vec<f64> = (0..5)
-        .map(|_| {
-            timer.start().unwrap();
-            for _ in 0..reps {
-                graph.replay(dev).unwrap();
-            }
-            timer.stop_ms().unwrap() as f64 / reps as f64
-        })
-        .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
-    times[2]
-}
-
-/// (all, gemm, attention) milliseconds of the three graphs.
-fn report(what: &str, p: Precision, flops: f64, arena: usize, ms: [f64; 3], err: (f64, f64)) {
-    let [all, gemm, att] = ms;
-    println!(
-        "BENCH forward {what} {p:?}: {all:.3} ms/forward ({:.1} TFLOP/s), GEMM {gemm:.3} ms ({:.0}%), attention {att:.3} ms ({:.0}%), other ~{:.3} ms; arena {:.0} MiB; vs CPU ‖Δ‖/‖ref‖ {:.2e}, max {:.2e}",
-        flops / (all * 1e-3) / 1e12,
-        100.0 * gemm / all,
-        100.0 * att / all,
-        (all - gemm - att).max(0.0),
-        arena as f64 / (1 << 20) as f64,
-        err.0,
-        err.1
-    );
-}
-
-#[test]
-fn bench_forwards() {
-    if std::env::var_os("MIAD_BENCH").is_none() {
-        eprintln!("skipped: set MIAD_BENCH=1 to time the full-size forwards");
-        return;
-    }
-    let Some(dev) = device("bench") else {
-        return;
-    };
-    let reps = 20;
-    let pool = Pool::with_available_cores();
-    let cfg = ModelConfig::m3dm();
-    let t = random_model(&cfg, 41);
-    let mut rng = Rng::new(42);
-    let vc = cfg.vit.clone().unwrap();
-    let side = vc.image_size as usize;
-    let input = normal(&mut rng, 3 * side * side, 1.0);
-    let vit_ref = cpu_vit(&pool, &vc, &t, &input);
-    let pc = cfg.point.clone().unwrap();
-    let (m, d) = (pc.num_groups as usize, pc.dim as usize);
-    let tokens = normal(&mut rng, m * d, 1.0);
-    let centers = normal(&mut rng, m * 3, 0.3);
-    let point_ref = cpu_point_blocks(&pool, &pc, &t, &tokens, &centers);
-    for p in PRECISIONS {
-        let vit = DeviceVit::from_source(&dev, &cfg, &t, side, side, p).unwrap();
-        let err = errors(&vit.run_input(&dev, &input).unwrap(), &vit_ref);
-        let graphs = [
-            Graph::capture(&dev, |d| unsafe {
-                vit.record_input(d, vit.input_ptr(), vit.output_ptr())
-            }),
-            Graph::capture(&dev, |d| unsafe { vit.record_kinds(d, Kinds::GEMM) }),
-            Graph::capture(&dev, |d| unsafe { vit.record_kinds(d, Kinds::ATTENTION) }),
-        ]
-        .map(Result::unwrap);
-        let ms = graphs.each_ref().map(|g| time_graph(&dev, g, reps));
-        report(
-            &format!("ViT-B/8 {side}×{side}"),
-            p,
-            vit.flops(),
-            vit.arena_bytes(),
-            ms,
-            err,
-        );
-        if p == Precision::F32 {
-            assert!(err.0 <= F32_TOL && err.1 <= F32_TOL, "{err:?}");
-        }
-        drop(graphs);
-        drop(vit);
-
-        let pm = DevicePointMae::from_source(&dev, &cfg, &t, p).unwrap();
-        let err = errors(&pm.run(&dev, &tokens, &centers).unwrap(), &point_ref);
-        let graphs = [
-            Graph::capture(&dev, |d| unsafe {
-                pm.record(d, pm.tokens_ptr(), pm.centers_ptr(), pm.output_ptr())
-            }),
-            Graph::capture(&dev, |d| unsafe { pm.record_kinds(d, Kinds::GEMM) }),
-            Graph::capture(&dev, |d| unsafe { pm.record_kinds(d, Kinds::ATTENTION) }),
-        ]
-        .map(Result::unwrap);
-        let ms = graphs.each_ref().map(|g| time_graph(&dev, g, reps));
-        report(
-            &format!("Point-MAE {m} groups"),
-            p,
-            pm.flops(),
-            pm.arena_bytes(),
-            ms,
-            err,
-        );
-        if p == Precision::F32 {
-            assert!(err.0 <= F32_TOL && err.1 <= F32_TOL, "{err:?}");
-        }
-    }
 }

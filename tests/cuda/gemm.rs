@@ -7,66 +7,14 @@
 //! - same bits on a second run; bad arguments refused before anything is launched.
 //!
 //! The host-side checks (shape validation, layouts) always run. The GPU tests print a SKIP
-//! line and pass without a driver, a GPU or the cuBLASLt library. With `MIAD_BENCH=1` the
-//! bench reports TFLOP/s of every shape and precision:
-//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda gemm::gemm_bench -- --nocapture`.
+//! line and pass without a driver, a GPU or the cuBLASLt library. TFLOP/s of every shape and
+//! precision: `gemm` in bench/cuda/.
 
 use miad::backend::Precision;
-use miad::cuda::device::gemm::{
-    CublasLt, Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES,
-};
-use miad::cuda::ops::gelu::Elementwise;
-use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
-use miad::util::rng::Rng;
+use miad::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape};
+use miad::cuda::DevPtr;
 
-/// Device, library handle and the exact-GELU kernels. Fields drop in order: the device
-/// last.
-struct Gpu {
-    ew: Elementwise,
-    lt: CublasLt,
-    dev: Device,
-}
-
-fn setup() -> Option<Gpu> {
-    let dev = match Device::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("cuda_gemm: SKIP, no usable GPU: {e}");
-            return None;
-        }
-    };
-    let lt = match CublasLt::new(&dev) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "cuda_gemm: SKIP, {} has a driver but no cuBLASLt: {e}",
-                dev.name
-            );
-            return None;
-        }
-    };
-    eprintln!(
-        "cuda_gemm: {} (sm_{}), cuBLASLt {}",
-        dev.name,
-        dev.sm(),
-        lt.version()
-    );
-    let ew = Elementwise::new(&dev).expect("gelu kernel loads");
-    Some(Gpu { ew, lt, dev })
-}
-
-/// (name, m, n, k, epilogue) of the dense layers of ViT-B/8 (785 tokens) and Point-MAE
-/// (1024 groups).
-const SHAPES: [(&str, usize, usize, usize, Epilogue); 8] = [
-    ("vit qkv", 785, 2304, 768, Epilogue::Bias),
-    ("vit proj", 785, 768, 768, Epilogue::Bias),
-    ("vit fc1", 785, 3072, 768, Epilogue::BiasGelu),
-    ("vit fc2", 785, 768, 3072, Epilogue::Bias),
-    ("pmae qkv", 1024, 1152, 384, Epilogue::None),
-    ("pmae proj", 1024, 384, 384, Epilogue::Bias),
-    ("pmae fc1", 1024, 1536, 384, Epilogue::BiasGelu),
-    ("pmae fc2", 1024, 384, 1536, Epilogue::Bias),
-];
+use crate::shared::gemm::{bf16_bits, inputs, run, setup, Bufs, Gpu, SHAPES};
 
 fn gelu(v: f64) -> f64 {
     0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))
@@ -133,91 +81,10 @@ fn rel_err(got: &[f32], want: &[f64]) -> (f64, f64) {
     ((num / den).sqrt(), max_abs / max_ref)
 }
 
-fn bf16_bits(x: &[f32]) -> Vec<u16> {
-    x.iter()
-        .map(|v| half::bf16::from_f32(*v).to_bits())
-        .collect()
-}
-
 fn bf16_vals(x: &[u16]) -> Vec<f32> {
     x.iter()
         .map(|b| half::bf16::from_bits(*b).to_f32())
         .collect()
-}
-
-/// Random inputs of a shape: x ~ N(0, 1), w ~ N(0, 1/k) (outputs ~ N(0, 1), so GELU sees
-/// both signs), bias ~ N(0, 0.5).
-fn inputs(s: &GemmShape, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mut rng = Rng::new(seed);
-    let mut x = vec![0.0f32; s.x_len()];
-    let mut w = vec![0.0f32; s.w_len()];
-    let mut b = vec![0.0f32; s.n];
-    rng.fill_normal(&mut x, 1.0);
-    rng.fill_normal(&mut w, 1.0 / (s.k as f32).sqrt());
-    rng.fill_normal(&mut b, 0.5);
-    (x, w, b)
-}
-
-/// Device buffers of one layer in one arena, with the workspace.
-struct Bufs<T> {
-    arena: Arena,
-    x: Slot<T>,
-    w: Slot<T>,
-    b: Slot<T>,
-    y: Slot<T>,
-    ws: Slot<u8>,
-}
-
-impl<T: bytemuck::Pod> Bufs<T> {
-    fn new(dev: &Device, s: &GemmShape, x: &[T], w: &[T], b: &[T], poison: T) -> Self {
-        let mut p = ArenaPlan::new();
-        let (xs, ws_, bs, ys) = (
-            p.add::<T>(x.len()),
-            p.add::<T>(w.len()),
-            p.add::<T>(b.len().max(1)),
-            p.add::<T>(s.y_len()),
-        );
-        let wk = p.add::<u8>(GEMM_WORKSPACE_BYTES);
-        let arena = Arena::new(dev, &p).unwrap();
-        arena.upload(dev, xs, x).unwrap();
-        arena.upload(dev, ws_, w).unwrap();
-        arena.upload(dev, bs, b).unwrap();
-        arena.upload(dev, ys, &vec![poison; s.y_len()]).unwrap();
-        Bufs {
-            arena,
-            x: xs,
-            w: ws_,
-            b: bs,
-            y: ys,
-            ws: wk,
-        }
-    }
-    fn workspace(&self) -> Workspace {
-        Workspace {
-            ptr: self.arena.ptr(self.ws),
-            bytes: GEMM_WORKSPACE_BYTES,
-        }
-    }
-    fn ptrs(&self) -> [DevPtr<T>; 4] {
-        let a = &self.arena;
-        [a.ptr(self.x), a.ptr(self.w), a.ptr(self.b), a.ptr(self.y)]
-    }
-    fn y(&self, dev: &Device) -> Vec<T> {
-        let mut v = vec![T::zeroed(); self.y.len];
-        dev.synchronize().unwrap();
-        self.arena.download(dev, self.y, &mut v).unwrap();
-        v
-    }
-}
-
-/// Runs `plan` on `bufs` once.
-fn run<T: miad::cuda::device::gemm::GemmElement + bytemuck::Pod>(
-    g: &Gpu,
-    plan: &GemmPlan,
-    bufs: &Bufs<T>,
-) {
-    let [x, w, b, y] = bufs.ptrs();
-    unsafe { plan.run(&g.dev, x, w, b, y) }.unwrap();
 }
 
 fn check_f32(g: &Gpu, name: &str, s: GemmShape, seed: u64) {
@@ -351,59 +218,4 @@ fn gemm_rejects_bad_arguments() {
     // A planned run still works.
     unsafe { plan.run(&g.dev, xp, wp, bp, yp) }.unwrap();
     assert!(bufs.y(&g.dev).iter().all(|v| v.is_finite()));
-}
-
-#[test]
-fn gemm_bench() {
-    if std::env::var_os("MIAD_BENCH").is_none() {
-        eprintln!("skipped: set MIAD_BENCH=1 to time the GEMMs");
-        return;
-    }
-    let Some(g) = setup() else { return };
-    let reps = 100;
-    let timer = g.dev.timer().unwrap();
-    for (name, m, n, k, e) in SHAPES {
-        let mut line = format!("BENCH gemm {name} {m}x{n}x{k} {e:?}:");
-        for p in [Precision::F32, Precision::Bf16] {
-            let s = GemmShape::new(m, n, k, p, e).unwrap();
-            let (x, w, b) = inputs(&s, 9);
-            let mut times = Vec::new();
-            match p {
-                Precision::F32 => {
-                    let bufs = Bufs::new(&g.dev, &s, &x, &w, &b, 0.0);
-                    let plan =
-                        GemmPlan::new(&g.dev, &g.lt, s, bufs.workspace(), Some(&g.ew)).unwrap();
-                    run(&g, &plan, &bufs);
-                    for _ in 0..5 {
-                        timer.start().unwrap();
-                        for _ in 0..reps {
-                            run(&g, &plan, &bufs);
-                        }
-                        times.push(timer.stop_ms().unwrap() as f64 / reps as f64);
-                    }
-                }
-                Precision::Bf16 => {
-                    let (x, w, b) = (bf16_bits(&x), bf16_bits(&w), bf16_bits(&b));
-                    let bufs = Bufs::new(&g.dev, &s, &x, &w, &b, 0);
-                    let plan = GemmPlan::new(&g.dev, &g.lt, s, bufs.workspace(), None).unwrap();
-                    run(&g, &plan, &bufs);
-                    for _ in 0..5 {
-                        timer.start().unwrap();
-                        for _ in 0..reps {
-                            run(&g, &plan, &bufs);
-                        }
-                        times.push(timer.stop_ms().unwrap() as f64 / reps as f64);
-                    }
-                }
-            }
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let t = times[2];
-            line += &format!(
-                " {p:?} {:.1} us ({:.1} TFLOP/s)",
-                t * 1e3,
-                s.flops() / (t * 1e-3) / 1e12
-            );
-        }
-        println!("{line}");
-    }
 }

@@ -22,6 +22,7 @@ mod launch;
 mod maps;
 mod point;
 mod point_branch;
+mod shared;
 mod transformer;
 
 #[cfg(feature = "cuda-sim")]
@@ -58,13 +59,3 @@ pub fn test_device(who: &str) -> Option<Device> {
 #[global_allocator]
 static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
     miad::util::alloc_counter::CountingAlloc;
-
-/// Whether a benchmark may time `dev`: not on the simulated device, whose kernels run in
-/// the emulator (a benchmark there would take hours and measure nothing).
-pub fn timeable(dev: &Device, who: &str) -> bool {
-    if dev.is_simulated() {
-        eprintln!("{who}: skipped, timings need a GPU");
-        return false;
-    }
-    true
-}

@@ -11,205 +11,35 @@
 //!
 //! Without a driver, a GPU or the cuBLASLt library every GPU test prints a SKIP line and
 //! passes. On a GPU machine:
-//! `cargo test --release --features cuda --test cuda point_branch:: -- --nocapture`; the bench
-//! (M3DM sizes, ~50 000 points, device and CPU in this process):
-//! `MIAD_BENCH=1 cargo test --release --features cuda --test cuda point_branch::bench -- --nocapture`.
+//! `cargo test --release --features cuda --test cuda point_branch:: -- --nocapture`. The timing
+//! at M3DM sizes is `point_branch` in bench/cuda/.
 
-use std::path::PathBuf;
-use std::time::Instant;
-
-use miad::backend::Precision;
 use miad::config::ModelConfig;
-use miad::cpu::fps::{farthest_point_sample, fps_scratch_len};
-use miad::cpu::knn::{group_knn, knn_scratch_len};
-use miad::cpu::pfa::{pfa_scratch_len, point_feature_align};
-use miad::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
 use miad::cpu::pool::Pool;
-use miad::cuda::device::gemm::cublaslt_present;
 use miad::cuda::ops::fps::FpsKernel;
 use miad::cuda::ops::knn::KnnKernel;
 use miad::cuda::ops::point::PointOptions;
 use miad::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
-use miad::cuda::Device;
 use miad::eval::synth::{synth_part, Category, Defect};
-use miad::format::{random_model, write_model, ModelFile, OpenOptions};
+use miad::format::ModelFile;
 use miad::pipeline::extract::{Extractor, PointNetwork, PointOutputs};
 
-const POINT_NETWORK_TOLERANCE: f32 = Precision::F32.feature_tolerance();
 use miad::pipeline::input::{CloudView, RgbView};
 use miad::pipeline::preprocess::{
     preprocess, preprocess_scratch_len, PreprocessMode, PreprocessOutput,
 };
 use miad::Error;
 
-/// Whether a GPU with cuBLASLt is here; prints the SKIP line when not.
-fn gpu(test: &str) -> bool {
-    match Device::new(0) {
-        Ok(d) if cublaslt_present() => {
-            eprintln!("cuda_point_branch {test}: {} (sm_{})", d.name, d.sm());
-            true
-        }
-        Ok(d) => {
-            eprintln!(
-                "cuda_point_branch {test}: SKIP, {} has a driver but the cuBLASLt library cannot be loaded",
-                d.name
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("cuda_point_branch {test}: SKIP, no usable GPU: {e}");
-            false
-        }
-    }
-}
-
-/// A model file in a temp folder, removed on drop.
-struct TempModel {
-    dir: PathBuf,
-    model: ModelFile,
-}
-
-impl Drop for TempModel {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use crate::shared::point_branch::{
+    check, cpu_branch, gpu, m3dm_point, scan_points, Branch, TempModel, POINT_NETWORK_TOLERANCE,
+};
 
 fn temp_model(name: &str, cfg: &ModelConfig, seed: u64) -> TempModel {
-    let dir = std::env::temp_dir().join(format!(
-        "miad-cuda-point-branch-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.miad");
-    write_model(cfg, &random_model(cfg, seed), &[], &path).unwrap();
-    let model = ModelFile::open(&path, &OpenOptions::default()).unwrap();
-    TempModel { dir, model }
-}
-
-/// One part's point-branch results.
-#[derive(Clone, Debug, PartialEq)]
-struct Branch {
-    centers: Vec<u32>,
-    groups: Vec<u32>,
-    xyz: Vec<f32>,
-}
-
-impl Branch {
-    fn zeros(cfg: &ModelConfig) -> Branch {
-        let pc = cfg.point.as_ref().unwrap();
-        let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
-        let g = cfg.preprocess.xyz_grid as usize;
-        Branch {
-            centers: vec![0; m],
-            groups: vec![0; m * k],
-            xyz: vec![0.0; g * g * pc.feature_dim()],
-        }
-    }
-    fn outputs(&mut self) -> PointOutputs<'_> {
-        PointOutputs {
-            centers: &mut self.centers,
-            groups: &mut self.groups,
-            xyz: &mut self.xyz,
-        }
-    }
-}
-
-/// The CPU point branch, the calls of `Extractor::point_branch` in its order.
-fn cpu_branch(pool: &Pool, model: &ModelFile, points: &[f32], n: usize, pixels: &[u32]) -> Branch {
-    let cfg = model.config();
-    let pc = cfg.point.as_ref().unwrap();
-    let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
-    let s = cfg.preprocess.image_size as usize;
-    let threads = pool.threads();
-    let len = fps_scratch_len(s * s)
-        .max(knn_scratch_len(s * s, k, threads))
-        .max(point_mae_scratch_len(pc, threads))
-        .max(pfa_scratch_len(&cfg.preprocess, m, s * s, threads));
-    let mut scratch = vec![0f32; len];
-    let w = PointMaeWeights::load(model, pc).unwrap();
-    let mut out = Branch::zeros(cfg);
-    farthest_point_sample(points, n, m, &mut out.centers, &mut scratch);
-    group_knn(
-        pool,
-        points,
-        n,
-        &out.centers,
-        k,
-        &mut out.groups,
-        &mut scratch,
-    );
-    let center_xyz: Vec<f32> = out
-        .centers
-        .iter()
-        .flat_map(|&i| points[3 * i as usize..3 * i as usize + 3].to_vec())
-        .collect();
-    let mut features = vec![0f32; m * pc.feature_dim()];
-    point_mae_forward(
-        pool,
-        pc,
-        &w,
-        points,
-        n,
-        &out.centers,
-        &out.groups,
-        &mut features,
-        &mut scratch,
-    );
-    point_feature_align(
-        pool,
-        &cfg.preprocess,
-        points,
-        n,
-        pixels,
-        &center_xyz,
-        &features,
-        pc.feature_dim(),
-        &mut out.xyz,
-        &mut scratch,
-    );
-    out
-}
-
-/// max |Δ| / max |ref|; panics on a non-finite value.
-fn rel_max(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let (mut d, mut r) = (0f32, 0f32);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "xyz feature {i} is {g}");
-        d = d.max((g - w).abs());
-        r = r.max(w.abs());
-    }
-    assert!(r > 0.0, "all-zero reference");
-    d / r
-}
-
-fn check(what: &str, got: &Branch, want: &Branch) -> f32 {
-    assert!(got.centers == want.centers, "{what}: centers differ");
-    if got.groups != want.groups {
-        let i = got
-            .groups
-            .iter()
-            .zip(&want.groups)
-            .position(|(a, b)| a != b)
-            .unwrap();
-        let k = got.groups.len() / got.centers.len();
-        panic!(
-            "{what}: groups differ first at group {} member {}: {} vs {}",
-            i / k,
-            i % k,
-            got.groups[i],
-            want.groups[i]
-        );
-    }
-    let rel = rel_max(&got.xyz, &want.xyz);
-    println!("{what}: centers and groups identical, xyz max|Δ|/max|ref| {rel:.3e}");
-    assert!(
-        rel <= POINT_NETWORK_TOLERANCE,
-        "{what}: xyz features differ by {rel:.3e} (tolerance {POINT_NETWORK_TOLERANCE:e})"
-    );
-    rel
+    TempModel::new(
+        crate::common::scratch_dir(&format!("cuda-point-branch-{name}")),
+        cfg,
+        seed,
+    )
 }
 
 /// A synthetic part preprocessed as the extractor does (`size` × `size`).
@@ -486,17 +316,6 @@ fn matches_the_cpu_point_branch_at_m3dm_sizes() {
     parity(&t.model, &inputs, &pool);
 }
 
-/// `ModelConfig::m3dm()` without the ViT and the fusion (a smaller file).
-fn m3dm_point() -> ModelConfig {
-    ModelConfig {
-        name: "m3dm-point".into(),
-        vit: None,
-        fusion: None,
-        radar: None,
-        ..ModelConfig::m3dm()
-    }
-}
-
 #[test]
 fn bad_calls_are_refused() {
     if !gpu("errors") {
@@ -591,104 +410,4 @@ fn refused(
     let e = net.forward(points, n, pixels, out).unwrap_err();
     assert!(matches!(e, Error::Input(_)), "{e}");
     assert!(e.to_string().contains(needle), "{e} (wanted {needle:?})");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Points of an organized scan in row-major pixel order, pixels 0..n of a `side`-wide
-/// map: a wavy surface (what preprocessing produces for a large part).
-fn scan_points(n: usize, side: usize) -> (Vec<f32>, Vec<u32>) {
-    let pts = (0..n)
-        .flat_map(|q| {
-            let (r, c) = ((q / side) as f32, (q % side) as f32);
-            let (x, y) = (c * 4.5e-4, r * 4.5e-4);
-            [x, y, 0.5 + 0.01 * (40.0 * x).sin() * (30.0 * y).cos()]
-        })
-        .collect();
-    (pts, (0..n as u32).collect())
-}
-
-/// The whole branch at M3DM sizes (1024 groups of 128, Point-MAE 12 × 384, 56×56 grid),
-/// ~50 000 points: device (graph and direct, wall clock per part including the copies)
-/// next to the CPU in this process. Runs only with MIAD_BENCH set.
-#[test]
-fn bench() {
-    if std::env::var_os("MIAD_BENCH").is_none() {
-        eprintln!("cuda_point_branch bench: SKIP, set MIAD_BENCH=1 to run it");
-        return;
-    }
-    let cfg = m3dm_point();
-    let t = temp_model("bench", &cfg, 31);
-    let side = cfg.preprocess.image_size as usize;
-    let n = 50_000;
-    let (pts, pix) = scan_points(n, side);
-    let pool = Pool::with_available_cores();
-    let time = |f: &mut dyn FnMut(), reps: usize| -> (f64, f64, f64) {
-        f();
-        let v: Vec<f64> = (0..reps)
-            .map(|_| {
-                let t0 = Instant::now();
-                f();
-                t0.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0f64, f64::max);
-        (median(v), lo, hi)
-    };
-    let mut want = None;
-    let cpu = time(
-        &mut || want = Some(cpu_branch(&pool, &t.model, &pts, n, &pix)),
-        3,
-    );
-    let want = want.unwrap();
-    println!(
-        "point branch, M3DM sizes, {n} points ({} CPU threads)",
-        pool.threads()
-    );
-    println!(
-        "{:28} {:9.3} ms  [{:.3} .. {:.3}]",
-        "CPU", cpu.0, cpu.1, cpu.2
-    );
-    // The CPU time is printed also without a GPU.
-    if !gpu("bench") {
-        return;
-    }
-    for graph in [true, false] {
-        let opts = BranchOptions {
-            graph,
-            ..BranchOptions::default()
-        };
-        let t0 = Instant::now();
-        let mut net = DevicePointBranch::with_options(0, &t.model, opts).unwrap();
-        let created = t0.elapsed().as_secs_f64();
-        let mut out = Branch::zeros(&cfg);
-        net.forward(&pts, n, &pix, out.outputs()).unwrap();
-        let rel = check("bench output", &out, &want);
-        let dev = time(
-            &mut || net.forward(&pts, n, &pix, out.outputs()).unwrap(),
-            20,
-        );
-        let name = format!(
-            "{} {:?}",
-            if graph {
-                "device graph"
-            } else {
-                "device direct"
-            },
-            net.kernel_choice()
-        );
-        println!(
-            "{name:28} {:9.3} ms  [{:.3} .. {:.3}]  CPU/device {:.1}x, xyz error {rel:.2e}, created in {created:.2} s, {} MiB on {}",
-            dev.0,
-            dev.1,
-            dev.2,
-            cpu.0 / dev.0,
-            net.device_bytes() >> 20,
-            net.device().name
-        );
-    }
 }

@@ -3,43 +3,20 @@
 //! second run. Without a GPU it runs on the simulated device (feature `cuda-sim`, two
 //! heads) or skips and says why. Kernels: `Module::load`
 //! (`MIAD_CUBIN_DIR/<name>.cubin` when set, else the embedded cubin, else NVRTC).
-//! With `MIAD_BENCH=1` it also times both paths at ViT-B/8 and Point-MAE sizes.
+//! The timing of both paths at ViT-B/8 and Point-MAE sizes is `attention` in bench/cuda/.
 
 use miad::config::{PointConfig, VitConfig};
 use miad::cuda::ops::attention::{Attention, ATTENTION_HEAD_DIM};
 use miad::cuda::ops::gelu::Elementwise;
-use miad::cuda::{Arena, ArenaPlan, Device, Slot};
+use miad::cuda::Device;
 use miad::util::rng::Rng;
+
+use crate::shared::transformer::{bf16_bits, Buf};
 
 fn setup() -> Option<(Device, Attention)> {
     let dev = crate::test_device("cuda_transformer")?;
     let att = Attention::new(&dev).expect("attention kernels load");
     Some((dev, att))
-}
-
-/// A device copy of `data` (one arena per buffer; tests only).
-struct Buf<T> {
-    arena: Arena,
-    slot: Slot<T>,
-}
-
-impl<T: bytemuck::Pod> Buf<T> {
-    fn new(dev: &Device, data: &[T]) -> Self {
-        let mut p = ArenaPlan::new();
-        let slot = p.add::<T>(data.len());
-        let arena = Arena::new(dev, &p).unwrap();
-        arena.upload(dev, slot, data).unwrap();
-        Buf { arena, slot }
-    }
-    fn ptr(&self) -> miad::cuda::DevPtr<T> {
-        self.arena.ptr(self.slot)
-    }
-    fn read(&self, dev: &Device) -> Vec<T> {
-        let mut v = vec![T::zeroed(); self.slot.len];
-        dev.synchronize().unwrap();
-        self.arena.download(dev, self.slot, &mut v).unwrap();
-        v
-    }
 }
 
 /// f64 reference attention, same layout as the kernels.
@@ -100,12 +77,6 @@ fn rel_err(got: &[f32], want: &[f64]) -> (f64, f64) {
         max_ref = max_ref.max(w.abs());
     }
     ((num / den).sqrt(), max_abs / max_ref)
-}
-
-fn bf16_bits(x: &[f32]) -> Vec<u16> {
-    x.iter()
-        .map(|v| half::bf16::from_f32(*v).to_bits())
-        .collect()
 }
 
 fn check_shape(dev: &Device, att: &Attention, n: usize, heads: usize, seed: u64) {
@@ -207,56 +178,6 @@ fn attention_rejects_bad_sizes() {
     let buf = Buf::new(&dev, &[0.0f32; 10]);
     assert!(unsafe { att.run_f32(&dev, buf.ptr(), buf.ptr(), 0, 2, 0.125) }.is_err());
     assert!(unsafe { att.run_f32(&dev, buf.ptr(), buf.ptr(), 4, 0, 0.125) }.is_err());
-}
-
-#[test]
-fn attention_bench() {
-    if std::env::var_os("MIAD_BENCH").is_none() {
-        eprintln!("skipped: set MIAD_BENCH=1 to time the kernels");
-        return;
-    }
-    let Some((dev, att)) = setup() else {
-        return;
-    };
-    if !crate::timeable(&dev, "attention_bench") {
-        return;
-    }
-    let scale = 0.125f32;
-    for (name, n, heads) in [("ViT-B/8", 785usize, 12usize), ("Point-MAE", 1024, 6)] {
-        let w = heads * ATTENTION_HEAD_DIM;
-        let mut qkv = vec![0.0f32; n * 3 * w];
-        Rng::new(9).fill_normal(&mut qkv, 1.0);
-        let d32 = Buf::new(&dev, &qkv);
-        let o32 = Buf::new(&dev, &vec![0.0f32; n * w]);
-        let d16 = Buf::new(&dev, &bf16_bits(&qkv));
-        let o16 = Buf::new(&dev, &vec![0u16; n * w]);
-        let reps = 200;
-        let flop = Attention::flops(n, heads);
-        let timer = dev.timer().unwrap();
-        for path in ["f32", "bf16"] {
-            let mut times = Vec::new();
-            for _ in 0..5 {
-                timer.start().unwrap();
-                for _ in 0..reps {
-                    if path == "f32" {
-                        unsafe { att.run_f32(&dev, d32.ptr(), o32.ptr(), n, heads, scale) }
-                            .unwrap();
-                    } else {
-                        unsafe { att.run_bf16(&dev, d16.ptr(), o16.ptr(), n, heads, scale) }
-                            .unwrap();
-                    }
-                }
-                times.push(timer.stop_ms().unwrap() as f64 / reps as f64);
-            }
-            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let t = times[2];
-            println!(
-                "BENCH attention {name} {path}: {:.2} us/call, {:.1} TFLOP/s",
-                t * 1e3,
-                flop / (t * 1e-3) / 1e12
-            );
-        }
-    }
 }
 
 #[test]

@@ -79,8 +79,7 @@ fn stand_in(shift: f32, nan: bool, fail: bool) -> (Box<StandIn>, Arc<AtomicUsize
 /// The model of [`setup`], written to a file and opened.
 fn model_file(name: &str) -> (std::path::PathBuf, miad::format::ModelFile) {
     let (cfg, tensors) = setup();
-    let dir = std::env::temp_dir().join(format!("miad-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch_dir(name);
     let path = dir.join("model.miad");
     miad::format::write_model(&cfg, &tensors, &[], &path).unwrap();
     let model = miad::format::ModelFile::open(&path, &Default::default()).unwrap();

@@ -91,9 +91,7 @@ fn svm(v: &[[f32; 3]]) -> miad::Result<LinearSvm> {
 }
 
 fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("miad-fit-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::scratch_dir(&format!("fit-{name}"))
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! Offline: fitting banks and decision layers, metrics, the synthetic dataset and its pictures.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod fit_banks;
 mod metrics_cases;
 mod synth_dataset;

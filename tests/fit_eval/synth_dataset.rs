@@ -4,9 +4,7 @@
 use miad::eval::synth::{part_seed, synth_part, write_dataset, Category, Defect, SynthOptions};
 
 fn tmpdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("miad-synth-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    crate::common::scratch_dir(&format!("synth-{name}"))
 }
 
 fn files(root: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -161,7 +161,7 @@ fn loss_decreases_on_linked_features() {
         ..UffTrainOptions::default()
     };
     let mut p = UffParams::init(&cfg, opts.seed);
-    let dir = std::env::temp_dir();
+    let dir = crate::common::scratch_dir("uff-train");
     let r = train_uff(&pool, &mut f, &mut p, &opts, &dir, &mut |_| {}).unwrap();
     eprintln!(
         "epochs {:?}\nfixed batch {} rows: {:.4} -> {:.4}",
@@ -191,9 +191,7 @@ pub(crate) fn synth_category(name: &str, train: usize) -> SynthCategory {
     use miad::config::ModelConfig;
     use miad::eval::synth::{write_dataset, Category, SynthOptions};
     use miad::format::{random_model, write_model};
-    let dir = std::env::temp_dir().join(format!("miad-uff-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch_dir(&format!("uff-{name}"));
     write_dataset(&SynthOptions {
         out: dir.join("data"),
         seed: 4,
@@ -309,7 +307,7 @@ fn train_linked(threads: usize, seed: u64) -> (UffParams, Vec<f64>) {
         &mut f,
         &mut p,
         &opts,
-        &std::env::temp_dir(),
+        &crate::common::scratch_dir("uff-linked"),
         &mut |_| {},
     )
     .unwrap();
@@ -426,8 +424,7 @@ fn trained_fusion_round_trips_through_the_authors_layout() {
     use miad::format::convert::{convert, ConvertOptions};
     let cfg = small_cfg();
     let (p, _) = train_linked(2, 5);
-    let dir = std::env::temp_dir().join(format!("miad-uff-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::scratch_dir("uff-export");
     let path = dir.join("uff_checkpoint.safetensors");
     miad::fit::train_fusion::export_reference(&p, &path).unwrap();
     // Named as the authors' checkpoint: under `model.`, no `fusion.` prefix.

@@ -234,7 +234,7 @@ fn loss_decreases_on_linked_features() {
         &mut feats,
         &mut p,
         &opts,
-        &std::env::temp_dir(),
+        &crate::common::scratch_dir("radar-train-1"),
         &mut |_| {},
     )
     .unwrap();
@@ -263,7 +263,7 @@ fn train_linked(threads: usize, seed: u64) -> (RadarParams, Vec<f64>) {
         &mut feats,
         &mut p,
         &opts,
-        &std::env::temp_dir(),
+        &crate::common::scratch_dir("radar-train-2"),
         &mut |_| {},
     )
     .unwrap();
@@ -649,7 +649,7 @@ fn trains_on_parts_that_miss_a_modality() {
         &mut feats,
         &mut p,
         &bad,
-        &std::env::temp_dir(),
+        &crate::common::scratch_dir("radar-train-3"),
         &mut |_| {},
     );
     assert!(e.is_err_and(|e| e.to_string().contains("2 part cases for 3")));

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("miad-convert-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    crate::scratch::scratch_dir("format-checkpoints").join(name)
 }
 
 /// A checkpoint being built: name → (shape, values), plus i64 tensors.

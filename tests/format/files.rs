@@ -6,9 +6,7 @@ use miad::util::rng::Rng;
 use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("miad-format-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+    crate::scratch::scratch_dir("format-files").join(name)
 }
 
 fn small_model(path: &Path) -> [u8; 16] {
