@@ -500,6 +500,30 @@ pub fn learning_rate(lr: f32, s: usize, total: usize, warmup: usize) -> f32 {
     (lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())) as f32
 }
 
+/// The warm-up steps asked for, or by default a third of the `total` steps.
+pub(super) fn warmup_steps(warmup: Option<usize>, total: usize) -> usize {
+    warmup.unwrap_or(((total as f64) / 3.0).round() as usize)
+}
+
+/// Shuffles `order` in place (Fisher-Yates from the back, one draw of `rng` a swap), so
+/// that a seed gives the same epoch order in every training.
+pub(super) fn shuffle(order: &mut [usize], rng: &mut Rng) {
+    for i in (1..order.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+}
+
+/// Stops a training whose step `step` gave a loss or a gradient that is not finite.
+pub(super) fn check_finite(step: usize, loss: f64, grad: &[f32]) -> Result<()> {
+    if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+        return Err(Error::Input(format!(
+            "training diverged at step {step} (loss {loss}): lower --lr"
+        )));
+    }
+    Ok(())
+}
+
 /// Where the initial fusion weights come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Init {
@@ -611,6 +635,17 @@ pub(super) struct FeatureCache {
 }
 
 impl FeatureCache {
+    /// Refuses a cache where no part has a patch to train on.
+    pub(super) fn require_patches(&self) -> Result<()> {
+        if self.nonempty.iter().all(|v| v.is_empty()) {
+            return Err(Error::Input(
+                "no training part has a patch with a non-zero xyz feature: nothing to train on"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn build(
         features: &mut dyn FeatureExtractor,
         scratch_dir: &Path,
@@ -771,16 +806,10 @@ pub fn train_uff(
     let cache = FeatureCache::build(features, scratch_dir, progress)?;
     let extract_seconds = t0.elapsed().as_secs_f64();
     let parts = cache.nonempty.len();
-    if cache.nonempty.iter().all(|v| v.is_empty()) {
-        return Err(Error::Input(
-            "no training part has a patch with a non-zero xyz feature: nothing to train on".into(),
-        ));
-    }
+    cache.require_patches()?;
     let steps_per_epoch = parts.div_ceil(opts.batch);
     let total = steps_per_epoch * opts.epochs;
-    let warmup = opts
-        .warmup
-        .unwrap_or(((total as f64) / 3.0).round() as usize);
+    let warmup = warmup_steps(opts.warmup, total);
     let mut adam = AdamW::new(
         params.len(),
         opts.betas.0,
@@ -819,10 +848,7 @@ pub fn train_uff(
     let per_row = 3.0 * 2.0 * (2.0 * ratio * (dx * dx + dr * dr) + e * (dx + dr));
     let t_train = std::time::Instant::now();
     for epoch in 0..opts.epochs {
-        for i in (1..parts).rev() {
-            let j = shuffle_rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
+        shuffle(&mut order, &mut shuffle_rng);
         let mut sum = 0.0;
         for batch in order.chunks(opts.batch) {
             let n = cache.gather(
@@ -840,11 +866,7 @@ pub fn train_uff(
             let loss = if n > 0 {
                 let loss =
                     uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
-                if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
-                    return Err(Error::Input(format!(
-                        "training diverged at step {step} (loss {loss}): lower --lr"
-                    )));
-                }
+                check_finite(step, loss, &grad)?;
                 adam.step(&mut params.data, &grad, lr);
                 loss
             } else {

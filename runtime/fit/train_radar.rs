@@ -14,8 +14,9 @@
 use super::banks::FeatureExtractor;
 use super::infonce::{info_nce, BLOCK_ROWS};
 use super::train_fusion::{
-    category_name, fusion_config, learning_rate, provenance, with_category, write_trained, AdamW,
-    CategoryTrain, FeatureCache, Init, TrainProgress, TrainReport, TrainSettings,
+    category_name, check_finite, fusion_config, learning_rate, provenance, shuffle, warmup_steps,
+    with_category, write_trained, AdamW, CategoryTrain, FeatureCache, Init, TrainProgress,
+    TrainReport, TrainSettings,
 };
 use crate::config::{FusionConfig, RadarConfig};
 use crate::cpu::pool::Pool;
@@ -516,11 +517,7 @@ pub fn train_radar(
     }
     let extract_seconds = t0.elapsed().as_secs_f64();
     let parts = cache.nonempty.len();
-    if cache.nonempty.iter().all(|v| v.is_empty()) {
-        return Err(Error::Input(
-            "no training part has a patch with a non-zero xyz feature: nothing to train on".into(),
-        ));
-    }
+    cache.require_patches()?;
     let rows = if opts.patches == 0 {
         cells
     } else {
@@ -529,9 +526,7 @@ pub fn train_radar(
     let mut ws = RadarWorkspace::new(params, l.xyz_grid, rows);
     let steps_per_epoch = parts.div_ceil(opts.batch);
     let total = steps_per_epoch * opts.epochs;
-    let warmup = opts
-        .warmup
-        .unwrap_or(((total as f64) / 3.0).round() as usize);
+    let warmup = warmup_steps(opts.warmup, total);
     let n_instr = params.instructions_len();
     let new_adam = |len| {
         AdamW::new(
@@ -579,10 +574,7 @@ pub fn train_radar(
             + (dm.dx + dm.dr) as f64 * (d + dm.e as f64));
     let t_train = std::time::Instant::now();
     for epoch in 0..opts.epochs {
-        for i in (1..parts).rev() {
-            let j = shuffle_rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
+        shuffle(&mut order, &mut shuffle_rng);
         let mut sum = 0.0;
         for batch in order.chunks(opts.batch) {
             let b = StepBatch::draw(
@@ -600,11 +592,7 @@ pub fn train_radar(
             let factor = learning_rate(1.0, step, total, warmup);
             let loss = if n > 0 {
                 let loss = radar_loss_and_grad(pool, params, &samples, t, Some(&mut grad), &mut ws);
-                if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
-                    return Err(Error::Input(format!(
-                        "training diverged at step {step} (loss {loss}): lower --lr"
-                    )));
-                }
+                check_finite(step, loss, &grad)?;
                 let (pi, pr) = params.data.split_at_mut(n_instr);
                 let (gi, gr) = grad.split_at(n_instr);
                 adam_instr.step(pi, gi, opts.lr_instructions * factor);
