@@ -432,15 +432,7 @@ impl TokenActs {
         .enumerate()
         {
             let rows = &mut seq[(l + m * g) * d..(l + (m + 1) * g) * d];
-            gemm::linear(
-                pool,
-                Mat::new(a, g, dim),
-                Mat::new(proj.w, d, dim),
-                Some(proj.b),
-                rows,
-                d,
-                Epilogue::None,
-            );
+            linear_forward(pool, proj, Mat::new(a, g, dim), d, rows, Epilogue::None);
             let ty = &w.type_embed[m * d..(m + 1) * d];
             for (row, pos) in rows.chunks_exact_mut(d).zip(w.pos.chunks_exact(d)) {
                 for i in 0..d {
@@ -568,13 +560,12 @@ fn block_forward(
         &mut a.rstd1,
         &mut a.a1,
     );
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.qkv,
         Mat::new(&a.a1, t, d),
-        Mat::new(w.qkv.w, 3 * d, d),
-        Some(w.qkv.b),
-        &mut a.qkv,
         3 * d,
+        &mut a.qkv,
         Epilogue::None,
     );
     let scale = 1.0 / (hd as f32).sqrt();
@@ -618,13 +609,12 @@ fn block_forward(
         );
     }
     a.x1.copy_from_slice(&a.input);
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.proj,
         Mat::new(&a.o, t, d),
-        Mat::new(w.proj.w, d, d),
-        Some(w.proj.b),
-        &mut a.x1,
         d,
+        &mut a.x1,
         Epilogue::Accumulate,
     );
     ln_forward(
@@ -637,24 +627,22 @@ fn block_forward(
         &mut a.rstd2,
         &mut a.a2,
     );
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.fc1,
         Mat::new(&a.a2, t, d),
-        Mat::new(w.fc1.w, 4 * d, d),
-        Some(w.fc1.b),
-        &mut a.z,
         4 * d,
+        &mut a.z,
         Epilogue::None,
     );
     a.g.iter_mut().zip(&a.z).for_each(|(g, &z)| *g = gelu(z));
     a.out.copy_from_slice(&a.x1);
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.fc2,
         Mat::new(&a.g, t, 4 * d),
-        Mat::new(w.fc2.w, d, 4 * d),
-        Some(w.fc2.b),
-        &mut a.out,
         d,
+        &mut a.out,
         Epilogue::Accumulate,
     );
 }
@@ -734,13 +722,12 @@ impl BranchActs {
             dim,
             Epilogue::Accumulate,
         );
-        gemm::linear(
+        linear_forward(
             pool,
+            &w.fc1,
             Mat::new(&self.ux[..n * dim], n, dim),
-            Mat::new(w.fc1.w, hidden, dim),
-            Some(w.fc1.b),
-            &mut self.z1[..n * hidden],
             hidden,
+            &mut self.z1[..n * hidden],
             Epilogue::None,
         );
         for (row_g, row_z) in self.g[..n * hidden]
@@ -751,13 +738,12 @@ impl BranchActs {
                 row_g[i] = gelu(row_z[i] * s1[i]);
             }
         }
-        gemm::linear(
+        linear_forward(
             pool,
+            &w.fc2,
             Mat::new(&self.g[..n * hidden], n, hidden),
-            Mat::new(w.fc2.w, dim, hidden),
-            Some(w.fc2.b),
-            &mut self.z2[..n * dim],
             dim,
+            &mut self.z2[..n * dim],
             Epilogue::None,
         );
         for (row_y, row_z) in self.y[..n * dim]
@@ -770,13 +756,12 @@ impl BranchActs {
         }
         if head {
             let e = dm.e;
-            gemm::linear(
+            linear_forward(
                 pool,
+                &w.head,
                 Mat::new(&self.y[..n * dim], n, dim),
-                Mat::new(w.head.w, e, dim),
-                Some(w.head.b),
-                &mut self.p[..n * e],
                 e,
+                &mut self.p[..n * e],
                 Epilogue::None,
             );
             normalize_rows(
@@ -825,6 +810,27 @@ fn add_col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     for r in m.chunks_exact(cols) {
         out.iter_mut().zip(r).for_each(|(o, v)| *o += v);
     }
+}
+
+/// Forward of a linear layer: `out (+)= x·wᵀ + b` (`w` `[n_out, in]`, `x` rows × in,
+/// `out` rows × n_out; `epilogue` as [`gemm::linear`]).
+fn linear_forward(
+    pool: &Pool,
+    lin: &Lin<&[f32]>,
+    x: Mat<'_>,
+    n_out: usize,
+    out: &mut [f32],
+    epilogue: Epilogue,
+) {
+    gemm::linear(
+        pool,
+        x,
+        Mat::new(lin.w, n_out, x.cols),
+        Some(lin.b),
+        out,
+        n_out,
+        epilogue,
+    );
 }
 
 /// Backward of a linear layer `y = x·wᵀ + b` (`w` `[out, in]`, `x` rows × in, `dy` rows ×
