@@ -505,13 +505,49 @@ pub(super) fn warmup_steps(warmup: Option<usize>, total: usize) -> usize {
     warmup.unwrap_or(((total as f64) / 3.0).round() as usize)
 }
 
-/// Shuffles `order` in place (Fisher-Yates from the back, one draw of `rng` a swap), so
-/// that a seed gives the same epoch order in every training.
-pub(super) fn shuffle(order: &mut [usize], rng: &mut Rng) {
-    for i in (1..order.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        order.swap(i, j);
+/// One optimisation step on a batch of parts, given the step number (0-based): its loss
+/// and learning rate.
+pub(super) type TrainStep<'a> = dyn FnMut(&[usize], usize) -> Result<(f64, f32)> + 'a;
+
+/// Runs the epochs of a training over `parts` parts: each epoch shuffles the parts
+/// (Fisher-Yates from the back on a stream of `seed`) and runs `train_step(batch, step)`
+/// on each batch of `batch` parts in turn, which returns the step's loss and learning
+/// rate; reports every step and returns each epoch's mean step loss.
+pub(super) fn run_epochs(
+    parts: usize,
+    epochs: usize,
+    batch: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(TrainProgress),
+    train_step: &mut TrainStep<'_>,
+) -> Result<Vec<f64>> {
+    let steps_per_epoch = parts.div_ceil(batch);
+    let total = steps_per_epoch * epochs;
+    let mut shuffle_rng = Rng::new(seed ^ 0x7368_7566);
+    let mut order: Vec<usize> = (0..parts).collect();
+    let mut epoch_losses = Vec::with_capacity(epochs);
+    let mut step = 0;
+    for epoch in 0..epochs {
+        for i in (1..parts).rev() {
+            let j = shuffle_rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let mut sum = 0.0;
+        for part_batch in order.chunks(batch) {
+            let (loss, lr) = train_step(part_batch, step)?;
+            sum += loss;
+            step += 1;
+            progress(TrainProgress::Step {
+                epoch,
+                step,
+                total,
+                loss,
+                lr,
+            });
+        }
+        epoch_losses.push(sum / steps_per_epoch as f64);
     }
+    Ok(epoch_losses)
 }
 
 /// Stops a training whose step `step` gave a loss or a gradient that is not finite.
@@ -836,54 +872,44 @@ pub fn train_uff(
     let t = opts.temperature;
     let eval_before = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
 
-    let mut shuffle_rng = Rng::new(opts.seed ^ 0x7368_7566);
     let mut patch_rng = Rng::new(opts.seed ^ 0x7061_7463);
-    let mut order: Vec<usize> = (0..parts).collect();
-    let mut epoch_losses = Vec::with_capacity(opts.epochs);
-    let mut step = 0;
     let (mut rows_total, mut flops) = (0usize, 0f64);
     let (dx, dr) = (cache.xyz_dim as f64, cache.rgb_dim as f64);
     let (ratio, e) = (params.cfg.mlp_ratio as f64, params.cfg.head_dim as f64);
     // Per row: forward MLPs + heads; backward computes two products per forward one.
     let per_row = 3.0 * 2.0 * (2.0 * ratio * (dx * dx + dr * dr) + e * (dx + dr));
     let t_train = std::time::Instant::now();
-    for epoch in 0..opts.epochs {
-        shuffle(&mut order, &mut shuffle_rng);
-        let mut sum = 0.0;
-        for batch in order.chunks(opts.batch) {
-            let n = cache.gather(
-                batch,
-                opts.patches,
-                &mut patch_rng,
-                &mut draw,
-                &mut xb,
-                &mut rb,
-            );
-            let lr = learning_rate(opts.lr, step, total, warmup);
-            rows_total += n;
-            // + logits and their two backward products
-            flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
-            let loss = if n > 0 {
-                let loss =
-                    uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
-                check_finite(step, loss, &grad)?;
-                adam.step(&mut params.data, &grad, lr);
-                loss
-            } else {
-                0.0
-            };
-            sum += loss;
-            step += 1;
-            progress(TrainProgress::Step {
-                epoch,
-                step,
-                total,
-                loss,
-                lr,
-            });
-        }
-        epoch_losses.push(sum / steps_per_epoch as f64);
-    }
+    let mut train_step = |batch: &[usize], step: usize| -> Result<(f64, f32)> {
+        let n = cache.gather(
+            batch,
+            opts.patches,
+            &mut patch_rng,
+            &mut draw,
+            &mut xb,
+            &mut rb,
+        );
+        let lr = learning_rate(opts.lr, step, total, warmup);
+        rows_total += n;
+        // + logits and their two backward products
+        flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
+        let loss = if n > 0 {
+            let loss = uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
+            check_finite(step, loss, &grad)?;
+            adam.step(&mut params.data, &grad, lr);
+            loss
+        } else {
+            0.0
+        };
+        Ok((loss, lr))
+    };
+    let epoch_losses = run_epochs(
+        parts,
+        opts.epochs,
+        opts.batch,
+        opts.seed,
+        progress,
+        &mut train_step,
+    )?;
     let train_seconds = t_train.elapsed().as_secs_f64();
     let eval_after = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
     progress(TrainProgress::Done);
