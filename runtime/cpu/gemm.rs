@@ -647,13 +647,47 @@ unsafe fn gemm_region(
 }
 
 /// The fixed row split of a [`linear`] of `m × n`: (row blocks, rows per block).
-pub(super) fn row_split(m: usize, n: usize) -> (usize, usize) {
+fn row_split(m: usize, n: usize) -> (usize, usize) {
     let col_blocks = n.div_ceil(NC);
     // Enough tasks to balance the threads, but blocks of at least ~96 rows so that each
     // packed weight block is reused over many rows.
     let blocks = MIN_TASKS.div_ceil(col_blocks).min(m.div_ceil(96)).max(1);
     let per = m.div_ceil(blocks).div_ceil(ROW_QUANTUM) * ROW_QUANTUM;
     (m.div_ceil(per), per)
+}
+
+/// Checks the bias and the output of a linear of `m × n` (`what` names it in a panic:
+/// a mismatch is a bug in the caller).
+pub(super) fn check_linear_output(
+    what: &str,
+    bias: Option<&[f32]>,
+    out: &[f32],
+    out_stride: usize,
+    m: usize,
+    n: usize,
+) {
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "{what}: bias length");
+    }
+    assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+}
+
+/// Runs `region(rows, cols)` on `pool` for each task of the fixed grid of a linear of
+/// `m × n` ([`row_split`] × `NC`-column blocks): the same grid whatever the threads.
+pub(super) fn run_linear_tasks(
+    pool: &Pool,
+    m: usize,
+    n: usize,
+    region: &(dyn Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync),
+) {
+    let (row_blocks, rows_per) = row_split(m, n);
+    let col_blocks = n.div_ceil(NC);
+    pool.run(row_blocks * col_blocks, &|task, _| {
+        let (rb, cb) = (task / col_blocks, task % col_blocks);
+        let r0 = rb * rows_per;
+        let c0 = cb * NC;
+        region(r0..(r0 + rows_per).min(m), c0..(c0 + NC).min(n));
+    });
 }
 
 /// `out[rows × w.rows]` (row stride `out_stride`) ⟵ epilogue(a · wᵀ + bias).
@@ -677,22 +711,14 @@ pub fn linear(
     );
     a.check("linear input");
     w.check("linear weight");
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "linear: bias length");
-    }
-    assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    check_linear_output("linear", bias, out, out_stride, m, n);
     if m == 0 || n == 0 {
         return;
     }
-    let (row_blocks, rows_per) = row_split(m, n);
-    let col_blocks = n.div_ceil(NC);
     let ker = Kernel::best();
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
-    pool.run(row_blocks * col_blocks, &|task, _| {
-        let (rb, cb) = (task / col_blocks, task % col_blocks);
-        let r0 = rb * rows_per;
-        let c0 = cb * NC;
+    run_linear_tasks(pool, m, n, &|rows, cols| {
         with_buffers(|bufs| {
             // SAFETY: tasks cover disjoint regions of the checked output.
             unsafe {
@@ -702,8 +728,8 @@ pub fn linear(
                     Operand::plain(a),
                     Rhs::Operand(Operand::transposed(w)),
                     1.0,
-                    r0..(r0 + rows_per).min(m),
-                    c0..(c0 + NC).min(n),
+                    rows,
+                    cols,
                     out_ptr.ptr(),
                     out_stride,
                     epilogue == Epilogue::Accumulate,

@@ -13,7 +13,7 @@
 //!
 //! Determinism as in [`super::gemm`]: a fixed task grid and `k` blocks fixed by the shape.
 
-use super::gemm::{row_split, Epilogue, Finish, Mat, Start, NC};
+use super::gemm::{check_linear_output, run_linear_tasks, Epilogue, Finish, Mat, Start};
 use super::pool::{Pool, SharedMut};
 use std::cell::RefCell;
 
@@ -132,21 +132,13 @@ pub fn linear_bf16(
         m == 0 || a.data.len() >= (m - 1) * a.stride + k,
         "linear_bf16: input"
     );
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "linear_bf16: bias length");
-    }
-    assert!(out_stride >= n && (m == 0 || out.len() >= (m - 1) * out_stride + n));
+    check_linear_output("linear_bf16", bias, out, out_stride, m, n);
     if m == 0 || n == 0 {
         return;
     }
-    let (row_blocks, rows_per) = row_split(m, n);
-    let col_blocks = n.div_ceil(NC);
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
-    pool.run(row_blocks * col_blocks, &|task, _| {
-        let (rb, cb) = (task / col_blocks, task % col_blocks);
-        let r0 = rb * rows_per;
-        let c0 = cb * NC;
+    run_linear_tasks(pool, m, n, &|rows, cols| {
         PANEL.with(|panel| {
             let mut panel = panel.borrow_mut();
             if panel.is_empty() {
@@ -158,8 +150,8 @@ pub fn linear_bf16(
                     &mut panel,
                     a,
                     w,
-                    r0..(r0 + rows_per).min(m),
-                    c0..(c0 + NC).min(n),
+                    rows,
+                    cols,
                     out_ptr.ptr(),
                     out_stride,
                     epilogue == Epilogue::Accumulate,

@@ -432,15 +432,7 @@ impl TokenActs {
         .enumerate()
         {
             let rows = &mut seq[(l + m * g) * d..(l + (m + 1) * g) * d];
-            gemm::linear(
-                pool,
-                Mat::new(a, g, dim),
-                Mat::new(proj.w, d, dim),
-                Some(proj.b),
-                rows,
-                d,
-                Epilogue::None,
-            );
+            linear_forward(pool, proj, Mat::new(a, g, dim), d, rows, Epilogue::None);
             let ty = &w.type_embed[m * d..(m + 1) * d];
             for (row, pos) in rows.chunks_exact_mut(d).zip(w.pos.chunks_exact(d)) {
                 for i in 0..d {
@@ -568,13 +560,12 @@ fn block_forward(
         &mut a.rstd1,
         &mut a.a1,
     );
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.qkv,
         Mat::new(&a.a1, t, d),
-        Mat::new(w.qkv.w, 3 * d, d),
-        Some(w.qkv.b),
-        &mut a.qkv,
         3 * d,
+        &mut a.qkv,
         Epilogue::None,
     );
     let scale = 1.0 / (hd as f32).sqrt();
@@ -618,13 +609,12 @@ fn block_forward(
         );
     }
     a.x1.copy_from_slice(&a.input);
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.proj,
         Mat::new(&a.o, t, d),
-        Mat::new(w.proj.w, d, d),
-        Some(w.proj.b),
-        &mut a.x1,
         d,
+        &mut a.x1,
         Epilogue::Accumulate,
     );
     ln_forward(
@@ -637,24 +627,22 @@ fn block_forward(
         &mut a.rstd2,
         &mut a.a2,
     );
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.fc1,
         Mat::new(&a.a2, t, d),
-        Mat::new(w.fc1.w, 4 * d, d),
-        Some(w.fc1.b),
-        &mut a.z,
         4 * d,
+        &mut a.z,
         Epilogue::None,
     );
     a.g.iter_mut().zip(&a.z).for_each(|(g, &z)| *g = gelu(z));
     a.out.copy_from_slice(&a.x1);
-    gemm::linear(
+    linear_forward(
         pool,
+        &w.fc2,
         Mat::new(&a.g, t, 4 * d),
-        Mat::new(w.fc2.w, d, 4 * d),
-        Some(w.fc2.b),
-        &mut a.out,
         d,
+        &mut a.out,
         Epilogue::Accumulate,
     );
 }
@@ -734,13 +722,12 @@ impl BranchActs {
             dim,
             Epilogue::Accumulate,
         );
-        gemm::linear(
+        linear_forward(
             pool,
+            &w.fc1,
             Mat::new(&self.ux[..n * dim], n, dim),
-            Mat::new(w.fc1.w, hidden, dim),
-            Some(w.fc1.b),
-            &mut self.z1[..n * hidden],
             hidden,
+            &mut self.z1[..n * hidden],
             Epilogue::None,
         );
         for (row_g, row_z) in self.g[..n * hidden]
@@ -751,13 +738,12 @@ impl BranchActs {
                 row_g[i] = gelu(row_z[i] * s1[i]);
             }
         }
-        gemm::linear(
+        linear_forward(
             pool,
+            &w.fc2,
             Mat::new(&self.g[..n * hidden], n, hidden),
-            Mat::new(w.fc2.w, dim, hidden),
-            Some(w.fc2.b),
-            &mut self.z2[..n * dim],
             dim,
+            &mut self.z2[..n * dim],
             Epilogue::None,
         );
         for (row_y, row_z) in self.y[..n * dim]
@@ -770,13 +756,12 @@ impl BranchActs {
         }
         if head {
             let e = dm.e;
-            gemm::linear(
+            linear_forward(
                 pool,
+                &w.head,
                 Mat::new(&self.y[..n * dim], n, dim),
-                Mat::new(w.head.w, e, dim),
-                Some(w.head.b),
-                &mut self.p[..n * e],
                 e,
+                &mut self.p[..n * e],
                 Epilogue::None,
             );
             normalize_rows(
@@ -825,6 +810,52 @@ fn add_col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     for r in m.chunks_exact(cols) {
         out.iter_mut().zip(r).for_each(|(o, v)| *o += v);
     }
+}
+
+/// Forward of a linear layer: `out (+)= x·wᵀ + b` (`w` `[n_out, in]`, `x` rows × in,
+/// `out` rows × n_out; `epilogue` as [`gemm::linear`]).
+fn linear_forward(
+    pool: &Pool,
+    lin: &Lin<&[f32]>,
+    x: Mat<'_>,
+    n_out: usize,
+    out: &mut [f32],
+    epilogue: Epilogue,
+) {
+    gemm::linear(
+        pool,
+        x,
+        Mat::new(lin.w, n_out, x.cols),
+        Some(lin.b),
+        out,
+        n_out,
+        epilogue,
+    );
+}
+
+/// Backward of a linear layer `y = x·wᵀ + b` (`w` `[out, in]`, `x` rows × in, `dy` rows ×
+/// out): adds `dyᵀ·x` to `grad.w` and the column sums of `dy` to `grad.b`, writes
+/// `dx = dy·w` (rows × in).
+fn linear_backward(
+    pool: &Pool,
+    w: &[f32],
+    grad: &mut Lin<&mut [f32]>,
+    x: Mat<'_>,
+    dy: Mat<'_>,
+    dx: &mut [f32],
+) {
+    matmul_tn(pool, dy, x, grad.w, true);
+    add_col_sums(dy.data, dy.cols, grad.b);
+    gemm::matmul_tiled(
+        pool,
+        dx,
+        x.cols,
+        dy,
+        Mat::new(w, dy.cols, x.cols),
+        false,
+        1.0,
+        false,
+    );
 }
 
 /// d/dz of the exact GELU: Φ(z) + z φ(z).
@@ -898,24 +929,14 @@ fn branch_backward(
     // head and normalisation
     let dp = &mut s.a[..n * e];
     normalize_rows_backward(&acts.q[..n * e], &acts.norms[..n], e, &dq[..n * e], dp);
-    matmul_tn(
-        pool,
-        Mat::new(dp, n, e),
-        Mat::new(&acts.y[..n * dim], n, dim),
-        gw.head.w,
-        true,
-    );
-    add_col_sums(dp, e, gw.head.b);
     let dy = &mut s.b[..n * dim];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        dy,
-        dim,
+        w.head.w,
+        &mut gw.head,
+        Mat::new(&acts.y[..n * dim], n, dim),
         Mat::new(dp, n, e),
-        Mat::new(w.head.w, e, dim),
-        false,
-        1.0,
-        false,
+        dy,
     );
     // y = z2 ⊙ s2
     for (dyr, zr) in dy.chunks_exact_mut(dim).zip(acts.z2.chunks_exact(dim)) {
@@ -924,24 +945,14 @@ fn branch_backward(
             dyr[i] *= s2[i];
         }
     }
-    matmul_tn(
-        pool,
-        Mat::new(dy, n, dim),
-        Mat::new(&acts.g[..n * hidden], n, hidden),
-        gw.fc2.w,
-        true,
-    );
-    add_col_sums(dy, dim, gw.fc2.b);
     let dg = &mut s.a[..n * hidden];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        dg,
-        hidden,
+        w.fc2.w,
+        &mut gw.fc2,
+        Mat::new(&acts.g[..n * hidden], n, hidden),
         Mat::new(dy, n, dim),
-        Mat::new(w.fc2.w, dim, hidden),
-        false,
-        1.0,
-        false,
+        dg,
     );
     // g = GELU(z1 ⊙ s1)
     for (dgr, zr) in dg
@@ -954,24 +965,14 @@ fn branch_backward(
             dgr[i] = pre * s1[i];
         }
     }
-    matmul_tn(
-        pool,
-        Mat::new(dg, n, hidden),
-        Mat::new(&acts.ux[..n * dim], n, dim),
-        gw.fc1.w,
-        true,
-    );
-    add_col_sums(dg, hidden, gw.fc1.b);
     let du = &mut s.b[..n * dim];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        du,
-        dim,
+        w.fc1.w,
+        &mut gw.fc1,
+        Mat::new(&acts.ux[..n * dim], n, dim),
         Mat::new(dg, n, hidden),
-        Mat::new(w.fc1.w, hidden, dim),
-        false,
-        1.0,
-        false,
+        du,
     );
     ln_backward(
         du,
@@ -1018,46 +1019,26 @@ fn block_backward(
     let hd = d / h;
     // MLP: out = x1 + fc2(GELU(fc1(LN2(x1))))
     let dout = &s.seq[..t * d];
-    matmul_tn(
-        pool,
-        Mat::new(dout, t, d),
-        Mat::new(&a.g, t, 4 * d),
-        gw.fc2.w,
-        true,
-    );
-    add_col_sums(dout, d, gw.fc2.b);
     let dz = &mut s.c[..t * 4 * d];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        dz,
-        4 * d,
+        w.fc2.w,
+        &mut gw.fc2,
+        Mat::new(&a.g, t, 4 * d),
         Mat::new(dout, t, d),
-        Mat::new(w.fc2.w, d, 4 * d),
-        false,
-        1.0,
-        false,
+        dz,
     );
     dz.iter_mut()
         .zip(&a.z)
         .for_each(|(g, &z)| *g *= gelu_grad(z));
-    matmul_tn(
-        pool,
-        Mat::new(dz, t, 4 * d),
-        Mat::new(&a.a2, t, d),
-        gw.fc1.w,
-        true,
-    );
-    add_col_sums(dz, 4 * d, gw.fc1.b);
     let da2 = &mut s.th[..t * d];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        da2,
-        d,
+        w.fc1.w,
+        &mut gw.fc1,
+        Mat::new(&a.a2, t, d),
         Mat::new(dz, t, 4 * d),
-        Mat::new(w.fc1.w, 4 * d, d),
-        false,
-        1.0,
-        false,
+        da2,
     );
     // dx1 = dout + LN2'(da2), kept in seq
     ln_backward(
@@ -1072,24 +1053,14 @@ fn block_backward(
     );
     let dx1 = &s.seq[..t * d];
     // attention: x1 = input + proj(o)
-    matmul_tn(
-        pool,
-        Mat::new(dx1, t, d),
-        Mat::new(&a.o, t, d),
-        gw.proj.w,
-        true,
-    );
-    add_col_sums(dx1, d, gw.proj.b);
     let d_o = &mut s.th[..t * d];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        d_o,
-        d,
+        w.proj.w,
+        &mut gw.proj,
+        Mat::new(&a.o, t, d),
         Mat::new(dx1, t, d),
-        Mat::new(w.proj.w, d, d),
-        false,
-        1.0,
-        false,
+        d_o,
     );
     let dqkv = &mut s.c[..t * 3 * d];
     let scale = 1.0 / (hd as f32).sqrt();
@@ -1126,24 +1097,14 @@ fn block_backward(
         matmul_tn(pool, Mat::new(ds, t, t), q, tmp, false);
         scatter_cols(tmp, hd, dqkv, 3 * d, d + head * hd);
     }
-    matmul_tn(
-        pool,
-        Mat::new(dqkv, t, 3 * d),
-        Mat::new(&a.a1, t, d),
-        gw.qkv.w,
-        true,
-    );
-    add_col_sums(dqkv, 3 * d, gw.qkv.b);
     let da1 = &mut s.th[..t * d];
-    gemm::matmul_tiled(
+    linear_backward(
         pool,
-        da1,
-        d,
+        w.qkv.w,
+        &mut gw.qkv,
+        Mat::new(&a.a1, t, d),
         Mat::new(dqkv, t, 3 * d),
-        Mat::new(w.qkv.w, 3 * d, d),
-        false,
-        1.0,
-        false,
+        da1,
     );
     // d input = dx1 + LN1'(da1)
     ln_backward(
@@ -1320,18 +1281,14 @@ pub fn part_backward(
         } else {
             (&w.rgb_proj, &mut gw.rgb_proj, &w.rgb_norm, &mut gw.rgb_norm)
         };
-        matmul_tn(pool, Mat::new(dt, g, d), Mat::new(a, g, dim), gproj.w, true);
-        add_col_sums(dt, d, gproj.b);
         let da = &mut s.a[..g * dim];
-        gemm::matmul_tiled(
+        linear_backward(
             pool,
-            da,
-            dim,
+            proj.w,
+            gproj,
+            Mat::new(a, g, dim),
             Mat::new(dt, g, d),
-            Mat::new(proj.w, d, dim),
-            false,
-            1.0,
-            false,
+            da,
         );
         ln_backward(da, u, rstd, norm.w, dim, gnorm.w, gnorm.b, None);
     }

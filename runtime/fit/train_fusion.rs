@@ -500,6 +500,66 @@ pub fn learning_rate(lr: f32, s: usize, total: usize, warmup: usize) -> f32 {
     (lr as f64 * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())) as f32
 }
 
+/// The warm-up steps asked for, or by default a third of the `total` steps.
+pub(super) fn warmup_steps(warmup: Option<usize>, total: usize) -> usize {
+    warmup.unwrap_or(((total as f64) / 3.0).round() as usize)
+}
+
+/// One optimisation step on a batch of parts, given the step number (0-based): its loss
+/// and learning rate.
+pub(super) type TrainStep<'a> = dyn FnMut(&[usize], usize) -> Result<(f64, f32)> + 'a;
+
+/// Runs the epochs of a training over `parts` parts: each epoch shuffles the parts
+/// (Fisher-Yates from the back on a stream of `seed`) and runs `train_step(batch, step)`
+/// on each batch of `batch` parts in turn, which returns the step's loss and learning
+/// rate; reports every step and returns each epoch's mean step loss.
+pub(super) fn run_epochs(
+    parts: usize,
+    epochs: usize,
+    batch: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(TrainProgress),
+    train_step: &mut TrainStep<'_>,
+) -> Result<Vec<f64>> {
+    let steps_per_epoch = parts.div_ceil(batch);
+    let total = steps_per_epoch * epochs;
+    let mut shuffle_rng = Rng::new(seed ^ 0x7368_7566);
+    let mut order: Vec<usize> = (0..parts).collect();
+    let mut epoch_losses = Vec::with_capacity(epochs);
+    let mut step = 0;
+    for epoch in 0..epochs {
+        for i in (1..parts).rev() {
+            let j = shuffle_rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let mut sum = 0.0;
+        for part_batch in order.chunks(batch) {
+            let (loss, lr) = train_step(part_batch, step)?;
+            sum += loss;
+            step += 1;
+            progress(TrainProgress::Step {
+                epoch,
+                step,
+                total,
+                loss,
+                lr,
+            });
+        }
+        epoch_losses.push(sum / steps_per_epoch as f64);
+    }
+    Ok(epoch_losses)
+}
+
+/// Stops a training whose step `step` gave a loss or a gradient that is not finite.
+pub(super) fn check_finite(step: usize, loss: f64, grad: &[f32]) -> Result<()> {
+    if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
+        return Err(Error::Input(format!(
+            "training diverged at step {step} (loss {loss}): lower --lr"
+        )));
+    }
+    Ok(())
+}
+
 /// Where the initial fusion weights come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Init {
@@ -611,6 +671,17 @@ pub(super) struct FeatureCache {
 }
 
 impl FeatureCache {
+    /// Refuses a cache where no part has a patch to train on.
+    pub(super) fn require_patches(&self) -> Result<()> {
+        if self.nonempty.iter().all(|v| v.is_empty()) {
+            return Err(Error::Input(
+                "no training part has a patch with a non-zero xyz feature: nothing to train on"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn build(
         features: &mut dyn FeatureExtractor,
         scratch_dir: &Path,
@@ -771,16 +842,10 @@ pub fn train_uff(
     let cache = FeatureCache::build(features, scratch_dir, progress)?;
     let extract_seconds = t0.elapsed().as_secs_f64();
     let parts = cache.nonempty.len();
-    if cache.nonempty.iter().all(|v| v.is_empty()) {
-        return Err(Error::Input(
-            "no training part has a patch with a non-zero xyz feature: nothing to train on".into(),
-        ));
-    }
+    cache.require_patches()?;
     let steps_per_epoch = parts.div_ceil(opts.batch);
     let total = steps_per_epoch * opts.epochs;
-    let warmup = opts
-        .warmup
-        .unwrap_or(((total as f64) / 3.0).round() as usize);
+    let warmup = warmup_steps(opts.warmup, total);
     let mut adam = AdamW::new(
         params.len(),
         opts.betas.0,
@@ -807,61 +872,44 @@ pub fn train_uff(
     let t = opts.temperature;
     let eval_before = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
 
-    let mut shuffle_rng = Rng::new(opts.seed ^ 0x7368_7566);
     let mut patch_rng = Rng::new(opts.seed ^ 0x7061_7463);
-    let mut order: Vec<usize> = (0..parts).collect();
-    let mut epoch_losses = Vec::with_capacity(opts.epochs);
-    let mut step = 0;
     let (mut rows_total, mut flops) = (0usize, 0f64);
     let (dx, dr) = (cache.xyz_dim as f64, cache.rgb_dim as f64);
     let (ratio, e) = (params.cfg.mlp_ratio as f64, params.cfg.head_dim as f64);
     // Per row: forward MLPs + heads; backward computes two products per forward one.
     let per_row = 3.0 * 2.0 * (2.0 * ratio * (dx * dx + dr * dr) + e * (dx + dr));
     let t_train = std::time::Instant::now();
-    for epoch in 0..opts.epochs {
-        for i in (1..parts).rev() {
-            let j = shuffle_rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
-        let mut sum = 0.0;
-        for batch in order.chunks(opts.batch) {
-            let n = cache.gather(
-                batch,
-                opts.patches,
-                &mut patch_rng,
-                &mut draw,
-                &mut xb,
-                &mut rb,
-            );
-            let lr = learning_rate(opts.lr, step, total, warmup);
-            rows_total += n;
-            // + logits and their two backward products
-            flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
-            let loss = if n > 0 {
-                let loss =
-                    uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
-                if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
-                    return Err(Error::Input(format!(
-                        "training diverged at step {step} (loss {loss}): lower --lr"
-                    )));
-                }
-                adam.step(&mut params.data, &grad, lr);
-                loss
-            } else {
-                0.0
-            };
-            sum += loss;
-            step += 1;
-            progress(TrainProgress::Step {
-                epoch,
-                step,
-                total,
-                loss,
-                lr,
-            });
-        }
-        epoch_losses.push(sum / steps_per_epoch as f64);
-    }
+    let mut train_step = |batch: &[usize], step: usize| -> Result<(f64, f32)> {
+        let n = cache.gather(
+            batch,
+            opts.patches,
+            &mut patch_rng,
+            &mut draw,
+            &mut xb,
+            &mut rb,
+        );
+        let lr = learning_rate(opts.lr, step, total, warmup);
+        rows_total += n;
+        // + logits and their two backward products
+        flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
+        let loss = if n > 0 {
+            let loss = uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
+            check_finite(step, loss, &grad)?;
+            adam.step(&mut params.data, &grad, lr);
+            loss
+        } else {
+            0.0
+        };
+        Ok((loss, lr))
+    };
+    let epoch_losses = run_epochs(
+        parts,
+        opts.epochs,
+        opts.batch,
+        opts.seed,
+        progress,
+        &mut train_step,
+    )?;
     let train_seconds = t_train.elapsed().as_secs_f64();
     let eval_after = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
     progress(TrainProgress::Done);

@@ -14,8 +14,9 @@
 use super::banks::FeatureExtractor;
 use super::infonce::{info_nce, BLOCK_ROWS};
 use super::train_fusion::{
-    category_name, fusion_config, learning_rate, provenance, with_category, write_trained, AdamW,
-    CategoryTrain, FeatureCache, Init, TrainProgress, TrainReport, TrainSettings,
+    category_name, check_finite, fusion_config, learning_rate, provenance, run_epochs,
+    warmup_steps, with_category, write_trained, AdamW, CategoryTrain, FeatureCache, Init,
+    TrainProgress, TrainReport, TrainSettings,
 };
 use crate::config::{FusionConfig, RadarConfig};
 use crate::cpu::pool::Pool;
@@ -516,11 +517,7 @@ pub fn train_radar(
     }
     let extract_seconds = t0.elapsed().as_secs_f64();
     let parts = cache.nonempty.len();
-    if cache.nonempty.iter().all(|v| v.is_empty()) {
-        return Err(Error::Input(
-            "no training part has a patch with a non-zero xyz feature: nothing to train on".into(),
-        ));
-    }
+    cache.require_patches()?;
     let rows = if opts.patches == 0 {
         cells
     } else {
@@ -529,9 +526,7 @@ pub fn train_radar(
     let mut ws = RadarWorkspace::new(params, l.xyz_grid, rows);
     let steps_per_epoch = parts.div_ceil(opts.batch);
     let total = steps_per_epoch * opts.epochs;
-    let warmup = opts
-        .warmup
-        .unwrap_or(((total as f64) / 3.0).round() as usize);
+    let warmup = warmup_steps(opts.warmup, total);
     let n_instr = params.instructions_len();
     let new_adam = |len| {
         AdamW::new(
@@ -559,12 +554,8 @@ pub fn train_radar(
     let t = opts.temperature;
     let eval_before = radar_loss_and_grad(pool, params, &eval_samples, t, None, &mut ws);
 
-    let mut shuffle_rng = Rng::new(opts.seed ^ 0x7368_7566);
     let mut patch_rng = Rng::new(opts.seed ^ 0x7061_7463);
     let mut case_rng = Rng::new(opts.seed ^ 0x6361_7365_7374);
-    let mut order: Vec<usize> = (0..parts).collect();
-    let mut epoch_losses = Vec::with_capacity(opts.epochs);
-    let mut step = 0;
     let mut rows_total = 0usize;
     let mut flops = 0f64;
     // Multiply-adds × 2 of one part's token network and of one loss row's MLPs + heads;
@@ -578,53 +569,41 @@ pub fn train_radar(
         * ((2 * dm.hx * dm.dx + 2 * dm.hr * dm.dr) as f64
             + (dm.dx + dm.dr) as f64 * (d + dm.e as f64));
     let t_train = std::time::Instant::now();
-    for epoch in 0..opts.epochs {
-        for i in (1..parts).rev() {
-            let j = shuffle_rng.below(i as u64 + 1) as usize;
-            order.swap(i, j);
-        }
-        let mut sum = 0.0;
-        for batch in order.chunks(opts.batch) {
-            let b = StepBatch::draw(
-                &cache,
-                batch,
-                &opts.part_cases,
-                opts.patches,
-                &mut case_rng,
-                &mut patch_rng,
-            );
-            let samples = b.samples(&cache, &pseudo, batch);
-            let n: usize = samples.iter().map(|s| s.cells.len()).sum();
-            rows_total += n;
-            flops += 4.0 * (samples.len() as f64 * part_flops + n as f64 * row_flops);
-            let factor = learning_rate(1.0, step, total, warmup);
-            let loss = if n > 0 {
-                let loss = radar_loss_and_grad(pool, params, &samples, t, Some(&mut grad), &mut ws);
-                if !loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
-                    return Err(Error::Input(format!(
-                        "training diverged at step {step} (loss {loss}): lower --lr"
-                    )));
-                }
-                let (pi, pr) = params.data.split_at_mut(n_instr);
-                let (gi, gr) = grad.split_at(n_instr);
-                adam_instr.step(pi, gi, opts.lr_instructions * factor);
-                adam_rest.step(pr, gr, opts.lr * factor);
-                loss
-            } else {
-                0.0
-            };
-            sum += loss;
-            step += 1;
-            progress(TrainProgress::Step {
-                epoch,
-                step,
-                total,
-                loss,
-                lr: opts.lr * factor,
-            });
-        }
-        epoch_losses.push(sum / steps_per_epoch as f64);
-    }
+    let mut train_step = |batch: &[usize], step: usize| -> Result<(f64, f32)> {
+        let b = StepBatch::draw(
+            &cache,
+            batch,
+            &opts.part_cases,
+            opts.patches,
+            &mut case_rng,
+            &mut patch_rng,
+        );
+        let samples = b.samples(&cache, &pseudo, batch);
+        let n: usize = samples.iter().map(|s| s.cells.len()).sum();
+        rows_total += n;
+        flops += 4.0 * (samples.len() as f64 * part_flops + n as f64 * row_flops);
+        let factor = learning_rate(1.0, step, total, warmup);
+        let loss = if n > 0 {
+            let loss = radar_loss_and_grad(pool, params, &samples, t, Some(&mut grad), &mut ws);
+            check_finite(step, loss, &grad)?;
+            let (pi, pr) = params.data.split_at_mut(n_instr);
+            let (gi, gr) = grad.split_at(n_instr);
+            adam_instr.step(pi, gi, opts.lr_instructions * factor);
+            adam_rest.step(pr, gr, opts.lr * factor);
+            loss
+        } else {
+            0.0
+        };
+        Ok((loss, opts.lr * factor))
+    };
+    let epoch_losses = run_epochs(
+        parts,
+        opts.epochs,
+        opts.batch,
+        opts.seed,
+        progress,
+        &mut train_step,
+    )?;
     let train_seconds = t_train.elapsed().as_secs_f64();
     let eval_after = radar_loss_and_grad(pool, params, &eval_samples, t, None, &mut ws);
     progress(TrainProgress::Done);

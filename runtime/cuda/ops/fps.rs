@@ -199,14 +199,8 @@ impl PointKernels {
 mod tests {
     use super::*;
 
-    use crate::config::PointConfig;
+    use super::super::point::m3dm_plan as plan;
     use crate::cuda::device::module::find_module;
-
-    fn plan(side: usize, k: u32) -> PointPlan {
-        let mut pc = PointConfig::m3dm();
-        pc.group_size = k;
-        PointPlan::new(&pc, side, 56).unwrap()
-    }
 
     #[test]
     fn fps_regs_geometry_fits_the_default_cloud() {

@@ -168,6 +168,15 @@ impl PointKernels {
     }
 }
 
+/// The M3DM point plan of a `side`² cloud with `k` points a group on a 56-grid, the
+/// geometry the unit tests of the point kernels check.
+#[cfg(test)]
+pub(super) fn m3dm_plan(side: usize, k: u32) -> PointPlan {
+    let mut pc = PointConfig::m3dm();
+    pc.group_size = k;
+    PointPlan::new(&pc, side, 56).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
