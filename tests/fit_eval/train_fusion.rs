@@ -77,11 +77,13 @@ fn gradient_matches_finite_differences() {
 
 /// Parts whose xyz cells are a fixed linear image of the RGB cell above them plus noise
 /// (so the modalities share per-patch information to find), with a zero border of xyz
-/// cells (background, excluded from the loss).
-struct Linked {
-    layout: FeatureLayout,
-    parts: usize,
-    seed: u64,
+/// cells (background, excluded from the loss). Without a modality (RADAR's training), the
+/// pseudo input's features are fixed rows, the same for every part (as the all-ones image
+/// and cloud give).
+pub(crate) struct Linked {
+    pub(crate) layout: FeatureLayout,
+    pub(crate) parts: usize,
+    pub(crate) seed: u64,
 }
 
 impl FeatureExtractor for Linked {
@@ -121,6 +123,28 @@ impl FeatureExtractor for Linked {
         }
         fused.fill(0.0);
         Ok(())
+    }
+    fn extract_without(
+        &mut self,
+        part: usize,
+        drop: miad::eval::missing::MissingModality,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> miad::Result<bool> {
+        use miad::eval::missing::MissingModality as M;
+        self.extract(part, xyz, rgb, fused)?;
+        let mut pseudo = Rng::new(self.seed + 7);
+        match drop {
+            M::Cloud => xyz
+                .iter_mut()
+                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
+            M::Rgb => rgb
+                .iter_mut()
+                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
+            M::Both => return Ok(false),
+        }
+        Ok(true)
     }
 }
 

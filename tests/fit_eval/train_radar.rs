@@ -3,10 +3,11 @@
 //! one batch), loss decrease and determinism on linked fake features, and a synthetic
 //! category through `train_fusion_category --method radar` (provenance, no leftovers).
 
+use super::train_fusion::Linked;
 use miad::config::{FusionConfig, RadarConfig};
 use miad::cpu::pool::Pool;
 use miad::cpu::radar_fusion::Case;
-use miad::fit::banks::{FeatureExtractor, FeatureLayout};
+use miad::fit::banks::FeatureLayout;
 use miad::fit::train_radar::{
     radar_loss_and_grad, train_radar, PartSample, RadarParams, RadarTrainOptions, RadarWorkspace,
 };
@@ -106,77 +107,6 @@ fn gradient_of_every_tensor_matches_finite_differences() {
         "worst relative error {worst:.2e} over {checked} entries of {} tensors",
         specs.len()
     );
-}
-
-/// Parts whose xyz cells are a fixed linear image of the RGB cell above them plus noise,
-/// with a zero border (background); the pseudo input's features are fixed rows, the same
-/// for every part (as the all-ones image and cloud give).
-struct Linked {
-    layout: FeatureLayout,
-    parts: usize,
-    seed: u64,
-}
-
-impl FeatureExtractor for Linked {
-    fn layout(&self) -> FeatureLayout {
-        self.layout
-    }
-    fn parts(&self) -> usize {
-        self.parts
-    }
-    fn extract(
-        &mut self,
-        part: usize,
-        xyz: &mut [f32],
-        rgb: &mut [f32],
-        fused: &mut [f32],
-    ) -> miad::Result<()> {
-        let l = self.layout;
-        let mut fixed = Rng::new(self.seed);
-        let map: Vec<f32> = (0..l.xyz_dim * l.rgb_dim).map(|_| fixed.normal()).collect();
-        let mut rng = Rng::new(self.seed + 100 + part as u64);
-        rgb.iter_mut().for_each(|v| *v = rng.normal());
-        let s = l.xyz_grid / l.rgb_grid;
-        for j in 0..l.xyz_grid * l.xyz_grid {
-            let (y, x) = (j / l.xyz_grid, j % l.xyz_grid);
-            let c = (y / s) * l.rgb_grid + x / s;
-            let border = y == 0 || x == 0 || y + 1 == l.xyz_grid || x + 1 == l.xyz_grid;
-            for k in 0..l.xyz_dim {
-                let lin: f32 = (0..l.rgb_dim)
-                    .map(|i| map[k * l.rgb_dim + i] * rgb[c * l.rgb_dim + i])
-                    .sum();
-                xyz[j * l.xyz_dim + k] = if border {
-                    0.0
-                } else {
-                    lin + 0.3 * rng.normal() + 0.01
-                };
-            }
-        }
-        fused.fill(0.0);
-        Ok(())
-    }
-    fn extract_without(
-        &mut self,
-        part: usize,
-        drop: miad::eval::missing::MissingModality,
-        xyz: &mut [f32],
-        rgb: &mut [f32],
-        fused: &mut [f32],
-    ) -> miad::Result<bool> {
-        use miad::eval::missing::MissingModality as M;
-        self.extract(part, xyz, rgb, fused)?;
-        let mut pseudo = Rng::new(self.seed + 7);
-        match drop {
-            M::Cloud => xyz
-                .iter_mut()
-                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
-            M::Rgb => rgb
-                .iter_mut()
-                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
-            M::Both => return Ok(false),
-        }
-        Ok(true)
-    }
 }
 
 fn small() -> (FusionConfig, RadarConfig) {
