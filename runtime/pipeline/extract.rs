@@ -241,7 +241,10 @@ impl<'m> Extractor<'m> {
     /// of the f32 path computed at creation. Returns false, staying f32, where the CPU
     /// has no AVX512-BF16.
     pub fn use_cpu_bf16(&mut self) -> bool {
-        let vc = self.cfg.vit.as_ref().expect("checked in new");
+        // `new` refuses a model without a ViT; without one there is nothing to convert.
+        let Some(vc) = self.cfg.vit.as_ref() else {
+            return false;
+        };
         match self.nets.vit.to_bf16(vc) {
             Some(blocks) => {
                 self.nets.vit_bf16 = blocks;
