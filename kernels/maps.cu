@@ -22,6 +22,12 @@
 // maps_regions_stats one block per kept region: bbox, area, max, mean (f64 sum in a fixed
 //                    tree), in a fixed order.
 //
+// For the whole part in one graph (runtime/cuda/stages/part.rs), where the part's modality
+// case is known on the device only: maps_pseudo_select (a modality the part cannot use
+// gets its pseudo input's features), maps_normalise (a bank's feature normalisation), and
+// maps_pixels_case / maps_part_case / maps_label_merge_case, which read the parameters of
+// the part's case from the three the host laid out (status word → case as `Case::of`).
+//
 // Every product and sum that the CPU oracle rounds separately is rounded separately here
 // (__fmul_rn / __fadd_rn: no contraction into fused multiply-adds), so maps, grids and
 // scores are the CPU's bits. Float results never depend on atomics or on timing.
@@ -426,9 +432,10 @@ MIAD_EXTERN void maps_blur_v(int present, int s, const BlurWeights wts, const fl
 // grid: ceil(s2/MAPS_THREADS). map = a·((c0·m0 + c1·m1) + c2·m2) + b. With `labels` (and
 // `peak`) given: labels[i] = i for pixels that start a region on the CPU (map > t; with a
 // NaN threshold every non-NaN pixel, see maps_label_merge), else MAPS_NONE; peak[i] = 0.
-MIAD_EXTERN void maps_pixels(const PixelParams p, int s2, const float *__restrict__ bank_maps,
-                             float *__restrict__ map, u32 *__restrict__ labels,
-                             u32 *__restrict__ peak) {
+__device__ __forceinline__ void maps_pixels_at(const PixelParams &p, int s2,
+                                               const float *__restrict__ bank_maps,
+                                               float *__restrict__ map, u32 *__restrict__ labels,
+                                               u32 *__restrict__ peak) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= s2) return;
   const float v0 = bank_maps[i], v1 = bank_maps[(size_t)s2 + i], v2 = bank_maps[2 * (size_t)s2 + i];
@@ -443,9 +450,15 @@ MIAD_EXTERN void maps_pixels(const PixelParams p, int s2, const float *__restric
   }
 }
 
+MIAD_EXTERN void maps_pixels(const PixelParams p, int s2, const float *__restrict__ bank_maps,
+                             float *__restrict__ map, u32 *__restrict__ labels,
+                             u32 *__restrict__ peak) {
+  maps_pixels_at(p, s2, bank_maps, map, labels, peak);
+}
+
 // grid: 1 block of 32 threads (thread 0 works). rec: the 3 bank records.
-MIAD_EXTERN void maps_part(const PartParams p, const BankScoreRec *__restrict__ rec,
-                           PartDecisionRec *__restrict__ out) {
+__device__ __forceinline__ void maps_part_at(const PartParams &p, const BankScoreRec *__restrict__ rec,
+                                             PartDecisionRec *__restrict__ out) {
   if (threadIdx.x != 0) return;
   PartDecisionRec d;
   for (int b = 0; b < 3; ++b) {
@@ -486,6 +499,11 @@ MIAD_EXTERN void maps_part(const PartParams p, const BankScoreRec *__restrict__ 
   *out = d;
 }
 
+MIAD_EXTERN void maps_part(const PartParams p, const BankScoreRec *__restrict__ rec,
+                           PartDecisionRec *__restrict__ out) {
+  maps_part_at(p, rec, out);
+}
+
 __device__ __forceinline__ u32 maps_find(const volatile u32 *L, u32 x) {
   u32 p = L[x];
   while (p != x) {
@@ -516,7 +534,7 @@ __device__ void maps_unite(u32 *L, u32 a, u32 b) {
 // grid: ceil(s²/MAPS_THREADS). Unions each labelled pixel with its labelled neighbours
 // W, NW, N, NE. A NaN threshold links nothing (the CPU's flood fill then never joins a
 // neighbour: `map > NaN` is false).
-MIAD_EXTERN void maps_label_merge(int s, float threshold, u32 *__restrict__ labels) {
+__device__ __forceinline__ void maps_label_merge_at(int s, float threshold, u32 *__restrict__ labels) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= s * s || threshold != threshold) return;
   if (labels[i] == MAPS_NONE) return;
@@ -529,6 +547,10 @@ MIAD_EXTERN void maps_label_merge(int s, float threshold, u32 *__restrict__ labe
     if (V[up] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)up);
     if (x + 1 < s && V[up + 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(up + 1));
   }
+}
+
+MIAD_EXTERN void maps_label_merge(int s, float threshold, u32 *__restrict__ labels) {
+  maps_label_merge_at(s, threshold, labels);
 }
 
 // grid: ceil(s²/MAPS_THREADS). labels[i] = root; peak[root] = max over the component of
@@ -687,4 +709,53 @@ MIAD_EXTERN void maps_regions_stats(int s, const float *__restrict__ map,
     r.mean = (float)__ddiv_rn(rsum[0], (double)rar[0]);
     regions[k] = r;
   }
+}
+
+// ---- The part's case chosen on the device -------------------------------------------------
+
+// The modality case of a part as `Case::of`: 0 complete, 1 RGB only, 2 cloud only (also
+// for neither modality, a part the host refuses). status[0], status[1]: RGB, cloud usable.
+__device__ __forceinline__ int maps_case(const int *__restrict__ status) {
+  const bool rgb = status[0] != 0, cloud = status[1] != 0;
+  return rgb && cloud ? 0 : (rgb ? 1 : 2);
+}
+
+// grid: ceil(n/MAPS_THREADS). A modality the part cannot use (status[modality] == 0) gets
+// its pseudo input's features; a usable one keeps the network's.
+MIAD_EXTERN void maps_pseudo_select(const int *__restrict__ status, int modality, int n,
+                                    const float *__restrict__ pseudo, float *__restrict__ features) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n || status[modality] != 0) return;
+  features[i] = pseudo[i];
+}
+
+// grid: ceil(n/MAPS_THREADS). out = (in − mean)·inv, each operation rounded as the CPU
+// scorer's normalisation.
+MIAD_EXTERN void maps_normalise(int n, float mean, float inv, const float *__restrict__ in,
+                                float *__restrict__ out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  out[i] = __fmul_rn(__fsub_rn(in[i], mean), inv);
+}
+
+// maps_pixels with the pixel parameters of the part's case (cases: 3, by `Case`).
+MIAD_EXTERN void maps_pixels_case(const int *__restrict__ status, const PixelParams *__restrict__ cases,
+                                  int s2, const float *__restrict__ bank_maps, float *__restrict__ map,
+                                  u32 *__restrict__ labels, u32 *__restrict__ peak) {
+  const PixelParams p = cases[maps_case(status)];
+  maps_pixels_at(p, s2, bank_maps, map, labels, peak);
+}
+
+// maps_part with the part parameters of the part's case (cases: 3, by `Case`).
+MIAD_EXTERN void maps_part_case(const int *__restrict__ status, const PartParams *__restrict__ cases,
+                                const BankScoreRec *__restrict__ rec, PartDecisionRec *__restrict__ out) {
+  const PartParams p = cases[maps_case(status)];
+  maps_part_at(p, rec, out);
+}
+
+// maps_label_merge with the pixel threshold of the part's case (cases: 3, by `Case`).
+MIAD_EXTERN void maps_label_merge_case(const int *__restrict__ status,
+                                       const PixelParams *__restrict__ cases, int s,
+                                       u32 *__restrict__ labels) {
+  maps_label_merge_at(s, cases[maps_case(status)].threshold, labels);
 }

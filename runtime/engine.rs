@@ -127,9 +127,31 @@ struct Planned<'f> {
     regions: Vec<Region>,
     /// Whether `map` holds the last part's map.
     map_valid: bool,
-    /// The bank search on the device (CUDA backend), planned at creation.
+    /// The bank search on the device (CUDA backend, when a network stays on the CPU),
+    /// planned at creation.
     device_search: Option<Box<dyn NearestSearch + Send>>,
+    /// The whole part's device work (CUDA backend, every device stage in use): then
+    /// `inspect` runs only preprocessing and fusion on the CPU.
+    #[cfg(feature = "cuda")]
+    device_part: Option<crate::cuda::stages::part::DevicePart>,
     backend: BackendChoice,
+}
+
+/// What [`open_backend`] sets up on the device.
+struct OnDevice {
+    search: Option<Box<dyn NearestSearch + Send>>,
+    #[cfg(feature = "cuda")]
+    part: Option<crate::cuda::stages::part::DevicePart>,
+}
+
+impl OnDevice {
+    fn none() -> Self {
+        OnDevice {
+            search: None,
+            #[cfg(feature = "cuda")]
+            part: None,
+        }
+    }
 }
 
 self_cell::self_cell!(
@@ -250,14 +272,14 @@ impl Engine {
         guard::check_files(self.cell.borrow_owner())?;
         let pool = &self.pool;
         self.cell.with_dependent_mut(|files, p| {
-            let status = p.extractor.run(pool, rgb, cloud)?;
-            if !status.rgb_usable() && !status.cloud_usable() {
-                return Err(Error::NoUsableModality(format!(
-                    "RGB {}, point cloud {}",
-                    unusable_name(status.rgb),
-                    unusable_name(status.cloud)
-                )));
+            #[cfg(feature = "cuda")]
+            if p.device_part.is_some() {
+                let r = inspect_on_device(pool, files.bank.config(), p, rgb, cloud, opts, t0)?;
+                guard::check_finite(&r)?;
+                return Ok(r);
             }
+            let status = p.extractor.run(pool, rgb, cloud)?;
+            refuse_unusable(status)?;
             let r = decide(pool, files.bank.config(), p, opts, t0)?;
             guard::check_finite(&r)?;
             Ok(r)
@@ -428,6 +450,87 @@ fn decide<'e>(
     })
 }
 
+/// [`Error::NoUsableModality`] for a part with neither modality usable.
+fn refuse_unusable(status: ModalityStatus) -> Result<()> {
+    if !status.rgb_usable() && !status.cloud_usable() {
+        return Err(Error::NoUsableModality(format!(
+            "RGB {}, point cloud {}",
+            unusable_name(status.rgb),
+            unusable_name(status.cloud)
+        )));
+    }
+    Ok(())
+}
+
+/// [`Engine::inspect`] on the device ([`crate::cuda::stages::part::DevicePart`]): the CPU
+/// preprocesses and fuses; the networks, the bank searches, the maps, the case's
+/// decision and the regions run on the device. The policy stays
+/// [`Decision`]'s: the device chooses among the parameter sets the host built from it
+/// for every case, and the verdict is the policy's on the device's score.
+#[cfg(feature = "cuda")]
+fn inspect_on_device<'e>(
+    pool: &Pool,
+    cfg: &BankConfig,
+    p: &'e mut Planned<'_>,
+    rgb: Option<RgbView<'_>>,
+    cloud: Option<CloudView<'_>>,
+    opts: &InspectOptions,
+    t0: Instant,
+) -> Result<Inspection<'e>> {
+    use crate::cuda::ops::maps::DecisionParams;
+    let status = p.extractor.preprocess_part(rgb, cloud)?;
+    refuse_unusable(status)?;
+    let Some(part) = p.device_part.as_mut() else {
+        return Err(Error::Device(crate::DeviceError::BadCall(
+            "inspect on the device without a device part".into(),
+        )));
+    };
+    p.extractor
+        .run_networks_with(|pre, status, out| part.features(pre, status, out))?;
+    p.extractor.fuse_part(pool);
+    let t1 = Instant::now();
+    let case = Case::of(status.rgb_usable(), status.cloud_usable());
+    let params = Case::ALL.map(|c| DecisionParams::new(cfg, c, &p.cases, opts));
+    let decision = Decision::resolve(cfg, case, &p.cases, opts);
+    let s = part.map_side();
+    let r = part.decide(&p.extractor.fused, &params)?;
+    let s2 = s * s;
+    let want_map = opts.map || opts.regions;
+    p.map_valid = want_map;
+    if want_map {
+        p.map[..s2].copy_from_slice(&r.map[..s2]);
+        guard::check_map(&p.map[..s2], s)?;
+    }
+    // As on the CPU: a case the bank cannot decide has no regions.
+    p.regions.clear();
+    let mut found = 0;
+    if opts.regions && !decision.lacks_statistics {
+        let kept = r.regions.len().min(MAX_REGIONS);
+        p.regions
+            .extend(r.regions[..kept].iter().map(|&x| Region::from(x)));
+        found = r.regions_found;
+    }
+    let score = r.decision.score;
+    let t2 = Instant::now();
+    Ok(Inspection {
+        score,
+        verdict: decision.verdict(score),
+        part_threshold: decision.part_threshold,
+        pixel_threshold: decision.pixel_threshold,
+        bank_scores: r.decision.bank,
+        case,
+        status,
+        case_calibrated: decision.case_calibrated,
+        map: opts.map.then_some(&p.map[..s2]),
+        map_size: s,
+        regions: &p.regions,
+        regions_found: found,
+        times: p.extractor.times,
+        score_time: (t2 - t1).as_secs_f64(),
+        total_time: (t2 - t0).as_secs_f64(),
+    })
+}
+
 fn unusable_name(u: Option<Unusable>) -> &'static str {
     match u {
         None => "usable",
@@ -485,7 +588,7 @@ fn plan<'f>(
     }
     let scorer = Scorer::new(cfg, &set, pool.threads());
     let s = scorer.map_size();
-    let (device_search, backend) = open_backend(options, &files.model, &set, &mut extractor, pool);
+    let (on_device, backend) = open_backend(options, files, &set, &mut extractor, pool);
     let mut cases = [None; 3];
     for c in Case::ALL {
         cases[c as usize] = CaseDecision::load(bank, c)?;
@@ -503,23 +606,26 @@ fn plan<'f>(
         set,
         scorer,
         cases,
-        device_search,
+        device_search: on_device.search,
+        #[cfg(feature = "cuda")]
+        device_part: on_device.part,
         backend,
     })
 }
 
-/// Resolves the backend: on CUDA, the device bank search, then the device ViT and point
-/// branch, each used only when it opens and passes its self-check against the CPU;
-/// without the bank search the engine runs on the CPU (see [`crate::backend`]), without
-/// a branch that branch stays on the CPU and the choice says why.
-#[allow(clippy::type_complexity)]
+/// Resolves the backend: on CUDA, the device bank search, the device ViT and the device
+/// point branch, each used only when it opens and passes its self-check against the CPU.
+/// With all three, the whole part's device work ([`crate::cuda::stages::part::DevicePart`],
+/// with the maps and the decision); without the bank search the engine runs on the CPU
+/// (see [`crate::backend`]); without a branch that branch stays on the CPU, the bank
+/// search is used alone, and the choice says why.
 fn open_backend(
     options: &EngineOptions,
-    model: &ModelFile,
+    files: &Files,
     set: &BankSet<'_>,
     extractor: &mut Extractor<'_>,
     pool: &Pool,
-) -> (Option<Box<dyn NearestSearch + Send>>, BackendChoice) {
+) -> (OnDevice, BackendChoice) {
     let requested = options.backend;
     if requested == Backend::Cpu {
         let mut choice = BackendChoice::cpu();
@@ -531,22 +637,25 @@ fn open_backend(
                     Some("bf16 asked for, but this CPU has no AVX512-BF16: f32 is used".into());
             }
         }
-        return (None, choice);
+        return (OnDevice::none(), choice);
     }
     #[cfg(feature = "cuda")]
     {
+        use crate::cuda::stages::part::DevicePart;
         use crate::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
         use crate::cuda::stages::{bank_search::DeviceBankSearch, vit::DeviceRgb};
         use crate::cuda::Device;
         use std::sync::Arc;
-        // One device (context and stream) for the engine, shared by every device stage.
+        let model = &files.model;
+        let fell_back = |e: String| (OnDevice::none(), BackendChoice::fell_back(requested, e));
+        // One device (context and streams) for the engine, shared by every device stage.
         let opened = match requested {
             Backend::CudaSim => Device::simulated(),
             _ => Device::new(options.device),
         };
         let dev = match opened {
             Ok(d) => Arc::new(d),
-            Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
+            Err(e) => return fell_back(e.to_string()),
         };
         let used = if dev.is_simulated() {
             Backend::CudaSim
@@ -563,21 +672,27 @@ fn open_backend(
         let mut on_cpu = Vec::new();
         let mut needs = match DeviceBankSearch::arena_needs(&dev, set, precision) {
             Ok(n) => n,
-            Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
+            Err(e) => return fell_back(e.to_string()),
         };
         let rgb_needs = DeviceRgb::arena_needs(model, precision)
             .map_err(|e| on_cpu.push(format!("rgb branch: {e}")));
         let point_needs = DevicePointBranch::arena_needs(model, branch)
             .map_err(|e| on_cpu.push(format!("point branch: {e}")));
-        for n in [&rgb_needs, &point_needs].into_iter().flatten() {
+        let layout = extractor.layout();
+        let part_needs = DevicePart::arena_needs(files.bank.config(), &layout)
+            .map_err(|e| on_cpu.push(format!("maps and decision: {e}")));
+        for n in [&rgb_needs, &point_needs, &part_needs]
+            .into_iter()
+            .flatten()
+        {
             needs.extend(n.iter().cloned());
         }
         if let Err(e) = dev.plan_engine_arena(&needs) {
-            return (None, BackendChoice::fell_back(requested, e.to_string()));
+            return fell_back(e.to_string());
         }
         let search = match DeviceBankSearch::on_device(dev.clone(), set, pool, precision) {
             Ok(s) => s,
-            Err(e) => return (None, BackendChoice::fell_back(requested, e.to_string())),
+            Err(e) => return fell_back(e.to_string()),
         };
         let mut choice = BackendChoice {
             requested,
@@ -590,34 +705,88 @@ fn open_backend(
             device_activity: None,
         };
         let tolerance = precision.feature_tolerance();
-        if rgb_needs.is_ok() {
-            match DeviceRgb::on_device(dev.clone(), model, precision)
-                .and_then(|vit| extractor.use_rgb_network(Box::new(vit), tolerance))
-            {
+        let rgb = rgb_needs.ok().and_then(|_| {
+            DeviceRgb::on_device(dev.clone(), model, precision)
+                .and_then(|mut vit| {
+                    extractor.check_rgb_network(&mut vit, tolerance)?;
+                    Ok(vit)
+                })
+                .map_err(|e| on_cpu.push(format!("rgb branch: {e}")))
+                .ok()
+        });
+        let point = point_needs.ok().and_then(|_| {
+            DevicePointBranch::on_device(dev.clone(), model, branch)
+                .and_then(|mut b| {
+                    extractor.check_point_network(pool, &mut b, tolerance)?;
+                    Ok(b)
+                })
+                .map_err(|e| on_cpu.push(format!("point branch: {e}")))
+                .ok()
+        });
+        let finish = |mut choice: BackendChoice, on_cpu: Vec<String>| {
+            if !on_cpu.is_empty() {
+                choice.fallback = Some(on_cpu.join("; "));
+            }
+            choice.device_counts = Some(dev.counts());
+            choice.device_activity = Some(dev.activity());
+            choice
+        };
+        let (rgb, point) = match (rgb, point, part_needs) {
+            (Some(rgb), Some(point), Ok(_)) => {
+                let part = DevicePart::new(
+                    dev.clone(),
+                    rgb,
+                    point,
+                    search,
+                    files.bank.config(),
+                    set,
+                    &layout,
+                    extractor.pseudo_input_features(),
+                );
+                return match part {
+                    Ok(part) => {
+                        choice.device_stages = vec![
+                            "point branch",
+                            "rgb branch",
+                            "bank search",
+                            "maps and decision",
+                        ];
+                        let on_device = OnDevice {
+                            search: None,
+                            part: Some(part),
+                        };
+                        (on_device, finish(choice, on_cpu))
+                    }
+                    // The stages went into the failed part: the CPU runs the engine.
+                    Err(e) => fell_back(format!("device part: {e}")),
+                };
+            }
+            (rgb, point, _) => (rgb, point),
+        };
+        // Some stage stays on the CPU: the others are used one by one.
+        if let Some(vit) = rgb {
+            match extractor.use_rgb_network(Box::new(vit), tolerance) {
                 Ok(_) => choice.device_stages.insert(0, "rgb branch"),
                 Err(e) => on_cpu.push(format!("rgb branch: {e}")),
             }
         }
-        if point_needs.is_ok() {
-            match DevicePointBranch::on_device(dev.clone(), model, branch)
-                .and_then(|b| extractor.use_point_network(pool, Box::new(b), tolerance))
-            {
+        if let Some(b) = point {
+            match extractor.use_point_network(pool, Box::new(b), tolerance) {
                 Ok(_) => choice.device_stages.insert(0, "point branch"),
                 Err(e) => on_cpu.push(format!("point branch: {e}")),
             }
         }
-        if !on_cpu.is_empty() {
-            choice.fallback = Some(on_cpu.join("; "));
-        }
-        choice.device_counts = Some(dev.counts());
-        choice.device_activity = Some(dev.activity());
-        (Some(Box::new(search)), choice)
+        let on_device = OnDevice {
+            search: Some(Box::new(search)),
+            part: None,
+        };
+        (on_device, finish(choice, on_cpu))
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (model, set, extractor, pool);
+        let _ = (files, set, extractor, pool);
         (
-            None,
+            OnDevice::none(),
             BackendChoice::fell_back(
                 requested,
                 "this miad was built without the `cuda` feature".into(),

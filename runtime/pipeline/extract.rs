@@ -85,6 +85,15 @@ pub trait PointNetwork {
     ) -> Result<()>;
 }
 
+/// Where another backend's networks write one part's features
+/// ([`Extractor::run_networks_with`]).
+pub struct NetworkOutputs<'a> {
+    /// `rgb_grid² × rgb_dim` RGB patch features.
+    pub rgb: &'a mut [f32],
+    /// The point branch's centers, groups and xyz patch features.
+    pub point: PointOutputs<'a>,
+}
+
 /// RADAR's fusion: its weights and planned buffers.
 struct RadarFusion<'m> {
     weights: radar_fusion::RadarWeights<'m>,
@@ -291,6 +300,18 @@ impl<'m> Extractor<'m> {
         mut network: Box<dyn RgbNetwork + Send>,
         tolerance: f32,
     ) -> Result<f32> {
+        let rel = self.check_rgb_network(network.as_mut(), tolerance)?;
+        self.rgb_network = Some(network);
+        Ok(rel)
+    }
+
+    /// The check of [`Extractor::use_rgb_network`] alone: the network is not kept (a
+    /// caller that runs it in its own way, the CUDA backend's one-graph part).
+    pub fn check_rgb_network(
+        &mut self,
+        network: &mut (dyn RgbNetwork + Send),
+        tolerance: f32,
+    ) -> Result<f32> {
         let ones = vec![1.0f32; self.pre.rgb_input.len()];
         let mut got = vec![0.0f32; self.rgb.len()];
         network.forward(&ones, &mut got)?;
@@ -313,7 +334,6 @@ impl<'m> Extractor<'m> {
                  by {rel:.2e} of their peak (tolerance {tolerance:.0e})"
             ))));
         }
-        self.rgb_network = Some(network);
         Ok(rel)
     }
 
@@ -326,6 +346,18 @@ impl<'m> Extractor<'m> {
         &mut self,
         pool: &Pool,
         mut network: Box<dyn PointNetwork + Send>,
+        tolerance: f32,
+    ) -> Result<f32> {
+        let rel = self.check_point_network(pool, network.as_mut(), tolerance)?;
+        self.point_network = Some(network);
+        Ok(rel)
+    }
+
+    /// The check of [`Extractor::use_point_network`] alone: the network is not kept.
+    pub fn check_point_network(
+        &mut self,
+        pool: &Pool,
+        network: &mut (dyn PointNetwork + Send),
         tolerance: f32,
     ) -> Result<f32> {
         self.write_probe_cloud();
@@ -382,7 +414,6 @@ impl<'m> Extractor<'m> {
                  (tolerance {tolerance:.0e})"
             ));
         }
-        self.point_network = Some(network);
         Ok(rel)
     }
 
@@ -450,6 +481,36 @@ impl<'m> Extractor<'m> {
         &self.centers
     }
 
+    /// The pseudo inputs' features (RGB `rgb_grid² × rgb_dim`, xyz `xyz_grid² × xyz_dim`),
+    /// computed once at creation.
+    pub fn pseudo_input_features(&self) -> (&[f32], &[f32]) {
+        (&self.pseudo.rgb, &self.pseudo.xyz)
+    }
+
+    /// Runs both networks of the last preprocessed part ([`Extractor::preprocess_part`])
+    /// through `networks`, another backend's: it gets the preprocessed part and its status
+    /// and writes the RGB and xyz features (the pseudo inputs' for an unusable modality),
+    /// the centers and the groups. Their time is counted under `times.rgb` (the two
+    /// branches run at the same time there). No allocation.
+    pub fn run_networks_with(
+        &mut self,
+        networks: impl FnOnce(&PreprocessOutput, ModalityStatus, NetworkOutputs<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let t0 = Instant::now();
+        let out = NetworkOutputs {
+            rgb: &mut self.rgb,
+            point: PointOutputs {
+                centers: &mut self.centers,
+                groups: &mut self.groups,
+                xyz: &mut self.xyz,
+            },
+        };
+        networks(&self.pre, self.status, out)?;
+        self.times.rgb = t0.elapsed().as_secs_f64();
+        self.times.point = 0.0;
+        Ok(())
+    }
+
     /// Features of one part into [`Extractor::rgb`], [`Extractor::xyz`] and
     /// [`Extractor::fused`]. A missing or unusable modality gets the pseudo-input
     /// features; the returned status says which. Both unusable is not an error here
@@ -461,30 +522,7 @@ impl<'m> Extractor<'m> {
         rgb: Option<RgbView<'_>>,
         cloud: Option<CloudView<'_>>,
     ) -> Result<ModalityStatus> {
-        for (w, h) in [
-            rgb.map(|v| (v.width, v.height)),
-            cloud.map(|v| (v.width, v.height)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if w > self.max_width || h > self.max_height {
-                return Err(Error::Input(format!(
-                    "input of {w}×{h} is larger than the {}×{} the engine was planned for",
-                    self.max_width, self.max_height
-                )));
-            }
-        }
-        let t0 = Instant::now();
-        let status = preprocess(
-            &self.cfg.preprocess,
-            rgb,
-            cloud,
-            self.mode,
-            &mut self.pre,
-            &mut self.pre_scratch,
-        )?;
-        self.status = status;
+        let status = self.preprocess_part(rgb, cloud)?;
         let t1 = Instant::now();
         let vc = self.cfg.vit.as_ref().expect("checked in new");
         if let (true, Some(net)) = (status.rgb_usable(), self.rgb_network.as_mut()) {
@@ -522,6 +560,52 @@ impl<'m> Extractor<'m> {
             self.xyz.copy_from_slice(&self.pseudo.xyz);
         }
         let t3 = Instant::now();
+        self.times.rgb = (t2 - t1).as_secs_f64();
+        self.times.point = (t3 - t2).as_secs_f64();
+        self.fuse_part(pool);
+        Ok(status)
+    }
+
+    /// The first step of [`Extractor::run`]: checks the input sizes, preprocesses the part
+    /// and returns (and keeps) its status. No allocation.
+    pub fn preprocess_part(
+        &mut self,
+        rgb: Option<RgbView<'_>>,
+        cloud: Option<CloudView<'_>>,
+    ) -> Result<ModalityStatus> {
+        for (w, h) in [
+            rgb.map(|v| (v.width, v.height)),
+            cloud.map(|v| (v.width, v.height)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if w > self.max_width || h > self.max_height {
+                return Err(Error::Input(format!(
+                    "input of {w}×{h} is larger than the {}×{} the engine was planned for",
+                    self.max_width, self.max_height
+                )));
+            }
+        }
+        let t0 = Instant::now();
+        let status = preprocess(
+            &self.cfg.preprocess,
+            rgb,
+            cloud,
+            self.mode,
+            &mut self.pre,
+            &mut self.pre_scratch,
+        )?;
+        self.status = status;
+        self.times.preprocess = t0.elapsed().as_secs_f64();
+        Ok(status)
+    }
+
+    /// The last step of [`Extractor::run`]: fuses the RGB and xyz features of the part
+    /// (UFF, or RADAR with the instruction of its case) into [`Extractor::fused`].
+    pub fn fuse_part(&mut self, pool: &Pool) {
+        let t0 = Instant::now();
+        let status = self.status;
         let rgb_grid = self.cfg.vit.as_ref().expect("checked in new").grid();
         if let Some(r) = self.radar.as_mut() {
             // The instruction of the part's case; a missing modality's features are
@@ -551,14 +635,7 @@ impl<'m> Extractor<'m> {
                 &mut self.scratch,
             );
         }
-        let t4 = Instant::now();
-        self.times = StageTimes {
-            preprocess: (t1 - t0).as_secs_f64(),
-            rgb: (t2 - t1).as_secs_f64(),
-            point: (t3 - t2).as_secs_f64(),
-            fusion: (t4 - t3).as_secs_f64(),
-        };
-        Ok(status)
+        self.times.fusion = t0.elapsed().as_secs_f64();
     }
 
     fn point_branch(&mut self, pool: &Pool) {

@@ -144,10 +144,11 @@ fn a_recorded_graph_reads_and_writes_the_pinned_buffers_at_replay() {
 }
 
 /// The kernel modules an engine with every device stage loads: the bank search, the
-/// point branch's own, and the transformers' (the f32 path adds the exact GELU).
+/// point branch's own, the transformers' (the f32 path adds the exact GELU) and the maps.
 fn engine_modules(precision: Precision) -> Vec<&'static str> {
     let mut m = vec![
         "bank_search",
+        "maps",
         "embed",
         "attention",
         "preprocess",
@@ -164,9 +165,9 @@ fn engine_modules(precision: Precision) -> Vec<&'static str> {
 }
 
 /// An engine on `backend` with every device stage makes one device object and, on it, one
-/// arena, one stream (no stage forks one today), one cuBLASLt handle, and loads each
-/// kernel module once: the ViT and the point encoder share `embed`, `attention` and
-/// `gelu`. Returns false (after saying SKIP) when `backend` cannot be used here.
+/// arena, two streams (the engine's, and the side stream the point branch forks onto
+/// inside the part's graph), one cuBLASLt handle, and loads each kernel module once: the
+/// ViT and the point encoder share `embed`, `attention` and `gelu`. Returns false (after saying SKIP) when `backend` cannot be used here.
 pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &str) -> bool {
     let fx = common::fitted_with(common::small_hd64(), name, Category::Disc, 12, 4, 1);
     let e = Engine::open(&fx.model, &fx.bank, &options(backend, precision)).unwrap();
@@ -181,7 +182,12 @@ pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &s
         return false;
     }
     assert_eq!(c.fallback, None, "a stage fell back: {}", c.describe());
-    for s in ["point branch", "rgb branch", "bank search"] {
+    for s in [
+        "point branch",
+        "rgb branch",
+        "bank search",
+        "maps and decision",
+    ] {
         assert!(c.device_stages.contains(&s), "{s}: {}", c.describe());
     }
     let counts = c
@@ -189,7 +195,7 @@ pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &s
         .as_ref()
         .expect("device counts on a CUDA backend");
     assert_eq!(counts.arenas, 1, "{counts:?}");
-    assert_eq!(counts.streams, 1, "{counts:?}");
+    assert_eq!(counts.streams, 2, "{counts:?}");
     assert_eq!(counts.cublaslt_handles, 1, "{counts:?}");
     let mut names: Vec<&str> = counts.modules.iter().map(|(n, _)| *n).collect();
     names.sort_unstable();

@@ -3,7 +3,7 @@
 //! methods, so the stages cannot tell them apart.
 
 use std::ffi::{c_int, c_uint, c_void};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::sys;
@@ -38,22 +38,31 @@ pub(crate) fn dev_err(msg: String) -> Error {
     DeviceError::Other(msg).into()
 }
 
+/// The arena region whose GEMMs run on the side stream of [`Device::fork_join`] (the
+/// point branch's encoder, `DevicePointMae::ARENA_REGION`): it gets the second GEMM
+/// workspace, so that GEMMs running at the same time never share one.
+pub const SIDE_STREAM_GEMM_REGION: &str = "point-mae";
+
 /// What stands behind a [`Device`].
 enum Inner {
     Driver {
         dev: sys::CUdevice,
         ctx: sys::CUcontext,
         stream: sys::CUstream,
+        /// The second stream of [`Device::fork_join`], and its fork and join events.
+        side: sys::CUstream,
+        fork: sys::CUevent,
+        join: sys::CUevent,
     },
     Sim(SimStream),
 }
 
 /// The engine's one arena: each stage's region, handed out once, and the shared GEMM
-/// workspace.
+/// workspaces (one per stream: the engine's, and the side stream's).
 struct EngineArena {
     arena: Arena,
     regions: Vec<Region>,
-    workspace: Slot<u8>,
+    workspaces: [Slot<u8>; 2],
 }
 
 struct Region {
@@ -81,6 +90,8 @@ struct Shared {
 pub struct Device {
     inner: Inner,
     shared: Shared,
+    /// Work is enqueued on the side stream (inside [`Device::fork_join`]).
+    on_side: AtomicBool,
     /// Compute capability (major, minor).
     pub cc: (i32, i32),
     pub sm_count: i32,
@@ -149,23 +160,27 @@ impl Device {
                 sys::cuDevicePrimaryCtxRelease_v2(dev);
                 return Err(e);
             }
-            let mut stream: sys::CUstream = std::ptr::null_mut();
-            if let Err(e) = check(
-                sys::cuStreamCreate(
-                    &mut stream,
-                    sys::CUstream_flags::CU_STREAM_NON_BLOCKING as c_uint,
-                ),
-                "cuStreamCreate",
-            ) {
-                sys::cuDevicePrimaryCtxRelease_v2(dev);
-                return Err(e);
-            }
+            let (stream, side, fork, join) = match create_streams() {
+                Ok(s) => s,
+                Err(e) => {
+                    sys::cuDevicePrimaryCtxRelease_v2(dev);
+                    return Err(e);
+                }
+            };
             DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
             let shared = Shared::default();
-            shared.streams.fetch_add(1, Ordering::Relaxed);
+            shared.streams.fetch_add(2, Ordering::Relaxed);
             Ok(Device {
-                inner: Inner::Driver { dev, ctx, stream },
+                inner: Inner::Driver {
+                    dev,
+                    ctx,
+                    stream,
+                    side,
+                    fork,
+                    join,
+                },
                 shared,
+                on_side: AtomicBool::new(false),
                 cc,
                 sm_count,
                 max_smem_optin,
@@ -180,10 +195,13 @@ impl Device {
         let stream = SimStream::new()?;
         DEVICES_OPENED.fetch_add(1, Ordering::Relaxed);
         let shared = Shared::default();
-        shared.streams.fetch_add(1, Ordering::Relaxed);
+        // The engine's stream and the side stream of `fork_join` (one in-order stream
+        // stands for both).
+        shared.streams.fetch_add(2, Ordering::Relaxed);
         Ok(Device {
             inner: Inner::Sim(stream),
             shared,
+            on_side: AtomicBool::new(false),
             cc: (9, 0),
             sm_count: 132,
             max_smem_optin: sim::MAX_DYN_SMEM,
@@ -264,8 +282,9 @@ impl Device {
     }
 
     /// Plans and allocates the engine's one arena: a region per stage need (`(stage,
-    /// plan)`, stage names unique) and one GEMM workspace that every stage's GEMMs share
-    /// (they run one after the other on the one stream). Once per device.
+    /// plan)`, stage names unique) and two GEMM workspaces: one that the GEMMs on the
+    /// engine's stream share (they run one after the other), one for those of
+    /// [`SIDE_STREAM_GEMM_REGION`] on the side stream. Once per device.
     pub fn plan_engine_arena(&self, needs: &[(&'static str, ArenaPlan)]) -> Result<()> {
         let mut cell = self
             .shared
@@ -289,12 +308,15 @@ impl Device {
                 taken: false,
             });
         }
-        let workspace = whole.add::<u8>(GEMM_WORKSPACE_BYTES);
+        let workspaces = [
+            whole.add::<u8>(GEMM_WORKSPACE_BYTES),
+            whole.add::<u8>(GEMM_WORKSPACE_BYTES),
+        ];
         let arena = Arena::new(self, &whole)?;
         *cell = Some(EngineArena {
             arena,
             regions,
-            workspace,
+            workspaces,
         });
         Ok(())
     }
@@ -334,18 +356,71 @@ impl Device {
         Ok(arena)
     }
 
-    /// The GEMM workspace of the engine's arena (`None` before the engine planned one: a
-    /// stage used alone plans its own).
+    /// The GEMM workspace of the engine's arena for the engine's stream (`None` before
+    /// the engine planned one: a stage used alone plans its own).
     pub fn shared_gemm_workspace(&self) -> Result<Option<Workspace>> {
+        self.shared_gemm_workspace_for("")
+    }
+
+    /// The GEMM workspace of the engine's arena for the GEMMs of arena region `stage`:
+    /// the side stream's for [`SIDE_STREAM_GEMM_REGION`], else the engine stream's.
+    pub fn shared_gemm_workspace_for(&self, stage: &str) -> Result<Option<Workspace>> {
         let cell = self
             .shared
             .engine_arena
             .lock()
             .map_err(|_| dev_err("arena lock poisoned".into()))?;
+        let which = (stage == SIDE_STREAM_GEMM_REGION) as usize;
         Ok(cell.as_ref().map(|e| Workspace {
-            ptr: e.arena.ptr(e.workspace),
-            bytes: e.workspace.len,
+            ptr: e.arena.ptr(e.workspaces[which]),
+            bytes: e.workspaces[which].len,
         }))
+    }
+
+    /// Enqueues `side` on the side stream and `main` on the engine's stream so that they
+    /// may run at the same time: the side stream first waits for the work enqueued before
+    /// (fork event), and the engine's stream waits for the side's work before anything
+    /// enqueued after (join event). Inside [`super::graph::Graph::capture`] the two become
+    /// parallel branches of the graph. The simulated device, which has one in-order
+    /// stream, runs `side` then `main`. The join is enqueued even when either fails.
+    pub fn fork_join(
+        &self,
+        side: impl FnOnce(&Device) -> Result<()>,
+        main: impl FnOnce(&Device) -> Result<()>,
+    ) -> Result<()> {
+        let Inner::Driver {
+            stream,
+            side: side_stream,
+            fork,
+            join,
+            ..
+        } = self.inner
+        else {
+            side(self)?;
+            return main(self);
+        };
+        // SAFETY: the events and streams belong to this device's context.
+        unsafe {
+            check(sys::cuEventRecord(fork, stream), "cuEventRecord(fork)")?;
+            check(
+                sys::cuStreamWaitEvent(side_stream, fork, 0),
+                "cuStreamWaitEvent(fork)",
+            )?;
+        }
+        self.on_side.store(true, Ordering::Relaxed);
+        let side_done = side(self);
+        self.on_side.store(false, Ordering::Relaxed);
+        let main_done = main(self);
+        // SAFETY: as above.
+        let joined = unsafe {
+            check(sys::cuEventRecord(join, side_stream), "cuEventRecord(join)").and_then(|_| {
+                check(
+                    sys::cuStreamWaitEvent(stream, join, 0),
+                    "cuStreamWaitEvent(join)",
+                )
+            })
+        };
+        side_done.and(main_done).and(joined)
     }
 
     /// Whether this is the simulated device.
@@ -372,9 +447,11 @@ impl Device {
         }
     }
 
-    /// The driver stream (null on the simulated device).
+    /// The driver stream work is enqueued on: the engine's, or the side stream inside
+    /// [`Device::fork_join`] (null on the simulated device).
     pub fn stream(&self) -> sys::CUstream {
         match &self.inner {
+            Inner::Driver { side, .. } if self.on_side.load(Ordering::Relaxed) => *side,
             Inner::Driver { stream, .. } => *stream,
             Inner::Sim(_) => std::ptr::null_mut(),
         }
@@ -560,7 +637,7 @@ impl Device {
     ) -> Result<()> {
         let stream = match &self.inner {
             Inner::Sim(s) => return s.copy(dst, src, bytes, kind),
-            Inner::Driver { stream, .. } => *stream,
+            Inner::Driver { .. } => self.stream(),
         };
         unsafe {
             match kind {
@@ -584,9 +661,9 @@ impl Device {
     pub fn memset_u8(&self, dst: sys::CUdeviceptr, value: u8, bytes: usize) -> Result<()> {
         match &self.inner {
             Inner::Sim(s) => s.memset(dst, value, bytes),
-            Inner::Driver { stream, .. } => unsafe {
+            Inner::Driver { .. } => unsafe {
                 check(
-                    sys::cuMemsetD8Async(dst, value, bytes, *stream),
+                    sys::cuMemsetD8Async(dst, value, bytes, self.stream()),
                     "cuMemsetD8Async",
                 )
             },
@@ -699,14 +776,56 @@ impl Drop for Device {
         if let Ok(a) = self.shared.engine_arena.get_mut() {
             drop(a.take());
         }
-        if let Inner::Driver { dev, ctx, stream } = self.inner {
+        if let Inner::Driver {
+            dev,
+            ctx,
+            stream,
+            side,
+            fork,
+            join,
+        } = self.inner
+        {
             unsafe {
                 sys::cuCtxSetCurrent(ctx);
+                sys::cuStreamSynchronize(side);
+                sys::cuEventDestroy_v2(fork);
+                sys::cuEventDestroy_v2(join);
+                sys::cuStreamDestroy_v2(side);
                 sys::cuStreamDestroy_v2(stream);
                 sys::cuDevicePrimaryCtxRelease_v2(dev);
             }
         }
     }
+}
+
+/// The engine's stream, the side stream and the fork and join events of
+/// [`Device::fork_join`], created in the current context; on failure what was made is
+/// destroyed again.
+///
+/// # Safety
+/// A context must be current.
+unsafe fn create_streams() -> Result<(sys::CUstream, sys::CUstream, sys::CUevent, sys::CUevent)> {
+    let flags = sys::CUstream_flags::CU_STREAM_NON_BLOCKING as c_uint;
+    let no_timing = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as c_uint;
+    let mut streams: [sys::CUstream; 2] = [std::ptr::null_mut(); 2];
+    let mut events: [sys::CUevent; 2] = [std::ptr::null_mut(); 2];
+    let mut made = Ok(());
+    for s in streams.iter_mut() {
+        made = made.and_then(|_| check(sys::cuStreamCreate(s, flags), "cuStreamCreate"));
+    }
+    for e in events.iter_mut() {
+        made = made.and_then(|_| check(sys::cuEventCreate(e, no_timing), "cuEventCreate"));
+    }
+    if let Err(e) = made {
+        for ev in events.into_iter().filter(|e| !e.is_null()) {
+            sys::cuEventDestroy_v2(ev);
+        }
+        for s in streams.into_iter().filter(|s| !s.is_null()) {
+            sys::cuStreamDestroy_v2(s);
+        }
+        return Err(e);
+    }
+    Ok((streams[0], streams[1], events[0], events[1]))
 }
 
 /// Two events on the engine's stream, for timing device work (the host clock on the

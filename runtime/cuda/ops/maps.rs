@@ -152,7 +152,7 @@ impl BlurWeights {
 /// The pixel decision (`PixelParams`): `map = affine[0]·(c·m) + affine[1]`, regions above
 /// `threshold`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct PixelParams {
     /// `pixel_w[b] · score_weights[b]`.
     pub c: [f32; 3],
@@ -162,7 +162,7 @@ pub struct PixelParams {
 
 /// The part decision's inputs (`PartParams`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct PartParams {
     /// 0: linear part OCSVM `part_w · a`; 1: the case's Mahalanobis score.
     pub kind: i32,
@@ -286,6 +286,12 @@ unsafe impl DeviceElem for PartDecisionRec {
 }
 unsafe impl DeviceElem for RegionRec {
     const C_TYPE: CType = CType::Struct("RegionRec");
+}
+unsafe impl DeviceElem for PixelParams {
+    const C_TYPE: CType = CType::Struct("PixelParams");
+}
+unsafe impl DeviceElem for PartParams {
+    const C_TYPE: CType = CType::Struct("PartParams");
 }
 
 static_assertions::const_assert_eq!(std::mem::size_of::<MapBankArg>(), 56);
@@ -574,7 +580,21 @@ pub struct MapKernels {
     pub label_resolve: Kernel,
     pub regions_select: Kernel,
     pub regions_stats: Kernel,
+    pub pseudo_select: Kernel,
+    pub normalise: Kernel,
+    pub pixels_case: Kernel,
+    pub part_case: Kernel,
+    pub label_merge_case: Kernel,
     pub plan: MapPlan,
+}
+
+/// The decision parameters of every modality case on the device (3 each, by [`Case`]),
+/// and the part's status word (`[RGB usable, cloud usable]`, 2 × i32) that chooses one.
+#[derive(Clone, Copy, Debug)]
+pub struct CaseParams {
+    pub status: DevPtr<i32>,
+    pub part: DevPtr<PartParams>,
+    pub pixel: DevPtr<PixelParams>,
 }
 
 // The function handles belong to the module held here; the engine uses them from one
@@ -597,6 +617,11 @@ impl MapKernels {
             label_resolve: Kernel::find(&m, "maps_label_resolve")?,
             regions_select: Kernel::find(&m, "maps_regions_select")?,
             regions_stats: Kernel::find(&m, "maps_regions_stats")?,
+            pseudo_select: Kernel::find(&m, "maps_pseudo_select")?,
+            normalise: Kernel::find(&m, "maps_normalise")?,
+            pixels_case: Kernel::find(&m, "maps_pixels_case")?,
+            part_case: Kernel::find(&m, "maps_part_case")?,
+            label_merge_case: Kernel::find(&m, "maps_label_merge_case")?,
             _module: m,
             plan,
         };
@@ -733,11 +758,32 @@ impl MapKernels {
         regions: DevPtr<RegionRec>,
     ) -> Result<()> {
         let s = self.plan.map_size as i32;
-        let s2 = self.plan.pixels() as i32;
-        let limit = self.plan.max_regions as i32;
         let blocks = (self.plan.pixel_blocks(), 1, 1);
         let mut a = kernel_args![s, threshold, labels];
         dev.launch(self.label_merge, blocks, (THREADS, 1, 1), 0, &mut a)?;
+        self.regions_after_merge(dev, map, labels, peak, sel, count, regions)
+    }
+
+    /// [`MapKernels::regions`] after the union-find's merge: roots, peaks, selection and
+    /// statistics.
+    ///
+    /// # Safety
+    /// As [`MapKernels::regions`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn regions_after_merge(
+        &self,
+        dev: &Device,
+        map: DevPtr<f32>,
+        labels: DevPtr<u32>,
+        peak: DevPtr<u32>,
+        sel: DevPtr<u32>,
+        count: DevPtr<u32>,
+        regions: DevPtr<RegionRec>,
+    ) -> Result<()> {
+        let s = self.plan.map_size as i32;
+        let s2 = self.plan.pixels() as i32;
+        let limit = self.plan.max_regions as i32;
+        let blocks = (self.plan.pixel_blocks(), 1, 1);
         let mut a = kernel_args![s, map, labels, peak];
         dev.launch(self.label_resolve, blocks, (THREADS, 1, 1), 0, &mut a)?;
         let mut a = kernel_args![s2, limit, labels, peak, sel, count,];
@@ -756,6 +802,87 @@ impl MapKernels {
             0,
             &mut a,
         )
+    }
+
+    /// Replaces the `n` features at `features` by the pseudo input's (`pseudo`) when the
+    /// part cannot use `modality` (0: RGB, 1: cloud; read from the status word).
+    ///
+    /// # Safety
+    /// `status` holds 2 values; `pseudo` and `features` `n` each.
+    pub unsafe fn pseudo_select(
+        &self,
+        dev: &Device,
+        status: DevPtr<i32>,
+        modality: i32,
+        n: usize,
+        pseudo: DevPtr<f32>,
+        features: DevPtr<f32>,
+    ) -> Result<()> {
+        let n32 = n as i32;
+        let mut a = kernel_args![status, modality, n32, pseudo, features];
+        let blocks = n.div_ceil(THREADS as usize) as u32;
+        dev.launch(
+            self.pseudo_select,
+            (blocks, 1, 1),
+            (THREADS, 1, 1),
+            0,
+            &mut a,
+        )
+    }
+
+    /// `out = (input − mean)·inv` over `n` values (a bank's feature normalisation).
+    ///
+    /// # Safety
+    /// `input` and `out` hold `n` values each.
+    pub unsafe fn normalise(
+        &self,
+        dev: &Device,
+        n: usize,
+        mean: f32,
+        inv: f32,
+        input: DevPtr<f32>,
+        out: DevPtr<f32>,
+    ) -> Result<()> {
+        let n32 = n as i32;
+        let mut a = kernel_args![n32, mean, inv, input, out];
+        let blocks = n.div_ceil(THREADS as usize) as u32;
+        dev.launch(self.normalise, (blocks, 1, 1), (THREADS, 1, 1), 0, &mut a)
+    }
+
+    /// [`MapKernels::post_search`] with the decision parameters of the part's case chosen
+    /// on the device from `cases` by its status word, and the pixel map and the regions
+    /// always made (so that one recording serves every part, whatever it asks for).
+    ///
+    /// # Safety
+    /// As [`MapKernels::post_search`]; `cases` as [`CaseParams`] says.
+    pub unsafe fn post_search_case(
+        &self,
+        dev: &Device,
+        inputs: &[BankInput; 3],
+        squared: bool,
+        cases: &CaseParams,
+        b: &MapBuffers,
+    ) -> Result<()> {
+        self.bank_scores(dev, inputs, squared, b.grids, b.scores, b.knn)?;
+        self.upsample(dev, b.grids, b.bank_maps)?;
+        self.blur(dev, b.bank_maps, b.tmp)?;
+        let CaseParams {
+            status,
+            part,
+            pixel,
+        } = *cases;
+        let (scores, decision) = (b.scores, b.decision);
+        let mut a = kernel_args![status, part, scores, decision];
+        dev.launch(self.part_case, (1, 1, 1), (32, 1, 1), 0, &mut a)?;
+        let s = self.plan.map_size as i32;
+        let s2 = self.plan.pixels() as i32;
+        let blocks = (self.plan.pixel_blocks(), 1, 1);
+        let (bank_maps, map, labels, peak) = (b.bank_maps, b.map, b.labels, b.peak);
+        let mut a = kernel_args![status, pixel, s2, bank_maps, map, labels, peak,];
+        dev.launch(self.pixels_case, blocks, (THREADS, 1, 1), 0, &mut a)?;
+        let mut a = kernel_args![status, pixel, s, labels];
+        dev.launch(self.label_merge_case, blocks, (THREADS, 1, 1), 0, &mut a)?;
+        self.regions_after_merge(dev, b.map, b.labels, b.peak, b.sel, b.count, b.regions)
     }
 
     /// Everything after the bank search, in order: bank scores, anomaly maps, part

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::backend::Precision;
 use crate::cpu::bank_search::{self, BankView};
 use crate::cpu::pool::Pool;
-use crate::cuda::device::arena::{Arena, ArenaPlan, Slot};
+use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
 use crate::cuda::ops::bank_search::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
@@ -33,15 +33,62 @@ struct DeviceBank {
     graph: Graph,
 }
 
+/// The device buffers one bank's search reads and works in (see [`record_bank`]).
+#[derive(Clone, Copy)]
+struct SearchBufs {
+    /// Per bank: rows, their f16 copy and squared norms (fast path).
+    rows: [DevPtr<f32>; 3],
+    rows16: [DevPtr<u16>; 3],
+    norms: [DevPtr<f32>; 3],
+    queries16: DevPtr<u16>,
+    query_norms: DevPtr<f32>,
+    parts: Partials,
+}
+
+/// Enqueues the search of bank `b` (plan `plan`) for the normalised queries `q`: the
+/// squared distance to the nearest row into `out_d`, that row into `out_i`.
+///
+/// # Safety
+/// `q`, `out_d` and `out_i` valid for the plan's queries; `bufs` from the search's arena.
+#[allow(clippy::too_many_arguments)]
+unsafe fn record_bank(
+    dev: &Device,
+    search: &BankSearch,
+    plan: &SearchPlan,
+    bufs: &SearchBufs,
+    b: usize,
+    q: DevPtr<f32>,
+    out_d: DevPtr<f32>,
+    out_i: DevPtr<i32>,
+) -> Result<()> {
+    match plan.path {
+        SearchPath::F32 => search.search_f32(dev, plan, q, bufs.rows[b], bufs.parts, out_d, out_i),
+        SearchPath::F16 => {
+            let inputs = F16Inputs {
+                q32: q,
+                q16: bufs.queries16,
+                qnorm: bufs.query_norms,
+                bank32: bufs.rows[b],
+                bank16: bufs.rows16[b],
+                bnorm: bufs.norms[b],
+            };
+            search.to_f16(dev, q, inputs.q16, plan.query_len())?;
+            search.row_sqnorms(dev, q, plan.nq, plan.dim, inputs.qnorm)?;
+            search.search_f16(dev, plan, &inputs, FAST_RERANK, bufs.parts, out_d, out_i)
+        }
+    }
+}
+
 /// Device memory and recorded work of the bank search (see the module doc).
 pub struct DeviceBankSearch {
     // Field order is drop order: graphs and buffers before the module, the device last.
     banks: [Option<DeviceBank>; 3],
+    bufs: SearchBufs,
     host_queries: Pinned<f32>,
     host_dist: Pinned<f32>,
     host_index: Pinned<i32>,
     _arena: Arena,
-    _search: BankSearch,
+    search: BankSearch,
     device_name: String,
     dev: Arc<Device>,
 }
@@ -208,9 +255,29 @@ impl DeviceBankSearch {
             dist: arena.ptr(part_dist),
             index: arena.ptr(part_index),
         };
+        let bufs = SearchBufs {
+            rows: std::array::from_fn(|b| {
+                slots[b]
+                    .as_ref()
+                    .map_or(DevPtr::null(), |s| arena.ptr(s.rows))
+            }),
+            rows16: std::array::from_fn(|b| {
+                slots[b]
+                    .as_ref()
+                    .map_or(DevPtr::null(), |s| arena.ptr(s.rows16))
+            }),
+            norms: std::array::from_fn(|b| {
+                slots[b]
+                    .as_ref()
+                    .map_or(DevPtr::null(), |s| arena.ptr(s.norms))
+            }),
+            queries16: arena.ptr(queries16),
+            query_norms: arena.ptr(query_norms),
+            parts,
+        };
         let mut banks: [Option<DeviceBank>; 3] = [None, None, None];
         for b in 0..3 {
-            let (Some(plan), Some(s)) = (plans[b], &slots[b]) else {
+            let Some(plan) = plans[b] else {
                 continue;
             };
             let graph = Graph::capture(&dev, |dev| {
@@ -221,40 +288,7 @@ impl DeviceBankSearch {
                     arena.ptr(out_index),
                 );
                 // SAFETY: every buffer was planned above for this plan's sizes.
-                unsafe {
-                    match plan.path {
-                        SearchPath::F32 => search.search_f32(
-                            dev,
-                            &plan,
-                            q,
-                            arena.ptr(s.rows),
-                            parts,
-                            out_d,
-                            out_i,
-                        )?,
-                        SearchPath::F16 => {
-                            let inputs = F16Inputs {
-                                q32: q,
-                                q16: arena.ptr(queries16),
-                                qnorm: arena.ptr(query_norms),
-                                bank32: arena.ptr(s.rows),
-                                bank16: arena.ptr(s.rows16),
-                                bnorm: arena.ptr(s.norms),
-                            };
-                            search.to_f16(dev, q, inputs.q16, plan.query_len())?;
-                            search.row_sqnorms(dev, q, plan.nq, plan.dim, inputs.qnorm)?;
-                            search.search_f16(
-                                dev,
-                                &plan,
-                                &inputs,
-                                FAST_RERANK,
-                                parts,
-                                out_d,
-                                out_i,
-                            )?
-                        }
-                    }
-                }
+                unsafe { record_bank(dev, &search, &plan, &bufs, b, q, out_d, out_i)? };
                 host_dist.copy_from(dev, arena.ptr(out_dist), plan.nq)?;
                 host_index.copy_from(dev, arena.ptr(out_index), plan.nq)
             })?;
@@ -262,11 +296,12 @@ impl DeviceBankSearch {
         }
         let mut search_on_device = DeviceBankSearch {
             banks,
+            bufs,
             host_queries,
             host_dist,
             host_index,
             _arena: arena,
-            _search: search,
+            search,
             device_name: format!("{} (sm_{})", dev.name, dev.sm()),
             dev,
         };
@@ -333,6 +368,50 @@ impl DeviceBankSearch {
     /// The GPU's name and compute capability.
     pub fn device_name(&self) -> String {
         self.device_name.clone()
+    }
+
+    /// Patches searched in bank `bank` (its plan's queries), `None` for an absent bank.
+    pub fn queries(&self, bank: usize) -> Option<usize> {
+        self.banks.get(bank)?.as_ref().map(|d| d.plan.nq)
+    }
+
+    /// The device rows of bank `bank` (rows × dim, f32), `None` for an absent bank.
+    pub fn rows(&self, bank: usize) -> Option<DevPtr<f32>> {
+        self.banks.get(bank)?.as_ref().map(|_| self.bufs.rows[bank])
+    }
+
+    /// Enqueues the search of bank `bank` for the normalised patch features at `queries`
+    /// (patches × dim) on `dev`'s current stream, for another stage's graph: the squared
+    /// distance to the nearest row into `sq_dist`, that row into `index` (one per patch).
+    /// No host copy, no graph of its own.
+    ///
+    /// # Safety
+    /// `dev` is this search's device; `queries`, `sq_dist` and `index` valid for the
+    /// bank's patches (see [`DeviceBankSearch::queries`]); the scratch of this search is
+    /// shared by its banks, so their searches must run one after the other.
+    pub unsafe fn record_search(
+        &self,
+        dev: &Device,
+        bank: usize,
+        queries: DevPtr<f32>,
+        sq_dist: DevPtr<f32>,
+        index: DevPtr<i32>,
+    ) -> Result<()> {
+        let Some(Some(d)) = self.banks.get(bank) else {
+            return Err(Error::Device(DeviceError::BadCall(format!(
+                "no device bank {bank} (the bank file has no such bank)"
+            ))));
+        };
+        record_bank(
+            dev,
+            &self.search,
+            &d.plan,
+            &self.bufs,
+            bank,
+            queries,
+            sq_dist,
+            index,
+        )
     }
 }
 

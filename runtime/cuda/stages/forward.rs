@@ -555,7 +555,7 @@ impl Encoder {
                 ptr: arena.ptr(own),
                 bytes: own.len,
             },
-            None => dev.shared_gemm_workspace()?.ok_or_else(|| {
+            None => dev.shared_gemm_workspace_for(region)?.ok_or_else(|| {
                 cfg_err("planned for the device's GEMM workspace, which the engine did not plan")
             })?,
         };

@@ -426,6 +426,24 @@ unsafe fn record(
 ) -> Result<()> {
     host.count.copy_to(dev, b.count, 1)?;
     host.pixel_map.copy_to(dev, b.pixel_map, s.max_points())?;
+    record_device(dev, k, mae, b, s)?;
+    host.centers.copy_from(dev, b.centers, s.centers_len())?;
+    host.groups.copy_from(dev, b.groups, s.groups_len())?;
+    host.xyz.copy_from(dev, b.xyz, s.xyz_len())
+}
+
+/// The device work of one part, from the points, count and pixel map in the branch's
+/// device buffers to its centers, groups and xyz features there.
+///
+/// # Safety
+/// As [`record`].
+unsafe fn record_device(
+    dev: &Device,
+    k: &PointKernels,
+    mae: &DevicePointMae,
+    b: &DevBufs,
+    s: &BranchSizes,
+) -> Result<()> {
     k.fps(dev, b.points, b.count, b.fps_work, b.centers, b.center_xyz)?;
     k.knn(dev, b.points, b.count, b.center_xyz, b.groups, b.group_rel)?;
     let tokens = mae.residual_ptr();
@@ -440,10 +458,23 @@ unsafe fn record(
         b.group_features,
         s.feature_dim as i32,
         b.xyz,
-    )?;
-    host.centers.copy_from(dev, b.centers, s.centers_len())?;
-    host.groups.copy_from(dev, b.groups, s.groups_len())?;
-    host.xyz.copy_from(dev, b.xyz, s.xyz_len())
+    )
+}
+
+/// The branch's per-part device buffers another stage fills and reads when it records
+/// the branch into its own graph ([`DevicePointBranch::record_on_device`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BranchIo {
+    /// In: S² × 3 point coordinates (the first `count` used, all finite).
+    pub points: DevPtr<f32>,
+    /// In: the point count, in `min_points..=max_points` of [`BranchSizes`].
+    pub count: DevPtr<i32>,
+    /// In: S² pixel → point map (−1 where no point; see [`BranchSizes::fill_pixel_map`]).
+    pub pixel_map: DevPtr<i32>,
+    /// Out: M center indices, M × K group members, G² × width xyz features.
+    pub centers: DevPtr<u32>,
+    pub groups: DevPtr<u32>,
+    pub xyz: DevPtr<f32>,
 }
 
 /// The point branch on the device (module doc).
@@ -599,6 +630,29 @@ impl DevicePointBranch {
     /// Device memory of the branch's buffers and of the Point-MAE model, bytes.
     pub fn device_bytes(&self) -> usize {
         self.arena.bytes() + self.mae.arena_bytes()
+    }
+
+    /// The device buffers [`DevicePointBranch::record_on_device`] reads and writes.
+    pub fn io(&self) -> BranchIo {
+        let b = &self.bufs;
+        BranchIo {
+            points: b.points,
+            count: b.count,
+            pixel_map: b.pixel_map,
+            centers: b.centers,
+            groups: b.groups,
+            xyz: b.xyz,
+        }
+    }
+
+    /// Enqueues the branch on the part already in its device buffers ([`BranchIo`]),
+    /// on `dev`'s current stream, for another stage's graph: no host copy.
+    ///
+    /// # Safety
+    /// `dev` is this branch's device; the inputs of [`BranchIo`] hold a valid part when
+    /// the work runs.
+    pub unsafe fn record_on_device(&self, dev: &Device) -> Result<()> {
+        record_device(dev, &self.kernels, &self.mae, &self.bufs, &self.sizes)
     }
 
     /// Enqueues the part whose inputs are in the pinned buffers (`n` points).

@@ -69,6 +69,13 @@ impl DeviceRgb {
     }
 }
 
+impl DeviceRgb {
+    /// The ViT on the device, for a stage that records it into its own graph.
+    pub fn vit(&self) -> &DeviceVit {
+        &self._vit
+    }
+}
+
 impl RgbNetwork for DeviceRgb {
     fn forward(&mut self, input: &[f32], features: &mut [f32]) -> Result<()> {
         let (n_in, n_out) = (self.host_input.len(), self.host_features.len());

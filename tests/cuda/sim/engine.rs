@@ -29,8 +29,14 @@ pub fn options(backend: Backend, precision: Precision) -> EngineOptions {
 /// `parity`.
 const DISTANCE_TOLERANCE_F32: f32 = 2e-3;
 
-/// The device stages an engine on the simulated device must use: all of them.
-pub const STAGES: [&str; 3] = ["point branch", "rgb branch", "bank search"];
+/// The device stages an engine on the simulated device must use: all of them
+/// (preprocessing and fusion still run on the CPU).
+pub const STAGES: [&str; 4] = [
+    "point branch",
+    "rgb branch",
+    "bank search",
+    "maps and decision",
+];
 
 pub fn assert_on_the_simulated_device(e: &Engine) {
     let c = e.backend();
