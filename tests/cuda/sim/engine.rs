@@ -284,3 +284,170 @@ fn one_device_object_per_engine() {
         ));
     }
 }
+
+/// What one inspection decided, copied out of the engine.
+#[derive(Debug)]
+struct Decided {
+    score: f32,
+    bank: [f32; 3],
+    verdict: miad::engine::Verdict,
+    case: Case,
+    status: miad::pipeline::preprocess::ModalityStatus,
+    calibrated: bool,
+    thresholds: (f32, f32),
+    map: Option<Vec<f32>>,
+    regions: Vec<(u32, u32, u32, u32, u32)>,
+    found: usize,
+}
+
+fn decided(
+    e: &mut Engine,
+    rgb: Option<miad::pipeline::input::RgbView<'_>>,
+    cloud: Option<miad::pipeline::input::CloudView<'_>>,
+    opts: &InspectOptions,
+) -> Decided {
+    let r = e.inspect(rgb, cloud, opts).unwrap();
+    Decided {
+        score: r.score,
+        bank: r.bank_scores,
+        verdict: r.verdict,
+        case: r.case,
+        status: r.status,
+        calibrated: r.case_calibrated,
+        thresholds: (r.part_threshold, r.pixel_threshold),
+        map: r.map.map(<[f32]>::to_vec),
+        regions: r
+            .regions
+            .iter()
+            .map(|g| (g.x0, g.y0, g.x1, g.y1, g.area))
+            .collect(),
+        found: r.regions_found,
+    }
+}
+
+/// Parts the one recording must serve as the CPU engine does, without re-recording: an
+/// unusable cloud (every point zero) beside a usable image, inputs cropped to other sizes
+/// than the first part's, and per-part options (no map, regions without the map, other
+/// thresholds, no case statistics). The f32 path's tolerances; identical decisions.
+#[test]
+fn one_recording_serves_unusable_clouds_other_sizes_and_per_part_options() {
+    let fx = common::fitted_with(
+        common::small_hd64(),
+        "sim-variety",
+        Category::Disc,
+        13,
+        4,
+        1,
+    );
+    let mut cpu =
+        Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, Precision::F32)).unwrap();
+    let mut sim = Engine::open(
+        &fx.model,
+        &fx.bank,
+        &options(Backend::CudaSim, Precision::F32),
+    )
+    .unwrap();
+    assert_on_the_simulated_device(&sim);
+    let parts: Vec<_> = list_test(&fx.category)
+        .unwrap()
+        .iter()
+        .map(|p| p.load().unwrap())
+        .collect();
+    let full = InspectOptions::default();
+    let variants = [
+        (
+            "no map, no regions",
+            InspectOptions {
+                map: false,
+                regions: false,
+                ..full
+            },
+        ),
+        ("regions only", InspectOptions { map: false, ..full }),
+        (
+            "thresholds",
+            InspectOptions {
+                part_threshold: Some(0.0),
+                pixel_threshold: Some(0.5),
+                ..full
+            },
+        ),
+        (
+            "no case statistics",
+            InspectOptions {
+                case_statistics: false,
+                ..full
+            },
+        ),
+    ];
+    let mut seen_zero_cloud = false;
+    for (i, p) in parts.iter().enumerate() {
+        let (r, c) = p.views();
+        let (r, c) = (r.unwrap(), c.unwrap());
+        let zeros = vec![0f32; c.data.len()];
+        let zero_cloud = miad::pipeline::input::CloudView { data: &zeros, ..c };
+        let crop = |w: usize, h: usize| {
+            (
+                miad::pipeline::input::RgbView {
+                    width: w,
+                    height: h,
+                    ..r
+                },
+                miad::pipeline::input::CloudView {
+                    width: w,
+                    height: h,
+                    ..c
+                },
+            )
+        };
+        let (r_small, c_small) = crop(r.width - 16, r.height - 24);
+        let (r_wide, c_wide) = crop(r.width, r.height - 8);
+        let mut runs = vec![
+            (
+                "unusable cloud".to_string(),
+                Some(r),
+                Some(zero_cloud),
+                full,
+            ),
+            ("cropped".into(), Some(r_small), Some(c_small), full),
+            ("cropped, cloud missing".into(), Some(r_wide), None, full),
+            ("full size again".into(), Some(r), Some(c), full),
+        ];
+        for (name, o) in variants {
+            runs.push((name.to_string(), Some(r), Some(c), o));
+            runs.push((format!("{name}, RGB only"), Some(r), None, o));
+        }
+        for (what, rv, cv, o) in runs {
+            let what = format!("part {i}: {what}");
+            let a = decided(&mut cpu, rv, cv, &o);
+            let b = decided(&mut sim, rv, cv, &o);
+            seen_zero_cloud |= a.status.cloud.is_some() && cv.is_some();
+            assert_eq!((b.case, b.status), (a.case, a.status), "{what}");
+            assert_eq!(b.calibrated, a.calibrated, "{what}");
+            assert_eq!(b.thresholds, a.thresholds, "{what}");
+            assert!(
+                rel(a.score, b.score) <= DISTANCE_TOLERANCE_F32,
+                "{what}: score cpu {} sim {}",
+                a.score,
+                b.score
+            );
+            for k in 0..3 {
+                assert!(
+                    rel(a.bank[k], b.bank[k]) <= DISTANCE_TOLERANCE_F32,
+                    "{what}: bank {k}"
+                );
+            }
+            assert_eq!(b.verdict, a.verdict, "{what}: verdict (score {})", a.score);
+            assert_eq!(b.map.is_some(), a.map.is_some(), "{what}: map asked for");
+            if let (Some(ma), Some(mb)) = (&a.map, &b.map) {
+                let e = rel_max(ma, mb);
+                assert!(e <= DISTANCE_TOLERANCE_F32, "{what}: map differs by {e}");
+            }
+            assert_eq!(b.regions, a.regions, "{what}: regions");
+            assert_eq!(b.found, a.found, "{what}: regions found");
+            // The last map the engine keeps is the one it returned.
+            assert_eq!(sim.last_map().is_some(), o.map || o.regions, "{what}");
+        }
+    }
+    assert!(seen_zero_cloud, "no part had an unusable cloud");
+}
