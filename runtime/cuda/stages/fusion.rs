@@ -46,13 +46,16 @@ use super::forward::{dp, gemm, OpSlot, Staging, WorkspacePlace};
 use crate::backend::Precision;
 use crate::config::ModelConfig;
 use crate::cpu::fusion::{BranchWeights, FusionWeights};
+use crate::cpu::radar_fusion::Case;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
+use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
 use crate::cuda::ops::embed::{EmbedKernels, EmbedPlan};
 use crate::cuda::ops::gelu::Elementwise;
 use crate::format::{ModelFile, TensorSource};
-use crate::{Error, Result};
+use crate::pipeline::extract::FusionNetwork;
+use crate::{DeviceError, Error, Result};
 
 fn cfg_err(msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("CUDA fusion: {msg}"))
@@ -491,6 +494,128 @@ impl DeviceFusion {
         let mut out = vec![0f32; d.fused_len()];
         io.download(dev, sf, &mut out)?;
         Ok(out)
+    }
+}
+
+/// The fusion as the extractor's [`FusionNetwork`] until the engine runs the whole part in
+/// one graph: the features and the case go from pinned buffers to the device, the fusion
+/// runs, the fused features come back — one recorded graph, one wait per part. Its input
+/// and output buffers are a region of the engine's arena of their own.
+pub struct FusionGraph {
+    // Field order is drop order: the graph and buffers, the stage, the device last.
+    graph: Graph,
+    host_xyz: Pinned<f32>,
+    host_rgb: Pinned<f32>,
+    host_case: Pinned<i32>,
+    host_fused: Pinned<f32>,
+    _io: Arena,
+    fusion: DeviceFusion,
+    dev: Arc<Device>,
+}
+
+// SAFETY: as for `DeviceFusion`; the pinned buffers are this object's own.
+unsafe impl Send for FusionGraph {}
+
+/// The input and output buffers of a [`FusionGraph`].
+struct IoSlots {
+    plan: ArenaPlan,
+    xyz: Slot<f32>,
+    rgb: Slot<f32>,
+    fused: Slot<f32>,
+}
+
+impl IoSlots {
+    fn new(d: &FusionDims) -> Self {
+        let mut plan = ArenaPlan::new();
+        let (xyz, rgb, fused) = (
+            plan.add(d.xyz_len()),
+            plan.add(d.rgb_len()),
+            plan.add(d.fused_len()),
+        );
+        IoSlots {
+            plan,
+            xyz,
+            rgb,
+            fused,
+        }
+    }
+}
+
+impl FusionGraph {
+    /// The arena region of its input and output buffers.
+    pub const IO_REGION: &'static str = "fusion io";
+
+    /// The device memory of the fusion and of its input and output buffers.
+    pub fn arena_needs(
+        model: &ModelFile,
+        precision: Precision,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        let mut needs = DeviceFusion::arena_needs(model, precision)?;
+        let io = IoSlots::new(&FusionDims::new(model.config())?);
+        needs.push((Self::IO_REGION, io.plan));
+        Ok(needs)
+    }
+
+    /// The fusion of `model` on `dev`, recorded once.
+    pub fn on_device(dev: Arc<Device>, model: &ModelFile, precision: Precision) -> Result<Self> {
+        let fusion = DeviceFusion::on_device(dev.clone(), model, precision)?;
+        let d = fusion.dims;
+        let io = IoSlots::new(&d);
+        let arena = dev.stage_arena(Self::IO_REGION, &io.plan)?;
+        let (xyz, rgb, fused) = (arena.ptr(io.xyz), arena.ptr(io.rgb), arena.ptr(io.fused));
+        let host_xyz = Pinned::<f32>::new(&dev, d.xyz_len())?;
+        let host_rgb = Pinned::<f32>::new(&dev, d.rgb_len())?;
+        let host_case = Pinned::<i32>::new(&dev, 1)?;
+        let mut host_fused = Pinned::<f32>::new(&dev, d.fused_len())?;
+        let graph = Graph::capture(&dev, |g| {
+            host_xyz.copy_to(g, xyz, d.xyz_len())?;
+            host_rgb.copy_to(g, rgb, d.rgb_len())?;
+            host_case.copy_to(g, fusion.case_ptr(), 1)?;
+            // SAFETY: this object's own buffers, sized for the fusion's dimensions.
+            unsafe { fusion.record(g, xyz, rgb, fused)? };
+            host_fused.copy_from(g, fused, d.fused_len())
+        })?;
+        Ok(FusionGraph {
+            graph,
+            host_xyz,
+            host_rgb,
+            host_case,
+            host_fused,
+            _io: arena,
+            fusion,
+            dev,
+        })
+    }
+
+    /// The recorded stage.
+    pub fn fusion(&self) -> &DeviceFusion {
+        &self.fusion
+    }
+}
+
+impl FusionNetwork for FusionGraph {
+    fn forward(&mut self, xyz: &[f32], rgb: &[f32], case: Case, fused: &mut [f32]) -> Result<()> {
+        let (nx, nr, nf) = (
+            self.host_xyz.len(),
+            self.host_rgb.len(),
+            self.host_fused.len(),
+        );
+        if xyz.len() != nx || rgb.len() != nr || fused.len() != nf {
+            return Err(Error::Device(DeviceError::BadCall(format!(
+                "device fusion: {} xyz, {} rgb and {} fused values for a plan of {nx}, {nr} and {nf}",
+                xyz.len(),
+                rgb.len(),
+                fused.len()
+            ))));
+        }
+        self.host_xyz.as_mut_slice().copy_from_slice(xyz);
+        self.host_rgb.as_mut_slice().copy_from_slice(rgb);
+        self.host_case.as_mut_slice()[0] = case as i32;
+        self.dev.bind()?;
+        self.graph.replay(&self.dev)?;
+        self.dev.synchronize()?;
+        fused.copy_from_slice(self.host_fused.as_slice());
+        Ok(())
     }
 }
 
