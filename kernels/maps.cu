@@ -759,3 +759,8 @@ MIAD_EXTERN void maps_label_merge_case(const int *__restrict__ status,
                                        u32 *__restrict__ labels) {
   maps_label_merge_at(s, cases[maps_case(status)].threshold, labels);
 }
+
+// grid: 1 block of 32 threads (thread 0 works). *out = the part's case (for RADAR's fusion).
+MIAD_EXTERN void maps_case_of(const int *__restrict__ status, int *__restrict__ out) {
+  if (threadIdx.x == 0) *out = maps_case(status);
+}

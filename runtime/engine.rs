@@ -134,6 +134,10 @@ struct Planned<'f> {
     /// `inspect` runs only preprocessing and fusion on the CPU.
     #[cfg(feature = "cuda")]
     device_part: Option<crate::cuda::stages::part::DevicePart>,
+    /// The last part's features are on the device only (one-graph part): `features`
+    /// downloads them.
+    #[cfg(feature = "cuda")]
+    features_on_device: bool,
     backend: BackendChoice,
 }
 
@@ -248,9 +252,21 @@ impl Engine {
     }
 
     /// The patch features of the last inspected part (xyz, rgb, fused), for `extract`.
-    pub fn features(&self) -> [&[f32]; 3] {
-        let ex = &self.cell.borrow_dependent().extractor;
-        [&ex.xyz, &ex.rgb, &ex.fused]
+    /// When the part ran as one device graph they are on the device: they are downloaded
+    /// now (a graph launch and a wait of their own).
+    pub fn features(&mut self) -> Result<[&[f32]; 3]> {
+        self.cell.with_dependent_mut(|_, p| {
+            #[cfg(feature = "cuda")]
+            if p.features_on_device {
+                if let Some(part) = p.device_part.as_mut() {
+                    let (out, fused) = p.extractor.outputs_mut();
+                    part.download_features(out, fused)?;
+                }
+                p.features_on_device = false;
+            }
+            let ex = &p.extractor;
+            Ok([&ex.xyz[..], &ex.rgb[..], &ex.fused[..]])
+        })
     }
 
     /// The extractor, for `extract` (preprocessed points, groups).
@@ -485,15 +501,27 @@ fn inspect_on_device<'e>(
             "inspect on the device without a device part".into(),
         )));
     };
-    p.extractor
-        .run_networks_with(|pre, status, out| part.features(pre, status, out))?;
-    p.extractor.fuse_part(pool);
-    let t1 = Instant::now();
     let case = Case::of(status.rgb_usable(), status.cloud_usable());
     let params = Case::ALL.map(|c| DecisionParams::new(cfg, c, &p.cases, opts));
     let decision = Decision::resolve(cfg, case, &p.cases, opts);
     let s = part.map_side();
-    let r = part.decide(&p.extractor.fused, &params)?;
+    let t1;
+    let r = if part.fuses() {
+        // One graph: its time is counted as the networks' (the RGB branch's field).
+        p.extractor.times.fusion = 0.0;
+        p.extractor
+            .run_networks_with(|pre, status, _| part.inspect(pre, status, &params).map(|_| ()))?;
+        t1 = Instant::now();
+        p.features_on_device = true;
+        part.results()
+    } else {
+        p.extractor
+            .run_networks_with(|pre, status, out| part.features(pre, status, out))?;
+        p.extractor.fuse_part(pool)?;
+        t1 = Instant::now();
+        p.features_on_device = false;
+        part.decide(&p.extractor.fused, &params)?
+    };
     let s2 = s * s;
     let want_map = opts.map || opts.regions;
     p.map_valid = want_map;
@@ -609,6 +637,8 @@ fn plan<'f>(
         device_search: on_device.search,
         #[cfg(feature = "cuda")]
         device_part: on_device.part,
+        #[cfg(feature = "cuda")]
+        features_on_device: false,
         backend,
     })
 }
@@ -643,7 +673,9 @@ fn open_backend(
     {
         use crate::cuda::stages::part::DevicePart;
         use crate::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
-        use crate::cuda::stages::{bank_search::DeviceBankSearch, vit::DeviceRgb};
+        use crate::cuda::stages::{
+            bank_search::DeviceBankSearch, fusion::FusionGraph, vit::DeviceRgb,
+        };
         use crate::cuda::Device;
         use std::sync::Arc;
         let model = &files.model;
@@ -678,10 +710,12 @@ fn open_backend(
             .map_err(|e| on_cpu.push(format!("rgb branch: {e}")));
         let point_needs = DevicePointBranch::arena_needs(model, branch)
             .map_err(|e| on_cpu.push(format!("point branch: {e}")));
+        let fusion_needs = FusionGraph::arena_needs(model, precision)
+            .map_err(|e| on_cpu.push(format!("fusion: {e}")));
         let layout = extractor.layout();
         let part_needs = DevicePart::arena_needs(files.bank.config(), &layout)
             .map_err(|e| on_cpu.push(format!("maps and decision: {e}")));
-        for n in [&rgb_needs, &point_needs, &part_needs]
+        for n in [&rgb_needs, &point_needs, &fusion_needs, &part_needs]
             .into_iter()
             .flatten()
         {
@@ -723,6 +757,15 @@ fn open_backend(
                 .map_err(|e| on_cpu.push(format!("point branch: {e}")))
                 .ok()
         });
+        let fusion = fusion_needs.ok().and_then(|_| {
+            FusionGraph::on_device(dev.clone(), model, precision)
+                .and_then(|mut f| {
+                    extractor.check_fusion_network(pool, &mut f, tolerance)?;
+                    Ok(f)
+                })
+                .map_err(|e| on_cpu.push(format!("fusion: {e}")))
+                .ok()
+        });
         let finish = |mut choice: BackendChoice, on_cpu: Vec<String>| {
             if !on_cpu.is_empty() {
                 choice.fallback = Some(on_cpu.join("; "));
@@ -738,6 +781,7 @@ fn open_backend(
                     rgb,
                     point,
                     search,
+                    fusion,
                     files.bank.config(),
                     set,
                     &layout,
@@ -745,12 +789,13 @@ fn open_backend(
                 );
                 return match part {
                     Ok(part) => {
-                        choice.device_stages = vec![
-                            "point branch",
-                            "rgb branch",
-                            "bank search",
-                            "maps and decision",
-                        ];
+                        choice.device_stages = vec!["point branch", "rgb branch"];
+                        if part.fuses() {
+                            choice.device_stages.push("fusion");
+                        }
+                        choice
+                            .device_stages
+                            .extend(["bank search", "maps and decision"]);
                         let on_device = OnDevice {
                             search: None,
                             part: Some(part),
@@ -774,6 +819,15 @@ fn open_backend(
             match extractor.use_point_network(pool, Box::new(b), tolerance) {
                 Ok(_) => choice.device_stages.insert(0, "point branch"),
                 Err(e) => on_cpu.push(format!("point branch: {e}")),
+            }
+        }
+        if let Some(f) = fusion {
+            match extractor.use_fusion_network(pool, Box::new(f), tolerance) {
+                // Before the bank search, in pipeline order.
+                Ok(_) => choice
+                    .device_stages
+                    .insert(choice.device_stages.len() - 1, "fusion"),
+                Err(e) => on_cpu.push(format!("fusion: {e}")),
             }
         }
         let on_device = OnDevice {

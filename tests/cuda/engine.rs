@@ -185,6 +185,7 @@ pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &s
     for s in [
         "point branch",
         "rgb branch",
+        "fusion",
         "bank search",
         "maps and decision",
     ] {

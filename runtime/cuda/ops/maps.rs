@@ -585,6 +585,7 @@ pub struct MapKernels {
     pub pixels_case: Kernel,
     pub part_case: Kernel,
     pub label_merge_case: Kernel,
+    pub case_of: Kernel,
     pub plan: MapPlan,
 }
 
@@ -622,6 +623,7 @@ impl MapKernels {
             pixels_case: Kernel::find(&m, "maps_pixels_case")?,
             part_case: Kernel::find(&m, "maps_part_case")?,
             label_merge_case: Kernel::find(&m, "maps_label_merge_case")?,
+            case_of: Kernel::find(&m, "maps_case_of")?,
             _module: m,
             plan,
         };
@@ -828,6 +830,21 @@ impl MapKernels {
             0,
             &mut a,
         )
+    }
+
+    /// Writes the part's modality case (0 complete, 1 RGB only, 2 cloud only, as
+    /// [`Case`]) from its status word (2 values) into `out`.
+    ///
+    /// # Safety
+    /// `status` holds 2 values, `out` 1.
+    pub unsafe fn case_of(
+        &self,
+        dev: &Device,
+        status: DevPtr<i32>,
+        out: DevPtr<i32>,
+    ) -> Result<()> {
+        let mut a = kernel_args![status, out];
+        dev.launch(self.case_of, (1, 1, 1), (32, 1, 1), 0, &mut a)
     }
 
     /// `out = (input − mean)·inv` over `n` values (a bank's feature normalisation).

@@ -77,7 +77,7 @@ fn cfg_err(msg: impl std::fmt::Display) -> Error {
 }
 
 /// A typed view of a raw device address.
-fn dp<T>(raw: u64) -> DevPtr<T> {
+pub(crate) fn dp<T>(raw: u64) -> DevPtr<T> {
     let mut p = DevPtr::<T>::null();
     p.0 = raw;
     p
@@ -277,7 +277,7 @@ impl OpSlot {
             OpSlot::Bf16(_) => Precision::Bf16,
         }
     }
-    fn raw(&self, arena: &Arena) -> u64 {
+    pub(crate) fn raw(&self, arena: &Arena) -> u64 {
         match *self {
             OpSlot::F32(s) => arena.ptr(s).raw(),
             OpSlot::Bf16(s) => arena.ptr(s).raw(),
@@ -308,7 +308,7 @@ pub enum WorkspacePlace {
 
 impl WorkspacePlace {
     /// The device's shared workspace when the engine planned one, else the model's own.
-    fn on(dev: &Device) -> Result<Self> {
+    pub(crate) fn on(dev: &Device) -> Result<Self> {
         Ok(match dev.shared_gemm_workspace()? {
             Some(_) => WorkspacePlace::Device,
             None => WorkspacePlace::Own,
@@ -336,16 +336,17 @@ impl ActivationSlots {
     }
 }
 
-/// The arena being planned and the host tensors waiting to be uploaded into it.
-struct Staging<'a> {
-    arena: ArenaPlan,
+/// The arena being planned and the host tensors waiting to be uploaded into it (also the
+/// fusion stage's, `super::fusion`).
+pub(crate) struct Staging<'a> {
+    pub(crate) arena: ArenaPlan,
     /// Zero-length slot at offset 0: the arena's base, for zeroing it.
-    base: Slot<u8>,
+    pub(crate) base: Slot<u8>,
     uploads: Vec<(OpSlot, &'a [f32])>,
 }
 
 impl<'a> Staging<'a> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut arena = ArenaPlan::new();
         let base = arena.add(0);
         Staging {
@@ -355,18 +356,18 @@ impl<'a> Staging<'a> {
         }
     }
     /// A GEMM operand in the precision's element type.
-    fn weight(&mut self, p: Precision, data: &'a [f32]) -> OpSlot {
+    pub(crate) fn weight(&mut self, p: Precision, data: &'a [f32]) -> OpSlot {
         let s = OpSlot::add(&mut self.arena, p, data.len());
         self.uploads.push((s, data));
         s
     }
     /// An f32 tensor (norms, f32-output biases, embeddings).
-    fn f32(&mut self, data: &'a [f32]) -> Slot<f32> {
+    pub(crate) fn f32(&mut self, data: &'a [f32]) -> Slot<f32> {
         let s = self.arena.add(data.len());
         self.uploads.push((OpSlot::F32(s), data));
         s
     }
-    fn upload(&self, dev: &Device, arena: &Arena) -> Result<()> {
+    pub(crate) fn upload(&self, dev: &Device, arena: &Arena) -> Result<()> {
         for (slot, data) in &self.uploads {
             match *slot {
                 OpSlot::F32(s) => arena.upload(dev, s, data)?,
@@ -517,7 +518,14 @@ struct Encoder {
 ///
 /// # Safety
 /// The addresses must hold the plan's operands (see [`GemmPlan::run`]).
-unsafe fn gemm(plan: &GemmPlan, dev: &Device, x: u64, w: u64, bias: u64, y: u64) -> Result<()> {
+pub(crate) unsafe fn gemm(
+    plan: &GemmPlan,
+    dev: &Device,
+    x: u64,
+    w: u64,
+    bias: u64,
+    y: u64,
+) -> Result<()> {
     let s = plan.shape();
     match (s.precision, s.output) {
         (Precision::F32, Precision::F32) => plan.run::<f32>(dev, dp(x), dp(w), dp(bias), dp(y)),

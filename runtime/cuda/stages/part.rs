@@ -2,19 +2,23 @@
 //! engine creation, into CUDA graphs that every part replays.
 //!
 //! ```text
-//! features graph:  pinned inputs (status, RGB network input, points, count, pixel map) →
-//!                  ┬ ViT (engine stream) ─────────────────────────────┬→ pseudo-feature
-//!                  └ FPS · kNN · Point-MAE · alignment (side stream) ──┘  selection →
-//!                  RGB and xyz features (and centers, groups) into pinned memory
-//! decision graph:  pinned fused features and decision parameters →
-//!                  per bank: normalisation, nearest-row search →
-//!                  bank scores, maps, blur, the case's decision, pixel map, regions →
-//!                  decision record, map and regions into pinned memory
+//! inputs:    pinned status word, RGB network input, points, count, pixel map →
+//! networks:  ┬ ViT (engine stream) ───────────────────────────────┬→ pseudo-feature
+//!            └ FPS · kNN · Point-MAE · alignment (side stream) ────┘  selection
+//! fusion:    UFF on the device (DeviceFusion)
+//! decision:  pinned decision parameters of every case → per bank: normalisation,
+//!            nearest-row search → bank scores, maps, blur, the case's decision (chosen
+//!            on the device), pixel map, regions → decision record, map, regions into
+//!            pinned memory
 //! ```
 //!
-//! Preprocessing and fusion still run on the CPU, before and between the two graphs (two
-//! launches and two host waits per part); when the device preprocessing and fusion stages
-//! exist they move into the graphs, which then become one.
+//! With the device fusion ([`super::fusion::FusionGraph`], UFF models) all of it is one
+//! graph: one launch and one host wait per part, preprocessing the only CPU stage; the
+//! features stay on the device unless asked for ([`DevicePart::download_features`]).
+//! Without it (RADAR models) the fusion runs on the CPU between two graphs, inputs →
+//! networks → features into pinned memory, then fused features → decision: two launches,
+//! two waits. Preprocessing runs on the CPU before the graphs (the device preprocessing
+//! stage is not wired in yet).
 //!
 //! Nothing in a recording depends on the part: the point count and the pixel map are
 //! read from device memory, the whole point buffer is copied, an unusable modality's
@@ -23,12 +27,15 @@
 //! parameters of all three modality cases are copied in per part, the kernels choosing
 //! the part's case from the status word. The pixel map and the regions are always made.
 //!
-//! The stages come in checked: the ViT and the point branch by the extractor's
-//! self-checks against the CPU, the bank search by its own ([`DeviceBankSearch`]).
+//! The stages come in checked: the ViT, the point branch and the fusion by the
+//! extractor's self-checks against the CPU, the bank search by its own
+//! ([`DeviceBankSearch`]).
 
 use std::sync::Arc;
 
 use super::bank_search::DeviceBankSearch;
+use super::forward::DeviceVit;
+use super::fusion::{DeviceFusion, FusionGraph};
 use super::point_branch::DevicePointBranch;
 use super::vit::DeviceRgb;
 use crate::config::BankConfig;
@@ -118,7 +125,7 @@ struct HostIo {
     region_count: Pinned<u32>,
 }
 
-/// What the decision graph leaves in pinned memory for the engine.
+/// What the decision leaves in pinned memory for the engine.
 pub struct PartResults<'a> {
     /// Score, verdict of the kernels, thresholds, per-bank scores and score vector.
     pub decision: PartDecisionRec,
@@ -130,15 +137,145 @@ pub struct PartResults<'a> {
     pub regions_found: usize,
 }
 
+/// The recorded work.
+enum Graphs {
+    /// Everything in one graph (device fusion); `features` only downloads the features.
+    One { part: Graph, features: Graph },
+    /// Inputs → networks → features; fused features → decision (fusion on the CPU).
+    Two { networks: Graph, decision: Graph },
+}
+
+/// What the recordings use, borrowed while recording.
+struct Recorder<'a> {
+    vit: &'a DeviceVit,
+    point: &'a DevicePointBranch,
+    fusion: Option<&'a DeviceFusion>,
+    search: &'a DeviceBankSearch,
+    maps: &'a MapKernels,
+    set: &'a BankSet<'a>,
+    arena: &'a Arena,
+    slots: PartSlots,
+    sizes: Sizes,
+}
+
+impl Recorder<'_> {
+    fn status(&self) -> DevPtr<i32> {
+        self.arena.ptr(self.slots.status)
+    }
+    fn rgb(&self) -> DevPtr<f32> {
+        self.arena.ptr(self.slots.rgb)
+    }
+    fn fused(&self) -> DevPtr<f32> {
+        self.arena.ptr(self.slots.fused)
+    }
+
+    /// The part's inputs from pinned memory, the two networks on forked streams, the
+    /// pseudo-feature selection.
+    fn networks(&self, d: &Device, h: &HostIo) -> Result<()> {
+        let (io, vit) = (self.point.io(), self.vit);
+        let np = self.point.sizes().max_points();
+        h.status.copy_to(d, self.status(), 2)?;
+        h.rgb_input.copy_to(d, vit.input_ptr(), h.rgb_input.len())?;
+        h.points.copy_to(d, io.points, 3 * np)?;
+        h.count.copy_to(d, io.count, 1)?;
+        h.pixel_map.copy_to(d, io.pixel_map, np)?;
+        let (rgb, sz) = (self.rgb(), self.sizes);
+        let pseudo = |s: Slot<f32>| self.arena.ptr(s);
+        // SAFETY: every buffer is the stages' own or planned for these sizes.
+        unsafe {
+            d.fork_join(
+                |d| self.point.record_on_device(d),
+                |d| vit.record_input(d, vit.input_ptr(), rgb),
+            )?;
+            let st = self.status();
+            self.maps
+                .pseudo_select(d, st, 0, sz.rgb, pseudo(self.slots.pseudo_rgb), rgb)?;
+            self.maps
+                .pseudo_select(d, st, 1, sz.xyz, pseudo(self.slots.pseudo_xyz), io.xyz)
+        }
+    }
+
+    /// The features into pinned memory (with the fused ones when `fused`).
+    fn feature_downloads(&self, d: &Device, h: &mut HostIo, fused: bool) -> Result<()> {
+        let io = self.point.io();
+        h.rgb.copy_from(d, self.rgb(), self.sizes.rgb)?;
+        h.xyz.copy_from(d, io.xyz, self.sizes.xyz)?;
+        h.centers.copy_from(d, io.centers, h.centers.len())?;
+        h.groups.copy_from(d, io.groups, h.groups.len())?;
+        if fused {
+            h.fused.copy_from(d, self.fused(), self.sizes.fused)?;
+        }
+        Ok(())
+    }
+
+    /// The device fusion of the part's features, its case first (RADAR's instruction).
+    fn fusion(&self, d: &Device, fusion: &DeviceFusion) -> Result<()> {
+        // SAFETY: the features and the fused buffer planned for these sizes.
+        unsafe {
+            self.maps.case_of(d, self.status(), fusion.case_ptr())?;
+            fusion.record(d, self.point.io().xyz, self.rgb(), self.fused())
+        }
+    }
+
+    /// The decision parameters from pinned memory, the bank searches, the maps, the
+    /// case's decision and the regions, the results into pinned memory.
+    fn decision(&self, d: &Device, h: &mut HostIo) -> Result<()> {
+        let (slots, arena) = (&self.slots, self.arena);
+        let cases = CaseParams {
+            status: self.status(),
+            part: arena.ptr(slots.part_params),
+            pixel: arena.ptr(slots.pixel_params),
+        };
+        h.part_params.copy_to(d, cases.part, 3)?;
+        h.pixel_params.copy_to(d, cases.pixel, 3)?;
+        let mut features = [DevPtr::null(); 3];
+        (features[XYZ], features[RGB], features[FUSED]) =
+            (self.point.io().xyz, self.rgb(), self.fused());
+        let plan = &self.maps.plan;
+        let mut inputs = [BankInput::absent(); 3];
+        for b in 0..3 {
+            let (Some(view), Some(rows), Some(shape)) =
+                (self.set.banks[b], self.search.rows(b), plan.banks[b])
+            else {
+                continue;
+            };
+            let n = shape.grid * shape.grid * view.dim;
+            let norm = self.set.norms[b];
+            let (x, dist, nn) = (
+                arena.ptr(slots.queries[b]),
+                arena.ptr(slots.sq_dist[b]),
+                arena.ptr(slots.nearest[b]),
+            );
+            // SAFETY: the features, queries and results planned for this bank.
+            unsafe {
+                self.maps
+                    .normalise(d, n, norm.mean, 1.0 / norm.std, features[b], x)?;
+                self.search.record_search(d, b, x, dist, nn)?;
+            }
+            inputs[b] = BankInput { dist, nn, x, rows };
+        }
+        let bufs: MapBuffers = slots.maps.ptrs(arena);
+        // SAFETY: the inputs above; the map buffers planned for this plan.
+        unsafe {
+            self.maps
+                .post_search_case(d, &inputs, true, &cases, &bufs)?
+        };
+        h.decision.copy_from(d, bufs.decision, 1)?;
+        h.map.copy_from(d, bufs.map, h.map.len())?;
+        h.regions.copy_from(d, bufs.regions, h.regions.len())?;
+        h.region_count.copy_from(d, bufs.count, 2)
+    }
+}
+
 /// The part's device work, recorded once (module doc).
 pub struct DevicePart {
     // Field order is drop order: the graphs and pinned buffers first, then the kernels,
     // the arena and the stages, the device last.
-    features_graph: Graph,
-    decision_graph: Graph,
+    graphs: Graphs,
     host: HostIo,
     _maps: MapKernels,
     _arena: Arena,
+    _fusion: Option<FusionGraph>,
     _rgb: DeviceRgb,
     point: DevicePointBranch,
     search: DeviceBankSearch,
@@ -176,13 +313,16 @@ impl DevicePart {
         Ok(vec![(Self::ARENA_REGION, plan)])
     }
 
-    /// Records the part from the engine's checked device stages. `pseudo` holds the
-    /// pseudo inputs' features (RGB, xyz) the CPU computed at creation.
+    /// Records the part from the engine's checked device stages (`fusion`: the device
+    /// fusion, `None` when the CPU fuses). `pseudo` holds the pseudo inputs' features
+    /// (RGB, xyz) the CPU computed at creation.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dev: Arc<Device>,
         rgb: DeviceRgb,
         point: DevicePointBranch,
         search: DeviceBankSearch,
+        fusion: Option<FusionGraph>,
         cfg: &BankConfig,
         set: &BankSet<'_>,
         layout: &FeatureLayout,
@@ -192,19 +332,22 @@ impl DevicePart {
         let vit = rgb.vit();
         let (n_in, n_rgb) = (vit.plan().input_len(), vit.plan().features_len());
         let bs = point.sizes().clone();
+        let fused_len = fusion.as_ref().map(|f| f.fusion().dims().fused_len());
         if n_rgb != sizes.rgb
             || bs.xyz_len() != sizes.xyz
             || pseudo.0.len() != sizes.rgb
             || pseudo.1.len() != sizes.xyz
+            || fused_len.is_some_and(|n| n != sizes.fused)
         {
             return Err(bad_call(format!(
-                "feature sizes differ: ViT {n_rgb}, point branch {}, pseudo {} and {}, \
-                 model {} and {}",
+                "feature sizes differ: ViT {n_rgb}, point branch {}, fusion {fused_len:?}, \
+                 pseudo {} and {}, model {}, {} and {}",
                 bs.xyz_len(),
                 pseudo.0.len(),
                 pseudo.1.len(),
                 sizes.rgb,
-                sizes.xyz
+                sizes.xyz,
+                sizes.fused
             )));
         }
         let map_plan = MapPlan::new(cfg)?;
@@ -245,79 +388,44 @@ impl DevicePart {
             regions: Pinned::new(&dev, map_plan.max_regions)?,
             region_count: Pinned::new(&dev, 2)?,
         };
-        let io = point.io();
-        let p = |s: Slot<f32>| arena.ptr(s);
-        let status = arena.ptr(slots.status);
-        let rgb_feats = p(slots.rgb);
-        let features_graph = Graph::capture(&dev, |d| {
-            let h = &mut host;
-            h.status.copy_to(d, status, 2)?;
-            h.rgb_input.copy_to(d, vit.input_ptr(), n_in)?;
-            h.points.copy_to(d, io.points, 3 * np)?;
-            h.count.copy_to(d, io.count, 1)?;
-            h.pixel_map.copy_to(d, io.pixel_map, np)?;
-            // SAFETY: every buffer is the stages' own or planned above for these sizes.
-            unsafe {
-                d.fork_join(
-                    |d| point.record_on_device(d),
-                    |d| vit.record_input(d, vit.input_ptr(), rgb_feats),
-                )?;
-                maps.pseudo_select(d, status, 0, sizes.rgb, p(slots.pseudo_rgb), rgb_feats)?;
-                maps.pseudo_select(d, status, 1, sizes.xyz, p(slots.pseudo_xyz), io.xyz)?;
-            }
-            h.rgb.copy_from(d, rgb_feats, sizes.rgb)?;
-            h.xyz.copy_from(d, io.xyz, sizes.xyz)?;
-            h.centers.copy_from(d, io.centers, bs.centers_len())?;
-            h.groups.copy_from(d, io.groups, bs.groups_len())
-        })?;
-        let bufs: MapBuffers = slots.maps.ptrs(&arena);
-        let cases = CaseParams {
-            status,
-            part: arena.ptr(slots.part_params),
-            pixel: arena.ptr(slots.pixel_params),
+        let rec = Recorder {
+            vit,
+            point: &point,
+            fusion: fusion.as_ref().map(FusionGraph::fusion),
+            search: &search,
+            maps: &maps,
+            set,
+            arena: &arena,
+            slots,
+            sizes,
         };
-        let features: [DevPtr<f32>; 3] = {
-            let mut f = [DevPtr::null(); 3];
-            (f[XYZ], f[RGB], f[FUSED]) = (io.xyz, rgb_feats, p(slots.fused));
-            f
+        let graphs = match rec.fusion {
+            Some(f) => Graphs::One {
+                part: Graph::capture(&dev, |d| {
+                    rec.networks(d, &host)?;
+                    rec.fusion(d, f)?;
+                    rec.decision(d, &mut host)
+                })?,
+                features: Graph::capture(&dev, |d| rec.feature_downloads(d, &mut host, true))?,
+            },
+            None => Graphs::Two {
+                networks: Graph::capture(&dev, |d| {
+                    rec.networks(d, &host)?;
+                    rec.feature_downloads(d, &mut host, false)
+                })?,
+                decision: Graph::capture(&dev, |d| {
+                    host.fused.copy_to(d, rec.fused(), sizes.fused)?;
+                    rec.decision(d, &mut host)
+                })?,
+            },
         };
-        let decision_graph = Graph::capture(&dev, |d| {
-            let h = &mut host;
-            h.fused.copy_to(d, p(slots.fused), sizes.fused)?;
-            h.part_params.copy_to(d, cases.part, 3)?;
-            h.pixel_params.copy_to(d, cases.pixel, 3)?;
-            let mut inputs = [BankInput::absent(); 3];
-            for b in 0..3 {
-                let (Some(view), Some(rows)) = (set.banks[b], search.rows(b)) else {
-                    continue;
-                };
-                let n = map_plan.banks[b].map_or(0, |s| s.grid * s.grid) * view.dim;
-                let norm = set.norms[b];
-                let (x, dist, nn) = (
-                    p(slots.queries[b]),
-                    p(slots.sq_dist[b]),
-                    arena.ptr(slots.nearest[b]),
-                );
-                // SAFETY: the features, queries and results planned above for this bank.
-                unsafe {
-                    maps.normalise(d, n, norm.mean, 1.0 / norm.std, features[b], x)?;
-                    search.record_search(d, b, x, dist, nn)?;
-                }
-                inputs[b] = BankInput { dist, nn, x, rows };
-            }
-            // SAFETY: the inputs above; the map buffers planned for this plan.
-            unsafe { maps.post_search_case(d, &inputs, true, &cases, &bufs)? };
-            h.decision.copy_from(d, bufs.decision, 1)?;
-            h.map.copy_from(d, bufs.map, s2)?;
-            h.regions.copy_from(d, bufs.regions, map_plan.max_regions)?;
-            h.region_count.copy_from(d, bufs.count, 2)
-        })?;
+        drop(rec);
         Ok(DevicePart {
-            features_graph,
-            decision_graph,
+            graphs,
             host,
             _maps: maps,
             _arena: arena,
+            _fusion: fusion,
             _rgb: rgb,
             point,
             search,
@@ -331,14 +439,20 @@ impl DevicePart {
         self.search.device_name()
     }
 
-    /// The networks of one preprocessed part (the features graph): writes `out` (the
-    /// pseudo inputs' features for an unusable modality). No allocation.
-    pub fn features(
-        &mut self,
-        pre: &PreprocessOutput,
-        status: ModalityStatus,
-        out: NetworkOutputs<'_>,
-    ) -> Result<()> {
+    /// Whether the fusion runs on the device (then the whole part is one graph:
+    /// [`DevicePart::inspect`]); else the CPU fuses between [`DevicePart::features`] and
+    /// [`DevicePart::decide`].
+    pub fn fuses(&self) -> bool {
+        matches!(self.graphs, Graphs::One { .. })
+    }
+
+    /// Side of the anomaly map.
+    pub fn map_side(&self) -> usize {
+        self.sizes.map_side
+    }
+
+    /// Writes the inputs of one preprocessed part into the pinned buffers.
+    fn stage_inputs(&mut self, pre: &PreprocessOutput, status: ModalityStatus) -> Result<()> {
         let h = &mut self.host;
         h.status.as_mut_slice()[0] = status.rgb_usable() as i32;
         h.status.as_mut_slice()[1] = status.cloud_usable() as i32;
@@ -355,7 +469,12 @@ impl DevicePart {
         let sizes = self.point.sizes();
         if status.cloud_usable() {
             let n = pre.n_points;
-            sizes.check_call(pre.points.len(), n, pre.point_pixels.len(), &out.point)?;
+            let (lo, hi) = (sizes.min_points(), sizes.max_points());
+            if !(lo..=hi).contains(&n) || pre.points.len() < 3 * n || pre.point_pixels.len() < n {
+                return Err(Error::Input(format!(
+                    "device part: {n} points (the branch takes {lo}..={hi})"
+                )));
+            }
             let points = &pre.points[..3 * n];
             if let Some(i) = points.iter().position(|v| !v.is_finite()) {
                 return Err(Error::Input(format!(
@@ -373,13 +492,96 @@ impl DevicePart {
             write_filler_cloud(n, h.points.as_mut_slice(), h.pixel_map.as_mut_slice());
             h.count.as_mut_slice()[0] = n as i32;
         }
+        Ok(())
+    }
+
+    /// Writes the decision parameters of every modality case (`params[case]`, see
+    /// [`DecisionParams`]) into the pinned buffers.
+    fn stage_params(&mut self, params: &[DecisionParams; 3]) {
+        for (c, p) in params.iter().enumerate() {
+            self.host.part_params.as_mut_slice()[c] = p.part;
+            self.host.pixel_params.as_mut_slice()[c] = p.pixel;
+        }
+    }
+
+    /// The whole part in one graph (when [`DevicePart::fuses`]): one launch, one wait.
+    /// The features stay on the device ([`DevicePart::download_features`]). No
+    /// allocation.
+    pub fn inspect(
+        &mut self,
+        pre: &PreprocessOutput,
+        status: ModalityStatus,
+        params: &[DecisionParams; 3],
+    ) -> Result<PartResults<'_>> {
+        if !self.fuses() {
+            return Err(bad_call(
+                "one-graph inspection without the device fusion".into(),
+            ));
+        }
+        self.stage_inputs(pre, status)?;
+        self.stage_params(params);
+        self.replay(Which::Part)?;
+        Ok(self.results())
+    }
+
+    /// The networks of one preprocessed part (the first of two graphs, when the CPU
+    /// fuses): writes `out` (the pseudo inputs' features for an unusable modality). No
+    /// allocation.
+    pub fn features(
+        &mut self,
+        pre: &PreprocessOutput,
+        status: ModalityStatus,
+        out: NetworkOutputs<'_>,
+    ) -> Result<()> {
+        self.stage_inputs(pre, status)?;
+        self.replay(Which::Networks)?;
+        self.copy_features(out, None)
+    }
+
+    /// Scores and decides the part whose features the last [`DevicePart::features`]
+    /// left on the device, with its fused features `fused` (the second graph, when the
+    /// CPU fuses); the device picks the part's case among `params`. No allocation.
+    pub fn decide(
+        &mut self,
+        fused: &[f32],
+        params: &[DecisionParams; 3],
+    ) -> Result<PartResults<'_>> {
+        let n = self.host.fused.len();
+        if fused.len() != n {
+            return Err(bad_call(format!(
+                "{} fused feature values for a plan of {n}",
+                fused.len()
+            )));
+        }
+        self.host.fused.as_mut_slice().copy_from_slice(fused);
+        self.stage_params(params);
+        self.replay(Which::Decision)?;
+        Ok(self.results())
+    }
+
+    /// The last part's features (RGB, xyz, centers, groups into `out`, fused into
+    /// `fused`): downloaded by a graph of their own when the part ran as one graph (a
+    /// launch and a wait, only when asked for), else from the pinned buffers the first
+    /// graph filled (then `fused` is left as it is: the CPU made it).
+    pub fn download_features(&mut self, out: NetworkOutputs<'_>, fused: &mut [f32]) -> Result<()> {
+        if !self.fuses() {
+            return self.copy_features(out, None);
+        }
         self.replay(Which::Features)?;
+        self.copy_features(out, Some(fused))
+    }
+
+    fn copy_features(&self, out: NetworkOutputs<'_>, fused: Option<&mut [f32]>) -> Result<()> {
         let h = &self.host;
         let lens = [
             (out.rgb.len(), h.rgb.len()),
             (out.point.xyz.len(), h.xyz.len()),
             (out.point.centers.len(), h.centers.len()),
             (out.point.groups.len(), h.groups.len()),
+            (
+                fused.as_ref().map_or(0, |f| f.len()),
+                fused.as_ref().map_or(0, |_| h.fused.len()),
+            ),
         ];
         if lens.iter().any(|(a, b)| a != b) {
             return Err(bad_call(format!("output buffers of {lens:?} values")));
@@ -388,52 +590,37 @@ impl DevicePart {
         out.point.xyz.copy_from_slice(h.xyz.as_slice());
         out.point.centers.copy_from_slice(h.centers.as_slice());
         out.point.groups.copy_from_slice(h.groups.as_slice());
+        if let Some(f) = fused {
+            f.copy_from_slice(h.fused.as_slice());
+        }
         Ok(())
     }
 
-    /// Scores and decides the part whose features the last [`DevicePart::features`]
-    /// left on the device, with its fused features `fused` and the decision parameters
-    /// of every modality case (`params[case]`, see [`DecisionParams`]); the device picks
-    /// the part's case. No allocation.
-    pub fn decide(
-        &mut self,
-        fused: &[f32],
-        params: &[DecisionParams; 3],
-    ) -> Result<PartResults<'_>> {
-        let h = &mut self.host;
-        if fused.len() != h.fused.len() {
-            return Err(bad_call(format!(
-                "{} fused feature values for a plan of {}",
-                fused.len(),
-                h.fused.len()
-            )));
-        }
-        h.fused.as_mut_slice().copy_from_slice(fused);
-        for (c, p) in params.iter().enumerate() {
-            h.part_params.as_mut_slice()[c] = p.part;
-            h.pixel_params.as_mut_slice()[c] = p.pixel;
-        }
-        self.replay(Which::Decision)?;
+    /// What the last [`DevicePart::inspect`] or [`DevicePart::decide`] left in pinned
+    /// memory.
+    pub fn results(&self) -> PartResults<'_> {
         let h = &self.host;
         let [found, kept] = [h.region_count.as_slice()[0], h.region_count.as_slice()[1]];
         let kept = (kept as usize).min(h.regions.len());
-        Ok(PartResults {
+        PartResults {
             decision: h.decision.as_slice()[0],
             map: h.map.as_slice(),
             regions: &h.regions.as_slice()[..kept],
             regions_found: found as usize,
-        })
-    }
-
-    /// Side of the anomaly map.
-    pub fn map_side(&self) -> usize {
-        self.sizes.map_side
+        }
     }
 
     fn replay(&self, which: Which) -> Result<()> {
-        let g = match which {
-            Which::Features => &self.features_graph,
-            Which::Decision => &self.decision_graph,
+        let g = match (&self.graphs, which) {
+            (Graphs::One { part, .. }, Which::Part) => part,
+            (Graphs::One { features, .. }, Which::Features) => features,
+            (Graphs::Two { networks, .. }, Which::Networks) => networks,
+            (Graphs::Two { decision, .. }, Which::Decision) => decision,
+            _ => {
+                return Err(bad_call(
+                    "this graph was not recorded for this engine".into(),
+                ))
+            }
         };
         self.dev.bind()?;
         // Wait even when the launch failed: earlier copies may still use the buffers.
@@ -443,8 +630,11 @@ impl DevicePart {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Which {
+    Part,
     Features,
+    Networks,
     Decision,
 }
 

@@ -1,8 +1,9 @@
 //! What the host asks of the device per part, as the latency report shows it: graph
-//! launches, host synchronisations and the stages left on the CPU. Today a part replays
-//! two graphs (`DevicePart`: the two networks on forked streams; then the banks, maps,
-//! decision and regions), each followed by a wait, with preprocessing and fusion on the
-//! CPU before and between them; with those on the device it becomes one launch and one
+//! launches, host synchronisations and the stages left on the CPU. With the device
+//! fusion (UFF) a part is one graph (`DevicePart`: inputs, the two networks on forked
+//! streams, fusion, banks, maps, decision, regions) and one wait, preprocessing the only
+//! CPU stage; with RADAR's fusion on the CPU it is two graphs and two waits, the fusion
+//! between them. With the device preprocessing wired in it becomes one launch and one
 //! wait per part with no CPU stage.
 
 use crate::common;
@@ -14,7 +15,7 @@ use miad::eval::dataset::list_test;
 use miad::eval::latency;
 use miad::eval::synth::Category;
 
-use super::engine::{assert_on_the_simulated_device, options};
+use super::engine::{assert_on_the_simulated_device, assert_on_the_simulated_device_but, options};
 
 #[test]
 fn the_latency_report_counts_graph_launches_host_syncs_and_cpu_stages() {
@@ -47,26 +48,52 @@ fn the_latency_report_counts_graph_launches_host_syncs_and_cpu_stages() {
 
     let sim = report(Backend::CudaSim, 2);
     let again = report(Backend::CudaSim, 3);
-    // The networks' graph and the decision's graph.
-    assert_eq!(sim.graph_launches_per_part, Some(2.0));
-    // One wait after each launch; every part asks the same, whatever the run's length.
-    assert_eq!(sim.host_syncs_per_part, Some(2.0));
-    assert_eq!(again.host_syncs_per_part, Some(2.0));
-    assert_eq!(again.graph_launches_per_part, Some(2.0));
-    assert_eq!(
-        sim.cpu_stages,
-        ["preprocessing", "fusion"],
-        "{}",
-        sim.table()
-    );
+    // The whole part in one graph.
+    assert_eq!(sim.graph_launches_per_part, Some(1.0));
+    // One wait; every part asks the same, whatever the run's length.
+    assert_eq!(sim.host_syncs_per_part, Some(1.0));
+    assert_eq!(again.host_syncs_per_part, Some(1.0));
+    assert_eq!(again.graph_launches_per_part, Some(1.0));
+    assert_eq!(sim.cpu_stages, ["preprocessing"], "{}", sim.table());
     let json = sim.to_json();
     assert!(
-        json.contains("\"graph_launches_per_part\": 2.000000"),
+        json.contains("\"graph_launches_per_part\": 1.000000"),
         "{json}"
     );
+    assert!(json.contains("\"host_syncs_per_part\": 1.000000"), "{json}");
     assert!(
-        json.contains("\"cpu_stages\": [\"preprocessing\", \"fusion\"]"),
+        json.contains("\"cpu_stages\": [\"preprocessing\"]"),
         "{json}"
     );
     eprintln!("{}", sim.table());
+}
+
+/// A RADAR model, whose fusion stays on the CPU: two graphs and two waits per part
+/// (networks; then banks, maps and decision), fusion on the CPU between them.
+#[test]
+fn a_radar_part_is_two_graphs_with_the_fusion_between_them() {
+    let fx = common::fitted_with(
+        common::small_radar(),
+        "sim-activity-radar",
+        Category::Disc,
+        5,
+        2,
+        1,
+    );
+    let parts: Vec<_> = list_test(&fx.category)
+        .unwrap()
+        .iter()
+        .map(|p| p.load().unwrap())
+        .collect();
+    let mut e = Engine::open(
+        &fx.model,
+        &fx.bank,
+        &options(Backend::CudaSim, Precision::F32),
+    )
+    .unwrap();
+    assert_on_the_simulated_device_but(&e, &["fusion"]);
+    let r = latency::run(&mut e, &parts, 2, 1, None, &mut |_, _| {}).unwrap();
+    assert_eq!(r.graph_launches_per_part, Some(2.0), "{}", r.table());
+    assert_eq!(r.host_syncs_per_part, Some(2.0), "{}", r.table());
+    assert_eq!(r.cpu_stages, ["preprocessing", "fusion"], "{}", r.table());
 }
