@@ -155,6 +155,17 @@ struct PreSizes {
     min_points: usize,
 }
 
+/// Fewest points of a usable cloud for `model`: max(M, K) of its point branch
+/// ([`PreprocessOutput::for_point_branch`]), else 1.
+pub fn model_min_points(model: &ModelFile) -> usize {
+    model
+        .config()
+        .point
+        .as_ref()
+        .map_or(1, |p| p.num_groups.max(p.group_size) as usize)
+        .max(1)
+}
+
 /// Most taps of one PIL bicubic kernel for `input → out` (preprocess.rs `max_taps`).
 fn max_taps(input: usize, out: usize) -> usize {
     let scale = (input as f64 / out as f64).max(1.0);
@@ -163,13 +174,13 @@ fn max_taps(input: usize, out: usize) -> usize {
 
 impl PreSizes {
     fn new(
-        model: &ModelFile,
+        cfg: &PreprocessConfig,
+        min_points: usize,
         max_width: usize,
         max_height: usize,
         mode: PreprocessMode,
     ) -> Result<Self> {
-        let mcfg = model.config();
-        let cfg = mcfg.preprocess.clone();
+        let cfg = cfg.clone();
         let side = cfg.image_size as usize;
         if side == 0 || max_width == 0 || max_height == 0 {
             return Err(cfg_err(format!(
@@ -188,11 +199,7 @@ impl PreSizes {
             .min(max_width * max_height)
             .max(1);
         let taps = max_taps(max_work_w.max(max_work_h), side);
-        let min_points = mcfg
-            .point
-            .as_ref()
-            .map_or(1, |p| p.num_groups.max(p.group_size) as usize)
-            .max(1);
+        let min_points = min_points.max(1);
         let s = PreSizes {
             mode,
             side,
@@ -316,7 +323,13 @@ impl DevicePreprocess {
         max_height: usize,
         mode: PreprocessMode,
     ) -> Result<Vec<(&'static str, ArenaPlan)>> {
-        let sizes = PreSizes::new(model, max_width, max_height, mode)?;
+        let sizes = PreSizes::new(
+            &model.config().preprocess,
+            model_min_points(model),
+            max_width,
+            max_height,
+            mode,
+        )?;
         let mut layout = ArenaPlan::new();
         PreSlots::plan(&sizes, &mut layout);
         Ok(vec![(Self::ARENA_REGION, layout)])
@@ -330,7 +343,29 @@ impl DevicePreprocess {
         max_height: usize,
         mode: PreprocessMode,
     ) -> Result<Self> {
-        let sizes = PreSizes::new(model, max_width, max_height, mode)?;
+        let cfg = &model.config().preprocess;
+        Self::with_config(
+            dev,
+            cfg,
+            model_min_points(model),
+            max_width,
+            max_height,
+            mode,
+        )
+    }
+
+    /// The stage for a preprocessing configuration alone: a cloud with fewer than
+    /// `min_points` points is unusable (the model's point branch needs max(M, K);
+    /// [`Self::on_device`] takes that).
+    pub fn with_config(
+        dev: Arc<Device>,
+        cfg: &PreprocessConfig,
+        min_points: usize,
+        max_width: usize,
+        max_height: usize,
+        mode: PreprocessMode,
+    ) -> Result<Self> {
+        let sizes = PreSizes::new(cfg, min_points, max_width, max_height, mode)?;
         let kernels = PreprocessKernels::new(&dev)?;
         let mut layout = ArenaPlan::new();
         let slots = PreSlots::plan(&sizes, &mut layout);
