@@ -21,7 +21,8 @@ use miad::cuda::stages::preprocess::{DevicePreprocess, PreprocessStaging};
 use miad::eval::synth::{synth_part, Category, Defect};
 use miad::pipeline::input::{CloudView, RgbView};
 use miad::pipeline::preprocess::{
-    preprocess, preprocess_scratch_len, ModalityStatus, PreprocessMode, PreprocessOutput, Unusable,
+    background_plane, preprocess, preprocess_scratch_len, ModalityStatus, PreprocessMode,
+    PreprocessOutput, Unusable,
 };
 
 use crate::test_device;
@@ -128,6 +129,19 @@ impl Rig {
             "{what}: RGB input differs from the CPU's (max |Δ| {rgb_diff})"
         );
         let state = self.stage.download_state().unwrap();
+        let got_plane = (state.plane.ok != 0).then_some((state.plane.n, state.plane.d));
+        let want_plane = match (self.mode, cloud.as_ref()) {
+            (PreprocessMode::Full, Some(c)) => background_plane(&self.cfg, c),
+            _ => None,
+        };
+        let bits = |p: Option<([f64; 3], f64)>| {
+            p.map(|(n, d)| [n[0].to_bits(), n[1].to_bits(), n[2].to_bits(), d.to_bits()])
+        };
+        assert_eq!(
+            bits(got_plane),
+            bits(want_plane),
+            "{what}: background plane {got_plane:?}, the CPU's {want_plane:?}"
+        );
         Run {
             status: got,
             n_points: n,
