@@ -193,6 +193,7 @@ impl PreprocessKernels {
     /// # Safety
     /// `cloud` and `rgb` valid for the header's sizes, `wcloud` for 3 floats per working
     /// pixel, `header` and `st` for one element.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn load(
         &self,
         dev: &Device,
