@@ -159,22 +159,21 @@ pub struct PreprocessKernels {
 impl PreprocessKernels {
     pub fn new(dev: &Device) -> Result<Self> {
         let m = Module::load(dev, "preprocess")?;
-        let k = |name: &str| Kernel::find(&m, name);
         Ok(PreprocessKernels {
-            reset: k("pre_reset")?,
-            load: k("pre_load")?,
-            border: k("pre_border")?,
-            ransac_hyp: k("pre_ransac_hyp")?,
-            ransac_refit: k("pre_ransac_refit")?,
-            plane_remove: k("pre_plane_remove")?,
-            cluster_merge: k("pre_cluster_merge")?,
-            cluster_resolve: k("pre_cluster_resolve")?,
-            cluster_best: k("pre_cluster_best")?,
-            cluster_keep: k("pre_cluster_keep")?,
-            rgb_coeffs: k("pre_rgb_coeffs")?,
-            rgb_h: k("pre_rgb_h")?,
-            rgb_v: k("pre_rgb_v")?,
-            compact: k("pre_compact")?,
+            reset: Kernel::find(&m, "pre_reset")?,
+            load: Kernel::find(&m, "pre_load")?,
+            border: Kernel::find(&m, "pre_border")?,
+            ransac_hyp: Kernel::find(&m, "pre_ransac_hyp")?,
+            ransac_refit: Kernel::find(&m, "pre_ransac_refit")?,
+            plane_remove: Kernel::find(&m, "pre_plane_remove")?,
+            cluster_merge: Kernel::find(&m, "pre_cluster_merge")?,
+            cluster_resolve: Kernel::find(&m, "pre_cluster_resolve")?,
+            cluster_best: Kernel::find(&m, "pre_cluster_best")?,
+            cluster_keep: Kernel::find(&m, "pre_cluster_keep")?,
+            rgb_coeffs: Kernel::find(&m, "pre_rgb_coeffs")?,
+            rgb_h: Kernel::find(&m, "pre_rgb_h")?,
+            rgb_v: Kernel::find(&m, "pre_rgb_v")?,
+            compact: Kernel::find(&m, "pre_compact")?,
             _module: m,
         })
     }
