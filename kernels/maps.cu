@@ -504,33 +504,6 @@ MIAD_EXTERN void maps_part(const PartParams p, const BankScoreRec *__restrict__ 
   maps_part_at(p, rec, out);
 }
 
-__device__ __forceinline__ u32 maps_find(const volatile u32 *L, u32 x) {
-  u32 p = L[x];
-  while (p != x) {
-    x = p;
-    p = L[x];
-  }
-  return x;
-}
-
-// Links the trees of a and b, the larger root under the smaller (Playne & Hawick).
-__device__ void maps_unite(u32 *L, u32 a, u32 b) {
-  const volatile u32 *V = L;
-  while (true) {
-    a = maps_find(V, a);
-    b = maps_find(V, b);
-    if (a == b) return;
-    if (a > b) {
-      const u32 tmp = a;
-      a = b;
-      b = tmp;
-    }
-    const u32 old = atomicMin(L + b, a);
-    if (old == b) return;
-    b = old;
-  }
-}
-
 // grid: ceil(s²/MAPS_THREADS). Unions each labelled pixel with its labelled neighbours
 // W, NW, N, NE. A NaN threshold links nothing (the CPU's flood fill then never joins a
 // neighbour: `map > NaN` is false).
@@ -540,12 +513,12 @@ __device__ __forceinline__ void maps_label_merge_at(int s, float threshold, u32 
   if (labels[i] == MAPS_NONE) return;
   const int y = i / s, x = i % s;
   const volatile u32 *V = labels;
-  if (x > 0 && V[i - 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(i - 1));
+  if (x > 0 && V[i - 1] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)(i - 1));
   if (y > 0) {
     const int up = i - s;
-    if (x > 0 && V[up - 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(up - 1));
-    if (V[up] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)up);
-    if (x + 1 < s && V[up + 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(up + 1));
+    if (x > 0 && V[up - 1] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)(up - 1));
+    if (V[up] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)up);
+    if (x + 1 < s && V[up + 1] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)(up + 1));
   }
 }
 
@@ -560,7 +533,7 @@ MIAD_EXTERN void maps_label_resolve(int s, const float *__restrict__ map, u32 *_
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= s * s) return;
   if (((const volatile u32 *)labels)[i] == MAPS_NONE) return;
-  const u32 root = maps_find((const volatile u32 *)labels, (u32)i);
+  const u32 root = miad_uf_find((const volatile u32 *)labels, (u32)i);
   labels[i] = root;
   atomicMax(peak + root, maps_ord(map[i]));
 }
@@ -763,4 +736,26 @@ MIAD_EXTERN void maps_label_merge_case(const int *__restrict__ status,
 // grid: 1 block of 32 threads (thread 0 works). *out = the part's case (for RADAR's fusion).
 MIAD_EXTERN void maps_case_of(const int *__restrict__ status, int *__restrict__ out) {
   if (threadIdx.x == 0) *out = maps_case(status);
+}
+
+// grid: ceil(max(min_points, 1)/MAPS_THREADS). From the device preprocessing's status word
+// (RGB reason | cloud reason << 8, 0: usable): status[0], status[1] = RGB, cloud usable.
+// An unusable cloud (count 0, pixel map all −1) gets a fixed valid cloud of min_points
+// distinct points for the point branch to run on (its features are then replaced by the
+// pseudo input's): the lattice of the host's filler, (i mod 17, ⌊i/17⌋ mod 17, ⌊i/289⌋)·10⁻³.
+MIAD_EXTERN void maps_status_from_word(const u32 *__restrict__ word, int min_points,
+                                       int *__restrict__ status, int *__restrict__ count,
+                                       float *__restrict__ points) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const u32 w = *word;
+  const bool rgb = (w & 0xffu) == 0u, cloud = ((w >> 8) & 0xffu) == 0u;
+  if (i == 0) {
+    status[0] = rgb ? 1 : 0;
+    status[1] = cloud ? 1 : 0;
+    if (!cloud) *count = min_points;
+  }
+  if (cloud || i >= min_points) return;
+  points[3 * i] = __fmul_rn((float)(i % 17), 1e-3f);
+  points[3 * i + 1] = __fmul_rn((float)((i / 17) % 17), 1e-3f);
+  points[3 * i + 2] = __fmul_rn((float)(i / 289), 1e-3f);
 }

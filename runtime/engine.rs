@@ -494,34 +494,68 @@ fn inspect_on_device<'e>(
     t0: Instant,
 ) -> Result<Inspection<'e>> {
     use crate::cuda::ops::maps::DecisionParams;
-    let status = p.extractor.preprocess_part(rgb, cloud)?;
-    refuse_unusable(status)?;
+    use crate::cuda::stages::part::PartInput;
+    use crate::pipeline::extract::StageTimes;
     let Some(part) = p.device_part.as_mut() else {
         return Err(Error::Device(crate::DeviceError::BadCall(
             "inspect on the device without a device part".into(),
         )));
     };
-    let case = Case::of(status.rgb_usable(), status.cloud_usable());
+    // The device chooses the part's case among the parameters of all three.
     let params = Case::ALL.map(|c| DecisionParams::new(cfg, c, &p.cases, opts));
-    let decision = Decision::resolve(cfg, case, &p.cases, opts);
     let s = part.map_side();
-    let t1;
-    let r = if part.fuses() {
-        // One graph: its time is counted as the networks' (the RGB branch's field).
-        p.extractor.times.fusion = 0.0;
-        p.extractor
-            .run_networks_with(|pre, status, _| part.inspect(pre, status, &params).map(|_| ()))?;
-        t1 = Instant::now();
+    let ex = &mut p.extractor;
+    // Preprocessing on the device: the part's status is known after the graph ran.
+    let raw = part.preprocesses();
+    let mut status = None;
+    if raw {
+        ex.check_input_sizes(rgb.as_ref(), cloud.as_ref())?;
+        ex.times = StageTimes::default();
+    } else {
+        let st = ex.preprocess_part(rgb, cloud)?;
+        refuse_unusable(st)?;
+        status = Some(st);
+    }
+    let t_dev = Instant::now();
+    let (status, t1) = if part.fuses() {
+        let input = match status {
+            Some(status) => PartInput::Preprocessed {
+                pre: ex.preprocessed(),
+                status,
+            },
+            None => PartInput::Raw { rgb, cloud },
+        };
+        // One graph: its time is counted under the RGB branch's field.
+        let st = part.inspect(input, &params)?;
         p.features_on_device = true;
+        ex.times.rgb = t_dev.elapsed().as_secs_f64();
+        (st, Instant::now())
+    } else {
+        let mut st = None;
+        ex.run_networks_with(|pre, given, out| {
+            let input = match status {
+                Some(_) => PartInput::Preprocessed { pre, status: given },
+                None => PartInput::Raw { rgb, cloud },
+            };
+            st = Some(part.features(input, out)?);
+            Ok(())
+        })?;
+        let st = st.unwrap_or(ex.status);
+        ex.status = st;
+        refuse_unusable(st)?;
+        ex.fuse_part(pool)?;
+        p.features_on_device = false;
+        (st, Instant::now())
+    };
+    ex.status = status;
+    refuse_unusable(status)?;
+    let r = if part.fuses() {
         part.results()
     } else {
-        p.extractor
-            .run_networks_with(|pre, status, out| part.features(pre, status, out))?;
-        p.extractor.fuse_part(pool)?;
-        t1 = Instant::now();
-        p.features_on_device = false;
-        part.decide(&p.extractor.fused, &params)?
+        part.decide(&ex.fused, &params)?
     };
+    let case = Case::of(status.rgb_usable(), status.cloud_usable());
+    let decision = Decision::resolve(cfg, case, &p.cases, opts);
     let s2 = s * s;
     let want_map = opts.map || opts.regions;
     p.map_valid = want_map;
@@ -673,6 +707,7 @@ fn open_backend(
     {
         use crate::cuda::stages::part::DevicePart;
         use crate::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
+        use crate::cuda::stages::preprocess::DevicePreprocess;
         use crate::cuda::stages::{
             bank_search::DeviceBankSearch, fusion::FusionGraph, vit::DeviceRgb,
         };
@@ -712,12 +747,26 @@ fn open_backend(
             .map_err(|e| on_cpu.push(format!("point branch: {e}")));
         let fusion_needs = FusionGraph::arena_needs(model, precision)
             .map_err(|e| on_cpu.push(format!("fusion: {e}")));
+        let mode = if options.preprocessed {
+            PreprocessMode::AlreadyClean
+        } else {
+            PreprocessMode::Full
+        };
+        let (max_w, max_h) = (options.max_width, options.max_height);
+        let pre_needs = DevicePreprocess::arena_needs(model, max_w, max_h, mode)
+            .map_err(|e| on_cpu.push(format!("preprocessing: {e}")));
         let layout = extractor.layout();
         let part_needs = DevicePart::arena_needs(files.bank.config(), &layout)
             .map_err(|e| on_cpu.push(format!("maps and decision: {e}")));
-        for n in [&rgb_needs, &point_needs, &fusion_needs, &part_needs]
-            .into_iter()
-            .flatten()
+        for n in [
+            &pre_needs,
+            &rgb_needs,
+            &point_needs,
+            &fusion_needs,
+            &part_needs,
+        ]
+        .into_iter()
+        .flatten()
         {
             needs.extend(n.iter().cloned());
         }
@@ -766,6 +815,11 @@ fn open_backend(
                 .map_err(|e| on_cpu.push(format!("fusion: {e}")))
                 .ok()
         });
+        let preprocess = pre_needs.ok().and_then(|_| {
+            DevicePreprocess::on_device(dev.clone(), model, max_w, max_h, mode)
+                .map_err(|e| on_cpu.push(format!("preprocessing: {e}")))
+                .ok()
+        });
         let finish = |mut choice: BackendChoice, on_cpu: Vec<String>| {
             if !on_cpu.is_empty() {
                 choice.fallback = Some(on_cpu.join("; "));
@@ -782,6 +836,7 @@ fn open_backend(
                     point,
                     search,
                     fusion,
+                    preprocess,
                     files.bank.config(),
                     set,
                     &layout,
@@ -789,7 +844,11 @@ fn open_backend(
                 );
                 return match part {
                     Ok(part) => {
-                        choice.device_stages = vec!["point branch", "rgb branch"];
+                        choice.device_stages = Vec::new();
+                        if part.preprocesses() {
+                            choice.device_stages.push("preprocessing");
+                        }
+                        choice.device_stages.extend(["point branch", "rgb branch"]);
                         if part.fuses() {
                             choice.device_stages.push("fusion");
                         }

@@ -677,6 +677,28 @@ impl<'m> Extractor<'m> {
         rgb: Option<RgbView<'_>>,
         cloud: Option<CloudView<'_>>,
     ) -> Result<ModalityStatus> {
+        self.check_input_sizes(rgb.as_ref(), cloud.as_ref())?;
+        let t0 = Instant::now();
+        let status = preprocess(
+            &self.cfg.preprocess,
+            rgb,
+            cloud,
+            self.mode,
+            &mut self.pre,
+            &mut self.pre_scratch,
+        )?;
+        self.status = status;
+        self.times.preprocess = t0.elapsed().as_secs_f64();
+        Ok(status)
+    }
+
+    /// Refuses inputs larger than the engine was planned for (the first check of
+    /// [`Extractor::preprocess_part`], also for a backend that preprocesses itself).
+    pub fn check_input_sizes(
+        &self,
+        rgb: Option<&RgbView<'_>>,
+        cloud: Option<&CloudView<'_>>,
+    ) -> Result<()> {
         for (w, h) in [
             rgb.map(|v| (v.width, v.height)),
             cloud.map(|v| (v.width, v.height)),
@@ -691,18 +713,7 @@ impl<'m> Extractor<'m> {
                 )));
             }
         }
-        let t0 = Instant::now();
-        let status = preprocess(
-            &self.cfg.preprocess,
-            rgb,
-            cloud,
-            self.mode,
-            &mut self.pre,
-            &mut self.pre_scratch,
-        )?;
-        self.status = status;
-        self.times.preprocess = t0.elapsed().as_secs_f64();
-        Ok(status)
+        Ok(())
     }
 
     /// The last step of [`Extractor::run`]: fuses the RGB and xyz features of the part

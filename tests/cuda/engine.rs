@@ -183,6 +183,7 @@ pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &s
     }
     assert_eq!(c.fallback, None, "a stage fell back: {}", c.describe());
     for s in [
+        "preprocessing",
         "point branch",
         "rgb branch",
         "fusion",

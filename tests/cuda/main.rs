@@ -23,6 +23,7 @@ mod launch;
 mod maps;
 mod point;
 mod point_branch;
+mod preprocess;
 mod shared;
 mod transformer;
 

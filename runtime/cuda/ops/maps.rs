@@ -586,6 +586,7 @@ pub struct MapKernels {
     pub part_case: Kernel,
     pub label_merge_case: Kernel,
     pub case_of: Kernel,
+    pub status_from_word: Kernel,
     pub plan: MapPlan,
 }
 
@@ -624,6 +625,7 @@ impl MapKernels {
             part_case: Kernel::find(&m, "maps_part_case")?,
             label_merge_case: Kernel::find(&m, "maps_label_merge_case")?,
             case_of: Kernel::find(&m, "maps_case_of")?,
+            status_from_word: Kernel::find(&m, "maps_status_from_word")?,
             _module: m,
             plan,
         };
@@ -845,6 +847,33 @@ impl MapKernels {
     ) -> Result<()> {
         let mut a = kernel_args![status, out];
         dev.launch(self.case_of, (1, 1, 1), (32, 1, 1), 0, &mut a)
+    }
+
+    /// The status pair (`[RGB usable, cloud usable]`) from the device preprocessing's
+    /// status word, and for an unusable cloud a fixed valid cloud of `min_points` points
+    /// and that count (see `maps_status_from_word`).
+    ///
+    /// # Safety
+    /// `word` holds 1 value, `status` 2, `count` 1, `points` 3 × `min_points`.
+    pub unsafe fn status_from_word(
+        &self,
+        dev: &Device,
+        word: DevPtr<u32>,
+        min_points: usize,
+        status: DevPtr<i32>,
+        count: DevPtr<i32>,
+        points: DevPtr<f32>,
+    ) -> Result<()> {
+        let n = min_points as i32;
+        let mut a = kernel_args![word, n, status, count, points];
+        let blocks = min_points.max(1).div_ceil(THREADS as usize) as u32;
+        dev.launch(
+            self.status_from_word,
+            (blocks, 1, 1),
+            (THREADS, 1, 1),
+            0,
+            &mut a,
+        )
     }
 
     /// `out = (input − mean)·inv` over `n` values (a bank's feature normalisation).

@@ -7,4 +7,5 @@ pub mod forward;
 pub mod fusion;
 pub mod part;
 pub mod point_branch;
+pub mod preprocess;
 pub mod vit;

@@ -37,6 +37,7 @@ use super::bank_search::DeviceBankSearch;
 use super::forward::DeviceVit;
 use super::fusion::{DeviceFusion, FusionGraph};
 use super::point_branch::DevicePointBranch;
+use super::preprocess::{decode_status, DevicePreprocess, PreprocessStaging, PreprocessTargets};
 use super::vit::DeviceRgb;
 use crate::config::BankConfig;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
@@ -47,6 +48,7 @@ use crate::cuda::ops::maps::{
     PartDecisionRec, PartParams, PixelParams, RegionRec,
 };
 use crate::pipeline::extract::NetworkOutputs;
+use crate::pipeline::input::{CloudView, RgbView};
 use crate::pipeline::preprocess::{ModalityStatus, PreprocessOutput};
 use crate::pipeline::score::BankSet;
 use crate::types::{FeatureLayout, BANK_NAMES, FUSED, RGB, XYZ};
@@ -104,8 +106,26 @@ impl PartSlots {
     }
 }
 
+/// One part's inputs: preprocessed on the CPU, or as the caller gave them (the device
+/// preprocesses them, [`DevicePart::preprocesses`]).
+#[derive(Clone, Copy)]
+pub enum PartInput<'a> {
+    Preprocessed {
+        pre: &'a PreprocessOutput,
+        status: ModalityStatus,
+    },
+    Raw {
+        rgb: Option<RgbView<'a>>,
+        cloud: Option<CloudView<'a>>,
+    },
+}
+
 /// Pinned host memory the recorded copies read (inputs) and write (results).
 struct HostIo {
+    /// The caller's inputs, for the device preprocessing.
+    staging: Option<PreprocessStaging>,
+    /// Its status word (RGB reason | cloud reason << 8).
+    status_word: Pinned<u32>,
     status: Pinned<i32>,
     rgb_input: Pinned<f32>,
     points: Pinned<f32>,
@@ -147,6 +167,7 @@ enum Graphs {
 
 /// What the recordings use, borrowed while recording.
 struct Recorder<'a> {
+    preprocess: Option<&'a DevicePreprocess>,
     vit: &'a DeviceVit,
     point: &'a DevicePointBranch,
     fusion: Option<&'a DeviceFusion>,
@@ -171,14 +192,45 @@ impl Recorder<'_> {
 
     /// The part's inputs from pinned memory, the two networks on forked streams, the
     /// pseudo-feature selection.
-    fn networks(&self, d: &Device, h: &HostIo) -> Result<()> {
+    fn networks(&self, d: &Device, h: &mut HostIo) -> Result<()> {
         let (io, vit) = (self.point.io(), self.vit);
         let np = self.point.sizes().max_points();
-        h.status.copy_to(d, self.status(), 2)?;
-        h.rgb_input.copy_to(d, vit.input_ptr(), h.rgb_input.len())?;
-        h.points.copy_to(d, io.points, 3 * np)?;
-        h.count.copy_to(d, io.count, 1)?;
-        h.pixel_map.copy_to(d, io.pixel_map, np)?;
+        match (self.preprocess, &h.staging) {
+            (Some(pre), Some(staging)) => {
+                let own = pre.targets();
+                let targets = PreprocessTargets {
+                    points: io.points,
+                    count: io.count,
+                    pixels: own.pixels,
+                    pixel_map: io.pixel_map,
+                    rgb_input: vit.input_ptr(),
+                    status: own.status,
+                };
+                staging.record_upload(d, pre.inputs())?;
+                let min = self.point.sizes().min_points();
+                // SAFETY: the stage's own inputs and the consumers' buffers, sized for
+                // its side (the point branch's and the ViT's, checked in `new`).
+                unsafe {
+                    pre.record(d, pre.inputs(), targets)?;
+                    self.maps.status_from_word(
+                        d,
+                        own.status,
+                        min,
+                        self.status(),
+                        io.count,
+                        io.points,
+                    )?;
+                }
+                h.status_word.copy_from(d, own.status, 1)?;
+            }
+            _ => {
+                h.status.copy_to(d, self.status(), 2)?;
+                h.rgb_input.copy_to(d, vit.input_ptr(), h.rgb_input.len())?;
+                h.points.copy_to(d, io.points, 3 * np)?;
+                h.count.copy_to(d, io.count, 1)?;
+                h.pixel_map.copy_to(d, io.pixel_map, np)?;
+            }
+        }
         let (rgb, sz) = (self.rgb(), self.sizes);
         let pseudo = |s: Slot<f32>| self.arena.ptr(s);
         // SAFETY: every buffer is the stages' own or planned for these sizes.
@@ -276,6 +328,7 @@ pub struct DevicePart {
     _maps: MapKernels,
     _arena: Arena,
     _fusion: Option<FusionGraph>,
+    preprocess: Option<DevicePreprocess>,
     _rgb: DeviceRgb,
     point: DevicePointBranch,
     search: DeviceBankSearch,
@@ -323,6 +376,7 @@ impl DevicePart {
         point: DevicePointBranch,
         search: DeviceBankSearch,
         fusion: Option<FusionGraph>,
+        preprocess: Option<DevicePreprocess>,
         cfg: &BankConfig,
         set: &BankSet<'_>,
         layout: &FeatureLayout,
@@ -350,6 +404,17 @@ impl DevicePart {
                 sizes.fused
             )));
         }
+        if let Some(pre) = &preprocess {
+            let (side, min) = (pre.side(), pre.min_points());
+            if side * side != bs.max_points() || 3 * side * side != n_in || min != bs.min_points() {
+                return Err(bad_call(format!(
+                    "the device preprocessing makes {side}² pixels and needs {min} points, \
+                     the networks take {} points ({} at least) and {n_in} input values",
+                    bs.max_points(),
+                    bs.min_points()
+                )));
+            }
+        }
         let map_plan = MapPlan::new(cfg)?;
         for b in 0..3 {
             let want = map_plan.banks[b].map(|s| s.grid * s.grid);
@@ -371,6 +436,11 @@ impl DevicePart {
         let np = bs.max_points();
         let s2 = sizes.map_side * sizes.map_side;
         let mut host = HostIo {
+            staging: preprocess
+                .as_ref()
+                .map(PreprocessStaging::new)
+                .transpose()?,
+            status_word: Pinned::new(&dev, 1)?,
             status: Pinned::new(&dev, 2)?,
             rgb_input: Pinned::new(&dev, n_in)?,
             points: Pinned::new(&dev, 3 * np)?,
@@ -389,6 +459,7 @@ impl DevicePart {
             region_count: Pinned::new(&dev, 2)?,
         };
         let rec = Recorder {
+            preprocess: preprocess.as_ref(),
             vit,
             point: &point,
             fusion: fusion.as_ref().map(FusionGraph::fusion),
@@ -402,7 +473,7 @@ impl DevicePart {
         let graphs = match rec.fusion {
             Some(f) => Graphs::One {
                 part: Graph::capture(&dev, |d| {
-                    rec.networks(d, &host)?;
+                    rec.networks(d, &mut host)?;
                     rec.fusion(d, f)?;
                     rec.decision(d, &mut host)
                 })?,
@@ -410,7 +481,7 @@ impl DevicePart {
             },
             None => Graphs::Two {
                 networks: Graph::capture(&dev, |d| {
-                    rec.networks(d, &host)?;
+                    rec.networks(d, &mut host)?;
                     rec.feature_downloads(d, &mut host, false)
                 })?,
                 decision: Graph::capture(&dev, |d| {
@@ -426,6 +497,7 @@ impl DevicePart {
             _maps: maps,
             _arena: arena,
             _fusion: fusion,
+            preprocess,
             _rgb: rgb,
             point,
             search,
@@ -451,8 +523,43 @@ impl DevicePart {
         self.sizes.map_side
     }
 
-    /// Writes the inputs of one preprocessed part into the pinned buffers.
-    fn stage_inputs(&mut self, pre: &PreprocessOutput, status: ModalityStatus) -> Result<()> {
+    /// Whether the device preprocesses the parts (then [`PartInput::Raw`] is expected).
+    pub fn preprocesses(&self) -> bool {
+        self.preprocess.is_some()
+    }
+
+    /// Writes the inputs of one part into the pinned buffers.
+    fn stage_inputs(&mut self, input: PartInput<'_>) -> Result<()> {
+        match (input, &self.preprocess, &mut self.host.staging) {
+            (PartInput::Raw { rgb, cloud }, Some(stage), Some(staging)) => {
+                staging.fill(stage, rgb, cloud)?;
+                Ok(())
+            }
+            (PartInput::Preprocessed { pre, status }, None, _) => {
+                self.stage_preprocessed(pre, status)
+            }
+            _ => Err(bad_call(format!(
+                "inputs {} for an engine whose preprocessing runs on the {}",
+                match input {
+                    PartInput::Raw { .. } => "as given",
+                    PartInput::Preprocessed { .. } => "preprocessed",
+                },
+                if self.preprocesses() { "device" } else { "CPU" }
+            ))),
+        }
+    }
+
+    /// The part's status after its inputs ran: the device preprocessing's, or the one the
+    /// CPU preprocessing gave.
+    fn status_of(&self, input: PartInput<'_>) -> Result<ModalityStatus> {
+        match input {
+            PartInput::Preprocessed { status, .. } => Ok(status),
+            PartInput::Raw { .. } => decode_status(self.host.status_word.as_slice()[0]),
+        }
+    }
+
+    /// Writes the inputs of one part the CPU preprocessed into the pinned buffers.
+    fn stage_preprocessed(&mut self, pre: &PreprocessOutput, status: ModalityStatus) -> Result<()> {
         let h = &mut self.host;
         h.status.as_mut_slice()[0] = status.rgb_usable() as i32;
         h.status.as_mut_slice()[1] = status.cloud_usable() as i32;
@@ -505,23 +612,22 @@ impl DevicePart {
     }
 
     /// The whole part in one graph (when [`DevicePart::fuses`]): one launch, one wait.
-    /// The features stay on the device ([`DevicePart::download_features`]). No
-    /// allocation.
+    /// The features stay on the device ([`DevicePart::download_features`]). Returns the
+    /// part's status ([`DevicePart::results`] holds the rest). No allocation.
     pub fn inspect(
         &mut self,
-        pre: &PreprocessOutput,
-        status: ModalityStatus,
+        input: PartInput<'_>,
         params: &[DecisionParams; 3],
-    ) -> Result<PartResults<'_>> {
+    ) -> Result<ModalityStatus> {
         if !self.fuses() {
             return Err(bad_call(
                 "one-graph inspection without the device fusion".into(),
             ));
         }
-        self.stage_inputs(pre, status)?;
+        self.stage_inputs(input)?;
         self.stage_params(params);
         self.replay(Which::Part)?;
-        Ok(self.results())
+        self.status_of(input)
     }
 
     /// The networks of one preprocessed part (the first of two graphs, when the CPU
@@ -529,13 +635,13 @@ impl DevicePart {
     /// allocation.
     pub fn features(
         &mut self,
-        pre: &PreprocessOutput,
-        status: ModalityStatus,
+        input: PartInput<'_>,
         out: NetworkOutputs<'_>,
-    ) -> Result<()> {
-        self.stage_inputs(pre, status)?;
+    ) -> Result<ModalityStatus> {
+        self.stage_inputs(input)?;
         self.replay(Which::Networks)?;
-        self.copy_features(out, None)
+        self.copy_features(out, None)?;
+        self.status_of(input)
     }
 
     /// Scores and decides the part whose features the last [`DevicePart::features`]

@@ -29,9 +29,10 @@ pub fn options(backend: Backend, precision: Precision) -> EngineOptions {
 /// `parity`.
 const DISTANCE_TOLERANCE_F32: f32 = 2e-3;
 
-/// The device stages an engine on the simulated device must use: all of them but
-/// preprocessing (RADAR's fusion stays on the CPU, see `parity`).
-pub const STAGES: [&str; 5] = [
+/// The device stages an engine on the simulated device must use: all of them (RADAR's
+/// fusion stays on the CPU, see `parity`).
+pub const STAGES: [&str; 6] = [
+    "preprocessing",
     "point branch",
     "rgb branch",
     "fusion",
