@@ -416,12 +416,11 @@ impl DevicePart {
             }
         }
         let map_plan = MapPlan::new(cfg)?;
-        for b in 0..3 {
+        for (b, name) in BANK_NAMES.iter().enumerate() {
             let want = map_plan.banks[b].map(|s| s.grid * s.grid);
             if search.queries(b) != want {
                 return Err(bad_call(format!(
-                    "bank {}: the search has {:?} patches, the maps {want:?}",
-                    BANK_NAMES[b],
+                    "bank {name}: the search has {:?} patches, the maps {want:?}",
                     search.queries(b)
                 )));
             }
@@ -490,7 +489,6 @@ impl DevicePart {
                 })?,
             },
         };
-        drop(rec);
         Ok(DevicePart {
             graphs,
             host,

@@ -434,6 +434,7 @@ fn one_recording_serves_unusable_clouds_other_sizes_and_per_part_options() {
             ),
             ("cropped".into(), Some(r_small), Some(c_small), full),
             ("cropped, cloud missing".into(), Some(r_wide), None, full),
+            ("cropped, RGB missing".into(), None, Some(c_wide), full),
             ("full size again".into(), Some(r), Some(c), full),
         ];
         for (name, o) in variants {
