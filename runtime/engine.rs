@@ -138,6 +138,9 @@ struct Planned<'f> {
     /// downloads them.
     #[cfg(feature = "cuda")]
     features_on_device: bool,
+    /// The last part was preprocessed on the device only: `preview_image` downloads it.
+    #[cfg(feature = "cuda")]
+    preprocessed_on_device: bool,
     backend: BackendChoice,
 }
 
@@ -310,8 +313,17 @@ impl Engine {
 
     /// The last part as the network saw it, `S×S×3` bytes, for pictures: the
     /// preprocessed RGB image, or the depth of the preprocessed cloud in grey when the
-    /// image was not usable. Allocates (offline use).
-    pub fn preview_image(&self) -> Vec<u8> {
+    /// image was not usable. Allocates (offline use). When the device preprocessed the
+    /// part, the preprocessed part is downloaded first (host waits of its own); should
+    /// that fail, the picture is of the last part the CPU preprocessed.
+    pub fn preview_image(&mut self) -> Vec<u8> {
+        #[cfg(feature = "cuda")]
+        self.cell.with_dependent_mut(|_, p| {
+            if let (true, Some(part)) = (p.preprocessed_on_device, p.device_part.as_ref()) {
+                let pre = p.extractor.preprocessed_mut();
+                p.preprocessed_on_device = part.download_preprocessed(pre).is_err();
+            }
+        });
         let ex = &self.cell.borrow_dependent().extractor;
         let pre = ex.preprocessed();
         let cfg = &ex.config().preprocess;
@@ -507,6 +519,7 @@ fn inspect_on_device<'e>(
     let ex = &mut p.extractor;
     // Preprocessing on the device: the part's status is known after the graph ran.
     let raw = part.preprocesses();
+    p.preprocessed_on_device = raw;
     let mut status = None;
     if raw {
         ex.check_input_sizes(rgb.as_ref(), cloud.as_ref())?;
@@ -673,6 +686,8 @@ fn plan<'f>(
         device_part: on_device.part,
         #[cfg(feature = "cuda")]
         features_on_device: false,
+        #[cfg(feature = "cuda")]
+        preprocessed_on_device: false,
         backend,
     })
 }

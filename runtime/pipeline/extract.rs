@@ -560,6 +560,11 @@ impl<'m> Extractor<'m> {
         &self.pre
     }
 
+    /// The same, for a backend that preprocessed the part itself (pictures).
+    pub fn preprocessed_mut(&mut self) -> &mut PreprocessOutput {
+        &mut self.pre
+    }
+
     /// Member indices (into the preprocessed points) of the last part's groups,
     /// `num_groups × group_size`, each group sorted by distance to its center.
     pub fn groups(&self) -> &[u32] {

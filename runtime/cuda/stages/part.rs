@@ -700,6 +700,49 @@ impl DevicePart {
         Ok(())
     }
 
+    /// The last part as the device preprocessing left it, into `out` (network input,
+    /// valid points, their pixels, and the resized cloud rebuilt from them), for
+    /// pictures: direct downloads (host waits), only when asked for. Nothing to do when
+    /// the CPU preprocesses.
+    pub fn download_preprocessed(&self, out: &mut PreprocessOutput) -> Result<()> {
+        let Some(pre) = &self.preprocess else {
+            return Ok(());
+        };
+        let s2 = out.size * out.size;
+        let io = self.point.io();
+        let vit = self._rgb.vit();
+        if out.rgb_input.len() != vit.plan().input_len() || out.cloud.len() != 3 * s2 {
+            return Err(bad_call(format!(
+                "a preprocessed part of side {} for a ViT input of {} values",
+                out.size,
+                vit.plan().input_len()
+            )));
+        }
+        let status = decode_status(self.host.status_word.as_slice()[0])?;
+        self.dev.bind()?;
+        self.dev
+            .download(&mut out.rgb_input[..], vit.input_ptr().raw())?;
+        let mut n = 0usize;
+        if status.cloud_usable() {
+            let mut count = [0i32];
+            self.dev.download(&mut count, io.count.raw())?;
+            n = (count[0].max(0) as usize).min(s2);
+            self.dev
+                .download(&mut out.points[..3 * n], io.points.raw())?;
+            self.dev
+                .download(&mut out.point_pixels[..n], pre.targets().pixels.raw())?;
+        }
+        out.n_points = n;
+        out.cloud.fill(0.0);
+        for i in 0..n {
+            let q = out.point_pixels[i] as usize;
+            if q < s2 {
+                out.cloud[3 * q..3 * q + 3].copy_from_slice(&out.points[3 * i..3 * i + 3]);
+            }
+        }
+        Ok(())
+    }
+
     /// What the last [`DevicePart::inspect`] or [`DevicePart::decide`] left in pinned
     /// memory.
     pub fn results(&self) -> PartResults<'_> {

@@ -471,6 +471,19 @@ fn one_recording_serves_unusable_clouds_other_sizes_and_per_part_options() {
             assert_eq!(b.found, a.found, "{what}: regions found");
             // The last map the engine keeps is the one it returned.
             assert_eq!(sim.last_map().is_some(), o.map || o.regions, "{what}");
+            // The picture of the part as the networks saw it (downloaded from the device
+            // preprocessing when asked for).
+            let (pa, pb) = (cpu.preview_image(), sim.preview_image());
+            let worst = pa
+                .iter()
+                .zip(&pb)
+                .map(|(x, y)| x.abs_diff(*y))
+                .max()
+                .unwrap_or(0);
+            assert!(
+                pa.len() == pb.len() && worst <= 1,
+                "{what}: preview differs by {worst}"
+            );
         }
     }
     assert!(seen_zero_cloud, "no part had an unusable cloud");
