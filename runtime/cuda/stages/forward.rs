@@ -296,6 +296,9 @@ pub struct ActivationSlots {
     pub big: OpSlot,
     /// The GEMM plans' workspace; `None` when the device's shared one is used.
     pub workspace: Option<Slot<u8>>,
+    /// Partial results of bf16 attention split over keys ([`Attention::parts_len`]; empty
+    /// for f32).
+    pub attention_parts: Slot<f32>,
 }
 
 /// Where an encoder's GEMM workspace lives: in its own arena (a model used alone), or the
@@ -332,6 +335,10 @@ impl ActivationSlots {
             small: OpSlot::add(arena, p, t * d),
             big: OpSlot::add(arena, p, (t * 3 * d).max(t * dims.mlp).max(big_min)),
             workspace: (workspace == WorkspacePlace::Own).then(|| arena.add(GEMM_WORKSPACE_BYTES)),
+            attention_parts: arena.add(match p {
+                Precision::F32 => 0,
+                Precision::Bf16 => Attention::parts_len(t, dims.heads),
+            }),
         }
     }
 }
@@ -511,6 +518,7 @@ struct Encoder {
     x: DevPtr<f32>,
     small: u64,
     big: u64,
+    attention_parts: DevPtr<f32>,
 }
 
 /// One product with the operand types of its plan (`bias` 0 when the plan has none).
@@ -569,6 +577,7 @@ impl Encoder {
             stage.act.small.raw(&arena),
             stage.act.big.raw(&arena),
         );
+        let attention_parts = arena.ptr(stage.act.attention_parts);
         Ok(Encoder {
             plans,
             extra,
@@ -582,6 +591,7 @@ impl Encoder {
             x,
             small,
             big,
+            attention_parts,
         })
     }
 
@@ -646,6 +656,7 @@ impl Encoder {
                         dev,
                         dp(self.big),
                         dp(self.small),
+                        self.attention_parts,
                         t,
                         heads,
                         scale,
@@ -1337,6 +1348,8 @@ mod tests {
         assert_eq!(s.big.precision(), Precision::Bf16);
         assert_eq!(s.big.bytes(), 785 * 3072 * 2);
         assert_eq!(s.workspace.unwrap().len, GEMM_WORKSPACE_BYTES);
+        // bf16 attention splits its 785 keys in two: two partial results of every row.
+        assert_eq!(s.attention_parts.len, 2 * 785 * 12 * 66);
         // A patch matrix larger than both: big grows to it.
         let mut a = ArenaPlan::new();
         let s = ActivationSlots::plan(&v, Precision::F32, 785 * 4000, WorkspacePlace::Own, &mut a);
@@ -1344,6 +1357,7 @@ mod tests {
         assert_eq!(s.big.bytes(), 785 * 4000 * 4);
         let ws = s.workspace.unwrap();
         assert!(a.bytes() >= ws.offset + ws.bytes());
+        assert_eq!(s.attention_parts.len, 0, "the f32 attention does not split");
         // On the device's shared workspace: none of its own.
         let mut b = ArenaPlan::new();
         let s = ActivationSlots::plan(&v, Precision::F32, 0, WorkspacePlace::Device, &mut b);
@@ -1373,6 +1387,7 @@ mod tests {
             (a.small.offset(), a.small.bytes()),
             (a.big.offset(), a.big.bytes()),
             (a.workspace.unwrap().offset, a.workspace.unwrap().bytes()),
+            (a.attention_parts.offset, a.attention_parts.bytes()),
         ]);
         v
     }
