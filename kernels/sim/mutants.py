@@ -147,6 +147,18 @@ MUTANTS = [
      "bank_search_f16: ties within a quad to the higher index", "bank_search_f16"),
     ("bank_search.cu", "if (pair_less(red_d[1][r], red_i[1][r], d, id))", "if (red_d[1][r] <= d)", 0,
      "bank_search_f16: ties across the two warp halves to the higher bank half", "bank_search_f16"),
+    ("attention.cu", "const int end_tile = min(n_tiles, first_tile + tiles_per_split);",
+     "const int end_tile = min(n_tiles, first_tile + tiles_per_split - 1);", 0,
+     "attention_bf16: each key split one tile short", "attention_bf16"),
+    ("attention.cu", "l = fmaf(ml[2 * p + 1], exp2f(ml[2 * p] - m), l);", "l += ml[2 * p + 1];", 0,
+     "attention_combine_bf16: split row sums added without rescaling to the common maximum", "attention_bf16"),
+    ("embed.cu", "  __syncwarp();\n  const float sum", "  const float sum", 0,
+     "layernorm_rows_bf16: shift read no longer ordered before the x + pos store", "embed_layernorm"),
+    ("embed.cu", "s = __fadd_rn(s, __fsub_rn(v, shift));", "s = __fadd_rn(s, v);", 0,
+     "layernorm_rows_bf16: f32 sum without the shift", "embed_layernorm"),
+    ("embed.cu", "const float var = __fdiv_rn(emb_warp_sum(v2), (float)cols);",
+     "const float var = __fdiv_rn(emb_warp_sum(v2), (float)(cols - 1));", 0,
+     "layernorm_rows_bf16: unbiased variance (n − 1)", "embed_layernorm"),
 ]
 
 
