@@ -593,11 +593,11 @@ fn vit_chain() -> Result<(), String> {
         let x = run_tokens(&gemm, d, Some(&pb), &pos, &cls, (np, d), true, s)?;
         let xb = Buf::from(&x);
         let got = run_layernorm(&xb, d, d, None, (&nw, &nb), (np, d), d, 0, vc.ln_eps, s)?;
-        close("ViT features vs vit_forward", &got.0, &want, 1e-6, 1e-6)?;
+        close("ViT features vs vit_forward", &got.y, &want, 1e-6, 1e-6)?;
         let tokens = &x[d..(np + 1) * d];
-        check_layer_norm_fast(tokens, d, (&nw, &nb), vc.ln_eps, &got.1, &got.0)
+        check_layer_norm_fast(tokens, d, (&nw, &nb), vc.ln_eps, &got.y_bf16, &got.y)
             .map_err(|e| format!("ViT features, layernorm_rows_bf16: {e}"))?;
-        mostly_bit_equal("ViT features vs vit_forward", &got.0, &want)
+        mostly_bit_equal("ViT features vs vit_forward", &got.y, &want)
     })
 }
 
@@ -738,6 +738,13 @@ fn position_mlp() -> Result<(), String> {
 
 // ---------- LayerNorm ----------
 
+/// What [`run_layernorm`] returns: the f32 and bf16 outputs packed, x after the f32 run.
+struct LayerNormRun {
+    y: Vec<f32>,
+    y_bf16: Vec<u16>,
+    x_after: Vec<f32>,
+}
+
 /// layernorm_rows_f32 and _bf16 on `x` (rows `ldx` apart, modified when `pos` is given:
 /// each run gets a fresh copy), output rows `ldy` apart starting at column `off`. Returns
 /// the f32 output packed, the bf16 output packed and x after the f32 run; checks that
@@ -754,7 +761,7 @@ fn run_layernorm(
     off: usize,
     eps: f32,
     seed: u64,
-) -> Result<(Vec<f32>, Vec<u16>, Vec<f32>), String> {
+) -> Result<LayerNormRun, String> {
     let pb = pos.map(Buf::from);
     let pos_p = pb.as_ref().map_or(null(), |b| b.ptr());
     let (gb, bb) = (Buf::from(gamma), Buf::from(beta));
@@ -802,7 +809,11 @@ fn run_layernorm(
         })
         .collect();
     same_bits("x after the bf16 run", xh.get(), xf.get())?;
-    Ok((y, yh16, xf.get().to_vec()))
+    Ok(LayerNormRun {
+        y,
+        y_bf16: yh16,
+        x_after: xf.get().to_vec(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -845,7 +856,11 @@ fn layernorm_case(
     let what = format!("{rows}×{cols} ldx {ldx} ldy {ldy}+{off} pos {with_pos}");
     let mut worst_fast = (0f64, 0f64);
     for &s in seeds {
-        let (y, yh, xa) = run_layernorm(
+        let LayerNormRun {
+            y,
+            y_bf16: yh,
+            x_after: xa,
+        } = run_layernorm(
             &xb,
             ldx,
             ldy,
