@@ -33,9 +33,9 @@
 //!
 //! | step      | [`Precision::F32`] (parity path)   | [`Precision::Bf16`] (fast path)          |
 //! |-----------|-------------------------------------|------------------------------------------|
-//! | LN₁, LN₂  | embed LayerNorm (f64 statistics, the CPU's `layer_norm_row`), f32 out | the same, bf16 out |
+//! | LN₁, LN₂  | embed LayerNorm (f64 statistics, the CPU's `layer_norm_row`), f32 out | f32 statistics (stated bound, kernels/embed.cu), bf16 out |
 //! | qkv       | f32 GEMM (+ bias: ViT only)         | bf16 GEMM, bf16 out (bf16 bias)          |
-//! | attention | `attention_f32`                     | `attention_bf16` (tensor cores)          |
+//! | attention | `attention_f32`                     | `attention_bf16` (tensor cores), keys split over blocks and merged by `attention_combine_bf16` when the grid is small |
 //! | proj, fc2 | f32 GEMM accumulating into `x` (+ f32 bias) | bf16 GEMM with f32 output accumulating into `x` (+ f32 bias) |
 //! | fc1       | f32 GEMM, then the exact erf GELU kernel | bf16 GEMM with cuBLASLt's GELU_BIAS (tanh form) |
 //!
@@ -45,7 +45,8 @@
 //! Activations (per model): `x` (tokens × dim, f32); `small` (tokens × dim, GEMM
 //! precision: the LN output, then the attention output — the LN output is dead once the
 //! qkv GEMM has read it); `big` (the qkv matrix, then the MLP hidden layer; for the ViT
-//! first the patch matrix).
+//! first the patch matrix); `attention_parts` (bf16 only: the key splits' partial results,
+//! [`Attention::parts_len`]).
 //!
 //! Ownership and drop order: a model owns its `Encoder`, whose fields drop in declaration
 //! order: the GEMM plans, then the arena (weights, activations, and the plans' workspace
