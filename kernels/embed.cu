@@ -321,7 +321,7 @@ MIAD_EXTERN void __launch_bounds__(EMB_THREADS)
 //   e·σ, e = (k + 3)·u·(√(n − 1) + 1) + u·|mean|/σ (Samuelson: |s − mean| ≤ σ√(n − 1); the
 //   last term is one ulp of the mean as an f32, which the f64 path rounds to as well), rstd
 //   by (k + 4)·u + e² relative, so x̂ = (x − mean)·rstd differs by ≤ e + ((k + 4)·u + e²)·|x̂|
-//   before γ, β: 5.5e-5 + 2e-6·|x̂| at n = 768 when |mean| ≲ σ, ~40× below bf16's half ulp
+//   before γ, β: 5.5e-5 + 2e-6·|x̂| at n = 768 when |mean| ≲ σ, ~35× below bf16's half ulp
 //   at |x̂| ≈ 1. tests/common/oracles.rs holds this bound and the f32-statistics reference
 //   that both test binaries check the kernel against.
 

@@ -30,8 +30,9 @@ pub const ATTENTION_HEAD_DIMS: [usize; 2] = [32, 64];
 const ATTENTION_TILE: usize = 64;
 /// Blocks a bf16 attention launch aims for: two per SM of an H100 (132 SMs), so that ViT-B/8
 /// (13 query tiles × 12 heads = 156 blocks) splits its keys in two and Point-MAE (96) in
-/// three. A constant, not the device's SM count: the split changes the rounding, and the
-/// results must not depend on the device (bench/gpu/ROOFLINE.md).
+/// three. A constant, so that the partial-result buffer can be planned without a device; a
+/// device whose SMs the unsplit grid already fills twice (Orin: 16 SMs) does not split
+/// ([`Attention::launch_splits`]), since there the combine's traffic is pure cost.
 pub const ATTENTION_TARGET_BLOCKS: usize = 264;
 /// Most key splits of one bf16 attention launch.
 pub const ATTENTION_MAX_SPLITS: usize = 4;
@@ -133,6 +134,18 @@ impl Attention {
         (tiles.div_ceil(per_split), per_split)
     }
 
+    /// The key splits a launch on a device of `sm_count` SMs uses: none when the unsplit
+    /// grid gives every SM two blocks, else [`Self::key_splits`]. The split changes the
+    /// rounding (within the bf16 tolerance), so results may differ between such devices.
+    pub fn launch_splits(n_tokens: usize, heads: usize, sm_count: usize) -> (usize, usize) {
+        let tiles = n_tokens.div_ceil(ATTENTION_TILE).max(1);
+        if tiles * heads >= 2 * sm_count {
+            (1, tiles)
+        } else {
+            Self::key_splits(n_tokens, heads)
+        }
+    }
+
     /// f32 elements of the partial results a bf16 launch of `n_tokens` x `heads` writes
     /// (0 when it does not split its keys): per split and row, the unnormalised output and
     /// the (maximum, sum) pair.
@@ -221,7 +234,8 @@ impl Attention {
         scale: f32,
     ) -> Result<()> {
         Self::check_shape(n_tokens, heads)?;
-        let (splits, per_split) = Self::key_splits(n_tokens, heads);
+        let sms = dev.sm_count.max(1) as usize;
+        let (splits, per_split) = Self::launch_splits(n_tokens, heads, sms);
         if splits > 1 && parts.raw() == 0 {
             return Err(Error::Config(format!(
                 "attention: {splits} key splits of {n_tokens} x {heads} need a partial-result buffer"
@@ -303,5 +317,16 @@ mod tests {
             }
         }
         assert_eq!(Attention::parts_len(785, 12), 2 * 785 * 12 * 66);
+        // On a device: an H100 splits as planned, Orin's 16 SMs are already full.
+        assert_eq!(Attention::launch_splits(785, 12, 132), (2, 7));
+        assert_eq!(Attention::launch_splits(1024, 6, 132), (3, 6));
+        assert_eq!(Attention::launch_splits(785, 12, 16), (1, 13));
+        assert_eq!(Attention::launch_splits(1024, 6, 16), (1, 16));
+        // Never more splits than planned (the buffer is sized by key_splits).
+        for sms in [1, 16, 108, 132, 148, 1000] {
+            for n in [1, 65, 300, 785, 1024, 4096] {
+                assert!(Attention::launch_splits(n, 6, sms).0 <= Attention::key_splits(n, 6).0);
+            }
+        }
     }
 }

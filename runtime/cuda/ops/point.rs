@@ -25,7 +25,8 @@ pub struct PointOptions {
 /// The default kernels for compute capability `sm` (87, 90, ...), from the roofline argument
 /// in bench/gpu/ROOFLINE.md until a GPU measures them: register FPS on sm_90 and later (it
 /// needs thread-block clusters), the shared-memory FPS before; bound-select kNN everywhere
-/// (the lane-heap kernel fills 32 blocks only, and on sm_87 one 140 KiB block per SM).
+/// (the lane-heap kernel fills 32 blocks only: on sm_87 one 140 KiB block per SM, and it
+/// cannot launch on sm_86/89, 99 KiB a block).
 pub fn default_kernels(sm: u32) -> (FpsKernel, KnnKernel) {
     let fps = if sm >= 90 {
         FpsKernel::RegistersBarrier
