@@ -148,8 +148,38 @@ fn word(s: ModalityStatus) -> u32 {
 struct Part<'a> {
     w: usize,
     h: usize,
+    /// Values (bytes, floats) from one row to the next, ≥ 3w; the same for both inputs.
+    stride: usize,
     rgb: Option<&'a [u8]>,
     cloud: Option<&'a [f32]>,
+}
+
+impl<'a> Part<'a> {
+    fn packed(w: usize, h: usize, rgb: Option<&'a [u8]>, cloud: Option<&'a [f32]>) -> Self {
+        Part {
+            w,
+            h,
+            stride: 3 * w,
+            rgb,
+            cloud,
+        }
+    }
+    fn rgb_view(&self) -> Option<RgbView<'a>> {
+        self.rgb.map(|r| RgbView {
+            data: r,
+            width: self.w,
+            height: self.h,
+            stride: self.stride,
+        })
+    }
+    fn cloud_view(&self) -> Option<CloudView<'a>> {
+        self.cloud.map(|c| CloudView {
+            data: c,
+            width: self.w,
+            height: self.h,
+            stride: self.stride,
+        })
+    }
 }
 
 fn cpu_run(
@@ -163,8 +193,8 @@ fn cpu_run(
     let mut scratch = vec![0f32; preprocess_scratch_len(cfg, part.w, part.h)];
     let st = preprocess(
         cfg,
-        part.rgb.map(|r| RgbView::packed(r, part.w, part.h)),
-        part.cloud.map(|c| CloudView::packed(c, part.w, part.h)),
+        part.rgb_view(),
+        part.cloud_view(),
         mode,
         &mut out,
         &mut scratch,
@@ -212,8 +242,8 @@ fn chain(
         0,
     ];
     let hd = Buf::from(&header);
-    let cloud = Buf::from(part.cloud.unwrap_or(&vec![0f32; 3 * w * h]));
-    let rgb = Buf::from(part.rgb.unwrap_or(&vec![0u8; 3 * w * h]));
+    let cloud = Buf::from(part.cloud.unwrap_or(&vec![0f32; part.stride * h]));
+    let rgb = Buf::from(part.rgb.unwrap_or(&vec![0u8; part.stride * h]));
     let st = Buf::filled(1, [0xdeadu64; 9] as State);
     let wcloud = Buf::filled(3 * wp, f32::NAN);
     let launch = |k: &str, cfgl: Cfg, a: &mut Args| sim().launch(k, &cfgl, a, seed);
@@ -235,7 +265,7 @@ fn chain(
     if let Some(c) = part.cloud {
         for r in 0..h {
             for col in 0..w {
-                let p = &c[3 * (r * w + col)..3 * (r * w + col) + 3];
+                let p = &c[r * part.stride + 3 * col..r * part.stride + 3 * col + 3];
                 any_nonfinite |= p.iter().any(|v| !v.is_finite());
                 if p.iter().all(|&v| v != 0.0 && v.is_finite()) {
                     any_valid = true;
@@ -246,7 +276,11 @@ fn chain(
         }
     }
     if let Some(im) = part.rgb {
-        differs = im.chunks_exact(3).any(|p| p != &im[..3]);
+        differs = (0..h).any(|r| {
+            im[r * part.stride..r * part.stride + 3 * w]
+                .chunks_exact(3)
+                .any(|p| p != &im[..3])
+        });
     }
     if wcloud.get() != &want[..] {
         return Err("pre_load: working cloud differs".into());
@@ -377,9 +411,7 @@ fn chain(
             _ => {}
         }
         // The plane itself: the CPU's bits.
-        let want_plane = part
-            .cloud
-            .and_then(|c| background_plane(cfg, &CloudView::packed(c, w, h)));
+        let want_plane = part.cloud_view().and_then(|c| background_plane(cfg, &c));
         let got_plane = (ok == 1).then(|| {
             let f = |i: usize| f64::from_bits(plane[i]);
             ([f(0), f(1), f(2)], f(3))
@@ -590,6 +622,7 @@ fn full_chain() -> Result<(), String> {
             let part = Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&p.rgb),
                 cloud: Some(&p.xyz),
             };
@@ -617,6 +650,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: None,
                 cloud: Some(&p.xyz),
             },
@@ -631,6 +665,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&blank),
                 cloud: Some(&nans),
             },
@@ -645,6 +680,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&p.rgb),
                 cloud: None,
             },
@@ -659,6 +695,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&p.rgb),
                 cloud: Some(&p.xyz),
             },
@@ -688,11 +725,6 @@ fn clean_chain() -> Result<(), String> {
     let (w, h) = (48, 40);
     let p = synth_part(Category::Disc, Some(Defect::Hole), 48, 2).map_err(|e| e.to_string())?;
     // A non-square part: the synthetic one's first 40 rows.
-    let part = Part {
-        w,
-        h,
-        rgb: Some(&p.rgb[..3 * w * h]),
-        cloud: Some(&p.xyz[..3 * w * h]),
-    };
+    let part = Part::packed(w, h, Some(&p.rgb[..3 * w * h]), Some(&p.xyz[..3 * w * h]));
     for_seeds(|seed| chain(&cfg, &part, PreprocessMode::AlreadyClean, 1, seed).map(|_| ()))
 }
