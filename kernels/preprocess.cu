@@ -1,4 +1,10 @@
-// Per-part cloud preprocessing on the device (SPEC §1, steps 1, 2, 4, 5): plane-distance
+// Preprocessing on the device (SPEC §1), two parts:
+// - preprocess_cloud_f32 (below, PointKernels::preprocess): the cloud steps only, with the
+//   plane and the cluster mask given by the host, sizes as launch arguments;
+// - the pre_* kernels (after it, DevicePreprocess): the whole preprocessing of a part,
+//   RANSAC and clustering included, sizes read from a part header in device memory.
+//
+// preprocess_cloud_f32: per-part cloud preprocessing (SPEC §1, steps 1, 2, 4, 5): plane-distance
 // mask, padding to a square, nearest resize to out_side×out_side, and compaction of the
 // valid points in row-major pixel order with their pixel indices (a block prefix sum, so
 // the order never depends on scheduling). The RANSAC plane and the cluster mask are
