@@ -118,8 +118,9 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
 //   3  pre_border         the non-zero points of the border frame, raster order
 //   4  pre_ransac_hyp     one block per RANSAC hypothesis: the CPU's draws (SplitMix64 at
 //                         a computed stream position), least-squares plane, inlier count
-//   5  pre_ransac_refit   best hypothesis (most inliers, first on ties), refit on its
-//                         inliers in one thread (the CPU's summation order)
+//   5  pre_ransac_refit   best hypothesis (most inliers, first on ties); its inliers
+//                         gathered in parallel, refitted in one thread (the CPU's
+//                         summation order)
 //   6  pre_plane_remove   zero points closer than plane_distance; cluster labels ← index
 //   7  pre_cluster_merge  union-find over 8-neighbours closer than eps
 //   8  pre_cluster_resolve  every point → its root (first pixel); component sizes
@@ -477,12 +478,15 @@ MIAD_EXTERN void __launch_bounds__(PRE_BLOCK)
 }
 
 // 5. grid: 1 × PRE_THREADS. The hypothesis with the most inliers (> 0; first on ties),
-// refitted on its inliers in frame order (its own plane when the refit fails).
+// refitted on its inliers in frame order (its own plane when the refit fails). The
+// inliers are gathered in parallel into `inliers` (3 floats each, frame order); the fit
+// sums them in one thread, in the CPU's order.
 MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     pre_ransac_refit(const float *__restrict__ wcloud, const int *__restrict__ border,
                      const PrePlane *__restrict__ hyps, int iterations, float threshold,
-                     PreState *__restrict__ st) {
+                     float *__restrict__ inliers, PreState *__restrict__ st) {
   __shared__ u64 best;
+  __shared__ int warp_sum[PRE_THREADS / 32];
   if (threadIdx.x == 0) best = 0;
   __syncthreads();
   u64 mine = 0;
@@ -493,32 +497,50 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
   }
   atomicMax(&best, mine);
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  PrePlane plane;
-  plane.ok = 0;
-  plane.count = 0;
-  plane.n0 = plane.n1 = plane.n2 = plane.d = 0.0;
-  if (best != 0) {
-    const PrePlane hyp = hyps[0xffffffffu - (u32)(best & 0xffffffffull)];
-    const u32 nb = st->n_border;
-    const double thr = (double)threshold;
-    plane = hyp;
-    PrePlane fit;
-    if (pre_fit_plane(
-            [&](auto f) {
-              for (u32 j = 0; j < nb; ++j) {
-                const float *p = wcloud + 3 * (long long)border[j];
-                if (pre_plane_dist(hyp, p) < thr) f(p);
-              }
-            },
-            fit)) {
-      plane.n0 = fit.n0;
-      plane.n1 = fit.n1;
-      plane.n2 = fit.n2;
-      plane.d = fit.d;
+  const u64 chosen = best;
+  if (chosen == 0) {
+    if (threadIdx.x == 0) {
+      PrePlane none;
+      none.n0 = none.n1 = none.n2 = none.d = 0.0;
+      none.count = none.ok = 0;
+      st->plane = none;
     }
-    plane.ok = 1;
+    return;
   }
+  const PrePlane hyp = hyps[0xffffffffu - (u32)(chosen & 0xffffffffull)];
+  const int nb = (int)st->n_border;
+  const double thr = (double)threshold;
+  const int per = (nb + blockDim.x - 1) / blockDim.x;
+  const int lo = min(nb, (int)threadIdx.x * per), hi = min(nb, lo + per);
+  auto at = [&](int j) { return wcloud + 3 * (long long)border[j]; };
+  int cnt = 0;
+  for (int j = lo; j < hi; ++j) cnt += pre_plane_dist(hyp, at(j)) < thr;
+  int k;
+  int pos = pre_block_scan(cnt, warp_sum, k);
+  for (int j = lo; j < hi; ++j) {
+    const float *p = at(j);
+    if (pre_plane_dist(hyp, p) < thr) {
+      inliers[3 * pos] = p[0];
+      inliers[3 * pos + 1] = p[1];
+      inliers[3 * pos + 2] = p[2];
+      ++pos;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  PrePlane plane = hyp;
+  PrePlane fit;
+  if (pre_fit_plane(
+          [&](auto f) {
+            for (int j = 0; j < k; ++j) f(inliers + 3 * j);
+          },
+          fit)) {
+    plane.n0 = fit.n0;
+    plane.n1 = fit.n1;
+    plane.n2 = fit.n2;
+    plane.d = fit.d;
+  }
+  plane.ok = 1;
   st->plane = plane;
 }
 

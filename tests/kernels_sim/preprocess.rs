@@ -325,6 +325,7 @@ fn chain(
         let iters = cfg.ransac_iterations as usize;
         let draws = cfg.ransac_points.max(3) as i32;
         let hyps = Buf::filled(iters.max(1), [0u64; 5] as Plane);
+        let inliers = Buf::filled(3 * cap, f32::NAN);
         launch(
             "pre_ransac_hyp",
             Cfg::new(iters.max(1) as u32, PRE_BLOCK),
@@ -397,6 +398,7 @@ fn chain(
                 .buf(&hyps)
                 .val(iters as i32)
                 .val(cfg.ransac_threshold)
+                .buf(&inliers)
                 .buf(&st),
         )?;
         let plane = &st.get()[0][4..9];

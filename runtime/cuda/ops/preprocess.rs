@@ -255,7 +255,7 @@ impl PreprocessKernels {
     /// `pre_ransac_refit`: the plane into the state.
     ///
     /// # Safety
-    /// As [`Self::ransac_hyp`].
+    /// As [`Self::ransac_hyp`]; `inliers` valid for 3 floats per frame pixel.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn ransac_refit(
         &self,
@@ -265,9 +265,10 @@ impl PreprocessKernels {
         hyps: DevPtr<PlaneRec>,
         iterations: i32,
         threshold: f32,
+        inliers: DevPtr<f32>,
         st: DevPtr<PreState>,
     ) -> Result<()> {
-        let mut a = kernel_args![wcloud, border, hyps, iterations, threshold, st];
+        let mut a = kernel_args![wcloud, border, hyps, iterations, threshold, inliers, st];
         dev.launch(
             self.ransac_refit,
             (1, 1, 1),

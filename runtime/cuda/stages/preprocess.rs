@@ -34,15 +34,17 @@
 //! border frame's points in raster order; RANSAC hypotheses one block each (the CPU's
 //! SplitMix64 draws at computed stream positions, f64 least-squares planes with the CPU's
 //! operation order and no FMA, inlier counts); the best hypothesis (most inliers, first on
-//! ties) refitted on its inliers in one thread (the CPU's summation order, so the plane
-//! is the CPU's bits); plane removal; largest 8-connected cluster by union-find (roots =
+//! ties), its inliers gathered in parallel and refitted in one thread (the CPU's
+//! summation order, so the plane is the CPU's bits); plane removal; largest 8-connected cluster by union-find (roots =
 //! first pixels, largest size then first root, as the CPU); RGB bicubic resize (PIL
 //! tables for the part's working size, removed pixels read as 0) and normalisation;
 //! nearest resize and compaction with the status word. AlreadyClean: reset, load, RGB,
 //! compaction.
 //!
-//! The refit is sequential (one thread sums the inliers in frame order): bit-identity
-//! with the CPU's f64 sums costs a few hundred microseconds on a GPU for a large frame.
+//! Serial parts (the price of the CPU's bits; not measured, no GPU was available): the
+//! refit's two f64 passes over the inliers in one thread (the frame has up to
+//! `4 · border · side` points), each hypothesis's 50-point fit in one thread of its block,
+//! and the single-block border gather and compaction.
 
 use std::sync::Arc;
 
@@ -253,6 +255,7 @@ struct PreSlots {
     labels: Slot<u32>,
     sizes: Slot<u32>,
     border: Slot<i32>,
+    inliers: Slot<f32>,
     hyps: Slot<PlaneRec>,
     first_x: Slot<i32>,
     w_x: Slot<f32>,
@@ -281,6 +284,7 @@ impl PreSlots {
             labels: a.add(wp),
             sizes: a.add(wp),
             border: a.add(s.border_cap),
+            inliers: a.add(3 * s.border_cap),
             hyps: a.add(s.iterations.max(1)),
             first_x: a.add(s.side),
             w_x: a.add(s.side * s.taps),
@@ -516,6 +520,7 @@ impl DevicePreprocess {
                 hyps,
                 s.iterations as i32,
                 cfg.ransac_threshold,
+                a.ptr(sl.inliers),
                 st,
             )?;
             k.clean(
