@@ -24,6 +24,7 @@ pub const TESTS: &[Test] = &[
     ("pre_kernels_full_preprocessing_as_the_cpu", full_chain),
     ("pre_kernels_incomplete_parts_as_the_cpu", incomplete_chain),
     ("pre_kernels_already_clean_as_the_cpu", clean_chain),
+    ("pre_kernels_tiny_parts_as_the_cpu", tiny_chain),
 ];
 
 fn keep_rule() -> Result<(), String> {
@@ -729,4 +730,41 @@ fn clean_chain() -> Result<(), String> {
     // A non-square part: the synthetic one's first 40 rows.
     let part = Part::packed(w, h, Some(&p.rgb[..3 * w * h]), Some(&p.xyz[..3 * w * h]));
     for_seeds(|seed| chain(&cfg, &part, PreprocessMode::AlreadyClean, 1, seed).map(|_| ()))
+}
+
+/// Parts smaller than the border frame (every pixel is a frame pixel) and a one-row part:
+/// a tilted plane with a raised block in the middle.
+fn tiny_chain() -> Result<(), String> {
+    let cfg = PreprocessConfig {
+        cluster_min_points: 4,
+        ..small_cfg()
+    };
+    for_seeds(|seed| {
+        for (w, h) in [(12usize, 9usize), (25, 1), (30, 24)] {
+            let mut xyz = vec![0f32; 3 * w * h];
+            let mut rgb = vec![0u8; 3 * w * h];
+            for r in 0..h {
+                for c in 0..w {
+                    let i = 3 * (r * w + c);
+                    let raised =
+                        (w / 3..2 * w / 3).contains(&c) && (h / 3..=2 * h / 3).contains(&r);
+                    let z = 0.5 + 0.0005 * c as f32 + if raised { 0.02 } else { 0.0 };
+                    xyz[i..i + 3].copy_from_slice(&[
+                        0.001 * (c as f32 + 1.0),
+                        0.001 * (r as f32 + 1.0),
+                        z,
+                    ]);
+                    rgb[i..i + 3].copy_from_slice(&[
+                        (7 * c) as u8,
+                        (11 * r) as u8,
+                        (seed * 40) as u8,
+                    ]);
+                }
+            }
+            let part = Part::packed(w, h, Some(&rgb), Some(&xyz));
+            chain(&cfg, &part, PreprocessMode::Full, 1, seed)
+                .map_err(|e| format!("{w}×{h}: {e}"))?;
+        }
+        Ok(())
+    })
 }

@@ -1,5 +1,8 @@
-//! Launch wrapper of `kernels/preprocess.cu`: plane removal, padding, nearest resize and
-//! compaction of an organized point cloud in one block. Part of [`PointKernels`].
+//! Launch wrappers of `kernels/preprocess.cu`: [`PointKernels::preprocess`] (plane removal
+//! with a given plane, padding, nearest resize and compaction of an organized point cloud
+//! in one block), and [`PreprocessKernels`], the `pre_*` kernels of the whole
+//! preprocessing of a part driven by a [`PartHeader`] in device memory (used by
+//! [`crate::cuda::stages::preprocess::DevicePreprocess`]).
 
 use super::point::PointKernels;
 use crate::cuda::device::arena::DevPtr;
