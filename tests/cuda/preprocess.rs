@@ -115,6 +115,9 @@ impl Rig {
             want_map[q as usize] = i as i32;
         }
         assert_eq!(map, want_map, "{what}: pixel map");
+        if want.cloud_usable() {
+            assert_eq!(gpu.cloud, cpu.cloud, "{what}: resized cloud");
+        }
         let rgb_diff = gpu
             .rgb_input
             .iter()

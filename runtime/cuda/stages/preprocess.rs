@@ -571,11 +571,17 @@ impl DevicePreprocess {
         )
     }
 
-    /// Reads the stage's own targets into `out` (points, pixels, count, RGB input; not
-    /// `out.cloud`) and returns the status. Waits for the stream.
+    /// Reads the stage's own targets into `out` and returns the status. Waits for the
+    /// stream. `out.cloud` (the resized cloud) is rebuilt from the points: the CPU's when
+    /// the cloud is usable; all zero otherwise (the CPU keeps the few resized points of a
+    /// `TooFewPoints` cloud there).
     pub fn download(&self, out: &mut PreprocessOutput) -> Result<ModalityStatus> {
         let s2 = self.sizes.side * self.sizes.side;
-        if out.size != self.sizes.side || out.points.len() < 3 * s2 || out.point_pixels.len() < s2 {
+        if out.size != self.sizes.side
+            || out.points.len() < 3 * s2
+            || out.point_pixels.len() < s2
+            || out.cloud.len() < 3 * s2
+        {
             return Err(Error::Device(DeviceError::BadCall(format!(
                 "preprocessing output of side {}, the stage has {}",
                 out.size, self.sizes.side
@@ -596,6 +602,17 @@ impl DevicePreprocess {
         )?;
         a.download(dev, sl.rgb_input, &mut out.rgb_input[..3 * s2])?;
         out.n_points = n;
+        let cloud = &mut out.cloud[..3 * s2];
+        cloud.fill(0.0);
+        for (p, &q) in out.points[..3 * n]
+            .chunks_exact(3)
+            .zip(&out.point_pixels[..n])
+        {
+            let q = 3 * q as usize;
+            if let Some(dst) = cloud.get_mut(q..q + 3) {
+                dst.copy_from_slice(p);
+            }
+        }
         decode_status(word[0])
     }
 
