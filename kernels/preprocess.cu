@@ -48,6 +48,18 @@ __device__ __forceinline__ int pre_block_scan(int cnt, int *warp_sum, int &total
   return incl - cnt + (warp > 0 ? warp_sum[warp - 1] : 0);
 }
 
+// SPEC §1.5–1.6: a point needs all three coordinates non-zero and finite.
+__device__ __forceinline__ bool pre_valid(float x, float y, float z) {
+  return x != 0.f && y != 0.f && z != 0.f && isfinite(x) && isfinite(y) && isfinite(z);
+}
+
+// PyTorch's nearest source index: min(⌊dst · (in/out)⌋, in − 1), ratio in f32.
+__device__ __forceinline__ int pre_nearest(int dst, int in, int out) {
+  if (in == out) return dst;
+  const float scale = __fdiv_rn((float)in, (float)out);
+  return min((int)floorf(__fmul_rn((float)dst, scale)), in - 1);
+}
+
 MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     preprocess_cloud_f32(const float *__restrict__ cloud, int h, int w, int stride,
                          const float *__restrict__ plane, float plane_dist,
@@ -59,7 +71,6 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
   const int total = out_side * out_side;
   const int per = (total + blockDim.x - 1) / blockDim.x;
   const int lo = min(total, tid * per), hi = min(total, lo + per);
-  const float scale = __fdiv_rn((float)pad_side, (float)out_side);
   float pa = 0.f, pb = 0.f, pcc = 0.f, pd = 0.f;
   if (plane) {
     pa = plane[0];
@@ -68,17 +79,14 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     pd = plane[3];
   }
   auto valid = [&](int q, float &x, float &y, float &z) -> bool {
-    const int r = q / out_side, c = q % out_side;
-    const int sr = min((int)floorf(__fmul_rn((float)r, scale)), pad_side - 1) - off_r;
-    const int sc = min((int)floorf(__fmul_rn((float)c, scale)), pad_side - 1) - off_c;
+    const int sr = pre_nearest(q / out_side, pad_side, out_side) - off_r;
+    const int sc = pre_nearest(q % out_side, pad_side, out_side) - off_c;
     if (sr < 0 || sr >= h || sc < 0 || sc >= w) return false;
     const float *p = cloud + (size_t)sr * stride + 3 * sc;
     x = p[0];
     y = p[1];
     z = p[2];
-    // SPEC §1.5-1.6: a point needs all three coordinates non-zero and finite.
-    if (x == 0.f || y == 0.f || z == 0.f) return false;
-    if (!isfinite(x) || !isfinite(y) || !isfinite(z)) return false;
+    if (!pre_valid(x, y, z)) return false;
     if (keep && !keep[(size_t)sr * w + sc]) return false;
     if (plane) {
       const float dist =
@@ -170,10 +178,6 @@ struct PreState {
   u64 best_cluster;  // (size << 32) | (0xffffffff − root), 0: no point
   PrePlane plane;    // the fitted background plane (ok = 0: none removed)
 };
-
-__device__ __forceinline__ bool pre_valid(float x, float y, float z) {
-  return x != 0.f && y != 0.f && z != 0.f && isfinite(x) && isfinite(y) && isfinite(z);
-}
 
 __device__ __forceinline__ bool pre_nonzero(const float *p) {
   return p[0] != 0.f || p[1] != 0.f || p[2] != 0.f;
@@ -710,13 +714,6 @@ MIAD_EXTERN void __launch_bounds__(PRE_BLOCK)
   dst[i] = miad_imagenet_norm(acc[0], m0, s0);
   dst[plane + i] = miad_imagenet_norm(acc[1], m1, s1);
   dst[2 * plane + i] = miad_imagenet_norm(acc[2], m2, s2);
-}
-
-// PyTorch's nearest source index: min(⌊dst · (in/out)⌋, in − 1), ratio in f32.
-__device__ __forceinline__ int pre_nearest(int dst, int in, int out) {
-  if (in == out) return dst;
-  const float scale = __fdiv_rn((float)in, (float)out);
-  return min((int)floorf(__fmul_rn((float)dst, scale)), in - 1);
 }
 
 // 14. grid: 1 × PRE_THREADS. Nearest resize of the working cloud to out × out, the non-zero
