@@ -11,7 +11,10 @@
 //!   image, too few points, nothing left after cleaning;
 //! - parts of different sizes replayed through the same graph (sizes come from the
 //!   header in device memory), and the AlreadyClean mode;
-//! - inputs beyond the planned size refused on the host.
+//! - inputs beyond the planned size, or image and cloud of different sizes, refused on
+//!   the host; no allocation per part after the first;
+//! - the default (M3DM) configuration: 1000 hypotheses, 224×224, up- and downscaling;
+//! - a model's stage: its preprocessing and its point branch's minimum point count.
 
 use std::sync::Arc;
 
@@ -409,4 +412,32 @@ fn a_part_allocates_nothing_after_the_first() {
         "preprocessing a part allocated (allocations, bytes)"
     );
     assert!(out.n_points > 0);
+}
+
+#[test]
+fn a_models_stage_uses_its_preprocessing_and_point_branch_minimum() {
+    use crate::shared::point_branch::TempModel;
+    use miad::config::ModelConfig;
+    let mut cfg = ModelConfig::demo();
+    cfg.preprocess.ransac_iterations = 16;
+    let pc = cfg
+        .point
+        .clone()
+        .expect("the demo model has a point branch");
+    let tm = TempModel::new(crate::common::scratch_dir("cuda-preprocess-model"), &cfg, 3);
+    let needs = DevicePreprocess::arena_needs(&tm.model, 96, 96, PreprocessMode::Full).unwrap();
+    assert_eq!(needs.len(), 1);
+    assert_eq!(needs[0].0, DevicePreprocess::ARENA_REGION);
+    let Some(dev) = test_device("preprocess") else {
+        return;
+    };
+    let stage = DevicePreprocess::on_device(Arc::new(dev), &tm.model, 96, 96, PreprocessMode::Full)
+        .unwrap();
+    assert_eq!(stage.side(), cfg.preprocess.image_size as usize);
+    assert_eq!(
+        stage.min_points(),
+        PreprocessOutput::for_point_branch(&cfg.preprocess, &pc).min_points
+    );
+    // A zero-sized plan is refused before the device is touched.
+    assert!(DevicePreprocess::arena_needs(&tm.model, 0, 96, PreprocessMode::Full).is_err());
 }
