@@ -305,3 +305,121 @@ __device__ __forceinline__ bool miad_mbar_try_wait_parity(u32 bar, u32 parity) {
 #endif
 }
 #endif  // __CUDA_ARCH__ >= 900
+
+// ======================================================================================
+// RGB resize as PIL's BICUBIC (a = −0.5, support widened by the scale when downscaling),
+// in the operation order of pipeline/preprocess.rs (`bicubic`, `pil_coeffs`,
+// `resize_bicubic_pil`), for embed.cu's and preprocess.cu's resize kernels.
+// ======================================================================================
+__device__ __forceinline__ double miad_pil_bicubic(double x) {
+  const double a = -0.5;
+  x = fabs(x);
+  if (x < 1.0) {
+    // ((a + 2) x − (a + 3)) x x + 1
+    return __dadd_rn(__dmul_rn(__dmul_rn(__dsub_rn(__dmul_rn(1.5, x), 2.5), x), x), 1.0);
+  }
+  if (x < 2.0) {
+    // (((x − 5) x + 8) x − 4) a
+    return __dmul_rn(
+        __dsub_rn(__dmul_rn(__dadd_rn(__dmul_rn(__dsub_rn(x, 5.0), x), 8.0), x), 4.0), a);
+  }
+  return 0.0;
+}
+
+// PIL's 8-bit store: round half up, clip to 0..=255.
+__device__ __forceinline__ float miad_pil_u8(float v) {
+  return fminf(fmaxf(floorf(__fadd_rn(v, 0.5f)), 0.f), 255.f);
+}
+
+// Output index `o` of the `in → out` table: first source index and `taps` weights (f64,
+// normalised by their f64 sum, stored as f32), zeros past the kernel's end. The weights
+// are recomputed in the second loop instead of kept in a local array (same values; no
+// stack frame).
+__device__ __forceinline__ void miad_pil_coeffs_row(int in, int out, int taps, int o,
+                                                    int *__restrict__ first,
+                                                    float *__restrict__ w) {
+  const double scale = __ddiv_rn((double)in, (double)out);
+  const double filterscale = fmax(scale, 1.0);
+  const double support = __dmul_rn(2.0, filterscale);
+  const double center = __dmul_rn(__dadd_rn((double)o, 0.5), scale);
+  const double ww = __ddiv_rn(1.0, filterscale);
+  long long xmin = (long long)floor(__dadd_rn(__dsub_rn(center, support), 0.5));
+  if (xmin < 0) xmin = 0;
+  long long xend = (long long)floor(__dadd_rn(__dadd_rn(center, support), 0.5));
+  if (xend > in) xend = in;
+  long long cnt = xend > xmin ? xend - xmin : 0;
+  if (cnt > taps) cnt = taps;
+  if (cnt > 64) cnt = 64;
+  const double xm = (double)xmin;
+  double sum = 0.0;
+  for (int t = 0; t < (int)cnt; ++t)
+    sum = __dadd_rn(sum, miad_pil_bicubic(__dmul_rn(
+                             __dadd_rn(__dsub_rn(__dadd_rn((double)t, xm), center), 0.5), ww)));
+  float *row = w + (long long)o * taps;
+  for (int t = 0; t < taps; ++t) {
+    float v = 0.f;
+    if (t < (int)cnt && sum != 0.0) {
+      const double k = miad_pil_bicubic(
+          __dmul_rn(__dadd_rn(__dsub_rn(__dadd_rn((double)t, xm), center), 0.5), ww));
+      v = __double2float_rn(__ddiv_rn(k, sum));
+    }
+    row[t] = v;
+  }
+  first[o] = (int)xmin;
+}
+
+// One output value of a resize pass: the taps of row `wr` from source index `x0`, taps past
+// `limit` and zero weights skipped, each product and sum rounded (no FMA); `fetch(x, p)`
+// writes the three channels of source index x into p. Returns the three sums unrounded.
+template <class Fetch>
+__device__ __forceinline__ void miad_pil_taps(int x0, const float *__restrict__ wr, int taps,
+                                              int limit, Fetch fetch, float acc[3]) {
+  acc[0] = acc[1] = acc[2] = 0.f;
+  for (int t = 0; t < taps; ++t) {
+    const float wt = wr[t];
+    const int x = x0 + t;
+    if (wt == 0.f || x >= limit) continue;
+    float p[3];
+    fetch(x, p);
+    acc[0] = __fadd_rn(acc[0], __fmul_rn(wt, p[0]));
+    acc[1] = __fadd_rn(acc[1], __fmul_rn(wt, p[1]));
+    acc[2] = __fadd_rn(acc[2], __fmul_rn(wt, p[2]));
+  }
+}
+
+// (v / 255 − mean) / std of an 8-bit store.
+__device__ __forceinline__ float miad_imagenet_norm(float acc, float mean, float std) {
+  return __fdiv_rn(__fsub_rn(__fdiv_rn(miad_pil_u8(acc), 255.f), mean), std);
+}
+
+// ======================================================================================
+// Union-find over pixel labels (Playne & Hawick): a label is its pixel's index or a
+// smaller pixel's index; the larger root is linked under the smaller with an integer
+// atomicMin, so the final root of a component is its first pixel in raster order, in any
+// schedule (maps.cu's regions, preprocess.cu's largest cluster).
+// ======================================================================================
+__device__ __forceinline__ u32 miad_uf_find(const volatile u32 *L, u32 x) {
+  u32 p = L[x];
+  while (p != x) {
+    x = p;
+    p = L[x];
+  }
+  return x;
+}
+
+__device__ __forceinline__ void miad_uf_unite(u32 *L, u32 a, u32 b) {
+  const volatile u32 *V = L;
+  while (true) {
+    a = miad_uf_find(V, a);
+    b = miad_uf_find(V, b);
+    if (a == b) return;
+    if (a > b) {
+      const u32 tmp = a;
+      a = b;
+      b = tmp;
+    }
+    const u32 old = atomicMin(L + b, a);
+    if (old == b) return;
+    b = old;
+  }
+}

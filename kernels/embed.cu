@@ -50,31 +50,9 @@ struct EmbBf16 {
 // ---------------------------------------------------------------------------------------
 // RGB resize (PIL BICUBIC, a = −0.5, support widened by the scale when downscaling).
 
-// PIL's bicubic kernel in f64, operation order of preprocess.rs `bicubic`.
-__device__ __forceinline__ double emb_bicubic(double x) {
-  const double a = -0.5;
-  x = fabs(x);
-  if (x < 1.0) {
-    // ((a + 2) x − (a + 3)) x x + 1
-    return __dadd_rn(__dmul_rn(__dmul_rn(__dsub_rn(__dmul_rn(1.5, x), 2.5), x), x), 1.0);
-  }
-  if (x < 2.0) {
-    // (((x − 5) x + 8) x − 4) a
-    return __dmul_rn(
-        __dsub_rn(__dmul_rn(__dadd_rn(__dmul_rn(__dsub_rn(x, 5.0), x), 8.0), x), 4.0), a);
-  }
-  return 0.0;
-}
-
-// PIL's 8-bit store: round half up, clip to 0..=255.
-__device__ __forceinline__ float emb_pil_u8(float v) {
-  return fminf(fmaxf(floorf(__fadd_rn(v, 0.5f)), 0.f), 255.f);
-}
-
 // Resampling tables of both axes (blockIdx.y: 0 = x, 1 = y) for `in → out`: first source
-// index and `taps` weights per output index, zeros past the kernel's end (preprocess.rs
-// `pil_coeffs`). The weights are recomputed in the second loop instead of kept in a local
-// array (same values; no stack frame).
+// index and `taps` weights per output index, zeros past the kernel's end
+// (miad_pil_coeffs_row, preprocess.rs `pil_coeffs`).
 MIAD_EXTERN void __launch_bounds__(EMB_THREADS)
     pil_coeffs_f32(int in_x, int taps_x, int *__restrict__ first_x, float *__restrict__ w_x,
                    int in_y, int taps_y, int *__restrict__ first_y, float *__restrict__ w_y,
@@ -82,38 +60,8 @@ MIAD_EXTERN void __launch_bounds__(EMB_THREADS)
   const int o = (int)emb_index();
   if (o >= out) return;
   const bool axis_x = blockIdx.y == 0;
-  const int in = axis_x ? in_x : in_y;
-  const int taps = axis_x ? taps_x : taps_y;
-  int *first = axis_x ? first_x : first_y;
-  float *w = axis_x ? w_x : w_y;
-  const double scale = __ddiv_rn((double)in, (double)out);
-  const double filterscale = fmax(scale, 1.0);
-  const double support = __dmul_rn(2.0, filterscale);
-  const double center = __dmul_rn(__dadd_rn((double)o, 0.5), scale);
-  const double ww = __ddiv_rn(1.0, filterscale);
-  long long xmin = (long long)floor(__dadd_rn(__dsub_rn(center, support), 0.5));
-  if (xmin < 0) xmin = 0;
-  long long xend = (long long)floor(__dadd_rn(__dadd_rn(center, support), 0.5));
-  if (xend > in) xend = in;
-  long long cnt = xend > xmin ? xend - xmin : 0;
-  if (cnt > taps) cnt = taps;
-  if (cnt > 64) cnt = 64;
-  const double xm = (double)xmin;
-  double sum = 0.0;
-  for (int t = 0; t < (int)cnt; ++t)
-    sum = __dadd_rn(sum, emb_bicubic(__dmul_rn(
-                             __dadd_rn(__dsub_rn(__dadd_rn((double)t, xm), center), 0.5), ww)));
-  float *row = w + (long long)o * taps;
-  for (int t = 0; t < taps; ++t) {
-    float v = 0.f;
-    if (t < (int)cnt && sum != 0.0) {
-      const double k = emb_bicubic(
-          __dmul_rn(__dadd_rn(__dsub_rn(__dadd_rn((double)t, xm), center), 0.5), ww));
-      v = __double2float_rn(__ddiv_rn(k, sum));
-    }
-    row[t] = v;
-  }
-  first[o] = (int)xmin;
+  miad_pil_coeffs_row(axis_x ? in_x : in_y, out, axis_x ? taps_x : taps_y, o,
+                      axis_x ? first_x : first_y, axis_x ? w_x : w_y);
 }
 
 // Horizontal pass. The working image is `work_w × work_h`: the part's `w × h` 8-bit HWC
@@ -128,31 +76,26 @@ MIAD_EXTERN void __launch_bounds__(EMB_THREADS)
   const long long i = emb_index();
   if (i >= (long long)work_h * out) return;
   const int y = (int)(i / out), ox = (int)(i % out);
-  const int x0 = first_x[ox];
-  const float *wr = w_x + (long long)ox * taps;
   const int sy = y - top;
   const bool row_in = sy >= 0 && sy < h;
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f;
-  for (int t = 0; t < taps; ++t) {
-    const float wt = wr[t];
-    const int x = x0 + t;
-    if (wt == 0.f || x >= work_w) continue;
-    const int sx = x - left;
-    float p0 = 0.f, p1 = 0.f, p2 = 0.f;
-    if (row_in && sx >= 0 && sx < w && !(zero_mask && zero_mask[(long long)sy * w + sx])) {
-      const unsigned char *p = img + (long long)sy * stride + 3 * sx;
-      p0 = (float)p[0];
-      p1 = (float)p[1];
-      p2 = (float)p[2];
-    }
-    a0 = __fadd_rn(a0, __fmul_rn(wt, p0));
-    a1 = __fadd_rn(a1, __fmul_rn(wt, p1));
-    a2 = __fadd_rn(a2, __fmul_rn(wt, p2));
-  }
+  float acc[3];
+  miad_pil_taps(first_x[ox], w_x + (long long)ox * taps, taps, work_w,
+                [&](int x, float p[3]) {
+                  const int sx = x - left;
+                  p[0] = p[1] = p[2] = 0.f;
+                  if (row_in && sx >= 0 && sx < w &&
+                      !(zero_mask && zero_mask[(long long)sy * w + sx])) {
+                    const unsigned char *q = img + (long long)sy * stride + 3 * sx;
+                    p[0] = (float)q[0];
+                    p[1] = (float)q[1];
+                    p[2] = (float)q[2];
+                  }
+                },
+                acc);
   float *o = tmp + 3 * i;
-  o[0] = emb_pil_u8(a0);
-  o[1] = emb_pil_u8(a1);
-  o[2] = emb_pil_u8(a2);
+  o[0] = miad_pil_u8(acc[0]);
+  o[1] = miad_pil_u8(acc[1]);
+  o[2] = miad_pil_u8(acc[2]);
 }
 
 // Vertical pass over `tmp` (`work_h × out × 3`), 8-bit store, then the ImageNet
@@ -165,20 +108,18 @@ MIAD_EXTERN void __launch_bounds__(EMB_THREADS)
   const long long i = emb_index();
   if (i >= plane) return;
   const int oy = (int)(i / out), ox = (int)(i % out);
-  const int y0 = first_y[oy];
-  const float *wr = w_y + (long long)oy * taps;
-  float a0 = 0.f, a1 = 0.f, a2 = 0.f;
-  for (int t = 0; t < taps; ++t) {
-    const float wt = wr[t];
-    if (wt == 0.f || y0 + t >= work_h) continue;
-    const float *p = tmp + 3 * ((long long)(y0 + t) * out + ox);
-    a0 = __fadd_rn(a0, __fmul_rn(wt, p[0]));
-    a1 = __fadd_rn(a1, __fmul_rn(wt, p[1]));
-    a2 = __fadd_rn(a2, __fmul_rn(wt, p[2]));
-  }
-  dst[i] = __fdiv_rn(__fsub_rn(__fdiv_rn(emb_pil_u8(a0), 255.f), m0), s0);
-  dst[plane + i] = __fdiv_rn(__fsub_rn(__fdiv_rn(emb_pil_u8(a1), 255.f), m1), s1);
-  dst[2 * plane + i] = __fdiv_rn(__fsub_rn(__fdiv_rn(emb_pil_u8(a2), 255.f), m2), s2);
+  float acc[3];
+  miad_pil_taps(first_y[oy], w_y + (long long)oy * taps, taps, work_h,
+                [&](int y, float p[3]) {
+                  const float *q = tmp + 3 * ((long long)y * out + ox);
+                  p[0] = q[0];
+                  p[1] = q[1];
+                  p[2] = q[2];
+                },
+                acc);
+  dst[i] = miad_imagenet_norm(acc[0], m0, s0);
+  dst[plane + i] = miad_imagenet_norm(acc[1], m1, s1);
+  dst[2 * plane + i] = miad_imagenet_norm(acc[2], m2, s2);
 }
 
 // ---------------------------------------------------------------------------------------

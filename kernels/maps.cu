@@ -486,33 +486,6 @@ MIAD_EXTERN void maps_part(const PartParams p, const BankScoreRec *__restrict__ 
   *out = d;
 }
 
-__device__ __forceinline__ u32 maps_find(const volatile u32 *L, u32 x) {
-  u32 p = L[x];
-  while (p != x) {
-    x = p;
-    p = L[x];
-  }
-  return x;
-}
-
-// Links the trees of a and b, the larger root under the smaller (Playne & Hawick).
-__device__ void maps_unite(u32 *L, u32 a, u32 b) {
-  const volatile u32 *V = L;
-  while (true) {
-    a = maps_find(V, a);
-    b = maps_find(V, b);
-    if (a == b) return;
-    if (a > b) {
-      const u32 tmp = a;
-      a = b;
-      b = tmp;
-    }
-    const u32 old = atomicMin(L + b, a);
-    if (old == b) return;
-    b = old;
-  }
-}
-
 // grid: ceil(s²/MAPS_THREADS). Unions each labelled pixel with its labelled neighbours
 // W, NW, N, NE. A NaN threshold links nothing (the CPU's flood fill then never joins a
 // neighbour: `map > NaN` is false).
@@ -522,12 +495,12 @@ MIAD_EXTERN void maps_label_merge(int s, float threshold, u32 *__restrict__ labe
   if (labels[i] == MAPS_NONE) return;
   const int y = i / s, x = i % s;
   const volatile u32 *V = labels;
-  if (x > 0 && V[i - 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(i - 1));
+  if (x > 0 && V[i - 1] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)(i - 1));
   if (y > 0) {
     const int up = i - s;
-    if (x > 0 && V[up - 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(up - 1));
-    if (V[up] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)up);
-    if (x + 1 < s && V[up + 1] != MAPS_NONE) maps_unite(labels, (u32)i, (u32)(up + 1));
+    if (x > 0 && V[up - 1] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)(up - 1));
+    if (V[up] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)up);
+    if (x + 1 < s && V[up + 1] != MAPS_NONE) miad_uf_unite(labels, (u32)i, (u32)(up + 1));
   }
 }
 
@@ -538,7 +511,7 @@ MIAD_EXTERN void maps_label_resolve(int s, const float *__restrict__ map, u32 *_
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= s * s) return;
   if (((const volatile u32 *)labels)[i] == MAPS_NONE) return;
-  const u32 root = maps_find((const volatile u32 *)labels, (u32)i);
+  const u32 root = miad_uf_find((const volatile u32 *)labels, (u32)i);
   labels[i] = root;
   atomicMax(peak + root, maps_ord(map[i]));
 }

@@ -440,9 +440,28 @@ fn remove_plane(
             }
         }
     }
-    let border_pts = &mut border_pts[..3 * nb];
-    if nb < 3 {
+    let Some((n, d)) = ransac_plane(cfg, &mut border_pts[..3 * nb], sample) else {
         return;
+    };
+    let dist = cfg.plane_distance as f64;
+    for p in wcloud.chunks_exact_mut(3) {
+        if p != [0.0, 0.0, 0.0] && plane_dist(&n, d, p) < dist {
+            p.fill(0.0);
+        }
+    }
+}
+
+/// The RANSAC plane of `border_pts` (k×3, the frame's points in raster order; reordered
+/// in place): the hypothesis with the most inliers (first on ties), refitted on its
+/// inliers. `None` below 3 points or without a hypothesis that has an inlier.
+fn ransac_plane(
+    cfg: &PreprocessConfig,
+    border_pts: &mut [f32],
+    sample: &mut [f32],
+) -> Option<([f64; 3], f64)> {
+    let nb = border_pts.len() / 3;
+    if nb < 3 {
+        return None;
     }
     let mut rng = Rng::new(cfg.ransac_seed);
     let thr = cfg.ransac_threshold as f64;
@@ -465,9 +484,7 @@ fn remove_plane(
             best = Some((n, d));
         }
     }
-    let Some((n, d)) = best else {
-        return;
-    };
+    let (n, d) = best?;
     // refit on the inliers (compacted to the front of the border buffer)
     let mut k = 0usize;
     for i in 0..nb {
@@ -476,13 +493,25 @@ fn remove_plane(
             k += 1;
         }
     }
-    let (n, d) = fit_plane(&border_pts[..3 * k]).unwrap_or((n, d));
-    let dist = cfg.plane_distance as f64;
-    for p in wcloud.chunks_exact_mut(3) {
-        if p != [0.0, 0.0, 0.0] && plane_dist(&n, d, p) < dist {
-            p.fill(0.0);
+    Some(fit_plane(&border_pts[..3 * k]).unwrap_or((n, d)))
+}
+
+/// The background plane (unit normal, offset) that [`PreprocessMode::Full`] removes from
+/// `cloud`, or `None` when none is removed. Allocates: for tests and diagnostics (the
+/// device preprocessing is checked against it bit for bit).
+pub fn background_plane(cfg: &PreprocessConfig, cloud: &CloudView<'_>) -> Option<([f64; 3], f64)> {
+    let (w, h, b) = (cloud.width, cloud.height, cfg.border as usize);
+    let mut border_pts = Vec::new();
+    for r in 0..h {
+        for c in 0..w {
+            let p = &cloud.data[r * cloud.stride + 3 * c..r * cloud.stride + 3 * c + 3];
+            if (r < b || c < b || r + b >= h || c + b >= w) && is_valid_point(p) {
+                border_pts.extend_from_slice(p);
+            }
         }
     }
+    let mut sample = vec![0f32; 3 * cfg.ransac_points.max(3) as usize];
+    ransac_plane(cfg, &mut border_pts, &mut sample)
 }
 
 fn find(parent: &mut [u32], mut i: u32) -> u32 {

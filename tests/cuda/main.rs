@@ -22,6 +22,7 @@ mod launch;
 mod maps;
 mod point;
 mod point_branch;
+mod preprocess;
 mod shared;
 mod transformer;
 

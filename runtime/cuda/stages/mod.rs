@@ -5,4 +5,5 @@
 pub mod bank_search;
 pub mod forward;
 pub mod point_branch;
+pub mod preprocess;
 pub mod vit;
