@@ -1,9 +1,10 @@
 //! Bank search (SPEC §7) against brute force in f64, ties, exclusion, re-weighting,
-//! thread-count independence and zero allocations.
+//! thread-count independence and zero allocations; the fit-time neighbour table against a
+//! brute-force f32 computation and `knn_scan`, and scores with it equal to scores without.
 
 use miad::cpu::bank_search::{
-    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, score_part, score_scratch_len,
-    sq_norms, BankView,
+    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, neighbour_table, score_part,
+    score_scratch_len, sq_norms, BankView, NO_ROW, TABLE_NEIGHBOURS,
 };
 use miad::cpu::pool::Pool;
 use miad::util::alloc_counter::counts;
@@ -272,4 +273,184 @@ fn near_duplicate_rows_pick_a_nearest_within_the_bound_and_exact_copies_the_lowe
             }
         }
     }
+}
+
+/// A clustered bank with exact duplicates (some at lower indices than their source) and
+/// near-duplicates (one value moved by 1 to 3 ulps): many rows within the GEMM form's
+/// rounding of each other.
+fn clustered_with_duplicates(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let centres = random(16 * dim, seed + 1);
+    let mut b = vec![0f32; n * dim];
+    for row in b.chunks_exact_mut(dim) {
+        let c = rng.below(16) as usize;
+        for (v, &m) in row.iter_mut().zip(&centres[c * dim..(c + 1) * dim]) {
+            *v = m + 0.05 * rng.normal();
+        }
+    }
+    for i in (3..n).step_by(4) {
+        let src = (i * 7 + 1) % n;
+        b.copy_within(src * dim..(src + 1) * dim, i * dim);
+        if i % 3 == 0 {
+            let c = i * dim + rng.below(dim as u64) as usize;
+            b[c] = f32::from_bits(b[c].to_bits() + 1 + (i as u32 % 3));
+        }
+    }
+    b
+}
+
+/// The re-weighting's rows of every bank row by brute force: the 3 nearest by f32
+/// `Σ (a − b)²` summed in order ((distance, index) order), without the first.
+fn brute_table(b: &[f32], dim: usize) -> Vec<u32> {
+    let n = b.len() / dim;
+    let mut out = Vec::with_capacity(n * TABLE_NEIGHBOURS);
+    for m in 0..n {
+        let x = &b[m * dim..(m + 1) * dim];
+        let mut all: Vec<(f32, u32)> = b
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    x.iter().zip(r).map(|(a, c)| (a - c) * (a - c)).sum(),
+                    i as u32,
+                )
+            })
+            .collect();
+        all.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+        for t in 1..3 {
+            out.push(all.get(t).map_or(NO_ROW, |v| v.1));
+        }
+    }
+    out
+}
+
+#[test]
+fn neighbour_table_equals_brute_force_and_knn_scan() {
+    for (n, dim, clustered) in [
+        (1usize, 8usize, false),
+        (2, 8, false),
+        (3, 8, true),
+        (11, 16, true),
+        (700, 48, false),
+        (900, 40, true),
+        (300, 200, true),
+    ] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 40 + n as u64)
+        } else {
+            random(n * dim, 40 + n as u64)
+        };
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let mut reports = Vec::new();
+        let t2 = neighbour_table(&Pool::new(2), bv, &mut |d, t| reports.push((d, t))).unwrap();
+        let t1 = neighbour_table(&Pool::new(1), bv, &mut |_, _| {}).unwrap();
+        assert_eq!(t2, t1, "{n} x {dim}: threads");
+        assert_eq!(reports.last(), Some(&(n, n)), "{n} x {dim}: progress");
+        assert_eq!(t2.rows, brute_table(&b, dim), "{n} x {dim}: brute force");
+        let mut out = [0u32; 3];
+        let mut s = vec![0f32; knn_scratch_len(n, 3)];
+        for m in 0..n {
+            let found = knn_scan(&Pool::new(2), bv.row(m), bv, None, 3, &mut out, &mut s);
+            let mut want = [NO_ROW; TABLE_NEIGHBOURS];
+            for t in 1..found {
+                want[t - 1] = out[t];
+            }
+            assert_eq!(
+                t2.rows[m * TABLE_NEIGHBOURS..(m + 1) * TABLE_NEIGHBOURS],
+                want,
+                "{n} x {dim}: row {m} vs knn_scan"
+            );
+        }
+        eprintln!(
+            "neighbour table {n} x {dim}: {} exact scans",
+            t2.exact_scans
+        );
+        if clustered && n >= 300 {
+            // Exact duplicates tie within the GEMM bound: some rows must have scanned.
+            assert!(
+                t2.exact_scans > 0,
+                "{n} x {dim}: the scan fallback never ran"
+            );
+        }
+    }
+    // A bank with a NaN or an infinity has no table (the scan keeps its NaN handling).
+    let mut b = random(50 * 8, 3);
+    let mut norms = vec![0f32; 50];
+    sq_norms(&b, 8, &mut norms);
+    b[17] = f32::NAN;
+    assert!(neighbour_table(&Pool::new(1), BankView::new(&b, &norms, 8), &mut |_, _| {}).is_none());
+    b[17] = f32::INFINITY;
+    assert!(neighbour_table(&Pool::new(1), BankView::new(&b, &norms, 8), &mut |_, _| {}).is_none());
+}
+
+#[test]
+fn scores_with_the_neighbour_table_equal_scores_without() {
+    let pool = Pool::new(2);
+    for (n, dim, clustered) in [(2usize, 16usize, false), (900, 40, true), (1200, 32, false)] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 70 + n as u64)
+        } else {
+            random(n * dim, 70 + n as u64)
+        };
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let plain = BankView::new(&b, &norms, dim);
+        let table = neighbour_table(&pool, plain, &mut |_, _| {}).unwrap();
+        let with = plain.with_neighbours(&table.rows);
+        let mut sc = vec![0f32; score_scratch_len(2, n)];
+        // Queries: random, bank rows plus noise, and exact bank rows (duplicated ones
+        // included), so that m* is sometimes a row with a lower-index copy.
+        for (k, noise) in [(0usize, 1.0f32), (1, 0.01), (2, 0.0)] {
+            let nq = 60;
+            let mut x = random(nq * dim, 80 + k as u64);
+            for (j, row) in x.chunks_exact_mut(dim).enumerate() {
+                let src = &b[(j * 13 % n) * dim..][..dim];
+                if noise < 1.0 {
+                    for (v, &s) in row.iter_mut().zip(src) {
+                        *v = s + noise * *v;
+                    }
+                }
+            }
+            let (mut d1, mut n1) = (vec![0f32; nq], vec![0u32; nq]);
+            let (mut d2, mut n2) = (vec![0f32; nq], vec![0u32; nq]);
+            let r1 = score_part(&pool, &x, plain, None, &mut d1, &mut n1, &mut sc);
+            let r2 = score_part(&pool, &x, with, None, &mut d2, &mut n2, &mut sc);
+            assert_eq!(
+                r1.score.to_bits(),
+                r2.score.to_bits(),
+                "{n} x {dim} queries {k}"
+            );
+            assert_eq!(r1.weight.to_bits(), r2.weight.to_bits());
+            assert_eq!((r1.patch, r1.nearest), (r2.patch, r2.nearest));
+            // With an exclusion (fit's leave-one-out) the table is not used: the same scan.
+            let origin: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
+            let ex = Some((origin.as_slice(), 2u32));
+            let r3 = score_part(&pool, &x, plain, ex, &mut d1, &mut n1, &mut sc);
+            let r4 = score_part(&pool, &x, with, ex, &mut d2, &mut n2, &mut sc);
+            assert_eq!(r3.score.to_bits(), r4.score.to_bits());
+        }
+    }
+}
+
+#[test]
+fn scoring_with_the_table_does_not_allocate() {
+    let (n, dim) = (2000, 24);
+    let pool = Pool::new(1);
+    let b = random(n * dim, 1);
+    let x = random(100 * dim, 2);
+    let mut norms = vec![0f32; n];
+    sq_norms(&b, dim, &mut norms);
+    let table = neighbour_table(&pool, BankView::new(&b, &norms, dim), &mut |_, _| {}).unwrap();
+    let bv = BankView::new(&b, &norms, dim).with_neighbours(&table.rows);
+    let mut dmap = vec![0f32; 100];
+    let mut nn = vec![0u32; 100];
+    let mut sc = vec![0f32; score_scratch_len(1, n)];
+    score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    let before = counts();
+    for _ in 0..5 {
+        score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    }
+    assert_eq!(counts(), before);
 }
