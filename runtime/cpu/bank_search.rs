@@ -650,3 +650,196 @@ pub fn neighbour_table(
         exact_scans: scans.iter().sum(),
     })
 }
+
+/// Candidates per query kept by the bf16 pass of [`nearest_bf16`].
+const BF16_KEEP: usize = 8;
+
+/// Whether this CPU runs [`nearest_bf16`]'s fast pass (AVX512-BF16).
+pub fn bf16_search_available() -> bool {
+    super::gemm_bf16::available()
+}
+
+/// Floats of scratch [`nearest_bf16`] needs per worker for rows of `dim` values: the
+/// packed bf16 queries, the bank rows' bf16 panel and the dot-product tiles.
+fn bf16_worker_floats(dim: usize) -> usize {
+    use super::gemm_bf16::{packed_len, PANEL_LEN, TILE_COLS, TILE_ROWS};
+    packed_len(QUERY_BLOCK, dim).div_ceil(2)
+        + PANEL_LEN
+        + QUERY_BLOCK.div_ceil(TILE_COLS) * TILE_ROWS * TILE_COLS
+}
+
+/// Floats of scratch [`nearest_bf16`] needs with a pool of `threads` threads.
+pub fn nearest_bf16_scratch_len(threads: usize, dim: usize) -> usize {
+    threads.max(1) * bf16_worker_floats(dim)
+}
+
+/// The bound of |g − d²| between the bf16 form g (bf16 operands, f32 accumulation
+/// through `vdpbf16ps`) and [`nearest`]'s f32 form d² of the same query and bank row, for
+/// squared norms `q_sq`, `b_sq` (the same f32 values enter both forms, so their errors
+/// cancel) and width `n`. With h = 2⁻⁸ (bf16), u = 2⁻²⁴, γ = γ_{n+2}:
+/// the bf16 dot is off the exact q·b by at most (2h + h² + γ(1+h)²)·QB (rounding both
+/// operands, Cauchy–Schwarz, then n rounded additions) plus flushed subnormals (inputs
+/// and sums; bounded by the absolute term), the f32 dot by γ·QB, and each form's two
+/// operations by 2u·S, S = (Q + B)²:
+/// |g − d²| ≤ 2(2h + h² + γ(1+h)² + γ)·QB + 5u·S + 2⁻¹²⁰·n·(1 + Q + B)².
+pub fn bf16_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
+    let (h, u) = (2f64.powi(-8), 2f64.powi(-24));
+    let nn = n as f64;
+    let g = (nn + 2.0) * u / (1.0 - (nn + 2.0) * u);
+    let q = (q_sq as f64 * (1.0 + 2.0 * g)).sqrt();
+    let b = (b_sq as f64 * (1.0 + 2.0 * g)).sqrt();
+    let e = 2.0 * (2.0 * h + h * h + g * (1.0 + h) * (1.0 + h) + g) * q * b
+        + 5.0 * u * (q + b) * (q + b)
+        + 2f64.powi(-120) * nn * (1.0 + q + b) * (1.0 + q + b);
+    e * (1.0 + 2f64.powi(-20))
+}
+
+/// [`nearest`]'s squared distance of query `x` (squared norm `qq`, as [`nearest`]
+/// computes it) to bank row `b`: the micro-kernel's dot product (k in order from 0, fused
+/// multiply-adds on x86, separate products on the portable kernel), then
+/// `qq − 2·dot + ‖b‖²` (the plain loop's sum where [`nearest`] does not pack).
+fn f32_form_sq_dist(ker: Kernel, x: &[f32], qq: f32, bank: BankView<'_>, b: usize) -> f32 {
+    let row = bank.row(b);
+    let packed = query_block(bank.dim) * bank.dim <= QUERY_PACK_FLOATS && bank.n >= ker.mr;
+    let dot = if !packed {
+        // nearest's plain loop.
+        x.iter().zip(row).map(|(a, c)| a * c).sum()
+    } else if ker.isa == super::gemm::Isa::Portable {
+        x.iter().zip(row).fold(0f32, |s, (a, c)| s + a * c)
+    } else {
+        x.iter().zip(row).fold(0f32, |s, (a, c)| a.mul_add(*c, s))
+    };
+    qq - 2.0 * dot + bank.sq_norms[b]
+}
+
+/// [`nearest`]'s result (the same rows and distance bits, no exclusion) through a bf16
+/// first pass (issue 20 item 5): bf16 dot products with f32 accumulation
+/// ([`super::gemm_bf16::walk_dots`]) keep [`BF16_KEEP`] candidates per query by the bf16
+/// form g; with U = g₁ + E₁ (the smallest g and its bound, [`bf16_form_bound`]) every
+/// row that can beat or tie the f32 winner has g − E ≤ U, and those are re-scored with
+/// [`nearest`]'s exact f32 arithmetic. A query whose kept list may miss such a row (its
+/// last g − E_max ≤ U), whose values do not fit bf16, or a CPU without AVX512-BF16, takes
+/// the f32 form over the whole bank. Returns how many queries did (no allocation).
+/// `scratch`: [`nearest_bf16_scratch_len`].
+pub fn nearest_bf16(
+    pool: &Pool,
+    queries: &[f32],
+    bank: BankView<'_>,
+    dist: &mut [f32],
+    index: &mut [u32],
+    scratch: &mut [f32],
+) -> usize {
+    let dim = bank.dim;
+    assert_eq!(queries.len() % dim, 0, "nearest_bf16: ragged queries");
+    let nq = queries.len() / dim;
+    assert!(dist.len() >= nq && index.len() >= nq, "nearest_bf16: outputs");
+    let per_worker = bf16_worker_floats(dim);
+    assert!(
+        scratch.len() >= pool.threads().max(1) * per_worker,
+        "nearest_bf16: scratch too small"
+    );
+    if nq == 0 {
+        return 0;
+    }
+    let ker = Kernel::best();
+    let fast = bf16_search_available();
+    // Bank values beyond bf16's finite range (or not finite): no bound, every query exact.
+    let fits = |v: &f32| v.abs() <= 3.0e38;
+    let b_max = if bank.data.iter().all(fits) && bank.sq_norms.iter().all(fits) {
+        bank.sq_norms.iter().fold(0f32, |m, &v| m.max(v))
+    } else {
+        f32::INFINITY
+    };
+    let tasks = nq.div_ceil(QUERY_BLOCK);
+    let scan_count = std::sync::atomic::AtomicUsize::new(0);
+    let (dp, ip, sp) = (
+        SharedMut::new(dist),
+        SharedMut::new(index),
+        SharedMut::new(scratch),
+    );
+    pool.run(tasks, &|task, worker| {
+        use super::gemm_bf16::{pack_into, walk_dots, TILE_COLS, TILE_ROWS};
+        let q0 = task * QUERY_BLOCK;
+        let qn = QUERY_BLOCK.min(nq - q0);
+        // SAFETY: each worker owns its scratch slice; each task its output range.
+        let work = unsafe { sp.slice(worker * per_worker, per_worker) };
+        let d_out = unsafe { dp.slice(q0, qn) };
+        let i_out = unsafe { ip.slice(q0, qn) };
+        let q = &queries[q0 * dim..(q0 + qn) * dim];
+        let mut qnorm = [0f32; QUERY_BLOCK];
+        for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
+            *n = r.iter().map(|v| v * v).sum();
+        }
+        let mut kd = [[f32::INFINITY; BF16_KEEP]; QUERY_BLOCK];
+        let mut ki = [[NO_ROW; BF16_KEEP]; QUERY_BLOCK];
+        if fast {
+            let packed_floats = super::gemm_bf16::packed_len(QUERY_BLOCK, dim).div_ceil(2);
+            let (packed, rest) = work.split_at_mut(packed_floats);
+            let (panel, tiles) = rest.split_at_mut(super::gemm_bf16::PANEL_LEN);
+            let packed: &mut [u16] = bytemuck::cast_slice_mut(packed);
+            pack_into(Mat::new(q, qn, dim), packed);
+            let panel: &mut [u32] = bytemuck::cast_slice_mut(panel);
+            let last = BF16_KEEP - 1;
+            let bank_rows = Mat::new(bank.data, bank.n, dim);
+            walk_dots(bank_rows, packed, qn, panel, tiles, |r0, rows_here, tiles| {
+                for s in 0..qn.div_ceil(TILE_COLS) {
+                    let j0 = s * TILE_COLS;
+                    let cols = TILE_COLS.min(qn - j0);
+                    let tile = &tiles[s * TILE_ROWS * TILE_COLS..];
+                    for i in 0..rows_here {
+                        let row = r0 + i;
+                        let bn = bank.sq_norms[row];
+                        for (jj, &dot) in tile[i * TILE_COLS..i * TILE_COLS + cols].iter().enumerate() {
+                            let j = j0 + jj;
+                            let g = qnorm[j] - 2.0 * dot + bn;
+                            let r = row as u32;
+                            if g < kd[j][last] || (g == kd[j][last] && r < ki[j][last]) {
+                                insert_top_u(&mut kd[j], &mut ki[j], g, r);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let mut scanned = 0;
+        for (j, x) in q.chunks_exact(dim).enumerate() {
+            let qq = qnorm[j];
+            let (gd, gi) = (&kd[j], &ki[j]);
+            let reach = if gi[0] == NO_ROW || !x.iter().all(fits) {
+                f64::INFINITY
+            } else {
+                gd[0] as f64 + bf16_form_bound(qq, bank.sq_norms[gi[0] as usize], dim)
+            };
+            let kept = BF16_KEEP.min(bank.n);
+            let complete = fast
+                && reach < f64::INFINITY
+                && (bank.n <= BF16_KEEP
+                    || gd[BF16_KEEP - 1] as f64 - bf16_form_bound(qq, b_max, dim) > reach);
+            let (mut best, mut arg) = (f32::INFINITY, NO_ROW);
+            let mut take = |b: usize| {
+                let d2 = f32_form_sq_dist(ker, x, qq, bank, b);
+                // As nearest's strict `<` from +inf in bank order: the lowest row of equal
+                // d², an infinite or NaN d² never.
+                if d2 < best || (d2 == best && d2 < f32::INFINITY && (b as u32) < arg) {
+                    best = d2;
+                    arg = b as u32;
+                }
+            };
+            if complete {
+                for t in 0..kept {
+                    let b = gi[t] as usize;
+                    if gd[t] as f64 - bf16_form_bound(qq, bank.sq_norms[b], dim) <= reach {
+                        take(b);
+                    }
+                }
+            } else {
+                scanned += 1;
+                (0..bank.n).for_each(&mut take);
+            }
+            d_out[j] = best.max(0.0).sqrt();
+            i_out[j] = arg;
+        }
+        scan_count.fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
+    });
+    scan_count.into_inner()
+}

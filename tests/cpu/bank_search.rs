@@ -454,3 +454,185 @@ fn scoring_with_the_table_does_not_allocate() {
     }
     assert_eq!(counts(), before);
 }
+
+/// `nearest` and `nearest_bf16` on the same data: the same rows and distance bits.
+fn assert_bf16_equals_f32(q: &[f32], b: &[f32], dim: usize, threads: usize, what: &str) -> usize {
+    use miad::cpu::bank_search::{nearest_bf16, nearest_bf16_scratch_len};
+    let pool = Pool::new(threads);
+    let (want_d, want_i) = run_nearest(&pool, q, b, dim);
+    let mut norms = vec![0f32; b.len() / dim];
+    sq_norms(b, dim, &mut norms);
+    let bv = BankView::new(b, &norms, dim);
+    let nq = q.len() / dim;
+    let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+    let mut s = vec![0f32; nearest_bf16_scratch_len(threads, dim)];
+    let scans = nearest_bf16(&pool, q, bv, &mut d, &mut i, &mut s);
+    assert_eq!(i, want_i, "{what}: rows");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&d), bits(&want_d), "{what}: distance bits");
+    eprintln!("bf16 search {what}: {scans} of {nq} queries scanned exactly");
+    scans
+}
+
+#[test]
+fn bf16_search_returns_the_f32_search_result() {
+    if !miad::cpu::bank_search::bf16_search_available() {
+        eprintln!("no AVX512-BF16 here: nearest_bf16 runs the f32 form on every query");
+    }
+    for (nq, n, dim, clustered) in [
+        (200usize, 3000usize, 64usize, false),
+        (130, 2000, 96, true),
+        (40, 700, 1152, true),
+        (5, 3, 16, false),
+        (9, 11, 32, true),
+    ] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 90 + n as u64)
+        } else {
+            random(n * dim, 90 + n as u64)
+        };
+        // Queries: random, near bank rows, and exact bank rows (duplicated ones too).
+        let mut q = random(nq * dim, 91 + n as u64);
+        for (j, row) in q.chunks_exact_mut(dim).enumerate() {
+            let src = &b[(j * 7 % n) * dim..][..dim];
+            match j % 3 {
+                0 => row.copy_from_slice(src),
+                1 => row.iter_mut().zip(src).for_each(|(v, &s)| *v = s + 0.01 * *v),
+                _ => {}
+            }
+        }
+        for threads in [1, 2] {
+            assert_bf16_equals_f32(&q, &b, dim, threads, &format!("{nq} x {n} x {dim}"));
+        }
+    }
+    // A NaN query and one beyond bf16's range: scanned exactly, still nearest's result.
+    let (dim, n) = (32, 500);
+    let b = random(n * dim, 5);
+    let mut q = random(6 * dim, 6);
+    q[dim + 3] = f32::NAN;
+    q[3 * dim] = 3.3e38;
+    let scans = assert_bf16_equals_f32(&q, &b, dim, 2, "NaN and huge queries");
+    assert!(scans >= 2);
+}
+
+#[test]
+fn bf16_search_forces_exact_scans_on_near_duplicate_groups() {
+    // Groups of 12 rows within bf16 rounding of each other (more than the 8 kept):
+    // queries equal to a group's rows must scan, and still give nearest's answer.
+    let (dim, n) = (64, 1200);
+    let mut b = random(n * dim, 8);
+    let mut rng = Rng::new(9);
+    for g in 0..10 {
+        let src = g * 100;
+        let row = b[src * dim..][..dim].to_vec();
+        for m in 1..12 {
+            let dst = src + m * 7;
+            b[dst * dim..][..dim].copy_from_slice(&row);
+            let c = dst * dim + rng.below(dim as u64) as usize;
+            b[c] = f32::from_bits(b[c].to_bits() + (m as u32 % 3));
+        }
+    }
+    let q: Vec<f32> = (0..10).flat_map(|g| b[g * 100 * dim..][..dim].to_vec()).collect();
+    let scans = assert_bf16_equals_f32(&q, &b, dim, 2, "near-duplicate groups");
+    if miad::cpu::bank_search::bf16_search_available() {
+        assert!(scans > 0, "the groups must force exact scans");
+    }
+}
+
+/// |g − d²| ≤ E for every pair (g: the bf16 form from the bf16 dot products, d²: the f32
+/// search's form), and a crafted case reaching more than 90 % of E.
+#[test]
+fn bf16_form_bound_holds_and_is_tight() {
+    use miad::cpu::bank_search::bf16_form_bound;
+    use miad::cpu::gemm::Mat;
+    use miad::cpu::gemm_bf16::{pack_into, packed_len, walk_dots, PANEL_LEN, TILE_COLS, TILE_ROWS};
+    if !miad::cpu::bank_search::bf16_search_available() {
+        eprintln!("no AVX512-BF16 here: nothing to measure");
+        return;
+    }
+    // (g, d², E) of every (query, row) pair; d² with fused multiply-adds (the AVX kernels).
+    let measure = |q: &[f32], b: &[f32], dim: usize| -> Vec<(f64, f64, f64)> {
+        let (nq, n) = (q.len() / dim, b.len() / dim);
+        let mut packed = vec![0u16; packed_len(nq, dim)];
+        pack_into(Mat::new(q, nq, dim), &mut packed);
+        let mut panel = vec![0u32; PANEL_LEN];
+        let mut tiles = vec![0f32; nq.div_ceil(TILE_COLS) * TILE_ROWS * TILE_COLS];
+        let sq = |r: &[f32]| -> f32 { r.iter().map(|v| v * v).sum() };
+        let mut out = Vec::new();
+        walk_dots(Mat::new(b, n, dim), &packed, nq, &mut panel, &mut tiles, |r0, rows, t| {
+            for i in 0..rows {
+                let row = &b[(r0 + i) * dim..][..dim];
+                let bn = sq(row);
+                for j in 0..nq {
+                    let x = &q[j * dim..][..dim];
+                    let qq = sq(x);
+                    let dot = t[(j / TILE_COLS) * TILE_ROWS * TILE_COLS + i * TILE_COLS + j % TILE_COLS];
+                    let g = qq - 2.0 * dot + bn;
+                    let f_dot = x.iter().zip(row).fold(0f32, |s, (a, c)| a.mul_add(*c, s));
+                    let d2 = qq - 2.0 * f_dot + bn;
+                    out.push((g as f64, d2 as f64, bf16_form_bound(qq, bn, dim)));
+                }
+            }
+        });
+        out
+    };
+    let mut worst = 0f64;
+    for (nq, n, dim, offset) in [(20usize, 300usize, 64usize, 0f32), (16, 200, 1152, 0.0), (16, 100, 256, 20.0)] {
+        let q: Vec<f32> = random(nq * dim, 60).iter().map(|v| v + offset).collect();
+        let b: Vec<f32> = random(n * dim, 61).iter().map(|v| v + offset).collect();
+        for (g, d2, e) in measure(&q, &b, dim) {
+            assert!((g - d2).abs() <= e, "{dim}: |{g} - {d2}| > {e}");
+            worst = worst.max((g - d2).abs() / e);
+        }
+    }
+    eprintln!("bf16 form bound: largest |g - d2| / E on random data {worst:.3e}");
+    // q = b, every value just below a bf16 rounding midpoint (rounds down to 1).
+    let dim = 64;
+    let v = 1.0 + 2f32.powi(-8) - 2f32.powi(-20);
+    let (g, d2, e) = measure(&vec![v; dim], &vec![v; dim], dim)[0];
+    let ratio = (g - d2).abs() / e;
+    eprintln!("bf16 form bound: crafted case |g - d2| / E = {ratio:.4}");
+    assert!(ratio <= 1.0 && ratio > 0.9, "crafted case: {ratio}");
+}
+
+/// The speed of the bf16 search against the f32 search, side by side in one process
+/// (ratios only: the machine is shared). Run with
+/// `cargo test --features cuda-sim --test cpu -- --ignored bf16_search_speed --nocapture`.
+#[test]
+#[ignore]
+fn bf16_search_speed() {
+    use miad::cpu::bank_search::{nearest_bf16, nearest_bf16_scratch_len};
+    let pool = Pool::new(2);
+    for (nq, n, dim, clustered) in [(3136usize, 16000usize, 1152usize, false), (3136, 16000, 1152, true), (784, 24000, 768, true)] {
+        let b = if clustered { clustered_with_duplicates(n, dim, 3) } else { random(n * dim, 3) };
+        let q: Vec<f32> = if clustered {
+            let noise = random(nq * dim, 4);
+            (0..nq).flat_map(|j| {
+                let src = &b[(j * 7919 % n) * dim..][..dim];
+                src.iter().zip(&noise[j * dim..][..dim]).map(|(s, e)| s + 0.5 * e).collect::<Vec<_>>()
+            }).collect()
+        } else {
+            random(nq * dim, 4)
+        };
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+        let mut s32 = vec![0f32; nearest_scratch_len(2)];
+        let mut s16 = vec![0f32; nearest_bf16_scratch_len(2, dim)];
+        let (mut t32, mut t16, mut scans) = (f64::MAX, f64::MAX, 0);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            nearest(&pool, &q, bv, None, &mut d, &mut i, &mut s32);
+            t32 = t32.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            scans = nearest_bf16(&pool, &q, bv, &mut d, &mut i, &mut s16);
+            t16 = t16.min(t.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "bank search {nq} x {n} x {dim} ({}), 2 threads, best of 3: f32 {t32:.3} s, bf16 exact {t16:.3} s, ratio bf16/f32 {:.3}; {scans} queries scanned exactly",
+            if clustered { "clustered, queries near rows" } else { "random" },
+            t16 / t32
+        );
+    }
+}
