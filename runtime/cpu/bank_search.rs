@@ -661,11 +661,15 @@ pub fn bf16_search_available() -> bool {
 
 /// Floats of scratch [`nearest_bf16`] needs per worker for rows of `dim` values: the
 /// packed bf16 queries, the bank rows' bf16 panel and the dot-product tiles.
+/// The exact scan of the queries whose candidates did not suffice uses [`nearest`]'s
+/// packing buffer and a copy of those queries.
 fn bf16_worker_floats(dim: usize) -> usize {
     use super::gemm_bf16::{packed_len, PANEL_LEN, TILE_COLS, TILE_ROWS};
     packed_len(QUERY_BLOCK, dim).div_ceil(2)
         + PANEL_LEN
         + QUERY_BLOCK.div_ceil(TILE_COLS) * TILE_ROWS * TILE_COLS
+        + QUERY_PACK_FLOATS
+        + QUERY_BLOCK * dim
 }
 
 /// Floats of scratch [`nearest_bf16`] needs with a pool of `threads` threads.
@@ -732,7 +736,10 @@ pub fn nearest_bf16(
     let dim = bank.dim;
     assert_eq!(queries.len() % dim, 0, "nearest_bf16: ragged queries");
     let nq = queries.len() / dim;
-    assert!(dist.len() >= nq && index.len() >= nq, "nearest_bf16: outputs");
+    assert!(
+        dist.len() >= nq && index.len() >= nq,
+        "nearest_bf16: outputs"
+    );
     let per_worker = bf16_worker_floats(dim);
     assert!(
         scratch.len() >= pool.threads().max(1) * per_worker,
@@ -763,6 +770,9 @@ pub fn nearest_bf16(
         let qn = QUERY_BLOCK.min(nq - q0);
         // SAFETY: each worker owns its scratch slice; each task its output range.
         let work = unsafe { sp.slice(worker * per_worker, per_worker) };
+        let (work, scan_work) =
+            work.split_at_mut(per_worker - QUERY_PACK_FLOATS - QUERY_BLOCK * dim);
+        let (scan_pack, scan_queries) = scan_work.split_at_mut(QUERY_PACK_FLOATS);
         let d_out = unsafe { dp.slice(q0, qn) };
         let i_out = unsafe { ip.slice(q0, qn) };
         let q = &queries[q0 * dim..(q0 + qn) * dim];
@@ -781,26 +791,38 @@ pub fn nearest_bf16(
             let panel: &mut [u32] = bytemuck::cast_slice_mut(panel);
             let last = BF16_KEEP - 1;
             let bank_rows = Mat::new(bank.data, bank.n, dim);
-            walk_dots(bank_rows, packed, qn, panel, tiles, |r0, rows_here, tiles| {
-                for s in 0..qn.div_ceil(TILE_COLS) {
-                    let j0 = s * TILE_COLS;
-                    let cols = TILE_COLS.min(qn - j0);
-                    let tile = &tiles[s * TILE_ROWS * TILE_COLS..];
-                    for i in 0..rows_here {
-                        let row = r0 + i;
-                        let bn = bank.sq_norms[row];
-                        for (jj, &dot) in tile[i * TILE_COLS..i * TILE_COLS + cols].iter().enumerate() {
-                            let j = j0 + jj;
-                            let g = qnorm[j] - 2.0 * dot + bn;
-                            let r = row as u32;
-                            if g < kd[j][last] || (g == kd[j][last] && r < ki[j][last]) {
-                                insert_top_u(&mut kd[j], &mut ki[j], g, r);
+            walk_dots(
+                bank_rows,
+                packed,
+                qn,
+                panel,
+                tiles,
+                |r0, rows_here, tiles| {
+                    for s in 0..qn.div_ceil(TILE_COLS) {
+                        let j0 = s * TILE_COLS;
+                        let cols = TILE_COLS.min(qn - j0);
+                        let tile = &tiles[s * TILE_ROWS * TILE_COLS..];
+                        for i in 0..rows_here {
+                            let row = r0 + i;
+                            let bn = bank.sq_norms[row];
+                            for (jj, &dot) in
+                                tile[i * TILE_COLS..i * TILE_COLS + cols].iter().enumerate()
+                            {
+                                let j = j0 + jj;
+                                let g = qnorm[j] - 2.0 * dot + bn;
+                                let r = row as u32;
+                                if g < kd[j][last] || (g == kd[j][last] && r < ki[j][last]) {
+                                    insert_top_u(&mut kd[j], &mut ki[j], g, r);
+                                }
                             }
                         }
                     }
-                }
-            });
+                },
+            );
         }
+        // Queries to scan exactly: their rows, squared norms and positions.
+        let mut scan_at = [0usize; QUERY_BLOCK];
+        let mut scan_norm = [0f32; QUERY_BLOCK];
         let mut scanned = 0;
         for (j, x) in q.chunks_exact(dim).enumerate() {
             let qq = qnorm[j];
@@ -833,11 +855,48 @@ pub fn nearest_bf16(
                     }
                 }
             } else {
+                scan_at[scanned] = j;
+                scan_norm[scanned] = qq;
+                scan_queries[scanned * dim..(scanned + 1) * dim].copy_from_slice(x);
                 scanned += 1;
-                (0..bank.n).for_each(&mut take);
+                continue;
             }
             d_out[j] = best.max(0.0).sqrt();
             i_out[j] = arg;
+        }
+        if scanned > 0 {
+            // nearest's own search on those queries (the same bits: each query's result
+            // depends only on its row).
+            let (mut sd, mut si) = ([f32::INFINITY; QUERY_BLOCK], [NO_ROW; QUERY_BLOCK]);
+            let sq = &scan_queries[..scanned * dim];
+            let qb = query_block(dim);
+            if qb * dim <= QUERY_PACK_FLOATS && bank.n >= ker.mr {
+                // In blocks of nearest's size (what its packing buffer holds).
+                for c0 in (0..scanned).step_by(qb) {
+                    let c1 = (c0 + qb).min(scanned);
+                    let (sd, si) = (&mut sd[c0..c1], &mut si[c0..c1]);
+                    let x = &sq[c0 * dim..c1 * dim];
+                    let norms = &scan_norm[c0..c1];
+                    search_packed(ker, x, c1 - c0, norms, bank, None, scan_pack, sd, si);
+                }
+            } else {
+                for (t, x) in sq.chunks_exact(dim).enumerate() {
+                    for b in 0..bank.n {
+                        let dot: f32 = x.iter().zip(bank.row(b)).map(|(a, c)| a * c).sum();
+                        fold(
+                            &mut sd[t],
+                            &mut si[t],
+                            scan_norm[t] - 2.0 * dot + bank.sq_norms[b],
+                            b,
+                            None,
+                        );
+                    }
+                }
+            }
+            for t in 0..scanned {
+                d_out[scan_at[t]] = sd[t].max(0.0).sqrt();
+                i_out[scan_at[t]] = si[t];
+            }
         }
         scan_count.fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
     });

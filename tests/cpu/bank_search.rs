@@ -483,6 +483,8 @@ fn bf16_search_returns_the_f32_search_result() {
         (200usize, 3000usize, 64usize, false),
         (130, 2000, 96, true),
         (40, 700, 1152, true),
+        // More exact scans in a task than nearest's block of 1920-wide queries (64).
+        (100, 300, 1920, true),
         (5, 3, 16, false),
         (9, 11, 32, true),
     ] {
@@ -497,7 +499,10 @@ fn bf16_search_returns_the_f32_search_result() {
             let src = &b[(j * 7 % n) * dim..][..dim];
             match j % 3 {
                 0 => row.copy_from_slice(src),
-                1 => row.iter_mut().zip(src).for_each(|(v, &s)| *v = s + 0.01 * *v),
+                1 => row
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(v, &s)| *v = s + 0.01 * *v),
                 _ => {}
             }
         }
@@ -532,7 +537,9 @@ fn bf16_search_forces_exact_scans_on_near_duplicate_groups() {
             b[c] = f32::from_bits(b[c].to_bits() + (m as u32 % 3));
         }
     }
-    let q: Vec<f32> = (0..10).flat_map(|g| b[g * 100 * dim..][..dim].to_vec()).collect();
+    let q: Vec<f32> = (0..10)
+        .flat_map(|g| b[g * 100 * dim..][..dim].to_vec())
+        .collect();
     let scans = assert_bf16_equals_f32(&q, &b, dim, 2, "near-duplicate groups");
     if miad::cpu::bank_search::bf16_search_available() {
         assert!(scans > 0, "the groups must force exact scans");
@@ -559,25 +566,38 @@ fn bf16_form_bound_holds_and_is_tight() {
         let mut tiles = vec![0f32; nq.div_ceil(TILE_COLS) * TILE_ROWS * TILE_COLS];
         let sq = |r: &[f32]| -> f32 { r.iter().map(|v| v * v).sum() };
         let mut out = Vec::new();
-        walk_dots(Mat::new(b, n, dim), &packed, nq, &mut panel, &mut tiles, |r0, rows, t| {
-            for i in 0..rows {
-                let row = &b[(r0 + i) * dim..][..dim];
-                let bn = sq(row);
-                for j in 0..nq {
-                    let x = &q[j * dim..][..dim];
-                    let qq = sq(x);
-                    let dot = t[(j / TILE_COLS) * TILE_ROWS * TILE_COLS + i * TILE_COLS + j % TILE_COLS];
-                    let g = qq - 2.0 * dot + bn;
-                    let f_dot = x.iter().zip(row).fold(0f32, |s, (a, c)| a.mul_add(*c, s));
-                    let d2 = qq - 2.0 * f_dot + bn;
-                    out.push((g as f64, d2 as f64, bf16_form_bound(qq, bn, dim)));
+        walk_dots(
+            Mat::new(b, n, dim),
+            &packed,
+            nq,
+            &mut panel,
+            &mut tiles,
+            |r0, rows, t| {
+                for i in 0..rows {
+                    let row = &b[(r0 + i) * dim..][..dim];
+                    let bn = sq(row);
+                    for j in 0..nq {
+                        let x = &q[j * dim..][..dim];
+                        let qq = sq(x);
+                        let dot = t[(j / TILE_COLS) * TILE_ROWS * TILE_COLS
+                            + i * TILE_COLS
+                            + j % TILE_COLS];
+                        let g = qq - 2.0 * dot + bn;
+                        let f_dot = x.iter().zip(row).fold(0f32, |s, (a, c)| a.mul_add(*c, s));
+                        let d2 = qq - 2.0 * f_dot + bn;
+                        out.push((g as f64, d2 as f64, bf16_form_bound(qq, bn, dim)));
+                    }
                 }
-            }
-        });
+            },
+        );
         out
     };
     let mut worst = 0f64;
-    for (nq, n, dim, offset) in [(20usize, 300usize, 64usize, 0f32), (16, 200, 1152, 0.0), (16, 100, 256, 20.0)] {
+    for (nq, n, dim, offset) in [
+        (20usize, 300usize, 64usize, 0f32),
+        (16, 200, 1152, 0.0),
+        (16, 100, 256, 20.0),
+    ] {
         let q: Vec<f32> = random(nq * dim, 60).iter().map(|v| v + offset).collect();
         let b: Vec<f32> = random(n * dim, 61).iter().map(|v| v + offset).collect();
         for (g, d2, e) in measure(&q, &b, dim) {
@@ -603,21 +623,33 @@ fn bf16_form_bound_holds_and_is_tight() {
 fn bf16_search_speed() {
     use miad::cpu::bank_search::{nearest_bf16, nearest_bf16_scratch_len};
     let pool = Pool::new(2);
-    for (nq, n, dim, clustered) in [(3136usize, 16000usize, 1152usize, false), (3136, 16000, 1152, true), (784, 24000, 768, true)] {
-        let b = if clustered { clustered_with_duplicates(n, dim, 3) } else { random(n * dim, 3) };
-        let q: Vec<f32> = if clustered {
-            let noise = random(nq * dim, 4);
-            (0..nq).flat_map(|j| {
+    for (nq, n, dim, clustered) in [
+        (3136usize, 16000usize, 1152usize, false),
+        (3136, 16000, 1152, true),
+        (784, 24000, 768, true),
+    ] {
+        // Clustered: 64 centres + noise 0.3, queries a bank row + noise 0.2 (as the
+        // device bank tests).
+        let mut b = random(n * dim, 3);
+        let mut q = random(nq * dim, 4);
+        if clustered {
+            let centres = random(64 * dim, 5);
+            for (i, row) in b.chunks_exact_mut(dim).enumerate() {
+                let c = &centres[(i * 37 % 64) * dim..][..dim];
+                row.iter_mut().zip(c).for_each(|(v, &m)| *v = m + 0.3 * *v);
+            }
+            for (j, row) in q.chunks_exact_mut(dim).enumerate() {
                 let src = &b[(j * 7919 % n) * dim..][..dim];
-                src.iter().zip(&noise[j * dim..][..dim]).map(|(s, e)| s + 0.5 * e).collect::<Vec<_>>()
-            }).collect()
-        } else {
-            random(nq * dim, 4)
-        };
+                row.iter_mut()
+                    .zip(src)
+                    .for_each(|(v, &s)| *v = s + 0.2 * *v);
+            }
+        }
         let mut norms = vec![0f32; n];
         sq_norms(&b, dim, &mut norms);
         let bv = BankView::new(&b, &norms, dim);
         let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+        let (mut d16, mut i16) = (vec![0f32; nq], vec![0u32; nq]);
         let mut s32 = vec![0f32; nearest_scratch_len(2)];
         let mut s16 = vec![0f32; nearest_bf16_scratch_len(2, dim)];
         let (mut t32, mut t16, mut scans) = (f64::MAX, f64::MAX, 0);
@@ -626,11 +658,12 @@ fn bf16_search_speed() {
             nearest(&pool, &q, bv, None, &mut d, &mut i, &mut s32);
             t32 = t32.min(t.elapsed().as_secs_f64());
             let t = std::time::Instant::now();
-            scans = nearest_bf16(&pool, &q, bv, &mut d, &mut i, &mut s16);
+            scans = nearest_bf16(&pool, &q, bv, &mut d16, &mut i16, &mut s16);
             t16 = t16.min(t.elapsed().as_secs_f64());
         }
+        assert_eq!(i16, i);
         eprintln!(
-            "bank search {nq} x {n} x {dim} ({}), 2 threads, best of 3: f32 {t32:.3} s, bf16 exact {t16:.3} s, ratio bf16/f32 {:.3}; {scans} queries scanned exactly",
+            "bank search {nq} x {n} x {dim} ({}), 2 threads, best of 3: f32 {t32:.3} s, bf16 exact {t16:.3} s, ratio bf16/f32 {:.3}; {scans} of {nq} queries scanned exactly",
             if clustered { "clustered, queries near rows" } else { "random" },
             t16 / t32
         );
