@@ -354,9 +354,7 @@ fn neighbour_table_equals_brute_force_and_knn_scan() {
         for m in 0..n {
             let found = knn_scan(&Pool::new(2), bv.row(m), bv, None, 3, &mut out, &mut s);
             let mut want = [NO_ROW; TABLE_NEIGHBOURS];
-            for t in 1..found {
-                want[t - 1] = out[t];
-            }
+            want[..found - 1].copy_from_slice(&out[1..found]);
             assert_eq!(
                 t2.rows[m * TABLE_NEIGHBOURS..(m + 1) * TABLE_NEIGHBOURS],
                 want,

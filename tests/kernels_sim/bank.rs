@@ -569,6 +569,16 @@ struct F16Run {
     tps: usize,
 }
 
+/// runtime/cuda/ops/bank_search.rs `fast_bank_sq` (that module needs the `cuda`
+/// feature): the largest squared row norm, +inf for a value beyond f16 or not finite.
+fn fast_bank_sq(rows: &[f32], sq_norms: &[f32]) -> f32 {
+    let fits = rows.iter().all(|v| v.abs() <= 65504.0) && sq_norms.iter().all(|v| v.is_finite());
+    if !fits {
+        return f32::INFINITY;
+    }
+    sq_norms.iter().fold(0.0f32, |m, &v| m.max(v))
+}
+
 fn margins(d: &Data, qn: &[f32], bank_sq: f32, seed: u64) -> Result<Vec<f32>, String> {
     let nq = d.nq();
     let (q, qnb) = (Buf::from(&d.q), Buf::from(qn));
@@ -596,7 +606,7 @@ fn run_f16(d: &Data, sms: usize, seed: u64) -> Result<F16Run, String> {
     let b16 = to_f16(&d.bank, seed)?;
     let qn = row_sqnorms(&d.q, nq, dim, seed)?;
     let bn = row_sqnorms(&d.bank, nb, dim, seed)?;
-    let bank_sq = miad::cuda::ops::bank_search::fast_bank_sq(&d.bank, &bn);
+    let bank_sq = fast_bank_sq(&d.bank, &bn);
     let margin = margins(d, &qn, bank_sq, seed)?;
     let (q16, b16, qn, bn) = (
         Buf::from(&q16),
@@ -696,7 +706,7 @@ fn finish_model(d: &Data, r: &F16Run) -> Vec<(f32, i32, i32)> {
                 .map(|s| at(s, 0).0)
                 .fold(f32::INFINITY, f32::min);
             let thr = fmin as f64 + 2.0 * r.margin[k] as f64;
-            let scan_all = !(thr < f64::INFINITY);
+            let scan_all = thr.is_nan() || thr == f64::INFINITY;
             let complete = |s: usize| !scan_all && at(s, KEEP - 1).0 as f64 > thr;
             let qr = &d.q[k * dim..][..dim];
             let (mut bd, mut bi) = (f32::INFINITY, NONE);
@@ -993,7 +1003,7 @@ fn search_f16_near_duplicates() -> Result<(), String> {
     same(
         "bank beyond f16: every split scanned",
         &r.scanned,
-        &vec![r.splits as i32; 12],
+        &[r.splits as i32; 12],
     )?;
     check_fast(&d, 132, SEEDS[0], "bank beyond f16")?;
     Ok(())
@@ -1027,7 +1037,7 @@ fn fast_bound() -> Result<(), String> {
                 let e = f32_path_dist(qr, &d.bank[j * dim..][..dim]) as f64;
                 let err = (f - e).abs();
                 worst = worst.max(err / e_bound);
-                if !(err <= e_bound) {
+                if err.is_nan() || err > e_bound {
                     return Err(format!("{dim}: query {k} row {j} ({src}): |f - e'| = {err:.3e} > E = {e_bound:.3e}"));
                 }
                 Ok(())
