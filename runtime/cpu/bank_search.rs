@@ -527,6 +527,25 @@ fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
     (2.0 * g + 3.0 * u) * (q + b) * (q + b) * (1.0 + 2f64.powi(-20))
 }
 
+/// A dot product in an order the compiler can vectorise (16 partial sums): within the
+/// bound of [`gemm_form_bound`], which holds for any summation order.
+fn dot_any_order(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Rows per progress report of [`neighbour_table`] and per pool task.
 fn table_rows_per_task(dim: usize) -> usize {
     query_block(dim)
@@ -542,7 +561,8 @@ fn table_rows_per_task(dim: usize) -> usize {
 /// rows by the GEMM form g; with U the largest g + E over its 3 smallest (E of
 /// [`gemm_form_bound`], per row pair) every row of the exact top 3 has g − E ≤ U; those
 /// are re-scored with [`sq_dist`]. When the kept list may miss such a row (its last g −
-/// E_max ≤ U), the row scans the bank with [`sq_dist`] instead (counted).
+/// E_max ≤ U), the row computes g for every bank row again and re-scores those with
+/// g − E ≤ U (counted in `exact_scans`).
 ///
 /// `None` when the bank holds a value that is not finite (the scan's handling of NaN
 /// distances is then kept by not storing a table). `progress(done, total)` after each
@@ -636,8 +656,15 @@ pub fn neighbour_table(
                         }
                     }
                 } else {
+                    // Every row through the GEMM form again (any summation order keeps
+                    // the bound), re-scoring those that pass.
                     scans[0] += 1;
-                    (0..n).for_each(&mut exact);
+                    for b in 0..n {
+                        let g = qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b];
+                        if g as f64 - bound(b as u32) <= reach {
+                            exact(b);
+                        }
+                    }
                 }
                 out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[1..3]);
             }

@@ -667,3 +667,34 @@ fn bf16_search_speed() {
         );
     }
 }
+
+/// The fit-time cost of the neighbour table. Run with
+/// `cargo test --features cuda-sim --test cpu -- --ignored neighbour_table_speed --nocapture`.
+#[test]
+#[ignore]
+fn neighbour_table_speed() {
+    let pool = Pool::new(2);
+    for (n, dim, clustered) in [(8000usize, 1152usize, false), (8000, 1152, true)] {
+        let mut b = random(n * dim, 3);
+        if clustered {
+            let centres = random(64 * dim, 5);
+            for (i, row) in b.chunks_exact_mut(dim).enumerate() {
+                let c = &centres[(i * 37 % 64) * dim..][..dim];
+                row.iter_mut().zip(c).for_each(|(v, &m)| *v = m + 0.3 * *v);
+            }
+        }
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let t = std::time::Instant::now();
+        let table = neighbour_table(&pool, bv, &mut |_, _| {}).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let gflop = 2.0 * (n * n * dim) as f64 / 1e9;
+        eprintln!(
+            "neighbour table {n} x {dim} ({}), 2 threads: {secs:.2} s ({:.1} GFLOP/s of the GEMM pass), {} rows scanned exactly",
+            if clustered { "64 clusters" } else { "random" },
+            gflop / secs,
+            table.exact_scans
+        );
+    }
+}
