@@ -372,7 +372,8 @@ fn neighbour_tables(c: &miad::config::BankConfig, file: &Container) -> Val {
             .join(" ")
     };
     match (with.is_empty(), without.is_empty()) {
-        (_, true) => t(format!("{} (re-weighting looks its rows up)", names(&with))),
+        (true, true) => Val::Absent,
+        (false, true) => t(format!("{} (re-weighting looks its rows up)", names(&with))),
         (true, false) => t(format!(
             "none (written before the tables or resized: re-weighting scans {} per part)",
             names(&without)
