@@ -123,6 +123,10 @@ impl Kinds {
     };
 }
 
+/// A replacement of a block's attention: `(device, qkv, out)` with the addresses of the
+/// qkv matrix and of the attention output ([`DeviceBlocks::record`]).
+pub(crate) type Attend<'a> = &'a dyn Fn(&Device, u64, u64) -> Result<()>;
+
 /// The sizes of one encoder's transformer blocks, validated for the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EncoderDims {
@@ -627,7 +631,20 @@ impl Encoder {
         dev: &Device,
         pos: DevPtr<f32>,
         kinds: Kinds,
+        after: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        self.record_blocks_with(dev, pos, kinds, after, None)
+    }
+
+    /// [`Encoder::record_blocks`], with `attend(dev, qkv, out)` (addresses of the `big`
+    /// and `small` buffers) in place of the attention kernel when given.
+    unsafe fn record_blocks_with(
+        &self,
+        dev: &Device,
+        pos: DevPtr<f32>,
+        kinds: Kinds,
         mut after: impl FnMut(usize) -> Result<()>,
+        attend: Option<Attend<'_>>,
     ) -> Result<()> {
         let (t, heads) = (self.dims.tokens, self.dims.heads);
         let scale = 1.0 / (self.dims.head_dim() as f32).sqrt();
@@ -640,7 +657,9 @@ impl Encoder {
             if kinds.gemm {
                 gemm(qkv, dev, self.small, w.qkv_w, w.qkv_b, self.big)?;
             }
-            if kinds.attention {
+            if let (true, Some(attend)) = (kinds.attention, attend) {
+                attend(dev, self.big, self.small)?;
+            } else if kinds.attention {
                 match self.precision {
                     Precision::F32 => self.attention.run_f32(
                         dev,
@@ -675,6 +694,85 @@ impl Encoder {
             }
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocks alone
+
+/// A stack of pre-norm blocks with qkv biases (`cpu::transformer`'s, the ViT's kind) over a
+/// fixed number of tokens, for other stages (RADAR's token transformer in
+/// [`super::fusion`]): the residual stream [`DeviceBlocks::x`] is transformed in place.
+pub(crate) struct DeviceBlocks {
+    enc: Encoder,
+}
+
+// SAFETY: as for `DeviceVit`.
+unsafe impl Send for DeviceBlocks {}
+
+impl DeviceBlocks {
+    fn stage<'a>(
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'a>],
+        workspace: WorkspacePlace,
+    ) -> Result<EncoderStage<'a>> {
+        let dims = dims.checked("transformer blocks")?;
+        EncoderStage::new(dims, p, Staging::new(), weights, 0, None, workspace)
+    }
+
+    /// The device memory of the blocks (weights and activations; the GEMM workspace is the
+    /// device's).
+    pub(crate) fn arena_plan(
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'_>],
+    ) -> Result<ArenaPlan> {
+        Ok(Self::stage(dims, p, weights, WorkspacePlace::Device)?
+            .st
+            .arena)
+    }
+
+    /// The blocks in `region` of the engine's arena (or their own arena).
+    pub(crate) fn new(
+        dev: &Device,
+        region: &'static str,
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'_>],
+    ) -> Result<Self> {
+        let stage = Self::stage(dims, p, weights, WorkspacePlace::on(dev)?)?;
+        let plan = EmbedPlan {
+            vit: None,
+            point: None,
+        };
+        Ok(DeviceBlocks {
+            enc: Encoder::build(dev, region, &stage, plan)?,
+        })
+    }
+
+    /// The residual stream, `tokens × dim` f32.
+    pub(crate) fn x(&self) -> DevPtr<f32> {
+        self.enc.x
+    }
+
+    pub(crate) fn attention(&self) -> &Attention {
+        &self.enc.attention
+    }
+
+    /// Enqueues every block on [`DeviceBlocks::x`]; `after(i)` runs after block `i`;
+    /// `attend(dev, qkv, out)` replaces the attention kernel when given.
+    ///
+    /// # Safety
+    /// As the forwards' `record`: the blocks' own buffers, on their device.
+    pub(crate) unsafe fn record(
+        &self,
+        dev: &Device,
+        after: impl FnMut(usize) -> Result<()>,
+        attend: Option<Attend<'_>>,
+    ) -> Result<()> {
+        self.enc
+            .record_blocks_with(dev, DevPtr::null(), Kinds::ALL, after, attend)
     }
 }
 
