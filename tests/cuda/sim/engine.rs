@@ -228,7 +228,7 @@ fn radar_heads_without_a_kernel_leave_the_fusion_on_the_cpu_with_a_reason() {
     cfg.name = "small-hd64-radar16".into();
     cfg.radar = common::small_radar().radar;
     assert_eq!(cfg.radar.as_ref().map(|r| r.dim / r.heads), Some(16));
-    let fx = common::fitted_with(cfg, "sim-radar-heads16", Category::Disc, 3, 1, 1);
+    let fx = common::fitted_with(cfg, "sim-radar-heads16", Category::Disc, 11, 4, 1);
     let e = Engine::open(
         &fx.model,
         &fx.bank,
