@@ -1,7 +1,8 @@
-//! Fusion (SPEC §5) on the device: M3DM's UFF, `cpu::fusion::fuse`, built from the pieces of
-//! the transformer forwards ([`super::forward`]: the staging of weights into one arena, the
-//! GEMM plans and their f32/bf16 operand types) and the embed kernels (LayerNorm, adaptive
-//! pooling, strided row copies).
+//! Fusion (SPEC §5) on the device: M3DM's UFF (`cpu::fusion::fuse`, this file) and, for
+//! models with `radar`, RADAR's adaptive instruction fusion (`cpu::radar_fusion`, module
+//! `radar`), built from the pieces of the transformer forwards ([`super::forward`]: the
+//! staging of weights into one arena, the GEMM plans and their f32/bf16 operand types, the
+//! blocks) and the embed kernels (LayerNorm, adaptive pooling, strided row copies).
 //!
 //! # Interface (what the one-graph engine calls)
 //!
