@@ -536,7 +536,9 @@ fn open_backend(
     #[cfg(feature = "cuda")]
     {
         use crate::cuda::stages::point_branch::{BranchOptions, DevicePointBranch};
-        use crate::cuda::stages::{bank_search::DeviceBankSearch, vit::DeviceRgb};
+        use crate::cuda::stages::{
+            bank_search::DeviceBankSearch, fusion::FusionGraph, vit::DeviceRgb,
+        };
         use crate::cuda::Device;
         use std::sync::Arc;
         // One device (context and stream) for the engine, shared by every device stage.
@@ -569,7 +571,12 @@ fn open_backend(
             .map_err(|e| on_cpu.push(format!("rgb branch: {e}")));
         let point_needs = DevicePointBranch::arena_needs(model, branch)
             .map_err(|e| on_cpu.push(format!("point branch: {e}")));
-        for n in [&rgb_needs, &point_needs].into_iter().flatten() {
+        let fusion_needs = FusionGraph::arena_needs(model, precision)
+            .map_err(|e| on_cpu.push(format!("fusion: {e}")));
+        for n in [&rgb_needs, &point_needs, &fusion_needs]
+            .into_iter()
+            .flatten()
+        {
             needs.extend(n.iter().cloned());
         }
         if let Err(e) = dev.plan_engine_arena(&needs) {
@@ -604,6 +611,17 @@ fn open_backend(
             {
                 Ok(_) => choice.device_stages.insert(0, "point branch"),
                 Err(e) => on_cpu.push(format!("point branch: {e}")),
+            }
+        }
+        if fusion_needs.is_ok() {
+            match FusionGraph::on_device(dev.clone(), model, precision)
+                .and_then(|f| extractor.use_fusion_network(pool, Box::new(f), tolerance))
+            {
+                // Before the bank search, in pipeline order.
+                Ok(_) => choice
+                    .device_stages
+                    .insert(choice.device_stages.len() - 1, "fusion"),
+                Err(e) => on_cpu.push(format!("fusion: {e}")),
             }
         }
         if !on_cpu.is_empty() {

@@ -85,6 +85,21 @@ pub trait PointNetwork {
     ) -> Result<()>;
 }
 
+/// The fusion run by another backend (the CUDA backend): from the xyz features
+/// (`xyz_grid² × xyz_dim`) and the RGB features (`rgb_grid² × rgb_dim`), a missing
+/// modality's already the pseudo input's, and the part's case (which RADAR's instructions
+/// depend on; UFF ignores it) to the fused features (`xyz_grid² × fused_dim`), exactly what
+/// the CPU fusion computes.
+pub trait FusionNetwork {
+    fn forward(
+        &mut self,
+        xyz: &[f32],
+        rgb: &[f32],
+        case: radar_fusion::Case,
+        fused: &mut [f32],
+    ) -> Result<()>;
+}
+
 /// RADAR's fusion: its weights and planned buffers.
 struct RadarFusion<'m> {
     weights: radar_fusion::RadarWeights<'m>,
@@ -120,6 +135,8 @@ pub struct Extractor<'m> {
     /// Runs the point branch instead of the CPU when set
     /// ([`Extractor::use_point_network`]).
     point_network: Option<Box<dyn PointNetwork + Send>>,
+    /// Runs the fusion instead of the CPU when set ([`Extractor::use_fusion_network`]).
+    fusion_network: Option<Box<dyn FusionNetwork + Send>>,
     /// Which modalities the last part had, and why one was not used.
     pub status: ModalityStatus,
     /// Stage times of the last part.
@@ -218,6 +235,7 @@ impl<'m> Extractor<'m> {
             scratch: vec![0.0; scratch_len],
             rgb_network: None,
             point_network: None,
+            fusion_network: None,
             pseudo: PseudoFeatures {
                 rgb: Vec::new(),
                 xyz: Vec::new(),
@@ -386,6 +404,67 @@ impl<'m> Extractor<'m> {
         Ok(rel)
     }
 
+    /// Runs the fusion on `network` from now on, after checking it against the CPU fusion
+    /// on probe features (the pseudo features plus a smooth pattern, so that every row
+    /// differs) in every case the model's fusion distinguishes (RADAR: the three; UFF: one).
+    /// Returns the largest relative difference found (max |Δ| over max |CPU|); a network
+    /// that fails or differs by more than `tolerance` is refused and the CPU fusion stays
+    /// in use.
+    pub fn use_fusion_network(
+        &mut self,
+        pool: &Pool,
+        mut network: Box<dyn FusionNetwork + Send>,
+        tolerance: f32,
+    ) -> Result<f32> {
+        let probe = |base: &[f32], freq: f32| -> Vec<f32> {
+            base.iter()
+                .enumerate()
+                .map(|(i, v)| v + 0.5 * (freq * i as f32).sin())
+                .collect()
+        };
+        self.xyz = probe(&self.pseudo.xyz, 0.37);
+        self.rgb = probe(&self.pseudo.rgb, 0.61);
+        let cases: &[radar_fusion::Case] = if self.radar.is_some() {
+            &[
+                radar_fusion::Case::Complete,
+                radar_fusion::Case::RgbOnly,
+                radar_fusion::Case::CloudOnly,
+            ]
+        } else {
+            &[radar_fusion::Case::Complete]
+        };
+        let fail = |what: String| {
+            Err(Error::Device(DeviceError::SelfCheck(format!(
+                "self-check of the fusion network failed: {what}"
+            ))))
+        };
+        let mut got = vec![0f32; self.fused.len()];
+        let mut worst_rel = 0f32;
+        for &case in cases {
+            self.fuse_on_cpu(pool, case);
+            network.forward(&self.xyz, &self.rgb, case, &mut got)?;
+            if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+                return fail(format!("fused feature {i} is {} ({case:?})", got[i]));
+            }
+            let peak = self.fused.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = self
+                .fused
+                .iter()
+                .zip(&got)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let rel = worst / peak.max(f32::MIN_POSITIVE);
+            if rel > tolerance {
+                return fail(format!(
+                    "its fused features ({case:?}) differ from the CPU's by {rel:.2e} of their \
+                     peak (tolerance {tolerance:.0e})"
+                ));
+            }
+            worst_rel = worst_rel.max(rel);
+        }
+        self.fusion_network = Some(network);
+        Ok(worst_rel)
+    }
+
     /// Writes the probe cloud of [`Extractor::use_point_network`] into the preprocessed
     /// points: a smooth, non-planar surface over a disk of the S×S grid (the whole grid
     /// when the disk holds too few points for the branch), in pixel order.
@@ -522,15 +601,33 @@ impl<'m> Extractor<'m> {
             self.xyz.copy_from_slice(&self.pseudo.xyz);
         }
         let t3 = Instant::now();
+        // The case of the part (RADAR's instruction); a missing modality's features are
+        // already the pseudo input's.
+        let case = match (status.rgb_usable(), status.cloud_usable()) {
+            (true, false) => radar_fusion::Case::RgbOnly,
+            (false, true) => radar_fusion::Case::CloudOnly,
+            _ => radar_fusion::Case::Complete,
+        };
+        if let Some(net) = self.fusion_network.as_mut() {
+            net.forward(&self.xyz, &self.rgb, case, &mut self.fused)?;
+        } else {
+            self.fuse_on_cpu(pool, case);
+        }
+        let t4 = Instant::now();
+        self.times = StageTimes {
+            preprocess: (t1 - t0).as_secs_f64(),
+            rgb: (t2 - t1).as_secs_f64(),
+            point: (t3 - t2).as_secs_f64(),
+            fusion: (t4 - t3).as_secs_f64(),
+        };
+        Ok(status)
+    }
+
+    /// [`Extractor::fused`] from [`Extractor::xyz`] and [`Extractor::rgb`] on the CPU:
+    /// RADAR's fusion with the instruction of `case` when the model has it, else UFF.
+    fn fuse_on_cpu(&mut self, pool: &Pool, case: radar_fusion::Case) {
         let rgb_grid = self.cfg.vit.as_ref().expect("checked in new").grid();
         if let Some(r) = self.radar.as_mut() {
-            // The instruction of the part's case; a missing modality's features are
-            // already the pseudo input's.
-            let case = match (status.rgb_usable(), status.cloud_usable()) {
-                (true, false) => radar_fusion::Case::RgbOnly,
-                (false, true) => radar_fusion::Case::CloudOnly,
-                _ => radar_fusion::Case::Complete,
-            };
             r.scratch.fuse(
                 pool,
                 &r.weights,
@@ -551,14 +648,6 @@ impl<'m> Extractor<'m> {
                 &mut self.scratch,
             );
         }
-        let t4 = Instant::now();
-        self.times = StageTimes {
-            preprocess: (t1 - t0).as_secs_f64(),
-            rgb: (t2 - t1).as_secs_f64(),
-            point: (t3 - t2).as_secs_f64(),
-            fusion: (t4 - t3).as_secs_f64(),
-        };
-        Ok(status)
     }
 
     fn point_branch(&mut self, pool: &Pool) {

@@ -181,7 +181,7 @@ pub fn assert_one_device_object(backend: Backend, precision: Precision, name: &s
         return false;
     }
     assert_eq!(c.fallback, None, "a stage fell back: {}", c.describe());
-    for s in ["point branch", "rgb branch", "bank search"] {
+    for s in ["point branch", "rgb branch", "fusion", "bank search"] {
         assert!(c.device_stages.contains(&s), "{s}: {}", c.describe());
     }
     let counts = c

@@ -17,6 +17,7 @@ mod coreset;
 mod embed;
 mod engine;
 mod forward;
+mod fusion;
 mod gemm;
 mod launch;
 mod maps;

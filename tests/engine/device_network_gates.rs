@@ -1,6 +1,7 @@
-//! The extractor's gates for networks run by another backend (the CUDA ViT and point
-//! branch): each is accepted only when it reproduces the CPU on a probe input (the ViT on
-//! the pseudo input, the point branch on a probe cloud), and then it is what `run` uses.
+//! The extractor's gates for networks run by another backend (the CUDA ViT, point branch
+//! and fusion): each is accepted only when it reproduces the CPU on a probe input (the ViT
+//! on the pseudo input, the point branch on a probe cloud, the fusion on probe features in
+//! every case its model distinguishes), and then it is what `run` uses.
 //! Checked here with stand-in networks on the CPU (no GPU needed).
 
 use miad::backend::Precision;
@@ -296,4 +297,159 @@ fn a_point_network_is_used_only_when_it_reproduces_the_cpu_point_branch() {
     );
     assert!(worst > 0.0, "the stand-in's shift shows");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How a stand-in fusion goes wrong.
+#[derive(Clone, Copy, PartialEq)]
+enum FusionFault {
+    /// Adds `shift × peak` to the first fused value.
+    Shift(f32),
+    Nan,
+    Error,
+    /// Always fuses with the complete case's instruction (RADAR).
+    IgnoresCase,
+}
+
+/// The CPU fusion (UFF or RADAR, from the public pieces), with a fault; records the cases
+/// it was asked for.
+struct FusionStandIn {
+    cfg: ModelConfig,
+    tensors: OwnedTensors,
+    fault: FusionFault,
+    cases: Arc<std::sync::Mutex<Vec<miad::cpu::radar_fusion::Case>>>,
+}
+
+impl miad::pipeline::extract::FusionNetwork for FusionStandIn {
+    fn forward(
+        &mut self,
+        xyz: &[f32],
+        rgb: &[f32],
+        case: miad::cpu::radar_fusion::Case,
+        fused: &mut [f32],
+    ) -> Result<()> {
+        use miad::cpu::radar_fusion as rf;
+        self.cases.lock().unwrap().push(case);
+        if self.fault == FusionFault::Error {
+            return Err(Error::Device(DeviceError::Other(
+                "stand-in fusion lost".into(),
+            )));
+        }
+        let fc = self.cfg.fusion.as_ref().unwrap();
+        let pool = Pool::new(1);
+        let (rgb_grid, xyz_grid) = (
+            self.cfg.vit.as_ref().unwrap().grid(),
+            self.cfg.preprocess.xyz_grid as usize,
+        );
+        match &self.cfg.radar {
+            Some(rc) => {
+                let w = rf::load_weights(&self.tensors, fc, rc)?;
+                let mut s = rf::RadarScratch::new(rf::Dims::new(fc, rc, xyz_grid));
+                let case = match self.fault {
+                    FusionFault::IgnoresCase => rf::Case::Complete,
+                    _ => case,
+                };
+                s.fuse(&pool, &w, xyz, rgb, case, fused);
+            }
+            None => {
+                use miad::cpu::fusion::{fuse, fusion_scratch_len, FusionWeights};
+                let w = FusionWeights::load(&self.tensors, fc)?;
+                let mut scratch = vec![0f32; fusion_scratch_len(fc, rgb_grid, xyz_grid)];
+                fuse(&pool, &w, rgb, rgb_grid, xyz, xyz_grid, fused, &mut scratch);
+            }
+        }
+        let peak = fused.iter().fold(0f32, |m, v| m.max(v.abs()));
+        match self.fault {
+            FusionFault::Shift(s) => fused[0] += s * peak,
+            FusionFault::Nan => fused[1] = f32::NAN,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+type Cases = Arc<std::sync::Mutex<Vec<miad::cpu::radar_fusion::Case>>>;
+
+fn fusion_stand_in(
+    cfg: &ModelConfig,
+    tensors: &OwnedTensors,
+    fault: FusionFault,
+) -> (Box<FusionStandIn>, Cases) {
+    let cases = Cases::default();
+    let net = FusionStandIn {
+        cfg: cfg.clone(),
+        tensors: tensors.clone(),
+        fault,
+        cases: cases.clone(),
+    };
+    (Box::new(net), cases)
+}
+
+#[test]
+fn a_fusion_is_used_only_when_it_reproduces_the_cpu_fusion_in_every_case() {
+    use miad::cpu::radar_fusion::Case;
+    let tol = Precision::F32.feature_tolerance();
+    let pool = Pool::new(2);
+    let (w, h) = (96, 96);
+    let rgb: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+    for radar in [false, true] {
+        let mut cfg = ModelConfig::small();
+        if radar {
+            cfg.radar = Some(miad::config::RadarConfig {
+                dim: 32,
+                depth: 2,
+                heads: 1,
+                instruction_len: 4,
+                hyper_dim: 16,
+                token_grid: cfg.vit.as_ref().unwrap().grid() as u32,
+                ln_eps: 1e-5,
+                hybrid: true,
+            });
+        }
+        let tensors = random_model(&cfg, 23);
+        let dir = crate::common::scratch_dir(&format!("fusion-network-{radar}"));
+        let path = dir.join("model.miad");
+        miad::format::write_model(&cfg, &tensors, &[], &path).unwrap();
+        let model = miad::format::ModelFile::open(&path, &Default::default()).unwrap();
+        let mut ex = Extractor::new(&pool, &model, w, h, PreprocessMode::Full).unwrap();
+        let mut faults = vec![
+            (FusionFault::Shift(10.0 * tol), "differ from the CPU's"),
+            (FusionFault::Nan, "NaN"),
+            (FusionFault::Error, "stand-in fusion lost"),
+        ];
+        if radar {
+            // Only the other cases' instructions can show this one.
+            faults.push((FusionFault::IgnoresCase, "(RgbOnly) differ from the CPU's"));
+        }
+        for (fault, needle) in faults {
+            let (net, _) = fusion_stand_in(&cfg, &tensors, fault);
+            let e = ex.use_fusion_network(&pool, net, tol).unwrap_err();
+            let self_check = matches!(e, Error::Device(DeviceError::SelfCheck(_)));
+            assert_eq!(self_check, fault != FusionFault::Error, "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        // A part through the CPU fusion, for reference.
+        let view = || RgbView::packed(&rgb, w, h);
+        ex.run(&pool, Some(view()), None).unwrap();
+        let cpu = ex.fused.clone();
+
+        // Within tolerance: accepted after one pass per case, then used by `run` with the
+        // part's case.
+        let (net, cases) = fusion_stand_in(&cfg, &tensors, FusionFault::Shift(0.1 * tol));
+        let rel = ex.use_fusion_network(&pool, net, tol).unwrap();
+        assert!(rel > 0.0 && rel <= tol, "{rel}");
+        let checked = if radar {
+            vec![Case::Complete, Case::RgbOnly, Case::CloudOnly]
+        } else {
+            vec![Case::Complete]
+        };
+        assert_eq!(*cases.lock().unwrap(), checked);
+        ex.run(&pool, Some(view()), None).unwrap();
+        assert_eq!(cases.lock().unwrap().last(), Some(&Case::RgbOnly));
+        let peak = cpu.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!((ex.fused[0] - cpu[0] - 0.1 * tol * peak).abs() <= 1e-6 * peak);
+        assert_eq!(ex.fused[1..], cpu[1..]);
+        drop(ex);
+        drop(model);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -78,7 +78,7 @@ fn cfg_err(msg: impl std::fmt::Display) -> Error {
 }
 
 /// A typed view of a raw device address.
-fn dp<T>(raw: u64) -> DevPtr<T> {
+pub(crate) fn dp<T>(raw: u64) -> DevPtr<T> {
     let mut p = DevPtr::<T>::null();
     p.0 = raw;
     p
@@ -123,6 +123,10 @@ impl Kinds {
         other: true,
     };
 }
+
+/// A replacement of a block's attention: `(device, qkv, out)` with the addresses of the
+/// qkv matrix and of the attention output ([`DeviceBlocks::record`]).
+pub(crate) type Attend<'a> = &'a dyn Fn(&Device, u64, u64) -> Result<()>;
 
 /// The sizes of one encoder's transformer blocks, validated for the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -278,7 +282,7 @@ impl OpSlot {
             OpSlot::Bf16(_) => Precision::Bf16,
         }
     }
-    fn raw(&self, arena: &Arena) -> u64 {
+    pub(crate) fn raw(&self, arena: &Arena) -> u64 {
         match *self {
             OpSlot::F32(s) => arena.ptr(s).raw(),
             OpSlot::Bf16(s) => arena.ptr(s).raw(),
@@ -312,7 +316,7 @@ pub enum WorkspacePlace {
 
 impl WorkspacePlace {
     /// The device's shared workspace when the engine planned one, else the model's own.
-    fn on(dev: &Device) -> Result<Self> {
+    pub(crate) fn on(dev: &Device) -> Result<Self> {
         Ok(match dev.shared_gemm_workspace()? {
             Some(_) => WorkspacePlace::Device,
             None => WorkspacePlace::Own,
@@ -344,16 +348,17 @@ impl ActivationSlots {
     }
 }
 
-/// The arena being planned and the host tensors waiting to be uploaded into it.
-struct Staging<'a> {
-    arena: ArenaPlan,
+/// The arena being planned and the host tensors waiting to be uploaded into it (also the
+/// fusion stage's, `super::fusion`).
+pub(crate) struct Staging<'a> {
+    pub(crate) arena: ArenaPlan,
     /// Zero-length slot at offset 0: the arena's base, for zeroing it.
-    base: Slot<u8>,
+    pub(crate) base: Slot<u8>,
     uploads: Vec<(OpSlot, &'a [f32])>,
 }
 
 impl<'a> Staging<'a> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut arena = ArenaPlan::new();
         let base = arena.add(0);
         Staging {
@@ -363,18 +368,18 @@ impl<'a> Staging<'a> {
         }
     }
     /// A GEMM operand in the precision's element type.
-    fn weight(&mut self, p: Precision, data: &'a [f32]) -> OpSlot {
+    pub(crate) fn weight(&mut self, p: Precision, data: &'a [f32]) -> OpSlot {
         let s = OpSlot::add(&mut self.arena, p, data.len());
         self.uploads.push((s, data));
         s
     }
     /// An f32 tensor (norms, f32-output biases, embeddings).
-    fn f32(&mut self, data: &'a [f32]) -> Slot<f32> {
+    pub(crate) fn f32(&mut self, data: &'a [f32]) -> Slot<f32> {
         let s = self.arena.add(data.len());
         self.uploads.push((OpSlot::F32(s), data));
         s
     }
-    fn upload(&self, dev: &Device, arena: &Arena) -> Result<()> {
+    pub(crate) fn upload(&self, dev: &Device, arena: &Arena) -> Result<()> {
         for (slot, data) in &self.uploads {
             match *slot {
                 OpSlot::F32(s) => arena.upload(dev, s, data)?,
@@ -526,7 +531,14 @@ struct Encoder {
 ///
 /// # Safety
 /// The addresses must hold the plan's operands (see [`GemmPlan::run`]).
-unsafe fn gemm(plan: &GemmPlan, dev: &Device, x: u64, w: u64, bias: u64, y: u64) -> Result<()> {
+pub(crate) unsafe fn gemm(
+    plan: &GemmPlan,
+    dev: &Device,
+    x: u64,
+    w: u64,
+    bias: u64,
+    y: u64,
+) -> Result<()> {
     let s = plan.shape();
     match (s.precision, s.output) {
         (Precision::F32, Precision::F32) => plan.run::<f32>(dev, dp(x), dp(w), dp(bias), dp(y)),
@@ -630,7 +642,20 @@ impl Encoder {
         dev: &Device,
         pos: DevPtr<f32>,
         kinds: Kinds,
+        after: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        self.record_blocks_with(dev, pos, kinds, after, None)
+    }
+
+    /// [`Encoder::record_blocks`], with `attend(dev, qkv, out)` (addresses of the `big`
+    /// and `small` buffers) in place of the attention kernel when given.
+    unsafe fn record_blocks_with(
+        &self,
+        dev: &Device,
+        pos: DevPtr<f32>,
+        kinds: Kinds,
         mut after: impl FnMut(usize) -> Result<()>,
+        attend: Option<Attend<'_>>,
     ) -> Result<()> {
         let (t, heads) = (self.dims.tokens, self.dims.heads);
         let scale = 1.0 / (self.dims.head_dim() as f32).sqrt();
@@ -643,7 +668,9 @@ impl Encoder {
             if kinds.gemm {
                 gemm(qkv, dev, self.small, w.qkv_w, w.qkv_b, self.big)?;
             }
-            if kinds.attention {
+            if let (true, Some(attend)) = (kinds.attention, attend) {
+                attend(dev, self.big, self.small)?;
+            } else if kinds.attention {
                 match self.precision {
                     Precision::F32 => self.attention.run_f32(
                         dev,
@@ -679,6 +706,85 @@ impl Encoder {
             }
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocks alone
+
+/// A stack of pre-norm blocks with qkv biases (`cpu::transformer`'s, the ViT's kind) over a
+/// fixed number of tokens, for other stages (RADAR's token transformer in
+/// [`super::fusion`]): the residual stream [`DeviceBlocks::x`] is transformed in place.
+pub(crate) struct DeviceBlocks {
+    enc: Encoder,
+}
+
+// SAFETY: as for `DeviceVit`.
+unsafe impl Send for DeviceBlocks {}
+
+impl DeviceBlocks {
+    fn stage<'a>(
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'a>],
+        workspace: WorkspacePlace,
+    ) -> Result<EncoderStage<'a>> {
+        let dims = dims.checked("transformer blocks")?;
+        EncoderStage::new(dims, p, Staging::new(), weights, 0, None, workspace)
+    }
+
+    /// The device memory of the blocks (weights and activations; the GEMM workspace is the
+    /// device's).
+    pub(crate) fn arena_plan(
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'_>],
+    ) -> Result<ArenaPlan> {
+        Ok(Self::stage(dims, p, weights, WorkspacePlace::Device)?
+            .st
+            .arena)
+    }
+
+    /// The blocks in `region` of the engine's arena (or their own arena).
+    pub(crate) fn new(
+        dev: &Device,
+        region: &'static str,
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'_>],
+    ) -> Result<Self> {
+        let stage = Self::stage(dims, p, weights, WorkspacePlace::on(dev)?)?;
+        let plan = EmbedPlan {
+            vit: None,
+            point: None,
+        };
+        Ok(DeviceBlocks {
+            enc: Encoder::build(dev, region, &stage, plan)?,
+        })
+    }
+
+    /// The residual stream, `tokens × dim` f32.
+    pub(crate) fn x(&self) -> DevPtr<f32> {
+        self.enc.x
+    }
+
+    pub(crate) fn attention(&self) -> &Attention {
+        &self.enc.attention
+    }
+
+    /// Enqueues every block on [`DeviceBlocks::x`]; `after(i)` runs after block `i`;
+    /// `attend(dev, qkv, out)` replaces the attention kernel when given.
+    ///
+    /// # Safety
+    /// As the forwards' `record`: the blocks' own buffers, on their device.
+    pub(crate) unsafe fn record(
+        &self,
+        dev: &Device,
+        after: impl FnMut(usize) -> Result<()>,
+        attend: Option<Attend<'_>>,
+    ) -> Result<()> {
+        self.enc
+            .record_blocks_with(dev, DevPtr::null(), Kinds::ALL, after, attend)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bank_search;
 pub mod forward;
+pub mod fusion;
 pub mod point_branch;
 pub mod preprocess;
 pub mod vit;

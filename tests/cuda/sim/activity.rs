@@ -1,7 +1,7 @@
 //! What the host asks of the device per part, as the latency report shows it: graph
-//! launches, host synchronisations and the stages left on the CPU. Today the ViT and the
-//! point branch each replay one graph and the bank search one graph per bank (5 for a
-//! complete part), each followed by a wait; the one-graph work brings this to one launch
+//! launches, host synchronisations and the stages left on the CPU. Today the ViT, the
+//! point branch and the fusion each replay one graph and the bank search one graph per
+//! bank (6 for a complete part), each followed by a wait; the one-graph work brings this to one launch
 //! and one wait per part with no CPU stage.
 
 use crate::common;
@@ -46,25 +46,25 @@ fn the_latency_report_counts_graph_launches_host_syncs_and_cpu_stages() {
 
     let sim = report(Backend::CudaSim, 2);
     let again = report(Backend::CudaSim, 3);
-    // The ViT, the point branch and the three banks (complete parts).
-    assert_eq!(sim.graph_launches_per_part, Some(5.0));
+    // The ViT, the point branch, the fusion and the three banks (complete parts).
+    assert_eq!(sim.graph_launches_per_part, Some(6.0));
     // One wait after each launch; every part asks the same, whatever the run's length.
-    assert_eq!(sim.host_syncs_per_part, Some(5.0));
-    assert_eq!(again.host_syncs_per_part, Some(5.0));
-    assert_eq!(again.graph_launches_per_part, Some(5.0));
+    assert_eq!(sim.host_syncs_per_part, Some(6.0));
+    assert_eq!(again.host_syncs_per_part, Some(6.0));
+    assert_eq!(again.graph_launches_per_part, Some(6.0));
     assert_eq!(
         sim.cpu_stages,
-        ["preprocessing", "fusion", "maps and decision"],
+        ["preprocessing", "maps and decision"],
         "{}",
         sim.table()
     );
     let json = sim.to_json();
     assert!(
-        json.contains("\"graph_launches_per_part\": 5.000000"),
+        json.contains("\"graph_launches_per_part\": 6.000000"),
         "{json}"
     );
     assert!(
-        json.contains("\"cpu_stages\": [\"preprocessing\", \"fusion\", \"maps and decision\"]"),
+        json.contains("\"cpu_stages\": [\"preprocessing\", \"maps and decision\"]"),
         "{json}"
     );
     eprintln!("{}", sim.table());

@@ -30,14 +30,27 @@ pub fn options(backend: Backend, precision: Precision) -> EngineOptions {
 const DISTANCE_TOLERANCE_F32: f32 = 2e-3;
 
 /// The device stages an engine on the simulated device must use: all of them.
-pub const STAGES: [&str; 3] = ["point branch", "rgb branch", "bank search"];
+pub const STAGES: [&str; 4] = ["point branch", "rgb branch", "fusion", "bank search"];
 
 pub fn assert_on_the_simulated_device(e: &Engine) {
+    assert_on_the_simulated_device_but(e, &[]);
+}
+
+/// [`assert_on_the_simulated_device`] for an engine whose stages `on_cpu` stay on the CPU,
+/// each with its reason in the fallback note.
+pub fn assert_on_the_simulated_device_but(e: &Engine, on_cpu: &[&str]) {
     let c = e.backend();
     assert_eq!(c.used, Backend::CudaSim, "{}", c.describe());
-    assert_eq!(c.fallback, None, "a stage fell back: {}", c.describe());
-    for s in STAGES {
-        assert!(c.device_stages.contains(&s), "{s}: {}", c.describe());
+    if on_cpu.is_empty() {
+        assert_eq!(c.fallback, None, "a stage fell back: {}", c.describe());
+    }
+    for s in on_cpu {
+        let note = c.fallback.as_deref().unwrap_or_default();
+        assert!(note.contains(&format!("{s}: ")), "{s}: {}", c.describe());
+        assert!(!c.device_stages.contains(s), "{s}: {}", c.describe());
+    }
+    for s in STAGES.iter().filter(|s| !on_cpu.contains(s)) {
+        assert!(c.device_stages.contains(s), "{s}: {}", c.describe());
     }
     assert!(
         c.device.as_deref().is_some_and(|d| d.contains("simulated")),
@@ -186,13 +199,17 @@ fn f32_engine_on_the_simulated_device_matches_the_cpu() {
     );
 }
 
-/// A model with RADAR's fusion (which stays on the CPU, as UFF does): the f32 path as
-/// above, each case's instruction in use.
+/// A model with RADAR's fusion, on the device too (heads of 32: the attention kernels'
+/// size; the fit tests' tiny RADAR has heads of 16, which stay on the CPU with a reason):
+/// the f32 path as above, each case's instruction in use.
 #[test]
 fn f32_radar_engine_on_the_simulated_device_matches_the_cpu() {
     let mut cfg = common::small_hd64();
     cfg.name = "small-hd64-radar".into();
     cfg.radar = common::small_radar().radar;
+    if let Some(r) = cfg.radar.as_mut() {
+        r.heads = 1;
+    }
     parity(
         cfg,
         Precision::F32,
@@ -201,6 +218,26 @@ fn f32_radar_engine_on_the_simulated_device_matches_the_cpu() {
         DISTANCE_TOLERANCE_F32,
         true,
     );
+}
+
+/// A RADAR model whose heads no attention kernel has (16 wide): the engine keeps its
+/// fusion on the CPU and says why, every other stage on the device.
+#[test]
+fn radar_heads_without_a_kernel_leave_the_fusion_on_the_cpu_with_a_reason() {
+    let mut cfg = common::small_hd64();
+    cfg.name = "small-hd64-radar16".into();
+    cfg.radar = common::small_radar().radar;
+    assert_eq!(cfg.radar.as_ref().map(|r| r.dim / r.heads), Some(16));
+    let fx = common::fitted_with(cfg, "sim-radar-heads16", Category::Disc, 11, 4, 1);
+    let e = Engine::open(
+        &fx.model,
+        &fx.bank,
+        &options(Backend::CudaSim, Precision::F32),
+    )
+    .unwrap();
+    assert_on_the_simulated_device_but(&e, &["fusion"]);
+    let note = e.backend().fallback.clone().unwrap_or_default();
+    assert!(note.contains("head dimension of 16"), "{note}");
 }
 
 /// The bf16 path: features within its stated tolerance (1e-2; measured 6e-3), scores

@@ -110,7 +110,7 @@ fn miad_eval_with_backend_cuda_sim_prints_the_cpu_metrics(fx: &common::Fixture) 
     // Every stage on the simulated device, nothing left on the CPU.
     assert!(
         note.contains("backend: cuda-sim on simulated device")
-            && note.contains("point branch, rgb branch, bank search")
+            && note.contains("point branch, rgb branch, fusion, bank search")
             && !note.contains("the rest on the CPU"),
         "{note}"
     );
