@@ -505,7 +505,9 @@ impl DeviceRadar {
         let att = h.attention();
         let run = |q: u64, o: u64, t: usize| match TOKEN_PRECISION {
             Precision::F32 => att.run_f32(dev, dp(q), dp(o), t, heads, scale),
-            Precision::Bf16 => att.run_bf16(dev, dp(q), dp(o), t, heads, scale),
+            // No key-split buffer: the token transformer runs in f32 (`TOKEN_PRECISION`);
+            // a bf16 one would plan `Attention::parts_len` values here first.
+            Precision::Bf16 => att.run_bf16(dev, dp(q), dp(o), DevPtr::null(), t, heads, scale),
         };
         run(qkv, all, 2 * g)?;
         run(qkv, split, g)?;
