@@ -6,12 +6,20 @@
 // the chip: keys and values stream through shared memory in tiles of 64, with an online
 // softmax. The head dimension D is a compile-time constant: 64 (ViT-B and Point-MAE) or
 // 32 (the small test models), one kernel each; token and head counts are arguments. No
-// atomics: every output element is written by exactly one thread.
+// atomics: every output element is written by exactly one thread, so a launch's bits do
+// not depend on scheduling.
 //
 // attention_f32, attention_f32_d32:   exact f32 path (one query per thread, scores in
 //                                     registers).
 // attention_bf16, attention_bf16_d32: bf16 tensor cores (mma.sync m16n8k16, f32
-//                                     accumulation), bf16 in/out.
+//                                     accumulation), bf16 in/out. grid.z splits the keys
+//                                     (flash-decoding) so that a ViT-B/8 layer (13 query
+//                                     tiles × 12 heads) fills more than one block per SM:
+//                                     with one split the output is written directly; with
+//                                     more, each split writes its unnormalised output,
+//                                     running maximum and row sum (f32) to `parts`, and
+// attention_combine_bf16(_d32):       merges the splits of each (token, head) in split
+//                                     order (a fixed order: deterministic).
 
 #include "common.cuh"
 
@@ -128,10 +136,20 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool pr
 __device__ __forceinline__ void cp_async_commit() { miad_cp_async_commit(); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { miad_cp_async_wait<N>(); }
 
+// Partial results of split s (grid.z > 1): `parts` holds splits × n_tokens × n_heads × D
+// floats of unnormalised output, then splits × n_tokens × n_heads pairs (running maximum in
+// log2 units, row sum).
+__device__ __forceinline__ long att_part_row(int split, int token, int head, int n_tokens,
+                                             int n_heads) {
+    return ((long)split * n_tokens + token) * n_heads + head;
+}
+
 template <int ATT_D>
 __device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restrict__ qkv,
                                                     __nv_bfloat16 *__restrict__ out,
-                                                    int n_tokens, int n_heads, float scale) {
+                                                    float *__restrict__ parts, int n_tokens,
+                                                    int n_heads, float scale,
+                                                    int tiles_per_split) {
     constexpr int ATT_PAD = ATT_D + 8;
     constexpr int KSTEPS = ATT_D / 16;  // k16 steps of Q K^T over the head dimension
     constexpr int DTILES = ATT_D / 8;   // n8 tiles of the output over the head dimension
@@ -147,6 +165,11 @@ __device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restr
     const long row_stride = 3L * n_heads * ATT_D;
     const int hd = n_heads * ATT_D;
     const int q0 = blockIdx.x * ATT_TILE + warp * 16;
+    // This block's key tiles: [first_tile, end_tile) of split blockIdx.z (never empty: the
+    // host picks the split count so that every split has a tile).
+    const int n_tiles = (n_tokens + ATT_TILE - 1) / ATT_TILE;
+    const int first_tile = blockIdx.z * tiles_per_split;
+    const int end_tile = min(n_tiles, first_tile + tiles_per_split);
 
     auto load_tile = [&](int stage, int k0) {
         // 64 rows x D halves = 8·D chunks of 16 bytes per matrix; 128 threads x D/16.
@@ -164,7 +187,7 @@ __device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restr
         cp_async_commit();
     };
 
-    load_tile(0, 0);
+    load_tile(0, first_tile * ATT_TILE);
 
     // Q fragments (A operand), D/16 k-steps of 16 over the head dimension.
     unsigned qa[KSTEPS][4];
@@ -189,11 +212,10 @@ __device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restr
     float m0 = -INFINITY, m1 = -INFINITY;  // rows g and g + 8
     float l0 = 0.f, l1 = 0.f;              // this thread's partial row sums
 
-    const int n_tiles = (n_tokens + ATT_TILE - 1) / ATT_TILE;
-    for (int tile = 0; tile < n_tiles; tile++) {
-        const int stage = tile & 1;
+    for (int tile = first_tile; tile < end_tile; tile++) {
+        const int stage = (tile - first_tile) & 1;
         const int k0 = tile * ATT_TILE;
-        if (tile + 1 < n_tiles) {
+        if (tile + 1 < end_tile) {
             load_tile(stage ^ 1, k0 + ATT_TILE);
             cp_async_wait<1>();
         } else {
@@ -278,15 +300,35 @@ __device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restr
         }
         __syncthreads();
     }
-    // Reduce the row sums across the 4 threads of each row, normalise, store.
+    // Reduce the row sums across the 4 threads of each row.
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = 1.f / l0;
-    const float inv1 = 1.f / l1;
     const int r0 = q0 + g;
     const int r1 = q0 + g + 8;
+    if (gridDim.z > 1) {
+        // One split of several: the unnormalised output and (maximum, sum) of each row.
+        const long p0 = att_part_row(blockIdx.z, r0, head, n_tokens, n_heads);
+        const long p1 = att_part_row(blockIdx.z, r1, head, n_tokens, n_heads);
+        float *ml = parts + (long)gridDim.z * n_tokens * hd;
+#pragma unroll
+        for (int j = 0; j < DTILES; j++) {
+            const int col = j * 8 + 2 * t;
+            if (r0 < n_tokens)
+                *reinterpret_cast<float2 *>(parts + p0 * ATT_D + col) = make_float2(o[j][0], o[j][1]);
+            if (r1 < n_tokens)
+                *reinterpret_cast<float2 *>(parts + p1 * ATT_D + col) = make_float2(o[j][2], o[j][3]);
+        }
+        if (t == 0) {
+            if (r0 < n_tokens) *reinterpret_cast<float2 *>(ml + 2 * p0) = make_float2(m0, l0);
+            if (r1 < n_tokens) *reinterpret_cast<float2 *>(ml + 2 * p1) = make_float2(m1, l1);
+        }
+        return;
+    }
+    // Normalise, store.
+    const float inv0 = 1.f / l0;
+    const float inv1 = 1.f / l1;
 #pragma unroll
     for (int j = 0; j < DTILES; j++) {
         const int col = head * ATT_D + j * 8 + 2 * t;
@@ -299,14 +341,58 @@ __device__ __forceinline__ void attention_bf16_body(const __nv_bfloat16 *__restr
     }
 }
 
+// Merges `splits` partial results (layout above) of each (token, head): one warp per row,
+// splits in order. Block: ATT_COMBINE_ROWS warps.
+#define ATT_COMBINE_ROWS 8
+template <int ATT_D>
+__device__ __forceinline__ void attention_combine_body(const float *__restrict__ parts,
+                                                       __nv_bfloat16 *__restrict__ out,
+                                                       int n_tokens, int n_heads, int splits) {
+    const int row = blockIdx.x * ATT_COMBINE_ROWS + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n_tokens * n_heads) return;
+    const int token = row / n_heads, head = row % n_heads;
+    const float *ml = parts + (long)splits * n_tokens * n_heads * ATT_D;
+    float m = -INFINITY;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, ml[2 * att_part_row(s, token, head, n_tokens, n_heads)]);
+    float l = 0.f;
+    for (int s = 0; s < splits; s++) {
+        const long p = att_part_row(s, token, head, n_tokens, n_heads);
+        l = fmaf(ml[2 * p + 1], exp2f(ml[2 * p] - m), l);
+    }
+    const float inv = 1.f / l;
+    for (int c = lane; c < ATT_D; c += 32) {
+        float o = 0.f;
+        for (int s = 0; s < splits; s++) {
+            const long p = att_part_row(s, token, head, n_tokens, n_heads);
+            o = fmaf(parts[p * ATT_D + c], exp2f(ml[2 * p] - m), o);
+        }
+        out[(long)token * n_heads * ATT_D + head * ATT_D + c] = __float2bfloat16_rn(o * inv);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(128)
     attention_bf16(const __nv_bfloat16 *__restrict__ qkv, __nv_bfloat16 *__restrict__ out,
-                   int n_tokens, int n_heads, float scale) {
-    attention_bf16_body<64>(qkv, out, n_tokens, n_heads, scale);
+                   float *__restrict__ parts, int n_tokens, int n_heads, float scale,
+                   int tiles_per_split) {
+    attention_bf16_body<64>(qkv, out, parts, n_tokens, n_heads, scale, tiles_per_split);
 }
 
 extern "C" __global__ void __launch_bounds__(128)
     attention_bf16_d32(const __nv_bfloat16 *__restrict__ qkv, __nv_bfloat16 *__restrict__ out,
-                       int n_tokens, int n_heads, float scale) {
-    attention_bf16_body<32>(qkv, out, n_tokens, n_heads, scale);
+                       float *__restrict__ parts, int n_tokens, int n_heads, float scale,
+                       int tiles_per_split) {
+    attention_bf16_body<32>(qkv, out, parts, n_tokens, n_heads, scale, tiles_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_COMBINE_ROWS * 32)
+    attention_combine_bf16(const float *__restrict__ parts, __nv_bfloat16 *__restrict__ out,
+                           int n_tokens, int n_heads, int splits) {
+    attention_combine_body<64>(parts, out, n_tokens, n_heads, splits);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_COMBINE_ROWS * 32)
+    attention_combine_bf16_d32(const float *__restrict__ parts, __nv_bfloat16 *__restrict__ out,
+                               int n_tokens, int n_heads, int splits) {
+    attention_combine_body<32>(parts, out, n_tokens, n_heads, splits);
 }

@@ -2,14 +2,44 @@
 // matrix never written to device memory.
 //
 // Layouts: queries [nq, dim] row-major, bank [nb, dim] row-major, dim a multiple of 32.
-// A search runs in two launches:
-//   1. a tile kernel: block (query tile, bank split) scans bank tiles of its split and keeps,
-//      per query, the lexicographically smallest (distance, index) in registers; it writes
-//      one (distance, index) pair per (query, split);
-//   2. bank_reduce_*: per query, the smallest pair over splits (the order does not matter:
+// Exact f32 path, two launches:
+//   1. bank_search_f32: block (query tile, bank split) scans bank tiles of its split and
+//      keeps, per query, the lexicographically smallest (distance, index) in registers; it
+//      writes one (distance, index) pair per (query, split). The distance is
+//      e'(q, b) = sum over k in order of (q_k - b_k)^2 (fma accumulation from 0);
+//   2. bank_reduce_f32: per query, the smallest pair over splits (the order does not matter:
 //      (distance, index) is a total order, so the result is the same for any split count).
-// The fast path (f16 tensor cores, ||q||^2 - 2 q.b + ||b||^2 with precomputed f32 norms)
-// re-ranks the `rerank` best split winners in exact f32 against the f32 bank.
+//
+// Fast path (f16 tensor cores), exact: it returns the f32 path's index and distance bits.
+//   1. bank_fast_margin: per query, the proven bound E on |f - e'| below (infinite when the
+//      query does not fit f16 or is not finite);
+//   2. bank_search_f16: f(q, b) = max(||q||^2 + ||b||^2 - 2 q~.b~, 0) with q~, b~ the
+//      f16-rounded rows, f32 accumulation and f32 norms; per (query, split) the FAST_KEEP
+//      smallest (f, index), ascending;
+//   3. bank_finish_exact: per query, F = min f and the threshold T = F + 2E. The exact winner
+//      r* has f(r*) <= e'(r*) + E <= e'(r_F) + E <= F + 2E (r_F: the row of F), and so has
+//      every row tied with it; a row with f > T has e' > F + E >= e'(r_F): it cannot win.
+//      So every row with f <= T is re-scored with e' (the f32 path's arithmetic, one thread
+//      per row, the same bits), and the smallest (e', index) is the f32 path's answer. A
+//      split whose FAST_KEEP-th kept f is <= T may hold more such rows than it kept: that
+//      split is scanned exactly instead (counted per query in `scanned`). E infinite (a
+//      query or bank outside f16's range, NaN, Inf) scans every split.
+//
+// The bound (u = 2^-24 f32, h = 2^-11 f16 unit roundoff, eta = 2^-25 half the f16
+// subnormal spacing, n = dim, g = gamma_{n+2} = (n+2)u / (1 - (n+2)u), Q = ||q||, B = max
+// ||b|| over the bank, S = (Q + B)^2):
+//   |q~_k - q_k| <= h|q_k| + eta (round to nearest, |q_k| <= 65504), so
+//   |q~.b~ - q.b| <= (2h + h^2) Q B + eta (1+h) sqrt(n) (Q + B) + n eta^2      (Cauchy-Schwarz);
+//   the tensor-core sum of the exact f16 products: at most n 2^-21 ||q~|| ||b~||, assuming
+//   each m16n8k16 step loses at most 17 * 2^-23 (|c| + sum |p|) (alignment to the largest
+//   term and truncation, as measured on V100/T4/A100 by Fasi et al. 2021; 1 rounding to
+//   nearest in the emulator), with ||q~|| <= (1+h) Q + sqrt(n) eta;
+//   the f32 norms: |fl(||q||^2) - Q^2| <= g Q^2 (any summation order), the same for b;
+//   the two f32 roundings of ||q||^2 + ||b||^2 - 2 acc: at most 3 u S;
+//   the f32 path itself: |e' - ||q - b||^2| <= g ||q - b||^2 <= g S.
+//   E = 2 (dot error + accumulation error) + g (Q^2 + B^2) + 3 u S + g S,
+// evaluated in f64 from upper bounds of Q and B (Q^2 <= fl(||q||^2) (1 + 2g)) and rounded
+// up. Tests measure |f - e'| against E (tests/kernels_sim/bank.rs).
 // No atomics anywhere.
 
 #include "common.cuh"
@@ -173,6 +203,27 @@ extern "C" __global__ void bank_reduce_f32(const float *__restrict__ part_d,
 #define H_TB 128
 #define H_KC 32
 #define H_PAD 40
+// Candidates kept per (query, split), ascending (runtime/cuda/ops/bank_search.rs FAST_KEEP).
+#define FAST_KEEP 4
+
+// Inserts (d, i) into an ascending list of FAST_KEEP (distance, index) pairs.
+__device__ __forceinline__ void keep_insert(float (&ld)[FAST_KEEP], int (&li)[FAST_KEEP],
+                                            float d, int i) {
+    if (!pair_less(d, i, ld[FAST_KEEP - 1], li[FAST_KEEP - 1])) return;
+    ld[FAST_KEEP - 1] = d;
+    li[FAST_KEEP - 1] = i;
+#pragma unroll
+    for (int p = FAST_KEEP - 1; p > 0; p--) {
+        if (pair_less(ld[p], li[p], ld[p - 1], li[p - 1])) {
+            const float td = ld[p];
+            const int ti = li[p];
+            ld[p] = ld[p - 1];
+            li[p] = li[p - 1];
+            ld[p - 1] = td;
+            li[p - 1] = ti;
+        }
+    }
+}
 
 __device__ __forceinline__ void hcp_async16(void *smem, const void *gmem) {
     miad_cp_async16((u32)__cvta_generic_to_shared(smem), gmem, 16u);
@@ -194,8 +245,9 @@ extern "C" __global__ void __launch_bounds__(128)
                     int *__restrict__ part_i) {
     __shared__ __align__(16) __half qs[2][H_TQ][H_PAD];
     __shared__ __align__(16) __half bs[2][H_TB][H_PAD];
-    __shared__ float red_d[2][H_TQ];
-    __shared__ int red_i[2][H_TQ];
+    // Every thread's kept lists: per query row, 2 bank halves x 4 quad lanes x FAST_KEEP.
+    __shared__ float cand_d[H_TQ][8 * FAST_KEEP];
+    __shared__ int cand_i[H_TQ][8 * FAST_KEEP];
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     const int wm = warp & 1;   // query half (32 rows)
@@ -219,15 +271,17 @@ extern "C" __global__ void __launch_bounds__(128)
             const int r = q0 + wm * 32 + mt * 16 + g + h * 8;
             qn[mt][h] = qnorm[min(r, nq - 1)];
         }
-    float best_d[2][2];
-    int best_i[2][2];
+    float best_d[2][2][FAST_KEEP];
+    int best_i[2][2][FAST_KEEP];
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            best_d[mt][h] = INFINITY;
-            best_i[mt][h] = 0x7fffffff;
-        }
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int k = 0; k < FAST_KEEP; k++) {
+                best_d[mt][h][k] = INFINITY;
+                best_i[mt][h][k] = 0x7fffffff;
+            }
 
     auto load = [&](int stage, int b0, int k0) {
         // Queries: 64 rows x 32 halves = 256 chunks of 16 bytes; bank: 512 chunks.
@@ -315,113 +369,163 @@ extern "C" __global__ void __launch_bounds__(128)
                             for (int h = 0; h < 2; h++) {
                                 const float d =
                                     fmaxf(qn[mt][h] + bnv - 2.f * acc[mt][j][h * 2 + e], 0.f);
-                                if (pair_less(d, bi, best_d[mt][h], best_i[mt][h])) {
-                                    best_d[mt][h] = d;
-                                    best_i[mt][h] = bi;
-                                }
+                                keep_insert(best_d[mt][h], best_i[mt][h], d, bi);
                             }
                     }
                 }
             }
         }
     }
-    // Reduce over the 4 threads of a quad, then over the two bank halves.
+    // Merge the 8 lists of each query row (4 quad lanes x 2 bank halves) into the split's
+    // FAST_KEEP smallest: the split's k smallest are each among the k smallest of the
+    // thread that saw them.
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            float d = best_d[mt][h];
-            int id = best_i[mt][h];
+            const int r = wm * 32 + mt * 16 + g + h * 8;
 #pragma unroll
-            for (int o = 1; o < 4; o <<= 1) {
-                const float od = __shfl_xor_sync(0xffffffffu, d, o);
-                const int oi = __shfl_xor_sync(0xffffffffu, id, o);
-                if (pair_less(od, oi, d, id)) {
-                    d = od;
-                    id = oi;
-                }
-            }
-            if (t == 0) {
-                const int r = wm * 32 + mt * 16 + g + h * 8;
-                red_d[wn][r] = d;
-                red_i[wn][r] = id;
+            for (int k = 0; k < FAST_KEEP; k++) {
+                cand_d[r][(wn * 4 + t) * FAST_KEEP + k] = best_d[mt][h][k];
+                cand_i[r][(wn * 4 + t) * FAST_KEEP + k] = best_i[mt][h][k];
             }
         }
     __syncthreads();
     if (threadIdx.x < H_TQ) {
         const int r = threadIdx.x;
-        float d = red_d[0][r];
-        int id = red_i[0][r];
-        if (pair_less(red_d[1][r], red_i[1][r], d, id)) {
-            d = red_d[1][r];
-            id = red_i[1][r];
+        float ld[FAST_KEEP];
+        int li[FAST_KEEP];
+#pragma unroll
+        for (int k = 0; k < FAST_KEEP; k++) {
+            ld[k] = INFINITY;
+            li[k] = 0x7fffffff;
         }
+        for (int x = 0; x < 8 * FAST_KEEP; x++) keep_insert(ld, li, cand_d[r][x], cand_i[r][x]);
         if (q0 + r < nq) {
-            part_d[(long)(q0 + r) * n_splits + split] = d;
-            part_i[(long)(q0 + r) * n_splits + split] = id;
+            const long o = ((long)(q0 + r) * n_splits + split) * FAST_KEEP;
+#pragma unroll
+            for (int k = 0; k < FAST_KEEP; k++) {
+                part_d[o + k] = ld[k];
+                part_i[o + k] = li[k];
+            }
         }
     }
 }
 
-// Fast-path finish: per query (one warp), take the `rerank` smallest split winners by
-// approximate distance and recompute their distances exactly in f32 against the f32 bank;
-// the answer is the smallest exact (distance, index). rerank <= 32.
-extern "C" __global__ void bank_rerank_f32(const float *__restrict__ q,
-                                           const float *__restrict__ bank, int dim,
-                                           const float *__restrict__ part_d,
-                                           const int *__restrict__ part_i, int nq, int n_splits,
-                                           int rerank, float *__restrict__ out_d,
-                                           int *__restrict__ out_i) {
+// The bound E of the header, from a query's f32 squared norm, the bank's largest f32 squared
+// row norm and the width; rounded up (the factor covers the f64 evaluation and the
+// rounding to f32).
+__device__ __forceinline__ float fast_margin(float q_sq, float b_sq, int n) {
+    const double u = 0x1p-24, h = 0x1p-11, eta = 0x1p-25, acc = 0x1p-21;
+    const double nn = (double)n;
+    const double g = (nn + 2.0) * u / (1.0 - (nn + 2.0) * u);
+    const double qq = sqrt((double)q_sq * (1.0 + 2.0 * g));
+    const double bb = sqrt((double)b_sq * (1.0 + 2.0 * g));
+    const double rn = sqrt(nn);
+    const double qt = (1.0 + h) * qq + rn * eta;
+    const double bt = (1.0 + h) * bb + rn * eta;
+    const double s = (qq + bb) * (qq + bb);
+    const double dot = (2.0 * h + h * h) * qq * bb + eta * (1.0 + h) * rn * (qq + bb) +
+                       nn * eta * eta + nn * acc * qt * bt;
+    const double e = 2.0 * dot + g * (qq * qq + bb * bb) + 3.0 * u * s + g * s;
+    return (float)(e * (1.0 + 0x1p-20));
+}
+
+// Per query (one warp): E of the header, or +inf when a value of the query is not finite
+// or beyond f16's largest finite value (its f16 copy is then not within the bound).
+// bank_sq: the bank's largest squared row norm (+inf for a bank that does not fit f16).
+extern "C" __global__ void bank_fast_margin(const float *__restrict__ q,
+                                            const float *__restrict__ qnorm, int nq, int dim,
+                                            float bank_sq, float *__restrict__ margin) {
     const int qi = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (qi >= nq) return;
-    const float *pd = part_d + (long)qi * n_splits;
-    const int *pi = part_i + (long)qi * n_splits;
     const float *qrow = q + (long)qi * dim;
+    bool fits = true;
+    for (int c = lane; c < dim; c += 32) fits = fits && fabsf(qrow[c]) <= 65504.f;
+    fits = __all_sync(0xffffffffu, fits);
+    if (lane == 0) {
+        const float qn = qnorm[qi];
+        margin[qi] = fits && qn <= 3.0e38f && bank_sq <= 3.0e38f ? fast_margin(qn, bank_sq, dim)
+                                                                 : INFINITY;
+    }
+}
+
+// e' of the header: the f32 path's distance bits (k in order, fma from 0).
+__device__ __forceinline__ float row_sq_dist(const float *__restrict__ a,
+                                             const float *__restrict__ b, int dim) {
+    float s = 0.f;
+    for (int c = 0; c < dim; c++) {
+        const float d = a[c] - b[c];
+        s = fmaf(d, d, s);
+    }
+    return s;
+}
+
+// Fast-path finish (header, step 3): one warp per query. part_d/part_i: FAST_KEEP pairs per
+// (query, split), ascending; rows_per_split: bank rows of a split (the last one may be
+// shorter). Writes the f32 path's (distance, index) and the number of splits scanned.
+extern "C" __global__ void bank_finish_exact(const float *__restrict__ q,
+                                             const float *__restrict__ bank, int dim,
+                                             const float *__restrict__ part_d,
+                                             const int *__restrict__ part_i,
+                                             const float *__restrict__ margin, int nq, int nb,
+                                             int n_splits, int rows_per_split,
+                                             float *__restrict__ out_d, int *__restrict__ out_i,
+                                             int *__restrict__ scanned) {
+    const int qi = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (qi >= nq) return;
+    const float *pd = part_d + (long)qi * n_splits * FAST_KEEP;
+    const int *pi = part_i + (long)qi * n_splits * FAST_KEEP;
+    const float *qrow = q + (long)qi * dim;
+    float fmin = INFINITY;
+    for (int s = lane; s < n_splits; s += 32) fmin = fminf(fmin, pd[s * FAST_KEEP]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) fmin = fminf(fmin, __shfl_xor_sync(0xffffffffu, fmin, o));
+    // In f64: exact enough that a row with f <= F + 2E is never left out.
+    const double thr = (double)fmin + 2.0 * (double)margin[qi];
+    const bool scan_all = !(thr < (double)INFINITY);
+    // A split's list holds every row with f <= thr unless its last kept f is <= thr.
+    auto complete = [&](int s) { return !scan_all && (double)pd[s * FAST_KEEP + FAST_KEEP - 1] > thr; };
     float best_d = INFINITY;
     int best_i = 0x7fffffff;
-    // Selection by repeated minimum over (approx distance, index) strictly greater than the
-    // previous pick: deterministic, no scratch.
-    float prev_d = -INFINITY;
-    int prev_i = -1;
-    for (int r = 0; r < rerank; r++) {
-        float d = INFINITY;
-        int id = 0x7fffffff;
-        for (int s = lane; s < n_splits; s += 32) {
-            const float ds = pd[s];
-            const int is = pi[s];
-            if (pair_less(prev_d, prev_i, ds, is) && pair_less(ds, is, d, id)) {
-                d = ds;
-                id = is;
+    for (int c = lane; c < n_splits * FAST_KEEP; c += 32) {
+        const int id = pi[c];
+        if (complete(c / FAST_KEEP) && (double)pd[c] <= thr && id >= 0 && id < nb) {
+            const float e = row_sq_dist(qrow, bank + (long)id * dim, dim);
+            if (pair_less(e, id, best_d, best_i)) {
+                best_d = e;
+                best_i = id;
             }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float od = __shfl_xor_sync(0xffffffffu, d, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, id, o);
-            if (pair_less(od, oi, d, id)) {
-                d = od;
-                id = oi;
+    }
+    int n_scanned = 0;
+    for (int s = 0; s < n_splits; s++) {
+        if (complete(s)) continue;
+        n_scanned++;
+        const int lo = s * rows_per_split;
+        const int hi = min(nb, lo + rows_per_split);
+        for (int r = lo + lane; r < hi; r += 32) {
+            const float e = row_sq_dist(qrow, bank + (long)r * dim, dim);
+            if (pair_less(e, r, best_d, best_i)) {
+                best_d = e;
+                best_i = r;
             }
         }
-        if (id == 0x7fffffff) break;
-        prev_d = d;
-        prev_i = id;
-        const float *brow = bank + (long)id * dim;
-        float s = 0.f;
-        for (int c = lane; c < dim; c += 32) {
-            const float diff = qrow[c] - brow[c];
-            s = fmaf(diff, diff, s);
-        }
+    }
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (pair_less(s, id, best_d, best_i)) {
-            best_d = s;
-            best_i = id;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float od = __shfl_xor_sync(0xffffffffu, best_d, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (pair_less(od, oi, best_d, best_i)) {
+            best_d = od;
+            best_i = oi;
         }
     }
     if (lane == 0) {
         out_d[qi] = best_d;
         out_i[qi] = best_i;
+        scanned[qi] = n_scanned;
     }
 }

@@ -1,6 +1,6 @@
 // Bias + exact GELU for the transformer MLP, launched after the fc1 GEMM on the exact f32
 // path (runtime/cuda/gemm.rs): bias_gelu_f32: y = gelu(y + bias[col]) with the erf GELU.
-// LayerNorm lives in embed.cu (f64 statistics, as the CPU's layer_norm_row); residual adds
+// LayerNorm lives in embed.cu (f64 statistics on the f32 path, f32 on the bf16 path); residual adds
 // are done by accumulating GEMMs.
 
 #include "common.cuh"

@@ -5,7 +5,10 @@
 //                    j* (ties to the lowest patch, as the CPU's first maximum), m* = nn[j*].
 // maps_bank_knn      per bank and split of the bank rows: the 3 rows nearest to row m*
 //                    ((distance, index) order, distances summed in row order exactly as
-//                    the CPU's knn_scan), one top-3 per split.
+//                    the CPU's knn_scan), one top-3 per split. With the bank file's
+//                    neighbour table (`neighbours`, rows × 2: b_1, b_2 of every row, the
+//                    scan's answer computed at fit time) no scan: split 0 writes m*, b_1,
+//                    b_2 as keys ranked 0, 1, 2, the other splits none.
 // maps_bank_finish   per bank: merges the splits, then PatchCore's re-weighting (SPEC §7):
 //                    w = 1 − exp(s*/D) / Σ_{k=1,2} exp(‖x_j* − b_k‖/D), score = w·s*.
 // maps_upsample      bilinear (align_corners = false) grid → S×S, all three banks.
@@ -52,6 +55,7 @@ struct MapBank {
   int dim;
   int knn_splits;
   int knn_chunk;
+  const unsigned *neighbours;  // rows_n × 2, or null: scan the bank
 };
 struct MapBanks {
   MapBank b[3];
@@ -284,6 +288,14 @@ MIAD_EXTERN void maps_bank_knn(const MapBanks banks, int max_splits,
   const int m = B.patches > 0 ? rec[b].nearest : -1;
   if (m < 0) {
     if (t < 3) P[t] = MAPS_NO_KEY;
+    return;
+  }
+  if (B.neighbours != nullptr) {
+    // Keys ranked by their position (the finish only reads the rows, in key order).
+    if (t < 3) {
+      const unsigned row = t == 0 ? (unsigned)m : B.neighbours[(size_t)m * 2 + t - 1];
+      P[t] = split != 0 || row == MAPS_NONE ? MAPS_NO_KEY : ((u64)t << 32) | (u64)row;
+    }
     return;
   }
   float *q = (float *)knn_q4;

@@ -1,4 +1,10 @@
-// Per-part cloud preprocessing on the device (SPEC §1, steps 1, 2, 4, 5): plane-distance
+// Preprocessing on the device (SPEC §1), two parts:
+// - preprocess_cloud_f32 (below, PointKernels::preprocess): the cloud steps only, with the
+//   plane and the cluster mask given by the host, sizes as launch arguments;
+// - the pre_* kernels (after it, DevicePreprocess): the whole preprocessing of a part,
+//   RANSAC and clustering included, sizes read from a part header in device memory.
+//
+// preprocess_cloud_f32: per-part cloud preprocessing (SPEC §1, steps 1, 2, 4, 5): plane-distance
 // mask, padding to a square, nearest resize to out_side×out_side, and compaction of the
 // valid points in row-major pixel order with their pixel indices (a block prefix sum, so
 // the order never depends on scheduling). The RANSAC plane and the cluster mask are
@@ -42,6 +48,18 @@ __device__ __forceinline__ int pre_block_scan(int cnt, int *warp_sum, int &total
   return incl - cnt + (warp > 0 ? warp_sum[warp - 1] : 0);
 }
 
+// SPEC §1.5–1.6: a point needs all three coordinates non-zero and finite.
+__device__ __forceinline__ bool pre_valid(float x, float y, float z) {
+  return x != 0.f && y != 0.f && z != 0.f && isfinite(x) && isfinite(y) && isfinite(z);
+}
+
+// PyTorch's nearest source index: min(⌊dst · (in/out)⌋, in − 1), ratio in f32.
+__device__ __forceinline__ int pre_nearest(int dst, int in, int out) {
+  if (in == out) return dst;
+  const float scale = __fdiv_rn((float)in, (float)out);
+  return min((int)floorf(__fmul_rn((float)dst, scale)), in - 1);
+}
+
 MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     preprocess_cloud_f32(const float *__restrict__ cloud, int h, int w, int stride,
                          const float *__restrict__ plane, float plane_dist,
@@ -53,7 +71,6 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
   const int total = out_side * out_side;
   const int per = (total + blockDim.x - 1) / blockDim.x;
   const int lo = min(total, tid * per), hi = min(total, lo + per);
-  const float scale = __fdiv_rn((float)pad_side, (float)out_side);
   float pa = 0.f, pb = 0.f, pcc = 0.f, pd = 0.f;
   if (plane) {
     pa = plane[0];
@@ -62,17 +79,14 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     pd = plane[3];
   }
   auto valid = [&](int q, float &x, float &y, float &z) -> bool {
-    const int r = q / out_side, c = q % out_side;
-    const int sr = min((int)floorf(__fmul_rn((float)r, scale)), pad_side - 1) - off_r;
-    const int sc = min((int)floorf(__fmul_rn((float)c, scale)), pad_side - 1) - off_c;
+    const int sr = pre_nearest(q / out_side, pad_side, out_side) - off_r;
+    const int sc = pre_nearest(q % out_side, pad_side, out_side) - off_c;
     if (sr < 0 || sr >= h || sc < 0 || sc >= w) return false;
     const float *p = cloud + (size_t)sr * stride + 3 * sc;
     x = p[0];
     y = p[1];
     z = p[2];
-    // SPEC §1.5-1.6: a point needs all three coordinates non-zero and finite.
-    if (x == 0.f || y == 0.f || z == 0.f) return false;
-    if (!isfinite(x) || !isfinite(y) || !isfinite(z)) return false;
+    if (!pre_valid(x, y, z)) return false;
     if (keep && !keep[(size_t)sr * w + sc]) return false;
     if (plane) {
       const float dist =
@@ -112,8 +126,9 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
 //   3  pre_border         the non-zero points of the border frame, raster order
 //   4  pre_ransac_hyp     one block per RANSAC hypothesis: the CPU's draws (SplitMix64 at
 //                         a computed stream position), least-squares plane, inlier count
-//   5  pre_ransac_refit   best hypothesis (most inliers, first on ties), refit on its
-//                         inliers in one thread (the CPU's summation order)
+//   5  pre_ransac_refit   best hypothesis (most inliers, first on ties); its inliers
+//                         gathered in parallel, refitted in one thread (the CPU's
+//                         summation order)
 //   6  pre_plane_remove   zero points closer than plane_distance; cluster labels ← index
 //   7  pre_cluster_merge  union-find over 8-neighbours closer than eps
 //   8  pre_cluster_resolve  every point → its root (first pixel); component sizes
@@ -163,10 +178,6 @@ struct PreState {
   u64 best_cluster;  // (size << 32) | (0xffffffff − root), 0: no point
   PrePlane plane;    // the fitted background plane (ok = 0: none removed)
 };
-
-__device__ __forceinline__ bool pre_valid(float x, float y, float z) {
-  return x != 0.f && y != 0.f && z != 0.f && isfinite(x) && isfinite(y) && isfinite(z);
-}
 
 __device__ __forceinline__ bool pre_nonzero(const float *p) {
   return p[0] != 0.f || p[1] != 0.f || p[2] != 0.f;
@@ -471,12 +482,15 @@ MIAD_EXTERN void __launch_bounds__(PRE_BLOCK)
 }
 
 // 5. grid: 1 × PRE_THREADS. The hypothesis with the most inliers (> 0; first on ties),
-// refitted on its inliers in frame order (its own plane when the refit fails).
+// refitted on its inliers in frame order (its own plane when the refit fails). The
+// inliers are gathered in parallel into `inliers` (3 floats each, frame order); the fit
+// sums them in one thread, in the CPU's order.
 MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
     pre_ransac_refit(const float *__restrict__ wcloud, const int *__restrict__ border,
                      const PrePlane *__restrict__ hyps, int iterations, float threshold,
-                     PreState *__restrict__ st) {
+                     float *__restrict__ inliers, PreState *__restrict__ st) {
   __shared__ u64 best;
+  __shared__ int warp_sum[PRE_THREADS / 32];
   if (threadIdx.x == 0) best = 0;
   __syncthreads();
   u64 mine = 0;
@@ -487,32 +501,50 @@ MIAD_EXTERN void __launch_bounds__(PRE_THREADS)
   }
   atomicMax(&best, mine);
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  PrePlane plane;
-  plane.ok = 0;
-  plane.count = 0;
-  plane.n0 = plane.n1 = plane.n2 = plane.d = 0.0;
-  if (best != 0) {
-    const PrePlane hyp = hyps[0xffffffffu - (u32)(best & 0xffffffffull)];
-    const u32 nb = st->n_border;
-    const double thr = (double)threshold;
-    plane = hyp;
-    PrePlane fit;
-    if (pre_fit_plane(
-            [&](auto f) {
-              for (u32 j = 0; j < nb; ++j) {
-                const float *p = wcloud + 3 * (long long)border[j];
-                if (pre_plane_dist(hyp, p) < thr) f(p);
-              }
-            },
-            fit)) {
-      plane.n0 = fit.n0;
-      plane.n1 = fit.n1;
-      plane.n2 = fit.n2;
-      plane.d = fit.d;
+  const u64 chosen = best;
+  if (chosen == 0) {
+    if (threadIdx.x == 0) {
+      PrePlane none;
+      none.n0 = none.n1 = none.n2 = none.d = 0.0;
+      none.count = none.ok = 0;
+      st->plane = none;
     }
-    plane.ok = 1;
+    return;
   }
+  const PrePlane hyp = hyps[0xffffffffu - (u32)(chosen & 0xffffffffull)];
+  const int nb = (int)st->n_border;
+  const double thr = (double)threshold;
+  const int per = (nb + blockDim.x - 1) / blockDim.x;
+  const int lo = min(nb, (int)threadIdx.x * per), hi = min(nb, lo + per);
+  auto at = [&](int j) { return wcloud + 3 * (long long)border[j]; };
+  int cnt = 0;
+  for (int j = lo; j < hi; ++j) cnt += pre_plane_dist(hyp, at(j)) < thr;
+  int k;
+  int pos = pre_block_scan(cnt, warp_sum, k);
+  for (int j = lo; j < hi; ++j) {
+    const float *p = at(j);
+    if (pre_plane_dist(hyp, p) < thr) {
+      inliers[3 * pos] = p[0];
+      inliers[3 * pos + 1] = p[1];
+      inliers[3 * pos + 2] = p[2];
+      ++pos;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  PrePlane plane = hyp;
+  PrePlane fit;
+  if (pre_fit_plane(
+          [&](auto f) {
+            for (int j = 0; j < k; ++j) f(inliers + 3 * j);
+          },
+          fit)) {
+    plane.n0 = fit.n0;
+    plane.n1 = fit.n1;
+    plane.n2 = fit.n2;
+    plane.d = fit.d;
+  }
+  plane.ok = 1;
   st->plane = plane;
 }
 
@@ -682,13 +714,6 @@ MIAD_EXTERN void __launch_bounds__(PRE_BLOCK)
   dst[i] = miad_imagenet_norm(acc[0], m0, s0);
   dst[plane + i] = miad_imagenet_norm(acc[1], m1, s1);
   dst[2 * plane + i] = miad_imagenet_norm(acc[2], m2, s2);
-}
-
-// PyTorch's nearest source index: min(⌊dst · (in/out)⌋, in − 1), ratio in f32.
-__device__ __forceinline__ int pre_nearest(int dst, int in, int out) {
-  if (in == out) return dst;
-  const float scale = __fdiv_rn((float)in, (float)out);
-  return min((int)floorf(__fmul_rn((float)dst, scale)), in - 1);
 }
 
 // 14. grid: 1 × PRE_THREADS. Nearest resize of the working cloud to out × out, the non-zero

@@ -20,6 +20,7 @@ pub fn attention() -> bool {
         let o32 = Buf::new(&dev, &vec![0.0f32; n * w]);
         let d16 = Buf::new(&dev, &bf16_bits(&qkv));
         let o16 = Buf::new(&dev, &vec![0u16; n * w]);
+        let parts = Buf::new(&dev, &vec![0f32; Attention::parts_len(n, heads).max(1)]);
         let reps = 200;
         let flop = Attention::flops(n, heads);
         let timer = dev.timer().unwrap();
@@ -32,8 +33,10 @@ pub fn attention() -> bool {
                         unsafe { att.run_f32(&dev, d32.ptr(), o32.ptr(), n, heads, scale) }
                             .unwrap();
                     } else {
-                        unsafe { att.run_bf16(&dev, d16.ptr(), o16.ptr(), n, heads, scale) }
-                            .unwrap();
+                        unsafe {
+                            att.run_bf16(&dev, d16.ptr(), o16.ptr(), parts.ptr(), n, heads, scale)
+                        }
+                        .unwrap();
                     }
                 }
                 times.push(timer.stop_ms().unwrap() as f64 / reps as f64);

@@ -358,6 +358,34 @@ fn model_summary(c: &ModelConfig) -> Vec<(&'static str, Val)> {
     ]
 }
 
+/// Which banks carry the re-weighting's neighbour table, and what the others do instead.
+fn neighbour_tables(c: &miad::config::BankConfig, file: &Container) -> Val {
+    use miad::pipeline::score::{neighbour_table_name, BANK_NAMES};
+    let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
+    let (with, without): (Vec<usize>, Vec<usize>) = (0..3)
+        .filter(|&b| rows[b] > 0)
+        .partition(|&b| file.entry(&neighbour_table_name(b)).is_some());
+    let names = |v: &[usize]| {
+        v.iter()
+            .map(|&b| BANK_NAMES[b])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match (with.is_empty(), without.is_empty()) {
+        (true, true) => Val::Absent,
+        (false, true) => t(format!("{} (re-weighting looks its rows up)", names(&with))),
+        (true, false) => t(format!(
+            "none (written before the tables or resized: re-weighting scans {} per part)",
+            names(&without)
+        )),
+        (false, false) => t(format!(
+            "{}; none for {} (re-weighting scans it per part)",
+            names(&with),
+            names(&without)
+        )),
+    }
+}
+
 fn bank_summary(c: &miad::config::BankConfig, file: &Container) -> Vec<(&'static str, Val)> {
     let bank = |rows: u32, dim: u32, grid: u32| {
         if rows == 0 {
@@ -408,6 +436,7 @@ fn bank_summary(c: &miad::config::BankConfig, file: &Container) -> Vec<(&'static
                 c.fit.parts, c.fit.coreset_ratio, c.fit.scoring
             )),
         ),
+        ("neighbour_tables", neighbour_tables(c, file)),
         (
             "radar_cases",
             if cases.is_empty() {

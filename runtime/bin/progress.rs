@@ -31,6 +31,9 @@ impl FitBars {
         let (name, done, total) = match p {
             Progress::Extract { done, total } => ("features".to_string(), done, total),
             Progress::Coreset { bank, done, total } => (format!("coreset {bank}"), done, total),
+            Progress::Neighbours { bank, done, total } => {
+                (format!("neighbours {bank}"), done, total)
+            }
             Progress::Score { done, total } => ("scoring".to_string(), done, total),
             Progress::Case { case, done, total } => (format!("case {case}"), done, total),
             Progress::Done => {

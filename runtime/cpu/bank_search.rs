@@ -25,14 +25,24 @@ pub const QUERY_PACK_FLOATS: usize = 128 * 1152;
 const QUERY_QUANTUM: usize = 32;
 /// Bank rows per task of the k-nearest scan used by the re-weighting.
 pub const KNN_BLOCK: usize = 4096;
+/// Neighbours per bank row in the bank file's table (`bank.*_neighbours`): the
+/// re-weighting's b_1 and b_2 (SPEC §7).
+pub const TABLE_NEIGHBOURS: usize = 2;
+/// A table entry with no row (a bank of fewer than 3 rows).
+pub const NO_ROW: u32 = u32::MAX;
+/// Candidates per row kept by the GEMM pass of [`neighbour_table`].
+const TABLE_KEEP: usize = 8;
 
-/// A bank: `n × dim` row-major features (already normalised) and their squared norms.
+/// A bank: `n × dim` row-major features (already normalised), their squared norms and,
+/// when the bank file has it, the re-weighting's neighbour table ([`neighbour_table`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BankView<'a> {
     pub data: &'a [f32],
     pub sq_norms: &'a [f32],
     pub n: usize,
     pub dim: usize,
+    /// [`TABLE_NEIGHBOURS`] rows per bank row; `None`: the re-weighting scans the bank.
+    pub neighbours: Option<&'a [u32]>,
 }
 
 impl<'a> BankView<'a> {
@@ -48,6 +58,21 @@ impl<'a> BankView<'a> {
             sq_norms,
             n,
             dim,
+            neighbours: None,
+        }
+    }
+
+    /// The same bank with its neighbour table (`n ×` [`TABLE_NEIGHBOURS`] rows).
+    pub fn with_neighbours(self, table: &'a [u32]) -> Self {
+        assert_eq!(
+            table.len(),
+            self.n * TABLE_NEIGHBOURS,
+            "bank: neighbour table of {} rows",
+            self.n
+        );
+        BankView {
+            neighbours: Some(table),
+            ..self
         }
     }
     pub fn row(&self, i: usize) -> &'a [f32] {
@@ -168,10 +193,8 @@ fn fold(best: &mut f32, arg: &mut u32, d2: f32, row: usize, exclude: Option<(&[u
     }
 }
 
-/// The fused search of one query block (`qn` queries, `bank.n ≥ ker.mr`): queries packed
-/// once, the bank walked `mr` rows at a time; the last group of rows is the bank's last
-/// `mr` rows, overlapping rows already folded (folding a row twice changes nothing: its
-/// second distance is not strictly below the minimum it already took part in).
+/// The fused search of one query block (`qn` queries, `bank.n ≥ ker.mr`): the running
+/// minimum of [`walk_bank`]'s dot products.
 #[allow(clippy::too_many_arguments)]
 fn search_packed(
     ker: Kernel,
@@ -183,6 +206,43 @@ fn search_packed(
     pack: &mut [f32],
     d_out: &mut [f32],
     i_out: &mut [u32],
+) {
+    walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
+        if let Some((origin, id)) = exclude {
+            if origin[row] == id {
+                return;
+            }
+        }
+        let cols = dots.len();
+        let bn = bank.sq_norms[row];
+        let (best, arg) = (&mut d_out[j0..j0 + cols], &mut i_out[j0..j0 + cols]);
+        for (((b, a), &qq), &dot) in best
+            .iter_mut()
+            .zip(arg.iter_mut())
+            .zip(&qnorm[j0..j0 + cols])
+            .zip(dots)
+        {
+            let d2 = qq - 2.0 * dot + bn;
+            if d2 < *b {
+                *b = d2;
+                *a = row as u32;
+            }
+        }
+    });
+}
+
+/// The GEMM walk of one query block (`qn` queries, `bank.n ≥ ker.mr`): queries packed
+/// once, the bank walked `mr` rows at a time, read in place; `visit(row, j0, dots)` gets
+/// the dot products of bank row `row` with queries `j0..j0 + dots.len()`. The last group
+/// of rows is the bank's last `mr` rows, so rows may be visited twice (a running minimum
+/// or a top list that ignores a pair it already holds is unaffected).
+fn walk_bank(
+    ker: Kernel,
+    q: &[f32],
+    qn: usize,
+    bank: BankView<'_>,
+    pack: &mut [f32],
+    mut visit: impl FnMut(usize, usize, &[f32]),
 ) {
     let (dim, mr, nr) = (bank.dim, ker.mr, ker.nr);
     let strips = qn.div_ceil(nr);
@@ -216,26 +276,8 @@ fn search_packed(
                     Start::Zero,
                 )
             };
-            let (best, arg) = (&mut d_out[j0..j0 + cols], &mut i_out[j0..j0 + cols]);
-            let qn_here = &qnorm[j0..j0 + cols];
             for i in 0..mr {
-                let row = start + i;
-                if let Some((origin, id)) = exclude {
-                    if origin[row] == id {
-                        continue;
-                    }
-                }
-                let bn = bank.sq_norms[row];
-                let dots = &tile[i * nr..i * nr + cols];
-                for (((b, a), &qq), &dot) in
-                    best.iter_mut().zip(arg.iter_mut()).zip(qn_here).zip(dots)
-                {
-                    let d2 = qq - 2.0 * dot + bn;
-                    if d2 < *b {
-                        *b = d2;
-                        *a = row as u32;
-                    }
-                }
+                visit(start + i, j0, &tile[i * nr..i * nr + cols]);
             }
         }
         r0 = start + mr;
@@ -418,15 +460,30 @@ pub fn reweighted_score(
         };
     }
     let mut knn = [0u32; 3];
-    let found = knn_scan(
-        pool,
-        bank.row(m_star as usize),
-        bank,
-        exclude,
-        3,
-        &mut knn,
-        s_knn,
-    );
+    let found = match bank.neighbours {
+        // The table is knn_scan's answer for every row of the whole bank (m* first).
+        Some(table) if exclude.is_none() => {
+            let m = m_star as usize * TABLE_NEIGHBOURS;
+            knn[0] = m_star;
+            let mut found = 1;
+            for &b in &table[m..m + TABLE_NEIGHBOURS] {
+                if b != NO_ROW {
+                    knn[found] = b;
+                    found += 1;
+                }
+            }
+            found
+        }
+        _ => knn_scan(
+            pool,
+            bank.row(m_star as usize),
+            bank,
+            exclude,
+            3,
+            &mut knn,
+            s_knn,
+        ),
+    };
     let d_sqrt = (dim as f64).sqrt();
     let xj = &x[j_star * dim..(j_star + 1) * dim];
     let denom: f64 = knn[1..found.max(1)]
@@ -445,4 +502,430 @@ pub fn reweighted_score(
         patch: j_star,
         nearest: m_star,
     }
+}
+
+/// The neighbour table of a bank and how it was computed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NeighbourTable {
+    /// [`TABLE_NEIGHBOURS`] rows per bank row ([`NO_ROW`] where the bank has too few).
+    pub rows: Vec<u32>,
+    /// Rows whose GEMM candidates did not provably hold the answer: scanned exactly.
+    pub exact_scans: usize,
+}
+
+/// The error bound of the GEMM form against [`sq_dist`] for squared norms `q_sq`, `b_sq`
+/// of width `n`: with u = 2^-24 and g = γ_{n+2} = (n+2)u / (1 − (n+2)u), the dot product
+/// (any summation order) is off by at most g·QB, each f32 norm by g·Q² (g·B²), the two
+/// operations of `‖q‖² − 2q·b + ‖b‖²` by 3u·S and `sq_dist` (rounded differences and
+/// squares, summed in order) by g·S, S = (Q + B)²: in all (2g + 3u)·S. Q and B are bounded
+/// from the computed squares (Q² ≤ fl(Q²)(1 + 2g)); the result is rounded up.
+fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
+    let u = 2f64.powi(-24);
+    let g = (n as f64 + 2.0) * u / (1.0 - (n as f64 + 2.0) * u);
+    let q = (q_sq as f64 * (1.0 + 2.0 * g)).sqrt();
+    let b = (b_sq as f64 * (1.0 + 2.0 * g)).sqrt();
+    (2.0 * g + 3.0 * u) * (q + b) * (q + b) * (1.0 + 2f64.powi(-20))
+}
+
+/// A dot product in an order the compiler can vectorise (16 partial sums): within the
+/// bound of [`gemm_form_bound`], which holds for any summation order.
+fn dot_any_order(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Rows per progress report of [`neighbour_table`] and per pool task.
+fn table_rows_per_task(dim: usize) -> usize {
+    query_block(dim)
+}
+
+/// For every bank row m, the rows PatchCore's re-weighting takes (SPEC §7): the 3 rows
+/// nearest to m by [`sq_dist`] (m itself included, ties to the lower index), without the
+/// first; exactly what [`knn_scan`] returns for m's row with no exclusion, so scores with
+/// the table are the scan's bits. A row exactly duplicated at a lower index therefore
+/// gets itself as b_1 (the duplicate comes first), as with the scan.
+///
+/// GEMM pass (the fused kernel of [`nearest`]): each row keeps its [`TABLE_KEEP`] nearest
+/// rows by the GEMM form g; with U the largest g + E over its 3 smallest (E of
+/// [`gemm_form_bound`], per row pair) every row of the exact top 3 has g − E ≤ U; those
+/// are re-scored with [`sq_dist`]. When the kept list may miss such a row (its last g −
+/// E_max ≤ U), the row computes g for every bank row again and re-scores those with
+/// g − E ≤ U (counted in `exact_scans`).
+///
+/// `None` when the bank holds a value that is not finite (the scan's handling of NaN
+/// distances is then kept by not storing a table). `progress(done, total)` after each
+/// block of rows.
+pub fn neighbour_table(
+    pool: &Pool,
+    bank: BankView<'_>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Option<NeighbourTable> {
+    if !bank.data.iter().chain(bank.sq_norms).all(|v| v.is_finite()) {
+        return None;
+    }
+    let (n, dim) = (bank.n, bank.dim);
+    let mut rows = vec![NO_ROW; n * TABLE_NEIGHBOURS];
+    let per_task = table_rows_per_task(dim);
+    let ker = Kernel::best();
+    let packed = per_task * dim <= QUERY_PACK_FLOATS && n >= ker.mr;
+    let b_max = bank.sq_norms.iter().fold(0f32, |m, &v| m.max(v));
+    let mut pack = vec![0f32; nearest_scratch_len(pool.threads())];
+    let mut scans = vec![0usize; n.div_ceil(per_task)];
+    // Blocks of tasks between progress reports.
+    let chunk = per_task * pool.threads().max(1) * 4;
+    let (rp, pp, sp) = (
+        SharedMut::new(&mut rows),
+        SharedMut::new(&mut pack),
+        SharedMut::new(&mut scans),
+    );
+    let mut r0 = 0;
+    while r0 < n {
+        let r1 = (r0 + chunk).min(n);
+        let first_task = r0 / per_task;
+        pool.run((r1 - r0).div_ceil(per_task), &|t, worker| {
+            let q0 = r0 + t * per_task;
+            let qn = per_task.min(r1 - q0);
+            // SAFETY: each task owns its rows of the table and its scan count; each
+            // worker its packing buffer.
+            let out = unsafe { rp.slice(q0 * TABLE_NEIGHBOURS, qn * TABLE_NEIGHBOURS) };
+            let scans = unsafe { sp.slice(first_task + t, 1) };
+            let pack = unsafe { pp.slice(worker * QUERY_PACK_FLOATS, QUERY_PACK_FLOATS) };
+            let mut kd = [[f32::INFINITY; TABLE_KEEP]; QUERY_BLOCK];
+            let mut ki = [[NO_ROW; TABLE_KEEP]; QUERY_BLOCK];
+            let q = &bank.data[q0 * dim..(q0 + qn) * dim];
+            let qnorm = &bank.sq_norms[q0..q0 + qn];
+            let last = TABLE_KEEP - 1;
+            let mut keep = |j: usize, g: f32, row: usize| {
+                let row = row as u32;
+                // The walk may visit a row twice: a pair already kept is not kept again.
+                let below_last = g < kd[j][last] || (g == kd[j][last] && row < ki[j][last]);
+                if below_last && !ki[j].contains(&row) {
+                    insert_top_u(&mut kd[j], &mut ki[j], g, row);
+                }
+            };
+            if packed {
+                walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
+                    let bn = bank.sq_norms[row];
+                    for (j, &dot) in dots.iter().enumerate() {
+                        keep(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
+                    }
+                });
+            } else {
+                for (j, x) in q.chunks_exact(dim).enumerate() {
+                    for b in 0..n {
+                        let dot: f32 = x.iter().zip(bank.row(b)).map(|(a, c)| a * c).sum();
+                        keep(j, qnorm[j] - 2.0 * dot + bank.sq_norms[b], b);
+                    }
+                }
+            }
+            for j in 0..qn {
+                let m = q0 + j;
+                let x = bank.row(m);
+                let (gd, gi) = (&kd[j], &ki[j]);
+                let bound = |b: u32| gemm_form_bound(qnorm[j], bank.sq_norms[b as usize], dim);
+                let reach = (0..3.min(n))
+                    .map(|t| gd[t] as f64 + bound(gi[t]))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let complete = n <= TABLE_KEEP
+                    || gd[TABLE_KEEP - 1] as f64 - gemm_form_bound(qnorm[j], b_max, dim) > reach;
+                let mut td = [f32::INFINITY; 3];
+                let mut ti = [NO_ROW; 3];
+                let mut exact = |b: usize| {
+                    let e = sq_dist(x, bank.row(b));
+                    // As knn_scan: an infinite distance is never taken.
+                    if e < f32::INFINITY {
+                        insert_top_u(&mut td, &mut ti, e, b as u32);
+                    }
+                };
+                if complete {
+                    for t in 0..TABLE_KEEP.min(n) {
+                        if gd[t] as f64 - bound(gi[t]) <= reach {
+                            exact(gi[t] as usize);
+                        }
+                    }
+                } else {
+                    // Every row through the GEMM form again (any summation order keeps
+                    // the bound), re-scoring those that pass.
+                    scans[0] += 1;
+                    for b in 0..n {
+                        let g = qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b];
+                        if g as f64 - bound(b as u32) <= reach {
+                            exact(b);
+                        }
+                    }
+                }
+                out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[1..3]);
+            }
+        });
+        r0 = r1;
+        progress(r0, n);
+    }
+    Some(NeighbourTable {
+        rows,
+        exact_scans: scans.iter().sum(),
+    })
+}
+
+/// Candidates per query kept by the bf16 pass of [`nearest_bf16`].
+const BF16_KEEP: usize = 8;
+
+/// Whether this CPU runs [`nearest_bf16`]'s fast pass (AVX512-BF16).
+pub fn bf16_search_available() -> bool {
+    super::gemm_bf16::available()
+}
+
+/// Floats of scratch [`nearest_bf16`] needs per worker for rows of `dim` values: the
+/// packed bf16 queries, the bank rows' bf16 panel and the dot-product tiles.
+/// The exact scan of the queries whose candidates did not suffice uses [`nearest`]'s
+/// packing buffer and a copy of those queries.
+fn bf16_worker_floats(dim: usize) -> usize {
+    use super::gemm_bf16::{packed_len, PANEL_LEN, TILE_COLS, TILE_ROWS};
+    packed_len(QUERY_BLOCK, dim).div_ceil(2)
+        + PANEL_LEN
+        + QUERY_BLOCK.div_ceil(TILE_COLS) * TILE_ROWS * TILE_COLS
+        + QUERY_PACK_FLOATS
+        + QUERY_BLOCK * dim
+}
+
+/// Floats of scratch [`nearest_bf16`] needs with a pool of `threads` threads.
+pub fn nearest_bf16_scratch_len(threads: usize, dim: usize) -> usize {
+    threads.max(1) * bf16_worker_floats(dim)
+}
+
+/// The bound of |g − d²| between the bf16 form g (bf16 operands, f32 accumulation
+/// through `vdpbf16ps`) and [`nearest`]'s f32 form d² of the same query and bank row, for
+/// squared norms `q_sq`, `b_sq` (the same f32 values enter both forms, so their errors
+/// cancel) and width `n`. With h = 2⁻⁸ (bf16), u = 2⁻²⁴, γ = γ_{n+2}:
+/// the bf16 dot is off the exact q·b by at most (2h + h² + γ(1+h)²)·QB (rounding both
+/// operands, Cauchy–Schwarz, then n rounded additions) plus flushed subnormals (inputs
+/// and sums; bounded by the absolute term), the f32 dot by γ·QB, and each form's two
+/// operations by 2u·S, S = (Q + B)²:
+/// |g − d²| ≤ 2(2h + h² + γ(1+h)² + γ)·QB + 5u·S + 2⁻¹²⁰·n·(1 + Q + B)².
+pub fn bf16_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
+    let (h, u) = (2f64.powi(-8), 2f64.powi(-24));
+    let nn = n as f64;
+    let g = (nn + 2.0) * u / (1.0 - (nn + 2.0) * u);
+    let q = (q_sq as f64 * (1.0 + 2.0 * g)).sqrt();
+    let b = (b_sq as f64 * (1.0 + 2.0 * g)).sqrt();
+    let e = 2.0 * (2.0 * h + h * h + g * (1.0 + h) * (1.0 + h) + g) * q * b
+        + 5.0 * u * (q + b) * (q + b)
+        + 2f64.powi(-120) * nn * (1.0 + q + b) * (1.0 + q + b);
+    e * (1.0 + 2f64.powi(-20))
+}
+
+/// [`nearest`]'s squared distance of query `x` (squared norm `qq`, as [`nearest`]
+/// computes it) to bank row `b`: the micro-kernel's dot product (k in order from 0, fused
+/// multiply-adds on x86, separate products on the portable kernel), then
+/// `qq − 2·dot + ‖b‖²` (the plain loop's sum where [`nearest`] does not pack).
+fn f32_form_sq_dist(ker: Kernel, x: &[f32], qq: f32, bank: BankView<'_>, b: usize) -> f32 {
+    let row = bank.row(b);
+    let packed = query_block(bank.dim) * bank.dim <= QUERY_PACK_FLOATS && bank.n >= ker.mr;
+    let dot = if !packed {
+        // nearest's plain loop.
+        x.iter().zip(row).map(|(a, c)| a * c).sum()
+    } else if ker.isa == super::gemm::Isa::Portable {
+        x.iter().zip(row).fold(0f32, |s, (a, c)| s + a * c)
+    } else {
+        x.iter().zip(row).fold(0f32, |s, (a, c)| a.mul_add(*c, s))
+    };
+    qq - 2.0 * dot + bank.sq_norms[b]
+}
+
+/// [`nearest`]'s result (the same rows and distance bits, no exclusion) through a bf16
+/// first pass (issue 20 item 5): bf16 dot products with f32 accumulation
+/// ([`super::gemm_bf16::walk_dots`]) keep [`BF16_KEEP`] candidates per query by the bf16
+/// form g; with U = g₁ + E₁ (the smallest g and its bound, [`bf16_form_bound`]) every
+/// row that can beat or tie the f32 winner has g − E ≤ U, and those are re-scored with
+/// [`nearest`]'s exact f32 arithmetic. A query whose kept list may miss such a row (its
+/// last g − E_max ≤ U), whose values do not fit bf16, or a CPU without AVX512-BF16, takes
+/// the f32 form over the whole bank. Returns how many queries did (no allocation).
+/// `scratch`: [`nearest_bf16_scratch_len`].
+pub fn nearest_bf16(
+    pool: &Pool,
+    queries: &[f32],
+    bank: BankView<'_>,
+    dist: &mut [f32],
+    index: &mut [u32],
+    scratch: &mut [f32],
+) -> usize {
+    let dim = bank.dim;
+    assert_eq!(queries.len() % dim, 0, "nearest_bf16: ragged queries");
+    let nq = queries.len() / dim;
+    assert!(
+        dist.len() >= nq && index.len() >= nq,
+        "nearest_bf16: outputs"
+    );
+    let per_worker = bf16_worker_floats(dim);
+    assert!(
+        scratch.len() >= pool.threads().max(1) * per_worker,
+        "nearest_bf16: scratch too small"
+    );
+    if nq == 0 {
+        return 0;
+    }
+    let ker = Kernel::best();
+    let fast = bf16_search_available();
+    // Bank values beyond bf16's finite range (or not finite): no bound, every query exact.
+    let fits = |v: &f32| v.abs() <= 3.0e38;
+    let b_max = if bank.data.iter().all(fits) && bank.sq_norms.iter().all(fits) {
+        bank.sq_norms.iter().fold(0f32, |m, &v| m.max(v))
+    } else {
+        f32::INFINITY
+    };
+    let tasks = nq.div_ceil(QUERY_BLOCK);
+    let scan_count = std::sync::atomic::AtomicUsize::new(0);
+    let (dp, ip, sp) = (
+        SharedMut::new(dist),
+        SharedMut::new(index),
+        SharedMut::new(scratch),
+    );
+    pool.run(tasks, &|task, worker| {
+        use super::gemm_bf16::{pack_into, walk_dots, TILE_COLS, TILE_ROWS};
+        let q0 = task * QUERY_BLOCK;
+        let qn = QUERY_BLOCK.min(nq - q0);
+        // SAFETY: each worker owns its scratch slice; each task its output range.
+        let work = unsafe { sp.slice(worker * per_worker, per_worker) };
+        let (work, scan_work) =
+            work.split_at_mut(per_worker - QUERY_PACK_FLOATS - QUERY_BLOCK * dim);
+        let (scan_pack, scan_queries) = scan_work.split_at_mut(QUERY_PACK_FLOATS);
+        let d_out = unsafe { dp.slice(q0, qn) };
+        let i_out = unsafe { ip.slice(q0, qn) };
+        let q = &queries[q0 * dim..(q0 + qn) * dim];
+        let mut qnorm = [0f32; QUERY_BLOCK];
+        for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
+            *n = r.iter().map(|v| v * v).sum();
+        }
+        let mut kd = [[f32::INFINITY; BF16_KEEP]; QUERY_BLOCK];
+        let mut ki = [[NO_ROW; BF16_KEEP]; QUERY_BLOCK];
+        if fast {
+            let packed_floats = super::gemm_bf16::packed_len(QUERY_BLOCK, dim).div_ceil(2);
+            let (packed, rest) = work.split_at_mut(packed_floats);
+            let (panel, tiles) = rest.split_at_mut(super::gemm_bf16::PANEL_LEN);
+            let packed: &mut [u16] = bytemuck::cast_slice_mut(packed);
+            pack_into(Mat::new(q, qn, dim), packed);
+            let panel: &mut [u32] = bytemuck::cast_slice_mut(panel);
+            let last = BF16_KEEP - 1;
+            let bank_rows = Mat::new(bank.data, bank.n, dim);
+            walk_dots(
+                bank_rows,
+                packed,
+                qn,
+                panel,
+                tiles,
+                |r0, rows_here, tiles| {
+                    for s in 0..qn.div_ceil(TILE_COLS) {
+                        let j0 = s * TILE_COLS;
+                        let cols = TILE_COLS.min(qn - j0);
+                        let tile = &tiles[s * TILE_ROWS * TILE_COLS..];
+                        for i in 0..rows_here {
+                            let row = r0 + i;
+                            let bn = bank.sq_norms[row];
+                            for (jj, &dot) in
+                                tile[i * TILE_COLS..i * TILE_COLS + cols].iter().enumerate()
+                            {
+                                let j = j0 + jj;
+                                let g = qnorm[j] - 2.0 * dot + bn;
+                                let r = row as u32;
+                                if g < kd[j][last] || (g == kd[j][last] && r < ki[j][last]) {
+                                    insert_top_u(&mut kd[j], &mut ki[j], g, r);
+                                }
+                            }
+                        }
+                    }
+                },
+            );
+        }
+        // Queries to scan exactly: their rows, squared norms and positions.
+        let mut scan_at = [0usize; QUERY_BLOCK];
+        let mut scan_norm = [0f32; QUERY_BLOCK];
+        let mut scanned = 0;
+        for (j, x) in q.chunks_exact(dim).enumerate() {
+            let qq = qnorm[j];
+            let (gd, gi) = (&kd[j], &ki[j]);
+            let reach = if gi[0] == NO_ROW || !x.iter().all(fits) {
+                f64::INFINITY
+            } else {
+                gd[0] as f64 + bf16_form_bound(qq, bank.sq_norms[gi[0] as usize], dim)
+            };
+            let kept = BF16_KEEP.min(bank.n);
+            let complete = fast
+                && reach < f64::INFINITY
+                && (bank.n <= BF16_KEEP
+                    || gd[BF16_KEEP - 1] as f64 - bf16_form_bound(qq, b_max, dim) > reach);
+            let (mut best, mut arg) = (f32::INFINITY, NO_ROW);
+            let mut take = |b: usize| {
+                let d2 = f32_form_sq_dist(ker, x, qq, bank, b);
+                // As nearest's strict `<` from +inf in bank order: the lowest row of equal
+                // d², an infinite or NaN d² never.
+                if d2 < best || (d2 == best && d2 < f32::INFINITY && (b as u32) < arg) {
+                    best = d2;
+                    arg = b as u32;
+                }
+            };
+            if complete {
+                for t in 0..kept {
+                    let b = gi[t] as usize;
+                    if gd[t] as f64 - bf16_form_bound(qq, bank.sq_norms[b], dim) <= reach {
+                        take(b);
+                    }
+                }
+            } else {
+                scan_at[scanned] = j;
+                scan_norm[scanned] = qq;
+                scan_queries[scanned * dim..(scanned + 1) * dim].copy_from_slice(x);
+                scanned += 1;
+                continue;
+            }
+            d_out[j] = best.max(0.0).sqrt();
+            i_out[j] = arg;
+        }
+        if scanned > 0 {
+            // nearest's own search on those queries (the same bits: each query's result
+            // depends only on its row).
+            let (mut sd, mut si) = ([f32::INFINITY; QUERY_BLOCK], [NO_ROW; QUERY_BLOCK]);
+            let sq = &scan_queries[..scanned * dim];
+            let qb = query_block(dim);
+            if qb * dim <= QUERY_PACK_FLOATS && bank.n >= ker.mr {
+                // In blocks of nearest's size (what its packing buffer holds).
+                for c0 in (0..scanned).step_by(qb) {
+                    let c1 = (c0 + qb).min(scanned);
+                    let (sd, si) = (&mut sd[c0..c1], &mut si[c0..c1]);
+                    let x = &sq[c0 * dim..c1 * dim];
+                    let norms = &scan_norm[c0..c1];
+                    search_packed(ker, x, c1 - c0, norms, bank, None, scan_pack, sd, si);
+                }
+            } else {
+                for (t, x) in sq.chunks_exact(dim).enumerate() {
+                    for b in 0..bank.n {
+                        let dot: f32 = x.iter().zip(bank.row(b)).map(|(a, c)| a * c).sum();
+                        fold(
+                            &mut sd[t],
+                            &mut si[t],
+                            scan_norm[t] - 2.0 * dot + bank.sq_norms[b],
+                            b,
+                            None,
+                        );
+                    }
+                }
+            }
+            for t in 0..scanned {
+                d_out[scan_at[t]] = sd[t].max(0.0).sqrt();
+                i_out[scan_at[t]] = si[t];
+            }
+        }
+        scan_count.fetch_add(scanned, std::sync::atomic::Ordering::Relaxed);
+    });
+    scan_count.into_inner()
 }

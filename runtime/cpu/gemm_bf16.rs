@@ -62,6 +62,111 @@ pub struct PackedBf16 {
     k: usize,
 }
 
+/// Elements of `w` (`n × k`) packed as [`pack_into`] lays it out.
+pub fn packed_len(n: usize, k: usize) -> usize {
+    let (kblocks, kc_step) = k_blocks(k);
+    // The last block is padded to an even length.
+    let last_p0 = (kblocks - 1) * kc_step;
+    let k_pad = last_p0 + k.saturating_sub(last_p0).div_ceil(2) * 2;
+    k_pad * n.div_ceil(NR) * NR
+}
+
+/// Converts `w` (`n × k`) to bf16 and packs it into `out` (at least [`packed_len`]; the
+/// padding is zeroed): per `k` block, strips of `NR` outputs, pairs of inner elements
+/// interleaved per output.
+pub fn pack_into(w: Mat<'_>, out: &mut [u16]) {
+    let (n, k) = (w.rows, w.cols);
+    let (kblocks, kc_step) = k_blocks(k);
+    let n_pad = n.div_ceil(NR) * NR;
+    let len = packed_len(n, k);
+    let data = &mut out[..len];
+    data.fill(0);
+    for kb in 0..kblocks {
+        let p0 = kb * kc_step;
+        let kc = kc_step.min(k.saturating_sub(p0));
+        let pairs = kc.div_ceil(2);
+        let block = &mut data[p0 * n_pad..];
+        for j in 0..n {
+            let (s, jj) = (j / NR, j % NR);
+            let row = &w.data[j * w.stride + p0..j * w.stride + p0 + kc];
+            for (p, &v) in row.iter().enumerate() {
+                block[s * pairs * 2 * NR + (p / 2) * 2 * NR + jj * 2 + p % 2] = to_bf16(v);
+            }
+        }
+    }
+}
+
+/// Rows of one tile of [`walk_dots`] and columns of one of its strips.
+pub const TILE_ROWS: usize = MR;
+pub const TILE_COLS: usize = NR;
+/// u32 elements of the activation panel [`walk_dots`] needs.
+pub const PANEL_LEN: usize = MR * KC / 2;
+
+/// Dot products, bf16 operands and f32 accumulation (the bound of the module doc), of
+/// every row of `rows` (`r × k`, rounded to bf16 [`TILE_ROWS`] rows at a time as they are
+/// loaded) with the `n` columns packed by [`pack_into`] (`n × k`). After each group of
+/// rows `r0..r0 + rows_here`, `visit(r0, rows_here, tiles)` gets, for column strip `s`,
+/// the tile `tiles[s·MR·NR..]` (`MR × NR`, row-major: `tiles[s·MR·NR + i·NR + j]` is row
+/// `r0 + i` with column `s·NR + j`). `panel`: [`PANEL_LEN`]; `tiles`: `n.div_ceil(NR)`
+/// tiles. Only with AVX512-BF16 ([`available`]); without it nothing is visited.
+pub fn walk_dots(
+    rows: Mat<'_>,
+    packed: &[u16],
+    n: usize,
+    panel: &mut [u32],
+    tiles: &mut [f32],
+    mut visit: impl FnMut(usize, usize, &[f32]),
+) {
+    if !available() {
+        return;
+    }
+    let k = rows.cols;
+    let (kblocks, kc_step) = k_blocks(k);
+    let n_pad = n.div_ceil(NR) * NR;
+    let strips = n.div_ceil(NR);
+    assert!(packed.len() >= packed_len(n, k) && panel.len() >= PANEL_LEN);
+    assert!(tiles.len() >= strips * MR * NR, "walk_dots: tiles");
+    let mut r0 = 0;
+    while r0 < rows.rows {
+        let rows_here = MR.min(rows.rows - r0);
+        for kb in 0..kblocks {
+            let p0 = kb * kc_step;
+            let kc = kc_step.min(k.saturating_sub(p0));
+            let pairs = kc.div_ceil(2);
+            for i in 0..MR {
+                let dst: &mut [u16] =
+                    bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
+                if i < rows_here {
+                    let start = (r0 + i) * rows.stride + p0;
+                    // SAFETY: `available()` checked above.
+                    unsafe { x86_bf16::convert(&rows.data[start..start + kc], dst) };
+                } else {
+                    dst.fill(0);
+                }
+            }
+            let start = if kb == 0 { Start::Zero } else { Start::FromC };
+            let block = &packed[p0 * n_pad..];
+            for s in 0..strips {
+                // SAFETY: the panel holds MR rows of `pairs` pairs, the strip `pairs · NR`
+                // pairs, the tile MR × NR floats.
+                unsafe {
+                    x86_bf16::kernel_12x32(
+                        pairs,
+                        panel.as_ptr(),
+                        pairs,
+                        block[s * pairs * 2 * NR..].as_ptr(),
+                        tiles[s * MR * NR..].as_mut_ptr(),
+                        NR,
+                        start,
+                    )
+                };
+            }
+        }
+        visit(r0, rows_here, &tiles[..strips * MR * NR]);
+        r0 += rows_here;
+    }
+}
+
 impl PackedBf16 {
     /// Converts and packs `w` (`n × k`); `None` without AVX512-BF16.
     pub fn new(w: Mat<'_>) -> Option<PackedBf16> {
@@ -69,25 +174,8 @@ impl PackedBf16 {
             return None;
         }
         let (n, k) = (w.rows, w.cols);
-        let (kblocks, kc_step) = k_blocks(k);
-        let n_pad = n.div_ceil(NR) * NR;
-        // The last block is padded to an even length.
-        let last_p0 = (kblocks - 1) * kc_step;
-        let k_pad = last_p0 + k.saturating_sub(last_p0).div_ceil(2) * 2;
-        let mut data = vec![0u16; k_pad * n_pad];
-        for kb in 0..kblocks {
-            let p0 = kb * kc_step;
-            let kc = kc_step.min(k.saturating_sub(p0));
-            let pairs = kc.div_ceil(2);
-            let block = &mut data[p0 * n_pad..];
-            for j in 0..n {
-                let (s, jj) = (j / NR, j % NR);
-                let row = &w.data[j * w.stride + p0..j * w.stride + p0 + kc];
-                for (p, &v) in row.iter().enumerate() {
-                    block[s * pairs * 2 * NR + (p / 2) * 2 * NR + jj * 2 + p % 2] = to_bf16(v);
-                }
-            }
-        }
+        let mut data = vec![0u16; packed_len(n, k)];
+        pack_into(w, &mut data);
         Some(PackedBf16 { data, n, k })
     }
     pub fn rows(&self) -> usize {

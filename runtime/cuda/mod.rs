@@ -30,12 +30,14 @@
 //!   [`ops::pfa`] (the point branch, whose kernel set and plan are [`ops::point`]),
 //!   [`ops::embed`] (RGB input, patch and position embeddings, LayerNorm, output layout),
 //!   [`ops::attention`] (fused attention), [`ops::gelu`] (bias + GELU),
-//!   [`ops::bank_search`] (nearest bank rows), [`ops::maps`] (re-weighting, upsampling,
-//!   blur, decision, regions), [`ops::coreset`] (fit-time greedy selection).
+//!   [`ops::fusion`] (RADAR's element-wise steps), [`ops::bank_search`] (nearest bank
+//!   rows), [`ops::maps`] (re-weighting, upsampling, blur, decision, regions),
+//!   [`ops::coreset`] (fit-time greedy selection).
 //! - [`stages`]: the engine's device stages, named like their CPU counterparts, each
 //!   self-checked against the CPU when the engine is created: [`stages::vit`] (the RGB
-//!   branch), [`stages::point_branch`], [`stages::bank_search`], and the transformer
-//!   forwards they run ([`stages::forward`]); see [`crate::backend`] for how an engine
+//!   branch), [`stages::point_branch`], [`stages::fusion`] (UFF and RADAR),
+//!   [`stages::bank_search`], and the transformer forwards they run
+//!   ([`stages::forward`]); see [`crate::backend`] for how an engine
 //!   chooses and falls back. Stage code is the same for a GPU and the simulator.
 //!
 //! One device object per engine: the engine opens one [`Device`] (context and stream) and

@@ -17,6 +17,7 @@
 
 use crate::cpu::bank_search::sq_norms;
 use crate::format::{BankFile, Writer};
+use crate::pipeline::score::neighbour_table_name;
 use crate::types::{BANK_NAMES, RGB, XYZ};
 use crate::util::rng::Rng;
 use crate::{Error, Result};
@@ -97,7 +98,11 @@ pub fn write_scaled_bank(
     let resized = |name: &str| {
         banks.iter().any(|(b, _, _)| {
             let bank = BANK_NAMES[*b];
-            name == format!("bank.{bank}") || name == format!("bank.{bank}_norms")
+            // The neighbour table of the fitted rows does not describe the new rows: the
+            // synthesised bank has none (its re-weighting scans the bank).
+            name == format!("bank.{bank}")
+                || name == format!("bank.{bank}_norms")
+                || name == neighbour_table_name(*b)
         })
     };
     let mut w = Writer::bank(cfg);

@@ -27,12 +27,12 @@ use super::calibrate;
 use super::scratch::{peak_rss_kib, ScratchFile};
 use crate::backend::Backend;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
-use crate::cpu::bank_search::{sq_norms, BankView};
+use crate::cpu::bank_search::{neighbour_table, sq_norms, BankView, TABLE_NEIGHBOURS};
 use crate::cpu::coreset;
 use crate::cpu::pool::Pool;
 use crate::eval::missing::MissingModality;
 use crate::format::Writer;
-use crate::pipeline::score::{BankSet, Scorer};
+use crate::pipeline::score::{neighbour_table_name, BankSet, Scorer};
 pub use crate::types::FeatureLayout;
 use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
 use crate::{Error, Result};
@@ -125,6 +125,12 @@ pub enum Progress {
         done: usize,
         total: usize,
     },
+    /// The neighbour table of a bank (rows done).
+    Neighbours {
+        bank: &'static str,
+        done: usize,
+        total: usize,
+    },
     Score {
         done: usize,
         total: usize,
@@ -146,6 +152,8 @@ pub struct Fitted {
     pub config: BankConfig,
     /// `(name, shape, data)`.
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// The banks' neighbour tables, `(name, shape, rows)`.
+    pub tables: Vec<(String, Vec<usize>, Vec<u32>)>,
     /// Leave-one-out part scores of the training parts (after the part SVM).
     pub train_scores: Vec<f32>,
     /// Peak resident memory of the process after the fit, KiB (where known).
@@ -159,6 +167,9 @@ impl Fitted {
         w.provenance("fit.scoring", self.config.fit.scoring.clone());
         for (name, shape, data) in &self.tensors {
             w.add_f32(name.clone(), shape, data);
+        }
+        for (name, shape, rows) in &self.tables {
+            w.add_typed(name.clone(), shape, rows);
         }
         Ok(w.write(path)?)
     }
@@ -382,11 +393,30 @@ pub fn fit(
     cfg.rgb_dim = shapes[RGB].1 as u32;
     cfg.fused_dim = shapes[FUSED].1 as u32;
 
-    // 4. Leave-one-out training scores.
+    // 4. The neighbour tables of the re-weighting (SPEC §7), stored in the file.
+    let mut bank_tables: [Option<Vec<u32>>; 3] = Default::default();
+    for b in 0..3 {
+        if bank_data[b].is_empty() {
+            continue;
+        }
+        let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
+        let bank = BANK_NAMES[b];
+        let mut report = |done, total| progress(Progress::Neighbours { bank, done, total });
+        // A bank with a non-finite value gets no table (the scan keeps its NaN handling).
+        bank_tables[b] = neighbour_table(pool, view, &mut report).map(|t| t.rows);
+    }
+
+    // 5. Leave-one-out training scores (the scan: the tables hold the neighbours in the
+    // whole bank, not in the bank without the part's own rows), then the RADAR cases.
     let set = BankSet {
         banks: std::array::from_fn(|b| {
-            (!bank_data[b].is_empty())
-                .then(|| BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1))
+            (!bank_data[b].is_empty()).then(|| {
+                let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
+                match &bank_tables[b] {
+                    Some(t) => view.with_neighbours(t),
+                    None => view,
+                }
+            })
         }),
         norms,
         grids: [layout.xyz_grid, layout.rgb_grid, layout.xyz_grid],
@@ -575,7 +605,12 @@ pub fn fit(
         }
     }
 
+    let mut tables = Vec::new();
     for b in 0..3 {
+        if let Some(t) = bank_tables[b].take() {
+            let rows = t.len() / TABLE_NEIGHBOURS;
+            tables.push((neighbour_table_name(b), vec![rows, TABLE_NEIGHBOURS], t));
+        }
         if bank_data[b].is_empty() {
             continue;
         }
@@ -596,6 +631,7 @@ pub fn fit(
     Ok(Fitted {
         config: cfg,
         tensors,
+        tables,
         train_scores,
         peak_rss_kib: peak_rss_kib(),
     })

@@ -10,7 +10,7 @@
 
 use super::decide::{fuse_map, linear_part_score};
 use crate::config::{BankConfig, FeatureNorm};
-use crate::cpu::bank_search::{self, BankScore, BankView};
+use crate::cpu::bank_search::{self, BankScore, BankView, TABLE_NEIGHBOURS};
 use crate::cpu::maps;
 use crate::cpu::pool::Pool;
 use crate::format::{BankFile, FormatError};
@@ -26,7 +26,8 @@ pub struct BankSet<'a> {
 }
 
 impl<'a> BankSet<'a> {
-    /// Views of `bank.{xyz,rgb,fused}` and `bank.*_norms` in a bank file.
+    /// Views of `bank.{xyz,rgb,fused}`, `bank.*_norms` and, where the file has it (fits
+    /// since the table was added), the neighbour table `bank.*_neighbours` in a bank file.
     pub fn from_file(file: &'a BankFile) -> Result<Self, FormatError> {
         let c = file.config();
         let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
@@ -38,7 +39,13 @@ impl<'a> BankSet<'a> {
                 let data = file.typed::<f32>(&format!("bank.{}", BANK_NAMES[b]), Some(&[n, d]))?;
                 let norms =
                     file.typed::<f32>(&format!("bank.{}_norms", BANK_NAMES[b]), Some(&[n]))?;
-                banks[b] = Some(BankView::new(data, norms, d));
+                let view = BankView::new(data, norms, d);
+                let table = neighbour_table_name(b);
+                banks[b] = Some(if file.container().entry(&table).is_some() {
+                    view.with_neighbours(file.typed::<u32>(&table, Some(&[n, TABLE_NEIGHBOURS]))?)
+                } else {
+                    view
+                });
             }
         }
         Ok(BankSet {
@@ -51,6 +58,14 @@ impl<'a> BankSet<'a> {
             ],
         })
     }
+}
+
+/// The bank file's tensor holding bank `b`'s neighbour table
+/// ([`bank_search::neighbour_table`]: `rows × 2` u32, the re-weighting's b_1, b_2 of
+/// every row). Bank files written before it have none; the re-weighting then scans the
+/// bank for the 3 nearest rows of m* on every part.
+pub fn neighbour_table_name(b: usize) -> String {
+    format!("bank.{}_neighbours", BANK_NAMES[b])
 }
 
 /// One part's scores.

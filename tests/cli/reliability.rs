@@ -91,6 +91,11 @@ fn model_info_is_a_readable_summary_and_json() {
     let id = miad::format::hex(&model.id());
     assert!(out.contains(&format!("model_id: {id}")), "{out}");
     assert!(out.contains("radar_cases: rgb_only"), "{out}");
+    // The fixture's banks are written without neighbour tables: info says what happens.
+    assert!(
+        out.contains("neighbour_tables: none (written before the tables or resized: re-weighting scans xyz rgb fused per part)"),
+        "{out}"
+    );
     // No Rust debug dump (an id as 16 lines of bytes).
     assert!(
         !out.contains("model_id: [") && out.lines().count() < 60,

@@ -1,9 +1,10 @@
 //! Bank search (SPEC §7) against brute force in f64, ties, exclusion, re-weighting,
-//! thread-count independence and zero allocations.
+//! thread-count independence and zero allocations; the fit-time neighbour table against a
+//! brute-force f32 computation and `knn_scan`, and scores with it equal to scores without.
 
 use miad::cpu::bank_search::{
-    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, score_part, score_scratch_len,
-    sq_norms, BankView,
+    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, neighbour_table, score_part,
+    score_scratch_len, sq_norms, BankView, NO_ROW, TABLE_NEIGHBOURS,
 };
 use miad::cpu::pool::Pool;
 use miad::util::alloc_counter::counts;
@@ -271,5 +272,429 @@ fn near_duplicate_rows_pick_a_nearest_within_the_bound_and_exact_copies_the_lowe
                 );
             }
         }
+    }
+}
+
+/// A clustered bank with exact duplicates (some at lower indices than their source) and
+/// near-duplicates (one value moved by 1 to 3 ulps): many rows within the GEMM form's
+/// rounding of each other.
+fn clustered_with_duplicates(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let centres = random(16 * dim, seed + 1);
+    let mut b = vec![0f32; n * dim];
+    for row in b.chunks_exact_mut(dim) {
+        let c = rng.below(16) as usize;
+        for (v, &m) in row.iter_mut().zip(&centres[c * dim..(c + 1) * dim]) {
+            *v = m + 0.05 * rng.normal();
+        }
+    }
+    for i in (3..n).step_by(4) {
+        let src = (i * 7 + 1) % n;
+        b.copy_within(src * dim..(src + 1) * dim, i * dim);
+        if i % 3 == 0 {
+            let c = i * dim + rng.below(dim as u64) as usize;
+            b[c] = f32::from_bits(b[c].to_bits() + 1 + (i as u32 % 3));
+        }
+    }
+    b
+}
+
+/// The re-weighting's rows of every bank row by brute force: the 3 nearest by f32
+/// `Σ (a − b)²` summed in order ((distance, index) order), without the first.
+fn brute_table(b: &[f32], dim: usize) -> Vec<u32> {
+    let n = b.len() / dim;
+    let mut out = Vec::with_capacity(n * TABLE_NEIGHBOURS);
+    for m in 0..n {
+        let x = &b[m * dim..(m + 1) * dim];
+        let mut all: Vec<(f32, u32)> = b
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    x.iter().zip(r).map(|(a, c)| (a - c) * (a - c)).sum(),
+                    i as u32,
+                )
+            })
+            .collect();
+        all.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+        for t in 1..3 {
+            out.push(all.get(t).map_or(NO_ROW, |v| v.1));
+        }
+    }
+    out
+}
+
+#[test]
+fn neighbour_table_equals_brute_force_and_knn_scan() {
+    for (n, dim, clustered) in [
+        (1usize, 8usize, false),
+        (2, 8, false),
+        (3, 8, true),
+        (11, 16, true),
+        (700, 48, false),
+        (900, 40, true),
+        (300, 200, true),
+    ] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 40 + n as u64)
+        } else {
+            random(n * dim, 40 + n as u64)
+        };
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let mut reports = Vec::new();
+        let t2 = neighbour_table(&Pool::new(2), bv, &mut |d, t| reports.push((d, t))).unwrap();
+        let t1 = neighbour_table(&Pool::new(1), bv, &mut |_, _| {}).unwrap();
+        assert_eq!(t2, t1, "{n} x {dim}: threads");
+        assert_eq!(reports.last(), Some(&(n, n)), "{n} x {dim}: progress");
+        assert_eq!(t2.rows, brute_table(&b, dim), "{n} x {dim}: brute force");
+        let mut out = [0u32; 3];
+        let mut s = vec![0f32; knn_scratch_len(n, 3)];
+        for m in 0..n {
+            let found = knn_scan(&Pool::new(2), bv.row(m), bv, None, 3, &mut out, &mut s);
+            let mut want = [NO_ROW; TABLE_NEIGHBOURS];
+            want[..found - 1].copy_from_slice(&out[1..found]);
+            assert_eq!(
+                t2.rows[m * TABLE_NEIGHBOURS..(m + 1) * TABLE_NEIGHBOURS],
+                want,
+                "{n} x {dim}: row {m} vs knn_scan"
+            );
+        }
+        eprintln!(
+            "neighbour table {n} x {dim}: {} exact scans",
+            t2.exact_scans
+        );
+        if clustered && n >= 300 {
+            // Exact duplicates tie within the GEMM bound: some rows must have scanned.
+            assert!(
+                t2.exact_scans > 0,
+                "{n} x {dim}: the scan fallback never ran"
+            );
+        }
+    }
+    // A bank with a NaN or an infinity has no table (the scan keeps its NaN handling).
+    let mut b = random(50 * 8, 3);
+    let mut norms = vec![0f32; 50];
+    sq_norms(&b, 8, &mut norms);
+    b[17] = f32::NAN;
+    assert!(neighbour_table(&Pool::new(1), BankView::new(&b, &norms, 8), &mut |_, _| {}).is_none());
+    b[17] = f32::INFINITY;
+    assert!(neighbour_table(&Pool::new(1), BankView::new(&b, &norms, 8), &mut |_, _| {}).is_none());
+}
+
+#[test]
+fn scores_with_the_neighbour_table_equal_scores_without() {
+    let pool = Pool::new(2);
+    for (n, dim, clustered) in [(2usize, 16usize, false), (900, 40, true), (1200, 32, false)] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 70 + n as u64)
+        } else {
+            random(n * dim, 70 + n as u64)
+        };
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let plain = BankView::new(&b, &norms, dim);
+        let table = neighbour_table(&pool, plain, &mut |_, _| {}).unwrap();
+        let with = plain.with_neighbours(&table.rows);
+        let mut sc = vec![0f32; score_scratch_len(2, n)];
+        // Queries: random, bank rows plus noise, and exact bank rows (duplicated ones
+        // included), so that m* is sometimes a row with a lower-index copy.
+        for (k, noise) in [(0usize, 1.0f32), (1, 0.01), (2, 0.0)] {
+            let nq = 60;
+            let mut x = random(nq * dim, 80 + k as u64);
+            for (j, row) in x.chunks_exact_mut(dim).enumerate() {
+                let src = &b[(j * 13 % n) * dim..][..dim];
+                if noise < 1.0 {
+                    for (v, &s) in row.iter_mut().zip(src) {
+                        *v = s + noise * *v;
+                    }
+                }
+            }
+            let (mut d1, mut n1) = (vec![0f32; nq], vec![0u32; nq]);
+            let (mut d2, mut n2) = (vec![0f32; nq], vec![0u32; nq]);
+            let r1 = score_part(&pool, &x, plain, None, &mut d1, &mut n1, &mut sc);
+            let r2 = score_part(&pool, &x, with, None, &mut d2, &mut n2, &mut sc);
+            assert_eq!(
+                r1.score.to_bits(),
+                r2.score.to_bits(),
+                "{n} x {dim} queries {k}"
+            );
+            assert_eq!(r1.weight.to_bits(), r2.weight.to_bits());
+            assert_eq!((r1.patch, r1.nearest), (r2.patch, r2.nearest));
+            // With an exclusion (fit's leave-one-out) the table is not used: the same scan.
+            let origin: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
+            let ex = Some((origin.as_slice(), 2u32));
+            let r3 = score_part(&pool, &x, plain, ex, &mut d1, &mut n1, &mut sc);
+            let r4 = score_part(&pool, &x, with, ex, &mut d2, &mut n2, &mut sc);
+            assert_eq!(r3.score.to_bits(), r4.score.to_bits());
+        }
+    }
+}
+
+#[test]
+fn scoring_with_the_table_does_not_allocate() {
+    let (n, dim) = (2000, 24);
+    let pool = Pool::new(1);
+    let b = random(n * dim, 1);
+    let x = random(100 * dim, 2);
+    let mut norms = vec![0f32; n];
+    sq_norms(&b, dim, &mut norms);
+    let table = neighbour_table(&pool, BankView::new(&b, &norms, dim), &mut |_, _| {}).unwrap();
+    let bv = BankView::new(&b, &norms, dim).with_neighbours(&table.rows);
+    let mut dmap = vec![0f32; 100];
+    let mut nn = vec![0u32; 100];
+    let mut sc = vec![0f32; score_scratch_len(1, n)];
+    score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    let before = counts();
+    for _ in 0..5 {
+        score_part(&pool, &x, bv, None, &mut dmap, &mut nn, &mut sc);
+    }
+    assert_eq!(counts(), before);
+}
+
+/// `nearest` and `nearest_bf16` on the same data: the same rows and distance bits.
+fn assert_bf16_equals_f32(q: &[f32], b: &[f32], dim: usize, threads: usize, what: &str) -> usize {
+    use miad::cpu::bank_search::{nearest_bf16, nearest_bf16_scratch_len};
+    let pool = Pool::new(threads);
+    let (want_d, want_i) = run_nearest(&pool, q, b, dim);
+    let mut norms = vec![0f32; b.len() / dim];
+    sq_norms(b, dim, &mut norms);
+    let bv = BankView::new(b, &norms, dim);
+    let nq = q.len() / dim;
+    let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+    let mut s = vec![0f32; nearest_bf16_scratch_len(threads, dim)];
+    let scans = nearest_bf16(&pool, q, bv, &mut d, &mut i, &mut s);
+    assert_eq!(i, want_i, "{what}: rows");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&d), bits(&want_d), "{what}: distance bits");
+    eprintln!("bf16 search {what}: {scans} of {nq} queries scanned exactly");
+    scans
+}
+
+#[test]
+fn bf16_search_returns_the_f32_search_result() {
+    if !miad::cpu::bank_search::bf16_search_available() {
+        eprintln!("no AVX512-BF16 here: nearest_bf16 runs the f32 form on every query");
+    }
+    for (nq, n, dim, clustered) in [
+        (200usize, 3000usize, 64usize, false),
+        (130, 2000, 96, true),
+        (40, 700, 1152, true),
+        // More exact scans in a task than nearest's block of 1920-wide queries (64).
+        (100, 300, 1920, true),
+        (5, 3, 16, false),
+        (9, 11, 32, true),
+    ] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 90 + n as u64)
+        } else {
+            random(n * dim, 90 + n as u64)
+        };
+        // Queries: random, near bank rows, and exact bank rows (duplicated ones too).
+        let mut q = random(nq * dim, 91 + n as u64);
+        for (j, row) in q.chunks_exact_mut(dim).enumerate() {
+            let src = &b[(j * 7 % n) * dim..][..dim];
+            match j % 3 {
+                0 => row.copy_from_slice(src),
+                1 => row
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(v, &s)| *v = s + 0.01 * *v),
+                _ => {}
+            }
+        }
+        for threads in [1, 2] {
+            assert_bf16_equals_f32(&q, &b, dim, threads, &format!("{nq} x {n} x {dim}"));
+        }
+    }
+    // A NaN query and one beyond bf16's range: scanned exactly, still nearest's result.
+    let (dim, n) = (32, 500);
+    let b = random(n * dim, 5);
+    let mut q = random(6 * dim, 6);
+    q[dim + 3] = f32::NAN;
+    q[3 * dim] = 3.3e38;
+    let scans = assert_bf16_equals_f32(&q, &b, dim, 2, "NaN and huge queries");
+    assert!(scans >= 2);
+}
+
+#[test]
+fn bf16_search_forces_exact_scans_on_near_duplicate_groups() {
+    // Groups of 12 rows within bf16 rounding of each other (more than the 8 kept):
+    // queries equal to a group's rows must scan, and still give nearest's answer.
+    let (dim, n) = (64, 1200);
+    let mut b = random(n * dim, 8);
+    let mut rng = Rng::new(9);
+    for g in 0..10 {
+        let src = g * 100;
+        let row = b[src * dim..][..dim].to_vec();
+        for m in 1..12 {
+            let dst = src + m * 7;
+            b[dst * dim..][..dim].copy_from_slice(&row);
+            let c = dst * dim + rng.below(dim as u64) as usize;
+            b[c] = f32::from_bits(b[c].to_bits() + (m as u32 % 3));
+        }
+    }
+    let q: Vec<f32> = (0..10)
+        .flat_map(|g| b[g * 100 * dim..][..dim].to_vec())
+        .collect();
+    let scans = assert_bf16_equals_f32(&q, &b, dim, 2, "near-duplicate groups");
+    if miad::cpu::bank_search::bf16_search_available() {
+        assert!(scans > 0, "the groups must force exact scans");
+    }
+}
+
+/// |g − d²| ≤ E for every pair (g: the bf16 form from the bf16 dot products, d²: the f32
+/// search's form), and a crafted case reaching more than 90 % of E.
+#[test]
+fn bf16_form_bound_holds_and_is_tight() {
+    use miad::cpu::bank_search::bf16_form_bound;
+    use miad::cpu::gemm::Mat;
+    use miad::cpu::gemm_bf16::{pack_into, packed_len, walk_dots, PANEL_LEN, TILE_COLS, TILE_ROWS};
+    if !miad::cpu::bank_search::bf16_search_available() {
+        eprintln!("no AVX512-BF16 here: nothing to measure");
+        return;
+    }
+    // (g, d², E) of every (query, row) pair; d² with fused multiply-adds (the AVX kernels).
+    let measure = |q: &[f32], b: &[f32], dim: usize| -> Vec<(f64, f64, f64)> {
+        let (nq, n) = (q.len() / dim, b.len() / dim);
+        let mut packed = vec![0u16; packed_len(nq, dim)];
+        pack_into(Mat::new(q, nq, dim), &mut packed);
+        let mut panel = vec![0u32; PANEL_LEN];
+        let mut tiles = vec![0f32; nq.div_ceil(TILE_COLS) * TILE_ROWS * TILE_COLS];
+        let sq = |r: &[f32]| -> f32 { r.iter().map(|v| v * v).sum() };
+        let mut out = Vec::new();
+        walk_dots(
+            Mat::new(b, n, dim),
+            &packed,
+            nq,
+            &mut panel,
+            &mut tiles,
+            |r0, rows, t| {
+                for i in 0..rows {
+                    let row = &b[(r0 + i) * dim..][..dim];
+                    let bn = sq(row);
+                    for j in 0..nq {
+                        let x = &q[j * dim..][..dim];
+                        let qq = sq(x);
+                        let dot = t[(j / TILE_COLS) * TILE_ROWS * TILE_COLS
+                            + i * TILE_COLS
+                            + j % TILE_COLS];
+                        let g = qq - 2.0 * dot + bn;
+                        let f_dot = x.iter().zip(row).fold(0f32, |s, (a, c)| a.mul_add(*c, s));
+                        let d2 = qq - 2.0 * f_dot + bn;
+                        out.push((g as f64, d2 as f64, bf16_form_bound(qq, bn, dim)));
+                    }
+                }
+            },
+        );
+        out
+    };
+    let mut worst = 0f64;
+    for (nq, n, dim, offset) in [
+        (20usize, 300usize, 64usize, 0f32),
+        (16, 200, 1152, 0.0),
+        (16, 100, 256, 20.0),
+    ] {
+        let q: Vec<f32> = random(nq * dim, 60).iter().map(|v| v + offset).collect();
+        let b: Vec<f32> = random(n * dim, 61).iter().map(|v| v + offset).collect();
+        for (g, d2, e) in measure(&q, &b, dim) {
+            assert!((g - d2).abs() <= e, "{dim}: |{g} - {d2}| > {e}");
+            worst = worst.max((g - d2).abs() / e);
+        }
+    }
+    eprintln!("bf16 form bound: largest |g - d2| / E on random data {worst:.3e}");
+    // q = b, every value just below a bf16 rounding midpoint (rounds down to 1).
+    let dim = 64;
+    let v = 1.0 + 2f32.powi(-8) - 2f32.powi(-20);
+    let (g, d2, e) = measure(&vec![v; dim], &vec![v; dim], dim)[0];
+    let ratio = (g - d2).abs() / e;
+    eprintln!("bf16 form bound: crafted case |g - d2| / E = {ratio:.4}");
+    assert!(ratio <= 1.0 && ratio > 0.9, "crafted case: {ratio}");
+}
+
+/// The speed of the bf16 search against the f32 search, side by side in one process
+/// (ratios only: the machine is shared). Run with
+/// `cargo test --features cuda-sim --test cpu -- --ignored bf16_search_speed --nocapture`.
+#[test]
+#[ignore]
+fn bf16_search_speed() {
+    use miad::cpu::bank_search::{nearest_bf16, nearest_bf16_scratch_len};
+    let pool = Pool::new(2);
+    for (nq, n, dim, clustered) in [
+        (3136usize, 16000usize, 1152usize, false),
+        (3136, 16000, 1152, true),
+        (784, 24000, 768, true),
+    ] {
+        // Clustered: 64 centres + noise 0.3, queries a bank row + noise 0.2 (as the
+        // device bank tests).
+        let mut b = random(n * dim, 3);
+        let mut q = random(nq * dim, 4);
+        if clustered {
+            let centres = random(64 * dim, 5);
+            for (i, row) in b.chunks_exact_mut(dim).enumerate() {
+                let c = &centres[(i * 37 % 64) * dim..][..dim];
+                row.iter_mut().zip(c).for_each(|(v, &m)| *v = m + 0.3 * *v);
+            }
+            for (j, row) in q.chunks_exact_mut(dim).enumerate() {
+                let src = &b[(j * 7919 % n) * dim..][..dim];
+                row.iter_mut()
+                    .zip(src)
+                    .for_each(|(v, &s)| *v = s + 0.2 * *v);
+            }
+        }
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+        let (mut d16, mut i16) = (vec![0f32; nq], vec![0u32; nq]);
+        let mut s32 = vec![0f32; nearest_scratch_len(2)];
+        let mut s16 = vec![0f32; nearest_bf16_scratch_len(2, dim)];
+        let (mut t32, mut t16, mut scans) = (f64::MAX, f64::MAX, 0);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            nearest(&pool, &q, bv, None, &mut d, &mut i, &mut s32);
+            t32 = t32.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            scans = nearest_bf16(&pool, &q, bv, &mut d16, &mut i16, &mut s16);
+            t16 = t16.min(t.elapsed().as_secs_f64());
+        }
+        assert_eq!(i16, i);
+        eprintln!(
+            "bank search {nq} x {n} x {dim} ({}), 2 threads, best of 3: f32 {t32:.3} s, bf16 exact {t16:.3} s, ratio bf16/f32 {:.3}; {scans} of {nq} queries scanned exactly",
+            if clustered { "clustered, queries near rows" } else { "random" },
+            t16 / t32
+        );
+    }
+}
+
+/// The fit-time cost of the neighbour table. Run with
+/// `cargo test --features cuda-sim --test cpu -- --ignored neighbour_table_speed --nocapture`.
+#[test]
+#[ignore]
+fn neighbour_table_speed() {
+    let pool = Pool::new(2);
+    for (n, dim, clustered) in [(8000usize, 1152usize, false), (8000, 1152, true)] {
+        let mut b = random(n * dim, 3);
+        if clustered {
+            let centres = random(64 * dim, 5);
+            for (i, row) in b.chunks_exact_mut(dim).enumerate() {
+                let c = &centres[(i * 37 % 64) * dim..][..dim];
+                row.iter_mut().zip(c).for_each(|(v, &m)| *v = m + 0.3 * *v);
+            }
+        }
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let t = std::time::Instant::now();
+        let table = neighbour_table(&pool, bv, &mut |_, _| {}).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let gflop = 2.0 * (n * n * dim) as f64 / 1e9;
+        eprintln!(
+            "neighbour table {n} x {dim} ({}), 2 threads: {secs:.2} s ({:.1} GFLOP/s of the GEMM pass), {} rows scanned exactly",
+            if clustered { "64 clusters" } else { "random" },
+            gflop / secs,
+            table.exact_scans
+        );
     }
 }

@@ -9,7 +9,12 @@
 //!   that are no multiple of a tile) and a grid that does not repeat (7 → 7);
 //! - a CUDA-graph replay (pinned inputs → fusion → pinned output) gives the bits of a
 //!   direct run, for two parts in turn; a second run gives the same bits;
-//! - bad inputs refused with an error.
+//! - bad inputs refused with an error;
+//! - RADAR's fusion (`cpu::radar_fusion`) in each of the three cases, with and without the
+//!   hybrid block, heads of 32 and 64: f32 within 1e-5 (measured at most 1.6e-6), bf16
+//!   within 1e-2 (measured at most 6.8e-3), and another case's features differ (the case
+//!   is read); one recorded graph replayed with the case changed in its device int gives
+//!   each case's features (the bits of direct runs); heads of 16 refused.
 //!
 //! On the simulated device without a GPU (`test_device`); on a GPU machine:
 //! `cargo test --release --features cuda --test cuda fusion:: -- --nocapture`.
@@ -234,4 +239,152 @@ fn bad_inputs_and_models_are_refused() {
     let mut bad = cfg.clone();
     bad.fusion.as_mut().unwrap().mlp_ratio = 2;
     assert!(DeviceFusion::from_source(dev, &bad, &t, Precision::Bf16).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// RADAR
+
+use miad::config::RadarConfig;
+use miad::cpu::radar_fusion::{self as rf, Case};
+
+/// The small preset with a RADAR fusion whose heads the attention kernels have (32 or 64
+/// wide), with or without the hybrid block.
+fn radar(dim: u32, heads: u32, hybrid: bool) -> ModelConfig {
+    let mut cfg = ModelConfig::small();
+    cfg.name = format!("radar-{dim}-{heads}-{hybrid}");
+    cfg.radar = Some(RadarConfig {
+        dim,
+        depth: 2,
+        heads,
+        instruction_len: 4,
+        hyper_dim: 16,
+        token_grid: cfg.vit.as_ref().unwrap().grid() as u32,
+        ln_eps: 1e-5,
+        hybrid,
+    });
+    cfg
+}
+
+fn cpu_radar(
+    cfg: &ModelConfig,
+    t: &OwnedTensors,
+    xyz: &[f32],
+    rgb: &[f32],
+    case: Case,
+) -> Vec<f32> {
+    let s = sizes(cfg);
+    let (fc, rc) = (cfg.fusion.as_ref().unwrap(), cfg.radar.as_ref().unwrap());
+    let w = rf::load_weights(t, fc, rc).unwrap();
+    let mut scratch = rf::RadarScratch::new(rf::Dims::new(fc, rc, s.xyz_grid));
+    let mut out = vec![0f32; s.xyz_grid * s.xyz_grid * (s.xyz_dim + s.rgb_dim)];
+    scratch.fuse(&Pool::new(2), &w, xyz, rgb, case, &mut out);
+    out
+}
+
+const CASES: [Case; 3] = [Case::Complete, Case::RgbOnly, Case::CloudOnly];
+
+/// The inputs of a part of `case`: the missing modality's rows one repeated token (the
+/// pseudo input's layout).
+fn case_inputs(cfg: &ModelConfig, seed: u64) -> Vec<(Case, Vec<f32>, Vec<f32>)> {
+    let v = inputs(cfg, seed);
+    CASES
+        .into_iter()
+        .zip(v)
+        .map(|(c, (_, x, r))| (c, x, r))
+        .collect()
+}
+
+#[test]
+fn radar_matches_the_cpu_fusion_in_every_case_and_both_precisions() {
+    let Some(dev) = test_device("cuda fusion") else {
+        return;
+    };
+    let dev = Arc::new(dev);
+    for (i, cfg) in [radar(32, 1, true), radar(64, 1, false), radar(64, 2, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let t = random_model(&cfg, 50 + i as u64);
+        for p in PRECISIONS {
+            let f = DeviceFusion::from_source(dev.clone(), &cfg, &t, p).unwrap();
+            assert!(f.is_radar());
+            for (case, xyz, rgb) in case_inputs(&cfg, 17 + i as u64) {
+                let want = cpu_radar(&cfg, &t, &xyz, &rgb, case);
+                let got = f.run_case(&xyz, &rgb, case).unwrap();
+                check(&format!("{} {case:?}", cfg.name), p, &got, &want);
+                // The case matters: another case's instructions give other features.
+                let other = CASES[(case as usize + 1) % 3];
+                let (d, _) = errors(&cpu_radar(&cfg, &t, &xyz, &rgb, other), &want);
+                assert!(
+                    d > 1e-3,
+                    "{} {case:?}: the case does not matter ({d})",
+                    cfg.name
+                );
+            }
+        }
+    }
+}
+
+/// One recorded graph, the case written to the device int before each replay: every case's
+/// features, equal to the direct runs' bits.
+#[test]
+fn one_recorded_radar_graph_serves_every_case() {
+    let Some(dev) = test_device("cuda fusion") else {
+        return;
+    };
+    let dev = Arc::new(dev);
+    let cfg = radar(32, 1, true);
+    let t = random_model(&cfg, 60);
+    for p in PRECISIONS {
+        let f = DeviceFusion::from_source(dev.clone(), &cfg, &t, p).unwrap();
+        let d = *f.dims();
+        let mut plan = miad::cuda::device::arena::ArenaPlan::new();
+        let (sx, sr, sf) = (
+            plan.add::<f32>(d.xyz_len()),
+            plan.add::<f32>(d.rgb_len()),
+            plan.add::<f32>(d.fused_len()),
+        );
+        let io = miad::cuda::device::arena::Arena::new(&dev, &plan).unwrap();
+        let mut hx = Pinned::<f32>::new(&dev, d.xyz_len()).unwrap();
+        let mut hr = Pinned::<f32>::new(&dev, d.rgb_len()).unwrap();
+        let mut hc = Pinned::<i32>::new(&dev, 1).unwrap();
+        let mut hf = Pinned::<f32>::new(&dev, d.fused_len()).unwrap();
+        let graph = Graph::capture(&dev, |g| {
+            hx.copy_to(g, io.ptr(sx), d.xyz_len())?;
+            hr.copy_to(g, io.ptr(sr), d.rgb_len())?;
+            hc.copy_to(g, f.case_ptr(), 1)?;
+            unsafe { f.record(g, io.ptr(sx), io.ptr(sr), io.ptr(sf))? };
+            hf.copy_from(g, io.ptr(sf), d.fused_len())
+        })
+        .unwrap();
+        // Cases in an order that changes the case at every replay.
+        let mut parts = case_inputs(&cfg, 61);
+        parts.reverse();
+        parts.push(parts[0].clone());
+        for (case, xyz, rgb) in parts {
+            hx.as_mut_slice().copy_from_slice(&xyz);
+            hr.as_mut_slice().copy_from_slice(&rgb);
+            hc.as_mut_slice()[0] = case as i32;
+            graph.replay(&dev).unwrap();
+            dev.synchronize().unwrap();
+            let want = cpu_radar(&cfg, &t, &xyz, &rgb, case);
+            check(&format!("graph {case:?}"), p, hf.as_slice(), &want);
+            let direct = f.run_case(&xyz, &rgb, case).unwrap();
+            assert_eq!(hf.as_slice(), &direct[..], "graph replay {case:?} {p:?}");
+        }
+    }
+}
+
+#[test]
+fn radar_heads_without_an_attention_kernel_are_refused() {
+    let Some(dev) = test_device("cuda fusion") else {
+        return;
+    };
+    // Heads 16 wide (the fit tests' tiny RADAR): refused with the reason.
+    let cfg = radar(32, 2, true);
+    let t = random_model(&cfg, 62);
+    let e = DeviceFusion::from_source(Arc::new(dev), &cfg, &t, Precision::F32)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("head dimension of 16"), "{e}");
 }

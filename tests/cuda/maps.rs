@@ -29,7 +29,7 @@ use miad::cuda::ops::maps::{
     BankInput, BankScoreRec, BankShape, DecisionParams, MapBuffers, MapKernels, MapPlan, MapSlots,
     PartDecisionRec, PixelParams, RegionRec,
 };
-use miad::cuda::{Arena, ArenaPlan, Device, Slot};
+use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::engine::{Case, CaseDecision, InspectOptions, Region, MAX_REGIONS};
 use miad::fit::radar::informative;
 use miad::util::rng::Rng;
@@ -95,6 +95,7 @@ impl Gpu {
                 nn: self.arena.ptr(i.nn),
                 x: self.arena.ptr(i.x),
                 rows: self.arena.ptr(i.rows),
+                neighbours: DevPtr::null(),
             }
         })
     }

@@ -11,7 +11,10 @@
 //!   image, too few points, nothing left after cleaning;
 //! - parts of different sizes replayed through the same graph (sizes come from the
 //!   header in device memory), and the AlreadyClean mode;
-//! - inputs beyond the planned size refused on the host.
+//! - inputs beyond the planned size, or image and cloud of different sizes, refused on
+//!   the host; no allocation per part after the first;
+//! - the default (M3DM) configuration: 1000 hypotheses, 224×224, up- and downscaling;
+//! - a model's stage: its preprocessing and its point branch's minimum point count.
 
 use std::sync::Arc;
 
@@ -115,6 +118,9 @@ impl Rig {
             want_map[q as usize] = i as i32;
         }
         assert_eq!(map, want_map, "{what}: pixel map");
+        if want.cloud_usable() {
+            assert_eq!(gpu.cloud, cpu.cloud, "{what}: resized cloud");
+        }
         let rgb_diff = gpu
             .rgb_input
             .iter()
@@ -234,12 +240,26 @@ fn one_graph_serves_parts_of_different_sizes() {
             "both sizes gave the same point count"
         );
     }
-    // Too large for the plan: refused on the host.
+    // Too large for the plan, or image and cloud of different sizes: refused on the host,
+    // and the graph still serves the next part.
     let big = vec![0u8; 3 * 130 * 10];
     assert!(rig
         .staging
         .fill(&rig.stage, Some(RgbView::packed(&big, 130, 10)), None)
         .is_err());
+    assert!(rig
+        .staging
+        .fill(
+            &rig.stage,
+            Some(RgbView::packed(&a.rgb, 64, 64)),
+            Some(CloudView::packed(&a.xyz[..3 * 64 * 60], 64, 60)),
+        )
+        .is_err());
+    rig.check(
+        "64×64 after refusals",
+        Some(RgbView::packed(&a.rgb, 64, 64)),
+        Some(CloudView::packed(&a.xyz, 64, 64)),
+    );
 }
 
 #[test]
@@ -337,4 +357,87 @@ fn already_clean_mode_matches_the_cpu() {
         assert!(r.status.cloud_usable());
         assert!(!r.plane, "AlreadyClean must not remove a plane");
     }
+}
+
+#[test]
+fn default_m3dm_configuration_matches_the_cpu() {
+    // SPEC §1 as configured by default (1000 hypotheses of 50 points, 224×224 output) on a
+    // part that is upscaled (200 → 224) and one downscaled and padded (250 → 300).
+    let cfg = PreprocessConfig::default();
+    let Some(mut rig) = Rig::new("preprocess", &cfg, 1, (250, 250), PreprocessMode::Full) else {
+        return;
+    };
+    for (size, seed) in [(200usize, 21u64), (250, 22)] {
+        let p = synth_part(Category::Torus, Some(Defect::Hole), size, seed).unwrap();
+        let r = rig.check(
+            &format!("default configuration, {size}×{size}"),
+            Some(RgbView::packed(&p.rgb, size, size)),
+            Some(CloudView::packed(&p.xyz, size, size)),
+        );
+        assert!(r.status.cloud_usable() && r.plane);
+    }
+}
+
+#[test]
+fn a_part_allocates_nothing_after_the_first() {
+    if !crate::common::alone_in_process!(a_part_allocates_nothing_after_the_first) {
+        return;
+    }
+    let cfg = config();
+    let Some(mut rig) = Rig::new("preprocess", &cfg, 1, (64, 64), PreprocessMode::Full) else {
+        return;
+    };
+    let p = synth_part(Category::Block, None, 64, 1).unwrap();
+    let mut out = PreprocessOutput::new(&cfg);
+    let dev = rig.stage.device().clone();
+    let run = |rig: &mut Rig, out: &mut PreprocessOutput| {
+        rig.staging
+            .fill(
+                &rig.stage,
+                Some(RgbView::packed(&p.rgb, 64, 64)),
+                Some(CloudView::packed(&p.xyz, 64, 64)),
+            )
+            .unwrap();
+        rig.graph.replay(&dev).unwrap();
+        rig.stage.download(out).unwrap()
+    };
+    let first = run(&mut rig, &mut out);
+    let before = miad::util::alloc_counter::total_counts();
+    for _ in 0..3 {
+        assert_eq!(run(&mut rig, &mut out), first);
+    }
+    let after = miad::util::alloc_counter::total_counts();
+    assert_eq!(
+        after, before,
+        "preprocessing a part allocated (allocations, bytes)"
+    );
+    assert!(out.n_points > 0);
+}
+
+#[test]
+fn a_models_stage_uses_its_preprocessing_and_point_branch_minimum() {
+    use crate::shared::point_branch::TempModel;
+    use miad::config::ModelConfig;
+    let mut cfg = ModelConfig::demo();
+    cfg.preprocess.ransac_iterations = 16;
+    let pc = cfg
+        .point
+        .clone()
+        .expect("the demo model has a point branch");
+    let tm = TempModel::new(crate::common::scratch_dir("cuda-preprocess-model"), &cfg, 3);
+    let needs = DevicePreprocess::arena_needs(&tm.model, 96, 96, PreprocessMode::Full).unwrap();
+    assert_eq!(needs.len(), 1);
+    assert_eq!(needs[0].0, DevicePreprocess::ARENA_REGION);
+    let Some(dev) = test_device("preprocess") else {
+        return;
+    };
+    let stage = DevicePreprocess::on_device(Arc::new(dev), &tm.model, 96, 96, PreprocessMode::Full)
+        .unwrap();
+    assert_eq!(stage.side(), cfg.preprocess.image_size as usize);
+    assert_eq!(
+        stage.min_points(),
+        PreprocessOutput::for_point_branch(&cfg.preprocess, &pc).min_points
+    );
+    // A zero-sized plan is refused before the device is touched.
+    assert!(DevicePreprocess::arena_needs(&tm.model, 0, 96, PreprocessMode::Full).is_err());
 }

@@ -118,7 +118,20 @@ fn check_shape(dev: &Device, att: &Attention, n: usize, heads: usize, seed: u64)
     let want_r = reference(&qkv_r, n, heads, scale as f64);
     let d_qkv16 = Buf::new(dev, &qkv16);
     let d_out16 = Buf::new(dev, &vec![0x7fc0u16; n * w]);
-    unsafe { att.run_bf16(dev, d_qkv16.ptr(), d_out16.ptr(), n, heads, scale) }.unwrap();
+    // Key splits' partial results (NaN: a partial never written shows in the output).
+    let d_parts = Buf::new(dev, &vec![f32::NAN; Attention::parts_len(n, heads).max(1)]);
+    unsafe {
+        att.run_bf16(
+            dev,
+            d_qkv16.ptr(),
+            d_out16.ptr(),
+            d_parts.ptr(),
+            n,
+            heads,
+            scale,
+        )
+    }
+    .unwrap();
     let got16: Vec<f32> = d_out16
         .read(dev)
         .iter()
@@ -133,7 +146,18 @@ fn check_shape(dev: &Device, att: &Attention, n: usize, heads: usize, seed: u64)
         rel_r < 1e-2 && rel_f < 1e-2,
         "bf16 attention off: {rel_r:e} {rel_f:e}"
     );
-    unsafe { att.run_bf16(dev, d_qkv16.ptr(), d_out16.ptr(), n, heads, scale) }.unwrap();
+    unsafe {
+        att.run_bf16(
+            dev,
+            d_qkv16.ptr(),
+            d_out16.ptr(),
+            d_parts.ptr(),
+            n,
+            heads,
+            scale,
+        )
+    }
+    .unwrap();
     let again16: Vec<f32> = d_out16
         .read(dev)
         .iter()

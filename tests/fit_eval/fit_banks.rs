@@ -262,3 +262,129 @@ fn variants_keep_only_their_banks_and_bad_options_are_errors() {
     .is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The re-weighting's rows of every bank row by brute force: the 3 nearest by f32
+/// `Σ (a − b)²` summed in order ((distance, index) order), without the first.
+fn brute_neighbours(b: &[f32], dim: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    for x in b.chunks_exact(dim) {
+        let mut all: Vec<(f32, u32)> = b
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, r)| {
+                let d: f32 = x.iter().zip(r).map(|(a, c)| (a - c) * (a - c)).sum();
+                (d, i as u32)
+            })
+            .collect();
+        all.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+        out.extend((1..3).map(|t| all.get(t).map_or(u32::MAX, |v| v.1)));
+    }
+    out
+}
+
+#[test]
+fn fitted_banks_carry_neighbour_tables_and_files_without_them_score_the_same() {
+    use miad::format::Writer;
+    use miad::pipeline::score::{neighbour_table_name, BANK_NAMES};
+    let dir = tmpdir("tables");
+    let pool = Pool::new(2);
+    let mut ex = Fake {
+        layout: layout(),
+        parts: 10,
+        seed: 9,
+        anomalous_from: usize::MAX,
+    };
+    let opts = FitOptions {
+        map_size: 32,
+        scratch_dir: dir.clone(),
+        ..FitOptions::default()
+    };
+    let mut phases = Vec::new();
+    let base = BankConfig::empty([7; 16], "fake", "widget");
+    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |p| {
+        if let Progress::Neighbours { bank, done, total } = p {
+            assert!(done <= total);
+            phases.push(bank);
+        }
+    })
+    .unwrap();
+    // A progress report per bank, and each table equals brute force on the bank's rows.
+    for (b, name) in BANK_NAMES.iter().enumerate() {
+        assert!(phases.contains(name), "no progress for {name}");
+        let (_, shape, rows) = fitted
+            .tensors
+            .iter()
+            .find(|t| t.0 == format!("bank.{name}"))
+            .unwrap();
+        let (_, tshape, table) = fitted
+            .tables
+            .iter()
+            .find(|t| t.0 == neighbour_table_name(b))
+            .unwrap();
+        assert_eq!(tshape, &vec![shape[0], 2]);
+        assert_eq!(table, &brute_neighbours(rows, shape[1]), "{name} table");
+    }
+    let path = dir.join("new.bank");
+    fitted.write(&path).unwrap();
+    let new = BankFile::open(&path, &OpenOptions::default(), None).unwrap();
+    // The same bank file as written before the tables: every tensor but them.
+    let old_path = dir.join("old.bank");
+    let mut w = Writer::bank(new.config().clone());
+    for e in &new.container().manifest().tensors {
+        if !e.name.ends_with("_neighbours") {
+            let (e, bytes) = new.container().raw(&e.name).unwrap();
+            w.add(e.name.clone(), e.dtype, &e.shape_usize(), bytes);
+        }
+    }
+    w.write(&old_path).unwrap();
+    let old = BankFile::open(&old_path, &OpenOptions::default(), None).unwrap();
+    let (set_new, set_old) = (
+        BankSet::from_file(&new).unwrap(),
+        BankSet::from_file(&old).unwrap(),
+    );
+    for b in 0..3 {
+        assert!(set_new.banks[b].unwrap().neighbours.is_some());
+        assert!(set_old.banks[b].unwrap().neighbours.is_none());
+    }
+    // Scores and maps of unseen parts (normal and anomalous): the same bits.
+    let scorer = Scorer::new(new.config(), &set_new, pool.threads());
+    let mut scratch = vec![0f32; scorer.scratch_len()];
+    let s2 = 32 * 32;
+    let l = layout();
+    let mut test = Fake {
+        layout: l,
+        parts: 16,
+        seed: 9,
+        anomalous_from: 13,
+    };
+    for p in 10..16 {
+        let mut x = vec![0f32; 64 * 20];
+        let mut r = vec![0f32; 16 * 12];
+        let mut f = vec![0f32; 64 * 32];
+        test.extract(p, &mut x, &mut r, &mut f).unwrap();
+        let mut run = |set: &BankSet<'_>| {
+            let mut maps = vec![0f32; 3 * s2];
+            let s = scorer
+                .score(
+                    &pool,
+                    set,
+                    [&x, &r, &f],
+                    [None; 3],
+                    &mut maps,
+                    None,
+                    &mut scratch,
+                )
+                .unwrap();
+            (s.bank.map(f32::to_bits), s.score.to_bits(), maps)
+        };
+        let (a, b) = (run(&set_new), run(&set_old));
+        assert_eq!(a.0, b.0, "part {p}: bank scores");
+        assert_eq!(a.1, b.1, "part {p}: part score");
+        assert!(a
+            .2
+            .iter()
+            .zip(&b.2)
+            .all(|(u, v)| u.to_bits() == v.to_bits()));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,7 +1,8 @@
 //! Training of RADAR's adaptive instruction fusion (docs/RADAR-FUSION.md §9b): the
 //! hand-derived gradient of every tensor against finite differences (all three cases in
 //! one batch), loss decrease and determinism on linked fake features, and a synthetic
-//! category through `train_fusion_category --method radar` (provenance, no leftovers).
+//! category through `train_fusion_category --method radar` (provenance, no leftovers);
+//! with `cuda-sim`, a trained RADAR model inspecting on the simulated device as on the CPU.
 
 use super::train_fusion::Linked;
 use miad::config::{FusionConfig, RadarConfig};
@@ -583,4 +584,107 @@ fn trains_on_parts_that_miss_a_modality() {
         &mut |_| {},
     );
     assert!(e.is_err_and(|e| e.to_string().contains("2 part cases for 3")));
+}
+
+/// A RADAR fusion trained by miad (heads of 32, a size the device attention kernels have)
+/// inspects parts on the simulated device as on the CPU: the fusion runs on the device
+/// (no stage falls back), features within the f32 self-check tolerance and scores within
+/// the distances' rounding, in every case.
+#[cfg(feature = "cuda-sim")]
+#[test]
+fn a_trained_radar_model_inspects_on_the_simulated_device_as_on_the_cpu() {
+    use miad::backend::{Backend, Precision};
+    use miad::engine::{Engine, EngineOptions, InspectOptions};
+    use miad::eval::synth::{synth_part, Category, Defect};
+    use miad::fit::banks::FitOptions;
+    use miad::fit::category::{fit_category, CategoryFit};
+    use miad::fit::train_fusion::CategoryTrain;
+    use miad::fit::train_radar::train_radar_category;
+    use miad::pipeline::input::{CloudView, RgbView};
+    let s = super::train_fusion::synth_category("radar-sim", 6);
+    let opts = RadarTrainOptions {
+        epochs: 2,
+        batch: 3,
+        patches: 32,
+        lr: 3e-3,
+        seed: 5,
+        ..RadarTrainOptions::default()
+    };
+    let cat = CategoryTrain {
+        threads: 2,
+        scratch_dir: s.dir.clone(),
+        ..CategoryTrain::default()
+    };
+    let model = s.dir.join("radar.miad");
+    let radar = RadarConfig {
+        heads: 1,
+        ..small_radar()
+    };
+    train_radar_category(
+        &s.model,
+        &s.category,
+        &model,
+        &cat,
+        &opts,
+        Some(radar),
+        &mut |_| {},
+    )
+    .unwrap();
+    let bank = s.dir.join("radar.bank");
+    let fit = FitOptions {
+        scratch_dir: s.dir.clone(),
+        ..FitOptions::default()
+    };
+    let threads = CategoryFit {
+        threads: 2,
+        ..CategoryFit::default()
+    };
+    fit_category(&model, &s.category, &bank, &threads, &fit, &mut |_| {}).unwrap();
+    let open = |backend| {
+        let o = EngineOptions {
+            threads: 2,
+            max_width: 96,
+            max_height: 96,
+            backend,
+            precision: Precision::F32,
+            ..EngineOptions::default()
+        };
+        Engine::open(&model, &bank, &o).unwrap()
+    };
+    let (mut cpu, mut sim) = (open(Backend::Cpu), open(Backend::CudaSim));
+    let b = sim.backend();
+    assert_eq!(b.used, Backend::CudaSim, "{}", b.describe());
+    assert_eq!(b.fallback, None, "{}", b.describe());
+    assert!(b.device_stages.contains(&"fusion"), "{}", b.describe());
+    let rel_max = |a: &[f32], b: &[f32]| {
+        let peak = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / peak
+    };
+    let opts = InspectOptions::default();
+    for (k, defect) in [None, Some(Defect::Dent)].into_iter().enumerate() {
+        let p = synth_part(Category::Disc, defect, 96, 40 + k as u64).unwrap();
+        let (r, c) = (
+            RgbView::packed(&p.rgb, 96, 96),
+            CloudView::packed(&p.xyz, 96, 96),
+        );
+        for (r, c) in [(Some(r), Some(c)), (Some(r), None), (None, Some(c))] {
+            let a = cpu.inspect(r, c, &opts).unwrap().score;
+            let fa: Vec<Vec<f32>> = cpu.features().unwrap().iter().map(|f| f.to_vec()).collect();
+            let b = sim.inspect(r, c, &opts).unwrap().score;
+            let fused = rel_max(&fa[2], sim.features().unwrap()[2]);
+            eprintln!(
+                "part {k} ({}, {}): score {a} vs {b}, fused {fused:.2e}",
+                r.is_some(),
+                c.is_some()
+            );
+            assert!(
+                fused <= Precision::F32.feature_tolerance(),
+                "fused features differ by {fused}"
+            );
+            assert!(
+                (a - b).abs() <= 2e-3 * a.abs().max(b.abs()),
+                "score {a} vs {b}"
+            );
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod bank;
 mod coreset;
 mod embed;
 mod fps;
+mod fusion;
 mod knn;
 mod maps;
 mod misc;
@@ -39,6 +40,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(signatures::TESTS);
     v.extend(knn::TESTS);
     v.extend(fps::TESTS);
+    v.extend(fusion::TESTS);
     v.extend(coreset::TESTS);
     v.extend(misc::TESTS);
     v.extend(embed::TESTS);

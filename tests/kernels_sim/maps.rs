@@ -56,6 +56,7 @@ struct MapBank {
     dim: i32,
     knn_splits: i32,
     knn_chunk: i32,
+    neighbours: u64,
 }
 
 #[repr(C)]
@@ -241,14 +242,39 @@ fn top3_ref(rows: &[f32], dim: usize, m: usize) -> Vec<(u32, u32)> {
     v.iter().take(3).map(|&(d, i)| (d.to_bits(), i)).collect()
 }
 
-/// Runs the three bank-score kernels on `banks` (`dist` squared when `squared`) and
-/// checks them against the CPU.
+/// [`run_bank_scores_with`] with the k-nearest scan, then with the bank file's neighbour
+/// tables (the CPU reference scans in both).
 fn run_bank_scores(
     banks: &[Option<Bank>; 3],
     squared: bool,
     seed: u64,
     pool: &Pool,
 ) -> Result<(), String> {
+    run_bank_scores_with(banks, squared, seed, pool, false)?;
+    run_bank_scores_with(banks, squared, seed, pool, true).map_err(|e| format!("table: {e}"))
+}
+
+/// Runs the three bank-score kernels on `banks` (`dist` squared when `squared`; with
+/// `tables`, each bank's neighbour table instead of the scan) and checks them against the
+/// CPU.
+fn run_bank_scores_with(
+    banks: &[Option<Bank>; 3],
+    squared: bool,
+    seed: u64,
+    pool: &Pool,
+    tables: bool,
+) -> Result<(), String> {
+    let table_bufs: Vec<Option<Buf<u32>>> = banks
+        .iter()
+        .map(|b| {
+            let b = b.as_ref().filter(|_| tables)?;
+            let mut norms = vec![0f32; b.rows.len() / b.dim];
+            sq_norms(&b.rows, b.dim, &mut norms);
+            let view = BankView::new(&b.rows, &norms, b.dim);
+            let t = miad::cpu::bank_search::neighbour_table(pool, view, &mut |_, _| {})?;
+            Some(Buf::from(&t.rows))
+        })
+        .collect();
     let bufs: Vec<Option<[Buf<f32>; 3]>> = banks
         .iter()
         .map(|b| {
@@ -280,6 +306,7 @@ fn run_bank_scores(
             dim: b.dim as i32,
             knn_splits: splits[k] as i32,
             knn_chunk: KNN_CHUNK as i32,
+            neighbours: table_bufs[k].as_ref().map_or(0, |t| t.ptr() as u64),
         };
         stride = stride.max(b.grid * b.grid);
         max_dim = max_dim.max(b.dim);
@@ -379,11 +406,17 @@ fn run_bank_scores(
                 .take(3)
                 .map(|&v| ((v >> 32) as u32, v as u32))
                 .collect();
-            same(
-                &format!("bank {k}: 3 nearest rows of m*"),
-                &got,
-                &top3_ref(&b.rows, b.dim, nearest as usize),
-            )?;
+            let mut want = top3_ref(&b.rows, b.dim, nearest as usize);
+            if tables {
+                // Keys ranked 0, 1, 2 by position: m* itself, then the table's b_1, b_2.
+                want = want
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &(_, r))| (t as u32, r))
+                    .collect();
+                want[0].1 = nearest as u32;
+            }
+            same(&format!("bank {k}: 3 nearest rows of m*"), &got, &want)?;
         }
     }
     Ok(())

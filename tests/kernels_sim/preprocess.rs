@@ -24,6 +24,7 @@ pub const TESTS: &[Test] = &[
     ("pre_kernels_full_preprocessing_as_the_cpu", full_chain),
     ("pre_kernels_incomplete_parts_as_the_cpu", incomplete_chain),
     ("pre_kernels_already_clean_as_the_cpu", clean_chain),
+    ("pre_kernels_tiny_parts_as_the_cpu", tiny_chain),
 ];
 
 fn keep_rule() -> Result<(), String> {
@@ -148,8 +149,38 @@ fn word(s: ModalityStatus) -> u32 {
 struct Part<'a> {
     w: usize,
     h: usize,
+    /// Values (bytes, floats) from one row to the next, ≥ 3w; the same for both inputs.
+    stride: usize,
     rgb: Option<&'a [u8]>,
     cloud: Option<&'a [f32]>,
+}
+
+impl<'a> Part<'a> {
+    fn packed(w: usize, h: usize, rgb: Option<&'a [u8]>, cloud: Option<&'a [f32]>) -> Self {
+        Part {
+            w,
+            h,
+            stride: 3 * w,
+            rgb,
+            cloud,
+        }
+    }
+    fn rgb_view(&self) -> Option<RgbView<'a>> {
+        self.rgb.map(|r| RgbView {
+            data: r,
+            width: self.w,
+            height: self.h,
+            stride: self.stride,
+        })
+    }
+    fn cloud_view(&self) -> Option<CloudView<'a>> {
+        self.cloud.map(|c| CloudView {
+            data: c,
+            width: self.w,
+            height: self.h,
+            stride: self.stride,
+        })
+    }
 }
 
 fn cpu_run(
@@ -163,8 +194,8 @@ fn cpu_run(
     let mut scratch = vec![0f32; preprocess_scratch_len(cfg, part.w, part.h)];
     let st = preprocess(
         cfg,
-        part.rgb.map(|r| RgbView::packed(r, part.w, part.h)),
-        part.cloud.map(|c| CloudView::packed(c, part.w, part.h)),
+        part.rgb_view(),
+        part.cloud_view(),
         mode,
         &mut out,
         &mut scratch,
@@ -212,8 +243,8 @@ fn chain(
         0,
     ];
     let hd = Buf::from(&header);
-    let cloud = Buf::from(part.cloud.unwrap_or(&vec![0f32; 3 * w * h]));
-    let rgb = Buf::from(part.rgb.unwrap_or(&vec![0u8; 3 * w * h]));
+    let cloud = Buf::from(part.cloud.unwrap_or(&vec![0f32; part.stride * h]));
+    let rgb = Buf::from(part.rgb.unwrap_or(&vec![0u8; part.stride * h]));
     let st = Buf::filled(1, [0xdeadu64; 9] as State);
     let wcloud = Buf::filled(3 * wp, f32::NAN);
     let launch = |k: &str, cfgl: Cfg, a: &mut Args| sim().launch(k, &cfgl, a, seed);
@@ -235,7 +266,7 @@ fn chain(
     if let Some(c) = part.cloud {
         for r in 0..h {
             for col in 0..w {
-                let p = &c[3 * (r * w + col)..3 * (r * w + col) + 3];
+                let p = &c[r * part.stride + 3 * col..r * part.stride + 3 * col + 3];
                 any_nonfinite |= p.iter().any(|v| !v.is_finite());
                 if p.iter().all(|&v| v != 0.0 && v.is_finite()) {
                     any_valid = true;
@@ -246,7 +277,11 @@ fn chain(
         }
     }
     if let Some(im) = part.rgb {
-        differs = im.chunks_exact(3).any(|p| p != &im[..3]);
+        differs = (0..h).any(|r| {
+            im[r * part.stride..r * part.stride + 3 * w]
+                .chunks_exact(3)
+                .any(|p| p != &im[..3])
+        });
     }
     if wcloud.get() != &want[..] {
         return Err("pre_load: working cloud differs".into());
@@ -291,6 +326,7 @@ fn chain(
         let iters = cfg.ransac_iterations as usize;
         let draws = cfg.ransac_points.max(3) as i32;
         let hyps = Buf::filled(iters.max(1), [0u64; 5] as Plane);
+        let inliers = Buf::filled(3 * cap, f32::NAN);
         launch(
             "pre_ransac_hyp",
             Cfg::new(iters.max(1) as u32, PRE_BLOCK),
@@ -363,6 +399,7 @@ fn chain(
                 .buf(&hyps)
                 .val(iters as i32)
                 .val(cfg.ransac_threshold)
+                .buf(&inliers)
                 .buf(&st),
         )?;
         let plane = &st.get()[0][4..9];
@@ -377,9 +414,7 @@ fn chain(
             _ => {}
         }
         // The plane itself: the CPU's bits.
-        let want_plane = part
-            .cloud
-            .and_then(|c| background_plane(cfg, &CloudView::packed(c, w, h)));
+        let want_plane = part.cloud_view().and_then(|c| background_plane(cfg, &c));
         let got_plane = (ok == 1).then(|| {
             let f = |i: usize| f64::from_bits(plane[i]);
             ([f(0), f(1), f(2)], f(3))
@@ -590,6 +625,7 @@ fn full_chain() -> Result<(), String> {
             let part = Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&p.rgb),
                 cloud: Some(&p.xyz),
             };
@@ -617,6 +653,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: None,
                 cloud: Some(&p.xyz),
             },
@@ -631,6 +668,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&blank),
                 cloud: Some(&nans),
             },
@@ -645,6 +683,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&p.rgb),
                 cloud: None,
             },
@@ -659,6 +698,7 @@ fn incomplete_chain() -> Result<(), String> {
             Part {
                 w: size,
                 h: size,
+                stride: 3 * size,
                 rgb: Some(&p.rgb),
                 cloud: Some(&p.xyz),
             },
@@ -688,11 +728,43 @@ fn clean_chain() -> Result<(), String> {
     let (w, h) = (48, 40);
     let p = synth_part(Category::Disc, Some(Defect::Hole), 48, 2).map_err(|e| e.to_string())?;
     // A non-square part: the synthetic one's first 40 rows.
-    let part = Part {
-        w,
-        h,
-        rgb: Some(&p.rgb[..3 * w * h]),
-        cloud: Some(&p.xyz[..3 * w * h]),
-    };
+    let part = Part::packed(w, h, Some(&p.rgb[..3 * w * h]), Some(&p.xyz[..3 * w * h]));
     for_seeds(|seed| chain(&cfg, &part, PreprocessMode::AlreadyClean, 1, seed).map(|_| ()))
+}
+
+/// Parts smaller than the border frame (every pixel is a frame pixel) and a one-row part:
+/// a tilted plane with a raised block in the middle.
+fn tiny_chain() -> Result<(), String> {
+    let cfg = PreprocessConfig {
+        cluster_min_points: 4,
+        ..small_cfg()
+    };
+    for_seeds(|seed| {
+        for (w, h) in [(12usize, 9usize), (25, 1), (30, 24)] {
+            let mut xyz = vec![0f32; 3 * w * h];
+            let mut rgb = vec![0u8; 3 * w * h];
+            for r in 0..h {
+                for c in 0..w {
+                    let i = 3 * (r * w + c);
+                    let raised =
+                        (w / 3..2 * w / 3).contains(&c) && (h / 3..=2 * h / 3).contains(&r);
+                    let z = 0.5 + 0.0005 * c as f32 + if raised { 0.02 } else { 0.0 };
+                    xyz[i..i + 3].copy_from_slice(&[
+                        0.001 * (c as f32 + 1.0),
+                        0.001 * (r as f32 + 1.0),
+                        z,
+                    ]);
+                    rgb[i..i + 3].copy_from_slice(&[
+                        (7 * c) as u8,
+                        (11 * r) as u8,
+                        (seed * 40) as u8,
+                    ]);
+                }
+            }
+            let part = Part::packed(w, h, Some(&rgb), Some(&xyz));
+            chain(&cfg, &part, PreprocessMode::Full, 1, seed)
+                .map_err(|e| format!("{w}×{h}: {e}"))?;
+        }
+        Ok(())
+    })
 }

@@ -20,6 +20,7 @@ const PENDING: &[&str] = &[];
 const TEST_SOURCES: &[&str] = &[
     include_str!("knn.rs"),
     include_str!("fps.rs"),
+    include_str!("fusion.rs"),
     include_str!("coreset.rs"),
     include_str!("misc.rs"),
     include_str!("embed.rs"),

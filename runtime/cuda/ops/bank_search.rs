@@ -6,7 +6,11 @@
 //! and the result does not depend on the split count. Two paths:
 //! - exact f32: sums of squared differences;
 //! - fast: f16 tensor cores on `||q||^2 - 2 q.b + ||b||^2` with f32 norms and accumulation,
-//!   then the `rerank` best split winners of each query are re-scored exactly in f32.
+//!   keeping [`FAST_KEEP`] candidates per (query, split); then every candidate whose fast
+//!   distance lies within twice a proven error bound of the query's best is re-scored with
+//!   the f32 path's arithmetic, and a split that may hold more such rows than it kept is
+//!   scanned exactly. The result is the f32 path's (index, distance bits); the bound and
+//!   its proof are in the kernel file's header and `docs/BANK-SEARCH.md`.
 //!
 //! Raw-driver style (see [`super`]): the module is loaded once, launches take [`DevPtr`]s
 //! and a [`SearchPlan`] made at creation, run on the [`Device`]'s stream with typed
@@ -25,8 +29,10 @@ const F16_TILE_Q: usize = 64;
 const F16_TILE_B: usize = 128;
 const DIM_MULTIPLE: usize = 32;
 const MAX_GRID_Y: usize = 65_535;
-/// Most split winners the fast path re-ranks per query.
-pub const MAX_RERANK: usize = 32;
+/// Candidates the fast path keeps per (query, split) (`FAST_KEEP` in the kernel).
+pub const FAST_KEEP: usize = 4;
+/// The largest finite f16 value: rows beyond it have no f16 copy within the bound.
+const F16_MAX: f32 = 65504.0;
 
 /// Which arithmetic a search uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,9 +86,22 @@ impl SearchPlan {
         })
     }
 
-    /// Length of the per-(query, split) partial buffers (`part_d`, `part_i`).
+    /// Length of the per-(query, split) partial buffers (`part_d`, `part_i`): one pair
+    /// per split on the f32 path, [`FAST_KEEP`] on the fast path.
     pub fn part_len(&self) -> usize {
-        self.nq * self.splits
+        match self.path {
+            SearchPath::F32 => self.nq * self.splits,
+            SearchPath::F16 => self.nq * self.splits * FAST_KEEP,
+        }
+    }
+
+    /// Bank rows of one split (the last split may hold fewer).
+    pub fn rows_per_split(&self) -> usize {
+        let tb = match self.path {
+            SearchPath::F32 => F32_TILE_B,
+            SearchPath::F16 => F16_TILE_B,
+        };
+        self.tiles_per_split * tb
     }
 
     /// Elements of the query matrix (and of its f16 copy).
@@ -114,14 +133,16 @@ impl SearchPlan {
     }
 }
 
-/// Checks a fast-path re-rank count.
-pub fn check_rerank(rerank: usize) -> Result<()> {
-    if rerank == 0 || rerank > MAX_RERANK {
-        return Err(Error::Config(format!(
-            "bank search: rerank {rerank} outside 1..={MAX_RERANK}"
-        )));
+/// The fast path's bank term of the error bound: the largest squared row norm of the bank
+/// (`sq_norms`, f32 as stored), or +inf when a value does not fit f16 (or is not finite),
+/// which makes the fast path scan every split exactly.
+pub fn fast_bank_sq(rows: &[f32], sq_norms: &[f32]) -> f32 {
+    // Written so that a NaN fails.
+    let fits = rows.iter().all(|v| v.abs() <= F16_MAX) && sq_norms.iter().all(|v| v.is_finite());
+    if !fits {
+        return f32::INFINITY;
     }
-    Ok(())
+    sq_norms.iter().fold(0.0f32, |m, &v| m.max(v))
 }
 
 /// Device buffers of a search's partial results, [`SearchPlan::part_len`] each.
@@ -132,7 +153,8 @@ pub struct Partials {
 }
 
 /// The inputs of the fast path: f32 originals, their f16 copies ([`BankSearch::to_f16`])
-/// and f32 squared row norms ([`BankSearch::row_sqnorms`]).
+/// and f32 squared row norms ([`BankSearch::row_sqnorms`]), the bank's bound term
+/// ([`fast_bank_sq`]) and a scratch buffer of `nq` floats (the queries' error bounds).
 #[derive(Debug, Clone, Copy)]
 pub struct F16Inputs {
     pub q32: DevPtr<f32>,
@@ -141,6 +163,8 @@ pub struct F16Inputs {
     pub bank32: DevPtr<f32>,
     pub bank16: DevPtr<u16>,
     pub bnorm: DevPtr<f32>,
+    pub bank_sq: f32,
+    pub margin: DevPtr<f32>,
 }
 
 /// The bank-search kernels (`kernels/bank_search.cu`).
@@ -150,7 +174,8 @@ pub struct BankSearch {
     search_f32: Kernel,
     search_f16: Kernel,
     reduce: Kernel,
-    rerank: Kernel,
+    margin: Kernel,
+    finish: Kernel,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
@@ -177,7 +202,8 @@ impl BankSearch {
             search_f32: Kernel::find(&module, "bank_search_f32")?,
             search_f16: Kernel::find(&module, "bank_search_f16")?,
             reduce: Kernel::find(&module, "bank_reduce_f32")?,
-            rerank: Kernel::find(&module, "bank_rerank_f32")?,
+            margin: Kernel::find(&module, "bank_fast_margin")?,
+            finish: Kernel::find(&module, "bank_finish_exact")?,
             _module: module,
         })
     }
@@ -250,27 +276,33 @@ impl BankSearch {
         dev.launch(self.reduce, grid, (128, 1, 1), 0, &mut r)
     }
 
-    /// Fast search: f16 tensor cores, then exact f32 re-ranking of the `rerank` best split
-    /// winners (1..=[`MAX_RERANK`]).
+    /// Fast search with the f32 path's result: the queries' error bounds, f16 tensor
+    /// cores keeping [`FAST_KEEP`] candidates per (query, split), then the exact finish
+    /// (module doc). `scanned[q]` receives the number of splits query `q` scanned exactly
+    /// (0 when the kept candidates sufficed).
     ///
     /// # Safety
-    /// As [`Self::search_f32`]; the f16 copies hold as many elements as their originals and
-    /// the norms `nq` / `nb` values.
+    /// As [`Self::search_f32`]; the f16 copies hold as many elements as their originals,
+    /// the norms `nq` / `nb` values, `inputs.margin` and `scanned` `nq` each.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn search_f16(
         &self,
         dev: &Device,
         plan: &SearchPlan,
         inputs: &F16Inputs,
-        rerank: usize,
         parts: Partials,
         out_d: DevPtr<f32>,
         out_i: DevPtr<i32>,
+        scanned: DevPtr<i32>,
     ) -> Result<()> {
         plan.expect(SearchPath::F16)?;
-        check_rerank(rerank)?;
         let (nq, nb, dim) = (plan.nq as i32, plan.nb as i32, plan.dim as i32);
         let tps = plan.tiles_per_split as i32;
+        // One warp per query, 8 warps per block (bounds and finish).
+        let warp_grid = launch_dims("finish", plan.nq.div_ceil(8))?;
+        let bank_sq = inputs.bank_sq;
+        let mut m = kernel_args![inputs.q32, inputs.qnorm, nq, dim, bank_sq, inputs.margin,];
+        dev.launch(self.margin, warp_grid, (256, 1, 1), 0, &mut m)?;
         let (q16, bank16) = (
             inputs.q16.cast::<half::f16>(),
             inputs.bank16.cast::<half::f16>(),
@@ -288,22 +320,29 @@ impl BankSearch {
             parts.index,
         ];
         dev.launch(self.search_f16, plan.search_grid(), (128, 1, 1), 0, &mut a)?;
-        let (splits, rr) = (plan.splits as i32, rerank as i32);
+        let splits = plan.splits as i32;
+        let rows_per_split = i32::try_from(plan.rows_per_split()).map_err(|_| {
+            Error::Config(format!(
+                "bank search: {} rows per split",
+                plan.rows_per_split()
+            ))
+        })?;
         let mut r = kernel_args![
             inputs.q32,
             inputs.bank32,
             dim,
             parts.dist,
             parts.index,
+            inputs.margin,
             nq,
+            nb,
             splits,
-            rr,
+            rows_per_split,
             out_d,
             out_i,
+            scanned,
         ];
-        // One warp per query, 8 warps per block.
-        let grid = launch_dims("rerank", plan.nq.div_ceil(8))?;
-        dev.launch(self.rerank, grid, (256, 1, 1), 0, &mut r)
+        dev.launch(self.finish, warp_grid, (256, 1, 1), 0, &mut r)
     }
 }
 
@@ -333,7 +372,13 @@ mod tests {
             assert!(p.splits >= 1 && p.splits <= MAX_GRID_Y);
             assert!(p.splits * p.tiles_per_split * tb >= nb);
             assert!((p.splits - 1) * p.tiles_per_split * tb < nb);
-            assert_eq!(p.part_len(), nq * p.splits);
+            let keep = if path == SearchPath::F16 {
+                FAST_KEEP
+            } else {
+                1
+            };
+            assert_eq!(p.part_len(), nq * p.splits * keep);
+            assert_eq!(p.rows_per_split(), p.tiles_per_split * tb);
             assert_eq!(p.query_len(), nq * 64);
             assert_eq!(p.bank_len(), nb * 64);
         }
@@ -344,10 +389,14 @@ mod tests {
     }
 
     #[test]
-    fn rerank_bounds() {
-        assert!(check_rerank(0).is_err());
-        assert!(check_rerank(1).is_ok());
-        assert!(check_rerank(MAX_RERANK).is_ok());
-        assert!(check_rerank(MAX_RERANK + 1).is_err());
+    fn fast_bank_term() {
+        assert_eq!(fast_bank_sq(&[1.0, -2.0, 3.0, 0.5], &[5.0, 9.25]), 9.25);
+        assert_eq!(fast_bank_sq(&[1.0, 65504.0], &[1.0, 2.0]), 2.0);
+        assert_eq!(fast_bank_sq(&[1.0, -65505.0], &[1.0, 2.0]), f32::INFINITY);
+        assert_eq!(fast_bank_sq(&[1.0, f32::NAN], &[1.0, 2.0]), f32::INFINITY);
+        assert_eq!(
+            fast_bank_sq(&[1.0, 2.0], &[1.0, f32::INFINITY]),
+            f32::INFINITY
+        );
     }
 }

@@ -254,6 +254,7 @@ struct MapBankArg {
     dim: i32,
     knn_splits: i32,
     knn_chunk: i32,
+    neighbours: u64,
 }
 
 /// All three banks (`MapBanks`), passed by value.
@@ -294,8 +295,8 @@ unsafe impl DeviceElem for PartParams {
     const C_TYPE: CType = CType::Struct("PartParams");
 }
 
-static_assertions::const_assert_eq!(std::mem::size_of::<MapBankArg>(), 56);
-static_assertions::const_assert_eq!(std::mem::size_of::<MapBanksArg>(), 168);
+static_assertions::const_assert_eq!(std::mem::size_of::<MapBankArg>(), 64);
+static_assertions::const_assert_eq!(std::mem::size_of::<MapBanksArg>(), 192);
 static_assertions::const_assert_eq!(std::mem::size_of::<BlurWeights>(), 520);
 static_assertions::const_assert_eq!(std::mem::size_of::<PixelParams>(), 24);
 static_assertions::const_assert_eq!(std::mem::size_of::<PartParams>(), 108);
@@ -321,13 +322,15 @@ pub struct BankShape {
 /// One bank's device inputs: the bank search's result (`dist`: distance, or squared
 /// distance, to the nearest row per patch; `nn`: that row, −1 for none), the part's
 /// normalised features `x` (patches × dim, the search's queries) and the bank rows
-/// (rows × dim). All null for an absent bank.
+/// (rows × dim), and the bank file's neighbour table (rows × 2, the re-weighting's b_1, b_2
+/// of every row; null: the k-nearest kernel scans the bank). All null for an absent bank.
 #[derive(Clone, Copy, Debug)]
 pub struct BankInput {
     pub dist: DevPtr<f32>,
     pub nn: DevPtr<i32>,
     pub x: DevPtr<f32>,
     pub rows: DevPtr<f32>,
+    pub neighbours: DevPtr<u32>,
 }
 
 impl BankInput {
@@ -337,6 +340,7 @@ impl BankInput {
             nn: DevPtr::null(),
             x: DevPtr::null(),
             rows: DevPtr::null(),
+            neighbours: DevPtr::null(),
         }
     }
 }
@@ -495,6 +499,7 @@ impl MapPlan {
                     dim: dim as i32,
                     knn_splits: self.knn_splits[b] as i32,
                     knn_chunk: KNN_CHUNK as i32,
+                    neighbours: i.neighbours.raw(),
                 };
             }
         }

@@ -9,6 +9,7 @@ pub mod bank_search;
 pub mod coreset;
 pub mod embed;
 pub mod fps;
+pub mod fusion;
 pub mod gelu;
 pub mod group_encoder;
 pub mod knn;

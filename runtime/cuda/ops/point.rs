@@ -22,15 +22,18 @@ pub struct PointOptions {
     pub fps_regs_cluster: Option<u32>,
 }
 
-/// The default kernels for compute capability `sm` (87, 90, ...): register FPS and
-/// bound-select kNN on sm_90 and later (register FPS needs thread-block clusters), the
-/// shared-memory FPS and heap kNN before.
+/// The default kernels for compute capability `sm` (87, 90, ...), from the roofline argument
+/// in bench/gpu/ROOFLINE.md until a GPU measures them: register FPS on sm_90 and later (it
+/// needs thread-block clusters), the shared-memory FPS before; bound-select kNN everywhere
+/// (the lane-heap kernel fills 32 blocks only: on sm_87 one 140 KiB block per SM, and it
+/// cannot launch on sm_86/89, 99 KiB a block).
 pub fn default_kernels(sm: u32) -> (FpsKernel, KnnKernel) {
-    if sm >= 90 {
-        (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect)
+    let fps = if sm >= 90 {
+        FpsKernel::RegistersBarrier
     } else {
-        (FpsKernel::SharedMemory, KnnKernel::LaneHeaps)
-    }
+        FpsKernel::SharedMemory
+    };
+    (fps, KnnKernel::BoundSelect)
 }
 
 /// Sizes the point kernels are planned for.
@@ -183,18 +186,21 @@ mod tests {
 
     #[test]
     fn default_kernels_by_arch() {
-        assert_eq!(
-            default_kernels(87),
-            (FpsKernel::SharedMemory, KnnKernel::LaneHeaps)
-        );
-        assert_eq!(
-            default_kernels(90),
-            (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect)
-        );
-        assert_eq!(
-            default_kernels(100),
-            (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect)
-        );
+        // Jetson Orin (sm_87) and the other pre-cluster archs: no register FPS, select kNN.
+        for sm in [80, 86, 87, 89] {
+            assert_eq!(
+                default_kernels(sm),
+                (FpsKernel::SharedMemory, KnnKernel::BoundSelect),
+                "sm_{sm}"
+            );
+        }
+        for sm in [90, 100, 120] {
+            assert_eq!(
+                default_kernels(sm),
+                (FpsKernel::RegistersBarrier, KnnKernel::BoundSelect),
+                "sm_{sm}"
+            );
+        }
         assert_eq!(PointOptions::default().fps, None);
     }
 }

@@ -1,5 +1,8 @@
-//! Launch wrapper of `kernels/preprocess.cu`: plane removal, padding, nearest resize and
-//! compaction of an organized point cloud in one block. Part of [`PointKernels`].
+//! Launch wrappers of `kernels/preprocess.cu`: [`PointKernels::preprocess`] (plane removal
+//! with a given plane, padding, nearest resize and compaction of an organized point cloud
+//! in one block), and [`PreprocessKernels`], the `pre_*` kernels of the whole
+//! preprocessing of a part driven by a [`PartHeader`] in device memory (used by
+//! [`crate::cuda::stages::preprocess::DevicePreprocess`]).
 
 use super::point::PointKernels;
 use crate::cuda::device::arena::DevPtr;
@@ -255,7 +258,7 @@ impl PreprocessKernels {
     /// `pre_ransac_refit`: the plane into the state.
     ///
     /// # Safety
-    /// As [`Self::ransac_hyp`].
+    /// As [`Self::ransac_hyp`]; `inliers` valid for 3 floats per frame pixel.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn ransac_refit(
         &self,
@@ -265,9 +268,10 @@ impl PreprocessKernels {
         hyps: DevPtr<PlaneRec>,
         iterations: i32,
         threshold: f32,
+        inliers: DevPtr<f32>,
         st: DevPtr<PreState>,
     ) -> Result<()> {
-        let mut a = kernel_args![wcloud, border, hyps, iterations, threshold, st];
+        let mut a = kernel_args![wcloud, border, hyps, iterations, threshold, inliers, st];
         dev.launch(
             self.ransac_refit,
             (1, 1, 1),

@@ -4,8 +4,11 @@
 //! are looked up, and for each bank one CUDA graph is recorded: copy the part's
 //! normalised patch features from a pinned buffer, search (exact f32,
 //! [`crate::cuda::ops::bank_search::BankSearch::search_f32`], or the fast path,
-//! [`crate::cuda::ops::bank_search::BankSearch::search_f16`]), copy the nearest squared distances and rows
-//! back into pinned buffers. Per part and bank, [`NearestSearch::nearest`] fills the
+//! [`crate::cuda::ops::bank_search::BankSearch::search_f16`], f16 tensor cores whose
+//! candidates within a proven error bound are re-scored in f32, so that it returns the f32
+//! search's rows and distances), copy the nearest squared distances and rows (and, on the
+//! fast path, how many bank splits each query had to scan exactly) back into pinned
+//! buffers. Per part and bank, [`NearestSearch::nearest`] fills the
 //! pinned input, replays the graph and waits: one driver call, no allocation. The CPU
 //! then finishes the bank's score (re-weighting, maps), exactly as on the CPU backend.
 //!
@@ -21,7 +24,9 @@ use crate::cpu::pool::Pool;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
-use crate::cuda::ops::bank_search::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
+use crate::cuda::ops::bank_search::{
+    fast_bank_sq, BankSearch, F16Inputs, Partials, SearchPath, SearchPlan,
+};
 use crate::pipeline::score::{BankSet, NearestSearch};
 use crate::types::BANK_NAMES;
 use crate::util::rng::Rng;
@@ -40,13 +45,19 @@ struct SearchBufs {
     rows: [DevPtr<f32>; 3],
     rows16: [DevPtr<u16>; 3],
     norms: [DevPtr<f32>; 3],
+    /// Per bank: the fast path's squared bound of its rows (`fast_bank_sq`).
+    bank_sq: [f32; 3],
     queries16: DevPtr<u16>,
     query_norms: DevPtr<f32>,
+    /// Fast path: per query, the re-scoring margin and the splits scanned exactly.
+    margins: DevPtr<f32>,
+    scanned: DevPtr<i32>,
     parts: Partials,
 }
 
 /// Enqueues the search of bank `b` (plan `plan`) for the normalised queries `q`: the
-/// squared distance to the nearest row into `out_d`, that row into `out_i`.
+/// squared distance to the nearest row into `out_d`, that row into `out_i` (on the fast
+/// path also the splits each query scanned exactly, into `bufs.scanned`).
 ///
 /// # Safety
 /// `q`, `out_d` and `out_i` valid for the plan's queries; `bufs` from the search's arena.
@@ -71,12 +82,26 @@ unsafe fn record_bank(
                 bank32: bufs.rows[b],
                 bank16: bufs.rows16[b],
                 bnorm: bufs.norms[b],
+                bank_sq: bufs.bank_sq[b],
+                margin: bufs.margins,
             };
             search.to_f16(dev, q, inputs.q16, plan.query_len())?;
             search.row_sqnorms(dev, q, plan.nq, plan.dim, inputs.qnorm)?;
-            search.search_f16(dev, plan, &inputs, FAST_RERANK, bufs.parts, out_d, out_i)
+            search.search_f16(dev, plan, &inputs, bufs.parts, out_d, out_i, bufs.scanned)
         }
     }
+}
+
+/// How often the fast path's kept candidates did not suffice (see
+/// [`DeviceBankSearch::exact_scans`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExactScans {
+    /// Queries searched on the fast path.
+    pub queries: u64,
+    /// Of those, queries that scanned at least one bank split exactly.
+    pub queries_scanning: u64,
+    /// Bank splits scanned exactly, summed over queries.
+    pub splits_scanned: u64,
 }
 
 /// Device memory and recorded work of the bank search (see the module doc).
@@ -87,6 +112,8 @@ pub struct DeviceBankSearch {
     host_queries: Pinned<f32>,
     host_dist: Pinned<f32>,
     host_index: Pinned<i32>,
+    host_scanned: Pinned<i32>,
+    scans: ExactScans,
     _arena: Arena,
     search: BankSearch,
     device_name: String,
@@ -101,9 +128,6 @@ struct BankSlots {
     norms: Slot<f32>,
 }
 
-/// Split winners the fast path re-scores exactly in f32 per query.
-const FAST_RERANK: usize = 8;
-
 /// The searches' plans and device memory, planned on the host.
 struct BankLayout {
     plans: [Option<SearchPlan>; 3],
@@ -115,6 +139,8 @@ struct BankLayout {
     part_index: Slot<i32>,
     out_dist: Slot<f32>,
     out_index: Slot<i32>,
+    margins: Slot<f32>,
+    scanned: Slot<i32>,
     max_query: usize,
     max_nq: usize,
     /// 1 on the fast path (f16 copies and norms planned), else 0.
@@ -167,6 +193,8 @@ impl BankLayout {
             part_index: layout.add::<i32>(max_part),
             out_dist: layout.add::<f32>(max_nq),
             out_index: layout.add::<i32>(max_nq),
+            margins: layout.add::<f32>(fast * max_nq),
+            scanned: layout.add::<i32>(fast * max_nq),
             max_query,
             max_nq,
             fast,
@@ -194,7 +222,8 @@ impl DeviceBankSearch {
 
     /// Opens device `ordinal`, uploads every bank of `set` and records the searches:
     /// exact f32 for [`Precision::F32`]; for [`Precision::Bf16`] the fast path (f16 tensor
-    /// cores, then the best split winners re-scored exactly in f32). Errors (no driver, no
+    /// cores, then every candidate within the proven bound re-scored in f32: the same
+    /// result). Errors (no driver, no
     /// device, a bank width the kernels do not support, too little device memory, a
     /// failed self-check) name the problem; the engine then runs on the CPU.
     pub fn new(
@@ -224,6 +253,8 @@ impl DeviceBankSearch {
             part_index,
             out_dist,
             out_index,
+            margins,
+            scanned,
             max_query,
             max_nq,
             fast,
@@ -251,6 +282,7 @@ impl DeviceBankSearch {
         let host_queries = Pinned::<f32>::new(&dev, max_query)?;
         let mut host_dist = Pinned::<f32>::new(&dev, max_nq)?;
         let mut host_index = Pinned::<i32>::new(&dev, max_nq)?;
+        let mut host_scanned = Pinned::<i32>::new(&dev, max_nq)?;
         let parts = Partials {
             dist: arena.ptr(part_dist),
             index: arena.ptr(part_index),
@@ -271,8 +303,13 @@ impl DeviceBankSearch {
                     .as_ref()
                     .map_or(DevPtr::null(), |s| arena.ptr(s.norms))
             }),
+            bank_sq: std::array::from_fn(|b| {
+                set.banks[b].map_or(0.0, |v| fast_bank_sq(v.data, v.sq_norms))
+            }),
             queries16: arena.ptr(queries16),
             query_norms: arena.ptr(query_norms),
+            margins: arena.ptr(margins),
+            scanned: arena.ptr(scanned),
             parts,
         };
         let mut banks: [Option<DeviceBank>; 3] = [None, None, None];
@@ -289,6 +326,9 @@ impl DeviceBankSearch {
                 );
                 // SAFETY: every buffer was planned above for this plan's sizes.
                 unsafe { record_bank(dev, &search, &plan, &bufs, b, q, out_d, out_i)? };
+                if plan.path == SearchPath::F16 {
+                    host_scanned.copy_from(dev, arena.ptr(scanned), plan.nq)?;
+                }
                 host_dist.copy_from(dev, arena.ptr(out_dist), plan.nq)?;
                 host_index.copy_from(dev, arena.ptr(out_index), plan.nq)
             })?;
@@ -300,6 +340,8 @@ impl DeviceBankSearch {
             host_queries,
             host_dist,
             host_index,
+            host_scanned,
+            scans: ExactScans::default(),
             _arena: arena,
             search,
             device_name: format!("{} (sm_{})", dev.name, dev.sm()),
@@ -310,25 +352,21 @@ impl DeviceBankSearch {
                 search_on_device.self_check(b, view, pool)?;
             }
         }
+        search_on_device.scans = ExactScans::default();
         Ok(search_on_device)
     }
 
     /// Compares the device search with the CPU search on probe queries: bank rows plus
     /// noise of half the features' unit scale, so that distances are well above the
-    /// rounding of either method. Distances must agree to 1e-4 relative on the exact path
-    /// and to 1e-3 on the fast path (the part-score tolerance it promises): its f16
-    /// candidates cannot tell rows apart closer than f16 resolution, so a near-tie may
-    /// yield the other row, whose exact distance is then slightly larger. A different
-    /// nearest row is accepted only at such a tie.
+    /// rounding of either method. Distances must agree to 1e-4 relative on both paths
+    /// (the fast path returns the f32 path's result; the CPU's GEMM form rounds
+    /// differently, so a different nearest row is accepted only at a near-tie).
     fn self_check(&mut self, bank: usize, view: BankView<'_>, pool: &Pool) -> Result<()> {
         let Some(Some(d)) = self.banks.get(bank) else {
             return Ok(());
         };
         let (nq, dim) = (d.plan.nq, view.dim);
-        let rel_tol = match d.plan.path {
-            SearchPath::F32 => 1e-4,
-            SearchPath::F16 => 1e-3,
-        };
+        let rel_tol = 1e-4;
         let mut rng = Rng::new(0x5e1f_c4ec + bank as u64);
         let mut probe = vec![0f32; nq * dim];
         for (j, q) in probe.chunks_exact_mut(dim).enumerate() {
@@ -363,6 +401,12 @@ impl DeviceBankSearch {
             }
         }
         Ok(())
+    }
+
+    /// Counts of the fast path's exact split scans since creation (the self-check's
+    /// probes not counted): how often the kept candidates did not suffice.
+    pub fn exact_scans(&self) -> ExactScans {
+        self.scans
     }
 
     /// The GPU's name and compute capability.
@@ -445,6 +489,12 @@ impl NearestSearch for DeviceBankSearch {
             // As the CPU search: the Euclidean distance of the clamped squared distance.
             dist[j] = sq[j].max(0.0).sqrt();
             index[j] = rows[j] as u32;
+        }
+        if d.plan.path == SearchPath::F16 {
+            let scanned = &self.host_scanned.as_slice()[..nq];
+            self.scans.queries += nq as u64;
+            self.scans.queries_scanning += scanned.iter().filter(|&&s| s > 0).count() as u64;
+            self.scans.splits_scanned += scanned.iter().map(|&s| s.max(0) as u64).sum::<u64>();
         }
         Ok(())
     }

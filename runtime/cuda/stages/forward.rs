@@ -33,9 +33,9 @@
 //!
 //! | step      | [`Precision::F32`] (parity path)   | [`Precision::Bf16`] (fast path)          |
 //! |-----------|-------------------------------------|------------------------------------------|
-//! | LN₁, LN₂  | embed LayerNorm (f64 statistics, the CPU's `layer_norm_row`), f32 out | the same, bf16 out |
+//! | LN₁, LN₂  | embed LayerNorm (f64 statistics, the CPU's `layer_norm_row`), f32 out | f32 statistics (stated bound, kernels/embed.cu), bf16 out |
 //! | qkv       | f32 GEMM (+ bias: ViT only)         | bf16 GEMM, bf16 out (bf16 bias)          |
-//! | attention | `attention_f32`                     | `attention_bf16` (tensor cores)          |
+//! | attention | `attention_f32`                     | `attention_bf16` (tensor cores), keys split over blocks and merged by `attention_combine_bf16` when the grid is small |
 //! | proj, fc2 | f32 GEMM accumulating into `x` (+ f32 bias) | bf16 GEMM with f32 output accumulating into `x` (+ f32 bias) |
 //! | fc1       | f32 GEMM, then the exact erf GELU kernel | bf16 GEMM with cuBLASLt's GELU_BIAS (tanh form) |
 //!
@@ -45,7 +45,8 @@
 //! Activations (per model): `x` (tokens × dim, f32); `small` (tokens × dim, GEMM
 //! precision: the LN output, then the attention output — the LN output is dead once the
 //! qkv GEMM has read it); `big` (the qkv matrix, then the MLP hidden layer; for the ViT
-//! first the patch matrix).
+//! first the patch matrix); `attention_parts` (bf16 only: the key splits' partial results,
+//! [`Attention::parts_len`]).
 //!
 //! Ownership and drop order: a model owns its `Encoder`, whose fields drop in declaration
 //! order: the GEMM plans, then the arena (weights, activations, and the plans' workspace
@@ -122,6 +123,10 @@ impl Kinds {
         other: true,
     };
 }
+
+/// A replacement of a block's attention: `(device, qkv, out)` with the addresses of the
+/// qkv matrix and of the attention output ([`DeviceBlocks::record`]).
+pub(crate) type Attend<'a> = &'a dyn Fn(&Device, u64, u64) -> Result<()>;
 
 /// The sizes of one encoder's transformer blocks, validated for the device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -296,6 +301,9 @@ pub struct ActivationSlots {
     pub big: OpSlot,
     /// The GEMM plans' workspace; `None` when the device's shared one is used.
     pub workspace: Option<Slot<u8>>,
+    /// Partial results of bf16 attention split over keys ([`Attention::parts_len`]; empty
+    /// for f32).
+    pub attention_parts: Slot<f32>,
 }
 
 /// Where an encoder's GEMM workspace lives: in its own arena (a model used alone), or the
@@ -332,6 +340,10 @@ impl ActivationSlots {
             small: OpSlot::add(arena, p, t * d),
             big: OpSlot::add(arena, p, (t * 3 * d).max(t * dims.mlp).max(big_min)),
             workspace: (workspace == WorkspacePlace::Own).then(|| arena.add(GEMM_WORKSPACE_BYTES)),
+            attention_parts: arena.add(match p {
+                Precision::F32 => 0,
+                Precision::Bf16 => Attention::parts_len(t, dims.heads),
+            }),
         }
     }
 }
@@ -512,6 +524,7 @@ struct Encoder {
     x: DevPtr<f32>,
     small: u64,
     big: u64,
+    attention_parts: DevPtr<f32>,
 }
 
 /// One product with the operand types of its plan (`bias` 0 when the plan has none).
@@ -577,6 +590,7 @@ impl Encoder {
             stage.act.small.raw(&arena),
             stage.act.big.raw(&arena),
         );
+        let attention_parts = arena.ptr(stage.act.attention_parts);
         Ok(Encoder {
             plans,
             extra,
@@ -590,6 +604,7 @@ impl Encoder {
             x,
             small,
             big,
+            attention_parts,
         })
     }
 
@@ -627,7 +642,20 @@ impl Encoder {
         dev: &Device,
         pos: DevPtr<f32>,
         kinds: Kinds,
+        after: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        self.record_blocks_with(dev, pos, kinds, after, None)
+    }
+
+    /// [`Encoder::record_blocks`], with `attend(dev, qkv, out)` (addresses of the `big`
+    /// and `small` buffers) in place of the attention kernel when given.
+    unsafe fn record_blocks_with(
+        &self,
+        dev: &Device,
+        pos: DevPtr<f32>,
+        kinds: Kinds,
         mut after: impl FnMut(usize) -> Result<()>,
+        attend: Option<Attend<'_>>,
     ) -> Result<()> {
         let (t, heads) = (self.dims.tokens, self.dims.heads);
         let scale = 1.0 / (self.dims.head_dim() as f32).sqrt();
@@ -640,7 +668,9 @@ impl Encoder {
             if kinds.gemm {
                 gemm(qkv, dev, self.small, w.qkv_w, w.qkv_b, self.big)?;
             }
-            if kinds.attention {
+            if let (true, Some(attend)) = (kinds.attention, attend) {
+                attend(dev, self.big, self.small)?;
+            } else if kinds.attention {
                 match self.precision {
                     Precision::F32 => self.attention.run_f32(
                         dev,
@@ -654,6 +684,7 @@ impl Encoder {
                         dev,
                         dp(self.big),
                         dp(self.small),
+                        self.attention_parts,
                         t,
                         heads,
                         scale,
@@ -675,6 +706,85 @@ impl Encoder {
             }
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocks alone
+
+/// A stack of pre-norm blocks with qkv biases (`cpu::transformer`'s, the ViT's kind) over a
+/// fixed number of tokens, for other stages (RADAR's token transformer in
+/// [`super::fusion`]): the residual stream [`DeviceBlocks::x`] is transformed in place.
+pub(crate) struct DeviceBlocks {
+    enc: Encoder,
+}
+
+// SAFETY: as for `DeviceVit`.
+unsafe impl Send for DeviceBlocks {}
+
+impl DeviceBlocks {
+    fn stage<'a>(
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'a>],
+        workspace: WorkspacePlace,
+    ) -> Result<EncoderStage<'a>> {
+        let dims = dims.checked("transformer blocks")?;
+        EncoderStage::new(dims, p, Staging::new(), weights, 0, None, workspace)
+    }
+
+    /// The device memory of the blocks (weights and activations; the GEMM workspace is the
+    /// device's).
+    pub(crate) fn arena_plan(
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'_>],
+    ) -> Result<ArenaPlan> {
+        Ok(Self::stage(dims, p, weights, WorkspacePlace::Device)?
+            .st
+            .arena)
+    }
+
+    /// The blocks in `region` of the engine's arena (or their own arena).
+    pub(crate) fn new(
+        dev: &Device,
+        region: &'static str,
+        dims: EncoderDims,
+        p: Precision,
+        weights: &[BlockWeights<'_>],
+    ) -> Result<Self> {
+        let stage = Self::stage(dims, p, weights, WorkspacePlace::on(dev)?)?;
+        let plan = EmbedPlan {
+            vit: None,
+            point: None,
+        };
+        Ok(DeviceBlocks {
+            enc: Encoder::build(dev, region, &stage, plan)?,
+        })
+    }
+
+    /// The residual stream, `tokens × dim` f32.
+    pub(crate) fn x(&self) -> DevPtr<f32> {
+        self.enc.x
+    }
+
+    pub(crate) fn attention(&self) -> &Attention {
+        &self.enc.attention
+    }
+
+    /// Enqueues every block on [`DeviceBlocks::x`]; `after(i)` runs after block `i`;
+    /// `attend(dev, qkv, out)` replaces the attention kernel when given.
+    ///
+    /// # Safety
+    /// As the forwards' `record`: the blocks' own buffers, on their device.
+    pub(crate) unsafe fn record(
+        &self,
+        dev: &Device,
+        after: impl FnMut(usize) -> Result<()>,
+        attend: Option<Attend<'_>>,
+    ) -> Result<()> {
+        self.enc
+            .record_blocks_with(dev, DevPtr::null(), Kinds::ALL, after, attend)
     }
 }
 
@@ -1345,6 +1455,8 @@ mod tests {
         assert_eq!(s.big.precision(), Precision::Bf16);
         assert_eq!(s.big.bytes(), 785 * 3072 * 2);
         assert_eq!(s.workspace.unwrap().len, GEMM_WORKSPACE_BYTES);
+        // bf16 attention splits its 785 keys in two: two partial results of every row.
+        assert_eq!(s.attention_parts.len, 2 * 785 * 12 * 66);
         // A patch matrix larger than both: big grows to it.
         let mut a = ArenaPlan::new();
         let s = ActivationSlots::plan(&v, Precision::F32, 785 * 4000, WorkspacePlace::Own, &mut a);
@@ -1352,6 +1464,7 @@ mod tests {
         assert_eq!(s.big.bytes(), 785 * 4000 * 4);
         let ws = s.workspace.unwrap();
         assert!(a.bytes() >= ws.offset + ws.bytes());
+        assert_eq!(s.attention_parts.len, 0, "the f32 attention does not split");
         // On the device's shared workspace: none of its own.
         let mut b = ArenaPlan::new();
         let s = ActivationSlots::plan(&v, Precision::F32, 0, WorkspacePlace::Device, &mut b);
@@ -1381,6 +1494,7 @@ mod tests {
             (a.small.offset(), a.small.bytes()),
             (a.big.offset(), a.big.bytes()),
             (a.workspace.unwrap().offset, a.workspace.unwrap().bytes()),
+            (a.attention_parts.offset, a.attention_parts.bytes()),
         ]);
         v
     }

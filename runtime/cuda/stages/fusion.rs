@@ -1,7 +1,8 @@
-//! Fusion (SPEC §5) on the device: M3DM's UFF, `cpu::fusion::fuse`, built from the pieces of
-//! the transformer forwards ([`super::forward`]: the staging of weights into one arena, the
-//! GEMM plans and their f32/bf16 operand types) and the embed kernels (LayerNorm, adaptive
-//! pooling, strided row copies).
+//! Fusion (SPEC §5) on the device: M3DM's UFF (`cpu::fusion::fuse`, this file) and, for
+//! models with `radar`, RADAR's adaptive instruction fusion (`cpu::radar_fusion`, module
+//! `radar`), built from the pieces of the transformer forwards ([`super::forward`]: the
+//! staging of weights into one arena, the GEMM plans and their f32/bf16 operand types, the
+//! blocks) and the embed kernels (LayerNorm, adaptive pooling, strided row copies).
 //!
 //! # Interface (what the one-graph engine calls)
 //!
@@ -56,6 +57,9 @@ use crate::cuda::ops::gelu::Elementwise;
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::extract::FusionNetwork;
 use crate::{DeviceError, Error, Result};
+
+mod radar;
+use radar::DeviceRadar;
 
 fn cfg_err(msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("CUDA fusion: {msg}"))
@@ -238,11 +242,12 @@ fn stage_fusion<'a, S: TensorSource + ?Sized>(
     })
 }
 
-/// The fusion on the device (module doc). Fields drop in declaration order: the GEMM plans,
-/// then the arena, then the kernels; the device (shared) last.
-pub struct DeviceFusion {
+/// UFF on the device (module doc). Fields drop in declaration order: the GEMM plans, then
+/// the arena, then the kernels; the device (shared) last.
+struct Uff {
     plans: [GemmPlan; 4],
-    arena: Arena,
+    /// Owns the weights and buffers the recorded work reads and writes.
+    _arena: Arena,
     embed: EmbedKernels,
     /// The exact GELU of the f32 fc1 plans (f32 only).
     _ew: Option<Elementwise>,
@@ -254,48 +259,34 @@ pub struct DeviceFusion {
     hidden: u64,
     half: DevPtr<f32>,
     case: DevPtr<i32>,
-    dev: Arc<Device>,
+    _dev: Arc<Device>,
 }
 
 // SAFETY: driver and cuBLASLt handles and device addresses, used from one thread at a time
 // (the engine's; the context is made current with `Device::bind`), as the parts it is made of.
-unsafe impl Send for DeviceFusion {}
+unsafe impl Send for Uff {}
 
-impl DeviceFusion {
-    /// The name of the fusion's region in the engine's arena.
-    pub const ARENA_REGION: &'static str = "fusion";
-
-    /// The device memory the fusion of `model` needs, per arena region (host only; the GEMM
-    /// workspace is the device's).
-    pub fn arena_needs(
-        model: &ModelFile,
+impl Uff {
+    fn arena_plan<S: TensorSource + ?Sized>(
+        cfg: &ModelConfig,
+        src: &S,
         precision: Precision,
-    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
-        let s = stage_fusion(model.config(), model, precision, WorkspacePlace::Device)?;
-        Ok(vec![(Self::ARENA_REGION, s.st.arena)])
+    ) -> Result<ArenaPlan> {
+        Ok(stage_fusion(cfg, src, precision, WorkspacePlace::Device)?
+            .st
+            .arena)
     }
 
-    /// The fusion of `model` on `dev` (the engine's, shared with its other device stages).
-    pub fn on_device(dev: Arc<Device>, model: &ModelFile, precision: Precision) -> Result<Self> {
-        Self::from_source(dev, model.config(), model, precision)
-    }
-
-    /// [`DeviceFusion::on_device`] from any tensor store named as a model file (`fusion.*`).
-    pub fn from_source<S: TensorSource + ?Sized>(
+    fn new<S: TensorSource + ?Sized>(
         dev: Arc<Device>,
         cfg: &ModelConfig,
         src: &S,
         precision: Precision,
     ) -> Result<Self> {
-        if cfg.radar.is_some() {
-            return Err(cfg_err(
-                "RADAR's fusion does not run on the device yet (the CPU runs it)",
-            ));
-        }
         let s = stage_fusion(cfg, src, precision, WorkspacePlace::on(&dev)?)?;
         dev.bind()?;
         // Locals drop in reverse order on an early return: plans, modules, arena.
-        let arena = dev.stage_arena(Self::ARENA_REGION, &s.st.arena)?;
+        let arena = dev.stage_arena(DeviceFusion::ARENA_REGION, &s.st.arena)?;
         dev.memset_u8(arena.ptr(s.st.base).raw(), 0, arena.bytes())?;
         s.st.upload(&dev, &arena)?;
         let embed = EmbedKernels::new(
@@ -322,7 +313,7 @@ impl DeviceFusion {
         let plan = |shape: GemmShape| GemmPlan::new(&dev, lt, shape, ws, ew.as_ref());
         let [x1, x2, r1, r2] = s.gemms;
         let plans = [plan(x1)?, plan(x2)?, plan(r1)?, plan(r2)?];
-        let fusion = DeviceFusion {
+        let fusion = Uff {
             xyz: s.xyz.resolve(&arena),
             rgb: s.rgb.resolve(&arena),
             normed: s.normed.raw(&arena),
@@ -330,12 +321,12 @@ impl DeviceFusion {
             half: arena.ptr(s.half),
             case: arena.ptr(s.case),
             plans,
-            arena,
+            _arena: arena,
             embed,
             _ew: ew,
             dims: s.dims,
             precision,
-            dev: dev.clone(),
+            _dev: dev.clone(),
         };
         // First use of every GEMM plan (cuBLASLt finishes loading then), on the zeroed
         // buffers: the branch output buffer serves as input, its contents do not matter.
@@ -348,46 +339,6 @@ impl DeviceFusion {
         }
         dev.synchronize()?;
         Ok(fusion)
-    }
-
-    pub fn dims(&self) -> &FusionDims {
-        &self.dims
-    }
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-    /// Device memory of this stage (weights, activations, workspace when its own), bytes.
-    pub fn arena_bytes(&self) -> usize {
-        self.arena.bytes()
-    }
-    /// The device this stage was made on.
-    pub fn device(&self) -> &Arc<Device> {
-        &self.dev
-    }
-    /// The part's modality case (0 complete, 1 RGB only, 2 cloud only), read by RADAR's
-    /// fusion when its recorded work runs; UFF ignores it.
-    pub fn case_ptr(&self) -> DevPtr<i32> {
-        self.case
-    }
-    /// Floating-point operations of one fusion (the four dense layers).
-    pub fn flops(&self) -> f64 {
-        self.plans.iter().map(|p| p.shape().flops()).sum()
-    }
-
-    /// Enqueues the fusion of one part (module doc): `xyz` (`xyz_grid² × xyz_dim`), `rgb`
-    /// (`rgb_grid² × rgb_dim`) → `fused` (`xyz_grid² × fused_dim`, every value written).
-    ///
-    /// # Safety
-    /// Pointers valid for those extents on `dev` (this stage's device); `fused` must not
-    /// overlap the inputs.
-    pub unsafe fn record(
-        &self,
-        dev: &Device,
-        xyz: DevPtr<f32>,
-        rgb: DevPtr<f32>,
-        fused: DevPtr<f32>,
-    ) -> Result<()> {
-        self.record_branches(dev, xyz, rgb, fused)
     }
 
     /// LN, fc1 + GELU, fc2 of one branch over `rows` rows of `x` (packed, width `dim`) into
@@ -465,9 +416,124 @@ impl DeviceFusion {
             fd,
         )
     }
+}
+
+/// Which fusion a model has.
+enum Method {
+    Uff(Box<Uff>),
+    Radar(Box<DeviceRadar>),
+}
+
+/// The fusion on the device (module doc): UFF, or RADAR's when the model has it.
+pub struct DeviceFusion {
+    method: Method,
+    dims: FusionDims,
+    precision: Precision,
+    dev: Arc<Device>,
+}
+
+impl DeviceFusion {
+    /// The name of the fusion's region in the engine's arena (RADAR's token transformer
+    /// adds [`DeviceRadar`]'s regions).
+    pub const ARENA_REGION: &'static str = "fusion";
+
+    /// The device memory the fusion of `model` needs, per arena region (host only; the GEMM
+    /// workspace is the device's).
+    pub fn arena_needs(
+        model: &ModelFile,
+        precision: Precision,
+    ) -> Result<Vec<(&'static str, ArenaPlan)>> {
+        let cfg = model.config();
+        match cfg.radar {
+            Some(_) => DeviceRadar::arena_needs(cfg, model, precision),
+            None => Ok(vec![(
+                Self::ARENA_REGION,
+                Uff::arena_plan(cfg, model, precision)?,
+            )]),
+        }
+    }
+
+    /// The fusion of `model` on `dev` (the engine's, shared with its other device stages).
+    pub fn on_device(dev: Arc<Device>, model: &ModelFile, precision: Precision) -> Result<Self> {
+        Self::from_source(dev, model.config(), model, precision)
+    }
+
+    /// [`DeviceFusion::on_device`] from any tensor store named as a model file (`fusion.*`,
+    /// `radar.*`).
+    pub fn from_source<S: TensorSource + ?Sized>(
+        dev: Arc<Device>,
+        cfg: &ModelConfig,
+        src: &S,
+        precision: Precision,
+    ) -> Result<Self> {
+        let dims = FusionDims::new(cfg)?;
+        let method = match cfg.radar {
+            Some(_) => Method::Radar(Box::new(DeviceRadar::new(
+                dev.clone(),
+                cfg,
+                src,
+                precision,
+            )?)),
+            None => Method::Uff(Box::new(Uff::new(dev.clone(), cfg, src, precision)?)),
+        };
+        Ok(DeviceFusion {
+            method,
+            dims,
+            precision,
+            dev,
+        })
+    }
+
+    pub fn dims(&self) -> &FusionDims {
+        &self.dims
+    }
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    /// Whether this is RADAR's fusion (else UFF).
+    pub fn is_radar(&self) -> bool {
+        matches!(self.method, Method::Radar(_))
+    }
+    /// The device this stage was made on.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+    /// The part's modality case (0 complete, 1 RGB only, 2 cloud only), one device `i32`
+    /// read by RADAR's fusion when its recorded work runs; UFF ignores it.
+    pub fn case_ptr(&self) -> DevPtr<i32> {
+        match &self.method {
+            Method::Uff(u) => u.case,
+            Method::Radar(r) => r.case_ptr(),
+        }
+    }
+
+    /// Enqueues the fusion of one part (module doc): `xyz` (`xyz_grid² × xyz_dim`), `rgb`
+    /// (`rgb_grid² × rgb_dim`) → `fused` (`xyz_grid² × fused_dim`, every value written);
+    /// RADAR reads the case from [`DeviceFusion::case_ptr`] when the work runs.
+    ///
+    /// # Safety
+    /// Pointers valid for those extents on `dev` (this stage's device); `fused` must not
+    /// overlap the inputs.
+    pub unsafe fn record(
+        &self,
+        dev: &Device,
+        xyz: DevPtr<f32>,
+        rgb: DevPtr<f32>,
+        fused: DevPtr<f32>,
+    ) -> Result<()> {
+        match &self.method {
+            Method::Uff(u) => u.record_branches(dev, xyz, rgb, fused),
+            Method::Radar(r) => r.record(dev, xyz, rgb, Some(fused)),
+        }
+    }
 
     /// Uploads `xyz` and `rgb`, runs the fusion, returns the fused features (tests, tools).
     pub fn run(&self, xyz: &[f32], rgb: &[f32]) -> Result<Vec<f32>> {
+        self.run_case(xyz, rgb, Case::Complete)
+    }
+
+    /// [`DeviceFusion::run`] for a part of `case` (written to [`DeviceFusion::case_ptr`]).
+    pub fn run_case(&self, xyz: &[f32], rgb: &[f32], case: Case) -> Result<Vec<f32>> {
         let d = self.dims;
         if xyz.len() != d.xyz_len() || rgb.len() != d.rgb_len() {
             return Err(Error::Input(format!(
@@ -489,6 +555,7 @@ impl DeviceFusion {
         let io = Arena::new(dev, &plan)?;
         io.upload(dev, sx, xyz)?;
         io.upload(dev, sr, rgb)?;
+        dev.upload(self.case_ptr().raw(), &[case as i32])?;
         unsafe { self.record(dev, io.ptr(sx), io.ptr(sr), io.ptr(sf))? };
         dev.synchronize()?;
         let mut out = vec![0f32; d.fused_len()];

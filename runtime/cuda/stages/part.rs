@@ -304,7 +304,15 @@ impl Recorder<'_> {
                     .normalise(d, n, norm.mean, 1.0 / norm.std, features[b], x)?;
                 self.search.record_search(d, b, x, dist, nn)?;
             }
-            inputs[b] = BankInput { dist, nn, x, rows };
+            // The bank file's neighbour table is not on the device yet: the
+            // re-weighting's k-nearest kernel scans the bank (same result).
+            inputs[b] = BankInput {
+                dist,
+                nn,
+                x,
+                rows,
+                neighbours: DevPtr::null(),
+            };
         }
         let bufs: MapBuffers = slots.maps.ptrs(arena);
         // SAFETY: the inputs above; the map buffers planned for this plan.

@@ -34,15 +34,17 @@
 //! border frame's points in raster order; RANSAC hypotheses one block each (the CPU's
 //! SplitMix64 draws at computed stream positions, f64 least-squares planes with the CPU's
 //! operation order and no FMA, inlier counts); the best hypothesis (most inliers, first on
-//! ties) refitted on its inliers in one thread (the CPU's summation order, so the plane
-//! is the CPU's bits); plane removal; largest 8-connected cluster by union-find (roots =
+//! ties), its inliers gathered in parallel and refitted in one thread (the CPU's
+//! summation order, so the plane is the CPU's bits); plane removal; largest 8-connected cluster by union-find (roots =
 //! first pixels, largest size then first root, as the CPU); RGB bicubic resize (PIL
 //! tables for the part's working size, removed pixels read as 0) and normalisation;
 //! nearest resize and compaction with the status word. AlreadyClean: reset, load, RGB,
 //! compaction.
 //!
-//! The refit is sequential (one thread sums the inliers in frame order): bit-identity
-//! with the CPU's f64 sums costs a few hundred microseconds on a GPU for a large frame.
+//! Serial parts (the price of the CPU's bits; not measured, no GPU was available): the
+//! refit's two f64 passes over the inliers in one thread (the frame has up to
+//! `4 · border · side` points), each hypothesis's 50-point fit in one thread of its block,
+//! and the single-block border gather and compaction.
 
 use std::sync::Arc;
 
@@ -253,6 +255,7 @@ struct PreSlots {
     labels: Slot<u32>,
     sizes: Slot<u32>,
     border: Slot<i32>,
+    inliers: Slot<f32>,
     hyps: Slot<PlaneRec>,
     first_x: Slot<i32>,
     w_x: Slot<f32>,
@@ -281,6 +284,7 @@ impl PreSlots {
             labels: a.add(wp),
             sizes: a.add(wp),
             border: a.add(s.border_cap),
+            inliers: a.add(3 * s.border_cap),
             hyps: a.add(s.iterations.max(1)),
             first_x: a.add(s.side),
             w_x: a.add(s.side * s.taps),
@@ -516,6 +520,7 @@ impl DevicePreprocess {
                 hyps,
                 s.iterations as i32,
                 cfg.ransac_threshold,
+                a.ptr(sl.inliers),
                 st,
             )?;
             k.clean(
@@ -566,11 +571,17 @@ impl DevicePreprocess {
         )
     }
 
-    /// Reads the stage's own targets into `out` (points, pixels, count, RGB input; not
-    /// `out.cloud`) and returns the status. Waits for the stream.
+    /// Reads the stage's own targets into `out` and returns the status. Waits for the
+    /// stream. `out.cloud` (the resized cloud) is rebuilt from the points: the CPU's when
+    /// the cloud is usable; all zero otherwise (the CPU keeps the few resized points of a
+    /// `TooFewPoints` cloud there).
     pub fn download(&self, out: &mut PreprocessOutput) -> Result<ModalityStatus> {
         let s2 = self.sizes.side * self.sizes.side;
-        if out.size != self.sizes.side || out.points.len() < 3 * s2 || out.point_pixels.len() < s2 {
+        if out.size != self.sizes.side
+            || out.points.len() < 3 * s2
+            || out.point_pixels.len() < s2
+            || out.cloud.len() < 3 * s2
+        {
             return Err(Error::Device(DeviceError::BadCall(format!(
                 "preprocessing output of side {}, the stage has {}",
                 out.size, self.sizes.side
@@ -591,6 +602,17 @@ impl DevicePreprocess {
         )?;
         a.download(dev, sl.rgb_input, &mut out.rgb_input[..3 * s2])?;
         out.n_points = n;
+        let cloud = &mut out.cloud[..3 * s2];
+        cloud.fill(0.0);
+        for (p, &q) in out.points[..3 * n]
+            .chunks_exact(3)
+            .zip(&out.point_pixels[..n])
+        {
+            let q = 3 * q as usize;
+            if let Some(dst) = cloud.get_mut(q..q + 3) {
+                dst.copy_from_slice(p);
+            }
+        }
         decode_status(word[0])
     }
 

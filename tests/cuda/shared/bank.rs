@@ -1,7 +1,9 @@
 //! Bank search on the device, both paths, as the parity tests (tests/cuda/bank.rs) and the
 //! bench (bench/cuda/bank.rs) run it.
 
-use miad::cuda::ops::bank_search::{BankSearch, F16Inputs, Partials, SearchPath, SearchPlan};
+use miad::cuda::ops::bank_search::{
+    fast_bank_sq, BankSearch, F16Inputs, Partials, SearchPath, SearchPlan,
+};
 use miad::cuda::{Arena, ArenaPlan, DevPtr, Device, Slot};
 use miad::util::rng::Rng;
 
@@ -29,6 +31,8 @@ pub struct Results {
     #[allow(dead_code)]
     pub f16_d: Vec<f32>,
     pub f16_i: Vec<i32>,
+    /// Per query, the bank splits the fast path scanned exactly.
+    pub scanned: Vec<i32>,
     #[allow(dead_code)]
     pub f32_ms: f64,
     #[allow(dead_code)]
@@ -58,6 +62,8 @@ struct Bufs {
     oi16: Slot<i32>,
     td: Slot<f32>,
     ti: Slot<i32>,
+    margin: Slot<f32>,
+    scanned: Slot<i32>,
 }
 
 impl Bufs {
@@ -73,14 +79,7 @@ impl Bufs {
 }
 
 /// Runs both paths; with `reps > 0` also times them (mean over reps, after a warm-up).
-pub fn run_both(
-    g: &Gpu,
-    q: &[f32],
-    bank: &[f32],
-    dim: usize,
-    rerank: usize,
-    reps: usize,
-) -> Results {
+pub fn run_both(g: &Gpu, q: &[f32], bank: &[f32], dim: usize, reps: usize) -> Results {
     let (nq, nb) = (q.len() / dim, bank.len() / dim);
     let dev = &g.dev;
     let p32 = SearchPlan::new(nq, nb, dim, SearchPath::F32, g.sms).unwrap();
@@ -94,6 +93,7 @@ pub fn run_both(
     let (od, oi) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
     let (od16, oi16) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
     let (td, ti) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
+    let (margin, scanned) = (ap.add::<f32>(nq), ap.add::<i32>(nq));
     let u = Bufs {
         arena: Arena::new(dev, &ap).unwrap(),
         q: qs,
@@ -110,6 +110,8 @@ pub fn run_both(
         oi16,
         td,
         ti,
+        margin,
+        scanned,
     };
     let a = &u.arena;
     a.upload(dev, u.q, q).unwrap();
@@ -130,6 +132,7 @@ pub fn run_both(
         g.bs.row_sqnorms(dev, u.p(u.q), nq, dim, u.p(u.qn)).unwrap();
         g.bs.row_sqnorms(dev, u.p(u.b), nb, dim, u.p(u.bn)).unwrap();
     }
+    let bank_norms = u.get(dev, u.bn);
     let parts = Partials {
         dist: u.p(u.pd),
         index: u.p(u.pi),
@@ -141,13 +144,15 @@ pub fn run_both(
         bank32: u.p(u.b),
         bank16: u.p(u.b16),
         bnorm: u.p(u.bn),
+        bank_sq: fast_bank_sq(bank, &bank_norms),
+        margin: u.p(u.margin),
     };
     let run32 = |od: DevPtr<f32>, oi: DevPtr<i32>| unsafe {
         g.bs.search_f32(dev, &p32, u.p(u.q), u.p(u.b), parts, od, oi)
             .unwrap();
     };
     let run16 = |od: DevPtr<f32>, oi: DevPtr<i32>| unsafe {
-        g.bs.search_f16(dev, &p16, &inputs, rerank, parts, od, oi)
+        g.bs.search_f16(dev, &p16, &inputs, parts, od, oi, u.p(u.scanned))
             .unwrap();
     };
     run32(u.p(u.od), u.p(u.oi));
@@ -171,6 +176,7 @@ pub fn run_both(
         f32_i: u.get(dev, u.oi),
         f16_d: u.get(dev, u.od16),
         f16_i: u.get(dev, u.oi16),
+        scanned: u.get(dev, u.scanned),
         f32_ms,
         f16_ms,
     }

@@ -19,7 +19,29 @@ fn inspect_on_the_simulated_device_allocates_nothing_after_the_first_part() {
     ) {
         return;
     }
-    let f = common::fitted_with(common::small_hd64(), "sim-alloc", Category::Torus, 5, 4, 1);
+    assert_no_allocations(common::small_hd64(), "sim-alloc");
+}
+
+/// The same with RADAR's fusion on the device (heads of 32): its one graph serves the
+/// three cases without an allocation.
+#[test]
+fn inspect_with_radar_fusion_on_the_simulated_device_allocates_nothing() {
+    if !common::alone_in_process!(
+        inspect_with_radar_fusion_on_the_simulated_device_allocates_nothing
+    ) {
+        return;
+    }
+    let mut cfg = common::small_hd64();
+    cfg.name = "small-hd64-radar".into();
+    cfg.radar = common::small_radar().radar;
+    if let Some(r) = cfg.radar.as_mut() {
+        r.heads = 1;
+    }
+    assert_no_allocations(cfg, "sim-alloc-radar");
+}
+
+fn assert_no_allocations(cfg: miad::config::ModelConfig, name: &str) {
+    let f = common::fitted_with(cfg, name, Category::Torus, 5, 4, 1);
     let parts: Vec<_> = list_test(&f.category)
         .unwrap()
         .iter()
@@ -32,6 +54,7 @@ fn inspect_on_the_simulated_device_allocates_nothing_after_the_first_part() {
     )
     .unwrap();
     assert_on_the_simulated_device(&e);
+    assert!(e.backend().device_stages.contains(&"fusion"));
     let opts = InspectOptions {
         map: true,
         regions: true,

@@ -457,12 +457,13 @@ fn a_kernel_the_emulator_stops_is_reported_with_its_name() {
     let (q, o) = (arena.ptr(sq), arena.ptr(so));
     let (n, heads, scale) = (1i32, 1i32, 0.125f32);
     let (qb, ob) = (q.cast::<half::bf16>(), o.cast::<half::bf16>());
-    let mut args = miad::kernel_args![qb, ob, n, heads, scale];
+    let (parts, tiles_per_split) = (DevPtr::<f32>::null(), 1i32);
+    let mut args = miad::kernel_args![qb, ob, parts, n, heads, scale, tiles_per_split];
     // Half a warp: the tensor-core instructions need all 32 lanes.
     let r = unsafe { d.launch(f, (1, 1, 1), (16, 1, 1), 0, &mut args) };
     expect_err(r, Misuse::Kernel, &["attention_bf16"]);
     // The stream stays usable: the full block runs.
-    unsafe { att.run_bf16(&d, q, o, 1, 1, 0.125) }.unwrap();
+    unsafe { att.run_bf16(&d, q, o, DevPtr::null(), 1, 1, 0.125) }.unwrap();
     let mut out = [0u16; 64];
     arena.download(&d, so, &mut out).unwrap();
     // One key: the output is its value row.

@@ -100,13 +100,7 @@ fn parity(
     );
     let mut cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, precision)).unwrap();
     let mut sim = Engine::open(&fx.model, &fx.bank, &options(Backend::CudaSim, precision)).unwrap();
-    // RADAR's fusion stays on the CPU (the device runs UFF only).
-    let on_cpu: &[&str] = if cfg.radar.is_some() {
-        &["fusion"]
-    } else {
-        &[]
-    };
-    assert_on_the_simulated_device_but(&sim, on_cpu);
+    assert_on_the_simulated_device(&sim);
     assert_eq!(sim.backend().precision, precision);
     let opts = InspectOptions {
         map: true,
@@ -215,13 +209,17 @@ fn f32_engine_on_the_simulated_device_matches_the_cpu() {
     );
 }
 
-/// A model with RADAR's fusion (which stays on the CPU, as UFF does): the f32 path as
-/// above, each case's instruction in use.
+/// A model with RADAR's fusion, on the device too (heads of 32: the attention kernels'
+/// size; the fit tests' tiny RADAR has heads of 16, which stay on the CPU with a reason):
+/// the f32 path as above, each case's instruction in use.
 #[test]
 fn f32_radar_engine_on_the_simulated_device_matches_the_cpu() {
     let mut cfg = common::small_hd64();
     cfg.name = "small-hd64-radar".into();
     cfg.radar = common::small_radar().radar;
+    if let Some(r) = cfg.radar.as_mut() {
+        r.heads = 1;
+    }
     parity(
         cfg,
         Precision::F32,
@@ -230,6 +228,26 @@ fn f32_radar_engine_on_the_simulated_device_matches_the_cpu() {
         DISTANCE_TOLERANCE_F32,
         true,
     );
+}
+
+/// A RADAR model whose heads no attention kernel has (16 wide): the engine keeps its
+/// fusion on the CPU and says why, every other stage on the device.
+#[test]
+fn radar_heads_without_a_kernel_leave_the_fusion_on_the_cpu_with_a_reason() {
+    let mut cfg = common::small_hd64();
+    cfg.name = "small-hd64-radar16".into();
+    cfg.radar = common::small_radar().radar;
+    assert_eq!(cfg.radar.as_ref().map(|r| r.dim / r.heads), Some(16));
+    let fx = common::fitted_with(cfg, "sim-radar-heads16", Category::Disc, 11, 4, 1);
+    let e = Engine::open(
+        &fx.model,
+        &fx.bank,
+        &options(Backend::CudaSim, Precision::F32),
+    )
+    .unwrap();
+    assert_on_the_simulated_device_but(&e, &["fusion"]);
+    let note = e.backend().fallback.clone().unwrap_or_default();
+    assert!(note.contains("head dimension of 16"), "{note}");
 }
 
 /// The bf16 path: features within its stated tolerance (1e-2; measured 6e-3), scores
