@@ -33,6 +33,7 @@ pub const TESTS: &[Test] = &[
     ("maps_upsample_and_blur_match_cpu", upsample_blur),
     ("maps_part_and_pixels_match_decision", decision),
     ("maps_regions_match_cpu", regions),
+    ("maps_case_kernels_choose_the_host_layout", case_kernels),
 ];
 
 // runtime/cuda/ops/maps.rs
@@ -934,4 +935,240 @@ fn regions() -> Result<(), String> {
         run_regions(&m, s, f32::NAN, limit, seed).map_err(|e| format!("NaN threshold: {e}"))?;
         run_regions(&m, s, quantile(&m, 0.5), limit, seed).map_err(|e| format!("s 13: {e}"))
     })
+}
+
+// ---------- the one-graph part's kernels (runtime/cuda/stages/part.rs) ----------
+
+/// The part's case chosen on the device from its status word picks the parameters the
+/// host laid out for that case: maps_part_case, maps_pixels_case and
+/// maps_label_merge_case give the bits of maps_part, maps_pixels and maps_label_merge with
+/// that case's blocks; maps_case_of writes `Case::of`; maps_pseudo_select replaces exactly
+/// an unusable modality's features; maps_normalise is the host's `(v − mean)·inv`;
+/// maps_status_from_word decodes the device preprocessing's word and gives an unusable
+/// cloud the filler lattice and count.
+fn case_kernels() -> Result<(), String> {
+    let mut cfg = BankConfig::empty([0; 16], "m", "c");
+    cfg.score_weights = [1.0, 0.1, 1.0];
+    cfg.part_svm.w = [0.8, -1.3, 0.45];
+    cfg.pixel_svm.w = [0.6, 1.7, -0.2];
+    cfg.thresholds.part = 2.0;
+    cfg.thresholds.pixel = 0.3;
+    let stats = CaseDecision {
+        mean: [0.5, 0.2, 0.1],
+        precision: [1.5, 0.2, 0.1, 0.2, 2.5, -0.3, 0.1, -0.3, 0.9],
+        threshold: 2.5,
+        pixel_w: [0.4, 0.9, 0.0],
+        pixel_threshold: 0.7,
+        score_affine: [0.8, 0.3],
+        map_affine: [1.7, -0.4],
+    };
+    let cases = [
+        None,
+        Some(stats),
+        Some(CaseDecision {
+            threshold: 1.1,
+            pixel_threshold: -0.2,
+            ..stats
+        }),
+    ];
+    let opts = InspectOptions::default();
+    let laid: Vec<(PartParams, PixelParams)> = Case::ALL
+        .iter()
+        .map(|&c| layout(&cfg, &Decision::resolve(&cfg, c, &cases, &opts)))
+        .collect();
+    let parts = Buf::from(&laid.iter().map(|l| l.0).collect::<Vec<_>>());
+    let pixels = Buf::from(&laid.iter().map(|l| l.1).collect::<Vec<_>>());
+    let mut g = Gen::new(11);
+    let recs: Vec<BankScoreRec> = (0..3)
+        .map(|_| BankScoreRec {
+            score: 3.0 * g.f32(),
+            s_star: 0.0,
+            weight: 1.0,
+            patch: 0,
+            nearest: -1,
+            found: 0,
+            present: 1,
+            pad: 0,
+        })
+        .collect();
+    let rb = Buf::from(&recs);
+    let side = 30usize;
+    let s2 = side * side;
+    let bm: Vec<f32> = (0..3 * s2).map(|_| g.normal()).collect();
+    let bmb = Buf::from(&bm);
+    let blocks = s2.div_ceil(THREADS as usize) as u32;
+    let seed = crate::util::SEEDS[0];
+    let k = sim();
+    let poison = PartDecisionRec {
+        score: f32::NAN,
+        verdict: -7,
+        part_threshold: f32::NAN,
+        pixel_threshold: f32::NAN,
+        bank: [f32::NAN; 3],
+        vector: [f32::NAN; 3],
+    };
+    let n = 700usize;
+    let real: Vec<f32> = (0..n).map(|_| g.normal()).collect();
+    let pseudo: Vec<f32> = (0..n).map(|_| 10.0 + g.normal()).collect();
+    let pb = Buf::from(&pseudo);
+    for (rgb, cloud) in [(1, 1), (1, 0), (0, 1), (0, 0)] {
+        let what = format!("status ({rgb}, {cloud})");
+        let c = Case::of(rgb == 1, cloud == 1) as usize;
+        let status = Buf::from(&[rgb, cloud]);
+        let out = Buf::filled(1, -1i32);
+        k.launch(
+            "maps_case_of",
+            &Cfg::new(1, 32),
+            &mut Args::new().buf(&status).buf(&out),
+            seed,
+        )?;
+        same(
+            &format!("{what}: case"),
+            &[out.get()[0] as u32],
+            &[c as u32],
+        )?;
+        // Part decision.
+        let (got, want) = (Buf::filled(1, poison), Buf::filled(1, poison));
+        let mut a = Args::new().buf(&status).buf(&parts).buf(&rb).buf(&got);
+        k.launch("maps_part_case", &Cfg::new(1, 32), &mut a, seed)?;
+        let mut a = Args::new().val(laid[c].0).buf(&rb).buf(&want);
+        k.launch("maps_part", &Cfg::new(1, 32), &mut a, seed)?;
+        let (x, y) = (got.get()[0], want.get()[0]);
+        same_bits(
+            &format!("{what}: score"),
+            &[x.score, x.part_threshold],
+            &[y.score, y.part_threshold],
+        )?;
+        same(
+            &format!("{what}: verdict"),
+            &[x.verdict as u32],
+            &[y.verdict as u32],
+        )?;
+        // Pixel map, labels, merge.
+        let run = |case_kernel: bool| -> Result<(Vec<f32>, Vec<u32>), String> {
+            let map = Buf::filled(s2, f32::NAN);
+            let labels = Buf::filled(s2, 7u32);
+            let peak = Buf::filled(s2, 7u32);
+            let mut a = if case_kernel {
+                Args::new().buf(&status).buf(&pixels)
+            } else {
+                Args::new().val(laid[c].1)
+            };
+            a = a.val(s2 as i32).buf(&bmb).buf(&map).buf(&labels).buf(&peak);
+            let name = if case_kernel {
+                "maps_pixels_case"
+            } else {
+                "maps_pixels"
+            };
+            k.launch(name, &Cfg::new(blocks, THREADS), &mut a, seed)?;
+            let mut a = if case_kernel {
+                Args::new()
+                    .buf(&status)
+                    .buf(&pixels)
+                    .val(side as i32)
+                    .buf(&labels)
+            } else {
+                Args::new()
+                    .val(side as i32)
+                    .val(laid[c].1.threshold)
+                    .buf(&labels)
+            };
+            let name = if case_kernel {
+                "maps_label_merge_case"
+            } else {
+                "maps_label_merge"
+            };
+            k.launch(name, &Cfg::new(blocks, THREADS), &mut a, seed)?;
+            Ok((map.get().to_vec(), labels.get().to_vec()))
+        };
+        let ((ma, la), (mb, lb)) = (run(true)?, run(false)?);
+        same_bits(&format!("{what}: pixel map"), &ma, &mb)?;
+        same(&format!("{what}: merged labels"), &la, &lb)?;
+        // Pseudo features.
+        for (m, usable) in [(0, rgb), (1, cloud)] {
+            let f = Buf::from(&real);
+            let mut a = Args::new()
+                .buf(&status)
+                .val(m)
+                .val(n as i32)
+                .buf(&pb)
+                .buf(&f);
+            let b = n.div_ceil(THREADS as usize) as u32;
+            k.launch("maps_pseudo_select", &Cfg::new(b, THREADS), &mut a, seed)?;
+            let want = if usable == 1 { &real } else { &pseudo };
+            same_bits(&format!("{what}: modality {m} features"), f.get(), want)?;
+        }
+    }
+    // Normalisation.
+    let (mean, inv) = (0.37f32, 1.0f32 / 1.9);
+    let x = Buf::from(&real);
+    let out = Buf::filled(n, f32::NAN);
+    let b = n.div_ceil(THREADS as usize) as u32;
+    let mut a = Args::new()
+        .val(n as i32)
+        .val(mean)
+        .val(inv)
+        .buf(&x)
+        .buf(&out);
+    k.launch("maps_normalise", &Cfg::new(b, THREADS), &mut a, seed)?;
+    let want: Vec<f32> = real.iter().map(|v| (v - mean) * inv).collect();
+    same_bits("normalised features", out.get(), &want)?;
+    // The device preprocessing's status word.
+    let min_points = 300usize;
+    for word in [0u32, 1, 3 << 8, 2 | (6 << 8)] {
+        let (rgb, cloud) = (word & 0xff == 0, (word >> 8) & 0xff == 0);
+        let word_b = Buf::from(&[word]);
+        let status = Buf::filled(2, -1i32);
+        let count = Buf::filled(1, -5i32);
+        let points = Buf::filled(3 * min_points + 3, f32::NAN);
+        let b = min_points.div_ceil(THREADS as usize) as u32;
+        let mut a = Args::new()
+            .buf(&word_b)
+            .val(min_points as i32)
+            .buf(&status)
+            .buf(&count)
+            .buf(&points);
+        k.launch("maps_status_from_word", &Cfg::new(b, THREADS), &mut a, seed)?;
+        let what = format!("status word {word:#x}");
+        same(
+            &format!("{what}: status"),
+            &[status.get()[0] as u32, status.get()[1] as u32],
+            &[rgb as u32, cloud as u32],
+        )?;
+        let p = points.get();
+        if cloud {
+            same(
+                &format!("{what}: count"),
+                &[count.get()[0] as u32],
+                &[(-5i32) as u32],
+            )?;
+            if p.iter().any(|v| !v.is_nan()) {
+                return Err(format!("{what}: points written for a usable cloud"));
+            }
+        } else {
+            same(
+                &format!("{what}: count"),
+                &[count.get()[0] as u32],
+                &[min_points as u32],
+            )?;
+            let want: Vec<f32> = (0..min_points)
+                .flat_map(|i| {
+                    [
+                        (i % 17) as f32 * 1e-3,
+                        ((i / 17) % 17) as f32 * 1e-3,
+                        (i / 289) as f32 * 1e-3,
+                    ]
+                })
+                .collect();
+            same_bits(
+                &format!("{what}: filler points"),
+                &p[..3 * min_points],
+                &want,
+            )?;
+            if !p[3 * min_points..].iter().all(|v| v.is_nan()) {
+                return Err(format!("{what}: points written past the filler"));
+            }
+        }
+    }
+    Ok(())
 }
