@@ -4,5 +4,6 @@
 
 pub mod bank_search;
 pub mod forward;
+pub mod group_encoder;
 pub mod point_branch;
 pub mod vit;
