@@ -35,7 +35,6 @@
 use half::bf16;
 
 use crate::backend::Precision;
-use crate::cpu::point_mae::PointMaeWeights;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape, Workspace};
 use crate::cuda::device::Device;
@@ -59,12 +58,23 @@ pub struct EncoderBf16Sizes {
     /// c1, c2, c3 and the token width d.
     pub widths: [usize; 4],
     /// Groups per pass: the largest divisor of `groups` whose rows fit [`MAX_PASS_ROWS`]
-    /// (at least 1).
+    /// (or the limit given; at least 1).
     pub pass_groups: usize,
 }
 
 impl EncoderBf16Sizes {
     pub fn new(groups: usize, group_size: usize, widths: [usize; 4]) -> Result<Self> {
+        Self::with_pass_rows(groups, group_size, widths, MAX_PASS_ROWS)
+    }
+
+    /// [`EncoderBf16Sizes::new`] with passes of at most `max_rows` rows (tests run several
+    /// passes at small sizes).
+    pub fn with_pass_rows(
+        groups: usize,
+        group_size: usize,
+        widths: [usize; 4],
+        max_rows: usize,
+    ) -> Result<Self> {
         if groups == 0 || group_size == 0 || widths.contains(&0) {
             return Err(cfg_err(format!(
                 "{groups} groups of {group_size} points, widths {widths:?}"
@@ -76,7 +86,7 @@ impl EncoderBf16Sizes {
         }
         let pass_groups = (1..=groups)
             .rev()
-            .find(|p| groups.is_multiple_of(*p) && p * group_size <= MAX_PASS_ROWS)
+            .find(|p| groups.is_multiple_of(*p) && p * group_size <= max_rows)
             .unwrap_or(1);
         Ok(EncoderBf16Sizes {
             groups,
@@ -187,14 +197,15 @@ impl EncoderBf16Slots {
 /// half, w3 point half, w4)`.
 type EncoderWeights = ([Vec<f32>; 4], [Vec<u16>; 5]);
 
+/// The encoder's layers conv1..conv4 as (weight `[out][in]`, bias), the model's tensors
+/// (`cpu::point_mae::PointMaeWeights::conv`).
+pub type ConvLayers<'a> = [(&'a [f32], &'a [f32]); 4];
+
 /// The slots' contents from the model's `[out][in]` tensors, lengths checked.
-pub fn encoder_bf16_weights(
-    s: &EncoderBf16Sizes,
-    w: &PointMaeWeights<'_>,
-) -> Result<EncoderWeights> {
+pub fn encoder_bf16_weights(s: &EncoderBf16Sizes, conv: &ConvLayers<'_>) -> Result<EncoderWeights> {
     let [c1, c2, c3, d] = s.widths;
     let shapes = [(c1, 3), (c2, c1), (c3, 2 * c2), (d, c3)];
-    for (i, ((wt, b), (o, inp))) in w.conv.iter().zip(shapes).enumerate() {
+    for (i, ((wt, b), (o, inp))) in conv.iter().zip(shapes).enumerate() {
         if wt.len() != o * inp || b.len() != o {
             return Err(cfg_err(format!(
                 "conv{}: {} weights and {} biases for {o}×{inp}",
@@ -204,7 +215,7 @@ pub fn encoder_bf16_weights(
             )));
         }
     }
-    let [(w1, b1), (w2, b2), (w3, b3), (w4, b4)] = w.conv;
+    let [(w1, b1), (w2, b2), (w3, b3), (w4, b4)] = *conv;
     let mut w1t = vec![0f32; 3 * c1];
     for o in 0..c1 {
         for k in 0..3 {
@@ -276,8 +287,8 @@ impl DeviceGroupEncoderBf16 {
     /// Takes its memory (the engine's region, or its own), uploads the weights, loads the
     /// kernels and plans the GEMMs on the device's cuBLASLt handle with the engine's shared
     /// workspace (none when used outside an engine).
-    pub fn new(dev: &Device, sizes: EncoderBf16Sizes, w: &PointMaeWeights<'_>) -> Result<Self> {
-        let (f32s, bf16s) = encoder_bf16_weights(&sizes, w)?;
+    pub fn new(dev: &Device, sizes: EncoderBf16Sizes, conv: &ConvLayers<'_>) -> Result<Self> {
+        let (f32s, bf16s) = encoder_bf16_weights(&sizes, conv)?;
         let shapes = sizes.gemms()?;
         dev.bind()?;
         let mut layout = ArenaPlan::new();
@@ -371,6 +382,7 @@ impl DeviceGroupEncoderBf16 {
 mod tests {
     use super::*;
     use crate::config::ModelConfig;
+    use crate::cpu::point_mae::PointMaeWeights;
     use crate::format::random_model;
 
     #[test]
@@ -384,6 +396,8 @@ mod tests {
         assert_eq!((s.pass_groups, s.passes()), (1, 1031));
         let s = EncoderBf16Sizes::new(33, 128, [8, 8, 8, 8]).unwrap();
         assert_eq!((s.pass_groups, s.passes()), (33, 1));
+        let s = EncoderBf16Sizes::with_pass_rows(33, 128, [8, 8, 8, 8], 11 * 128).unwrap();
+        assert_eq!((s.pass_groups, s.passes()), (11, 3));
         assert!(EncoderBf16Sizes::new(0, 128, [8, 8, 8, 8]).is_err());
         assert!(EncoderBf16Sizes::new(4, 128, [8, 12, 8, 8]).is_err());
         let [c2, c3g, c3p, c4] = EncoderBf16Sizes::new(1024, 128, [128, 256, 512, 384])
@@ -436,7 +450,7 @@ mod tests {
         let [c1, c2, c3] = pc.encoder_widths.map(|x| x as usize);
         let d = pc.dim as usize;
         let s = EncoderBf16Sizes::new(256, 32, [c1, c2, c3, d]).unwrap();
-        let (f, h) = encoder_bf16_weights(&s, &w).unwrap();
+        let (f, h) = encoder_bf16_weights(&s, &w.conv).unwrap();
         let (w1, _) = w.conv[0];
         let (w3, b3) = w.conv[2];
         assert_eq!(f[0][2 * c1 + 5], w1[5 * 3 + 2], "w1ᵀ[k][o] = w1[o][k]");
@@ -450,6 +464,6 @@ mod tests {
         assert_eq!(lens, [c2 * c1, c2, c3 * c2, c3 * c2, d * c3]);
         // Weights of other widths: refused.
         let other = EncoderBf16Sizes::new(256, 32, [c1, c2, c3 + 8, d]).unwrap();
-        assert!(encoder_bf16_weights(&other, &w).is_err());
+        assert!(encoder_bf16_weights(&other, &w.conv).is_err());
     }
 }

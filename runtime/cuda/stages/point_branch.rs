@@ -538,7 +538,7 @@ impl DevicePointBranch {
             Precision::Bf16 => Some(DeviceGroupEncoderBf16::new(
                 &dev,
                 sizes.encoder_bf16()?,
-                &weights,
+                &weights.conv,
             )?),
             Precision::F32 => None,
         };
