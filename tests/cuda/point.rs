@@ -576,7 +576,7 @@ fn group_encoder_matches_f64() {
 /// The bf16 fast path's encoder (`cuda::stages::group_encoder`: bf16 GEMMs with f32
 /// accumulation and the small kernels) against the f64 evaluation: within 1e-2 of each
 /// group's largest magnitude (`Precision::Bf16.feature_tolerance()`: bf16 activations
-/// between the layers; the simulated device measures 2.4e-3, printed), every group checked
+/// between the layers; the simulated device measures 3.5e-3, printed), every group checked
 /// on the simulated device; the same bits when run again; in one pass and in several.
 #[test]
 fn group_encoder_bf16_matches_f64() {
