@@ -10,12 +10,13 @@
 //! 2. device, on the stream: upload of the `3n` point coordinates, then the recorded work —
 //!    upload of the count and the pixel map; FPS ([`PointKernels::fps`]: center indices and
 //!    coordinates); kNN grouping ([`PointKernels::knn`]: member indices and coordinates
-//!    relative to the center); the group encoder ([`PointKernels::encoder`], weights
-//!    transposed at creation) writing its tokens straight into the Point-MAE residual
-//!    stream ([`DevicePointMae::residual_ptr`]: no copy); the Point-MAE transformer
-//!    ([`DevicePointMae::record`], f32) on the tokens and the center coordinates; the
-//!    3-NN interpolation weights of every point ([`PointKernels::nn3`]) and the sparse
-//!    projection onto the patch grid ([`PointKernels::project`]); downloads of the
+//!    relative to the center); the group encoder ([`PointKernels::encoder`], f32, weights
+//!    transposed at creation; under bf16 [`DeviceGroupEncoderBf16`]: bf16 tensor-core
+//!    GEMMs) writing its tokens straight into the Point-MAE residual stream
+//!    ([`DevicePointMae::residual_ptr`]: no copy); the Point-MAE transformer
+//!    ([`DevicePointMae::record`], in the branch's precision) on the tokens and the center
+//!    coordinates; the 3-NN interpolation weights of every point ([`PointKernels::nn3`])
+//!    and the sparse projection onto the patch grid ([`PointKernels::project`]); downloads of the
 //!    centers, the groups and the xyz features into pinned buffers;
 //! 3. host: wait, copy the results out.
 //!
