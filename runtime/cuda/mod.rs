@@ -35,7 +35,8 @@
 //! - [`stages`]: the engine's device stages, named like their CPU counterparts, each
 //!   self-checked against the CPU when the engine is created: [`stages::vit`] (the RGB
 //!   branch), [`stages::point_branch`], [`stages::bank_search`], and the transformer
-//!   forwards they run ([`stages::forward`]); see [`crate::backend`] for how an engine
+//!   forwards they run ([`stages::forward`]) and the bf16 group encoder
+//!   ([`stages::group_encoder`]); see [`crate::backend`] for how an engine
 //!   chooses and falls back. Stage code is the same for a GPU and the simulator.
 //!
 //! One device object per engine: the engine opens one [`Device`] (context and stream) and

@@ -17,7 +17,7 @@
 //! | max | `group_max_bf16` | `g`: P × c2 bf16 |
 //! | conv3, group half | GEMM `g·W3[:, :c2]ᵀ + b3` | `u`: P × c3 f32 |
 //! | conv3, point half | GEMM `f·W3[:, c2:]ᵀ` | `h3`: R × c3 bf16 |
-//! | join | `group_bias_relu_bf16`: relu(h3 + u[group]) | `h3` in place |
+//! | join | `group_bias_relu_bf16`: `relu(h3 + u[group])` | `h3` in place |
 //! | conv4 | GEMM `h3·W4ᵀ` (the bias commutes with the max) | `a`: R × d bf16 |
 //! | max | `group_max_bias_f32`: max + b4 | the tokens, P × d f32 |
 //!
