@@ -13,6 +13,7 @@
 // (running max) in h1's space, so shared memory holds max(C1·S, C3·pc) + C2·S floats
 // (+ small vectors): 203 KiB at M3DM sizes.
 #include "common.cuh"
+#include <cuda_bf16.h>
 
 #define ENC_THREADS 256
 
@@ -141,4 +142,86 @@ MIAD_EXTERN void __launch_bounds__(ENC_THREADS)
     __syncthreads();
   }
   for (int o = tid; o < d; o += blockDim.x) out[(size_t)blockIdx.x * d + o] = gmax[o] + b4[o];
+}
+
+// ---------------------------------------------------------------------------------------
+// The fast path (`--precision bf16`): the GEMM-shaped steps run as bf16 tensor-core GEMMs
+// with f32 accumulation (runtime/cuda/stages/group_encoder.rs, through the device GEMM);
+// these kernels do the rest, per pass of `groups` groups of `s` points (rows = groups·s,
+// every activation row-major [row][channel]):
+//
+//   h1 = bf16(relu(W1 x + b1))                       group_conv1_bf16
+//   f  = bf16(h1 W2ᵀ + b2)                            GEMM, bias epilogue
+//   g  = max over a group's rows of f                 group_max_bf16
+//   u  = g W3[:, :c2]ᵀ + b3  (f32, once per group)    GEMM, bias epilogue
+//   h3 = bf16(f W3[:, c2:]ᵀ), then                    GEMM
+//   h3 = bf16(relu(h3 + u[group]))                    group_bias_relu_bf16
+//   o  = bf16(h3 W4ᵀ)                                 GEMM
+//   token = max over a group's rows of o, + b4 (f32)  group_max_bias_f32
+
+#define ENC_EW_THREADS 256
+
+__device__ __forceinline__ long long enc_index() {
+  return (long long)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+// h1[r][o] = bf16(relu(b1[o] + W1[o]·rel[r])), with group_encoder_f32's f32 fma chain
+// (w1t transposed, [3][c1]); one thread per output value.
+MIAD_EXTERN void __launch_bounds__(ENC_EW_THREADS)
+    group_conv1_bf16(const float *__restrict__ rel, int rows, int c1,
+                     const float *__restrict__ w1t, const float *__restrict__ b1,
+                     __nv_bfloat16 *__restrict__ h1) {
+  const long long i = enc_index();
+  if (i >= (long long)rows * c1) return;
+  const long long r = i / c1;
+  const int o = (int)(i % c1);
+  const float *x = rel + 3 * r;
+  float v = b1[o];
+  v = fmaf(w1t[o], x[0], v);
+  v = fmaf(w1t[c1 + o], x[1], v);
+  v = fmaf(w1t[2 * c1 + o], x[2], v);
+  h1[i] = __float2bfloat16_rn(fmaxf(v, 0.f));
+}
+
+// out[g][o] = max over p < s of x[g·s + p][o] (exact: a max of bf16 values is one of them);
+// one thread per (group, channel), consecutive threads on consecutive channels.
+MIAD_EXTERN void __launch_bounds__(ENC_EW_THREADS)
+    group_max_bf16(const __nv_bfloat16 *__restrict__ x, int groups, int s, int c,
+                   __nv_bfloat16 *__restrict__ out) {
+  const long long i = enc_index();
+  if (i >= (long long)groups * c) return;
+  const long long g = i / c;
+  const int o = (int)(i % c);
+  const __nv_bfloat16 *col = x + g * s * c + o;
+  float m = __bfloat162float(col[0]);
+  for (int p = 1; p < s; ++p) m = fmaxf(m, __bfloat162float(col[(long long)p * c]));
+  out[i] = __float2bfloat16_rn(m);
+}
+
+// The group tokens: out[g][o] = (max over p < s of x[g·s + p][o]) + bias[o], f32 (the bias
+// commutes with the max, so conv4's GEMM runs without one).
+MIAD_EXTERN void __launch_bounds__(ENC_EW_THREADS)
+    group_max_bias_f32(const __nv_bfloat16 *__restrict__ x, int groups, int s, int c,
+                       const float *__restrict__ bias, float *__restrict__ out) {
+  const long long i = enc_index();
+  if (i >= (long long)groups * c) return;
+  const long long g = i / c;
+  const int o = (int)(i % c);
+  const __nv_bfloat16 *col = x + g * s * c + o;
+  float m = __bfloat162float(col[0]);
+  for (int p = 1; p < s; ++p) m = fmaxf(m, __bfloat162float(col[(long long)p * c]));
+  out[i] = m + bias[o];
+}
+
+// conv3's two halves joined, in place: h[r][o] = bf16(relu(h[r][o] + u[r / s][o])), u the
+// per-group half (f32, bias included); one thread per value.
+MIAD_EXTERN void __launch_bounds__(ENC_EW_THREADS)
+    group_bias_relu_bf16(__nv_bfloat16 *__restrict__ h, int rows, int s, int c,
+                         const float *__restrict__ u) {
+  const long long i = enc_index();
+  if (i >= (long long)rows * c) return;
+  const long long r = i / c;
+  const int o = (int)(i % c);
+  const float v = __bfloat162float(h[i]) + u[(r / s) * c + o];
+  h[i] = __float2bfloat16_rn(fmaxf(v, 0.f));
 }

@@ -1,10 +1,12 @@
 //! The point kernels at M3DM sizes on 50 000 points (random and scan order): every FPS and
-//! kNN variant side by side (same output checked), the group encoder in TFLOP/s, the
+//! kNN variant side by side (same output checked), the group encoder in TFLOP/s (the f32
+//! kernel and the bf16 GEMM path of `--precision bf16`), the
 //! alignment kernels against the device's copy bandwidth, and the whole point branch
 //! without the transformer.
 
 use miad::cuda::ops::fps::FpsKernel;
 use miad::cuda::ops::knn::KnnKernel;
+use miad::cuda::stages::group_encoder::{ConvLayers, DeviceGroupEncoderBf16, EncoderBf16Sizes};
 use miad::cuda::{Arena, ArenaPlan, Slot};
 use miad::util::rng::Rng;
 
@@ -111,6 +113,10 @@ pub fn point_kernels() -> bool {
     };
     let wp = b.w.map(|s| g.p(s));
     let enc = || unsafe { k.encoder(dev, g.p(b.g_rel), wp, g.p(b.tokens)).unwrap() };
+    let conv: ConvLayers<'_> = [0, 1, 2, 3].map(|i| (&w.w[2 * i][..], &w.w[2 * i + 1][..]));
+    let enc_sizes = EncoderBf16Sizes::new(m, s, w.dims).unwrap();
+    let enc_bf16 = DeviceGroupEncoderBf16::new(dev, enc_sizes, &conv).unwrap();
+    let enc16 = || unsafe { enc_bf16.record(dev, g.p(b.g_rel), g.p(b.tokens)).unwrap() };
     let nn3 = || unsafe {
         k.nn3(
             dev,
@@ -231,6 +237,16 @@ pub fn point_kernels() -> bool {
             format!(
                 "{:.1} TFLOP/s f32",
                 enc_flop / (t_enc.med as f64 * 1e-3) / 1e12
+            ),
+        );
+        let t_enc16 = time(&enc16, 10);
+        row(
+            "group encoder bf16 (GEMM path)",
+            &t_enc16,
+            format!(
+                "{:.1} TFLOP/s bf16, {:.1}x the f32 kernel",
+                enc_flop / (t_enc16.med as f64 * 1e-3) / 1e12,
+                t_enc.med / t_enc16.med
             ),
         );
         row("pfa nn3", &time(&nn3, 20), String::new());

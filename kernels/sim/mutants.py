@@ -160,6 +160,16 @@ MUTANTS = [
     ("embed.cu", "const float var = __fdiv_rn(emb_warp_sum(v2), (float)cols);",
      "const float var = __fdiv_rn(emb_warp_sum(v2), (float)(cols - 1));", 0,
      "layernorm_rows_bf16: unbiased variance (n − 1)", "embed_layernorm"),
+    ("group_encoder.cu", "for (int p = 1; p < s; ++p) m = fmaxf", "for (int p = 1; p < s - 1; ++p) m = fmaxf", 0,
+     "group_max_bf16: last row of each group left out of the max", "group_encoder_bf16"),
+    ("group_encoder.cu", "out[i] = m + bias[o];", "out[i] = m;", 0,
+     "group_max_bias_f32: conv4's bias dropped", "group_encoder_bf16"),
+    ("group_encoder.cu", "h[i] = __float2bfloat16_rn(fmaxf(v, 0.f));", "h[i] = __float2bfloat16_rn(v);", 0,
+     "group_bias_relu_bf16: ReLU dropped", "group_encoder_bf16"),
+    ("group_encoder.cu", "v = fmaf(w1t[2 * c1 + o], x[2], v);\n  h1[i]", "v = fmaf(w1t[2 * c1 + o], x[1], v);\n  h1[i]", 0,
+     "group_conv1_bf16: z coordinate read as y", "group_encoder_bf16"),
+    ("group_encoder.cu", "if (i >= (long long)rows * c1) return;", "if (i > (long long)rows * c1) return;", 0,
+     "group_conv1_bf16: bound check one past the end", "group_encoder_bf16"),
 ]
 
 

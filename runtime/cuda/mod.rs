@@ -35,7 +35,8 @@
 //!   [`ops::coreset`] (fit-time greedy selection).
 //! - [`stages`]: the engine's device stages, named like their CPU counterparts, each
 //!   self-checked against the CPU when the engine is created: [`stages::vit`] (the RGB
-//!   branch), [`stages::point_branch`], [`stages::fusion`] (UFF and RADAR),
+//!   branch), [`stages::point_branch`] (with the bf16 group encoder,
+//!   [`stages::group_encoder`]), [`stages::fusion`] (UFF and RADAR),
 //!   [`stages::bank_search`], and the transformer forwards they run
 //!   ([`stages::forward`]); see [`crate::backend`] for how an engine
 //!   chooses and falls back. Stage code is the same for a GPU and the simulator.

@@ -5,6 +5,9 @@
 //! - centers and groups identical, xyz features within `Precision::F32.feature_tolerance()`
 //!   (max |Δ| / max |ref|), for graph replay, direct launches and the shared-memory FPS / heap kNN kernels;
 //! - the same bits on a second run, and graph replay = direct launches;
+//! - the bf16 path (Point-MAE and the group encoder on bf16 tensor cores): the same centers
+//!   and groups, xyz features within `Precision::Bf16.feature_tolerance()`, the same bits
+//!   on a second run, graph replay = direct launches;
 //! - bad calls (too few or too many points, short buffers, wrong output lengths, bad
 //!   pixels, non-finite points) refused with an error, the branch usable afterwards;
 //! - models the kernels cannot run refused at creation, before the device is opened.
@@ -14,6 +17,7 @@
 //! `cargo test --release --features cuda --test cuda point_branch:: -- --nocapture`. The timing
 //! at M3DM sizes is `point_branch` in bench/cuda/.
 
+use miad::backend::Precision;
 use miad::config::ModelConfig;
 use miad::cpu::pool::Pool;
 use miad::cuda::ops::fps::FpsKernel;
@@ -31,7 +35,8 @@ use miad::pipeline::preprocess::{
 use miad::Error;
 
 use crate::shared::point_branch::{
-    check, cpu_branch, gpu, m3dm_point, scan_points, Branch, TempModel, POINT_NETWORK_TOLERANCE,
+    check, check_within, cpu_branch, gpu, m3dm_point, scan_points, Branch, TempModel,
+    POINT_NETWORK_TOLERANCE,
 };
 
 fn temp_model(name: &str, cfg: &ModelConfig, seed: u64) -> TempModel {
@@ -290,6 +295,61 @@ fn matches_the_cpu_point_branch() {
         .collect();
     inputs.push(Input::full_map(cfg.preprocess.image_size as usize));
     parity(&t.model, &inputs, &pool);
+}
+
+/// The bf16 path on the demo model: graph replay and direct launches against the CPU's
+/// f32 branch within the bf16 tolerance (measured, printed), deterministic, graph = direct;
+/// the bf16 encoder's memory counted in the branch's.
+#[test]
+fn bf16_matches_the_cpu_point_branch() {
+    if !gpu("parity bf16") {
+        return;
+    }
+    let cfg = ModelConfig::demo();
+    let t = temp_model("parity-bf16", &cfg, 11);
+    let pool = Pool::with_available_cores();
+    let mut inputs: Vec<Input> = parts(&cfg)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input::of_part(i, p))
+        .collect();
+    inputs.push(Input::full_map(cfg.preprocess.image_size as usize));
+    let refs: Vec<Branch> = inputs.iter().map(|x| x.cpu(&pool, &t.model)).collect();
+    let tol = Precision::Bf16.feature_tolerance();
+    let f32_bytes = DevicePointBranch::with_options(0, &t.model, BranchOptions::default())
+        .unwrap()
+        .device_bytes();
+    let mut first: Option<Vec<Branch>> = None;
+    let mut worst = 0f32;
+    for graph in [true, false] {
+        let opts = BranchOptions {
+            graph,
+            precision: Precision::Bf16,
+            ..BranchOptions::default()
+        };
+        let mut net = DevicePointBranch::with_options(0, &t.model, opts).unwrap();
+        assert_eq!(net.uses_graph(), graph);
+        assert!(net.device_bytes() > f32_bytes, "the bf16 encoder's memory");
+        let mut outs = vec![];
+        for (x, want) in inputs.iter().zip(&refs) {
+            let what = format!("bf16 graph {graph}, {}, {} points", x.what, x.n);
+            let got = x.device(&mut net, &cfg);
+            worst = worst.max(check_within(&what, &got, want, tol));
+            outs.push(got);
+        }
+        for (i, x) in inputs.iter().enumerate().rev() {
+            assert!(
+                x.device(&mut net, &cfg) == outs[i],
+                "{}: second run differs",
+                x.what
+            );
+        }
+        match &first {
+            None => first = Some(outs),
+            Some(f) => assert!(*f == outs, "bf16: graph replay and direct launches differ"),
+        }
+    }
+    println!("bf16 point branch: worst xyz difference {worst:.3e} (tolerance {tol:e})");
 }
 
 /// M3DM sizes (1024 groups of 128, Point-MAE 12 × 384, 224×224 map, 56×56 grid): a

@@ -13,13 +13,20 @@
 //! * group_encoder_f32 (kernels/group_encoder.cu) against an f64 evaluation of the
 //!   Point-MAE group encoder (SPEC §3.3), within 2e-6 of each group's largest magnitude
 //!   (f32 fused multiply-adds; the emulator shows 5e-7; the GPU test allows 1e-4). The
-//!   CPU encoder is private to `cpu::point_mae::point_mae_forward`.
+//!   CPU encoder is private to `cpu::point_mae::point_mae_forward`;
+//! * the bf16 fast path's kernels around its GEMMs (kernels/group_encoder.cu,
+//!   runtime/cuda/ops/group_encoder.rs): group_conv1_bf16 (the f32 fma chain rounded to
+//!   bf16), group_max_bf16, group_max_bias_f32 and group_bias_relu_bf16, each equal to a
+//!   CPU evaluation value for value (maxima are exact; the rest one f32 rounding then one
+//!   bf16 rounding, in the same order).
 
 use miad::config::PreprocessConfig;
 use miad::cpu::pfa::{pfa_scratch_len, point_feature_align};
 use miad::cpu::point_kdtree::sq_dist;
 use miad::cpu::pool::Pool;
 use miad::pipeline::preprocess::{is_valid_point, nearest_src};
+
+use half::bf16;
 
 use crate::sim::{sim, Args, Buf, Cfg};
 use crate::util::{close, for_seeds, same, same_bits, Gen};
@@ -30,6 +37,10 @@ pub const TESTS: &[Test] = &[
     ("pfa_nn3_f32_matches_cpu", nn3),
     ("pfa_project_f32_matches_cpu", project),
     ("group_encoder_f32_matches_f64", encoder),
+    (
+        "group_encoder_bf16_kernels_match_the_cpu",
+        encoder_bf16_kernels,
+    ),
 ];
 
 // runtime/cuda/ops/preprocess.rs and group_encoder.rs
@@ -501,4 +512,124 @@ fn encoder() -> Result<(), String> {
     })?;
     run_encoder(2, 128, [128, 256, 512, 384], 1, 2e-6).map_err(|e| format!("M3DM widths: {e}"))?;
     Ok(())
+}
+
+// ---------- the bf16 fast path's small kernels ----------
+
+const EW_THREADS: u32 = 256;
+
+fn per_value(n: usize) -> Cfg {
+    Cfg::new(n.div_ceil(EW_THREADS as usize) as u32, EW_THREADS)
+}
+
+fn to_bf16(v: f32) -> u16 {
+    bf16::from_f32(v).to_bits()
+}
+
+fn of_bf16(b: u16) -> f32 {
+    bf16::from_bits(b).to_f32()
+}
+
+/// Equal as numbers (a ReLU or max of zeros of either sign may give either zero).
+fn same_values(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what}: {} values, {} expected",
+            got.len(),
+            want.len()
+        ));
+    }
+    match got.iter().zip(want).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(i) => Err(format!("{what}: value {i}: {} vs {}", got[i], want[i])),
+    }
+}
+
+fn encoder_bf16_kernels() -> Result<(), String> {
+    for_seeds(|seed| {
+        // Sizes whose value counts are not multiples of the block (partial last block).
+        for (groups, s, c) in [(5usize, 7usize, 24usize), (3, 32, 40), (1, 1, 8)] {
+            let mut g = Gen::new(seed + 700);
+            let rows = groups * s;
+            let (gi, si, ci, ri) = (groups as i32, s as i32, c as i32, rows as i32);
+
+            // conv1: rel (rows × 3) → h1 (rows × c), w1t [3][c].
+            let rel: Vec<f32> = (0..3 * rows).map(|_| 0.1 * g.normal()).collect();
+            let w1t: Vec<f32> = (0..3 * c).map(|_| g.normal()).collect();
+            let b1: Vec<f32> = (0..c).map(|_| 0.1 * g.normal()).collect();
+            let want: Vec<f32> = (0..rows * c)
+                .map(|i| {
+                    let (r, o) = (i / c, i % c);
+                    let x = &rel[3 * r..3 * r + 3];
+                    let v = w1t[o].mul_add(x[0], b1[o]);
+                    let v = w1t[c + o].mul_add(x[1], v);
+                    let v = w1t[2 * c + o].mul_add(x[2], v);
+                    of_bf16(to_bf16(v.max(0.0)))
+                })
+                .collect();
+            let (rb, wb, bb) = (Buf::from(&rel), Buf::from(&w1t), Buf::from(&b1));
+            let hb = Buf::filled(rows * c, 0xffffu16);
+            let mut a = Args::new()
+                .buf(&rb)
+                .val(ri)
+                .val(ci)
+                .buf(&wb)
+                .buf(&bb)
+                .buf(&hb);
+            sim().launch("group_conv1_bf16", &per_value(rows * c), &mut a, seed)?;
+            let got: Vec<f32> = hb.get().iter().map(|&b| of_bf16(b)).collect();
+            same_values("group_conv1_bf16", &got, &want)?;
+            if rows * c >= 64 && (!want.iter().any(|&v| v > 0.0) || !want.contains(&0.0)) {
+                return Err("conv1 test data: no positive or no clipped value".into());
+            }
+
+            // Maxima over each group's rows of bf16 values (negative ones included).
+            let x: Vec<u16> = (0..rows * c).map(|_| to_bf16(g.normal())).collect();
+            let bias: Vec<f32> = (0..c).map(|_| g.normal()).collect();
+            let gmax: Vec<f32> = (0..groups * c)
+                .map(|i| {
+                    let (grp, o) = (i / c, i % c);
+                    (0..s)
+                        .map(|p| of_bf16(x[(grp * s + p) * c + o]))
+                        .fold(f32::NEG_INFINITY, f32::max)
+                })
+                .collect();
+            let xb = Buf::from(&x);
+            let mb = Buf::filled(groups * c, 0xffffu16);
+            let mut a = Args::new().buf(&xb).val(gi).val(si).val(ci).buf(&mb);
+            sim().launch("group_max_bf16", &per_value(groups * c), &mut a, seed)?;
+            let got: Vec<f32> = mb.get().iter().map(|&b| of_bf16(b)).collect();
+            same_values("group_max_bf16", &got, &gmax)?;
+            let (biasb, ob) = (Buf::from(&bias), Buf::filled(groups * c, f32::NAN));
+            let mut a = Args::new()
+                .buf(&xb)
+                .val(gi)
+                .val(si)
+                .val(ci)
+                .buf(&biasb)
+                .buf(&ob);
+            sim().launch("group_max_bias_f32", &per_value(groups * c), &mut a, seed)?;
+            let want: Vec<f32> = gmax
+                .iter()
+                .enumerate()
+                .map(|(i, m)| m + bias[i % c])
+                .collect();
+            same_values("group_max_bias_f32", ob.get(), &want)?;
+
+            // conv3's join, in place: h = bf16(relu(h + u[group])).
+            let u: Vec<f32> = (0..groups * c).map(|_| g.normal()).collect();
+            let want: Vec<f32> = (0..rows * c)
+                .map(|i| {
+                    let (r, o) = (i / c, i % c);
+                    of_bf16(to_bf16((of_bf16(x[i]) + u[(r / s) * c + o]).max(0.0)))
+                })
+                .collect();
+            let (hb, ub) = (Buf::from(&x), Buf::from(&u));
+            let mut a = Args::new().buf(&hb).val(ri).val(si).val(ci).buf(&ub);
+            sim().launch("group_bias_relu_bf16", &per_value(rows * c), &mut a, seed)?;
+            let got: Vec<f32> = hb.get().iter().map(|&b| of_bf16(b)).collect();
+            same_values("group_bias_relu_bf16", &got, &want)?;
+        }
+        Ok(())
+    })
 }

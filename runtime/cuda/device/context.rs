@@ -38,10 +38,12 @@ pub(crate) fn dev_err(msg: String) -> Error {
     DeviceError::Other(msg).into()
 }
 
-/// The arena region whose GEMMs run on the side stream of [`Device::fork_join`] (the
-/// point branch's encoder, `DevicePointMae::ARENA_REGION`): it gets the second GEMM
-/// workspace, so that GEMMs running at the same time never share one.
-pub const SIDE_STREAM_GEMM_REGION: &str = "point-mae";
+/// The arena regions whose GEMMs run on the side stream of [`Device::fork_join`] (the
+/// point branch's: its transformer, `DevicePointMae::ARENA_REGION`, and its bf16 group
+/// encoder, `DeviceGroupEncoderBf16::ARENA_REGION`): they get the second GEMM workspace
+/// (one after the other on that stream), so that GEMMs running at the same time never
+/// share one.
+pub const SIDE_STREAM_GEMM_REGIONS: [&str; 2] = ["point-mae", "point group encoder bf16"];
 
 /// What stands behind a [`Device`].
 enum Inner {
@@ -284,7 +286,7 @@ impl Device {
     /// Plans and allocates the engine's one arena: a region per stage need (`(stage,
     /// plan)`, stage names unique) and two GEMM workspaces: one that the GEMMs on the
     /// engine's stream share (they run one after the other), one for those of
-    /// [`SIDE_STREAM_GEMM_REGION`] on the side stream. Once per device.
+    /// [`SIDE_STREAM_GEMM_REGIONS`] on the side stream. Once per device.
     pub fn plan_engine_arena(&self, needs: &[(&'static str, ArenaPlan)]) -> Result<()> {
         let mut cell = self
             .shared
@@ -363,14 +365,14 @@ impl Device {
     }
 
     /// The GEMM workspace of the engine's arena for the GEMMs of arena region `stage`:
-    /// the side stream's for [`SIDE_STREAM_GEMM_REGION`], else the engine stream's.
+    /// the side stream's for [`SIDE_STREAM_GEMM_REGIONS`], else the engine stream's.
     pub fn shared_gemm_workspace_for(&self, stage: &str) -> Result<Option<Workspace>> {
         let cell = self
             .shared
             .engine_arena
             .lock()
             .map_err(|_| dev_err("arena lock poisoned".into()))?;
-        let which = (stage == SIDE_STREAM_GEMM_REGION) as usize;
+        let which = SIDE_STREAM_GEMM_REGIONS.contains(&stage) as usize;
         Ok(cell.as_ref().map(|e| Workspace {
             ptr: e.arena.ptr(e.workspaces[which]),
             bytes: e.workspaces[which].len,

@@ -11,5 +11,5 @@ pub mod module;
 pub mod sim;
 
 pub use crate::backend::DeviceCounts;
-pub use context::{Device, Timer, DEVICES_OPENED};
+pub use context::{Device, Timer, DEVICES_OPENED, SIDE_STREAM_GEMM_REGIONS};
 pub use kernel::{Kernel, KernelArgs};

@@ -5,6 +5,7 @@
 pub mod bank_search;
 pub mod forward;
 pub mod fusion;
+pub mod group_encoder;
 pub mod part;
 pub mod point_branch;
 pub mod preprocess;

@@ -817,3 +817,41 @@ impl Drop for DevicePart {
         let _ = self.dev.synchronize();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::forward::DevicePointMae;
+    use super::super::group_encoder::DeviceGroupEncoderBf16;
+    use super::*;
+    use crate::cuda::device::SIDE_STREAM_GEMM_REGIONS;
+
+    /// The point branch's GEMM stages, which run on the side stream inside the part's
+    /// graph, get the side stream's GEMM workspace (and the ViT's does not).
+    #[test]
+    fn the_side_stream_stages_are_the_point_branch_gemms() {
+        for r in [
+            DevicePointMae::ARENA_REGION,
+            DeviceGroupEncoderBf16::ARENA_REGION,
+        ] {
+            assert!(SIDE_STREAM_GEMM_REGIONS.contains(&r), "{r}");
+        }
+        assert!(!SIDE_STREAM_GEMM_REGIONS.contains(&DeviceVit::ARENA_REGION));
+        assert!(!SIDE_STREAM_GEMM_REGIONS.contains(&DevicePart::ARENA_REGION));
+    }
+
+    #[test]
+    fn the_filler_cloud_is_distinct_points_at_the_first_pixels() {
+        let (mut points, mut map) = (vec![f32::NAN; 3 * 400], vec![7i32; 400]);
+        write_filler_cloud(300, &mut points, &mut map);
+        let mut seen: Vec<[u32; 3]> = points[..900]
+            .chunks_exact(3)
+            .map(|p| [p[0].to_bits(), p[1].to_bits(), p[2].to_bits()])
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 300);
+        assert!(points[900..].iter().all(|v| v.is_nan()));
+        assert!((0..300).all(|i| map[i] == i as i32));
+        assert!(map[300..].iter().all(|&m| m == -1));
+    }
+}

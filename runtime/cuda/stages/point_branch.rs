@@ -10,12 +10,13 @@
 //! 2. device, on the stream: upload of the `3n` point coordinates, then the recorded work —
 //!    upload of the count and the pixel map; FPS ([`PointKernels::fps`]: center indices and
 //!    coordinates); kNN grouping ([`PointKernels::knn`]: member indices and coordinates
-//!    relative to the center); the group encoder ([`PointKernels::encoder`], weights
-//!    transposed at creation) writing its tokens straight into the Point-MAE residual
-//!    stream ([`DevicePointMae::residual_ptr`]: no copy); the Point-MAE transformer
-//!    ([`DevicePointMae::record`], f32) on the tokens and the center coordinates; the
-//!    3-NN interpolation weights of every point ([`PointKernels::nn3`]) and the sparse
-//!    projection onto the patch grid ([`PointKernels::project`]); downloads of the
+//!    relative to the center); the group encoder ([`PointKernels::encoder`], f32, weights
+//!    transposed at creation; under bf16 [`DeviceGroupEncoderBf16`]: bf16 tensor-core
+//!    GEMMs) writing its tokens straight into the Point-MAE residual stream
+//!    ([`DevicePointMae::residual_ptr`]: no copy); the Point-MAE transformer
+//!    ([`DevicePointMae::record`], in the branch's precision) on the tokens and the center
+//!    coordinates; the 3-NN interpolation weights of every point ([`PointKernels::nn3`])
+//!    and the sparse projection onto the patch grid ([`PointKernels::project`]); downloads of the
 //!    centers, the groups and the xyz features into pinned buffers;
 //! 3. host: wait, copy the results out.
 //!
@@ -33,6 +34,7 @@
 use std::sync::Arc;
 
 use super::forward::{DevicePointMae, EncoderDims};
+use super::group_encoder::{DeviceGroupEncoderBf16, EncoderBf16Sizes};
 use crate::backend::Precision;
 use crate::config::ModelConfig;
 use crate::cpu::pfa::check_pfa_config;
@@ -131,6 +133,11 @@ impl BranchSizes {
             )));
         }
         Ok(s)
+    }
+
+    /// The sizes of the bf16 group encoder.
+    pub fn encoder_bf16(&self) -> Result<EncoderBf16Sizes> {
+        EncoderBf16Sizes::new(self.groups, self.group_size, self.widths)
     }
 
     /// Most points a part can have (S²).
@@ -387,7 +394,8 @@ pub struct BranchOptions {
     pub kernels: PointOptions,
     /// Replay the per-part work as a CUDA graph (default) rather than launching it.
     pub graph: bool,
-    /// Arithmetic of Point-MAE (FPS, kNN, the group encoder and the alignment are f32).
+    /// Arithmetic of Point-MAE and of the group encoder (bf16: [`DeviceGroupEncoderBf16`]);
+    /// FPS, kNN and the alignment are f32.
     pub precision: Precision,
 }
 
@@ -420,13 +428,14 @@ unsafe fn record(
     dev: &Device,
     k: &PointKernels,
     mae: &DevicePointMae,
+    enc_bf16: Option<&DeviceGroupEncoderBf16>,
     b: &DevBufs,
     host: &mut HostBufs,
     s: &BranchSizes,
 ) -> Result<()> {
     host.count.copy_to(dev, b.count, 1)?;
     host.pixel_map.copy_to(dev, b.pixel_map, s.max_points())?;
-    record_device(dev, k, mae, b, s)?;
+    record_device(dev, k, mae, enc_bf16, b, s)?;
     host.centers.copy_from(dev, b.centers, s.centers_len())?;
     host.groups.copy_from(dev, b.groups, s.groups_len())?;
     host.xyz.copy_from(dev, b.xyz, s.xyz_len())
@@ -441,13 +450,17 @@ unsafe fn record_device(
     dev: &Device,
     k: &PointKernels,
     mae: &DevicePointMae,
+    enc_bf16: Option<&DeviceGroupEncoderBf16>,
     b: &DevBufs,
     s: &BranchSizes,
 ) -> Result<()> {
     k.fps(dev, b.points, b.count, b.fps_work, b.centers, b.center_xyz)?;
     k.knn(dev, b.points, b.count, b.center_xyz, b.groups, b.group_rel)?;
     let tokens = mae.residual_ptr();
-    k.encoder(dev, b.group_rel, b.encoder, tokens)?;
+    match enc_bf16 {
+        Some(e) => e.record(dev, b.group_rel, tokens)?,
+        None => k.encoder(dev, b.group_rel, b.encoder, tokens)?,
+    }
     mae.record(dev, tokens, b.center_xyz, b.group_features)?;
     k.nn3(dev, b.points, b.count, b.center_xyz, b.nn_idx, b.nn_w)?;
     k.project(
@@ -485,6 +498,7 @@ pub struct DevicePointBranch {
     host: HostBufs,
     kernels: PointKernels,
     mae: DevicePointMae,
+    enc_bf16: Option<DeviceGroupEncoderBf16>,
     arena: Arena,
     bufs: DevBufs,
     sizes: BranchSizes,
@@ -524,13 +538,20 @@ impl DevicePointBranch {
         let sizes = BranchSizes::new(model.config())?;
         let mut layout = ArenaPlan::new();
         BranchSlots::plan(&sizes, &mut layout);
-        Ok(vec![
+        let mut needs = vec![
             (
                 DevicePointMae::ARENA_REGION,
                 DevicePointMae::arena_plan(model, opts.precision)?,
             ),
             (Self::ARENA_REGION, layout),
-        ])
+        ];
+        if opts.precision == Precision::Bf16 {
+            needs.push((
+                DeviceGroupEncoderBf16::ARENA_REGION,
+                DeviceGroupEncoderBf16::arena_plan(&sizes.encoder_bf16()?),
+            ));
+        }
+        Ok(needs)
     }
 
     /// The branch on the engine's device (shared with its other device stages).
@@ -546,6 +567,14 @@ impl DevicePointBranch {
         let plan = PointPlan::new(pc, sizes.side, sizes.grid)?;
         let kernels = PointKernels::with_options(&dev, plan, opts.kernels)?;
         let mae = DevicePointMae::new(&dev, model, opts.precision)?;
+        let enc_bf16 = match opts.precision {
+            Precision::Bf16 => Some(DeviceGroupEncoderBf16::new(
+                &dev,
+                sizes.encoder_bf16()?,
+                &weights.conv,
+            )?),
+            Precision::F32 => None,
+        };
         let mut layout = ArenaPlan::new();
         let slots = BranchSlots::plan(&sizes, &mut layout);
         let arena = dev.stage_arena(Self::ARENA_REGION, &layout)?;
@@ -568,6 +597,7 @@ impl DevicePointBranch {
             host,
             kernels,
             mae,
+            enc_bf16,
             arena,
             bufs,
             sizes,
@@ -580,7 +610,17 @@ impl DevicePointBranch {
             let b = &mut branch;
             let graph = Graph::capture(&b.dev, |d| {
                 // SAFETY: the branch's own buffers, kernels and model, made on `d`.
-                unsafe { record(d, &b.kernels, &b.mae, &b.bufs, &mut b.host, &b.sizes) }
+                unsafe {
+                    record(
+                        d,
+                        &b.kernels,
+                        &b.mae,
+                        b.enc_bf16.as_ref(),
+                        &b.bufs,
+                        &mut b.host,
+                        &b.sizes,
+                    )
+                }
             })?;
             b.graph = Some(graph);
         }
@@ -627,9 +667,11 @@ impl DevicePointBranch {
     pub fn uses_graph(&self) -> bool {
         self.graph.is_some()
     }
-    /// Device memory of the branch's buffers and of the Point-MAE model, bytes.
+    /// Device memory of the branch's buffers and of the Point-MAE model (and of the bf16
+    /// group encoder), bytes.
     pub fn device_bytes(&self) -> usize {
-        self.arena.bytes() + self.mae.arena_bytes()
+        let enc = self.enc_bf16.as_ref().map_or(0, |e| e.arena_bytes());
+        self.arena.bytes() + self.mae.arena_bytes() + enc
     }
 
     /// The device buffers [`DevicePointBranch::record_on_device`] reads and writes.
@@ -652,7 +694,14 @@ impl DevicePointBranch {
     /// `dev` is this branch's device; the inputs of [`BranchIo`] hold a valid part when
     /// the work runs.
     pub unsafe fn record_on_device(&self, dev: &Device) -> Result<()> {
-        record_device(dev, &self.kernels, &self.mae, &self.bufs, &self.sizes)
+        record_device(
+            dev,
+            &self.kernels,
+            &self.mae,
+            self.enc_bf16.as_ref(),
+            &self.bufs,
+            &self.sizes,
+        )
     }
 
     /// Enqueues the part whose inputs are in the pinned buffers (`n` points).
@@ -668,6 +717,7 @@ impl DevicePointBranch {
                     &self.dev,
                     &self.kernels,
                     &self.mae,
+                    self.enc_bf16.as_ref(),
                     &self.bufs,
                     &mut self.host,
                     &self.sizes,

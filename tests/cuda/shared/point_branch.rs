@@ -145,6 +145,11 @@ pub fn rel_max(got: &[f32], want: &[f32]) -> f32 {
 }
 
 pub fn check(what: &str, got: &Branch, want: &Branch) -> f32 {
+    check_within(what, got, want, POINT_NETWORK_TOLERANCE)
+}
+
+/// [`check`] with xyz features within `tol` (max |Δ| / max |ref|).
+pub fn check_within(what: &str, got: &Branch, want: &Branch, tol: f32) -> f32 {
     assert!(got.centers == want.centers, "{what}: centers differ");
     if got.groups != want.groups {
         let i = got
@@ -165,8 +170,8 @@ pub fn check(what: &str, got: &Branch, want: &Branch) -> f32 {
     let rel = rel_max(&got.xyz, &want.xyz);
     println!("{what}: centers and groups identical, xyz max|Δ|/max|ref| {rel:.3e}");
     assert!(
-        rel <= POINT_NETWORK_TOLERANCE,
-        "{what}: xyz features differ by {rel:.3e} (tolerance {POINT_NETWORK_TOLERANCE:e})"
+        rel <= tol,
+        "{what}: xyz features differ by {rel:.3e} (tolerance {tol:e})"
     );
     rel
 }

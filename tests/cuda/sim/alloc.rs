@@ -1,6 +1,6 @@
 //! `Engine::inspect` on the simulated device performs no heap allocation after the first
 //! part: graph replays, copies through pinned buffers and the CPU GEMM allocate nothing
-//! on the Rust side (the emulator's C++ runtime is outside the counting allocator, as a
+//! on the Rust side, on the f32 and the bf16 path (the emulator's C++ runtime is outside the counting allocator, as a
 //! GPU driver would be). Run alone in a child process (`common::alone_in_process`).
 
 use super::engine::{assert_on_the_simulated_device, options};
@@ -47,36 +47,37 @@ fn assert_no_allocations(cfg: miad::config::ModelConfig, name: &str) {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
-    let mut e = Engine::open(
-        &f.model,
-        &f.bank,
-        &options(Backend::CudaSim, Precision::F32),
-    )
-    .unwrap();
-    assert_on_the_simulated_device(&e);
-    assert!(e.backend().device_stages.contains(&"fusion"));
-    let opts = InspectOptions {
-        map: true,
-        regions: true,
-        ..InspectOptions::default()
-    };
-    let (r0, c0) = parts[0].views();
-    e.inspect(r0, c0, &opts).unwrap();
-    let mut scores = Vec::with_capacity(64);
-    let before = total_counts();
-    for round in 0..3 {
-        for p in &parts {
-            let (r, c) = p.views();
-            // complete, then each modality missing
-            let (r, c) = match round {
-                0 => (r, c),
-                1 => (r, None),
-                _ => (None, c),
-            };
-            scores.push(e.inspect(r, c, &opts).unwrap().score);
+    // The f32 path, then the bf16 one (its group encoder's GEMMs and kernels included).
+    for precision in [Precision::F32, Precision::Bf16] {
+        let mut e = Engine::open(&f.model, &f.bank, &options(Backend::CudaSim, precision)).unwrap();
+        assert_on_the_simulated_device(&e);
+        assert!(e.backend().device_stages.contains(&"fusion"));
+        let opts = InspectOptions {
+            map: true,
+            regions: true,
+            ..InspectOptions::default()
+        };
+        let (r0, c0) = parts[0].views();
+        e.inspect(r0, c0, &opts).unwrap();
+        let mut scores = Vec::with_capacity(64);
+        let before = total_counts();
+        for round in 0..3 {
+            for p in &parts {
+                let (r, c) = p.views();
+                // complete, then each modality missing
+                let (r, c) = match round {
+                    0 => (r, c),
+                    1 => (r, None),
+                    _ => (None, c),
+                };
+                scores.push(e.inspect(r, c, &opts).unwrap().score);
+            }
         }
+        let after = total_counts();
+        assert_eq!(
+            after, before,
+            "{precision}: inspect allocated (allocations, bytes)"
+        );
+        assert!(scores.iter().all(|s| s.is_finite()));
     }
-    let after = total_counts();
-    assert_eq!(after, before, "inspect allocated (allocations, bytes)");
-    assert!(scores.iter().all(|s| s.is_finite()));
 }
