@@ -226,3 +226,46 @@ fn bank_search_rejects_bad_shapes() {
             .is_err());
     }
 }
+
+/// The engine's device search carries each bank's neighbour table (the re-weighting then
+/// looks m*'s neighbours up instead of scanning the bank): the device copy equals the
+/// bank file's table, and a bank without one has none.
+#[test]
+fn device_search_uploads_the_neighbour_tables() {
+    use miad::backend::Precision;
+    use miad::config::FeatureNorm;
+    use miad::cpu::bank_search::{neighbour_table, sq_norms, BankView};
+    use miad::cpu::pool::Pool;
+    use miad::cuda::stages::bank_search::DeviceBankSearch;
+    use miad::pipeline::score::BankSet;
+    use std::sync::Arc;
+
+    let pool = Pool::new(2);
+    let (n, dim, grid) = (300, 64, 4);
+    let (_, rows) = data(1, n, dim, true, 21);
+    let mut norms = vec![0f32; n];
+    sq_norms(&rows, dim, &mut norms);
+    let table = neighbour_table(&pool, BankView::new(&rows, &norms, dim), &mut |_, _| {})
+        .expect("finite bank")
+        .rows;
+    let with = BankView::new(&rows, &norms, dim).with_neighbours(&table);
+    let without = BankView::new(&rows, &norms, dim);
+    let set = BankSet {
+        banks: [Some(with), Some(without), None],
+        norms: [FeatureNorm::default(); 3],
+        grids: [grid; 3],
+    };
+    for precision in [Precision::F32, Precision::Bf16] {
+        let Some(dev) = crate::test_device("cuda_bank_tables") else {
+            return;
+        };
+        let dev = Arc::new(dev);
+        let search = DeviceBankSearch::on_device(dev.clone(), &set, &pool, precision).unwrap();
+        let on_device = search.neighbours(0).expect("bank 0 has a table");
+        let mut back = vec![0u32; table.len()];
+        dev.download(&mut back, on_device.raw()).unwrap();
+        assert_eq!(back, table, "{precision}");
+        assert!(search.neighbours(1).is_none(), "bank 1 has no table");
+        assert!(search.neighbours(2).is_none(), "bank 2 is absent");
+    }
+}

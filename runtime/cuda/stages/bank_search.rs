@@ -45,6 +45,8 @@ struct SearchBufs {
     rows: [DevPtr<f32>; 3],
     rows16: [DevPtr<u16>; 3],
     norms: [DevPtr<f32>; 3],
+    /// Per bank: the bank file's neighbour table (rows × 2), null without one.
+    neighbours: [DevPtr<u32>; 3],
     /// Per bank: the fast path's squared bound of its rows (`fast_bank_sq`).
     bank_sq: [f32; 3],
     queries16: DevPtr<u16>,
@@ -126,6 +128,8 @@ struct BankSlots {
     rows: Slot<f32>,
     rows16: Slot<u16>,
     norms: Slot<f32>,
+    /// The bank file's neighbour table (empty without one).
+    neighbours: Slot<u32>,
 }
 
 /// The searches' plans and device memory, planned on the host.
@@ -181,6 +185,11 @@ impl BankLayout {
                 rows: layout.add::<f32>(p.bank_len()),
                 rows16: layout.add::<u16>(fast * p.bank_len()),
                 norms: layout.add::<f32>(fast * p.nb),
+                neighbours: layout.add::<u32>(
+                    set.banks[b]
+                        .and_then(|v| v.neighbours)
+                        .map_or(0, |t| t.len()),
+                ),
             })
         });
         Ok(BankLayout {
@@ -264,6 +273,9 @@ impl DeviceBankSearch {
         for (s, view) in slots.iter().zip(&set.banks) {
             if let (Some(s), Some(view)) = (s, view) {
                 arena.upload(&dev, s.rows, view.data)?;
+                if let Some(table) = view.neighbours {
+                    arena.upload(&dev, s.neighbours, table)?;
+                }
                 if fast == 1 {
                     arena.upload(&dev, s.norms, view.sq_norms)?;
                     // SAFETY: both slots hold the bank's rows × dim values.
@@ -302,6 +314,10 @@ impl DeviceBankSearch {
                 slots[b]
                     .as_ref()
                     .map_or(DevPtr::null(), |s| arena.ptr(s.norms))
+            }),
+            neighbours: std::array::from_fn(|b| match (&slots[b], set.banks[b]) {
+                (Some(s), Some(v)) if v.neighbours.is_some() => arena.ptr(s.neighbours),
+                _ => DevPtr::null(),
             }),
             bank_sq: std::array::from_fn(|b| {
                 set.banks[b].map_or(0.0, |v| fast_bank_sq(v.data, v.sq_norms))
@@ -422,6 +438,15 @@ impl DeviceBankSearch {
     /// The device rows of bank `bank` (rows × dim, f32), `None` for an absent bank.
     pub fn rows(&self, bank: usize) -> Option<DevPtr<f32>> {
         self.banks.get(bank)?.as_ref().map(|_| self.bufs.rows[bank])
+    }
+
+    /// The device copy of bank `bank`'s neighbour table (rows × 2, the bank file's
+    /// `bank.*_neighbours`), `None` for an absent bank or a file without the table (the
+    /// re-weighting then scans the bank).
+    pub fn neighbours(&self, bank: usize) -> Option<DevPtr<u32>> {
+        self.banks.get(bank)?.as_ref()?;
+        let t = self.bufs.neighbours[bank];
+        (t.raw() != 0).then_some(t)
     }
 
     /// Enqueues the search of bank `bank` for the normalised patch features at `queries`

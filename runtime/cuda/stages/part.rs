@@ -304,14 +304,14 @@ impl Recorder<'_> {
                     .normalise(d, n, norm.mean, 1.0 / norm.std, features[b], x)?;
                 self.search.record_search(d, b, x, dist, nn)?;
             }
-            // The bank file's neighbour table is not on the device yet: the
-            // re-weighting's k-nearest kernel scans the bank (same result).
+            // With the bank file's neighbour table the re-weighting looks m*'s
+            // neighbours up; without it, it scans the bank (the same result).
             inputs[b] = BankInput {
                 dist,
                 nn,
                 x,
                 rows,
-                neighbours: DevPtr::null(),
+                neighbours: self.search.neighbours(b).unwrap_or(DevPtr::null()),
             };
         }
         let bufs: MapBuffers = slots.maps.ptrs(arena);
