@@ -6,11 +6,15 @@
 use crate::common;
 
 use miad::backend::{Backend, Precision};
-use miad::config::ModelConfig;
+use miad::config::{FeatureNorm, ModelConfig};
+use miad::cpu::bank_search::{score_part, score_scratch_len, BankScore};
+use miad::cpu::pool::Pool;
 use miad::cuda::device::DEVICES_OPENED;
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
 use miad::eval::synth::Category;
+use miad::format::{BankFile, OpenOptions};
+use miad::pipeline::score::BankSet;
 use miad::types::Case;
 use std::sync::atomic::Ordering;
 
@@ -258,6 +262,149 @@ fn radar_heads_without_a_kernel_leave_the_fusion_on_the_cpu_with_a_reason() {
 fn bf16_engine_on_the_simulated_device_matches_the_cpu() {
     let tol = Precision::Bf16.feature_tolerance();
     parity(common::small_hd64(), Precision::Bf16, tol, tol, 5e-2, false);
+}
+
+/// Part scores of a bf16 RADAR model may differ from the CPU's by more than the features
+/// do: a bank score is `w · s*`, and the re-weighting `w` (SPEC §7) is a function of the
+/// nearest bank row m* of the worst patch, not of the distance. Where two rows are about
+/// equally near that patch, the bf16 features' error picks the other row, whose
+/// neighbourhood gives another `w`. Measured on the complete good part (this test's
+/// eprintln): s* of the fused bank 5.3230 (CPU) vs 5.3118 (device), same patch, but m* 86
+/// vs 4 (from the CPU's patch, row 86 is at 5.322975 and row 4 at 5.323046: a tie to
+/// 1.3e-5) and w 0.5117 vs 0.5449, so its bank score 2.7240 vs 2.8942 (6.2 %) and the part
+/// score (part SVM weight 1.17 on the fused bank) 3.3706 vs 3.5696 (5.6 %). The RADAR case
+/// statistics are not involved (a complete part is scored by the linear part SVM; the
+/// incomplete parts, which use them, agree within 2.4e-3), nor is the device fusion or
+/// search: the device's bank scores equal the CPU search's on the device's own features.
+/// So: features within the bf16 tolerance, each engine's bank scores equal to the CPU
+/// search on its own features, s* within the bf16 tolerance, w and the bank score too
+/// wherever both engines chose the same m* (else the two rows tie within the bf16
+/// tolerance from the CPU's worst patch), the part score within 1e-1 (measured 5.6e-2),
+/// identical cases, and the same verdicts where the score is clear of the threshold.
+#[test]
+fn bf16_radar_engine_on_the_simulated_device_matches_the_cpu_up_to_the_reweighting() {
+    let mut cfg = common::small_hd64();
+    cfg.name = "small-hd64-radar".into();
+    cfg.radar = common::small_radar().radar;
+    if let Some(r) = cfg.radar.as_mut() {
+        r.heads = 1;
+    }
+    let precision = Precision::Bf16;
+    let tol = Precision::Bf16.feature_tolerance();
+    let part_tol = 1e-1;
+    let fx = common::fitted_with(cfg, "sim-radar-bf16", Category::Disc, 11, 4, 1);
+    let mut cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, precision)).unwrap();
+    let mut sim = Engine::open(&fx.model, &fx.bank, &options(Backend::CudaSim, precision)).unwrap();
+    assert_on_the_simulated_device(&sim);
+    let bank = BankFile::open(&fx.bank, &OpenOptions::default(), None).unwrap();
+    let set = BankSet::from_file(&bank).unwrap();
+    let pool = Pool::new(1);
+    // The CPU search's bank score of a part's features, with its s*, w, patch and m*.
+    let search = |bk: usize, feats: &[f32]| -> BankScore {
+        let view = set.banks[bk].unwrap();
+        let FeatureNorm { mean, std } = set.norms[bk];
+        let x: Vec<f32> = feats.iter().map(|v| (v - mean) / std).collect();
+        let n = x.len() / view.dim;
+        let (mut dmap, mut nn) = (vec![0f32; n], vec![0u32; n]);
+        let mut scratch = vec![0f32; score_scratch_len(1, view.n)];
+        score_part(&pool, &x, view, None, &mut dmap, &mut nn, &mut scratch)
+    };
+    // Distance of a part's (normalised) patch to a bank row.
+    let row_distance = |bk: usize, feats: &[f32], patch: usize, row: u32| -> f32 {
+        let view = set.banks[bk].unwrap();
+        let FeatureNorm { mean, std } = set.norms[bk];
+        let d = view.dim;
+        let q = &feats[patch * d..(patch + 1) * d];
+        let m = &view.data[row as usize * d..(row as usize + 1) * d];
+        let sq: f64 = q
+            .iter()
+            .zip(m)
+            .map(|(v, w)| (((v - mean) / std - w) as f64).powi(2))
+            .sum();
+        sq.sqrt() as f32
+    };
+    let opts = InspectOptions::default();
+    let mut checked = 0;
+    for part in list_test(&fx.category).unwrap() {
+        let p = part.load().unwrap();
+        let (r, c) = p.views();
+        for (case, r, c) in [
+            (Case::Complete, r, c),
+            (Case::RgbOnly, r, None),
+            (Case::CloudOnly, None, c),
+        ] {
+            let what = format!("{} {case:?}", part.name);
+            let a = cpu.inspect(r, c, &opts).unwrap();
+            let (sa, ba, va, ca, cal_a, tha) = (
+                a.score,
+                a.bank_scores,
+                a.verdict,
+                a.case,
+                a.case_calibrated,
+                a.part_threshold,
+            );
+            let fa: Vec<Vec<f32>> = cpu.features().unwrap().iter().map(|f| f.to_vec()).collect();
+            let b = sim.inspect(r, c, &opts).unwrap();
+            let (sb, bb, vb, cb, cal_b) =
+                (b.score, b.bank_scores, b.verdict, b.case, b.case_calibrated);
+            let fb: Vec<Vec<f32>> = sim.features().unwrap().iter().map(|f| f.to_vec()).collect();
+            assert_eq!(ca, case, "{what}");
+            assert_eq!(cb, ca, "{what}: case");
+            assert_eq!(cal_b, cal_a, "{what}: calibration");
+            for k in 0..3 {
+                let e = rel_max(&fa[k], &fb[k]);
+                assert!(e <= tol, "{what}: features {k} differ by {e}");
+                let (x, y) = (search(k, &fa[k]), search(k, &fb[k]));
+                eprintln!(
+                    "{what} bank {k}: score {} {}, s* {} {}, w {} {}, patch {} {}, m* {} {}",
+                    ba[k],
+                    bb[k],
+                    x.s_star,
+                    y.s_star,
+                    x.weight,
+                    y.weight,
+                    x.patch,
+                    y.patch,
+                    x.nearest,
+                    y.nearest
+                );
+                assert!(
+                    rel(ba[k], x.score) <= DISTANCE_TOLERANCE_F32,
+                    "{what}: bank {k} cpu"
+                );
+                assert!(
+                    rel(bb[k], y.score) <= DISTANCE_TOLERANCE_F32,
+                    "{what}: bank {k} sim"
+                );
+                assert!(rel(x.s_star, y.s_star) <= tol, "{what}: bank {k} s*");
+                if x.nearest != y.nearest {
+                    // A flip only on a near tie: both rows about equally near the CPU's
+                    // worst patch.
+                    let (da, db) = (
+                        row_distance(k, &fa[k], x.patch, x.nearest),
+                        row_distance(k, &fa[k], x.patch, y.nearest),
+                    );
+                    eprintln!("{what} bank {k}: patch {} to m* {da} and {db}", x.patch);
+                    assert!(rel(da, db) <= tol, "{what}: bank {k} m* flipped off a tie");
+                } else {
+                    assert!(rel(x.weight, y.weight) <= tol, "{what}: bank {k} w");
+                    assert!(
+                        rel(ba[k], bb[k]) <= tol,
+                        "{what}: bank {k} cpu {} sim {}",
+                        ba[k],
+                        bb[k]
+                    );
+                }
+            }
+            eprintln!("{what}: part score {sa} {sb} ({:.2e})", rel(sa, sb));
+            assert!(rel(sa, sb) <= part_tol, "{what}: score cpu {sa} sim {sb}");
+            if (sa - tha).abs() > 2.0 * part_tol * sa.abs().max(tha.abs()) {
+                assert_eq!(vb, va, "{what}: verdict (score {sa}, threshold {tha})");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 6);
 }
 
 /// The small preset (heads of 32 in the ViT and the Point-MAE encoder) on the device
