@@ -674,15 +674,26 @@ impl Device {
         bytes: usize,
         kind: CopyKind,
     ) -> Result<RecordedCopy> {
+        let outside = || dev_err("a resizable copy outside a graph capture".into());
         if let Inner::Sim(s) = &self.inner {
-            return s
-                .copy(dst, src, bytes, kind)?
-                .map(RecordedCopy::Sim)
-                .ok_or_else(|| dev_err("a resizable copy outside a graph capture".into()));
+            if !s.is_capturing()? {
+                return Err(outside());
+            }
+            return s.copy(dst, src, bytes, kind)?.map(RecordedCopy::Sim).ok_or_else(outside);
+        }
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: the engine's stream, in its current context.
+        unsafe {
+            check(
+                sys::cuStreamIsCapturing(self.stream(), &mut status),
+                "cuStreamIsCapturing",
+            )?
+        };
+        if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE {
+            return Err(outside());
         }
         self.copy_async(dst, src, bytes, kind)?;
         // The capture's current dependency is the copy just recorded.
-        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         let mut deps: *const sys::CUgraphNode = std::ptr::null();
         let mut n = 0usize;
         unsafe {

@@ -841,6 +841,11 @@ impl SimStream {
         run_gemm(&g)
     }
 
+    /// Whether a capture is under way.
+    pub fn is_capturing(&self) -> Result<bool> {
+        self.capturing(|c| c.is_some())
+    }
+
     /// Records `op` when capturing; returns whether it did.
     fn record(&self, op: Op) -> Result<bool> {
         self.capturing(|c| match c {
