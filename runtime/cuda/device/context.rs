@@ -679,7 +679,10 @@ impl Device {
             if !s.is_capturing()? {
                 return Err(outside());
             }
-            return s.copy(dst, src, bytes, kind)?.map(RecordedCopy::Sim).ok_or_else(outside);
+            return s
+                .copy(dst, src, bytes, kind)?
+                .map(RecordedCopy::Sim)
+                .ok_or_else(outside);
         }
         let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         // SAFETY: the engine's stream, in its current context.

@@ -195,13 +195,8 @@ fn a_part_times_its_stages_on_the_device_and_uploads_only_its_bytes() {
         "cpu {} sim {score}",
         want.score
     );
-    for k in 0..3 {
-        assert!(
-            rel(want.bank_scores[k], banks[k]) <= 2e-3,
-            "bank {k}: cpu {} sim {}",
-            want.bank_scores[k],
-            banks[k]
-        );
+    for (k, (&a, &b)) in want.bank_scores.iter().zip(&banks).enumerate() {
+        assert!(rel(a, b) <= 2e-3, "bank {k}: cpu {a} sim {b}");
     }
     assert_eq!(want.verdict, verdict);
 }
