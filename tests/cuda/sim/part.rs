@@ -18,7 +18,7 @@ use miad::pipeline::input::{CloudView, RgbView};
 use miad::types::{BANK_NAMES, RGB, XYZ};
 use miad::{DeviceError, Error, Misuse};
 
-use super::engine::{assert_on_the_simulated_device, options};
+use super::engine::{assert_on_the_simulated_device, cpu_and_sim, options};
 
 fn is_misuse<T>(r: miad::Result<T>, kind: Misuse) -> String {
     match r {
@@ -132,15 +132,7 @@ fn a_part_times_its_stages_on_the_device_and_uploads_only_its_bytes() {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
-    let mut cpu =
-        Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, Precision::F32)).unwrap();
-    let mut sim = Engine::open(
-        &fx.model,
-        &fx.bank,
-        &options(Backend::CudaSim, Precision::F32),
-    )
-    .unwrap();
-    assert_on_the_simulated_device(&sim);
+    let (mut cpu, mut sim) = cpu_and_sim(&fx, Precision::F32);
     let opts = InspectOptions::default();
 
     for p in &parts {
