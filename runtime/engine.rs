@@ -101,9 +101,15 @@ pub struct Inspection<'e> {
     pub regions: &'e [Region],
     /// Regions found in all (may exceed `regions.len()`).
     pub regions_found: usize,
-    /// Stage times of this part, seconds.
+    /// Stage times of this part, seconds: the host's clock on the CPU backend; with the
+    /// whole part on the device, the device's own time of each stage it ran (time marks
+    /// in the part's graph; the two networks overlap on a GPU), the CPU's for a stage
+    /// the CPU ran.
     pub times: StageTimes,
+    /// Bank searches, maps and decision (on the device path: their device time plus the
+    /// host's copy of the results).
     pub score_time: f64,
+    /// The whole call, host clock.
     pub total_time: f64,
 }
 
