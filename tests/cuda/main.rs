@@ -25,6 +25,7 @@ mod point;
 mod point_branch;
 mod preprocess;
 mod shared;
+mod train_uff;
 mod transformer;
 
 #[cfg(feature = "cuda-sim")]

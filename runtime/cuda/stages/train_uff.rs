@@ -244,11 +244,23 @@ impl DeviceUffStep {
         opts: &UffTrainOptions,
         max_rows: usize,
     ) -> Result<Self> {
+        Self::with_block(dev, params, opts, max_rows, LOGIT_BLOCK_ROWS)
+    }
+
+    /// [`DeviceUffStep::new`] with blocks of at most `block_rows` queries of logits (tests:
+    /// several blocks on small batches).
+    pub fn with_block(
+        dev: Arc<Device>,
+        params: &UffParams,
+        opts: &UffTrainOptions,
+        max_rows: usize,
+        block_rows: usize,
+    ) -> Result<Self> {
         let cfg = &params.cfg;
         let (dx, dr) = (cfg.xyz_dim as usize, cfg.rgb_dim as usize);
         let ratio = cfg.mlp_ratio as usize;
         let (hx, hr, e) = (ratio * dx, ratio * dr, cfg.head_dim as usize);
-        if dx == 0 || dr == 0 || ratio == 0 || e == 0 || max_rows == 0 {
+        if dx == 0 || dr == 0 || ratio == 0 || e == 0 || max_rows == 0 || block_rows == 0 {
             return Err(cfg_err(format!(
                 "a zero size: xyz {dx}, rgb {dr}, ratio {ratio}, head {e}, rows {max_rows}"
             )));
@@ -256,7 +268,12 @@ impl DeviceUffStep {
         if !(opts.temperature > 0.0) {
             return Err(cfg_err(format!("temperature {}", opts.temperature)));
         }
-        let block = max_rows.min(LOGIT_BLOCK_ROWS);
+        // Blocks after the first start 4-float aligned (GEMM operands): a multiple of 4.
+        let block = if max_rows <= block_rows {
+            max_rows
+        } else {
+            block_rows.div_ceil(4) * 4
+        };
         let rows = max_rows.div_ceil(block) * block;
         if rows > i32::MAX as usize / 2 {
             return Err(cfg_err(format!("{rows} rows per step")));
