@@ -310,6 +310,107 @@ fn trains_on_a_synthetic_category_and_writes_a_model() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// UFF trained on the simulated device from a synthetic category (`--backend cuda-sim`):
+/// the same epoch losses and fusion tensors as the CPU training of the same seed (f32
+/// parity: the products sum in another order), the provenance names the backend, and the
+/// model fits banks and inspects parts on the CPU.
+#[cfg(feature = "cuda-sim")]
+#[test]
+fn trains_on_the_simulated_device_as_on_the_cpu() {
+    use miad::backend::Backend;
+    use miad::engine::{Engine, EngineOptions, InspectOptions};
+    use miad::eval::synth::{synth_part, Category, Defect};
+    use miad::fit::banks::FitOptions;
+    use miad::fit::category::{fit_category, CategoryFit};
+    use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, TrainBackend};
+    use miad::format::{Container, ModelFile, OpenOptions, TensorSource};
+    use miad::pipeline::input::{CloudView, RgbView};
+    let s = synth_category("train-sim", 4);
+    let cat = CategoryTrain {
+        threads: 2,
+        scratch_dir: s.dir.clone(),
+        ..CategoryTrain::default()
+    };
+    let run = |backend, name: &str| {
+        let opts = UffTrainOptions {
+            epochs: 3,
+            batch: 3,
+            patches: 16,
+            seed: 3,
+            backend,
+            ..UffTrainOptions::default()
+        };
+        let out = s.dir.join(name);
+        let r =
+            train_fusion_category(&s.model, &s.category, &out, &cat, &opts, &mut |_| {}).unwrap();
+        (out, r)
+    };
+    let (cpu, rc) = run(TrainBackend::Cpu, "cpu.miad");
+    let (dev, rd) = run(TrainBackend::CudaSim, "sim.miad");
+    let lrel = rc
+        .epoch_losses
+        .iter()
+        .zip(&rd.epoch_losses)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs()));
+    let (a, b) = (
+        ModelFile::open(&cpu, &OpenOptions::default()).unwrap(),
+        ModelFile::open(&dev, &OpenOptions::default()).unwrap(),
+    );
+    let mut worst = 0f64;
+    for spec in miad::format::model_tensor_specs(a.config()) {
+        if !spec.name.starts_with("fusion.") {
+            continue;
+        }
+        let (x, y) = (
+            a.f32(&spec.name, &spec.shape).unwrap(),
+            b.f32(&spec.name, &spec.shape).unwrap(),
+        );
+        let peak = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
+        let d = x.iter().zip(y).fold(0f32, |m, (u, v)| m.max((u - v).abs())) as f64;
+        worst = worst.max(d / peak);
+    }
+    eprintln!(
+        "synthetic disc, {} steps: epoch losses CPU {:?}, device {:?} (worst rel {lrel:.1e}); fusion tensors worst {worst:.1e}",
+        rd.steps, rc.epoch_losses, rd.epoch_losses
+    );
+    assert!(lrel < 1e-5, "epoch losses differ by {lrel:.2e}");
+    assert!(worst < 1e-3, "fusion tensors differ by {worst:.2e}");
+    let c = Container::open(&dev, &OpenOptions::default()).unwrap();
+    let prov: std::collections::BTreeMap<_, _> = c.manifest().provenance.iter().cloned().collect();
+    assert_eq!(prov["train.backend"], "cuda-sim");
+    // The device-trained model fits banks and inspects parts on the CPU.
+    let bank = s.dir.join("sim.bank");
+    let fit = FitOptions {
+        scratch_dir: s.dir.clone(),
+        ..FitOptions::default()
+    };
+    let threads = CategoryFit {
+        threads: 2,
+        ..CategoryFit::default()
+    };
+    fit_category(&dev, &s.category, &bank, &threads, &fit, &mut |_| {}).unwrap();
+    let o = EngineOptions {
+        threads: 2,
+        max_width: 96,
+        max_height: 96,
+        backend: Backend::Cpu,
+        ..EngineOptions::default()
+    };
+    let mut e = Engine::open(&dev, &bank, &o).unwrap();
+    for (k, defect) in [None, Some(Defect::Dent)].into_iter().enumerate() {
+        let p = synth_part(Category::Disc, defect, 96, 40 + k as u64).unwrap();
+        let (r, c) = (
+            RgbView::packed(&p.rgb, 96, 96),
+            CloudView::packed(&p.xyz, 96, 96),
+        );
+        let score = e
+            .inspect(Some(r), Some(c), &InspectOptions::default())
+            .unwrap()
+            .score;
+        assert!(score.is_finite(), "part {k}: score {score}");
+    }
+}
+
 fn train_linked(threads: usize, seed: u64) -> (UffParams, Vec<f64>) {
     let cfg = small_cfg();
     let pool = Pool::new(threads);
