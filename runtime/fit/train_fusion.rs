@@ -7,6 +7,8 @@
 //!   → L2 normalisation for both branches, then the InfoNCE of [`super::infonce`].
 //! - [`train_uff`]: the training loop (seeded shuffles and patch draws, warm-up + cosine,
 //!   AdamW) over any [`FeatureExtractor`]; features are extracted once into scratch files.
+//!   The steps run on a [`UffStep`]: [`CpuUffStep`], or with `--backend cuda` the device's
+//!   (`cuda::stages::train_uff`); the batches are drawn here, the same for both.
 //! - [`train_fusion_category`]: from a model file and a category folder to a new model
 //!   file (temporary name, then renamed) whose provenance records the training.
 //! - [`export_reference`]: the trained fusion as the authors' checkpoint names it.

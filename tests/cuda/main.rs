@@ -12,6 +12,9 @@ mod common;
 #[path = "../common/oracles.rs"]
 mod oracles;
 
+#[path = "../fit_eval/linked.rs"]
+mod linked;
+
 mod bank;
 mod coreset;
 mod embed;

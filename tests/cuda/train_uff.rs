@@ -12,20 +12,21 @@
 //!   largest value, the evaluation loss down by 0.1; two device runs bit-identical;
 //!   another seed differs. Measured on the simulated device: losses 2.5e-9, parameters
 //!   2.5e-7, evaluation loss 6.93 → 6.56;
-//! - bad batches refused.
+//! - bad batches refused; after the first step, steps and loss evaluations allocate
+//!   nothing on the host (simulated device, counting allocator).
 
 use std::sync::Arc;
 
 use miad::config::FusionConfig;
 use miad::cpu::pool::Pool;
 use miad::cuda::stages::train_uff::DeviceUffStep;
-use miad::fit::banks::{FeatureExtractor, FeatureLayout};
 use miad::fit::train_fusion::{
     train_uff, uff_loss_and_grad, AdamW, TrainBackend, UffParams, UffStep, UffTrainOptions,
     Workspace,
 };
 use miad::util::rng::Rng;
 
+use crate::linked::{jittered, linked_layout, Linked};
 use crate::test_device;
 
 /// Widths that are no multiple of 4 (the device pads each tensor to 256 bytes).
@@ -37,15 +38,6 @@ fn cfg() -> FusionConfig {
         ln_eps: 1e-5,
         head_dim: 8,
     }
-}
-
-fn jittered(cfg: &FusionConfig, seed: u64) -> UffParams {
-    let mut p = UffParams::init(cfg, seed);
-    let mut rng = Rng::new(seed + 7);
-    for v in p.data.iter_mut() {
-        *v += 0.2 * rng.normal();
-    }
-    p
 }
 
 /// Largest |a − b| over the largest |b| of each tensor, worst over the tensors.
@@ -157,67 +149,14 @@ fn bad_batches_are_refused() {
     assert!(e.to_string().contains("diverged at step 3"), "{e}");
 }
 
-/// Parts whose xyz cells are a fixed linear image of their RGB cell plus noise, with a
-/// zero border (background), as tests/fit_eval/train_fusion.rs's.
-struct Linked {
-    parts: usize,
-    seed: u64,
-}
-
-fn layout() -> FeatureLayout {
-    let c = cfg();
-    FeatureLayout {
-        rgb_grid: 4,
-        rgb_dim: c.rgb_dim as usize,
-        xyz_grid: 8,
-        xyz_dim: c.xyz_dim as usize,
-        fused_dim: c.fused_dim(),
-    }
-}
-
-impl FeatureExtractor for Linked {
-    fn layout(&self) -> FeatureLayout {
-        layout()
-    }
-    fn parts(&self) -> usize {
-        self.parts
-    }
-    fn extract(
-        &mut self,
-        part: usize,
-        xyz: &mut [f32],
-        rgb: &mut [f32],
-        fused: &mut [f32],
-    ) -> miad::Result<()> {
-        let l = layout();
-        let mut fixed = Rng::new(self.seed);
-        let map: Vec<f32> = (0..l.xyz_dim * l.rgb_dim).map(|_| fixed.normal()).collect();
-        let mut rng = Rng::new(self.seed + 100 + part as u64);
-        rgb.iter_mut().for_each(|v| *v = rng.normal());
-        for j in 0..l.xyz_grid * l.xyz_grid {
-            let (y, x) = (j / l.xyz_grid, j % l.xyz_grid);
-            let c = (y / 2) * l.rgb_grid + x / 2;
-            let border = y == 0 || x == 0 || y + 1 == l.xyz_grid || x + 1 == l.xyz_grid;
-            for k in 0..l.xyz_dim {
-                let lin: f32 = (0..l.rgb_dim)
-                    .map(|i| map[k * l.rgb_dim + i] * rgb[c * l.rgb_dim + i])
-                    .sum();
-                xyz[j * l.xyz_dim + k] = if border {
-                    0.0
-                } else {
-                    lin + 0.3 * rng.normal() + 0.01
-                };
-            }
-        }
-        fused.fill(0.0);
-        Ok(())
-    }
-}
-
 fn train(backend: TrainBackend, seed: u64) -> (UffParams, miad::fit::train_fusion::TrainReport) {
     let pool = Pool::new(2);
     // 6 parts in batches of 4: the last batch of each epoch is smaller than the plan.
-    let mut f = Linked { parts: 6, seed: 8 };
+    let mut f = Linked {
+        layout: linked_layout(&cfg()),
+        parts: 6,
+        seed: 8,
+    };
     let opts = UffTrainOptions {
         epochs: 4,
         batch: 4,
@@ -272,4 +211,38 @@ fn training_on_the_device_follows_the_cpu_and_is_deterministic() {
         "two device runs with one seed differ"
     );
     assert!(pd.data != pe.data, "another seed gives the same weights");
+}
+
+/// After the first step, steps of any batch size up to the plan and loss evaluations
+/// allocate nothing on the host (the emulator's C++ runtime is outside the counting
+/// allocator, as a GPU driver would be). Run alone in a child process.
+#[cfg(feature = "cuda-sim")]
+#[test]
+fn device_steps_allocate_nothing_after_the_first() {
+    if !crate::common::alone_in_process!(device_steps_allocate_nothing_after_the_first) {
+        return;
+    }
+    use miad::util::alloc_counter::total_counts;
+    let c = cfg();
+    let (dx, dr) = (c.xyz_dim as usize, c.rgb_dim as usize);
+    let mut rng = Rng::new(6);
+    let rows = 24;
+    let x: Vec<f32> = (0..rows * dx).map(|_| rng.normal()).collect();
+    let r: Vec<f32> = (0..rows * dr).map(|_| rng.normal()).collect();
+    let p = UffParams::init(&c, 2);
+    let dev = miad::cuda::Device::simulated().unwrap();
+    let mut step = device_step(dev, &p, &UffTrainOptions::default(), rows, 8);
+    step.train(&x, &r, rows, 1e-3, 0).unwrap();
+    let mut losses = [0f64; 8];
+    let before = total_counts();
+    for (i, n) in [24usize, 17, 9, 24].into_iter().enumerate() {
+        losses[2 * i] = step.train(&x, &r, n, 1e-3, i + 1).unwrap();
+        losses[2 * i + 1] = step.loss(&x, &r, n).unwrap();
+    }
+    let after = total_counts();
+    assert_eq!(after, before, "device steps allocated (allocations, frees)");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
 }

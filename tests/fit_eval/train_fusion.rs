@@ -4,9 +4,9 @@
 //! provenance, the authors' checkpoint layout read back by the converter, and the InfoNCE
 //! of one batch against PyTorch (fixture from tests/reference/infonce_reference.py).
 
+use crate::linked::{jittered, linked_layout, Linked};
 use miad::config::FusionConfig;
 use miad::cpu::pool::Pool;
-use miad::fit::banks::{FeatureExtractor, FeatureLayout};
 use miad::fit::train_fusion::{
     learning_rate, train_uff, uff_loss_and_grad, AdamW, UffParams, UffTrainOptions, Workspace,
 };
@@ -20,16 +20,6 @@ fn tiny_cfg() -> FusionConfig {
         ln_eps: 1e-5,
         head_dim: 4,
     }
-}
-
-/// Random parameters with non-trivial LayerNorm affines.
-fn jittered(cfg: &FusionConfig, seed: u64) -> UffParams {
-    let mut p = UffParams::init(cfg, seed);
-    let mut rng = Rng::new(seed + 7);
-    for v in p.data.iter_mut() {
-        *v += 0.2 * rng.normal();
-    }
-    p
 }
 
 fn rows(n: usize, d: usize, rng: &mut Rng) -> Vec<f32> {
@@ -72,89 +62,6 @@ fn gradient_matches_finite_differences() {
             "T {t}: worst relative gradient error {worst:.2e} over {} parameters",
             p.len()
         );
-    }
-}
-
-/// Parts whose xyz cells are a fixed linear image of the RGB cell above them plus noise
-/// (so the modalities share per-patch information to find), with a zero border of xyz
-/// cells (background, excluded from the loss). Without a modality (RADAR's training), the
-/// pseudo input's features are fixed rows, the same for every part (as the all-ones image
-/// and cloud give).
-pub(crate) struct Linked {
-    pub(crate) layout: FeatureLayout,
-    pub(crate) parts: usize,
-    pub(crate) seed: u64,
-}
-
-impl FeatureExtractor for Linked {
-    fn layout(&self) -> FeatureLayout {
-        self.layout
-    }
-    fn parts(&self) -> usize {
-        self.parts
-    }
-    fn extract(
-        &mut self,
-        part: usize,
-        xyz: &mut [f32],
-        rgb: &mut [f32],
-        fused: &mut [f32],
-    ) -> miad::Result<()> {
-        let l = self.layout;
-        let mut fixed = Rng::new(self.seed);
-        let map: Vec<f32> = (0..l.xyz_dim * l.rgb_dim).map(|_| fixed.normal()).collect();
-        let mut rng = Rng::new(self.seed + 100 + part as u64);
-        rgb.iter_mut().for_each(|v| *v = rng.normal());
-        let s = l.xyz_grid / l.rgb_grid;
-        for j in 0..l.xyz_grid * l.xyz_grid {
-            let (y, x) = (j / l.xyz_grid, j % l.xyz_grid);
-            let c = (y / s) * l.rgb_grid + x / s;
-            let border = y == 0 || x == 0 || y + 1 == l.xyz_grid || x + 1 == l.xyz_grid;
-            for k in 0..l.xyz_dim {
-                let lin: f32 = (0..l.rgb_dim)
-                    .map(|i| map[k * l.rgb_dim + i] * rgb[c * l.rgb_dim + i])
-                    .sum();
-                xyz[j * l.xyz_dim + k] = if border {
-                    0.0
-                } else {
-                    lin + 0.3 * rng.normal() + 0.01
-                };
-            }
-        }
-        fused.fill(0.0);
-        Ok(())
-    }
-    fn extract_without(
-        &mut self,
-        part: usize,
-        drop: miad::eval::missing::MissingModality,
-        xyz: &mut [f32],
-        rgb: &mut [f32],
-        fused: &mut [f32],
-    ) -> miad::Result<bool> {
-        use miad::eval::missing::MissingModality as M;
-        self.extract(part, xyz, rgb, fused)?;
-        let mut pseudo = Rng::new(self.seed + 7);
-        match drop {
-            M::Cloud => xyz
-                .iter_mut()
-                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
-            M::Rgb => rgb
-                .iter_mut()
-                .for_each(|v| *v = 0.5 + 0.1 * pseudo.normal()),
-            M::Both => return Ok(false),
-        }
-        Ok(true)
-    }
-}
-
-fn linked_layout(cfg: &FusionConfig) -> FeatureLayout {
-    FeatureLayout {
-        rgb_grid: 4,
-        rgb_dim: cfg.rgb_dim as usize,
-        xyz_grid: 8,
-        xyz_dim: cfg.xyz_dim as usize,
-        fused_dim: cfg.fused_dim(),
     }
 }
 
@@ -203,6 +110,26 @@ pub(crate) struct SynthCategory {
     pub dir: std::path::PathBuf,
     pub model: std::path::PathBuf,
     pub category: std::path::PathBuf,
+}
+
+#[cfg(feature = "cuda-sim")]
+impl SynthCategory {
+    /// Fits the banks of `model` on this category (2 threads) into `name` in its folder.
+    pub fn fit_bank(&self, model: &std::path::Path, name: &str) -> std::path::PathBuf {
+        use miad::fit::banks::FitOptions;
+        use miad::fit::category::{fit_category, CategoryFit};
+        let bank = self.dir.join(name);
+        let fit = FitOptions {
+            scratch_dir: self.dir.clone(),
+            ..FitOptions::default()
+        };
+        let threads = CategoryFit {
+            threads: 2,
+            ..CategoryFit::default()
+        };
+        fit_category(model, &self.category, &bank, &threads, &fit, &mut |_| {}).unwrap();
+        bank
+    }
 }
 
 impl Drop for SynthCategory {
@@ -321,8 +248,6 @@ fn trains_on_the_simulated_device_as_on_the_cpu() {
     use miad::backend::Backend;
     use miad::engine::{Engine, EngineOptions, InspectOptions};
     use miad::eval::synth::{synth_part, Category, Defect};
-    use miad::fit::banks::FitOptions;
-    use miad::fit::category::{fit_category, CategoryFit};
     use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, TrainBackend};
     use miad::format::{Container, ModelFile, OpenOptions, TensorSource};
     use miad::pipeline::input::{CloudView, RgbView};
@@ -390,16 +315,7 @@ fn trains_on_the_simulated_device_as_on_the_cpu() {
     let prov: std::collections::BTreeMap<_, _> = c.manifest().provenance.iter().cloned().collect();
     assert_eq!(prov["train.backend"], "cuda-sim");
     // The device-trained model fits banks and inspects parts on the CPU.
-    let bank = s.dir.join("sim.bank");
-    let fit = FitOptions {
-        scratch_dir: s.dir.clone(),
-        ..FitOptions::default()
-    };
-    let threads = CategoryFit {
-        threads: 2,
-        ..CategoryFit::default()
-    };
-    fit_category(&dev, &s.category, &bank, &threads, &fit, &mut |_| {}).unwrap();
+    let bank = s.fit_bank(&dev, "sim.bank");
     let o = EngineOptions {
         threads: 2,
         max_width: 96,

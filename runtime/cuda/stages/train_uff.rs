@@ -265,7 +265,7 @@ impl DeviceUffStep {
                 "a zero size: xyz {dx}, rgb {dr}, ratio {ratio}, head {e}, rows {max_rows}"
             )));
         }
-        if !(opts.temperature > 0.0) {
+        if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
             return Err(cfg_err(format!("temperature {}", opts.temperature)));
         }
         // Blocks after the first start 4-float aligned (GEMM operands): a multiple of 4.
