@@ -203,16 +203,10 @@ fn train_linked(threads: usize, seed: u64) -> (RadarParams, Vec<f64>) {
 
 #[test]
 fn training_is_deterministic_for_a_seed_whatever_the_thread_count() {
-    let (a, la) = train_linked(2, 21);
-    let (b, lb) = train_linked(2, 21);
-    let (c, lc) = train_linked(1, 21);
-    let (d, _) = train_linked(2, 22);
-    assert!(
-        a.data == b.data && la == lb,
-        "two runs with one seed differ"
-    );
-    assert!(a.data == c.data && la == lc, "1 and 2 threads differ");
-    assert!(a.data != d.data, "another seed gives the same weights");
+    super::train_fusion::assert_deterministic_per_seed(|threads, seed| {
+        let (p, losses) = train_linked(threads, seed);
+        (p.data, losses)
+    });
 }
 
 fn small_radar() -> RadarConfig {
