@@ -140,6 +140,18 @@ struct Block {
   char *dyn = nullptr;
 };
 
+// Fiber stacks handed back by OS threads that ended (the extra threads of a cluster launch
+// live for one cluster), reused by the next: mapping and faulting in fresh stacks for every
+// cluster was most of an emulated cluster launch's system time.
+struct StackPool {
+  std::mutex mu;
+  std::vector<char *> free;
+};
+StackPool &stack_pool() {
+  static StackPool *pool = new StackPool;  // never destroyed: threads may end after main
+  return *pool;
+}
+
 // Per OS thread: fiber stacks and the scheduler's context.
 struct Worker {
   std::vector<char *> stacks;
@@ -153,10 +165,29 @@ struct Worker {
   size_t sched_stack_size = 0;
   bool dirty = false;  // stacks abandoned mid-frame (after an error): unpoison before reuse
   ~Worker() {
-    for (char *s : stacks) munmap(s - 4096, kStack + 4096);
+    StackPool &pool = stack_pool();
+    std::lock_guard<std::mutex> lk(pool.mu);
+    pool.free.insert(pool.free.end(), stacks.begin(), stacks.end());
   }
   char *stack(size_t i) {
     while (stacks.size() <= i) {
+      char *reused = nullptr;
+      {
+        StackPool &pool = stack_pool();
+        std::lock_guard<std::mutex> lk(pool.mu);
+        if (!pool.free.empty()) {
+          reused = pool.free.back();
+          pool.free.pop_back();
+        }
+      }
+      if (reused) {
+#if defined(MIAD_ASAN)
+        // A thread that ended after an error may have left frames poisoned.
+        __asan_unpoison_memory_region(reused, kStack);
+#endif
+        stacks.push_back(reused);
+        continue;
+      }
       void *m = mmap(nullptr, kStack + 4096, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (m == MAP_FAILED) return nullptr;
@@ -838,7 +869,14 @@ bool setup_block(Launch *L, Block *b, std::vector<Fiber> &store) {
 #if defined(MIAD_ASAN)
   __asan_unpoison_memory_region(b->tls, size);
 #endif
-  poison(b->tls, size, L->poison_seed + (uint64_t)b->rank * 7919);
+  // Everything a kernel may read: the static shared memory and the launch's dynamic
+  // shared memory. The rest of the 227 KiB window is out of bounds (ASan-poisoned below in
+  // instrumented builds) and filling it with garbage for every block cost more than most
+  // blocks' work.
+  uint64_t seed = L->poison_seed + (uint64_t)b->rank * 7919;
+  char *window_end = b->dyn + kMaxDyn;
+  poison(b->tls, (size_t)(b->dyn + L->dyn - b->tls), seed);
+  poison(window_end, (size_t)(b->tls + size - window_end), seed + 1);
 #if defined(MIAD_ASAN)
   // Dynamic shared memory beyond what the launch gave is out of bounds.
   __asan_poison_memory_region(b->dyn + L->dyn, kMaxDyn - L->dyn);
