@@ -36,8 +36,9 @@ use crate::cuda::device::gemm::{
 };
 use crate::cuda::device::module::Module;
 use crate::cuda::device::{Device, Kernel};
-use crate::cuda::ops::embed::{EmbedKernels, EmbedPlan};
+use crate::cuda::ops::embed::EmbedKernels;
 use crate::fit::train_fusion::{UffParams, UffStep, UffTrainOptions, BRANCH_TENSORS};
+use crate::format::TensorSpec;
 use crate::kernel_args;
 use crate::{Error, Result};
 
@@ -51,24 +52,24 @@ fn cfg_err(msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("device UFF training: {msg}"))
 }
 
-/// `kernels/train.cu`.
-struct TrainKernels {
-    affine: Kernel,
-    gelu: Kernel,
-    gelu_backward: Kernel,
-    normalize: Kernel,
-    normalize_backward: Kernel,
-    softmax: Kernel,
-    total: Kernel,
-    col_sums: Kernel,
-    ln_grads: Kernel,
-    adamw: Kernel,
+/// `kernels/train.cu` (also used by RADAR's training, `super::train_radar`).
+pub(crate) struct TrainKernels {
+    pub(crate) affine: Kernel,
+    pub(crate) gelu: Kernel,
+    pub(crate) gelu_backward: Kernel,
+    pub(crate) normalize: Kernel,
+    pub(crate) normalize_backward: Kernel,
+    pub(crate) softmax: Kernel,
+    pub(crate) total: Kernel,
+    pub(crate) col_sums: Kernel,
+    pub(crate) ln_grads: Kernel,
+    pub(crate) adamw: Kernel,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
 
 impl TrainKernels {
-    fn new(dev: &Device) -> Result<Self> {
+    pub(crate) fn new(dev: &Device) -> Result<Self> {
         let m = Module::load(dev, "train")?;
         Ok(TrainKernels {
             affine: Kernel::find(&m, "affine_cols_f32")?,
@@ -87,27 +88,26 @@ impl TrainKernels {
 }
 
 /// One thread per element of `n`.
-fn grid(n: usize) -> (u32, u32, u32) {
+pub(crate) fn grid(n: usize) -> (u32, u32, u32) {
     (n.div_ceil(THREADS as usize).max(1) as u32, 1, 1)
 }
-const BLOCK: (u32, u32, u32) = (THREADS, 1, 1);
+pub(crate) const BLOCK: (u32, u32, u32) = (THREADS, 1, 1);
 
 /// Where one tensor of [`UffParams`] lies in the device's flat buffers.
 #[derive(Clone, Copy, Debug)]
-struct TensorPlace {
-    host: usize,
-    dev: usize,
-    len: usize,
+pub(crate) struct TensorPlace {
+    pub(crate) host: usize,
+    pub(crate) dev: usize,
+    pub(crate) len: usize,
 }
 
 /// Floats between tensors' starts are rounded up to this (256 bytes: GEMM alignment).
 const TENSOR_ALIGN: usize = 64;
 
 /// The device layout of the flat parameter vector; returns the places and the total.
-fn tensor_places(p: &UffParams) -> (Vec<TensorPlace>, usize) {
+pub(crate) fn tensor_places(specs: &[(TensorSpec, usize)]) -> (Vec<TensorPlace>, usize) {
     let mut at = 0;
-    let places = p
-        .specs
+    let places = specs
         .iter()
         .map(|(s, host)| {
             let len: usize = s.shape.iter().product();
@@ -121,6 +121,34 @@ fn tensor_places(p: &UffParams) -> (Vec<TensorPlace>, usize) {
         })
         .collect();
     (places, at.max(1))
+}
+
+/// The flat host vector `host` (laid out as the places' host offsets) in the device
+/// layout of `len` floats (padding zero).
+pub(crate) fn device_order(places: &[TensorPlace], len: usize, host: &[f32]) -> Vec<f32> {
+    let mut flat = vec![0f32; len];
+    for t in places {
+        flat[t.dev..t.dev + t.len].copy_from_slice(&host[t.host..t.host + t.len]);
+    }
+    flat
+}
+
+/// The device buffer `src` (`len` floats in the device layout) as the flat host vector.
+pub(crate) fn download_host_order(
+    dev: &Device,
+    src: DevPtr<f32>,
+    places: &[TensorPlace],
+    len: usize,
+) -> Result<Vec<f32>> {
+    let mut flat = vec![0f32; len];
+    dev.bind()?;
+    dev.download(&mut flat, src.raw())?;
+    let host_len = places.iter().map(|t| t.host + t.len).max().unwrap_or(0);
+    let mut out = vec![0f32; host_len];
+    for t in places {
+        out[t.host..t.host + t.len].copy_from_slice(&flat[t.dev..t.dev + t.len]);
+    }
+    Ok(out)
 }
 
 /// One branch's sizes and its planned products.
@@ -278,7 +306,7 @@ impl DeviceUffStep {
         if rows > i32::MAX as usize / 2 {
             return Err(cfg_err(format!("{rows} rows per step")));
         }
-        let (places, params_len) = tensor_places(params);
+        let (places, params_len) = tensor_places(&params.specs);
 
         let mut plan = ArenaPlan::new();
         let sp = plan.add::<f32>(params_len);
@@ -304,21 +332,11 @@ impl DeviceUffStep {
         let arena = Arena::new(&dev, &plan)?;
         // Every buffer starts at zero: the padding rows and the moments.
         dev.memset_u8(arena.ptr(sp).raw(), 0, arena.bytes())?;
-        let mut flat = vec![0f32; params_len];
-        for t in &places {
-            flat[t.dev..t.dev + t.len].copy_from_slice(&params.data[t.host..t.host + t.len]);
-        }
-        arena.upload(&dev, sp, &flat)?;
+        arena.upload(&dev, sp, &device_order(&places, params_len, &params.data))?;
         arena.upload(&dev, s_ones, &vec![1f32; dmax])?;
 
         let kernels = TrainKernels::new(&dev)?;
-        let embed = EmbedKernels::new(
-            &dev,
-            EmbedPlan {
-                vit: None,
-                point: None,
-            },
-        )?;
+        let embed = EmbedKernels::without_backbones(&dev)?;
         let lt = dev.cublaslt()?;
         let ws = Workspace {
             ptr: arena.ptr(s_ws),
@@ -420,20 +438,7 @@ impl DeviceUffStep {
     }
 
     fn download_flat(&self, src: DevPtr<f32>) -> Result<Vec<f32>> {
-        let mut flat = vec![0f32; self.params_len];
-        self.dev.bind()?;
-        self.dev.download(&mut flat, src.raw())?;
-        let len = self
-            .places
-            .iter()
-            .map(|t| t.host + t.len)
-            .max()
-            .unwrap_or(0);
-        let mut out = vec![0f32; len];
-        for t in &self.places {
-            out[t.host..t.host + t.len].copy_from_slice(&flat[t.dev..t.dev + t.len]);
-        }
-        Ok(out)
+        download_host_order(&self.dev, src, &self.places, self.params_len)
     }
 
     fn check_batch(&self, xyz: &[f32], rgb: &[f32], n: usize) -> Result<()> {
@@ -633,6 +638,8 @@ impl UffStep for DeviceUffStep {
     fn train(&mut self, xyz: &[f32], rgb: &[f32], n: usize, lr: f32, step: usize) -> Result<f64> {
         self.forward_loss(xyz, rgb, n, true)?;
         let dev = &*self.dev;
+        // The bias and LayerNorm sums accumulate (`train.cu`): from zero.
+        dev.memset_u8(self.grads.raw(), 0, self.params_len * 4)?;
         // SAFETY: as in `forward_loss`.
         unsafe {
             self.backward(&self.xyz)?;

@@ -1,0 +1,69 @@
+//! What the device trainings' tests (train_uff, train_radar) share: the backend of the
+//! test device, the tensor-wise comparison of two parameter vectors, and the check that a
+//! device training follows the CPU's and is deterministic.
+
+use miad::fit::train_fusion::{TrainBackend, TrainReport};
+use miad::format::TensorSpec;
+
+/// The training backend of the device `test_device` gave.
+pub fn backend_of(dev: &miad::cuda::Device) -> TrainBackend {
+    if dev.is_simulated() {
+        TrainBackend::CudaSim
+    } else {
+        TrainBackend::Cuda
+    }
+}
+
+/// Largest |a − b| over the largest |b| of each tensor, worst over the tensors.
+pub fn worst_rel(specs: &[(TensorSpec, usize)], a: &[f32], b: &[f32]) -> (f64, String) {
+    let mut worst = (0f64, String::new());
+    for (s, off) in specs {
+        let len: usize = s.shape.iter().product();
+        let (x, y) = (&a[*off..off + len], &b[*off..off + len]);
+        let peak = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
+        let d = x.iter().zip(y).fold(0f32, |m, (u, v)| m.max((u - v).abs())) as f64;
+        if d / peak > worst.0 {
+            worst = (d / peak, s.name.clone());
+        }
+    }
+    worst
+}
+
+/// One training's trained parameters and report.
+pub type Run<'a> = (&'a [f32], &'a TrainReport);
+
+/// Asserts that the device training `dev` follows the CPU's `cpu` (epoch losses within
+/// `loss_tol` relative, the evaluation loss before training within 1e-5 relative, every
+/// trained tensor within `param_tol` of its largest value), that `dev_again` (same seed)
+/// is bit-identical and that `other_seed`'s weights differ; prints what it measured.
+pub fn check_device_training(
+    what: &str,
+    specs: &[(TensorSpec, usize)],
+    cpu: Run<'_>,
+    [dev, dev_again]: [Run<'_>; 2],
+    other_seed: &[f32],
+    (loss_tol, param_tol): (f64, f64),
+) {
+    let (rc, rd) = (cpu.1, dev.1);
+    let lrel = rc
+        .epoch_losses
+        .iter()
+        .zip(&rd.epoch_losses)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs()));
+    let (pworst, pname) = worst_rel(specs, dev.0, cpu.0);
+    eprintln!(
+        "{what}, {} steps: CPU epoch losses {:?}, device {:?} (worst rel {lrel:.1e}); eval {:.4} -> {:.4} (CPU {:.4} -> {:.4}); parameters worst {pworst:.1e} ({pname})",
+        rd.steps, rc.epoch_losses, rd.epoch_losses, rd.eval_before, rd.eval_after, rc.eval_before, rc.eval_after
+    );
+    assert!(lrel < loss_tol, "epoch losses differ by {lrel:.2e}");
+    assert!((rd.eval_before - rc.eval_before).abs() < 1e-5 * rc.eval_before);
+    assert!(
+        pworst < param_tol,
+        "trained parameters of {pname} differ by {pworst:.2e}"
+    );
+    assert!(
+        dev.0 == dev_again.0 && rd.epoch_losses == dev_again.1.epoch_losses,
+        "two device runs with one seed differ"
+    );
+    assert!(dev.0 != other_seed, "another seed gives the same weights");
+}
