@@ -340,6 +340,19 @@ impl DeviceRadarStep {
         parts: usize,
         rows: usize,
     ) -> Result<Self> {
+        Self::with_block(dev, params, opts, grid_x, (parts, rows), LOGIT_BLOCK_ROWS)
+    }
+
+    /// [`DeviceRadarStep::new`] with blocks of at most `block_rows` queries of logits
+    /// (tests: several blocks on small batches).
+    pub fn with_block(
+        dev: Arc<Device>,
+        params: &RadarParams,
+        opts: &RadarTrainOptions,
+        grid_x: usize,
+        (parts, rows): (usize, usize),
+        block_rows: usize,
+    ) -> Result<Self> {
         let dm = Dims::new(&params.fusion, &params.radar, grid_x);
         let hd = dm.d.checked_div(dm.heads).unwrap_or(0);
         if dm.d == 0 || hd == 0 || !dm.d.is_multiple_of(dm.heads) || dm.len == 0 || dm.depth == 0 {
@@ -366,6 +379,12 @@ impl DeviceRadarStep {
         }
         let (d, g, t, xr) = (dm.d, dm.g, dm.tokens(), grid_x * grid_x);
         let (places, params_len) = tensor_places(&params.specs);
+        // The instructions first (`RadarParams`' layout): their own learning rate.
+        if params.specs.first().map(|(s, _)| s.name.as_str()) != Some("radar.instructions") {
+            return Err(cfg_err(
+                "the parameters do not start with radar.instructions",
+            ));
+        }
         let instr_len = places.get(1).map_or(params_len, |p| p.dev);
         let net = RadarNet::build::<Error>(dm.depth, dm.hybrid, &mut |name| {
             params
@@ -375,13 +394,9 @@ impl DeviceRadarStep {
                 .map(|i| places[i].dev)
                 .ok_or_else(|| cfg_err(format!("no tensor {name}")))
         })?;
-        // InfoNCE blocks as the UFF step's.
+        // InfoNCE blocks as the UFF step's (after the first, 4-float aligned starts).
         let n_max = parts * rows;
-        let block = if n_max <= LOGIT_BLOCK_ROWS {
-            round4(n_max)
-        } else {
-            LOGIT_BLOCK_ROWS
-        };
+        let block = round4(n_max.min(block_rows.max(1)));
         let nce_rows = n_max.div_ceil(block) * block;
         if nce_rows > i32::MAX as usize / 2 {
             return Err(cfg_err(format!("{nce_rows} rows per step")));
