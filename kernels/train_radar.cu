@@ -13,9 +13,9 @@
 //                              split > 0 rows < split see columns < split, the others the
 //                              rest; exact zeros elsewhere), one block per row
 //   softmax_backward_f32       ds = p (ds - sum(ds p)) scale, one block per row, in place
-//   scale_cols_backward_f32    y = z (.) s: ds[c] += sum_rows dy z, dy *= s (column thread)
-//   scale_gelu_backward_f32    g = gelu(z (.) s): pre = dg gelu'(z s), ds[c] += sum_rows
-//                              pre z, dg = pre s (column thread)
+//   scale_backward_f32         the generated scales, y = z (.) s (gelu 0) or y = gelu(z (.) s)
+//                              (gelu 1): pre = dy (times gelu'(z s)), ds[c] += sum_rows
+//                              pre z, dy = pre s (one thread per column, rows in order)
 //   gather_rows_f32            dst[i] = src[idx[i]] (rows of `cols` floats)
 //   scatter_add_rows_f32       dst[t] += sum over i with idx[i] = t of src[i], i in order
 //   add_row_scaled_f32         dst[r] += v * scale for every row (the token mean's gradient)
@@ -126,38 +126,25 @@ MIAD_EXTERN void __launch_bounds__(TRR_THREADS)
 }
 
 MIAD_EXTERN void __launch_bounds__(TRR_THREADS)
-    scale_cols_backward_f32(float *__restrict__ dy, const float *__restrict__ z,
-                            const float *__restrict__ s, int rows, int cols,
-                            float *__restrict__ ds) {
+    scale_backward_f32(float *__restrict__ dy, const float *__restrict__ z,
+                       const float *__restrict__ s, int rows, int cols, int gelu,
+                       float *__restrict__ ds) {
   const long long c = trr_index();
   if (c >= cols) return;
   float acc = ds[c];
   const float sc = s[c];
   for (int r = 0; r < rows; ++r) {
     const long long i = (long long)r * cols + c;
-    acc = __fadd_rn(acc, __fmul_rn(dy[i], z[i]));
-    dy[i] = __fmul_rn(dy[i], sc);
-  }
-  ds[c] = acc;
-}
-
-MIAD_EXTERN void __launch_bounds__(TRR_THREADS)
-    scale_gelu_backward_f32(float *__restrict__ dg, const float *__restrict__ z,
-                            const float *__restrict__ s, int rows, int cols,
-                            float *__restrict__ ds) {
-  const long long c = trr_index();
-  if (c >= cols) return;
-  float acc = ds[c];
-  const float sc = s[c];
-  for (int r = 0; r < rows; ++r) {
-    const long long i = (long long)r * cols + c;
-    const float v = __fmul_rn(z[i], sc);
-    const float cdf = 0.5f * (1.f + erff(v * 0.70710678118654752f));
-    // phi(v) = exp(-v^2/2) / sqrt(2 pi)
-    const float pdf = expf(-0.5f * v * v) * 0.39894228040143268f;
-    const float pre = __fmul_rn(dg[i], cdf + v * pdf);
+    float pre = dy[i];
+    if (gelu) {
+      const float v = __fmul_rn(z[i], sc);
+      const float cdf = 0.5f * (1.f + erff(v * 0.70710678118654752f));
+      // phi(v) = exp(-v^2/2) / sqrt(2 pi)
+      const float pdf = expf(-0.5f * v * v) * 0.39894228040143268f;
+      pre = __fmul_rn(pre, cdf + v * pdf);
+    }
     acc = __fadd_rn(acc, __fmul_rn(pre, z[i]));
-    dg[i] = __fmul_rn(pre, sc);
+    dy[i] = __fmul_rn(pre, sc);
   }
   ds[c] = acc;
 }

@@ -160,7 +160,8 @@ fn train_fusion_radar_writes_a_radar_model() {
         args.extend_from_slice(extra);
         miad(&args)
     };
-    let (ok, out, err) = train(&[
+    // Small RADAR sizes (multiples of 4, as the device step needs).
+    let sizes = [
         "--method",
         "radar",
         "--radar-dim",
@@ -171,8 +172,8 @@ fn train_fusion_radar_writes_a_radar_model() {
         "2",
         "--instruction-len",
         "2",
-        "--no-hybrid",
-    ]);
+    ];
+    let (ok, out, err) = train(&[&sizes[..], &["--no-hybrid"]].concat());
     assert!(ok, "{out}{err}");
     assert!(out.contains("trained radar on 4 parts"), "{out}");
     let opened = ModelFile::open(&radar, &OpenOptions::default()).unwrap();
@@ -195,20 +196,7 @@ fn train_fusion_radar_writes_a_radar_model() {
     assert!(!ok && err.contains("unknown backend"), "{err}");
     // Both methods on the simulated device, or the error of a build without it; the
     // provenance names the backend.
-    let radar_sim = [
-        "--method",
-        "radar",
-        "--radar-dim",
-        "16",
-        "--radar-depth",
-        "1",
-        "--radar-heads",
-        "2",
-        "--instruction-len",
-        "2",
-        "--backend",
-        "cuda-sim",
-    ];
+    let radar_sim = [&sizes[..], &["--backend", "cuda-sim"]].concat();
     for (method, args) in [
         ("uff", &["--backend", "cuda-sim"][..]),
         ("radar", &radar_sim),

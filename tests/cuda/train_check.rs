@@ -67,3 +67,24 @@ pub fn check_device_training(
     );
     assert!(dev.0 != other_seed, "another seed gives the same weights");
 }
+
+/// Asserts one device step's parity with the CPU's step: the loss-only evaluation gives
+/// the training step's loss bits, the loss is within 1e-6 relative, every gradient
+/// tensor within 1e-5 of its largest value. Returns the loss's relative error, the worst
+/// gradient error and its tensor.
+pub fn check_step(
+    specs: &[(TensorSpec, usize)],
+    (loss, grad): (f64, &[f32]),
+    (eval, dloss, dgrad): (f64, f64, &[f32]),
+) -> (f64, f64, String) {
+    assert_eq!(
+        eval.to_bits(),
+        dloss.to_bits(),
+        "loss-only and training step differ"
+    );
+    let rel = (dloss - loss).abs() / loss.abs();
+    let (gworst, gname) = worst_rel(specs, dgrad, grad);
+    assert!(rel < 1e-6, "loss {dloss} vs {loss}");
+    assert!(gworst < 1e-5, "gradient of {gname} off by {gworst:.2e}");
+    (rel, gworst, gname)
+}

@@ -4,9 +4,9 @@
 //! - layernorm_stats_f32 / layernorm_backward_f32: `ln_forward` / `ln_backward`, bitwise
 //!   (statistics, `u`, `1/σ`, the affine output, `dx` added onto a non-zero `dx`);
 //! - train.cu's ln_param_grads_f32 and col_sums_f32 (the gradients of several parts),
-//!   scale_cols_backward_f32, gather_rows_f32, scatter_add_rows_f32, add_row_scaled_f32:
-//!   the CPU's row order onto non-zero accumulators, bitwise;
-//! - scale_gelu_backward_f32: the CPU's loop with `gelu_grad`, within 1e-6;
+//!   scale_backward_f32 of `y = z ⊙ s`, gather_rows_f32, scatter_add_rows_f32,
+//!   add_row_scaled_f32: the CPU's row order onto non-zero accumulators, bitwise;
+//! - scale_backward_f32 of `y = GELU(z ⊙ s)`: the CPU's loop with `gelu_grad`, within 1e-6;
 //! - softmax_rows_f32 (with and without eq. 7's split, heads stacked) and
 //!   softmax_backward_f32: f64 within 1e-6 relative + 1e-7; the masked entries are exact
 //!   zeros.
@@ -157,28 +157,26 @@ fn sums_and_scales() -> Result<(), String> {
         sim().launch("col_sums_f32", &flat(cols), &mut a, s)?;
         same_bits("col_sums_f32", ob.get(), &cs)?;
         let (zb, sb) = (Buf::from(&z), Buf::from(&sc));
-        let (dyb, dsb) = (Buf::from(&da), Buf::from(&acc_s));
-        let mut a = Args::new()
-            .buf(&dyb)
-            .buf(&zb)
-            .buf(&sb)
-            .val(rows as i32)
-            .val(cols as i32)
-            .buf(&dsb);
-        sim().launch("scale_cols_backward_f32", &flat(cols), &mut a, s)?;
-        same_bits("scale_cols_backward_f32 dy", dyb.get(), &dy)?;
-        same_bits("scale_cols_backward_f32 ds", dsb.get(), &ds2)?;
-        let (dgb, dsb) = (Buf::from(&da), Buf::from(&acc_s));
-        let mut a = Args::new()
-            .buf(&dgb)
-            .buf(&zb)
-            .buf(&sb)
-            .val(rows as i32)
-            .val(cols as i32)
-            .buf(&dsb);
-        sim().launch("scale_gelu_backward_f32", &flat(cols), &mut a, s)?;
-        close("scale_gelu_backward_f32 dg", dgb.get(), &dgl, 1e-6, 1e-6)?;
-        close("scale_gelu_backward_f32 ds", dsb.get(), &ds1, 1e-5, 1e-6)
+        for (gelu, want_dy, want_ds) in [(0i32, &dy, &ds2), (1, &dgl, &ds1)] {
+            let (dyb, dsb) = (Buf::from(&da), Buf::from(&acc_s));
+            let mut a = Args::new()
+                .buf(&dyb)
+                .buf(&zb)
+                .buf(&sb)
+                .val(rows as i32)
+                .val(cols as i32)
+                .val(gelu)
+                .buf(&dsb);
+            sim().launch("scale_backward_f32", &flat(cols), &mut a, s)?;
+            if gelu == 0 {
+                same_bits("scale_backward_f32 dy", dyb.get(), want_dy)?;
+                same_bits("scale_backward_f32 ds", dsb.get(), want_ds)?;
+            } else {
+                close("scale_backward_f32 gelu dy", dyb.get(), want_dy, 1e-6, 1e-6)?;
+                close("scale_backward_f32 gelu ds", dsb.get(), want_ds, 1e-5, 1e-6)?;
+            }
+        }
+        Ok(())
     })
 }
 

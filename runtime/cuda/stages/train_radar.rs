@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use super::forward::gemm;
 use super::train_uff::{
-    device_order, download_host_order, grid, tensor_places, TensorPlace, TrainKernels, BLOCK,
-    LOGIT_BLOCK_ROWS,
+    checked_loss, copy_params, device_order, download_host_order, grid, tensor_places, TensorPlace,
+    TrainKernels, BLOCK, LOGIT_BLOCK_ROWS,
 };
 use crate::backend::Precision;
 use crate::cpu::radar_fusion::{Block, Case, Dims, Lin, RadarNet, UffBranch};
@@ -54,8 +54,7 @@ struct RadarKernels {
     ln_backward: Kernel,
     softmax: Kernel,
     softmax_backward: Kernel,
-    scale_cols_backward: Kernel,
-    scale_gelu_backward: Kernel,
+    scale_backward: Kernel,
     gather: Kernel,
     scatter_add: Kernel,
     add_row: Kernel,
@@ -71,8 +70,7 @@ impl RadarKernels {
             ln_backward: Kernel::find(&m, "layernorm_backward_f32")?,
             softmax: Kernel::find(&m, "softmax_rows_f32")?,
             softmax_backward: Kernel::find(&m, "softmax_backward_f32")?,
-            scale_cols_backward: Kernel::find(&m, "scale_cols_backward_f32")?,
-            scale_gelu_backward: Kernel::find(&m, "scale_gelu_backward_f32")?,
+            scale_backward: Kernel::find(&m, "scale_backward_f32")?,
             gather: Kernel::find(&m, "gather_rows_f32")?,
             scatter_add: Kernel::find(&m, "scatter_add_rows_f32")?,
             add_row: Kernel::find(&m, "add_row_scaled_f32")?,
@@ -671,6 +669,24 @@ impl DeviceRadarStep {
             .launch(self.radar.add_row, grid(rows * cols), BLOCK, 0, &mut a)
     }
 
+    /// Backward of a generated scale: `y = z ⊙ s` or, with `gelu`, `y = GELU(z ⊙ s)`:
+    /// `ds += Σ_rows ∂y ⊙ …`, `dy` becomes the gradient of `z` (in place).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scale_back(
+        &self,
+        dy: DevPtr<f32>,
+        z: DevPtr<f32>,
+        s: DevPtr<f32>,
+        (rows, cols): (usize, usize),
+        gelu: bool,
+        ds: DevPtr<f32>,
+    ) -> Result<()> {
+        let (r, c, g) = (rows as i32, cols as i32, gelu as i32);
+        let mut a = kernel_args![dy, z, s, r, c, g, ds];
+        self.dev
+            .launch(self.radar.scale_backward, grid(cols), BLOCK, 0, &mut a)
+    }
+
     /// A strided copy of `rows × cols` (`scale_cols_f32` by ones: exact).
     unsafe fn copy2d(
         &self,
@@ -1058,20 +1074,10 @@ impl DeviceRadarStep {
         let (dy, dgb) = (self.buf_a, self.buf_c);
         self.linear_back(&w.head, (rows, dim, e), b.y, self.dp, dy)?;
         // y = z2 ⊙ s2
-        let (ci, di) = (dim as i32, r);
-        let mut a = kernel_args![dy, b.z2, s2, di, ci, ds2];
-        dev.launch(self.radar.scale_cols_backward, grid(dim), BLOCK, 0, &mut a)?;
+        self.scale_back(dy, b.z2, s2, (rows, dim), false, ds2)?;
         self.linear_back(&w.fc2, (rows, hidden, dim), b.g, dy, dgb)?;
         // g = GELU(z1 ⊙ s1)
-        let hi = hidden as i32;
-        let mut a = kernel_args![dgb, b.z1, s1, r, hi, ds1];
-        dev.launch(
-            self.radar.scale_gelu_backward,
-            grid(hidden),
-            BLOCK,
-            0,
-            &mut a,
-        )?;
+        self.scale_back(dgb, b.z1, s1, (rows, hidden), true, ds1)?;
         let du = dy;
         self.linear_back(&w.fc1, (rows, dim, hidden), b.ux, dgb, du)?;
         self.ln_back(du, b.u, b.rstd, (rows, dim), &w.norm, None)?;
@@ -1363,27 +1369,11 @@ impl RadarStep for DeviceRadarStep {
             self.adamw(0..self.instr_len, lr_instructions)?;
             self.adamw(self.instr_len..self.params_len, lr)?;
         }
-        let loss = self.read_loss()?;
-        let mut bad = [0i32];
-        self.dev.download(&mut bad, self.bad.raw())?;
-        if !loss.is_finite() || bad[0] != 0 {
-            return Err(Error::Input(format!(
-                "training diverged at step {step} (loss {loss}): lower --lr"
-            )));
-        }
-        Ok(loss)
+        checked_loss(&self.dev, self.nce.loss, self.bad, step)
     }
 
     fn params_into(&mut self, out: &mut RadarParams) -> Result<()> {
         let data = self.download_flat(self.params)?;
-        if data.len() != out.data.len() {
-            return Err(cfg_err(format!(
-                "{} parameters on the device, {} in the output",
-                data.len(),
-                out.data.len()
-            )));
-        }
-        out.data.copy_from_slice(&data);
-        Ok(())
+        copy_params(&data, &mut out.data)
     }
 }

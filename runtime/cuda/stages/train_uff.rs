@@ -123,6 +123,40 @@ pub(crate) fn tensor_places(specs: &[(TensorSpec, usize)]) -> (Vec<TensorPlace>,
     (places, at.max(1))
 }
 
+/// The loss of a training step (f64 bits at `loss`), or the error of a diverged one (a
+/// non-finite loss, or the AdamW kernel's flag at `bad`).
+pub(crate) fn checked_loss(
+    dev: &Device,
+    loss: DevPtr<u64>,
+    bad: DevPtr<i32>,
+    step: usize,
+) -> Result<f64> {
+    let mut bits = [0u64];
+    dev.download(&mut bits, loss.raw())?;
+    let loss = f64::from_bits(bits[0]);
+    let mut flag = [0i32];
+    dev.download(&mut flag, bad.raw())?;
+    if !loss.is_finite() || flag[0] != 0 {
+        return Err(Error::Input(format!(
+            "training diverged at step {step} (loss {loss}): lower --lr"
+        )));
+    }
+    Ok(loss)
+}
+
+/// Copies the downloaded parameters `data` into `out`, refusing another length.
+pub(crate) fn copy_params(data: &[f32], out: &mut [f32]) -> Result<()> {
+    if data.len() != out.len() {
+        return Err(Error::Config(format!(
+            "device training: {} parameters on the device, {} in the output",
+            data.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(data);
+    Ok(())
+}
+
 /// The flat host vector `host` (laid out as the places' host offsets) in the device
 /// layout of `len` floats (padding zero).
 pub(crate) fn device_order(places: &[TensorPlace], len: usize, host: &[f32]) -> Vec<f32> {
@@ -668,27 +702,11 @@ impl UffStep for DeviceUffStep {
         ];
         // SAFETY: the four flat buffers hold `params_len` floats.
         unsafe { dev.launch(self.kernels.adamw, grid(self.params_len), BLOCK, 0, &mut a)? };
-        let loss = self.read_loss()?;
-        let mut bad = [0i32];
-        dev.download(&mut bad, self.bad.raw())?;
-        if !loss.is_finite() || bad[0] != 0 {
-            return Err(Error::Input(format!(
-                "training diverged at step {step} (loss {loss}): lower --lr"
-            )));
-        }
-        Ok(loss)
+        checked_loss(dev, self.loss, self.bad, step)
     }
 
     fn params_into(&mut self, out: &mut UffParams) -> Result<()> {
         let data = self.download_flat(self.params)?;
-        if data.len() != out.data.len() {
-            return Err(cfg_err(format!(
-                "{} parameters on the device, {} in the output",
-                data.len(),
-                out.data.len()
-            )));
-        }
-        out.data.copy_from_slice(&data);
-        Ok(())
+        copy_params(&data, &mut out.data)
     }
 }
