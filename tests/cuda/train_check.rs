@@ -6,7 +6,7 @@ use miad::fit::train_fusion::{TrainBackend, TrainReport};
 use miad::format::TensorSpec;
 
 /// The training backend of the device `test_device` gave.
-pub fn backend_of(dev: &miad::cuda::Device) -> TrainBackend {
+fn backend_of(dev: &miad::cuda::Device) -> TrainBackend {
     if dev.is_simulated() {
         TrainBackend::CudaSim
     } else {
@@ -29,28 +29,34 @@ pub fn worst_rel(specs: &[(TensorSpec, usize)], a: &[f32], b: &[f32]) -> (f64, S
     worst
 }
 
-/// One training's trained parameters and report.
-pub type Run<'a> = (&'a [f32], &'a TrainReport);
+/// One training: its tensors (offsets into the flat parameters), trained parameters and
+/// report.
+pub type Run = (Vec<(TensorSpec, usize)>, Vec<f32>, TrainReport);
 
-/// Asserts that the device training `dev` follows the CPU's `cpu` (epoch losses within
+/// Runs `train(backend, seed)` on the CPU and on `dev`'s backend (seed 21 twice, 22 once)
+/// and asserts that the device training follows the CPU's (epoch losses within
 /// `loss_tol` relative, the evaluation loss before training within 1e-5 relative, every
-/// trained tensor within `param_tol` of its largest value), that `dev_again` (same seed)
-/// is bit-identical and that `other_seed`'s weights differ; prints what it measured.
+/// trained tensor within `param_tol` of its largest value), that the second device run
+/// is bit-identical and that the other seed's weights differ; prints what it measured
+/// and returns the device run's report.
 pub fn check_device_training(
     what: &str,
-    specs: &[(TensorSpec, usize)],
-    cpu: Run<'_>,
-    [dev, dev_again]: [Run<'_>; 2],
-    other_seed: &[f32],
+    dev: miad::cuda::Device,
+    train: impl Fn(TrainBackend, u64) -> Run,
     (loss_tol, param_tol): (f64, f64),
-) {
-    let (rc, rd) = (cpu.1, dev.1);
+) -> TrainReport {
+    let backend = backend_of(&dev);
+    drop(dev);
+    let (specs, pc, rc) = train(TrainBackend::Cpu, 21);
+    let (_, pd, rd) = train(backend, 21);
+    let (_, pd2, rd2) = train(backend, 21);
+    let (_, pe, _) = train(backend, 22);
     let lrel = rc
         .epoch_losses
         .iter()
         .zip(&rd.epoch_losses)
         .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs()));
-    let (pworst, pname) = worst_rel(specs, dev.0, cpu.0);
+    let (pworst, pname) = worst_rel(&specs, &pd, &pc);
     eprintln!(
         "{what}, {} steps: CPU epoch losses {:?}, device {:?} (worst rel {lrel:.1e}); eval {:.4} -> {:.4} (CPU {:.4} -> {:.4}); parameters worst {pworst:.1e} ({pname})",
         rd.steps, rc.epoch_losses, rd.epoch_losses, rd.eval_before, rd.eval_after, rc.eval_before, rc.eval_after
@@ -62,10 +68,11 @@ pub fn check_device_training(
         "trained parameters of {pname} differ by {pworst:.2e}"
     );
     assert!(
-        dev.0 == dev_again.0 && rd.epoch_losses == dev_again.1.epoch_losses,
+        pd == pd2 && rd.epoch_losses == rd2.epoch_losses,
         "two device runs with one seed differ"
     );
-    assert!(dev.0 != other_seed, "another seed gives the same weights");
+    assert!(pd != pe, "another seed gives the same weights");
+    rd
 }
 
 /// Asserts one device step's parity with the CPU's step: the loss-only evaluation gives

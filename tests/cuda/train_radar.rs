@@ -29,7 +29,7 @@ use miad::util::rng::Rng;
 
 use crate::linked::Linked;
 use crate::test_device;
-use crate::train_check::{backend_of, check_device_training, check_step};
+use crate::train_check::{check_device_training, check_step};
 
 /// Branch widths that are no multiple of 4 (the device pads each tensor to 256 bytes).
 fn cfg(hybrid: bool) -> (FusionConfig, RadarConfig) {
@@ -217,18 +217,13 @@ fn training_on_the_device_follows_the_cpu_and_is_deterministic() {
     let Some(dev) = test_device("train_radar") else {
         return;
     };
-    let backend = backend_of(&dev);
-    drop(dev);
-    let (pc, rc) = train(TrainBackend::Cpu, 21);
-    let (pd, rd) = train(backend, 21);
-    let (pd2, rd2) = train(backend, 21);
-    let (pe, _) = train(backend, 22);
     check_device_training(
         "RADAR",
-        &pc.specs,
-        (&pc.data, &rc),
-        [(&pd.data, &rd), (&pd2.data, &rd2)],
-        &pe.data,
+        dev,
+        |backend, seed| {
+            let (p, r) = train(backend, seed);
+            (p.specs, p.data, r)
+        },
         (1e-5, 1e-3),
     );
 }

@@ -28,7 +28,7 @@ use miad::util::rng::Rng;
 
 use crate::linked::{jittered, linked_layout, Linked};
 use crate::test_device;
-use crate::train_check::{backend_of, check_device_training, check_step};
+use crate::train_check::{check_device_training, check_step};
 
 /// Widths that are no multiple of 4 (the device pads each tensor to 256 bytes).
 fn cfg() -> FusionConfig {
@@ -154,18 +154,13 @@ fn training_on_the_device_follows_the_cpu_and_is_deterministic() {
     let Some(dev) = test_device("train_uff") else {
         return;
     };
-    let backend = backend_of(&dev);
-    drop(dev);
-    let (pc, rc) = train(TrainBackend::Cpu, 21);
-    let (pd, rd) = train(backend, 21);
-    let (pd2, rd2) = train(backend, 21);
-    let (pe, _) = train(backend, 22);
-    check_device_training(
+    let rd = check_device_training(
         "UFF",
-        &pc.specs,
-        (&pc.data, &rc),
-        [(&pd.data, &rd), (&pd2.data, &rd2)],
-        &pe.data,
+        dev,
+        |backend, seed| {
+            let (p, r) = train(backend, seed);
+            (p.specs, p.data, r)
+        },
         (1e-6, 1e-4),
     );
     assert!(

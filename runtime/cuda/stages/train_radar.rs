@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use super::forward::gemm;
 use super::train_uff::{
-    checked_loss, copy_params, device_order, download_host_order, grid, tensor_places, TensorPlace,
-    TrainKernels, BLOCK, LOGIT_BLOCK_ROWS,
+    checked_loss, copy_params, device_order, download_host_order, grid, tensor_places, DeviceAdamW,
+    TensorPlace, TrainKernels, BLOCK, LOGIT_BLOCK_ROWS,
 };
 use crate::backend::Precision;
 use crate::cpu::radar_fusion::{Block, Case, Dims, Lin, RadarNet, UffBranch};
@@ -84,149 +84,89 @@ fn round4(n: usize) -> usize {
     n.div_ceil(4) * 4
 }
 
-/// One block's activations over `t` tokens (the CPU's `BlockActs`, plus the per-head
-/// copies of q, k, v and o that the products read: head `h` at `h · head_stride`).
-struct BlockBufs {
-    t: usize,
-    input: DevPtr<f32>,
-    u1: DevPtr<f32>,
-    rstd1: DevPtr<f32>,
-    a1: DevPtr<f32>,
-    qkv: DevPtr<f32>,
-    qh: DevPtr<f32>,
-    kh: DevPtr<f32>,
-    vh: DevPtr<f32>,
-    oh: DevPtr<f32>,
-    /// Probabilities, head `h` at `h · p_stride`.
-    p: DevPtr<f32>,
-    o: DevPtr<f32>,
-    x1: DevPtr<f32>,
-    u2: DevPtr<f32>,
-    rstd2: DevPtr<f32>,
-    a2: DevPtr<f32>,
-    z: DevPtr<f32>,
-    g: DevPtr<f32>,
-    out: DevPtr<f32>,
+/// Declares a set of buffers generic over what names them: arena `Slot`s when planned,
+/// device pointers once the arena exists (`map`).
+macro_rules! buffer_set {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy)]
+        struct $name<T> {
+            $($(#[$fdoc])* $field: T,)*
+        }
+
+        impl<T: Copy> $name<T> {
+            fn map<U>(&self, f: impl Fn(T) -> U) -> $name<U> {
+                $name { $($field: f(self.$field),)* }
+            }
+        }
+    };
 }
 
-struct BlockSlots {
-    t: usize,
-    s: [Slot<f32>; 18],
+buffer_set! {
+    /// One block's activations (the CPU's `BlockActs`, plus the per-head copies of q, k,
+    /// v and o that the products read: head `h` at `h · round4(t · head width)`).
+    BlockBufs {
+        input, u1, rstd1, a1, qkv, qh, kh, vh, oh,
+        /// Probabilities, head `h` at `h · round4(t²)`.
+        p,
+        o, x1, u2, rstd2, a2, z, g, out,
+    }
 }
 
-impl BlockSlots {
+impl BlockBufs<Slot<f32>> {
+    /// The buffers of a block over `t` tokens.
     fn plan(plan: &mut ArenaPlan, t: usize, dm: &Dims) -> Self {
         let (d, h) = (dm.d, dm.heads);
-        let hs = h * round4(t * (d / h));
-        let sizes = [
-            t * d,
-            t * d,
-            t,
-            t * d,
-            t * 3 * d,
-            hs,
-            hs,
-            hs,
-            hs,
-            h * round4(t * t),
-            t * d,
-            t * d,
-            t * d,
-            t,
-            t * d,
-            t * 4 * d,
-            t * 4 * d,
-            t * d,
-        ];
-        BlockSlots {
-            t,
-            s: sizes.map(|n| plan.add(n)),
-        }
-    }
-
-    fn resolve(&self, a: &Arena) -> BlockBufs {
-        let p = self.s.map(|s| a.ptr(s));
+        let heads = h * round4(t * (d / h));
+        let mut add = |n: usize| plan.add::<f32>(n);
         BlockBufs {
-            t: self.t,
-            input: p[0],
-            u1: p[1],
-            rstd1: p[2],
-            a1: p[3],
-            qkv: p[4],
-            qh: p[5],
-            kh: p[6],
-            vh: p[7],
-            oh: p[8],
-            p: p[9],
-            o: p[10],
-            x1: p[11],
-            u2: p[12],
-            rstd2: p[13],
-            a2: p[14],
-            z: p[15],
-            g: p[16],
-            out: p[17],
+            input: add(t * d),
+            u1: add(t * d),
+            rstd1: add(t),
+            a1: add(t * d),
+            qkv: add(t * 3 * d),
+            qh: add(heads),
+            kh: add(heads),
+            vh: add(heads),
+            oh: add(heads),
+            p: add(h * round4(t * t)),
+            o: add(t * d),
+            x1: add(t * d),
+            u2: add(t * d),
+            rstd2: add(t),
+            a2: add(t * d),
+            z: add(t * 4 * d),
+            g: add(t * 4 * d),
+            out: add(t * d),
         }
     }
 }
 
-/// One branch's activations over the planned rows of a part (the CPU's `BranchActs`) and
-/// its loss gradient.
-struct BranchBufs {
-    x: DevPtr<f32>,
-    ctx: DevPtr<f32>,
-    u: DevPtr<f32>,
-    rstd: DevPtr<f32>,
-    ux: DevPtr<f32>,
-    z1: DevPtr<f32>,
-    g: DevPtr<f32>,
-    z2: DevPtr<f32>,
-    y: DevPtr<f32>,
-    p: DevPtr<f32>,
-    norms: DevPtr<f32>,
-    q: DevPtr<f32>,
-    dq: DevPtr<f32>,
+buffer_set! {
+    /// One branch's activations over the planned rows of a part (the CPU's `BranchActs`)
+    /// and its loss gradient `dq`.
+    BranchBufs { x, ctx, u, rstd, ux, z1, g, z2, y, p, norms, q, dq }
 }
 
-struct BranchSlots([Slot<f32>; 13]);
-
-impl BranchSlots {
-    fn plan(plan: &mut ArenaPlan, rows: usize, dim: usize, hidden: usize, dm: &Dims) -> Self {
+impl BranchBufs<Slot<f32>> {
+    /// The buffers of a branch of width `dim` (hidden `hidden`) over `rows` rows.
+    fn plan(plan: &mut ArenaPlan, rows: usize, (dim, hidden): (usize, usize), dm: &Dims) -> Self {
         let (d, e) = (dm.d, dm.e);
-        let sizes = [
-            rows * dim,
-            rows * d,
-            rows * dim,
-            rows,
-            rows * dim,
-            rows * hidden,
-            rows * hidden,
-            rows * dim,
-            rows * dim,
-            rows * e,
-            rows,
-            rows * e,
-            rows * e,
-        ];
-        BranchSlots(sizes.map(|n| plan.add(n)))
-    }
-
-    fn resolve(&self, a: &Arena) -> BranchBufs {
-        let p = self.0.map(|s| a.ptr(s));
+        let mut add = |n: usize| plan.add::<f32>(n);
         BranchBufs {
-            x: p[0],
-            ctx: p[1],
-            u: p[2],
-            rstd: p[3],
-            ux: p[4],
-            z1: p[5],
-            g: p[6],
-            z2: p[7],
-            y: p[8],
-            p: p[9],
-            norms: p[10],
-            q: p[11],
-            dq: p[12],
+            x: add(rows * dim),
+            ctx: add(rows * d),
+            u: add(rows * dim),
+            rstd: add(rows),
+            ux: add(rows * dim),
+            z1: add(rows * hidden),
+            g: add(rows * hidden),
+            z2: add(rows * dim),
+            y: add(rows * dim),
+            p: add(rows * e),
+            norms: add(rows),
+            q: add(rows * e),
+            dq: add(rows * e),
         }
     }
 }
@@ -260,8 +200,6 @@ pub struct DeviceRadarStep {
     instr_len: usize,
     params: DevPtr<f32>,
     grads: DevPtr<f32>,
-    moment1: DevPtr<f32>,
-    moment2: DevPtr<f32>,
     ones: DevPtr<f32>,
     /// The batch: features of up to `parts` parts, each part's xyz cells and their RGB
     /// cells (`rows` each, padding cell 0).
@@ -274,13 +212,13 @@ pub struct DeviceRadarStep {
     tok_u: [DevPtr<f32>; 2],
     tok_rstd: [DevPtr<f32>; 2],
     tok_a: [DevPtr<f32>; 2],
-    blocks: Vec<BlockBufs>,
-    hybrid: Option<BlockBufs>,
+    blocks: Vec<BlockBufs<DevPtr<f32>>>,
+    hybrid: Option<BlockBufs<DevPtr<f32>>>,
     means: DevPtr<f32>,
     hh: DevPtr<f32>,
     vv: DevPtr<f32>,
     scale: [DevPtr<f32>; 4],
-    branch: [BranchBufs; 2],
+    branch: [BranchBufs<DevPtr<f32>>; 2],
     // The batch's normalised head outputs (RGB queries, xyz keys) and their gradients.
     q_all: DevPtr<f32>,
     k_all: DevPtr<f32>,
@@ -309,11 +247,7 @@ pub struct DeviceRadarStep {
     parts: usize,
     rows: usize,
     temperature: f32,
-    betas: (f32, f32),
-    adam_eps: f32,
-    weight_decay: f32,
-    /// AdamW updates done.
-    t: u32,
+    adam: DeviceAdamW,
     dev: Arc<Device>,
 }
 
@@ -412,17 +346,17 @@ impl DeviceRadarStep {
         let dims = [dm.dx, dm.dr];
         let s_tok: [[Slot<f32>; 3]; 2] =
             dims.map(|dim| [plan.add(g * dim), plan.add(g), plan.add(g * dim)]);
-        let s_blocks: Vec<BlockSlots> = (0..dm.depth)
-            .map(|_| BlockSlots::plan(&mut plan, t, &dm))
+        let s_blocks: Vec<BlockBufs<Slot<f32>>> = (0..dm.depth)
+            .map(|_| BlockBufs::plan(&mut plan, t, &dm))
             .collect();
-        let s_hybrid = dm.hybrid.then(|| BlockSlots::plan(&mut plan, 2 * g, &dm));
+        let s_hybrid = dm.hybrid.then(|| BlockBufs::plan(&mut plan, 2 * g, &dm));
         let s_means = plan.add::<f32>(2 * d);
         let s_hh = plan.add::<f32>(4 * dm.hyper);
         let s_vv = plan.add::<f32>(4 * dm.hyper);
         let s_scale = scale_lens(&dm).map(|n| plan.add::<f32>(n));
         let s_branch = [
-            BranchSlots::plan(&mut plan, rows, dm.dx, dm.hx, &dm),
-            BranchSlots::plan(&mut plan, rows, dm.dr, dm.hr, &dm),
+            BranchBufs::plan(&mut plan, rows, (dm.dx, dm.hx), &dm),
+            BranchBufs::plan(&mut plan, rows, (dm.dr, dm.hr), &dm),
         ];
         let s_all = [0; 4].map(|_| plan.add::<f32>(nce_rows * dm.e));
         let s_logits = plan.add::<f32>(block * nce_rows);
@@ -460,6 +394,13 @@ impl DeviceRadarStep {
             bytes: s_ws.len,
         };
         let f = |s: Slot<f32>| arena.ptr(s);
+        let adam = DeviceAdamW::new(
+            [0, 1, 2, 3].map(|i| arena.ptr(flat[i])),
+            arena.ptr(s_bad),
+            opts.betas,
+            opts.adam_eps,
+            opts.weight_decay,
+        );
         let step = DeviceRadarStep {
             plans: RefCell::new(Vec::new()),
             train: TrainKernels::new(&dev)?,
@@ -474,8 +415,6 @@ impl DeviceRadarStep {
             instr_len,
             params: f(flat[0]),
             grads: f(flat[1]),
-            moment1: f(flat[2]),
-            moment2: f(flat[3]),
             ones: f(s_ones),
             xyz_in: f(s_xyz),
             rgb_in: f(s_rgb),
@@ -485,13 +424,13 @@ impl DeviceRadarStep {
             tok_u: [f(s_tok[0][0]), f(s_tok[1][0])],
             tok_rstd: [f(s_tok[0][1]), f(s_tok[1][1])],
             tok_a: [f(s_tok[0][2]), f(s_tok[1][2])],
-            blocks: s_blocks.iter().map(|b| b.resolve(&arena)).collect(),
-            hybrid: s_hybrid.as_ref().map(|b| b.resolve(&arena)),
+            blocks: s_blocks.iter().map(|b| b.map(f)).collect(),
+            hybrid: s_hybrid.map(|b| b.map(f)),
             means: f(s_means),
             hh: f(s_hh),
             vv: f(s_vv),
             scale: s_scale.map(f),
-            branch: [s_branch[0].resolve(&arena), s_branch[1].resolve(&arena)],
+            branch: s_branch.map(|b| b.map(f)),
             q_all: f(s_all[0]),
             k_all: f(s_all[1]),
             dq_all: f(s_all[2]),
@@ -524,10 +463,7 @@ impl DeviceRadarStep {
             parts,
             rows,
             temperature: opts.temperature,
-            betas: opts.betas,
-            adam_eps: opts.adam_eps,
-            weight_decay: opts.weight_decay,
-            t: 0,
+            adam,
             dev,
         };
         // Warm-up on the zeroed buffers: one part's forward, the InfoNCE and the backward
@@ -596,6 +532,19 @@ impl DeviceRadarStep {
         };
         let b = bias.map_or(0, |b| b.raw());
         gemm(&plans[i], &self.dev, x.raw(), w.raw(), b, y.raw())
+    }
+
+    /// A linear layer's forward `y (+)= x·Wᵀ + b` over `(rows, n_out, n_in)`.
+    unsafe fn linear(
+        &self,
+        lin: &Lin<usize>,
+        accumulate: bool,
+        shape: (usize, usize, usize),
+        x: DevPtr<f32>,
+        y: DevPtr<f32>,
+    ) -> Result<()> {
+        let (w, b) = (self.w(lin.w), Some(self.w(lin.b)));
+        self.mm(Operands::XWt, accumulate, shape, x, w, b, y)
     }
 
     /// `out = u γ + β` with `u`, `1/σ` kept (`layernorm_stats_f32`).
@@ -725,24 +674,21 @@ impl DeviceRadarStep {
         self.mm(Operands::XW, false, (rows, n_in, n_out), dy, w, None, dx)
     }
 
-    /// One pre-norm block over `a.t` tokens (the CPU's `block_forward`); with `split`,
+    /// One pre-norm block over `t` tokens (the CPU's `block_forward`); with `split`,
     /// eq. 7's groups.
-    unsafe fn block_forward(&self, a: &BlockBufs, w: &Block<usize>, split: usize) -> Result<()> {
+    unsafe fn block_forward(
+        &self,
+        a: &BlockBufs<DevPtr<f32>>,
+        t: usize,
+        w: &Block<usize>,
+        split: usize,
+    ) -> Result<()> {
         let dm = &self.dm;
-        let (t, d, heads) = (a.t, dm.d, dm.heads);
+        let (d, heads) = (dm.d, dm.heads);
         let hd = d / heads;
         let (hs, ps) = (round4(t * hd), round4(t * t));
         self.ln(a.input, (t, d), &w.norm1, dm.eps, a.u1, a.rstd1, a.a1)?;
-        let (qw, qb) = (self.w(w.qkv.w), self.w(w.qkv.b));
-        self.mm(
-            Operands::XWt,
-            false,
-            (t, 3 * d, d),
-            a.a1,
-            qw,
-            Some(qb),
-            a.qkv,
-        )?;
+        self.linear(&w.qkv, false, (t, 3 * d, d), a.a1, a.qkv)?;
         for h in 0..heads {
             for (m, dst) in [a.qh, a.kh, a.vh].into_iter().enumerate() {
                 let src = a.qkv.offset(m * d + h * hd);
@@ -759,25 +705,27 @@ impl DeviceRadarStep {
             self.copy2d(o, hd, (t, hd), a.o.offset(h * hd), d)?;
         }
         self.copy(a.x1, a.input, t * d)?;
-        let (pw, pb) = (self.w(w.proj.w), self.w(w.proj.b));
-        self.mm(Operands::XWt, true, (t, d, d), a.o, pw, Some(pb), a.x1)?;
+        self.linear(&w.proj, true, (t, d, d), a.o, a.x1)?;
         self.ln(a.x1, (t, d), &w.norm2, dm.eps, a.u2, a.rstd2, a.a2)?;
-        let (w1, b1) = (self.w(w.fc1.w), self.w(w.fc1.b));
-        self.mm(Operands::XWt, false, (t, 4 * d, d), a.a2, w1, Some(b1), a.z)?;
+        self.linear(&w.fc1, false, (t, 4 * d, d), a.a2, a.z)?;
         let n = (t * 4 * d) as i64;
         let mut args = kernel_args![a.z, n, a.g];
         self.dev
             .launch(self.train.gelu, grid(t * 4 * d), BLOCK, 0, &mut args)?;
         self.copy(a.out, a.x1, t * d)?;
-        let (w2, b2) = (self.w(w.fc2.w), self.w(w.fc2.b));
-        self.mm(Operands::XWt, true, (t, d, 4 * d), a.g, w2, Some(b2), a.out)
+        self.linear(&w.fc2, true, (t, d, 4 * d), a.g, a.out)
     }
 
     /// Backward of one block: `dout` in `seq`, leaves `d input` there (the CPU's
     /// `block_backward`; masked probabilities are 0, so are their gradients).
-    unsafe fn block_backward(&self, a: &BlockBufs, w: &Block<usize>) -> Result<()> {
+    unsafe fn block_backward(
+        &self,
+        a: &BlockBufs<DevPtr<f32>>,
+        t: usize,
+        w: &Block<usize>,
+    ) -> Result<()> {
         let dm = &self.dm;
-        let (t, d, heads) = (a.t, dm.d, dm.heads);
+        let (d, heads) = (dm.d, dm.heads);
         let hd = d / heads;
         let (hs, ps) = (round4(t * hd), round4(t * t));
         let (seq, th, buf) = (self.seq, self.th, self.buf_a);
@@ -898,8 +846,7 @@ impl DeviceRadarStep {
             let rows = tokens.offset(m * g * d);
             self.copy(rows, self.w(net.pos), g * d)?;
             self.add_row(rows, (g, d), self.w(net.type_embed + m * d), 1.0)?;
-            let (pw, pb) = (self.w(proj.w), self.w(proj.b));
-            self.mm(Operands::XWt, true, (g, d, dim), a, pw, Some(pb), rows)?;
+            self.linear(proj, true, (g, d, dim), a, rows)?;
         }
         // The blocks, each after the instructions of the case.
         let instr = |j: usize| self.w(net.instructions + (case as usize * dm.depth + j) * l * d);
@@ -912,13 +859,13 @@ impl DeviceRadarStep {
                 )?;
             }
             self.copy(b.input, instr(j), l * d)?;
-            self.block_forward(b, &net.blocks[j], 0)?;
+            self.block_forward(b, dm.tokens(), &net.blocks[j], 0)?;
         }
         if let (Some(hb), Some(hw)) = (&self.hybrid, &net.hybrid) {
             let last = &self.blocks[dm.depth - 1];
             self.copy(hb.input, last.out.offset(l * d), 2 * g * d)?;
             let split = if case == Case::Complete { 0 } else { g };
-            self.block_forward(hb, hw, split)?;
+            self.block_forward(hb, 2 * g, hw, split)?;
         }
         // HyperNetwork (eq. 6): token means → ξ^h → shared layer → scales 1 + w.
         let modality = self.modality();
@@ -926,37 +873,13 @@ impl DeviceRadarStep {
             .column_means(dev, modality, (2, g, d), self.means)?;
         for (i, enc) in net.enc.iter().enumerate() {
             let (x, y) = (self.means.offset((i / 2) * d), self.hh.offset(i * hy));
-            self.mm(
-                Operands::XWt,
-                false,
-                (1, hy, d),
-                x,
-                self.w(enc.w),
-                Some(self.w(enc.b)),
-                y,
-            )?;
+            self.linear(enc, false, (1, hy, d), x, y)?;
         }
         let fc1 = &net.hyper_fc1;
-        self.mm(
-            Operands::XWt,
-            false,
-            (4, hy, hy),
-            self.hh,
-            self.w(fc1.w),
-            Some(self.w(fc1.b)),
-            self.vv,
-        )?;
+        self.linear(fc1, false, (4, hy, hy), self.hh, self.vv)?;
         for (i, (out, n)) in net.out.iter().zip(scale_lens(dm)).enumerate() {
             let s = self.scale[i];
-            self.mm(
-                Operands::XWt,
-                false,
-                (1, n, hy),
-                self.vv.offset(i * hy),
-                self.w(out.w),
-                Some(self.w(out.b)),
-                s,
-            )?;
+            self.linear(out, false, (1, n, hy), self.vv.offset(i * hy), s)?;
             self.add_row(s, (1, n), self.ones, 1.0)?;
         }
         // The branches over the part's rows: xyz row i is cell cells[i], RGB row i its
@@ -989,7 +912,7 @@ impl DeviceRadarStep {
     /// the head and its L2 normalisation, over the planned rows.
     unsafe fn branch_forward(
         &self,
-        b: &BranchBufs,
+        b: &BranchBufs<DevPtr<f32>>,
         w: &UffBranch<usize>,
         ctx_w: usize,
         [s1, s2]: [DevPtr<f32>; 2],
@@ -1009,36 +932,12 @@ impl DeviceRadarStep {
             None,
             b.ux,
         )?;
-        self.mm(
-            Operands::XWt,
-            false,
-            (rows, hidden, dim),
-            b.ux,
-            self.w(w.fc1.w),
-            Some(self.w(w.fc1.b)),
-            b.z1,
-        )?;
+        self.linear(&w.fc1, false, (rows, hidden, dim), b.ux, b.z1)?;
         self.fusion.scale_gelu(dev, b.z1, s1, (rows, hidden), b.g)?;
-        self.mm(
-            Operands::XWt,
-            false,
-            (rows, dim, hidden),
-            b.g,
-            self.w(w.fc2.w),
-            Some(self.w(w.fc2.b)),
-            b.z2,
-        )?;
+        self.linear(&w.fc2, false, (rows, dim, hidden), b.g, b.z2)?;
         self.fusion
             .scale_cols(dev, b.z2, dim, s2, (rows, dim), b.y, dim)?;
-        self.mm(
-            Operands::XWt,
-            false,
-            (rows, e, dim),
-            b.y,
-            self.w(w.head.w),
-            Some(self.w(w.head.b)),
-            b.p,
-        )?;
+        self.linear(&w.head, false, (rows, e, dim), b.y, b.p)?;
         let (r, c) = (rows as i32, e as i32);
         let mut a = kernel_args![b.p, r, c, b.q, b.norms];
         dev.launch(self.train.normalize, grid(rows), BLOCK, 0, &mut a)
@@ -1056,7 +955,7 @@ impl DeviceRadarStep {
     /// projection's and the scales'); leaves `dctx` (rows × d) in `buf_c`.
     unsafe fn branch_backward(
         &self,
-        b: &BranchBufs,
+        b: &BranchBufs<DevPtr<f32>>,
         w: &UffBranch<usize>,
         ctx_w: usize,
         [s1, s2]: [DevPtr<f32>; 2],
@@ -1150,13 +1049,13 @@ impl DeviceRadarStep {
         self.copy(self.seq.offset(at * d), self.df[0], g * d)?;
         self.copy(self.seq.offset((at + g) * d), self.df[1], g * d)?;
         if let (Some(hb), Some(hw)) = (&self.hybrid, &net.hybrid) {
-            self.block_backward(hb, hw)?;
+            self.block_backward(hb, 2 * g, hw)?;
             self.copy(self.th, self.seq, 2 * g * d)?;
             self.copy(self.seq.offset(l * d), self.th, 2 * g * d)?;
         }
         self.zero(self.seq, l * d)?;
         for j in (0..dm.depth).rev() {
-            self.block_backward(&self.blocks[j], &net.blocks[j])?;
+            self.block_backward(&self.blocks[j], dm.tokens(), &net.blocks[j])?;
             let gi = self.gr(net.instructions + (case as usize * dm.depth + j) * l * d);
             self.add_row(gi, (1, l * d), self.seq, 1.0)?;
             self.zero(self.seq, l * d)?;
@@ -1319,26 +1218,6 @@ impl DeviceRadarStep {
         self.dev.download(&mut bits, self.nce.loss.raw())?;
         Ok(f64::from_bits(bits[0]))
     }
-
-    /// AdamW on the device range `range` at learning rate `lr` (the CPU's arithmetic).
-    unsafe fn adamw(&self, range: std::ops::Range<usize>, lr: f32) -> Result<()> {
-        let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.t as i32)).sqrt();
-        let (step_size, decay) = (lr / bc1, 1.0 - lr * self.weight_decay);
-        let (len, eps) = (range.len() as i64, self.adam_eps);
-        let at = range.start;
-        let (p, g, m, v) = (
-            self.params.offset(at),
-            self.grads.offset(at),
-            self.moment1.offset(at),
-            self.moment2.offset(at),
-        );
-        let mut a =
-            kernel_args![p, g, m, v, len, step_size, decay, b1, b2, bc2_sqrt, eps, self.bad];
-        self.dev
-            .launch(self.train.adamw, grid(range.len()), BLOCK, 0, &mut a)
-    }
 }
 
 impl RadarStep for DeviceRadarStep {
@@ -1365,9 +1244,13 @@ impl RadarStep for DeviceRadarStep {
                 self.backward_part(p, s.case, m, r0)?;
                 r0 += m;
             }
-            self.t += 1;
-            self.adamw(0..self.instr_len, lr_instructions)?;
-            self.adamw(self.instr_len..self.params_len, lr)?;
+            // AdamW, the instructions at their own learning rate.
+            self.adam.next_step();
+            let k = &self.train;
+            self.adam
+                .update(&self.dev, k, 0..self.instr_len, lr_instructions)?;
+            self.adam
+                .update(&self.dev, k, self.instr_len..self.params_len, lr)?;
         }
         checked_loss(&self.dev, self.nce.loss, self.bad, step)
     }

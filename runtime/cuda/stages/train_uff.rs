@@ -123,6 +123,65 @@ pub(crate) fn tensor_places(specs: &[(TensorSpec, usize)]) -> (Vec<TensorPlace>,
     (places, at.max(1))
 }
 
+/// AdamW on the device over ranges of the four flat buffers (parameters, gradient, first
+/// and second moments), the CPU's arithmetic (`fit::train_fusion::AdamW::step`); a
+/// non-finite gradient raises the flag at `bad`.
+pub(crate) struct DeviceAdamW {
+    flat: [DevPtr<f32>; 4],
+    bad: DevPtr<i32>,
+    betas: (f32, f32),
+    eps: f32,
+    weight_decay: f32,
+    /// Updates done.
+    t: u32,
+}
+
+impl DeviceAdamW {
+    pub(crate) fn new(
+        flat: [DevPtr<f32>; 4],
+        bad: DevPtr<i32>,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+    ) -> Self {
+        DeviceAdamW {
+            flat,
+            bad,
+            betas,
+            eps,
+            weight_decay,
+            t: 0,
+        }
+    }
+
+    /// Counts one more update: the bias correction of the ranges updated next.
+    pub(crate) fn next_step(&mut self) {
+        self.t += 1;
+    }
+
+    /// Updates the floats `range` of the flat buffers at learning rate `lr`.
+    ///
+    /// # Safety
+    /// `range` lies inside the four buffers.
+    pub(crate) unsafe fn update(
+        &self,
+        dev: &Device,
+        k: &TrainKernels,
+        range: std::ops::Range<usize>,
+        lr: f32,
+    ) -> Result<()> {
+        let (b1, b2) = self.betas;
+        let bc1 = 1.0 - b1.powi(self.t as i32);
+        let bc2_sqrt = (1.0 - b2.powi(self.t as i32)).sqrt();
+        let (step_size, decay) = (lr / bc1, 1.0 - lr * self.weight_decay);
+        let (len, eps) = (range.len() as i64, self.eps);
+        let [p, g, m, v] = self.flat.map(|b| b.offset(range.start));
+        let mut a =
+            kernel_args![p, g, m, v, len, step_size, decay, b1, b2, bc2_sqrt, eps, self.bad];
+        dev.launch(k.adamw, grid(range.len()), BLOCK, 0, &mut a)
+    }
+}
+
 /// The loss of a training step (f64 bits at `loss`), or the error of a diverged one (a
 /// non-finite loss, or the AdamW kernel's flag at `bad`).
 pub(crate) fn checked_loss(
@@ -268,8 +327,6 @@ pub struct DeviceUffStep {
     params_len: usize,
     params: DevPtr<f32>,
     grads: DevPtr<f32>,
-    moment1: DevPtr<f32>,
-    moment2: DevPtr<f32>,
     ones: DevPtr<f32>,
     zeros: DevPtr<f32>,
     dp: DevPtr<f32>,
@@ -285,11 +342,7 @@ pub struct DeviceUffStep {
     head: usize,
     ln_eps: f32,
     temperature: f32,
-    betas: (f32, f32),
-    adam_eps: f32,
-    weight_decay: f32,
-    /// AdamW updates done.
-    t: u32,
+    adam: DeviceAdamW,
     dev: Arc<Device>,
 }
 
@@ -419,6 +472,13 @@ impl DeviceUffStep {
         let nce: [GemmPlan; 4] = plan_all(&nce_shapes)?
             .try_into()
             .map_err(|_| cfg_err("four InfoNCE products"))?;
+        let adam = DeviceAdamW::new(
+            [sp, sg, sm, sv].map(|s| arena.ptr(s)),
+            arena.ptr(s_bad),
+            opts.betas,
+            opts.adam_eps,
+            opts.weight_decay,
+        );
         Ok(DeviceUffStep {
             xyz,
             rgb,
@@ -427,8 +487,6 @@ impl DeviceUffStep {
             params_len,
             params: arena.ptr(sp),
             grads: arena.ptr(sg),
-            moment1: arena.ptr(sm),
-            moment2: arena.ptr(sv),
             ones: arena.ptr(s_ones),
             zeros: arena.ptr(s_zeros),
             dp: arena.ptr(s_dp),
@@ -447,10 +505,7 @@ impl DeviceUffStep {
             head: e,
             ln_eps: cfg.ln_eps,
             temperature: opts.temperature,
-            betas: opts.betas,
-            adam_eps: opts.adam_eps,
-            weight_decay: opts.weight_decay,
-            t: 0,
+            adam,
             dev,
         })
     }
@@ -679,29 +734,12 @@ impl UffStep for DeviceUffStep {
             self.backward(&self.xyz)?;
             self.backward(&self.rgb)?;
         }
-        // AdamW, the CPU's arithmetic (`fit::train_fusion::AdamW::step`).
-        self.t += 1;
-        let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.t as i32)).sqrt();
-        let (step_size, decay) = (lr / bc1, 1.0 - lr * self.weight_decay);
-        let (len, eps) = (self.params_len as i64, self.adam_eps);
-        let mut a = kernel_args![
-            self.params,
-            self.grads,
-            self.moment1,
-            self.moment2,
-            len,
-            step_size,
-            decay,
-            b1,
-            b2,
-            bc2_sqrt,
-            eps,
-            self.bad
-        ];
+        self.adam.next_step();
         // SAFETY: the four flat buffers hold `params_len` floats.
-        unsafe { dev.launch(self.kernels.adamw, grid(self.params_len), BLOCK, 0, &mut a)? };
+        unsafe {
+            self.adam
+                .update(dev, &self.kernels, 0..self.params_len, lr)?;
+        }
         checked_loss(dev, self.loss, self.bad, step)
     }
 
