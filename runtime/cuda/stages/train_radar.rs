@@ -171,6 +171,18 @@ impl BranchBufs<Slot<f32>> {
     }
 }
 
+/// One branch of the step ([`DeviceRadarStep::branch_of`]).
+struct Branch<'a> {
+    b: &'a BranchBufs<DevPtr<f32>>,
+    w: &'a UffBranch<usize>,
+    /// Offset of the context projection.
+    ctx_w: usize,
+    /// The generated scales of its two layers.
+    s: [DevPtr<f32>; 2],
+    dim: usize,
+    hidden: usize,
+}
+
 /// The InfoNCE of a step: the logits in blocks of `block` queries over `rows` planned rows
 /// (the UFF step's scheme, `train_uff`).
 struct Nce {
@@ -891,8 +903,8 @@ impl DeviceRadarStep {
         self.gather(modality, d, rcells, bx.ctx)?;
         self.gather(rgb, dm.dr, rcells, br.x)?;
         self.gather(modality.offset(g * d), d, rcells, br.ctx)?;
-        self.branch_forward(bx, &net.xyz, net.pc_ctx, [self.scale[0], self.scale[1]])?;
-        self.branch_forward(br, &net.rgb, net.rgb_ctx, [self.scale[2], self.scale[3]])
+        self.branch_forward(0)?;
+        self.branch_forward(1)
     }
 
     unsafe fn gather(
@@ -910,18 +922,17 @@ impl DeviceRadarStep {
 
     /// `y = (W2 · GELU((W1 · u + b1) ⊙ s1) + b2) ⊙ s2` with `u = LN(x) + Wc · ctx`, then
     /// the head and its L2 normalisation, over the planned rows.
-    unsafe fn branch_forward(
-        &self,
-        b: &BranchBufs<DevPtr<f32>>,
-        w: &UffBranch<usize>,
-        ctx_w: usize,
-        [s1, s2]: [DevPtr<f32>; 2],
-    ) -> Result<()> {
-        let dev = &*self.dev;
-        let dm = &self.dm;
+    unsafe fn branch_forward(&self, m: usize) -> Result<()> {
+        let (dev, dm) = (&*self.dev, &self.dm);
+        let Branch {
+            b,
+            w,
+            ctx_w,
+            s: [s1, s2],
+            dim,
+            hidden,
+        } = self.branch_of(m);
         let (rows, d, e) = (self.rows, dm.d, dm.e);
-        let dim = self.places_len(w.norm.w);
-        let hidden = self.places_len(w.fc1.b);
         self.ln(b.x, (rows, dim), &w.norm, dm.uff_eps, b.u, b.rstd, b.ux)?;
         self.mm(
             Operands::XWt,
@@ -943,29 +954,38 @@ impl DeviceRadarStep {
         dev.launch(self.train.normalize, grid(rows), BLOCK, 0, &mut a)
     }
 
-    /// Length of the tensor at device offset `off`.
-    fn places_len(&self, off: usize) -> usize {
-        self.places
-            .iter()
-            .find(|p| p.dev == off)
-            .map_or(0, |p| p.len)
+    /// Branch `m` (0: xyz, 1: RGB): its buffers, tensors and generated scales.
+    fn branch_of(&self, m: usize) -> Branch<'_> {
+        let (net, dm) = (&self.net, &self.dm);
+        let (w, ctx_w, dim, hidden) = if m == 0 {
+            (&net.xyz, net.pc_ctx, dm.dx, dm.hx)
+        } else {
+            (&net.rgb, net.rgb_ctx, dm.dr, dm.hr)
+        };
+        Branch {
+            b: &self.branch[m],
+            w,
+            ctx_w,
+            s: [self.scale[2 * m], self.scale[2 * m + 1]],
+            dim,
+            hidden,
+        }
     }
 
     /// Backward of one branch from its `dq` (accumulating its gradients, its context
     /// projection's and the scales'); leaves `dctx` (rows × d) in `buf_c`.
-    unsafe fn branch_backward(
-        &self,
-        b: &BranchBufs<DevPtr<f32>>,
-        w: &UffBranch<usize>,
-        ctx_w: usize,
-        [s1, s2]: [DevPtr<f32>; 2],
-        [ds1, ds2]: [DevPtr<f32>; 2],
-    ) -> Result<()> {
-        let dev = &*self.dev;
-        let dm = &self.dm;
+    unsafe fn branch_backward(&self, m: usize) -> Result<()> {
+        let (dev, dm) = (&*self.dev, &self.dm);
+        let Branch {
+            b,
+            w,
+            ctx_w,
+            s: [s1, s2],
+            dim,
+            hidden,
+        } = self.branch_of(m);
+        let [ds1, ds2] = [self.dscale[2 * m], self.dscale[2 * m + 1]];
         let (rows, d, e) = (self.rows, dm.d, dm.e);
-        let dim = self.places_len(w.norm.w);
-        let hidden = self.places_len(w.fc1.b);
         let (r, ei) = (rows as i32, e as i32);
         let mut a = kernel_args![b.q, b.norms, b.dq, r, ei, self.dp];
         dev.launch(self.train.normalize_backward, grid(rows), BLOCK, 0, &mut a)?;
@@ -1015,14 +1035,7 @@ impl DeviceRadarStep {
         for (b, all, m) in [(bx, self.dk_all, 0usize), (br, self.dq_all, 1)] {
             self.zero(b.dq, rows * e)?;
             self.copy(b.dq, all.offset(r0 * e), n * e)?;
-            let (w, ctx_w) = if m == 0 {
-                (&net.xyz, net.pc_ctx)
-            } else {
-                (&net.rgb, net.rgb_ctx)
-            };
-            let s = [self.scale[2 * m], self.scale[2 * m + 1]];
-            let ds = [self.dscale[2 * m], self.dscale[2 * m + 1]];
-            self.branch_backward(b, w, ctx_w, s, ds)?;
+            self.branch_backward(m)?;
             self.zero(self.df[m], g * d)?;
             let (c, ni, gi) = (d as i32, n as i32, g as i32);
             let (src, dst) = (self.buf_c, self.df[m]);
