@@ -23,6 +23,32 @@ __device__ __forceinline__ u64 miad_key(float d, u32 i) {
   return ((u64)__float_as_uint(d) << 32) | (u64)i;
 }
 
+// Block-wide reduction of one value per thread of a block of N threads in a fixed tree
+// (the same order every run: deterministic); `sh` holds N values, every thread gets the
+// result. Ops: MiadMax (fmaxf), MiadAddF (__fadd_rn), MiadAddD (__dadd_rn).
+struct MiadMax {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct MiadAddF {
+  __device__ float operator()(float a, float b) const { return __fadd_rn(a, b); }
+};
+struct MiadAddD {
+  __device__ double operator()(double a, double b) const { return __dadd_rn(a, b); }
+};
+
+template <int N, typename T, typename Op>
+__device__ __forceinline__ T miad_block_reduce(T v, T *sh, Op op) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int o = N / 2; o > 0; o >>= 1) {
+    if ((int)threadIdx.x < o) sh[threadIdx.x] = op(sh[threadIdx.x], sh[threadIdx.x + o]);
+    __syncthreads();
+  }
+  const T r = sh[0];
+  __syncthreads();
+  return r;
+}
+
 // Warp argmax of non-negative floats, ties to the lowest index; every lane gets the result.
 __device__ __forceinline__ void miad_warp_argmax(float &d, u32 &i) {
   u32 bits = __float_as_uint(d);

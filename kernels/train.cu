@@ -13,8 +13,9 @@
 //                            columns): the row's loss term log sum exp(S/T) - S_ii/T and, in
 //                            place, the gradient scale (softmax - onehot); zero outside n
 //   infonce_total_f64        out = 2T * (sum of the first n per-row terms, row order) / n
-//   col_sums_f32             out[c] = sum over rows of m[r][c] (row order: the CPU's)
-//   ln_param_grads_f32       dgamma = sum_rows da * u, dbeta = sum_rows da (row order)
+//   col_sums_f32             out[c] += sum over rows of m[r][c] (row order onto the value
+//                            there: the CPU's accumulation; zeroed first for one tensor)
+//   ln_param_grads_f32       dgamma += sum_rows da * u, dbeta += sum_rows da (row order)
 //   adamw_f32                torch.optim.AdamW's update; flags a non-finite gradient
 // Doubles travel as their u64 bits (the launch layer's argument types have no double).
 #include "common.cuh"
@@ -94,31 +95,6 @@ MIAD_EXTERN void __launch_bounds__(TRN_THREADS)
   }
 }
 
-// Block-wide reductions over TRN_THREADS threads in a fixed tree (deterministic).
-__device__ __forceinline__ float trn_block_max(float v, float *sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (int o = TRN_THREADS / 2; o > 0; o >>= 1) {
-    if ((int)threadIdx.x < o) sh[threadIdx.x] = fmaxf(sh[threadIdx.x], sh[threadIdx.x + o]);
-    __syncthreads();
-  }
-  const float r = sh[0];
-  __syncthreads();
-  return r;
-}
-
-__device__ __forceinline__ double trn_block_sum(double v, double *sh) {
-  sh[threadIdx.x] = v;
-  __syncthreads();
-  for (int o = TRN_THREADS / 2; o > 0; o >>= 1) {
-    if ((int)threadIdx.x < o) sh[threadIdx.x] = __dadd_rn(sh[threadIdx.x], sh[threadIdx.x + o]);
-    __syncthreads();
-  }
-  const double r = sh[0];
-  __syncthreads();
-  return r;
-}
-
 // Row i of the block (global row r0 + i) of S (ld columns apart, n valid): the loss term
 // into loss_rows[r0 + i] (f64 bits) and, in place, scale * (softmax(S/T) - onehot(r0 + i));
 // rows at or past n and columns at or past n become 0 (the padding's zero gradient).
@@ -141,14 +117,14 @@ MIAD_EXTERN void __launch_bounds__(TRN_THREADS)
     if (c == row) diag = v;
     m = fmaxf(m, v);
   }
-  m = trn_block_max(m, shf);
+  m = miad_block_reduce<TRN_THREADS>(m, shf, MiadMax());
   double part = 0.0;
   for (int c = threadIdx.x; c < n; c += TRN_THREADS) {
     const float e = expf(__fsub_rn(__fmul_rn(sr[c], inv_t), m));
     sr[c] = e;
     part = __dadd_rn(part, (double)e);
   }
-  const double sum = trn_block_sum(part, shd);
+  const double sum = miad_block_reduce<TRN_THREADS>(part, shd, MiadAddD());
   const float inv_sum = (float)(1.0 / sum);
   for (int c = threadIdx.x; c < ld; c += TRN_THREADS) {
     if (c >= n) {
@@ -177,7 +153,7 @@ MIAD_EXTERN void __launch_bounds__(TRN_THREADS)
     col_sums_f32(const float *__restrict__ m, int rows, int cols, float *__restrict__ out) {
   const long long c = trn_index();
   if (c >= cols) return;
-  float s = 0.f;
+  float s = out[c];
   for (int r = 0; r < rows; ++r) s = __fadd_rn(s, m[(long long)r * cols + c]);
   out[c] = s;
 }
@@ -187,7 +163,7 @@ MIAD_EXTERN void __launch_bounds__(TRN_THREADS)
                        int cols, float *__restrict__ dgamma, float *__restrict__ dbeta) {
   const long long c = trn_index();
   if (c >= cols) return;
-  float sg = 0.f, sb = 0.f;
+  float sg = dgamma[c], sb = dbeta[c];
   for (int r = 0; r < rows; ++r) {
     const long long i = (long long)r * cols + c;
     sg = __fadd_rn(sg, __fmul_rn(da[i], u[i]));

@@ -170,6 +170,17 @@ MUTANTS = [
      "group_conv1_bf16: z coordinate read as y", "group_encoder_bf16"),
     ("group_encoder.cu", "if (i >= (long long)rows * c1) return;", "if (i > (long long)rows * c1) return;", 0,
      "group_conv1_bf16: bound check one past the end", "group_encoder_bf16"),
+    ("train_radar.cu", "    hi = i < split ? split : cols;", "    hi = cols;", 0,
+     "softmax_rows_f32: eq. 7's mask lets the first group see the second", "train_radar_masked_softmax"),
+    ("train_radar.cu", "dr[c] = __fmul_rn(__fmul_rn(pr[c], __fsub_rn(dr[c], dot)), scale);",
+     "dr[c] = __fmul_rn(__fmul_rn(pr[c], dr[c]), scale);", 0,
+     "softmax_backward_f32: the row's dot product dropped", "train_radar_masked_softmax"),
+    ("train_radar.cu", "__fsub_rn(__fmul_rn(dar[c], gamma[c]), mean_g)", "__fmul_rn(dar[c], gamma[c])", 0,
+     "layernorm_backward_f32: the mean term dropped", "train_radar_layernorm"),
+    ("train_radar.cu", "    dy[i] = __fmul_rn(pre, sc);", "    dy[i] = pre;", 0,
+     "scale_backward_f32: the scale's input gradient not scaled", "train_radar_accumulating"),
+    ("train_radar.cu", "    if (idx[r] == t) acc", "    if (idx[r] >= t) acc", 0,
+     "scatter_add_rows_f32: rows added to the wrong tokens", "train_radar_row_gather"),
 ]
 
 

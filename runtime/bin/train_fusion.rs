@@ -82,8 +82,8 @@ pub struct Args {
     #[arg(long)]
     pub preprocessed: bool,
     /// Where the training steps run: cpu, cuda (the first GPU) or cuda-sim (the simulated
-    /// device); the device backends need a build with the cuda (cuda-sim) feature and
-    /// train uff only. The features are computed on the CPU either way.
+    /// device); the device backends need a build with the cuda (cuda-sim) feature. The
+    /// features are computed on the CPU either way.
     #[arg(long, default_value = "cpu")]
     pub backend: TrainBackend,
     /// Worker threads (0 = all cores). Results are the same for any count.
@@ -103,12 +103,6 @@ pub fn run(a: Args) -> miad::Result<()> {
         return Err(miad::Error::Config(format!(
             "--method {}: uff or radar",
             a.method
-        )));
-    }
-    if a.method == "radar" && a.backend != TrainBackend::Cpu {
-        return Err(miad::Error::Config(format!(
-            "--backend {}: RADAR's fusion trains on the CPU only (the device trains uff)",
-            a.backend.name()
         )));
     }
     if a.method == "radar" && a.export_checkpoint.is_some() {
@@ -152,6 +146,7 @@ pub fn run(a: Args) -> miad::Result<()> {
             weight_decay: a.weight_decay,
             seed: a.seed,
             init: a.init,
+            backend: a.backend,
             ..RadarTrainOptions::default()
         };
         let sizes = radar_sizes(&a)?;

@@ -500,9 +500,10 @@ fn matvec(l: &Lin<&[f32]>, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// LayerNorm rows of `x` keeping `u = (x − μ)/σ` and `1/σ` for the backward pass.
+/// LayerNorm rows of `x` keeping `u = (x − μ)/σ` and `1/σ` for the backward pass
+/// (public: the device's `layernorm_stats_f32` is tested bitwise against it).
 #[allow(clippy::too_many_arguments)]
-fn ln_forward(
+pub fn ln_forward(
     x: &[f32],
     dim: usize,
     w: &[f32],
@@ -867,9 +868,10 @@ pub fn gelu_grad(z: f32) -> f32 {
     cdf + z * pdf
 }
 
-/// LayerNorm backward: `dγ += Σ da ⊙ u`, `dβ += Σ da`; with `dx`, `dx (+)= ∂/∂x`.
+/// LayerNorm backward: `dγ += Σ da ⊙ u`, `dβ += Σ da`; with `dx`, `dx (+)= ∂/∂x`
+/// (public: the device's `layernorm_backward_f32` is tested bitwise against it).
 #[allow(clippy::too_many_arguments)]
-fn ln_backward(
+pub fn ln_backward(
     da: &[f32],
     u: &[f32],
     rstd: &[f32],

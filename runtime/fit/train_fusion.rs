@@ -516,49 +516,118 @@ pub(super) fn warmup_steps(warmup: Option<usize>, total: usize) -> usize {
     warmup.unwrap_or(((total as f64) / 3.0).round() as usize)
 }
 
-/// One optimisation step on a batch of parts, given the step number (0-based): its loss
-/// and learning rate.
-pub(super) type TrainStep<'a> = dyn FnMut(&[usize], usize) -> Result<(f64, f32)> + 'a;
+/// What one optimisation step did: its loss and learning rate, the patch pairs it
+/// trained on and the floating-point operations it took (for the report's rate).
+pub(super) struct StepDone {
+    pub loss: f64,
+    pub lr: f32,
+    pub rows: usize,
+    pub flops: f64,
+}
 
-/// Runs the epochs of a training over `parts` parts: each epoch shuffles the parts
-/// (Fisher-Yates from the back on a stream of `seed`) and runs `train_step(batch, step)`
-/// on each batch of `batch` parts in turn, which returns the step's loss and learning
-/// rate; reports every step and returns each epoch's mean step loss.
+/// One optimisation step on a batch of parts, given the step number (0-based).
+pub(super) type TrainStep<'a> = dyn FnMut(&[usize], usize) -> Result<StepDone> + 'a;
+
+/// What a training knows before its first step: when it began, how long the features
+/// took, the parts and steps, and the evaluation batch's loss with the initial weights.
+pub(super) struct TrainStart {
+    pub t0: std::time::Instant,
+    pub extract_seconds: f64,
+    pub parts: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub eval_before: f64,
+    pub eval_rows: usize,
+}
+
+impl TrainStart {
+    /// Steps of the whole run: `⌈parts/batch⌉` per epoch.
+    pub(super) fn steps(&self) -> usize {
+        self.parts.div_ceil(self.batch) * self.epochs
+    }
+}
+
+/// The epochs of a training, measured by [`run_epochs`].
+pub(super) struct Epochs {
+    losses: Vec<f64>,
+    rows: usize,
+    flops: f64,
+    seconds: f64,
+}
+
+impl Epochs {
+    /// The report of the run, given the evaluation batch's loss with the final weights;
+    /// reports [`TrainProgress::Done`].
+    pub(super) fn report(
+        self,
+        start: &TrainStart,
+        eval_after: f64,
+        progress: &mut dyn FnMut(TrainProgress),
+    ) -> TrainReport {
+        progress(TrainProgress::Done);
+        TrainReport {
+            parts: start.parts,
+            steps: start.steps(),
+            epoch_losses: self.losses,
+            eval_before: start.eval_before,
+            eval_after,
+            eval_rows: start.eval_rows,
+            seconds: start.t0.elapsed().as_secs_f64(),
+            extract_seconds: start.extract_seconds,
+            train_seconds: self.seconds,
+            rows: self.rows,
+            flops: self.flops,
+        }
+    }
+}
+
+/// Runs the epochs of a training: each epoch shuffles the parts (Fisher-Yates from the
+/// back on a stream of the seed) and runs `train_step(batch, step)` on each batch of
+/// parts in turn; reports every step and returns each epoch's mean step loss, the rows
+/// and operations of all steps and their wall time.
 pub(super) fn run_epochs(
-    parts: usize,
-    epochs: usize,
-    batch: usize,
-    seed: u64,
+    start: &TrainStart,
     progress: &mut dyn FnMut(TrainProgress),
     train_step: &mut TrainStep<'_>,
-) -> Result<Vec<f64>> {
+) -> Result<Epochs> {
+    let (parts, batch) = (start.parts, start.batch);
     let steps_per_epoch = parts.div_ceil(batch);
-    let total = steps_per_epoch * epochs;
-    let mut shuffle_rng = Rng::new(seed ^ 0x7368_7566);
+    let total = start.steps();
+    let t_train = std::time::Instant::now();
+    let mut shuffle_rng = Rng::new(start.seed ^ 0x7368_7566);
     let mut order: Vec<usize> = (0..parts).collect();
-    let mut epoch_losses = Vec::with_capacity(epochs);
+    let mut run = Epochs {
+        losses: Vec::with_capacity(start.epochs),
+        rows: 0,
+        flops: 0.0,
+        seconds: 0.0,
+    };
     let mut step = 0;
-    for epoch in 0..epochs {
+    for epoch in 0..start.epochs {
         for i in (1..parts).rev() {
             let j = shuffle_rng.below(i as u64 + 1) as usize;
             order.swap(i, j);
         }
         let mut sum = 0.0;
         for part_batch in order.chunks(batch) {
-            let (loss, lr) = train_step(part_batch, step)?;
-            sum += loss;
+            let done = train_step(part_batch, step)?;
+            sum += done.loss;
+            run.rows += done.rows;
+            run.flops += done.flops;
             step += 1;
             progress(TrainProgress::Step {
                 epoch,
                 step,
                 total,
-                loss,
-                lr,
+                loss: done.loss,
+                lr: done.lr,
             });
         }
-        epoch_losses.push(sum / steps_per_epoch as f64);
+        run.losses.push(sum / steps_per_epoch as f64);
     }
-    Ok(epoch_losses)
+    run.seconds = t_train.elapsed().as_secs_f64();
+    Ok(run)
 }
 
 /// Stops a training whose step `step` gave a loss or a gradient that is not finite.
@@ -741,6 +810,29 @@ impl UffStep for CpuUffStep<'_> {
     }
 }
 
+/// The error of a device backend in a build without CUDA.
+#[cfg(not(feature = "cuda"))]
+pub(super) fn without_cuda(backend: TrainBackend) -> Error {
+    Error::Config(format!(
+        "--backend {}: miad was built without CUDA (feature cuda)",
+        backend.name()
+    ))
+}
+
+/// The device of a device backend: the first CUDA device, or the simulated one.
+#[cfg(feature = "cuda")]
+pub(super) fn train_device(backend: TrainBackend) -> Result<crate::cuda::Device> {
+    match backend {
+        #[cfg(feature = "cuda-sim")]
+        TrainBackend::CudaSim => crate::cuda::Device::simulated(),
+        #[cfg(not(feature = "cuda-sim"))]
+        TrainBackend::CudaSim => Err(Error::Config(
+            "--backend cuda-sim needs a build with the cuda-sim feature".into(),
+        )),
+        _ => crate::cuda::Device::new(0),
+    }
+}
+
 /// The [`UffStep`] of `opts.backend` for batches of at most `max_rows` patch pairs.
 fn uff_step<'p>(
     pool: &'p Pool,
@@ -752,17 +844,7 @@ fn uff_step<'p>(
         TrainBackend::Cpu => Ok(Box::new(CpuUffStep::new(pool, params, opts))),
         #[cfg(feature = "cuda")]
         backend => {
-            let dev = match backend {
-                #[cfg(feature = "cuda-sim")]
-                TrainBackend::CudaSim => crate::cuda::Device::simulated()?,
-                #[cfg(not(feature = "cuda-sim"))]
-                TrainBackend::CudaSim => {
-                    return Err(Error::Config(
-                        "--backend cuda-sim needs a build with the cuda-sim feature".into(),
-                    ))
-                }
-                _ => crate::cuda::Device::new(0)?,
-            };
+            let dev = train_device(backend)?;
             Ok(Box::new(
                 crate::cuda::stages::train_uff::DeviceUffStep::new(
                     std::sync::Arc::new(dev),
@@ -775,10 +857,7 @@ fn uff_step<'p>(
         #[cfg(not(feature = "cuda"))]
         backend => {
             let _ = max_rows;
-            Err(Error::Config(format!(
-                "--backend {}: miad was built without CUDA (feature cuda)",
-                backend.name()
-            )))
+            Err(without_cuda(backend))
         }
     }
 }
@@ -1045,16 +1124,23 @@ pub fn train_uff(
         &mut re,
     );
     let mut stepper = uff_step(pool, params, opts, cache.max_rows(opts.batch, opts.patches))?;
-    let eval_before = stepper.loss(&xe, &re, eval_rows)?;
+    let start = TrainStart {
+        t0,
+        extract_seconds,
+        parts,
+        epochs: opts.epochs,
+        batch: opts.batch,
+        seed: opts.seed,
+        eval_before: stepper.loss(&xe, &re, eval_rows)?,
+        eval_rows,
+    };
 
     let mut patch_rng = Rng::new(opts.seed ^ 0x7061_7463);
-    let (mut rows_total, mut flops) = (0usize, 0f64);
     let (dx, dr) = (cache.xyz_dim as f64, cache.rgb_dim as f64);
     let (ratio, e) = (params.cfg.mlp_ratio as f64, params.cfg.head_dim as f64);
     // Per row: forward MLPs + heads; backward computes two products per forward one.
     let per_row = 3.0 * 2.0 * (2.0 * ratio * (dx * dx + dr * dr) + e * (dx + dr));
-    let t_train = std::time::Instant::now();
-    let mut train_step = |batch: &[usize], step: usize| -> Result<(f64, f32)> {
+    let mut train_step = |batch: &[usize], step: usize| -> Result<StepDone> {
         let n = cache.gather(
             batch,
             opts.patches,
@@ -1064,41 +1150,23 @@ pub fn train_uff(
             &mut rb,
         );
         let lr = learning_rate(opts.lr, step, total, warmup);
-        rows_total += n;
-        // + logits and their two backward products
-        flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
         let loss = if n > 0 {
             stepper.train(&xb, &rb, n, lr, step)?
         } else {
             0.0
         };
-        Ok((loss, lr))
+        Ok(StepDone {
+            loss,
+            lr,
+            rows: n,
+            // + logits and their two backward products
+            flops: per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e,
+        })
     };
-    let epoch_losses = run_epochs(
-        parts,
-        opts.epochs,
-        opts.batch,
-        opts.seed,
-        progress,
-        &mut train_step,
-    )?;
-    let train_seconds = t_train.elapsed().as_secs_f64();
+    let epochs = run_epochs(&start, progress, &mut train_step)?;
     let eval_after = stepper.loss(&xe, &re, eval_rows)?;
     stepper.params_into(params)?;
-    progress(TrainProgress::Done);
-    Ok(TrainReport {
-        parts,
-        steps: total,
-        epoch_losses,
-        eval_before,
-        eval_after,
-        eval_rows,
-        seconds: t0.elapsed().as_secs_f64(),
-        extract_seconds,
-        train_seconds,
-        rows: rows_total,
-        flops,
-    })
+    Ok(epochs.report(&start, eval_after, progress))
 }
 
 /// What [`train_fusion_category`] needs besides [`UffTrainOptions`].

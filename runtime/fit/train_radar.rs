@@ -15,8 +15,8 @@ use super::banks::FeatureExtractor;
 use super::infonce::{info_nce, BLOCK_ROWS};
 use super::train_fusion::{
     category_name, check_finite, fusion_config, learning_rate, provenance, run_epochs,
-    warmup_steps, with_category, write_trained, AdamW, CategoryTrain, FeatureCache, Init,
-    TrainProgress, TrainReport, TrainSettings,
+    warmup_steps, with_category, write_trained, AdamW, CategoryTrain, FeatureCache, Init, StepDone,
+    TrainBackend, TrainProgress, TrainReport, TrainSettings, TrainStart,
 };
 use crate::config::{FusionConfig, RadarConfig};
 use crate::cpu::pool::Pool;
@@ -313,6 +313,145 @@ pub fn radar_loss_and_grad(
     loss
 }
 
+/// The work of RADAR training steps on one backend: the parameters and both optimisers'
+/// state live there between steps; the batches come from the host.
+pub trait RadarStep {
+    /// The loss of `batch` with the current parameters, no update.
+    fn loss(&mut self, batch: &[PartSample<'_>]) -> Result<f64>;
+    /// One update (AdamW at `lr_instructions` on the instructions, `lr` on the rest) on
+    /// `batch` (step `step`, 0-based, for the error message of a diverged run); returns
+    /// the loss before the update.
+    fn train(
+        &mut self,
+        batch: &[PartSample<'_>],
+        lr: f32,
+        lr_instructions: f32,
+        step: usize,
+    ) -> Result<f64>;
+    /// Writes the current parameters into `out` (laid out as the initial ones).
+    fn params_into(&mut self, out: &mut RadarParams) -> Result<()>;
+}
+
+/// [`RadarStep`] on the CPU: [`radar_loss_and_grad`] and two [`AdamW`].
+pub struct CpuRadarStep<'p> {
+    pool: &'p Pool,
+    params: RadarParams,
+    adam_instr: AdamW,
+    adam_rest: AdamW,
+    grad: Vec<f32>,
+    ws: RadarWorkspace,
+    temperature: f32,
+}
+
+impl<'p> CpuRadarStep<'p> {
+    /// For parts of at most `rows` loss rows on an xyz grid of side `grid_x`.
+    pub fn new(
+        pool: &'p Pool,
+        params: &RadarParams,
+        opts: &RadarTrainOptions,
+        grid_x: usize,
+        rows: usize,
+    ) -> Self {
+        let adam = |len| {
+            AdamW::new(
+                len,
+                opts.betas.0,
+                opts.betas.1,
+                opts.adam_eps,
+                opts.weight_decay,
+            )
+        };
+        let n_instr = params.instructions_len();
+        CpuRadarStep {
+            pool,
+            adam_instr: adam(n_instr),
+            adam_rest: adam(params.len() - n_instr),
+            grad: vec![0f32; params.len()],
+            ws: RadarWorkspace::new(params, grid_x, rows),
+            params: params.clone(),
+            temperature: opts.temperature,
+        }
+    }
+
+    /// The sizes of the network.
+    pub fn dims(&self) -> Dims {
+        self.ws.dims
+    }
+}
+
+impl RadarStep for CpuRadarStep<'_> {
+    fn loss(&mut self, batch: &[PartSample<'_>]) -> Result<f64> {
+        let t = self.temperature;
+        Ok(radar_loss_and_grad(
+            self.pool,
+            &self.params,
+            batch,
+            t,
+            None,
+            &mut self.ws,
+        ))
+    }
+
+    fn train(
+        &mut self,
+        batch: &[PartSample<'_>],
+        lr: f32,
+        lr_instructions: f32,
+        step: usize,
+    ) -> Result<f64> {
+        let t = self.temperature;
+        let grad = Some(&mut self.grad[..]);
+        let loss = radar_loss_and_grad(self.pool, &self.params, batch, t, grad, &mut self.ws);
+        check_finite(step, loss, &self.grad)?;
+        let n_instr = self.params.instructions_len();
+        let (pi, pr) = self.params.data.split_at_mut(n_instr);
+        let (gi, gr) = self.grad.split_at(n_instr);
+        self.adam_instr.step(pi, gi, lr_instructions);
+        self.adam_rest.step(pr, gr, lr);
+        Ok(loss)
+    }
+
+    fn params_into(&mut self, out: &mut RadarParams) -> Result<()> {
+        out.data.copy_from_slice(&self.params.data);
+        Ok(())
+    }
+}
+
+/// The [`RadarStep`] of `opts.backend` for batches of at most `parts` parts of at most
+/// `rows` loss rows each.
+fn radar_step<'p>(
+    pool: &'p Pool,
+    params: &RadarParams,
+    opts: &RadarTrainOptions,
+    grid_x: usize,
+    (parts, rows): (usize, usize),
+) -> Result<Box<dyn RadarStep + 'p>> {
+    match opts.backend {
+        TrainBackend::Cpu => Ok(Box::new(CpuRadarStep::new(
+            pool, params, opts, grid_x, rows,
+        ))),
+        #[cfg(feature = "cuda")]
+        backend => {
+            let dev = super::train_fusion::train_device(backend)?;
+            Ok(Box::new(
+                crate::cuda::stages::train_radar::DeviceRadarStep::new(
+                    std::sync::Arc::new(dev),
+                    params,
+                    opts,
+                    grid_x,
+                    parts,
+                    rows,
+                )?,
+            ))
+        }
+        #[cfg(not(feature = "cuda"))]
+        backend => {
+            let _ = parts;
+            Err(super::train_fusion::without_cuda(backend))
+        }
+    }
+}
+
 /// Options of RADAR training (§9b "Training protocol").
 #[derive(Clone, Debug)]
 pub struct RadarTrainOptions {
@@ -335,6 +474,8 @@ pub struct RadarTrainOptions {
     /// empty: every part complete. Such a part plays its own case in every step; a part
     /// without a cloud has every patch in the loss (§9b "Training protocol").
     pub part_cases: Vec<Case>,
+    /// Where the steps run (the batches are drawn on the host, the same for every backend).
+    pub backend: TrainBackend,
 }
 
 impl Default for RadarTrainOptions {
@@ -353,6 +494,7 @@ impl Default for RadarTrainOptions {
             seed: 0,
             init: Init::Random,
             part_cases: Vec::new(),
+            backend: TrainBackend::Cpu,
         }
     }
 }
@@ -523,22 +665,11 @@ pub fn train_radar(
     } else {
         opts.patches.min(cells)
     };
-    let mut ws = RadarWorkspace::new(params, l.xyz_grid, rows);
     let steps_per_epoch = parts.div_ceil(opts.batch);
     let total = steps_per_epoch * opts.epochs;
     let warmup = warmup_steps(opts.warmup, total);
-    let n_instr = params.instructions_len();
-    let new_adam = |len| {
-        AdamW::new(
-            len,
-            opts.betas.0,
-            opts.betas.1,
-            opts.adam_eps,
-            opts.weight_decay,
-        )
-    };
-    let (mut adam_instr, mut adam_rest) = (new_adam(n_instr), new_adam(params.len() - n_instr));
-    let mut grad = vec![0f32; params.len()];
+    let max_parts = opts.batch.min(parts);
+    let mut stepper = radar_step(pool, params, opts, l.xyz_grid, (max_parts, rows))?;
 
     let eval_parts: Vec<usize> = (0..parts.min(opts.batch)).collect();
     let eval = StepBatch::draw(
@@ -551,25 +682,30 @@ pub fn train_radar(
     );
     let eval_samples = eval.samples(&cache, &pseudo, &eval_parts);
     let eval_rows = eval_samples.iter().map(|s| s.cells.len()).sum();
-    let t = opts.temperature;
-    let eval_before = radar_loss_and_grad(pool, params, &eval_samples, t, None, &mut ws);
+    let start = TrainStart {
+        t0,
+        extract_seconds,
+        parts,
+        epochs: opts.epochs,
+        batch: opts.batch,
+        seed: opts.seed,
+        eval_before: stepper.loss(&eval_samples)?,
+        eval_rows,
+    };
 
     let mut patch_rng = Rng::new(opts.seed ^ 0x7061_7463);
     let mut case_rng = Rng::new(opts.seed ^ 0x6361_7365_7374);
-    let mut rows_total = 0usize;
-    let mut flops = 0f64;
     // Multiply-adds × 2 of one part's token network and of one loss row's MLPs + heads;
     // a training step runs the forward twice and the backward (two products per forward
     // one) once: × 4.
-    let dm = ws.dims;
+    let dm = Dims::new(&params.fusion, &params.radar, l.xyz_grid);
     let (tk, d) = (dm.tokens() as f64, dm.d as f64);
     let part_flops = 2.0 * dm.depth as f64 * (tk * 12.0 * d * d + 2.0 * tk * tk * d)
         + 2.0 * dm.g as f64 * d * (dm.dx + dm.dr) as f64;
     let row_flops = 2.0
         * ((2 * dm.hx * dm.dx + 2 * dm.hr * dm.dr) as f64
             + (dm.dx + dm.dr) as f64 * (d + dm.e as f64));
-    let t_train = std::time::Instant::now();
-    let mut train_step = |batch: &[usize], step: usize| -> Result<(f64, f32)> {
+    let mut train_step = |batch: &[usize], step: usize| -> Result<StepDone> {
         let b = StepBatch::draw(
             &cache,
             batch,
@@ -580,46 +716,28 @@ pub fn train_radar(
         );
         let samples = b.samples(&cache, &pseudo, batch);
         let n: usize = samples.iter().map(|s| s.cells.len()).sum();
-        rows_total += n;
-        flops += 4.0 * (samples.len() as f64 * part_flops + n as f64 * row_flops);
         let factor = learning_rate(1.0, step, total, warmup);
         let loss = if n > 0 {
-            let loss = radar_loss_and_grad(pool, params, &samples, t, Some(&mut grad), &mut ws);
-            check_finite(step, loss, &grad)?;
-            let (pi, pr) = params.data.split_at_mut(n_instr);
-            let (gi, gr) = grad.split_at(n_instr);
-            adam_instr.step(pi, gi, opts.lr_instructions * factor);
-            adam_rest.step(pr, gr, opts.lr * factor);
-            loss
+            stepper.train(
+                &samples,
+                opts.lr * factor,
+                opts.lr_instructions * factor,
+                step,
+            )?
         } else {
             0.0
         };
-        Ok((loss, opts.lr * factor))
+        Ok(StepDone {
+            loss,
+            lr: opts.lr * factor,
+            rows: n,
+            flops: 4.0 * (samples.len() as f64 * part_flops + n as f64 * row_flops),
+        })
     };
-    let epoch_losses = run_epochs(
-        parts,
-        opts.epochs,
-        opts.batch,
-        opts.seed,
-        progress,
-        &mut train_step,
-    )?;
-    let train_seconds = t_train.elapsed().as_secs_f64();
-    let eval_after = radar_loss_and_grad(pool, params, &eval_samples, t, None, &mut ws);
-    progress(TrainProgress::Done);
-    Ok(TrainReport {
-        parts,
-        steps: total,
-        epoch_losses,
-        eval_before,
-        eval_after,
-        eval_rows,
-        seconds: t0.elapsed().as_secs_f64(),
-        extract_seconds,
-        train_seconds,
-        rows: rows_total,
-        flops,
-    })
+    let epochs = run_epochs(&start, progress, &mut train_step)?;
+    let eval_after = stepper.loss(&eval_samples)?;
+    stepper.params_into(params)?;
+    Ok(epochs.report(&start, eval_after, progress))
 }
 
 /// Trains a RADAR fusion on the training parts of `data` and writes a new model file
@@ -680,7 +798,7 @@ pub fn train_radar_category(
             out_cfg.radar = Some(rcfg.clone());
             let settings = TrainSettings {
                 method: "radar",
-                backend: super::train_fusion::TrainBackend::Cpu,
+                backend: opts.backend,
                 seed: opts.seed,
                 epochs: opts.epochs,
                 batch: opts.batch,

@@ -160,7 +160,8 @@ fn train_fusion_radar_writes_a_radar_model() {
         args.extend_from_slice(extra);
         miad(&args)
     };
-    let (ok, out, err) = train(&[
+    // Small RADAR sizes (multiples of 4, as the device step needs).
+    let sizes = [
         "--method",
         "radar",
         "--radar-dim",
@@ -171,8 +172,8 @@ fn train_fusion_radar_writes_a_radar_model() {
         "2",
         "--instruction-len",
         "2",
-        "--no-hybrid",
-    ]);
+    ];
+    let (ok, out, err) = train(&[&sizes[..], &["--no-hybrid"]].concat());
     assert!(ok, "{out}{err}");
     assert!(out.contains("trained radar on 4 parts"), "{out}");
     let opened = ModelFile::open(&radar, &OpenOptions::default()).unwrap();
@@ -191,26 +192,33 @@ fn train_fusion_radar_writes_a_radar_model() {
         ck.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("--method uff only"), "{err}");
-    let (ok, _, err) = train(&["--method", "radar", "--backend", "cuda-sim"]);
-    assert!(!ok && err.contains("trains on the CPU only"), "{err}");
     let (ok, _, err) = train(&["--backend", "tpu"]);
     assert!(!ok && err.contains("unknown backend"), "{err}");
-    // UFF (the default method) on the simulated device, or the error of a build without
-    // it; the provenance names the backend.
-    let (ok, out, err) = train(&["--backend", "cuda-sim"]);
-    if cfg!(feature = "cuda-sim") {
-        assert!(ok, "{out}{err}");
-        assert!(out.contains("on cuda-sim"), "{out}");
-        let c = miad::format::Container::open(&radar, &OpenOptions::default()).unwrap();
-        let backend = c
-            .manifest()
-            .provenance
-            .iter()
-            .find(|(k, _)| k == "train.backend")
-            .map(|(_, v)| v.clone());
-        assert_eq!(backend.as_deref(), Some("cuda-sim"));
-    } else {
-        assert!(!ok && err.contains("cuda-sim"), "{err}");
+    // Both methods on the simulated device, or the error of a build without it; the
+    // provenance names the backend.
+    let radar_sim = [&sizes[..], &["--backend", "cuda-sim"]].concat();
+    for (method, args) in [
+        ("uff", &["--backend", "cuda-sim"][..]),
+        ("radar", &radar_sim),
+    ] {
+        let (ok, out, err) = train(args);
+        if cfg!(feature = "cuda-sim") {
+            assert!(ok, "{method}: {out}{err}");
+            assert!(out.contains(&format!("trained {method}")), "{out}");
+            assert!(out.contains("on cuda-sim"), "{out}");
+            let c = miad::format::Container::open(&radar, &OpenOptions::default()).unwrap();
+            let prov = |key: &str| {
+                c.manifest()
+                    .provenance
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            };
+            assert_eq!(prov("train.backend").as_deref(), Some("cuda-sim"));
+            assert_eq!(prov("train.method").as_deref(), Some(method));
+        } else {
+            assert!(!ok && err.contains("cuda-sim"), "{method}: {err}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,6 +28,8 @@ mod point;
 mod point_branch;
 mod preprocess;
 mod shared;
+mod train_check;
+mod train_radar;
 mod train_uff;
 mod transformer;
 

@@ -28,6 +28,7 @@ use miad::util::rng::Rng;
 
 use crate::linked::{jittered, linked_layout, Linked};
 use crate::test_device;
+use crate::train_check::{check_device_training, check_step};
 
 /// Widths that are no multiple of 4 (the device pads each tensor to 256 bytes).
 fn cfg() -> FusionConfig {
@@ -38,21 +39,6 @@ fn cfg() -> FusionConfig {
         ln_eps: 1e-5,
         head_dim: 8,
     }
-}
-
-/// Largest |a − b| over the largest |b| of each tensor, worst over the tensors.
-fn worst_rel(p: &UffParams, a: &[f32], b: &[f32]) -> (f64, String) {
-    let mut worst = (0f64, String::new());
-    for (s, off) in &p.specs {
-        let len: usize = s.shape.iter().product();
-        let (x, y) = (&a[*off..off + len], &b[*off..off + len]);
-        let peak = y.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
-        let d = x.iter().zip(y).fold(0f32, |m, (u, v)| m.max((u - v).abs())) as f64;
-        if d / peak > worst.0 {
-            worst = (d / peak, s.name.clone());
-        }
-    }
-    worst
 }
 
 fn device_step(
@@ -99,14 +85,8 @@ fn one_step_matches_the_cpu_step() {
     let eval = step.loss(&x, &r, n).unwrap();
     let lr = 3e-3;
     let dloss = step.train(&x, &r, n, lr, 0).unwrap();
-    assert_eq!(
-        eval.to_bits(),
-        dloss.to_bits(),
-        "loss-only and training step differ"
-    );
-    let rel = (dloss - loss).abs() / loss.abs();
     let dgrad = step.gradient().unwrap();
-    let (gworst, gname) = worst_rel(&p, &dgrad, &grad);
+    let (rel, gworst, gname) = check_step(&p.specs, (loss, &grad), (eval, dloss, &dgrad));
     // The CPU's update of the same parameters.
     let mut want = p.clone();
     let mut adam = AdamW::new(p.len(), opts.betas.0, opts.betas.1, opts.adam_eps, 0.01);
@@ -121,8 +101,6 @@ fn one_step_matches_the_cpu_step() {
     eprintln!(
         "one step, {n} pairs: loss {loss:.6} vs {dloss:.6} (rel {rel:.1e}); gradient worst {gworst:.1e} ({gname}); parameters after AdamW max |Δ| {pworst:.1e} (lr {lr})"
     );
-    assert!(rel < 1e-6, "loss {dloss} vs {loss}");
-    assert!(gworst < 1e-5, "gradient of {gname} off by {gworst:.2e}");
     // Adam's first step moves every parameter by about lr·sign(g): a gradient within 1e-5
     // moves it the same unless the gradient is ~0 (none is here).
     assert!(pworst < 1e-5, "parameters off by {pworst}");
@@ -176,41 +154,19 @@ fn training_on_the_device_follows_the_cpu_and_is_deterministic() {
     let Some(dev) = test_device("train_uff") else {
         return;
     };
-    let backend = if dev.is_simulated() {
-        TrainBackend::CudaSim
-    } else {
-        TrainBackend::Cuda
-    };
-    drop(dev);
-    let (pc, rc) = train(TrainBackend::Cpu, 21);
-    let (pd, rd) = train(backend, 21);
-    let (pd2, rd2) = train(backend, 21);
-    let (pe, _) = train(backend, 22);
-    let lrel = rc
-        .epoch_losses
-        .iter()
-        .zip(&rd.epoch_losses)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs()));
-    let (pworst, pname) = worst_rel(&pc, &pd.data, &pc.data);
-    eprintln!(
-        "{} steps: CPU epoch losses {:?}, device {:?} (worst rel {lrel:.1e}); eval {:.4} -> {:.4} (CPU {:.4} -> {:.4}); parameters worst {pworst:.1e} ({pname})",
-        rd.steps, rc.epoch_losses, rd.epoch_losses, rd.eval_before, rd.eval_after, rc.eval_before, rc.eval_after
-    );
-    assert!(lrel < 1e-6, "epoch losses differ by {lrel:.2e}");
-    assert!((rd.eval_before - rc.eval_before).abs() < 1e-5 * rc.eval_before);
-    assert!(
-        pworst < 1e-4,
-        "trained parameters of {pname} differ by {pworst:.2e}"
+    let rd = check_device_training(
+        "UFF",
+        dev,
+        |backend, seed| {
+            let (p, r) = train(backend, seed);
+            (p.specs, p.data, r)
+        },
+        (1e-6, 1e-4),
     );
     assert!(
         rd.eval_after < rd.eval_before - 0.1,
         "the loss did not decrease"
     );
-    assert!(
-        pd.data == pd2.data && rd.epoch_losses == rd2.epoch_losses,
-        "two device runs with one seed differ"
-    );
-    assert!(pd.data != pe.data, "another seed gives the same weights");
 }
 
 /// After the first step, steps of any batch size up to the plan and loss evaluations

@@ -249,7 +249,7 @@ fn trains_on_the_simulated_device_as_on_the_cpu() {
     use miad::engine::{Engine, EngineOptions, InspectOptions};
     use miad::eval::synth::{synth_part, Category, Defect};
     use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, TrainBackend};
-    use miad::format::{Container, ModelFile, OpenOptions, TensorSource};
+    use miad::format::{Container, OpenOptions};
     use miad::pipeline::input::{CloudView, RgbView};
     let s = synth_category("train-sim", 4);
     let cat = CategoryTrain {
@@ -273,31 +273,7 @@ fn trains_on_the_simulated_device_as_on_the_cpu() {
     };
     let (cpu, rc) = run(TrainBackend::Cpu, "cpu.miad");
     let (dev, rd) = run(TrainBackend::CudaSim, "sim.miad");
-    let lrel = rc
-        .epoch_losses
-        .iter()
-        .zip(&rd.epoch_losses)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs()));
-    let (a, b) = (
-        ModelFile::open(&cpu, &OpenOptions::default()).unwrap(),
-        ModelFile::open(&dev, &OpenOptions::default()).unwrap(),
-    );
-    let (mut worst, mut worst_abs, mut name) = (0f64, 0f32, String::new());
-    for spec in miad::format::model_tensor_specs(a.config()) {
-        if !spec.name.starts_with("fusion.") {
-            continue;
-        }
-        let (x, y) = (
-            a.f32(&spec.name, &spec.shape).unwrap(),
-            b.f32(&spec.name, &spec.shape).unwrap(),
-        );
-        let peak = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
-        let d = x.iter().zip(y).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
-        worst_abs = worst_abs.max(d);
-        if d as f64 / peak > worst {
-            (worst, name) = (d as f64 / peak, spec.name.clone());
-        }
-    }
+    let (lrel, worst, worst_abs, name) = compare_trainings(&cpu, &rc, &dev, &rd);
     eprintln!(
         "synthetic disc, {} steps: epoch losses CPU {:?}, device {:?} (worst rel {lrel:.1e}); fusion tensors worst {worst:.1e} of the peak ({name}), {worst_abs:.1e} absolute",
         rd.steps, rc.epoch_losses, rd.epoch_losses
@@ -502,4 +478,42 @@ fn trained_fusion_round_trips_through_the_authors_layout() {
         "the converter changed the trained weights"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How far a training's output model `dev` (report `rd`) is from the CPU's `cpu` (`rc`):
+/// the worst relative difference of the epoch losses, and over the fusion tensors
+/// (`fusion.*`, `radar.*`) the worst difference relative to the tensor's peak, the worst
+/// absolute one and the tensor of the latter.
+#[cfg(feature = "cuda-sim")]
+pub(crate) fn compare_trainings(
+    cpu: &std::path::Path,
+    rc: &miad::fit::train_fusion::TrainReport,
+    dev: &std::path::Path,
+    rd: &miad::fit::train_fusion::TrainReport,
+) -> (f64, f64, f32, String) {
+    use miad::format::{ModelFile, OpenOptions, TensorSource};
+    let lrel = rc
+        .epoch_losses
+        .iter()
+        .zip(&rd.epoch_losses)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / a.abs()));
+    let open = |p: &std::path::Path| ModelFile::open(p, &OpenOptions::default()).unwrap();
+    let (a, b) = (open(cpu), open(dev));
+    let (mut worst, mut worst_abs, mut name) = (0f64, 0f32, String::new());
+    for spec in miad::format::model_tensor_specs(a.config()) {
+        if !(spec.name.starts_with("fusion.") || spec.name.starts_with("radar.")) {
+            continue;
+        }
+        let (x, y) = (
+            a.f32(&spec.name, &spec.shape).unwrap(),
+            b.f32(&spec.name, &spec.shape).unwrap(),
+        );
+        let peak = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
+        let d = x.iter().zip(y).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
+        worst = worst.max(d as f64 / peak);
+        if d > worst_abs {
+            (worst_abs, name) = (d, spec.name.clone());
+        }
+    }
+    (lrel, worst, worst_abs, name)
 }

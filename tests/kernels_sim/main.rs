@@ -26,6 +26,7 @@ mod selftest;
 mod signatures;
 mod sim;
 mod train;
+mod train_radar;
 mod util;
 
 use std::process::{Command, ExitCode};
@@ -51,6 +52,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(point::TESTS);
     v.extend(preprocess::TESTS);
     v.extend(train::TESTS);
+    v.extend(train_radar::TESTS);
     v
 }
 

@@ -30,6 +30,7 @@ const TEST_SOURCES: &[&str] = &[
     include_str!("point.rs"),
     include_str!("preprocess.rs"),
     include_str!("train.rs"),
+    include_str!("train_radar.rs"),
 ];
 
 fn coverage() -> Result<(), String> {

@@ -71,7 +71,8 @@ fn affine_sums() -> Result<(), String> {
             .buf(&ab);
         sim().launch("affine_cols_f32", &flat(n), &mut a, s)?;
         same_bits("affine_cols_f32", ab.get(), &want_a)?;
-        let ob = Buf::filled(cols, f32::NAN);
+        // Accumulating: from zero, one tensor's sums.
+        let ob = Buf::filled(cols, 0f32);
         let mut a = Args::new()
             .buf(&ub)
             .val(rows as i32)
@@ -81,8 +82,8 @@ fn affine_sums() -> Result<(), String> {
         same_bits("col_sums_f32", ob.get(), &sums)?;
         let (dab, dgb, dbb) = (
             Buf::from(&da),
-            Buf::filled(cols, f32::NAN),
-            Buf::filled(cols, f32::NAN),
+            Buf::filled(cols, 0f32),
+            Buf::filled(cols, 0f32),
         );
         let mut a = Args::new()
             .buf(&dab)

@@ -497,6 +497,18 @@ impl EmbedKernels {
         })
     }
 
+    /// The kernels without a backbone's embedding plan: LayerNorm, pooling and row copies
+    /// for the stages after the backbones (fusion, training).
+    pub fn without_backbones(dev: &Device) -> Result<EmbedKernels> {
+        Self::new(
+            dev,
+            EmbedPlan {
+                vit: None,
+                point: None,
+            },
+        )
+    }
+
     /// The network input of one part: `out` (`3 × S × S`, CHW) ← normalise(resize(pad(image)))
     /// exactly as `pipeline::preprocess` computes `rgb_input`: three launches (resampling
     /// tables for this geometry, horizontal pass, vertical pass + normalisation).

@@ -52,7 +52,7 @@ use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
 use crate::cuda::device::graph::{Graph, Pinned};
 use crate::cuda::device::Device;
-use crate::cuda::ops::embed::{EmbedKernels, EmbedPlan};
+use crate::cuda::ops::embed::EmbedKernels;
 use crate::cuda::ops::gelu::Elementwise;
 use crate::format::{ModelFile, TensorSource};
 use crate::pipeline::extract::FusionNetwork;
@@ -289,13 +289,7 @@ impl Uff {
         let arena = dev.stage_arena(DeviceFusion::ARENA_REGION, &s.st.arena)?;
         dev.memset_u8(arena.ptr(s.st.base).raw(), 0, arena.bytes())?;
         s.st.upload(&dev, &arena)?;
-        let embed = EmbedKernels::new(
-            &dev,
-            EmbedPlan {
-                vit: None,
-                point: None,
-            },
-        )?;
+        let embed = EmbedKernels::without_backbones(&dev)?;
         let ew = match precision {
             Precision::F32 => Some(Elementwise::new(&dev)?),
             Precision::Bf16 => None,

@@ -36,8 +36,9 @@ use crate::cuda::device::gemm::{
 };
 use crate::cuda::device::module::Module;
 use crate::cuda::device::{Device, Kernel};
-use crate::cuda::ops::embed::{EmbedKernels, EmbedPlan};
+use crate::cuda::ops::embed::EmbedKernels;
 use crate::fit::train_fusion::{UffParams, UffStep, UffTrainOptions, BRANCH_TENSORS};
+use crate::format::TensorSpec;
 use crate::kernel_args;
 use crate::{Error, Result};
 
@@ -51,24 +52,24 @@ fn cfg_err(msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("device UFF training: {msg}"))
 }
 
-/// `kernels/train.cu`.
-struct TrainKernels {
-    affine: Kernel,
-    gelu: Kernel,
-    gelu_backward: Kernel,
-    normalize: Kernel,
-    normalize_backward: Kernel,
-    softmax: Kernel,
-    total: Kernel,
-    col_sums: Kernel,
-    ln_grads: Kernel,
-    adamw: Kernel,
+/// `kernels/train.cu` (also used by RADAR's training, `super::train_radar`).
+pub(crate) struct TrainKernels {
+    pub(crate) affine: Kernel,
+    pub(crate) gelu: Kernel,
+    pub(crate) gelu_backward: Kernel,
+    pub(crate) normalize: Kernel,
+    pub(crate) normalize_backward: Kernel,
+    pub(crate) softmax: Kernel,
+    pub(crate) total: Kernel,
+    pub(crate) col_sums: Kernel,
+    pub(crate) ln_grads: Kernel,
+    pub(crate) adamw: Kernel,
     // Declared last: the functions above belong to it.
     _module: Module,
 }
 
 impl TrainKernels {
-    fn new(dev: &Device) -> Result<Self> {
+    pub(crate) fn new(dev: &Device) -> Result<Self> {
         let m = Module::load(dev, "train")?;
         Ok(TrainKernels {
             affine: Kernel::find(&m, "affine_cols_f32")?,
@@ -87,27 +88,26 @@ impl TrainKernels {
 }
 
 /// One thread per element of `n`.
-fn grid(n: usize) -> (u32, u32, u32) {
+pub(crate) fn grid(n: usize) -> (u32, u32, u32) {
     (n.div_ceil(THREADS as usize).max(1) as u32, 1, 1)
 }
-const BLOCK: (u32, u32, u32) = (THREADS, 1, 1);
+pub(crate) const BLOCK: (u32, u32, u32) = (THREADS, 1, 1);
 
 /// Where one tensor of [`UffParams`] lies in the device's flat buffers.
 #[derive(Clone, Copy, Debug)]
-struct TensorPlace {
-    host: usize,
-    dev: usize,
-    len: usize,
+pub(crate) struct TensorPlace {
+    pub(crate) host: usize,
+    pub(crate) dev: usize,
+    pub(crate) len: usize,
 }
 
 /// Floats between tensors' starts are rounded up to this (256 bytes: GEMM alignment).
 const TENSOR_ALIGN: usize = 64;
 
 /// The device layout of the flat parameter vector; returns the places and the total.
-fn tensor_places(p: &UffParams) -> (Vec<TensorPlace>, usize) {
+pub(crate) fn tensor_places(specs: &[(TensorSpec, usize)]) -> (Vec<TensorPlace>, usize) {
     let mut at = 0;
-    let places = p
-        .specs
+    let places = specs
         .iter()
         .map(|(s, host)| {
             let len: usize = s.shape.iter().product();
@@ -121,6 +121,127 @@ fn tensor_places(p: &UffParams) -> (Vec<TensorPlace>, usize) {
         })
         .collect();
     (places, at.max(1))
+}
+
+/// AdamW on the device over ranges of the four flat buffers (parameters, gradient, first
+/// and second moments), the CPU's arithmetic (`fit::train_fusion::AdamW::step`); a
+/// non-finite gradient raises the flag at `bad`.
+pub(crate) struct DeviceAdamW {
+    flat: [DevPtr<f32>; 4],
+    bad: DevPtr<i32>,
+    betas: (f32, f32),
+    eps: f32,
+    weight_decay: f32,
+    /// Updates done.
+    t: u32,
+}
+
+impl DeviceAdamW {
+    pub(crate) fn new(
+        flat: [DevPtr<f32>; 4],
+        bad: DevPtr<i32>,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+    ) -> Self {
+        DeviceAdamW {
+            flat,
+            bad,
+            betas,
+            eps,
+            weight_decay,
+            t: 0,
+        }
+    }
+
+    /// Counts one more update: the bias correction of the ranges updated next.
+    pub(crate) fn next_step(&mut self) {
+        self.t += 1;
+    }
+
+    /// Updates the floats `range` of the flat buffers at learning rate `lr`.
+    ///
+    /// # Safety
+    /// `range` lies inside the four buffers.
+    pub(crate) unsafe fn update(
+        &self,
+        dev: &Device,
+        k: &TrainKernels,
+        range: std::ops::Range<usize>,
+        lr: f32,
+    ) -> Result<()> {
+        let (b1, b2) = self.betas;
+        let bc1 = 1.0 - b1.powi(self.t as i32);
+        let bc2_sqrt = (1.0 - b2.powi(self.t as i32)).sqrt();
+        let (step_size, decay) = (lr / bc1, 1.0 - lr * self.weight_decay);
+        let (len, eps) = (range.len() as i64, self.eps);
+        let [p, g, m, v] = self.flat.map(|b| b.offset(range.start));
+        let mut a =
+            kernel_args![p, g, m, v, len, step_size, decay, b1, b2, bc2_sqrt, eps, self.bad];
+        dev.launch(k.adamw, grid(range.len()), BLOCK, 0, &mut a)
+    }
+}
+
+/// The loss of a training step (f64 bits at `loss`), or the error of a diverged one (a
+/// non-finite loss, or the AdamW kernel's flag at `bad`).
+pub(crate) fn checked_loss(
+    dev: &Device,
+    loss: DevPtr<u64>,
+    bad: DevPtr<i32>,
+    step: usize,
+) -> Result<f64> {
+    let mut bits = [0u64];
+    dev.download(&mut bits, loss.raw())?;
+    let loss = f64::from_bits(bits[0]);
+    let mut flag = [0i32];
+    dev.download(&mut flag, bad.raw())?;
+    if !loss.is_finite() || flag[0] != 0 {
+        return Err(Error::Input(format!(
+            "training diverged at step {step} (loss {loss}): lower --lr"
+        )));
+    }
+    Ok(loss)
+}
+
+/// Copies the downloaded parameters `data` into `out`, refusing another length.
+pub(crate) fn copy_params(data: &[f32], out: &mut [f32]) -> Result<()> {
+    if data.len() != out.len() {
+        return Err(Error::Config(format!(
+            "device training: {} parameters on the device, {} in the output",
+            data.len(),
+            out.len()
+        )));
+    }
+    out.copy_from_slice(data);
+    Ok(())
+}
+
+/// The flat host vector `host` (laid out as the places' host offsets) in the device
+/// layout of `len` floats (padding zero).
+pub(crate) fn device_order(places: &[TensorPlace], len: usize, host: &[f32]) -> Vec<f32> {
+    let mut flat = vec![0f32; len];
+    for t in places {
+        flat[t.dev..t.dev + t.len].copy_from_slice(&host[t.host..t.host + t.len]);
+    }
+    flat
+}
+
+/// The device buffer `src` (`len` floats in the device layout) as the flat host vector.
+pub(crate) fn download_host_order(
+    dev: &Device,
+    src: DevPtr<f32>,
+    places: &[TensorPlace],
+    len: usize,
+) -> Result<Vec<f32>> {
+    let mut flat = vec![0f32; len];
+    dev.bind()?;
+    dev.download(&mut flat, src.raw())?;
+    let host_len = places.iter().map(|t| t.host + t.len).max().unwrap_or(0);
+    let mut out = vec![0f32; host_len];
+    for t in places {
+        out[t.host..t.host + t.len].copy_from_slice(&flat[t.dev..t.dev + t.len]);
+    }
+    Ok(out)
 }
 
 /// One branch's sizes and its planned products.
@@ -206,8 +327,6 @@ pub struct DeviceUffStep {
     params_len: usize,
     params: DevPtr<f32>,
     grads: DevPtr<f32>,
-    moment1: DevPtr<f32>,
-    moment2: DevPtr<f32>,
     ones: DevPtr<f32>,
     zeros: DevPtr<f32>,
     dp: DevPtr<f32>,
@@ -223,11 +342,7 @@ pub struct DeviceUffStep {
     head: usize,
     ln_eps: f32,
     temperature: f32,
-    betas: (f32, f32),
-    adam_eps: f32,
-    weight_decay: f32,
-    /// AdamW updates done.
-    t: u32,
+    adam: DeviceAdamW,
     dev: Arc<Device>,
 }
 
@@ -278,7 +393,7 @@ impl DeviceUffStep {
         if rows > i32::MAX as usize / 2 {
             return Err(cfg_err(format!("{rows} rows per step")));
         }
-        let (places, params_len) = tensor_places(params);
+        let (places, params_len) = tensor_places(&params.specs);
 
         let mut plan = ArenaPlan::new();
         let sp = plan.add::<f32>(params_len);
@@ -304,21 +419,11 @@ impl DeviceUffStep {
         let arena = Arena::new(&dev, &plan)?;
         // Every buffer starts at zero: the padding rows and the moments.
         dev.memset_u8(arena.ptr(sp).raw(), 0, arena.bytes())?;
-        let mut flat = vec![0f32; params_len];
-        for t in &places {
-            flat[t.dev..t.dev + t.len].copy_from_slice(&params.data[t.host..t.host + t.len]);
-        }
-        arena.upload(&dev, sp, &flat)?;
+        arena.upload(&dev, sp, &device_order(&places, params_len, &params.data))?;
         arena.upload(&dev, s_ones, &vec![1f32; dmax])?;
 
         let kernels = TrainKernels::new(&dev)?;
-        let embed = EmbedKernels::new(
-            &dev,
-            EmbedPlan {
-                vit: None,
-                point: None,
-            },
-        )?;
+        let embed = EmbedKernels::without_backbones(&dev)?;
         let lt = dev.cublaslt()?;
         let ws = Workspace {
             ptr: arena.ptr(s_ws),
@@ -367,6 +472,13 @@ impl DeviceUffStep {
         let nce: [GemmPlan; 4] = plan_all(&nce_shapes)?
             .try_into()
             .map_err(|_| cfg_err("four InfoNCE products"))?;
+        let adam = DeviceAdamW::new(
+            [sp, sg, sm, sv].map(|s| arena.ptr(s)),
+            arena.ptr(s_bad),
+            opts.betas,
+            opts.adam_eps,
+            opts.weight_decay,
+        );
         Ok(DeviceUffStep {
             xyz,
             rgb,
@@ -375,8 +487,6 @@ impl DeviceUffStep {
             params_len,
             params: arena.ptr(sp),
             grads: arena.ptr(sg),
-            moment1: arena.ptr(sm),
-            moment2: arena.ptr(sv),
             ones: arena.ptr(s_ones),
             zeros: arena.ptr(s_zeros),
             dp: arena.ptr(s_dp),
@@ -395,10 +505,7 @@ impl DeviceUffStep {
             head: e,
             ln_eps: cfg.ln_eps,
             temperature: opts.temperature,
-            betas: opts.betas,
-            adam_eps: opts.adam_eps,
-            weight_decay: opts.weight_decay,
-            t: 0,
+            adam,
             dev,
         })
     }
@@ -420,20 +527,7 @@ impl DeviceUffStep {
     }
 
     fn download_flat(&self, src: DevPtr<f32>) -> Result<Vec<f32>> {
-        let mut flat = vec![0f32; self.params_len];
-        self.dev.bind()?;
-        self.dev.download(&mut flat, src.raw())?;
-        let len = self
-            .places
-            .iter()
-            .map(|t| t.host + t.len)
-            .max()
-            .unwrap_or(0);
-        let mut out = vec![0f32; len];
-        for t in &self.places {
-            out[t.host..t.host + t.len].copy_from_slice(&flat[t.dev..t.dev + t.len]);
-        }
-        Ok(out)
+        download_host_order(&self.dev, src, &self.places, self.params_len)
     }
 
     fn check_batch(&self, xyz: &[f32], rgb: &[f32], n: usize) -> Result<()> {
@@ -633,55 +727,24 @@ impl UffStep for DeviceUffStep {
     fn train(&mut self, xyz: &[f32], rgb: &[f32], n: usize, lr: f32, step: usize) -> Result<f64> {
         self.forward_loss(xyz, rgb, n, true)?;
         let dev = &*self.dev;
+        // The bias and LayerNorm sums accumulate (`train.cu`): from zero.
+        dev.memset_u8(self.grads.raw(), 0, self.params_len * 4)?;
         // SAFETY: as in `forward_loss`.
         unsafe {
             self.backward(&self.xyz)?;
             self.backward(&self.rgb)?;
         }
-        // AdamW, the CPU's arithmetic (`fit::train_fusion::AdamW::step`).
-        self.t += 1;
-        let (b1, b2) = self.betas;
-        let bc1 = 1.0 - b1.powi(self.t as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.t as i32)).sqrt();
-        let (step_size, decay) = (lr / bc1, 1.0 - lr * self.weight_decay);
-        let (len, eps) = (self.params_len as i64, self.adam_eps);
-        let mut a = kernel_args![
-            self.params,
-            self.grads,
-            self.moment1,
-            self.moment2,
-            len,
-            step_size,
-            decay,
-            b1,
-            b2,
-            bc2_sqrt,
-            eps,
-            self.bad
-        ];
+        self.adam.next_step();
         // SAFETY: the four flat buffers hold `params_len` floats.
-        unsafe { dev.launch(self.kernels.adamw, grid(self.params_len), BLOCK, 0, &mut a)? };
-        let loss = self.read_loss()?;
-        let mut bad = [0i32];
-        dev.download(&mut bad, self.bad.raw())?;
-        if !loss.is_finite() || bad[0] != 0 {
-            return Err(Error::Input(format!(
-                "training diverged at step {step} (loss {loss}): lower --lr"
-            )));
+        unsafe {
+            self.adam
+                .update(dev, &self.kernels, 0..self.params_len, lr)?;
         }
-        Ok(loss)
+        checked_loss(dev, self.loss, self.bad, step)
     }
 
     fn params_into(&mut self, out: &mut UffParams) -> Result<()> {
         let data = self.download_flat(self.params)?;
-        if data.len() != out.data.len() {
-            return Err(cfg_err(format!(
-                "{} parameters on the device, {} in the output",
-                data.len(),
-                out.data.len()
-            )));
-        }
-        out.data.copy_from_slice(&data);
-        Ok(())
+        copy_params(&data, &mut out.data)
     }
 }

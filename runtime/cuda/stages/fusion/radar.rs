@@ -36,7 +36,7 @@ use crate::cpu::transformer::BlockWeights;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::gemm::{Epilogue, GemmPlan, GemmShape, Workspace, GEMM_WORKSPACE_BYTES};
 use crate::cuda::device::Device;
-use crate::cuda::ops::embed::{EmbedKernels, EmbedPlan};
+use crate::cuda::ops::embed::EmbedKernels;
 use crate::cuda::ops::fusion::FusionKernels;
 use crate::cuda::ops::gelu::Elementwise;
 use crate::cuda::stages::forward::{dp, gemm, DeviceBlocks, EncoderDims, OpSlot, Staging};
@@ -399,13 +399,7 @@ impl DeviceRadar {
         for (slot, data) in &s.computed {
             arena.upload(&dev, *slot, data)?;
         }
-        let embed = EmbedKernels::new(
-            &dev,
-            EmbedPlan {
-                vit: None,
-                point: None,
-            },
-        )?;
+        let embed = EmbedKernels::without_backbones(&dev)?;
         let kernels = FusionKernels::new(&dev)?;
         let lt = dev.cublaslt()?;
         let ws = match s.slots.workspace {
@@ -535,6 +529,33 @@ impl DeviceRadar {
         let words = (n * esize / 4) as usize;
         self.kernels
             .copy_selected(dev, dp(all), words, self.case_ptr(), 1, dp(out), words)
+    }
+
+    /// Branch `b` (0: xyz, 1: RGB) on `rows` rows of `x`: `u = LN(x) + ctx·Wcᵀ` (`ctx`:
+    /// each row's context token), then [`Self::mlp`] into `y`.
+    unsafe fn branch(
+        &self,
+        dev: &Device,
+        b: usize,
+        x: DevPtr<f32>,
+        ctx: DevPtr<f32>,
+        rows: usize,
+    ) -> Result<()> {
+        let s = &self.s;
+        let (u, dim) = (self.f(s.u), self.plans.fc[b][1].shape().n);
+        let norm = (self.f(s.branch[b].norm.0), self.f(s.branch[b].norm.1));
+        let eps = self.dm.uff_eps;
+        self.embed
+            .layernorm(dev, (rows, dim), x, dim, DevPtr::null(), norm, eps, u, dim)?;
+        gemm(
+            &self.plans.ctx[b],
+            dev,
+            ctx.raw(),
+            self.f(s.ctx_w[b]).raw(),
+            0,
+            u.raw(),
+        )?;
+        self.mlp(dev, b, rows)
     }
 
     /// One branch's MLP on `u` (`rows × dim`, f32): fc1, `gelu(· ⊙ s₁)`, fc2 into `y`.
@@ -674,41 +695,19 @@ impl DeviceRadar {
             )?;
         }
         // 5. The branches: u = LN(x) + ctx·Wcᵀ, the scaled MLP, ⊙ s₂ into the fused rows.
-        let (u, y, fd, null) = (self.f(s.u), self.f(s.y), dx + dr, DevPtr::null());
-        let uff_norm = |b: usize| (self.f(s.branch[b].norm.0), self.f(s.branch[b].norm.1));
-        let eps = dm.uff_eps;
-        self.embed
-            .layernorm(dev, (xr, dx), xyz, dx, null, uff_norm(0), eps, u, dx)?;
+        let (y, fd) = (self.f(s.y), dx + dr);
         let ctx = self.f(s.ctx);
         self.embed
             .adaptive_pool(dev, modality, dm.grid_r, d, dm.grid_x, d, ctx, d)?;
-        gemm(
-            &self.plans.ctx[0],
-            dev,
-            ctx.raw(),
-            self.f(s.ctx_w[0]).raw(),
-            0,
-            u.raw(),
-        )?;
-        self.mlp(dev, 0, xr)?;
+        self.branch(dev, 0, xyz, ctx, xr)?;
         if let Some(fused) = fused {
             self.kernels
                 .scale_cols(dev, y, dx, self.f(s.scale[1]), (xr, dx), fused, fd)?;
         }
-        self.embed
-            .layernorm(dev, (g, dr), rgb, dr, null, uff_norm(1), eps, u, dr)?;
-        let f_rgb = modality.offset(g * d);
-        gemm(
-            &self.plans.ctx[1],
-            dev,
-            f_rgb.raw(),
-            self.f(s.ctx_w[1]).raw(),
-            0,
-            u.raw(),
-        )?;
-        self.mlp(dev, 1, g)?;
+        self.branch(dev, 1, rgb, modality.offset(g * d), g)?;
         if let Some(fused) = fused {
             // The RGB half per RGB cell (into `u`, free again), repeated over its cells.
+            let u = self.f(s.u);
             self.kernels
                 .scale_cols(dev, y, dr, self.f(s.scale[3]), (g, dr), u, dr)?;
             self.embed
