@@ -47,6 +47,10 @@ fn assert_no_allocations(cfg: miad::config::ModelConfig, name: &str) {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
+    assert!(
+        parts.len() >= 2,
+        "the fixture has a good and a defective test part"
+    );
     // The f32 path, then the bf16 one (its group encoder's GEMMs and kernels included).
     for precision in [Precision::F32, Precision::Bf16] {
         let mut e = Engine::open(&f.model, &f.bank, &options(Backend::CudaSim, precision)).unwrap();
@@ -60,18 +64,12 @@ fn assert_no_allocations(cfg: miad::config::ModelConfig, name: &str) {
         let (r0, c0) = parts[0].views();
         e.inspect(r0, c0, &opts).unwrap();
         let mut scores = Vec::with_capacity(64);
+        // Another part (the emulated device is slow: one part serves all three cases),
+        // complete, then each modality missing.
+        let (r, c) = parts[parts.len() - 1].views();
         let before = total_counts();
-        for round in 0..3 {
-            for p in &parts {
-                let (r, c) = p.views();
-                // complete, then each modality missing
-                let (r, c) = match round {
-                    0 => (r, c),
-                    1 => (r, None),
-                    _ => (None, c),
-                };
-                scores.push(e.inspect(r, c, &opts).unwrap().score);
-            }
+        for (r, c) in [(r, c), (r, None), (None, c)] {
+            scores.push(e.inspect(r, c, &opts).unwrap().score);
         }
         let after = total_counts();
         assert_eq!(
