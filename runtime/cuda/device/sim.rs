@@ -481,49 +481,92 @@ fn run_gemm(g: &GemmCall) -> Result<()> {
         check_range(g.bias, n, "gemm bias")?;
         check_written(g.bias, n, "gemm bias")?;
     }
-    let k = ac;
+    // The element types are fixed per call: one loop body for each pair (the element
+    // type tests in the innermost loop were most of an emulated part's time).
     // SAFETY: every operand's extent was checked against the live allocations above.
     unsafe {
-        for j in 0..g.d.cols {
-            for i in 0..g.d.rows {
-                let mut acc = 0f32;
-                for p in 0..k {
-                    let av = if g.a.trans {
-                        g.a.get(p, i)
-                    } else {
-                        g.a.get(i, p)
-                    };
-                    let bv = if g.b.trans {
-                        g.b.get(j, p)
-                    } else {
-                        g.b.get(p, j)
-                    };
-                    acc += av * bv;
-                }
-                let mut v = g.alpha * acc;
-                if g.beta != 0.0 {
-                    v += g.beta * g.d.get(i, j);
-                }
-                if g.bias != 0 {
-                    v += if g.d.bf16 {
-                        half::bf16::from_bits(*(g.bias as *const u16).add(i as usize)).to_f32()
-                    } else {
-                        *(g.bias as *const f32).add(i as usize)
-                    };
-                }
-                if g.gelu_tanh {
-                    v = gelu_tanh(v);
-                }
-                let at = (i + j * g.d.ld as u64) as usize;
-                if g.d.bf16 {
-                    *(g.d.ptr as *mut u16).add(at) = half::bf16::from_f32(v).to_bits();
-                } else {
-                    *(g.d.ptr as *mut f32).add(at) = v;
-                }
-            }
+        match (g.a.bf16, g.b.bf16) {
+            (false, false) => gemm_body::<f32, f32>(g, ac),
+            (false, true) => gemm_body::<f32, half::bf16>(g, ac),
+            (true, false) => gemm_body::<half::bf16, f32>(g, ac),
+            (true, true) => gemm_body::<half::bf16, half::bf16>(g, ac),
         }
     }
     Ok(())
+}
+
+/// An element type a GEMM operand may hold, read as f32.
+trait GemmElement {
+    /// # Safety
+    /// `ptr` holds at least `i + 1` elements.
+    unsafe fn load(ptr: u64, i: usize) -> f32;
+}
+
+impl GemmElement for f32 {
+    #[inline(always)]
+    unsafe fn load(ptr: u64, i: usize) -> f32 {
+        *(ptr as *const f32).add(i)
+    }
+}
+
+impl GemmElement for half::bf16 {
+    #[inline(always)]
+    unsafe fn load(ptr: u64, i: usize) -> f32 {
+        half::bf16::from_bits(*(ptr as *const u16).add(i)).to_f32()
+    }
+}
+
+/// Where row `i` of op(M) (or column `i`, for the right operand: `right`) starts in
+/// memory and how far apart its successive elements along the shared dimension lie.
+fn gemm_walk(m: &GemmOperand, i: u64, right: bool) -> (usize, usize) {
+    let ld = m.ld as usize;
+    let i = i as usize;
+    // op(A) row i runs along A's columns unless A is transposed; op(B) column j runs
+    // along B's rows unless B is transposed.
+    if m.trans != right {
+        (i * ld, 1)
+    } else {
+        (i, ld)
+    }
+}
+
+/// `D = epi(alpha·op(A)·op(B) + beta·C + bias)`, each element summed over the shared
+/// dimension `k` in ascending order into an f32 accumulator (the reference order).
+///
+/// # Safety
+/// The operands' extents were checked by [`run_gemm`].
+unsafe fn gemm_body<A: GemmElement, B: GemmElement>(g: &GemmCall, k: u64) {
+    let k = k as usize;
+    for j in 0..g.d.cols {
+        let (b0, bs) = gemm_walk(&g.b, j, true);
+        for i in 0..g.d.rows {
+            let (a0, a_step) = gemm_walk(&g.a, i, false);
+            let mut acc = 0f32;
+            for p in 0..k {
+                acc += A::load(g.a.ptr, a0 + p * a_step) * B::load(g.b.ptr, b0 + p * bs);
+            }
+            let mut v = g.alpha * acc;
+            if g.beta != 0.0 {
+                v += g.beta * g.d.get(i, j);
+            }
+            if g.bias != 0 {
+                v += if g.d.bf16 {
+                    half::bf16::load(g.bias, i as usize)
+                } else {
+                    f32::load(g.bias, i as usize)
+                };
+            }
+            if g.gelu_tanh {
+                v = gelu_tanh(v);
+            }
+            let at = (i + j * g.d.ld as u64) as usize;
+            if g.d.bf16 {
+                *(g.d.ptr as *mut u16).add(at) = half::bf16::from_f32(v).to_bits();
+            } else {
+                *(g.d.ptr as *mut f32).add(at) = v;
+            }
+        }
+    }
 }
 
 /// Where a copy's ends lie.
