@@ -11,7 +11,8 @@
 
 mod timing;
 use miad::config::{ModelConfig, VitConfig};
-use miad::cpu::gemm::{linear, Epilogue, Mat};
+use miad::cpu::dense::DensePrecision;
+use miad::cpu::gemm::{linear, linear_packed, Epilogue, Mat, PackedF32};
 use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
@@ -34,7 +35,10 @@ fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
     v
 }
 
-fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
+/// The forward pass with the blocks' weights packed once in `precision` (as the engine
+/// runs it), beside the features of the unpacked f32 pass: f32 packed must give the same
+/// bits; bf16 reports its difference.
+fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
     let cfg = VitConfig::base8();
     // Only the ViT's tensors: the point and fusion branches are not needed here.
     let model = ModelConfig {
@@ -46,30 +50,21 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     let tensors = random_model(&model, 1);
     let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let s = cfg.image_size as usize;
-    let mut f32_out = Vec::new();
-    let mut bf16_blocks = Vec::new();
-    if bf16 {
-        // The f32 features first, for the bf16 path's relative difference.
-        f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
-        let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
-        let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
-        vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
-        let Some(blocks) = w.to_bf16(&cfg) else {
-            println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
-            return;
-        };
-        bf16_blocks = blocks;
-    }
-    let precision = if bf16 { "bf16" } else { "f32" };
     let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
-    let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
+    let mut f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
+    vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
+    let Some(blocks) = w.packed(&cfg, precision) else {
+        println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
+        return;
+    };
+    let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let flops = vit_flops(&cfg);
     // The peak is measured just before and just after (the higher counts): on a shared
     // machine, other load lowers both numbers alike only when they are taken close together.
     let peak_before = measure_peak_gflops(threads);
     let t = timing::time_runs(5, || {
-        vit_forward_with(pool, &cfg, &w, &bf16_blocks, &input, &mut out, &mut scratch)
+        vit_forward_with(pool, &cfg, &w, &blocks, &input, &mut out, &mut scratch)
             .expect("forward pass");
     });
     let (median, reps) = (t.median, t.runs);
@@ -78,7 +73,7 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     let peak = measure_peak_gflops(threads).max(peak_before);
     let load = timing::load_average();
     println!(
-        "vit_b8_224_forward_{precision}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
+        "vit_b8_224_forward_{precision:?}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
          (best pass: {:.2}); load average {}",
         median,
@@ -87,7 +82,9 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
         best / peak,
         load
     );
-    if bf16 {
+    if precision == DensePrecision::F32 {
+        assert_eq!(out, f32_out, "packed f32 weights changed the features");
+    } else {
         let ref_max = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = out
             .iter()
@@ -134,6 +131,12 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
             )
         });
         let g = 2.0 * (m * k * n) as f64 / secs / 1e9;
+        let packed = PackedF32::new(Mat::new(&w, n, k));
+        let (psecs, ppeak) = timed(threads, || {
+            let a = Mat::new(&a, m, k);
+            linear_packed(pool, a, &packed, None, &mut out, n, Epilogue::None)
+        });
+        let gp = 2.0 * (m * k * n) as f64 / psecs / 1e9;
         let bf16 = PackedBf16::new(Mat::new(&w, n, k)).map(|packed| {
             let secs = timing::time_runs(7, || {
                 let a = Mat::new(&a, m, k);
@@ -148,9 +151,12 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
             )
         });
         println!(
-            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}{}",
+            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}; \
+             weight packed once {:.3} ms, {gp:.1} GFLOP/s = {:.2} of the peak {ppeak:.1}{}",
             secs * 1e3,
             g / peak,
+            psecs * 1e3,
+            gp / ppeak,
             bf16.unwrap_or_default()
         );
     }
@@ -172,6 +178,11 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     let mut hidden = vec![0f32; t * hid];
     let mut acc = x.clone();
     let mut attn_scratch = vec![0f32; attn_scratch_len(t, d, heads, threads)];
+    // Packed once, as the engine runs them.
+    let qkv_p = PackedF32::new(Mat::new(&qkv_w, 3 * d, d));
+    let proj_p = PackedF32::new(Mat::new(&proj_w, d, d));
+    let fc1_p = PackedF32::new(Mat::new(&fc1_w, hid, d));
+    let fc2_p = PackedF32::new(Mat::new(&fc2_w, d, hid));
     let mut parts: Vec<(&str, f64)> = Vec::new();
     let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
     parts.push((
@@ -181,10 +192,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     parts.push((
         "qkv gemm",
         run(&mut || {
-            linear(
+            linear_packed(
                 pool,
                 Mat::new(&xn, t, d),
-                Mat::new(&qkv_w, 3 * d, d),
+                &qkv_p,
                 Some(&qkv_b),
                 &mut qkv,
                 3 * d,
@@ -199,10 +210,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     parts.push((
         "proj gemm",
         run(&mut || {
-            linear(
+            linear_packed(
                 pool,
                 Mat::new(&att, t, d),
-                Mat::new(&proj_w, d, d),
+                &proj_p,
                 Some(&b),
                 &mut acc,
                 d,
@@ -211,10 +222,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
         }),
     ));
     let fc1 = |epi: Epilogue, hidden: &mut [f32]| {
-        linear(
+        linear_packed(
             pool,
             Mat::new(&xn, t, d),
-            Mat::new(&fc1_w, hid, d),
+            &fc1_p,
             Some(&fc1_b),
             hidden,
             hid,
@@ -228,10 +239,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     parts.push((
         "fc2 gemm",
         run(&mut || {
-            linear(
+            linear_packed(
                 pool,
                 Mat::new(&hidden, t, hid),
-                Mat::new(&fc2_w, d, hid),
+                &fc2_p,
                 Some(&b),
                 &mut acc,
                 d,
@@ -239,6 +250,17 @@ fn block_breakdown(threads: usize, pool: &Pool) {
             )
         }),
     ));
+    let gelu_alone = run(&mut || miad::cpu::vmath::gelu_row(&mut hidden));
+    let gelu_scalar = run(&mut || {
+        hidden
+            .iter_mut()
+            .for_each(|v| *v = miad::cpu::gemm::gelu(*v))
+    });
+    println!(
+        "gelu over the {t}x{hid} hidden, one thread: vectorised {:.2} ms, scalar erff {:.2} ms",
+        gelu_alone * 1e3,
+        gelu_scalar * 1e3
+    );
     let total: f64 = parts.iter().map(|p| p.1).sum();
     println!(
         "one ViT-B/8 block, {threads}t: {:.2} ms in all",
@@ -253,8 +275,8 @@ fn main() {
     let threads = threads();
     let pool = Pool::new(threads);
     if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("ops") {
-        full_forward(threads, &pool, false);
-        full_forward(threads, &pool, true);
+        full_forward(threads, &pool, DensePrecision::F32);
+        full_forward(threads, &pool, DensePrecision::Bf16);
     }
     block_breakdown(threads, &pool);
     gemm_shapes(threads, &pool);

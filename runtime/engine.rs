@@ -13,6 +13,7 @@
 //! decision layers, and the result says so.
 
 use crate::backend::{Backend, BackendChoice, Precision};
+use crate::cpu::dense::DensePrecision;
 use crate::config::BankConfig;
 use crate::cpu::pool::Pool;
 use crate::cpu::regions::find_regions;
@@ -709,12 +710,15 @@ fn open_backend(
     if requested == Backend::Cpu {
         let mut choice = BackendChoice::cpu();
         if options.precision == Precision::Bf16 {
-            if extractor.use_cpu_bf16() {
+            if extractor.pack_networks(DensePrecision::Bf16) {
                 choice.precision = Precision::Bf16;
             } else {
                 choice.fallback =
                     Some("bf16 asked for, but this CPU has no AVX512-BF16: f32 is used".into());
             }
+        }
+        if choice.precision == Precision::F32 {
+            extractor.pack_networks(DensePrecision::F32);
         }
         return (OnDevice::none(), choice);
     }

@@ -44,7 +44,8 @@ const MIN_TASKS: usize = 16;
 pub enum Epilogue {
     /// Store the result.
     None,
-    /// Store GELU (exact, erf) of the result.
+    /// Store GELU (exact, erf) of the result, through [`super::vmath::gelu_fast`] (error
+    /// bound stated there).
     Gelu,
     /// Store ReLU of the result.
     Relu,
@@ -128,7 +129,9 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// Exact GELU: x · Φ(x) with Φ through erf, as PyTorch's default `nn.GELU()`.
+/// Exact GELU: x · Φ(x) with Φ through erf, as PyTorch's default `nn.GELU()`, one value
+/// at a time (the reference of the device kernels' tests and of training; the products'
+/// epilogue uses [`super::vmath::gelu_fast`], which vectorises).
 #[inline]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -503,7 +506,7 @@ impl Finish<'_> {
             }
         }
         match self.epilogue {
-            Epilogue::Gelu => row.iter_mut().for_each(|v| *v = gelu(*v)),
+            Epilogue::Gelu => super::vmath::gelu_row(row),
             Epilogue::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
             Epilogue::None | Epilogue::Accumulate => {}
         }
@@ -703,19 +706,82 @@ pub fn linear(
     out_stride: usize,
     epilogue: Epilogue,
 ) {
-    let (m, k, n) = (a.rows, a.cols, w.rows);
     assert_eq!(
-        w.cols, k,
+        w.cols, a.cols,
         "linear: weight has {} inputs, activations {}",
-        w.cols, k
+        w.cols, a.cols
     );
-    a.check("linear input");
     w.check("linear weight");
+    let rhs = Rhs::Operand(Operand::transposed(w));
+    linear_rhs(pool, Kernel::best(), a, rhs, w.rows, bias, out, out_stride, epilogue);
+}
+
+/// A weight `[n, k]` (PyTorch layout) packed once for the f32 kernel of this CPU, in the
+/// strips [`linear`] packs task by task: [`linear_packed`] gives the same bits as
+/// [`linear`] without repacking the weight in every call (on a block's row split the
+/// repacking is several % of the product).
+pub struct PackedF32 {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+    ker: Kernel,
+}
+
+impl PackedF32 {
+    pub fn new(w: Mat<'_>) -> PackedF32 {
+        w.check("packed weight");
+        let ker = Kernel::best();
+        let (n, k) = (w.rows, w.cols);
+        let mut data = vec![0.0; k * n.div_ceil(ker.nr) * ker.nr];
+        pack_rhs_whole(ker, Operand::transposed(w), 1.0, &mut data);
+        PackedF32 { data, n, k, ker }
+    }
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+}
+
+/// [`linear`] with the weight packed beforehand ([`PackedF32`]): the same result, bit
+/// for bit.
+pub fn linear_packed(
+    pool: &Pool,
+    a: Mat<'_>,
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    assert_eq!(w.k, a.cols, "linear_packed: inner sizes");
+    let rhs = Rhs::Packed {
+        data: &w.data,
+        n: w.n,
+    };
+    linear_rhs(pool, w.ker, a, rhs, w.n, bias, out, out_stride, epilogue);
+}
+
+/// The body of [`linear`] and [`linear_packed`]: `rhs` is the `k × n` right-hand operand.
+#[allow(clippy::too_many_arguments)]
+fn linear_rhs(
+    pool: &Pool,
+    ker: Kernel,
+    a: Mat<'_>,
+    rhs: Rhs<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    let m = a.rows;
+    a.check("linear input");
     check_linear_output("linear", bias, out, out_stride, m, n);
     if m == 0 || n == 0 {
         return;
     }
-    let ker = Kernel::best();
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
     run_linear_tasks(pool, m, n, &|rows, cols| {
@@ -726,7 +792,7 @@ pub fn linear(
                     ker,
                     bufs,
                     Operand::plain(a),
-                    Rhs::Operand(Operand::transposed(w)),
+                    rhs,
                     1.0,
                     rows,
                     cols,

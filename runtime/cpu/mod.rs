@@ -2,6 +2,7 @@
 
 pub mod bank_search;
 pub mod coreset;
+pub mod dense;
 pub mod fps;
 pub mod fusion;
 pub mod gemm;
@@ -15,4 +16,5 @@ pub mod pool;
 pub mod radar_fusion;
 pub mod regions;
 pub mod transformer;
+pub mod vmath;
 pub mod vit;

@@ -9,6 +9,7 @@
 //! vit_parity -- --nocapture` checks it too and prints the error.
 
 use miad::config::VitConfig;
+use miad::cpu::dense::DensePrecision;
 use miad::cpu::pool::Pool;
 use miad::cpu::vit::{vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::{OwnedTensors, TensorSource};
@@ -127,7 +128,9 @@ fn small_vit_bf16_path_is_within_its_tolerance_and_deterministic() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_small.safetensors");
     let t = OwnedTensors::from_safetensors_file(&path).expect("fixture");
     let w = VitWeights::load(&t, &cfg).expect("fixture weights");
-    let bf16 = w.to_bf16(&cfg).expect("AVX512-BF16 present");
+    let bf16 = w
+        .packed(&cfg, DensePrecision::Bf16)
+        .expect("AVX512-BF16 present");
     let (input, want) = (get(&t, "input"), get(&t, "output"));
     let forward_bf16 = |pool: &Pool| {
         let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
