@@ -87,6 +87,12 @@ fn check_fixture(path: &Path, cfg: &VitConfig) -> (f32, f32) {
             "2 threads give other bits than 1"
         );
     }
+    // The weights packed once (as the engine runs them) give the same bits.
+    let packed = w.packed(cfg, DensePrecision::F32).expect("f32 packs");
+    let mut out = vec![0f32; first.len()];
+    let mut scratch = vec![0f32; vit_scratch_len(cfg, 2)];
+    vit_forward_with(&pool2, cfg, &w, &packed, input, &mut out, &mut scratch).unwrap();
+    assert_eq!(first, out, "packed f32 weights give other bits");
     (err, ref_max)
 }
 
