@@ -10,12 +10,18 @@
 //! where the CPU has it) is timed beside f32: the forward pass and each GEMM shape.
 
 mod timing;
-use miad::config::{ModelConfig, VitConfig};
+use miad::config::{ModelConfig, PointConfig, VitConfig};
 use miad::cpu::dense::DensePrecision;
+use miad::cpu::fusion::{fuse_with, fusion_scratch_len, FusionPacked, FusionWeights};
 use miad::cpu::gemm::{linear, linear_packed, Epilogue, Mat, PackedF32};
 use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
+use miad::cpu::point_mae::{
+    block_shape as point_block_shape, point_mae_flops, point_mae_forward_with,
+    point_mae_scratch_len, PointMaePacked, PointMaeWeights,
+};
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
+use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
 use miad::util::peak::measure_peak_gflops;
@@ -271,6 +277,116 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     }
 }
 
+/// Point-MAE (its 12 blocks alone, then the whole encoder: group encoder, position
+/// embedding and blocks) and UFF at M3DM sizes, random weights, packed once as the engine
+/// runs them: each as a fraction of the FMA peak measured right before it, f32 and bf16.
+fn point_and_fusion(threads: usize, pool: &Pool) {
+    let model = ModelConfig {
+        vit: None,
+        radar: None,
+        ..ModelConfig::m3dm()
+    };
+    let tensors = random_model(&model, 3);
+    let cfg = PointConfig::m3dm();
+    let w = PointMaeWeights::load(&tensors, &cfg).expect("random weights match");
+    let (m, s) = (cfg.num_groups as usize, cfg.group_size as usize);
+    let n = 50_000;
+    let points = random(3 * n, 14, 0.05);
+    let mut rng = Rng::new(15);
+    let centers: Vec<u32> = (0..m).map(|i| (i * n / m) as u32).collect();
+    let groups: Vec<u32> = (0..m * s)
+        .map(|_| (rng.uniform() * n as f32) as u32 % n as u32)
+        .collect();
+    let mut out = vec![0f32; m * cfg.feature_dim()];
+    let mut scratch = vec![0f32; point_mae_scratch_len(&cfg, threads)];
+    let shape = point_block_shape(&cfg);
+    let mut x = random(m * shape.dim, 16, 1.0);
+    let mut block_scratch = vec![0f32; block_scratch_len(&shape, threads)];
+    let fcfg = model.fusion.clone().expect("m3dm has UFF");
+    let fw = FusionWeights::load(&tensors, &fcfg).expect("random weights match");
+    let (rg, xg) = (28usize, 56usize);
+    let rgb = random(rg * rg * fcfg.rgb_dim as usize, 17, 1.0);
+    let xyz = random(xg * xg * fcfg.xyz_dim as usize, 18, 1.0);
+    let mut fused = vec![0f32; xg * xg * fcfg.fused_dim()];
+    let mut fscratch = vec![0f32; fusion_scratch_len(&fcfg, rg, xg)];
+    let branch_flops = |rows: usize, d: u32| 4.0 * rows as f64 * (d * d * fcfg.mlp_ratio) as f64;
+    let fusion_flops = branch_flops(xg * xg, fcfg.xyz_dim) + branch_flops(rg * rg, fcfg.rgb_dim);
+    let report = |what: &str, flops: f64, secs: f64, peak: f64| {
+        let g = flops / secs / 1e9;
+        println!(
+            "{what}, {threads}t: {:.2} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1} (load {})",
+            secs * 1e3,
+            g / peak,
+            timing::load_average()
+        );
+    };
+    for precision in [DensePrecision::F32, DensePrecision::Bf16] {
+        let Some(packed) = PointMaePacked::new(&cfg, &w, precision) else {
+            println!("no AVX512-BF16 on this CPU: no bf16 point encoder");
+            continue;
+        };
+        let fpacked = FusionPacked::new(&fw, precision).expect("packed as the encoder");
+        let (secs, peak) = timed(threads, || {
+            for (bw, bp) in w.blocks.iter().zip(&packed.blocks) {
+                block_forward_with(pool, &shape, bw, Some(bp), &mut x, &mut block_scratch);
+            }
+        });
+        let blocks_flops = cfg.depth as f64 * shape.flops();
+        report(
+            &format!("point-mae 12 blocks {precision:?}"),
+            blocks_flops,
+            secs,
+            peak,
+        );
+        let (whole, peak) = timed(threads, || {
+            point_mae_forward_with(
+                pool,
+                &cfg,
+                &w,
+                Some(&packed),
+                &points,
+                n,
+                &centers,
+                &groups,
+                &mut out,
+                &mut scratch,
+            )
+        });
+        let all = point_mae_flops(&cfg);
+        report(
+            &format!("point-mae encoder, all {precision:?}"),
+            all,
+            whole,
+            peak,
+        );
+        report(
+            &format!("point-mae group encoder + position embedding {precision:?} (all − blocks)"),
+            all - blocks_flops,
+            whole - secs,
+            peak,
+        );
+        let (secs, peak) = timed(threads, || {
+            fuse_with(
+                pool,
+                &fw,
+                Some(&fpacked),
+                &rgb,
+                rg,
+                &xyz,
+                xg,
+                &mut fused,
+                &mut fscratch,
+            )
+        });
+        report(
+            &format!("uff 56x56 {precision:?}"),
+            fusion_flops,
+            secs,
+            peak,
+        );
+    }
+}
+
 fn main() {
     let threads = threads();
     let pool = Pool::new(threads);
@@ -279,5 +395,8 @@ fn main() {
         full_forward(threads, &pool, DensePrecision::Bf16);
     }
     block_breakdown(threads, &pool);
-    gemm_shapes(threads, &pool);
+    point_and_fusion(threads, &pool);
+    if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("networks") {
+        gemm_shapes(threads, &pool);
+    }
 }

@@ -13,8 +13,8 @@
 //! decision layers, and the result says so.
 
 use crate::backend::{Backend, BackendChoice, Precision};
-use crate::cpu::dense::DensePrecision;
 use crate::config::BankConfig;
+use crate::cpu::dense::DensePrecision;
 use crate::cpu::pool::Pool;
 use crate::cpu::regions::find_regions;
 use crate::format::{BankFile, ModelFile, OpenOptions};

@@ -241,9 +241,13 @@ pub fn fuse_with(
 
     // xyz half straight into the output rows.
     let (xyz_packed, rgb_packed) = (packed.map(|p| &p.xyz), packed.map(|p| &p.rgb));
-    branch(pool, &w.xyz, w.ln_eps, xyz, xyz_rows, out, fd, xyz_packed, work);
+    branch(
+        pool, &w.xyz, w.ln_eps, xyz, xyz_rows, out, fd, xyz_packed, work,
+    );
     // rgb half once per RGB cell, then repeated over its bin of xyz cells.
-    branch(pool, &w.rgb, w.ln_eps, rgb, rgb_rows, rgb_out, r, rgb_packed, work);
+    branch(
+        pool, &w.rgb, w.ln_eps, rgb, rgb_rows, rgb_out, r, rgb_packed, work,
+    );
     let rep = xyz_grid / rgb_grid;
     for (j, row) in out.chunks_exact_mut(fd).enumerate() {
         let (yr, xr) = (j / xyz_grid, j % xyz_grid);

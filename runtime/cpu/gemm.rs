@@ -713,7 +713,17 @@ pub fn linear(
     );
     w.check("linear weight");
     let rhs = Rhs::Operand(Operand::transposed(w));
-    linear_rhs(pool, Kernel::best(), a, rhs, w.rows, bias, out, out_stride, epilogue);
+    linear_rhs(
+        pool,
+        Kernel::best(),
+        a,
+        rhs,
+        w.rows,
+        bias,
+        out,
+        out_stride,
+        epilogue,
+    );
 }
 
 /// A weight `[n, k]` (PyTorch layout) packed once for the f32 kernel of this CPU, in the

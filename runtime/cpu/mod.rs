@@ -16,5 +16,5 @@ pub mod pool;
 pub mod radar_fusion;
 pub mod regions;
 pub mod transformer;
-pub mod vmath;
 pub mod vit;
+pub mod vmath;

@@ -10,8 +10,8 @@
 //!   one Point-MAE pass over a single repeated point gives it, without FPS or grouping.
 
 use crate::config::ModelConfig;
-use crate::cpu::fps::{farthest_point_sample, fps_scratch_len};
 use crate::cpu::dense::DensePrecision;
+use crate::cpu::fps::{farthest_point_sample, fps_scratch_len};
 use crate::cpu::fusion::{fuse_with, fusion_scratch_len, FusionPacked, FusionWeights};
 use crate::cpu::knn::{group_knn, knn_scratch_len};
 use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};

@@ -1,7 +1,7 @@
 //! Fusion (SPEC §5) against an f64 reference computed here from the same random weights.
 
-use miad::config::FusionConfig;
 use miad::backend::Precision;
+use miad::config::FusionConfig;
 use miad::cpu::dense::DensePrecision;
 use miad::cpu::fusion::{
     adaptive_avg_pool, fuse, fuse_with, fusion_scratch_len, FusionPacked, FusionWeights,
@@ -163,7 +163,11 @@ fn packed_fusion_keeps_f32_bits_and_bf16_within_its_tolerance() {
         return;
     };
     let got = run(1, Some(&bf16));
-    assert_eq!(got, run(3, Some(&bf16)), "bf16 bits depend on the thread count");
+    assert_eq!(
+        got,
+        run(3, Some(&bf16)),
+        "bf16 bits depend on the thread count"
+    );
     let ref_max = plain.iter().fold(0f32, |e, v| e.max(v.abs()));
     let err = got
         .iter()
@@ -175,5 +179,8 @@ fn packed_fusion_keeps_f32_bits_and_bf16_within_its_tolerance() {
         err <= tol * ref_max,
         "bf16: max |Δ| {err} exceeds {tol} × max|f32| {ref_max}"
     );
-    println!("UFF bf16 vs f32: max |Δ| {err:.3e} = {:.3e} of max |f32|", err / ref_max);
+    println!(
+        "UFF bf16 vs f32: max |Δ| {err:.3e} = {:.3e} of max |f32|",
+        err / ref_max
+    );
 }

@@ -123,7 +123,11 @@ fn packed_weights_keep_f32_bits_and_bf16_within_its_tolerance() {
         return;
     };
     let got = run(1, Some(&bf16));
-    assert_eq!(got, run(2, Some(&bf16)), "bf16 bits depend on the thread count");
+    assert_eq!(
+        got,
+        run(2, Some(&bf16)),
+        "bf16 bits depend on the thread count"
+    );
     let max_err = |out: &[f32]| {
         out.iter()
             .zip(want)
