@@ -304,104 +304,100 @@ unsafe fn kernel_4x8(
     }
 }
 
+/// Defines one register-blocked micro-kernel: `c[rows × 2·lanes] (+)= a · b` over `steps`
+/// inner steps, `rows` × two vectors of f32 accumulators held in registers, the sums
+/// starting as [`Start`] says. What differs between instruction sets and precisions is
+/// passed in: how a step's two vectors of `b` are loaded (`b` advances `b_step` elements a
+/// step, the second vector `b_step / 2` after the first), how one element of a row of `a`
+/// is broadcast (`a` rows `lda` apart, one element a step), and the multiply-add
+/// (`acc, a, b`). The f32 kernels below and the bf16 kernel of [`super::gemm_bf16`] are
+/// this one body (the portable 4 × 8 kernel stays plain Rust: no vectors).
+macro_rules! micro_kernel {
+    (
+        $(#[$meta:meta])*
+        $name:ident($a_elem:ty, $b_elem:ty), features = $features:literal,
+        rows = $rows:literal, lanes = $lanes:literal, b_step = $b_step:literal,
+        zero = $zero:path, load_c = $load_c:path, store_c = $store_c:path, add = $add:path,
+        load_b = $load_b:expr, broadcast_a = $broadcast_a:expr, madd = $madd:expr $(,)?
+    ) => {
+        $(#[$meta])*
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            steps: usize,
+            a: *const $a_elem,
+            lda: usize,
+            b: *const $b_elem,
+            c: *mut f32,
+            ldc: usize,
+            start: Start,
+        ) {
+            unsafe {
+                let mut lo = [$zero(); $rows];
+                let mut hi = [$zero(); $rows];
+                if start == Start::FromC {
+                    for i in 0..$rows {
+                        lo[i] = $load_c(c.add(i * ldc));
+                        hi[i] = $load_c(c.add(i * ldc + $lanes));
+                    }
+                }
+                let mut bp = b;
+                let mut ap = a;
+                for _ in 0..steps {
+                    let b0 = $load_b(bp);
+                    let b1 = $load_b(bp.add($b_step / 2));
+                    for i in 0..$rows {
+                        let ai = $broadcast_a(ap.add(i * lda));
+                        lo[i] = $madd(lo[i], ai, b0);
+                        hi[i] = $madd(hi[i], ai, b1);
+                    }
+                    bp = bp.add($b_step);
+                    ap = ap.add(1);
+                }
+                if start == Start::ZeroThenAddC {
+                    for i in 0..$rows {
+                        lo[i] = $add($load_c(c.add(i * ldc)), lo[i]);
+                        hi[i] = $add($load_c(c.add(i * ldc + $lanes)), hi[i]);
+                    }
+                }
+                for i in 0..$rows {
+                    $store_c(c.add(i * ldc), lo[i]);
+                    $store_c(c.add(i * ldc + $lanes), hi[i]);
+                }
+            }
+        }
+    };
+}
+pub(super) use micro_kernel;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Start;
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// AVX-512F present; pointers as [`super::KernelFn`] says.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn kernel_12x32(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        start: Start,
-    ) {
-        unsafe {
-            let mut lo = [_mm512_setzero_ps(); 12];
-            let mut hi = [_mm512_setzero_ps(); 12];
-            if start == Start::FromC {
-                for i in 0..12 {
-                    lo[i] = _mm512_loadu_ps(c.add(i * ldc));
-                    hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
-                }
-            }
-            let mut bp = b;
-            let mut ap = a;
-            for _ in 0..kc {
-                let b0 = _mm512_loadu_ps(bp);
-                let b1 = _mm512_loadu_ps(bp.add(16));
-                for i in 0..12 {
-                    let ai = _mm512_set1_ps(*ap.add(i * lda));
-                    lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
-                    hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
-                }
-                bp = bp.add(32);
-                ap = ap.add(1);
-            }
-            if start == Start::ZeroThenAddC {
-                for i in 0..12 {
-                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
-                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
-                }
-            }
-            for i in 0..12 {
-                _mm512_storeu_ps(c.add(i * ldc), lo[i]);
-                _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
-            }
-        }
-    }
+    micro_kernel!(
+        /// # Safety
+        /// AVX-512F present; pointers as [`super::KernelFn`] says.
+        kernel_12x32(f32, f32), features = "avx512f",
+        rows = 12, lanes = 16, b_step = 32,
+        zero = _mm512_setzero_ps, load_c = _mm512_loadu_ps, store_c = _mm512_storeu_ps,
+        add = _mm512_add_ps,
+        load_b = |p: *const f32| _mm512_loadu_ps(p),
+        broadcast_a = |p: *const f32| _mm512_set1_ps(*p),
+        madd = |acc, a, b| _mm512_fmadd_ps(a, b, acc),
+    );
 
-    /// # Safety
-    /// AVX2 and FMA present; pointers as [`super::KernelFn`] says.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_6x16(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        start: Start,
-    ) {
-        unsafe {
-            let mut lo = [_mm256_setzero_ps(); 6];
-            let mut hi = [_mm256_setzero_ps(); 6];
-            if start == Start::FromC {
-                for i in 0..6 {
-                    lo[i] = _mm256_loadu_ps(c.add(i * ldc));
-                    hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
-                }
-            }
-            let mut bp = b;
-            let mut ap = a;
-            for _ in 0..kc {
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
-                for i in 0..6 {
-                    let ai = _mm256_set1_ps(*ap.add(i * lda));
-                    lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
-                    hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
-                }
-                bp = bp.add(16);
-                ap = ap.add(1);
-            }
-            if start == Start::ZeroThenAddC {
-                for i in 0..6 {
-                    lo[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc)), lo[i]);
-                    hi[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc + 8)), hi[i]);
-                }
-            }
-            for i in 0..6 {
-                _mm256_storeu_ps(c.add(i * ldc), lo[i]);
-                _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
-            }
-        }
-    }
+    micro_kernel!(
+        /// # Safety
+        /// AVX2 and FMA present; pointers as [`super::KernelFn`] says.
+        kernel_6x16(f32, f32), features = "avx2,fma",
+        rows = 6, lanes = 8, b_step = 16,
+        zero = _mm256_setzero_ps, load_c = _mm256_loadu_ps, store_c = _mm256_storeu_ps,
+        add = _mm256_add_ps,
+        load_b = |p: *const f32| _mm256_loadu_ps(p),
+        broadcast_a = |p: *const f32| _mm256_set1_ps(*p),
+        madd = |acc, a, b| _mm256_fmadd_ps(a, b, acc),
+    );
 }
 
 /// Per-thread packing buffers (fixed sizes, made once per thread).

@@ -19,7 +19,7 @@ use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
 use super::pool::{Pool, SharedMut};
-use super::vmath::exp_f32;
+use super::vmath::exp_shifted_row;
 use crate::format::TensorSource;
 use crate::Result;
 
@@ -338,73 +338,6 @@ pub fn attention(
     });
 }
 
-/// Lanes of the fixed-shape partial sums; the same for every instruction set, so the
-/// bits do not depend on which vector path runs.
-const LANES: usize = 16;
-
-/// `row ← exp(row − max(row))`; returns the sum of the new row.
-fn exp_shifted_row(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return unsafe { exp_shifted_row_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was just detected.
-            return unsafe { exp_shifted_row_avx2(row) };
-        }
-    }
-    exp_shifted_row_generic(row)
-}
-
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_row_avx512(row: &mut [f32]) -> f32 {
-    exp_shifted_row_generic(row)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_row_avx2(row: &mut [f32]) -> f32 {
-    exp_shifted_row_generic(row)
-}
-
-#[inline(always)]
-fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
-    let mut mx = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (m, &v) in mx.iter_mut().zip(c) {
-            *m = m.max(v);
-        }
-    }
-    let mut m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for &v in chunks.remainder() {
-        m = m.max(v);
-    }
-    let mut acc = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-            let e = exp_f32(*v - m);
-            *v = e;
-            *a += e;
-        }
-    }
-    let mut sum = 0f32;
-    for v in chunks.into_remainder() {
-        let e = exp_f32(*v - m);
-        *v = e;
-        sum += e;
-    }
-    acc.iter().sum::<f32>() + sum
-}
-
 /// Row-wise LayerNorm with affine: `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b`,
 /// biased variance, computed in two passes (mean, then variance of the centred row) with
 /// f64 accumulation. `x` and `out` are `rows × dim` row-major.
@@ -463,19 +396,6 @@ mod tests {
     use super::*;
     use crate::format::OwnedTensors;
     use crate::util::rng::Rng;
-
-    #[test]
-    fn exp_row_paths_agree_bitwise() {
-        let mut rng = Rng::new(3);
-        let mut row = vec![0f32; 785];
-        rng.fill_normal(&mut row, 4.0);
-        let mut a = row.clone();
-        let mut b = row.clone();
-        let sa = exp_shifted_row(&mut a);
-        let sb = exp_shifted_row_generic(&mut b);
-        assert_eq!(sa.to_bits(), sb.to_bits());
-        assert_eq!(a, b);
-    }
 
     /// f64 reference of one block, written plainly from the definition.
     fn block_reference(shape: &BlockShape, w: &BlockWeights<'_>, x: &[f32]) -> Vec<f64> {

@@ -69,46 +69,92 @@ pub fn gelu_error_bound(x: f64, g: f64) -> f64 {
     2f64.powi(-21) * (1.0 + x * x) * g.abs() + 1e-30
 }
 
-/// `row[i] ← gelu_fast(row[i])`.
-pub fn gelu_row(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return unsafe { gelu_row_avx512(row) };
+/// Defines `pub fn $name(row: &mut [f32]) -> $ret` running `$body(row)` (an
+/// `#[inline(always)]` function) compiled for AVX-512F or AVX2 when the CPU has it (picked
+/// at run time), else as the target builds it. The body uses no fused multiply-add and
+/// fixed-shape partial sums, so every path gives the same bits.
+macro_rules! dispatch_row {
+    ($(#[$meta:meta])* $name:ident -> $ret:ty = $body:ident) => {
+        $(#[$meta])*
+        pub fn $name(row: &mut [f32]) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512(row: &mut [f32]) -> $ret {
+                    $body(row)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2(row: &mut [f32]) -> $ret {
+                    $body(row)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was just detected.
+                    return unsafe { avx512(row) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the feature was just detected.
+                    return unsafe { avx2(row) };
+                }
+            }
+            $body(row)
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was just detected.
-            return unsafe { gelu_row_avx2(row) };
-        }
-    }
-    gelu_row_generic(row)
+    };
 }
 
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gelu_row_avx512(row: &mut [f32]) {
-    gelu_row_generic(row)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn gelu_row_avx2(row: &mut [f32]) {
-    gelu_row_generic(row)
-}
+dispatch_row!(
+    /// `row[i] ← gelu_fast(row[i])`.
+    gelu_row -> () = gelu_row_generic
+);
 
 #[inline(always)]
 fn gelu_row_generic(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v = gelu_fast(*v));
 }
 
+dispatch_row!(
+    /// `row ← exp(row − max(row))` (softmax's numerators); returns the sum of the new row.
+    exp_shifted_row -> f32 = exp_shifted_row_generic
+);
+
+/// Lanes of the fixed-shape partial sums; the same for every instruction set, so the
+/// bits do not depend on which vector path runs.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &v) in mx.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let mut m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &v in chunks.remainder() {
+        m = m.max(v);
+    }
+    let mut acc = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            let e = exp_f32(*v - m);
+            *v = e;
+            *a += e;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        let e = exp_f32(*v - m);
+        *v = e;
+        sum += e;
+    }
+    acc.iter().sum::<f32>() + sum
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::rng::Rng;
 
     #[test]
     fn exp_matches_f64_within_a_few_ulp() {
@@ -160,5 +206,18 @@ mod tests {
         assert_eq!(a, b);
         let scalar: Vec<f32> = row.iter().map(|&x| gelu_fast(x)).collect();
         assert_eq!(a, scalar);
+    }
+
+    #[test]
+    fn exp_row_paths_agree_bitwise() {
+        let mut rng = Rng::new(3);
+        let mut row = vec![0f32; 785];
+        rng.fill_normal(&mut row, 4.0);
+        let mut a = row.clone();
+        let mut b = row.clone();
+        let sa = exp_shifted_row(&mut a);
+        let sb = exp_shifted_row_generic(&mut b);
+        assert_eq!(sa.to_bits(), sb.to_bits());
+        assert_eq!(a, b);
     }
 }
