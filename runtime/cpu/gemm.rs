@@ -312,6 +312,7 @@ unsafe fn kernel_4x8(
 /// is broadcast (`a` rows `lda` apart, one element a step), and the multiply-add
 /// (`acc, a, b`). The f32 kernels below and the bf16 kernel of [`super::gemm_bf16`] are
 /// this one body (the portable 4 × 8 kernel stays plain Rust: no vectors).
+#[cfg(target_arch = "x86_64")]
 macro_rules! micro_kernel {
     (
         $(#[$meta:meta])*
@@ -368,6 +369,7 @@ macro_rules! micro_kernel {
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
 pub(super) use micro_kernel;
 
 #[cfg(target_arch = "x86_64")]
