@@ -1,13 +1,14 @@
-//! The RGB branch on the CPU: one full ViT-B/8 forward pass at 224×224 (SPEC §2) with
-//! seeded random weights, on a pool of every core: the achieved GFLOP/s next to the
-//! machine's peak FMA rate measured by `measure_peak_gflops` in the same run, and their
-//! ratio (target ≥ 0.75). Then where the time of one block goes (LayerNorm, each GEMM,
-//! attention, GELU as the difference between fc1 with and without it), and each GEMM
-//! shape of the method as a fraction of the peak measured right before it.
+//! The networks on the CPU against the machine's peak FMA rate measured in the same run
+//! (`measure_peak_gflops`; target ≥ 0.75): one full ViT-B/8 forward pass at 224×224
+//! (SPEC §2) with seeded random weights, its blocks' weights packed once as the engine
+//! runs them, f32 (the same bits as the unpacked pass: asserted) and bf16 (AVX512-BF16
+//! CPUs); where the time of one block goes (LayerNorm, each GEMM, attention, GELU as the
+//! difference between fc1 with and without it); Point-MAE's blocks, its whole encoder and
+//! UFF at M3DM sizes (unpacked f32, packed f32, bf16); then each GEMM shape of the method
+//! as a fraction of the peak measured right before it.
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
-//! `MIAD_BENCH_PARTS=ops` skips the full forward passes). The bf16 path (AVX512-BF16,
-//! where the CPU has it) is timed beside f32: the forward pass and each GEMM shape.
+//! `MIAD_BENCH_PARTS=ops` skips the full ViT passes, `networks` the GEMM shapes).
 
 mod timing;
 use miad::config::{ModelConfig, PointConfig, VitConfig};
@@ -320,20 +321,28 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
             timing::load_average()
         );
     };
-    for precision in [DensePrecision::F32, DensePrecision::Bf16] {
-        let Some(packed) = PointMaePacked::new(&cfg, &w, precision) else {
-            println!("no AVX512-BF16 on this CPU: no bf16 point encoder");
-            continue;
+    // `None`: the weights packed in every product (as before they were packed once).
+    for precision in [None, Some(DensePrecision::F32), Some(DensePrecision::Bf16)] {
+        let (packed, fpacked) = match precision {
+            None => (None, None),
+            Some(p) => match PointMaePacked::new(&cfg, &w, p) {
+                Some(packed) => (Some(packed), FusionPacked::new(&fw, p)),
+                None => {
+                    println!("no AVX512-BF16 on this CPU: no bf16 point encoder");
+                    continue;
+                }
+            },
         };
-        let fpacked = FusionPacked::new(&fw, precision).expect("packed as the encoder");
+        let precision = precision.map_or("F32 unpacked".to_string(), |p| format!("{p:?}"));
         let (secs, peak) = timed(threads, || {
-            for (bw, bp) in w.blocks.iter().zip(&packed.blocks) {
-                block_forward_with(pool, &shape, bw, Some(bp), &mut x, &mut block_scratch);
+            for (i, bw) in w.blocks.iter().enumerate() {
+                let bp = packed.as_ref().map(|p| &p.blocks[i]);
+                block_forward_with(pool, &shape, bw, bp, &mut x, &mut block_scratch);
             }
         });
         let blocks_flops = cfg.depth as f64 * shape.flops();
         report(
-            &format!("point-mae 12 blocks {precision:?}"),
+            &format!("point-mae 12 blocks {precision}"),
             blocks_flops,
             secs,
             peak,
@@ -343,7 +352,7 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
                 pool,
                 &cfg,
                 &w,
-                Some(&packed),
+                packed.as_ref(),
                 &points,
                 n,
                 &centers,
@@ -354,13 +363,13 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
         });
         let all = point_mae_flops(&cfg);
         report(
-            &format!("point-mae encoder, all {precision:?}"),
+            &format!("point-mae encoder, all {precision}"),
             all,
             whole,
             peak,
         );
         report(
-            &format!("point-mae group encoder + position embedding {precision:?} (all − blocks)"),
+            &format!("point-mae group encoder + position embedding {precision} (all − blocks)"),
             all - blocks_flops,
             whole - secs,
             peak,
@@ -369,7 +378,7 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
             fuse_with(
                 pool,
                 &fw,
-                Some(&fpacked),
+                fpacked.as_ref(),
                 &rgb,
                 rg,
                 &xyz,
@@ -378,12 +387,7 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
                 &mut fscratch,
             )
         });
-        report(
-            &format!("uff 56x56 {precision:?}"),
-            fusion_flops,
-            secs,
-            peak,
-        );
+        report(&format!("uff 56x56 {precision}"), fusion_flops, secs, peak);
     }
 }
 
