@@ -25,7 +25,9 @@ use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
 use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
-use miad::util::peak::measure_peak_gflops;
+use miad::util::peak::{
+    measure_peak_gflops, measure_peak_gflops_per_cpu_second, process_cpu_seconds,
+};
 use miad::util::rng::Rng;
 
 fn threads() -> usize {
@@ -70,10 +72,14 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
     // The peak is measured just before and just after (the higher counts): on a shared
     // machine, other load lowers both numbers alike only when they are taken close together.
     let peak_before = measure_peak_gflops(threads);
+    let cpu0 = process_cpu_seconds();
     let t = timing::time_runs(5, || {
         vit_forward_with(pool, &cfg, &w, &blocks, &input, &mut out, &mut scratch)
             .expect("forward pass");
     });
+    // The warm-up pass and the timed ones.
+    let per_cpu = flops * (t.runs + 1) as f64 / (process_cpu_seconds() - cpu0) / 1e9;
+    let peak_cpu = measure_peak_gflops_per_cpu_second();
     let (median, reps) = (t.median, t.runs);
     let gflops = flops / median / 1e9;
     let best = flops / t.best / 1e9;
@@ -82,11 +88,13 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
     println!(
         "vit_b8_224_forward_{precision:?}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
-         (best pass: {:.2}); load average {}",
+         (best pass: {:.2}); per CPU-second {per_cpu:.1} GFLOP = {:.2} of one core's \
+         {peak_cpu:.1}; load average {}",
         median,
         flops / 1e9,
         gflops / peak,
         best / peak,
+        per_cpu / peak_cpu,
         load
     );
     if precision == DensePrecision::F32 {
@@ -109,6 +117,17 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
 fn timed(threads: usize, f: impl FnMut()) -> (f64, f64) {
     let peak = measure_peak_gflops(threads);
     (timing::time_runs(7, f).median, peak)
+}
+
+/// Median wall seconds of `f`, and CPU seconds per run (all threads; the warm-up run
+/// counted in the average).
+fn timed_cpu(f: impl FnMut()) -> (f64, f64) {
+    let cpu0 = process_cpu_seconds();
+    let t = timing::time_runs(7, f);
+    (
+        t.median,
+        (process_cpu_seconds() - cpu0) / (t.runs + 1) as f64,
+    )
 }
 
 fn gemm_shapes(threads: usize, pool: &Pool) {
@@ -312,14 +331,24 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
     let mut fscratch = vec![0f32; fusion_scratch_len(&fcfg, rg, xg)];
     let branch_flops = |rows: usize, d: u32| 4.0 * rows as f64 * (d * d * fcfg.mlp_ratio) as f64;
     let fusion_flops = branch_flops(xg * xg, fcfg.xyz_dim) + branch_flops(rg * rg, fcfg.rgb_dim);
-    let report = |what: &str, flops: f64, secs: f64, peak: f64| {
+    // (wall, cpu) seconds; the wall rate against the peak of `threads` threads measured
+    // right before, the rate per CPU-second against one core's.
+    let report = |what: &str, flops: f64, (secs, cpu): (f64, f64), peak: f64| {
         let g = flops / secs / 1e9;
+        let peak_cpu = measure_peak_gflops_per_cpu_second();
         println!(
-            "{what}, {threads}t: {:.2} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1} (load {})",
+            "{what}, {threads}t: {:.2} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}; \
+             per CPU-second {:.1} GFLOP = {:.2} of one core's {peak_cpu:.1} (load {})",
             secs * 1e3,
             g / peak,
+            flops / cpu / 1e9,
+            flops / cpu / 1e9 / peak_cpu,
             timing::load_average()
         );
+    };
+    let timed = |f: &mut dyn FnMut()| {
+        let peak = measure_peak_gflops(threads);
+        (timed_cpu(f), peak)
     };
     // `None`: the weights packed in every product (as before they were packed once).
     for precision in [None, Some(DensePrecision::F32), Some(DensePrecision::Bf16)] {
@@ -334,7 +363,7 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
             },
         };
         let precision = precision.map_or("F32 unpacked".to_string(), |p| format!("{p:?}"));
-        let (secs, peak) = timed(threads, || {
+        let (secs, peak) = timed(&mut || {
             for (i, bw) in w.blocks.iter().enumerate() {
                 let bp = packed.as_ref().map(|p| &p.blocks[i]);
                 block_forward_with(pool, &shape, bw, bp, &mut x, &mut block_scratch);
@@ -347,7 +376,7 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
             secs,
             peak,
         );
-        let (whole, peak) = timed(threads, || {
+        let (whole, peak) = timed(&mut || {
             point_mae_forward_with(
                 pool,
                 &cfg,
@@ -371,10 +400,10 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
         report(
             &format!("point-mae group encoder + position embedding {precision} (all − blocks)"),
             all - blocks_flops,
-            whole - secs,
+            (whole.0 - secs.0, whole.1 - secs.1),
             peak,
         );
-        let (secs, peak) = timed(threads, || {
+        let (secs, peak) = timed(&mut || {
             fuse_with(
                 pool,
                 &fw,

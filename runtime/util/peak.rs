@@ -104,6 +104,64 @@ pub fn measure_peak_gflops(threads: usize) -> f64 {
     best
 }
 
+/// CPU time of `clock` in seconds (NaN where the clock cannot be read, or off Linux).
+fn cpu_seconds(clock: i32) -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    let _ = clock;
+    f64::NAN
+}
+
+/// Seconds of CPU time this process has used, all threads together.
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        cpu_seconds(0)
+    }
+}
+
+/// Peak GFLOP per second of CPU time of one thread running FMA chains (best of a few
+/// runs): unlike [`measure_peak_gflops`] it does not fall when other processes take the
+/// cores, so a rate per CPU-second of a measured program compares to it on a loaded
+/// machine (what it leaves out: time a program's threads sit idle).
+pub fn measure_peak_gflops_per_cpu_second() -> f64 {
+    let iters = 20_000_000u64;
+    kernel(iters / 10);
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let (flops, secs) = std::thread::scope(|s| {
+            s.spawn(|| {
+                #[cfg(target_os = "linux")]
+                let clock = libc::CLOCK_THREAD_CPUTIME_ID;
+                #[cfg(not(target_os = "linux"))]
+                let clock = 0;
+                let t0 = cpu_seconds(clock);
+                let flops = kernel(iters);
+                (flops, cpu_seconds(clock) - t0)
+            })
+            .join()
+            .unwrap_or((0.0, f64::NAN))
+        });
+        if secs > 0.0 {
+            best = best.max(flops / secs / 1e9);
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
