@@ -8,7 +8,8 @@
 //! as a fraction of the peak measured right before it.
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
-//! `MIAD_BENCH_PARTS=ops` skips the full ViT passes, `networks` the GEMM shapes).
+//! `MIAD_BENCH_PARTS=vit`, `block`, `networks` or `gemm` runs that part alone;
+//! `MIAD_CPU_ISA=avx2` measures the AVX2 path, its peak included).
 
 mod timing;
 use miad::config::{ModelConfig, PointConfig, VitConfig};
@@ -112,13 +113,6 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
     }
 }
 
-/// Median seconds of `f` and the peak measured right before (for a ratio on a shared
-/// machine).
-fn timed(threads: usize, f: impl FnMut()) -> (f64, f64) {
-    let peak = measure_peak_gflops(threads);
-    (timing::time_runs(7, f).median, peak)
-}
-
 /// Median wall seconds of `f`, and CPU seconds per run (all threads; the warm-up run
 /// counted in the average).
 fn timed_cpu(f: impl FnMut()) -> (f64, f64) {
@@ -141,48 +135,40 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
         ("point fc1", 1025, 384, 1536),
         ("point fc2", 1025, 1536, 384),
     ];
+    // Rates per CPU-second (all threads) against one core's peak per CPU-second, measured
+    // after each shape: robust to other load on the machine.
+    let rate = |flops: f64, f: &mut dyn FnMut()| {
+        let cpu = timed_cpu(f).1;
+        let g = flops / cpu / 1e9;
+        format!(
+            "{g:.1} GFLOP per CPU-second = {:.2}",
+            g / measure_peak_gflops_per_cpu_second()
+        )
+    };
     for (what, m, k, n) in shapes {
+        let flops = 2.0 * (m * k * n) as f64;
         let a = random(m * k, 3, 1.0);
         let w = random(n * k, 4, 0.05);
         let mut out = vec![0f32; m * n];
-        let (secs, peak) = timed(threads, || {
-            linear(
-                pool,
-                Mat::new(&a, m, k),
-                Mat::new(&w, n, k),
-                None,
-                &mut out,
-                n,
-                Epilogue::None,
-            )
+        let unpacked = rate(flops, &mut || {
+            let (a, w) = (Mat::new(&a, m, k), Mat::new(&w, n, k));
+            linear(pool, a, w, None, &mut out, n, Epilogue::None)
         });
-        let g = 2.0 * (m * k * n) as f64 / secs / 1e9;
         let packed = PackedF32::new(Mat::new(&w, n, k));
-        let (psecs, ppeak) = timed(threads, || {
+        let packed = rate(flops, &mut || {
             let a = Mat::new(&a, m, k);
             linear_packed(pool, a, &packed, None, &mut out, n, Epilogue::None)
         });
-        let gp = 2.0 * (m * k * n) as f64 / psecs / 1e9;
         let bf16 = PackedBf16::new(Mat::new(&w, n, k)).map(|packed| {
-            let secs = timing::time_runs(7, || {
+            let r = rate(flops, &mut || {
                 let a = Mat::new(&a, m, k);
                 linear_bf16(pool, a, &packed, None, &mut out, n, Epilogue::None)
-            })
-            .median;
-            let g16 = 2.0 * (m * k * n) as f64 / secs / 1e9;
-            format!(
-                "; bf16 {:.3} ms, {g16:.1} GFLOP/s = {:.2} of the f32 FMA peak",
-                secs * 1e3,
-                g16 / peak
-            )
+            });
+            format!("; bf16 {r} (of the f32 peak)")
         });
         println!(
-            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}; \
-             weight packed once {:.3} ms, {gp:.1} GFLOP/s = {:.2} of the peak {ppeak:.1}{}",
-            secs * 1e3,
-            g / peak,
-            psecs * 1e3,
-            gp / ppeak,
+            "gemm {what} {m}x{k}x{n}, {threads}t: weight packed per call {unpacked}; \
+             packed once {packed}{}",
             bf16.unwrap_or_default()
         );
     }
@@ -287,6 +273,7 @@ fn block_breakdown(threads: usize, pool: &Pool) {
         gelu_alone * 1e3,
         gelu_scalar * 1e3
     );
+    attention_parts(&qkv, t, d, heads);
     let total: f64 = parts.iter().map(|p| p.1).sum();
     println!(
         "one ViT-B/8 block, {threads}t: {:.2} ms in all",
@@ -295,6 +282,126 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     for (what, secs) in parts {
         println!("  {what}: {:.2} ms = {:.2}", secs * 1e3, secs / total);
     }
+}
+
+/// The micro-kernel alone on operands that stay in L1 (one panel of `a`, one strip of
+/// `b`, `kc` = 256), CPU time against one core's peak: the ceiling of every product.
+fn kernel_in_l1() {
+    use miad::cpu::gemm::{Kernel, Start};
+    let ker = Kernel::best();
+    let kc = 256;
+    let a = random(ker.mr * kc, 20, 1.0);
+    let b = random(kc * ker.nr, 21, 1.0);
+    let mut c = vec![0f32; ker.mr * ker.nr];
+    let calls = 20_000;
+    let (_, cpu) = timed_cpu(|| {
+        for _ in 0..calls {
+            // SAFETY: `a` holds mr rows of kc, `b` one strip of kc × nr, `c` the tile.
+            unsafe {
+                ker.run(
+                    kc,
+                    a.as_ptr(),
+                    kc,
+                    b.as_ptr(),
+                    c.as_mut_ptr(),
+                    ker.nr,
+                    Start::Zero,
+                )
+            };
+            std::hint::black_box(&mut c);
+        }
+    });
+    let g = 2.0 * (ker.mr * ker.nr * kc * calls) as f64 / cpu / 1e9;
+    let peak = measure_peak_gflops_per_cpu_second();
+    println!(
+        "micro-kernel {}x{} ({:?}) in L1, one thread: {g:.1} GFLOP per CPU-second = {:.2} of one core's {peak:.1}",
+        ker.mr,
+        ker.nr,
+        ker.isa,
+        g / peak
+    );
+}
+
+/// Where attention's time goes, on one thread: packing each head's keys and values, the
+/// score products, softmax's exponentials, the products with V (the steps of
+/// `transformer::attention`, each over every head and query block), against the whole
+/// attention on a pool of one thread.
+fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
+    use miad::cpu::gemm::{pack_rhs_whole, packed_rhs_len, product_seq_packed, Kernel, Operand};
+    use miad::cpu::transformer::QUERY_BLOCK;
+    let one = Pool::new(1);
+    let (hd, stride, ker) = (d / heads, 3 * d, Kernel::best());
+    let mut out = vec![0f32; t * d];
+    let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, 1)];
+    // CPU seconds per run (this thread alone is busy): robust to the machine's load.
+    let run = |f: &mut dyn FnMut()| timed_cpu(f).1;
+    let whole = run(&mut || attention(&one, t, d, heads, qkv, &mut out, &mut scratch));
+    let head = |which: usize, h: usize| Mat {
+        data: &qkv[which * d + h * hd..],
+        rows: t,
+        cols: hd,
+        stride,
+    };
+    let (k_len, v_len) = (packed_rhs_len(hd, t), packed_rhs_len(t, hd));
+    let mut k_packed = vec![0f32; heads * k_len];
+    let mut v_packed = vec![0f32; heads * v_len];
+    let pack = run(&mut || {
+        for h in 0..heads {
+            let k = &mut k_packed[h * k_len..(h + 1) * k_len];
+            pack_rhs_whole(ker, Operand::transposed(head(1, h)), 0.125, k);
+            let v = &mut v_packed[h * v_len..(h + 1) * v_len];
+            pack_rhs_whole(ker, Operand::plain(head(2, h)), 1.0, v);
+        }
+    });
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    // One query block's scores, reused by every (head, block) as attention's worker does.
+    let mut scores = vec![0f32; QUERY_BLOCK * t];
+    let block_rows = |b: usize| QUERY_BLOCK.min(t - b * QUERY_BLOCK);
+    let products = run(&mut || {
+        for h in 0..heads {
+            for b in 0..blocks {
+                let q = Mat {
+                    data: &qkv[b * QUERY_BLOCK * stride + h * hd..],
+                    rows: block_rows(b),
+                    cols: hd,
+                    stride,
+                };
+                let k = &k_packed[h * k_len..];
+                product_seq_packed(ker, &mut scores, t, q, k, t, false);
+            }
+        }
+    });
+    let exp = run(&mut || {
+        for _ in 0..heads * blocks {
+            for row in scores.chunks_exact_mut(t) {
+                std::hint::black_box(miad::cpu::vmath::exp_shifted_row(row));
+            }
+        }
+    });
+    let pv = run(&mut || {
+        for h in 0..heads {
+            for b in 0..blocks {
+                let rows = block_rows(b);
+                let p = &scores[..rows * t];
+                let dst = &mut out[b * QUERY_BLOCK * d + h * hd..];
+                let v = &v_packed[h * v_len..];
+                product_seq_packed(ker, dst, d, Mat::new(p, rows, t), v, hd, false);
+            }
+        }
+    });
+    let flops = 2.0 * t as f64 * t as f64 * d as f64;
+    let peak = measure_peak_gflops_per_cpu_second();
+    println!(
+        "attention {t} tokens x {heads} heads, one thread, CPU time: {:.2} ms; pack K, V {:.2} ms; \
+         Q·Kᵀ {:.2} ms = {:.2} of one core's peak {peak:.1}; exp rows {:.2} ms; P·V {:.2} ms = {:.2}",
+        whole * 1e3,
+        pack * 1e3,
+        products * 1e3,
+        flops / products / 1e9 / peak,
+        exp * 1e3,
+        pv * 1e3,
+        flops / pv / 1e9 / peak
+    );
 }
 
 /// Point-MAE (its 12 blocks alone, then the whole encoder: group encoder, position
@@ -423,13 +530,21 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
 fn main() {
     let threads = threads();
     let pool = Pool::new(threads);
-    if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("ops") {
+    // All parts, or the one `MIAD_BENCH_PARTS` names (`vit`, `block`, `networks`, `gemm`).
+    let parts = std::env::var("MIAD_BENCH_PARTS").unwrap_or_default();
+    let part = |name: &str| parts.is_empty() || parts == name;
+    if part("vit") {
         full_forward(threads, &pool, DensePrecision::F32);
         full_forward(threads, &pool, DensePrecision::Bf16);
     }
-    block_breakdown(threads, &pool);
-    point_and_fusion(threads, &pool);
-    if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("networks") {
+    if part("block") {
+        kernel_in_l1();
+        block_breakdown(threads, &pool);
+    }
+    if part("networks") {
+        point_and_fusion(threads, &pool);
+    }
+    if part("gemm") {
         gemm_shapes(threads, &pool);
     }
 }

@@ -145,27 +145,53 @@ pub enum Isa {
     Portable,
 }
 
-/// The widest instruction set this CPU runs (detected once).
+/// The environment variable that caps the instruction set of the CPU kernels
+/// (`avx2` or `portable`), so one binary's narrower paths can be measured and checked on
+/// a wider CPU; a value naming a set this CPU lacks, or none, leaves the widest.
+pub const ISA_VAR: &str = "MIAD_CPU_ISA";
+
+/// The instruction set of every CPU kernel (GEMM, bf16, vectorised maths, the peak
+/// measurement): the widest this CPU runs, or the narrower one [`ISA_VAR`] names; chosen
+/// once per process.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    })
+    *ISA.get_or_init(|| capped_isa(widest_isa(), std::env::var(ISA_VAR).ok().as_deref()))
 }
 
-/// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]`: `a` rows `lda` apart, `b` one packed strip
-/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `start` says what the sums start from.
+/// `widest`, or the narrower set `cap` names (`avx2`, `portable`; anything else: no cap).
+fn capped_isa(widest: Isa, cap: Option<&str>) -> Isa {
+    let cap = match cap {
+        Some("portable") => Isa::Portable,
+        Some("avx2") => Isa::Avx2,
+        _ => Isa::Avx512,
+    };
+    let rank = |isa: Isa| match isa {
+        Isa::Portable => 0,
+        Isa::Avx2 => 1,
+        Isa::Avx512 => 2,
+    };
+    if rank(cap) < rank(widest) {
+        cap
+    } else {
+        widest
+    }
+}
+
+/// The widest instruction set this CPU runs.
+fn widest_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
 /// What a micro-kernel's sums start from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -178,6 +204,8 @@ pub enum Start {
     ZeroThenAddC,
 }
 
+/// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]`: `a` rows `lda` apart, `b` one packed strip
+/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `start` says what the sums start from.
 type KernelFn = unsafe fn(
     kc: usize,
     a: *const f32,
@@ -495,6 +523,30 @@ impl Finish<'_> {
     pub fn is_none(&self) -> bool {
         self.bias.is_none() && matches!(self.epilogue, Epilogue::None | Epilogue::Accumulate)
     }
+    /// Applies to the finished tile `rows × cols` of the output `c` (rows `ldc` apart),
+    /// a whole panel of micro-tiles at a time (fewer, longer rows than tile by tile).
+    ///
+    /// # Safety
+    /// The tile is inside the output and no one else touches it.
+    #[inline]
+    pub unsafe fn apply_tile(
+        &self,
+        c: *mut f32,
+        ldc: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        if self.is_none() {
+            return;
+        }
+        for i in rows {
+            // SAFETY: the caller's contract.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + cols.start), cols.len()) };
+            self.apply(row, cols.start);
+        }
+    }
+
     /// Applies to `row` (the output columns `j0..j0 + row.len()`).
     #[inline]
     pub fn apply(&self, row: &mut [f32], j0: usize) {
@@ -546,9 +598,11 @@ pub fn pack_rhs_whole(ker: Kernel, b: Operand<'_>, alpha: f32, dst: &mut [f32]) 
 /// thread. `c` points at element (0, 0) of an output with rows `ldc` apart; the caller
 /// guarantees the region is inside it and that no one else touches the region.
 ///
-/// The `MR` rows of `a` a micro-tile needs are copied into a contiguous buffer first:
-/// a plain copy (cheap next to the `NC`-wide product that reuses them), and rows whose
-/// stride is a multiple of 4 KiB (k = 1024, 3072...) would otherwise share a few L1 sets.
+/// The `MR` rows of `a` a micro-tile needs are read in place, unless they are a partial
+/// tile, transposed, or rows whose stride is a multiple of 2 KiB (k = 1024, 1536, 3072...):
+/// those would share one or two L1 sets, so they are copied into a contiguous buffer
+/// first (a plain copy, cheap next to the `NC`-wide product that reuses them). The same
+/// values either way: the bits do not depend on it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_region(
     ker: Kernel,
@@ -566,6 +620,7 @@ unsafe fn gemm_region(
     let k = a.cols();
     let (kblocks, kc_step) = k_blocks(k);
     let (mr, nr) = (ker.mr, ker.nr);
+    let a_in_place = !a.transposed && !a.mat.stride.is_multiple_of(512);
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k - p0.min(k));
@@ -592,27 +647,46 @@ unsafe fn gemm_region(
             let mut ir = rows.start;
             while ir < rows.end {
                 let rows_here = mr.min(rows.end - ir);
-                for i in 0..mr {
-                    let dst = &mut bufs.a[i * kc..(i + 1) * kc];
-                    if i >= rows_here {
-                        dst.fill(0.0);
-                    } else if a.transposed {
-                        for (p, d) in dst.iter_mut().enumerate() {
-                            *d = a.at(ir + i, p0 + p);
+                let (ap, lda) = if rows_here == mr && a_in_place {
+                    (a.mat.data[ir * a.mat.stride + p0..].as_ptr(), a.mat.stride)
+                } else {
+                    for i in 0..mr {
+                        let dst = &mut bufs.a[i * kc..(i + 1) * kc];
+                        if i >= rows_here {
+                            dst.fill(0.0);
+                        } else if a.transposed {
+                            for (p, d) in dst.iter_mut().enumerate() {
+                                *d = a.at(ir + i, p0 + p);
+                            }
+                        } else {
+                            let start = (ir + i) * a.mat.stride + p0;
+                            dst.copy_from_slice(&a.mat.data[start..start + kc]);
                         }
-                    } else {
-                        let start = (ir + i) * a.mat.stride + p0;
-                        dst.copy_from_slice(&a.mat.data[start..start + kc]);
                     }
-                }
-                let ap = bufs.a.as_ptr();
-                for s in 0..nc.div_ceil(nr) {
+                    (bufs.a.as_ptr(), kc)
+                };
+                let strip_count = nc.div_ceil(nr);
+                // The next panel's rows of `a` (plain layout), their cache lines fetched
+                // a share per strip while this panel is multiplied.
+                let next_row = ir + mr;
+                let next_rows = if a.transposed {
+                    0
+                } else {
+                    mr.min(rows.end.saturating_sub(next_row))
+                };
+                let lines_per_row = kc.div_ceil(16);
+                let share = (next_rows * lines_per_row).div_ceil(strip_count);
+                for s in 0..strip_count {
                     let j = jc + s * nr;
                     let cols_here = nr.min(cols.end - j);
                     let bp = strips[s * kc * nr..].as_ptr();
+                    for line in s * share..((s + 1) * share).min(next_rows * lines_per_row) {
+                        let (row, col) = (next_row + line / lines_per_row, line % lines_per_row);
+                        prefetch(a.mat.data[row * a.mat.stride + p0 + col * 16..].as_ptr());
+                    }
                     // SAFETY (all below): the tile is inside the caller's region.
                     if rows_here == mr && cols_here == nr {
-                        unsafe { ker.run(kc, ap, kc, bp, c.add(ir * ldc + j), ldc, start) };
+                        unsafe { ker.run(kc, ap, lda, bp, c.add(ir * ldc + j), ldc, start) };
                     } else {
                         let mut tmp = [0f32; MR_MAX * NR_MAX];
                         if start != Start::Zero {
@@ -623,7 +697,7 @@ unsafe fn gemm_region(
                                 }
                             }
                         }
-                        unsafe { ker.run(kc, ap, kc, bp, tmp.as_mut_ptr(), nr, start) };
+                        unsafe { ker.run(kc, ap, lda, bp, tmp.as_mut_ptr(), nr, start) };
                         for i in 0..rows_here {
                             let dst = unsafe { c.add((ir + i) * ldc + j) };
                             for jj in 0..cols_here {
@@ -631,20 +705,28 @@ unsafe fn gemm_region(
                             }
                         }
                     }
-                    if last && !finish.is_none() {
-                        for i in 0..rows_here {
-                            let row = unsafe {
-                                std::slice::from_raw_parts_mut(c.add((ir + i) * ldc + j), cols_here)
-                            };
-                            finish.apply(row, j);
-                        }
-                    }
+                }
+                if last {
+                    // SAFETY: the rows and columns are inside the caller's region.
+                    unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, jc..jc + nc) };
                 }
                 ir += rows_here;
             }
             jc += nc;
         }
     }
+}
+
+/// Asks for the cache line at `p` in L1 (a hint: no effect on results).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The fixed row split of a [`linear`] of `m × n`: (row blocks, rows per block).
@@ -1068,6 +1150,18 @@ mod tests {
     }
 
     #[test]
+    fn the_isa_cap_only_narrows() {
+        use Isa::*;
+        assert_eq!(capped_isa(Avx512, Some("avx2")), Avx2);
+        assert_eq!(capped_isa(Avx512, Some("portable")), Portable);
+        assert_eq!(capped_isa(Avx2, Some("portable")), Portable);
+        assert_eq!(capped_isa(Avx2, Some("avx512")), Avx2);
+        assert_eq!(capped_isa(Portable, Some("avx2")), Portable);
+        assert_eq!(capped_isa(Avx512, Some("sse")), Avx512);
+        assert_eq!(capped_isa(Avx512, None), Avx512);
+    }
+
+    #[test]
     fn gelu_matches_known_values() {
         // torch.nn.functional.gelu(torch.tensor([-1., 0.5, 2.])) in float64
         let want = [
@@ -1083,11 +1177,13 @@ mod tests {
     #[test]
     fn every_kernel_matches_f64_for_every_layout_and_edge() {
         let mut rng = Rng::new(21);
-        // Shapes with edges in every direction, k split into several blocks, k = 0.
+        // Shapes with edges in every direction, k split into several blocks, k = 0, rows
+        // read in place (k = 800) and copied (k = 1024: a stride of 4 KiB).
         for (m, k, n) in [
             (1, 1, 1),
             (13, 5, 33),
             (25, 800, 70),
+            (26, 1024, 40),
             (12, 384, 32),
             (7, 0, 9),
         ] {

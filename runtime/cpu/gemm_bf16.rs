@@ -22,11 +22,12 @@ const KC: usize = 384;
 const MR: usize = 12;
 const NR: usize = 32;
 
-/// Whether this CPU runs the bf16 kernel.
+/// Whether this CPU runs the bf16 kernel (and [`super::gemm::isa`] is not capped below
+/// AVX-512).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        super::gemm::isa() == super::gemm::Isa::Avx512
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -328,15 +329,11 @@ unsafe fn region(
                         }
                     }
                 }
-                if last && !finish.is_none() {
-                    for i in 0..rows_here {
-                        let row = unsafe {
-                            std::slice::from_raw_parts_mut(c.add((ir + i) * ldc + j), cols_here)
-                        };
-                        finish.apply(row, j);
-                    }
-                }
                 j += cols_here;
+            }
+            if last {
+                // SAFETY: the rows and columns are inside the caller's region.
+                unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
             }
             ir += rows_here;
         }

@@ -70,8 +70,8 @@ pub fn gelu_error_bound(x: f64, g: f64) -> f64 {
 }
 
 /// Defines `pub fn $name(row: &mut [f32]) -> $ret` running `$body(row)` (an
-/// `#[inline(always)]` function) compiled for AVX-512F or AVX2 when the CPU has it (picked
-/// at run time), else as the target builds it. The body uses no fused multiply-add and
+/// `#[inline(always)]` function) compiled for AVX-512F or AVX2 as [`super::gemm::isa`] picks
+/// at run time, else as the target builds it. The body uses no fused multiply-add and
 /// fixed-shape partial sums, so every path gives the same bits.
 macro_rules! dispatch_row {
     ($(#[$meta:meta])* $name:ident -> $ret:ty = $body:ident) => {
@@ -87,13 +87,12 @@ macro_rules! dispatch_row {
                 unsafe fn avx2(row: &mut [f32]) -> $ret {
                     $body(row)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the feature was just detected.
-                    return unsafe { avx512(row) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the feature was just detected.
-                    return unsafe { avx2(row) };
+                match super::gemm::isa() {
+                    // SAFETY: `isa` names only instruction sets this CPU runs.
+                    super::gemm::Isa::Avx512 => return unsafe { avx512(row) },
+                    // SAFETY: as above.
+                    super::gemm::Isa::Avx2 => return unsafe { avx2(row) },
+                    super::gemm::Isa::Portable => {}
                 }
             }
             $body(row)
@@ -122,16 +121,19 @@ const LANES: usize = 16;
 
 #[inline(always)]
 fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
+    // `if v > m` (a NaN never wins), not `f32::max`: the same maximum, one vector max
+    // instruction a chunk instead of a max, a NaN test and a blend.
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
     let mut mx = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
         for (m, &v) in mx.iter_mut().zip(c) {
-            *m = m.max(v);
+            *m = larger(*m, v);
         }
     }
-    let mut m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| larger(a, b));
     for &v in chunks.remainder() {
-        m = m.max(v);
+        m = larger(m, v);
     }
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);

@@ -1,28 +1,35 @@
 //! The machine's peak single-precision FMA rate, measured: independent chains of fused
-//! multiply-adds on the widest SIMD registers the CPU has (AVX-512, else AVX2+FMA,
-//! detected at run time; a scalar fallback elsewhere). Benches report their throughput
+//! multiply-adds on the SIMD registers of the CPU kernels' instruction set
+//! (`cpu::gemm::isa`: AVX-512, else AVX2+FMA; a scalar fallback elsewhere). Benches report their throughput
 //! as a fraction of this number.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-/// Independent accumulator chains: enough to cover FMA latency × FMA ports.
+/// Independent accumulator chains: enough to cover FMA latency × FMA ports (4 × 2 on
+/// current cores), few enough to stay in registers (32 with AVX-512, 16 with AVX2).
 const CHAINS: usize = 16;
+/// The AVX2 kernel's chains: 16 of them and the two operands spill out of the 16 ymm
+/// registers (measured: loads, stores and moves in the loop, half the real peak).
+const CHAINS_AVX2: usize = 12;
 
 /// Runs `iters` iterations of `CHAINS` dependent FMAs per chain; returns FLOPs done.
 fn kernel(iters: u64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: feature detected.
-            unsafe { x86::fma512(iters) };
-            return iters as f64 * (CHAINS * 16 * 2) as f64;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: features detected.
-            unsafe { x86::fma256(iters) };
-            return iters as f64 * (CHAINS * 8 * 2) as f64;
+        use crate::cpu::gemm::{isa, Isa};
+        match isa() {
+            Isa::Avx512 => {
+                // SAFETY: `isa` names only instruction sets this CPU runs.
+                unsafe { x86::fma512(iters) };
+                return iters as f64 * (CHAINS * 16 * 2) as f64;
+            }
+            Isa::Avx2 => {
+                // SAFETY: as above.
+                unsafe { x86::fma256(iters) };
+                return iters as f64 * (CHAINS_AVX2 * 8 * 2) as f64;
+            }
+            Isa::Portable => {}
         }
     }
     scalar(iters);
@@ -42,7 +49,7 @@ fn scalar(iters: u64) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::CHAINS;
+    use super::{CHAINS, CHAINS_AVX2};
     use std::arch::x86_64::*;
     use std::hint::black_box;
 
@@ -67,7 +74,7 @@ mod x86 {
     pub unsafe fn fma256(iters: u64) {
         let a = _mm256_set1_ps(black_box(0.999_999));
         let b = _mm256_set1_ps(black_box(1e-7));
-        let mut acc = [_mm256_setzero_ps(); CHAINS];
+        let mut acc = [_mm256_setzero_ps(); CHAINS_AVX2];
         for _ in 0..iters {
             for v in acc.iter_mut() {
                 *v = _mm256_fmadd_ps(*v, a, b);
