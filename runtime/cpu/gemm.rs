@@ -372,14 +372,30 @@ macro_rules! micro_kernel {
                 }
                 let mut bp = b;
                 let mut ap = a;
-                for _ in 0..steps {
-                    let b0 = $load_b(bp);
-                    let b1 = $load_b(bp.add($b_step / 2));
-                    for i in 0..$rows {
-                        let ai = $broadcast_a(ap.add(i * lda));
-                        lo[i] = $madd(lo[i], ai, b0);
-                        hi[i] = $madd(hi[i], ai, b1);
-                    }
+                // One inner step: `u` elements past `ap`, `u` strips past `bp`.
+                macro_rules! step {
+                    ($u:expr) => {
+                        let b0 = $load_b(bp.add($u * $b_step));
+                        let b1 = $load_b(bp.add($u * $b_step + $b_step / 2));
+                        for i in 0..$rows {
+                            let ai = $broadcast_a(ap.add(i * lda + $u));
+                            lo[i] = $madd(lo[i], ai, b0);
+                            hi[i] = $madd(hi[i], ai, b1);
+                        }
+                    };
+                }
+                // Four steps an iteration (in order: the same sums), so the addresses of
+                // three of them are constant offsets instead of pointer arithmetic.
+                for _ in 0..steps / 4 {
+                    step!(0);
+                    step!(1);
+                    step!(2);
+                    step!(3);
+                    bp = bp.add(4 * $b_step);
+                    ap = ap.add(4);
+                }
+                for _ in 0..steps % 4 {
+                    step!(0);
                     bp = bp.add($b_step);
                     ap = ap.add(1);
                 }
