@@ -11,6 +11,7 @@ use std::time::Instant;
 const CHAINS: usize = 16;
 /// The AVX2 kernel's chains: 16 of them and the two operands spill out of the 16 ymm
 /// registers (measured: loads, stores and moves in the loop, half the real peak).
+#[cfg(target_arch = "x86_64")]
 const CHAINS_AVX2: usize = 12;
 
 /// Runs `iters` iterations of `CHAINS` dependent FMAs per chain; returns FLOPs done.
