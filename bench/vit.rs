@@ -1,23 +1,34 @@
-//! The RGB branch on the CPU: one full ViT-B/8 forward pass at 224×224 (SPEC §2) with
-//! seeded random weights, on a pool of every core: the achieved GFLOP/s next to the
-//! machine's peak FMA rate measured by `measure_peak_gflops` in the same run, and their
-//! ratio (target ≥ 0.75). Then where the time of one block goes (LayerNorm, each GEMM,
-//! attention, GELU as the difference between fc1 with and without it), and each GEMM
-//! shape of the method as a fraction of the peak measured right before it.
+//! The networks on the CPU against the machine's peak FMA rate measured in the same run
+//! (`measure_peak_gflops`; target ≥ 0.75): one full ViT-B/8 forward pass at 224×224
+//! (SPEC §2) with seeded random weights, its blocks' weights packed once as the engine
+//! runs them, f32 (the same bits as the unpacked pass: asserted) and bf16 (AVX512-BF16
+//! CPUs); where the time of one block goes (LayerNorm, each GEMM, attention, GELU as the
+//! difference between fc1 with and without it); Point-MAE's blocks, its whole encoder and
+//! UFF at M3DM sizes (unpacked f32, packed f32, bf16); then each GEMM shape of the method
+//! as a fraction of the peak measured right before it.
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
-//! `MIAD_BENCH_PARTS=ops` skips the full forward passes). The bf16 path (AVX512-BF16,
-//! where the CPU has it) is timed beside f32: the forward pass and each GEMM shape.
+//! `MIAD_BENCH_PARTS=vit`, `block`, `networks` or `gemm` runs that part alone;
+//! `MIAD_CPU_ISA=avx2` measures the AVX2 path, its peak included).
 
 mod timing;
-use miad::config::{ModelConfig, VitConfig};
-use miad::cpu::gemm::{linear, Epilogue, Mat};
+use miad::config::{ModelConfig, PointConfig, VitConfig};
+use miad::cpu::dense::DensePrecision;
+use miad::cpu::fusion::{fuse_with, fusion_scratch_len, FusionPacked, FusionWeights};
+use miad::cpu::gemm::{linear, linear_packed, Epilogue, Mat, PackedF32};
 use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
+use miad::cpu::point_mae::{
+    block_shape as point_block_shape, point_mae_flops, point_mae_forward_with,
+    point_mae_scratch_len, PointMaePacked, PointMaeWeights,
+};
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
+use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
-use miad::util::peak::measure_peak_gflops;
+use miad::util::peak::{
+    measure_peak_gflops, measure_peak_gflops_per_cpu_second, process_cpu_seconds,
+};
 use miad::util::rng::Rng;
 
 fn threads() -> usize {
@@ -34,7 +45,10 @@ fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
     v
 }
 
-fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
+/// The forward pass with the blocks' weights packed once in `precision` (as the engine
+/// runs it), beside the features of the unpacked f32 pass: f32 packed must give the same
+/// bits; bf16 reports its difference.
+fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
     let cfg = VitConfig::base8();
     // Only the ViT's tensors: the point and fusion branches are not needed here.
     let model = ModelConfig {
@@ -46,48 +60,47 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     let tensors = random_model(&model, 1);
     let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let s = cfg.image_size as usize;
-    let mut f32_out = Vec::new();
-    let mut bf16_blocks = Vec::new();
-    if bf16 {
-        // The f32 features first, for the bf16 path's relative difference.
-        f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
-        let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
-        let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
-        vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
-        let Some(blocks) = w.to_bf16(&cfg) else {
-            println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
-            return;
-        };
-        bf16_blocks = blocks;
-    }
-    let precision = if bf16 { "bf16" } else { "f32" };
     let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
-    let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
+    let mut f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
+    vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
+    let Some(blocks) = w.packed(&cfg, precision) else {
+        println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
+        return;
+    };
+    let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let flops = vit_flops(&cfg);
     // The peak is measured just before and just after (the higher counts): on a shared
     // machine, other load lowers both numbers alike only when they are taken close together.
     let peak_before = measure_peak_gflops(threads);
+    let cpu0 = process_cpu_seconds();
     let t = timing::time_runs(5, || {
-        vit_forward_with(pool, &cfg, &w, &bf16_blocks, &input, &mut out, &mut scratch)
+        vit_forward_with(pool, &cfg, &w, &blocks, &input, &mut out, &mut scratch)
             .expect("forward pass");
     });
+    // The warm-up pass and the timed ones.
+    let per_cpu = flops * (t.runs + 1) as f64 / (process_cpu_seconds() - cpu0) / 1e9;
+    let peak_cpu = measure_peak_gflops_per_cpu_second();
     let (median, reps) = (t.median, t.runs);
     let gflops = flops / median / 1e9;
     let best = flops / t.best / 1e9;
     let peak = measure_peak_gflops(threads).max(peak_before);
     let load = timing::load_average();
     println!(
-        "vit_b8_224_forward_{precision}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
+        "vit_b8_224_forward_{precision:?}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
-         (best pass: {:.2}); load average {}",
+         (best pass: {:.2}); per CPU-second {per_cpu:.1} GFLOP = {:.2} of one core's \
+         {peak_cpu:.1}; load average {}",
         median,
         flops / 1e9,
         gflops / peak,
         best / peak,
+        per_cpu / peak_cpu,
         load
     );
-    if bf16 {
+    if precision == DensePrecision::F32 {
+        assert_eq!(out, f32_out, "packed f32 weights changed the features");
+    } else {
         let ref_max = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = out
             .iter()
@@ -100,11 +113,15 @@ fn full_forward(threads: usize, pool: &Pool, bf16: bool) {
     }
 }
 
-/// Median seconds of `f` and the peak measured right before (for a ratio on a shared
-/// machine).
-fn timed(threads: usize, f: impl FnMut()) -> (f64, f64) {
-    let peak = measure_peak_gflops(threads);
-    (timing::time_runs(7, f).median, peak)
+/// Median wall seconds of `f`, and CPU seconds per run (all threads; the warm-up run
+/// counted in the average).
+fn timed_cpu(f: impl FnMut()) -> (f64, f64) {
+    let cpu0 = process_cpu_seconds();
+    let t = timing::time_runs(7, f);
+    (
+        t.median,
+        (process_cpu_seconds() - cpu0) / (t.runs + 1) as f64,
+    )
 }
 
 fn gemm_shapes(threads: usize, pool: &Pool) {
@@ -118,39 +135,40 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
         ("point fc1", 1025, 384, 1536),
         ("point fc2", 1025, 1536, 384),
     ];
+    // Rates per CPU-second (all threads) against one core's peak per CPU-second, measured
+    // after each shape: robust to other load on the machine.
+    let rate = |flops: f64, f: &mut dyn FnMut()| {
+        let cpu = timed_cpu(f).1;
+        let g = flops / cpu / 1e9;
+        format!(
+            "{g:.1} GFLOP per CPU-second = {:.2}",
+            g / measure_peak_gflops_per_cpu_second()
+        )
+    };
     for (what, m, k, n) in shapes {
+        let flops = 2.0 * (m * k * n) as f64;
         let a = random(m * k, 3, 1.0);
         let w = random(n * k, 4, 0.05);
         let mut out = vec![0f32; m * n];
-        let (secs, peak) = timed(threads, || {
-            linear(
-                pool,
-                Mat::new(&a, m, k),
-                Mat::new(&w, n, k),
-                None,
-                &mut out,
-                n,
-                Epilogue::None,
-            )
+        let unpacked = rate(flops, &mut || {
+            let (a, w) = (Mat::new(&a, m, k), Mat::new(&w, n, k));
+            linear(pool, a, w, None, &mut out, n, Epilogue::None)
         });
-        let g = 2.0 * (m * k * n) as f64 / secs / 1e9;
+        let packed = PackedF32::new(Mat::new(&w, n, k));
+        let packed = rate(flops, &mut || {
+            let a = Mat::new(&a, m, k);
+            linear_packed(pool, a, &packed, None, &mut out, n, Epilogue::None)
+        });
         let bf16 = PackedBf16::new(Mat::new(&w, n, k)).map(|packed| {
-            let secs = timing::time_runs(7, || {
+            let r = rate(flops, &mut || {
                 let a = Mat::new(&a, m, k);
                 linear_bf16(pool, a, &packed, None, &mut out, n, Epilogue::None)
-            })
-            .median;
-            let g16 = 2.0 * (m * k * n) as f64 / secs / 1e9;
-            format!(
-                "; bf16 {:.3} ms, {g16:.1} GFLOP/s = {:.2} of the f32 FMA peak",
-                secs * 1e3,
-                g16 / peak
-            )
+            });
+            format!("; bf16 {r} (of the f32 peak)")
         });
         println!(
-            "gemm {what} {m}x{k}x{n}, {threads}t: {:.3} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}{}",
-            secs * 1e3,
-            g / peak,
+            "gemm {what} {m}x{k}x{n}, {threads}t: weight packed per call {unpacked}; \
+             packed once {packed}{}",
             bf16.unwrap_or_default()
         );
     }
@@ -172,6 +190,11 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     let mut hidden = vec![0f32; t * hid];
     let mut acc = x.clone();
     let mut attn_scratch = vec![0f32; attn_scratch_len(t, d, heads, threads)];
+    // Packed once, as the engine runs them.
+    let qkv_p = PackedF32::new(Mat::new(&qkv_w, 3 * d, d));
+    let proj_p = PackedF32::new(Mat::new(&proj_w, d, d));
+    let fc1_p = PackedF32::new(Mat::new(&fc1_w, hid, d));
+    let fc2_p = PackedF32::new(Mat::new(&fc2_w, d, hid));
     let mut parts: Vec<(&str, f64)> = Vec::new();
     let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
     parts.push((
@@ -181,10 +204,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     parts.push((
         "qkv gemm",
         run(&mut || {
-            linear(
+            linear_packed(
                 pool,
                 Mat::new(&xn, t, d),
-                Mat::new(&qkv_w, 3 * d, d),
+                &qkv_p,
                 Some(&qkv_b),
                 &mut qkv,
                 3 * d,
@@ -199,10 +222,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     parts.push((
         "proj gemm",
         run(&mut || {
-            linear(
+            linear_packed(
                 pool,
                 Mat::new(&att, t, d),
-                Mat::new(&proj_w, d, d),
+                &proj_p,
                 Some(&b),
                 &mut acc,
                 d,
@@ -211,10 +234,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
         }),
     ));
     let fc1 = |epi: Epilogue, hidden: &mut [f32]| {
-        linear(
+        linear_packed(
             pool,
             Mat::new(&xn, t, d),
-            Mat::new(&fc1_w, hid, d),
+            &fc1_p,
             Some(&fc1_b),
             hidden,
             hid,
@@ -228,10 +251,10 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     parts.push((
         "fc2 gemm",
         run(&mut || {
-            linear(
+            linear_packed(
                 pool,
                 Mat::new(&hidden, t, hid),
-                Mat::new(&fc2_w, d, hid),
+                &fc2_p,
                 Some(&b),
                 &mut acc,
                 d,
@@ -239,6 +262,18 @@ fn block_breakdown(threads: usize, pool: &Pool) {
             )
         }),
     ));
+    let gelu_alone = run(&mut || miad::cpu::vmath::gelu_row(&mut hidden));
+    let gelu_scalar = run(&mut || {
+        hidden
+            .iter_mut()
+            .for_each(|v| *v = miad::cpu::gemm::gelu(*v))
+    });
+    println!(
+        "gelu over the {t}x{hid} hidden, one thread: vectorised {:.2} ms, scalar erff {:.2} ms",
+        gelu_alone * 1e3,
+        gelu_scalar * 1e3
+    );
+    attention_parts(&qkv, t, d, heads);
     let total: f64 = parts.iter().map(|p| p.1).sum();
     println!(
         "one ViT-B/8 block, {threads}t: {:.2} ms in all",
@@ -249,13 +284,267 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     }
 }
 
+/// The micro-kernel alone on operands that stay in L1 (one panel of `a`, one strip of
+/// `b`, `kc` = 256), CPU time against one core's peak: the ceiling of every product.
+fn kernel_in_l1() {
+    use miad::cpu::gemm::{Kernel, Start};
+    let ker = Kernel::best();
+    let kc = 256;
+    let a = random(ker.mr * kc, 20, 1.0);
+    let b = random(kc * ker.nr, 21, 1.0);
+    let mut c = vec![0f32; ker.mr * ker.nr];
+    let calls = 20_000;
+    let (_, cpu) = timed_cpu(|| {
+        for _ in 0..calls {
+            // SAFETY: `a` holds mr rows of kc, `b` one strip of kc × nr, `c` the tile.
+            unsafe {
+                ker.run(
+                    kc,
+                    a.as_ptr(),
+                    kc,
+                    b.as_ptr(),
+                    c.as_mut_ptr(),
+                    ker.nr,
+                    Start::Zero,
+                )
+            };
+            std::hint::black_box(&mut c);
+        }
+    });
+    let g = 2.0 * (ker.mr * ker.nr * kc * calls) as f64 / cpu / 1e9;
+    let peak = measure_peak_gflops_per_cpu_second();
+    println!(
+        "micro-kernel {}x{} ({:?}) in L1, one thread: {g:.1} GFLOP per CPU-second = {:.2} of one core's {peak:.1}",
+        ker.mr,
+        ker.nr,
+        ker.isa,
+        g / peak
+    );
+}
+
+/// Where attention's time goes, on one thread: packing each head's keys and values, the
+/// score products, softmax's exponentials, the products with V (the steps of
+/// `transformer::attention`, each over every head and query block), against the whole
+/// attention on a pool of one thread.
+fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
+    use miad::cpu::gemm::{pack_rhs_whole, packed_rhs_len, product_seq_packed, Kernel, Operand};
+    use miad::cpu::transformer::QUERY_BLOCK;
+    let one = Pool::new(1);
+    let (hd, stride, ker) = (d / heads, 3 * d, Kernel::best());
+    let mut out = vec![0f32; t * d];
+    let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, 1)];
+    // CPU seconds per run (this thread alone is busy): robust to the machine's load.
+    let run = |f: &mut dyn FnMut()| timed_cpu(f).1;
+    let whole = run(&mut || attention(&one, t, d, heads, qkv, &mut out, &mut scratch));
+    let head = |which: usize, h: usize| Mat {
+        data: &qkv[which * d + h * hd..],
+        rows: t,
+        cols: hd,
+        stride,
+    };
+    let (k_len, v_len) = (packed_rhs_len(hd, t), packed_rhs_len(t, hd));
+    let mut k_packed = vec![0f32; heads * k_len];
+    let mut v_packed = vec![0f32; heads * v_len];
+    let pack = run(&mut || {
+        for h in 0..heads {
+            let k = &mut k_packed[h * k_len..(h + 1) * k_len];
+            pack_rhs_whole(ker, Operand::transposed(head(1, h)), 0.125, k);
+            let v = &mut v_packed[h * v_len..(h + 1) * v_len];
+            pack_rhs_whole(ker, Operand::plain(head(2, h)), 1.0, v);
+        }
+    });
+    let blocks = t.div_ceil(QUERY_BLOCK);
+    // One query block's scores, reused by every (head, block) as attention's worker does.
+    let mut scores = vec![0f32; QUERY_BLOCK * t];
+    let block_rows = |b: usize| QUERY_BLOCK.min(t - b * QUERY_BLOCK);
+    let products = run(&mut || {
+        for h in 0..heads {
+            for b in 0..blocks {
+                let q = Mat {
+                    data: &qkv[b * QUERY_BLOCK * stride + h * hd..],
+                    rows: block_rows(b),
+                    cols: hd,
+                    stride,
+                };
+                let k = &k_packed[h * k_len..];
+                product_seq_packed(ker, &mut scores, t, q, k, t, false);
+            }
+        }
+    });
+    let exp = run(&mut || {
+        for _ in 0..heads * blocks {
+            for row in scores.chunks_exact_mut(t) {
+                std::hint::black_box(miad::cpu::vmath::exp_shifted_row(row));
+            }
+        }
+    });
+    let pv = run(&mut || {
+        for h in 0..heads {
+            for b in 0..blocks {
+                let rows = block_rows(b);
+                let p = &scores[..rows * t];
+                let dst = &mut out[b * QUERY_BLOCK * d + h * hd..];
+                let v = &v_packed[h * v_len..];
+                product_seq_packed(ker, dst, d, Mat::new(p, rows, t), v, hd, false);
+            }
+        }
+    });
+    let flops = 2.0 * t as f64 * t as f64 * d as f64;
+    let peak = measure_peak_gflops_per_cpu_second();
+    println!(
+        "attention {t} tokens x {heads} heads, one thread, CPU time: {:.2} ms; pack K, V {:.2} ms; \
+         Q·Kᵀ {:.2} ms = {:.2} of one core's peak {peak:.1}; exp rows {:.2} ms; P·V {:.2} ms = {:.2}",
+        whole * 1e3,
+        pack * 1e3,
+        products * 1e3,
+        flops / products / 1e9 / peak,
+        exp * 1e3,
+        pv * 1e3,
+        flops / pv / 1e9 / peak
+    );
+}
+
+/// Point-MAE (its 12 blocks alone, then the whole encoder: group encoder, position
+/// embedding and blocks) and UFF at M3DM sizes, random weights, packed once as the engine
+/// runs them: each as a fraction of the FMA peak measured right before it, f32 and bf16.
+fn point_and_fusion(threads: usize, pool: &Pool) {
+    let model = ModelConfig {
+        vit: None,
+        radar: None,
+        ..ModelConfig::m3dm()
+    };
+    let tensors = random_model(&model, 3);
+    let cfg = PointConfig::m3dm();
+    let w = PointMaeWeights::load(&tensors, &cfg).expect("random weights match");
+    let (m, s) = (cfg.num_groups as usize, cfg.group_size as usize);
+    let n = 50_000;
+    let points = random(3 * n, 14, 0.05);
+    let mut rng = Rng::new(15);
+    let centers: Vec<u32> = (0..m).map(|i| (i * n / m) as u32).collect();
+    let groups: Vec<u32> = (0..m * s)
+        .map(|_| (rng.uniform() * n as f32) as u32 % n as u32)
+        .collect();
+    let mut out = vec![0f32; m * cfg.feature_dim()];
+    let mut scratch = vec![0f32; point_mae_scratch_len(&cfg, threads)];
+    let shape = point_block_shape(&cfg);
+    let mut x = random(m * shape.dim, 16, 1.0);
+    let mut block_scratch = vec![0f32; block_scratch_len(&shape, threads)];
+    let fcfg = model.fusion.clone().expect("m3dm has UFF");
+    let fw = FusionWeights::load(&tensors, &fcfg).expect("random weights match");
+    let (rg, xg) = (28usize, 56usize);
+    let rgb = random(rg * rg * fcfg.rgb_dim as usize, 17, 1.0);
+    let xyz = random(xg * xg * fcfg.xyz_dim as usize, 18, 1.0);
+    let mut fused = vec![0f32; xg * xg * fcfg.fused_dim()];
+    let mut fscratch = vec![0f32; fusion_scratch_len(&fcfg, rg, xg)];
+    let branch_flops = |rows: usize, d: u32| 4.0 * rows as f64 * (d * d * fcfg.mlp_ratio) as f64;
+    let fusion_flops = branch_flops(xg * xg, fcfg.xyz_dim) + branch_flops(rg * rg, fcfg.rgb_dim);
+    // (wall, cpu) seconds; the wall rate against the peak of `threads` threads measured
+    // right before, the rate per CPU-second against one core's.
+    let report = |what: &str, flops: f64, (secs, cpu): (f64, f64), peak: f64| {
+        let g = flops / secs / 1e9;
+        let peak_cpu = measure_peak_gflops_per_cpu_second();
+        println!(
+            "{what}, {threads}t: {:.2} ms, {g:.1} GFLOP/s = {:.2} of the peak {peak:.1}; \
+             per CPU-second {:.1} GFLOP = {:.2} of one core's {peak_cpu:.1} (load {})",
+            secs * 1e3,
+            g / peak,
+            flops / cpu / 1e9,
+            flops / cpu / 1e9 / peak_cpu,
+            timing::load_average()
+        );
+    };
+    let timed = |f: &mut dyn FnMut()| {
+        let peak = measure_peak_gflops(threads);
+        (timed_cpu(f), peak)
+    };
+    // `None`: the weights packed in every product (as before they were packed once).
+    for precision in [None, Some(DensePrecision::F32), Some(DensePrecision::Bf16)] {
+        let (packed, fpacked) = match precision {
+            None => (None, None),
+            Some(p) => match PointMaePacked::new(&cfg, &w, p) {
+                Some(packed) => (Some(packed), FusionPacked::new(&fw, p)),
+                None => {
+                    println!("no AVX512-BF16 on this CPU: no bf16 point encoder");
+                    continue;
+                }
+            },
+        };
+        let precision = precision.map_or("F32 unpacked".to_string(), |p| format!("{p:?}"));
+        let (secs, peak) = timed(&mut || {
+            for (i, bw) in w.blocks.iter().enumerate() {
+                let bp = packed.as_ref().map(|p| &p.blocks[i]);
+                block_forward_with(pool, &shape, bw, bp, &mut x, &mut block_scratch);
+            }
+        });
+        let blocks_flops = cfg.depth as f64 * shape.flops();
+        report(
+            &format!("point-mae 12 blocks {precision}"),
+            blocks_flops,
+            secs,
+            peak,
+        );
+        let (whole, peak) = timed(&mut || {
+            point_mae_forward_with(
+                pool,
+                &cfg,
+                &w,
+                packed.as_ref(),
+                &points,
+                n,
+                &centers,
+                &groups,
+                &mut out,
+                &mut scratch,
+            )
+        });
+        let all = point_mae_flops(&cfg);
+        report(
+            &format!("point-mae encoder, all {precision}"),
+            all,
+            whole,
+            peak,
+        );
+        report(
+            &format!("point-mae group encoder + position embedding {precision} (all − blocks)"),
+            all - blocks_flops,
+            (whole.0 - secs.0, whole.1 - secs.1),
+            peak,
+        );
+        let (secs, peak) = timed(&mut || {
+            fuse_with(
+                pool,
+                &fw,
+                fpacked.as_ref(),
+                &rgb,
+                rg,
+                &xyz,
+                xg,
+                &mut fused,
+                &mut fscratch,
+            )
+        });
+        report(&format!("uff 56x56 {precision}"), fusion_flops, secs, peak);
+    }
+}
+
 fn main() {
     let threads = threads();
     let pool = Pool::new(threads);
-    if std::env::var("MIAD_BENCH_PARTS").as_deref() != Ok("ops") {
-        full_forward(threads, &pool, false);
-        full_forward(threads, &pool, true);
+    // All parts, or the one `MIAD_BENCH_PARTS` names (`vit`, `block`, `networks`, `gemm`).
+    let parts = std::env::var("MIAD_BENCH_PARTS").unwrap_or_default();
+    let part = |name: &str| parts.is_empty() || parts == name;
+    if part("vit") {
+        full_forward(threads, &pool, DensePrecision::F32);
+        full_forward(threads, &pool, DensePrecision::Bf16);
     }
-    block_breakdown(threads, &pool);
-    gemm_shapes(threads, &pool);
+    if part("block") {
+        kernel_in_l1();
+        block_breakdown(threads, &pool);
+    }
+    if part("networks") {
+        point_and_fusion(threads, &pool);
+    }
+    if part("gemm") {
+        gemm_shapes(threads, &pool);
+    }
 }

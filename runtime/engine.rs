@@ -14,6 +14,7 @@
 
 use crate::backend::{Backend, BackendChoice, Precision};
 use crate::config::BankConfig;
+use crate::cpu::dense::DensePrecision;
 use crate::cpu::pool::Pool;
 use crate::cpu::regions::find_regions;
 use crate::format::{BankFile, ModelFile, OpenOptions};
@@ -749,12 +750,15 @@ fn open_backend(
     if requested == Backend::Cpu {
         let mut choice = BackendChoice::cpu();
         if options.precision == Precision::Bf16 {
-            if extractor.use_cpu_bf16() {
+            if extractor.pack_networks(DensePrecision::Bf16) {
                 choice.precision = Precision::Bf16;
             } else {
                 choice.fallback =
                     Some("bf16 asked for, but this CPU has no AVX512-BF16: f32 is used".into());
             }
+        }
+        if choice.precision == Precision::F32 {
+            extractor.pack_networks(DensePrecision::F32);
         }
         return (OnDevice::none(), choice);
     }

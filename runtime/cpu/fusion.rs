@@ -11,7 +11,8 @@
 //! (`chunk × 5d` floats per branch) whatever the grid; the dense layers go through
 //! [`gemm::linear`] (GELU fused into the first layer's epilogue). No allocation.
 
-use super::gemm::{self, Epilogue, Mat};
+use super::dense::{dense, DensePrecision, PackedWeight};
+use super::gemm::{Epilogue, Mat};
 use super::pool::Pool;
 use crate::config::FusionConfig;
 use crate::format::{FormatError, TensorSource};
@@ -79,6 +80,38 @@ impl<'a> FusionWeights<'a> {
     }
 }
 
+/// One branch's two dense weights packed once ([`PackedWeight`], f32 or bf16).
+pub struct BranchPacked {
+    pub fc1: PackedWeight,
+    pub fc2: PackedWeight,
+}
+
+/// Both branches packed once, for [`fuse_with`].
+pub struct FusionPacked {
+    pub xyz: BranchPacked,
+    pub rgb: BranchPacked,
+}
+
+impl BranchPacked {
+    fn new(w: &BranchWeights<'_>, precision: DensePrecision) -> Option<BranchPacked> {
+        let (d, h) = (w.dim, w.hidden);
+        Some(BranchPacked {
+            fc1: PackedWeight::new(Mat::new(w.fc1_w, h, d), precision)?,
+            fc2: PackedWeight::new(Mat::new(w.fc2_w, d, h), precision)?,
+        })
+    }
+}
+
+impl FusionPacked {
+    /// `None` for bf16 where the CPU has no AVX512-BF16.
+    pub fn new(w: &FusionWeights<'_>, precision: DensePrecision) -> Option<FusionPacked> {
+        Some(FusionPacked {
+            xyz: BranchPacked::new(&w.xyz, precision)?,
+            rgb: BranchPacked::new(&w.rgb, precision)?,
+        })
+    }
+}
+
 fn branch_scratch(dim: usize, hidden: usize, rows: usize) -> usize {
     let c = rows.min(CHUNK_ROWS);
     c * dim + c * hidden
@@ -120,6 +153,7 @@ fn branch(
     rows: usize,
     out: &mut [f32],
     out_stride: usize,
+    packed: Option<&BranchPacked>,
     scratch: &mut [f32],
 ) {
     let (d, h) = (w.dim, w.hidden);
@@ -129,19 +163,21 @@ fn branch(
         let (normed, rest) = scratch.split_at_mut(n * d);
         let hidden = &mut rest[..n * h];
         layer_norm_rows(&x[r0 * d..(r0 + n) * d], d, w.norm_w, w.norm_b, eps, normed);
-        gemm::linear(
+        dense(
             pool,
             Mat::new(normed, n, d),
             Mat::new(w.fc1_w, h, d),
+            packed.map(|p| &p.fc1),
             Some(w.fc1_b),
             hidden,
             h,
             Epilogue::Gelu,
         );
-        gemm::linear(
+        dense(
             pool,
             Mat::new(hidden, n, h),
             Mat::new(w.fc2_w, d, h),
+            packed.map(|p| &p.fc2),
             Some(w.fc2_b),
             &mut out[r0 * out_stride..],
             out_stride,
@@ -171,6 +207,23 @@ pub fn fuse(
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
+    fuse_with(pool, w, None, rgb, rgb_grid, xyz, xyz_grid, out, scratch)
+}
+
+/// [`fuse`] with the dense layers through their packed weights when `packed` is given
+/// ([`FusionPacked`]; f32: the same bits, bf16: the bf16 path).
+#[allow(clippy::too_many_arguments)]
+pub fn fuse_with(
+    pool: &Pool,
+    w: &FusionWeights<'_>,
+    packed: Option<&FusionPacked>,
+    rgb: &[f32],
+    rgb_grid: usize,
+    xyz: &[f32],
+    xyz_grid: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     let (x, r) = (w.xyz.dim, w.rgb.dim);
     let fd = x + r;
     let (rgb_rows, xyz_rows) = (rgb_grid * rgb_grid, xyz_grid * xyz_grid);
@@ -187,9 +240,14 @@ pub fn fuse(
     let (rgb_out, work) = scratch.split_at_mut(rgb_rows * r);
 
     // xyz half straight into the output rows.
-    branch(pool, &w.xyz, w.ln_eps, xyz, xyz_rows, out, fd, work);
+    let (xyz_packed, rgb_packed) = (packed.map(|p| &p.xyz), packed.map(|p| &p.rgb));
+    branch(
+        pool, &w.xyz, w.ln_eps, xyz, xyz_rows, out, fd, xyz_packed, work,
+    );
     // rgb half once per RGB cell, then repeated over its bin of xyz cells.
-    branch(pool, &w.rgb, w.ln_eps, rgb, rgb_rows, rgb_out, r, work);
+    branch(
+        pool, &w.rgb, w.ln_eps, rgb, rgb_rows, rgb_out, r, rgb_packed, work,
+    );
     let rep = xyz_grid / rgb_grid;
     for (j, row) in out.chunks_exact_mut(fd).enumerate() {
         let (yr, xr) = (j / xyz_grid, j % xyz_grid);

@@ -44,7 +44,8 @@ const MIN_TASKS: usize = 16;
 pub enum Epilogue {
     /// Store the result.
     None,
-    /// Store GELU (exact, erf) of the result.
+    /// Store GELU (exact, erf) of the result, through [`super::vmath::gelu_fast`] (error
+    /// bound stated there).
     Gelu,
     /// Store ReLU of the result.
     Relu,
@@ -128,7 +129,9 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// Exact GELU: x · Φ(x) with Φ through erf, as PyTorch's default `nn.GELU()`.
+/// Exact GELU: x · Φ(x) with Φ through erf, as PyTorch's default `nn.GELU()`, one value
+/// at a time (the reference of the device kernels' tests and of training; the products'
+/// epilogue uses [`super::vmath::gelu_fast`], which vectorises).
 #[inline]
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
@@ -142,27 +145,53 @@ pub enum Isa {
     Portable,
 }
 
-/// The widest instruction set this CPU runs (detected once).
+/// The environment variable that caps the instruction set of the CPU kernels
+/// (`avx2` or `portable`), so one binary's narrower paths can be measured and checked on
+/// a wider CPU; a value naming a set this CPU lacks, or none, leaves the widest.
+pub const ISA_VAR: &str = "MIAD_CPU_ISA";
+
+/// The instruction set of every CPU kernel (GEMM, bf16, vectorised maths, the peak
+/// measurement): the widest this CPU runs, or the narrower one [`ISA_VAR`] names; chosen
+/// once per process.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Portable
-    })
+    *ISA.get_or_init(|| capped_isa(widest_isa(), std::env::var(ISA_VAR).ok().as_deref()))
 }
 
-/// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]`: `a` rows `lda` apart, `b` one packed strip
-/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `start` says what the sums start from.
+/// `widest`, or the narrower set `cap` names (`avx2`, `portable`; anything else: no cap).
+fn capped_isa(widest: Isa, cap: Option<&str>) -> Isa {
+    let cap = match cap {
+        Some("portable") => Isa::Portable,
+        Some("avx2") => Isa::Avx2,
+        _ => Isa::Avx512,
+    };
+    let rank = |isa: Isa| match isa {
+        Isa::Portable => 0,
+        Isa::Avx2 => 1,
+        Isa::Avx512 => 2,
+    };
+    if rank(cap) < rank(widest) {
+        cap
+    } else {
+        widest
+    }
+}
+
+/// The widest instruction set this CPU runs.
+fn widest_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
 /// What a micro-kernel's sums start from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -175,6 +204,8 @@ pub enum Start {
     ZeroThenAddC,
 }
 
+/// `c[mr × nr] (+)= a[mr × kc] · b[kc × nr]`: `a` rows `lda` apart, `b` one packed strip
+/// (`kc × nr`, `p`-major), `c` rows `ldc` apart; `start` says what the sums start from.
 type KernelFn = unsafe fn(
     kc: usize,
     a: *const f32,
@@ -301,104 +332,118 @@ unsafe fn kernel_4x8(
     }
 }
 
+/// Defines one register-blocked micro-kernel: `c[rows × 2·lanes] (+)= a · b` over `steps`
+/// inner steps, `rows` × two vectors of f32 accumulators held in registers, the sums
+/// starting as [`Start`] says. What differs between instruction sets and precisions is
+/// passed in: how a step's two vectors of `b` are loaded (`b` advances `b_step` elements a
+/// step, the second vector `b_step / 2` after the first), how one element of a row of `a`
+/// is broadcast (`a` rows `lda` apart, one element a step), and the multiply-add
+/// (`acc, a, b`). The f32 kernels below and the bf16 kernel of [`super::gemm_bf16`] are
+/// this one body (the portable 4 × 8 kernel stays plain Rust: no vectors).
+#[cfg(target_arch = "x86_64")]
+macro_rules! micro_kernel {
+    (
+        $(#[$meta:meta])*
+        $name:ident($a_elem:ty, $b_elem:ty), features = $features:literal,
+        rows = $rows:literal, lanes = $lanes:literal, b_step = $b_step:literal,
+        zero = $zero:path, load_c = $load_c:path, store_c = $store_c:path, add = $add:path,
+        load_b = $load_b:expr, broadcast_a = $broadcast_a:expr, madd = $madd:expr $(,)?
+    ) => {
+        $(#[$meta])*
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn $name(
+            steps: usize,
+            a: *const $a_elem,
+            lda: usize,
+            b: *const $b_elem,
+            c: *mut f32,
+            ldc: usize,
+            start: Start,
+        ) {
+            unsafe {
+                let mut lo = [$zero(); $rows];
+                let mut hi = [$zero(); $rows];
+                if start == Start::FromC {
+                    for i in 0..$rows {
+                        lo[i] = $load_c(c.add(i * ldc));
+                        hi[i] = $load_c(c.add(i * ldc + $lanes));
+                    }
+                }
+                let mut bp = b;
+                let mut ap = a;
+                // One inner step: `u` elements past `ap`, `u` strips past `bp`.
+                macro_rules! step {
+                    ($u:expr) => {
+                        let b0 = $load_b(bp.add($u * $b_step));
+                        let b1 = $load_b(bp.add($u * $b_step + $b_step / 2));
+                        for i in 0..$rows {
+                            let ai = $broadcast_a(ap.add(i * lda + $u));
+                            lo[i] = $madd(lo[i], ai, b0);
+                            hi[i] = $madd(hi[i], ai, b1);
+                        }
+                    };
+                }
+                // Four steps an iteration (in order: the same sums), so the addresses of
+                // three of them are constant offsets instead of pointer arithmetic.
+                for _ in 0..steps / 4 {
+                    step!(0);
+                    step!(1);
+                    step!(2);
+                    step!(3);
+                    bp = bp.add(4 * $b_step);
+                    ap = ap.add(4);
+                }
+                for _ in 0..steps % 4 {
+                    step!(0);
+                    bp = bp.add($b_step);
+                    ap = ap.add(1);
+                }
+                if start == Start::ZeroThenAddC {
+                    for i in 0..$rows {
+                        lo[i] = $add($load_c(c.add(i * ldc)), lo[i]);
+                        hi[i] = $add($load_c(c.add(i * ldc + $lanes)), hi[i]);
+                    }
+                }
+                for i in 0..$rows {
+                    $store_c(c.add(i * ldc), lo[i]);
+                    $store_c(c.add(i * ldc + $lanes), hi[i]);
+                }
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use micro_kernel;
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Start;
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// AVX-512F present; pointers as [`super::KernelFn`] says.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn kernel_12x32(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        start: Start,
-    ) {
-        unsafe {
-            let mut lo = [_mm512_setzero_ps(); 12];
-            let mut hi = [_mm512_setzero_ps(); 12];
-            if start == Start::FromC {
-                for i in 0..12 {
-                    lo[i] = _mm512_loadu_ps(c.add(i * ldc));
-                    hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
-                }
-            }
-            let mut bp = b;
-            let mut ap = a;
-            for _ in 0..kc {
-                let b0 = _mm512_loadu_ps(bp);
-                let b1 = _mm512_loadu_ps(bp.add(16));
-                for i in 0..12 {
-                    let ai = _mm512_set1_ps(*ap.add(i * lda));
-                    lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
-                    hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
-                }
-                bp = bp.add(32);
-                ap = ap.add(1);
-            }
-            if start == Start::ZeroThenAddC {
-                for i in 0..12 {
-                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
-                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
-                }
-            }
-            for i in 0..12 {
-                _mm512_storeu_ps(c.add(i * ldc), lo[i]);
-                _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
-            }
-        }
-    }
+    micro_kernel!(
+        /// # Safety
+        /// AVX-512F present; pointers as [`super::KernelFn`] says.
+        kernel_12x32(f32, f32), features = "avx512f",
+        rows = 12, lanes = 16, b_step = 32,
+        zero = _mm512_setzero_ps, load_c = _mm512_loadu_ps, store_c = _mm512_storeu_ps,
+        add = _mm512_add_ps,
+        load_b = |p: *const f32| _mm512_loadu_ps(p),
+        broadcast_a = |p: *const f32| _mm512_set1_ps(*p),
+        madd = |acc, a, b| _mm512_fmadd_ps(a, b, acc),
+    );
 
-    /// # Safety
-    /// AVX2 and FMA present; pointers as [`super::KernelFn`] says.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_6x16(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        start: Start,
-    ) {
-        unsafe {
-            let mut lo = [_mm256_setzero_ps(); 6];
-            let mut hi = [_mm256_setzero_ps(); 6];
-            if start == Start::FromC {
-                for i in 0..6 {
-                    lo[i] = _mm256_loadu_ps(c.add(i * ldc));
-                    hi[i] = _mm256_loadu_ps(c.add(i * ldc + 8));
-                }
-            }
-            let mut bp = b;
-            let mut ap = a;
-            for _ in 0..kc {
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
-                for i in 0..6 {
-                    let ai = _mm256_set1_ps(*ap.add(i * lda));
-                    lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
-                    hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
-                }
-                bp = bp.add(16);
-                ap = ap.add(1);
-            }
-            if start == Start::ZeroThenAddC {
-                for i in 0..6 {
-                    lo[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc)), lo[i]);
-                    hi[i] = _mm256_add_ps(_mm256_loadu_ps(c.add(i * ldc + 8)), hi[i]);
-                }
-            }
-            for i in 0..6 {
-                _mm256_storeu_ps(c.add(i * ldc), lo[i]);
-                _mm256_storeu_ps(c.add(i * ldc + 8), hi[i]);
-            }
-        }
-    }
+    micro_kernel!(
+        /// # Safety
+        /// AVX2 and FMA present; pointers as [`super::KernelFn`] says.
+        kernel_6x16(f32, f32), features = "avx2,fma",
+        rows = 6, lanes = 8, b_step = 16,
+        zero = _mm256_setzero_ps, load_c = _mm256_loadu_ps, store_c = _mm256_storeu_ps,
+        add = _mm256_add_ps,
+        load_b = |p: *const f32| _mm256_loadu_ps(p),
+        broadcast_a = |p: *const f32| _mm256_set1_ps(*p),
+        madd = |acc, a, b| _mm256_fmadd_ps(a, b, acc),
+    );
 }
 
 /// Per-thread packing buffers (fixed sizes, made once per thread).
@@ -494,6 +539,30 @@ impl Finish<'_> {
     pub fn is_none(&self) -> bool {
         self.bias.is_none() && matches!(self.epilogue, Epilogue::None | Epilogue::Accumulate)
     }
+    /// Applies to the finished tile `rows × cols` of the output `c` (rows `ldc` apart),
+    /// a whole panel of micro-tiles at a time (fewer, longer rows than tile by tile).
+    ///
+    /// # Safety
+    /// The tile is inside the output and no one else touches it.
+    #[inline]
+    pub unsafe fn apply_tile(
+        &self,
+        c: *mut f32,
+        ldc: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        if self.is_none() {
+            return;
+        }
+        for i in rows {
+            // SAFETY: the caller's contract.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc + cols.start), cols.len()) };
+            self.apply(row, cols.start);
+        }
+    }
+
     /// Applies to `row` (the output columns `j0..j0 + row.len()`).
     #[inline]
     pub fn apply(&self, row: &mut [f32], j0: usize) {
@@ -503,7 +572,7 @@ impl Finish<'_> {
             }
         }
         match self.epilogue {
-            Epilogue::Gelu => row.iter_mut().for_each(|v| *v = gelu(*v)),
+            Epilogue::Gelu => super::vmath::gelu_row(row),
             Epilogue::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
             Epilogue::None | Epilogue::Accumulate => {}
         }
@@ -545,9 +614,11 @@ pub fn pack_rhs_whole(ker: Kernel, b: Operand<'_>, alpha: f32, dst: &mut [f32]) 
 /// thread. `c` points at element (0, 0) of an output with rows `ldc` apart; the caller
 /// guarantees the region is inside it and that no one else touches the region.
 ///
-/// The `MR` rows of `a` a micro-tile needs are copied into a contiguous buffer first:
-/// a plain copy (cheap next to the `NC`-wide product that reuses them), and rows whose
-/// stride is a multiple of 4 KiB (k = 1024, 3072...) would otherwise share a few L1 sets.
+/// The `MR` rows of `a` a micro-tile needs are read in place, unless they are a partial
+/// tile, transposed, or rows whose stride is a multiple of 2 KiB (k = 1024, 1536, 3072...):
+/// those would share one or two L1 sets, so they are copied into a contiguous buffer
+/// first (a plain copy, cheap next to the `NC`-wide product that reuses them). The same
+/// values either way: the bits do not depend on it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_region(
     ker: Kernel,
@@ -565,6 +636,7 @@ unsafe fn gemm_region(
     let k = a.cols();
     let (kblocks, kc_step) = k_blocks(k);
     let (mr, nr) = (ker.mr, ker.nr);
+    let a_in_place = !a.transposed && !a.mat.stride.is_multiple_of(512);
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k - p0.min(k));
@@ -591,27 +663,46 @@ unsafe fn gemm_region(
             let mut ir = rows.start;
             while ir < rows.end {
                 let rows_here = mr.min(rows.end - ir);
-                for i in 0..mr {
-                    let dst = &mut bufs.a[i * kc..(i + 1) * kc];
-                    if i >= rows_here {
-                        dst.fill(0.0);
-                    } else if a.transposed {
-                        for (p, d) in dst.iter_mut().enumerate() {
-                            *d = a.at(ir + i, p0 + p);
+                let (ap, lda) = if rows_here == mr && a_in_place {
+                    (a.mat.data[ir * a.mat.stride + p0..].as_ptr(), a.mat.stride)
+                } else {
+                    for i in 0..mr {
+                        let dst = &mut bufs.a[i * kc..(i + 1) * kc];
+                        if i >= rows_here {
+                            dst.fill(0.0);
+                        } else if a.transposed {
+                            for (p, d) in dst.iter_mut().enumerate() {
+                                *d = a.at(ir + i, p0 + p);
+                            }
+                        } else {
+                            let start = (ir + i) * a.mat.stride + p0;
+                            dst.copy_from_slice(&a.mat.data[start..start + kc]);
                         }
-                    } else {
-                        let start = (ir + i) * a.mat.stride + p0;
-                        dst.copy_from_slice(&a.mat.data[start..start + kc]);
                     }
-                }
-                let ap = bufs.a.as_ptr();
-                for s in 0..nc.div_ceil(nr) {
+                    (bufs.a.as_ptr(), kc)
+                };
+                let strip_count = nc.div_ceil(nr);
+                // The next panel's rows of `a` (plain layout), their cache lines fetched
+                // a share per strip while this panel is multiplied.
+                let next_row = ir + mr;
+                let next_rows = if a.transposed {
+                    0
+                } else {
+                    mr.min(rows.end.saturating_sub(next_row))
+                };
+                let lines_per_row = kc.div_ceil(16);
+                let share = (next_rows * lines_per_row).div_ceil(strip_count);
+                for s in 0..strip_count {
                     let j = jc + s * nr;
                     let cols_here = nr.min(cols.end - j);
                     let bp = strips[s * kc * nr..].as_ptr();
+                    for line in s * share..((s + 1) * share).min(next_rows * lines_per_row) {
+                        let (row, col) = (next_row + line / lines_per_row, line % lines_per_row);
+                        prefetch(a.mat.data[row * a.mat.stride + p0 + col * 16..].as_ptr());
+                    }
                     // SAFETY (all below): the tile is inside the caller's region.
                     if rows_here == mr && cols_here == nr {
-                        unsafe { ker.run(kc, ap, kc, bp, c.add(ir * ldc + j), ldc, start) };
+                        unsafe { ker.run(kc, ap, lda, bp, c.add(ir * ldc + j), ldc, start) };
                     } else {
                         let mut tmp = [0f32; MR_MAX * NR_MAX];
                         if start != Start::Zero {
@@ -622,7 +713,7 @@ unsafe fn gemm_region(
                                 }
                             }
                         }
-                        unsafe { ker.run(kc, ap, kc, bp, tmp.as_mut_ptr(), nr, start) };
+                        unsafe { ker.run(kc, ap, lda, bp, tmp.as_mut_ptr(), nr, start) };
                         for i in 0..rows_here {
                             let dst = unsafe { c.add((ir + i) * ldc + j) };
                             for jj in 0..cols_here {
@@ -630,20 +721,28 @@ unsafe fn gemm_region(
                             }
                         }
                     }
-                    if last && !finish.is_none() {
-                        for i in 0..rows_here {
-                            let row = unsafe {
-                                std::slice::from_raw_parts_mut(c.add((ir + i) * ldc + j), cols_here)
-                            };
-                            finish.apply(row, j);
-                        }
-                    }
+                }
+                if last {
+                    // SAFETY: the rows and columns are inside the caller's region.
+                    unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, jc..jc + nc) };
                 }
                 ir += rows_here;
             }
             jc += nc;
         }
     }
+}
+
+/// Asks for the cache line at `p` in L1 (a hint: no effect on results).
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// The fixed row split of a [`linear`] of `m × n`: (row blocks, rows per block).
@@ -703,19 +802,92 @@ pub fn linear(
     out_stride: usize,
     epilogue: Epilogue,
 ) {
-    let (m, k, n) = (a.rows, a.cols, w.rows);
     assert_eq!(
-        w.cols, k,
+        w.cols, a.cols,
         "linear: weight has {} inputs, activations {}",
-        w.cols, k
+        w.cols, a.cols
     );
-    a.check("linear input");
     w.check("linear weight");
+    let rhs = Rhs::Operand(Operand::transposed(w));
+    linear_rhs(
+        pool,
+        Kernel::best(),
+        a,
+        rhs,
+        w.rows,
+        bias,
+        out,
+        out_stride,
+        epilogue,
+    );
+}
+
+/// A weight `[n, k]` (PyTorch layout) packed once for the f32 kernel of this CPU, in the
+/// strips [`linear`] packs task by task: [`linear_packed`] gives the same bits as
+/// [`linear`] without repacking the weight in every call (on a block's row split the
+/// repacking is several % of the product).
+pub struct PackedF32 {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+    ker: Kernel,
+}
+
+impl PackedF32 {
+    pub fn new(w: Mat<'_>) -> PackedF32 {
+        w.check("packed weight");
+        let ker = Kernel::best();
+        let (n, k) = (w.rows, w.cols);
+        let mut data = vec![0.0; k * n.div_ceil(ker.nr) * ker.nr];
+        pack_rhs_whole(ker, Operand::transposed(w), 1.0, &mut data);
+        PackedF32 { data, n, k, ker }
+    }
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+}
+
+/// [`linear`] with the weight packed beforehand ([`PackedF32`]): the same result, bit
+/// for bit.
+pub fn linear_packed(
+    pool: &Pool,
+    a: Mat<'_>,
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    assert_eq!(w.k, a.cols, "linear_packed: inner sizes");
+    let rhs = Rhs::Packed {
+        data: &w.data,
+        n: w.n,
+    };
+    linear_rhs(pool, w.ker, a, rhs, w.n, bias, out, out_stride, epilogue);
+}
+
+/// The body of [`linear`] and [`linear_packed`]: `rhs` is the `k × n` right-hand operand.
+#[allow(clippy::too_many_arguments)]
+fn linear_rhs(
+    pool: &Pool,
+    ker: Kernel,
+    a: Mat<'_>,
+    rhs: Rhs<'_>,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    let m = a.rows;
+    a.check("linear input");
     check_linear_output("linear", bias, out, out_stride, m, n);
     if m == 0 || n == 0 {
         return;
     }
-    let ker = Kernel::best();
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
     run_linear_tasks(pool, m, n, &|rows, cols| {
@@ -726,7 +898,7 @@ pub fn linear(
                     ker,
                     bufs,
                     Operand::plain(a),
-                    Rhs::Operand(Operand::transposed(w)),
+                    rhs,
                     1.0,
                     rows,
                     cols,
@@ -994,6 +1166,18 @@ mod tests {
     }
 
     #[test]
+    fn the_isa_cap_only_narrows() {
+        use Isa::*;
+        assert_eq!(capped_isa(Avx512, Some("avx2")), Avx2);
+        assert_eq!(capped_isa(Avx512, Some("portable")), Portable);
+        assert_eq!(capped_isa(Avx2, Some("portable")), Portable);
+        assert_eq!(capped_isa(Avx2, Some("avx512")), Avx2);
+        assert_eq!(capped_isa(Portable, Some("avx2")), Portable);
+        assert_eq!(capped_isa(Avx512, Some("sse")), Avx512);
+        assert_eq!(capped_isa(Avx512, None), Avx512);
+    }
+
+    #[test]
     fn gelu_matches_known_values() {
         // torch.nn.functional.gelu(torch.tensor([-1., 0.5, 2.])) in float64
         let want = [
@@ -1009,11 +1193,13 @@ mod tests {
     #[test]
     fn every_kernel_matches_f64_for_every_layout_and_edge() {
         let mut rng = Rng::new(21);
-        // Shapes with edges in every direction, k split into several blocks, k = 0.
+        // Shapes with edges in every direction, k split into several blocks, k = 0, rows
+        // read in place (k = 800) and copied (k = 1024: a stride of 4 KiB).
         for (m, k, n) in [
             (1, 1, 1),
             (13, 5, 33),
             (25, 800, 70),
+            (26, 1024, 40),
             (12, 384, 32),
             (7, 0, 9),
         ] {

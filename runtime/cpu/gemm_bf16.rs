@@ -22,11 +22,12 @@ const KC: usize = 384;
 const MR: usize = 12;
 const NR: usize = 32;
 
-/// Whether this CPU runs the bf16 kernel.
+/// Whether this CPU runs the bf16 kernel (and [`super::gemm::isa`] is not capped below
+/// AVX-512).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        super::gemm::isa() == super::gemm::Isa::Avx512
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -328,15 +329,11 @@ unsafe fn region(
                         }
                     }
                 }
-                if last && !finish.is_none() {
-                    for i in 0..rows_here {
-                        let row = unsafe {
-                            std::slice::from_raw_parts_mut(c.add((ir + i) * ldc + j), cols_here)
-                        };
-                        finish.apply(row, j);
-                    }
-                }
                 j += cols_here;
+            }
+            if last {
+                // SAFETY: the rows and columns are inside the caller's region.
+                unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
             }
             ir += rows_here;
         }
@@ -365,6 +362,7 @@ mod x86_bf16 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16 {
+    use super::super::gemm::micro_kernel;
     use super::Start;
     use std::arch::x86_64::*;
 
@@ -392,57 +390,25 @@ mod x86_bf16 {
         dst[o..].fill(0);
     }
 
-    /// `c[12 × 32] (+)= a · b` over `pairs` pairs of inner elements: `a` 12 rows of
-    /// `pairs` u32 (bf16 pairs), `lda` apart; `b` one packed strip.
-    ///
-    /// # Safety
-    /// AVX-512F and AVX512-BF16 present; pointers cover the tile.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn kernel_12x32(
-        pairs: usize,
-        a: *const u32,
-        lda: usize,
-        b: *const u16,
-        c: *mut f32,
-        ldc: usize,
-        start: Start,
-    ) {
-        unsafe {
-            let mut lo = [_mm512_setzero_ps(); 12];
-            let mut hi = [_mm512_setzero_ps(); 12];
-            if start == Start::FromC {
-                for i in 0..12 {
-                    lo[i] = _mm512_loadu_ps(c.add(i * ldc));
-                    hi[i] = _mm512_loadu_ps(c.add(i * ldc + 16));
-                }
-            }
-            let mut bp = b;
-            let mut ap = a;
-            for _ in 0..pairs {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(32) as *const _));
-                for i in 0..12 {
-                    let ai: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*ap.add(i * lda) as i32));
-                    lo[i] = _mm512_dpbf16_ps(lo[i], ai, b0);
-                    hi[i] = _mm512_dpbf16_ps(hi[i], ai, b1);
-                }
-                bp = bp.add(64);
-                ap = ap.add(1);
-            }
-            if start == Start::ZeroThenAddC {
-                for i in 0..12 {
-                    lo[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc)), lo[i]);
-                    hi[i] = _mm512_add_ps(_mm512_loadu_ps(c.add(i * ldc + 16)), hi[i]);
-                }
-            }
-            for i in 0..12 {
-                _mm512_storeu_ps(c.add(i * ldc), lo[i]);
-                _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
-            }
-        }
-    }
+    micro_kernel!(
+        /// `c[12 × 32] (+)= a · b` over `steps` pairs of inner elements: `a` 12 rows of
+        /// u32 (bf16 pairs), `lda` apart; `b` one packed strip (`vdpbf16ps` adds the
+        /// products of one pair to each f32 lane).
+        ///
+        /// # Safety
+        /// AVX-512F and AVX512-BF16 present; pointers cover the tile.
+        kernel_12x32(u32, u16), features = "avx512f,avx512bf16",
+        rows = 12, lanes = 16, b_step = 64,
+        zero = _mm512_setzero_ps, load_c = _mm512_loadu_ps, store_c = _mm512_storeu_ps,
+        add = _mm512_add_ps,
+        load_b = |p: *const u16| -> __m512bh {
+            std::mem::transmute(_mm512_loadu_si512(p as *const _))
+        },
+        broadcast_a = |p: *const u32| -> __m512bh {
+            std::mem::transmute(_mm512_set1_epi32(*p as i32))
+        },
+        madd = |acc, a, b| _mm512_dpbf16_ps(acc, a, b),
+    );
 }
 
 #[cfg(test)]

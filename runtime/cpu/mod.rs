@@ -2,6 +2,7 @@
 
 pub mod bank_search;
 pub mod coreset;
+pub mod dense;
 pub mod fps;
 pub mod fusion;
 pub mod gemm;
@@ -16,3 +17,4 @@ pub mod radar_fusion;
 pub mod regions;
 pub mod transformer;
 pub mod vit;
+pub mod vmath;

@@ -8,9 +8,12 @@
 //! split as W3[:, C2..]·f (one GEMM over all rows) plus W3[:, ..C2]·g + b3 (one small GEMM
 //! per task, added per group with the ReLU), so the 2·C2-wide concatenation is never built.
 
+use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{linear, Epilogue, Mat};
 use super::pool::{Pool, SharedMut};
-use super::transformer::{block_forward, block_scratch_len, layer_norm, BlockShape, BlockWeights};
+use super::transformer::{
+    block_forward_with, block_scratch_len, layer_norm, BlockPacked, BlockShape, BlockWeights,
+};
 use crate::config::PointConfig;
 use crate::format::TensorSource;
 use crate::{Error, Result};
@@ -109,6 +112,59 @@ impl<'a> PointMaeWeights<'a> {
     }
 }
 
+/// The encoder's large dense weights packed once ([`PackedWeight`], f32 or bf16): conv2,
+/// the per-point half of conv3, conv4 and every block. conv1 (3 inputs), the per-group
+/// half of conv3 (one row per group) and the position embedding stay f32, packed as they
+/// go: they are a small share of the work, and the bf16 path keeps the coordinates exact.
+pub struct PointMaePacked {
+    pub conv2: PackedWeight,
+    pub conv3_local: PackedWeight,
+    pub conv4: PackedWeight,
+    pub blocks: Vec<BlockPacked>,
+}
+
+impl PointMaePacked {
+    /// `None` for bf16 where the CPU has no AVX512-BF16.
+    pub fn new(
+        cfg: &PointConfig,
+        w: &PointMaeWeights<'_>,
+        precision: DensePrecision,
+    ) -> Option<PointMaePacked> {
+        let (c1, c2, c3, d) = widths(cfg);
+        let shape = block_shape(cfg);
+        Some(PointMaePacked {
+            conv2: PackedWeight::new(Mat::new(w.conv[1].0, c2, c1), precision)?,
+            conv3_local: PackedWeight::new(conv3_local(w.conv[2].0, c2, c3), precision)?,
+            conv4: PackedWeight::new(Mat::new(w.conv[3].0, d, c3), precision)?,
+            blocks: w
+                .blocks
+                .iter()
+                .map(|b| BlockPacked::new(&shape, b, precision))
+                .collect::<Option<Vec<_>>>()?,
+        })
+    }
+}
+
+/// conv3's weight on the per-group maximum `g` (its first `c2` inputs).
+fn conv3_global(w3: &[f32], c2: usize, c3: usize) -> Mat<'_> {
+    Mat {
+        data: w3,
+        rows: c3,
+        cols: c2,
+        stride: 2 * c2,
+    }
+}
+
+/// conv3's weight on the per-point features `f` (its last `c2` inputs).
+fn conv3_local(w3: &[f32], c2: usize, c3: usize) -> Mat<'_> {
+    Mat {
+        data: &w3[c2..],
+        rows: c3,
+        cols: c2,
+        stride: 2 * c2,
+    }
+}
+
 fn encoder_worker_len(cfg: &PointConfig) -> usize {
     let (c1, c2, c3, d) = widths(cfg);
     let rows = GROUPS_PER_TASK * cfg.group_size as usize;
@@ -150,6 +206,26 @@ pub fn point_mae_forward(
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
+    point_mae_forward_with(
+        pool, cfg, w, None, points, n, center_idx, group_idx, out, scratch,
+    )
+}
+
+/// [`point_mae_forward`] with the large dense layers through their packed weights when
+/// `packed` is given ([`PointMaePacked`]; f32: the same bits, bf16: the bf16 path).
+#[allow(clippy::too_many_arguments)]
+pub fn point_mae_forward_with(
+    pool: &Pool,
+    cfg: &PointConfig,
+    w: &PointMaeWeights<'_>,
+    packed: Option<&PointMaePacked>,
+    points: &[f32],
+    n: usize,
+    center_idx: &[u32],
+    group_idx: &[u32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     let (c1, c2, c3, d) = widths(cfg);
     let m = cfg.num_groups as usize;
     let s = cfg.group_size as usize;
@@ -158,6 +234,10 @@ pub fn point_mae_forward(
     assert!(center_idx.len() >= m && group_idx.len() >= m * s && points.len() >= 3 * n);
     assert!(out.len() >= m * fd);
     assert!(scratch.len() >= point_mae_scratch_len(cfg, pool.threads()));
+    assert!(
+        packed.is_none_or(|p| p.blocks.len() == w.blocks.len()),
+        "point_mae_forward: packed weights of another encoder"
+    );
     let (x, rest) = scratch.split_at_mut(m * d);
     let (pos, rest) = rest.split_at_mut(m * d);
     let (pos_h, rest) = rest.split_at_mut(m * ph);
@@ -209,10 +289,11 @@ pub fn point_mae_forward(
             c1,
             Epilogue::Relu,
         );
-        linear(
+        dense(
             pool,
             Mat::new(ha, rows, c1),
             Mat::new(w2, c2, c1),
+            packed.map(|p| &p.conv2),
             Some(b2),
             hb,
             c2,
@@ -228,31 +309,20 @@ pub fn point_mae_forward(
                 }
             }
         }
-        let w3_global = Mat {
-            data: w3,
-            rows: c3,
-            cols: c2,
-            stride: 2 * c2,
-        };
-        let w3_local = Mat {
-            data: &w3[c2..],
-            rows: c3,
-            cols: c2,
-            stride: 2 * c2,
-        };
         linear(
             pool,
             Mat::new(gmax, gn, c2),
-            w3_global,
+            conv3_global(w3, c2, c3),
             Some(b3),
             gbias,
             c3,
             Epilogue::None,
         );
-        linear(
+        dense(
             pool,
             Mat::new(hb, rows, c2),
-            w3_local,
+            conv3_local(w3, c2, c3),
+            packed.map(|p| &p.conv3_local),
             None,
             ha,
             c3,
@@ -267,10 +337,11 @@ pub fn point_mae_forward(
                 }
             }
         }
-        linear(
+        dense(
             pool,
             Mat::new(ha, rows, c3),
             Mat::new(w4, d, c3),
+            packed.map(|p| &p.conv4),
             Some(b4),
             hb,
             d,
@@ -316,7 +387,8 @@ pub fn point_mae_forward(
         for (a, &p) in x.iter_mut().zip(pos.iter()) {
             *a += p;
         }
-        block_forward(pool, &shape, bw, x, bscratch);
+        let bp = packed.map(|p| &p.blocks[i]);
+        block_forward_with(pool, &shape, bw, bp, x, bscratch);
         if let Some(slot) = cfg.out_layers.iter().position(|&l| l as usize == i) {
             layer_norm(pool, m, d, x, normed, w.norm.0, w.norm.1, cfg.ln_eps);
             for (g, row) in normed.chunks_exact(d).enumerate() {

@@ -14,16 +14,20 @@
 //! normalisation is applied to the `QUERY_BLOCK × head_dim` output instead of to the
 //! `QUERY_BLOCK × tokens` probabilities.
 
+use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
-    linear, pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
+    pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
-use super::gemm_bf16::{linear_bf16, PackedBf16};
 use super::pool::{Pool, SharedMut};
+use super::vmath::exp_shifted_row;
 use crate::format::TensorSource;
 use crate::Result;
 
-/// Query rows per attention task.
-pub const QUERY_BLOCK: usize = 64;
+/// Query rows per attention task: a multiple of every kernel's `MR` (12, 6, 4), so only
+/// a head's last block has a partial micro-tile (64 left a 4-row tile computed as 12 in
+/// every block); the bits do not depend on it (each score and output element's sum is
+/// the same whatever the block).
+pub const QUERY_BLOCK: usize = 96;
 /// Rows per LayerNorm task.
 const LN_ROWS: usize = 16;
 
@@ -106,43 +110,30 @@ impl<'a> BlockWeights<'a> {
     }
 }
 
-/// A block's four dense weights converted to bf16 and packed once (the bf16 path,
-/// [`super::gemm_bf16`]); LayerNorm, attention and biases stay f32.
-pub struct BlockBf16 {
-    pub qkv: PackedBf16,
-    pub proj: PackedBf16,
-    pub fc1: PackedBf16,
-    pub fc2: PackedBf16,
+/// A block's four dense weights packed once ([`PackedWeight`]: f32, or bf16 for the bf16
+/// path of [`super::gemm_bf16`]); LayerNorm, attention and biases stay f32.
+pub struct BlockPacked {
+    pub qkv: PackedWeight,
+    pub proj: PackedWeight,
+    pub fc1: PackedWeight,
+    pub fc2: PackedWeight,
 }
 
-impl BlockBf16 {
-    /// `None` where the CPU has no AVX512-BF16.
-    pub fn new(shape: &BlockShape, w: &BlockWeights<'_>) -> Option<BlockBf16> {
+impl BlockPacked {
+    /// `None` for bf16 where the CPU has no AVX512-BF16.
+    pub fn new(
+        shape: &BlockShape,
+        w: &BlockWeights<'_>,
+        precision: DensePrecision,
+    ) -> Option<BlockPacked> {
         let (d, h) = (shape.dim, shape.mlp_dim);
-        Some(BlockBf16 {
-            qkv: PackedBf16::new(Mat::new(w.qkv_w, 3 * d, d))?,
-            proj: PackedBf16::new(Mat::new(w.proj_w, d, d))?,
-            fc1: PackedBf16::new(Mat::new(w.fc1_w, h, d))?,
-            fc2: PackedBf16::new(Mat::new(w.fc2_w, d, h))?,
+        let pack = |data, rows, cols| PackedWeight::new(Mat::new(data, rows, cols), precision);
+        Some(BlockPacked {
+            qkv: pack(w.qkv_w, 3 * d, d)?,
+            proj: pack(w.proj_w, d, d)?,
+            fc1: pack(w.fc1_w, h, d)?,
+            fc2: pack(w.fc2_w, d, h)?,
         })
-    }
-}
-
-/// A dense layer on the f32 path, or on the bf16 path when its packed weight is given.
-#[allow(clippy::too_many_arguments)]
-fn dense(
-    pool: &Pool,
-    a: Mat<'_>,
-    w: Mat<'_>,
-    packed: Option<&PackedBf16>,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    out_stride: usize,
-    epilogue: Epilogue,
-) {
-    match packed {
-        Some(p) => linear_bf16(pool, a, p, bias, out, out_stride, epilogue),
-        None => linear(pool, a, w, bias, out, out_stride, epilogue),
     }
 }
 
@@ -202,12 +193,13 @@ pub fn block_forward(
     block_forward_with(pool, shape, w, None, x, scratch)
 }
 
-/// [`block_forward`], with the dense layers on the bf16 path when `bf16` is given.
+/// [`block_forward`], with the dense layers through their packed weights when `packed`
+/// is given (f32: the same bits; bf16: the bf16 path).
 pub fn block_forward_with(
     pool: &Pool,
     shape: &BlockShape,
     w: &BlockWeights<'_>,
-    bf16: Option<&BlockBf16>,
+    packed: Option<&BlockPacked>,
     x: &mut [f32],
     scratch: &mut [f32],
 ) {
@@ -230,7 +222,7 @@ pub fn block_forward_with(
             pool,
             Mat::new(xn, t, d),
             Mat::new(w.qkv_w, 3 * d, d),
-            bf16.map(|b| &b.qkv),
+            packed.map(|b| &b.qkv),
             w.qkv_b,
             qkv,
             3 * d,
@@ -241,7 +233,7 @@ pub fn block_forward_with(
             pool,
             Mat::new(attn_out, t, d),
             Mat::new(w.proj_w, d, d),
-            bf16.map(|b| &b.proj),
+            packed.map(|b| &b.proj),
             Some(w.proj_b),
             x,
             d,
@@ -256,7 +248,7 @@ pub fn block_forward_with(
         pool,
         Mat::new(xn, t, d),
         Mat::new(w.fc1_w, hid, d),
-        bf16.map(|b| &b.fc1),
+        packed.map(|b| &b.fc1),
         Some(w.fc1_b),
         hidden,
         hid,
@@ -266,7 +258,7 @@ pub fn block_forward_with(
         pool,
         Mat::new(hidden, t, hid),
         Mat::new(w.fc2_w, d, hid),
-        bf16.map(|b| &b.fc2),
+        packed.map(|b| &b.fc2),
         Some(w.fc2_b),
         x,
         d,
@@ -346,99 +338,6 @@ pub fn attention(
     });
 }
 
-/// Lanes of the fixed-shape partial sums; the same for every instruction set, so the
-/// bits do not depend on which vector path runs.
-const LANES: usize = 16;
-
-/// `row ← exp(row − max(row))`; returns the sum of the new row.
-fn exp_shifted_row(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return unsafe { exp_shifted_row_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was just detected.
-            return unsafe { exp_shifted_row_avx2(row) };
-        }
-    }
-    exp_shifted_row_generic(row)
-}
-
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_row_avx512(row: &mut [f32]) -> f32 {
-    exp_shifted_row_generic(row)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_shifted_row_avx2(row: &mut [f32]) -> f32 {
-    exp_shifted_row_generic(row)
-}
-
-#[inline(always)]
-fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
-    let mut mx = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (m, &v) in mx.iter_mut().zip(c) {
-            *m = m.max(v);
-        }
-    }
-    let mut m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for &v in chunks.remainder() {
-        m = m.max(v);
-    }
-    let mut acc = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-            let e = exp_f32(*v - m);
-            *v = e;
-            *a += e;
-        }
-    }
-    let mut sum = 0f32;
-    for v in chunks.into_remainder() {
-        let e = exp_f32(*v - m);
-        *v = e;
-        sum += e;
-    }
-    acc.iter().sum::<f32>() + sum
-}
-
-/// exp(x) in f32, within about 2 ulp on the range softmax uses (x ≤ 0), branch free so it
-/// vectorises; no fused multiply-add, so every instruction set gives the same bits.
-/// Inputs below −87.3 give ≈1e-38 instead of an underflowing value (irrelevant next to
-/// the row maximum's 1).
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.3);
-    // n = round(x·log2 e) through the 1.5·2²³ trick (round to nearest even).
-    let shifter = 12_582_912.0f32;
-    let n = x * LOG2E + shifter - shifter;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    // Cephes expf polynomial on |r| ≤ ln2/2.
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    e * f32::from_bits(bits)
-}
-
 /// Row-wise LayerNorm with affine: `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b`,
 /// biased variance, computed in two passes (mean, then variance of the centred row) with
 /// f64 accumulation. `x` and `out` are `rows × dim` row-major.
@@ -497,32 +396,6 @@ mod tests {
     use super::*;
     use crate::format::OwnedTensors;
     use crate::util::rng::Rng;
-
-    #[test]
-    fn exp_matches_std_within_a_few_ulp() {
-        let mut worst = 0f64;
-        for i in 0..200_000 {
-            let x = -87.0 + 88.0 * (i as f32 / 200_000.0);
-            let got = exp_f32(x) as f64;
-            let want = (x as f64).exp();
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst}");
-        assert_eq!(exp_f32(0.0), 1.0);
-    }
-
-    #[test]
-    fn exp_row_paths_agree_bitwise() {
-        let mut rng = Rng::new(3);
-        let mut row = vec![0f32; 785];
-        rng.fill_normal(&mut row, 4.0);
-        let mut a = row.clone();
-        let mut b = row.clone();
-        let sa = exp_shifted_row(&mut a);
-        let sb = exp_shifted_row_generic(&mut b);
-        assert_eq!(sa.to_bits(), sb.to_bits());
-        assert_eq!(a, b);
-    }
 
     /// f64 reference of one block, written plainly from the definition.
     fn block_reference(shape: &BlockShape, w: &BlockWeights<'_>, x: &[f32]) -> Vec<f64> {

@@ -7,10 +7,11 @@
 //! the pre-norm blocks of [`super::transformer`], the final LayerNorm written straight
 //! into the caller's output, class token dropped. Every size comes from [`VitConfig`].
 
+use super::dense::DensePrecision;
 use super::gemm::{linear, Epilogue, Mat};
 use super::pool::{Pool, SharedMut};
 use super::transformer::{
-    block_forward_with, block_scratch_len, check_shape, layer_norm, BlockBf16, BlockShape,
+    block_forward_with, block_scratch_len, check_shape, layer_norm, BlockPacked, BlockShape,
     BlockWeights,
 };
 use crate::config::VitConfig;
@@ -76,14 +77,14 @@ impl<'a> VitWeights<'a> {
         })
     }
 
-    /// The blocks' dense layers converted to bf16 once, for [`vit_forward_with`]; `None`
-    /// where the CPU has no AVX512-BF16. The patch embedding stays f32 (one small GEMM;
-    /// the input pixels keep their precision).
-    pub fn to_bf16(&self, cfg: &VitConfig) -> Option<Vec<BlockBf16>> {
+    /// The blocks' dense layers packed once for [`vit_forward_with`] (f32 or bf16);
+    /// `None` for bf16 where the CPU has no AVX512-BF16. The patch embedding is not
+    /// packed and stays f32 (one small GEMM; the input pixels keep their precision).
+    pub fn packed(&self, cfg: &VitConfig, precision: DensePrecision) -> Option<Vec<BlockPacked>> {
         let shape = block_shape(cfg);
         self.blocks
             .iter()
-            .map(|b| BlockBf16::new(&shape, b))
+            .map(|b| BlockPacked::new(&shape, b, precision))
             .collect()
     }
 }
@@ -115,13 +116,14 @@ pub fn vit_forward(
     vit_forward_with(pool, cfg, w, &[], input, out, scratch)
 }
 
-/// [`vit_forward`] with the blocks' dense layers on the bf16 path when `bf16` holds one
-/// entry per block ([`VitWeights::to_bf16`]); empty: f32.
+/// [`vit_forward`] with the blocks' dense layers through their packed weights when
+/// `packed` holds one entry per block ([`VitWeights::packed`]; f32: the same bits,
+/// bf16: the bf16 path); empty: the weights packed as the products go.
 pub fn vit_forward_with(
     pool: &Pool,
     cfg: &VitConfig,
     w: &VitWeights<'_>,
-    bf16: &[BlockBf16],
+    packed: &[BlockPacked],
     input: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],
@@ -147,7 +149,7 @@ pub fn vit_forward_with(
     }
     if scratch.len() < vit_scratch_len(cfg, pool.threads())
         || w.blocks.len() != cfg.depth as usize
-        || !(bf16.is_empty() || bf16.len() == w.blocks.len())
+        || !(packed.is_empty() || packed.len() == w.blocks.len())
     {
         return Err(Error::Input(
             "ViT scratch or weights do not match the configuration".into(),
@@ -192,7 +194,7 @@ pub fn vit_forward_with(
 
     let shape = block_shape(cfg);
     for (i, bw) in w.blocks.iter().enumerate() {
-        block_forward_with(pool, &shape, bw, bf16.get(i), x, rest);
+        block_forward_with(pool, &shape, bw, packed.get(i), x, rest);
     }
     layer_norm(
         pool,

@@ -10,14 +10,18 @@
 //!   one Point-MAE pass over a single repeated point gives it, without FPS or grouping.
 
 use crate::config::ModelConfig;
+use crate::cpu::dense::DensePrecision;
 use crate::cpu::fps::{farthest_point_sample, fps_scratch_len};
-use crate::cpu::fusion::{fuse, fusion_scratch_len, FusionWeights};
+use crate::cpu::fusion::{fuse_with, fusion_scratch_len, FusionPacked, FusionWeights};
 use crate::cpu::knn::{group_knn, knn_scratch_len};
 use crate::cpu::pfa::{check_pfa_config, pfa_scratch_len, point_feature_align};
-use crate::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWeights};
+use crate::cpu::point_mae::{
+    point_mae_forward, point_mae_forward_with, point_mae_scratch_len, PointMaePacked,
+    PointMaeWeights,
+};
 use crate::cpu::pool::Pool;
 use crate::cpu::radar_fusion;
-use crate::cpu::transformer::BlockBf16;
+use crate::cpu::transformer::BlockPacked;
 use crate::cpu::vit::{vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use crate::format::ModelFile;
 use crate::pipeline::input::{CloudView, RgbView};
@@ -40,10 +44,18 @@ struct PseudoFeatures {
 /// The weights of the three networks, borrowed from the model file.
 struct Networks<'m> {
     vit: VitWeights<'m>,
-    /// The ViT blocks' dense layers in bf16 (`use_cpu_bf16`), else empty.
-    vit_bf16: Vec<BlockBf16>,
     point: PointMaeWeights<'m>,
     fusion: FusionWeights<'m>,
+    /// The dense layers packed once ([`Extractor::pack_networks`]), else `None`: packed as
+    /// the products go.
+    packed: Option<PackedNetworks>,
+}
+
+/// The three networks' dense layers packed once, in one precision.
+struct PackedNetworks {
+    vit: Vec<BlockPacked>,
+    point: PointMaePacked,
+    fusion: FusionPacked,
 }
 
 /// Wall-clock time of each stage of the last part, in seconds.
@@ -222,9 +234,9 @@ impl<'m> Extractor<'m> {
         }
         let nets = Networks {
             vit: VitWeights::load(model, vc)?,
-            vit_bf16: Vec::new(),
             point: PointMaeWeights::load(model, pc)?,
             fusion: FusionWeights::load(model, fc)?,
+            packed: None,
         };
         let radar = match &cfg.radar {
             Some(rc) => Some(RadarFusion {
@@ -281,22 +293,30 @@ impl<'m> Extractor<'m> {
         Ok(ex)
     }
 
-    /// Puts the CPU ViT's dense layers on the bf16 path (`--precision bf16` on the CPU
-    /// backend; error bound in `cpu::gemm_bf16`). The pseudo-input features stay those
-    /// of the f32 path computed at creation. Returns false, staying f32, where the CPU
-    /// has no AVX512-BF16.
-    pub fn use_cpu_bf16(&mut self) -> bool {
-        // `new` refuses a model without a ViT; without one there is nothing to convert.
-        let Some(vc) = self.cfg.vit.as_ref() else {
+    /// Packs the CPU networks' dense layers once (the ViT's and Point-MAE's blocks, the
+    /// group encoder's conv2–conv4, UFF's MLPs; as much memory again as those weights)
+    /// in `precision`: f32 gives the same bits as packing them in every product, without
+    /// that work; bf16 is the `--precision bf16` path (error bound in `cpu::gemm_bf16`).
+    /// The pseudo-input features stay those of the f32 path computed at creation.
+    /// Returns false, packing nothing, for bf16 where the CPU has no AVX512-BF16.
+    pub fn pack_networks(&mut self, precision: DensePrecision) -> bool {
+        // `new` refuses a model without these; without one there is nothing to pack.
+        let (Some(vc), Some(pc)) = (self.cfg.vit.as_ref(), self.cfg.point.as_ref()) else {
             return false;
         };
-        match self.nets.vit.to_bf16(vc) {
-            Some(blocks) => {
-                self.nets.vit_bf16 = blocks;
-                true
-            }
-            None => false,
+        let nets = &self.nets;
+        let packed = (|| {
+            Some(PackedNetworks {
+                vit: nets.vit.packed(vc, precision)?,
+                point: PointMaePacked::new(pc, &nets.point, precision)?,
+                fusion: FusionPacked::new(&nets.fusion, precision)?,
+            })
+        })();
+        let done = packed.is_some();
+        if done {
+            self.nets.packed = packed;
         }
+        done
     }
 
     fn pseudo_features(&mut self, pool: &Pool) -> Result<PseudoFeatures> {
@@ -626,7 +646,7 @@ impl<'m> Extractor<'m> {
                 pool,
                 vc,
                 &self.nets.vit,
-                &self.nets.vit_bf16,
+                self.nets.packed.as_ref().map_or(&[], |p| &p.vit),
                 &self.pre.rgb_input,
                 &mut self.rgb,
                 &mut self.scratch,
@@ -742,9 +762,10 @@ impl<'m> Extractor<'m> {
                 &mut self.fused,
             );
         } else {
-            fuse(
+            fuse_with(
                 pool,
                 &self.nets.fusion,
+                self.nets.packed.as_ref().map(|p| &p.fusion),
                 &self.rgb,
                 rgb_grid,
                 &self.xyz,
@@ -774,10 +795,11 @@ impl<'m> Extractor<'m> {
             let i = i as usize;
             c.copy_from_slice(&points[3 * i..3 * i + 3]);
         }
-        point_mae_forward(
+        point_mae_forward_with(
             pool,
             pc,
             &self.nets.point,
+            self.nets.packed.as_ref().map(|p| &p.point),
             points,
             n,
             &self.centers,

@@ -1,28 +1,36 @@
 //! The machine's peak single-precision FMA rate, measured: independent chains of fused
-//! multiply-adds on the widest SIMD registers the CPU has (AVX-512, else AVX2+FMA,
-//! detected at run time; a scalar fallback elsewhere). Benches report their throughput
+//! multiply-adds on the SIMD registers of the CPU kernels' instruction set
+//! (`cpu::gemm::isa`: AVX-512, else AVX2+FMA; a scalar fallback elsewhere). Benches report their throughput
 //! as a fraction of this number.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-/// Independent accumulator chains: enough to cover FMA latency × FMA ports.
+/// Independent accumulator chains: enough to cover FMA latency × FMA ports (4 × 2 on
+/// current cores), few enough to stay in registers (32 with AVX-512, 16 with AVX2).
 const CHAINS: usize = 16;
+/// The AVX2 kernel's chains: 16 of them and the two operands spill out of the 16 ymm
+/// registers (measured: loads, stores and moves in the loop, half the real peak).
+#[cfg(target_arch = "x86_64")]
+const CHAINS_AVX2: usize = 12;
 
 /// Runs `iters` iterations of `CHAINS` dependent FMAs per chain; returns FLOPs done.
 fn kernel(iters: u64) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: feature detected.
-            unsafe { x86::fma512(iters) };
-            return iters as f64 * (CHAINS * 16 * 2) as f64;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: features detected.
-            unsafe { x86::fma256(iters) };
-            return iters as f64 * (CHAINS * 8 * 2) as f64;
+        use crate::cpu::gemm::{isa, Isa};
+        match isa() {
+            Isa::Avx512 => {
+                // SAFETY: `isa` names only instruction sets this CPU runs.
+                unsafe { x86::fma512(iters) };
+                return iters as f64 * (CHAINS * 16 * 2) as f64;
+            }
+            Isa::Avx2 => {
+                // SAFETY: as above.
+                unsafe { x86::fma256(iters) };
+                return iters as f64 * (CHAINS_AVX2 * 8 * 2) as f64;
+            }
+            Isa::Portable => {}
         }
     }
     scalar(iters);
@@ -42,7 +50,7 @@ fn scalar(iters: u64) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::CHAINS;
+    use super::{CHAINS, CHAINS_AVX2};
     use std::arch::x86_64::*;
     use std::hint::black_box;
 
@@ -67,7 +75,7 @@ mod x86 {
     pub unsafe fn fma256(iters: u64) {
         let a = _mm256_set1_ps(black_box(0.999_999));
         let b = _mm256_set1_ps(black_box(1e-7));
-        let mut acc = [_mm256_setzero_ps(); CHAINS];
+        let mut acc = [_mm256_setzero_ps(); CHAINS_AVX2];
         for _ in 0..iters {
             for v in acc.iter_mut() {
                 *v = _mm256_fmadd_ps(*v, a, b);
@@ -100,6 +108,64 @@ pub fn measure_peak_gflops(threads: usize) -> f64 {
         });
         let secs = start.elapsed().as_secs_f64();
         best = best.max(flops / secs / 1e9);
+    }
+    best
+}
+
+/// CPU time of `clock` in seconds (NaN where the clock cannot be read, or off Linux).
+fn cpu_seconds(clock: i32) -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    let _ = clock;
+    f64::NAN
+}
+
+/// Seconds of CPU time this process has used, all threads together.
+pub fn process_cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        cpu_seconds(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        cpu_seconds(0)
+    }
+}
+
+/// Peak GFLOP per second of CPU time of one thread running FMA chains (best of a few
+/// runs): unlike [`measure_peak_gflops`] it does not fall when other processes take the
+/// cores, so a rate per CPU-second of a measured program compares to it on a loaded
+/// machine (what it leaves out: time a program's threads sit idle).
+pub fn measure_peak_gflops_per_cpu_second() -> f64 {
+    let iters = 20_000_000u64;
+    kernel(iters / 10);
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let (flops, secs) = std::thread::scope(|s| {
+            s.spawn(|| {
+                #[cfg(target_os = "linux")]
+                let clock = libc::CLOCK_THREAD_CPUTIME_ID;
+                #[cfg(not(target_os = "linux"))]
+                let clock = 0;
+                let t0 = cpu_seconds(clock);
+                let flops = kernel(iters);
+                (flops, cpu_seconds(clock) - t0)
+            })
+            .join()
+            .unwrap_or((0.0, f64::NAN))
+        });
+        if secs > 0.0 {
+            best = best.max(flops / secs / 1e9);
+        }
     }
     best
 }

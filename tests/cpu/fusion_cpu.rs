@@ -1,7 +1,11 @@
 //! Fusion (SPEC §5) against an f64 reference computed here from the same random weights.
 
+use miad::backend::Precision;
 use miad::config::FusionConfig;
-use miad::cpu::fusion::{adaptive_avg_pool, fuse, fusion_scratch_len, FusionWeights};
+use miad::cpu::dense::DensePrecision;
+use miad::cpu::fusion::{
+    adaptive_avg_pool, fuse, fuse_with, fusion_scratch_len, FusionPacked, FusionWeights,
+};
 use miad::cpu::pool::Pool;
 use miad::format::{random_model, OwnedTensors, TensorSource};
 use miad::util::rng::Rng;
@@ -122,4 +126,61 @@ fn fusion_bits_do_not_depend_on_threads_and_missing_weights_are_errors() {
     let mut broken = src.clone();
     broken.tensors.remove("fusion.rgb_mlp.fc2.bias");
     assert!(FusionWeights::load(&broken, &cfg).is_err());
+}
+
+/// UFF with its MLPs packed once: in f32 the same bits as packing them in every product;
+/// in bf16 (AVX512-BF16 CPUs) within `Precision::Bf16.feature_tolerance()` of max |f32|
+/// and deterministic over thread counts.
+#[test]
+fn packed_fusion_keeps_f32_bits_and_bf16_within_its_tolerance() {
+    let cfg = FusionConfig {
+        rgb_dim: 96,
+        xyz_dim: 160,
+        ..small_cfg()
+    };
+    let src = weights(&cfg, 5);
+    let w = FusionWeights::load(&src, &cfg).unwrap();
+    let (rg, xg) = (4usize, 8usize);
+    let (r, x) = (cfg.rgb_dim as usize, cfg.xyz_dim as usize);
+    let mut rng = Rng::new(2);
+    let mut rgb = vec![0f32; rg * rg * r];
+    let mut xyz = vec![0f32; xg * xg * x];
+    rng.fill_normal(&mut rgb, 1.0);
+    rng.fill_normal(&mut xyz, 1.0);
+    let run = |t, packed: Option<&FusionPacked>| {
+        let mut out = vec![0f32; xg * xg * (r + x)];
+        let mut s = vec![0f32; fusion_scratch_len(&cfg, rg, xg)];
+        let pool = Pool::new(t);
+        fuse_with(&pool, &w, packed, &rgb, rg, &xyz, xg, &mut out, &mut s);
+        out
+    };
+    let plain = run(2, None);
+    let f32_packed = FusionPacked::new(&w, DensePrecision::F32).expect("f32 packs");
+    assert_eq!(plain, run(2, Some(&f32_packed)), "packed f32 changed bits");
+    let Some(bf16) = FusionPacked::new(&w, DensePrecision::Bf16) else {
+        assert!(!miad::cpu::gemm_bf16::available());
+        println!("no AVX512-BF16 on this CPU: the bf16 path is not built, nothing to check");
+        return;
+    };
+    let got = run(1, Some(&bf16));
+    assert_eq!(
+        got,
+        run(3, Some(&bf16)),
+        "bf16 bits depend on the thread count"
+    );
+    let ref_max = plain.iter().fold(0f32, |e, v| e.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&plain)
+        .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+    let tol = Precision::Bf16.feature_tolerance();
+    assert!(err > 0.0, "the bf16 kernels did not run");
+    assert!(
+        err <= tol * ref_max,
+        "bf16: max |Δ| {err} exceeds {tol} × max|f32| {ref_max}"
+    );
+    println!(
+        "UFF bf16 vs f32: max |Δ| {err:.3e} = {:.3e} of max |f32|",
+        err / ref_max
+    );
 }

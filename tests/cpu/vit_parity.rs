@@ -9,6 +9,7 @@
 //! vit_parity -- --nocapture` checks it too and prints the error.
 
 use miad::config::VitConfig;
+use miad::cpu::dense::DensePrecision;
 use miad::cpu::pool::Pool;
 use miad::cpu::vit::{vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::{OwnedTensors, TensorSource};
@@ -86,6 +87,12 @@ fn check_fixture(path: &Path, cfg: &VitConfig) -> (f32, f32) {
             "2 threads give other bits than 1"
         );
     }
+    // The weights packed once (as the engine runs them) give the same bits.
+    let packed = w.packed(cfg, DensePrecision::F32).expect("f32 packs");
+    let mut out = vec![0f32; first.len()];
+    let mut scratch = vec![0f32; vit_scratch_len(cfg, 2)];
+    vit_forward_with(&pool2, cfg, &w, &packed, input, &mut out, &mut scratch).unwrap();
+    assert_eq!(first, out, "packed f32 weights give other bits");
     (err, ref_max)
 }
 
@@ -127,7 +134,9 @@ fn small_vit_bf16_path_is_within_its_tolerance_and_deterministic() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit_small.safetensors");
     let t = OwnedTensors::from_safetensors_file(&path).expect("fixture");
     let w = VitWeights::load(&t, &cfg).expect("fixture weights");
-    let bf16 = w.to_bf16(&cfg).expect("AVX512-BF16 present");
+    let bf16 = w
+        .packed(&cfg, DensePrecision::Bf16)
+        .expect("AVX512-BF16 present");
     let (input, want) = (get(&t, "input"), get(&t, "output"));
     let forward_bf16 = |pool: &Pool| {
         let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
