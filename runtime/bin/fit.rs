@@ -114,6 +114,15 @@ pub fn run(a: Args) -> miad::Result<()> {
                 k as f64 / 1024.0
             ))
     );
+    for ph in &fitted.phases {
+        println!(
+            "  phase {:<44} {:>9.1} s  {:>10.1} {}/s",
+            ph.phase,
+            ph.seconds,
+            ph.items as f64 / ph.seconds.max(1e-9),
+            ph.unit
+        );
+    }
     println!("wrote {}", a.out.display());
     Ok(())
 }

@@ -158,6 +158,45 @@ pub struct Fitted {
     pub train_scores: Vec<f32>,
     /// Peak resident memory of the process after the fit, KiB (where known).
     pub peak_rss_kib: Option<u64>,
+    /// Wall time of each phase, in order (not written to the bank file: its bytes must
+    /// not depend on the machine's speed).
+    pub phases: Vec<PhaseTime>,
+}
+
+/// The wall time of one phase of a fit and how much it processed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub seconds: f64,
+    /// Items processed (parts, rows, centres), for a rate.
+    pub items: usize,
+    pub unit: &'static str,
+}
+
+/// Times consecutive phases: each [`PhaseClock::end`] closes the phase started at the
+/// previous one.
+struct PhaseClock {
+    last: std::time::Instant,
+    phases: Vec<PhaseTime>,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+    fn end(&mut self, phase: String, items: usize, unit: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push(PhaseTime {
+            phase,
+            seconds: (now - self.last).as_secs_f64(),
+            items,
+            unit,
+        });
+        self.last = now;
+    }
 }
 
 impl Fitted {
@@ -242,6 +281,7 @@ pub fn fit(
     let offsets = layout.offsets();
     let plen = layout.part_len();
     let tag = format!("miad-fit-{}", std::process::id());
+    let mut clock = PhaseClock::new();
 
     // 1. Extract to the scratch file.
     let mut feats =
@@ -259,6 +299,7 @@ pub fn fit(
             });
         }
     }
+    clock.end("features".into(), parts, "parts");
     let all = feats.as_slice();
     let row = |b: usize, p: usize, r: usize| -> &[f32] {
         let (_, d) = shapes[b];
@@ -354,7 +395,18 @@ pub fn fit(
                     total: n,
                 });
             }
-            greedy_selection(pool, opts.backend, proj.as_slice(), pd, m)
+            clock.end(
+                format!("stats+project {} ({n} × {pd})", BANK_NAMES[b]),
+                n,
+                "rows",
+            );
+            let sel = greedy_selection(pool, opts.backend, proj.as_slice(), pd, m);
+            clock.end(
+                format!("coreset {} ({n} → {m})", BANK_NAMES[b]),
+                m,
+                "centres",
+            );
+            sel
         };
         let extra = usize::from(b == XYZ);
         let mut data = Vec::with_capacity((selected.len() + extra) * d);
@@ -404,6 +456,7 @@ pub fn fit(
         let mut report = |done, total| progress(Progress::Neighbours { bank, done, total });
         // A bank with a non-finite value gets no table (the scan keeps its NaN handling).
         bank_tables[b] = neighbour_table(pool, view, &mut report).map(|t| t.rows);
+        clock.end(format!("neighbours {bank}"), view.n, "rows");
     }
 
     // 5. Leave-one-out training scores (the scan: the tables hold the neighbours in the
@@ -451,6 +504,8 @@ pub fn fit(
         });
     }
 
+    clock.end("scoring (leave-one-out)".into(), parts, "parts");
+
     // 5. Decision layers.
     cfg.part_svm = svm(&vectors)?;
     cfg.pixel_svm = svm(&pixels)?;
@@ -476,6 +531,7 @@ pub fn fit(
         )?;
         pixel_max.push(map.iter().copied().fold(f32::NEG_INFINITY, f32::max));
     }
+    clock.end("decision layers, thresholds".into(), parts, "parts");
     let (mean, std, max) = calibrate::stats(&train_scores);
     cfg.thresholds = Thresholds {
         part: calibrate::reject_quantile(&train_scores, opts.frr),
@@ -627,6 +683,9 @@ pub fn fit(
             std::mem::take(&mut bank_data[b]),
         ));
     }
+    if opts.radar {
+        clock.end("radar cases".into(), 2 * parts, "parts");
+    }
     progress(Progress::Done);
     Ok(Fitted {
         config: cfg,
@@ -634,5 +693,6 @@ pub fn fit(
         tables,
         train_scores,
         peak_rss_kib: peak_rss_kib(),
+        phases: clock.phases,
     })
 }
