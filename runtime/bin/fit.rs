@@ -123,6 +123,15 @@ pub fn run(a: Args) -> miad::Result<()> {
             ph.unit
         );
     }
+    for (b, (asked, computed)) in fitted.search_pairs.iter().enumerate() {
+        if *asked > 0 {
+            println!(
+                "  leave-one-out search {:<6} {computed} of {asked} distances computed ({:.1}%)",
+                miad::types::BANK_NAMES[b],
+                100.0 * *computed as f64 / *asked as f64
+            );
+        }
+    }
     println!("wrote {}", a.out.display());
     Ok(())
 }

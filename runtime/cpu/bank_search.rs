@@ -43,6 +43,10 @@ pub struct BankView<'a> {
     pub dim: usize,
     /// [`TABLE_NEIGHBOURS`] rows per bank row; `None`: the re-weighting scans the bank.
     pub neighbours: Option<&'a [u32]>,
+    /// A fit-time partition of the bank ([`super::bank_prune`]): [`nearest`] skips the
+    /// clusters that cannot hold a query's answer (same result; allocates per call, so
+    /// the fit sets it, inspection does not).
+    pub partition: Option<&'a super::bank_prune::BankPartition>,
 }
 
 impl<'a> BankView<'a> {
@@ -59,6 +63,7 @@ impl<'a> BankView<'a> {
             n,
             dim,
             neighbours: None,
+            partition: None,
         }
     }
 
@@ -72,6 +77,15 @@ impl<'a> BankView<'a> {
         );
         BankView {
             neighbours: Some(table),
+            ..self
+        }
+    }
+
+    /// The same bank with a partition built from it ([`super::bank_prune::BankPartition`]).
+    pub fn with_partition(self, partition: &'a super::bank_prune::BankPartition) -> Self {
+        assert!(partition.fits(&self), "bank: partition of another bank");
+        BankView {
+            partition: Some(partition),
             ..self
         }
     }
@@ -132,6 +146,14 @@ pub fn nearest(
     if nq == 0 {
         return;
     }
+    if let Some(part) = bank.partition {
+        let unpartitioned = BankView {
+            partition: None,
+            ..bank
+        };
+        super::bank_prune::nearest_pruned(pool, queries, unpartitioned, part, exclude, dist, index);
+        return;
+    }
     let qb = query_block(dim);
     // A dimension so wide that even QUERY_QUANTUM queries overflow the pack: the
     // plain search (no such model exists; kept correct rather than fast).
@@ -158,7 +180,7 @@ pub fn nearest(
         d_out.fill(f32::INFINITY);
         i_out.fill(u32::MAX);
         if packed && bank.n >= ker.mr {
-            search_packed(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
+            search_block(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
         } else {
             for (i, x) in q.chunks_exact(dim).enumerate() {
                 for b in 0..bank.n {
@@ -194,9 +216,10 @@ fn fold(best: &mut f32, arg: &mut u32, d2: f32, row: usize, exclude: Option<(&[u
 }
 
 /// The fused search of one query block (`qn` queries, `bank.n ≥ ker.mr`): the running
-/// minimum of [`walk_bank`]'s dot products.
+/// minimum of [`walk_bank`]'s dot products. `d_out`, `i_out` start at +∞ and [`NO_ROW`];
+/// they end with squared distances.
 #[allow(clippy::too_many_arguments)]
-fn search_packed(
+pub(crate) fn search_block(
     ker: Kernel,
     q: &[f32],
     qn: usize,
@@ -519,7 +542,7 @@ pub struct NeighbourTable {
 /// operations of `‖q‖² − 2q·b + ‖b‖²` by 3u·S and `sq_dist` (rounded differences and
 /// squares, summed in order) by g·S, S = (Q + B)²: in all (2g + 3u)·S. Q and B are bounded
 /// from the computed squares (Q² ≤ fl(Q²)(1 + 2g)); the result is rounded up.
-fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
+pub(crate) fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
     let u = 2f64.powi(-24);
     let g = (n as f64 + 2.0) * u / (1.0 - (n as f64 + 2.0) * u);
     let q = (q_sq as f64 * (1.0 + 2.0 * g)).sqrt();
@@ -904,7 +927,7 @@ pub fn nearest_bf16(
                     let (sd, si) = (&mut sd[c0..c1], &mut si[c0..c1]);
                     let x = &sq[c0 * dim..c1 * dim];
                     let norms = &scan_norm[c0..c1];
-                    search_packed(ker, x, c1 - c0, norms, bank, None, scan_pack, sd, si);
+                    search_block(ker, x, c1 - c0, norms, bank, None, scan_pack, sd, si);
                 }
             } else {
                 for (t, x) in sq.chunks_exact(dim).enumerate() {
