@@ -344,54 +344,50 @@ fn search_grouped(
                 break;
             }
         }
-        // Clusters nearest first (by the block's smallest bound).
-        let key = |c: usize| {
-            (0..qn)
-                .map(|j| lo[j * k + c] - part.radius[c])
-                .fold(f64::INFINITY, f64::min)
-        };
-        for (c, v) in visit.iter_mut().enumerate() {
-            *v = c as u32;
-        }
-        for (c, kv) in keys.iter_mut().enumerate() {
-            *kv = key(c);
-        }
-        visit.sort_by(|&a, &b| {
-            keys[a as usize]
-                .total_cmp(&keys[b as usize])
-                .then(a.cmp(&b))
-        });
         let mut computed = 0u64;
-        let mut need = [false; super::bank_search::QUERY_BLOCK];
-        for &c in visit.iter() {
-            let c = c as usize;
-            let r = part.radius[c];
-            let mut any = false;
-            for s in 0..strips {
-                let j0 = s * nr;
-                let cols = nr.min(qn - j0);
-                need[s] = (j0..j0 + cols).any(|j| {
+        for s in 0..strips {
+            let j0 = s * nr;
+            let cols = nr.min(qn - j0);
+            let strip = j0..j0 + cols;
+            // This strip's clusters nearest first (by its smallest bound).
+            for (c, (v, kv)) in visit.iter_mut().zip(keys.iter_mut()).enumerate() {
+                *v = c as u32;
+                *kv = strip
+                    .clone()
+                    .map(|j| lo[j * k + c] - part.radius[c])
+                    .fold(f64::INFINITY, f64::min);
+            }
+            visit.sort_by(|&a, &b| {
+                keys[a as usize]
+                    .total_cmp(&keys[b as usize])
+                    .then(a.cmp(&b))
+            });
+            for &c in visit.iter() {
+                let c = c as usize;
+                let r = part.radius[c];
+                // Every query's bound t is at least the key, and later keys are larger:
+                // once the key skips the whole strip, so does every later cluster.
+                let key = keys[c];
+                if key > 0.0 && strip.clone().all(|j| key * key - err[j] > d_out[j] as f64) {
+                    break;
+                }
+                let need = strip.clone().any(|j| {
                     let t = lo[j * k + c] - r;
                     !(t > 0.0 && t * t - err[j] > d_out[j] as f64)
                 });
-                any |= need[s];
-            }
-            if !any {
-                continue;
-            }
-            // The cluster's rows, widened to at least one row group (visiting more rows
-            // than needed is harmless).
-            let (mut a, mut b) = (part.starts[c], part.starts[c + 1]);
-            if b - a < mr {
-                b = (a + mr).min(part.n);
-                a = b - mr;
-            }
-            let mut r0 = a;
-            loop {
-                let start = r0.min(b - mr);
-                for s in (0..strips).filter(|&s| need[s]) {
-                    let j0 = s * nr;
-                    let cols = nr.min(qn - j0);
+                if !need {
+                    continue;
+                }
+                // The cluster's rows, widened to at least one row group (visiting more
+                // rows than needed is harmless).
+                let (mut a, mut b) = (part.starts[c], part.starts[c + 1]);
+                if b - a < mr {
+                    b = (a + mr).min(part.n);
+                    a = b - mr;
+                }
+                let mut r0 = a;
+                loop {
+                    let start = r0.min(b - mr);
                     // SAFETY: as above, rows of the partition's copy of the bank.
                     unsafe {
                         ker.run(
@@ -427,10 +423,10 @@ fn search_grouped(
                             }
                         }
                     }
-                }
-                r0 = start + mr;
-                if r0 >= b {
-                    break;
+                    r0 = start + mr;
+                    if r0 >= b {
+                        break;
+                    }
                 }
             }
         }
