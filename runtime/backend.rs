@@ -157,6 +157,9 @@ pub const PIPELINE_STAGES: [&str; 6] = [
 pub struct DeviceActivity {
     pub graph_launches: AtomicU64,
     pub host_syncs: AtomicU64,
+    /// Bytes the graph replays copied host → device (counted by the simulated device,
+    /// which sees every copy a replay makes; 0 on a GPU).
+    pub bytes_to_device: AtomicU64,
 }
 
 /// A shared handle to a device's [`DeviceActivity`]; two probes are equal when they read
@@ -171,6 +174,13 @@ impl ActivityProbe {
             self.0.graph_launches.load(Ordering::Relaxed),
             self.0.host_syncs.load(Ordering::Relaxed),
         )
+    }
+}
+
+impl ActivityProbe {
+    /// Host → device bytes of the graph replays so far (simulated device only).
+    pub fn bytes_to_device(&self) -> u64 {
+        self.0.bytes_to_device.load(Ordering::Relaxed)
     }
 }
 

@@ -101,9 +101,15 @@ pub struct Inspection<'e> {
     pub regions: &'e [Region],
     /// Regions found in all (may exceed `regions.len()`).
     pub regions_found: usize,
-    /// Stage times of this part, seconds.
+    /// Stage times of this part, seconds: the host's clock on the CPU backend; with the
+    /// whole part on the device, the device's own time of each stage it ran (time marks
+    /// in the part's graph; the two networks overlap on a GPU), the CPU's for a stage
+    /// the CPU ran.
     pub times: StageTimes,
+    /// Bank searches, maps and decision (on the device path: their device time plus the
+    /// host's copy of the results).
     pub score_time: f64,
+    /// The whole call, host clock.
     pub total_time: f64,
 }
 
@@ -249,6 +255,30 @@ impl Engine {
     pub fn backend(&self) -> &BackendChoice {
         &self.cell.borrow_dependent().backend
     }
+    /// The exact split scans of the device's fast bank search over every part so far
+    /// (the whole part on the device, bf16; see
+    /// [`crate::cuda::stages::bank_search::DeviceBankSearch::exact_scans`]); `None`
+    /// without the one-graph device part.
+    #[cfg(feature = "cuda")]
+    pub fn device_exact_scans(&self) -> Option<crate::cuda::stages::bank_search::ExactScans> {
+        let p = self.cell.borrow_dependent();
+        p.device_part.as_ref().map(|d| d.exact_scans())
+    }
+
+    /// The last part's search in bank `bank` (0 xyz, 1 rgb, 2 fused) as the device ran
+    /// it: the normalised queries and the nearest row of each patch (the whole part on
+    /// the device; direct downloads, for tests and diagnostics).
+    #[cfg(feature = "cuda")]
+    pub fn device_search(&self, bank: usize, queries: &mut [f32], rows: &mut [u32]) -> Result<()> {
+        let p = self.cell.borrow_dependent();
+        match p.device_part.as_ref() {
+            Some(d) => d.download_search(bank, queries, rows),
+            None => Err(Error::Device(crate::DeviceError::BadCall(
+                "the device search of a part without the device part".into(),
+            ))),
+        }
+    }
+
     /// The RADAR statistics of each case found in the bank file.
     pub fn case_decisions(&self) -> [Option<CaseDecision>; 3] {
         self.cell.borrow_dependent().cases
@@ -529,8 +559,7 @@ fn inspect_on_device<'e>(
         refuse_unusable(st)?;
         status = Some(st);
     }
-    let t_dev = Instant::now();
-    let (status, t1) = if part.fuses() {
+    let status = if part.fuses() {
         let input = match status {
             Some(status) => PartInput::Preprocessed {
                 pre: ex.preprocessed(),
@@ -538,11 +567,9 @@ fn inspect_on_device<'e>(
             },
             None => PartInput::Raw { rgb, cloud },
         };
-        // One graph: its time is counted under the RGB branch's field.
         let st = part.inspect(input, &params)?;
         p.features_on_device = true;
-        ex.times.rgb = t_dev.elapsed().as_secs_f64();
-        (st, Instant::now())
+        st
     } else {
         let mut st = None;
         ex.run_networks_with(|pre, given, out| {
@@ -558,15 +585,26 @@ fn inspect_on_device<'e>(
         refuse_unusable(st)?;
         ex.fuse_part(pool)?;
         p.features_on_device = false;
-        (st, Instant::now())
+        st
     };
     ex.status = status;
     refuse_unusable(status)?;
-    let r = if part.fuses() {
-        part.results()
-    } else {
-        part.decide(&ex.fused, &params)?
-    };
+    if !part.fuses() {
+        part.decide(&ex.fused, &params)?;
+    }
+    // The device's own time of each stage it ran (the graphs' time marks); the CPU's
+    // stages (preprocessing, fusion) keep the times the CPU measured.
+    let dev_times = part.stage_times()?;
+    if raw {
+        ex.times.preprocess = dev_times.preprocess;
+    }
+    ex.times.rgb = dev_times.rgb;
+    ex.times.point = dev_times.point;
+    if part.fuses() {
+        ex.times.fusion = dev_times.fusion;
+    }
+    let t1 = Instant::now();
+    let r = part.results();
     let case = Case::of(status.rgb_usable(), status.cloud_usable());
     let decision = Decision::resolve(cfg, case, &p.cases, opts);
     let s2 = s * s;
@@ -587,6 +625,8 @@ fn inspect_on_device<'e>(
     }
     let score = r.decision.score;
     let t2 = Instant::now();
+    // The device's bank searches, maps and decision, and the host's copy of the results.
+    let score_time = dev_times.score + (t2 - t1).as_secs_f64();
     Ok(Inspection {
         score,
         verdict: decision.verdict(score),
@@ -601,7 +641,7 @@ fn inspect_on_device<'e>(
         regions: &p.regions,
         regions_found: found,
         times: p.extractor.times,
-        score_time: (t2 - t1).as_secs_f64(),
+        score_time,
         total_time: (t2 - t0).as_secs_f64(),
     })
 }
@@ -727,6 +767,7 @@ fn open_backend(
             bank_search::DeviceBankSearch, fusion::FusionGraph, vit::DeviceRgb,
         };
         use crate::cuda::Device;
+        use crate::pipeline::extract::DeviceNetwork;
         use std::sync::Arc;
         let model = &files.model;
         let fell_back = |e: String| (OnDevice::none(), BackendChoice::fell_back(requested, e));
@@ -803,32 +844,35 @@ fn open_backend(
             device_activity: None,
         };
         let tolerance = precision.feature_tolerance();
-        let rgb = rgb_needs.ok().and_then(|_| {
-            DeviceRgb::on_device(dev.clone(), model, precision)
-                .and_then(|mut vit| {
-                    extractor.check_rgb_network(&mut vit, tolerance)?;
-                    Ok(vit)
-                })
-                .map_err(|e| on_cpu.push(format!("rgb branch: {e}")))
+        // A stage whose memory was planned, opened and checked against the CPU; else
+        // `None`, and the reason in `on_cpu`.
+        fn checked<T>(
+            stage: &str,
+            planned: bool,
+            on_cpu: &mut Vec<String>,
+            open_and_check: impl FnOnce() -> crate::Result<T>,
+        ) -> Option<T> {
+            if !planned {
+                return None;
+            }
+            open_and_check()
+                .map_err(|e| on_cpu.push(format!("{stage}: {e}")))
                 .ok()
+        }
+        let rgb = checked("rgb branch", rgb_needs.is_ok(), &mut on_cpu, || {
+            let mut vit = DeviceRgb::on_device(dev.clone(), model, precision)?;
+            extractor.check_rgb_network(&mut vit, tolerance)?;
+            Ok(vit)
         });
-        let point = point_needs.ok().and_then(|_| {
-            DevicePointBranch::on_device(dev.clone(), model, branch)
-                .and_then(|mut b| {
-                    extractor.check_point_network(pool, &mut b, tolerance)?;
-                    Ok(b)
-                })
-                .map_err(|e| on_cpu.push(format!("point branch: {e}")))
-                .ok()
+        let point = checked("point branch", point_needs.is_ok(), &mut on_cpu, || {
+            let mut b = DevicePointBranch::on_device(dev.clone(), model, branch)?;
+            extractor.check_point_network(pool, &mut b, tolerance)?;
+            Ok(b)
         });
-        let fusion = fusion_needs.ok().and_then(|_| {
-            FusionGraph::on_device(dev.clone(), model, precision)
-                .and_then(|mut f| {
-                    extractor.check_fusion_network(pool, &mut f, tolerance)?;
-                    Ok(f)
-                })
-                .map_err(|e| on_cpu.push(format!("fusion: {e}")))
-                .ok()
+        let fusion = checked("fusion", fusion_needs.is_ok(), &mut on_cpu, || {
+            let mut f = FusionGraph::on_device(dev.clone(), model, precision)?;
+            extractor.check_fusion_network(pool, &mut f, tolerance)?;
+            Ok(f)
         });
         let preprocess = pre_needs.ok().and_then(|_| {
             DevicePreprocess::on_device(dev.clone(), model, max_w, max_h, mode)
@@ -882,28 +926,27 @@ fn open_backend(
             }
             (rgb, point, _) => (rgb, point),
         };
-        // Some stage stays on the CPU: the others are used one by one.
-        if let Some(vit) = rgb {
-            match extractor.use_rgb_network(Box::new(vit), tolerance) {
-                Ok(_) => choice.device_stages.insert(0, "rgb branch"),
-                Err(e) => on_cpu.push(format!("rgb branch: {e}")),
+        // Some stage stays on the CPU: the others are used one by one, each with its own
+        // graph (the stages' per-stage graphs exist for this path), listed as the
+        // one-graph part lists them.
+        let networks = [
+            (
+                "point branch",
+                point.map(|b| DeviceNetwork::Point(Box::new(b))),
+            ),
+            ("rgb branch", rgb.map(|v| DeviceNetwork::Rgb(Box::new(v)))),
+            ("fusion", fusion.map(|f| DeviceNetwork::Fusion(Box::new(f)))),
+        ];
+        let mut used = Vec::new();
+        for (stage, network) in networks {
+            let Some(network) = network else { continue };
+            match extractor.use_network(pool, network, tolerance) {
+                Ok(_) => used.push(stage),
+                Err(e) => on_cpu.push(format!("{stage}: {e}")),
             }
         }
-        if let Some(b) = point {
-            match extractor.use_point_network(pool, Box::new(b), tolerance) {
-                Ok(_) => choice.device_stages.insert(0, "point branch"),
-                Err(e) => on_cpu.push(format!("point branch: {e}")),
-            }
-        }
-        if let Some(f) = fusion {
-            match extractor.use_fusion_network(pool, Box::new(f), tolerance) {
-                // Before the bank search, in pipeline order.
-                Ok(_) => choice
-                    .device_stages
-                    .insert(choice.device_stages.len() - 1, "fusion"),
-                Err(e) => on_cpu.push(format!("fusion: {e}")),
-            }
-        }
+        used.append(&mut choice.device_stages);
+        choice.device_stages = used;
         let on_device = OnDevice {
             search: Some(Box::new(search)),
             part: None,

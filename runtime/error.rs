@@ -112,6 +112,11 @@ pub enum Misuse {
     Capture,
     /// The kernel failed in the emulator (barrier, warp mask, deadlock, trap).
     Kernel,
+    /// A recorded copy resized beyond the bytes it was recorded with, or a node of
+    /// another graph or kind updated.
+    GraphUpdate,
+    /// A time mark read before any replay (or stream) reached it.
+    UnrecordedMark,
 }
 
 impl Error {

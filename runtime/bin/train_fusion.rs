@@ -3,7 +3,9 @@
 
 use crate::progress::TrainBar;
 use miad::config::RadarConfig;
-use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, Init, UffTrainOptions};
+use miad::fit::train_fusion::{
+    train_fusion_category, CategoryTrain, Init, TrainBackend, UffTrainOptions,
+};
 use miad::fit::train_radar::{train_radar_category, RadarTrainOptions};
 use std::path::PathBuf;
 
@@ -79,6 +81,11 @@ pub struct Args {
     /// The data are already cleaned (plane removed, padded): only resize.
     #[arg(long)]
     pub preprocessed: bool,
+    /// Where the training steps run: cpu, cuda (the first GPU) or cuda-sim (the simulated
+    /// device); the device backends need a build with the cuda (cuda-sim) feature and
+    /// train uff only. The features are computed on the CPU either way.
+    #[arg(long, default_value = "cpu")]
+    pub backend: TrainBackend,
     /// Worker threads (0 = all cores). Results are the same for any count.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -98,6 +105,12 @@ pub fn run(a: Args) -> miad::Result<()> {
             a.method
         )));
     }
+    if a.method == "radar" && a.backend != TrainBackend::Cpu {
+        return Err(miad::Error::Config(format!(
+            "--backend {}: RADAR's fusion trains on the CPU only (the device trains uff)",
+            a.backend.name()
+        )));
+    }
     if a.method == "radar" && a.export_checkpoint.is_some() {
         return Err(miad::Error::Config(
             "--export-checkpoint writes the authors' UFF layout: --method uff only".into(),
@@ -112,6 +125,7 @@ pub fn run(a: Args) -> miad::Result<()> {
         weight_decay: a.weight_decay,
         seed: a.seed,
         init: a.init,
+        backend: a.backend,
         ..UffTrainOptions::default()
     };
     let cat = CategoryTrain {
@@ -149,8 +163,17 @@ pub fn run(a: Args) -> miad::Result<()> {
             bar.update(p)
         })?
     };
+    let threads = if a.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        a.threads
+    };
+    let on = match a.backend {
+        TrainBackend::Cpu => format!("on {threads} threads"),
+        b => format!("on {}", b.name()),
+    };
     println!(
-        "trained {} on {} parts: features {:.1} s; {} steps ({} patch pairs) in {:.2} s = {:.3} s/step, {:.1} GFLOP/s on {} threads",
+        "trained {} on {} parts: features {:.1} s; {} steps ({} patch pairs) in {:.2} s = {:.3} s/step, {:.1} GFLOP/s {on}",
         a.method,
         r.parts,
         r.extract_seconds,
@@ -159,11 +182,6 @@ pub fn run(a: Args) -> miad::Result<()> {
         r.train_seconds,
         r.train_seconds / r.steps.max(1) as f64,
         r.flops / r.train_seconds.max(1e-9) / 1e9,
-        if a.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            a.threads
-        }
     );
     println!(
         "mean loss first epoch {:.4}, last epoch {:.4}; fixed batch of {} patches: {:.4} -> {:.4}",

@@ -69,6 +69,6 @@ pub mod ops;
 pub mod stages;
 
 pub use device::arena::{Arena, ArenaPlan, DevPtr, Slot};
-pub use device::graph::{Graph, Pinned};
+pub use device::graph::{CopyNode, Graph, Pinned, TimeMarks};
 pub use device::module::KERNEL_MODULES;
 pub use device::Device;

@@ -1,7 +1,11 @@
 //! The latency report of `miad bench`: N inspections after a warm-up, per stage and in
 //! total p50 / p90 / p99 / p99.9 / max and max/p50, a histogram of the totals, the
 //! allocations counted during the timed run (when the process counts them), and the RGB
-//! branch's compute rate as a fraction of the machine's measured peak. Written as JSON
+//! branch's compute rate as a fraction of the machine's measured peak. On the CUDA
+//! backend with the whole part on the device the stage times are the device's own, from
+//! time marks between the stages in the part's graph (see
+//! `cuda::stages::part::DevicePart::stage_times`; the two networks overlap on a GPU).
+//! Written as JSON
 //! (schema in [`LatencyReport::to_json`]) and as a PNG a certification engineer can file.
 
 use super::dataset::LoadedPart;
@@ -83,6 +87,11 @@ pub struct LatencyReport {
     pub host_syncs_per_part: Option<f64>,
     /// The stages that run on the CPU (all of them on the CPU backend).
     pub cpu_stages: Vec<&'static str>,
+    /// The device's fast bank search (bf16, the whole part on the device): exact split
+    /// scans per timed part, and the fraction of its queries that scanned at least one
+    /// split (None elsewhere).
+    pub exact_scans_per_part: Option<f64>,
+    pub queries_scanning_fraction: Option<f64>,
 }
 
 /// Rows and width of one bank.
@@ -145,6 +154,7 @@ pub fn run(
     let before = count_allocations.map(|f| f());
     let activity = engine.backend().device_activity.clone();
     let activity_before = activity.as_ref().map(|a| a.read());
+    let scans_before = exact_scans(engine);
     for i in 0..n {
         let (r, c) = parts[i % parts.len()].views();
         let res = engine.inspect(r, c, &opts)?;
@@ -168,6 +178,13 @@ pub fn run(
     let per_part = |count: fn((u64, u64)) -> u64| {
         let (a, b) = (activity.as_ref()?, activity_before?);
         Some((count(a.read()) - count(b)) as f64 / n as f64)
+    };
+    let scans = match (scans_before, exact_scans(engine)) {
+        (Some(a), Some(b)) if b.0 > a.0 => Some((
+            (b.2 - a.2) as f64 / n as f64,
+            (b.1 - a.1) as f64 / (b.0 - a.0) as f64,
+        )),
+        _ => None,
     };
     let graph_launches_per_part = per_part(|c| c.0);
     let host_syncs_per_part = per_part(|c| c.1);
@@ -204,7 +221,23 @@ pub fn run(
         graph_launches_per_part,
         host_syncs_per_part,
         cpu_stages: engine.backend().cpu_stages(),
+        exact_scans_per_part: scans.map(|s| s.0),
+        queries_scanning_fraction: scans.map(|s| s.1),
     })
+}
+
+/// (queries, queries scanning, splits scanned) of the device's fast bank search so far.
+fn exact_scans(engine: &Engine) -> Option<(u64, u64, u64)> {
+    #[cfg(feature = "cuda")]
+    {
+        let s = engine.device_exact_scans()?;
+        Some((s.queries, s.queries_scanning, s.splits_scanned))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = engine;
+        None
+    }
 }
 
 impl LatencyReport {
@@ -212,6 +245,8 @@ impl LatencyReport {
     /// "allocations" (number or null), "rgb_gflops", "peak_gflops", "rgb_fraction_of_peak",
     /// "banks": [{"name", "rows", "dim"}], "banks_origin", "graph_launches_per_part" and
     /// "host_syncs_per_part" (numbers, null on the CPU), "cpu_stages": [names],
+    /// "exact_scans_per_part" and "queries_scanning_fraction" (numbers, null without the
+    /// device's fast bank search),
     /// "stages": [{"name", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms",
     /// "max_over_p50"}], "histogram": {"lo_ms", "hi_ms", "counts": [...]}, "totals_ms": [...]}`.
     pub fn to_json(&self) -> String {
@@ -273,6 +308,16 @@ impl LatencyReport {
         );
         let cpu: Vec<String> = self.cpu_stages.iter().map(|s| format!("\"{s}\"")).collect();
         let _ = writeln!(j, "  \"cpu_stages\": [{}],", cpu.join(", "));
+        let _ = writeln!(
+            j,
+            "  \"exact_scans_per_part\": {},",
+            opt(self.exact_scans_per_part)
+        );
+        let _ = writeln!(
+            j,
+            "  \"queries_scanning_fraction\": {},",
+            opt(self.queries_scanning_fraction)
+        );
         j.push_str("  \"stages\": [\n");
         for (i, s) in self.stages.iter().enumerate() {
             let _ = write!(
@@ -348,6 +393,13 @@ impl LatencyReport {
             let _ = writeln!(t, "per part: {g} graph launches, {h} host synchronisations");
         }
         let _ = writeln!(t, "on the CPU: {}", self.cpu_stages.join(", "));
+        if let (Some(s), Some(f)) = (self.exact_scans_per_part, self.queries_scanning_fraction) {
+            let _ = writeln!(
+                t,
+                "fast bank search: {s} exact split scans per part ({:.1} % of queries)",
+                100.0 * f
+            );
+        }
         t
     }
 

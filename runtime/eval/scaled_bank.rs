@@ -51,11 +51,11 @@ pub fn write_scaled_bank(
     seed: u64,
     path: &Path,
 ) -> Result<Vec<ScaledBankInfo>> {
-    let mut cfg = src.config().clone();
+    let cfg = src.config();
     let fitted = [cfg.xyz_rows, cfg.rgb_rows, cfg.fused_rows].map(|r| r as usize);
     let dims = [cfg.xyz_dim, cfg.rgb_dim, cfg.fused_dim].map(|d| d as usize);
     let mut rng = Rng::new(seed);
-    let mut banks: Vec<(usize, Vec<f32>, Vec<f32>)> = Vec::new();
+    let mut banks: Vec<(usize, Vec<f32>)> = Vec::new();
     let mut infos = Vec::new();
     for b in 0..3 {
         let Some(want) = rows[b] else { continue };
@@ -78,8 +78,6 @@ pub fn write_scaled_bank(
         let (scaled, spacing, noise_std) = scale_rows(features, d, want - background, &mut rng);
         let mut all = scaled;
         all.extend_from_slice(tail);
-        let mut norms = vec![0.0; want];
-        sq_norms(&all, d, &mut norms);
         infos.push(ScaledBankInfo {
             name,
             fitted_rows: fitted[b],
@@ -87,14 +85,53 @@ pub fn write_scaled_bank(
             spacing,
             noise_std,
         });
-        banks.push((b, all, norms));
-        match b {
-            XYZ => cfg.xyz_rows = want as u32,
-            RGB => cfg.rgb_rows = want as u32,
-            _ => cfg.fused_rows = want as u32,
-        }
+        banks.push((b, all));
     }
+    let summary: Vec<String> = infos
+        .iter()
+        .map(|i| format!("{} {} -> {}", i.name, i.fitted_rows, i.rows))
+        .collect();
+    let provenance = format!(
+        "synthesised from {} (seed {seed}): {}",
+        src.path().display(),
+        summary.join(", ")
+    );
+    write_with_banks(src, banks, &provenance, path)?;
+    Ok(infos)
+}
 
+/// Writes `src` to `path` with the banks of `banks` (bank index, rows × its width)
+/// replaced, their squared norms recomputed and their neighbour tables dropped; everything
+/// else copied. `provenance` goes under [`PROVENANCE_KEY`].
+pub fn write_with_banks(
+    src: &BankFile,
+    banks: Vec<(usize, Vec<f32>)>,
+    provenance: &str,
+    path: &Path,
+) -> Result<()> {
+    let mut cfg = src.config().clone();
+    let dims = [cfg.xyz_dim, cfg.rgb_dim, cfg.fused_dim].map(|d| d as usize);
+    let mut with_norms = Vec::with_capacity(banks.len());
+    for (b, rows) in banks {
+        let d = dims[b];
+        if d == 0 || rows.is_empty() || rows.len() % d != 0 {
+            return Err(Error::Input(format!(
+                "{} bank: {} values for rows of {d}",
+                BANK_NAMES[b],
+                rows.len()
+            )));
+        }
+        let n = rows.len() / d;
+        let mut norms = vec![0.0; n];
+        sq_norms(&rows, d, &mut norms);
+        match b {
+            XYZ => cfg.xyz_rows = n as u32,
+            RGB => cfg.rgb_rows = n as u32,
+            _ => cfg.fused_rows = n as u32,
+        }
+        with_norms.push((b, rows, norms));
+    }
+    let banks = with_norms;
     let resized = |name: &str| {
         banks.iter().any(|(b, _, _)| {
             let bank = BANK_NAMES[*b];
@@ -111,18 +148,7 @@ pub fn write_scaled_bank(
             w.provenance(key.clone(), value.clone());
         }
     }
-    let summary: Vec<String> = infos
-        .iter()
-        .map(|i| format!("{} {} -> {}", i.name, i.fitted_rows, i.rows))
-        .collect();
-    w.provenance(
-        PROVENANCE_KEY,
-        format!(
-            "synthesised from {} (seed {seed}): {}",
-            src.path().display(),
-            summary.join(", ")
-        ),
-    );
+    w.provenance(PROVENANCE_KEY, provenance.to_string());
     for entry in &src.container().manifest().tensors {
         if resized(&entry.name) {
             continue;
@@ -137,7 +163,7 @@ pub fn write_scaled_bank(
         w.add_f32(format!("bank.{name}"), &[n, data.len() / n], &data);
     }
     w.write(path)?;
-    Ok(infos)
+    Ok(())
 }
 
 /// `want` rows of width `d` from the `rows` (row-major): a prefix, or all of them then

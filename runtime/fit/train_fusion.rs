@@ -7,6 +7,8 @@
 //!   → L2 normalisation for both branches, then the InfoNCE of [`super::infonce`].
 //! - [`train_uff`]: the training loop (seeded shuffles and patch draws, warm-up + cosine,
 //!   AdamW) over any [`FeatureExtractor`]; features are extracted once into scratch files.
+//!   The steps run on a [`UffStep`]: [`CpuUffStep`], or with `--backend cuda` the device's
+//!   (`cuda::stages::train_uff`); the batches are drawn here, the same for both.
 //! - [`train_fusion_category`]: from a model file and a category folder to a new model
 //!   file (temporary name, then renamed) whose provenance records the training.
 //! - [`export_reference`]: the trained fusion as the authors' checkpoint names it.
@@ -20,6 +22,7 @@ use crate::config::{FusionConfig, ModelConfig};
 use crate::cpu::fusion::layer_norm_rows;
 use crate::cpu::gemm::{self, gelu, Epilogue, Mat};
 use crate::cpu::pool::Pool;
+use crate::cpu::radar_fusion::gelu_grad;
 use crate::format::{
     hex, model_tensor_specs, write_model, write_safetensors, ModelFile, OpenOptions, OwnedTensors,
     StTensor, TensorSource, TensorSpec,
@@ -44,6 +47,22 @@ mod idx {
     pub const RGB_HEAD_W: usize = 12;
     pub const XYZ_HEAD_W: usize = 14;
 }
+
+/// The tensors of each branch (xyz, then RGB) in [`UffParams::specs`]: LayerNorm weight
+/// and bias, fc1, fc2, head (weight, bias each).
+pub const BRANCH_TENSORS: [[usize; 8]; 2] = [
+    [0, 1, 2, 3, 4, 5, idx::XYZ_HEAD_W, idx::XYZ_HEAD_W + 1],
+    [
+        idx::RGB_NORM_W,
+        idx::RGB_NORM_W + 1,
+        idx::RGB_NORM_W + 2,
+        idx::RGB_NORM_W + 3,
+        idx::RGB_NORM_W + 4,
+        idx::RGB_NORM_W + 5,
+        idx::RGB_HEAD_W,
+        idx::RGB_HEAD_W + 1,
+    ],
+];
 
 fn fusion_specs(cfg: &FusionConfig) -> Vec<TensorSpec> {
     let model = ModelConfig {
@@ -360,15 +379,6 @@ impl BranchActs {
     }
 }
 
-/// d/dz of the exact GELU: Φ(z) + z φ(z).
-fn gelu_grad(z: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(z * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * z * z).exp()
-        * (0.5 * std::f32::consts::FRAC_2_SQRT_PI)
-        * std::f32::consts::FRAC_1_SQRT_2;
-    cdf + z * pdf
-}
-
 /// Column sums of a row-major `rows × cols` matrix, rows in order.
 fn col_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
@@ -434,8 +444,9 @@ pub fn uff_loss_and_grad(
     );
     let mut g: Vec<Option<&mut [f32]>> = split_mut(&p.specs, grad).into_iter().map(Some).collect();
     let mut take = |i: usize| g[i].take().expect("each gradient tensor taken once");
-    let gx = [0, 1, 2, 3, 4, 5, idx::XYZ_HEAD_W, idx::XYZ_HEAD_W + 1].map(&mut take);
-    let gr = [6, 7, 8, 9, 10, 11, idx::RGB_HEAD_W, idx::RGB_HEAD_W + 1].map(&mut take);
+    let [tx, tr] = BRANCH_TENSORS;
+    let gx = tx.map(&mut take);
+    let gr = tr.map(&mut take);
     ws.xyz.backward(pool, &bx, n, &ws.dk[..n * e], gx);
     ws.rgb.backward(pool, &br, n, &ws.dq[..n * e], gr);
     loss
@@ -597,6 +608,8 @@ pub struct UffTrainOptions {
     pub temperature: f32,
     pub seed: u64,
     pub init: Init,
+    /// Where the steps run (the batches are drawn on the host, the same for every backend).
+    pub backend: TrainBackend,
 }
 
 impl Default for UffTrainOptions {
@@ -613,6 +626,159 @@ impl Default for UffTrainOptions {
             temperature: 1.0,
             seed: 0,
             init: Init::Random,
+            backend: TrainBackend::Cpu,
+        }
+    }
+}
+
+/// Where the training steps run (`miad train-fusion --backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainBackend {
+    Cpu,
+    /// The first CUDA device (builds with the `cuda` feature).
+    Cuda,
+    /// The simulated CUDA device (builds with the `cuda-sim` feature; tests, CI).
+    CudaSim,
+}
+
+impl TrainBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainBackend::Cpu => "cpu",
+            TrainBackend::Cuda => "cuda",
+            TrainBackend::CudaSim => "cuda-sim",
+        }
+    }
+}
+
+impl std::str::FromStr for TrainBackend {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(TrainBackend::Cpu),
+            "cuda" => Ok(TrainBackend::Cuda),
+            "cuda-sim" => Ok(TrainBackend::CudaSim),
+            _ => Err(format!("unknown backend '{s}' (cpu, cuda, cuda-sim)")),
+        }
+    }
+}
+
+/// The work of UFF training steps on one backend: the parameters and the optimiser state
+/// live there between steps; the batches come from the host.
+pub trait UffStep {
+    /// The loss of `n` patch pairs (`xyz`: `n × xyz_dim`, `rgb`: `n × rgb_dim`) with the
+    /// current parameters, no update.
+    fn loss(&mut self, xyz: &[f32], rgb: &[f32], n: usize) -> Result<f64>;
+    /// One AdamW update at learning rate `lr` on these pairs (step `step`, 0-based, for the
+    /// error message of a diverged run); returns the loss before the update.
+    fn train(&mut self, xyz: &[f32], rgb: &[f32], n: usize, lr: f32, step: usize) -> Result<f64>;
+    /// Writes the current parameters into `out` (laid out as the initial ones).
+    fn params_into(&mut self, out: &mut UffParams) -> Result<()>;
+}
+
+/// [`UffStep`] on the CPU: [`uff_loss_and_grad`] and [`AdamW`].
+pub struct CpuUffStep<'p> {
+    pool: &'p Pool,
+    params: UffParams,
+    adam: AdamW,
+    grad: Vec<f32>,
+    ws: Workspace,
+    temperature: f32,
+}
+
+impl<'p> CpuUffStep<'p> {
+    pub fn new(pool: &'p Pool, params: &UffParams, opts: &UffTrainOptions) -> Self {
+        CpuUffStep {
+            pool,
+            adam: AdamW::new(
+                params.len(),
+                opts.betas.0,
+                opts.betas.1,
+                opts.adam_eps,
+                opts.weight_decay,
+            ),
+            grad: vec![0f32; params.len()],
+            params: params.clone(),
+            ws: Workspace::default(),
+            temperature: opts.temperature,
+        }
+    }
+}
+
+impl UffStep for CpuUffStep<'_> {
+    fn loss(&mut self, xyz: &[f32], rgb: &[f32], n: usize) -> Result<f64> {
+        let t = self.temperature;
+        Ok(uff_loss_and_grad(
+            self.pool,
+            &self.params,
+            xyz,
+            rgb,
+            n,
+            t,
+            None,
+            &mut self.ws,
+        ))
+    }
+    fn train(&mut self, xyz: &[f32], rgb: &[f32], n: usize, lr: f32, step: usize) -> Result<f64> {
+        let t = self.temperature;
+        let loss = uff_loss_and_grad(
+            self.pool,
+            &self.params,
+            xyz,
+            rgb,
+            n,
+            t,
+            Some(&mut self.grad),
+            &mut self.ws,
+        );
+        check_finite(step, loss, &self.grad)?;
+        self.adam.step(&mut self.params.data, &self.grad, lr);
+        Ok(loss)
+    }
+    fn params_into(&mut self, out: &mut UffParams) -> Result<()> {
+        out.data.copy_from_slice(&self.params.data);
+        Ok(())
+    }
+}
+
+/// The [`UffStep`] of `opts.backend` for batches of at most `max_rows` patch pairs.
+fn uff_step<'p>(
+    pool: &'p Pool,
+    params: &UffParams,
+    opts: &UffTrainOptions,
+    max_rows: usize,
+) -> Result<Box<dyn UffStep + 'p>> {
+    match opts.backend {
+        TrainBackend::Cpu => Ok(Box::new(CpuUffStep::new(pool, params, opts))),
+        #[cfg(feature = "cuda")]
+        backend => {
+            let dev = match backend {
+                #[cfg(feature = "cuda-sim")]
+                TrainBackend::CudaSim => crate::cuda::Device::simulated()?,
+                #[cfg(not(feature = "cuda-sim"))]
+                TrainBackend::CudaSim => {
+                    return Err(Error::Config(
+                        "--backend cuda-sim needs a build with the cuda-sim feature".into(),
+                    ))
+                }
+                _ => crate::cuda::Device::new(0)?,
+            };
+            Ok(Box::new(
+                crate::cuda::stages::train_uff::DeviceUffStep::new(
+                    std::sync::Arc::new(dev),
+                    params,
+                    opts,
+                    max_rows,
+                )?,
+            ))
+        }
+        #[cfg(not(feature = "cuda"))]
+        backend => {
+            let _ = max_rows;
+            Err(Error::Config(format!(
+                "--backend {}: miad was built without CUDA (feature cuda)",
+                backend.name()
+            )))
         }
     }
 }
@@ -773,6 +939,24 @@ impl FeatureCache {
         take
     }
 
+    /// The most patch pairs one batch of `batch` parts draws with `patches` per part (0 =
+    /// all): the sizes a device step plans for.
+    pub(super) fn max_rows(&self, batch: usize, patches: usize) -> usize {
+        let mut takes: Vec<usize> = self
+            .nonempty
+            .iter()
+            .map(|v| {
+                if patches == 0 {
+                    v.len()
+                } else {
+                    patches.min(v.len())
+                }
+            })
+            .collect();
+        takes.sort_unstable_by(|a, b| b.cmp(a));
+        takes.iter().take(batch).sum::<usize>().max(1)
+    }
+
     /// Part `part`'s raw features: xyz (`xyz_rows × xyz_dim`), rgb (`rgb_rows × rgb_dim`).
     pub(super) fn part(&self, part: usize) -> (&[f32], &[f32]) {
         let (xn, rn) = (self.xyz_rows * self.xyz_dim, self.rgb_rows * self.rgb_dim);
@@ -846,15 +1030,6 @@ pub fn train_uff(
     let steps_per_epoch = parts.div_ceil(opts.batch);
     let total = steps_per_epoch * opts.epochs;
     let warmup = warmup_steps(opts.warmup, total);
-    let mut adam = AdamW::new(
-        params.len(),
-        opts.betas.0,
-        opts.betas.1,
-        opts.adam_eps,
-        opts.weight_decay,
-    );
-    let mut grad = vec![0f32; params.len()];
-    let mut ws = Workspace::default();
     let (mut xb, mut rb, mut draw) = (Vec::new(), Vec::new(), Vec::new());
 
     // The fixed evaluation batch.
@@ -869,8 +1044,8 @@ pub fn train_uff(
         &mut xe,
         &mut re,
     );
-    let t = opts.temperature;
-    let eval_before = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
+    let mut stepper = uff_step(pool, params, opts, cache.max_rows(opts.batch, opts.patches))?;
+    let eval_before = stepper.loss(&xe, &re, eval_rows)?;
 
     let mut patch_rng = Rng::new(opts.seed ^ 0x7061_7463);
     let (mut rows_total, mut flops) = (0usize, 0f64);
@@ -893,10 +1068,7 @@ pub fn train_uff(
         // + logits and their two backward products
         flops += per_row * n as f64 + 3.0 * 2.0 * (n * n) as f64 * e;
         let loss = if n > 0 {
-            let loss = uff_loss_and_grad(pool, params, &xb, &rb, n, t, Some(&mut grad), &mut ws);
-            check_finite(step, loss, &grad)?;
-            adam.step(&mut params.data, &grad, lr);
-            loss
+            stepper.train(&xb, &rb, n, lr, step)?
         } else {
             0.0
         };
@@ -911,7 +1083,8 @@ pub fn train_uff(
         &mut train_step,
     )?;
     let train_seconds = t_train.elapsed().as_secs_f64();
-    let eval_after = uff_loss_and_grad(pool, params, &xe, &re, eval_rows, t, None, &mut ws);
+    let eval_after = stepper.loss(&xe, &re, eval_rows)?;
+    stepper.params_into(params)?;
     progress(TrainProgress::Done);
     Ok(TrainReport {
         parts,
@@ -994,6 +1167,7 @@ pub fn train_fusion_category(
         out_cfg.radar = None;
         let settings = TrainSettings {
             method: "uff",
+            backend: opts.backend,
             seed: opts.seed,
             epochs: opts.epochs,
             batch: opts.batch,
@@ -1113,6 +1287,7 @@ pub(super) fn write_trained(
 /// What the provenance says about the options of a training.
 pub(super) struct TrainSettings {
     pub method: &'static str,
+    pub backend: TrainBackend,
     pub seed: u64,
     pub epochs: usize,
     pub batch: usize,
@@ -1139,6 +1314,7 @@ pub(super) fn provenance(
     vec![
         ("source".into(), "train-fusion".into()),
         ("train.method".into(), opts.method.into()),
+        ("train.backend".into(), opts.backend.name().into()),
         ("train.data".into(), data.display().to_string()),
         ("train.parts".into(), r.parts.to_string()),
         ("train.seed".into(), opts.seed.to_string()),

@@ -680,6 +680,7 @@ pub fn train_radar_category(
             out_cfg.radar = Some(rcfg.clone());
             let settings = TrainSettings {
                 method: "radar",
+                backend: super::train_fusion::TrainBackend::Cpu,
                 seed: opts.seed,
                 epochs: opts.epochs,
                 batch: opts.batch,

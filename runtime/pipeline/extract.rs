@@ -55,6 +55,24 @@ pub struct StageTimes {
     pub fusion: f64,
 }
 
+/// A network of another backend that the extractor runs instead of the CPU's
+/// ([`Extractor::use_network`]).
+pub enum DeviceNetwork {
+    Rgb(Box<dyn RgbNetwork + Send>),
+    Point(Box<dyn PointNetwork + Send>),
+    Fusion(Box<dyn FusionNetwork + Send>),
+}
+
+/// max |Δ| over max |reference|: how far a device network's outputs are from the CPU's.
+fn relative_difference(reference: &[f32], got: &[f32]) -> f32 {
+    let peak = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = reference
+        .iter()
+        .zip(got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    worst / peak.max(f32::MIN_POSITIVE)
+}
+
 /// The RGB network run by another backend (the CUDA backend's ViT): from the normalised
 /// network input (`3 × S × S`, as [`PreprocessOutput::rgb_input`]) to the patch features
 /// (`rgb_grid² × rgb_dim`), exactly what the CPU ViT computes.
@@ -139,12 +157,12 @@ pub struct Extractor<'m> {
     pub fused: Vec<f32>,
     scratch: Vec<f32>,
     pseudo: PseudoFeatures,
-    /// Runs the ViT instead of the CPU when set ([`Extractor::use_rgb_network`]).
+    /// Runs the ViT instead of the CPU when set ([`Extractor::use_network`]).
     rgb_network: Option<Box<dyn RgbNetwork + Send>>,
     /// Runs the point branch instead of the CPU when set
-    /// ([`Extractor::use_point_network`]).
+    /// ([`Extractor::use_network`]).
     point_network: Option<Box<dyn PointNetwork + Send>>,
-    /// Runs the fusion instead of the CPU when set ([`Extractor::use_fusion_network`]).
+    /// Runs the fusion instead of the CPU when set ([`Extractor::use_network`]).
     fusion_network: Option<Box<dyn FusionNetwork + Send>>,
     /// Which modalities the last part had, and why one was not used.
     pub status: ModalityStatus,
@@ -309,22 +327,34 @@ impl<'m> Extractor<'m> {
         Ok(PseudoFeatures { rgb, xyz })
     }
 
-    /// Runs the RGB branch on `network` from now on, after checking it against the CPU
-    /// ViT on the pseudo input (whose CPU features were computed at creation). Returns the
-    /// relative difference found (max |Δ| over max |CPU|); a network that differs by more
-    /// than `tolerance` (or fails) is refused and the CPU ViT stays in use.
-    pub fn use_rgb_network(
+    /// Runs `network`'s stage on it from now on, after its check against the CPU
+    /// ([`Extractor::check_rgb_network`], [`Extractor::check_point_network`],
+    /// [`Extractor::check_fusion_network`]). Returns the relative difference found (max
+    /// |Δ| over max |CPU|); a network that fails or differs by more than `tolerance` is
+    /// refused and the CPU stays in use.
+    pub fn use_network(
         &mut self,
-        mut network: Box<dyn RgbNetwork + Send>,
+        pool: &Pool,
+        mut network: DeviceNetwork,
         tolerance: f32,
     ) -> Result<f32> {
-        let rel = self.check_rgb_network(network.as_mut(), tolerance)?;
-        self.rgb_network = Some(network);
+        let rel = match &mut network {
+            DeviceNetwork::Rgb(n) => self.check_rgb_network(n.as_mut(), tolerance),
+            DeviceNetwork::Point(n) => self.check_point_network(pool, n.as_mut(), tolerance),
+            DeviceNetwork::Fusion(n) => self.check_fusion_network(pool, n.as_mut(), tolerance),
+        }?;
+        match network {
+            DeviceNetwork::Rgb(n) => self.rgb_network = Some(n),
+            DeviceNetwork::Point(n) => self.point_network = Some(n),
+            DeviceNetwork::Fusion(n) => self.fusion_network = Some(n),
+        }
         Ok(rel)
     }
 
-    /// The check of [`Extractor::use_rgb_network`] alone: the network is not kept (a
-    /// caller that runs it in its own way, the CUDA backend's one-graph part).
+    /// Checks an RGB network against the CPU ViT on the pseudo input (whose CPU features
+    /// were computed at creation): its relative difference, refused above `tolerance`.
+    /// The network is not kept ([`Extractor::use_network`] keeps it; the CUDA backend's
+    /// one-graph part runs it in its own way).
     pub fn check_rgb_network(
         &mut self,
         network: &mut (dyn RgbNetwork + Send),
@@ -339,13 +369,7 @@ impl<'m> Extractor<'m> {
                 got[i]
             ))));
         }
-        let want = &self.pseudo.rgb;
-        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = want
-            .iter()
-            .zip(&got)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let rel = worst / peak.max(f32::MIN_POSITIVE);
+        let rel = relative_difference(&self.pseudo.rgb, &got);
         if rel > tolerance {
             return Err(Error::Device(DeviceError::SelfCheck(format!(
                 "self-check of the RGB network failed: its features differ from the CPU ViT's \
@@ -355,23 +379,10 @@ impl<'m> Extractor<'m> {
         Ok(rel)
     }
 
-    /// Runs the point branch on `network` from now on, after checking it against the CPU
-    /// on a probe cloud (a smooth surface over the image grid): the same centers and
-    /// groups, and xyz features within `tolerance` of their peak. Returns the relative
-    /// difference found; a network that fails or disagrees is refused and the CPU point
-    /// branch stays in use.
-    pub fn use_point_network(
-        &mut self,
-        pool: &Pool,
-        mut network: Box<dyn PointNetwork + Send>,
-        tolerance: f32,
-    ) -> Result<f32> {
-        let rel = self.check_point_network(pool, network.as_mut(), tolerance)?;
-        self.point_network = Some(network);
-        Ok(rel)
-    }
-
-    /// The check of [`Extractor::use_point_network`] alone: the network is not kept.
+    /// Checks a point network against the CPU on a probe cloud (a smooth surface over the
+    /// image grid): the same centers and groups, and xyz features within `tolerance` of
+    /// their peak. Returns the relative difference found. Not kept (see
+    /// [`Extractor::check_rgb_network`]).
     pub fn check_point_network(
         &mut self,
         pool: &Pool,
@@ -419,13 +430,7 @@ impl<'m> Extractor<'m> {
         if let Some(i) = xyz.iter().position(|v| !v.is_finite()) {
             return fail(format!("xyz feature {i} is {}", xyz[i]));
         }
-        let peak = self.xyz.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = self
-            .xyz
-            .iter()
-            .zip(&xyz)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let rel = worst / peak.max(f32::MIN_POSITIVE);
+        let rel = relative_difference(&self.xyz, &xyz);
         if rel > tolerance {
             return fail(format!(
                 "its xyz features differ from the CPU's by {rel:.2e} of their peak \
@@ -435,24 +440,10 @@ impl<'m> Extractor<'m> {
         Ok(rel)
     }
 
-    /// Runs the fusion on `network` from now on, after checking it against the CPU fusion
-    /// on probe features (the pseudo features plus a smooth pattern, so that every row
-    /// differs) in every case the model's fusion distinguishes (RADAR: the three; UFF: one).
-    /// Returns the largest relative difference found (max |Δ| over max |CPU|); a network
-    /// that fails or differs by more than `tolerance` is refused and the CPU fusion stays
-    /// in use.
-    pub fn use_fusion_network(
-        &mut self,
-        pool: &Pool,
-        mut network: Box<dyn FusionNetwork + Send>,
-        tolerance: f32,
-    ) -> Result<f32> {
-        let rel = self.check_fusion_network(pool, network.as_mut(), tolerance)?;
-        self.fusion_network = Some(network);
-        Ok(rel)
-    }
-
-    /// The check of [`Extractor::use_fusion_network`] alone: the network is not kept.
+    /// Checks a fusion network against the CPU fusion on probe features (the pseudo
+    /// features plus a smooth pattern, so that every row differs) in every case the
+    /// model's fusion distinguishes (RADAR: the three; UFF: one). Returns the largest
+    /// relative difference found. Not kept (see [`Extractor::check_rgb_network`]).
     pub fn check_fusion_network(
         &mut self,
         pool: &Pool,
@@ -489,13 +480,7 @@ impl<'m> Extractor<'m> {
             if let Some(i) = got.iter().position(|v| !v.is_finite()) {
                 return fail(format!("fused feature {i} is {} ({case:?})", got[i]));
             }
-            let peak = self.fused.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = self
-                .fused
-                .iter()
-                .zip(&got)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let rel = worst / peak.max(f32::MIN_POSITIVE);
+            let rel = relative_difference(&self.fused, &got);
             if rel > tolerance {
                 return fail(format!(
                     "its fused features ({case:?}) differ from the CPU's by {rel:.2e} of their \
@@ -507,7 +492,7 @@ impl<'m> Extractor<'m> {
         Ok(worst_rel)
     }
 
-    /// Writes the probe cloud of [`Extractor::use_point_network`] into the preprocessed
+    /// Writes the probe cloud of [`Extractor::check_point_network`] into the preprocessed
     /// points: a smooth, non-planar surface over a disk of the S×S grid (the whole grid
     /// when the disk holds too few points for the branch), in pixel order.
     fn write_probe_cloud(&mut self) {
@@ -723,7 +708,7 @@ impl<'m> Extractor<'m> {
 
     /// The last step of [`Extractor::run`]: fuses the RGB and xyz features of the part
     /// (UFF, or RADAR with the instruction of its case) into [`Extractor::fused`], on the
-    /// fusion network when one is set ([`Extractor::use_fusion_network`]).
+    /// fusion network when one is set ([`Extractor::use_network`]).
     pub fn fuse_part(&mut self, pool: &Pool) -> Result<()> {
         let t0 = Instant::now();
         let status = self.status;

@@ -191,5 +191,26 @@ fn train_fusion_radar_writes_a_radar_model() {
         ck.to_str().unwrap(),
     ]);
     assert!(!ok && err.contains("--method uff only"), "{err}");
+    let (ok, _, err) = train(&["--method", "radar", "--backend", "cuda-sim"]);
+    assert!(!ok && err.contains("trains on the CPU only"), "{err}");
+    let (ok, _, err) = train(&["--backend", "tpu"]);
+    assert!(!ok && err.contains("unknown backend"), "{err}");
+    // UFF (the default method) on the simulated device, or the error of a build without
+    // it; the provenance names the backend.
+    let (ok, out, err) = train(&["--backend", "cuda-sim"]);
+    if cfg!(feature = "cuda-sim") {
+        assert!(ok, "{out}{err}");
+        assert!(out.contains("on cuda-sim"), "{out}");
+        let c = miad::format::Container::open(&radar, &OpenOptions::default()).unwrap();
+        let backend = c
+            .manifest()
+            .provenance
+            .iter()
+            .find(|(k, _)| k == "train.backend")
+            .map(|(_, v)| v.clone());
+        assert_eq!(backend.as_deref(), Some("cuda-sim"));
+    } else {
+        assert!(!ok && err.contains("cuda-sim"), "{err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

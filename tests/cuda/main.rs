@@ -12,6 +12,9 @@ mod common;
 #[path = "../common/oracles.rs"]
 mod oracles;
 
+#[path = "../fit_eval/linked.rs"]
+mod linked;
+
 mod bank;
 mod coreset;
 mod embed;
@@ -25,6 +28,7 @@ mod point;
 mod point_branch;
 mod preprocess;
 mod shared;
+mod train_uff;
 mod transformer;
 
 #[cfg(feature = "cuda-sim")]

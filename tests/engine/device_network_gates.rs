@@ -13,7 +13,7 @@ use miad::cpu::point_mae::{point_mae_forward, point_mae_scratch_len, PointMaeWei
 use miad::cpu::pool::Pool;
 use miad::cpu::vit::{vit_forward, vit_scratch_len, VitWeights};
 use miad::format::{random_model, OwnedTensors};
-use miad::pipeline::extract::{Extractor, PointNetwork, PointOutputs, RgbNetwork};
+use miad::pipeline::extract::{DeviceNetwork, Extractor, PointNetwork, PointOutputs, RgbNetwork};
 
 /// The parity path's tolerance, which the engine passes to the gates.
 const RGB_NETWORK_TOLERANCE: f32 = Precision::F32.feature_tolerance();
@@ -105,7 +105,9 @@ fn a_network_is_used_only_when_it_reproduces_the_cpu_vit() {
         (0.0, false, true, "stand-in device lost"),
     ] {
         let (net, _) = stand_in(shift, nan, fail);
-        let e = ex.use_rgb_network(net, RGB_NETWORK_TOLERANCE).unwrap_err();
+        let e = ex
+            .use_network(&pool, DeviceNetwork::Rgb(net), RGB_NETWORK_TOLERANCE)
+            .unwrap_err();
         // A disagreement is a self-check failure; the network's own error passes through.
         let self_check = matches!(e, Error::Device(DeviceError::SelfCheck(_)));
         assert_eq!(self_check, !fail, "{e}");
@@ -122,7 +124,9 @@ fn a_network_is_used_only_when_it_reproduces_the_cpu_vit() {
 
     // Within tolerance: accepted, and from then on it computes the RGB features.
     let (net, calls) = stand_in(0.1 * RGB_NETWORK_TOLERANCE, false, false);
-    let rel = ex.use_rgb_network(net, RGB_NETWORK_TOLERANCE).unwrap();
+    let rel = ex
+        .use_network(&pool, DeviceNetwork::Rgb(net), RGB_NETWORK_TOLERANCE)
+        .unwrap();
     assert!(rel > 0.0 && rel <= RGB_NETWORK_TOLERANCE, "{rel}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one self-check pass");
     ex.run(&pool, Some(view()), None).unwrap();
@@ -253,7 +257,7 @@ fn a_point_network_is_used_only_when_it_reproduces_the_cpu_point_branch() {
     ] {
         let (net, _) = stand_in(fault);
         let e = ex
-            .use_point_network(&pool, net, POINT_NETWORK_TOLERANCE)
+            .use_network(&pool, DeviceNetwork::Point(net), POINT_NETWORK_TOLERANCE)
             .unwrap_err();
         let self_check = matches!(e, Error::Device(DeviceError::SelfCheck(_)));
         assert_eq!(self_check, !matches!(fault, PointFault::Error), "{e}");
@@ -278,7 +282,7 @@ fn a_point_network_is_used_only_when_it_reproduces_the_cpu_point_branch() {
 
     let (net, calls) = stand_in(PointFault::Shift(0.1 * POINT_NETWORK_TOLERANCE));
     let rel = ex
-        .use_point_network(&pool, net, POINT_NETWORK_TOLERANCE)
+        .use_network(&pool, DeviceNetwork::Point(net), POINT_NETWORK_TOLERANCE)
         .unwrap();
     assert!(rel > 0.0 && rel <= POINT_NETWORK_TOLERANCE, "{rel}");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one self-check pass");
@@ -422,7 +426,9 @@ fn a_fusion_is_used_only_when_it_reproduces_the_cpu_fusion_in_every_case() {
         }
         for (fault, needle) in faults {
             let (net, _) = fusion_stand_in(&cfg, &tensors, fault);
-            let e = ex.use_fusion_network(&pool, net, tol).unwrap_err();
+            let e = ex
+                .use_network(&pool, DeviceNetwork::Fusion(net), tol)
+                .unwrap_err();
             let self_check = matches!(e, Error::Device(DeviceError::SelfCheck(_)));
             assert_eq!(self_check, fault != FusionFault::Error, "{e}");
             assert!(e.to_string().contains(needle), "{e}");
@@ -435,7 +441,9 @@ fn a_fusion_is_used_only_when_it_reproduces_the_cpu_fusion_in_every_case() {
         // Within tolerance: accepted after one pass per case, then used by `run` with the
         // part's case.
         let (net, cases) = fusion_stand_in(&cfg, &tensors, FusionFault::Shift(0.1 * tol));
-        let rel = ex.use_fusion_network(&pool, net, tol).unwrap();
+        let rel = ex
+            .use_network(&pool, DeviceNetwork::Fusion(net), tol)
+            .unwrap();
         assert!(rel > 0.0 && rel <= tol, "{rel}");
         let checked = if radar {
             vec![Case::Complete, Case::RgbOnly, Case::CloudOnly]

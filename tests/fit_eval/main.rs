@@ -4,6 +4,7 @@
 mod common;
 
 mod fit_banks;
+mod linked;
 mod metrics_cases;
 mod synth_dataset;
 mod synth_pictures;

@@ -4,7 +4,7 @@
 //! category through `train_fusion_category --method radar` (provenance, no leftovers);
 //! with `cuda-sim`, a trained RADAR model inspecting on the simulated device as on the CPU.
 
-use super::train_fusion::Linked;
+use crate::linked::Linked;
 use miad::config::{FusionConfig, RadarConfig};
 use miad::cpu::pool::Pool;
 use miad::cpu::radar_fusion::Case;
@@ -203,16 +203,10 @@ fn train_linked(threads: usize, seed: u64) -> (RadarParams, Vec<f64>) {
 
 #[test]
 fn training_is_deterministic_for_a_seed_whatever_the_thread_count() {
-    let (a, la) = train_linked(2, 21);
-    let (b, lb) = train_linked(2, 21);
-    let (c, lc) = train_linked(1, 21);
-    let (d, _) = train_linked(2, 22);
-    assert!(
-        a.data == b.data && la == lb,
-        "two runs with one seed differ"
-    );
-    assert!(a.data == c.data && la == lc, "1 and 2 threads differ");
-    assert!(a.data != d.data, "another seed gives the same weights");
+    super::train_fusion::assert_deterministic_per_seed(|threads, seed| {
+        let (p, losses) = train_linked(threads, seed);
+        (p.data, losses)
+    });
 }
 
 fn small_radar() -> RadarConfig {
@@ -596,8 +590,6 @@ fn a_trained_radar_model_inspects_on_the_simulated_device_as_on_the_cpu() {
     use miad::backend::{Backend, Precision};
     use miad::engine::{Engine, EngineOptions, InspectOptions};
     use miad::eval::synth::{synth_part, Category, Defect};
-    use miad::fit::banks::FitOptions;
-    use miad::fit::category::{fit_category, CategoryFit};
     use miad::fit::train_fusion::CategoryTrain;
     use miad::fit::train_radar::train_radar_category;
     use miad::pipeline::input::{CloudView, RgbView};
@@ -630,16 +622,7 @@ fn a_trained_radar_model_inspects_on_the_simulated_device_as_on_the_cpu() {
         &mut |_| {},
     )
     .unwrap();
-    let bank = s.dir.join("radar.bank");
-    let fit = FitOptions {
-        scratch_dir: s.dir.clone(),
-        ..FitOptions::default()
-    };
-    let threads = CategoryFit {
-        threads: 2,
-        ..CategoryFit::default()
-    };
-    fit_category(&model, &s.category, &bank, &threads, &fit, &mut |_| {}).unwrap();
+    let bank = s.fit_bank(&model, "radar.bank");
     let open = |backend| {
         let o = EngineOptions {
             threads: 2,

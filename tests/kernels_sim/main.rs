@@ -25,6 +25,7 @@ mod preprocess;
 mod selftest;
 mod signatures;
 mod sim;
+mod train;
 mod util;
 
 use std::process::{Command, ExitCode};
@@ -49,6 +50,7 @@ fn all_tests() -> Vec<Test> {
     v.extend(maps::TESTS);
     v.extend(point::TESTS);
     v.extend(preprocess::TESTS);
+    v.extend(train::TESTS);
     v
 }
 

@@ -29,6 +29,7 @@ const TEST_SOURCES: &[&str] = &[
     include_str!("maps.rs"),
     include_str!("point.rs"),
     include_str!("preprocess.rs"),
+    include_str!("train.rs"),
 ];
 
 fn coverage() -> Result<(), String> {

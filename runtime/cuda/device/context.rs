@@ -236,6 +236,12 @@ impl Device {
         a.graph_launches.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Host → device bytes a replay on the simulated device copied.
+    pub(crate) fn count_uploaded(&self, bytes: u64) {
+        let a = &self.shared.activity.0;
+        a.bytes_to_device.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn count_arena(&self) {
         self.shared.arenas.fetch_add(1, Ordering::Relaxed);
     }
@@ -638,7 +644,7 @@ impl Device {
         kind: CopyKind,
     ) -> Result<()> {
         let stream = match &self.inner {
-            Inner::Sim(s) => return s.copy(dst, src, bytes, kind),
+            Inner::Sim(s) => return s.copy(dst, src, bytes, kind).map(|_| ()),
             Inner::Driver { .. } => self.stream(),
         };
         unsafe {
@@ -656,6 +662,64 @@ impl Device {
                     "cuMemcpyDtoDAsync",
                 ),
             }
+        }
+    }
+
+    /// [`Device::copy_async`] inside [`super::graph::Graph::capture`], returning the
+    /// recorded copy node (whose size [`super::graph::Graph::set_copy_len`] changes).
+    pub(crate) fn copy_node(
+        &self,
+        dst: u64,
+        src: u64,
+        bytes: usize,
+        kind: CopyKind,
+    ) -> Result<RecordedCopy> {
+        let outside = || dev_err("a resizable copy outside a graph capture".into());
+        if let Inner::Sim(s) = &self.inner {
+            if !s.is_capturing()? {
+                return Err(outside());
+            }
+            return s
+                .copy(dst, src, bytes, kind)?
+                .map(RecordedCopy::Sim)
+                .ok_or_else(outside);
+        }
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        // SAFETY: the engine's stream, in its current context.
+        unsafe {
+            check(
+                sys::cuStreamIsCapturing(self.stream(), &mut status),
+                "cuStreamIsCapturing",
+            )?
+        };
+        if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE {
+            return Err(outside());
+        }
+        self.copy_async(dst, src, bytes, kind)?;
+        // The capture's current dependency is the copy just recorded.
+        let mut deps: *const sys::CUgraphNode = std::ptr::null();
+        let mut n = 0usize;
+        unsafe {
+            check(
+                sys::cuStreamGetCaptureInfo_v2(
+                    self.stream(),
+                    &mut status,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    &mut deps,
+                    &mut n,
+                ),
+                "cuStreamGetCaptureInfo",
+            )?;
+            if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE
+                || n != 1
+                || deps.is_null()
+            {
+                return Err(dev_err(format!(
+                    "a resizable copy outside a graph capture ({n} capture dependencies)"
+                )));
+            }
+            Ok(RecordedCopy::Driver(*deps))
         }
     }
 
@@ -828,6 +892,14 @@ unsafe fn create_streams() -> Result<(sys::CUstream, sys::CUstream, sys::CUevent
         return Err(e);
     }
     Ok((streams[0], streams[1], events[0], events[1]))
+}
+
+/// A copy recorded into a graph ([`Device::copy_node`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RecordedCopy {
+    /// The op's index in the simulated graph.
+    Sim(usize),
+    Driver(sys::CUgraphNode),
 }
 
 /// Two events on the engine's stream, for timing device work (the host clock on the

@@ -96,6 +96,18 @@ pub struct GemmLayouts {
     pub d: MatLayout,
 }
 
+/// How X and W are stored (row-major) for `Y[m,n]`; the backward passes of training need
+/// the two products besides a layer's forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operands {
+    /// `Y = X·W^T`, X `m×k`, W `n×k`: a dense layer (cuBLASLt's "TN" view).
+    XWt,
+    /// `Y = X·W`, X `m×k`, W `k×n`: an input gradient `dX = dY·W` ("NN").
+    XW,
+    /// `Y = X^T·W`, X `k×m`, W `k×n`: a weight gradient `dW = dY^T·A` ("NT").
+    XtW,
+}
+
 /// Shape and precision of one dense layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GemmShape {
@@ -113,6 +125,8 @@ pub struct GemmShape {
     pub output: Precision,
     /// `Y += X·W^T (+ bias)` instead of `Y =` ([`GemmShape::accumulating`]).
     pub accumulate: bool,
+    /// How X and W are stored ([`GemmShape::with_operands`]; a dense layer's by default).
+    pub operands: Operands,
 }
 
 impl GemmShape {
@@ -132,9 +146,15 @@ impl GemmShape {
             epilogue,
             output: precision,
             accumulate: false,
+            operands: Operands::XWt,
         };
         s.validate()?;
         Ok(s)
+    }
+
+    /// The same sizes with X and W stored as `operands` says (training's gradients).
+    pub fn with_operands(self, operands: Operands) -> Self {
+        Self { operands, ..self }
     }
 
     /// The same product writing `output` elements (f32 from a bf16 plan; the bias then is
@@ -225,27 +245,30 @@ impl GemmShape {
         2.0 * self.m as f64 * self.n as f64 * self.k as f64
     }
 
-    /// The column-major view cuBLASLt gets (see the module notes).
+    /// The column-major view cuBLASLt gets (see the module notes): a row-major `r×c` matrix
+    /// is a column-major `c×r` one (ld `c`), so `D = Y^T = op(A)·op(B)` with A the stored W
+    /// and B the stored X, transposed where the stored view is not `n×k` (A) or `k×m` (B).
     pub fn layouts(&self) -> GemmLayouts {
         let (m, n, k) = (self.m as u64, self.n as u64, self.k as u64);
+        let col_major = |rows: u64, cols: u64| MatLayout {
+            rows,
+            cols,
+            ld: rows as i64,
+        };
+        let (a, trans_a, b, trans_b) = match self.operands {
+            // W n×k stored is k×n column-major; X m×k is k×m.
+            Operands::XWt => (col_major(k, n), true, col_major(k, m), false),
+            // W k×n stored is n×k column-major; X m×k is k×m.
+            Operands::XW => (col_major(n, k), false, col_major(k, m), false),
+            // W k×n stored is n×k column-major; X k×m stored is m×k.
+            Operands::XtW => (col_major(n, k), false, col_major(m, k), true),
+        };
         GemmLayouts {
-            a: MatLayout {
-                rows: k,
-                cols: n,
-                ld: k as i64,
-            },
-            trans_a: true,
-            b: MatLayout {
-                rows: k,
-                cols: m,
-                ld: k as i64,
-            },
-            trans_b: false,
-            d: MatLayout {
-                rows: n,
-                cols: m,
-                ld: n as i64,
-            },
+            a,
+            trans_a,
+            b,
+            trans_b,
+            d: col_major(n, m),
         }
     }
 
@@ -858,66 +881,77 @@ mod tests {
     }
 
     /// Column-major `D = op(A)·op(B) + bias(per row of D)` exactly as cuBLASLt defines it,
-    /// on the buffers of row-major X, W, Y: must equal the row-major `Y = X·W^T + b`.
+    /// on the buffers of row-major X, W, Y: must equal the row-major `Y = X·W^T + b` (and
+    /// `X·W`, `X^T·W` for the other operand layouts).
     #[test]
-    fn layout_math_matches_row_major_linear() {
+    fn layout_math_matches_row_major_products() {
         let (m, n, k) = (7usize, 5usize, 3usize);
-        let s = shape(m, n, k, Precision::F32, Epilogue::Bias);
         let x: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
         let w: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.91).cos()).collect();
         let b: Vec<f64> = (0..n).map(|i| i as f64 - 2.0).collect();
-        // Row-major reference.
-        let mut want = vec![0.0; m * n];
-        for r in 0..m {
-            for c in 0..n {
-                let mut acc = 0.0;
-                for l in 0..k {
-                    acc += x[r * k + l] * w[c * k + l];
+        for ops in [Operands::XWt, Operands::XW, Operands::XtW] {
+            let s = shape(m, n, k, Precision::F32, Epilogue::Bias).with_operands(ops);
+            // Row-major reference: X[r][l] and W[c][l] as the operands store them.
+            let xv = |r: usize, l: usize| match ops {
+                Operands::XtW => x[l * m + r],
+                _ => x[r * k + l],
+            };
+            let wv = |c: usize, l: usize| match ops {
+                Operands::XWt => w[c * k + l],
+                _ => w[l * n + c],
+            };
+            let mut want = vec![0.0; m * n];
+            for r in 0..m {
+                for c in 0..n {
+                    let acc: f64 = (0..k).map(|l| xv(r, l) * wv(c, l)).sum();
+                    want[r * n + c] = acc + b[c];
                 }
-                want[r * n + c] = acc + b[c];
+            }
+            // cuBLASLt semantics on the same buffers.
+            let l = s.layouts();
+            let at = |buf: &[f64], ml: MatLayout, r: u64, c: u64| -> f64 {
+                assert!(r < ml.rows && c < ml.cols);
+                assert_eq!(ml.ld, ml.rows as i64);
+                buf[(r + c * ml.ld as u64) as usize]
+            };
+            let (a_rows, a_cols) = if l.trans_a {
+                (l.a.cols, l.a.rows)
+            } else {
+                (l.a.rows, l.a.cols)
+            };
+            let (b_rows, b_cols) = if l.trans_b {
+                (l.b.cols, l.b.rows)
+            } else {
+                (l.b.rows, l.b.cols)
+            };
+            assert_eq!((a_rows, a_cols), (n as u64, k as u64), "{ops:?}");
+            assert_eq!((b_rows, b_cols), (k as u64, m as u64), "{ops:?}");
+            assert_eq!((l.d.rows, l.d.cols), (a_rows, b_cols));
+            let mut got = vec![f64::NAN; m * n];
+            for i in 0..l.d.rows {
+                for j in 0..l.d.cols {
+                    let mut acc = 0.0;
+                    for p in 0..a_cols {
+                        let av = if l.trans_a {
+                            at(&w, l.a, p, i)
+                        } else {
+                            at(&w, l.a, i, p)
+                        };
+                        let bv = if l.trans_b {
+                            at(&x, l.b, j, p)
+                        } else {
+                            at(&x, l.b, p, j)
+                        };
+                        acc += av * bv;
+                    }
+                    // BIAS epilogue: one value per row of D.
+                    got[(i + j * l.d.ld as u64) as usize] = acc + b[i as usize];
+                }
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "{ops:?}: {got:?} vs {want:?}");
             }
         }
-        // cuBLASLt semantics on the same buffers.
-        let l = s.layouts();
-        let at = |buf: &[f64], ml: MatLayout, r: u64, c: u64| -> f64 {
-            assert!(r < ml.rows && c < ml.cols);
-            buf[(r + c * ml.ld as u64) as usize]
-        };
-        let (a_rows, a_cols) = if l.trans_a {
-            (l.a.cols, l.a.rows)
-        } else {
-            (l.a.rows, l.a.cols)
-        };
-        let (b_rows, b_cols) = if l.trans_b {
-            (l.b.cols, l.b.rows)
-        } else {
-            (l.b.rows, l.b.cols)
-        };
-        assert_eq!((a_rows, a_cols), (n as u64, k as u64));
-        assert_eq!((b_rows, b_cols), (k as u64, m as u64));
-        assert_eq!((l.d.rows, l.d.cols), (a_rows, b_cols));
-        let mut got = vec![f64::NAN; m * n];
-        for i in 0..l.d.rows {
-            for j in 0..l.d.cols {
-                let mut acc = 0.0;
-                for p in 0..a_cols {
-                    let av = if l.trans_a {
-                        at(&w, l.a, p, i)
-                    } else {
-                        at(&w, l.a, i, p)
-                    };
-                    let bv = if l.trans_b {
-                        at(&x, l.b, j, p)
-                    } else {
-                        at(&x, l.b, p, j)
-                    };
-                    acc += av * bv;
-                }
-                // BIAS epilogue: one value per row of D.
-                got[(i + j * l.d.ld as u64) as usize] = acc + b[i as usize];
-            }
-        }
-        assert_eq!(got, want);
     }
 
     #[test]

@@ -6,17 +6,21 @@
 //! allocation, no per-launch CPU overhead). The part's inputs are written into pinned
 //! host buffers ([`Pinned`]) that the recorded copies read, and the results come back into
 //! pinned buffers the recorded copies write: a replay sees whatever the buffers hold when
-//! it runs.
+//! it runs. A copy recorded with [`Pinned::copy_to_resizable`] moves only the bytes the
+//! part uses: [`Graph::set_copy_len`] updates its size in the instantiated graph before
+//! the replay (`cuGraphExecMemcpyNodeSetParams`, no re-recording). [`TimeMarks`] are
+//! event record nodes between stages: their times are read after the replay's one wait.
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cudarc::driver::sys;
 
 use super::arena::DevPtr;
 use super::context::dev_err;
-use super::context::{check, Device};
-use super::sim::{CopyKind, HostMem, SimGraph};
+use super::context::{check, Device, RecordedCopy};
+use super::sim::{CopyKind, HostMem, SimGraph, SimMarks};
 use crate::Result;
 
 /// Page-locked host memory of `len` values of `T`, zeroed; freed on drop. Drop it before
@@ -91,6 +95,19 @@ impl<T: bytemuck::Pod> Pinned<T> {
         dev.copy_async(dst.raw(), self.ptr as u64, bytes, CopyKind::HostToDevice)
     }
 
+    /// Records (inside [`Graph::capture`]) a copy of the first `n` values to `dst` whose
+    /// length [`Graph::set_copy_len`] changes before a replay (up to `n`).
+    pub fn copy_to_resizable(&self, dev: &Device, dst: DevPtr<T>, n: usize) -> Result<CopyNode> {
+        self.check_len(n)?;
+        let elem = std::mem::size_of::<T>();
+        let node = dev.copy_node(dst.raw(), self.ptr as u64, n * elem, CopyKind::HostToDevice)?;
+        Ok(CopyNode {
+            node,
+            max_bytes: n * elem,
+            elem,
+        })
+    }
+
     /// Enqueues a copy of `n` values from `src` into the first `n` values of this buffer.
     pub fn copy_from(&mut self, dev: &Device, src: DevPtr<T>, n: usize) -> Result<()> {
         self.check_len(n)?;
@@ -118,6 +135,15 @@ impl<T: bytemuck::Pod> Drop for Pinned<T> {
             sys::cuMemFreeHost(self.ptr as *mut c_void);
         }
     }
+}
+
+/// A copy recorded by [`Pinned::copy_to_resizable`], resized by [`Graph::set_copy_len`].
+#[derive(Clone, Copy, Debug)]
+pub struct CopyNode {
+    node: RecordedCopy,
+    max_bytes: usize,
+    /// Bytes of one value.
+    elem: usize,
 }
 
 /// A recorded, instantiated sequence of stream work. Drop it before its [`Device`].
@@ -190,11 +216,52 @@ impl Graph {
         })
     }
 
+    /// Sets how many values (at least one, at most the recorded count) the recorded copy
+    /// `copy` of this graph moves from the next replay on: an update of the instantiated
+    /// graph, no re-recording, no allocation. Call it only while no replay runs (after
+    /// the wait for the last one).
+    pub fn set_copy_len(&self, dev: &Device, copy: &CopyNode, n: usize) -> Result<()> {
+        let bytes = n.max(1) * copy.elem;
+        match (&self.sim, copy.node) {
+            // The simulated device checks the size against the recorded one itself.
+            (Some(g), RecordedCopy::Sim(i)) => g.set_copy_bytes(i, bytes),
+            (None, RecordedCopy::Driver(node)) => {
+                if bytes > copy.max_bytes {
+                    return Err(dev_err(format!(
+                        "a recorded copy of {} bytes resized to {bytes}",
+                        copy.max_bytes
+                    )));
+                }
+                dev.bind()?;
+                // SAFETY: `node` is a memcpy node of this graph (recorded while capturing
+                // it); its parameters are read back and only the width changes.
+                unsafe {
+                    let mut p: sys::CUDA_MEMCPY3D = std::mem::zeroed();
+                    check(
+                        sys::cuGraphMemcpyNodeGetParams(node, &mut p),
+                        "cuGraphMemcpyNodeGetParams",
+                    )?;
+                    p.WidthInBytes = bytes;
+                    check(
+                        sys::cuGraphExecMemcpyNodeSetParams(self.exec, node, &p, dev.context()),
+                        "cuGraphExecMemcpyNodeSetParams",
+                    )
+                }
+            }
+            _ => Err(dev_err(
+                "a recorded copy of another kind of device than the graph's".into(),
+            )),
+        }
+    }
+
     /// Enqueues one replay on `dev`'s stream (asynchronous; synchronise to read results).
     pub fn replay(&self, dev: &Device) -> Result<()> {
         dev.count_graph_launch();
         match (&self.sim, dev.sim()) {
-            (Some(g), Some(s)) => return s.replay(g),
+            (Some(g), Some(s)) => {
+                dev.count_uploaded(s.replay(g)?);
+                return Ok(());
+            }
             (None, None) => {}
             _ => {
                 return Err(dev_err(
@@ -214,6 +281,87 @@ impl Drop for Graph {
         unsafe {
             sys::cuGraphExecDestroy(self.exec);
             sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
+
+/// Points in recorded stream work where the device notes the time (event record nodes;
+/// on the simulated device the host clock when the replay reaches them), read after the
+/// replay's wait: per-stage device times with no extra synchronisation. Drop before the
+/// [`Device`].
+pub struct TimeMarks {
+    events: Vec<sys::CUevent>,
+    sim: Option<Arc<SimMarks>>,
+}
+
+// Driver handles, used from the engine's thread.
+unsafe impl Send for TimeMarks {}
+
+impl TimeMarks {
+    /// `n` marks (creation time only).
+    pub fn new(dev: &Device, n: usize) -> Result<TimeMarks> {
+        if dev.is_simulated() {
+            return Ok(TimeMarks {
+                events: Vec::new(),
+                sim: Some(Arc::new(SimMarks::new(n))),
+            });
+        }
+        dev.bind()?;
+        let mut marks = TimeMarks {
+            events: Vec::with_capacity(n),
+            sim: None,
+        };
+        for _ in 0..n {
+            let mut e: sys::CUevent = std::ptr::null_mut();
+            // Flags 0: timing enabled (the fork and join events disable it).
+            unsafe { check(sys::cuEventCreate(&mut e, 0), "cuEventCreate")? };
+            marks.events.push(e);
+        }
+        Ok(marks)
+    }
+
+    /// Records mark `i` on `dev`'s current stream, inside [`Graph::capture`] (an event
+    /// record node: `CU_EVENT_RECORD_EXTERNAL`).
+    pub fn record(&self, dev: &Device, i: usize) -> Result<()> {
+        if let (Some(m), Some(s)) = (&self.sim, dev.sim()) {
+            return s.mark(m, i);
+        }
+        let e = *self
+            .events
+            .get(i)
+            .ok_or_else(|| dev_err(format!("time mark {i} of {}", self.events.len())))?;
+        let external = sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as std::ffi::c_uint;
+        unsafe {
+            check(
+                sys::cuEventRecordWithFlags(e, dev.stream(), external),
+                "cuEventRecordWithFlags",
+            )
+        }
+    }
+
+    /// Seconds from mark `from` to mark `to` of the last replay (after its wait).
+    pub fn elapsed_s(&self, from: usize, to: usize) -> Result<f64> {
+        if let Some(m) = &self.sim {
+            return m.elapsed_s(from, to);
+        }
+        let (Some(&a), Some(&b)) = (self.events.get(from), self.events.get(to)) else {
+            return Err(dev_err(format!(
+                "time marks {from} and {to} of {}",
+                self.events.len()
+            )));
+        };
+        let mut ms = 0f32;
+        unsafe { check(sys::cuEventElapsedTime(&mut ms, a, b), "cuEventElapsedTime")? };
+        Ok(f64::from(ms) * 1e-3)
+    }
+}
+
+impl Drop for TimeMarks {
+    fn drop(&mut self) {
+        for &e in &self.events {
+            unsafe {
+                sys::cuEventDestroy_v2(e);
+            }
         }
     }
 }

@@ -17,12 +17,16 @@
 //!   compiled them (the emulator's registration; count and kinds are checked against the
 //!   prototype for every device), more threads than `__launch_bounds__`, dynamic
 //!   shared memory above 48 KiB without `set_max_dynamic_smem`, and everything the
-//!   emulator itself checks (barriers, warp masks, deadlocks, `__trap`).
+//!   emulator itself checks (barriers, warp masks, deadlocks, `__trap`);
+//! - resizing a recorded copy beyond the bytes it was recorded with, or a node that is
+//!   not a copy of that graph (the exec-graph update of `cuGraphExecMemcpyNodeSetParams`);
+//! - reading a time mark (an event record node) that no replay reached.
 
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use super::kernel::KernelArgs;
 use crate::{DeviceError, Error, Misuse, Result};
@@ -544,8 +548,16 @@ enum Op {
     Copy {
         dst: u64,
         src: u64,
-        bytes: usize,
+        /// The bytes a replay copies: `recorded` unless resized
+        /// ([`SimGraph::set_copy_bytes`]).
+        bytes: AtomicUsize,
+        recorded: usize,
         kind: CopyKind,
+    },
+    /// A time mark (an event record node): the replay notes the host time.
+    Mark {
+        marks: Arc<SimMarks>,
+        index: usize,
     },
     Memset {
         dst: u64,
@@ -563,6 +575,71 @@ pub struct SimGraph {
     ops: Vec<Op>,
     /// (base, id) of every allocation the work touches, checked at replay.
     memory: Vec<(u64, u64)>,
+}
+
+impl SimGraph {
+    /// Sets the bytes the recorded copy `node` (as [`SimStream::copy`] returned it while
+    /// capturing) moves on the next replays: at most the bytes it was recorded with.
+    pub fn set_copy_bytes(&self, node: usize, bytes: usize) -> Result<()> {
+        match self.ops.get(node) {
+            Some(Op::Copy {
+                bytes: b, recorded, ..
+            }) => {
+                if bytes > *recorded {
+                    return Err(misuse(
+                        Misuse::GraphUpdate,
+                        format!(
+                            "recorded copy resized to {bytes} bytes, beyond the {recorded} \
+                             it was recorded with"
+                        ),
+                    ));
+                }
+                b.store(bytes, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Err(misuse(
+                Misuse::GraphUpdate,
+                format!("graph node {node} is not a copy of this graph"),
+            )),
+        }
+    }
+}
+
+/// The host times a replay notes when it reaches each mark (the simulated device's event
+/// record nodes): nanoseconds since `base`, 0 until a replay reached it.
+pub struct SimMarks {
+    base: Instant,
+    ns: Vec<AtomicU64>,
+}
+
+impl SimMarks {
+    pub fn new(n: usize) -> SimMarks {
+        SimMarks {
+            base: Instant::now(),
+            ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn note(&self, index: usize) {
+        if let Some(t) = self.ns.get(index) {
+            // At least 1: 0 means never reached.
+            let now = self.base.elapsed().as_nanos().max(1) as u64;
+            t.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds from mark `from` to mark `to`, as a replay last noted them.
+    pub fn elapsed_s(&self, from: usize, to: usize) -> Result<f64> {
+        let read = |i: usize| match self.ns.get(i).map(|t| t.load(Ordering::Relaxed)) {
+            Some(t) if t > 0 => Ok(t),
+            _ => Err(misuse(
+                Misuse::UnrecordedMark,
+                format!("time mark {i} read before a replay reached it"),
+            )),
+        };
+        let (a, b) = (read(from)?, read(to)?);
+        Ok((b as f64 - a as f64) * 1e-9)
+    }
 }
 
 // The kernel handles point into modules that outlive the graph (the stages' drop order).
@@ -721,18 +798,33 @@ impl SimStream {
         Ok(())
     }
 
-    /// A copy on the stream; `kind` says which ends are device memory.
-    pub fn copy(&self, dst: u64, src: u64, bytes: usize, kind: CopyKind) -> Result<()> {
+    /// A copy on the stream; `kind` says which ends are device memory. While capturing,
+    /// returns the recorded node (for [`SimGraph::set_copy_bytes`]).
+    pub fn copy(&self, dst: u64, src: u64, bytes: usize, kind: CopyKind) -> Result<Option<usize>> {
         let op = Op::Copy {
             dst,
             src,
-            bytes,
+            bytes: AtomicUsize::new(bytes),
+            recorded: bytes,
             kind,
         };
+        let node = self.capturing(|c| c.map(|ops| ops.len()))?;
         if self.record(op)? {
-            return Ok(());
+            return Ok(node);
         }
-        run_copy(dst, src, bytes, kind)
+        run_copy(dst, src, bytes, kind).map(|_| None)
+    }
+
+    /// A time mark: noted now, or by every replay when capturing.
+    pub fn mark(&self, marks: &Arc<SimMarks>, index: usize) -> Result<()> {
+        let op = Op::Mark {
+            marks: marks.clone(),
+            index,
+        };
+        if !self.record(op)? {
+            marks.note(index);
+        }
+        Ok(())
     }
 
     pub fn memset(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
@@ -747,6 +839,11 @@ impl SimStream {
             return Ok(());
         }
         run_gemm(&g)
+    }
+
+    /// Whether a capture is under way.
+    pub fn is_capturing(&self) -> Result<bool> {
+        self.capturing(|c| c.is_some())
     }
 
     /// Records `op` when capturing; returns whether it did.
@@ -806,11 +903,13 @@ impl SimStream {
                         }
                     }
                 }
+                Op::Mark { .. } => {}
                 Op::Copy {
                     dst,
                     src,
-                    bytes,
+                    recorded: bytes,
                     kind,
+                    ..
                 } => {
                     if *kind != CopyKind::DeviceToHost {
                         note(&mut memory, *dst, *bytes, "graph copy destination")?;
@@ -837,8 +936,9 @@ impl SimStream {
         }
     }
 
-    /// Re-runs a recorded graph in order, with the recorded arguments.
-    pub fn replay(&self, g: &SimGraph) -> Result<()> {
+    /// Re-runs a recorded graph in order, with the recorded arguments. Returns the bytes
+    /// it copied host → device.
+    pub fn replay(&self, g: &SimGraph) -> Result<u64> {
         if self.capturing(|c| c.is_some())? {
             return Err(misuse(Misuse::Capture, "graph replay while capturing"));
         }
@@ -859,6 +959,7 @@ impl SimStream {
                 }
             }
         }
+        let mut uploaded = 0u64;
         for op in &g.ops {
             match op {
                 Op::Launch {
@@ -898,12 +999,20 @@ impl SimStream {
                     src,
                     bytes,
                     kind,
-                } => run_copy(*dst, *src, *bytes, *kind)?,
+                    ..
+                } => {
+                    let bytes = bytes.load(Ordering::Relaxed);
+                    run_copy(*dst, *src, bytes, *kind)?;
+                    if *kind == CopyKind::HostToDevice {
+                        uploaded += bytes as u64;
+                    }
+                }
+                Op::Mark { marks, index } => marks.note(*index),
                 Op::Memset { dst, value, bytes } => run_memset(*dst, *value, *bytes)?,
                 Op::Gemm(gc) => run_gemm(gc)?,
             }
         }
-        Ok(())
+        Ok(uploaded)
     }
 }
 

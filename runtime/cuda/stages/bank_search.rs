@@ -35,6 +35,10 @@ use crate::{DeviceError, Error, Result};
 /// One bank's search on the device.
 struct DeviceBank {
     plan: SearchPlan,
+    /// The bank's own graph (pinned queries → search → pinned results), kept besides
+    /// the one-graph part's recording ([`DeviceBankSearch::record_search`]): the
+    /// self-check at creation runs it against the CPU search, and an engine with a
+    /// network on the CPU searches through it ([`NearestSearch`]).
     graph: Graph,
 }
 
@@ -104,6 +108,16 @@ pub struct ExactScans {
     pub queries_scanning: u64,
     /// Bank splits scanned exactly, summed over queries.
     pub splits_scanned: u64,
+}
+
+impl ExactScans {
+    /// Counts one fast-path search: `scanned` holds, per query, the splits it scanned
+    /// exactly (as the search kernel leaves them).
+    pub fn add(&mut self, scanned: &[i32]) {
+        self.queries += scanned.len() as u64;
+        self.queries_scanning += scanned.iter().filter(|&&s| s > 0).count() as u64;
+        self.splits_scanned += scanned.iter().map(|&s| s.max(0) as u64).sum::<u64>();
+    }
 }
 
 /// Device memory and recorded work of the bank search (see the module doc).
@@ -484,6 +498,27 @@ impl DeviceBankSearch {
     }
 }
 
+impl DeviceBankSearch {
+    /// Enqueues, after [`DeviceBankSearch::record_search`] of bank `bank`, the copy of
+    /// its per-query exact split scans into `host` (for [`ExactScans::add`] once the
+    /// stream is waited for). Returns whether there was one to copy: only the fast path
+    /// scans splits.
+    pub fn record_scans_download(
+        &self,
+        dev: &Device,
+        bank: usize,
+        host: &mut Pinned<i32>,
+    ) -> Result<bool> {
+        match self.banks.get(bank) {
+            Some(Some(d)) if d.plan.path == SearchPath::F16 => {
+                host.copy_from(dev, self.bufs.scanned, d.plan.nq)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
 impl NearestSearch for DeviceBankSearch {
     fn nearest(
         &mut self,
@@ -516,10 +551,7 @@ impl NearestSearch for DeviceBankSearch {
             index[j] = rows[j] as u32;
         }
         if d.plan.path == SearchPath::F16 {
-            let scanned = &self.host_scanned.as_slice()[..nq];
-            self.scans.queries += nq as u64;
-            self.scans.queries_scanning += scanned.iter().filter(|&&s| s > 0).count() as u64;
-            self.scans.splits_scanned += scanned.iter().map(|&s| s.max(0) as u64).sum::<u64>();
+            self.scans.add(&self.host_scanned.as_slice()[..nq]);
         }
         Ok(())
     }

@@ -570,6 +570,9 @@ impl DeviceFusion {
 /// and output buffers are a region of the engine's arena of their own.
 pub struct FusionGraph {
     // Field order is drop order: the graph and buffers, the stage, the device last.
+    /// The stage's own graph, kept besides the one-graph part: the engine's self-check
+    /// at creation runs it against the CPU fusion in every case, and an engine with a
+    /// network on the CPU fuses through it.
     graph: Graph,
     host_xyz: Pinned<f32>,
     host_rgb: Pinned<f32>,

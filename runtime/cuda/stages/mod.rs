@@ -9,4 +9,5 @@ pub mod group_encoder;
 pub mod part;
 pub mod point_branch;
 pub mod preprocess;
+pub mod train_uff;
 pub mod vit;

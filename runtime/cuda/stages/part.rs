@@ -12,20 +12,24 @@
 //!            pinned memory
 //! ```
 //!
-//! With the device fusion ([`super::fusion::FusionGraph`], UFF models) all of it is one
-//! graph: one launch and one host wait per part, preprocessing the only CPU stage; the
+//! With the device fusion ([`super::fusion::FusionGraph`], UFF and RADAR models whose
+//! fusion the device runs) all of it is one graph: one launch and one host wait per part,
+//! the caller's inputs preprocessed on the device when [`DevicePart::preprocesses`]; the
 //! features stay on the device unless asked for ([`DevicePart::download_features`]).
-//! Without it (RADAR models) the fusion runs on the CPU between two graphs, inputs →
+//! Without it (a fusion the device cannot run) the CPU fuses between two graphs, inputs →
 //! networks → features into pinned memory, then fused features → decision: two launches,
-//! two waits. Preprocessing runs on the CPU before the graphs (the device preprocessing
-//! stage is not wired in yet).
+//! two waits.
 //!
 //! Nothing in a recording depends on the part: the point count and the pixel map are
-//! read from device memory, the whole point buffer is copied, an unusable modality's
-//! network runs on a fixed valid input and its features are replaced on the device by
-//! the pseudo input's (chosen by the status word the host writes), and the decision
-//! parameters of all three modality cases are copied in per part, the kernels choosing
-//! the part's case from the status word. The pixel map and the regions are always made.
+//! read from device memory, an unusable modality's network runs on a fixed valid input
+//! and its features are replaced on the device by the pseudo input's (chosen by the
+//! status word), and the decision parameters of all three modality cases are copied in
+//! per part, the kernels choosing the part's case from the status word. The pixel map and
+//! the regions are always made. What changes per part without re-recording: the sizes of
+//! the input copies (the part's bytes only, set in the instantiated graph before the
+//! launch, [`Graph::set_copy_len`]). Time marks between the stages give each stage's
+//! device time ([`DevicePart::stage_times`]); the fast bank search's exact-scan counts
+//! come back with the results ([`DevicePart::exact_scans`]).
 //!
 //! The stages come in checked: the ViT, the point branch and the fusion by the
 //! extractor's self-checks against the CPU, the bank search by its own
@@ -33,15 +37,17 @@
 
 use std::sync::Arc;
 
-use super::bank_search::DeviceBankSearch;
+use super::bank_search::{DeviceBankSearch, ExactScans};
 use super::forward::DeviceVit;
 use super::fusion::{DeviceFusion, FusionGraph};
 use super::point_branch::DevicePointBranch;
-use super::preprocess::{decode_status, DevicePreprocess, PreprocessStaging, PreprocessTargets};
+use super::preprocess::{
+    decode_status, DevicePreprocess, PreprocessStaging, PreprocessTargets, StagingCopies,
+};
 use super::vit::DeviceRgb;
 use crate::config::BankConfig;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use crate::cuda::device::graph::{Graph, Pinned};
+use crate::cuda::device::graph::{CopyNode, Graph, Pinned, TimeMarks};
 use crate::cuda::device::Device;
 use crate::cuda::ops::maps::{
     BankInput, CaseParams, DecisionParams, MapBuffers, MapKernels, MapPlan, MapSlots,
@@ -56,6 +62,43 @@ use crate::{DeviceError, Error, Result};
 
 fn bad_call(msg: String) -> Error {
     Error::Device(DeviceError::BadCall(format!("device part: {msg}")))
+}
+
+/// The time marks of the part's graphs ([`TimeMarks`]), in recording order: the stage
+/// times of [`DevicePart::stage_times`] are the spans between them.
+mod mark {
+    /// Before the inputs' copies.
+    pub const START: usize = 0;
+    /// After the inputs' copies and the device preprocessing.
+    pub const PREPROCESSED: usize = 1;
+    /// Around the point branch (side stream) and the ViT (engine stream).
+    pub const POINT_START: usize = 2;
+    pub const POINT_END: usize = 3;
+    pub const RGB_START: usize = 4;
+    pub const RGB_END: usize = 5;
+    /// After the join and the pseudo-feature selection.
+    pub const NETWORKS: usize = 6;
+    /// After the device fusion (two graphs: the decision graph's start).
+    pub const FUSED: usize = 7;
+    /// After the bank searches, maps, decision, regions and the results' copies.
+    pub const DECIDED: usize = 8;
+    pub const COUNT: usize = 9;
+}
+
+/// Device time of each stage of the last part, seconds (the spans between the graph's
+/// time marks). The two networks run at the same time on a GPU, so the stages may sum
+/// to more than the part's time there; on the simulated device, one in-order stream,
+/// they do not.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceStageTimes {
+    /// The inputs' copies, and the preprocessing when the device runs it.
+    pub preprocess: f64,
+    pub rgb: f64,
+    pub point: f64,
+    /// 0 when the CPU fuses (two graphs).
+    pub fusion: f64,
+    /// Bank searches, maps, decision and regions, with the results' copies.
+    pub score: f64,
 }
 
 /// Feature sizes of one part (floats).
@@ -143,6 +186,18 @@ struct HostIo {
     regions: Pinned<RegionRec>,
     /// [regions found, regions kept].
     region_count: Pinned<u32>,
+    /// Per bank on the fast search path: the exact split scans of each query, and
+    /// whether the graph copies them here.
+    scanned: [Option<Pinned<i32>>; 3],
+    scans_copied: [bool; 3],
+}
+
+/// The recorded input copies sized per part before the replay.
+enum InputCopies {
+    /// The caller's inputs, for the device preprocessing.
+    Staged(StagingCopies),
+    /// The CPU-preprocessed points (3 values each).
+    Points(CopyNode),
 }
 
 /// What the decision leaves in pinned memory for the engine.
@@ -175,6 +230,7 @@ struct Recorder<'a> {
     maps: &'a MapKernels,
     set: &'a BankSet<'a>,
     arena: &'a Arena,
+    marks: &'a TimeMarks,
     slots: PartSlots,
     sizes: Sizes,
 }
@@ -191,11 +247,13 @@ impl Recorder<'_> {
     }
 
     /// The part's inputs from pinned memory, the two networks on forked streams, the
-    /// pseudo-feature selection.
-    fn networks(&self, d: &Device, h: &mut HostIo) -> Result<()> {
+    /// pseudo-feature selection. Returns the input copies to size per part.
+    fn networks(&self, d: &Device, h: &mut HostIo) -> Result<InputCopies> {
         let (io, vit) = (self.point.io(), self.vit);
         let np = self.point.sizes().max_points();
-        match (self.preprocess, &h.staging) {
+        let marks = self.marks;
+        marks.record(d, mark::START)?;
+        let copies = match (self.preprocess, &h.staging) {
             (Some(pre), Some(staging)) => {
                 let own = pre.targets();
                 let targets = PreprocessTargets {
@@ -206,7 +264,7 @@ impl Recorder<'_> {
                     rgb_input: vit.input_ptr(),
                     status: own.status,
                 };
-                staging.record_upload(d, pre.inputs())?;
+                let copies = staging.record_upload(d, pre.inputs())?;
                 let min = self.point.sizes().min_points();
                 // SAFETY: the stage's own inputs and the consumers' buffers, sized for
                 // its side (the point branch's and the ViT's, checked in `new`).
@@ -222,29 +280,43 @@ impl Recorder<'_> {
                     )?;
                 }
                 h.status_word.copy_from(d, own.status, 1)?;
+                InputCopies::Staged(copies)
             }
             _ => {
                 h.status.copy_to(d, self.status(), 2)?;
                 h.rgb_input.copy_to(d, vit.input_ptr(), h.rgb_input.len())?;
-                h.points.copy_to(d, io.points, 3 * np)?;
+                // Only the part's points are read (the count says how many).
+                let points = h.points.copy_to_resizable(d, io.points, 3 * np)?;
                 h.count.copy_to(d, io.count, 1)?;
                 h.pixel_map.copy_to(d, io.pixel_map, np)?;
+                InputCopies::Points(points)
             }
-        }
+        };
+        marks.record(d, mark::PREPROCESSED)?;
         let (rgb, sz) = (self.rgb(), self.sizes);
         let pseudo = |s: Slot<f32>| self.arena.ptr(s);
         // SAFETY: every buffer is the stages' own or planned for these sizes.
         unsafe {
             d.fork_join(
-                |d| self.point.record_on_device(d),
-                |d| vit.record_input(d, vit.input_ptr(), rgb),
+                |d| {
+                    marks.record(d, mark::POINT_START)?;
+                    self.point.record_on_device(d)?;
+                    marks.record(d, mark::POINT_END)
+                },
+                |d| {
+                    marks.record(d, mark::RGB_START)?;
+                    vit.record_input(d, vit.input_ptr(), rgb)?;
+                    marks.record(d, mark::RGB_END)
+                },
             )?;
             let st = self.status();
             self.maps
                 .pseudo_select(d, st, 0, sz.rgb, pseudo(self.slots.pseudo_rgb), rgb)?;
             self.maps
-                .pseudo_select(d, st, 1, sz.xyz, pseudo(self.slots.pseudo_xyz), io.xyz)
+                .pseudo_select(d, st, 1, sz.xyz, pseudo(self.slots.pseudo_xyz), io.xyz)?;
         }
+        marks.record(d, mark::NETWORKS)?;
+        Ok(copies)
     }
 
     /// The features into pinned memory (with the fused ones when `fused`).
@@ -265,8 +337,9 @@ impl Recorder<'_> {
         // SAFETY: the features and the fused buffer planned for these sizes.
         unsafe {
             self.maps.case_of(d, self.status(), fusion.case_ptr())?;
-            fusion.record(d, self.point.io().xyz, self.rgb(), self.fused())
+            fusion.record(d, self.point.io().xyz, self.rgb(), self.fused())?;
         }
+        self.marks.record(d, mark::FUSED)
     }
 
     /// The decision parameters from pinned memory, the bank searches, the maps, the
@@ -304,6 +377,10 @@ impl Recorder<'_> {
                     .normalise(d, n, norm.mean, 1.0 / norm.std, features[b], x)?;
                 self.search.record_search(d, b, x, dist, nn)?;
             }
+            // The fast path's exact-scan counts come back with the results.
+            if let Some(host) = h.scanned[b].as_mut() {
+                h.scans_copied[b] = self.search.record_scans_download(d, b, host)?;
+            }
             // With the bank file's neighbour table the re-weighting looks m*'s
             // neighbours up; without it, it scans the bank (the same result).
             inputs[b] = BankInput {
@@ -323,7 +400,8 @@ impl Recorder<'_> {
         h.decision.copy_from(d, bufs.decision, 1)?;
         h.map.copy_from(d, bufs.map, h.map.len())?;
         h.regions.copy_from(d, bufs.regions, h.regions.len())?;
-        h.region_count.copy_from(d, bufs.count, 2)
+        h.region_count.copy_from(d, bufs.count, 2)?;
+        self.marks.record(d, mark::DECIDED)
     }
 }
 
@@ -333,6 +411,11 @@ pub struct DevicePart {
     // the arena and the stages, the device last.
     graphs: Graphs,
     host: HostIo,
+    /// The input copies of the first graph, sized per part.
+    inputs: InputCopies,
+    marks: TimeMarks,
+    /// The fast bank search's exact scans, counted since creation.
+    scans: ExactScans,
     _maps: MapKernels,
     _arena: Arena,
     _fusion: Option<FusionGraph>,
@@ -341,6 +424,9 @@ pub struct DevicePart {
     point: DevicePointBranch,
     search: DeviceBankSearch,
     sizes: Sizes,
+    slots: PartSlots,
+    /// Width of each bank's rows (0: absent).
+    set_dims: [usize; 3],
     dev: Arc<Device>,
 }
 
@@ -464,7 +550,15 @@ impl DevicePart {
             map: Pinned::new(&dev, s2)?,
             regions: Pinned::new(&dev, map_plan.max_regions)?,
             region_count: Pinned::new(&dev, 2)?,
+            scanned: [None, None, None],
+            scans_copied: [false; 3],
         };
+        for (b, scanned) in host.scanned.iter_mut().enumerate() {
+            if let Some(nq) = search.queries(b) {
+                *scanned = Some(Pinned::new(&dev, nq)?);
+            }
+        }
+        let marks = TimeMarks::new(&dev, mark::COUNT)?;
         let rec = Recorder {
             preprocess: preprocess.as_ref(),
             vit,
@@ -474,32 +568,41 @@ impl DevicePart {
             maps: &maps,
             set,
             arena: &arena,
+            marks: &marks,
             slots,
             sizes,
         };
+        let mut inputs = None;
         let graphs = match rec.fusion {
             Some(f) => Graphs::One {
                 part: Graph::capture(&dev, |d| {
-                    rec.networks(d, &mut host)?;
+                    inputs = Some(rec.networks(d, &mut host)?);
                     rec.fusion(d, f)?;
                     rec.decision(d, &mut host)
                 })?,
                 features: Graph::capture(&dev, |d| rec.feature_downloads(d, &mut host, true))?,
             },
+            // Kept for a model whose fusion the device cannot run (the CPU fuses between
+            // the two; see `fuses`): the engine's fallback, tested in tests/cuda/sim.
             None => Graphs::Two {
                 networks: Graph::capture(&dev, |d| {
-                    rec.networks(d, &mut host)?;
+                    inputs = Some(rec.networks(d, &mut host)?);
                     rec.feature_downloads(d, &mut host, false)
                 })?,
                 decision: Graph::capture(&dev, |d| {
+                    rec.marks.record(d, mark::FUSED)?;
                     host.fused.copy_to(d, rec.fused(), sizes.fused)?;
                     rec.decision(d, &mut host)
                 })?,
             },
         };
+        let inputs = inputs.ok_or_else(|| bad_call("the inputs were not recorded".into()))?;
         Ok(DevicePart {
             graphs,
             host,
+            inputs,
+            marks,
+            scans: ExactScans::default(),
             _maps: maps,
             _arena: arena,
             _fusion: fusion,
@@ -508,6 +611,8 @@ impl DevicePart {
             point,
             search,
             sizes,
+            slots,
+            set_dims: std::array::from_fn(|b| set.banks[b].map_or(0, |v| v.dim)),
             dev,
         })
     }
@@ -633,6 +738,7 @@ impl DevicePart {
         self.stage_inputs(input)?;
         self.stage_params(params);
         self.replay(Which::Part)?;
+        self.count_scans();
         self.status_of(input)
     }
 
@@ -668,7 +774,43 @@ impl DevicePart {
         self.host.fused.as_mut_slice().copy_from_slice(fused);
         self.stage_params(params);
         self.replay(Which::Decision)?;
+        self.count_scans();
         Ok(self.results())
+    }
+
+    /// Counts the exact scans the last part's fast bank searches copied back.
+    fn count_scans(&mut self) {
+        let h = &self.host;
+        for (scanned, &copied) in h.scanned.iter().zip(&h.scans_copied) {
+            if let (Some(s), true) = (scanned, copied) {
+                self.scans.add(s.as_slice());
+            }
+        }
+    }
+
+    /// The fast bank search's exact split scans over every part since creation (as
+    /// [`DeviceBankSearch::exact_scans`] counts them for its own graphs): how often the
+    /// kept candidates did not suffice. Zero on the f32 search path.
+    pub fn exact_scans(&self) -> ExactScans {
+        self.scans
+    }
+
+    /// The device time of each stage of the last part (after [`DevicePart::inspect`], or
+    /// [`DevicePart::decide`] when the CPU fuses), read from the graphs' time marks: no
+    /// extra wait, no allocation.
+    pub fn stage_times(&self) -> Result<DeviceStageTimes> {
+        let span = |a, b| self.marks.elapsed_s(a, b);
+        Ok(DeviceStageTimes {
+            preprocess: span(mark::START, mark::PREPROCESSED)?,
+            rgb: span(mark::RGB_START, mark::RGB_END)?,
+            point: span(mark::POINT_START, mark::POINT_END)?,
+            fusion: if self.fuses() {
+                span(mark::NETWORKS, mark::FUSED)?
+            } else {
+                0.0
+            },
+            score: span(mark::FUSED, mark::DECIDED)?,
+        })
     }
 
     /// The last part's features (RGB, xyz, centers, groups into `out`, fused into
@@ -751,6 +893,34 @@ impl DevicePart {
         Ok(())
     }
 
+    /// The last part's search in bank `bank` as the device ran it: its normalised
+    /// queries (patches × the bank's width) into `queries` and the nearest row of each
+    /// patch into `rows`. Direct downloads (host waits), for tests and diagnostics.
+    pub fn download_search(
+        &self,
+        bank: usize,
+        queries: &mut [f32],
+        rows: &mut [u32],
+    ) -> Result<()> {
+        let n = self.search.queries(bank).unwrap_or(0);
+        let dim = self.set_dims[bank];
+        if n == 0 || rows.len() != n || queries.len() != n * dim {
+            return Err(bad_call(format!(
+                "{} rows and {} query values asked of bank {bank}, which has {n} patches \
+                 of {dim}",
+                rows.len(),
+                queries.len()
+            )));
+        }
+        self.dev.bind()?;
+        let (q, nn) = (
+            self._arena.ptr(self.slots.queries[bank]),
+            self._arena.ptr(self.slots.nearest[bank]),
+        );
+        self.dev.download(queries, q.raw())?;
+        self.dev.download(rows, nn.raw())
+    }
+
     /// What the last [`DevicePart::inspect`] or [`DevicePart::decide`] left in pinned
     /// memory.
     pub fn results(&self) -> PartResults<'_> {
@@ -767,9 +937,15 @@ impl DevicePart {
 
     fn replay(&self, which: Which) -> Result<()> {
         let g = match (&self.graphs, which) {
-            (Graphs::One { part, .. }, Which::Part) => part,
+            (Graphs::One { part, .. }, Which::Part) => {
+                self.size_inputs(part)?;
+                part
+            }
             (Graphs::One { features, .. }, Which::Features) => features,
-            (Graphs::Two { networks, .. }, Which::Networks) => networks,
+            (Graphs::Two { networks, .. }, Which::Networks) => {
+                self.size_inputs(networks)?;
+                networks
+            }
             (Graphs::Two { decision, .. }, Which::Decision) => decision,
             _ => {
                 return Err(bad_call(
@@ -782,6 +958,26 @@ impl DevicePart {
         let launched = g.replay(&self.dev);
         let done = self.dev.synchronize();
         launched.and(done)
+    }
+}
+
+impl DevicePart {
+    /// Sizes the input copies of `graph` (the one that recorded them) to the part just
+    /// staged: its bytes only, whatever the largest part is.
+    fn size_inputs(&self, graph: &Graph) -> Result<()> {
+        match (&self.inputs, &self.host.staging) {
+            (InputCopies::Staged(copies), Some(staging)) => {
+                staging.size_upload(&self.dev, graph, copies)?;
+                Ok(())
+            }
+            (InputCopies::Points(points), _) => {
+                let n = self.host.count.as_slice()[0].max(0) as usize;
+                graph.set_copy_len(&self.dev, points, 3 * n)
+            }
+            (InputCopies::Staged(_), None) => {
+                Err(bad_call("staged inputs without the staging".into()))
+            }
+        }
     }
 }
 

@@ -494,6 +494,9 @@ pub struct BranchIo {
 pub struct DevicePointBranch {
     // Field order is drop order: the graph, the pinned buffers, the kernels, the model,
     // the arena, the device last (its context must outlive all of them).
+    /// The stage's own graph, kept besides the one-graph part: the engine's self-check
+    /// at creation runs it against the CPU, an engine whose ViT stays on the CPU runs
+    /// the branch through it, and bench/cuda/point_branch.rs times it.
     graph: Option<Graph>,
     host: HostBufs,
     kernels: PointKernels,

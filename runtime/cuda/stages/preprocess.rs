@@ -50,7 +50,7 @@ use std::sync::Arc;
 
 use crate::config::PreprocessConfig;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
-use crate::cuda::device::graph::Pinned;
+use crate::cuda::device::graph::{CopyNode, Graph, Pinned};
 use crate::cuda::device::Device;
 use crate::cuda::ops::preprocess::{PartHeader, PlaneRec, PreState, PreprocessKernels};
 use crate::format::ModelFile;
@@ -634,7 +634,10 @@ impl DevicePreprocess {
 
 /// Pinned host copies of one part's inputs, for a caller without staging of its own: fill
 /// per part ([`PreprocessStaging::fill`]), record the upload once
-/// ([`PreprocessStaging::record_upload`], the largest part's bytes every time).
+/// ([`PreprocessStaging::record_upload`], the largest part's bytes), and before each
+/// replay size its copies to the part ([`PreprocessStaging::size_upload`]): the kernels
+/// read only the rows the header names, so what lies beyond them on the device (an
+/// earlier, larger part) is never read.
 pub struct PreprocessStaging {
     header: Pinned<PartHeader>,
     cloud: Pinned<f32>,
@@ -680,10 +683,42 @@ impl PreprocessStaging {
         Ok(hd)
     }
 
-    /// Enqueues the copies of header, cloud and image into `inputs`.
-    pub fn record_upload(&self, dev: &Device, inputs: PreprocessInputs) -> Result<()> {
+    /// Records (inside [`Graph::capture`]) the copies of header, cloud and image into
+    /// `inputs`, cloud and image at their largest.
+    pub fn record_upload(&self, dev: &Device, inputs: PreprocessInputs) -> Result<StagingCopies> {
         self.header.copy_to(dev, inputs.header, 1)?;
-        self.cloud.copy_to(dev, inputs.cloud, self.cloud.len())?;
-        self.rgb.copy_to(dev, inputs.rgb, self.rgb.len())
+        Ok(StagingCopies {
+            cloud: self
+                .cloud
+                .copy_to_resizable(dev, inputs.cloud, self.cloud.len())?,
+            rgb: self
+                .rgb
+                .copy_to_resizable(dev, inputs.rgb, self.rgb.len())?,
+        })
     }
+
+    /// Sizes the recorded copies of `graph` to the part [`PreprocessStaging::fill`] last
+    /// wrote (its packed rows; one value for an absent modality). Returns the bytes the
+    /// next replay uploads (header included).
+    pub fn size_upload(
+        &self,
+        dev: &Device,
+        graph: &Graph,
+        copies: &StagingCopies,
+    ) -> Result<usize> {
+        let hd = self.header.as_slice()[0];
+        let values = 3 * hd.width.max(0) as usize * hd.height.max(0) as usize;
+        let cloud = if hd.has_cloud != 0 { values } else { 1 };
+        let rgb = if hd.has_rgb != 0 { values } else { 1 };
+        graph.set_copy_len(dev, &copies.cloud, cloud)?;
+        graph.set_copy_len(dev, &copies.rgb, rgb)?;
+        Ok(std::mem::size_of::<PartHeader>() + 4 * cloud + rgb)
+    }
+}
+
+/// The resizable copies [`PreprocessStaging::record_upload`] recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct StagingCopies {
+    cloud: CopyNode,
+    rgb: CopyNode,
 }

@@ -3,7 +3,7 @@
 //! input from a pinned buffer, the whole forward, copy the patch features back. Per part,
 //! [`RgbNetwork::forward`] fills the pinned input, replays and waits: no allocation.
 //! The extractor accepts it only after checking it against the CPU ViT
-//! ([`crate::pipeline::extract::Extractor::use_rgb_network`]).
+//! ([`crate::pipeline::extract::Extractor::use_network`]).
 
 use std::sync::Arc;
 
@@ -19,6 +19,9 @@ use crate::{DeviceError, Error, Result};
 /// The ViT on the device, with its recorded graph (module doc).
 pub struct DeviceRgb {
     // Field order is drop order: the graph and buffers, the model, the device last.
+    /// The stage's own graph (pinned input → features → pinned output), kept besides the
+    /// one-graph part: the engine's self-check at creation runs it against the CPU ViT,
+    /// and an engine whose point branch stays on the CPU runs the ViT through it.
     graph: Graph,
     host_input: Pinned<f32>,
     host_features: Pinned<f32>,

@@ -61,6 +61,9 @@ fn the_latency_report_counts_graph_launches_host_syncs_and_cpu_stages() {
     );
     assert!(json.contains("\"host_syncs_per_part\": 1.000000"), "{json}");
     assert!(json.contains("\"cpu_stages\": []"), "{json}");
+    // The f32 search scans no split exactly: no fast-search figures.
+    assert_eq!(sim.exact_scans_per_part, None);
+    assert!(json.contains("\"exact_scans_per_part\": null"), "{json}");
     eprintln!("{}", sim.table());
 }
 

@@ -44,6 +44,14 @@ pub const STAGES: [&str; 6] = [
     "maps and decision",
 ];
 
+/// The fixture's engine on the CPU and on the simulated device (every stage there).
+pub fn cpu_and_sim(fx: &common::Fixture, precision: Precision) -> (Engine, Engine) {
+    let cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, precision)).unwrap();
+    let sim = Engine::open(&fx.model, &fx.bank, &options(Backend::CudaSim, precision)).unwrap();
+    assert_on_the_simulated_device(&sim);
+    (cpu, sim)
+}
+
 pub fn assert_on_the_simulated_device(e: &Engine) {
     assert_on_the_simulated_device_but(e, &[]);
 }
@@ -102,9 +110,7 @@ fn parity(
         4,
         1,
     );
-    let mut cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, precision)).unwrap();
-    let mut sim = Engine::open(&fx.model, &fx.bank, &options(Backend::CudaSim, precision)).unwrap();
-    assert_on_the_simulated_device(&sim);
+    let (mut cpu, mut sim) = cpu_and_sim(&fx, precision);
     assert_eq!(sim.backend().precision, precision);
     let opts = InspectOptions {
         map: true,
@@ -295,9 +301,7 @@ fn bf16_radar_engine_on_the_simulated_device_matches_the_cpu_up_to_the_reweighti
     let tol = Precision::Bf16.feature_tolerance();
     let part_tol = 1e-1;
     let fx = common::fitted_with(cfg, "sim-radar-bf16", Category::Disc, 11, 4, 1);
-    let mut cpu = Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, precision)).unwrap();
-    let mut sim = Engine::open(&fx.model, &fx.bank, &options(Backend::CudaSim, precision)).unwrap();
-    assert_on_the_simulated_device(&sim);
+    let (mut cpu, mut sim) = cpu_and_sim(&fx, precision);
     let bank = BankFile::open(&fx.bank, &OpenOptions::default(), None).unwrap();
     let set = BankSet::from_file(&bank).unwrap();
     let pool = Pool::new(1);
@@ -529,15 +533,7 @@ fn one_recording_serves_unusable_clouds_other_sizes_and_per_part_options() {
         4,
         1,
     );
-    let mut cpu =
-        Engine::open(&fx.model, &fx.bank, &options(Backend::Cpu, Precision::F32)).unwrap();
-    let mut sim = Engine::open(
-        &fx.model,
-        &fx.bank,
-        &options(Backend::CudaSim, Precision::F32),
-    )
-    .unwrap();
-    assert_on_the_simulated_device(&sim);
+    let (mut cpu, mut sim) = cpu_and_sim(&fx, Precision::F32);
     let parts: Vec<_> = list_test(&fx.category)
         .unwrap()
         .iter()

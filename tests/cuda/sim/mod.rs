@@ -7,3 +7,4 @@ mod alloc;
 mod device;
 mod engine;
 mod eval;
+mod part;
