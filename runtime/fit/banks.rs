@@ -242,10 +242,18 @@ fn bank_slices(
 
 /// The coreset's greedy selection: on the GPU when asked for and possible, else the CPU
 /// (identical indices either way).
-fn greedy_selection(pool: &Pool, backend: Backend, x: &[f32], dim: usize, m: usize) -> Vec<u32> {
+/// `x` holds `n × dim` rows and room for [`coreset::tiled_len`]; the CPU rearranges it.
+fn greedy_selection(
+    pool: &Pool,
+    backend: Backend,
+    x: &mut [f32],
+    n: usize,
+    dim: usize,
+    m: usize,
+) -> Vec<u32> {
     if backend != Backend::Cpu {
         #[cfg(feature = "cuda")]
-        let why = match crate::cuda::ops::coreset::greedy_on_first_device(x, dim, m) {
+        let why = match crate::cuda::ops::coreset::greedy_on_first_device(&x[..n * dim], dim, m) {
             Ok(idx) => return idx,
             Err(e) => e.to_string(),
         };
@@ -255,7 +263,7 @@ fn greedy_selection(pool: &Pool, backend: Backend, x: &[f32], dim: usize, m: usi
             eprintln!("miad: GPU coreset not used: {why}; selecting on the CPU");
         }
     }
-    coreset::greedy(pool, x, dim, m)
+    coreset::greedy_in_place(pool, x, n, dim, m)
 }
 
 /// Runs the fit (module doc). `base` carries the model identity and category.
@@ -374,8 +382,11 @@ pub fn fit(
             } else {
                 (d, None)
             };
-            let mut proj =
-                ScratchFile::create(&opts.scratch_dir, &format!("{tag}.proj{b}"), n * pd)?;
+            let mut proj = ScratchFile::create(
+                &opts.scratch_dir,
+                &format!("{tag}.proj{b}"),
+                coreset::tiled_len(n, pd),
+            )?;
             let out = proj.as_mut_slice();
             let chunk = 4096;
             let mut buf = vec![0f32; chunk.min(n) * d];
@@ -408,7 +419,7 @@ pub fn fit(
                 n,
                 "rows",
             );
-            let sel = greedy_selection(pool, opts.backend, proj.as_slice(), pd, m);
+            let sel = greedy_selection(pool, opts.backend, proj.as_mut_slice(), n, pd, m);
             clock.end(
                 format!("coreset {} ({n} → {m})", BANK_NAMES[b]),
                 m,
