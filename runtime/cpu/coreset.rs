@@ -198,7 +198,7 @@ pub fn greedy_plain(x: &[f32], dim: usize, m: usize) -> Vec<u32> {
 /// The same selection as [`greedy_plain`], accelerated (see the module doc). Indices
 /// are identical for any input; the work is split over `pool` in fixed blocks.
 pub fn greedy(pool: &Pool, x: &[f32], dim: usize, m: usize) -> Vec<u32> {
-    let n = if dim == 0 { 0 } else { x.len() / dim };
+    let n = x.len().checked_div(dim).unwrap_or(0);
     let mut tiles = vec![0f32; tiled_len(n, dim)];
     tiles[..n * dim].copy_from_slice(&x[..n * dim]);
     greedy_in_place(pool, &mut tiles, n, dim, m)
