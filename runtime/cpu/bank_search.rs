@@ -653,43 +653,68 @@ pub fn neighbour_table(
                     }
                 }
             }
+            // Per query: the exact top 3 so far, how far a candidate's GEMM form may lie
+            // (`reach`), and whether the kept candidates provably hold the top 3.
+            let mut td = [[f32::INFINITY; 3]; QUERY_BLOCK];
+            let mut ti = [[NO_ROW; 3]; QUERY_BLOCK];
+            let mut reach = [0f64; QUERY_BLOCK];
+            let mut complete = [true; QUERY_BLOCK];
+            let bound = |j: usize, b: usize| gemm_form_bound(qnorm[j], bank.sq_norms[b], dim);
+            // Re-scores bank row b for query j exactly (once per pair: walks may repeat
+            // rows); as knn_scan, an infinite distance is never taken.
+            let exact = |td: &mut [f32; 3], ti: &mut [u32; 3], j: usize, b: usize| {
+                if ti.contains(&(b as u32)) {
+                    return;
+                }
+                let e = sq_dist(bank.row(q0 + j), bank.row(b));
+                if e < f32::INFINITY {
+                    insert_top_u(td, ti, e, b as u32);
+                }
+            };
             for j in 0..qn {
-                let m = q0 + j;
-                let x = bank.row(m);
                 let (gd, gi) = (&kd[j], &ki[j]);
-                let bound = |b: u32| gemm_form_bound(qnorm[j], bank.sq_norms[b as usize], dim);
-                let reach = (0..3.min(n))
-                    .map(|t| gd[t] as f64 + bound(gi[t]))
+                reach[j] = (0..3.min(n))
+                    .map(|t| gd[t] as f64 + bound(j, gi[t] as usize))
                     .fold(f64::NEG_INFINITY, f64::max);
-                let complete = n <= TABLE_KEEP
-                    || gd[TABLE_KEEP - 1] as f64 - gemm_form_bound(qnorm[j], b_max, dim) > reach;
-                let mut td = [f32::INFINITY; 3];
-                let mut ti = [NO_ROW; 3];
-                let mut exact = |b: usize| {
-                    let e = sq_dist(x, bank.row(b));
-                    // As knn_scan: an infinite distance is never taken.
-                    if e < f32::INFINITY {
-                        insert_top_u(&mut td, &mut ti, e, b as u32);
-                    }
-                };
-                if complete {
+                complete[j] = n <= TABLE_KEEP
+                    || gd[TABLE_KEEP - 1] as f64 - gemm_form_bound(qnorm[j], b_max, dim) > reach[j];
+                if complete[j] {
                     for t in 0..TABLE_KEEP.min(n) {
-                        if gd[t] as f64 - bound(gi[t]) <= reach {
-                            exact(gi[t] as usize);
-                        }
-                    }
-                } else {
-                    // Every row through the GEMM form again (any summation order keeps
-                    // the bound), re-scoring those that pass.
-                    scans[0] += 1;
-                    for b in 0..n {
-                        let g = qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b];
-                        if g as f64 - bound(b as u32) <= reach {
-                            exact(b);
+                        if gd[t] as f64 - bound(j, gi[t] as usize) <= reach[j] {
+                            exact(&mut td[j], &mut ti[j], j, gi[t] as usize);
                         }
                     }
                 }
-                out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[1..3]);
+            }
+            // The others: every bank row through the GEMM form again (any summation
+            // order keeps the bound), re-scoring those within reach; one more walk for
+            // the whole block instead of one pass over the bank per query.
+            let incomplete = complete[..qn].iter().filter(|c| !**c).count();
+            if incomplete > 0 {
+                scans[0] += incomplete;
+                let mut rescore = |j: usize, g: f32, b: usize| {
+                    if !complete[j] && g as f64 - bound(j, b) <= reach[j] {
+                        exact(&mut td[j], &mut ti[j], j, b);
+                    }
+                };
+                if packed {
+                    walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
+                        let bn = bank.sq_norms[row];
+                        for (j, &dot) in dots.iter().enumerate() {
+                            rescore(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
+                        }
+                    });
+                } else {
+                    for (j, x) in q.chunks_exact(dim).enumerate() {
+                        for b in 0..n {
+                            let g = qnorm[j] - 2.0 * dot_any_order(x, bank.row(b));
+                            rescore(j, g + bank.sq_norms[b], b);
+                        }
+                    }
+                }
+            }
+            for j in 0..qn {
+                out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[j][1..3]);
             }
         });
         r0 = r1;
