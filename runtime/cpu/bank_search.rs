@@ -574,6 +574,40 @@ fn table_rows_per_task(dim: usize) -> usize {
     query_block(dim)
 }
 
+/// `visit(query, g, row)` with the GEMM form g = ‖q‖² − 2 q·b + ‖b‖² of every query of
+/// the block and every bank row: through [`walk_bank`] when `packed` (rows may come
+/// twice), else with [`dot_any_order`]; both within [`gemm_form_bound`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_forms(
+    ker: Kernel,
+    packed: bool,
+    q: &[f32],
+    qn: usize,
+    qnorm: &[f32],
+    bank: BankView<'_>,
+    pack: &mut [f32],
+    visit: &mut dyn FnMut(usize, f32, usize),
+) {
+    if packed {
+        walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
+            let bn = bank.sq_norms[row];
+            for (j, &dot) in dots.iter().enumerate() {
+                visit(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
+            }
+        });
+    } else {
+        for (j, x) in q.chunks_exact(bank.dim).enumerate() {
+            for b in 0..bank.n {
+                visit(
+                    j,
+                    qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b],
+                    b,
+                );
+            }
+        }
+    }
+}
+
 /// For every bank row m, the rows PatchCore's re-weighting takes (SPEC §7): the 3 rows
 /// nearest to m by [`sq_dist`] (m itself included, ties to the lower index), without the
 /// first; exactly what [`knn_scan`] returns for m's row with no exclusion, so scores with
@@ -638,21 +672,10 @@ pub fn neighbour_table(
                     insert_top_u(&mut kd[j], &mut ki[j], g, row);
                 }
             };
-            if packed {
-                walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
-                    let bn = bank.sq_norms[row];
-                    for (j, &dot) in dots.iter().enumerate() {
-                        keep(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
-                    }
-                });
-            } else {
-                for (j, x) in q.chunks_exact(dim).enumerate() {
-                    for b in 0..n {
-                        let dot: f32 = x.iter().zip(bank.row(b)).map(|(a, c)| a * c).sum();
-                        keep(j, qnorm[j] - 2.0 * dot + bank.sq_norms[b], b);
-                    }
-                }
-            }
+            let forms = |pack: &mut [f32], visit: &mut dyn FnMut(usize, f32, usize)| {
+                gemm_forms(ker, packed, q, qn, qnorm, bank, pack, visit)
+            };
+            forms(pack, &mut |j, g, row| keep(j, g, row));
             // Per query: the exact top 3 so far, how far a candidate's GEMM form may lie
             // (`reach`), and whether the kept candidates provably hold the top 3.
             let mut td = [[f32::INFINITY; 3]; QUERY_BLOCK];
@@ -697,21 +720,7 @@ pub fn neighbour_table(
                         exact(&mut td[j], &mut ti[j], j, b);
                     }
                 };
-                if packed {
-                    walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
-                        let bn = bank.sq_norms[row];
-                        for (j, &dot) in dots.iter().enumerate() {
-                            rescore(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
-                        }
-                    });
-                } else {
-                    for (j, x) in q.chunks_exact(dim).enumerate() {
-                        for b in 0..n {
-                            let g = qnorm[j] - 2.0 * dot_any_order(x, bank.row(b));
-                            rescore(j, g + bank.sq_norms[b], b);
-                        }
-                    }
-                }
+                forms(pack, &mut rescore);
             }
             for j in 0..qn {
                 out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[j][1..3]);
