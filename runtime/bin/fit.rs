@@ -114,6 +114,24 @@ pub fn run(a: Args) -> miad::Result<()> {
                 k as f64 / 1024.0
             ))
     );
+    for ph in &fitted.phases {
+        println!(
+            "  phase {:<44} {:>9.1} s  {:>10.1} {}/s",
+            ph.phase,
+            ph.seconds,
+            ph.items as f64 / ph.seconds.max(1e-9),
+            ph.unit
+        );
+    }
+    for (b, (asked, computed)) in fitted.search_pairs.iter().enumerate() {
+        if *asked > 0 {
+            println!(
+                "  leave-one-out search {:<6} {computed} of {asked} distances computed ({:.1}%)",
+                miad::types::BANK_NAMES[b],
+                100.0 * *computed as f64 / *asked as f64
+            );
+        }
+    }
     println!("wrote {}", a.out.display());
     Ok(())
 }

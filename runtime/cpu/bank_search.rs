@@ -43,6 +43,10 @@ pub struct BankView<'a> {
     pub dim: usize,
     /// [`TABLE_NEIGHBOURS`] rows per bank row; `None`: the re-weighting scans the bank.
     pub neighbours: Option<&'a [u32]>,
+    /// A fit-time partition of the bank ([`super::bank_prune`]): [`nearest`] skips the
+    /// clusters that cannot hold a query's answer (same result; allocates per call, so
+    /// the fit sets it, inspection does not).
+    pub partition: Option<&'a super::bank_prune::BankPartition>,
 }
 
 impl<'a> BankView<'a> {
@@ -59,6 +63,7 @@ impl<'a> BankView<'a> {
             n,
             dim,
             neighbours: None,
+            partition: None,
         }
     }
 
@@ -72,6 +77,15 @@ impl<'a> BankView<'a> {
         );
         BankView {
             neighbours: Some(table),
+            ..self
+        }
+    }
+
+    /// The same bank with a partition built from it ([`super::bank_prune::BankPartition`]).
+    pub fn with_partition(self, partition: &'a super::bank_prune::BankPartition) -> Self {
+        assert!(partition.fits(&self), "bank: partition of another bank");
+        BankView {
+            partition: Some(partition),
             ..self
         }
     }
@@ -132,6 +146,14 @@ pub fn nearest(
     if nq == 0 {
         return;
     }
+    if let Some(part) = bank.partition {
+        let unpartitioned = BankView {
+            partition: None,
+            ..bank
+        };
+        super::bank_prune::nearest_pruned(pool, queries, unpartitioned, part, exclude, dist, index);
+        return;
+    }
     let qb = query_block(dim);
     // A dimension so wide that even QUERY_QUANTUM queries overflow the pack: the
     // plain search (no such model exists; kept correct rather than fast).
@@ -158,7 +180,7 @@ pub fn nearest(
         d_out.fill(f32::INFINITY);
         i_out.fill(u32::MAX);
         if packed && bank.n >= ker.mr {
-            search_packed(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
+            search_block(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
         } else {
             for (i, x) in q.chunks_exact(dim).enumerate() {
                 for b in 0..bank.n {
@@ -194,9 +216,10 @@ fn fold(best: &mut f32, arg: &mut u32, d2: f32, row: usize, exclude: Option<(&[u
 }
 
 /// The fused search of one query block (`qn` queries, `bank.n ≥ ker.mr`): the running
-/// minimum of [`walk_bank`]'s dot products.
+/// minimum of [`walk_bank`]'s dot products. `d_out`, `i_out` start at +∞ and [`NO_ROW`];
+/// they end with squared distances.
 #[allow(clippy::too_many_arguments)]
-fn search_packed(
+pub(crate) fn search_block(
     ker: Kernel,
     q: &[f32],
     qn: usize,
@@ -519,7 +542,7 @@ pub struct NeighbourTable {
 /// operations of `‖q‖² − 2q·b + ‖b‖²` by 3u·S and `sq_dist` (rounded differences and
 /// squares, summed in order) by g·S, S = (Q + B)²: in all (2g + 3u)·S. Q and B are bounded
 /// from the computed squares (Q² ≤ fl(Q²)(1 + 2g)); the result is rounded up.
-fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
+pub(crate) fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
     let u = 2f64.powi(-24);
     let g = (n as f64 + 2.0) * u / (1.0 - (n as f64 + 2.0) * u);
     let q = (q_sq as f64 * (1.0 + 2.0 * g)).sqrt();
@@ -549,6 +572,40 @@ fn dot_any_order(a: &[f32], b: &[f32]) -> f32 {
 /// Rows per progress report of [`neighbour_table`] and per pool task.
 fn table_rows_per_task(dim: usize) -> usize {
     query_block(dim)
+}
+
+/// `visit(query, g, row)` with the GEMM form g = ‖q‖² − 2 q·b + ‖b‖² of every query of
+/// the block and every bank row: through [`walk_bank`] when `packed` (rows may come
+/// twice), else with [`dot_any_order`]; both within [`gemm_form_bound`].
+#[allow(clippy::too_many_arguments)]
+fn gemm_forms(
+    ker: Kernel,
+    packed: bool,
+    q: &[f32],
+    qn: usize,
+    qnorm: &[f32],
+    bank: BankView<'_>,
+    pack: &mut [f32],
+    visit: &mut dyn FnMut(usize, f32, usize),
+) {
+    if packed {
+        walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
+            let bn = bank.sq_norms[row];
+            for (j, &dot) in dots.iter().enumerate() {
+                visit(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
+            }
+        });
+    } else {
+        for (j, x) in q.chunks_exact(bank.dim).enumerate() {
+            for b in 0..bank.n {
+                visit(
+                    j,
+                    qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b],
+                    b,
+                );
+            }
+        }
+    }
 }
 
 /// For every bank row m, the rows PatchCore's re-weighting takes (SPEC §7): the 3 rows
@@ -615,58 +672,58 @@ pub fn neighbour_table(
                     insert_top_u(&mut kd[j], &mut ki[j], g, row);
                 }
             };
-            if packed {
-                walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
-                    let bn = bank.sq_norms[row];
-                    for (j, &dot) in dots.iter().enumerate() {
-                        keep(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
-                    }
-                });
-            } else {
-                for (j, x) in q.chunks_exact(dim).enumerate() {
-                    for b in 0..n {
-                        let dot: f32 = x.iter().zip(bank.row(b)).map(|(a, c)| a * c).sum();
-                        keep(j, qnorm[j] - 2.0 * dot + bank.sq_norms[b], b);
+            let forms = |pack: &mut [f32], visit: &mut dyn FnMut(usize, f32, usize)| {
+                gemm_forms(ker, packed, q, qn, qnorm, bank, pack, visit)
+            };
+            forms(pack, &mut |j, g, row| keep(j, g, row));
+            // Per query: the exact top 3 so far, how far a candidate's GEMM form may lie
+            // (`reach`), and whether the kept candidates provably hold the top 3.
+            let mut td = [[f32::INFINITY; 3]; QUERY_BLOCK];
+            let mut ti = [[NO_ROW; 3]; QUERY_BLOCK];
+            let mut reach = [0f64; QUERY_BLOCK];
+            let mut complete = [true; QUERY_BLOCK];
+            let bound = |j: usize, b: usize| gemm_form_bound(qnorm[j], bank.sq_norms[b], dim);
+            // Re-scores bank row b for query j exactly (once per pair: walks may repeat
+            // rows); as knn_scan, an infinite distance is never taken.
+            let exact = |td: &mut [f32; 3], ti: &mut [u32; 3], j: usize, b: usize| {
+                if ti.contains(&(b as u32)) {
+                    return;
+                }
+                let e = sq_dist(bank.row(q0 + j), bank.row(b));
+                if e < f32::INFINITY {
+                    insert_top_u(td, ti, e, b as u32);
+                }
+            };
+            for j in 0..qn {
+                let (gd, gi) = (&kd[j], &ki[j]);
+                reach[j] = (0..3.min(n))
+                    .map(|t| gd[t] as f64 + bound(j, gi[t] as usize))
+                    .fold(f64::NEG_INFINITY, f64::max);
+                complete[j] = n <= TABLE_KEEP
+                    || gd[TABLE_KEEP - 1] as f64 - gemm_form_bound(qnorm[j], b_max, dim) > reach[j];
+                if complete[j] {
+                    for t in 0..TABLE_KEEP.min(n) {
+                        if gd[t] as f64 - bound(j, gi[t] as usize) <= reach[j] {
+                            exact(&mut td[j], &mut ti[j], j, gi[t] as usize);
+                        }
                     }
                 }
             }
-            for j in 0..qn {
-                let m = q0 + j;
-                let x = bank.row(m);
-                let (gd, gi) = (&kd[j], &ki[j]);
-                let bound = |b: u32| gemm_form_bound(qnorm[j], bank.sq_norms[b as usize], dim);
-                let reach = (0..3.min(n))
-                    .map(|t| gd[t] as f64 + bound(gi[t]))
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let complete = n <= TABLE_KEEP
-                    || gd[TABLE_KEEP - 1] as f64 - gemm_form_bound(qnorm[j], b_max, dim) > reach;
-                let mut td = [f32::INFINITY; 3];
-                let mut ti = [NO_ROW; 3];
-                let mut exact = |b: usize| {
-                    let e = sq_dist(x, bank.row(b));
-                    // As knn_scan: an infinite distance is never taken.
-                    if e < f32::INFINITY {
-                        insert_top_u(&mut td, &mut ti, e, b as u32);
+            // The others: every bank row through the GEMM form again (any summation
+            // order keeps the bound), re-scoring those within reach; one more walk for
+            // the whole block instead of one pass over the bank per query.
+            let incomplete = complete[..qn].iter().filter(|c| !**c).count();
+            if incomplete > 0 {
+                scans[0] += incomplete;
+                let mut rescore = |j: usize, g: f32, b: usize| {
+                    if !complete[j] && g as f64 - bound(j, b) <= reach[j] {
+                        exact(&mut td[j], &mut ti[j], j, b);
                     }
                 };
-                if complete {
-                    for t in 0..TABLE_KEEP.min(n) {
-                        if gd[t] as f64 - bound(gi[t]) <= reach {
-                            exact(gi[t] as usize);
-                        }
-                    }
-                } else {
-                    // Every row through the GEMM form again (any summation order keeps
-                    // the bound), re-scoring those that pass.
-                    scans[0] += 1;
-                    for b in 0..n {
-                        let g = qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b];
-                        if g as f64 - bound(b as u32) <= reach {
-                            exact(b);
-                        }
-                    }
-                }
-                out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[1..3]);
+                forms(pack, &mut rescore);
+            }
+            for j in 0..qn {
+                out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[j][1..3]);
             }
         });
         r0 = r1;
@@ -904,7 +961,7 @@ pub fn nearest_bf16(
                     let (sd, si) = (&mut sd[c0..c1], &mut si[c0..c1]);
                     let x = &sq[c0 * dim..c1 * dim];
                     let norms = &scan_norm[c0..c1];
-                    search_packed(ker, x, c1 - c0, norms, bank, None, scan_pack, sd, si);
+                    search_block(ker, x, c1 - c0, norms, bank, None, scan_pack, sd, si);
                 }
             } else {
                 for (t, x) in sq.chunks_exact(dim).enumerate() {

@@ -27,6 +27,7 @@ use super::calibrate;
 use super::scratch::{peak_rss_kib, ScratchFile};
 use crate::backend::Backend;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
+use crate::cpu::bank_prune::BankPartition;
 use crate::cpu::bank_search::{neighbour_table, sq_norms, BankView, TABLE_NEIGHBOURS};
 use crate::cpu::coreset;
 use crate::cpu::pool::Pool;
@@ -91,6 +92,9 @@ pub struct FitOptions {
     /// CUDA device 0 (feature `cuda`; same indices as the CPU); without a usable device it
     /// runs on the CPU (and, for `Cuda`, says why on stderr).
     pub backend: Backend,
+    /// Partition each bank for the leave-one-out search ([`crate::cpu::bank_prune`]):
+    /// the same results, fewer distances (off: the brute-force search, for comparison).
+    pub prune_search: bool,
 }
 
 impl Default for FitOptions {
@@ -109,6 +113,7 @@ impl Default for FitOptions {
             radar: true,
             radar_ridge: 1e-3,
             backend: Backend::Cpu,
+            prune_search: true,
         }
     }
 }
@@ -158,6 +163,48 @@ pub struct Fitted {
     pub train_scores: Vec<f32>,
     /// Peak resident memory of the process after the fit, KiB (where known).
     pub peak_rss_kib: Option<u64>,
+    /// Wall time of each phase, in order (not written to the bank file: its bytes must
+    /// not depend on the machine's speed).
+    pub phases: Vec<PhaseTime>,
+    /// Per bank: (query, row) pairs the training scores' searches asked for and those
+    /// they computed (equal without pruning).
+    pub search_pairs: [(u64, u64); 3],
+}
+
+/// The wall time of one phase of a fit and how much it processed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseTime {
+    pub phase: String,
+    pub seconds: f64,
+    /// Items processed (parts, rows, centres), for a rate.
+    pub items: usize,
+    pub unit: &'static str,
+}
+
+/// Times consecutive phases: each [`PhaseClock::end`] closes the phase started at the
+/// previous one.
+struct PhaseClock {
+    last: std::time::Instant,
+    phases: Vec<PhaseTime>,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock {
+            last: std::time::Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+    fn end(&mut self, phase: String, items: usize, unit: &'static str) {
+        let now = std::time::Instant::now();
+        self.phases.push(PhaseTime {
+            phase,
+            seconds: (now - self.last).as_secs_f64(),
+            items,
+            unit,
+        });
+        self.last = now;
+    }
 }
 
 impl Fitted {
@@ -195,10 +242,18 @@ fn bank_slices(
 
 /// The coreset's greedy selection: on the GPU when asked for and possible, else the CPU
 /// (identical indices either way).
-fn greedy_selection(pool: &Pool, backend: Backend, x: &[f32], dim: usize, m: usize) -> Vec<u32> {
+/// `x` holds `n × dim` rows and room for [`coreset::tiled_len`]; the CPU rearranges it.
+fn greedy_selection(
+    pool: &Pool,
+    backend: Backend,
+    x: &mut [f32],
+    n: usize,
+    dim: usize,
+    m: usize,
+) -> Vec<u32> {
     if backend != Backend::Cpu {
         #[cfg(feature = "cuda")]
-        let why = match crate::cuda::ops::coreset::greedy_on_first_device(x, dim, m) {
+        let why = match crate::cuda::ops::coreset::greedy_on_first_device(&x[..n * dim], dim, m) {
             Ok(idx) => return idx,
             Err(e) => e.to_string(),
         };
@@ -208,7 +263,7 @@ fn greedy_selection(pool: &Pool, backend: Backend, x: &[f32], dim: usize, m: usi
             eprintln!("miad: GPU coreset not used: {why}; selecting on the CPU");
         }
     }
-    coreset::greedy(pool, x, dim, m)
+    coreset::greedy_in_place(pool, x, n, dim, m)
 }
 
 /// Runs the fit (module doc). `base` carries the model identity and category.
@@ -242,6 +297,7 @@ pub fn fit(
     let offsets = layout.offsets();
     let plen = layout.part_len();
     let tag = format!("miad-fit-{}", std::process::id());
+    let mut clock = PhaseClock::new();
 
     // 1. Extract to the scratch file.
     let mut feats =
@@ -259,6 +315,7 @@ pub fn fit(
             });
         }
     }
+    clock.end("features".into(), parts, "parts");
     let all = feats.as_slice();
     let row = |b: usize, p: usize, r: usize| -> &[f32] {
         let (_, d) = shapes[b];
@@ -325,8 +382,11 @@ pub fn fit(
             } else {
                 (d, None)
             };
-            let mut proj =
-                ScratchFile::create(&opts.scratch_dir, &format!("{tag}.proj{b}"), n * pd)?;
+            let mut proj = ScratchFile::create(
+                &opts.scratch_dir,
+                &format!("{tag}.proj{b}"),
+                coreset::tiled_len(n, pd),
+            )?;
             let out = proj.as_mut_slice();
             let chunk = 4096;
             let mut buf = vec![0f32; chunk.min(n) * d];
@@ -354,7 +414,18 @@ pub fn fit(
                     total: n,
                 });
             }
-            greedy_selection(pool, opts.backend, proj.as_slice(), pd, m)
+            clock.end(
+                format!("stats+project {} ({n} × {pd})", BANK_NAMES[b]),
+                n,
+                "rows",
+            );
+            let sel = greedy_selection(pool, opts.backend, proj.as_mut_slice(), n, pd, m);
+            clock.end(
+                format!("coreset {} ({n} → {m})", BANK_NAMES[b]),
+                m,
+                "centres",
+            );
+            sel
         };
         let extra = usize::from(b == XYZ);
         let mut data = Vec::with_capacity((selected.len() + extra) * d);
@@ -404,6 +475,25 @@ pub fn fit(
         let mut report = |done, total| progress(Progress::Neighbours { bank, done, total });
         // A bank with a non-finite value gets no table (the scan keeps its NaN handling).
         bank_tables[b] = neighbour_table(pool, view, &mut report).map(|t| t.rows);
+        clock.end(format!("neighbours {bank}"), view.n, "rows");
+    }
+
+    // The partitions of the pruned search.
+    let mut partitions: [Option<BankPartition>; 3] = Default::default();
+    if opts.prune_search {
+        for b in 0..3 {
+            if bank_data[b].is_empty() {
+                continue;
+            }
+            let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
+            let k = BankPartition::clusters_for(view.n);
+            partitions[b] = BankPartition::build(pool, view, k);
+            clock.end(
+                format!("partition {} ({k} clusters)", BANK_NAMES[b]),
+                view.n,
+                "rows",
+            );
+        }
     }
 
     // 5. Leave-one-out training scores (the scan: the tables hold the neighbours in the
@@ -411,11 +501,14 @@ pub fn fit(
     let set = BankSet {
         banks: std::array::from_fn(|b| {
             (!bank_data[b].is_empty()).then(|| {
-                let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
-                match &bank_tables[b] {
-                    Some(t) => view.with_neighbours(t),
-                    None => view,
+                let mut view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
+                if let Some(t) = &bank_tables[b] {
+                    view = view.with_neighbours(t);
                 }
+                if let Some(p) = &partitions[b] {
+                    view = view.with_partition(p);
+                }
+                view
             })
         }),
         norms,
@@ -429,7 +522,13 @@ pub fn fit(
     scorer.set_svms([1.0; 3], [1.0; 3]);
     let s2 = opts.map_size * opts.map_size;
     let mut scratch = vec![0f32; scorer.scratch_len()];
-    let mut bank_maps = vec![0f32; 3 * s2];
+    // Every part's three bank maps, kept for the pixel threshold below: the maps do not
+    // depend on the decision layers, so the parts are searched once.
+    let mut part_maps = ScratchFile::create(
+        &opts.scratch_dir,
+        &format!("{tag}.bankmaps"),
+        parts * 3 * s2,
+    )?;
     let mut vectors = Vec::with_capacity(parts);
     let stride = ((parts * s2) / opts.pixel_samples.max(1)).max(1);
     let mut pixels: Vec<[f32; 3]> = Vec::new();
@@ -437,7 +536,8 @@ pub fn fit(
     for p in 0..parts {
         let f = bank_slices(&all[p * plen..(p + 1) * plen], used, shapes, offsets);
         let excl = own_rows(p);
-        let sc = scorer.score(pool, &set, f, excl, &mut bank_maps, None, &mut scratch)?;
+        let bank_maps = &mut part_maps.as_mut_slice()[p * 3 * s2..(p + 1) * 3 * s2];
+        let sc = scorer.score(pool, &set, f, excl, bank_maps, None, &mut scratch)?;
         vectors.push(sc.vector);
         for px in 0..s2 {
             let v: [f32; 3] = std::array::from_fn(|b| w[b] * bank_maps[b * s2 + px]);
@@ -450,6 +550,14 @@ pub fn fit(
             total: parts,
         });
     }
+    clock.end("scoring (leave-one-out)".into(), parts, "parts");
+    let search_pairs = std::array::from_fn(|b| match &partitions[b] {
+        Some(p) => p.pair_counts(),
+        None => {
+            let all = (parts * shapes[b].0 * bank_norms[b].len()) as u64;
+            (all, all)
+        }
+    });
 
     // 5. Decision layers.
     cfg.part_svm = svm(&vectors)?;
@@ -458,24 +566,19 @@ pub fn fit(
     let train_scores: Vec<f32> = vectors.iter().map(|v| dot(&cfg.part_svm.w, v)).collect();
 
     // 6. Thresholds. The pixel threshold uses each part's final map maximum (after the
-    // pixel SVM), so the training parts are scored once more with the trained layers.
-    let mut pixel_max = Vec::with_capacity(parts);
+    // pixel SVM), fused from the bank maps of the scoring pass with the trained layers.
     let mut map = vec![0f32; s2];
     scorer.set_svms(cfg.part_svm.w, cfg.pixel_svm.w);
-    for p in 0..parts {
-        let f = bank_slices(&all[p * plen..(p + 1) * plen], used, shapes, offsets);
-        let excl = own_rows(p);
-        scorer.score(
-            pool,
-            &set,
-            f,
-            excl,
-            &mut bank_maps,
-            Some(&mut map),
-            &mut scratch,
-        )?;
-        pixel_max.push(map.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-    }
+    let pixel_max: Vec<f32> = part_maps
+        .as_slice()
+        .chunks_exact(3 * s2)
+        .map(|bank_maps| {
+            scorer.pixel_map(bank_maps, &mut map);
+            map.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+        })
+        .collect();
+    drop(part_maps);
+    clock.end("decision layers, thresholds".into(), parts, "parts");
     let (mean, std, max) = calibrate::stats(&train_scores);
     cfg.thresholds = Thresholds {
         part: calibrate::reject_quantile(&train_scores, opts.frr),
@@ -627,6 +730,9 @@ pub fn fit(
             std::mem::take(&mut bank_data[b]),
         ));
     }
+    if opts.radar {
+        clock.end("radar cases".into(), 2 * parts, "parts");
+    }
     progress(Progress::Done);
     Ok(Fitted {
         config: cfg,
@@ -634,5 +740,7 @@ pub fn fit(
         tables,
         train_scores,
         peak_rss_kib: peak_rss_kib(),
+        phases: clock.phases,
+        search_pairs,
     })
 }

@@ -244,9 +244,16 @@ impl Scorer {
         }
         out.score = linear_part_score(&self.part_w, &out.vector);
         if let Some(map) = map {
-            let c: [f32; 3] = std::array::from_fn(|b| self.pixel_w[b] * self.weights[b]);
-            fuse_map(&c, [1.0, 0.0], bank_maps, &mut map[..s2]);
+            self.pixel_map(bank_maps, &mut map[..s2]);
         }
         Ok(out)
+    }
+
+    /// The fused pixel map (`map_size²` values) of a part's three per-bank maps as
+    /// [`Scorer::score`] leaves them in `bank_maps`, with the current pixel layer: what
+    /// `score` writes to its `map` (the fit reuses the maps of its scoring pass).
+    pub fn pixel_map(&self, bank_maps: &[f32], map: &mut [f32]) {
+        let c: [f32; 3] = std::array::from_fn(|b| self.pixel_w[b] * self.weights[b]);
+        fuse_map(&c, [1.0, 0.0], bank_maps, map);
     }
 }

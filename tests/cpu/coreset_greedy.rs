@@ -1,7 +1,9 @@
 //! Coreset: the accelerated farthest-first selection returns exactly the plain one's
 //! indices; the projection follows scikit-learn's JL dimension and Li's density.
 
-use miad::cpu::coreset::{coreset, greedy, greedy_plain, jl_min_dim, projection_matrix};
+use miad::cpu::coreset::{
+    coreset, greedy, greedy_in_place, greedy_plain, jl_min_dim, projection_matrix, tiled_len,
+};
 use miad::cpu::pool::Pool;
 use miad::util::rng::Rng;
 
@@ -88,4 +90,104 @@ fn accelerated_equals_plain_property() {
             "case {case}: n {n} dim {dim} m {m} seed {seed}"
         );
     }
+}
+
+/// Rows on an integer grid with exact duplicates and one-ulp neighbours: many running
+/// distances tie exactly or nearly, so any difference in the arithmetic or in the order
+/// of ties would change the selection.
+fn ties_and_duplicates(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let mut x = vec![0f32; n * dim];
+    for i in 0..n {
+        match rng.below(4) {
+            // An exact copy of an earlier row.
+            0 if i > 0 => {
+                let j = rng.below(i as u64) as usize;
+                let src: Vec<f32> = x[j * dim..(j + 1) * dim].to_vec();
+                x[i * dim..(i + 1) * dim].copy_from_slice(&src);
+            }
+            // An earlier row moved by one ulp in one coordinate.
+            1 if i > 0 => {
+                let j = rng.below(i as u64) as usize;
+                let src: Vec<f32> = x[j * dim..(j + 1) * dim].to_vec();
+                let row = &mut x[i * dim..(i + 1) * dim];
+                row.copy_from_slice(&src);
+                let k = rng.below(dim as u64) as usize;
+                row[k] = f32::from_bits(row[k].to_bits() + 1);
+            }
+            _ => {
+                for v in x[i * dim..(i + 1) * dim].iter_mut() {
+                    *v = rng.below(5) as f32 - 2.0;
+                }
+            }
+        }
+    }
+    x
+}
+
+#[test]
+fn accelerated_equals_plain_with_ties_duplicates_and_projected_dims() {
+    // Several pool tasks (16 tiles of 64 rows each), partial last tiles, and the
+    // dimensions of the fit's projections (≈ 300).
+    for (n, dim, m, seed) in [
+        (3001, 1, 400, 1u64),
+        (2500, 7, 700, 2),
+        (1500, 300, 300, 3),
+        (2049, 64, 1024, 4),
+    ] {
+        let x = ties_and_duplicates(n, dim, seed);
+        let plain = greedy_plain(&x, dim, m);
+        for threads in [1, 2, 3] {
+            assert_eq!(
+                greedy(&Pool::new(threads), &x, dim, m),
+                plain,
+                "n {n} dim {dim} m {m} threads {threads}"
+            );
+        }
+    }
+}
+
+#[test]
+fn accelerated_equals_plain_on_clustered_high_dimensional_rows() {
+    // Tight clusters: most tiles are skipped from their largest running distance alone
+    // and many rows by their centre-to-centre bound; selecting every row drives the
+    // running distances to exact zeros.
+    let (n, dim) = (2300, 300);
+    let x = clustered(n, dim, 9);
+    for m in [1, 64, 900, n] {
+        assert_eq!(
+            greedy(&Pool::new(2), &x, dim, m),
+            greedy_plain(&x, dim, m),
+            "m {m}"
+        );
+    }
+}
+
+#[test]
+fn accelerated_equals_plain_with_non_finite_rows() {
+    let (n, dim) = (700, 5);
+    let mut x = clustered(n, dim, 3);
+    x[40 * dim + 2] = f32::NAN;
+    x[41 * dim] = f32::INFINITY;
+    x[300 * dim + 4] = f32::NEG_INFINITY;
+    x[301 * dim..302 * dim].fill(f32::NAN);
+    x[650 * dim + 1] = 1e-41; // subnormal
+    for m in [3, 50, 200] {
+        assert_eq!(greedy(&Pool::new(2), &x, dim, m), greedy_plain(&x, dim, m));
+    }
+}
+
+#[test]
+fn in_place_selection_equals_the_copying_one() {
+    let (n, dim, m) = (1000, 33, 120);
+    let x = ties_and_duplicates(n, dim, 5);
+    let mut buf = vec![0f32; tiled_len(n, dim)];
+    buf[..n * dim].copy_from_slice(&x);
+    let pool = Pool::new(2);
+    assert_eq!(
+        greedy_in_place(&pool, &mut buf, n, dim, m),
+        greedy(&pool, &x, dim, m)
+    );
+    assert_eq!(greedy(&pool, &x, dim, 0), Vec::<u32>::new());
+    assert_eq!(greedy(&pool, &x, dim, n + 5).len(), n);
 }

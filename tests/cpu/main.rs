@@ -9,6 +9,7 @@ mod common;
 static ALLOCATOR: miad::util::alloc_counter::CountingAlloc =
     miad::util::alloc_counter::CountingAlloc;
 
+mod bank_prune;
 mod bank_search;
 mod coreset_greedy;
 mod fusion_cpu;

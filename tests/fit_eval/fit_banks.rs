@@ -388,3 +388,61 @@ fn fitted_banks_carry_neighbour_tables_and_files_without_them_score_the_same() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The fit with the pruned leave-one-out search equals the fit with the brute-force
+/// search (every tensor, table, threshold and training score, and the bank file's
+/// bytes), at 1 and 2 threads (how much it prunes: `tests/cpu/bank_prune.rs`).
+#[test]
+fn pruned_fit_equals_the_brute_force_fit() {
+    let dir = tmpdir("pruned");
+    let l = FeatureLayout {
+        rgb_grid: 8,
+        rgb_dim: 24,
+        xyz_grid: 16,
+        xyz_dim: 40,
+        fused_dim: 64,
+    };
+    let run = |threads: usize, prune: bool| {
+        let pool = Pool::new(threads);
+        let mut ex = Fake {
+            layout: l,
+            parts: 10,
+            seed: 13,
+            anomalous_from: usize::MAX,
+        };
+        let opts = FitOptions {
+            map_size: 32,
+            scratch_dir: dir.clone(),
+            prune_search: prune,
+            ..FitOptions::default()
+        };
+        let base = BankConfig::empty([7; 16], "fake", "widget");
+        let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |_| {}).unwrap();
+        let path = dir.join(format!("{threads}-{prune}.bank"));
+        fitted.write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        (fitted, bytes)
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let (brute, brute_bytes) = run(2, false);
+    for (threads, prune) in [(2, true), (1, true), (1, false)] {
+        let (f, bytes) = run(threads, prune);
+        let what = format!("{threads} threads, pruning {prune}");
+        assert_eq!(f.config, brute.config, "{what}: configuration, thresholds");
+        assert_eq!(bits(&f.train_scores), bits(&brute.train_scores), "{what}");
+        assert_eq!(f.tensors.len(), brute.tensors.len());
+        for (a, b) in f.tensors.iter().zip(&brute.tensors) {
+            assert_eq!((&a.0, &a.1), (&b.0, &b.1), "{what}");
+            assert_eq!(bits(&a.2), bits(&b.2), "{what}: {}", a.0);
+        }
+        assert_eq!(f.tables, brute.tables, "{what}: neighbour tables");
+        assert!(bytes == brute_bytes, "{what}: bank file bytes");
+        for b in 0..3 {
+            let (asked, computed) = f.search_pairs[b];
+            assert_eq!(asked, brute.search_pairs[b].0, "{what}: pairs asked");
+            // Small clusters are widened to the kernel's row group: rows may count twice.
+            assert!(computed > 0 || asked == 0, "{what}: {computed} of {asked}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

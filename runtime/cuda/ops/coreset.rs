@@ -3,7 +3,8 @@
 //!
 //! The kernels (`kernels/coreset.cu`) mirror the CPU's arithmetic bit for bit: squared
 //! distances summed left to right over the dimensions with every operation rounded on its
-//! own (no FMA), the same triangle-inequality pruning test with the same margin, strict
+//! own (no FMA), a triangle-inequality pruning test with a rounding margin (per row; the
+//! CPU prunes per tile of rows, and both skip only rows that provably cannot move), strict
 //! `<` for a row's update and ties of the arg-max to the lowest row. So the GPU computes the
 //! very same running distances as the CPU, step for step.
 //!

@@ -1,0 +1,194 @@
+//! The pruned bank search (`cpu::bank_prune`) against `nearest`: the same rows and
+//! distance bits on random and clustered banks, near-duplicate rows and exact ties,
+//! with exclusion, at 1 and 2 threads and for several cluster counts; and it does prune.
+
+use miad::cpu::bank_prune::{nearest_pruned, BankPartition};
+use miad::cpu::bank_search::{nearest, nearest_scratch_len, sq_norms, BankView};
+use miad::cpu::pool::Pool;
+use miad::util::rng::Rng;
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    Rng::new(seed).fill_normal(&mut v, 1.0);
+    v
+}
+
+/// `groups` well separated centres, rows spread `noise` around them; every 4th row an
+/// exact copy of another row (some at a lower index), every 12th copy moved by 1–3 ulps
+/// in one value: many rows tied or within the GEMM form's rounding of each other.
+fn clustered(n: usize, dim: usize, groups: usize, noise: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let centres: Vec<f32> = random(groups * dim, seed + 1)
+        .iter()
+        .map(|v| 4.0 * v)
+        .collect();
+    let mut b = vec![0f32; n * dim];
+    for row in b.chunks_exact_mut(dim) {
+        let c = rng.below(groups as u64) as usize;
+        for (v, &m) in row.iter_mut().zip(&centres[c * dim..(c + 1) * dim]) {
+            *v = m + noise * rng.normal();
+        }
+    }
+    for i in (3..n).step_by(4) {
+        let src = (i * 7 + 1) % n;
+        b.copy_within(src * dim..(src + 1) * dim, i * dim);
+        if i % 3 == 0 {
+            let c = i * dim + rng.below(dim as u64) as usize;
+            b[c] = f32::from_bits(b[c].to_bits() + 1 + (i as u32 % 3));
+        }
+    }
+    b
+}
+
+/// Queries: exact bank rows (duplicated ones too), rows moved a little, random rows.
+fn queries_near(b: &[f32], dim: usize, nq: usize, seed: u64) -> Vec<f32> {
+    let n = b.len() / dim;
+    let mut q = random(nq * dim, seed);
+    for (j, row) in q.chunks_exact_mut(dim).enumerate() {
+        let src = &b[(j * 13 % n) * dim..][..dim];
+        match j % 3 {
+            0 => row.copy_from_slice(src),
+            1 => row
+                .iter_mut()
+                .zip(src)
+                .for_each(|(v, &s)| *v = s + 0.01 * *v),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Asserts `nearest_pruned` = `nearest` (rows and distance bits) and returns the
+/// (asked, computed) pair counts.
+fn assert_pruned_equals_nearest(
+    q: &[f32],
+    b: &[f32],
+    dim: usize,
+    clusters: usize,
+    exclude: Option<(&[u32], u32)>,
+    what: &str,
+) -> (u64, u64) {
+    let mut norms = vec![0f32; b.len() / dim];
+    sq_norms(b, dim, &mut norms);
+    let bv = BankView::new(b, &norms, dim);
+    let nq = q.len() / dim;
+    let mut counts = (0, 0);
+    for threads in [1, 2] {
+        let pool = Pool::new(threads);
+        let (mut wd, mut wi) = (vec![0f32; nq], vec![0u32; nq]);
+        let mut s = vec![0f32; nearest_scratch_len(threads)];
+        nearest(&pool, q, bv, exclude, &mut wd, &mut wi, &mut s);
+        let part = BankPartition::build(&pool, bv, clusters).expect("a finite bank");
+        let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+        nearest_pruned(&pool, q, bv, &part, exclude, &mut d, &mut i);
+        assert_eq!(i, wi, "{what} ({threads} threads): rows");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&d),
+            bits(&wd),
+            "{what} ({threads} threads): distance bits"
+        );
+        // Through BankView, as the fit calls it.
+        let (mut d2, mut i2) = (vec![0f32; nq], vec![0u32; nq]);
+        nearest(
+            &pool,
+            q,
+            bv.with_partition(&part),
+            exclude,
+            &mut d2,
+            &mut i2,
+            &mut s,
+        );
+        assert_eq!((bits(&d2), i2), (bits(&wd), wi), "{what}: through the view");
+        counts = part.pair_counts();
+        assert_eq!(counts.0, 2 * (nq * bv.n) as u64, "{what}: pairs asked");
+    }
+    eprintln!(
+        "pruned search {what}: {} of {} distances computed",
+        counts.1, counts.0
+    );
+    counts
+}
+
+#[test]
+fn pruned_search_equals_nearest_on_random_and_clustered_banks() {
+    for (nq, n, dim, groups, noise, clusters) in [
+        (150usize, 2000usize, 64usize, 0usize, 0f32, 31usize),
+        (130, 3000, 96, 16, 0.05, 47),
+        (70, 1500, 1920, 8, 0.3, 23),
+        (40, 700, 1152, 16, 0.05, 1),
+        (100, 900, 32, 16, 0.05, 900),
+        (9, 13, 16, 4, 0.05, 5),
+    ] {
+        let b = if groups == 0 {
+            random(n * dim, 3 + n as u64)
+        } else {
+            clustered(n, dim, groups, noise, 3 + n as u64)
+        };
+        let q = queries_near(&b, dim, nq, 4 + n as u64);
+        let what = format!("{nq} x {n} x {dim}, {groups} groups, {clusters} clusters");
+        assert_pruned_equals_nearest(&q, &b, dim, clusters, None, &what);
+    }
+}
+
+#[test]
+fn pruned_search_prunes_a_clustered_bank() {
+    let (n, dim) = (4000, 128);
+    let b = clustered(n, dim, 32, 0.05, 11);
+    // In farthest-first order, as the fit stores a bank: the first rows (the centres)
+    // then cover every group.
+    let order = miad::cpu::coreset::greedy(&Pool::new(2), &b, dim, n);
+    let b: Vec<f32> = order
+        .iter()
+        .flat_map(|&i| b[i as usize * dim..(i as usize + 1) * dim].to_vec())
+        .collect();
+    // Queries near bank rows (what leave-one-out scoring asks).
+    let mut q = random(256 * dim, 12);
+    for (j, row) in q.chunks_exact_mut(dim).enumerate() {
+        let src = &b[(j * 13 % n) * dim..][..dim];
+        row.iter_mut()
+            .zip(src)
+            .for_each(|(v, &s)| *v = s + 0.01 * *v);
+    }
+    let (asked, computed) = assert_pruned_equals_nearest(&q, &b, dim, 62, None, "prune rate");
+    assert!(
+        computed * 4 < asked,
+        "a bank of 32 tight groups must prune most clusters: {computed} of {asked}"
+    );
+}
+
+#[test]
+fn pruned_search_excludes_one_origin_and_keeps_ties_to_the_lowest_row() {
+    let (n, dim) = (1200, 48);
+    let mut b = clustered(n, dim, 12, 0.05, 21);
+    // Exact ties at distance 0 across origins: row 500 copied to 40 and 900.
+    b.copy_within(500 * dim..501 * dim, 40 * dim);
+    b.copy_within(500 * dim..501 * dim, 900 * dim);
+    let origin: Vec<u32> = (0..n as u32).map(|i| i % 7).collect();
+    let mut q = queries_near(&b, dim, 90, 22);
+    q[..dim].copy_from_slice(&b[500 * dim..501 * dim]);
+    for id in [0u32, 5, 6] {
+        let what = format!("excluding origin {id}");
+        assert_pruned_equals_nearest(&q, &b, dim, 18, Some((&origin, id)), &what);
+    }
+    // Every row excluded: no answer at all, as nearest says.
+    let one = vec![3u32; n];
+    assert_pruned_equals_nearest(&q, &b, dim, 18, Some((&one, 3)), "all excluded");
+}
+
+#[test]
+fn pruned_search_takes_non_finite_queries_through_the_plain_block() {
+    let (n, dim) = (600, 32);
+    let b = clustered(n, dim, 8, 0.05, 31);
+    let mut q = queries_near(&b, dim, 70, 32);
+    q[dim + 3] = f32::NAN;
+    q[40 * dim] = f32::INFINITY;
+    assert_pruned_equals_nearest(&q, &b, dim, 9, None, "NaN and inf queries");
+    // A bank with a value that is not finite gets no partition.
+    let mut bad = b.clone();
+    bad[7] = f32::NAN;
+    let mut norms = vec![0f32; n];
+    sq_norms(&bad, dim, &mut norms);
+    let pool = Pool::new(1);
+    assert!(BankPartition::build(&pool, BankView::new(&bad, &norms, dim), 9).is_none());
+}
