@@ -14,6 +14,7 @@ pub mod pfa;
 pub mod point_kdtree;
 pub mod point_mae;
 pub mod pool;
+pub mod products;
 pub mod radar_fusion;
 pub mod regions;
 pub mod transformer;

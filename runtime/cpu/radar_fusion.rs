@@ -17,7 +17,7 @@ use super::fusion::adaptive_avg_pool;
 use super::gemm::{self, gelu, Epilogue, Mat};
 use super::pool::Pool;
 use crate::config::{FusionConfig, RadarConfig};
-use crate::fit::infonce::{matmul_tn, normalize_rows, normalize_rows_backward};
+use crate::cpu::products::{matmul_tn, normalize_rows, normalize_rows_backward};
 use crate::format::{FormatError, TensorSource};
 
 /// Rows per chunk of the MLPs at inspection.

@@ -4,6 +4,9 @@
 pub mod banks;
 pub mod calibrate;
 pub mod category;
+/// The fusion trainings' steps on the CUDA device (`train-fusion --backend cuda`).
+#[cfg(feature = "cuda")]
+pub mod device;
 pub mod features;
 pub mod infonce;
 pub mod ocsvm;

@@ -8,7 +8,7 @@
 //! - [`train_uff`]: the training loop (seeded shuffles and patch draws, warm-up + cosine,
 //!   AdamW) over any [`FeatureExtractor`]; features are extracted once into scratch files.
 //!   The steps run on a [`UffStep`]: [`CpuUffStep`], or with `--backend cuda` the device's
-//!   (`cuda::stages::train_uff`); the batches are drawn here, the same for both.
+//!   (`fit::device::uff`); the batches are drawn here, the same for both.
 //! - [`train_fusion_category`]: from a model file and a category folder to a new model
 //!   file (temporary name, then renamed) whose provenance records the training.
 //! - [`export_reference`]: the trained fusion as the authors' checkpoint names it.
@@ -845,14 +845,12 @@ fn uff_step<'p>(
         #[cfg(feature = "cuda")]
         backend => {
             let dev = train_device(backend)?;
-            Ok(Box::new(
-                crate::cuda::stages::train_uff::DeviceUffStep::new(
-                    std::sync::Arc::new(dev),
-                    params,
-                    opts,
-                    max_rows,
-                )?,
-            ))
+            Ok(Box::new(crate::fit::device::uff::DeviceUffStep::new(
+                std::sync::Arc::new(dev),
+                params,
+                opts,
+                max_rows,
+            )?))
         }
         #[cfg(not(feature = "cuda"))]
         backend => {

@@ -433,16 +433,14 @@ fn radar_step<'p>(
         #[cfg(feature = "cuda")]
         backend => {
             let dev = super::train_fusion::train_device(backend)?;
-            Ok(Box::new(
-                crate::cuda::stages::train_radar::DeviceRadarStep::new(
-                    std::sync::Arc::new(dev),
-                    params,
-                    opts,
-                    grid_x,
-                    parts,
-                    rows,
-                )?,
-            ))
+            Ok(Box::new(crate::fit::device::radar::DeviceRadarStep::new(
+                std::sync::Arc::new(dev),
+                params,
+                opts,
+                grid_x,
+                parts,
+                rows,
+            )?))
         }
         #[cfg(not(feature = "cuda"))]
         backend => {

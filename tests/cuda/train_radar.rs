@@ -1,4 +1,4 @@
-//! RADAR's training on the device (`miad::cuda::stages::train_radar`, `train-fusion
+//! RADAR's training on the device (`miad::fit::device::radar`, `train-fusion
 //! --method radar --backend cuda`) against the CPU trainer (`fit::train_radar`), on the
 //! device of `test_device` (the simulated one without a GPU):
 //! - one step on three parts, one per case (the hybrid block's mask in two of them), with
@@ -18,8 +18,8 @@ use std::sync::Arc;
 use miad::config::{FusionConfig, RadarConfig};
 use miad::cpu::pool::Pool;
 use miad::cpu::radar_fusion::Case;
-use miad::cuda::stages::train_radar::DeviceRadarStep;
 use miad::fit::banks::FeatureLayout;
+use miad::fit::device::radar::DeviceRadarStep;
 use miad::fit::train_fusion::{AdamW, TrainBackend};
 use miad::fit::train_radar::{
     radar_loss_and_grad, train_radar, PartSample, RadarParams, RadarStep, RadarTrainOptions,

@@ -1,4 +1,4 @@
-//! UFF training on the device (`miad::cuda::stages::train_uff`, `train-fusion --backend
+//! UFF training on the device (`miad::fit::device::uff`, `train-fusion --backend
 //! cuda`) against the CPU trainer (`fit::train_fusion`), on the device of `test_device`
 //! (the simulated one without a GPU):
 //! - one step on a batch smaller than the plan (padding rows) and split into several
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use miad::config::FusionConfig;
 use miad::cpu::pool::Pool;
-use miad::cuda::stages::train_uff::DeviceUffStep;
+use miad::fit::device::uff::DeviceUffStep;
 use miad::fit::train_fusion::{
     train_uff, uff_loss_and_grad, AdamW, TrainBackend, UffParams, UffStep, UffTrainOptions,
     Workspace,

@@ -14,3 +14,4 @@ mod cpu_bf16;
 mod device_network_gates;
 mod e2e;
 mod latency_report;
+mod layering;

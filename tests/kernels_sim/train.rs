@@ -1,5 +1,5 @@
 //! train.cu, the element-wise steps and reductions of UFF training on the device
-//! (runtime/cuda/stages/train_uff.rs), against the CPU trainer (`fit::train_fusion`,
+//! (runtime/fit/device/uff.rs), against the CPU trainer (`fit::train_fusion`,
 //! `fit::infonce`) or an f64 reference:
 //! - affine_cols_f32, col_sums_f32, ln_param_grads_f32: the CPU's operation order, bitwise;
 //! - gelu_f32 / gelu_backward_f32: `cpu::gemm::gelu` / `gelu_grad` within 1e-6;

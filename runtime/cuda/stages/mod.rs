@@ -9,6 +9,4 @@ pub mod group_encoder;
 pub mod part;
 pub mod point_branch;
 pub mod preprocess;
-pub mod train_radar;
-pub mod train_uff;
 pub mod vit;

@@ -28,7 +28,6 @@
 
 use std::sync::Arc;
 
-use super::forward::gemm;
 use crate::backend::Precision;
 use crate::cuda::device::arena::{Arena, ArenaPlan, DevPtr, Slot};
 use crate::cuda::device::gemm::{
@@ -37,6 +36,7 @@ use crate::cuda::device::gemm::{
 use crate::cuda::device::module::Module;
 use crate::cuda::device::{Device, Kernel};
 use crate::cuda::ops::embed::EmbedKernels;
+use crate::cuda::stages::forward::gemm;
 use crate::fit::train_fusion::{UffParams, UffStep, UffTrainOptions, BRANCH_TENSORS};
 use crate::format::TensorSpec;
 use crate::kernel_args;
@@ -52,7 +52,7 @@ fn cfg_err(msg: impl std::fmt::Display) -> Error {
     Error::Config(format!("device UFF training: {msg}"))
 }
 
-/// `kernels/train.cu` (also used by RADAR's training, `super::train_radar`).
+/// `kernels/train.cu` (also used by RADAR's training, `super::radar`).
 pub(crate) struct TrainKernels {
     pub(crate) affine: Kernel,
     pub(crate) gelu: Kernel,

@@ -25,8 +25,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use super::forward::gemm;
-use super::train_uff::{
+use super::uff::{
     checked_loss, copy_params, device_order, download_host_order, grid, tensor_places, DeviceAdamW,
     TensorPlace, TrainKernels, BLOCK, LOGIT_BLOCK_ROWS,
 };
@@ -40,6 +39,7 @@ use crate::cuda::device::module::Module;
 use crate::cuda::device::{Device, Kernel};
 use crate::cuda::ops::embed::EmbedKernels;
 use crate::cuda::ops::fusion::FusionKernels;
+use crate::cuda::stages::forward::gemm;
 use crate::fit::train_radar::{PartSample, RadarParams, RadarStep, RadarTrainOptions};
 use crate::kernel_args;
 use crate::{Error, Result};
