@@ -8,7 +8,7 @@ use miad::cuda::device::kernel::{prototype, KERNEL_PROTOTYPES};
 
 /// Every `.rs` file under `dir`, recursively.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).expect("runtime/cuda is readable") {
+    for e in std::fs::read_dir(dir).expect("a readable source folder") {
         let p = e.expect("a directory entry").path();
         if p.is_dir() {
             rust_files(&p, out);
@@ -18,13 +18,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The kernel names of every `Kernel::find(module, "name")` in runtime/cuda, with the
-/// file they are in. A lookup whose name is not a literal is an error: this check could
+/// The kernel names of every `Kernel::find(module, "name")` in the device code (runtime/cuda,
+/// and the device training steps in runtime/fit/device), with the file they are in. A lookup whose name is not a literal is an error: this check could
 /// not see it.
 fn looked_up_kernels() -> Vec<(String, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/cuda");
+    let runtime = Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime");
     let mut files = Vec::new();
-    rust_files(&root, &mut files);
+    for dir in ["cuda", "fit/device"] {
+        rust_files(&runtime.join(dir), &mut files);
+    }
     let mut names = Vec::new();
     for f in files {
         let src = std::fs::read_to_string(&f).expect("a readable source file");
@@ -64,7 +66,7 @@ fn every_kernel_looked_up_has_a_prototype_and_every_prototype_a_lookup() {
     for p in KERNEL_PROTOTYPES {
         assert!(
             names.iter().any(|(n, _)| n == p.name),
-            "kernels/{}.cu: {} has no launch wrapper in runtime/cuda",
+            "kernels/{}.cu: {} has no launch wrapper in runtime/cuda or runtime/fit/device",
             p.module,
             p.name
         );
