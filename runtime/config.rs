@@ -341,6 +341,10 @@ impl ModelConfig {
             preprocess: PreprocessConfig {
                 image_size: 64,
                 xyz_grid: 16,
+                // A tenth of the reference's hypotheses: the background of a test part is
+                // found as well, and on the simulated device each hypothesis is a block of
+                // emulated threads (most of an emulated part's preprocessing).
+                ransac_iterations: 100,
                 ..PreprocessConfig::default()
             },
         }

@@ -530,6 +530,10 @@ fn gemm_walk(m: &GemmOperand, i: u64, right: bool) -> (usize, usize) {
     }
 }
 
+/// Rows of D computed together by [`gemm_body`]: independent accumulators, so the adds of
+/// one output do not wait on one another's latency (the order of each sum is unchanged).
+const GEMM_ROWS: usize = 8;
+
 /// `D = epi(alpha·op(A)·op(B) + beta·C + bias)`, each element summed over the shared
 /// dimension `k` in ascending order into an f32 accumulator (the reference order).
 ///
@@ -537,35 +541,64 @@ fn gemm_walk(m: &GemmOperand, i: u64, right: bool) -> (usize, usize) {
 /// The operands' extents were checked by [`run_gemm`].
 unsafe fn gemm_body<A: GemmElement, B: GemmElement>(g: &GemmCall, k: u64) {
     let k = k as usize;
+    let rows = g.d.rows as usize;
     for j in 0..g.d.cols {
         let (b0, bs) = gemm_walk(&g.b, j, true);
-        for i in 0..g.d.rows {
-            let (a0, a_step) = gemm_walk(&g.a, i, false);
-            let mut acc = 0f32;
-            for p in 0..k {
-                acc += A::load(g.a.ptr, a0 + p * a_step) * B::load(g.b.ptr, b0 + p * bs);
+        let mut i = 0usize;
+        while i < rows {
+            let n = GEMM_ROWS.min(rows - i);
+            let mut starts = [0usize; GEMM_ROWS];
+            let mut a_step = 0;
+            for (r, s) in starts.iter_mut().enumerate().take(n) {
+                (*s, a_step) = gemm_walk(&g.a, (i + r) as u64, false);
             }
-            let mut v = g.alpha * acc;
-            if g.beta != 0.0 {
-                v += g.beta * g.d.get(i, j);
-            }
-            if g.bias != 0 {
-                v += if g.d.bf16 {
-                    half::bf16::load(g.bias, i as usize)
-                } else {
-                    f32::load(g.bias, i as usize)
-                };
-            }
-            if g.gelu_tanh {
-                v = gelu_tanh(v);
-            }
-            let at = (i + j * g.d.ld as u64) as usize;
-            if g.d.bf16 {
-                *(g.d.ptr as *mut u16).add(at) = half::bf16::from_f32(v).to_bits();
+            let mut acc = [0f32; GEMM_ROWS];
+            if n == GEMM_ROWS {
+                for p in 0..k {
+                    let b = B::load(g.b.ptr, b0 + p * bs);
+                    let at = p * a_step;
+                    for r in 0..GEMM_ROWS {
+                        acc[r] += A::load(g.a.ptr, starts[r] + at) * b;
+                    }
+                }
             } else {
-                *(g.d.ptr as *mut f32).add(at) = v;
+                for (r, a) in acc.iter_mut().enumerate().take(n) {
+                    for p in 0..k {
+                        *a += A::load(g.a.ptr, starts[r] + p * a_step)
+                            * B::load(g.b.ptr, b0 + p * bs);
+                    }
+                }
             }
+            for (r, &sum) in acc.iter().enumerate().take(n) {
+                gemm_store(g, (i + r) as u64, j, sum);
+            }
+            i += n;
         }
+    }
+}
+
+/// The epilogue of one element of D: scale, C, bias, GELU, the store.
+#[inline(always)]
+unsafe fn gemm_store(g: &GemmCall, i: u64, j: u64, acc: f32) {
+    let mut v = g.alpha * acc;
+    if g.beta != 0.0 {
+        v += g.beta * g.d.get(i, j);
+    }
+    if g.bias != 0 {
+        v += if g.d.bf16 {
+            half::bf16::load(g.bias, i as usize)
+        } else {
+            f32::load(g.bias, i as usize)
+        };
+    }
+    if g.gelu_tanh {
+        v = gelu_tanh(v);
+    }
+    let at = (i + j * g.d.ld as u64) as usize;
+    if g.d.bf16 {
+        *(g.d.ptr as *mut u16).add(at) = half::bf16::from_f32(v).to_bits();
+    } else {
+        *(g.d.ptr as *mut f32).add(at) = v;
     }
 }
 

@@ -148,16 +148,18 @@ pub fn scan_points(n: usize) -> Vec<f32> {
 }
 
 impl Gpu {
-    /// The point kernels and buffers at M3DM sizes on `dev` (33 centers on the simulated
+    /// The point kernels and buffers at M3DM sizes on `dev` (9 centers on the simulated
     /// device).
     pub fn new(dev: Device) -> Gpu {
         let mut pc = PointConfig::m3dm();
         if dev.is_simulated() {
-            // The emulator runs every CUDA thread as a fiber: 1024 FPS steps over a cluster
-            // of 8192 threads take minutes. 33 centers keep every kernel, the cluster
-            // geometry (sized by the cloud), k = 128 and a partial last block of select kNN
-            // (8 centers per block).
-            pc.num_groups = 33;
+            // The emulator runs every CUDA thread as a fiber: each FPS step is a cluster of
+            // up to 8192 of them, and the group encoder's work grows with the centers. 9
+            // centers keep every kernel, the cluster geometry (sized by the cloud), both
+            // parities of the FPS exchange buffers and mbarrier phases, k = 128 and a
+            // partial last block of select kNN (8 centers per block); the kernels' own
+            // tests (kernels_sim) cover more centers and cluster sizes.
+            pc.num_groups = 9;
         }
         let pplan = PointPlan::new(&pc, SIDE, GRID).unwrap();
         let k = PointKernels::new(&dev, pplan.clone()).unwrap();
