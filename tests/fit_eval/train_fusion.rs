@@ -139,7 +139,22 @@ impl Drop for SynthCategory {
 }
 
 pub(crate) fn synth_category(name: &str, train: usize) -> SynthCategory {
-    use miad::config::ModelConfig;
+    synth_category_with(name, train, miad::config::ModelConfig::small())
+}
+
+/// [`synth_category`] for tests that inspect on the simulated device: 16 point groups
+/// instead of 64 (each farthest-point-sampling step is a cluster of up to 8192 emulated
+/// threads; see `common::fitted_for_the_emulator`).
+#[cfg(feature = "cuda-sim")]
+pub(crate) fn synth_category_for_the_emulator(name: &str, train: usize) -> SynthCategory {
+    let mut cfg = miad::config::ModelConfig::small();
+    if let Some(p) = cfg.point.as_mut() {
+        p.num_groups = 16;
+    }
+    synth_category_with(name, train, cfg)
+}
+
+fn synth_category_with(name: &str, train: usize, cfg: miad::config::ModelConfig) -> SynthCategory {
     use miad::eval::synth::{write_dataset, Category, SynthOptions};
     use miad::format::{random_model, write_model};
     let dir = crate::common::scratch_dir(&format!("uff-{name}"));
@@ -154,7 +169,6 @@ pub(crate) fn synth_category(name: &str, train: usize) -> SynthCategory {
         size: 96,
     })
     .unwrap();
-    let cfg = ModelConfig::small();
     let mut t = random_model(&cfg, 9);
     for (name, (_, data)) in t.tensors.iter_mut() {
         if name.starts_with("point.blocks.")
@@ -251,7 +265,7 @@ fn trains_on_the_simulated_device_as_on_the_cpu() {
     use miad::fit::train_fusion::{train_fusion_category, CategoryTrain, TrainBackend};
     use miad::format::{Container, OpenOptions};
     use miad::pipeline::input::{CloudView, RgbView};
-    let s = synth_category("train-sim", 4);
+    let s = synth_category_for_the_emulator("train-sim", 4);
     let cat = CategoryTrain {
         threads: 2,
         scratch_dir: s.dir.clone(),

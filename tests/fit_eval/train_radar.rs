@@ -594,7 +594,7 @@ fn a_trained_radar_model_inspects_on_the_simulated_device_as_on_the_cpu() {
     use miad::fit::train_fusion::CategoryTrain;
     use miad::fit::train_radar::train_radar_category;
     use miad::pipeline::input::{CloudView, RgbView};
-    let s = super::train_fusion::synth_category("radar-sim", 6);
+    let s = super::train_fusion::synth_category_for_the_emulator("radar-sim", 6);
     let opts = RadarTrainOptions {
         epochs: 2,
         batch: 3,
