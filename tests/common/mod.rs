@@ -135,23 +135,16 @@ pub fn fitted_with(
     }
 }
 
-/// [`fitted_with`] for the engine tests on the simulated device: `cfg` with 16 point
-/// groups instead of the small preset's 64. Each farthest-point-sampling step is a cluster
-/// of up to 8192 emulated threads (about four fifths of an emulated part was FPS); the
-/// groups change no code path, and the kernels' own tests cover more of them.
-#[allow(dead_code)] // used by the `cuda` binary only
-pub fn fitted_for_the_emulator(
-    mut cfg: ModelConfig,
-    name: &str,
-    category: Category,
-    seed: u64,
-    train: usize,
-    test: usize,
-) -> Fixture {
+/// `cfg` for the tests that inspect on the simulated device: 16 point groups instead of
+/// the small preset's 64. Each farthest-point-sampling step is a cluster of up to 8192
+/// emulated threads (about four fifths of an emulated part was FPS); the groups change no
+/// code path, and the kernels' own tests cover more of them.
+#[allow(dead_code)] // used by the binaries with simulated-device tests only
+pub fn for_the_emulator(mut cfg: ModelConfig) -> ModelConfig {
     if let Some(p) = cfg.point.as_mut() {
         p.num_groups = 16;
     }
-    fitted_with(cfg, name, category, seed, train, test)
+    cfg
 }
 
 /// For a test that reads process-wide counters (allocations on worker threads): in the

@@ -142,15 +142,11 @@ pub(crate) fn synth_category(name: &str, train: usize) -> SynthCategory {
     synth_category_with(name, train, miad::config::ModelConfig::small())
 }
 
-/// [`synth_category`] for tests that inspect on the simulated device: 16 point groups
-/// instead of 64 (each farthest-point-sampling step is a cluster of up to 8192 emulated
-/// threads; see `common::fitted_for_the_emulator`).
+/// [`synth_category`] for tests that inspect on the simulated device
+/// (`common::for_the_emulator`).
 #[cfg(feature = "cuda-sim")]
 pub(crate) fn synth_category_for_the_emulator(name: &str, train: usize) -> SynthCategory {
-    let mut cfg = miad::config::ModelConfig::small();
-    if let Some(p) = cfg.point.as_mut() {
-        p.num_groups = 16;
-    }
+    let cfg = crate::common::for_the_emulator(miad::config::ModelConfig::small());
     synth_category_with(name, train, cfg)
 }
 

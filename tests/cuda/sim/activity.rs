@@ -18,8 +18,8 @@ use super::engine::{assert_on_the_simulated_device, assert_on_the_simulated_devi
 
 #[test]
 fn the_latency_report_counts_graph_launches_host_syncs_and_cpu_stages() {
-    let fx = common::fitted_for_the_emulator(
-        ModelConfig::small(),
+    let fx = common::fitted_with(
+        common::for_the_emulator(ModelConfig::small()),
         "sim-activity",
         Category::Disc,
         4,
@@ -79,7 +79,14 @@ fn a_radar_part_is_one_graph_too() {
     if let Some(r) = cfg.radar.as_mut() {
         r.heads = 1;
     }
-    let fx = common::fitted_for_the_emulator(cfg, "sim-activity-radar", Category::Disc, 5, 2, 1);
+    let fx = common::fitted_with(
+        common::for_the_emulator(cfg),
+        "sim-activity-radar",
+        Category::Disc,
+        5,
+        2,
+        1,
+    );
     let parts: Vec<_> = list_test(&fx.category)
         .unwrap()
         .iter()
@@ -110,8 +117,8 @@ fn a_radar_part_is_one_graph_too() {
 /// fusion on the CPU between them.
 #[test]
 fn a_part_whose_fusion_stays_on_the_cpu_is_two_graphs() {
-    let fx = common::fitted_for_the_emulator(
-        common::small_radar(),
+    let fx = common::fitted_with(
+        common::for_the_emulator(common::small_radar()),
         "sim-activity-cpu-fusion",
         Category::Disc,
         5,

@@ -41,7 +41,14 @@ fn inspect_with_radar_fusion_on_the_simulated_device_allocates_nothing() {
 }
 
 fn assert_no_allocations(cfg: miad::config::ModelConfig, name: &str) {
-    let f = common::fitted_for_the_emulator(cfg, name, Category::Torus, 5, 4, 1);
+    let f = common::fitted_with(
+        common::for_the_emulator(cfg),
+        name,
+        Category::Torus,
+        5,
+        4,
+        1,
+    );
     let parts: Vec<_> = list_test(&f.category)
         .unwrap()
         .iter()

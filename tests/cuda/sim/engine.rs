@@ -105,8 +105,8 @@ fn parity(
     exact_decisions: bool,
     both_parts: bool,
 ) {
-    let fx = common::fitted_for_the_emulator(
-        cfg.clone(),
+    let fx = common::fitted_with(
+        common::for_the_emulator(cfg.clone()),
         &format!("sim-{}-{precision}", cfg.name),
         Category::Disc,
         11,
@@ -257,7 +257,14 @@ fn radar_heads_without_a_kernel_leave_the_fusion_on_the_cpu_with_a_reason() {
     cfg.name = "small-hd64-radar16".into();
     cfg.radar = common::small_radar().radar;
     assert_eq!(cfg.radar.as_ref().map(|r| r.dim / r.heads), Some(16));
-    let fx = common::fitted_for_the_emulator(cfg, "sim-radar-heads16", Category::Disc, 11, 4, 1);
+    let fx = common::fitted_with(
+        common::for_the_emulator(cfg),
+        "sim-radar-heads16",
+        Category::Disc,
+        11,
+        4,
+        1,
+    );
     let e = Engine::open(
         &fx.model,
         &fx.bank,
@@ -317,7 +324,14 @@ fn bf16_radar_engine_on_the_simulated_device_matches_the_cpu_up_to_the_reweighti
     let precision = Precision::Bf16;
     let tol = Precision::Bf16.feature_tolerance();
     let part_tol = 1e-1;
-    let fx = common::fitted_for_the_emulator(cfg, "sim-radar-bf16", Category::Disc, 11, 4, 1);
+    let fx = common::fitted_with(
+        common::for_the_emulator(cfg),
+        "sim-radar-bf16",
+        Category::Disc,
+        11,
+        4,
+        1,
+    );
     let (mut cpu, mut sim) = cpu_and_sim(&fx, precision);
     let bank = BankFile::open(&fx.bank, &OpenOptions::default(), None).unwrap();
     let set = BankSet::from_file(&bank).unwrap();
@@ -473,8 +487,14 @@ fn one_device_per_engine() {
     if !common::alone_in_process!(one_device_per_engine) {
         return;
     }
-    let fx =
-        common::fitted_for_the_emulator(common::small_hd64(), "sim-one", Category::Disc, 12, 4, 1);
+    let fx = common::fitted_with(
+        common::for_the_emulator(common::small_hd64()),
+        "sim-one",
+        Category::Disc,
+        12,
+        4,
+        1,
+    );
     let before = DEVICES_OPENED.load(Ordering::Relaxed);
     let e = Engine::open(
         &fx.model,
@@ -545,8 +565,8 @@ fn decided(
 /// thresholds, no case statistics). The f32 path's tolerances; identical decisions.
 #[test]
 fn one_recording_serves_unusable_clouds_other_sizes_and_per_part_options() {
-    let fx = common::fitted_for_the_emulator(
-        common::small_hd64(),
+    let fx = common::fitted_with(
+        common::for_the_emulator(common::small_hd64()),
         "sim-variety",
         Category::Disc,
         13,

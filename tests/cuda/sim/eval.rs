@@ -45,8 +45,14 @@ fn assert_close(cpu: [Option<f64>; 3], sim: [Option<f64>; 3], what: &str) {
 /// `evaluate` directly; each evaluation on the simulated device runs once (time).
 #[test]
 fn evaluation_on_the_simulated_device_gives_the_cpu_metrics() {
-    let fx =
-        common::fitted_for_the_emulator(common::small_hd64(), "sim-eval", Category::Disc, 21, 4, 3);
+    let fx = common::fitted_with(
+        common::for_the_emulator(common::small_hd64()),
+        "sim-eval",
+        Category::Disc,
+        21,
+        4,
+        3,
+    );
     if miad_eval_with_backend_cuda_sim_prints_the_cpu_metrics(&fx) {
         return;
     }

@@ -126,8 +126,14 @@ fn crop_cloud<'a>(v: &CloudView<'a>, top: usize, left: usize, w: usize, h: usize
 /// pixels' bytes) and still gives the CPU's result.
 #[test]
 fn a_part_times_its_stages_on_the_device_and_uploads_only_its_bytes() {
-    let fx =
-        common::fitted_for_the_emulator(ModelConfig::small(), "sim-part", Category::Disc, 4, 2, 1);
+    let fx = common::fitted_with(
+        common::for_the_emulator(ModelConfig::small()),
+        "sim-part",
+        Category::Disc,
+        4,
+        2,
+        1,
+    );
     let parts: Vec<_> = list_test(&fx.category)
         .unwrap()
         .iter()
@@ -219,8 +225,8 @@ fn f32_search(q: &[f32], rows: &[f32], dim: usize) -> u32 {
 /// counted (they come back with the part's results).
 #[test]
 fn the_one_graph_fast_search_counts_its_exact_scans_on_near_duplicate_banks() {
-    let fx = common::fitted_for_the_emulator(
-        ModelConfig::small(),
+    let fx = common::fitted_with(
+        common::for_the_emulator(ModelConfig::small()),
         "sim-part-dup",
         Category::Disc,
         4,
