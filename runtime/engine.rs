@@ -52,8 +52,9 @@ pub struct EngineOptions {
     /// CUDA device ordinal, when the CUDA backend is used.
     pub device: usize,
     /// Arithmetic of the networks: f32 (the parity path) or bf16 (the fast path). On the
-    /// CPU backend bf16 runs the ViT's dense layers through AVX512-BF16 where the CPU has
-    /// it (f32 elsewhere, said in the backend choice); the bank search stays f32.
+    /// CPU backend bf16 runs the networks' dense layers through AVX512-BF16 where the CPU
+    /// has it (f32 elsewhere, said in the backend choice), and the bank search's candidate
+    /// pass too (re-scored in f32: the same nearest rows and distances as f32).
     pub precision: Precision,
     /// Read both files into the engine's own memory instead of mapping them: later
     /// changes to the files, even in place, cannot affect the engine (costs their size
@@ -702,9 +703,14 @@ fn plan<'f>(
             bank.path().display()
         )));
     }
-    let scorer = Scorer::new(cfg, &set, pool.threads());
+    let mut scorer = Scorer::new(cfg, &set, pool.threads());
     let s = scorer.map_size();
     let (on_device, backend) = open_backend(options, files, &set, &mut extractor, pool);
+    // bf16 on the CPU backend: the bank search too (the same results as f32; both need
+    // AVX512-BF16, which `open_backend` checked).
+    if backend.used == Backend::Cpu && backend.precision == Precision::Bf16 {
+        scorer.use_bf16_search();
+    }
     let mut cases = [None; 3];
     for c in Case::ALL {
         cases[c as usize] = CaseDecision::load(bank, c)?;

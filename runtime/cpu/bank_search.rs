@@ -101,6 +101,16 @@ pub fn sq_norms(rows: &[f32], dim: usize, out: &mut [f32]) {
     }
 }
 
+/// The arithmetic of the CPU's exact nearest-row search at inspection: [`nearest`] (f32)
+/// or [`nearest_bf16`] (a bf16 candidate pass re-scored in f32); the same rows and
+/// distance bits either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SearchForm {
+    #[default]
+    F32,
+    Bf16,
+}
+
 /// Floats of scratch [`nearest`] needs with a pool of `threads` threads: each worker's
 /// packed queries.
 pub fn nearest_scratch_len(threads: usize) -> usize {

@@ -10,7 +10,7 @@
 
 use super::decide::{fuse_map, linear_part_score};
 use crate::config::{BankConfig, FeatureNorm};
-use crate::cpu::bank_search::{self, BankScore, BankView, TABLE_NEIGHBOURS};
+use crate::cpu::bank_search::{self, BankScore, BankView, SearchForm, TABLE_NEIGHBOURS};
 use crate::cpu::maps;
 use crate::cpu::pool::Pool;
 use crate::format::{BankFile, FormatError};
@@ -103,18 +103,23 @@ pub struct Scorer {
     pixel_w: [f32; 3],
     threads: usize,
     max_rows: usize,
+    max_dim: usize,
     max_feat: usize,
     max_patches: usize,
+    /// The CPU search's arithmetic (f32 unless [`Scorer::use_bf16_search`]).
+    search: SearchForm,
 }
 
 impl Scorer {
     pub fn new(cfg: &BankConfig, set: &BankSet<'_>, threads: usize) -> Self {
         let mut max_rows = 1;
+        let mut max_dim = 1;
         let mut max_feat = 1;
         let mut max_patches = 1;
         for b in 0..3 {
             if let Some(v) = &set.banks[b] {
                 max_rows = max_rows.max(v.n);
+                max_dim = max_dim.max(v.dim);
                 let p = set.grids[b] * set.grids[b];
                 max_patches = max_patches.max(p);
                 max_feat = max_feat.max(p * v.dim);
@@ -128,9 +133,46 @@ impl Scorer {
             pixel_w: cfg.pixel_svm.w,
             threads,
             max_rows,
+            max_dim,
             max_feat,
             max_patches,
+            search: SearchForm::F32,
         }
+    }
+
+    /// Searches the banks through [`bank_search::nearest_bf16`] (the same rows and
+    /// distance bits as the f32 search, faster) when this CPU has AVX512-BF16; returns
+    /// whether it will. The fit's leave-one-out scoring (with `exclude`) stays f32. Call
+    /// before sizing the scratch ([`Scorer::scratch_len`]).
+    pub fn use_bf16_search(&mut self) -> bool {
+        if bank_search::bf16_search_available() {
+            self.search = SearchForm::Bf16;
+        }
+        self.search == SearchForm::Bf16
+    }
+
+    /// The CPU search's arithmetic.
+    pub fn search_form(&self) -> SearchForm {
+        self.search
+    }
+
+    /// Floats of the nearest-row search's scratch (the f32 search's always fits: it runs
+    /// with `exclude`).
+    fn nearest_len(&self) -> usize {
+        let f32_len = bank_search::nearest_scratch_len(self.threads);
+        match self.search {
+            SearchForm::F32 => f32_len,
+            SearchForm::Bf16 => f32_len.max(bank_search::nearest_bf16_scratch_len(
+                self.threads,
+                self.max_dim,
+            )),
+        }
+    }
+
+    /// Floats of the bank search's scratch: the nearest-row search, then the k-nearest
+    /// scan of the re-weighting.
+    fn search_len(&self) -> usize {
+        self.nearest_len() + bank_search::knn_scratch_len(self.max_rows, 3)
     }
 
     /// Uses these decision layers instead of the configuration's (fit trains them after
@@ -144,7 +186,7 @@ impl Scorer {
     pub fn scratch_len(&self) -> usize {
         self.max_feat
             + 2 * self.max_patches
-            + bank_search::score_scratch_len(self.threads, self.max_rows)
+            + self.search_len()
             + maps::map_scratch_len(self.map_size)
     }
 
@@ -189,8 +231,7 @@ impl Scorer {
         let (dmap, rest) = rest.split_at_mut(self.max_patches);
         let (nn_f, rest) = rest.split_at_mut(self.max_patches);
         let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
-        let (cpu_search, map_scratch) =
-            rest.split_at_mut(bank_search::score_scratch_len(self.threads, self.max_rows));
+        let (cpu_search, map_scratch) = rest.split_at_mut(self.search_len());
         let mut out = PartScores::default();
         for b in 0..3 {
             let m = &mut bank_maps[b * s2..(b + 1) * s2];
@@ -211,6 +252,19 @@ impl Scorer {
                     device.nearest(b, xb, &mut dmap[..n], &mut nn[..n])?;
                     let (_, knn_scratch) =
                         cpu_search.split_at_mut(bank_search::nearest_scratch_len(self.threads));
+                    bank_search::reweighted_score(
+                        pool,
+                        xb,
+                        view,
+                        None,
+                        &dmap[..n],
+                        &nn[..n],
+                        knn_scratch,
+                    )
+                }
+                _ if self.search == SearchForm::Bf16 && exclude[b].is_none() => {
+                    let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
+                    bank_search::nearest_bf16(pool, xb, view, &mut dmap[..n], &mut nn[..n], near);
                     bank_search::reweighted_score(
                         pool,
                         xb,
