@@ -61,6 +61,11 @@ pub struct EngineOptions {
     /// in memory). Mapped files (the default) must be replaced by renaming a new file
     /// over them; a change in place is detected before each inspection where possible.
     pub in_memory: bool,
+    /// Search the banks through their stored partitions where the bank file has them
+    /// ([`crate::cpu::bank_prune`], the CPU backend): the same nearest rows and distances,
+    /// fewer distances computed when the features cluster well. Off by default: on M3DM's
+    /// features it does not pay (bench/results/cpu-banksearch-2026-12-07.md).
+    pub pruned_search: bool,
 }
 
 impl Default for EngineOptions {
@@ -75,6 +80,7 @@ impl Default for EngineOptions {
             device: 0,
             precision: Precision::F32,
             in_memory: false,
+            pruned_search: false,
         }
     }
 }
@@ -677,6 +683,11 @@ fn plan<'f>(
     let cfg = bank.config();
     let layout = extractor.layout();
     let set = BankSet::from_file(bank)?;
+    let set = if options.pruned_search {
+        set
+    } else {
+        set.without_partitions()
+    };
     let expect = [
         (layout.xyz_grid, layout.xyz_dim),
         (layout.rgb_grid, layout.rgb_dim),

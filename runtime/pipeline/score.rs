@@ -10,6 +10,7 @@
 
 use super::decide::{fuse_map, linear_part_score};
 use crate::config::{BankConfig, FeatureNorm};
+use crate::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, PartitionView};
 use crate::cpu::bank_search::{self, BankScore, BankView, SearchForm, TABLE_NEIGHBOURS};
 use crate::cpu::maps;
 use crate::cpu::pool::Pool;
@@ -26,8 +27,9 @@ pub struct BankSet<'a> {
 }
 
 impl<'a> BankSet<'a> {
-    /// Views of `bank.{xyz,rgb,fused}`, `bank.*_norms` and, where the file has it (fits
-    /// since the table was added), the neighbour table `bank.*_neighbours` in a bank file.
+    /// Views of `bank.{xyz,rgb,fused}`, `bank.*_norms` and, where the file has them (fits
+    /// since they were added), the neighbour table `bank.*_neighbours` and the partition
+    /// of the pruned search ([`partition_names`]), all read in place.
     pub fn from_file(file: &'a BankFile) -> Result<Self, FormatError> {
         let c = file.config();
         let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
@@ -41,11 +43,25 @@ impl<'a> BankSet<'a> {
                     file.typed::<f32>(&format!("bank.{}_norms", BANK_NAMES[b]), Some(&[n]))?;
                 let view = BankView::new(data, norms, d);
                 let table = neighbour_table_name(b);
-                banks[b] = Some(if file.container().entry(&table).is_some() {
+                let mut view = if file.container().entry(&table).is_some() {
                     view.with_neighbours(file.typed::<u32>(&table, Some(&[n, TABLE_NEIGHBOURS]))?)
                 } else {
                     view
-                });
+                };
+                let [order, starts, radii] = partition_names(b);
+                if file.container().entry(&order).is_some() {
+                    let radii = file.typed::<f32>(&radii, None)?;
+                    let starts = file.typed::<u32>(&starts, Some(&[radii.len() + 1]))?;
+                    let order = file.typed::<u32>(&order, Some(&[n]))?;
+                    let part = PartitionView::new(&view, order, starts, radii).map_err(|e| {
+                        FormatError::InvalidManifest {
+                            path: file.path().to_path_buf(),
+                            reason: format!("bank {} partition: {e}", BANK_NAMES[b]),
+                        }
+                    })?;
+                    view = view.with_partition(part);
+                }
+                banks[b] = Some(view);
             }
         }
         Ok(BankSet {
@@ -58,6 +74,30 @@ impl<'a> BankSet<'a> {
             ],
         })
     }
+}
+
+impl BankSet<'_> {
+    /// The same banks without their partitions: the scorer then runs the unpruned search.
+    pub fn without_partitions(mut self) -> Self {
+        for v in self.banks.iter_mut().flatten() {
+            v.partition = None;
+        }
+        self
+    }
+}
+
+/// The bank file's tensors holding bank `b`'s partition for the pruned search
+/// ([`crate::cpu::bank_prune`]): the rows in cluster order (`rows` u32), where each
+/// cluster starts (`clusters + 1` u32) and each cluster's radius (`clusters` f32); the
+/// centres are the bank's first `clusters` rows. Bank files written before them have
+/// none; the search is then the unpruned one.
+pub fn partition_names(b: usize) -> [String; 3] {
+    let n = BANK_NAMES[b];
+    [
+        format!("bank.{n}_cluster_order"),
+        format!("bank.{n}_cluster_starts"),
+        format!("bank.{n}_cluster_radii"),
+    ]
 }
 
 /// The bank file's tensor holding bank `b`'s neighbour table
@@ -106,6 +146,8 @@ pub struct Scorer {
     max_dim: usize,
     max_feat: usize,
     max_patches: usize,
+    /// Scratch of the pruned search of the banks with a partition (0: none has one).
+    pruned_len: usize,
     /// The CPU search's arithmetic (f32 unless [`Scorer::use_bf16_search`]).
     search: SearchForm,
 }
@@ -116,6 +158,7 @@ impl Scorer {
         let mut max_dim = 1;
         let mut max_feat = 1;
         let mut max_patches = 1;
+        let mut pruned_len = 0;
         for b in 0..3 {
             if let Some(v) = &set.banks[b] {
                 max_rows = max_rows.max(v.n);
@@ -123,6 +166,10 @@ impl Scorer {
                 let p = set.grids[b] * set.grids[b];
                 max_patches = max_patches.max(p);
                 max_feat = max_feat.max(p * v.dim);
+                if let Some(part) = &v.partition {
+                    let len = pruned_scratch_len(threads, p, v.dim, part.clusters());
+                    pruned_len = pruned_len.max(len);
+                }
             }
         }
         Scorer {
@@ -136,6 +183,7 @@ impl Scorer {
             max_dim,
             max_feat,
             max_patches,
+            pruned_len,
             search: SearchForm::F32,
         }
     }
@@ -159,7 +207,7 @@ impl Scorer {
     /// Floats of the nearest-row search's scratch (the f32 search's always fits: it runs
     /// with `exclude`).
     fn nearest_len(&self) -> usize {
-        let f32_len = bank_search::nearest_scratch_len(self.threads);
+        let f32_len = bank_search::nearest_scratch_len(self.threads).max(self.pruned_len);
         match self.search {
             SearchForm::F32 => f32_len,
             SearchForm::Bf16 => f32_len.max(bank_search::nearest_bf16_scratch_len(
@@ -247,8 +295,8 @@ impl Scorer {
             for (o, v) in xb.iter_mut().zip(f) {
                 *o = (v - mean) * inv;
             }
-            let BankScore { score, .. } = match search.as_deref_mut() {
-                Some(device) if exclude[b].is_none() => {
+            let BankScore { score, .. } = match (search.as_deref_mut(), view.partition) {
+                (Some(device), _) if exclude[b].is_none() => {
                     device.nearest(b, xb, &mut dmap[..n], &mut nn[..n])?;
                     let (_, knn_scratch) =
                         cpu_search.split_at_mut(bank_search::nearest_scratch_len(self.threads));
@@ -257,6 +305,21 @@ impl Scorer {
                         xb,
                         view,
                         None,
+                        &dmap[..n],
+                        &nn[..n],
+                        knn_scratch,
+                    )
+                }
+                // The exact pruned search (f32) where the bank has a partition in use.
+                (_, Some(part)) => {
+                    let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
+                    let (d, i) = (&mut dmap[..n], &mut nn[..n]);
+                    nearest_pruned(pool, xb, view, part, exclude[b], d, i, near);
+                    bank_search::reweighted_score(
+                        pool,
+                        xb,
+                        view,
+                        exclude[b],
                         &dmap[..n],
                         &nn[..n],
                         knn_scratch,
