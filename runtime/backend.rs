@@ -265,7 +265,7 @@ impl BackendChoice {
             ),
             (None, Some(why)) => format!("cpu ({} asked for: {why})", self.requested),
             (None, None) if self.precision == Precision::Bf16 => {
-                "cpu, bf16 (AVX512-BF16): networks and bank search".into()
+                "cpu, bf16 (AVX512-BF16): networks, and the bank search where it pays".into()
             }
             (None, None) => "cpu".into(),
         }
@@ -298,7 +298,7 @@ mod tests {
         };
         assert_eq!(
             bf16.describe(),
-            "cpu, bf16 (AVX512-BF16): networks and bank search"
+            "cpu, bf16 (AVX512-BF16): networks, and the bank search where it pays"
         );
         let f = BackendChoice::fell_back(Backend::Auto, "no driver".into());
         assert_eq!(f.used, Backend::Cpu);

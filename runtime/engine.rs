@@ -62,9 +62,10 @@ pub struct EngineOptions {
     /// over them; a change in place is detected before each inspection where possible.
     pub in_memory: bool,
     /// Search the banks through their stored partitions where the bank file has them
-    /// ([`crate::cpu::bank_prune`], the CPU backend): the same nearest rows and distances,
-    /// fewer distances computed when the features cluster well. Off by default: on M3DM's
-    /// features it does not pay (bench/results/cpu-banksearch-2026-12-07.md).
+    /// ([`crate::cpu::bank_prune`], the CPU backend): the same nearest rows and distances
+    /// with fewer distances computed (on a synthetic M3DM category the score stage took
+    /// 0.75–0.80 of the unpruned search's time: bench/results/cpu-banksearch-2026-12-07.md).
+    /// On by default; files without partitions search unpruned.
     pub pruned_search: bool,
 }
 
@@ -80,7 +81,7 @@ impl Default for EngineOptions {
             device: 0,
             precision: Precision::F32,
             in_memory: false,
-            pruned_search: false,
+            pruned_search: true,
         }
     }
 }

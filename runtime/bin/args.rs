@@ -34,10 +34,10 @@ pub struct EngineArgs {
     /// files being changed in place while the command runs).
     #[arg(long)]
     pub in_memory: bool,
-    /// Search the banks through the partitions stored by `miad fit` (the same results;
-    /// pays only where the features cluster well).
+    /// Search the banks without the partitions stored by `miad fit` (the same results,
+    /// every distance computed; for comparison).
     #[arg(long)]
-    pub pruned_search: bool,
+    pub unpruned_search: bool,
 }
 
 impl EngineArgs {
@@ -52,7 +52,7 @@ impl EngineArgs {
                 device: self.device,
                 precision: self.precision,
                 in_memory: self.in_memory,
-                pruned_search: self.pruned_search,
+                pruned_search: !self.unpruned_search,
                 ..EngineOptions::default()
             },
         )?;

@@ -16,6 +16,7 @@ use crate::cpu::maps;
 use crate::cpu::pool::Pool;
 use crate::format::{BankFile, FormatError};
 pub use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
+use std::cell::Cell;
 
 /// The banks of one bank file (any of them may be absent), borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -150,7 +151,17 @@ pub struct Scorer {
     pruned_len: usize,
     /// The CPU search's arithmetic (f32 unless [`Scorer::use_bf16_search`]).
     search: SearchForm,
+    /// Per bank: parts left to search in f32 before the bf16 search is tried again
+    /// ([`BF16_RETRY_PARTS`]).
+    bf16_rest: [Cell<u32>; 3],
 }
+
+/// Parts a bank is searched in f32 after a part on which the bf16 search did not pay
+/// (more than half of its queries scanned the bank in f32 after the bf16 pass): then the
+/// bf16 search is tried again. Either search gives the same bits; this only picks the
+/// faster one for the features at hand (on M3DM's features the worst-case bf16 bound is
+/// wider than the gaps between nearest rows: bench/results/cpu-banksearch-2026-12-07.md).
+pub const BF16_RETRY_PARTS: u32 = 64;
 
 impl Scorer {
     pub fn new(cfg: &BankConfig, set: &BankSet<'_>, threads: usize) -> Self {
@@ -185,13 +196,25 @@ impl Scorer {
             max_patches,
             pruned_len,
             search: SearchForm::F32,
+            bf16_rest: Default::default(),
         }
     }
 
+    /// Whether bank `b`'s next search is the bf16 one (counts down the f32 parts).
+    fn bf16_turn(&self, b: usize) -> bool {
+        let rest = self.bf16_rest[b].get();
+        if rest > 0 {
+            self.bf16_rest[b].set(rest - 1);
+        }
+        self.search == SearchForm::Bf16 && rest == 0
+    }
+
     /// Searches the banks through [`bank_search::nearest_bf16`] (the same rows and
-    /// distance bits as the f32 search, faster) when this CPU has AVX512-BF16; returns
-    /// whether it will. The fit's leave-one-out scoring (with `exclude`) stays f32. Call
-    /// before sizing the scratch ([`Scorer::scratch_len`]).
+    /// distance bits as the f32 search) when this CPU has AVX512-BF16; returns whether
+    /// it will. A bank on which it does not pay goes back to f32 for
+    /// [`BF16_RETRY_PARTS`] parts. The fit's leave-one-out scoring (with `exclude`) and
+    /// banks with a partition in use stay f32. Call before sizing the scratch
+    /// ([`Scorer::scratch_len`]).
     pub fn use_bf16_search(&mut self) -> bool {
         if bank_search::bf16_search_available() {
             self.search = SearchForm::Bf16;
@@ -202,6 +225,11 @@ impl Scorer {
     /// The CPU search's arithmetic.
     pub fn search_form(&self) -> SearchForm {
         self.search
+    }
+
+    /// Parts bank `b` is still searched in f32 before the bf16 search is tried again.
+    pub fn bf16_parts_left(&self, b: usize) -> u32 {
+        self.bf16_rest[b].get()
     }
 
     /// Floats of the nearest-row search's scratch (the f32 search's always fits: it runs
@@ -325,9 +353,13 @@ impl Scorer {
                         knn_scratch,
                     )
                 }
-                _ if self.search == SearchForm::Bf16 && exclude[b].is_none() => {
+                _ if exclude[b].is_none() && self.bf16_turn(b) => {
                     let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
-                    bank_search::nearest_bf16(pool, xb, view, &mut dmap[..n], &mut nn[..n], near);
+                    let (d, i) = (&mut dmap[..n], &mut nn[..n]);
+                    let scans = bank_search::nearest_bf16(pool, xb, view, d, i, near);
+                    if 2 * scans > n {
+                        self.bf16_rest[b].set(BF16_RETRY_PARTS);
+                    }
                     bank_search::reweighted_score(
                         pool,
                         xb,

@@ -66,7 +66,8 @@ fn cpu_bf16_engine_scores_stay_within_tolerance_of_f32() {
 
 /// The bf16 bank search (`Scorer::use_bf16_search`, what `--precision bf16` turns on with
 /// AVX512-BF16) on fitted banks and real features: the same nearest rows and distance
-/// bits as the f32 search in every bank, hence the same scores and maps, bit for bit.
+/// bits as the f32 search in every bank, hence the same scores and maps, bit for bit; a
+/// bank whose bf16 pass left most queries to the f32 scan goes back to f32 for a while.
 #[test]
 fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
     use miad::cpu::bank_search::{
@@ -74,7 +75,7 @@ fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
     };
     use miad::cpu::pool::Pool;
     use miad::format::{BankFile, OpenOptions};
-    use miad::pipeline::score::{BankSet, Scorer};
+    use miad::pipeline::score::{BankSet, Scorer, BF16_RETRY_PARTS};
     let f = common::fitted("cpu-bf16-search", Category::Torus, 11, 4, 2);
     let parts: Vec<_> = list_test(&f.category)
         .unwrap()
@@ -108,7 +109,7 @@ fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
     let s = f32_scorer.map_size() * f32_scorer.map_size();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let mut searched = 0;
-    for p in &parts {
+    for (part, p) in parts.iter().enumerate() {
         let (r, c) = p.views();
         engine.inspect(r, c, &InspectOptions::default()).unwrap();
         let feats: Vec<Vec<f32>> = engine
@@ -119,6 +120,7 @@ fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
             .collect();
         let feats = [&feats[0][..], &feats[1][..], &feats[2][..]];
         // Each bank's search directly: rows and distance bits.
+        let mut pays = [true; 3];
         for (b, view) in set.banks.iter().enumerate() {
             let Some(view) = *view else { continue };
             let norm = set.norms[b];
@@ -132,7 +134,8 @@ fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
             let mut s32 = vec![0f32; nearest_scratch_len(2)];
             let mut s16 = vec![0f32; nearest_bf16_scratch_len(2, view.dim)];
             nearest(&pool, &x, view, None, &mut d32, &mut i32, &mut s32);
-            nearest_bf16(&pool, &x, view, &mut d16, &mut i16, &mut s16);
+            let scans = nearest_bf16(&pool, &x, view, &mut d16, &mut i16, &mut s16);
+            pays[b] = 2 * scans <= nq;
             assert_eq!(i16, i32, "bank {b}: nearest rows");
             assert_eq!(bits(&d16), bits(&d32), "bank {b}: distance bits");
             searched += nq;
@@ -157,6 +160,13 @@ fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
         };
         let (sc32, maps32, map32) = run(&f32_scorer);
         let (sc16, maps16, map16) = run(&bf16_scorer);
+        if part == 0 && bf16_runs {
+            // The first part tried the bf16 search on every bank.
+            for (b, &pays) in pays.iter().enumerate() {
+                let left = if pays { 0 } else { BF16_RETRY_PARTS };
+                assert_eq!(bf16_scorer.bf16_parts_left(b), left, "bank {b}");
+            }
+        }
         assert_eq!(bits(&sc16.bank), bits(&sc32.bank), "bank scores");
         assert_eq!(sc16.score.to_bits(), sc32.score.to_bits(), "part score");
         assert_eq!(bits(&maps16), bits(&maps32), "bank maps");
