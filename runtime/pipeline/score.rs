@@ -323,63 +323,30 @@ impl Scorer {
             for (o, v) in xb.iter_mut().zip(f) {
                 *o = (v - mean) * inv;
             }
-            let BankScore { score, .. } = match (search.as_deref_mut(), view.partition) {
-                (Some(device), _) if exclude[b].is_none() => {
-                    device.nearest(b, xb, &mut dmap[..n], &mut nn[..n])?;
-                    let (_, knn_scratch) =
-                        cpu_search.split_at_mut(bank_search::nearest_scratch_len(self.threads));
-                    bank_search::reweighted_score(
-                        pool,
-                        xb,
-                        view,
-                        None,
-                        &dmap[..n],
-                        &nn[..n],
-                        knn_scratch,
-                    )
-                }
-                // The exact pruned search (f32) where the bank has a partition in use.
-                (_, Some(part)) => {
-                    let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
-                    let (d, i) = (&mut dmap[..n], &mut nn[..n]);
-                    nearest_pruned(pool, xb, view, part, exclude[b], d, i, near);
-                    bank_search::reweighted_score(
-                        pool,
-                        xb,
-                        view,
-                        exclude[b],
-                        &dmap[..n],
-                        &nn[..n],
-                        knn_scratch,
-                    )
-                }
+            // The nearest rows, by the device's search, the pruned search (f32) where the
+            // bank has a partition in use, the bf16 search where it pays, else f32.
+            let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
+            let (d, i) = (&mut dmap[..n], &mut nn[..n]);
+            match (search.as_deref_mut(), view.partition) {
+                (Some(device), _) if exclude[b].is_none() => device.nearest(b, xb, d, i)?,
+                (_, Some(part)) => nearest_pruned(pool, xb, view, part, exclude[b], d, i, near),
                 _ if exclude[b].is_none() && self.bf16_turn(b) => {
-                    let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
-                    let (d, i) = (&mut dmap[..n], &mut nn[..n]);
                     let scans = bank_search::nearest_bf16(pool, xb, view, d, i, near);
                     if 2 * scans > n {
                         self.bf16_rest[b].set(BF16_RETRY_PARTS);
                     }
-                    bank_search::reweighted_score(
-                        pool,
-                        xb,
-                        view,
-                        None,
-                        &dmap[..n],
-                        &nn[..n],
-                        knn_scratch,
-                    )
                 }
-                _ => bank_search::score_part(
-                    pool,
-                    xb,
-                    view,
-                    exclude[b],
-                    &mut dmap[..n],
-                    &mut nn[..n],
-                    cpu_search,
-                ),
-            };
+                _ => bank_search::nearest(pool, xb, view, exclude[b], d, i, near),
+            }
+            let BankScore { score, .. } = bank_search::reweighted_score(
+                pool,
+                xb,
+                view,
+                exclude[b],
+                &dmap[..n],
+                &nn[..n],
+                knn_scratch,
+            );
             maps::anomaly_map(
                 &dmap[..n],
                 set.grids[b],

@@ -11,29 +11,38 @@ use miad::eval::synth::Category;
 
 use crate::common;
 
-#[test]
-fn cpu_bf16_engine_scores_stay_within_tolerance_of_f32() {
-    let f = common::fitted("cpu-bf16", Category::Torus, 7, 4, 2);
-    let parts: Vec<_> = list_test(&f.category)
+/// A fitted fixture, its test parts, and an engine on it opener (2 threads, parts ≤ 96²).
+fn fixture(
+    name: &str,
+    seed: u64,
+) -> (
+    common::Fixture,
+    Vec<miad::eval::dataset::LoadedPart>,
+    impl Fn(&common::Fixture, Precision) -> Engine,
+) {
+    let f = common::fitted(name, Category::Torus, seed, 4, 2);
+    let parts = list_test(&f.category)
         .unwrap()
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
-    let open = |precision| {
-        Engine::open(
-            &f.model,
-            &f.bank,
-            &EngineOptions {
-                threads: 2,
-                max_width: 96,
-                max_height: 96,
-                precision,
-                ..EngineOptions::default()
-            },
-        )
-        .unwrap()
+    let open = |f: &common::Fixture, precision| {
+        let opts = EngineOptions {
+            threads: 2,
+            max_width: 96,
+            max_height: 96,
+            precision,
+            ..EngineOptions::default()
+        };
+        Engine::open(&f.model, &f.bank, &opts).unwrap()
     };
-    let (mut e32, mut e16) = (open(Precision::F32), open(Precision::Bf16));
+    (f, parts, open)
+}
+
+#[test]
+fn cpu_bf16_engine_scores_stay_within_tolerance_of_f32() {
+    let (f, parts, open) = fixture("cpu-bf16", 7);
+    let (mut e32, mut e16) = (open(&f, Precision::F32), open(&f, Precision::Bf16));
     let bf16_runs = miad::cpu::gemm_bf16::available();
     let choice = e16.backend().clone();
     if bf16_runs {
@@ -76,23 +85,8 @@ fn cpu_bf16_bank_search_equals_f32_on_fitted_banks() {
     use miad::cpu::pool::Pool;
     use miad::format::{BankFile, OpenOptions};
     use miad::pipeline::score::{BankSet, Scorer, BF16_RETRY_PARTS};
-    let f = common::fitted("cpu-bf16-search", Category::Torus, 11, 4, 2);
-    let parts: Vec<_> = list_test(&f.category)
-        .unwrap()
-        .iter()
-        .map(|p| p.load().unwrap())
-        .collect();
-    let mut engine = Engine::open(
-        &f.model,
-        &f.bank,
-        &EngineOptions {
-            threads: 2,
-            max_width: 96,
-            max_height: 96,
-            ..EngineOptions::default()
-        },
-    )
-    .unwrap();
+    let (f, parts, open) = fixture("cpu-bf16-search", 11);
+    let mut engine = open(&f, Precision::F32);
     let file = BankFile::open(&f.bank, &OpenOptions::default(), None).unwrap();
     let set = BankSet::from_file(&file).unwrap();
     let pool = Pool::new(2);
