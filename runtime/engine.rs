@@ -64,7 +64,7 @@ pub struct EngineOptions {
     /// Search the banks through their stored partitions where the bank file has them
     /// ([`crate::cpu::bank_prune`], the CPU backend): the same nearest rows and distances
     /// with fewer distances computed (on a synthetic M3DM category the score stage took
-    /// 0.75–0.80 of the unpruned search's time: bench/results/cpu-banksearch-2026-12-07.md).
+    /// 0.70–0.80 of the unpruned search's time: bench/results/cpu-banksearch-2026-12-07.md).
     /// On by default; files without partitions search unpruned.
     pub pruned_search: bool,
 }
