@@ -264,6 +264,9 @@ impl BackendChoice {
                 self.device_stages.join(", ")
             ),
             (None, Some(why)) => format!("cpu ({} asked for: {why})", self.requested),
+            (None, None) if self.precision == Precision::Bf16 => {
+                "cpu, bf16 (AVX512-BF16): networks, and the bank search where it pays".into()
+            }
             (None, None) => "cpu".into(),
         }
     }
@@ -289,6 +292,14 @@ mod tests {
     #[test]
     fn descriptions_say_what_runs_where_and_why() {
         assert_eq!(BackendChoice::cpu().describe(), "cpu");
+        let bf16 = BackendChoice {
+            precision: Precision::Bf16,
+            ..BackendChoice::cpu()
+        };
+        assert_eq!(
+            bf16.describe(),
+            "cpu, bf16 (AVX512-BF16): networks, and the bank search where it pays"
+        );
         let f = BackendChoice::fell_back(Backend::Auto, "no driver".into());
         assert_eq!(f.used, Backend::Cpu);
         assert_eq!(f.describe(), "cpu (auto asked for: no driver)");

@@ -52,14 +52,21 @@ pub struct EngineOptions {
     /// CUDA device ordinal, when the CUDA backend is used.
     pub device: usize,
     /// Arithmetic of the networks: f32 (the parity path) or bf16 (the fast path). On the
-    /// CPU backend bf16 runs the ViT's dense layers through AVX512-BF16 where the CPU has
-    /// it (f32 elsewhere, said in the backend choice); the bank search stays f32.
+    /// CPU backend bf16 runs the networks' dense layers through AVX512-BF16 where the CPU
+    /// has it (f32 elsewhere, said in the backend choice), and the bank search's candidate
+    /// pass too (re-scored in f32: the same nearest rows and distances as f32).
     pub precision: Precision,
     /// Read both files into the engine's own memory instead of mapping them: later
     /// changes to the files, even in place, cannot affect the engine (costs their size
     /// in memory). Mapped files (the default) must be replaced by renaming a new file
     /// over them; a change in place is detected before each inspection where possible.
     pub in_memory: bool,
+    /// Search the banks through their stored partitions where the bank file has them
+    /// ([`crate::cpu::bank_prune`], the CPU backend): the same nearest rows and distances
+    /// with fewer distances computed (on a synthetic M3DM category the score stage took
+    /// 0.70–0.80 of the unpruned search's time: bench/results/cpu-banksearch-2026-12-07.md).
+    /// On by default; files without partitions search unpruned.
+    pub pruned_search: bool,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +81,7 @@ impl Default for EngineOptions {
             device: 0,
             precision: Precision::F32,
             in_memory: false,
+            pruned_search: true,
         }
     }
 }
@@ -676,6 +684,11 @@ fn plan<'f>(
     let cfg = bank.config();
     let layout = extractor.layout();
     let set = BankSet::from_file(bank)?;
+    let set = if options.pruned_search {
+        set
+    } else {
+        set.without_partitions()
+    };
     let expect = [
         (layout.xyz_grid, layout.xyz_dim),
         (layout.rgb_grid, layout.rgb_dim),
@@ -702,9 +715,14 @@ fn plan<'f>(
             bank.path().display()
         )));
     }
-    let scorer = Scorer::new(cfg, &set, pool.threads());
+    let mut scorer = Scorer::new(cfg, &set, pool.threads());
     let s = scorer.map_size();
     let (on_device, backend) = open_backend(options, files, &set, &mut extractor, pool);
+    // bf16 on the CPU backend: the bank search too (the same results as f32; both need
+    // AVX512-BF16, which `open_backend` checked).
+    if backend.used == Backend::Cpu && backend.precision == Precision::Bf16 {
+        scorer.use_bf16_search();
+    }
     let mut cases = [None; 3];
     for c in Case::ALL {
         cases[c as usize] = CaseDecision::load(bank, c)?;

@@ -34,6 +34,10 @@ pub struct EngineArgs {
     /// files being changed in place while the command runs).
     #[arg(long)]
     pub in_memory: bool,
+    /// Search the banks without the partitions stored by `miad fit` (the same results,
+    /// every distance computed; for comparison).
+    #[arg(long)]
+    pub unpruned_search: bool,
 }
 
 impl EngineArgs {
@@ -48,6 +52,7 @@ impl EngineArgs {
                 device: self.device,
                 precision: self.precision,
                 in_memory: self.in_memory,
+                pruned_search: !self.unpruned_search,
                 ..EngineOptions::default()
             },
         )?;

@@ -756,6 +756,7 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
         device: o.device as usize,
         precision,
         in_memory: o.in_memory != 0,
+        ..EngineOptions::default()
     })
 }
 

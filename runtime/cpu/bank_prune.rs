@@ -2,11 +2,12 @@
 //! distance bits as [`super::bank_search::nearest`], with whole clusters of bank rows
 //! skipped when no row in them can win.
 //!
-//! Partition ([`BankPartition::build`]): the first `k` bank rows are the centres (a bank
-//! is stored in coreset order, farthest-first, so they are spread over it); every row
-//! joins its nearest centre; `r_c` bounds the true distance of cluster c's rows to its
-//! centre (f64, rounded up). The rows are copied in cluster order so that a cluster is
-//! contiguous for the GEMM micro-kernel.
+//! Partition ([`BankPartition::build`], at fit time; stored in the bank file and read in
+//! place through [`PartitionView`]): the first `k` bank rows are the centres (a bank is
+//! stored in coreset order, farthest-first, so they are spread over it); every row joins
+//! its nearest centre; `r_c` bounds the true distance of cluster c's rows to its centre
+//! (f64, rounded up, stored as the next f32 up). `order` lists the rows cluster by
+//! cluster; `starts` where each cluster begins.
 //!
 //! Search: per block of queries, the GEMM form `g = ‖q‖² − 2q·c + ‖c‖²` to every centre
 //! gives a lower bound of the true ‖q − c‖ (`g − E`, E of `gemm_form_bound` with the
@@ -15,18 +16,20 @@
 //! clusters are visited nearest first; a cluster is skipped for a strip of queries when
 //! every query of the strip has `t > 0` and `t² − E > best` (in f64): its rows have a
 //! computed d² above the running best, so they can neither win nor tie. The rows that are
-//! visited go through the kernel exactly as [`nearest`] computes them (the same packed
-//! queries, the k order of the micro-kernel: each pair's dot product does not depend on
-//! its neighbours in the tile), and the minimum keeps the lowest original row among equal
-//! d² — so the result is [`nearest`]'s, bit for bit, whatever the partition.
+//! visited are gathered, a kernel row group at a time, into a small panel and go through
+//! the micro-kernel exactly as [`nearest`] computes them (the same packed queries, the k
+//! order of the micro-kernel: each pair's dot product does not depend on its neighbours
+//! in the tile), and the minimum keeps the lowest original row among equal d² — so the
+//! result is [`nearest`]'s, bit for bit, whatever the partition.
 //!
-//! Memory: a second copy of the bank (the fit holds it while it scores; inspection does
-//! not use this path). The search allocates its per-worker buffers per call.
+//! Memory: no copy of the bank; the search works in planned scratch
+//! ([`pruned_scratch_len`]), so inspection allocates nothing.
 //!
 //! [`nearest`]: super::bank_search::nearest
 
 use super::bank_search::{
-    gemm_form_bound, nearest, query_block, search_block, BankView, NO_ROW, QUERY_PACK_FLOATS,
+    gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, BankView, NO_ROW,
+    QUERY_BLOCK, QUERY_PACK_FLOATS,
 };
 use super::gemm::{pack_rhs, Kernel, Mat, Operand, Start};
 use super::pool::{Pool, SharedMut};
@@ -36,28 +39,52 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const ROWS_PER_CLUSTER: usize = 64;
 /// Most clusters.
 pub const MAX_CLUSTERS: usize = 4096;
+/// Most rows of a micro-kernel's row group (the panel of gathered rows holds this many).
+const MAX_MR: usize = 12;
 
-/// Bank rows grouped around centres, with radii (module doc).
+/// (query, bank row) pairs the searches were asked for, and those computed.
+#[derive(Debug, Default)]
+pub struct PairCounts {
+    asked: AtomicU64,
+    computed: AtomicU64,
+}
+
+impl PairCounts {
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.asked.load(Ordering::Relaxed),
+            self.computed.load(Ordering::Relaxed),
+        )
+    }
+
+    fn add(&self, asked: u64, computed: u64) {
+        self.asked.fetch_add(asked, Ordering::Relaxed);
+        self.computed.fetch_add(computed, Ordering::Relaxed);
+    }
+}
+
+/// A partition built from a bank (module doc), owned: what the fit builds and stores.
 #[derive(Debug)]
 pub struct BankPartition {
-    n: usize,
-    dim: usize,
     /// Bank rows in cluster order; cluster c is `order[starts[c]..starts[c + 1]]`.
-    order: Vec<u32>,
-    starts: Vec<usize>,
-    /// The bank's rows and squared norms in `order`.
-    data: Vec<f32>,
-    norms: Vec<f32>,
-    /// The centres' rows (bank rows `0..k`) and squared norms.
-    centre_data: Vec<f32>,
-    centre_norms: Vec<f32>,
+    pub order: Vec<u32>,
+    pub starts: Vec<u32>,
     /// Upper bound of the true distance from each centre to each row of its cluster.
-    radius: Vec<f64>,
+    pub radii: Vec<f32>,
+    counts: PairCounts,
+}
+
+/// A partition read in place (from a bank file, or borrowed from a [`BankPartition`])
+/// for the bank it was built from: the centres are that bank's first `radii.len()` rows.
+#[derive(Clone, Copy, Debug)]
+pub struct PartitionView<'a> {
+    pub order: &'a [u32],
+    pub starts: &'a [u32],
+    pub radii: &'a [f32],
     /// Largest squared norm of the bank.
-    b_max: f32,
-    /// Pairs (query, bank row) the searches were asked for, and those computed.
-    pairs_asked: AtomicU64,
-    pairs_computed: AtomicU64,
+    pub b_max: f32,
+    /// Where the searches count their pairs (the fit's report), if anywhere.
+    pub counts: Option<&'a PairCounts>,
 }
 
 impl BankPartition {
@@ -67,23 +94,21 @@ impl BankPartition {
     }
 
     /// Partitions `bank` into `clusters` clusters. `None` when the pruned search would
-    /// not apply (a value that is not finite, a bank or centre set smaller than the
-    /// kernel's row group, rows too wide for the packed search): [`nearest`] then runs.
+    /// not apply (a value that is not finite, a bank smaller than the largest kernel row
+    /// group, rows too wide for the packed search): [`nearest`] then runs.
     pub fn build(pool: &Pool, bank: BankView<'_>, clusters: usize) -> Option<Self> {
         let (n, dim) = (bank.n, bank.dim);
-        let ker = Kernel::best();
-        let k = clusters.clamp(ker.mr, n.max(ker.mr));
+        // At least any kernel's row group, whatever the machine searching it.
+        let k = clusters.clamp(MAX_MR, n.max(MAX_MR));
         let packed = query_block(dim) * dim <= QUERY_PACK_FLOATS;
         if !packed || n < k || !bank.data.iter().chain(bank.sq_norms).all(|v| v.is_finite()) {
             return None;
         }
-        let centre_data = bank.data[..k * dim].to_vec();
-        let centre_norms = bank.sq_norms[..k].to_vec();
-        let centres = BankView::new(&centre_data, &centre_norms, dim);
+        let centres = BankView::new(&bank.data[..k * dim], &bank.sq_norms[..k], dim);
         // Any assignment is valid (the radii are measured); the nearest keeps them small.
         let mut near_d = vec![0f32; n];
         let mut owner = vec![0u32; n];
-        let mut scratch = vec![0f32; super::bank_search::nearest_scratch_len(pool.threads())];
+        let mut scratch = vec![0f32; nearest_scratch_len(pool.threads())];
         nearest(
             pool,
             bank.data,
@@ -94,17 +119,27 @@ impl BankPartition {
             &mut scratch,
         );
         let mut radius = vec![0f64; k];
-        let mut counts = vec![0usize; k + 1];
+        let mut counts = vec![0u32; k + 1];
         for (i, &c) in owner.iter().enumerate() {
             let c = (c as usize).min(k - 1);
-            let r = exact_dist(bank.row(i), &centre_data[c * dim..(c + 1) * dim]);
+            let r = exact_dist(bank.row(i), centres.row(c));
             radius[c] = radius[c].max(r);
             counts[c + 1] += 1;
         }
-        for r in radius.iter_mut() {
-            // f64 sums of 2 000 exact squares are within 1e-12 relative: rounded up.
-            *r *= 1.0 + 1e-9;
-        }
+        // f64 sums of 2 000 exact squares are within 1e-12 relative: rounded up, then to
+        // the f32 at or above.
+        let radii = radius
+            .iter()
+            .map(|&r| {
+                let r = r * (1.0 + 1e-9);
+                let f = r as f32;
+                if (f as f64) < r {
+                    f.next_up()
+                } else {
+                    f
+                }
+            })
+            .collect();
         let mut starts = counts;
         for c in 0..k {
             starts[c + 1] += starts[c];
@@ -113,46 +148,93 @@ impl BankPartition {
         let mut order = vec![0u32; n];
         for (i, &c) in owner.iter().enumerate() {
             let c = (c as usize).min(k - 1);
-            order[next[c]] = i as u32;
+            order[next[c] as usize] = i as u32;
             next[c] += 1;
         }
-        let mut data = Vec::with_capacity(n * dim);
-        let mut norms = Vec::with_capacity(n);
-        for &i in &order {
-            data.extend_from_slice(bank.row(i as usize));
-            norms.push(bank.sq_norms[i as usize]);
-        }
         Some(BankPartition {
-            n,
-            dim,
             order,
             starts,
-            data,
-            norms,
-            centre_data,
-            centre_norms,
-            radius,
+            radii,
+            counts: PairCounts::default(),
+        })
+    }
+
+    /// An owned copy of a stored partition (to count its searches' pairs).
+    pub fn copied(p: PartitionView<'_>) -> Self {
+        BankPartition {
+            order: p.order.to_vec(),
+            starts: p.starts.to_vec(),
+            radii: p.radii.to_vec(),
+            counts: PairCounts::default(),
+        }
+    }
+
+    pub fn clusters(&self) -> usize {
+        self.radii.len()
+    }
+
+    /// (query, row) pairs asked for and computed by the searches through
+    /// [`BankPartition::view`] so far.
+    pub fn pair_counts(&self) -> (u64, u64) {
+        self.counts.get()
+    }
+
+    /// The partition for searching `bank` (the bank it was built from), counting pairs.
+    pub fn view(&self, bank: &BankView<'_>) -> Result<PartitionView<'_>, String> {
+        let mut v = PartitionView::new(bank, &self.order, &self.starts, &self.radii)?;
+        v.counts = Some(&self.counts);
+        Ok(v)
+    }
+}
+
+impl<'a> PartitionView<'a> {
+    /// Checks that the arrays describe a partition of `bank`'s rows (every row exactly
+    /// once, clusters in order, finite radii); the error says what is wrong.
+    pub fn new(
+        bank: &BankView<'_>,
+        order: &'a [u32],
+        starts: &'a [u32],
+        radii: &'a [f32],
+    ) -> Result<Self, String> {
+        let (n, k) = (bank.n, radii.len());
+        if k == 0 || k > n || starts.len() != k + 1 || order.len() != n {
+            return Err(format!(
+                "{k} clusters, {} starts, {} rows in order for a bank of {n} rows",
+                starts.len(),
+                order.len()
+            ));
+        }
+        if starts[0] != 0 || starts[k] as usize != n || starts.windows(2).any(|w| w[0] > w[1]) {
+            return Err("cluster starts not ascending from 0 to the bank's rows".into());
+        }
+        if radii.iter().any(|r| !(r.is_finite() && *r >= 0.0)) {
+            return Err("a cluster radius that is not finite and ≥ 0".into());
+        }
+        // Every row once (the bank file's checksum guards the rest).
+        let mut seen = vec![false; n];
+        for &r in order {
+            match seen.get_mut(r as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err(format!("row {r} out of range or listed twice")),
+            }
+        }
+        Ok(PartitionView {
+            order,
+            starts,
+            radii,
             b_max: bank.sq_norms.iter().fold(0f32, |m, &v| m.max(v)),
-            pairs_asked: AtomicU64::new(0),
-            pairs_computed: AtomicU64::new(0),
+            counts: None,
         })
     }
 
     pub fn clusters(&self) -> usize {
-        self.radius.len()
+        self.radii.len()
     }
 
-    /// (query, row) pairs asked for and computed by the searches so far.
-    pub fn pair_counts(&self) -> (u64, u64) {
-        (
-            self.pairs_asked.load(Ordering::Relaxed),
-            self.pairs_computed.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Whether this partition was built from `bank` (same shape).
-    pub fn fits(&self, bank: &BankView<'_>) -> bool {
-        self.n == bank.n && self.dim == bank.dim
+    fn count(&self, asked: usize, computed: u64) {
+        if let Some(c) = self.counts {
+            c.add(asked as u64, computed);
+        }
     }
 }
 
@@ -168,24 +250,56 @@ fn exact_dist(a: &[f32], b: &[f32]) -> f64 {
         .sqrt()
 }
 
+/// Floats of the per-worker part of [`pruned_scratch_len`]: packed queries, the lower
+/// bounds of every (query, centre) pair, the visiting order and keys of the clusters,
+/// the panel of gathered rows.
+fn pruned_worker_floats(dim: usize, clusters: usize) -> usize {
+    QUERY_PACK_FLOATS.max(nearest_scratch_len(1))
+        + query_block(dim) * clusters
+        + 2 * clusters
+        + MAX_MR * dim
+}
+
+/// Floats of scratch [`nearest_pruned`] needs for `queries` rows of `dim` values against
+/// a partition of `clusters` clusters with a pool of `threads` threads.
+pub fn pruned_scratch_len(threads: usize, queries: usize, dim: usize, clusters: usize) -> usize {
+    // Per query: its nearest centre (distance, index), its place, its result; the
+    // queries grouped by centre.
+    5 * queries + queries * dim + threads.max(1) * pruned_worker_floats(dim, clusters)
+}
+
+/// The largest f32 at or below `x`.
+fn f32_down(x: f64) -> f32 {
+    let f = x as f32;
+    if f as f64 > x {
+        f.next_down()
+    } else {
+        f
+    }
+}
+
 /// [`nearest`]'s result for `queries` against `bank`, with the clusters of `part` that
-/// cannot hold the answer skipped (module doc). `exclude` as in [`nearest`].
+/// cannot hold the answer skipped (module doc). `exclude` as in [`nearest`]. `scratch`:
+/// [`pruned_scratch_len`]; no allocation.
 ///
 /// The queries are searched grouped by their nearest centre (a skip is decided per strip
 /// of the kernel's `nr` queries, so a strip of similar queries skips more); each query's
-/// result depends only on its own row, so the grouping changes no bit.
+/// result depends only on its own row, so the grouping changes no bit. A bank smaller
+/// than the kernel's row group, or fewer centres than that, takes [`nearest`]'s search.
+#[allow(clippy::too_many_arguments)]
 pub fn nearest_pruned(
     pool: &Pool,
     queries: &[f32],
     bank: BankView<'_>,
-    part: &BankPartition,
+    part: PartitionView<'_>,
     exclude: Option<(&[u32], u32)>,
     dist: &mut [f32],
     index: &mut [u32],
+    scratch: &mut [f32],
 ) {
     let dim = bank.dim;
     assert!(
-        part.fits(&bank),
+        part.order.len() == bank.n && part.clusters() <= bank.n,
         "nearest_pruned: partition of another bank"
     );
     assert_eq!(queries.len() % dim, 0, "nearest_pruned: ragged queries");
@@ -193,6 +307,12 @@ pub fn nearest_pruned(
     assert!(
         dist.len() >= nq && index.len() >= nq,
         "nearest_pruned: outputs"
+    );
+    let threads = pool.threads().max(1);
+    let k = part.clusters();
+    assert!(
+        scratch.len() >= pruned_scratch_len(threads, nq, dim, k),
+        "nearest_pruned: scratch too small"
     );
     if let Some((origin, _)) = exclude {
         assert_eq!(
@@ -204,42 +324,52 @@ pub fn nearest_pruned(
     if nq == 0 {
         return;
     }
-    let centres = BankView::new(&part.centre_data, &part.centre_norms, dim);
-    let mut owner_d = vec![0f32; nq];
-    let mut owner = vec![0u32; nq];
-    let mut scratch = vec![0f32; super::bank_search::nearest_scratch_len(pool.threads())];
-    nearest(
-        pool,
-        queries,
-        centres,
-        None,
-        &mut owner_d,
-        &mut owner,
-        &mut scratch,
-    );
-    let mut order: Vec<u32> = (0..nq as u32).collect();
-    order.sort_by_key(|&j| (owner[j as usize], j));
-    let mut grouped = Vec::with_capacity(nq * dim);
-    for &j in &order {
-        grouped.extend_from_slice(&queries[j as usize * dim..(j as usize + 1) * dim]);
+    let ker = Kernel::best();
+    let (per_query, workers) = scratch.split_at_mut(5 * nq + nq * dim);
+    if k < ker.mr || bank.n < ker.mr || query_block(dim) * dim > QUERY_PACK_FLOATS {
+        // A partition made for a narrower kernel, or a bank too small to prune.
+        nearest(pool, queries, bank, exclude, dist, index, workers);
+        part.count(nq * bank.n, (nq * bank.n) as u64);
+        return;
     }
-    let (mut gd, mut gi) = (vec![0f32; nq], vec![0u32; nq]);
-    search_grouped(pool, &grouped, bank, part, exclude, &mut gd, &mut gi);
+    let (owner_d, rest) = per_query.split_at_mut(nq);
+    let (owner, rest) = rest.split_at_mut(nq);
+    let (order, rest) = rest.split_at_mut(nq);
+    let (gd, rest) = rest.split_at_mut(nq);
+    let (gi, grouped) = rest.split_at_mut(nq);
+    let owner: &mut [u32] = bytemuck::cast_slice_mut(owner);
+    let order: &mut [u32] = bytemuck::cast_slice_mut(order);
+    let gi: &mut [u32] = bytemuck::cast_slice_mut(gi);
+    let centres = BankView::new(&bank.data[..k * dim], &bank.sq_norms[..k], dim);
+    nearest(pool, queries, centres, None, owner_d, owner, workers);
+    for (j, o) in order.iter_mut().enumerate() {
+        *o = j as u32;
+    }
+    // A total order (centre, then query): no allocation, the same order every run.
+    order.sort_unstable_by_key(|&j| (owner[j as usize], j));
+    for (t, &j) in order.iter().enumerate() {
+        grouped[t * dim..(t + 1) * dim]
+            .copy_from_slice(&queries[j as usize * dim..(j as usize + 1) * dim]);
+    }
+    search_grouped(pool, grouped, bank, part, exclude, gd, gi, workers);
     for (t, &j) in order.iter().enumerate() {
         dist[j as usize] = gd[t];
         index[j as usize] = gi[t];
     }
 }
 
-/// The pruned search of [`nearest_pruned`] on queries in the given order.
+/// The pruned search of [`nearest_pruned`] on queries in the given order; `workers`:
+/// [`pruned_worker_floats`] per worker.
+#[allow(clippy::too_many_arguments)]
 fn search_grouped(
     pool: &Pool,
     queries: &[f32],
     bank: BankView<'_>,
-    part: &BankPartition,
+    part: PartitionView<'_>,
     exclude: Option<(&[u32], u32)>,
     dist: &mut [f32],
     index: &mut [u32],
+    workers: &mut [f32],
 ) {
     let dim = bank.dim;
     let nq = queries.len() / dim;
@@ -247,33 +377,28 @@ fn search_grouped(
     let (mr, nr) = (ker.mr, ker.nr);
     let qb = query_block(dim);
     let k = part.clusters();
-    let threads = pool.threads().max(1);
-    // Per worker: packed queries, then per (query, centre) the lower bound of ‖q − c‖.
-    let mut packs = vec![0f32; threads * QUERY_PACK_FLOATS];
-    let mut bounds = vec![0f64; threads * qb * k];
-    let mut orders = vec![0u32; threads * k];
-    let mut keys = vec![0f64; threads * k];
-    let (dp, ip, pp, bp, op, kp) = (
+    let per_worker = pruned_worker_floats(dim, k);
+    let (dp, ip, wp) = (
         SharedMut::new(dist),
         SharedMut::new(index),
-        SharedMut::new(&mut packs),
-        SharedMut::new(&mut bounds),
-        SharedMut::new(&mut orders),
-        SharedMut::new(&mut keys),
+        SharedMut::new(workers),
     );
     let tasks = nq.div_ceil(qb);
     pool.run(tasks, &|task, worker| {
         let q0 = task * qb;
         let qn = qb.min(nq - q0);
-        // SAFETY: each worker owns its buffers; each task its output range.
-        let pack = unsafe { pp.slice(worker * QUERY_PACK_FLOATS, QUERY_PACK_FLOATS) };
-        let lo = unsafe { bp.slice(worker * qb * k, qb * k) };
-        let visit = unsafe { op.slice(worker * k, k) };
-        let keys = unsafe { kp.slice(worker * k, k) };
+        // SAFETY: each worker owns its scratch; each task its output range.
+        let work = unsafe { wp.slice(worker * per_worker, per_worker) };
         let d_out = unsafe { dp.slice(q0, qn) };
         let i_out = unsafe { ip.slice(q0, qn) };
+        let pack_len = QUERY_PACK_FLOATS.max(nearest_scratch_len(1));
+        let (pack, rest) = work.split_at_mut(pack_len);
+        let (lo, rest) = rest.split_at_mut(qb * k);
+        let (visit, rest) = rest.split_at_mut(k);
+        let (keys, panel) = rest.split_at_mut(k);
+        let visit: &mut [u32] = bytemuck::cast_slice_mut(visit);
         let q = &queries[q0 * dim..(q0 + qn) * dim];
-        let mut qnorm = [0f32; super::bank_search::QUERY_BLOCK];
+        let mut qnorm = [0f32; QUERY_BLOCK];
         for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
             *n = r.iter().map(|v| v * v).sum();
         }
@@ -282,10 +407,7 @@ fn search_grouped(
         if !q.iter().all(|v| v.is_finite()) {
             // No bound holds: nearest's own block search.
             search_block(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
-            part.pairs_asked
-                .fetch_add((qn * bank.n) as u64, Ordering::Relaxed);
-            part.pairs_computed
-                .fetch_add((qn * bank.n) as u64, Ordering::Relaxed);
+            part.count(qn * bank.n, (qn * bank.n) as u64);
             for v in d_out.iter_mut() {
                 *v = v.max(0.0).sqrt();
             }
@@ -303,24 +425,24 @@ fn search_grouped(
             pack,
         );
         // E per query (the bank's largest norm covers every centre and row).
-        let mut err = [0f64; super::bank_search::QUERY_BLOCK];
+        let mut err = [0f64; QUERY_BLOCK];
         for j in 0..qn {
             err[j] = gemm_form_bound(qnorm[j], part.b_max, dim);
         }
-        // Lower bounds of the true ‖q − c‖ for every centre.
-        let mut tile = [0f32; 12 * 32];
+        // Lower bounds of the true ‖q − c‖ for every centre (rows 0..k of the bank).
+        let mut tile = [0f32; MAX_MR * 32];
         let mut c0 = 0;
         loop {
             let start = c0.min(k - mr);
             for s in 0..strips {
                 let j0 = s * nr;
                 let cols = nr.min(qn - j0);
-                // SAFETY: rows start..start+mr of the centres hold mr·dim floats; the
-                // strip dim·nr packed floats; the tile mr·nr floats.
+                // SAFETY: rows start..start+mr of the bank hold mr·dim floats; the strip
+                // dim·nr packed floats; the tile mr·nr floats.
                 unsafe {
                     ker.run(
                         dim,
-                        part.centre_data[start * dim..].as_ptr(),
+                        bank.data[start * dim..].as_ptr(),
                         dim,
                         pack[s * dim * nr..(s + 1) * dim * nr].as_ptr(),
                         tile.as_mut_ptr(),
@@ -330,12 +452,12 @@ fn search_grouped(
                 };
                 for i in 0..mr {
                     let c = start + i;
-                    let cn = part.centre_norms[c];
+                    let cn = bank.sq_norms[c];
                     for jj in 0..cols {
                         let j = j0 + jj;
                         let g = qnorm[j] as f64 - 2.0 * tile[i * nr + jj] as f64 + cn as f64;
                         // The f32 form's own rounding is inside E; f64 steps: 1e-12.
-                        lo[j * k + c] = (g - err[j]).max(0.0).sqrt() * (1.0 - 1e-12);
+                        lo[j * k + c] = f32_down((g - err[j]).max(0.0).sqrt() * (1.0 - 1e-12));
                     }
                 }
             }
@@ -352,47 +474,54 @@ fn search_grouped(
             // This strip's clusters nearest first (by its smallest bound).
             for (c, (v, kv)) in visit.iter_mut().zip(keys.iter_mut()).enumerate() {
                 *v = c as u32;
-                *kv = strip
-                    .clone()
-                    .map(|j| lo[j * k + c] - part.radius[c])
-                    .fold(f64::INFINITY, f64::min);
+                *kv = f32_down(
+                    strip
+                        .clone()
+                        .map(|j| lo[j * k + c] as f64 - part.radii[c] as f64)
+                        .fold(f64::INFINITY, f64::min),
+                );
             }
-            visit.sort_by(|&a, &b| {
+            // A total order (key, then cluster): unstable sorting allocates nothing.
+            visit.sort_unstable_by(|&a, &b| {
                 keys[a as usize]
                     .total_cmp(&keys[b as usize])
                     .then(a.cmp(&b))
             });
             for &c in visit.iter() {
                 let c = c as usize;
-                let r = part.radius[c];
+                let r = part.radii[c] as f64;
                 // Every query's bound t is at least the key, and later keys are larger:
                 // once the key skips the whole strip, so does every later cluster.
-                let key = keys[c];
+                let key = keys[c] as f64;
                 if key > 0.0 && strip.clone().all(|j| key * key - err[j] > d_out[j] as f64) {
                     break;
                 }
                 let need = strip.clone().any(|j| {
-                    let t = lo[j * k + c] - r;
+                    let t = lo[j * k + c] as f64 - r;
                     !(t > 0.0 && t * t - err[j] > d_out[j] as f64)
                 });
                 if !need {
                     continue;
                 }
-                // The cluster's rows, widened to at least one row group (visiting more
-                // rows than needed is harmless).
-                let (mut a, mut b) = (part.starts[c], part.starts[c + 1]);
-                if b - a < mr {
-                    b = (a + mr).min(part.n);
-                    a = b - mr;
-                }
-                let mut r0 = a;
-                loop {
-                    let start = r0.min(b - mr);
-                    // SAFETY: as above, rows of the partition's copy of the bank.
+                let (a, b) = (part.starts[c] as usize, part.starts[c + 1] as usize);
+                for g0 in (a..b).step_by(mr) {
+                    let rows = mr.min(b - g0);
+                    // The group's rows gathered into the panel (zeros below a short
+                    // group: their tile rows are not read).
+                    for i in 0..mr {
+                        let dst = &mut panel[i * dim..(i + 1) * dim];
+                        if i < rows {
+                            dst.copy_from_slice(bank.row(part.order[g0 + i] as usize));
+                        } else {
+                            dst.fill(0.0);
+                        }
+                    }
+                    // SAFETY: the panel holds mr·dim floats, the strip dim·nr packed
+                    // floats, the tile mr·nr floats.
                     unsafe {
                         ker.run(
                             dim,
-                            part.data[start * dim..].as_ptr(),
+                            panel.as_ptr(),
                             dim,
                             pack[s * dim * nr..(s + 1) * dim * nr].as_ptr(),
                             tile.as_mut_ptr(),
@@ -400,16 +529,15 @@ fn search_grouped(
                             Start::Zero,
                         )
                     };
-                    computed += (mr * cols) as u64;
-                    for i in 0..mr {
-                        let row = start + i;
-                        let orig = part.order[row];
+                    computed += (rows * cols) as u64;
+                    for i in 0..rows {
+                        let orig = part.order[g0 + i];
                         if let Some((origin, id)) = exclude {
                             if origin[orig as usize] == id {
                                 continue;
                             }
                         }
-                        let bn = part.norms[row];
+                        let bn = bank.sq_norms[orig as usize];
                         for jj in 0..cols {
                             let j = j0 + jj;
                             let d2 = qnorm[j] - 2.0 * tile[i * nr + jj] + bn;
@@ -423,16 +551,10 @@ fn search_grouped(
                             }
                         }
                     }
-                    r0 = start + mr;
-                    if r0 >= b {
-                        break;
-                    }
                 }
             }
         }
-        part.pairs_asked
-            .fetch_add((qn * bank.n) as u64, Ordering::Relaxed);
-        part.pairs_computed.fetch_add(computed, Ordering::Relaxed);
+        part.count(qn * bank.n, computed);
         for v in d_out.iter_mut() {
             *v = v.max(0.0).sqrt();
         }

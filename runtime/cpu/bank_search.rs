@@ -43,10 +43,10 @@ pub struct BankView<'a> {
     pub dim: usize,
     /// [`TABLE_NEIGHBOURS`] rows per bank row; `None`: the re-weighting scans the bank.
     pub neighbours: Option<&'a [u32]>,
-    /// A fit-time partition of the bank ([`super::bank_prune`]): [`nearest`] skips the
-    /// clusters that cannot hold a query's answer (same result; allocates per call, so
-    /// the fit sets it, inspection does not).
-    pub partition: Option<&'a super::bank_prune::BankPartition>,
+    /// A fit-time partition of the bank ([`super::bank_prune`]): the scorer then searches
+    /// through [`super::bank_prune::nearest_pruned`] (the same result as [`nearest`],
+    /// skipping the clusters that cannot hold a query's answer).
+    pub partition: Option<super::bank_prune::PartitionView<'a>>,
 }
 
 impl<'a> BankView<'a> {
@@ -81,9 +81,13 @@ impl<'a> BankView<'a> {
         }
     }
 
-    /// The same bank with a partition built from it ([`super::bank_prune::BankPartition`]).
-    pub fn with_partition(self, partition: &'a super::bank_prune::BankPartition) -> Self {
-        assert!(partition.fits(&self), "bank: partition of another bank");
+    /// The same bank with a partition of its rows ([`super::bank_prune::PartitionView`]).
+    pub fn with_partition(self, partition: super::bank_prune::PartitionView<'a>) -> Self {
+        assert_eq!(
+            partition.order.len(),
+            self.n,
+            "bank: partition of another bank"
+        );
         BankView {
             partition: Some(partition),
             ..self
@@ -99,6 +103,16 @@ pub fn sq_norms(rows: &[f32], dim: usize, out: &mut [f32]) {
     for (r, o) in rows.chunks_exact(dim).zip(out.iter_mut()) {
         *o = r.iter().map(|v| v * v).sum();
     }
+}
+
+/// The arithmetic of the CPU's exact nearest-row search at inspection: [`nearest`] (f32)
+/// or [`nearest_bf16`] (a bf16 candidate pass re-scored in f32); the same rows and
+/// distance bits either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SearchForm {
+    #[default]
+    F32,
+    Bf16,
 }
 
 /// Floats of scratch [`nearest`] needs with a pool of `threads` threads: each worker's
@@ -144,14 +158,6 @@ pub fn nearest(
         assert_eq!(origin.len(), bank.n, "nearest: one origin per bank row");
     }
     if nq == 0 {
-        return;
-    }
-    if let Some(part) = bank.partition {
-        let unpartitioned = BankView {
-            partition: None,
-            ..bank
-        };
-        super::bank_prune::nearest_pruned(pool, queries, unpartitioned, part, exclude, dist, index);
         return;
     }
     let qb = query_block(dim);

@@ -17,7 +17,7 @@
 
 use crate::cpu::bank_search::sq_norms;
 use crate::format::{BankFile, Writer};
-use crate::pipeline::score::neighbour_table_name;
+use crate::pipeline::score::{neighbour_table_name, partition_names};
 use crate::types::{BANK_NAMES, RGB, XYZ};
 use crate::util::rng::Rng;
 use crate::{Error, Result};
@@ -101,7 +101,8 @@ pub fn write_scaled_bank(
 }
 
 /// Writes `src` to `path` with the banks of `banks` (bank index, rows × its width)
-/// replaced, their squared norms recomputed and their neighbour tables dropped; everything
+/// replaced, their squared norms recomputed and their neighbour tables and partitions
+/// dropped; everything
 /// else copied. `provenance` goes under [`PROVENANCE_KEY`].
 pub fn write_with_banks(
     src: &BankFile,
@@ -135,11 +136,13 @@ pub fn write_with_banks(
     let resized = |name: &str| {
         banks.iter().any(|(b, _, _)| {
             let bank = BANK_NAMES[*b];
-            // The neighbour table of the fitted rows does not describe the new rows: the
-            // synthesised bank has none (its re-weighting scans the bank).
+            // The neighbour table and the partition of the fitted rows do not describe
+            // the new rows: the synthesised bank has neither (its re-weighting scans the
+            // bank, its search is unpruned).
             name == format!("bank.{bank}")
                 || name == format!("bank.{bank}_norms")
                 || name == neighbour_table_name(*b)
+                || partition_names(*b).iter().any(|p| p == name)
         })
     };
     let mut w = Writer::bank(cfg);

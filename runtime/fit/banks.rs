@@ -33,7 +33,7 @@ use crate::cpu::coreset;
 use crate::cpu::pool::Pool;
 use crate::eval::missing::MissingModality;
 use crate::format::Writer;
-use crate::pipeline::score::{neighbour_table_name, BankSet, Scorer};
+use crate::pipeline::score::{neighbour_table_name, partition_names, BankSet, Scorer};
 pub use crate::types::FeatureLayout;
 use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
 use crate::{Error, Result};
@@ -92,8 +92,9 @@ pub struct FitOptions {
     /// CUDA device 0 (feature `cuda`; same indices as the CPU); without a usable device it
     /// runs on the CPU (and, for `Cuda`, says why on stderr).
     pub backend: Backend,
-    /// Partition each bank for the leave-one-out search ([`crate::cpu::bank_prune`]):
-    /// the same results, fewer distances (off: the brute-force search, for comparison).
+    /// Search the banks' partitions ([`crate::cpu::bank_prune`]) in the leave-one-out
+    /// scoring: the same results, fewer distances (off: the brute-force search, for
+    /// comparison). The partitions are built and stored in the bank file either way.
     pub prune_search: bool,
 }
 
@@ -478,22 +479,20 @@ pub fn fit(
         clock.end(format!("neighbours {bank}"), view.n, "rows");
     }
 
-    // The partitions of the pruned search.
+    // The partitions of the pruned search (stored in the file for inspection).
     let mut partitions: [Option<BankPartition>; 3] = Default::default();
-    if opts.prune_search {
-        for b in 0..3 {
-            if bank_data[b].is_empty() {
-                continue;
-            }
-            let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
-            let k = BankPartition::clusters_for(view.n);
-            partitions[b] = BankPartition::build(pool, view, k);
-            clock.end(
-                format!("partition {} ({k} clusters)", BANK_NAMES[b]),
-                view.n,
-                "rows",
-            );
+    for b in 0..3 {
+        if bank_data[b].is_empty() {
+            continue;
         }
+        let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
+        let k = BankPartition::clusters_for(view.n);
+        partitions[b] = BankPartition::build(pool, view, k);
+        clock.end(
+            format!("partition {} ({k} clusters)", BANK_NAMES[b]),
+            view.n,
+            "rows",
+        );
     }
 
     // 5. Leave-one-out training scores (the scan: the tables hold the neighbours in the
@@ -505,8 +504,11 @@ pub fn fit(
                 if let Some(t) = &bank_tables[b] {
                     view = view.with_neighbours(t);
                 }
-                if let Some(p) = &partitions[b] {
-                    view = view.with_partition(p);
+                if let Some(p) = partitions[b].as_ref().filter(|_| opts.prune_search) {
+                    // Built from this very bank: its arrays are a partition of it.
+                    if let Ok(p) = p.view(&view) {
+                        view = view.with_partition(p);
+                    }
                 }
                 view
             })
@@ -551,13 +553,16 @@ pub fn fit(
         });
     }
     clock.end("scoring (leave-one-out)".into(), parts, "parts");
-    let search_pairs = std::array::from_fn(|b| match &partitions[b] {
-        Some(p) => p.pair_counts(),
-        None => {
-            let all = (parts * shapes[b].0 * bank_norms[b].len()) as u64;
-            (all, all)
-        }
-    });
+    let search_pairs =
+        std::array::from_fn(
+            |b| match partitions[b].as_ref().filter(|_| opts.prune_search) {
+                Some(p) => p.pair_counts(),
+                None => {
+                    let all = (parts * shapes[b].0 * bank_norms[b].len()) as u64;
+                    (all, all)
+                }
+            },
+        );
 
     // 5. Decision layers.
     cfg.part_svm = svm(&vectors)?;
@@ -713,6 +718,13 @@ pub fn fit(
         if let Some(t) = bank_tables[b].take() {
             let rows = t.len() / TABLE_NEIGHBOURS;
             tables.push((neighbour_table_name(b), vec![rows, TABLE_NEIGHBOURS], t));
+        }
+        if let Some(p) = partitions[b].take() {
+            let [order, starts, radii] = partition_names(b);
+            let k = p.clusters();
+            tables.push((order, vec![p.order.len()], p.order));
+            tables.push((starts, vec![k + 1], p.starts));
+            tensors.push((radii, vec![k], p.radii));
         }
         if bank_data[b].is_empty() {
             continue;

@@ -10,11 +10,13 @@
 
 use super::decide::{fuse_map, linear_part_score};
 use crate::config::{BankConfig, FeatureNorm};
-use crate::cpu::bank_search::{self, BankScore, BankView, TABLE_NEIGHBOURS};
+use crate::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, PartitionView};
+use crate::cpu::bank_search::{self, BankScore, BankView, SearchForm, TABLE_NEIGHBOURS};
 use crate::cpu::maps;
 use crate::cpu::pool::Pool;
 use crate::format::{BankFile, FormatError};
 pub use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
+use std::cell::Cell;
 
 /// The banks of one bank file (any of them may be absent), borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -26,8 +28,9 @@ pub struct BankSet<'a> {
 }
 
 impl<'a> BankSet<'a> {
-    /// Views of `bank.{xyz,rgb,fused}`, `bank.*_norms` and, where the file has it (fits
-    /// since the table was added), the neighbour table `bank.*_neighbours` in a bank file.
+    /// Views of `bank.{xyz,rgb,fused}`, `bank.*_norms` and, where the file has them (fits
+    /// since they were added), the neighbour table `bank.*_neighbours` and the partition
+    /// of the pruned search ([`partition_names`]), all read in place.
     pub fn from_file(file: &'a BankFile) -> Result<Self, FormatError> {
         let c = file.config();
         let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
@@ -41,11 +44,25 @@ impl<'a> BankSet<'a> {
                     file.typed::<f32>(&format!("bank.{}_norms", BANK_NAMES[b]), Some(&[n]))?;
                 let view = BankView::new(data, norms, d);
                 let table = neighbour_table_name(b);
-                banks[b] = Some(if file.container().entry(&table).is_some() {
+                let mut view = if file.container().entry(&table).is_some() {
                     view.with_neighbours(file.typed::<u32>(&table, Some(&[n, TABLE_NEIGHBOURS]))?)
                 } else {
                     view
-                });
+                };
+                let [order, starts, radii] = partition_names(b);
+                if file.container().entry(&order).is_some() {
+                    let radii = file.typed::<f32>(&radii, None)?;
+                    let starts = file.typed::<u32>(&starts, Some(&[radii.len() + 1]))?;
+                    let order = file.typed::<u32>(&order, Some(&[n]))?;
+                    let part = PartitionView::new(&view, order, starts, radii).map_err(|e| {
+                        FormatError::InvalidManifest {
+                            path: file.path().to_path_buf(),
+                            reason: format!("bank {} partition: {e}", BANK_NAMES[b]),
+                        }
+                    })?;
+                    view = view.with_partition(part);
+                }
+                banks[b] = Some(view);
             }
         }
         Ok(BankSet {
@@ -58,6 +75,30 @@ impl<'a> BankSet<'a> {
             ],
         })
     }
+}
+
+impl BankSet<'_> {
+    /// The same banks without their partitions: the scorer then runs the unpruned search.
+    pub fn without_partitions(mut self) -> Self {
+        for v in self.banks.iter_mut().flatten() {
+            v.partition = None;
+        }
+        self
+    }
+}
+
+/// The bank file's tensors holding bank `b`'s partition for the pruned search
+/// ([`crate::cpu::bank_prune`]): the rows in cluster order (`rows` u32), where each
+/// cluster starts (`clusters + 1` u32) and each cluster's radius (`clusters` f32); the
+/// centres are the bank's first `clusters` rows. Bank files written before them have
+/// none; the search is then the unpruned one.
+pub fn partition_names(b: usize) -> [String; 3] {
+    let n = BANK_NAMES[b];
+    [
+        format!("bank.{n}_cluster_order"),
+        format!("bank.{n}_cluster_starts"),
+        format!("bank.{n}_cluster_radii"),
+    ]
 }
 
 /// The bank file's tensor holding bank `b`'s neighbour table
@@ -103,21 +144,43 @@ pub struct Scorer {
     pixel_w: [f32; 3],
     threads: usize,
     max_rows: usize,
+    max_dim: usize,
     max_feat: usize,
     max_patches: usize,
+    /// Scratch of the pruned search of the banks with a partition (0: none has one).
+    pruned_len: usize,
+    /// The CPU search's arithmetic (f32 unless [`Scorer::use_bf16_search`]).
+    search: SearchForm,
+    /// Per bank: parts left to search in f32 before the bf16 search is tried again
+    /// ([`BF16_RETRY_PARTS`]).
+    bf16_rest: [Cell<u32>; 3],
 }
+
+/// Parts a bank is searched in f32 after a part on which the bf16 search did not pay
+/// (more than half of its queries scanned the bank in f32 after the bf16 pass): then the
+/// bf16 search is tried again. Either search gives the same bits; this only picks the
+/// faster one for the features at hand (on M3DM's features the worst-case bf16 bound is
+/// wider than the gaps between nearest rows: bench/results/cpu-banksearch-2026-12-07.md).
+pub const BF16_RETRY_PARTS: u32 = 64;
 
 impl Scorer {
     pub fn new(cfg: &BankConfig, set: &BankSet<'_>, threads: usize) -> Self {
         let mut max_rows = 1;
+        let mut max_dim = 1;
         let mut max_feat = 1;
         let mut max_patches = 1;
+        let mut pruned_len = 0;
         for b in 0..3 {
             if let Some(v) = &set.banks[b] {
                 max_rows = max_rows.max(v.n);
+                max_dim = max_dim.max(v.dim);
                 let p = set.grids[b] * set.grids[b];
                 max_patches = max_patches.max(p);
                 max_feat = max_feat.max(p * v.dim);
+                if let Some(part) = &v.partition {
+                    let len = pruned_scratch_len(threads, p, v.dim, part.clusters());
+                    pruned_len = pruned_len.max(len);
+                }
             }
         }
         Scorer {
@@ -128,9 +191,64 @@ impl Scorer {
             pixel_w: cfg.pixel_svm.w,
             threads,
             max_rows,
+            max_dim,
             max_feat,
             max_patches,
+            pruned_len,
+            search: SearchForm::F32,
+            bf16_rest: Default::default(),
         }
+    }
+
+    /// Whether bank `b`'s next search is the bf16 one (counts down the f32 parts).
+    fn bf16_turn(&self, b: usize) -> bool {
+        let rest = self.bf16_rest[b].get();
+        if rest > 0 {
+            self.bf16_rest[b].set(rest - 1);
+        }
+        self.search == SearchForm::Bf16 && rest == 0
+    }
+
+    /// Searches the banks through [`bank_search::nearest_bf16`] (the same rows and
+    /// distance bits as the f32 search) when this CPU has AVX512-BF16; returns whether
+    /// it will. A bank on which it does not pay goes back to f32 for
+    /// [`BF16_RETRY_PARTS`] parts. The fit's leave-one-out scoring (with `exclude`) and
+    /// banks with a partition in use stay f32. Call before sizing the scratch
+    /// ([`Scorer::scratch_len`]).
+    pub fn use_bf16_search(&mut self) -> bool {
+        if bank_search::bf16_search_available() {
+            self.search = SearchForm::Bf16;
+        }
+        self.search == SearchForm::Bf16
+    }
+
+    /// The CPU search's arithmetic.
+    pub fn search_form(&self) -> SearchForm {
+        self.search
+    }
+
+    /// Parts bank `b` is still searched in f32 before the bf16 search is tried again.
+    pub fn bf16_parts_left(&self, b: usize) -> u32 {
+        self.bf16_rest[b].get()
+    }
+
+    /// Floats of the nearest-row search's scratch (the f32 search's always fits: it runs
+    /// with `exclude`).
+    fn nearest_len(&self) -> usize {
+        let f32_len = bank_search::nearest_scratch_len(self.threads).max(self.pruned_len);
+        match self.search {
+            SearchForm::F32 => f32_len,
+            SearchForm::Bf16 => f32_len.max(bank_search::nearest_bf16_scratch_len(
+                self.threads,
+                self.max_dim,
+            )),
+        }
+    }
+
+    /// Floats of the bank search's scratch: the nearest-row search, then the k-nearest
+    /// scan of the re-weighting.
+    fn search_len(&self) -> usize {
+        self.nearest_len() + bank_search::knn_scratch_len(self.max_rows, 3)
     }
 
     /// Uses these decision layers instead of the configuration's (fit trains them after
@@ -144,7 +262,7 @@ impl Scorer {
     pub fn scratch_len(&self) -> usize {
         self.max_feat
             + 2 * self.max_patches
-            + bank_search::score_scratch_len(self.threads, self.max_rows)
+            + self.search_len()
             + maps::map_scratch_len(self.map_size)
     }
 
@@ -189,8 +307,7 @@ impl Scorer {
         let (dmap, rest) = rest.split_at_mut(self.max_patches);
         let (nn_f, rest) = rest.split_at_mut(self.max_patches);
         let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
-        let (cpu_search, map_scratch) =
-            rest.split_at_mut(bank_search::score_scratch_len(self.threads, self.max_rows));
+        let (cpu_search, map_scratch) = rest.split_at_mut(self.search_len());
         let mut out = PartScores::default();
         for b in 0..3 {
             let m = &mut bank_maps[b * s2..(b + 1) * s2];
@@ -206,31 +323,30 @@ impl Scorer {
             for (o, v) in xb.iter_mut().zip(f) {
                 *o = (v - mean) * inv;
             }
-            let BankScore { score, .. } = match search.as_deref_mut() {
-                Some(device) if exclude[b].is_none() => {
-                    device.nearest(b, xb, &mut dmap[..n], &mut nn[..n])?;
-                    let (_, knn_scratch) =
-                        cpu_search.split_at_mut(bank_search::nearest_scratch_len(self.threads));
-                    bank_search::reweighted_score(
-                        pool,
-                        xb,
-                        view,
-                        None,
-                        &dmap[..n],
-                        &nn[..n],
-                        knn_scratch,
-                    )
+            // The nearest rows, by the device's search, the pruned search (f32) where the
+            // bank has a partition in use, the bf16 search where it pays, else f32.
+            let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
+            let (d, i) = (&mut dmap[..n], &mut nn[..n]);
+            match (search.as_deref_mut(), view.partition) {
+                (Some(device), _) if exclude[b].is_none() => device.nearest(b, xb, d, i)?,
+                (_, Some(part)) => nearest_pruned(pool, xb, view, part, exclude[b], d, i, near),
+                _ if exclude[b].is_none() && self.bf16_turn(b) => {
+                    let scans = bank_search::nearest_bf16(pool, xb, view, d, i, near);
+                    if 2 * scans > n {
+                        self.bf16_rest[b].set(BF16_RETRY_PARTS);
+                    }
                 }
-                _ => bank_search::score_part(
-                    pool,
-                    xb,
-                    view,
-                    exclude[b],
-                    &mut dmap[..n],
-                    &mut nn[..n],
-                    cpu_search,
-                ),
-            };
+                _ => bank_search::nearest(pool, xb, view, exclude[b], d, i, near),
+            }
+            let BankScore { score, .. } = bank_search::reweighted_score(
+                pool,
+                xb,
+                view,
+                exclude[b],
+                &dmap[..n],
+                &nn[..n],
+                knn_scratch,
+            );
             maps::anomaly_map(
                 &dmap[..n],
                 set.grids[b],

@@ -1,10 +1,12 @@
 //! The pruned bank search (`cpu::bank_prune`) against `nearest`: the same rows and
 //! distance bits on random and clustered banks, near-duplicate rows and exact ties,
-//! with exclusion, at 1 and 2 threads and for several cluster counts; and it does prune.
+//! with exclusion, at 1 and 2 threads and for several cluster counts; it does prune, and
+//! a search allocates nothing (planned scratch).
 
-use miad::cpu::bank_prune::{nearest_pruned, BankPartition};
+use miad::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, BankPartition, PartitionView};
 use miad::cpu::bank_search::{nearest, nearest_scratch_len, sq_norms, BankView};
 use miad::cpu::pool::Pool;
+use miad::util::alloc_counter::counts as alloc_counts;
 use miad::util::rng::Rng;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -79,8 +81,10 @@ fn assert_pruned_equals_nearest(
         let mut s = vec![0f32; nearest_scratch_len(threads)];
         nearest(&pool, q, bv, exclude, &mut wd, &mut wi, &mut s);
         let part = BankPartition::build(&pool, bv, clusters).expect("a finite bank");
+        let view = part.view(&bv).expect("a partition of this bank");
+        let mut sp = vec![0f32; pruned_scratch_len(threads, nq, dim, part.clusters())];
         let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
-        nearest_pruned(&pool, q, bv, &part, exclude, &mut d, &mut i);
+        nearest_pruned(&pool, q, bv, view, exclude, &mut d, &mut i, &mut sp);
         assert_eq!(i, wi, "{what} ({threads} threads): rows");
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(
@@ -88,20 +92,23 @@ fn assert_pruned_equals_nearest(
             bits(&wd),
             "{what} ({threads} threads): distance bits"
         );
-        // Through BankView, as the fit calls it.
+        // Again on the same scratch: the same bits, and no allocation.
         let (mut d2, mut i2) = (vec![0f32; nq], vec![0u32; nq]);
-        nearest(
-            &pool,
-            q,
-            bv.with_partition(&part),
-            exclude,
-            &mut d2,
-            &mut i2,
-            &mut s,
+        let before = alloc_counts();
+        nearest_pruned(&pool, q, bv, view, exclude, &mut d2, &mut i2, &mut sp);
+        assert_eq!(alloc_counts(), before, "{what}: the search allocated");
+        assert_eq!(
+            (bits(&d2), i2),
+            (bits(&wd), wi.clone()),
+            "{what}: second run"
         );
-        assert_eq!((bits(&d2), i2), (bits(&wd), wi), "{what}: through the view");
         counts = part.pair_counts();
         assert_eq!(counts.0, 2 * (nq * bv.n) as u64, "{what}: pairs asked");
+        // The stored form: the same arrays read back as a view of the bank.
+        let stored = PartitionView::new(&bv, &part.order, &part.starts, &part.radii).unwrap();
+        let (mut d3, mut i3) = (vec![0f32; nq], vec![0u32; nq]);
+        nearest_pruned(&pool, q, bv, stored, exclude, &mut d3, &mut i3, &mut sp);
+        assert_eq!((bits(&d3), i3), (bits(&wd), wi), "{what}: stored view");
     }
     eprintln!(
         "pruned search {what}: {} of {} distances computed",

@@ -35,10 +35,12 @@ fn check_no_allocation(f: &common::Fixture) {
         .map(|p| p.load().unwrap())
         .collect();
     // bf16 on the CPU too (its kernels where the CPU has AVX512-BF16, else f32).
-    for (threads, precision) in [
-        (1, Precision::F32),
-        (2, Precision::F32),
-        (2, Precision::Bf16),
+    // The pruned search too (the partitions the fit stored).
+    for (threads, precision, pruned_search) in [
+        (1, Precision::F32, false),
+        (2, Precision::F32, false),
+        (2, Precision::Bf16, false),
+        (2, Precision::F32, true),
     ] {
         let mut e = Engine::open(
             model,
@@ -48,6 +50,7 @@ fn check_no_allocation(f: &common::Fixture) {
                 max_width: 96,
                 max_height: 96,
                 precision,
+                pruned_search,
                 ..EngineOptions::default()
             },
         )

@@ -15,3 +15,4 @@ mod device_network_gates;
 mod e2e;
 mod latency_report;
 mod layering;
+mod pruned_search;

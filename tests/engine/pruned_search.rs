@@ -1,0 +1,118 @@
+//! The pruned bank search at inspection (`EngineOptions::pruned_search`): the fit stores
+//! each bank's partition in the bank file; an engine searching through it gives the
+//! unpruned engine's results bit for bit (scores, bank scores, maps); a bank file without
+//! the partitions (written before them) still opens and searches unpruned; a corrupt
+//! partition is refused with its name.
+
+use miad::engine::{Engine, EngineOptions, InspectOptions};
+use miad::eval::dataset::list_test;
+use miad::eval::synth::Category;
+use miad::format::{BankFile, OpenOptions, Writer};
+use miad::pipeline::score::{partition_names, BankSet};
+use std::path::Path;
+
+use crate::common;
+
+fn open(f: &common::Fixture, bank: &Path, pruned_search: bool) -> miad::Result<Engine> {
+    Engine::open(
+        &f.model,
+        bank,
+        &EngineOptions {
+            threads: 2,
+            max_width: 96,
+            max_height: 96,
+            pruned_search,
+            ..EngineOptions::default()
+        },
+    )
+}
+
+/// A copy of `src` with its tensors changed by `edit(name, bytes)` (`None`: dropped).
+fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&str, &[u8]) -> Option<Vec<u8>>) {
+    let file = BankFile::open(src, &OpenOptions::default(), None).unwrap();
+    let mut w = Writer::bank(file.config().clone());
+    for entry in &file.container().manifest().tensors {
+        let (e, bytes) = file.container().raw(&entry.name).unwrap();
+        if let Some(b) = edit(&e.name, bytes) {
+            w.add(e.name.clone(), e.dtype, &e.shape_usize(), &b);
+        }
+    }
+    w.write(dst).unwrap();
+}
+
+#[test]
+fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
+    let f = common::fitted("pruned-search", Category::Disc, 5, 6, 2);
+    // The fit stored a partition of every bank.
+    let file = BankFile::open(&f.bank, &OpenOptions::default(), None).unwrap();
+    let set = BankSet::from_file(&file).unwrap();
+    let mut stored = 0;
+    for (b, v) in set.banks.iter().enumerate() {
+        if let Some(v) = v {
+            let p = v
+                .partition
+                .unwrap_or_else(|| panic!("bank {b}: no partition stored"));
+            assert_eq!(p.order.len(), v.n);
+            stored += 1;
+        }
+    }
+    assert!(stored > 0);
+    assert!(set
+        .without_partitions()
+        .banks
+        .iter()
+        .flatten()
+        .all(|v| v.partition.is_none()));
+    drop(file);
+
+    let old = f.dir.join("old.bank");
+    let names: Vec<String> = (0..3).flat_map(partition_names).collect();
+    rewrite(&f.bank, &old, |name, b| {
+        (!names.iter().any(|n| n == name)).then(|| b.to_vec())
+    });
+    let parts: Vec<_> = list_test(&f.category)
+        .unwrap()
+        .iter()
+        .map(|p| p.load().unwrap())
+        .collect();
+    let mut plain = open(&f, &f.bank, false).unwrap();
+    let mut pruned = open(&f, &f.bank, true).unwrap();
+    let mut old_pruned = open(&f, &old, true).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let opts = InspectOptions::default();
+    for p in &parts {
+        let (r, c) = p.views();
+        let want = plain.inspect(r, c, &opts).unwrap();
+        let want = (
+            want.score.to_bits(),
+            bits(&want.bank_scores),
+            bits(want.map.unwrap()),
+        );
+        for (what, e) in [("pruned", &mut pruned), ("old file", &mut old_pruned)] {
+            let got = e.inspect(r, c, &opts).unwrap();
+            let got = (
+                got.score.to_bits(),
+                bits(&got.bank_scores),
+                bits(got.map.unwrap()),
+            );
+            assert!(
+                got == want,
+                "{what}: results differ from the unpruned engine"
+            );
+        }
+    }
+
+    // A partition listing a row twice: refused when the file is opened, naming it.
+    let bad = f.dir.join("bad.bank");
+    let order = partition_names(2)[0].clone();
+    rewrite(&f.bank, &bad, |name, b| {
+        let mut b = b.to_vec();
+        if name == order {
+            let first: [u8; 4] = b[..4].try_into().unwrap();
+            b[4..8].copy_from_slice(&first);
+        }
+        Some(b)
+    });
+    let e = open(&f, &bad, true).unwrap_err().to_string();
+    assert!(e.contains("fused partition") && e.contains("twice"), "{e}");
+}
