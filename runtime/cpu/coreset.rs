@@ -34,7 +34,7 @@ use super::pool::{Pool, SharedMut};
 use crate::util::rng::Rng;
 
 /// Rows per tile (lanes of the distance kernel).
-pub const TILE: usize = 64;
+pub const TILE: usize = super::lanes::LANES;
 /// Tiles per pool task.
 const TILES_PER_TASK: usize = 16;
 /// Relative safety margin of the pruning test (see the module doc), at least the
@@ -72,51 +72,6 @@ pub fn projection_matrix(k: usize, d: usize, seed: u64) -> Vec<f32> {
 #[inline]
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-/// Squared distances from the [`TILE`] rows of `tile` (dimension-major) to `c`, each
-/// summed left to right with the operations of [`sq_dist`]: bit-identical to it per row.
-fn tile_sq_dists(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return unsafe { tile_sq_dists_avx512(tile, c) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was just detected.
-            return unsafe { tile_sq_dists_avx2(tile, c) };
-        }
-    }
-    tile_sq_dists_generic(tile, c)
-}
-
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_sq_dists_avx512(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    tile_sq_dists_generic(tile, c)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tile_sq_dists_avx2(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    tile_sq_dists_generic(tile, c)
-}
-
-#[inline(always)]
-fn tile_sq_dists_generic(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    let mut acc = [0f32; TILE];
-    for (col, &cj) in tile.chunks_exact(TILE).zip(c) {
-        for (a, &v) in acc.iter_mut().zip(col) {
-            let d = v - cj;
-            *a += d * d;
-        }
-    }
-    acc
 }
 
 /// Squared distance summed in [`TILE`]/4 interleaved partial sums (vectorisable; for
@@ -235,12 +190,7 @@ fn to_tiles(pool: &Pool, x: &mut [f32], n: usize, dim: usize) {
             let tile = unsafe { xp.slice(t * tile_len, tile_len) };
             let valid = TILE.min(n - t * TILE);
             rows[..valid * dim].copy_from_slice(&tile[..valid * dim]);
-            rows[valid * dim..].fill(0.0);
-            for l in 0..TILE {
-                for j in 0..dim {
-                    tile[j * TILE + l] = rows[l * dim + j];
-                }
-            }
+            super::lanes::to_tile(&rows[..valid * dim], dim, tile);
         }
     });
 }
@@ -375,7 +325,9 @@ impl<'a> Selection<'a> {
                     });
                     if needed {
                         let tile = &x[t * TILE * dim..(t + 1) * TILE * dim];
-                        let d = tile_sq_dists(tile, c);
+                        let mut d = [[0f32; TILE]];
+                        super::lanes::sq_dists(tile, c, dim, &mut d);
+                        let d = &d[0];
                         let mut mx = f32::NEG_INFINITY;
                         for l in 0..TILE {
                             if d[l] < md[l] {
