@@ -530,7 +530,8 @@ pub fn reweighted_score(
 pub struct NeighbourTable {
     /// [`TABLE_NEIGHBOURS`] rows per bank row ([`NO_ROW`] where the bank has too few).
     pub rows: Vec<u32>,
-    /// Distances computed ([`sq_dist`]'s, one per pair of rows).
+    /// Distances computed ([`sq_dist`]'s: once per pair of rows, both ways round within a
+    /// tile).
     pub distances: u64,
 }
 
