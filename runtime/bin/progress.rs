@@ -31,6 +31,7 @@ impl FitBars {
         let (name, done, total) = match p {
             Progress::Extract { done, total } => ("features".to_string(), done, total),
             Progress::Coreset { bank, done, total } => (format!("coreset {bank}"), done, total),
+            Progress::Select { bank, done, total } => (format!("select {bank}"), done, total),
             Progress::Neighbours { bank, done, total } => {
                 (format!("neighbours {bank}"), done, total)
             }

@@ -30,8 +30,6 @@ pub const KNN_BLOCK: usize = 4096;
 pub const TABLE_NEIGHBOURS: usize = 2;
 /// A table entry with no row (a bank of fewer than 3 rows).
 pub const NO_ROW: u32 = u32::MAX;
-/// Candidates per row kept by the GEMM pass of [`neighbour_table`].
-const TABLE_KEEP: usize = 8;
 
 /// A bank: `n × dim` row-major features (already normalised), their squared norms and,
 /// when the bank file has it, the re-weighting's neighbour table ([`neighbour_table`]).
@@ -538,8 +536,9 @@ pub fn reweighted_score(
 pub struct NeighbourTable {
     /// [`TABLE_NEIGHBOURS`] rows per bank row ([`NO_ROW`] where the bank has too few).
     pub rows: Vec<u32>,
-    /// Rows whose GEMM candidates did not provably hold the answer: scanned exactly.
-    pub exact_scans: usize,
+    /// Distances computed ([`sq_dist`]'s: once per pair of rows, both ways round within a
+    /// tile).
+    pub distances: u64,
 }
 
 /// The error bound of the GEMM form against [`sq_dist`] for squared norms `q_sq`, `b_sq`
@@ -556,63 +555,31 @@ pub(crate) fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
     (2.0 * g + 3.0 * u) * (q + b) * (q + b) * (1.0 + 2f64.powi(-20))
 }
 
-/// A dot product in an order the compiler can vectorise (16 partial sums): within the
-/// bound of [`gemm_form_bound`], which holds for any summation order.
-fn dot_any_order(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+/// The 3 smallest `(distance, row)` pairs seen, in (distance, row) order: the lowest row
+/// wins a tie whatever order the pairs come in; an infinite distance is never kept (as
+/// [`knn_scan`]).
+#[derive(Clone, Copy)]
+struct Nearest3 {
+    d: [f32; 3],
+    i: [u32; 3],
 }
 
-/// Rows per progress report of [`neighbour_table`] and per pool task.
-fn table_rows_per_task(dim: usize) -> usize {
-    query_block(dim)
-}
+impl Nearest3 {
+    const EMPTY: Nearest3 = Nearest3 {
+        d: [f32::INFINITY; 3],
+        i: [NO_ROW; 3],
+    };
 
-/// `visit(query, g, row)` with the GEMM form g = ‖q‖² − 2 q·b + ‖b‖² of every query of
-/// the block and every bank row: through [`walk_bank`] when `packed` (rows may come
-/// twice), else with [`dot_any_order`]; both within [`gemm_form_bound`].
-#[allow(clippy::too_many_arguments)]
-fn gemm_forms(
-    ker: Kernel,
-    packed: bool,
-    q: &[f32],
-    qn: usize,
-    qnorm: &[f32],
-    bank: BankView<'_>,
-    pack: &mut [f32],
-    visit: &mut dyn FnMut(usize, f32, usize),
-) {
-    if packed {
-        walk_bank(ker, q, qn, bank, pack, |row, j0, dots| {
-            let bn = bank.sq_norms[row];
-            for (j, &dot) in dots.iter().enumerate() {
-                visit(j0 + j, qnorm[j0 + j] - 2.0 * dot + bn, row);
-            }
-        });
-    } else {
-        for (j, x) in q.chunks_exact(bank.dim).enumerate() {
-            for b in 0..bank.n {
-                visit(
-                    j,
-                    qnorm[j] - 2.0 * dot_any_order(x, bank.row(b)) + bank.sq_norms[b],
-                    b,
-                );
-            }
+    #[inline]
+    fn offer(&mut self, d: f32, row: u32) {
+        if d < f32::INFINITY && (d < self.d[2] || (d == self.d[2] && row < self.i[2])) {
+            insert_top_u(&mut self.d, &mut self.i, d, row);
         }
     }
 }
+
+/// Rows of [`neighbour_table`] per tile (the lanes of [`super::lanes`]).
+const TABLE_TILE: usize = super::lanes::LANES;
 
 /// For every bank row m, the rows PatchCore's re-weighting takes (SPEC §7): the 3 rows
 /// nearest to m by [`sq_dist`] (m itself included, ties to the lower index), without the
@@ -620,124 +587,100 @@ fn gemm_forms(
 /// the table are the scan's bits. A row exactly duplicated at a lower index therefore
 /// gets itself as b_1 (the duplicate comes first), as with the scan.
 ///
-/// GEMM pass (the fused kernel of [`nearest`]): each row keeps its [`TABLE_KEEP`] nearest
-/// rows by the GEMM form g; with U the largest g + E over its 3 smallest (E of
-/// [`gemm_form_bound`], per row pair) every row of the exact top 3 has g − E ≤ U; those
-/// are re-scored with [`sq_dist`]. When the kept list may miss such a row (its last g −
-/// E_max ≤ U), the row computes g for every bank row again and re-scores those with
-/// g − E ≤ U (counted in `exact_scans`).
+/// Every distance is [`sq_dist`]'s own, computed once per pair of rows: [`sq_dist`] is
+/// symmetric bit for bit (`(a − b)² = (b − a)²`), so the pair (i, j) of tiles i ≤ j
+/// ([`TABLE_TILE`] rows each) is computed once, tile i in the lanes of
+/// [`super::lanes::sq_dists`] (each lane the scalar sum of its row, bit-identical) and
+/// the rows of tile j streamed past, and each distance is offered to both rows. No bound,
+/// no candidate list: in 1 920 dimensions the GEMM form's rounding bound is wider than
+/// the gap between neighbours (91 % of the fused rows of a 50-part fit had to be
+/// re-scored one pair at a time), while the lanes give every exact distance for a few
+/// GEMM passes' time. Each worker keeps its own lists of every row; they are merged in
+/// (distance, row) order, which does not depend on which worker saw which pair.
 ///
 /// `None` when the bank holds a value that is not finite (the scan's handling of NaN
-/// distances is then kept by not storing a table). `progress(done, total)` after each
-/// block of rows.
+/// distances is then kept by not storing a table). `progress(done, total)` in rows,
+/// after each batch of tile pairs (every task has the same number of pairs).
 pub fn neighbour_table(
     pool: &Pool,
     bank: BankView<'_>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Option<NeighbourTable> {
+    use super::lanes::{sq_dists, tile_len, to_tile, LANES};
     if !bank.data.iter().chain(bank.sq_norms).all(|v| v.is_finite()) {
         return None;
     }
     let (n, dim) = (bank.n, bank.dim);
-    let mut rows = vec![NO_ROW; n * TABLE_NEIGHBOURS];
-    let per_task = table_rows_per_task(dim);
-    let ker = Kernel::best();
-    let packed = per_task * dim <= QUERY_PACK_FLOATS && n >= ker.mr;
-    let b_max = bank.sq_norms.iter().fold(0f32, |m, &v| m.max(v));
-    let mut pack = vec![0f32; nearest_scratch_len(pool.threads())];
-    let mut scans = vec![0usize; n.div_ceil(per_task)];
-    // Blocks of tasks between progress reports.
-    let chunk = per_task * pool.threads().max(1) * 4;
-    let (rp, pp, sp) = (
-        SharedMut::new(&mut rows),
-        SharedMut::new(&mut pack),
-        SharedMut::new(&mut scans),
+    let threads = pool.threads().max(1);
+    let tiles = n.div_ceil(TABLE_TILE);
+    // Task t takes tiles t and tiles − 1 − t: (tiles − t) + (t + 1) tile pairs, the same
+    // for every task.
+    let tasks = tiles.div_ceil(2);
+    let mut near = vec![Nearest3::EMPTY; threads * n];
+    let mut lanes = vec![0f32; threads * tile_len(dim)];
+    let mut dists = vec![[0f32; LANES]; threads * TABLE_TILE];
+    let (np, lp, dp) = (
+        SharedMut::new(&mut near),
+        SharedMut::new(&mut lanes),
+        SharedMut::new(&mut dists),
     );
-    let mut r0 = 0;
-    while r0 < n {
-        let r1 = (r0 + chunk).min(n);
-        let first_task = r0 / per_task;
-        pool.run((r1 - r0).div_ceil(per_task), &|t, worker| {
-            let q0 = r0 + t * per_task;
-            let qn = per_task.min(r1 - q0);
-            // SAFETY: each task owns its rows of the table and its scan count; each
-            // worker its packing buffer.
-            let out = unsafe { rp.slice(q0 * TABLE_NEIGHBOURS, qn * TABLE_NEIGHBOURS) };
-            let scans = unsafe { sp.slice(first_task + t, 1) };
-            let pack = unsafe { pp.slice(worker * QUERY_PACK_FLOATS, QUERY_PACK_FLOATS) };
-            let mut kd = [[f32::INFINITY; TABLE_KEEP]; QUERY_BLOCK];
-            let mut ki = [[NO_ROW; TABLE_KEEP]; QUERY_BLOCK];
-            let q = &bank.data[q0 * dim..(q0 + qn) * dim];
-            let qnorm = &bank.sq_norms[q0..q0 + qn];
-            let last = TABLE_KEEP - 1;
-            let mut keep = |j: usize, g: f32, row: usize| {
-                let row = row as u32;
-                // The walk may visit a row twice: a pair already kept is not kept again.
-                let below_last = g < kd[j][last] || (g == kd[j][last] && row < ki[j][last]);
-                if below_last && !ki[j].contains(&row) {
-                    insert_top_u(&mut kd[j], &mut ki[j], g, row);
-                }
-            };
-            let forms = |pack: &mut [f32], visit: &mut dyn FnMut(usize, f32, usize)| {
-                gemm_forms(ker, packed, q, qn, qnorm, bank, pack, visit)
-            };
-            forms(pack, &mut |j, g, row| keep(j, g, row));
-            // Per query: the exact top 3 so far, how far a candidate's GEMM form may lie
-            // (`reach`), and whether the kept candidates provably hold the top 3.
-            let mut td = [[f32::INFINITY; 3]; QUERY_BLOCK];
-            let mut ti = [[NO_ROW; 3]; QUERY_BLOCK];
-            let mut reach = [0f64; QUERY_BLOCK];
-            let mut complete = [true; QUERY_BLOCK];
-            let bound = |j: usize, b: usize| gemm_form_bound(qnorm[j], bank.sq_norms[b], dim);
-            // Re-scores bank row b for query j exactly (once per pair: walks may repeat
-            // rows); as knn_scan, an infinite distance is never taken.
-            let exact = |td: &mut [f32; 3], ti: &mut [u32; 3], j: usize, b: usize| {
-                if ti.contains(&(b as u32)) {
-                    return;
-                }
-                let e = sq_dist(bank.row(q0 + j), bank.row(b));
-                if e < f32::INFINITY {
-                    insert_top_u(td, ti, e, b as u32);
-                }
-            };
-            for j in 0..qn {
-                let (gd, gi) = (&kd[j], &ki[j]);
-                reach[j] = (0..3.min(n))
-                    .map(|t| gd[t] as f64 + bound(j, gi[t] as usize))
-                    .fold(f64::NEG_INFINITY, f64::max);
-                complete[j] = n <= TABLE_KEEP
-                    || gd[TABLE_KEEP - 1] as f64 - gemm_form_bound(qnorm[j], b_max, dim) > reach[j];
-                if complete[j] {
-                    for t in 0..TABLE_KEEP.min(n) {
-                        if gd[t] as f64 - bound(j, gi[t] as usize) <= reach[j] {
-                            exact(&mut td[j], &mut ti[j], j, gi[t] as usize);
+    let rows_of = |t: usize| t * TABLE_TILE..((t + 1) * TABLE_TILE).min(n);
+    let batch = threads * 2;
+    let mut t0 = 0;
+    while t0 < tasks {
+        let t1 = (t0 + batch).min(tasks);
+        pool.run(t1 - t0, &|task, worker| {
+            // SAFETY: each worker owns its lists, its tile and its distances.
+            let near = unsafe { np.slice(worker * n, n) };
+            let tile = unsafe { lp.slice(worker * tile_len(dim), tile_len(dim)) };
+            let out = unsafe { dp.slice(worker * TABLE_TILE, TABLE_TILE) };
+            let t = t0 + task;
+            let last = tiles - 1 - t;
+            let pair = [t, last];
+            for &i in &pair[..if last == t { 1 } else { 2 }] {
+                let own = rows_of(i);
+                to_tile(&bank.data[own.start * dim..own.end * dim], dim, tile);
+                for j in i..tiles {
+                    let other = rows_of(j);
+                    sq_dists(
+                        tile,
+                        &bank.data[other.start * dim..other.end * dim],
+                        dim,
+                        out,
+                    );
+                    for (b, d) in other.clone().zip(out.iter()) {
+                        for (a, &e) in own.clone().zip(d.iter()) {
+                            near[a].offer(e, b as u32);
+                            // Within tile i, (a, b) also comes as (b, a).
+                            if j != i {
+                                near[b].offer(e, a as u32);
+                            }
                         }
                     }
                 }
             }
-            // The others: every bank row through the GEMM form again (any summation
-            // order keeps the bound), re-scoring those within reach; one more walk for
-            // the whole block instead of one pass over the bank per query.
-            let incomplete = complete[..qn].iter().filter(|c| !**c).count();
-            if incomplete > 0 {
-                scans[0] += incomplete;
-                let mut rescore = |j: usize, g: f32, b: usize| {
-                    if !complete[j] && g as f64 - bound(j, b) <= reach[j] {
-                        exact(&mut td[j], &mut ti[j], j, b);
-                    }
-                };
-                forms(pack, &mut rescore);
-            }
-            for j in 0..qn {
-                out[j * TABLE_NEIGHBOURS..(j + 1) * TABLE_NEIGHBOURS].copy_from_slice(&ti[j][1..3]);
-            }
         });
-        r0 = r1;
-        progress(r0, n);
+        t0 = t1;
+        progress(n * t0 / tasks, n);
     }
+    let mut rows = vec![NO_ROW; n * TABLE_NEIGHBOURS];
+    for (m, out) in rows.chunks_exact_mut(TABLE_NEIGHBOURS).enumerate() {
+        let mut all = Nearest3::EMPTY;
+        for w in 0..threads {
+            let seen = near[w * n + m];
+            for (&d, &i) in seen.d.iter().zip(&seen.i) {
+                if i != NO_ROW {
+                    all.offer(d, i);
+                }
+            }
+        }
+        out.copy_from_slice(&all.i[1..3]);
+    }
+    // Tile pairs i < j once, each tile with itself both ways round.
+    let own_pairs: usize = (0..tiles).map(|t| rows_of(t).len().pow(2)).sum();
     Some(NeighbourTable {
         rows,
-        exact_scans: scans.iter().sum(),
+        distances: ((n * n + own_pairs) / 2) as u64,
     })
 }
 

@@ -20,9 +20,17 @@
 //!      `r_q² / 4` is skipped from one number; in the other tiles the centre-to-centre
 //!      distances are computed when a row first needs one (any summation order: they only
 //!      feed the bound), and a tile is computed when one of its rows may move;
-//!   3. tiles are processed in fixed groups (pool tasks), each keeping its largest
-//!      running distance, so the arg-max is a scan over the groups then one tile: ties
-//!      still go to the lowest index because both are scanned in order.
+//!   3. a coherent row order: after 16 centres, then after 4× as many each time while
+//!      there are fewer centres than tiles, the rows are stored grouped by nearest centre
+//!      (cycle by cycle through one row of scratch, no second copy). A tile then holds
+//!      the rows of few centres, and a summary per tile (each centre's largest running
+//!      distance there, up to [`SUMMARY_OWNERS`] centres) skips the whole tile with one
+//!      test per centre before any row is looked at; the rows that may move gather in
+//!      fewer tiles. The running distances do not depend on where a row is stored;
+//!   4. tiles are processed in fixed groups (pool tasks), each keeping its largest
+//!      running distance and the lowest original index holding it, so the arg-max is a
+//!      scan over the groups then one tile, ties to the lowest original index whatever
+//!      the order.
 //!
 //! Projection: Johnson–Lindenstrauss dimension for ε (scikit-learn's
 //! `johnson_lindenstrauss_min_dim`: `floor(4 ln n / (ε²/2 − ε³/3))`), sparse Achlioptas/Li
@@ -34,7 +42,7 @@ use super::pool::{Pool, SharedMut};
 use crate::util::rng::Rng;
 
 /// Rows per tile (lanes of the distance kernel).
-pub const TILE: usize = 64;
+pub const TILE: usize = super::lanes::LANES;
 /// Tiles per pool task.
 const TILES_PER_TASK: usize = 16;
 /// Relative safety margin of the pruning test (see the module doc), at least the
@@ -72,51 +80,6 @@ pub fn projection_matrix(k: usize, d: usize, seed: u64) -> Vec<f32> {
 #[inline]
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-/// Squared distances from the [`TILE`] rows of `tile` (dimension-major) to `c`, each
-/// summed left to right with the operations of [`sq_dist`]: bit-identical to it per row.
-fn tile_sq_dists(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            return unsafe { tile_sq_dists_avx512(tile, c) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was just detected.
-            return unsafe { tile_sq_dists_avx2(tile, c) };
-        }
-    }
-    tile_sq_dists_generic(tile, c)
-}
-
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_sq_dists_avx512(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    tile_sq_dists_generic(tile, c)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tile_sq_dists_avx2(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    tile_sq_dists_generic(tile, c)
-}
-
-#[inline(always)]
-fn tile_sq_dists_generic(tile: &[f32], c: &[f32]) -> [f32; TILE] {
-    let mut acc = [0f32; TILE];
-    for (col, &cj) in tile.chunks_exact(TILE).zip(c) {
-        for (a, &v) in acc.iter_mut().zip(col) {
-            let d = v - cj;
-            *a += d * d;
-        }
-    }
-    acc
 }
 
 /// Squared distance summed in [`TILE`]/4 interleaved partial sums (vectorisable; for
@@ -213,13 +176,25 @@ pub fn tiled_len(n: usize, dim: usize) -> usize {
 /// [`tiled_len`]`(n, dim)`), which it rearranges into tiles (module doc) instead of
 /// copying: the fit's projected rows are too many for a second copy.
 pub fn greedy_in_place(pool: &Pool, x: &mut [f32], n: usize, dim: usize, m: usize) -> Vec<u32> {
+    select_in_place(pool, x, n, dim, m, &mut |_, _| {})
+}
+
+/// [`greedy_in_place`] with `progress(centres chosen, m)` every 256 centres and at the end.
+pub fn select_in_place(
+    pool: &Pool,
+    x: &mut [f32],
+    n: usize,
+    dim: usize,
+    m: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<u32> {
     let m = m.min(n);
     if m == 0 {
         return Vec::new();
     }
     let x = &mut x[..tiled_len(n, dim)];
     to_tiles(pool, x, n, dim);
-    Selection::new(pool, x, n, dim, m).run()
+    Selection::new(pool, x, n, dim, m).run(progress)
 }
 
 /// Rearranges each tile of `TILE` rows from row-major to dimension-major (lane fastest).
@@ -235,12 +210,7 @@ fn to_tiles(pool: &Pool, x: &mut [f32], n: usize, dim: usize) {
             let tile = unsafe { xp.slice(t * tile_len, tile_len) };
             let valid = TILE.min(n - t * TILE);
             rows[..valid * dim].copy_from_slice(&tile[..valid * dim]);
-            rows[valid * dim..].fill(0.0);
-            for l in 0..TILE {
-                for j in 0..dim {
-                    tile[j * TILE + l] = rows[l * dim + j];
-                }
-            }
+            super::lanes::to_tile(&rows[..valid * dim], dim, tile);
         }
     });
 }
@@ -264,11 +234,104 @@ fn cannot_move(bound: f32, md: f32, scale: f32) -> bool {
     md == 0.0 || (md < f32::INFINITY && bound >= TINY && bound >= scale * md)
 }
 
+/// Distinct nearest centres a [`TileOwners`] summary holds.
+const SUMMARY_OWNERS: usize = 16;
+
+/// A tile's rows grouped by nearest centre: per centre the largest running distance of
+/// its rows there, so that one pruning test per centre covers the whole tile. `len` past
+/// [`SUMMARY_OWNERS`]: not summarised (more centres, a row without one, a NaN distance);
+/// the rows are then tested one by one.
+#[derive(Clone, Copy)]
+struct TileOwners {
+    owner: [u32; SUMMARY_OWNERS],
+    reach: [f32; SUMMARY_OWNERS],
+    len: usize,
+}
+
+impl TileOwners {
+    const UNKNOWN: TileOwners = TileOwners {
+        owner: [0; SUMMARY_OWNERS],
+        reach: [0.0; SUMMARY_OWNERS],
+        len: SUMMARY_OWNERS + 1,
+    };
+
+    /// The summary of a tile's rows (running distances `md`, nearest centres `ow`).
+    fn of(md: &[f32], ow: &[u32]) -> Self {
+        let mut s = TileOwners {
+            len: 0,
+            ..Self::UNKNOWN
+        };
+        for (&d, &o) in md.iter().zip(ow) {
+            if o == u32::MAX || d.is_nan() {
+                return Self::UNKNOWN;
+            }
+            match s.owner[..s.len].iter().position(|&v| v == o) {
+                Some(k) => s.reach[k] = s.reach[k].max(d),
+                None if s.len < SUMMARY_OWNERS => {
+                    s.owner[s.len] = o;
+                    s.reach[s.len] = d;
+                    s.len += 1;
+                }
+                None => return Self::UNKNOWN,
+            }
+        }
+        s
+    }
+}
+
+/// The selection re-orders its rows by nearest centre when this many centres are
+/// chosen, then at every factor of [`REORDER_GROWTH`] up to the number of tiles (module
+/// doc).
+const REORDER_FIRST: usize = 16;
+const REORDER_GROWTH: usize = 4;
+
+/// The largest running distance of a group of tiles (or of one tile), the lowest
+/// original row holding it and the tile: the arg-max with ties to the lowest index
+/// whatever order the rows are stored in.
+#[derive(Clone, Copy, Debug)]
+struct Farthest {
+    dist: f32,
+    row: u32,
+    tile: usize,
+}
+
+impl Farthest {
+    const NONE: Farthest = Farthest {
+        dist: f32::NEG_INFINITY,
+        row: u32::MAX,
+        tile: 0,
+    };
+
+    /// Takes `other` when it is farther, or as far and at a lower original row. A NaN
+    /// distance never wins (as `>` in [`greedy_plain`]).
+    fn merge(&mut self, other: Farthest) {
+        if other.dist > self.dist
+            || (other.dist == self.dist && other.dist > f32::NEG_INFINITY && other.row < self.row)
+        {
+            *self = other;
+        }
+    }
+
+    /// Tile `tile` (running distances `md`, original rows `orig`, largest distance
+    /// `dist`): the lowest original row at that distance.
+    fn of_tile(md: &[f32], orig: &[u32], dist: f32, tile: usize) -> Farthest {
+        let row = md
+            .iter()
+            .zip(orig)
+            .filter(|(&d, _)| d == dist)
+            .map(|(_, &o)| o)
+            .min()
+            .unwrap_or(u32::MAX);
+        Farthest { dist, row, tile }
+    }
+}
+
 /// The state of one selection: running distances and nearest centres per row, the
 /// largest running distance per tile, the chosen centres' rows.
 struct Selection<'a> {
     pool: &'a Pool,
-    x: &'a [f32],
+    /// The rows in tiles, in the current order ([`Selection::reorder`]).
+    x: &'a mut [f32],
     n: usize,
     dim: usize,
     m: usize,
@@ -276,9 +339,12 @@ struct Selection<'a> {
     scale: f32,
     min_d: Vec<f32>,
     owner: Vec<u32>,
+    /// The original index of the row stored at each position (`u32::MAX`: padding).
+    orig: Vec<u32>,
     tile_max: Vec<f32>,
-    /// Per task: the largest running distance and the first tile holding it.
-    task_best: Vec<(f32, usize)>,
+    owners: Vec<TileOwners>,
+    /// Per task: the farthest row of its tiles.
+    task_best: Vec<Farthest>,
     /// Chosen rows, `m × dim`, in selection order.
     centres: Vec<f32>,
     /// Per worker: centre-to-centre distances to the current centre, valid where the
@@ -287,11 +353,13 @@ struct Selection<'a> {
 }
 
 impl<'a> Selection<'a> {
-    fn new(pool: &'a Pool, x: &'a [f32], n: usize, dim: usize, m: usize) -> Self {
+    fn new(pool: &'a Pool, x: &'a mut [f32], n: usize, dim: usize, m: usize) -> Self {
         let tiles = n.div_ceil(TILE);
         let mut min_d = vec![f32::INFINITY; tiles * TILE];
         // Padding lanes: never chosen, never updated.
         min_d[n..].fill(f32::NEG_INFINITY);
+        let mut orig: Vec<u32> = (0..(tiles * TILE) as u32).collect();
+        orig[n..].fill(u32::MAX);
         Selection {
             pool,
             x,
@@ -301,18 +369,22 @@ impl<'a> Selection<'a> {
             scale: 4.0 * (1.0 + prune_margin(dim)),
             min_d,
             owner: vec![u32::MAX; tiles * TILE],
+            orig,
             tile_max: vec![f32::INFINITY; tiles],
-            task_best: vec![(f32::NEG_INFINITY, 0); tiles.div_ceil(TILES_PER_TASK)],
+            owners: vec![TileOwners::UNKNOWN; tiles],
+            task_best: vec![Farthest::NONE; tiles.div_ceil(TILES_PER_TASK)],
             centres: vec![0f32; m * dim],
             cc: (0..pool.threads()).map(|_| vec![(0u32, 0f32); m]).collect(),
         }
     }
 
-    fn run(mut self) -> Vec<u32> {
+    fn run(mut self, progress: &mut dyn FnMut(usize, usize)) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.m);
+        let tiles = self.tile_max.len();
+        let mut reorder_at = REORDER_FIRST;
         let mut cur = 0usize;
         for step in 0..self.m {
-            out.push(cur as u32);
+            out.push(self.orig[cur]);
             let dim = self.dim;
             gather_row(
                 self.x,
@@ -322,90 +394,185 @@ impl<'a> Selection<'a> {
             );
             let bound = self.min_d[cur];
             self.update(step, bound);
+            if step + 1 == reorder_at && reorder_at <= tiles.max(REORDER_FIRST) && step + 1 < self.m
+            {
+                self.reorder();
+                reorder_at *= REORDER_GROWTH;
+            }
             cur = self.farthest();
+            if (step + 1) % 256 == 0 || step + 1 == self.m {
+                progress(step + 1, self.m);
+            }
         }
         out
     }
 
     /// Moves to centre `step` every row that comes closer to it.
     fn update(&mut self, step: usize, bound: f32) {
-        let (n, dim, x, scale) = (self.n, self.dim, self.x, self.scale);
+        let (n, dim, scale) = (self.n, self.dim, self.scale);
+        let x: &[f32] = self.x;
+        let orig = &self.orig;
         let tiles = self.tile_max.len();
         let centres = &self.centres[..(step + 1) * dim];
         let c = &centres[step * dim..];
         let stamp = step as u32 + 1;
-        let (mp, op, tp, bp, cp) = (
+        let (mp, op, tp, sp, bp, cp) = (
             SharedMut::new(&mut self.min_d),
             SharedMut::new(&mut self.owner),
             SharedMut::new(&mut self.tile_max),
+            SharedMut::new(&mut self.owners),
             SharedMut::new(&mut self.task_best),
             SharedMut::new(&mut self.cc),
         );
         self.pool.run(self.task_best.len(), &|task, worker| {
             let t0 = task * TILES_PER_TASK;
             let t1 = (t0 + TILES_PER_TASK).min(tiles);
-            // SAFETY: each task owns tiles t0..t1 (their rows and maxima) and its best
-            // slot; each worker owns its centre-to-centre cache.
+            // SAFETY: each task owns tiles t0..t1 (their rows, maxima and summaries) and
+            // its best slot; each worker owns its centre-to-centre cache.
             let md_all = unsafe { mp.slice(t0 * TILE, (t1 - t0) * TILE) };
             let ow_all = unsafe { op.slice(t0 * TILE, (t1 - t0) * TILE) };
             let tmax = unsafe { tp.slice(t0, t1 - t0) };
+            let summaries = unsafe { sp.slice(t0, t1 - t0) };
             let best_slot = unsafe { &mut bp.slice(task, 1)[0] };
             let cc = unsafe { &mut cp.slice(worker, 1)[0] };
-            let mut best = (f32::NEG_INFINITY, 0usize);
+            // The distance from centre `o` to the new one (computed once per step).
+            let mut to_new = |o: u32| {
+                let e = &mut cc[o as usize];
+                if e.0 != stamp {
+                    let oc = &centres[o as usize * dim..(o as usize + 1) * dim];
+                    *e = (stamp, sq_dist_any_order(oc, c));
+                }
+                e.1
+            };
+            let mut best = Farthest::NONE;
             for t in t0..t1 {
                 let i = t - t0;
                 let md = &mut md_all[i * TILE..(i + 1) * TILE];
                 let ow = &mut ow_all[i * TILE..(i + 1) * TILE];
-                if !cannot_move(bound, tmax[i], scale) {
-                    let valid = TILE.min(n - t * TILE);
-                    let needed = (0..valid).any(|l| {
+                let valid = TILE.min(n - t * TILE);
+                let s = summaries[i];
+                // One test per centre of the tile's summary (when it has one).
+                let mut summary_says_still = || {
+                    s.len <= SUMMARY_OWNERS
+                        && (0..s.len).all(|k| {
+                            cannot_move(bound, s.reach[k], scale)
+                                || cannot_move(to_new(s.owner[k]), s.reach[k], scale)
+                        })
+                };
+                let needed = !cannot_move(bound, tmax[i], scale)
+                    && !summary_says_still()
+                    && (0..valid).any(|l| {
                         if cannot_move(bound, md[l], scale) {
                             return false;
                         }
-                        let o = ow[l];
-                        if o == u32::MAX {
-                            return true;
-                        }
-                        let e = &mut cc[o as usize];
-                        if e.0 != stamp {
-                            let oc = &centres[o as usize * dim..(o as usize + 1) * dim];
-                            *e = (stamp, sq_dist_any_order(oc, c));
-                        }
-                        !cannot_move(e.1, md[l], scale)
+                        ow[l] == u32::MAX || !cannot_move(to_new(ow[l]), md[l], scale)
                     });
-                    if needed {
-                        let tile = &x[t * TILE * dim..(t + 1) * TILE * dim];
-                        let d = tile_sq_dists(tile, c);
-                        let mut mx = f32::NEG_INFINITY;
-                        for l in 0..TILE {
-                            if d[l] < md[l] {
-                                md[l] = d[l];
-                                ow[l] = step as u32;
-                            }
-                            mx = mx.max(md[l]);
+                if needed {
+                    let tile = &x[t * TILE * dim..(t + 1) * TILE * dim];
+                    let mut d = [[0f32; TILE]];
+                    super::lanes::sq_dists(tile, c, dim, &mut d);
+                    let d = &d[0];
+                    let mut mx = f32::NEG_INFINITY;
+                    for l in 0..TILE {
+                        if d[l] < md[l] {
+                            md[l] = d[l];
+                            ow[l] = step as u32;
                         }
-                        tmax[i] = mx;
+                        mx = mx.max(md[l]);
                     }
+                    tmax[i] = mx;
+                    summaries[i] = TileOwners::of(&md[..valid], &ow[..valid]);
                 }
-                if tmax[i] > best.0 {
-                    best = (tmax[i], t);
+                if tmax[i] >= best.dist && tmax[i] > f32::NEG_INFINITY {
+                    let rows = &orig[t * TILE..(t + 1) * TILE];
+                    best.merge(Farthest::of_tile(md, rows, tmax[i], t));
                 }
             }
             *best_slot = best;
         });
     }
 
-    /// The row with the largest running distance, ties to the lowest index.
+    /// The position of the row with the largest running distance, ties to the lowest
+    /// original index; the row at original index 0 when no distance is comparable (as
+    /// [`greedy_plain`]).
     fn farthest(&self) -> usize {
-        let mut best = (f32::NEG_INFINITY, 0usize);
+        let mut best = Farthest::NONE;
         for &b in &self.task_best {
-            if b.0 > best.0 {
-                best = b;
+            best.merge(b);
+        }
+        let position = |row: u32| self.orig.iter().position(|&o| o == row).unwrap_or(0);
+        if best.row == u32::MAX {
+            return position(0);
+        }
+        let t = best.tile;
+        let rows = &self.orig[t * TILE..(t + 1) * TILE];
+        t * TILE + rows.iter().position(|&o| o == best.row).unwrap_or(0)
+    }
+
+    /// Stores the rows grouped by nearest centre (in their current order within a
+    /// centre), so that a tile's rows share few centres and one test per centre skips it;
+    /// moves the per-row state with them and recomputes the per-tile state.
+    fn reorder(&mut self) {
+        let (n, dim) = (self.n, self.dim);
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        perm.sort_by_key(|&p| (self.owner[p as usize], p));
+        permute_rows(self.x, dim, &perm);
+        for v in [&mut self.owner, &mut self.orig] {
+            let old = v[..n].to_vec();
+            for (dst, &p) in v.iter_mut().zip(&perm) {
+                *dst = old[p as usize];
             }
         }
-        let t = best.1;
-        let md = &self.min_d[t * TILE..(t + 1) * TILE];
-        t * TILE + md.iter().position(|&v| v == best.0).unwrap_or(0)
+        let old = self.min_d[..n].to_vec();
+        for (dst, &p) in self.min_d.iter_mut().zip(&perm) {
+            *dst = old[p as usize];
+        }
+        let mut best = vec![Farthest::NONE; self.task_best.len()];
+        for t in 0..self.tile_max.len() {
+            let lanes = t * TILE..(t + 1) * TILE;
+            let valid = t * TILE..((t + 1) * TILE).min(n);
+            let md = &self.min_d[lanes.clone()];
+            let mx = md.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            self.tile_max[t] = mx;
+            self.owners[t] = TileOwners::of(&self.min_d[valid.clone()], &self.owner[valid]);
+            if mx > f32::NEG_INFINITY {
+                let f = Farthest::of_tile(md, &self.orig[lanes], mx, t);
+                best[t / TILES_PER_TASK].merge(f);
+            }
+        }
+        self.task_best = best;
+    }
+}
+
+/// Moves the tiled rows so that position `p` holds the row that was at `perm[p]`
+/// (`perm` a permutation of the first `perm.len()` positions), in place: one cycle of
+/// the permutation at a time through one row of scratch.
+fn permute_rows(x: &mut [f32], dim: usize, perm: &[u32]) {
+    let at = |r: usize, j: usize| (r / TILE) * TILE * dim + j * TILE + r % TILE;
+    let mut done = vec![false; perm.len()];
+    let mut first = vec![0f32; dim];
+    for start in 0..perm.len() {
+        if done[start] {
+            continue;
+        }
+        for (j, v) in first.iter_mut().enumerate() {
+            *v = x[at(start, j)];
+        }
+        let mut p = start;
+        loop {
+            done[p] = true;
+            let q = perm[p] as usize;
+            if q == start {
+                for (j, &v) in first.iter().enumerate() {
+                    x[at(p, j)] = v;
+                }
+                break;
+            }
+            for j in 0..dim {
+                x[at(p, j)] = x[at(q, j)];
+            }
+            p = q;
+        }
     }
 }
 

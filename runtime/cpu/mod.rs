@@ -9,6 +9,7 @@ pub mod fusion;
 pub mod gemm;
 pub mod gemm_bf16;
 pub mod knn;
+pub mod lanes;
 pub mod maps;
 pub mod pfa;
 pub mod point_kdtree;

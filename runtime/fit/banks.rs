@@ -131,6 +131,12 @@ pub enum Progress {
         done: usize,
         total: usize,
     },
+    /// The greedy selection of a bank's coreset (centres chosen of `total`).
+    Select {
+        bank: &'static str,
+        done: usize,
+        total: usize,
+    },
     /// The neighbour table of a bank (rows done).
     Neighbours {
         bank: &'static str,
@@ -243,7 +249,8 @@ fn bank_slices(
 
 /// The coreset's greedy selection: on the GPU when asked for and possible, else the CPU
 /// (identical indices either way).
-/// `x` holds `n × dim` rows and room for [`coreset::tiled_len`]; the CPU rearranges it.
+/// `x` holds `n × dim` rows and room for [`coreset::tiled_len`]; the CPU rearranges it
+/// and reports `progress(centres, m)`.
 fn greedy_selection(
     pool: &Pool,
     backend: Backend,
@@ -251,6 +258,7 @@ fn greedy_selection(
     n: usize,
     dim: usize,
     m: usize,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Vec<u32> {
     if backend != Backend::Cpu {
         #[cfg(feature = "cuda")]
@@ -264,7 +272,7 @@ fn greedy_selection(
             eprintln!("miad: GPU coreset not used: {why}; selecting on the CPU");
         }
     }
-    coreset::greedy_in_place(pool, x, n, dim, m)
+    coreset::select_in_place(pool, x, n, dim, m, progress)
 }
 
 /// Runs the fit (module doc). `base` carries the model identity and category.
@@ -420,7 +428,17 @@ pub fn fit(
                 n,
                 "rows",
             );
-            let sel = greedy_selection(pool, opts.backend, proj.as_mut_slice(), n, pd, m);
+            let bank = BANK_NAMES[b];
+            let mut report = |done, total| progress(Progress::Select { bank, done, total });
+            let sel = greedy_selection(
+                pool,
+                opts.backend,
+                proj.as_mut_slice(),
+                n,
+                pd,
+                m,
+                &mut report,
+            );
             clock.end(
                 format!("coreset {} ({n} → {m})", BANK_NAMES[b]),
                 m,

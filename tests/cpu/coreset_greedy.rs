@@ -30,6 +30,8 @@ fn accelerated_equals_plain_on_several_sizes() {
         (500, 3, 60),
         (3000, 16, 300),
         (2100, 64, 150),
+        // Re-ordered by nearest centre after 16 and 64 centres.
+        (9000, 8, 1500),
     ] {
         let x = clustered(n, dim, n as u64);
         let plain = greedy_plain(&x, dim, m);

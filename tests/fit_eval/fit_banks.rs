@@ -300,17 +300,27 @@ fn fitted_banks_carry_neighbour_tables_and_files_without_them_score_the_same() {
         ..FitOptions::default()
     };
     let mut phases = Vec::new();
+    let mut selected = Vec::new();
     let base = BankConfig::empty([7; 16], "fake", "widget");
-    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |p| {
-        if let Progress::Neighbours { bank, done, total } = p {
+    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |p| match p {
+        Progress::Neighbours { bank, done, total } => {
             assert!(done <= total);
             phases.push(bank);
         }
+        Progress::Select { bank, done, total } => {
+            assert!(done <= total);
+            if done == total {
+                selected.push(bank);
+            }
+        }
+        _ => {}
     })
     .unwrap();
-    // A progress report per bank, and each table equals brute force on the bank's rows.
+    // A progress report per bank (the selection's up to its last centre), and each table
+    // equals brute force on the bank's rows.
     for (b, name) in BANK_NAMES.iter().enumerate() {
         assert!(phases.contains(name), "no progress for {name}");
+        assert!(selected.contains(name), "no selection progress for {name}");
         let (_, shape, rows) = fitted
             .tensors
             .iter()

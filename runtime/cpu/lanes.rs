@@ -1,0 +1,106 @@
+//! Squared Euclidean distances summed in order, [`LANES`] rows at a time.
+//!
+//! `Σ_k (a_k − b_k)²` summed from k = 0 with every subtraction, product and addition
+//! rounded on its own is what the coreset (SPEC §6) and the re-weighting's neighbours
+//! (SPEC §7) are defined with. One such sum is a chain of dependent additions; here the
+//! lanes of a vector are rows instead: a block of [`LANES`] rows is stored
+//! dimension-major (a "tile", [`to_tile`]) and one instruction advances all of their
+//! sums by one term, each lane doing exactly the scalar operations of its own row. The
+//! result is bit-identical to the scalar sum, on every instruction set.
+
+/// Rows per tile.
+pub const LANES: usize = 64;
+
+/// Floats of one tile of rows of `dim` values.
+pub fn tile_len(dim: usize) -> usize {
+    LANES * dim
+}
+
+/// Writes `rows` (at most [`LANES`] rows of `dim` values, row-major) into `tile`
+/// dimension-major (lane fastest); the lanes past the last row are zero.
+pub fn to_tile(rows: &[f32], dim: usize, tile: &mut [f32]) {
+    let valid = rows.len() / dim;
+    assert!(
+        valid <= LANES && tile.len() >= tile_len(dim),
+        "to_tile: shapes"
+    );
+    for (j, col) in tile[..tile_len(dim)].chunks_exact_mut(LANES).enumerate() {
+        for (l, v) in col.iter_mut().enumerate() {
+            *v = if l < valid { rows[l * dim + j] } else { 0.0 };
+        }
+    }
+}
+
+/// For each row `r` of `rows` (`rows.len() / dim` rows of `dim` values, row-major) and
+/// each lane `l` of `tile`: `out[r][l]` = the ordered squared distance between the lane's
+/// row and row `r` (bit-identical to `Σ (a − b)²` summed in order, either way round).
+pub fn sq_dists(tile: &[f32], rows: &[f32], dim: usize, out: &mut [[f32; LANES]]) {
+    let count = rows.len() / dim;
+    assert!(
+        tile.len() >= tile_len(dim) && out.len() >= count,
+        "lanes::sq_dists: shapes"
+    );
+    let tile = &tile[..tile_len(dim)];
+    #[cfg(target_arch = "x86_64")]
+    match super::gemm::isa() {
+        // SAFETY: isa() reports only instruction sets this CPU runs.
+        super::gemm::Isa::Avx512 => return unsafe { sq_dists_avx512(tile, rows, dim, out) },
+        // SAFETY: as above.
+        super::gemm::Isa::Avx2 => return unsafe { sq_dists_avx2(tile, rows, dim, out) },
+        super::gemm::Isa::Portable => {}
+    }
+    sq_dists_in_groups::<1>(tile, rows, dim, out)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sq_dists_avx512(tile: &[f32], rows: &[f32], dim: usize, out: &mut [[f32; LANES]]) {
+    // 4 rows × 4 registers of sums: 16 of the 32 vector registers.
+    sq_dists_in_groups::<4>(tile, rows, dim, out)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sq_dists_avx2(tile: &[f32], rows: &[f32], dim: usize, out: &mut [[f32; LANES]]) {
+    // One row: 8 of the 16 registers hold its sums.
+    sq_dists_in_groups::<1>(tile, rows, dim, out)
+}
+
+/// `R` rows at a time (each tile column loaded once for all of them), the rest one by one.
+#[inline(always)]
+fn sq_dists_in_groups<const R: usize>(
+    tile: &[f32],
+    rows: &[f32],
+    dim: usize,
+    out: &mut [[f32; LANES]],
+) {
+    let count = rows.len() / dim;
+    let grouped = count / R * R;
+    for g in (0..grouped).step_by(R) {
+        let group: [&[f32]; R] = std::array::from_fn(|r| &rows[(g + r) * dim..(g + r + 1) * dim]);
+        let sums = group_sq_dists(tile, group);
+        out[g..g + R].copy_from_slice(&sums);
+    }
+    for r in grouped..count {
+        out[r] = group_sq_dists(tile, [&rows[r * dim..(r + 1) * dim]])[0];
+    }
+}
+
+#[inline(always)]
+fn group_sq_dists<const R: usize>(tile: &[f32], rows: [&[f32]; R]) -> [[f32; LANES]; R] {
+    let mut acc = [[0f32; LANES]; R];
+    for (k, col) in tile.chunks_exact(LANES).enumerate() {
+        for r in 0..R {
+            let c = rows[r][k];
+            for (a, &v) in acc[r].iter_mut().zip(col) {
+                let d = v - c;
+                *a += d * d;
+            }
+        }
+    }
+    acc
+}
