@@ -76,7 +76,15 @@ fn main() {
         let path = bank.with_extension("scaled.bank");
         let src = BankFile::open(&bank, &OpenOptions::default(), None).unwrap();
         let t = Instant::now();
-        for i in write_scaled_bank(&src, parse_rows(&rows), SCALED_BANK_SEED, &path).unwrap() {
+        for i in write_scaled_bank(
+            &Pool::new(threads),
+            &src,
+            parse_rows(&rows),
+            SCALED_BANK_SEED,
+            &path,
+        )
+        .unwrap()
+        {
             println!(
                 "{} bank: {} rows synthesised from {} fitted",
                 i.name, i.rows, i.fitted_rows

@@ -256,6 +256,39 @@ impl Engine {
     pub fn bank_file(&self) -> &BankFile {
         &self.cell.borrow_owner().bank
     }
+    /// Per bank (xyz, rgb, fused): the clusters of the partition the CPU bank search
+    /// prunes with ([`crate::cpu::bank_prune`]); 0 where it searches unpruned (no such
+    /// bank, no partition in the file, `pruned_search` off) or the device searches.
+    pub fn search_clusters(&self) -> [usize; 3] {
+        if !self.backend().cpu_stages().contains(&"bank search") {
+            return [0; 3];
+        }
+        let set = &self.cell.borrow_dependent().set;
+        std::array::from_fn(|b| {
+            set.banks[b]
+                .and_then(|v| v.partition)
+                .map_or(0, |p| p.clusters())
+        })
+    }
+    /// How the CPU searches each present bank, for reports (the C ABI's `backend_note`):
+    /// `bank search: xyz pruned (247 clusters), rgb unpruned, fused pruned (1470 clusters)`;
+    /// `None` when the device searches.
+    pub fn search_description(&self) -> Option<String> {
+        if !self.backend().cpu_stages().contains(&"bank search") {
+            return None;
+        }
+        let set = &self.cell.borrow_dependent().set;
+        let banks: Vec<String> = (0..3)
+            .filter_map(|b| {
+                let v = set.banks[b]?;
+                Some(match v.partition {
+                    Some(p) => format!("{} pruned ({} clusters)", BANK_NAMES[b], p.clusters()),
+                    None => format!("{} unpruned", BANK_NAMES[b]),
+                })
+            })
+            .collect();
+        Some(format!("bank search: {}", banks.join(", ")))
+    }
     /// Side of the anomaly map.
     pub fn map_size(&self) -> usize {
         self.cell.borrow_dependent().scorer.map_size()

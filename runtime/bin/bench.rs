@@ -6,6 +6,7 @@
 
 use crate::bench_reference::Reference;
 use crate::progress::bar;
+use miad::cpu::pool::Pool;
 use miad::eval::dataset::{list_good, list_test};
 use miad::eval::latency::run as run_latency;
 use miad::eval::scaled_bank::write_scaled_bank;
@@ -92,9 +93,17 @@ pub fn run(mut a: Args) -> miad::Result<()> {
             let path = a.out.join("scaled.bank");
             let guard = RemoveOnDrop(path.clone());
             let src = BankFile::open(&a.engine.bank, &OpenOptions::default(), None)?;
-            for i in write_scaled_bank(&src, rows, SCALED_BANK_SEED, &path)? {
+            let pool = match a.engine.threads {
+                0 => Pool::with_available_cores(),
+                t => Pool::new(t),
+            };
+            for i in write_scaled_bank(&pool, &src, rows, SCALED_BANK_SEED, &path)? {
+                let search = match i.clusters {
+                    0 => "unpruned search".to_string(),
+                    k => format!("pruned search, {k} clusters"),
+                };
                 println!(
-                    "{} bank: {} rows synthesised from {} fitted (nearest-row spacing {:.3}, noise σ {:.4} per value)",
+                    "{} bank: {} rows synthesised from {} fitted (nearest-row spacing {:.3}, noise σ {:.4} per value; {search})",
                     i.name, i.rows, i.fitted_rows, i.spacing, i.noise_std
                 );
             }
@@ -126,7 +135,10 @@ pub fn run(mut a: Args) -> miad::Result<()> {
     let banks: Vec<String> = report
         .banks
         .iter()
-        .map(|b| format!("{} {} × {}", b.name, b.rows, b.dim))
+        .map(|b| match b.clusters {
+            0 => format!("{} {} × {} unpruned", b.name, b.rows, b.dim),
+            k => format!("{} {} × {} pruned ({k} clusters)", b.name, b.rows, b.dim),
+        })
         .collect();
     println!("banks: {} ({})", banks.join(", "), report.banks_origin);
     print!("{}", report.table());

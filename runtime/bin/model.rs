@@ -358,30 +358,67 @@ fn model_summary(c: &ModelConfig) -> Vec<(&'static str, Val)> {
     ]
 }
 
+/// The present banks (by row count), split into those that have what `has` looks for and
+/// those that do not.
+fn banks_with(c: &miad::config::BankConfig, has: impl Fn(usize) -> bool) -> [Vec<usize>; 2] {
+    let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
+    let (with, without) = (0..3).filter(|&b| rows[b] > 0).partition(|&b| has(b));
+    [with, without]
+}
+
+fn bank_names(v: &[usize]) -> String {
+    v.iter()
+        .map(|&b| miad::pipeline::score::BANK_NAMES[b])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Which banks carry the re-weighting's neighbour table, and what the others do instead.
 fn neighbour_tables(c: &miad::config::BankConfig, file: &Container) -> Val {
-    use miad::pipeline::score::{neighbour_table_name, BANK_NAMES};
-    let rows = [c.xyz_rows, c.rgb_rows, c.fused_rows];
-    let (with, without): (Vec<usize>, Vec<usize>) = (0..3)
-        .filter(|&b| rows[b] > 0)
-        .partition(|&b| file.entry(&neighbour_table_name(b)).is_some());
-    let names = |v: &[usize]| {
-        v.iter()
-            .map(|&b| BANK_NAMES[b])
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    use miad::pipeline::score::neighbour_table_name;
+    let [with, without] = banks_with(c, |b| file.entry(&neighbour_table_name(b)).is_some());
     match (with.is_empty(), without.is_empty()) {
         (true, true) => Val::Absent,
-        (false, true) => t(format!("{} (re-weighting looks its rows up)", names(&with))),
+        (false, true) => t(format!(
+            "{} (re-weighting looks its rows up)",
+            bank_names(&with)
+        )),
         (true, false) => t(format!(
             "none (written before the tables or resized: re-weighting scans {} per part)",
-            names(&without)
+            bank_names(&without)
         )),
         (false, false) => t(format!(
             "{}; none for {} (re-weighting scans it per part)",
-            names(&with),
-            names(&without)
+            bank_names(&with),
+            bank_names(&without)
+        )),
+    }
+}
+
+/// Which banks carry the partition of the pruned search, with its clusters.
+fn search_partitions(c: &miad::config::BankConfig, file: &Container) -> Val {
+    use miad::pipeline::score::{partition_names, BANK_NAMES};
+    let clusters = |b: usize| {
+        let [_, _, radii] = partition_names(b);
+        file.entry(&radii)
+            .map(|e| e.shape_usize().iter().product::<usize>())
+    };
+    let [with, without] = banks_with(c, |b| clusters(b).is_some());
+    let listed: Vec<String> = with
+        .iter()
+        .map(|&b| format!("{} {} clusters", BANK_NAMES[b], clusters(b).unwrap_or(0)))
+        .collect();
+    match (with.is_empty(), without.is_empty()) {
+        (true, true) => Val::Absent,
+        (false, true) => t(format!("{} (pruned exact search)", listed.join(", "))),
+        (true, false) => t(format!(
+            "none (written before the partitions: {} searched unpruned)",
+            bank_names(&without)
+        )),
+        (false, false) => t(format!(
+            "{}; none for {} (searched unpruned)",
+            listed.join(", "),
+            bank_names(&without)
         )),
     }
 }
@@ -437,6 +474,7 @@ fn bank_summary(c: &miad::config::BankConfig, file: &Container) -> Vec<(&'static
             )),
         ),
         ("neighbour_tables", neighbour_tables(c, file)),
+        ("search_partitions", search_partitions(c, file)),
         (
             "radar_cases",
             if cases.is_empty() {

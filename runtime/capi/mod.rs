@@ -231,7 +231,14 @@ pub struct miad_engine_options {
     pub device: u32,
     pub precision: u32,
     pub in_memory: u32,
+    /// Added after the first header (`struct_size` 44); a struct of the first header
+    /// (40 bytes) gets the default, 1.
+    pub pruned_search: u32,
 }
+
+/// `struct_size` of each earlier layout of `miad_engine_options` still accepted (the fields
+/// it lacks take their defaults): the first header's, before `pruned_search`.
+const ENGINE_OPTIONS_EARLIER_SIZES: &[usize] = &[40];
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -316,7 +323,8 @@ pub struct miad_engine_info {
 
 // The same numbers as the MIAD_STATIC_ASSERT lines of miad.h.
 const _: () = {
-    assert!(size_of::<miad_engine_options>() == 40);
+    assert!(size_of::<miad_engine_options>() == 44);
+    assert!(offset_of!(miad_engine_options, pruned_search) == 40);
     assert!(size_of::<miad_part>() == size_of::<[usize; 8]>());
     assert!(size_of::<usize>() != 8 || offset_of!(miad_inspect_options, map) == 32);
     assert!(size_of::<usize>() != 8 || size_of::<miad_inspect_options>() == 64);
@@ -660,12 +668,18 @@ const MAX_STRUCT_SIZE: usize = 4096;
 
 /// Reads a caller's option struct whose first field is its own size (`struct_size`):
 /// refuses a size of 0 (not filled by the `_default` function), a size smaller than this
-/// library's struct (an older layout: none exists yet), and a larger struct (a newer
-/// header) that sets fields this library does not know (non-zero bytes past ours).
+/// library's struct unless it is one of the `earlier` layouts (then the fields that layout
+/// lacks keep their values in `defaults`), and a larger struct (a newer header) that sets
+/// fields this library does not know (non-zero bytes past ours).
 ///
 /// # Safety
 /// `p` is non-null, aligned, and readable for `struct_size` bytes (the caller's contract).
-unsafe fn read_sized<T: Copy>(p: *const T, what: &str) -> Result<T, Fail> {
+unsafe fn read_sized<T: Copy>(
+    p: *const T,
+    what: &str,
+    earlier: &[usize],
+    defaults: T,
+) -> Result<T, Fail> {
     let ours = size_of::<T>();
     // SAFETY: every option struct starts with a u32 `struct_size`; `p` is aligned for T.
     let size = unsafe { p.cast::<u32>().read() } as usize;
@@ -675,10 +689,19 @@ unsafe fn read_sized<T: Copy>(p: *const T, what: &str) -> Result<T, Fail> {
             "{what}.struct_size is 0: fill the struct with {what}_default() before setting fields"
         ));
     }
+    if size < ours && earlier.contains(&size) {
+        let mut out = defaults;
+        // SAFETY: the caller declares `size` readable bytes; `size` < size_of::<T>() ends
+        // on a field boundary of the earlier layout, and T is plain data.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), size)
+        };
+        return Ok(out);
+    }
     if size < ours {
         return bad(format!(
-            "{what}.struct_size is {size}, smaller than this library's {ours} bytes \
-             (rebuild against this miad.h and fill it with {what}_default())"
+            "{what}.struct_size is {size}, smaller than this library's {ours} bytes and no \
+             earlier layout's (rebuild against this miad.h and fill it with {what}_default())"
         ));
     }
     if size > MAX_STRUCT_SIZE {
@@ -756,7 +779,7 @@ fn engine_options(o: &miad_engine_options) -> Result<EngineOptions, Fail> {
         device: o.device as usize,
         precision,
         in_memory: o.in_memory != 0,
-        ..EngineOptions::default()
+        pruned_search: o.pruned_search != 0,
     })
 }
 
@@ -773,6 +796,7 @@ fn default_engine_options() -> miad_engine_options {
         device: d.device as u32,
         precision: MIAD_PRECISION_F32,
         in_memory: d.in_memory as u32,
+        pruned_search: d.pruned_search as u32,
     }
 }
 
@@ -1068,7 +1092,14 @@ pub unsafe extern "C" fn miad_engine_open(
             default_engine_options()
         } else {
             // SAFETY: the caller's contract.
-            unsafe { read_sized(options, "miad_engine_options")? }
+            unsafe {
+                read_sized(
+                    options,
+                    "miad_engine_options",
+                    ENGINE_OPTIONS_EARLIER_SIZES,
+                    default_engine_options(),
+                )?
+            }
         };
         let engine = Engine::open(model, bank, &engine_options(&opts)?)?;
         let entry = Box::new(Entry {
@@ -1200,6 +1231,9 @@ pub unsafe extern "C" fn miad_engine_get_info(
             truncated: false,
         };
         let _ = note.write_str(&e.backend().describe());
+        if let Some(search) = e.search_description() {
+            let _ = write!(note, "; {search}");
+        }
         // SAFETY: checked non-null; the caller's contract.
         unsafe { out.write(info) };
         Ok(())
@@ -1239,7 +1273,14 @@ pub unsafe extern "C" fn miad_inspect(
             default_inspect_options()
         } else {
             // SAFETY: the caller's contract.
-            unsafe { read_sized(options, "miad_inspect_options")? }
+            unsafe {
+                read_sized(
+                    options,
+                    "miad_inspect_options",
+                    &[],
+                    default_inspect_options(),
+                )?
+            }
         };
         let opts = inspect_options(&o)?;
         let (rgb, cloud) = part_views(part)?;

@@ -94,12 +94,14 @@ pub struct LatencyReport {
     pub queries_scanning_fraction: Option<f64>,
 }
 
-/// Rows and width of one bank.
+/// Rows and width of one bank, and how it is searched.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BankSize {
     pub name: &'static str,
     pub rows: usize,
     pub dim: usize,
+    /// Clusters of the pruned CPU search (0: unpruned; see [`Engine::search_clusters`]).
+    pub clusters: usize,
 }
 
 /// The present banks of the engine's bank file and where they came from.
@@ -110,14 +112,17 @@ fn bank_sizes(engine: &Engine) -> (Vec<BankSize>, String) {
         (c.rgb_rows, c.rgb_dim),
         (c.fused_rows, c.fused_dim),
     ];
+    let clusters = engine.search_clusters();
     let banks = crate::types::BANK_NAMES
         .iter()
         .zip(sizes)
-        .filter(|(_, (rows, _))| *rows > 0)
-        .map(|(&name, (rows, dim))| BankSize {
+        .zip(clusters)
+        .filter(|((_, (rows, _)), _)| *rows > 0)
+        .map(|((&name, (rows, dim)), clusters)| BankSize {
             name,
             rows: rows as usize,
             dim: dim as usize,
+            clusters,
         })
         .collect();
     let origin = engine
@@ -243,7 +248,7 @@ fn exact_scans(engine: &Engine) -> Option<(u64, u64, u64)> {
 impl LatencyReport {
     /// The report as JSON: `{"model", "backend", "threads", "parts", "warmup",
     /// "allocations" (number or null), "rgb_gflops", "peak_gflops", "rgb_fraction_of_peak",
-    /// "banks": [{"name", "rows", "dim"}], "banks_origin", "graph_launches_per_part" and
+    /// "banks": [{"name", "rows", "dim", "clusters" (0: unpruned search)}], "banks_origin", "graph_launches_per_part" and
     /// "host_syncs_per_part" (numbers, null on the CPU), "cpu_stages": [names],
     /// "exact_scans_per_part" and "queries_scanning_fraction" (numbers, null without the
     /// device's fast bank search),
@@ -284,8 +289,8 @@ impl LatencyReport {
             .iter()
             .map(|b| {
                 format!(
-                    "{{\"name\": \"{}\", \"rows\": {}, \"dim\": {}}}",
-                    b.name, b.rows, b.dim
+                    "{{\"name\": \"{}\", \"rows\": {}, \"dim\": {}, \"clusters\": {}}}",
+                    b.name, b.rows, b.dim, b.clusters
                 )
             })
             .collect();

@@ -13,11 +13,16 @@
 //!
 //! The xyz bank's last row (the background row, SPEC §6) stays last and is never drawn.
 //! Everything else in the file (normalisation, decision layers, thresholds) is copied, so
-//! the engine runs exactly as with the fitted file; only the search is larger.
+//! the engine runs exactly as with the fitted file; only the search is larger. Each
+//! resized bank gets the partition of the pruned search built for its new rows, as the
+//! fit builds it, so the bench measures the search inspection runs by default; it gets no
+//! neighbour table (that is quadratic in the rows: its re-weighting scans the bank).
 
-use crate::cpu::bank_search::sq_norms;
+use crate::cpu::bank_prune::BankPartition;
+use crate::cpu::bank_search::{sq_norms, BankView};
+use crate::cpu::pool::Pool;
 use crate::format::{BankFile, Writer};
-use crate::pipeline::score::{neighbour_table_name, partition_names};
+use crate::pipeline::score::{add_partition, neighbour_table_name, partition_names};
 use crate::types::{BANK_NAMES, RGB, XYZ};
 use crate::util::rng::Rng;
 use crate::{Error, Result};
@@ -40,12 +45,17 @@ pub struct ScaledBankInfo {
     pub spacing: f32,
     /// Standard deviation of the noise per value.
     pub noise_std: f32,
+    /// Clusters of the partition built for the resized bank (0: none applies, the
+    /// search is unpruned).
+    pub clusters: usize,
 }
 
 /// Writes `src` to `path` with the banks resized to `rows` (xyz, rgb, fused; `None` keeps
-/// the fitted size). Deterministic in `seed`. Refuses a size for a bank the file lacks,
-/// and an xyz size of 1 (only the background row) or 0.
+/// the fitted size). Deterministic in `seed` (not in `pool`'s size: the partitions are
+/// exact whatever the threads). Refuses a size for a bank the file lacks, and an xyz size
+/// of 1 (only the background row) or 0.
 pub fn write_scaled_bank(
+    pool: &Pool,
     src: &BankFile,
     rows: [Option<usize>; 3],
     seed: u64,
@@ -84,6 +94,7 @@ pub fn write_scaled_bank(
             rows: want,
             spacing,
             noise_std,
+            clusters: 0,
         });
         banks.push((b, all));
     }
@@ -96,20 +107,25 @@ pub fn write_scaled_bank(
         src.path().display(),
         summary.join(", ")
     );
-    write_with_banks(src, banks, &provenance, path)?;
+    let clusters = write_with_banks(pool, src, banks, &provenance, path)?;
+    for (info, (_, k)) in infos.iter_mut().zip(clusters) {
+        info.clusters = k;
+    }
     Ok(infos)
 }
 
 /// Writes `src` to `path` with the banks of `banks` (bank index, rows × its width)
-/// replaced, their squared norms recomputed and their neighbour tables and partitions
-/// dropped; everything
-/// else copied. `provenance` goes under [`PROVENANCE_KEY`].
+/// replaced, their squared norms recomputed, their partitions built again for the new
+/// rows and their neighbour tables dropped; everything else copied. `provenance` goes
+/// under [`PROVENANCE_KEY`]. Returns, per bank of `banks` in order, the bank index and
+/// its partition's clusters (0 where none applies).
 pub fn write_with_banks(
+    pool: &Pool,
     src: &BankFile,
     banks: Vec<(usize, Vec<f32>)>,
     provenance: &str,
     path: &Path,
-) -> Result<()> {
+) -> Result<Vec<(usize, usize)>> {
     let mut cfg = src.config().clone();
     let dims = [cfg.xyz_dim, cfg.rgb_dim, cfg.fused_dim].map(|d| d as usize);
     let mut with_norms = Vec::with_capacity(banks.len());
@@ -137,8 +153,7 @@ pub fn write_with_banks(
         banks.iter().any(|(b, _, _)| {
             let bank = BANK_NAMES[*b];
             // The neighbour table and the partition of the fitted rows do not describe
-            // the new rows: the synthesised bank has neither (its re-weighting scans the
-            // bank, its search is unpruned).
+            // the new rows: the partition is built again below, the table is not.
             name == format!("bank.{bank}")
                 || name == format!("bank.{bank}_norms")
                 || name == neighbour_table_name(*b)
@@ -159,14 +174,21 @@ pub fn write_with_banks(
         let (e, bytes) = src.container().raw(&entry.name)?;
         w.add(e.name.clone(), e.dtype, &e.shape_usize(), bytes);
     }
+    let mut clusters = Vec::with_capacity(banks.len());
     for (b, data, norms) in banks {
         let name = BANK_NAMES[b];
-        let n = norms.len();
+        let (n, d) = (norms.len(), dims[b]);
+        let view = BankView::new(&data, &norms, d);
+        let partition = BankPartition::build(pool, view, BankPartition::clusters_for(n));
+        if let Some(p) = &partition {
+            add_partition(&mut w, b, p);
+        }
+        clusters.push((b, partition.as_ref().map_or(0, BankPartition::clusters)));
         w.add_f32(format!("bank.{name}_norms"), &[n], &norms);
-        w.add_f32(format!("bank.{name}"), &[n, data.len() / n], &data);
+        w.add_f32(format!("bank.{name}"), &[n, d], &data);
     }
     w.write(path)?;
-    Ok(())
+    Ok(clusters)
 }
 
 /// `want` rows of width `d` from the `rows` (row-major): a prefix, or all of them then

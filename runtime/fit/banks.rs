@@ -33,7 +33,7 @@ use crate::cpu::coreset;
 use crate::cpu::pool::Pool;
 use crate::eval::missing::MissingModality;
 use crate::format::Writer;
-use crate::pipeline::score::{neighbour_table_name, partition_names, BankSet, Scorer};
+use crate::pipeline::score::{add_partition, neighbour_table_name, BankSet, Scorer};
 pub use crate::types::FeatureLayout;
 use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
 use crate::{Error, Result};
@@ -166,6 +166,8 @@ pub struct Fitted {
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
     /// The banks' neighbour tables, `(name, shape, rows)`.
     pub tables: Vec<(String, Vec<usize>, Vec<u32>)>,
+    /// Per bank (xyz, rgb, fused): the partition of the pruned search, where one applies.
+    pub partitions: [Option<BankPartition>; 3],
     /// Leave-one-out part scores of the training parts (after the part SVM).
     pub train_scores: Vec<f32>,
     /// Peak resident memory of the process after the fit, KiB (where known).
@@ -224,6 +226,11 @@ impl Fitted {
         }
         for (name, shape, rows) in &self.tables {
             w.add_typed(name.clone(), shape, rows);
+        }
+        for (b, p) in self.partitions.iter().enumerate() {
+            if let Some(p) = p {
+                add_partition(&mut w, b, p);
+            }
         }
         Ok(w.write(path)?)
     }
@@ -737,13 +744,6 @@ pub fn fit(
             let rows = t.len() / TABLE_NEIGHBOURS;
             tables.push((neighbour_table_name(b), vec![rows, TABLE_NEIGHBOURS], t));
         }
-        if let Some(p) = partitions[b].take() {
-            let [order, starts, radii] = partition_names(b);
-            let k = p.clusters();
-            tables.push((order, vec![p.order.len()], p.order));
-            tables.push((starts, vec![k + 1], p.starts));
-            tensors.push((radii, vec![k], p.radii));
-        }
         if bank_data[b].is_empty() {
             continue;
         }
@@ -768,6 +768,7 @@ pub fn fit(
         config: cfg,
         tensors,
         tables,
+        partitions,
         train_scores,
         peak_rss_kib: peak_rss_kib(),
         phases: clock.phases,

@@ -32,8 +32,10 @@
  * Option structs: miad_engine_options and miad_inspect_options start with struct_size,
  *   set by their _default() function to the size this header declares. Always fill them
  *   with the _default() function, then set fields. A struct_size of 0 (a zeroed struct
- *   never filled) or smaller than the library's is MIAD_INVALID_ARGUMENT; a larger one
- *   (a newer header) is accepted when the fields this library does not know are zero.
+ *   never filled) is MIAD_INVALID_ARGUMENT. A smaller one is accepted when it is the
+ *   size of an earlier header's struct (the fields it lacks take their defaults: a
+ *   program built against an earlier miad.h keeps working), refused otherwise; a larger
+ *   one (a newer header) is accepted when the fields this library does not know are zero.
  * Results: when a function returns MIAD_OK, every number it wrote is finite (score,
  *   bank scores, map values, region statistics). A result that would hold NaN or
  *   infinity is MIAD_NON_FINITE instead, with a message.
@@ -225,12 +227,13 @@ enum {
     MIAD_BACKEND_CUDA_SIM = 3
 };
 
-/* miad_engine_options.precision: arithmetic of the networks on the CUDA backend (the CPU
- * backend is always f32). */
+/* miad_engine_options.precision: arithmetic of the networks. */
 enum {
     /* f32: the parity path, features within 1e-4 of the CPU's (the default). */
     MIAD_PRECISION_F32 = 0,
-    /* bf16 storage with f32 accumulation: the fast path, features within 1e-2. */
+    /* bf16 operands with f32 accumulation: the fast path, features within 1e-2 of f32.
+     * On the CUDA backend; on the CPU backend where it has AVX512-BF16 (elsewhere the CPU
+     * stays f32 and backend_note says so). The bank search's results equal f32's. */
     MIAD_PRECISION_BF16 = 1
 };
 
@@ -266,6 +269,12 @@ typedef struct miad_engine_options {
     /* Read both files into the engine's own memory instead of mapping them (immune to
      * later changes of the files; costs their size in memory). Default 0. */
     uint32_t in_memory;
+    /* The CPU bank search skips clusters of bank rows that cannot hold the nearest row,
+     * using the partitions the fit stores in the bank file (the same results bit for bit;
+     * bank files without partitions search every row). backend_note says which banks are
+     * pruned. Default 1; 0 searches every row. Added after the first header: a struct
+     * filled by that header's default (struct_size 40) gets 1. */
+    uint32_t pruned_search;
 } miad_engine_options;
 
 /* One part. Either modality may be missing: pass NULL (its sizes are then ignored).
@@ -403,7 +412,7 @@ typedef struct miad_engine_info {
 #else
 #define MIAD_STATIC_ASSERT(cond, name) typedef char miad_static_assert_##name[(cond) ? 1 : -1]
 #endif
-MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 40, engine_options_size);
+MIAD_STATIC_ASSERT(sizeof(miad_engine_options) == 44, engine_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_part) == 8 * sizeof(size_t), part_size);
 MIAD_STATIC_ASSERT(sizeof(size_t) != 8 || sizeof(miad_inspect_options) == 64, inspect_options_size);
 MIAD_STATIC_ASSERT(sizeof(miad_region) == 28, region_size);

@@ -10,11 +10,11 @@
 
 use super::decide::{fuse_map, linear_part_score};
 use crate::config::{BankConfig, FeatureNorm};
-use crate::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, PartitionView};
+use crate::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, BankPartition, PartitionView};
 use crate::cpu::bank_search::{self, BankScore, BankView, SearchForm, TABLE_NEIGHBOURS};
 use crate::cpu::maps;
 use crate::cpu::pool::Pool;
-use crate::format::{BankFile, FormatError};
+use crate::format::{BankFile, FormatError, Writer};
 pub use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
 use std::cell::Cell;
 
@@ -99,6 +99,15 @@ pub fn partition_names(b: usize) -> [String; 3] {
         format!("bank.{n}_cluster_starts"),
         format!("bank.{n}_cluster_radii"),
     ]
+}
+
+/// Adds bank `b`'s partition to a bank file being written, under [`partition_names`]
+/// (the one place that lays a partition out in a file).
+pub fn add_partition(w: &mut Writer, b: usize, p: &BankPartition) {
+    let [order, starts, radii] = partition_names(b);
+    w.add_typed(order, &[p.order.len()], &p.order);
+    w.add_typed(starts, &[p.clusters() + 1], &p.starts);
+    w.add_f32(radii, &[p.clusters()], &p.radii);
 }
 
 /// The bank file's tensor holding bank `b`'s neighbour table

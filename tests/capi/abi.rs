@@ -394,7 +394,10 @@ fn inspection_succeeds_repeats_bit_for_bit_and_fills_buffers() {
     assert_eq!((info.part_threshold, info.pixel_threshold), (1.0, 1.0));
     assert!(info.grey_band_low.is_nan() && info.grey_band_high.is_nan());
     assert_eq!(info.backend_used, MIAD_BACKEND_CPU);
-    assert_eq!(c_text(&info.backend_note), "cpu");
+    assert_eq!(
+        c_text(&info.backend_note),
+        "cpu; bank search: xyz pruned (12 clusters), rgb pruned (12 clusters), fused pruned (12 clusters)"
+    );
     assert_eq!(
         info.cases_calibrated,
         (1 << MIAD_CASE_COMPLETE) | (1 << MIAD_CASE_RGB_ONLY)

@@ -5,8 +5,12 @@
 #![allow(dead_code)]
 
 use miad::config::{BankConfig, ModelConfig, PointConfig, VitConfig};
+use miad::cpu::bank_prune::BankPartition;
+use miad::cpu::bank_search::BankView;
+use miad::cpu::pool::Pool;
 use miad::engine::{Case, CaseDecision};
 use miad::format::{random_model, write_model, Writer};
+use miad::pipeline::score::add_partition;
 use miad::util::rng::Rng;
 use std::path::{Path, PathBuf};
 
@@ -64,10 +68,19 @@ pub fn write_bank(model_id: [u8; 16], path: &Path) {
     cfg.thresholds.pixel = 1.0;
     let mut rng = Rng::new(11);
     let mut w = Writer::bank(cfg);
-    for (name, dim) in [("xyz", xyz_dim), ("rgb", rgb_dim), ("fused", fused_dim)] {
+    let pool = Pool::new(2);
+    for (b, (name, dim)) in [("xyz", xyz_dim), ("rgb", rgb_dim), ("fused", fused_dim)]
+        .into_iter()
+        .enumerate()
+    {
         let (data, norms) = bank_rows(&mut rng, rows, dim);
         w.add_f32(format!("bank.{name}"), &[rows, dim], &data);
         w.add_f32(format!("bank.{name}_norms"), &[rows], &norms);
+        // The partition of the pruned search, as the fit stores it.
+        let view = BankView::new(&data, &norms, dim);
+        let part = BankPartition::build(&pool, view, BankPartition::clusters_for(rows))
+            .expect("a partition of the fixture bank");
+        add_partition(&mut w, b, &part);
     }
     // RADAR statistics for the RGB-only case (not for cloud-only): the distance to the
     // origin with identity precision, no re-scaling.

@@ -655,16 +655,49 @@ fn option_structs_carry_their_size() {
     let (st, _, msg) = c_open(&f.model, &f.bank, &n.base);
     assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT");
     assert!(msg.contains("does not know"), "{msg}");
-    // An older, smaller one.
-    let mut small = engine_options();
-    small.struct_size = 16;
-    let (st, _, msg) = c_open(&f.model, &f.bank, &small);
-    assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT", "{msg}");
+    // An older, smaller one that is no earlier header's layout.
+    for size in [16, 42] {
+        let mut small = engine_options();
+        small.struct_size = size;
+        let (st, _, msg) = c_open(&f.model, &f.bank, &small);
+        assert_eq!(status_name(st), "MIAD_INVALID_ARGUMENT", "{msg}");
+        assert!(msg.contains("no earlier layout"), "{msg}");
+    }
+    // The first header's layout (40 bytes, before pruned_search): accepted; the field it
+    // lacks takes its default (pruned) whatever lies past its 40 bytes. pruned_search = 0
+    // in the whole struct searches every row, with the same results.
+    let mut first = engine_options();
+    first.struct_size = 40;
+    first.pruned_search = 0;
+    let mut unpruned = engine_options();
+    unpruned.pruned_search = 0;
+    let (rgb, cloud) = fixture::part();
+    let part = c_part(Some(&rgb), Some(&cloud));
+    let mut results = Vec::new();
+    for (o, want) in [
+        (&first, "bank search: xyz pruned (12 clusters)"),
+        (
+            &unpruned,
+            "bank search: xyz unpruned, rgb unpruned, fused unpruned",
+        ),
+    ] {
+        let (st, e, msg) = c_open(&f.model, &f.bank, o);
+        assert_eq!(st, 0, "{msg}");
+        let mut info: miad_engine_info = unsafe { std::mem::zeroed() };
+        let mut buf = [0 as c_char; 1024];
+        let st = unsafe { miad_engine_get_info(e, &mut info, buf.as_mut_ptr(), 1024) };
+        assert_eq!(st, 0, "{}", text(&buf));
+        let note = text(&info.backend_note);
+        assert!(note.contains(want), "{note}");
+        let (st, r, msg) = c_inspect(e, &part);
+        miad_engine_close(e);
+        assert_eq!(st, 0, "{msg}");
+        results.push((r.score.to_bits(), r.bank_scores.map(f32::to_bits)));
+    }
+    assert_eq!(results[0], results[1], "pruned and unpruned results differ");
     // Inspect options too.
     let (st, e, msg) = c_open(&f.model, &f.bank, &engine_options());
     assert_eq!(st, 0, "{msg}");
-    let (rgb, cloud) = fixture::part();
-    let part = c_part(Some(&rgb), Some(&cloud));
     let io: miad_inspect_options = unsafe { std::mem::zeroed() };
     let mut r: Box<miad_result> = Box::new(unsafe { std::mem::zeroed() });
     let mut buf = [0 as c_char; 1024];

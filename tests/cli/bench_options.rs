@@ -92,6 +92,21 @@ fn scaled_banks_and_reference_table() {
     ]);
     assert!(success, "{out}\n{err}");
 
+    // Grown banks get a partition built for their rows (the pruned search runs); the rgb
+    // prefix of 5 rows is below the smallest partition (12 clusters) and searched unpruned.
+    for line in [
+        "xyz bank: 700 rows synthesised",
+        "fused bank: 900 rows synthesised",
+    ] {
+        let l = out.lines().find(|l| l.starts_with(line)).unwrap_or("");
+        assert!(l.contains("pruned search, "), "{line}: {out}");
+    }
+    let banks_line = out.lines().find(|l| l.starts_with("banks: ")).unwrap_or("");
+    assert!(
+        banks_line.matches(" unpruned").count() == 1
+            && banks_line.matches(" pruned (").count() == 2,
+        "{banks_line}"
+    );
     // The report searched banks of exactly the requested sizes, and says they are synthesised.
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p("bench/latency.json")).unwrap()).unwrap();
@@ -102,6 +117,8 @@ fn scaled_banks_and_reference_table() {
     {
         assert_eq!(b["name"], name);
         assert_eq!(b["rows"].as_u64(), Some(want as u64), "{b}");
+        let clusters = b["clusters"].as_u64().unwrap();
+        assert_eq!(clusters > 0, name != "rgb", "{b}");
     }
     let origin = report["banks_origin"].as_str().unwrap();
     assert!(

@@ -96,6 +96,11 @@ fn model_info_is_a_readable_summary_and_json() {
         out.contains("neighbour_tables: none (written before the tables or resized: re-weighting scans xyz rgb fused per part)"),
         "{out}"
     );
+    // The fixture's banks carry the partitions of the pruned search.
+    assert!(
+        out.contains("search_partitions: xyz 12 clusters, rgb 12 clusters, fused 12 clusters (pruned exact search)"),
+        "{out}"
+    );
     // No Rust debug dump (an id as 16 lines of bytes).
     assert!(
         !out.contains("model_id: [") && out.lines().count() < 60,

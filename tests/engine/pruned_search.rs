@@ -2,10 +2,14 @@
 //! each bank's partition in the bank file; an engine searching through it gives the
 //! unpruned engine's results bit for bit (scores, bank scores, maps); a bank file without
 //! the partitions (written before them) still opens and searches unpruned; a corrupt
-//! partition is refused with its name.
+//! partition is refused with its name. Banks synthesised at other sizes (`miad bench
+//! --bank-rows`) carry partitions built for their rows, searched the same way.
 
+use miad::cpu::bank_prune::BankPartition;
+use miad::cpu::pool::Pool;
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
+use miad::eval::scaled_bank::write_scaled_bank;
 use miad::eval::synth::Category;
 use miad::format::{BankFile, OpenOptions, Writer};
 use miad::pipeline::score::{partition_names, BankSet};
@@ -75,13 +79,68 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
+    // Banks synthesised at other sizes: xyz and fused grown (partitions built for the
+    // new rows), rgb shrunk below the smallest partition (searched unpruned).
+    let scaled = f.dir.join("scaled.bank");
+    let src = BankFile::open(&f.bank, &OpenOptions::default(), None).unwrap();
+    let c = src.config();
+    let grown = [c.xyz_rows as usize * 3, 5, c.fused_rows as usize * 2];
+    let infos = write_scaled_bank(&Pool::new(2), &src, grown.map(Some), 7, &scaled).unwrap();
+    drop(src);
+    let scaled_file = BankFile::open(&scaled, &OpenOptions::default(), None).unwrap();
+    let scaled_set = BankSet::from_file(&scaled_file).unwrap();
+    for (info, b) in infos.iter().zip(0..3) {
+        let v = scaled_set.banks[b].unwrap();
+        assert_eq!(v.n, grown[b]);
+        match v.partition {
+            // The stored partition is the one the fit would build from these rows.
+            Some(p) => {
+                let built =
+                    BankPartition::build(&Pool::new(1), v, BankPartition::clusters_for(v.n))
+                        .unwrap();
+                assert_eq!(
+                    (p.order, p.starts, p.radii),
+                    (&built.order[..], &built.starts[..], &built.radii[..]),
+                    "{}: stored partition",
+                    info.name
+                );
+                assert_eq!(info.clusters, p.clusters());
+            }
+            None => assert_eq!((b, info.clusters), (1, 0), "{}: no partition", info.name),
+        }
+    }
+    drop(scaled_file);
+
     let mut plain = open(&f, &f.bank, false).unwrap();
     let mut pruned = open(&f, &f.bank, true).unwrap();
     let mut old_pruned = open(&f, &old, true).unwrap();
+    let mut scaled_plain = open(&f, &scaled, false).unwrap();
+    let mut scaled_pruned = open(&f, &scaled, true).unwrap();
+    // What each engine says it searches with.
+    assert!(pruned.search_clusters().iter().all(|&k| k > 0));
+    for e in [&plain, &old_pruned, &scaled_plain] {
+        assert_eq!(e.search_clusters(), [0; 3]);
+    }
+    let k = scaled_pruned.search_clusters();
+    assert!(k[0] > 0 && k[1] == 0 && k[2] > 0, "{k:?}");
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let opts = InspectOptions::default();
     for p in &parts {
         let (r, c) = p.views();
+        let want = scaled_plain.inspect(r, c, &opts).unwrap();
+        let got = scaled_pruned.inspect(r, c, &opts).unwrap();
+        assert!(
+            (
+                got.score.to_bits(),
+                bits(&got.bank_scores),
+                bits(got.map.unwrap())
+            ) == (
+                want.score.to_bits(),
+                bits(&want.bank_scores),
+                bits(want.map.unwrap())
+            ),
+            "scaled banks: results differ from the unpruned engine"
+        );
         let want = plain.inspect(r, c, &opts).unwrap();
         let want = (
             want.score.to_bits(),

@@ -7,6 +7,7 @@ use crate::common;
 
 use miad::backend::{Backend, Precision};
 use miad::config::ModelConfig;
+use miad::cpu::pool::Pool;
 use miad::cuda::device::graph::{Graph, Pinned, TimeMarks};
 use miad::cuda::{Arena, ArenaPlan, Device};
 use miad::engine::{Engine, InspectOptions};
@@ -257,7 +258,14 @@ fn the_one_graph_fast_search_counts_its_exact_scans_on_near_duplicate_banks() {
         banks.push((b, rows));
     }
     let dup = fx.dir.join("repeated.bank");
-    write_with_banks(&src, banks.clone(), "test: every row repeated", &dup).unwrap();
+    write_with_banks(
+        &Pool::new(2),
+        &src,
+        banks.clone(),
+        "test: every row repeated",
+        &dup,
+    )
+    .unwrap();
 
     let parts: Vec<_> = list_test(&fx.category)
         .unwrap()
