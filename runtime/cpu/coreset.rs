@@ -459,19 +459,28 @@ impl<'a> Selection<'a> {
                                 || cannot_move(to_new(s.owner[k]), s.reach[k], scale)
                         })
                 };
-                let needed = !cannot_move(bound, tmax[i], scale)
-                    && !summary_says_still()
-                    && (0..valid).any(|l| {
-                        if cannot_move(bound, md[l], scale) {
-                            return false;
+                // Per row: its running distance where it may move, -inf where the
+                // bounds show it cannot.
+                let mut floor = [f32::NEG_INFINITY; TILE];
+                let needed = !cannot_move(bound, tmax[i], scale) && !summary_says_still() && {
+                    let mut any = false;
+                    for l in 0..valid {
+                        let may_move = !cannot_move(bound, md[l], scale)
+                            && (ow[l] == u32::MAX || !cannot_move(to_new(ow[l]), md[l], scale));
+                        if may_move {
+                            floor[l] = md[l];
+                            any = true;
                         }
-                        ow[l] == u32::MAX || !cannot_move(to_new(ow[l]), md[l], scale)
-                    });
-                if needed {
-                    let tile = &x[t * TILE * dim..(t + 1) * TILE * dim];
-                    let mut d = [[0f32; TILE]];
-                    super::lanes::sq_dists(tile, c, dim, &mut d);
-                    let d = &d[0];
+                    }
+                    any
+                };
+                let tile = &x[t * TILE * dim..(t + 1) * TILE * dim];
+                // Summed until no row of the tile can still come closer; then nothing
+                // changes (no row moves; the tile's maximum and summary stay).
+                let moved = needed
+                    .then(|| super::lanes::sq_dists_unless_none_below(tile, c, &floor))
+                    .flatten();
+                if let Some(d) = moved {
                     let mut mx = f32::NEG_INFINITY;
                     for l in 0..TILE {
                         if d[l] < md[l] {

@@ -70,6 +70,83 @@ unsafe fn sq_dists_avx2(tile: &[f32], rows: &[f32], dim: usize, out: &mut [[f32;
     sq_dists_in_groups::<1>(tile, rows, dim, out)
 }
 
+/// Dimensions summed between two tests of [`sq_dists_unless_none_below`].
+const CHECK_EVERY: usize = 32;
+
+/// The ordered squared distances between `row` (`dim` values) and each lane of `tile`,
+/// bit for bit as [`sq_dists`] computes them, or `None` as soon as every lane's partial
+/// sum has reached its `floor`. Exact: the terms are never negative and rounding is
+/// monotone, so a partial sum never exceeds the full sum, and no lane's full distance can
+/// then be below its floor (a NaN partial sum never reaches a floor: that lane is summed
+/// to the end). The greedy coreset uses it to drop a tile of rows none of which the new
+/// centre can come closer to, usually long before the last dimension.
+pub fn sq_dists_unless_none_below(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+) -> Option<[f32; LANES]> {
+    let dim = row.len();
+    assert!(
+        tile.len() >= tile_len(dim),
+        "lanes::sq_dists_unless_none_below: shapes"
+    );
+    let tile = &tile[..tile_len(dim)];
+    #[cfg(target_arch = "x86_64")]
+    match super::gemm::isa() {
+        // SAFETY: isa() reports only instruction sets this CPU runs.
+        super::gemm::Isa::Avx512 => return unsafe { unless_none_below_avx512(tile, row, floor) },
+        // SAFETY: as above.
+        super::gemm::Isa::Avx2 => return unsafe { unless_none_below_avx2(tile, row, floor) },
+        super::gemm::Isa::Portable => {}
+    }
+    unless_none_below(tile, row, floor)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn unless_none_below_avx512(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+) -> Option<[f32; LANES]> {
+    unless_none_below(tile, row, floor)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unless_none_below_avx2(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+) -> Option<[f32; LANES]> {
+    unless_none_below(tile, row, floor)
+}
+
+#[inline(always)]
+fn unless_none_below(tile: &[f32], row: &[f32], floor: &[f32; LANES]) -> Option<[f32; LANES]> {
+    let mut acc = [[0f32; LANES]];
+    for (cols, part) in tile
+        .chunks(CHECK_EVERY * LANES)
+        .zip(row.chunks(CHECK_EVERY))
+    {
+        add_sq_dists(&mut acc, cols, [part]);
+        // Every lane tested, no early exit (one vector compare per register). `>=` is
+        // false for NaN: such a lane keeps the tile going.
+        let mut all_reached = true;
+        for (a, f) in acc[0].iter().zip(floor) {
+            all_reached &= *a >= *f;
+        }
+        if all_reached {
+            return None;
+        }
+    }
+    Some(acc[0])
+}
+
 /// `R` rows at a time (each tile column loaded once for all of them), the rest one by one.
 #[inline(always)]
 fn sq_dists_in_groups<const R: usize>(
@@ -93,7 +170,15 @@ fn sq_dists_in_groups<const R: usize>(
 #[inline(always)]
 fn group_sq_dists<const R: usize>(tile: &[f32], rows: [&[f32]; R]) -> [[f32; LANES]; R] {
     let mut acc = [[0f32; LANES]; R];
-    for (k, col) in tile.chunks_exact(LANES).enumerate() {
+    add_sq_dists(&mut acc, tile, rows);
+    acc
+}
+
+/// Adds to `acc` the terms of the tile columns `cols` (dimension-major, [`LANES`] per
+/// dimension) against the same dimensions of each row, in order.
+#[inline(always)]
+fn add_sq_dists<const R: usize>(acc: &mut [[f32; LANES]; R], cols: &[f32], rows: [&[f32]; R]) {
+    for (k, col) in cols.chunks_exact(LANES).enumerate() {
         for r in 0..R {
             let c = rows[r][k];
             for (a, &v) in acc[r].iter_mut().zip(col) {
@@ -102,5 +187,4 @@ fn group_sq_dists<const R: usize>(tile: &[f32], rows: [&[f32]; R]) -> [[f32; LAN
             }
         }
     }
-    acc
 }
