@@ -532,7 +532,7 @@ pub(super) struct Finish<'a> {
 }
 
 impl Finish<'_> {
-    const NONE: Finish<'static> = Finish {
+    pub const NONE: Finish<'static> = Finish {
         bias: None,
         epilogue: Epilogue::None,
     };
@@ -735,7 +735,7 @@ unsafe fn gemm_region(
 
 /// Asks for the cache line at `p` in L1 (a hint: no effect on results).
 #[inline(always)]
-fn prefetch(p: *const f32) {
+pub(super) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch does not fault, whatever the address.
     unsafe {

@@ -13,7 +13,9 @@
 //!
 //! Determinism as in [`super::gemm`]: a fixed task grid and `k` blocks fixed by the shape.
 
-use super::gemm::{check_linear_output, run_linear_tasks, Epilogue, Finish, Mat, Start};
+use super::gemm::{
+    check_linear_output, prefetch, run_linear_tasks, Epilogue, Finish, Mat, Operand, Start,
+};
 use super::pool::{Pool, SharedMut};
 use std::cell::RefCell;
 
@@ -76,22 +78,41 @@ pub fn packed_len(n: usize, k: usize) -> usize {
 /// padding is zeroed): per `k` block, strips of `NR` outputs, pairs of inner elements
 /// interleaved per output.
 pub fn pack_into(w: Mat<'_>, out: &mut [u16]) {
-    let (n, k) = (w.rows, w.cols);
+    pack_scaled_into(Operand::plain(w), 1.0, out);
+}
+
+/// [`pack_into`] of `alpha · w`, `w` (`n × k`) read as it is or as the transpose of its
+/// matrix (attention's values); each element is `fl(alpha · w)` rounded to bf16 (exact
+/// for `alpha` a power of two).
+pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
+    let (n, k) = (w.rows(), w.cols());
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let len = packed_len(n, k);
     let data = &mut out[..len];
     data.fill(0);
+    let m = w.mat;
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
         let pairs = kc.div_ceil(2);
         let block = &mut data[p0 * n_pad..];
-        for j in 0..n {
-            let (s, jj) = (j / NR, j % NR);
-            let row = &w.data[j * w.stride + p0..j * w.stride + p0 + kc];
-            for (p, &v) in row.iter().enumerate() {
-                block[s * pairs * 2 * NR + (p / 2) * 2 * NR + jj * 2 + p % 2] = to_bf16(v);
+        let at = |j: usize, p: usize| {
+            (j / NR) * pairs * 2 * NR + (p / 2) * 2 * NR + (j % NR) * 2 + p % 2
+        };
+        if w.transposed {
+            for p in 0..kc {
+                let row = &m.data[(p0 + p) * m.stride..][..n];
+                for (j, &v) in row.iter().enumerate() {
+                    block[at(j, p)] = to_bf16(alpha * v);
+                }
+            }
+        } else {
+            for j in 0..n {
+                let row = &m.data[j * m.stride + p0..][..kc];
+                for (p, &v) in row.iter().enumerate() {
+                    block[at(j, p)] = to_bf16(alpha * v);
+                }
             }
         }
     }
@@ -188,19 +209,25 @@ impl PackedBf16 {
 }
 
 thread_local! {
-    /// One micro-panel of activations in bf16 pairs: `MR × KC / 2`.
+    /// One micro-panel of activations in bf16 pairs: [`PANEL_LEN`].
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the calling thread's activation panel (made on its first use).
+fn with_panel<R>(f: impl FnOnce(&mut [u32]) -> R) -> R {
+    PANEL.with(|panel| {
+        let mut panel = panel.borrow_mut();
+        if panel.is_empty() {
+            *panel = vec![0u32; PANEL_LEN];
+        }
+        f(&mut panel)
+    })
 }
 
 /// Gives the calling thread its activation panel (called by `gemm::warm_up_thread`).
 pub fn warm_up_thread() {
     if available() {
-        PANEL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.is_empty() {
-                *p = vec![0u32; MR * KC / 2];
-            }
-        });
+        with_panel(|_| ());
     }
 }
 
@@ -228,17 +255,15 @@ pub fn linear_bf16(
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
     run_linear_tasks(pool, m, n, &|rows, cols| {
-        PANEL.with(|panel| {
-            let mut panel = panel.borrow_mut();
-            if panel.is_empty() {
-                *panel = vec![0u32; MR * KC / 2];
-            }
-            // SAFETY: tasks cover disjoint regions of the checked output.
+        with_panel(|panel| {
+            // SAFETY: tasks cover disjoint regions of the checked output; `available()`
+            // held when the weight was packed.
             unsafe {
                 region(
-                    &mut panel,
+                    panel,
                     a,
-                    w,
+                    &w.data,
+                    n,
                     rows,
                     cols,
                     out_ptr.ptr(),
@@ -251,12 +276,58 @@ pub fn linear_bf16(
     });
 }
 
-/// One task's region of [`linear_bf16`] (see `gemm::gemm_region`).
+/// `out[m × n] ⟵ a · wᵀ` on the calling thread (for use inside pool tasks: attention's
+/// products), bf16 operands and f32 accumulation (the bound of the module doc): `a` is
+/// `m × k`, rounded to bf16 as it is loaded; `packed` holds `w` (`n × k`) packed by
+/// [`pack_scaled_into`]. Without AVX512-BF16 ([`available`]) nothing is written.
+pub fn product_seq(a: Mat<'_>, packed: &[u16], n: usize, out: &mut [f32], out_stride: usize) {
+    let (m, k) = (a.rows, a.cols);
+    assert!(
+        packed.len() >= packed_len(n, k),
+        "bf16 product: packed operand"
+    );
+    assert!(
+        m == 0 || a.data.len() >= (m - 1) * a.stride + k,
+        "bf16 product: input"
+    );
+    check_linear_output("bf16 product", None, out, out_stride, m, n);
+    if m == 0 || n == 0 || !available() {
+        return;
+    }
+    with_panel(|panel| {
+        // SAFETY: the region is the checked `out`, borrowed mutably here; `available()`.
+        unsafe {
+            region(
+                panel,
+                a,
+                packed,
+                n,
+                0..m,
+                0..n,
+                out.as_mut_ptr(),
+                out_stride,
+                false,
+                Finish::NONE,
+            )
+        }
+    });
+}
+
+/// `c[rows, cols] (+)= a[rows, :] · wᵀ[:, cols]`, then `finish`, on the calling thread
+/// (see `gemm::gemm_region`): `b` holds `w` (`n × a.cols`) packed by [`pack_into`]. Per
+/// `k` block and panel of `MR` rows, the rows are rounded to bf16 into `panel` once, then
+/// multiplied by every strip of the columns; meanwhile the next panel's rows are fetched
+/// into the cache, a share per strip.
+///
+/// # Safety
+/// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
+/// rows `ldc` apart that holds the region, which no one else touches.
 #[allow(clippy::too_many_arguments)]
 unsafe fn region(
     panel: &mut [u32],
     a: Mat<'_>,
-    w: &PackedBf16,
+    b: &[u16],
+    n: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     c: *mut f32,
@@ -266,7 +337,8 @@ unsafe fn region(
 ) {
     let k = a.cols;
     let (kblocks, kc_step) = k_blocks(k);
-    let n_pad = w.n.div_ceil(NR) * NR;
+    let n_pad = n.div_ceil(NR) * NR;
+    let strip_count = cols.len().div_ceil(NR);
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
@@ -277,7 +349,7 @@ unsafe fn region(
             _ => Start::FromC,
         };
         let last = kb + 1 == kblocks;
-        let block = &w.data[p0 * n_pad..];
+        let block = &b[p0 * n_pad..];
         let mut ir = rows.start;
         while ir < rows.end {
             let rows_here = MR.min(rows.end - ir);
@@ -286,14 +358,23 @@ unsafe fn region(
                     bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
                 if i < rows_here {
                     let start = (ir + i) * a.stride + p0;
-                    // SAFETY: `available()` held when the weight was packed.
+                    // SAFETY: the caller's contract (AVX512-BF16).
                     unsafe { x86_bf16::convert(&a.data[start..start + kc], dst) };
                 } else {
                     dst.fill(0);
                 }
             }
-            let mut j = cols.start;
-            while j < cols.end {
+            let next_row = ir + MR;
+            let next_rows = MR.min(rows.end.saturating_sub(next_row));
+            let lines_per_row = kc.div_ceil(16);
+            let next_lines = next_rows * lines_per_row;
+            let share = next_lines.div_ceil(strip_count);
+            for s in 0..strip_count {
+                for line in s * share..((s + 1) * share).min(next_lines) {
+                    let (row, col) = (next_row + line / lines_per_row, line % lines_per_row);
+                    prefetch(a.data[row * a.stride + p0 + col * 16..].as_ptr());
+                }
+                let j = cols.start + s * NR;
                 let cols_here = NR.min(cols.end - j);
                 let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
                 let ap = panel.as_ptr();
@@ -329,7 +410,6 @@ unsafe fn region(
                         }
                     }
                 }
-                j += cols_here;
             }
             if last {
                 // SAFETY: the rows and columns are inside the caller's region.
@@ -338,6 +418,25 @@ unsafe fn region(
             ir += rows_here;
         }
     }
+}
+
+/// The micro-kernel alone (for the benches' in-L1 ceiling): `c[12 × 32] (+)= a · b` over
+/// `steps` pairs of inner elements, `a` 12 rows of bf16 pairs `lda` apart, `b` one strip
+/// packed by [`pack_into`].
+///
+/// # Safety
+/// AVX512-BF16 present ([`available`]); `a`, `b` and `c` cover the tile.
+pub unsafe fn micro_kernel(
+    steps: usize,
+    a: *const u32,
+    lda: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { x86_bf16::kernel_12x32(steps, a, lda, b, c, ldc, start) }
 }
 
 /// Never called: no [`PackedBf16`] exists without AVX512-BF16 (see [`available`]).
