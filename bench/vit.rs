@@ -312,8 +312,8 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
             gelu_alone * 1e3,
             gelu_scalar * 1e3
         );
-        attention_parts(&qkv, t, d, heads);
     }
+    attention_parts(&qkv, t, d, heads, precision);
     let total: f64 = parts.iter().map(|p| p.1).sum();
     println!(
         "one ViT-B/8 block {precision:?}, {threads}t: {:.2} ms in all",
@@ -409,33 +409,46 @@ fn kernel_bf16_in_l1() {
 /// Where attention's time goes, on one thread: packing each head's keys and values, the
 /// score products, softmax's exponentials, the products with V (the steps of
 /// `transformer::attention`, each over every head and query block), against the whole
-/// attention on a pool of one thread.
-fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
+/// attention on a pool of one thread; in `precision` (bf16: the bf16 products).
+fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: DensePrecision) {
     use miad::cpu::gemm::{pack_rhs_whole, packed_rhs_len, product_seq_packed, Kernel, Operand};
+    use miad::cpu::gemm_bf16::{pack_scaled_into, packed_len, product_seq};
     use miad::cpu::transformer::QUERY_BLOCK;
     let one = Pool::new(1);
     let (hd, stride, ker) = (d / heads, 3 * d, Kernel::best());
+    let bf16 = precision == DensePrecision::Bf16;
     let mut out = vec![0f32; t * d];
     let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, 1)];
     // CPU seconds per run (this thread alone is busy): robust to the machine's load.
     let run = |f: &mut dyn FnMut()| timed_cpu(f).1;
-    let f32 = DensePrecision::F32;
-    let whole = run(&mut || attention(&one, t, d, heads, f32, qkv, &mut out, &mut scratch));
+    let whole = run(&mut || attention(&one, t, d, heads, precision, qkv, &mut out, &mut scratch));
     let head = |which: usize, h: usize| Mat {
         data: &qkv[which * d + h * hd..],
         rows: t,
         cols: hd,
         stride,
     };
+    // Each head's packed keys and values: f32 (as floats), bf16 (as u16).
     let (k_len, v_len) = (packed_rhs_len(hd, t), packed_rhs_len(t, hd));
+    let (k16_len, v16_len) = (packed_len(t, hd), packed_len(hd, t));
     let mut k_packed = vec![0f32; heads * k_len];
     let mut v_packed = vec![0f32; heads * v_len];
+    let mut k16 = vec![0u16; heads * k16_len];
+    let mut v16 = vec![0u16; heads * v16_len];
+    let scale = 1.0 / (hd as f32).sqrt();
     let pack = run(&mut || {
         for h in 0..heads {
-            let k = &mut k_packed[h * k_len..(h + 1) * k_len];
-            pack_rhs_whole(ker, Operand::transposed(head(1, h)), 0.125, k);
-            let v = &mut v_packed[h * v_len..(h + 1) * v_len];
-            pack_rhs_whole(ker, Operand::plain(head(2, h)), 1.0, v);
+            if bf16 {
+                let k = &mut k16[h * k16_len..(h + 1) * k16_len];
+                pack_scaled_into(Operand::plain(head(1, h)), scale, k);
+                let v = &mut v16[h * v16_len..(h + 1) * v16_len];
+                pack_scaled_into(Operand::transposed(head(2, h)), 1.0, v);
+            } else {
+                let k = &mut k_packed[h * k_len..(h + 1) * k_len];
+                pack_rhs_whole(ker, Operand::transposed(head(1, h)), scale, k);
+                let v = &mut v_packed[h * v_len..(h + 1) * v_len];
+                pack_rhs_whole(ker, Operand::plain(head(2, h)), 1.0, v);
+            }
         }
     });
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -451,8 +464,12 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
                     cols: hd,
                     stride,
                 };
-                let k = &k_packed[h * k_len..];
-                product_seq_packed(ker, &mut scores, t, q, k, t, false);
+                if bf16 {
+                    product_seq(q, &k16[h * k16_len..], t, &mut scores, t);
+                } else {
+                    let k = &k_packed[h * k_len..];
+                    product_seq_packed(ker, &mut scores, t, q, k, t, false);
+                }
             }
         }
     });
@@ -467,18 +484,27 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
         for h in 0..heads {
             for b in 0..blocks {
                 let rows = block_rows(b);
-                let p = &scores[..rows * t];
+                let p = Mat::new(&scores[..rows * t], rows, t);
                 let dst = &mut out[b * QUERY_BLOCK * d + h * hd..];
-                let v = &v_packed[h * v_len..];
-                product_seq_packed(ker, dst, d, Mat::new(p, rows, t), v, hd, false);
+                if bf16 {
+                    product_seq(p, &v16[h * v16_len..], hd, dst, d);
+                } else {
+                    product_seq_packed(ker, dst, d, p, &v_packed[h * v_len..], hd, false);
+                }
             }
         }
     });
     let flops = 2.0 * t as f64 * t as f64 * d as f64;
-    let peak = measure_peak_gflops_per_cpu_second();
+    let (peak, which) = if bf16 {
+        let peak = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+        (peak, "bf16 peak")
+    } else {
+        (measure_peak_gflops_per_cpu_second(), "peak")
+    };
     println!(
-        "attention {t} tokens x {heads} heads, one thread, CPU time: {:.2} ms; pack K, V {:.2} ms; \
-         Q·Kᵀ {:.2} ms = {:.2} of one core's peak {peak:.1}; exp rows {:.2} ms; P·V {:.2} ms = {:.2}",
+        "attention {precision:?} {t} tokens x {heads} heads, one thread, CPU time: {:.2} ms; \
+         pack K, V {:.2} ms; Q·Kᵀ {:.2} ms = {:.2} of one core's {which} {peak:.1}; exp rows \
+         {:.2} ms; P·V {:.2} ms = {:.2}",
         whole * 1e3,
         pack * 1e3,
         products * 1e3,

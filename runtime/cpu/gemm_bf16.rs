@@ -14,7 +14,7 @@
 //! Determinism as in [`super::gemm`]: a fixed task grid and `k` blocks fixed by the shape.
 
 use super::gemm::{
-    check_linear_output, prefetch, run_linear_tasks, Epilogue, Finish, Mat, Operand, Start,
+    check_linear_output, prefetch_share, run_linear_tasks, Epilogue, Finish, Mat, Operand, Start,
 };
 use super::pool::{Pool, SharedMut};
 use std::cell::RefCell;
@@ -23,6 +23,10 @@ use std::cell::RefCell;
 const KC: usize = 384;
 const MR: usize = 12;
 const NR: usize = 32;
+/// Output columns per task of [`linear_bf16`]: its strips are half the bytes of the f32
+/// kernel's (bf16, `KC` pairs), so twice `gemm::NC` keeps the same packed block in L2
+/// and converts each panel of activations for twice as many strips.
+const NC_TASK: usize = 2 * super::gemm::NC;
 
 /// Whether this CPU runs the bf16 kernel (and [`super::gemm::isa`] is not capped below
 /// AVX-512).
@@ -92,28 +96,71 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
     let data = &mut out[..len];
     data.fill(0);
     let m = w.mat;
+    // Rounded values: two rows of a strip (transposed); a strip's rows.
+    let mut rounded = [0u16; 2 * NR];
+    let mut strip_rows = [0u16; NR * KC];
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
         let pairs = kc.div_ceil(2);
         let block = &mut data[p0 * n_pad..];
-        let at = |j: usize, p: usize| {
-            (j / NR) * pairs * 2 * NR + (p / 2) * 2 * NR + (j % NR) * 2 + p % 2
-        };
-        if w.transposed {
-            for p in 0..kc {
-                let row = &m.data[(p0 + p) * m.stride..][..n];
-                for (j, &v) in row.iter().enumerate() {
-                    block[at(j, p)] = to_bf16(alpha * v);
+        for s in 0..n.div_ceil(NR) {
+            let (j0, jn) = (s * NR, NR.min(n - s * NR));
+            let strip = &mut block[s * pairs * 2 * NR..(s + 1) * pairs * 2 * NR];
+            if w.transposed {
+                // Matrix rows `p`, `p + 1` hold inner elements `p`, `p + 1` of the strip's
+                // outputs: rounded, then interleaved into one pair row.
+                let (lo, hi) = rounded.split_at_mut(NR);
+                for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
+                    for (i, half) in [&mut *lo, &mut *hi].into_iter().enumerate() {
+                        let p = 2 * q + i;
+                        if p < kc {
+                            let src = &m.data[(p0 + p) * m.stride + j0..][..jn];
+                            round_scaled(src, alpha, &mut half[..jn]);
+                        } else {
+                            half.fill(0);
+                        }
+                    }
+                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
+                        pair[0] = lo[jj];
+                        pair[1] = hi[jj];
+                    }
+                }
+            } else {
+                // The strip's rows rounded first, then written pair row by pair row.
+                for jj in 0..jn {
+                    let src = &m.data[(j0 + jj) * m.stride + p0..][..kc];
+                    round_scaled(src, alpha, &mut strip_rows[jj * KC..jj * KC + kc]);
+                }
+                for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
+                    let p = 2 * q;
+                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
+                        pair[0] = strip_rows[jj * KC + p];
+                        pair[1] = if p + 1 < kc {
+                            strip_rows[jj * KC + p + 1]
+                        } else {
+                            0
+                        };
+                    }
                 }
             }
+        }
+    }
+}
+
+/// `dst[i]` ← bf16 of `fl(alpha · src[i])` (nearest even), vectorised with AVX512-BF16.
+fn round_scaled(src: &[f32], alpha: f32, dst: &mut [u16]) {
+    let mut scaled = [0f32; 256];
+    for (s, d) in src.chunks(256).zip(dst.chunks_mut(256)) {
+        let scaled = &mut scaled[..s.len()];
+        scaled.iter_mut().zip(s).for_each(|(o, &v)| *o = alpha * v);
+        if available() {
+            // SAFETY: `available()`.
+            unsafe { x86_bf16::convert(scaled, d) };
         } else {
-            for j in 0..n {
-                let row = &m.data[j * m.stride + p0..][..kc];
-                for (p, &v) in row.iter().enumerate() {
-                    block[at(j, p)] = to_bf16(alpha * v);
-                }
-            }
+            d.iter_mut()
+                .zip(scaled.iter())
+                .for_each(|(o, &v)| *o = to_bf16(v));
         }
     }
 }
@@ -254,7 +301,7 @@ pub fn linear_bf16(
     }
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
-    run_linear_tasks(pool, m, n, &|rows, cols| {
+    run_linear_tasks(pool, m, n, NC_TASK, &|rows, cols| {
         with_panel(|panel| {
             // SAFETY: tasks cover disjoint regions of the checked output; `available()`
             // held when the weight was packed.
@@ -364,16 +411,9 @@ unsafe fn region(
                     dst.fill(0);
                 }
             }
-            let next_row = ir + MR;
-            let next_rows = MR.min(rows.end.saturating_sub(next_row));
-            let lines_per_row = kc.div_ceil(16);
-            let next_lines = next_rows * lines_per_row;
-            let share = next_lines.div_ceil(strip_count);
+            let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
             for s in 0..strip_count {
-                for line in s * share..((s + 1) * share).min(next_lines) {
-                    let (row, col) = (next_row + line / lines_per_row, line % lines_per_row);
-                    prefetch(a.data[row * a.stride + p0 + col * 16..].as_ptr());
-                }
+                prefetch_share(a.data, a.stride, next.clone(), p0..p0 + kc, s, strip_count);
                 let j = cols.start + s * NR;
                 let cols_here = NR.min(cols.end - j);
                 let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
