@@ -150,8 +150,9 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
 
 /// `dst[i]` ← bf16 of `fl(alpha · src[i])` (nearest even), vectorised with AVX512-BF16.
 fn round_scaled(src: &[f32], alpha: f32, dst: &mut [u16]) {
-    let mut scaled = [0f32; 256];
-    for (s, d) in src.chunks(256).zip(dst.chunks_mut(256)) {
+    // 32 values a step: one conversion instruction, and a small buffer to set up.
+    let mut scaled = [0f32; 32];
+    for (s, d) in src.chunks(32).zip(dst.chunks_mut(32)) {
         let scaled = &mut scaled[..s.len()];
         scaled.iter_mut().zip(s).for_each(|(o, &v)| *o = alpha * v);
         if available() {
