@@ -13,7 +13,7 @@
 
 mod timing;
 use miad::config::{ModelConfig, PointConfig, VitConfig};
-use miad::cpu::dense::DensePrecision;
+use miad::cpu::dense::{dense, DensePrecision, PackedWeight};
 use miad::cpu::fusion::{fuse_with, fusion_scratch_len, FusionPacked, FusionWeights};
 use miad::cpu::gemm::{linear, linear_packed, Epilogue, Mat, PackedF32};
 use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
@@ -27,7 +27,8 @@ use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
 use miad::util::peak::{
-    measure_peak_gflops, measure_peak_gflops_per_cpu_second, process_cpu_seconds,
+    measure_bf16_peak_gflops, measure_bf16_peak_gflops_per_cpu_second, measure_peak_gflops,
+    measure_peak_gflops_per_cpu_second, process_cpu_seconds,
 };
 use miad::util::rng::Rng;
 
@@ -86,11 +87,24 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
     let best = flops / t.best / 1e9;
     let peak = measure_peak_gflops(threads).max(peak_before);
     let load = timing::load_average();
+    // bf16 work against the bf16 peak too (a pass mixes bf16 products and f32 work).
+    let bf16_peaks = if precision == DensePrecision::Bf16 {
+        let wall = measure_bf16_peak_gflops(threads).unwrap_or(f64::NAN);
+        let cpu = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+        format!(
+            "; against the bf16 peak {wall:.1} GFLOP/s: {:.2}, per CPU-second {:.2} of one \
+             core's {cpu:.1}",
+            gflops / wall,
+            per_cpu / cpu
+        )
+    } else {
+        String::new()
+    };
     println!(
         "vit_b8_224_forward_{precision:?}_{threads}t: {:.3} s median of {reps} ({:.1} GFLOP per pass): \
          {gflops:.1} GFLOP/s (best {best:.1}) = {:.2} of the measured peak {peak:.1} GFLOP/s \
          (best pass: {:.2}); per CPU-second {per_cpu:.1} GFLOP = {:.2} of one core's \
-         {peak_cpu:.1}; load average {}",
+         {peak_cpu:.1}{bf16_peaks}; load average {}",
         median,
         flops / 1e9,
         gflops / peak,
@@ -160,11 +174,20 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
             linear_packed(pool, a, &packed, None, &mut out, n, Epilogue::None)
         });
         let bf16 = PackedBf16::new(Mat::new(&w, n, k)).map(|packed| {
-            let r = rate(flops, &mut || {
+            let cpu = timed_cpu(&mut || {
                 let a = Mat::new(&a, m, k);
                 linear_bf16(pool, a, &packed, None, &mut out, n, Epilogue::None)
-            });
-            format!("; bf16 {r} (of the f32 peak)")
+            })
+            .1;
+            let g = flops / cpu / 1e9;
+            let f32_peak = measure_peak_gflops_per_cpu_second();
+            let bf16_peak = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+            format!(
+                "; bf16 {g:.1} GFLOP per CPU-second = {:.2} of the f32 peak, {:.2} of the bf16 \
+                 peak {bf16_peak:.1}",
+                g / f32_peak,
+                g / bf16_peak
+            )
         });
         println!(
             "gemm {what} {m}x{k}x{n}, {threads}t: weight packed per call {unpacked}; \
@@ -174,7 +197,10 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
     }
 }
 
-fn block_breakdown(threads: usize, pool: &Pool) {
+/// One ViT-B/8 block's parts, the dense layers packed in `precision` as the engine runs
+/// them (bf16: attention's products in bf16 too); with f32, the parts of attention on
+/// one thread.
+fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
     let (t, d, heads, hid) = (785, 768, 12, 3072);
     let x = random(t * d, 5, 1.0);
     let mut xn = vec![0f32; t * d];
@@ -191,92 +217,106 @@ fn block_breakdown(threads: usize, pool: &Pool) {
     let mut acc = x.clone();
     let mut attn_scratch = vec![0f32; attn_scratch_len(t, d, heads, threads)];
     // Packed once, as the engine runs them.
-    let qkv_p = PackedF32::new(Mat::new(&qkv_w, 3 * d, d));
-    let proj_p = PackedF32::new(Mat::new(&proj_w, d, d));
-    let fc1_p = PackedF32::new(Mat::new(&fc1_w, hid, d));
-    let fc2_p = PackedF32::new(Mat::new(&fc2_w, d, hid));
+    let pack = |w: &[f32], n: usize, k: usize| PackedWeight::new(Mat::new(w, n, k), precision);
+    let (Some(qkv_p), Some(proj_p), Some(fc1_p), Some(fc2_p)) = (
+        pack(&qkv_w, 3 * d, d),
+        pack(&proj_w, d, d),
+        pack(&fc1_w, hid, d),
+        pack(&fc2_w, d, hid),
+    ) else {
+        println!("no AVX512-BF16 on this CPU: no bf16 block");
+        return;
+    };
     let mut parts: Vec<(&str, f64)> = Vec::new();
     let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
     parts.push((
         "layer_norm x2",
         2.0 * run(&mut || layer_norm(pool, t, d, &x, &mut xn, &g, &b, 1e-6)),
     ));
+    // `dense` through the packed weight (the unpacked `Mat` is not read).
+    let linear = |a: &[f32], k: usize, w: &PackedWeight, n: usize, bias, out: &mut [f32], epi| {
+        let unused = Mat::new(&[], 0, k);
+        dense(pool, Mat::new(a, t, k), unused, Some(w), bias, out, n, epi)
+    };
     parts.push((
         "qkv gemm",
         run(&mut || {
-            linear_packed(
-                pool,
-                Mat::new(&xn, t, d),
+            linear(
+                &xn,
+                d,
                 &qkv_p,
+                3 * d,
                 Some(&qkv_b),
                 &mut qkv,
-                3 * d,
                 Epilogue::None,
             )
         }),
     ));
     parts.push((
         "attention",
-        run(&mut || attention(pool, t, d, heads, &qkv, &mut att, &mut attn_scratch)),
+        run(&mut || {
+            attention(
+                pool,
+                t,
+                d,
+                heads,
+                precision,
+                &qkv,
+                &mut att,
+                &mut attn_scratch,
+            )
+        }),
     ));
     parts.push((
         "proj gemm",
         run(&mut || {
-            linear_packed(
-                pool,
-                Mat::new(&att, t, d),
+            linear(
+                &att,
+                d,
                 &proj_p,
+                d,
                 Some(&b),
                 &mut acc,
-                d,
                 Epilogue::Accumulate,
             )
         }),
     ));
-    let fc1 = |epi: Epilogue, hidden: &mut [f32]| {
-        linear_packed(
-            pool,
-            Mat::new(&xn, t, d),
-            &fc1_p,
-            Some(&fc1_b),
-            hidden,
-            hid,
-            epi,
-        )
-    };
-    let fc1_plain = run(&mut || fc1(Epilogue::None, &mut hidden));
-    let fc1_gelu = run(&mut || fc1(Epilogue::Gelu, &mut hidden));
+    let mut fc1 = |epi: Epilogue| linear(&xn, d, &fc1_p, hid, Some(&fc1_b), &mut hidden, epi);
+    let fc1_plain = run(&mut || fc1(Epilogue::None));
+    let fc1_gelu = run(&mut || fc1(Epilogue::Gelu));
     parts.push(("fc1 gemm", fc1_plain));
     parts.push(("gelu (fc1 with − without)", fc1_gelu - fc1_plain));
     parts.push((
         "fc2 gemm",
         run(&mut || {
-            linear_packed(
-                pool,
-                Mat::new(&hidden, t, hid),
+            linear(
+                &hidden,
+                hid,
                 &fc2_p,
+                d,
                 Some(&b),
                 &mut acc,
-                d,
                 Epilogue::Accumulate,
             )
         }),
     ));
-    let gelu_alone = run(&mut || miad::cpu::vmath::gelu_row(&mut hidden));
-    let gelu_scalar = run(&mut || {
-        hidden
-            .iter_mut()
-            .for_each(|v| *v = miad::cpu::gemm::gelu(*v))
-    });
-    println!(
-        "gelu over the {t}x{hid} hidden, one thread: vectorised {:.2} ms, scalar erff {:.2} ms",
-        gelu_alone * 1e3,
-        gelu_scalar * 1e3
-    );
-    attention_parts(&qkv, t, d, heads);
+    if precision == DensePrecision::F32 {
+        let gelu_alone = run(&mut || miad::cpu::vmath::gelu_row(&mut hidden));
+        let gelu_scalar = run(&mut || {
+            hidden
+                .iter_mut()
+                .for_each(|v| *v = miad::cpu::gemm::gelu(*v))
+        });
+        println!(
+            "gelu over the {t}x{hid} hidden, one thread: vectorised {:.2} ms, scalar erff {:.2} ms",
+            gelu_alone * 1e3,
+            gelu_scalar * 1e3
+        );
+    }
+    attention_parts(&qkv, t, d, heads, precision);
     let total: f64 = parts.iter().map(|p| p.1).sum();
     println!(
-        "one ViT-B/8 block, {threads}t: {:.2} ms in all",
+        "one ViT-B/8 block {precision:?}, {threads}t: {:.2} ms in all",
         total * 1e3
     );
     for (what, secs) in parts {
@@ -322,35 +362,93 @@ fn kernel_in_l1() {
     );
 }
 
+/// The bf16 micro-kernel (12 × 32, `vdpbf16ps`) alone on operands in L1 (`kc` = 512
+/// inner elements), CPU time against one core's bf16 peak: the ceiling of the bf16 path.
+fn kernel_bf16_in_l1() {
+    use miad::cpu::gemm::Start;
+    use miad::cpu::gemm_bf16::{available, micro_kernel, TILE_COLS, TILE_ROWS};
+    if !available() {
+        println!("no AVX512-BF16 on this CPU: no bf16 micro-kernel");
+        return;
+    }
+    let steps = 256;
+    let a: Vec<u32> = (0..TILE_ROWS * steps)
+        .map(|i| 0x3f80_3f80 + i as u32 % 7)
+        .collect();
+    let b: Vec<u16> = (0..steps * 2 * TILE_COLS)
+        .map(|i| 0x3f80 + (i % 5) as u16)
+        .collect();
+    let mut c = vec![0f32; TILE_ROWS * TILE_COLS];
+    let calls = 20_000;
+    let (_, cpu) = timed_cpu(|| {
+        for _ in 0..calls {
+            // SAFETY: AVX512-BF16 checked; `a` holds 12 rows of `steps` pairs, `b` one
+            // strip of `steps` pairs × 32, `c` the tile.
+            unsafe {
+                micro_kernel(
+                    steps,
+                    a.as_ptr(),
+                    steps,
+                    b.as_ptr(),
+                    c.as_mut_ptr(),
+                    TILE_COLS,
+                    Start::Zero,
+                )
+            };
+            std::hint::black_box(&mut c);
+        }
+    });
+    let g = 2.0 * (TILE_ROWS * TILE_COLS * 2 * steps * calls) as f64 / cpu / 1e9;
+    let peak = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+    println!(
+        "bf16 micro-kernel {TILE_ROWS}x{TILE_COLS} in L1, one thread: {g:.1} GFLOP per CPU-second = {:.2} of one core's bf16 peak {peak:.1}",
+        g / peak
+    );
+}
+
 /// Where attention's time goes, on one thread: packing each head's keys and values, the
 /// score products, softmax's exponentials, the products with V (the steps of
 /// `transformer::attention`, each over every head and query block), against the whole
-/// attention on a pool of one thread.
-fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
+/// attention on a pool of one thread; in `precision` (bf16: the bf16 products).
+fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: DensePrecision) {
     use miad::cpu::gemm::{pack_rhs_whole, packed_rhs_len, product_seq_packed, Kernel, Operand};
+    use miad::cpu::gemm_bf16::{pack_scaled_into, packed_len, product_seq};
     use miad::cpu::transformer::QUERY_BLOCK;
     let one = Pool::new(1);
     let (hd, stride, ker) = (d / heads, 3 * d, Kernel::best());
+    let bf16 = precision == DensePrecision::Bf16;
     let mut out = vec![0f32; t * d];
     let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, 1)];
     // CPU seconds per run (this thread alone is busy): robust to the machine's load.
     let run = |f: &mut dyn FnMut()| timed_cpu(f).1;
-    let whole = run(&mut || attention(&one, t, d, heads, qkv, &mut out, &mut scratch));
+    let whole = run(&mut || attention(&one, t, d, heads, precision, qkv, &mut out, &mut scratch));
     let head = |which: usize, h: usize| Mat {
         data: &qkv[which * d + h * hd..],
         rows: t,
         cols: hd,
         stride,
     };
+    // Each head's packed keys and values: f32 (as floats), bf16 (as u16).
     let (k_len, v_len) = (packed_rhs_len(hd, t), packed_rhs_len(t, hd));
+    let (k16_len, v16_len) = (packed_len(t, hd), packed_len(hd, t));
     let mut k_packed = vec![0f32; heads * k_len];
     let mut v_packed = vec![0f32; heads * v_len];
+    let mut k16 = vec![0u16; heads * k16_len];
+    let mut v16 = vec![0u16; heads * v16_len];
+    let scale = 1.0 / (hd as f32).sqrt();
     let pack = run(&mut || {
         for h in 0..heads {
-            let k = &mut k_packed[h * k_len..(h + 1) * k_len];
-            pack_rhs_whole(ker, Operand::transposed(head(1, h)), 0.125, k);
-            let v = &mut v_packed[h * v_len..(h + 1) * v_len];
-            pack_rhs_whole(ker, Operand::plain(head(2, h)), 1.0, v);
+            if bf16 {
+                let k = &mut k16[h * k16_len..(h + 1) * k16_len];
+                pack_scaled_into(Operand::plain(head(1, h)), scale, k);
+                let v = &mut v16[h * v16_len..(h + 1) * v16_len];
+                pack_scaled_into(Operand::transposed(head(2, h)), 1.0, v);
+            } else {
+                let k = &mut k_packed[h * k_len..(h + 1) * k_len];
+                pack_rhs_whole(ker, Operand::transposed(head(1, h)), scale, k);
+                let v = &mut v_packed[h * v_len..(h + 1) * v_len];
+                pack_rhs_whole(ker, Operand::plain(head(2, h)), 1.0, v);
+            }
         }
     });
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -366,8 +464,12 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
                     cols: hd,
                     stride,
                 };
-                let k = &k_packed[h * k_len..];
-                product_seq_packed(ker, &mut scores, t, q, k, t, false);
+                if bf16 {
+                    product_seq(q, &k16[h * k16_len..], t, &mut scores, t);
+                } else {
+                    let k = &k_packed[h * k_len..];
+                    product_seq_packed(ker, &mut scores, t, q, k, t, false);
+                }
             }
         }
     });
@@ -382,18 +484,27 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize) {
         for h in 0..heads {
             for b in 0..blocks {
                 let rows = block_rows(b);
-                let p = &scores[..rows * t];
+                let p = Mat::new(&scores[..rows * t], rows, t);
                 let dst = &mut out[b * QUERY_BLOCK * d + h * hd..];
-                let v = &v_packed[h * v_len..];
-                product_seq_packed(ker, dst, d, Mat::new(p, rows, t), v, hd, false);
+                if bf16 {
+                    product_seq(p, &v16[h * v16_len..], hd, dst, d);
+                } else {
+                    product_seq_packed(ker, dst, d, p, &v_packed[h * v_len..], hd, false);
+                }
             }
         }
     });
     let flops = 2.0 * t as f64 * t as f64 * d as f64;
-    let peak = measure_peak_gflops_per_cpu_second();
+    let (peak, which) = if bf16 {
+        let peak = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+        (peak, "bf16 peak")
+    } else {
+        (measure_peak_gflops_per_cpu_second(), "peak")
+    };
     println!(
-        "attention {t} tokens x {heads} heads, one thread, CPU time: {:.2} ms; pack K, V {:.2} ms; \
-         Q·Kᵀ {:.2} ms = {:.2} of one core's peak {peak:.1}; exp rows {:.2} ms; P·V {:.2} ms = {:.2}",
+        "attention {precision:?} {t} tokens x {heads} heads, one thread, CPU time: {:.2} ms; \
+         pack K, V {:.2} ms; Q·Kᵀ {:.2} ms = {:.2} of one core's {which} {peak:.1}; exp rows \
+         {:.2} ms; P·V {:.2} ms = {:.2}",
         whole * 1e3,
         pack * 1e3,
         products * 1e3,
@@ -539,7 +650,9 @@ fn main() {
     }
     if part("block") {
         kernel_in_l1();
-        block_breakdown(threads, &pool);
+        kernel_bf16_in_l1();
+        block_breakdown(threads, &pool, DensePrecision::F32);
+        block_breakdown(threads, &pool, DensePrecision::Bf16);
     }
     if part("networks") {
         point_and_fusion(threads, &pool);

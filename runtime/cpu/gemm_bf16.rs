@@ -13,7 +13,9 @@
 //!
 //! Determinism as in [`super::gemm`]: a fixed task grid and `k` blocks fixed by the shape.
 
-use super::gemm::{check_linear_output, run_linear_tasks, Epilogue, Finish, Mat, Start};
+use super::gemm::{
+    check_linear_output, prefetch_share, run_linear_tasks, Epilogue, Finish, Mat, Operand, Start,
+};
 use super::pool::{Pool, SharedMut};
 use std::cell::RefCell;
 
@@ -21,6 +23,10 @@ use std::cell::RefCell;
 const KC: usize = 384;
 const MR: usize = 12;
 const NR: usize = 32;
+/// Output columns per task of [`linear_bf16`]: its strips are half the bytes of the f32
+/// kernel's (bf16, `KC` pairs), so twice `gemm::NC` keeps the same packed block in L2
+/// and converts each panel of activations for twice as many strips.
+const NC_TASK: usize = 2 * super::gemm::NC;
 
 /// Whether this CPU runs the bf16 kernel (and [`super::gemm::isa`] is not capped below
 /// AVX-512).
@@ -76,23 +82,86 @@ pub fn packed_len(n: usize, k: usize) -> usize {
 /// padding is zeroed): per `k` block, strips of `NR` outputs, pairs of inner elements
 /// interleaved per output.
 pub fn pack_into(w: Mat<'_>, out: &mut [u16]) {
-    let (n, k) = (w.rows, w.cols);
+    pack_scaled_into(Operand::plain(w), 1.0, out);
+}
+
+/// [`pack_into`] of `alpha · w`, `w` (`n × k`) read as it is or as the transpose of its
+/// matrix (attention's values); each element is `fl(alpha · w)` rounded to bf16 (exact
+/// for `alpha` a power of two).
+pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
+    let (n, k) = (w.rows(), w.cols());
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let len = packed_len(n, k);
     let data = &mut out[..len];
     data.fill(0);
+    let m = w.mat;
+    // Rounded values: two rows of a strip (transposed); a strip's rows.
+    let mut rounded = [0u16; 2 * NR];
+    let mut strip_rows = [0u16; NR * KC];
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
         let pairs = kc.div_ceil(2);
         let block = &mut data[p0 * n_pad..];
-        for j in 0..n {
-            let (s, jj) = (j / NR, j % NR);
-            let row = &w.data[j * w.stride + p0..j * w.stride + p0 + kc];
-            for (p, &v) in row.iter().enumerate() {
-                block[s * pairs * 2 * NR + (p / 2) * 2 * NR + jj * 2 + p % 2] = to_bf16(v);
+        for s in 0..n.div_ceil(NR) {
+            let (j0, jn) = (s * NR, NR.min(n - s * NR));
+            let strip = &mut block[s * pairs * 2 * NR..(s + 1) * pairs * 2 * NR];
+            if w.transposed {
+                // Matrix rows `p`, `p + 1` hold inner elements `p`, `p + 1` of the strip's
+                // outputs: rounded, then interleaved into one pair row.
+                let (lo, hi) = rounded.split_at_mut(NR);
+                for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
+                    for (i, half) in [&mut *lo, &mut *hi].into_iter().enumerate() {
+                        let p = 2 * q + i;
+                        if p < kc {
+                            let src = &m.data[(p0 + p) * m.stride + j0..][..jn];
+                            round_scaled(src, alpha, &mut half[..jn]);
+                        } else {
+                            half.fill(0);
+                        }
+                    }
+                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
+                        pair[0] = lo[jj];
+                        pair[1] = hi[jj];
+                    }
+                }
+            } else {
+                // The strip's rows rounded first, then written pair row by pair row.
+                for jj in 0..jn {
+                    let src = &m.data[(j0 + jj) * m.stride + p0..][..kc];
+                    round_scaled(src, alpha, &mut strip_rows[jj * KC..jj * KC + kc]);
+                }
+                for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
+                    let p = 2 * q;
+                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
+                        pair[0] = strip_rows[jj * KC + p];
+                        pair[1] = if p + 1 < kc {
+                            strip_rows[jj * KC + p + 1]
+                        } else {
+                            0
+                        };
+                    }
+                }
             }
+        }
+    }
+}
+
+/// `dst[i]` ← bf16 of `fl(alpha · src[i])` (nearest even), vectorised with AVX512-BF16.
+fn round_scaled(src: &[f32], alpha: f32, dst: &mut [u16]) {
+    // 32 values a step: one conversion instruction, and a small buffer to set up.
+    let mut scaled = [0f32; 32];
+    for (s, d) in src.chunks(32).zip(dst.chunks_mut(32)) {
+        let scaled = &mut scaled[..s.len()];
+        scaled.iter_mut().zip(s).for_each(|(o, &v)| *o = alpha * v);
+        if available() {
+            // SAFETY: `available()`.
+            unsafe { x86_bf16::convert(scaled, d) };
+        } else {
+            d.iter_mut()
+                .zip(scaled.iter())
+                .for_each(|(o, &v)| *o = to_bf16(v));
         }
     }
 }
@@ -188,19 +257,25 @@ impl PackedBf16 {
 }
 
 thread_local! {
-    /// One micro-panel of activations in bf16 pairs: `MR × KC / 2`.
+    /// One micro-panel of activations in bf16 pairs: [`PANEL_LEN`].
     static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on the calling thread's activation panel (made on its first use).
+fn with_panel<R>(f: impl FnOnce(&mut [u32]) -> R) -> R {
+    PANEL.with(|panel| {
+        let mut panel = panel.borrow_mut();
+        if panel.is_empty() {
+            *panel = vec![0u32; PANEL_LEN];
+        }
+        f(&mut panel)
+    })
 }
 
 /// Gives the calling thread its activation panel (called by `gemm::warm_up_thread`).
 pub fn warm_up_thread() {
     if available() {
-        PANEL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.is_empty() {
-                *p = vec![0u32; MR * KC / 2];
-            }
-        });
+        with_panel(|_| ());
     }
 }
 
@@ -227,18 +302,16 @@ pub fn linear_bf16(
     }
     let out_ptr = SharedMut::new(out);
     let finish = Finish { bias, epilogue };
-    run_linear_tasks(pool, m, n, &|rows, cols| {
-        PANEL.with(|panel| {
-            let mut panel = panel.borrow_mut();
-            if panel.is_empty() {
-                *panel = vec![0u32; MR * KC / 2];
-            }
-            // SAFETY: tasks cover disjoint regions of the checked output.
+    run_linear_tasks(pool, m, n, NC_TASK, &|rows, cols| {
+        with_panel(|panel| {
+            // SAFETY: tasks cover disjoint regions of the checked output; `available()`
+            // held when the weight was packed.
             unsafe {
                 region(
-                    &mut panel,
+                    panel,
                     a,
-                    w,
+                    &w.data,
+                    n,
                     rows,
                     cols,
                     out_ptr.ptr(),
@@ -251,12 +324,58 @@ pub fn linear_bf16(
     });
 }
 
-/// One task's region of [`linear_bf16`] (see `gemm::gemm_region`).
+/// `out[m × n] ⟵ a · wᵀ` on the calling thread (for use inside pool tasks: attention's
+/// products), bf16 operands and f32 accumulation (the bound of the module doc): `a` is
+/// `m × k`, rounded to bf16 as it is loaded; `packed` holds `w` (`n × k`) packed by
+/// [`pack_scaled_into`]. Without AVX512-BF16 ([`available`]) nothing is written.
+pub fn product_seq(a: Mat<'_>, packed: &[u16], n: usize, out: &mut [f32], out_stride: usize) {
+    let (m, k) = (a.rows, a.cols);
+    assert!(
+        packed.len() >= packed_len(n, k),
+        "bf16 product: packed operand"
+    );
+    assert!(
+        m == 0 || a.data.len() >= (m - 1) * a.stride + k,
+        "bf16 product: input"
+    );
+    check_linear_output("bf16 product", None, out, out_stride, m, n);
+    if m == 0 || n == 0 || !available() {
+        return;
+    }
+    with_panel(|panel| {
+        // SAFETY: the region is the checked `out`, borrowed mutably here; `available()`.
+        unsafe {
+            region(
+                panel,
+                a,
+                packed,
+                n,
+                0..m,
+                0..n,
+                out.as_mut_ptr(),
+                out_stride,
+                false,
+                Finish::NONE,
+            )
+        }
+    });
+}
+
+/// `c[rows, cols] (+)= a[rows, :] · wᵀ[:, cols]`, then `finish`, on the calling thread
+/// (see `gemm::gemm_region`): `b` holds `w` (`n × a.cols`) packed by [`pack_into`]. Per
+/// `k` block and panel of `MR` rows, the rows are rounded to bf16 into `panel` once, then
+/// multiplied by every strip of the columns; meanwhile the next panel's rows are fetched
+/// into the cache, a share per strip.
+///
+/// # Safety
+/// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
+/// rows `ldc` apart that holds the region, which no one else touches.
 #[allow(clippy::too_many_arguments)]
 unsafe fn region(
     panel: &mut [u32],
     a: Mat<'_>,
-    w: &PackedBf16,
+    b: &[u16],
+    n: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     c: *mut f32,
@@ -266,7 +385,8 @@ unsafe fn region(
 ) {
     let k = a.cols;
     let (kblocks, kc_step) = k_blocks(k);
-    let n_pad = w.n.div_ceil(NR) * NR;
+    let n_pad = n.div_ceil(NR) * NR;
+    let strip_count = cols.len().div_ceil(NR);
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
@@ -277,7 +397,7 @@ unsafe fn region(
             _ => Start::FromC,
         };
         let last = kb + 1 == kblocks;
-        let block = &w.data[p0 * n_pad..];
+        let block = &b[p0 * n_pad..];
         let mut ir = rows.start;
         while ir < rows.end {
             let rows_here = MR.min(rows.end - ir);
@@ -286,14 +406,16 @@ unsafe fn region(
                     bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
                 if i < rows_here {
                     let start = (ir + i) * a.stride + p0;
-                    // SAFETY: `available()` held when the weight was packed.
+                    // SAFETY: the caller's contract (AVX512-BF16).
                     unsafe { x86_bf16::convert(&a.data[start..start + kc], dst) };
                 } else {
                     dst.fill(0);
                 }
             }
-            let mut j = cols.start;
-            while j < cols.end {
+            let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
+            for s in 0..strip_count {
+                prefetch_share(a.data, a.stride, next.clone(), p0..p0 + kc, s, strip_count);
+                let j = cols.start + s * NR;
                 let cols_here = NR.min(cols.end - j);
                 let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
                 let ap = panel.as_ptr();
@@ -329,7 +451,6 @@ unsafe fn region(
                         }
                     }
                 }
-                j += cols_here;
             }
             if last {
                 // SAFETY: the rows and columns are inside the caller's region.
@@ -338,6 +459,25 @@ unsafe fn region(
             ir += rows_here;
         }
     }
+}
+
+/// The micro-kernel alone (for the benches' in-L1 ceiling): `c[12 × 32] (+)= a · b` over
+/// `steps` pairs of inner elements, `a` 12 rows of bf16 pairs `lda` apart, `b` one strip
+/// packed by [`pack_into`].
+///
+/// # Safety
+/// AVX512-BF16 present ([`available`]); `a`, `b` and `c` cover the tile.
+pub unsafe fn micro_kernel(
+    steps: usize,
+    a: *const u32,
+    lda: usize,
+    b: *const u16,
+    c: *mut f32,
+    ldc: usize,
+    start: Start,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { x86_bf16::kernel_12x32(steps, a, lda, b, c, ldc, start) }
 }
 
 /// Never called: no [`PackedBf16`] exists without AVX512-BF16 (see [`available`]).

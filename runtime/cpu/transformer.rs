@@ -13,11 +13,29 @@
 //! of the attention projection and of fc2 accumulate directly into `x`; the softmax
 //! normalisation is applied to the `QUERY_BLOCK × head_dim` output instead of to the
 //! `QUERY_BLOCK × tokens` probabilities.
+//!
+//! On the bf16 path (the blocks' weights packed in bf16) attention's two products run in
+//! bf16 too ([`super::gemm_bf16::product_seq`]): `scale · K` and `V` rounded to bf16 when
+//! they are packed, `Q` and the probabilities `exp(s − max)` rounded to bf16 as they are
+//! loaded, f32 accumulation; the maximum, the exponentials and their sum stay f32.
+//! Error of one output element `o = Σ_j w_j v_j` (`w` the exact softmax weights of the
+//! exact scores `s_j = scale · q·k_j`), with u = 2⁻⁸ (bf16), γ = t·2⁻²⁴ (f32 sums of the
+//! `t` tokens), `E` the largest error of the row's bf16 scores (the dense bound of
+//! [`super::gemm_bf16`] over `head_dim` terms, plus 2⁻²³ relative for `fl(scale·k)`) and
+//! `ε = 4·2⁻²³ + (spread + 2E)·2⁻²⁴` the exponential's relative error (`spread` the range
+//! of the row's scores: `s − max` is rounded in f32):
+//! `|ô − o| ≤ (e^{2E}·(1+ε)/(1−ε)·((1+u)/(1−u))²·(1+γ)²/(1−γ)·(1+2⁻²²) − 1) · Σ_j w_j |v_j|`
+//! plus `t·2⁻¹²⁵·max|v|` where tiny values underflow (the bf16 dot product flushes them to
+//! zero; `exp` clamps at −87.3). The argument: every weight is perturbed by a factor in
+//! `[θ⁻, θ⁺]` common to numerator and denominator but for the roundings, so the ratio
+//! moves by at most the product above; [`attention_bf16_error_bound`] computes it, a test
+//! checks every element against it.
 
 use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
+use super::gemm_bf16::{self, pack_scaled_into};
 use super::pool::{Pool, SharedMut};
 use super::vmath::exp_shifted_row;
 use crate::format::TensorSource;
@@ -228,7 +246,20 @@ pub fn block_forward_with(
             3 * d,
             Epilogue::None,
         );
-        attention(pool, t, d, shape.heads, qkv, attn_out, attn_scratch);
+        let precision = match packed.map(|b| &b.qkv) {
+            Some(PackedWeight::Bf16(_)) => DensePrecision::Bf16,
+            _ => DensePrecision::F32,
+        };
+        attention(
+            pool,
+            t,
+            d,
+            shape.heads,
+            precision,
+            qkv,
+            attn_out,
+            attn_scratch,
+        );
         dense(
             pool,
             Mat::new(attn_out, t, d),
@@ -269,19 +300,24 @@ pub fn block_forward_with(
 /// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
 /// within each, as timm's qkv layer lays them out); `out` is `tokens × dim` with head `h`
 /// in columns `h·hd..(h+1)·hd`. `scratch` holds [`attn_scratch_len`] floats.
+/// `DensePrecision::Bf16`: the two products in bf16 (module doc; f32 where the CPU has no
+/// AVX512-BF16).
 ///
 /// First each head's `scale · Kᵀ` and `V` are packed once as GEMM right-hand operands
 /// (one task per head), so that the query blocks of a head share them instead of each
 /// packing them again.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &Pool,
     t: usize,
     d: usize,
     heads: usize,
+    precision: DensePrecision,
     qkv: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
+    let bf16 = precision == DensePrecision::Bf16 && gemm_bf16::available();
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -303,8 +339,15 @@ pub fn attention(
         // SAFETY: task h writes head h's slot only.
         let slot = unsafe { packed_ptr.slice(h * per_head, per_head) };
         let (k_packed, v_packed) = slot.split_at_mut(k_len);
-        pack_rhs_whole(ker, Operand::transposed(head_mat(1, h)), scale, k_packed);
-        pack_rhs_whole(ker, Operand::plain(head_mat(2, h)), 1.0, v_packed);
+        if bf16 {
+            // bf16 needs at most half the floats of the f32 packing (checked in a test).
+            let (k16, v16) = (as_bf16(k_packed), as_bf16(v_packed));
+            pack_scaled_into(Operand::plain(head_mat(1, h)), scale, k16);
+            pack_scaled_into(Operand::transposed(head_mat(2, h)), 1.0, v16);
+        } else {
+            pack_rhs_whole(ker, Operand::transposed(head_mat(1, h)), scale, k_packed);
+            pack_rhs_whole(ker, Operand::plain(head_mat(2, h)), 1.0, v_packed);
+        }
     });
     let packed = &*packed;
     let out_ptr = SharedMut::new(out);
@@ -323,19 +366,58 @@ pub fn attention(
             cols: hd,
             stride,
         };
-        product_seq_packed(ker, scores, t, q, k_packed, t, false);
+        if bf16 {
+            gemm_bf16::product_seq(q, bf16_view(k_packed), t, scores, t);
+        } else {
+            product_seq_packed(ker, scores, t, q, k_packed, t, false);
+        }
         for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
             *sum = exp_shifted_row(row);
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
         let p = Mat::new(&scores[..rows * t], rows, t);
-        product_seq_packed(ker, dst, d, p, v_packed, hd, false);
+        if bf16 {
+            gemm_bf16::product_seq(p, bf16_view(v_packed), hd, dst, d);
+        } else {
+            product_seq_packed(ker, dst, d, p, v_packed, hd, false);
+        }
         for (r, sum) in sums.iter().enumerate().take(rows) {
             let inv = 1.0 / sum;
             dst[r * d..r * d + hd].iter_mut().for_each(|v| *v *= inv);
         }
     });
+}
+
+/// A scratch slot of floats used as bf16 storage (half the bytes per element).
+fn as_bf16(slot: &mut [f32]) -> &mut [u16] {
+    bytemuck::cast_slice_mut(slot)
+}
+
+fn bf16_view(slot: &[f32]) -> &[u16] {
+    bytemuck::cast_slice(slot)
+}
+
+/// The error bound of the module doc for one output element of bf16 attention: `score_err`
+/// the largest error `E` of the row's bf16 scores, `spread` the range of its exact scores,
+/// `tokens` the keys, `weighted_abs` `Σ_j w_j |v_j|` (`max_abs_v`: max |v| of the column,
+/// for the underflow term).
+pub fn attention_bf16_error_bound(
+    score_err: f64,
+    spread: f64,
+    tokens: usize,
+    weighted_abs: f64,
+    max_abs_v: f64,
+) -> f64 {
+    let u = 2f64.powi(-8);
+    let gamma = tokens as f64 * 2f64.powi(-24);
+    let eps = 4.0 * 2f64.powi(-23) + (spread + 2.0 * score_err) * 2f64.powi(-24);
+    let factor = (2.0 * score_err).exp() * (1.0 + eps) / (1.0 - eps)
+        * ((1.0 + u) / (1.0 - u)).powi(2)
+        * (1.0 + gamma).powi(2)
+        / (1.0 - gamma)
+        * (1.0 + 2f64.powi(-22));
+    (factor - 1.0) * weighted_abs + tokens as f64 * 2f64.powi(-125) * max_abs_v
 }
 
 /// Row-wise LayerNorm with affine: `out[r] = (x[r] − mean) / sqrt(var + eps) · w + b`,
@@ -545,6 +627,72 @@ mod tests {
         let one = run(1);
         assert_eq!(one, run(2));
         assert_eq!(one, run(3));
+    }
+
+    /// bf16 attention: every output element within [`attention_bf16_error_bound`] of the
+    /// float64 attention of the same inputs, the same bits for 1 and 2 threads, and not
+    /// the f32 path's result (so the bf16 products ran). Shapes with partial tiles and
+    /// several `k` blocks (200 keys), one sharp softmax (inputs of std 3).
+    #[test]
+    fn bf16_attention_is_within_its_bound_and_deterministic() {
+        if !gemm_bf16::available() {
+            eprintln!("no AVX512-BF16 here: attention stays f32, nothing to check");
+            return;
+        }
+        let mut worst = 0f64;
+        for (t, d, heads, std) in [(200, 128, 2, 1.0), (37, 48, 3, 1.0), (100, 64, 1, 3.0)] {
+            let hd = d / heads;
+            let mut qkv = vec![0f32; t * 3 * d];
+            Rng::new(t as u64).fill_normal(&mut qkv, std);
+            let run = |threads: usize, precision| {
+                let mut out = vec![f32::NAN; t * d];
+                let mut scratch = vec![f32::NAN; attn_scratch_len(t, d, heads, threads)];
+                let pool = Pool::new(threads);
+                attention(&pool, t, d, heads, precision, &qkv, &mut out, &mut scratch);
+                out
+            };
+            let got = run(2, DensePrecision::Bf16);
+            assert_eq!(got, run(1, DensePrecision::Bf16), "{t} tokens: threads");
+            let f32_out = run(2, DensePrecision::F32);
+            assert_ne!(got, f32_out, "{t} tokens: the bf16 products did not run");
+            let scale = 1.0 / (hd as f64).sqrt();
+            let at = |r: usize, c: usize| qkv[r * 3 * d + c] as f64;
+            for h in 0..heads {
+                for i in 0..t {
+                    let (mut s, mut abs) = (vec![0f64; t], vec![0f64; t]);
+                    for j in 0..t {
+                        for c in 0..hd {
+                            let prod = at(i, h * hd + c) * at(j, d + h * hd + c);
+                            s[j] += scale * prod;
+                            abs[j] += scale * prod.abs();
+                        }
+                    }
+                    let score_err = abs
+                        .iter()
+                        .map(|&a| gemm_bf16::error_bound(hd, a) + 2f64.powi(-23) * a)
+                        .fold(0f64, f64::max);
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let min = s.iter().cloned().fold(f64::INFINITY, f64::min);
+                    let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for c in 0..hd {
+                        let v = |j: usize| at(j, 2 * d + h * hd + c);
+                        let want: f64 = (0..t).map(|j| e[j] / z * v(j)).sum();
+                        let weighted: f64 = (0..t).map(|j| e[j] / z * v(j).abs()).sum();
+                        let max_v = (0..t).map(|j| v(j).abs()).fold(0f64, f64::max);
+                        let bound =
+                            attention_bf16_error_bound(score_err, max - min, t, weighted, max_v);
+                        let err = (got[i * d + h * hd + c] as f64 - want).abs();
+                        assert!(
+                            err <= bound,
+                            "{t} tokens, head {h}, ({i}, {c}): error {err:e}, bound {bound:e}"
+                        );
+                        worst = worst.max(err / bound);
+                    }
+                }
+            }
+        }
+        eprintln!("bf16 attention: largest error / bound {worst:.3}");
     }
 
     #[test]

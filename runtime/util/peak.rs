@@ -1,7 +1,9 @@
 //! The machine's peak single-precision FMA rate, measured: independent chains of fused
 //! multiply-adds on the SIMD registers of the CPU kernels' instruction set
 //! (`cpu::gemm::isa`: AVX-512, else AVX2+FMA; a scalar fallback elsewhere). Benches report their throughput
-//! as a fraction of this number.
+//! as a fraction of this number. Beside it the bf16 peak of the bf16 path
+//! (`cpu::gemm_bf16`): the same chains of `vdpbf16ps` (AVX512-BF16), 2 FLOP per bf16
+//! product, so 64 per instruction against an f32 FMA's 32.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -14,8 +16,30 @@ const CHAINS: usize = 16;
 #[cfg(target_arch = "x86_64")]
 const CHAINS_AVX2: usize = 12;
 
-/// Runs `iters` iterations of `CHAINS` dependent FMAs per chain; returns FLOPs done.
-fn kernel(iters: u64) -> f64 {
+/// The operation whose peak is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// f32 fused multiply-add on the widest vectors of `cpu::gemm::isa`.
+    F32Fma,
+    /// The bf16 dot product of the bf16 path (AVX512-BF16 only).
+    Bf16Dot,
+}
+
+/// Runs `iters` iterations of `CHAINS` dependent operations per chain; returns FLOPs done.
+fn kernel(op: Op, iters: u64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if op == Op::Bf16Dot {
+        if crate::cpu::gemm_bf16::available() {
+            // SAFETY: `available` checked AVX-512F and AVX512-BF16.
+            unsafe { x86::dpbf16_512(iters) };
+            return iters as f64 * (CHAINS * 32 * 2) as f64;
+        }
+        return 0.0;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    if op == Op::Bf16Dot {
+        return 0.0;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         use crate::cpu::gemm::{isa, Isa};
@@ -70,6 +94,23 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU must support AVX-512F and AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dpbf16_512(iters: u64) {
+        let a: __m512bh = _mm512_cvtne2ps_pbh(
+            _mm512_set1_ps(black_box(1e-3)),
+            _mm512_set1_ps(black_box(1e-3)),
+        );
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbf16_ps(*v, a, a);
+            }
+        }
+        black_box(acc);
+    }
+
+    /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn fma256(iters: u64) {
@@ -88,9 +129,23 @@ mod x86 {
 /// Peak single-precision GFLOP/s (an FMA counts 2) of `threads` threads running FMA
 /// chains at once; the best of a few ≈50 ms runs.
 pub fn measure_peak_gflops(threads: usize) -> f64 {
+    measure(Op::F32Fma, threads)
+}
+
+/// Peak bf16 GFLOP/s (2 per bf16 product) of `threads` threads running `vdpbf16ps`
+/// chains at once, as [`measure_peak_gflops`]; `None` without AVX512-BF16.
+pub fn measure_bf16_peak_gflops(threads: usize) -> Option<f64> {
+    bf16_available().then(|| measure(Op::Bf16Dot, threads))
+}
+
+fn bf16_available() -> bool {
+    crate::cpu::gemm_bf16::available()
+}
+
+fn measure(op: Op, threads: usize) -> f64 {
     let threads = threads.max(1);
     let iters = 20_000_000u64;
-    kernel(iters / 10); // warm up clocks and the dispatch
+    kernel(op, iters / 10); // warm up clocks and the dispatch
     let mut best = 0f64;
     for _ in 0..3 {
         let barrier = std::sync::Barrier::new(threads);
@@ -100,7 +155,7 @@ pub fn measure_peak_gflops(threads: usize) -> f64 {
                 .map(|_| {
                     s.spawn(|| {
                         barrier.wait();
-                        kernel(iters)
+                        kernel(op, iters)
                     })
                 })
                 .collect();
@@ -146,8 +201,18 @@ pub fn process_cpu_seconds() -> f64 {
 /// cores, so a rate per CPU-second of a measured program compares to it on a loaded
 /// machine (what it leaves out: time a program's threads sit idle).
 pub fn measure_peak_gflops_per_cpu_second() -> f64 {
+    measure_per_cpu_second(Op::F32Fma)
+}
+
+/// [`measure_peak_gflops_per_cpu_second`] for the bf16 dot product (2 FLOP per bf16
+/// product); `None` without AVX512-BF16.
+pub fn measure_bf16_peak_gflops_per_cpu_second() -> Option<f64> {
+    bf16_available().then(|| measure_per_cpu_second(Op::Bf16Dot))
+}
+
+fn measure_per_cpu_second(op: Op) -> f64 {
     let iters = 20_000_000u64;
-    kernel(iters / 10);
+    kernel(op, iters / 10);
     let mut best = 0f64;
     for _ in 0..3 {
         let (flops, secs) = std::thread::scope(|s| {
@@ -157,7 +222,7 @@ pub fn measure_peak_gflops_per_cpu_second() -> f64 {
                 #[cfg(not(target_os = "linux"))]
                 let clock = 0;
                 let t0 = cpu_seconds(clock);
-                let flops = kernel(iters);
+                let flops = kernel(op, iters);
                 (flops, cpu_seconds(clock) - t0)
             })
             .join()
@@ -177,5 +242,17 @@ mod tests {
         let g = super::measure_peak_gflops(1);
         // A core does at least one scalar FMA per ns and at most 2×16-lane FMAs at 6 GHz.
         assert!(g > 1.0 && g < 400.0, "{g}");
+    }
+
+    #[test]
+    fn bf16_peak_is_there_exactly_with_the_bf16_path() {
+        let bf16 = super::measure_bf16_peak_gflops(1);
+        assert_eq!(bf16.is_some(), crate::cpu::gemm_bf16::available());
+        if let Some(g) = bf16 {
+            // 32 products per instruction: about twice the f32 FMA rate (half of it leaves
+            // room for a loaded machine), at most 2 instructions a cycle at 6 GHz.
+            let f32_peak = super::measure_peak_gflops(1);
+            assert!(g > 0.5 * f32_peak && g < 800.0, "{g} vs f32 {f32_peak}");
+        }
     }
 }

@@ -33,6 +33,109 @@ pub fn options(backend: Backend, precision: Precision) -> EngineOptions {
 /// `parity`.
 const DISTANCE_TOLERANCE_F32: f32 = 2e-3;
 
+/// The CPU search of bank `bk` on a part's features: its bank score (s*, w, worst patch,
+/// m*).
+fn cpu_search(set: &BankSet, bk: usize, feats: &[f32]) -> BankScore {
+    let view = set.banks[bk].unwrap();
+    let FeatureNorm { mean, std } = set.norms[bk];
+    let x: Vec<f32> = feats.iter().map(|v| (v - mean) / std).collect();
+    let n = x.len() / view.dim;
+    let (mut dmap, mut nn) = (vec![0f32; n], vec![0u32; n]);
+    let mut scratch = vec![0f32; score_scratch_len(1, view.n)];
+    score_part(
+        &Pool::new(1),
+        &x,
+        view,
+        None,
+        &mut dmap,
+        &mut nn,
+        &mut scratch,
+    )
+}
+
+/// Distance of the part's (normalised) patch `patch` to row `row` of bank `bk`.
+fn row_distance(set: &BankSet, bk: usize, feats: &[f32], patch: usize, row: u32) -> f32 {
+    let view = set.banks[bk].unwrap();
+    let FeatureNorm { mean, std } = set.norms[bk];
+    let d = view.dim;
+    let q = &feats[patch * d..(patch + 1) * d];
+    let m = &view.data[row as usize * d..(row as usize + 1) * d];
+    let sq: f64 = q
+        .iter()
+        .zip(m)
+        .map(|(v, w)| (((v - mean) / std - w) as f64).powi(2))
+        .sum();
+    sq.sqrt() as f32
+}
+
+/// Bank `bk`'s scores on the bf16 path, the CPU engine's (`score_a`, features `fa`) and
+/// the device's (`score_b`, `fb`): each equal to the CPU search on its own features, s*
+/// within `tol`, and w and the score within `tol` wherever both chose the same worst patch
+/// and m*. The re-weighting (SPEC §7) takes `w` from the neighbourhood of m*, the nearest
+/// row of the worst patch: where two patches are about equally far from the bank, or two
+/// rows about equally near the worst patch, the features' bf16 error picks either, and the
+/// bank score moves by more than the features. So a different choice must be a tie within
+/// `tol` on the CPU's features: the two worst patches' distances to their nearest rows,
+/// or, the same patch, its distances to both rows.
+#[allow(clippy::too_many_arguments)]
+fn assert_bank_scores_agree_up_to_ties(
+    set: &BankSet,
+    bk: usize,
+    fa: &[f32],
+    fb: &[f32],
+    score_a: f32,
+    score_b: f32,
+    tol: f32,
+    what: &str,
+) {
+    let (x, y) = (cpu_search(set, bk, fa), cpu_search(set, bk, fb));
+    eprintln!(
+        "{what} bank {bk}: score {score_a} {score_b}, s* {} {}, w {} {}, patch {} {}, m* {} {}",
+        x.s_star, y.s_star, x.weight, y.weight, x.patch, y.patch, x.nearest, y.nearest
+    );
+    assert!(
+        rel(score_a, x.score) <= DISTANCE_TOLERANCE_F32,
+        "{what}: bank {bk} cpu"
+    );
+    assert!(
+        rel(score_b, y.score) <= DISTANCE_TOLERANCE_F32,
+        "{what}: bank {bk} sim"
+    );
+    assert!(rel(x.s_star, y.s_star) <= tol, "{what}: bank {bk} s*");
+    if x.patch != y.patch {
+        let other = cpu_search_patch_distance(set, bk, fa, y.patch);
+        eprintln!(
+            "{what} bank {bk}: worst patches {} and {} at {} and {other}",
+            x.patch, y.patch, x.s_star
+        );
+        assert!(
+            rel(x.s_star, other) <= tol,
+            "{what}: bank {bk} worst patch flipped off a tie"
+        );
+    } else if x.nearest != y.nearest {
+        let (da, db) = (
+            row_distance(set, bk, fa, x.patch, x.nearest),
+            row_distance(set, bk, fa, x.patch, y.nearest),
+        );
+        eprintln!("{what} bank {bk}: patch {} to m* {da} and {db}", x.patch);
+        assert!(rel(da, db) <= tol, "{what}: bank {bk} m* flipped off a tie");
+    } else {
+        assert!(rel(x.weight, y.weight) <= tol, "{what}: bank {bk} w");
+        assert!(
+            rel(score_a, score_b) <= tol,
+            "{what}: bank {bk} cpu {score_a} sim {score_b}"
+        );
+    }
+}
+
+/// Distance of the part's patch `patch` to its nearest row of bank `bk`.
+fn cpu_search_patch_distance(set: &BankSet, bk: usize, feats: &[f32], patch: usize) -> f32 {
+    let view = set.banks[bk].unwrap();
+    (0..view.n as u32)
+        .map(|row| row_distance(set, bk, feats, patch, row))
+        .fold(f32::INFINITY, f32::min)
+}
+
 /// The device stages an engine on the simulated device must use: all of them (RADAR's
 /// fusion stays on the CPU, see `parity`).
 pub const STAGES: [&str; 6] = [
@@ -115,6 +218,8 @@ fn parity(
     );
     let (mut cpu, mut sim) = cpu_and_sim(&fx, precision);
     assert_eq!(sim.backend().precision, precision);
+    let bank = BankFile::open(&fx.bank, &OpenOptions::default(), None).unwrap();
+    let set = BankSet::from_file(&bank).unwrap();
     let opts = InspectOptions {
         map: true,
         regions: true,
@@ -170,16 +275,28 @@ fn parity(
             assert_eq!(ca, case, "{what}");
             assert_eq!(cb, ca, "{what}: case");
             assert_eq!(cal_b, cal_a, "{what}: calibration");
-            assert!(rel(sa, sb) <= dist_tol, "{what}: score cpu {sa} sim {sb}");
+            // A bank score that a tie moved (bf16) moves the part score too: within 1e-1
+            // then, as in the RADAR test (measured 9.0e-2: a 5.1 % move of the RGB bank's
+            // score on a part without its cloud).
+            let mut score_tol = dist_tol;
             for k in 0..3 {
-                assert!(
-                    rel(ba[k], bb[k]) <= dist_tol,
-                    "{what}: bank {k} cpu {} sim {}",
-                    ba[k],
-                    bb[k]
-                );
+                if precision == Precision::Bf16 && rel(ba[k], bb[k]) > dist_tol {
+                    let (fa, fb) = (&feats_a[k], &feats_b[k]);
+                    assert_bank_scores_agree_up_to_ties(
+                        &set, k, fa, fb, ba[k], bb[k], dist_tol, &what,
+                    );
+                    score_tol = 1e-1;
+                } else {
+                    assert!(
+                        rel(ba[k], bb[k]) <= dist_tol,
+                        "{what}: bank {k} cpu {} sim {}",
+                        ba[k],
+                        bb[k]
+                    );
+                }
             }
-            let clear = (sa - tha).abs() > 2.0 * dist_tol * sa.abs().max(tha.abs());
+            assert!(rel(sa, sb) <= score_tol, "{what}: score cpu {sa} sim {sb}");
+            let clear = (sa - tha).abs() > 2.0 * score_tol * sa.abs().max(tha.abs());
             if exact_decisions || clear {
                 assert_eq!(vb, va, "{what}: verdict (score {sa}, threshold {tha})");
             }
@@ -277,7 +394,8 @@ fn radar_heads_without_a_kernel_leave_the_fusion_on_the_cpu_with_a_reason() {
 }
 
 /// The bf16 path: features within its stated tolerance (1e-2; measured 6e-3), scores
-/// within the same, maps within 5e-2 of their peak (a map is per-patch distances, which
+/// within the same (bank scores up to the re-weighting's ties:
+/// `assert_bank_scores_agree_up_to_ties`), maps within 5e-2 of their peak (a map is per-patch distances, which
 /// carry their features' error unaveraged: measured 3e-2 on a cloud-only part), the
 /// same cases, and the same verdicts where the score is clear of the threshold.
 #[test]
@@ -335,31 +453,6 @@ fn bf16_radar_engine_on_the_simulated_device_matches_the_cpu_up_to_the_reweighti
     let (mut cpu, mut sim) = cpu_and_sim(&fx, precision);
     let bank = BankFile::open(&fx.bank, &OpenOptions::default(), None).unwrap();
     let set = BankSet::from_file(&bank).unwrap();
-    let pool = Pool::new(1);
-    // The CPU search's bank score of a part's features, with its s*, w, patch and m*.
-    let search = |bk: usize, feats: &[f32]| -> BankScore {
-        let view = set.banks[bk].unwrap();
-        let FeatureNorm { mean, std } = set.norms[bk];
-        let x: Vec<f32> = feats.iter().map(|v| (v - mean) / std).collect();
-        let n = x.len() / view.dim;
-        let (mut dmap, mut nn) = (vec![0f32; n], vec![0u32; n]);
-        let mut scratch = vec![0f32; score_scratch_len(1, view.n)];
-        score_part(&pool, &x, view, None, &mut dmap, &mut nn, &mut scratch)
-    };
-    // Distance of a part's (normalised) patch to a bank row.
-    let row_distance = |bk: usize, feats: &[f32], patch: usize, row: u32| -> f32 {
-        let view = set.banks[bk].unwrap();
-        let FeatureNorm { mean, std } = set.norms[bk];
-        let d = view.dim;
-        let q = &feats[patch * d..(patch + 1) * d];
-        let m = &view.data[row as usize * d..(row as usize + 1) * d];
-        let sq: f64 = q
-            .iter()
-            .zip(m)
-            .map(|(v, w)| (((v - mean) / std - w) as f64).powi(2))
-            .sum();
-        sq.sqrt() as f32
-    };
     let opts = InspectOptions::default();
     let mut checked = 0;
     for part in list_test(&fx.category).unwrap() {
@@ -391,47 +484,9 @@ fn bf16_radar_engine_on_the_simulated_device_matches_the_cpu_up_to_the_reweighti
             for k in 0..3 {
                 let e = rel_max(&fa[k], &fb[k]);
                 assert!(e <= tol, "{what}: features {k} differ by {e}");
-                let (x, y) = (search(k, &fa[k]), search(k, &fb[k]));
-                eprintln!(
-                    "{what} bank {k}: score {} {}, s* {} {}, w {} {}, patch {} {}, m* {} {}",
-                    ba[k],
-                    bb[k],
-                    x.s_star,
-                    y.s_star,
-                    x.weight,
-                    y.weight,
-                    x.patch,
-                    y.patch,
-                    x.nearest,
-                    y.nearest
+                assert_bank_scores_agree_up_to_ties(
+                    &set, k, &fa[k], &fb[k], ba[k], bb[k], tol, &what,
                 );
-                assert!(
-                    rel(ba[k], x.score) <= DISTANCE_TOLERANCE_F32,
-                    "{what}: bank {k} cpu"
-                );
-                assert!(
-                    rel(bb[k], y.score) <= DISTANCE_TOLERANCE_F32,
-                    "{what}: bank {k} sim"
-                );
-                assert!(rel(x.s_star, y.s_star) <= tol, "{what}: bank {k} s*");
-                if x.nearest != y.nearest {
-                    // A flip only on a near tie: both rows about equally near the CPU's
-                    // worst patch.
-                    let (da, db) = (
-                        row_distance(k, &fa[k], x.patch, x.nearest),
-                        row_distance(k, &fa[k], x.patch, y.nearest),
-                    );
-                    eprintln!("{what} bank {k}: patch {} to m* {da} and {db}", x.patch);
-                    assert!(rel(da, db) <= tol, "{what}: bank {k} m* flipped off a tie");
-                } else {
-                    assert!(rel(x.weight, y.weight) <= tol, "{what}: bank {k} w");
-                    assert!(
-                        rel(ba[k], bb[k]) <= tol,
-                        "{what}: bank {k} cpu {} sim {}",
-                        ba[k],
-                        bb[k]
-                    );
-                }
             }
             eprintln!("{what}: part score {sa} {sb} ({:.2e})", rel(sa, sb));
             assert!(rel(sa, sb) <= part_tol, "{what}: score cpu {sa} sim {sb}");
