@@ -738,11 +738,17 @@ pub fn fit(
             tables.push((neighbour_table_name(b), vec![rows, TABLE_NEIGHBOURS], t));
         }
         if let Some(p) = partitions[b].take() {
-            let [order, starts, radii] = partition_names(b);
+            let [order, starts, radii, basis, records] = partition_names(b);
             let k = p.clusters();
-            tables.push((order, vec![p.order.len()], p.order));
+            let n = p.order.len();
+            tables.push((order, vec![n], p.order));
             tables.push((starts, vec![k + 1], p.starts));
             tensors.push((radii, vec![k], p.radii));
+            if let Some(proj) = p.projection {
+                let d = shapes[b].1;
+                tensors.push((basis, vec![proj.basis.len() / d, d], proj.basis));
+                tensors.push((records, vec![n, proj.rows.len() / n], proj.rows));
+            }
         }
         if bank_data[b].is_empty() {
             continue;

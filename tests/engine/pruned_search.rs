@@ -1,8 +1,9 @@
 //! The pruned bank search at inspection (`EngineOptions::pruned_search`): the fit stores
 //! each bank's partition in the bank file; an engine searching through it gives the
 //! unpruned engine's results bit for bit (scores, bank scores, maps); a bank file without
-//! the partitions (written before them) still opens and searches unpruned; a corrupt
-//! partition is refused with its name.
+//! the partitions (written before them) still opens and searches unpruned, one without
+//! the projection bound searches with the cluster bound alone; a corrupt partition or
+//! projection is refused with its name.
 
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_test;
@@ -53,6 +54,8 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
                 .partition
                 .unwrap_or_else(|| panic!("bank {b}: no partition stored"));
             assert_eq!(p.order.len(), v.n);
+            // Banks of 64 values or more carry the projection bound.
+            assert_eq!(p.projection.is_some(), v.dim >= 64, "bank {b}: projection");
             stored += 1;
         }
     }
@@ -75,9 +78,18 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
+    // Written before the projection bound: partitions with the cluster bound only.
+    let cluster_only = f.dir.join("cluster-only.bank");
+    let projections: Vec<String> = (0..3)
+        .flat_map(|b| partition_names(b).into_iter().skip(3))
+        .collect();
+    rewrite(&f.bank, &cluster_only, |name, b| {
+        (!projections.iter().any(|n| n == name)).then(|| b.to_vec())
+    });
     let mut plain = open(&f, &f.bank, false).unwrap();
     let mut pruned = open(&f, &f.bank, true).unwrap();
     let mut old_pruned = open(&f, &old, true).unwrap();
+    let mut cluster_pruned = open(&f, &cluster_only, true).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let opts = InspectOptions::default();
     for p in &parts {
@@ -88,7 +100,11 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
             bits(&want.bank_scores),
             bits(want.map.unwrap()),
         );
-        for (what, e) in [("pruned", &mut pruned), ("old file", &mut old_pruned)] {
+        for (what, e) in [
+            ("pruned", &mut pruned),
+            ("old file", &mut old_pruned),
+            ("cluster bound only", &mut cluster_pruned),
+        ] {
             let got = e.inspect(r, c, &opts).unwrap();
             let got = (
                 got.score.to_bits(),
@@ -115,4 +131,22 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
     });
     let e = open(&f, &bad, true).unwrap_err().to_string();
     assert!(e.contains("fused partition") && e.contains("twice"), "{e}");
+
+    // A projection basis that is not orthonormal (one value doubled): refused by name.
+    let basis = partition_names(2)[3].clone();
+    rewrite(&f.bank, &bad, |name, b| {
+        let mut b = b.to_vec();
+        if name == basis {
+            // The first direction's first value (after the mean's).
+            let at = 4;
+            let v = f32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+            b[at..at + 4].copy_from_slice(&(2.0 * v + 0.5).to_le_bytes());
+        }
+        Some(b)
+    });
+    let e = open(&f, &bad, true).unwrap_err().to_string();
+    assert!(
+        e.contains("fused partition") && e.contains("orthonormal"),
+        "{e}"
+    );
 }
