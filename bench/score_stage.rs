@@ -12,7 +12,9 @@
 //! Environment: `MIAD_SCORE_MODEL`, `MIAD_SCORE_BANK` (files), `MIAD_SCORE_DATA` (a
 //! category folder: its test parts, else its train parts, are extracted once by an f32
 //! engine), `MIAD_SCORE_PARTS` (default 4), `MIAD_SCORE_ROUNDS` (default 3; the best
-//! round per part and form), `MIAD_SCORE_THREADS` (default 2), and `MIAD_SCORE_ROWS`
+//! round per part and form), `MIAD_SCORE_THREADS` (default 2), `MIAD_SCORE_DUMP` (a
+//! folder: the banks and normalised queries written there as raw files, for the offline
+//! analysis `bench/results/cpu-bankprune-2026-12-07-bounds.py`), and `MIAD_SCORE_ROWS`
 //! (e.g. `xyz=15870,rgb=23520,fused=94080`: the banks synthesised at these sizes as
 //! `miad bench --bank-rows` does, written next to the bank file and removed after).
 //! Every form's scores and maps are checked equal to f32's, bit for bit.
@@ -57,6 +59,41 @@ fn parse_rows(text: &str) -> [Option<usize>; 3] {
         rows[b] = Some(n.parse().expect("rows"));
     }
     rows
+}
+
+/// Writes, per bank, raw little-endian files for offline analysis of the bounds
+/// (`MIAD_SCORE_DUMP`): `B_bank.f32` (rows), `B_norms.f32`, `B_queries.f32` (the parts'
+/// features normalised as the scorer does) and, where stored, `B_order.u32`,
+/// `B_starts.u32`, `B_radii.f32`.
+fn dump(dir: &std::path::Path, set: &BankSet<'_>, feats: &[[Vec<f32>; 3]]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let write = |name: String, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    for (b, v) in set.banks.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let name = BANK_NAMES[b];
+        write(format!("{name}_bank.f32"), bytemuck::cast_slice(v.data));
+        write(
+            format!("{name}_norms.f32"),
+            bytemuck::cast_slice(v.sq_norms),
+        );
+        if let Some(p) = v.partition {
+            write(format!("{name}_order.u32"), bytemuck::cast_slice(p.order));
+            write(format!("{name}_starts.u32"), bytemuck::cast_slice(p.starts));
+            write(format!("{name}_radii.f32"), bytemuck::cast_slice(p.radii));
+        }
+        let norm = set.norms[b];
+        let q: Vec<f32> = feats
+            .iter()
+            .flat_map(|x| x[b].iter().map(|v| (v - norm.mean) * (1.0 / norm.std)))
+            .collect();
+        write(format!("{name}_queries.f32"), bytemuck::cast_slice(&q));
+        println!(
+            "dumped bank {name}: {} rows x {}, {} queries",
+            v.n,
+            v.dim,
+            q.len() / v.dim
+        );
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -119,6 +156,9 @@ fn main() {
     let stored = BankSet::from_file(&file).unwrap();
     let set = stored.without_partitions();
     let pool = Pool::new(threads);
+    if let Some(dir) = std::env::var_os("MIAD_SCORE_DUMP") {
+        dump(&PathBuf::from(dir), &stored, &feats);
+    }
     let f32_scorer = Scorer::new(file.config(), &set, threads);
     let mut bf16_scorer = f32_scorer.clone();
     let bf16 = bf16_scorer.use_bf16_search();

@@ -84,8 +84,8 @@ pub struct ProjectionView<'a> {
     dim: usize,
 }
 
-/// The upward rounding of `x` to f32.
-fn f32_up(x: f64) -> f32 {
+/// The smallest f32 at or above `x`.
+pub(crate) fn f32_up(x: f64) -> f32 {
     let f = x as f32;
     if (f as f64) < x {
         f.next_up()
@@ -94,8 +94,8 @@ fn f32_up(x: f64) -> f32 {
     }
 }
 
-/// The downward rounding of `x` to f32.
-fn f32_down(x: f64) -> f32 {
+/// The largest f32 at or below `x`.
+pub(crate) fn f32_down(x: f64) -> f32 {
     let f = x as f32;
     if (f as f64) > x {
         f.next_down()

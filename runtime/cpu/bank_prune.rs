@@ -36,7 +36,9 @@
 //!
 //! [`nearest`]: super::bank_search::nearest
 
-use super::bank_proj::{row_needed, Projection, ProjectionView, QueryBound, PROJ_DIMS};
+use super::bank_proj::{
+    f32_down, f32_up, row_needed, Projection, ProjectionView, QueryBound, PROJ_DIMS,
+};
 use super::bank_search::{
     gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, BankView, NO_ROW,
     QUERY_BLOCK, QUERY_PACK_FLOATS,
@@ -150,18 +152,7 @@ impl BankPartition {
         }
         // f64 sums of 2 000 exact squares are within 1e-12 relative: rounded up, then to
         // the f32 at or above.
-        let radii = radius
-            .iter()
-            .map(|&r| {
-                let r = r * (1.0 + 1e-9);
-                let f = r as f32;
-                if (f as f64) < r {
-                    f.next_up()
-                } else {
-                    f
-                }
-            })
-            .collect();
+        let radii = radius.iter().map(|&r| f32_up(r * (1.0 + 1e-9))).collect();
         let mut starts = counts;
         for c in 0..k {
             starts[c + 1] += starts[c];
@@ -322,16 +313,6 @@ pub fn pruned_scratch_len(threads: usize, queries: usize, dim: usize, clusters: 
     // Per query: its nearest centre (distance, index), its place, its result; the
     // queries grouped by centre.
     5 * queries + queries * dim + threads.max(1) * pruned_worker_floats(dim, clusters)
-}
-
-/// The largest f32 at or below `x`.
-fn f32_down(x: f64) -> f32 {
-    let f = x as f32;
-    if f as f64 > x {
-        f.next_down()
-    } else {
-        f
-    }
 }
 
 /// [`nearest`]'s result for `queries` against `bank`, with the clusters of `part` that
