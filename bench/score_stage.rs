@@ -4,16 +4,22 @@
 //! - f32: `cpu::bank_search::nearest`;
 //! - bf16: `nearest_bf16` (`--precision bf16` with AVX512-BF16);
 //! - pruned: `cpu::bank_prune::nearest_pruned` with the bank file's stored partitions
-//!   (or, for a file without them, partitions built here as the fit builds them).
+//!   (or, for a file without them, partitions built here as the fit builds them), with
+//!   the per-row projection bound where the partition has one;
+//! - pruned, cluster bound only: the same partitions without the projection bound (the
+//!   pruned search before it).
 //!
 //! Environment: `MIAD_SCORE_MODEL`, `MIAD_SCORE_BANK` (files), `MIAD_SCORE_DATA` (a
 //! category folder: its test parts, else its train parts, are extracted once by an f32
 //! engine), `MIAD_SCORE_PARTS` (default 4), `MIAD_SCORE_ROUNDS` (default 3; the best
-//! round per part and form), `MIAD_SCORE_THREADS` (default 2), and `MIAD_SCORE_ROWS`
+//! round per part and form), `MIAD_SCORE_THREADS` (default 2), `MIAD_SCORE_DUMP` (a
+//! folder: the banks and normalised queries written there as raw files, for the offline
+//! analysis `bench/results/cpu-bankprune-2026-12-07-bounds.py`), and `MIAD_SCORE_ROWS`
 //! (e.g. `xyz=15870,rgb=23520,fused=94080`: the banks synthesised at these sizes as
 //! `miad bench --bank-rows` does, written next to the bank file and removed after).
 //! Every form's scores and maps are checked equal to f32's, bit for bit.
 
+use miad::cpu::bank_proj::PROJ_DIMS;
 use miad::cpu::bank_prune::BankPartition;
 use miad::cpu::bank_search::{nearest_bf16, nearest_bf16_scratch_len};
 use miad::cpu::pool::Pool;
@@ -53,6 +59,41 @@ fn parse_rows(text: &str) -> [Option<usize>; 3] {
         rows[b] = Some(n.parse().expect("rows"));
     }
     rows
+}
+
+/// Writes, per bank, raw little-endian files for offline analysis of the bounds
+/// (`MIAD_SCORE_DUMP`): `B_bank.f32` (rows), `B_norms.f32`, `B_queries.f32` (the parts'
+/// features normalised as the scorer does) and, where stored, `B_order.u32`,
+/// `B_starts.u32`, `B_radii.f32`.
+fn dump(dir: &std::path::Path, set: &BankSet<'_>, feats: &[[Vec<f32>; 3]]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let write = |name: String, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
+    for (b, v) in set.banks.iter().enumerate() {
+        let Some(v) = v else { continue };
+        let name = BANK_NAMES[b];
+        write(format!("{name}_bank.f32"), bytemuck::cast_slice(v.data));
+        write(
+            format!("{name}_norms.f32"),
+            bytemuck::cast_slice(v.sq_norms),
+        );
+        if let Some(p) = v.partition {
+            write(format!("{name}_order.u32"), bytemuck::cast_slice(p.order));
+            write(format!("{name}_starts.u32"), bytemuck::cast_slice(p.starts));
+            write(format!("{name}_radii.f32"), bytemuck::cast_slice(p.radii));
+        }
+        let norm = set.norms[b];
+        let q: Vec<f32> = feats
+            .iter()
+            .flat_map(|x| x[b].iter().map(|v| (v - norm.mean) * (1.0 / norm.std)))
+            .collect();
+        write(format!("{name}_queries.f32"), bytemuck::cast_slice(&q));
+        println!(
+            "dumped bank {name}: {} rows x {}, {} queries",
+            v.n,
+            v.dim,
+            q.len() / v.dim
+        );
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -123,6 +164,9 @@ fn main() {
     let stored = BankSet::from_file(&file).unwrap();
     let set = stored.without_partitions();
     let pool = Pool::new(threads);
+    if let Some(dir) = std::env::var_os("MIAD_SCORE_DUMP") {
+        dump(&PathBuf::from(dir), &stored, &feats);
+    }
     let f32_scorer = Scorer::new(file.config(), &set, threads);
     let mut bf16_scorer = f32_scorer.clone();
     let bf16 = bf16_scorer.use_bf16_search();
@@ -143,16 +187,31 @@ fn main() {
         })
         .collect();
     println!("partitions ready in {:.1} s", t.elapsed().as_secs_f64());
-    let pruned_set = BankSet {
-        banks: std::array::from_fn(|b| {
-            set.banks[b].map(|v| match &partitions[b] {
-                Some(p) => v.with_partition(p.view(&v).unwrap()),
-                None => v,
-            })
-        }),
-        ..set
-    };
+    // The same partitions with the cluster bound alone (no per-row projection bound).
+    let cluster_only: Vec<Option<BankPartition>> = set
+        .banks
+        .iter()
+        .zip(&partitions)
+        .map(|(v, p)| {
+            let (v, p) = (v.as_ref()?, p.as_ref()?);
+            Some(BankPartition::copied(p.view(v).unwrap()).without_projection())
+        })
+        .collect();
+    fn with_partitions<'a>(set: &BankSet<'a>, parts: &'a [Option<BankPartition>]) -> BankSet<'a> {
+        BankSet {
+            banks: std::array::from_fn(|b| {
+                set.banks[b].map(|v| match &parts[b] {
+                    Some(p) => v.with_partition(p.view(&v).unwrap()),
+                    None => v,
+                })
+            }),
+            ..*set
+        }
+    }
+    let pruned_set = with_partitions(&set, &partitions);
+    let cluster_set = with_partitions(&set, &cluster_only);
     let pruned_scorer = Scorer::new(file.config(), &pruned_set, threads);
+    let cluster_scorer = Scorer::new(file.config(), &cluster_set, threads);
     for (b, v) in set.banks.iter().enumerate() {
         if let Some(v) = v {
             let k = partitions[b].as_ref().map_or(0, |p| p.clusters());
@@ -160,8 +219,12 @@ fn main() {
                 Some(_) => "stored in the file",
                 None => "built here",
             };
+            let proj = match partitions[b].as_ref().and_then(|p| p.projection.as_ref()) {
+                Some(_) => "with the projection bound",
+                None => "no projection bound",
+            };
             println!(
-                "bank {}: {} rows x {}, {k} clusters ({from})",
+                "bank {}: {} rows x {}, {k} clusters ({from}; {proj})",
                 BANK_NAMES[b], v.n, v.dim
             );
         }
@@ -169,17 +232,18 @@ fn main() {
 
     let s = f32_scorer.map_size() * f32_scorer.map_size();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let forms: [(&str, &Scorer, &BankSet); 3] = [
+    let forms: [(&str, &Scorer, &BankSet); 4] = [
         ("f32", &f32_scorer, &set),
         ("bf16", &bf16_scorer, &set),
         ("pruned", &pruned_scorer, &pruned_set),
+        ("pruned, cluster bound only", &cluster_scorer, &cluster_set),
     ];
     let most = forms.iter().map(|f| f.1.scratch_len()).max().unwrap_or(0);
     let mut scratch = vec![0f32; most];
     let mut maps = vec![0f32; 3 * s];
     let mut map = vec![0f32; s];
     // Best time per part and form over the rounds, the forms interleaved.
-    let mut best = vec![[f64::INFINITY; 3]; feats.len()];
+    let mut best = vec![[f64::INFINITY; 4]; feats.len()];
     for round in 0..rounds {
         for (p, x) in feats.iter().enumerate() {
             let x = [&x[0][..], &x[1][..], &x[2][..]];
@@ -211,14 +275,14 @@ fn main() {
             timing::load_average()
         );
     }
-    let total: [f64; 3] = std::array::from_fn(|f| best.iter().map(|b| b[f]).sum());
+    let total: [f64; 4] = std::array::from_fn(|f| best.iter().map(|b| b[f]).sum());
     println!(
         "score stage, {} parts, {threads} threads, best of {rounds} rounds per part (scores and maps identical in every form):",
         feats.len()
     );
     for (f, (name, ..)) in forms.iter().enumerate() {
         println!(
-            "  {name:>6}: {:8.1} ms per part, ratio to f32 {:.3}",
+            "  {name:>26}: {:8.1} ms per part, ratio to f32 {:.3}",
             total[f] / feats.len() as f64 * 1e3,
             total[f] / total[0]
         );
@@ -243,17 +307,28 @@ fn main() {
             scans += nearest_bf16(&pool, &q, v, &mut d, &mut i, &mut s16);
             queries += nq;
         }
-        let pairs = partitions[b].as_ref().map(|p| p.pair_counts());
-        println!(
-            "  bank {}: bf16 exact scans {scans} of {queries} queries; pruned pairs computed {}",
-            BANK_NAMES[b],
-            match pairs {
-                Some((asked, done)) => format!(
-                    "{done} of {asked} ({:.3})",
+        let share = |p: &Option<BankPartition>| match p {
+            Some(p) => {
+                let (asked, done) = p.pair_counts();
+                let bound = p.projected_pairs();
+                // A projected pair costs PROJ_DIMS of a pair's dim multiply-adds.
+                let cost = (done as f64 + bound as f64 * PROJ_DIMS as f64 / v.dim as f64)
+                    / asked.max(1) as f64;
+                format!(
+                    "{done} of {asked} ({:.3}; bound evaluated for {bound}, computed + bound cost {cost:.3})",
                     done as f64 / asked.max(1) as f64
-                ),
-                None => "(no partition)".into(),
+                )
             }
+            None => "(no partition)".into(),
+        };
+        println!(
+            "  bank {}: bf16 exact scans {scans} of {queries} queries",
+            BANK_NAMES[b]
+        );
+        println!("    pruned: pairs computed {}", share(&partitions[b]));
+        println!(
+            "    cluster bound only: pairs computed {}",
+            share(&cluster_only[b])
         );
     }
 }

@@ -395,28 +395,37 @@ fn neighbour_tables(c: &miad::config::BankConfig, file: &Container) -> Val {
     }
 }
 
-/// Which banks carry the partition of the pruned search, with its clusters.
+/// Which banks carry the partition of the pruned search, with its clusters and whether
+/// the per-row projection bound comes with it.
 fn search_partitions(c: &miad::config::BankConfig, file: &Container) -> Val {
     use miad::pipeline::score::{partition_names, BANK_NAMES};
     let clusters = |b: usize| {
-        let [_, _, radii] = partition_names(b);
+        let [_, _, radii, _, _] = partition_names(b);
         file.entry(&radii)
             .map(|e| e.shape_usize().iter().product::<usize>())
     };
     let [with, without] = banks_with(c, |b| clusters(b).is_some());
     let listed: Vec<String> = with
         .iter()
-        .map(|&b| format!("{} {} clusters", BANK_NAMES[b], clusters(b).unwrap_or(0)))
+        .map(|&b| {
+            let [_, _, _, basis, _] = partition_names(b);
+            let bound = match file.entry(&basis) {
+                Some(_) => " + projection bound",
+                None => "",
+            };
+            let k = clusters(b).unwrap_or(0);
+            format!("{} {k} clusters{bound}", BANK_NAMES[b])
+        })
         .collect();
     match (with.is_empty(), without.is_empty()) {
         (true, true) => Val::Absent,
-        (false, true) => t(format!("{} (pruned exact search)", listed.join(", "))),
+        (false, true) => t(format!("pruned exact search: {}", listed.join(", "))),
         (true, false) => t(format!(
             "none (written before the partitions: {} searched unpruned)",
             bank_names(&without)
         )),
         (false, false) => t(format!(
-            "{}; none for {} (searched unpruned)",
+            "pruned exact search: {}; none for {} (searched unpruned)",
             listed.join(", "),
             bank_names(&without)
         )),

@@ -22,11 +22,23 @@
 //! in the tile), and the minimum keeps the lowest original row among equal d² — so the
 //! result is [`nearest`]'s, bit for bit, whatever the partition.
 //!
+//! Per-row bound ([`super::bank_proj`], where the partition has one: banks of 64 values
+//! or more fitted since it was added): in a visited cluster, the rows' records (32
+//! projected coordinates and a few margins, stored in cluster order) go through the
+//! micro-kernel against the strip's projected queries, and a row joins the panel only
+//! when its projection bound is not above some strip query's running best; the bound
+//! also carries a sharper rounding margin of nearest's d² than `gemm_form_bound`
+//! (per pair, from the order of the sums). Without it (files fitted before), every row
+//! of a visited cluster is computed.
+//!
 //! Memory: no copy of the bank; the search works in planned scratch
 //! ([`pruned_scratch_len`]), so inspection allocates nothing.
 //!
 //! [`nearest`]: super::bank_search::nearest
 
+use super::bank_proj::{
+    f32_down, f32_up, row_needed, Projection, ProjectionView, QueryBound, PROJ_DIMS,
+};
 use super::bank_search::{
     gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, BankView, NO_ROW,
     QUERY_BLOCK, QUERY_PACK_FLOATS,
@@ -47,6 +59,7 @@ const MAX_MR: usize = 12;
 pub struct PairCounts {
     asked: AtomicU64,
     computed: AtomicU64,
+    projected: AtomicU64,
 }
 
 impl PairCounts {
@@ -57,9 +70,16 @@ impl PairCounts {
         )
     }
 
-    fn add(&self, asked: u64, computed: u64) {
+    /// Pairs whose projection bound was evaluated (each costs `PROJ_DIMS` of a pair's
+    /// `dim` multiply-adds).
+    pub fn projected(&self) -> u64 {
+        self.projected.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, asked: u64, computed: u64, projected: u64) {
         self.asked.fetch_add(asked, Ordering::Relaxed);
         self.computed.fetch_add(computed, Ordering::Relaxed);
+        self.projected.fetch_add(projected, Ordering::Relaxed);
     }
 }
 
@@ -71,6 +91,8 @@ pub struct BankPartition {
     pub starts: Vec<u32>,
     /// Upper bound of the true distance from each centre to each row of its cluster.
     pub radii: Vec<f32>,
+    /// The per-row projection bound's data ([`super::bank_proj`]), for banks wide enough.
+    pub projection: Option<Projection>,
     counts: PairCounts,
 }
 
@@ -83,6 +105,8 @@ pub struct PartitionView<'a> {
     pub radii: &'a [f32],
     /// Largest squared norm of the bank.
     pub b_max: f32,
+    /// The per-row projection bound, where the partition has one.
+    pub projection: Option<ProjectionView<'a>>,
     /// Where the searches count their pairs (the fit's report), if anywhere.
     pub counts: Option<&'a PairCounts>,
 }
@@ -128,18 +152,7 @@ impl BankPartition {
         }
         // f64 sums of 2 000 exact squares are within 1e-12 relative: rounded up, then to
         // the f32 at or above.
-        let radii = radius
-            .iter()
-            .map(|&r| {
-                let r = r * (1.0 + 1e-9);
-                let f = r as f32;
-                if (f as f64) < r {
-                    f.next_up()
-                } else {
-                    f
-                }
-            })
-            .collect();
+        let radii = radius.iter().map(|&r| f32_up(r * (1.0 + 1e-9))).collect();
         let mut starts = counts;
         for c in 0..k {
             starts[c + 1] += starts[c];
@@ -151,10 +164,12 @@ impl BankPartition {
             order[next[c] as usize] = i as u32;
             next[c] += 1;
         }
+        let projection = Projection::build(pool, bank.data, bank.sq_norms, dim, &order);
         Some(BankPartition {
             order,
             starts,
             radii,
+            projection,
             counts: PairCounts::default(),
         })
     }
@@ -165,8 +180,18 @@ impl BankPartition {
             order: p.order.to_vec(),
             starts: p.starts.to_vec(),
             radii: p.radii.to_vec(),
+            projection: p.projection.map(|v| Projection {
+                basis: v.basis.to_vec(),
+                rows: v.rows.to_vec(),
+            }),
             counts: PairCounts::default(),
         }
+    }
+
+    /// The same partition without its projection bound (the cluster bound alone).
+    pub fn without_projection(mut self) -> Self {
+        self.projection = None;
+        self
     }
 
     pub fn clusters(&self) -> usize {
@@ -179,9 +204,17 @@ impl BankPartition {
         self.counts.get()
     }
 
+    /// Pairs whose projection bound the searches evaluated so far.
+    pub fn projected_pairs(&self) -> u64 {
+        self.counts.projected()
+    }
+
     /// The partition for searching `bank` (the bank it was built from), counting pairs.
     pub fn view(&self, bank: &BankView<'_>) -> Result<PartitionView<'_>, String> {
         let mut v = PartitionView::new(bank, &self.order, &self.starts, &self.radii)?;
+        if let Some(p) = &self.projection {
+            v = v.with_projection(bank, &p.basis, &p.rows)?;
+        }
         v.counts = Some(&self.counts);
         Ok(v)
     }
@@ -223,17 +256,30 @@ impl<'a> PartitionView<'a> {
             starts,
             radii,
             b_max: bank.sq_norms.iter().fold(0f32, |m, &v| m.max(v)),
+            projection: None,
             counts: None,
         })
+    }
+
+    /// The partition with the per-row projection bound of `basis` and `rows` (records in
+    /// this partition's cluster order, [`super::bank_proj`]); checked.
+    pub fn with_projection(
+        mut self,
+        bank: &BankView<'_>,
+        basis: &'a [f32],
+        rows: &'a [f32],
+    ) -> Result<Self, String> {
+        self.projection = Some(ProjectionView::new(basis, rows, bank.dim, bank.n)?);
+        Ok(self)
     }
 
     pub fn clusters(&self) -> usize {
         self.radii.len()
     }
 
-    fn count(&self, asked: usize, computed: u64) {
+    fn count(&self, asked: usize, computed: u64, projected: u64) {
         if let Some(c) = self.counts {
-            c.add(asked as u64, computed);
+            c.add(asked as u64, computed, projected);
         }
     }
 }
@@ -252,12 +298,13 @@ fn exact_dist(a: &[f32], b: &[f32]) -> f64 {
 
 /// Floats of the per-worker part of [`pruned_scratch_len`]: packed queries, the lower
 /// bounds of every (query, centre) pair, the visiting order and keys of the clusters,
-/// the panel of gathered rows.
+/// the panel of gathered rows, the block's projected queries and their packed form.
 fn pruned_worker_floats(dim: usize, clusters: usize) -> usize {
     QUERY_PACK_FLOATS.max(nearest_scratch_len(1))
         + query_block(dim) * clusters
         + 2 * clusters
         + MAX_MR * dim
+        + 2 * QUERY_BLOCK * PROJ_DIMS
 }
 
 /// Floats of scratch [`nearest_pruned`] needs for `queries` rows of `dim` values against
@@ -266,16 +313,6 @@ pub fn pruned_scratch_len(threads: usize, queries: usize, dim: usize, clusters: 
     // Per query: its nearest centre (distance, index), its place, its result; the
     // queries grouped by centre.
     5 * queries + queries * dim + threads.max(1) * pruned_worker_floats(dim, clusters)
-}
-
-/// The largest f32 at or below `x`.
-fn f32_down(x: f64) -> f32 {
-    let f = x as f32;
-    if f as f64 > x {
-        f.next_down()
-    } else {
-        f
-    }
 }
 
 /// [`nearest`]'s result for `queries` against `bank`, with the clusters of `part` that
@@ -329,7 +366,7 @@ pub fn nearest_pruned(
     if k < ker.mr || bank.n < ker.mr || query_block(dim) * dim > QUERY_PACK_FLOATS {
         // A partition made for a narrower kernel, or a bank too small to prune.
         nearest(pool, queries, bank, exclude, dist, index, workers);
-        part.count(nq * bank.n, (nq * bank.n) as u64);
+        part.count(nq * bank.n, (nq * bank.n) as u64, 0);
         return;
     }
     let (owner_d, rest) = per_query.split_at_mut(nq);
@@ -395,7 +432,9 @@ fn search_grouped(
         let (pack, rest) = work.split_at_mut(pack_len);
         let (lo, rest) = rest.split_at_mut(qb * k);
         let (visit, rest) = rest.split_at_mut(k);
-        let (keys, panel) = rest.split_at_mut(k);
+        let (keys, rest) = rest.split_at_mut(k);
+        let (panel, rest) = rest.split_at_mut(MAX_MR * dim);
+        let (pq, ppack) = rest.split_at_mut(QUERY_BLOCK * PROJ_DIMS);
         let visit: &mut [u32] = bytemuck::cast_slice_mut(visit);
         let q = &queries[q0 * dim..(q0 + qn) * dim];
         let mut qnorm = [0f32; QUERY_BLOCK];
@@ -407,7 +446,7 @@ fn search_grouped(
         if !q.iter().all(|v| v.is_finite()) {
             // No bound holds: nearest's own block search.
             search_block(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
-            part.count(qn * bank.n, (qn * bank.n) as u64);
+            part.count(qn * bank.n, (qn * bank.n) as u64, 0);
             for v in d_out.iter_mut() {
                 *v = v.max(0.0).sqrt();
             }
@@ -424,6 +463,27 @@ fn search_grouped(
             1.0,
             pack,
         );
+        // The projection bound's query side: p̂_q packed as the queries are.
+        let mut qbound = [QueryBound::default(); QUERY_BLOCK];
+        if let Some(pv) = part.projection {
+            let kp = pv.k;
+            for (j, (qb_j, p)) in qbound.iter_mut().zip(pq.chunks_exact_mut(kp)).enumerate() {
+                if j == qn {
+                    break;
+                }
+                *qb_j = QueryBound::new(&pv, &q[j * dim..(j + 1) * dim], qnorm[j], p);
+            }
+            pack_rhs(
+                Operand::transposed(Mat::new(&pq[..qn * kp], qn, kp)),
+                0,
+                kp,
+                0,
+                qn,
+                nr,
+                1.0,
+                ppack,
+            );
+        }
         // E per query (the bank's largest norm covers every centre and row).
         let mut err = [0f64; QUERY_BLOCK];
         for j in 0..qn {
@@ -467,10 +527,13 @@ fn search_grouped(
             }
         }
         let mut computed = 0u64;
+        let mut projected = 0u64;
+        let mut ptile = [0f32; MAX_MR * 32];
         for s in 0..strips {
             let j0 = s * nr;
             let cols = nr.min(qn - j0);
             let strip = j0..j0 + cols;
+            let strip_pack = &pack[s * dim * nr..(s + 1) * dim * nr];
             // This strip's clusters nearest first (by its smallest bound).
             for (c, (v, kv)) in visit.iter_mut().zip(keys.iter_mut()).enumerate() {
                 *v = c as u32;
@@ -487,6 +550,19 @@ fn search_grouped(
                     .total_cmp(&keys[b as usize])
                     .then(a.cmp(&b))
             });
+            // Rows (cluster-order positions) waiting for a full panel.
+            let mut pending = [0u32; MAX_MR];
+            let mut waiting = 0;
+            let rows_out = Panel {
+                ker,
+                bank,
+                part: &part,
+                exclude,
+                strip_pack,
+                qnorm: &qnorm,
+                j0,
+                cols,
+            };
             for &c in visit.iter() {
                 let c = c as usize;
                 let r = part.radii[c] as f64;
@@ -504,59 +580,136 @@ fn search_grouped(
                     continue;
                 }
                 let (a, b) = (part.starts[c] as usize, part.starts[c + 1] as usize);
+                let Some(pv) = part.projection else {
+                    // The cluster bound alone: every row of the cluster.
+                    for g0 in (a..b).step_by(mr) {
+                        let rows = mr.min(b - g0);
+                        for (i, p) in pending[..rows].iter_mut().enumerate() {
+                            *p = (g0 + i) as u32;
+                        }
+                        computed += rows_out.run(&pending[..rows], panel, &mut tile, d_out, i_out);
+                    }
+                    continue;
+                };
+                // Per row: the projection bound of every query of the strip from the
+                // rows' records (contiguous in cluster order) through the micro-kernel.
+                let kp = pv.k;
+                let len = super::bank_proj::record_len(kp);
                 for g0 in (a..b).step_by(mr) {
                     let rows = mr.min(b - g0);
-                    // The group's rows gathered into the panel (zeros below a short
-                    // group: their tile rows are not read).
-                    for i in 0..mr {
-                        let dst = &mut panel[i * dim..(i + 1) * dim];
-                        if i < rows {
-                            dst.copy_from_slice(bank.row(part.order[g0 + i] as usize));
-                        } else {
-                            dst.fill(0.0);
-                        }
-                    }
-                    // SAFETY: the panel holds mr·dim floats, the strip dim·nr packed
-                    // floats, the tile mr·nr floats.
+                    let start = g0.min(bank.n - mr);
+                    // SAFETY: records start..start+mr hold mr·len floats (start ≤ n − mr);
+                    // the strip kp·nr packed floats; the tile mr·nr floats.
                     unsafe {
                         ker.run(
-                            dim,
-                            panel.as_ptr(),
-                            dim,
-                            pack[s * dim * nr..(s + 1) * dim * nr].as_ptr(),
-                            tile.as_mut_ptr(),
+                            kp,
+                            pv.rows[start * len..].as_ptr(),
+                            len,
+                            ppack[s * kp * nr..(s + 1) * kp * nr].as_ptr(),
+                            ptile.as_mut_ptr(),
                             nr,
                             Start::Zero,
                         )
                     };
-                    computed += (rows * cols) as u64;
-                    for i in 0..rows {
-                        let orig = part.order[g0 + i];
-                        if let Some((origin, id)) = exclude {
-                            if origin[orig as usize] == id {
-                                continue;
-                            }
-                        }
-                        let bn = bank.sq_norms[orig as usize];
-                        for jj in 0..cols {
-                            let j = j0 + jj;
-                            let d2 = qnorm[j] - 2.0 * tile[i * nr + jj] + bn;
-                            // nearest's strict `<` in bank order: the smallest d², the
-                            // lowest row among equal ones, never an infinite or NaN d².
-                            if d2 < d_out[j]
-                                || (d2 == d_out[j] && d2 < f32::INFINITY && orig < i_out[j])
-                            {
-                                d_out[j] = d2;
-                                i_out[j] = orig;
+                    projected += (rows * cols) as u64;
+                    for pos in g0..g0 + rows {
+                        let dots = &ptile[(pos - start) * nr..(pos - start) * nr + cols];
+                        let need = row_needed(
+                            &qbound[strip.clone()],
+                            &d_out[strip.clone()],
+                            pv.record(pos),
+                            dots,
+                        );
+                        if need {
+                            pending[waiting] = pos as u32;
+                            waiting += 1;
+                            if waiting == mr {
+                                computed += rows_out.run(&pending, panel, &mut tile, d_out, i_out);
+                                waiting = 0;
                             }
                         }
                     }
                 }
             }
+            if waiting > 0 {
+                computed += rows_out.run(&pending[..waiting], panel, &mut tile, d_out, i_out);
+            }
         }
-        part.count(qn * bank.n, computed);
+        part.count(qn * bank.n, computed, projected);
         for v in d_out.iter_mut() {
             *v = v.max(0.0).sqrt();
         }
     });
+}
+
+/// One strip's exact pass over gathered rows, as [`nearest`] computes them.
+struct Panel<'p, 'a> {
+    ker: Kernel,
+    bank: BankView<'a>,
+    part: &'p PartitionView<'a>,
+    exclude: Option<(&'a [u32], u32)>,
+    /// The strip's packed queries (`dim × nr`).
+    strip_pack: &'p [f32],
+    qnorm: &'p [f32],
+    j0: usize,
+    cols: usize,
+}
+
+impl Panel<'_, '_> {
+    /// The rows at cluster-order positions `pos` (at most the kernel's `mr`) gathered into
+    /// `panel` and computed against the strip's queries through the micro-kernel, the
+    /// running minimum of `d_out`/`i_out` kept as nearest keeps it (the smallest d², the
+    /// lowest row among equal ones, never an infinite or NaN d²). Returns the pairs
+    /// computed.
+    fn run(
+        &self,
+        pos: &[u32],
+        panel: &mut [f32],
+        tile: &mut [f32; MAX_MR * 32],
+        d_out: &mut [f32],
+        i_out: &mut [u32],
+    ) -> u64 {
+        let (dim, mr, nr) = (self.bank.dim, self.ker.mr, self.ker.nr);
+        // Zeros below a short group: their tile rows are not read.
+        for i in 0..mr {
+            let dst = &mut panel[i * dim..(i + 1) * dim];
+            match pos.get(i) {
+                Some(&p) => {
+                    dst.copy_from_slice(self.bank.row(self.part.order[p as usize] as usize))
+                }
+                None => dst.fill(0.0),
+            }
+        }
+        // SAFETY: the panel holds mr·dim floats, the strip dim·nr packed floats, the tile
+        // mr·nr floats.
+        unsafe {
+            self.ker.run(
+                dim,
+                panel.as_ptr(),
+                dim,
+                self.strip_pack.as_ptr(),
+                tile.as_mut_ptr(),
+                nr,
+                Start::Zero,
+            )
+        };
+        for (i, &p) in pos.iter().enumerate() {
+            let orig = self.part.order[p as usize];
+            if let Some((origin, id)) = self.exclude {
+                if origin[orig as usize] == id {
+                    continue;
+                }
+            }
+            let bn = self.bank.sq_norms[orig as usize];
+            for jj in 0..self.cols {
+                let j = self.j0 + jj;
+                let d2 = self.qnorm[j] - 2.0 * tile[i * nr + jj] + bn;
+                if d2 < d_out[j] || (d2 == d_out[j] && d2 < f32::INFINITY && orig < i_out[j]) {
+                    d_out[j] = d2;
+                    i_out[j] = orig;
+                }
+            }
+        }
+        (pos.len() * self.cols) as u64
+    }
 }

@@ -181,7 +181,7 @@ pub fn write_with_banks(
         let view = BankView::new(&data, &norms, d);
         let partition = BankPartition::build(pool, view, BankPartition::clusters_for(n));
         if let Some(p) = &partition {
-            add_partition(&mut w, b, p);
+            add_partition(&mut w, b, p, d);
         }
         clusters.push((b, partition.as_ref().map_or(0, BankPartition::clusters)));
         w.add_f32(format!("bank.{name}_norms"), &[n], &norms);

@@ -227,9 +227,11 @@ impl Fitted {
         for (name, shape, rows) in &self.tables {
             w.add_typed(name.clone(), shape, rows);
         }
+        let c = &self.config;
+        let dims = [c.xyz_dim, c.rgb_dim, c.fused_dim];
         for (b, p) in self.partitions.iter().enumerate() {
             if let Some(p) = p {
-                add_partition(&mut w, b, p);
+                add_partition(&mut w, b, p, dims[b] as usize);
             }
         }
         Ok(w.write(path)?)

@@ -49,17 +49,25 @@ impl<'a> BankSet<'a> {
                 } else {
                     view
                 };
-                let [order, starts, radii] = partition_names(b);
+                let [order, starts, radii, basis, records] = partition_names(b);
                 if file.container().entry(&order).is_some() {
+                    let invalid = |e: String| FormatError::InvalidManifest {
+                        path: file.path().to_path_buf(),
+                        reason: format!("bank {} partition: {e}", BANK_NAMES[b]),
+                    };
                     let radii = file.typed::<f32>(&radii, None)?;
                     let starts = file.typed::<u32>(&starts, Some(&[radii.len() + 1]))?;
                     let order = file.typed::<u32>(&order, Some(&[n]))?;
-                    let part = PartitionView::new(&view, order, starts, radii).map_err(|e| {
-                        FormatError::InvalidManifest {
-                            path: file.path().to_path_buf(),
-                            reason: format!("bank {} partition: {e}", BANK_NAMES[b]),
-                        }
-                    })?;
+                    let mut part =
+                        PartitionView::new(&view, order, starts, radii).map_err(invalid)?;
+                    // Files fitted before the projection bound have the cluster bound only.
+                    if file.container().entry(&basis).is_some() {
+                        let basis = file.typed::<f32>(&basis, None)?;
+                        let records = file.typed::<f32>(&records, None)?;
+                        part = part
+                            .with_projection(&view, basis, records)
+                            .map_err(invalid)?;
+                    }
                     view = view.with_partition(part);
                 }
                 banks[b] = Some(view);
@@ -90,24 +98,35 @@ impl BankSet<'_> {
 /// The bank file's tensors holding bank `b`'s partition for the pruned search
 /// ([`crate::cpu::bank_prune`]): the rows in cluster order (`rows` u32), where each
 /// cluster starts (`clusters + 1` u32) and each cluster's radius (`clusters` f32); the
-/// centres are the bank's first `clusters` rows. Bank files written before them have
-/// none; the search is then the unpruned one.
-pub fn partition_names(b: usize) -> [String; 3] {
+/// centres are the bank's first `clusters` rows. Then, optional (fits since the
+/// projection bound, banks of ≥ 64 values), the projection bound
+/// ([`crate::cpu::bank_proj`]): its basis (`dim × 33` f32: per coordinate the mean,
+/// then 32 directions) and one record per row in cluster order (`rows × 36` f32). Bank files
+/// written before them have none; the search is then the unpruned one (no partition) or
+/// the cluster bound alone (no projection).
+pub fn partition_names(b: usize) -> [String; 5] {
     let n = BANK_NAMES[b];
     [
         format!("bank.{n}_cluster_order"),
         format!("bank.{n}_cluster_starts"),
         format!("bank.{n}_cluster_radii"),
+        format!("bank.{n}_cluster_proj_basis"),
+        format!("bank.{n}_cluster_proj_rows"),
     ]
 }
 
-/// Adds bank `b`'s partition to a bank file being written, under [`partition_names`]
-/// (the one place that lays a partition out in a file).
-pub fn add_partition(w: &mut Writer, b: usize, p: &BankPartition) {
-    let [order, starts, radii] = partition_names(b);
-    w.add_typed(order, &[p.order.len()], &p.order);
+/// Adds bank `b`'s partition (of a bank of `dim` values per row) to a bank file being
+/// written, under [`partition_names`] (the one place that lays a partition out in a file).
+pub fn add_partition(w: &mut Writer, b: usize, p: &BankPartition, dim: usize) {
+    let [order, starts, radii, basis, records] = partition_names(b);
+    let n = p.order.len();
+    w.add_typed(order, &[n], &p.order);
     w.add_typed(starts, &[p.clusters() + 1], &p.starts);
     w.add_f32(radii, &[p.clusters()], &p.radii);
+    if let Some(proj) = &p.projection {
+        w.add_f32(basis, &[dim, proj.basis.len() / dim.max(1)], &proj.basis);
+        w.add_f32(records, &[n, proj.rows.len() / n.max(1)], &proj.rows);
+    }
 }
 
 /// The bank file's tensor holding bank `b`'s neighbour table

@@ -80,7 +80,7 @@ pub fn write_bank(model_id: [u8; 16], path: &Path) {
         let view = BankView::new(&data, &norms, dim);
         let part = BankPartition::build(&pool, view, BankPartition::clusters_for(rows))
             .expect("a partition of the fixture bank");
-        add_partition(&mut w, b, &part);
+        add_partition(&mut w, b, &part, dim);
     }
     // RADAR statistics for the RGB-only case (not for cloud-only): the distance to the
     // origin with identity precision, no re-scaling.

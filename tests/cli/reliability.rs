@@ -98,7 +98,7 @@ fn model_info_is_a_readable_summary_and_json() {
     );
     // The fixture's banks carry the partitions of the pruned search.
     assert!(
-        out.contains("search_partitions: xyz 12 clusters, rgb 12 clusters, fused 12 clusters (pruned exact search)"),
+        out.contains("search_partitions: pruned exact search: xyz 12 clusters + projection bound, rgb 12 clusters + projection bound, fused 12 clusters + projection bound"),
         "{out}"
     );
     // No Rust debug dump (an id as 16 lines of bytes).

@@ -1,8 +1,11 @@
 //! The pruned bank search (`cpu::bank_prune`) against `nearest`: the same rows and
 //! distance bits on random and clustered banks, near-duplicate rows and exact ties,
-//! with exclusion, at 1 and 2 threads and for several cluster counts; it does prune, and
-//! a search allocates nothing (planned scratch).
+//! with exclusion, at 1 and 2 threads and for several cluster counts, with and without
+//! the per-row projection bound (`cpu::bank_proj`); it does prune, and a search
+//! allocates nothing (planned scratch). The projection bound is never above the pair's
+//! true distance (f64) nor above nearest's computed d².
 
+use miad::cpu::bank_proj::{QueryBound, PROJ_DIMS};
 use miad::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, BankPartition, PartitionView};
 use miad::cpu::bank_search::{nearest, nearest_scratch_len, sq_norms, BankView};
 use miad::cpu::pool::Pool;
@@ -105,10 +108,22 @@ fn assert_pruned_equals_nearest(
         counts = part.pair_counts();
         assert_eq!(counts.0, 2 * (nq * bv.n) as u64, "{what}: pairs asked");
         // The stored form: the same arrays read back as a view of the bank.
+        // The stored form: the same arrays read back as a view of the bank, with the
+        // cluster bound alone (a file written before the projection) and with it.
         let stored = PartitionView::new(&bv, &part.order, &part.starts, &part.radii).unwrap();
         let (mut d3, mut i3) = (vec![0f32; nq], vec![0u32; nq]);
         nearest_pruned(&pool, q, bv, stored, exclude, &mut d3, &mut i3, &mut sp);
-        assert_eq!((bits(&d3), i3), (bits(&wd), wi), "{what}: stored view");
+        assert_eq!(
+            (bits(&d3), i3),
+            (bits(&wd), wi.clone()),
+            "{what}: stored view, cluster bound only"
+        );
+        if let Some(p) = &part.projection {
+            let stored = stored.with_projection(&bv, &p.basis, &p.rows).unwrap();
+            let (mut d4, mut i4) = (vec![0f32; nq], vec![0u32; nq]);
+            nearest_pruned(&pool, q, bv, stored, exclude, &mut d4, &mut i4, &mut sp);
+            assert_eq!((bits(&d4), i4), (bits(&wd), wi), "{what}: stored view");
+        }
     }
     eprintln!(
         "pruned search {what}: {} of {} distances computed",
@@ -198,4 +213,173 @@ fn pruned_search_takes_non_finite_queries_through_the_plain_block() {
     sq_norms(&bad, dim, &mut norms);
     let pool = Pool::new(1);
     assert!(BankPartition::build(&pool, BankView::new(&bad, &norms, dim), 9).is_none());
+}
+
+/// Rows spread mostly along a few directions (a steep spectrum, as the M3DM banks have)
+/// with small noise in every other one, in farthest-first order; every 5th row an exact
+/// copy of another.
+fn steep(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let dirs = random(4 * dim, seed + 1);
+    let mut b = vec![0f32; n * dim];
+    for row in b.chunks_exact_mut(dim) {
+        let w = [
+            8.0 * rng.normal(),
+            3.0 * rng.normal(),
+            rng.normal(),
+            0.5 * rng.normal(),
+        ];
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = 5.0 + (0..4).map(|d| w[d] * dirs[d * dim + c]).sum::<f32>() + 0.05 * rng.normal();
+        }
+    }
+    for i in (4..n).step_by(5) {
+        let src = (i * 3 + 1) % n;
+        b.copy_within(src * dim..(src + 1) * dim, i * dim);
+    }
+    let order = miad::cpu::coreset::greedy(&Pool::new(2), &b, dim, n);
+    order
+        .iter()
+        .flat_map(|&i| b[i as usize * dim..(i as usize + 1) * dim].to_vec())
+        .collect()
+}
+
+#[test]
+fn projection_bound_prunes_a_steep_bank_far_more_than_the_cluster_bound() {
+    let (n, dim) = (3000, 256);
+    let b = steep(n, dim, 41);
+    let q = queries_near(&b, dim, 200, 42);
+    let mut norms = vec![0f32; n];
+    sq_norms(&b, dim, &mut norms);
+    let bv = BankView::new(&b, &norms, dim);
+    let pool = Pool::new(2);
+    let part = BankPartition::build(&pool, bv, 46).unwrap();
+    assert!(
+        part.projection.is_some(),
+        "a bank of 256 values gets a projection"
+    );
+    // The same partition without it: the search before the projection bound.
+    let cluster = BankPartition::copied(part.view(&bv).unwrap()).without_projection();
+    let nq = q.len() / dim;
+    let mut sp = vec![0f32; pruned_scratch_len(2, nq, dim, part.clusters())];
+    let (mut wd, mut wi) = (vec![0f32; nq], vec![0u32; nq]);
+    nearest(&pool, &q, bv, None, &mut wd, &mut wi, &mut sp);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for p in [&part, &cluster] {
+        let (mut d, mut i) = (vec![0f32; nq], vec![0u32; nq]);
+        nearest_pruned(
+            &pool,
+            &q,
+            bv,
+            p.view(&bv).unwrap(),
+            None,
+            &mut d,
+            &mut i,
+            &mut sp,
+        );
+        assert_eq!((bits(&d), &i), (bits(&wd), &wi));
+    }
+    let (asked, with) = part.pair_counts();
+    let (_, without) = cluster.pair_counts();
+    eprintln!(
+        "steep bank: {with} pairs computed with the projection bound ({} bounds), {without} without, of {asked}",
+        part.projected_pairs()
+    );
+    assert!(
+        with * 3 < without,
+        "the projection bound must prune most of what the cluster bound keeps: {with} vs {without}"
+    );
+    assert_eq!(cluster.projected_pairs(), 0);
+}
+
+#[test]
+fn flat_spectrum_far_queries_and_wide_magnitudes_keep_nearests_bits() {
+    // A flat spectrum (every direction alike): the projection barely bounds anything.
+    let b = random(900 * 96, 51);
+    let q = random(60 * 96, 52);
+    assert_pruned_equals_nearest(&q, &b, 96, 14, None, "flat spectrum");
+    // Queries far from the bank (a shifted copy of its rows, and far random points).
+    let b = steep(1000, 128, 53);
+    let mut q = queries_near(&b, 128, 90, 54);
+    for (j, v) in q.iter_mut().enumerate() {
+        if j % 256 < 128 {
+            *v = 40.0 * *v + 300.0;
+        }
+    }
+    assert_pruned_equals_nearest(&q, &b, 128, 15, None, "far queries");
+    // Rows over many magnitudes: some scaled by 1e3, some by 1e-3.
+    let mut b = steep(800, 64, 55);
+    for (i, row) in b.chunks_exact_mut(64).enumerate() {
+        let s = [1.0, 1e3, 1e-3][i % 3];
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+    let q = queries_near(&b, 64, 80, 56);
+    assert_pruned_equals_nearest(&q, &b, 64, 12, None, "wide magnitudes");
+}
+
+/// nearest's computed d² for one pair: the norms summed in order, the dot product as one
+/// multiply-add chain in index order (the micro-kernel's arithmetic on an FMA machine).
+fn computed_d2(q: &[f32], b: &[f32]) -> f32 {
+    let qn: f32 = q.iter().map(|v| v * v).sum();
+    let bn: f32 = b.iter().map(|v| v * v).sum();
+    let dot = q.iter().zip(b).fold(0f32, |s, (&x, &y)| x.mul_add(y, s));
+    qn - 2.0 * dot + bn
+}
+
+#[test]
+fn projection_bound_is_never_above_the_true_or_the_computed_distance() {
+    let pool = Pool::new(2);
+    let mut tight = 0usize;
+    let mut pairs = 0usize;
+    for (what, b, dim, q) in [
+        ("steep", steep(700, 192, 61), 192usize, None),
+        ("clustered", clustered(600, 128, 12, 0.05, 62), 128, None),
+        ("flat", random(500 * 64, 63), 64, None),
+        (
+            "far queries",
+            steep(400, 96, 64),
+            96,
+            Some(random(40 * 96, 65)),
+        ),
+    ] {
+        let n = b.len() / dim;
+        let q = q
+            .map(|q| q.iter().map(|v| 50.0 * v - 20.0).collect::<Vec<f32>>())
+            .unwrap_or_else(|| queries_near(&b, dim, 60, 66));
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let part = BankPartition::build(&pool, bv, 10).unwrap();
+        let view = part.view(&bv).unwrap();
+        let pv = view.projection.expect("a projection");
+        let mut p = vec![0f32; PROJ_DIMS];
+        for qr in q.chunks_exact(dim) {
+            let qn: f32 = qr.iter().map(|v| v * v).sum();
+            let bound = QueryBound::new(&pv, qr, qn, &mut p);
+            for pos in 0..n {
+                let rec = pv.record(pos);
+                let row = bv.row(part.order[pos] as usize);
+                let dot = p
+                    .iter()
+                    .zip(&rec[..PROJ_DIMS])
+                    .fold(0f32, |s, (&x, &y)| x.mul_add(y, s));
+                let lower = bound.lower_bound(rec, dot);
+                let exact: f64 = qr
+                    .iter()
+                    .zip(row)
+                    .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+                    .sum();
+                let computed = computed_d2(qr, row) as f64;
+                assert!(
+                    lower <= exact && lower <= computed,
+                    "{what}: bound {lower} above the true {exact} or computed {computed} d²"
+                );
+                pairs += 1;
+                tight += (lower >= 0.5 * exact) as usize;
+            }
+        }
+    }
+    // Not a vacuous bound: most pairs get at least half their distance.
+    eprintln!("projection bound ≥ half the true d² for {tight} of {pairs} pairs");
+    assert!(tight * 2 > pairs, "{tight} of {pairs}");
 }

@@ -1,9 +1,11 @@
 //! The pruned bank search at inspection (`EngineOptions::pruned_search`): the fit stores
 //! each bank's partition in the bank file; an engine searching through it gives the
 //! unpruned engine's results bit for bit (scores, bank scores, maps); a bank file without
-//! the partitions (written before them) still opens and searches unpruned; a corrupt
-//! partition is refused with its name. Banks synthesised at other sizes (`miad bench
-//! --bank-rows`) carry partitions built for their rows, searched the same way.
+//! the partitions (written before them) still opens and searches unpruned, one without
+//! the projection bound searches with the cluster bound alone; a corrupt partition or
+//! projection is refused with its name. Banks synthesised at other sizes (`miad bench
+//! --bank-rows`) carry partitions and projections built for their rows, searched the same
+//! way.
 
 use miad::cpu::bank_prune::BankPartition;
 use miad::cpu::pool::Pool;
@@ -57,6 +59,8 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
                 .partition
                 .unwrap_or_else(|| panic!("bank {b}: no partition stored"));
             assert_eq!(p.order.len(), v.n);
+            // Banks of 64 values or more carry the projection bound.
+            assert_eq!(p.projection.is_some(), v.dim >= 64, "bank {b}: projection");
             stored += 1;
         }
     }
@@ -79,6 +83,14 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
         .iter()
         .map(|p| p.load().unwrap())
         .collect();
+    // Written before the projection bound: partitions with the cluster bound only.
+    let cluster_only = f.dir.join("cluster-only.bank");
+    let projections: Vec<String> = (0..3)
+        .flat_map(|b| partition_names(b).into_iter().skip(3))
+        .collect();
+    rewrite(&f.bank, &cluster_only, |name, b| {
+        (!projections.iter().any(|n| n == name)).then(|| b.to_vec())
+    });
     // Banks synthesised at other sizes: xyz and fused grown (partitions built for the
     // new rows), rgb shrunk below the smallest partition (searched unpruned).
     let scaled = f.dir.join("scaled.bank");
@@ -104,6 +116,13 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
                     "{}: stored partition",
                     info.name
                 );
+                let stored = p.projection.map(|v| (v.basis, v.rows));
+                let want = built
+                    .projection
+                    .as_ref()
+                    .map(|v| (&v.basis[..], &v.rows[..]));
+                assert!(stored.is_some(), "{}: no projection stored", info.name);
+                assert_eq!(stored, want, "{}: stored projection", info.name);
                 assert_eq!(info.clusters, p.clusters());
             }
             None => assert_eq!((b, info.clusters), (1, 0), "{}: no partition", info.name),
@@ -114,6 +133,7 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
     let mut plain = open(&f, &f.bank, false).unwrap();
     let mut pruned = open(&f, &f.bank, true).unwrap();
     let mut old_pruned = open(&f, &old, true).unwrap();
+    let mut cluster_pruned = open(&f, &cluster_only, true).unwrap();
     let mut scaled_plain = open(&f, &scaled, false).unwrap();
     let mut scaled_pruned = open(&f, &scaled, true).unwrap();
     // What each engine says it searches with.
@@ -147,7 +167,11 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
             bits(&want.bank_scores),
             bits(want.map.unwrap()),
         );
-        for (what, e) in [("pruned", &mut pruned), ("old file", &mut old_pruned)] {
+        for (what, e) in [
+            ("pruned", &mut pruned),
+            ("old file", &mut old_pruned),
+            ("cluster bound only", &mut cluster_pruned),
+        ] {
             let got = e.inspect(r, c, &opts).unwrap();
             let got = (
                 got.score.to_bits(),
@@ -174,4 +198,22 @@ fn pruned_engine_equals_the_unpruned_engine_and_old_files_still_open() {
     });
     let e = open(&f, &bad, true).unwrap_err().to_string();
     assert!(e.contains("fused partition") && e.contains("twice"), "{e}");
+
+    // A projection basis that is not orthonormal (one value doubled): refused by name.
+    let basis = partition_names(2)[3].clone();
+    rewrite(&f.bank, &bad, |name, b| {
+        let mut b = b.to_vec();
+        if name == basis {
+            // The first direction's first value (after the mean's).
+            let at = 4;
+            let v = f32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+            b[at..at + 4].copy_from_slice(&(2.0 * v + 0.5).to_le_bytes());
+        }
+        Some(b)
+    });
+    let e = open(&f, &bad, true).unwrap_err().to_string();
+    assert!(
+        e.contains("fused partition") && e.contains("orthonormal"),
+        "{e}"
+    );
 }
