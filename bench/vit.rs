@@ -22,7 +22,7 @@ use miad::cpu::point_mae::{
     point_mae_scratch_len, PointMaePacked, PointMaeWeights,
 };
 use miad::cpu::pool::Pool;
-use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
+use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm, layer_norm_for_bf16};
 use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
@@ -229,9 +229,14 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
     };
     let mut parts: Vec<(&str, f64)> = Vec::new();
     let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
+    // As the block runs them: the bf16 path's LayerNorm sums in lanes.
+    let norm = match precision {
+        DensePrecision::Bf16 => layer_norm_for_bf16,
+        DensePrecision::F32 => layer_norm,
+    };
     parts.push((
         "layer_norm x2",
-        2.0 * run(&mut || layer_norm(pool, t, d, &x, &mut xn, &g, &b, 1e-6)),
+        2.0 * run(&mut || norm(pool, t, d, &x, &mut xn, &g, &b, 1e-6)),
     ));
     // `dense` through the packed weight (the unpacked `Mat` is not read).
     let linear = |a: &[f32], k: usize, w: &PackedWeight, n: usize, bias, out: &mut [f32], epi| {
@@ -301,16 +306,35 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
         }),
     ));
     if precision == DensePrecision::F32 {
-        let gelu_alone = run(&mut || miad::cpu::vmath::gelu_row(&mut hidden));
-        let gelu_scalar = run(&mut || {
-            hidden
-                .iter_mut()
-                .for_each(|v| *v = miad::cpu::gemm::gelu(*v))
-        });
+        // CPU time of this thread alone (robust to the machine's load); the hidden is
+        // refilled from fc1 before each (GELU of GELU would shrink the inputs).
+        let cpu = |f: &mut dyn FnMut()| timed_cpu(f).1;
+        let fresh = hidden.clone();
+        let mut gelu_timed = |f: fn(&mut [f32])| {
+            cpu(&mut || {
+                hidden.copy_from_slice(&fresh);
+                f(&mut hidden)
+            })
+        };
+        let gelu_alone = gelu_timed(miad::cpu::vmath::gelu_row);
+        let gelu_bf16 = gelu_timed(miad::cpu::vmath::gelu_row_for_bf16);
+        let gelu_scalar = gelu_timed(|h| h.iter_mut().for_each(|v| *v = miad::cpu::gemm::gelu(*v)));
+        let copy_alone = gelu_timed(|_| ());
+        let one = Pool::new(1);
+        let ln_f32 = cpu(&mut || layer_norm(&one, t, d, &x, &mut xn, &g, &b, 1e-6));
+        let ln_bf16 = cpu(&mut || layer_norm_for_bf16(&one, t, d, &x, &mut xn, &g, &b, 1e-6));
         println!(
-            "gelu over the {t}x{hid} hidden, one thread: vectorised {:.2} ms, scalar erff {:.2} ms",
-            gelu_alone * 1e3,
-            gelu_scalar * 1e3
+            "layer_norm of {t}x{d}, one thread, CPU time: f32 path {:.2} ms, bf16 path {:.2} ms",
+            ln_f32 * 1e3,
+            ln_bf16 * 1e3
+        );
+        println!(
+            "gelu over the {t}x{hid} hidden, one thread, CPU time less the refill ({:.2} ms): \
+             vectorised {:.2} ms, the bf16 path's {:.2} ms, scalar erff {:.2} ms",
+            copy_alone * 1e3,
+            (gelu_alone - copy_alone) * 1e3,
+            (gelu_bf16 - copy_alone) * 1e3,
+            (gelu_scalar - copy_alone) * 1e3
         );
     }
     attention_parts(&qkv, t, d, heads, precision);
@@ -476,7 +500,11 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
     let exp = run(&mut || {
         for _ in 0..heads * blocks {
             for row in scores.chunks_exact_mut(t) {
-                std::hint::black_box(miad::cpu::vmath::exp_shifted_row(row));
+                std::hint::black_box(if bf16 {
+                    miad::cpu::vmath::exp_shifted_row_for_bf16(row)
+                } else {
+                    miad::cpu::vmath::exp_shifted_row(row)
+                });
             }
         }
     });

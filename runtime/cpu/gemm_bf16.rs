@@ -301,7 +301,11 @@ pub fn linear_bf16(
         return;
     }
     let out_ptr = SharedMut::new(out);
-    let finish = Finish { bias, epilogue };
+    let finish = Finish {
+        bias,
+        epilogue,
+        bf16_maths: true,
+    };
     run_linear_tasks(pool, m, n, NC_TASK, &|rows, cols| {
         with_panel(|panel| {
             // SAFETY: tasks cover disjoint regions of the checked output; `available()`

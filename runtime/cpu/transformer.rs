@@ -17,13 +17,16 @@
 //! On the bf16 path (the blocks' weights packed in bf16) attention's two products run in
 //! bf16 too ([`super::gemm_bf16::product_seq`]): `scale · K` and `V` rounded to bf16 when
 //! they are packed, `Q` and the probabilities `exp(s − max)` rounded to bf16 as they are
-//! loaded, f32 accumulation; the maximum, the exponentials and their sum stay f32.
+//! loaded, f32 accumulation; the maximum, the exponentials and their sum stay f32, the
+//! exponentials through the shorter [`super::vmath::exp_for_bf16`] (their results are
+//! rounded to bf16 for P·V anyway).
 //! Error of one output element `o = Σ_j w_j v_j` (`w` the exact softmax weights of the
 //! exact scores `s_j = scale · q·k_j`), with u = 2⁻⁸ (bf16), γ = t·2⁻²⁴ (f32 sums of the
 //! `t` tokens), `E` the largest error of the row's bf16 scores (the dense bound of
 //! [`super::gemm_bf16`] over `head_dim` terms, plus 2⁻²³ relative for `fl(scale·k)`) and
-//! `ε = 4·2⁻²³ + (spread + 2E)·2⁻²⁴` the exponential's relative error (`spread` the range
-//! of the row's scores: `s − max` is rounded in f32):
+//! `ε = 2⁻¹⁷ + (spread + 2E)·2⁻²⁴` the exponential's relative error
+//! ([`super::vmath::exp_for_bf16`], and `s − max` rounded in f32; `spread` the range of
+//! the row's scores):
 //! `|ô − o| ≤ (e^{2E}·(1+ε)/(1−ε)·((1+u)/(1−u))²·(1+γ)²/(1−γ)·(1+2⁻²²) − 1) · Σ_j w_j |v_j|`
 //! plus `t·2⁻¹²⁵·max|v|` where tiny values underflow (the bf16 dot product flushes them to
 //! zero; `exp` clamps at −87.3). The argument: every weight is perturbed by a factor in
@@ -37,7 +40,7 @@ use super::gemm::{
 };
 use super::gemm_bf16::{self, pack_scaled_into};
 use super::pool::{Pool, SharedMut};
-use super::vmath::exp_shifted_row;
+use super::vmath::{exp_shifted_row, exp_shifted_row_for_bf16, EXP_FOR_BF16_ERROR};
 use crate::format::TensorSource;
 use crate::Result;
 
@@ -232,7 +235,17 @@ pub fn block_forward_with(
     let x = &mut x[..t * d];
 
     // Attention half.
-    layer_norm(pool, t, d, x, xn, w.norm1_w, w.norm1_b, shape.ln_eps);
+    let precision = match packed.map(|b| &b.qkv) {
+        Some(PackedWeight::Bf16(_)) => DensePrecision::Bf16,
+        _ => DensePrecision::F32,
+    };
+    // The bf16 path's LayerNorm: the same f64 sums, in lanes (its output is rounded to
+    // bf16 by the next GEMM).
+    let norm = match precision {
+        DensePrecision::Bf16 => layer_norm_for_bf16,
+        DensePrecision::F32 => layer_norm,
+    };
+    norm(pool, t, d, x, xn, w.norm1_w, w.norm1_b, shape.ln_eps);
     {
         let (qkv, rest) = big.split_at_mut(t * 3 * d);
         let attn_out = &mut rest[..t * d];
@@ -246,10 +259,6 @@ pub fn block_forward_with(
             3 * d,
             Epilogue::None,
         );
-        let precision = match packed.map(|b| &b.qkv) {
-            Some(PackedWeight::Bf16(_)) => DensePrecision::Bf16,
-            _ => DensePrecision::F32,
-        };
         attention(
             pool,
             t,
@@ -273,7 +282,7 @@ pub fn block_forward_with(
     }
 
     // MLP half.
-    layer_norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
+    norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
     let hidden = &mut big[..t * hid];
     dense(
         pool,
@@ -372,7 +381,11 @@ pub fn attention(
             product_seq_packed(ker, scores, t, q, k_packed, t, false);
         }
         for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
-            *sum = exp_shifted_row(row);
+            *sum = if bf16 {
+                exp_shifted_row_for_bf16(row)
+            } else {
+                exp_shifted_row(row)
+            };
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
@@ -411,7 +424,7 @@ pub fn attention_bf16_error_bound(
 ) -> f64 {
     let u = 2f64.powi(-8);
     let gamma = tokens as f64 * 2f64.powi(-24);
-    let eps = 4.0 * 2f64.powi(-23) + (spread + 2.0 * score_err) * 2f64.powi(-24);
+    let eps = EXP_FOR_BF16_ERROR + (spread + 2.0 * score_err) * 2f64.powi(-24);
     let factor = (2.0 * score_err).exp() * (1.0 + eps) / (1.0 - eps)
         * ((1.0 + u) / (1.0 - u)).powi(2)
         * (1.0 + gamma).powi(2)
@@ -434,24 +447,116 @@ pub fn layer_norm(
     b: &[f32],
     eps: f32,
 ) {
-    assert!(x.len() >= rows * dim && out.len() >= rows * dim);
-    assert!(w.len() == dim && b.len() == dim);
-    let out_ptr = SharedMut::new(out);
-    pool.run(rows.div_ceil(LN_ROWS), &|task, _| {
-        let r0 = task * LN_ROWS;
-        let n = LN_ROWS.min(rows - r0);
-        // SAFETY: each task writes its own rows.
-        let o = unsafe { out_ptr.slice(r0 * dim, n * dim) };
-        for r in 0..n {
-            layer_norm_row(
-                &x[(r0 + r) * dim..(r0 + r + 1) * dim],
-                &mut o[r * dim..(r + 1) * dim],
-                w,
-                b,
-                eps,
-            );
+    let norm = LayerNormRows { dim, w, b, eps };
+    norm.run(pool, rows, x, out, layer_norm_row);
+}
+
+/// The affine and sizes of a LayerNorm, run over rows in tasks of [`LN_ROWS`].
+struct LayerNormRows<'a> {
+    dim: usize,
+    w: &'a [f32],
+    b: &'a [f32],
+    eps: f32,
+}
+
+type LayerNormRowFn = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
+
+impl LayerNormRows<'_> {
+    fn run(&self, pool: &Pool, rows: usize, x: &[f32], out: &mut [f32], row: LayerNormRowFn) {
+        let dim = self.dim;
+        assert!(x.len() >= rows * dim && out.len() >= rows * dim);
+        assert!(self.w.len() == dim && self.b.len() == dim);
+        let out_ptr = SharedMut::new(out);
+        pool.run(rows.div_ceil(LN_ROWS), &|task, _| {
+            let r0 = task * LN_ROWS;
+            let n = LN_ROWS.min(rows - r0);
+            // SAFETY: each task writes its own rows.
+            let o = unsafe { out_ptr.slice(r0 * dim, n * dim) };
+            for r in 0..n {
+                row(
+                    &x[(r0 + r) * dim..(r0 + r + 1) * dim],
+                    &mut o[r * dim..(r + 1) * dim],
+                    self.w,
+                    self.b,
+                    self.eps,
+                );
+            }
+        });
+    }
+}
+
+/// [`layer_norm`] for the bf16 path (whose next GEMM rounds its output to bf16): the same
+/// f64 sums in fixed lanes that vectorise ([`layer_norm_row_in_lanes`]), several times
+/// faster than the one sequential f64 chain the f32 path keeps for its bits.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_for_bf16(
+    pool: &Pool,
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    out: &mut [f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) {
+    let norm = LayerNormRows { dim, w, b, eps };
+    norm.run(pool, rows, x, out, layer_norm_row_in_lanes);
+}
+
+/// f64 partial sums of [`layer_norm_row_in_lanes`]: the same for every instruction set.
+const LN_LANES: usize = 8;
+
+/// [`layer_norm_row`] with its f64 sums in [`LN_LANES`] fixed lanes, compiled for the
+/// instruction set [`super::gemm::isa`] picks (the same bits on each).
+pub fn layer_norm_row_in_lanes(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+            layer_norm_row_in_lanes_generic(x, out, w, b, eps)
         }
-    });
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+            layer_norm_row_in_lanes_generic(x, out, w, b, eps)
+        }
+        match super::gemm::isa() {
+            // SAFETY: `isa` names only instruction sets this CPU runs.
+            super::gemm::Isa::Avx512 => return unsafe { avx512(x, out, w, b, eps) },
+            // SAFETY: as above.
+            super::gemm::Isa::Avx2 => return unsafe { avx2(x, out, w, b, eps) },
+            super::gemm::Isa::Portable => {}
+        }
+    }
+    layer_norm_row_in_lanes_generic(x, out, w, b, eps)
+}
+
+#[inline(always)]
+fn layer_norm_row_in_lanes_generic(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let dim = x.len() as f64;
+    let mean = sum_in_lanes(x, |v| v as f64) / dim;
+    let var = sum_in_lanes(x, |v| {
+        let c = v as f64 - mean;
+        c * c
+    }) / dim;
+    let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let mean = mean as f32;
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * rstd * w + b;
+    }
+}
+
+/// `Σ f(x_i)` in f64, [`LN_LANES`] partial sums added at the end, then the tail.
+#[inline(always)]
+fn sum_in_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LN_LANES];
+    let mut chunks = x.chunks_exact(LN_LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// One row of [`layer_norm`].
@@ -726,6 +831,22 @@ mod tests {
         rng.fill_normal(&mut b, 1.0);
         let mut out = vec![0f32; rows * dim];
         layer_norm(&Pool::new(2), rows, dim, &x, &mut out, &w, &b, 1e-5);
+        // The bf16 path's LayerNorm: the same definition and accuracy, its sums in lanes;
+        // the dispatched row and the generic one give the same bits.
+        let mut lanes = vec![0f32; rows * dim];
+        layer_norm_for_bf16(&Pool::new(2), rows, dim, &x, &mut lanes, &w, &b, 1e-5);
+        let mut generic = vec![0f32; dim];
+        for r in 0..rows {
+            let row = &x[r * dim..(r + 1) * dim];
+            layer_norm_row_in_lanes_generic(row, &mut generic, &w, &b, 1e-5);
+            assert_eq!(generic, lanes[r * dim..(r + 1) * dim], "row {r}");
+        }
+        for out in [&out, &lanes] {
+            check_layer_norm(rows, dim, &x, &w, &b, out);
+        }
+    }
+
+    fn check_layer_norm(rows: usize, dim: usize, x: &[f32], w: &[f32], b: &[f32], out: &[f32]) {
         for r in 0..rows {
             let row: Vec<f64> = x[r * dim..(r + 1) * dim]
                 .iter()
