@@ -38,7 +38,7 @@ use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
-use super::gemm_bf16::{self, pack_scaled_into};
+use super::gemm_bf16::{self, linear_bf16_rows, pack_scaled_into, Bf16Mat, Rows};
 use super::pool::{Pool, SharedMut};
 use super::vmath::{exp_shifted_row, exp_shifted_row_for_bf16, EXP_FOR_BF16_ERROR};
 use crate::format::TensorSource;
@@ -180,9 +180,10 @@ pub fn check_shape(shape: &BlockShape) -> Result<()> {
     Ok(())
 }
 
-/// Per-worker attention scratch: scores of one query block plus its row sums.
+/// Per-worker attention scratch: scores of one query block, its row sums, and (the bf16
+/// path) its probabilities rounded to bf16.
 fn attn_worker_len(tokens: usize) -> usize {
-    QUERY_BLOCK * tokens + QUERY_BLOCK
+    QUERY_BLOCK * tokens + QUERY_BLOCK + (QUERY_BLOCK * tokens).div_ceil(2)
 }
 
 /// Floats of one head's packed keys and values (see [`attention`]).
@@ -199,7 +200,7 @@ pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize)
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
     let big = t * (4 * d).max(shape.mlp_dim);
-    t * d + big + attn_scratch_len(t, d, shape.heads, threads)
+    t * d + big + attn_scratch_len(t, d, shape.heads, threads) + (t * d).div_ceil(2)
 }
 
 /// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
@@ -231,32 +232,34 @@ pub fn block_forward_with(
         "block_forward: scratch too short"
     );
     let (xn, rest) = scratch.split_at_mut(t * d);
-    let (big, attn_scratch) = rest.split_at_mut(t * (4 * d).max(hid));
+    let (big, rest) = rest.split_at_mut(t * (4 * d).max(hid));
+    let (attn_scratch, xn16) =
+        rest.split_at_mut(attn_scratch_len(t, d, shape.heads, pool.threads()));
+    let xn16 = &mut as_bf16(xn16)[..t * d];
     let x = &mut x[..t * d];
-
-    // Attention half.
     let precision = match packed.map(|b| &b.qkv) {
         Some(PackedWeight::Bf16(_)) => DensePrecision::Bf16,
         _ => DensePrecision::F32,
     };
-    // The bf16 path's LayerNorm: the same f64 sums, in lanes (its output is rounded to
-    // bf16 by the next GEMM).
-    let norm = match precision {
-        DensePrecision::Bf16 => layer_norm_for_bf16,
-        DensePrecision::F32 => layer_norm,
-    };
-    norm(pool, t, d, x, xn, w.norm1_w, w.norm1_b, shape.ln_eps);
+
+    // Attention half.
     {
         let (qkv, rest) = big.split_at_mut(t * 3 * d);
         let attn_out = &mut rest[..t * d];
-        dense(
+        let norm = Norm {
+            w: w.norm1_w,
+            b: w.norm1_b,
+            eps: shape.ln_eps,
+        };
+        norm_then_dense(
             pool,
-            Mat::new(xn, t, d),
+            norm,
+            x,
+            (xn, xn16),
             Mat::new(w.qkv_w, 3 * d, d),
             packed.map(|b| &b.qkv),
             w.qkv_b,
             qkv,
-            3 * d,
             Epilogue::None,
         );
         attention(
@@ -282,16 +285,21 @@ pub fn block_forward_with(
     }
 
     // MLP half.
-    norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
     let hidden = &mut big[..t * hid];
-    dense(
+    let norm = Norm {
+        w: w.norm2_w,
+        b: w.norm2_b,
+        eps: shape.ln_eps,
+    };
+    norm_then_dense(
         pool,
-        Mat::new(xn, t, d),
+        norm,
+        x,
+        (xn, xn16),
         Mat::new(w.fc1_w, hid, d),
         packed.map(|b| &b.fc1),
         Some(w.fc1_b),
         hidden,
-        hid,
         Epilogue::Gelu,
     );
     dense(
@@ -304,6 +312,51 @@ pub fn block_forward_with(
         d,
         Epilogue::Accumulate,
     );
+}
+
+/// A LayerNorm's affine and epsilon.
+#[derive(Clone, Copy)]
+struct Norm<'a> {
+    w: &'a [f32],
+    b: &'a [f32],
+    eps: f32,
+}
+
+/// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out` rows
+/// `n` apart), LN(x) through `xn`. On the bf16 path the norm's rows are also rounded to
+/// bf16 once, into `xn.1`, and the GEMM reads them as they are: the same bits as rounding
+/// them as each panel is loaded, which happens once per column task.
+#[allow(clippy::too_many_arguments)]
+fn norm_then_dense(
+    pool: &Pool,
+    norm: Norm<'_>,
+    x: &[f32],
+    xn: (&mut [f32], &mut [u16]),
+    w: Mat<'_>,
+    packed: Option<&PackedWeight>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    epilogue: Epilogue,
+) {
+    let (d, n) = (w.cols, w.rows);
+    let t = x.len() / d;
+    let (xn, xn16) = xn;
+    match packed {
+        Some(PackedWeight::Bf16(p)) => {
+            layer_norm_for_bf16(pool, t, d, x, xn, xn16, norm.w, norm.b, norm.eps);
+            let a = Bf16Mat {
+                data: xn16,
+                rows: t,
+                cols: d,
+                stride: d,
+            };
+            linear_bf16_rows(pool, Rows::Bf16(a), p, bias, out, n, epilogue);
+        }
+        _ => {
+            layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
+            dense(pool, Mat::new(xn, t, d), w, packed, bias, out, n, epilogue);
+        }
+    }
 }
 
 /// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
@@ -367,7 +420,8 @@ pub fn attention(
         let rows = QUERY_BLOCK.min(t - q0);
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
-        let (scores, sums) = ws.split_at_mut(QUERY_BLOCK * t);
+        let (scores, rest) = ws.split_at_mut(QUERY_BLOCK * t);
+        let (sums, probs16) = rest.split_at_mut(QUERY_BLOCK);
         let (k_packed, v_packed) = packed[h * per_head..(h + 1) * per_head].split_at(k_len);
         let q = Mat {
             data: &qkv[q0 * stride + h * hd..],
@@ -376,23 +430,34 @@ pub fn attention(
             stride,
         };
         if bf16 {
-            gemm_bf16::product_seq(q, bf16_view(k_packed), t, scores, t);
+            gemm_bf16::product_seq(Rows::F32(q), bf16_view(k_packed), t, scores, t);
         } else {
             product_seq_packed(ker, scores, t, q, k_packed, t, false);
         }
-        for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
+        let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * t];
+        let rows_of = scores.chunks_exact_mut(t).zip(probs16.chunks_exact_mut(t));
+        for (sum, (row, row16)) in sums.iter_mut().zip(rows_of).take(rows) {
             *sum = if bf16 {
-                exp_shifted_row_for_bf16(row)
+                // Rounded once here, not as P·V loads each panel.
+                let sum = exp_shifted_row_for_bf16(row);
+                gemm_bf16::round_into(row, row16);
+                sum
             } else {
                 exp_shifted_row(row)
             };
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
-        let p = Mat::new(&scores[..rows * t], rows, t);
         if bf16 {
-            gemm_bf16::product_seq(p, bf16_view(v_packed), hd, dst, d);
+            let p = Bf16Mat {
+                data: &probs16[..rows * t],
+                rows,
+                cols: t,
+                stride: t,
+            };
+            gemm_bf16::product_seq(Rows::Bf16(p), bf16_view(v_packed), hd, dst, d);
         } else {
+            let p = Mat::new(&scores[..rows * t], rows, t);
             product_seq_packed(ker, dst, d, p, v_packed, hd, false);
         }
         for (r, sum) in sums.iter().enumerate().take(rows) {
@@ -448,7 +513,7 @@ pub fn layer_norm(
     eps: f32,
 ) {
     let norm = LayerNormRows { dim, w, b, eps };
-    norm.run(pool, rows, x, out, layer_norm_row);
+    norm.run(pool, rows, x, out, None, layer_norm_row);
 }
 
 /// The affine and sizes of a LayerNorm, run over rows in tasks of [`LN_ROWS`].
@@ -462,24 +527,39 @@ struct LayerNormRows<'a> {
 type LayerNormRowFn = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
 
 impl LayerNormRows<'_> {
-    fn run(&self, pool: &Pool, rows: usize, x: &[f32], out: &mut [f32], row: LayerNormRowFn) {
+    /// The norm of `rows` rows of `x` into `out`, and rounded to bf16 into `out16` where
+    /// given.
+    fn run(
+        &self,
+        pool: &Pool,
+        rows: usize,
+        x: &[f32],
+        out: &mut [f32],
+        out16: Option<&mut [u16]>,
+        row: LayerNormRowFn,
+    ) {
         let dim = self.dim;
         assert!(x.len() >= rows * dim && out.len() >= rows * dim);
         assert!(self.w.len() == dim && self.b.len() == dim);
         let out_ptr = SharedMut::new(out);
+        let out16 = out16.map(|o| {
+            assert!(o.len() >= rows * dim);
+            SharedMut::new(o)
+        });
         pool.run(rows.div_ceil(LN_ROWS), &|task, _| {
             let r0 = task * LN_ROWS;
             let n = LN_ROWS.min(rows - r0);
             // SAFETY: each task writes its own rows.
             let o = unsafe { out_ptr.slice(r0 * dim, n * dim) };
             for r in 0..n {
-                row(
-                    &x[(r0 + r) * dim..(r0 + r + 1) * dim],
-                    &mut o[r * dim..(r + 1) * dim],
-                    self.w,
-                    self.b,
-                    self.eps,
-                );
+                let o = &mut o[r * dim..(r + 1) * dim];
+                let x = &x[(r0 + r) * dim..(r0 + r + 1) * dim];
+                row(x, o, self.w, self.b, self.eps);
+                if let Some(o16) = &out16 {
+                    // SAFETY: as above.
+                    let o16 = unsafe { o16.slice((r0 + r) * dim, dim) };
+                    gemm_bf16::round_into(o, o16);
+                }
             }
         });
     }
@@ -495,12 +575,13 @@ pub fn layer_norm_for_bf16(
     dim: usize,
     x: &[f32],
     out: &mut [f32],
+    out16: &mut [u16],
     w: &[f32],
     b: &[f32],
     eps: f32,
 ) {
     let norm = LayerNormRows { dim, w, b, eps };
-    norm.run(pool, rows, x, out, layer_norm_row_in_lanes);
+    norm.run(pool, rows, x, out, Some(out16), layer_norm_row_in_lanes);
 }
 
 /// f64 partial sums of [`layer_norm_row_in_lanes`]: the same for every instruction set.
@@ -834,7 +915,11 @@ mod tests {
         // The bf16 path's LayerNorm: the same definition and accuracy, its sums in lanes;
         // the dispatched row and the generic one give the same bits.
         let mut lanes = vec![0f32; rows * dim];
-        layer_norm_for_bf16(&Pool::new(2), rows, dim, &x, &mut lanes, &w, &b, 1e-5);
+        let mut rounded = vec![0u16; rows * dim];
+        let pool = Pool::new(2);
+        layer_norm_for_bf16(&pool, rows, dim, &x, &mut lanes, &mut rounded, &w, &b, 1e-5);
+        let bf16 = |v: f32| half::bf16::from_f32(v).to_bits();
+        assert!(lanes.iter().zip(&rounded).all(|(&v, &r)| bf16(v) == r));
         let mut generic = vec![0f32; dim];
         for r in 0..rows {
             let row = &x[r * dim..(r + 1) * dim];
