@@ -183,9 +183,9 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
     let data = &mut out[..len];
     data.fill(0);
     let m = w.mat;
-    // Rounded values: two rows of a strip (transposed); a strip's rows.
+    // Rounded values: two rows of a strip (transposed); a strip's rows as pairs (plain).
     let mut rounded = [0u16; 2 * NR];
-    let mut strip_rows = [0u16; NR * KC];
+    let mut strip_pairs = [0u32; NR * KC / 2];
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
@@ -204,30 +204,34 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
                         if p < kc {
                             let src = &m.data[(p0 + p) * m.stride + j0..][..jn];
                             round_scaled(src, alpha, &mut half[..jn]);
+                            half[jn..].fill(0);
                         } else {
                             half.fill(0);
                         }
                     }
-                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
-                        pair[0] = lo[jj];
-                        pair[1] = hi[jj];
+                    // Whole rows of fixed length (the padding of a partial strip is
+                    // zero on both sides), so that the interleave vectorises.
+                    for (pair, (&l, &h)) in pair_row.chunks_exact_mut(2).zip(lo.iter().zip(&*hi)) {
+                        pair[0] = l;
+                        pair[1] = h;
                     }
                 }
             } else {
-                // The strip's rows rounded first, then written pair row by pair row.
+                // The strip's rows rounded first (as pairs of one u32), then written pair
+                // row by pair row: a transpose of u32 pairs.
+                let row_pairs = KC / 2;
                 for jj in 0..jn {
                     let src = &m.data[(j0 + jj) * m.stride + p0..][..kc];
-                    round_scaled(src, alpha, &mut strip_rows[jj * KC..jj * KC + kc]);
+                    let dst = &mut strip_pairs[jj * row_pairs..jj * row_pairs + pairs];
+                    let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
+                    round_scaled(src, alpha, &mut dst[..kc]);
+                    dst[kc..].fill(0);
                 }
                 for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
-                    let p = 2 * q;
                     for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
-                        pair[0] = strip_rows[jj * KC + p];
-                        pair[1] = if p + 1 < kc {
-                            strip_rows[jj * KC + p + 1]
-                        } else {
-                            0
-                        };
+                        let v = strip_pairs[jj * row_pairs + q];
+                        pair[0] = v as u16;
+                        pair[1] = (v >> 16) as u16;
                     }
                 }
             }
