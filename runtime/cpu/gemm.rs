@@ -45,7 +45,7 @@ pub enum Epilogue {
     /// Store the result.
     None,
     /// Store GELU (exact, erf) of the result, through [`super::vmath::gelu_fast`] (error
-    /// bound stated there).
+    /// bound stated there; the bf16 GEMM through [`super::vmath::gelu_for_bf16`]).
     Gelu,
     /// Store ReLU of the result.
     Relu,

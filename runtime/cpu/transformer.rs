@@ -16,10 +16,10 @@
 //!
 //! On the bf16 path (the blocks' weights packed in bf16) attention's two products run in
 //! bf16 too ([`super::gemm_bf16::product_seq`]): `scale · K` and `V` rounded to bf16 when
-//! they are packed, `Q` and the probabilities `exp(s − max)` rounded to bf16 as they are
-//! loaded, f32 accumulation; the maximum, the exponentials and their sum stay f32, the
-//! exponentials through the shorter [`super::vmath::exp_for_bf16`] (their results are
-//! rounded to bf16 for P·V anyway).
+//! they are packed, `Q` rounded to bf16 as it is loaded and the probabilities
+//! `exp(s − max)` once as they are made, f32 accumulation; the maximum, the exponentials
+//! and their sum stay f32, the exponentials through the shorter
+//! [`super::vmath::exp_for_bf16`] (their results are rounded to bf16 for P·V anyway).
 //! Error of one output element `o = Σ_j w_j v_j` (`w` the exact softmax weights of the
 //! exact scores `s_j = scale · q·k_j`), with u = 2⁻⁸ (bf16), γ = t·2⁻²⁴ (f32 sums of the
 //! `t` tokens), `E` the largest error of the row's bf16 scores (the dense bound of
@@ -512,33 +512,26 @@ pub fn layer_norm(
     b: &[f32],
     eps: f32,
 ) {
-    let norm = LayerNormRows { dim, w, b, eps };
-    norm.run(pool, rows, x, out, None, layer_norm_row);
-}
-
-/// The affine and sizes of a LayerNorm, run over rows in tasks of [`LN_ROWS`].
-struct LayerNormRows<'a> {
-    dim: usize,
-    w: &'a [f32],
-    b: &'a [f32],
-    eps: f32,
+    let norm = Norm { w, b, eps };
+    norm.run(pool, rows, dim, x, out, None, layer_norm_row);
 }
 
 type LayerNormRowFn = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
 
-impl LayerNormRows<'_> {
-    /// The norm of `rows` rows of `x` into `out`, and rounded to bf16 into `out16` where
-    /// given.
+impl Norm<'_> {
+    /// The norm of `rows` rows of `x` (`rows × dim`) into `out`, in tasks of [`LN_ROWS`]
+    /// rows, and rounded to bf16 into `out16` where given.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         pool: &Pool,
         rows: usize,
+        dim: usize,
         x: &[f32],
         out: &mut [f32],
         out16: Option<&mut [u16]>,
         row: LayerNormRowFn,
     ) {
-        let dim = self.dim;
         assert!(x.len() >= rows * dim && out.len() >= rows * dim);
         assert!(self.w.len() == dim && self.b.len() == dim);
         let out_ptr = SharedMut::new(out);
@@ -580,8 +573,16 @@ pub fn layer_norm_for_bf16(
     b: &[f32],
     eps: f32,
 ) {
-    let norm = LayerNormRows { dim, w, b, eps };
-    norm.run(pool, rows, x, out, Some(out16), layer_norm_row_in_lanes);
+    let norm = Norm { w, b, eps };
+    norm.run(
+        pool,
+        rows,
+        dim,
+        x,
+        out,
+        Some(out16),
+        layer_norm_row_in_lanes,
+    );
 }
 
 /// f64 partial sums of [`layer_norm_row_in_lanes`]: the same for every instruction set.
