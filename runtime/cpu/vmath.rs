@@ -8,17 +8,9 @@
 /// (irrelevant next to softmax's row maximum of 1 and GELU's other factors).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.3);
-    // n = round(x·log2 e) through the 1.5·2²³ trick (round to nearest even).
-    // The sum's low mantissa bits hold n itself (offset by 2²²): 2ⁿ's exponent bits come
-    // from them with integer operations, which vectorise where a float-to-int cast with
-    // Rust's saturation does not.
-    let shifter = 12_582_912.0f32;
-    let shifted = x * LOG2E + shifter;
-    let n = shifted - shifter;
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let shifted = x * LOG2E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Cephes expf polynomial on |r| ≤ ln2/2.
     let mut p = 1.987_569_1e-4f32;
@@ -28,12 +20,31 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
+    e * pow2_of_shifted(shifted)
+}
+
+/// The range of the exponentials' inputs (clamped to it).
+const EXP_MIN: f32 = -87.3;
+const EXP_MAX: f32 = 88.3;
+/// Range reduction: `x = n·ln2 + r`, ln2 in two parts (`n·LN2_HI` exact).
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5·2²³: `x·log2 e + SHIFTER` rounds `n = round(x·log2 e)` (to nearest even) into the
+/// sum's low mantissa bits (offset by 2²²).
+const SHIFTER: f32 = 12_582_912.0;
+
+/// 2ⁿ from `shifted = n + SHIFTER`: its exponent bits come from the low mantissa bits with
+/// integer operations, which vectorise where a float-to-int cast with Rust's saturation
+/// does not.
+#[inline(always)]
+fn pow2_of_shifted(shifted: f32) -> f32 {
     let bits = shifted
         .to_bits()
-        .wrapping_sub(shifter.to_bits())
+        .wrapping_sub(SHIFTER.to_bits())
         .wrapping_add(127)
         << 23;
-    e * f32::from_bits(bits)
+    f32::from_bits(bits)
 }
 
 /// Exact GELU, `x·Φ(x) = ½·x·(1 + erf(x/√2))`, in a form that vectorises: `2Φ(x)` is
@@ -81,25 +92,16 @@ pub fn gelu_error_bound(x: f64, g: f64) -> f64 {
 /// give ≈1e-38, as [`exp_f32`].
 #[inline(always)]
 pub fn exp_for_bf16(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.3);
-    let shifter = 12_582_912.0f32;
-    let shifted = x.mul_add(LOG2E, shifter);
-    let n = shifted - shifter;
+    let x = x.clamp(EXP_MIN, EXP_MAX);
+    let shifted = x.mul_add(LOG2E, SHIFTER);
+    let n = shifted - SHIFTER;
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p = 0.041_450_158f32;
     p = p.mul_add(r, 0.167_958_9);
     p = p.mul_add(r, 0.500_047_15);
     p = p.mul_add(r, 0.999_960_4);
     p = p.mul_add(r, 0.999_999_17);
-    let bits = shifted
-        .to_bits()
-        .wrapping_sub(shifter.to_bits())
-        .wrapping_add(127)
-        << 23;
-    p * f32::from_bits(bits)
+    p * pow2_of_shifted(shifted)
 }
 
 /// The relative error bound of [`exp_for_bf16`].
@@ -208,19 +210,26 @@ fn row_max(row: &[f32]) -> f32 {
 
 #[inline(always)]
 fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
+    exp_shifted_row_in_lanes::<LANES>(row, exp_f32)
+}
+
+/// `row ← exp(row − max(row))` through `exp`, returning the sum of the new row: `N`
+/// fixed partial sums, then the tail.
+#[inline(always)]
+fn exp_shifted_row_in_lanes<const N: usize>(row: &mut [f32], exp: impl Fn(f32) -> f32) -> f32 {
     let m = row_max(row);
-    let mut acc = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
+    let mut acc = [0f32; N];
+    let mut chunks = row.chunks_exact_mut(N);
     for c in &mut chunks {
         for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-            let e = exp_f32(*v - m);
+            let e = exp(*v - m);
             *v = e;
             *a += e;
         }
     }
     let mut sum = 0f32;
     for v in chunks.into_remainder() {
-        let e = exp_f32(*v - m);
+        let e = exp(*v - m);
         *v = e;
         sum += e;
     }
@@ -257,23 +266,7 @@ dispatch_row!(
 
 #[inline(always)]
 fn exp_shifted_row_for_bf16_generic(row: &mut [f32]) -> f32 {
-    let m = row_max(row);
-    let mut acc = [0f32; STEP];
-    let mut chunks = row.chunks_exact_mut(STEP);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-            let e = exp_for_bf16(*v - m);
-            *v = e;
-            *a += e;
-        }
-    }
-    let mut sum = 0f32;
-    for v in chunks.into_remainder() {
-        let e = exp_for_bf16(*v - m);
-        *v = e;
-        sum += e;
-    }
-    acc.iter().sum::<f32>() + sum
+    exp_shifted_row_in_lanes::<STEP>(row, exp_for_bf16)
 }
 
 #[cfg(test)]
