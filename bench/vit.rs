@@ -22,7 +22,7 @@ use miad::cpu::point_mae::{
     point_mae_scratch_len, PointMaePacked, PointMaeWeights,
 };
 use miad::cpu::pool::Pool;
-use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm};
+use miad::cpu::transformer::{attention, attn_scratch_len, layer_norm, layer_norm_for_bf16};
 use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::cpu::vit::{vit_flops, vit_forward, vit_forward_with, vit_scratch_len, VitWeights};
 use miad::format::random_model;
@@ -229,10 +229,14 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
     };
     let mut parts: Vec<(&str, f64)> = Vec::new();
     let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
-    parts.push((
-        "layer_norm x2",
-        2.0 * run(&mut || layer_norm(pool, t, d, &x, &mut xn, &g, &b, 1e-6)),
-    ));
+    // As the block runs them: the bf16 path's LayerNorm sums in lanes and rounds its
+    // output to bf16 too.
+    let mut xn16 = vec![0u16; t * d];
+    let mut norm = |xn: &mut [f32]| match precision {
+        DensePrecision::Bf16 => layer_norm_for_bf16(pool, t, d, &x, xn, &mut xn16, &g, &b, 1e-6),
+        DensePrecision::F32 => layer_norm(pool, t, d, &x, xn, &g, &b, 1e-6),
+    };
+    parts.push(("layer_norm x2", 2.0 * run(&mut || norm(&mut xn))));
     // `dense` through the packed weight (the unpacked `Mat` is not read).
     let linear = |a: &[f32], k: usize, w: &PackedWeight, n: usize, bias, out: &mut [f32], epi| {
         let unused = Mat::new(&[], 0, k);
@@ -301,16 +305,37 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
         }),
     ));
     if precision == DensePrecision::F32 {
-        let gelu_alone = run(&mut || miad::cpu::vmath::gelu_row(&mut hidden));
-        let gelu_scalar = run(&mut || {
-            hidden
-                .iter_mut()
-                .for_each(|v| *v = miad::cpu::gemm::gelu(*v))
-        });
+        // CPU time of this thread alone (robust to the machine's load); the hidden is
+        // refilled from fc1 before each (GELU of GELU would shrink the inputs).
+        let cpu = |f: &mut dyn FnMut()| timed_cpu(f).1;
+        let fresh = hidden.clone();
+        let mut gelu_timed = |f: fn(&mut [f32])| {
+            cpu(&mut || {
+                hidden.copy_from_slice(&fresh);
+                f(&mut hidden)
+            })
+        };
+        let gelu_alone = gelu_timed(miad::cpu::vmath::gelu_row);
+        let gelu_bf16 = gelu_timed(miad::cpu::vmath::gelu_row_for_bf16);
+        let gelu_scalar = gelu_timed(|h| h.iter_mut().for_each(|v| *v = miad::cpu::gemm::gelu(*v)));
+        let copy_alone = gelu_timed(|_| ());
+        let one = Pool::new(1);
+        let ln_f32 = cpu(&mut || layer_norm(&one, t, d, &x, &mut xn, &g, &b, 1e-6));
+        let mut xn16 = vec![0u16; t * d];
+        let ln_bf16 =
+            cpu(&mut || layer_norm_for_bf16(&one, t, d, &x, &mut xn, &mut xn16, &g, &b, 1e-6));
         println!(
-            "gelu over the {t}x{hid} hidden, one thread: vectorised {:.2} ms, scalar erff {:.2} ms",
-            gelu_alone * 1e3,
-            gelu_scalar * 1e3
+            "layer_norm of {t}x{d}, one thread, CPU time: f32 path {:.2} ms, bf16 path {:.2} ms",
+            ln_f32 * 1e3,
+            ln_bf16 * 1e3
+        );
+        println!(
+            "gelu over the {t}x{hid} hidden, one thread, CPU time less the refill ({:.2} ms): \
+             vectorised {:.2} ms, the bf16 path's {:.2} ms, scalar erff {:.2} ms",
+            copy_alone * 1e3,
+            (gelu_alone - copy_alone) * 1e3,
+            (gelu_bf16 - copy_alone) * 1e3,
+            (gelu_scalar - copy_alone) * 1e3
         );
     }
     attention_parts(&qkv, t, d, heads, precision);
@@ -412,7 +437,9 @@ fn kernel_bf16_in_l1() {
 /// attention on a pool of one thread; in `precision` (bf16: the bf16 products).
 fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: DensePrecision) {
     use miad::cpu::gemm::{pack_rhs_whole, packed_rhs_len, product_seq_packed, Kernel, Operand};
-    use miad::cpu::gemm_bf16::{pack_scaled_into, packed_len, product_seq};
+    use miad::cpu::gemm_bf16::{
+        pack_scaled_into, packed_len, product_seq, round_into, Bf16Mat, Rows,
+    };
     use miad::cpu::transformer::QUERY_BLOCK;
     let one = Pool::new(1);
     let (hd, stride, ker) = (d / heads, 3 * d, Kernel::best());
@@ -454,6 +481,7 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
     let blocks = t.div_ceil(QUERY_BLOCK);
     // One query block's scores, reused by every (head, block) as attention's worker does.
     let mut scores = vec![0f32; QUERY_BLOCK * t];
+    let mut probs16 = vec![0u16; QUERY_BLOCK * t];
     let block_rows = |b: usize| QUERY_BLOCK.min(t - b * QUERY_BLOCK);
     let products = run(&mut || {
         for h in 0..heads {
@@ -465,7 +493,7 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
                     stride,
                 };
                 if bf16 {
-                    product_seq(q, &k16[h * k16_len..], t, &mut scores, t);
+                    product_seq(Rows::F32(q), &k16[h * k16_len..], t, &mut scores, t);
                 } else {
                     let k = &k_packed[h * k_len..];
                     product_seq_packed(ker, &mut scores, t, q, k, t, false);
@@ -475,8 +503,15 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
     });
     let exp = run(&mut || {
         for _ in 0..heads * blocks {
-            for row in scores.chunks_exact_mut(t) {
-                std::hint::black_box(miad::cpu::vmath::exp_shifted_row(row));
+            for (row, row16) in scores.chunks_exact_mut(t).zip(probs16.chunks_exact_mut(t)) {
+                std::hint::black_box(if bf16 {
+                    // As attention runs it: the row rounded to bf16 once.
+                    let sum = miad::cpu::vmath::exp_shifted_row_for_bf16(row);
+                    round_into(row, row16);
+                    sum
+                } else {
+                    miad::cpu::vmath::exp_shifted_row(row)
+                });
             }
         }
     });
@@ -487,7 +522,13 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
                 let p = Mat::new(&scores[..rows * t], rows, t);
                 let dst = &mut out[b * QUERY_BLOCK * d + h * hd..];
                 if bf16 {
-                    product_seq(p, &v16[h * v16_len..], hd, dst, d);
+                    let p16 = Bf16Mat {
+                        data: &probs16[..rows * t],
+                        rows,
+                        cols: t,
+                        stride: t,
+                    };
+                    product_seq(Rows::Bf16(p16), &v16[h * v16_len..], hd, dst, d);
                 } else {
                     product_seq_packed(ker, dst, d, p, &v_packed[h * v_len..], hd, false);
                 }

@@ -45,7 +45,7 @@ pub enum Epilogue {
     /// Store the result.
     None,
     /// Store GELU (exact, erf) of the result, through [`super::vmath::gelu_fast`] (error
-    /// bound stated there).
+    /// bound stated there; the bf16 GEMM through [`super::vmath::gelu_for_bf16`]).
     Gelu,
     /// Store ReLU of the result.
     Relu,
@@ -529,12 +529,16 @@ pub fn pack_rhs(
 pub(super) struct Finish<'a> {
     pub bias: Option<&'a [f32]>,
     pub epilogue: Epilogue,
+    /// GELU through [`super::vmath::gelu_for_bf16`] (the bf16 path, whose outputs are
+    /// rounded to bf16 next) instead of [`super::vmath::gelu_fast`].
+    pub bf16_maths: bool,
 }
 
 impl Finish<'_> {
     pub const NONE: Finish<'static> = Finish {
         bias: None,
         epilogue: Epilogue::None,
+        bf16_maths: false,
     };
     pub fn is_none(&self) -> bool {
         self.bias.is_none() && matches!(self.epilogue, Epilogue::None | Epilogue::Accumulate)
@@ -572,6 +576,7 @@ impl Finish<'_> {
             }
         }
         match self.epilogue {
+            Epilogue::Gelu if self.bf16_maths => super::vmath::gelu_row_for_bf16(row),
             Epilogue::Gelu => super::vmath::gelu_row(row),
             Epilogue::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
             Epilogue::None | Epilogue::Accumulate => {}
@@ -920,7 +925,11 @@ fn linear_rhs(
         return;
     }
     let out_ptr = SharedMut::new(out);
-    let finish = Finish { bias, epilogue };
+    let finish = Finish {
+        bias,
+        epilogue,
+        bf16_maths: false,
+    };
     run_linear_tasks(pool, m, n, NC, &|rows, cols| {
         with_buffers(|bufs| {
             // SAFETY: tasks cover disjoint regions of the checked output.

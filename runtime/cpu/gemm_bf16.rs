@@ -55,6 +55,93 @@ fn to_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
+/// A row-major matrix of bf16 values (the bits of `half::bf16`): `rows × cols`, rows
+/// `stride` elements apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16Mat<'a> {
+    pub data: &'a [u16],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+/// The activations of a bf16 product: f32 rows, rounded to nearest-even bf16 as each
+/// panel is loaded (once per column task), or rows already rounded so ([`round_into`]),
+/// which the panels copy: the same products, bit for bit, without the repeated rounding.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    F32(Mat<'a>),
+    Bf16(Bf16Mat<'a>),
+}
+
+impl Rows<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Rows::F32(m) => m.rows,
+            Rows::Bf16(m) => m.rows,
+        }
+    }
+    fn cols(&self) -> usize {
+        match self {
+            Rows::F32(m) => m.cols,
+            Rows::Bf16(m) => m.cols,
+        }
+    }
+    /// Panics (a caller's bug) where the data do not hold the rows.
+    fn check(&self, what: &str) {
+        let (len, stride) = match self {
+            Rows::F32(m) => (m.data.len(), m.stride),
+            Rows::Bf16(m) => (m.data.len(), m.stride),
+        };
+        let (m, k) = (self.rows(), self.cols());
+        assert!(m == 0 || len >= (m - 1) * stride + k, "{what}: input");
+    }
+    /// `dst` ← row `r`, elements `p0..p0 + kc`, in bf16, zero padded to `dst.len()`.
+    ///
+    /// # Safety
+    /// AVX512-BF16 present ([`available`]).
+    #[inline]
+    unsafe fn load(&self, r: usize, p0: usize, kc: usize, dst: &mut [u16]) {
+        match self {
+            Rows::F32(m) => {
+                let start = r * m.stride + p0;
+                // SAFETY: the caller's contract.
+                unsafe { x86_bf16::convert(&m.data[start..start + kc], dst) }
+            }
+            Rows::Bf16(m) => {
+                let start = r * m.stride + p0;
+                dst[..kc].copy_from_slice(&m.data[start..start + kc]);
+                dst[kc..].fill(0);
+            }
+        }
+    }
+    /// [`prefetch_share`] of these rows.
+    #[inline(always)]
+    fn prefetch_share(
+        &self,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        s: usize,
+        shares: usize,
+    ) {
+        match self {
+            Rows::F32(m) => prefetch_share(m.data, m.stride, rows, cols, s, shares),
+            Rows::Bf16(m) => prefetch_share(m.data, m.stride, rows, cols, s, shares),
+        }
+    }
+}
+
+/// `dst[i]` ← nearest-even bf16 of `src[i]` (what a panel of [`Rows::F32`] holds).
+pub fn round_into(src: &[f32], dst: &mut [u16]) {
+    let dst = &mut dst[..src.len()];
+    if available() {
+        // SAFETY: `available()`.
+        unsafe { x86_bf16::convert(src, dst) };
+    } else {
+        dst.iter_mut().zip(src).for_each(|(o, &v)| *o = to_bf16(v));
+    }
+}
+
 /// The fixed split of `k` into blocks of an even size: (blocks, elements per block).
 fn k_blocks(k: usize) -> (usize, usize) {
     let blocks = k.div_ceil(KC).max(1);
@@ -96,9 +183,9 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
     let data = &mut out[..len];
     data.fill(0);
     let m = w.mat;
-    // Rounded values: two rows of a strip (transposed); a strip's rows.
+    // Rounded values: two rows of a strip (transposed); a strip's rows as pairs (plain).
     let mut rounded = [0u16; 2 * NR];
-    let mut strip_rows = [0u16; NR * KC];
+    let mut strip_pairs = [0u32; NR * KC / 2];
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
@@ -117,30 +204,34 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
                         if p < kc {
                             let src = &m.data[(p0 + p) * m.stride + j0..][..jn];
                             round_scaled(src, alpha, &mut half[..jn]);
+                            half[jn..].fill(0);
                         } else {
                             half.fill(0);
                         }
                     }
-                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
-                        pair[0] = lo[jj];
-                        pair[1] = hi[jj];
+                    // Whole rows of fixed length (the padding of a partial strip is
+                    // zero on both sides), so that the interleave vectorises.
+                    for (pair, (&l, &h)) in pair_row.chunks_exact_mut(2).zip(lo.iter().zip(&*hi)) {
+                        pair[0] = l;
+                        pair[1] = h;
                     }
                 }
             } else {
-                // The strip's rows rounded first, then written pair row by pair row.
+                // The strip's rows rounded first (as pairs of one u32), then written pair
+                // row by pair row: a transpose of u32 pairs.
+                let row_pairs = KC / 2;
                 for jj in 0..jn {
                     let src = &m.data[(j0 + jj) * m.stride + p0..][..kc];
-                    round_scaled(src, alpha, &mut strip_rows[jj * KC..jj * KC + kc]);
+                    let dst = &mut strip_pairs[jj * row_pairs..jj * row_pairs + pairs];
+                    let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
+                    round_scaled(src, alpha, &mut dst[..kc]);
+                    dst[kc..].fill(0);
                 }
                 for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
-                    let p = 2 * q;
                     for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
-                        pair[0] = strip_rows[jj * KC + p];
-                        pair[1] = if p + 1 < kc {
-                            strip_rows[jj * KC + p + 1]
-                        } else {
-                            0
-                        };
+                        let v = strip_pairs[jj * row_pairs + q];
+                        pair[0] = v as u16;
+                        pair[1] = (v >> 16) as u16;
                     }
                 }
             }
@@ -290,18 +381,32 @@ pub fn linear_bf16(
     out_stride: usize,
     epilogue: Epilogue,
 ) {
-    let (m, k, n) = (a.rows, a.cols, w.n);
+    linear_bf16_rows(pool, Rows::F32(a), w, bias, out, out_stride, epilogue)
+}
+
+/// [`linear_bf16`] of activations in either form ([`Rows`]).
+pub fn linear_bf16_rows(
+    pool: &Pool,
+    a: Rows<'_>,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    let (m, k, n) = (a.rows(), a.cols(), w.n);
     assert_eq!(w.k, k, "linear_bf16: inner sizes");
-    assert!(
-        m == 0 || a.data.len() >= (m - 1) * a.stride + k,
-        "linear_bf16: input"
-    );
+    a.check("linear_bf16");
     check_linear_output("linear_bf16", bias, out, out_stride, m, n);
     if m == 0 || n == 0 {
         return;
     }
     let out_ptr = SharedMut::new(out);
-    let finish = Finish { bias, epilogue };
+    let finish = Finish {
+        bias,
+        epilogue,
+        bf16_maths: true,
+    };
     run_linear_tasks(pool, m, n, NC_TASK, &|rows, cols| {
         with_panel(|panel| {
             // SAFETY: tasks cover disjoint regions of the checked output; `available()`
@@ -326,18 +431,16 @@ pub fn linear_bf16(
 
 /// `out[m × n] ⟵ a · wᵀ` on the calling thread (for use inside pool tasks: attention's
 /// products), bf16 operands and f32 accumulation (the bound of the module doc): `a` is
-/// `m × k`, rounded to bf16 as it is loaded; `packed` holds `w` (`n × k`) packed by
-/// [`pack_scaled_into`]. Without AVX512-BF16 ([`available`]) nothing is written.
-pub fn product_seq(a: Mat<'_>, packed: &[u16], n: usize, out: &mut [f32], out_stride: usize) {
-    let (m, k) = (a.rows, a.cols);
+/// `m × k` ([`Rows`]: f32 rounded to bf16 as it is loaded, or bf16); `packed` holds `w`
+/// (`n × k`) packed by [`pack_scaled_into`]. Without AVX512-BF16 ([`available`]) nothing
+/// is written.
+pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_stride: usize) {
+    let (m, k) = (a.rows(), a.cols());
     assert!(
         packed.len() >= packed_len(n, k),
         "bf16 product: packed operand"
     );
-    assert!(
-        m == 0 || a.data.len() >= (m - 1) * a.stride + k,
-        "bf16 product: input"
-    );
+    a.check("bf16 product");
     check_linear_output("bf16 product", None, out, out_stride, m, n);
     if m == 0 || n == 0 || !available() {
         return;
@@ -373,7 +476,7 @@ pub fn product_seq(a: Mat<'_>, packed: &[u16], n: usize, out: &mut [f32], out_st
 #[allow(clippy::too_many_arguments)]
 unsafe fn region(
     panel: &mut [u32],
-    a: Mat<'_>,
+    a: Rows<'_>,
     b: &[u16],
     n: usize,
     rows: std::ops::Range<usize>,
@@ -383,7 +486,7 @@ unsafe fn region(
     accumulate: bool,
     finish: Finish<'_>,
 ) {
-    let k = a.cols;
+    let k = a.cols();
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let strip_count = cols.len().div_ceil(NR);
@@ -405,16 +508,15 @@ unsafe fn region(
                 let dst: &mut [u16] =
                     bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
                 if i < rows_here {
-                    let start = (ir + i) * a.stride + p0;
                     // SAFETY: the caller's contract (AVX512-BF16).
-                    unsafe { x86_bf16::convert(&a.data[start..start + kc], dst) };
+                    unsafe { a.load(ir + i, p0, kc, dst) };
                 } else {
                     dst.fill(0);
                 }
             }
             let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
             for s in 0..strip_count {
-                prefetch_share(a.data, a.stride, next.clone(), p0..p0 + kc, s, strip_count);
+                a.prefetch_share(next.clone(), p0..p0 + kc, s, strip_count);
                 let j = cols.start + s * NR;
                 let cols_here = NR.min(cols.end - j);
                 let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
@@ -593,6 +695,29 @@ mod tests {
             };
             let out = run(2);
             assert_eq!(out, run(1), "{m}x{k}x{n}: threads");
+            // Activations rounded beforehand (with a wider stride): the same bits.
+            let stride = k + 3;
+            let mut a16 = vec![0u16; m * stride];
+            for (row, row16) in a.chunks_exact(k).zip(a16.chunks_exact_mut(stride)) {
+                round_into(row, &mut row16[..k]);
+            }
+            let rows16 = Rows::Bf16(Bf16Mat {
+                data: &a16,
+                rows: m,
+                cols: k,
+                stride,
+            });
+            let mut out16 = vec![0.5f32; m * n];
+            linear_bf16_rows(
+                &Pool::new(2),
+                rows16,
+                &packed,
+                Some(&bias),
+                &mut out16,
+                n,
+                epi,
+            );
+            assert_eq!(out, out16, "{m}x{k}x{n}: activations in bf16");
             let mut f32_out = vec![0.5f32; m * n];
             linear(
                 &Pool::new(2),

@@ -16,14 +16,17 @@
 //!
 //! On the bf16 path (the blocks' weights packed in bf16) attention's two products run in
 //! bf16 too ([`super::gemm_bf16::product_seq`]): `scale · K` and `V` rounded to bf16 when
-//! they are packed, `Q` and the probabilities `exp(s − max)` rounded to bf16 as they are
-//! loaded, f32 accumulation; the maximum, the exponentials and their sum stay f32.
+//! they are packed, `Q` rounded to bf16 as it is loaded and the probabilities
+//! `exp(s − max)` once as they are made, f32 accumulation; the maximum, the exponentials
+//! and their sum stay f32, the exponentials through the shorter
+//! [`super::vmath::exp_for_bf16`] (their results are rounded to bf16 for P·V anyway).
 //! Error of one output element `o = Σ_j w_j v_j` (`w` the exact softmax weights of the
 //! exact scores `s_j = scale · q·k_j`), with u = 2⁻⁸ (bf16), γ = t·2⁻²⁴ (f32 sums of the
 //! `t` tokens), `E` the largest error of the row's bf16 scores (the dense bound of
 //! [`super::gemm_bf16`] over `head_dim` terms, plus 2⁻²³ relative for `fl(scale·k)`) and
-//! `ε = 4·2⁻²³ + (spread + 2E)·2⁻²⁴` the exponential's relative error (`spread` the range
-//! of the row's scores: `s − max` is rounded in f32):
+//! `ε = 2⁻¹⁷ + (spread + 2E)·2⁻²⁴` the exponential's relative error
+//! ([`super::vmath::exp_for_bf16`], and `s − max` rounded in f32; `spread` the range of
+//! the row's scores):
 //! `|ô − o| ≤ (e^{2E}·(1+ε)/(1−ε)·((1+u)/(1−u))²·(1+γ)²/(1−γ)·(1+2⁻²²) − 1) · Σ_j w_j |v_j|`
 //! plus `t·2⁻¹²⁵·max|v|` where tiny values underflow (the bf16 dot product flushes them to
 //! zero; `exp` clamps at −87.3). The argument: every weight is perturbed by a factor in
@@ -35,9 +38,9 @@ use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
-use super::gemm_bf16::{self, pack_scaled_into};
+use super::gemm_bf16::{self, linear_bf16_rows, pack_scaled_into, Bf16Mat, Rows};
 use super::pool::{Pool, SharedMut};
-use super::vmath::exp_shifted_row;
+use super::vmath::{exp_shifted_row, exp_shifted_row_for_bf16, EXP_FOR_BF16_ERROR};
 use crate::format::TensorSource;
 use crate::Result;
 
@@ -177,9 +180,10 @@ pub fn check_shape(shape: &BlockShape) -> Result<()> {
     Ok(())
 }
 
-/// Per-worker attention scratch: scores of one query block plus its row sums.
+/// Per-worker attention scratch: scores of one query block, its row sums, and (the bf16
+/// path) its probabilities rounded to bf16.
 fn attn_worker_len(tokens: usize) -> usize {
-    QUERY_BLOCK * tokens + QUERY_BLOCK
+    QUERY_BLOCK * tokens + QUERY_BLOCK + (QUERY_BLOCK * tokens).div_ceil(2)
 }
 
 /// Floats of one head's packed keys and values (see [`attention`]).
@@ -196,7 +200,7 @@ pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize)
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
     let big = t * (4 * d).max(shape.mlp_dim);
-    t * d + big + attn_scratch_len(t, d, shape.heads, threads)
+    t * d + big + attn_scratch_len(t, d, shape.heads, threads) + (t * d).div_ceil(2)
 }
 
 /// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
@@ -228,28 +232,36 @@ pub fn block_forward_with(
         "block_forward: scratch too short"
     );
     let (xn, rest) = scratch.split_at_mut(t * d);
-    let (big, attn_scratch) = rest.split_at_mut(t * (4 * d).max(hid));
+    let (big, rest) = rest.split_at_mut(t * (4 * d).max(hid));
+    let (attn_scratch, xn16) =
+        rest.split_at_mut(attn_scratch_len(t, d, shape.heads, pool.threads()));
+    let xn16 = &mut as_bf16(xn16)[..t * d];
     let x = &mut x[..t * d];
+    let precision = match packed.map(|b| &b.qkv) {
+        Some(PackedWeight::Bf16(_)) => DensePrecision::Bf16,
+        _ => DensePrecision::F32,
+    };
 
     // Attention half.
-    layer_norm(pool, t, d, x, xn, w.norm1_w, w.norm1_b, shape.ln_eps);
     {
         let (qkv, rest) = big.split_at_mut(t * 3 * d);
         let attn_out = &mut rest[..t * d];
-        dense(
+        let norm = Norm {
+            w: w.norm1_w,
+            b: w.norm1_b,
+            eps: shape.ln_eps,
+        };
+        norm_then_dense(
             pool,
-            Mat::new(xn, t, d),
+            norm,
+            x,
+            (xn, xn16),
             Mat::new(w.qkv_w, 3 * d, d),
             packed.map(|b| &b.qkv),
             w.qkv_b,
             qkv,
-            3 * d,
             Epilogue::None,
         );
-        let precision = match packed.map(|b| &b.qkv) {
-            Some(PackedWeight::Bf16(_)) => DensePrecision::Bf16,
-            _ => DensePrecision::F32,
-        };
         attention(
             pool,
             t,
@@ -273,16 +285,21 @@ pub fn block_forward_with(
     }
 
     // MLP half.
-    layer_norm(pool, t, d, x, xn, w.norm2_w, w.norm2_b, shape.ln_eps);
     let hidden = &mut big[..t * hid];
-    dense(
+    let norm = Norm {
+        w: w.norm2_w,
+        b: w.norm2_b,
+        eps: shape.ln_eps,
+    };
+    norm_then_dense(
         pool,
-        Mat::new(xn, t, d),
+        norm,
+        x,
+        (xn, xn16),
         Mat::new(w.fc1_w, hid, d),
         packed.map(|b| &b.fc1),
         Some(w.fc1_b),
         hidden,
-        hid,
         Epilogue::Gelu,
     );
     dense(
@@ -295,6 +312,51 @@ pub fn block_forward_with(
         d,
         Epilogue::Accumulate,
     );
+}
+
+/// A LayerNorm's affine and epsilon.
+#[derive(Clone, Copy)]
+struct Norm<'a> {
+    w: &'a [f32],
+    b: &'a [f32],
+    eps: f32,
+}
+
+/// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out` rows
+/// `n` apart), LN(x) through `xn`. On the bf16 path the norm's rows are also rounded to
+/// bf16 once, into `xn.1`, and the GEMM reads them as they are: the same bits as rounding
+/// them as each panel is loaded, which happens once per column task.
+#[allow(clippy::too_many_arguments)]
+fn norm_then_dense(
+    pool: &Pool,
+    norm: Norm<'_>,
+    x: &[f32],
+    xn: (&mut [f32], &mut [u16]),
+    w: Mat<'_>,
+    packed: Option<&PackedWeight>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    epilogue: Epilogue,
+) {
+    let (d, n) = (w.cols, w.rows);
+    let t = x.len() / d;
+    let (xn, xn16) = xn;
+    match packed {
+        Some(PackedWeight::Bf16(p)) => {
+            layer_norm_for_bf16(pool, t, d, x, xn, xn16, norm.w, norm.b, norm.eps);
+            let a = Bf16Mat {
+                data: xn16,
+                rows: t,
+                cols: d,
+                stride: d,
+            };
+            linear_bf16_rows(pool, Rows::Bf16(a), p, bias, out, n, epilogue);
+        }
+        _ => {
+            layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
+            dense(pool, Mat::new(xn, t, d), w, packed, bias, out, n, epilogue);
+        }
+    }
 }
 
 /// Multi-head softmax attention. `qkv` is `tokens × 3·dim` (q | k | v, heads contiguous
@@ -358,7 +420,8 @@ pub fn attention(
         let rows = QUERY_BLOCK.min(t - q0);
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
-        let (scores, sums) = ws.split_at_mut(QUERY_BLOCK * t);
+        let (scores, rest) = ws.split_at_mut(QUERY_BLOCK * t);
+        let (sums, probs16) = rest.split_at_mut(QUERY_BLOCK);
         let (k_packed, v_packed) = packed[h * per_head..(h + 1) * per_head].split_at(k_len);
         let q = Mat {
             data: &qkv[q0 * stride + h * hd..],
@@ -367,19 +430,34 @@ pub fn attention(
             stride,
         };
         if bf16 {
-            gemm_bf16::product_seq(q, bf16_view(k_packed), t, scores, t);
+            gemm_bf16::product_seq(Rows::F32(q), bf16_view(k_packed), t, scores, t);
         } else {
             product_seq_packed(ker, scores, t, q, k_packed, t, false);
         }
-        for (sum, row) in sums.iter_mut().zip(scores.chunks_exact_mut(t)).take(rows) {
-            *sum = exp_shifted_row(row);
+        let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * t];
+        let rows_of = scores.chunks_exact_mut(t).zip(probs16.chunks_exact_mut(t));
+        for (sum, (row, row16)) in sums.iter_mut().zip(rows_of).take(rows) {
+            *sum = if bf16 {
+                // Rounded once here, not as P·V loads each panel.
+                let sum = exp_shifted_row_for_bf16(row);
+                gemm_bf16::round_into(row, row16);
+                sum
+            } else {
+                exp_shifted_row(row)
+            };
         }
         // SAFETY: this task alone writes rows q0..q0+rows, columns h·hd..(h+1)·hd.
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
-        let p = Mat::new(&scores[..rows * t], rows, t);
         if bf16 {
-            gemm_bf16::product_seq(p, bf16_view(v_packed), hd, dst, d);
+            let p = Bf16Mat {
+                data: &probs16[..rows * t],
+                rows,
+                cols: t,
+                stride: t,
+            };
+            gemm_bf16::product_seq(Rows::Bf16(p), bf16_view(v_packed), hd, dst, d);
         } else {
+            let p = Mat::new(&scores[..rows * t], rows, t);
             product_seq_packed(ker, dst, d, p, v_packed, hd, false);
         }
         for (r, sum) in sums.iter().enumerate().take(rows) {
@@ -411,7 +489,7 @@ pub fn attention_bf16_error_bound(
 ) -> f64 {
     let u = 2f64.powi(-8);
     let gamma = tokens as f64 * 2f64.powi(-24);
-    let eps = 4.0 * 2f64.powi(-23) + (spread + 2.0 * score_err) * 2f64.powi(-24);
+    let eps = EXP_FOR_BF16_ERROR + (spread + 2.0 * score_err) * 2f64.powi(-24);
     let factor = (2.0 * score_err).exp() * (1.0 + eps) / (1.0 - eps)
         * ((1.0 + u) / (1.0 - u)).powi(2)
         * (1.0 + gamma).powi(2)
@@ -434,24 +512,133 @@ pub fn layer_norm(
     b: &[f32],
     eps: f32,
 ) {
-    assert!(x.len() >= rows * dim && out.len() >= rows * dim);
-    assert!(w.len() == dim && b.len() == dim);
-    let out_ptr = SharedMut::new(out);
-    pool.run(rows.div_ceil(LN_ROWS), &|task, _| {
-        let r0 = task * LN_ROWS;
-        let n = LN_ROWS.min(rows - r0);
-        // SAFETY: each task writes its own rows.
-        let o = unsafe { out_ptr.slice(r0 * dim, n * dim) };
-        for r in 0..n {
-            layer_norm_row(
-                &x[(r0 + r) * dim..(r0 + r + 1) * dim],
-                &mut o[r * dim..(r + 1) * dim],
-                w,
-                b,
-                eps,
-            );
+    let norm = Norm { w, b, eps };
+    norm.run(pool, rows, dim, x, out, None, layer_norm_row);
+}
+
+type LayerNormRowFn = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
+
+impl Norm<'_> {
+    /// The norm of `rows` rows of `x` (`rows × dim`) into `out`, in tasks of [`LN_ROWS`]
+    /// rows, and rounded to bf16 into `out16` where given.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        pool: &Pool,
+        rows: usize,
+        dim: usize,
+        x: &[f32],
+        out: &mut [f32],
+        out16: Option<&mut [u16]>,
+        row: LayerNormRowFn,
+    ) {
+        assert!(x.len() >= rows * dim && out.len() >= rows * dim);
+        assert!(self.w.len() == dim && self.b.len() == dim);
+        let out_ptr = SharedMut::new(out);
+        let out16 = out16.map(|o| {
+            assert!(o.len() >= rows * dim);
+            SharedMut::new(o)
+        });
+        pool.run(rows.div_ceil(LN_ROWS), &|task, _| {
+            let r0 = task * LN_ROWS;
+            let n = LN_ROWS.min(rows - r0);
+            // SAFETY: each task writes its own rows.
+            let o = unsafe { out_ptr.slice(r0 * dim, n * dim) };
+            for r in 0..n {
+                let o = &mut o[r * dim..(r + 1) * dim];
+                let x = &x[(r0 + r) * dim..(r0 + r + 1) * dim];
+                row(x, o, self.w, self.b, self.eps);
+                if let Some(o16) = &out16 {
+                    // SAFETY: as above.
+                    let o16 = unsafe { o16.slice((r0 + r) * dim, dim) };
+                    gemm_bf16::round_into(o, o16);
+                }
+            }
+        });
+    }
+}
+
+/// [`layer_norm`] for the bf16 path (whose next GEMM rounds its output to bf16): the same
+/// f64 sums in fixed lanes that vectorise ([`layer_norm_row_in_lanes`]), several times
+/// faster than the one sequential f64 chain the f32 path keeps for its bits.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_for_bf16(
+    pool: &Pool,
+    rows: usize,
+    dim: usize,
+    x: &[f32],
+    out: &mut [f32],
+    out16: &mut [u16],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+) {
+    let norm = Norm { w, b, eps };
+    norm.run(
+        pool,
+        rows,
+        dim,
+        x,
+        out,
+        Some(out16),
+        layer_norm_row_in_lanes,
+    );
+}
+
+/// f64 partial sums of [`layer_norm_row_in_lanes`]: the same for every instruction set.
+const LN_LANES: usize = 8;
+
+/// [`layer_norm_row`] with its f64 sums in [`LN_LANES`] fixed lanes, compiled for the
+/// instruction set [`super::gemm::isa`] picks (the same bits on each).
+pub fn layer_norm_row_in_lanes(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+            layer_norm_row_in_lanes_generic(x, out, w, b, eps)
         }
-    });
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+            layer_norm_row_in_lanes_generic(x, out, w, b, eps)
+        }
+        match super::gemm::isa() {
+            // SAFETY: `isa` names only instruction sets this CPU runs.
+            super::gemm::Isa::Avx512 => return unsafe { avx512(x, out, w, b, eps) },
+            // SAFETY: as above.
+            super::gemm::Isa::Avx2 => return unsafe { avx2(x, out, w, b, eps) },
+            super::gemm::Isa::Portable => {}
+        }
+    }
+    layer_norm_row_in_lanes_generic(x, out, w, b, eps)
+}
+
+#[inline(always)]
+fn layer_norm_row_in_lanes_generic(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let dim = x.len() as f64;
+    let mean = sum_in_lanes(x, |v| v as f64) / dim;
+    let var = sum_in_lanes(x, |v| {
+        let c = v as f64 - mean;
+        c * c
+    }) / dim;
+    let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
+    let mean = mean as f32;
+    for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * rstd * w + b;
+    }
+}
+
+/// `Σ f(x_i)` in f64, [`LN_LANES`] partial sums added at the end, then the tail.
+#[inline(always)]
+fn sum_in_lanes(x: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0f64; LN_LANES];
+    let mut chunks = x.chunks_exact(LN_LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
 }
 
 /// One row of [`layer_norm`].
@@ -726,6 +913,26 @@ mod tests {
         rng.fill_normal(&mut b, 1.0);
         let mut out = vec![0f32; rows * dim];
         layer_norm(&Pool::new(2), rows, dim, &x, &mut out, &w, &b, 1e-5);
+        // The bf16 path's LayerNorm: the same definition and accuracy, its sums in lanes;
+        // the dispatched row and the generic one give the same bits.
+        let mut lanes = vec![0f32; rows * dim];
+        let mut rounded = vec![0u16; rows * dim];
+        let pool = Pool::new(2);
+        layer_norm_for_bf16(&pool, rows, dim, &x, &mut lanes, &mut rounded, &w, &b, 1e-5);
+        let bf16 = |v: f32| half::bf16::from_f32(v).to_bits();
+        assert!(lanes.iter().zip(&rounded).all(|(&v, &r)| bf16(v) == r));
+        let mut generic = vec![0f32; dim];
+        for r in 0..rows {
+            let row = &x[r * dim..(r + 1) * dim];
+            layer_norm_row_in_lanes_generic(row, &mut generic, &w, &b, 1e-5);
+            assert_eq!(generic, lanes[r * dim..(r + 1) * dim], "row {r}");
+        }
+        for out in [&out, &lanes] {
+            check_layer_norm(rows, dim, &x, &w, &b, out);
+        }
+    }
+
+    fn check_layer_norm(rows: usize, dim: usize, x: &[f32], w: &[f32], b: &[f32], out: &[f32]) {
         for r in 0..rows {
             let row: Vec<f64> = x[r * dim..(r + 1) * dim]
                 .iter()
