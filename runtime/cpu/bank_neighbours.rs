@@ -13,7 +13,10 @@
 //! neither enter nor tie. The bounds: a centre's computed distance (the same sum, read
 //! back the other way) less the cluster's radius; then, where the partition has one, the
 //! projection bound of [`super::bank_proj`] (below the true squared distance: its margins
-//! for nearest's rounding only lower it). Every distance that is computed is
+//! for nearest's rounding only lower it). A row that passes is summed through the lanes
+//! and dropped as soon as every lane's partial sum is past its query's running third
+//! ([`super::lanes::sq_dists_unless_none_below`]: the partial sums never exceed the
+//! full ones). Every distance that is offered is
 //! [`sq_dist`]'s own bits (the lanes of [`super::lanes::sq_dists`]), and the three nearest
 //! do not depend on the order in which pairs are offered: the table is
 //! [`neighbour_table`]'s whatever the partition.
@@ -21,15 +24,13 @@
 //! [`neighbour_table`]: super::bank_search::neighbour_table
 //! [`sq_dist`]: super::bank_search::sq_dist
 
-use super::bank_proj::{f32_down, f32_up, row_needed, QueryBound, PROJ_DIMS};
+use super::bank_proj::{f32_down, QueryBound, PROJ_DIMS};
 use super::bank_prune::PartitionView;
 use super::bank_search::{BankView, Nearest3, NeighbourTable, NO_ROW, TABLE_NEIGHBOURS};
-use super::lanes::{gather_tile, sq_dists, tile_len, LANES};
+use super::lanes::{gather_tile, sq_dists, sq_dists_unless_none_below, tile_len, LANES};
 use super::pool::{Pool, SharedMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bank rows computed per call of the lanes (a multiple of their groups of rows).
-const GATHER: usize = 8;
 /// Relative slack of the bounds evaluated in f64.
 const SLACK: f64 = 1e-12;
 
@@ -75,13 +76,12 @@ struct Work {
     visit: Vec<u32>,
     /// The queries' projected coordinates, dimension-major.
     projected: Vec<f32>,
-    /// Bank rows waiting for the lanes, their indices and their distances.
-    rows: Vec<f32>,
 }
 
 /// [`neighbour_table`]'s table of `bank` through `part`, a partition of it (module doc).
 /// `None` when the bank holds a value that is not finite (as [`neighbour_table`]).
-/// `progress(done, total)` in rows.
+/// `progress(done, total)` in rows. Its `distances`: the (query, row) pairs summed to
+/// the end.
 ///
 /// [`neighbour_table`]: super::bank_search::neighbour_table
 pub fn neighbour_table_pruned(
@@ -104,7 +104,6 @@ pub fn neighbour_table_pruned(
             keys: vec![0f32; k],
             visit: vec![0u32; k],
             projected: vec![0f32; PROJ_DIMS * LANES],
-            rows: vec![0f32; GATHER * dim],
         })
         .collect();
     // The entries by cluster-order position (each tile writes its own run).
@@ -189,26 +188,10 @@ fn tile_neighbours(
         }
     }
     let mut near = [Nearest3::EMPTY; LANES];
-    let mut waiting = [0u32; GATHER];
-    let mut queued = 0;
     let mut computed = 0u64;
-    let mut flush = |waiting: &[u32], near: &mut [Nearest3; LANES], rows: &mut [f32]| {
-        for (i, &b) in waiting.iter().enumerate() {
-            rows[i * dim..(i + 1) * dim].copy_from_slice(bank.row(b as usize));
-        }
-        let mut d = [[0f32; LANES]; GATHER];
-        let g = waiting.len();
-        sq_dists(&work.tile, &rows[..g * dim], dim, &mut d[..g]);
-        for (dists, &b) in d.iter().zip(waiting) {
-            for (q, &e) in near[..lanes].iter_mut().zip(dists) {
-                q.offer(e, b);
-            }
-        }
-        computed += (g * lanes) as u64;
-    };
     // Per query: a true squared distance above this cannot enter its three nearest.
     let mut above = [0f64; LANES];
-    let mut row_above = [0f32; LANES];
+    let mut reach = [false; LANES];
     let mut dots = [0f32; LANES];
     for &c in work.visit.iter() {
         let c = c as usize;
@@ -221,24 +204,15 @@ fn tile_neighbours(
             break;
         }
         let r = part.radii[c] as f64;
-        let mut any = false;
-        for l in 0..lanes {
+        for (l, (ok, &a)) in reach.iter_mut().zip(&above[..lanes]).enumerate() {
             let t = work.centre[c][l] as f64 - r;
-            let out_of_reach = t > 0.0 && t * t > above[l];
-            // A query the cluster cannot reach takes no row of it.
-            row_above[l] = if out_of_reach {
-                f32::NEG_INFINITY
-            } else {
-                f32_up(above[l])
-            };
-            any |= !out_of_reach;
+            *ok = !(t > 0.0 && t * t > a);
         }
-        if !any {
+        if !reach[..lanes].contains(&true) {
             continue;
         }
-        let (a, b) = (part.starts[c] as usize, part.starts[c + 1] as usize);
-        for pos in a..b {
-            if let Some(pv) = part.projection {
+        for pos in part.starts[c] as usize..part.starts[c + 1] as usize {
+            let record = part.projection.map(|pv| {
                 // p̂_q·p̂_b summed in index order, products and sums rounded apart.
                 let rec = pv.record(pos);
                 dots.fill(0.0);
@@ -248,21 +222,33 @@ fn tile_neighbours(
                         *s += x * v;
                     }
                 }
-                if !row_needed(&bounds[..lanes], &row_above[..lanes], rec, &dots[..lanes]) {
-                    continue;
+                rec
+            });
+            // Per lane, the sum at which the row is out: the running third's next f32
+            // (at or past it the row can neither enter nor tie); −∞ for a lane the
+            // bounds already rule out.
+            let mut floor = [f32::NEG_INFINITY; LANES];
+            let mut any = false;
+            for l in 0..lanes {
+                let out_of_reach = !reach[l]
+                    || record.is_some_and(|rec| bounds[l].lower_bound(rec, dots[l]) > above[l]);
+                if !out_of_reach {
+                    floor[l] = near[l].d[2].next_up();
+                    any = true;
                 }
             }
-            waiting[queued] = part.order[pos];
-            queued += 1;
-            if queued == GATHER {
-                flush(&waiting, &mut near, &mut work.rows);
-                queued = 0;
+            if !any {
+                continue;
             }
-        }
-        // The running thirds tighten before the next cluster is judged.
-        if queued > 0 {
-            flush(&waiting[..queued], &mut near, &mut work.rows);
-            queued = 0;
+            // The exact sums, dropped as soon as every lane is at its floor.
+            let b = part.order[pos];
+            let row = bank.row(b as usize);
+            if let Some(dists) = sq_dists_unless_none_below(&work.tile, row, &floor) {
+                for (q, &e) in near[..lanes].iter_mut().zip(&dists) {
+                    q.offer(e, b);
+                }
+                computed += lanes as u64;
+            }
         }
     }
     for (entry, q) in out.chunks_exact_mut(TABLE_NEIGHBOURS).zip(&near) {

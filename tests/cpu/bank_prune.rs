@@ -445,8 +445,8 @@ fn neighbour_table_through_the_partition_equals_the_full_scan() {
                 "{what}: the projection adds pruning"
             );
             eprintln!(
-                "neighbour table {what}: {} distances with the projection, {} with the \
-                 clusters alone, of {}",
+                "neighbour table {what}: {} distances summed to the end with the projection, {} with \
+                 the clusters alone, of {}",
                 t.distances,
                 c.distances,
                 n * n
