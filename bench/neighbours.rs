@@ -17,20 +17,7 @@ use miad::types::BANK_NAMES;
 use std::time::Instant;
 
 mod timing;
-use timing::env_usize as env;
-
-/// CPU seconds of this process so far (user + system; the machine is shared, so
-/// this is steadier than the wall time).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
-}
+use timing::{cpu_seconds, env_usize as env};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -263,7 +263,7 @@ pub(crate) fn search_block(
 /// the dot products of bank row `row` with queries `j0..j0 + dots.len()`. The last group
 /// of rows is the bank's last `mr` rows, so rows may be visited twice (a running minimum
 /// or a top list that ignores a pair it already holds is unaffected).
-fn walk_bank(
+pub(crate) fn walk_bank(
     ker: Kernel,
     q: &[f32],
     qn: usize,
