@@ -39,7 +39,7 @@
 //! [`nearest`]: super::bank_search::nearest
 
 use super::bank_proj::{
-    f32_down, f32_up, row_needed, Projection, ProjectionView, QueryBound, PROJ_DIMS,
+    f32_down, f32_up, Projection, ProjectionView, QueryBound, StripSides, PROJ_DIMS, STRIP,
 };
 use super::bank_search::{
     gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, walk_bank, BankView,
@@ -589,6 +589,7 @@ fn search_grouped(
                     .total_cmp(&keys[b as usize])
                     .then(a.cmp(&b))
             });
+            let sides = StripSides::new(&qbound[strip.clone()]);
             // Rows (cluster-order positions) waiting for a full panel.
             let mut pending = [0u32; MAX_MR];
             let mut waiting = 0;
@@ -613,7 +614,7 @@ fn search_grouped(
                 }
                 // The strip's queries this cluster may serve (the others take none of its
                 // rows below).
-                let mut reach = [false; 32];
+                let mut reach = [false; STRIP];
                 for (jj, ok) in reach[..cols].iter_mut().enumerate() {
                     let j = j0 + jj;
                     let t = lo(j, c) as f64 - r;
@@ -639,8 +640,8 @@ fn search_grouped(
                 let kp = pv.k;
                 let len = super::bank_proj::record_len(kp);
                 // Per query, the running best it may take a row at; −∞ out of reach.
-                let mut limit = [f32::NEG_INFINITY; 32];
-                let within = |limit: &mut [f32; 32], d_out: &[f32]| {
+                let mut limit = [f32::NEG_INFINITY; STRIP];
+                let within = |limit: &mut [f32; STRIP], d_out: &[f32]| {
                     for (jj, l) in limit[..cols].iter_mut().enumerate() {
                         *l = if reach[jj] {
                             d_out[j0 + jj]
@@ -668,13 +669,10 @@ fn search_grouped(
                     };
                     projected += (rows * cols) as u64;
                     for pos in g0..g0 + rows {
-                        let dots = &ptile[(pos - start) * nr..(pos - start) * nr + cols];
-                        let need = row_needed(
-                            &qbound[strip.clone()],
-                            &limit[..cols],
-                            pv.record(pos),
-                            dots,
-                        );
+                        let mut dots = [0f32; STRIP];
+                        dots[..cols]
+                            .copy_from_slice(&ptile[(pos - start) * nr..(pos - start) * nr + cols]);
+                        let need = sides.row_needed(&limit, pv.record(pos), &dots);
                         if need {
                             // Fetched while the panel fills: the copy then reads L2.
                             prefetch_to_l2(bank.row(part.order[pos] as usize));
