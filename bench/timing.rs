@@ -66,3 +66,17 @@ pub fn load_average() -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// CPU seconds of this process so far (user + system, all threads; from
+/// `/proc/self/stat`, 0 where it cannot be read).
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command's closing parenthesis: utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}

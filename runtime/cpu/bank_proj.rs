@@ -478,17 +478,80 @@ fn row_side(record: &[f32]) -> Side {
     }
 }
 
-/// Whether any of `queries` may get the row of `record` as its answer or a tie: its
-/// bound (with `dots[j]`, the f32 p̂_q·p̂_b) is not above the query's running best d².
-/// Every query is evaluated (no early exit: the loop vectorises).
-#[inline]
-pub fn row_needed(queries: &[QueryBound], best: &[f32], record: &[f32], dots: &[f32]) -> bool {
-    let b = row_side(record);
-    let mut need = false;
-    for ((q, &d), &dot) in queries.iter().zip(best).zip(dots) {
-        // NaN (never from finite inputs) keeps the row.
-        let above = pair_bound(&q.0, &b, dot) > d as f64;
-        need |= !above;
+/// Most queries of one [`StripSides`] (the widest kernel's strip).
+pub const STRIP: usize = 32;
+
+/// The query sides of a strip of at most [`STRIP`] queries, field by field, so that
+/// [`StripSides::row_needed`] evaluates [`STRIP`] pair bounds in a few vector steps.
+#[derive(Clone, Copy, Debug)]
+pub struct StripSides {
+    c: [f64; STRIP],
+    rho_lo: [f64; STRIP],
+    rho_hi: [f64; STRIP],
+    a: [f64; STRIP],
+}
+
+impl StripSides {
+    pub fn new(queries: &[QueryBound]) -> Self {
+        assert!(
+            queries.len() <= STRIP,
+            "StripSides: at most {STRIP} queries"
+        );
+        let mut s = StripSides {
+            c: [0.0; STRIP],
+            rho_lo: [0.0; STRIP],
+            rho_hi: [0.0; STRIP],
+            a: [0.0; STRIP],
+        };
+        for (j, q) in queries.iter().enumerate() {
+            (s.c[j], s.rho_lo[j], s.rho_hi[j], s.a[j]) = (q.0.c, q.0.rho_lo, q.0.rho_hi, q.0.a);
+        }
+        s
     }
-    need
+
+    /// Whether any query j of the strip may get the row of `record` as its answer or a
+    /// tie: its bound (with `dots[j]`, the f32 p̂_q·p̂_b) is not above `limit[j]`, its
+    /// running best d² (−∞: the query takes no row; so for the places past the strip's
+    /// queries). Every query is evaluated, no early exit, compiled for AVX-512F or AVX2
+    /// as [`super::gemm::isa`] picks (the same operations in the same order on every
+    /// path: the same decisions).
+    pub fn row_needed(&self, limit: &[f32; STRIP], record: &[f32], dots: &[f32; STRIP]) -> bool {
+        let b = row_side(record);
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(s: &StripSides, l: &[f32; STRIP], b: &Side, d: &[f32; STRIP]) -> bool {
+                s.needed_body(l, b, d)
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2(s: &StripSides, l: &[f32; STRIP], b: &Side, d: &[f32; STRIP]) -> bool {
+                s.needed_body(l, b, d)
+            }
+            match super::gemm::isa() {
+                // SAFETY: `isa` names only instruction sets this CPU runs.
+                super::gemm::Isa::Avx512 => return unsafe { avx512(self, limit, &b, dots) },
+                // SAFETY: as above.
+                super::gemm::Isa::Avx2 => return unsafe { avx2(self, limit, &b, dots) },
+                super::gemm::Isa::Portable => {}
+            }
+        }
+        self.needed_body(limit, &b, dots)
+    }
+
+    #[inline(always)]
+    fn needed_body(&self, limit: &[f32; STRIP], b: &Side, dots: &[f32; STRIP]) -> bool {
+        let mut need = false;
+        for j in 0..STRIP {
+            let q = Side {
+                c: self.c[j],
+                rho_lo: self.rho_lo[j],
+                rho_hi: self.rho_hi[j],
+                a: self.a[j],
+            };
+            // NaN (never from finite inputs) keeps the row.
+            let above = pair_bound(&q, b, dots[j]) > limit[j] as f64;
+            need |= !above;
+        }
+        need
+    }
 }

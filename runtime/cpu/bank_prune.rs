@@ -9,10 +9,11 @@
 //! (f64, rounded up, stored as the next f32 up). `order` lists the rows cluster by
 //! cluster; `starts` where each cluster begins.
 //!
-//! Search: per block of queries, the GEMM form `g = ‖q‖² − 2q·c + ‖c‖²` to every centre
-//! gives a lower bound of the true ‖q − c‖ (`g − E`, E of `gemm_form_bound` with the
-//! bank's largest norm); a row b of cluster c then has true distance ≥ t = that bound −
-//! r_c, and its computed `d² ≥ t² − E` (the same bound against [`nearest`]'s form). The
+//! Search: one pass of the micro-kernel over the centres per block of queries (before the
+//! queries are grouped by their nearest centre; the bounds are kept per query): the GEMM
+//! form `g = ‖q‖² − 2q·c + ‖c‖²` to every centre gives a lower bound of the true
+//! ‖q − c‖ (`g − E`, E of `gemm_form_bound` with the bank's largest norm); a row b of
+//! cluster c then has true distance ≥ t = that bound − r_c, and its computed `d² ≥ t² − E` (the same bound against [`nearest`]'s form). The
 //! clusters are visited nearest first; a cluster is skipped for a strip of queries when
 //! every query of the strip has `t > 0` and `t² − E > best` (in f64): its rows have a
 //! computed d² above the running best, so they can neither win nor tie. The rows that are
@@ -26,7 +27,8 @@
 //! or more fitted since it was added): in a visited cluster, the rows' records (32
 //! projected coordinates and a few margins, stored in cluster order) go through the
 //! micro-kernel against the strip's projected queries, and a row joins the panel only
-//! when its projection bound is not above some strip query's running best; the bound
+//! when its projection bound is not above the running best of some strip query that the
+//! cluster bound leaves the cluster to (the others take none of its rows); the bound
 //! also carries a sharper rounding margin of nearest's d² than `gemm_form_bound`
 //! (per pair, from the order of the sums). Without it (files fitted before), every row
 //! of a visited cluster is computed.
@@ -37,13 +39,13 @@
 //! [`nearest`]: super::bank_search::nearest
 
 use super::bank_proj::{
-    f32_down, f32_up, row_needed, Projection, ProjectionView, QueryBound, PROJ_DIMS,
+    f32_down, f32_up, Projection, ProjectionView, QueryBound, StripSides, PROJ_DIMS, STRIP,
 };
 use super::bank_search::{
-    gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, BankView, NO_ROW,
-    QUERY_BLOCK, QUERY_PACK_FLOATS,
+    gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, walk_bank, BankView,
+    NO_ROW, QUERY_BLOCK, QUERY_PACK_FLOATS,
 };
-use super::gemm::{pack_rhs, Kernel, Mat, Operand, Start};
+use super::gemm::{pack_rhs, prefetch_to_l2, Kernel, Mat, Operand, Start};
 use super::pool::{Pool, SharedMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -296,12 +298,11 @@ fn exact_dist(a: &[f32], b: &[f32]) -> f64 {
         .sqrt()
 }
 
-/// Floats of the per-worker part of [`pruned_scratch_len`]: packed queries, the lower
-/// bounds of every (query, centre) pair, the visiting order and keys of the clusters,
-/// the panel of gathered rows, the block's projected queries and their packed form.
+/// Floats of the per-worker part of [`pruned_scratch_len`]: packed queries, the visiting
+/// order and keys of the clusters, the panel of gathered rows, the block's projected
+/// queries and their packed form.
 fn pruned_worker_floats(dim: usize, clusters: usize) -> usize {
     QUERY_PACK_FLOATS.max(nearest_scratch_len(1))
-        + query_block(dim) * clusters
         + 2 * clusters
         + MAX_MR * dim
         + 2 * QUERY_BLOCK * PROJ_DIMS
@@ -310,9 +311,12 @@ fn pruned_worker_floats(dim: usize, clusters: usize) -> usize {
 /// Floats of scratch [`nearest_pruned`] needs for `queries` rows of `dim` values against
 /// a partition of `clusters` clusters with a pool of `threads` threads.
 pub fn pruned_scratch_len(threads: usize, queries: usize, dim: usize, clusters: usize) -> usize {
-    // Per query: its nearest centre (distance, index), its place, its result; the
-    // queries grouped by centre.
-    5 * queries + queries * dim + threads.max(1) * pruned_worker_floats(dim, clusters)
+    // Per query: its nearest centre, its place, its result, the lower bounds of its
+    // distance to every centre; the queries grouped by centre.
+    4 * queries
+        + queries * clusters
+        + queries * dim
+        + threads.max(1) * pruned_worker_floats(dim, clusters)
 }
 
 /// [`nearest`]'s result for `queries` against `bank`, with the clusters of `part` that
@@ -362,23 +366,22 @@ pub fn nearest_pruned(
         return;
     }
     let ker = Kernel::best();
-    let (per_query, workers) = scratch.split_at_mut(5 * nq + nq * dim);
+    let (per_query, workers) = scratch.split_at_mut(4 * nq + nq * k + nq * dim);
     if k < ker.mr || bank.n < ker.mr || query_block(dim) * dim > QUERY_PACK_FLOATS {
         // A partition made for a narrower kernel, or a bank too small to prune.
         nearest(pool, queries, bank, exclude, dist, index, workers);
         part.count(nq * bank.n, (nq * bank.n) as u64, 0);
         return;
     }
-    let (owner_d, rest) = per_query.split_at_mut(nq);
-    let (owner, rest) = rest.split_at_mut(nq);
+    let (owner, rest) = per_query.split_at_mut(nq);
     let (order, rest) = rest.split_at_mut(nq);
     let (gd, rest) = rest.split_at_mut(nq);
-    let (gi, grouped) = rest.split_at_mut(nq);
+    let (gi, rest) = rest.split_at_mut(nq);
+    let (lo, grouped) = rest.split_at_mut(nq * k);
     let owner: &mut [u32] = bytemuck::cast_slice_mut(owner);
     let order: &mut [u32] = bytemuck::cast_slice_mut(order);
     let gi: &mut [u32] = bytemuck::cast_slice_mut(gi);
-    let centres = BankView::new(&bank.data[..k * dim], &bank.sq_norms[..k], dim);
-    nearest(pool, queries, centres, None, owner_d, owner, workers);
+    centre_bounds(pool, queries, bank, part, lo, owner, workers);
     for (j, o) in order.iter_mut().enumerate() {
         *o = j as u32;
     }
@@ -388,21 +391,92 @@ pub fn nearest_pruned(
         grouped[t * dim..(t + 1) * dim]
             .copy_from_slice(&queries[j as usize * dim..(j as usize + 1) * dim]);
     }
-    search_grouped(pool, grouped, bank, part, exclude, gd, gi, workers);
+    let bounds = CentreBounds { lo, order };
+    search_grouped(pool, grouped, bank, part, &bounds, exclude, gd, gi, workers);
     for (t, &j) in order.iter().enumerate() {
         dist[j as usize] = gd[t];
         index[j as usize] = gi[t];
     }
 }
 
-/// The pruned search of [`nearest_pruned`] on queries in the given order; `workers`:
-/// [`pruned_worker_floats`] per worker.
+/// Every query's lower bounds of its true distance to the centres, `k` per query in the
+/// queries' own order, and which query is where in the grouped order.
+struct CentreBounds<'s> {
+    lo: &'s [f32],
+    order: &'s [u32],
+}
+
+/// Fills `lo` (`k` per query: a lower bound of the true ‖q − c‖ for every centre c, rows
+/// 0..k of the bank, module doc) and `owner` (each query's centre of smallest GEMM form,
+/// the first of equal ones: only the grouping, no result, depends on it), one walk of
+/// the micro-kernel over the centres per block of queries (a centre may be visited
+/// twice: the same values). `workers`: a packing buffer per worker.
+fn centre_bounds(
+    pool: &Pool,
+    queries: &[f32],
+    bank: BankView<'_>,
+    part: PartitionView<'_>,
+    lo: &mut [f32],
+    owner: &mut [u32],
+    workers: &mut [f32],
+) {
+    let dim = bank.dim;
+    let nq = queries.len() / dim;
+    let ker = Kernel::best();
+    let qb = query_block(dim);
+    let k = part.clusters();
+    let centres = BankView::new(&bank.data[..k * dim], &bank.sq_norms[..k], dim);
+    let per_worker = pruned_worker_floats(dim, k);
+    let (lp, op, wp) = (
+        SharedMut::new(lo),
+        SharedMut::new(owner),
+        SharedMut::new(workers),
+    );
+    pool.run(nq.div_ceil(qb), &|task, worker| {
+        let q0 = task * qb;
+        let qn = qb.min(nq - q0);
+        // SAFETY: each worker owns its scratch; each task its queries' bounds and owners.
+        let pack = unsafe { wp.slice(worker * per_worker, QUERY_PACK_FLOATS) };
+        let lo = unsafe { lp.slice(q0 * k, qn * k) };
+        let owner = unsafe { op.slice(q0, qn) };
+        let q = &queries[q0 * dim..(q0 + qn) * dim];
+        let mut qnorm = [0f32; QUERY_BLOCK];
+        // E per query (the bank's largest norm covers every centre).
+        let mut err = [0f64; QUERY_BLOCK];
+        for ((n, e), r) in qnorm
+            .iter_mut()
+            .zip(err.iter_mut())
+            .zip(q.chunks_exact(dim))
+        {
+            *n = r.iter().map(|v| v * v).sum();
+            *e = gemm_form_bound(*n, part.b_max, dim);
+        }
+        let mut nearest_g = [f64::INFINITY; QUERY_BLOCK];
+        owner.fill(0);
+        walk_bank(ker, q, qn, centres, pack, |c, j0, dots| {
+            let cn = bank.sq_norms[c] as f64;
+            for (j, &dot) in (j0..).zip(dots) {
+                let g = qnorm[j] as f64 - 2.0 * dot as f64 + cn;
+                // The f32 form's own rounding is inside E; f64 steps: 1e-12.
+                lo[j * k + c] = f32_down((g - err[j]).max(0.0).sqrt() * (1.0 - 1e-12));
+                if g < nearest_g[j] {
+                    nearest_g[j] = g;
+                    owner[j] = c as u32;
+                }
+            }
+        });
+    });
+}
+
+/// The pruned search of [`nearest_pruned`] on queries in the given order (`bounds.order`:
+/// where each came from); `workers`: [`pruned_worker_floats`] per worker.
 #[allow(clippy::too_many_arguments)]
 fn search_grouped(
     pool: &Pool,
     queries: &[f32],
     bank: BankView<'_>,
     part: PartitionView<'_>,
+    bounds: &CentreBounds<'_>,
     exclude: Option<(&[u32], u32)>,
     dist: &mut [f32],
     index: &mut [u32],
@@ -430,7 +504,6 @@ fn search_grouped(
         let i_out = unsafe { ip.slice(q0, qn) };
         let pack_len = QUERY_PACK_FLOATS.max(nearest_scratch_len(1));
         let (pack, rest) = work.split_at_mut(pack_len);
-        let (lo, rest) = rest.split_at_mut(qb * k);
         let (visit, rest) = rest.split_at_mut(k);
         let (keys, rest) = rest.split_at_mut(k);
         let (panel, rest) = rest.split_at_mut(MAX_MR * dim);
@@ -489,43 +562,9 @@ fn search_grouped(
         for j in 0..qn {
             err[j] = gemm_form_bound(qnorm[j], part.b_max, dim);
         }
-        // Lower bounds of the true ‖q − c‖ for every centre (rows 0..k of the bank).
+        // Each query's lower bounds to the centres (computed before grouping).
+        let lo = |j: usize, c: usize| bounds.lo[bounds.order[q0 + j] as usize * k + c];
         let mut tile = [0f32; MAX_MR * 32];
-        let mut c0 = 0;
-        loop {
-            let start = c0.min(k - mr);
-            for s in 0..strips {
-                let j0 = s * nr;
-                let cols = nr.min(qn - j0);
-                // SAFETY: rows start..start+mr of the bank hold mr·dim floats; the strip
-                // dim·nr packed floats; the tile mr·nr floats.
-                unsafe {
-                    ker.run(
-                        dim,
-                        bank.data[start * dim..].as_ptr(),
-                        dim,
-                        pack[s * dim * nr..(s + 1) * dim * nr].as_ptr(),
-                        tile.as_mut_ptr(),
-                        nr,
-                        Start::Zero,
-                    )
-                };
-                for i in 0..mr {
-                    let c = start + i;
-                    let cn = bank.sq_norms[c];
-                    for jj in 0..cols {
-                        let j = j0 + jj;
-                        let g = qnorm[j] as f64 - 2.0 * tile[i * nr + jj] as f64 + cn as f64;
-                        // The f32 form's own rounding is inside E; f64 steps: 1e-12.
-                        lo[j * k + c] = f32_down((g - err[j]).max(0.0).sqrt() * (1.0 - 1e-12));
-                    }
-                }
-            }
-            c0 = start + mr;
-            if c0 >= k {
-                break;
-            }
-        }
         let mut computed = 0u64;
         let mut projected = 0u64;
         let mut ptile = [0f32; MAX_MR * 32];
@@ -540,7 +579,7 @@ fn search_grouped(
                 *kv = f32_down(
                     strip
                         .clone()
-                        .map(|j| lo[j * k + c] as f64 - part.radii[c] as f64)
+                        .map(|j| lo(j, c) as f64 - part.radii[c] as f64)
                         .fold(f64::INFINITY, f64::min),
                 );
             }
@@ -550,6 +589,7 @@ fn search_grouped(
                     .total_cmp(&keys[b as usize])
                     .then(a.cmp(&b))
             });
+            let sides = StripSides::new(&qbound[strip.clone()]);
             // Rows (cluster-order positions) waiting for a full panel.
             let mut pending = [0u32; MAX_MR];
             let mut waiting = 0;
@@ -572,11 +612,15 @@ fn search_grouped(
                 if key > 0.0 && strip.clone().all(|j| key * key - err[j] > d_out[j] as f64) {
                     break;
                 }
-                let need = strip.clone().any(|j| {
-                    let t = lo[j * k + c] as f64 - r;
-                    !(t > 0.0 && t * t - err[j] > d_out[j] as f64)
-                });
-                if !need {
+                // The strip's queries this cluster may serve (the others take none of its
+                // rows below).
+                let mut reach = [false; STRIP];
+                for (jj, ok) in reach[..cols].iter_mut().enumerate() {
+                    let j = j0 + jj;
+                    let t = lo(j, c) as f64 - r;
+                    *ok = !(t > 0.0 && t * t - err[j] > d_out[j] as f64);
+                }
+                if !reach[..cols].contains(&true) {
                     continue;
                 }
                 let (a, b) = (part.starts[c] as usize, part.starts[c + 1] as usize);
@@ -595,6 +639,18 @@ fn search_grouped(
                 // rows' records (contiguous in cluster order) through the micro-kernel.
                 let kp = pv.k;
                 let len = super::bank_proj::record_len(kp);
+                // Per query, the running best it may take a row at; −∞ out of reach.
+                let mut limit = [f32::NEG_INFINITY; STRIP];
+                let within = |limit: &mut [f32; STRIP], d_out: &[f32]| {
+                    for (jj, l) in limit[..cols].iter_mut().enumerate() {
+                        *l = if reach[jj] {
+                            d_out[j0 + jj]
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
+                };
+                within(&mut limit, d_out);
                 for g0 in (a..b).step_by(mr) {
                     let rows = mr.min(b - g0);
                     let start = g0.min(bank.n - mr);
@@ -613,19 +669,19 @@ fn search_grouped(
                     };
                     projected += (rows * cols) as u64;
                     for pos in g0..g0 + rows {
-                        let dots = &ptile[(pos - start) * nr..(pos - start) * nr + cols];
-                        let need = row_needed(
-                            &qbound[strip.clone()],
-                            &d_out[strip.clone()],
-                            pv.record(pos),
-                            dots,
-                        );
+                        let mut dots = [0f32; STRIP];
+                        dots[..cols]
+                            .copy_from_slice(&ptile[(pos - start) * nr..(pos - start) * nr + cols]);
+                        let need = sides.row_needed(&limit, pv.record(pos), &dots);
                         if need {
+                            // Fetched while the panel fills: the copy then reads L2.
+                            prefetch_to_l2(bank.row(part.order[pos] as usize));
                             pending[waiting] = pos as u32;
                             waiting += 1;
                             if waiting == mr {
                                 computed += rows_out.run(&pending, panel, &mut tile, d_out, i_out);
                                 waiting = 0;
+                                within(&mut limit, d_out);
                             }
                         }
                     }

@@ -263,7 +263,7 @@ pub(crate) fn search_block(
 /// the dot products of bank row `row` with queries `j0..j0 + dots.len()`. The last group
 /// of rows is the bank's last `mr` rows, so rows may be visited twice (a running minimum
 /// or a top list that ignores a pair it already holds is unaffected).
-fn walk_bank(
+pub(crate) fn walk_bank(
     ker: Kernel,
     q: &[f32],
     qn: usize,
@@ -559,22 +559,28 @@ pub(crate) fn gemm_form_bound(q_sq: f32, b_sq: f32, n: usize) -> f64 {
 /// wins a tie whatever order the pairs come in; an infinite distance is never kept (as
 /// [`knn_scan`]).
 #[derive(Clone, Copy)]
-struct Nearest3 {
-    d: [f32; 3],
-    i: [u32; 3],
+pub(crate) struct Nearest3 {
+    pub(crate) d: [f32; 3],
+    pub(crate) i: [u32; 3],
 }
 
 impl Nearest3 {
-    const EMPTY: Nearest3 = Nearest3 {
+    pub(crate) const EMPTY: Nearest3 = Nearest3 {
         d: [f32::INFINITY; 3],
         i: [NO_ROW; 3],
     };
 
     #[inline]
-    fn offer(&mut self, d: f32, row: u32) {
+    pub(crate) fn offer(&mut self, d: f32, row: u32) {
         if d < f32::INFINITY && (d < self.d[2] || (d == self.d[2] && row < self.i[2])) {
             insert_top_u(&mut self.d, &mut self.i, d, row);
         }
+    }
+
+    /// The table's entry: the three nearest without the first (the row itself, or its
+    /// copy at a lower index).
+    pub(crate) fn table_entry(&self) -> &[u32] {
+        &self.i[1..3]
     }
 }
 
@@ -674,7 +680,7 @@ pub fn neighbour_table(
                 }
             }
         }
-        out.copy_from_slice(&all.i[1..3]);
+        out.copy_from_slice(all.table_entry());
     }
     // Tile pairs i < j once, each tile with itself both ways round.
     let own_pairs: usize = (0..tiles).map(|t| rows_of(t).len().pow(2)).sum();

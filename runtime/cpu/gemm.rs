@@ -778,6 +778,23 @@ pub(super) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Asks for every cache line of `data` in L2 (a hint: no effect on results): a row
+/// that will be read a little later, too large to wait in L1 with its neighbours.
+#[inline(always)]
+pub(super) fn prefetch_to_l2(data: &[f32]) {
+    for line in data.chunks(16) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch does not fault, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                line.as_ptr() as *const i8
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = line;
+    }
+}
+
 /// The fixed row split of a [`linear`] of `m × n` in column blocks of `nc`: (row blocks,
 /// rows per block).
 fn row_split(m: usize, n: usize, nc: usize) -> (usize, usize) {

@@ -19,15 +19,23 @@ pub fn tile_len(dim: usize) -> usize {
 /// Writes `rows` (at most [`LANES`] rows of `dim` values, row-major) into `tile`
 /// dimension-major (lane fastest); the lanes past the last row are zero.
 pub fn to_tile(rows: &[f32], dim: usize, tile: &mut [f32]) {
-    let valid = rows.len() / dim;
-    assert!(
-        valid <= LANES && tile.len() >= tile_len(dim),
-        "to_tile: shapes"
-    );
-    for (j, col) in tile[..tile_len(dim)].chunks_exact_mut(LANES).enumerate() {
-        for (l, v) in col.iter_mut().enumerate() {
-            *v = if l < valid { rows[l * dim + j] } else { 0.0 };
+    gather_tile(rows.chunks_exact(dim), dim, tile)
+}
+
+/// [`to_tile`] of rows that need not be adjacent (at most [`LANES`] rows of `dim`
+/// values).
+pub fn gather_tile<'a>(rows: impl Iterator<Item = &'a [f32]>, dim: usize, tile: &mut [f32]) {
+    assert!(tile.len() >= tile_len(dim), "gather_tile: shapes");
+    let mut valid = 0;
+    for (l, row) in rows.enumerate() {
+        assert!(l < LANES && row.len() == dim, "gather_tile: shapes");
+        for (j, &v) in row.iter().enumerate() {
+            tile[j * LANES + l] = v;
         }
+        valid = l + 1;
+    }
+    for col in tile[..tile_len(dim)].chunks_exact_mut(LANES) {
+        col[valid..].fill(0.0);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The CPU backend: the reference implementation of every stage of SPEC.md.
 
+pub mod bank_neighbours;
 pub mod bank_proj;
 pub mod bank_prune;
 pub mod bank_search;

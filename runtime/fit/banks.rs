@@ -27,6 +27,7 @@ use super::calibrate;
 use super::scratch::{peak_rss_kib, ScratchFile};
 use crate::backend::Backend;
 use crate::config::{BankConfig, BankVariant, FeatureNorm, FitInfo, LinearSvm, Thresholds};
+use crate::cpu::bank_neighbours::neighbour_table_pruned;
 use crate::cpu::bank_prune::BankPartition;
 use crate::cpu::bank_search::{neighbour_table, sq_norms, BankView, TABLE_NEIGHBOURS};
 use crate::cpu::coreset;
@@ -492,21 +493,8 @@ pub fn fit(
     cfg.rgb_dim = shapes[RGB].1 as u32;
     cfg.fused_dim = shapes[FUSED].1 as u32;
 
-    // 4. The neighbour tables of the re-weighting (SPEC §7), stored in the file.
-    let mut bank_tables: [Option<Vec<u32>>; 3] = Default::default();
-    for b in 0..3 {
-        if bank_data[b].is_empty() {
-            continue;
-        }
-        let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
-        let bank = BANK_NAMES[b];
-        let mut report = |done, total| progress(Progress::Neighbours { bank, done, total });
-        // A bank with a non-finite value gets no table (the scan keeps its NaN handling).
-        bank_tables[b] = neighbour_table(pool, view, &mut report).map(|t| t.rows);
-        clock.end(format!("neighbours {bank}"), view.n, "rows");
-    }
-
-    // The partitions of the pruned search (stored in the file for inspection).
+    // The partitions of the pruned search (stored in the file for inspection; the
+    // neighbour tables are searched through them too).
     let mut partitions: [Option<BankPartition>; 3] = Default::default();
     for b in 0..3 {
         if bank_data[b].is_empty() {
@@ -520,6 +508,25 @@ pub fn fit(
             view.n,
             "rows",
         );
+    }
+
+    // 4. The neighbour tables of the re-weighting (SPEC §7), stored in the file.
+    let mut bank_tables: [Option<Vec<u32>>; 3] = Default::default();
+    for b in 0..3 {
+        if bank_data[b].is_empty() {
+            continue;
+        }
+        let view = BankView::new(&bank_data[b], &bank_norms[b], shapes[b].1);
+        let bank = BANK_NAMES[b];
+        let mut report = |done, total| progress(Progress::Neighbours { bank, done, total });
+        // A bank with a non-finite value gets no table (the scan keeps its NaN handling).
+        // The partition's search gives the same table, computing fewer distances.
+        let table = match partitions[b].as_ref().and_then(|p| p.view(&view).ok()) {
+            Some(part) => neighbour_table_pruned(pool, view, part, &mut report),
+            None => neighbour_table(pool, view, &mut report),
+        };
+        bank_tables[b] = table.map(|t| t.rows);
+        clock.end(format!("neighbours {bank}"), view.n, "rows");
     }
 
     // 5. Leave-one-out training scores (the scan: the tables hold the neighbours in the

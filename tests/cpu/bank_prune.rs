@@ -3,11 +3,13 @@
 //! with exclusion, at 1 and 2 threads and for several cluster counts, with and without
 //! the per-row projection bound (`cpu::bank_proj`); it does prune, and a search
 //! allocates nothing (planned scratch). The projection bound is never above the pair's
-//! true distance (f64) nor above nearest's computed d².
+//! true distance (f64) nor above nearest's computed d². The fit's neighbour tables
+//! through the partition (`cpu::bank_neighbours`) equal `neighbour_table`'s.
 
+use miad::cpu::bank_neighbours::neighbour_table_pruned;
 use miad::cpu::bank_proj::{QueryBound, PROJ_DIMS};
 use miad::cpu::bank_prune::{nearest_pruned, pruned_scratch_len, BankPartition, PartitionView};
-use miad::cpu::bank_search::{nearest, nearest_scratch_len, sq_norms, BankView};
+use miad::cpu::bank_search::{nearest, nearest_scratch_len, neighbour_table, sq_norms, BankView};
 use miad::cpu::pool::Pool;
 use miad::util::alloc_counter::counts as alloc_counts;
 use miad::util::rng::Rng;
@@ -382,4 +384,91 @@ fn projection_bound_is_never_above_the_true_or_the_computed_distance() {
     // Not a vacuous bound: most pairs get at least half their distance.
     eprintln!("projection bound ≥ half the true d² for {tight} of {pairs} pairs");
     assert!(tight * 2 > pairs, "{tight} of {pairs}");
+}
+
+#[test]
+fn neighbour_table_through_the_partition_equals_the_full_scan() {
+    // Five distinct rows, each copied many times: every row's neighbours are ties.
+    let five = random(5 * 64, 66);
+    let copies: Vec<f32> = (0..300)
+        .flat_map(|i| five[(i * 3 % 5) * 64..(i * 3 % 5 + 1) * 64].to_vec())
+        .collect();
+    let mut magnitudes = steep(700, 64, 67);
+    for (i, row) in magnitudes.chunks_exact_mut(64).enumerate() {
+        let s = [1.0, 1e3, 1e-3][i % 3];
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+    let cases: [(&str, Vec<f32>, usize, usize); 7] = [
+        // Below the projection's width: the cluster bound alone.
+        ("random 24-d", random(700 * 24, 61), 24, 10),
+        (
+            "clustered, ties, 48-d",
+            clustered(1500, 48, 20, 0.05, 62),
+            48,
+            23,
+        ),
+        ("steep, copies, 256-d", steep(2000, 256, 63), 256, 31),
+        ("flat spectrum 96-d", random(900 * 96, 64), 96, 14),
+        (
+            "clustered, ties, 128-d",
+            clustered(1300, 128, 12, 0.3, 65),
+            128,
+            20,
+        ),
+        ("copies of five rows", copies, 64, 12),
+        ("magnitudes 1e-3 to 1e3", magnitudes, 64, 12),
+    ];
+    for (what, b, dim, clusters) in cases {
+        let n = b.len() / dim;
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let bv = BankView::new(&b, &norms, dim);
+        let full = neighbour_table(&Pool::new(2), bv, &mut |_, _| {}).unwrap();
+        for threads in [1, 2] {
+            let pool = Pool::new(threads);
+            let part = BankPartition::build(&pool, bv, clusters).expect("a finite bank");
+            let mut reports = Vec::new();
+            let view = part.view(&bv).unwrap();
+            let t =
+                neighbour_table_pruned(&pool, bv, view, &mut |d, t| reports.push((d, t))).unwrap();
+            assert_eq!(t.rows, full.rows, "{what} ({threads} threads)");
+            assert_eq!(reports.last(), Some(&(n, n)), "{what}: progress");
+            // The cluster bound alone (a partition without the projection).
+            let bare = PartitionView::new(&bv, &part.order, &part.starts, &part.radii).unwrap();
+            let c = neighbour_table_pruned(&pool, bv, bare, &mut |_, _| {}).unwrap();
+            assert_eq!(
+                c.rows, full.rows,
+                "{what} ({threads} threads, clusters only)"
+            );
+            assert!(
+                t.distances <= c.distances,
+                "{what}: the projection adds pruning"
+            );
+            eprintln!(
+                "neighbour table {what}: {} distances summed to the end with the projection, {} with \
+                 the clusters alone, of {}",
+                t.distances,
+                c.distances,
+                n * n
+            );
+            if what.starts_with("steep") {
+                assert!(
+                    t.distances * 5 < (n * n) as u64,
+                    "a steep bank's table skips most pairs: {} of {}",
+                    t.distances,
+                    n * n
+                );
+            }
+        }
+    }
+    // A bank with a value that is not finite has no table, as the full scan.
+    let mut b = random(100 * 16, 68);
+    let mut norms = vec![0f32; 100];
+    sq_norms(&b, 16, &mut norms);
+    let pool = Pool::new(1);
+    let part = BankPartition::build(&pool, BankView::new(&b, &norms, 16), 12).unwrap();
+    b[37] = f32::NAN;
+    let bv = BankView::new(&b, &norms, 16);
+    let view = PartitionView::new(&bv, &part.order, &part.starts, &part.radii).unwrap();
+    assert!(neighbour_table_pruned(&pool, bv, view, &mut |_, _| {}).is_none());
 }
