@@ -20,13 +20,14 @@
 //!      `r_q² / 4` is skipped from one number; in the other tiles the centre-to-centre
 //!      distances are computed when a row first needs one (any summation order: they only
 //!      feed the bound), and a tile is computed when one of its rows may move;
-//!   3. a coherent row order: after 16 centres, then after 4× as many each time while
-//!      there are fewer centres than tiles, the rows are stored grouped by nearest centre
-//!      (cycle by cycle through one row of scratch, no second copy). A tile then holds
-//!      the rows of few centres, and a summary per tile (each centre's largest running
+//!   3. a coherent row order: after 16 centres, then after 4× as many each time, the
+//!      rows are stored grouped by nearest centre (one dimension at a time through a
+//!      column of scratch, no second copy of the rows). A tile then holds the rows of few
+//!      centres, close together: a summary per tile (each centre's largest running
 //!      distance there, up to [`SUMMARY_OWNERS`] centres) skips the whole tile with one
-//!      test per centre before any row is looked at; the rows that may move gather in
-//!      fewer tiles. The running distances do not depend on where a row is stored;
+//!      test per centre before any row is looked at, the tile's principal ball (item 5)
+//!      is small, and the rows that may move gather in fewer tiles. The running
+//!      distances do not depend on where a row is stored;
 //!   4. tiles are processed in fixed groups (pool tasks), each keeping its largest
 //!      running distance and the lowest original index holding it, so the arg-max is a
 //!      scan over the groups then one tile, ties to the lowest original index whatever
@@ -510,8 +511,7 @@ impl TileOwners {
 }
 
 /// The selection re-orders its rows by nearest centre when this many centres are
-/// chosen, then at every factor of [`REORDER_GROWTH`] up to the number of tiles (module
-/// doc).
+/// chosen, then at every factor of [`REORDER_GROWTH`] (module doc).
 const REORDER_FIRST: usize = 16;
 const REORDER_GROWTH: usize = 4;
 
@@ -623,7 +623,6 @@ impl<'a> Selection<'a> {
 
     fn run(mut self, progress: &mut dyn FnMut(usize, usize)) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.m);
-        let tiles = self.tile_max.len();
         let mut reorder_at = REORDER_FIRST;
         let mut cur = 0usize;
         for step in 0..self.m {
@@ -640,8 +639,7 @@ impl<'a> Selection<'a> {
             }
             let bound = self.min_d[cur];
             self.update(step, bound);
-            if step + 1 == reorder_at && reorder_at <= tiles.max(REORDER_FIRST) && step + 1 < self.m
-            {
+            if step + 1 == reorder_at && step + 1 < self.m {
                 self.reorder();
                 reorder_at *= REORDER_GROWTH;
             }
@@ -825,51 +823,30 @@ impl<'a> Selection<'a> {
 }
 
 /// Moves the tiled rows so that position `p` holds the row that was at `perm[p]`
-/// (`perm` a permutation of the first `perm.len()` positions), in place: one cycle of
-/// the permutation at a time through one row of scratch, the dimensions split over the
-/// pool (each task moves its dimensions along every cycle).
+/// (`perm` a permutation of the first `perm.len()` positions), in place, one dimension
+/// at a time through a column of scratch (a row's values lie a cache line apart, a
+/// dimension's in runs of [`TILE`]: this streams), the dimensions split over the pool.
 fn permute_rows(pool: &Pool, x: &mut [f32], dim: usize, perm: &[u32]) {
+    let n = perm.len();
     let at = |r: usize, j: usize| (r / TILE) * TILE * dim + j * TILE + r % TILE;
-    let mut done = vec![false; perm.len()];
-    let mut starts = Vec::new();
-    for start in 0..perm.len() {
-        if done[start] {
-            continue;
-        }
-        starts.push(start);
-        let mut p = start;
-        while !done[p] {
-            done[p] = true;
-            p = perm[p] as usize;
-        }
+    if n == 0 {
+        return;
     }
+    assert!(at(n - 1, dim - 1) < x.len(), "permute_rows: shapes");
     let per_task = dim.div_ceil(pool.threads());
-    debug_assert!(perm.is_empty() || at(perm.len() - 1, dim - 1) < x.len());
     let xp = SharedMut::new(x);
     pool.run(dim.div_ceil(per_task), &|task, _| {
-        let dims = task * per_task..((task + 1) * per_task).min(dim);
-        // SAFETY: the rows of `perm` lie inside the tiled rows (`at` below `len`), and
-        // each task reads and writes only its own dimensions.
-        let get = |r: usize, j: usize| unsafe { *xp.ptr().add(at(r, j)) };
-        let set = |r: usize, j: usize, v: f32| unsafe { *xp.ptr().add(at(r, j)) = v };
-        let mut first = vec![0f32; dims.len()];
-        for &start in &starts {
-            for (v, j) in first.iter_mut().zip(dims.clone()) {
-                *v = get(start, j);
-            }
-            let mut p = start;
-            loop {
-                let q = perm[p] as usize;
-                if q == start {
-                    for (&v, j) in first.iter().zip(dims.clone()) {
-                        set(p, j, v);
-                    }
-                    break;
+        let mut column = vec![0f32; n];
+        for j in task * per_task..((task + 1) * per_task).min(dim) {
+            // SAFETY: every position `at(r, j)` with r < n is inside `x` (checked above),
+            // and each task reads and writes only its own dimensions.
+            unsafe {
+                for (r, c) in column.iter_mut().enumerate() {
+                    *c = *xp.ptr().add(at(r, j));
                 }
-                for j in dims.clone() {
-                    set(p, j, get(q, j));
+                for (r, &p) in perm.iter().enumerate() {
+                    *xp.ptr().add(at(r, j)) = column[p as usize];
                 }
-                p = q;
             }
         }
     });
