@@ -39,7 +39,8 @@
 //!      those coordinates to the centre's, lowered by every rounding involved, is below
 //!      its running distance. Feature rows are far from isotropic (a few directions hold
 //!      most of their spread), so this drops most of the rows the triangle inequality
-//!      cannot, from k values per row instead of `dim`.
+//!      cannot, from k values per row instead of `dim`. A ball per tile, and one per
+//!      pool task around its tiles' balls, skip a whole tile or task from k values.
 //!
 //! Projection: Johnson–Lindenstrauss dimension for ε (scikit-learn's
 //! `johnson_lindenstrauss_min_dim`: `floor(4 ln n / (ε²/2 − ε³/3))`), sparse Achlioptas/Li
@@ -253,6 +254,8 @@ struct Principal {
     /// radius `R ≥ ‖p̂ − centre‖ + e` for each of its rows (the same bound then holds for
     /// the whole tile with `e = R` and the centre for p̂).
     balls: Vec<f32>,
+    /// Per pool task (its [`TILES_PER_TASK`] tiles), a ball holding its tiles' balls.
+    group_balls: Vec<f32>,
     /// `(1 + u)^-((k+2)/2)`, `(1 − u)^(dim+2) / (1 + δ)` less f64 slack, `dim · 2⁻¹⁴⁹`.
     sum_scale: f64,
     dist_scale: f64,
@@ -300,6 +303,7 @@ impl Principal {
         let mut principal = Principal {
             tiles,
             balls: vec![0f32; tiles_n * PRINCIPAL_LEN],
+            group_balls: vec![0f32; tiles_n.div_ceil(TILES_PER_TASK) * PRINCIPAL_LEN],
             sum_scale: (1.0 + U).powf(-(k as f64 + 2.0) / 2.0),
             dist_scale: u_dim / (1.0 + BASIS_DELTA) * (1.0 - 1e-12),
             underflow: dim as f64 * 2f64.powi(-149),
@@ -340,6 +344,36 @@ impl Principal {
                 ball[k] = f32_up(radius * (1.0 + 1e-12));
             }
         });
+        // A group's ball: ‖p̂ − g‖ + e ≤ ‖p̂ − c‖ + e + ‖c − g‖ ≤ R + ‖c − g‖ for a row in
+        // a tile of centre c and radius R.
+        for (group, g) in self.group_balls.chunks_exact_mut(PRINCIPAL_LEN).enumerate() {
+            let tiles = group * TILES_PER_TASK..((group + 1) * TILES_PER_TASK).min(tiles_n);
+            let ball = |t: usize| &self.balls[t * PRINCIPAL_LEN..(t + 1) * PRINCIPAL_LEN];
+            for (j, v) in g[..k].iter_mut().enumerate() {
+                let sum: f64 = tiles.clone().map(|t| ball(t)[j] as f64).sum();
+                *v = (sum / tiles.len() as f64) as f32;
+            }
+            let mut radius = 0f64;
+            for t in tiles {
+                let b = ball(t);
+                let d2: f64 = (0..k).map(|j| (b[j] as f64 - g[j] as f64).powi(2)).sum();
+                let r = d2.sqrt() + b[k] as f64;
+                radius = if r.is_nan() {
+                    f64::INFINITY
+                } else {
+                    radius.max(r)
+                };
+            }
+            g[k] = f32_up(radius * (1.0 + 1e-12));
+        }
+    }
+
+    /// True when no row of pool task `group`'s tiles can come closer to the centre
+    /// (coordinates `q`) than their largest running distance `group_max`.
+    fn group_cannot_move(&self, group: usize, q: &[f32; PRINCIPAL_LEN], group_max: f32) -> bool {
+        let ball = &self.group_balls[group * PRINCIPAL_LEN..(group + 1) * PRINCIPAL_LEN];
+        let s = sq_dist_any_order(&ball[..PROJ_DIMS], &q[..PROJ_DIMS]);
+        self.cannot_move(s, ball[PROJ_DIMS], q[PROJ_DIMS], group_max)
     }
 
     /// True when no row of tile `t` can come closer to the centre (coordinates `q`) than
@@ -680,6 +714,17 @@ impl<'a> Selection<'a> {
             let tmax = unsafe { tp.slice(t0, t1 - t0) };
             let summaries = unsafe { sp.slice(t0, t1 - t0) };
             let best_slot = unsafe { &mut bp.slice(task, 1)[0] };
+            // The task's farthest row is its tiles' largest running distance (from the
+            // first step on): when no row of the group can move, nothing changes and the
+            // slot stays.
+            let group_max = best_slot.dist;
+            if step > 0
+                && (cannot_move(bound, group_max, scale)
+                    || principal
+                        .is_some_and(|p| p.group_cannot_move(task, centre_principal, group_max)))
+            {
+                return;
+            }
             let cc = unsafe { &mut cp.slice(worker, 1)[0] };
             // The distance from centre `o` to the new one (computed once per step).
             let mut to_new = |o: u32| {
@@ -904,7 +949,7 @@ mod tests {
 
     #[test]
     fn principal_bound_never_passes_the_plain_distance_and_is_tight() {
-        let (n, dim) = (640, 300);
+        let (n, dim) = (2600, 300);
         let x = low_rank_rows(n, dim);
         let p = Principal::build(&Pool::new(2), &x, n, dim).expect("a basis");
         let coords = |r: usize| {
@@ -913,7 +958,7 @@ mod tests {
             c
         };
         let (mut pairs, mut tight) = (0, 0);
-        for q in (0..n).step_by(7) {
+        for q in (0..n).step_by(37) {
             let cq = coords(q);
             for t in 0..n.div_ceil(TILE) {
                 // Just above the nearest row of the tile: the ball must not rule it out.
@@ -926,6 +971,17 @@ mod tests {
                     !p.tile_cannot_move(t, &cq, nearest.next_up()),
                     "tile {t} q {q}"
                 );
+                if t % TILES_PER_TASK == 0 {
+                    let group = t * TILE..((t + TILES_PER_TASK) * TILE).min(n);
+                    let nearest = group
+                        .map(|i| sq_dist(&x[i * dim..(i + 1) * dim], &x[q * dim..(q + 1) * dim]))
+                        .fold(f32::INFINITY, f32::min);
+                    let g = t / TILES_PER_TASK;
+                    assert!(
+                        !p.group_cannot_move(g, &cq, nearest.next_up()),
+                        "group {g} q {q}"
+                    );
+                }
                 for i in rows {
                     let d = sq_dist(&x[i * dim..(i + 1) * dim], &x[q * dim..(q + 1) * dim]);
                     let ci = coords(i);
