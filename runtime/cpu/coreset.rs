@@ -21,9 +21,11 @@
 //!      distances are computed when a row first needs one (any summation order: they only
 //!      feed the bound), and a tile is computed when one of its rows may move;
 //!   3. a coherent row order: after 16 centres, then after 4× as many each time, the
-//!      rows are stored grouped by nearest centre (one dimension at a time through a
-//!      column of scratch, no second copy of the rows). A tile then holds the rows of few
-//!      centres, close together: a summary per tile (each centre's largest running
+//!      rows are stored grouped by nearest centre, the centres in a depth-first order of
+//!      the tree that hangs each centre under its nearest earlier one (moved one
+//!      dimension at a time through a column of scratch, no second copy of the rows). A
+//!      tile then holds the rows of few centres, and neighbouring tiles lie close
+//!      together: a summary per tile (each centre's largest running
 //!      distance there, up to [`SUMMARY_OWNERS`] centres) skips the whole tile with one
 //!      test per centre before any row is looked at, the tile's principal ball (item 5)
 //!      is small, and the rows that may move gather in fewer tiles. The running
@@ -618,6 +620,8 @@ struct Selection<'a> {
     /// centre's coordinates.
     principal: Option<Principal>,
     centre_principal: [f32; PRINCIPAL_LEN],
+    /// Per chosen centre, the centre nearest to it when it was chosen (`u32::MAX`: none).
+    parent: Vec<u32>,
 }
 
 impl<'a> Selection<'a> {
@@ -652,6 +656,7 @@ impl<'a> Selection<'a> {
             cc: (0..pool.threads()).map(|_| vec![(0u32, 0f32); m]).collect(),
             principal,
             centre_principal: [0f32; PRINCIPAL_LEN],
+            parent: Vec::with_capacity(m),
         }
     }
 
@@ -661,6 +666,7 @@ impl<'a> Selection<'a> {
         let mut cur = 0usize;
         for step in 0..self.m {
             out.push(self.orig[cur]);
+            self.parent.push(self.owner[cur]);
             let dim = self.dim;
             gather_row(
                 self.x,
@@ -833,8 +839,10 @@ impl<'a> Selection<'a> {
     /// moves the per-row state with them and recomputes the per-tile state.
     fn reorder(&mut self) {
         let (n, dim) = (self.n, self.dim);
+        let rank = tree_order(&self.parent);
+        let rank_of = |o: u32| rank.get(o as usize).copied().unwrap_or(u32::MAX);
         let mut perm: Vec<u32> = (0..n as u32).collect();
-        perm.sort_by_key(|&p| (self.owner[p as usize], p));
+        perm.sort_by_key(|&p| (rank_of(self.owner[p as usize]), p));
         permute_rows(self.pool, self.x, dim, &perm);
         if let Some(p) = &mut self.principal {
             permute_rows(self.pool, &mut p.tiles, PRINCIPAL_LEN, &perm);
@@ -865,6 +873,42 @@ impl<'a> Selection<'a> {
         }
         self.task_best = best;
     }
+}
+
+/// The rank of each centre in a depth-first walk of the tree in which each centre hangs
+/// under `parent[c]` (the centre nearest to it when it was chosen; `u32::MAX` or any
+/// later index: a root), children in index order: centres near each other get near
+/// ranks, so rows stored in this order of their centres make tiles, and runs of tiles,
+/// that lie close together.
+fn tree_order(parent: &[u32]) -> Vec<u32> {
+    let c = parent.len();
+    // Children lists (index `c` is the root above the roots), built backwards so each
+    // list is in increasing order.
+    let mut first_child = vec![u32::MAX; c + 1];
+    let mut next_sibling = vec![u32::MAX; c];
+    for (i, &p) in parent.iter().enumerate().rev() {
+        let p = if (p as usize) < i { p as usize } else { c };
+        next_sibling[i] = first_child[p];
+        first_child[p] = i as u32;
+    }
+    let mut rank = vec![0u32; c];
+    let mut next = 0u32;
+    let mut stack = vec![c];
+    let mut children = Vec::new();
+    while let Some(node) = stack.pop() {
+        if node < c {
+            rank[node] = next;
+            next += 1;
+        }
+        children.clear();
+        let mut ch = first_child[node];
+        while ch != u32::MAX {
+            children.push(ch as usize);
+            ch = next_sibling[ch as usize];
+        }
+        stack.extend(children.iter().rev());
+    }
+    rank
 }
 
 /// Moves the tiled rows so that position `p` holds the row that was at `perm[p]`
