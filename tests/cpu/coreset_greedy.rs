@@ -138,14 +138,20 @@ fn accelerated_equals_plain_with_ties_duplicates_and_projected_dims() {
         (2049, 64, 1024, 4),
     ] {
         let x = ties_and_duplicates(n, dim, seed);
-        let plain = greedy_plain(&x, dim, m);
-        for threads in [1, 2, 3] {
-            assert_eq!(
-                greedy(&Pool::new(threads), &x, dim, m),
-                plain,
-                "n {n} dim {dim} m {m} threads {threads}"
-            );
-        }
+        assert_equals_plain_on_threads(&x, dim, m, &[1, 2, 3]);
+    }
+}
+
+/// The accelerated selection on each pool size equals the plain one.
+fn assert_equals_plain_on_threads(x: &[f32], dim: usize, m: usize, threads: &[usize]) {
+    let plain = greedy_plain(x, dim, m);
+    for &t in threads {
+        let n = x.len() / dim;
+        assert_eq!(
+            greedy(&Pool::new(t), x, dim, m),
+            plain,
+            "n {n} dim {dim} m {m} threads {t}"
+        );
     }
 }
 
@@ -233,14 +239,7 @@ fn accelerated_equals_plain_on_low_rank_rows_far_from_the_origin() {
         (1800, 300, 48, 500, 13),
     ] {
         let x = low_rank_far_from_origin(n, dim, rank, seed);
-        let plain = greedy_plain(&x, dim, m);
-        for threads in [1, 2] {
-            assert_eq!(
-                greedy(&Pool::new(threads), &x, dim, m),
-                plain,
-                "n {n} dim {dim} rank {rank} threads {threads}"
-            );
-        }
+        assert_equals_plain_on_threads(&x, dim, m, &[1, 2]);
     }
 }
 
