@@ -234,7 +234,9 @@ fn accelerated_equals_plain_on_low_rank_rows_far_from_the_origin() {
     // Rank below, at and above the principal bound's 32 coordinates; widths from the
     // narrowest that gets the bound (64) to the fit's (≈ 300).
     for (n, dim, rank, m, seed) in [
-        (2600, 64, 8, 900, 11u64),
+        (1, 64, 3, 1, 10u64),
+        (70, 128, 4, 70, 10),
+        (2600, 64, 8, 900, 11),
         (2200, 96, 32, 700, 12),
         (1800, 300, 48, 500, 13),
     ] {
