@@ -285,6 +285,20 @@ fn greedy_selection(
     coreset::select_in_place(pool, x, n, dim, m, progress)
 }
 
+/// Environment variable naming a folder: the fit writes each bank's projected rows there
+/// before its coreset selection, for `cargo bench --bench coreset`.
+pub const PROJECTED_DUMP_VAR: &str = "MIAD_FIT_PROJECTED_DUMP";
+
+/// With [`PROJECTED_DUMP_VAR`] set: writes `rows` (`n × dim`, native-endian f32) to
+/// `{folder}/{bank}-{n}x{dim}-m{m}.f32`.
+fn dump_projected(bank: &str, rows: &[f32], n: usize, dim: usize, m: usize) -> Result<()> {
+    let Some(dir) = std::env::var_os(PROJECTED_DUMP_VAR) else {
+        return Ok(());
+    };
+    let path = Path::new(&dir).join(format!("{bank}-{n}x{dim}-m{m}.f32"));
+    std::fs::write(&path, bytemuck::cast_slice(rows)).map_err(|e| Error::io(&path, e))
+}
+
 /// Runs the fit (module doc). `base` carries the model identity and category.
 pub fn fit(
     pool: &Pool,
@@ -439,6 +453,7 @@ pub fn fit(
                 "rows",
             );
             let bank = BANK_NAMES[b];
+            dump_projected(bank, &proj.as_slice()[..n * pd], n, pd, m)?;
             let mut report = |done, total| progress(Progress::Select { bank, done, total });
             let sel = greedy_selection(
                 pool,

@@ -138,14 +138,20 @@ fn accelerated_equals_plain_with_ties_duplicates_and_projected_dims() {
         (2049, 64, 1024, 4),
     ] {
         let x = ties_and_duplicates(n, dim, seed);
-        let plain = greedy_plain(&x, dim, m);
-        for threads in [1, 2, 3] {
-            assert_eq!(
-                greedy(&Pool::new(threads), &x, dim, m),
-                plain,
-                "n {n} dim {dim} m {m} threads {threads}"
-            );
-        }
+        assert_equals_plain_on_threads(&x, dim, m, &[1, 2, 3]);
+    }
+}
+
+/// The accelerated selection on each pool size equals the plain one.
+fn assert_equals_plain_on_threads(x: &[f32], dim: usize, m: usize, threads: &[usize]) {
+    let plain = greedy_plain(x, dim, m);
+    for &t in threads {
+        let n = x.len() / dim;
+        assert_eq!(
+            greedy(&Pool::new(t), x, dim, m),
+            plain,
+            "n {n} dim {dim} m {m} threads {t}"
+        );
     }
 }
 
@@ -192,4 +198,64 @@ fn in_place_selection_equals_the_copying_one() {
     );
     assert_eq!(greedy(&pool, &x, dim, 0), Vec::<u32>::new());
     assert_eq!(greedy(&pool, &x, dim, n + 5).len(), n);
+}
+
+/// Rows far from the origin on a few directions (`rank` of them, spreads falling off as
+/// the fit's projected features do), with exact duplicates and one-ulp neighbours. With
+/// `rank` at most the principal bound's 32 coordinates that bound is as tight as its
+/// rounding margins, so a margin too small would move a row the plain rule keeps.
+fn low_rank_far_from_origin(n: usize, dim: usize, rank: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let offset: Vec<f32> = (0..dim).map(|_| rng.normal() * 3.0).collect();
+    let dirs: Vec<f32> = (0..rank * dim).map(|_| rng.normal()).collect();
+    let mut x = vec![0f32; n * dim];
+    for i in 0..n {
+        if i > 0 && rng.below(6) == 0 {
+            let j = rng.below(i as u64) as usize;
+            let src: Vec<f32> = x[j * dim..(j + 1) * dim].to_vec();
+            let row = &mut x[i * dim..(i + 1) * dim];
+            row.copy_from_slice(&src);
+            if rng.below(2) == 0 {
+                let k = rng.below(dim as u64) as usize;
+                row[k] = f32::from_bits(row[k].to_bits() + 1);
+            }
+            continue;
+        }
+        let coefs: Vec<f32> = (0..rank).map(|r| rng.normal() / (1.0 + r as f32)).collect();
+        for (k, v) in x[i * dim..(i + 1) * dim].iter_mut().enumerate() {
+            *v = offset[k] + (0..rank).map(|r| coefs[r] * dirs[r * dim + k]).sum::<f32>();
+        }
+    }
+    x
+}
+
+#[test]
+fn accelerated_equals_plain_on_low_rank_rows_far_from_the_origin() {
+    // Rank below, at and above the principal bound's 32 coordinates; widths from the
+    // narrowest that gets the bound (64) to the fit's (≈ 300).
+    for (n, dim, rank, m, seed) in [
+        (1, 64, 3, 1, 10u64),
+        (70, 128, 4, 70, 10),
+        (2600, 64, 8, 900, 11),
+        (2200, 96, 32, 700, 12),
+        (1800, 300, 48, 500, 13),
+    ] {
+        let x = low_rank_far_from_origin(n, dim, rank, seed);
+        assert_equals_plain_on_threads(&x, dim, m, &[1, 2]);
+    }
+}
+
+#[test]
+fn accelerated_equals_plain_with_non_finite_wide_rows() {
+    // Wide enough for the principal bound: NaN and infinite values reach its coordinates.
+    let (n, dim) = (900, 72);
+    let mut x = low_rank_far_from_origin(n, dim, 6, 4);
+    x[40 * dim + 2] = f32::NAN;
+    x[41 * dim] = f32::INFINITY;
+    x[300 * dim + 4] = f32::NEG_INFINITY;
+    x[301 * dim..302 * dim].fill(f32::NAN);
+    x[650 * dim + 1] = 1e-41;
+    for m in [3, 50, 300] {
+        assert_eq!(greedy(&Pool::new(2), &x, dim, m), greedy_plain(&x, dim, m));
+    }
 }
