@@ -625,13 +625,17 @@ fn search_grouped(
                 }
                 let (a, b) = (part.starts[c] as usize, part.starts[c + 1] as usize);
                 let Some(pv) = part.projection else {
-                    // The cluster bound alone: every row of the cluster.
-                    for g0 in (a..b).step_by(mr) {
-                        let rows = mr.min(b - g0);
-                        for (i, p) in pending[..rows].iter_mut().enumerate() {
-                            *p = (g0 + i) as u32;
+                    // The cluster bound alone: every row of the cluster it may take.
+                    for pos in a..b {
+                        if !rows_out.takes(pos) {
+                            continue;
                         }
-                        computed += rows_out.run(&pending[..rows], panel, &mut tile, d_out, i_out);
+                        pending[waiting] = pos as u32;
+                        waiting += 1;
+                        if waiting == mr {
+                            computed += rows_out.run(&pending, panel, &mut tile, d_out, i_out);
+                            waiting = 0;
+                        }
                     }
                     continue;
                 };
@@ -673,7 +677,7 @@ fn search_grouped(
                         dots[..cols]
                             .copy_from_slice(&ptile[(pos - start) * nr..(pos - start) * nr + cols]);
                         let need = sides.row_needed(&limit, pv.record(pos), &dots);
-                        if need {
+                        if need && rows_out.takes(pos) {
                             // Fetched while the panel fills: the copy then reads L2.
                             prefetch_to_l2(bank.row(part.order[pos] as usize));
                             pending[waiting] = pos as u32;
@@ -712,7 +716,19 @@ struct Panel<'p, 'a> {
 }
 
 impl Panel<'_, '_> {
-    /// The rows at cluster-order positions `pos` (at most the kernel's `mr`) gathered into
+    /// Whether the row at cluster-order position `pos` may be an answer at all (not
+    /// excluded): an excluded row is never gathered (the leave-one-out scoring of the
+    /// fit, where the part's own rows are the nearest ones).
+    #[inline]
+    fn takes(&self, pos: usize) -> bool {
+        match self.exclude {
+            Some((origin, id)) => origin[self.part.order[pos] as usize] != id,
+            None => true,
+        }
+    }
+
+    /// The rows at cluster-order positions `pos` (at most the kernel's `mr`, none excluded:
+    /// [`Panel::takes`]) gathered into
     /// `panel` and computed against the strip's queries through the micro-kernel, the
     /// running minimum of `d_out`/`i_out` kept as nearest keeps it (the smallest d², the
     /// lowest row among equal ones, never an infinite or NaN d²). Returns the pairs
@@ -751,11 +767,6 @@ impl Panel<'_, '_> {
         };
         for (i, &p) in pos.iter().enumerate() {
             let orig = self.part.order[p as usize];
-            if let Some((origin, id)) = self.exclude {
-                if origin[orig as usize] == id {
-                    continue;
-                }
-            }
             let bn = self.bank.sq_norms[orig as usize];
             for jj in 0..self.cols {
                 let j = self.j0 + jj;

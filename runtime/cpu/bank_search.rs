@@ -320,6 +320,24 @@ pub fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
 }
 
+/// Rows [`sq_dists`] computes at once.
+const SCAN_ROWS: usize = 8;
+
+/// [`sq_dist`] of `query` to bank rows `b0..b0 + SCAN_ROWS`, each summed in order as
+/// there (the rows' sums are independent chains, so they overlap in the pipeline).
+fn sq_dists(query: &[f32], bank: BankView<'_>, b0: usize) -> [f32; SCAN_ROWS] {
+    let dim = bank.dim;
+    let rows: [&[f32]; SCAN_ROWS] = std::array::from_fn(|r| bank.row(b0 + r));
+    let mut acc = [0f32; SCAN_ROWS];
+    for (k, &x) in query.iter().enumerate().take(dim) {
+        for (a, row) in acc.iter_mut().zip(&rows) {
+            let d = x - row[k];
+            *a += d * d;
+        }
+    }
+    acc
+}
+
 /// The `k` bank rows nearest to `query` by direct squared distance, nearest first, ties
 /// to the lowest index; skips rows excluded as in [`nearest`]. Writes `k` indices into
 /// `out` and returns how many were found (fewer when the bank is smaller). Fixed
@@ -348,14 +366,21 @@ pub fn knn_scan(
         ii.fill(f32::from_bits(u32::MAX));
         let start = blk * KNN_BLOCK;
         let end = (start + KNN_BLOCK).min(bank.n);
-        for b in start..end {
-            if let Some((origin, id)) = exclude {
-                if origin[b] == id {
-                    continue;
+        let kept = |b: usize| exclude.is_none_or(|(origin, id)| origin[b] != id);
+        let mut b = start;
+        while b + SCAN_ROWS <= end {
+            let d = sq_dists(query, bank, b);
+            for (r, &d) in d.iter().enumerate() {
+                if kept(b + r) {
+                    insert_top(dd, ii, d, (b + r) as u32);
                 }
             }
-            let d = sq_dist(query, bank.row(b));
-            insert_top(dd, ii, d, b as u32);
+            b += SCAN_ROWS;
+        }
+        for b in b..end {
+            if kept(b) {
+                insert_top(dd, ii, sq_dist(query, bank.row(b)), b as u32);
+            }
         }
     });
     // Merge block results in block order: ties keep the earlier (lower) index.
@@ -489,7 +514,7 @@ pub fn reweighted_score(
     let mut knn = [0u32; 3];
     let found = match bank.neighbours {
         // The table is knn_scan's answer for every row of the whole bank (m* first).
-        Some(table) if exclude.is_none() => {
+        Some(table) if table_answers(table, bank, m_star, exclude) => {
             let m = m_star as usize * TABLE_NEIGHBOURS;
             knn[0] = m_star;
             let mut found = 1;
@@ -529,6 +554,27 @@ pub fn reweighted_score(
         patch: j_star,
         nearest: m_star,
     }
+}
+
+/// Whether the neighbour table's entries of row `m` (not excluded itself) are
+/// [`knn_scan`]'s answer for `m` with `exclude`. Without exclusion they are. With it,
+/// when both entries are rows that are not excluded and the first is at a computed
+/// distance above 0 from m: the whole bank's 3 nearest (by (d, index)) are then m (the
+/// only row at distance 0: a second one would precede the first entry), b_1 and b_2,
+/// all kept by the exclusion, so they are also the 3 nearest of the rows it keeps.
+fn table_answers(
+    table: &[u32],
+    bank: BankView<'_>,
+    m: u32,
+    exclude: Option<(&[u32], u32)>,
+) -> bool {
+    let Some((origin, id)) = exclude else {
+        return true;
+    };
+    let t = m as usize * TABLE_NEIGHBOURS;
+    let (b1, b2) = (table[t], table[t + 1]);
+    let kept = |b: u32| b != NO_ROW && origin[b as usize] != id;
+    kept(m) && kept(b1) && kept(b2) && sq_dist(bank.row(m as usize), bank.row(b1 as usize)) > 0.0
 }
 
 /// The neighbour table of a bank and how it was computed.

@@ -3,8 +3,8 @@
 //! brute-force f32 computation and `knn_scan`, and scores with it equal to scores without.
 
 use miad::cpu::bank_search::{
-    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, neighbour_table, score_part,
-    score_scratch_len, sq_norms, BankView, NO_ROW, TABLE_NEIGHBOURS,
+    knn_scan, knn_scratch_len, nearest, nearest_scratch_len, neighbour_table, reweighted_score,
+    score_part, score_scratch_len, sq_norms, BankView, NO_ROW, TABLE_NEIGHBOURS,
 };
 use miad::cpu::pool::Pool;
 use miad::util::alloc_counter::counts;
@@ -421,6 +421,89 @@ fn scores_with_the_neighbour_table_equal_scores_without() {
             let r3 = score_part(&pool, &x, plain, ex, &mut d1, &mut n1, &mut sc);
             let r4 = score_part(&pool, &x, with, ex, &mut d2, &mut n2, &mut sc);
             assert_eq!(r3.score.to_bits(), r4.score.to_bits());
+        }
+    }
+}
+
+/// The 3 nearest rows of `x` among those not excluded by brute force ((f32 `Σ (a − b)²`
+/// summed in order, index) order).
+fn brute_knn(x: &[f32], b: &[f32], dim: usize, origin: &[u32], id: u32) -> Vec<u32> {
+    let mut all: Vec<(f32, u32)> = b
+        .chunks_exact(dim)
+        .enumerate()
+        .filter(|&(i, _)| origin[i] != id)
+        .map(|(i, r)| {
+            let d = x.iter().zip(r).map(|(a, c)| (a - c) * (a - c)).sum();
+            (d, i as u32)
+        })
+        .collect();
+    all.sort_by(|p, q| p.0.total_cmp(&q.0).then(p.1.cmp(&q.1)));
+    all.iter().take(3).map(|v| v.1).collect()
+}
+
+/// The leave-one-out re-weighting (rows of one origin excluded) takes m*'s neighbours
+/// from the table when its entries are the scan's answer (both kept, the first at a
+/// distance above 0) and scans otherwise: every m* and origin gives the scan's score
+/// bits, and both ways are taken (duplicated and near-duplicated rows included). The
+/// scan itself (rows 8 at a time) equals brute force with the exclusion.
+#[test]
+fn leave_one_out_reweighting_with_the_table_equals_the_scan() {
+    let pool = Pool::new(2);
+    for (n, dim, clustered) in [(5usize, 8usize, false), (203, 24, true), (301, 40, false)] {
+        let b = if clustered {
+            clustered_with_duplicates(n, dim, 90 + n as u64)
+        } else {
+            random(n * dim, 90 + n as u64)
+        };
+        let mut norms = vec![0f32; n];
+        sq_norms(&b, dim, &mut norms);
+        let plain = BankView::new(&b, &norms, dim);
+        let table = neighbour_table(&pool, plain, &mut |_, _| {}).unwrap();
+        let with = plain.with_neighbours(&table.rows);
+        let mut s = vec![0f32; knn_scratch_len(n, 3)];
+        let x = random(dim, 7 + n as u64);
+        let origin: Vec<u32> = (0..n as u32).map(|i| (i * 7 + i / 3) % 6).collect();
+        let (mut by_table, mut by_scan) = (0, 0);
+        for m in 0..n as u32 {
+            for id in 0..6u32 {
+                if origin[m as usize] == id {
+                    continue;
+                }
+                let ex = Some((origin.as_slice(), id));
+                let mut out = [0u32; 3];
+                let found = knn_scan(&pool, plain.row(m as usize), plain, ex, 3, &mut out, &mut s);
+                assert_eq!(
+                    out[..found],
+                    brute_knn(plain.row(m as usize), &b, dim, &origin, id)[..],
+                    "{n} x {dim}: row {m}, origin {id}: scan vs brute force"
+                );
+                let d = [(x.iter().zip(plain.row(m as usize)))
+                    .map(|(a, c)| (a - c) * (a - c))
+                    .sum::<f32>()
+                    .sqrt()];
+                let r1 = reweighted_score(&pool, &x, plain, ex, &d, &[m], &mut s);
+                let r2 = reweighted_score(&pool, &x, with, ex, &d, &[m], &mut s);
+                let what = format!("{n} x {dim}: row {m}, origin {id}");
+                assert_eq!(r1.score.to_bits(), r2.score.to_bits(), "{what}");
+                assert_eq!(r1.weight.to_bits(), r2.weight.to_bits(), "{what}");
+                let t = &table.rows[m as usize * TABLE_NEIGHBOURS..][..TABLE_NEIGHBOURS];
+                let kept = t.iter().all(|&r| r != NO_ROW && origin[r as usize] != id);
+                let apart = |r: u32| {
+                    let (a, c) = (plain.row(m as usize), plain.row(r as usize));
+                    a.iter().zip(c).map(|(a, c)| (a - c) * (a - c)).sum::<f32>() > 0.0
+                };
+                if kept && apart(t[0]) {
+                    by_table += 1;
+                } else {
+                    by_scan += 1;
+                }
+            }
+        }
+        if n > 5 {
+            assert!(
+                by_table > 0 && by_scan > 0,
+                "{n} x {dim}: {by_table} {by_scan}"
+            );
         }
     }
 }
