@@ -16,6 +16,7 @@
 //! and CPU seconds of the scoring and a digest of every score and map bit (equal digests:
 //! equal results).
 
+use miad::cpu::bank_prune::BankPartition;
 use miad::engine::{Engine, EngineOptions, InspectOptions};
 use miad::eval::dataset::list_good;
 use miad::format::{BankFile, OpenOptions};
@@ -98,7 +99,22 @@ fn main() {
     let parts = feats.len();
 
     let file = BankFile::open(&bank, &OpenOptions::default(), None).unwrap();
-    let set = BankSet::from_file(&file).unwrap();
+    let stored = BankSet::from_file(&file).unwrap();
+    // The file's partitions, copied so that the searches count their pairs.
+    let partitions: Vec<Option<BankPartition>> = stored
+        .banks
+        .iter()
+        .map(|v| Some(BankPartition::copied(v.as_ref()?.partition?)))
+        .collect();
+    let set = BankSet {
+        banks: std::array::from_fn(|b| {
+            stored.banks[b].map(|v| match &partitions[b] {
+                Some(p) => v.with_partition(p.view(&v).unwrap()),
+                None => v,
+            })
+        }),
+        ..stored
+    };
     // Origins: the bank rows are the parts' normalised features, bit for bit.
     let origins: Vec<Vec<u32>> = (0..3)
         .map(|b| {
@@ -164,5 +180,16 @@ fn main() {
             timing::cpu_seconds() - cpu,
             timing::load_average()
         );
+    }
+    for (b, p) in partitions.iter().enumerate() {
+        if let Some(p) = p {
+            let (asked, computed) = p.pair_counts();
+            println!(
+                "bank {}: {computed} of {asked} pairs computed ({:.4}), bound evaluated for {}",
+                BANK_NAMES[b],
+                computed as f64 / asked.max(1) as f64,
+                p.projected_pairs()
+            );
+        }
     }
 }

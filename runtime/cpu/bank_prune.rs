@@ -42,8 +42,8 @@ use super::bank_proj::{
     f32_down, f32_up, Projection, ProjectionView, QueryBound, StripSides, PROJ_DIMS, STRIP,
 };
 use super::bank_search::{
-    gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, walk_bank, BankView,
-    NO_ROW, QUERY_BLOCK, QUERY_PACK_FLOATS,
+    gemm_form_bound, nearest, nearest_scratch_len, query_block, search_block, sq_norms, walk_bank,
+    BankView, NO_ROW, QUERY_BLOCK, QUERY_PACK_FLOATS,
 };
 use super::gemm::{pack_rhs, prefetch_to_l2, Kernel, Mat, Operand, Start};
 use super::pool::{Pool, SharedMut};
@@ -443,13 +443,9 @@ fn centre_bounds(
         let mut qnorm = [0f32; QUERY_BLOCK];
         // E per query (the bank's largest norm covers every centre).
         let mut err = [0f64; QUERY_BLOCK];
-        for ((n, e), r) in qnorm
-            .iter_mut()
-            .zip(err.iter_mut())
-            .zip(q.chunks_exact(dim))
-        {
-            *n = r.iter().map(|v| v * v).sum();
-            *e = gemm_form_bound(*n, part.b_max, dim);
+        sq_norms(q, dim, &mut qnorm[..qn]);
+        for (e, &n) in err.iter_mut().zip(&qnorm[..qn]) {
+            *e = gemm_form_bound(n, part.b_max, dim);
         }
         let mut nearest_g = [f64::INFINITY; QUERY_BLOCK];
         owner.fill(0);
@@ -511,12 +507,12 @@ fn search_grouped(
         let visit: &mut [u32] = bytemuck::cast_slice_mut(visit);
         let q = &queries[q0 * dim..(q0 + qn) * dim];
         let mut qnorm = [0f32; QUERY_BLOCK];
-        for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
-            *n = r.iter().map(|v| v * v).sum();
-        }
+        sq_norms(q, dim, &mut qnorm[..qn]);
         d_out.fill(f32::INFINITY);
         i_out.fill(NO_ROW);
-        if !q.iter().all(|v| v.is_finite()) {
+        // A value that is not finite makes its query's norm so (and a norm beyond f32 of
+        // finite values takes this way too, exactly as well).
+        if !qnorm[..qn].iter().all(|v| v.is_finite()) {
             // No bound holds: nearest's own block search.
             search_block(ker, q, qn, &qnorm, bank, exclude, pack, d_out, i_out);
             part.count(qn * bank.n, (qn * bank.n) as u64, 0);

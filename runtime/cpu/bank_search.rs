@@ -96,9 +96,25 @@ impl<'a> BankView<'a> {
     }
 }
 
-/// Squared L2 norm of each `dim`-row (what the bank file stores as `bank.*_norms`).
+/// Squared L2 norm of each `dim`-row (what the bank file stores as `bank.*_norms`), each
+/// summed in order (`Σ v²`, products rounded). Rows are taken [`SCAN_ROWS`] at a time, so
+/// their sums are independent chains that overlap in the pipeline (the same bits).
 pub fn sq_norms(rows: &[f32], dim: usize, out: &mut [f32]) {
-    for (r, o) in rows.chunks_exact(dim).zip(out.iter_mut()) {
+    let groups = rows.chunks_exact(dim * SCAN_ROWS);
+    let tail = groups.remainder();
+    let mut outs = out.chunks_exact_mut(SCAN_ROWS);
+    for (g, o) in groups.zip(outs.by_ref()) {
+        let rows: [&[f32]; SCAN_ROWS] = std::array::from_fn(|r| &g[r * dim..(r + 1) * dim]);
+        let mut acc = [0f32; SCAN_ROWS];
+        for k in 0..dim {
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                *a += row[k] * row[k];
+            }
+        }
+        o.copy_from_slice(&acc);
+    }
+    let done = (rows.len() - tail.len()) / dim.max(1);
+    for (r, o) in tail.chunks_exact(dim).zip(out[done..].iter_mut()) {
         *o = r.iter().map(|v| v * v).sum();
     }
 }
@@ -178,9 +194,7 @@ pub fn nearest(
         let i_out = unsafe { ip.slice(q0, qn) };
         let q = &queries[q0 * dim..(q0 + qn) * dim];
         let mut qnorm = [0f32; QUERY_BLOCK];
-        for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
-            *n = r.iter().map(|v| v * v).sum();
-        }
+        sq_norms(q, dim, &mut qnorm[..qn]);
         d_out.fill(f32::INFINITY);
         i_out.fill(u32::MAX);
         if packed && bank.n >= ker.mr {
@@ -862,9 +876,7 @@ pub fn nearest_bf16(
         let i_out = unsafe { ip.slice(q0, qn) };
         let q = &queries[q0 * dim..(q0 + qn) * dim];
         let mut qnorm = [0f32; QUERY_BLOCK];
-        for (n, r) in qnorm.iter_mut().zip(q.chunks_exact(dim)) {
-            *n = r.iter().map(|v| v * v).sum();
-        }
+        sq_norms(q, dim, &mut qnorm[..qn]);
         let mut kd = [[f32::INFINITY; BF16_KEEP]; QUERY_BLOCK];
         let mut ki = [[NO_ROW; BF16_KEEP]; QUERY_BLOCK];
         if fast {

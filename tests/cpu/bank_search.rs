@@ -508,6 +508,41 @@ fn leave_one_out_reweighting_with_the_table_equals_the_scan() {
     }
 }
 
+/// `sq_norms` (rows 8 at a time) gives each row's in-order sum of squares, bit for bit,
+/// for any number of rows, with values that are not finite and with values large enough
+/// to overflow.
+#[test]
+fn sq_norms_equal_the_ordered_sum_of_each_row() {
+    for (n, dim) in [
+        (0usize, 3usize),
+        (1, 5),
+        (7, 24),
+        (8, 1),
+        (9, 24),
+        (33, 130),
+    ] {
+        let mut rows = random(n * dim, 200 + n as u64);
+        for (i, v) in rows.iter_mut().enumerate() {
+            *v *= 1.0 + (i % 7) as f32 * 0.37;
+        }
+        if n > 5 {
+            rows[2 * dim + 1] = f32::NAN;
+            rows[3 * dim] = f32::INFINITY;
+            rows[4 * dim] = 3e19;
+            rows[5 * dim + dim - 1] = -0.0;
+        }
+        let mut got = vec![0f32; n];
+        sq_norms(&rows, dim, &mut got);
+        for (i, r) in rows.chunks_exact(dim).enumerate() {
+            let mut want = 0f32;
+            for v in r {
+                want += v * v;
+            }
+            assert_eq!(got[i].to_bits(), want.to_bits(), "{n} x {dim}: row {i}");
+        }
+    }
+}
+
 #[test]
 fn scoring_with_the_table_does_not_allocate() {
     let (n, dim) = (2000, 24);
