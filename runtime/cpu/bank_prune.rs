@@ -724,11 +724,10 @@ impl Panel<'_, '_> {
     }
 
     /// The rows at cluster-order positions `pos` (at most the kernel's `mr`, none excluded:
-    /// [`Panel::takes`]) gathered into
-    /// `panel` and computed against the strip's queries through the micro-kernel, the
-    /// running minimum of `d_out`/`i_out` kept as nearest keeps it (the smallest d², the
-    /// lowest row among equal ones, never an infinite or NaN d²). Returns the pairs
-    /// computed.
+    /// [`Panel::takes`]) gathered into `panel` and computed against the strip's queries
+    /// through the micro-kernel, the running minimum of `d_out`/`i_out` kept as nearest
+    /// keeps it (the smallest d², the lowest row among equal ones, never an infinite or
+    /// NaN d²). Returns the pairs computed.
     fn run(
         &self,
         pos: &[u32],
