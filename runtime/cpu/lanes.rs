@@ -365,3 +365,90 @@ fn add_sq_dists_with<const R: usize, const FMA: bool>(
         }
     }
 }
+
+/// [`sq_dists_unless_none_below`] of the lanes of one half of the tile (`upper`: lanes
+/// [`LANES`]/2.., else ..[`LANES`]/2): only that half's columns are read, and the other
+/// half's lanes come back +∞. For a caller whose other half has nothing to learn (its
+/// floors are −∞ because no row there can move): half the memory traffic of the tile.
+pub fn sq_dists_unless_none_below_half(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+    upper: bool,
+) -> Option<[f32; LANES]> {
+    let dim = row.len();
+    assert!(
+        tile.len() >= tile_len(dim),
+        "lanes::sq_dists_unless_none_below_half: shapes"
+    );
+    let tile = &tile[..tile_len(dim)];
+    let first = if upper { LANES / 2 } else { 0 };
+    #[cfg(target_arch = "x86_64")]
+    match super::gemm::isa() {
+        // SAFETY: isa() reports only instruction sets this CPU runs.
+        super::gemm::Isa::Avx512 => return unsafe { half_avx512(tile, row, floor, first) },
+        // SAFETY: as above.
+        super::gemm::Isa::Avx2 => return unsafe { half_avx2(tile, row, floor, first) },
+        super::gemm::Isa::Portable => {}
+    }
+    unless_none_below_half(tile, row, floor, first)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn half_avx512(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+    first: usize,
+) -> Option<[f32; LANES]> {
+    unless_none_below_half(tile, row, floor, first)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn half_avx2(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+    first: usize,
+) -> Option<[f32; LANES]> {
+    unless_none_below_half(tile, row, floor, first)
+}
+
+#[inline(always)]
+fn unless_none_below_half(
+    tile: &[f32],
+    row: &[f32],
+    floor: &[f32; LANES],
+    first: usize,
+) -> Option<[f32; LANES]> {
+    const HALF: usize = LANES / 2;
+    let floor = &floor[first..first + HALF];
+    let mut acc = [0f32; HALF];
+    for (cols, part) in tile
+        .chunks(CHECK_EVERY * LANES)
+        .zip(row.chunks(CHECK_EVERY))
+    {
+        for (col, &c) in cols.chunks_exact(LANES).zip(part) {
+            for (a, &v) in acc.iter_mut().zip(&col[first..first + HALF]) {
+                let d = v - c;
+                *a += d * d;
+            }
+        }
+        let mut all_reached = true;
+        for (a, f) in acc.iter().zip(floor) {
+            all_reached &= *a >= *f;
+        }
+        if all_reached {
+            return None;
+        }
+    }
+    let mut out = [f32::INFINITY; LANES];
+    out[first..first + HALF].copy_from_slice(&acc);
+    Some(out)
+}

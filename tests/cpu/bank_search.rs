@@ -801,3 +801,41 @@ fn lane_distances_of_several_rows_are_the_single_rows_bits_and_stop_alike() {
         }
     }
 }
+
+#[test]
+fn lane_distances_of_half_a_tile_are_the_full_tiles_bits() {
+    use miad::cpu::lanes::{sq_dists, sq_dists_unless_none_below_half, tile_len, to_tile, LANES};
+    for dim in [1usize, 32, 33, 300] {
+        let a = random(LANES * dim, 140 + dim as u64);
+        let b = random(dim, 141 + dim as u64);
+        let mut tile = vec![0f32; tile_len(dim)];
+        to_tile(&a, dim, &mut tile);
+        let mut full = [[0f32; LANES]];
+        sq_dists(&tile, &b, dim, &mut full);
+        let full = full[0];
+        for upper in [false, true] {
+            let half = if upper {
+                LANES / 2..LANES
+            } else {
+                0..LANES / 2
+            };
+            // One lane of the half may end below: its half's sums, the other +inf.
+            let mut floor = [f32::NEG_INFINITY; LANES];
+            floor[half.start + 9] = full[half.start + 9].next_up();
+            let got = sq_dists_unless_none_below_half(&tile, &b, &floor, upper)
+                .expect("a lane may end below");
+            for l in 0..LANES {
+                let want = if half.contains(&l) {
+                    full[l]
+                } else {
+                    f32::INFINITY
+                };
+                assert_eq!(got[l].to_bits(), want.to_bits(), "{dim} {upper}: lane {l}");
+            }
+            // Floors at the half's distances (the other half's ignored): stopped.
+            let mut floor = [f32::INFINITY; LANES];
+            floor[half.clone()].copy_from_slice(&full[half.clone()]);
+            assert!(sq_dists_unless_none_below_half(&tile, &b, &floor, upper).is_none());
+        }
+    }
+}
