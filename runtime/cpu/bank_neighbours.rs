@@ -12,25 +12,33 @@
 //! loses at most 2⁻¹⁵⁰, so d ≥ D(1 − u)^(n+3) − n·2⁻¹⁵⁰ (u = 2⁻²⁴), and such a pair can
 //! neither enter nor tie. The bounds: a centre's computed distance (the same sum, read
 //! back the other way) less the cluster's radius; then, where the partition has one, the
-//! projection bound of [`super::bank_proj`] (below the true squared distance: its margins
-//! for nearest's rounding only lower it). A row that passes is summed through the lanes
-//! and dropped as soon as every lane's partial sum is past its query's running third
-//! ([`super::lanes::sq_dists_unless_none_below`]: the partial sums never exceed the
-//! full ones). Every distance that is offered is
-//! [`sq_dist`]'s own bits (the lanes of [`super::lanes::sq_dists`]), and the three nearest
-//! do not depend on the order in which pairs are offered: the table is
+//! projection of [`super::bank_proj`] in difference form ([`DiffBound`]: the distance of
+//! the two rows' coordinates and residual norms, with no margin for nearest's rounding,
+//! which the ordered sum does not have). The rows that pass are summed through the lanes
+//! in batches of [`BATCH`] ([`super::lanes::rows_unless_none_below`]: the tile read once
+//! per block of dimensions for the whole batch), each dropped as soon as every lane's
+//! partial sum is past its query's running third (the partial sums never exceed the full
+//! ones; a batch's floors are those from before it, never below the current ones). The
+//! centres are the bank's first rows and their distances to the queries are computed
+//! first for the bounds: they are offered at once, so every query starts with a running
+//! third, and skipped in their clusters. Every distance that is offered is [`sq_dist`]'s
+//! own bits (the lanes of [`super::lanes::sq_dists`]), each pair is offered once, and the
+//! three nearest do not depend on the order in which pairs are offered: the table is
 //! [`neighbour_table`]'s whatever the partition.
 //!
 //! [`neighbour_table`]: super::bank_search::neighbour_table
 //! [`sq_dist`]: super::bank_search::sq_dist
 
-use super::bank_proj::{f32_down, QueryBound, PROJ_DIMS};
+use super::bank_proj::{f32_down, f32_up, ProjectionView, BASIS_DELTA, ETA, PROJ_DIMS};
 use super::bank_prune::PartitionView;
 use super::bank_search::{BankView, Nearest3, NeighbourTable, NO_ROW, TABLE_NEIGHBOURS};
-use super::lanes::{gather_tile, sq_dists, sq_dists_unless_none_below, tile_len, LANES};
+use super::lanes::{gather_tile, rows_unless_none_below, sq_dists, tile_len, LANES};
 use super::pool::{Pool, SharedMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Bank rows summed together against a tile of queries
+/// ([`super::lanes::rows_unless_none_below`]).
+const BATCH: usize = 16;
 /// Relative slack of the bounds evaluated in f64.
 const SLACK: f64 = 1e-12;
 
@@ -78,6 +86,63 @@ struct Work {
     projected: Vec<f32>,
 }
 
+/// The projection bound in difference form, for the ordered sum. With V̂ the basis
+/// (‖V̂V̂ᵀ − I‖₂ ≤ δ, so σ_max(V̂)² ≤ 1 + δ), y = x − μ̂, p̂ a row's stored coordinates with
+/// ‖p̂ − V̂y‖ ≤ e ([`DiffBound::coordinate_error`]) and [ρ_lo, ρ_hi] its residual norm
+/// ‖Ry‖ (R = I − P, P the projector onto the span of V̂'s rows):
+/// ‖q − b‖² = ‖P(q − b)‖² + ‖R(q − b)‖² ≥ (‖p̂_q − p̂_b‖ − e_q − e_b)₊² / (1 + δ) + ring²,
+/// ring = max(0, ρ_lo(q) − ρ_hi(b), ρ_lo(b) − ρ_hi(q)), and ‖p̂_q − p̂_b‖² ≥
+/// (s − k·2⁻¹⁴⁹) / (1 + u)^(k+2) for s the f32 sum (any order) of the k rounded squares of
+/// rounded differences (each term within (1 + u)³ and 2⁻¹⁵⁰ of underflow).
+#[derive(Clone, Copy)]
+struct DiffBound {
+    sum_scale: f64,
+    underflow: f64,
+    basis_scale: f64,
+}
+
+impl DiffBound {
+    fn new() -> Self {
+        let (k, u) = (PROJ_DIMS as i32, 2f64.powi(-24));
+        DiffBound {
+            sum_scale: (1.0 + u).powi(-(k + 2)),
+            underflow: PROJ_DIMS as f64 * 2f64.powi(-149),
+            basis_scale: 1.0 / (1.0 + BASIS_DELTA),
+        }
+    }
+
+    /// e ≥ ‖p̂ − V̂y‖ for the row of `record`, rounded up: ETA‖y‖, with
+    /// ‖y‖² ≤ ‖V̂y‖² / (1 − δ) + ρ_hi² and ‖V̂y‖ ≤ ‖p̂‖ + ETA‖y‖.
+    fn coordinate_error(record: &[f32]) -> f32 {
+        let p = record[..PROJ_DIMS]
+            .iter()
+            .map(|&v| v as f64 * v as f64)
+            .sum::<f64>()
+            .sqrt();
+        let rho_hi = record[PROJ_DIMS + 2] as f64;
+        let a = 1.0 / (1.0 - BASIS_DELTA).sqrt();
+        let y = (a * p + rho_hi) / (1.0 - a * ETA);
+        f32_up(ETA * y * (1.0 + 1e-9))
+    }
+
+    /// A lower bound of the true squared distance from the f32 sum `s`, the two rows'
+    /// coordinate errors together `e` and their residual norms' intervals.
+    #[inline(always)]
+    fn true_sq_below(&self, s: f32, e: f64, q_rho: (f64, f64), b_rho: (f64, f64)) -> f64 {
+        let s = (s as f64 - self.underflow).max(0.0) * self.sum_scale;
+        let t = (s.sqrt() * (1.0 - SLACK) - e).max(0.0);
+        let ring = (q_rho.0 - b_rho.1).max(b_rho.0 - q_rho.1).max(0.0);
+        (t * t * self.basis_scale + ring * ring) * (1.0 - SLACK)
+    }
+}
+
+/// The queries' side of the projection bound: the view and every record's
+/// [`DiffBound::coordinate_error`] (cluster-order positions).
+struct Projected<'a> {
+    view: ProjectionView<'a>,
+    errors: Vec<f32>,
+}
+
 /// [`neighbour_table`]'s table of `bank` through `part`, a partition of it (module doc).
 /// `None` when the bank holds a value that is not finite (as [`neighbour_table`]).
 /// `progress(done, total)` in rows. Its `distances`: the (query, row) pairs summed to
@@ -109,6 +174,12 @@ pub fn neighbour_table_pruned(
     // The entries by cluster-order position (each tile writes its own run).
     let mut by_pos = vec![NO_ROW; n * TABLE_NEIGHBOURS];
     let computed = AtomicU64::new(0);
+    let projected = part.projection.map(|view| Projected {
+        view,
+        errors: (0..n)
+            .map(|pos| DiffBound::coordinate_error(view.record(pos)))
+            .collect(),
+    });
     let (wp, op) = (SharedMut::new(&mut work), SharedMut::new(&mut by_pos));
     let tiles = n.div_ceil(LANES);
     let batch = (threads * 8).max(tiles / 50);
@@ -121,7 +192,7 @@ pub fn neighbour_table_pruned(
             // SAFETY: each worker owns its scratch; each task the entries of its tile.
             let work = unsafe { &mut wp.slice(worker, 1)[0] };
             let out = unsafe { op.slice(p0 * TABLE_NEIGHBOURS, (p1 - p0) * TABLE_NEIGHBOURS) };
-            let c = tile_neighbours(bank, &part, p0..p1, work, out);
+            let c = tile_neighbours(bank, &part, projected.as_ref(), p0..p1, work, out);
             computed.fetch_add(c, Ordering::Relaxed);
         });
         t0 = t1;
@@ -144,6 +215,7 @@ pub fn neighbour_table_pruned(
 fn tile_neighbours(
     bank: BankView<'_>,
     part: &PartitionView<'_>,
+    projected: Option<&Projected<'_>>,
     span: std::ops::Range<usize>,
     work: &mut Work,
     out: &mut [u32],
@@ -151,7 +223,7 @@ fn tile_neighbours(
     let (dim, k) = (bank.dim, part.clusters());
     let lanes = span.len();
     let sums = SumRounding::new(dim);
-    let query_rows = &part.order[span];
+    let query_rows = &part.order[span.clone()];
     gather_tile(
         query_rows.iter().map(|&r| bank.row(r as usize)),
         dim,
@@ -159,6 +231,15 @@ fn tile_neighbours(
     );
     // Lower bounds of the true distance of every query to every centre (rows 0..k).
     sq_dists(&work.tile, &bank.data[..k * dim], dim, &mut work.centre);
+    // The centres are the bank's rows 0..k and these are their distances, bit for bit:
+    // offered first, they give every query a running third before any cluster is visited
+    // (and are skipped when their clusters are).
+    let mut near = [Nearest3::EMPTY; LANES];
+    for (c, d) in work.centre.iter().enumerate() {
+        for (q, &e) in near[..lanes].iter_mut().zip(d) {
+            q.offer(e, c as u32);
+        }
+    }
     for (c, lo) in work.centre.iter_mut().enumerate() {
         let r = part.radii[c] as f64;
         let mut key = f64::INFINITY;
@@ -176,23 +257,29 @@ fn tile_neighbours(
             .total_cmp(&keys[b as usize])
             .then(a.cmp(&b))
     });
-    let mut bounds = [QueryBound::default(); LANES];
-    if let Some(pv) = part.projection {
-        let mut p = [0f32; PROJ_DIMS];
-        for (l, &r) in query_rows.iter().enumerate() {
-            let r = r as usize;
-            bounds[l] = QueryBound::new(&pv, bank.row(r), bank.sq_norms[r], &mut p);
-            for (d, &v) in p.iter().enumerate() {
+    let diff = DiffBound::new();
+    // Per query: its coordinate error and residual norm interval.
+    let mut q_err = [0f64; LANES];
+    let mut q_rho = [(0f64, 0f64); LANES];
+    if let Some(pr) = projected {
+        for (l, pos) in span.clone().enumerate() {
+            let rec = pr.view.record(pos);
+            for (d, &v) in rec[..PROJ_DIMS].iter().enumerate() {
                 work.projected[d * LANES + l] = v;
             }
+            q_err[l] = pr.errors[pos] as f64;
+            q_rho[l] = (rec[PROJ_DIMS + 1] as f64, rec[PROJ_DIMS + 2] as f64);
         }
     }
-    let mut near = [Nearest3::EMPTY; LANES];
     let mut computed = 0u64;
     // Per query: a true squared distance above this cannot enter its three nearest.
     let mut above = [0f64; LANES];
     let mut reach = [false; LANES];
-    let mut dots = [0f32; LANES];
+    let mut floors = [[0f32; LANES]; BATCH];
+    let mut dists = [[0f32; LANES]; BATCH];
+    let mut kept = [false; BATCH];
+    let mut batch_rows = [0u32; BATCH];
+    let mut row_refs: [&[f32]; BATCH] = [&[]; BATCH];
     for &c in work.visit.iter() {
         let c = c as usize;
         for (a, q) in above[..lanes].iter_mut().zip(&near) {
@@ -211,43 +298,65 @@ fn tile_neighbours(
         if !reach[..lanes].contains(&true) {
             continue;
         }
-        for pos in part.starts[c] as usize..part.starts[c + 1] as usize {
-            let record = part.projection.map(|pv| {
-                // p̂_q·p̂_b summed in index order, products and sums rounded apart.
-                let rec = pv.record(pos);
-                dots.fill(0.0);
-                for (d, &v) in rec[..PROJ_DIMS].iter().enumerate() {
-                    let col = &work.projected[d * LANES..(d + 1) * LANES];
-                    for (s, &x) in dots.iter_mut().zip(col) {
-                        *s += x * v;
+        // The cluster's rows in batches: the bounds and floors of a batch from the running
+        // thirds before it (a floor only falls as rows are offered, so an earlier one is
+        // still a valid one), then the batch's exact sums together.
+        let rows = part.starts[c] as usize..part.starts[c + 1] as usize;
+        // Batches of fixed positions (not of rows that pass): then the floors do not
+        // depend on what the bounds dropped, and a bound that drops more sums less.
+        for first in rows.clone().step_by(BATCH) {
+            let mut batch = 0;
+            for pos in first..(first + BATCH).min(rows.end) {
+                let b = part.order[pos];
+                // The centres were offered already.
+                if (b as usize) < k {
+                    continue;
+                }
+                let mut lower = [f64::NEG_INFINITY; LANES];
+                // The projection bound of every query against this row.
+                if let Some(pr) = projected {
+                    let rec = pr.view.record(pos);
+                    let mut s = [[0f32; LANES]];
+                    sq_dists(&work.projected, &rec[..PROJ_DIMS], PROJ_DIMS, &mut s);
+                    let e_b = pr.errors[pos] as f64;
+                    let b_rho = (rec[PROJ_DIMS + 1] as f64, rec[PROJ_DIMS + 2] as f64);
+                    for l in 0..LANES {
+                        lower[l] = diff.true_sq_below(s[0][l], q_err[l] + e_b, q_rho[l], b_rho);
                     }
                 }
-                rec
-            });
-            // Per lane, the sum at which the row is out: the running third's next f32
-            // (at or past it the row can neither enter nor tie); −∞ for a lane the
-            // bounds already rule out.
-            let mut floor = [f32::NEG_INFINITY; LANES];
-            let mut any = false;
-            for l in 0..lanes {
-                let out_of_reach = !reach[l]
-                    || record.is_some_and(|rec| bounds[l].lower_bound(rec, dots[l]) > above[l]);
-                if !out_of_reach {
-                    floor[l] = near[l].d[2].next_up();
-                    any = true;
+                // Per lane, the sum at which the row is out: the running third's next f32
+                // (at or past it the row can neither enter nor tie); −∞ for a lane the
+                // bounds already rule out.
+                let floor = &mut floors[batch];
+                *floor = [f32::NEG_INFINITY; LANES];
+                let mut any = false;
+                for l in 0..lanes {
+                    if reach[l] && lower[l] <= above[l] {
+                        floor[l] = near[l].d[2].next_up();
+                        any = true;
+                    }
+                }
+                if any {
+                    batch_rows[batch] = b;
+                    row_refs[batch] = bank.row(b as usize);
+                    batch += 1;
                 }
             }
-            if !any {
-                continue;
-            }
-            // The exact sums, dropped as soon as every lane is at its floor.
-            let b = part.order[pos];
-            let row = bank.row(b as usize);
-            if let Some(dists) = sq_dists_unless_none_below(&work.tile, row, &floor) {
-                for (q, &e) in near[..lanes].iter_mut().zip(&dists) {
-                    q.offer(e, b);
+            // The exact sums, each dropped as soon as every lane is at its floor.
+            rows_unless_none_below(
+                &work.tile,
+                &row_refs[..batch],
+                &floors[..batch],
+                &mut dists,
+                &mut kept,
+            );
+            for ((d, &k), &b) in dists.iter().zip(&kept).zip(&batch_rows).take(batch) {
+                if k {
+                    for (q, &e) in near[..lanes].iter_mut().zip(d) {
+                        q.offer(e, b);
+                    }
+                    computed += lanes as u64;
                 }
-                computed += lanes as u64;
             }
         }
     }

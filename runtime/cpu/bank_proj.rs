@@ -52,7 +52,7 @@ const ITERATIONS: usize = 3;
 /// f32's unit roundoff.
 const U: f64 = 1.0 / 16777216.0;
 /// ‖p̂ − V̂y‖ ≤ ETA·‖y‖: f32 rounding of each coordinate plus the f64 sum's error.
-const ETA: f64 = 1.0 / 8388608.0;
+pub(crate) const ETA: f64 = 1.0 / 8388608.0;
 /// Relative slack of the f64 sums and of the terms evaluated in f64.
 const F64_SLACK: f64 = 1e-9;
 

@@ -51,6 +51,7 @@
 //! below `d`, the features are used unprojected (scikit-learn would refuse).
 
 use super::bank_proj::{f32_up, Projection, BASIS_DELTA, PROJ_DIMS};
+use super::lanes;
 use super::pool::{Pool, SharedMut};
 use crate::util::rng::Rng;
 
@@ -793,8 +794,19 @@ impl<'a> Selection<'a> {
                 let tile = &x[t * TILE * dim..(t + 1) * TILE * dim];
                 // Summed until no row of the tile can still come closer; then nothing
                 // changes (no row moves; the tile's maximum and summary stay).
+                // A half of the tile with no row that may move is not read.
+                let idle = |h: &[f32]| h.iter().all(|&f| f == f32::NEG_INFINITY);
+                let (lower, upper) = floor.split_at(TILE / 2);
                 let moved = needed
-                    .then(|| super::lanes::sq_dists_unless_none_below(tile, c, &floor))
+                    .then(|| match (idle(lower), idle(upper)) {
+                        (true, false) => {
+                            lanes::sq_dists_unless_none_below_half(tile, c, &floor, true)
+                        }
+                        (false, true) => {
+                            lanes::sq_dists_unless_none_below_half(tile, c, &floor, false)
+                        }
+                        _ => lanes::sq_dists_unless_none_below(tile, c, &floor),
+                    })
                     .flatten();
                 if let Some(d) = moved {
                     let mut mx = f32::NEG_INFINITY;
@@ -914,27 +926,37 @@ fn tree_order(parent: &[u32]) -> Vec<u32> {
 /// Moves the tiled rows so that position `p` holds the row that was at `perm[p]`
 /// (`perm` a permutation of the first `perm.len()` positions), in place, one dimension
 /// at a time through a column of scratch (a row's values lie a cache line apart, a
-/// dimension's in runs of [`TILE`]: this streams), the dimensions split over the pool.
+/// dimension's in runs of [`TILE`]: each run is copied whole, so this streams), the
+/// dimensions split over the pool.
 fn permute_rows(pool: &Pool, x: &mut [f32], dim: usize, perm: &[u32]) {
     let n = perm.len();
-    let at = |r: usize, j: usize| (r / TILE) * TILE * dim + j * TILE + r % TILE;
     if n == 0 {
         return;
     }
-    assert!(at(n - 1, dim - 1) < x.len(), "permute_rows: shapes");
+    let tiles = n.div_ceil(TILE);
+    assert!(
+        (tiles - 1) * TILE * dim + (dim - 1) * TILE + (n - (tiles - 1) * TILE) <= x.len()
+            && perm.iter().all(|&p| (p as usize) < n),
+        "permute_rows: shapes"
+    );
     let per_task = dim.div_ceil(pool.threads());
     let xp = SharedMut::new(x);
     pool.run(dim.div_ceil(per_task), &|task, _| {
         let mut column = vec![0f32; n];
         for j in task * per_task..((task + 1) * per_task).min(dim) {
-            // SAFETY: every position `at(r, j)` with r < n is inside `x` (checked above),
-            // and each task reads and writes only its own dimensions.
-            unsafe {
-                for (r, c) in column.iter_mut().enumerate() {
-                    *c = *xp.ptr().add(at(r, j));
-                }
-                for (r, &p) in perm.iter().enumerate() {
-                    *xp.ptr().add(at(r, j)) = column[p as usize];
+            for t in 0..tiles {
+                let rows = t * TILE..((t + 1) * TILE).min(n);
+                // SAFETY: the run of dimension j in tile t is inside `x` (checked above)
+                // and each task reads and writes only its own dimensions.
+                let run = unsafe { xp.slice(t * TILE * dim + j * TILE, rows.len()) };
+                column[rows].copy_from_slice(run);
+            }
+            for t in 0..tiles {
+                let rows = t * TILE..((t + 1) * TILE).min(n);
+                // SAFETY: as above.
+                let run = unsafe { xp.slice(t * TILE * dim + j * TILE, rows.len()) };
+                for (v, &p) in run.iter_mut().zip(&perm[rows]) {
+                    *v = column[p as usize];
                 }
             }
         }

@@ -874,3 +874,86 @@ fn lane_distances_stop_only_when_no_lane_can_end_below_its_floor() {
         assert!(got[5].is_nan());
     }
 }
+
+#[test]
+fn lane_distances_of_several_rows_are_the_single_rows_bits_and_stop_alike() {
+    use miad::cpu::lanes::{rows_unless_none_below, sq_dists, tile_len, to_tile, LANES};
+    for dim in [1usize, 32, 33, 300] {
+        let a = random(LANES * dim, 130 + dim as u64);
+        // 11 rows: two groups of four and three left over; magnitudes far apart.
+        let count = 11;
+        let mut b = random(count * dim, 131 + dim as u64);
+        for (i, v) in b.iter_mut().enumerate() {
+            *v *= [1.0f32, 3.1e3, 7.7e-3][i / dim % 3];
+        }
+        let mut tile = vec![0f32; tile_len(dim)];
+        to_tile(&a, dim, &mut tile);
+        let mut full = vec![[0f32; LANES]; count];
+        sq_dists(&tile, &b, dim, &mut full);
+        // Even rows: one lane's floor one ulp above its distance (kept, the same bits);
+        // odd rows: every floor at or below the distance (dropped).
+        let floors: Vec<[f32; LANES]> = (0..count)
+            .map(|r| {
+                let mut f = full[r].map(|d| d * 0.5);
+                if r % 2 == 0 {
+                    f[(7 * r) % LANES] = full[r][(7 * r) % LANES].next_up();
+                } else {
+                    f[(5 * r) % LANES] = full[r][(5 * r) % LANES];
+                }
+                f
+            })
+            .collect();
+        let rows: Vec<&[f32]> = b.chunks_exact(dim).collect();
+        let mut sums = vec![[0f32; LANES]; count];
+        let mut kept = vec![false; count];
+        rows_unless_none_below(&tile, &rows, &floors, &mut sums, &mut kept);
+        for r in 0..count {
+            assert_eq!(kept[r], r % 2 == 0, "{dim}: row {r}");
+            if kept[r] {
+                assert_eq!(
+                    sums[r].map(f32::to_bits),
+                    full[r].map(f32::to_bits),
+                    "{dim}: row {r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lane_distances_of_half_a_tile_are_the_full_tiles_bits() {
+    use miad::cpu::lanes::{sq_dists, sq_dists_unless_none_below_half, tile_len, to_tile, LANES};
+    for dim in [1usize, 32, 33, 300] {
+        let a = random(LANES * dim, 140 + dim as u64);
+        let b = random(dim, 141 + dim as u64);
+        let mut tile = vec![0f32; tile_len(dim)];
+        to_tile(&a, dim, &mut tile);
+        let mut full = [[0f32; LANES]];
+        sq_dists(&tile, &b, dim, &mut full);
+        let full = full[0];
+        for upper in [false, true] {
+            let half = if upper {
+                LANES / 2..LANES
+            } else {
+                0..LANES / 2
+            };
+            // One lane of the half may end below: its half's sums, the other +inf.
+            let mut floor = [f32::NEG_INFINITY; LANES];
+            floor[half.start + 9] = full[half.start + 9].next_up();
+            let got = sq_dists_unless_none_below_half(&tile, &b, &floor, upper)
+                .expect("a lane may end below");
+            for l in 0..LANES {
+                let want = if half.contains(&l) {
+                    full[l]
+                } else {
+                    f32::INFINITY
+                };
+                assert_eq!(got[l].to_bits(), want.to_bits(), "{dim} {upper}: lane {l}");
+            }
+            // Floors at the half's distances (the other half's ignored): stopped.
+            let mut floor = [f32::INFINITY; LANES];
+            floor[half.clone()].copy_from_slice(&full[half.clone()]);
+            assert!(sq_dists_unless_none_below_half(&tile, &b, &floor, upper).is_none());
+        }
+    }
+}
