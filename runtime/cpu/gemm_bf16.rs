@@ -115,6 +115,30 @@ impl Rows<'_> {
             }
         }
     }
+    /// A whole panel of `MR` bf16 rows `r0..`, elements `p0..p0 + kc`, read where it lies:
+    /// (its first pair, pairs between rows), where the rows are pairs of whole u32s and
+    /// hold what the copied panel would: `kc` even, or the element after it zero in every
+    /// row (as the copy's padding; it then meets the packed weight's zero padding). Else
+    /// `None`: the panel is copied ([`Rows::load`]). The kernel reads the same values
+    /// either way, so the bits do not depend on it.
+    #[inline]
+    fn panel_in_place(&self, r0: usize, p0: usize, kc: usize) -> Option<(*const u32, usize)> {
+        let Rows::Bf16(m) = self else { return None };
+        let aligned = (m.data.as_ptr() as usize).is_multiple_of(4)
+            && m.stride.is_multiple_of(2)
+            && p0.is_multiple_of(2);
+        if !aligned || r0 + MR > m.rows {
+            return None;
+        }
+        let padded = kc.is_multiple_of(2)
+            || (0..MR).all(|i| m.data.get((r0 + i) * m.stride + p0 + kc) == Some(&0));
+        // The last row's last pair must lie inside the data.
+        let end = (r0 + MR - 1) * m.stride + p0 + kc.div_ceil(2) * 2;
+        (padded && end <= m.data.len()).then(|| {
+            let first = m.data[(r0 * m.stride + p0)..].as_ptr() as *const u32;
+            (first, m.stride / 2)
+        })
+    }
     /// [`prefetch_share`] of these rows.
     #[inline(always)]
     fn prefetch_share(
@@ -504,36 +528,35 @@ unsafe fn region(
         let mut ir = rows.start;
         while ir < rows.end {
             let rows_here = MR.min(rows.end - ir);
-            for i in 0..MR {
-                let dst: &mut [u16] =
-                    bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
-                if i < rows_here {
-                    // SAFETY: the caller's contract (AVX512-BF16).
-                    unsafe { a.load(ir + i, p0, kc, dst) };
-                } else {
-                    dst.fill(0);
+            let in_place = if rows_here == MR {
+                a.panel_in_place(ir, p0, kc)
+            } else {
+                None
+            };
+            let (ap, lda) = in_place.unwrap_or_else(|| {
+                for i in 0..MR {
+                    let dst: &mut [u16] =
+                        bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
+                    if i < rows_here {
+                        // SAFETY: the caller's contract (AVX512-BF16).
+                        unsafe { a.load(ir + i, p0, kc, dst) };
+                    } else {
+                        dst.fill(0);
+                    }
                 }
-            }
+                (panel.as_ptr(), pairs)
+            });
             let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
             for s in 0..strip_count {
                 a.prefetch_share(next.clone(), p0..p0 + kc, s, strip_count);
                 let j = cols.start + s * NR;
                 let cols_here = NR.min(cols.end - j);
                 let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
-                let ap = panel.as_ptr();
                 // SAFETY (all below): the tile is inside the caller's region; the panel
-                // holds MR rows of `pairs` pairs; the strip `pairs · NR` pairs.
+                // holds MR rows of `pairs` pairs, `lda` apart; the strip `pairs · NR` pairs.
                 if rows_here == MR && cols_here == NR {
                     unsafe {
-                        x86_bf16::kernel_12x32(
-                            pairs,
-                            ap,
-                            pairs,
-                            bp,
-                            c.add(ir * ldc + j),
-                            ldc,
-                            start,
-                        )
+                        x86_bf16::kernel_12x32(pairs, ap, lda, bp, c.add(ir * ldc + j), ldc, start)
                     };
                 } else {
                     let mut tmp = [0f32; MR * NR];
@@ -545,7 +568,7 @@ unsafe fn region(
                         }
                     }
                     unsafe {
-                        x86_bf16::kernel_12x32(pairs, ap, pairs, bp, tmp.as_mut_ptr(), NR, start)
+                        x86_bf16::kernel_12x32(pairs, ap, lda, bp, tmp.as_mut_ptr(), NR, start)
                     };
                     for i in 0..rows_here {
                         for jj in 0..cols_here {
@@ -695,29 +718,36 @@ mod tests {
             };
             let out = run(2);
             assert_eq!(out, run(1), "{m}x{k}x{n}: threads");
-            // Activations rounded beforehand (with a wider stride): the same bits.
-            let stride = k + 3;
-            let mut a16 = vec![0u16; m * stride];
-            for (row, row16) in a.chunks_exact(k).zip(a16.chunks_exact_mut(stride)) {
-                round_into(row, &mut row16[..k]);
+            // Activations rounded beforehand, rows a wider and even stride apart (whole
+            // panels read in place; for an odd `k` only while the padding is zero, which
+            // it is, then is not): the same bits.
+            let stride = (k + 3).next_multiple_of(2);
+            for pad in [0u16, 0x3f80] {
+                let mut a16 = vec![pad; m * stride];
+                for (row, row16) in a.chunks_exact(k).zip(a16.chunks_exact_mut(stride)) {
+                    round_into(row, &mut row16[..k]);
+                }
+                let rows16 = Rows::Bf16(Bf16Mat {
+                    data: &a16,
+                    rows: m,
+                    cols: k,
+                    stride,
+                });
+                let mut out16 = vec![0.5f32; m * n];
+                linear_bf16_rows(
+                    &Pool::new(2),
+                    rows16,
+                    &packed,
+                    Some(&bias),
+                    &mut out16,
+                    n,
+                    epi,
+                );
+                assert_eq!(
+                    out, out16,
+                    "{m}x{k}x{n}: activations in bf16, padding {pad:#x}"
+                );
             }
-            let rows16 = Rows::Bf16(Bf16Mat {
-                data: &a16,
-                rows: m,
-                cols: k,
-                stride,
-            });
-            let mut out16 = vec![0.5f32; m * n];
-            linear_bf16_rows(
-                &Pool::new(2),
-                rows16,
-                &packed,
-                Some(&bias),
-                &mut out16,
-                n,
-                epi,
-            );
-            assert_eq!(out, out16, "{m}x{k}x{n}: activations in bf16");
             let mut f32_out = vec![0.5f32; m * n];
             linear(
                 &Pool::new(2),

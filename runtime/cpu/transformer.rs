@@ -51,6 +51,16 @@ use crate::Result;
 pub const QUERY_BLOCK: usize = 96;
 /// Rows per LayerNorm task.
 const LN_ROWS: usize = 16;
+/// Floats added to each row of the bf16 path's MLP hidden (one cache line): with rows of
+/// 3072 floats (12 KiB, a multiple of the L1's 4 KiB way) every row of fc1's output tiles
+/// and of fc2's input panels would fall in the same L1 sets; one line more per row spreads
+/// them over consecutive sets. The f32 path keeps its rows as they are.
+const HIDDEN_PAD: usize = 16;
+
+/// Floats between rows of the MLP hidden on the bf16 path ([`HIDDEN_PAD`]).
+fn hidden_stride_for_bf16(mlp_dim: usize) -> usize {
+    mlp_dim + HIDDEN_PAD
+}
 
 /// The sizes of one block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,9 +191,16 @@ pub fn check_shape(shape: &BlockShape) -> Result<()> {
 }
 
 /// Per-worker attention scratch: scores of one query block, its row sums, and (the bf16
-/// path) its probabilities rounded to bf16.
+/// path) its probabilities rounded to bf16, rows [`probs_stride`] apart.
 fn attn_worker_len(tokens: usize) -> usize {
-    QUERY_BLOCK * tokens + QUERY_BLOCK + (QUERY_BLOCK * tokens).div_ceil(2)
+    QUERY_BLOCK * tokens + QUERY_BLOCK + QUERY_BLOCK * probs_stride(tokens) / 2
+}
+
+/// Elements between rows of the bf16 probabilities: `tokens` rounded up to even, the
+/// padding zero, so that P·V reads whole pairs of each row where they lie
+/// (`gemm_bf16`'s panels in place) instead of copying them.
+fn probs_stride(tokens: usize) -> usize {
+    tokens.next_multiple_of(2)
 }
 
 /// Floats of one head's packed keys and values (see [`attention`]).
@@ -199,7 +216,7 @@ pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize)
 /// Scratch floats [`block_forward`] needs for a pool of `threads` threads.
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
-    let big = t * (4 * d).max(shape.mlp_dim);
+    let big = t * (4 * d).max(hidden_stride_for_bf16(shape.mlp_dim));
     t * d + big + attn_scratch_len(t, d, shape.heads, threads) + (t * d).div_ceil(2)
 }
 
@@ -232,7 +249,7 @@ pub fn block_forward_with(
         "block_forward: scratch too short"
     );
     let (xn, rest) = scratch.split_at_mut(t * d);
-    let (big, rest) = rest.split_at_mut(t * (4 * d).max(hid));
+    let (big, rest) = rest.split_at_mut(t * (4 * d).max(hidden_stride_for_bf16(hid)));
     let (attn_scratch, xn16) =
         rest.split_at_mut(attn_scratch_len(t, d, shape.heads, pool.threads()));
     let xn16 = &mut as_bf16(xn16)[..t * d];
@@ -259,7 +276,7 @@ pub fn block_forward_with(
             Mat::new(w.qkv_w, 3 * d, d),
             packed.map(|b| &b.qkv),
             w.qkv_b,
-            qkv,
+            (qkv, 3 * d),
             Epilogue::None,
         );
         attention(
@@ -285,7 +302,11 @@ pub fn block_forward_with(
     }
 
     // MLP half.
-    let hidden = &mut big[..t * hid];
+    let hidden_stride = match precision {
+        DensePrecision::Bf16 => hidden_stride_for_bf16(hid),
+        DensePrecision::F32 => hid,
+    };
+    let hidden = &mut big[..t * hidden_stride];
     let norm = Norm {
         w: w.norm2_w,
         b: w.norm2_b,
@@ -299,12 +320,18 @@ pub fn block_forward_with(
         Mat::new(w.fc1_w, hid, d),
         packed.map(|b| &b.fc1),
         Some(w.fc1_b),
-        hidden,
+        (hidden, hidden_stride),
         Epilogue::Gelu,
     );
+    let hidden = Mat {
+        data: hidden,
+        rows: t,
+        cols: hid,
+        stride: hidden_stride,
+    };
     dense(
         pool,
-        Mat::new(hidden, t, hid),
+        hidden,
         Mat::new(w.fc2_w, d, hid),
         packed.map(|b| &b.fc2),
         Some(w.fc2_b),
@@ -322,8 +349,8 @@ struct Norm<'a> {
     eps: f32,
 }
 
-/// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out` rows
-/// `n` apart), LN(x) through `xn`. On the bf16 path the norm's rows are also rounded to
+/// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out.0`
+/// rows `out.1` apart), LN(x) through `xn`. On the bf16 path the norm's rows are also rounded to
 /// bf16 once, into `xn.1`, and the GEMM reads them as they are: the same bits as rounding
 /// them as each panel is loaded, which happens once per column task.
 #[allow(clippy::too_many_arguments)]
@@ -335,12 +362,13 @@ fn norm_then_dense(
     w: Mat<'_>,
     packed: Option<&PackedWeight>,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: (&mut [f32], usize),
     epilogue: Epilogue,
 ) {
-    let (d, n) = (w.cols, w.rows);
+    let d = w.cols;
     let t = x.len() / d;
     let (xn, xn16) = xn;
+    let (out, out_stride) = out;
     match packed {
         Some(PackedWeight::Bf16(p)) => {
             layer_norm_for_bf16(pool, t, d, x, xn, xn16, norm.w, norm.b, norm.eps);
@@ -350,11 +378,20 @@ fn norm_then_dense(
                 cols: d,
                 stride: d,
             };
-            linear_bf16_rows(pool, Rows::Bf16(a), p, bias, out, n, epilogue);
+            linear_bf16_rows(pool, Rows::Bf16(a), p, bias, out, out_stride, epilogue);
         }
         _ => {
             layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
-            dense(pool, Mat::new(xn, t, d), w, packed, bias, out, n, epilogue);
+            dense(
+                pool,
+                Mat::new(xn, t, d),
+                w,
+                packed,
+                bias,
+                out,
+                out_stride,
+                epilogue,
+            );
         }
     }
 }
@@ -434,13 +471,18 @@ pub fn attention(
         } else {
             product_seq_packed(ker, scores, t, q, k_packed, t, false);
         }
-        let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * t];
-        let rows_of = scores.chunks_exact_mut(t).zip(probs16.chunks_exact_mut(t));
+        let p_stride = probs_stride(t);
+        let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * p_stride];
+        let rows_of = scores
+            .chunks_exact_mut(t)
+            .zip(probs16.chunks_exact_mut(p_stride));
         for (sum, (row, row16)) in sums.iter_mut().zip(rows_of).take(rows) {
             *sum = if bf16 {
                 // Rounded once here, not as P·V loads each panel.
                 let sum = exp_shifted_row_for_bf16(row);
+                let (row16, pad) = row16.split_at_mut(t);
                 gemm_bf16::round_into(row, row16);
+                pad.fill(0);
                 sum
             } else {
                 exp_shifted_row(row)
@@ -450,10 +492,10 @@ pub fn attention(
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
         if bf16 {
             let p = Bf16Mat {
-                data: &probs16[..rows * t],
+                data: &probs16[..rows * p_stride],
                 rows,
                 cols: t,
-                stride: t,
+                stride: p_stride,
             };
             gemm_bf16::product_seq(Rows::Bf16(p), bf16_view(v_packed), hd, dst, d);
         } else {
