@@ -418,6 +418,63 @@ pub fn linear_bf16_rows(
     out_stride: usize,
     epilogue: Epilogue,
 ) {
+    linear_bf16_into(pool, a, w, bias, (out, out_stride), epilogue, None)
+}
+
+/// [`linear_bf16_rows`] that also writes its finished output rounded to bf16 into
+/// `out16.0` (rows `out16.1` apart), as each tile is finished: the next product's
+/// activations ([`Rows::Bf16`]) rounded once, while the tile is in cache, instead of by
+/// each of its column tasks. The same values as that product's panels would round.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16_rows_rounded(
+    pool: &Pool,
+    a: Rows<'_>,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+    out16: (&mut [u16], usize),
+) {
+    let (data, stride) = out16;
+    let (m, n) = (a.rows(), w.n);
+    assert!(stride >= n && (m == 0 || data.len() >= (m - 1) * stride + n));
+    let round_to = RoundTo {
+        data: data.as_mut_ptr(),
+        stride,
+    };
+    linear_bf16_into(
+        pool,
+        a,
+        w,
+        bias,
+        (out, out_stride),
+        epilogue,
+        Some(round_to),
+    )
+}
+
+/// Where [`region`] also writes its finished rows rounded to bf16: element (0, 0) of a
+/// matrix with rows `stride` apart.
+#[derive(Clone, Copy)]
+struct RoundTo {
+    data: *mut u16,
+    stride: usize,
+}
+
+// SAFETY: the tasks that share it write disjoint regions (as the f32 output).
+unsafe impl Sync for RoundTo {}
+
+fn linear_bf16_into(
+    pool: &Pool,
+    a: Rows<'_>,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: (&mut [f32], usize),
+    epilogue: Epilogue,
+    round_to: Option<RoundTo>,
+) {
+    let (out, out_stride) = out;
     let (m, k, n) = (a.rows(), a.cols(), w.n);
     assert_eq!(w.k, k, "linear_bf16: inner sizes");
     a.check("linear_bf16");
@@ -447,6 +504,7 @@ pub fn linear_bf16_rows(
                     out_stride,
                     epilogue == Epilogue::Accumulate,
                     finish,
+                    round_to,
                 )
             }
         });
@@ -483,6 +541,7 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
                 out_stride,
                 false,
                 Finish::NONE,
+                None,
             )
         }
     });
@@ -494,9 +553,11 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
 /// multiplied by every strip of the columns; meanwhile the next panel's rows are fetched
 /// into the cache, a share per strip.
 ///
+/// Where `round_to` is given, the finished rows are also rounded to bf16 there.
+///
 /// # Safety
 /// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
-/// rows `ldc` apart that holds the region, which no one else touches.
+/// rows `ldc` apart that holds the region, which no one else touches; so does `round_to`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn region(
     panel: &mut [u32],
@@ -509,6 +570,7 @@ unsafe fn region(
     ldc: usize,
     accumulate: bool,
     finish: Finish<'_>,
+    round_to: Option<RoundTo>,
 ) {
     let k = a.cols();
     let (kblocks, kc_step) = k_blocks(k);
@@ -580,6 +642,21 @@ unsafe fn region(
             if last {
                 // SAFETY: the rows and columns are inside the caller's region.
                 unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
+                if let Some(to) = round_to {
+                    for i in ir..ir + rows_here {
+                        // SAFETY: the caller's region of the output and of `to`, both
+                        // checked to hold the whole product.
+                        unsafe {
+                            let row =
+                                std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
+                            let row16 = std::slice::from_raw_parts_mut(
+                                to.data.add(i * to.stride + cols.start),
+                                cols.len(),
+                            );
+                            x86_bf16::convert(row, row16);
+                        }
+                    }
+                }
             }
             ir += rows_here;
         }
@@ -746,6 +823,31 @@ mod tests {
                 assert_eq!(
                     out, out16,
                     "{m}x{k}x{n}: activations in bf16, padding {pad:#x}"
+                );
+            }
+            // The output also rounded to bf16 as its tiles finish (rows a wider stride
+            // apart): the same f32 output, and its rows rounded as `round_into` does.
+            let stride16 = n + 5;
+            let mut rounded = vec![7u16; m * stride16];
+            let mut out_r = vec![0.5f32; m * n];
+            linear_bf16_rows_rounded(
+                &Pool::new(2),
+                Rows::F32(Mat::new(&a, m, k)),
+                &packed,
+                Some(&bias),
+                &mut out_r,
+                n,
+                epi,
+                (&mut rounded, stride16),
+            );
+            assert_eq!(out, out_r, "{m}x{k}x{n}: output with its rounding");
+            for (row, row16) in out.chunks_exact(n).zip(rounded.chunks(stride16)) {
+                let mut want = vec![0u16; n];
+                round_into(row, &mut want);
+                assert_eq!(want, row16[..n], "{m}x{k}x{n}: rounded output");
+                assert!(
+                    row16[n..].iter().all(|&v| v == 7),
+                    "{m}x{k}x{n}: past the rows"
                 );
             }
             let mut f32_out = vec![0.5f32; m * n];

@@ -38,7 +38,9 @@ use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
-use super::gemm_bf16::{self, linear_bf16_rows, pack_scaled_into, Bf16Mat, Rows};
+use super::gemm_bf16::{
+    self, linear_bf16_rows, linear_bf16_rows_rounded, pack_scaled_into, Bf16Mat, Rows,
+};
 use super::pool::{Pool, SharedMut};
 use super::vmath::{exp_shifted_row, exp_shifted_row_for_bf16, EXP_FOR_BF16_ERROR};
 use crate::format::TensorSource;
@@ -217,7 +219,15 @@ pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize)
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
     let big = t * (4 * d).max(hidden_stride_for_bf16(shape.mlp_dim));
-    t * d + big + attn_scratch_len(t, d, shape.heads, threads) + (t * d).div_ceil(2)
+    t * d + big + shared_scratch_len(shape, threads) + (t * d).div_ceil(2)
+}
+
+/// Attention's scratch, which the bf16 path's MLP reuses for its hidden rounded to bf16
+/// (rows [`hidden_stride_for_bf16`] apart).
+fn shared_scratch_len(shape: &BlockShape, threads: usize) -> usize {
+    let (t, d) = (shape.tokens, shape.dim);
+    let hidden16 = (t * hidden_stride_for_bf16(shape.mlp_dim)).div_ceil(2);
+    attn_scratch_len(t, d, shape.heads, threads).max(hidden16)
 }
 
 /// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
@@ -250,8 +260,7 @@ pub fn block_forward_with(
     );
     let (xn, rest) = scratch.split_at_mut(t * d);
     let (big, rest) = rest.split_at_mut(t * (4 * d).max(hidden_stride_for_bf16(hid)));
-    let (attn_scratch, xn16) =
-        rest.split_at_mut(attn_scratch_len(t, d, shape.heads, pool.threads()));
+    let (attn_scratch, xn16) = rest.split_at_mut(shared_scratch_len(shape, pool.threads()));
     let xn16 = &mut as_bf16(xn16)[..t * d];
     let x = &mut x[..t * d];
     let precision = match packed.map(|b| &b.qkv) {
@@ -278,6 +287,7 @@ pub fn block_forward_with(
             w.qkv_b,
             (qkv, 3 * d),
             Epilogue::None,
+            None,
         );
         attention(
             pool,
@@ -301,12 +311,19 @@ pub fn block_forward_with(
         );
     }
 
-    // MLP half.
+    // MLP half. On the bf16 path fc1 also writes its output rounded to bf16, into the
+    // attention scratch (free by now), and fc2 reads those rows as they are: rounded
+    // once, not by each of fc2's column tasks, and half the bytes to read.
     let hidden_stride = match precision {
         DensePrecision::Bf16 => hidden_stride_for_bf16(hid),
         DensePrecision::F32 => hid,
     };
     let hidden = &mut big[..t * hidden_stride];
+    let hidden16 = &mut as_bf16(attn_scratch)[..t * hidden_stride];
+    let fc2_bf16 = match packed.map(|b| (&b.fc1, &b.fc2)) {
+        Some((PackedWeight::Bf16(_), PackedWeight::Bf16(p))) => Some(p),
+        _ => None,
+    };
     let norm = Norm {
         w: w.norm2_w,
         b: w.norm2_b,
@@ -322,23 +339,38 @@ pub fn block_forward_with(
         Some(w.fc1_b),
         (hidden, hidden_stride),
         Epilogue::Gelu,
+        fc2_bf16.map(|_| &mut *hidden16),
     );
-    let hidden = Mat {
-        data: hidden,
-        rows: t,
-        cols: hid,
-        stride: hidden_stride,
-    };
-    dense(
-        pool,
-        hidden,
-        Mat::new(w.fc2_w, d, hid),
-        packed.map(|b| &b.fc2),
-        Some(w.fc2_b),
-        x,
-        d,
-        Epilogue::Accumulate,
-    );
+    match fc2_bf16 {
+        Some(p) => {
+            let hidden16 = Bf16Mat {
+                data: hidden16,
+                rows: t,
+                cols: hid,
+                stride: hidden_stride,
+            };
+            let (bias, out) = (Some(w.fc2_b), Epilogue::Accumulate);
+            linear_bf16_rows(pool, Rows::Bf16(hidden16), p, bias, x, d, out);
+        }
+        None => {
+            let hidden = Mat {
+                data: hidden,
+                rows: t,
+                cols: hid,
+                stride: hidden_stride,
+            };
+            dense(
+                pool,
+                hidden,
+                Mat::new(w.fc2_w, d, hid),
+                packed.map(|b| &b.fc2),
+                Some(w.fc2_b),
+                x,
+                d,
+                Epilogue::Accumulate,
+            );
+        }
+    }
 }
 
 /// A LayerNorm's affine and epsilon.
@@ -350,7 +382,8 @@ struct Norm<'a> {
 }
 
 /// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out.0`
-/// rows `out.1` apart), LN(x) through `xn`. On the bf16 path the norm's rows are also rounded to
+/// rows `out.1` apart), LN(x) through `xn`; on the bf16 path also rounded to bf16 into
+/// `out16` (rows `out.1` apart) where given. On the bf16 path the norm's rows are also rounded to
 /// bf16 once, into `xn.1`, and the GEMM reads them as they are: the same bits as rounding
 /// them as each panel is loaded, which happens once per column task.
 #[allow(clippy::too_many_arguments)]
@@ -364,6 +397,7 @@ fn norm_then_dense(
     bias: Option<&[f32]>,
     out: (&mut [f32], usize),
     epilogue: Epilogue,
+    out16: Option<&mut [u16]>,
 ) {
     let d = w.cols;
     let t = x.len() / d;
@@ -378,7 +412,14 @@ fn norm_then_dense(
                 cols: d,
                 stride: d,
             };
-            linear_bf16_rows(pool, Rows::Bf16(a), p, bias, out, out_stride, epilogue);
+            let a = Rows::Bf16(a);
+            match out16 {
+                Some(o16) => {
+                    let o16 = (o16, out_stride);
+                    linear_bf16_rows_rounded(pool, a, p, bias, out, out_stride, epilogue, o16)
+                }
+                None => linear_bf16_rows(pool, a, p, bias, out, out_stride, epilogue),
+            }
         }
         _ => {
             layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
