@@ -195,7 +195,17 @@ pub fn check_shape(shape: &BlockShape) -> Result<()> {
 /// Per-worker attention scratch: scores of one query block, its row sums, and (the bf16
 /// path) its probabilities rounded to bf16, rows [`probs_stride`] apart.
 fn attn_worker_len(tokens: usize) -> usize {
-    QUERY_BLOCK * tokens + QUERY_BLOCK + QUERY_BLOCK * probs_stride(tokens) / 2
+    QUERY_BLOCK * scores_stride_for_bf16(tokens)
+        + QUERY_BLOCK
+        + QUERY_BLOCK * probs_stride(tokens) / 2
+}
+
+/// Floats between rows of the bf16 path's scores: `tokens` rounded up to whole tiles of
+/// the bf16 kernel, so that Q·Kᵀ stores every tile straight (a head's packed keys are
+/// zero past `tokens`, so the extra columns are zeros, never read) instead of the last
+/// one through a copy. The f32 path keeps rows of `tokens`.
+fn scores_stride_for_bf16(tokens: usize) -> usize {
+    tokens.next_multiple_of(gemm_bf16::TILE_COLS)
 }
 
 /// Elements between rows of the bf16 probabilities: `tokens` rounded up to even, the
@@ -498,7 +508,8 @@ pub fn attention(
         let rows = QUERY_BLOCK.min(t - q0);
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
-        let (scores, rest) = ws.split_at_mut(QUERY_BLOCK * t);
+        let s_stride = if bf16 { scores_stride_for_bf16(t) } else { t };
+        let (scores, rest) = ws.split_at_mut(QUERY_BLOCK * scores_stride_for_bf16(t));
         let (sums, probs16) = rest.split_at_mut(QUERY_BLOCK);
         let (k_packed, v_packed) = packed[h * per_head..(h + 1) * per_head].split_at(k_len);
         let q = Mat {
@@ -508,16 +519,19 @@ pub fn attention(
             stride,
         };
         if bf16 {
-            gemm_bf16::product_seq(Rows::F32(q), bf16_view(k_packed), t, scores, t);
+            // The keys packed for `t` columns are those of `s_stride`, zero past `t`.
+            let k16 = bf16_view(k_packed);
+            gemm_bf16::product_seq(Rows::F32(q), k16, s_stride, scores, s_stride);
         } else {
             product_seq_packed(ker, scores, t, q, k_packed, t, false);
         }
         let p_stride = probs_stride(t);
         let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * p_stride];
         let rows_of = scores
-            .chunks_exact_mut(t)
+            .chunks_exact_mut(s_stride)
             .zip(probs16.chunks_exact_mut(p_stride));
         for (sum, (row, row16)) in sums.iter_mut().zip(rows_of).take(rows) {
+            let row = &mut row[..t];
             *sum = if bf16 {
                 // Rounded once here, not as P·V loads each panel.
                 let sum = exp_shifted_row_for_bf16(row);
