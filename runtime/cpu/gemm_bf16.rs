@@ -405,53 +405,7 @@ pub fn linear_bf16(
     out_stride: usize,
     epilogue: Epilogue,
 ) {
-    linear_bf16_rows(pool, Rows::F32(a), w, bias, out, out_stride, epilogue)
-}
-
-/// [`linear_bf16`] of activations in either form ([`Rows`]).
-pub fn linear_bf16_rows(
-    pool: &Pool,
-    a: Rows<'_>,
-    w: &PackedBf16,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    out_stride: usize,
-    epilogue: Epilogue,
-) {
-    linear_bf16_into(pool, a, w, bias, (out, out_stride), epilogue, None)
-}
-
-/// [`linear_bf16_rows`] that also writes its finished output rounded to bf16 into
-/// `out16.0` (rows `out16.1` apart), as each tile is finished: the next product's
-/// activations ([`Rows::Bf16`]) rounded once, while the tile is in cache, instead of by
-/// each of its column tasks. The same values as that product's panels would round.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_bf16_rows_rounded(
-    pool: &Pool,
-    a: Rows<'_>,
-    w: &PackedBf16,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    out_stride: usize,
-    epilogue: Epilogue,
-    out16: (&mut [u16], usize),
-) {
-    let (data, stride) = out16;
-    let (m, n) = (a.rows(), w.n);
-    assert!(stride >= n && (m == 0 || data.len() >= (m - 1) * stride + n));
-    let round_to = RoundTo {
-        data: data.as_mut_ptr(),
-        stride,
-    };
-    linear_bf16_into(
-        pool,
-        a,
-        w,
-        bias,
-        (out, out_stride),
-        epilogue,
-        Some(round_to),
-    )
+    linear_bf16_rows(pool, Rows::F32(a), w, bias, out, out_stride, epilogue, None)
 }
 
 /// Where [`region`] also writes its finished rows rounded to bf16: element (0, 0) of a
@@ -465,20 +419,32 @@ struct RoundTo {
 // SAFETY: the tasks that share it write disjoint regions (as the f32 output).
 unsafe impl Sync for RoundTo {}
 
-fn linear_bf16_into(
+/// [`linear_bf16`] of activations in either form ([`Rows`]). With `out16`, the finished
+/// output is also written rounded to bf16 into `out16.0` (rows `out16.1` apart) as each
+/// tile is finished: the next product's activations ([`Rows::Bf16`]) rounded once, while
+/// the tile is in cache, instead of by each of its column tasks (the same values).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bf16_rows(
     pool: &Pool,
     a: Rows<'_>,
     w: &PackedBf16,
     bias: Option<&[f32]>,
-    out: (&mut [f32], usize),
+    out: &mut [f32],
+    out_stride: usize,
     epilogue: Epilogue,
-    round_to: Option<RoundTo>,
+    out16: Option<(&mut [u16], usize)>,
 ) {
-    let (out, out_stride) = out;
     let (m, k, n) = (a.rows(), a.cols(), w.n);
     assert_eq!(w.k, k, "linear_bf16: inner sizes");
     a.check("linear_bf16");
     check_linear_output("linear_bf16", bias, out, out_stride, m, n);
+    let round_to = out16.map(|(data, stride)| {
+        assert!(stride >= n && (m == 0 || data.len() >= (m - 1) * stride + n));
+        RoundTo {
+            data: data.as_mut_ptr(),
+            stride,
+        }
+    });
     if m == 0 || n == 0 {
         return;
     }
@@ -819,6 +785,7 @@ mod tests {
                     &mut out16,
                     n,
                     epi,
+                    None,
                 );
                 assert_eq!(
                     out, out16,
@@ -830,7 +797,7 @@ mod tests {
             let stride16 = n + 5;
             let mut rounded = vec![7u16; m * stride16];
             let mut out_r = vec![0.5f32; m * n];
-            linear_bf16_rows_rounded(
+            linear_bf16_rows(
                 &Pool::new(2),
                 Rows::F32(Mat::new(&a, m, k)),
                 &packed,
@@ -838,7 +805,7 @@ mod tests {
                 &mut out_r,
                 n,
                 epi,
-                (&mut rounded, stride16),
+                Some((&mut rounded, stride16)),
             );
             assert_eq!(out, out_r, "{m}x{k}x{n}: output with its rounding");
             for (row, row16) in out.chunks_exact(n).zip(rounded.chunks(stride16)) {

@@ -38,9 +38,7 @@ use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
-use super::gemm_bf16::{
-    self, linear_bf16_rows, linear_bf16_rows_rounded, pack_scaled_into, Bf16Mat, Rows,
-};
+use super::gemm_bf16::{self, linear_bf16_rows, pack_scaled_into, Bf16Mat, Rows};
 use super::pool::{Pool, SharedMut};
 use super::vmath::{exp_shifted_row, exp_shifted_row_for_bf16, EXP_FOR_BF16_ERROR};
 use crate::format::TensorSource;
@@ -360,7 +358,7 @@ pub fn block_forward_with(
                 stride: hidden_stride,
             };
             let (bias, out) = (Some(w.fc2_b), Epilogue::Accumulate);
-            linear_bf16_rows(pool, Rows::Bf16(hidden16), p, bias, x, d, out);
+            linear_bf16_rows(pool, Rows::Bf16(hidden16), p, bias, x, d, out, None);
         }
         None => {
             let hidden = Mat {
@@ -422,14 +420,17 @@ fn norm_then_dense(
                 cols: d,
                 stride: d,
             };
-            let a = Rows::Bf16(a);
-            match out16 {
-                Some(o16) => {
-                    let o16 = (o16, out_stride);
-                    linear_bf16_rows_rounded(pool, a, p, bias, out, out_stride, epilogue, o16)
-                }
-                None => linear_bf16_rows(pool, a, p, bias, out, out_stride, epilogue),
-            }
+            let out16 = out16.map(|o| (o, out_stride));
+            linear_bf16_rows(
+                pool,
+                Rows::Bf16(a),
+                p,
+                bias,
+                out,
+                out_stride,
+                epilogue,
+                out16,
+            );
         }
         _ => {
             layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
