@@ -115,6 +115,30 @@ impl Rows<'_> {
             }
         }
     }
+    /// A whole panel of `MR` bf16 rows `r0..`, elements `p0..p0 + kc`, read where it lies:
+    /// (its first pair, pairs between rows), where the rows are pairs of whole u32s and
+    /// hold what the copied panel would: `kc` even, or the element after it zero in every
+    /// row (as the copy's padding; it then meets the packed weight's zero padding). Else
+    /// `None`: the panel is copied ([`Rows::load`]). The kernel reads the same values
+    /// either way, so the bits do not depend on it.
+    #[inline]
+    fn panel_in_place(&self, r0: usize, p0: usize, kc: usize) -> Option<(*const u32, usize)> {
+        let Rows::Bf16(m) = self else { return None };
+        let aligned = (m.data.as_ptr() as usize).is_multiple_of(4)
+            && m.stride.is_multiple_of(2)
+            && p0.is_multiple_of(2);
+        if !aligned || r0 + MR > m.rows {
+            return None;
+        }
+        let padded = kc.is_multiple_of(2)
+            || (0..MR).all(|i| m.data.get((r0 + i) * m.stride + p0 + kc) == Some(&0));
+        // The last row's last pair must lie inside the data.
+        let end = (r0 + MR - 1) * m.stride + p0 + kc.div_ceil(2) * 2;
+        (padded && end <= m.data.len()).then(|| {
+            let first = m.data[(r0 * m.stride + p0)..].as_ptr() as *const u32;
+            (first, m.stride / 2)
+        })
+    }
     /// [`prefetch_share`] of these rows.
     #[inline(always)]
     fn prefetch_share(
@@ -381,10 +405,25 @@ pub fn linear_bf16(
     out_stride: usize,
     epilogue: Epilogue,
 ) {
-    linear_bf16_rows(pool, Rows::F32(a), w, bias, out, out_stride, epilogue)
+    linear_bf16_rows(pool, Rows::F32(a), w, bias, out, out_stride, epilogue, None)
 }
 
-/// [`linear_bf16`] of activations in either form ([`Rows`]).
+/// Where [`region`] also writes its finished rows rounded to bf16: element (0, 0) of a
+/// matrix with rows `stride` apart.
+#[derive(Clone, Copy)]
+struct RoundTo {
+    data: *mut u16,
+    stride: usize,
+}
+
+// SAFETY: the tasks that share it write disjoint regions (as the f32 output).
+unsafe impl Sync for RoundTo {}
+
+/// [`linear_bf16`] of activations in either form ([`Rows`]). With `out16`, the finished
+/// output is also written rounded to bf16 into `out16.0` (rows `out16.1` apart) as each
+/// tile is finished: the next product's activations ([`Rows::Bf16`]) rounded once, while
+/// the tile is in cache, instead of by each of its column tasks (the same values).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_bf16_rows(
     pool: &Pool,
     a: Rows<'_>,
@@ -393,11 +432,19 @@ pub fn linear_bf16_rows(
     out: &mut [f32],
     out_stride: usize,
     epilogue: Epilogue,
+    out16: Option<(&mut [u16], usize)>,
 ) {
     let (m, k, n) = (a.rows(), a.cols(), w.n);
     assert_eq!(w.k, k, "linear_bf16: inner sizes");
     a.check("linear_bf16");
     check_linear_output("linear_bf16", bias, out, out_stride, m, n);
+    let round_to = out16.map(|(data, stride)| {
+        assert!(stride >= n && (m == 0 || data.len() >= (m - 1) * stride + n));
+        RoundTo {
+            data: data.as_mut_ptr(),
+            stride,
+        }
+    });
     if m == 0 || n == 0 {
         return;
     }
@@ -423,6 +470,7 @@ pub fn linear_bf16_rows(
                     out_stride,
                     epilogue == Epilogue::Accumulate,
                     finish,
+                    round_to,
                 )
             }
         });
@@ -459,6 +507,7 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
                 out_stride,
                 false,
                 Finish::NONE,
+                None,
             )
         }
     });
@@ -470,9 +519,11 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
 /// multiplied by every strip of the columns; meanwhile the next panel's rows are fetched
 /// into the cache, a share per strip.
 ///
+/// Where `round_to` is given, the finished rows are also rounded to bf16 there.
+///
 /// # Safety
 /// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
-/// rows `ldc` apart that holds the region, which no one else touches.
+/// rows `ldc` apart that holds the region, which no one else touches; so does `round_to`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn region(
     panel: &mut [u32],
@@ -485,6 +536,7 @@ unsafe fn region(
     ldc: usize,
     accumulate: bool,
     finish: Finish<'_>,
+    round_to: Option<RoundTo>,
 ) {
     let k = a.cols();
     let (kblocks, kc_step) = k_blocks(k);
@@ -504,36 +556,35 @@ unsafe fn region(
         let mut ir = rows.start;
         while ir < rows.end {
             let rows_here = MR.min(rows.end - ir);
-            for i in 0..MR {
-                let dst: &mut [u16] =
-                    bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
-                if i < rows_here {
-                    // SAFETY: the caller's contract (AVX512-BF16).
-                    unsafe { a.load(ir + i, p0, kc, dst) };
-                } else {
-                    dst.fill(0);
+            let in_place = if rows_here == MR {
+                a.panel_in_place(ir, p0, kc)
+            } else {
+                None
+            };
+            let (ap, lda) = in_place.unwrap_or_else(|| {
+                for i in 0..MR {
+                    let dst: &mut [u16] =
+                        bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
+                    if i < rows_here {
+                        // SAFETY: the caller's contract (AVX512-BF16).
+                        unsafe { a.load(ir + i, p0, kc, dst) };
+                    } else {
+                        dst.fill(0);
+                    }
                 }
-            }
+                (panel.as_ptr(), pairs)
+            });
             let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
             for s in 0..strip_count {
                 a.prefetch_share(next.clone(), p0..p0 + kc, s, strip_count);
                 let j = cols.start + s * NR;
                 let cols_here = NR.min(cols.end - j);
                 let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
-                let ap = panel.as_ptr();
                 // SAFETY (all below): the tile is inside the caller's region; the panel
-                // holds MR rows of `pairs` pairs; the strip `pairs · NR` pairs.
+                // holds MR rows of `pairs` pairs, `lda` apart; the strip `pairs · NR` pairs.
                 if rows_here == MR && cols_here == NR {
                     unsafe {
-                        x86_bf16::kernel_12x32(
-                            pairs,
-                            ap,
-                            pairs,
-                            bp,
-                            c.add(ir * ldc + j),
-                            ldc,
-                            start,
-                        )
+                        x86_bf16::kernel_12x32(pairs, ap, lda, bp, c.add(ir * ldc + j), ldc, start)
                     };
                 } else {
                     let mut tmp = [0f32; MR * NR];
@@ -545,7 +596,7 @@ unsafe fn region(
                         }
                     }
                     unsafe {
-                        x86_bf16::kernel_12x32(pairs, ap, pairs, bp, tmp.as_mut_ptr(), NR, start)
+                        x86_bf16::kernel_12x32(pairs, ap, lda, bp, tmp.as_mut_ptr(), NR, start)
                     };
                     for i in 0..rows_here {
                         for jj in 0..cols_here {
@@ -557,6 +608,21 @@ unsafe fn region(
             if last {
                 // SAFETY: the rows and columns are inside the caller's region.
                 unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
+                if let Some(to) = round_to {
+                    for i in ir..ir + rows_here {
+                        // SAFETY: the caller's region of the output and of `to`, both
+                        // checked to hold the whole product.
+                        unsafe {
+                            let row =
+                                std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
+                            let row16 = std::slice::from_raw_parts_mut(
+                                to.data.add(i * to.stride + cols.start),
+                                cols.len(),
+                            );
+                            x86_bf16::convert(row, row16);
+                        }
+                    }
+                }
             }
             ir += rows_here;
         }
@@ -695,29 +761,62 @@ mod tests {
             };
             let out = run(2);
             assert_eq!(out, run(1), "{m}x{k}x{n}: threads");
-            // Activations rounded beforehand (with a wider stride): the same bits.
-            let stride = k + 3;
-            let mut a16 = vec![0u16; m * stride];
-            for (row, row16) in a.chunks_exact(k).zip(a16.chunks_exact_mut(stride)) {
-                round_into(row, &mut row16[..k]);
+            // Activations rounded beforehand, rows a wider and even stride apart (whole
+            // panels read in place; for an odd `k` only while the padding is zero, which
+            // it is, then is not): the same bits.
+            let stride = (k + 3).next_multiple_of(2);
+            for pad in [0u16, 0x3f80] {
+                let mut a16 = vec![pad; m * stride];
+                for (row, row16) in a.chunks_exact(k).zip(a16.chunks_exact_mut(stride)) {
+                    round_into(row, &mut row16[..k]);
+                }
+                let rows16 = Rows::Bf16(Bf16Mat {
+                    data: &a16,
+                    rows: m,
+                    cols: k,
+                    stride,
+                });
+                let mut out16 = vec![0.5f32; m * n];
+                linear_bf16_rows(
+                    &Pool::new(2),
+                    rows16,
+                    &packed,
+                    Some(&bias),
+                    &mut out16,
+                    n,
+                    epi,
+                    None,
+                );
+                assert_eq!(
+                    out, out16,
+                    "{m}x{k}x{n}: activations in bf16, padding {pad:#x}"
+                );
             }
-            let rows16 = Rows::Bf16(Bf16Mat {
-                data: &a16,
-                rows: m,
-                cols: k,
-                stride,
-            });
-            let mut out16 = vec![0.5f32; m * n];
+            // The output also rounded to bf16 as its tiles finish (rows a wider stride
+            // apart): the same f32 output, and its rows rounded as `round_into` does.
+            let stride16 = n + 5;
+            let mut rounded = vec![7u16; m * stride16];
+            let mut out_r = vec![0.5f32; m * n];
             linear_bf16_rows(
                 &Pool::new(2),
-                rows16,
+                Rows::F32(Mat::new(&a, m, k)),
                 &packed,
                 Some(&bias),
-                &mut out16,
+                &mut out_r,
                 n,
                 epi,
+                Some((&mut rounded, stride16)),
             );
-            assert_eq!(out, out16, "{m}x{k}x{n}: activations in bf16");
+            assert_eq!(out, out_r, "{m}x{k}x{n}: output with its rounding");
+            for (row, row16) in out.chunks_exact(n).zip(rounded.chunks(stride16)) {
+                let mut want = vec![0u16; n];
+                round_into(row, &mut want);
+                assert_eq!(want, row16[..n], "{m}x{k}x{n}: rounded output");
+                assert!(
+                    row16[n..].iter().all(|&v| v == 7),
+                    "{m}x{k}x{n}: past the rows"
+                );
+            }
             let mut f32_out = vec![0.5f32; m * n];
             linear(
                 &Pool::new(2),

@@ -51,6 +51,16 @@ use crate::Result;
 pub const QUERY_BLOCK: usize = 96;
 /// Rows per LayerNorm task.
 const LN_ROWS: usize = 16;
+/// Floats added to each row of the bf16 path's MLP hidden (one cache line): with rows of
+/// 3072 floats (12 KiB, a multiple of the L1's 4 KiB way) every row of fc1's output tiles
+/// and of fc2's input panels would fall in the same L1 sets; one line more per row spreads
+/// them over consecutive sets. The f32 path keeps its rows as they are.
+const HIDDEN_PAD: usize = 16;
+
+/// Floats between rows of the MLP hidden on the bf16 path ([`HIDDEN_PAD`]).
+fn hidden_stride_for_bf16(mlp_dim: usize) -> usize {
+    mlp_dim + HIDDEN_PAD
+}
 
 /// The sizes of one block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,9 +191,26 @@ pub fn check_shape(shape: &BlockShape) -> Result<()> {
 }
 
 /// Per-worker attention scratch: scores of one query block, its row sums, and (the bf16
-/// path) its probabilities rounded to bf16.
+/// path) its probabilities rounded to bf16, rows [`probs_stride`] apart.
 fn attn_worker_len(tokens: usize) -> usize {
-    QUERY_BLOCK * tokens + QUERY_BLOCK + (QUERY_BLOCK * tokens).div_ceil(2)
+    QUERY_BLOCK * scores_stride_for_bf16(tokens)
+        + QUERY_BLOCK
+        + QUERY_BLOCK * probs_stride(tokens) / 2
+}
+
+/// Floats between rows of the bf16 path's scores: `tokens` rounded up to whole tiles of
+/// the bf16 kernel, so that Q·Kᵀ stores every tile straight (a head's packed keys are
+/// zero past `tokens`, so the extra columns are zeros, never read) instead of the last
+/// one through a copy. The f32 path keeps rows of `tokens`.
+fn scores_stride_for_bf16(tokens: usize) -> usize {
+    tokens.next_multiple_of(gemm_bf16::TILE_COLS)
+}
+
+/// Elements between rows of the bf16 probabilities: `tokens` rounded up to even, the
+/// padding zero, so that P·V reads whole pairs of each row where they lie
+/// (`gemm_bf16`'s panels in place) instead of copying them.
+fn probs_stride(tokens: usize) -> usize {
+    tokens.next_multiple_of(2)
 }
 
 /// Floats of one head's packed keys and values (see [`attention`]).
@@ -199,8 +226,16 @@ pub fn attn_scratch_len(tokens: usize, dim: usize, heads: usize, threads: usize)
 /// Scratch floats [`block_forward`] needs for a pool of `threads` threads.
 pub fn block_scratch_len(shape: &BlockShape, threads: usize) -> usize {
     let (t, d) = (shape.tokens, shape.dim);
-    let big = t * (4 * d).max(shape.mlp_dim);
-    t * d + big + attn_scratch_len(t, d, shape.heads, threads) + (t * d).div_ceil(2)
+    let big = t * (4 * d).max(hidden_stride_for_bf16(shape.mlp_dim));
+    t * d + big + shared_scratch_len(shape, threads) + (t * d).div_ceil(2)
+}
+
+/// Attention's scratch, which the bf16 path's MLP reuses for its hidden rounded to bf16
+/// (rows [`hidden_stride_for_bf16`] apart).
+fn shared_scratch_len(shape: &BlockShape, threads: usize) -> usize {
+    let (t, d) = (shape.tokens, shape.dim);
+    let hidden16 = (t * hidden_stride_for_bf16(shape.mlp_dim)).div_ceil(2);
+    attn_scratch_len(t, d, shape.heads, threads).max(hidden16)
 }
 
 /// `x` (`tokens × dim`, row-major) ← x + Attn(LN₁(x)); x ← x + MLP(LN₂(x)).
@@ -232,9 +267,8 @@ pub fn block_forward_with(
         "block_forward: scratch too short"
     );
     let (xn, rest) = scratch.split_at_mut(t * d);
-    let (big, rest) = rest.split_at_mut(t * (4 * d).max(hid));
-    let (attn_scratch, xn16) =
-        rest.split_at_mut(attn_scratch_len(t, d, shape.heads, pool.threads()));
+    let (big, rest) = rest.split_at_mut(t * (4 * d).max(hidden_stride_for_bf16(hid)));
+    let (attn_scratch, xn16) = rest.split_at_mut(shared_scratch_len(shape, pool.threads()));
     let xn16 = &mut as_bf16(xn16)[..t * d];
     let x = &mut x[..t * d];
     let precision = match packed.map(|b| &b.qkv) {
@@ -259,8 +293,9 @@ pub fn block_forward_with(
             Mat::new(w.qkv_w, 3 * d, d),
             packed.map(|b| &b.qkv),
             w.qkv_b,
-            qkv,
+            (qkv, 3 * d),
             Epilogue::None,
+            None,
         );
         attention(
             pool,
@@ -284,8 +319,19 @@ pub fn block_forward_with(
         );
     }
 
-    // MLP half.
-    let hidden = &mut big[..t * hid];
+    // MLP half. On the bf16 path fc1 also writes its output rounded to bf16, into the
+    // attention scratch (free by now), and fc2 reads those rows as they are: rounded
+    // once, not by each of fc2's column tasks, and half the bytes to read.
+    let hidden_stride = match precision {
+        DensePrecision::Bf16 => hidden_stride_for_bf16(hid),
+        DensePrecision::F32 => hid,
+    };
+    let hidden = &mut big[..t * hidden_stride];
+    let hidden16 = &mut as_bf16(attn_scratch)[..t * hidden_stride];
+    let fc2_bf16 = match packed.map(|b| (&b.fc1, &b.fc2)) {
+        Some((PackedWeight::Bf16(_), PackedWeight::Bf16(p))) => Some(p),
+        _ => None,
+    };
     let norm = Norm {
         w: w.norm2_w,
         b: w.norm2_b,
@@ -299,19 +345,40 @@ pub fn block_forward_with(
         Mat::new(w.fc1_w, hid, d),
         packed.map(|b| &b.fc1),
         Some(w.fc1_b),
-        hidden,
+        (hidden, hidden_stride),
         Epilogue::Gelu,
+        fc2_bf16.map(|_| &mut *hidden16),
     );
-    dense(
-        pool,
-        Mat::new(hidden, t, hid),
-        Mat::new(w.fc2_w, d, hid),
-        packed.map(|b| &b.fc2),
-        Some(w.fc2_b),
-        x,
-        d,
-        Epilogue::Accumulate,
-    );
+    match fc2_bf16 {
+        Some(p) => {
+            let hidden16 = Bf16Mat {
+                data: hidden16,
+                rows: t,
+                cols: hid,
+                stride: hidden_stride,
+            };
+            let (bias, out) = (Some(w.fc2_b), Epilogue::Accumulate);
+            linear_bf16_rows(pool, Rows::Bf16(hidden16), p, bias, x, d, out, None);
+        }
+        None => {
+            let hidden = Mat {
+                data: hidden,
+                rows: t,
+                cols: hid,
+                stride: hidden_stride,
+            };
+            dense(
+                pool,
+                hidden,
+                Mat::new(w.fc2_w, d, hid),
+                packed.map(|b| &b.fc2),
+                Some(w.fc2_b),
+                x,
+                d,
+                Epilogue::Accumulate,
+            );
+        }
+    }
 }
 
 /// A LayerNorm's affine and epsilon.
@@ -322,8 +389,9 @@ struct Norm<'a> {
     eps: f32,
 }
 
-/// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out` rows
-/// `n` apart), LN(x) through `xn`. On the bf16 path the norm's rows are also rounded to
+/// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out.0`
+/// rows `out.1` apart), LN(x) through `xn`; on the bf16 path also rounded to bf16 into
+/// `out16` (rows `out.1` apart) where given. On the bf16 path the norm's rows are also rounded to
 /// bf16 once, into `xn.1`, and the GEMM reads them as they are: the same bits as rounding
 /// them as each panel is loaded, which happens once per column task.
 #[allow(clippy::too_many_arguments)]
@@ -335,12 +403,14 @@ fn norm_then_dense(
     w: Mat<'_>,
     packed: Option<&PackedWeight>,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: (&mut [f32], usize),
     epilogue: Epilogue,
+    out16: Option<&mut [u16]>,
 ) {
-    let (d, n) = (w.cols, w.rows);
+    let d = w.cols;
     let t = x.len() / d;
     let (xn, xn16) = xn;
+    let (out, out_stride) = out;
     match packed {
         Some(PackedWeight::Bf16(p)) => {
             layer_norm_for_bf16(pool, t, d, x, xn, xn16, norm.w, norm.b, norm.eps);
@@ -350,11 +420,30 @@ fn norm_then_dense(
                 cols: d,
                 stride: d,
             };
-            linear_bf16_rows(pool, Rows::Bf16(a), p, bias, out, n, epilogue);
+            let out16 = out16.map(|o| (o, out_stride));
+            linear_bf16_rows(
+                pool,
+                Rows::Bf16(a),
+                p,
+                bias,
+                out,
+                out_stride,
+                epilogue,
+                out16,
+            );
         }
         _ => {
             layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
-            dense(pool, Mat::new(xn, t, d), w, packed, bias, out, n, epilogue);
+            dense(
+                pool,
+                Mat::new(xn, t, d),
+                w,
+                packed,
+                bias,
+                out,
+                out_stride,
+                epilogue,
+            );
         }
     }
 }
@@ -420,7 +509,8 @@ pub fn attention(
         let rows = QUERY_BLOCK.min(t - q0);
         // SAFETY: each worker owns its own scratch slot.
         let ws = unsafe { scratch_ptr.slice(worker * per_worker, per_worker) };
-        let (scores, rest) = ws.split_at_mut(QUERY_BLOCK * t);
+        let s_stride = if bf16 { scores_stride_for_bf16(t) } else { t };
+        let (scores, rest) = ws.split_at_mut(QUERY_BLOCK * scores_stride_for_bf16(t));
         let (sums, probs16) = rest.split_at_mut(QUERY_BLOCK);
         let (k_packed, v_packed) = packed[h * per_head..(h + 1) * per_head].split_at(k_len);
         let q = Mat {
@@ -430,17 +520,25 @@ pub fn attention(
             stride,
         };
         if bf16 {
-            gemm_bf16::product_seq(Rows::F32(q), bf16_view(k_packed), t, scores, t);
+            // The keys packed for `t` columns are those of `s_stride`, zero past `t`.
+            let k16 = bf16_view(k_packed);
+            gemm_bf16::product_seq(Rows::F32(q), k16, s_stride, scores, s_stride);
         } else {
             product_seq_packed(ker, scores, t, q, k_packed, t, false);
         }
-        let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * t];
-        let rows_of = scores.chunks_exact_mut(t).zip(probs16.chunks_exact_mut(t));
+        let p_stride = probs_stride(t);
+        let probs16 = &mut as_bf16(probs16)[..QUERY_BLOCK * p_stride];
+        let rows_of = scores
+            .chunks_exact_mut(s_stride)
+            .zip(probs16.chunks_exact_mut(p_stride));
         for (sum, (row, row16)) in sums.iter_mut().zip(rows_of).take(rows) {
+            let row = &mut row[..t];
             *sum = if bf16 {
                 // Rounded once here, not as P·V loads each panel.
                 let sum = exp_shifted_row_for_bf16(row);
+                let (row16, pad) = row16.split_at_mut(t);
                 gemm_bf16::round_into(row, row16);
+                pad.fill(0);
                 sum
             } else {
                 exp_shifted_row(row)
@@ -450,10 +548,10 @@ pub fn attention(
         let dst = unsafe { out_ptr.slice(q0 * d + h * hd, (rows - 1) * d + hd) };
         if bf16 {
             let p = Bf16Mat {
-                data: &probs16[..rows * t],
+                data: &probs16[..rows * p_stride],
                 rows,
                 cols: t,
-                stride: t,
+                stride: p_stride,
             };
             gemm_bf16::product_seq(Rows::Bf16(p), bf16_view(v_packed), hd, dst, d);
         } else {

@@ -210,13 +210,19 @@ fn row_max(row: &[f32]) -> f32 {
 
 #[inline(always)]
 fn exp_shifted_row_generic(row: &mut [f32]) -> f32 {
-    exp_shifted_row_in_lanes::<LANES>(row, exp_f32)
+    exp_shifted_row_in_lanes::<LANES>(row, exp_f32, false)
 }
 
 /// `row ← exp(row − max(row))` through `exp`, returning the sum of the new row: `N`
-/// fixed partial sums, then the tail.
+/// fixed partial sums, then the tail's values added in order. `vector_tail`: the tail's
+/// exponentials computed as one padded chunk of `N` (vectors, where one value at a time
+/// would cost a third of a 785-value row with `N` = 64); the same values and sum.
 #[inline(always)]
-fn exp_shifted_row_in_lanes<const N: usize>(row: &mut [f32], exp: impl Fn(f32) -> f32) -> f32 {
+fn exp_shifted_row_in_lanes<const N: usize>(
+    row: &mut [f32],
+    exp: impl Fn(f32) -> f32,
+    vector_tail: bool,
+) -> f32 {
     let m = row_max(row);
     let mut acc = [0f32; N];
     let mut chunks = row.chunks_exact_mut(N);
@@ -227,12 +233,16 @@ fn exp_shifted_row_in_lanes<const N: usize>(row: &mut [f32], exp: impl Fn(f32) -
             *a += e;
         }
     }
-    let mut sum = 0f32;
-    for v in chunks.into_remainder() {
-        let e = exp(*v - m);
-        *v = e;
-        sum += e;
+    let tail = chunks.into_remainder();
+    if vector_tail {
+        let mut padded = [0f32; N];
+        padded[..tail.len()].copy_from_slice(tail);
+        padded.iter_mut().for_each(|v| *v = exp(*v - m));
+        tail.copy_from_slice(&padded[..tail.len()]);
+    } else {
+        tail.iter_mut().for_each(|v| *v = exp(*v - m));
     }
+    let sum = tail.iter().fold(0f32, |sum, &e| sum + e);
     acc.iter().sum::<f32>() + sum
 }
 
@@ -266,7 +276,7 @@ dispatch_row!(
 
 #[inline(always)]
 fn exp_shifted_row_for_bf16_generic(row: &mut [f32]) -> f32 {
-    exp_shifted_row_in_lanes::<STEP>(row, exp_for_bf16)
+    exp_shifted_row_in_lanes::<STEP>(row, exp_for_bf16, true)
 }
 
 #[cfg(test)]
