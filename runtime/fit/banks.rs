@@ -2,7 +2,9 @@
 //!
 //! 1. Extract every part's patch features (through a [`FeatureExtractor`]: the pipeline's
 //!    extractor in the product, fake features in tests) and stream them to a memory-mapped
-//!    scratch file: RAM holds one part at a time, whatever the category's size.
+//!    scratch file: RAM holds one part per extractor, whatever the category's size (the
+//!    pipeline's extractor runs as many parts side by side as it has threads, one thread
+//!    each: [`FeatureExtractor::extract_all`]).
 //! 2. Per bank, one scalar mean and standard deviation (unbiased, as `torch.std`) over all
 //!    of that bank's training features (the xyz bank: over its non-background rows).
 //! 3. Coreset per bank (SPEC §6): the normalised rows are projected (JL dimension for
