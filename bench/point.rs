@@ -7,13 +7,16 @@
 
 mod timing;
 use miad::config::{ModelConfig, PointConfig, PreprocessConfig};
+use miad::cpu::dense::DensePrecision;
 use miad::cpu::fps::{farthest_point_sample, fps_plain, fps_scratch_len};
 use miad::cpu::knn::{group_knn, knn_scratch_len};
 use miad::cpu::pfa::{pfa_scratch_len, point_feature_align};
 use miad::cpu::point_mae::{
-    point_mae_flops, point_mae_forward, point_mae_scratch_len, PointMaeWeights,
+    block_shape as point_block_shape, point_mae_flops, point_mae_forward, point_mae_forward_with,
+    point_mae_scratch_len, PointMaePacked, PointMaeWeights,
 };
 use miad::cpu::pool::Pool;
+use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::format::random_model;
 use miad::util::peak::measure_peak_gflops;
 use miad::util::rng::Rng;
@@ -123,5 +126,48 @@ fn main() {
             secs * 1e3,
             gflops / peak
         );
+        // The same with the weights packed once (what inspection and the fit run), split
+        // into its transformer blocks (timed alone on the encoder's output) and the rest
+        // (group encoder, position embedding, norms: the whole minus the blocks).
+        let packed = PointMaePacked::new(&cfg, &w, DensePrecision::F32).expect("f32 packs");
+        let whole = time_runs(5, || {
+            point_mae_forward_with(
+                &pool,
+                &cfg,
+                &w,
+                Some(&packed),
+                &pts,
+                n,
+                &centers,
+                &groups,
+                &mut feats_out,
+                &mut ms,
+            )
+        });
+        let shape = point_block_shape(&cfg);
+        let d = cfg.dim as usize;
+        let mut x: Vec<f32> = feats_out[..m * d].to_vec();
+        let mut bs = vec![0f32; block_scratch_len(&shape, threads)];
+        let blocks = time_runs(5, || {
+            for (bw, bp) in w.blocks.iter().zip(&packed.blocks) {
+                block_forward_with(&pool, &shape, bw, Some(bp), &mut x, &mut bs);
+            }
+        });
+        let peak = measure_peak_gflops(threads);
+        let block_flops = cfg.depth as f64 * shape.flops();
+        let rest_flops = point_mae_flops(&cfg) - block_flops;
+        let rest_best = whole.best - blocks.best;
+        for (what, flops, t) in [
+            ("whole (packed)", point_mae_flops(&cfg), whole.best),
+            ("blocks", block_flops, blocks.best),
+            ("group encoder + pos", rest_flops, rest_best),
+        ] {
+            println!(
+                "point_mae {what} {threads}t: best {:.1} ms, {:.1} GFLOP/s = {:.2} of the peak {peak:.1} GFLOP/s measured after it",
+                t * 1e3,
+                flops / t / 1e9,
+                flops / t / 1e9 / peak
+            );
+        }
     }
 }

@@ -116,6 +116,15 @@ impl FeatureLayout {
         let s = self.bank_shapes();
         [0, s[0].0 * s[0].1, s[0].0 * s[0].1 + s[1].0 * s[1].1]
     }
+
+    /// A part's concatenated features (`part_len` floats) split into its xyz, rgb and
+    /// fused blocks.
+    pub fn split_part_mut<'a>(&self, part: &'a mut [f32]) -> [&'a mut [f32]; 3] {
+        let o = self.offsets();
+        let (xyz, rest) = part.split_at_mut(o[1]);
+        let (rgb, fused) = rest.split_at_mut(o[2] - o[1]);
+        [xyz, rgb, fused]
+    }
 }
 
 /// Per-call options of an inspection.

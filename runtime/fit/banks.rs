@@ -2,7 +2,9 @@
 //!
 //! 1. Extract every part's patch features (through a [`FeatureExtractor`]: the pipeline's
 //!    extractor in the product, fake features in tests) and stream them to a memory-mapped
-//!    scratch file: RAM holds one part at a time, whatever the category's size.
+//!    scratch file: RAM holds one part per extractor, whatever the category's size (the
+//!    pipeline's extractor runs as many parts side by side as it has threads, one thread
+//!    each: [`FeatureExtractor::extract_all`]).
 //! 2. Per bank, one scalar mean and standard deviation (unbiased, as `torch.std`) over all
 //!    of that bank's training features (the xyz bank: over its non-background rows).
 //! 3. Coreset per bank (SPEC §6): the normalised rows are projected (JL dimension for
@@ -66,6 +68,27 @@ pub trait FeatureExtractor {
     ) -> Result<bool> {
         Ok(false)
     }
+    /// Writes every part's features into `all` (`parts × part_len` floats, part after
+    /// part, each as [`FeatureLayout::split_part_mut`]) and calls `done(n)` as the count of
+    /// finished parts grows. Part by part here; an extractor may run parts side by side.
+    fn extract_all(&mut self, all: &mut [f32], done: &mut dyn FnMut(usize)) -> Result<()> {
+        extract_in_turn(self, all, done)
+    }
+}
+
+/// [`FeatureExtractor::extract_all`] part after part.
+pub fn extract_in_turn<E: FeatureExtractor + ?Sized>(
+    ex: &mut E,
+    all: &mut [f32],
+    done: &mut dyn FnMut(usize),
+) -> Result<()> {
+    let layout = ex.layout();
+    for (p, part) in all.chunks_exact_mut(layout.part_len()).enumerate() {
+        let [xyz, rgb, fused] = layout.split_part_mut(part);
+        ex.extract(p, xyz, rgb, fused)?;
+        done(p + 1);
+    }
+    Ok(())
 }
 
 /// Options of a fit.
@@ -335,19 +358,9 @@ pub fn fit(
     // 1. Extract to the scratch file.
     let mut feats =
         ScratchFile::create(&opts.scratch_dir, &format!("{tag}.features"), parts * plen)?;
-    {
-        let all = feats.as_mut_slice();
-        for p in 0..parts {
-            let part = &mut all[p * plen..(p + 1) * plen];
-            let (xyz, rest) = part.split_at_mut(offsets[1]);
-            let (rgb, fused) = rest.split_at_mut(offsets[2] - offsets[1]);
-            ex.extract(p, xyz, rgb, fused)?;
-            progress(Progress::Extract {
-                done: p + 1,
-                total: parts,
-            });
-        }
-    }
+    ex.extract_all(feats.as_mut_slice(), &mut |done| {
+        progress(Progress::Extract { done, total: parts })
+    })?;
     clock.end("features".into(), parts, "parts");
     let all = feats.as_slice();
     let row = |b: usize, p: usize, r: usize| -> &[f32] {

@@ -88,9 +88,18 @@ pub fn fit_category(
         }
         None => Vec::new(),
     };
+    // With several threads the parts run side by side, one thread each (the same bits;
+    // no barrier per operation, and the reading and preprocessing of one part overlap
+    // the networks of the others). One extractor per thread: its buffers, not the
+    // weights, which they share.
+    let side_by_side = pool.threads().min(parts.len());
+    let siblings = (1..side_by_side)
+        .map(|_| extractor.sibling(&model, 1))
+        .collect::<Result<Vec<_>>>()?;
     let mut features = PipelineFeatures {
         pool: &pool,
         extractor,
+        siblings,
         parts,
         missing,
     };

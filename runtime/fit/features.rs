@@ -4,11 +4,17 @@
 //! `miad fit` run on features extracted elsewhere (or by another backend), and tests run
 //! the fit without a model.
 
-use super::banks::{FeatureExtractor, FeatureLayout};
+use super::banks::{extract_in_turn, FeatureExtractor, FeatureLayout};
+use crate::cpu::pool::Pool;
+use crate::eval::dataset::PartFiles;
 use crate::eval::missing::MissingModality;
 use crate::format::OwnedTensors;
+use crate::pipeline::extract::Extractor;
+use crate::pipeline::preprocess::ModalityStatus;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
 
 /// Tensor names per bank in score-vector order (xyz, rgb, fused).
 pub const FEATURE_NAMES: [&str; 3] = ["xyz_features", "rgb_features", "fused_features"];
@@ -144,35 +150,119 @@ impl<E: FeatureExtractor> FeatureExtractor for Capped<E> {
 }
 
 /// Training features computed by the inspection pipeline from the parts' files: what
-/// `miad fit` uses. Reads one part at a time.
+/// `miad fit` uses. Reads one part at a time per extractor.
 pub struct PipelineFeatures<'p, 'm> {
     pub pool: &'p crate::cpu::pool::Pool,
-    pub extractor: crate::pipeline::extract::Extractor<'m>,
-    pub parts: Vec<crate::eval::dataset::PartFiles>,
+    pub extractor: Extractor<'m>,
+    /// More extractors of the same model ([`Extractor::sibling`], planned for one thread):
+    /// with them, [`FeatureExtractor::extract_all`] runs that many parts more side by side,
+    /// one thread each, instead of one part on every thread of `pool`. The features are the
+    /// same bits (every stage's result is independent of the thread count). Empty: one
+    /// part at a time on `pool`.
+    pub siblings: Vec<Extractor<'m>>,
+    pub parts: Vec<PartFiles>,
     /// Per part: modalities removed before extraction (RADAR's missing training data);
     /// empty = every part complete.
     pub missing: Vec<Option<MissingModality>>,
 }
 
+/// The features of part `files` with `drop` removed, through `extractor` on `pool`, into
+/// `out` (xyz, rgb, fused).
+fn run_part(
+    pool: &Pool,
+    extractor: &mut Extractor<'_>,
+    files: &PartFiles,
+    drop: Option<MissingModality>,
+    out: [&mut [f32]; 3],
+) -> Result<ModalityStatus> {
+    let p = files.load()?;
+    let keep_rgb = !matches!(drop, Some(MissingModality::Rgb | MissingModality::Both));
+    let keep_cloud = !matches!(drop, Some(MissingModality::Cloud | MissingModality::Both));
+    let rgb_view = p.rgb.as_ref().filter(|_| keep_rgb).map(|r| r.view());
+    let cloud_view = p.cloud.as_ref().filter(|_| keep_cloud).map(|c| c.view());
+    let status = extractor.run(pool, rgb_view, cloud_view)?;
+    let [xyz, rgb, fused] = out;
+    xyz.copy_from_slice(&extractor.xyz);
+    rgb.copy_from_slice(&extractor.rgb);
+    fused.copy_from_slice(&extractor.fused);
+    Ok(status)
+}
+
+/// [`run_part`] for the fit's features: the part's sampled removal (`drop`), and a
+/// warning when a complete part turns out incomplete.
+fn training_part(
+    pool: &Pool,
+    extractor: &mut Extractor<'_>,
+    files: &PartFiles,
+    drop: Option<MissingModality>,
+    out: [&mut [f32]; 3],
+) -> Result<()> {
+    let status = run_part(pool, extractor, files, drop, out)?;
+    if drop.is_none() && (!status.rgb_usable() || !status.cloud_usable()) {
+        // Not an error: that modality's features are the pseudo input's, as in
+        // inspection. Said per part so that a bad training set is visible.
+        eprintln!(
+            "miad: warning: training part {} is incomplete (rgb {:?}, cloud {:?})",
+            files.name, status.rgb, status.cloud
+        );
+    }
+    Ok(())
+}
+
 impl PipelineFeatures<'_, '_> {
-    fn run(
-        &mut self,
-        part: usize,
-        drop: Option<MissingModality>,
-        out: [&mut [f32]; 3],
-    ) -> Result<crate::pipeline::preprocess::ModalityStatus> {
-        let files = &self.parts[part];
-        let p = files.load()?;
-        let keep_rgb = !matches!(drop, Some(MissingModality::Rgb | MissingModality::Both));
-        let keep_cloud = !matches!(drop, Some(MissingModality::Cloud | MissingModality::Both));
-        let rgb_view = p.rgb.as_ref().filter(|_| keep_rgb).map(|r| r.view());
-        let cloud_view = p.cloud.as_ref().filter(|_| keep_cloud).map(|c| c.view());
-        let status = self.extractor.run(self.pool, rgb_view, cloud_view)?;
-        let [xyz, rgb, fused] = out;
-        xyz.copy_from_slice(&self.extractor.xyz);
-        rgb.copy_from_slice(&self.extractor.rgb);
-        fused.copy_from_slice(&self.extractor.fused);
-        Ok(status)
+    /// [`FeatureExtractor::extract_all`] with the siblings: each extractor on its own
+    /// thread with a one-thread pool takes the next unstarted part until none is left. The
+    /// first error (by part) is returned after every worker has stopped; a failing worker
+    /// makes the others stop before their next part.
+    fn extract_side_by_side(&mut self, all: &mut [f32], done: &mut dyn FnMut(usize)) -> Result<()> {
+        let layout = self.extractor.layout();
+        let (parts, missing) = (&self.parts, &self.missing);
+        let next = Mutex::new(all.chunks_exact_mut(layout.part_len()).enumerate());
+        let stop = AtomicBool::new(false);
+        let (report, finished) = mpsc::channel::<(usize, Result<()>)>();
+        let mut first_error: Option<(usize, Error)> = None;
+        std::thread::scope(|scope| {
+            for extractor in std::iter::once(&mut self.extractor).chain(&mut self.siblings) {
+                let (next, stop, report) = (&next, &stop, report.clone());
+                scope.spawn(move || {
+                    let pool = Pool::new(1);
+                    while !stop.load(Ordering::Relaxed) {
+                        // The lock is held only to take the part, not while computing it.
+                        let taken = next.lock().map(|mut it| it.next());
+                        let Ok(Some((p, part))) = taken else { break };
+                        let drop = missing.get(p).copied().flatten();
+                        let out = layout.split_part_mut(part);
+                        let result = training_part(&pool, extractor, &parts[p], drop, out);
+                        if result.is_err() {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        if report.send((p, result)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            // Only the workers hold senders now: the loop ends when all have stopped.
+            std::mem::drop(report);
+            let mut count = 0;
+            for (p, result) in finished {
+                match result {
+                    Ok(()) => {
+                        count += 1;
+                        done(count);
+                    }
+                    Err(e) => {
+                        if first_error.as_ref().is_none_or(|(q, _)| p < *q) {
+                            first_error = Some((p, e));
+                        }
+                    }
+                }
+            }
+        });
+        match first_error {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 
@@ -191,16 +281,13 @@ impl FeatureExtractor for PipelineFeatures<'_, '_> {
         fused: &mut [f32],
     ) -> Result<()> {
         let drop = self.missing.get(part).copied().flatten();
-        let status = self.run(part, drop, [xyz, rgb, fused])?;
-        if drop.is_none() && (!status.rgb_usable() || !status.cloud_usable()) {
-            // Not an error: that modality's features are the pseudo input's, as in
-            // inspection. Said per part so that a bad training set is visible.
-            eprintln!(
-                "miad: warning: training part {} is incomplete (rgb {:?}, cloud {:?})",
-                self.parts[part].name, status.rgb, status.cloud
-            );
-        }
-        Ok(())
+        training_part(
+            self.pool,
+            &mut self.extractor,
+            &self.parts[part],
+            drop,
+            [xyz, rgb, fused],
+        )
     }
     fn extract_without(
         &mut self,
@@ -210,7 +297,20 @@ impl FeatureExtractor for PipelineFeatures<'_, '_> {
         rgb: &mut [f32],
         fused: &mut [f32],
     ) -> Result<bool> {
-        self.run(part, Some(drop), [xyz, rgb, fused])?;
+        run_part(
+            self.pool,
+            &mut self.extractor,
+            &self.parts[part],
+            Some(drop),
+            [xyz, rgb, fused],
+        )?;
         Ok(true)
+    }
+    fn extract_all(&mut self, all: &mut [f32], done: &mut dyn FnMut(usize)) -> Result<()> {
+        if self.siblings.is_empty() {
+            extract_in_turn(self, all, done)
+        } else {
+            self.extract_side_by_side(all, done)
+        }
     }
 }

@@ -1319,6 +1319,7 @@ pub(super) fn with_category(
     let mut features = PipelineFeatures {
         pool: &pool,
         extractor,
+        siblings: Vec::new(),
         parts,
         missing: availability.iter().map(|a| a.removed()).collect(),
     };

@@ -30,6 +30,7 @@ use crate::pipeline::preprocess::{
 };
 use crate::types::{FeatureLayout, MAX_INPUT_SIDE};
 use crate::{DeviceError, Error, Result};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Features of the constant pseudo inputs (computed once).
@@ -47,8 +48,8 @@ struct Networks<'m> {
     point: PointMaeWeights<'m>,
     fusion: FusionWeights<'m>,
     /// The dense layers packed once ([`Extractor::pack_networks`]), else `None`: packed as
-    /// the products go.
-    packed: Option<PackedNetworks>,
+    /// the products go. Shared with the extractor's siblings ([`Extractor::sibling`]).
+    packed: Option<Arc<PackedNetworks>>,
 }
 
 /// The three networks' dense layers packed once, in one precision.
@@ -192,6 +193,38 @@ impl<'m> Extractor<'m> {
         max_height: usize,
         mode: PreprocessMode,
     ) -> Result<Self> {
+        let mut ex = Self::plan(pool.threads(), model, max_width, max_height, mode)?;
+        // Also warms every worker thread of the pool on the networks' code paths.
+        ex.pseudo = ex.pseudo_features(pool)?;
+        Ok(ex)
+    }
+
+    /// Another extractor of the same `model` (the one this extractor was created from),
+    /// planned for the same inputs and for pools of `threads` threads: it shares the packed
+    /// networks (no second copy) and takes the pseudo-input features (the same bits at
+    /// every thread count), so it is ready at once. For running parts side by side (the
+    /// fit's feature phase). Device networks are not carried over.
+    pub fn sibling(&self, model: &'m ModelFile, threads: usize) -> Result<Self> {
+        if model.config() != &self.cfg {
+            return Err(Error::Config(format!(
+                "{}: a sibling extractor needs the model of the first one",
+                model.path().display()
+            )));
+        }
+        let mut ex = Self::plan(threads, model, self.max_width, self.max_height, self.mode)?;
+        ex.nets.packed = self.nets.packed.clone();
+        ex.pseudo = self.pseudo.clone();
+        Ok(ex)
+    }
+
+    /// [`Extractor::new`] without the pseudo-input features.
+    fn plan(
+        threads: usize,
+        model: &'m ModelFile,
+        max_width: usize,
+        max_height: usize,
+        mode: PreprocessMode,
+    ) -> Result<Self> {
         let cfg = model.config().clone();
         let (Some(vc), Some(pc), Some(fc)) = (&cfg.vit, &cfg.point, &cfg.fusion) else {
             return Err(Error::Config(format!(
@@ -249,7 +282,7 @@ impl<'m> Extractor<'m> {
             }),
             None => None,
         };
-        let threads = pool.threads();
+        let threads = threads.max(1);
         let (m, k) = (pc.num_groups as usize, pc.group_size as usize);
         let max_points = s * s;
         let scratch_len = vit_scratch_len(vc, threads)
@@ -258,7 +291,7 @@ impl<'m> Extractor<'m> {
             .max(point_mae_scratch_len(pc, threads))
             .max(pfa_scratch_len(pre_cfg, m, max_points, threads))
             .max(fusion_scratch_len(fc, rgb_grid, xyz_grid));
-        let mut ex = Extractor {
+        Ok(Extractor {
             mode,
             max_width,
             max_height,
@@ -287,10 +320,7 @@ impl<'m> Extractor<'m> {
             nets,
             radar,
             cfg,
-        };
-        // Also warms every worker thread of the pool on the networks' code paths.
-        ex.pseudo = ex.pseudo_features(pool)?;
-        Ok(ex)
+        })
     }
 
     /// Packs the CPU networks' dense layers once (the ViT's and Point-MAE's blocks, the
@@ -314,7 +344,7 @@ impl<'m> Extractor<'m> {
         })();
         let done = packed.is_some();
         if done {
-            self.nets.packed = packed;
+            self.nets.packed = packed.map(Arc::new);
         }
         done
     }

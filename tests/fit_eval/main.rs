@@ -4,6 +4,7 @@
 mod common;
 
 mod fit_banks;
+mod fit_features;
 mod linked;
 mod metrics_cases;
 mod synth_dataset;
