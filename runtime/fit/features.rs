@@ -221,6 +221,7 @@ impl PipelineFeatures<'_, '_> {
         let stop = AtomicBool::new(false);
         let (report, finished) = mpsc::channel::<(usize, Result<()>)>();
         let mut first_error: Option<(usize, Error)> = None;
+        let mut finished_parts = 0;
         std::thread::scope(|scope| {
             for extractor in std::iter::once(&mut self.extractor).chain(&mut self.siblings) {
                 let (next, stop, report) = (&next, &stop, report.clone());
@@ -244,12 +245,11 @@ impl PipelineFeatures<'_, '_> {
             }
             // Only the workers hold senders now: the loop ends when all have stopped.
             std::mem::drop(report);
-            let mut count = 0;
             for (p, result) in finished {
                 match result {
                     Ok(()) => {
-                        count += 1;
-                        done(count);
+                        finished_parts += 1;
+                        done(finished_parts);
                     }
                     Err(e) => {
                         if first_error.as_ref().is_none_or(|(q, _)| p < *q) {
@@ -261,6 +261,12 @@ impl PipelineFeatures<'_, '_> {
         });
         match first_error {
             Some((_, e)) => Err(e),
+            // A worker that stopped without an error (its lock poisoned) must not leave
+            // parts unextracted silently.
+            None if finished_parts < parts.len() => Err(Error::Input(format!(
+                "training features: the workers stopped after {finished_parts} of {} parts",
+                parts.len()
+            ))),
             None => Ok(()),
         }
     }
