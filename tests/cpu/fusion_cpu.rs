@@ -184,3 +184,64 @@ fn packed_fusion_keeps_f32_bits_and_bf16_within_its_tolerance() {
         err / ref_max
     );
 }
+
+/// The xyz rows that are all +0.0 go through the MLP once and are copied (`fusion.rs`):
+/// the output must be the bits of computing every row. Rows of -0.0 are not skipped but
+/// normalise to the same input as +0.0 rows, so a grid with its zero rows negated is the
+/// full computation. The grid spans more than one chunk of `CHUNK_ROWS` rows, and the
+/// zero rows' output also matches the f64 reference.
+#[test]
+fn zero_xyz_rows_computed_once_give_the_bits_of_every_row() {
+    let cfg = small_cfg();
+    let src = weights(&cfg, 6);
+    let w = FusionWeights::load(&src, &cfg).unwrap();
+    let (rg, xg) = (12usize, 24usize);
+    assert!(xg * xg > miad::cpu::fusion::CHUNK_ROWS);
+    let (r, x) = (cfg.rgb_dim as usize, cfg.xyz_dim as usize);
+    let mut rng = Rng::new(7);
+    let mut rgb = vec![0f32; rg * rg * r];
+    let mut xyz = vec![0f32; xg * xg * x];
+    rng.fill_normal(&mut rgb, 1.0);
+    rng.fill_normal(&mut xyz, 1.0);
+    let zero_rows: Vec<usize> = (0..xg * xg).filter(|j| (j * 7 + j / 5) % 10 < 7).collect();
+    let mut negated = xyz.clone();
+    for &j in &zero_rows {
+        xyz[j * x..(j + 1) * x].fill(0.0);
+        negated[j * x..(j + 1) * x].fill(-0.0);
+    }
+    let run = |t, xyz: &[f32], packed: Option<&FusionPacked>| {
+        let mut out = vec![f32::NAN; xg * xg * (r + x)];
+        let mut s = vec![0f32; fusion_scratch_len(&cfg, rg, xg)];
+        fuse_with(
+            &Pool::new(t),
+            &w,
+            packed,
+            &rgb,
+            rg,
+            xyz,
+            xg,
+            &mut out,
+            &mut s,
+        );
+        out
+    };
+    let skipped = run(2, &xyz, None);
+    assert_eq!(
+        skipped,
+        run(2, &negated, None),
+        "f32: skipping zero rows changed bits"
+    );
+    assert_eq!(skipped, run(1, &xyz, None), "f32: bits depend on threads");
+    let want = ln_mlp_f64(&src, "xyz", &vec![0f32; x], x, 4 * x, 1e-5);
+    let fd = r + x;
+    for &j in &zero_rows {
+        for (k, want) in want.iter().enumerate() {
+            let got = skipped[j * fd + k] as f64;
+            assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "row {j}");
+        }
+    }
+    if let Some(bf16) = FusionPacked::new(&w, DensePrecision::Bf16) {
+        let skipped = run(2, &xyz, Some(&bf16));
+        assert_eq!(skipped, run(2, &negated, Some(&bf16)), "bf16: bits changed");
+    }
+}
