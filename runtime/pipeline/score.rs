@@ -289,7 +289,8 @@ impl Scorer {
     /// Floats of scratch [`Scorer::score`] needs.
     pub fn scratch_len(&self) -> usize {
         self.max_feat
-            + 2 * self.max_patches
+            + 3 * self.max_patches
+            + dedupe_table_len(self.max_patches)
             + self.search_len()
             + maps::map_scratch_len(self.map_size)
     }
@@ -335,6 +336,10 @@ impl Scorer {
         let (dmap, rest) = rest.split_at_mut(self.max_patches);
         let (nn_f, rest) = rest.split_at_mut(self.max_patches);
         let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
+        let (rep_f, rest) = rest.split_at_mut(self.max_patches);
+        let rep: &mut [u32] = bytemuck::cast_slice_mut(rep_f);
+        let (table_f, rest) = rest.split_at_mut(dedupe_table_len(self.max_patches));
+        let table: &mut [u32] = bytemuck::cast_slice_mut(table_f);
         let (cpu_search, map_scratch) = rest.split_at_mut(self.search_len());
         let mut out = PartScores::default();
         for b in 0..3 {
@@ -351,16 +356,19 @@ impl Scorer {
             for (o, v) in xb.iter_mut().zip(f) {
                 *o = (v - mean) * inv;
             }
+            // Equal patches have equal answers: only the first of each is searched.
+            let u = dedupe_rows(xb, view.dim, &mut rep[..n], table);
+            let xb = &xb[..u * view.dim];
             // The nearest rows, by the device's search, the pruned search (f32) where the
             // bank has a partition in use, the bf16 search where it pays, else f32.
             let (near, knn_scratch) = cpu_search.split_at_mut(self.nearest_len());
-            let (d, i) = (&mut dmap[..n], &mut nn[..n]);
+            let (d, i) = (&mut dmap[..u], &mut nn[..u]);
             match (search.as_deref_mut(), view.partition) {
                 (Some(device), _) if exclude[b].is_none() => device.nearest(b, xb, d, i)?,
                 (_, Some(part)) => nearest_pruned(pool, xb, view, part, exclude[b], d, i, near),
                 _ if exclude[b].is_none() && self.bf16_turn(b) => {
                     let scans = bank_search::nearest_bf16(pool, xb, view, d, i, near);
-                    if 2 * scans > n {
+                    if 2 * scans > u {
                         self.bf16_rest[b].set(BF16_RETRY_PARTS);
                     }
                 }
@@ -371,10 +379,14 @@ impl Scorer {
                 xb,
                 view,
                 exclude[b],
-                &dmap[..n],
-                &nn[..n],
+                &dmap[..u],
+                &nn[..u],
                 knn_scratch,
             );
+            // Back to one distance per patch; rep[j] ≤ j, so from the end in place.
+            for j in (0..n).rev() {
+                dmap[j] = dmap[rep[j] as usize];
+            }
             maps::anomaly_map(
                 &dmap[..n],
                 set.grids[b],
@@ -400,4 +412,57 @@ impl Scorer {
         let c: [f32; 3] = std::array::from_fn(|b| self.pixel_w[b] * self.weights[b]);
         fuse_map(&c, [1.0, 0.0], bank_maps, map);
     }
+}
+
+/// u32 slots of [`dedupe_rows`]'s hash table for up to `rows` rows.
+fn dedupe_table_len(rows: usize) -> usize {
+    (2 * rows).next_power_of_two()
+}
+
+/// Keeps the first of each set of bit-equal `dim`-rows of `x`, in order, at the front of
+/// `x`; `rep[j]` receives the kept index of row `j`'s set. Returns the number kept.
+///
+/// The score is the same over the kept rows: each row's nearest bank row and distance
+/// depend on the row alone, `s*` is the first maximum (the first row of its set comes
+/// first) and `x_{j*}` the same values. An M3DM fused grid repeats each RGB cell 2×2 and
+/// the background's xyz half is one constant, so 2×2 background blocks are one query; a
+/// synthetic part's 3136 fused patches are ≈ 1200 distinct ones.
+///
+/// `table` (at least [`dedupe_table_len`]`(rows)` slots): an open-addressing hash table of
+/// kept index + 1 (0: empty slot), linear probing on the row's xxh3.
+fn dedupe_rows(x: &mut [f32], dim: usize, rep: &mut [u32], table: &mut [u32]) -> usize {
+    let rows = rep.len();
+    let slots = dedupe_table_len(rows);
+    let table = &mut table[..slots];
+    table.fill(0);
+    let mask = slots - 1;
+    let mut kept = 0;
+    for j in 0..rows {
+        let row: &[u32] = bytemuck::cast_slice(&x[j * dim..(j + 1) * dim]);
+        let mut slot = xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(row)) as usize & mask;
+        let found = loop {
+            match table[slot] {
+                0 => break None,
+                k => {
+                    let k = k as usize - 1;
+                    let other: &[u32] = bytemuck::cast_slice(&x[k * dim..(k + 1) * dim]);
+                    if other == row {
+                        break Some(k);
+                    }
+                }
+            }
+            slot = (slot + 1) & mask;
+        };
+        rep[j] = match found {
+            Some(k) => k as u32,
+            None => {
+                // Kept rows move only forward (kept ≤ j): row j is still intact here.
+                x.copy_within(j * dim..(j + 1) * dim, kept * dim);
+                table[slot] = kept as u32 + 1;
+                kept += 1;
+                kept as u32 - 1
+            }
+        };
+    }
+    kept
 }

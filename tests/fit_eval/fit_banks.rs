@@ -456,3 +456,101 @@ fn pruned_fit_equals_the_brute_force_fit() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `Scorer::score` searches each set of bit-equal patches once (`pipeline/score.rs`): its
+/// per-bank scores and maps must be the bits of searching every patch, computed here by
+/// the brute-force scan, the re-weighting and the map on all rows. The parts get extra
+/// equal rows (an anomalous row copied to an earlier patch moves the first maximum), and
+/// the xyz background border is equal rows already.
+#[test]
+fn equal_patches_searched_once_score_the_bits_of_every_patch() {
+    use miad::cpu::{bank_search, maps};
+    let dir = tmpdir("dedupe");
+    let pool = Pool::new(2);
+    let l = layout();
+    let mut ex = Fake {
+        layout: l,
+        parts: 12,
+        seed: 21,
+        anomalous_from: usize::MAX,
+    };
+    let opts = FitOptions {
+        map_size: 32,
+        scratch_dir: dir.clone(),
+        ..FitOptions::default()
+    };
+    let base = BankConfig::empty([7; 16], "fake", "widget");
+    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |_| {}).unwrap();
+    let path = dir.join("dedupe.bank");
+    fitted.write(&path).unwrap();
+    let file = BankFile::open(&path, &OpenOptions::default(), None).unwrap();
+    let c = file.config();
+    let set = BankSet::from_file(&file).unwrap();
+    let scorer = Scorer::new(c, &set, pool.threads());
+    let mut scratch = vec![0f32; scorer.scratch_len()];
+    let s = c.map_size as usize;
+    let mut test = Fake {
+        layout: l,
+        parts: 4,
+        seed: 22,
+        anomalous_from: 2,
+    };
+    for p in 0..4 {
+        let mut x = vec![0f32; 64 * 20];
+        let mut r = vec![0f32; 16 * 12];
+        let mut f = vec![0f32; 64 * 32];
+        test.extract(p, &mut x, &mut r, &mut f).unwrap();
+        let copy = |v: &mut [f32], dim: usize, from: usize, to: &[usize]| {
+            for &t in to {
+                v.copy_within(from * dim..(from + 1) * dim, t * dim);
+            }
+        };
+        // Patch 36 is in the anomalous blob of parts 2 and 3.
+        copy(&mut f, 32, 36, &[3, 50]);
+        copy(&mut f, 32, 9, &[10, 17, 63]);
+        copy(&mut r, 12, 10, &[1, 15]);
+        copy(&mut x, 20, 27, &[28, 35]);
+        let mut bank_maps = vec![0f32; 3 * s * s];
+        let got = scorer
+            .score(
+                &pool,
+                &set,
+                [&x, &r, &f],
+                [None; 3],
+                &mut bank_maps,
+                None,
+                &mut scratch,
+            )
+            .unwrap();
+        for (b, feats) in [&x, &r, &f].into_iter().enumerate() {
+            let view = set.banks[b].unwrap();
+            let norm = set.norms[b];
+            let inv = 1.0 / norm.std;
+            let q: Vec<f32> = feats.iter().map(|v| (v - norm.mean) * inv).collect();
+            let n = q.len() / view.dim;
+            let (mut d, mut i) = (vec![0f32; n], vec![0u32; n]);
+            let mut near = vec![0f32; bank_search::nearest_scratch_len(2)];
+            bank_search::nearest(&pool, &q, view, None, &mut d, &mut i, &mut near);
+            let mut knn = vec![0f32; bank_search::knn_scratch_len(view.n, 3)];
+            let want = bank_search::reweighted_score(&pool, &q, view, None, &d, &i, &mut knn);
+            assert_eq!(
+                got.bank[b].to_bits(),
+                want.score.to_bits(),
+                "part {p} bank {b}"
+            );
+            let mut map = vec![0f32; s * s];
+            let mut ms = vec![0f32; maps::map_scratch_len(s)];
+            let grid = set.grids[b];
+            maps::anomaly_map(&d, grid, s, c.blur_sigma, &mut map, &mut ms);
+            let got_map = &bank_maps[b * s * s..(b + 1) * s * s];
+            assert!(
+                got_map
+                    .iter()
+                    .zip(&map)
+                    .all(|(a, w)| a.to_bits() == w.to_bits()),
+                "part {p} bank {b}: map"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
