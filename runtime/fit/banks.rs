@@ -39,6 +39,7 @@ use crate::format::Writer;
 use crate::pipeline::score::{add_partition, neighbour_table_name, BankSet, Scorer};
 pub use crate::types::FeatureLayout;
 use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
+use crate::util::row_table::{row_table_len, RowTable};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -199,8 +200,8 @@ pub struct Fitted {
     /// Wall time of each phase, in order (not written to the bank file: its bytes must
     /// not depend on the machine's speed).
     pub phases: Vec<PhaseTime>,
-    /// Per bank: (query, row) pairs the training scores' searches asked for and those
-    /// they computed (equal without pruning).
+    /// Per bank: (patch, row) pairs of the training scores (every patch with every
+    /// row) and those the searches computed (the distinct patches' pairs without pruning).
     pub search_pairs: [(u64, u64); 3],
 }
 
@@ -387,12 +388,22 @@ pub fn fit(
         }
         let (rows, d) = shapes[b];
         let keep = |p: usize, r: usize| b != XYZ || row(b, p, r).iter().any(|v| *v != 0.0);
-        // Candidate rows (part, row) in order.
+        // Candidate rows (part, row) in order, and which of them are the first of their
+        // part's bit-equal rows (`distinct`, indices into `cand`).
         let mut cand: Vec<(u32, u32)> = Vec::new();
+        let mut distinct: Vec<u32> = Vec::new();
+        let mut slots = vec![0u32; row_table_len(rows)];
         let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0u64);
         for p in 0..parts {
+            let mut table = RowTable::new(&mut slots, rows);
             for r in 0..rows {
                 if keep(p, r) {
+                    if table
+                        .find_or_insert(row(b, p, r), r, |k| row(b, p, k))
+                        .is_none()
+                    {
+                        distinct.push(cand.len() as u32);
+                    }
                     cand.push((p as u32, r as u32));
                     for &v in row(b, p, r) {
                         sum += v as f64;
@@ -416,6 +427,14 @@ pub fn fit(
         norms[b] = norm;
         let n = cand.len();
         let m = ((n as f64 * opts.coreset_ratio - 1e-9).ceil() as usize).clamp(n.min(1), n.max(1));
+        // The greedy selection over the distinct rows only: an equal row later in its part
+        // has the same distance to every centre as the first, which wins its ties (lower
+        // index), so the selection is the same. Not when the centres outnumber the distinct
+        // rows (then duplicates are selected too).
+        if distinct.len() < m {
+            distinct = (0..n as u32).collect();
+        }
+        let nd = distinct.len();
         let selected: Vec<u32> = if n == 0 {
             Vec::new()
         } else {
@@ -431,16 +450,17 @@ pub fn fit(
             let mut proj = ScratchFile::create(
                 &opts.scratch_dir,
                 &format!("{tag}.proj{b}"),
-                coreset::tiled_len(n, pd),
+                coreset::tiled_len(nd, pd),
             )?;
             let out = proj.as_mut_slice();
             let chunk = 4096;
-            let mut buf = vec![0f32; chunk.min(n) * d];
+            let mut buf = vec![0f32; chunk.min(nd) * d];
             let inv = 1.0 / norm.std;
             let mut c0 = 0;
-            while c0 < n {
-                let cn = chunk.min(n - c0);
-                for (i, &(p, r)) in cand[c0..c0 + cn].iter().enumerate() {
+            while c0 < nd {
+                let cn = chunk.min(nd - c0);
+                for (i, &c) in distinct[c0..c0 + cn].iter().enumerate() {
+                    let (p, r) = cand[c as usize];
                     for (o, v) in buf[i * d..(i + 1) * d]
                         .iter_mut()
                         .zip(row(b, p as usize, r as usize))
@@ -457,32 +477,35 @@ pub fn fit(
                 progress(Progress::Coreset {
                     bank: BANK_NAMES[b],
                     done: c0,
-                    total: n,
+                    total: nd,
                 });
             }
             clock.end(
-                format!("stats+project {} ({n} × {pd})", BANK_NAMES[b]),
+                format!(
+                    "stats+project {} ({n} × {pd}, {nd} distinct)",
+                    BANK_NAMES[b]
+                ),
                 n,
                 "rows",
             );
             let bank = BANK_NAMES[b];
-            dump_projected(bank, &proj.as_slice()[..n * pd], n, pd, m)?;
+            dump_projected(bank, &proj.as_slice()[..nd * pd], nd, pd, m)?;
             let mut report = |done, total| progress(Progress::Select { bank, done, total });
             let sel = greedy_selection(
                 pool,
                 opts.backend,
                 proj.as_mut_slice(),
-                n,
+                nd,
                 pd,
                 m,
                 &mut report,
             );
             clock.end(
-                format!("coreset {} ({n} → {m})", BANK_NAMES[b]),
+                format!("coreset {} ({nd} distinct of {n} → {m})", BANK_NAMES[b]),
                 m,
                 "centres",
             );
-            sel
+            sel.iter().map(|&s| distinct[s as usize]).collect()
         };
         let extra = usize::from(b == XYZ);
         let mut data = Vec::with_capacity((selected.len() + extra) * d);
@@ -615,16 +638,17 @@ pub fn fit(
         });
     }
     clock.end("scoring (leave-one-out)".into(), parts, "parts");
-    let search_pairs =
-        std::array::from_fn(
-            |b| match partitions[b].as_ref().filter(|_| opts.prune_search) {
-                Some(p) => p.pair_counts(),
-                None => {
-                    let all = (parts * shapes[b].0 * bank_norms[b].len()) as u64;
-                    (all, all)
-                }
-            },
-        );
+    // Pairs of every patch with every row, against those computed: equal patches are
+    // searched once, and the partition skips most pairs of the rest.
+    let searched = scorer.searched_patches();
+    let search_pairs = std::array::from_fn(|b| {
+        let rows = bank_norms[b].len() as u64;
+        let all = (parts * shapes[b].0) as u64 * rows;
+        match partitions[b].as_ref().filter(|_| opts.prune_search) {
+            Some(p) => (all, p.pair_counts().1),
+            None => (all, searched[b] * rows),
+        }
+    });
 
     // 5. Decision layers.
     cfg.part_svm = svm(&vectors)?;

@@ -16,6 +16,7 @@ use crate::cpu::maps;
 use crate::cpu::pool::Pool;
 use crate::format::{BankFile, FormatError, Writer};
 pub use crate::types::{BANK_NAMES, FUSED, RGB, XYZ};
+use crate::util::row_table::{row_table_len, RowTable};
 use std::cell::Cell;
 
 /// The banks of one bank file (any of them may be absent), borrowed.
@@ -182,6 +183,8 @@ pub struct Scorer {
     /// Per bank: parts left to search in f32 before the bf16 search is tried again
     /// ([`BF16_RETRY_PARTS`]).
     bf16_rest: [Cell<u32>; 3],
+    /// Per bank: the patches searched so far (equal patches of a part count once).
+    searched: [Cell<u64>; 3],
 }
 
 /// Parts a bank is searched in f32 after a part on which the bf16 search did not pay
@@ -225,6 +228,7 @@ impl Scorer {
             pruned_len,
             search: SearchForm::F32,
             bf16_rest: Default::default(),
+            searched: Default::default(),
         }
     }
 
@@ -253,6 +257,11 @@ impl Scorer {
     /// The CPU search's arithmetic.
     pub fn search_form(&self) -> SearchForm {
         self.search
+    }
+
+    /// Per bank, the patches searched so far: the distinct patches of each part.
+    pub fn searched_patches(&self) -> [u64; 3] {
+        std::array::from_fn(|b| self.searched[b].get())
     }
 
     /// Parts bank `b` is still searched in f32 before the bf16 search is tried again.
@@ -290,7 +299,7 @@ impl Scorer {
     pub fn scratch_len(&self) -> usize {
         self.max_feat
             + 3 * self.max_patches
-            + dedupe_table_len(self.max_patches)
+            + row_table_len(self.max_patches)
             + self.search_len()
             + maps::map_scratch_len(self.map_size)
     }
@@ -338,7 +347,7 @@ impl Scorer {
         let nn: &mut [u32] = bytemuck::cast_slice_mut(nn_f);
         let (rep_f, rest) = rest.split_at_mut(self.max_patches);
         let rep: &mut [u32] = bytemuck::cast_slice_mut(rep_f);
-        let (table_f, rest) = rest.split_at_mut(dedupe_table_len(self.max_patches));
+        let (table_f, rest) = rest.split_at_mut(row_table_len(self.max_patches));
         let table: &mut [u32] = bytemuck::cast_slice_mut(table_f);
         let (cpu_search, map_scratch) = rest.split_at_mut(self.search_len());
         let mut out = PartScores::default();
@@ -358,6 +367,7 @@ impl Scorer {
             }
             // Equal patches have equal answers: only the first of each is searched.
             let u = dedupe_rows(xb, view.dim, &mut rep[..n], table);
+            self.searched[b].set(self.searched[b].get() + u as u64);
             let xb = &xb[..u * view.dim];
             // The nearest rows, by the device's search, the pruned search (f32) where the
             // bank has a partition in use, the bf16 search where it pays, else f32.
@@ -414,11 +424,6 @@ impl Scorer {
     }
 }
 
-/// u32 slots of [`dedupe_rows`]'s hash table for up to `rows` rows.
-fn dedupe_table_len(rows: usize) -> usize {
-    (2 * rows).next_power_of_two()
-}
-
 /// Keeps the first of each set of bit-equal `dim`-rows of `x`, in order, at the front of
 /// `x`; `rep[j]` receives the kept index of row `j`'s set. Returns the number kept.
 ///
@@ -427,38 +432,17 @@ fn dedupe_table_len(rows: usize) -> usize {
 /// first) and `x_{j*}` the same values. An M3DM fused grid repeats each RGB cell 2×2 and
 /// the background's xyz half is one constant, so 2×2 background blocks are one query; a
 /// synthetic part's 3136 fused patches are ≈ 1200 distinct ones.
-///
-/// `table` (at least [`dedupe_table_len`]`(rows)` slots): an open-addressing hash table of
-/// kept index + 1 (0: empty slot), linear probing on the row's xxh3.
-fn dedupe_rows(x: &mut [f32], dim: usize, rep: &mut [u32], table: &mut [u32]) -> usize {
-    let rows = rep.len();
-    let slots = dedupe_table_len(rows);
-    let table = &mut table[..slots];
-    table.fill(0);
-    let mask = slots - 1;
+fn dedupe_rows(x: &mut [f32], dim: usize, rep: &mut [u32], slots: &mut [u32]) -> usize {
+    let mut table = RowTable::new(slots, rep.len());
     let mut kept = 0;
-    for j in 0..rows {
-        let row: &[u32] = bytemuck::cast_slice(&x[j * dim..(j + 1) * dim]);
-        let mut slot = xxhash_rust::xxh3::xxh3_64(bytemuck::cast_slice(row)) as usize & mask;
-        let found = loop {
-            match table[slot] {
-                0 => break None,
-                k => {
-                    let k = k as usize - 1;
-                    let other: &[u32] = bytemuck::cast_slice(&x[k * dim..(k + 1) * dim]);
-                    if other == row {
-                        break Some(k);
-                    }
-                }
-            }
-            slot = (slot + 1) & mask;
-        };
-        rep[j] = match found {
+    for (j, rep) in rep.iter_mut().enumerate() {
+        let row = &x[j * dim..(j + 1) * dim];
+        let found = table.find_or_insert(row, kept, |k| &x[k * dim..(k + 1) * dim]);
+        *rep = match found {
             Some(k) => k as u32,
             None => {
                 // Kept rows move only forward (kept ≤ j): row j is still intact here.
                 x.copy_within(j * dim..(j + 1) * dim, kept * dim);
-                table[slot] = kept as u32 + 1;
                 kept += 1;
                 kept as u32 - 1
             }

@@ -5,3 +5,4 @@ pub mod alloc_counter;
 pub mod linalg;
 pub mod peak;
 pub mod rng;
+pub mod row_table;

@@ -554,3 +554,113 @@ fn equal_patches_searched_once_score_the_bits_of_every_patch() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Parts of [`Fake`] with equal rows inside each part: every fused row of an even column
+/// copied to the next column, and a few rgb rows.
+struct WithEqualRows(Fake);
+
+impl FeatureExtractor for WithEqualRows {
+    fn layout(&self) -> FeatureLayout {
+        self.0.layout
+    }
+    fn parts(&self) -> usize {
+        self.0.parts
+    }
+    fn extract(
+        &mut self,
+        part: usize,
+        xyz: &mut [f32],
+        rgb: &mut [f32],
+        fused: &mut [f32],
+    ) -> miad::Result<()> {
+        self.0.extract(part, xyz, rgb, fused)?;
+        let l = self.0.layout;
+        let fd = l.fused_dim;
+        for c in (0..l.xyz_grid * l.xyz_grid).step_by(2) {
+            fused.copy_within(c * fd..(c + 1) * fd, (c + 1) * fd);
+        }
+        let rd = l.rgb_dim;
+        rgb.copy_within(0..rd, 5 * rd);
+        Ok(())
+    }
+}
+
+/// The fit's greedy coreset runs over each part's distinct rows only (`fit::banks`): the
+/// bank must hold the rows `greedy_plain` selects from every candidate row, in order.
+#[test]
+fn coreset_over_distinct_rows_selects_what_every_row_selects() {
+    use miad::cpu::coreset::{greedy_plain, jl_min_dim, project_rows, projection_matrix};
+    let dir = tmpdir("distinct");
+    let pool = Pool::new(2);
+    let l = layout();
+    let parts = 12;
+    let fake = |seed| Fake {
+        layout: l,
+        parts,
+        seed,
+        anomalous_from: usize::MAX,
+    };
+    let opts = FitOptions {
+        map_size: 32,
+        scratch_dir: dir.clone(),
+        ..FitOptions::default()
+    };
+    let base = BankConfig::empty([7; 16], "fake", "widget");
+    let mut ex = WithEqualRows(fake(31));
+    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |_| {}).unwrap();
+    let c = &fitted.config;
+    let phase = |name: &str| {
+        let p = fitted.phases.iter().find(|p| p.phase.starts_with(name));
+        p.map(|p| p.phase.clone()).unwrap_or_default()
+    };
+    let rows = l.xyz_grid * l.xyz_grid;
+    let n = parts * rows;
+    let want_phase = format!("coreset fused ({} distinct of {n} ", n / 2);
+    assert!(
+        phase("coreset fused").starts_with(&want_phase),
+        "{}",
+        phase("coreset fused")
+    );
+    // The reference: every candidate row normalised, projected, selected.
+    let d = l.fused_dim;
+    let mut all = vec![0f32; n * d];
+    let mut ex = WithEqualRows(fake(31));
+    let (mut x, mut r) = (vec![0f32; rows * l.xyz_dim], vec![0f32; 16 * l.rgb_dim]);
+    for p in 0..parts {
+        ex.extract(
+            p,
+            &mut x,
+            &mut r,
+            &mut all[p * rows * d..(p + 1) * rows * d],
+        )
+        .unwrap();
+    }
+    let inv = 1.0 / c.fused_norm.std;
+    for v in &mut all {
+        *v = (*v - c.fused_norm.mean) * inv;
+    }
+    let k = jl_min_dim(n, opts.coreset_eps);
+    let (proj, pd) = if k > 0 && k < d {
+        let m = projection_matrix(k, d, opts.seed ^ 2);
+        let mut out = vec![0f32; n * k];
+        project_rows(&pool, &all, d, &m, k, &mut out);
+        (out, k)
+    } else {
+        (all.clone(), d)
+    };
+    let m = (n as f64 * opts.coreset_ratio).ceil() as usize;
+    let selected = greedy_plain(&proj, pd, m);
+    let want: Vec<u32> = selected
+        .iter()
+        .flat_map(|&s| &all[s as usize * d..(s as usize + 1) * d])
+        .map(|v| v.to_bits())
+        .collect();
+    let (_, _, bank) = fitted.tensors.iter().find(|t| t.0 == "bank.fused").unwrap();
+    let got: Vec<u32> = bank.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got.len(), want.len(), "fused bank rows");
+    assert!(
+        got == want,
+        "the fused bank is not greedy_plain's selection"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
