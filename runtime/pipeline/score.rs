@@ -365,8 +365,14 @@ impl Scorer {
             for (o, v) in xb.iter_mut().zip(f) {
                 *o = (v - mean) * inv;
             }
-            // Equal patches have equal answers: only the first of each is searched.
-            let u = dedupe_rows(xb, view.dim, &mut rep[..n], table);
+            // Equal patches have equal answers: only the first of each is searched (not
+            // on the device, whose search replays a graph planned for every patch).
+            let on_device = search.is_some() && exclude[b].is_none();
+            let u = if on_device {
+                n
+            } else {
+                dedupe_rows(xb, view.dim, &mut rep[..n], table)
+            };
             self.searched[b].set(self.searched[b].get() + u as u64);
             let xb = &xb[..u * view.dim];
             // The nearest rows, by the device's search, the pruned search (f32) where the
@@ -394,8 +400,10 @@ impl Scorer {
                 knn_scratch,
             );
             // Back to one distance per patch; rep[j] ≤ j, so from the end in place.
-            for j in (0..n).rev() {
-                dmap[j] = dmap[rep[j] as usize];
+            if u < n {
+                for j in (0..n).rev() {
+                    dmap[j] = dmap[rep[j] as usize];
+                }
             }
             maps::anomaly_map(
                 &dmap[..n],
