@@ -536,12 +536,7 @@ fn search_grouped(
         let mut qbound = [QueryBound::default(); QUERY_BLOCK];
         if let Some(pv) = part.projection {
             let kp = pv.k;
-            for (j, (qb_j, p)) in qbound.iter_mut().zip(pq.chunks_exact_mut(kp)).enumerate() {
-                if j == qn {
-                    break;
-                }
-                *qb_j = QueryBound::new(&pv, &q[j * dim..(j + 1) * dim], qnorm[j], p);
-            }
+            QueryBound::fill(&pv, q, &qnorm[..qn], &mut pq[..qn * kp], &mut qbound[..qn]);
             pack_rhs(
                 Operand::transposed(Mat::new(&pq[..qn * kp], qn, kp)),
                 0,
@@ -737,27 +732,26 @@ impl Panel<'_, '_> {
         i_out: &mut [u32],
     ) -> u64 {
         let (dim, mr, nr) = (self.bank.dim, self.ker.mr, self.ker.nr);
-        // Zeros below a short group: their tile rows are not read.
-        for i in 0..mr {
-            let dst = &mut panel[i * dim..(i + 1) * dim];
-            match pos.get(i) {
-                Some(&p) => {
-                    dst.copy_from_slice(self.bank.row(self.part.order[p as usize] as usize))
-                }
-                None => dst.fill(0.0),
-            }
+        // The rows in place; a short group repeats its first row (those tile rows are not
+        // read).
+        let Some(&first) = pos.first() else {
+            return 0;
+        };
+        let mut rows = [std::ptr::null::<f32>(); MAX_MR];
+        for (i, r) in rows[..mr].iter_mut().enumerate() {
+            let p = *pos.get(i).unwrap_or(&first);
+            *r = self.bank.row(self.part.order[p as usize] as usize).as_ptr();
         }
-        // SAFETY: the panel holds mr·dim floats, the strip dim·nr packed floats, the tile
-        // mr·nr floats.
+        // SAFETY: `rows` holds mr rows of dim floats, the strip dim·nr packed floats, the
+        // tile mr·nr floats; the panel mr·dim floats.
         unsafe {
-            self.ker.run(
+            row_kernel::run(
+                self.ker,
                 dim,
-                panel.as_ptr(),
-                dim,
+                &rows,
                 self.strip_pack.as_ptr(),
                 tile.as_mut_ptr(),
-                nr,
-                Start::Zero,
+                panel,
             )
         };
         for (i, &p) in pos.iter().enumerate() {
@@ -773,5 +767,131 @@ impl Panel<'_, '_> {
             }
         }
         (pos.len() * self.cols) as u64
+    }
+}
+
+/// The micro-kernel on rows read in place (the pruned search's visited rows, wherever they
+/// lie in the bank) instead of a copied panel: the same tile bits as [`Kernel::run`] on
+/// those rows copied, since each pair's sum is the same chain of multiply-adds in k order
+/// from zero (the AVX kernels'; the portable kernel, plain multiply-then-add, is run on a
+/// copied panel).
+mod row_kernel {
+    use super::MAX_MR;
+    use crate::cpu::gemm::{Isa, Kernel, Start};
+
+    /// `tile[i·nr + j] = Σ_k rows[i][k] · strip[k·nr + j]` for the kernel's `mr × nr` tile.
+    ///
+    /// # Safety
+    /// `rows[..ker.mr]` each hold `dim` floats; `strip` `dim · ker.nr` packed floats; `tile`
+    /// `ker.mr · ker.nr` floats; `panel` (used by the portable kernel) `ker.mr · dim`.
+    pub(super) unsafe fn run(
+        ker: Kernel,
+        dim: usize,
+        rows: &[*const f32; MAX_MR],
+        strip: *const f32,
+        tile: *mut f32,
+        panel: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match ker.isa {
+            Isa::Avx512 if ker.mr == 12 && ker.nr == 32 => {
+                // SAFETY: the kernel of this ISA was picked for this CPU; sizes as above.
+                return unsafe { x86::rows_12x32(dim, rows, strip, tile) };
+            }
+            Isa::Avx2 if ker.mr == 6 && ker.nr == 16 => {
+                // SAFETY: as above.
+                return unsafe { x86::rows_6x16(dim, rows, strip, tile) };
+            }
+            _ => {}
+        }
+        for (i, &r) in rows[..ker.mr].iter().enumerate() {
+            // SAFETY: each row holds dim floats.
+            let src = unsafe { std::slice::from_raw_parts(r, dim) };
+            panel[i * dim..(i + 1) * dim].copy_from_slice(src);
+        }
+        // SAFETY: the panel holds mr·dim floats; strip and tile as above.
+        unsafe { ker.run(dim, panel.as_ptr(), dim, strip, tile, ker.nr, Start::Zero) };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::MAX_MR;
+        use std::arch::x86_64::*;
+
+        /// One kernel: `$rows` accumulators of two vectors each, from zero, one fused
+        /// multiply-add per pair and step in k order (as `gemm`'s micro-kernels).
+        macro_rules! rows_kernel {
+            ($name:ident, $features:literal, $rows:literal, $lanes:literal, $zero:path,
+             $load:path, $store:path, $set1:path, $fmadd:path) => {
+                /// # Safety
+                /// The CPU has the features; sizes as [`super::run`] says.
+                #[target_feature(enable = $features)]
+                pub(in super::super) unsafe fn $name(
+                    steps: usize,
+                    rows: &[*const f32; MAX_MR],
+                    b: *const f32,
+                    c: *mut f32,
+                ) {
+                    unsafe {
+                        let a: [*const f32; $rows] = std::array::from_fn(|i| rows[i]);
+                        let mut lo = [$zero(); $rows];
+                        let mut hi = [$zero(); $rows];
+                        let mut bp = b;
+                        let mut k = 0;
+                        macro_rules! step {
+                            ($u:expr) => {
+                                let b0 = $load(bp.add($u * 2 * $lanes));
+                                let b1 = $load(bp.add($u * 2 * $lanes + $lanes));
+                                for i in 0..$rows {
+                                    let ai = $set1(*a[i].add(k + $u));
+                                    lo[i] = $fmadd(ai, b0, lo[i]);
+                                    hi[i] = $fmadd(ai, b1, hi[i]);
+                                }
+                            };
+                        }
+                        while k + 4 <= steps {
+                            step!(0);
+                            step!(1);
+                            step!(2);
+                            step!(3);
+                            bp = bp.add(4 * 2 * $lanes);
+                            k += 4;
+                        }
+                        while k < steps {
+                            step!(0);
+                            bp = bp.add(2 * $lanes);
+                            k += 1;
+                        }
+                        for i in 0..$rows {
+                            $store(c.add(i * 2 * $lanes), lo[i]);
+                            $store(c.add(i * 2 * $lanes + $lanes), hi[i]);
+                        }
+                    }
+                }
+            };
+        }
+
+        rows_kernel!(
+            rows_12x32,
+            "avx512f",
+            12,
+            16,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps
+        );
+        rows_kernel!(
+            rows_6x16,
+            "avx2,fma",
+            6,
+            8,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps
+        );
     }
 }

@@ -387,6 +387,48 @@ fn projection_bound_is_never_above_the_true_or_the_computed_distance() {
 }
 
 #[test]
+fn query_bounds_filled_in_pairs_equal_the_single_query_bounds() {
+    let pool = Pool::new(2);
+    let dim = 97; // odd: the last coordinate goes alone
+    let b = steep(600, dim, 71);
+    let n = b.len() / dim;
+    let mut norms = vec![0f32; n];
+    sq_norms(&b, dim, &mut norms);
+    let bv = BankView::new(&b, &norms, dim);
+    let part = BankPartition::build(&pool, bv, 10).unwrap();
+    let view = part.view(&bv).unwrap();
+    let pv = view.projection.expect("a projection");
+    // An odd number of queries: the last one is projected alone.
+    let q = queries_near(&b, dim, 7, 72);
+    let nq = q.len() / dim;
+    let mut qn = vec![0f32; nq];
+    sq_norms(&q, dim, &mut qn);
+    let mut filled = vec![QueryBound::default(); nq];
+    let mut p_filled = vec![0f32; nq * PROJ_DIMS];
+    QueryBound::fill(&pv, &q, &qn, &mut p_filled, &mut filled);
+    let mut p = vec![0f32; PROJ_DIMS];
+    for (j, qr) in q.chunks_exact(dim).enumerate() {
+        let single = QueryBound::new(&pv, qr, qn[j], &mut p);
+        let p_j = &p_filled[j * PROJ_DIMS..(j + 1) * PROJ_DIMS];
+        assert_eq!(
+            p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            p_j.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "query {j}: projected coordinates"
+        );
+        for pos in (0..n).step_by(37) {
+            let rec = pv.record(pos);
+            for dot in [0.0f32, 1.5, -3.25] {
+                assert_eq!(
+                    single.lower_bound(rec, dot).to_bits(),
+                    filled[j].lower_bound(rec, dot).to_bits(),
+                    "query {j}, row {pos}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn neighbour_table_through_the_partition_equals_the_full_scan() {
     // Five distinct rows, each copied many times: every row's neighbours are ties.
     let five = random(5 * 64, 66);
