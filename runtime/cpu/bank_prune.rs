@@ -53,6 +53,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const ROWS_PER_CLUSTER: usize = 64;
 /// Most clusters.
 pub const MAX_CLUSTERS: usize = 4096;
+/// Floats at the start of a visited row fetched ahead of the kernel (4 cache lines).
+const PREFETCH_FLOATS: usize = 64;
 /// Most rows of a micro-kernel's row group (the panel of gathered rows holds this many).
 const MAX_MR: usize = 12;
 
@@ -312,9 +314,11 @@ fn pruned_worker_floats(dim: usize, clusters: usize) -> usize {
 /// a partition of `clusters` clusters with a pool of `threads` threads.
 pub fn pruned_scratch_len(threads: usize, queries: usize, dim: usize, clusters: usize) -> usize {
     // Per query: its nearest centre, its place, its result, the lower bounds of its
-    // distance to every centre; the queries grouped by centre.
+    // distance to every centre; the queries grouped by centre; per centre its place in
+    // the grouping.
     4 * queries
         + queries * clusters
+        + clusters
         + queries * dim
         + threads.max(1) * pruned_worker_floats(dim, clusters)
 }
@@ -366,7 +370,7 @@ pub fn nearest_pruned(
         return;
     }
     let ker = Kernel::best();
-    let (per_query, workers) = scratch.split_at_mut(4 * nq + nq * k + nq * dim);
+    let (per_query, workers) = scratch.split_at_mut(4 * nq + nq * k + k + nq * dim);
     if k < ker.mr || bank.n < ker.mr || query_block(dim) * dim > QUERY_PACK_FLOATS {
         // A partition made for a narrower kernel, or a bank too small to prune.
         nearest(pool, queries, bank, exclude, dist, index, workers);
@@ -377,7 +381,8 @@ pub fn nearest_pruned(
     let (order, rest) = rest.split_at_mut(nq);
     let (gd, rest) = rest.split_at_mut(nq);
     let (gi, rest) = rest.split_at_mut(nq);
-    let (lo, grouped) = rest.split_at_mut(nq * k);
+    let (lo, rest) = rest.split_at_mut(nq * k);
+    let (centre_key, grouped) = rest.split_at_mut(k);
     let owner: &mut [u32] = bytemuck::cast_slice_mut(owner);
     let order: &mut [u32] = bytemuck::cast_slice_mut(order);
     let gi: &mut [u32] = bytemuck::cast_slice_mut(gi);
@@ -385,8 +390,18 @@ pub fn nearest_pruned(
     for (j, o) in order.iter_mut().enumerate() {
         *o = j as u32;
     }
-    // A total order (centre, then query): no allocation, the same order every run.
-    order.sort_unstable_by_key(|&j| (owner[j as usize], j));
+    // The groups of queries in the order of their centres along the bank's leading
+    // direction, so that a strip spanning several groups holds near ones (a strip's
+    // rows are computed for all its queries): a total order (centre key, centre, query),
+    // no allocation, the same order every run.
+    centre_order(bank, part, centre_key);
+    order.sort_unstable_by(|&a, &b| {
+        let (ca, cb) = (owner[a as usize] as usize, owner[b as usize] as usize);
+        centre_key[ca]
+            .total_cmp(&centre_key[cb])
+            .then(ca.cmp(&cb))
+            .then(a.cmp(&b))
+    });
     for (t, &j) in order.iter().enumerate() {
         grouped[t * dim..(t + 1) * dim]
             .copy_from_slice(&queries[j as usize * dim..(j as usize + 1) * dim]);
@@ -396,6 +411,25 @@ pub fn nearest_pruned(
     for (t, &j) in order.iter().enumerate() {
         dist[j as usize] = gd[t];
         index[j as usize] = gi[t];
+    }
+}
+
+/// Per centre (rows 0..k of the bank), its coordinate along the projection's first
+/// direction (0 for all without a projection): the order the query groups are searched in.
+fn centre_order(bank: BankView<'_>, part: PartitionView<'_>, key: &mut [f32]) {
+    let Some(pv) = part.projection else {
+        key.fill(0.0);
+        return;
+    };
+    let w = 1 + pv.k;
+    for (c, kc) in key.iter_mut().enumerate() {
+        let along: f64 = bank
+            .row(c)
+            .iter()
+            .zip(pv.basis.chunks_exact(w))
+            .map(|(&x, b)| (x as f64 - b[0] as f64) * b[1] as f64)
+            .sum();
+        *kc = along as f32;
     }
 }
 
@@ -669,8 +703,12 @@ fn search_grouped(
                             .copy_from_slice(&ptile[(pos - start) * nr..(pos - start) * nr + cols]);
                         let need = sides.row_needed(&limit, pv.record(pos), &dots);
                         if need && rows_out.takes(pos) {
-                            // Fetched while the panel fills: the copy then reads L2.
-                            prefetch_to_l2(bank.row(part.order[pos] as usize));
+                            // The row's first lines fetched while the group fills, so
+                            // that its stream is under way when the kernel reads it
+                            // (fetching all of it: the same CPU time, spent waiting at
+                            // the prefetches).
+                            let row = bank.row(part.order[pos] as usize);
+                            prefetch_to_l2(&row[..row.len().min(PREFETCH_FLOATS)]);
                             pending[waiting] = pos as u32;
                             waiting += 1;
                             if waiting == mr {
