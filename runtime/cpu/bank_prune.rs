@@ -17,8 +17,8 @@
 //! clusters are visited nearest first; a cluster is skipped for a strip of queries when
 //! every query of the strip has `t > 0` and `t² − E > best` (in f64): its rows have a
 //! computed d² above the running best, so they can neither win nor tie. The rows that are
-//! visited are gathered, a kernel row group at a time, into a small panel and go through
-//! the micro-kernel exactly as [`nearest`] computes them (the same packed queries, the k
+//! visited are taken a kernel row group at a time and go, read in place, through the
+//! micro-kernel's arithmetic exactly as [`nearest`] computes them (the same packed queries, the k
 //! order of the micro-kernel: each pair's dot product does not depend on its neighbours
 //! in the tile), and the minimum keeps the lowest original row among equal d² — so the
 //! result is [`nearest`]'s, bit for bit, whatever the partition.
@@ -757,8 +757,8 @@ impl Panel<'_, '_> {
     }
 
     /// The rows at cluster-order positions `pos` (at most the kernel's `mr`, none excluded:
-    /// [`Panel::takes`]) gathered into `panel` and computed against the strip's queries
-    /// through the micro-kernel, the running minimum of `d_out`/`i_out` kept as nearest
+    /// [`Panel::takes`]) computed in place against the strip's queries through the
+    /// micro-kernel (`panel`: the portable kernel's copy), the running minimum of `d_out`/`i_out` kept as nearest
     /// keeps it (the smallest d², the lowest row among equal ones, never an infinite or
     /// NaN d²). Returns the pairs computed.
     fn run(
