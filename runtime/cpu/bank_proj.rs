@@ -131,8 +131,13 @@ pub struct Side {
 /// μ̂ then the k directions); writes p̂ into `p`. `computed_sq_norm`: x's squared norm as
 /// nearest has it.
 fn side(basis: &[f32], x: &[f32], computed_sq_norm: f32, p: &mut [f32]) -> Side {
+    let [sums] = project_pass(basis, [x]);
+    side_of(sums, computed_sq_norm, p)
+}
+
+/// The side of a vector from its projection sums ([`project_pass`]); writes p̂ into `p`.
+fn side_of((acc, sums): Sums, computed_sq_norm: f32, p: &mut [f32]) -> Side {
     let k = PROJ_DIMS;
-    let (acc, sums) = project_pass(basis, x);
     let total = |i: usize| sums.iter().map(|s| s[i]).sum::<f64>();
     let (y2, norm2, a2) = (total(0), total(1), total(2));
     let mut s = 0f64;
@@ -169,59 +174,74 @@ fn side(basis: &[f32], x: &[f32], computed_sq_norm: f32, p: &mut [f32]) -> Side 
 /// Projection sums, even and odd coordinates apart (independent chains).
 type Sums = ([[f64; PROJ_DIMS]; 2], [[f64; 3]; 2]);
 
-/// One pass over the coordinates of x: y = x − μ̂ (exact in f64) projected on every
-/// direction at once, ‖y‖², ‖x‖² and A_x² (module doc), all in f64, even and odd
-/// coordinates in separate sums. Compiled for AVX-512F or AVX2 as
-/// [`super::gemm::isa`] picks (no fused multiply-add, the same sums in the same order:
-/// the same bits on every path).
-fn project_pass(basis: &[f32], x: &[f32]) -> Sums {
+/// One pass over the coordinates of each x of `xs` (all `dim` long; several share each
+/// read of the basis): y = x − μ̂ (exact in f64) projected on every direction at once,
+/// ‖y‖², ‖x‖² and A_x² (module doc), all in f64, even and odd coordinates in separate
+/// sums. Compiled for AVX-512F or AVX2 as [`super::gemm::isa`] picks (no fused
+/// multiply-add, the same sums in the same order, whatever `N`: the same bits on every
+/// path).
+fn project_pass<const N: usize>(basis: &[f32], xs: [&[f32]; N]) -> [Sums; N] {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512(basis: &[f32], x: &[f32]) -> Sums {
-            project_pass_body(basis, x)
+        unsafe fn avx512<const N: usize>(basis: &[f32], xs: [&[f32]; N]) -> [Sums; N] {
+            project_pass_body(basis, xs)
         }
         #[target_feature(enable = "avx2")]
-        unsafe fn avx2(basis: &[f32], x: &[f32]) -> Sums {
-            project_pass_body(basis, x)
+        unsafe fn avx2<const N: usize>(basis: &[f32], xs: [&[f32]; N]) -> [Sums; N] {
+            project_pass_body(basis, xs)
         }
         match super::gemm::isa() {
             // SAFETY: `isa` names only instruction sets this CPU runs.
-            super::gemm::Isa::Avx512 => return unsafe { avx512(basis, x) },
+            super::gemm::Isa::Avx512 => return unsafe { avx512(basis, xs) },
             // SAFETY: as above.
-            super::gemm::Isa::Avx2 => return unsafe { avx2(basis, x) },
+            super::gemm::Isa::Avx2 => return unsafe { avx2(basis, xs) },
             super::gemm::Isa::Portable => {}
         }
     }
-    project_pass_body(basis, x)
+    project_pass_body(basis, xs)
 }
 
 #[inline(always)]
-fn project_pass_body(basis: &[f32], x: &[f32]) -> Sums {
-    let dim = x.len();
+fn project_pass_body<const N: usize>(basis: &[f32], xs: [&[f32]; N]) -> [Sums; N] {
+    let dim = xs[0].len();
     let w = 1 + PROJ_DIMS;
-    let mut acc = [[0f64; PROJ_DIMS]; 2];
-    let mut sums = [[0f64; 3]; 2];
-    let mut add = |way: usize, d: usize, v: f32, row: &[f32]| {
-        let y = v as f64 - row[0] as f64;
+    let mut out = [([[0f64; PROJ_DIMS]; 2], [[0f64; 3]; 2]); N];
+    for (t, rows) in basis.chunks_exact(2 * w).take(dim / 2).enumerate() {
+        add_coordinate(&mut out, &xs, 0, 2 * t, &rows[..w]);
+        add_coordinate(&mut out, &xs, 1, 2 * t + 1, &rows[w..]);
+    }
+    if dim % 2 == 1 {
+        add_coordinate(&mut out, &xs, 0, dim - 1, &basis[(dim - 1) * w..dim * w]);
+    }
+    out
+}
+
+/// Coordinate `d` of every x into its sums of `way`, with the basis row of d (μ̂_d, then
+/// the directions, converted once for all the xs).
+#[inline(always)]
+fn add_coordinate<const N: usize>(
+    out: &mut [Sums; N],
+    xs: &[&[f32]; N],
+    way: usize,
+    d: usize,
+    row: &[f32],
+) {
+    let dim = xs[0].len();
+    let mu = row[0] as f64;
+    let dirs: [f64; PROJ_DIMS] = std::array::from_fn(|i| row[1 + i] as f64);
+    for ((acc, sums), x) in out.iter_mut().zip(xs) {
+        let v = x[d];
+        let y = v as f64 - mu;
         let v2 = v as f64 * v as f64;
         let s = &mut sums[way];
         s[0] += y * y;
         s[1] += v2;
         s[2] += (dim - d + 1) as f64 * v2;
-        for (a, &b) in acc[way].iter_mut().zip(&row[1..]) {
-            *a += y * b as f64;
+        for (a, &b) in acc[way].iter_mut().zip(&dirs) {
+            *a += y * b;
         }
-    };
-    let pairs = x.chunks_exact(2).zip(basis.chunks_exact(2 * w));
-    for (t, (xv, rows)) in pairs.enumerate() {
-        add(0, 2 * t, xv[0], &rows[..w]);
-        add(1, 2 * t + 1, xv[1], &rows[w..]);
     }
-    if dim % 2 == 1 {
-        add(0, dim - 1, x[dim - 1], &basis[(dim - 1) * w..dim * w]);
-    }
-    (acc, sums)
 }
 
 /// The bound of a pair from its two sides and the f32 dot product p̂_q·p̂_b (module doc).
@@ -453,9 +473,39 @@ impl QueryBound {
     /// `computed_sq_norm`: the query's squared norm as the search computes it.
     pub fn new(view: &ProjectionView<'_>, q: &[f32], computed_sq_norm: f32, p: &mut [f32]) -> Self {
         debug_assert_eq!(q.len(), view.dim);
-        let mut side = side(view.basis, q, computed_sq_norm, p);
+        Self::from_side(view, side(view.basis, q, computed_sq_norm, p))
+    }
+
+    fn from_side(view: &ProjectionView<'_>, mut side: Side) -> Self {
         side.a *= cross_factor(view.dim);
         QueryBound(side)
+    }
+
+    /// [`QueryBound::new`] for every query of `queries` (rows of `view`'s width, their
+    /// computed squared norms in `norms`), into `out`, their p̂ into `p` (k values each):
+    /// the same bits, two queries per read of the basis.
+    pub fn fill(
+        view: &ProjectionView<'_>,
+        queries: &[f32],
+        norms: &[f32],
+        p: &mut [f32],
+        out: &mut [QueryBound],
+    ) {
+        let (dim, k) = (view.dim, view.k);
+        let mut pairs = queries.chunks_exact(2 * dim);
+        let mut j = 0;
+        for two in pairs.by_ref() {
+            let (x0, x1) = two.split_at(dim);
+            let [s0, s1] = project_pass(view.basis, [x0, x1]);
+            let (p0, p1) = p[j * k..(j + 2) * k].split_at_mut(k);
+            out[j] = Self::from_side(view, side_of(s0, norms[j], p0));
+            out[j + 1] = Self::from_side(view, side_of(s1, norms[j + 1], p1));
+            j += 2;
+        }
+        let last = pairs.remainder();
+        if !last.is_empty() {
+            out[j] = Self::new(view, last, norms[j], &mut p[j * k..(j + 1) * k]);
+        }
     }
 
     /// A lower bound of nearest's computed d² for this query and the row of `record`,

@@ -17,8 +17,8 @@
 //! clusters are visited nearest first; a cluster is skipped for a strip of queries when
 //! every query of the strip has `t > 0` and `t² − E > best` (in f64): its rows have a
 //! computed d² above the running best, so they can neither win nor tie. The rows that are
-//! visited are gathered, a kernel row group at a time, into a small panel and go through
-//! the micro-kernel exactly as [`nearest`] computes them (the same packed queries, the k
+//! visited are taken a kernel row group at a time and go, read in place, through the
+//! micro-kernel's arithmetic exactly as [`nearest`] computes them (the same packed queries, the k
 //! order of the micro-kernel: each pair's dot product does not depend on its neighbours
 //! in the tile), and the minimum keeps the lowest original row among equal d² — so the
 //! result is [`nearest`]'s, bit for bit, whatever the partition.
@@ -53,6 +53,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const ROWS_PER_CLUSTER: usize = 64;
 /// Most clusters.
 pub const MAX_CLUSTERS: usize = 4096;
+/// Floats at the start of a visited row fetched ahead of the kernel (4 cache lines).
+const PREFETCH_FLOATS: usize = 64;
 /// Most rows of a micro-kernel's row group (the panel of gathered rows holds this many).
 const MAX_MR: usize = 12;
 
@@ -312,9 +314,11 @@ fn pruned_worker_floats(dim: usize, clusters: usize) -> usize {
 /// a partition of `clusters` clusters with a pool of `threads` threads.
 pub fn pruned_scratch_len(threads: usize, queries: usize, dim: usize, clusters: usize) -> usize {
     // Per query: its nearest centre, its place, its result, the lower bounds of its
-    // distance to every centre; the queries grouped by centre.
+    // distance to every centre; the queries grouped by centre; per centre its place in
+    // the grouping.
     4 * queries
         + queries * clusters
+        + clusters
         + queries * dim
         + threads.max(1) * pruned_worker_floats(dim, clusters)
 }
@@ -366,7 +370,7 @@ pub fn nearest_pruned(
         return;
     }
     let ker = Kernel::best();
-    let (per_query, workers) = scratch.split_at_mut(4 * nq + nq * k + nq * dim);
+    let (per_query, workers) = scratch.split_at_mut(4 * nq + nq * k + k + nq * dim);
     if k < ker.mr || bank.n < ker.mr || query_block(dim) * dim > QUERY_PACK_FLOATS {
         // A partition made for a narrower kernel, or a bank too small to prune.
         nearest(pool, queries, bank, exclude, dist, index, workers);
@@ -377,7 +381,8 @@ pub fn nearest_pruned(
     let (order, rest) = rest.split_at_mut(nq);
     let (gd, rest) = rest.split_at_mut(nq);
     let (gi, rest) = rest.split_at_mut(nq);
-    let (lo, grouped) = rest.split_at_mut(nq * k);
+    let (lo, rest) = rest.split_at_mut(nq * k);
+    let (centre_key, grouped) = rest.split_at_mut(k);
     let owner: &mut [u32] = bytemuck::cast_slice_mut(owner);
     let order: &mut [u32] = bytemuck::cast_slice_mut(order);
     let gi: &mut [u32] = bytemuck::cast_slice_mut(gi);
@@ -385,8 +390,18 @@ pub fn nearest_pruned(
     for (j, o) in order.iter_mut().enumerate() {
         *o = j as u32;
     }
-    // A total order (centre, then query): no allocation, the same order every run.
-    order.sort_unstable_by_key(|&j| (owner[j as usize], j));
+    // The groups of queries in the order of their centres along the bank's leading
+    // direction, so that a strip spanning several groups holds near ones (a strip's
+    // rows are computed for all its queries): a total order (centre key, centre, query),
+    // no allocation, the same order every run.
+    centre_order(bank, part, centre_key);
+    order.sort_unstable_by(|&a, &b| {
+        let (ca, cb) = (owner[a as usize] as usize, owner[b as usize] as usize);
+        centre_key[ca]
+            .total_cmp(&centre_key[cb])
+            .then(ca.cmp(&cb))
+            .then(a.cmp(&b))
+    });
     for (t, &j) in order.iter().enumerate() {
         grouped[t * dim..(t + 1) * dim]
             .copy_from_slice(&queries[j as usize * dim..(j as usize + 1) * dim]);
@@ -396,6 +411,25 @@ pub fn nearest_pruned(
     for (t, &j) in order.iter().enumerate() {
         dist[j as usize] = gd[t];
         index[j as usize] = gi[t];
+    }
+}
+
+/// Per centre (rows 0..k of the bank), its coordinate along the projection's first
+/// direction (0 for all without a projection): the order the query groups are searched in.
+fn centre_order(bank: BankView<'_>, part: PartitionView<'_>, key: &mut [f32]) {
+    let Some(pv) = part.projection else {
+        key.fill(0.0);
+        return;
+    };
+    let w = 1 + pv.k;
+    for (c, kc) in key.iter_mut().enumerate() {
+        let along: f64 = bank
+            .row(c)
+            .iter()
+            .zip(pv.basis.chunks_exact(w))
+            .map(|(&x, b)| (x as f64 - b[0] as f64) * b[1] as f64)
+            .sum();
+        *kc = along as f32;
     }
 }
 
@@ -536,12 +570,7 @@ fn search_grouped(
         let mut qbound = [QueryBound::default(); QUERY_BLOCK];
         if let Some(pv) = part.projection {
             let kp = pv.k;
-            for (j, (qb_j, p)) in qbound.iter_mut().zip(pq.chunks_exact_mut(kp)).enumerate() {
-                if j == qn {
-                    break;
-                }
-                *qb_j = QueryBound::new(&pv, &q[j * dim..(j + 1) * dim], qnorm[j], p);
-            }
+            QueryBound::fill(&pv, q, &qnorm[..qn], &mut pq[..qn * kp], &mut qbound[..qn]);
             pack_rhs(
                 Operand::transposed(Mat::new(&pq[..qn * kp], qn, kp)),
                 0,
@@ -674,8 +703,12 @@ fn search_grouped(
                             .copy_from_slice(&ptile[(pos - start) * nr..(pos - start) * nr + cols]);
                         let need = sides.row_needed(&limit, pv.record(pos), &dots);
                         if need && rows_out.takes(pos) {
-                            // Fetched while the panel fills: the copy then reads L2.
-                            prefetch_to_l2(bank.row(part.order[pos] as usize));
+                            // The row's first lines fetched while the group fills, so
+                            // that its stream is under way when the kernel reads it
+                            // (fetching all of it: the same CPU time, spent waiting at
+                            // the prefetches).
+                            let row = bank.row(part.order[pos] as usize);
+                            prefetch_to_l2(&row[..row.len().min(PREFETCH_FLOATS)]);
                             pending[waiting] = pos as u32;
                             waiting += 1;
                             if waiting == mr {
@@ -724,8 +757,8 @@ impl Panel<'_, '_> {
     }
 
     /// The rows at cluster-order positions `pos` (at most the kernel's `mr`, none excluded:
-    /// [`Panel::takes`]) gathered into `panel` and computed against the strip's queries
-    /// through the micro-kernel, the running minimum of `d_out`/`i_out` kept as nearest
+    /// [`Panel::takes`]) computed in place against the strip's queries through the
+    /// micro-kernel (`panel`: the portable kernel's copy), the running minimum of `d_out`/`i_out` kept as nearest
     /// keeps it (the smallest d², the lowest row among equal ones, never an infinite or
     /// NaN d²). Returns the pairs computed.
     fn run(
@@ -737,27 +770,26 @@ impl Panel<'_, '_> {
         i_out: &mut [u32],
     ) -> u64 {
         let (dim, mr, nr) = (self.bank.dim, self.ker.mr, self.ker.nr);
-        // Zeros below a short group: their tile rows are not read.
-        for i in 0..mr {
-            let dst = &mut panel[i * dim..(i + 1) * dim];
-            match pos.get(i) {
-                Some(&p) => {
-                    dst.copy_from_slice(self.bank.row(self.part.order[p as usize] as usize))
-                }
-                None => dst.fill(0.0),
-            }
+        // The rows in place; a short group repeats its first row (those tile rows are not
+        // read).
+        let Some(&first) = pos.first() else {
+            return 0;
+        };
+        let mut rows = [std::ptr::null::<f32>(); MAX_MR];
+        for (i, r) in rows[..mr].iter_mut().enumerate() {
+            let p = *pos.get(i).unwrap_or(&first);
+            *r = self.bank.row(self.part.order[p as usize] as usize).as_ptr();
         }
-        // SAFETY: the panel holds mr·dim floats, the strip dim·nr packed floats, the tile
-        // mr·nr floats.
+        // SAFETY: `rows` holds mr rows of dim floats, the strip dim·nr packed floats, the
+        // tile mr·nr floats; the panel mr·dim floats.
         unsafe {
-            self.ker.run(
+            row_kernel::run(
+                self.ker,
                 dim,
-                panel.as_ptr(),
-                dim,
+                &rows,
                 self.strip_pack.as_ptr(),
                 tile.as_mut_ptr(),
-                nr,
-                Start::Zero,
+                panel,
             )
         };
         for (i, &p) in pos.iter().enumerate() {
@@ -773,5 +805,131 @@ impl Panel<'_, '_> {
             }
         }
         (pos.len() * self.cols) as u64
+    }
+}
+
+/// The micro-kernel on rows read in place (the pruned search's visited rows, wherever they
+/// lie in the bank) instead of a copied panel: the same tile bits as [`Kernel::run`] on
+/// those rows copied, since each pair's sum is the same chain of multiply-adds in k order
+/// from zero (the AVX kernels'; the portable kernel, plain multiply-then-add, is run on a
+/// copied panel).
+mod row_kernel {
+    use super::MAX_MR;
+    use crate::cpu::gemm::{Isa, Kernel, Start};
+
+    /// `tile[i·nr + j] = Σ_k rows[i][k] · strip[k·nr + j]` for the kernel's `mr × nr` tile.
+    ///
+    /// # Safety
+    /// `rows[..ker.mr]` each hold `dim` floats; `strip` `dim · ker.nr` packed floats; `tile`
+    /// `ker.mr · ker.nr` floats; `panel` (used by the portable kernel) `ker.mr · dim`.
+    pub(super) unsafe fn run(
+        ker: Kernel,
+        dim: usize,
+        rows: &[*const f32; MAX_MR],
+        strip: *const f32,
+        tile: *mut f32,
+        panel: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match ker.isa {
+            Isa::Avx512 if ker.mr == 12 && ker.nr == 32 => {
+                // SAFETY: the kernel of this ISA was picked for this CPU; sizes as above.
+                return unsafe { x86::rows_12x32(dim, rows, strip, tile) };
+            }
+            Isa::Avx2 if ker.mr == 6 && ker.nr == 16 => {
+                // SAFETY: as above.
+                return unsafe { x86::rows_6x16(dim, rows, strip, tile) };
+            }
+            _ => {}
+        }
+        for (i, &r) in rows[..ker.mr].iter().enumerate() {
+            // SAFETY: each row holds dim floats.
+            let src = unsafe { std::slice::from_raw_parts(r, dim) };
+            panel[i * dim..(i + 1) * dim].copy_from_slice(src);
+        }
+        // SAFETY: the panel holds mr·dim floats; strip and tile as above.
+        unsafe { ker.run(dim, panel.as_ptr(), dim, strip, tile, ker.nr, Start::Zero) };
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::MAX_MR;
+        use std::arch::x86_64::*;
+
+        /// One kernel: `$rows` accumulators of two vectors each, from zero, one fused
+        /// multiply-add per pair and step in k order (as `gemm`'s micro-kernels).
+        macro_rules! rows_kernel {
+            ($name:ident, $features:literal, $rows:literal, $lanes:literal, $zero:path,
+             $load:path, $store:path, $set1:path, $fmadd:path) => {
+                /// # Safety
+                /// The CPU has the features; sizes as [`super::run`] says.
+                #[target_feature(enable = $features)]
+                pub(in super::super) unsafe fn $name(
+                    steps: usize,
+                    rows: &[*const f32; MAX_MR],
+                    b: *const f32,
+                    c: *mut f32,
+                ) {
+                    unsafe {
+                        let a: [*const f32; $rows] = std::array::from_fn(|i| rows[i]);
+                        let mut lo = [$zero(); $rows];
+                        let mut hi = [$zero(); $rows];
+                        let mut bp = b;
+                        let mut k = 0;
+                        macro_rules! step {
+                            ($u:expr) => {
+                                let b0 = $load(bp.add($u * 2 * $lanes));
+                                let b1 = $load(bp.add($u * 2 * $lanes + $lanes));
+                                for i in 0..$rows {
+                                    let ai = $set1(*a[i].add(k + $u));
+                                    lo[i] = $fmadd(ai, b0, lo[i]);
+                                    hi[i] = $fmadd(ai, b1, hi[i]);
+                                }
+                            };
+                        }
+                        while k + 4 <= steps {
+                            step!(0);
+                            step!(1);
+                            step!(2);
+                            step!(3);
+                            bp = bp.add(4 * 2 * $lanes);
+                            k += 4;
+                        }
+                        while k < steps {
+                            step!(0);
+                            bp = bp.add(2 * $lanes);
+                            k += 1;
+                        }
+                        for i in 0..$rows {
+                            $store(c.add(i * 2 * $lanes), lo[i]);
+                            $store(c.add(i * 2 * $lanes + $lanes), hi[i]);
+                        }
+                    }
+                }
+            };
+        }
+
+        rows_kernel!(
+            rows_12x32,
+            "avx512f",
+            12,
+            16,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps
+        );
+        rows_kernel!(
+            rows_6x16,
+            "avx2,fma",
+            6,
+            8,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps
+        );
     }
 }

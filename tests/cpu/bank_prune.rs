@@ -328,6 +328,14 @@ fn computed_d2(q: &[f32], b: &[f32]) -> f32 {
     qn - 2.0 * dot + bn
 }
 
+/// The squared norms of the rows of `b` and its partition into 10 clusters.
+fn norms_and_partition(pool: &Pool, b: &[f32], dim: usize) -> (Vec<f32>, BankPartition) {
+    let mut norms = vec![0f32; b.len() / dim];
+    sq_norms(b, dim, &mut norms);
+    let part = BankPartition::build(pool, BankView::new(b, &norms, dim), 10).unwrap();
+    (norms, part)
+}
+
 #[test]
 fn projection_bound_is_never_above_the_true_or_the_computed_distance() {
     let pool = Pool::new(2);
@@ -348,10 +356,8 @@ fn projection_bound_is_never_above_the_true_or_the_computed_distance() {
         let q = q
             .map(|q| q.iter().map(|v| 50.0 * v - 20.0).collect::<Vec<f32>>())
             .unwrap_or_else(|| queries_near(&b, dim, 60, 66));
-        let mut norms = vec![0f32; n];
-        sq_norms(&b, dim, &mut norms);
+        let (norms, part) = norms_and_partition(&pool, &b, dim);
         let bv = BankView::new(&b, &norms, dim);
-        let part = BankPartition::build(&pool, bv, 10).unwrap();
         let view = part.view(&bv).unwrap();
         let pv = view.projection.expect("a projection");
         let mut p = vec![0f32; PROJ_DIMS];
@@ -384,6 +390,46 @@ fn projection_bound_is_never_above_the_true_or_the_computed_distance() {
     // Not a vacuous bound: most pairs get at least half their distance.
     eprintln!("projection bound ≥ half the true d² for {tight} of {pairs} pairs");
     assert!(tight * 2 > pairs, "{tight} of {pairs}");
+}
+
+#[test]
+fn query_bounds_filled_in_pairs_equal_the_single_query_bounds() {
+    let pool = Pool::new(2);
+    let dim = 97; // odd: the last coordinate goes alone
+    let b = steep(600, dim, 71);
+    let n = b.len() / dim;
+    let (norms, part) = norms_and_partition(&pool, &b, dim);
+    let bv = BankView::new(&b, &norms, dim);
+    let view = part.view(&bv).unwrap();
+    let pv = view.projection.expect("a projection");
+    // An odd number of queries: the last one is projected alone.
+    let q = queries_near(&b, dim, 7, 72);
+    let nq = q.len() / dim;
+    let mut qn = vec![0f32; nq];
+    sq_norms(&q, dim, &mut qn);
+    let mut filled = vec![QueryBound::default(); nq];
+    let mut p_filled = vec![0f32; nq * PROJ_DIMS];
+    QueryBound::fill(&pv, &q, &qn, &mut p_filled, &mut filled);
+    let mut p = vec![0f32; PROJ_DIMS];
+    for (j, qr) in q.chunks_exact(dim).enumerate() {
+        let single = QueryBound::new(&pv, qr, qn[j], &mut p);
+        let p_j = &p_filled[j * PROJ_DIMS..(j + 1) * PROJ_DIMS];
+        assert_eq!(
+            p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            p_j.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "query {j}: projected coordinates"
+        );
+        for pos in (0..n).step_by(37) {
+            let rec = pv.record(pos);
+            for dot in [0.0f32, 1.5, -3.25] {
+                assert_eq!(
+                    single.lower_bound(rec, dot).to_bits(),
+                    filled[j].lower_bound(rec, dot).to_bits(),
+                    "query {j}, row {pos}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
