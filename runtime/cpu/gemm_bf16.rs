@@ -139,7 +139,11 @@ impl Rows<'_> {
             (first, m.stride / 2)
         })
     }
-    /// [`prefetch_share`] of these rows.
+    /// [`prefetch_share`] of these rows where they are f32 (each panel converted as it is
+    /// loaded). Rows already in bf16 are not fetched ahead: the kernel reads most of their
+    /// panels where they lie, and 9 KiB of the next panel pulled into L1 beside the
+    /// current panel evicts the weight strip being streamed (the dense layers ran about
+    /// 3 % faster per CPU-second without it: `MIAD_BENCH_PARTS=bf16dense`).
     #[inline(always)]
     fn prefetch_share(
         &self,
@@ -148,9 +152,8 @@ impl Rows<'_> {
         s: usize,
         shares: usize,
     ) {
-        match self {
-            Rows::F32(m) => prefetch_share(m.data, m.stride, rows, cols, s, shares),
-            Rows::Bf16(m) => prefetch_share(m.data, m.stride, rows, cols, s, shares),
+        if let Rows::F32(m) = self {
+            prefetch_share(m.data, m.stride, rows, cols, s, shares)
         }
     }
 }
@@ -516,8 +519,8 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
 /// `c[rows, cols] (+)= a[rows, :] · wᵀ[:, cols]`, then `finish`, on the calling thread
 /// (see `gemm::gemm_region`): `b` holds `w` (`n × a.cols`) packed by [`pack_into`]. Per
 /// `k` block and panel of `MR` rows, the rows are rounded to bf16 into `panel` once, then
-/// multiplied by every strip of the columns; meanwhile the next panel's rows are fetched
-/// into the cache, a share per strip.
+/// multiplied by every strip of the columns; meanwhile the next panel's f32 rows are
+/// fetched into the cache, a share per strip ([`Rows::prefetch_share`]).
 ///
 /// Where `round_to` is given, the finished rows are also rounded to bf16 there.
 ///
