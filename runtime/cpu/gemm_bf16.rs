@@ -23,6 +23,11 @@ use std::cell::RefCell;
 const KC: usize = 384;
 const MR: usize = 12;
 const NR: usize = 32;
+/// Strips finished together by [`region`]'s epilogue as soon as their last `k` block is
+/// done (64 columns: one step of the bf16 row functions, `vmath::gelu_row_for_bf16`),
+/// instead of a whole panel's row of strips after the last, by when the first have left
+/// L1 (fc1's GELU epilogue cost about twice its arithmetic).
+const FINISH_STRIPS: usize = 2;
 /// Output columns per task of [`linear_bf16`]: its strips are half the bytes of the f32
 /// kernel's (bf16, `KC` pairs), so twice `gemm::NC` keeps the same packed block in L2
 /// and converts each panel of activations for twice as many strips.
@@ -228,6 +233,7 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
                 for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
                     for (i, half) in [&mut *lo, &mut *hi].into_iter().enumerate() {
                         let p = 2 * q + i;
+                        prefetch_row(m, p0 + p + PACK_AHEAD, j0..j0 + jn);
                         if p < kc {
                             let src = &m.data[(p0 + p) * m.stride + j0..][..jn];
                             round_scaled(src, alpha, &mut half[..jn]);
@@ -248,6 +254,7 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
                 // row by pair row: a transpose of u32 pairs.
                 let row_pairs = KC / 2;
                 for jj in 0..jn {
+                    prefetch_row(m, j0 + jj + PACK_AHEAD, p0..p0 + kc);
                     let src = &m.data[(j0 + jj) * m.stride + p0..][..kc];
                     let dst = &mut strip_pairs[jj * row_pairs..jj * row_pairs + pairs];
                     let dst: &mut [u16] = bytemuck::cast_slice_mut(dst);
@@ -261,6 +268,25 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
                         pair[1] = (v >> 16) as u16;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Rows fetched ahead while packing: attention's keys and values are rows of 64 values
+/// 9 KiB apart in the qkv output (each on another page, where the hardware prefetchers
+/// stop), so without it every row read waits on memory.
+const PACK_AHEAD: usize = 8;
+
+/// Asks for elements `cols` of `m`'s row `row` in the cache, if that row exists (a hint:
+/// no effect on results).
+#[inline(always)]
+fn prefetch_row(m: Mat<'_>, row: usize, cols: std::ops::Range<usize>) {
+    if row < m.rows {
+        let start = row * m.stride + cols.start;
+        for off in (0..cols.len()).step_by(16) {
+            if let Some(v) = m.data.get(start + off) {
+                super::gemm::prefetch(v);
             }
         }
     }
@@ -522,7 +548,8 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
 /// multiplied by every strip of the columns; meanwhile the next panel's f32 rows are
 /// fetched into the cache, a share per strip ([`Rows::prefetch_share`]).
 ///
-/// Where `round_to` is given, the finished rows are also rounded to bf16 there.
+/// Where `round_to` is given, the finished rows are also rounded to bf16 there. Both
+/// epilogues run every [`FINISH_STRIPS`] strips of the last `k` block.
 ///
 /// # Safety
 /// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
@@ -545,6 +572,25 @@ unsafe fn region(
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let strip_count = cols.len().div_ceil(NR);
+    // The epilogue of finished tiles (`finish`, then the rounding to `round_to`), while
+    // they are in L1.
+    let finish_tiles = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+        // SAFETY (all below): the caller's contract: the tiles are inside its region of
+        // the output and of `round_to`, both checked to hold the whole product.
+        unsafe { finish.apply_tile(c, ldc, rows.clone(), cols.clone()) };
+        if let Some(to) = round_to {
+            for i in rows {
+                unsafe {
+                    let row = std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
+                    let row16 = std::slice::from_raw_parts_mut(
+                        to.data.add(i * to.stride + cols.start),
+                        cols.len(),
+                    );
+                    x86_bf16::convert(row, row16);
+                }
+            }
+        }
+    };
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
@@ -607,24 +653,9 @@ unsafe fn region(
                         }
                     }
                 }
-            }
-            if last {
-                // SAFETY: the rows and columns are inside the caller's region.
-                unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
-                if let Some(to) = round_to {
-                    for i in ir..ir + rows_here {
-                        // SAFETY: the caller's region of the output and of `to`, both
-                        // checked to hold the whole product.
-                        unsafe {
-                            let row =
-                                std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
-                            let row16 = std::slice::from_raw_parts_mut(
-                                to.data.add(i * to.stride + cols.start),
-                                cols.len(),
-                            );
-                            x86_bf16::convert(row, row16);
-                        }
-                    }
+                if last && ((s + 1) % FINISH_STRIPS == 0 || s + 1 == strip_count) {
+                    let first = cols.start + (s / FINISH_STRIPS) * FINISH_STRIPS * NR;
+                    finish_tiles(ir..ir + rows_here, first..j + cols_here);
                 }
             }
             ir += rows_here;
