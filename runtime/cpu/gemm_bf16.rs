@@ -23,11 +23,6 @@ use std::cell::RefCell;
 const KC: usize = 384;
 const MR: usize = 12;
 const NR: usize = 32;
-/// Strips finished together by [`region`]'s epilogue as soon as their last `k` block is
-/// done (64 columns: one step of the bf16 row functions, `vmath::gelu_row_for_bf16`),
-/// instead of a whole panel's row of strips after the last, by when the first have left
-/// L1 (fc1's GELU epilogue cost about twice its arithmetic).
-const FINISH_STRIPS: usize = 2;
 /// Output columns per task of [`linear_bf16`]: its strips are half the bytes of the f32
 /// kernel's (bf16, `KC` pairs), so twice `gemm::NC` keeps the same packed block in L2
 /// and converts each panel of activations for twice as many strips.
@@ -275,7 +270,8 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
 
 /// Rows fetched ahead while packing: attention's keys and values are rows of 64 values
 /// 9 KiB apart in the qkv output (each on another page, where the hardware prefetchers
-/// stop), so without it every row read waits on memory.
+/// stop), so without it every row read waits on memory (a block's 12 heads packed on one
+/// thread: 2.18 → 1.39 ms, `MIAD_BENCH_PARTS=block`).
 const PACK_AHEAD: usize = 8;
 
 /// Asks for elements `cols` of `m`'s row `row` in the cache, if that row exists (a hint:
@@ -548,8 +544,7 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
 /// multiplied by every strip of the columns; meanwhile the next panel's f32 rows are
 /// fetched into the cache, a share per strip ([`Rows::prefetch_share`]).
 ///
-/// Where `round_to` is given, the finished rows are also rounded to bf16 there. Both
-/// epilogues run every [`FINISH_STRIPS`] strips of the last `k` block.
+/// Where `round_to` is given, the finished rows are also rounded to bf16 there.
 ///
 /// # Safety
 /// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
@@ -572,25 +567,6 @@ unsafe fn region(
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let strip_count = cols.len().div_ceil(NR);
-    // The epilogue of finished tiles (`finish`, then the rounding to `round_to`), while
-    // they are in L1.
-    let finish_tiles = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
-        // SAFETY (all below): the caller's contract: the tiles are inside its region of
-        // the output and of `round_to`, both checked to hold the whole product.
-        unsafe { finish.apply_tile(c, ldc, rows.clone(), cols.clone()) };
-        if let Some(to) = round_to {
-            for i in rows {
-                unsafe {
-                    let row = std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
-                    let row16 = std::slice::from_raw_parts_mut(
-                        to.data.add(i * to.stride + cols.start),
-                        cols.len(),
-                    );
-                    x86_bf16::convert(row, row16);
-                }
-            }
-        }
-    };
     for kb in 0..kblocks {
         let p0 = kb * kc_step;
         let kc = kc_step.min(k.saturating_sub(p0));
@@ -653,9 +629,24 @@ unsafe fn region(
                         }
                     }
                 }
-                if last && ((s + 1) % FINISH_STRIPS == 0 || s + 1 == strip_count) {
-                    let first = cols.start + (s / FINISH_STRIPS) * FINISH_STRIPS * NR;
-                    finish_tiles(ir..ir + rows_here, first..j + cols_here);
+            }
+            if last {
+                // SAFETY: the rows and columns are inside the caller's region.
+                unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
+                if let Some(to) = round_to {
+                    for i in ir..ir + rows_here {
+                        // SAFETY: the caller's region of the output and of `to`, both
+                        // checked to hold the whole product.
+                        unsafe {
+                            let row =
+                                std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
+                            let row16 = std::slice::from_raw_parts_mut(
+                                to.data.add(i * to.stride + cols.start),
+                                cols.len(),
+                            );
+                            x86_bf16::convert(row, row16);
+                        }
+                    }
                 }
             }
             ir += rows_here;
