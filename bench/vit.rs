@@ -268,6 +268,7 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
                 precision,
                 &qkv,
                 &mut att,
+                None,
                 &mut attn_scratch,
             )
         }),
@@ -449,7 +450,19 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
     let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, 1)];
     // CPU seconds per run (this thread alone is busy): robust to the machine's load.
     let run = |f: &mut dyn FnMut()| timed_cpu(f).1;
-    let whole = run(&mut || attention(&one, t, d, heads, precision, qkv, &mut out, &mut scratch));
+    let whole = run(&mut || {
+        attention(
+            &one,
+            t,
+            d,
+            heads,
+            precision,
+            qkv,
+            &mut out,
+            None,
+            &mut scratch,
+        )
+    });
     let head = |which: usize, h: usize| Mat {
         data: &qkv[which * d + h * hd..],
         rows: t,

@@ -304,7 +304,7 @@ pub fn block_forward_with(
             _ => None,
         };
         let attn_out16 = proj_bf16.map(|_| &mut *xn16);
-        attention_with(
+        attention(
             pool,
             t,
             d,
@@ -477,26 +477,12 @@ fn norm_then_dense(
 /// First each head's `scale · Kᵀ` and `V` are packed once as GEMM right-hand operands
 /// (one task per head), so that the query blocks of a head share them instead of each
 /// packing them again.
+///
+/// On the bf16 path the output is also written rounded to bf16 into `out16` (`tokens ×
+/// dim`) where given: the projection's activations rounded once, by the task that
+/// finished them, instead of by each of the projection's column tasks (the same values).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
-    pool: &Pool,
-    t: usize,
-    d: usize,
-    heads: usize,
-    precision: DensePrecision,
-    qkv: &[f32],
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    attention_with(pool, t, d, heads, precision, qkv, out, None, scratch)
-}
-
-/// [`attention`], on the bf16 path also writing its output rounded to bf16 into `out16`
-/// (`tokens × dim`) where given: the projection's activations rounded once, by the task
-/// that finished them, instead of by each of the projection's column tasks (the same
-/// values).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_with(
     pool: &Pool,
     t: usize,
     d: usize,
@@ -983,7 +969,17 @@ mod tests {
                 let mut out = vec![f32::NAN; t * d];
                 let mut scratch = vec![f32::NAN; attn_scratch_len(t, d, heads, threads)];
                 let pool = Pool::new(threads);
-                attention(&pool, t, d, heads, precision, &qkv, &mut out, &mut scratch);
+                attention(
+                    &pool,
+                    t,
+                    d,
+                    heads,
+                    precision,
+                    &qkv,
+                    &mut out,
+                    None,
+                    &mut scratch,
+                );
                 out
             };
             let got = run(2, DensePrecision::Bf16);
@@ -995,7 +991,7 @@ mod tests {
             let mut scratch = vec![f32::NAN; attn_scratch_len(t, d, heads, 2)];
             let (pool, bf16) = (Pool::new(2), DensePrecision::Bf16);
             let o16 = Some(&mut out16[..]);
-            attention_with(&pool, t, d, heads, bf16, &qkv, &mut out, o16, &mut scratch);
+            attention(&pool, t, d, heads, bf16, &qkv, &mut out, o16, &mut scratch);
             assert_eq!(got, out, "{t} tokens: with the bf16 copy");
             let mut want16 = vec![0u16; t * d];
             gemm_bf16::round_into(&got, &mut want16);
