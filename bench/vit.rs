@@ -9,6 +9,7 @@
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
 //! `MIAD_BENCH_PARTS=vit`, `block`, `networks` or `gemm` runs that part alone;
+//! `MIAD_BENCH_PARTS=bf16dense` runs the bf16 dense layers as a pass meets them, only then;
 //! `MIAD_CPU_ISA=avx2` measures the AVX2 path, its peak included).
 
 mod timing;
@@ -267,6 +268,7 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
                 precision,
                 &qkv,
                 &mut att,
+                None,
                 &mut attn_scratch,
             )
         }),
@@ -448,7 +450,19 @@ fn attention_parts(qkv: &[f32], t: usize, d: usize, heads: usize, precision: Den
     let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, 1)];
     // CPU seconds per run (this thread alone is busy): robust to the machine's load.
     let run = |f: &mut dyn FnMut()| timed_cpu(f).1;
-    let whole = run(&mut || attention(&one, t, d, heads, precision, qkv, &mut out, &mut scratch));
+    let whole = run(&mut || {
+        attention(
+            &one,
+            t,
+            d,
+            heads,
+            precision,
+            qkv,
+            &mut out,
+            None,
+            &mut scratch,
+        )
+    });
     let head = |which: usize, h: usize| Mat {
         data: &qkv[which * d + h * hd..],
         rows: t,
@@ -679,10 +693,110 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
     }
 }
 
+/// The bf16 dense layers of ViT-B/8 blocks as the block runs them (qkv and fc1 from the
+/// norm's bf16 rows read in place, proj from f32 rows accumulating into the residual, fc1
+/// with GELU also writing its output in bf16, fc2 from those rows accumulating; fc1 also
+/// without its epilogue, for the epilogue's cost), through the weights of 12 blocks in
+/// turn as a pass meets them (each block's weights arrive from memory, not from cache):
+/// GFLOP per CPU-second against one core's bf16 peak, each shape and all together;
+/// `MIAD_BENCH_ROUNDS` rounds (default 2).
+fn bf16_dense(threads: usize, pool: &Pool) {
+    use miad::cpu::gemm_bf16::{linear_bf16_rows, round_into, Bf16Mat, Rows};
+    let (t, d, hid, blocks) = (785, 768, 3072, 12);
+    // The bf16 path's hidden rows, one cache line wider (as `transformer` lays them out).
+    let hs = hid + 16;
+    let mut xn16 = vec![0u16; t * d];
+    round_into(&random(t * d, 30, 1.0), &mut xn16);
+    let att = random(t * d, 31, 1.0);
+    let mut acc = random(t * d, 32, 1.0);
+    let mut qkv = vec![0f32; t * 3 * d];
+    let mut hidden = vec![0f32; t * hs];
+    let mut hidden16 = vec![0u16; t * hs];
+    let pack = |n: usize, k: usize, seed: u64| {
+        let w = random(n * k, seed, 0.05);
+        (0..blocks)
+            .map(|_| PackedBf16::new(Mat::new(&w, n, k)))
+            .collect::<Option<Vec<_>>>()
+    };
+    let (Some(qkv_w), Some(proj_w), Some(fc1_w), Some(fc2_w)) = (
+        pack(3 * d, d, 33),
+        pack(d, d, 34),
+        pack(hid, d, 35),
+        pack(d, hid, 36),
+    ) else {
+        println!("no AVX512-BF16 on this CPU: no bf16 dense layers");
+        return;
+    };
+    let (qkv_b, fc1_b, b) = (
+        random(3 * d, 37, 0.05),
+        random(hid, 38, 0.05),
+        random(d, 39, 0.05),
+    );
+    let xn = Rows::Bf16(Bf16Mat {
+        data: &xn16,
+        rows: t,
+        cols: d,
+        stride: d,
+    });
+    let flops = |n: usize, k: usize| 2.0 * (t * n * k * blocks) as f64;
+    for round in 0..timing::env_usize("MIAD_BENCH_ROUNDS", 2) {
+        // (name, GFLOP per CPU-second) of each shape; all together.
+        let mut rates: Vec<(&str, f64)> = Vec::new();
+        let (mut all_flops, mut all_cpu) = (0.0, 0.0);
+        let mut shape = |what: &'static str, fl: f64, f: &mut dyn FnMut(usize)| {
+            let cpu = timed_cpu(|| (0..blocks).for_each(&mut *f)).1;
+            rates.push((what, fl / cpu / 1e9));
+            all_flops += fl;
+            all_cpu += cpu;
+        };
+        shape("qkv", flops(3 * d, d), &mut |i| {
+            let (bias, out) = (Some(&qkv_b[..]), &mut qkv[..]);
+            linear_bf16_rows(pool, xn, &qkv_w[i], bias, out, 3 * d, Epilogue::None, None)
+        });
+        shape("proj", flops(d, d), &mut |i| {
+            let a = Rows::F32(Mat::new(&att, t, d));
+            let epi = Epilogue::Accumulate;
+            linear_bf16_rows(pool, a, &proj_w[i], Some(&b), &mut acc, d, epi, None)
+        });
+        shape("fc1", flops(hid, d), &mut |i| {
+            let (bias, out16) = (Some(&fc1_b[..]), Some((&mut hidden16[..], hs)));
+            let epi = Epilogue::Gelu;
+            linear_bf16_rows(pool, xn, &fc1_w[i], bias, &mut hidden, hs, epi, out16)
+        });
+        shape("fc1 without epilogue", flops(hid, d), &mut |i| {
+            let (bias, epi) = (Some(&fc1_b[..]), Epilogue::None);
+            linear_bf16_rows(pool, xn, &fc1_w[i], bias, &mut hidden, hs, epi, None)
+        });
+        let h16 = Rows::Bf16(Bf16Mat {
+            data: &hidden16,
+            rows: t,
+            cols: hid,
+            stride: hs,
+        });
+        shape("fc2", flops(d, hid), &mut |i| {
+            let epi = Epilogue::Accumulate;
+            linear_bf16_rows(pool, h16, &fc2_w[i], Some(&b), &mut acc, d, epi, None)
+        });
+        let peak = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+        let each: Vec<String> = rates
+            .iter()
+            .map(|(what, g)| format!("{what} {:.3}", g / peak))
+            .collect();
+        println!(
+            "bf16 dense layers, {threads}t, round {round}, per CPU-second of one core's bf16 \
+             peak {peak:.1}: {}; all {:.3} (load {})",
+            each.join(", "),
+            all_flops / all_cpu / 1e9 / peak,
+            timing::load_average()
+        );
+    }
+}
+
 fn main() {
     let threads = threads();
     let pool = Pool::new(threads);
-    // All parts, or the one `MIAD_BENCH_PARTS` names (`vit`, `block`, `networks`, `gemm`).
+    // All parts, or the one `MIAD_BENCH_PARTS` names (`vit`, `block`, `networks`, `gemm`,
+    // `bf16dense`).
     let parts = std::env::var("MIAD_BENCH_PARTS").unwrap_or_default();
     let part = |name: &str| parts.is_empty() || parts == name;
     if part("vit") {
@@ -700,5 +814,9 @@ fn main() {
     }
     if part("gemm") {
         gemm_shapes(threads, &pool);
+    }
+    // Only when named: it packs the weights of 12 blocks (0.2 GB).
+    if parts == "bf16dense" {
+        bf16_dense(threads, &pool);
     }
 }

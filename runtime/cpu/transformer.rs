@@ -297,6 +297,13 @@ pub fn block_forward_with(
             Epilogue::None,
             None,
         );
+        // On the bf16 path attention's output is also rounded to bf16, into the norm's
+        // bf16 rows (free once qkv has read them), and the projection reads it there.
+        let proj_bf16 = match packed.map(|b| &b.proj) {
+            Some(PackedWeight::Bf16(p)) if precision == DensePrecision::Bf16 => Some(p),
+            _ => None,
+        };
+        let attn_out16 = proj_bf16.map(|_| &mut *xn16);
         attention(
             pool,
             t,
@@ -305,18 +312,31 @@ pub fn block_forward_with(
             precision,
             qkv,
             attn_out,
+            attn_out16,
             attn_scratch,
         );
-        dense(
-            pool,
-            Mat::new(attn_out, t, d),
-            Mat::new(w.proj_w, d, d),
-            packed.map(|b| &b.proj),
-            Some(w.proj_b),
-            x,
-            d,
-            Epilogue::Accumulate,
-        );
+        match proj_bf16 {
+            Some(p) => {
+                let a = Rows::Bf16(Bf16Mat {
+                    data: xn16,
+                    rows: t,
+                    cols: d,
+                    stride: d,
+                });
+                let (bias, epi) = (Some(w.proj_b), Epilogue::Accumulate);
+                linear_bf16_rows(pool, a, p, bias, x, d, epi, None);
+            }
+            None => dense(
+                pool,
+                Mat::new(attn_out, t, d),
+                Mat::new(w.proj_w, d, d),
+                packed.map(|b| &b.proj),
+                Some(w.proj_b),
+                x,
+                d,
+                Epilogue::Accumulate,
+            ),
+        }
     }
 
     // MLP half. On the bf16 path fc1 also writes its output rounded to bf16, into the
@@ -457,6 +477,10 @@ fn norm_then_dense(
 /// First each head's `scale · Kᵀ` and `V` are packed once as GEMM right-hand operands
 /// (one task per head), so that the query blocks of a head share them instead of each
 /// packing them again.
+///
+/// On the bf16 path the output is also written rounded to bf16 into `out16` (`tokens ×
+/// dim`) where given: the projection's activations rounded once, by the task that
+/// finished them, instead of by each of the projection's column tasks (the same values).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &Pool,
@@ -466,9 +490,15 @@ pub fn attention(
     precision: DensePrecision,
     qkv: &[f32],
     out: &mut [f32],
+    out16: Option<&mut [u16]>,
     scratch: &mut [f32],
 ) {
     let bf16 = precision == DensePrecision::Bf16 && gemm_bf16::available();
+    assert!(
+        out16.as_ref().is_none_or(|o| o.len() >= t * d),
+        "attention: out16"
+    );
+    let out16_ptr = out16.filter(|_| bf16).map(SharedMut::new);
     let hd = d / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -560,7 +590,13 @@ pub fn attention(
         }
         for (r, sum) in sums.iter().enumerate().take(rows) {
             let inv = 1.0 / sum;
-            dst[r * d..r * d + hd].iter_mut().for_each(|v| *v *= inv);
+            let row = &mut dst[r * d..r * d + hd];
+            row.iter_mut().for_each(|v| *v *= inv);
+            if let Some(out16) = &out16_ptr {
+                // SAFETY: as `dst`: this task alone writes these elements.
+                let row16 = unsafe { out16.slice((q0 + r) * d + h * hd, hd) };
+                gemm_bf16::round_into(row, row16);
+            }
         }
     });
 }
@@ -933,11 +969,33 @@ mod tests {
                 let mut out = vec![f32::NAN; t * d];
                 let mut scratch = vec![f32::NAN; attn_scratch_len(t, d, heads, threads)];
                 let pool = Pool::new(threads);
-                attention(&pool, t, d, heads, precision, &qkv, &mut out, &mut scratch);
+                attention(
+                    &pool,
+                    t,
+                    d,
+                    heads,
+                    precision,
+                    &qkv,
+                    &mut out,
+                    None,
+                    &mut scratch,
+                );
                 out
             };
             let got = run(2, DensePrecision::Bf16);
             assert_eq!(got, run(1, DensePrecision::Bf16), "{t} tokens: threads");
+            // With its output also in bf16: the same f32 output, and the bf16 copy is
+            // that output rounded (every element written).
+            let mut out = vec![f32::NAN; t * d];
+            let mut out16 = vec![0x7fc1u16; t * d];
+            let mut scratch = vec![f32::NAN; attn_scratch_len(t, d, heads, 2)];
+            let (pool, bf16) = (Pool::new(2), DensePrecision::Bf16);
+            let o16 = Some(&mut out16[..]);
+            attention(&pool, t, d, heads, bf16, &qkv, &mut out, o16, &mut scratch);
+            assert_eq!(got, out, "{t} tokens: with the bf16 copy");
+            let mut want16 = vec![0u16; t * d];
+            gemm_bf16::round_into(&got, &mut want16);
+            assert_eq!(want16, out16, "{t} tokens: the bf16 copy");
             let f32_out = run(2, DensePrecision::F32);
             assert_ne!(got, f32_out, "{t} tokens: the bf16 products did not run");
             let scale = 1.0 / (hd as f64).sqrt();
