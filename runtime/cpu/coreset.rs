@@ -388,25 +388,54 @@ impl Principal {
     }
 
     /// Clears `may_move` for the rows of tile `t` that cannot come closer to the centre
-    /// (coordinates `q`) than their running distances `md`; whether any row is left.
+    /// than their running distances: those whose principal sum `s` to the centre
+    /// (coordinates `q`) has `√s` at or above their [`Principal::row_floor`] plus the
+    /// centre's [`Principal::centre_floor`] `q_floor` (`floors`: the tile's row floors);
+    /// whether any row is left.
     fn drop_rows(
         &self,
         t: usize,
         q: &[f32; PRINCIPAL_LEN],
-        md: &[f32],
+        q_floor: f32,
+        floors: &[f32],
         may_move: &mut [bool; TILE],
     ) -> bool {
         let len = PRINCIPAL_LEN * TILE;
         let tile = &self.tiles[t * len..(t + 1) * len];
         let mut sums = [[0f32; TILE]];
         super::lanes::sq_dists(tile, &q[..PROJ_DIMS], PROJ_DIMS, &mut sums);
-        let errors = &tile[PROJ_DIMS * TILE..];
-        let mut any = false;
-        for (l, m) in may_move.iter_mut().enumerate() {
-            *m = *m && !self.cannot_move(sums[0][l], errors[l], q[PROJ_DIMS], md[l]);
-            any |= *m;
+        keep_rows_below_floors(&sums[0], floors, q_floor, may_move)
+    }
+
+    /// The row's part of the per-row test of [`Principal::drop_rows`], from its error
+    /// bound `e` and running distance `md`: `g ≥ (e + w) / a` with
+    /// `w = √((md + underflow) / dist_scale)` and `a` = `sum_scale`, rounded up; NaN (no
+    /// row is dropped) where `md` or `e` is not finite. Proof that `√s ≥ g + g_q` (with
+    /// `g_q ≥ e_q / a`, [`Principal::centre_floor`]) is the bound of
+    /// [`Principal::cannot_move`]: then `t = √s·a − e − e_q ≥ w > 0` and
+    /// `t²·dist_scale − underflow ≥ md`, the test there, in exact arithmetic (its f64
+    /// evaluation and this one's differ by a few f64 roundings, which the 10⁻¹² slack
+    /// here covers). The f32 side is in [`keep_rows_below_floors`].
+    fn row_floor(&self, e: f32, md: f32) -> f32 {
+        if !(md.is_finite() && e.is_finite()) {
+            return f32::NAN;
         }
-        any
+        let w = ((md as f64 + self.underflow) / self.dist_scale).sqrt();
+        f32_up((e as f64 + w) / self.sum_scale * (1.0 + 1e-12))
+    }
+
+    /// The centre's part `g_q ≥ e_q / a` of the test of [`Principal::drop_rows`]
+    /// ([`Principal::row_floor`]); NaN when `e_q` is not finite.
+    fn centre_floor(&self, e_q: f32) -> f32 {
+        if !e_q.is_finite() {
+            return f32::NAN;
+        }
+        f32_up(e_q as f64 / self.sum_scale * (1.0 + 1e-12))
+    }
+
+    /// The error bound `e` of the row at position `r` (tiled order).
+    fn error(&self, r: usize) -> f32 {
+        self.tiles[(r / TILE) * PRINCIPAL_LEN * TILE + PROJ_DIMS * TILE + r % TILE]
     }
 
     /// The k coordinates and error bound of row `r` (tiled order) into `out`.
@@ -489,6 +518,80 @@ fn gather_row(x: &[f32], dim: usize, r: usize, out: &mut [f32]) {
     for (j, o) in out.iter_mut().enumerate() {
         *o = tile[j * TILE + r % TILE];
     }
+}
+
+/// `1 − 16u` (u = 2⁻²⁴): `√s` in f32 shrunk by this factor never exceeds the true root: `fl(√s) ≤ √s(1 + u)`
+/// and `fl(r·c) ≤ r·c(1 + u)`, `fl(g + g_q) ≥ (g + g_q)(1 − u)`, and
+/// `(1 − 16u)(1 + u)² < 1 − u`.
+const ROOT_SHRINK: f32 = 1.0 - 8.0 * f32::EPSILON;
+
+/// Clears `may_move[l]` where `fl(fl(√sums[l])·ROOT_SHRINK) ≥ fl(floors[l] + q_floor)`:
+/// then `√sums[l] ≥ floors[l] + q_floor` exactly ([`ROOT_SHRINK`]), the test of
+/// [`Principal::row_floor`]. An infinite or NaN sum, or a NaN floor, drops nothing.
+/// Whether any row is left.
+fn keep_rows_below_floors(
+    sums: &[f32; TILE],
+    floors: &[f32],
+    q_floor: f32,
+    may_move: &mut [bool; TILE],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    match super::gemm::isa() {
+        // SAFETY: isa() reports only instruction sets this CPU runs.
+        super::gemm::Isa::Avx512 => {
+            return unsafe { keep_rows_avx512(sums, floors, q_floor, may_move) }
+        }
+        // SAFETY: as above.
+        super::gemm::Isa::Avx2 => {
+            return unsafe { keep_rows_avx2(sums, floors, q_floor, may_move) }
+        }
+        super::gemm::Isa::Portable => {}
+    }
+    keep_rows(sums, floors, q_floor, may_move)
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn keep_rows_avx512(
+    sums: &[f32; TILE],
+    floors: &[f32],
+    q_floor: f32,
+    may_move: &mut [bool; TILE],
+) -> bool {
+    keep_rows(sums, floors, q_floor, may_move)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn keep_rows_avx2(
+    sums: &[f32; TILE],
+    floors: &[f32],
+    q_floor: f32,
+    may_move: &mut [bool; TILE],
+) -> bool {
+    keep_rows(sums, floors, q_floor, may_move)
+}
+
+#[inline(always)]
+fn keep_rows(
+    sums: &[f32; TILE],
+    floors: &[f32],
+    q_floor: f32,
+    may_move: &mut [bool; TILE],
+) -> bool {
+    let floors = &floors[..TILE];
+    let mut any = false;
+    for ((m, &s), &g) in may_move.iter_mut().zip(sums).zip(floors) {
+        // `>=` is false for NaN; `s < ∞` keeps an overflowed sum from proving anything.
+        let still = s < f32::INFINITY && s.sqrt() * ROOT_SHRINK >= g + q_floor;
+        *m &= !still;
+        any |= *m;
+    }
+    any
 }
 
 /// True when no row with running distance `md` can move to the new centre: `bound` is a
@@ -621,6 +724,9 @@ struct Selection<'a> {
     /// centre's coordinates.
     principal: Option<Principal>,
     centre_principal: [f32; PRINCIPAL_LEN],
+    /// Per row (current order), its [`Principal::row_floor`] at its running distance
+    /// (with the principal bound only).
+    row_floors: Vec<f32>,
     /// Per chosen centre, the centre nearest to it when it was chosen (`u32::MAX`: none).
     parent: Vec<u32>,
 }
@@ -655,6 +761,11 @@ impl<'a> Selection<'a> {
             task_best: vec![Farthest::NONE; tiles.div_ceil(TILES_PER_TASK)],
             centres: vec![0f32; m * dim],
             cc: (0..pool.threads()).map(|_| vec![(0u32, 0f32); m]).collect(),
+            row_floors: if principal.is_some() {
+                vec![f32::NAN; tiles * TILE]
+            } else {
+                Vec::new()
+            },
             principal,
             centre_principal: [0f32; PRINCIPAL_LEN],
             parent: Vec::with_capacity(m),
@@ -703,6 +814,9 @@ impl<'a> Selection<'a> {
         let stamp = step as u32 + 1;
         let principal = self.principal.as_ref();
         let centre_principal = &self.centre_principal;
+        let centre_floor =
+            principal.map_or(f32::NAN, |p| p.centre_floor(centre_principal[PROJ_DIMS]));
+        let fp = SharedMut::new(&mut self.row_floors);
         let (mp, op, tp, sp, bp, cp) = (
             SharedMut::new(&mut self.min_d),
             SharedMut::new(&mut self.owner),
@@ -721,6 +835,11 @@ impl<'a> Selection<'a> {
             let tmax = unsafe { tp.slice(t0, t1 - t0) };
             let summaries = unsafe { sp.slice(t0, t1 - t0) };
             let best_slot = unsafe { &mut bp.slice(task, 1)[0] };
+            // Empty without the principal bound.
+            let floors_all = match principal {
+                Some(_) => unsafe { fp.slice(t0 * TILE, (t1 - t0) * TILE) },
+                None => &mut [],
+            };
             // The task's farthest row is its tiles' largest running distance (from the
             // first step on): when no row of the group can move, nothing changes and the
             // slot stays.
@@ -775,7 +894,14 @@ impl<'a> Selection<'a> {
                             any |= may_move[l];
                         }
                         if let (true, Some(p)) = (any, principal) {
-                            any = p.drop_rows(t, centre_principal, md, &mut may_move);
+                            let floors = &floors_all[i * TILE..(i + 1) * TILE];
+                            any = p.drop_rows(
+                                t,
+                                centre_principal,
+                                centre_floor,
+                                floors,
+                                &mut may_move,
+                            );
                         }
                         if any {
                             any = false;
@@ -814,6 +940,9 @@ impl<'a> Selection<'a> {
                         if d[l] < md[l] {
                             md[l] = d[l];
                             ow[l] = step as u32;
+                            if let Some(p) = principal {
+                                floors_all[i * TILE + l] = p.row_floor(p.error(t * TILE + l), d[l]);
+                            }
                         }
                         mx = mx.max(md[l]);
                     }
@@ -869,6 +998,11 @@ impl<'a> Selection<'a> {
         let old = self.min_d[..n].to_vec();
         for (dst, &p) in self.min_d.iter_mut().zip(&perm) {
             *dst = old[p as usize];
+        }
+        if let Some(p) = &self.principal {
+            for (r, (f, &md)) in self.row_floors.iter_mut().zip(&self.min_d[..n]).enumerate() {
+                *f = p.row_floor(p.error(r), md);
+            }
         }
         let mut best = vec![Farthest::NONE; self.task_best.len()];
         for t in 0..self.tile_max.len() {
@@ -1013,6 +1147,17 @@ mod tests {
         x
     }
 
+    /// Whether the per-row test of [`Principal::drop_rows`] drops a row with principal sum
+    /// `s`, error bounds `e` (row) and `e_q` (centre), running distance `md`; checked to be
+    /// the same answer in every lane.
+    fn row_test_drops(p: &Principal, s: f32, e: f32, e_q: f32, md: f32) -> bool {
+        let floors = [p.row_floor(e, md); TILE];
+        let mut may_move = [true; TILE];
+        keep_rows_below_floors(&[s; TILE], &floors, p.centre_floor(e_q), &mut may_move);
+        assert!(may_move.iter().all(|&m| m == may_move[0]));
+        !may_move[0]
+    }
+
     #[test]
     fn principal_bound_never_passes_the_plain_distance_and_is_tight() {
         let (n, dim) = (2600, 300);
@@ -1023,7 +1168,7 @@ mod tests {
             p.gather(r, &mut c);
             c
         };
-        let (mut pairs, mut tight) = (0, 0);
+        let (mut pairs, mut tight, mut row_tight) = (0, 0, 0);
         for q in (0..n).step_by(37) {
             let cq = coords(q);
             for t in 0..n.div_ceil(TILE) {
@@ -1053,19 +1198,19 @@ mod tests {
                     let ci = coords(i);
                     let s = sq_dist(&ci[..PROJ_DIMS], &cq[..PROJ_DIMS]);
                     // A running distance just above the plain distance: the row moves.
-                    assert!(!p.cannot_move(s, ci[PROJ_DIMS], cq[PROJ_DIMS], d.next_up()));
+                    let (e, e_q) = (ci[PROJ_DIMS], cq[PROJ_DIMS]);
+                    assert!(!p.cannot_move(s, e, e_q, d.next_up()));
+                    assert!(!row_test_drops(&p, s, e, e_q, d.next_up()), "row {i} q {q}");
                     pairs += 1;
-                    tight += usize::from(p.cannot_move(
-                        s,
-                        ci[PROJ_DIMS],
-                        cq[PROJ_DIMS],
-                        d * (1.0 - 1e-4),
-                    ));
+                    let below = d * (1.0 - 1e-4);
+                    tight += usize::from(p.cannot_move(s, e, e_q, below));
+                    row_tight += usize::from(row_test_drops(&p, s, e, e_q, below));
                 }
             }
         }
         // All but the (near-)zero distances are ruled out 0.01 % below the plain one.
         assert!(tight * 100 > pairs * 99, "{tight} of {pairs}");
+        assert!(row_tight * 100 > pairs * 99, "{row_tight} of {pairs}");
     }
 
     #[test]
@@ -1090,5 +1235,23 @@ mod tests {
         assert!(s > 1.00001, "{s}");
         assert!(!p.cannot_move(s, c1[PROJ_DIMS], c0[PROJ_DIMS], plain.next_up()));
         assert!(p.cannot_move(s, c1[PROJ_DIMS], c0[PROJ_DIMS], 0.9999));
+        assert!(!row_test_drops(
+            &p,
+            s,
+            c1[PROJ_DIMS],
+            c0[PROJ_DIMS],
+            plain.next_up()
+        ));
+        assert!(row_test_drops(&p, s, c1[PROJ_DIMS], c0[PROJ_DIMS], 0.9999));
+        // Non-finite sums, running distances or errors prove nothing.
+        for (s, e, md) in [
+            (f32::INFINITY, 0.0, 1.0),
+            (f32::NAN, 0.0, 1.0),
+            (4.0, f32::INFINITY, 1.0),
+            (4.0, 0.0, f32::NAN),
+            (4.0, 0.0, f32::INFINITY),
+        ] {
+            assert!(!row_test_drops(&p, s, e, 0.0, md), "{s} {e} {md}");
+        }
     }
 }
