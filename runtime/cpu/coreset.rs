@@ -390,8 +390,11 @@ impl Principal {
     /// Clears `may_move` for the rows of tile `t` that cannot come closer to the centre
     /// than their running distances: those whose principal sum `s` to the centre
     /// (coordinates `q`) has `√s` at or above their [`Principal::row_floor`] plus the
-    /// centre's [`Principal::centre_floor`] `q_floor` (`floors`: the tile's row floors);
-    /// whether any row is left.
+    /// centre's [`Principal::centre_floor`] `q_floor` (`floors`: the tile's row floors),
+    /// tested as `s ≥ F` ([`squared_floors`]); whether any row is left. The sums stop
+    /// as soon as every row still in `may_move` has reached its `F` (the leading
+    /// directions hold most of the distance): partial sums of the non-negative terms
+    /// never exceed the whole, so those rows would have been dropped by the whole sums.
     fn drop_rows(
         &self,
         t: usize,
@@ -401,10 +404,25 @@ impl Principal {
         may_move: &mut [bool; TILE],
     ) -> bool {
         let len = PRINCIPAL_LEN * TILE;
-        let tile = &self.tiles[t * len..(t + 1) * len];
-        let mut sums = [[0f32; TILE]];
-        super::lanes::sq_dists(tile, &q[..PROJ_DIMS], PROJ_DIMS, &mut sums);
-        keep_rows_below_floors(&sums[0], floors, q_floor, may_move)
+        let coords = &self.tiles[t * len..t * len + PROJ_DIMS * TILE];
+        let mut sq_floors = [f32::NEG_INFINITY; TILE];
+        squared_floors(floors, q_floor, may_move, &mut sq_floors);
+        let sums = super::lanes::sq_dists_unless_none_below_every::<PRINCIPAL_CHECK_EVERY>(
+            coords,
+            &q[..PROJ_DIMS],
+            &sq_floors,
+        );
+        let Some(sums) = sums else {
+            may_move.fill(false);
+            return false;
+        };
+        let mut any = false;
+        for ((m, &s), &f) in may_move.iter_mut().zip(&sums).zip(&sq_floors) {
+            // `>=` is false for NaN; `s < ∞` keeps an overflowed sum from proving anything.
+            *m &= !(s < f32::INFINITY && s >= f);
+            any |= *m;
+        }
+        any
     }
 
     /// The row's part of the per-row test of [`Principal::drop_rows`], from its error
@@ -415,7 +433,7 @@ impl Principal {
     /// [`Principal::cannot_move`]: then `t = √s·a − e − e_q ≥ w > 0` and
     /// `t²·dist_scale − underflow ≥ md`, the test there, in exact arithmetic (its f64
     /// evaluation and this one's differ by a few f64 roundings, which the 10⁻¹² slack
-    /// here covers). The f32 side is in [`keep_rows_below_floors`].
+    /// here covers). The f32 side is in [`squared_floors`].
     fn row_floor(&self, e: f32, md: f32) -> f32 {
         if !(md.is_finite() && e.is_finite()) {
             return f32::NAN;
@@ -520,78 +538,81 @@ fn gather_row(x: &[f32], dim: usize, r: usize, out: &mut [f32]) {
     }
 }
 
-/// `1 − 16u` (u = 2⁻²⁴): `√s` in f32 shrunk by this factor never exceeds the true root: `fl(√s) ≤ √s(1 + u)`
-/// and `fl(r·c) ≤ r·c(1 + u)`, `fl(g + g_q) ≥ (g + g_q)(1 − u)`, and
-/// `(1 − 16u)(1 + u)² < 1 − u`.
-const ROOT_SHRINK: f32 = 1.0 - 8.0 * f32::EPSILON;
+/// Principal coordinates summed between two tests of [`Principal::drop_rows`].
+const PRINCIPAL_CHECK_EVERY: usize = 8;
 
-/// Clears `may_move[l]` where `fl(fl(√sums[l])·ROOT_SHRINK) ≥ fl(floors[l] + q_floor)`:
-/// then `√sums[l] ≥ floors[l] + q_floor` exactly ([`ROOT_SHRINK`]), the test of
-/// [`Principal::row_floor`]. An infinite or NaN sum, or a NaN floor, drops nothing.
-/// Whether any row is left.
-fn keep_rows_below_floors(
-    sums: &[f32; TILE],
-    floors: &[f32],
-    q_floor: f32,
-    may_move: &mut [bool; TILE],
-) -> bool {
+/// `1 + 16u` (u = 2⁻²⁴), the margin of [`squared_floors`].
+const ROOT_GROW: f32 = 1.0 + 8.0 * f32::EPSILON;
+
+/// Smallest squared floor used: below it the square could lose its relative accuracy.
+const SMALLEST_SQ_FLOOR: f32 = 1e-30;
+
+/// Per lane, `F = fl(v·v)` with `v = fl(h·(1 + 16u))`, `h = fl(floors[l] + q_floor)`,
+/// for the rows of `may_move` (−∞ for the others: nothing to learn). Then `s ≥ F`
+/// implies `√s ≥ floors[l] + q_floor` exactly, the test of [`Principal::row_floor`]:
+/// `h ≥ (g + g_q)(1 − u)` (non-negative terms), `v ≥ h(1 + 16u)(1 − u)` and
+/// `F ≥ v²(1 − u)` where `F` is normal, so `F ≥ (g + g_q)²(1 + 16u)²(1 − u)⁵ >
+/// (g + g_q)²`. `F` is NaN (no row is dropped: `s ≥ NaN` is false) where it is infinite,
+/// NaN, or below [`SMALLEST_SQ_FLOOR`].
+fn squared_floors(floors: &[f32], q_floor: f32, may_move: &[bool; TILE], out: &mut [f32; TILE]) {
     #[cfg(target_arch = "x86_64")]
     match super::gemm::isa() {
         // SAFETY: isa() reports only instruction sets this CPU runs.
         super::gemm::Isa::Avx512 => {
-            return unsafe { keep_rows_avx512(sums, floors, q_floor, may_move) }
+            return unsafe { squared_floors_avx512(floors, q_floor, may_move, out) }
         }
         // SAFETY: as above.
         super::gemm::Isa::Avx2 => {
-            return unsafe { keep_rows_avx2(sums, floors, q_floor, may_move) }
+            return unsafe { squared_floors_avx2(floors, q_floor, may_move, out) }
         }
         super::gemm::Isa::Portable => {}
     }
-    keep_rows(sums, floors, q_floor, may_move)
+    squared_floors_generic(floors, q_floor, may_move, out)
 }
 
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn keep_rows_avx512(
-    sums: &[f32; TILE],
+unsafe fn squared_floors_avx512(
     floors: &[f32],
     q_floor: f32,
-    may_move: &mut [bool; TILE],
-) -> bool {
-    keep_rows(sums, floors, q_floor, may_move)
+    may_move: &[bool; TILE],
+    out: &mut [f32; TILE],
+) {
+    squared_floors_generic(floors, q_floor, may_move, out)
 }
 
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn keep_rows_avx2(
-    sums: &[f32; TILE],
+unsafe fn squared_floors_avx2(
     floors: &[f32],
     q_floor: f32,
-    may_move: &mut [bool; TILE],
-) -> bool {
-    keep_rows(sums, floors, q_floor, may_move)
+    may_move: &[bool; TILE],
+    out: &mut [f32; TILE],
+) {
+    squared_floors_generic(floors, q_floor, may_move, out)
 }
 
 #[inline(always)]
-fn keep_rows(
-    sums: &[f32; TILE],
+fn squared_floors_generic(
     floors: &[f32],
     q_floor: f32,
-    may_move: &mut [bool; TILE],
-) -> bool {
-    let floors = &floors[..TILE];
-    let mut any = false;
-    for ((m, &s), &g) in may_move.iter_mut().zip(sums).zip(floors) {
-        // `>=` is false for NaN; `s < ∞` keeps an overflowed sum from proving anything.
-        let still = s < f32::INFINITY && s.sqrt() * ROOT_SHRINK >= g + q_floor;
-        *m &= !still;
-        any |= *m;
+    may_move: &[bool; TILE],
+    out: &mut [f32; TILE],
+) {
+    for ((o, &g), &m) in out.iter_mut().zip(&floors[..TILE]).zip(may_move) {
+        let v = (g + q_floor) * ROOT_GROW;
+        let f = v * v;
+        let f = if (SMALLEST_SQ_FLOOR..f32::INFINITY).contains(&f) {
+            f
+        } else {
+            f32::NAN
+        };
+        *o = if m { f } else { f32::NEG_INFINITY };
     }
-    any
 }
 
 /// True when no row with running distance `md` can move to the new centre: `bound` is a
@@ -1152,10 +1173,10 @@ mod tests {
     /// the same answer in every lane.
     fn row_test_drops(p: &Principal, s: f32, e: f32, e_q: f32, md: f32) -> bool {
         let floors = [p.row_floor(e, md); TILE];
-        let mut may_move = [true; TILE];
-        keep_rows_below_floors(&[s; TILE], &floors, p.centre_floor(e_q), &mut may_move);
-        assert!(may_move.iter().all(|&m| m == may_move[0]));
-        !may_move[0]
+        let mut sq_floors = [0f32; TILE];
+        squared_floors(&floors, p.centre_floor(e_q), &[true; TILE], &mut sq_floors);
+        // As drop_rows tests a whole sum.
+        s < f32::INFINITY && s >= sq_floors[0]
     }
 
     #[test]
@@ -1168,7 +1189,7 @@ mod tests {
             p.gather(r, &mut c);
             c
         };
-        let (mut pairs, mut tight, mut row_tight) = (0, 0, 0);
+        let (mut pairs, mut tight, mut row_tight, mut tile_kept) = (0, 0, 0, 0);
         for q in (0..n).step_by(37) {
             let cq = coords(q);
             for t in 0..n.div_ceil(TILE) {
@@ -1193,6 +1214,30 @@ mod tests {
                         "group {g} q {q}"
                     );
                 }
+                // The whole tile through drop_rows (its sums stop early): running
+                // distances just above the plain ones keep every row; 0.01 % below drop
+                // (nearly) all.
+                let plain: Vec<f32> = rows
+                    .clone()
+                    .map(|i| sq_dist(&x[i * dim..(i + 1) * dim], &x[q * dim..(q + 1) * dim]))
+                    .collect();
+                let q_floor = p.centre_floor(cq[PROJ_DIMS]);
+                for (shrink, keep_all) in [(None, true), (Some(1.0 - 1e-4f32), false)] {
+                    let mut floors = [f32::NAN; TILE];
+                    for (l, &d) in plain.iter().enumerate() {
+                        let md = shrink.map_or(d.next_up(), |f| d * f);
+                        floors[l] = p.row_floor(p.error(t * TILE + l), md);
+                    }
+                    let mut may_move = [false; TILE];
+                    may_move[..plain.len()].fill(true);
+                    p.drop_rows(t, &cq, q_floor, &floors, &mut may_move);
+                    let kept = may_move.iter().filter(|&&m| m).count();
+                    if keep_all {
+                        assert_eq!(kept, plain.len(), "tile {t} q {q}");
+                    } else {
+                        tile_kept += kept;
+                    }
+                }
                 for i in rows {
                     let d = sq_dist(&x[i * dim..(i + 1) * dim], &x[q * dim..(q + 1) * dim]);
                     let ci = coords(i);
@@ -1211,6 +1256,7 @@ mod tests {
         // All but the (near-)zero distances are ruled out 0.01 % below the plain one.
         assert!(tight * 100 > pairs * 99, "{tight} of {pairs}");
         assert!(row_tight * 100 > pairs * 99, "{row_tight} of {pairs}");
+        assert!(tile_kept * 100 < pairs, "{tile_kept} of {pairs}");
     }
 
     #[test]
