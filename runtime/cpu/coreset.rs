@@ -141,7 +141,17 @@ fn sq_dist_any_order_generic(a: &[f32], b: &[f32]) -> f32 {
             *s += d * d;
         }
     }
-    acc.iter().sum::<f32>() + tail
+    // Folded in halves (a few vector additions; summed in order, the 16 values were a
+    // chain of dependent scalar additions, most of a 32-value distance's time).
+    let mut width = W / 2;
+    while width > 0 {
+        let (lo, hi) = acc.split_at_mut(width);
+        for (a, &b) in lo.iter_mut().zip(hi.iter()) {
+            *a += b;
+        }
+        width /= 2;
+    }
+    acc[0] + tail
 }
 
 /// Farthest-first selection of `m` rows of `x` (`n × dim`), written out plainly.
