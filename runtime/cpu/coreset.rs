@@ -141,17 +141,7 @@ fn sq_dist_any_order_generic(a: &[f32], b: &[f32]) -> f32 {
             *s += d * d;
         }
     }
-    // Folded in halves (a few vector additions; summed in order, the 16 values were a
-    // chain of dependent scalar additions, most of a 32-value distance's time).
-    let mut width = W / 2;
-    while width > 0 {
-        let (lo, hi) = acc.split_at_mut(width);
-        for (a, &b) in lo.iter_mut().zip(hi.iter()) {
-            *a += b;
-        }
-        width /= 2;
-    }
-    acc[0] + tail
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Farthest-first selection of `m` rows of `x` (`n × dim`), written out plainly.
@@ -398,72 +388,25 @@ impl Principal {
     }
 
     /// Clears `may_move` for the rows of tile `t` that cannot come closer to the centre
-    /// than their running distances: those whose principal sum `s` to the centre
-    /// (coordinates `q`) has `√s` at or above their [`Principal::row_floor`] plus the
-    /// centre's [`Principal::centre_floor`] `q_floor` (`floors`: the tile's row floors),
-    /// tested as `s ≥ F` ([`squared_floors`]); whether any row is left. The sums stop
-    /// as soon as every row still in `may_move` has reached its `F` (the leading
-    /// directions hold most of the distance): partial sums of the non-negative terms
-    /// never exceed the whole, so those rows would have been dropped by the whole sums.
+    /// (coordinates `q`) than their running distances `md`; whether any row is left.
     fn drop_rows(
         &self,
         t: usize,
         q: &[f32; PRINCIPAL_LEN],
-        q_floor: f32,
-        floors: &[f32],
+        md: &[f32],
         may_move: &mut [bool; TILE],
     ) -> bool {
         let len = PRINCIPAL_LEN * TILE;
-        let coords = &self.tiles[t * len..t * len + PROJ_DIMS * TILE];
-        let mut sq_floors = [f32::NEG_INFINITY; TILE];
-        squared_floors(floors, q_floor, may_move, &mut sq_floors);
-        let sums = super::lanes::sq_dists_unless_none_below_every::<PRINCIPAL_CHECK_EVERY>(
-            coords,
-            &q[..PROJ_DIMS],
-            &sq_floors,
-        );
-        let Some(sums) = sums else {
-            may_move.fill(false);
-            return false;
-        };
+        let tile = &self.tiles[t * len..(t + 1) * len];
+        let mut sums = [[0f32; TILE]];
+        super::lanes::sq_dists(tile, &q[..PROJ_DIMS], PROJ_DIMS, &mut sums);
+        let errors = &tile[PROJ_DIMS * TILE..];
         let mut any = false;
-        for ((m, &s), &f) in may_move.iter_mut().zip(&sums).zip(&sq_floors) {
-            // `>=` is false for NaN; `s < ∞` keeps an overflowed sum from proving anything.
-            *m &= !(s < f32::INFINITY && s >= f);
+        for (l, m) in may_move.iter_mut().enumerate() {
+            *m = *m && !self.cannot_move(sums[0][l], errors[l], q[PROJ_DIMS], md[l]);
             any |= *m;
         }
         any
-    }
-
-    /// The row's part of the per-row test of [`Principal::drop_rows`], from its error
-    /// bound `e` and running distance `md`: `g ≥ (e + w) / a` with
-    /// `w = √((md + underflow) / dist_scale)` and `a` = `sum_scale`, rounded up; NaN (no
-    /// row is dropped) where `md` or `e` is not finite. Proof that `√s ≥ g + g_q` (with
-    /// `g_q ≥ e_q / a`, [`Principal::centre_floor`]) is the bound of
-    /// [`Principal::cannot_move`]: then `t = √s·a − e − e_q ≥ w > 0` and
-    /// `t²·dist_scale − underflow ≥ md`, the test there, in exact arithmetic (its f64
-    /// evaluation and this one's differ by a few f64 roundings, which the 10⁻¹² slack
-    /// here covers). The f32 side is in [`squared_floors`].
-    fn row_floor(&self, e: f32, md: f32) -> f32 {
-        if !(md.is_finite() && e.is_finite()) {
-            return f32::NAN;
-        }
-        let w = ((md as f64 + self.underflow) / self.dist_scale).sqrt();
-        f32_up((e as f64 + w) / self.sum_scale * (1.0 + 1e-12))
-    }
-
-    /// The centre's part `g_q ≥ e_q / a` of the test of [`Principal::drop_rows`]
-    /// ([`Principal::row_floor`]); NaN when `e_q` is not finite.
-    fn centre_floor(&self, e_q: f32) -> f32 {
-        if !e_q.is_finite() {
-            return f32::NAN;
-        }
-        f32_up(e_q as f64 / self.sum_scale * (1.0 + 1e-12))
-    }
-
-    /// The error bound `e` of the row at position `r` (tiled order).
-    fn error(&self, r: usize) -> f32 {
-        self.tiles[(r / TILE) * PRINCIPAL_LEN * TILE + PROJ_DIMS * TILE + r % TILE]
     }
 
     /// The k coordinates and error bound of row `r` (tiled order) into `out`.
@@ -545,83 +488,6 @@ fn gather_row(x: &[f32], dim: usize, r: usize, out: &mut [f32]) {
     let tile = &x[(r / TILE) * TILE * dim..(r / TILE + 1) * TILE * dim];
     for (j, o) in out.iter_mut().enumerate() {
         *o = tile[j * TILE + r % TILE];
-    }
-}
-
-/// Principal coordinates summed between two tests of [`Principal::drop_rows`].
-const PRINCIPAL_CHECK_EVERY: usize = 8;
-
-/// `1 + 16u` (u = 2⁻²⁴), the margin of [`squared_floors`].
-const ROOT_GROW: f32 = 1.0 + 8.0 * f32::EPSILON;
-
-/// Smallest squared floor used: below it the square could lose its relative accuracy.
-const SMALLEST_SQ_FLOOR: f32 = 1e-30;
-
-/// Per lane, `F = fl(v·v)` with `v = fl(h·(1 + 16u))`, `h = fl(floors[l] + q_floor)`,
-/// for the rows of `may_move` (−∞ for the others: nothing to learn). Then `s ≥ F`
-/// implies `√s ≥ floors[l] + q_floor` exactly, the test of [`Principal::row_floor`]:
-/// `h ≥ (g + g_q)(1 − u)` (non-negative terms), `v ≥ h(1 + 16u)(1 − u)` and
-/// `F ≥ v²(1 − u)` where `F` is normal, so `F ≥ (g + g_q)²(1 + 16u)²(1 − u)⁵ >
-/// (g + g_q)²`. `F` is NaN (no row is dropped: `s ≥ NaN` is false) where it is infinite,
-/// NaN, or below [`SMALLEST_SQ_FLOOR`].
-fn squared_floors(floors: &[f32], q_floor: f32, may_move: &[bool; TILE], out: &mut [f32; TILE]) {
-    #[cfg(target_arch = "x86_64")]
-    match super::gemm::isa() {
-        // SAFETY: isa() reports only instruction sets this CPU runs.
-        super::gemm::Isa::Avx512 => {
-            return unsafe { squared_floors_avx512(floors, q_floor, may_move, out) }
-        }
-        // SAFETY: as above.
-        super::gemm::Isa::Avx2 => {
-            return unsafe { squared_floors_avx2(floors, q_floor, may_move, out) }
-        }
-        super::gemm::Isa::Portable => {}
-    }
-    squared_floors_generic(floors, q_floor, may_move, out)
-}
-
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn squared_floors_avx512(
-    floors: &[f32],
-    q_floor: f32,
-    may_move: &[bool; TILE],
-    out: &mut [f32; TILE],
-) {
-    squared_floors_generic(floors, q_floor, may_move, out)
-}
-
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn squared_floors_avx2(
-    floors: &[f32],
-    q_floor: f32,
-    may_move: &[bool; TILE],
-    out: &mut [f32; TILE],
-) {
-    squared_floors_generic(floors, q_floor, may_move, out)
-}
-
-#[inline(always)]
-fn squared_floors_generic(
-    floors: &[f32],
-    q_floor: f32,
-    may_move: &[bool; TILE],
-    out: &mut [f32; TILE],
-) {
-    for ((o, &g), &m) in out.iter_mut().zip(&floors[..TILE]).zip(may_move) {
-        let v = (g + q_floor) * ROOT_GROW;
-        let f = v * v;
-        let f = if (SMALLEST_SQ_FLOOR..f32::INFINITY).contains(&f) {
-            f
-        } else {
-            f32::NAN
-        };
-        *o = if m { f } else { f32::NEG_INFINITY };
     }
 }
 
@@ -755,9 +621,6 @@ struct Selection<'a> {
     /// centre's coordinates.
     principal: Option<Principal>,
     centre_principal: [f32; PRINCIPAL_LEN],
-    /// Per row (current order), its [`Principal::row_floor`] at its running distance
-    /// (with the principal bound only).
-    row_floors: Vec<f32>,
     /// Per chosen centre, the centre nearest to it when it was chosen (`u32::MAX`: none).
     parent: Vec<u32>,
 }
@@ -792,11 +655,6 @@ impl<'a> Selection<'a> {
             task_best: vec![Farthest::NONE; tiles.div_ceil(TILES_PER_TASK)],
             centres: vec![0f32; m * dim],
             cc: (0..pool.threads()).map(|_| vec![(0u32, 0f32); m]).collect(),
-            row_floors: if principal.is_some() {
-                vec![f32::NAN; tiles * TILE]
-            } else {
-                Vec::new()
-            },
             principal,
             centre_principal: [0f32; PRINCIPAL_LEN],
             parent: Vec::with_capacity(m),
@@ -845,9 +703,6 @@ impl<'a> Selection<'a> {
         let stamp = step as u32 + 1;
         let principal = self.principal.as_ref();
         let centre_principal = &self.centre_principal;
-        let centre_floor =
-            principal.map_or(f32::NAN, |p| p.centre_floor(centre_principal[PROJ_DIMS]));
-        let fp = SharedMut::new(&mut self.row_floors);
         let (mp, op, tp, sp, bp, cp) = (
             SharedMut::new(&mut self.min_d),
             SharedMut::new(&mut self.owner),
@@ -866,11 +721,6 @@ impl<'a> Selection<'a> {
             let tmax = unsafe { tp.slice(t0, t1 - t0) };
             let summaries = unsafe { sp.slice(t0, t1 - t0) };
             let best_slot = unsafe { &mut bp.slice(task, 1)[0] };
-            // Empty without the principal bound.
-            let floors_all = match principal {
-                Some(_) => unsafe { fp.slice(t0 * TILE, (t1 - t0) * TILE) },
-                None => &mut [],
-            };
             // The task's farthest row is its tiles' largest running distance (from the
             // first step on): when no row of the group can move, nothing changes and the
             // slot stays.
@@ -925,14 +775,7 @@ impl<'a> Selection<'a> {
                             any |= may_move[l];
                         }
                         if let (true, Some(p)) = (any, principal) {
-                            let floors = &floors_all[i * TILE..(i + 1) * TILE];
-                            any = p.drop_rows(
-                                t,
-                                centre_principal,
-                                centre_floor,
-                                floors,
-                                &mut may_move,
-                            );
+                            any = p.drop_rows(t, centre_principal, md, &mut may_move);
                         }
                         if any {
                             any = false;
@@ -971,9 +814,6 @@ impl<'a> Selection<'a> {
                         if d[l] < md[l] {
                             md[l] = d[l];
                             ow[l] = step as u32;
-                            if let Some(p) = principal {
-                                floors_all[i * TILE + l] = p.row_floor(p.error(t * TILE + l), d[l]);
-                            }
                         }
                         mx = mx.max(md[l]);
                     }
@@ -1029,11 +869,6 @@ impl<'a> Selection<'a> {
         let old = self.min_d[..n].to_vec();
         for (dst, &p) in self.min_d.iter_mut().zip(&perm) {
             *dst = old[p as usize];
-        }
-        if let Some(p) = &self.principal {
-            for (r, (f, &md)) in self.row_floors.iter_mut().zip(&self.min_d[..n]).enumerate() {
-                *f = p.row_floor(p.error(r), md);
-            }
         }
         let mut best = vec![Farthest::NONE; self.task_best.len()];
         for t in 0..self.tile_max.len() {
@@ -1178,17 +1013,6 @@ mod tests {
         x
     }
 
-    /// Whether the per-row test of [`Principal::drop_rows`] drops a row with principal sum
-    /// `s`, error bounds `e` (row) and `e_q` (centre), running distance `md`; checked to be
-    /// the same answer in every lane.
-    fn row_test_drops(p: &Principal, s: f32, e: f32, e_q: f32, md: f32) -> bool {
-        let floors = [p.row_floor(e, md); TILE];
-        let mut sq_floors = [0f32; TILE];
-        squared_floors(&floors, p.centre_floor(e_q), &[true; TILE], &mut sq_floors);
-        // As drop_rows tests a whole sum.
-        s < f32::INFINITY && s >= sq_floors[0]
-    }
-
     #[test]
     fn principal_bound_never_passes_the_plain_distance_and_is_tight() {
         let (n, dim) = (2600, 300);
@@ -1199,7 +1023,7 @@ mod tests {
             p.gather(r, &mut c);
             c
         };
-        let (mut pairs, mut tight, mut row_tight, mut tile_kept) = (0, 0, 0, 0);
+        let (mut pairs, mut tight) = (0, 0);
         for q in (0..n).step_by(37) {
             let cq = coords(q);
             for t in 0..n.div_ceil(TILE) {
@@ -1224,49 +1048,24 @@ mod tests {
                         "group {g} q {q}"
                     );
                 }
-                // The whole tile through drop_rows (its sums stop early): running
-                // distances just above the plain ones keep every row; 0.01 % below drop
-                // (nearly) all.
-                let plain: Vec<f32> = rows
-                    .clone()
-                    .map(|i| sq_dist(&x[i * dim..(i + 1) * dim], &x[q * dim..(q + 1) * dim]))
-                    .collect();
-                let q_floor = p.centre_floor(cq[PROJ_DIMS]);
-                for (shrink, keep_all) in [(None, true), (Some(1.0 - 1e-4f32), false)] {
-                    let mut floors = [f32::NAN; TILE];
-                    for (l, &d) in plain.iter().enumerate() {
-                        let md = shrink.map_or(d.next_up(), |f| d * f);
-                        floors[l] = p.row_floor(p.error(t * TILE + l), md);
-                    }
-                    let mut may_move = [false; TILE];
-                    may_move[..plain.len()].fill(true);
-                    p.drop_rows(t, &cq, q_floor, &floors, &mut may_move);
-                    let kept = may_move.iter().filter(|&&m| m).count();
-                    if keep_all {
-                        assert_eq!(kept, plain.len(), "tile {t} q {q}");
-                    } else {
-                        tile_kept += kept;
-                    }
-                }
                 for i in rows {
                     let d = sq_dist(&x[i * dim..(i + 1) * dim], &x[q * dim..(q + 1) * dim]);
                     let ci = coords(i);
                     let s = sq_dist(&ci[..PROJ_DIMS], &cq[..PROJ_DIMS]);
                     // A running distance just above the plain distance: the row moves.
-                    let (e, e_q) = (ci[PROJ_DIMS], cq[PROJ_DIMS]);
-                    assert!(!p.cannot_move(s, e, e_q, d.next_up()));
-                    assert!(!row_test_drops(&p, s, e, e_q, d.next_up()), "row {i} q {q}");
+                    assert!(!p.cannot_move(s, ci[PROJ_DIMS], cq[PROJ_DIMS], d.next_up()));
                     pairs += 1;
-                    let below = d * (1.0 - 1e-4);
-                    tight += usize::from(p.cannot_move(s, e, e_q, below));
-                    row_tight += usize::from(row_test_drops(&p, s, e, e_q, below));
+                    tight += usize::from(p.cannot_move(
+                        s,
+                        ci[PROJ_DIMS],
+                        cq[PROJ_DIMS],
+                        d * (1.0 - 1e-4),
+                    ));
                 }
             }
         }
         // All but the (near-)zero distances are ruled out 0.01 % below the plain one.
         assert!(tight * 100 > pairs * 99, "{tight} of {pairs}");
-        assert!(row_tight * 100 > pairs * 99, "{row_tight} of {pairs}");
-        assert!(tile_kept * 100 < pairs, "{tile_kept} of {pairs}");
     }
 
     #[test]
@@ -1291,23 +1090,5 @@ mod tests {
         assert!(s > 1.00001, "{s}");
         assert!(!p.cannot_move(s, c1[PROJ_DIMS], c0[PROJ_DIMS], plain.next_up()));
         assert!(p.cannot_move(s, c1[PROJ_DIMS], c0[PROJ_DIMS], 0.9999));
-        assert!(!row_test_drops(
-            &p,
-            s,
-            c1[PROJ_DIMS],
-            c0[PROJ_DIMS],
-            plain.next_up()
-        ));
-        assert!(row_test_drops(&p, s, c1[PROJ_DIMS], c0[PROJ_DIMS], 0.9999));
-        // Non-finite sums, running distances or errors prove nothing.
-        for (s, e, md) in [
-            (f32::INFINITY, 0.0, 1.0),
-            (f32::NAN, 0.0, 1.0),
-            (4.0, f32::INFINITY, 1.0),
-            (4.0, 0.0, f32::NAN),
-            (4.0, 0.0, f32::INFINITY),
-        ] {
-            assert!(!row_test_drops(&p, s, e, 0.0, md), "{s} {e} {md}");
-        }
     }
 }

@@ -93,65 +93,54 @@ pub fn sq_dists_unless_none_below(
     row: &[f32],
     floor: &[f32; LANES],
 ) -> Option<[f32; LANES]> {
-    sq_dists_unless_none_below_every::<CHECK_EVERY>(tile, row, floor)
-}
-
-/// [`sq_dists_unless_none_below`] with the floors tested every `EVERY` dimensions (a
-/// caller whose rows put most of their distance in the first dimensions stops sooner).
-pub fn sq_dists_unless_none_below_every<const EVERY: usize>(
-    tile: &[f32],
-    row: &[f32],
-    floor: &[f32; LANES],
-) -> Option<[f32; LANES]> {
     let dim = row.len();
     assert!(
-        EVERY > 0 && tile.len() >= tile_len(dim),
-        "lanes::sq_dists_unless_none_below_every: shapes"
+        tile.len() >= tile_len(dim),
+        "lanes::sq_dists_unless_none_below: shapes"
     );
     let tile = &tile[..tile_len(dim)];
     #[cfg(target_arch = "x86_64")]
     match super::gemm::isa() {
         // SAFETY: isa() reports only instruction sets this CPU runs.
-        super::gemm::Isa::Avx512 => return unsafe { every_avx512::<EVERY>(tile, row, floor) },
+        super::gemm::Isa::Avx512 => return unsafe { unless_none_below_avx512(tile, row, floor) },
         // SAFETY: as above.
-        super::gemm::Isa::Avx2 => return unsafe { every_avx2::<EVERY>(tile, row, floor) },
+        super::gemm::Isa::Avx2 => return unsafe { unless_none_below_avx2(tile, row, floor) },
         super::gemm::Isa::Portable => {}
     }
-    unless_none_below_every::<EVERY>(tile, row, floor)
+    unless_none_below(tile, row, floor)
 }
 
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn every_avx512<const EVERY: usize>(
+unsafe fn unless_none_below_avx512(
     tile: &[f32],
     row: &[f32],
     floor: &[f32; LANES],
 ) -> Option<[f32; LANES]> {
-    unless_none_below_every::<EVERY>(tile, row, floor)
+    unless_none_below(tile, row, floor)
 }
 
 /// # Safety
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn every_avx2<const EVERY: usize>(
+unsafe fn unless_none_below_avx2(
     tile: &[f32],
     row: &[f32],
     floor: &[f32; LANES],
 ) -> Option<[f32; LANES]> {
-    unless_none_below_every::<EVERY>(tile, row, floor)
+    unless_none_below(tile, row, floor)
 }
 
 #[inline(always)]
-fn unless_none_below_every<const EVERY: usize>(
-    tile: &[f32],
-    row: &[f32],
-    floor: &[f32; LANES],
-) -> Option<[f32; LANES]> {
+fn unless_none_below(tile: &[f32], row: &[f32], floor: &[f32; LANES]) -> Option<[f32; LANES]> {
     let mut acc = [[0f32; LANES]];
-    for (cols, part) in tile.chunks(EVERY * LANES).zip(row.chunks(EVERY)) {
+    for (cols, part) in tile
+        .chunks(CHECK_EVERY * LANES)
+        .zip(row.chunks(CHECK_EVERY))
+    {
         add_sq_dists(&mut acc, cols, [part]);
         // Every lane tested, no early exit (one vector compare per register). `>=` is
         // false for NaN: such a lane keeps the tile going.

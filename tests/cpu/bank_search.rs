@@ -840,22 +840,9 @@ fn lane_distances_equal_the_ordered_scalar_sum() {
 
 #[test]
 fn lane_distances_stop_only_when_no_lane_can_end_below_its_floor() {
-    use miad::cpu::lanes::{
-        sq_dists, sq_dists_unless_none_below, sq_dists_unless_none_below_every, tile_len, to_tile,
-        LANES,
-    };
-    type Way = fn(&[f32], &[f32], &[f32; LANES]) -> Option<[f32; LANES]>;
-    // The default checkpoints, and tests every 8 dimensions and after every one.
-    let ways: [(&str, Way); 3] = [
-        ("every 32", sq_dists_unless_none_below),
-        ("every 8", sq_dists_unless_none_below_every::<8>),
-        ("every 1", sq_dists_unless_none_below_every::<1>),
-    ];
+    use miad::cpu::lanes::{sq_dists, sq_dists_unless_none_below, tile_len, to_tile, LANES};
     // Widths shorter than, equal to and past several checkpoints.
-    for ((name, unless_none_below), dim) in ways
-        .iter()
-        .flat_map(|w| [1usize, 8, 32, 33, 300].map(|d| (*w, d)))
-    {
+    for dim in [1usize, 32, 33, 300] {
         let a = random(LANES * dim, 120 + dim as u64);
         let b = random(dim, 121 + dim as u64);
         let mut tile = vec![0f32; tile_len(dim)];
@@ -867,22 +854,22 @@ fn lane_distances_stop_only_when_no_lane_can_end_below_its_floor() {
         // Floors above one lane's distance: the distances come back, the same bits.
         let mut floor = full;
         floor[17] = f32::from_bits(full[17].to_bits() + 1);
-        let got = unless_none_below(&tile, &b, &floor).expect("lane 17 may end below");
-        assert_eq!(bits(&got), bits(&full), "{name} {dim}");
+        let got = sq_dists_unless_none_below(&tile, &b, &floor).expect("lane 17 may end below");
+        assert_eq!(bits(&got), bits(&full), "{dim}");
         // Floors at every lane's distance or below (no lane can end below): stopped.
         let mut floor = full.map(|d| d * 0.5);
         floor[3] = full[3];
         floor[40] = f32::NEG_INFINITY;
         assert!(
-            unless_none_below(&tile, &b, &floor).is_none(),
-            "{name} {dim}"
+            sq_dists_unless_none_below(&tile, &b, &floor).is_none(),
+            "{dim}"
         );
         // A NaN in one lane's first value: that lane never reaches a floor (not even
         // -inf), the sums run to the end.
         let mut a_nan = a.clone();
         a_nan[5 * dim] = f32::NAN;
         to_tile(&a_nan, dim, &mut tile);
-        let got = unless_none_below(&tile, &b, &[f32::NEG_INFINITY; LANES])
+        let got = sq_dists_unless_none_below(&tile, &b, &[f32::NEG_INFINITY; LANES])
             .expect("the NaN lane keeps the tile going");
         assert!(got[5].is_nan());
     }
