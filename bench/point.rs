@@ -23,7 +23,7 @@ use miad::cpu::point_mae::{
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::format::random_model;
-use miad::util::peak::measure_peak_gflops;
+use miad::util::peak::{measure_peak_gflops, measure_peak_gflops_per_cpu_second};
 use miad::util::rng::Rng;
 use timing::{cpu_seconds, env_usize, load_average, time_runs};
 
@@ -86,6 +86,11 @@ fn encoder_cpu_seconds(runs: usize, pts: &[f32], n: usize, centers: &[u32]) {
             &mut scratch,
         )
     });
+    // The output's bits, to compare builds.
+    let bits = out.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    println!("point_mae packed f32 output FNV-1a of the bits: {bits:016x}");
     let shape = point_block_shape(&cfg);
     let mut x: Vec<f32> = out[..m * cfg.dim as usize].to_vec();
     let mut bs = vec![0f32; block_scratch_len(&shape, 1)];
@@ -94,9 +99,18 @@ fn encoder_cpu_seconds(runs: usize, pts: &[f32], n: usize, centers: &[u32]) {
             block_forward_with(&pool, &shape, bw, Some(bp), &mut x, &mut bs);
         }
     });
+    let peak = measure_peak_gflops_per_cpu_second();
+    let gf = |flops: f64, secs: f64| flops / secs / 1e9;
+    let block_flops = cfg.depth as f64 * shape.flops();
+    let rest = whole - blocks;
     println!(
-        "point_mae packed f32 1t, CPU s per run over {runs} runs: whole {whole:.3}, blocks {blocks:.3}, group encoder + pos {:.3} (load {})",
-        whole - blocks,
+        "point_mae packed f32 1t, CPU s per run over {runs} runs: whole {whole:.3}, blocks {blocks:.3}, group encoder + pos {rest:.3}; GFLOP per CPU s: {:.1}, {:.1}, {:.1} = {:.2}, {:.2}, {:.2} of the FMA peak {peak:.1} (load {})",
+        gf(point_mae_flops(&cfg), whole),
+        gf(block_flops, blocks),
+        gf(point_mae_flops(&cfg) - block_flops, rest),
+        gf(point_mae_flops(&cfg), whole) / peak,
+        gf(block_flops, blocks) / peak,
+        gf(point_mae_flops(&cfg) - block_flops, rest) / peak,
         load_average()
     );
 }
