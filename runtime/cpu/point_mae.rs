@@ -318,6 +318,13 @@ pub fn point_mae_flops(cfg: &PointConfig) -> f64 {
     2.0 * (enc + pos) + cfg.depth as f64 * block_shape(cfg).flops()
 }
 
+/// Point `i` of the `n` points `points` (N×3); panics past the end (a caller bug).
+fn point_at(points: &[f32], n: usize, i: u32) -> [f32; 3] {
+    let i = i as usize;
+    assert!(i < n, "point index {i} of {n}");
+    [points[3 * i], points[3 * i + 1], points[3 * i + 2]]
+}
+
 /// Scratch floats [`group_encoder`] needs on `threads` workers.
 pub fn group_encoder_scratch_len(cfg: &PointConfig, threads: usize) -> usize {
     3 * widths(cfg).0 + threads.max(1) * encoder_worker_len(cfg)
@@ -345,11 +352,7 @@ pub fn group_encoder(
     assert!(center_idx.len() >= m && group_idx.len() >= m * s && points.len() >= 3 * n);
     assert!(x.len() >= m * d);
     assert!(scratch.len() >= group_encoder_scratch_len(cfg, pool.threads()));
-    let pt = |i: u32| {
-        let i = i as usize;
-        assert!(i < n, "point index {i} of {n}");
-        [points[3 * i], points[3 * i + 1], points[3 * i + 2]]
-    };
+    let pt = |i: u32| point_at(points, n, i);
     let rest = scratch;
     let wl = encoder_worker_len(cfg);
     let (w1t, rest) = rest.split_at_mut(3 * c1);
@@ -516,11 +519,7 @@ pub fn point_mae_forward_with(
     let (pos_h, rest) = rest.split_at_mut(m * ph);
     let (centers, rest) = rest.split_at_mut(3 * m);
     let (normed, rest) = rest.split_at_mut(m * d);
-    let pt = |i: u32| {
-        let i = i as usize;
-        assert!(i < n, "point index {i} of {n}");
-        [points[3 * i], points[3 * i + 1], points[3 * i + 2]]
-    };
+    let pt = |i: u32| point_at(points, n, i);
     for (c, &ci) in centers.chunks_exact_mut(3).zip(&center_idx[..m]) {
         c.copy_from_slice(&pt(ci));
     }
