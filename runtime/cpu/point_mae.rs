@@ -7,9 +7,10 @@
 //! task each, its buffers in per-worker scratch). conv1 (3 inputs) is a plain loop, conv2
 //! one GEMM over the task's rows. conv3 acts on [g broadcast, f]; it is split as
 //! W3[:, C2..]·f plus W3[:, ..C2]·g + b3 (one small GEMM per task), so the 2·C2-wide
-//! concatenation is never built. The rest runs group by group, so that its activations
-//! stay in cache between the passes: conv3's GEMM over the group's points, the group's
-//! term and the ReLU, conv4's GEMM, the maximum over the points.
+//! concatenation is never built. With packed weights the rest runs in chunks of rows
+//! (groups may straddle them), so that its activations stay in cache between the passes:
+//! conv3's GEMM over the points, the group's term and the ReLU, conv4's GEMM, the running
+//! maximum per group.
 
 use super::dense::{dense_in_task, DensePrecision, PackedWeight};
 use super::gemm::{isa, linear, Epilogue, Isa, Mat};
@@ -202,9 +203,16 @@ fn strided(data: &[f32], rows: usize, cols: usize, stride: usize) -> Mat<'_> {
 /// 0.947 s, 192 rows 0.957 s, a task's 1024 rows 1.023 s.
 const CHUNK_ROWS: usize = 96;
 
-/// [`CHUNK_ROWS`], or a task's rows where fewer.
-fn chunk_rows(s: usize) -> usize {
-    CHUNK_ROWS.min(GROUPS_PER_TASK * s)
+/// Rows per chunk of a task's conv3 and conv4: [`CHUNK_ROWS`] (or the task's rows where
+/// fewer) with packed weights; without them the whole task, since each product packs its
+/// weight (conv3's and conv4's: 1.25 MB) once per call.
+fn chunk_rows(s: usize, packed: bool) -> usize {
+    let task_rows = GROUPS_PER_TASK * s;
+    if packed {
+        CHUNK_ROWS.min(task_rows)
+    } else {
+        task_rows
+    }
 }
 
 fn encoder_worker_len(cfg: &PointConfig) -> usize {
@@ -212,7 +220,7 @@ fn encoder_worker_len(cfg: &PointConfig) -> usize {
     let s = cfg.group_size as usize;
     let rows = GROUPS_PER_TASK * s;
     rows * (3 + row_stride(c1) + row_stride(c2))
-        + chunk_rows(s) * (row_stride(c3) + row_stride(d))
+        + chunk_rows(s, false) * (row_stride(c3) + row_stride(d))
         + GROUPS_PER_TASK * (c2 + c3)
 }
 
@@ -378,8 +386,9 @@ pub fn group_encoder(
         let (rel, rest) = ws.split_at_mut(3 * full);
         let (h1, rest) = rest.split_at_mut(full * c1s);
         let (h2, rest) = rest.split_at_mut(full * c2s);
-        let (h3, rest) = rest.split_at_mut(chunk_rows(s) * c3s);
-        let (h4, rest) = rest.split_at_mut(chunk_rows(s) * ds);
+        let chunk = chunk_rows(s, packed.is_some());
+        let (h3, rest) = rest.split_at_mut(chunk * c3s);
+        let (h4, rest) = rest.split_at_mut(chunk * ds);
         let (gmax, gbias) = rest.split_at_mut(GROUPS_PER_TASK * c2);
         for gi in 0..gn {
             let c = pt(center_idx[g0 + gi]);
@@ -423,7 +432,7 @@ pub fn group_encoder(
         let xrow = unsafe { xp.slice(g0 * d, gn * d) };
         let mut r0 = 0;
         while r0 < rows {
-            let cr = chunk_rows(s).min(rows - r0);
+            let cr = chunk.min(rows - r0);
             dense_in_task(
                 pool,
                 strided(&h2[r0 * c2s..], cr, c2, c2s),
