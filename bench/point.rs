@@ -4,6 +4,11 @@
 //! measured FMA peak. Run: `cargo bench --bench point`. FPS and grouping are memory/branch
 //! bound, not GEMM bound, so they are reported as times and as the speed-up over the plain
 //! algorithm.
+//!
+//! `MIAD_POINT_CPU=RUNS` instead runs only the packed f32 encoder on one thread (as the
+//! fit extracts each part), RUNS times whole and RUNS times its blocks alone, and prints
+//! the process CPU seconds per run of each and of the rest (group encoder + position
+//! embedding): figures for comparing two builds run alternately on a loaded machine.
 
 mod timing;
 use miad::config::{ModelConfig, PointConfig, PreprocessConfig};
@@ -18,9 +23,9 @@ use miad::cpu::point_mae::{
 use miad::cpu::pool::Pool;
 use miad::cpu::transformer::{block_forward_with, block_scratch_len};
 use miad::format::random_model;
-use miad::util::peak::measure_peak_gflops;
+use miad::util::peak::{measure_peak_gflops, measure_peak_gflops_per_cpu_second};
 use miad::util::rng::Rng;
-use timing::time_runs;
+use timing::{cpu_seconds, env_usize, load_average, time_runs};
 
 /// A smooth organized surface: 50 000 points on a 224×224 grid (a typical part covers
 /// about this many pixels), row-major like the preprocessed point set.
@@ -44,6 +49,72 @@ fn surface(n: usize) -> (Vec<f32>, Vec<u32>) {
     (pts, pix)
 }
 
+/// CPU seconds per call of `f` over `runs` calls (after one warm-up call).
+fn cpu_per_run(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let t0 = cpu_seconds();
+    for _ in 0..runs {
+        f();
+    }
+    (cpu_seconds() - t0) / runs as f64
+}
+
+/// The `MIAD_POINT_CPU` mode (module doc).
+fn encoder_cpu_seconds(runs: usize, pts: &[f32], n: usize, centers: &[u32]) {
+    let cfg = PointConfig::m3dm();
+    let (m, k) = (cfg.num_groups as usize, cfg.group_size as usize);
+    let pool = Pool::new(1);
+    let mut groups = vec![0u32; m * k];
+    let mut ks = vec![0f32; knn_scratch_len(n, k, 1)];
+    group_knn(&pool, pts, n, centers, k, &mut groups, &mut ks);
+    let weights = random_model(&ModelConfig::m3dm(), 7);
+    let w = PointMaeWeights::load(&weights, &cfg).expect("random weights match");
+    let packed = PointMaePacked::new(&cfg, &w, DensePrecision::F32).expect("f32 packs");
+    let mut out = vec![0f32; m * cfg.feature_dim()];
+    let mut scratch = vec![0f32; point_mae_scratch_len(&cfg, 1)];
+    let whole = cpu_per_run(runs, || {
+        point_mae_forward_with(
+            &pool,
+            &cfg,
+            &w,
+            Some(&packed),
+            pts,
+            n,
+            centers,
+            &groups,
+            &mut out,
+            &mut scratch,
+        )
+    });
+    // The output's bits, to compare builds.
+    let bits = out.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    println!("point_mae packed f32 output FNV-1a of the bits: {bits:016x}");
+    let shape = point_block_shape(&cfg);
+    let mut x: Vec<f32> = out[..m * cfg.dim as usize].to_vec();
+    let mut bs = vec![0f32; block_scratch_len(&shape, 1)];
+    let blocks = cpu_per_run(runs, || {
+        for (bw, bp) in w.blocks.iter().zip(&packed.blocks) {
+            block_forward_with(&pool, &shape, bw, Some(bp), &mut x, &mut bs);
+        }
+    });
+    let peak = measure_peak_gflops_per_cpu_second();
+    let gf = |flops: f64, secs: f64| flops / secs / 1e9;
+    let block_flops = cfg.depth as f64 * shape.flops();
+    let rest = whole - blocks;
+    println!(
+        "point_mae packed f32 1t, CPU s per run over {runs} runs: whole {whole:.3}, blocks {blocks:.3}, group encoder + pos {rest:.3}; GFLOP per CPU s: {:.1}, {:.1}, {:.1} = {:.2}, {:.2}, {:.2} of the FMA peak {peak:.1} (load {})",
+        gf(point_mae_flops(&cfg), whole),
+        gf(block_flops, blocks),
+        gf(point_mae_flops(&cfg) - block_flops, rest),
+        gf(point_mae_flops(&cfg), whole) / peak,
+        gf(block_flops, blocks) / peak,
+        gf(point_mae_flops(&cfg) - block_flops, rest) / peak,
+        load_average()
+    );
+}
+
 fn main() {
     let cfg = PointConfig::m3dm();
     let pre = PreprocessConfig::default();
@@ -55,6 +126,11 @@ fn main() {
     let tree = time_runs(5, || {
         farthest_point_sample(&pts, n, m, &mut centers, &mut scratch)
     });
+    let cpu_runs = env_usize("MIAD_POINT_CPU", 0);
+    if cpu_runs > 0 {
+        encoder_cpu_seconds(cpu_runs, &pts, n, &centers);
+        return;
+    }
     tree.print("fps 1024 of 50000, tree", None);
     let mut plain = vec![0u32; m];
     let mut dist = vec![0f32; n];

@@ -922,6 +922,53 @@ pub fn linear_packed(
     linear_rhs(pool, w.ker, a, rhs, w.n, bias, out, out_stride, epilogue);
 }
 
+/// [`linear_packed`] on the calling thread, the whole output as one region (for products
+/// inside a pool task, where the row blocks of [`linear`]'s task grid would only re-read
+/// the weight and leave a partial panel of rows each): the same result, bit for bit.
+pub fn linear_packed_seq(
+    a: Mat<'_>,
+    w: &PackedF32,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: Epilogue,
+) {
+    assert_eq!(w.k, a.cols, "linear_packed_seq: inner sizes");
+    let m = a.rows;
+    a.check("linear input");
+    check_linear_output("linear", bias, out, out_stride, m, w.n);
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    let rhs = Rhs::Packed {
+        data: &w.data,
+        n: w.n,
+    };
+    let finish = Finish {
+        bias,
+        epilogue,
+        bf16_maths: false,
+    };
+    with_buffers(|bufs| {
+        // SAFETY: the region is the checked `out`, borrowed mutably here.
+        unsafe {
+            gemm_region(
+                w.ker,
+                bufs,
+                Operand::plain(a),
+                rhs,
+                1.0,
+                0..m,
+                0..w.n,
+                out.as_mut_ptr(),
+                out_stride,
+                epilogue == Epilogue::Accumulate,
+                finish,
+            )
+        }
+    });
+}
+
 /// The body of [`linear`] and [`linear_packed`]: `rhs` is the `k × n` right-hand operand.
 #[allow(clippy::too_many_arguments)]
 fn linear_rhs(

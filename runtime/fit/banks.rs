@@ -69,24 +69,50 @@ pub trait FeatureExtractor {
     ) -> Result<bool> {
         Ok(false)
     }
-    /// Writes every part's features into `all` (`parts × part_len` floats, part after
+    /// Writes every part's features into `out` (`parts × part_len` floats, part after
     /// part, each as [`FeatureLayout::split_part_mut`]) and calls `done(n)` as the count of
     /// finished parts grows. Part by part here; an extractor may run parts side by side.
-    fn extract_all(&mut self, all: &mut [f32], done: &mut dyn FnMut(usize)) -> Result<()> {
-        extract_in_turn(self, all, done)
+    fn extract_all(&mut self, out: &dyn PartSink, done: &mut dyn FnMut(usize)) -> Result<()> {
+        extract_in_turn(self, out, done)
     }
 }
 
-/// [`FeatureExtractor::extract_all`] part after part.
+/// Where [`FeatureExtractor::extract_all`] writes: `parts × part_len` floats, written a
+/// range at a time, from several threads at once on disjoint ranges.
+pub trait PartSink: Sync {
+    /// Writes `values` at float `offset`.
+    fn write(&self, offset: usize, values: &[f32]) -> Result<()>;
+}
+
+/// The fit's scratch file, written through the file rather than the map.
+impl PartSink for ScratchFile {
+    fn write(&self, offset: usize, values: &[f32]) -> Result<()> {
+        self.write_at(offset, values)
+    }
+}
+
+/// Features held in memory (tests, small tools).
+impl PartSink for std::sync::Mutex<Vec<f32>> {
+    fn write(&self, offset: usize, values: &[f32]) -> Result<()> {
+        let mut all = self.lock().unwrap_or_else(|e| e.into_inner());
+        all[offset..offset + values.len()].copy_from_slice(values);
+        Ok(())
+    }
+}
+
+/// [`FeatureExtractor::extract_all`] part after part, through one part's buffer.
 pub fn extract_in_turn<E: FeatureExtractor + ?Sized>(
     ex: &mut E,
-    all: &mut [f32],
+    out: &dyn PartSink,
     done: &mut dyn FnMut(usize),
 ) -> Result<()> {
     let layout = ex.layout();
-    for (p, part) in all.chunks_exact_mut(layout.part_len()).enumerate() {
-        let [xyz, rgb, fused] = layout.split_part_mut(part);
+    let plen = layout.part_len();
+    let mut part = vec![0f32; plen];
+    for p in 0..ex.parts() {
+        let [xyz, rgb, fused] = layout.split_part_mut(&mut part);
         ex.extract(p, xyz, rgb, fused)?;
+        out.write(p * plen, &part)?;
         done(p + 1);
     }
     Ok(())
@@ -357,9 +383,8 @@ pub fn fit(
     let mut clock = PhaseClock::new();
 
     // 1. Extract to the scratch file.
-    let mut feats =
-        ScratchFile::create(&opts.scratch_dir, &format!("{tag}.features"), parts * plen)?;
-    ex.extract_all(feats.as_mut_slice(), &mut |done| {
+    let feats = ScratchFile::create(&opts.scratch_dir, &format!("{tag}.features"), parts * plen)?;
+    ex.extract_all(&feats, &mut |done| {
         progress(Progress::Extract { done, total: parts })
     })?;
     clock.end("features".into(), parts, "parts");

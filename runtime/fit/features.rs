@@ -4,7 +4,7 @@
 //! `miad fit` run on features extracted elsewhere (or by another backend), and tests run
 //! the fit without a model.
 
-use super::banks::{extract_in_turn, FeatureExtractor, FeatureLayout};
+use super::banks::{extract_in_turn, FeatureExtractor, FeatureLayout, PartSink};
 use crate::cpu::pool::Pool;
 use crate::eval::dataset::PartFiles;
 use crate::eval::missing::MissingModality;
@@ -166,26 +166,28 @@ pub struct PipelineFeatures<'p, 'm> {
     pub missing: Vec<Option<MissingModality>>,
 }
 
-/// The features of part `files` with `drop` removed, through `extractor` on `pool`, into
-/// `out` (xyz, rgb, fused).
+/// The features of part `files` with `drop` removed, through `extractor` on `pool`, left
+/// in the extractor's buffers (`xyz`, `rgb`, `fused`).
 fn run_part(
     pool: &Pool,
     extractor: &mut Extractor<'_>,
     files: &PartFiles,
     drop: Option<MissingModality>,
-    out: [&mut [f32]; 3],
 ) -> Result<ModalityStatus> {
     let p = files.load()?;
     let keep_rgb = !matches!(drop, Some(MissingModality::Rgb | MissingModality::Both));
     let keep_cloud = !matches!(drop, Some(MissingModality::Cloud | MissingModality::Both));
     let rgb_view = p.rgb.as_ref().filter(|_| keep_rgb).map(|r| r.view());
     let cloud_view = p.cloud.as_ref().filter(|_| keep_cloud).map(|c| c.view());
-    let status = extractor.run(pool, rgb_view, cloud_view)?;
+    extractor.run(pool, rgb_view, cloud_view)
+}
+
+/// Copies the extractor's three feature blocks into `out` (xyz, rgb, fused).
+fn copy_features(extractor: &Extractor<'_>, out: [&mut [f32]; 3]) {
     let [xyz, rgb, fused] = out;
     xyz.copy_from_slice(&extractor.xyz);
     rgb.copy_from_slice(&extractor.rgb);
     fused.copy_from_slice(&extractor.fused);
-    Ok(status)
 }
 
 /// [`run_part`] for the fit's features: the part's sampled removal (`drop`), and a
@@ -195,9 +197,8 @@ fn training_part(
     extractor: &mut Extractor<'_>,
     files: &PartFiles,
     drop: Option<MissingModality>,
-    out: [&mut [f32]; 3],
 ) -> Result<()> {
-    let status = run_part(pool, extractor, files, drop, out)?;
+    let status = run_part(pool, extractor, files, drop)?;
     if drop.is_none() && (!status.rgb_usable() || !status.cloud_usable()) {
         // Not an error: that modality's features are the pseudo input's, as in
         // inspection. Said per part so that a bad training set is visible.
@@ -213,11 +214,17 @@ impl PipelineFeatures<'_, '_> {
     /// [`FeatureExtractor::extract_all`] with the siblings: each extractor on its own
     /// thread with a one-thread pool takes the next unstarted part until none is left. The
     /// first error (by part) is returned after every worker has stopped; a failing worker
-    /// makes the others stop before their next part.
-    fn extract_side_by_side(&mut self, all: &mut [f32], done: &mut dyn FnMut(usize)) -> Result<()> {
+    /// makes the others stop before their next part. Each part's blocks go from its
+    /// extractor's buffers straight to `out`.
+    fn extract_side_by_side(
+        &mut self,
+        out: &dyn PartSink,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<()> {
         let layout = self.extractor.layout();
+        let (plen, offsets) = (layout.part_len(), layout.offsets());
         let (parts, missing) = (&self.parts, &self.missing);
-        let next = Mutex::new(all.chunks_exact_mut(layout.part_len()).enumerate());
+        let next = Mutex::new(0..parts.len());
         let stop = AtomicBool::new(false);
         let (report, finished) = mpsc::channel::<(usize, Result<()>)>();
         let mut first_error: Option<(usize, Error)> = None;
@@ -230,10 +237,16 @@ impl PipelineFeatures<'_, '_> {
                     while !stop.load(Ordering::Relaxed) {
                         // The lock is held only to take the part, not while computing it.
                         let taken = next.lock().map(|mut it| it.next());
-                        let Ok(Some((p, part))) = taken else { break };
+                        let Ok(Some(p)) = taken else { break };
                         let drop = missing.get(p).copied().flatten();
-                        let out = layout.split_part_mut(part);
-                        let result = training_part(&pool, extractor, &parts[p], drop, out);
+                        let result =
+                            training_part(&pool, extractor, &parts[p], drop).and_then(|()| {
+                                let blocks = [&extractor.xyz, &extractor.rgb, &extractor.fused];
+                                blocks
+                                    .iter()
+                                    .zip(offsets)
+                                    .try_for_each(|(block, o)| out.write(p * plen + o, block))
+                            });
                         if result.is_err() {
                             stop.store(true, Ordering::Relaxed);
                         }
@@ -287,13 +300,9 @@ impl FeatureExtractor for PipelineFeatures<'_, '_> {
         fused: &mut [f32],
     ) -> Result<()> {
         let drop = self.missing.get(part).copied().flatten();
-        training_part(
-            self.pool,
-            &mut self.extractor,
-            &self.parts[part],
-            drop,
-            [xyz, rgb, fused],
-        )
+        training_part(self.pool, &mut self.extractor, &self.parts[part], drop)?;
+        copy_features(&self.extractor, [xyz, rgb, fused]);
+        Ok(())
     }
     fn extract_without(
         &mut self,
@@ -308,15 +317,15 @@ impl FeatureExtractor for PipelineFeatures<'_, '_> {
             &mut self.extractor,
             &self.parts[part],
             Some(drop),
-            [xyz, rgb, fused],
         )?;
+        copy_features(&self.extractor, [xyz, rgb, fused]);
         Ok(true)
     }
-    fn extract_all(&mut self, all: &mut [f32], done: &mut dyn FnMut(usize)) -> Result<()> {
+    fn extract_all(&mut self, out: &dyn PartSink, done: &mut dyn FnMut(usize)) -> Result<()> {
         if self.siblings.is_empty() {
-            extract_in_turn(self, all, done)
+            extract_in_turn(self, out, done)
         } else {
-            self.extract_side_by_side(all, done)
+            self.extract_side_by_side(out, done)
         }
     }
 }

@@ -35,9 +35,10 @@ fn features(
         parts,
         missing: Vec::new(),
     };
-    let mut all = vec![f32::NAN; f.parts() * f.layout().part_len()];
+    let all = std::sync::Mutex::new(vec![f32::NAN; f.parts() * f.layout().part_len()]);
     let mut reported = Vec::new();
-    let result = f.extract_all(&mut all, &mut |done| reported.push(done));
+    let result = f.extract_all(&all, &mut |done| reported.push(done));
+    let all = all.into_inner().unwrap();
     (result, all, reported)
 }
 
