@@ -82,6 +82,16 @@ fn layout() -> FeatureLayout {
     }
 }
 
+/// Part `p`'s raw (xyz, rgb, fused) features from `ex`.
+fn features_of(ex: &mut impl FeatureExtractor, p: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let l = ex.layout();
+    let mut x = vec![0f32; l.xyz_grid * l.xyz_grid * l.xyz_dim];
+    let mut r = vec![0f32; l.rgb_grid * l.rgb_grid * l.rgb_dim];
+    let mut f = vec![0f32; l.xyz_grid * l.xyz_grid * l.fused_dim];
+    ex.extract(p, &mut x, &mut r, &mut f).unwrap();
+    (x, r, f)
+}
+
 fn svm(v: &[[f32; 3]]) -> miad::Result<LinearSvm> {
     assert!(!v.is_empty());
     Ok(LinearSvm {
@@ -169,10 +179,7 @@ fn fit_builds_banks_calibrates_and_round_trips() {
     };
     let mut scores = Vec::new();
     for p in 12..20 {
-        let mut x = vec![0f32; 64 * 20];
-        let mut r = vec![0f32; 16 * 12];
-        let mut f = vec![0f32; 64 * 32];
-        test.extract(p, &mut x, &mut r, &mut f).unwrap();
+        let (x, r, f) = features_of(&mut test, p);
         let s = scorer
             .score(
                 &pool,
@@ -368,10 +375,7 @@ fn fitted_banks_carry_neighbour_tables_and_files_without_them_score_the_same() {
         anomalous_from: 13,
     };
     for p in 10..16 {
-        let mut x = vec![0f32; 64 * 20];
-        let mut r = vec![0f32; 16 * 12];
-        let mut f = vec![0f32; 64 * 32];
-        test.extract(p, &mut x, &mut r, &mut f).unwrap();
+        let (x, r, f) = features_of(&mut test, p);
         let mut run = |set: &BankSet<'_>| {
             let mut maps = vec![0f32; 3 * s2];
             let s = scorer
@@ -496,10 +500,7 @@ fn equal_patches_searched_once_score_the_bits_of_every_patch() {
         anomalous_from: 2,
     };
     for p in 0..4 {
-        let mut x = vec![0f32; 64 * 20];
-        let mut r = vec![0f32; 16 * 12];
-        let mut f = vec![0f32; 64 * 32];
-        test.extract(p, &mut x, &mut r, &mut f).unwrap();
+        let (mut x, mut r, mut f) = features_of(&mut test, p);
         let copy = |v: &mut [f32], dim: usize, from: usize, to: &[usize]| {
             for &t in to {
                 v.copy_within(from * dim..(from + 1) * dim, t * dim);
