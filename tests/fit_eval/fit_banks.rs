@@ -4,7 +4,7 @@
 
 use miad::config::{BankConfig, BankVariant, LinearSvm};
 use miad::cpu::pool::Pool;
-use miad::fit::banks::{fit, FeatureExtractor, FeatureLayout, FitOptions, Progress};
+use miad::fit::banks::{fit, FeatureExtractor, FeatureLayout, FitOptions, Fitted, Progress};
 use miad::fit::calibrate::reject_quantile;
 use miad::format::{BankFile, OpenOptions};
 use miad::pipeline::score::{BankSet, Scorer};
@@ -80,6 +80,17 @@ fn layout() -> FeatureLayout {
         xyz_dim: 20,
         fused_dim: 32,
     }
+}
+
+/// The fit of `ex` with the default options, 32² maps and scratch in `dir`.
+fn fit_32(pool: &Pool, ex: &mut impl FeatureExtractor, dir: &std::path::Path) -> Fitted {
+    let opts = FitOptions {
+        map_size: 32,
+        scratch_dir: dir.to_path_buf(),
+        ..FitOptions::default()
+    };
+    let base = BankConfig::empty([7; 16], "fake", "widget");
+    fit(pool, ex, base, &opts, &svm, &mut |_| {}).unwrap()
 }
 
 /// Part `p`'s raw (xyz, rgb, fused) features from `ex`.
@@ -478,13 +489,7 @@ fn equal_patches_searched_once_score_the_bits_of_every_patch() {
         seed: 21,
         anomalous_from: usize::MAX,
     };
-    let opts = FitOptions {
-        map_size: 32,
-        scratch_dir: dir.clone(),
-        ..FitOptions::default()
-    };
-    let base = BankConfig::empty([7; 16], "fake", "widget");
-    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |_| {}).unwrap();
+    let fitted = fit_32(&pool, &mut ex, &dir);
     let path = dir.join("dedupe.bank");
     fitted.write(&path).unwrap();
     let file = BankFile::open(&path, &OpenOptions::default(), None).unwrap();
@@ -601,14 +606,9 @@ fn coreset_over_distinct_rows_selects_what_every_row_selects() {
         seed,
         anomalous_from: usize::MAX,
     };
-    let opts = FitOptions {
-        map_size: 32,
-        scratch_dir: dir.clone(),
-        ..FitOptions::default()
-    };
-    let base = BankConfig::empty([7; 16], "fake", "widget");
+    let opts = FitOptions::default();
     let mut ex = WithEqualRows(fake(31));
-    let fitted = fit(&pool, &mut ex, base, &opts, &svm, &mut |_| {}).unwrap();
+    let fitted = fit_32(&pool, &mut ex, &dir);
     let c = &fitted.config;
     let phase = |name: &str| {
         let p = fitted.phases.iter().find(|p| p.phase.starts_with(name));
