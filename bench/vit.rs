@@ -9,7 +9,9 @@
 //!
 //! `cargo bench --bench vit` (set `MIAD_BENCH_THREADS` to use another thread count;
 //! `MIAD_BENCH_PARTS=vit`, `block`, `networks` or `gemm` runs that part alone;
-//! `MIAD_BENCH_PARTS=bf16dense` runs the bf16 dense layers as a pass meets them, only then;
+//! `MIAD_BENCH_PARTS=bf16dense` runs the bf16 dense layers as a pass meets them, `passes`
+//! the bf16 pass pass by pass, `walk` the bf16 micro-kernel through a GEMM's loops, each
+//! only when named;
 //! `MIAD_CPU_ISA=avx2` measures the AVX2 path, its peak included).
 
 mod timing;
@@ -121,10 +123,81 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
             .iter()
             .zip(&f32_out)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // A digest of the bits, to compare builds that should give the same features.
+        let digest = out.iter().fold(0u64, |h, v| {
+            (h ^ v.to_bits() as u64).wrapping_mul(0x100_0000_01b3)
+        });
         println!(
-            "  bf16 vs f32 features: max |Δ| {err:.3e} = {:.2e} of max |f32| {ref_max:.3}",
+            "  bf16 vs f32 features: max |Δ| {err:.3e} = {:.2e} of max |f32| {ref_max:.3}; \
+             digest of the bf16 features {digest:016x}",
             err / ref_max
         );
+    }
+}
+
+/// Pass by pass (`MIAD_BENCH_PARTS=passes`, `MIAD_BENCH_PASSES` passes, default 12): the
+/// wall and CPU time of each bf16 pass, and the two-thread bf16 peak measured right after
+/// it, to tell a slow pass of ours from a slow machine.
+fn pass_by_pass(threads: usize, pool: &Pool) {
+    let cfg = VitConfig::base8();
+    let model = ModelConfig {
+        point: None,
+        fusion: None,
+        radar: None,
+        ..ModelConfig::m3dm()
+    };
+    let tensors = random_model(&model, 1);
+    let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
+    let s = cfg.image_size as usize;
+    let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
+    let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
+    let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
+    let Some(blocks) = w.packed(&cfg, DensePrecision::Bf16) else {
+        println!("no AVX512-BF16 on this CPU: no bf16 forward pass");
+        return;
+    };
+    let flops = vit_flops(&cfg);
+    for pass in 0..timing::env_usize("MIAD_BENCH_PASSES", 12) {
+        let (cpu0, t0) = (process_cpu_seconds(), std::time::Instant::now());
+        vit_forward_with(pool, &cfg, &w, &blocks, &input, &mut out, &mut scratch)
+            .expect("forward pass");
+        let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu_seconds() - cpu0);
+        let peak = measure_bf16_peak_gflops(threads).unwrap_or(f64::NAN);
+        println!(
+            "pass {pass}: {:.1} ms wall, {:.1} ms CPU; {:.2} of the bf16 peak {peak:.0} GFLOP/s \
+             measured after it",
+            wall * 1e3,
+            cpu * 1e3,
+            flops / wall / 1e9 / peak
+        );
+    }
+    // The 12 blocks of a pass against block 0 run 12 times (its 14 MB of weights stay in
+    // L3): what streaming every block's weights from memory costs.
+    let shape = miad::cpu::vit::block_shape(&cfg);
+    let d = cfg.dim as usize;
+    let mut x = random(cfg.tokens() * d, 5, 1.0);
+    let mut block_scratch = vec![0f32; block_scratch_len(&shape, threads)];
+    for round in 0..4 {
+        for (what, same) in [("12 blocks", false), ("block 0 x12", true)] {
+            let (cpu0, t0) = (process_cpu_seconds(), std::time::Instant::now());
+            for i in 0..12 {
+                let b = if same { 0 } else { i };
+                block_forward_with(
+                    pool,
+                    &shape,
+                    &w.blocks[b],
+                    Some(&blocks[b]),
+                    &mut x,
+                    &mut block_scratch,
+                );
+                x.iter_mut().for_each(|v| *v = v.clamp(-4.0, 4.0));
+            }
+            println!(
+                "round {round} {what}: {:.1} ms wall, {:.1} ms CPU",
+                t0.elapsed().as_secs_f64() * 1e3,
+                (process_cpu_seconds() - cpu0) * 1e3
+            );
+        }
     }
 }
 
@@ -433,6 +506,107 @@ fn kernel_bf16_in_l1() {
     );
 }
 
+/// The bf16 micro-kernel walking a GEMM's loops on one thread (`MIAD_BENCH_PARTS=walk`),
+/// each step closer to `gemm_bf16::region` on qkv's shape (a task of 396 rows × 256
+/// columns, one `k` block of 384): where it loses its in-L1 rate.
+fn kernel_walk() {
+    use miad::cpu::gemm::Start;
+    use miad::cpu::gemm_bf16::{available, micro_kernel, TILE_COLS, TILE_ROWS};
+    if !available() {
+        return;
+    }
+    let (steps, strips, panels) = (192, 8, 33);
+    let strip_len = steps * 2 * TILE_COLS;
+    let b: Vec<u16> = (0..strips * strip_len)
+        .map(|i| 0x3f80 + (i % 5) as u16)
+        .collect();
+    // Rows of 768 bf16 (384 pairs), as the norm's rows lie.
+    let lda_rows = 384;
+    let a: Vec<u32> = (0..panels * TILE_ROWS * lda_rows)
+        .map(|i| 0x3f80_3f80 + i as u32 % 7)
+        .collect();
+    let ldc = strips * TILE_COLS;
+    let mut c = vec![0f32; panels * TILE_ROWS * ldc];
+    let peak = measure_bf16_peak_gflops_per_cpu_second().unwrap_or(f64::NAN);
+    // 48 MB of weight blocks: more than L3 holds.
+    let fresh: Vec<u16> = (0..256 * strips * strip_len)
+        .map(|i| 0x3f80 + (i % 5) as u16)
+        .collect();
+    let mut next_block = 0;
+    // (what, one strip only, one panel only, start, each pass over another weight block)
+    let variants = [
+        ("one strip, one panel (L1)", true, true, Start::Zero, false),
+        (
+            "8 strips (B from L2), one panel",
+            false,
+            true,
+            Start::Zero,
+            false,
+        ),
+        (
+            "8 strips, 33 panels in place",
+            false,
+            false,
+            Start::Zero,
+            false,
+        ),
+        (
+            "8 strips, 33 panels, C read",
+            false,
+            false,
+            Start::FromC,
+            false,
+        ),
+        (
+            "as above, weights from memory",
+            false,
+            false,
+            Start::FromC,
+            true,
+        ),
+    ];
+    for round in 0..2 {
+        for (what, one_strip, one_panel, start, from_memory) in variants {
+            let reps = 40;
+            let (_, cpu) = timed_cpu(|| {
+                for _ in 0..reps {
+                    let b = if from_memory {
+                        next_block = (next_block + 1) % 256;
+                        &fresh[next_block * strips * strip_len..]
+                    } else {
+                        &b[..]
+                    };
+                    for p in 0..panels {
+                        let p = if one_panel { 0 } else { p };
+                        for s in 0..strips {
+                            let bs = if one_strip { 0 } else { s };
+                            // SAFETY: AVX512-BF16 checked; `a` holds the panel's 12 rows
+                            // of `steps` pairs `lda_rows` apart, `b` the strip, `c` the tile.
+                            unsafe {
+                                micro_kernel(
+                                    steps,
+                                    a[p * TILE_ROWS * lda_rows..].as_ptr(),
+                                    lda_rows,
+                                    b[bs * strip_len..].as_ptr(),
+                                    c[p * TILE_ROWS * ldc + s * TILE_COLS..].as_mut_ptr(),
+                                    ldc,
+                                    start,
+                                )
+                            };
+                        }
+                    }
+                }
+                std::hint::black_box(&mut c);
+            });
+            let flops = 2.0 * (TILE_ROWS * TILE_COLS * 2 * steps * strips * panels * reps) as f64;
+            println!(
+                "walk round {round}: {what}: {:.3} of one core's bf16 peak",
+                flops / cpu / 1e9 / peak
+            );
+        }
+    }
+}
+
 /// Where attention's time goes, on one thread: packing each head's keys and values, the
 /// score products, softmax's exponentials, the products with V (the steps of
 /// `transformer::attention`, each over every head and query block), against the whole
@@ -701,7 +875,9 @@ fn point_and_fusion(threads: usize, pool: &Pool) {
 /// GFLOP per CPU-second against one core's bf16 peak, each shape and all together;
 /// `MIAD_BENCH_ROUNDS` rounds (default 2).
 fn bf16_dense(threads: usize, pool: &Pool) {
-    use miad::cpu::gemm_bf16::{linear_bf16_rows, round_into, Bf16Mat, Rows};
+    use miad::cpu::gemm_bf16::{
+        linear_bf16_rows, linear_bf16_rows_rounded, round_into, Bf16Mat, Rows,
+    };
     let (t, d, hid, blocks) = (785, 768, 3072, 12);
     // The bf16 path's hidden rows, one cache line wider (as `transformer` lays them out).
     let hs = hid + 16;
@@ -759,6 +935,11 @@ fn bf16_dense(threads: usize, pool: &Pool) {
             linear_bf16_rows(pool, a, &proj_w[i], Some(&b), &mut acc, d, epi, None)
         });
         shape("fc1", flops(hid, d), &mut |i| {
+            let (bias, out16) = (Some(&fc1_b[..]), (&mut hidden16[..], hs));
+            linear_bf16_rows_rounded(pool, xn, &fc1_w[i], bias, Epilogue::Gelu, out16)
+        });
+        // fc1 as it ran before: its f32 output written too, and rounded from there.
+        shape("fc1 with f32 output", flops(hid, d), &mut |i| {
             let (bias, out16) = (Some(&fc1_b[..]), Some((&mut hidden16[..], hs)));
             let epi = Epilogue::Gelu;
             linear_bf16_rows(pool, xn, &fc1_w[i], bias, &mut hidden, hs, epi, out16)
@@ -814,6 +995,12 @@ fn main() {
     }
     if part("gemm") {
         gemm_shapes(threads, &pool);
+    }
+    if parts == "walk" {
+        kernel_walk();
+    }
+    if parts == "passes" {
+        pass_by_pass(threads, &pool);
     }
     // Only when named: it packs the weights of 12 blocks (0.2 GB).
     if parts == "bf16dense" {

@@ -16,7 +16,7 @@
 use super::gemm::{
     check_linear_output, prefetch_share, run_linear_tasks, Epilogue, Finish, Mat, Operand, Start,
 };
-use super::pool::{Pool, SharedMut};
+use super::pool::Pool;
 use std::cell::RefCell;
 
 /// Inner elements per block (even: blocks are split in pairs).
@@ -207,8 +207,9 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let len = packed_len(n, k);
+    // Every element is written below, padding included (no zero fill first: a head's keys
+    // and values are packed in every block of attention).
     let data = &mut out[..len];
-    data.fill(0);
     let m = w.mat;
     // Rounded values: two rows of a strip (transposed); a strip's rows as pairs (plain).
     let mut rounded = [0u16; 2 * NR];
@@ -257,11 +258,13 @@ pub fn pack_scaled_into(w: Operand<'_>, alpha: f32, out: &mut [u16]) {
                     dst[kc..].fill(0);
                 }
                 for (q, pair_row) in strip.chunks_exact_mut(2 * NR).enumerate() {
-                    for (jj, pair) in pair_row.chunks_exact_mut(2).take(jn).enumerate() {
+                    let (outputs, padding) = pair_row.split_at_mut(2 * jn);
+                    for (jj, pair) in outputs.chunks_exact_mut(2).enumerate() {
                         let v = strip_pairs[jj * row_pairs + q];
                         pair[0] = v as u16;
                         pair[1] = (v >> 16) as u16;
                     }
+                    padding.fill(0);
                 }
             }
         }
@@ -396,26 +399,36 @@ impl PackedBf16 {
     }
 }
 
-thread_local! {
-    /// One micro-panel of activations in bf16 pairs: [`PANEL_LEN`].
-    static PANEL: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+/// A thread's buffers for [`region`]: one micro-panel of activations in bf16 pairs
+/// ([`PANEL_LEN`]) and one [`Acc::Tile`] (`MR × NC_TASK` floats).
+struct ThreadBuffers {
+    panel: Vec<u32>,
+    tile: Vec<f32>,
 }
 
-/// Runs `f` on the calling thread's activation panel (made on its first use).
-fn with_panel<R>(f: impl FnOnce(&mut [u32]) -> R) -> R {
-    PANEL.with(|panel| {
-        let mut panel = panel.borrow_mut();
+thread_local! {
+    static BUFFERS: RefCell<ThreadBuffers> = const {
+        RefCell::new(ThreadBuffers { panel: Vec::new(), tile: Vec::new() })
+    };
+}
+
+/// Runs `f` on the calling thread's activation panel and tile (made on their first use).
+fn with_buffers<R>(f: impl FnOnce(&mut [u32], &mut [f32]) -> R) -> R {
+    BUFFERS.with(|buffers| {
+        let mut buffers = buffers.borrow_mut();
+        let ThreadBuffers { panel, tile } = &mut *buffers;
         if panel.is_empty() {
             *panel = vec![0u32; PANEL_LEN];
+            *tile = vec![0f32; MR * NC_TASK];
         }
-        f(&mut panel)
+        f(panel, tile)
     })
 }
 
-/// Gives the calling thread its activation panel (called by `gemm::warm_up_thread`).
+/// Gives the calling thread its buffers (called by `gemm::warm_up_thread`).
 pub fn warm_up_thread() {
     if available() {
-        with_panel(|_| ());
+        with_buffers(|_, _| ());
     }
 }
 
@@ -459,10 +472,51 @@ pub fn linear_bf16_rows(
     epilogue: Epilogue,
     out16: Option<(&mut [u16], usize)>,
 ) {
+    let (m, n) = (a.rows(), w.n);
+    check_linear_output("linear_bf16", bias, out, out_stride, m, n);
+    let out = Acc::Out {
+        c: out.as_mut_ptr(),
+        ldc: out_stride,
+    };
+    run_bf16_tasks(pool, a, w, bias, Some(out), epilogue, out16);
+}
+
+/// [`linear_bf16_rows`] where only the output rounded to bf16 is wanted: `out16.0` (rows
+/// `out16.1` apart) ⟵ bf16 of `epilogue(a · wᵀ + bias)`, the same values as there, each
+/// tile finished and rounded while it is in L1 (no f32 output is written). `epilogue` may
+/// not be [`Epilogue::Accumulate`] (there is no f32 output to add to).
+pub fn linear_bf16_rows_rounded(
+    pool: &Pool,
+    a: Rows<'_>,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    out16: (&mut [u16], usize),
+) {
+    assert!(
+        epilogue != Epilogue::Accumulate,
+        "linear_bf16_rows_rounded: nothing to accumulate into"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), w.n, "linear_bf16_rows_rounded: bias length");
+    }
+    run_bf16_tasks(pool, a, w, bias, None, epilogue, Some(out16));
+}
+
+/// The task grid of [`linear_bf16_rows`] (`out` given) and [`linear_bf16_rows_rounded`]
+/// (`out` `None`: each task accumulates in its thread's [`Acc::Tile`]).
+fn run_bf16_tasks(
+    pool: &Pool,
+    a: Rows<'_>,
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: Option<Acc>,
+    epilogue: Epilogue,
+    out16: Option<(&mut [u16], usize)>,
+) {
     let (m, k, n) = (a.rows(), a.cols(), w.n);
     assert_eq!(w.k, k, "linear_bf16: inner sizes");
     a.check("linear_bf16");
-    check_linear_output("linear_bf16", bias, out, out_stride, m, n);
     let round_to = out16.map(|(data, stride)| {
         assert!(stride >= n && (m == 0 || data.len() >= (m - 1) * stride + n));
         RoundTo {
@@ -473,16 +527,19 @@ pub fn linear_bf16_rows(
     if m == 0 || n == 0 {
         return;
     }
-    let out_ptr = SharedMut::new(out);
+    let out = out.map(SendAcc);
     let finish = Finish {
         bias,
         epilogue,
         bf16_maths: true,
     };
     run_linear_tasks(pool, m, n, NC_TASK, &|rows, cols| {
-        with_panel(|panel| {
-            // SAFETY: tasks cover disjoint regions of the checked output; `available()`
-            // held when the weight was packed.
+        with_buffers(|panel, tile| {
+            let acc = out.map_or(Acc::Tile(tile.as_mut_ptr()), |o| o.0);
+            // SAFETY: tasks cover disjoint regions of the checked output (or each has its
+            // thread's tile, `MR × NC_TASK`, for columns of one block of `NC_TASK`, no
+            // accumulation, `round_to` given); `available()` held when the weight was
+            // packed.
             unsafe {
                 region(
                     panel,
@@ -491,8 +548,7 @@ pub fn linear_bf16_rows(
                     n,
                     rows,
                     cols,
-                    out_ptr.ptr(),
-                    out_stride,
+                    acc,
                     epilogue == Epilogue::Accumulate,
                     finish,
                     round_to,
@@ -501,6 +557,14 @@ pub fn linear_bf16_rows(
         });
     });
 }
+
+/// An [`Acc::Out`] shared by the tasks of one product.
+#[derive(Clone, Copy)]
+struct SendAcc(Acc);
+
+// SAFETY: the tasks that share it write disjoint regions of the output.
+unsafe impl Sync for SendAcc {}
+unsafe impl Send for SendAcc {}
 
 /// `out[m × n] ⟵ a · wᵀ` on the calling thread (for use inside pool tasks: attention's
 /// products), bf16 operands and f32 accumulation (the bound of the module doc): `a` is
@@ -518,7 +582,11 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
     if m == 0 || n == 0 || !available() {
         return;
     }
-    with_panel(|panel| {
+    with_buffers(|panel, _| {
+        let out = Acc::Out {
+            c: out.as_mut_ptr(),
+            ldc: out_stride,
+        };
         // SAFETY: the region is the checked `out`, borrowed mutably here; `available()`.
         unsafe {
             region(
@@ -528,8 +596,7 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
                 n,
                 0..m,
                 0..n,
-                out.as_mut_ptr(),
-                out_stride,
+                out,
                 false,
                 Finish::NONE,
                 None,
@@ -538,17 +605,36 @@ pub fn product_seq(a: Rows<'_>, packed: &[u16], n: usize, out: &mut [f32], out_s
     });
 }
 
+/// Where [`region`] accumulates its products.
+#[derive(Clone, Copy)]
+enum Acc {
+    /// The output: element (0, 0) of a matrix with rows `ldc` apart.
+    Out { c: *mut f32, ldc: usize },
+    /// A tile of the calling thread's own, [`MR`] rows of [`NC_TASK`] floats (row `i`,
+    /// region column `j` at `i · NC_TASK + j − cols.start`), one panel of rows at a time,
+    /// where only the bf16 rounding of the finished output is wanted: the f32 output
+    /// never leaves the cache (fc1's, 9.6 MB a ViT-B/8 block, was written to memory and
+    /// read back once more only to be rounded).
+    Tile(*mut f32),
+}
+
 /// `c[rows, cols] (+)= a[rows, :] · wᵀ[:, cols]`, then `finish`, on the calling thread
 /// (see `gemm::gemm_region`): `b` holds `w` (`n × a.cols`) packed by [`pack_into`]. Per
 /// `k` block and panel of `MR` rows, the rows are rounded to bf16 into `panel` once, then
 /// multiplied by every strip of the columns; meanwhile the next panel's f32 rows are
 /// fetched into the cache, a share per strip ([`Rows::prefetch_share`]).
 ///
+/// Into [`Acc::Out`], `k` blocks outside panels (each packed block of the weight reused
+/// over every panel while it is in L2); into [`Acc::Tile`], every `k` block of a panel
+/// before the next panel, so that the tile is finished while it is in L1. Each output
+/// element meets the same products in the same order either way: the same bits.
+///
 /// Where `round_to` is given, the finished rows are also rounded to bf16 there.
 ///
 /// # Safety
-/// AVX512-BF16 present ([`available`]); `c` points at element (0, 0) of an output with
-/// rows `ldc` apart that holds the region, which no one else touches; so does `round_to`.
+/// AVX512-BF16 present ([`available`]); an [`Acc::Out`] holds the region, which no one
+/// else touches; so does `round_to`. An [`Acc::Tile`] holds `MR × NC_TASK` floats,
+/// `cols` are at most [`NC_TASK`], there is no `accumulate`, and `round_to` is given.
 #[allow(clippy::too_many_arguments)]
 unsafe fn region(
     panel: &mut [u32],
@@ -557,8 +643,7 @@ unsafe fn region(
     n: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    c: *mut f32,
-    ldc: usize,
+    acc: Acc,
     accumulate: bool,
     finish: Finish<'_>,
     round_to: Option<RoundTo>,
@@ -567,81 +652,97 @@ unsafe fn region(
     let (kblocks, kc_step) = k_blocks(k);
     let n_pad = n.div_ceil(NR) * NR;
     let strip_count = cols.len().div_ceil(NR);
-    for kb in 0..kblocks {
-        let p0 = kb * kc_step;
-        let kc = kc_step.min(k.saturating_sub(p0));
-        let pairs = kc.div_ceil(2);
-        let start = match (kb, accumulate) {
-            (0, false) => Start::Zero,
-            (0, true) => Start::ZeroThenAddC,
-            _ => Start::FromC,
-        };
-        let last = kb + 1 == kblocks;
-        let block = &b[p0 * n_pad..];
+    // `k` blocks taken together per panel of rows.
+    let group = match acc {
+        Acc::Out { .. } => 1,
+        Acc::Tile(_) => kblocks,
+    };
+    // Element (0, 0) of the panel of rows `ir..` in the output, its row stride, and the
+    // output column at the panel's column 0.
+    let panel_at = |ir: usize| match acc {
+        // SAFETY: the caller's contract: the output holds the region.
+        Acc::Out { c, ldc } => (unsafe { c.add(ir * ldc) }, ldc, 0),
+        Acc::Tile(t) => (t, NC_TASK, cols.start),
+    };
+    for g0 in (0..kblocks).step_by(group) {
         let mut ir = rows.start;
         while ir < rows.end {
             let rows_here = MR.min(rows.end - ir);
-            let in_place = if rows_here == MR {
-                a.panel_in_place(ir, p0, kc)
-            } else {
-                None
-            };
-            let (ap, lda) = in_place.unwrap_or_else(|| {
-                for i in 0..MR {
-                    let dst: &mut [u16] =
-                        bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
-                    if i < rows_here {
-                        // SAFETY: the caller's contract (AVX512-BF16).
-                        unsafe { a.load(ir + i, p0, kc, dst) };
-                    } else {
-                        dst.fill(0);
-                    }
-                }
-                (panel.as_ptr(), pairs)
-            });
-            let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
-            for s in 0..strip_count {
-                a.prefetch_share(next.clone(), p0..p0 + kc, s, strip_count);
-                let j = cols.start + s * NR;
-                let cols_here = NR.min(cols.end - j);
-                let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
-                // SAFETY (all below): the tile is inside the caller's region; the panel
-                // holds MR rows of `pairs` pairs, `lda` apart; the strip `pairs · NR` pairs.
-                if rows_here == MR && cols_here == NR {
-                    unsafe {
-                        x86_bf16::kernel_12x32(pairs, ap, lda, bp, c.add(ir * ldc + j), ldc, start)
-                    };
+            let (c, ldc, col0) = panel_at(ir);
+            for kb in g0..(g0 + group).min(kblocks) {
+                let p0 = kb * kc_step;
+                let kc = kc_step.min(k.saturating_sub(p0));
+                let pairs = kc.div_ceil(2);
+                let start = match (kb, accumulate) {
+                    (0, false) => Start::Zero,
+                    (0, true) => Start::ZeroThenAddC,
+                    _ => Start::FromC,
+                };
+                let block = &b[p0 * n_pad..];
+                let in_place = if rows_here == MR {
+                    a.panel_in_place(ir, p0, kc)
                 } else {
-                    let mut tmp = [0f32; MR * NR];
-                    if start != Start::Zero {
-                        for i in 0..rows_here {
-                            for jj in 0..cols_here {
-                                tmp[i * NR + jj] = unsafe { *c.add((ir + i) * ldc + j + jj) };
-                            }
+                    None
+                };
+                let (ap, lda) = in_place.unwrap_or_else(|| {
+                    for i in 0..MR {
+                        let dst: &mut [u16] =
+                            bytemuck::cast_slice_mut(&mut panel[i * pairs..(i + 1) * pairs]);
+                        if i < rows_here {
+                            // SAFETY: the caller's contract (AVX512-BF16).
+                            unsafe { a.load(ir + i, p0, kc, dst) };
+                        } else {
+                            dst.fill(0);
                         }
                     }
-                    unsafe {
-                        x86_bf16::kernel_12x32(pairs, ap, lda, bp, tmp.as_mut_ptr(), NR, start)
-                    };
-                    for i in 0..rows_here {
-                        for jj in 0..cols_here {
-                            unsafe { *c.add((ir + i) * ldc + j + jj) = tmp[i * NR + jj] };
+                    (panel.as_ptr(), pairs)
+                });
+                let next = ir + MR..(ir + 2 * MR).min(rows.end.max(ir + MR));
+                for s in 0..strip_count {
+                    a.prefetch_share(next.clone(), p0..p0 + kc, s, strip_count);
+                    let j = cols.start + s * NR;
+                    let cols_here = NR.min(cols.end - j);
+                    let bp = block[(j / NR) * pairs * 2 * NR..].as_ptr();
+                    // SAFETY (all below): the tile is inside the panel of the caller's
+                    // region; the panel holds MR rows of `pairs` pairs, `lda` apart; the
+                    // strip `pairs · NR` pairs.
+                    let c = unsafe { c.add(j - col0) };
+                    if rows_here == MR && cols_here == NR {
+                        unsafe { x86_bf16::kernel_12x32(pairs, ap, lda, bp, c, ldc, start) };
+                    } else {
+                        let mut tmp = [0f32; MR * NR];
+                        if start != Start::Zero {
+                            for i in 0..rows_here {
+                                for jj in 0..cols_here {
+                                    tmp[i * NR + jj] = unsafe { *c.add(i * ldc + jj) };
+                                }
+                            }
+                        }
+                        unsafe {
+                            x86_bf16::kernel_12x32(pairs, ap, lda, bp, tmp.as_mut_ptr(), NR, start)
+                        };
+                        for i in 0..rows_here {
+                            for jj in 0..cols_here {
+                                unsafe { *c.add(i * ldc + jj) = tmp[i * NR + jj] };
+                            }
                         }
                     }
                 }
             }
-            if last {
-                // SAFETY: the rows and columns are inside the caller's region.
-                unsafe { finish.apply_tile(c, ldc, ir..ir + rows_here, cols.clone()) };
-                if let Some(to) = round_to {
-                    for i in ir..ir + rows_here {
-                        // SAFETY: the caller's region of the output and of `to`, both
-                        // checked to hold the whole product.
-                        unsafe {
-                            let row =
-                                std::slice::from_raw_parts(c.add(i * ldc + cols.start), cols.len());
+            if g0 + group >= kblocks {
+                for i in 0..rows_here {
+                    // SAFETY: the panel's rows and the region's columns, inside the
+                    // output or the tile, and inside `round_to` (checked to hold the whole
+                    // product).
+                    unsafe {
+                        let row = std::slice::from_raw_parts_mut(
+                            c.add(i * ldc + cols.start - col0),
+                            cols.len(),
+                        );
+                        finish.apply(row, cols.start);
+                        if let Some(to) = round_to {
                             let row16 = std::slice::from_raw_parts_mut(
-                                to.data.add(i * to.stride + cols.start),
+                                to.data.add((ir + i) * to.stride + cols.start),
                                 cols.len(),
                             );
                             x86_bf16::convert(row, row16);
@@ -751,6 +852,29 @@ mod tests {
     use crate::util::rng::Rng;
 
     #[test]
+    fn packing_writes_every_element_padding_included() {
+        let mut rng = Rng::new(8);
+        // Partial strips, an odd last `k` block, more than one block; plain and transposed.
+        for (n, k) in [(1, 1), (33, 5), (70, 801), (785, 64), (64, 785)] {
+            let mut w = vec![0f32; n * k];
+            rng.fill_normal(&mut w, 1.0);
+            for transposed in [false, true] {
+                let op = if transposed {
+                    Operand::transposed(Mat::new(&w, k, n))
+                } else {
+                    Operand::plain(Mat::new(&w, n, k))
+                };
+                let len = packed_len(n, k);
+                let mut zeroed = vec![0u16; len];
+                let mut dirty = vec![0xffffu16; len];
+                pack_scaled_into(op, 0.125, &mut zeroed);
+                pack_scaled_into(op, 0.125, &mut dirty);
+                assert_eq!(zeroed, dirty, "{n}x{k}, transposed {transposed}");
+            }
+        }
+    }
+
+    #[test]
     fn every_element_is_within_the_stated_bound_and_threads_do_not_matter() {
         if !available() {
             eprintln!("no AVX512-BF16 here: the bf16 path is not built");
@@ -762,6 +886,8 @@ mod tests {
             (13, 5, 33, Epilogue::Accumulate),
             (30, 801, 70, Epilogue::None),
             (25, 768, 130, Epilogue::Relu),
+            // More than one column task and `k` block, partial panels and strips.
+            (29, 1000, 300, Epilogue::Gelu),
         ] {
             let mut a = vec![0f32; m * k];
             let mut w = vec![0f32; n * k];
@@ -842,6 +968,21 @@ mod tests {
                     "{m}x{k}x{n}: past the rows"
                 );
             }
+            // Only the rounded output, each tile finished in the thread's own tile: the
+            // same bf16 values, and nothing past the rows written.
+            if epi != Epilogue::Accumulate {
+                let mut only = vec![7u16; m * stride16];
+                let a = Rows::F32(Mat::new(&a, m, k));
+                linear_bf16_rows_rounded(
+                    &Pool::new(2),
+                    a,
+                    &packed,
+                    Some(&bias),
+                    epi,
+                    (&mut only, stride16),
+                );
+                assert_eq!(only, rounded, "{m}x{k}x{n}: the rounded output alone");
+            }
             let mut f32_out = vec![0.5f32; m * n];
             linear(
                 &Pool::new(2),
@@ -863,11 +1004,18 @@ mod tests {
                     let want = match epi {
                         Epilogue::Accumulate => y + 0.5,
                         Epilogue::Relu => y.max(0.0),
-                        _ => y,
+                        Epilogue::Gelu => 0.5 * y * libm::erfc(-y / std::f64::consts::SQRT_2),
+                        Epilogue::None => y,
                     };
-                    // The bias and residual adds round once more in f32.
-                    let bound =
-                        error_bound(k, abs) + 4.0 * f32::EPSILON as f64 * (1.0 + want.abs());
+                    // The bias and residual adds round once more in f32. GELU's slope is
+                    // below 1.13, and its bf16 path's own error is stated.
+                    let bound = match epi {
+                        Epilogue::Gelu => {
+                            1.13 * error_bound(k, abs)
+                                + crate::cpu::vmath::gelu_for_bf16_error_bound(y, want)
+                        }
+                        _ => error_bound(k, abs),
+                    } + 4.0 * f32::EPSILON as f64 * (1.0 + want.abs());
                     let got = out[i * n + j] as f64;
                     assert!(
                         (got - want).abs() <= bound,

@@ -38,7 +38,9 @@ use super::dense::{dense, DensePrecision, PackedWeight};
 use super::gemm::{
     pack_rhs_whole, packed_rhs_len, product_seq_packed, Epilogue, Kernel, Mat, Operand,
 };
-use super::gemm_bf16::{self, linear_bf16_rows, pack_scaled_into, Bf16Mat, Rows};
+use super::gemm_bf16::{
+    self, linear_bf16_rows, linear_bf16_rows_rounded, pack_scaled_into, Bf16Mat, Rows,
+};
 use super::pool::{Pool, SharedMut};
 use super::vmath::{exp_shifted_row, exp_shifted_row_for_bf16, EXP_FOR_BF16_ERROR};
 use crate::format::TensorSource;
@@ -339,9 +341,10 @@ pub fn block_forward_with(
         }
     }
 
-    // MLP half. On the bf16 path fc1 also writes its output rounded to bf16, into the
-    // attention scratch (free by now), and fc2 reads those rows as they are: rounded
-    // once, not by each of fc2's column tasks, and half the bytes to read.
+    // MLP half. On the bf16 path fc1 writes only its output rounded to bf16, into the
+    // attention scratch (free by now), finishing each tile while it is in L1, and fc2
+    // reads those rows as they are: rounded once, not by each of fc2's column tasks, and
+    // half the bytes to read.
     let hidden_stride = match precision {
         DensePrecision::Bf16 => hidden_stride_for_bf16(hid),
         DensePrecision::F32 => hid,
@@ -410,10 +413,11 @@ struct Norm<'a> {
 }
 
 /// `out ⟵ epilogue(LN(x) · wᵀ + bias)` (`x` is `tokens × dim`, `w` `n × dim`, `out.0`
-/// rows `out.1` apart), LN(x) through `xn`; on the bf16 path also rounded to bf16 into
-/// `out16` (rows `out.1` apart) where given. On the bf16 path the norm's rows are also rounded to
-/// bf16 once, into `xn.1`, and the GEMM reads them as they are: the same bits as rounding
-/// them as each panel is loaded, which happens once per column task.
+/// rows `out.1` apart), LN(x) through `xn`; on the bf16 path, where `out16` is given, that
+/// output rounded to bf16 goes there (rows `out.1` apart) instead, and `out.0` is not
+/// written. On the bf16 path the norm's rows are also rounded to bf16 once, into `xn.1`,
+/// and the GEMM reads them as they are: the same bits as rounding them as each panel is
+/// loaded, which happens once per column task.
 #[allow(clippy::too_many_arguments)]
 fn norm_then_dense(
     pool: &Pool,
@@ -440,17 +444,11 @@ fn norm_then_dense(
                 cols: d,
                 stride: d,
             };
-            let out16 = out16.map(|o| (o, out_stride));
-            linear_bf16_rows(
-                pool,
-                Rows::Bf16(a),
-                p,
-                bias,
-                out,
-                out_stride,
-                epilogue,
-                out16,
-            );
+            let a = Rows::Bf16(a);
+            match out16 {
+                Some(o) => linear_bf16_rows_rounded(pool, a, p, bias, epilogue, (o, out_stride)),
+                None => linear_bf16_rows(pool, a, p, bias, out, out_stride, epilogue, None),
+            }
         }
         _ => {
             layer_norm(pool, t, d, x, xn, norm.w, norm.b, norm.eps);
