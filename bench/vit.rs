@@ -885,6 +885,7 @@ fn bf16_dense(threads: usize, pool: &Pool) {
     round_into(&random(t * d, 30, 1.0), &mut xn16);
     let att = random(t * d, 31, 1.0);
     let mut acc = random(t * d, 32, 1.0);
+    let mut qkv16 = vec![0u16; t * 3 * d];
     let mut qkv = vec![0f32; t * 3 * d];
     let mut hidden = vec![0f32; t * hs];
     let mut hidden16 = vec![0u16; t * hs];
@@ -928,6 +929,10 @@ fn bf16_dense(threads: usize, pool: &Pool) {
         shape("qkv", flops(3 * d, d), &mut |i| {
             let (bias, out) = (Some(&qkv_b[..]), &mut qkv[..]);
             linear_bf16_rows(pool, xn, &qkv_w[i], bias, out, 3 * d, Epilogue::None, None)
+        });
+        shape("qkv rounded only", flops(3 * d, d), &mut |i| {
+            let out16 = (&mut qkv16[..], 3 * d);
+            linear_bf16_rows_rounded(pool, xn, &qkv_w[i], Some(&qkv_b), Epilogue::None, out16)
         });
         shape("proj", flops(d, d), &mut |i| {
             let a = Rows::F32(Mat::new(&att, t, d));
