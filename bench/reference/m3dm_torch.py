@@ -241,6 +241,11 @@ def main():
         default=20000,
         help="points of the part's cloud after preprocessing (miad's synthetic parts: see bench/results)",
     )
+    ap.add_argument(
+        "--only-rgb",
+        action="store_true",
+        help="time the ViT alone (rgb and rgb_bf16): for bench/reference/rgb_pairs.sh",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the JSON here as well as to stdout")
     a = ap.parse_args()
@@ -302,6 +307,11 @@ def main():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 vit.forward_features(image)
             t["rgb_bf16"] = time.perf_counter() - t0
+            if a.only_rgb:
+                if it >= a.warmup:
+                    for n in ("rgb", "rgb_bf16"):
+                        samples[n].append(t[n] * 1e3)
+                continue
 
             t0 = time.perf_counter()
             centers_idx = fps_cpu(cloud, groups)
@@ -355,8 +365,8 @@ def main():
         "warmup": a.warmup,
         "points": a.points,
         "banks": {b: {"rows": rows[b], "dim": dims[b], "queries": queries[b]} for b in BANKS},
-        "stages_p50_ms": {n: round(statistics.median(samples[n]), 3) for n in names},
-        "stages_ms": {n: [round(v, 3) for v in samples[n]] for n in names},
+        "stages_p50_ms": {n: round(statistics.median(samples[n]), 3) for n in names if samples[n]},
+        "stages_ms": {n: [round(v, 3) for v in samples[n]] for n in names if samples[n]},
     }
     text = json.dumps(report, indent=2)
     print(text)
