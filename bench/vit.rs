@@ -19,7 +19,7 @@ use miad::config::{ModelConfig, PointConfig, VitConfig};
 use miad::cpu::dense::{dense, DensePrecision, PackedWeight};
 use miad::cpu::fusion::{fuse_with, fusion_scratch_len, FusionPacked, FusionWeights};
 use miad::cpu::gemm::{linear, linear_packed, Epilogue, Mat, PackedF32};
-use miad::cpu::gemm_bf16::{linear_bf16, PackedBf16};
+use miad::cpu::gemm_bf16::{linear_bf16, linear_bf16_rows, Bf16Mat, PackedBf16, Rows};
 use miad::cpu::point_mae::{
     block_shape as point_block_shape, point_mae_flops, point_mae_forward_with,
     point_mae_scratch_len, PointMaePacked, PointMaeWeights,
@@ -271,6 +271,68 @@ fn gemm_shapes(threads: usize, pool: &Pool) {
     }
 }
 
+/// The bf16 block's parts after its norm, as `transformer::block_forward_with` runs them:
+/// each product reads its activations in bf16 where they lie (the norm's rows,
+/// attention's bf16 output, fc1's bf16 hidden), and fc1 writes only its bf16 output.
+fn bf16_block_parts(
+    pool: &Pool,
+    parts: &mut Vec<(&str, f64)>,
+    (qkv_w, proj_w, fc1_w, fc2_w): (&PackedBf16, &PackedBf16, &PackedBf16, &PackedBf16),
+    xn16: &[u16],
+    qkv_f32: &[f32],
+) {
+    use miad::cpu::gemm_bf16::{linear_bf16_rows, linear_bf16_rows_rounded, Bf16Mat, Rows};
+    let (t, d, heads, hid) = (785, 768, 12, 3072);
+    // The bf16 path's hidden rows, one cache line wider (as `transformer` lays them out).
+    let hs = hid + 16;
+    let run = |f: &mut dyn FnMut()| timing::time_runs(7, f).median;
+    let bias = random(3 * d, 40, 0.05);
+    let mut qkv = qkv_f32.to_vec();
+    let (mut att, mut att16) = (vec![0f32; t * d], vec![0u16; t * d]);
+    let mut acc = random(t * d, 41, 1.0);
+    let mut hidden16 = vec![0u16; t * hs];
+    let mut scratch = vec![0f32; attn_scratch_len(t, d, heads, pool.threads())];
+    let rows = |data, cols, stride| {
+        Rows::Bf16(Bf16Mat {
+            data,
+            rows: t,
+            cols,
+            stride,
+        })
+    };
+    let xn = rows(xn16, d, d);
+    let none = Epilogue::None;
+    let qkv_time =
+        run(&mut || linear_bf16_rows(pool, xn, qkv_w, Some(&bias), &mut qkv, 3 * d, none, None));
+    parts.push(("qkv gemm", qkv_time));
+    let bf16 = DensePrecision::Bf16;
+    let attention_time = run(&mut || {
+        let out16 = Some(&mut att16[..]);
+        attention(pool, t, d, heads, bf16, &qkv, &mut att, out16, &mut scratch)
+    });
+    parts.push(("attention", attention_time));
+    let (proj_b, accumulate) = (&bias[..d], Epilogue::Accumulate);
+    let proj_time = run(&mut || {
+        let a = rows(&att16, d, d);
+        linear_bf16_rows(pool, a, proj_w, Some(proj_b), &mut acc, d, accumulate, None)
+    });
+    parts.push(("proj gemm", proj_time));
+    let fc1_b = random(hid, 42, 0.05);
+    let mut fc1 = |epi| {
+        let out16 = (&mut hidden16[..], hs);
+        linear_bf16_rows_rounded(pool, xn, fc1_w, Some(&fc1_b), epi, out16)
+    };
+    let fc1_plain = run(&mut || fc1(Epilogue::None));
+    let fc1_gelu = run(&mut || fc1(Epilogue::Gelu));
+    parts.push(("fc1 gemm (its bf16 output)", fc1_plain));
+    parts.push(("gelu (fc1 with − without)", fc1_gelu - fc1_plain));
+    let fc2_time = run(&mut || {
+        let a = rows(&hidden16, hid, hs);
+        linear_bf16_rows(pool, a, fc2_w, Some(proj_b), &mut acc, d, accumulate, None)
+    });
+    parts.push(("fc2 gemm", fc2_time));
+}
+
 /// One ViT-B/8 block's parts, the dense layers packed in `precision` as the engine runs
 /// them (bf16: attention's products in bf16 too); with f32, the parts of attention on
 /// one thread.
@@ -311,74 +373,108 @@ fn block_breakdown(threads: usize, pool: &Pool, precision: DensePrecision) {
         DensePrecision::F32 => layer_norm(pool, t, d, &x, xn, &g, &b, 1e-6),
     };
     parts.push(("layer_norm x2", 2.0 * run(&mut || norm(&mut xn))));
-    // `dense` through the packed weight (the unpacked `Mat` is not read).
-    let linear = |a: &[f32], k: usize, w: &PackedWeight, n: usize, bias, out: &mut [f32], epi| {
-        let unused = Mat::new(&[], 0, k);
-        dense(pool, Mat::new(a, t, k), unused, Some(w), bias, out, n, epi)
-    };
-    parts.push((
-        "qkv gemm",
-        run(&mut || {
-            linear(
-                &xn,
-                d,
-                &qkv_p,
-                3 * d,
-                Some(&qkv_b),
-                &mut qkv,
-                Epilogue::None,
-            )
-        }),
-    ));
-    parts.push((
-        "attention",
-        run(&mut || {
-            attention(
-                pool,
-                t,
-                d,
-                heads,
-                precision,
-                &qkv,
-                &mut att,
-                None,
-                &mut attn_scratch,
-            )
-        }),
-    ));
-    parts.push((
-        "proj gemm",
-        run(&mut || {
-            linear(
-                &att,
-                d,
-                &proj_p,
-                d,
-                Some(&b),
-                &mut acc,
-                Epilogue::Accumulate,
-            )
-        }),
-    ));
-    let mut fc1 = |epi: Epilogue| linear(&xn, d, &fc1_p, hid, Some(&fc1_b), &mut hidden, epi);
-    let fc1_plain = run(&mut || fc1(Epilogue::None));
-    let fc1_gelu = run(&mut || fc1(Epilogue::Gelu));
-    parts.push(("fc1 gemm", fc1_plain));
-    parts.push(("gelu (fc1 with − without)", fc1_gelu - fc1_plain));
-    parts.push((
-        "fc2 gemm",
-        run(&mut || {
-            linear(
-                &hidden,
-                hid,
-                &fc2_p,
-                d,
-                Some(&b),
-                &mut acc,
-                Epilogue::Accumulate,
-            )
-        }),
-    ));
+    if let (
+        PackedWeight::Bf16(qkv16),
+        PackedWeight::Bf16(proj16),
+        PackedWeight::Bf16(fc1_16),
+        PackedWeight::Bf16(fc2_16),
+    ) = (&qkv_p, &proj_p, &fc1_p, &fc2_p)
+    {
+        bf16_block_parts(
+            pool,
+            &mut parts,
+            (qkv16, proj16, fc1_16, fc2_16),
+            &xn16,
+            &qkv,
+        );
+        // The attention's input for its parts below: the qkv product's output.
+        let xn = Rows::Bf16(Bf16Mat {
+            data: &xn16,
+            rows: t,
+            cols: d,
+            stride: d,
+        });
+        linear_bf16_rows(
+            pool,
+            xn,
+            qkv16,
+            Some(&qkv_b),
+            &mut qkv,
+            3 * d,
+            Epilogue::None,
+            None,
+        );
+    } else {
+        // `dense` through the packed weight (the unpacked `Mat` is not read).
+        let linear =
+            |a: &[f32], k: usize, w: &PackedWeight, n: usize, bias, out: &mut [f32], epi| {
+                let unused = Mat::new(&[], 0, k);
+                dense(pool, Mat::new(a, t, k), unused, Some(w), bias, out, n, epi)
+            };
+        parts.push((
+            "qkv gemm",
+            run(&mut || {
+                linear(
+                    &xn,
+                    d,
+                    &qkv_p,
+                    3 * d,
+                    Some(&qkv_b),
+                    &mut qkv,
+                    Epilogue::None,
+                )
+            }),
+        ));
+        parts.push((
+            "attention",
+            run(&mut || {
+                attention(
+                    pool,
+                    t,
+                    d,
+                    heads,
+                    precision,
+                    &qkv,
+                    &mut att,
+                    None,
+                    &mut attn_scratch,
+                )
+            }),
+        ));
+        parts.push((
+            "proj gemm",
+            run(&mut || {
+                linear(
+                    &att,
+                    d,
+                    &proj_p,
+                    d,
+                    Some(&b),
+                    &mut acc,
+                    Epilogue::Accumulate,
+                )
+            }),
+        ));
+        let mut fc1 = |epi: Epilogue| linear(&xn, d, &fc1_p, hid, Some(&fc1_b), &mut hidden, epi);
+        let fc1_plain = run(&mut || fc1(Epilogue::None));
+        let fc1_gelu = run(&mut || fc1(Epilogue::Gelu));
+        parts.push(("fc1 gemm", fc1_plain));
+        parts.push(("gelu (fc1 with − without)", fc1_gelu - fc1_plain));
+        parts.push((
+            "fc2 gemm",
+            run(&mut || {
+                linear(
+                    &hidden,
+                    hid,
+                    &fc2_p,
+                    d,
+                    Some(&b),
+                    &mut acc,
+                    Epilogue::Accumulate,
+                )
+            }),
+        ));
+    }
     if precision == DensePrecision::F32 {
         // CPU time of this thread alone (robust to the machine's load); the hidden is
         // refilled from fc1 before each (GELU of GELU would shrink the inputs).
