@@ -49,12 +49,10 @@ fn random(n: usize, seed: u64, std: f32) -> Vec<f32> {
     v
 }
 
-/// The forward pass with the blocks' weights packed once in `precision` (as the engine
-/// runs it), beside the features of the unpacked f32 pass: f32 packed must give the same
-/// bits; bf16 reports its difference.
-fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
+/// ViT-B/8's configuration, its seeded random tensors (only the ViT's: the point and
+/// fusion branches are not needed here) and a random 224×224 input.
+fn vit_model_and_input() -> (VitConfig, miad::format::OwnedTensors, Vec<f32>) {
     let cfg = VitConfig::base8();
-    // Only the ViT's tensors: the point and fusion branches are not needed here.
     let model = ModelConfig {
         point: None,
         fusion: None,
@@ -62,9 +60,17 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
         ..ModelConfig::m3dm()
     };
     let tensors = random_model(&model, 1);
-    let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let s = cfg.image_size as usize;
     let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
+    (cfg, tensors, input)
+}
+
+/// The forward pass with the blocks' weights packed once in `precision` (as the engine
+/// runs it), beside the features of the unpacked f32 pass: f32 packed must give the same
+/// bits; bf16 reports its difference.
+fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
+    let (cfg, tensors, input) = vit_model_and_input();
+    let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
     let mut f32_out = vec![0f32; cfg.patches() * cfg.dim as usize];
     vit_forward(pool, &cfg, &w, &input, &mut f32_out, &mut scratch).expect("forward pass");
@@ -139,17 +145,8 @@ fn full_forward(threads: usize, pool: &Pool, precision: DensePrecision) {
 /// wall and CPU time of each bf16 pass, and the two-thread bf16 peak measured right after
 /// it, to tell a slow pass of ours from a slow machine.
 fn pass_by_pass(threads: usize, pool: &Pool) {
-    let cfg = VitConfig::base8();
-    let model = ModelConfig {
-        point: None,
-        fusion: None,
-        radar: None,
-        ..ModelConfig::m3dm()
-    };
-    let tensors = random_model(&model, 1);
+    let (cfg, tensors, input) = vit_model_and_input();
     let w = VitWeights::load(&tensors, &cfg).expect("random weights match the configuration");
-    let s = cfg.image_size as usize;
-    let input = random(cfg.in_chans as usize * s * s, 2, 1.0);
     let mut scratch = vec![0f32; vit_scratch_len(&cfg, threads)];
     let mut out = vec![0f32; cfg.patches() * cfg.dim as usize];
     let Some(blocks) = w.packed(&cfg, DensePrecision::Bf16) else {
